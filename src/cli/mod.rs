@@ -1,0 +1,64 @@
+//! Command line: one file per subcommand. Only `cli/` uses `anyhow`; everything
+//! below it returns typed errors.
+//!
+//! Exit codes: 0 success; 1 the command ran but found problems (a NAK, a
+//! config diagnostic, a failed test case); 2 it could not run (bad arguments,
+//! unreadable files, engine failed to start).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod check;
+pub mod load;
+pub mod map;
+pub mod parse;
+pub mod send;
+pub mod serve;
+pub mod test;
+
+/// Junction: HL7 v2 / MESH integration engine for NHS shared care records.
+#[derive(Debug, Parser)]
+#[command(name = "junction", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine (MLLP listeners, journal, HTTP server).
+    Serve(serve::ServeArgs),
+    /// Validate the config, routes and mappings; print every problem as file:line:col.
+    Check(check::CheckArgs),
+    /// Send HL7 files (or every file in directories) over MLLP and print each ACK.
+    Send(send::SendArgs),
+    /// Generate MLLP load and report msgs/s and ACK latency percentiles.
+    Load(load::LoadArgs),
+    /// Parse an HL7 file and print its segments and fields as a tree.
+    Parse(parse::ParseArgs),
+    /// Dry-run a mapping: the document on stdout, unread parts on stderr.
+    Map(map::MapArgs),
+    /// Run the [[test]] cases declared in mapping files.
+    Test(test::TestArgs),
+}
+
+/// Runs one subcommand and turns its outcome into an exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Send(args) => send::run(args),
+        Command::Load(args) => load::run(args),
+        Command::Parse(args) => parse::run(args),
+        Command::Map(args) => map::run(args),
+        Command::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

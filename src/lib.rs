@@ -1,0 +1,27 @@
+//! Junction: an HL7 v2 / MESH integration engine for NHS shared care records.
+//!
+//! Data flow: an MLLP listener ([`mllp`]) de-frames HL7 v2 messages, the
+//! [`hl7`] core reads their header, the [`journal`] commits the raw bytes
+//! durably (group commit, one fsync shared by every connection waiting), and
+//! only then is the ACK written back. Mapping ([`mapping`]) turns a parsed
+//! message into a FHIR R4 transaction Bundle (the *document*). Routing,
+//! delivery queues, the record store and MESH build on these.
+//!
+//! Module map:
+//! - [`hl7`]: pure parsing, paths, escapes, charsets, batches, ACK building.
+//! - [`mllp`]: MLLP framing codec, listener, client.
+//! - [`journal`]: durable intake (SQLite, WAL, group commit).
+//! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
+//! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
+//! - [`api`]: the HTTP server (health, metrics, operations API).
+//! - [`telemetry`]: tracing setup and Prometheus metrics.
+//! - [`cli`]: one file per subcommand.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod hl7;
+pub mod journal;
+pub mod mapping;
+pub mod mllp;
+pub mod telemetry;

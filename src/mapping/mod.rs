@@ -1,0 +1,1 @@
+//! Declarative mappings (not yet written).

@@ -1,0 +1,1 @@
+//! MLLP client (not yet written).

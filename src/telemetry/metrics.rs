@@ -1,0 +1,129 @@
+//! Prometheus metrics: one registry, encoded in text format for `GET /metrics`.
+//!
+//! Counters are labelled by listener id only (never by anything from a
+//! message), so cardinality is bounded by the config.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AckLabel {
+    pub listener: String,
+    /// AA, AE, AR, CA, CE, CR.
+    pub code: String,
+}
+
+/// Every metric the engine exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Frames received (including ones later rejected).
+    pub received: Family<ListenerLabel, Counter>,
+    /// ACKs written, by code.
+    pub acked: Family<AckLabel, Counter>,
+    /// Messages rejected (AR/AE/CR/CE) or framing errors.
+    pub rejected: Family<ListenerLabel, Counter>,
+    /// Resends of already-journaled messages answered from the journal.
+    pub duplicates: Family<ListenerLabel, Counter>,
+    /// Open MLLP connections.
+    pub open_connections: Family<ListenerLabel, Gauge>,
+    /// Seconds per journal group commit.
+    pub commit_seconds: Histogram,
+    /// Messages per journal group commit.
+    pub commit_batch_size: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("junction");
+        let received = Family::<ListenerLabel, Counter>::default();
+        let acked = Family::<AckLabel, Counter>::default();
+        let rejected = Family::<ListenerLabel, Counter>::default();
+        let duplicates = Family::<ListenerLabel, Counter>::default();
+        let open_connections = Family::<ListenerLabel, Gauge>::default();
+        let commit_seconds = Histogram::new(
+            [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0,
+            ]
+            .into_iter(),
+        );
+        let commit_batch_size =
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0].into_iter());
+        registry.register(
+            "messages_received",
+            "MLLP frames received",
+            received.clone(),
+        );
+        registry.register("messages_acked", "ACKs sent, by code", acked.clone());
+        registry.register(
+            "messages_rejected",
+            "Messages rejected or framing errors",
+            rejected.clone(),
+        );
+        registry.register(
+            "messages_duplicate",
+            "Resends answered with the stored ACK",
+            duplicates.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open MLLP connections",
+            open_connections.clone(),
+        );
+        registry.register(
+            "journal_commit_seconds",
+            "Journal group commit latency",
+            commit_seconds.clone(),
+        );
+        registry.register(
+            "journal_commit_batch_size",
+            "Messages per journal group commit",
+            commit_batch_size.clone(),
+        );
+        Metrics {
+            registry,
+            received,
+            acked,
+            rejected,
+            duplicates,
+            open_connections,
+            commit_seconds,
+            commit_batch_size,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn listener(id: &str) -> ListenerLabel {
+        ListenerLabel {
+            listener: id.to_string(),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
