@@ -426,9 +426,20 @@ async fn handle_frame(
         None => acks.first().and_then(|(_, ack)| ack.clone()),
     };
     if let Some(reply) = reply {
-        if let Err(err) = framed.send(reply.into_bytes()).await {
-            debug!(error = %err, "could not write the ACK; closing");
-            return Next::Close;
+        // A peer that does not read its ACKs must not pin this task forever.
+        match tokio::time::timeout(ctx.idle_timeout, framed.send(reply.into_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                debug!(error = %err, "could not write the ACK; closing");
+                return Next::Close;
+            }
+            Err(_elapsed) => {
+                warn!(
+                    idle_secs = ctx.idle_timeout.as_secs(),
+                    "peer is not reading its ACKs; closing"
+                );
+                return Next::Close;
+            }
         }
         for (code, ack) in &acks {
             if let (Some(code), Some(_)) = (code, ack) {
@@ -528,7 +539,8 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
 /// Enhanced mode applies when MSH-15 or MSH-16 is valued (and the listener honours it).
 fn enhanced_mode(mode: AckMode, header: &Header) -> bool {
     let valued = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
-    mode == AckMode::Auto && (valued(&header.accept_ack_type) || valued(&header.application_ack_type))
+    mode == AckMode::Auto
+        && (valued(&header.accept_ack_type) || valued(&header.application_ack_type))
 }
 
 /// MSH-15 in enhanced mode: AL (or empty) always, NE never, ER on error, SU on success.
@@ -621,7 +633,12 @@ fn split_batch_bytes(frame: &Bytes) -> Option<Vec<Bytes>> {
     match std::str::from_utf8(frame) {
         Ok(text) => {
             let parts = hl7::split_batch(text).ok()?;
-            Some(parts.into_iter().map(|p| frame.slice_ref(p.as_bytes())).collect())
+            Some(
+                parts
+                    .into_iter()
+                    .map(|p| subslice(frame, p.as_bytes()))
+                    .collect(),
+            )
         }
         Err(_) => {
             let text = hl7::decode(frame).ok()?;
@@ -633,6 +650,18 @@ fn split_batch_bytes(frame: &Bytes) -> Option<Vec<Bytes>> {
                     .collect(),
             )
         }
+    }
+}
+
+/// `part` as a zero-copy slice of `frame` when it lies inside it, else a copy.
+fn subslice(frame: &Bytes, part: &[u8]) -> Bytes {
+    let start = frame.as_ptr() as usize;
+    let end = start + frame.len();
+    let p = part.as_ptr() as usize;
+    if !part.is_empty() && p >= start && p + part.len() <= end {
+        frame.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -668,7 +697,10 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
     if envelope.fhs.is_some() {
         out.push_str(&header("FHS", &envelope.fhs));
     }
-    out.push_str(&header("BHS", &envelope.bhs.clone().or_else(|| envelope.fhs.clone())));
+    out.push_str(&header(
+        "BHS",
+        &envelope.bhs.clone().or_else(|| envelope.fhs.clone()),
+    ));
     let mut count = 0;
     for ack in acks.iter().filter_map(|(_, ack)| ack.as_deref()) {
         count += 1;
@@ -706,9 +738,15 @@ mod tests {
         assert!(batch_envelope(&[0xff, 0xfe]).is_none());
         let ack = batch_ack(&env, &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))]);
         let segments: Vec<&str> = ack.split('\r').collect();
-        assert!(segments[0].starts_with("FHS|^~\\&|JUNCTION|HUB|LAB|RAL|"), "{ack}");
+        assert!(
+            segments[0].starts_with("FHS|^~\\&|JUNCTION|HUB|LAB|RAL|"),
+            "{ack}"
+        );
         assert!(segments[0].ends_with("|F1"), "{ack}");
-        assert!(segments[1].starts_with("BHS|^~\\&|JUNCTION|HUB|LAB|RAL|"), "{ack}");
+        assert!(
+            segments[1].starts_with("BHS|^~\\&|JUNCTION|HUB|LAB|RAL|"),
+            "{ack}"
+        );
         assert!(segments[1].ends_with("|B1"), "{ack}");
         assert_eq!(&segments[2..6], &["MSH|x", "MSA|AA|1", "BTS|1", "FTS|1"]);
     }
