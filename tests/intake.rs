@@ -445,3 +445,95 @@ async fn stop_closes_idle_connections_and_returns() {
     let rows = journal.search(MessageQuery::default()).await.unwrap();
     assert_eq!(rows.len(), 1);
 }
+
+/// A port free right now (bound then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_binary_config(dir: &Path, mllp_port: u16, api_port: u16) -> PathBuf {
+    let path = dir.join("junction.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listeners.pas]\nbind = \"127.0.0.1:{mllp_port}\"\n\n\
+             [store]\npath = \"data/journal.db\"\n\n\
+             [api]\nbind = \"127.0.0.1:{api_port}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn junction_serve(config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_answers_then_drains_on_sigterm_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_binary_config(dir.path(), port, free_port());
+    let child = junction_serve(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut conn = None;
+    for _ in 0..300 {
+        if let Ok(c) = TcpStream::connect(addr).await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = conn.expect("junction serve never listened");
+    let ack = send(&mut conn, &a01_with_control_id("BIN00001")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_closed(&mut conn).await;
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&exit.stderr);
+    assert_eq!(exit.status.code(), Some(0), "{log}");
+    assert!(log.contains("MLLP listener bound"), "{log}");
+    assert!(log.contains("sync"), "{log}");
+    assert!(
+        log.contains("BIN00001"),
+        "one line per message outcome: {log}"
+    );
+    assert!(dir.path().join("data/journal.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_exits_2_when_the_port_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = write_binary_config(dir.path(), port, free_port());
+    let child = junction_serve(&config);
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&exit.stderr);
+    assert_eq!(exit.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")),
+        "names the address: {log}"
+    );
+    assert!(log.contains("pas"), "names the listener: {log}");
+    drop(taken);
+}

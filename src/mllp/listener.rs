@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::hl7::{self, AckCode, Header};
+use crate::hl7::{self, AckCode, AckError, Header};
 use crate::journal::{Committed, Incoming, Journal, JournalError, Status};
 use crate::mllp::codec::{MllpCodec, MllpError, KEPT_BYTES};
 use crate::telemetry::metrics::{AckLabel, Metrics};
@@ -499,10 +499,10 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
         Err(rejection) => {
             let header = rejection.header.as_ref();
             let enhanced = header.is_some_and(|h| enhanced_mode(ctx.ack_mode, h));
-            let code = match (enhanced, rejection.code) {
-                (true, AckCode::AR) => AckCode::CR,
-                (true, AckCode::AE) => AckCode::CE,
-                (_, code) => code,
+            let code = if enhanced {
+                rejection.code.to_commit()
+            } else {
+                rejection.code
             };
             let answer = match header {
                 Some(h) if enhanced => accept_ack_wanted(h, false),
@@ -527,12 +527,23 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
                     status: Status::Rejected,
                     ack_code: Some(code.as_str().to_string()),
                     ack: Some(ack),
-                    error: Some(rejection.error.to_string()),
+                    error: Some(describe(&rejection.error)),
                     raw,
                 },
                 answer,
             }
         }
+    }
+}
+
+/// The ERR content as one line for the journal: `MSH-9: message type missing (101)`.
+fn describe(error: &AckError) -> String {
+    match (&error.segment, error.field) {
+        (Some(segment), Some(field)) => {
+            format!("{segment}-{field}: {} ({})", error.text, error.code)
+        }
+        (Some(segment), None) => format!("{segment}: {} ({})", error.text, error.code),
+        _ => format!("{} ({})", error.text, error.code),
     }
 }
 
