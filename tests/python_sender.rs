@@ -22,8 +22,13 @@ use harness::{repo_root, Engine};
 /// python script's skip list; the test asserts both see the same files).
 const SKIP_SUFFIXES: [&str; 6] = [".md", ".txt", ".json", ".toml", ".py", ".sh"];
 
+/// The venv's python: `$JUNCTION_VENV` if set (as `tests/python/setup-venv.sh`
+/// honours it), else `.venv` at the repository root.
 fn venv_python() -> PathBuf {
-    let python = repo_root().join(".venv").join("bin").join("python");
+    let venv = std::env::var_os("JUNCTION_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"));
+    let python = venv.join("bin").join("python");
     assert!(
         python.exists(),
         "{} is missing: run `tests/python/setup-venv.sh` from the repository root first \

@@ -81,12 +81,18 @@ def split_messages(raw):
     return messages
 
 
-def decode(raw):
-    """Decode message bytes for the parsers (MSH-18 8859/1 samples are not UTF-8)."""
+def codec_of(raw):
+    """The codec that decodes ``raw``: UTF-8 (BOM allowed), else ISO-8859-1 (MSH-18 8859/1)."""
     try:
-        return raw.decode("utf-8-sig")
+        raw.decode("utf-8-sig")
+        return "utf-8-sig"
     except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        return "latin-1"
+
+
+def decode(raw):
+    """Decode message bytes for the parsers."""
+    return raw.decode(codec_of(raw))
 
 
 def msh_fields(raw):
@@ -164,9 +170,11 @@ def send_with_hl7apy(host, port, messages, timeout):
 
     with socket.create_connection((host, port), timeout=timeout) as sock:
         for raw in messages:
-            text = decode(raw).replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+            codec = codec_of(raw)
+            text = raw.decode(codec).replace("\r\n", "\r").replace("\n", "\r").strip("\r")
             message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
-            sock.sendall(message.to_mllp().encode("utf-8"))
+            # Re-encode as the sender's bytes were (an 8859/1 message stays Latin-1).
+            sock.sendall(message.to_mllp().encode("utf-8" if codec == "utf-8-sig" else codec))
             ack_text = decode(read_frame(sock, b"", timeout))
             ack = parse_message(
                 ack_text.replace("\n", "\r").strip("\r"),
