@@ -146,9 +146,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     for (id, cfg) in config.listeners {
         bound.push(Listener::bind(&id, cfg).await?);
     }
-    let api_socket = api::bind(&config.api)
-        .await
-        .map_err(EngineError::ApiBind)?;
+    let api_socket = api::bind(&config.api).await.map_err(EngineError::ApiBind)?;
     let api_addr = api_socket.local_addr().map_err(EngineError::ApiBind)?;
 
     let ready = Arc::new(AtomicBool::new(false));
