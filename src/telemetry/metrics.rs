@@ -51,8 +51,8 @@ impl Metrics {
         let open_connections = Family::<ListenerLabel, Gauge>::default();
         let commit_seconds = Histogram::new(
             [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                0.5, 1.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
             ]
             .into_iter(),
         );
