@@ -17,6 +17,7 @@ use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, Path, RepSel, Stage, Term};
 use super::transform::{self, Transform};
 use super::{MapError, MapOutput};
+use crate::hl7::unescape;
 
 /// Where a value came from, for warnings (`PID-3[2]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,62 +121,6 @@ pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
             }
         }
     }
-}
-
-/// Decodes HL7 escape sequences (`\F\ \S\ \T\ \R\ \E\ \X0D\ \.br\`); formatting
-/// escapes (`\H\ \N\`) and character-set switches are dropped; an unknown or
-/// unterminated sequence is kept as written. Borrows when there is nothing to decode.
-pub(crate) fn unescape<'a>(raw: &'a str, seps: &Separators) -> Cow<'a, str> {
-    let esc = seps.escape;
-    if !raw.contains(esc) {
-        return Cow::Borrowed(raw);
-    }
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(start) = rest.find(esc) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + esc.len_utf8()..];
-        let Some(end) = after.find(esc) else {
-            out.push_str(&rest[start..]);
-            return Cow::Owned(out);
-        };
-        let seq = &after[..end];
-        match seq {
-            "F" => out.push(seps.field),
-            "S" => out.push(seps.component),
-            "T" => out.push(seps.subcomponent),
-            "R" => out.push(seps.repetition),
-            "E" => out.push(esc),
-            ".br" => out.push('\n'),
-            "H" | "N" => {}
-            s if s.starts_with('X') && s.len() > 1 && s.len() % 2 == 1 => {
-                let bytes: Option<Vec<u8>> = (1..s.len())
-                    .step_by(2)
-                    .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-                    .collect();
-                match bytes {
-                    Some(b) => match String::from_utf8(b) {
-                        Ok(t) => out.push_str(&t.replace('\r', "\n")),
-                        Err(e) => out.extend(e.into_bytes().iter().map(|&b| char::from(b))),
-                    },
-                    None => {
-                        out.push(esc);
-                        out.push_str(seq);
-                        out.push(esc);
-                    }
-                }
-            }
-            s if s.starts_with('C') || s.starts_with('M') || s.starts_with('Z') => {}
-            _ => {
-                out.push(esc);
-                out.push_str(seq);
-                out.push(esc);
-            }
-        }
-        rest = &after[end + esc.len_utf8()..];
-    }
-    out.push_str(rest);
-    Cow::Owned(out)
 }
 
 /// A value during evaluation.
