@@ -1,13 +1,48 @@
-//! The HTTP server (not yet written).
+//! The HTTP server: health, readiness, Prometheus metrics and the
+//! operations API over the journal.
+//!
+//! Routes:
+//! - `GET /health`: 200 `{"status":"ok"}` while the process runs.
+//! - `GET /ready`: 200 when the engine says it is ready (listeners bound) and
+//!   the journal is healthy; 503 with the reasons otherwise.
+//! - `GET /metrics`: every metric in the OpenMetrics text format.
+//! - `GET /api/messages?control_id=&sender=&type=&status=&limit=`: newest
+//!   journaled messages first, as `{"messages":[...]}`.
+//! - `GET /api/messages/{id}`: one message with its raw content and ACK.
+//!
+//! Errors are JSON `{"error":"..."}` with 400 (bad query or id), 404 (no such
+//! message) or 500 (the journal failed; the details go to the log).
+//!
+//! # Invariants
+//! - Nothing here writes to the journal; the API only reads.
+//! - Logs name the route and outcome, never message content.
+//! - There is no authentication yet: the server binds loopback by default and
+//!   [`serve`] logs a warning when told to bind anything else. Tokens for
+//!   operations and FHIR reads are future work (DESIGN.md §5).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use serde::Deserialize;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Journal, MessageDetail, MessageQuery, MessageSummary, MAX_LIMIT};
+use crate::telemetry::metrics::Metrics;
 
 /// `[api]`: the HTTP server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
+    /// Address and port to listen on. Loopback by default: the operations
+    /// endpoints have no authentication yet.
     #[serde(default = "default_bind")]
     pub bind: SocketAddr,
 }
@@ -23,3 +58,236 @@ impl Default for ApiConfig {
         }
     }
 }
+
+/// What the handlers read. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    pub journal: Journal,
+    pub metrics: Arc<Metrics>,
+    /// Set by the engine once every listener is bound; cleared when it drains.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds `cfg.bind` and serves until `shutdown` is cancelled, then finishes
+/// the requests in flight (axum graceful shutdown).
+pub async fn serve(
+    cfg: ApiConfig,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> Result<(), std::io::Error> {
+    let listener = bind(&cfg).await?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Binds the API address (split from [`serve_on`] so callers can learn the
+/// port when binding port 0).
+pub async fn bind(cfg: &ApiConfig) -> Result<TcpListener, std::io::Error> {
+    if !cfg.bind.ip().is_loopback() {
+        tracing::warn!(
+            bind = %cfg.bind,
+            "the HTTP API is not bound to loopback and has no authentication yet: \
+             anyone who can reach it can read journaled messages"
+        );
+    }
+    TcpListener::bind(cfg.bind).await.map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!("cannot bind the HTTP API on {}: {err}", cfg.bind),
+        )
+    })
+}
+
+/// Serves on an already bound listener until `shutdown` is cancelled.
+pub async fn serve_on(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> Result<(), std::io::Error> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    tracing::info!(%addr, "HTTP API stopped");
+    Ok(())
+}
+
+/// Every route, for [`serve_on`] and for tests.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/messages", get(search_messages))
+        .route("/api/messages/{id}", get(get_message))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the journal could not be read")]
+    Journal(#[from] crate::journal::JournalError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Journal(err) => {
+                tracing::error!(error = %err, "journal read failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<&'static str>,
+}
+
+async fn health() -> Json<StatusBody> {
+    Json(StatusBody {
+        status: "ok",
+        reasons: Vec::new(),
+    })
+}
+
+async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<StatusBody>) {
+    let mut reasons = Vec::new();
+    if !state.ready.load(Ordering::Acquire) {
+        reasons.push("the engine is starting or draining");
+    }
+    if !state.journal.is_healthy() {
+        reasons.push("the journal is not healthy (writer stopped or last commit failed)");
+    }
+    if reasons.is_empty() {
+        (
+            StatusCode::OK,
+            Json(StatusBody {
+                status: "ready",
+                reasons,
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(StatusBody {
+                status: "not ready",
+                reasons,
+            }),
+        )
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The query string of `GET /api/messages`; unknown parameters are refused
+/// so a typo (`controlid=`) does not silently return everything.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    control_id: Option<String>,
+    sender: Option<String>,
+    #[serde(rename = "type")]
+    message_type: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+const STATUSES: &[&str] = &["accepted", "rejected", "garbage"];
+
+impl SearchParams {
+    fn into_query(self) -> Result<MessageQuery, ApiError> {
+        if let Some(status) = self.status.as_deref().filter(|s| !s.is_empty()) {
+            if !STATUSES.contains(&status) {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid status `{status}`, expected one of accepted, rejected, garbage"
+                )));
+            }
+        }
+        if let Some(limit) = self.limit {
+            if limit == 0 || limit > MAX_LIMIT {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid limit {limit}, expected 1 to {MAX_LIMIT}"
+                )));
+            }
+        }
+        Ok(MessageQuery {
+            control_id: self.control_id,
+            sender: self.sender,
+            message_type: self.message_type,
+            status: self.status,
+            limit: self.limit,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct MessageList {
+    messages: Vec<MessageSummary>,
+}
+
+async fn search_messages(
+    State(state): State<ApiState>,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Json<MessageList>, ApiError> {
+    let Query(params) = params.map_err(|rejection| {
+        ApiError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    })?;
+    let messages = state.journal.search(params.into_query()?).await?;
+    Ok(Json(MessageList { messages }))
+}
+
+async fn get_message(
+    State(state): State<ApiState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<MessageDetail>, ApiError> {
+    let Path(id) = id.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "invalid message id: {}, expected an integer",
+            rejection.body_text()
+        ))
+    })?;
+    match state.journal.get(id).await? {
+        Some(detail) => Ok(Json(detail)),
+        None => Err(ApiError::NotFound(format!("no message with id {id}"))),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".to_string())
+}
+
+#[cfg(test)]
+mod tests;

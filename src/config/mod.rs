@@ -2,13 +2,50 @@
 //!
 //! Each component owns its config type (`mllp::listener::ListenerConfig`,
 //! `journal::StoreConfig`, `api::ApiConfig`, `telemetry::LogConfig`); this
-//! module only assembles them, reports every problem as a diagnostic with
+//! module only assembles them, reports every problem as a [`Diagnostic`] with
 //! file:line:col, and resolves relative paths against the config file's folder.
 //! Only `config/` knows file paths.
+//!
+//! # How problems are collected
+//! 1. The file is parsed into a spanned tree (`toml::de::DeTable`) with error
+//!    recovery: every syntax error is reported. A file with syntax errors
+//!    stops there (what follows would be guesswork).
+//! 2. Each top-level section, and each `[listeners.<id>]`, is deserialized on
+//!    its own, so one bad section does not hide problems in another. Inside a
+//!    section, the key serde complained about is removed and the section is
+//!    tried again, so an unknown key and a wrong type in the same table are
+//!    both reported.
+//! 3. Semantic checks (duplicate bind addresses, zero limits, a bad log
+//!    filter, a store path that is a directory) run on whatever deserialized,
+//!    and point at the offending value through the spanned tree.
+//!
+//! # Invariants
+//! - [`load`] returns a config only when there is no error. Warnings (an API
+//!   bound to a non-loopback address, no listener) do not stop it; use
+//!   [`load_with_warnings`] to see them.
+//! - Paths in the returned config are absolute (relative ones are resolved
+//!   against [`config_dir`]), so later joins are no-ops.
+//! - Config types never use `#[serde(flatten)]` or internally tagged enums:
+//!   both lose the exact location of typos.
+//!
+//! # Extending
+//! A new section: add the field to [`Config`], its name to [`SECTIONS`], and a
+//! line in [`assemble`]. Cross-references between files (routes naming
+//! mappings and destinations) belong in [`cross_check`].
+
+mod diagnostic;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+pub use diagnostic::{locate, Diagnostic, Diagnostics, Location, Severity, Snippet};
 
 use crate::api::ApiConfig;
 use crate::journal::StoreConfig;
@@ -55,5 +92,690 @@ impl Default for EngineConfig {
         EngineConfig {
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
         }
+    }
+}
+
+/// The top-level tables of `junction.toml`, in the order they are documented.
+pub const SECTIONS: &[&str] = &["listeners", "store", "api", "log", "engine"];
+
+/// The largest `max_message_bytes` accepted: beyond this a single frame would
+/// be a denial of service rather than a message.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// The folder of the config file: relative paths in it are relative to this.
+/// `junction.toml` gives `.`.
+pub fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Reads, deserializes and cross-checks the config file at `path`.
+/// Returns every error (and warning) when there is at least one error.
+pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+    load_with_warnings(path).map(|(config, _warnings)| config)
+}
+
+/// Like [`load`], but also returns the warnings of a config that loaded.
+pub fn load_with_warnings(path: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            let mut diags = Diagnostics::new();
+            diags.push(Diagnostic::whole_file(
+                Severity::Error,
+                path,
+                format!("cannot read config file: {err}"),
+            ));
+            return Err(diags);
+        }
+    };
+    let source = match String::from_utf8(bytes) {
+        Ok(source) => source,
+        Err(err) => {
+            let valid = err.utf8_error().valid_up_to();
+            let lossy = String::from_utf8_lossy(err.as_bytes()).into_owned();
+            let mut diags = Diagnostics::new();
+            diags.push(Diagnostic::error(
+                path,
+                &lossy,
+                valid..valid + 1,
+                "invalid UTF-8 in config file (TOML files must be UTF-8)",
+            ));
+            return Err(diags);
+        }
+    };
+    let (mut config, mut diags) = parse(path, &source);
+    if let Some(config) = config.as_mut() {
+        resolve_paths(config, &config_dir(path));
+        check_filesystem(config, path, &source, &mut diags);
+    }
+    diags.sort();
+    match config {
+        Some(config) if !diags.has_errors() => Ok((config, diags)),
+        _ => Err(diags),
+    }
+}
+
+/// Parses and checks config text. `file` is only used in diagnostics; paths
+/// are left as written. Returns the config when it deserialized, and every
+/// diagnostic found (the config must not be used if any is an error).
+pub fn parse(file: &Path, source: &str) -> (Option<Config>, Diagnostics) {
+    let mut diags = Diagnostics::new();
+    let (root, errors) = DeTable::parse_recoverable(source);
+    if !errors.is_empty() {
+        for err in errors {
+            let span = err.span().unwrap_or(0..0);
+            diags.push(Diagnostic::error(
+                file,
+                source,
+                span,
+                toml_message(err.message()),
+            ));
+        }
+        diags.sort();
+        return (None, diags);
+    }
+    let doc = Doc {
+        file,
+        source,
+        root: root.get_ref(),
+    };
+    let config = assemble(&doc, &mut diags);
+    diags.sort();
+    (config, diags)
+}
+
+/// The parsed file, for locating keys and values in diagnostics.
+struct Doc<'a> {
+    file: &'a Path,
+    source: &'a str,
+    root: &'a DeTable<'a>,
+}
+
+impl Doc<'_> {
+    /// The value at `path` (keys from the root), if present.
+    fn value(&self, path: &[&str]) -> Option<&Spanned<DeValue<'_>>> {
+        let (first, rest) = path.split_first()?;
+        let mut value = self.root.get(*first)?;
+        for key in rest {
+            value = value.get_ref().as_table()?.get(*key)?;
+        }
+        Some(value)
+    }
+
+    /// The span of the key at `path`, if present.
+    fn key_span(&self, path: &[&str]) -> Option<Range<usize>> {
+        let (last, parent) = path.split_last()?;
+        let table = if parent.is_empty() {
+            self.root
+        } else {
+            self.value(parent)?.get_ref().as_table()?
+        };
+        table.get_key_value(*last).map(|(k, _)| k.span())
+    }
+
+    /// The best span for a problem with the value at `path`: the value, else
+    /// the nearest present ancestor's key, else the start of the file.
+    fn span(&self, path: &[&str]) -> Range<usize> {
+        if let Some(v) = self.value(path) {
+            return v.span();
+        }
+        for n in (1..path.len()).rev() {
+            if let Some(span) = self.key_span(&path[..n]) {
+                return span;
+            }
+        }
+        0..0
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::error(self.file, self.source, span, message)
+    }
+
+    fn warning(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::warning(self.file, self.source, span, message)
+    }
+}
+
+/// Deserializes each section on its own and builds the config when every
+/// section deserialized.
+fn assemble(doc: &Doc<'_>, diags: &mut Diagnostics) -> Option<Config> {
+    for (key, _) in doc.root.iter() {
+        if !SECTIONS.contains(&key.get_ref().as_ref()) {
+            diags.push(doc.error(
+                key.span(),
+                format!(
+                    "unknown field `{}`, expected one of {}",
+                    key.get_ref(),
+                    expected_list(SECTIONS)
+                ),
+            ));
+        }
+    }
+    let before = diags.error_count();
+    let mut failed = Failed::default();
+    let (listeners, listeners_ok) = listeners(doc, diags);
+    failed.listeners = !listeners_ok;
+    let store = section::<StoreConfig>(doc, "store", diags);
+    let api = section::<ApiConfig>(doc, "api", diags);
+    failed.api = api.is_none();
+    let log = section::<LogConfig>(doc, "log", diags);
+    let engine = section::<EngineConfig>(doc, "engine", diags);
+    // Cross-checks run on what deserialized (defaults stand in for failed
+    // sections, and checks that would read a stand-in are skipped), so that
+    // problems elsewhere are still reported.
+    let config = Config {
+        listeners,
+        store: store.unwrap_or_default(),
+        api: api.unwrap_or_default(),
+        log: log.unwrap_or_default(),
+        engine: engine.unwrap_or_default(),
+    };
+    cross_check(&config, &failed, doc, diags);
+    (diags.error_count() == before).then_some(config)
+}
+
+/// Sections that did not deserialize (their values in the config are stand-ins).
+#[derive(Debug, Default)]
+struct Failed {
+    listeners: bool,
+    api: bool,
+}
+
+fn section<T: DeserializeOwned + Default>(
+    doc: &Doc<'_>,
+    name: &str,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match doc.root.get(name) {
+        None => Some(T::default()),
+        Some(value) => deserialize_all(doc, value, diags),
+    }
+}
+
+/// `[listeners.<id>]`, each deserialized on its own.
+/// Returns the listeners that deserialized, and whether all of them did.
+fn listeners(doc: &Doc<'_>, diags: &mut Diagnostics) -> (BTreeMap<String, ListenerConfig>, bool) {
+    let mut out = BTreeMap::new();
+    let Some(value) = doc.root.get("listeners") else {
+        return (out, true);
+    };
+    let Some(table) = value.get_ref().as_table() else {
+        diags.push(doc.error(
+            value.span(),
+            format!(
+                "invalid type: {}, expected a table of listeners such as `[listeners.pas]`",
+                value.get_ref().type_str()
+            ),
+        ));
+        return (out, false);
+    };
+    let mut ok = true;
+    for (id, listener) in table.iter() {
+        if !valid_id(id.get_ref()) {
+            diags.push(doc.error(
+                id.span(),
+                format!(
+                    "invalid listener id `{}`, expected letters, digits, `-` or `_`",
+                    id.get_ref()
+                ),
+            ));
+            ok = false;
+        }
+        match deserialize_all::<ListenerConfig>(doc, listener, diags) {
+            Some(cfg) => {
+                out.insert(id.get_ref().to_string(), cfg);
+            }
+            None => ok = false,
+        }
+    }
+    (out, ok)
+}
+
+/// Ids name listeners in logs, metrics labels and the API.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Deserializes `value` as `T`, reporting every error serde finds: after each
+/// error the offending key is removed and deserialization is tried again
+/// (bounded), so one typo does not hide the next.
+fn deserialize_all<T: DeserializeOwned>(
+    doc: &Doc<'_>,
+    value: &Spanned<DeValue<'_>>,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    const MAX_ERRORS_PER_TABLE: usize = 32;
+    let mut value = value.clone();
+    let mut removed: Vec<String> = Vec::new();
+    let mut failed = false;
+    for _ in 0..MAX_ERRORS_PER_TABLE {
+        match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => return (!failed).then_some(v),
+            Err(err) => {
+                let message = toml_message(err.message());
+                // Removing a key whose value was wrong makes it "missing":
+                // that one was already reported.
+                let echo = removed
+                    .iter()
+                    .any(|k| message == format!("missing field `{k}`"));
+                if !echo {
+                    let span = err.span().unwrap_or_else(|| value.span());
+                    diags.push(doc.error(span, message));
+                }
+                failed = true;
+                let Some(span) = err.span() else { break };
+                if span == value.span() {
+                    break;
+                }
+                match remove_key_at(&mut value, span.start) {
+                    Some(key) => removed.push(key),
+                    None => break,
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the innermost key whose key or value contains byte `at`; returns its name.
+fn remove_key_at(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<String> {
+    let DeValue::Table(table) = value.get_mut() else {
+        return None;
+    };
+    let key = table
+        .iter()
+        .find(|(k, v)| k.span().contains(&at) || v.span().contains(&at))
+        .map(|(k, _)| k.clone())?;
+    if let Some(child) = table.get_mut(key.get_ref().as_ref()) {
+        if !key.span().contains(&at) {
+            if let Some(inner) = remove_key_at(child, at) {
+                return Some(inner);
+            }
+        }
+    }
+    table.remove(key.get_ref().as_ref());
+    Some(key.get_ref().to_string())
+}
+
+/// toml's messages end with a newline and sometimes start with a capital.
+fn toml_message(message: &str) -> String {
+    let message = message.trim();
+    let mut chars = message.chars();
+    match (chars.next(), chars.next()) {
+        (Some(first), Some(second)) if first.is_uppercase() && second.is_lowercase() => first
+            .to_lowercase()
+            .chain(message.chars().skip(1))
+            .collect(),
+        _ => message.to_string(),
+    }
+}
+
+fn expected_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that need the whole config: limits, bind addresses, log filter.
+///
+/// Mappings and routes (issues 3 and 4) add their cross-references here:
+/// a route naming an unknown mapping or destination is reported at the
+/// route's value through its own file's [`Diagnostic`].
+fn cross_check(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    check_listener_limits(config, doc, diags);
+    check_binds(config, failed, doc, diags);
+    check_log(config, doc, diags);
+    if config.listeners.is_empty() && !failed.listeners {
+        diags.push(Diagnostic::whole_file(
+            Severity::Warning,
+            doc.file,
+            "no `[listeners.<id>]` table: `junction serve` will not accept any messages",
+        ));
+    }
+}
+
+fn check_listener_limits(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    for (id, l) in &config.listeners {
+        let at = |key: &str| doc.span(&["listeners", id, key]);
+        if l.max_connections == 0 {
+            diags.push(doc.error(
+                at("max_connections"),
+                format!("listener `{id}`: max_connections is 0, expected at least 1"),
+            ));
+        }
+        if l.max_message_bytes == 0 {
+            diags.push(doc.error(
+                at("max_message_bytes"),
+                format!("listener `{id}`: max_message_bytes is 0, expected at least 1"),
+            ));
+        } else if l.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+            diags.push(doc.error(
+                at("max_message_bytes"),
+                format!(
+                    "listener `{id}`: max_message_bytes is {}, expected at most {MAX_MESSAGE_BYTES_LIMIT} (1 GiB)",
+                    l.max_message_bytes
+                ),
+            ));
+        }
+        if l.idle_timeout_secs == 0 {
+            diags.push(doc.error(
+                at("idle_timeout_secs"),
+                format!("listener `{id}`: idle_timeout_secs is 0, expected at least 1"),
+            ));
+        }
+    }
+}
+
+/// Two sockets cannot bind the same port on the same address, nor on a
+/// wildcard address and a specific one of the same family.
+fn binds_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 || a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+fn check_binds(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    // (what, address, path to its value)
+    let mut binds: Vec<(String, SocketAddr, Vec<&str>)> = config
+        .listeners
+        .iter()
+        .map(|(id, l)| {
+            (
+                format!("listener `{id}`"),
+                l.bind,
+                vec!["listeners", id.as_str(), "bind"],
+            )
+        })
+        .collect();
+    if !failed.api {
+        binds.push(("the API".to_string(), config.api.bind, vec!["api", "bind"]));
+    }
+    for (i, (what, addr, path)) in binds.iter().enumerate() {
+        for (other, other_addr, other_path) in &binds[..i] {
+            if binds_conflict(*addr, *other_addr) {
+                // Point at whichever of the two is written in the file (the
+                // API's default bind is not).
+                let (span_path, extra) = if doc.value(path).is_some() {
+                    (path, "")
+                } else {
+                    (other_path, " (its default)")
+                };
+                diags.push(
+                    doc.error(
+                        doc.span(span_path),
+                        format!(
+                            "{what} binds {addr}{extra}, which {other} already uses ({other_addr})"
+                        ),
+                    )
+                    .with_note("each listener and the API need their own address and port"),
+                );
+            }
+        }
+    }
+    if !failed.api && !config.api.bind.ip().is_loopback() {
+        diags.push(
+            doc.warning(
+                doc.span(&["api", "bind"]),
+                format!(
+                    "the HTTP API binds {}, which is not loopback, and has no authentication yet",
+                    config.api.bind
+                ),
+            )
+            .with_note(
+                "anyone who can reach this address can read journaled messages; \
+                 bind 127.0.0.1 and put an authenticating proxy in front",
+            ),
+        );
+    }
+}
+
+fn check_log(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    if let Some(level) = &config.log.level {
+        if let Err(err) = crate::telemetry::parse_filter(level) {
+            diags.push(doc.error(
+                doc.span(&["log", "level"]),
+                format!("invalid log level `{level}`: {err} (expected e.g. `info` or `junction=debug,warn`)"),
+            ));
+        }
+    }
+}
+
+fn resolve_paths(config: &mut Config, dir: &Path) {
+    config.store.path = absolute(&dir.join(&config.store.path));
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Checks against the file system (only from [`load_with_warnings`]).
+fn check_filesystem(config: &Config, file: &Path, source: &str, diags: &mut Diagnostics) {
+    if config.store.path.is_dir() {
+        let (root, _) = DeTable::parse_recoverable(source);
+        let doc = Doc {
+            file,
+            source,
+            root: root.get_ref(),
+        };
+        diags.push(doc.error(
+            doc.span(&["store", "path"]),
+            format!(
+                "store path {} is a directory, expected a database file name",
+                config.store.path.display()
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `source` and returns the one-line rendering of every diagnostic.
+    fn diagnostics(source: &str) -> Vec<String> {
+        let (_, diags) = parse(Path::new("junction.toml"), source);
+        diags.iter().map(Diagnostic::one_line).collect()
+    }
+
+    fn check(source: &str, expected: &[&str]) {
+        assert_eq!(diagnostics(source), expected, "for:\n{source}");
+    }
+
+    const GOOD: &str =
+        "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n\n[api]\nbind = \"127.0.0.1:8080\"\n";
+
+    #[test]
+    fn good_config_has_no_diagnostics() {
+        let (config, diags) = parse(Path::new("junction.toml"), GOOD);
+        assert!(diags.is_empty(), "{diags}");
+        let config = config.unwrap();
+        assert_eq!(config.listeners["pas"].bind.port(), 2575);
+        assert_eq!(config.engine.shutdown_timeout_secs, 10);
+    }
+
+    #[test]
+    fn shipped_default_config_is_clean() {
+        let source = include_str!("../../junction.toml");
+        check(source, &[]);
+    }
+
+    #[test]
+    fn unknown_key_points_at_the_key() {
+        check(
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nmax_conections = 3\n",
+            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`"],
+        );
+    }
+
+    #[test]
+    fn unknown_section() {
+        check(
+            "[listener.pas]\nbind = \"127.0.0.1:2575\"\n",
+            &[
+                "junction.toml:1:2: error: unknown field `listener`, expected one of `listeners`, `store`, `api`, `log`, `engine`",
+                "junction.toml: warning: no `[listeners.<id>]` table: `junction serve` will not accept any messages",
+            ],
+        );
+    }
+
+    #[test]
+    fn every_error_in_one_table_is_reported() {
+        let d =
+            diagnostics("[listeners.pas]\nbind = 2575\ntimeout = 3\nmax_connections = \"many\"\n");
+        assert_eq!(d.len(), 3, "{d:#?}");
+        assert!(
+            d[0].starts_with("junction.toml:2:8: error: invalid type: integer `2575`"),
+            "{d:#?}"
+        );
+        assert!(
+            d[1].starts_with("junction.toml:3:1: error: unknown field `timeout`"),
+            "{d:#?}"
+        );
+        assert!(
+            d[2].starts_with("junction.toml:4:19: error: invalid type: string \"many\""),
+            "{d:#?}"
+        );
+    }
+
+    #[test]
+    fn errors_in_several_sections_are_all_reported() {
+        let d = diagnostics(
+            "[listeners.a]\nbind = \"127.0.0.1:1\"\nbogus = 1\n\n[store]\nsync = \"sometimes\"\n\n[log]\nformat = \"xml\"\n",
+        );
+        assert_eq!(d.len(), 3, "{d:#?}");
+        assert!(d[0].starts_with("junction.toml:3:1: error: unknown field `bogus`"));
+        assert!(d[1].starts_with("junction.toml:6:8: error: unknown variant `sometimes`"));
+        assert!(d[2].starts_with("junction.toml:9:10: error: unknown variant `xml`"));
+    }
+
+    #[test]
+    fn missing_bind_is_reported_once() {
+        let d = diagnostics("[listeners.pas]\nmax_connections = 3\n");
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert!(d[0].contains("missing field `bind`"), "{d:#?}");
+    }
+
+    #[test]
+    fn syntax_errors_are_all_reported() {
+        let d = diagnostics("[api\nbind = \"x\"\n\nfoo = = 1\n");
+        assert!(d.len() >= 2, "{d:#?}");
+        assert!(d[0].starts_with("junction.toml:1:"), "{d:#?}");
+        assert!(
+            d.iter().any(|l| l.starts_with("junction.toml:4:")),
+            "{d:#?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_binds() {
+        check(
+            "[listeners.a]\nbind = \"127.0.0.1:2575\"\n[listeners.b]\nbind = \"0.0.0.0:2575\"\n[api]\nbind = \"127.0.0.1:2575\"\n",
+            &[
+                "junction.toml:4:8: error: listener `b` binds 0.0.0.0:2575, which listener `a` already uses (127.0.0.1:2575)",
+                "junction.toml:6:8: error: the API binds 127.0.0.1:2575, which listener `a` already uses (127.0.0.1:2575)",
+                "junction.toml:6:8: error: the API binds 127.0.0.1:2575, which listener `b` already uses (0.0.0.0:2575)",
+            ],
+        );
+    }
+
+    #[test]
+    fn listener_on_the_default_api_port() {
+        check(
+            "[listeners.a]\nbind = \"127.0.0.1:8080\"\n",
+            &["junction.toml:2:8: error: the API binds 127.0.0.1:8080 (its default), which listener `a` already uses (127.0.0.1:8080)"],
+        );
+    }
+
+    #[test]
+    fn zero_and_absurd_limits() {
+        check(
+            "[listeners.a]\nbind = \"127.0.0.1:1\"\nmax_connections = 0\nmax_message_bytes = 0\nidle_timeout_secs = 0\n[listeners.b]\nbind = \"127.0.0.1:2\"\nmax_message_bytes = 2000000000000\n",
+            &[
+                "junction.toml:3:19: error: listener `a`: max_connections is 0, expected at least 1",
+                "junction.toml:4:21: error: listener `a`: max_message_bytes is 0, expected at least 1",
+                "junction.toml:5:21: error: listener `a`: idle_timeout_secs is 0, expected at least 1",
+                "junction.toml:8:21: error: listener `b`: max_message_bytes is 2000000000000, expected at most 1073741824 (1 GiB)",
+            ],
+        );
+    }
+
+    #[test]
+    fn non_loopback_api_is_a_warning() {
+        let (config, diags) = parse(
+            Path::new("junction.toml"),
+            "[listeners.a]\nbind = \"0.0.0.0:2575\"\n[api]\nbind = \"0.0.0.0:8080\"\n",
+        );
+        assert!(config.is_some());
+        assert_eq!(diags.error_count(), 0, "{diags}");
+        assert_eq!(diags.warning_count(), 1, "{diags}");
+        assert!(diags.to_string().contains("not loopback"), "{diags}");
+    }
+
+    #[test]
+    fn bad_log_level_and_bad_listener_id() {
+        let d = diagnostics(
+            "[listeners.\"p a s\"]\nbind = \"127.0.0.1:1\"\n[log]\nlevel = \"junction=loud\"\n",
+        );
+        assert_eq!(d.len(), 2, "{d:#?}");
+        assert!(
+            d[0].starts_with("junction.toml:1:12: error: invalid listener id `p a s`"),
+            "{d:#?}"
+        );
+        assert!(
+            d[1].starts_with("junction.toml:4:9: error: invalid log level `junction=loud`"),
+            "{d:#?}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_for_a_whole_section() {
+        let d = diagnostics("listeners = 3\nstore = \"x\"\n");
+        assert_eq!(d.len(), 2, "{d:#?}");
+        assert!(
+            d[0].starts_with("junction.toml:1:13: error: invalid type: integer"),
+            "{d:#?}"
+        );
+        assert!(
+            d[1].starts_with("junction.toml:2:9: error: invalid type: string"),
+            "{d:#?}"
+        );
+    }
+
+    #[test]
+    fn load_resolves_paths_and_reports_unreadable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junction.toml");
+        std::fs::write(&file, GOOD).unwrap();
+        let config = load(&file).unwrap();
+        assert_eq!(config.store.path, dir.path().join("data/junction.db"));
+
+        let missing = dir.path().join("nope.toml");
+        let err = load(&missing).unwrap_err();
+        assert!(err.to_string().contains("cannot read config file"), "{err}");
+
+        std::fs::write(&file, b"[api]\nbind = \"\xff\"\n").unwrap();
+        let err = load(&file).unwrap_err();
+        assert!(err.to_string().contains("junction.toml:2:9"), "{err}");
+        assert!(err.to_string().contains("invalid UTF-8"), "{err}");
+
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        std::fs::write(&file, format!("{GOOD}[store]\npath = \"db\"\n")).unwrap();
+        let err = load(&file).unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn config_dir_of_bare_and_nested_paths() {
+        assert_eq!(config_dir(Path::new("junction.toml")), PathBuf::from("."));
+        assert_eq!(config_dir(Path::new("etc/j.toml")), PathBuf::from("etc"));
     }
 }

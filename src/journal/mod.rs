@@ -1,15 +1,56 @@
-//! The journal: durable intake of every message received (not yet written).
+//! The journal: durable intake of every message received, in one SQLite file.
+//!
+//! Writes go through one dedicated writer thread that owns the write
+//! connection and does *group commit*: it blocks for the first request, drains
+//! every other request already queued (up to [`MAX_GROUP_MESSAGES`]), writes
+//! them all in one transaction, commits (one fsync under `sync = "full"`) and
+//! only then answers each waiter. Thirty-two connections waiting at once share
+//! one fsync instead of paying for thirty-two. Reads (the HTTP API) use a small
+//! pool of separate read-only connections on blocking threads; WAL mode lets
+//! them run while the writer writes.
+//!
+//! It does not parse HL7, build ACKs or decide what is accepted: callers hand
+//! in [`Incoming`] rows already assessed, with the ACK they will send.
 //!
 //! # Invariants
-//! - A message is committed (and fsynced per `[store] sync`) before the call
-//!   that journals it returns; the listener writes the ACK only after that.
-//! - Raw bytes are stored exactly as received.
-//! - (sender, control id) is unique among accepted messages: a resend gets the
-//!   stored ACK back and is not stored twice.
+//! - [`Journal::commit`] returns only after the transaction holding its rows
+//!   has committed (and, under `sync = "full"`, the WAL has been fsynced).
+//!   The listener writes the ACK only after that, so an ACK never precedes
+//!   durability. A `kill -9` at any point loses nothing that was committed:
+//!   SQLite replays the WAL on the next open.
+//! - Raw bytes are stored exactly as received (a BLOB, never re-encoded).
+//! - (sender, control id) is unique among accepted messages with a non-empty
+//!   control id (a partial UNIQUE index): a resend gets the stored ACK back
+//!   ([`Committed::Duplicate`]) and is not stored twice. Rejected and garbage
+//!   rows are kept for inspection but take no part in duplicate detection.
+//! - The stored ACK is byte for byte the ACK that was (or will be) sent.
+//! - The request channel is bounded ([`QUEUE_DEPTH`]): when the disk is slower
+//!   than the senders, `commit` waits, and so do the senders for their ACKs.
 
-use std::path::PathBuf;
+mod sqlite;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::telemetry::metrics::Metrics;
+
+/// Most messages written in one group-commit transaction.
+pub const MAX_GROUP_MESSAGES: usize = 2048;
+/// Most bytes (raw + ACK) written in one group-commit transaction; a single
+/// request larger than this still goes through, alone.
+pub const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// Commit requests that may wait for the writer before `commit` blocks.
+pub const QUEUE_DEPTH: usize = 4096;
+/// Default and largest number of rows a search returns.
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+/// Read connections kept open for reuse.
+const READ_POOL: usize = 4;
 
 /// `[store]`: where the journal lives and how hard it syncs.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,15 +86,27 @@ pub enum SyncPolicy {
     Normal,
 }
 
+impl SyncPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPolicy::Full => "full",
+            SyncPolicy::Normal => "normal",
+        }
+    }
+}
+
 /// A search of the journal (`GET /api/messages`). Empty fields match all.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct MessageQuery {
     pub control_id: Option<String>,
+    /// `PAS^RAL` (exact), or just `PAS` (every facility of that application).
     pub sender: Option<String>,
     /// `ADT^A01`, or just `ADT`.
     #[serde(rename = "type")]
     pub message_type: Option<String>,
+    /// `accepted`, `rejected` or `garbage`.
     pub status: Option<String>,
+    /// Default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`].
     pub limit: Option<u32>,
 }
 
@@ -80,6 +133,8 @@ pub struct MessageDetail {
     #[serde(flatten)]
     pub summary: MessageSummary,
     pub peer: String,
+    /// MSH-12 as received (empty if unknown).
+    pub version: String,
     pub size_bytes: usize,
     /// The raw bytes, as UTF-8 where they are (lossy otherwise).
     pub raw: String,
@@ -87,3 +142,266 @@ pub struct MessageDetail {
     pub ack: Option<String>,
     pub error: Option<String>,
 }
+
+/// What became of a received frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Acknowledged with AA/CA (or an enhanced-mode accept without ACK).
+    Accepted,
+    /// Answered with AR/AE (CR/CE); kept for inspection.
+    Rejected,
+    /// Not an MLLP frame at all (framing error); the connection was closed.
+    Garbage,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Rejected => "rejected",
+            Status::Garbage => "garbage",
+        }
+    }
+}
+
+/// One message (or garbage) to journal, assessed and answered beforehand.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Listener id (`[listeners.<id>]`).
+    pub listener: String,
+    /// Peer socket address.
+    pub peer: String,
+    pub received_at: jiff::Timestamp,
+    /// `MSH-3^MSH-4`, empty when there is no usable MSH.
+    pub sender: String,
+    /// MSH-10, empty when unknown.
+    pub control_id: String,
+    /// `ADT^A01`, empty when unknown.
+    pub message_type: String,
+    /// MSH-12, empty when unknown.
+    pub version: String,
+    pub status: Status,
+    /// AA/AE/AR/CA/CE/CR, or `None` when nothing is sent back.
+    pub ack_code: Option<String>,
+    /// The ACK text exactly as it will be sent (without MLLP framing).
+    pub ack: Option<String>,
+    /// What was wrong, for rejected and garbage rows.
+    pub error: Option<String>,
+    /// The bytes exactly as received (for garbage: the bounded prefix kept).
+    pub raw: Bytes,
+}
+
+/// The outcome of journaling one [`Incoming`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Stored as a new row.
+    Stored { id: i64 },
+    /// An accepted message with the same sender and control id was already
+    /// journaled: nothing was stored; answer with its ACK.
+    Duplicate {
+        id: i64,
+        ack_code: Option<String>,
+        ack: Option<String>,
+    },
+}
+
+impl Committed {
+    /// The row id of the stored (or original) message.
+    pub fn id(&self) -> i64 {
+        match self {
+            Committed::Stored { id } | Committed::Duplicate { id, .. } => *id,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot create the journal folder {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the journal {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("the journal {} is in {mode:?} journal mode, expected \"wal\"", path.display())]
+    NotWal { path: PathBuf, mode: String },
+    #[error("the journal has schema version {found}, this build supports up to {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("journal commit failed: {0}")]
+    Commit(Arc<rusqlite::Error>),
+    #[error("journal read failed: {0}")]
+    Read(#[from] rusqlite::Error),
+    #[error("cannot start the journal writer thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("the journal writer has stopped")]
+    WriterStopped,
+    #[error("journal read task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A request to the writer thread: rows to write and where to answer.
+struct WriteRequest {
+    items: Vec<Incoming>,
+    reply: oneshot::Sender<Result<Vec<Committed>, JournalError>>,
+}
+
+/// Shared between the handles and the writer thread.
+#[derive(Debug)]
+struct WriterState {
+    /// False once the writer thread has exited (for whatever reason).
+    alive: AtomicBool,
+    /// False while the last commit failed (e.g. disk full).
+    last_commit_ok: AtomicBool,
+}
+
+/// A handle on the journal. Cheap to clone; every clone talks to the same
+/// writer thread. The writer stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    sync: SyncPolicy,
+    tx: mpsc::Sender<WriteRequest>,
+    state: Arc<WriterState>,
+    readers: Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.inner.path)
+            .field("sync", &self.inner.sync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed, with its parent folders) the journal at
+    /// `cfg.path` as given (callers resolve relative paths), with its own
+    /// metrics registry.
+    pub fn open(cfg: &StoreConfig) -> Result<Journal, JournalError> {
+        Journal::open_with_metrics(cfg, Arc::new(Metrics::new()))
+    }
+
+    /// Like [`Journal::open`], recording commit latency and batch sizes in `metrics`.
+    pub fn open_with_metrics(
+        cfg: &StoreConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Journal, JournalError> {
+        let path = cfg.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| JournalError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = sqlite::open_writer(&path, cfg.sync)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let state = Arc::new(WriterState {
+            alive: AtomicBool::new(true),
+            last_commit_ok: AtomicBool::new(true),
+        });
+        let thread_state = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || sqlite::writer_loop(conn, rx, thread_state, metrics))
+            .map_err(JournalError::Spawn)?;
+        // Open one reader now so a broken file shows up at start, not at the first search.
+        let reader = sqlite::open_reader(&path)?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                path,
+                sync: cfg.sync,
+                tx,
+                state,
+                readers: Mutex::new(vec![reader]),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.inner.sync
+    }
+
+    /// True while the writer thread runs and the last commit succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.state.alive.load(Ordering::Acquire)
+            && self.inner.state.last_commit_ok.load(Ordering::Acquire)
+    }
+
+    /// Journals `items` durably, in order, and says for each whether it was
+    /// stored or is a duplicate of an accepted message. Returns only once the
+    /// commit is durable (per the sync policy). Several callers' items share
+    /// one transaction when they arrive together.
+    pub async fn commit(&self, items: Vec<Incoming>) -> Result<Vec<Committed>, JournalError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriteRequest { items, reply })
+            .await
+            .map_err(|_| JournalError::WriterStopped)?;
+        answer.await.map_err(|_| JournalError::WriterStopped)?
+    }
+
+    /// The newest messages matching `q`, newest first.
+    pub async fn search(&self, q: MessageQuery) -> Result<Vec<MessageSummary>, JournalError> {
+        self.with_reader(move |conn| sqlite::search(conn, &q)).await
+    }
+
+    /// One message with its raw content and ACK.
+    pub async fn get(&self, id: i64) -> Result<Option<MessageDetail>, JournalError> {
+        self.with_reader(move |conn| sqlite::get(conn, id)).await
+    }
+
+    /// The raw bytes of one message exactly as received (for replay and export).
+    pub async fn raw(&self, id: i64) -> Result<Option<Vec<u8>>, JournalError> {
+        self.with_reader(move |conn| sqlite::raw(conn, id)).await
+    }
+
+    /// Runs `f` on a pooled read connection on a blocking thread.
+    async fn with_reader<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => sqlite::open_reader(&inner.path)?,
+            };
+            let result = f(&conn).map_err(JournalError::Read);
+            let mut pool = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if pool.len() < READ_POOL {
+                pool.push(conn);
+            }
+            result
+        })
+        .await?
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -85,10 +85,7 @@ impl Decoder for MllpCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, MllpError> {
         // Skip whitespace between frames.
         if self.scanned == 0 {
-            let skip = src
-                .iter()
-                .take_while(|b| b.is_ascii_whitespace())
-                .count();
+            let skip = src.iter().take_while(|b| b.is_ascii_whitespace()).count();
             src.advance(skip);
             if src.is_empty() {
                 return Ok(None);

@@ -49,15 +49,11 @@ impl Metrics {
         let rejected = Family::<ListenerLabel, Counter>::default();
         let duplicates = Family::<ListenerLabel, Counter>::default();
         let open_connections = Family::<ListenerLabel, Gauge>::default();
-        let commit_seconds = Histogram::new(
-            [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                0.5, 1.0,
-            ]
-            .into_iter(),
-        );
+        let commit_seconds = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]);
         let commit_batch_size =
-            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0].into_iter());
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         registry.register(
             "messages_received",
             "MLLP frames received",

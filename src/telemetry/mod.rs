@@ -1,8 +1,16 @@
-//! Tracing setup and Prometheus metrics (not yet written).
+//! Tracing setup and Prometheus metrics.
+//!
+//! [`init`] installs the global tracing subscriber: readable text on stderr by
+//! default, one JSON object per line with `[log] format = "json"`. The filter
+//! comes from `RUST_LOG` when set, else `[log] level`, else `info`.
+//!
+//! This module does not decide what is logged; callers never log patient data
+//! (only control id, message type, sender, sizes, route and outcome).
 
 pub mod metrics;
 
 use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
 
 /// `[log]`: how the engine logs.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -22,4 +30,84 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log filter `{filter}` (from {origin}): {reason}")]
+    BadFilter {
+        filter: String,
+        origin: &'static str,
+        reason: String,
+    },
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Parses a tracing filter directive string (`info`, `junction=debug,warn`).
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map_err(|err| err.to_string())
+}
+
+/// The filter to use: `RUST_LOG` (when set and not empty), else `level`, else `info`.
+fn choose_filter(
+    rust_log: Option<String>,
+    level: Option<&str>,
+) -> Result<EnvFilter, TelemetryError> {
+    let (filter, origin) = match (rust_log, level) {
+        (Some(env), _) if !env.trim().is_empty() => (env, "RUST_LOG"),
+        (_, Some(level)) => (level.to_string(), "[log] level"),
+        _ => ("info".to_string(), "the default"),
+    };
+    parse_filter(&filter).map_err(|reason| TelemetryError::BadFilter {
+        filter,
+        origin,
+        reason,
+    })
+}
+
+/// Installs the global tracing subscriber described by `cfg`, writing to stderr.
+pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
+    let filter = choose_filter(std::env::var("RUST_LOG").ok(), cfg.level.as_deref())?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match cfg.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(rust_log: Option<&str>, level: Option<&str>, expected: Result<&str, &str>) {
+        let got = choose_filter(rust_log.map(str::to_string), level)
+            .map(|f| f.to_string())
+            .map_err(|e| e.to_string());
+        match (got, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+            (got, want) => panic!("got {got:?}, expected {want:?}"),
+        }
+    }
+
+    #[test]
+    fn filter_precedence() {
+        check(None, None, Ok("info"));
+        check(None, Some("debug"), Ok("debug"));
+        check(Some("warn"), Some("debug"), Ok("warn"));
+        check(Some("  "), Some("junction=debug"), Ok("junction=debug"));
+        check(None, Some("junction=loud"), Err("from [log] level"));
+        check(Some("x=[[["), None, Err("from RUST_LOG"));
+    }
 }

@@ -1,0 +1,340 @@
+//! The SQLite side of the journal: schema, the group-commit writer loop, reads.
+//!
+//! Schema versions are kept in `PRAGMA user_version`; [`migrate`] brings an
+//! older file up to [`SCHEMA_VERSION`] and refuses a newer one.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::mpsc;
+
+use super::{
+    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, Status,
+    SyncPolicy, WriteRequest, WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES,
+    MAX_LIMIT,
+};
+use crate::telemetry::metrics::Metrics;
+
+/// The schema this build writes.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA_V1: &str = "
+CREATE TABLE messages (
+    id           INTEGER PRIMARY KEY,
+    listener     TEXT NOT NULL,
+    peer         TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    sender       TEXT NOT NULL,
+    control_id   TEXT NOT NULL,
+    message_type TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('accepted', 'rejected', 'garbage')),
+    ack_code     TEXT,
+    ack          TEXT,
+    error        TEXT,
+    raw          BLOB NOT NULL,
+    size         INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX messages_accepted_sender_control_id
+    ON messages (sender, control_id)
+    WHERE status = 'accepted' AND control_id <> '';
+CREATE INDEX messages_control_id ON messages (control_id);
+";
+
+const FIND_ACCEPTED: &str = "SELECT id, ack_code, ack FROM messages
+     WHERE sender = ?1 AND control_id = ?2 AND status = 'accepted' AND control_id <> ''";
+
+const INSERT: &str = "INSERT INTO messages
+     (listener, peer, received_at, sender, control_id, message_type, version,
+      status, ack_code, ack, error, raw, size)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+const SUMMARY_COLUMNS: &str =
+    "id, listener, sender, control_id, message_type, received_at, ack_code, status";
+
+/// Opens the write connection: WAL, the sync policy, the current schema.
+pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, JournalError> {
+    let open_err = |source| JournalError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalError::NotWal {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let synchronous = match sync {
+        SyncPolicy::Full => "FULL",
+        SyncPolicy::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(open_err)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection for searches.
+pub(super) fn open_reader(path: &Path) -> Result<Connection, JournalError> {
+    let open_err = |source| JournalError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    Ok(conn)
+}
+
+/// Creates or upgrades the schema, refusing files newer than this build.
+fn migrate(conn: &Connection) -> Result<(), JournalError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < 1 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
+/// Marks the writer as gone when the loop ends, however it ends.
+struct AliveGuard(Arc<WriterState>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
+
+/// The writer thread: group commit until every [`super::Journal`] handle is dropped.
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    state: Arc<WriterState>,
+    metrics: Arc<Metrics>,
+) {
+    let _guard = AliveGuard(Arc::clone(&state));
+    let mut group: Vec<WriteRequest> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut messages = first.items.len();
+        let mut bytes = request_bytes(&first);
+        group.push(first);
+        // Take whatever else is already waiting: they all share this commit.
+        while messages < MAX_GROUP_MESSAGES && bytes < MAX_GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(req) => {
+                    messages += req.items.len();
+                    bytes += request_bytes(&req);
+                    group.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = write_group(&mut conn, &group);
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.commit_batch_size.observe(messages as f64);
+        match result {
+            Ok(outcomes) => {
+                state.last_commit_ok.store(true, Ordering::Release);
+                for (req, outcome) in group.drain(..).zip(outcomes) {
+                    // A waiter that went away (connection closed) still had its
+                    // rows committed; a resend will be answered as a duplicate.
+                    let _ = req.reply.send(Ok(outcome));
+                }
+            }
+            Err(err) => {
+                state.last_commit_ok.store(false, Ordering::Release);
+                tracing::error!(error = %err, messages, "journal commit failed");
+                let err = Arc::new(err);
+                for req in group.drain(..) {
+                    let _ = req.reply.send(Err(JournalError::Commit(Arc::clone(&err))));
+                }
+            }
+        }
+    }
+    tracing::debug!("journal writer stopped");
+}
+
+fn request_bytes(req: &WriteRequest) -> usize {
+    req.items
+        .iter()
+        .map(|m| m.raw.len() + m.ack.as_ref().map_or(0, String::len))
+        .sum()
+}
+
+/// Writes every request of a group in one transaction.
+fn write_group(
+    conn: &mut Connection,
+    group: &[WriteRequest],
+) -> Result<Vec<Vec<Committed>>, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut find = tx.prepare_cached(FIND_ACCEPTED)?;
+        let mut insert = tx.prepare_cached(INSERT)?;
+        for req in group {
+            let mut results = Vec::with_capacity(req.items.len());
+            for item in &req.items {
+                results.push(write_one(&tx, &mut find, &mut insert, item)?);
+            }
+            outcomes.push(results);
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+fn write_one(
+    tx: &rusqlite::Transaction<'_>,
+    find: &mut rusqlite::CachedStatement<'_>,
+    insert: &mut rusqlite::CachedStatement<'_>,
+    item: &Incoming,
+) -> Result<Committed, rusqlite::Error> {
+    if item.status == Status::Accepted && !item.control_id.is_empty() {
+        let earlier = find
+            .query_row(params![item.sender, item.control_id], |row| {
+                Ok(Committed::Duplicate {
+                    id: row.get(0)?,
+                    ack_code: row.get(1)?,
+                    ack: row.get(2)?,
+                })
+            })
+            .optional()?;
+        if let Some(duplicate) = earlier {
+            return Ok(duplicate);
+        }
+    }
+    insert.execute(params![
+        item.listener,
+        item.peer,
+        format_timestamp(item.received_at),
+        item.sender,
+        item.control_id,
+        item.message_type,
+        item.version,
+        item.status.as_str(),
+        item.ack_code,
+        item.ack,
+        item.error,
+        &item.raw[..],
+        // A frame is bounded by max_message_bytes, far below i64::MAX.
+        item.raw.len() as i64,
+    ])?;
+    Ok(Committed::Stored {
+        id: tx.last_insert_rowid(),
+    })
+}
+
+/// RFC 3339 in UTC with fixed microsecond precision, so text order is time order.
+fn format_timestamp(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// `column = ?n`, or, for a value without `^`, also every `value^…`.
+fn component_match(column: &str, value: &str, n: usize) -> String {
+    if value.contains('^') {
+        format!("{column} = ?{n}")
+    } else {
+        format!("({column} = ?{n} OR substr({column}, 1, length(?{n}) + 1) = ?{n} || '^')")
+    }
+}
+
+pub(super) fn search(
+    conn: &Connection,
+    q: &MessageQuery,
+) -> Result<Vec<MessageSummary>, rusqlite::Error> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    if let Some(v) = non_empty(&q.control_id) {
+        values.push(v.to_string());
+        clauses.push(format!("control_id = ?{}", values.len()));
+    }
+    if let Some(v) = non_empty(&q.sender) {
+        values.push(v.to_string());
+        clauses.push(component_match("sender", v, values.len()));
+    }
+    if let Some(v) = non_empty(&q.message_type) {
+        values.push(v.to_string());
+        clauses.push(component_match("message_type", v, values.len()));
+    }
+    if let Some(v) = non_empty(&q.status) {
+        values.push(v.to_ascii_lowercase());
+        clauses.push(format!("status = ?{}", values.len()));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM messages");
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(values.iter()), summary_from_row)?;
+    rows.collect()
+}
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> Result<MessageSummary, rusqlite::Error> {
+    Ok(MessageSummary {
+        id: row.get(0)?,
+        listener: row.get(1)?,
+        sender: row.get(2)?,
+        control_id: row.get(3)?,
+        message_type: row.get(4)?,
+        received_at: row.get(5)?,
+        ack_code: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+        status: row.get(7)?,
+    })
+}
+
+pub(super) fn get(conn: &Connection, id: i64) -> Result<Option<MessageDetail>, rusqlite::Error> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS}, peer, version, size, raw, ack, error FROM messages WHERE id = ?1"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    stmt.query_row([id], |row| {
+        let raw: Vec<u8> = row.get(11)?;
+        let size: i64 = row.get(10)?;
+        Ok(MessageDetail {
+            summary: summary_from_row(row)?,
+            peer: row.get(8)?,
+            version: row.get(9)?,
+            size_bytes: usize::try_from(size).unwrap_or(raw.len()),
+            raw: String::from_utf8_lossy(&raw).into_owned(),
+            ack: row.get(12)?,
+            error: row.get(13)?,
+        })
+    })
+    .optional()
+}
+
+/// The raw bytes of one message exactly as stored.
+pub(super) fn raw(conn: &Connection, id: i64) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached("SELECT raw FROM messages WHERE id = ?1")?;
+    stmt.query_row([id], |row| row.get(0)).optional()
+}

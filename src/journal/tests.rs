@@ -1,0 +1,311 @@
+//! Journal tests against a real SQLite file in a temporary folder.
+
+use super::*;
+
+fn config(dir: &tempfile::TempDir) -> StoreConfig {
+    StoreConfig {
+        path: dir.path().join("nested/data/journal.db"),
+        sync: SyncPolicy::Full,
+    }
+}
+
+fn accepted(sender: &str, control_id: &str, message_type: &str, ack: &str) -> Incoming {
+    Incoming {
+        listener: "pas".into(),
+        peer: "127.0.0.1:5000".into(),
+        received_at: jiff::Timestamp::now(),
+        sender: sender.into(),
+        control_id: control_id.into(),
+        message_type: message_type.into(),
+        version: "2.4".into(),
+        status: Status::Accepted,
+        ack_code: Some("AA".into()),
+        ack: Some(ack.into()),
+        error: None,
+        raw: Bytes::from(format!(
+            "MSH|^~\\&|{sender}|||20260101||{message_type}|{control_id}|P|2.4\r"
+        )),
+    }
+}
+
+fn with_status(mut item: Incoming, status: Status, code: Option<&str>) -> Incoming {
+    item.status = status;
+    item.ack_code = code.map(str::to_string);
+    item
+}
+
+fn query(f: impl FnOnce(&mut MessageQuery)) -> MessageQuery {
+    let mut q = MessageQuery::default();
+    f(&mut q);
+    q
+}
+
+fn control_ids(rows: &[MessageSummary]) -> Vec<&str> {
+    rows.iter().map(|r| r.control_id.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_share_transactions_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let journal = Journal::open_with_metrics(&config(&dir), Arc::clone(&metrics)).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let journal = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            journal
+                .commit(vec![accepted(
+                    "PAS^RAL",
+                    &format!("C{i}"),
+                    "ADT^A01",
+                    "ack",
+                )])
+                .await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        let committed = task.await.unwrap().unwrap();
+        assert_eq!(committed.len(), 1);
+        assert!(matches!(committed[0], Committed::Stored { .. }));
+        ids.push(committed[0].id());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "every commit got its own row id");
+    let rows = journal
+        .search(query(|q| q.limit = Some(1000)))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 300);
+    // Every message went through exactly one group commit.
+    let text = metrics.encode();
+    assert!(
+        text.contains("junction_journal_commit_batch_size_sum 300.0"),
+        "{text}"
+    );
+    assert!(journal.is_healthy());
+}
+
+#[tokio::test]
+async fn duplicates_get_the_stored_ack_and_are_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let first = journal
+        .commit(vec![accepted("PAS^RAL", "MSG1", "ADT^A01", "first ack")])
+        .await
+        .unwrap();
+    let Committed::Stored { id } = first[0] else {
+        panic!("first copy must be stored, got {first:?}");
+    };
+    let again = journal
+        .commit(vec![accepted("PAS^RAL", "MSG1", "ADT^A01", "second ack")])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![Committed::Duplicate {
+            id,
+            ack_code: Some("AA".into()),
+            ack: Some("first ack".into()),
+        }]
+    );
+    // Same control id from another sender is a different message.
+    let other = journal
+        .commit(vec![accepted("LAB^RAL", "MSG1", "ORU^R01", "x")])
+        .await
+        .unwrap();
+    assert!(matches!(other[0], Committed::Stored { .. }));
+    // Rejected copies are kept but take no part in duplicate detection.
+    let rejected = journal
+        .commit(vec![
+            with_status(
+                accepted("PAS^RAL", "MSG1", "ADT^A01", "nak"),
+                Status::Rejected,
+                Some("AE"),
+            ),
+            with_status(
+                accepted("PAS^RAL", "MSG2", "ADT^A01", "nak"),
+                Status::Rejected,
+                Some("AE"),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(rejected
+        .iter()
+        .all(|c| matches!(c, Committed::Stored { .. })));
+    // A rejected MSG2 does not stop a corrected MSG2 from being accepted.
+    let corrected = journal
+        .commit(vec![accepted("PAS^RAL", "MSG2", "ADT^A01", "ok")])
+        .await
+        .unwrap();
+    assert!(matches!(corrected[0], Committed::Stored { .. }));
+    // Two copies inside one batch: the second is a duplicate of the first.
+    let batch = journal
+        .commit(vec![
+            accepted("PAS^RAL", "MSG3", "ADT^A01", "a3"),
+            accepted("PAS^RAL", "MSG3", "ADT^A01", "b3"),
+        ])
+        .await
+        .unwrap();
+    let stored_id = batch[0].id();
+    assert_eq!(
+        batch[1],
+        Committed::Duplicate {
+            id: stored_id,
+            ack_code: Some("AA".into()),
+            ack: Some("a3".into())
+        }
+    );
+    // Messages without a control id cannot be told apart: both are stored.
+    let blank = journal
+        .commit(vec![
+            accepted("PAS^RAL", "", "ADT^A01", "x"),
+            accepted("PAS^RAL", "", "ADT^A01", "y"),
+        ])
+        .await
+        .unwrap();
+    assert!(blank.iter().all(|c| matches!(c, Committed::Stored { .. })));
+    let msg1 = journal
+        .search(query(|q| {
+            q.control_id = Some("MSG1".into());
+            q.sender = Some("PAS^RAL".into());
+            q.status = Some("accepted".into());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(msg1.len(), 1);
+}
+
+#[tokio::test]
+async fn search_filters_and_orders_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    journal
+        .commit(vec![
+            accepted("PAS^RAL", "1", "ADT^A01", "a"),
+            accepted("PAS^RAL", "2", "ADT^A08", "a"),
+            accepted("LIMS^RAL", "3", "ORU^R01", "a"),
+            accepted("PAS^BARNET", "4", "ADTX^Z01", "a"),
+            with_status(accepted("", "", "", "a"), Status::Garbage, None),
+            with_status(
+                accepted("PAS^RAL", "6", "ADT^A01", "a"),
+                Status::Rejected,
+                Some("AR"),
+            ),
+        ])
+        .await
+        .unwrap();
+    let all = journal.search(MessageQuery::default()).await.unwrap();
+    assert_eq!(control_ids(&all), vec!["6", "", "4", "3", "2", "1"]);
+    let adt = journal
+        .search(query(|q| q.message_type = Some("ADT".into())))
+        .await
+        .unwrap();
+    assert_eq!(control_ids(&adt), vec!["6", "2", "1"]);
+    let a01 = journal
+        .search(query(|q| q.message_type = Some("ADT^A01".into())))
+        .await
+        .unwrap();
+    assert_eq!(control_ids(&a01), vec!["6", "1"]);
+    let pas = journal
+        .search(query(|q| q.sender = Some("PAS".into())))
+        .await
+        .unwrap();
+    assert_eq!(control_ids(&pas), vec!["6", "4", "2", "1"]);
+    let pas_ral = journal
+        .search(query(|q| q.sender = Some("PAS^RAL".into())))
+        .await
+        .unwrap();
+    assert_eq!(control_ids(&pas_ral), vec!["6", "2", "1"]);
+    let garbage = journal
+        .search(query(|q| q.status = Some("garbage".into())))
+        .await
+        .unwrap();
+    assert_eq!(garbage.len(), 1);
+    assert_eq!(garbage[0].ack_code, "");
+    let rejected_a01 = journal
+        .search(query(|q| {
+            q.status = Some("rejected".into());
+            q.message_type = Some("ADT^A01".into());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(control_ids(&rejected_a01), vec!["6"]);
+    assert_eq!(rejected_a01[0].ack_code, "AR");
+    let by_id = journal
+        .search(query(|q| {
+            q.control_id = Some("3".into());
+            q.sender = Some(String::new());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(by_id[0].message_type, "ORU^R01");
+    let two = journal.search(query(|q| q.limit = Some(2))).await.unwrap();
+    assert_eq!(control_ids(&two), vec!["6", ""]);
+    assert!(all[0].received_at.ends_with('Z'));
+}
+
+#[tokio::test]
+async fn limit_defaults_to_100_and_is_capped_at_1000() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let items: Vec<_> = (0..1001)
+        .map(|i| accepted("PAS^RAL", &i.to_string(), "ADT^A01", "a"))
+        .collect();
+    journal.commit(items).await.unwrap();
+    assert_eq!(
+        journal.search(MessageQuery::default()).await.unwrap().len(),
+        100
+    );
+    let capped = journal
+        .search(query(|q| q.limit = Some(5000)))
+        .await
+        .unwrap();
+    assert_eq!(capped.len(), 1000);
+}
+
+#[tokio::test]
+async fn data_survives_dropping_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let raw =
+        Bytes::from_static(b"MSH|^~\\&|PAS|RAL|||20260101||ADT^A01|X1|P|2.4\rPID|||\xe9\xff\r");
+    let id = {
+        let journal = Journal::open(&cfg).unwrap();
+        let mut item = accepted("PAS^RAL", "X1", "ADT^A01", "the ack");
+        item.raw = raw.clone();
+        journal.commit(vec![item]).await.unwrap()[0].id()
+    };
+    let journal = Journal::open(&cfg).unwrap();
+    let detail = journal.get(id).await.unwrap().expect("row survives");
+    assert_eq!(detail.summary.control_id, "X1");
+    assert_eq!(detail.summary.status, "accepted");
+    assert_eq!(detail.ack.as_deref(), Some("the ack"));
+    assert_eq!(detail.size_bytes, raw.len());
+    assert_eq!(detail.version, "2.4");
+    assert_eq!(journal.raw(id).await.unwrap().as_deref(), Some(&raw[..]));
+    // And duplicate detection still knows it.
+    let again = journal
+        .commit(vec![accepted("PAS^RAL", "X1", "ADT^A01", "new ack")])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], Committed::Duplicate { id: d, .. } if d == id));
+    assert_eq!(journal.get(id + 1000).await.unwrap(), None);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    drop(Journal::open(&cfg).unwrap());
+    let conn = rusqlite::Connection::open(&cfg.path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Journal::open(&cfg).unwrap_err();
+    assert!(
+        matches!(err, JournalError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+}

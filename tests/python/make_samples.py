@@ -1,0 +1,737 @@
+#!/usr/bin/env python3
+"""Writes the sample HL7 v2 messages under samples/ (run from the repository root).
+
+Every message is fictional: names, addresses and phone numbers are invented
+(Ofcom drama ranges 020 7946 0xxx and 07700 900xxx), and every NHS number is
+from the 999 test range with a valid modulus-11 check digit (asserted below),
+except the one in samples/bad/nhs_number_bad_checksum.hl7, which is
+deliberately wrong.
+
+Segments end with CR, as senders send them, except adt_a08_lf_endings.hl7.
+The ISO-8859-1 sample is written as real latin-1 bytes.
+
+    python3 tests/python/make_samples.py
+"""
+
+import base64
+import os
+import random
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+SAMPLES = os.path.join(ROOT, "samples")
+
+
+def nhs_check_digit(first9: str):
+    """Modulus 11 check digit per the NHS Data Dictionary, None when 10 (invalid)."""
+    total = sum(int(d) * w for d, w in zip(first9, range(10, 1, -1)))
+    check = 11 - total % 11
+    if check == 11:
+        return 0
+    if check == 10:
+        return None
+    return check
+
+
+def nhs_valid(number: str) -> bool:
+    if len(number) != 10 or not number.isdigit():
+        return False
+    check = nhs_check_digit(number[:9])
+    return check is not None and check == int(number[9])
+
+
+def seg(name, fields):
+    """A segment from {field number: value}; missing fields are empty."""
+    last = max(fields) if fields else 0
+    parts = [name] + [fields.get(i, "") for i in range(1, last + 1)]
+    return "|".join(parts)
+
+
+def msh(sending_app, sending_fac, when, msg_type, control_id, version, extra=None):
+    """MSH; field numbers as in the standard (MSH-3 is the sending application)."""
+    fields = {
+        3: sending_app,
+        4: sending_fac,
+        5: "JUNCTION",
+        6: "LCR",
+        7: when,
+        9: msg_type,
+        10: control_id,
+        11: "P",
+        12: version,
+    }
+    if extra:
+        fields.update(extra)
+    last = max(fields)
+    # MSH-1 is the field separator itself, MSH-2 the encoding characters.
+    parts = ["MSH", "^~\\&"] + [fields.get(i, "") for i in range(3, last + 1)]
+    return "|".join(parts)
+
+
+def message(segments, ending="\r"):
+    return ending.join(segments) + ending
+
+
+# ---------------------------------------------------------------- patients
+
+NHS = {
+    "smith": "9990000018",
+    "okonkwo": "9990012385",
+    "sharma": "9990024758",
+    "wright": "9990037124",
+    "oneil": "9990049491",
+    "kowalski": "9990061866",
+    "evans": "9990074232",
+    "begum": "9990086605",
+    "osuilleabhain": "9990111340",
+    "hughes": "9990123713",
+    "lewis": "9990136084",
+}
+for who, number in NHS.items():
+    assert nhs_valid(number), (who, number)
+
+BAD_NHS = "9990160822"  # the valid check digit for 999016082 is 1
+assert not nhs_valid(BAD_NHS) and nhs_check_digit(BAD_NHS[:9]) is not None
+
+GP_PRIMROSE = "PRIMROSE HILL SURGERY^^F84003^^^^^^^F84003"
+GP_PRIMROSE_24 = "PRIMROSE HILL SURGERY^^F84003"
+GP_DR_OKAFOR = "G8234567^OKAFOR^CHIDI^^^DR"
+CONS_PATEL = "C4512345^PATEL^ANJALI^^^DR"
+CONS_MORGAN = "C3398811^MORGAN^HELEN^^^DR"
+CONS_ABARA = "C6120934^ABARA^EMEKA^^^MR"
+
+RFH_7N = "7N^SIDE ROOM 2^BED 12^RAL01^^^ROYAL FREE HOSPITAL^7^WARD 7 NORTH"
+
+
+def pid_smith(version_25=True, address=None, phone=None):
+    return seg("PID", {
+        1: "1",
+        3: f"{NHS['smith']}^^^NHS^NH~RAL1234567^^^RAL^MR",
+        5: "SMITH^MARGARET^ANNE^^MRS^^L",
+        7: "19480312",
+        8: "F",
+        11: address or "FLAT 4^12 ACACIA AVENUE^LONDON^^NW3 2QG^GBR^H",
+        13: phone or "020 7946 0123^PRN^PH~07700 900123^PRN^CP",
+        15: "en^English^ISO639",
+        16: "W^Widowed",
+        22: "A^White - British^NHSETH",
+        32: "NSTS01" if version_25 else "",
+    })
+
+
+# ---------------------------------------------------------------- messages
+
+def adt_a01():
+    return message([
+        msh("PAS", "RAL01", "20261120143512", "ADT^A01^ADT_A01", "RAL20261120143512001", "2.4",
+            {17: "GBR"}),
+        seg("EVN", {1: "A01", 2: "20261120143500", 5: "AB1234^BAKER^ANN^^^MS", 6: "20261120142000"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['smith']}^^^NHS^NH~RAL1234567^^^RAL^MR",
+            5: "SMITH^MARGARET^ANNE^^MRS^^L",
+            7: "19480312",
+            8: "F",
+            11: "FLAT 4^12 ACACIA AVENUE^LONDON^^NW3 2QG^GBR^H",
+            13: "020 7946 0123^PRN^PH~07700 900123^PRN^CP",
+            15: "en^English^ISO639",
+            16: "W^Widowed",
+            22: "A^White - British^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: GP_PRIMROSE_24, 4: GP_DR_OKAFOR}),
+        seg("NK1", {
+            1: "1",
+            2: "SMITH^PAUL^^^MR",
+            3: "SON^Son^HL70063",
+            4: "27 ELM GROVE^^WATFORD^HERTFORDSHIRE^WD17 4PL^GBR^H",
+            5: "07700 900456^PRN^CP",
+            7: "NOK^Next of kin^HL70131",
+        }),
+        seg("PV1", {
+            1: "1",
+            2: "I",
+            3: RFH_7N,
+            4: "21",
+            7: CONS_PATEL,
+            10: "320",
+            14: "19",
+            17: CONS_PATEL,
+            18: "01",
+            19: "V2026112001^^^RAL^VN",
+            39: "RAL01",
+            44: "20261120142000",
+        }),
+        seg("PV2", {3: "^Chest pain"}),
+        seg("DG1", {1: "1", 3: "R07.4^Chest pain, unspecified^I10", 5: "20261120142000", 6: "W"}),
+        seg("AL1", {1: "1", 2: "DA^Drug allergy^HL70127", 3: "PENICILLIN^Penicillin^L",
+                    4: "SV^Severe^HL70128", 5: "Anaphylaxis", 6: "19820601"}),
+        seg("AL1", {1: "2", 2: "FA^Food allergy^HL70127", 3: "PEANUT^Peanut^L",
+                    4: "MO^Moderate^HL70128", 5: "Urticaria"}),
+        seg("ZPI", {1: "1", 2: "Y", 3: "LARGE PRINT LETTERS", 4: "20261120"}),
+    ])
+
+
+def adt_a08(ending="\r", control_id="RAL20261121091500044", when="20261121091500"):
+    return message([
+        msh("PAS", "RAL01", when, "ADT^A08^ADT_A01", control_id, "2.4", {17: "GBR"}),
+        seg("EVN", {1: "A08", 2: when[:12] + "00", 5: "AB1234^BAKER^ANN^^^MS"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['smith']}^^^NHS^NH~RAL1234567^^^RAL^MR",
+            5: "SMITH^MARGARET^ANNE^^MRS^^L",
+            7: "19480312",
+            8: "F",
+            11: "3 BIRCH COURT^HEATH LANE^LONDON^^NW3 7RX^GBR^H",
+            13: "020 7946 0123^PRN^PH~07700 900123^PRN^CP~^NET^Internet^m.smith@example.com",
+            15: "en^English^ISO639",
+            16: "W^Widowed",
+            22: "A^White - British^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: GP_PRIMROSE_24, 4: GP_DR_OKAFOR}),
+        seg("PV1", {
+            1: "1",
+            2: "I",
+            3: RFH_7N,
+            7: CONS_PATEL,
+            10: "320",
+            19: "V2026112001^^^RAL^VN",
+            44: "20261120142000",
+        }),
+    ], ending)
+
+
+def adt_a02():
+    return message([
+        msh("PAS", "RAL01", "20261120221045", "ADT^A02^ADT_A02", "RAL20261120221045007", "2.4",
+            {17: "GBR"}),
+        seg("EVN", {1: "A02", 2: "20261120221000", 6: "20261120220500"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['sharma']}^^^NHS^NH~RAL2345678^^^RAL^MR",
+            5: "SHARMA^PRIYA^^^MS^^L",
+            7: "19910817",
+            8: "F",
+            11: "58 CASTLE ROAD^^LONDON^^NW1 8SU^GBR^H",
+            13: "07700 900781^PRN^CP",
+            22: "H^Asian or Asian British - Indian^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: "CASTLE ROAD MEDICAL CENTRE^^F83012", 4: "G3456712^HUSSAIN^AMINA^^^DR"}),
+        seg("PV1", {
+            1: "1",
+            2: "I",
+            3: "ITU^^BED 3^RAL01^^^ROYAL FREE HOSPITAL^3^INTENSIVE CARE UNIT",
+            6: "AMU^^BED 9^RAL01^^^ROYAL FREE HOSPITAL^1^ACUTE MEDICAL UNIT",
+            7: CONS_MORGAN,
+            10: "192",
+            19: "V2026111903^^^RAL^VN",
+            44: "20261119180000",
+        }),
+    ])
+
+
+def adt_a03():
+    # A summer discharge: local times are BST (UTC+1).
+    return message([
+        msh("EPR", "RRV", "20260714163204", "ADT^A03", "UCLH-0714-88213", "2.3"),
+        seg("EVN", {1: "A03", 2: "20260714163200"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['okonkwo']}^^^NHS^NH~MRN0455871^^^RRV^MR",
+            5: "OKONKWO^DAVID^CHUKWUEMEKA^^MR",
+            7: "19650203",
+            8: "M",
+            11: "112 GOWER STREET^^LONDON^^WC1E 6BT^GBR^H",
+            13: "020 7946 0871^PRN^PH",
+            22: "N^Black or Black British - African^NHSETH",
+        }),
+        seg("PD1", {3: "GOWER STREET PRACTICE^^F83004", 4: "G7102938^LIM^WEI^^^DR"}),
+        seg("PV1", {
+            1: "1",
+            2: "I",
+            3: "T12N^^BED 4^RRV03^^^UNIVERSITY COLLEGE HOSPITAL^12^WARD T12 NORTH",
+            7: CONS_ABARA,
+            10: "100",
+            19: "UC88213^^^RRV^VN",
+            36: "01^Discharged on clinical advice",
+            37: "19^Usual place of residence",
+            44: "20260710091500",
+            45: "20260714160000",
+        }),
+        seg("DG1", {1: "1", 3: "K35.8^Acute appendicitis, other and unspecified^I10",
+                    5: "20260710120000", 6: "F"}),
+        seg("DG1", {1: "2", 3: "E11.9^Type 2 diabetes mellitus without complications^I10",
+                    6: "F"}),
+    ])
+
+
+def adt_a13():
+    return message([
+        msh("EPR", "RRV", "20260714171522", "ADT^A13", "UCLH-0714-88240", "2.3"),
+        seg("EVN", {1: "A13", 2: "20260714171500"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['okonkwo']}^^^NHS^NH~MRN0455871^^^RRV^MR",
+            5: "OKONKWO^DAVID^CHUKWUEMEKA^^MR",
+            7: "19650203",
+            8: "M",
+            11: "112 GOWER STREET^^LONDON^^WC1E 6BT^GBR^H",
+        }),
+        seg("PV1", {
+            1: "1",
+            2: "I",
+            3: "T12N^^BED 4^RRV03^^^UNIVERSITY COLLEGE HOSPITAL^12^WARD T12 NORTH",
+            7: CONS_ABARA,
+            10: "100",
+            19: "UC88213^^^RRV^VN",
+            44: "20260710091500",
+        }),
+    ])
+
+
+def adt_a04():
+    # Outpatient registration; the sender asks for enhanced acknowledgement.
+    return message([
+        msh("CERNER", "RQX^RQX^ODS", "20261118101533", "ADT^A04^ADT_A01", "HOM000481516", "2.5",
+            {15: "AL", 16: "NE", 17: "GBR"}),
+        seg("EVN", {2: "20261118101530", 6: "20261118101000"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['wright']}^^^NHS^NH~HOM3318842^^^RQX^MR",
+            5: "WRIGHT^THOMAS^JAMES^^MR^^L",
+            7: "20120905",
+            8: "M",
+            11: "22 MARE STREET^^LONDON^^E8 1HY^GBR^H",
+            13: "020 7946 0552^PRN^PH",
+            22: "C^White - Any other White background^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: "MARE STREET SURGERY^^F84017^^^^^^^F84017", 4: "G4433221^ADEYEMI^FOLA^^^DR"}),
+        seg("NK1", {
+            1: "1",
+            2: "WRIGHT^SARAH^^^MRS",
+            3: "MTH^Mother^HL70063",
+            5: "07700 900912^PRN^CP",
+            7: "NOK^Next of kin^HL70131",
+        }),
+        seg("PV1", {
+            1: "1",
+            2: "O",
+            3: "PAEDOPD^ROOM 4^^RQX01^^^HOMERTON UNIVERSITY HOSPITAL^^PAEDIATRIC OUTPATIENTS",
+            7: "C5566778^OSEI^KWAME^^^DR",
+            10: "420",
+            19: "OP20261118-0042^^^RQX^VN",
+            44: "20261118101000",
+        }),
+    ])
+
+
+def adt_a05():
+    # Pre-admission with escape sequences in names: the clerk typed "ROSE^MARY"
+    # and the next of kin is "MR & MRS O'NEIL".
+    return message([
+        msh("PAS", "RAL01", "20261119110245", "ADT^A05^ADT_A05", "RAL20261119110245019", "2.5.1",
+            {17: "GBR"}),
+        seg("EVN", {2: "20261119110240", 6: "20261119110000"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['oneil']}^^^NHS^NH~RAL3456789^^^RAL^MR",
+            5: "O'NEIL^ROSE\\S\\MARY^^^MRS^^L",
+            7: "19570422",
+            8: "F",
+            11: "THE OLD FORGE^7 BRIDGE END^ST ALBANS^HERTFORDSHIRE^AL1 4RP^GBR^H",
+            13: "01727 946001^PRN^PH",
+            22: "B^White - Irish^NHSETH",
+            32: "NSTS02",
+        }),
+        seg("PD1", {3: "BRIDGE END SURGERY \\T\\ DISPENSARY^^E82061^^^^^^^E82061",
+                    4: "G9988771^REID^ALASTAIR^^^DR"}),
+        seg("NK1", {
+            1: "1",
+            2: "O'NEIL^MR \\T\\ MRS",
+            3: "CHD^Child^HL70063",
+            4: "14 VERULAM ROAD^^ST ALBANS^HERTFORDSHIRE^AL3 4DH^GBR^H",
+            5: "07700 900334^PRN^CP",
+            7: "NOK^Next of kin^HL70131",
+        }),
+        seg("PV1", {
+            1: "1",
+            2: "P",
+            3: "DSU^^^RAL01^^^ROYAL FREE HOSPITAL^^DAY SURGERY UNIT",
+            4: "11",
+            7: CONS_ABARA,
+            10: "110",
+            19: "V2026120301^^^RAL^VN",
+        }),
+        seg("PV2", {3: "^Right total knee replacement", 8: "20261203073000"}),
+        seg("DG1", {1: "1", 3: "M17.1^Other primary gonarthrosis^I10", 6: "A"}),
+    ])
+
+
+def adt_a11():
+    # Cancels the A01 admission of the same visit.
+    return message([
+        msh("PAS", "RAL01", "20261120150210", "ADT^A11^ADT_A09", "RAL20261120150210003", "2.4",
+            {17: "GBR"}),
+        seg("EVN", {1: "A11", 2: "20261120150200", 4: "ERR^Entered in error"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['smith']}^^^NHS^NH~RAL1234567^^^RAL^MR",
+            5: "SMITH^MARGARET^ANNE^^MRS^^L",
+            7: "19480312",
+            8: "F",
+        }),
+        seg("PV1", {
+            1: "1",
+            2: "I",
+            3: RFH_7N,
+            7: CONS_PATEL,
+            19: "V2026112001^^^RAL^VN",
+            44: "20261120142000",
+        }),
+    ])
+
+
+def adt_a28():
+    # Person added by a community system that sends NHS gender codes (1/2/9).
+    return message([
+        msh("RIO", "RQX^RQX^ODS", "20261117084412", "ADT^A28^ADT_A05", "RIO-20261117-000193", "2.5"),
+        seg("EVN", {2: "20261117084410"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['kowalski']}^^^NHS^NH~RIO1000193^^^RQX^MR",
+            5: "KOWALSKI^ANNA^MARIA^^MS^^L~NOWAK^ANNA^^^MISS^^M",
+            7: "19880130",
+            8: "2",
+            11: "FLAT 9 LOWER CLAPTON HOUSE^LOWER CLAPTON ROAD^LONDON^^E5 0NS^GBR^H",
+            13: "07700 900667^PRN^CP~^NET^Internet^anna.k@example.org",
+            15: "pl^Polish^ISO639",
+            22: "C^White - Any other White background^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: "CLAPTON SURGERY^^F84063^^^^^^^F84063", 4: "G1122334^BROWN^ELEANOR^^^DR"}),
+        seg("PV1", {1: "1", 2: "N"}),
+    ])
+
+
+def adt_a31():
+    # v2.8, UTF-8, NHS gender code 1.
+    return message([
+        msh("PAS", "RAL01", "20261121083011+0000", "ADT^A31^ADT_A05", "RAL20261121083011052", "2.8",
+            {17: "GBR", 18: "UNICODE UTF-8"}),
+        seg("EVN", {2: "20261121083010+0000"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['evans']}^^^NHS^NH~RAL4567890^^^RAL^MR",
+            5: "EVANS^RHYS^GWYN^^MR^^L",
+            7: "19790611",
+            8: "1",
+            11: "Tŷ Siân^41 HAVERSTOCK HILL^LONDON^^NW3 2BP^GBR^H",
+            13: "^PRN^CP^^^^^^^^^07700 900245",
+            15: "cy^Welsh^ISO639",
+            16: "M^Married",
+            22: "A^White - British^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: "HAVERSTOCK HEALTH^^F83673^^^^^^^F83673", 4: "G2233445^DAVIES^CERI^^^DR"}),
+        seg("NK1", {
+            1: "1",
+            2: "EVANS^SIÂN^^^MRS",
+            3: "SPO^Spouse^HL70063",
+            5: "^PRN^CP^^^^^^^^^07700 900246",
+            7: "NOK^Next of kin^HL70131",
+        }),
+        seg("PV1", {1: "1", 2: "N"}),
+        seg("AL1", {1: "1", 2: "DA^Drug allergy^HL70127", 3: "CODEINE^Codeine^L",
+                    4: "MI^Mild^HL70128", 5: "Nausea"}),
+    ])
+
+
+def adt_a40():
+    # Merge: RAL7654321 (a duplicate registration) into RAL5678901.
+    return message([
+        msh("PAS", "RAL01", "20261121120000", "ADT^A40^ADT_A39", "RAL20261121120000077", "2.5.1",
+            {17: "GBR"}),
+        seg("EVN", {2: "20261121120000", 5: "DQ0042^HARRIS^JO^^^MR"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['begum']}^^^NHS^NH~RAL5678901^^^RAL^MR",
+            5: "BEGUM^NASIMA^^^MRS^^L",
+            7: "19720919",
+            8: "F",
+            11: "30 QUEEN'S CRESCENT^^LONDON^^NW5 4EP^GBR^H",
+            22: "J^Asian or Asian British - Bangladeshi^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: "QUEEN'S CRESCENT PRACTICE^^F83019^^^^^^^F83019",
+                    4: "G5566110^CHOWDHURY^RAHIM^^^DR"}),
+        seg("MRG", {1: "RAL7654321^^^RAL^MR", 7: "BEGUM^NASIMA^^^MS^^L"}),
+    ])
+
+
+def oru_r01():
+    # FBC, U&E, CRP and gentamicin level for the patient admitted in adt_a01.
+    ordering = "C4512345^PATEL^ANJALI^^^DR"
+    collected = "20261120151000"
+    received = "20261120153207"
+    reported = "20261120162544"
+
+    def obr(set_id, service, section, filler):
+        return seg("OBR", {
+            1: set_id,
+            2: "ICE9912345^ICE",
+            3: f"{filler}^WINPATH",
+            4: service,
+            7: collected,
+            14: received,
+            16: ordering,
+            22: reported,
+            24: section,
+            25: "F",
+        })
+
+    def nm(set_id, code, value, units, rng, flag=""):
+        return seg("OBX", {1: set_id, 2: "NM", 3: code, 5: value, 6: units, 7: rng, 8: flag,
+                           11: "F", 14: collected})
+
+    pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n" \
+          b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+    return message([
+        msh("WINPATH", "RAL^RAL^ODS", reported + "+0000", "ORU^R01^ORU_R01", "WP26112016254400123",
+            "2.5.1", {17: "GBR"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['smith']}^^^NHS^NH~RAL1234567^^^RAL^MR",
+            5: "SMITH^MARGARET^ANNE^^MRS^^L",
+            7: "19480312",
+            8: "F",
+            32: "NSTS01",
+        }),
+        seg("PV1", {1: "1", 2: "I", 3: RFH_7N, 7: CONS_PATEL, 19: "V2026112001^^^RAL^VN"}),
+        seg("ORC", {1: "RE", 2: "ICE9912345^ICE", 3: "26H0123456^WINPATH", 5: "CM", 12: ordering}),
+        obr("1", "FBC^Full blood count^WINPATH", "HAEM", "26H0123456"),
+        seg("NTE", {1: "1", 2: "L", 3: "Sample received 22 minutes after collection."}),
+        nm("1", "HB^Haemoglobin^WINPATH", "128", "g/L", "115-165", "N"),
+        nm("2", "WBC^White cell count^WINPATH", "11.8", "10*9/L", "4.0-11.0", "H"),
+        nm("3", "PLT^Platelets^WINPATH", "142", "10*9/L", "150-400", "L"),
+        nm("4", "RBC^Red cell count^WINPATH", "4.21", "10*12/L", "3.80-5.80"),
+        nm("5", "HCT^Haematocrit^WINPATH", "0.38", "L/L", "0.37-0.47"),
+        nm("6", "MCV^Mean cell volume^WINPATH", "90.2", "fL", "80-100"),
+        nm("7", "NEUT^Neutrophils^WINPATH", "8.9", "10*9/L", "2.0-7.5", "H"),
+        nm("8", "LYMPH^Lymphocytes^WINPATH", "1.6", "10*9/L", "1.0-4.0"),
+        seg("OBX", {1: "9", 2: "ST", 3: "FILM^Blood film comment^WINPATH",
+                    5: "Neutrophilia. No blast cells seen.", 11: "F"}),
+        seg("OBX", {1: "10", 2: "CWE", 3: "SICK^Sickle solubility screen^WINPATH",
+                    5: "NEG^Negative^WINPATH", 11: "F"}),
+        obr("2", "UE^Urea and electrolytes^WINPATH", "CHEM", "26C0456789"),
+        nm("11", "NA^Sodium^WINPATH", "138", "mmol/L", "133-146"),
+        nm("12", "K^Potassium^WINPATH", "5.6", "mmol/L", "3.5-5.3", "H"),
+        seg("NTE", {1: "1", 2: "L", 3: "Slightly haemolysed sample \\T\\ delayed separation: "
+                                       "potassium may be falsely raised."}),
+        nm("13", "UREA^Urea^WINPATH", "9.1", "mmol/L", "2.5-7.8", "H"),
+        nm("14", "CREA^Creatinine^WINPATH", "132", "umol/L", "45-84", "H"),
+        nm("15", "EGFR^eGFR (CKD-EPI)^WINPATH", "35", "mL/min/1.73m2", ">90", "L"),
+        seg("OBX", {1: "16", 2: "TX", 3: "UECOM^U\\T\\E comment^WINPATH",
+                    5: "Reduced eGFR: compare with previous results.~"
+                       "Please repeat U\\T\\E within 48 hours if clinically indicated.",
+                    11: "F"}),
+        seg("OBX", {1: "17", 2: "ED", 3: "RPT^Cumulative report^WINPATH",
+                    5: "WINPATH^AP^PDF^Base64^" + base64.b64encode(pdf).decode("ascii"),
+                    11: "F"}),
+        obr("3", "CRP^C-reactive protein^WINPATH", "CHEM", "26C0456790"),
+        seg("OBX", {1: "18", 2: "SN", 3: "CRP^C-reactive protein^WINPATH", 5: "<^5",
+                    6: "mg/L", 7: "0-5", 8: "N", 11: "F", 14: collected}),
+        obr("4", "GENT^Gentamicin level^WINPATH", "CHEM", "26C0456791"),
+        nm("19", "GENT^Gentamicin (pre-dose)^WINPATH", "0.8", "mg/L", "<1.0"),
+        seg("OBX", {1: "20", 2: "TS", 3: "GENTLD^Time of last dose^WINPATH",
+                    5: "202611191800", 11: "F"}),
+        seg("NTE", {1: "1", 2: "L", 3: "Pre-dose level acceptable for once-daily dosing."}),
+    ])
+
+
+def oru_r01_microbiology():
+    # A v2.3 microbiology report: CE organism, TX report with formatting
+    # escapes, a DT, no PV1 (optional segment missing).
+    return message([
+        msh("TELEPATH", "RRV", "20261119172201", "ORU^R01", "TP0031988412", "2.3"),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['okonkwo']}^^^NHS^NH~MRN0455871^^^RRV^MR",
+            5: "OKONKWO^DAVID^CHUKWUEMEKA^^MR",
+            7: "19650203",
+            8: "M",
+        }),
+        seg("OBR", {
+            1: "1",
+            2: "ICE7788123^ICE",
+            3: "M26.0098812^TELEPATH",
+            4: "MCS^Urine microscopy, culture and sensitivity^TELEPATH",
+            7: "20261117090000",
+            14: "20261117113000",
+            15: "UR^Urine, midstream",
+            16: "G7102938^LIM^WEI^^^DR",
+            22: "20261119172000",
+            24: "MICRO",
+            25: "F",
+        }),
+        seg("OBX", {1: "1", 2: "CE", 3: "ORG^Organism^TELEPATH",
+                    5: "ECOL^Escherichia coli^TELEPATH", 11: "F"}),
+        seg("OBX", {1: "2", 2: "NM", 3: "WBCU^White cells (urine)^TELEPATH", 5: "150",
+                    6: "10*6/L", 7: "0-10", 8: "H", 11: "F"}),
+        seg("OBX", {1: "3", 2: "TX", 3: "SENS^Sensitivities^TELEPATH",
+                    5: "Nitrofurantoin   S\\.br\\Trimethoprim    R\\.br\\Amoxicillin     R",
+                    11: "F"}),
+        seg("OBX", {1: "4", 2: "DT", 3: "SAMPDT^Date sample taken^TELEPATH", 5: "20261117",
+                    11: "F"}),
+        seg("NTE", {1: "1", 2: "L", 3: "Significant bacteriuria. Treat according to sensitivities."}),
+    ])
+
+
+def adt_a31_latin1():
+    # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
+    text = message([
+        msh("PAS", "RAL01", "20261121140512", "ADT^A31^ADT_A05", "RAL20261121140512061", "2.4",
+            {17: "GBR", 18: "8859/1"}),
+        seg("EVN", {1: "A31", 2: "20261121140500"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['osuilleabhain']}^^^NHS^NH~RAL6789012^^^RAL^MR",
+            5: "O'SÚILLEABHÁIN^ZOË^ÁINE^^MS^^L",
+            7: "19940228",
+            8: "F",
+            11: "2 CAFÉ ROW^^LONDON^^N1 9GU^GBR^H",
+            13: "07700 900518^PRN^CP",
+            22: "B^White - Irish^NHSETH",
+            32: "NSTS01",
+        }),
+        seg("PD1", {3: GP_PRIMROSE_24, 4: GP_DR_OKAFOR}),
+        seg("PV1", {1: "1", 2: "N"}),
+    ])
+    return text.encode("latin-1")
+
+
+def batch_adt():
+    # A nightly FHS/BHS batch of one patient's admission, transfer and discharge.
+    pid = seg("PID", {
+        1: "1",
+        3: f"{NHS['hughes']}^^^NHS^NH~RAL7788990^^^RAL^MR",
+        5: "HUGHES^GARETH^^^MR^^L",
+        7: "19530704",
+        8: "M",
+        11: "9 PARLIAMENT HILL^^LONDON^^NW3 2TN^GBR^H",
+        22: "A^White - British^NHSETH",
+        32: "NSTS01",
+    })
+    pd1 = seg("PD1", {3: GP_PRIMROSE_24, 4: GP_DR_OKAFOR})
+    visit = "V2026111501^^^RAL^VN"
+    msgs = [
+        [
+            msh("PAS", "RAL01", "20261115093000", "ADT^A01^ADT_A01", "RALB20261115093000", "2.4"),
+            seg("EVN", {1: "A01", 2: "20261115093000"}),
+            pid, pd1,
+            seg("PV1", {1: "1", 2: "I", 3: "AMU^^BED 2^RAL01^^^ROYAL FREE HOSPITAL^1^ACUTE MEDICAL UNIT",
+                        7: CONS_MORGAN, 10: "300", 19: visit, 44: "20261115092000"}),
+        ],
+        [
+            msh("PAS", "RAL01", "20261116111500", "ADT^A02^ADT_A02", "RALB20261116111500", "2.4"),
+            seg("EVN", {1: "A02", 2: "20261116111500"}),
+            pid, pd1,
+            seg("PV1", {1: "1", 2: "I", 3: "10W^^BED 6^RAL01^^^ROYAL FREE HOSPITAL^10^WARD 10 WEST",
+                        6: "AMU^^BED 2^RAL01^^^ROYAL FREE HOSPITAL^1^ACUTE MEDICAL UNIT",
+                        7: CONS_MORGAN, 10: "300", 19: visit, 44: "20261115092000"}),
+        ],
+        [
+            msh("PAS", "RAL01", "20261119143000", "ADT^A03^ADT_A03", "RALB20261119143000", "2.4"),
+            seg("EVN", {1: "A03", 2: "20261119143000"}),
+            pid, pd1,
+            seg("PV1", {1: "1", 2: "I", 3: "10W^^BED 6^RAL01^^^ROYAL FREE HOSPITAL^10^WARD 10 WEST",
+                        7: CONS_MORGAN, 10: "300", 19: visit,
+                        36: "01^Discharged on clinical advice",
+                        44: "20261115092000", 45: "20261119140000"}),
+            seg("DG1", {1: "1", 3: "J18.9^Pneumonia, unspecified^I10", 6: "F"}),
+        ],
+    ]
+    segments = [
+        "FHS|^~\\&|PAS|RAL01|JUNCTION|LCR|20261120020000||ADT20261120.DAT|nightly ADT extract|F20261120",
+        "BHS|^~\\&|PAS|RAL01|JUNCTION|LCR|20261120020000||||B20261120",
+    ]
+    for m in msgs:
+        segments.extend(m)
+    segments += ["BTS|3", "FTS|1"]
+    return message(segments)
+
+
+def bad_no_msh():
+    return message([
+        seg("EVN", {1: "A01", 2: "20261120143500"}),
+        seg("PID", {1: "1", 3: f"{NHS['smith']}^^^NHS^NH", 5: "SMITH^MARGARET", 7: "19480312",
+                    8: "F"}),
+        seg("PV1", {1: "1", 2: "I"}),
+    ])
+
+
+def bad_empty_msh9():
+    return message([
+        msh("PAS", "RAL01", "20261120143512", "", "RALBAD0000000002", "2.4"),
+        seg("EVN", {1: "A01", 2: "20261120143500"}),
+        seg("PID", {1: "1", 3: f"{NHS['smith']}^^^NHS^NH", 5: "SMITH^MARGARET", 7: "19480312",
+                    8: "F"}),
+    ])
+
+
+def bad_nhs_checksum():
+    return message([
+        msh("PAS", "RAL01", "20261122081500", "ADT^A04^ADT_A01", "RALBAD0000000004", "2.4",
+            {17: "GBR"}),
+        seg("EVN", {1: "A04", 2: "20261122081500"}),
+        seg("PID", {
+            1: "1",
+            3: f"{BAD_NHS}^^^NHS^NH~RAL8899001^^^RAL^MR",
+            5: "PATTERSON^LUKE^^^MR^^L",
+            7: "19990101",
+            8: "M",
+            11: "5 FLASK WALK^^LONDON^^NW3 1HE^GBR^H",
+            32: "NSTS02",
+        }),
+        seg("PV1", {1: "1", 2: "O", 3: "FRACTURE^^^RAL01^^^ROYAL FREE HOSPITAL^^FRACTURE CLINIC",
+                    7: CONS_ABARA, 19: "OP20261122-0007^^^RAL^VN", 44: "20261122081000"}),
+    ])
+
+
+def main():
+    files = {
+        "adt_a01_admission.hl7": adt_a01().encode("ascii"),
+        "adt_a02_transfer.hl7": adt_a02().encode("ascii"),
+        "adt_a03_discharge.hl7": adt_a03().encode("ascii"),
+        "adt_a04_outpatient_enhanced_ack.hl7": adt_a04().encode("ascii"),
+        "adt_a05_preadmit_escapes.hl7": adt_a05().encode("ascii"),
+        "adt_a08_update.hl7": adt_a08().encode("ascii"),
+        "adt_a08_lf_endings.hl7": adt_a08("\n", "RAL20261121170245101", "20261121170245")
+        .encode("ascii"),
+        "adt_a11_cancel_admit.hl7": adt_a11().encode("ascii"),
+        "adt_a13_cancel_discharge.hl7": adt_a13().encode("ascii"),
+        "adt_a28_add_person.hl7": adt_a28().encode("ascii"),
+        "adt_a31_update_person_v28_utf8.hl7": adt_a31().encode("utf-8"),
+        "adt_a31_latin1.hl7": adt_a31_latin1(),
+        "adt_a40_merge.hl7": adt_a40().encode("ascii"),
+        "oru_r01_fbc_ue.hl7": oru_r01().encode("ascii"),
+        "oru_r01_microbiology.hl7": oru_r01_microbiology().encode("ascii"),
+        "batch_adt.hl7": batch_adt().encode("ascii"),
+        "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
+        "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
+        "bad/nhs_number_bad_checksum.hl7": bad_nhs_checksum().encode("ascii"),
+    }
+    rng = random.Random(20261122)
+    files["bad/random_bytes.bin"] = bytes(rng.randrange(256) for _ in range(512))
+
+    os.makedirs(os.path.join(SAMPLES, "bad"), exist_ok=True)
+    for name, data in files.items():
+        with open(os.path.join(SAMPLES, name), "wb") as f:
+            f.write(data)
+    print(f"wrote {len(files)} files under {os.path.normpath(SAMPLES)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
