@@ -12,6 +12,7 @@
 //! - [`mllp`]: MLLP framing codec, listener, client.
 //! - [`journal`]: durable intake (SQLite, WAL, group commit).
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
+//! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
 //! - [`api`]: the HTTP server (health, metrics, operations API).
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
@@ -25,4 +26,5 @@ pub mod hl7;
 pub mod journal;
 pub mod mapping;
 pub mod mllp;
+pub mod route;
 pub mod telemetry;

@@ -1,0 +1,53 @@
+//! Reading route files from a folder: the only I/O of the route module.
+//! Compiling stays pure ([`super::parse::compile`]).
+
+use std::path::{Path, PathBuf};
+
+use super::{RouteError, RouteSet};
+
+/// Loads every `*.toml` in `dir`, sorted by file name; all problems of all files
+/// are returned together.
+pub(crate) fn load_dir(dir: &Path) -> Result<RouteSet, Vec<RouteError>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        vec![RouteError::whole_file(
+            dir,
+            format!("cannot read route folder: {e}"),
+        )]
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    for path in paths {
+        match std::fs::read(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => files.push((path, text)),
+                Err(e) => {
+                    let valid = e.utf8_error().valid_up_to();
+                    let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                    errors.push(RouteError::at(
+                        &path,
+                        &std::sync::Arc::from(lossy.as_str()),
+                        valid..valid + 1,
+                        "invalid UTF-8 in route file (TOML files must be UTF-8)".to_string(),
+                    ));
+                }
+            },
+            Err(e) => errors.push(RouteError::whole_file(
+                &path,
+                format!("cannot read route file: {e}"),
+            )),
+        }
+    }
+    match super::parse::compile(&files) {
+        Ok(set) if errors.is_empty() => Ok(set),
+        Ok(_) => Err(errors),
+        Err(mut more) => {
+            errors.append(&mut more);
+            Err(errors)
+        }
+    }
+}
