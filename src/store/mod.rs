@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::journal::SyncPolicy;
+pub use plan::{is_id, is_resource_type};
 
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 4;
@@ -179,6 +180,17 @@ impl ApplyOutcome {
 
     fn count(&self, pred: impl Fn(&EntryResult) -> bool) -> usize {
         self.entries.iter().filter(|e| pred(&e.result)).count()
+    }
+}
+
+/// The ids of the Patients a stored resource belongs to: a Patient's own id,
+/// else the `Patient/<id>` references in `subject`, `patient` or `target`.
+pub fn patients_of(resource: &Value) -> Vec<String> {
+    let resource_type = resource.get("resourceType").and_then(Value::as_str);
+    let id = resource.get("id").and_then(Value::as_str);
+    match (resource_type, id) {
+        (Some(resource_type), Some(id)) => plan::patients_of(resource_type, id, resource),
+        _ => Vec::new(),
     }
 }
 

@@ -197,7 +197,7 @@ fn split_url(url: &str) -> Option<(&str, &str)> {
 }
 
 /// A resource type name: an ASCII capital letter, then letters (1-64 in all).
-pub(crate) fn is_resource_type(s: &str) -> bool {
+pub fn is_resource_type(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
         && s.len() <= 64
@@ -205,7 +205,7 @@ pub(crate) fn is_resource_type(s: &str) -> bool {
 }
 
 /// A FHIR id: 1-64 of `A-Z a-z 0-9 - .`.
-pub(crate) fn is_id(s: &str) -> bool {
+pub fn is_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -308,7 +308,7 @@ pub(super) fn without_meta(resource: &Value) -> Value {
 const PATIENT_ELEMENTS: &[&str] = &["subject", "patient", "target"];
 
 /// Ids of the Patients `resource` belongs to, without duplicates.
-fn patients_of(resource_type: &str, id: &str, resource: &Value) -> Vec<String> {
+pub(super) fn patients_of(resource_type: &str, id: &str, resource: &Value) -> Vec<String> {
     if resource_type == "Patient" {
         return vec![id.to_string()];
     }
