@@ -21,6 +21,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod hl7;
 pub mod journal;
 pub mod mapping;
