@@ -312,8 +312,7 @@ fn lf_ends_segment(rest: &[u8], sep: u8) -> bool {
         && rest[..3]
             .iter()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    name && matches!(rest.get(3), None | Some(b'\r') | Some(b'\n'))
-        || name && rest.get(3) == Some(&sep)
+    name && (matches!(rest.get(3), None | Some(b'\r') | Some(b'\n')) || rest.get(3) == Some(&sep))
 }
 
 /// MSH-10 of a message (fields counted with MSH-1 as the separator itself).
