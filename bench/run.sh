@@ -103,7 +103,8 @@ log "peer (@medplum/hl7 Hl7Server) on 127.0.0.1:$peer_port"
 # run_load TARGET SYNC CONNECTIONS MESSAGES REP PORT
 run_load() {
     local target="$1" sync="$2" connections="$3" messages="$4" rep="$5" port="$6"
-    local name="$target-$sync-c$connections-r$rep"
+    local name="$target-c$connections-r$rep"
+    [ "$sync" = "-" ] || name="$target-$sync-c$connections-r$rep"
     log "$name: junction load --to 127.0.0.1:$port --connections $connections --messages $messages --warmup $WARMUP"
     if ! timeout "$LOAD_TIMEOUT_SECS" "$junction" load --to "127.0.0.1:$port" \
         --connections "$connections" --messages "$messages" --warmup "$WARMUP" \
