@@ -23,5 +23,6 @@ pub mod config;
 pub mod hl7;
 pub mod journal;
 pub mod mapping;
+pub mod mesh;
 pub mod mllp;
 pub mod telemetry;
