@@ -377,7 +377,20 @@ impl MeshClient {
             // Ambiguous: MESH may have the message. Ask before posting again.
             warn!(mailbox = %self.mailbox, local_id = %request.local_id, attempt, reason = %ambiguity,
                 "mesh send outcome unknown, checking tracking by local id");
-            if let Some(found) = self.tracking_by_local_id(&request.local_id).await? {
+            let found = match self.tracking_by_local_id(&request.local_id).await {
+                Ok(found) => found,
+                Err(MeshError::Unavailable { reason, status, .. }) => {
+                    return Err(MeshError::Unavailable {
+                        operation: OP,
+                        mailbox: self.mailbox.clone(),
+                        attempts: attempt,
+                        status,
+                        reason: format!("{ambiguity}; then tracking by local id failed: {reason}"),
+                    })
+                }
+                Err(other) => return Err(other),
+            };
+            if let Some(found) = found {
                 info!(mailbox = %self.mailbox, local_id = %request.local_id, message_id = %found.message_id,
                     "mesh send: tracking shows the first chunk arrived");
                 return Ok(found.message_id);
