@@ -24,5 +24,6 @@ pub mod engine;
 pub mod hl7;
 pub mod journal;
 pub mod mapping;
+pub mod mesh;
 pub mod mllp;
 pub mod telemetry;
