@@ -25,6 +25,7 @@ pub mod engine;
 pub mod hl7;
 pub mod journal;
 pub mod mapping;
+pub mod mesh;
 pub mod mllp;
 pub mod store;
 pub mod telemetry;
