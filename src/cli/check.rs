@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::{self, Config, Diagnostics};
+use crate::config::{self, Config, Diagnostic, Diagnostics, Severity};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -27,6 +27,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Err(diags) => (None, diags),
     };
     // Further checks (routes, mappings) extend `diags` here.
+    diags.extend(check_mappings_and_routes(&args.config, config.as_ref()));
     diags.sort();
     print_diagnostics(&diags);
     match config {
@@ -80,4 +81,60 @@ fn display_path(path: &Path) -> PathBuf {
         .ok()
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
         .unwrap_or_else(|| path.to_path_buf())
+}
+
+// ---- mappings/ and routes/ (next to the config file) ----------------------------
+
+/// Every problem of `mappings/*.toml` and `routes/*.toml` as diagnostics. Routes are
+/// checked against the mappings (when they load) and the config's listeners (when
+/// it loads). Destination ids are not checked yet: `[destinations.<id>]` does not
+/// exist in the config. A missing `routes/` folder means no routes, not an error.
+fn check_mappings_and_routes(config_file: &Path, config: Option<&Config>) -> Diagnostics {
+    let base = config_file.parent().unwrap_or(Path::new(""));
+    let mut diags = Diagnostics::new();
+    let mappings_dir = base.join("mappings");
+    let mappings = if mappings_dir.is_dir() {
+        match crate::mapping::MappingSet::load_dir(&mappings_dir) {
+            Ok(set) => Some(set),
+            Err(errors) => {
+                for e in errors {
+                    diags.push(line_col_diagnostic(&e.file, e.line, e.col, &e.message));
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let listeners: Option<Vec<&str>> =
+        config.map(|c| c.listeners.keys().map(String::as_str).collect());
+    let known = crate::route::Known {
+        mappings: mappings.as_ref(),
+        listeners: listeners.as_deref(),
+        destinations: None,
+    };
+    for e in crate::route::check_dir(&base.join("routes"), &known) {
+        diags.push(match e.source() {
+            Some(text) => Diagnostic::error(&e.file, text, e.span(), &e.message),
+            None => Diagnostic::whole_file(Severity::Error, &e.file, &e.message),
+        });
+    }
+    diags
+}
+
+/// A diagnostic for a problem reported as 1-based line and column (mapping files).
+fn line_col_diagnostic(file: &Path, line: usize, col: usize, message: &str) -> Diagnostic {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Diagnostic::whole_file(Severity::Error, file, message);
+    };
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let offset = text[line_start.min(text.len())..]
+        .char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(text.len(), |(i, _)| line_start + i);
+    Diagnostic::error(file, &text, offset..offset + 1, message)
 }

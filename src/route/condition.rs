@@ -62,6 +62,8 @@ pub(crate) enum Base {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ConditionError {
     pub offset: usize,
+    /// Bytes to underline (at least 1).
+    pub len: usize,
     pub message: String,
 }
 
@@ -117,7 +119,7 @@ impl Condition {
             }
             Condition::In(a, bs) => {
                 f(a);
-                bs.iter().for_each(|b| f(b));
+                bs.iter().for_each(&mut *f);
             }
         }
     }
@@ -217,6 +219,7 @@ fn lex(text: &str) -> Result<Vec<Token>, ConditionError> {
                 if chars.peek().map(|&(_, c)| c) != Some('=') {
                     return Err(ConditionError {
                         offset: i,
+                        len: 1,
                         message: "unexpected `!`, expected `!=` (use `not` for negation)".into(),
                     });
                 }
@@ -235,6 +238,7 @@ fn lex(text: &str) -> Result<Vec<Token>, ConditionError> {
                 let Some(end) = end else {
                     return Err(ConditionError {
                         offset: i,
+                        len: text.len() - i,
                         message: "unterminated string literal, expected a closing `'`".into(),
                     });
                 };
@@ -263,6 +267,7 @@ fn lex(text: &str) -> Result<Vec<Token>, ConditionError> {
             other => {
                 return Err(ConditionError {
                     offset: i,
+                    len: other.len_utf8(),
                     message: format!(
                         "unexpected character `{other}`, expected a field, a 'literal', `(`, `=`, `!=`, `in`, `and`, `or` or `not`"
                     ),
@@ -300,7 +305,11 @@ impl Parser {
     }
 
     fn error_at(&self, offset: usize, message: String) -> ConditionError {
-        ConditionError { offset, message }
+        ConditionError {
+            offset,
+            len: 1,
+            message,
+        }
     }
 
     /// An error at the current token (or the end of the text).
@@ -317,9 +326,12 @@ impl Parser {
         }
     }
 
-    fn expect(&mut self, kind: Kind, what: &str) -> Result<Token, ConditionError> {
+    fn expect(&mut self, kind: Kind, what: &str) -> Result<(), ConditionError> {
         match self.peek() {
-            Some(t) if t.kind == kind => Ok(self.next().unwrap_or_else(|| unreachable_token())),
+            Some(t) if t.kind == kind => {
+                self.pos += 1;
+                Ok(())
+            }
             _ => Err(self.expected(what)),
         }
     }
@@ -359,14 +371,26 @@ impl Parser {
     }
 
     fn atom(&mut self) -> Result<Condition, ConditionError> {
-        if matches!(self.peek(), Some(Token { kind: Kind::LParen, .. })) {
+        if matches!(
+            self.peek(),
+            Some(Token {
+                kind: Kind::LParen,
+                ..
+            })
+        ) {
             self.next();
             let inner = self.or()?;
             self.expect(Kind::RParen, "`)`")?;
             return Ok(inner);
         }
         if self.peek_word("empty")
-            && matches!(self.tokens.get(self.pos + 1), Some(Token { kind: Kind::LParen, .. }))
+            && matches!(
+                self.tokens.get(self.pos + 1),
+                Some(Token {
+                    kind: Kind::LParen,
+                    ..
+                })
+            )
         {
             self.next();
             self.next();
@@ -438,17 +462,27 @@ impl Parser {
                     } else {
                         format!(" (a literal is quoted: '{w}')")
                     };
-                    return Err(self.error_at(
+                    return Err(ConditionError {
                         offset,
-                        format!("unknown field `{w}`{hint}, expected one of {}", Field::list()),
-                    ));
+                        len: w.len(),
+                        message: format!(
+                            "unknown field `{w}`{hint}, expected one of {}",
+                            Field::list()
+                        ),
+                    });
                 }
             },
             _ => return Err(self.expected(WHAT)),
         };
         self.next();
         let mut lookups = Vec::new();
-        while matches!(self.peek(), Some(Token { kind: Kind::Pipe, .. })) {
+        while matches!(
+            self.peek(),
+            Some(Token {
+                kind: Kind::Pipe,
+                ..
+            })
+        ) {
             self.next();
             match self.peek() {
                 Some(Token {
@@ -485,15 +519,6 @@ impl Parser {
     }
 }
 
-/// `expect` only calls `next` after `peek` saw a token.
-#[cold]
-fn unreachable_token() -> Token {
-    Token {
-        kind: Kind::RParen,
-        offset: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,8 +544,14 @@ mod tests {
             s
         };
         match c {
-            Condition::Or(cs) => format!("or({})", cs.iter().map(render).collect::<Vec<_>>().join(", ")),
-            Condition::And(cs) => format!("and({})", cs.iter().map(render).collect::<Vec<_>>().join(", ")),
+            Condition::Or(cs) => format!(
+                "or({})",
+                cs.iter().map(render).collect::<Vec<_>>().join(", ")
+            ),
+            Condition::And(cs) => format!(
+                "and({})",
+                cs.iter().map(render).collect::<Vec<_>>().join(", ")
+            ),
             Condition::Not(c) => format!("not({})", render(c)),
             Condition::Empty(x) => format!("empty({})", v(x)),
             Condition::NonEmpty(x) => format!("present({})", v(x)),

@@ -8,12 +8,23 @@ use super::{RouteError, RouteSet};
 /// Loads every `*.toml` in `dir`, sorted by file name; all problems of all files
 /// are returned together.
 pub(crate) fn load_dir(dir: &Path) -> Result<RouteSet, Vec<RouteError>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        vec![RouteError::whole_file(
-            dir,
-            format!("cannot read route folder: {e}"),
-        )]
-    })?;
+    let (set, errors) = load_dir_partial(dir);
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The routes that compiled, and every problem (unreadable files included).
+pub(crate) fn load_dir_partial(dir: &Path) -> (RouteSet, Vec<RouteError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            let error = RouteError::whole_file(dir, format!("cannot read route folder: {e}"));
+            return (RouteSet::default(), vec![error]);
+        }
+    };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
@@ -42,12 +53,7 @@ pub(crate) fn load_dir(dir: &Path) -> Result<RouteSet, Vec<RouteError>> {
             )),
         }
     }
-    match super::parse::compile(&files) {
-        Ok(set) if errors.is_empty() => Ok(set),
-        Ok(_) => Err(errors),
-        Err(mut more) => {
-            errors.append(&mut more);
-            Err(errors)
-        }
-    }
+    let (set, mut more) = super::parse::compile_partial(&files);
+    errors.append(&mut more);
+    (set, errors)
 }

@@ -268,11 +268,13 @@ impl<'a> Selection<'a> {
 
     /// One group per mapping, in the order of the first route naming it.
     pub fn groups(&self) -> impl Iterator<Item = MappingGroup<'_>> {
-        self.groups.iter().map(move |(mapping, routes)| MappingGroup {
-            selection: self,
-            mapping,
-            routes,
-        })
+        self.groups
+            .iter()
+            .map(move |(mapping, routes)| MappingGroup {
+                selection: self,
+                mapping,
+                routes,
+            })
     }
 
     /// Every matching route, in route order.
@@ -553,22 +555,18 @@ pub fn check_dir(dir: &Path, known: &Known<'_>) -> Vec<RouteError> {
     if !dir.exists() {
         return Vec::new();
     }
-    let mut errors = match RouteSet::load_dir(dir) {
-        Ok(set) => {
-            let mut errors = Vec::new();
-            if let Some(m) = known.mappings {
-                errors.extend(set.check_against_mappings(m));
-            }
-            if let Some(l) = known.listeners {
-                errors.extend(set.check_listeners(l));
-            }
-            if let Some(d) = known.destinations {
-                errors.extend(set.check_destinations(d));
-            }
-            errors
-        }
-        Err(errors) => errors,
-    };
+    // References are checked on the routes that compiled, so a typo in one route
+    // does not hide a bad reference in another.
+    let (set, mut errors) = load::load_dir_partial(dir);
+    if let Some(m) = known.mappings {
+        errors.extend(set.check_against_mappings(m));
+    }
+    if let Some(l) = known.listeners {
+        errors.extend(set.check_listeners(l));
+    }
+    if let Some(d) = known.destinations {
+        errors.extend(set.check_destinations(d));
+    }
     errors.sort_by(|a, b| (&a.file, a.span.start).cmp(&(&b.file, b.span.start)));
     errors
 }

@@ -73,6 +73,17 @@ struct Compiler {
 }
 
 pub(crate) fn compile(files: &[(PathBuf, String)]) -> Result<RouteSet, Vec<RouteError>> {
+    let (set, errors) = compile_partial(files);
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Compiles what it can: the routes without problems (so their references can
+/// still be checked) and every problem found.
+pub(crate) fn compile_partial(files: &[(PathBuf, String)]) -> (RouteSet, Vec<RouteError>) {
     let mut c = Compiler {
         errors: Vec::new(),
         routes: Vec::new(),
@@ -97,16 +108,14 @@ pub(crate) fn compile(files: &[(PathBuf, String)]) -> Result<RouteSet, Vec<Route
     }
     // In file order, then by position in the file.
     let index = |e: &RouteError| files.iter().position(|(f, _)| *f == e.file);
-    c.errors
-        .sort_by(|a, b| (index(a), a.span.start).cmp(&(index(b), b.span.start)));
-    if c.errors.is_empty() {
-        Ok(RouteSet {
+    c.errors.sort_by_key(|e| (index(e), e.span.start));
+    (
+        RouteSet {
             routes: c.routes,
             tables: c.tables,
-        })
-    } else {
-        Err(c.errors)
-    }
+        },
+        c.errors,
+    )
 }
 
 /// File-level context for errors.
@@ -147,7 +156,8 @@ impl Compiler {
         if !errors.is_empty() {
             for e in errors {
                 let span = e.span().unwrap_or(0..0);
-                self.errors.push(file.error(span, toml_message(e.message())));
+                self.errors
+                    .push(file.error(span, toml_message(e.message())));
             }
             return;
         }
@@ -237,12 +247,7 @@ impl Compiler {
     }
 
     /// Semantic checks of one route; `None` when any failed (errors pushed).
-    fn route(
-        &mut self,
-        file: &File<'_>,
-        id: &str,
-        raw: RouteToml,
-    ) -> Option<Route> {
+    fn route(&mut self, file: &File<'_>, id: &str, raw: RouteToml) -> Option<Route> {
         let before = self.errors.len();
         let listeners = self.ids(file, &raw.listeners, "listener");
         let sources = self.ids(file, &raw.sources, "source");
@@ -355,7 +360,9 @@ impl Compiler {
             if n.is_empty() {
                 self.errors.push(file.error(
                     v.span(),
-                    format!("empty {field} value, expected a sending system such as `PAS` or `RAL01`"),
+                    format!(
+                        "empty {field} value, expected a sending system such as `PAS` or `RAL01`"
+                    ),
                 ));
             } else {
                 out.push(n);
@@ -386,7 +393,7 @@ impl Compiler {
             Err(e) => {
                 let start = content_offset(&file.source, w.span(), text, e.offset);
                 self.errors.push(file.error(
-                    start..start + 1,
+                    start..start + e.len.max(1),
                     format!("in `when` of route `{route}`: {}", e.message),
                 ));
                 None
@@ -410,7 +417,9 @@ impl Compiler {
             if !valid_id(&name_text) {
                 self.errors.push(file.error(
                     name.span(),
-                    format!("invalid table name `{name_text}`, expected letters, digits, `-` or `_`"),
+                    format!(
+                        "invalid table name `{name_text}`, expected letters, digits, `-` or `_`"
+                    ),
                 ));
                 continue;
             }
@@ -486,7 +495,8 @@ pub(crate) fn parse_pattern(text: &str) -> Result<MessagePattern, String> {
     let (Some(code), Some(trigger), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
-    let part_ok = |p: &str| p == "*" || (!p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
+    let part_ok =
+        |p: &str| p == "*" || (!p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
     if !part_ok(code) || !part_ok(trigger) {
         return Err(bad());
     }
@@ -516,7 +526,10 @@ fn content_offset(source: &str, span: Range<usize>, content: &str, k: usize) -> 
             prefix += 1;
         }
     }
-    if raw.get(prefix..).is_some_and(|rest| rest.starts_with(content)) {
+    if raw
+        .get(prefix..)
+        .is_some_and(|rest| rest.starts_with(content))
+    {
         span.start + prefix + k
     } else {
         span.start
@@ -551,12 +564,21 @@ fn deserialize_all<T: DeserializeOwned>(
         match T::deserialize(ValueDeserializer::from(value.clone())) {
             Ok(v) => return (!failed).then_some(v),
             Err(err) => {
-                let message = toml_message(err.message());
+                let mut message = toml_message(err.message());
                 // Removing a key whose value was wrong makes it "missing": that
-                // one was already reported.
-                let echo = removed
-                    .iter()
-                    .any(|k| message == format!("missing field `{k}`"));
+                // one was already reported. So was a missing key that a reported
+                // unknown key misspells.
+                let echo = removed.iter().any(|k| {
+                    message
+                        .strip_prefix("missing field `")
+                        .and_then(|m| m.strip_suffix('`'))
+                        .is_some_and(|missing| {
+                            missing == k || super::edit_distance(missing, k) <= 2
+                        })
+                });
+                if let Some(guess) = misspelt(&message) {
+                    message.push_str(&format!(" (did you mean `{guess}`?)"));
+                }
                 if !echo {
                     let span = err.span().unwrap_or_else(|| value.span());
                     errors.push(file.error(span, message));
@@ -574,6 +596,22 @@ fn deserialize_all<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// For "unknown field `x`, expected one of `a`, `b`": the expected field closest
+/// to `x`, when it is close.
+fn misspelt(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected")?.1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (super::edit_distance(unknown, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k.to_string())
 }
 
 /// Removes the innermost key whose key or value contains byte `at`; returns its name.

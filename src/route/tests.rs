@@ -194,7 +194,11 @@ fn selection_by_origin_type_trigger_wildcard_and_facility() {
         "provenance: audit_everything",
     );
     // No trigger: only `*` triggers match.
-    check_select(&s, input(pas, "ADT", "RAL01"), "adt: adt_store, adt_hwe; provenance: audit_everything");
+    check_select(
+        &s,
+        input(pas, "ADT", "RAL01"),
+        "adt: adt_store, adt_hwe; provenance: audit_everything",
+    );
 }
 
 #[test]
@@ -330,30 +334,45 @@ destinations = ["d"]
         ]
     });
     let oru = input(Origin::Listener("lab"), "ORU^R01", "RAL");
-    check_destinations(&s, oru, &doc, "a<-by_reference b<-by_postcode c<-reports_only d<-header");
+    check_destinations(
+        &s,
+        oru,
+        &doc,
+        "a<-by_reference b<-by_postcode c<-reports_only d<-header",
+    );
     // Nothing matches on a document of the wrong shape; nothing panics.
-    for junk in [json!(null), json!([1, 2]), json!({"entry": {"resource": 1}}), json!("x")] {
+    for junk in [
+        json!(null),
+        json!([1, 2]),
+        json!({"entry": {"resource": 1}}),
+        json!("x"),
+    ] {
         check_destinations(&s, oru, &junk, "d<-header");
     }
 }
 
 #[test]
 fn errors_carry_exact_line_and_column() {
-    // Unknown key, wrong type and a bad pattern in one route: all reported.
+    // Unknown key (with its likely meaning, and without a second error for the
+    // field it misspells), wrong type, and a field really missing: all reported.
     check_load(
         &[(
             "a.toml",
             r#"[routes.adt]
-messages = ["ADT^A01", "ADT"]
+messages = ["ADT^A01"]
 mapping = "adt"
 destinatons = ["store"]
 sending_facilities = "RAL"
+
+  [routes.lab]
+  messages = ["ORU^R01"]
+  destinations = ["store"]
 "#,
         )],
         "
-routes/a.toml:1:1: missing field `destinations`
-routes/a.toml:4:1: unknown field `destinatons`, expected one of `description`, `listeners`, `sources`, `messages`, `sending_applications`, `sending_facilities`, `when`, `mapping`, `destinations`
-routes/a.toml:5:22: invalid type: string \"RAL\", expected a sequence",
+routes/a.toml:4:1: unknown field `destinatons`, expected one of `description`, `listeners`, `sources`, `messages`, `sending_applications`, `sending_facilities`, `when`, `mapping`, `destinations` (did you mean `destinations`?)
+routes/a.toml:5:22: invalid type: string \"RAL\", expected a sequence
+routes/a.toml:7:3: missing field `mapping`",
     );
 }
 
@@ -459,7 +478,10 @@ fn load_dir_reads_toml_files_only_and_reports_unreadable_folders() {
     let missing = dir.path().join("absent");
     let errors = RouteSet::load_dir(&missing).unwrap_err();
     assert!(errors[0].message.starts_with("cannot read route folder"));
-    assert!(check_dir(&missing, &Known::default()).is_empty(), "no folder, no routes, no problem");
+    assert!(
+        check_dir(&missing, &Known::default()).is_empty(),
+        "no folder, no routes, no problem"
+    );
 }
 
 /// The shipped `routes/` folder against the shipped mappings and real samples.
@@ -472,10 +494,108 @@ fn shipped_routes_load() {
     let s = RouteSet::load_dir(&repo().join("routes")).unwrap_or_else(|e| {
         panic!(
             "{}",
-            e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     });
     assert!(s.routes().len() >= 4);
     let practice = s.table_names().any(|t| t == "practice_ics");
     assert!(practice);
+}
+
+/// Routes every sample through the shipped routes and mappings, as the engine will:
+/// select on the header, map once per mapping, evaluate conditions on the document.
+fn route_sample(routes: &RouteSet, mappings: &crate::mapping::MappingSet, sample: &str) -> String {
+    let bytes = std::fs::read(repo().join("samples").join(sample)).unwrap();
+    let text = crate::hl7::decode(&bytes).unwrap();
+    let message = crate::hl7::Message::parse(&text).unwrap();
+    let header = message.header().unwrap();
+    let input = RouteInput::from_header(&header, Origin::Listener("pas"));
+    let selection = routes.select(&input);
+    if selection.is_unrouted() {
+        return "unrouted".into();
+    }
+    let mut out = Vec::new();
+    for group in selection.groups() {
+        let plan = mappings.get(group.mapping()).unwrap();
+        let document = plan.apply(&message).unwrap().document;
+        for d in group.destinations_for(&document) {
+            out.push(format!("{}:{}", group.mapping(), d.id));
+        }
+    }
+    if out.is_empty() {
+        "unrouted".into()
+    } else {
+        out.join(" ")
+    }
+}
+
+#[test]
+fn shipped_routes_route_the_samples_through_the_shipped_mappings() {
+    let routes = RouteSet::load_dir(&repo().join("routes")).unwrap();
+    let mappings = crate::mapping::MappingSet::load_dir(&repo().join("mappings")).unwrap();
+    let errors: Vec<String> = routes
+        .check_against_mappings(&mappings)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let cases = [
+        // F84003: North East London, a home practice.
+        ("adt_a01_admission.hl7", "adt:store"),
+        ("adt_a08_update.hl7", "adt:store"),
+        // E82061: Hertfordshire, a neighbour: also to its MESH mailbox.
+        ("adt_a05_preadmit_escapes.hl7", "adt:store adt:mesh_hwe"),
+        // No PD1 in the cancellation: stays local.
+        ("adt_a11_cancel_admit.hl7", "adt_cancel:store"),
+        ("adt_a40_merge.hl7", "adt_merge:store"),
+        ("oru_r01_fbc_ue.hl7", "oru_r01:store oru_r01:fhir_lab"),
+        ("oru_r01_microbiology.hl7", "oru_r01:store oru_r01:fhir_lab"),
+    ];
+    for (sample, expected) in cases {
+        assert_eq!(
+            route_sample(&routes, &mappings, sample),
+            expected,
+            "{sample}"
+        );
+    }
+}
+
+#[test]
+fn a_mapped_neighbour_patient_reaches_each_ics_once() {
+    // The A05 sample's Patient as mapped, re-registered with practices of each ICS.
+    let routes = RouteSet::load_dir(&repo().join("routes")).unwrap();
+    let mappings = crate::mapping::MappingSet::load_dir(&repo().join("mappings")).unwrap();
+    let bytes = std::fs::read(repo().join("samples/adt_a05_preadmit_escapes.hl7")).unwrap();
+    let text = crate::hl7::decode(&bytes).unwrap();
+    for (practice, expected) in [
+        ("E82061", "store mesh_hwe"),
+        ("F81028", "store mesh_hwe"),
+        ("K83002", "store mesh_blmk"),
+        ("e81002", "store mesh_blmk"),
+        ("F83004", "store"),
+        ("Y00000", "store"),
+    ] {
+        let text = text.replace("E82061", practice);
+        let message = crate::hl7::Message::parse(&text).unwrap();
+        let header = message.header().unwrap();
+        let input = RouteInput::from_header(&header, Origin::Listener("pas"));
+        let selection = routes.select(&input);
+        let groups: Vec<_> = selection.groups().collect();
+        assert_eq!(groups.len(), 1, "one mapping for ADT^A05");
+        let document = mappings
+            .get(groups[0].mapping())
+            .unwrap()
+            .apply(&message)
+            .unwrap()
+            .document;
+        let got: Vec<String> = groups[0]
+            .destinations_for(&document)
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(got.join(" "), expected, "{practice}");
+    }
 }
