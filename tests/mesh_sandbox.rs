@@ -727,3 +727,171 @@ async fn a_lost_answer_to_the_first_post_is_resolved_by_tracking_not_by_repostin
     );
     assert_eq!(receiver.download(&id).await.unwrap().body, body);
 }
+
+/// Runs `openssl` with `args` in `dir`, failing the test with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate,
+/// as NHS issues for live MESH. Returns the folder holding the PEM files.
+fn make_pki() -> tempfile::TempDir {
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Junction Test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    for (name, subject) in [
+        ("server", "/CN=127.0.0.1"),
+        ("client", "/CN=x26abc1.test.mesh"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                subject,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    pki
+}
+
+#[tokio::test]
+async fn mutual_tls_with_client_certificate_and_private_ca() {
+    let pki = make_pki();
+    let file = |name: &str| pki.path().join(name);
+    let args: Vec<String> = [
+        "--ssl-certfile",
+        "server.pem",
+        "--ssl-keyfile",
+        "server.key",
+        "--ssl-ca-certs",
+        "ca.pem",
+        "--ssl-cert-reqs",
+        "2",
+    ]
+    .iter()
+    .map(|a| match *a {
+        "server.pem" | "server.key" | "ca.pem" => file(a).display().to_string(),
+        other => other.to_owned(),
+    })
+    .collect();
+    let sandbox = Sandbox::start_with("https", &args);
+
+    let mut tls = config(&sandbox, "X26ABC1");
+    tls.ca_file = Some(file("ca.pem"));
+    tls.client_cert_file = Some(file("client.pem"));
+    tls.client_key_file = Some(file("client.key"));
+    let sender = client_with(&tls, "password", "TestKey");
+    sender.handshake().await.unwrap();
+    let body = bundle(8);
+    let id = sender
+        .send(&request("X26ABC2", "delivery-mtls", body.clone()))
+        .await
+        .unwrap();
+
+    // NHS's client over the same mutual TLS reads it byte-identical.
+    let python_tls = vec![
+        "--ca-file".to_owned(),
+        file("ca.pem").display().to_string(),
+        "--cert".to_owned(),
+        file("client.pem").display().to_string(),
+        file("client.key").display().to_string(),
+    ];
+    let (python_body, _) = python_download(&sandbox, "X26ABC2", &id, true, &python_tls);
+    assert_eq!(python_body, body.to_vec());
+
+    // Without the private CA the server is not trusted (public roots only).
+    let mut untrusted = tls.clone();
+    untrusted.ca_file = None;
+    let error = client_with(&untrusted, "password", "TestKey")
+        .handshake()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("certificate"), "{error}");
+
+    // Without a client certificate the server refuses the connection.
+    let mut anonymous = tls.clone();
+    anonymous.client_cert_file = None;
+    anonymous.client_key_file = None;
+    anonymous.max_retries = 0;
+    let error = client_with(&anonymous, "password", "TestKey")
+        .handshake()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, MeshError::Unavailable { .. }), "{error:?}");
+
+    // A key file that is not PEM is a configuration error naming the file.
+    std::fs::write(file("broken.pem"), "not a certificate").unwrap();
+    let mut broken = tls.clone();
+    broken.client_cert_file = Some(file("broken.pem"));
+    let error = MeshClient::with_secrets(
+        &broken,
+        Secret::new("password".into()),
+        Secret::new("TestKey".into()),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("broken.pem"), "{error}");
+}
