@@ -43,7 +43,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {
             eprintln!(
-                "error: {}: {} error(s){}",
+                "error: checking {} found {} error(s){}",
                 args.config.display(),
                 diags.error_count(),
                 warnings_suffix(&diags)
