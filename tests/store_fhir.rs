@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
+use junction::api::fhir::PatientsRead;
 use junction::store::{EntryResult, RecordStore, RecordStoreConfig, SyncPolicy};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -209,6 +211,9 @@ print(f"{len(names) - failed} passed, {failed} failed")
 sys.exit(1 if failed or not names else 0)
 "#;
 
+/// (request path, Patient ids read) as the audit layer would record it.
+type Audited = (String, Vec<String>);
+
 struct Answer {
     status: u16,
     content_type: String,
@@ -343,13 +348,30 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
+    // Stands in for the audit layer of issue 4: what it learns from each answer.
+    let audited: Arc<Mutex<Vec<Audited>>> = Arc::default();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
+        let audited = Arc::clone(&audited);
         // Merged as the main server will: its router has a fallback of its own.
         let app = axum::Router::new()
             .route("/health", axum::routing::get(|| async { "ok" }))
             .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "no such route") })
-            .merge(junction::api::fhir::router(store.clone()));
+            .merge(junction::api::fhir::router(store.clone()))
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let audited = Arc::clone(&audited);
+                    async move {
+                        let path = request.uri().path().to_string();
+                        let response = next.run(request).await;
+                        if let Some(PatientsRead(ids)) = response.extensions().get::<PatientsRead>()
+                        {
+                            audited.lock().unwrap().push((path, ids.clone()));
+                        }
+                        response
+                    }
+                },
+            ));
         async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -677,6 +699,42 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
 
     shutdown.cancel();
     server.await.unwrap().unwrap();
+
+    // Every successful read told the audit layer whose data it returned;
+    // refusals and errors told it nothing.
+    let audited = audited.lock().unwrap().clone();
+    let of = |path: &str| -> Vec<Vec<String>> {
+        audited
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, ids)| ids.clone())
+            .collect()
+    };
+    let her = vec![ids.patient.clone()];
+    let nobody: Vec<String> = Vec::new();
+    assert_eq!(
+        of("/fhir/Patient"),
+        vec![her.clone(), her.clone(), nobody.clone()]
+    );
+    assert_eq!(of(&format!("/fhir/{patient}")), vec![her.clone()]);
+    assert_eq!(
+        of(&format!("/fhir/{patient}/$everything")),
+        vec![her.clone()]
+    );
+    assert_eq!(of(&format!("/fhir/{patient}/_history")), vec![her.clone()]);
+    assert_eq!(of("/fhir/Observation"), vec![her.clone()]);
+    assert_eq!(of("/fhir/Condition"), vec![nobody.clone()]);
+    assert_eq!(
+        of(&format!("/fhir/Observation/{}", ids.hb)),
+        vec![her.clone()]
+    );
+    assert_eq!(
+        of(&format!("/fhir/Encounter/{}", ids.encounter)),
+        vec![her.clone()]
+    );
+    assert_eq!(of("/fhir/Encounter"), vec![nobody.clone()]);
+    assert!(of("/fhir/Patient/nobody/$everything").is_empty());
+    assert_eq!(audited.len(), 14, "{audited:?}");
 
     // Every answer validates with fhir.resources (R4B models).
     run_python(

@@ -29,6 +29,9 @@ pub(crate) struct PlanInner {
     pub name: String,
     pub file: PathBuf,
     pub messages: Vec<(String, String)>,
+    /// `[mapping] ignore`: fields (`PID-1`) or segments (`ZPI`) deliberately not
+    /// mapped, left out of the unread report.
+    pub ignore: Vec<(String, Option<usize>)>,
     pub tables: Vec<HashMap<String, Value>>,
     pub macros: Vec<Expr>,
     pub resources: Vec<Resource>,
@@ -115,6 +118,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
 
     let mut name = None;
     let mut messages = Vec::new();
+    let mut ignore = Vec::new();
     let mut tables = Vec::new();
     let mut macro_sources: Vec<(String, &Spanned<DeValue<'_>>)> = Vec::new();
     let mut resources_v = None;
@@ -165,10 +169,11 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
                                 c.string(mv);
                             }
                             "messages" => messages = c.messages(mv),
+                            "ignore" => ignore = c.ignore(mv),
                             other => c.error(
                                 mk.span().start,
                                 format!(
-                                    "unknown key `{other}` in [mapping], expected one of name, messages, description"
+                                    "unknown key `{other}` in [mapping], expected one of name, messages, ignore, description"
                                 ),
                             ),
                         }
@@ -250,6 +255,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             name,
             file: file.to_path_buf(),
             messages,
+            ignore,
             tables,
             macros,
             resources,
@@ -410,6 +416,32 @@ impl<'s> Compiler<'s> {
                     format!(
                         "bad message type `{s}`, expected CODE^TRIGGER like `ADT^A01` or `ADT^*`"
                     ),
+                ),
+            }
+        }
+        out
+    }
+
+    fn ignore(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, Option<usize>)> {
+        let mut out = Vec::new();
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(
+                v.span().start,
+                "`ignore` must be an array like [\"PID-1\", \"ZPI\"]".into(),
+            );
+            return out;
+        };
+        for item in items.iter() {
+            let Some(s) = self.string(item) else { continue };
+            let (seg, field) = match s.split_once('-') {
+                Some((seg, f)) => (seg, f.parse::<usize>().ok().filter(|n| *n >= 1).map(Some)),
+                None => (s, Some(None)),
+            };
+            match field {
+                Some(f) if expr::is_segment_name(seg) => out.push((seg.to_string(), f)),
+                _ => self.error(
+                    item.span().start,
+                    format!("bad field `{s}` in `ignore`, expected a field like `PID-1` or a segment like `ZPI`"),
                 ),
             }
         }
@@ -758,7 +790,10 @@ fn expr_macros(e: &Expr, out: &mut Vec<usize>) {
 fn term_macros(t: &Term, out: &mut Vec<usize>) {
     match t {
         Term::Macro(i) => out.push(*i),
-        Term::Concat(parts) => parts.iter().for_each(|p| expr_macros(p, out)),
+        Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+            parts.iter().for_each(|p| expr_macros(p, out))
+        }
+        Term::Group(e) => expr_macros(e, out),
         Term::Path(p) => {
             if let expr::RepSel::Pred(c) = &p.rep {
                 cond_macros(c, out)

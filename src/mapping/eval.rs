@@ -262,6 +262,14 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 if seg.name == "MSH" && n <= 2 {
                     continue;
                 }
+                if self
+                    .plan
+                    .ignore
+                    .iter()
+                    .any(|(s, f)| s == seg.name && f.is_none_or(|f| f == n))
+                {
+                    continue;
+                }
                 if n < 128 && read & (1u128 << n) != 0 {
                     continue;
                 }
@@ -513,12 +521,44 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 Stage::Alt(t) => {
                     if v.is_empty() {
                         v = self.term(t, scope, &mut loc);
+                    } else {
+                        self.touch_term(t, scope);
                     }
                 }
                 Stage::Transform(t) => v = self.transform(t, v, loc, scope),
             }
         }
         v
+    }
+
+    /// Marks the fields an alternative that was not needed would have read: a
+    /// field named by a rule counts as mapped even when an earlier one won.
+    fn touch_term(&mut self, t: &Term, scope: &Scope<'_, 'a>) {
+        match t {
+            Term::Path(p) => {
+                if let Anchor::Field { segment, field } = &p.anchor {
+                    if let Some(si) = self.find_segment(segment, scope) {
+                        self.mark(si, *field);
+                    }
+                }
+            }
+            Term::Group(e) => self.touch_expr(e, scope),
+            Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+                for p in parts {
+                    self.touch_expr(p, scope);
+                }
+            }
+            Term::Macro(_) | Term::Literal(_) | Term::Position => {}
+        }
+    }
+
+    fn touch_expr(&mut self, e: &Expr, scope: &Scope<'_, 'a>) {
+        self.touch_term(&e.first, scope);
+        for st in &e.stages {
+            if let Stage::Alt(t) = st {
+                self.touch_term(t, scope);
+            }
+        }
     }
 
     fn term(&mut self, t: &Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
@@ -540,6 +580,30 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 }
                 Val::Text(Cow::Owned(out))
             }
+            Term::ConcatWs(sep, parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    let v = self.expr(p, scope);
+                    if v.is_empty() {
+                        continue;
+                    }
+                    let t = self.text_of(v);
+                    let t = t.trim();
+                    if t.is_empty() {
+                        continue;
+                    }
+                    if !out.is_empty() {
+                        out.push_str(sep);
+                    }
+                    out.push_str(t);
+                }
+                if out.is_empty() {
+                    Val::Empty
+                } else {
+                    Val::Text(Cow::Owned(out))
+                }
+            }
+            Term::Group(e) => self.expr(e, scope),
             Term::Path(p) => {
                 let v = self.path(p, scope);
                 *loc = match &v {
@@ -714,6 +778,8 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
         if let Transform::Builtin(dt, tz) = t {
             return match v {
+                // already a FHIR element (e.g. an alternative built before): keep it
+                Val::Json(j) => Val::Json(j),
                 Val::Node(n) => {
                     let mut warnings = Vec::new();
                     let out = datatypes::build(*dt, n, &self.seps, tz, &mut warnings);
