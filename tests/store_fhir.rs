@@ -211,6 +211,9 @@ print(f"{len(names) - failed} passed, {failed} failed")
 sys.exit(1 if failed or not names else 0)
 "#;
 
+/// (request path, Patient ids read) as the audit layer would record it.
+type Audited = (String, Vec<String>);
+
 struct Answer {
     status: u16,
     content_type: String,
@@ -346,7 +349,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     // Stands in for the audit layer of issue 4: what it learns from each answer.
-    let audited: Arc<Mutex<Vec<(String, Vec<String>)>>> = Arc::default();
+    let audited: Arc<Mutex<Vec<Audited>>> = Arc::default();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
         let audited = Arc::clone(&audited);

@@ -1,18 +1,23 @@
 //! `junction check [--config junction.toml]`: load and validate the config,
 //! print every diagnostic (rustc style) on stderr.
 //!
+//! What is checked: the config file itself (see [`crate::config`]), and the
+//! mapping files in the `mappings/` folder next to it when there is one
+//! (every problem of every file, with its line and column).
+//!
 //! Exit 0 with a one-line summary on stdout when there is no error (warnings
 //! are printed and do not fail the check); 1 when there is any error.
 //!
-//! Extension point: routes and mappings (issues 3 and 4) add their own
-//! `fn check_xxx(&Config, &Path) -> Diagnostics` and call it from [`run`]
-//! next to `config::load_with_warnings`, so one run shows every problem of
-//! every file.
+//! Extension point: routes (issue 4) add their own
+//! `fn check_xxx(config_dir: &Path, diags: &mut Diagnostics) -> usize` like
+//! [`check_mappings`] and call it from [`run`], so one run shows every
+//! problem of every file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::{self, Config, Diagnostic, Diagnostics, Severity};
+use crate::mapping::MappingSet;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -26,18 +31,20 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok((config, warnings)) => (Some(config), warnings),
         Err(diags) => (None, diags),
     };
-    // Further checks (routes, mappings) extend `diags` here.
-    diags.extend(check_mappings_and_routes(&args.config, config.as_ref()));
+    let dir = config::config_dir(&args.config);
+    let mappings = check_mappings(&dir, &mut diags);
+    // Further checks (routes) extend `diags` here.
+    check_routes(&dir, config.as_ref(), &mut diags);
     diags.sort();
     print_diagnostics(&diags);
     match config {
         Some(config) if !diags.has_errors() => {
-            println!("{}", summary(&args.config, &config, &diags));
+            println!("{}", summary(&args.config, &config, mappings, &diags));
             Ok(ExitCode::SUCCESS)
         }
         _ => {
             eprintln!(
-                "error: {}: {} error(s){}",
+                "error: checking {} found {} error(s){}",
                 args.config.display(),
                 diags.error_count(),
                 warnings_suffix(&diags)
@@ -60,14 +67,52 @@ fn warnings_suffix(diags: &Diagnostics) -> String {
     }
 }
 
-/// `junction.toml: ok, 1 listener(s), store data/junction.db (sync=full)`.
-fn summary(file: &Path, config: &Config, diags: &Diagnostics) -> String {
+/// Compiles every mapping in `<config folder>/mappings` (when that folder
+/// exists) and adds each problem to `diags`; returns how many mappings compiled.
+fn check_mappings(config_dir: &Path, diags: &mut Diagnostics) -> Option<usize> {
+    let dir = if config_dir == Path::new(".") {
+        PathBuf::from("mappings")
+    } else {
+        config_dir.join("mappings")
+    };
+    if !dir.is_dir() {
+        return None;
+    }
+    match MappingSet::load_dir(&dir) {
+        Ok(set) => Some(set.plans().count()),
+        Err(errors) => {
+            for err in errors {
+                let file = display_path(&err.file);
+                let diagnostic = match std::fs::read_to_string(&err.file) {
+                    Ok(source) => Diagnostic::at_line_col(
+                        Severity::Error,
+                        &file,
+                        &source,
+                        err.line,
+                        err.col,
+                        err.message,
+                    ),
+                    Err(_) => Diagnostic::whole_file(Severity::Error, &file, err.message),
+                };
+                diags.push(diagnostic);
+            }
+            Some(0)
+        }
+    }
+}
+
+/// `junction.toml: ok, 1 listener(s), store data/junction.db (sync=full)`,
+/// plus `, N mapping(s)` when there is a mappings folder.
+fn summary(file: &Path, config: &Config, mappings: Option<usize>, diags: &Diagnostics) -> String {
     let sync = match config.store.sync {
         crate::journal::SyncPolicy::Full => "full",
         crate::journal::SyncPolicy::Normal => "normal",
     };
+    let mappings = mappings
+        .map(|n| format!(", {n} mapping(s)"))
+        .unwrap_or_default();
     format!(
-        "{}: ok, {} listener(s), store {} (sync={sync}){}",
+        "{}: ok, {} listener(s), store {} (sync={sync}){mappings}{}",
         file.display(),
         config.listeners.len(),
         display_path(&config.store.path).display(),
@@ -83,29 +128,27 @@ fn display_path(path: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
-// ---- mappings/ and routes/ (next to the config file) ----------------------------
+// ---- routes/ (issue 4) ------------------------------------------------------------
 
-/// Every problem of `mappings/*.toml` and `routes/*.toml` as diagnostics. Routes are
-/// checked against the mappings (when they load) and the config's listeners (when
-/// it loads). Destination ids are not checked yet: `[destinations.<id>]` does not
-/// exist in the config. A missing `routes/` folder means no routes, not an error.
-fn check_mappings_and_routes(config_file: &Path, config: Option<&Config>) -> Diagnostics {
-    let base = config_file.parent().unwrap_or(Path::new(""));
-    let mut diags = Diagnostics::new();
-    let mappings_dir = base.join("mappings");
-    let mappings = if mappings_dir.is_dir() {
-        match crate::mapping::MappingSet::load_dir(&mappings_dir) {
-            Ok(set) => Some(set),
-            Err(errors) => {
-                for e in errors {
-                    diags.push(line_col_diagnostic(&e.file, e.line, e.col, &e.message));
-                }
-                None
-            }
+/// Loads `<config folder>/routes/*.toml` (when that folder exists) and adds each
+/// problem to `diags`: file syntax, unknown keys, bad patterns and conditions, and
+/// references to mappings (checked when the mappings compile: the name exists and
+/// declares the route's message types) and to the config's listeners (when the
+/// config loads). Destination ids are not checked: `[destinations.<id>]` is not
+/// part of the config yet.
+fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnostics) {
+    let in_dir = |name: &str| {
+        if config_dir == Path::new(".") {
+            PathBuf::from(name)
+        } else {
+            config_dir.join(name)
         }
-    } else {
-        None
     };
+    let mappings_dir = in_dir("mappings");
+    let mappings = mappings_dir
+        .is_dir()
+        .then(|| MappingSet::load_dir(&mappings_dir).ok())
+        .flatten();
     let listeners: Option<Vec<&str>> =
         config.map(|c| c.listeners.keys().map(String::as_str).collect());
     let known = crate::route::Known {
@@ -113,28 +156,11 @@ fn check_mappings_and_routes(config_file: &Path, config: Option<&Config>) -> Dia
         listeners: listeners.as_deref(),
         destinations: None,
     };
-    for e in crate::route::check_dir(&base.join("routes"), &known) {
-        diags.push(match e.source() {
-            Some(text) => Diagnostic::error(&e.file, text, e.span(), &e.message),
-            None => Diagnostic::whole_file(Severity::Error, &e.file, &e.message),
+    for err in crate::route::check_dir(&in_dir("routes"), &known) {
+        let file = display_path(&err.file);
+        diags.push(match err.source() {
+            Some(source) => Diagnostic::error(&file, source, err.span(), &err.message),
+            None => Diagnostic::whole_file(Severity::Error, &file, &err.message),
         });
     }
-    diags
-}
-
-/// A diagnostic for a problem reported as 1-based line and column (mapping files).
-fn line_col_diagnostic(file: &Path, line: usize, col: usize, message: &str) -> Diagnostic {
-    let Ok(text) = std::fs::read_to_string(file) else {
-        return Diagnostic::whole_file(Severity::Error, file, message);
-    };
-    let line_start: usize = text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let offset = text[line_start.min(text.len())..]
-        .char_indices()
-        .nth(col.saturating_sub(1))
-        .map_or(text.len(), |(i, _)| line_start + i);
-    Diagnostic::error(file, &text, offset..offset + 1, message)
 }
