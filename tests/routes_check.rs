@@ -53,8 +53,7 @@ fn good_routes_check_clean() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "junction.toml: ok, 1 listener(s), store data/junction.db (sync=normal)"
-            .replace("normal", "full")
+        "junction.toml: ok, 1 listener(s), store data/junction.db (sync=full), 4 mapping(s)"
     );
     assert!(stderr.is_empty(), "{stderr}");
 }
@@ -134,7 +133,7 @@ destinations = ["store"]
     assert!(
         stderr
             .trim_end()
-            .ends_with("error: junction.toml: 2 error(s)"),
+            .ends_with("error: checking junction.toml found 2 error(s)"),
         "{stderr}"
     );
 }

@@ -1,9 +1,10 @@
 //! `junction check [--config junction.toml]`: load and validate the config,
 //! print every diagnostic (rustc style) on stderr.
 //!
-//! What is checked: the config file itself (see [`crate::config`]), and the
-//! mapping files in the `mappings/` folder next to it when there is one
-//! (every problem of every file, with its line and column).
+//! What is checked: the config file itself (see [`crate::config`]), the
+//! mapping files in the `mappings/` folder next to it when there is one, and
+//! the route files in `routes/` ([`check_routes`]) (every problem of every
+//! file, with its line and column).
 //!
 //! Exit 0 with a one-line summary on stdout when there is no error (warnings
 //! are printed and do not fail the check); 1 when there is any error.
