@@ -13,7 +13,9 @@ use junction::hl7;
 use junction::mapping::MappingSet;
 
 fn sample(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name);
     let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     hl7::decode(&raw).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

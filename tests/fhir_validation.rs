@@ -45,7 +45,10 @@ fn every_sample_document_is_valid_fhir() {
             written += 1;
         }
     }
-    assert!(written >= 19, "every sample was mapped ({written} documents)");
+    assert!(
+        written >= 19,
+        "every sample was mapped ({written} documents)"
+    );
 
     let run = Command::new(&python)
         .arg(repo().join("tests/python/validate_fhir.py"))
@@ -88,7 +91,16 @@ fn the_validator_rejects_a_broken_bundle() {
         .expect("run the validator");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert_eq!(run.status.code(), Some(1), "{stdout}");
-    for expected in ["birthDate", "gender", "name[0]", "request.url", "0 passed, 1 failed"] {
-        assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
+    for expected in [
+        "birthDate",
+        "gender",
+        "name[0]",
+        "request.url",
+        "0 passed, 1 failed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
     }
 }

@@ -25,13 +25,77 @@ fn shipped() -> &'static MappingSet {
 /// Whole values that mean something to a mapping.
 fn token() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
-        "9990000018", "9990160822", "999000001", "NHS", "NH", "MR", "RAL", "NSTS01", "NSTS08",
-        "NSTS99", "M", "F", "U", "O", "1", "2", "9", "X", "NM", "ST", "TX", "FT", "CE", "CWE",
-        "SN", "DT", "TS", "DTM", "ED", "RP", "XYZ", "H", "L", "N", "HH", "A", "F", "P", "I",
-        "O", "E", "20261120143512", "20261120143512+0100", "19480312", "1948", "194803",
-        "20261340", "2026112025", "20260714163204.1234", "-12", "3.14", "1e5", "<", ">=",
-        "<^5", "^10^-^20", "g/L", "10*9/L", "115-165", "<1.0", "Base64", "JVBERi0x",
-        "PENICILLIN", "SV", "DA", "F84003", "G8234567", "C4512345", "W", "SPO", "NOK",
+        "9990000018",
+        "9990160822",
+        "999000001",
+        "NHS",
+        "NH",
+        "MR",
+        "RAL",
+        "NSTS01",
+        "NSTS08",
+        "NSTS99",
+        "M",
+        "F",
+        "U",
+        "O",
+        "1",
+        "2",
+        "9",
+        "X",
+        "NM",
+        "ST",
+        "TX",
+        "FT",
+        "CE",
+        "CWE",
+        "SN",
+        "DT",
+        "TS",
+        "DTM",
+        "ED",
+        "RP",
+        "XYZ",
+        "H",
+        "L",
+        "N",
+        "HH",
+        "A",
+        "F",
+        "P",
+        "I",
+        "O",
+        "E",
+        "20261120143512",
+        "20261120143512+0100",
+        "19480312",
+        "1948",
+        "194803",
+        "20261340",
+        "2026112025",
+        "20260714163204.1234",
+        "-12",
+        "3.14",
+        "1e5",
+        "<",
+        ">=",
+        "<^5",
+        "^10^-^20",
+        "g/L",
+        "10*9/L",
+        "115-165",
+        "<1.0",
+        "Base64",
+        "JVBERi0x",
+        "PENICILLIN",
+        "SV",
+        "DA",
+        "F84003",
+        "G8234567",
+        "C4512345",
+        "W",
+        "SPO",
+        "NOK",
     ])
     .prop_map(str::to_string)
 }
@@ -39,8 +103,22 @@ fn token() -> impl Strategy<Value = String> {
 /// Escape sequences, well formed and broken.
 fn escape() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
-        "\\T\\", "\\S\\", "\\F\\", "\\R\\", "\\E\\", "\\X41\\", "\\Xe9\\", "\\X4\\",
-        "\\.br\\", "\\H\\", "\\N\\", "\\Z123\\", "\\", "\\\\", "\\Cxxyy\\", "\\M\\",
+        "\\T\\",
+        "\\S\\",
+        "\\F\\",
+        "\\R\\",
+        "\\E\\",
+        "\\X41\\",
+        "\\Xe9\\",
+        "\\X4\\",
+        "\\.br\\",
+        "\\H\\",
+        "\\N\\",
+        "\\Z123\\",
+        "\\",
+        "\\\\",
+        "\\Cxxyy\\",
+        "\\M\\",
     ])
     .prop_map(str::to_string)
 }
@@ -63,38 +141,54 @@ fn component() -> impl Strategy<Value = String> {
         })
 }
 
+/// One repetition: components joined with `^`.
+fn repetition() -> impl Strategy<Value = String> {
+    prop::collection::vec(component(), 0..6).prop_map(|c| c.join("^"))
+}
+
 /// A field: repetitions (`~`) of components (`^`).
 fn field() -> impl Strategy<Value = String> {
-    let repetition = prop::collection::vec(component(), 0..6).prop_map(|c| c.join("^"));
     prop_oneof![
         3 => Just(String::new()),
         2 => token(),
-        4 => repetition.clone(),
-        1 => prop::collection::vec(repetition, 1..4).prop_map(|r| r.join("~")),
+        4 => repetition(),
+        1 => prop::collection::vec(repetition(), 1..4).prop_map(|r| r.join("~")),
     ]
 }
 
 fn segment() -> impl Strategy<Value = String> {
     let name = prop::sample::select(vec![
-        "EVN", "PID", "PD1", "PV1", "PV2", "NK1", "DG1", "AL1", "MRG", "ORC", "OBR", "OBX",
-        "OBX", "OBX", "NTE", "ZPI", "ZXX", "ZU1",
+        "EVN", "PID", "PD1", "PV1", "PV2", "NK1", "DG1", "AL1", "MRG", "ORC", "OBR", "OBX", "OBX",
+        "OBX", "NTE", "ZPI", "ZXX", "ZU1",
     ]);
-    (name, prop::collection::vec(field(), 0..46))
-        .prop_map(|(name, fields)| {
-            let mut segment = name.to_string();
-            for field in fields {
-                segment.push('|');
-                segment.push_str(&field);
-            }
-            segment
-        })
+    (name, prop::collection::vec(field(), 0..46)).prop_map(|(name, fields)| {
+        let mut segment = name.to_string();
+        for field in fields {
+            segment.push('|');
+            segment.push_str(&field);
+        }
+        segment
+    })
 }
 
 fn message() -> impl Strategy<Value = String> {
     let kind = prop::sample::select(vec![
-        "ADT^A01^ADT_A01", "ADT^A02", "ADT^A03", "ADT^A04", "ADT^A05", "ADT^A08^ADT_A01",
-        "ADT^A11", "ADT^A13", "ADT^A28^ADT_A05", "ADT^A31", "ADT^A40^ADT_A39", "ORU^R01",
-        "ORU^R01^ORU_R01", "ADT^A99", "SIU^S12", "ADT",
+        "ADT^A01^ADT_A01",
+        "ADT^A02",
+        "ADT^A03",
+        "ADT^A04",
+        "ADT^A05",
+        "ADT^A08^ADT_A01",
+        "ADT^A11",
+        "ADT^A13",
+        "ADT^A28^ADT_A05",
+        "ADT^A31",
+        "ADT^A40^ADT_A39",
+        "ORU^R01",
+        "ORU^R01^ORU_R01",
+        "ADT^A99",
+        "SIU^S12",
+        "ADT",
     ]);
     let version = prop::sample::select(vec!["2.3", "2.4", "2.5", "2.5.1", "2.8", "", "9"]);
     (

@@ -66,7 +66,12 @@ fn map_one(file: &str) -> junction::mapping::MapOutput {
 
 fn only<'d>(document: &'d Value, resource_type: &str) -> &'d Value {
     let found = resources(document, resource_type);
-    assert_eq!(found.len(), 1, "expected one {resource_type}, found {}", found.len());
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {resource_type}, found {}",
+        found.len()
+    );
     found[0]
 }
 
@@ -114,7 +119,11 @@ fn the_same_patient_gets_the_same_patient_id_across_messages() {
     let id = only(&a01.document, "Patient")["id"].clone();
     assert!(id.is_string(), "the A01 Patient has an id");
     assert_eq!(only(&a08.document, "Patient")["id"], id, "A08 vs A01");
-    assert_eq!(only(&a08_lf.document, "Patient")["id"], id, "A08 (LF) vs A01");
+    assert_eq!(
+        only(&a08_lf.document, "Patient")["id"],
+        id,
+        "A08 (LF) vs A01"
+    );
     assert_eq!(only(&oru.document, "Patient")["id"], id, "ORU vs A01");
     // The A08 changed the address, and the LF copy must read exactly like the CR one.
     assert_eq!(
@@ -197,7 +206,10 @@ fn valid_sample_nhs_numbers_are_mapped_without_warnings() {
     let ids = identifiers(only(&output.document, "Patient"));
     assert!(ids.contains(&(NHS_NUMBER_SYSTEM.to_string(), "9990000018".to_string())));
     assert!(
-        !output.warnings.iter().any(|w| w.to_lowercase().contains("nhs")),
+        !output
+            .warnings
+            .iter()
+            .any(|w| w.to_lowercase().contains("nhs")),
         "{:?}",
         output.warnings
     );
@@ -206,13 +218,17 @@ fn valid_sample_nhs_numbers_are_mapped_without_warnings() {
 #[test]
 fn gender_is_mapped_from_hl7_and_nhs_codes() {
     for (file, expected) in [
-        ("samples/adt_a01_admission.hl7", "female"),    // F
-        ("samples/adt_a03_discharge.hl7", "male"),      // M
-        ("samples/adt_a28_add_person.hl7", "female"),   // NHS 2
+        ("samples/adt_a01_admission.hl7", "female"),  // F
+        ("samples/adt_a03_discharge.hl7", "male"),    // M
+        ("samples/adt_a28_add_person.hl7", "female"), // NHS 2
         ("samples/adt_a31_update_person_v28_utf8.hl7", "male"), // NHS 1
     ] {
         let output = map_one(file);
-        assert_eq!(only(&output.document, "Patient")["gender"], expected, "{file}");
+        assert_eq!(
+            only(&output.document, "Patient")["gender"],
+            expected,
+            "{file}"
+        );
     }
 }
 
@@ -220,7 +236,10 @@ fn gender_is_mapped_from_hl7_and_nhs_codes() {
 fn non_ascii_names_survive_their_charsets() {
     let latin1 = map_one("samples/adt_a31_latin1.hl7");
     let text = pretty(only(&latin1.document, "Patient"));
-    assert!(text.contains("ZOË") && text.contains("O'SÚILLEABHÁIN"), "{text}");
+    assert!(
+        text.contains("ZOË") && text.contains("O'SÚILLEABHÁIN"),
+        "{text}"
+    );
     let utf8 = map_one("samples/adt_a31_update_person_v28_utf8.hl7");
     assert!(pretty(&utf8.document).contains("Tŷ Siân"));
     let escapes = map_one("samples/adt_a05_preadmit_escapes.hl7");

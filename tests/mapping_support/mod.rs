@@ -68,7 +68,8 @@ pub fn map_file(set: &MappingSet, path: &Path) -> Vec<(String, MapOutput)> {
 
 /// Decodes a file and splits a batch into its messages.
 pub fn messages(raw: &[u8], path: &Path) -> Vec<String> {
-    let text = hl7::decode(raw).unwrap_or_else(|e| panic!("{}: cannot decode: {e}", path.display()));
+    let text =
+        hl7::decode(raw).unwrap_or_else(|e| panic!("{}: cannot decode: {e}", path.display()));
     let messages: Vec<String> = hl7::split_batch(&text)
         .unwrap_or_else(|e| panic!("{}: cannot split: {e}", path.display()))
         .into_iter()
