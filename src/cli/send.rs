@@ -1,10 +1,351 @@
-//! `junction send` (not yet written).
+//! `junction send --to HOST:PORT FILES|DIRS... [--timeout-secs N]`: send HL7
+//! files over MLLP and print each ACK.
+//!
+//! Directories are walked recursively in sorted order, skipping hidden files
+//! and folders (names starting with `.`). A file may hold one message,
+//! several (each starting at an `MSH` segment, blank lines between them are
+//! fine) or an FHS/BHS batch (the batch envelope segments are not sent).
+//! Segment endings are normalised to `\r` (files edited on Unix or Windows
+//! use `\n` or `\r\n`).
+//!
+//! Output: one line per message on stdout, `file  control_id  ACK_CODE`
+//! (plus the error text of a NAK), then a summary line. A progress bar goes
+//! to stderr when stderr is a terminal.
+//!
+//! Exit codes: 0 when every message got AA/CA; 1 otherwise (a NAK, a timeout,
+//! a lost connection); 2 when it cannot connect at all or finds no message.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::mllp::client::{read_ack, MllpClient};
 
 #[derive(Debug, clap::Args)]
-pub struct SendArgs {}
+pub struct SendArgs {
+    /// Where to send: HOST:PORT of an MLLP listener.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+    /// HL7 files, or folders to walk recursively.
+    #[arg(required = true, value_name = "FILES|DIRS")]
+    pub paths: Vec<PathBuf>,
+    /// How long to wait for the connection and for each ACK.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
+}
 
-pub fn run(_args: SendArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`junction send` is not implemented yet")
+/// One message found in a file.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    file: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Counts by outcome.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: usize,
+    errored: usize,
+    rejected: usize,
+    other: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn count(&mut self, code: &str) {
+        match code {
+            "AA" | "CA" => self.accepted += 1,
+            "AE" | "CE" => self.errored += 1,
+            "AR" | "CR" => self.rejected += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    fn sent(&self) -> usize {
+        self.accepted + self.errored + self.rejected + self.other + self.failed
+    }
+
+    fn all_accepted(&self) -> bool {
+        self.sent() == self.accepted
+    }
+
+    fn summary(&self) -> String {
+        let mut line = format!(
+            "{} sent: {} AA/CA, {} AE/CE, {} AR/CR, {} errors",
+            self.sent(),
+            self.accepted,
+            self.errored,
+            self.rejected,
+            self.failed
+        );
+        if self.other > 0 {
+            line.push_str(&format!(", {} unknown ACK codes", self.other));
+        }
+        line
+    }
+}
+
+pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let files = collect_files(&args.paths)?;
+    let mut messages = Vec::new();
+    for file in &files {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let found = split_messages(&bytes);
+        if found.is_empty() {
+            eprintln!("skipped {}: no MSH segment", file.display());
+        }
+        for message in found {
+            messages.push(Outgoing {
+                file: file.clone(),
+                bytes: message,
+            });
+        }
+    }
+    if messages.is_empty() {
+        eprintln!(
+            "error: no HL7 message (no MSH segment) found in {} file(s)",
+            files.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(send_all(
+        &args.to,
+        messages,
+        Duration::from_secs(args.timeout_secs.max(1)),
+    ))
+}
+
+async fn send_all(
+    to: &str,
+    messages: Vec<Outgoing>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut client = match MllpClient::connect(to, timeout).await {
+        Ok(client) => Some(client),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(messages.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} messages {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut tally = Tally::default();
+    for message in &messages {
+        let control_id = control_id(&message.bytes).unwrap_or_else(|| "-".to_string());
+        let file = message.file.display();
+        // After a failure the connection is dropped; connect again for the next message.
+        if client.is_none() {
+            client = MllpClient::connect(to, timeout).await.ok();
+        }
+        let line = match client.as_mut() {
+            None => {
+                tally.failed += 1;
+                format!("{file}  {control_id}  ERROR cannot reconnect to {to}")
+            }
+            Some(c) => match c.send(&message.bytes).await {
+                Ok(ack) => match read_ack(&ack) {
+                    Ok(info) => {
+                        tally.count(&info.code);
+                        let code = if info.code.is_empty() {
+                            "-"
+                        } else {
+                            &info.code
+                        };
+                        match (&info.text, info.is_accept()) {
+                            (Some(text), false) => format!("{file}  {control_id}  {code}  {text}"),
+                            _ => format!("{file}  {control_id}  {code}"),
+                        }
+                    }
+                    Err(err) => {
+                        tally.failed += 1;
+                        format!("{file}  {control_id}  ERROR unreadable ACK: {err}")
+                    }
+                },
+                Err(err) => {
+                    tally.failed += 1;
+                    client = None;
+                    format!("{file}  {control_id}  ERROR {err}")
+                }
+            },
+        };
+        progress.suspend(|| println!("{line}"));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    println!("{}", tally.summary());
+    Ok(if tally.all_accepted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Every file named, and every non-hidden file under every folder named,
+/// folders walked in sorted order.
+fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            walk(path, &mut out)?;
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        entries.push(entry.path());
+    }
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Splits file contents into messages: segment endings normalised to `\r`,
+/// blank lines dropped, a new message at each `MSH`, batch envelope
+/// segments (FHS, BHS, BTS, FTS) dropped. Bytes before the first MSH (other
+/// than the envelope) are dropped too: they belong to no message.
+pub fn split_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut messages: Vec<Vec<u8>> = Vec::new();
+    for segment in bytes.split(|&b| b == b'\r' || b == b'\n') {
+        if segment.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let name = segment.get(..3).unwrap_or(segment);
+        match name {
+            b"MSH" => messages.push(Vec::new()),
+            b"FHS" | b"BHS" | b"BTS" | b"FTS" => continue,
+            _ => {}
+        }
+        if let Some(current) = messages.last_mut() {
+            current.extend_from_slice(segment);
+            current.push(b'\r');
+        }
+    }
+    messages
+}
+
+/// MSH-10 of a message (fields counted with MSH-1 as the separator itself).
+pub fn control_id(message: &[u8]) -> Option<String> {
+    let msh = message.split(|&b| b == b'\r').next()?;
+    let sep = *msh.get(3)?;
+    let value = msh.split(|&b| b == sep).nth(9)?;
+    let value = String::from_utf8_lossy(value).trim().to_string();
+    (!value.is_empty()).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_split(input: &str, expected: &[&str]) {
+        let got: Vec<String> = split_messages(input.as_bytes())
+            .into_iter()
+            .map(|m| String::from_utf8(m).unwrap())
+            .collect();
+        assert_eq!(got, expected, "{input:?}");
+    }
+
+    #[test]
+    fn splits_files_into_messages() {
+        check_split("MSH|a\rPID|1\r", &["MSH|a\rPID|1\r"]);
+        check_split("MSH|a\nPID|1\n", &["MSH|a\rPID|1\r"]);
+        check_split("MSH|a\r\nPID|1\r\n\r\n", &["MSH|a\rPID|1\r"]);
+        check_split(
+            "MSH|a\nPID|1\n\nMSH|b\nPID|2\nMSH|c\n",
+            &["MSH|a\rPID|1\r", "MSH|b\rPID|2\r", "MSH|c\r"],
+        );
+        check_split(
+            "FHS|^~\\&\rBHS|^~\\&\rMSH|a\rPID|1\rMSH|b\rBTS|2\rFTS|1\r",
+            &["MSH|a\rPID|1\r", "MSH|b\r"],
+        );
+        check_split("\u{feff}MSH|a\r", &["MSH|a\r"]);
+        check_split("junk\nMSH|a\r  \r", &["MSH|a\r"]);
+        check_split("", &[]);
+        check_split("no message here\n", &[]);
+    }
+
+    #[test]
+    fn reads_the_control_id() {
+        let msg = b"MSH|^~\\&|PAS|RAL|J|N|20260101||ADT^A01|CTRL42|P|2.4\rPID|1\r";
+        assert_eq!(control_id(msg).as_deref(), Some("CTRL42"));
+        assert_eq!(control_id(b"MSH|^~\\&|PAS\r"), None);
+        assert_eq!(control_id(b"MS"), None);
+        assert_eq!(
+            control_id(b"MSH#^~\\&#a#b#c#d#e#f#ADT#X1#P#2.4").as_deref(),
+            Some("X1")
+        );
+    }
+
+    #[test]
+    fn walks_folders_sorted_skipping_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("b/inner")).unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        for name in ["z.hl7", "a.hl7", ".hidden.hl7", "b/inner/x.hl7", ".git/y"] {
+            std::fs::write(root.join(name), "MSH|x\r").unwrap();
+        }
+        let files = collect_files(&[root.to_path_buf()]).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.hl7", "b/inner/x.hl7", "z.hl7"]);
+        // A hidden file named explicitly is sent.
+        let files = collect_files(&[root.join(".hidden.hl7")]).unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(collect_files(&[root.join("absent")]).is_err());
+    }
+
+    #[test]
+    fn tally_summary_and_exit_rule() {
+        let mut t = Tally::default();
+        for code in ["AA", "CA", "AE", "AR", "CR", "ZZ"] {
+            t.count(code);
+        }
+        t.failed += 1;
+        assert_eq!(
+            t.summary(),
+            "7 sent: 2 AA/CA, 1 AE/CE, 2 AR/CR, 1 errors, 1 unknown ACK codes"
+        );
+        assert!(!t.all_accepted());
+        let mut ok = Tally::default();
+        ok.count("AA");
+        assert!(ok.all_accepted());
+    }
 }

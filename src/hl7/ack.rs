@@ -1,0 +1,560 @@
+//! ACK building and the intake gate ([`assess`]).
+//!
+//! An ACK answers one message: MSH addressed back to the sender (sending and
+//! receiving application/facility swapped), MSA with the code and the original
+//! control id, and, on error, an ERR segment. The ERR layout follows the
+//! version the sender spoke (MSH-12): ERR-2/3/4 from v2.5 on, ERR-1 (ELD)
+//! before, plus MSA-3 (text message) before v2.5. MSH-9 is `ACK^<trigger>^ACK`
+//! from v2.3.1 on (the message-structure component does not exist before) and
+//! `ACK^<trigger>` for v2.1–v2.3.
+//!
+//! Not done here: choosing between original and enhanced mode (the caller
+//! picks the [`AckCode`] from MSH-15/16), control-id generation, clocks, I/O.
+//!
+//! Invariant: the ACK uses the original message's separators, and every value
+//! written into it is HL7-escaped, so a hostile MSH-10 cannot forge segments.
+
+use std::fmt;
+
+use hl7_parser::message::Separators;
+
+use super::charset::decode;
+use super::error::Hl7Error;
+use super::escape::{escape, escape_field};
+use super::message::{Header, Message};
+
+/// MSA-1 acknowledgment codes (HL7 table 0008).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AckCode {
+    /// Original mode: application accept.
+    AA,
+    /// Original mode: application error.
+    AE,
+    /// Original mode: application reject.
+    AR,
+    /// Enhanced mode: commit accept.
+    CA,
+    /// Enhanced mode: commit error.
+    CE,
+    /// Enhanced mode: commit reject.
+    CR,
+}
+
+impl AckCode {
+    /// The two-letter code.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AckCode::AA => "AA",
+            AckCode::AE => "AE",
+            AckCode::AR => "AR",
+            AckCode::CA => "CA",
+            AckCode::CE => "CE",
+            AckCode::CR => "CR",
+        }
+    }
+
+    /// AA and CA: the message was accepted.
+    pub fn is_success(&self) -> bool {
+        matches!(self, AckCode::AA | AckCode::CA)
+    }
+
+    /// The code for the same outcome in enhanced (commit) mode: AA→CA, AE→CE, AR→CR.
+    pub fn to_commit(self) -> AckCode {
+        match self {
+            AckCode::AA | AckCode::CA => AckCode::CA,
+            AckCode::AE | AckCode::CE => AckCode::CE,
+            AckCode::AR | AckCode::CR => AckCode::CR,
+        }
+    }
+
+    /// Parses a two-letter code (as found in MSA-1).
+    pub fn parse(code: &str) -> Option<AckCode> {
+        Some(match code {
+            "AA" => AckCode::AA,
+            "AE" => AckCode::AE,
+            "AR" => AckCode::AR,
+            "CA" => AckCode::CA,
+            "CE" => AckCode::CE,
+            "CR" => AckCode::CR,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for AckCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong, for an ERR segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckError {
+    /// HL7 table 0357: "100" segment sequence error, "101" required field
+    /// missing, "102" data type error, "103" table value not found, "200"
+    /// unsupported message type, "207" application internal error.
+    pub code: &'static str,
+    /// Human-readable explanation (no patient data).
+    pub text: String,
+    /// Segment id, e.g. "MSH".
+    pub segment: Option<String>,
+    /// Segment occurrence, 1-based.
+    pub sequence: Option<u32>,
+    /// Field number.
+    pub field: Option<u32>,
+    /// 'E' error, 'W' warning, 'I' information.
+    pub severity: char,
+}
+
+impl AckError {
+    /// An error with no location and severity 'E'.
+    pub fn new(code: &'static str, text: impl Into<String>) -> AckError {
+        AckError {
+            code,
+            text: text.into(),
+            segment: None,
+            sequence: None,
+            field: None,
+            severity: 'E',
+        }
+    }
+
+    /// The same error located at `segment`'s `sequence`-th occurrence, field `field`.
+    pub fn at(mut self, segment: &str, sequence: u32, field: Option<u32>) -> AckError {
+        self.segment = Some(segment.to_owned());
+        self.sequence = Some(sequence);
+        self.field = field;
+        self
+    }
+}
+
+/// Builds an ACK (see the module doc). Segments are joined by `'\r'`, with no
+/// trailing `'\r'`. `timestamp` is MSH-7 (YYYYMMDDHHMMSS), `control_id` the
+/// ACK's own MSH-10. With `original = None` the ACK is addressed to nobody,
+/// uses default separators and version 2.5, and MSA-2 is empty.
+pub fn build_ack(
+    original: Option<&Header>,
+    code: AckCode,
+    error: Option<&AckError>,
+    control_id: &str,
+    timestamp: &str,
+) -> String {
+    let empty = Header::default();
+    let h = original.unwrap_or(&empty);
+    let (seps, encoding) = separators_of(h);
+    let f = seps.field;
+    let version = if is_version(&h.version) {
+        h.version.as_str()
+    } else {
+        "2.5"
+    };
+    let v = version_number(version);
+    let processing = if h.processing_id.is_empty() {
+        "P"
+    } else {
+        h.processing_id.as_str()
+    };
+    let e = |s: &str| escape(s, &seps).into_owned();
+    let ef = |s: &str| escape_field(s, &seps).into_owned();
+
+    let mut message_type = String::from("ACK");
+    if !h.trigger_event.is_empty() {
+        message_type.push(seps.component);
+        message_type.push_str(&e(&h.trigger_event));
+        if v >= (2, 3, 1) {
+            message_type.push(seps.component);
+            message_type.push_str("ACK");
+        }
+    }
+
+    let mut out = String::with_capacity(256);
+    out.push_str("MSH");
+    out.push(f);
+    out.push_str(&encoding);
+    for value in [
+        ef(&h.receiving_application),
+        ef(&h.receiving_facility),
+        ef(&h.sending_application),
+        ef(&h.sending_facility),
+        e(timestamp),
+        String::new(),
+        message_type,
+        e(control_id),
+        e(processing),
+        e(version),
+    ] {
+        out.push(f);
+        out.push_str(&value);
+    }
+
+    out.push_str("\rMSA");
+    out.push(f);
+    out.push_str(code.as_str());
+    out.push(f);
+    out.push_str(&e(&h.control_id));
+    let Some(error) = error else {
+        return out;
+    };
+    let c = seps.component;
+    let s = seps.subcomponent;
+    let location = |with_field: bool| {
+        let mut loc = String::new();
+        if let Some(segment) = &error.segment {
+            loc.push_str(&e(segment));
+            loc.push(c);
+            loc.push_str(&error.sequence.unwrap_or(1).to_string());
+            if let (true, Some(field)) = (with_field, error.field) {
+                loc.push(c);
+                loc.push_str(&field.to_string());
+            }
+        }
+        loc
+    };
+    if v >= (2, 5, 0) {
+        // ERR-1 empty, ERR-2 location (ERL), ERR-3 code (CWE), ERR-4 severity.
+        out.push_str("\rERR");
+        out.push(f);
+        out.push(f);
+        out.push_str(&location(true));
+        out.push(f);
+        out.push_str(&e(error.code));
+        out.push(c);
+        out.push_str(&e(&error.text));
+        out.push(c);
+        out.push_str("HL70357");
+        out.push(f);
+        out.push_str(&e(&error.severity.to_string()));
+    } else {
+        // MSA-3 text message, then ERR-1 (ELD): segment^sequence^field^code&text&table.
+        out.push(f);
+        out.push_str(&e(&error.text));
+        out.push_str("\rERR");
+        out.push(f);
+        let mut eld = location(false);
+        if error.segment.is_some() {
+            eld.push(c);
+            if let Some(field) = error.field {
+                eld.push_str(&field.to_string());
+            }
+        } else {
+            eld.push(c);
+            eld.push(c);
+        }
+        eld.push(c);
+        eld.push_str(&e(error.code));
+        eld.push(s);
+        eld.push_str(&e(&error.text));
+        eld.push(s);
+        eld.push_str("HL70357");
+        out.push_str(&eld);
+    }
+    out
+}
+
+/// The separators of `h` when they are usable, otherwise the defaults; and the
+/// MSH-2 to write (the four encoding characters, without a truncation character).
+fn separators_of(h: &Header) -> (Separators, String) {
+    let chars: Vec<char> = h.encoding_characters.chars().take(4).collect();
+    let mut all = chars.clone();
+    all.push(h.field_separator);
+    let usable = chars.len() == 4
+        && all.iter().all(|c| c.is_ascii_punctuation())
+        && all.iter().enumerate().all(|(i, c)| !all[..i].contains(c));
+    if !usable {
+        return (Separators::default(), "^~\\&".to_owned());
+    }
+    let seps = Separators {
+        field: h.field_separator,
+        component: chars[0],
+        repetition: chars[1],
+        escape: chars[2],
+        subcomponent: chars[3],
+        lenient_newlines: false,
+    };
+    (seps, chars.into_iter().collect())
+}
+
+fn is_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 12
+        && v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+/// "2.5.1" → (2, 5, 1); missing parts are 0.
+fn version_number(v: &str) -> (u32, u32, u32) {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(2),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// Why [`assess`] refused a message, and how to address the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// AR (no usable MSH, undecodable bytes, broken structure) or AE
+    /// (structurally fine but a required header field is empty).
+    pub code: AckCode,
+    /// The header, when one could be read, so the ACK can be addressed.
+    pub header: Option<Header>,
+    /// What goes into the ERR segment.
+    pub error: AckError,
+}
+
+/// The listener's gate: decode, parse, and check what intake needs (MSH-9.1
+/// and MSH-10 present). A batch (FHS/BHS) is refused here: split it first.
+// The Err side is large (a Header), but rejections are the rare path and the
+// shape is the API the listener codes against.
+#[allow(clippy::result_large_err)]
+pub fn assess(raw: &[u8]) -> Result<Header, Rejection> {
+    let reject = |code, header, error: Hl7Error| Rejection {
+        code,
+        header,
+        error: error.ack_error(),
+    };
+    let text = match decode(raw) {
+        Ok(text) => text,
+        Err(err) => {
+            let lossy = String::from_utf8_lossy(raw);
+            return Err(reject(AckCode::AR, salvage_header(&lossy), err));
+        }
+    };
+    let message = match Message::parse(&text) {
+        Ok(message) => message,
+        Err(err) => return Err(reject(AckCode::AR, salvage_header(&text), err)),
+    };
+    let header = match message.header() {
+        Ok(header) => header,
+        Err(err) => return Err(reject(AckCode::AR, None, err)),
+    };
+    let missing = if header.message_code.is_empty() {
+        Some((9, "message type"))
+    } else if header.control_id.is_empty() {
+        Some((10, "message control id"))
+    } else {
+        None
+    };
+    if let Some((field, name)) = missing {
+        let err = Hl7Error::EmptyField {
+            segment: "MSH",
+            field,
+            name,
+        };
+        return Err(reject(AckCode::AE, Some(header), err));
+    }
+    Ok(header)
+}
+
+/// The header of the MSH line alone, for addressing a rejection of a message
+/// whose later segments (or bytes) are broken.
+fn salvage_header(text: &str) -> Option<Header> {
+    let text = text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    let line = &text[..text.find(['\r', '\n']).unwrap_or(text.len())];
+    Message::parse(line).and_then(|m| m.header()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TS: &str = "20240501120001";
+
+    fn header(msh: &str) -> Header {
+        Message::parse(msh)
+            .and_then(|m| m.header())
+            .expect("test MSH parses")
+    }
+
+    fn check(original: Option<&str>, code: AckCode, error: Option<AckError>, expected: &[&str]) {
+        let h = original.map(header);
+        let ack = build_ack(h.as_ref(), code, error.as_ref(), "ACK0001", TS);
+        assert_eq!(ack, expected.join("\r"));
+    }
+
+    const V251: &str =
+        "MSH|^~\\&|PAS|RAL^1.2.3^ISO|EPR|HUB|20240501120000||ADT^A01^ADT_A01|MSG0001|P|2.5.1";
+    const V23: &str = "MSH|^~\\&|LIMS|RAL|EPR|HUB|20240501120000||ORU^R01|L77|T|2.3";
+
+    #[test]
+    fn accept_v251() {
+        check(
+            Some(V251),
+            AckCode::AA,
+            None,
+            &[
+                "MSH|^~\\&|EPR|HUB|PAS|RAL^1.2.3^ISO|20240501120001||ACK^A01^ACK|ACK0001|P|2.5.1",
+                "MSA|AA|MSG0001",
+            ],
+        );
+    }
+
+    #[test]
+    fn error_v251_uses_err_2_3_4() {
+        let error =
+            AckError::new("101", "MSH-10 (message control id) is empty").at("MSH", 1, Some(10));
+        check(
+            Some(V251),
+            AckCode::AE,
+            Some(error),
+            &[
+                "MSH|^~\\&|EPR|HUB|PAS|RAL^1.2.3^ISO|20240501120001||ACK^A01^ACK|ACK0001|P|2.5.1",
+                "MSA|AE|MSG0001",
+                "ERR||MSH^1^10|101^MSH-10 (message control id) is empty^HL70357|E",
+            ],
+        );
+    }
+
+    #[test]
+    fn error_v23_uses_err_1() {
+        let error = AckError::new("207", "store & forward failed").at("PID", 1, Some(3));
+        check(
+            Some(V23),
+            AckCode::AR,
+            Some(error),
+            &[
+                "MSH|^~\\&|EPR|HUB|LIMS|RAL|20240501120001||ACK^R01|ACK0001|T|2.3",
+                "MSA|AR|L77|store \\T\\ forward failed",
+                "ERR|PID^1^3^207&store \\T\\ forward failed&HL70357",
+            ],
+        );
+        check(
+            Some(V23),
+            AckCode::AE,
+            Some(AckError::new("100", "bad")),
+            &[
+                "MSH|^~\\&|EPR|HUB|LIMS|RAL|20240501120001||ACK^R01|ACK0001|T|2.3",
+                "MSA|AE|L77|bad",
+                "ERR|^^^100&bad&HL70357",
+            ],
+        );
+    }
+
+    #[test]
+    fn no_original() {
+        check(
+            None,
+            AckCode::AR,
+            Some(AckError::new("100", "byte 0: expected 'MSH'")),
+            &[
+                "MSH|^~\\&|||||20240501120001||ACK|ACK0001|P|2.5",
+                "MSA|AR|",
+                "ERR|||100^byte 0: expected 'MSH'^HL70357|E",
+            ],
+        );
+    }
+
+    #[test]
+    fn values_are_escaped_and_separators_kept() {
+        check(
+            Some("MSH#!*?$#PAS#RAL#####ADT!A01#A|B#P#2.4"),
+            AckCode::CA,
+            None,
+            &[
+                "MSH#!*?$###PAS#RAL#20240501120001##ACK!A01!ACK#ACK0001#P#2.4",
+                "MSA#CA#A|B",
+            ],
+        );
+        check(
+            Some("MSH|^~\\&|A|B|||x||ADT^A01|1\\F\\2|P|garbage"),
+            AckCode::AA,
+            None,
+            &[
+                "MSH|^~\\&|||A|B|20240501120001||ACK^A01^ACK|ACK0001|P|2.5",
+                "MSA|AA|1\\F\\2",
+            ],
+        );
+    }
+
+    fn check_assess(raw: &[u8], expected: Result<&str, (AckCode, &str, bool)>) {
+        match (assess(raw), expected) {
+            (Ok(h), Ok(control_id)) => assert_eq!(h.control_id, control_id),
+            (Err(r), Err((code, text, has_header))) => {
+                assert_eq!(r.code, code, "{r:?}");
+                assert_eq!(r.error.text, text);
+                assert_eq!(r.header.is_some(), has_header, "{r:?}");
+            }
+            (got, want) => panic!(
+                "{:?}: got {got:?}, want {want:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        }
+    }
+
+    #[test]
+    fn assess_accepts_good_messages() {
+        check_assess(format!("{V251}\rPID|1\r").as_bytes(), Ok("MSG0001"));
+        check_assess(format!("{V23}\nPID|1\n\n").as_bytes(), Ok("L77"));
+    }
+
+    #[test]
+    fn assess_rejections() {
+        check_assess(
+            b"PID|1||123\r",
+            Err((
+                AckCode::AR,
+                "byte 0: expected 'MSH' at the start of the message, found 'PID'",
+                false,
+            )),
+        );
+        check_assess(
+            b"",
+            Err((
+                AckCode::AR,
+                "empty message: expected a segment starting with 'MSH'",
+                false,
+            )),
+        );
+        check_assess(
+            b"MSH|^~\\&|PAS|RAL|||20240501||ADT^A01||P|2.4\rPID|1\r",
+            Err((AckCode::AE, "MSH-10 (message control id) is empty", true)),
+        );
+        check_assess(
+            b"MSH|^~\\&|PAS|RAL|||20240501|||X1|P|2.4\rPID|1\r",
+            Err((AckCode::AE, "MSH-9 (message type) is empty", true)),
+        );
+        check_assess(
+            b"\x00\x9f\xff garbage \x0b\x1c",
+            Err((
+                AckCode::AR,
+                "byte 0: expected 'MSH' at the start of the message, found '\\u{0}\u{178}\u{ff}'",
+                false,
+            )),
+        );
+        check_assess(
+            b"MSH|^~\\&|PAS|RAL|||20240501||ADT^A01|X1|P|2.4\rPIDX|1\r",
+            Err((
+                AckCode::AR,
+                "segment 2 at byte 46: expected the field separator after the segment name, found 'PIDX'",
+                true,
+            )),
+        );
+        check_assess(
+            b"MSH|^~\\&|PAS|RAL|||20240501||ADT^A01|X1|P|2.4||||||UNICODE UTF-8\rPID|Zo\xeb\r",
+            Err((AckCode::AR, "byte 71: invalid UTF-8 byte sequence", true)),
+        );
+        check_assess(
+            b"BHS|^~\\&\rMSH|^~\\&|A\r",
+            Err((
+                AckCode::AR,
+                "byte 0: expected 'MSH' at the start of the message, found 'BHS'",
+                false,
+            )),
+        );
+    }
+
+    #[test]
+    fn rejection_error_locations() {
+        let r = assess(b"MSH|^~\\&|PAS|RAL|||20240501|||X1|P|2.4\r").expect_err("rejected");
+        assert_eq!(
+            (r.error.code, r.error.segment.as_deref(), r.error.field),
+            ("101", Some("MSH"), Some(9))
+        );
+        let ack = build_ack(r.header.as_ref(), r.code, Some(&r.error), "A1", TS);
+        assert_eq!(
+            ack,
+            "MSH|^~\\&|||PAS|RAL|20240501120001||ACK|A1|P|2.4\rMSA|AE|X1|MSH-9 (message type) is empty\rERR|MSH^1^9^101&MSH-9 (message type) is empty&HL70357"
+        );
+    }
+}

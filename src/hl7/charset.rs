@@ -1,0 +1,409 @@
+//! Bytes as received → UTF-8 text with segments ending in `'\r'`.
+//!
+//! # Character set
+//! Chosen in this order:
+//! 1. A byte-order mark: UTF-8 (`EF BB BF`) or UTF-16 LE/BE. The BOM wins over
+//!    MSH-18 (the bytes say what they are) and is stripped.
+//! 2. MSH-18 (HL7 table 0211), read from the raw bytes of the first MSH
+//!    before anything is decoded; only its first repetition counts.
+//!    - absent, empty, `ASCII`, `ISO IR6`: UTF-8 if the bytes are valid UTF-8
+//!      (ASCII is a subset), otherwise windows-1252 (senders that say ASCII
+//!      or nothing and send Latin-1 / windows-1252 names are common).
+//!    - `UNICODE UTF-8`, `UNICODE`, `UTF-8`: UTF-8; invalid bytes are an error.
+//!    - `8859/1`, `ISO IR100`: ISO 8859-1, byte for byte. `8859/2`..`8859/9`,
+//!      `8859/15`: through `encoding_rs`. Exception: when the bytes contain
+//!      non-ASCII and are valid UTF-8, they are read as UTF-8 (a sender that
+//!      declares Latin-1 but sends UTF-8 is far more likely than Latin-1 text
+//!      that happens to form valid multi-byte UTF-8).
+//!    - `GB 18030-2000`, `BIG-5`, `KS X 1001`, `ISO IR87`, and any label
+//!      `encoding_rs` knows (`windows-1252`, `iso-8859-1`, …).
+//!    - anything else: accepted if the bytes are valid UTF-8, otherwise
+//!      [`Hl7Error::UnsupportedCharset`].
+//!
+//! # Segment endings
+//! `\r`, `\n` and `\r\n` all end a segment. A lone `\n` ends a segment only
+//! when what follows looks like a segment (three characters `A-Z`/`0-9`
+//! followed by the field separator or a line end) or a blank line; otherwise it
+//! is kept as data (broken senders that put raw line feeds in report text).
+//! Blank and whitespace-only lines (including trailing ones) are dropped,
+//! leading whitespace is dropped, a bare segment name such as `PV2` gets its
+//! field separator (`PV2|`, which `hl7-parser` requires), and every segment,
+//! including the last, ends with `'\r'`.
+//!
+//! Not done here: any parsing or validation of the HL7 structure.
+
+use encoding_rs::Encoding;
+
+use super::error::Hl7Error;
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Decodes `raw` to UTF-8 text and normalises segment endings (see the module doc).
+pub fn decode(raw: &[u8]) -> Result<String, Hl7Error> {
+    let text = to_utf8(raw)?;
+    Ok(normalise(&text))
+}
+
+/// The charset label in MSH-18 of the first MSH in `raw`, trimmed, if present
+/// and not empty. Reads raw bytes; no decoding needed since the label is ASCII.
+pub fn msh18(raw: &[u8]) -> Option<String> {
+    let start = find_msh(raw)?;
+    let line = &raw[start..];
+    let line = &line[..line
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(line.len())];
+    let sep = *line.get(3)?;
+    let repetition = line.get(5).copied();
+    // parts[0] = "MSH", parts[1] = MSH-2, parts[k] = MSH-(k+1).
+    let field = line.split(|&b| b == sep).nth(17)?;
+    let field = match repetition {
+        Some(r) if r != sep => field.split(|&b| b == r).next().unwrap_or(field),
+        _ => field,
+    };
+    let label = String::from_utf8_lossy(field).trim().to_owned();
+    (!label.is_empty()).then_some(label)
+}
+
+/// Offset of the first "MSH" at the start of `raw` or of a line.
+fn find_msh(raw: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(pos) = raw[from..].windows(3).position(|w| w == b"MSH") {
+        let at = from + pos;
+        if at == 0 || matches!(raw[at - 1], b'\r' | b'\n') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+fn to_utf8(raw: &[u8]) -> Result<String, Hl7Error> {
+    if let Some(rest) = raw.strip_prefix(UTF8_BOM) {
+        return utf8_strict(rest, "UTF-8", UTF8_BOM.len());
+    }
+    if raw.starts_with(b"\xFF\xFE") || raw.starts_with(b"\xFE\xFF") {
+        let encoding = if raw[0] == 0xFF {
+            encoding_rs::UTF_16LE
+        } else {
+            encoding_rs::UTF_16BE
+        };
+        return with_encoding(&raw[2..], encoding, 2);
+    }
+    let label = msh18(raw);
+    let Some(label) = label else {
+        return Ok(utf8_or_1252(raw));
+    };
+    let key = label.to_ascii_uppercase();
+    match key.as_str() {
+        "ASCII" | "ISO IR6" | "US-ASCII" => Ok(utf8_or_1252(raw)),
+        "UNICODE UTF-8" | "UNICODE" | "UTF-8" | "UTF8" => utf8_strict(raw, "UTF-8", 0),
+        "8859/1" | "ISO IR100" | "ISO-8859-1" | "ISO8859-1" | "LATIN1" | "LATIN-1" => {
+            Ok(match utf8_with_non_ascii(raw) {
+                Some(text) => text,
+                None => raw.iter().map(|&b| char::from(b)).collect(),
+            })
+        }
+        _ => {
+            let encoding = hl7_label(&key).or_else(|| Encoding::for_label(label.as_bytes()));
+            match encoding {
+                Some(encoding) if encoding == encoding_rs::UTF_8 => utf8_strict(raw, "UTF-8", 0),
+                Some(encoding) => match utf8_with_non_ascii(raw) {
+                    Some(text) => Ok(text),
+                    None => with_encoding(raw, encoding, 0),
+                },
+                None => match std::str::from_utf8(raw) {
+                    Ok(text) => Ok(text.to_owned()),
+                    Err(_) => Err(Hl7Error::UnsupportedCharset { value: label }),
+                },
+            }
+        }
+    }
+}
+
+/// HL7 table 0211 names that are not WHATWG labels.
+fn hl7_label(key: &str) -> Option<&'static Encoding> {
+    if let Some(n) = key.strip_prefix("8859/") {
+        return Encoding::for_label(format!("iso-8859-{n}").as_bytes());
+    }
+    Some(match key {
+        "GB 18030-2000" => encoding_rs::GB18030,
+        "BIG-5" => encoding_rs::BIG5,
+        "KS X 1001" => encoding_rs::EUC_KR,
+        "ISO IR87" | "ISO 2022-1994" => encoding_rs::ISO_2022_JP,
+        "ISO IR13" => encoding_rs::SHIFT_JIS,
+        _ => return None,
+    })
+}
+
+fn utf8_strict(raw: &[u8], charset: &str, base: usize) -> Result<String, Hl7Error> {
+    match std::str::from_utf8(raw) {
+        Ok(text) => Ok(text.to_owned()),
+        Err(err) => Err(Hl7Error::InvalidBytes {
+            offset: base + err.valid_up_to(),
+            charset: charset.to_owned(),
+        }),
+    }
+}
+
+fn utf8_or_1252(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(text) => text.to_owned(),
+        Err(_) => encoding_rs::WINDOWS_1252
+            .decode_without_bom_handling(raw)
+            .0
+            .into_owned(),
+    }
+}
+
+/// `Some` when `raw` is valid UTF-8 that is not plain ASCII.
+fn utf8_with_non_ascii(raw: &[u8]) -> Option<String> {
+    if raw.is_ascii() {
+        return None;
+    }
+    std::str::from_utf8(raw).ok().map(str::to_owned)
+}
+
+fn with_encoding(raw: &[u8], encoding: &'static Encoding, base: usize) -> Result<String, Hl7Error> {
+    match encoding.decode_without_bom_handling_and_without_replacement(raw) {
+        Some(text) => Ok(text.into_owned()),
+        None => Err(Hl7Error::InvalidBytes {
+            offset: base + decoder_error_offset(encoding, raw).unwrap_or(0),
+            charset: encoding.name().to_owned(),
+        }),
+    }
+}
+
+/// Byte offset of the first malformed sequence for `encoding`.
+fn decoder_error_offset(encoding: &'static Encoding, raw: &[u8]) -> Option<usize> {
+    let mut decoder = encoding.new_decoder_without_bom_handling();
+    let mut out = String::with_capacity(
+        decoder
+            .max_utf8_buffer_length_without_replacement(raw.len())
+            .unwrap_or(raw.len() * 4),
+    );
+    let mut read_total = 0;
+    loop {
+        let (result, read) =
+            decoder.decode_to_string_without_replacement(&raw[read_total..], &mut out, true);
+        read_total += read;
+        match result {
+            encoding_rs::DecoderResult::InputEmpty => return None,
+            encoding_rs::DecoderResult::Malformed(bad, _) => {
+                return Some(read_total.saturating_sub(usize::from(bad)));
+            }
+            encoding_rs::DecoderResult::OutputFull => {
+                out.reserve(raw.len().max(16));
+            }
+        }
+    }
+}
+
+/// Normalises segment endings to `'\r'` (see the module doc).
+fn normalise(text: &str) -> String {
+    let text = text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    let bytes = text.as_bytes();
+    let sep = match bytes.get(3) {
+        Some(&b) if b.is_ascii_punctuation() => b,
+        _ => b'|',
+    };
+    let mut out = String::with_capacity(text.len() + 2);
+    let mut line_start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\r' || (b == b'\n' && ends_segment(bytes, i + 1, sep)) {
+            push_line(&mut out, &text[line_start..i], sep);
+            i += 1;
+            if b == b'\r' && bytes.get(i) == Some(&b'\n') {
+                i += 1;
+            }
+            line_start = i;
+        } else {
+            i += 1;
+        }
+    }
+    push_line(&mut out, &text[line_start..], sep);
+    out
+}
+
+/// Whether a `'\n'` followed by `bytes[at..]` ends a segment.
+fn ends_segment(bytes: &[u8], at: usize, sep: u8) -> bool {
+    let rest = &bytes[at..];
+    // Blank line or end of text.
+    let line_end = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    if rest[..line_end].iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    rest.len() >= 3
+        && rest[..3]
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && matches!(rest.get(3), None | Some(b'\r') | Some(b'\n'))
+        || (rest.len() >= 4
+            && rest[..3]
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && rest[3] == sep)
+}
+
+fn push_line(out: &mut String, line: &str, sep: u8) {
+    if line.trim().is_empty() {
+        return;
+    }
+    out.push_str(line);
+    if line.len() == 3
+        && line
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        out.push(char::from(sep));
+    }
+    out.push('\r');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &[u8], expected: Result<&str, Hl7Error>) {
+        assert_eq!(
+            decode(input).as_deref().map_err(Clone::clone),
+            expected,
+            "decode {:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+
+    fn latin1(s: &str) -> Vec<u8> {
+        s.chars()
+            .map(|c| u8::try_from(u32::from(c)).expect("latin-1 test text"))
+            .collect()
+    }
+
+    const MSH_8859: &str = "MSH|^~\\&|PAS|RAL|EPR|RAL|20240101||ADT^A01|1|P|2.4||||||8859/1\r";
+
+    #[test]
+    fn segment_endings() {
+        check(b"MSH|^~\\&|A\rPID|1", Ok("MSH|^~\\&|A\rPID|1\r"));
+        check(b"MSH|^~\\&|A\nPID|1\n", Ok("MSH|^~\\&|A\rPID|1\r"));
+        check(b"MSH|^~\\&|A\r\nPID|1\r\n", Ok("MSH|^~\\&|A\rPID|1\r"));
+        check(
+            b"MSH|^~\\&|A\r\nPID|1\r\n\r\n\n  \n",
+            Ok("MSH|^~\\&|A\rPID|1\r"),
+        );
+        check(b"\r\n  MSH|^~\\&|A\r\rPID|1", Ok("MSH|^~\\&|A\rPID|1\r"));
+    }
+
+    #[test]
+    fn line_feed_inside_text_is_data() {
+        check(
+            b"MSH|^~\\&|A\rOBX|1|TX|||first line\nsecond line\rNTE|1",
+            Ok("MSH|^~\\&|A\rOBX|1|TX|||first line\nsecond line\rNTE|1\r"),
+        );
+    }
+
+    #[test]
+    fn bare_segment_name_gets_separator() {
+        check(b"MSH|^~\\&|A\rPV2\rZPI|1", Ok("MSH|^~\\&|A\rPV2|\rZPI|1\r"));
+        check(b"MSH#^~\\&#A\nPV2\n", Ok("MSH#^~\\&#A\rPV2#\r"));
+    }
+
+    #[test]
+    fn byte_order_marks() {
+        check(b"\xEF\xBB\xBFMSH|^~\\&|A\r", Ok("MSH|^~\\&|A\r"));
+        let mut utf16 = vec![0xFF, 0xFE];
+        for unit in "MSH|^~\\&|Zoë\r".encode_utf16() {
+            utf16.extend_from_slice(&unit.to_le_bytes());
+        }
+        check(&utf16, Ok("MSH|^~\\&|Zoë\r"));
+        check(
+            b"\xEF\xBB\xBFMSH|^~\\&|\xFF\r",
+            Err(Hl7Error::InvalidBytes {
+                offset: 12,
+                charset: "UTF-8".into(),
+            }),
+        );
+    }
+
+    #[test]
+    fn latin1_names() {
+        let raw = latin1(&format!("{MSH_8859}PID|||1||Ó Súilleabháin^Zoë\r"));
+        check(
+            &raw,
+            Ok(&format!("{MSH_8859}PID|||1||Ó Súilleabháin^Zoë\r")),
+        );
+        // Declared 8859/1 but actually UTF-8: read as UTF-8.
+        let raw = format!("{MSH_8859}PID|||1||Zoë\r");
+        check(raw.as_bytes(), Ok(&raw));
+    }
+
+    #[test]
+    fn undeclared_falls_back_to_windows_1252() {
+        check(
+            b"MSH|^~\\&|A\rPID|||1||Zo\xEB \x80\r",
+            Ok("MSH|^~\\&|A\rPID|||1||Zoë €\r"),
+        );
+        check(
+            b"MSH|^~\\&|A|||||||||||||||ASCII\rPID|||1||Zo\xEB\r",
+            Ok("MSH|^~\\&|A|||||||||||||||ASCII\rPID|||1||Zoë\r"),
+        );
+    }
+
+    #[test]
+    fn declared_utf8_must_be_utf8() {
+        let msh = "MSH|^~\\&|A|||||||||||||||UNICODE UTF-8\r";
+        check(
+            format!("{msh}PID|Zoë\r").as_bytes(),
+            Ok(&format!("{msh}PID|Zoë\r")),
+        );
+        let mut raw = format!("{msh}PID|Zo").into_bytes();
+        raw.push(0xEB);
+        check(
+            &raw,
+            Err(Hl7Error::InvalidBytes {
+                offset: msh.len() + 6,
+                charset: "UTF-8".into(),
+            }),
+        );
+    }
+
+    #[test]
+    fn other_charsets() {
+        let msh = "MSH|^~\\&|A|||||||||||||||8859/15~UNICODE UTF-8\r";
+        let mut raw = format!("{msh}PID|").into_bytes();
+        raw.push(0xA4); // euro sign in 8859-15
+        check(&raw, Ok(&format!("{msh}PID|€\r")));
+        let msh = "MSH|^~\\&|A|||||||||||||||KLINGON\r";
+        check(
+            format!("{msh}PID|x").as_bytes(),
+            Ok(&format!("{msh}PID|x\r")),
+        );
+        check(
+            format!("{msh}PID|\u{0}\u{1}").as_bytes(),
+            Ok(&format!("{msh}PID|\u{0}\u{1}\r")),
+        );
+        let mut raw = format!("{msh}PID|").into_bytes();
+        raw.push(0xFF);
+        check(
+            &raw,
+            Err(Hl7Error::UnsupportedCharset {
+                value: "KLINGON".into(),
+            }),
+        );
+    }
+
+    #[test]
+    fn msh18_is_read_from_raw_bytes() {
+        assert_eq!(msh18(MSH_8859.as_bytes()), Some("8859/1".into()));
+        assert_eq!(msh18(b"MSH|^~\\&|A"), None);
+        assert_eq!(
+            msh18(b"FHS|^~\\&\rMSH|^~\\&|||||||||||||||| UNICODE UTF-8 ~8859/1\r"),
+            Some("UNICODE UTF-8".into())
+        );
+        assert_eq!(msh18(b"XMSH|^~\\&|||||||||||||||8859/1"), None);
+    }
+}

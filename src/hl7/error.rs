@@ -1,0 +1,128 @@
+//! The one error type of the HL7 core.
+//!
+//! Every variant says where the problem is (byte offset in the decoded text,
+//! segment position, field number, or character in a path) and what was
+//! expected. Messages quote at most a few characters of the input, so an error
+//! can be logged without carrying patient data.
+
+use super::ack::AckError;
+
+/// What went wrong while decoding, parsing, addressing or splitting HL7.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Hl7Error {
+    /// Nothing but whitespace or line endings.
+    #[error("empty message: expected a segment starting with 'MSH'")]
+    Empty,
+
+    /// The text does not open with an MSH segment.
+    #[error("byte {offset}: expected 'MSH' at the start of the message, found '{found}'")]
+    MissingMsh { offset: usize, found: String },
+
+    /// MSH-1 is missing or is a character that cannot separate fields.
+    #[error(
+        "byte {offset}: MSH-1 (field separator) '{found}' is not usable, expected a punctuation character such as '|'"
+    )]
+    BadFieldSeparator { offset: usize, found: String },
+
+    /// MSH-2 is not four (or five, with the v2.7 truncation character) distinct
+    /// punctuation characters.
+    #[error(
+        "byte {offset}: MSH-2 (encoding characters) '{found}' is not usable, expected {expected}"
+    )]
+    BadEncodingCharacters {
+        offset: usize,
+        found: String,
+        expected: &'static str,
+    },
+
+    /// A segment after MSH could not be read.
+    #[error("segment {index} at byte {offset}: expected {expected}, found '{found}'")]
+    BadSegment {
+        /// 1-based position of the segment in the message (MSH is 1).
+        index: usize,
+        offset: usize,
+        found: String,
+        expected: &'static str,
+    },
+
+    /// The `hl7-parser` crate rejected the text at this position.
+    #[error("byte {offset}: the message structure cannot be parsed, found '{found}'")]
+    Syntax { offset: usize, found: String },
+
+    /// Bytes that are not valid in the character set in use.
+    #[error("byte {offset}: invalid {charset} byte sequence")]
+    InvalidBytes { offset: usize, charset: String },
+
+    /// MSH-18 names a character set this engine cannot decode.
+    #[error(
+        "MSH-18 (character set) '{value}' is not supported, expected ASCII, UNICODE UTF-8, 8859/1 to 8859/9, 8859/15 or a WHATWG encoding label"
+    )]
+    UnsupportedCharset { value: String },
+
+    /// A field the caller requires is empty.
+    #[error("{segment}-{field} ({name}) is empty")]
+    EmptyField {
+        segment: &'static str,
+        field: u32,
+        name: &'static str,
+    },
+
+    /// A field path such as `PID-3[2].1` is malformed.
+    #[error("path '{path}' at character {position}: expected {expected}")]
+    BadPath {
+        path: String,
+        /// 0-based character position in the path.
+        position: usize,
+        expected: &'static str,
+    },
+
+    /// A batch (FHS/BHS) file is not laid out as expected.
+    #[error("byte {offset}: expected {expected}, found '{found}'")]
+    Batch {
+        offset: usize,
+        found: String,
+        expected: &'static str,
+    },
+}
+
+impl Hl7Error {
+    /// The ERR segment content for this error: an HL7 table 0357 code, the
+    /// location when one is known, and this error's text.
+    pub fn ack_error(&self) -> AckError {
+        let (code, segment, field): (&'static str, Option<&str>, Option<u32>) = match self {
+            Hl7Error::Empty | Hl7Error::MissingMsh { .. } => ("100", Some("MSH"), None),
+            Hl7Error::BadFieldSeparator { .. } => ("102", Some("MSH"), Some(1)),
+            Hl7Error::BadEncodingCharacters { .. } => ("102", Some("MSH"), Some(2)),
+            Hl7Error::BadSegment { .. } | Hl7Error::Syntax { .. } | Hl7Error::Batch { .. } => {
+                ("100", None, None)
+            }
+            Hl7Error::InvalidBytes { .. } => ("102", None, None),
+            Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
+            Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),
+            Hl7Error::BadPath { .. } => ("207", None, None),
+        };
+        AckError {
+            code,
+            text: self.to_string(),
+            segment: segment.map(str::to_owned),
+            sequence: segment.map(|_| 1),
+            field,
+            severity: 'E',
+        }
+    }
+}
+
+/// At most `max` characters of `text`, with line endings and control
+/// characters shown escaped, for quoting input in an error message.
+pub(crate) fn snippet(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

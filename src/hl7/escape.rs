@@ -1,0 +1,215 @@
+//! HL7 escape sequences: decoding values read from a message, encoding values
+//! written into one (ACKs).
+//!
+//! Decoding (`unescape`), with `\` standing for the message's escape character:
+//! - `\F\ \S\ \T\ \R\ \E\` become the field, component, subcomponent,
+//!   repetition and escape characters; `\P\` (v2.7 truncation) becomes `#`.
+//! - `\Xhh…\` becomes the bytes `hh…`, read as UTF-8 when they are valid UTF-8
+//!   and as ISO 8859-1 otherwise.
+//! - `\.br\` and `\.sp\` (and `\.spN\`) become `"\n"`.
+//! - Formatting-only sequences are dropped: `\H\` `\N\` (highlight on/off) and
+//!   the other `\.xx\` formatting commands (`.fi` `.nf` `.in` `.ti` `.sk` `.ce`).
+//! - Anything else (`\Zxx\` local escapes, `\Cxxyy\` `\Mxxyyzz\` character-set
+//!   switches, malformed `\X\` hex, an escape character with no closing one)
+//!   is kept verbatim, so nothing a sender wrote silently disappears.
+//!
+//! `hl7-parser`'s own `Separators::decode` is not used: it slices the value by
+//! character index as if it were a byte index (wrong, and able to panic, on
+//! non-ASCII text), turns `\.br\` into `"\r"`, drops unknown escapes and drops
+//! everything after an unterminated escape.
+//!
+//! Invariant: both functions borrow (no allocation) when there is nothing to do.
+
+use std::borrow::Cow;
+
+use hl7_parser::message::Separators;
+
+/// Decodes HL7 escape sequences in `raw` (see the module doc for the rules).
+pub fn unescape<'r>(raw: &'r str, separators: &Separators) -> Cow<'r, str> {
+    let esc = separators.escape;
+    if !raw.contains(esc) {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find(esc) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + esc.len_utf8()..];
+        let Some(len) = after.find(esc) else {
+            // No closing escape character: keep the remainder as it is.
+            out.push_str(&rest[start..]);
+            return Cow::Owned(out);
+        };
+        let body = &after[..len];
+        let whole = &rest[start..start + esc.len_utf8() * 2 + len];
+        decode_sequence(body, whole, separators, &mut out);
+        rest = &after[len + esc.len_utf8()..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+fn decode_sequence(body: &str, whole: &str, seps: &Separators, out: &mut String) {
+    match body {
+        "F" => out.push(seps.field),
+        "S" => out.push(seps.component),
+        "T" => out.push(seps.subcomponent),
+        "R" => out.push(seps.repetition),
+        "E" => out.push(seps.escape),
+        "P" => out.push('#'),
+        "H" | "N" => {}
+        ".br" => out.push('\n'),
+        _ if body.starts_with(".sp") => {
+            let n = body[3..].trim().parse::<usize>().unwrap_or(1).clamp(1, 100);
+            out.extend(std::iter::repeat_n('\n', n));
+        }
+        ".fi" | ".nf" | ".ce" => {}
+        _ if body.starts_with(".in") || body.starts_with(".ti") || body.starts_with(".sk") => {}
+        _ if body.starts_with('X') => match hex_bytes(&body[1..]) {
+            Some(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => out.push_str(&text),
+                // Not UTF-8: each byte is an ISO 8859-1 character.
+                Err(err) => out.extend(err.into_bytes().into_iter().map(char::from)),
+            },
+            None => out.push_str(whole),
+        },
+        _ => out.push_str(whole),
+    }
+}
+
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Encodes `value` for use as one HL7 value: every separator, the escape
+/// character and line endings become escape sequences.
+pub fn escape<'v>(value: &'v str, separators: &Separators) -> Cow<'v, str> {
+    escape_with(value, separators, true)
+}
+
+/// Like [`escape`], but leaves component and subcomponent separators alone:
+/// for re-emitting a whole field that was rendered with its structure
+/// (e.g. MSH-3 `PAS^1.2.3^ISO` when addressing an ACK).
+pub fn escape_field<'v>(value: &'v str, separators: &Separators) -> Cow<'v, str> {
+    escape_with(value, separators, false)
+}
+
+fn escape_with<'v>(value: &'v str, seps: &Separators, components: bool) -> Cow<'v, str> {
+    let special = |c: char| {
+        c == seps.field
+            || c == seps.repetition
+            || c == seps.escape
+            || c == '\r'
+            || c == '\n'
+            || (components && (c == seps.component || c == seps.subcomponent))
+    };
+    if !value.contains(special) {
+        return Cow::Borrowed(value);
+    }
+    let e = seps.escape;
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if !special(c) {
+            out.push(c);
+            continue;
+        }
+        let code = match c {
+            '\r' => "X0D",
+            '\n' => "X0A",
+            c if c == seps.field => "F",
+            c if c == seps.repetition => "R",
+            c if c == seps.escape => "E",
+            c if c == seps.component => "S",
+            _ => "T",
+        };
+        out.push(e);
+        out.push_str(code);
+        out.push(e);
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: &str) {
+        let seps = Separators::default();
+        assert_eq!(unescape(input, &seps), expected, "unescape {input:?}");
+    }
+
+    #[test]
+    fn separators_and_escape_character() {
+        check(r"a\F\b\S\c\T\d\R\e\E\f", "a|b^c&d~e\\f");
+        check(r"Pierre DuRho\S\ne \T\ Cie", "Pierre DuRho^ne & Cie");
+    }
+
+    #[test]
+    fn plain_text_is_borrowed() {
+        let seps = Separators::default();
+        assert!(matches!(unescape("DOE", &seps), Cow::Borrowed("DOE")));
+        assert!(matches!(escape("DOE", &seps), Cow::Borrowed("DOE")));
+    }
+
+    #[test]
+    fn hex_as_utf8_or_latin1() {
+        check(r"Zo\XC3AB\", "Zoë");
+        check(r"Zo\XEB\", "Zoë");
+        check(r"line\X0D0A\end", "line\r\nend");
+        check(r"\X0A\", "\n");
+    }
+
+    #[test]
+    fn formatting_commands() {
+        check(r"one\.br\two", "one\ntwo");
+        check(r"one\.sp2\two", "one\n\ntwo");
+        check(r"\H\bold\N\ text", "bold text");
+        check(r"\.in+4\indented\.fi\", "indented");
+    }
+
+    #[test]
+    fn unknown_and_malformed_kept_verbatim() {
+        check(r"a\Zlocal\b", r"a\Zlocal\b");
+        check(r"a\XZZ\b", r"a\XZZ\b");
+        check(r"a\X123\b", r"a\X123\b");
+        check(r"trailing \F", r"trailing \F");
+        check(r"\", r"\");
+        check(r"\\", r"\\");
+    }
+
+    #[test]
+    fn non_ascii_around_escapes() {
+        check(r"Ó Súilleabháin\S\Zoë", "Ó Súilleabháin^Zoë");
+        check(r"é\F\é\Fé", r"é|é\Fé");
+    }
+
+    #[test]
+    fn other_separators() {
+        let seps = Separators {
+            field: '#',
+            component: '!',
+            subcomponent: '$',
+            repetition: '*',
+            escape: '?',
+            lenient_newlines: false,
+        };
+        assert_eq!(unescape("a?F?b?S?c?E?", &seps), "a#b!c?");
+        assert_eq!(escape("a#b!c?d$e*", &seps), "a?F?b?S?c?E?d?T?e?R?");
+    }
+
+    #[test]
+    fn escape_round_trips() {
+        let seps = Separators::default();
+        for value in ["a|b^c&d~e\\f", "line\r\nbreak", "plain", "Zoë|Ó"] {
+            assert_eq!(unescape(&escape(value, &seps), &seps), value);
+        }
+        assert_eq!(escape_field("PAS^1.2&x|y", &seps), r"PAS^1.2&x\F\y");
+    }
+}

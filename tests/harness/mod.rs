@@ -1,0 +1,284 @@
+//! Test harness shared by the end-to-end tests: runs the real `junction serve`
+//! binary on free loopback ports with a config written into a temp folder,
+//! waits for `GET /ready`, and talks plain HTTP/1.0 to its API.
+//!
+//! It does not mock anything: the engine under test is the binary cargo built
+//! (`CARGO_BIN_EXE_junction`). It does not decide what a test asserts.
+//!
+//! # Invariants
+//! - The engine's working directory is a folder next to (not containing) the
+//!   config, so a relative `[store] path` that is resolved against the working
+//!   directory instead of the config's folder is caught by tests that open
+//!   `<config folder>/data/junction.db`.
+//! - An [`Engine`] is killed (SIGKILL) when dropped: no engine outlives its test.
+//! - Every wait is bounded; on a timeout the panic message includes the
+//!   engine's log.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the engine may take to answer `GET /ready` with 200.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root (where Cargo.toml, samples/ and .venv/ are).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A `junction serve` process under test.
+pub struct Engine {
+    child: Option<Child>,
+    /// The folder holding `junction.toml` (and, by the config, `data/`).
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub mllp: SocketAddr,
+    pub api: SocketAddr,
+    pub log: PathBuf,
+    pub sync: String,
+}
+
+impl Engine {
+    /// Writes a config into `dir` (fresh ports, `sync` = "full" or "normal",
+    /// store at `data/junction.db` relative to it), starts the engine and waits
+    /// until it is ready. Data already in `dir/data` is kept: restarting on the
+    /// same folder reopens the same journal.
+    pub fn start(dir: &Path, sync: &str) -> Engine {
+        let mut last_log = String::new();
+        // A port picked by free_port() can be taken by a parallel test before
+        // the engine binds it: retry with new ports a few times.
+        for _attempt in 0..3 {
+            let mut engine = Engine::spawn(dir, sync);
+            match engine.wait_ready(READY_TIMEOUT) {
+                Ok(()) => return engine,
+                Err(ReadyError::Exited(status)) => {
+                    last_log = engine.log_text();
+                    eprintln!("engine exited before ready ({status}); retrying with new ports");
+                }
+                Err(ReadyError::Timeout) => {
+                    engine.kill();
+                    panic!(
+                        "engine was not ready within {READY_TIMEOUT:?} (GET http://{}/ready)\n--- engine log ---\n{}",
+                        engine.api,
+                        engine.log_text()
+                    );
+                }
+            }
+        }
+        panic!("engine did not start after 3 attempts\n--- engine log ---\n{last_log}");
+    }
+
+    fn spawn(dir: &Path, sync: &str) -> Engine {
+        fs::create_dir_all(dir).expect("create engine folder");
+        let mllp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = dir.join("junction.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"# written by tests/harness
+[listeners.pas]
+bind = "{mllp}"
+max_connections = 256
+idle_timeout_secs = 300
+max_message_bytes = 4194304
+
+[store]
+path = "data/junction.db"
+sync = "{sync}"
+
+[api]
+bind = "{api}"
+
+[log]
+format = "text"
+"#
+            ),
+        )
+        .expect("write config");
+        let cwd = dir.join("cwd");
+        fs::create_dir_all(&cwd).expect("create engine cwd");
+        let log = dir.join("engine.log");
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open engine log");
+        let err = out.try_clone().expect("clone log handle");
+        let child = Command::new(env!("CARGO_BIN_EXE_junction"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn junction serve");
+        Engine {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            config,
+            mllp,
+            api,
+            log,
+            sync: sync.to_string(),
+        }
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), ReadyError> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(ReadyError::Exited(status.to_string()));
+                }
+            }
+            if let Ok((200, _)) = http_get(self.api, "/ready") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ReadyError::Timeout)
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL (on unix `Child::kill` sends SIGKILL) and reap. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Everything the engine wrote to stdout/stderr so far (all runs in this folder).
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The journal's SQLite file, per the config written by [`Engine::start`].
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join("data").join("junction.db")
+    }
+
+    /// `GET path` on the engine's HTTP API.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.api, path)
+            .unwrap_or_else(|e| panic!("GET http://{}{path} failed: {e}", self.api))
+    }
+
+    /// `GET /api/messages?control_id=...&limit=...` parsed as JSON: the `messages` array.
+    pub fn messages_with_control_id(&self, control_id: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self.get(&format!(
+            "/api/messages?control_id={}&limit=100",
+            url_encode(control_id)
+        ));
+        assert_eq!(
+            status, 200,
+            "GET /api/messages?control_id={control_id}: {body}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/api/messages is not JSON ({e}): {body}"));
+        json["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("/api/messages has no `messages` array: {body}"))
+            .clone()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug)]
+enum ReadyError {
+    Exited(String),
+    Timeout,
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+pub fn url_encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.0 GET (no client crate is a dependency): returns the
+/// status code and the body (de-chunked if the server chunked it).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        dechunk(body).ok_or_else(bad)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size_line.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
+    }
+}

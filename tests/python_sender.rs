@@ -1,0 +1,161 @@
+//! Acceptance: an independent sender gets AA for every sample.
+//!
+//! Runs the real `junction serve`, then `tests/python/send_with_python_hl7.py`
+//! from the repository's `.venv` (made by `tests/python/setup-venv.sh`) sends
+//! every message in `samples/` (not `samples/bad/`; batch files are split into
+//! their messages) through software that is not ours — python-hl7's
+//! `hl7.client.MLLPClient`, and hl7apy's parser/serialiser on a plain socket —
+//! and checks that each reply is AA with MSA-2 equal to that message's MSH-10.
+//! The test then checks the journal through `GET /api/messages`.
+//!
+//! A missing venv is a failure naming the setup script, never a silent skip.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use harness::{repo_root, Engine};
+
+/// File names in samples/ that are documentation, not messages (mirrors the
+/// python script's skip list; the test asserts both see the same files).
+const SKIP_SUFFIXES: [&str; 6] = [".md", ".txt", ".json", ".toml", ".py", ".sh"];
+
+/// The venv's python: `$JUNCTION_VENV` if set (as `tests/python/setup-venv.sh`
+/// honours it), else `.venv` at the repository root.
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("JUNCTION_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"));
+    let python = venv.join("bin").join("python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `tests/python/setup-venv.sh` from the repository root first \
+         (it creates .venv with python-hl7 and hl7apy; .ci/run does this)",
+        python.display()
+    );
+    let probe = Command::new(&python)
+        .args(["-c", "import hl7, hl7.client, hl7apy.parser"])
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        probe.status.success(),
+        "{} cannot import hl7/hl7apy: re-run `tests/python/setup-venv.sh`\n{}",
+        python.display(),
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    python
+}
+
+/// Every sample file (relative to samples/), skipping samples/bad and docs.
+fn sample_files(samples: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let entries =
+            std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+        for entry in entries {
+            let entry = entry.expect("dir entry");
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                if name != "bad" {
+                    walk(root, &path, out);
+                }
+            } else if !SKIP_SUFFIXES
+                .iter()
+                .any(|s| name.to_ascii_lowercase().ends_with(s))
+            {
+                let rel = path.strip_prefix(root).expect("under samples");
+                out.insert(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(samples, samples, &mut out);
+    out
+}
+
+fn send_every_sample(client: &str) {
+    let python = venv_python();
+    let samples = repo_root().join("samples");
+    let files = sample_files(&samples);
+    assert!(
+        !files.is_empty(),
+        "no sample messages under {}",
+        samples.display()
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = Engine::start(dir.path(), "full");
+
+    let output = Command::new(&python)
+        .arg(repo_root().join("tests/python/send_with_python_hl7.py"))
+        .args(["--client", client, "--host", "127.0.0.1"])
+        .args(["--port", &engine.mllp.port().to_string()])
+        .arg(&samples)
+        .output()
+        .expect("run send_with_python_hl7.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let context = || {
+        format!(
+            "--- sender stdout ---\n{stdout}\n--- sender stderr ---\n{stderr}\n--- engine log ---\n{}",
+            engine.log_text()
+        )
+    };
+
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect();
+    let failures: Vec<&serde_json::Value> = results.iter().filter(|r| r["ok"] != true).collect();
+    assert!(
+        failures.is_empty() && output.status.success(),
+        "{client}: {} of {} message(s) did not get AA with MSA-2 = MSH-10 (exit {}):\n{}",
+        failures.len(),
+        results.len(),
+        output.status,
+        context()
+    );
+
+    // The sender saw exactly the files we expect, and each file gave at least one message.
+    let sent_files: BTreeSet<String> = results
+        .iter()
+        .map(|r| r["file"].as_str().expect("file").to_string())
+        .collect();
+    assert_eq!(
+        sent_files,
+        files,
+        "sender and test disagree on the sample files\n{}",
+        context()
+    );
+
+    // Every acknowledged message is in the journal, accepted, with the ACK code sent.
+    for r in &results {
+        let control_id = r["control_id"].as_str().expect("control_id");
+        assert!(!control_id.is_empty(), "sample without MSH-10: {r}");
+        let rows = engine.messages_with_control_id(control_id);
+        assert!(
+            rows.iter().any(|m| m["control_id"] == control_id
+                && m["status"] == "accepted"
+                && m["ack_code"] == r["ack_code"]),
+            "{client}: {} (control id {control_id}) got {} but the journal shows {rows:?}",
+            r["file"],
+            r["ack_code"]
+        );
+    }
+}
+
+#[test]
+fn python_hl7_mllp_client_gets_aa_for_every_sample() {
+    send_every_sample("hl7");
+}
+
+#[test]
+fn hl7apy_sender_gets_aa_for_every_sample() {
+    send_every_sample("hl7apy");
+}
