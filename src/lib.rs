@@ -20,6 +20,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod hl7;
 pub mod journal;
 pub mod mapping;

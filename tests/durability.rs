@@ -4,7 +4,7 @@
 //! `junction serve` with `sync = "full"`, send on 8 connections as fast as ACKs
 //! come back (each message with a unique control id), record every control id
 //! that got AA together with the ACK bytes, SIGKILL the engine mid-stream after
-//! a few hundred ACKs, restart it on the same journal and resend some
+//! 1,500–3,000 ACKs, restart it on the same journal and resend some
 //! acknowledged messages: each must get the very same ACK bytes back. At the
 //! end the SQLite journal is opened directly and every acknowledged control id
 //! must be there exactly once (and no control id sent more than once).
@@ -29,8 +29,9 @@ use junction::mllp::codec::MllpCodec;
 
 const CONNECTIONS: usize = 8;
 const ROUNDS: usize = 3;
-/// ACKs to collect (across all connections) before each SIGKILL, plus jitter.
-const ACKS_BEFORE_KILL: usize = 250;
+/// ACKs to collect (across all connections) before each SIGKILL, plus up to as
+/// many again at random, so the kill lands at a different point each round.
+const ACKS_BEFORE_KILL: usize = 1500;
 const ROUND_DEADLINE: Duration = Duration::from_secs(90);
 const ACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// Sending application/facility of every message here (MSH-3, MSH-4).
@@ -160,7 +161,7 @@ fn every_acknowledged_message_survives_sigkill_exactly_once() {
 
         let acks = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let target = ACKS_BEFORE_KILL + fastrand::usize(0..100);
+        let target = ACKS_BEFORE_KILL + fastrand::usize(0..1500);
         let tasks: Vec<_> = (0..CONNECTIONS)
             .map(|conn| {
                 rt.spawn(drive_connection(

@@ -78,10 +78,26 @@ fn sample_files(samples: &Path) -> BTreeSet<String> {
     out
 }
 
-fn send_every_sample(client: &str) {
+/// Whether a sample file is an FHS/BHS batch.
+fn is_batch(path: &Path) -> bool {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let start = bytes
+        .strip_prefix(b"\xef\xbb\xbf")
+        .unwrap_or(&bytes)
+        .trim_ascii_start();
+    start.starts_with(b"FHS") || start.starts_with(b"BHS")
+}
+
+/// Runs the python sender (`client`, plus `extra` arguments) against a fresh
+/// engine and checks every reply and the journal. With `only_batches`, only
+/// the batch files are expected to be sent.
+fn send_every_sample(client: &str, extra: &[&str], only_batches: bool) {
     let python = venv_python();
     let samples = repo_root().join("samples");
-    let files = sample_files(&samples);
+    let mut files = sample_files(&samples);
+    if only_batches {
+        files.retain(|f| is_batch(&samples.join(f)));
+    }
     assert!(
         !files.is_empty(),
         "no sample messages under {}",
@@ -95,6 +111,7 @@ fn send_every_sample(client: &str) {
         .arg(repo_root().join("tests/python/send_with_python_hl7.py"))
         .args(["--client", client, "--host", "127.0.0.1"])
         .args(["--port", &engine.mllp.port().to_string()])
+        .args(extra)
         .arg(&samples)
         .output()
         .expect("run send_with_python_hl7.py");
@@ -152,10 +169,16 @@ fn send_every_sample(client: &str) {
 
 #[test]
 fn python_hl7_mllp_client_gets_aa_for_every_sample() {
-    send_every_sample("hl7");
+    send_every_sample("hl7", &[], false);
 }
 
 #[test]
 fn hl7apy_sender_gets_aa_for_every_sample() {
-    send_every_sample("hl7apy");
+    send_every_sample("hl7apy", &[], false);
+}
+
+/// A batch file sent as one frame gets one batch ACK with each message's ACK in order.
+#[test]
+fn python_hl7_gets_a_batch_ack_for_a_whole_batch_file() {
+    send_every_sample("hl7", &["--batches", "whole", "--only-batches"], true);
 }

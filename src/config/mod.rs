@@ -612,7 +612,7 @@ mod tests {
     fn unknown_key_points_at_the_key() {
         check(
             "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nmax_conections = 3\n",
-            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`"],
+            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`"],
         );
     }
 

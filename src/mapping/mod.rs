@@ -1,1 +1,184 @@
-//! Declarative mappings (not yet written).
+//! Declarative mappings: a TOML mapping file is compiled once into a [`Plan`];
+//! [`Plan::apply`] turns a parsed HL7 v2 message into the canonical document, a
+//! FHIR R4 transaction Bundle (UK Core where UK Core speaks).
+//!
+//! The language is documented for mapping authors in `mappings/README.md`. In short:
+//! a mapping declares `[[resource]]`s whose `body` is a JSON template; every string in
+//! a template is an *expression* (`"PID-5[*] | XPN"`, `"'literal'"`), evaluated against
+//! the message. Paths, transforms, tables, conditions and macros (`[let]`) are all
+//! parsed and resolved by [`compile`]; applying a plan parses nothing of the mapping.
+//!
+//! What this module does not do: it reads no configuration and does no I/O except
+//! [`MappingSet::load_dir`] (in `load.rs`), which reads the mapping files. Route
+//! selection beyond [`MappingSet::select`] lives elsewhere.
+//!
+//! # Invariants
+//! - [`compile`] reports *every* problem of a file (unknown key, bad path, unknown
+//!   transform or table, bad condition) as `file:line:col: message`, never only the first.
+//! - [`Plan::apply`] never panics, whatever the message; it compiles no regex and
+//!   parses no expression.
+//! - Output is deterministic: the same message gives byte-identical JSON. Resource ids
+//!   are UUIDv5 over stable keys, so a resend converges on the same resources.
+//! - Empty elements (empty strings, objects, arrays) never appear in the output.
+
+mod compile;
+mod datatypes;
+mod eval;
+mod expr;
+mod load;
+mod transform;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use compile::compile;
+pub use eval::contains_fragment;
+
+pub(crate) use compile::PlanInner;
+
+/// Every compiled mapping of a folder, by name, in file order.
+#[derive(Debug, Default)]
+pub struct MappingSet {
+    plans: Vec<Plan>,
+}
+
+impl MappingSet {
+    /// A set made of already compiled plans (in the given order).
+    pub fn from_plans(plans: Vec<Plan>) -> MappingSet {
+        MappingSet { plans }
+    }
+
+    /// Loads every `*.toml` in `dir` (sorted by file name). All problems of all files
+    /// are returned at once.
+    pub fn load_dir(dir: &Path) -> Result<MappingSet, Vec<MappingError>> {
+        load::load_dir(dir)
+    }
+
+    /// The plan named `name` (the `[mapping] name`, by default the file stem).
+    pub fn get(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name() == name)
+    }
+
+    /// The plan whose `[mapping] messages` covers this message code and trigger:
+    /// an exact `ADT^A01` first, then a wildcard `ADT^*`.
+    pub fn select(&self, message_code: &str, trigger: &str) -> Option<&Plan> {
+        let exact = self.plans.iter().find(|p| {
+            p.inner
+                .messages
+                .iter()
+                .any(|(c, t)| c == message_code && t == trigger)
+        });
+        exact.or_else(|| {
+            self.plans.iter().find(|p| {
+                p.inner
+                    .messages
+                    .iter()
+                    .any(|(c, t)| c == message_code && t == "*")
+            })
+        })
+    }
+
+    /// Every plan, in file order.
+    pub fn plans(&self) -> impl Iterator<Item = &Plan> {
+        self.plans.iter()
+    }
+}
+
+/// A problem in a mapping file, rendered as `file:line:col: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for MappingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for MappingError {}
+
+/// Why a plan could not produce a document for a message.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MapError {
+    /// No resource of the mapping applied (every `when` false, or no ids).
+    #[error("mapping `{mapping}` produced no resource for this message")]
+    NoResources { mapping: String },
+}
+
+/// A compiled mapping.
+#[derive(Debug)]
+pub struct Plan {
+    inner: PlanInner,
+}
+
+impl Plan {
+    /// The mapping's name (`[mapping] name`, by default the file stem).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The message types it declares, as `CODE^TRIGGER` (`ADT^*` for any trigger).
+    pub fn messages(&self) -> Vec<String> {
+        self.inner
+            .messages
+            .iter()
+            .map(|(c, t)| format!("{c}^{t}"))
+            .collect()
+    }
+
+    /// The file it was compiled from.
+    pub fn file(&self) -> &Path {
+        &self.inner.file
+    }
+
+    /// The `[[test]]` cases. Each `message` path is resolved against the folder of the
+    /// mapping file (a mapping in `mappings/` names `../samples/x.hl7`).
+    pub fn tests(&self) -> &[TestCase] {
+        &self.inner.tests
+    }
+
+    /// Applies the plan to a message. Never panics on any message.
+    pub fn apply(&self, message: &crate::hl7::Message<'_>) -> Result<MapOutput, MapError> {
+        self.apply_parsed(message.inner())
+    }
+
+    /// Applies the plan to a message parsed by `hl7_parser` directly.
+    pub fn apply_parsed(&self, message: &hl7_parser::Message<'_>) -> Result<MapOutput, MapError> {
+        eval::apply(&self.inner, message)
+    }
+}
+
+/// A `[[test]]` case of a mapping file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestCase {
+    pub name: String,
+    /// The message file, already joined to the mapping file's folder.
+    pub message: PathBuf,
+    /// Fragments that must each be contained in the Bundle (see [`contains_fragment`]).
+    pub expect: Vec<serde_json::Value>,
+}
+
+/// The result of applying a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapOutput {
+    /// The FHIR R4 transaction Bundle.
+    pub document: serde_json::Value,
+    /// Fields present in the message with content that no rule read, as `PID-13`,
+    /// `OBX[4]-17` (the bracket is the 1-based occurrence when a segment repeats).
+    /// MSH-1 and MSH-2 (the separators) are never listed.
+    pub unread: Vec<String>,
+    /// Data problems found while mapping (bad NHS number, bad date). These may name
+    /// patient data: show them to the person running `junction map`, never log them.
+    pub warnings: Vec<String>,
+}

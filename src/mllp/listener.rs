@@ -1,8 +1,69 @@
-//! MLLP listener (not yet written).
+//! MLLP listener: accepts connections, de-frames HL7 messages, journals each
+//! one and answers it with an ACK.
+//!
+//! One [`Listener`] per `[listeners.<id>]`. Each connection is one task that
+//! handles its frames strictly in order (pipelined frames are answered in
+//! order); concurrency comes from many connections sharing the journal's group
+//! commit.
+//!
+//! Per frame:
+//! - a message [`hl7::assess`] accepts is answered `AA` (original mode) or
+//!   `CA` (enhanced mode, see below) — after it is committed;
+//! - a message it rejects gets `AR`/`AE` (`CR`/`CE`) with an ERR segment, is
+//!   journaled as `rejected` with its raw bytes, and the connection stays open;
+//! - a batch (a frame starting with `FHS` or `BHS`) is split into messages,
+//!   all journaled in one commit, and answered with one batch ACK:
+//!   `[FHS] BHS`, then each message's own ACK (MSH/MSA[/ERR]) in order, then
+//!   `BTS` (and `FTS`). Answering each message separately would break senders
+//!   that wait for exactly one reply per frame;
+//! - a framing error (bytes outside a frame, a frame over
+//!   `max_message_bytes`, EOF inside a frame, or `idle_timeout_secs` without
+//!   completing a frame) journals the bytes kept as `garbage`, logs one
+//!   warning and closes that connection only;
+//! - a resend of an accepted message (same MSH-3/MSH-4 and MSH-10) gets the
+//!   ACK stored the first time, byte for byte, and is not journaled again.
+//!
+//! Enhanced mode (`ack_mode = "auto"`, the default): when MSH-15 or MSH-16 is
+//! valued, the accept acknowledgement follows MSH-15: `AL` (or empty) always,
+//! `NE` never, `ER` only on error, `SU` only on success. MSH-16 asks for an
+//! *application* acknowledgement, which Junction does not produce yet (it
+//! would come after routing/delivery); it is recorded in the journal's raw
+//! message only. `ack_mode = "original"` ignores MSH-15/16 and always answers
+//! AA/AE/AR.
+//!
+//! It does not parse beyond the header, route or deliver anything.
+//!
+//! # Invariants
+//! - An ACK is written only after the message is committed to the journal.
+//!   Until then the sender waits; that wait is our backpressure.
+//! - If the journal cannot commit, no ACK is sent: the connection is closed so
+//!   the sender resends later. Never an AA for something not on disk.
+//! - A connection permit is taken *before* `accept`, so at most
+//!   `max_connections` connections are open per listener.
+//! - Logs carry listener, peer, control id, type, sender, sizes, ACK code and
+//!   timings — never message content.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::hl7::{self, AckCode, AckError, Header};
+use crate::journal::{Committed, Incoming, Journal, JournalError, Status};
+use crate::mllp::codec::{MllpCodec, MllpError, KEPT_BYTES};
+use crate::telemetry::metrics::{AckLabel, Metrics};
 
 /// `[listeners.<id>]`: one MLLP listener.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,6 +76,10 @@ pub struct ListenerConfig {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// `auto` (default): enhanced mode when MSH-15/16 ask for it, else
+    /// original. `original`: always AA/AE/AR.
+    #[serde(default)]
+    pub ack_mode: AckMode,
 }
 
 fn default_max_connections() -> usize {
@@ -25,4 +90,675 @@ fn default_idle_timeout_secs() -> u64 {
 }
 fn default_max_message_bytes() -> usize {
     4 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    #[default]
+    Auto,
+    Original,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("listener `{id}` cannot bind {addr}: {source}")]
+    Bind {
+        id: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running, MLLP listener.
+#[derive(Debug)]
+pub struct Listener {
+    id: String,
+    cfg: ListenerConfig,
+    socket: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds the socket now, so that every bind problem shows before anything runs.
+    pub async fn bind(id: &str, cfg: ListenerConfig) -> Result<Listener, ListenerError> {
+        let bind_err = |source| ListenerError::Bind {
+            id: id.to_string(),
+            addr: cfg.bind,
+            source,
+        };
+        let socket = TcpListener::bind(cfg.bind).await.map_err(bind_err)?;
+        let local_addr = socket.local_addr().map_err(bind_err)?;
+        Ok(Listener {
+            id: id.to_string(),
+            cfg,
+            socket,
+            local_addr,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The address actually bound (the port is real even when `bind` said `:0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Accepts connections until `cancel` fires. Each connection runs as a
+    /// task on `tracker`; on cancel they finish the frame in hand and close.
+    pub async fn run(
+        self,
+        journal: Journal,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let span = info_span!("listener", id = %self.id);
+        async move {
+            let ctx = Arc::new(ConnContext {
+                listener: self.id.clone(),
+                journal,
+                counters: ListenerCounters::new(&metrics, &self.id),
+                metrics,
+                idle_timeout: Duration::from_secs(self.cfg.idle_timeout_secs.max(1)),
+                max_message_bytes: self.cfg.max_message_bytes,
+                ack_mode: self.cfg.ack_mode,
+            });
+            let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
+            info!(addr = %self.local_addr, "listening");
+            loop {
+                let permit = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        // The semaphore is never closed.
+                        Err(_) => break,
+                    },
+                };
+                let (stream, peer) = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    accepted = self.socket.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            // E.g. out of file descriptors: back off instead of spinning.
+                            warn!(error = %err, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let ctx = Arc::clone(&ctx);
+                let cancel = cancel.clone();
+                let conn_span = info_span!("conn", %peer);
+                tracker.spawn(
+                    async move {
+                        serve_connection(stream, peer, &ctx, &cancel).await;
+                        drop(permit);
+                    }
+                    .instrument(conn_span),
+                );
+            }
+            info!("stopped accepting");
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// What every connection of one listener shares.
+struct ConnContext {
+    listener: String,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    counters: ListenerCounters,
+    idle_timeout: Duration,
+    max_message_bytes: usize,
+    ack_mode: AckMode,
+}
+
+/// This listener's counters, looked up once instead of per message.
+struct ListenerCounters {
+    received: Counter,
+    rejected: Counter,
+    duplicates: Counter,
+    open_connections: Gauge,
+}
+
+impl ListenerCounters {
+    fn new(metrics: &Metrics, id: &str) -> Self {
+        let label = Metrics::listener(id);
+        ListenerCounters {
+            received: metrics.received.get_or_create(&label).clone(),
+            rejected: metrics.rejected.get_or_create(&label).clone(),
+            duplicates: metrics.duplicates.get_or_create(&label).clone(),
+            open_connections: metrics.open_connections.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// Decrements the open-connections gauge however the connection ends.
+struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Why a connection's loop ended.
+enum Next {
+    Continue,
+    Close,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &ConnContext,
+    cancel: &CancellationToken,
+) {
+    ctx.counters.open_connections.inc();
+    let _open = OpenGuard(ctx.counters.open_connections.clone());
+    // ACK latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let peer_text = peer.to_string();
+    let mut framed = Framed::new(stream, MllpCodec::new(ctx.max_message_bytes));
+    debug!("connection opened");
+    loop {
+        let next = tokio::select! {
+            // Only taken while waiting for a frame: a frame in hand is always answered.
+            _ = cancel.cancelled() => {
+                debug!("closing for shutdown");
+                break;
+            }
+            next = tokio::time::timeout(ctx.idle_timeout, framed.next()) => next,
+        };
+        let outcome = match next {
+            Err(_elapsed) => {
+                let pending = framed.read_buffer();
+                if pending.is_empty() {
+                    info!(
+                        idle_secs = ctx.idle_timeout.as_secs(),
+                        "idle connection closed"
+                    );
+                } else {
+                    let kept = Bytes::copy_from_slice(&pending[..pending.len().min(KEPT_BYTES)]);
+                    let reason = format!(
+                        "idle timeout of {}s inside an unfinished frame after {} byte(s)",
+                        ctx.idle_timeout.as_secs(),
+                        pending.len()
+                    );
+                    keep_garbage(ctx, &peer_text, kept, pending.len(), &reason).await;
+                }
+                Next::Close
+            }
+            Ok(None) => {
+                debug!("connection closed by peer");
+                Next::Close
+            }
+            Ok(Some(Err(MllpError::Io(err)))) => {
+                debug!(error = %err, "connection error");
+                Next::Close
+            }
+            Ok(Some(Err(err))) => {
+                let kept = err.kept_bytes().cloned().unwrap_or_default();
+                let size = kept.len();
+                keep_garbage(ctx, &peer_text, kept, size, &err.to_string()).await;
+                Next::Close
+            }
+            Ok(Some(Ok(frame))) => handle_frame(ctx, &peer_text, frame, &mut framed).await,
+        };
+        if let Next::Close = outcome {
+            break;
+        }
+    }
+    debug!("connection closed");
+}
+
+/// Journals the bytes of a framing error and logs one warning. The caller closes.
+async fn keep_garbage(ctx: &ConnContext, peer: &str, kept: Bytes, seen: usize, reason: &str) {
+    ctx.counters.received.inc();
+    ctx.counters.rejected.inc();
+    let kept_len = kept.len();
+    let item = Incoming {
+        listener: ctx.listener.clone(),
+        peer: peer.to_string(),
+        received_at: jiff::Timestamp::now(),
+        sender: String::new(),
+        control_id: String::new(),
+        message_type: String::new(),
+        version: String::new(),
+        status: Status::Garbage,
+        ack_code: None,
+        ack: None,
+        error: Some(reason.to_string()),
+        raw: kept,
+    };
+    match ctx.journal.commit(vec![item]).await {
+        Ok(committed) => warn!(
+            bytes = seen,
+            kept_bytes = kept_len,
+            journal_id = committed.first().map(Committed::id),
+            reason,
+            "framing error, connection closed"
+        ),
+        Err(err) => warn!(
+            bytes = seen,
+            reason,
+            error = %err,
+            "framing error, connection closed; the bytes could not be journaled"
+        ),
+    }
+}
+
+/// One message of a frame, assessed, with the ACK it will get if new.
+struct Assessed {
+    incoming: Incoming,
+    /// Whether this message asked not to be answered (enhanced NE/ER/SU rules).
+    answer: bool,
+}
+
+/// Handles one complete frame: assess, journal, answer.
+async fn handle_frame(
+    ctx: &ConnContext,
+    peer: &str,
+    frame: Bytes,
+    framed: &mut Framed<TcpStream, MllpCodec>,
+) -> Next {
+    let started = Instant::now();
+    let received_at = jiff::Timestamp::now();
+    // A frame that is not a well-formed batch is assessed as one message
+    // (it has no MSH first, so it gets AR naming that).
+    let (batch, messages) = match batch_envelope(&frame) {
+        Some(envelope) => match split_batch_bytes(&frame) {
+            Some(messages) => (Some(envelope), messages),
+            None => (None, vec![frame.clone()]),
+        },
+        None => (None, vec![frame.clone()]),
+    };
+    let assessed: Vec<Assessed> = messages
+        .into_iter()
+        .map(|raw| assess(ctx, peer, received_at, raw))
+        .collect();
+    ctx.counters.received.inc_by(assessed.len() as u64);
+    let answers: Vec<bool> = assessed.iter().map(|a| a.answer).collect();
+    let items: Vec<Incoming> = assessed.into_iter().map(|a| a.incoming).collect();
+    let committed = match ctx.journal.commit(items.clone()).await {
+        Ok(committed) => committed,
+        Err(err) => {
+            journal_failed(&err, &items);
+            return Next::Close;
+        }
+    };
+    // The ACK of each message: the one built now, or the stored one for a resend.
+    let mut acks: Vec<(Option<String>, Option<String>)> = Vec::with_capacity(items.len());
+    for ((item, outcome), answer) in items.iter().zip(&committed).zip(&answers) {
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        let (code, ack, duplicate) = match outcome {
+            Committed::Stored { .. } => (item.ack_code.clone(), item.ack.clone(), false),
+            Committed::Duplicate { ack_code, ack, .. } => {
+                ctx.counters.duplicates.inc();
+                (ack_code.clone(), ack.clone(), true)
+            }
+        };
+        let send = ack.is_some() && (*answer || duplicate);
+        if item.status == Status::Rejected {
+            ctx.counters.rejected.inc();
+        }
+        info!(
+            control_id = %item.control_id,
+            message_type = %item.message_type,
+            sender = %item.sender,
+            ack_code = code.as_deref().unwrap_or("none"),
+            status = item.status.as_str(),
+            duplicate,
+            size = item.raw.len(),
+            journal_id = outcome.id(),
+            elapsed_us,
+            "message"
+        );
+        acks.push((code, if send { ack } else { None }));
+    }
+    let reply = match &batch {
+        Some(envelope) => Some(batch_ack(envelope, &acks)),
+        None => acks.first().and_then(|(_, ack)| ack.clone()),
+    };
+    if let Some(reply) = reply {
+        // A peer that does not read its ACKs must not pin this task forever.
+        match tokio::time::timeout(ctx.idle_timeout, framed.send(reply.into_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                debug!(error = %err, "could not write the ACK; closing");
+                return Next::Close;
+            }
+            Err(_elapsed) => {
+                warn!(
+                    idle_secs = ctx.idle_timeout.as_secs(),
+                    "peer is not reading its ACKs; closing"
+                );
+                return Next::Close;
+            }
+        }
+        for (code, ack) in &acks {
+            if let (Some(code), Some(_)) = (code, ack) {
+                ctx.metrics
+                    .acked
+                    .get_or_create(&AckLabel {
+                        listener: ctx.listener.clone(),
+                        code: code.clone(),
+                    })
+                    .inc();
+            }
+        }
+    }
+    Next::Continue
+}
+
+fn journal_failed(err: &JournalError, items: &[Incoming]) {
+    tracing::error!(
+        error = %err,
+        messages = items.len(),
+        control_id = items.first().map(|i| i.control_id.as_str()).unwrap_or(""),
+        "journal commit failed: no ACK sent, closing the connection so the sender resends"
+    );
+}
+
+/// Assesses one message and builds the ACK it gets if it is new.
+fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Assessed {
+    let timestamp = ack_timestamp();
+    let control_id = next_control_id();
+    match hl7::assess(&raw) {
+        Ok(header) => {
+            let enhanced = enhanced_mode(ctx.ack_mode, &header);
+            let (code, answer) = if enhanced {
+                (AckCode::CA, accept_ack_wanted(&header, true))
+            } else {
+                (AckCode::AA, true)
+            };
+            let ack = hl7::build_ack(Some(&header), code, None, &control_id, &timestamp);
+            Assessed {
+                incoming: Incoming {
+                    listener: ctx.listener.clone(),
+                    peer: peer.to_string(),
+                    received_at,
+                    sender: header.sender(),
+                    control_id: header.control_id.clone(),
+                    message_type: header.message_type(),
+                    version: header.version.clone(),
+                    status: Status::Accepted,
+                    ack_code: Some(code.as_str().to_string()),
+                    ack: Some(ack),
+                    error: None,
+                    raw,
+                },
+                answer,
+            }
+        }
+        Err(rejection) => {
+            let header = rejection.header.as_ref();
+            let enhanced = header.is_some_and(|h| enhanced_mode(ctx.ack_mode, h));
+            let code = if enhanced {
+                rejection.code.to_commit()
+            } else {
+                rejection.code
+            };
+            let answer = match header {
+                Some(h) if enhanced => accept_ack_wanted(h, false),
+                _ => true,
+            };
+            let ack = hl7::build_ack(
+                header,
+                code,
+                Some(&rejection.error),
+                &control_id,
+                &timestamp,
+            );
+            Assessed {
+                incoming: Incoming {
+                    listener: ctx.listener.clone(),
+                    peer: peer.to_string(),
+                    received_at,
+                    sender: header.map(Header::sender).unwrap_or_default(),
+                    control_id: header.map(|h| h.control_id.clone()).unwrap_or_default(),
+                    message_type: header.map(Header::message_type).unwrap_or_default(),
+                    version: header.map(|h| h.version.clone()).unwrap_or_default(),
+                    status: Status::Rejected,
+                    ack_code: Some(code.as_str().to_string()),
+                    ack: Some(ack),
+                    error: Some(describe(&rejection.error)),
+                    raw,
+                },
+                answer,
+            }
+        }
+    }
+}
+
+/// The ERR content as one line for the journal: `MSH-9: message type missing (101)`.
+fn describe(error: &AckError) -> String {
+    match (&error.segment, error.field) {
+        (Some(segment), Some(field)) => {
+            format!("{segment}-{field}: {} ({})", error.text, error.code)
+        }
+        (Some(segment), None) => format!("{segment}: {} ({})", error.text, error.code),
+        _ => format!("{} ({})", error.text, error.code),
+    }
+}
+
+/// Enhanced mode applies when MSH-15 or MSH-16 is valued (and the listener honours it).
+fn enhanced_mode(mode: AckMode, header: &Header) -> bool {
+    let valued = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    mode == AckMode::Auto
+        && (valued(&header.accept_ack_type) || valued(&header.application_ack_type))
+}
+
+/// MSH-15 in enhanced mode: AL (or empty) always, NE never, ER on error, SU on success.
+fn accept_ack_wanted(header: &Header, success: bool) -> bool {
+    match header
+        .accept_ack_type
+        .as_deref()
+        .map(|v| v.trim().to_ascii_uppercase())
+        .as_deref()
+    {
+        Some("NE") => false,
+        Some("ER") => !success,
+        Some("SU") => success,
+        _ => true,
+    }
+}
+
+/// A new ACK control id (MSH-10): a per-process random prefix and a counter,
+/// at most 20 characters (the v2.3 length of MSH-10).
+fn next_control_id() -> String {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut p = String::from("J");
+        for _ in 0..6 {
+            p.push(fastrand::alphanumeric().to_ascii_uppercase());
+        }
+        p
+    });
+    format!("{prefix}{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// MSH-7 of an ACK: local time, `YYYYMMDDHHMMSS`.
+fn ack_timestamp() -> String {
+    jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string()
+}
+
+/// The batch header segments of a frame that starts a batch, if it does.
+struct BatchEnvelope {
+    /// The FHS fields, when the batch is a file.
+    fhs: Option<Vec<String>>,
+    /// The BHS fields, if any.
+    bhs: Option<Vec<String>>,
+    field_sep: char,
+    encoding: String,
+}
+
+/// Reads the FHS/BHS of a frame that begins with one (after a BOM or whitespace).
+fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
+    let start = frame.strip_prefix(b"\xef\xbb\xbf").unwrap_or(frame);
+    let start = &start[start.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+    if !(start.starts_with(b"FHS") || start.starts_with(b"BHS")) {
+        return None;
+    }
+    // Batch headers are ASCII; a non-UTF-8 payload (8859/1) must not hide them.
+    let text = String::from_utf8_lossy(start);
+    let text = text.as_ref();
+    let field_sep = text[3..].chars().next()?;
+    let mut envelope = BatchEnvelope {
+        fhs: None,
+        bhs: None,
+        field_sep,
+        encoding: String::from("^~\\&"),
+    };
+    for segment in text.split(['\r', '\n']).filter(|s| !s.is_empty()) {
+        let fields: Vec<String> = segment.split(field_sep).map(str::to_string).collect();
+        match fields.first().map(String::as_str) {
+            Some("FHS") if envelope.fhs.is_none() => {
+                if let Some(enc) = fields.get(1) {
+                    envelope.encoding = enc.clone();
+                }
+                envelope.fhs = Some(fields);
+            }
+            Some("BHS") if envelope.bhs.is_none() => {
+                if let Some(enc) = fields.get(1) {
+                    envelope.encoding = enc.clone();
+                }
+                envelope.bhs = Some(fields);
+            }
+            Some("MSH") => break,
+            _ => {}
+        }
+    }
+    Some(envelope)
+}
+
+/// Splits a batch frame into its messages, each an exact slice of the frame
+/// when it is UTF-8 (as most are), else the decoded UTF-8 text of each.
+fn split_batch_bytes(frame: &Bytes) -> Option<Vec<Bytes>> {
+    match std::str::from_utf8(frame) {
+        Ok(text) => {
+            let parts = hl7::split_batch(text).ok()?;
+            Some(
+                parts
+                    .into_iter()
+                    .map(|p| subslice(frame, p.as_bytes()))
+                    .collect(),
+            )
+        }
+        Err(_) => {
+            let text = hl7::decode(frame).ok()?;
+            let parts = hl7::split_batch(&text).ok()?;
+            Some(
+                parts
+                    .into_iter()
+                    .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// `part` as a zero-copy slice of `frame` when it lies inside it, else a copy.
+fn subslice(frame: &Bytes, part: &[u8]) -> Bytes {
+    let start = frame.as_ptr() as usize;
+    let end = start + frame.len();
+    let p = part.as_ptr() as usize;
+    if !part.is_empty() && p >= start && p + part.len() <= end {
+        frame.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
+}
+
+/// The batch ACK: `[FHS] BHS`, each message's ACK in order, `BTS` `[FTS]`.
+/// Header fields are swapped (our receiving side becomes the sender), the
+/// reference control id points at the incoming batch's control id.
+fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]) -> String {
+    let sep = envelope.field_sep;
+    let timestamp = ack_timestamp();
+    let field = |fields: &Option<Vec<String>>, n: usize| -> String {
+        fields
+            .as_ref()
+            .and_then(|f| f.get(n - 1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let header = |name: &str, fields: &Option<Vec<String>>| -> String {
+        // FHS/BHS-3..6: sending app, facility, receiving app, facility;
+        // -7 time; -11 control id; -12 reference control id.
+        format!(
+            "{name}{sep}{enc}{sep}{ra}{sep}{rf}{sep}{sa}{sep}{sf}{sep}{ts}{sep}{sep}{sep}{sep}{cid}{sep}{refid}\r",
+            enc = envelope.encoding,
+            ra = field(fields, 5),
+            rf = field(fields, 6),
+            sa = field(fields, 3),
+            sf = field(fields, 4),
+            ts = timestamp,
+            cid = next_control_id(),
+            refid = field(fields, 11),
+        )
+    };
+    let mut out = String::new();
+    if envelope.fhs.is_some() {
+        out.push_str(&header("FHS", &envelope.fhs));
+    }
+    out.push_str(&header(
+        "BHS",
+        &envelope.bhs.clone().or_else(|| envelope.fhs.clone()),
+    ));
+    let mut count = 0;
+    for ack in acks.iter().filter_map(|(_, ack)| ack.as_deref()) {
+        count += 1;
+        out.push_str(ack);
+        if !ack.ends_with('\r') {
+            out.push('\r');
+        }
+    }
+    out.push_str(&format!("BTS{sep}{count}\r"));
+    if envelope.fhs.is_some() {
+        out.push_str(&format!("FTS{sep}1\r"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_ids_are_unique_and_short() {
+        let a = next_control_id();
+        let b = next_control_id();
+        assert_ne!(a, b);
+        assert!(a.len() <= 20, "{a}");
+    }
+
+    #[test]
+    fn batch_envelope_reads_fhs_and_bhs() {
+        let frame = b"FHS|^~\\&|LAB|RAL|JUNCTION|HUB|20260101||||F1\rBHS|^~\\&|LAB|RAL|JUNCTION|HUB|20260101||||B1\rMSH|^~\\&|LAB|RAL\rBTS|1\rFTS|1\r";
+        let env = batch_envelope(frame).expect("a batch");
+        assert_eq!(env.fhs.as_ref().unwrap()[10], "F1");
+        assert_eq!(env.bhs.as_ref().unwrap()[2], "LAB");
+        assert!(batch_envelope(b"MSH|^~\\&|X").is_none());
+        assert!(batch_envelope(&[0xff, 0xfe]).is_none());
+        let ack = batch_ack(&env, &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))]);
+        let segments: Vec<&str> = ack.split('\r').collect();
+        assert!(
+            segments[0].starts_with("FHS|^~\\&|JUNCTION|HUB|LAB|RAL|"),
+            "{ack}"
+        );
+        assert!(segments[0].ends_with("|F1"), "{ack}");
+        assert!(
+            segments[1].starts_with("BHS|^~\\&|JUNCTION|HUB|LAB|RAL|"),
+            "{ack}"
+        );
+        assert!(segments[1].ends_with("|B1"), "{ack}");
+        assert_eq!(&segments[2..6], &["MSH|x", "MSA|AA|1", "BTS|1", "FTS|1"]);
+    }
 }

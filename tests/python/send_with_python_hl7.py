@@ -10,8 +10,11 @@ Senders (``--client``):
   hl7apy  hl7apy parses each sample (tolerant validation) and re-serialises it
           with ``to_mllp()``; the ACK is parsed with ``hl7apy.parser.parse_message``.
 
-Batch files (FHS/BHS ... BTS/FTS) are split here into their messages, each sent
-in its own frame, so that every message is checked against its own ACK.
+Batch files (FHS/BHS ... BTS/FTS): with ``--batches split`` (the default) they
+are split here into their messages, each sent in its own frame and checked
+against its own ACK; with ``--batches whole`` (python-hl7 only) the file is sent
+as one frame and the reply must be a batch ACK holding, in order, one ACK per
+message (parsed with ``hl7.parse_hl7``).
 
 For every message one JSON line is printed on stdout:
   {"file", "index", "control_id", "ack_code", "msa2", "ok", "error"}
@@ -139,19 +142,29 @@ def read_frame(sock, first, timeout):
 
 
 def ack_with_hl7(ack_bytes):
+    """[(MSA-1, MSA-2)] of a reply: one ACK, or each ACK of a batch ACK in order."""
     import hl7
 
     text = decode(ack_bytes).replace("\r\n", "\r").replace("\n", "\r").strip("\r")
-    ack = hl7.parse(text)
-    msh = ack.segment("MSH")
-    if not str(msh[9]).startswith("ACK"):
-        raise ValueError("reply MSH-9 is %r, expected ACK" % str(msh[9]))
-    msa = ack.segment("MSA")
-    return str(msa[1]), str(msa[2])
+    parsed = hl7.parse_hl7(text)
+
+    def messages(container):
+        if isinstance(container, hl7.Message):
+            return [container]
+        return [m for part in container for m in messages(part)]
+
+    out = []
+    for ack in messages(parsed):
+        msh = ack.segment("MSH")
+        if not str(msh[9]).startswith("ACK"):
+            raise ValueError("reply MSH-9 is %r, expected ACK" % str(msh[9]))
+        msa = ack.segment("MSA")
+        out.append((str(msa[1]), str(msa[2])))
+    return out
 
 
 def send_with_hl7(host, port, messages, timeout):
-    """Send every message over one python-hl7 MLLPClient connection."""
+    """Send every frame over one python-hl7 MLLPClient connection; yield its ACKs."""
     from hl7.client import MLLPClient
 
     with MLLPClient(host, port) as client:
@@ -183,7 +196,7 @@ def send_with_hl7apy(host, port, messages, timeout):
             )
             if not ack.msh.msh_9.to_er7().startswith("ACK"):
                 raise ValueError("reply MSH-9 is %r, expected ACK" % ack.msh.msh_9.to_er7())
-            yield ack.msa.msa_1.to_er7(), ack.msa.msa_2.to_er7()
+            yield [(ack.msa.msa_1.to_er7(), ack.msa.msa_2.to_er7())]
 
 
 def main():
@@ -191,50 +204,65 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--client", choices=("hl7", "hl7apy"), default="hl7")
+    parser.add_argument("--batches", choices=("split", "whole"), default="split",
+                        help="send a batch file's messages one by one, or the file as one frame")
+    parser.add_argument("--only-batches", action="store_true", help="send only the batch files")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
     parser.add_argument("samples", help="samples folder (its bad/ subfolder is skipped) or one file")
     args = parser.parse_args()
+    if args.batches == "whole" and args.client != "hl7":
+        parser.error("--batches whole needs --client hl7 (hl7apy does not parse batches)")
 
     files = [args.samples] if os.path.isfile(args.samples) else sample_files(args.samples)
-    if not files:
-        print("no sample files found under %s" % args.samples, file=sys.stderr)
-        return 2
-
-    plan = []  # (file, index, raw, control_id, enhanced)
+    frames = []  # (file, raw frame, [(index, control id, enhanced)])
     for path in files:
         with open(path, "rb") as f:
             raw = f.read()
-        for index, message in enumerate(split_messages(raw)):
-            control_id, enhanced = msh_fields(message)
-            name = os.path.relpath(path, args.samples) if os.path.isdir(args.samples) else os.path.basename(path)
-            plan.append((name, index, message, control_id, enhanced))
+        name = os.path.relpath(path, args.samples) if os.path.isdir(args.samples) else os.path.basename(path)
+        messages = split_messages(raw)
+        is_batch = len(messages) > 1 or raw.lstrip(b"\xef\xbb\xbf\r\n")[:3] in (b"FHS", b"BHS")
+        if args.only_batches and not is_batch:
+            continue
+        expected = [(i, *msh_fields(m)) for i, m in enumerate(messages)]
+        if is_batch and args.batches == "whole":
+            frames.append((name, raw.strip(b"\r\n\t \x00"), expected))
+        else:
+            frames.extend((name, m, [e]) for m, e in zip(messages, expected))
+    total = sum(len(f[2]) for f in frames)
+    if total == 0:
+        print("no sample messages found under %s" % args.samples, file=sys.stderr)
+        return 2
 
     sender = send_with_hl7 if args.client == "hl7" else send_with_hl7apy
+    replies = sender(args.host, args.port, [f[1] for f in frames], args.timeout)
     passed = failed = 0
-    replies = sender(args.host, args.port, [p[2] for p in plan], args.timeout)
-    for name, index, _raw, control_id, enhanced in plan:
-        result = {"file": name, "index": index, "control_id": control_id,
-                  "ack_code": None, "msa2": None, "ok": False, "error": None}
+    for name, _raw, expected in frames:
         try:
-            code, msa2 = next(replies)
-            result["ack_code"], result["msa2"] = code, msa2
-            wanted = ("AA", "CA") if enhanced else ("AA",)
-            result["ok"] = code in wanted and msa2 == control_id
-            if not result["ok"]:
-                result["error"] = "expected %s with MSA-2 %r" % ("/".join(wanted), control_id)
+            acks, error = next(replies), None
         except StopIteration:
-            result["error"] = "sender stopped early"
-        except Exception as exc:  # report and stop: the connection state is unknown
-            result["error"] = "%s: %s" % (type(exc).__name__, exc)
+            acks, error = [], "sender stopped early"
+        except Exception as exc:  # the connection state is unknown: report and stop
+            acks, error = None, "%s: %s" % (type(exc).__name__, exc)
+        if acks is not None and len(acks) != len(expected):
+            error = error or "got %d ACK(s) in the reply, expected %d" % (len(acks), len(expected))
+        for n, (index, control_id, enhanced) in enumerate(expected):
+            result = {"file": name, "index": index, "control_id": control_id,
+                      "ack_code": None, "msa2": None, "ok": False, "error": error}
+            if acks is not None and n < len(acks):
+                code, msa2 = acks[n]
+                wanted = ("AA", "CA") if enhanced else ("AA",)
+                result.update(ack_code=code, msa2=msa2)
+                result["ok"] = error is None and code in wanted and msa2 == control_id
+                if not result["ok"] and error is None:
+                    result["error"] = "expected %s with MSA-2 %r" % ("/".join(wanted), control_id)
+            passed += result["ok"]
+            failed += not result["ok"]
             print(json.dumps(result), flush=True)
-            failed += 1
+        if acks is None:
             break
-        passed += result["ok"]
-        failed += not result["ok"]
-        print(json.dumps(result), flush=True)
-    failed += len(plan) - passed - failed  # messages never sent after an error
-    print("sent %d message(s): %d acknowledged as expected, %d not" % (len(plan), passed, failed), flush=True)
-    return 0 if failed == 0 and passed == len(plan) else 1
+    failed = total - passed  # includes messages never sent after an error
+    print("sent %d message(s): %d acknowledged as expected, %d not" % (total, passed, failed), flush=True)
+    return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,212 @@
+//! The engine: opens the journal, binds every MLLP listener and the HTTP API,
+//! runs them until told to stop, then drains.
+//!
+//! Startup order: journal (so nothing is accepted without somewhere durable
+//! to put it), then every listener socket and the HTTP socket are bound —
+//! any bind failure aborts the start before anything is served — then the
+//! accept loops start and `/ready` turns true.
+//!
+//! Shutdown ([`RunningEngine::stop`], on SIGTERM/SIGINT in [`serve`]):
+//! `/ready` turns false, listeners stop accepting, each connection finishes
+//! (answers) the frame in hand and closes, all bounded by
+//! `[engine] shutdown_timeout_secs`; then the HTTP server stops and the
+//! journal's writer thread ends when its last handle is dropped. Whatever is
+//! abandoned at the timeout was never acknowledged, so nothing acknowledged is
+//! lost (it is in the journal already).
+//!
+//! It does not parse config files or set up logging: `cli/serve.rs` does.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::journal::{Journal, JournalError, StoreConfig};
+use crate::mllp::listener::{Listener, ListenerError};
+use crate::telemetry::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error("{0}")]
+    ApiBind(std::io::Error),
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// An engine whose sockets are bound and whose tasks are running.
+pub struct RunningEngine {
+    listeners: BTreeMap<String, SocketAddr>,
+    api_addr: SocketAddr,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    /// Stops the accept loops and idle connections.
+    listeners_cancel: CancellationToken,
+    /// Connection tasks (and the accept loops).
+    tracker: TaskTracker,
+    api_cancel: CancellationToken,
+    api_task: JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for RunningEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningEngine")
+            .field("listeners", &self.listeners)
+            .field("api_addr", &self.api_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningEngine {
+    /// Each listener id and the address it actually bound.
+    pub fn listeners(&self) -> &BTreeMap<String, SocketAddr> {
+        &self.listeners
+    }
+
+    pub fn listener_addr(&self, id: &str) -> Option<SocketAddr> {
+        self.listeners.get(id).copied()
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Drains and stops everything (see the module docs).
+    pub async fn stop(self) {
+        info!("shutting down: no longer accepting connections");
+        self.ready.store(false, Ordering::Release);
+        self.listeners_cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                still_running = self.tracker.len(),
+                timeout_secs = self.shutdown_timeout.as_secs(),
+                "shutdown timeout: abandoning connections still busy (their messages were not acknowledged)"
+            );
+        }
+        self.api_cancel.cancel();
+        let api_wait = tokio::time::timeout(Duration::from_secs(2), self.api_task).await;
+        if api_wait.is_err() {
+            warn!("HTTP API did not stop within 2s");
+        }
+        info!("shut down");
+    }
+}
+
+/// The journal's path: relative paths are relative to the config file's folder.
+fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
+    StoreConfig {
+        path: config_dir.join(&store.path),
+        sync: store.sync,
+    }
+}
+
+/// Opens the journal, binds everything, starts serving. Returns once every
+/// socket is bound and `/ready` is true.
+pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, EngineError> {
+    let metrics = Arc::new(Metrics::new());
+    let store = resolve_store(&config.store, config_dir);
+    let journal = Journal::open_with_metrics(&store, Arc::clone(&metrics))?;
+    info!(
+        path = %journal.path().display(),
+        sync = journal.sync_policy().as_str(),
+        "journal open"
+    );
+
+    // Bind everything before serving anything: a bind failure must stop the start.
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for (id, cfg) in config.listeners {
+        bound.push(Listener::bind(&id, cfg).await?);
+    }
+    let api_socket = api::bind(&config.api).await.map_err(EngineError::ApiBind)?;
+    let api_addr = api_socket.local_addr().map_err(EngineError::ApiBind)?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let listeners_cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut listeners = BTreeMap::new();
+    for listener in bound {
+        info!(listener = listener.id(), addr = %listener.local_addr(), "MLLP listener bound");
+        listeners.insert(listener.id().to_string(), listener.local_addr());
+        tracker.spawn(listener.run(
+            journal.clone(),
+            Arc::clone(&metrics),
+            listeners_cancel.clone(),
+            tracker.clone(),
+        ));
+    }
+
+    let api_cancel = CancellationToken::new();
+    let state = ApiState {
+        journal: journal.clone(),
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+    };
+    let api_task = tokio::spawn({
+        let api_cancel = api_cancel.clone();
+        async move {
+            if let Err(err) = api::serve_on(api_socket, state, api_cancel).await {
+                tracing::error!(error = %err, "HTTP API stopped with an error");
+            }
+        }
+    });
+    info!(addr = %api_addr, "HTTP API bound");
+    ready.store(true, Ordering::Release);
+    info!(listeners = listeners.len(), "ready");
+    Ok(RunningEngine {
+        listeners,
+        api_addr,
+        journal,
+        metrics,
+        ready,
+        listeners_cancel,
+        tracker,
+        api_cancel,
+        api_task,
+        shutdown_timeout: Duration::from_secs(config.engine.shutdown_timeout_secs),
+    })
+}
+
+/// Runs the engine until SIGTERM or SIGINT, then drains and returns.
+pub async fn serve(config: Config, config_dir: PathBuf) -> Result<(), EngineError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signal_err = |signal| move |source| EngineError::Signal { signal, source };
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err("SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err("SIGINT"))?;
+    let engine = start(config, &config_dir).await?;
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = which, "signal received");
+    engine.stop().await;
+    Ok(())
+}

@@ -1,0 +1,782 @@
+//! Compiling a mapping file (TOML) into a plan: every key checked, every expression,
+//! path, condition, table and transform resolved, every problem collected with its
+//! `line:col`.
+//!
+//! The file is walked through `toml::de::DeTable`, which keeps the span of every key
+//! and value, so an error inside an expression points at the exact character.
+//!
+//! # Invariants
+//! - Compiling never stops at the first problem: all of them are returned.
+//! - Entries are taken in file order (by span), whatever order the TOML map keeps.
+//! - A plan holds no mapping text: only parsed expressions, compiled regexes and
+//!   resolved table indices.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::expr::{self, Cond, Expr, ExprError, Resolver, Stage, Term};
+use super::transform::{self, Transform};
+use super::{MappingError, Plan, TestCase};
+
+/// The compiled content of one mapping file.
+#[derive(Debug)]
+pub(crate) struct PlanInner {
+    pub name: String,
+    pub file: PathBuf,
+    pub messages: Vec<(String, String)>,
+    pub tables: Vec<HashMap<String, Value>>,
+    pub macros: Vec<Expr>,
+    pub resources: Vec<Resource>,
+    pub tests: Vec<TestCase>,
+}
+
+/// One `[[resource]]`.
+#[derive(Debug)]
+pub(crate) struct Resource {
+    pub kind: String,
+    pub id: Expr,
+    pub iter: Option<Iter>,
+    pub when: Option<Cond>,
+    pub body: Vec<(String, Template)>,
+}
+
+/// `for = "OBR > OBX"` (segment groups) or `each = "PID-3[*]"` (elements).
+#[derive(Debug)]
+pub(crate) enum Iter {
+    For(Vec<String>),
+    Each(Expr),
+}
+
+/// A JSON template: strings are expressions.
+#[derive(Debug)]
+pub(crate) enum Template {
+    Expr(Expr),
+    Literal(Value),
+    Array(Vec<Template>),
+    Object(Box<ObjTemplate>),
+}
+
+#[derive(Debug)]
+pub(crate) struct ObjTemplate {
+    pub iter: Option<Iter>,
+    pub when: Option<Cond>,
+    pub fields: Vec<(String, Template)>,
+}
+
+type Entry<'i> = (
+    &'i Spanned<std::borrow::Cow<'i, str>>,
+    &'i Spanned<DeValue<'i>>,
+);
+
+struct Compiler<'s> {
+    file: &'s Path,
+    source: &'s str,
+    errors: Vec<MappingError>,
+    macro_names: Vec<String>,
+    table_names: Vec<String>,
+}
+
+struct NameResolver<'c> {
+    macro_names: &'c [String],
+    table_names: &'c [String],
+}
+
+impl Resolver for NameResolver<'_> {
+    fn macro_index(&mut self, name: &str) -> Option<usize> {
+        self.macro_names.iter().position(|n| n == name)
+    }
+    fn transform(&mut self, name: &str, args: &[(String, usize)]) -> Result<Transform, String> {
+        transform::build(name, args, self.table_names)
+    }
+}
+
+/// Compiles one mapping source (pure). `file` is used in errors, as the default
+/// name (its stem) and to resolve `[[test]]` message files (its folder).
+pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
+    let mut c = Compiler {
+        file,
+        source,
+        errors: Vec::new(),
+        macro_names: Vec::new(),
+        table_names: Vec::new(),
+    };
+    let (doc, parse_errors) = DeTable::parse_recoverable(source);
+    for e in parse_errors {
+        let at = e.span().map(|s| s.start).unwrap_or(0);
+        c.error(at, e.message().trim().to_string());
+    }
+    let root = doc.get_ref();
+    let entries = sorted(root);
+
+    let mut name = None;
+    let mut messages = Vec::new();
+    let mut tables = Vec::new();
+    let mut macro_sources: Vec<(String, &Spanned<DeValue<'_>>)> = Vec::new();
+    let mut resources_v = None;
+    let mut tests_v = None;
+    let mut saw_mapping = false;
+
+    // names first: tables and macros may be used anywhere
+    for (k, v) in &entries {
+        match k.get_ref().as_ref() {
+            "tables" => {
+                if let Some(t) = c.table(v, "tables") {
+                    for (tk, tv) in sorted(t) {
+                        let tname = tk.get_ref().to_string();
+                        if let Some(tt) = c.table(tv, &format!("tables.{tname}")) {
+                            let mut map = HashMap::new();
+                            for (ek, ev) in sorted(tt) {
+                                if let Some(j) = c.literal(ev) {
+                                    map.insert(ek.get_ref().to_string(), j);
+                                }
+                            }
+                            c.table_names.push(tname);
+                            tables.push(map);
+                        }
+                    }
+                }
+            }
+            "let" => {
+                if let Some(t) = c.table(v, "let") {
+                    for (mk, mv) in sorted(t) {
+                        c.macro_names.push(mk.get_ref().to_string());
+                        macro_sources.push((mk.get_ref().to_string(), mv));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    for (k, v) in &entries {
+        match k.get_ref().as_ref() {
+            "mapping" => {
+                saw_mapping = true;
+                if let Some(t) = c.table(v, "mapping") {
+                    for (mk, mv) in sorted(t) {
+                        match mk.get_ref().as_ref() {
+                            "name" => name = c.string(mv).map(str::to_string),
+                            "description" => {
+                                c.string(mv);
+                            }
+                            "messages" => messages = c.messages(mv),
+                            other => c.error(
+                                mk.span().start,
+                                format!(
+                                    "unknown key `{other}` in [mapping], expected one of name, messages, description"
+                                ),
+                            ),
+                        }
+                    }
+                }
+            }
+            "tables" | "let" => {}
+            "resource" => resources_v = Some(*v),
+            "test" => tests_v = Some(*v),
+            other => c.error(
+                k.span().start,
+                format!(
+                    "unknown key `{other}`, expected one of mapping, tables, let, resource, test"
+                ),
+            ),
+        }
+    }
+    if !saw_mapping {
+        c.error(0, "missing [mapping] table (name, messages)".to_string());
+    }
+
+    let mut macros = Vec::new();
+    for (_, mv) in &macro_sources {
+        let e = c.expr(mv);
+        macros.push(e);
+    }
+    c.check_macro_cycles(&macros, &macro_sources);
+    let macros: Vec<Expr> = macros
+        .into_iter()
+        .map(|m| m.unwrap_or_else(empty_expr))
+        .collect();
+
+    let mut resources = Vec::new();
+    match resources_v {
+        Some(v) => match v.get_ref() {
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    if let Some(r) = c.resource(item) {
+                        resources.push(r);
+                    }
+                }
+            }
+            _ => c.error(
+                v.span().start,
+                "`resource` must be an array of tables: [[resource]]".into(),
+            ),
+        },
+        None => c.error(0, "no [[resource]] declared, expected at least one".into()),
+    }
+
+    let mut tests = Vec::new();
+    if let Some(v) = tests_v {
+        match v.get_ref() {
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    if let Some(t) = c.test(item) {
+                        tests.push(t);
+                    }
+                }
+            }
+            _ => c.error(
+                v.span().start,
+                "`test` must be an array of tables: [[test]]".into(),
+            ),
+        }
+    }
+
+    if !c.errors.is_empty() {
+        c.errors.sort_by_key(|e| (e.line, e.col));
+        return Err(c.errors);
+    }
+    let name = name.unwrap_or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    Ok(Plan {
+        inner: PlanInner {
+            name,
+            file: file.to_path_buf(),
+            messages,
+            tables,
+            macros,
+            resources,
+            tests,
+        },
+    })
+}
+
+fn empty_expr() -> Expr {
+    Expr {
+        first: Term::Literal(String::new()),
+        stages: Vec::new(),
+    }
+}
+
+/// The entries of a table in file order.
+fn sorted<'i>(t: &'i DeTable<'i>) -> Vec<Entry<'i>> {
+    let mut v: Vec<Entry<'i>> = t.iter().collect();
+    v.sort_by_key(|(k, _)| k.span().start);
+    v
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+impl<'s> Compiler<'s> {
+    fn error(&mut self, offset: usize, message: String) {
+        let (line, col) = line_col(self.source, offset);
+        self.errors.push(MappingError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message,
+        });
+    }
+
+    fn table<'i>(&mut self, v: &'i Spanned<DeValue<'i>>, what: &str) -> Option<&'i DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(
+                    v.span().start,
+                    format!("`{what}` must be a table, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn string<'i>(&mut self, v: &'i Spanned<DeValue<'i>>) -> Option<&'i str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            other => {
+                self.error(
+                    v.span().start,
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Byte offset in the file of byte `k` of a string value's content, when the
+    /// string is written without escapes (else the value's start).
+    fn content_offset(&self, span: &Range<usize>, content: &str, k: usize) -> usize {
+        let raw = self.source.get(span.clone()).unwrap_or("");
+        for q in ["\"\"\"", "'''", "\"", "'"] {
+            if raw.len() >= 2 * q.len() && raw.starts_with(q) && raw.ends_with(q) {
+                let inner = &raw[q.len()..raw.len() - q.len()];
+                if inner == content {
+                    return span.start + q.len() + k;
+                }
+            }
+        }
+        span.start
+    }
+
+    fn expr_error(&mut self, v: &Spanned<DeValue<'_>>, src: &str, e: ExprError) {
+        let at = self.content_offset(&v.span(), src, e.offset);
+        self.error(at, e.message);
+    }
+
+    fn expr(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Expr> {
+        let src = self.string(v)?;
+        let names = (self.macro_names.clone(), self.table_names.clone());
+        let mut r = NameResolver {
+            macro_names: &names.0,
+            table_names: &names.1,
+        };
+        match expr::parse_expr(src, &mut r) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.expr_error(v, src, e);
+                None
+            }
+        }
+    }
+
+    fn cond(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Cond> {
+        let src = self.string(v)?;
+        let names = (self.macro_names.clone(), self.table_names.clone());
+        let mut r = NameResolver {
+            macro_names: &names.0,
+            table_names: &names.1,
+        };
+        match expr::parse_cond(src, &mut r) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.expr_error(v, src, e);
+                None
+            }
+        }
+    }
+
+    fn iter_for(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Iter> {
+        let src = self.string(v)?;
+        match expr::parse_for(src) {
+            Ok(heads) => Some(Iter::For(heads)),
+            Err(e) => {
+                self.expr_error(v, src, e);
+                None
+            }
+        }
+    }
+
+    fn messages(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(
+                v.span().start,
+                "`messages` must be an array like [\"ADT^A01\", \"ADT^*\"]".into(),
+            );
+            return out;
+        };
+        for item in items.iter() {
+            let Some(s) = self.string(item) else { continue };
+            let ok = |p: &str| {
+                p.len() == 3
+                    && p.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            };
+            match s.split_once('^') {
+                Some((code, trig)) if ok(code) && (ok(trig) || trig == "*") => {
+                    out.push((code.to_string(), trig.to_string()))
+                }
+                _ => self.error(
+                    item.span().start,
+                    format!(
+                        "bad message type `{s}`, expected CODE^TRIGGER like `ADT^A01` or `ADT^*`"
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    /// A TOML value as JSON (tables' entries and test fragments).
+    fn literal(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Value> {
+        Some(match v.get_ref() {
+            DeValue::String(s) => Value::String(s.to_string()),
+            DeValue::Boolean(b) => Value::Bool(*b),
+            DeValue::Integer(i) => {
+                let digits = i.as_str().replace('_', "");
+                match i64::from_str_radix(digits.trim_start_matches('+'), i.radix()) {
+                    Ok(n) => Value::from(n),
+                    Err(_) => {
+                        self.error(
+                            v.span().start,
+                            format!("integer `{}` out of range", i.as_str()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            DeValue::Float(f) => match f
+                .as_str()
+                .replace('_', "")
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+            {
+                Some(n) => Value::Number(n),
+                None => {
+                    self.error(
+                        v.span().start,
+                        format!("number `{}` is not finite", f.as_str()),
+                    );
+                    return None;
+                }
+            },
+            DeValue::Datetime(d) => Value::String(d.to_string()),
+            DeValue::Array(items) => {
+                Value::Array(items.iter().filter_map(|i| self.literal(i)).collect())
+            }
+            DeValue::Table(t) => {
+                let mut m = serde_json::Map::new();
+                for (k, v) in sorted(t) {
+                    if let Some(j) = self.literal(v) {
+                        m.insert(k.get_ref().to_string(), j);
+                    }
+                }
+                Value::Object(m)
+            }
+        })
+    }
+
+    fn template(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Template> {
+        match v.get_ref() {
+            DeValue::String(_) => self.expr(v).map(Template::Expr),
+            DeValue::Boolean(_) | DeValue::Integer(_) | DeValue::Float(_) => {
+                self.literal(v).map(Template::Literal)
+            }
+            DeValue::Datetime(_) => {
+                self.error(
+                    v.span().start,
+                    "a TOML date is not an expression, expected a string like \"'2024-01-01'\""
+                        .into(),
+                );
+                None
+            }
+            DeValue::Array(items) => Some(Template::Array(
+                items
+                    .iter()
+                    .filter_map(|i| self.template(i, path))
+                    .collect(),
+            )),
+            DeValue::Table(t) => {
+                let mut iter = None;
+                let mut when = None;
+                let mut fields = Vec::new();
+                let mut saw_for = None;
+                for (k, fv) in sorted(t) {
+                    let key = k.get_ref().as_ref();
+                    match key {
+                        "for" | "each" => {
+                            if let Some(prev) = &saw_for {
+                                self.error(
+                                    k.span().start,
+                                    format!(
+                                        "`{key}` and `{prev}` together, expected only one of them"
+                                    ),
+                                );
+                                continue;
+                            }
+                            saw_for = Some(key.to_string());
+                            iter = if key == "for" {
+                                self.iter_for(fv)
+                            } else {
+                                self.expr(fv).map(Iter::Each)
+                            };
+                        }
+                        "when" => when = self.cond(fv),
+                        _ => {
+                            if !valid_element(key) {
+                                self.error(
+                                    k.span().start,
+                                    format!(
+                                        "bad element name `{key}` in {path}, expected a FHIR element name like `valueQuantity`"
+                                    ),
+                                );
+                                continue;
+                            }
+                            if let Some(t) = self.template(fv, &format!("{path}.{key}")) {
+                                fields.push((key.to_string(), t));
+                            }
+                        }
+                    }
+                }
+                Some(Template::Object(Box::new(ObjTemplate {
+                    iter,
+                    when,
+                    fields,
+                })))
+            }
+        }
+    }
+
+    fn resource(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Resource> {
+        let t = self.table(v, "resource")?;
+        let mut kind = None;
+        let mut id = None;
+        let mut iter = None;
+        let mut when = None;
+        let mut body = Vec::new();
+        let mut saw_id = false;
+        let mut saw_body = false;
+        let mut saw_for: Option<String> = None;
+        for (k, fv) in sorted(t) {
+            let key = k.get_ref().as_ref();
+            match key {
+                "type" => {
+                    if let Some(s) = self.string(fv) {
+                        if s.len() > 1 && s.as_bytes()[0].is_ascii_uppercase() && s.bytes().all(|b| b.is_ascii_alphabetic()) {
+                            kind = Some(s.to_string());
+                        } else {
+                            self.error(fv.span().start, format!("bad resource type `{s}`, expected a FHIR resource type like `Patient`"));
+                        }
+                    }
+                }
+                "id" => {
+                    saw_id = true;
+                    id = self.expr(fv);
+                }
+                "for" | "each" => {
+                    if let Some(prev) = &saw_for {
+                        self.error(k.span().start, format!("`{key}` and `{prev}` together, expected only one of them"));
+                        continue;
+                    }
+                    saw_for = Some(key.to_string());
+                    iter = if key == "for" { self.iter_for(fv) } else { self.expr(fv).map(Iter::Each) };
+                }
+                "when" => when = self.cond(fv),
+                "body" => {
+                    saw_body = true;
+                    if let Some(bt) = self.table(fv, "body") {
+                        for (bk, bv) in sorted(bt) {
+                            let bkey = bk.get_ref().as_ref();
+                            if matches!(bkey, "id" | "resourceType" | "for" | "each" | "when") {
+                                self.error(
+                                    bk.span().start,
+                                    format!("`{bkey}` cannot be set in `body`: use the resource's `type`, `id`, `for`, `each` or `when`"),
+                                );
+                                continue;
+                            }
+                            if !valid_element(bkey) {
+                                self.error(bk.span().start, format!("bad element name `{bkey}`, expected a FHIR element name like `birthDate`"));
+                                continue;
+                            }
+                            if let Some(tpl) = self.template(bv, bkey) {
+                                body.push((bkey.to_string(), tpl));
+                            }
+                        }
+                    }
+                }
+                other => self.error(
+                    k.span().start,
+                    format!("unknown key `{other}` in [[resource]], expected one of type, id, for, each, when, body"),
+                ),
+            }
+        }
+        if kind.is_none() && !self.has_error_in(v.span()) {
+            self.error(
+                v.span().start,
+                "[[resource]] without `type`, expected e.g. type = \"Patient\"".into(),
+            );
+        }
+        if !saw_id {
+            self.error(
+                v.span().start,
+                "[[resource]] without `id`, expected e.g. id = \"$patient_id\"".into(),
+            );
+        }
+        if !saw_body {
+            self.error(
+                v.span().start,
+                "[[resource]] without `body`, expected a [resource.body] table".into(),
+            );
+        }
+        Some(Resource {
+            kind: kind?,
+            id: id?,
+            iter,
+            when,
+            body,
+        })
+    }
+
+    fn has_error_in(&self, span: Range<usize>) -> bool {
+        let (l1, _) = line_col(self.source, span.start);
+        let (l2, _) = line_col(self.source, span.end);
+        self.errors.iter().any(|e| e.line >= l1 && e.line <= l2)
+    }
+
+    fn test(&mut self, v: &Spanned<DeValue<'_>>) -> Option<TestCase> {
+        let t = self.table(v, "test")?;
+        let mut name = None;
+        let mut message = None;
+        let mut expect = Vec::new();
+        for (k, fv) in sorted(t) {
+            match k.get_ref().as_ref() {
+                "name" => name = self.string(fv).map(str::to_string),
+                "message" => message = self.string(fv).map(str::to_string),
+                "expect" => match fv.get_ref() {
+                    DeValue::Array(items) => {
+                        for i in items.iter() {
+                            expect.extend(self.literal(i));
+                        }
+                    }
+                    _ => {
+                        expect.extend(self.literal(fv));
+                    }
+                },
+                other => self.error(
+                    k.span().start,
+                    format!(
+                        "unknown key `{other}` in [[test]], expected one of name, message, expect"
+                    ),
+                ),
+            }
+        }
+        let Some(message) = message else {
+            self.error(
+                v.span().start,
+                "[[test]] without `message`, expected a message file path".into(),
+            );
+            return None;
+        };
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        Some(TestCase {
+            name: name.unwrap_or_else(|| message.clone()),
+            message: base.join(&message),
+            expect,
+        })
+    }
+
+    fn check_macro_cycles(
+        &mut self,
+        macros: &[Option<Expr>],
+        sources: &[(String, &Spanned<DeValue<'_>>)],
+    ) {
+        let deps: Vec<Vec<usize>> = macros
+            .iter()
+            .map(|m| {
+                let mut d = Vec::new();
+                if let Some(e) = m {
+                    expr_macros(e, &mut d);
+                }
+                d
+            })
+            .collect();
+        // 0 = unvisited, 1 = on stack, 2 = done
+        fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8]) -> bool {
+            if state[i] == 1 {
+                return true;
+            }
+            if state[i] == 2 {
+                return false;
+            }
+            state[i] = 1;
+            for &d in &deps[i] {
+                if d < deps.len() && visit(d, deps, state) {
+                    return true;
+                }
+            }
+            state[i] = 2;
+            false
+        }
+        for i in 0..macros.len() {
+            let mut state = vec![0u8; macros.len()];
+            if visit(i, &deps, &mut state) && deps[i].iter().any(|&d| reaches(d, i, &deps)) {
+                let (name, v) = &sources[i];
+                self.error(
+                    v.span().start,
+                    format!(
+                        "macro `${name}` refers to itself, expected a definition without a cycle"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {
+    let mut seen = vec![false; deps.len()];
+    let mut stack = vec![from];
+    while let Some(n) = stack.pop() {
+        if n == to {
+            return true;
+        }
+        if n >= deps.len() || std::mem::replace(&mut seen[n], true) {
+            continue;
+        }
+        stack.extend(deps[n].iter().copied());
+    }
+    false
+}
+
+fn valid_element(k: &str) -> bool {
+    let b = k.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn expr_macros(e: &Expr, out: &mut Vec<usize>) {
+    term_macros(&e.first, out);
+    for s in &e.stages {
+        match s {
+            Stage::Alt(t) => term_macros(t, out),
+            Stage::Transform(Transform::When(c)) => cond_macros(c, out),
+            Stage::Transform(_) => {}
+        }
+    }
+}
+
+fn term_macros(t: &Term, out: &mut Vec<usize>) {
+    match t {
+        Term::Macro(i) => out.push(*i),
+        Term::Concat(parts) => parts.iter().for_each(|p| expr_macros(p, out)),
+        Term::Path(p) => {
+            if let expr::RepSel::Pred(c) = &p.rep {
+                cond_macros(c, out)
+            }
+        }
+        Term::Literal(_) | Term::Position => {}
+    }
+}
+
+fn cond_macros(c: &Cond, out: &mut Vec<usize>) {
+    match c {
+        Cond::Or(cs) | Cond::And(cs) => cs.iter().for_each(|c| cond_macros(c, out)),
+        Cond::Not(c) => cond_macros(c, out),
+        Cond::Empty(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => expr_macros(e, out),
+        Cond::Compare { left, right, .. } => {
+            expr_macros(left, out);
+            expr_macros(right, out);
+        }
+        Cond::NoSegment(_) => {}
+    }
+}

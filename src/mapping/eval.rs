@@ -1,0 +1,845 @@
+//! Applying a compiled plan to a parsed message: scopes, path evaluation, transforms,
+//! templates, resources, the Bundle, and the bookkeeping of unread fields.
+//!
+//! # Invariants
+//! - Nothing here panics on any message: every index is checked, every slice is
+//!   taken on char boundaries, recursion depth is bounded by the mapping (not the message).
+//! - Nothing here parses mapping text or compiles regexes.
+//! - Output objects are built without empty members (pruned as they are built).
+
+use std::borrow::Cow;
+
+use hl7_parser::message::{Component, Repeat, Segment, Separators, Subcomponent};
+use serde_json::{Map, Value};
+
+use super::compile::{Iter, ObjTemplate, PlanInner, Resource, Template};
+use super::datatypes;
+use super::expr::{Anchor, Cond, Expr, Path, RepSel, Stage, Term};
+use super::transform::{self, Transform};
+use super::{MapError, MapOutput};
+use crate::hl7::unescape;
+
+/// Where a value came from, for warnings (`PID-3[2]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    seg: u32,
+    field: u16,
+    rep: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum NodeKind<'a> {
+    Rep(&'a Repeat<'a>),
+    Comp(&'a Component<'a>),
+    Sub(&'a Subcomponent<'a>),
+}
+
+/// An element of the message: a field repetition, component or subcomponent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Node<'a> {
+    pub kind: NodeKind<'a>,
+    pub loc: Loc,
+}
+
+impl<'a> Node<'a> {
+    pub fn raw(&self) -> &'a str {
+        match self.kind {
+            NodeKind::Rep(r) => r.raw_value(),
+            NodeKind::Comp(c) => c.raw_value(),
+            NodeKind::Sub(s) => s.value,
+        }
+    }
+
+    /// Component `i` of a repetition, subcomponent `i` of a component (1-based).
+    pub fn part(&self, i: usize) -> Option<Node<'a>> {
+        if i == 0 {
+            return None;
+        }
+        let kind = match self.kind {
+            NodeKind::Rep(r) => NodeKind::Comp(r.components.get(i - 1)?),
+            NodeKind::Comp(c) => NodeKind::Sub(c.subcomponents.get(i - 1)?),
+            NodeKind::Sub(_) if i == 1 => self.kind,
+            NodeKind::Sub(_) => return None,
+        };
+        Some(Node {
+            kind,
+            loc: self.loc,
+        })
+    }
+
+    /// The unescaped text of this node (HL7 `""` reads as empty).
+    pub fn text(&self, seps: &Separators) -> Cow<'a, str> {
+        let raw = self.raw();
+        if raw == "\"\"" {
+            return Cow::Borrowed("");
+        }
+        unescape(raw, seps)
+    }
+
+    /// The text of part `i`, reading only its first subcomponent when it has several
+    /// (the identifying value of a composite), trimmed.
+    pub fn part_text(&self, i: usize, seps: &Separators) -> Cow<'a, str> {
+        match self.part(i) {
+            Some(p) => {
+                let leaf = match p.kind {
+                    NodeKind::Comp(c) if c.subcomponents.len() > 1 => p.part(1).unwrap_or(p),
+                    _ => p,
+                };
+                trim_cow(leaf.text(seps))
+            }
+            None => Cow::Borrowed(""),
+        }
+    }
+
+    /// Subcomponent `j` of component `i`, trimmed.
+    pub fn sub_text(&self, i: usize, j: usize, seps: &Separators) -> Cow<'a, str> {
+        match self.part(i).and_then(|p| p.part(j)) {
+            Some(p) => trim_cow(p.text(seps)),
+            None => Cow::Borrowed(""),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        let raw = self.raw();
+        raw == "\"\"" || raw.trim().is_empty() || !raw.chars().any(|c| !is_sep_or_space(c))
+    }
+}
+
+fn is_sep_or_space(c: char) -> bool {
+    matches!(c, '^' | '&' | '~' | ' ' | '\t')
+}
+
+pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
+    match c {
+        Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+        Cow::Owned(s) => {
+            let t = s.trim();
+            if t.len() == s.len() {
+                Cow::Owned(s)
+            } else {
+                Cow::Owned(t.to_string())
+            }
+        }
+    }
+}
+
+/// A value during evaluation.
+#[derive(Debug, Clone)]
+pub(crate) enum Val<'a> {
+    Empty,
+    Text(Cow<'a, str>),
+    Node(Node<'a>),
+    Json(Value),
+    List(Vec<Val<'a>>),
+}
+
+impl Val<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Val::Empty => true,
+            Val::Text(t) => t.trim().is_empty() || t.as_ref() == "\"\"",
+            Val::Node(n) => n.is_empty(),
+            Val::Json(v) => json_is_empty(v),
+            Val::List(l) => l.iter().all(Val::is_empty),
+        }
+    }
+}
+
+fn json_is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// A range of segments (a group), the current `each` element and iteration position.
+#[derive(Clone, Copy)]
+struct Scope<'s, 'a> {
+    start: usize,
+    end: usize,
+    parent: Option<&'s Scope<'s, 'a>>,
+    elem: Option<&'s Val<'a>>,
+    position: usize,
+}
+
+struct Ctx<'p, 'a> {
+    plan: &'p PlanInner,
+    segs: &'a [Segment<'a>],
+    seps: Separators,
+    /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
+    read: Vec<u128>,
+    warnings: Vec<String>,
+    /// For `Loc` display: occurrence of each segment among those of its name, and
+    /// whether that name repeats.
+    occurrence: Vec<(u32, bool)>,
+}
+
+/// Applies a plan to a message.
+pub(crate) fn apply(
+    plan: &PlanInner,
+    message: &hl7_parser::Message<'_>,
+) -> Result<MapOutput, MapError> {
+    let segs: &[Segment<'_>] = &message.segments;
+    let mut occurrence = Vec::with_capacity(segs.len());
+    for (i, s) in segs.iter().enumerate() {
+        let before = segs[..i].iter().filter(|o| o.name == s.name).count() as u32;
+        let repeats = before > 0 || segs[i + 1..].iter().any(|o| o.name == s.name);
+        occurrence.push((before + 1, repeats));
+    }
+    let mut ctx = Ctx {
+        plan,
+        segs,
+        seps: message.separators,
+        read: vec![0; segs.len()],
+        warnings: Vec::new(),
+        occurrence,
+    };
+    let top = Scope {
+        start: 0,
+        end: segs.len(),
+        parent: None,
+        elem: None,
+        position: 1,
+    };
+    let mut entries = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for r in &plan.resources {
+        ctx.resource(r, &top, &mut entries, &mut seen);
+    }
+    let unread = ctx.unread();
+    if entries.is_empty() {
+        return Err(MapError::NoResources {
+            mapping: plan.name.clone(),
+        });
+    }
+    let mut bundle = Map::new();
+    bundle.insert("resourceType".into(), Value::String("Bundle".into()));
+    bundle.insert("type".into(), Value::String("transaction".into()));
+    bundle.insert("entry".into(), Value::Array(entries));
+    Ok(MapOutput {
+        document: Value::Object(bundle),
+        unread,
+        warnings: ctx.warnings,
+    })
+}
+
+impl<'p, 'a> Ctx<'p, 'a> {
+    fn warn(&mut self, loc: Option<Loc>, message: String) {
+        let w = match loc {
+            Some(l) => format!("{}: {message}", self.loc_name(l)),
+            None => message,
+        };
+        if !self.warnings.contains(&w) {
+            self.warnings.push(w);
+        }
+    }
+
+    fn seg_name(&self, i: usize) -> String {
+        let name = self.segs.get(i).map(|s| s.name).unwrap_or("?");
+        match self.occurrence.get(i) {
+            Some((n, true)) => format!("{name}[{n}]"),
+            _ => name.to_string(),
+        }
+    }
+
+    fn loc_name(&self, l: Loc) -> String {
+        let mut s = format!("{}-{}", self.seg_name(l.seg as usize), l.field);
+        if l.rep > 1 {
+            s.push_str(&format!("[{}]", l.rep));
+        }
+        s
+    }
+
+    fn unread(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, seg) in self.segs.iter().enumerate() {
+            let read = self.read.get(i).copied().unwrap_or(0);
+            for (fi, f) in seg.fields.iter().enumerate() {
+                let n = fi + 1;
+                if seg.name == "MSH" && n <= 2 {
+                    continue;
+                }
+                if n < 128 && read & (1u128 << n) != 0 {
+                    continue;
+                }
+                if f.is_empty() || f.raw_value() == "\"\"" {
+                    continue;
+                }
+                out.push(format!("{}-{n}", self.seg_name(i)));
+            }
+        }
+        out
+    }
+
+    fn mark(&mut self, seg: usize, field: usize) {
+        if field < 128 {
+            if let Some(r) = self.read.get_mut(seg) {
+                *r |= 1u128 << field;
+            }
+        }
+    }
+
+    fn find_segment(&self, name: &str, scope: &Scope<'_, 'a>) -> Option<usize> {
+        let mut s = Some(scope);
+        while let Some(sc) = s {
+            let end = sc.end.min(self.segs.len());
+            if let Some(i) = (sc.start..end).find(|&i| self.segs[i].name == name) {
+                return Some(i);
+            }
+            s = sc.parent;
+        }
+        None
+    }
+
+    // ---- resources -------------------------------------------------------------
+
+    fn resource(
+        &mut self,
+        r: &Resource,
+        scope: &Scope<'_, 'a>,
+        entries: &mut Vec<Value>,
+        seen: &mut Vec<String>,
+    ) {
+        let mut emit = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
+            if let Some(w) = &r.when {
+                if !ctx.cond(w, sc) {
+                    return;
+                }
+            }
+            let id = ctx.expr(&r.id, sc);
+            let id = ctx.text_of(id);
+            let id = id.trim();
+            if id.is_empty() {
+                ctx.warn(
+                    None,
+                    format!("{}: no id could be made; resource left out", r.kind),
+                );
+                return;
+            }
+            let mut body = ctx.object_fields(&r.body, sc);
+            let url = format!("{}/{}", r.kind, id);
+            if seen.contains(&url) {
+                return;
+            }
+            seen.push(url.clone());
+            body.insert("resourceType".into(), Value::String(r.kind.clone()));
+            body.insert("id".into(), Value::String(id.to_string()));
+            let mut request = Map::new();
+            request.insert("method".into(), Value::String("PUT".into()));
+            request.insert("url".into(), Value::String(url));
+            let mut entry = Map::new();
+            entry.insert("fullUrl".into(), Value::String(format!("urn:uuid:{id}")));
+            entry.insert("resource".into(), Value::Object(body));
+            entry.insert("request".into(), Value::Object(request));
+            entries.push(Value::Object(entry));
+        };
+        match &r.iter {
+            None => emit(self, scope),
+            Some(it) => self.iterate(it, scope, &mut emit),
+        }
+    }
+
+    /// Calls `f` once per group (`for`) or element (`each`), with the inner scope.
+    fn iterate(
+        &mut self,
+        it: &Iter,
+        scope: &Scope<'_, 'a>,
+        f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
+    ) {
+        match it {
+            Iter::For(heads) => self.groups(heads, scope, f),
+            Iter::Each(e) => {
+                let v = self.expr(e, scope);
+                let items = match v {
+                    Val::List(items) => items,
+                    v if v.is_empty() => Vec::new(),
+                    v => vec![v],
+                };
+                for (i, item) in items.iter().enumerate() {
+                    if item.is_empty() {
+                        continue;
+                    }
+                    let inner = Scope {
+                        start: scope.start,
+                        end: scope.end,
+                        parent: scope.parent,
+                        elem: Some(item),
+                        position: i + 1,
+                    };
+                    f(self, &inner);
+                }
+            }
+        }
+    }
+
+    fn groups(
+        &mut self,
+        heads: &[String],
+        scope: &Scope<'_, 'a>,
+        f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
+    ) {
+        let Some((head, rest)) = heads.split_first() else {
+            f(self, scope);
+            return;
+        };
+        let end = scope.end.min(self.segs.len());
+        let starts: Vec<usize> = (scope.start..end)
+            .filter(|&i| self.segs[i].name == head.as_str())
+            .collect();
+        for (k, &s) in starts.iter().enumerate() {
+            let e = starts.get(k + 1).copied().unwrap_or(end);
+            let inner = Scope {
+                start: s,
+                end: e,
+                parent: Some(scope),
+                elem: scope.elem,
+                position: k + 1,
+            };
+            self.groups(rest, &inner, f);
+        }
+    }
+
+    // ---- templates -------------------------------------------------------------
+
+    fn object_fields(
+        &mut self,
+        fields: &[(String, Template)],
+        scope: &Scope<'_, 'a>,
+    ) -> Map<String, Value> {
+        let mut map = Map::new();
+        for (k, t) in fields {
+            if let Some(v) = self.value(t, scope) {
+                map.insert(k.clone(), v);
+            }
+        }
+        map
+    }
+
+    fn object(&mut self, o: &ObjTemplate, scope: &Scope<'_, 'a>) -> Option<Value> {
+        if let Some(w) = &o.when {
+            if !self.cond(w, scope) {
+                return None;
+            }
+        }
+        let map = self.object_fields(&o.fields, scope);
+        (!map.is_empty()).then_some(Value::Object(map))
+    }
+
+    /// The value of a template in an object member position (`None`: leave it out).
+    fn value(&mut self, t: &Template, scope: &Scope<'_, 'a>) -> Option<Value> {
+        match t {
+            Template::Expr(e) => {
+                let v = self.expr(e, scope);
+                self.to_json(v)
+            }
+            Template::Literal(v) => Some(v.clone()),
+            Template::Object(o) if o.iter.is_none() => self.object(o, scope),
+            Template::Object(_) | Template::Array(_) => {
+                let mut items = Vec::new();
+                self.items(t, scope, &mut items);
+                (!items.is_empty()).then_some(Value::Array(items))
+            }
+        }
+    }
+
+    /// The values of a template in an array position (flattened).
+    fn items(&mut self, t: &Template, scope: &Scope<'_, 'a>, out: &mut Vec<Value>) {
+        match t {
+            Template::Expr(e) => {
+                let v = self.expr(e, scope);
+                match self.to_json(v) {
+                    Some(Value::Array(a)) => out.extend(a),
+                    Some(v) => out.push(v),
+                    None => {}
+                }
+            }
+            Template::Literal(v) => out.push(v.clone()),
+            Template::Array(ts) => {
+                for t in ts {
+                    self.items(t, scope, out);
+                }
+            }
+            Template::Object(o) => match &o.iter {
+                None => out.extend(self.object(o, scope)),
+                Some(it) => {
+                    let mut f = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
+                        if let Some(v) = ctx.object(o, sc) {
+                            out.push(v);
+                        }
+                    };
+                    self.iterate(it, scope, &mut f);
+                }
+            },
+        }
+    }
+
+    fn to_json(&self, v: Val<'a>) -> Option<Value> {
+        match v {
+            Val::Empty => None,
+            Val::Text(t) => {
+                let t = t.trim();
+                (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
+            }
+            Val::Node(n) => {
+                let t = n.text(&self.seps);
+                let t = t.trim();
+                (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
+            }
+            Val::Json(j) => (!json_is_empty(&j)).then_some(j),
+            Val::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for i in items {
+                    match self.to_json(i) {
+                        Some(Value::Array(a)) => out.extend(a),
+                        Some(v) => out.push(v),
+                        None => {}
+                    }
+                }
+                (!out.is_empty()).then_some(Value::Array(out))
+            }
+        }
+    }
+
+    // ---- expressions -----------------------------------------------------------
+
+    fn expr(&mut self, e: &Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
+        let mut loc = None;
+        let mut v = self.term(&e.first, scope, &mut loc);
+        for st in &e.stages {
+            match st {
+                Stage::Alt(t) => {
+                    if v.is_empty() {
+                        v = self.term(t, scope, &mut loc);
+                    }
+                }
+                Stage::Transform(t) => v = self.transform(t, v, loc, scope),
+            }
+        }
+        v
+    }
+
+    fn term(&mut self, t: &Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
+        match t {
+            Term::Literal(s) => Val::Text(Cow::Owned(s.clone())),
+            Term::Position => Val::Text(Cow::Owned(scope.position.to_string())),
+            Term::Macro(i) => match self.plan.macros.get(*i) {
+                Some(e) => self.expr(e, scope),
+                None => Val::Empty,
+            },
+            Term::Concat(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    let v = self.expr(p, scope);
+                    if v.is_empty() {
+                        return Val::Empty;
+                    }
+                    out.push_str(self.text_of(v).trim());
+                }
+                Val::Text(Cow::Owned(out))
+            }
+            Term::Path(p) => {
+                let v = self.path(p, scope);
+                *loc = match &v {
+                    Val::Node(n) => Some(n.loc),
+                    Val::List(l) => l.iter().find_map(|x| match x {
+                        Val::Node(n) => Some(n.loc),
+                        _ => None,
+                    }),
+                    _ => None,
+                };
+                v
+            }
+        }
+    }
+
+    fn path(&mut self, p: &Path, scope: &Scope<'_, 'a>) -> Val<'a> {
+        let descend = |n: Node<'a>| -> Option<Node<'a>> {
+            let mut n = n;
+            if let Some(c) = p.comp {
+                n = n.part(c)?;
+                if let Some(s) = p.sub {
+                    n = n.part(s)?;
+                }
+            }
+            Some(n)
+        };
+        match &p.anchor {
+            Anchor::Relative => match scope.elem {
+                Some(Val::Node(n)) => match descend(*n) {
+                    Some(n) => Val::Node(n),
+                    None => Val::Empty,
+                },
+                Some(v) if p.comp.is_none() => v.clone(),
+                _ => Val::Empty,
+            },
+            Anchor::Field { segment, field } => {
+                let Some(si) = self.find_segment(segment, scope) else {
+                    return Val::Empty;
+                };
+                self.mark(si, *field);
+                let segs = self.segs;
+                let Some(f) = segs[si].field(*field) else {
+                    return Val::Empty;
+                };
+                let node = |k: usize, r: &'a Repeat<'a>| Node {
+                    kind: NodeKind::Rep(r),
+                    loc: Loc {
+                        seg: si as u32,
+                        field: (*field).min(u16::MAX as usize) as u16,
+                        rep: k.min(u16::MAX as usize) as u16,
+                    },
+                };
+                match &p.rep {
+                    RepSel::First | RepSel::Index(_) => {
+                        let k = match p.rep {
+                            RepSel::Index(k) => k,
+                            _ => 1,
+                        };
+                        match f.repeats.get(k - 1).map(|r| node(k, r)).and_then(descend) {
+                            Some(n) => Val::Node(n),
+                            None => Val::Empty,
+                        }
+                    }
+                    RepSel::All => Val::List(
+                        f.repeats
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(k, r)| descend(node(k + 1, r)))
+                            .map(Val::Node)
+                            .collect(),
+                    ),
+                    RepSel::Pred(c) => {
+                        for (k, r) in f.repeats.iter().enumerate() {
+                            let elem = Val::Node(node(k + 1, r));
+                            let inner = Scope {
+                                start: scope.start,
+                                end: scope.end,
+                                parent: scope.parent,
+                                elem: Some(&elem),
+                                position: k + 1,
+                            };
+                            if self.cond(c, &inner) {
+                                return match descend(node(k + 1, r)) {
+                                    Some(n) => Val::Node(n),
+                                    None => Val::Empty,
+                                };
+                            }
+                        }
+                        Val::Empty
+                    }
+                }
+            }
+        }
+    }
+
+    /// The text of a value (lists: the first non-empty element).
+    fn text_of(&self, v: Val<'a>) -> Cow<'a, str> {
+        match v {
+            Val::Empty => Cow::Borrowed(""),
+            Val::Text(t) => t,
+            Val::Node(n) => n.text(&self.seps),
+            Val::Json(Value::String(s)) => Cow::Owned(s),
+            Val::Json(Value::Null) => Cow::Borrowed(""),
+            Val::Json(j) => Cow::Owned(j.to_string()),
+            Val::List(items) => items
+                .into_iter()
+                .find(|i| !i.is_empty())
+                .map(|i| self.text_of(i))
+                .unwrap_or(Cow::Borrowed("")),
+        }
+    }
+
+    /// Every text of a value (lists: each element), trimmed.
+    fn texts(&self, v: Val<'a>, out: &mut Vec<Cow<'a, str>>) {
+        match v {
+            Val::List(items) => {
+                for i in items {
+                    self.texts(i, out);
+                }
+            }
+            v => out.push(trim_cow(self.text_of(v))),
+        }
+    }
+
+    fn transform(
+        &mut self,
+        t: &Transform,
+        v: Val<'a>,
+        loc: Option<Loc>,
+        scope: &Scope<'_, 'a>,
+    ) -> Val<'a> {
+        match t {
+            Transform::Default(d) => {
+                return if v.is_empty() {
+                    Val::Text(Cow::Owned(d.clone()))
+                } else {
+                    v
+                }
+            }
+            Transform::Join(sep) => {
+                let mut texts = Vec::new();
+                self.texts(v, &mut texts);
+                texts.retain(|t| !t.is_empty());
+                return if texts.is_empty() {
+                    Val::Empty
+                } else {
+                    Val::Text(Cow::Owned(texts.join(sep.as_str())))
+                };
+            }
+            Transform::When(c) => {
+                return if self.cond(c, scope) { v } else { Val::Empty };
+            }
+            _ => {}
+        }
+        if let Val::List(items) = v {
+            return Val::List(
+                items
+                    .into_iter()
+                    .map(|i| {
+                        let l = match &i {
+                            Val::Node(n) => Some(n.loc),
+                            _ => loc,
+                        };
+                        self.transform(t, i, l, scope)
+                    })
+                    .filter(|i| !i.is_empty())
+                    .collect(),
+            );
+        }
+        if v.is_empty() {
+            return Val::Empty;
+        }
+        if let Transform::Builtin(dt, tz) = t {
+            return match v {
+                Val::Node(n) => {
+                    let mut warnings = Vec::new();
+                    let out = datatypes::build(*dt, n, &self.seps, tz, &mut warnings);
+                    for w in warnings {
+                        self.warn(Some(n.loc), w);
+                    }
+                    out.map(Val::Json).unwrap_or(Val::Empty)
+                }
+                other => {
+                    let text = self.text_of(other);
+                    datatypes::build_text(*dt, text.trim())
+                        .map(Val::Json)
+                        .unwrap_or(Val::Empty)
+                }
+            };
+        }
+        if let Transform::Lookup(i) = t {
+            let key = self.text_of(v);
+            let key = key.trim();
+            return match self
+                .plan
+                .tables
+                .get(*i)
+                .and_then(|tb| tb.get(key).or_else(|| tb.get("*")))
+            {
+                Some(Value::String(s)) => Val::Text(Cow::Owned(s.clone())),
+                Some(j) => Val::Json(j.clone()),
+                None => Val::Empty,
+            };
+        }
+        let text = self.text_of(v);
+        match t {
+            Transform::Trim => Val::Text(trim_cow(text)),
+            Transform::Upper => Val::Text(Cow::Owned(text.to_uppercase())),
+            Transform::Lower => Val::Text(Cow::Owned(text.to_lowercase())),
+            Transform::Date => match transform::hl7_date(&text) {
+                Ok(d) => Val::Text(Cow::Owned(d)),
+                Err(e) => {
+                    self.warn(loc, e);
+                    Val::Empty
+                }
+            },
+            Transform::DateTime(tz) => match transform::hl7_datetime(&text, tz) {
+                Ok(d) => Val::Text(Cow::Owned(d)),
+                Err(e) => {
+                    self.warn(loc, e);
+                    Val::Empty
+                }
+            },
+            Transform::NhsNumber => match transform::nhs_number(&text) {
+                Some(n) => Val::Text(Cow::Owned(n)),
+                None => {
+                    self.warn(
+                        loc,
+                        format!(
+                            "NHS number {} fails modulus 11; kept as a local identifier",
+                            text.trim()
+                        ),
+                    );
+                    Val::Empty
+                }
+            },
+            Transform::RegexReplace(re, rep) => {
+                Val::Text(Cow::Owned(re.replace_all(&text, rep.as_str()).into_owned()))
+            }
+            Transform::Number => match transform::number(&text) {
+                Some(n) => Val::Json(Value::Number(n)),
+                None => {
+                    self.warn(loc, format!("`{}` is not a number", text.trim()));
+                    Val::Empty
+                }
+            },
+            Transform::Uuid5(kind) => Val::Text(Cow::Owned(transform::uuid5(kind, text.trim()))),
+            // handled above
+            Transform::Default(_)
+            | Transform::Join(_)
+            | Transform::When(_)
+            | Transform::Lookup(_)
+            | Transform::Builtin(..) => Val::Empty,
+        }
+    }
+
+    // ---- conditions ------------------------------------------------------------
+
+    fn cond(&mut self, c: &Cond, scope: &Scope<'_, 'a>) -> bool {
+        match c {
+            Cond::Or(cs) => cs.iter().any(|c| self.cond(c, scope)),
+            Cond::And(cs) => cs.iter().all(|c| self.cond(c, scope)),
+            Cond::Not(c) => !self.cond(c, scope),
+            Cond::Empty(e) => self.expr(e, scope).is_empty(),
+            Cond::NonEmpty(e) => !self.expr(e, scope).is_empty(),
+            Cond::NoSegment(name) => self.find_segment(name, scope).is_none(),
+            Cond::Compare { left, eq, right } => {
+                let (l, r) = (self.expr(left, scope), self.expr(right, scope));
+                let (mut lt, mut rt) = (Vec::new(), Vec::new());
+                self.texts(l, &mut lt);
+                self.texts(r, &mut rt);
+                let any = lt.iter().any(|a| rt.iter().any(|b| a == b));
+                any == *eq
+            }
+            Cond::In { left, set } => {
+                let l = self.expr(left, scope);
+                let mut lt = Vec::new();
+                self.texts(l, &mut lt);
+                lt.iter().any(|a| set.iter().any(|s| s == a.as_ref()))
+            }
+        }
+    }
+}
+
+/// Does `document` contain `fragment`? Objects: every member of the fragment is
+/// present and contains the fragment's value; arrays: every element of the fragment
+/// is contained in some element of the document's array; scalars: equal.
+/// A fragment that is not an array also matches an array holding a matching element.
+pub fn contains_fragment(document: &Value, fragment: &Value) -> bool {
+    match (document, fragment) {
+        (Value::Object(d), Value::Object(f)) => {
+            f.iter()
+                .all(|(k, fv)| d.get(k).is_some_and(|dv| contains_fragment(dv, fv)))
+                || d.values().any(|dv| dv.is_object() || dv.is_array())
+                    && d.values().any(|dv| contains_fragment(dv, fragment))
+        }
+        (Value::Array(d), Value::Array(f)) => f
+            .iter()
+            .all(|fv| d.iter().any(|dv| contains_fragment(dv, fv))),
+        (Value::Array(d), f) => d.iter().any(|dv| contains_fragment(dv, f)),
+        (d, f) => d == f,
+    }
+}

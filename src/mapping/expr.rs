@@ -1,0 +1,644 @@
+//! The expression language of mapping files: paths, pipelines of transforms, and
+//! the boolean conditions of `when` and path predicates. Parsing only; evaluation
+//! is in `eval.rs`.
+//!
+//! ```text
+//! expr      := term ( '|' ( term | transform ) )*      left to right; a term after `|`
+//!                                                      is an alternative (first non-empty)
+//! term      := path | 'literal' | $macro | concat(expr, ...) | position()
+//! path      := SEG '-' field [ '[' (n | '*' | cond) ']' ] [ '.' comp [ '.' sub ] ]
+//!            | '.' comp [ '.' sub ]  |  '.'            (relative to the `each` element)
+//! transform := name [ '(' arg, ... ')' ]
+//! cond      := and ( 'or' and )* ;  and := not ( 'and' not )* ;  not := 'not' not | atom
+//! atom      := '(' cond ')' | empty(expr | SEG) | expr ( '=' | '!=' ) expr
+//!            | expr 'in' '(' 'a', 'b' ')' | expr        (non-empty)
+//! ```
+//!
+//! # Invariants
+//! - A parse error carries the byte offset in the expression text, so the caller
+//!   can point at `file:line:col`.
+//! - Transform arguments (regexes, tables, time zones) are resolved by the caller
+//!   through [`Resolver`], at load time.
+
+use super::transform::Transform;
+
+/// A byte offset in an expression and what went wrong there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExprError {
+    pub offset: usize,
+    pub message: String,
+}
+
+/// A compiled expression: a term followed by stages.
+#[derive(Debug, Clone)]
+pub(crate) struct Expr {
+    pub first: Term,
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Stage {
+    /// `| term`: used when the value so far is empty.
+    Alt(Term),
+    /// `| transform`: applied to the value so far.
+    Transform(Transform),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Term {
+    Path(Path),
+    Literal(String),
+    Macro(usize),
+    Concat(Vec<Expr>),
+    Position,
+}
+
+/// Which repetitions of a field a path selects.
+#[derive(Debug, Clone)]
+pub(crate) enum RepSel {
+    /// No brackets: the first repetition.
+    First,
+    /// `[n]`, 1-based.
+    Index(usize),
+    /// `[*]`: all repetitions (a list).
+    All,
+    /// `[cond]`: the first repetition for which the condition holds.
+    Pred(Box<Cond>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Anchor {
+    /// `SEG-n`: field n of the nearest segment named SEG in scope.
+    Field { segment: String, field: usize },
+    /// `.c.s` / `.`: relative to the current `each` element.
+    Relative,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Path {
+    pub anchor: Anchor,
+    pub rep: RepSel,
+    pub comp: Option<usize>,
+    pub sub: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Cond {
+    Or(Vec<Cond>),
+    And(Vec<Cond>),
+    Not(Box<Cond>),
+    /// `empty(expr)`.
+    Empty(Expr),
+    /// `empty(SEG)`: no such segment in scope.
+    NoSegment(String),
+    /// `a = b` (`eq`) or `a != b`.
+    Compare {
+        left: Expr,
+        eq: bool,
+        right: Expr,
+    },
+    /// `a in ('x', 'y')`.
+    In {
+        left: Expr,
+        set: Vec<String>,
+    },
+    /// A bare expression: true when non-empty.
+    NonEmpty(Expr),
+}
+
+/// Resolves the names an expression refers to (macros, tables, transform args).
+pub(crate) trait Resolver {
+    fn macro_index(&mut self, name: &str) -> Option<usize>;
+    /// Builds a transform from its name and raw arguments; `Err` is the message.
+    fn transform(&mut self, name: &str, args: &[(String, usize)]) -> Result<Transform, String>;
+}
+
+pub(crate) fn parse_expr(src: &str, resolver: &mut dyn Resolver) -> Result<Expr, ExprError> {
+    let mut p = Parser {
+        src,
+        pos: 0,
+        resolver,
+    };
+    let e = p.expr()?;
+    p.ws();
+    if p.pos < src.len() {
+        return Err(p.err(format!(
+            "unexpected `{}`, expected `|` or the end of the expression",
+            p.rest_token()
+        )));
+    }
+    Ok(e)
+}
+
+pub(crate) fn parse_cond(src: &str, resolver: &mut dyn Resolver) -> Result<Cond, ExprError> {
+    let mut p = Parser {
+        src,
+        pos: 0,
+        resolver,
+    };
+    let c = p.cond()?;
+    p.ws();
+    if p.pos < src.len() {
+        return Err(p.err(format!(
+            "unexpected `{}`, expected `and`, `or` or the end of the condition",
+            p.rest_token()
+        )));
+    }
+    Ok(c)
+}
+
+/// Parses a `for` value: `SEG` or `SEG > SEG > ...`.
+pub(crate) fn parse_for(src: &str) -> Result<Vec<String>, ExprError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for part in src.split('>') {
+        let lead = part.len() - part.trim_start().len();
+        let name = part.trim();
+        if !is_segment_name(name) {
+            return Err(ExprError {
+                offset: offset + lead,
+                message: format!(
+                    "bad segment name `{name}` in `for`, expected a segment like `OBR` or `OBR > OBX`"
+                ),
+            });
+        }
+        out.push(name.to_string());
+        offset += part.len() + 1;
+    }
+    Ok(out)
+}
+
+pub(crate) fn is_segment_name(s: &str) -> bool {
+    s.len() == 3
+        && s.as_bytes()[0].is_ascii_uppercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+struct Parser<'s, 'r> {
+    src: &'s str,
+    pos: usize,
+    resolver: &'r mut dyn Resolver,
+}
+
+impl Parser<'_, '_> {
+    fn err(&self, message: String) -> ExprError {
+        ExprError {
+            offset: self.pos,
+            message,
+        }
+    }
+
+    fn rest_token(&self) -> String {
+        self.src[self.pos..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .take(20)
+            .collect()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.pos).copied()
+    }
+
+    fn peek_at(&self, n: usize) -> Option<u8> {
+        self.src.as_bytes().get(self.pos + n).copied()
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        self.ws();
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, b: u8, what: &str) -> Result<(), ExprError> {
+        if self.eat(b) {
+            Ok(())
+        } else {
+            Err(self.err(format!(
+                "expected `{}` {what}, found `{}`",
+                b as char,
+                self.found()
+            )))
+        }
+    }
+
+    fn found(&self) -> String {
+        if self.pos >= self.src.len() {
+            "end of expression".to_string()
+        } else {
+            self.rest_token()
+        }
+    }
+
+    fn ident(&mut self) -> Option<&str> {
+        let start = self.pos;
+        let bytes = self.src.as_bytes();
+        if start < bytes.len() && (bytes[start].is_ascii_alphabetic() || bytes[start] == b'_') {
+            let mut end = start + 1;
+            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+                end += 1;
+            }
+            self.pos = end;
+            Some(&self.src[start..end])
+        } else {
+            None
+        }
+    }
+
+    fn number(&mut self) -> Option<usize> {
+        let start = self.pos;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.pos += 1;
+        }
+        if start == self.pos {
+            return None;
+        }
+        self.src[start..self.pos].parse().ok()
+    }
+
+    /// A positive 1-based number (field, component, repetition).
+    fn index(&mut self, what: &str) -> Result<usize, ExprError> {
+        let at = self.pos;
+        match self.number() {
+            Some(n) if (1..=9999).contains(&n) => Ok(n),
+            Some(n) => Err(ExprError {
+                offset: at,
+                message: format!("{what} number {n} out of range, expected 1 to 9999"),
+            }),
+            None => Err(self.err(format!(
+                "expected a {what} number, found `{}`",
+                self.found()
+            ))),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, ExprError> {
+        // at the opening quote
+        let open = self.pos;
+        self.pos += 1;
+        let mut out = String::new();
+        let rest = &self.src[self.pos..];
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\'' => {
+                    self.pos += i + 1;
+                    return Ok(out);
+                }
+                '\\' => match chars.clone().next() {
+                    Some((_, '\'')) => {
+                        chars.next();
+                        out.push('\'');
+                    }
+                    Some((_, '\\')) => {
+                        chars.next();
+                        out.push('\\');
+                    }
+                    _ => out.push('\\'),
+                },
+                c => out.push(c),
+            }
+        }
+        Err(ExprError {
+            offset: open,
+            message: "unterminated string, expected a closing `'`".to_string(),
+        })
+    }
+
+    fn expr(&mut self) -> Result<Expr, ExprError> {
+        self.ws();
+        let first = match self.term()? {
+            Some(t) => t,
+            None => {
+                return Err(self.err(format!(
+                    "expected a path (`PID-3`), a 'literal', a $macro or concat(...), found `{}`",
+                    self.found()
+                )))
+            }
+        };
+        let mut stages = Vec::new();
+        loop {
+            self.ws();
+            // `||` is not an operator; a single `|` starts a stage
+            if self.peek() != Some(b'|') {
+                break;
+            }
+            self.pos += 1;
+            self.ws();
+            if let Some(t) = self.term()? {
+                stages.push(Stage::Alt(t));
+            } else {
+                stages.push(Stage::Transform(self.transform()?));
+            }
+        }
+        Ok(Expr { first, stages })
+    }
+
+    /// A term, or `None` (position unchanged) if the input does not start one.
+    fn term(&mut self) -> Result<Option<Term>, ExprError> {
+        self.ws();
+        match self.peek() {
+            Some(b'\'') => Ok(Some(Term::Literal(self.string()?))),
+            Some(b'.') => Ok(Some(Term::Path(self.relative_path()?))),
+            Some(b'$') => {
+                let at = self.pos;
+                self.pos += 1;
+                let name = match self.ident() {
+                    Some(n) => n.to_string(),
+                    None => {
+                        return Err(self.err("expected a macro name after `$`".to_string()));
+                    }
+                };
+                match self.resolver.macro_index(&name) {
+                    Some(i) => Ok(Some(Term::Macro(i))),
+                    None => Err(ExprError {
+                        offset: at,
+                        message: format!(
+                            "unknown macro `${name}`, expected a name defined in [let]"
+                        ),
+                    }),
+                }
+            }
+            Some(b) if b.is_ascii_alphabetic() => {
+                let start = self.pos;
+                let name = self.ident().unwrap_or_default().to_string();
+                if self.peek() == Some(b'-') && is_segment_name(&name) {
+                    self.pos = start;
+                    return Ok(Some(Term::Path(self.segment_path()?)));
+                }
+                match name.as_str() {
+                    "concat" if self.peek() == Some(b'(') => {
+                        self.pos += 1;
+                        let mut parts = Vec::new();
+                        loop {
+                            parts.push(self.expr()?);
+                            if self.eat(b',') {
+                                continue;
+                            }
+                            self.expect(b')', "to close concat(")?;
+                            break;
+                        }
+                        Ok(Some(Term::Concat(parts)))
+                    }
+                    "position" if self.peek() == Some(b'(') => {
+                        self.pos += 1;
+                        self.expect(b')', "after position(")?;
+                        Ok(Some(Term::Position))
+                    }
+                    _ => {
+                        self.pos = start;
+                        Ok(None)
+                    }
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn transform(&mut self) -> Result<Transform, ExprError> {
+        let at = self.pos;
+        let name = match self.ident() {
+            Some(n) => n.to_string(),
+            None => {
+                return Err(self.err(format!(
+                    "expected a transform or a term after `|`, found `{}`",
+                    self.found()
+                )))
+            }
+        };
+        if name == "when" {
+            self.expect(b'(', "after `when`")?;
+            let c = self.cond()?;
+            self.expect(b')', "to close when(")?;
+            return Ok(Transform::When(Box::new(c)));
+        }
+        let mut args = Vec::new();
+        if self.peek() == Some(b'(') {
+            self.pos += 1;
+            loop {
+                self.ws();
+                if self.peek() == Some(b')') && args.is_empty() {
+                    self.pos += 1;
+                    break;
+                }
+                let arg_at = self.pos;
+                let arg = if self.peek() == Some(b'\'') {
+                    self.string()?
+                } else {
+                    let start = self.pos;
+                    while let Some(b) = self.peek() {
+                        if b == b',' || b == b')' || b.is_ascii_whitespace() {
+                            break;
+                        }
+                        self.pos += 1;
+                    }
+                    if start == self.pos {
+                        return Err(self.err(format!(
+                            "expected an argument of `{name}`, found `{}`",
+                            self.found()
+                        )));
+                    }
+                    self.src[start..self.pos].to_string()
+                };
+                args.push((arg, arg_at));
+                if self.eat(b',') {
+                    continue;
+                }
+                self.expect(b')', &format!("to close the arguments of `{name}`"))?;
+                break;
+            }
+        }
+        self.resolver
+            .transform(&name, &args)
+            .map_err(|message| ExprError {
+                offset: at,
+                message,
+            })
+    }
+
+    fn segment_path(&mut self) -> Result<Path, ExprError> {
+        let segment = self.ident().unwrap_or_default().to_string();
+        // at '-'
+        self.pos += 1;
+        let field = self.index("field")?;
+        let rep = self.rep_sel()?;
+        let (comp, sub) = self.comp_sub()?;
+        Ok(Path {
+            anchor: Anchor::Field { segment, field },
+            rep,
+            comp,
+            sub,
+        })
+    }
+
+    fn relative_path(&mut self) -> Result<Path, ExprError> {
+        let (comp, sub) = if matches!(self.peek_at(1), Some(b'0'..=b'9')) {
+            self.comp_sub()?
+        } else {
+            self.pos += 1; // `.` alone: the element itself
+            (None, None)
+        };
+        Ok(Path {
+            anchor: Anchor::Relative,
+            rep: RepSel::First,
+            comp,
+            sub,
+        })
+    }
+
+    fn comp_sub(&mut self) -> Result<(Option<usize>, Option<usize>), ExprError> {
+        let mut comp = None;
+        let mut sub = None;
+        if self.peek() == Some(b'.') && matches!(self.peek_at(1), Some(b'0'..=b'9')) {
+            self.pos += 1;
+            comp = Some(self.index("component")?);
+            if self.peek() == Some(b'.') && matches!(self.peek_at(1), Some(b'0'..=b'9')) {
+                self.pos += 1;
+                sub = Some(self.index("subcomponent")?);
+            }
+        }
+        Ok((comp, sub))
+    }
+
+    fn rep_sel(&mut self) -> Result<RepSel, ExprError> {
+        if self.peek() != Some(b'[') {
+            return Ok(RepSel::First);
+        }
+        self.pos += 1;
+        self.ws();
+        let sel = match self.peek() {
+            Some(b'*') => {
+                self.pos += 1;
+                RepSel::All
+            }
+            Some(b'0'..=b'9') => RepSel::Index(self.index("repetition")?),
+            _ => RepSel::Pred(Box::new(self.cond()?)),
+        };
+        self.expect(b']', "to close the repetition selector")?;
+        Ok(sel)
+    }
+
+    fn keyword(&mut self, kw: &str) -> bool {
+        self.ws();
+        let rest = &self.src[self.pos..];
+        if rest.starts_with(kw) {
+            let after = rest.as_bytes().get(kw.len()).copied();
+            if !matches!(after, Some(b) if b.is_ascii_alphanumeric() || b == b'_') {
+                self.pos += kw.len();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn cond(&mut self) -> Result<Cond, ExprError> {
+        let mut parts = vec![self.and()?];
+        while self.keyword("or") {
+            parts.push(self.and()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Cond::Or(parts)
+        })
+    }
+
+    fn and(&mut self) -> Result<Cond, ExprError> {
+        let mut parts = vec![self.not()?];
+        while self.keyword("and") {
+            parts.push(self.not()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Cond::And(parts)
+        })
+    }
+
+    fn not(&mut self) -> Result<Cond, ExprError> {
+        if self.keyword("not") {
+            return Ok(Cond::Not(Box::new(self.not()?)));
+        }
+        self.atom()
+    }
+
+    fn atom(&mut self) -> Result<Cond, ExprError> {
+        self.ws();
+        if self.eat(b'(') {
+            let c = self.cond()?;
+            self.expect(b')', "to close `(`")?;
+            return Ok(c);
+        }
+        let save = self.pos;
+        if self.keyword("empty") {
+            if self.eat(b'(') {
+                self.ws();
+                let start = self.pos;
+                if let Some(name) = self.ident().map(str::to_string) {
+                    self.ws();
+                    if is_segment_name(&name) && self.peek() == Some(b')') {
+                        self.pos += 1;
+                        return Ok(Cond::NoSegment(name));
+                    }
+                }
+                self.pos = start;
+                let e = self.expr()?;
+                self.expect(b')', "to close empty(")?;
+                return Ok(Cond::Empty(e));
+            }
+            self.pos = save;
+        }
+        let left = self.expr()?;
+        self.ws();
+        if self.peek() == Some(b'!') && self.peek_at(1) == Some(b'=') {
+            self.pos += 2;
+            let right = self.expr()?;
+            return Ok(Cond::Compare {
+                left,
+                eq: false,
+                right,
+            });
+        }
+        if self.peek() == Some(b'=') {
+            self.pos += 1;
+            let right = self.expr()?;
+            return Ok(Cond::Compare {
+                left,
+                eq: true,
+                right,
+            });
+        }
+        if self.keyword("in") {
+            self.expect(b'(', "after `in`")?;
+            let mut set = Vec::new();
+            loop {
+                self.ws();
+                if self.peek() != Some(b'\'') {
+                    return Err(self.err(format!(
+                        "expected a 'literal' in the `in` list, found `{}`",
+                        self.found()
+                    )));
+                }
+                set.push(self.string()?);
+                if self.eat(b',') {
+                    continue;
+                }
+                self.expect(b')', "to close the `in` list")?;
+                break;
+            }
+            return Ok(Cond::In { left, set });
+        }
+        Ok(Cond::NonEmpty(left))
+    }
+}

@@ -1,0 +1,474 @@
+//! Transforms (`| trim`, `| datetime(Europe/London)`, `| nhs_number`, ...): how they
+//! are resolved at load, and the pure string functions behind them.
+//!
+//! # Invariants
+//! - Everything that can fail at load (regex, time zone, table name, argument count)
+//!   fails in [`build`], so applying a transform never compiles or looks up anything.
+//! - The text functions here never panic on any input.
+
+use jiff::tz::TimeZone;
+use regex::Regex;
+
+use super::expr::Cond;
+
+/// The data-type built-ins: an HL7 composite to a FHIR element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataType {
+    /// CX → Identifier.
+    Cx,
+    /// XPN → HumanName.
+    Xpn,
+    /// XAD → Address.
+    Xad,
+    /// XTN → ContactPoint.
+    Xtn,
+    /// CE/CWE/CNE → CodeableConcept.
+    Cwe,
+    /// CE/CWE → Coding.
+    Coding,
+    /// XCN → Reference to a Practitioner by identifier.
+    Xcn,
+    /// XON → Reference to an Organization by ODS code.
+    Xon,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Transform {
+    Trim,
+    Upper,
+    Lower,
+    Date,
+    DateTime(TimeZone),
+    Lookup(usize),
+    NhsNumber,
+    RegexReplace(Regex, String),
+    Default(String),
+    Number,
+    Uuid5(String),
+    Join(String),
+    /// `| when(cond)`: keeps the value only if the condition holds.
+    When(Box<Cond>),
+    Builtin(DataType, TimeZone),
+}
+
+/// Every transform name, for "expected one of" messages.
+pub(crate) const NAMES: &str = "trim, upper, lower, date, datetime(Europe/London), lookup(table), \
+nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
+join('separator'), when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+
+/// Builds a transform from its name and raw arguments. `tables` are the names of
+/// the file's `[tables.*]`, by index.
+pub(crate) fn build(
+    name: &str,
+    args: &[(String, usize)],
+    tables: &[String],
+) -> Result<Transform, String> {
+    let argc = |n: usize| -> Result<(), String> {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{name}` takes {n} argument{}, found {}",
+                if n == 1 { "" } else { "s" },
+                args.len()
+            ))
+        }
+    };
+    let london = || london_tz();
+    Ok(match name {
+        "trim" => argc(0).map(|_| Transform::Trim)?,
+        "upper" => argc(0).map(|_| Transform::Upper)?,
+        "lower" => argc(0).map(|_| Transform::Lower)?,
+        "date" => argc(0).map(|_| Transform::Date)?,
+        "number" => argc(0).map(|_| Transform::Number)?,
+        "nhs_number" => argc(0).map(|_| Transform::NhsNumber)?,
+        "datetime" => {
+            let tz = match args.len() {
+                0 => london()?,
+                1 => TimeZone::get(&args[0].0).map_err(|_| {
+                    format!(
+                        "unknown time zone `{}`, expected an IANA name like `Europe/London`",
+                        args[0].0
+                    )
+                })?,
+                _ => return Err(format!("`datetime` takes 1 argument, found {}", args.len())),
+            };
+            Transform::DateTime(tz)
+        }
+        "lookup" => {
+            argc(1)?;
+            let t = &args[0].0;
+            match tables.iter().position(|n| n == t) {
+                Some(i) => Transform::Lookup(i),
+                None => {
+                    return Err(format!(
+                        "unknown table `{t}`, expected one of {}",
+                        if tables.is_empty() {
+                            "the [tables.*] of this file (there are none)".to_string()
+                        } else {
+                            tables.join(", ")
+                        }
+                    ))
+                }
+            }
+        }
+        "regex_replace" => {
+            argc(2)?;
+            let re = Regex::new(&args[0].0).map_err(|e| {
+                format!("bad regex `{}`: {}", args[0].0, first_line(&e.to_string()))
+            })?;
+            Transform::RegexReplace(re, args[1].0.clone())
+        }
+        "default" => {
+            argc(1)?;
+            Transform::Default(args[0].0.clone())
+        }
+        "uuid5" => match args.len() {
+            0 => Transform::Uuid5(String::new()),
+            1 => Transform::Uuid5(args[0].0.clone()),
+            n => return Err(format!("`uuid5` takes 0 or 1 argument, found {n}")),
+        },
+        "join" => match args.len() {
+            0 => Transform::Join(" ".to_string()),
+            1 => Transform::Join(args[0].0.replace("\\n", "\n")),
+            n => return Err(format!("`join` takes 0 or 1 argument, found {n}")),
+        },
+        "CX" | "XPN" | "XAD" | "XTN" | "CE" | "CWE" | "CNE" | "CODING" | "XCN" | "XON" => {
+            argc(0)?;
+            let dt = match name {
+                "CX" => DataType::Cx,
+                "XPN" => DataType::Xpn,
+                "XAD" => DataType::Xad,
+                "XTN" => DataType::Xtn,
+                "CE" | "CWE" | "CNE" => DataType::Cwe,
+                "CODING" => DataType::Coding,
+                "XCN" => DataType::Xcn,
+                _ => DataType::Xon,
+            };
+            Transform::Builtin(dt, london()?)
+        }
+        "TS" | "DTM" => argc(0).and_then(|_| Ok(Transform::DateTime(london()?)))?,
+        _ => {
+            return Err(format!(
+                "unknown transform `{name}`, expected one of {NAMES}"
+            ))
+        }
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().last().unwrap_or(s).trim().to_string()
+}
+
+fn london_tz() -> Result<TimeZone, String> {
+    TimeZone::get("Europe/London")
+        .map_err(|e| format!("time zone `Europe/London` is not available: {e}"))
+}
+
+/// The namespace of every deterministic id Junction mints.
+pub(crate) const ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6a75_6e63_7469_5f6f_8e6e_6d61_7070_696e);
+
+/// UUIDv5 of `kind|value` in [`ID_NAMESPACE`] (just `value` when `kind` is empty).
+pub(crate) fn uuid5(kind: &str, value: &str) -> String {
+    let id = if kind.is_empty() {
+        uuid::Uuid::new_v5(&ID_NAMESPACE, value.as_bytes())
+    } else {
+        let mut name = String::with_capacity(kind.len() + 1 + value.len());
+        name.push_str(kind);
+        name.push('|');
+        name.push_str(value);
+        uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+    };
+    let mut buf = uuid::Uuid::encode_buffer();
+    id.hyphenated().encode_lower(&mut buf).to_string()
+}
+
+/// The NHS number in `s` (spaces and hyphens ignored) if it is 10 digits and passes
+/// the modulus 11 check.
+pub(crate) fn nhs_number(s: &str) -> Option<String> {
+    let digits: Vec<u32> = s
+        .chars()
+        .filter(|c| *c != ' ' && *c != '-')
+        .map(|c| c.to_digit(10))
+        .collect::<Option<Vec<u32>>>()?;
+    if digits.len() != 10 {
+        return None;
+    }
+    let sum: u32 = digits[..9]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d * (10 - i as u32))
+        .sum();
+    let check = match 11 - (sum % 11) {
+        11 => 0,
+        10 => return None,
+        c => c,
+    };
+    if check != digits[9] {
+        return None;
+    }
+    Some(digits.iter().map(|d| char::from(b'0' + *d as u8)).collect())
+}
+
+/// HL7 DT/TS (`YYYY[MM[DD[...]]]`) to a FHIR date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`).
+pub(crate) fn hl7_date(s: &str) -> Result<String, String> {
+    let s = s.split('^').next().unwrap_or("").trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let bad = || format!("`{s}` is not an HL7 date, expected YYYY[MM[DD]]");
+    let d = &s[..digits];
+    match digits {
+        4 => {
+            let y: i16 = d.parse().map_err(|_| bad())?;
+            jiff::civil::Date::new(y, 1, 1).map_err(|_| bad())?;
+            Ok(d.to_string())
+        }
+        6 => {
+            let (y, m) = (num(&d[0..4]), num(&d[4..6]));
+            jiff::civil::Date::new(y, m as i8, 1).map_err(|_| bad())?;
+            Ok(format!("{}-{}", &d[0..4], &d[4..6]))
+        }
+        n if n >= 8 => {
+            let (y, m, dd) = (num(&d[0..4]), num(&d[4..6]), num(&d[6..8]));
+            jiff::civil::Date::new(y, m as i8, dd as i8).map_err(|_| bad())?;
+            Ok(format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8]))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// A number of at most 4 ASCII digits (already checked).
+fn num(s: &str) -> i16 {
+    s.bytes().fold(0i16, |acc, b| {
+        acc.saturating_mul(10).saturating_add((b - b'0') as i16)
+    })
+}
+
+/// HL7 TS/DTM to a FHIR dateTime. Date-only values stay dates; a time gets seconds
+/// and an offset: the explicit `+hhmm` of the value when present, otherwise the
+/// offset of `tz` at that local time (GMT or BST for Europe/London).
+pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
+    let s = s.split('^').next().unwrap_or("").trim();
+    let bad =
+        || format!("`{s}` is not an HL7 timestamp, expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]");
+    let b = s.as_bytes();
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut rest = &s[digits..];
+    let mut frac = "";
+    if let Some(r) = rest.strip_prefix('.') {
+        let n = r.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 || digits != 14 {
+            return Err(bad());
+        }
+        frac = &r[..n];
+        rest = &r[n..];
+    }
+    let offset = if rest.is_empty() {
+        None
+    } else {
+        let sign = match rest.as_bytes()[0] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return Err(bad()),
+        };
+        let o = &rest[1..];
+        if o.len() != 4 || !o.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let (h, m) = (num(&o[0..2]), num(&o[2..4]));
+        if h > 14 || m > 59 {
+            return Err(bad());
+        }
+        Some(sign * (h as i32 * 3600 + m as i32 * 60))
+    };
+    let d = &s[..digits];
+    match digits {
+        4 | 6 | 8 if frac.is_empty() => return hl7_date(d),
+        10 | 12 | 14 => {}
+        _ => return Err(bad()),
+    }
+    let (y, mo, dd) = (num(&d[0..4]), num(&d[4..6]), num(&d[6..8]));
+    let h = num(&d[8..10]);
+    let mi = if digits >= 12 { num(&d[10..12]) } else { 0 };
+    let sec = if digits >= 14 { num(&d[12..14]) } else { 0 };
+    let civil = jiff::civil::DateTime::new(y, mo as i8, dd as i8, h as i8, mi as i8, sec as i8, 0)
+        .map_err(|_| bad())?;
+    let offset_secs = match offset {
+        Some(o) => o,
+        None => civil
+            .to_zoned(tz.clone())
+            .map_err(|_| bad())?
+            .offset()
+            .seconds(),
+    };
+    let sign = if offset_secs < 0 { '-' } else { '+' };
+    let abs = offset_secs.unsigned_abs();
+    let mut out = format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, mo, dd, h, mi, sec);
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    out.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60));
+    Ok(out)
+}
+
+/// A decimal number as JSON (integers stay integers).
+pub(crate) fn number(s: &str) -> Option<serde_json::Number> {
+    let t = s.trim();
+    let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let mut parts = body.splitn(2, '.');
+    let int = parts.next().unwrap_or("");
+    let frac = parts.next();
+    let ok_int = !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit());
+    let ok_frac = frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
+    let ok_lead = int.is_empty() && frac.is_some_and(|f| !f.is_empty());
+    if !((ok_int || ok_lead) && ok_frac) {
+        return None;
+    }
+    let t = t.strip_prefix('+').unwrap_or(t);
+    if frac.is_none() {
+        if let Ok(i) = t.parse::<i64>() {
+            return Some(i.into());
+        }
+    }
+    t.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_nhs(input: &str, expected: Option<&str>) {
+        assert_eq!(nhs_number(input).as_deref(), expected, "input {input:?}");
+    }
+
+    #[test]
+    fn nhs_number_modulus_11() {
+        check_nhs("9434765919", Some("9434765919"));
+        check_nhs("943 476 5919", Some("9434765919"));
+        check_nhs("943-476-5919", Some("9434765919"));
+        check_nhs("9434765918", None); // wrong check digit
+        check_nhs("1234567890", None); // check digit would be 10
+        check_nhs("943476591", None); // 9 digits
+        check_nhs("94347659190", None);
+        check_nhs("94347659a9", None);
+        check_nhs("", None);
+        check_nhs("4010232137", Some("4010232137"));
+        check_nhs("9999999999", None);
+    }
+
+    fn check_date(input: &str, expected: Result<&str, ()>) {
+        assert_eq!(
+            hl7_date(input).map_err(|_| ()),
+            expected.map(str::to_string),
+            "{input:?}"
+        );
+    }
+
+    #[test]
+    fn dates() {
+        check_date("19650412", Ok("1965-04-12"));
+        check_date("196504", Ok("1965-04"));
+        check_date("1965", Ok("1965"));
+        check_date("20240229", Ok("2024-02-29"));
+        check_date("202402291230", Ok("2024-02-29"));
+        check_date("20230229", Err(()));
+        check_date("19651304", Err(()));
+        check_date("19", Err(()));
+        check_date("abc", Err(()));
+        check_date("", Err(()));
+        check_date("19650412^D", Ok("1965-04-12"));
+    }
+
+    fn check_dt(input: &str, expected: Result<&str, ()>) {
+        let tz = london_tz().unwrap();
+        assert_eq!(
+            hl7_datetime(input, &tz).map_err(|_| ()),
+            expected.map(str::to_string),
+            "{input:?}"
+        );
+    }
+
+    #[test]
+    fn datetimes_in_gmt_and_bst() {
+        check_dt("20240115093000", Ok("2024-01-15T09:30:00+00:00")); // GMT
+        check_dt("20240715093000", Ok("2024-07-15T09:30:00+01:00")); // BST
+        check_dt("202407150930", Ok("2024-07-15T09:30:00+01:00"));
+        check_dt("2024071509", Ok("2024-07-15T09:00:00+01:00"));
+        check_dt("20240715093000.1234", Ok("2024-07-15T09:30:00.1234+01:00"));
+        check_dt("20240715093000-0500", Ok("2024-07-15T09:30:00-05:00")); // explicit wins
+        check_dt("20240115093000+0000", Ok("2024-01-15T09:30:00+00:00"));
+        check_dt("20240715", Ok("2024-07-15"));
+        check_dt("202407", Ok("2024-07"));
+        // the spring-forward gap (01:30 does not exist on 31 March 2024) moves forward
+        check_dt(
+            "20240331013000",
+            Ok("2024-03-31T02:30:00+01:00").map(|_| "2024-03-31T01:30:00+01:00"),
+        );
+        check_dt("20241315093000", Err(()));
+        check_dt("2024071509300", Err(()));
+        check_dt("20240715093000+25", Err(()));
+        check_dt("20240715093000+2500", Err(()));
+        check_dt("x", Err(()));
+        check_dt("", Err(()));
+    }
+
+    #[test]
+    fn numbers() {
+        let check = |s: &str, e: Option<&str>| {
+            assert_eq!(number(s).map(|n| n.to_string()).as_deref(), e, "{s:?}")
+        };
+        check("5", Some("5"));
+        check(" 5.30 ", Some("5.3"));
+        check("-0.5", Some("-0.5"));
+        check("+7", Some("7"));
+        check(".5", Some("0.5"));
+        check("5.", None);
+        check("1e5", None);
+        check("", None);
+        check(">5", None);
+        check("abc", None);
+    }
+
+    #[test]
+    fn uuid5_is_deterministic_and_kind_scoped() {
+        assert_eq!(uuid5("Patient", "x"), uuid5("Patient", "x"));
+        assert_ne!(uuid5("Patient", "x"), uuid5("Encounter", "x"));
+        assert_eq!(uuid5("", "x").len(), 36);
+    }
+
+    fn check_build(name: &str, args: &[&str], expected_err: Option<&str>) {
+        let args: Vec<(String, usize)> = args.iter().map(|a| (a.to_string(), 0)).collect();
+        let r = build(name, &args, &["gender".to_string()]);
+        match expected_err {
+            None => assert!(r.is_ok(), "{name}: {:?}", r.err()),
+            Some(e) => assert!(
+                r.as_ref().err().is_some_and(|m| m.contains(e)),
+                "{name}: {:?}",
+                r.err()
+            ),
+        }
+    }
+
+    #[test]
+    fn building_transforms() {
+        check_build("trim", &[], None);
+        check_build("trim", &["x"], Some("takes 0 arguments"));
+        check_build("lookup", &["gender"], None);
+        check_build(
+            "lookup",
+            &["sex"],
+            Some("unknown table `sex`, expected one of gender"),
+        );
+        check_build("datetime", &["Europe/London"], None);
+        check_build("datetime", &["Mars/Olympus"], Some("unknown time zone"));
+        check_build("regex_replace", &["[", "x"], Some("bad regex"));
+        check_build("regex_replace", &["\\s+", ""], None);
+        check_build(
+            "uppercse",
+            &[],
+            Some("unknown transform `uppercse`, expected one of trim"),
+        );
+        check_build("XPN", &[], None);
+    }
+}

@@ -1,0 +1,539 @@
+//! End-to-end intake over real sockets and a real SQLite journal: the engine
+//! is started through the library (`engine::start`) on `127.0.0.1:0` with a
+//! config file in a temporary folder, and spoken to with plain TCP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use junction::engine::{self, RunningEngine};
+use junction::journal::{MessageQuery, MessageSummary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const VT: u8 = 0x0B;
+const FS: u8 = 0x1C;
+const CR: u8 = 0x0D;
+/// Guards against a hung test; never an assertion about speed.
+const PATIENCE: Duration = Duration::from_secs(15);
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+struct Fixture {
+    engine: RunningEngine,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("junction.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[listeners.pas]\nbind = \"127.0.0.1:0\"\nidle_timeout_secs = 1\n\
+             max_message_bytes = {MAX_MESSAGE_BYTES}\nmax_connections = 64\n\n\
+             [store]\npath = \"data/journal.db\"\nsync = \"full\"\n\n\
+             [api]\nbind = \"127.0.0.1:0\"\n\n[engine]\nshutdown_timeout_secs = 5\n"
+        ),
+    )
+    .unwrap();
+    let config = junction::config::load(&config_path).unwrap_or_else(|d| panic!("{d}"));
+    let engine = engine::start(config, dir.path()).await.unwrap();
+    let addr = engine.listener_addr("pas").unwrap();
+    assert!(dir.path().join("data/journal.db").exists());
+    Fixture {
+        engine,
+        addr,
+        _dir: dir,
+    }
+}
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
+}
+
+fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(samples().join(name)).unwrap()
+}
+
+/// The A01 sample with MSH-10 replaced by `control_id`.
+fn a01_with_control_id(control_id: &str) -> Vec<u8> {
+    let text = String::from_utf8(sample("adt_a01_admission.hl7")).unwrap();
+    let original = field(&text, "MSH", 10);
+    text.replacen(&format!("|{original}|"), &format!("|{control_id}|"), 1)
+        .into_bytes()
+}
+
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![VT];
+    out.extend_from_slice(message);
+    out.extend_from_slice(&[FS, CR]);
+    out
+}
+
+/// Field `n` of the first `segment` (MSH counts its field separator as MSH-1).
+fn field(message: &str, segment: &str, n: usize) -> String {
+    let line = message
+        .split(['\r', '\n'])
+        .find(|s| s.starts_with(segment))
+        .unwrap_or_else(|| panic!("no {segment} in {message:?}"));
+    let parts: Vec<&str> = line.split('|').collect();
+    let index = if segment == "MSH" { n - 1 } else { n };
+    parts.get(index).copied().unwrap_or("").to_string()
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}
+
+/// Reads one MLLP frame; `None` if the connection closed first.
+async fn read_frame(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == [FS, CR]) {
+            assert_eq!(buf[0], VT, "reply starts with VT");
+            return Some(String::from_utf8(buf[1..end].to_vec()).unwrap());
+        }
+        // A reset counts as closed.
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("no reply within the test's patience")
+            .unwrap_or_default();
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&byte[..n]);
+    }
+}
+
+async fn send(stream: &mut TcpStream, message: &[u8]) -> String {
+    stream.write_all(&frame(message)).await.unwrap();
+    read_frame(stream)
+        .await
+        .expect("an ACK, not a closed connection")
+}
+
+/// Waits for the server to close the connection (EOF or reset).
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut byte = [0u8; 64];
+    let read = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+        .await
+        .expect("connection still open after the test's patience");
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("expected a closed connection, got {n} byte(s)"),
+    }
+}
+
+async fn search(engine: &RunningEngine, f: impl FnOnce(&mut MessageQuery)) -> Vec<MessageSummary> {
+    let mut q = MessageQuery::default();
+    f(&mut q);
+    engine.journal().search(q).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_adt_gets_aa_naming_its_control_id() {
+    let fx = start().await;
+    let message = sample("adt_a01_admission.hl7");
+    let control_id = field(std::str::from_utf8(&message).unwrap(), "MSH", 10);
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, &message).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), control_id, "{ack}");
+    assert_eq!(field(&ack, "MSH", 9).split('^').next(), Some("ACK"));
+    assert_ne!(
+        field(&ack, "MSH", 10),
+        control_id,
+        "the ACK has its own control id"
+    );
+    let rows = search(&fx.engine, |q| q.control_id = Some(control_id.clone())).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "accepted");
+    assert_eq!(rows[0].ack_code, "AA");
+    assert_eq!(rows[0].message_type, "ADT^A01");
+    let detail = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        detail.ack.as_deref(),
+        Some(ack.as_str()),
+        "stored ACK is the sent ACK"
+    );
+    assert_eq!(
+        fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap(),
+        message,
+        "raw bytes kept exactly"
+    );
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sample_gets_aa_or_ca() {
+    let fx = start().await;
+    let mut conn = connect(fx.addr).await;
+    let mut sent = 0;
+    for entry in std::fs::read_dir(samples()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".hl7") || name.starts_with("batch") {
+            continue;
+        }
+        let ack = send(&mut conn, &std::fs::read(&path).unwrap()).await;
+        let code = field(&ack, "MSA", 1);
+        assert!(code == "AA" || code == "CA", "{name}: {ack}");
+        sent += 1;
+    }
+    assert!(sent >= 10, "expected the shipped samples, found {sent}");
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_resend_gets_identical_ack_and_one_row() {
+    let fx = start().await;
+    let message = a01_with_control_id("DUP0001");
+    let mut first = connect(fx.addr).await;
+    let ack1 = send(&mut first, &message).await;
+    drop(first);
+    // The sender never saw the ACK, say, and resends on a new connection.
+    let mut second = connect(fx.addr).await;
+    let ack2 = send(&mut second, &message).await;
+    assert_eq!(ack1, ack2, "byte-identical ACK for the resend");
+    assert_eq!(field(&ack1, "MSA", 1), "AA");
+    let rows = search(&fx.engine, |q| q.control_id = Some("DUP0001".into())).await;
+    assert_eq!(rows.len(), 1, "journaled once: {rows:?}");
+    let metrics = fx.engine.metrics().encode();
+    assert!(
+        metrics.contains("junction_messages_duplicate_total{listener=\"pas\"} 1"),
+        "{metrics}"
+    );
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_msh_gets_ar_with_err_and_the_connection_stays_open() {
+    let fx = start().await;
+    let bad = sample("bad/no_msh.hl7");
+    let mut conn = connect(fx.addr).await;
+    let nak = send(&mut conn, &bad).await;
+    assert_eq!(field(&nak, "MSA", 1), "AR", "{nak}");
+    assert!(nak.split('\r').any(|s| s.starts_with("ERR")), "{nak}");
+    // Same connection, next message: still served.
+    let ack = send(&mut conn, &a01_with_control_id("AFTERAR1")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    let rejected = search(&fx.engine, |q| q.status = Some("rejected".into())).await;
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].ack_code, "AR");
+    let raw = fx
+        .engine
+        .journal()
+        .raw(rejected[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw, bad, "rejected bytes are kept exactly");
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_msh9_gets_ae_with_err() {
+    let fx = start().await;
+    let bad = sample("bad/empty_msh9.hl7");
+    let control_id = field(std::str::from_utf8(&bad).unwrap(), "MSH", 10);
+    let mut conn = connect(fx.addr).await;
+    let nak = send(&mut conn, &bad).await;
+    let code = field(&nak, "MSA", 1);
+    assert!(code == "AE" || code == "AR", "{nak}");
+    assert_eq!(field(&nak, "MSA", 2), control_id, "{nak}");
+    let err = nak
+        .split('\r')
+        .find(|s| s.starts_with("ERR"))
+        .unwrap_or_else(|| panic!("no ERR in {nak}"));
+    assert!(
+        err.contains("MSH") && err.contains('9'),
+        "ERR names MSH-9: {err}"
+    );
+    let rows = search(&fx.engine, |q| q.status = Some("rejected".into())).await;
+    assert_eq!(rows.len(), 1);
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_that_connection_only_and_is_kept() {
+    let fx = start().await;
+    let mut good = connect(fx.addr).await;
+    let ack = send(&mut good, &a01_with_control_id("GOOD0001")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+
+    let garbage = sample("bad/random_bytes.bin");
+    let mut bad = connect(fx.addr).await;
+    // Random bytes that happen to start with VT would be a frame; make sure not.
+    let mut bytes = vec![b'X'];
+    bytes.extend_from_slice(&garbage);
+    bad.write_all(&bytes).await.unwrap();
+    assert_closed(&mut bad).await;
+
+    let ack = send(&mut good, &a01_with_control_id("GOOD0002")).await;
+    assert_eq!(
+        field(&ack, "MSA", 1),
+        "AA",
+        "the other connection is still served"
+    );
+    let rows = search(&fx.engine, |q| q.status = Some("garbage".into())).await;
+    assert_eq!(rows.len(), 1);
+    let kept = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+    assert!(
+        !kept.is_empty() && bytes.starts_with(&kept),
+        "kept bytes are what was sent"
+    );
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_over_the_limit_closes_and_keeps_the_bytes() {
+    let fx = start().await;
+    let mut big = a01_with_control_id("BIG00001");
+    big.extend(std::iter::repeat_n(b'Z', MAX_MESSAGE_BYTES + 10));
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(&frame(&big)).await.ok();
+    assert_closed(&mut conn).await;
+    let rows = search(&fx.engine, |q| q.status = Some("garbage".into())).await;
+    assert_eq!(rows.len(), 1);
+    let detail = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
+    assert!(
+        detail.error.as_deref().unwrap_or("").contains("limit"),
+        "{detail:?}"
+    );
+    let kept = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+    assert!(
+        kept.len() >= MAX_MESSAGE_BYTES / 2,
+        "kept {} bytes",
+        kept.len()
+    );
+    assert!(frame(&big).starts_with(&kept));
+    // And the listener still serves.
+    let mut next = connect(fx.addr).await;
+    let ack = send(&mut next, &a01_with_control_id("AFTERBIG")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_frame_then_silence_is_closed_after_the_idle_timeout() {
+    let fx = start().await;
+    let message = a01_with_control_id("HALF0001");
+    let mut conn = connect(fx.addr).await;
+    let mut half = vec![VT];
+    half.extend_from_slice(&message[..message.len() / 2]);
+    conn.write_all(&half).await.unwrap();
+    // idle_timeout_secs = 1 in the test config.
+    assert_closed(&mut conn).await;
+    let rows = search(&fx.engine, |q| q.status = Some("garbage".into())).await;
+    assert_eq!(rows.len(), 1);
+    let kept = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(kept, half, "the unfinished frame is kept");
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connections_all_get_aa() {
+    let fx = start().await;
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let addr = fx.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = connect(addr).await;
+            for m in 0..20 {
+                let control_id = format!("C{c:02}M{m:03}");
+                let ack = send(&mut conn, &a01_with_control_id(&control_id)).await;
+                assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+                assert_eq!(field(&ack, "MSA", 2), control_id);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rows = search(&fx.engine, |q| {
+        q.status = Some("accepted".into());
+        q.limit = Some(1000);
+    })
+    .await;
+    assert_eq!(rows.len(), 320);
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_frames_are_answered_in_order() {
+    let fx = start().await;
+    let mut conn = connect(fx.addr).await;
+    let mut bytes = Vec::new();
+    for i in 0..5 {
+        bytes.extend(frame(&a01_with_control_id(&format!("PIPE{i}"))));
+    }
+    conn.write_all(&bytes).await.unwrap();
+    for i in 0..5 {
+        let ack = read_frame(&mut conn).await.unwrap();
+        assert_eq!(field(&ack, "MSA", 2), format!("PIPE{i}"));
+    }
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_gets_one_batch_ack_with_each_message_acknowledged() {
+    let fx = start().await;
+    let batch = sample("batch_adt.hl7");
+    let text = String::from_utf8(batch.clone()).unwrap();
+    let control_ids: Vec<String> = text
+        .split(['\r', '\n'])
+        .filter(|s| s.starts_with("MSH"))
+        .map(|s| field(s, "MSH", 10))
+        .collect();
+    assert!(control_ids.len() >= 2);
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, &batch).await;
+    let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
+    assert!(segments[0].starts_with("FHS|"), "{ack}");
+    assert!(segments[1].starts_with("BHS|"), "{ack}");
+    let msas: Vec<&&str> = segments.iter().filter(|s| s.starts_with("MSA")).collect();
+    assert_eq!(msas.len(), control_ids.len(), "{ack}");
+    for (msa, control_id) in msas.iter().zip(&control_ids) {
+        assert_eq!(field(msa, "MSA", 1), "AA", "{ack}");
+        assert_eq!(&field(msa, "MSA", 2), control_id);
+    }
+    assert_eq!(
+        segments[segments.len() - 2],
+        format!("BTS|{}", control_ids.len())
+    );
+    assert_eq!(segments[segments.len() - 1], "FTS|1");
+    let rows = search(&fx.engine, |q| q.limit = Some(1000)).await;
+    assert_eq!(rows.len(), control_ids.len(), "one row per message");
+    // A resend of the whole batch is answered from the journal, stored once.
+    let again = send(&mut conn, &batch).await;
+    let msas_again: Vec<&str> = again.split('\r').filter(|s| s.starts_with("MSA")).collect();
+    assert_eq!(msas_again, msas.iter().map(|s| **s).collect::<Vec<_>>());
+    let rows = search(&fx.engine, |q| q.limit = Some(1000)).await;
+    assert_eq!(rows.len(), control_ids.len());
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_mode_accept_ack_is_ca() {
+    let fx = start().await;
+    let message = sample("adt_a04_outpatient_enhanced_ack.hl7");
+    assert_eq!(
+        field(std::str::from_utf8(&message).unwrap(), "MSH", 15),
+        "AL"
+    );
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, &message).await;
+    assert_eq!(field(&ack, "MSA", 1), "CA", "{ack}");
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_closes_idle_connections_and_returns() {
+    let fx = start().await;
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, &a01_with_control_id("BEFORESTOP")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    let journal = fx.engine.journal().clone();
+    fx.engine.stop().await;
+    assert_closed(&mut conn).await;
+    assert!(
+        TcpStream::connect(fx.addr).await.is_err(),
+        "no longer accepting"
+    );
+    let rows = journal.search(MessageQuery::default()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+/// A port free right now (bound then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_binary_config(dir: &Path, mllp_port: u16, api_port: u16) -> PathBuf {
+    let path = dir.join("junction.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listeners.pas]\nbind = \"127.0.0.1:{mllp_port}\"\n\n\
+             [store]\npath = \"data/journal.db\"\n\n\
+             [api]\nbind = \"127.0.0.1:{api_port}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn junction_serve(config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_answers_then_drains_on_sigterm_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_binary_config(dir.path(), port, free_port());
+    let child = junction_serve(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut conn = None;
+    for _ in 0..300 {
+        if let Ok(c) = TcpStream::connect(addr).await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = conn.expect("junction serve never listened");
+    let ack = send(&mut conn, &a01_with_control_id("BIN00001")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_closed(&mut conn).await;
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&exit.stderr);
+    assert_eq!(exit.status.code(), Some(0), "{log}");
+    assert!(log.contains("MLLP listener bound"), "{log}");
+    assert!(log.contains("sync"), "{log}");
+    assert!(
+        log.contains("BIN00001"),
+        "one line per message outcome: {log}"
+    );
+    assert!(dir.path().join("data/journal.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_exits_2_when_the_port_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = write_binary_config(dir.path(), port, free_port());
+    let child = junction_serve(&config);
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&exit.stderr);
+    assert_eq!(exit.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")),
+        "names the address: {log}"
+    );
+    assert!(log.contains("pas"), "names the listener: {log}");
+    drop(taken);
+}
