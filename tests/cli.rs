@@ -143,3 +143,39 @@ fn syntax_error_and_missing_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot read config file"), "{stderr}");
 }
+
+/// A port nothing listens on (free a moment ago).
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn send_and_load_exit_2_when_they_cannot_connect() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let to = closed_port();
+    let out = junction(
+        &["send", "--to", &to, "samples/adt_a01_admission.hl7"],
+        root,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to {to}")),
+        "{stderr}"
+    );
+
+    let out = junction(&["load", "--to", &to, "--messages", "5"], root);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn send_finds_no_message_in_a_file_without_msh() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "nothing to see\n").unwrap();
+    let out = junction(&["send", "--to", &closed_port(), "notes.txt"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skipped notes.txt: not HL7 v2"), "{stderr}");
+    assert!(stderr.contains("no HL7 message"), "{stderr}");
+}
