@@ -247,14 +247,34 @@ fn non_ascii_names_survive_their_charsets() {
     assert!(text.contains("ROSE^MARY"), "\\S\\ decodes to ^: {text}");
     let related = pretty(only(&escapes.document, "RelatedPerson"));
     assert!(related.contains('&'), "\\T\\ decodes to &: {related}");
-    assert!(!text.contains("\\T\\") && !text.contains("\\S\\"), "no escape left: {text}");
+    assert!(
+        !text.contains("\\T\\") && !text.contains("\\S\\"),
+        "no escape left: {text}"
+    );
 }
 
 #[test]
-fn the_lab_report_has_one_observation_per_obx() {
+fn the_lab_report_has_one_observation_per_result_obx() {
+    // 4 OBR groups, 20 OBX: 19 results become Observations; the ED (a PDF) cannot be an
+    // Observation value in R4, so it is the U&E report's presentedForm.
     let output = map_one("samples/oru_r01_fbc_ue.hl7");
-    assert_eq!(resources(&output.document, "DiagnosticReport").len(), 4);
-    assert_eq!(resources(&output.document, "Observation").len(), 20);
+    let reports = resources(&output.document, "DiagnosticReport");
+    assert_eq!(reports.len(), 4);
+    assert_eq!(resources(&output.document, "Observation").len(), 19);
+    let results: usize = reports
+        .iter()
+        .map(|r| r["result"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(results, 19, "every Observation is a result of its report");
+    let pdf = reports
+        .iter()
+        .filter_map(|r| r["presentedForm"].as_array())
+        .flatten()
+        .find(|a| a["contentType"] == "application/pdf")
+        .expect("the ED is a presentedForm attachment");
+    assert!(pdf["data"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("JVBERi0x")));
 }
 
 #[test]
