@@ -11,6 +11,7 @@
 //! - [`hl7`]: pure parsing, paths, escapes, charsets, batches, ACK building.
 //! - [`mllp`]: MLLP framing codec, listener, client.
 //! - [`journal`]: durable intake (SQLite, WAL, group commit).
+//! - [`store`]: the care-record store (versioned FHIR records, SQLite) and its reads.
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
 //! - [`api`]: the HTTP server (health, metrics, operations API).
@@ -26,4 +27,5 @@ pub mod journal;
 pub mod mapping;
 pub mod mesh;
 pub mod mllp;
+pub mod store;
 pub mod telemetry;

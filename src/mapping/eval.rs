@@ -175,6 +175,16 @@ struct Ctx<'p, 'a> {
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
+    /// Macro values already computed in this apply.
+    cache: Vec<(MacroKey, Val<'a>)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct MacroKey {
+    macro_index: usize,
+    segments: Vec<u32>,
+    elem: Option<(usize, usize, Loc)>,
+    position: usize,
 }
 
 /// Applies a plan to a message.
@@ -196,6 +206,7 @@ pub(crate) fn apply(
         read: vec![0; segs.len()],
         warnings: Vec::new(),
         occurrence,
+        cache: Vec::new(),
     };
     let top = Scope {
         start: 0,
@@ -260,6 +271,14 @@ impl<'p, 'a> Ctx<'p, 'a> {
             for (fi, f) in seg.fields.iter().enumerate() {
                 let n = fi + 1;
                 if seg.name == "MSH" && n <= 2 {
+                    continue;
+                }
+                if self
+                    .plan
+                    .ignore
+                    .iter()
+                    .any(|(s, f)| s == seg.name && f.is_none_or(|f| f == n))
+                {
                     continue;
                 }
                 if n < 128 && read & (1u128 << n) != 0 {
@@ -389,12 +408,22 @@ impl<'p, 'a> Ctx<'p, 'a> {
         let starts: Vec<usize> = (scope.start..end)
             .filter(|&i| self.segs[i].name == head.as_str())
             .collect();
+        // Seen from inside a group, the enclosing scope is only its part before the
+        // first group: a segment of a sibling group (the NTE after another OBX) is
+        // never found by falling back to the parent.
+        let outer = Scope {
+            start: scope.start,
+            end: starts.first().copied().unwrap_or(end),
+            parent: scope.parent,
+            elem: scope.elem,
+            position: scope.position,
+        };
         for (k, &s) in starts.iter().enumerate() {
             let e = starts.get(k + 1).copied().unwrap_or(end);
             let inner = Scope {
                 start: s,
                 end: e,
-                parent: Some(scope),
+                parent: Some(&outer),
                 elem: scope.elem,
                 position: k + 1,
             };
@@ -513,6 +542,8 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 Stage::Alt(t) => {
                     if v.is_empty() {
                         v = self.term(t, scope, &mut loc);
+                    } else {
+                        self.touch_term(t, scope);
                     }
                 }
                 Stage::Transform(t) => v = self.transform(t, v, loc, scope),
@@ -521,14 +552,76 @@ impl<'p, 'a> Ctx<'p, 'a> {
         v
     }
 
+    /// A macro's value, computed once per distinct input: the segments it names
+    /// as resolved in this scope, the `each` element and position when it uses them.
+    fn macro_value(&mut self, i: usize, scope: &Scope<'_, 'a>) -> Val<'a> {
+        let plan = self.plan;
+        let (Some(e), Some(deps)) = (plan.macros.get(i), plan.macro_deps.get(i)) else {
+            return Val::Empty;
+        };
+        let elem = if deps.relative {
+            match scope.elem {
+                Some(Val::Node(n)) => Some((n.raw().as_ptr() as usize, n.raw().len(), n.loc)),
+                // not a message element: no stable identity, do not cache
+                Some(_) => return self.expr(e, scope),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let key = MacroKey {
+            macro_index: i,
+            segments: deps
+                .segments
+                .iter()
+                .map(|s| self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32))
+                .collect(),
+            elem,
+            position: if deps.position { scope.position } else { 0 },
+        };
+        if let Some((_, v)) = self.cache.iter().find(|(k, _)| *k == key) {
+            return v.clone();
+        }
+        let v = self.expr(e, scope);
+        self.cache.push((key, v.clone()));
+        v
+    }
+
+    /// Marks the fields an alternative that was not needed would have read: a
+    /// field named by a rule counts as mapped even when an earlier one won.
+    fn touch_term(&mut self, t: &Term, scope: &Scope<'_, 'a>) {
+        match t {
+            Term::Path(p) => {
+                if let Anchor::Field { segment, field } = &p.anchor {
+                    if let Some(si) = self.find_segment(segment, scope) {
+                        self.mark(si, *field);
+                    }
+                }
+            }
+            Term::Group(e) => self.touch_expr(e, scope),
+            Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+                for p in parts {
+                    self.touch_expr(p, scope);
+                }
+            }
+            Term::Macro(_) | Term::Literal(_) | Term::Position => {}
+        }
+    }
+
+    fn touch_expr(&mut self, e: &Expr, scope: &Scope<'_, 'a>) {
+        self.touch_term(&e.first, scope);
+        for st in &e.stages {
+            if let Stage::Alt(t) = st {
+                self.touch_term(t, scope);
+            }
+        }
+    }
+
     fn term(&mut self, t: &Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
         match t {
             Term::Literal(s) => Val::Text(Cow::Owned(s.clone())),
             Term::Position => Val::Text(Cow::Owned(scope.position.to_string())),
-            Term::Macro(i) => match self.plan.macros.get(*i) {
-                Some(e) => self.expr(e, scope),
-                None => Val::Empty,
-            },
+            Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => {
                 let mut out = String::new();
                 for p in parts {
@@ -540,6 +633,30 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 }
                 Val::Text(Cow::Owned(out))
             }
+            Term::ConcatWs(sep, parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    let v = self.expr(p, scope);
+                    if v.is_empty() {
+                        continue;
+                    }
+                    let t = self.text_of(v);
+                    let t = t.trim();
+                    if t.is_empty() {
+                        continue;
+                    }
+                    if !out.is_empty() {
+                        out.push_str(sep);
+                    }
+                    out.push_str(t);
+                }
+                if out.is_empty() {
+                    Val::Empty
+                } else {
+                    Val::Text(Cow::Owned(out))
+                }
+            }
+            Term::Group(e) => self.expr(e, scope),
             Term::Path(p) => {
                 let v = self.path(p, scope);
                 *loc = match &v {
@@ -714,6 +831,8 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
         if let Transform::Builtin(dt, tz) = t {
             return match v {
+                // already a FHIR element (e.g. an alternative built before): keep it
+                Val::Json(j) => Val::Json(j),
                 Val::Node(n) => {
                     let mut warnings = Vec::new();
                     let out = datatypes::build(*dt, n, &self.seps, tz, &mut warnings);
@@ -824,22 +943,31 @@ impl<'p, 'a> Ctx<'p, 'a> {
     }
 }
 
-/// Does `document` contain `fragment`? Objects: every member of the fragment is
-/// present and contains the fragment's value; arrays: every element of the fragment
-/// is contained in some element of the document's array; scalars: equal.
-/// A fragment that is not an array also matches an array holding a matching element.
+/// Does `document` contain `fragment` somewhere (at the top or at any depth)?
+/// At the place it matches: objects match when every member of the fragment is
+/// present and matches; arrays when every element of the fragment matches some
+/// element; a non-array fragment also matches an array holding a matching element;
+/// numbers compare by value (`5` matches `5.0`); other scalars are equal.
 pub fn contains_fragment(document: &Value, fragment: &Value) -> bool {
-    match (document, fragment) {
-        (Value::Object(d), Value::Object(f)) => {
-            f.iter()
-                .all(|(k, fv)| d.get(k).is_some_and(|dv| contains_fragment(dv, fv)))
-                || d.values().any(|dv| dv.is_object() || dv.is_array())
-                    && d.values().any(|dv| contains_fragment(dv, fragment))
+    matches_at(document, fragment)
+        || match document {
+            Value::Object(m) => m.values().any(|v| contains_fragment(v, fragment)),
+            Value::Array(a) => a.iter().any(|v| contains_fragment(v, fragment)),
+            _ => false,
         }
-        (Value::Array(d), Value::Array(f)) => f
+}
+
+/// Subset match at this position (no searching deeper).
+fn matches_at(document: &Value, fragment: &Value) -> bool {
+    match (document, fragment) {
+        (Value::Object(d), Value::Object(f)) => f
             .iter()
-            .all(|fv| d.iter().any(|dv| contains_fragment(dv, fv))),
-        (Value::Array(d), f) => d.iter().any(|dv| contains_fragment(dv, f)),
+            .all(|(k, fv)| d.get(k).is_some_and(|dv| matches_at(dv, fv))),
+        (Value::Array(d), Value::Array(f)) => {
+            f.iter().all(|fv| d.iter().any(|dv| matches_at(dv, fv)))
+        }
+        (Value::Array(d), f) => d.iter().any(|dv| matches_at(dv, f)),
+        (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
         (d, f) => d == f,
     }
 }

