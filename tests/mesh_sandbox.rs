@@ -551,3 +551,347 @@ async fn secrets_from_environment_and_file() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn messages_sent_by_nhs_client_download_with_ours() {
+    let sandbox = Sandbox::start();
+    let ours = client(&sandbox, "X26ABC1");
+    // 3 MiB sent by mesh_client in 1 MiB chunks with its transparent gzip, and a
+    // small one uncompressed.
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let small = bundle(9);
+    let big_path = sandbox.dir.path().join("big.bin");
+    let small_path = sandbox.dir.path().join("small.json");
+    std::fs::write(&big_path, &big).unwrap();
+    std::fs::write(&small_path, &small).unwrap();
+    let script = r#"
+import sys
+from mesh_client import MeshClient
+url, big, small = sys.argv[1:4]
+with MeshClient(url, "X26ABC2", "password", shared_key=b"TestKey", verify=False, max_retries=0) as client:
+    with open(big, "rb") as f:
+        print(client.send_message("X26ABC1", f.read(), workflow_id="TEST_WORKFLOW", local_id="py-big",
+                                  filename="big.bin", max_chunk_size=1024 * 1024, compress=True))
+    with open(small, "rb") as f:
+        print(client.send_message("X26ABC1", f.read(), workflow_id="TEST_WORKFLOW", local_id="py-small",
+                                  subject="plain", content_type="application/fhir+json", compress=False))
+"#;
+    let output = Command::new(venv().join("bin/python"))
+        .args(["-c", script, &sandbox.url])
+        .arg(&big_path)
+        .arg(&small_path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ids: Vec<MessageId> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(MessageId::new)
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    let mut inbox = ours.inbox().await.unwrap();
+    inbox.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(inbox, expected);
+
+    let received = ours.download(&ids[0]).await.unwrap();
+    assert_eq!(received.headers.chunk_count, 3);
+    assert_eq!(received.headers.from, "X26ABC2");
+    assert_eq!(received.headers.local_id.as_deref(), Some("py-big"));
+    assert!(
+        received.body == big,
+        "3 gzipped chunks from mesh_client reassemble byte-identical"
+    );
+
+    let received = ours.download(&ids[1]).await.unwrap();
+    assert_eq!(received.body, small);
+    assert_eq!(received.headers.subject.as_deref(), Some("plain"));
+    assert_eq!(
+        received.headers.content_type.as_deref(),
+        Some("application/fhir+json")
+    );
+    for id in &ids {
+        ours.acknowledge(id).await.unwrap();
+    }
+    assert!(ours.inbox().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_error_report_downloads_as_report() {
+    let sandbox = Sandbox::start();
+    let sender = client(&sandbox, "X26ABC1");
+    let sent = sender
+        .send(&request("X26ABC2", "delivery-report", bundle(6)))
+        .await
+        .unwrap();
+    // The sandbox's test-only endpoint puts a non-delivery report in our inbox.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/messageexchange/admin/report", sandbox.url))
+        .json(&serde_json::json!({
+            "mailbox_id": "X26ABC1",
+            "code": "14",
+            "description": "Message not collected by recipient after 5 days",
+            "workflow_id": WORKFLOW,
+            "local_id": "delivery-report",
+            "linked_message_id": sent.as_str(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "{}",
+        answer.text().await.unwrap()
+    );
+
+    let inbox = sender.inbox().await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    let report = sender.download(&inbox[0]).await.unwrap();
+    assert_eq!(report.headers.message_type, MessageType::Report);
+    assert_eq!(report.headers.status_code.as_deref(), Some("14"));
+    assert_eq!(
+        report.headers.linked_message_id.as_deref(),
+        Some(sent.as_str())
+    );
+    assert_eq!(report.headers.local_id.as_deref(), Some("delivery-report"));
+    assert!(report.body.is_empty());
+    sender.acknowledge(&inbox[0]).await.unwrap();
+}
+
+/// A proxy in front of the sandbox that forwards the first connection's request
+/// and then hangs up instead of passing MESH's answer on; later connections pass
+/// through untouched. Models an answer lost after MESH took the message.
+async fn proxy_losing_first_answer(upstream: SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            if std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let (mut client_read, client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    let forward = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    let mut answer = [0u8; 4096];
+                    let _ = server_read.read(&mut answer).await; // MESH answered: it has the message
+                    forward.abort();
+                    drop(client_write);
+                });
+            } else {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_the_first_post_is_resolved_by_tracking_not_by_reposting() {
+    let sandbox = Sandbox::start();
+    let proxy_url = proxy_losing_first_answer(sandbox.addr).await;
+    let mut sender_config = config(&sandbox, "X26ABC1");
+    sender_config.url = proxy_url;
+    let sender = client_with(&sender_config, "password", "TestKey");
+    let receiver = client(&sandbox, "X26ABC2");
+
+    let body = bundle(7);
+    let id = sender
+        .send(&request("X26ABC2", "delivery-lost-answer", body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        sender.requests_sent(),
+        2,
+        "one POST, then tracking by local id; no second POST"
+    );
+    assert_eq!(
+        receiver.inbox().await.unwrap(),
+        vec![id.clone()],
+        "exactly one message"
+    );
+    assert_eq!(receiver.download(&id).await.unwrap().body, body);
+}
+
+/// Runs `openssl` with `args` in `dir`, failing the test with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate,
+/// as NHS issues for live MESH. Returns the folder holding the PEM files.
+fn make_pki() -> tempfile::TempDir {
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path();
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Junction Test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    for (name, subject) in [
+        ("server", "/CN=127.0.0.1"),
+        ("client", "/CN=x26abc1.test.mesh"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                subject,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    pki
+}
+
+#[tokio::test]
+async fn mutual_tls_with_client_certificate_and_private_ca() {
+    let pki = make_pki();
+    let file = |name: &str| pki.path().join(name);
+    let args: Vec<String> = [
+        "--ssl-certfile",
+        "server.pem",
+        "--ssl-keyfile",
+        "server.key",
+        "--ssl-ca-certs",
+        "ca.pem",
+        "--ssl-cert-reqs",
+        "2",
+    ]
+    .iter()
+    .map(|a| match *a {
+        "server.pem" | "server.key" | "ca.pem" => file(a).display().to_string(),
+        other => other.to_owned(),
+    })
+    .collect();
+    let sandbox = Sandbox::start_with("https", &args);
+
+    let mut tls = config(&sandbox, "X26ABC1");
+    tls.ca_file = Some(file("ca.pem"));
+    tls.client_cert_file = Some(file("client.pem"));
+    tls.client_key_file = Some(file("client.key"));
+    let sender = client_with(&tls, "password", "TestKey");
+    sender.handshake().await.unwrap();
+    let body = bundle(8);
+    let id = sender
+        .send(&request("X26ABC2", "delivery-mtls", body.clone()))
+        .await
+        .unwrap();
+
+    // NHS's client over the same mutual TLS reads it byte-identical.
+    let python_tls = vec![
+        "--ca-file".to_owned(),
+        file("ca.pem").display().to_string(),
+        "--cert".to_owned(),
+        file("client.pem").display().to_string(),
+        file("client.key").display().to_string(),
+    ];
+    let (python_body, _) = python_download(&sandbox, "X26ABC2", &id, true, &python_tls);
+    assert_eq!(python_body, body.to_vec());
+
+    // Without the private CA the server is not trusted (public roots only).
+    let mut untrusted = tls.clone();
+    untrusted.ca_file = None;
+    let error = client_with(&untrusted, "password", "TestKey")
+        .handshake()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("certificate"), "{error}");
+
+    // Without a client certificate the server refuses the connection.
+    let mut anonymous = tls.clone();
+    anonymous.client_cert_file = None;
+    anonymous.client_key_file = None;
+    anonymous.max_retries = 0;
+    let error = client_with(&anonymous, "password", "TestKey")
+        .handshake()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, MeshError::Unavailable { .. }), "{error:?}");
+
+    // A key file that is not PEM is a configuration error naming the file.
+    std::fs::write(file("broken.pem"), "not a certificate").unwrap();
+    let mut broken = tls.clone();
+    broken.client_cert_file = Some(file("broken.pem"));
+    let error = MeshClient::with_secrets(
+        &broken,
+        Secret::new("password".into()),
+        Secret::new("TestKey".into()),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("broken.pem"), "{error}");
+}

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::mpsc;
 
+use super::wal_sync::Pending;
 use super::{
-    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, Status,
-    SyncPolicy, WriteRequest, WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES,
-    MAX_LIMIT,
+    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, WriteRequest,
+    WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES, MAX_LIMIT,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -50,16 +50,20 @@ CREATE INDEX messages_control_id ON messages (control_id);
 const FIND_ACCEPTED: &str = "SELECT id, ack_code, ack FROM messages
      WHERE sender = ?1 AND control_id = ?2 AND status = 'accepted' AND control_id <> ''";
 
+/// Inserts a row unless it is an accepted resend (the partial UNIQUE index):
+/// then nothing changes and [`FIND_ACCEPTED`] fetches the original.
 const INSERT: &str = "INSERT INTO messages
      (listener, peer, received_at, sender, control_id, message_type, version,
       status, ack_code, ack, error, raw, size)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+     ON CONFLICT (sender, control_id) WHERE status = 'accepted' AND control_id <> ''
+     DO NOTHING";
 
 const SUMMARY_COLUMNS: &str =
     "id, listener, sender, control_id, message_type, received_at, ack_code, status";
 
 /// Opens the write connection: WAL, the sync policy, the current schema.
-pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, JournalError> {
+pub(super) fn open_writer(path: &Path) -> Result<Connection, JournalError> {
     let open_err = |source| JournalError::Open {
         path: path.to_path_buf(),
         source,
@@ -75,11 +79,10 @@ pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, J
             mode,
         });
     }
-    let synchronous = match sync {
-        SyncPolicy::Full => "FULL",
-        SyncPolicy::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)
+    // NORMAL in WAL mode: no fsync on commit, syncs around checkpoints. Under
+    // `sync = "full"` the per-commit fsync is done by `wal_sync`, pipelined
+    // with the writer; under `sync = "normal"` there is none.
+    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(open_err)?;
     migrate(&conn)?;
     Ok(conn)
@@ -131,6 +134,7 @@ pub(super) fn writer_loop(
     mut rx: mpsc::Receiver<WriteRequest>,
     state: Arc<WriterState>,
     metrics: Arc<Metrics>,
+    syncer: Option<std::sync::mpsc::SyncSender<Pending>>,
 ) {
     let _guard = AliveGuard(Arc::clone(&state));
     let mut group: Vec<WriteRequest> = Vec::new();
@@ -150,18 +154,36 @@ pub(super) fn writer_loop(
             }
         }
         let started = Instant::now();
-        let result = write_group(&mut conn, &group);
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
         metrics.commit_batch_size.observe(messages as f64);
-        match result {
+        if state.sync_failed.load(Ordering::Acquire) {
+            // Fail-stop after an fsync error: nothing more is written or acknowledged.
+            let err = Arc::new(std::io::Error::other("an earlier journal fsync failed"));
+            for req in group.drain(..) {
+                let _ = req.reply.send(Err(JournalError::Sync(Arc::clone(&err))));
+            }
+            continue;
+        }
+        match write_group(&mut conn, &group) {
             Ok(outcomes) => {
                 state.last_commit_ok.store(true, Ordering::Release);
-                for (req, outcome) in group.drain(..).zip(outcomes) {
-                    // A waiter that went away (connection closed) still had its
-                    // rows committed; a resend will be answered as a duplicate.
-                    let _ = req.reply.send(Ok(outcome));
+                // A waiter that went away (connection closed) still had its
+                // rows committed; a resend will be answered as a duplicate.
+                let waiters: Vec<_> = group.drain(..).map(|req| req.reply).zip(outcomes).collect();
+                match &syncer {
+                    None => {
+                        metrics
+                            .commit_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        for (reply, outcome) in waiters {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Some(syncer) => {
+                        // Answered by the syncer once the WAL is on disk. If the
+                        // syncer is gone, dropping the waiters answers them
+                        // `WriterStopped`: never an unsynced Ok.
+                        let _ = syncer.send(Pending { waiters, started });
+                    }
                 }
             }
             Err(err) => {
@@ -212,21 +234,7 @@ fn write_one(
     insert: &mut rusqlite::CachedStatement<'_>,
     item: &Incoming,
 ) -> Result<Committed, rusqlite::Error> {
-    if item.status == Status::Accepted && !item.control_id.is_empty() {
-        let earlier = find
-            .query_row(params![item.sender, item.control_id], |row| {
-                Ok(Committed::Duplicate {
-                    id: row.get(0)?,
-                    ack_code: row.get(1)?,
-                    ack: row.get(2)?,
-                })
-            })
-            .optional()?;
-        if let Some(duplicate) = earlier {
-            return Ok(duplicate);
-        }
-    }
-    insert.execute(params![
+    let changed = insert.execute(params![
         item.listener,
         item.peer,
         format_timestamp(item.received_at),
@@ -242,8 +250,18 @@ fn write_one(
         // A frame is bounded by max_message_bytes, far below i64::MAX.
         item.raw.len() as i64,
     ])?;
-    Ok(Committed::Stored {
-        id: tx.last_insert_rowid(),
+    if changed == 1 {
+        return Ok(Committed::Stored {
+            id: tx.last_insert_rowid(),
+        });
+    }
+    // Only an accepted message with a control id can conflict: a resend.
+    find.query_row(params![item.sender, item.control_id], |row| {
+        Ok(Committed::Duplicate {
+            id: row.get(0)?,
+            ack_code: row.get(1)?,
+            ack: row.get(2)?,
+        })
     })
 }
 

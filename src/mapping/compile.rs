@@ -34,6 +34,8 @@ pub(crate) struct PlanInner {
     pub ignore: Vec<(String, Option<usize>)>,
     pub tables: Vec<HashMap<String, Value>>,
     pub macros: Vec<Expr>,
+    /// What each macro's value depends on, for caching it during one apply.
+    pub macro_deps: Vec<MacroDeps>,
     pub resources: Vec<Resource>,
     pub tests: Vec<TestCase>,
 }
@@ -257,6 +259,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             messages,
             ignore,
             tables,
+            macro_deps: macro_deps(&macros),
             macros,
             resources,
             tests,
@@ -752,6 +755,84 @@ impl<'s> Compiler<'s> {
             }
         }
     }
+}
+
+/// What a macro's value depends on besides the message: the segments its paths
+/// name (resolved per scope), the current `each` element, the iteration position.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MacroDeps {
+    pub segments: Vec<String>,
+    pub relative: bool,
+    pub position: bool,
+}
+
+fn macro_deps(macros: &[Expr]) -> Vec<MacroDeps> {
+    fn expr(e: &Expr, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+        term(&e.first, in_pred, d, all, depth);
+        for s in &e.stages {
+            match s {
+                Stage::Alt(t) => term(t, in_pred, d, all, depth),
+                Stage::Transform(Transform::When(c)) => cond(c, in_pred, d, all, depth),
+                Stage::Transform(_) => {}
+            }
+        }
+    }
+    fn term(t: &Term, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+        match t {
+            Term::Path(p) => match &p.anchor {
+                expr::Anchor::Field { segment, .. } => {
+                    if !d.segments.contains(segment) {
+                        d.segments.push(segment.clone());
+                    }
+                    if let expr::RepSel::Pred(c) = &p.rep {
+                        cond(c, true, d, all, depth);
+                    }
+                }
+                expr::Anchor::Relative => d.relative |= !in_pred,
+            },
+            Term::Position => d.position |= !in_pred,
+            Term::Macro(i) => {
+                // cycles are rejected at compile; the depth guard only keeps a
+                // broken plan from recursing forever
+                if depth < 64 {
+                    if let Some(m) = all.get(*i) {
+                        expr(m, in_pred, d, all, depth + 1);
+                    }
+                }
+            }
+            Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+                parts.iter().for_each(|p| expr(p, in_pred, d, all, depth))
+            }
+            Term::Group(e) => expr(e, in_pred, d, all, depth),
+            Term::Literal(_) => {}
+        }
+    }
+    fn cond(c: &Cond, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+        match c {
+            Cond::Or(cs) | Cond::And(cs) => cs.iter().for_each(|c| cond(c, in_pred, d, all, depth)),
+            Cond::Not(c) => cond(c, in_pred, d, all, depth),
+            Cond::Empty(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
+                expr(e, in_pred, d, all, depth)
+            }
+            Cond::Compare { left, right, .. } => {
+                expr(left, in_pred, d, all, depth);
+                expr(right, in_pred, d, all, depth);
+            }
+            Cond::NoSegment(s) => {
+                if !d.segments.contains(s) {
+                    d.segments.push(s.clone());
+                }
+            }
+        }
+    }
+    macros
+        .iter()
+        .map(|m| {
+            let mut d = MacroDeps::default();
+            expr(m, false, &mut d, macros, 0);
+            d
+        })
+        .collect()
 }
 
 fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {

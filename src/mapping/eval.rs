@@ -175,6 +175,16 @@ struct Ctx<'p, 'a> {
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
+    /// Macro values already computed in this apply.
+    cache: Vec<(MacroKey, Val<'a>)>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct MacroKey {
+    macro_index: usize,
+    segments: Vec<u32>,
+    elem: Option<(usize, usize, Loc)>,
+    position: usize,
 }
 
 /// Applies a plan to a message.
@@ -196,6 +206,7 @@ pub(crate) fn apply(
         read: vec![0; segs.len()],
         warnings: Vec::new(),
         occurrence,
+        cache: Vec::new(),
     };
     let top = Scope {
         start: 0,
@@ -397,12 +408,22 @@ impl<'p, 'a> Ctx<'p, 'a> {
         let starts: Vec<usize> = (scope.start..end)
             .filter(|&i| self.segs[i].name == head.as_str())
             .collect();
+        // Seen from inside a group, the enclosing scope is only its part before the
+        // first group: a segment of a sibling group (the NTE after another OBX) is
+        // never found by falling back to the parent.
+        let outer = Scope {
+            start: scope.start,
+            end: starts.first().copied().unwrap_or(end),
+            parent: scope.parent,
+            elem: scope.elem,
+            position: scope.position,
+        };
         for (k, &s) in starts.iter().enumerate() {
             let e = starts.get(k + 1).copied().unwrap_or(end);
             let inner = Scope {
                 start: s,
                 end: e,
-                parent: Some(scope),
+                parent: Some(&outer),
                 elem: scope.elem,
                 position: k + 1,
             };
@@ -531,6 +552,41 @@ impl<'p, 'a> Ctx<'p, 'a> {
         v
     }
 
+    /// A macro's value, computed once per distinct input: the segments it names
+    /// as resolved in this scope, the `each` element and position when it uses them.
+    fn macro_value(&mut self, i: usize, scope: &Scope<'_, 'a>) -> Val<'a> {
+        let plan = self.plan;
+        let (Some(e), Some(deps)) = (plan.macros.get(i), plan.macro_deps.get(i)) else {
+            return Val::Empty;
+        };
+        let elem = if deps.relative {
+            match scope.elem {
+                Some(Val::Node(n)) => Some((n.raw().as_ptr() as usize, n.raw().len(), n.loc)),
+                // not a message element: no stable identity, do not cache
+                Some(_) => return self.expr(e, scope),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let key = MacroKey {
+            macro_index: i,
+            segments: deps
+                .segments
+                .iter()
+                .map(|s| self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32))
+                .collect(),
+            elem,
+            position: if deps.position { scope.position } else { 0 },
+        };
+        if let Some((_, v)) = self.cache.iter().find(|(k, _)| *k == key) {
+            return v.clone();
+        }
+        let v = self.expr(e, scope);
+        self.cache.push((key, v.clone()));
+        v
+    }
+
     /// Marks the fields an alternative that was not needed would have read: a
     /// field named by a rule counts as mapped even when an earlier one won.
     fn touch_term(&mut self, t: &Term, scope: &Scope<'_, 'a>) {
@@ -565,10 +621,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         match t {
             Term::Literal(s) => Val::Text(Cow::Owned(s.clone())),
             Term::Position => Val::Text(Cow::Owned(scope.position.to_string())),
-            Term::Macro(i) => match self.plan.macros.get(*i) {
-                Some(e) => self.expr(e, scope),
-                None => Val::Empty,
-            },
+            Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => {
                 let mut out = String::new();
                 for p in parts {
@@ -890,22 +943,31 @@ impl<'p, 'a> Ctx<'p, 'a> {
     }
 }
 
-/// Does `document` contain `fragment`? Objects: every member of the fragment is
-/// present and contains the fragment's value; arrays: every element of the fragment
-/// is contained in some element of the document's array; scalars: equal.
-/// A fragment that is not an array also matches an array holding a matching element.
+/// Does `document` contain `fragment` somewhere (at the top or at any depth)?
+/// At the place it matches: objects match when every member of the fragment is
+/// present and matches; arrays when every element of the fragment matches some
+/// element; a non-array fragment also matches an array holding a matching element;
+/// numbers compare by value (`5` matches `5.0`); other scalars are equal.
 pub fn contains_fragment(document: &Value, fragment: &Value) -> bool {
-    match (document, fragment) {
-        (Value::Object(d), Value::Object(f)) => {
-            f.iter()
-                .all(|(k, fv)| d.get(k).is_some_and(|dv| contains_fragment(dv, fv)))
-                || d.values().any(|dv| dv.is_object() || dv.is_array())
-                    && d.values().any(|dv| contains_fragment(dv, fragment))
+    matches_at(document, fragment)
+        || match document {
+            Value::Object(m) => m.values().any(|v| contains_fragment(v, fragment)),
+            Value::Array(a) => a.iter().any(|v| contains_fragment(v, fragment)),
+            _ => false,
         }
-        (Value::Array(d), Value::Array(f)) => f
+}
+
+/// Subset match at this position (no searching deeper).
+fn matches_at(document: &Value, fragment: &Value) -> bool {
+    match (document, fragment) {
+        (Value::Object(d), Value::Object(f)) => f
             .iter()
-            .all(|fv| d.iter().any(|dv| contains_fragment(dv, fv))),
-        (Value::Array(d), f) => d.iter().any(|dv| contains_fragment(dv, f)),
+            .all(|(k, fv)| d.get(k).is_some_and(|dv| matches_at(dv, fv))),
+        (Value::Array(d), Value::Array(f)) => {
+            f.iter().all(|fv| d.iter().any(|dv| matches_at(dv, fv)))
+        }
+        (Value::Array(d), f) => d.iter().any(|dv| matches_at(dv, f)),
+        (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
         (d, f) => d == f,
     }
 }

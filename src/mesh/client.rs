@@ -523,6 +523,8 @@ impl MeshClient {
             .get("mex-chunk-range")
             .and_then(|v| v.to_str().ok())
         {
+            // The sandbox labels an empty REPORT `1:0`: one (empty) chunk.
+            Some(range) if range.trim() == "1:0" => 1,
             Some(range) => {
                 payload::parse_chunk_range(range)
                     .ok_or_else(|| MeshError::Protocol {
