@@ -47,6 +47,21 @@ impl Sandbox {
 
     /// Starts uvicorn with extra arguments (TLS flags); `scheme` is the URL scheme.
     fn start_with(scheme: &str, extra_args: &[String]) -> Self {
+        // The free port is found by binding and releasing it; another process may
+        // take it before uvicorn binds, so try a few ports.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Self::try_start(scheme, extra_args) {
+                Ok(sandbox) => return sandbox,
+                Err(log) if log.contains("address already in use") => last_log = log,
+                Err(log) => panic!("mesh sandbox did not start: {log}"),
+            }
+        }
+        panic!("mesh sandbox did not start on three ports: {last_log}");
+    }
+
+    /// Starts uvicorn once; `Err` carries its log if it exited before being ready.
+    fn try_start(scheme: &str, extra_args: &[String]) -> Result<Self, String> {
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
@@ -78,22 +93,21 @@ impl Sandbox {
             .stderr(log)
             .spawn()
             .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut sandbox = Sandbox {
             child: Some(child),
             url: format!("{scheme}://127.0.0.1:{port}"),
-            addr,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
         };
-        sandbox.wait_ready(scheme == "http");
-        sandbox
+        sandbox.wait_ready(scheme == "http")?;
+        Ok(sandbox)
     }
 
-    fn wait_ready(&mut self, check_health: bool) {
+    fn wait_ready(&mut self, check_health: bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mesh sandbox exited with {status}: {}", self.log());
+                return Err(format!("exited with {status}: {}", self.log()));
             }
             let ready = match TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
                 Ok(_) if !check_health => true,
@@ -110,7 +124,7 @@ impl Sandbox {
                 Err(_) => false,
             };
             if ready {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -894,4 +908,203 @@ async fn mutual_tls_with_client_certificate_and_private_ca() {
     )
     .unwrap_err();
     assert!(error.to_string().contains("broken.pem"), "{error}");
+}
+
+/// What the fault proxy does to a request that matches a rule.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Answer this status without passing the request on (MESH never sees it).
+    Refuse(u16),
+    /// Pass the request on, then answer this status instead of MESH's answer.
+    ForwardThenFail(u16),
+}
+
+type Rule = (fn(&str, &str) -> bool, Fault);
+
+/// An HTTP/1.1 proxy in front of the sandbox that applies each rule once, to the
+/// first request (method, path) it matches, and passes everything else through.
+async fn fault_proxy(upstream: SocketAddr, rules: Vec<Rule>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rules = std::sync::Arc::new(std::sync::Mutex::new(rules));
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            tokio::spawn(proxy_connection(inbound, upstream, rules.clone()));
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn proxy_connection(
+    mut inbound: tokio::net::TcpStream,
+    upstream: SocketAddr,
+    rules: std::sync::Arc<std::sync::Mutex<Vec<Rule>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match inbound.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut request_line = head.lines().next().unwrap_or("").split(' ');
+        let (method, path) = (
+            request_line.next().unwrap_or("").to_owned(),
+            request_line.next().unwrap_or("").to_owned(),
+        );
+        let length: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            match inbound.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        let request: Vec<u8> = buf.drain(..head_end + length).collect();
+        let fault = {
+            let mut rules = rules.lock().unwrap();
+            let hit = rules
+                .iter()
+                .position(|(matches, _)| matches(&method, &path));
+            hit.map(|i| rules.remove(i).1)
+        };
+        let canned = |code: u16| {
+            format!("HTTP/1.1 {code} Injected Fault\r\ncontent-length: 0\r\n\r\n").into_bytes()
+        };
+        let answer = match fault {
+            Some(Fault::Refuse(code)) => canned(code),
+            other => {
+                // One upstream connection per request, closed by MESH after answering.
+                let mut head_lines: Vec<&str> = head[..head_end - 4]
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                head_lines.push("Connection: close");
+                let mut forwarded = head_lines.join("\r\n").into_bytes();
+                forwarded.extend_from_slice(b"\r\n\r\n");
+                forwarded.extend_from_slice(&request[head_end..]);
+                let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                up.write_all(&forwarded).await.unwrap();
+                let mut response = Vec::new();
+                up.read_to_end(&mut response).await.unwrap();
+                match other {
+                    Some(Fault::ForwardThenFail(code)) => canned(code),
+                    _ => response,
+                }
+            }
+        };
+        if inbound.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn first_post(method: &str, path: &str) -> bool {
+    method == "POST" && path == "/messageexchange/X26ABC1/outbox"
+}
+fn chunk_3(method: &str, path: &str) -> bool {
+    method == "POST" && path.contains("/outbox/") && path.ends_with("/3")
+}
+fn chunk_4(method: &str, path: &str) -> bool {
+    method == "POST" && path.contains("/outbox/") && path.ends_with("/4")
+}
+fn inbox_list(method: &str, path: &str) -> bool {
+    method == "GET" && path.starts_with("/messageexchange/X26ABC1/inbox?")
+}
+
+#[tokio::test]
+async fn transient_answers_are_retried_where_safe_and_tracked_where_not() {
+    let sandbox = Sandbox::start();
+    let receiver = client(&sandbox, "X26ABC2");
+    let mut delivered = 0;
+    let scenarios: Vec<(&str, Vec<Rule>, u64)> = vec![
+        // 429 on the first POST: refused before processing, posted again.
+        ("429 first post", vec![(first_post, Fault::Refuse(429))], 2),
+        // 503 on the first POST: ambiguous; tracking by local id finds nothing; posted again.
+        ("503 first post", vec![(first_post, Fault::Refuse(503))], 3),
+        // 504 after MESH took it: ambiguous; tracking finds it; NOT posted again.
+        (
+            "504 after accept",
+            vec![(first_post, Fault::ForwardThenFail(504))],
+            2,
+        ),
+        // 503 on chunk 3 of 4: the chunk is posted again.
+        ("503 chunk 3", vec![(chunk_3, Fault::Refuse(503))], 5),
+        // 502 after MESH took the last chunk: the retry meets 423 Locked, which means done.
+        (
+            "502 after last chunk",
+            vec![(chunk_4, Fault::ForwardThenFail(502))],
+            5,
+        ),
+    ];
+    for (n, (name, rules, expected_requests)) in scenarios.into_iter().enumerate() {
+        let mut sender_config = config(&sandbox, "X26ABC1");
+        sender_config.url = fault_proxy(sandbox.addr, rules).await;
+        let chunked = name.contains("chunk");
+        if chunked {
+            sender_config.chunk_size_bytes = 1000;
+        }
+        let sender = client_with(&sender_config, "password", "TestKey");
+        let body = if chunked {
+            Bytes::from(
+                (0..3500u32)
+                    .map(|i| b'a' + (i % 26) as u8)
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            bundle(100 + n)
+        };
+        let id = sender
+            .send(&request(
+                "X26ABC2",
+                &format!("delivery-fault-{n}"),
+                body.clone(),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            sender.requests_sent(),
+            expected_requests,
+            "{name}: requests made"
+        );
+        delivered += 1;
+        let inbox = receiver.inbox().await.unwrap();
+        assert_eq!(
+            inbox.len(),
+            delivered,
+            "{name}: exactly one message per send"
+        );
+        let received = receiver.download(&id).await.unwrap();
+        assert_eq!(received.body, body, "{name}");
+        assert_eq!(
+            received.headers.chunk_count,
+            if chunked { 4 } else { 1 },
+            "{name}"
+        );
+    }
+
+    // A 503 that outlasts the retries: Unavailable with the status, after 1 + 2 tries.
+    let mut listing = config(&sandbox, "X26ABC1");
+    let refuse: Rule = (inbox_list, Fault::Refuse(503));
+    listing.url = fault_proxy(sandbox.addr, vec![refuse, refuse, refuse]).await;
+    let error = client_with(&listing, "password", "TestKey")
+        .inbox()
+        .await
+        .unwrap_err();
+    match error {
+        MeshError::Unavailable {
+            attempts, status, ..
+        } => assert_eq!((attempts, status), (3, Some(503))),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
 }

@@ -352,11 +352,12 @@ impl MeshClient {
                 Attempt::Answered(reply) if matches!(reply.status.as_u16(), 425 | 429) => {
                     // Refused before processing: safe to post again.
                     if attempt > self.max_retries {
-                        return Err(self.error_from(OP, None, &reply));
+                        return Err(self.exhausted(OP, attempt, &reply));
                     }
                     warn!(mailbox = %self.mailbox, local_id = %request.local_id, status = reply.status.as_u16(),
                         attempt, "mesh send refused for now, retrying");
-                    self.sleep_before_retry(attempt).await;
+                    self.sleep_before_retry(attempt, retry_after(&reply.headers))
+                        .await;
                     continue;
                 }
                 Attempt::Answered(reply) if reply.status.is_server_error() => {
@@ -369,7 +370,7 @@ impl MeshClient {
                     }
                     warn!(mailbox = %self.mailbox, local_id = %request.local_id, attempt,
                         error = %error_chain(&error), "mesh send could not connect, retrying");
-                    self.sleep_before_retry(attempt).await;
+                    self.sleep_before_retry(attempt, None).await;
                     continue;
                 }
                 Attempt::Failed(error) => error_chain(&error),
@@ -404,7 +405,7 @@ impl MeshClient {
                     reason: ambiguity,
                 });
             }
-            self.sleep_before_retry(attempt).await;
+            self.sleep_before_retry(attempt, None).await;
         }
     }
 
@@ -660,32 +661,26 @@ impl MeshClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (retryable, failure) = match self.attempt(make()).await {
-                Attempt::Answered(reply) if is_retryable_status(reply.status) => (true, Ok(reply)),
+            let failure = match self.attempt(make()).await {
+                Attempt::Answered(reply) if is_retryable_status(reply.status) => Ok(reply),
                 Attempt::Answered(reply) => return Ok(reply),
-                Attempt::NotConnected(error) | Attempt::Failed(error) => (true, Err(error)),
+                Attempt::NotConnected(error) | Attempt::Failed(error) => Err(error),
             };
-            if !retryable || attempt > self.max_retries {
+            if attempt > self.max_retries {
                 return Err(match failure {
-                    Ok(reply) => match self.error_from(operation, None, &reply) {
-                        MeshError::Unavailable { status, reason, .. } => MeshError::Unavailable {
-                            operation,
-                            mailbox: self.mailbox.clone(),
-                            attempts: attempt,
-                            status,
-                            reason,
-                        },
-                        other => other,
-                    },
+                    Ok(reply) => self.exhausted(operation, attempt, &reply),
                     Err(error) => self.unavailable(operation, attempt, None, &error),
                 });
             }
-            let reason = match &failure {
-                Ok(reply) => format!("http {}", reply.status.as_u16()),
-                Err(error) => error_chain(error),
+            let (reason, wait) = match &failure {
+                Ok(reply) => (
+                    format!("http {}", reply.status.as_u16()),
+                    retry_after(&reply.headers),
+                ),
+                Err(error) => (error_chain(error), None),
             };
             warn!(mailbox = %self.mailbox, operation, attempt, reason = %reason, "mesh request failed, retrying");
-            self.sleep_before_retry(attempt).await;
+            self.sleep_before_retry(attempt, wait).await;
         }
     }
 
@@ -712,15 +707,34 @@ impl MeshClient {
         }
     }
 
-    async fn sleep_before_retry(&self, attempt: u32) {
+    /// Waits before retry number `attempt`: the backoff doubled per attempt, with
+    /// jitter over its upper half (so clients that failed together spread out), or
+    /// the server's `Retry-After` when that is longer; never more than a minute.
+    async fn sleep_before_retry(&self, attempt: u32, retry_after: Option<Duration>) {
         let exponential = self
             .backoff
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
             .min(MAX_BACKOFF);
-        // Full jitter over the upper half, so clients that failed together spread out.
         let half = exponential / 2;
         let jitter = Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64));
-        tokio::time::sleep(half + jitter).await;
+        let wait = (half + jitter)
+            .max(retry_after.unwrap_or_default())
+            .min(MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
+    }
+
+    /// The error for a retryable answer after the last retry, counting the attempts.
+    fn exhausted(&self, operation: &'static str, attempts: u32, reply: &Reply) -> MeshError {
+        match self.error_from(operation, None, reply) {
+            MeshError::Unavailable { status, reason, .. } => MeshError::Unavailable {
+                operation,
+                mailbox: self.mailbox.clone(),
+                attempts,
+                status,
+                reason,
+            },
+            other => other,
+        }
     }
 
     fn unavailable(
@@ -1007,6 +1021,18 @@ fn parse_tracking(operation: &'static str, body: &[u8]) -> Result<Tracking, Mesh
         status_code: field(&["status_code", "statusCode"]),
         status_description: field(&["status_description", "statusDescription"]),
     })
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 fn is_retryable_status(status: StatusCode) -> bool {
