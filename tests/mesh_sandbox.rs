@@ -47,6 +47,21 @@ impl Sandbox {
 
     /// Starts uvicorn with extra arguments (TLS flags); `scheme` is the URL scheme.
     fn start_with(scheme: &str, extra_args: &[String]) -> Self {
+        // The free port is found by binding and releasing it; another process may
+        // take it before uvicorn binds, so try a few ports.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Self::try_start(scheme, extra_args) {
+                Ok(sandbox) => return sandbox,
+                Err(log) if log.contains("address already in use") => last_log = log,
+                Err(log) => panic!("mesh sandbox did not start: {log}"),
+            }
+        }
+        panic!("mesh sandbox did not start on three ports: {last_log}");
+    }
+
+    /// Starts uvicorn once; `Err` carries its log if it exited before being ready.
+    fn try_start(scheme: &str, extra_args: &[String]) -> Result<Self, String> {
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
@@ -78,22 +93,21 @@ impl Sandbox {
             .stderr(log)
             .spawn()
             .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut sandbox = Sandbox {
             child: Some(child),
             url: format!("{scheme}://127.0.0.1:{port}"),
-            addr,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
         };
-        sandbox.wait_ready(scheme == "http");
-        sandbox
+        sandbox.wait_ready(scheme == "http")?;
+        Ok(sandbox)
     }
 
-    fn wait_ready(&mut self, check_health: bool) {
+    fn wait_ready(&mut self, check_health: bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("mesh sandbox exited with {status}: {}", self.log());
+                return Err(format!("exited with {status}: {}", self.log()));
             }
             let ready = match TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
                 Ok(_) if !check_health => true,
@@ -110,7 +124,7 @@ impl Sandbox {
                 Err(_) => false,
             };
             if ready {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -533,17 +547,20 @@ async fn a_stopped_sandbox_gives_a_retryable_error() {
 }
 
 #[tokio::test]
-async fn secrets_from_environment_and_file() {
+async fn secrets_from_files_and_a_missing_variable_named() {
     let sandbox = Sandbox::start();
+    let password_file = sandbox.dir.path().join("password");
     let key_file = sandbox.dir.path().join("shared-key");
+    std::fs::write(&password_file, "password\n").unwrap();
     std::fs::write(&key_file, "TestKey\n").unwrap();
-    std::env::set_var("JUNCTION_SANDBOX_TEST_MESH_PASSWORD", "password");
     let mut config = config(&sandbox, "X26ABC1");
-    config.password_env = Some("JUNCTION_SANDBOX_TEST_MESH_PASSWORD".into());
+    config.password_file = Some(password_file);
     config.shared_key_file = Some(key_file);
     let client = MeshClient::new(&config).unwrap();
     client.handshake().await.unwrap();
 
+    // (Reading the environment only: setting variables would race with other threads.)
+    config.password_file = None;
     config.password_env = Some("JUNCTION_SANDBOX_TEST_UNSET".into());
     let error = MeshClient::new(&config).unwrap_err();
     assert!(

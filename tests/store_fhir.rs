@@ -555,6 +555,13 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         .collect();
     assert_eq!(families, vec!["Smith-Jones", "Smith"]);
 
+    // The CapabilityStatement.
+    let metadata = get(&client, &base, "/fhir/metadata", &answers, "10-metadata").await;
+    assert_eq!(metadata.status, 200);
+    assert_eq!(metadata.body["resourceType"], "CapabilityStatement");
+    assert_eq!(metadata.body["fhirVersion"], "4.0.1");
+    assert_eq!(metadata.body["rest"][0]["resource"][0]["type"], "Patient");
+
     // Unknown ids: 404; bad parameters: 400; each an OperationOutcome.
     let missing = get(
         &client,
@@ -737,6 +744,268 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     assert_eq!(audited.len(), 14, "{audited:?}");
 
     // Every answer validates with fhir.resources (R4B models).
+    run_python(
+        &[
+            std::ffi::OsStr::new("-c"),
+            std::ffi::OsStr::new(VALIDATE_ANSWERS),
+            answers.as_os_str(),
+        ],
+        "fhir.resources validation of the answers",
+    );
+}
+
+/// HL7 TS (EVN-2, MSH-7) to an instant: `YYYYMMDDHHMM[SS[.S…]][+/-ZZZZ]`,
+/// local time in Europe/London when no offset is given.
+fn hl7_instant(ts: &str) -> Option<jiff::Timestamp> {
+    let ts = ts.split('^').next()?.trim();
+    let digits = ts.bytes().take_while(u8::is_ascii_digit).count();
+    if !(12..=14).contains(&digits) {
+        return None;
+    }
+    let rest = &ts[digits..];
+    let rest = match rest.strip_prefix('.') {
+        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => rest,
+    };
+    let civil =
+        jiff::civil::DateTime::strptime("%Y%m%d%H%M%S", format!("{:0<14}", &ts[..digits])).ok()?;
+    if rest.is_empty() {
+        return civil.in_tz("Europe/London").ok().map(|z| z.timestamp());
+    }
+    let sign = match rest.as_bytes()[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let hours: i32 = rest.get(1..3)?.parse().ok()?;
+    let minutes: i32 = rest.get(3..5)?.parse().ok()?;
+    let offset = jiff::tz::Offset::from_seconds(sign * (hours * 3600 + minutes * 60)).ok()?;
+    offset.to_timestamp(civil).ok()
+}
+
+/// A document mapped from a sample, with its event time.
+struct Mapped {
+    label: String,
+    document: Value,
+    event_time: jiff::Timestamp,
+}
+
+/// Every message of samples/*.hl7 mapped by the shipped mappings.
+fn mapped_samples() -> Vec<Mapped> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = junction::mapping::MappingSet::load_dir(&root.join("mappings"))
+        .unwrap_or_else(|errors| panic!("mappings/ does not load: {errors:?}"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .collect();
+    files.sort();
+    let mut mapped = Vec::new();
+    for file in files {
+        let raw = std::fs::read(&file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let text = junction::hl7::decode(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let messages = junction::hl7::split_batch(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (i, text) in messages.iter().enumerate() {
+            let message =
+                junction::hl7::Message::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let header = message.header().unwrap();
+            let plan = set
+                .select(&header.message_code, &header.trigger_event)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{name}: no mapping for {}^{}",
+                        header.message_code, header.trigger_event
+                    )
+                });
+            let output = plan
+                .apply(&message)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let evn2 = message.get("EVN-2").unwrap().filter(|s| !s.is_empty());
+            let ts = evn2.or(message.get("MSH-7").unwrap()).unwrap_or_default();
+            let event_time =
+                hl7_instant(&ts).unwrap_or_else(|| panic!("{name}: no event time in {ts:?}"));
+            mapped.push(Mapped {
+                label: format!("{name}#{i}"),
+                document: output.document,
+                event_time,
+            });
+        }
+    }
+    mapped
+}
+
+/// Every `Type/id` the documents write.
+fn urls(mapped: &[Mapped]) -> Vec<(String, String)> {
+    let mut urls: Vec<(String, String)> = mapped
+        .iter()
+        .flat_map(|m| m.document["entry"].as_array().unwrap().iter())
+        .map(|e| {
+            let r = &e["resource"];
+            (
+                r["resourceType"].as_str().unwrap().to_string(),
+                r["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+fn without_meta(mut resource: Value) -> Value {
+    resource.as_object_mut().unwrap().remove("meta");
+    resource
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_samples_converge_whatever_the_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapped = mapped_samples();
+    assert!(
+        mapped.len() >= 15,
+        "only {} sample messages mapped",
+        mapped.len()
+    );
+    let documents = dir.path().join("documents");
+    std::fs::create_dir_all(&documents).unwrap();
+    for (i, m) in mapped.iter().enumerate() {
+        std::fs::write(
+            documents.join(format!("{i:02}.json")),
+            m.document.to_string(),
+        )
+        .unwrap();
+    }
+    validate_documents(&documents);
+
+    let open = |name: &str| {
+        RecordStore::open(&RecordStoreConfig {
+            path: dir.path().join(name),
+            sync: SyncPolicy::Normal,
+        })
+        .unwrap()
+    };
+    // In file order, then everything again (a redelivery of every document).
+    let forward = open("forward.db");
+    for m in &mapped {
+        forward
+            .apply_bundle(&m.document, Some(m.event_time))
+            .unwrap_or_else(|e| panic!("{}: {e}", m.label));
+    }
+    for m in &mapped {
+        let again = forward
+            .apply_bundle(&m.document, Some(m.event_time))
+            .unwrap();
+        assert_eq!(
+            again.written() + again.deleted(),
+            0,
+            "{}: {again:?}",
+            m.label
+        );
+    }
+    // In reverse order: older events arrive after newer ones.
+    let backward = open("backward.db");
+    let mut stale = 0;
+    for m in mapped.iter().rev() {
+        stale += backward
+            .apply_bundle(&m.document, Some(m.event_time))
+            .unwrap()
+            .stale();
+    }
+    assert!(stale > 0, "reverse order should have skipped older events");
+    // Both stores hold the same current records.
+    for (rtype, id) in urls(&mapped) {
+        let a = forward
+            .read(&rtype, &id)
+            .unwrap()
+            .and_then(|r| r.resource)
+            .map(without_meta);
+        let b = backward
+            .read(&rtype, &id)
+            .unwrap()
+            .and_then(|r| r.resource)
+            .map(without_meta);
+        assert!(a.is_some(), "{rtype}/{id} not stored");
+        assert_eq!(a, b, "{rtype}/{id} differs with the arrival order");
+    }
+
+    // The FHIR reads over the forward store find Margaret Smith's record.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let app = junction::api::fhir::router(forward.clone());
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    });
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let answers = dir.path().join("answers");
+    std::fs::create_dir_all(&answers).unwrap();
+    let found = get(
+        &client,
+        &base,
+        &format!("/fhir/Patient?identifier={NHS_SYSTEM}|9990000018"),
+        &answers,
+        "01-smith",
+    )
+    .await;
+    assert_eq!(found.body["total"], 1, "{}", found.body);
+    let patient_id = found.body["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let everything = get(
+        &client,
+        &base,
+        &format!("/fhir/Patient/{patient_id}/$everything"),
+        &answers,
+        "02-smith-everything",
+    )
+    .await;
+    let names = entry_names(&everything.body);
+    for kind in [
+        "Encounter/",
+        "DiagnosticReport/",
+        "Observation/",
+        "Provenance/",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(kind)),
+            "no {kind} in {names:?}"
+        );
+    }
+    let reports = get(
+        &client,
+        &base,
+        &format!("/fhir/DiagnosticReport?patient={patient_id}"),
+        &answers,
+        "03-smith-reports",
+    )
+    .await;
+    assert!(
+        reports.body["total"].as_u64().unwrap() >= 1,
+        "{}",
+        reports.body
+    );
+    for entry in reports.body["entry"].as_array().unwrap() {
+        for result in entry["resource"]["result"].as_array().into_iter().flatten() {
+            let reference = result["reference"].as_str().unwrap();
+            let (rtype, id) = reference.split_once('/').unwrap();
+            assert_eq!(rtype, "Observation");
+            assert!(
+                forward.read(rtype, id).unwrap().is_some(),
+                "dangling {reference}"
+            );
+        }
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
     run_python(
         &[
             std::ffi::OsStr::new("-c"),

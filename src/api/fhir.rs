@@ -10,6 +10,7 @@
 //! - `GET /fhir/Patient/{id}/$everything`: a `searchset` Bundle of the
 //!   Patient and every current record that belongs to it.
 //! - `GET /fhir/{Type}/{id}/_history`: a `history` Bundle, newest first.
+//! - `GET /fhir/metadata`: the CapabilityStatement saying all of the above.
 //!
 //! Unknown ids answer 404 and bad parameters 400, each with an
 //! OperationOutcome. Searches refuse parameters they do not understand rather
@@ -53,6 +54,7 @@ pub struct PatientsRead(pub Vec<String>);
 /// main server's router; wrap with the authentication and audit layer.
 pub fn router(store: RecordStore) -> Router {
     Router::new()
+        .route("/fhir/metadata", get(metadata))
         .route("/fhir/{resource_type}", get(search))
         .route("/fhir/{resource_type}/{id}", get(read))
         .route("/fhir/{resource_type}/{id}/{operation}", get(operation))
@@ -502,6 +504,72 @@ async fn history(
         "entry": entries,
     });
     Ok(answer(&bundle, patients))
+}
+
+/// The resource types the shipped mappings write that belong to a patient
+/// (searchable by `patient`). Other types can still be read by id.
+const PATIENT_TYPES: &[&str] = &[
+    "AllergyIntolerance",
+    "Condition",
+    "DiagnosticReport",
+    "Encounter",
+    "Observation",
+    "Provenance",
+    "RelatedPerson",
+];
+
+async fn metadata(headers: HeaderMap) -> Response {
+    let read = json!({"code": "read"});
+    let search = json!({"code": "search-type"});
+    let history = json!({"code": "history-instance"});
+    let mut resources = vec![json!({
+        "type": "Patient",
+        "interaction": [read, search, history],
+        "versioning": "versioned",
+        "readHistory": true,
+        "searchParam": [{
+            "name": "identifier",
+            "type": "token",
+            "documentation": "system|value, value (any system) or |value (no system)"
+        }],
+        "operation": [{
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+        }]
+    })];
+    resources.extend(PATIENT_TYPES.iter().map(|resource_type| {
+        json!({
+            "type": resource_type,
+            "interaction": [read, search, history],
+            "versioning": "versioned",
+            "readHistory": true,
+            "searchParam": [{
+                "name": "patient",
+                "type": "reference",
+                "documentation": "id or Patient/id"
+            }]
+        })
+    }));
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now_instant(),
+        "kind": "instance",
+        "software": {"name": "Junction", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {
+            "description": "Junction care-record store (read only)",
+            "url": base_url(&headers)
+        },
+        "fhirVersion": "4.0.1",
+        "format": [FHIR_JSON],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Every resource type can be read by id; \
+                              searches need identifier (Patient) or patient.",
+            "resource": resources
+        }]
+    });
+    fhir_json(StatusCode::OK, &statement)
 }
 
 async fn unknown_route(uri: Uri) -> FhirError {

@@ -123,6 +123,12 @@ pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
+/// Segment name equality without a `memcmp` call for 3-byte names.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// A value during evaluation.
 #[derive(Debug, Clone)]
 pub(crate) enum Val<'a> {
@@ -165,8 +171,8 @@ struct Scope<'s, 'a> {
     position: usize,
 }
 
-struct Ctx<'p, 'a> {
-    plan: &'p PlanInner,
+struct Ctx<'a> {
+    plan: &'a PlanInner,
     segs: &'a [Segment<'a>],
     seps: Separators,
     /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
@@ -179,10 +185,13 @@ struct Ctx<'p, 'a> {
     cache: Vec<(MacroKey, Val<'a>)>,
 }
 
+/// Macros naming more segments than this are not cached.
+const MACRO_KEY_SEGMENTS: usize = 8;
+
 #[derive(Debug, PartialEq, Eq)]
 struct MacroKey {
     macro_index: usize,
-    segments: Vec<u32>,
+    segments: [u32; MACRO_KEY_SEGMENTS],
     elem: Option<(usize, usize, Loc)>,
     position: usize,
 }
@@ -237,7 +246,7 @@ pub(crate) fn apply(
     })
 }
 
-impl<'p, 'a> Ctx<'p, 'a> {
+impl<'a> Ctx<'a> {
     fn warn(&mut self, loc: Option<Loc>, message: String) {
         let w = match loc {
             Some(l) => format!("{}: {message}", self.loc_name(l)),
@@ -305,7 +314,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         let mut s = Some(scope);
         while let Some(sc) = s {
             let end = sc.end.min(self.segs.len());
-            if let Some(i) = (sc.start..end).find(|&i| self.segs[i].name == name) {
+            if let Some(i) = (sc.start..end).find(|&i| same_name(self.segs[i].name, name)) {
                 return Some(i);
             }
             s = sc.parent;
@@ -317,7 +326,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn resource(
         &mut self,
-        r: &Resource,
+        r: &'a Resource,
         scope: &Scope<'_, 'a>,
         entries: &mut Vec<Value>,
         seen: &mut Vec<String>,
@@ -364,7 +373,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
     /// Calls `f` once per group (`for`) or element (`each`), with the inner scope.
     fn iterate(
         &mut self,
-        it: &Iter,
+        it: &'a Iter,
         scope: &Scope<'_, 'a>,
         f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
     ) {
@@ -396,7 +405,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn groups(
         &mut self,
-        heads: &[String],
+        heads: &'a [String],
         scope: &Scope<'_, 'a>,
         f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
     ) {
@@ -435,7 +444,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn object_fields(
         &mut self,
-        fields: &[(String, Template)],
+        fields: &'a [(String, Template)],
         scope: &Scope<'_, 'a>,
     ) -> Map<String, Value> {
         let mut map = Map::new();
@@ -447,7 +456,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         map
     }
 
-    fn object(&mut self, o: &ObjTemplate, scope: &Scope<'_, 'a>) -> Option<Value> {
+    fn object(&mut self, o: &'a ObjTemplate, scope: &Scope<'_, 'a>) -> Option<Value> {
         if let Some(w) = &o.when {
             if !self.cond(w, scope) {
                 return None;
@@ -458,7 +467,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
     }
 
     /// The value of a template in an object member position (`None`: leave it out).
-    fn value(&mut self, t: &Template, scope: &Scope<'_, 'a>) -> Option<Value> {
+    fn value(&mut self, t: &'a Template, scope: &Scope<'_, 'a>) -> Option<Value> {
         match t {
             Template::Expr(e) => {
                 let v = self.expr(e, scope);
@@ -475,7 +484,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
     }
 
     /// The values of a template in an array position (flattened).
-    fn items(&mut self, t: &Template, scope: &Scope<'_, 'a>, out: &mut Vec<Value>) {
+    fn items(&mut self, t: &'a Template, scope: &Scope<'_, 'a>, out: &mut Vec<Value>) {
         match t {
             Template::Expr(e) => {
                 let v = self.expr(e, scope);
@@ -508,6 +517,9 @@ impl<'p, 'a> Ctx<'p, 'a> {
     fn to_json(&self, v: Val<'a>) -> Option<Value> {
         match v {
             Val::Empty => None,
+            Val::Text(Cow::Owned(s)) if s.trim().len() == s.len() => {
+                (!s.is_empty() && s != "\"\"").then_some(Value::String(s))
+            }
             Val::Text(t) => {
                 let t = t.trim();
                 (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
@@ -534,7 +546,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     // ---- expressions -----------------------------------------------------------
 
-    fn expr(&mut self, e: &Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
+    fn expr(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
         let mut loc = None;
         let mut v = self.term(&e.first, scope, &mut loc);
         for st in &e.stages {
@@ -569,13 +581,16 @@ impl<'p, 'a> Ctx<'p, 'a> {
         } else {
             None
         };
+        if deps.segments.len() > MACRO_KEY_SEGMENTS {
+            return self.expr(e, scope);
+        }
+        let mut segments = [u32::MAX; MACRO_KEY_SEGMENTS];
+        for (slot, s) in segments.iter_mut().zip(&deps.segments) {
+            *slot = self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32);
+        }
         let key = MacroKey {
             macro_index: i,
-            segments: deps
-                .segments
-                .iter()
-                .map(|s| self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32))
-                .collect(),
+            segments,
             elem,
             position: if deps.position { scope.position } else { 0 },
         };
@@ -589,7 +604,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     /// Marks the fields an alternative that was not needed would have read: a
     /// field named by a rule counts as mapped even when an earlier one won.
-    fn touch_term(&mut self, t: &Term, scope: &Scope<'_, 'a>) {
+    fn touch_term(&mut self, t: &'a Term, scope: &Scope<'_, 'a>) {
         match t {
             Term::Path(p) => {
                 if let Anchor::Field { segment, field } = &p.anchor {
@@ -608,7 +623,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
     }
 
-    fn touch_expr(&mut self, e: &Expr, scope: &Scope<'_, 'a>) {
+    fn touch_expr(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>) {
         self.touch_term(&e.first, scope);
         for st in &e.stages {
             if let Stage::Alt(t) = st {
@@ -617,9 +632,9 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
     }
 
-    fn term(&mut self, t: &Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
+    fn term(&mut self, t: &'a Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
         match t {
-            Term::Literal(s) => Val::Text(Cow::Owned(s.clone())),
+            Term::Literal(s) => Val::Text(Cow::Borrowed(s.as_str())),
             Term::Position => Val::Text(Cow::Owned(scope.position.to_string())),
             Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => {
@@ -672,7 +687,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
     }
 
-    fn path(&mut self, p: &Path, scope: &Scope<'_, 'a>) -> Val<'a> {
+    fn path(&mut self, p: &'a Path, scope: &Scope<'_, 'a>) -> Val<'a> {
         let descend = |n: Node<'a>| -> Option<Node<'a>> {
             let mut n = n;
             if let Some(c) = p.comp {
@@ -769,6 +784,14 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
     }
 
+    /// Does `f` hold for some text of the value (lists: each element), trimmed?
+    fn any_text(&self, v: Val<'a>, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        match v {
+            Val::List(items) => items.into_iter().any(|i| self.any_text(i, f)),
+            v => f(self.text_of(v).trim()),
+        }
+    }
+
     /// Every text of a value (lists: each element), trimmed.
     fn texts(&self, v: Val<'a>, out: &mut Vec<Cow<'a, str>>) {
         match v {
@@ -783,7 +806,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn transform(
         &mut self,
-        t: &Transform,
+        t: &'a Transform,
         v: Val<'a>,
         loc: Option<Loc>,
         scope: &Scope<'_, 'a>,
@@ -791,7 +814,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         match t {
             Transform::Default(d) => {
                 return if v.is_empty() {
-                    Val::Text(Cow::Owned(d.clone()))
+                    Val::Text(Cow::Borrowed(d.as_str()))
                 } else {
                     v
                 }
@@ -917,7 +940,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     // ---- conditions ------------------------------------------------------------
 
-    fn cond(&mut self, c: &Cond, scope: &Scope<'_, 'a>) -> bool {
+    fn cond(&mut self, c: &'a Cond, scope: &Scope<'_, 'a>) -> bool {
         match c {
             Cond::Or(cs) => cs.iter().any(|c| self.cond(c, scope)),
             Cond::And(cs) => cs.iter().all(|c| self.cond(c, scope)),
@@ -927,17 +950,23 @@ impl<'p, 'a> Ctx<'p, 'a> {
             Cond::NoSegment(name) => self.find_segment(name, scope).is_none(),
             Cond::Compare { left, eq, right } => {
                 let (l, r) = (self.expr(left, scope), self.expr(right, scope));
-                let (mut lt, mut rt) = (Vec::new(), Vec::new());
-                self.texts(l, &mut lt);
-                self.texts(r, &mut rt);
-                let any = lt.iter().any(|a| rt.iter().any(|b| a == b));
+                let any = match r {
+                    Val::List(_) => {
+                        let mut rt = Vec::new();
+                        self.texts(r, &mut rt);
+                        self.any_text(l, &mut |a| rt.iter().any(|b| a == b.as_ref()))
+                    }
+                    r => {
+                        let rt = self.text_of(r);
+                        let rt = rt.trim();
+                        self.any_text(l, &mut |a| a == rt)
+                    }
+                };
                 any == *eq
             }
             Cond::In { left, set } => {
                 let l = self.expr(left, scope);
-                let mut lt = Vec::new();
-                self.texts(l, &mut lt);
-                lt.iter().any(|a| set.iter().any(|s| s == a.as_ref()))
+                self.any_text(l, &mut |a| set.iter().any(|s| s == a))
             }
         }
     }
