@@ -13,6 +13,7 @@
 //! - [`journal`]: durable intake (SQLite, WAL, group commit).
 //! - [`store`]: the care-record store (versioned FHIR records, SQLite) and its reads.
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
+//! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
 //! - [`api`]: the HTTP server (health, metrics, operations API).
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
@@ -27,5 +28,6 @@ pub mod journal;
 pub mod mapping;
 pub mod mesh;
 pub mod mllp;
+pub mod route;
 pub mod store;
 pub mod telemetry;

@@ -547,17 +547,20 @@ async fn a_stopped_sandbox_gives_a_retryable_error() {
 }
 
 #[tokio::test]
-async fn secrets_from_environment_and_file() {
+async fn secrets_from_files_and_a_missing_variable_named() {
     let sandbox = Sandbox::start();
+    let password_file = sandbox.dir.path().join("password");
     let key_file = sandbox.dir.path().join("shared-key");
+    std::fs::write(&password_file, "password\n").unwrap();
     std::fs::write(&key_file, "TestKey\n").unwrap();
-    std::env::set_var("JUNCTION_SANDBOX_TEST_MESH_PASSWORD", "password");
     let mut config = config(&sandbox, "X26ABC1");
-    config.password_env = Some("JUNCTION_SANDBOX_TEST_MESH_PASSWORD".into());
+    config.password_file = Some(password_file);
     config.shared_key_file = Some(key_file);
     let client = MeshClient::new(&config).unwrap();
     client.handshake().await.unwrap();
 
+    // (Reading the environment only: setting variables would race with other threads.)
+    config.password_file = None;
     config.password_env = Some("JUNCTION_SANDBOX_TEST_UNSET".into());
     let error = MeshClient::new(&config).unwrap_err();
     assert!(

@@ -1,9 +1,10 @@
 //! `junction check [--config junction.toml]`: load and validate the config,
 //! print every diagnostic (rustc style) on stderr.
 //!
-//! What is checked: the config file itself (see [`crate::config`]), and the
-//! mapping files in the `mappings/` folder next to it when there is one
-//! (every problem of every file, with its line and column).
+//! What is checked: the config file itself (see [`crate::config`]), the
+//! mapping files in the `mappings/` folder next to it when there is one, and
+//! the route files in `routes/` ([`check_routes`]) (every problem of every
+//! file, with its line and column).
 //!
 //! Exit 0 with a one-line summary on stdout when there is no error (warnings
 //! are printed and do not fail the check); 1 when there is any error.
@@ -34,6 +35,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let dir = config::config_dir(&args.config);
     let mappings = check_mappings(&dir, &mut diags);
     // Further checks (routes) extend `diags` here.
+    check_routes(&dir, config.as_ref(), &mut diags);
     diags.sort();
     print_diagnostics(&diags);
     match config {
@@ -125,4 +127,41 @@ fn display_path(path: &Path) -> PathBuf {
         .ok()
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
         .unwrap_or_else(|| path.to_path_buf())
+}
+
+// ---- routes/ (issue 4) ------------------------------------------------------------
+
+/// Loads `<config folder>/routes/*.toml` (when that folder exists) and adds each
+/// problem to `diags`: file syntax, unknown keys, bad patterns and conditions, and
+/// references to mappings (checked when the mappings compile: the name exists and
+/// declares the route's message types) and to the config's listeners (when the
+/// config loads). Destination ids are not checked: `[destinations.<id>]` is not
+/// part of the config yet.
+fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnostics) {
+    let in_dir = |name: &str| {
+        if config_dir == Path::new(".") {
+            PathBuf::from(name)
+        } else {
+            config_dir.join(name)
+        }
+    };
+    let mappings_dir = in_dir("mappings");
+    let mappings = mappings_dir
+        .is_dir()
+        .then(|| MappingSet::load_dir(&mappings_dir).ok())
+        .flatten();
+    let listeners: Option<Vec<&str>> =
+        config.map(|c| c.listeners.keys().map(String::as_str).collect());
+    let known = crate::route::Known {
+        mappings: mappings.as_ref(),
+        listeners: listeners.as_deref(),
+        destinations: None,
+    };
+    for err in crate::route::check_dir(&in_dir("routes"), &known) {
+        let file = display_path(&err.file);
+        diags.push(match err.source() {
+            Some(source) => Diagnostic::error(&file, source, err.span(), &err.message),
+            None => Diagnostic::whole_file(Severity::Error, &file, &err.message),
+        });
+    }
 }

@@ -164,27 +164,39 @@ impl MeshMailboxConfig {
 
     /// Reads the password and the shared key from where the configuration says.
     pub fn load_secrets(&self) -> Result<(Secret, Secret), MeshError> {
+        self.load_secrets_with(&|name| std::env::var(name))
+    }
+
+    /// [`Self::load_secrets`] with environment variables looked up by `env` (tests
+    /// pass a map instead of changing the process environment).
+    pub fn load_secrets_with(&self, env: &EnvLookup<'_>) -> Result<(Secret, Secret), MeshError> {
         let password = load_secret(
             &self.mailbox,
             "password",
             self.password_env.as_deref(),
             self.password_file.as_deref(),
+            env,
         )?;
         let shared_key = load_secret(
             &self.mailbox,
             "shared_key",
             self.shared_key_env.as_deref(),
             self.shared_key_file.as_deref(),
+            env,
         )?;
         Ok((password, shared_key))
     }
 }
+
+/// Looks up an environment variable the way `std::env::var` does.
+pub type EnvLookup<'a> = dyn Fn(&str) -> Result<String, std::env::VarError> + 'a;
 
 fn load_secret(
     mailbox: &str,
     what: &'static str,
     env: Option<&str>,
     file: Option<&Path>,
+    lookup: &EnvLookup<'_>,
 ) -> Result<Secret, MeshError> {
     let value = match (env, file) {
         (Some(_), Some(_)) => {
@@ -201,7 +213,7 @@ fn load_secret(
                 problem: format!("neither `{what}_env` nor `{what}_file` is set, expected one"),
             })
         }
-        (Some(var), None) => match std::env::var(var) {
+        (Some(var), None) => match lookup(var) {
             Ok(value) => value,
             Err(std::env::VarError::NotPresent) => {
                 return Err(MeshError::SecretSource {
@@ -338,33 +350,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, "TestKey\n").unwrap();
-        // A variable name unique to this test, so parallel tests do not race on it.
-        let var = "JUNCTION_TEST_MESH_PASSWORD_7F3A";
-        std::env::set_var(var, "hunter2");
+        // A pretend environment: changing the real one races with other threads.
+        let var = "JUNCTION_TEST_MESH_PASSWORD";
+        let env = |name: &str| {
+            if name == var {
+                Ok("hunter2".to_owned())
+            } else {
+                Err(std::env::VarError::NotPresent)
+            }
+        };
         let mut config = MeshMailboxConfig::new("https://x", "X26ABC1");
         config.password_env = Some(var.into());
         config.shared_key_file = Some(key_file.clone());
-        let (password, key) = config.load_secrets().unwrap();
+        let (password, key) = config.load_secrets_with(&env).unwrap();
         assert_eq!(password.expose(), "hunter2");
         assert_eq!(key.expose(), "TestKey");
         assert_eq!(format!("{password:?}"), "Secret(***)");
 
         config.password_env = Some("JUNCTION_TEST_MESH_UNSET_VARIABLE".into());
-        let err = config.load_secrets().unwrap_err().to_string();
+        let err = config.load_secrets_with(&env).unwrap_err().to_string();
         assert!(err.contains("JUNCTION_TEST_MESH_UNSET_VARIABLE"), "{err}");
         assert!(err.contains("X26ABC1"), "{err}");
 
         config.password_env = None;
-        let err = config.load_secrets().unwrap_err().to_string();
+        let err = config.load_secrets_with(&env).unwrap_err().to_string();
         assert!(err.contains("password_env"), "{err}");
 
         config.password_file = Some(dir.path().join("missing"));
-        let err = config.load_secrets().unwrap_err().to_string();
+        let err = config.load_secrets_with(&env).unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");
 
         config.password_file = Some(key_file.clone());
         config.password_env = Some(var.into());
-        let err = config.load_secrets().unwrap_err().to_string();
+        let err = config.load_secrets_with(&env).unwrap_err().to_string();
         assert!(err.contains("both"), "{err}");
         assert!(
             !err.contains("hunter2") && !err.contains("TestKey"),
