@@ -296,7 +296,16 @@ impl RecordStore {
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        sqlite::apply(&mut conn, &plan, now)
+        let outcome = sqlite::apply(&mut conn, &plan, now)?;
+        tracing::debug!(
+            entries = outcome.entries.len(),
+            written = outcome.written(),
+            unchanged = outcome.unchanged(),
+            stale = outcome.stale(),
+            deleted = outcome.deleted(),
+            "document applied to the record store"
+        );
+        Ok(outcome)
     }
 
     /// The current version of a record (a tombstone if it was deleted), or
