@@ -12,7 +12,7 @@
 #   bench/run.sh --quick    # smoke test: 1 repetition, small counts
 #
 # Tunables (environment): REPS (3), MESSAGES_1 (messages at 1 connection,
-# 5000), MESSAGES_32 (messages at 32 connections, 100000), WARMUP (messages
+# 8000), MESSAGES_32 (messages at 32 connections, 60000), WARMUP (messages
 # sent before measuring, 500), LOAD_TIMEOUT_SECS (600). Aim for runs of ~10 s
 # each. A run whose `junction load` exits non-zero (a NAK, a lost connection)
 # is reported and left out of the medians. Needs cargo, node/npm (the peer) and
@@ -23,8 +23,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 REPS="${REPS:-3}"
-MESSAGES_1="${MESSAGES_1:-5000}"
-MESSAGES_32="${MESSAGES_32:-100000}"
+MESSAGES_1="${MESSAGES_1:-8000}"
+MESSAGES_32="${MESSAGES_32:-60000}"
 WARMUP="${WARMUP:-500}"
 LOAD_TIMEOUT_SECS="${LOAD_TIMEOUT_SECS:-600}"
 if [ "${1:-}" = "--quick" ]; then
@@ -170,6 +170,27 @@ TOML
     echo "machine: $(nproc) core(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
     echo "node: $(node --version); peer: @medplum/hl7 $(node -p 'require("./bench/peer/node_modules/@medplum/hl7/package.json").version')"
     echo "reps: $REPS; messages: $MESSAGES_1 at 1 connection, $MESSAGES_32 at 32 connections; warm-up $WARMUP"
+    # sync = full pays one fsync per group commit: with one message in flight
+    # per connection, msgs/s can not exceed connections / fsync latency.
+    python3 - "${TMPDIR:-/tmp}" <<'PY'
+import os, sys, tempfile, time
+fd, path = tempfile.mkstemp(dir=sys.argv[1], prefix="junction-bench-fsync.")
+try:
+    times = []
+    for _ in range(300):
+        started = time.perf_counter()
+        os.write(fd, b"x" * 4096)
+        os.fsync(fd)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    median, p90 = times[len(times) // 2], times[len(times) * 9 // 10]
+    print("fsync (4 KiB append in %s): median %.2f ms, p90 %.2f ms; ceiling at 32 connections "
+          "with one fsync per commit: %.0f msgs/s (a busy machine makes this vary a lot)"
+          % (sys.argv[1], median * 1000, p90 * 1000, 32 / median))
+finally:
+    os.close(fd)
+    os.unlink(path)
+PY
 } | tee "$out/environment.txt" >&2
 
 for rep in $(seq 1 "$REPS"); do

@@ -19,6 +19,13 @@
 //! TLS failures (untrusted server certificate, client certificate refused) are
 //! reported as [`MeshError::Unavailable`]: retryable, so documents stay queued while
 //! an operator fixes the certificates; the message names the TLS cause.
+//! Lookup by local id uses `GET /outbox/tracking/{local_id}`, which NHS marks
+//! deprecated (there is no other lookup by local id); if live MESH makes a new
+//! message visible to tracking only after a delay, a lookup right after a timeout
+//! can miss it and the message would be posted twice (the sandbox is immediate).
+//!
+//! `mex-Content-Checksum` is `sha256:` and the lowercase hex SHA-256 of the whole
+//! uncompressed document; a download carrying a checksum of that form is verified.
 //!
 //! # Invariants
 //! - Every request carries `Accept: application/vnd.mesh.v2+json` and a fresh

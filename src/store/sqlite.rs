@@ -228,7 +228,7 @@ fn put(
         if let Some(content) = &cur.content {
             let stored: Value = serde_json::from_str(content)?;
             if plan::without_meta(&stored) == plan::without_meta(resource) {
-                set_event_time(conn, resource_type, id, event_time)?;
+                set_event_time(conn, cur, resource_type, id, event_time)?;
                 return Ok(EntryResult::Unchanged {
                     version: cur.version,
                 });
@@ -299,8 +299,8 @@ fn delete(
     event_time: Option<i64>,
 ) -> Result<EntryResult, StoreError> {
     let Some(cur) = current.filter(|cur| cur.content.is_some()) else {
-        if current.is_some() {
-            set_event_time(conn, resource_type, id, event_time)?;
+        if let Some(cur) = current {
+            set_event_time(conn, cur, resource_type, id, event_time)?;
         }
         return Ok(EntryResult::AlreadyAbsent);
     };
@@ -371,13 +371,18 @@ fn write_version(
     Ok(())
 }
 
-/// Remembers a newer event time without making a new version.
+/// Remembers a newer event time without making a new version (no write when
+/// it has not changed, so a redelivered document costs no page writes).
 fn set_event_time(
     conn: &Connection,
+    current: &Current,
     resource_type: &str,
     id: &str,
     event_time: Option<i64>,
 ) -> Result<(), StoreError> {
+    if event_time == current.event_time {
+        return Ok(());
+    }
     conn.execute(
         "UPDATE resources SET event_time = ?3 WHERE type = ?1 AND id = ?2",
         params![resource_type, id, event_time],
@@ -458,7 +463,9 @@ pub(super) fn history(
     Ok(records)
 }
 
-/// Parses the `content` column of every row `sql` returns.
+/// Parses the `content` column of every row `sql` returns. (The searches
+/// use `CROSS JOIN` to make SQLite start from the small index table: without
+/// statistics it would otherwise scan every record of the type.)
 fn contents(
     conn: &Connection,
     sql: &str,
@@ -482,16 +489,17 @@ pub(super) fn search_patient_by_identifier(
         Some(system) => contents(
             conn,
             "SELECT r.content FROM patient_identifiers i
-             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             CROSS JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
              WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
              ORDER BY r.id",
             params![value, system],
         ),
         None => contents(
             conn,
-            "SELECT r.content FROM resources r
-             WHERE r.type = 'Patient' AND r.deleted = 0 AND r.id IN
-                 (SELECT patient_id FROM patient_identifiers WHERE value = ?1)
+            "SELECT r.content
+             FROM (SELECT DISTINCT patient_id FROM patient_identifiers WHERE value = ?1) i
+             CROSS JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE r.deleted = 0
              ORDER BY r.id",
             params![value],
         ),
@@ -514,7 +522,7 @@ pub(super) fn search_by_patient(
     contents(
         conn,
         "SELECT r.content FROM patient_links l
-         JOIN resources r ON r.type = l.type AND r.id = l.id
+         CROSS JOIN resources r ON r.type = l.type AND r.id = l.id
          WHERE l.patient_id = ?1 AND l.type = ?2 AND r.deleted = 0
          ORDER BY r.id",
         params![patient_id, resource_type],
@@ -532,7 +540,7 @@ pub(super) fn everything(
     resources.extend(contents(
         conn,
         "SELECT r.content FROM patient_links l
-         JOIN resources r ON r.type = l.type AND r.id = l.id
+         CROSS JOIN resources r ON r.type = l.type AND r.id = l.id
          WHERE l.patient_id = ?1 AND l.type <> 'Patient' AND r.deleted = 0
          ORDER BY r.type, r.id",
         params![patient_id],
