@@ -5,9 +5,7 @@
 //! every other request already queued (up to [`MAX_GROUP_MESSAGES`]), writes
 //! them all in one transaction, commits (one fsync under `sync = "full"`) and
 //! only then answers each waiter. Thirty-two connections waiting at once share
-//! one fsync instead of paying for thirty-two. Under `sync = "full"` the fsync
-//! itself is pipelined: a syncer thread (`wal_sync`) fsyncs the WAL and
-//! answers the waiters while the writer already writes the next transaction. Reads (the HTTP API) use a small
+//! one fsync instead of paying for thirty-two. Reads (the HTTP API) use a small
 //! pool of separate read-only connections on blocking threads; WAL mode lets
 //! them run while the writer writes.
 //!
@@ -16,8 +14,7 @@
 //!
 //! # Invariants
 //! - [`Journal::commit`] returns only after the transaction holding its rows
-//!   has committed (and, under `sync = "full"`, an `fdatasync` of the WAL that
-//!   started after that commit has returned).
+//!   has committed (and, under `sync = "full"`, the WAL has been fsynced).
 //!   The listener writes the ACK only after that, so an ACK never precedes
 //!   durability. A `kill -9` at any point loses nothing that was committed:
 //!   SQLite replays the WAL on the next open.
@@ -31,7 +28,6 @@
 //!   than the senders, `commit` waits, and so do the senders for their ACKs.
 
 mod sqlite;
-mod wal_sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -237,8 +233,6 @@ pub enum JournalError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("journal commit failed: {0}")]
     Commit(Arc<rusqlite::Error>),
-    #[error("journal fsync failed: {0}")]
-    Sync(Arc<std::io::Error>),
     #[error("journal read failed: {0}")]
     Read(#[from] rusqlite::Error),
     #[error("cannot start the journal writer thread: {0}")]
@@ -249,13 +243,10 @@ pub enum JournalError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Where one commit request is answered.
-type Reply = oneshot::Sender<Result<Vec<Committed>, JournalError>>;
-
 /// A request to the writer thread: rows to write and where to answer.
 struct WriteRequest {
     items: Vec<Incoming>,
-    reply: Reply,
+    reply: oneshot::Sender<Result<Vec<Committed>, JournalError>>,
 }
 
 /// Shared between the handles and the writer thread.
@@ -265,8 +256,6 @@ struct WriterState {
     alive: AtomicBool,
     /// False while the last commit failed (e.g. disk full).
     last_commit_ok: AtomicBool,
-    /// True once an fsync failed: every later commit is refused (fail-stop).
-    sync_failed: AtomicBool,
 }
 
 /// A handle on the journal. Cheap to clone; every clone talks to the same
@@ -313,33 +302,16 @@ impl Journal {
                 source,
             })?;
         }
-        let conn = sqlite::open_writer(&path)?;
+        let conn = sqlite::open_writer(&path, cfg.sync)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let state = Arc::new(WriterState {
             alive: AtomicBool::new(true),
             last_commit_ok: AtomicBool::new(true),
-            sync_failed: AtomicBool::new(false),
         });
-        // Under `sync = "full"` a syncer thread fsyncs the WAL after each
-        // commit, pipelined with the writer (see `wal_sync`).
-        let syncer = match cfg.sync {
-            SyncPolicy::Normal => None,
-            SyncPolicy::Full => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(wal_sync::PENDING_DEPTH);
-                let wal = wal_sync::wal_path(&path);
-                let state = Arc::clone(&state);
-                let metrics = Arc::clone(&metrics);
-                std::thread::Builder::new()
-                    .name("journal-sync".into())
-                    .spawn(move || wal_sync::syncer_loop(rx, wal, state, metrics))
-                    .map_err(JournalError::Spawn)?;
-                Some(tx)
-            }
-        };
         let thread_state = Arc::clone(&state);
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || sqlite::writer_loop(conn, rx, thread_state, metrics, syncer))
+            .spawn(move || sqlite::writer_loop(conn, rx, thread_state, metrics))
             .map_err(JournalError::Spawn)?;
         // Open one reader now so a broken file shows up at start, not at the first search.
         let reader = sqlite::open_reader(&path)?;
@@ -363,13 +335,10 @@ impl Journal {
         self.inner.sync
     }
 
-    /// True while the writer thread runs, the last commit succeeded and no
-    /// fsync has failed.
+    /// True while the writer thread runs and the last commit succeeded.
     pub fn is_healthy(&self) -> bool {
         let state = &self.inner.state;
-        state.alive.load(Ordering::Acquire)
-            && state.last_commit_ok.load(Ordering::Acquire)
-            && !state.sync_failed.load(Ordering::Acquire)
+        state.alive.load(Ordering::Acquire) && state.last_commit_ok.load(Ordering::Acquire)
     }
 
     /// Journals `items` durably, in order, and says for each whether it was

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::mpsc;
 
-use super::wal_sync::Pending;
 use super::{
-    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, WriteRequest,
-    WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES, MAX_LIMIT,
+    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, SyncPolicy,
+    WriteRequest, WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES, MAX_LIMIT,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -63,7 +62,7 @@ const SUMMARY_COLUMNS: &str =
     "id, listener, sender, control_id, message_type, received_at, ack_code, status";
 
 /// Opens the write connection: WAL, the sync policy, the current schema.
-pub(super) fn open_writer(path: &Path) -> Result<Connection, JournalError> {
+pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, JournalError> {
     let open_err = |source| JournalError::Open {
         path: path.to_path_buf(),
         source,
@@ -79,10 +78,13 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, JournalError> {
             mode,
         });
     }
-    // NORMAL in WAL mode: no fsync on commit, syncs around checkpoints. Under
-    // `sync = "full"` the per-commit fsync is done by `wal_sync`, pipelined
-    // with the writer; under `sync = "normal"` there is none.
-    conn.pragma_update(None, "synchronous", "NORMAL")
+    // FULL in WAL mode: the WAL is fsynced at every commit, before `commit`
+    // returns. NORMAL: no fsync on commit (only around checkpoints).
+    let synchronous = match sync {
+        SyncPolicy::Full => "FULL",
+        SyncPolicy::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
         .map_err(open_err)?;
     migrate(&conn)?;
     Ok(conn)
@@ -134,7 +136,6 @@ pub(super) fn writer_loop(
     mut rx: mpsc::Receiver<WriteRequest>,
     state: Arc<WriterState>,
     metrics: Arc<Metrics>,
-    syncer: Option<std::sync::mpsc::SyncSender<Pending>>,
 ) {
     let _guard = AliveGuard(Arc::clone(&state));
     let mut group: Vec<WriteRequest> = Vec::new();
@@ -154,36 +155,18 @@ pub(super) fn writer_loop(
             }
         }
         let started = Instant::now();
+        let result = write_group(&mut conn, &group);
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         metrics.commit_batch_size.observe(messages as f64);
-        if state.sync_failed.load(Ordering::Acquire) {
-            // Fail-stop after an fsync error: nothing more is written or acknowledged.
-            let err = Arc::new(std::io::Error::other("an earlier journal fsync failed"));
-            for req in group.drain(..) {
-                let _ = req.reply.send(Err(JournalError::Sync(Arc::clone(&err))));
-            }
-            continue;
-        }
-        match write_group(&mut conn, &group) {
+        match result {
             Ok(outcomes) => {
                 state.last_commit_ok.store(true, Ordering::Release);
-                // A waiter that went away (connection closed) still had its
-                // rows committed; a resend will be answered as a duplicate.
-                let waiters: Vec<_> = group.drain(..).map(|req| req.reply).zip(outcomes).collect();
-                match &syncer {
-                    None => {
-                        metrics
-                            .commit_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                        for (reply, outcome) in waiters {
-                            let _ = reply.send(Ok(outcome));
-                        }
-                    }
-                    Some(syncer) => {
-                        // Answered by the syncer once the WAL is on disk. If the
-                        // syncer is gone, dropping the waiters answers them
-                        // `WriterStopped`: never an unsynced Ok.
-                        let _ = syncer.send(Pending { waiters, started });
-                    }
+                for (req, outcome) in group.drain(..).zip(outcomes) {
+                    // A waiter that went away (connection closed) still had its
+                    // rows committed; a resend will be answered as a duplicate.
+                    let _ = req.reply.send(Ok(outcome));
                 }
             }
             Err(err) => {
