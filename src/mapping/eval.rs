@@ -8,6 +8,7 @@
 //! - Output objects are built without empty members (pruned as they are built).
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use hl7_parser::message::{Component, Repeat, Segment, Separators, Subcomponent};
 use serde_json::{Map, Value};
@@ -178,19 +179,22 @@ struct Ctx<'a> {
     /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
     read: Vec<u128>,
     warnings: Vec<String>,
+    warned: HashSet<String>,
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
-    /// Macro values already computed in this apply.
-    cache: Vec<(MacroKey, Val<'a>)>,
+    /// Macro values already computed in this apply, by macro.
+    cache: Vec<Vec<(MacroKey, Val<'a>)>>,
 }
+
+/// Values kept per macro (the most recent ones).
+const MACRO_CACHE_ENTRIES: usize = 64;
 
 /// Macros naming more segments than this are not cached.
 const MACRO_KEY_SEGMENTS: usize = 8;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct MacroKey {
-    macro_index: usize,
     segments: [u32; MACRO_KEY_SEGMENTS],
     elem: Option<(usize, usize, Loc)>,
     position: usize,
@@ -202,11 +206,16 @@ pub(crate) fn apply(
     message: &hl7_parser::Message<'_>,
 ) -> Result<MapOutput, MapError> {
     let segs: &[Segment<'_>] = &message.segments;
+    // occurrence of each segment among those of its name (linear: messages may be huge)
+    let mut counts: HashMap<&str, u32> = HashMap::new();
     let mut occurrence = Vec::with_capacity(segs.len());
-    for (i, s) in segs.iter().enumerate() {
-        let before = segs[..i].iter().filter(|o| o.name == s.name).count() as u32;
-        let repeats = before > 0 || segs[i + 1..].iter().any(|o| o.name == s.name);
-        occurrence.push((before + 1, repeats));
+    for s in segs {
+        let n = counts.entry(s.name).or_insert(0);
+        *n += 1;
+        occurrence.push((*n, false));
+    }
+    for (o, s) in occurrence.iter_mut().zip(segs) {
+        o.1 = counts.get(s.name).is_some_and(|&n| n > 1);
     }
     let mut ctx = Ctx {
         plan,
@@ -214,8 +223,9 @@ pub(crate) fn apply(
         seps: message.separators,
         read: vec![0; segs.len()],
         warnings: Vec::new(),
+        warned: HashSet::new(),
         occurrence,
-        cache: Vec::new(),
+        cache: vec![Vec::new(); plan.macros.len()],
     };
     let top = Scope {
         start: 0,
@@ -225,7 +235,7 @@ pub(crate) fn apply(
         position: 1,
     };
     let mut entries = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for r in &plan.resources {
         ctx.resource(r, &top, &mut entries, &mut seen);
     }
@@ -252,7 +262,7 @@ impl<'a> Ctx<'a> {
             Some(l) => format!("{}: {message}", self.loc_name(l)),
             None => message,
         };
-        if !self.warnings.contains(&w) {
+        if self.warned.insert(w.clone()) {
             self.warnings.push(w);
         }
     }
@@ -329,7 +339,7 @@ impl<'a> Ctx<'a> {
         r: &'a Resource,
         scope: &Scope<'_, 'a>,
         entries: &mut Vec<Value>,
-        seen: &mut Vec<String>,
+        seen: &mut HashSet<String>,
     ) {
         let mut emit = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
             if let Some(w) = &r.when {
@@ -349,10 +359,9 @@ impl<'a> Ctx<'a> {
             }
             let mut body = ctx.object_fields(&r.body, sc);
             let url = format!("{}/{}", r.kind, id);
-            if seen.contains(&url) {
+            if !seen.insert(url.clone()) {
                 return;
             }
-            seen.push(url.clone());
             body.insert("resourceType".into(), Value::String(r.kind.clone()));
             body.insert("id".into(), Value::String(id.to_string()));
             let mut request = Map::new();
@@ -589,16 +598,26 @@ impl<'a> Ctx<'a> {
             *slot = self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32);
         }
         let key = MacroKey {
-            macro_index: i,
             segments,
             elem,
             position: if deps.position { scope.position } else { 0 },
         };
-        if let Some((_, v)) = self.cache.iter().find(|(k, _)| *k == key) {
+        // most recent first: a scope asks for the same macros again and again
+        if let Some((_, v)) = self
+            .cache
+            .get(i)
+            .and_then(|c| c.iter().rev().find(|(k, _)| *k == key))
+        {
             return v.clone();
         }
         let v = self.expr(e, scope);
-        self.cache.push((key, v.clone()));
+        if let Some(c) = self.cache.get_mut(i) {
+            // bounded, so a message with thousands of groups stays linear
+            if c.len() >= MACRO_CACHE_ENTRIES {
+                c.remove(0);
+            }
+            c.push((key, v.clone()));
+        }
         v
     }
 
