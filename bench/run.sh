@@ -12,7 +12,7 @@
 #   bench/run.sh --quick    # smoke test: 1 repetition, small counts
 #
 # Tunables (environment): REPS (3), MESSAGES_1 (messages at 1 connection,
-# 5000), MESSAGES_32 (messages at 32 connections, 100000), WARMUP (messages
+# 8000), MESSAGES_32 (messages at 32 connections, 60000), WARMUP (messages
 # sent before measuring, 500), LOAD_TIMEOUT_SECS (600). Aim for runs of ~10 s
 # each. A run whose `junction load` exits non-zero (a NAK, a lost connection)
 # is reported and left out of the medians. Needs cargo, node/npm (the peer) and
@@ -23,8 +23,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 REPS="${REPS:-3}"
-MESSAGES_1="${MESSAGES_1:-5000}"
-MESSAGES_32="${MESSAGES_32:-100000}"
+MESSAGES_1="${MESSAGES_1:-8000}"
+MESSAGES_32="${MESSAGES_32:-60000}"
 WARMUP="${WARMUP:-500}"
 LOAD_TIMEOUT_SECS="${LOAD_TIMEOUT_SECS:-600}"
 if [ "${1:-}" = "--quick" ]; then

@@ -48,6 +48,31 @@ fn map_honours_the_charset_and_a_named_mapping() {
 }
 
 #[test]
+fn map_reads_stdin_with_a_dash() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["map", "-"])
+        .current_dir(repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn junction");
+    let raw = std::fs::read(repo().join("samples/adt_a08_lf_endings.hl7")).expect("sample");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&raw)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let document: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(document["resourceType"], "Bundle");
+    assert!(text(&out.stderr).starts_with("<stdin>: mapped with `adt`"));
+}
+
+#[test]
 fn map_of_a_batch_prints_one_document_per_message() {
     let out = junction(&["map", "samples/batch_adt.hl7"], &repo());
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -77,15 +102,15 @@ fn map_fails_clearly_on_bad_input() {
     for (args, expected) in [
         (
             vec!["map", "samples/bad/no_msh.hl7"],
-            "samples/bad/no_msh.hl7",
+            "no_msh.hl7: not an HL7 message",
         ),
         (
             vec!["map", "samples/bad/empty_msh9.hl7"],
-            "samples/bad/empty_msh9.hl7",
+            "MSH-9 (message type) is empty",
         ),
         (
             vec!["map", "samples/bad/random_bytes.bin"],
-            "random_bytes.bin",
+            "random_bytes.bin: not an HL7 message",
         ),
         (
             vec![

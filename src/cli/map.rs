@@ -11,6 +11,7 @@
 //! Exit codes: 0 every message mapped; 1 a message did not parse or no mapping
 //! applies to it; 2 the mappings or the file could not be read.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,7 +28,7 @@ pub struct MapArgs {
     /// The folder of mapping files (*.toml).
     #[arg(long, value_name = "DIR", default_value = "mappings")]
     pub mappings_dir: PathBuf,
-    /// The HL7 v2 message file (a single message or an FHS/BHS batch).
+    /// The HL7 v2 message file (a single message or an FHS/BHS batch); `-` reads stdin.
     #[arg(value_name = "MESSAGE")]
     pub message: PathBuf,
 }
@@ -37,9 +38,17 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         Ok(set) => set,
         Err(code) => return Ok(code),
     };
-    let raw = std::fs::read(&args.message)
-        .with_context(|| format!("cannot read {}", args.message.display()))?;
-    let file = args.message.display().to_string();
+    let (raw, file) = if args.message.as_os_str() == "-" {
+        let mut raw = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut raw)
+            .context("cannot read the message from stdin")?;
+        (raw, "<stdin>".to_string())
+    } else {
+        let raw = std::fs::read(&args.message)
+            .with_context(|| format!("cannot read {}", args.message.display()))?;
+        (raw, args.message.display().to_string())
+    };
 
     let messages = match decode_messages(&raw) {
         Ok(messages) => messages,
@@ -99,7 +108,7 @@ pub(crate) fn load_mappings(dir: &Path) -> Result<MappingSet, ExitCode> {
 pub(crate) fn decode_messages(raw: &[u8]) -> Result<Vec<String>, String> {
     let text = hl7::decode(raw).map_err(|e| format!("cannot decode the message: {e}"))?;
     let messages: Vec<String> = hl7::split_batch(&text)
-        .map_err(|e| format!("cannot split the batch: {e}"))?
+        .map_err(|e| format!("not an HL7 message or batch: {e}"))?
         .into_iter()
         .map(|m| m.to_string())
         .collect();
@@ -139,6 +148,12 @@ fn pick_plan<'s>(
                 names(set).unwrap_or_else(|| "none".to_string())
             )
         });
+    }
+    if message_code.trim().is_empty() {
+        return Err(
+            "MSH-9 (message type) is empty, so no mapping can be chosen; name one with --mapping"
+                .to_string(),
+        );
     }
     // Extension point: once routes exist, `map` must pick the mapping that the
     // default config's routes would pick for this message (source, type, facility,

@@ -502,6 +502,10 @@ impl<'s> Compiler<'s> {
     }
 
     fn template(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Template> {
+        self.template_unfolded(v, path).map(fold)
+    }
+
+    fn template_unfolded(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Template> {
         match v.get_ref() {
             DeValue::String(_) => self.expr(v).map(Template::Expr),
             DeValue::Boolean(_) | DeValue::Integer(_) | DeValue::Float(_) => {
@@ -848,6 +852,60 @@ fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {
         stack.extend(deps[n].iter().copied());
     }
     false
+}
+
+/// Constant folding: a template without paths, macros or conditions becomes the
+/// JSON it always produces (already pruned), so applying it is one clone.
+fn fold(t: Template) -> Template {
+    match t {
+        Template::Expr(Expr {
+            first: Term::Literal(s),
+            stages,
+        }) if stages.is_empty() && !s.trim().is_empty() && s.trim() != "\"\"" => {
+            Template::Literal(Value::String(s.trim().to_string()))
+        }
+        Template::Object(o) if o.iter.is_none() && o.when.is_none() => {
+            let constant = |t: &Template| match t {
+                Template::Literal(_) => true,
+                Template::Array(items) => items
+                    .iter()
+                    .all(|i| matches!(i, Template::Literal(v) if !v.is_array())),
+                _ => false,
+            };
+            if o.fields.is_empty() || !o.fields.iter().all(|(_, t)| constant(t)) {
+                return Template::Object(o);
+            }
+            let mut map = serde_json::Map::new();
+            for (k, t) in o.fields {
+                let v = match t {
+                    Template::Literal(v) => v,
+                    Template::Array(items) => Value::Array(
+                        items
+                            .into_iter()
+                            .filter_map(|i| match i {
+                                Template::Literal(v) => Some(v),
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    _ => continue,
+                };
+                if !matches!(&v, Value::Array(a) if a.is_empty()) {
+                    map.insert(k, v);
+                }
+            }
+            if map.is_empty() {
+                Template::Object(Box::new(ObjTemplate {
+                    iter: None,
+                    when: None,
+                    fields: Vec::new(),
+                }))
+            } else {
+                Template::Literal(Value::Object(map))
+            }
+        }
+        t => t,
+    }
 }
 
 fn valid_element(k: &str) -> bool {

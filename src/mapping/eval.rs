@@ -181,16 +181,15 @@ struct Ctx<'a> {
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
-    /// Macro values already computed in this apply.
-    cache: Vec<(MacroKey, Val<'a>)>,
+    /// Macro values already computed in this apply, by macro.
+    cache: Vec<Vec<(MacroKey, Val<'a>)>>,
 }
 
 /// Macros naming more segments than this are not cached.
 const MACRO_KEY_SEGMENTS: usize = 8;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct MacroKey {
-    macro_index: usize,
     segments: [u32; MACRO_KEY_SEGMENTS],
     elem: Option<(usize, usize, Loc)>,
     position: usize,
@@ -215,7 +214,7 @@ pub(crate) fn apply(
         read: vec![0; segs.len()],
         warnings: Vec::new(),
         occurrence,
-        cache: Vec::new(),
+        cache: vec![Vec::new(); plan.macros.len()],
     };
     let top = Scope {
         start: 0,
@@ -589,16 +588,22 @@ impl<'a> Ctx<'a> {
             *slot = self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32);
         }
         let key = MacroKey {
-            macro_index: i,
             segments,
             elem,
             position: if deps.position { scope.position } else { 0 },
         };
-        if let Some((_, v)) = self.cache.iter().find(|(k, _)| *k == key) {
+        // most recent first: a scope asks for the same macros again and again
+        if let Some((_, v)) = self
+            .cache
+            .get(i)
+            .and_then(|c| c.iter().rev().find(|(k, _)| *k == key))
+        {
             return v.clone();
         }
         let v = self.expr(e, scope);
-        self.cache.push((key, v.clone()));
+        if let Some(c) = self.cache.get_mut(i) {
+            c.push((key, v.clone()));
+        }
         v
     }
 

@@ -114,29 +114,4 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
         assert!(cases > 0, "no [[test]] cases found");
     }
-
-    /// `MAP_SAMPLE=samples/x.hl7 cargo test --lib print_sample -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn print_sample() {
-        let Ok(sample) = std::env::var("MAP_SAMPLE") else {
-            return;
-        };
-        let set = load_dir(&repo().join("mappings")).unwrap_or_else(|e| {
-            panic!(
-                "{}",
-                e.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        });
-        let text = parse_file(&repo().join(sample));
-        let message = crate::hl7::Message::parse(&text).unwrap();
-        let h = message.header().unwrap();
-        let plan = set.select(&h.message_code, &h.trigger_event).unwrap();
-        let out = plan.apply(&message).unwrap();
-        println!("{}", serde_json::to_string_pretty(&out.document).unwrap());
-        eprintln!("unread: {:?}\nwarnings: {:?}", out.unread, out.warnings);
-    }
 }

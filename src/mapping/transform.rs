@@ -312,13 +312,39 @@ pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
     );
     let sign = if offset_secs < 0 { '-' } else { '+' };
     let abs = offset_secs.unsigned_abs();
-    let mut out = format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, mo, dd, h, mi, sec);
+    // written by hand: this runs for every timestamp of every message
+    let mut out = String::with_capacity(32);
+    push_digits(&mut out, y as u32, 4);
+    out.push('-');
+    push_digits(&mut out, mo as u32, 2);
+    out.push('-');
+    push_digits(&mut out, dd as u32, 2);
+    out.push('T');
+    push_digits(&mut out, h as u32, 2);
+    out.push(':');
+    push_digits(&mut out, mi as u32, 2);
+    out.push(':');
+    push_digits(&mut out, sec as u32, 2);
     if !frac.is_empty() {
         out.push('.');
         out.push_str(frac);
     }
-    out.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60));
+    out.push(sign);
+    push_digits(&mut out, abs / 3600, 2);
+    out.push(':');
+    push_digits(&mut out, (abs % 3600) / 60, 2);
     Ok(out)
+}
+
+/// Appends `n` zero-padded to `width` digits (`n` has at most `width` digits here).
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width.saturating_sub(1));
+    let mut n = n % (div * 10);
+    while div > 0 {
+        out.push(char::from(b'0' + (n / div) as u8));
+        n %= div;
+        div /= 10;
+    }
 }
 
 /// A decimal number as JSON (integers stay integers).

@@ -101,6 +101,22 @@ pub enum StoreError {
     InvalidEntry { index: usize, problem: EntryProblem },
 }
 
+impl StoreError {
+    /// True when the document itself is wrong: applying it again can never
+    /// succeed, so a delivery should dead-letter it rather than retry.
+    /// Database errors (disk full, locked, I/O) are worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotABundle { .. }
+                | StoreError::NotATransaction { .. }
+                | StoreError::EntriesNotArray
+                | StoreError::InvalidTimestamp { .. }
+                | StoreError::InvalidEntry { .. }
+        )
+    }
+}
+
 /// What is wrong with one entry of a document (inside [`StoreError::InvalidEntry`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryProblem {

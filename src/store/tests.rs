@@ -422,6 +422,7 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
         let doc = json!({"resourceType": "Bundle", "type": "transaction", "entry": [good, bad]});
         let err = f.store.apply_bundle(&doc, None).unwrap_err();
         assert_eq!(err.to_string(), expected);
+        assert!(err.is_permanent(), "{expected}");
         assert!(
             f.store.read("Patient", PATIENT).unwrap().is_none(),
             "{expected}"
@@ -451,11 +452,15 @@ fn documents_that_are_not_transactions_are_refused() {
         ),
     ];
     for (doc, expected) in cases {
-        assert_eq!(
-            f.store.apply_bundle(&doc, None).unwrap_err().to_string(),
-            expected
-        );
+        let err = f.store.apply_bundle(&doc, None).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+        assert!(err.is_permanent(), "{expected}");
     }
+    let transient = StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        None,
+    ));
+    assert!(!transient.is_permanent());
     // An empty transaction is fine and does nothing.
     let empty = json!({"resourceType": "Bundle", "type": "transaction"});
     assert_eq!(
