@@ -19,10 +19,19 @@ use junction::mesh::{
 
 const WORKFLOW: &str = "TEST_WORKFLOW";
 
+/// The repository root: cargo's run-time `CARGO_MANIFEST_DIR` (right even when the
+/// test binary was built from another checkout sharing the target dir), else the
+/// compile-time one.
+fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn venv() -> PathBuf {
     let venv = std::env::var_os("JUNCTION_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+        .unwrap_or_else(|| repo_root().join(".venv"));
     assert!(
         venv.join("bin/uvicorn").is_file() && venv.join("bin/python").is_file(),
         "no Python venv with mesh-sandbox at {}: run `bash tests/python/setup-venv.sh` first \
@@ -207,7 +216,7 @@ fn python_download(
     let out = sandbox.dir.path().join(format!("python-{id}.bin"));
     let mut command = Command::new(venv().join("bin/python"));
     command
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mesh_download.py"))
+        .arg(repo_root().join("tests/python/mesh_download.py"))
         .args([
             "--url",
             &sandbox.url,
