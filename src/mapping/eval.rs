@@ -8,6 +8,7 @@
 //! - Output objects are built without empty members (pruned as they are built).
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use hl7_parser::message::{Component, Repeat, Segment, Separators, Subcomponent};
 use serde_json::{Map, Value};
@@ -178,12 +179,16 @@ struct Ctx<'a> {
     /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
     read: Vec<u128>,
     warnings: Vec<String>,
+    warned: HashSet<String>,
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
     /// Macro values already computed in this apply, by macro.
     cache: Vec<Vec<(MacroKey, Val<'a>)>>,
 }
+
+/// Values kept per macro (the most recent ones).
+const MACRO_CACHE_ENTRIES: usize = 64;
 
 /// Macros naming more segments than this are not cached.
 const MACRO_KEY_SEGMENTS: usize = 8;
@@ -201,11 +206,16 @@ pub(crate) fn apply(
     message: &hl7_parser::Message<'_>,
 ) -> Result<MapOutput, MapError> {
     let segs: &[Segment<'_>] = &message.segments;
+    // occurrence of each segment among those of its name (linear: messages may be huge)
+    let mut counts: HashMap<&str, u32> = HashMap::new();
     let mut occurrence = Vec::with_capacity(segs.len());
-    for (i, s) in segs.iter().enumerate() {
-        let before = segs[..i].iter().filter(|o| o.name == s.name).count() as u32;
-        let repeats = before > 0 || segs[i + 1..].iter().any(|o| o.name == s.name);
-        occurrence.push((before + 1, repeats));
+    for s in segs {
+        let n = counts.entry(s.name).or_insert(0);
+        *n += 1;
+        occurrence.push((*n, false));
+    }
+    for (o, s) in occurrence.iter_mut().zip(segs) {
+        o.1 = counts.get(s.name).is_some_and(|&n| n > 1);
     }
     let mut ctx = Ctx {
         plan,
@@ -213,6 +223,7 @@ pub(crate) fn apply(
         seps: message.separators,
         read: vec![0; segs.len()],
         warnings: Vec::new(),
+        warned: HashSet::new(),
         occurrence,
         cache: vec![Vec::new(); plan.macros.len()],
     };
@@ -224,7 +235,7 @@ pub(crate) fn apply(
         position: 1,
     };
     let mut entries = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for r in &plan.resources {
         ctx.resource(r, &top, &mut entries, &mut seen);
     }
@@ -251,7 +262,7 @@ impl<'a> Ctx<'a> {
             Some(l) => format!("{}: {message}", self.loc_name(l)),
             None => message,
         };
-        if !self.warnings.contains(&w) {
+        if self.warned.insert(w.clone()) {
             self.warnings.push(w);
         }
     }
@@ -328,7 +339,7 @@ impl<'a> Ctx<'a> {
         r: &'a Resource,
         scope: &Scope<'_, 'a>,
         entries: &mut Vec<Value>,
-        seen: &mut Vec<String>,
+        seen: &mut HashSet<String>,
     ) {
         let mut emit = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
             if let Some(w) = &r.when {
@@ -348,10 +359,9 @@ impl<'a> Ctx<'a> {
             }
             let mut body = ctx.object_fields(&r.body, sc);
             let url = format!("{}/{}", r.kind, id);
-            if seen.contains(&url) {
+            if !seen.insert(url.clone()) {
                 return;
             }
-            seen.push(url.clone());
             body.insert("resourceType".into(), Value::String(r.kind.clone()));
             body.insert("id".into(), Value::String(id.to_string()));
             let mut request = Map::new();
@@ -602,6 +612,10 @@ impl<'a> Ctx<'a> {
         }
         let v = self.expr(e, scope);
         if let Some(c) = self.cache.get_mut(i) {
+            // bounded, so a message with thousands of groups stays linear
+            if c.len() >= MACRO_CACHE_ENTRIES {
+                c.remove(0);
+            }
             c.push((key, v.clone()));
         }
         v

@@ -57,3 +57,38 @@ pub(crate) fn load_dir_partial(dir: &Path) -> (RouteSet, Vec<RouteError>) {
     errors.append(&mut more);
     (set, errors)
 }
+
+/// Runs one test case: the destinations reached, sorted and without duplicates.
+pub(crate) fn run_test(
+    routes: &RouteSet,
+    mappings: &crate::mapping::MappingSet,
+    test: &super::RouteTest,
+) -> Result<Vec<String>, String> {
+    let bytes = std::fs::read(&test.message)
+        .map_err(|e| format!("cannot read {}: {e}", test.message.display()))?;
+    let text = crate::hl7::decode(&bytes)
+        .map_err(|e| format!("cannot decode {}: {e}", test.message.display()))?;
+    let message = crate::hl7::Message::parse(&text)
+        .map_err(|e| format!("cannot parse {}: {e}", test.message.display()))?;
+    let header = message
+        .header()
+        .map_err(|e| format!("cannot read the header of {}: {e}", test.message.display()))?;
+    let input = super::RouteInput::from_header(&header, test.origin.as_origin());
+    let selection = routes.select(&input);
+    let mut got = Vec::new();
+    for group in selection.groups() {
+        let plan = mappings
+            .get(group.mapping())
+            .ok_or_else(|| format!("mapping `{}` not found in mappings/", group.mapping()))?;
+        let output = plan.apply(&message).map_err(|e| e.to_string())?;
+        got.extend(
+            group
+                .destinations_for(&output.document)
+                .into_iter()
+                .map(|d| d.id),
+        );
+    }
+    got.sort();
+    got.dedup();
+    Ok(got)
+}

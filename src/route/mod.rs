@@ -67,6 +67,102 @@ pub use document::{GP_SYSTEMS, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 pub struct RouteSet {
     routes: Vec<Route>,
     tables: Tables,
+    tests: Vec<RouteTest>,
+}
+
+/// A `[[test]]` case of a route file: a sample message and the destinations it
+/// must reach through the routes and mappings (run by [`run_tests`]).
+#[derive(Debug, Clone)]
+pub struct RouteTest {
+    pub name: String,
+    /// The route file declaring it.
+    pub file: PathBuf,
+    /// The message file, already joined to the route file's folder.
+    pub message: PathBuf,
+    message_at: Location,
+    /// Where the message is taken to come in.
+    pub origin: TestOrigin,
+    /// Every destination expected, in any order; empty means unrouted.
+    pub expect: Vec<String>,
+}
+
+/// The origin of a [`RouteTest`] message (owned form of [`Origin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestOrigin {
+    Listener(String),
+    Source(String),
+    Unknown,
+}
+
+impl TestOrigin {
+    pub fn as_origin(&self) -> Origin<'_> {
+        match self {
+            TestOrigin::Listener(id) => Origin::Listener(id),
+            TestOrigin::Source(id) => Origin::Source(id),
+            TestOrigin::Unknown => Origin::Unknown,
+        }
+    }
+}
+
+/// The outcome of one [`RouteTest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestOutcome {
+    pub file: PathBuf,
+    pub name: String,
+    /// The destinations reached, sorted; `Err` when the case could not run (the
+    /// message file is unreadable or does not parse, a mapping fails).
+    pub got: Result<Vec<String>, String>,
+    /// The destinations expected, sorted.
+    pub expected: Vec<String>,
+}
+
+impl TestOutcome {
+    pub fn passed(&self) -> bool {
+        self.got.as_ref() == Ok(&self.expected)
+    }
+}
+
+impl fmt::Display for TestOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "nothing (unrouted)".to_string()
+            } else {
+                v.iter()
+                    .map(|d| format!("`{d}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let status = if self.passed() { "ok" } else { "FAILED" };
+        write!(f, "{} / {}: {status}", self.file.display(), self.name)?;
+        match &self.got {
+            Ok(_) if self.passed() => Ok(()),
+            Ok(got) => write!(f, ": expected {}, got {}", list(&self.expected), list(got)),
+            Err(e) => write!(f, ": {e}"),
+        }
+    }
+}
+
+/// Runs every `[[test]]` case of `routes` through `mappings`: reads each message
+/// file, selects routes on its header, maps once per mapping and collects the
+/// destinations. Reads files; logs nothing.
+pub fn run_tests(routes: &RouteSet, mappings: &crate::mapping::MappingSet) -> Vec<TestOutcome> {
+    routes
+        .tests
+        .iter()
+        .map(|t| {
+            let mut expected = t.expect.clone();
+            expected.sort();
+            expected.dedup();
+            TestOutcome {
+                file: t.file.clone(),
+                name: t.name.clone(),
+                got: load::run_test(routes, mappings, t),
+                expected,
+            }
+        })
+        .collect()
 }
 
 /// One route, compiled.
@@ -351,6 +447,11 @@ impl RouteSet {
         parse::compile(files)
     }
 
+    /// The `[[test]]` cases of every file, in file order.
+    pub fn tests(&self) -> &[RouteTest] {
+        &self.tests
+    }
+
     /// Every route, in file order.
     pub fn routes(&self) -> &[Route] {
         &self.routes
@@ -566,6 +667,15 @@ pub fn check_dir(dir: &Path, known: &Known<'_>) -> Vec<RouteError> {
     }
     if let Some(d) = known.destinations {
         errors.extend(set.check_destinations(d));
+    }
+    for t in &set.tests {
+        if !t.message.is_file() {
+            errors.push(t.message_at.error(format!(
+                "test `{}`: message file {} not found, expected a path relative to the route file's folder",
+                t.name,
+                t.message.display()
+            )));
+        }
     }
     errors.sort_by(|a, b| (&a.file, a.span.start).cmp(&(&b.file, b.span.start)));
     errors

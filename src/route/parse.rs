@@ -18,7 +18,9 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::condition::{normalise, Condition, Tables};
-use super::{Location, MessagePattern, Route, RouteError, RouteSet, Spanned};
+use super::{
+    Location, MessagePattern, Route, RouteError, RouteSet, RouteTest, Spanned, TestOrigin,
+};
 
 /// A `[routes.<id>]` table as written.
 #[derive(Debug, Deserialize)]
@@ -48,7 +50,22 @@ struct RouteToml {
     destinations: toml::Spanned<Vec<toml::Spanned<String>>>,
 }
 
-const TOP_LEVEL: &[&str] = &["routes", "tables"];
+/// A `[[test]]` case as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestToml {
+    name: String,
+    /// The message file, relative to the route file's folder.
+    message: toml::Spanned<String>,
+    /// The listener the message is taken to come in through.
+    listener: Option<toml::Spanned<String>>,
+    /// Or the source.
+    source: Option<toml::Spanned<String>>,
+    /// Every destination expected (any order); empty for "unrouted".
+    expect: Vec<toml::Spanned<String>>,
+}
+
+const TOP_LEVEL: &[&str] = &["routes", "tables", "test"];
 
 /// Where a route or table was first defined, for "already defined" errors.
 struct Defined {
@@ -70,6 +87,7 @@ struct Compiler {
     tables: Tables,
     table_defs: BTreeMap<String, Defined>,
     table_refs: Vec<TableRef>,
+    tests: Vec<RouteTest>,
 }
 
 pub(crate) fn compile(files: &[(PathBuf, String)]) -> Result<RouteSet, Vec<RouteError>> {
@@ -91,6 +109,7 @@ pub(crate) fn compile_partial(files: &[(PathBuf, String)]) -> (RouteSet, Vec<Rou
         tables: Tables::new(),
         table_defs: BTreeMap::new(),
         table_refs: Vec::new(),
+        tests: Vec::new(),
     };
     for (file, text) in files {
         c.file(file, Arc::from(text.as_str()));
@@ -113,6 +132,7 @@ pub(crate) fn compile_partial(files: &[(PathBuf, String)]) -> (RouteSet, Vec<Rou
         RouteSet {
             routes: c.routes,
             tables: c.tables,
+            tests: c.tests,
         },
         c.errors,
     )
@@ -166,6 +186,7 @@ impl Compiler {
             match key.get_ref().as_ref() {
                 "routes" => self.routes_table(&file, value),
                 "tables" => self.tables_table(&file, value),
+                "test" => self.tests(&file, value),
                 other => {
                     let hint = if other == "route" {
                         " (a route is a table named by its id: `[routes.<id>]`)"
@@ -398,6 +419,60 @@ impl Compiler {
                 ));
                 None
             }
+        }
+    }
+
+    fn tests(&mut self, file: &File<'_>, value: &toml::Spanned<DeValue<'_>>) {
+        let Some(cases) = value.get_ref().as_array() else {
+            self.errors.push(file.error(
+                value.span(),
+                format!(
+                    "invalid type: {}, expected `[[test]]` tables",
+                    value.get_ref().type_str()
+                ),
+            ));
+            return;
+        };
+        for case in cases.iter() {
+            let Some(raw) = deserialize_all::<TestToml>(file, case, &mut self.errors) else {
+                continue;
+            };
+            let origin = match (&raw.listener, &raw.source) {
+                (Some(_), Some(s)) => {
+                    self.errors.push(file.error(
+                        s.span(),
+                        format!(
+                            "test `{}` names both a listener and a source, expected one of them",
+                            raw.name
+                        ),
+                    ));
+                    continue;
+                }
+                (Some(l), None) => {
+                    Some((false, self.ids(file, std::slice::from_ref(l), "listener")))
+                }
+                (None, Some(s)) => Some((true, self.ids(file, std::slice::from_ref(s), "source"))),
+                (None, None) => None,
+            };
+            let origin = match origin {
+                None => TestOrigin::Unknown,
+                Some((_, ids)) if ids.is_empty() => continue,
+                Some((false, mut ids)) => TestOrigin::Listener(ids.remove(0).value),
+                Some((true, mut ids)) => TestOrigin::Source(ids.remove(0).value),
+            };
+            let expect = self.ids(file, &raw.expect, "destination");
+            if expect.len() != raw.expect.len() {
+                continue;
+            }
+            let folder = file.path.parent().unwrap_or(std::path::Path::new(""));
+            self.tests.push(RouteTest {
+                name: raw.name,
+                file: file.path.clone(),
+                message: folder.join(raw.message.get_ref()),
+                message_at: file.at(raw.message.span()),
+                origin,
+                expect: expect.into_iter().map(|s| s.value).collect(),
+            });
         }
     }
 

@@ -397,7 +397,7 @@ routes/a.toml:2:31: invalid message pattern `ADT^A01^ADT_A01`, expected `CODE^TR
 routes/a.toml:3:14: invalid listener id `p a s`, expected letters, digits, `-` or `_`
 routes/a.toml:5:16: route `adt` has an empty `destinations` list, expected at least one destination id
 routes/a.toml:6:53: in `when` of route `adt`: unexpected `=`, expected a field such as `patient.gp_practice` or a 'literal'
-routes/a.toml:8:2: unknown field `route` (a route is a table named by its id: `[routes.<id>]`), expected `routes` or `tables`",
+routes/a.toml:8:2: unknown field `route` (a route is a table named by its id: `[routes.<id>]`), expected `routes`, `tables` or `test`",
     );
 }
 
@@ -533,7 +533,7 @@ fn route_sample(routes: &RouteSet, mappings: &crate::mapping::MappingSet, sample
 }
 
 #[test]
-fn shipped_routes_route_the_samples_through_the_shipped_mappings() {
+fn shipped_routes_pass_their_tests_through_the_shipped_mappings() {
     let routes = RouteSet::load_dir(&repo().join("routes")).unwrap();
     let mappings = crate::mapping::MappingSet::load_dir(&repo().join("mappings")).unwrap();
     let errors: Vec<String> = routes
@@ -542,25 +542,79 @@ fn shipped_routes_route_the_samples_through_the_shipped_mappings() {
         .map(ToString::to_string)
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    let cases = [
-        // F84003: North East London, a home practice.
-        ("adt_a01_admission.hl7", "adt:store"),
-        ("adt_a08_update.hl7", "adt:store"),
-        // E82061: Hertfordshire, a neighbour: also to its MESH mailbox.
-        ("adt_a05_preadmit_escapes.hl7", "adt:store adt:mesh_hwe"),
-        // No PD1 in the cancellation: stays local.
-        ("adt_a11_cancel_admit.hl7", "adt_cancel:store"),
-        ("adt_a40_merge.hl7", "adt_merge:store"),
-        ("oru_r01_fbc_ue.hl7", "oru_r01:store oru_r01:fhir_lab"),
-        ("oru_r01_microbiology.hl7", "oru_r01:store oru_r01:fhir_lab"),
-    ];
-    for (sample, expected) in cases {
-        assert_eq!(
-            route_sample(&routes, &mappings, sample),
-            expected,
-            "{sample}"
-        );
-    }
+    let outcomes = run_tests(&routes, &mappings);
+    assert!(outcomes.len() >= 7, "{outcomes:#?}");
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(ToString::to_string)
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let hwe = outcomes.iter().find(|o| o.name.contains("E82061")).unwrap();
+    assert_eq!(
+        hwe.got,
+        Ok(vec!["mesh_hwe".to_string(), "store".to_string()])
+    );
+}
+
+#[test]
+fn test_cases_report_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = repo().join("samples/adt_a01_admission.hl7");
+    std::fs::write(
+        dir.path().join("r.toml"),
+        format!(
+            r#"[routes.adt]
+messages = ["ADT^A01"]
+mapping = "adt"
+destinations = ["store"]
+
+[[test]]
+name = "wrong expectation"
+message = '{0}'
+source = "mesh_inbox"
+expect = ["store", "mesh_hwe"]
+
+[[test]]
+name = "missing file"
+message = "absent.hl7"
+expect = []
+
+[[test]]
+name = "right"
+message = '{0}'
+expect = ["store", "store"]
+"#,
+            sample.display()
+        ),
+    )
+    .unwrap();
+    let routes = RouteSet::load_dir(dir.path()).unwrap();
+    let mappings = crate::mapping::MappingSet::load_dir(&repo().join("mappings")).unwrap();
+    let got: Vec<String> = run_tests(&routes, &mappings)
+        .iter()
+        .map(|o| {
+            o.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
+        .collect();
+    assert_eq!(
+        got[0],
+        "DIR/r.toml / wrong expectation: FAILED: expected `mesh_hwe`, `store`, got `store`"
+    );
+    assert!(
+        got[1].starts_with("DIR/r.toml / missing file: FAILED: cannot read DIR/absent.hl7: "),
+        "{}",
+        got[1]
+    );
+    assert_eq!(got[2], "DIR/r.toml / right: ok");
+    // `junction check` points at the missing message file.
+    let errors = check_dir(dir.path(), &Known::default());
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].line, errors[0].col), (14, 11));
+    assert!(errors[0]
+        .message
+        .starts_with("test `missing file`: message file"));
 }
 
 #[test]
