@@ -505,33 +505,6 @@ fn shipped_routes_load() {
     assert!(practice);
 }
 
-/// Routes every sample through the shipped routes and mappings, as the engine will:
-/// select on the header, map once per mapping, evaluate conditions on the document.
-fn route_sample(routes: &RouteSet, mappings: &crate::mapping::MappingSet, sample: &str) -> String {
-    let bytes = std::fs::read(repo().join("samples").join(sample)).unwrap();
-    let text = crate::hl7::decode(&bytes).unwrap();
-    let message = crate::hl7::Message::parse(&text).unwrap();
-    let header = message.header().unwrap();
-    let input = RouteInput::from_header(&header, Origin::Listener("pas"));
-    let selection = routes.select(&input);
-    if selection.is_unrouted() {
-        return "unrouted".into();
-    }
-    let mut out = Vec::new();
-    for group in selection.groups() {
-        let plan = mappings.get(group.mapping()).unwrap();
-        let document = plan.apply(&message).unwrap().document;
-        for d in group.destinations_for(&document) {
-            out.push(format!("{}:{}", group.mapping(), d.id));
-        }
-    }
-    if out.is_empty() {
-        "unrouted".into()
-    } else {
-        out.join(" ")
-    }
-}
-
 #[test]
 fn shipped_routes_pass_their_tests_through_the_shipped_mappings() {
     let routes = RouteSet::load_dir(&repo().join("routes")).unwrap();
