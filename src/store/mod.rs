@@ -14,9 +14,10 @@
 //! never logs resource content.
 //!
 //! # Invariants
-//! - One document is one SQLite transaction: either every entry is applied or
-//!   none is. Every entry is checked before anything is written, and a
-//!   database error rolls the whole document back.
+//! - A document is applied whole or not at all: every entry is checked
+//!   before anything is written, and a database error rolls the whole
+//!   transaction back. ([`RecordStore::apply_bundles`] puts several documents
+//!   in one transaction; a wrong document is left out, alone.)
 //! - A resource's versions are 1, 2, 3, … without gaps; the current version is
 //!   also in the history table, so `history` lists every version.
 //! - Applying the same document twice changes nothing the second time: a
@@ -306,22 +307,60 @@ impl RecordStore {
         event_time: Option<jiff::Timestamp>,
     ) -> Result<ApplyOutcome, StoreError> {
         let plan = plan::plan(bundle, event_time)?;
+        let outcome = self.write(&[&plan])?.pop();
+        // `write` answers one outcome per plan.
+        Ok(outcome.unwrap_or_default())
+    }
+
+    /// Applies several documents in order in one SQLite transaction, so they
+    /// share one fsync (for a delivery that drains a queue in batches).
+    ///
+    /// Each document is still all-or-nothing: one that is wrong gets its
+    /// error in its slot and the others are applied. A database error fails
+    /// the whole call and nothing is applied (retry them all).
+    pub fn apply_bundles(
+        &self,
+        documents: &[(&Value, Option<jiff::Timestamp>)],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        let planned: Vec<Result<plan::Plan, StoreError>> = documents
+            .iter()
+            .map(|(bundle, event_time)| plan::plan(bundle, *event_time))
+            .collect();
+        let plans: Vec<&plan::Plan> = planned.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let mut outcomes = self.write(&plans)?.into_iter();
+        Ok(planned
+            .into_iter()
+            .map(|planned| match planned {
+                // `write` answers one outcome per plan, in order.
+                Ok(_) => Ok(outcomes.next().unwrap_or_default()),
+                Err(err) => Err(err),
+            })
+            .collect())
+    }
+
+    /// Applies checked plans in one transaction on the write connection.
+    fn write(&self, plans: &[&plan::Plan]) -> Result<Vec<ApplyOutcome>, StoreError> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = jiff::Timestamp::now();
         let mut conn = self
             .inner
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outcome = sqlite::apply(&mut conn, &plan, now)?;
-        tracing::debug!(
-            entries = outcome.entries.len(),
-            written = outcome.written(),
-            unchanged = outcome.unchanged(),
-            stale = outcome.stale(),
-            deleted = outcome.deleted(),
-            "document applied to the record store"
-        );
-        Ok(outcome)
+        let outcomes = sqlite::apply(&mut conn, plans, now)?;
+        for outcome in &outcomes {
+            tracing::debug!(
+                entries = outcome.entries.len(),
+                written = outcome.written(),
+                unchanged = outcome.unchanged(),
+                stale = outcome.stale(),
+                deleted = outcome.deleted(),
+                "document applied to the record store"
+            );
+        }
+        Ok(outcomes)
     }
 
     /// The current version of a record (a tombstone if it was deleted), or

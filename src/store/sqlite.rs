@@ -131,19 +131,34 @@ fn instant(now: jiff::Timestamp) -> String {
     format!("{rounded:.3}")
 }
 
-/// Applies `plan` in one transaction (see the invariants in `store/mod.rs`).
+/// Applies `plans` in order, all in one transaction (one fsync for all).
 pub(super) fn apply(
     conn: &mut Connection,
-    plan: &Plan,
+    plans: &[&Plan],
     now: jiff::Timestamp,
-) -> Result<ApplyOutcome, StoreError> {
+) -> Result<Vec<ApplyOutcome>, StoreError> {
     let last_updated = instant(now);
-    let event_time = plan.event_time.map(|t| t.as_microsecond());
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(plans.len());
+    for plan in plans {
+        outcomes.push(apply_plan(&tx, plan, &last_updated)?);
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Applies one document's plan inside the caller's transaction.
+fn apply_plan(
+    tx: &Connection,
+    plan: &Plan,
+    last_updated: &str,
+) -> Result<ApplyOutcome, StoreError> {
+    let last_updated = last_updated.to_string();
+    let event_time = plan.event_time.map(|t| t.as_microsecond());
     let mut outcome = ApplyOutcome::default();
     for entry in &plan.entries {
         let (resource_type, id) = (entry.resource_type.as_str(), entry.id.as_str());
-        let current = current(&tx, resource_type, id)?;
+        let current = current(tx, resource_type, id)?;
         let result = match (&current, event_time) {
             (Some(cur), Some(incoming)) if cur.event_time.is_some_and(|s| incoming < s) => {
                 EntryResult::Stale {
@@ -161,7 +176,7 @@ pub(super) fn apply(
                         patients,
                         identifiers,
                     } => put(
-                        &tx,
+                        tx,
                         resource_type,
                         id,
                         current.as_ref(),
@@ -172,7 +187,7 @@ pub(super) fn apply(
                         newest,
                     )?,
                     Op::Delete => delete(
-                        &tx,
+                        tx,
                         resource_type,
                         id,
                         current.as_ref(),
@@ -188,7 +203,6 @@ pub(super) fn apply(
             result,
         });
     }
-    tx.commit()?;
     Ok(outcome)
 }
 

@@ -752,3 +752,41 @@ fn config_defaults_and_unknown_keys() {
     assert_eq!(cfg.sync, SyncPolicy::Normal);
     assert!(toml::from_str::<RecordStoreConfig>("pth = \"x.db\"").is_err());
 }
+
+#[test]
+fn apply_bundles_shares_a_transaction_but_not_a_fate() {
+    let f = open();
+    let first = bundle(&[
+        patient(PATIENT, "9434765919", "Smith"),
+        encounter(ENCOUNTER, PATIENT, "in-progress"),
+    ]);
+    // Refers to a patient that is not in it: refused, alone.
+    let wrong = bundle(&[encounter("e-wrong", OTHER_PATIENT, "finished")]);
+    let update = bundle(&[patient(PATIENT, "9434765919", "Jones")]);
+    let older = bundle(&[patient(PATIENT, "9434765919", "Older")]);
+    let results = f
+        .store
+        .apply_bundles(&[
+            (&first, at("2026-03-01T10:00:00Z")),
+            (&wrong, at("2026-03-01T10:01:00Z")),
+            (&update, at("2026-03-01T11:00:00Z")),
+            (&older, at("2026-03-01T10:30:00Z")),
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap().written(), 2);
+    let err = results[1].as_ref().unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    // Later documents in the batch see the earlier ones.
+    assert_eq!(
+        results[2].as_ref().unwrap().entries[0].result,
+        EntryResult::Updated { version: 2 }
+    );
+    assert_eq!(results[3].as_ref().unwrap().stale(), 1);
+    assert_eq!(
+        current(&f.store, "Patient", PATIENT)["name"][0]["family"],
+        "Jones"
+    );
+    assert!(f.store.read("Encounter", "e-wrong").unwrap().is_none());
+    assert!(f.store.apply_bundles(&[]).unwrap().is_empty());
+}
