@@ -127,7 +127,11 @@ pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
 /// Segment name equality without a `memcmp` call for 3-byte names.
 #[inline]
 fn same_name(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    match (a, b) {
+        ([a0, a1, a2], [b0, b1, b2]) => a0 == b0 && a1 == b1 && a2 == b2,
+        _ => a == b,
+    }
 }
 
 /// A value during evaluation.
@@ -195,6 +199,7 @@ const MACRO_KEY_SEGMENTS: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MacroKey {
+    fp: u64,
     segments: [u32; MACRO_KEY_SEGMENTS],
     elem: Option<(usize, usize, Loc)>,
     position: usize,
@@ -597,16 +602,27 @@ impl<'a> Ctx<'a> {
         for (slot, s) in segments.iter_mut().zip(&deps.segments) {
             *slot = self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32);
         }
+        let position = if deps.position { scope.position } else { 0 };
+        // a cheap fingerprint compared first: most lookups scan several entries
+        let mut fp = position as u64;
+        for x in segments
+            .iter()
+            .map(|&x| x as u64)
+            .chain(elem.map(|(p, l, _)| (p ^ (l << 40)) as u64))
+        {
+            fp = (fp.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
         let key = MacroKey {
+            fp,
             segments,
             elem,
-            position: if deps.position { scope.position } else { 0 },
+            position,
         };
         // most recent first: a scope asks for the same macros again and again
         if let Some((_, v)) = self
             .cache
             .get(i)
-            .and_then(|c| c.iter().rev().find(|(k, _)| *k == key))
+            .and_then(|c| c.iter().rev().find(|(k, _)| k.fp == key.fp && *k == key))
         {
             return v.clone();
         }

@@ -638,6 +638,95 @@ mod tests {
         check("", "0: unexpected end of condition, expected a field such as `patient.gp_practice` or a 'literal'");
     }
 
+    proptest::proptest! {
+        /// Any text parses or fails with an offset inside it; parsed conditions
+        /// evaluate on any JSON without panicking.
+        #[test]
+        fn never_panics(text in text(), doc in json()) {
+            match Condition::parse(&text) {
+                Ok(c) => {
+                    let input = crate::route::RouteInput {
+                        origin: crate::route::Origin::Unknown,
+                        message_code: "ADT",
+                        trigger: "A01",
+                        sending_application: "PAS",
+                        sending_facility: "RAL",
+                    };
+                    let facts = Facts { input: &input, document: &doc };
+                    let _ = c.eval(&facts, &Tables::new());
+                }
+                Err(e) => proptest::prop_assert!(e.offset <= text.len() && text.is_char_boundary(e.offset)),
+            }
+        }
+    }
+
+    /// Random characters, or random sequences of real tokens.
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let token = proptest::sample::select(vec![
+            "patient.gp_practice",
+            "patient.nhs_number",
+            "document.resource_types",
+            "message.type",
+            "'HWE'",
+            "'Patient'",
+            "=",
+            "!=",
+            "in",
+            "not",
+            "and",
+            "or",
+            "empty",
+            "(",
+            ")",
+            ",",
+            "|",
+            "lookup",
+            "t",
+            "'",
+            "!",
+        ]);
+        prop_oneof![
+            "[a-z_. ()|=!,'A-Z0-9-]{0,60}",
+            "\\PC{0,40}",
+            proptest::collection::vec(token, 0..14).prop_map(|t| t.join(" ")),
+        ]
+    }
+
+    /// Small JSON values shaped loosely like a Bundle.
+    fn json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            "[A-Za-z0-9:/.-]{0,12}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from("Patient")),
+            Just(serde_json::Value::from(super::super::ODS_SYSTEM)),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("resourceType".to_string()),
+                        Just("entry".to_string()),
+                        Just("resource".to_string()),
+                        Just("generalPractitioner".to_string()),
+                        Just("identifier".to_string()),
+                        Just("system".to_string()),
+                        Just("value".to_string()),
+                        Just("reference".to_string()),
+                        Just("fullUrl".to_string()),
+                        Just("address".to_string()),
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     #[test]
     fn lists_tables_with_offsets() {
         let c = Condition::parse(

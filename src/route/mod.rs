@@ -36,8 +36,12 @@
 //! # What this module does not do
 //! It maps nothing, queues nothing and delivers nothing: the caller records an
 //! unrouted message (it is never dropped), applies mappings and enqueues one delivery
-//! per [`DestinationRef`]. It does no I/O except [`RouteSet::load_dir`] (`load.rs`).
-//! It logs nothing (conditions read patient data).
+//! per [`DestinationRef`]. Its only I/O is in `load.rs`: reading route files
+//! ([`RouteSet::load_dir`], [`check_dir`]) and the message files of `[[test]]` cases
+//! ([`run_tests`]). It logs nothing (conditions read patient data).
+//!
+//! `[[test]]` cases in route files name a sample message, an origin and every
+//! destination expected; [`run_tests`] runs them through the real mappings.
 //!
 //! # Invariants
 //! - Loading reports *every* problem of *every* file as `file:line:col: message`.
