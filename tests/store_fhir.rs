@@ -143,9 +143,17 @@ fn document(ids: &Ids, family: &str) -> Value {
     })
 }
 
+/// The repository: cargo's run-time `CARGO_MANIFEST_DIR` first (checkouts
+/// that share a target dir may run a binary built in another checkout).
+fn repo() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The Python of the test venv: `JUNCTION_VENV`, else `.venv` in the repository.
 fn venv_python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo();
     let venv = std::env::var_os("JUNCTION_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv"));
@@ -177,7 +185,7 @@ fn run_python(args: &[&std::ffi::OsStr], what: &str) {
 
 /// Validates the transaction Bundles in `dir` with tests/python/validate_fhir.py.
 fn validate_documents(dir: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/validate_fhir.py");
+    let script = repo().join("tests/python/validate_fhir.py");
     assert!(
         script.exists(),
         "{} not found: it is the independent validator of documents (FHIR transaction Bundles)",
@@ -792,7 +800,7 @@ struct Mapped {
 
 /// Every message of samples/*.hl7 mapped by the shipped mappings.
 fn mapped_samples() -> Vec<Mapped> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo();
     let set = junction::mapping::MappingSet::load_dir(&root.join("mappings"))
         .unwrap_or_else(|errors| panic!("mappings/ does not load: {errors:?}"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("samples"))

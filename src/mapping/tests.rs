@@ -458,3 +458,37 @@ fn fragments() {
         assert_eq!(contains_fragment(&doc, &fragment), expected, "{fragment}");
     }
 }
+
+/// Macros are computed once per distinct input: the element of `each`, the group,
+/// the position. A cached value must never leak into another element or group.
+#[test]
+fn macro_values_follow_their_scope() {
+    let src = format!(
+        "{HEADER}\n[let]\nfirst = \".1\"\ncode = \"OBX-3.1\"\npos = \"position()\"\nkey = \"concat(OBR-3, '/', $code, '/', $pos)\"\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nids = [{{ each = \"PID-3[*]\", v = \"$first\", again = \"$first\" }}]\nobs = [{{ for = \"OBR > OBX\", k = \"$key\", again = \"$key\" }}]\nreport = [{{ for = \"OBR\", results = [{{ for = \"OBX\", k = \"$key\" }}] }}]\n"
+    );
+    let out = apply_str(&src, MESSAGE);
+    let r = &out.document["entry"][0]["resource"];
+    assert_eq!(
+        r["ids"],
+        json!([
+            {"v": "9434765919", "again": "9434765919"},
+            {"v": "RX1", "again": "RX1"},
+            {"v": "1234567890", "again": "1234567890"},
+        ])
+    );
+    assert_eq!(
+        r["obs"],
+        json!([
+            {"k": "F1/A/1", "again": "F1/A/1"},
+            {"k": "F1/B/2", "again": "F1/B/2"},
+            {"k": "F2/C/1", "again": "F2/C/1"},
+        ])
+    );
+    assert_eq!(
+        r["report"],
+        json!([
+            {"results": [{"k": "F1/A/1"}, {"k": "F1/B/2"}]},
+            {"results": [{"k": "F2/C/1"}]},
+        ])
+    );
+}
