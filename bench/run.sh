@@ -12,8 +12,10 @@
 #   bench/run.sh --quick    # smoke test: 1 repetition, small counts
 #
 # Tunables (environment): REPS (3), MESSAGES_1 (messages at 1 connection,
-# 5000), MESSAGES_32 (messages at 32 connections, 100000), LOAD_TIMEOUT_SECS
-# (600). Aim for runs of ~10 s each. Needs cargo, node/npm (the peer) and
+# 8000), MESSAGES_32 (messages at 32 connections, 60000), WARMUP (messages
+# sent before measuring, 500), LOAD_TIMEOUT_SECS (600). Aim for runs of ~10 s
+# each. A run whose `junction load` exits non-zero (a NAK, a lost connection)
+# is reported and left out of the medians. Needs cargo, node/npm (the peer) and
 # python3 (readiness checks and the summary); traffic stays on 127.0.0.1.
 set -euo pipefail
 
@@ -21,13 +23,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 REPS="${REPS:-3}"
-MESSAGES_1="${MESSAGES_1:-5000}"
-MESSAGES_32="${MESSAGES_32:-100000}"
+MESSAGES_1="${MESSAGES_1:-8000}"
+MESSAGES_32="${MESSAGES_32:-60000}"
+WARMUP="${WARMUP:-500}"
 LOAD_TIMEOUT_SECS="${LOAD_TIMEOUT_SECS:-600}"
 if [ "${1:-}" = "--quick" ]; then
     REPS=1
     MESSAGES_1=300
     MESSAGES_32=3000
+    WARMUP=100
 elif [ $# -gt 0 ]; then
     echo "usage: bench/run.sh [--quick]" >&2
     exit 2
@@ -99,13 +103,16 @@ log "peer (@medplum/hl7 Hl7Server) on 127.0.0.1:$peer_port"
 # run_load TARGET SYNC CONNECTIONS MESSAGES REP PORT
 run_load() {
     local target="$1" sync="$2" connections="$3" messages="$4" rep="$5" port="$6"
-    local name="$target-$sync-c$connections-r$rep"
-    log "$name: junction load --to 127.0.0.1:$port --connections $connections --messages $messages"
+    local name="$target-c$connections-r$rep"
+    [ "$sync" = "-" ] || name="$target-$sync-c$connections-r$rep"
+    log "$name: junction load --to 127.0.0.1:$port --connections $connections --messages $messages --warmup $WARMUP"
     if ! timeout "$LOAD_TIMEOUT_SECS" "$junction" load --to "127.0.0.1:$port" \
-        --connections "$connections" --messages "$messages" >"$out/$name.load.txt" 2>"$out/$name.load.err"; then
-        echo "junction load failed for $name; see $out/$name.load.err" >&2
-        tail -5 "$out/$name.load.err" >&2 || true
-        return 1
+        --connections "$connections" --messages "$messages" --warmup "$WARMUP" \
+        >"$out/$name.load.txt" 2>"$out/$name.load.err"; then
+        log "$name: junction load FAILED (left out of the medians); last lines:"
+        tail -n 5 "$out/$name.load.txt" "$out/$name.load.err" >&2 || true
+        echo "$name" >>"$out/failed-runs.txt"
+        return 0
     fi
     # The summary is the last line `junction load` prints: one JSON object.
     tail -n 1 "$out/$name.load.txt" | python3 -c '
@@ -162,7 +169,28 @@ TOML
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "machine: $(nproc) core(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
     echo "node: $(node --version); peer: @medplum/hl7 $(node -p 'require("./bench/peer/node_modules/@medplum/hl7/package.json").version')"
-    echo "reps: $REPS; messages: $MESSAGES_1 at 1 connection, $MESSAGES_32 at 32 connections"
+    echo "reps: $REPS; messages: $MESSAGES_1 at 1 connection, $MESSAGES_32 at 32 connections; warm-up $WARMUP"
+    # sync = full pays one fsync per group commit: with one message in flight
+    # per connection, msgs/s can not exceed connections / fsync latency.
+    python3 - "${TMPDIR:-/tmp}" <<'PY'
+import os, sys, tempfile, time
+fd, path = tempfile.mkstemp(dir=sys.argv[1], prefix="junction-bench-fsync.")
+try:
+    times = []
+    for _ in range(300):
+        started = time.perf_counter()
+        os.write(fd, b"x" * 4096)
+        os.fsync(fd)
+        times.append(time.perf_counter() - started)
+    times.sort()
+    median, p90 = times[len(times) // 2], times[len(times) * 9 // 10]
+    print("fsync (4 KiB append in %s): median %.2f ms, p90 %.2f ms; ceiling at 32 connections "
+          "with one fsync per commit: %.0f msgs/s (a busy machine makes this vary a lot)"
+          % (sys.argv[1], median * 1000, p90 * 1000, 32 / median))
+finally:
+    os.close(fd)
+    os.unlink(path)
+PY
 } | tee "$out/environment.txt" >&2
 
 for rep in $(seq 1 "$REPS"); do
@@ -175,8 +203,12 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 echo
-echo "### junction load, medians of $REPS run(s) ($(cat "$out/environment.txt" | grep machine | cut -d' ' -f2-))"
+echo "### junction load, medians of $REPS run(s) ($(grep '^machine:' "$out/environment.txt" | cut -d' ' -f2-))"
 echo
 python3 bench/summarize.py "$results"
+if [ -s "$out/failed-runs.txt" ]; then
+    echo
+    echo "Failed runs (not in the medians): $(tr '\n' ' ' <"$out/failed-runs.txt")"
+fi
 echo
 echo "Raw results and logs: ${out#"$root"/}"

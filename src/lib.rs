@@ -11,7 +11,9 @@
 //! - [`hl7`]: pure parsing, paths, escapes, charsets, batches, ACK building.
 //! - [`mllp`]: MLLP framing codec, listener, client.
 //! - [`journal`]: durable intake (SQLite, WAL, group commit).
+//! - [`store`]: the care-record store (versioned FHIR records, SQLite) and its reads.
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
+//! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
 //! - [`api`]: the HTTP server (health, metrics, operations API).
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
@@ -24,5 +26,8 @@ pub mod engine;
 pub mod hl7;
 pub mod journal;
 pub mod mapping;
+pub mod mesh;
 pub mod mllp;
+pub mod route;
+pub mod store;
 pub mod telemetry;

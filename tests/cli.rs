@@ -30,9 +30,38 @@ fn shipped_config_checks_clean() {
     let out = junction(&["check"], root);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert_eq!(
-        stdout.trim(),
-        "junction.toml: ok, 1 listener(s), store data/junction.db (sync=full)"
+    // The shipped mappings are checked too: ", N mapping(s)" follows.
+    assert!(
+        stdout.starts_with("junction.toml: ok, 1 listener(s), store data/junction.db (sync=full)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn mapping_problems_are_reported_with_config_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("junction.toml"),
+        "[listeners.pas]\nbind = \"127.0.0.1:12575\"\nbogus = 1\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    std::fs::write(
+        dir.path().join("mappings/bad.toml"),
+        "[mapping]\nname = \"bad\"\nmessages = [\"ADT^A01\"]\ncolour = \"blue\"\n",
+    )
+    .unwrap();
+    let out = junction(&["check"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--> junction.toml:3:1"), "{stderr}");
+    let at = stderr
+        .find("--> mappings/bad.toml:4:1")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(stderr[..at].contains("`colour`"), "{stderr}");
+    assert!(
+        stderr.contains(" 4 | colour = \"blue\"\n   | ^^^^^^\n"),
+        "{stderr}"
     );
 }
 
@@ -142,4 +171,129 @@ fn syntax_error_and_missing_file() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot read config file"), "{stderr}");
+}
+
+/// A port nothing listens on (free a moment ago).
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn send_and_load_exit_2_when_they_cannot_connect() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let to = closed_port();
+    let out = junction(
+        &["send", "--to", &to, "samples/adt_a01_admission.hl7"],
+        root,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to {to}")),
+        "{stderr}"
+    );
+
+    let out = junction(&["load", "--to", &to, "--messages", "5"], root);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn send_finds_no_message_in_a_file_without_msh() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "nothing to see\n").unwrap();
+    let out = junction(&["send", "--to", &closed_port(), "notes.txt"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skipped notes.txt: not HL7 v2"), "{stderr}");
+    assert!(stderr.contains("no HL7 message"), "{stderr}");
+}
+
+/// A tiny MLLP peer on a std thread: for each connection, answers frames
+/// with `script(connection_number, frame_number, control_id)`; `None` closes
+/// the connection without answering.
+fn scripted_peer(
+    script: fn(usize, usize, &str) -> Option<String>,
+) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let mut received = Vec::new();
+        for (conn, stream) in listener.incoming().enumerate() {
+            let mut stream = stream.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut frame_no = 0;
+            'conn: loop {
+                while let Some(end) = buf.windows(2).position(|w| w == b"\x1c\r") {
+                    let frame = String::from_utf8_lossy(&buf[1..end]).into_owned();
+                    buf.drain(..end + 2);
+                    let control_id = frame.split('|').nth(9).unwrap_or("").to_string();
+                    received.push(frame);
+                    match script(conn, frame_no, &control_id) {
+                        Some(ack) => {
+                            stream
+                                .write_all(format!("\x0b{ack}\x1c\r").as_bytes())
+                                .unwrap();
+                        }
+                        None => break 'conn,
+                    }
+                    frame_no += 1;
+                }
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if conn == 1 {
+                return received;
+            }
+        }
+        received
+    });
+    (addr, handle)
+}
+
+#[test]
+fn send_reconnects_after_a_lost_connection_and_reports_naks() {
+    let (addr, peer) = scripted_peer(|conn, frame, id| {
+        match (conn, frame) {
+        (0, 0) => Some(format!("MSH|^~\\&|P|F|||2026||ACK|A|P|2.4\rMSA|AA|{id}\r")),
+        // The first connection dies on its second message.
+        (0, _) => None,
+        // The second connection rejects with an ERR segment.
+        _ => Some(format!(
+            "MSH|^~\\&|P|F|||2026||ACK|A|P|2.5\rMSA|AR|{id}\rERR|||101^Required field missing^HL70357|E||||PID-3 is empty\r"
+        )),
+    }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("three.hl7"),
+        "MSH|^~\\&|PAS|RAL|||2026||ADT^A01|ONE|P|2.4\nPID|1\n\nMSH|^~\\&|PAS|RAL|||2026||ADT^A01|TWO|P|2.4\nPID|1\nMSH|^~\\&|PAS|RAL|||2026||ADT^A01|THREE|P|2.4\nPID|1\n",
+    )
+    .unwrap();
+    let out = junction(
+        &["send", "--to", &addr, "--timeout-secs", "5", "three.hl7"],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "three.hl7  ONE  AA");
+    assert!(
+        lines[1].starts_with("three.hl7  TWO  ERROR ")
+            && lines[1].contains("closed the connection"),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "three.hl7  THREE  AR  PID-3 is empty");
+    assert_eq!(lines[3], "3 sent: 1 AA/CA, 0 AE/CE, 1 AR/CR, 1 errors");
+    // Segment endings were normalised to CR before sending.
+    let received = peer.join().unwrap();
+    assert_eq!(received.len(), 3);
+    assert_eq!(
+        received[0],
+        "MSH|^~\\&|PAS|RAL|||2026||ADT^A01|ONE|P|2.4\rPID|1\r"
+    );
 }

@@ -430,6 +430,26 @@ async fn enhanced_mode_accept_ack_is_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_mode_never_means_no_accept_ack_but_the_message_is_kept() {
+    let fx = start().await;
+    let text = String::from_utf8(sample("adt_a04_outpatient_enhanced_ack.hl7")).unwrap();
+    let control_id = field(&text, "MSH", 10);
+    let never = text.replacen("|AL|NE|", "|NE|NE|", 1);
+    assert_ne!(never, text, "the sample carries MSH-15 AL / MSH-16 NE");
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(&frame(never.as_bytes())).await.unwrap();
+    // The next reply on this connection answers the next message: none came for NE.
+    let ack = send(&mut conn, &a01_with_control_id("AFTERNE1")).await;
+    assert_eq!(field(&ack, "MSA", 2), "AFTERNE1", "{ack}");
+    let rows = search(&fx.engine, |q| q.control_id = Some(control_id.clone())).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "accepted");
+    let detail = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(detail.ack, None, "nothing sent, nothing stored");
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_idle_connections_and_returns() {
     let fx = start().await;
     let mut conn = connect(fx.addr).await;

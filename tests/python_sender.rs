@@ -6,7 +6,9 @@
 //! their messages) through software that is not ours — python-hl7's
 //! `hl7.client.MLLPClient`, and hl7apy's parser/serialiser on a plain socket —
 //! and checks that each reply is AA with MSA-2 equal to that message's MSH-10.
-//! The test then checks the journal through `GET /api/messages`.
+//! The test then checks the journal: the raw bytes kept (read from the SQLite
+//! file) are exactly the bytes framed, and `GET /api/messages` lists each
+//! message as accepted with the ACK code the sender saw.
 //!
 //! A missing venv is a failure naming the setup script, never a silent skip.
 
@@ -151,6 +153,38 @@ fn send_every_sample(client: &str, extra: &[&str], only_batches: bool) {
         context()
     );
 
+    // The journal kept each message's bytes exactly as the sender framed them.
+    let journal = rusqlite::Connection::open(engine.journal_path())
+        .unwrap_or_else(|e| panic!("open {}: {e}", engine.journal_path().display()));
+    let mut compared = 0;
+    for r in results.iter().filter(|r| r["sent_hex"].is_string()) {
+        let control_id = r["control_id"].as_str().expect("control_id");
+        let sent = from_hex(r["sent_hex"].as_str().expect("hex"));
+        let raw: Vec<u8> = journal
+            .query_row(
+                "SELECT raw FROM messages WHERE control_id = ?1 AND status = 'accepted'",
+                [control_id],
+                |row| row.get(0),
+            )
+            .unwrap_or_else(|e| panic!("journal row for {control_id}: {e}\n{}", context()));
+        assert!(
+            raw == sent,
+            "{client}: {} (control id {control_id}): the journal's raw bytes differ from the bytes sent\n\
+             sent:    {:?}\njournal: {:?}",
+            r["file"],
+            String::from_utf8_lossy(&sent),
+            String::from_utf8_lossy(&raw)
+        );
+        compared += 1;
+    }
+    if !only_batches {
+        assert_eq!(
+            compared,
+            results.len(),
+            "every message was sent in its own frame"
+        );
+    }
+
     // Every acknowledged message is in the journal, accepted, with the ACK code sent.
     for r in &results {
         let control_id = r["control_id"].as_str().expect("control_id");
@@ -165,6 +199,13 @@ fn send_every_sample(client: &str, extra: &[&str], only_batches: bool) {
             r["ack_code"]
         );
     }
+}
+
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex byte"))
+        .collect()
 }
 
 #[test]

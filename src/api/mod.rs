@@ -20,6 +20,8 @@
 //!   [`serve`] logs a warning when told to bind anything else. Tokens for
 //!   operations and FHIR reads are future work (DESIGN.md §5).
 
+pub mod fhir;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,18 +1,24 @@
 //! `junction check [--config junction.toml]`: load and validate the config,
 //! print every diagnostic (rustc style) on stderr.
 //!
+//! What is checked: the config file itself (see [`crate::config`]), the
+//! mapping files in the `mappings/` folder next to it when there is one, and
+//! the route files in `routes/` ([`check_routes`]) (every problem of every
+//! file, with its line and column).
+//!
 //! Exit 0 with a one-line summary on stdout when there is no error (warnings
 //! are printed and do not fail the check); 1 when there is any error.
 //!
-//! Extension point: routes and mappings (issues 3 and 4) add their own
-//! `fn check_xxx(&Config, &Path) -> Diagnostics` and call it from [`run`]
-//! next to `config::load_with_warnings`, so one run shows every problem of
-//! every file.
+//! Extension point: routes (issue 4) add their own
+//! `fn check_xxx(config_dir: &Path, diags: &mut Diagnostics) -> usize` like
+//! [`check_mappings`] and call it from [`run`], so one run shows every
+//! problem of every file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::{self, Config, Diagnostics};
+use crate::config::{self, Config, Diagnostic, Diagnostics, Severity};
+use crate::mapping::MappingSet;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -26,17 +32,20 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok((config, warnings)) => (Some(config), warnings),
         Err(diags) => (None, diags),
     };
-    // Further checks (routes, mappings) extend `diags` here.
+    let dir = config::config_dir(&args.config);
+    let mappings = check_mappings(&dir, &mut diags);
+    // Further checks (routes) extend `diags` here.
+    check_routes(&dir, config.as_ref(), &mut diags);
     diags.sort();
     print_diagnostics(&diags);
     match config {
         Some(config) if !diags.has_errors() => {
-            println!("{}", summary(&args.config, &config, &diags));
+            println!("{}", summary(&args.config, &config, mappings, &diags));
             Ok(ExitCode::SUCCESS)
         }
         _ => {
             eprintln!(
-                "error: {}: {} error(s){}",
+                "error: checking {} found {} error(s){}",
                 args.config.display(),
                 diags.error_count(),
                 warnings_suffix(&diags)
@@ -59,14 +68,52 @@ fn warnings_suffix(diags: &Diagnostics) -> String {
     }
 }
 
-/// `junction.toml: ok, 1 listener(s), store data/junction.db (sync=full)`.
-fn summary(file: &Path, config: &Config, diags: &Diagnostics) -> String {
+/// Compiles every mapping in `<config folder>/mappings` (when that folder
+/// exists) and adds each problem to `diags`; returns how many mappings compiled.
+fn check_mappings(config_dir: &Path, diags: &mut Diagnostics) -> Option<usize> {
+    let dir = if config_dir == Path::new(".") {
+        PathBuf::from("mappings")
+    } else {
+        config_dir.join("mappings")
+    };
+    if !dir.is_dir() {
+        return None;
+    }
+    match MappingSet::load_dir(&dir) {
+        Ok(set) => Some(set.plans().count()),
+        Err(errors) => {
+            for err in errors {
+                let file = display_path(&err.file);
+                let diagnostic = match std::fs::read_to_string(&err.file) {
+                    Ok(source) => Diagnostic::at_line_col(
+                        Severity::Error,
+                        &file,
+                        &source,
+                        err.line,
+                        err.col,
+                        err.message,
+                    ),
+                    Err(_) => Diagnostic::whole_file(Severity::Error, &file, err.message),
+                };
+                diags.push(diagnostic);
+            }
+            Some(0)
+        }
+    }
+}
+
+/// `junction.toml: ok, 1 listener(s), store data/junction.db (sync=full)`,
+/// plus `, N mapping(s)` when there is a mappings folder.
+fn summary(file: &Path, config: &Config, mappings: Option<usize>, diags: &Diagnostics) -> String {
     let sync = match config.store.sync {
         crate::journal::SyncPolicy::Full => "full",
         crate::journal::SyncPolicy::Normal => "normal",
     };
+    let mappings = mappings
+        .map(|n| format!(", {n} mapping(s)"))
+        .unwrap_or_default();
     format!(
-        "{}: ok, {} listener(s), store {} (sync={sync}){}",
+        "{}: ok, {} listener(s), store {} (sync={sync}){mappings}{}",
         file.display(),
         config.listeners.len(),
         display_path(&config.store.path).display(),
@@ -80,4 +127,41 @@ fn display_path(path: &Path) -> PathBuf {
         .ok()
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
         .unwrap_or_else(|| path.to_path_buf())
+}
+
+// ---- routes/ (issue 4) ------------------------------------------------------------
+
+/// Loads `<config folder>/routes/*.toml` (when that folder exists) and adds each
+/// problem to `diags`: file syntax, unknown keys, bad patterns and conditions, and
+/// references to mappings (checked when the mappings compile: the name exists and
+/// declares the route's message types) and to the config's listeners (when the
+/// config loads). Destination ids are not checked: `[destinations.<id>]` is not
+/// part of the config yet.
+fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnostics) {
+    let in_dir = |name: &str| {
+        if config_dir == Path::new(".") {
+            PathBuf::from(name)
+        } else {
+            config_dir.join(name)
+        }
+    };
+    let mappings_dir = in_dir("mappings");
+    let mappings = mappings_dir
+        .is_dir()
+        .then(|| MappingSet::load_dir(&mappings_dir).ok())
+        .flatten();
+    let listeners: Option<Vec<&str>> =
+        config.map(|c| c.listeners.keys().map(String::as_str).collect());
+    let known = crate::route::Known {
+        mappings: mappings.as_ref(),
+        listeners: listeners.as_deref(),
+        destinations: None,
+    };
+    for err in crate::route::check_dir(&in_dir("routes"), &known) {
+        let file = display_path(&err.file);
+        diags.push(match err.source() {
+            Some(source) => Diagnostic::error(&file, source, err.span(), &err.message),
+            None => Diagnostic::whole_file(Severity::Error, &file, &err.message),
+        });
+    }
 }

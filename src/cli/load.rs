@@ -92,6 +92,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
             let bytes =
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             split_messages(&bytes)
+                .with_context(|| format!("{} is not HL7 v2", path.display()))?
                 .into_iter()
                 .next()
                 .with_context(|| format!("no HL7 message (no MSH segment) in {}", path.display()))?

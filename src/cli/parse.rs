@@ -169,6 +169,27 @@ mod tests {
         assert_eq!(out, expected);
     }
 
+    fn exit_code(content: &[u8]) -> ExitCode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("m.hl7");
+        std::fs::write(&file, content).expect("write");
+        run(ParseArgs { file }).expect("runs")
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(b"MSH|^~\\&|A|B\rPID|1\r"), ExitCode::SUCCESS);
+        assert_eq!(exit_code(b"PID|1\r"), ExitCode::from(1));
+        assert_eq!(
+            exit_code(b"MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B\rPIDX|1\r"),
+            ExitCode::from(1)
+        );
+        assert!(run(ParseArgs {
+            file: PathBuf::from("/nonexistent/junction/m.hl7")
+        })
+        .is_err());
+    }
+
     #[test]
     fn tree() {
         check(

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::hl7::Hl7Error;
 use crate::mllp::client::{read_ack, MllpClient};
 
 #[derive(Debug, clap::Args)]
@@ -94,7 +95,13 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     for file in &files {
         let bytes =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let found = split_messages(&bytes);
+        let found = match split_messages(&bytes) {
+            Ok(found) => found,
+            Err(err) => {
+                eprintln!("skipped {}: not HL7 v2: {err}", file.display());
+                continue;
+            }
+        };
         if found.is_empty() {
             eprintln!("skipped {}: no MSH segment", file.display());
         }
@@ -234,29 +241,78 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Splits file contents into messages: segment endings normalised to `\r`,
-/// blank lines dropped, a new message at each `MSH`, batch envelope
-/// segments (FHS, BHS, BTS, FTS) dropped. Bytes before the first MSH (other
-/// than the envelope) are dropped too: they belong to no message.
-pub fn split_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
+/// Splits file contents into messages with [`crate::hl7::split_batch`]: one
+/// message, several (a new one at each `MSH`), or an FHS/BHS batch (the
+/// envelope segments are dropped). Segment endings become `\r` and blank
+/// lines are dropped; the bytes are otherwise sent as they are in the file
+/// (whatever the character set MSH-18 declares). A UTF-8 byte-order mark is
+/// dropped. Text before the first MSH that is not a batch header is an error.
+pub fn split_messages(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Hl7Error> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut messages: Vec<Vec<u8>> = Vec::new();
-    for segment in bytes.split(|&b| b == b'\r' || b == b'\n') {
-        if segment.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    let normalised = normalise_endings(bytes);
+    // A byte-for-byte view (each byte one char, as ISO 8859-1 would read it):
+    // split_batch only looks at ASCII segment names and line ends, and the
+    // bytes come back unchanged, whatever the file's real character set.
+    let view: String = normalised.iter().map(|&b| char::from(b)).collect();
+    let messages = match crate::hl7::split_batch(&view) {
+        Ok(messages) => messages,
+        Err(Hl7Error::Empty) => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    Ok(messages
+        .into_iter()
+        .map(|m| {
+            let mut out = Vec::with_capacity(m.len() + 1);
+            for segment in m.split('\r').filter(|s| !s.trim().is_empty()) {
+                // Every char of the view is <= U+00FF, so this is lossless.
+                out.extend(segment.chars().map(|c| c as u8));
+                out.push(b'\r');
+            }
+            out
+        })
+        .collect())
+}
+
+/// `\r\n` and `\r` end a segment; a lone `\n` ends one only when what follows
+/// looks like a segment (three letters or digits, then the field separator
+/// or a line end) or a blank line, as [`crate::hl7::decode`] reads them:
+/// broken senders put raw line feeds inside report text.
+fn normalise_endings(bytes: &[u8]) -> Vec<u8> {
+    let sep = match bytes.get(3) {
+        Some(&b) if b.is_ascii_punctuation() => b,
+        _ => b'|',
+    };
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\r' => {
+                out.push(b'\r');
+                if bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' if lf_ends_segment(&bytes[i + 1..], sep) => out.push(b'\r'),
+            b => out.push(b),
         }
-        let name = segment.get(..3).unwrap_or(segment);
-        match name {
-            b"MSH" => messages.push(Vec::new()),
-            b"FHS" | b"BHS" | b"BTS" | b"FTS" => continue,
-            _ => {}
-        }
-        if let Some(current) = messages.last_mut() {
-            current.extend_from_slice(segment);
-            current.push(b'\r');
-        }
+        i += 1;
     }
-    messages
+    out
+}
+
+fn lf_ends_segment(rest: &[u8], sep: u8) -> bool {
+    let line_end = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    if rest[..line_end].iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    let name = rest.len() >= 3
+        && rest[..3]
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    name && (matches!(rest.get(3), None | Some(b'\r') | Some(b'\n')) || rest.get(3) == Some(&sep))
 }
 
 /// MSH-10 of a message (fields counted with MSH-1 as the separator itself).
@@ -272,31 +328,48 @@ pub fn control_id(message: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn check_split(input: &str, expected: &[&str]) {
-        let got: Vec<String> = split_messages(input.as_bytes())
-            .into_iter()
-            .map(|m| String::from_utf8(m).unwrap())
-            .collect();
-        assert_eq!(got, expected, "{input:?}");
+    fn check_split(input: &[u8], expected: Result<&[&[u8]], &str>) {
+        let got = split_messages(input).map_err(|e| e.to_string());
+        match (got, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{input:?}"),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+            (got, want) => panic!("{input:?}: got {got:?}, expected {want:?}"),
+        }
     }
 
     #[test]
     fn splits_files_into_messages() {
-        check_split("MSH|a\rPID|1\r", &["MSH|a\rPID|1\r"]);
-        check_split("MSH|a\nPID|1\n", &["MSH|a\rPID|1\r"]);
-        check_split("MSH|a\r\nPID|1\r\n\r\n", &["MSH|a\rPID|1\r"]);
+        let one: &[&[u8]] = &[b"MSH|a\rPID|1\r"];
+        check_split(b"MSH|a\rPID|1\r", Ok(one));
+        check_split(b"MSH|a\nPID|1\n", Ok(one));
+        check_split(b"MSH|a\r\nPID|1\r\n\r\n", Ok(one));
+        check_split(b"MSH|a\rPID|1", Ok(one));
+        check_split(b"\xEF\xBB\xBFMSH|a\r\rPID|1\r", Ok(one));
         check_split(
-            "MSH|a\nPID|1\n\nMSH|b\nPID|2\nMSH|c\n",
-            &["MSH|a\rPID|1\r", "MSH|b\rPID|2\r", "MSH|c\r"],
+            b"MSH|a\nPID|1\n\nMSH|b\nPID|2\nMSH|c\n",
+            Ok(&[b"MSH|a\rPID|1\r", b"MSH|b\rPID|2\r", b"MSH|c\r"]),
         );
         check_split(
-            "FHS|^~\\&\rBHS|^~\\&\rMSH|a\rPID|1\rMSH|b\rBTS|2\rFTS|1\r",
-            &["MSH|a\rPID|1\r", "MSH|b\r"],
+            b"FHS|^~\\&\rBHS|^~\\&\rMSH|a\rPID|1\rMSH|b\rBTS|2\rFTS|1\r",
+            Ok(&[b"MSH|a\rPID|1\r", b"MSH|b\r"]),
         );
-        check_split("\u{feff}MSH|a\r", &["MSH|a\r"]);
-        check_split("junk\nMSH|a\r  \r", &["MSH|a\r"]);
-        check_split("", &[]);
-        check_split("no message here\n", &[]);
+        check_split(b"", Ok(&[]));
+        check_split(b"\r\n  \n", Ok(&[]));
+        check_split(b"no message here\n", Err("expected 'MSH'"));
+    }
+
+    #[test]
+    fn keeps_bytes_and_line_feeds_inside_text() {
+        // ISO 8859-1 bytes pass through unchanged.
+        check_split(
+            b"MSH|^~\\&|x|||||||||||||||8859/1\nPID|1||||M\xfcller\n",
+            Ok(&[b"MSH|^~\\&|x|||||||||||||||8859/1\rPID|1||||M\xfcller\r"]),
+        );
+        // A raw line feed inside a field is data, not a segment end.
+        check_split(
+            b"MSH|a\nOBX|1|TX|||line one\nline two\nNTE|1\n",
+            Ok(&[b"MSH|a\rOBX|1|TX|||line one\nline two\rNTE|1\r"]),
+        );
     }
 
     #[test]

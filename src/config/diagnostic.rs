@@ -127,6 +127,48 @@ impl Diagnostic {
         }
     }
 
+    /// A diagnostic at a 1-based `line` and character `col` of `source`, for
+    /// loaders that report positions rather than spans. The underline covers
+    /// the word (letters, digits, `_`, `-`, `.`) starting there, at least one
+    /// character. Positions past the end are clamped.
+    pub fn at_line_col(
+        severity: Severity,
+        file: &Path,
+        source: &str,
+        line: usize,
+        col: usize,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut start = 0;
+        for _ in 1..line.max(1) {
+            match source[start..].find('\n') {
+                Some(i) => start += i + 1,
+                None => {
+                    start = source.len();
+                    break;
+                }
+            }
+        }
+        let line_end = source[start..]
+            .find('\n')
+            .map_or(source.len(), |i| start + i);
+        let offset = source[start..line_end]
+            .char_indices()
+            .nth(col.saturating_sub(1))
+            .map_or(line_end, |(i, _)| start + i);
+        let word = source[offset..line_end]
+            .char_indices()
+            .find(|&(_, c)| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .map_or(line_end - offset, |(i, _)| i);
+        Self::at(
+            severity,
+            file,
+            source,
+            offset..offset + word.max(1),
+            message,
+        )
+    }
+
     /// A diagnostic about `file` as a whole (it cannot be read, for example).
     pub fn whole_file(severity: Severity, file: &Path, message: impl Into<String>) -> Self {
         Diagnostic {
@@ -448,6 +490,24 @@ mod tests {
             "bad",
             "error: bad\n  --> junction.toml:1:2\n   |\n 1 |     key = 1\n   |     ^^^",
         );
+    }
+
+    #[test]
+    fn from_line_and_column() {
+        let src = "[mapping]\nname = \"adt\"\nbody = \"PID-99 | trim\"\n";
+        let d =
+            Diagnostic::at_line_col(Severity::Error, Path::new("m.toml"), src, 3, 9, "bad path");
+        assert_eq!(
+            d.to_string(),
+            "error: bad path\n  --> m.toml:3:9\n   |\n 3 | body = \"PID-99 | trim\"\n   |         ^^^^^^"
+        );
+        // Past the end of the line and of the file: clamped, never a panic.
+        let d = Diagnostic::at_line_col(Severity::Error, Path::new("m.toml"), src, 1, 80, "x");
+        assert_eq!((d.line, d.col), (1, 10));
+        let d = Diagnostic::at_line_col(Severity::Error, Path::new("m.toml"), src, 40, 1, "x");
+        assert_eq!((d.line, d.col), (4, 1));
+        let d = Diagnostic::at_line_col(Severity::Error, Path::new("m.toml"), "", 0, 0, "x");
+        assert_eq!((d.line, d.col), (1, 1));
     }
 
     #[test]

@@ -518,7 +518,7 @@ mod tests {
             b"\x00\x9f\xff garbage \x0b\x1c",
             Err((
                 AckCode::AR,
-                "byte 0: expected 'MSH' at the start of the message, found '\\u{0}\u{178}\u{ff}'",
+                "byte 0: expected 'MSH' at the start of the message, found '\u{178}\u{ff} '",
                 false,
             )),
         );

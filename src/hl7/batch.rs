@@ -8,9 +8,11 @@
 //! Not done: the BTS-1/FTS-1 counts are not checked (senders get them wrong
 //! and the messages are what matter), nor are batch headers interpreted.
 //!
-//! Segments end in `'\r'` or `'\n'` (either works, so raw files can be split
-//! before or after [`super::decode`]).
+//! Segment endings are recognised as [`super::decode`] does (`'\r'`, `"\r\n"`,
+//! and a `'\n'` followed by a segment), so a file can be split before or after
+//! decoding, and a line feed inside a value never starts a message.
 
+use super::charset::ends_segment;
 use super::error::{snippet, Hl7Error};
 
 /// Returns the messages of `text` as slices of it, each starting with "MSH".
@@ -18,12 +20,8 @@ pub fn split_batch(text: &str) -> Result<Vec<&str>, Hl7Error> {
     let mut messages = Vec::new();
     let mut current: Option<usize> = None;
     let mut batch = false;
-    let mut offset = 0;
-    for line in text.split_inclusive(['\r', '\n']) {
-        let start = offset;
-        offset += line.len();
-        let content = line.trim_end_matches(['\r', '\n']);
-        if content.trim().is_empty() {
+    for (start, content) in lines(text) {
+        if content.chars().all(|c| c.is_whitespace() || c.is_control()) {
             continue;
         }
         let name = content.get(..3).unwrap_or(content);
@@ -60,6 +58,40 @@ pub fn split_batch(text: &str) -> Result<Vec<&str>, Hl7Error> {
         return Err(Hl7Error::Empty);
     }
     Ok(messages)
+}
+
+/// The segments of `text` with their byte offsets, without their endings.
+/// `'\r'`, `"\r\n"` and a `'\n'` followed by something that looks like a
+/// segment end a segment, as in [`super::decode`]; other `'\n'` are data.
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let bytes = text.as_bytes();
+    let sep = match bytes.get(3) {
+        Some(&b) if b.is_ascii_punctuation() => b,
+        _ => b'|',
+    };
+    let mut start = 0;
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'\r' || (b == b'\n' && ends_segment(bytes, i + 1, sep)) {
+                let line = (start, &text[start..i]);
+                i += 1;
+                if b == b'\r' && bytes.get(i) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i;
+                return Some(line);
+            }
+            i += 1;
+        }
+        if start < bytes.len() {
+            let line = (start, &text[start..]);
+            start = bytes.len();
+            return Some(line);
+        }
+        None
+    })
 }
 
 #[cfg(test)]
@@ -101,6 +133,9 @@ mod tests {
     #[test]
     fn concatenated_messages_and_line_feeds() {
         check(&format!("{A}{B}"), Ok(&[A, B]));
+        // A line feed inside a value is data, even when it looks like a segment.
+        let with_data = "MSH|^~\\&|A\rOBX|1|TX|||see\nMSH below\r";
+        check(with_data, Ok(&[with_data]));
         let a = A.replace('\r', "\n");
         let b = B.replace('\r', "\r\n");
         check(

@@ -44,6 +44,32 @@ pub fn decode(raw: &[u8]) -> Result<String, Hl7Error> {
     Ok(normalise(&text))
 }
 
+/// Encodes `text` (e.g. an ACK) for a peer whose messages declare `charset`
+/// in MSH-18: the inverse of [`decode`] for writing back. UTF-8 for none,
+/// ASCII, UNICODE UTF-8 and labels this engine does not know; ISO 8859-1 byte
+/// for byte for `8859/1`; otherwise through `encoding_rs`. Characters the
+/// target cannot represent become `?` (8859/1) or numeric character
+/// references (`encoding_rs`); ACK text is ASCII in practice.
+pub fn encode_text(text: &str, charset: Option<&str>) -> Vec<u8> {
+    let Some(label) = charset.map(str::trim).filter(|l| !l.is_empty()) else {
+        return text.as_bytes().to_vec();
+    };
+    let key = label.to_ascii_uppercase();
+    match key.as_str() {
+        "8859/1" | "ISO IR100" | "ISO-8859-1" | "ISO8859-1" | "LATIN1" | "LATIN-1" => text
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+            .collect(),
+        "ASCII" | "ISO IR6" | "US-ASCII" | "UNICODE UTF-8" | "UNICODE" | "UTF-8" | "UTF8" => {
+            text.as_bytes().to_vec()
+        }
+        _ => match hl7_label(&key).or_else(|| Encoding::for_label(label.as_bytes())) {
+            Some(encoding) => encoding.encode(text).0.into_owned(),
+            None => text.as_bytes().to_vec(),
+        },
+    }
+}
+
 /// The charset label in MSH-18 of the first MSH in `raw`, trimmed, if present
 /// and not empty. Reads raw bytes; no decoding needed since the label is ASCII.
 pub fn msh18(raw: &[u8]) -> Option<String> {
@@ -65,12 +91,17 @@ pub fn msh18(raw: &[u8]) -> Option<String> {
     (!label.is_empty()).then_some(label)
 }
 
-/// Offset of the first "MSH" at the start of `raw` or of a line.
+/// Offset of the first "MSH" at the start of `raw` (after any whitespace or
+/// control bytes) or of a line.
 fn find_msh(raw: &[u8]) -> Option<usize> {
+    let lead = raw
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        .count();
     let mut from = 0;
     while let Some(pos) = raw[from..].windows(3).position(|w| w == b"MSH") {
         let at = from + pos;
-        if at == 0 || matches!(raw[at - 1], b'\r' | b'\n') {
+        if at == lead || (at > 0 && matches!(raw[at - 1], b'\r' | b'\n')) {
             return Some(at);
         }
         from = at + 1;
@@ -199,9 +230,15 @@ fn decoder_error_offset(encoding: &'static Encoding, raw: &[u8]) -> Option<usize
     }
 }
 
+/// Whitespace and control characters only (e.g. a DOS end-of-file `0x1A`, NULs).
+fn is_blank(line: &str) -> bool {
+    line.chars().all(|c| c.is_whitespace() || c.is_control())
+}
+
 /// Normalises segment endings to `'\r'` (see the module doc).
 fn normalise(text: &str) -> String {
-    let text = text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    let text =
+        text.trim_start_matches(|c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}');
     let bytes = text.as_bytes();
     let sep = match bytes.get(3) {
         Some(&b) if b.is_ascii_punctuation() => b,
@@ -227,15 +264,19 @@ fn normalise(text: &str) -> String {
     out
 }
 
-/// Whether a `'\n'` followed by `bytes[at..]` ends a segment.
-fn ends_segment(bytes: &[u8], at: usize, sep: u8) -> bool {
+/// Whether a `'\n'` followed by `bytes[at..]` ends a segment. Text from
+/// [`decode`] never holds such a `'\n'`.
+pub(crate) fn ends_segment(bytes: &[u8], at: usize, sep: u8) -> bool {
     let rest = &bytes[at..];
     // Blank line or end of text.
     let line_end = rest
         .iter()
         .position(|&b| b == b'\r' || b == b'\n')
         .unwrap_or(rest.len());
-    if rest[..line_end].iter().all(u8::is_ascii_whitespace) {
+    if rest[..line_end]
+        .iter()
+        .all(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return true;
     }
     rest.len() >= 3
@@ -251,7 +292,7 @@ fn ends_segment(bytes: &[u8], at: usize, sep: u8) -> bool {
 }
 
 fn push_line(out: &mut String, line: &str, sep: u8) {
-    if line.trim().is_empty() {
+    if is_blank(line) {
         return;
     }
     out.push_str(line);
@@ -296,6 +337,10 @@ mod tests {
             Ok("MSH|^~\\&|A\rPID|1\r"),
         );
         check(b"\r\n  MSH|^~\\&|A\r\rPID|1", Ok("MSH|^~\\&|A\rPID|1\r"));
+        check(
+            b"\0MSH|^~\\&|A\r\nPID|1\r\n\x1a",
+            Ok("MSH|^~\\&|A\rPID|1\r"),
+        );
     }
 
     #[test]
@@ -397,6 +442,26 @@ mod tests {
     }
 
     #[test]
+    fn encode_text_for_peer() {
+        assert_eq!(encode_text("Zoë €", None), "Zoë €".as_bytes());
+        assert_eq!(encode_text("Zoë €", Some("8859/1")), b"Zo\xEB ?");
+        assert_eq!(encode_text("Zoë €", Some("8859/15")), b"Zo\xEB \xA4");
+        assert_eq!(encode_text("Zoë", Some("UNICODE UTF-8")), "Zoë".as_bytes());
+        let text = "MSA|AA|Zoë €";
+        for label in ["8859/1", "8859/15", "windows-1252", "UNICODE UTF-8"] {
+            let msh = format!("MSH|^~\\&|A|||||||||||||||{label}\r");
+            let raw = encode_text(&format!("{msh}{text}"), Some(label));
+            let back = decode(&raw).expect("decodes");
+            let want = if label == "8859/1" {
+                "MSA|AA|Zoë ?"
+            } else {
+                text
+            };
+            assert_eq!(back, format!("{msh}{want}\r"), "{label}");
+        }
+    }
+
+    #[test]
     fn msh18_is_read_from_raw_bytes() {
         assert_eq!(msh18(MSH_8859.as_bytes()), Some("8859/1".into()));
         assert_eq!(msh18(b"MSH|^~\\&|A"), None);
@@ -405,5 +470,9 @@ mod tests {
             Some("UNICODE UTF-8".into())
         );
         assert_eq!(msh18(b"XMSH|^~\\&|||||||||||||||8859/1"), None);
+        assert_eq!(
+            msh18(format!("\n\x0b{MSH_8859}").as_bytes()),
+            Some("8859/1".into())
+        );
     }
 }

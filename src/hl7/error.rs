@@ -45,6 +45,12 @@ pub enum Hl7Error {
         expected: &'static str,
     },
 
+    /// A line feed that ends a segment: the text did not come from `decode()`.
+    #[error(
+        "byte {offset}: a line feed ends a segment here, expected text from hl7::decode() (segments ending in '\\r')"
+    )]
+    UnnormalisedText { offset: usize },
+
     /// The `hl7-parser` crate rejected the text at this position.
     #[error("byte {offset}: the message structure cannot be parsed, found '{found}'")]
     Syntax { offset: usize, found: String },
@@ -93,9 +99,10 @@ impl Hl7Error {
             Hl7Error::Empty | Hl7Error::MissingMsh { .. } => ("100", Some("MSH"), None),
             Hl7Error::BadFieldSeparator { .. } => ("102", Some("MSH"), Some(1)),
             Hl7Error::BadEncodingCharacters { .. } => ("102", Some("MSH"), Some(2)),
-            Hl7Error::BadSegment { .. } | Hl7Error::Syntax { .. } | Hl7Error::Batch { .. } => {
-                ("100", None, None)
-            }
+            Hl7Error::BadSegment { .. }
+            | Hl7Error::Syntax { .. }
+            | Hl7Error::Batch { .. }
+            | Hl7Error::UnnormalisedText { .. } => ("100", None, None),
             Hl7Error::InvalidBytes { .. } => ("102", None, None),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
             Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),

@@ -19,6 +19,7 @@ use std::borrow::Cow;
 
 use hl7_parser::message::{Component, Field, Repeat, Segment, Separators};
 
+use super::charset::ends_segment;
 use super::error::{snippet, Hl7Error};
 use super::escape::unescape;
 use super::path::Path;
@@ -85,6 +86,7 @@ impl<'a> Message<'a> {
     /// Parses `text` as produced by [`super::decode`] (segments end in `'\r'`).
     pub fn parse(text: &'a str) -> Result<Message<'a>, Hl7Error> {
         let encoding_characters = check_msh_prefix(text)?;
+        check_line_feeds(text)?;
         let mut inner = hl7_parser::Message::parse(text).map_err(|err| match err {
             hl7_parser::parser::ParseError::FailedToParse { position, .. } => Hl7Error::Syntax {
                 offset: position,
@@ -324,6 +326,22 @@ fn check_msh_prefix(text: &str) -> Result<&str, Hl7Error> {
     Ok(encoding)
 }
 
+/// Rejects text whose segments end in '\n' (not from `decode`): strict
+/// hl7-parser would read such text as one long MSH.
+fn check_line_feeds(text: &str) -> Result<(), Hl7Error> {
+    let bytes = text.as_bytes();
+    let sep = bytes[3];
+    let mut from = 0;
+    while let Some(pos) = text[from..].find('\n') {
+        let at = from + pos;
+        if ends_segment(bytes, at + 1, sep) {
+            return Err(Hl7Error::UnnormalisedText { offset: at });
+        }
+        from = at + 1;
+    }
+    Ok(())
+}
+
 /// Checks that hl7-parser read the whole text and that every segment is sound.
 fn check_segments(text: &str, inner: &hl7_parser::Message<'_>) -> Result<(), Hl7Error> {
     for (i, segment) in inner.segments.iter().enumerate().skip(1) {
@@ -510,6 +528,10 @@ ZPI|1|custom^value\r";
             "MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B\r",
             "segment 3 at byte 17: expected one MSH per message (split batches and concatenated messages with split_batch), found 'MSH|'",
         );
+        check_err(
+            "MSH|^~\\&|A\nPID|1\n",
+            "byte 10: a line feed ends a segment here, expected text from hl7::decode() (segments ending in '\\r')",
+        );
     }
 
     #[test]
@@ -527,6 +549,15 @@ ZPI|1|custom^value\r";
             message.get("PID-0"),
             Err(Hl7Error::BadPath { position: 4, .. })
         ));
+    }
+
+    #[test]
+    fn line_feed_inside_a_value_is_data() {
+        check(
+            "MSH|^~\\&|A\rOBX|1|TX|||one\ntwo\r",
+            "OBX-5",
+            Some("one\ntwo"),
+        );
     }
 
     #[test]

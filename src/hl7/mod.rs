@@ -53,7 +53,7 @@ mod path;
 
 pub use ack::{assess, build_ack, AckCode, AckError, Rejection};
 pub use batch::split_batch;
-pub use charset::{decode, msh18};
+pub use charset::{decode, encode_text, msh18};
 pub use error::Hl7Error;
 pub use escape::{escape, escape_field, unescape};
 pub use message::{component_text, field_text, repeat_text, Header, Message};

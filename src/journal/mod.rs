@@ -59,8 +59,9 @@ pub struct StoreConfig {
     /// SQLite database file (relative paths are relative to the config file's folder).
     #[serde(default = "default_path")]
     pub path: PathBuf,
-    /// `full`: fsync on every group commit (default). `normal`: WAL without
-    /// fsync on commit; a power loss (not a process crash) may lose the last commits.
+    /// `full`: fsync on every group commit before any ACK (default). `normal`:
+    /// WAL without fsync on commit; a power loss (not a process crash) may lose
+    /// the last commits.
     #[serde(default)]
     pub sync: SyncPolicy,
 }
@@ -336,8 +337,8 @@ impl Journal {
 
     /// True while the writer thread runs and the last commit succeeded.
     pub fn is_healthy(&self) -> bool {
-        self.inner.state.alive.load(Ordering::Acquire)
-            && self.inner.state.last_commit_ok.load(Ordering::Acquire)
+        let state = &self.inner.state;
+        state.alive.load(Ordering::Acquire) && state.last_commit_ok.load(Ordering::Acquire)
     }
 
     /// Journals `items` durably, in order, and says for each whether it was

@@ -12,9 +12,8 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use tokio::sync::mpsc;
 
 use super::{
-    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, Status,
-    SyncPolicy, WriteRequest, WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES,
-    MAX_LIMIT,
+    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, SyncPolicy,
+    WriteRequest, WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES, MAX_LIMIT,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -50,10 +49,14 @@ CREATE INDEX messages_control_id ON messages (control_id);
 const FIND_ACCEPTED: &str = "SELECT id, ack_code, ack FROM messages
      WHERE sender = ?1 AND control_id = ?2 AND status = 'accepted' AND control_id <> ''";
 
+/// Inserts a row unless it is an accepted resend (the partial UNIQUE index):
+/// then nothing changes and [`FIND_ACCEPTED`] fetches the original.
 const INSERT: &str = "INSERT INTO messages
      (listener, peer, received_at, sender, control_id, message_type, version,
       status, ack_code, ack, error, raw, size)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+     ON CONFLICT (sender, control_id) WHERE status = 'accepted' AND control_id <> ''
+     DO NOTHING";
 
 const SUMMARY_COLUMNS: &str =
     "id, listener, sender, control_id, message_type, received_at, ack_code, status";
@@ -75,6 +78,8 @@ pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, J
             mode,
         });
     }
+    // FULL in WAL mode: the WAL is fsynced at every commit, before `commit`
+    // returns. NORMAL: no fsync on commit (only around checkpoints).
     let synchronous = match sync {
         SyncPolicy::Full => "FULL",
         SyncPolicy::Normal => "NORMAL",
@@ -212,21 +217,7 @@ fn write_one(
     insert: &mut rusqlite::CachedStatement<'_>,
     item: &Incoming,
 ) -> Result<Committed, rusqlite::Error> {
-    if item.status == Status::Accepted && !item.control_id.is_empty() {
-        let earlier = find
-            .query_row(params![item.sender, item.control_id], |row| {
-                Ok(Committed::Duplicate {
-                    id: row.get(0)?,
-                    ack_code: row.get(1)?,
-                    ack: row.get(2)?,
-                })
-            })
-            .optional()?;
-        if let Some(duplicate) = earlier {
-            return Ok(duplicate);
-        }
-    }
-    insert.execute(params![
+    let changed = insert.execute(params![
         item.listener,
         item.peer,
         format_timestamp(item.received_at),
@@ -242,8 +233,18 @@ fn write_one(
         // A frame is bounded by max_message_bytes, far below i64::MAX.
         item.raw.len() as i64,
     ])?;
-    Ok(Committed::Stored {
-        id: tx.last_insert_rowid(),
+    if changed == 1 {
+        return Ok(Committed::Stored {
+            id: tx.last_insert_rowid(),
+        });
+    }
+    // Only an accepted message with a control id can conflict: a resend.
+    find.query_row(params![item.sender, item.control_id], |row| {
+        Ok(Committed::Duplicate {
+            id: row.get(0)?,
+            ack_code: row.get(1)?,
+            ack: row.get(2)?,
+        })
     })
 }
 

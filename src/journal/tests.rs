@@ -295,6 +295,35 @@ async fn data_survives_dropping_and_reopening() {
     assert_eq!(journal.get(id + 1000).await.unwrap(), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_normal_commits_and_reads_back_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        sync: SyncPolicy::Normal,
+        ..config(&dir)
+    };
+    let journal = Journal::open(&cfg).unwrap();
+    assert_eq!(journal.sync_policy(), SyncPolicy::Normal);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let journal = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            journal
+                .commit(vec![accepted("PAS^RAL", &format!("N{i}"), "ADT^A01", "a")])
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        assert!(matches!(task.await.unwrap()[0], Committed::Stored { .. }));
+    }
+    let rows = journal
+        .search(query(|q| q.limit = Some(1000)))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 50);
+}
+
 #[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,8 +29,13 @@ pub(crate) struct PlanInner {
     pub name: String,
     pub file: PathBuf,
     pub messages: Vec<(String, String)>,
+    /// `[mapping] ignore`: fields (`PID-1`) or segments (`ZPI`) deliberately not
+    /// mapped, left out of the unread report.
+    pub ignore: Vec<(String, Option<usize>)>,
     pub tables: Vec<HashMap<String, Value>>,
     pub macros: Vec<Expr>,
+    /// What each macro's value depends on, for caching it during one apply.
+    pub macro_deps: Vec<MacroDeps>,
     pub resources: Vec<Resource>,
     pub tests: Vec<TestCase>,
 }
@@ -115,6 +120,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
 
     let mut name = None;
     let mut messages = Vec::new();
+    let mut ignore = Vec::new();
     let mut tables = Vec::new();
     let mut macro_sources: Vec<(String, &Spanned<DeValue<'_>>)> = Vec::new();
     let mut resources_v = None;
@@ -165,10 +171,11 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
                                 c.string(mv);
                             }
                             "messages" => messages = c.messages(mv),
+                            "ignore" => ignore = c.ignore(mv),
                             other => c.error(
                                 mk.span().start,
                                 format!(
-                                    "unknown key `{other}` in [mapping], expected one of name, messages, description"
+                                    "unknown key `{other}` in [mapping], expected one of name, messages, ignore, description"
                                 ),
                             ),
                         }
@@ -250,7 +257,9 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             name,
             file: file.to_path_buf(),
             messages,
+            ignore,
             tables,
+            macro_deps: macro_deps(&macros),
             macros,
             resources,
             tests,
@@ -416,6 +425,32 @@ impl<'s> Compiler<'s> {
         out
     }
 
+    fn ignore(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, Option<usize>)> {
+        let mut out = Vec::new();
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(
+                v.span().start,
+                "`ignore` must be an array like [\"PID-1\", \"ZPI\"]".into(),
+            );
+            return out;
+        };
+        for item in items.iter() {
+            let Some(s) = self.string(item) else { continue };
+            let (seg, field) = match s.split_once('-') {
+                Some((seg, f)) => (seg, f.parse::<usize>().ok().filter(|n| *n >= 1).map(Some)),
+                None => (s, Some(None)),
+            };
+            match field {
+                Some(f) if expr::is_segment_name(seg) => out.push((seg.to_string(), f)),
+                _ => self.error(
+                    item.span().start,
+                    format!("bad field `{s}` in `ignore`, expected a field like `PID-1` or a segment like `ZPI`"),
+                ),
+            }
+        }
+        out
+    }
+
     /// A TOML value as JSON (tables' entries and test fragments).
     fn literal(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Value> {
         Some(match v.get_ref() {
@@ -467,6 +502,10 @@ impl<'s> Compiler<'s> {
     }
 
     fn template(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Template> {
+        self.template_unfolded(v, path).map(fold)
+    }
+
+    fn template_unfolded(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Template> {
         match v.get_ref() {
             DeValue::String(_) => self.expr(v).map(Template::Expr),
             DeValue::Boolean(_) | DeValue::Integer(_) | DeValue::Float(_) => {
@@ -722,6 +761,84 @@ impl<'s> Compiler<'s> {
     }
 }
 
+/// What a macro's value depends on besides the message: the segments its paths
+/// name (resolved per scope), the current `each` element, the iteration position.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MacroDeps {
+    pub segments: Vec<String>,
+    pub relative: bool,
+    pub position: bool,
+}
+
+fn macro_deps(macros: &[Expr]) -> Vec<MacroDeps> {
+    fn expr(e: &Expr, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+        term(&e.first, in_pred, d, all, depth);
+        for s in &e.stages {
+            match s {
+                Stage::Alt(t) => term(t, in_pred, d, all, depth),
+                Stage::Transform(Transform::When(c)) => cond(c, in_pred, d, all, depth),
+                Stage::Transform(_) => {}
+            }
+        }
+    }
+    fn term(t: &Term, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+        match t {
+            Term::Path(p) => match &p.anchor {
+                expr::Anchor::Field { segment, .. } => {
+                    if !d.segments.contains(segment) {
+                        d.segments.push(segment.clone());
+                    }
+                    if let expr::RepSel::Pred(c) = &p.rep {
+                        cond(c, true, d, all, depth);
+                    }
+                }
+                expr::Anchor::Relative => d.relative |= !in_pred,
+            },
+            Term::Position => d.position |= !in_pred,
+            Term::Macro(i) => {
+                // cycles are rejected at compile; the depth guard only keeps a
+                // broken plan from recursing forever
+                if depth < 64 {
+                    if let Some(m) = all.get(*i) {
+                        expr(m, in_pred, d, all, depth + 1);
+                    }
+                }
+            }
+            Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+                parts.iter().for_each(|p| expr(p, in_pred, d, all, depth))
+            }
+            Term::Group(e) => expr(e, in_pred, d, all, depth),
+            Term::Literal(_) => {}
+        }
+    }
+    fn cond(c: &Cond, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+        match c {
+            Cond::Or(cs) | Cond::And(cs) => cs.iter().for_each(|c| cond(c, in_pred, d, all, depth)),
+            Cond::Not(c) => cond(c, in_pred, d, all, depth),
+            Cond::Empty(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
+                expr(e, in_pred, d, all, depth)
+            }
+            Cond::Compare { left, right, .. } => {
+                expr(left, in_pred, d, all, depth);
+                expr(right, in_pred, d, all, depth);
+            }
+            Cond::NoSegment(s) => {
+                if !d.segments.contains(s) {
+                    d.segments.push(s.clone());
+                }
+            }
+        }
+    }
+    macros
+        .iter()
+        .map(|m| {
+            let mut d = MacroDeps::default();
+            expr(m, false, &mut d, macros, 0);
+            d
+        })
+        .collect()
+}
+
 fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {
     let mut seen = vec![false; deps.len()];
     let mut stack = vec![from];
@@ -735,6 +852,60 @@ fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {
         stack.extend(deps[n].iter().copied());
     }
     false
+}
+
+/// Constant folding: a template without paths, macros or conditions becomes the
+/// JSON it always produces (already pruned), so applying it is one clone.
+fn fold(t: Template) -> Template {
+    match t {
+        Template::Expr(Expr {
+            first: Term::Literal(s),
+            stages,
+        }) if stages.is_empty() && !s.trim().is_empty() && s.trim() != "\"\"" => {
+            Template::Literal(Value::String(s.trim().to_string()))
+        }
+        Template::Object(o) if o.iter.is_none() && o.when.is_none() => {
+            let constant = |t: &Template| match t {
+                Template::Literal(_) => true,
+                Template::Array(items) => items
+                    .iter()
+                    .all(|i| matches!(i, Template::Literal(v) if !v.is_array())),
+                _ => false,
+            };
+            if o.fields.is_empty() || !o.fields.iter().all(|(_, t)| constant(t)) {
+                return Template::Object(o);
+            }
+            let mut map = serde_json::Map::new();
+            for (k, t) in o.fields {
+                let v = match t {
+                    Template::Literal(v) => v,
+                    Template::Array(items) => Value::Array(
+                        items
+                            .into_iter()
+                            .filter_map(|i| match i {
+                                Template::Literal(v) => Some(v),
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    _ => continue,
+                };
+                if !matches!(&v, Value::Array(a) if a.is_empty()) {
+                    map.insert(k, v);
+                }
+            }
+            if map.is_empty() {
+                Template::Object(Box::new(ObjTemplate {
+                    iter: None,
+                    when: None,
+                    fields: Vec::new(),
+                }))
+            } else {
+                Template::Literal(Value::Object(map))
+            }
+        }
+        t => t,
+    }
 }
 
 fn valid_element(k: &str) -> bool {
@@ -758,7 +929,10 @@ fn expr_macros(e: &Expr, out: &mut Vec<usize>) {
 fn term_macros(t: &Term, out: &mut Vec<usize>) {
     match t {
         Term::Macro(i) => out.push(*i),
-        Term::Concat(parts) => parts.iter().for_each(|p| expr_macros(p, out)),
+        Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+            parts.iter().for_each(|p| expr_macros(p, out))
+        }
+        Term::Group(e) => expr_macros(e, out),
         Term::Path(p) => {
             if let expr::RepSel::Pred(c) = &p.rep {
                 cond_macros(c, out)

@@ -8,6 +8,7 @@
 //! - Output objects are built without empty members (pruned as they are built).
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use hl7_parser::message::{Component, Repeat, Segment, Separators, Subcomponent};
 use serde_json::{Map, Value};
@@ -123,6 +124,16 @@ pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
+/// Segment name equality without a `memcmp` call for 3-byte names.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    match (a, b) {
+        ([a0, a1, a2], [b0, b1, b2]) => a0 == b0 && a1 == b1 && a2 == b2,
+        _ => a == b,
+    }
+}
+
 /// A value during evaluation.
 #[derive(Debug, Clone)]
 pub(crate) enum Val<'a> {
@@ -165,16 +176,33 @@ struct Scope<'s, 'a> {
     position: usize,
 }
 
-struct Ctx<'p, 'a> {
-    plan: &'p PlanInner,
+struct Ctx<'a> {
+    plan: &'a PlanInner,
     segs: &'a [Segment<'a>],
     seps: Separators,
     /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
     read: Vec<u128>,
     warnings: Vec<String>,
+    warned: HashSet<String>,
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
+    /// Macro values already computed in this apply, by macro.
+    cache: Vec<Vec<(MacroKey, Val<'a>)>>,
+}
+
+/// Values kept per macro (the most recent ones).
+const MACRO_CACHE_ENTRIES: usize = 64;
+
+/// Macros naming more segments than this are not cached.
+const MACRO_KEY_SEGMENTS: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MacroKey {
+    fp: u64,
+    segments: [u32; MACRO_KEY_SEGMENTS],
+    elem: Option<(usize, usize, Loc)>,
+    position: usize,
 }
 
 /// Applies a plan to a message.
@@ -183,11 +211,16 @@ pub(crate) fn apply(
     message: &hl7_parser::Message<'_>,
 ) -> Result<MapOutput, MapError> {
     let segs: &[Segment<'_>] = &message.segments;
+    // occurrence of each segment among those of its name (linear: messages may be huge)
+    let mut counts: HashMap<&str, u32> = HashMap::new();
     let mut occurrence = Vec::with_capacity(segs.len());
-    for (i, s) in segs.iter().enumerate() {
-        let before = segs[..i].iter().filter(|o| o.name == s.name).count() as u32;
-        let repeats = before > 0 || segs[i + 1..].iter().any(|o| o.name == s.name);
-        occurrence.push((before + 1, repeats));
+    for s in segs {
+        let n = counts.entry(s.name).or_insert(0);
+        *n += 1;
+        occurrence.push((*n, false));
+    }
+    for (o, s) in occurrence.iter_mut().zip(segs) {
+        o.1 = counts.get(s.name).is_some_and(|&n| n > 1);
     }
     let mut ctx = Ctx {
         plan,
@@ -195,7 +228,9 @@ pub(crate) fn apply(
         seps: message.separators,
         read: vec![0; segs.len()],
         warnings: Vec::new(),
+        warned: HashSet::new(),
         occurrence,
+        cache: vec![Vec::new(); plan.macros.len()],
     };
     let top = Scope {
         start: 0,
@@ -205,7 +240,7 @@ pub(crate) fn apply(
         position: 1,
     };
     let mut entries = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
     for r in &plan.resources {
         ctx.resource(r, &top, &mut entries, &mut seen);
     }
@@ -226,13 +261,13 @@ pub(crate) fn apply(
     })
 }
 
-impl<'p, 'a> Ctx<'p, 'a> {
+impl<'a> Ctx<'a> {
     fn warn(&mut self, loc: Option<Loc>, message: String) {
         let w = match loc {
             Some(l) => format!("{}: {message}", self.loc_name(l)),
             None => message,
         };
-        if !self.warnings.contains(&w) {
+        if self.warned.insert(w.clone()) {
             self.warnings.push(w);
         }
     }
@@ -262,6 +297,14 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 if seg.name == "MSH" && n <= 2 {
                     continue;
                 }
+                if self
+                    .plan
+                    .ignore
+                    .iter()
+                    .any(|(s, f)| s == seg.name && f.is_none_or(|f| f == n))
+                {
+                    continue;
+                }
                 if n < 128 && read & (1u128 << n) != 0 {
                     continue;
                 }
@@ -286,7 +329,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         let mut s = Some(scope);
         while let Some(sc) = s {
             let end = sc.end.min(self.segs.len());
-            if let Some(i) = (sc.start..end).find(|&i| self.segs[i].name == name) {
+            if let Some(i) = (sc.start..end).find(|&i| same_name(self.segs[i].name, name)) {
                 return Some(i);
             }
             s = sc.parent;
@@ -298,10 +341,10 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn resource(
         &mut self,
-        r: &Resource,
+        r: &'a Resource,
         scope: &Scope<'_, 'a>,
         entries: &mut Vec<Value>,
-        seen: &mut Vec<String>,
+        seen: &mut HashSet<String>,
     ) {
         let mut emit = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
             if let Some(w) = &r.when {
@@ -321,10 +364,9 @@ impl<'p, 'a> Ctx<'p, 'a> {
             }
             let mut body = ctx.object_fields(&r.body, sc);
             let url = format!("{}/{}", r.kind, id);
-            if seen.contains(&url) {
+            if !seen.insert(url.clone()) {
                 return;
             }
-            seen.push(url.clone());
             body.insert("resourceType".into(), Value::String(r.kind.clone()));
             body.insert("id".into(), Value::String(id.to_string()));
             let mut request = Map::new();
@@ -345,7 +387,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
     /// Calls `f` once per group (`for`) or element (`each`), with the inner scope.
     fn iterate(
         &mut self,
-        it: &Iter,
+        it: &'a Iter,
         scope: &Scope<'_, 'a>,
         f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
     ) {
@@ -377,7 +419,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn groups(
         &mut self,
-        heads: &[String],
+        heads: &'a [String],
         scope: &Scope<'_, 'a>,
         f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
     ) {
@@ -389,12 +431,22 @@ impl<'p, 'a> Ctx<'p, 'a> {
         let starts: Vec<usize> = (scope.start..end)
             .filter(|&i| self.segs[i].name == head.as_str())
             .collect();
+        // Seen from inside a group, the enclosing scope is only its part before the
+        // first group: a segment of a sibling group (the NTE after another OBX) is
+        // never found by falling back to the parent.
+        let outer = Scope {
+            start: scope.start,
+            end: starts.first().copied().unwrap_or(end),
+            parent: scope.parent,
+            elem: scope.elem,
+            position: scope.position,
+        };
         for (k, &s) in starts.iter().enumerate() {
             let e = starts.get(k + 1).copied().unwrap_or(end);
             let inner = Scope {
                 start: s,
                 end: e,
-                parent: Some(scope),
+                parent: Some(&outer),
                 elem: scope.elem,
                 position: k + 1,
             };
@@ -406,7 +458,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn object_fields(
         &mut self,
-        fields: &[(String, Template)],
+        fields: &'a [(String, Template)],
         scope: &Scope<'_, 'a>,
     ) -> Map<String, Value> {
         let mut map = Map::new();
@@ -418,7 +470,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         map
     }
 
-    fn object(&mut self, o: &ObjTemplate, scope: &Scope<'_, 'a>) -> Option<Value> {
+    fn object(&mut self, o: &'a ObjTemplate, scope: &Scope<'_, 'a>) -> Option<Value> {
         if let Some(w) = &o.when {
             if !self.cond(w, scope) {
                 return None;
@@ -429,7 +481,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
     }
 
     /// The value of a template in an object member position (`None`: leave it out).
-    fn value(&mut self, t: &Template, scope: &Scope<'_, 'a>) -> Option<Value> {
+    fn value(&mut self, t: &'a Template, scope: &Scope<'_, 'a>) -> Option<Value> {
         match t {
             Template::Expr(e) => {
                 let v = self.expr(e, scope);
@@ -446,7 +498,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
     }
 
     /// The values of a template in an array position (flattened).
-    fn items(&mut self, t: &Template, scope: &Scope<'_, 'a>, out: &mut Vec<Value>) {
+    fn items(&mut self, t: &'a Template, scope: &Scope<'_, 'a>, out: &mut Vec<Value>) {
         match t {
             Template::Expr(e) => {
                 let v = self.expr(e, scope);
@@ -479,6 +531,9 @@ impl<'p, 'a> Ctx<'p, 'a> {
     fn to_json(&self, v: Val<'a>) -> Option<Value> {
         match v {
             Val::Empty => None,
+            Val::Text(Cow::Owned(s)) if s.trim().len() == s.len() => {
+                (!s.is_empty() && s != "\"\"").then_some(Value::String(s))
+            }
             Val::Text(t) => {
                 let t = t.trim();
                 (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
@@ -505,7 +560,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     // ---- expressions -----------------------------------------------------------
 
-    fn expr(&mut self, e: &Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
+    fn expr(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
         let mut loc = None;
         let mut v = self.term(&e.first, scope, &mut loc);
         for st in &e.stages {
@@ -513,6 +568,8 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 Stage::Alt(t) => {
                     if v.is_empty() {
                         v = self.term(t, scope, &mut loc);
+                    } else {
+                        self.touch_term(t, scope);
                     }
                 }
                 Stage::Transform(t) => v = self.transform(t, v, loc, scope),
@@ -521,14 +578,100 @@ impl<'p, 'a> Ctx<'p, 'a> {
         v
     }
 
-    fn term(&mut self, t: &Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
+    /// A macro's value, computed once per distinct input: the segments it names
+    /// as resolved in this scope, the `each` element and position when it uses them.
+    fn macro_value(&mut self, i: usize, scope: &Scope<'_, 'a>) -> Val<'a> {
+        let plan = self.plan;
+        let (Some(e), Some(deps)) = (plan.macros.get(i), plan.macro_deps.get(i)) else {
+            return Val::Empty;
+        };
+        let elem = if deps.relative {
+            match scope.elem {
+                Some(Val::Node(n)) => Some((n.raw().as_ptr() as usize, n.raw().len(), n.loc)),
+                // not a message element: no stable identity, do not cache
+                Some(_) => return self.expr(e, scope),
+                None => None,
+            }
+        } else {
+            None
+        };
+        if deps.segments.len() > MACRO_KEY_SEGMENTS {
+            return self.expr(e, scope);
+        }
+        let mut segments = [u32::MAX; MACRO_KEY_SEGMENTS];
+        for (slot, s) in segments.iter_mut().zip(&deps.segments) {
+            *slot = self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32);
+        }
+        let position = if deps.position { scope.position } else { 0 };
+        // a cheap fingerprint compared first: most lookups scan several entries
+        let mut fp = position as u64;
+        for x in segments
+            .iter()
+            .map(|&x| x as u64)
+            .chain(elem.map(|(p, l, _)| (p ^ (l << 40)) as u64))
+        {
+            fp = (fp.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        let key = MacroKey {
+            fp,
+            segments,
+            elem,
+            position,
+        };
+        // most recent first: a scope asks for the same macros again and again
+        if let Some((_, v)) = self
+            .cache
+            .get(i)
+            .and_then(|c| c.iter().rev().find(|(k, _)| k.fp == key.fp && *k == key))
+        {
+            return v.clone();
+        }
+        let v = self.expr(e, scope);
+        if let Some(c) = self.cache.get_mut(i) {
+            // bounded, so a message with thousands of groups stays linear
+            if c.len() >= MACRO_CACHE_ENTRIES {
+                c.remove(0);
+            }
+            c.push((key, v.clone()));
+        }
+        v
+    }
+
+    /// Marks the fields an alternative that was not needed would have read: a
+    /// field named by a rule counts as mapped even when an earlier one won.
+    fn touch_term(&mut self, t: &'a Term, scope: &Scope<'_, 'a>) {
         match t {
-            Term::Literal(s) => Val::Text(Cow::Owned(s.clone())),
+            Term::Path(p) => {
+                if let Anchor::Field { segment, field } = &p.anchor {
+                    if let Some(si) = self.find_segment(segment, scope) {
+                        self.mark(si, *field);
+                    }
+                }
+            }
+            Term::Group(e) => self.touch_expr(e, scope),
+            Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+                for p in parts {
+                    self.touch_expr(p, scope);
+                }
+            }
+            Term::Macro(_) | Term::Literal(_) | Term::Position => {}
+        }
+    }
+
+    fn touch_expr(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>) {
+        self.touch_term(&e.first, scope);
+        for st in &e.stages {
+            if let Stage::Alt(t) = st {
+                self.touch_term(t, scope);
+            }
+        }
+    }
+
+    fn term(&mut self, t: &'a Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
+        match t {
+            Term::Literal(s) => Val::Text(Cow::Borrowed(s.as_str())),
             Term::Position => Val::Text(Cow::Owned(scope.position.to_string())),
-            Term::Macro(i) => match self.plan.macros.get(*i) {
-                Some(e) => self.expr(e, scope),
-                None => Val::Empty,
-            },
+            Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => {
                 let mut out = String::new();
                 for p in parts {
@@ -540,6 +683,30 @@ impl<'p, 'a> Ctx<'p, 'a> {
                 }
                 Val::Text(Cow::Owned(out))
             }
+            Term::ConcatWs(sep, parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    let v = self.expr(p, scope);
+                    if v.is_empty() {
+                        continue;
+                    }
+                    let t = self.text_of(v);
+                    let t = t.trim();
+                    if t.is_empty() {
+                        continue;
+                    }
+                    if !out.is_empty() {
+                        out.push_str(sep);
+                    }
+                    out.push_str(t);
+                }
+                if out.is_empty() {
+                    Val::Empty
+                } else {
+                    Val::Text(Cow::Owned(out))
+                }
+            }
+            Term::Group(e) => self.expr(e, scope),
             Term::Path(p) => {
                 let v = self.path(p, scope);
                 *loc = match &v {
@@ -555,7 +722,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
     }
 
-    fn path(&mut self, p: &Path, scope: &Scope<'_, 'a>) -> Val<'a> {
+    fn path(&mut self, p: &'a Path, scope: &Scope<'_, 'a>) -> Val<'a> {
         let descend = |n: Node<'a>| -> Option<Node<'a>> {
             let mut n = n;
             if let Some(c) = p.comp {
@@ -652,6 +819,14 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
     }
 
+    /// Does `f` hold for some text of the value (lists: each element), trimmed?
+    fn any_text(&self, v: Val<'a>, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        match v {
+            Val::List(items) => items.into_iter().any(|i| self.any_text(i, f)),
+            v => f(self.text_of(v).trim()),
+        }
+    }
+
     /// Every text of a value (lists: each element), trimmed.
     fn texts(&self, v: Val<'a>, out: &mut Vec<Cow<'a, str>>) {
         match v {
@@ -666,7 +841,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     fn transform(
         &mut self,
-        t: &Transform,
+        t: &'a Transform,
         v: Val<'a>,
         loc: Option<Loc>,
         scope: &Scope<'_, 'a>,
@@ -674,7 +849,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
         match t {
             Transform::Default(d) => {
                 return if v.is_empty() {
-                    Val::Text(Cow::Owned(d.clone()))
+                    Val::Text(Cow::Borrowed(d.as_str()))
                 } else {
                     v
                 }
@@ -714,6 +889,8 @@ impl<'p, 'a> Ctx<'p, 'a> {
         }
         if let Transform::Builtin(dt, tz) = t {
             return match v {
+                // already a FHIR element (e.g. an alternative built before): keep it
+                Val::Json(j) => Val::Json(j),
                 Val::Node(n) => {
                     let mut warnings = Vec::new();
                     let out = datatypes::build(*dt, n, &self.seps, tz, &mut warnings);
@@ -798,7 +975,7 @@ impl<'p, 'a> Ctx<'p, 'a> {
 
     // ---- conditions ------------------------------------------------------------
 
-    fn cond(&mut self, c: &Cond, scope: &Scope<'_, 'a>) -> bool {
+    fn cond(&mut self, c: &'a Cond, scope: &Scope<'_, 'a>) -> bool {
         match c {
             Cond::Or(cs) => cs.iter().any(|c| self.cond(c, scope)),
             Cond::And(cs) => cs.iter().all(|c| self.cond(c, scope)),
@@ -808,38 +985,53 @@ impl<'p, 'a> Ctx<'p, 'a> {
             Cond::NoSegment(name) => self.find_segment(name, scope).is_none(),
             Cond::Compare { left, eq, right } => {
                 let (l, r) = (self.expr(left, scope), self.expr(right, scope));
-                let (mut lt, mut rt) = (Vec::new(), Vec::new());
-                self.texts(l, &mut lt);
-                self.texts(r, &mut rt);
-                let any = lt.iter().any(|a| rt.iter().any(|b| a == b));
+                let any = match r {
+                    Val::List(_) => {
+                        let mut rt = Vec::new();
+                        self.texts(r, &mut rt);
+                        self.any_text(l, &mut |a| rt.iter().any(|b| a == b.as_ref()))
+                    }
+                    r => {
+                        let rt = self.text_of(r);
+                        let rt = rt.trim();
+                        self.any_text(l, &mut |a| a == rt)
+                    }
+                };
                 any == *eq
             }
             Cond::In { left, set } => {
                 let l = self.expr(left, scope);
-                let mut lt = Vec::new();
-                self.texts(l, &mut lt);
-                lt.iter().any(|a| set.iter().any(|s| s == a.as_ref()))
+                self.any_text(l, &mut |a| set.iter().any(|s| s == a))
             }
         }
     }
 }
 
-/// Does `document` contain `fragment`? Objects: every member of the fragment is
-/// present and contains the fragment's value; arrays: every element of the fragment
-/// is contained in some element of the document's array; scalars: equal.
-/// A fragment that is not an array also matches an array holding a matching element.
+/// Does `document` contain `fragment` somewhere (at the top or at any depth)?
+/// At the place it matches: objects match when every member of the fragment is
+/// present and matches; arrays when every element of the fragment matches some
+/// element; a non-array fragment also matches an array holding a matching element;
+/// numbers compare by value (`5` matches `5.0`); other scalars are equal.
 pub fn contains_fragment(document: &Value, fragment: &Value) -> bool {
-    match (document, fragment) {
-        (Value::Object(d), Value::Object(f)) => {
-            f.iter()
-                .all(|(k, fv)| d.get(k).is_some_and(|dv| contains_fragment(dv, fv)))
-                || d.values().any(|dv| dv.is_object() || dv.is_array())
-                    && d.values().any(|dv| contains_fragment(dv, fragment))
+    matches_at(document, fragment)
+        || match document {
+            Value::Object(m) => m.values().any(|v| contains_fragment(v, fragment)),
+            Value::Array(a) => a.iter().any(|v| contains_fragment(v, fragment)),
+            _ => false,
         }
-        (Value::Array(d), Value::Array(f)) => f
+}
+
+/// Subset match at this position (no searching deeper).
+fn matches_at(document: &Value, fragment: &Value) -> bool {
+    match (document, fragment) {
+        (Value::Object(d), Value::Object(f)) => f
             .iter()
-            .all(|fv| d.iter().any(|dv| contains_fragment(dv, fv))),
-        (Value::Array(d), f) => d.iter().any(|dv| contains_fragment(dv, f)),
+            .all(|(k, fv)| d.get(k).is_some_and(|dv| matches_at(dv, fv))),
+        (Value::Array(d), Value::Array(f)) => {
+            f.iter().all(|fv| d.iter().any(|dv| matches_at(dv, fv)))
+        }
+        (Value::Array(d), f) => d.iter().any(|dv| matches_at(dv, f)),
+        (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
         (d, f) => d == f,
     }
 }

@@ -5,7 +5,8 @@
 //! ```text
 //! expr      := term ( '|' ( term | transform ) )*      left to right; a term after `|`
 //!                                                      is an alternative (first non-empty)
-//! term      := path | 'literal' | $macro | concat(expr, ...) | position()
+//! term      := path | 'literal' | $macro | ( expr ) | concat(expr, ...)
+//!            | concat_ws('sep', expr, ...) | position()
 //! path      := SEG '-' field [ '[' (n | '*' | cond) ']' ] [ '.' comp [ '.' sub ] ]
 //!            | '.' comp [ '.' sub ]  |  '.'            (relative to the `each` element)
 //! transform := name [ '(' arg, ... ')' ]
@@ -50,6 +51,10 @@ pub(crate) enum Term {
     Literal(String),
     Macro(usize),
     Concat(Vec<Expr>),
+    /// `concat_ws(sep, a, b, ...)`: the non-empty parts joined by `sep`.
+    ConcatWs(String, Vec<Expr>),
+    /// `( expr )`.
+    Group(Box<Expr>),
     Position,
 }
 
@@ -351,6 +356,12 @@ impl Parser<'_, '_> {
         match self.peek() {
             Some(b'\'') => Ok(Some(Term::Literal(self.string()?))),
             Some(b'.') => Ok(Some(Term::Path(self.relative_path()?))),
+            Some(b'(') => {
+                self.pos += 1;
+                let e = self.expr()?;
+                self.expect(b')', "to close `(`")?;
+                Ok(Some(Term::Group(Box::new(e))))
+            }
             Some(b'$') => {
                 let at = self.pos;
                 self.pos += 1;
@@ -390,6 +401,23 @@ impl Parser<'_, '_> {
                             break;
                         }
                         Ok(Some(Term::Concat(parts)))
+                    }
+                    "concat_ws" if self.peek() == Some(b'(') => {
+                        self.pos += 1;
+                        self.ws();
+                        if self.peek() != Some(b'\'') {
+                            return Err(self.err(format!(
+                                "expected a 'separator' as the first argument of concat_ws, found `{}`",
+                                self.found()
+                            )));
+                        }
+                        let sep = self.string()?;
+                        let mut parts = Vec::new();
+                        while self.eat(b',') {
+                            parts.push(self.expr()?);
+                        }
+                        self.expect(b')', "to close concat_ws(")?;
+                        Ok(Some(Term::ConcatWs(sep, parts)))
                     }
                     "position" if self.peek() == Some(b'(') => {
                         self.pos += 1;

@@ -61,3 +61,57 @@ pub(crate) fn load_dir(dir: &Path) -> Result<MappingSet, Vec<MappingError>> {
         Err(errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn parse_file(path: &Path) -> String {
+        let bytes = std::fs::read(path).unwrap();
+        crate::hl7::decode(&bytes).unwrap()
+    }
+
+    /// Every shipped mapping compiles, and every `[[test]]` case in it passes.
+    #[test]
+    fn shipped_mappings_pass_their_tests() {
+        let set = match load_dir(&repo().join("mappings")) {
+            Ok(s) => s,
+            Err(errors) => {
+                let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                panic!("shipped mappings do not compile:\n{}", all.join("\n"));
+            }
+        };
+        let mut cases = 0;
+        let mut failures = Vec::new();
+        for plan in set.plans() {
+            for case in plan.tests() {
+                cases += 1;
+                let text = parse_file(&case.message);
+                let message = crate::hl7::Message::parse(&text).unwrap();
+                let out = match plan.apply(&message) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        failures.push(format!("{} / {}: {e}", plan.name(), case.name));
+                        continue;
+                    }
+                };
+                for frag in &case.expect {
+                    if !super::super::contains_fragment(&out.document, frag) {
+                        failures.push(format!(
+                            "{} / {}: missing {frag}\nin {}",
+                            plan.name(),
+                            case.name,
+                            serde_json::to_string_pretty(&out.document).unwrap()
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        assert!(cases > 0, "no [[test]] cases found");
+    }
+}

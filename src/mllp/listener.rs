@@ -353,13 +353,6 @@ async fn keep_garbage(ctx: &ConnContext, peer: &str, kept: Bytes, seen: usize, r
     }
 }
 
-/// One message of a frame, assessed, with the ACK it will get if new.
-struct Assessed {
-    incoming: Incoming,
-    /// Whether this message asked not to be answered (enhanced NE/ER/SU rules).
-    answer: bool,
-}
-
 /// Handles one complete frame: assess, journal, answer.
 async fn handle_frame(
     ctx: &ConnContext,
@@ -378,13 +371,11 @@ async fn handle_frame(
         },
         None => (None, vec![frame.clone()]),
     };
-    let assessed: Vec<Assessed> = messages
+    let items: Vec<Incoming> = messages
         .into_iter()
         .map(|raw| assess(ctx, peer, received_at, raw))
         .collect();
-    ctx.counters.received.inc_by(assessed.len() as u64);
-    let answers: Vec<bool> = assessed.iter().map(|a| a.answer).collect();
-    let items: Vec<Incoming> = assessed.into_iter().map(|a| a.incoming).collect();
+    ctx.counters.received.inc_by(items.len() as u64);
     let committed = match ctx.journal.commit(items.clone()).await {
         Ok(committed) => committed,
         Err(err) => {
@@ -394,7 +385,7 @@ async fn handle_frame(
     };
     // The ACK of each message: the one built now, or the stored one for a resend.
     let mut acks: Vec<(Option<String>, Option<String>)> = Vec::with_capacity(items.len());
-    for ((item, outcome), answer) in items.iter().zip(&committed).zip(&answers) {
+    for (item, outcome) in items.iter().zip(&committed) {
         let elapsed_us = started.elapsed().as_micros() as u64;
         let (code, ack, duplicate) = match outcome {
             Committed::Stored { .. } => (item.ack_code.clone(), item.ack.clone(), false),
@@ -403,7 +394,6 @@ async fn handle_frame(
                 (ack_code.clone(), ack.clone(), true)
             }
         };
-        let send = ack.is_some() && (*answer || duplicate);
         if item.status == Status::Rejected {
             ctx.counters.rejected.inc();
         }
@@ -413,13 +403,14 @@ async fn handle_frame(
             sender = %item.sender,
             ack_code = code.as_deref().unwrap_or("none"),
             status = item.status.as_str(),
+            answered = ack.is_some(),
             duplicate,
             size = item.raw.len(),
             journal_id = outcome.id(),
             elapsed_us,
             "message"
         );
-        acks.push((code, if send { ack } else { None }));
+        acks.push((code, ack));
     }
     let reply = match &batch {
         Some(envelope) => Some(batch_ack(envelope, &acks)),
@@ -465,8 +456,10 @@ fn journal_failed(err: &JournalError, items: &[Incoming]) {
     );
 }
 
-/// Assesses one message and builds the ACK it gets if it is new.
-fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Assessed {
+/// Assesses one message and builds the ACK it gets if it is new. `ack` is
+/// `None` when the sender asked for no accept acknowledgement (enhanced
+/// mode NE/ER/SU): then none is stored either, and a resend gets none.
+fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Incoming {
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
     match hl7::assess(&raw) {
@@ -477,23 +470,21 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
             } else {
                 (AckCode::AA, true)
             };
-            let ack = hl7::build_ack(Some(&header), code, None, &control_id, &timestamp);
-            Assessed {
-                incoming: Incoming {
-                    listener: ctx.listener.clone(),
-                    peer: peer.to_string(),
-                    received_at,
-                    sender: header.sender(),
-                    control_id: header.control_id.clone(),
-                    message_type: header.message_type(),
-                    version: header.version.clone(),
-                    status: Status::Accepted,
-                    ack_code: Some(code.as_str().to_string()),
-                    ack: Some(ack),
-                    error: None,
-                    raw,
-                },
-                answer,
+            let ack =
+                answer.then(|| hl7::build_ack(Some(&header), code, None, &control_id, &timestamp));
+            Incoming {
+                listener: ctx.listener.clone(),
+                peer: peer.to_string(),
+                received_at,
+                sender: header.sender(),
+                control_id: header.control_id.clone(),
+                message_type: header.message_type(),
+                version: header.version.clone(),
+                status: Status::Accepted,
+                ack_code: Some(code.as_str().to_string()),
+                ack,
+                error: None,
+                raw,
             }
         }
         Err(rejection) => {
@@ -508,29 +499,28 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
                 Some(h) if enhanced => accept_ack_wanted(h, false),
                 _ => true,
             };
-            let ack = hl7::build_ack(
-                header,
-                code,
-                Some(&rejection.error),
-                &control_id,
-                &timestamp,
-            );
-            Assessed {
-                incoming: Incoming {
-                    listener: ctx.listener.clone(),
-                    peer: peer.to_string(),
-                    received_at,
-                    sender: header.map(Header::sender).unwrap_or_default(),
-                    control_id: header.map(|h| h.control_id.clone()).unwrap_or_default(),
-                    message_type: header.map(Header::message_type).unwrap_or_default(),
-                    version: header.map(|h| h.version.clone()).unwrap_or_default(),
-                    status: Status::Rejected,
-                    ack_code: Some(code.as_str().to_string()),
-                    ack: Some(ack),
-                    error: Some(describe(&rejection.error)),
-                    raw,
-                },
-                answer,
+            let ack = answer.then(|| {
+                hl7::build_ack(
+                    header,
+                    code,
+                    Some(&rejection.error),
+                    &control_id,
+                    &timestamp,
+                )
+            });
+            Incoming {
+                listener: ctx.listener.clone(),
+                peer: peer.to_string(),
+                received_at,
+                sender: header.map(Header::sender).unwrap_or_default(),
+                control_id: header.map(|h| h.control_id.clone()).unwrap_or_default(),
+                message_type: header.map(Header::message_type).unwrap_or_default(),
+                version: header.map(|h| h.version.clone()).unwrap_or_default(),
+                status: Status::Rejected,
+                ack_code: Some(code.as_str().to_string()),
+                ack,
+                error: Some(describe(&rejection.error)),
+                raw,
             }
         }
     }

@@ -375,7 +375,7 @@ def adt_a11():
     return message([
         msh("PAS", "RAL01", "20261120150210", "ADT^A11^ADT_A09", "RAL20261120150210003", "2.4",
             {17: "GBR"}),
-        seg("EVN", {1: "A11", 2: "20261120150200", 4: "ERR^Entered in error"}),
+        seg("EVN", {1: "A11", 2: "20261120150200", 4: "O"}),
         seg("PID", {
             1: "1",
             3: f"{NHS['smith']}^^^NHS^NH~RAL1234567^^^RAL^MR",
@@ -435,7 +435,8 @@ def adt_a31():
             22: "A^White - British^NHSETH",
             32: "NSTS01",
         }),
-        seg("PD1", {3: "HAVERSTOCK HEALTH^^F83673^^^^^^^F83673", 4: "G2233445^DAVIES^CERI^^^DR"}),
+        # v2.8 withdrew XON.3: the ODS code is only in XON.10 (organization identifier).
+        seg("PD1", {3: "HAVERSTOCK HEALTH^^^^^^^^^F83673", 4: "G2233445^DAVIES^CERI^^^DR"}),
         seg("NK1", {
             1: "1",
             2: "EVANS^SIÂN^^^MRS",

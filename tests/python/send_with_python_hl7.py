@@ -17,11 +17,12 @@ as one frame and the reply must be a batch ACK holding, in order, one ACK per
 message (parsed with ``hl7.parse_hl7``).
 
 For every message one JSON line is printed on stdout:
-  {"file", "index", "control_id", "ack_code", "msa2", "ok", "error"}
-and a closing line "sent N message(s): N acknowledged as expected, N not". The exit status is 0 only when every
-message got AA (or CA when the message asked for enhanced mode) with MSA-2
-equal to its MSH-10. No patient data is printed: only file names, control ids
-and ACK codes.
+  {"file", "index", "control_id", "ack_code", "msa2", "ok", "error", "sent_hex"}
+and a closing line "sent N message(s): N acknowledged as expected, N not".
+``sent_hex`` is the exact payload framed for that message (null inside a whole
+batch), so the caller can compare it with the raw bytes the journal kept; the
+samples are fictional. The exit status is 0 only when every message got AA (or
+CA when the message asked for enhanced mode) with MSA-2 equal to its MSH-10.
 """
 
 import argparse
@@ -164,7 +165,7 @@ def ack_with_hl7(ack_bytes):
 
 
 def send_with_hl7(host, port, messages, timeout):
-    """Send every frame over one python-hl7 MLLPClient connection; yield its ACKs."""
+    """Send every frame over one python-hl7 MLLPClient connection; yield (ACKs, bytes sent)."""
     from hl7.client import MLLPClient
 
     with MLLPClient(host, port) as client:
@@ -173,11 +174,12 @@ def send_with_hl7(host, port, messages, timeout):
             # MLLPClient.send_message frames the bytes and returns the first recv();
             # an ACK split over several TCP segments is completed from the same socket.
             first = client.send_message(raw)
-            yield ack_with_hl7(read_frame(client.socket, first, timeout))
+            yield ack_with_hl7(read_frame(client.socket, first, timeout)), raw
 
 
 def send_with_hl7apy(host, port, messages, timeout):
-    """Parse each message with hl7apy, re-serialise it with to_mllp(), send on one socket."""
+    """Parse each message with hl7apy, re-serialise it with to_mllp(), send on one socket;
+    yield (ACKs, bytes sent)."""
     from hl7apy.consts import VALIDATION_LEVEL
     from hl7apy.parser import parse_message
 
@@ -187,7 +189,8 @@ def send_with_hl7apy(host, port, messages, timeout):
             text = raw.decode(codec).replace("\r\n", "\r").replace("\n", "\r").strip("\r")
             message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
             # Re-encode as the sender's bytes were (an 8859/1 message stays Latin-1).
-            sock.sendall(message.to_mllp().encode("utf-8" if codec == "utf-8-sig" else codec))
+            framed = message.to_mllp().encode("utf-8" if codec == "utf-8-sig" else codec)
+            sock.sendall(framed)
             ack_text = decode(read_frame(sock, b"", timeout))
             ack = parse_message(
                 ack_text.replace("\n", "\r").strip("\r"),
@@ -196,7 +199,7 @@ def send_with_hl7apy(host, port, messages, timeout):
             )
             if not ack.msh.msh_9.to_er7().startswith("ACK"):
                 raise ValueError("reply MSH-9 is %r, expected ACK" % ack.msh.msh_9.to_er7())
-            yield [(ack.msa.msa_1.to_er7(), ack.msa.msa_2.to_er7())]
+            yield [(ack.msa.msa_1.to_er7(), ack.msa.msa_2.to_er7())], framed[1:-2]
 
 
 def main():
@@ -238,16 +241,18 @@ def main():
     passed = failed = 0
     for name, _raw, expected in frames:
         try:
-            acks, error = next(replies), None
+            (acks, sent), error = next(replies), None
         except StopIteration:
-            acks, error = [], "sender stopped early"
+            acks, sent, error = [], None, "sender stopped early"
         except Exception as exc:  # the connection state is unknown: report and stop
-            acks, error = None, "%s: %s" % (type(exc).__name__, exc)
+            acks, sent, error = None, None, "%s: %s" % (type(exc).__name__, exc)
         if acks is not None and len(acks) != len(expected):
             error = error or "got %d ACK(s) in the reply, expected %d" % (len(acks), len(expected))
         for n, (index, control_id, enhanced) in enumerate(expected):
             result = {"file": name, "index": index, "control_id": control_id,
-                      "ack_code": None, "msa2": None, "ok": False, "error": error}
+                      "ack_code": None, "msa2": None, "ok": False, "error": error,
+                      # The exact payload framed, when the frame held this message alone.
+                      "sent_hex": sent.hex() if sent is not None and len(expected) == 1 else None}
             if acks is not None and n < len(acks):
                 code, msa2 = acks[n]
                 wanted = ("AA", "CA") if enhanced else ("AA",)

@@ -1,0 +1,681 @@
+//! FHIR R4 reads of the record store (`/fhir/...`), as `application/fhir+json`.
+//!
+//! Routes (DESIGN.md §5):
+//! - `GET /fhir/Patient?identifier=system|value` (or `identifier=value`, any
+//!   system; `|value`, no system): a `searchset` Bundle of matching Patients.
+//! - `GET /fhir/{Type}?patient={id}` (`id` or `Patient/id`): a `searchset`
+//!   Bundle of that patient's current records of that type.
+//! - `GET /fhir/{Type}/{id}`: the current version, with `ETag: W/"n"`;
+//!   410 with an OperationOutcome when it was deleted.
+//! - `GET /fhir/Patient/{id}/$everything`: a `searchset` Bundle of the
+//!   Patient and every current record that belongs to it.
+//! - `GET /fhir/{Type}/{id}/_history`: a `history` Bundle, newest first.
+//! - `GET /fhir/metadata`: the CapabilityStatement saying all of the above.
+//!
+//! Unknown ids answer 404 and bad parameters 400, each with an
+//! OperationOutcome. Searches refuse parameters they do not understand rather
+//! than ignore them (a typo must not widen a search), and a search with no
+//! criteria is refused: the store is never listed wholesale.
+//!
+//! # Authentication and audit (not here yet)
+//! Every `/fhir` read will need a bearer token and an audit row (issue 4).
+//! They belong in a layer around [`router`] (`router(store).layer(...)`),
+//! not in the handlers. To let that layer record *which patient* was read
+//! without parsing bodies, every successful response carries a
+//! [`PatientsRead`] extension listing the Patient ids whose data it returns.
+//!
+//! # Invariants
+//! - Read only: nothing here writes to the store.
+//! - Logs name the route and outcome, never identifiers or resource content.
+//! - The router has no fallback, so it can be merged into the main server's
+//!   router (axum refuses to merge two fallbacks); unknown `/fhir/...` paths
+//!   get a 404 OperationOutcome from explicit routes instead (`/fhir` and
+//!   anything deeper than an operation).
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::store::{is_id, is_resource_type, patients_of, Record, RecordStore, StoreError};
+
+/// The content type of every answer.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// Response extension: the ids of the Patients whose data a successful
+/// response returns (for the audit layer; empty when nothing matched).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatientsRead(pub Vec<String>);
+
+/// The `/fhir` routes over `store` (see the module docs). Merge into the
+/// main server's router; wrap with the authentication and audit layer.
+pub fn router(store: RecordStore) -> Router {
+    Router::new()
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir/{resource_type}", get(search))
+        .route("/fhir/{resource_type}/{id}", get(read))
+        .route("/fhir/{resource_type}/{id}/{operation}", get(operation))
+        .route("/fhir", get(unknown_route))
+        .route("/fhir/", get(unknown_route))
+        .route(
+            "/fhir/{resource_type}/{id}/{operation}/{*rest}",
+            get(unknown_route),
+        )
+        .with_state(store)
+}
+
+/// An error answer: a status and an OperationOutcome.
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("the record store could not be read")]
+    Store(#[from] StoreError),
+    #[error("the record store read did not finish")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl FhirError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            FhirError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            FhirError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            FhirError::Gone(_) => (StatusCode::GONE, "deleted"),
+            FhirError::Store(_) | FhirError::Task(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "exception")
+            }
+        }
+    }
+}
+
+impl IntoResponse for FhirError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            FhirError::Store(err) => tracing::error!(error = %err, "FHIR read failed"),
+            FhirError::Task(err) => tracing::error!(error = %err, "FHIR read task failed"),
+            _ => tracing::debug!(status = status.as_u16(), "FHIR read refused"),
+        }
+        let outcome = json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "error",
+                "code": code,
+                "diagnostics": self.to_string(),
+            }]
+        });
+        fhir_json(status, &outcome)
+    }
+}
+
+/// `value` as an `application/fhir+json` response.
+fn fhir_json(status: StatusCode, value: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON))],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// A successful answer with the [`PatientsRead`] extension.
+fn answer(value: &Value, patients: Vec<String>) -> Response {
+    let mut response = fhir_json(StatusCode::OK, value);
+    response.extensions_mut().insert(PatientsRead(patients));
+    response
+}
+
+/// Runs a store read on a blocking thread.
+async fn blocking<T, F>(store: RecordStore, f: F) -> Result<T, FhirError>
+where
+    T: Send + 'static,
+    F: FnOnce(&RecordStore) -> Result<T, StoreError> + Send + 'static,
+{
+    Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+}
+
+/// `http://host/fhir`, from the request's Host header (only when it looks
+/// like a host name or address; `localhost` otherwise).
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}/fhir")
+}
+
+fn check_type(resource_type: &str) -> Result<(), FhirError> {
+    if is_resource_type(resource_type) {
+        Ok(())
+    } else {
+        Err(FhirError::BadRequest(format!(
+            "`{resource_type}` is not a resource type, expected a name like Patient or Observation"
+        )))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), FhirError> {
+    if is_id(id) {
+        Ok(())
+    } else {
+        Err(FhirError::BadRequest(format!(
+            "`{id}` is not a FHIR id, expected 1-64 of A-Z a-z 0-9 - ."
+        )))
+    }
+}
+
+fn path_error(rejection: PathRejection) -> FhirError {
+    FhirError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+}
+
+/// A `searchset` Bundle of `resources`, each a `match`.
+fn searchset(base: &str, self_url: &str, resources: &[Value]) -> Value {
+    let entries: Vec<Value> = resources
+        .iter()
+        .map(|resource| {
+            json!({
+                "fullUrl": resource_url(base, resource),
+                "resource": resource,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": now_instant()},
+        "type": "searchset",
+        "total": resources.len(),
+        "link": [{"relation": "self", "url": self_url}],
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
+}
+
+fn resource_url(base: &str, resource: &Value) -> String {
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    format!("{base}/{resource_type}/{id}")
+}
+
+fn now_instant() -> String {
+    let now = jiff::Timestamp::now();
+    let rounded = now.round(jiff::Unit::Millisecond).unwrap_or(now);
+    format!("{rounded:.3}")
+}
+
+/// The request's own URL, for the `self` link.
+fn self_url(headers: &HeaderMap, uri: &Uri) -> String {
+    let base = base_url(headers);
+    let origin = base.trim_end_matches("/fhir");
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    format!("{origin}{path}")
+}
+
+/// What a search asks for.
+enum Criteria {
+    Identifier {
+        system: Option<String>,
+        value: String,
+    },
+    Patient(String),
+}
+
+/// Parses the search parameters of `GET /fhir/{resource_type}`.
+fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criteria, FhirError> {
+    let mut identifier = None;
+    let mut patient = None;
+    for (name, value) in params {
+        let slot = match name.as_str() {
+            "identifier" if resource_type == "Patient" => &mut identifier,
+            "patient" if resource_type != "Patient" => &mut patient,
+            "_format" => {
+                if matches!(
+                    value.as_str(),
+                    "json" | "application/json" | "application/fhir+json"
+                ) {
+                    continue;
+                }
+                return Err(FhirError::BadRequest(format!(
+                    "unsupported _format `{value}`, expected json or application/fhir+json"
+                )));
+            }
+            _ => {
+                let expected = if resource_type == "Patient" {
+                    "identifier"
+                } else {
+                    "patient"
+                };
+                return Err(FhirError::BadRequest(format!(
+                    "unsupported search parameter `{name}` for {resource_type}, expected `{expected}`"
+                )));
+            }
+        };
+        if slot.is_some() {
+            return Err(FhirError::BadRequest(format!(
+                "search parameter `{name}` given more than once, expected one"
+            )));
+        }
+        *slot = Some(value);
+    }
+    if let Some(identifier) = identifier {
+        let (system, value) = match identifier.split_once('|') {
+            Some((system, value)) => (Some(system.to_string()), value.to_string()),
+            None => (None, identifier),
+        };
+        if value.is_empty() {
+            return Err(FhirError::BadRequest(
+                "identifier has no value, expected `system|value` or `value`".to_string(),
+            ));
+        }
+        return Ok(Criteria::Identifier { system, value });
+    }
+    if let Some(patient) = patient {
+        let id = patient.strip_prefix("Patient/").unwrap_or(&patient);
+        if !is_id(id) {
+            return Err(FhirError::BadRequest(format!(
+                "patient `{patient}` is not a Patient id, expected `id` or `Patient/id`"
+            )));
+        }
+        return Ok(Criteria::Patient(id.to_string()));
+    }
+    Err(FhirError::BadRequest(if resource_type == "Patient" {
+        "a Patient search needs `identifier=system|value`".to_string()
+    } else {
+        format!("a search of {resource_type} needs `patient={{id}}`")
+    }))
+}
+
+async fn search(
+    State(store): State<RecordStore>,
+    resource_type: Result<Path<String>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, FhirError> {
+    let Path(resource_type) = resource_type.map_err(path_error)?;
+    check_type(&resource_type)?;
+    let Query(params) = params.map_err(|rejection| {
+        FhirError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    })?;
+    let (resources, patients) = match criteria(&resource_type, params)? {
+        Criteria::Identifier { system, value } => {
+            let found = blocking(store, move |s| {
+                s.search_patient_by_identifier(system.as_deref(), &value)
+            })
+            .await?;
+            let ids = found
+                .iter()
+                .filter_map(|p| p.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            (found, ids)
+        }
+        Criteria::Patient(patient) => {
+            let id = patient.clone();
+            let rtype = resource_type.clone();
+            let found = blocking(store, move |s| s.search_by_patient(&rtype, &id)).await?;
+            let patients = if found.is_empty() {
+                Vec::new()
+            } else {
+                vec![patient]
+            };
+            (found, patients)
+        }
+    };
+    tracing::debug!(resource_type, total = resources.len(), "FHIR search");
+    let bundle = searchset(&base_url(&headers), &self_url(&headers, &uri), &resources);
+    Ok(answer(&bundle, patients))
+}
+
+async fn read(
+    State(store): State<RecordStore>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    let (rtype, rid) = (resource_type.clone(), id.clone());
+    let record = blocking(store, move |s| s.read(&rtype, &rid)).await?;
+    let Some(Record {
+        version, resource, ..
+    }) = record
+    else {
+        return Err(FhirError::NotFound(format!(
+            "no {resource_type}/{id} in the record store"
+        )));
+    };
+    let Some(resource) = resource else {
+        return Err(FhirError::Gone(format!(
+            "{resource_type}/{id} was deleted (version {version})"
+        )));
+    };
+    let patients = if resource_type == "Patient" {
+        vec![id]
+    } else {
+        patients_of(&resource)
+    };
+    let mut response = answer(&resource, patients);
+    if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+async fn operation(
+    State(store): State<RecordStore>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id, operation)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    match operation.as_str() {
+        "$everything" if resource_type == "Patient" => {
+            everything(store, id, &headers, &uri).await
+        }
+        "_history" => history(store, resource_type, id, &headers, &uri).await,
+        _ => Err(FhirError::NotFound(format!(
+            "unknown operation `{operation}` on {resource_type}, expected $everything (Patient) or _history"
+        ))),
+    }
+}
+
+async fn everything(
+    store: RecordStore,
+    id: String,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Response, FhirError> {
+    let pid = id.clone();
+    let (found, record) = blocking(store, move |s| {
+        let found = s.everything(&pid)?;
+        // Only to tell "deleted" (410) from "never existed" (404).
+        let record = match found {
+            Some(_) => None,
+            None => s.read("Patient", &pid)?,
+        };
+        Ok((found, record))
+    })
+    .await?;
+    let Some(resources) = found else {
+        return Err(match record {
+            Some(record) => FhirError::Gone(format!(
+                "Patient/{id} was deleted (version {})",
+                record.version
+            )),
+            None => FhirError::NotFound(format!("no Patient/{id} in the record store")),
+        });
+    };
+    tracing::debug!(total = resources.len(), "FHIR Patient $everything");
+    let bundle = searchset(&base_url(headers), &self_url(headers, uri), &resources);
+    Ok(answer(&bundle, vec![id]))
+}
+
+async fn history(
+    store: RecordStore,
+    resource_type: String,
+    id: String,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Response, FhirError> {
+    let (rtype, rid) = (resource_type.clone(), id.clone());
+    let versions = blocking(store, move |s| s.history(&rtype, &rid)).await?;
+    if versions.is_empty() {
+        return Err(FhirError::NotFound(format!(
+            "no {resource_type}/{id} in the record store"
+        )));
+    }
+    let base = base_url(headers);
+    let mut patients: Vec<String> = Vec::new();
+    let entries: Vec<Value> = versions
+        .iter()
+        .map(|record| {
+            let url = format!("{}/{}", record.resource_type, record.id);
+            let full_url = format!("{base}/{url}");
+            match &record.resource {
+                Some(resource) => {
+                    let ids = if record.resource_type == "Patient" {
+                        vec![record.id.clone()]
+                    } else {
+                        patients_of(resource)
+                    };
+                    for pid in ids {
+                        if !patients.contains(&pid) {
+                            patients.push(pid);
+                        }
+                    }
+                    let (method, status) = if record.version == 1 {
+                        ("POST", "201 Created")
+                    } else {
+                        ("PUT", "200 OK")
+                    };
+                    json!({
+                        "fullUrl": full_url,
+                        "resource": resource,
+                        "request": {"method": method, "url": if method == "POST" { record.resource_type.clone() } else { url }},
+                        "response": {
+                            "status": status,
+                            "etag": format!("W/\"{}\"", record.version),
+                            "lastModified": record.last_updated,
+                        },
+                    })
+                }
+                None => json!({
+                    "fullUrl": full_url,
+                    "request": {"method": "DELETE", "url": url},
+                    "response": {
+                        "status": "204 No Content",
+                        "etag": format!("W/\"{}\"", record.version),
+                        "lastModified": record.last_updated,
+                    },
+                }),
+            }
+        })
+        .collect();
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": now_instant()},
+        "type": "history",
+        "total": entries.len(),
+        "link": [{"relation": "self", "url": self_url(headers, uri)}],
+        "entry": entries,
+    });
+    Ok(answer(&bundle, patients))
+}
+
+/// The resource types the shipped mappings write that belong to a patient
+/// (searchable by `patient`). Other types can still be read by id.
+const PATIENT_TYPES: &[&str] = &[
+    "AllergyIntolerance",
+    "Condition",
+    "DiagnosticReport",
+    "Encounter",
+    "Observation",
+    "Provenance",
+    "RelatedPerson",
+];
+
+async fn metadata(headers: HeaderMap) -> Response {
+    let read = json!({"code": "read"});
+    let search = json!({"code": "search-type"});
+    let history = json!({"code": "history-instance"});
+    let mut resources = vec![json!({
+        "type": "Patient",
+        "interaction": [read, search, history],
+        "versioning": "versioned",
+        "readHistory": true,
+        "searchParam": [{
+            "name": "identifier",
+            "type": "token",
+            "documentation": "system|value, value (any system) or |value (no system)"
+        }],
+        "operation": [{
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+        }]
+    })];
+    resources.extend(PATIENT_TYPES.iter().map(|resource_type| {
+        json!({
+            "type": resource_type,
+            "interaction": [read, search, history],
+            "versioning": "versioned",
+            "readHistory": true,
+            "searchParam": [{
+                "name": "patient",
+                "type": "reference",
+                "documentation": "id or Patient/id"
+            }]
+        })
+    }));
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now_instant(),
+        "kind": "instance",
+        "software": {"name": "Junction", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {
+            "description": "Junction care-record store (read only)",
+            "url": base_url(&headers)
+        },
+        "fhirVersion": "4.0.1",
+        "format": [FHIR_JSON],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Every resource type can be read by id; \
+                              searches need identifier (Patient) or patient.",
+            "resource": resources
+        }]
+    });
+    fhir_json(StatusCode::OK, &statement)
+}
+
+async fn unknown_route(uri: Uri) -> FhirError {
+    let segments = uri.path().trim_start_matches('/').split('/').count();
+    FhirError::NotFound(format!(
+        "no FHIR route for a path of {segments} segments, expected /fhir/{{Type}}, \
+         /fhir/{{Type}}/{{id}} or /fhir/Patient/{{id}}/$everything"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(query: &[(&str, &str)]) -> Vec<(String, String)> {
+        query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// `criteria` as text: the parsed criteria or the error message.
+    fn check(resource_type: &str, query: &[(&str, &str)], expected: &str) {
+        let got = match criteria(resource_type, pairs(query)) {
+            Ok(Criteria::Identifier { system, value }) => {
+                format!("identifier {system:?} {value}")
+            }
+            Ok(Criteria::Patient(id)) => format!("patient {id}"),
+            Err(err) => format!("error: {err}"),
+        };
+        assert_eq!(got, expected, "{resource_type} {query:?}");
+    }
+
+    #[test]
+    fn search_criteria() {
+        let nhs = "https://fhir.nhs.uk/Id/nhs-number";
+        check(
+            "Patient",
+            &[("identifier", &format!("{nhs}|9434765919"))],
+            &format!("identifier Some(\"{nhs}\") 9434765919"),
+        );
+        check(
+            "Patient",
+            &[("identifier", "9434765919")],
+            "identifier None 9434765919",
+        );
+        check(
+            "Patient",
+            &[("identifier", "|L1")],
+            "identifier Some(\"\") L1",
+        );
+        check(
+            "Patient",
+            &[("identifier", "sys|")],
+            "error: identifier has no value, expected `system|value` or `value`",
+        );
+        check(
+            "Patient",
+            &[("identifier", "a"), ("identifier", "b")],
+            "error: search parameter `identifier` given more than once, expected one",
+        );
+        check(
+            "Patient",
+            &[],
+            "error: a Patient search needs `identifier=system|value`",
+        );
+        check(
+            "Patient",
+            &[("name", "Smith")],
+            "error: unsupported search parameter `name` for Patient, expected `identifier`",
+        );
+        check("Observation", &[("patient", "p1")], "patient p1");
+        check(
+            "Observation",
+            &[("patient", "Patient/p1"), ("_format", "json")],
+            "patient p1",
+        );
+        check(
+            "Observation",
+            &[("patient", "Group/g1")],
+            "error: patient `Group/g1` is not a Patient id, expected `id` or `Patient/id`",
+        );
+        check(
+            "Observation",
+            &[("identifier", "x")],
+            "error: unsupported search parameter `identifier` for Observation, expected `patient`",
+        );
+        check(
+            "Encounter",
+            &[],
+            "error: a search of Encounter needs `patient={id}`",
+        );
+        check(
+            "Encounter",
+            &[("patient", "p1"), ("_format", "xml")],
+            "error: unsupported _format `xml`, expected json or application/fhir+json",
+        );
+    }
+
+    #[test]
+    fn base_url_comes_from_a_sane_host_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(base_url(&headers), "http://localhost/fhir");
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert_eq!(base_url(&headers), "http://127.0.0.1:8080/fhir");
+        headers.insert(header::HOST, HeaderValue::from_static("evil.org/x?y"));
+        assert_eq!(base_url(&headers), "http://localhost/fhir");
+    }
+}

@@ -1,0 +1,494 @@
+//! Unit tests of the mapping language: paths, groups, conditions, transforms,
+//! built-ins, compile errors, unread fields, determinism. Each area goes through
+//! one `check` helper so the cases read as data.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+const MESSAGE: &str = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A01|CTRL1|P|2.4\r\
+PID|1||9434765919^^^NHS^NH~RX1^^^RAL^MR~1234567890^^^NHS^NH||SMITH^JOHN^PAUL^^MR^^L~JONES^J||19650412|M|||1 HIGH ST^FLAT 2^LEEDS^W YORKS^LS1 1AA^GBR^H||0113 496 0000^PRN^PH~^NET^Internet^j@example.org\r\
+PV1|1|I|WARD1^^BED2||||G1234567^WHO^DOC^^^DR\r\
+OBR|1||F1|CODE^Name\r\
+OBX|1|NM|A^Alpha||5|mmol/L\r\
+NTE|1||note a\r\
+OBX|2|ST|B^Beta||x\\T\\y\r\
+OBR|2||F2|CODE2\r\
+OBX|1|NM|C^Gamma||7\r\
+ZPI|1|Z\\S\\val|SURGERY^^Y12345\r";
+
+const HEADER: &str = r#"
+[mapping]
+messages = ["ADT^A01"]
+
+[tables.t]
+A = "alpha"
+"*" = "other"
+
+[tables.plain]
+M = "male"
+"#;
+
+fn compile_str(src: &str) -> Result<Plan, Vec<MappingError>> {
+    compile(Path::new("m.toml"), src)
+}
+
+fn apply_str(src: &str, message: &str) -> MapOutput {
+    let plan = compile_str(src).unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let parsed = hl7_parser::Message::parse(message).unwrap();
+    plan.apply_parsed(&parsed).unwrap()
+}
+
+/// The body of the one resource of a mapping with `body` as its `[resource.body]`.
+fn body(body: &str, message: &str) -> (Value, MapOutput) {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n{body}\n"
+    );
+    let out = apply_str(&src, message);
+    let resource = out.document["entry"][0]["resource"].clone();
+    (resource, out)
+}
+
+/// Evaluates `expr` as the value of element `v`; `Value::Null` when left out.
+fn check(expr: &str, expected: Value) {
+    let toml_str = toml::Value::String(expr.to_string()).to_string();
+    let (resource, _) = body(&format!("v = {toml_str}"), MESSAGE);
+    assert_eq!(
+        resource.get("v").cloned().unwrap_or(Value::Null),
+        expected,
+        "expr: {expr}"
+    );
+}
+
+#[test]
+fn paths() {
+    check("PID-3[2].1", json!("RX1"));
+    check("PID-3.1", json!("9434765919"));
+    check("PID-3[*].1", json!(["9434765919", "RX1", "1234567890"]));
+    check("PID-3[.5 = 'MR'].4", json!("RAL"));
+    check(
+        "PID-3[.4 = 'NHS' and .1 != '9434765919'].1",
+        json!("1234567890"),
+    );
+    check("PID-3[.5='XX'].1", Value::Null);
+    check("PID-5.1", json!("SMITH"));
+    check("PID-5[2].1", json!("JONES"));
+    check("PID-5[3].1", Value::Null);
+    check("PID-11.1.1", json!("1 HIGH ST"));
+    check("MSH-9.2", json!("A01"));
+    check("MSH-3", json!("PAS"));
+    check("ZPI-2", json!("Z^val"));
+    check("PID-99", Value::Null);
+    check("AL1-3", Value::Null);
+    check(".1", Value::Null);
+    check("OBX-3.1", json!("A"));
+}
+
+#[test]
+fn alternatives_and_terms() {
+    check("AL1-3 | PID-8", json!("M"));
+    check("PID-8 | AL1-3", json!("M"));
+    check("AL1-3 | 'fallback'", json!("fallback"));
+    check("concat('a-', PID-8, '-', MSH-10)", json!("a-M-CTRL1"));
+    check("concat('a-', AL1-3)", Value::Null);
+    check(
+        "concat_ws(', ', PV1-3.1, PV1-3.2, PV1-3.3)",
+        json!("WARD1, BED2"),
+    );
+    check("concat_ws(', ', AL1-1)", Value::Null);
+    check("(AL1-3 | 'x') | upper", json!("X"));
+    check("'it\\'s'", json!("it's"));
+}
+
+#[test]
+fn transforms() {
+    check("'  a b  ' | trim", json!("a b"));
+    check("PID-5.1 | lower", json!("smith"));
+    check("'abc' | upper", json!("ABC"));
+    check("PID-7 | date", json!("1965-04-12"));
+    check(
+        "MSH-7 | datetime(Europe/London)",
+        json!("2024-07-15T09:30:00+01:00"),
+    );
+    check("MSH-7 | datetime", json!("2024-07-15T09:30:00+01:00"));
+    check("MSH-7 | TS", json!("2024-07-15T09:30:00+01:00"));
+    check("'A' | lookup(t)", json!("alpha"));
+    check("'B' | lookup(t)", json!("other"));
+    check("'F' | lookup(plain)", Value::Null);
+    check("PID-8 | lookup(plain)", json!("male"));
+    check("PID-3.1 | nhs_number", json!("9434765919"));
+    check("PID-3[3].1 | nhs_number", Value::Null);
+    check("'01-23' | regex_replace('[^0-9]', '')", json!("0123"));
+    check("AL1-3 | default('none')", json!("none"));
+    check("PID-8 | default('none')", json!("M"));
+    check("OBX-5 | number", json!(5));
+    check("'4.50' | number", json!(4.5));
+    check("'high' | number", Value::Null);
+    check("PID-3[*].5 | join('/')", json!("NH/MR/NH"));
+    check(
+        "PID-3[*].1 | upper",
+        json!(["9434765919", "RX1", "1234567890"]),
+    );
+    check("'x' | when(PID-8 = 'M')", json!("x"));
+    check("'x' | when(PID-8 = 'F')", Value::Null);
+    let id = transform::uuid5("Patient", "9434765919");
+    check("PID-3.1 | uuid5('Patient')", json!(id));
+}
+
+#[test]
+fn nhs_number_failure_is_a_warning() {
+    let (_, out) = body("v = \"PID-3[3].1 | nhs_number\"", MESSAGE);
+    assert_eq!(
+        out.warnings,
+        vec!["PID-3[3]: NHS number 1234567890 fails modulus 11; kept as a local identifier"]
+    );
+}
+
+#[test]
+fn data_type_builtins() {
+    check(
+        "PID-3 | CX",
+        json!({"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}),
+    );
+    check(
+        "PID-3[2] | CX",
+        json!({"value": "RX1", "assigner": {"display": "RAL"},
+               "type": {"coding": [{"code": "MR", "system": "http://terminology.hl7.org/CodeSystem/v2-0203"}]}}),
+    );
+    check(
+        "PID-5 | XPN",
+        json!({"use": "official", "family": "SMITH", "given": ["JOHN", "PAUL"], "prefix": ["MR"]}),
+    );
+    check(
+        "PID-11 | XAD",
+        json!({"use": "home", "line": ["1 HIGH ST", "FLAT 2"], "city": "LEEDS", "district": "W YORKS",
+               "postalCode": "LS1 1AA", "country": "GBR"}),
+    );
+    check(
+        "PID-13[*] | XTN",
+        json!([{"system": "phone", "use": "home", "value": "0113 496 0000"},
+               {"system": "email", "value": "j@example.org"}]),
+    );
+    check(
+        "OBX-3 | CWE",
+        json!({"coding": [{"code": "A", "display": "Alpha"}], "text": "Alpha"}),
+    );
+    check("OBX-3 | CODING", json!({"code": "A", "display": "Alpha"}));
+    check(
+        "PV1-7 | XCN",
+        json!({"type": "Practitioner", "display": "DR DOC WHO",
+               "identifier": {"system": "https://fhir.hl7.org.uk/Id/gmp-number", "value": "G1234567"}}),
+    );
+    check(
+        "ZPI-3 | XON",
+        json!({"type": "Organization", "display": "SURGERY",
+               "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y12345"}}),
+    );
+    check("'free text' | CWE", json!({"text": "free text"}));
+    check("AL1-3 | XPN", Value::Null);
+}
+
+#[test]
+fn groups_and_each() {
+    let (r, _) = body(
+        r#"obs = [{ for = "OBR > OBX", code = "OBX-3.1", order = "OBR-3", note = "NTE-3", n = "position()" }]
+ids = [{ each = "PID-3[*]", when = ".5 = 'NH'", v = ".1", n = "position()" }]"#,
+        MESSAGE,
+    );
+    assert_eq!(
+        r["obs"],
+        json!([
+            {"code": "A", "order": "F1", "note": "note a", "n": "1"},
+            {"code": "B", "order": "F1", "n": "2"},
+            {"code": "C", "order": "F2", "n": "1"},
+        ])
+    );
+    assert_eq!(
+        r["ids"],
+        json!([{"v": "9434765919", "n": "1"}, {"v": "1234567890", "n": "3"}])
+    );
+}
+
+#[test]
+fn conditions() {
+    let cases = [
+        ("PV1-2 = 'I'", true),
+        ("PV1-2 != 'I'", false),
+        ("PV1-2 in ('O', 'I')", true),
+        ("PV1-2 in ('O', 'E')", false),
+        ("empty(PV1-4)", true),
+        ("not empty(PV1-3)", true),
+        ("empty(AL1)", true),
+        ("empty(PID)", false),
+        ("PV1-2 = 'I' and (PV1-3.1 = 'X' or PV1-3.3 = 'BED2')", true),
+        ("PV1-2 = 'I' and not (PV1-3.1 = 'WARD1')", false),
+        ("PID-3[*].5 = 'MR'", true),
+        ("PV1-2", true),
+        ("PV1-5", false),
+        ("PID-8 | lower = 'm'", true),
+        ("MSH-9.2 = $trigger", true),
+    ];
+    for (cond, expected) in cases {
+        let toml_cond = toml::Value::String(cond.to_string()).to_string();
+        let src = format!(
+            "{HEADER}\n[let]\ntrigger = \"'A01'\"\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nv = {{ when = {toml_cond}, w = \"'y'\" }}\nz = \"'z'\"\n"
+        );
+        let out = apply_str(&src, MESSAGE);
+        let got = out.document["entry"][0]["resource"].get("v").is_some();
+        assert_eq!(got, expected, "condition: {cond}");
+    }
+}
+
+/// Compiles `src` (after the header) and expects exactly these `line:col: message`
+/// prefixes, in order.
+fn check_errors(src: &str, expected: &[(usize, usize, &str)]) {
+    let errors = compile_str(src).err().unwrap_or_default();
+    let got: Vec<(usize, usize, String)> = errors
+        .iter()
+        .map(|e| (e.line, e.col, e.message.clone()))
+        .collect();
+    assert_eq!(got.len(), expected.len(), "errors: {got:#?}");
+    for ((l, c, m), (el, ec, em)) in got.iter().zip(expected) {
+        assert_eq!((l, c), (el, ec), "{m}");
+        assert!(m.starts_with(em), "`{m}` does not start with `{em}`");
+    }
+}
+
+#[test]
+fn compile_errors_point_at_line_and_column() {
+    let base = "[mapping]\nmessages = [\"ADT^A01\"]\n[[resource]]\ntype = \"Patient\"\nid = \"'x'\"\n[resource.body]\n";
+    // unknown transform: column of the transform name
+    check_errors(
+        &format!("{base}gender = \"PID-8 | uppercse\"\n"),
+        &[(
+            7,
+            19,
+            "unknown transform `uppercse`, expected one of trim, upper",
+        )],
+    );
+    // bad path
+    check_errors(
+        &format!("{base}x = \"PID-x\"\n"),
+        &[(7, 10, "expected a field number, found `x`")],
+    );
+    // unknown key in a resource, and in the file
+    check_errors(
+        "[mapping]\nmessages = [\"ADT^A01\"]\nfoo = 1\n[[resource]]\ntype = \"Patient\"\nid = \"'x'\"\nbodyy = {}\n",
+        &[
+            (3, 1, "unknown key `foo` in [mapping]"),
+            (4, 1, "[[resource]] without `body`"),
+            (7, 1, "unknown key `bodyy` in [[resource]], expected one of type, id, for, each, when, body"),
+        ],
+    );
+    // unknown table, bad condition, unknown macro: all reported at once
+    check_errors(
+        &format!("{base}a = \"PID-8 | lookup(sex)\"\nb = {{ when = \"PID-8 = \", c = \"'x'\" }}\nd = \"$nope\"\n"),
+        &[
+            (7, 14, "unknown table `sex`"),
+            (8, 23, "expected a path"),
+            (9, 6, "unknown macro `$nope`"),
+        ],
+    );
+    check_errors(
+        &format!("{base}x = \"PID-3 | regex_replace('[', 'y')\"\n"),
+        &[(7, 14, "bad regex `[`")],
+    );
+    check_errors(
+        &format!("{base}x = \"PID-3 | datetime(Mars/Base)\"\n"),
+        &[(7, 14, "unknown time zone `Mars/Base`")],
+    );
+    check_errors(
+        "[mapping]\nmessages = [\"ADT-A01\"]\n[let]\na = \"$b\"\nb = \"$a\"\n[[resource]]\ntype = \"Patient\"\nid = \"$a\"\n[resource.body]\n",
+        &[
+            (2, 13, "bad message type `ADT-A01`"),
+            (4, 5, "macro `$a` refers to itself"),
+            (5, 5, "macro `$b` refers to itself"),
+        ],
+    );
+    check_errors(
+        "[mapping\n",
+        &[
+            (1, 1, "no [[resource]] declared"),
+            (1, 9, "unclosed table, expected `]`"),
+        ],
+    );
+}
+
+#[test]
+fn unread_fields_are_reported() {
+    let src = format!(
+        "{HEADER}\nignore = []\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nv = \"PID-3[*].1\"\nw = \"MSH-10\"\nx = [{{ for = \"OBX\", v = \"OBX-5\" }}]\n"
+    )
+    .replacen("ignore = []\n", "", 1);
+    let out = apply_str(&src, MESSAGE);
+    for expected in [
+        "PID-5", "PID-8", "PV1-2", "OBX[1]-3", "OBX[3]-1", "ZPI-2", "MSH-3",
+    ] {
+        assert!(
+            out.unread.contains(&expected.to_string()),
+            "{expected} in {:?}",
+            out.unread
+        );
+    }
+    for not_expected in [
+        "MSH-1", "MSH-2", "MSH-10", "PID-3", "OBX[1]-5", "OBX[2]-5", "PID-4",
+    ] {
+        assert!(
+            !out.unread.contains(&not_expected.to_string()),
+            "{not_expected} in {:?}",
+            out.unread
+        );
+    }
+    // `ignore` leaves fields and whole segments out
+    let src = src.replace(
+        "messages = [\"ADT^A01\"]",
+        "messages = [\"ADT^A01\"]\nignore = [\"PID-5\", \"ZPI\"]",
+    );
+    let out = apply_str(&src, MESSAGE);
+    assert!(
+        !out.unread
+            .iter()
+            .any(|u| u == "PID-5" || u.starts_with("ZPI")),
+        "{:?}",
+        out.unread
+    );
+    // an alternative not needed still counts as read
+    let (_, out) = body("v = \"PID-8 | PID-7\"", MESSAGE);
+    assert!(!out.unread.contains(&"PID-7".to_string()));
+}
+
+#[test]
+fn bundle_shape_ids_and_determinism() {
+    let src = format!(
+        "{HEADER}\n[let]\npid = \"PID-3.1 | uuid5('Patient')\"\n[[resource]]\ntype = \"Patient\"\nid = \"$pid\"\n[resource.body]\ngender = \"PID-8 | lookup(plain)\"\nempty = {{ a = \"AL1-3\", b = [] }}\n[[resource]]\ntype = \"Encounter\"\nid = \"'e1'\"\n[resource.body]\nsubject = {{ reference = \"concat('Patient/', $pid)\" }}\n"
+    );
+    let a = apply_str(&src, MESSAGE);
+    let b = apply_str(&src, MESSAGE);
+    assert_eq!(
+        serde_json::to_string(&a.document).unwrap(),
+        serde_json::to_string(&b.document).unwrap()
+    );
+    let id = transform::uuid5("Patient", "9434765919");
+    assert_eq!(
+        a.document,
+        json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"fullUrl": format!("urn:uuid:{id}"),
+                 "resource": {"resourceType": "Patient", "id": id, "gender": "male"},
+                 "request": {"method": "PUT", "url": format!("Patient/{id}")}},
+                {"fullUrl": "urn:uuid:e1",
+                 "resource": {"resourceType": "Encounter", "id": "e1", "subject": {"reference": format!("Patient/{id}")}},
+                 "request": {"method": "PUT", "url": "Encounter/e1"}},
+            ]
+        })
+    );
+}
+
+#[test]
+fn no_resource_is_an_error_and_odd_messages_do_not_panic() {
+    let src = format!("{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"PID-3.1\"\n[resource.body]\nname = \"PID-5[*] | XPN\"\nx = [{{ for = \"OBR > OBX\", v = \"OBX-5 | number\" }}]\n");
+    let plan = compile_str(&src).unwrap();
+    let odd = [
+        "MSH|^~\\&|",
+        "MSH|^~\\&|||||||||\rPID|||||||\r",
+        "MSH|^~\\&|A\rPID|1||^^^^^^^~~~|\"\"|\\X41\\\\Zq\\\\X4\\|\u{e9}\u{e9}\\S\\|\r",
+        "MSH|^~\\&|A\rOBX|1|NM|||\rOBR\rOBX|||||x\r",
+    ];
+    for m in odd {
+        let parsed = hl7_parser::Message::parse(m).unwrap();
+        match plan.apply_parsed(&parsed) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(
+                e,
+                MapError::NoResources {
+                    mapping: "m".into()
+                }
+            ),
+        }
+    }
+}
+
+#[test]
+fn selecting_a_plan_by_message_type() {
+    let a = compile_str(&format!(
+        "{HEADER}[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n"
+    ))
+    .unwrap();
+    let b = compile_str(
+        "[mapping]\nname = \"any\"\nmessages = [\"ADT^*\"]\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n",
+    )
+    .unwrap();
+    let set = MappingSet::from_plans(vec![b, a]);
+    assert_eq!(set.select("ADT", "A01").map(Plan::name), Some("m"));
+    assert_eq!(set.select("ADT", "A08").map(Plan::name), Some("any"));
+    assert_eq!(set.select("ORU", "R01").map(Plan::name), None);
+}
+
+#[test]
+fn fragments() {
+    let doc = json!({"entry": [{"resource": {"resourceType": "Patient", "name": [{"family": "A", "given": ["B", "C"]}]}}]});
+    let cases = [
+        (json!({"resourceType": "Patient"}), true),
+        (
+            json!({"resourceType": "Patient", "name": [{"given": ["C"]}]}),
+            true,
+        ),
+        (
+            json!({"resourceType": "Patient", "name": [{"given": ["D"]}]}),
+            false,
+        ),
+        (json!({"resourceType": "Encounter"}), false),
+        (json!({"family": "A"}), true),
+        (json!("B"), true),
+        (json!(1), false),
+    ];
+    for (fragment, expected) in cases {
+        assert_eq!(contains_fragment(&doc, &fragment), expected, "{fragment}");
+    }
+}
+
+/// Macros are computed once per distinct input: the element of `each`, the group,
+/// the position. A cached value must never leak into another element or group.
+#[test]
+fn macro_values_follow_their_scope() {
+    let src = format!(
+        "{HEADER}\n[let]\nfirst = \".1\"\ncode = \"OBX-3.1\"\npos = \"position()\"\nkey = \"concat(OBR-3, '/', $code, '/', $pos)\"\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nids = [{{ each = \"PID-3[*]\", v = \"$first\", again = \"$first\" }}]\nobs = [{{ for = \"OBR > OBX\", k = \"$key\", again = \"$key\" }}]\nreport = [{{ for = \"OBR\", results = [{{ for = \"OBX\", k = \"$key\" }}] }}]\n"
+    );
+    let out = apply_str(&src, MESSAGE);
+    let r = &out.document["entry"][0]["resource"];
+    assert_eq!(
+        r["ids"],
+        json!([
+            {"v": "9434765919", "again": "9434765919"},
+            {"v": "RX1", "again": "RX1"},
+            {"v": "1234567890", "again": "1234567890"},
+        ])
+    );
+    assert_eq!(
+        r["obs"],
+        json!([
+            {"k": "F1/A/1", "again": "F1/A/1"},
+            {"k": "F1/B/2", "again": "F1/B/2"},
+            {"k": "F2/C/1", "again": "F2/C/1"},
+        ])
+    );
+    assert_eq!(
+        r["report"],
+        json!([
+            {"results": [{"k": "F1/A/1"}, {"k": "F1/B/2"}]},
+            {"results": [{"k": "F2/C/1"}]},
+        ])
+    );
+}

@@ -1,0 +1,433 @@
+//! The care-record store: applies documents (FHIR R4 transaction Bundles) as
+//! versioned records in an embedded SQLite file and answers the FHIR reads.
+//!
+//! A document's entries are upserts by `(resourceType, id)`: each change makes
+//! a new version (`meta.versionId` 1, 2, …, `meta.lastUpdated` set here) and
+//! every version is kept in a history table. `urn:uuid:` references between
+//! entries are rewritten to `Type/id`. Each record remembers the time of the
+//! event (HL7 EVN-2 / MSH-7) that wrote it, so an older event arriving late
+//! never overwrites newer data. The patient each record belongs to and the
+//! identifiers of each Patient are indexed for the searches the FHIR API needs.
+//!
+//! It does not route, queue or retry deliveries, check tokens or write the
+//! audit trail: callers (the store destination, `api::fhir`) do that. It
+//! never logs resource content.
+//!
+//! # Invariants
+//! - A document is applied whole or not at all: every entry is checked
+//!   before anything is written, and a database error rolls the whole
+//!   transaction back. ([`RecordStore::apply_bundles`] puts several documents
+//!   in one transaction; a wrong document is left out, alone.)
+//! - A resource's versions are 1, 2, 3, … without gaps; the current version is
+//!   also in the history table, so `history` lists every version.
+//! - Applying the same document twice changes nothing the second time: a
+//!   resource whose content (without `meta`) equals its current version gets
+//!   no new version.
+//! - A PUT or DELETE whose event time is older than the stored record's is
+//!   skipped for that resource and reported as [`EntryResult::Stale`]. When
+//!   either time is unknown, the document is applied (arrival order decides).
+//! - Search indexes (patient links, patient identifiers) always describe the
+//!   current, non-deleted version of each record.
+
+mod plan;
+mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use crate::journal::SyncPolicy;
+pub use plan::{is_id, is_resource_type};
+
+/// Read connections kept open for reuse.
+const READ_POOL: usize = 4;
+
+/// The record store's own settings (`config/` assembles them from `[store]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordStoreConfig {
+    /// SQLite database file of the records (its own file, not the journal's).
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+    /// `full`: fsync on every document (default). `normal`: WAL without fsync
+    /// on commit; a power loss (not a process crash) may lose the last documents.
+    #[serde(default)]
+    pub sync: SyncPolicy,
+}
+
+fn default_path() -> PathBuf {
+    PathBuf::from("data/records.db")
+}
+
+impl Default for RecordStoreConfig {
+    fn default() -> Self {
+        RecordStoreConfig {
+            path: default_path(),
+            sync: SyncPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the record store folder {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the record store {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("the record store {} is in {mode:?} journal mode, expected \"wal\"", path.display())]
+    NotWal { path: PathBuf, mode: String },
+    #[error("the record store has schema version {found}, this build supports up to {supported}")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("record store database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a stored record is not valid JSON: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("the document is not a Bundle: resourceType is {found:?}, expected \"Bundle\"")]
+    NotABundle { found: String },
+    #[error("the Bundle has type {found:?}, expected \"transaction\"")]
+    NotATransaction { found: String },
+    #[error("the Bundle's `entry` is not an array")]
+    EntriesNotArray,
+    #[error("the Bundle's timestamp {found:?} is not a FHIR instant (e.g. 2026-01-02T10:00:00Z)")]
+    InvalidTimestamp { found: String },
+    #[error("entry {index}: {problem}")]
+    InvalidEntry { index: usize, problem: EntryProblem },
+}
+
+impl StoreError {
+    /// True when the document itself is wrong: applying it again can never
+    /// succeed, so a delivery should dead-letter it rather than retry.
+    /// Database errors (disk full, locked, I/O) are worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotABundle { .. }
+                | StoreError::NotATransaction { .. }
+                | StoreError::EntriesNotArray
+                | StoreError::InvalidTimestamp { .. }
+                | StoreError::InvalidEntry { .. }
+        )
+    }
+}
+
+/// What is wrong with one entry of a document (inside [`StoreError::InvalidEntry`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("request.method {method:?} is not supported, expected PUT or DELETE")]
+    UnsupportedMethod { method: String },
+    #[error("request.url {url:?} is not a `Type/id` URL")]
+    InvalidUrl { url: String },
+    #[error("a PUT entry has no resource object")]
+    MissingResource,
+    #[error("resource.resourceType {found:?} is not a resource type name")]
+    InvalidResourceType { found: String },
+    #[error("resource.id {found:?} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")]
+    InvalidId { found: String },
+    #[error("request.url {url:?} does not name the entry's resource, expected {expected:?}")]
+    UrlMismatch { url: String, expected: String },
+    #[error("{url} appears in more than one entry of the Bundle")]
+    Duplicate { url: String },
+    #[error("the reference {reference:?} matches no entry's fullUrl")]
+    UnresolvedReference { reference: String },
+}
+
+/// What applying one entry did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum EntryResult {
+    /// A new record, version 1 (or the first version after a delete).
+    Created { version: i64 },
+    /// A new version of an existing record.
+    Updated { version: i64 },
+    /// The content equals the current version: no new version.
+    Unchanged { version: i64 },
+    /// The stored record came from a newer event; this entry was skipped.
+    Stale { version: i64 },
+    /// A tombstone version was written.
+    Deleted { version: i64 },
+    /// DELETE of a record that does not exist or is already deleted.
+    AlreadyAbsent,
+}
+
+/// The outcome for one entry, in the Bundle's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryOutcome {
+    pub resource_type: String,
+    pub id: String,
+    #[serde(flatten)]
+    pub result: EntryResult,
+}
+
+/// What applying a document did, entry by entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyOutcome {
+    pub entries: Vec<EntryOutcome>,
+}
+
+impl ApplyOutcome {
+    /// Entries that created or updated a record (new versions that are not tombstones).
+    pub fn written(&self) -> usize {
+        self.count(|r| matches!(r, EntryResult::Created { .. } | EntryResult::Updated { .. }))
+    }
+
+    /// Entries skipped because the stored record came from a newer event.
+    pub fn stale(&self) -> usize {
+        self.count(|r| matches!(r, EntryResult::Stale { .. }))
+    }
+
+    /// Entries whose content equalled the current version.
+    pub fn unchanged(&self) -> usize {
+        self.count(|r| matches!(r, EntryResult::Unchanged { .. }))
+    }
+
+    /// Entries that wrote a tombstone.
+    pub fn deleted(&self) -> usize {
+        self.count(|r| matches!(r, EntryResult::Deleted { .. }))
+    }
+
+    fn count(&self, pred: impl Fn(&EntryResult) -> bool) -> usize {
+        self.entries.iter().filter(|e| pred(&e.result)).count()
+    }
+}
+
+/// The ids of the Patients a stored resource belongs to: a Patient's own id,
+/// else the `Patient/<id>` references in `subject`, `patient` or `target`.
+pub fn patients_of(resource: &Value) -> Vec<String> {
+    let resource_type = resource.get("resourceType").and_then(Value::as_str);
+    let id = resource.get("id").and_then(Value::as_str);
+    match (resource_type, id) {
+        (Some(resource_type), Some(id)) => plan::patients_of(resource_type, id, resource),
+        _ => Vec::new(),
+    }
+}
+
+/// One version of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// `meta.lastUpdated` of this version (FHIR instant, UTC, milliseconds).
+    pub last_updated: String,
+    /// The event time this version came from, when known.
+    pub event_time: Option<jiff::Timestamp>,
+    /// The resource with `meta.versionId` and `meta.lastUpdated`; `None` for a
+    /// tombstone (a deleted record).
+    pub resource: Option<Value>,
+}
+
+impl Record {
+    pub fn is_deleted(&self) -> bool {
+        self.resource.is_none()
+    }
+}
+
+/// A handle on the record store. Cheap to clone; clones share one write
+/// connection (documents are applied one at a time) and a pool of read
+/// connections. Every method blocks on SQLite: async callers use
+/// `tokio::task::spawn_blocking`.
+#[derive(Clone)]
+pub struct RecordStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    sync: SyncPolicy,
+    writer: Mutex<rusqlite::Connection>,
+    readers: Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl std::fmt::Debug for RecordStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordStore")
+            .field("path", &self.inner.path)
+            .field("sync", &self.inner.sync)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordStore {
+    /// Opens (creating if needed, with its parent folders) the store at
+    /// `cfg.path` as given (callers resolve relative paths).
+    pub fn open(cfg: &RecordStoreConfig) -> Result<RecordStore, StoreError> {
+        let path = cfg.path.clone();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let writer = sqlite::open_writer(&path, cfg.sync)?;
+        // One reader now, so a broken file shows up at start, not at the first read.
+        let reader = sqlite::open_reader(&path)?;
+        Ok(RecordStore {
+            inner: Arc::new(Inner {
+                path,
+                sync: cfg.sync,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(vec![reader]),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.inner.sync
+    }
+
+    /// Applies a FHIR R4 transaction Bundle atomically.
+    ///
+    /// `event_time` is the time of the event the document describes (HL7
+    /// EVN-2, else MSH-7). When `None`, the Bundle's `timestamp` is used if
+    /// present (mappings set it to the event time, never to the time of
+    /// mapping); otherwise the event time is unknown and the document is
+    /// applied in arrival order.
+    ///
+    /// Errors in the document ([`StoreError::InvalidEntry`] and the other
+    /// document errors) are permanent: retrying the same document fails the
+    /// same way. Database errors may be transient.
+    pub fn apply_bundle(
+        &self,
+        bundle: &Value,
+        event_time: Option<jiff::Timestamp>,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let plan = plan::plan(bundle, event_time)?;
+        let outcome = self.write(&[&plan])?.pop();
+        // `write` answers one outcome per plan.
+        Ok(outcome.unwrap_or_default())
+    }
+
+    /// Applies several documents in order in one SQLite transaction, so they
+    /// share one fsync (for a delivery that drains a queue in batches).
+    ///
+    /// Each document is still all-or-nothing: one that is wrong gets its
+    /// error in its slot and the others are applied. A database error fails
+    /// the whole call and nothing is applied (retry them all).
+    pub fn apply_bundles(
+        &self,
+        documents: &[(&Value, Option<jiff::Timestamp>)],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        let planned: Vec<Result<plan::Plan, StoreError>> = documents
+            .iter()
+            .map(|(bundle, event_time)| plan::plan(bundle, *event_time))
+            .collect();
+        let plans: Vec<&plan::Plan> = planned.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let mut outcomes = self.write(&plans)?.into_iter();
+        Ok(planned
+            .into_iter()
+            .map(|planned| match planned {
+                // `write` answers one outcome per plan, in order.
+                Ok(_) => Ok(outcomes.next().unwrap_or_default()),
+                Err(err) => Err(err),
+            })
+            .collect())
+    }
+
+    /// Applies checked plans in one transaction on the write connection.
+    fn write(&self, plans: &[&plan::Plan]) -> Result<Vec<ApplyOutcome>, StoreError> {
+        if plans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = jiff::Timestamp::now();
+        let mut conn = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outcomes = sqlite::apply(&mut conn, plans, now)?;
+        for outcome in &outcomes {
+            tracing::debug!(
+                entries = outcome.entries.len(),
+                written = outcome.written(),
+                unchanged = outcome.unchanged(),
+                stale = outcome.stale(),
+                deleted = outcome.deleted(),
+                "document applied to the record store"
+            );
+        }
+        Ok(outcomes)
+    }
+
+    /// The current version of a record (a tombstone if it was deleted), or
+    /// `None` if there never was one.
+    pub fn read(&self, resource_type: &str, id: &str) -> Result<Option<Record>, StoreError> {
+        self.with_reader(|conn| sqlite::read(conn, resource_type, id))
+    }
+
+    /// Every version of a record, newest first (empty if there never was one).
+    pub fn history(&self, resource_type: &str, id: &str) -> Result<Vec<Record>, StoreError> {
+        self.with_reader(|conn| sqlite::history(conn, resource_type, id))
+    }
+
+    /// Current Patients with an identifier `value`, in `system` when given
+    /// (`Some("")` matches identifiers without a system), ordered by id.
+    pub fn search_patient_by_identifier(
+        &self,
+        system: Option<&str>,
+        value: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.with_reader(|conn| sqlite::search_patient_by_identifier(conn, system, value))
+    }
+
+    /// Current records of `resource_type` that belong to Patient `patient_id`
+    /// (by `subject` or `patient`; for `Patient`, the Patient itself), ordered by id.
+    pub fn search_by_patient(
+        &self,
+        resource_type: &str,
+        patient_id: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.with_reader(|conn| sqlite::search_by_patient(conn, resource_type, patient_id))
+    }
+
+    /// The Patient followed by every current record that belongs to it
+    /// (ordered by type, then id); `None` when the Patient does not exist or
+    /// is deleted.
+    pub fn everything(&self, patient_id: &str) -> Result<Option<Vec<Value>>, StoreError> {
+        self.with_reader(|conn| sqlite::everything(conn, patient_id))
+    }
+
+    /// Runs `f` on a pooled read connection.
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => sqlite::open_reader(&self.inner.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pool.len() < READ_POOL {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,356 @@
+//! Checks a transaction Bundle and turns it into a plan of upserts and
+//! deletes, before anything touches the database. Pure: no I/O.
+//!
+//! Every entry is checked first, so a document with one bad entry is refused
+//! as a whole. References equal to an entry's `fullUrl` are rewritten to that
+//! entry's `Type/id`; an `urn:uuid:` reference that matches no entry is an
+//! error (it could never be resolved later).
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use super::{EntryProblem, StoreError};
+
+/// The checked document.
+#[derive(Debug)]
+pub(super) struct Plan {
+    pub event_time: Option<jiff::Timestamp>,
+    pub entries: Vec<Planned>,
+}
+
+/// One checked entry.
+#[derive(Debug)]
+pub(super) struct Planned {
+    pub resource_type: String,
+    pub id: String,
+    pub op: Op,
+}
+
+#[derive(Debug)]
+pub(super) enum Op {
+    Put {
+        /// References rewritten; `meta.versionId` and `meta.lastUpdated`
+        /// removed (the store sets them).
+        resource: Value,
+        /// Ids of the Patients this resource belongs to.
+        patients: Vec<String>,
+        /// (system, value) of a Patient's identifiers; system "" when absent.
+        identifiers: Vec<(String, String)>,
+    },
+    Delete,
+}
+
+/// Checks `bundle` and plans its entries (see the module docs).
+pub(super) fn plan(
+    bundle: &Value,
+    event_time: Option<jiff::Timestamp>,
+) -> Result<Plan, StoreError> {
+    let resource_type = bundle.get("resourceType").and_then(Value::as_str);
+    if resource_type != Some("Bundle") {
+        return Err(StoreError::NotABundle {
+            found: describe(bundle.get("resourceType")),
+        });
+    }
+    let bundle_type = bundle.get("type").and_then(Value::as_str);
+    if bundle_type != Some("transaction") {
+        return Err(StoreError::NotATransaction {
+            found: describe(bundle.get("type")),
+        });
+    }
+    let event_time = match event_time {
+        Some(time) => Some(time),
+        None => bundle_timestamp(bundle)?,
+    };
+    let entries = match bundle.get("entry") {
+        None | Some(Value::Null) => {
+            return Ok(Plan {
+                event_time,
+                entries: Vec::new(),
+            })
+        }
+        Some(Value::Array(entries)) => entries,
+        Some(_) => return Err(StoreError::EntriesNotArray),
+    };
+
+    // First pass: the shape of each entry, and the fullUrl → Type/id map.
+    let mut checked = Vec::with_capacity(entries.len());
+    let mut seen = HashSet::new();
+    let mut full_urls: HashMap<&str, String> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let invalid = |problem| StoreError::InvalidEntry { index, problem };
+        let shape = check_entry(entry).map_err(invalid)?;
+        let url = format!("{}/{}", shape.resource_type, shape.id);
+        if !seen.insert(url.clone()) {
+            return Err(invalid(EntryProblem::Duplicate { url }));
+        }
+        if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+            if !full_url.is_empty() {
+                full_urls.insert(full_url, url);
+            }
+        }
+        checked.push(shape);
+    }
+
+    // Second pass: rewrite references and extract what the indexes need.
+    let mut planned = Vec::with_capacity(checked.len());
+    for (index, shape) in checked.into_iter().enumerate() {
+        let op = match shape.resource {
+            None => Op::Delete,
+            Some(resource) => {
+                let mut resource = resource.clone();
+                rewrite_references(&mut resource, &full_urls)
+                    .map_err(|problem| StoreError::InvalidEntry { index, problem })?;
+                strip_store_meta(&mut resource);
+                let patients = patients_of(&shape.resource_type, &shape.id, &resource);
+                let identifiers = if shape.resource_type == "Patient" {
+                    identifiers_of(&resource)
+                } else {
+                    Vec::new()
+                };
+                Op::Put {
+                    resource,
+                    patients,
+                    identifiers,
+                }
+            }
+        };
+        planned.push(Planned {
+            resource_type: shape.resource_type,
+            id: shape.id,
+            op,
+        });
+    }
+    Ok(Plan {
+        event_time,
+        entries: planned,
+    })
+}
+
+/// An entry whose shape is right: a PUT with its resource, or a DELETE.
+struct Shape<'a> {
+    resource_type: String,
+    id: String,
+    /// `None` for DELETE.
+    resource: Option<&'a Value>,
+}
+
+fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
+    let entry = entry.as_object().ok_or(EntryProblem::NotAnObject)?;
+    let request = entry.get("request");
+    let method = request.and_then(|r| r.get("method"));
+    let url = request
+        .and_then(|r| r.get("url"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match method.and_then(Value::as_str) {
+        Some("PUT") => {
+            let resource = entry
+                .get("resource")
+                .filter(|r| r.is_object())
+                .ok_or(EntryProblem::MissingResource)?;
+            let resource_type = resource.get("resourceType").and_then(Value::as_str);
+            let resource_type = resource_type
+                .filter(|t| is_resource_type(t))
+                .ok_or_else(|| EntryProblem::InvalidResourceType {
+                    found: describe(resource.get("resourceType")),
+                })?;
+            let id = resource.get("id").and_then(Value::as_str);
+            let id = id
+                .filter(|id| is_id(id))
+                .ok_or_else(|| EntryProblem::InvalidId {
+                    found: describe(resource.get("id")),
+                })?;
+            let expected = format!("{resource_type}/{id}");
+            if url != expected {
+                return Err(EntryProblem::UrlMismatch {
+                    url: url.to_string(),
+                    expected,
+                });
+            }
+            Ok(Shape {
+                resource_type: resource_type.to_string(),
+                id: id.to_string(),
+                resource: Some(resource),
+            })
+        }
+        Some("DELETE") => {
+            let (resource_type, id) = split_url(url).ok_or_else(|| EntryProblem::InvalidUrl {
+                url: url.to_string(),
+            })?;
+            Ok(Shape {
+                resource_type: resource_type.to_string(),
+                id: id.to_string(),
+                resource: None,
+            })
+        }
+        _ => Err(EntryProblem::UnsupportedMethod {
+            method: describe(method),
+        }),
+    }
+}
+
+/// `Type/id` → (Type, id) when both are valid.
+fn split_url(url: &str) -> Option<(&str, &str)> {
+    let (resource_type, id) = url.split_once('/')?;
+    (is_resource_type(resource_type) && is_id(id)).then_some((resource_type, id))
+}
+
+/// A resource type name: an ASCII capital letter, then letters (1-64 in all).
+pub fn is_resource_type(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
+        && s.len() <= 64
+        && chars.all(|c| c.is_ascii_alphabetic())
+}
+
+/// A FHIR id: 1-64 of `A-Z a-z 0-9 - .`.
+pub fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A short description of a JSON value for error messages.
+fn describe(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "(missing)".to_string(),
+        Some(Value::String(s)) => s.chars().take(80).collect(),
+        Some(other) => {
+            let text = other.to_string();
+            text.chars().take(80).collect()
+        }
+    }
+}
+
+fn bundle_timestamp(bundle: &Value) -> Result<Option<jiff::Timestamp>, StoreError> {
+    match bundle.get("timestamp") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => {
+            text.parse::<jiff::Timestamp>()
+                .map(Some)
+                .map_err(|_| StoreError::InvalidTimestamp {
+                    found: describe(Some(&Value::String(text.clone()))),
+                })
+        }
+        Some(other) => Err(StoreError::InvalidTimestamp {
+            found: describe(Some(other)),
+        }),
+    }
+}
+
+/// Rewrites every `reference` equal to a fullUrl of the Bundle to `Type/id`.
+fn rewrite_references(
+    value: &mut Value,
+    full_urls: &HashMap<&str, String>,
+) -> Result<(), EntryProblem> {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                match item {
+                    Value::String(reference) if key == "reference" => {
+                        if let Some(target) = full_urls.get(reference.as_str()) {
+                            *reference = target.clone();
+                        } else if reference.starts_with("urn:uuid:") {
+                            return Err(EntryProblem::UnresolvedReference {
+                                reference: reference.clone(),
+                            });
+                        }
+                    }
+                    _ => rewrite_references(item, full_urls)?,
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .try_for_each(|item| rewrite_references(item, full_urls)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes `meta.versionId` and `meta.lastUpdated` (and `meta` if nothing
+/// else is left in it): they belong to the store.
+fn strip_store_meta(resource: &mut Value) {
+    let Some(object) = resource.as_object_mut() else {
+        return;
+    };
+    let now_empty = match object.get_mut("meta") {
+        Some(Value::Object(meta)) => {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+            meta.is_empty()
+        }
+        _ => false,
+    };
+    if now_empty {
+        object.remove("meta");
+    }
+}
+
+/// The resource without `meta`, for comparing content across versions.
+pub(super) fn without_meta(resource: &Value) -> Value {
+    match resource {
+        Value::Object(object) => Value::Object(
+            object
+                .iter()
+                .filter(|(key, _)| key.as_str() != "meta")
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect::<Map<String, Value>>(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Elements that tie a resource to its patient: `subject` (Encounter,
+/// Observation, DiagnosticReport, Condition, …), `patient` (AllergyIntolerance,
+/// RelatedPerson, …) and `target` (Provenance).
+const PATIENT_ELEMENTS: &[&str] = &["subject", "patient", "target"];
+
+/// Ids of the Patients `resource` belongs to, without duplicates.
+pub(super) fn patients_of(resource_type: &str, id: &str, resource: &Value) -> Vec<String> {
+    if resource_type == "Patient" {
+        return vec![id.to_string()];
+    }
+    let mut patients: Vec<String> = Vec::new();
+    for element in PATIENT_ELEMENTS {
+        let references: Vec<&Value> = match resource.get(*element) {
+            Some(Value::Array(items)) => items.iter().collect(),
+            Some(item @ Value::Object(_)) => vec![item],
+            _ => Vec::new(),
+        };
+        for reference in references {
+            let Some(text) = reference.get("reference").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(patient) = text.strip_prefix("Patient/").filter(|id| is_id(id)) {
+                if !patients.iter().any(|p| p == patient) {
+                    patients.push(patient.to_string());
+                }
+            }
+        }
+    }
+    patients
+}
+
+/// (system, value) of every Patient identifier with a value.
+fn identifiers_of(resource: &Value) -> Vec<(String, String)> {
+    let mut identifiers: Vec<(String, String)> = Vec::new();
+    let Some(Value::Array(items)) = resource.get("identifier") else {
+        return identifiers;
+    };
+    for item in items {
+        let Some(value) = item.get("value").and_then(Value::as_str) else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        let system = item.get("system").and_then(Value::as_str).unwrap_or("");
+        let pair = (system.to_string(), value.to_string());
+        if !identifiers.contains(&pair) {
+            identifiers.push(pair);
+        }
+    }
+    identifiers
+}

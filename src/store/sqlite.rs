@@ -1,0 +1,563 @@
+//! The SQLite side of the record store: schema, applying a plan, reads.
+//!
+//! Schema versions are kept in `PRAGMA user_version`; [`migrate`] brings an
+//! older file up to [`SCHEMA_VERSION`] and refuses a newer one. Event times
+//! are stored as microseconds since the Unix epoch (UTC), so they compare as
+//! integers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
+
+use super::plan::{self, Op, Plan};
+use super::{ApplyOutcome, EntryOutcome, EntryResult, Record, StoreError, SyncPolicy};
+
+/// The schema this build writes.
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA_V1: &str = "
+CREATE TABLE resources (
+    type         TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    event_time   INTEGER,
+    deleted      INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+    content      TEXT,
+    PRIMARY KEY (type, id)
+) WITHOUT ROWID;
+CREATE TABLE history (
+    type         TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    event_time   INTEGER,
+    deleted      INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+    content      TEXT,
+    PRIMARY KEY (type, id, version)
+) WITHOUT ROWID;
+CREATE TABLE patient_links (
+    patient_id TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    PRIMARY KEY (patient_id, type, id)
+) WITHOUT ROWID;
+CREATE INDEX patient_links_resource ON patient_links (type, id);
+CREATE TABLE patient_identifiers (
+    value      TEXT NOT NULL,
+    system     TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    PRIMARY KEY (value, system, patient_id)
+) WITHOUT ROWID;
+CREATE INDEX patient_identifiers_patient ON patient_identifiers (patient_id);
+";
+
+/// The current row of a record, as `apply` needs it.
+struct Current {
+    version: i64,
+    event_time: Option<i64>,
+    /// `None` for a tombstone.
+    content: Option<String>,
+}
+
+/// Opens the write connection: WAL, the sync policy, the current schema.
+pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NotWal {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let synchronous = match sync {
+        SyncPolicy::Full => "FULL",
+        SyncPolicy::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(open_err)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection.
+pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    Ok(conn)
+}
+
+/// Creates or upgrades the schema, refusing files newer than this build.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < 1 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
+/// `meta.lastUpdated` for `now`: a FHIR instant in UTC with milliseconds.
+fn instant(now: jiff::Timestamp) -> String {
+    // Rounding to milliseconds cannot overflow for any clock reading this
+    // century; fall back to the unrounded time rather than fail a document.
+    let rounded = now.round(jiff::Unit::Millisecond).unwrap_or(now);
+    format!("{rounded:.3}")
+}
+
+/// Applies `plans` in order, all in one transaction (one fsync for all).
+pub(super) fn apply(
+    conn: &mut Connection,
+    plans: &[&Plan],
+    now: jiff::Timestamp,
+) -> Result<Vec<ApplyOutcome>, StoreError> {
+    let last_updated = instant(now);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(plans.len());
+    for plan in plans {
+        outcomes.push(apply_plan(&tx, plan, &last_updated)?);
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Applies one document's plan inside the caller's transaction.
+fn apply_plan(
+    tx: &Connection,
+    plan: &Plan,
+    last_updated: &str,
+) -> Result<ApplyOutcome, StoreError> {
+    let last_updated = last_updated.to_string();
+    let event_time = plan.event_time.map(|t| t.as_microsecond());
+    let mut outcome = ApplyOutcome::default();
+    for entry in &plan.entries {
+        let (resource_type, id) = (entry.resource_type.as_str(), entry.id.as_str());
+        let current = current(tx, resource_type, id)?;
+        let result = match (&current, event_time) {
+            (Some(cur), Some(incoming)) if cur.event_time.is_some_and(|s| incoming < s) => {
+                EntryResult::Stale {
+                    version: cur.version,
+                }
+            }
+            _ => {
+                let newest = match current.as_ref().and_then(|c| c.event_time) {
+                    Some(stored) => Some(event_time.map_or(stored, |i| i.max(stored))),
+                    None => event_time,
+                };
+                match &entry.op {
+                    Op::Put {
+                        resource,
+                        patients,
+                        identifiers,
+                    } => put(
+                        tx,
+                        resource_type,
+                        id,
+                        current.as_ref(),
+                        resource,
+                        patients,
+                        identifiers,
+                        &last_updated,
+                        newest,
+                    )?,
+                    Op::Delete => delete(
+                        tx,
+                        resource_type,
+                        id,
+                        current.as_ref(),
+                        &last_updated,
+                        newest,
+                    )?,
+                }
+            }
+        };
+        outcome.entries.push(EntryOutcome {
+            resource_type: entry.resource_type.clone(),
+            id: entry.id.clone(),
+            result,
+        });
+    }
+    Ok(outcome)
+}
+
+fn current(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<Current>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT version, event_time, content FROM resources WHERE type = ?1 AND id = ?2",
+            params![resource_type, id],
+            |row| {
+                Ok(Current {
+                    version: row.get(0)?,
+                    event_time: row.get(1)?,
+                    content: row.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+fn put(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    current: Option<&Current>,
+    resource: &Value,
+    patients: &[String],
+    identifiers: &[(String, String)],
+    last_updated: &str,
+    event_time: Option<i64>,
+) -> Result<EntryResult, StoreError> {
+    if let Some(cur) = current {
+        if let Some(content) = &cur.content {
+            let stored: Value = serde_json::from_str(content)?;
+            if plan::without_meta(&stored) == plan::without_meta(resource) {
+                set_event_time(conn, cur, resource_type, id, event_time)?;
+                return Ok(EntryResult::Unchanged {
+                    version: cur.version,
+                });
+            }
+        }
+    }
+    let version = current.map_or(1, |cur| cur.version + 1);
+    let mut stored = resource.clone();
+    if let Value::Object(object) = &mut stored {
+        let meta = object
+            .entry("meta")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(meta) = meta {
+            meta.insert("versionId".into(), Value::String(version.to_string()));
+            meta.insert(
+                "lastUpdated".into(),
+                Value::String(last_updated.to_string()),
+            );
+        }
+    }
+    let content = serde_json::to_string(&stored)?;
+    write_version(
+        conn,
+        resource_type,
+        id,
+        version,
+        last_updated,
+        event_time,
+        Some(&content),
+    )?;
+    conn.execute(
+        "DELETE FROM patient_links WHERE type = ?1 AND id = ?2",
+        params![resource_type, id],
+    )?;
+    for patient in patients {
+        conn.execute(
+            "INSERT OR IGNORE INTO patient_links (patient_id, type, id) VALUES (?1, ?2, ?3)",
+            params![patient, resource_type, id],
+        )?;
+    }
+    if resource_type == "Patient" {
+        conn.execute(
+            "DELETE FROM patient_identifiers WHERE patient_id = ?1",
+            params![id],
+        )?;
+        for (system, value) in identifiers {
+            conn.execute(
+                "INSERT OR IGNORE INTO patient_identifiers (value, system, patient_id)
+                 VALUES (?1, ?2, ?3)",
+                params![value, system, id],
+            )?;
+        }
+    }
+    let was_live = current.is_some_and(|cur| cur.content.is_some());
+    Ok(if was_live {
+        EntryResult::Updated { version }
+    } else {
+        EntryResult::Created { version }
+    })
+}
+
+fn delete(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    current: Option<&Current>,
+    last_updated: &str,
+    event_time: Option<i64>,
+) -> Result<EntryResult, StoreError> {
+    let Some(cur) = current.filter(|cur| cur.content.is_some()) else {
+        if let Some(cur) = current {
+            set_event_time(conn, cur, resource_type, id, event_time)?;
+        }
+        return Ok(EntryResult::AlreadyAbsent);
+    };
+    let version = cur.version + 1;
+    write_version(
+        conn,
+        resource_type,
+        id,
+        version,
+        last_updated,
+        event_time,
+        None,
+    )?;
+    conn.execute(
+        "DELETE FROM patient_links WHERE type = ?1 AND id = ?2",
+        params![resource_type, id],
+    )?;
+    if resource_type == "Patient" {
+        conn.execute(
+            "DELETE FROM patient_identifiers WHERE patient_id = ?1",
+            params![id],
+        )?;
+    }
+    Ok(EntryResult::Deleted { version })
+}
+
+/// Writes a new current version (and its history row); `content` `None` is a tombstone.
+fn write_version(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    last_updated: &str,
+    event_time: Option<i64>,
+    content: Option<&str>,
+) -> Result<(), StoreError> {
+    let deleted = i64::from(content.is_none());
+    conn.execute(
+        "INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (type, id) DO UPDATE SET
+             version = excluded.version, last_updated = excluded.last_updated,
+             event_time = excluded.event_time, deleted = excluded.deleted,
+             content = excluded.content",
+        params![
+            resource_type,
+            id,
+            version,
+            last_updated,
+            event_time,
+            deleted,
+            content
+        ],
+    )?;
+    conn.execute(
+        "INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            resource_type,
+            id,
+            version,
+            last_updated,
+            event_time,
+            deleted,
+            content
+        ],
+    )?;
+    Ok(())
+}
+
+/// Remembers a newer event time without making a new version (no write when
+/// it has not changed, so a redelivered document costs no page writes).
+fn set_event_time(
+    conn: &Connection,
+    current: &Current,
+    resource_type: &str,
+    id: &str,
+    event_time: Option<i64>,
+) -> Result<(), StoreError> {
+    if event_time == current.event_time {
+        return Ok(());
+    }
+    conn.execute(
+        "UPDATE resources SET event_time = ?3 WHERE type = ?1 AND id = ?2",
+        params![resource_type, id, event_time],
+    )?;
+    Ok(())
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        resource_type: row.get(0)?,
+        id: row.get(1)?,
+        version: row.get(2)?,
+        last_updated: row.get(3)?,
+        event_time: row.get(4)?,
+        content: row.get(5)?,
+    })
+}
+
+/// A row before its JSON is parsed.
+struct RawRecord {
+    resource_type: String,
+    id: String,
+    version: i64,
+    last_updated: String,
+    event_time: Option<i64>,
+    content: Option<String>,
+}
+
+impl RawRecord {
+    fn parse(self) -> Result<Record, StoreError> {
+        let resource = match self.content {
+            Some(content) => Some(serde_json::from_str(&content)?),
+            None => None,
+        };
+        Ok(Record {
+            resource_type: self.resource_type,
+            id: self.id,
+            version: self.version,
+            last_updated: self.last_updated,
+            event_time: self
+                .event_time
+                .and_then(|us| jiff::Timestamp::from_microsecond(us).ok()),
+            resource,
+        })
+    }
+}
+
+const RECORD_COLUMNS: &str = "type, id, version, last_updated, event_time, content";
+
+pub(super) fn read(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<Record>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {RECORD_COLUMNS} FROM resources WHERE type = ?1 AND id = ?2"),
+        params![resource_type, id],
+        record_from_row,
+    )
+    .optional()?
+    .map(RawRecord::parse)
+    .transpose()
+}
+
+pub(super) fn history(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Vec<Record>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RECORD_COLUMNS} FROM history WHERE type = ?1 AND id = ?2 ORDER BY version DESC"
+    ))?;
+    let rows = stmt.query_map(params![resource_type, id], record_from_row)?;
+    let mut records = Vec::new();
+    for row in rows {
+        records.push(row?.parse()?);
+    }
+    Ok(records)
+}
+
+/// Parses the `content` column of every row `sql` returns. (The searches
+/// use `CROSS JOIN` to make SQLite start from the small index table: without
+/// statistics it would otherwise scan every record of the type.)
+fn contents(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Value>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map(params, |row| row.get::<_, String>(0))?;
+    let mut resources = Vec::new();
+    for row in rows {
+        resources.push(serde_json::from_str(&row?)?);
+    }
+    Ok(resources)
+}
+
+pub(super) fn search_patient_by_identifier(
+    conn: &Connection,
+    system: Option<&str>,
+    value: &str,
+) -> Result<Vec<Value>, StoreError> {
+    match system {
+        Some(system) => contents(
+            conn,
+            "SELECT r.content FROM patient_identifiers i
+             CROSS JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
+             ORDER BY r.id",
+            params![value, system],
+        ),
+        None => contents(
+            conn,
+            "SELECT r.content
+             FROM (SELECT DISTINCT patient_id FROM patient_identifiers WHERE value = ?1) i
+             CROSS JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE r.deleted = 0
+             ORDER BY r.id",
+            params![value],
+        ),
+    }
+}
+
+/// The Patient's current content, if it exists and is not deleted.
+fn live_patient(conn: &Connection, patient_id: &str) -> Result<Option<Value>, StoreError> {
+    Ok(read(conn, "Patient", patient_id)?.and_then(|record| record.resource))
+}
+
+pub(super) fn search_by_patient(
+    conn: &Connection,
+    resource_type: &str,
+    patient_id: &str,
+) -> Result<Vec<Value>, StoreError> {
+    if resource_type == "Patient" {
+        return Ok(live_patient(conn, patient_id)?.into_iter().collect());
+    }
+    contents(
+        conn,
+        "SELECT r.content FROM patient_links l
+         CROSS JOIN resources r ON r.type = l.type AND r.id = l.id
+         WHERE l.patient_id = ?1 AND l.type = ?2 AND r.deleted = 0
+         ORDER BY r.id",
+        params![patient_id, resource_type],
+    )
+}
+
+pub(super) fn everything(
+    conn: &Connection,
+    patient_id: &str,
+) -> Result<Option<Vec<Value>>, StoreError> {
+    let Some(patient) = live_patient(conn, patient_id)? else {
+        return Ok(None);
+    };
+    let mut resources = vec![patient];
+    resources.extend(contents(
+        conn,
+        "SELECT r.content FROM patient_links l
+         CROSS JOIN resources r ON r.type = l.type AND r.id = l.id
+         WHERE l.patient_id = ?1 AND l.type <> 'Patient' AND r.deleted = 0
+         ORDER BY r.type, r.id",
+        params![patient_id],
+    )?);
+    Ok(Some(resources))
+}

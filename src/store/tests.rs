@@ -1,0 +1,792 @@
+//! The record store on a real SQLite file in a temporary folder.
+
+use serde_json::json;
+
+use super::*;
+
+const PATIENT: &str = "8f1c1a4e-54a7-5b43-9a3c-3c2f0f4d8a11";
+const OTHER_PATIENT: &str = "1d5b8f0e-0c8e-5f6e-8d1e-6a0b2b6c9e22";
+const ENCOUNTER: &str = "2b7c9d10-6f1e-5c3a-b2d4-7e8f9a0b1c33";
+const OBSERVATION: &str = "3c8d0e21-7a2f-5d4b-c3e5-8f9a0b1c2d44";
+const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
+const MRN: &str = "https://fhir.example-trust.nhs.uk/Id/mrn";
+
+struct Fixture {
+    store: RecordStore,
+    _dir: tempfile::TempDir,
+}
+
+fn open() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RecordStore::open(&RecordStoreConfig {
+        path: dir.path().join("data").join("records.db"),
+        sync: SyncPolicy::Normal,
+    })
+    .unwrap();
+    Fixture { store, _dir: dir }
+}
+
+fn at(text: &str) -> Option<jiff::Timestamp> {
+    Some(text.parse().unwrap())
+}
+
+/// A transaction Bundle of PUT entries, each with `fullUrl urn:uuid:<id>`.
+fn bundle(resources: &[serde_json::Value]) -> serde_json::Value {
+    let entries: Vec<_> = resources.iter().map(put_entry).collect();
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+fn put_entry(resource: &serde_json::Value) -> serde_json::Value {
+    let rtype = resource["resourceType"].as_str().unwrap();
+    let id = resource["id"].as_str().unwrap();
+    json!({
+        "fullUrl": format!("urn:uuid:{id}"),
+        "resource": resource,
+        "request": {"method": "PUT", "url": format!("{rtype}/{id}")}
+    })
+}
+
+fn delete_entry(url: &str) -> serde_json::Value {
+    json!({"request": {"method": "DELETE", "url": url}})
+}
+
+fn patient(id: &str, nhs: &str, family: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "Patient",
+        "id": id,
+        "identifier": [
+            {"system": NHS, "value": nhs},
+            {"system": MRN, "value": format!("MRN-{nhs}")}
+        ],
+        "name": [{"family": family, "given": ["Jane"]}],
+        "gender": "female",
+        "birthDate": "1980-02-29"
+    })
+}
+
+fn encounter(id: &str, patient_id: &str, status: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "Encounter",
+        "id": id,
+        "status": status,
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": format!("urn:uuid:{patient_id}")}
+    })
+}
+
+fn observation(id: &str, patient_id: &str, encounter_id: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "Observation",
+        "id": id,
+        "status": "final",
+        "code": {"text": "Haemoglobin"},
+        "subject": {"reference": format!("urn:uuid:{patient_id}")},
+        "encounter": {"reference": format!("urn:uuid:{encounter_id}")},
+        "valueQuantity": {"value": 131, "unit": "g/L"}
+    })
+}
+
+fn results(outcome: &ApplyOutcome) -> Vec<(&str, EntryResult)> {
+    outcome
+        .entries
+        .iter()
+        .map(|e| (e.resource_type.as_str(), e.result.clone()))
+        .collect()
+}
+
+fn current(store: &RecordStore, rtype: &str, id: &str) -> serde_json::Value {
+    store
+        .read(rtype, id)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{rtype}/{id} not stored"))
+        .resource
+        .unwrap_or_else(|| panic!("{rtype}/{id} is deleted"))
+}
+
+#[test]
+fn create_sets_version_one_and_last_updated() {
+    let f = open();
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
+    assert_eq!(
+        results(&outcome),
+        vec![("Patient", EntryResult::Created { version: 1 })]
+    );
+    assert_eq!(outcome.written(), 1);
+    let record = f.store.read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(record.version, 1);
+    let resource = record.resource.unwrap();
+    assert_eq!(resource["meta"]["versionId"], "1");
+    let last_updated = resource["meta"]["lastUpdated"].as_str().unwrap();
+    assert_eq!(last_updated, record.last_updated);
+    // A FHIR instant, UTC, milliseconds.
+    assert!(
+        last_updated.parse::<jiff::Timestamp>().is_ok(),
+        "{last_updated}"
+    );
+    assert!(
+        last_updated.ends_with('Z') && last_updated.len() == 24,
+        "{last_updated}"
+    );
+    assert_eq!(resource["name"][0]["family"], "Smith");
+    assert_eq!(f.store.history("Patient", PATIENT).unwrap().len(), 1);
+}
+
+#[test]
+fn update_makes_version_two_and_keeps_history() {
+    let f = open();
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Jones")]), None)
+        .unwrap();
+    assert_eq!(
+        results(&outcome),
+        vec![("Patient", EntryResult::Updated { version: 2 })]
+    );
+    let now = current(&f.store, "Patient", PATIENT);
+    assert_eq!(now["meta"]["versionId"], "2");
+    assert_eq!(now["name"][0]["family"], "Jones");
+    let history = f.store.history("Patient", PATIENT).unwrap();
+    let versions: Vec<i64> = history.iter().map(|r| r.version).collect();
+    assert_eq!(versions, vec![2, 1]);
+    let old = history[1].resource.as_ref().unwrap();
+    assert_eq!(old["name"][0]["family"], "Smith");
+    assert_eq!(old["meta"]["versionId"], "1");
+}
+
+#[test]
+fn identical_replay_makes_no_new_version() {
+    let f = open();
+    let mut doc = bundle(&[
+        patient(PATIENT, "9434765919", "Smith"),
+        encounter(ENCOUNTER, PATIENT, "in-progress"),
+    ]);
+    f.store
+        .apply_bundle(&doc, at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    // The sender's own meta (versionId, source) is not content.
+    doc["entry"][0]["resource"]["meta"] = json!({"versionId": "7", "source": "PAS#42"});
+    let outcome = f
+        .store
+        .apply_bundle(&doc, at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    assert_eq!(
+        results(&outcome),
+        vec![
+            ("Patient", EntryResult::Unchanged { version: 1 }),
+            ("Encounter", EntryResult::Unchanged { version: 1 }),
+        ]
+    );
+    assert_eq!(outcome.unchanged(), 2);
+    assert_eq!(f.store.history("Patient", PATIENT).unwrap().len(), 1);
+    assert_eq!(f.store.history("Encounter", ENCOUNTER).unwrap().len(), 1);
+}
+
+#[test]
+fn older_event_never_overwrites_newer_data() {
+    let f = open();
+    // The 11:00 A08 arrives first…
+    f.store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Newer")]),
+            at("2026-03-01T11:00:00Z"),
+        )
+        .unwrap();
+    // …then the 10:00 one: skipped.
+    let outcome = f
+        .store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Older")]),
+            at("2026-03-01T10:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!(
+        results(&outcome),
+        vec![("Patient", EntryResult::Stale { version: 1 })]
+    );
+    assert_eq!(outcome.stale(), 1);
+    assert_eq!(
+        current(&f.store, "Patient", PATIENT)["name"][0]["family"],
+        "Newer"
+    );
+    let record = f.store.read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(record.event_time, at("2026-03-01T11:00:00Z"));
+
+    // The same event time wins (last writer), a newer one too.
+    let same = f
+        .store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Same")]),
+            at("2026-03-01T11:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!(
+        results(&same),
+        vec![("Patient", EntryResult::Updated { version: 2 })]
+    );
+
+    // An unchanged replay at a newer time moves the clock forward, so an
+    // event between the two is now stale too.
+    let replay = f
+        .store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Same")]),
+            at("2026-03-01T13:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!(replay.unchanged(), 1);
+    let between = f
+        .store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Between")]),
+            at("2026-03-01T12:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!(between.stale(), 1);
+
+    // Unknown event time: applied in arrival order, the stored time kept.
+    let unknown = f
+        .store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Unknown")]), None)
+        .unwrap();
+    assert_eq!(unknown.written(), 1);
+    let record = f.store.read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(record.event_time, at("2026-03-01T13:00:00Z"));
+}
+
+#[test]
+fn stale_is_decided_per_resource() {
+    let f = open();
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                encounter(ENCOUNTER, PATIENT, "finished"),
+                patient(PATIENT, "9434765919", "A"),
+            ]),
+            at("2026-03-01T11:00:00Z"),
+        )
+        .unwrap();
+    // An older document that also brings a resource the store has not seen.
+    let outcome = f
+        .store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "B"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+                observation(OBSERVATION, PATIENT, ENCOUNTER),
+            ]),
+            at("2026-03-01T10:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!(
+        results(&outcome),
+        vec![
+            ("Patient", EntryResult::Stale { version: 1 }),
+            ("Encounter", EntryResult::Stale { version: 1 }),
+            ("Observation", EntryResult::Created { version: 1 }),
+        ]
+    );
+    assert_eq!(
+        current(&f.store, "Encounter", ENCOUNTER)["status"],
+        "finished"
+    );
+}
+
+#[test]
+fn bundle_timestamp_is_the_event_time_when_none_is_given() {
+    let f = open();
+    let mut newer = bundle(&[patient(PATIENT, "9434765919", "Newer")]);
+    newer["timestamp"] = json!("2026-03-01T11:00:00+00:00");
+    f.store.apply_bundle(&newer, None).unwrap();
+    let mut older = bundle(&[patient(PATIENT, "9434765919", "Older")]);
+    older["timestamp"] = json!("2026-03-01T10:30:00+01:00");
+    assert_eq!(f.store.apply_bundle(&older, None).unwrap().stale(), 1);
+    // An explicit event time wins over the Bundle's.
+    older["timestamp"] = json!("2026-03-01T09:00:00Z");
+    let forced = f
+        .store
+        .apply_bundle(&older, at("2026-03-01T12:00:00Z"))
+        .unwrap();
+    assert_eq!(forced.written(), 1);
+
+    let mut bad = bundle(&[patient(PATIENT, "9434765919", "Bad")]);
+    bad["timestamp"] = json!("20260301");
+    assert!(matches!(
+        f.store.apply_bundle(&bad, None),
+        Err(StoreError::InvalidTimestamp { found }) if found == "20260301"
+    ));
+}
+
+#[test]
+fn urn_uuid_references_are_rewritten() {
+    let f = open();
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+                observation(OBSERVATION, PATIENT, ENCOUNTER),
+            ]),
+            None,
+        )
+        .unwrap();
+    let obs = current(&f.store, "Observation", OBSERVATION);
+    assert_eq!(obs["subject"]["reference"], format!("Patient/{PATIENT}"));
+    assert_eq!(
+        obs["encounter"]["reference"],
+        format!("Encounter/{ENCOUNTER}")
+    );
+    let enc = current(&f.store, "Encounter", ENCOUNTER);
+    assert_eq!(enc["subject"]["reference"], format!("Patient/{PATIENT}"));
+    // References already relative, or to things outside the Bundle, are left alone.
+    let mut doc = bundle(&[encounter(ENCOUNTER, PATIENT, "finished")]);
+    doc["entry"][0]["resource"]["subject"]["reference"] = json!(format!("Patient/{PATIENT}"));
+    doc["entry"][0]["resource"]["serviceProvider"] =
+        json!({"reference": "https://example.org/Organization/RAL"});
+    f.store.apply_bundle(&doc, None).unwrap();
+    let enc = current(&f.store, "Encounter", ENCOUNTER);
+    assert_eq!(enc["subject"]["reference"], format!("Patient/{PATIENT}"));
+    assert_eq!(
+        enc["serviceProvider"]["reference"],
+        "https://example.org/Organization/RAL"
+    );
+}
+
+#[test]
+fn an_unresolved_urn_uuid_reference_stores_nothing() {
+    let f = open();
+    let doc = bundle(&[
+        patient(PATIENT, "9434765919", "Smith"),
+        encounter(ENCOUNTER, OTHER_PATIENT, "in-progress"),
+    ]);
+    let err = f.store.apply_bundle(&doc, None).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InvalidEntry { index: 1, problem: EntryProblem::UnresolvedReference { reference } }
+            if *reference == format!("urn:uuid:{OTHER_PATIENT}")),
+        "{err}"
+    );
+    assert!(f.store.read("Patient", PATIENT).unwrap().is_none());
+}
+
+/// Documents with one bad entry: the error, and nothing stored.
+#[test]
+fn a_bundle_with_one_bad_entry_stores_nothing() {
+    let good = put_entry(&patient(PATIENT, "9434765919", "Smith"));
+    let enc = encounter(ENCOUNTER, PATIENT, "in-progress");
+    let cases: Vec<(serde_json::Value, String)> = vec![
+        (
+            json!({"resource": enc, "request": {"method": "POST", "url": "Encounter"}}),
+            "entry 1: request.method \"POST\" is not supported, expected PUT or DELETE".to_string(),
+        ),
+        (
+            json!({"resource": enc}),
+            "entry 1: request.method \"(missing)\" is not supported, expected PUT or DELETE".to_string(),
+        ),
+        (
+            json!({"resource": enc, "request": {"method": "PUT", "url": "Encounter/other"}}),
+            format!(
+                "entry 1: request.url \"Encounter/other\" does not name the entry's resource, expected \"Encounter/{ENCOUNTER}\""
+            ),
+        ),
+        (
+            json!({"request": {"method": "PUT", "url": "Encounter/x"}}),
+            "entry 1: a PUT entry has no resource object".to_string(),
+        ),
+        (
+            json!({"resource": {"resourceType": "Encounter", "id": "bad id!"},
+                   "request": {"method": "PUT", "url": "Encounter/bad id!"}}),
+            "entry 1: resource.id \"bad id!\" is not a FHIR id (1-64 of A-Z a-z 0-9 - .)".to_string(),
+        ),
+        (
+            json!({"resource": {"resourceType": "encounter", "id": "e1"},
+                   "request": {"method": "PUT", "url": "encounter/e1"}}),
+            "entry 1: resource.resourceType \"encounter\" is not a resource type name".to_string(),
+        ),
+        (
+            json!({"request": {"method": "DELETE", "url": "Encounter?identifier=x"}}),
+            "entry 1: request.url \"Encounter?identifier=x\" is not a `Type/id` URL".to_string(),
+        ),
+        (
+            good.clone(),
+            format!("entry 1: Patient/{PATIENT} appears in more than one entry of the Bundle"),
+        ),
+        (json!("text"), "entry 1: not a JSON object".to_string()),
+    ];
+    for (bad, expected) in cases {
+        let f = open();
+        let doc = json!({"resourceType": "Bundle", "type": "transaction", "entry": [good, bad]});
+        let err = f.store.apply_bundle(&doc, None).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+        assert!(err.is_permanent(), "{expected}");
+        assert!(
+            f.store.read("Patient", PATIENT).unwrap().is_none(),
+            "{expected}"
+        );
+    }
+}
+
+#[test]
+fn documents_that_are_not_transactions_are_refused() {
+    let f = open();
+    let cases = [
+        (
+            json!({"resourceType": "Patient"}),
+            "the document is not a Bundle: resourceType is \"Patient\", expected \"Bundle\"",
+        ),
+        (
+            json!({}),
+            "the document is not a Bundle: resourceType is \"(missing)\", expected \"Bundle\"",
+        ),
+        (
+            json!({"resourceType": "Bundle", "type": "collection"}),
+            "the Bundle has type \"collection\", expected \"transaction\"",
+        ),
+        (
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": {}}),
+            "the Bundle's `entry` is not an array",
+        ),
+    ];
+    for (doc, expected) in cases {
+        let err = f.store.apply_bundle(&doc, None).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+        assert!(err.is_permanent(), "{expected}");
+    }
+    let transient = StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        None,
+    ));
+    assert!(!transient.is_permanent());
+    // An empty transaction is fine and does nothing.
+    let empty = json!({"resourceType": "Bundle", "type": "transaction"});
+    assert_eq!(
+        f.store.apply_bundle(&empty, None).unwrap(),
+        ApplyOutcome::default()
+    );
+}
+
+#[test]
+fn delete_writes_a_tombstone_version() {
+    let f = open();
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+            ]),
+            at("2026-03-01T10:00:00Z"),
+        )
+        .unwrap();
+    let cancel = json!({"resourceType": "Bundle", "type": "transaction",
+        "entry": [delete_entry(&format!("Encounter/{ENCOUNTER}"))]});
+    let outcome = f
+        .store
+        .apply_bundle(&cancel, at("2026-03-01T10:05:00Z"))
+        .unwrap();
+    assert_eq!(
+        results(&outcome),
+        vec![("Encounter", EntryResult::Deleted { version: 2 })]
+    );
+    let record = f.store.read("Encounter", ENCOUNTER).unwrap().unwrap();
+    assert!(record.is_deleted());
+    assert_eq!(record.version, 2);
+    assert!(f
+        .store
+        .search_by_patient("Encounter", PATIENT)
+        .unwrap()
+        .is_empty());
+    assert_eq!(f.store.everything(PATIENT).unwrap().unwrap().len(), 1);
+    let history = f.store.history("Encounter", ENCOUNTER).unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history[0].is_deleted() && !history[1].is_deleted());
+
+    // Deleting again, or something never stored, does nothing.
+    let again = f
+        .store
+        .apply_bundle(&cancel, at("2026-03-01T10:06:00Z"))
+        .unwrap();
+    assert_eq!(again.entries[0].result, EntryResult::AlreadyAbsent);
+    let never = json!({"resourceType": "Bundle", "type": "transaction",
+        "entry": [delete_entry("Condition/never-stored")]});
+    assert_eq!(
+        f.store.apply_bundle(&never, None).unwrap().entries[0].result,
+        EntryResult::AlreadyAbsent
+    );
+    assert!(f.store.read("Condition", "never-stored").unwrap().is_none());
+
+    // The admission replayed late (older event) does not bring it back…
+    let mut late = bundle(&[encounter(ENCOUNTER, PATIENT, "in-progress")]);
+    late["entry"][0]["resource"]["subject"]["reference"] = json!(format!("Patient/{PATIENT}"));
+    let outcome = f
+        .store
+        .apply_bundle(&late, at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 1);
+    // …a newer one does, as a new version.
+    let outcome = f
+        .store
+        .apply_bundle(&late, at("2026-03-01T11:00:00Z"))
+        .unwrap();
+    assert_eq!(
+        outcome.entries[0].result,
+        EntryResult::Created { version: 3 }
+    );
+    assert_eq!(
+        f.store
+            .search_by_patient("Encounter", PATIENT)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn patient_search_by_identifier_follows_the_current_version() {
+    let f = open();
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                patient(OTHER_PATIENT, "9876543210", "Brown"),
+            ]),
+            None,
+        )
+        .unwrap();
+    let ids = |found: Vec<serde_json::Value>| -> Vec<String> {
+        found
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let store = &f.store;
+    assert_eq!(
+        ids(store
+            .search_patient_by_identifier(Some(NHS), "9434765919")
+            .unwrap()),
+        vec![PATIENT]
+    );
+    assert_eq!(
+        ids(store
+            .search_patient_by_identifier(None, "9434765919")
+            .unwrap()),
+        vec![PATIENT]
+    );
+    assert_eq!(
+        ids(store
+            .search_patient_by_identifier(Some(MRN), "MRN-9876543210")
+            .unwrap()),
+        vec![OTHER_PATIENT]
+    );
+    assert!(store
+        .search_patient_by_identifier(Some(MRN), "9434765919")
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .search_patient_by_identifier(Some(""), "9434765919")
+        .unwrap()
+        .is_empty());
+
+    // The NHS number changes (a correction): the old one no longer finds her.
+    store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9000000009", "Smith")]), None)
+        .unwrap();
+    assert!(store
+        .search_patient_by_identifier(Some(NHS), "9434765919")
+        .unwrap()
+        .is_empty());
+    let found = store
+        .search_patient_by_identifier(Some(NHS), "9000000009")
+        .unwrap();
+    assert_eq!(ids(found.clone()), vec![PATIENT]);
+    assert_eq!(found[0]["meta"]["versionId"], "2");
+
+    // Identifiers without a system are found with `Some("")`.
+    let mut local = patient(PATIENT, "9000000009", "Smith");
+    local["identifier"] = json!([{"value": "LOCAL-1"}]);
+    store.apply_bundle(&bundle(&[local]), None).unwrap();
+    assert_eq!(
+        ids(store
+            .search_patient_by_identifier(Some(""), "LOCAL-1")
+            .unwrap()),
+        vec![PATIENT]
+    );
+}
+
+#[test]
+fn everything_and_search_by_patient() {
+    let f = open();
+    let condition = json!({
+        "resourceType": "Condition", "id": "c1",
+        "code": {"text": "Asthma"},
+        "subject": {"reference": format!("urn:uuid:{PATIENT}")}
+    });
+    let allergy = json!({
+        "resourceType": "AllergyIntolerance", "id": "a1",
+        "code": {"text": "Penicillin"},
+        "patient": {"reference": format!("urn:uuid:{PATIENT}")}
+    });
+    let provenance = json!({
+        "resourceType": "Provenance", "id": "p1",
+        "recorded": "2026-03-01T10:00:00Z",
+        "target": [{"reference": format!("urn:uuid:{PATIENT}")}, {"reference": format!("urn:uuid:{ENCOUNTER}")}],
+        "agent": [{"who": {"display": "PAS"}}]
+    });
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+                observation(OBSERVATION, PATIENT, ENCOUNTER),
+                condition,
+                allergy,
+                provenance,
+                patient(OTHER_PATIENT, "9876543210", "Brown"),
+                encounter("e-other", OTHER_PATIENT, "finished"),
+            ]),
+            None,
+        )
+        .unwrap();
+    let everything = f.store.everything(PATIENT).unwrap().unwrap();
+    let names: Vec<String> = everything
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            format!("Patient/{PATIENT}"),
+            "AllergyIntolerance/a1".to_string(),
+            "Condition/c1".to_string(),
+            format!("Encounter/{ENCOUNTER}"),
+            format!("Observation/{OBSERVATION}"),
+            "Provenance/p1".to_string(),
+        ]
+    );
+    assert!(f.store.everything("unknown").unwrap().is_none());
+
+    let encounters = f
+        .store
+        .search_by_patient("Encounter", OTHER_PATIENT)
+        .unwrap();
+    assert_eq!(encounters.len(), 1);
+    assert_eq!(encounters[0]["id"], "e-other");
+    assert_eq!(
+        f.store.search_by_patient("Patient", PATIENT).unwrap().len(),
+        1
+    );
+    assert!(f
+        .store
+        .search_by_patient("Condition", OTHER_PATIENT)
+        .unwrap()
+        .is_empty());
+    assert!(f
+        .store
+        .search_by_patient("Observation", "unknown")
+        .unwrap()
+        .is_empty());
+
+    // Moving the encounter to the other patient moves its link.
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(OTHER_PATIENT, "9876543210", "Brown"),
+                encounter(ENCOUNTER, OTHER_PATIENT, "in-progress"),
+            ]),
+            None,
+        )
+        .unwrap();
+    assert!(f
+        .store
+        .search_by_patient("Encounter", PATIENT)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        f.store
+            .search_by_patient("Encounter", OTHER_PATIENT)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn records_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RecordStoreConfig {
+        path: dir.path().join("records.db"),
+        sync: SyncPolicy::Full,
+    };
+    {
+        let store = RecordStore::open(&cfg).unwrap();
+        store
+            .apply_bundle(
+                &bundle(&[patient(PATIENT, "9434765919", "Smith")]),
+                at("2026-03-01T10:00:00Z"),
+            )
+            .unwrap();
+    }
+    let store = RecordStore::open(&cfg).unwrap();
+    assert_eq!(store.sync_policy(), SyncPolicy::Full);
+    let record = store.read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(record.version, 1);
+    assert_eq!(record.event_time, at("2026-03-01T10:00:00Z"));
+}
+
+#[test]
+fn config_defaults_and_unknown_keys() {
+    let cfg: RecordStoreConfig = toml::from_str("").unwrap();
+    assert_eq!(cfg, RecordStoreConfig::default());
+    assert_eq!(cfg.path, PathBuf::from("data/records.db"));
+    assert_eq!(cfg.sync, SyncPolicy::Full);
+    let cfg: RecordStoreConfig = toml::from_str("path = \"x.db\"\nsync = \"normal\"").unwrap();
+    assert_eq!(cfg.sync, SyncPolicy::Normal);
+    assert!(toml::from_str::<RecordStoreConfig>("pth = \"x.db\"").is_err());
+}
+
+#[test]
+fn apply_bundles_shares_a_transaction_but_not_a_fate() {
+    let f = open();
+    let first = bundle(&[
+        patient(PATIENT, "9434765919", "Smith"),
+        encounter(ENCOUNTER, PATIENT, "in-progress"),
+    ]);
+    // Refers to a patient that is not in it: refused, alone.
+    let wrong = bundle(&[encounter("e-wrong", OTHER_PATIENT, "finished")]);
+    let update = bundle(&[patient(PATIENT, "9434765919", "Jones")]);
+    let older = bundle(&[patient(PATIENT, "9434765919", "Older")]);
+    let results = f
+        .store
+        .apply_bundles(&[
+            (&first, at("2026-03-01T10:00:00Z")),
+            (&wrong, at("2026-03-01T10:01:00Z")),
+            (&update, at("2026-03-01T11:00:00Z")),
+            (&older, at("2026-03-01T10:30:00Z")),
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap().written(), 2);
+    let err = results[1].as_ref().unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    // Later documents in the batch see the earlier ones.
+    assert_eq!(
+        results[2].as_ref().unwrap().entries[0].result,
+        EntryResult::Updated { version: 2 }
+    );
+    assert_eq!(results[3].as_ref().unwrap().stale(), 1);
+    assert_eq!(
+        current(&f.store, "Patient", PATIENT)["name"][0]["family"],
+        "Jones"
+    );
+    assert!(f.store.read("Encounter", "e-wrong").unwrap().is_none());
+    assert!(f.store.apply_bundles(&[]).unwrap().is_empty());
+}

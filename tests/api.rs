@@ -1,0 +1,204 @@
+//! End to end: the real `junction serve` (through tests/harness), messages
+//! sent with [`MllpClient`] and the `send`/`load` subcommands, then checked
+//! through the HTTP API: `/health`, `/ready`, `/metrics`, `/api/messages`.
+
+mod harness;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use harness::{repo_root, Engine};
+use junction::mllp::client::{read_ack, MllpClient};
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The value of `junction_messages_received_total{listener="pas"}` (0 when absent).
+fn received_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("junction_messages_received_total{listener=\"pas\"} "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn junction(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run the junction binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_message_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir.path(), "normal");
+
+    let (status, body) = engine.get("/health");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body), serde_json::json!({"status": "ok"}));
+    let (status, body) = engine.get("/ready");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, metrics) = engine.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    let before = received_total(&metrics);
+
+    let control_id = format!("APITEST{}", std::process::id());
+    let message = format!(
+        "MSH|^~\\&|PAS|RAL|JUNCTION|NCRS|20260315093000||ADT^A01^ADT_A01|{control_id}|P|2.4\r\
+         EVN|A01|20260315093000\r\
+         PID|1||9434765919^^^NHS^NH||TESTPATIENT^ALEX||19800101|M\r\
+         PV1|1|I|RAL-WARD7\r"
+    );
+    let mut client = MllpClient::connect(&engine.mllp.to_string(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let ack = client.send(message.as_bytes()).await.unwrap();
+    let info = read_ack(&ack).unwrap();
+    assert_eq!(info.code, "AA", "{}", text(&ack));
+    assert_eq!(info.control_id, control_id);
+
+    let (_, metrics) = engine.get("/metrics");
+    assert_eq!(received_total(&metrics), before + 1, "{metrics}");
+
+    let rows = engine.messages_with_control_id(&control_id);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["listener"], "pas");
+    assert_eq!(row["type"], "ADT^A01");
+    assert_eq!(row["ack_code"], "AA");
+    assert_eq!(row["status"], "accepted");
+    assert!(
+        row["received_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{row}"
+    );
+
+    let id = row["id"].as_i64().unwrap();
+    let (status, body) = engine.get(&format!("/api/messages/{id}"));
+    assert_eq!(status, 200, "{body}");
+    let detail = json(&body);
+    assert_eq!(detail["raw"].as_str(), Some(message.as_str()));
+    assert_eq!(detail["control_id"].as_str(), Some(control_id.as_str()));
+    assert_eq!(detail["ack"].as_str(), Some(text(&ack).as_str()));
+
+    let (status, body) = engine.get("/api/messages/987654321");
+    assert_eq!(status, 404, "{body}");
+    assert!(json(&body)["error"].is_string());
+    let (status, body) = engine.get("/api/messages?status=lost");
+    assert_eq!(status, 400, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("lost"));
+}
+
+#[test]
+fn send_reports_every_ack_and_fails_on_a_nak() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir.path(), "normal");
+    let to = engine.mllp.to_string();
+
+    let out = junction(&[
+        "send",
+        "--to",
+        &to,
+        "samples/adt_a01_admission.hl7",
+        "samples/adt_a08_lf_endings.hl7",
+        "samples/batch_adt.hl7",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let summary = lines.last().unwrap();
+    let sent: usize = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!(sent >= 3, "{stdout}");
+    assert_eq!(
+        *summary,
+        format!("{sent} sent: {sent} AA/CA, 0 AE/CE, 0 AR/CR, 0 errors")
+    );
+    assert_eq!(lines.len(), sent + 1, "{stdout}");
+    for line in &lines[..sent] {
+        let fields: Vec<&str> = line.split("  ").collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(fields[0].starts_with("samples/"), "{line}");
+        assert_eq!(fields[2], "AA", "{line}");
+        // The journal has each control id the ACK named.
+        assert_eq!(
+            engine.messages_with_control_id(fields[1]).len(),
+            1,
+            "{line}"
+        );
+    }
+
+    let out = junction(&["send", "--to", &to, "samples/bad/empty_msh9.hl7"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let first = stdout.lines().next().unwrap();
+    assert!(
+        first.contains("  AR") || first.contains("  AE"),
+        "a message with an empty MSH-9 is rejected: {stdout}"
+    );
+    assert!(stdout.contains("1 sent: 0 AA/CA"), "{stdout}");
+}
+
+#[test]
+fn load_measures_and_every_message_is_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir.path(), "normal");
+    let out = junction(&[
+        "load",
+        "--to",
+        &engine.mllp.to_string(),
+        "--connections",
+        "4",
+        "--messages",
+        "200",
+        "--warmup",
+        "20",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let report = json(stdout.lines().last().unwrap());
+    assert_eq!(report["connections"], 4);
+    assert_eq!(report["messages"], 200);
+    assert_eq!(report["accepted"], 200);
+    assert_eq!(report["not_accepted"], 0);
+    assert_eq!(report["errors"], 0);
+    let (p50, p99, max) = (
+        report["p50_ms"].as_f64().unwrap(),
+        report["p99_ms"].as_f64().unwrap(),
+        report["max_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{report}");
+    assert!(report["msgs_per_sec"].as_f64().unwrap() > 0.0);
+
+    // Warm-up and measured messages are all in the journal, each once.
+    let (status, body) = engine.get("/api/messages?type=ADT%5EA01&limit=1000");
+    assert_eq!(status, 200, "{body}");
+    let rows = json(&body)["messages"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 220, "{body}");
+    let mut ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["control_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 220);
+}

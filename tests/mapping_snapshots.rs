@@ -1,0 +1,301 @@
+//! Snapshots of the document every sample maps to (tests/snapshots/, reviewed like
+//! code), and the document-level promises: determinism, stable Patient ids across
+//! messages, NHS numbers only when modulus 11 passes.
+//!
+//! Update after an intended change: `INSTA_UPDATE=always cargo test --test
+//! mapping_snapshots`, then review the diff of tests/snapshots/.
+
+mod mapping_support;
+
+use mapping_support::*;
+use serde_json::Value;
+
+/// One snapshot per message of a sample file (a batch gives `_1`, `_2`, …).
+fn snapshot(file: &str) {
+    let set = mappings();
+    let outputs = map_file(&set, &repo().join(file));
+    for (name, output) in outputs {
+        insta::assert_snapshot!(name, pretty(&output.document));
+    }
+}
+
+macro_rules! snapshots {
+    ($($test:ident => $file:literal,)*) => {
+        $( #[test] fn $test() { snapshot($file) } )*
+
+        /// Every sample file has a snapshot test above.
+        #[test]
+        fn every_sample_has_a_snapshot_test() {
+            let covered = [$($file),*];
+            for path in sample_files() {
+                let rel = path.strip_prefix(repo()).expect("under the repo");
+                let rel = rel.to_string_lossy().replace('\\', "/");
+                assert!(covered.contains(&rel.as_str()), "{rel} has no snapshot test");
+            }
+        }
+    };
+}
+
+snapshots! {
+    adt_a01_admission => "samples/adt_a01_admission.hl7",
+    adt_a02_transfer => "samples/adt_a02_transfer.hl7",
+    adt_a03_discharge => "samples/adt_a03_discharge.hl7",
+    adt_a04_outpatient_enhanced_ack => "samples/adt_a04_outpatient_enhanced_ack.hl7",
+    adt_a05_preadmit_escapes => "samples/adt_a05_preadmit_escapes.hl7",
+    adt_a08_update => "samples/adt_a08_update.hl7",
+    adt_a08_lf_endings => "samples/adt_a08_lf_endings.hl7",
+    adt_a11_cancel_admit => "samples/adt_a11_cancel_admit.hl7",
+    adt_a13_cancel_discharge => "samples/adt_a13_cancel_discharge.hl7",
+    adt_a28_add_person => "samples/adt_a28_add_person.hl7",
+    adt_a31_update_person_v28_utf8 => "samples/adt_a31_update_person_v28_utf8.hl7",
+    adt_a31_latin1 => "samples/adt_a31_latin1.hl7",
+    adt_a40_merge => "samples/adt_a40_merge.hl7",
+    oru_r01_fbc_ue => "samples/oru_r01_fbc_ue.hl7",
+    oru_r01_microbiology => "samples/oru_r01_microbiology.hl7",
+    batch_adt => "samples/batch_adt.hl7",
+    nhs_number_bad_checksum => "samples/bad/nhs_number_bad_checksum.hl7",
+}
+
+fn map_one(file: &str) -> junction::mapping::MapOutput {
+    let set = mappings();
+    let mut outputs = map_file(&set, &repo().join(file));
+    assert_eq!(outputs.len(), 1, "{file} holds one message");
+    let (_, output) = outputs.remove(0);
+    output
+}
+
+fn only<'d>(document: &'d Value, resource_type: &str) -> &'d Value {
+    let found = resources(document, resource_type);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {resource_type}, found {}",
+        found.len()
+    );
+    found[0]
+}
+
+fn identifiers(patient: &Value) -> Vec<(String, String)> {
+    patient["identifier"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .map(|id| {
+                    (
+                        id["system"].as_str().unwrap_or_default().to_string(),
+                        id["value"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn mapping_twice_gives_identical_bytes() {
+    // Two independently loaded sets, so nothing cached in a plan can hide a difference.
+    let (first, second) = (mappings(), mappings());
+    for path in sample_files() {
+        let a = map_file(&first, &path);
+        let b = map_file(&second, &path);
+        let again = map_file(&first, &path);
+        assert_eq!(a.len(), b.len());
+        for ((name, x), ((_, y), (_, z))) in a.iter().zip(b.iter().zip(again.iter())) {
+            let bytes = pretty(&x.document);
+            assert_eq!(bytes, pretty(&y.document), "{name}: differs between loads");
+            assert_eq!(bytes, pretty(&z.document), "{name}: differs between runs");
+            assert_eq!(x.unread, y.unread, "{name}: unread differs");
+            assert_eq!(x.warnings, y.warnings, "{name}: warnings differ");
+        }
+    }
+}
+
+#[test]
+fn the_same_patient_gets_the_same_patient_id_across_messages() {
+    let a01 = map_one("samples/adt_a01_admission.hl7");
+    let a08 = map_one("samples/adt_a08_update.hl7");
+    let a08_lf = map_one("samples/adt_a08_lf_endings.hl7");
+    let oru = map_one("samples/oru_r01_fbc_ue.hl7");
+    let id = only(&a01.document, "Patient")["id"].clone();
+    assert!(id.is_string(), "the A01 Patient has an id");
+    assert_eq!(only(&a08.document, "Patient")["id"], id, "A08 vs A01");
+    assert_eq!(
+        only(&a08_lf.document, "Patient")["id"],
+        id,
+        "A08 (LF) vs A01"
+    );
+    assert_eq!(only(&oru.document, "Patient")["id"], id, "ORU vs A01");
+    // The A08 changed the address, and the LF copy must read exactly like the CR one.
+    assert_eq!(
+        only(&a08.document, "Patient"),
+        only(&a08_lf.document, "Patient"),
+        "LF endings change nothing in the Patient"
+    );
+    assert_ne!(
+        only(&a01.document, "Patient")["address"],
+        only(&a08.document, "Patient")["address"],
+        "the A08 carries the new address"
+    );
+}
+
+#[test]
+fn the_visit_maps_to_the_same_encounter_id_across_messages() {
+    let a01 = map_one("samples/adt_a01_admission.hl7");
+    let a11 = map_one("samples/adt_a11_cancel_admit.hl7");
+    let a03 = map_one("samples/adt_a03_discharge.hl7");
+    let a13 = map_one("samples/adt_a13_cancel_discharge.hl7");
+    assert_eq!(
+        only(&a01.document, "Encounter")["id"],
+        only(&a11.document, "Encounter")["id"],
+        "A11 cancels the A01's encounter"
+    );
+    assert_eq!(
+        only(&a03.document, "Encounter")["id"],
+        only(&a13.document, "Encounter")["id"],
+        "A13 reverts the A03's encounter"
+    );
+}
+
+#[test]
+fn a_bad_checksum_is_not_an_nhs_number_and_warns() {
+    let output = map_one("samples/bad/nhs_number_bad_checksum.hl7");
+    let patient = only(&output.document, "Patient");
+    let ids = identifiers(patient);
+    assert!(
+        !ids.iter().any(|(system, _)| system == NHS_NUMBER_SYSTEM),
+        "no NHS-number identifier for 9990160822: {ids:?}"
+    );
+    assert!(
+        ids.iter().any(|(_, value)| value == "9990160822"),
+        "the number stays as a local identifier: {ids:?}"
+    );
+    assert!(
+        output
+            .warnings
+            .iter()
+            .any(|w| w.to_lowercase().contains("nhs")),
+        "a warning names the NHS number problem: {:?}",
+        output.warnings
+    );
+}
+
+#[test]
+fn every_nhs_number_identifier_passes_modulus_11() {
+    let set = mappings();
+    let mut seen = 0;
+    for path in sample_files() {
+        for (name, output) in map_file(&set, &path) {
+            for resource_type in ["Patient", "RelatedPerson"] {
+                for resource in resources(&output.document, resource_type) {
+                    for (system, value) in identifiers(resource) {
+                        if system == NHS_NUMBER_SYSTEM {
+                            seen += 1;
+                            assert!(nhs_number_valid(&value), "{name}: {value} fails modulus 11");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen >= 15, "NHS numbers were mapped ({seen} seen)");
+}
+
+#[test]
+fn valid_sample_nhs_numbers_are_mapped_without_warnings() {
+    let output = map_one("samples/adt_a01_admission.hl7");
+    let ids = identifiers(only(&output.document, "Patient"));
+    assert!(ids.contains(&(NHS_NUMBER_SYSTEM.to_string(), "9990000018".to_string())));
+    assert!(
+        !output
+            .warnings
+            .iter()
+            .any(|w| w.to_lowercase().contains("nhs")),
+        "{:?}",
+        output.warnings
+    );
+}
+
+#[test]
+fn gender_is_mapped_from_hl7_and_nhs_codes() {
+    for (file, expected) in [
+        ("samples/adt_a01_admission.hl7", "female"),  // F
+        ("samples/adt_a03_discharge.hl7", "male"),    // M
+        ("samples/adt_a28_add_person.hl7", "female"), // NHS 2
+        ("samples/adt_a31_update_person_v28_utf8.hl7", "male"), // NHS 1
+    ] {
+        let output = map_one(file);
+        assert_eq!(
+            only(&output.document, "Patient")["gender"],
+            expected,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn non_ascii_names_survive_their_charsets() {
+    let latin1 = map_one("samples/adt_a31_latin1.hl7");
+    let text = pretty(only(&latin1.document, "Patient"));
+    assert!(
+        text.contains("ZOË") && text.contains("O'SÚILLEABHÁIN"),
+        "{text}"
+    );
+    let utf8 = map_one("samples/adt_a31_update_person_v28_utf8.hl7");
+    assert!(pretty(&utf8.document).contains("Tŷ Siân"));
+    let escapes = map_one("samples/adt_a05_preadmit_escapes.hl7");
+    let text = pretty(&escapes.document);
+    assert!(text.contains("ROSE^MARY"), "\\S\\ decodes to ^: {text}");
+    let related = pretty(only(&escapes.document, "RelatedPerson"));
+    assert!(related.contains('&'), "\\T\\ decodes to &: {related}");
+    assert!(
+        !text.contains("\\T\\") && !text.contains("\\S\\"),
+        "no escape left: {text}"
+    );
+}
+
+#[test]
+fn the_lab_report_has_one_observation_per_result_obx() {
+    // 4 OBR groups, 20 OBX: 19 results become Observations; the ED (a PDF) cannot be an
+    // Observation value in R4, so it is the U&E report's presentedForm.
+    let output = map_one("samples/oru_r01_fbc_ue.hl7");
+    let reports = resources(&output.document, "DiagnosticReport");
+    assert_eq!(reports.len(), 4);
+    assert_eq!(resources(&output.document, "Observation").len(), 19);
+    let results: usize = reports
+        .iter()
+        .map(|r| r["result"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(results, 19, "every Observation is a result of its report");
+    let pdf = reports
+        .iter()
+        .filter_map(|r| r["presentedForm"].as_array())
+        .flatten()
+        .find(|a| a["contentType"] == "application/pdf")
+        .expect("the ED is a presentedForm attachment");
+    assert!(pdf["data"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("JVBERi0x")));
+}
+
+#[test]
+fn unread_fields_are_reported() {
+    // The ZPI segment of the A01 is read by no shipped mapping.
+    let output = map_one("samples/adt_a01_admission.hl7");
+    assert!(
+        output.unread.iter().any(|u| u.starts_with("ZPI")),
+        "{:?}",
+        output.unread
+    );
+}
+
+#[test]
+fn documents_have_no_empty_elements() {
+    let set = mappings();
+    for path in sample_files() {
+        for (name, output) in map_file(&set, &path) {
+            let mut found = Vec::new();
+            empty_elements(&output.document, "", &mut found);
+            assert!(found.is_empty(), "{name}: empty elements at {found:?}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `junction check` on a project folder with route files: route problems are
+//! reported as `file:line:col` next to the config's, and make the check fail.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `junction check` in `dir`; returns (exit code, stdout, stderr).
+fn check(dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["check", "--config", "junction.toml"])
+        .current_dir(dir)
+        .output()
+        .expect("run the junction binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A project with the shipped mappings, a config with listener `pas`, and
+/// `routes` as the only route file.
+fn project(routes: &str) -> tempfile::TempDir {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("junction.toml"),
+        "[listeners.pas]\nbind = \"127.0.0.1:12575\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("mappings")).unwrap();
+    for entry in std::fs::read_dir(repo.join("mappings")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(
+                &path,
+                dir.path().join("mappings").join(path.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("routes")).unwrap();
+    std::fs::write(dir.path().join("routes/main.toml"), routes).unwrap();
+    dir
+}
+
+#[test]
+fn good_routes_check_clean() {
+    let dir = project(
+        "[routes.adt]\nlisteners = [\"pas\"]\nmessages = [\"ADT^A01\"]\nwhen = \"patient.gp_practice | lookup(ics) = 'HWE'\"\nmapping = \"adt\"\ndestinations = [\"mesh_hwe\"]\n\n[tables.ics]\nE82061 = \"HWE\"\n",
+    );
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "junction.toml: ok, 1 listener(s), store data/junction.db (sync=full), 4 mapping(s)"
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn bad_route_file_is_reported_with_line_and_column_and_exit_1() {
+    let dir = project(
+        r#"[routes.adt]
+listeners = ["pass"]
+messages = ["ADT^A01", "ADT^A11"]
+mapping = "adt"
+destinations = ["store"]
+timeout_secs = 3
+
+[routes.lab]
+messages = ["ORU^R01"]
+when = "patient.gp_practice | lookup(practice_ics) = HWE"
+mapping = "oru"
+destinations = ["store"]
+"#,
+    );
+    let (code, stdout, stderr) = check(dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let expected = [
+        (
+            "routes/main.toml:6:1",
+            "error: unknown field `timeout_secs`, expected one of `description`, `listeners`, `sources`, `messages`, `sending_applications`, `sending_facilities`, `when`, `mapping`, `destinations`",
+        ),
+        (
+            "routes/main.toml:10:54",
+            "error: in `when` of route `lab`: unknown field `HWE` (a literal is quoted: 'HWE')",
+        ),
+    ];
+    assert!(
+        stderr.contains(" 10 | when = \"patient.gp_practice | lookup(practice_ics) = HWE\"\n    |                                                      ^^^\n"),
+        "{stderr}"
+    );
+    for (at, message) in expected {
+        assert!(stderr.contains(message), "{message}\n---\n{stderr}");
+        assert!(
+            stderr.contains(&format!("--> {at}\n")),
+            "{at}\n---\n{stderr}"
+        );
+    }
+    // The route with a syntax problem is reported alone; the other route's bad
+    // references are still checked. The snippet underlines the value.
+    let route_ok_dir = project(
+        r#"[routes.adt]
+listeners = ["pass"]
+messages = ["ADT^A01", "ADT^A11"]
+mapping = "adt"
+destinations = ["store"]
+"#,
+    );
+    let (code, _, stderr) = check(route_ok_dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: route `adt` names unknown listener `pass`, expected `pas`\n  --> routes/main.toml:2:14\n"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "error: route `adt` sends `ADT^A11` to mapping `adt`, which does not declare it"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--> routes/main.toml:3:24\n"), "{stderr}");
+    assert!(
+        stderr.contains(
+            " 3 | messages = [\"ADT^A01\", \"ADT^A11\"]\n   |                        ^^^^^^^^^"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("error: checking junction.toml found 2 error(s)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_mapping_is_named_with_a_suggestion() {
+    let dir = project(
+        "[routes.lab]\nmessages = [\"ORU^R01\"]\nmapping = \"oru_r1\"\ndestinations = [\"store\"]\n",
+    );
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("error: route `lab` uses unknown mapping `oru_r1`, expected one of `adt`, `adt_cancel`, `adt_merge`, `oru_r01` (did you mean `oru_r01`?)\n  --> routes/main.toml:3:11\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn mapping_problems_are_reported_too() {
+    let dir = project(
+        "[routes.adt]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"store\"]\n",
+    );
+    std::fs::write(
+        dir.path().join("mappings/broken.toml"),
+        "[mapping]\nname = \"broken\"\nmessages = [\"ADT^A01\"]\nbogus = 1\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--> mappings/broken.toml:4:1\n"),
+        "{stderr}"
+    );
+}
