@@ -116,7 +116,10 @@ fn map_of_a_batch_prints_one_document_per_message() {
 
 #[test]
 fn map_warns_about_a_bad_nhs_number() {
-    let out = junction(&["map", "samples/bad/nhs_number_bad_checksum.hl7"], &repo());
+    let out = junction(
+        &["map", "tests/bad-input/nhs_number_bad_checksum.hl7"],
+        &repo(),
+    );
     assert!(out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -131,15 +134,15 @@ fn map_warns_about_a_bad_nhs_number() {
 fn map_fails_clearly_on_bad_input() {
     for (args, expected) in [
         (
-            vec!["map", "samples/bad/no_msh.hl7"],
+            vec!["map", "tests/bad-input/no_msh.hl7"],
             "no_msh.hl7: not an HL7 message",
         ),
         (
-            vec!["map", "samples/bad/empty_msh9.hl7"],
+            vec!["map", "tests/bad-input/empty_msh9.hl7"],
             "MSH-9 (message type) is empty",
         ),
         (
-            vec!["map", "samples/bad/random_bytes.bin"],
+            vec!["map", "tests/bad-input/random_bytes.bin"],
             "random_bytes.bin: not an HL7 message",
         ),
         (
