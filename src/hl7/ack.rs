@@ -311,11 +311,7 @@ pub struct Rejection {
 #[allow(clippy::result_large_err)]
 pub fn assess(raw: &[u8]) -> Result<Header, Rejection> {
     match fast_header(raw) {
-        Some(header) => check_required(header).map_err(|(header, err)| Rejection {
-            code: AckCode::AE,
-            header: Some(header),
-            error: err.ack_error(),
-        }),
+        Some(header) => check_required(header),
         None => assess_full(raw),
     }
 }
@@ -345,7 +341,7 @@ pub(super) fn assess_full(raw: &[u8]) -> Result<Header, Rejection> {
         Ok(header) => header,
         Err(err) => return Err(reject(AckCode::AR, None, err)),
     };
-    check_required(header).map_err(|(header, err)| reject(AckCode::AE, Some(header), err))
+    check_required(header)
 }
 
 /// The header of a structurally clean message from its MSH line alone (see
@@ -356,7 +352,8 @@ fn fast_header(raw: &[u8]) -> Option<Header> {
 }
 
 /// MSH-9 and MSH-10 must not be empty (an AE, with the header for the ACK).
-fn check_required(header: Header) -> Result<Header, (Header, Hl7Error)> {
+#[allow(clippy::result_large_err)]
+fn check_required(header: Header) -> Result<Header, Rejection> {
     let missing = if header.message_code.is_empty() {
         Some((9, "message type"))
     } else if header.control_id.is_empty() {
@@ -365,14 +362,16 @@ fn check_required(header: Header) -> Result<Header, (Header, Hl7Error)> {
         None
     };
     match missing {
-        Some((field, name)) => Err((
-            header,
-            Hl7Error::EmptyField {
+        Some((field, name)) => Err(Rejection {
+            code: AckCode::AE,
+            header: Some(header),
+            error: Hl7Error::EmptyField {
                 segment: "MSH",
                 field,
                 name,
-            },
-        )),
+            }
+            .ack_error(),
+        }),
         None => Ok(header),
     }
 }
