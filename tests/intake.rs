@@ -56,6 +56,16 @@ fn sample(name: &str) -> Vec<u8> {
     std::fs::read(samples().join(name)).unwrap()
 }
 
+/// A deliberately broken input from `tests/bad-input/`.
+fn bad_input(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/bad-input")
+            .join(name),
+    )
+    .unwrap()
+}
+
 /// The A01 sample with MSH-10 replaced by `control_id`.
 fn a01_with_control_id(control_id: &str) -> Vec<u8> {
     let text = String::from_utf8(sample("adt_a01_admission.hl7")).unwrap();
@@ -211,7 +221,7 @@ async fn duplicate_resend_gets_identical_ack_and_one_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_msh_gets_ar_with_err_and_the_connection_stays_open() {
     let fx = start().await;
-    let bad = sample("bad/no_msh.hl7");
+    let bad = bad_input("no_msh.hl7");
     let mut conn = connect(fx.addr).await;
     let nak = send(&mut conn, &bad).await;
     assert_eq!(field(&nak, "MSA", 1), "AR", "{nak}");
@@ -236,7 +246,7 @@ async fn no_msh_gets_ar_with_err_and_the_connection_stays_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_msh9_gets_ae_with_err() {
     let fx = start().await;
-    let bad = sample("bad/empty_msh9.hl7");
+    let bad = bad_input("empty_msh9.hl7");
     let control_id = field(std::str::from_utf8(&bad).unwrap(), "MSH", 10);
     let mut conn = connect(fx.addr).await;
     let nak = send(&mut conn, &bad).await;
@@ -263,7 +273,7 @@ async fn garbage_closes_that_connection_only_and_is_kept() {
     let ack = send(&mut good, &a01_with_control_id("GOOD0001")).await;
     assert_eq!(field(&ack, "MSA", 1), "AA");
 
-    let garbage = sample("bad/random_bytes.bin");
+    let garbage = bad_input("random_bytes.bin");
     let mut bad = connect(fx.addr).await;
     // Random bytes that happen to start with VT would be a frame; make sure not.
     let mut bytes = vec![b'X'];

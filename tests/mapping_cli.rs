@@ -34,6 +34,36 @@ fn map_prints_the_document_and_the_unread_fields() {
         .find(|l| l.starts_with("unread: "))
         .unwrap_or_else(|| panic!("no unread line in {stderr}"));
     assert!(unread.contains("ZPI-"), "{unread}");
+    // Chosen by the shipped routes, which send it to the local store.
+    assert!(stderr.contains("mapped with `adt` (route"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("destinations: ") && l.contains("store")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn map_falls_back_to_the_message_type_when_no_route_matches() {
+    let empty_routes = tempfile::tempdir().expect("temp dir");
+    let out = junction(
+        &[
+            "map",
+            "--routes-dir",
+            empty_routes.path().to_str().expect("utf-8"),
+            "samples/adt_a02_transfer.hl7",
+        ],
+        &repo(),
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no route matches"), "{stderr}");
+    assert!(
+        stderr.contains("mapped with `adt` (no route matches (the engine would keep it as unrouted); the mapping declared for ADT^A02)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("destinations:"), "{stderr}");
 }
 
 #[test]
@@ -86,7 +116,10 @@ fn map_of_a_batch_prints_one_document_per_message() {
 
 #[test]
 fn map_warns_about_a_bad_nhs_number() {
-    let out = junction(&["map", "samples/bad/nhs_number_bad_checksum.hl7"], &repo());
+    let out = junction(
+        &["map", "tests/bad-input/nhs_number_bad_checksum.hl7"],
+        &repo(),
+    );
     assert!(out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -101,15 +134,15 @@ fn map_warns_about_a_bad_nhs_number() {
 fn map_fails_clearly_on_bad_input() {
     for (args, expected) in [
         (
-            vec!["map", "samples/bad/no_msh.hl7"],
+            vec!["map", "tests/bad-input/no_msh.hl7"],
             "no_msh.hl7: not an HL7 message",
         ),
         (
-            vec!["map", "samples/bad/empty_msh9.hl7"],
+            vec!["map", "tests/bad-input/empty_msh9.hl7"],
             "MSH-9 (message type) is empty",
         ),
         (
-            vec!["map", "samples/bad/random_bytes.bin"],
+            vec!["map", "tests/bad-input/random_bytes.bin"],
             "random_bytes.bin: not an HL7 message",
         ),
         (
@@ -184,6 +217,10 @@ fn test_runs_the_shipped_cases_and_they_pass() {
             );
         }
     }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok   routes/")),
+        "the route cases ran too:\n{stdout}"
+    );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok   ")).count(),
         passed

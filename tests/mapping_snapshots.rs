@@ -53,7 +53,7 @@ snapshots! {
     oru_r01_fbc_ue => "samples/oru_r01_fbc_ue.hl7",
     oru_r01_microbiology => "samples/oru_r01_microbiology.hl7",
     batch_adt => "samples/batch_adt.hl7",
-    nhs_number_bad_checksum => "samples/bad/nhs_number_bad_checksum.hl7",
+    nhs_number_bad_checksum => "tests/bad-input/nhs_number_bad_checksum.hl7",
 }
 
 fn map_one(file: &str) -> junction::mapping::MapOutput {
@@ -158,7 +158,7 @@ fn the_visit_maps_to_the_same_encounter_id_across_messages() {
 
 #[test]
 fn a_bad_checksum_is_not_an_nhs_number_and_warns() {
-    let output = map_one("samples/bad/nhs_number_bad_checksum.hl7");
+    let output = map_one("tests/bad-input/nhs_number_bad_checksum.hl7");
     let patient = only(&output.document, "Patient");
     let ids = identifiers(patient);
     assert!(

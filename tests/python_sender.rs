@@ -2,7 +2,7 @@
 //!
 //! Runs the real `junction serve`, then `tests/python/send_with_python_hl7.py`
 //! from the repository's `.venv` (made by `tests/python/setup-venv.sh`) sends
-//! every message in `samples/` (not `samples/bad/`; batch files are split into
+//! every message in `samples/` (not `tests/bad-input/`; batch files are split into
 //! their messages) through software that is not ours — python-hl7's
 //! `hl7.client.MLLPClient`, and hl7apy's parser/serialiser on a plain socket —
 //! and checks that each reply is AA with MSA-2 equal to that message's MSH-10.

@@ -1,17 +1,23 @@
-//! `junction map`: a dry run of one mapping over one message file.
+//! `junction map`: a dry run of the mapping step for one message file.
 //!
 //! Prints the document (the FHIR transaction Bundle) as pretty JSON on stdout, and on
-//! stderr the mapping used, its warnings and the fields of the message that no rule
-//! read (`unread: ZPI-1, PV2-3`), so a mapping author sees what is being dropped.
-//! A batch file (FHS/BHS) maps every message in it, one Bundle after another.
+//! stderr which mapping made it and why, the destinations the routes would send it
+//! to, its warnings and the fields of the message that no rule read
+//! (`unread: ZPI-1, PV2-3`), so a mapping author sees what is being dropped.
 //!
-//! What it does not do: it journals, routes and delivers nothing, and it logs nothing
-//! (the output names patient data, and it is for the person running the command).
+//! The mapping is the one named by `--mapping`; else the one(s) the routes in
+//! `--routes-dir` pick for the message (one document per distinct mapping, as the
+//! engine would make); else, when there are no routes or none matches, the mapping
+//! declared for the message type and trigger. A batch file (FHS/BHS) maps every
+//! message in it, one document after another.
+//!
+//! What it does not do: it journals and delivers nothing, and it logs nothing (the
+//! output names patient data, and it is for the person running the command).
 //!
 //! Exit codes: 0 every message mapped; 1 a message did not parse or no mapping
-//! applies to it; 2 the mappings or the file could not be read.
+//! applies to it; 2 the mappings, routes or file could not be read.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,6 +25,7 @@ use anyhow::Context;
 
 use crate::hl7;
 use crate::mapping::{MapOutput, MappingSet, Plan};
+use crate::route::{DestinationRef, Origin, RouteInput, RouteSet};
 
 #[derive(Debug, clap::Args)]
 pub struct MapArgs {
@@ -28,6 +35,10 @@ pub struct MapArgs {
     /// The folder of mapping files (*.toml).
     #[arg(long, value_name = "DIR", default_value = "mappings")]
     pub mappings_dir: PathBuf,
+    /// The folder of route files (*.toml): without --mapping, the message is mapped
+    /// by the mapping(s) these routes pick. Without the folder, by message type.
+    #[arg(long, value_name = "DIR", default_value = "routes")]
+    pub routes_dir: PathBuf,
     /// The HL7 v2 message file (a single message or an FHS/BHS batch); `-` reads stdin.
     #[arg(value_name = "MESSAGE")]
     pub message: PathBuf,
@@ -37,6 +48,15 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let set = match load_mappings(&args.mappings_dir) {
         Ok(set) => set,
         Err(code) => return Ok(code),
+    };
+    // Routes only choose the mapping: with --mapping they are not read at all.
+    let routes = if args.mapping.is_some() {
+        None
+    } else {
+        match load_routes(&args.routes_dir) {
+            Ok(routes) => routes,
+            Err(code) => return Ok(code),
+        }
     };
     let (raw, file) = if args.message.as_os_str() == "-" {
         let mut raw = Vec::new();
@@ -65,12 +85,21 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         } else {
             file.clone()
         };
-        match map_one(&set, args.mapping.as_deref(), text) {
-            Ok((plan_name, output)) => {
-                let json = serde_json::to_string_pretty(&output.document)
-                    .context("cannot render the document as JSON")?;
-                println!("{json}");
-                report(&label, &plan_name, &output);
+        match map_message(&set, routes.as_ref(), args.mapping.as_deref(), text) {
+            Ok(documents) => {
+                for mapped in documents {
+                    let json = serde_json::to_string_pretty(&mapped.output.document)
+                        .context("cannot render the document as JSON")?;
+                    match writeln!(std::io::stdout().lock(), "{json}") {
+                        Ok(()) => {}
+                        // `junction map x | head`: the reader has gone, nothing more to say.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                            return Ok(ExitCode::SUCCESS)
+                        }
+                        Err(e) => return Err(e).context("cannot write the document to stdout"),
+                    }
+                    report(&label, &mapped);
+                }
             }
             Err(problem) => {
                 eprintln!("error: {label}: {problem}");
@@ -103,6 +132,34 @@ pub(crate) fn load_mappings(dir: &Path) -> Result<MappingSet, ExitCode> {
     }
 }
 
+/// Loads the route folder if there is one (`Ok(None)` when it does not exist),
+/// printing every problem; `Err` carries the exit code.
+pub(crate) fn load_routes(dir: &Path) -> Result<Option<RouteSet>, ExitCode> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    match RouteSet::load_dir(dir) {
+        Ok(routes) => Ok(Some(routes)),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!(
+                    "error: {}:{}:{}: {}",
+                    e.file.display(),
+                    e.line,
+                    e.col,
+                    e.message
+                );
+            }
+            eprintln!(
+                "error: {} problem(s) in the routes under {}",
+                errors.len(),
+                dir.display()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 /// Decodes a file's bytes (MSH-18 charset) and splits an FHS/BHS batch into its
 /// messages; a plain file gives one message.
 pub(crate) fn decode_messages(raw: &[u8]) -> Result<Vec<String>, String> {
@@ -118,53 +175,105 @@ pub(crate) fn decode_messages(raw: &[u8]) -> Result<Vec<String>, String> {
     Ok(messages)
 }
 
-/// Parses one message, picks its plan and applies it. Returns the plan's name.
-pub(crate) fn map_one(
+/// One document of a message, with how it was chosen and where it would go.
+pub(crate) struct Mapped {
+    /// The mapping that made it.
+    pub plan: String,
+    /// Why that mapping: the routes that chose it, `--mapping`, or the message type.
+    pub chosen_by: String,
+    /// The destinations the routes would send it to (`None` when no route chose it).
+    pub destinations: Option<Vec<DestinationRef>>,
+    pub output: MapOutput,
+}
+
+/// Parses one message and maps it: with the named mapping; else once per mapping
+/// that the routes pick; else (no routes, or none matches) with the mapping
+/// declared for its message type and trigger.
+pub(crate) fn map_message(
     set: &MappingSet,
+    routes: Option<&RouteSet>,
     mapping: Option<&str>,
     text: &str,
-) -> Result<(String, MapOutput), String> {
+) -> Result<Vec<Mapped>, String> {
     let message =
         hl7::Message::parse(text).map_err(|e| format!("the message does not parse: {e}"))?;
     let header = message
         .header()
         .map_err(|e| format!("the message header is unusable: {e}"))?;
-    let plan = pick_plan(set, mapping, &header.message_code, &header.trigger_event)?;
-    let output = plan.apply(&message).map_err(|e| e.to_string())?;
-    Ok((plan.name().to_string(), output))
-}
+    let apply = |plan: &Plan| plan.apply(&message).map_err(|e| e.to_string());
 
-/// The plan named on the command line, or the one for this message type and trigger.
-fn pick_plan<'s>(
-    set: &'s MappingSet,
-    mapping: Option<&str>,
-    message_code: &str,
-    trigger: &str,
-) -> Result<&'s Plan, String> {
     if let Some(name) = mapping {
-        return set.get(name).ok_or_else(|| {
+        let plan = set.get(name).ok_or_else(|| {
             format!(
                 "no mapping named `{name}` (found: {})",
                 names(set).unwrap_or_else(|| "none".to_string())
             )
-        });
+        })?;
+        return Ok(vec![Mapped {
+            plan: plan.name().to_string(),
+            chosen_by: "--mapping".to_string(),
+            destinations: None,
+            output: apply(plan)?,
+        }]);
     }
-    if message_code.trim().is_empty() {
+    if header.message_code.trim().is_empty() {
         return Err(
             "MSH-9 (message type) is empty, so no mapping can be chosen; name one with --mapping"
                 .to_string(),
         );
     }
-    // Extension point: once routes exist, `map` must pick the mapping that the
-    // default config's routes would pick for this message (source, type, facility,
-    // content). Until then the shipped mapping for the type and trigger is used.
-    set.select(message_code, trigger).ok_or_else(|| {
-        format!(
-            "no mapping applies to {message_code}^{trigger} (mappings cover: {}); \
+    let kind = format!("{}^{}", header.message_code, header.trigger_event);
+    let mut unrouted_note = String::new();
+    if let Some(routes) = routes {
+        // The origin (listener or source) is not known in a dry run, so routes'
+        // `listeners`/`sources` criteria are not applied.
+        let selection = routes.select(&RouteInput::from_header(&header, Origin::Unknown));
+        if !selection.is_unrouted() {
+            let mut documents = Vec::new();
+            for group in selection.groups() {
+                let route_ids: Vec<&str> = group.routes().map(|r| r.id()).collect();
+                let plan = set.get(group.mapping()).ok_or_else(|| {
+                    format!(
+                        "route `{}` names mapping `{}`, which is not in the mappings folder",
+                        route_ids.join("`, `"),
+                        group.mapping()
+                    )
+                })?;
+                let output = apply(plan)?;
+                documents.push(Mapped {
+                    plan: plan.name().to_string(),
+                    chosen_by: format!(
+                        "{} {}",
+                        if route_ids.len() == 1 {
+                            "route"
+                        } else {
+                            "routes"
+                        },
+                        route_ids.join(", ")
+                    ),
+                    destinations: Some(group.destinations_for(&output.document)),
+                    output,
+                });
+            }
+            return Ok(documents);
+        }
+        unrouted_note = "no route matches (the engine would keep it as unrouted); ".to_string();
+    }
+    let plan = set
+        .select(&header.message_code, &header.trigger_event)
+        .ok_or_else(|| {
+            format!(
+                "{unrouted_note}no mapping applies to {kind} (mappings cover: {}); \
              name one with --mapping",
-            covered(set).unwrap_or_else(|| "nothing".to_string())
-        )
-    })
+                covered(set).unwrap_or_else(|| "nothing".to_string())
+            )
+        })?;
+    Ok(vec![Mapped {
+        plan: plan.name().to_string(),
+        chosen_by: format!("{unrouted_note}the mapping declared for {kind}"),
+        destinations: None,
+        output: apply(plan)?,
+    }])
 }
 
 fn names(set: &MappingSet) -> Option<String> {
@@ -177,15 +286,30 @@ fn covered(set: &MappingSet) -> Option<String> {
     (!types.is_empty()).then(|| types.join(", "))
 }
 
-/// Warnings and unread fields on stderr.
-fn report(label: &str, plan: &str, output: &MapOutput) {
-    eprintln!("{label}: mapped with `{plan}`");
-    for warning in &output.warnings {
+/// How the document was made, where it would go, its warnings and the unread
+/// fields, on stderr.
+fn report(label: &str, mapped: &Mapped) {
+    eprintln!(
+        "{label}: mapped with `{}` ({})",
+        mapped.plan, mapped.chosen_by
+    );
+    if let Some(destinations) = &mapped.destinations {
+        if destinations.is_empty() {
+            eprintln!("destinations: none (no route's condition holds: unrouted)");
+        } else {
+            let list: Vec<String> = destinations
+                .iter()
+                .map(|d| format!("{} (route {})", d.id, d.routes.join(", ")))
+                .collect();
+            eprintln!("destinations: {}", list.join(", "));
+        }
+    }
+    for warning in &mapped.output.warnings {
         eprintln!("warning: {warning}");
     }
-    if output.unread.is_empty() {
+    if mapped.output.unread.is_empty() {
         eprintln!("unread: none");
     } else {
-        eprintln!("unread: {}", output.unread.join(", "));
+        eprintln!("unread: {}", mapped.output.unread.join(", "));
     }
 }

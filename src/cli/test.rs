@@ -1,28 +1,33 @@
-//! `junction test`: runs the `[[test]]` cases declared in mapping files.
+//! `junction test`: runs the `[[test]]` cases declared in mapping and route files.
 //!
-//! Each case names a message file and JSON fragments; the case passes when the
+//! A mapping case names a message file and JSON fragments; it passes when the
 //! message maps (through the mapping that declares the case) and every fragment is
-//! contained in the document ([`crate::mapping::contains_fragment`]). One line per
-//! case (`ok   adt  a01 admission`, or `FAIL …` with the first missing fragment),
-//! then exactly `N passed, N failed`.
+//! contained in the document ([`crate::mapping::contains_fragment`]). A route case
+//! names a message file and the destinations it must reach through the routes and
+//! mappings ([`crate::route::run_tests`]). One line per case (`ok   adt  a01
+//! admission`, or `FAIL …` with the first missing fragment or the destinations
+//! reached), then exactly `N passed, N failed`.
 //!
-//! What it does not do: route test cases (`routes/*.toml`) are not run yet; they will
-//! join here once routes exist.
-//!
-//! Exit codes: 0 every case passed; 1 a case failed; 2 the mappings could not be loaded.
+//! Exit codes: 0 every case passed; 1 a case failed; 2 the mappings or routes could
+//! not be loaded.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::mapping::{self, Plan, TestCase};
 
-use super::map::{decode_messages, load_mappings};
+use crate::route;
+
+use super::map::{decode_messages, load_mappings, load_routes};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
     /// The folder of mapping files (*.toml).
     #[arg(long, value_name = "DIR", default_value = "mappings")]
     pub mappings_dir: PathBuf,
+    /// The folder of route files (*.toml); skipped when it does not exist.
+    #[arg(long, value_name = "DIR", default_value = "routes")]
+    pub routes_dir: PathBuf,
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
@@ -30,26 +35,65 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         Ok(set) => set,
         Err(code) => return Ok(code),
     };
-    let width = set.plans().map(|p| p.name().len()).max().unwrap_or(0);
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let routes = match load_routes(&args.routes_dir) {
+        Ok(routes) => routes,
+        Err(code) => return Ok(code),
+    };
+
+    // (who declared the case, case name, outcome)
+    let mut results: Vec<(String, String, Result<(), String>)> = Vec::new();
     for plan in set.plans() {
         for case in plan.tests() {
-            match run_case(plan, case) {
-                Ok(()) => {
-                    passed += 1;
-                    println!("ok   {:width$} {}", plan.name(), case.name);
-                }
-                Err(why) => {
-                    failed += 1;
-                    println!("FAIL {:width$} {}: {why}", plan.name(), case.name);
-                }
+            results.push((
+                plan.name().to_string(),
+                case.name.clone(),
+                run_case(plan, case),
+            ));
+        }
+    }
+    if let Some(routes) = &routes {
+        for outcome in route::run_tests(routes, &set) {
+            let file = outcome
+                .file
+                .file_name()
+                .map(|f| format!("routes/{}", f.to_string_lossy()))
+                .unwrap_or_else(|| outcome.file.display().to_string());
+            let result = match &outcome.got {
+                _ if outcome.passed() => Ok(()),
+                Ok(got) => Err(format!(
+                    "expected {}, reached {}",
+                    destinations(&outcome.expected),
+                    destinations(got)
+                )),
+                Err(e) => Err(e.clone()),
+            };
+            results.push((file, outcome.name.clone(), result));
+        }
+    }
+
+    let width = results
+        .iter()
+        .map(|(who, _, _)| who.len())
+        .max()
+        .unwrap_or(0);
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for (who, name, result) in &results {
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("ok   {who:width$} {name}");
+            }
+            Err(why) => {
+                failed += 1;
+                println!("FAIL {who:width$} {name}: {why}");
             }
         }
     }
-    if passed + failed == 0 {
+    if results.is_empty() {
         eprintln!(
-            "note: no [[test]] cases in the mappings under {}",
-            args.mappings_dir.display()
+            "note: no [[test]] cases in the mappings under {} or the routes under {}",
+            args.mappings_dir.display(),
+            args.routes_dir.display()
         );
     }
     println!("{passed} passed, {failed} failed");
@@ -93,4 +137,16 @@ fn apply(plan: &Plan, text: &str) -> Result<serde_json::Value, String> {
     plan.apply(&message)
         .map(|output| output.document)
         .map_err(|e| e.to_string())
+}
+
+/// `store`, `mesh_hwe` or "nothing (unrouted)".
+fn destinations(list: &[String]) -> String {
+    if list.is_empty() {
+        "nothing (unrouted)".to_string()
+    } else {
+        list.iter()
+            .map(|d| format!("`{d}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }

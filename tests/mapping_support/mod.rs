@@ -36,7 +36,7 @@ pub fn sample_files() -> Vec<PathBuf> {
         .map(|entry| entry.expect("samples/ entry").path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "hl7"))
         .collect();
-    files.push(repo().join("samples/bad/nhs_number_bad_checksum.hl7"));
+    files.push(repo().join("tests/bad-input/nhs_number_bad_checksum.hl7"));
     files.sort();
     files
 }

@@ -4,7 +4,7 @@
 Every message is fictional: names, addresses and phone numbers are invented
 (Ofcom drama ranges 020 7946 0xxx and 07700 900xxx), and every NHS number is
 from the 999 test range with a valid modulus-11 check digit (asserted below),
-except the one in samples/bad/nhs_number_bad_checksum.hl7, which is
+except the one in tests/bad-input/nhs_number_bad_checksum.hl7, which is
 deliberately wrong.
 
 Segments end with CR, as senders send them, except adt_a08_lf_endings.hl7.
@@ -20,6 +20,9 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 SAMPLES = os.path.join(ROOT, "samples")
+# Deliberately broken inputs live outside samples/, so that `junction send samples/`
+# gets AA for every file it sends.
+BAD_INPUT = os.path.join(ROOT, "tests", "bad-input")
 
 
 def nhs_check_digit(first9: str):
@@ -727,9 +730,13 @@ def main():
     rng = random.Random(20261122)
     files["bad/random_bytes.bin"] = bytes(rng.randrange(256) for _ in range(512))
 
-    os.makedirs(os.path.join(SAMPLES, "bad"), exist_ok=True)
+    os.makedirs(BAD_INPUT, exist_ok=True)
     for name, data in files.items():
-        with open(os.path.join(SAMPLES, name), "wb") as f:
+        if name.startswith("bad/"):
+            path = os.path.join(BAD_INPUT, name[len("bad/"):])
+        else:
+            path = os.path.join(SAMPLES, name)
+        with open(path, "wb") as f:
             f.write(data)
     print(f"wrote {len(files)} files under {os.path.normpath(SAMPLES)}", file=sys.stderr)
 

@@ -211,7 +211,7 @@ def main():
                         help="send a batch file's messages one by one, or the file as one frame")
     parser.add_argument("--only-batches", action="store_true", help="send only the batch files")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
-    parser.add_argument("samples", help="samples folder (its bad/ subfolder is skipped) or one file")
+    parser.add_argument("samples", help="samples folder (a bad/ subfolder, if any, is skipped) or one file")
     args = parser.parse_args()
     if args.batches == "whole" and args.client != "hl7":
         parser.error("--batches whole needs --client hl7 (hl7apy does not parse batches)")

@@ -17,15 +17,23 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 
-# Skip pip when the requirements file has not changed since the last install.
+check_imports() {
+    "$venv/bin/python" -c 'import hl7, hl7apy, fhir.resources.R4B.bundle, mesh_client, mesh_sandbox' 2>/dev/null
+}
+
+# Skip pip when the requirements file has not changed since the last install and
+# every package still imports.
 stamp="$venv/.junction-requirements"
-if [ -f "$stamp" ] && cmp -s "$stamp" "$requirements"; then
+if [ -f "$stamp" ] && cmp -s "$stamp" "$requirements" && check_imports; then
     echo "venv at $venv is up to date" >&2
     exit 0
 fi
 
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-"$venv/bin/python" -c 'import hl7, hl7apy, fhir.resources.R4B.bundle, mesh_client' 
+if ! check_imports; then
+    echo "error: the venv at $venv cannot import its packages after pip install" >&2
+    exit 1
+fi
 cp "$requirements" "$stamp"
 echo "venv at $venv is ready" >&2
