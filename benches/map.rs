@@ -12,6 +12,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use junction::hl7;
 use junction::mapping::MappingSet;
 
+/// The same allocator as the `junction` binary (src/main.rs), so the figures
+/// match what the engine does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn sample(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("samples")
