@@ -57,6 +57,7 @@ pub struct RunningEngine {
     journal: Journal,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    events: EventBus,
     /// Stops the accept loops and idle connections.
     listeners_cancel: CancellationToken,
     /// Connection tasks (and the accept loops).
@@ -113,6 +114,8 @@ impl RunningEngine {
                 "shutdown timeout: abandoning connections still busy (their messages were not acknowledged)"
             );
         }
+        // Open event streams would hold the HTTP server's graceful shutdown.
+        self.events.close();
         self.api_cancel.cancel();
         let api_wait = tokio::time::timeout(Duration::from_secs(2), self.api_task).await;
         if api_wait.is_err() {
@@ -171,7 +174,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         journal: journal.clone(),
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
-        events,
+        events: events.clone(),
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();
@@ -190,6 +193,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         journal,
         metrics,
         ready,
+        events,
         listeners_cancel,
         tracker,
         api_cancel,

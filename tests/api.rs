@@ -106,9 +106,7 @@ fn send_reports_every_ack_and_fails_on_a_nak() {
     let to = engine.mllp.to_string();
 
     let out = junction(&[
-        "send",
-        "--to",
-        &to,
+        "send", "--to", &to,
         // The whole folder, as the README's walk-through does: every sample is
         // accepted (the enhanced-mode A04 with CA).
         "samples/",

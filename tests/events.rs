@@ -115,9 +115,7 @@ fn read_sample(path: &str) -> Vec<u8> {
 
 fn events(seen: &[String]) -> Vec<serde_json::Value> {
     seen.iter()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-        })
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect()
 }
 
@@ -168,7 +166,10 @@ async fn tail_shows_acked_and_rejected_messages_without_patient_data() {
     assert_eq!(acked["message_type"], "ADT^A01");
     assert_eq!(acked["ack_code"], "AA");
     assert_eq!(acked["size_bytes"].as_u64(), Some(good.len() as u64));
-    assert!(acked["journal_id"].as_i64().is_some_and(|id| id > 0), "{acked}");
+    assert!(
+        acked["journal_id"].as_i64().is_some_and(|id| id > 0),
+        "{acked}"
+    );
     let rejected = find(&all, "MessageRejected", bad_id).unwrap();
     assert_eq!(rejected["ack_code"], code.as_str());
     assert_eq!(rejected["error_location"], "MSH-9", "{rejected}");
@@ -177,7 +178,10 @@ async fn tail_shows_acked_and_rejected_messages_without_patient_data() {
     // PID-5 (name), PID-3 (NHS number), PID-11 (address) of both messages.
     let output = tail.seen.join("\n");
     for secret in ["SMITH", "MARGARET", "9990000018", "ACACIA", "NW3 2QG"] {
-        assert!(!output.contains(secret), "`{secret}` in tail output:\n{output}");
+        assert!(
+            !output.contains(secret),
+            "`{secret}` in tail output:\n{output}"
+        );
     }
 
     assert_eq!(tail.interrupt(), Some(0));

@@ -50,7 +50,10 @@ pub(super) async fn stream(
         }
     };
     let listener = params.listener.filter(|l| !l.is_empty());
-    tracing::debug!(listener = listener.as_deref().unwrap_or("*"), "event stream opened");
+    tracing::debug!(
+        listener = listener.as_deref().unwrap_or("*"),
+        "event stream opened"
+    );
     let events = sse_events(state.events.subscribe(), listener);
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))

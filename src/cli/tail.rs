@@ -37,8 +37,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let mut url = reqwest::Url::parse(args.api.trim_end_matches('/'))
-        .with_context(|| format!("invalid --api `{}`, expected a URL such as http://127.0.0.1:8080", args.api))?;
+    let mut url = reqwest::Url::parse(args.api.trim_end_matches('/')).with_context(|| {
+        format!(
+            "invalid --api `{}`, expected a URL such as http://127.0.0.1:8080",
+            args.api
+        )
+    })?;
     url.set_path("/api/events");
     if let Some(listener) = &args.listener {
         url.query_pairs_mut().append_pair("listener", listener);
@@ -49,7 +53,8 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -202,7 +207,13 @@ fn readable(event: &Event) -> String {
 }
 
 fn message_line(name: &str, m: &MessageOutcome) -> String {
-    let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     format!(
         "{} {name} {} {} {} {} {}{} {}B {:.1}ms",
         clock(&m.at),

@@ -439,7 +439,13 @@ async fn handle_frame(
             "message"
         );
         if ctx.events.has_subscribers() {
-            ctx.events.publish(message_event(item, &code, duplicate, outcome.id(), elapsed_us));
+            ctx.events.publish(message_event(
+                item,
+                &code,
+                duplicate,
+                outcome.id(),
+                elapsed_us,
+            ));
         }
         acks.push((code, ack));
     }

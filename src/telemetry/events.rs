@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// How many events a slow subscriber may fall behind before it misses some.
 pub const CAPACITY: usize = 1024;
@@ -123,7 +124,9 @@ pub fn error_location_and_code(described: &str) -> (Option<String>, Option<Strin
         .strip_suffix(')')
         .and_then(|rest| rest.rsplit_once(" ("))
         .map(|(_, code)| code)
-        .filter(|code| !code.is_empty() && code.len() <= 4 && code.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|code| {
+            !code.is_empty() && code.len() <= 4 && code.bytes().all(|b| b.is_ascii_digit())
+        })
         .map(str::to_string);
     let location = described
         .split_once(": ")
@@ -143,13 +146,16 @@ fn is_location(text: &str) -> bool {
         && segment
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-        && field.is_none_or(|f| !f.is_empty() && f.len() <= 4 && f.bytes().all(|b| b.is_ascii_digit()))
+        && field
+            .is_none_or(|f| !f.is_empty() && f.len() <= 4 && f.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The engine's event channel. Cheap to clone (all clones share one channel).
 #[derive(Debug, Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<Event>,
+    /// Cancelled by [`EventBus::close`]: every subscription ends.
+    closed: CancellationToken,
 }
 
 impl Default for EventBus {
@@ -162,7 +168,16 @@ impl EventBus {
     /// A bus that keeps at most `capacity` (at least 1) events per subscriber.
     pub fn new(capacity: usize) -> EventBus {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        EventBus { sender }
+        EventBus {
+            sender,
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// Ends every subscription (now and later), e.g. so open event streams
+    /// let the HTTP server shut down. Publishing afterwards is harmless.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// Sends `event` to every subscriber; never waits. With no subscriber
@@ -184,6 +199,7 @@ impl EventBus {
     pub fn subscribe(&self) -> Subscription {
         Subscription {
             receiver: self.sender.subscribe(),
+            closed: self.closed.clone(),
         }
     }
 }
@@ -192,13 +208,19 @@ impl EventBus {
 #[derive(Debug)]
 pub struct Subscription {
     receiver: broadcast::Receiver<Event>,
+    closed: CancellationToken,
 }
 
 impl Subscription {
     /// The next event, [`Event::Lagged`] after events were dropped for this
-    /// subscriber, or `None` once every [`EventBus`] clone is gone.
+    /// subscriber, or `None` once the bus is closed or every [`EventBus`]
+    /// clone is gone.
     pub async fn recv(&mut self) -> Option<Event> {
-        match self.receiver.recv().await {
+        let received = tokio::select! {
+            _ = self.closed.cancelled() => return None,
+            received = self.receiver.recv() => received,
+        };
+        match received {
             Ok(event) => Some(event),
             Err(broadcast::error::RecvError::Lagged(missed)) => Some(Event::Lagged { missed }),
             Err(broadcast::error::RecvError::Closed) => None,
@@ -268,6 +290,16 @@ mod tests {
     }
 
     #[test]
+    fn close_ends_every_subscription() {
+        let bus = EventBus::new(4);
+        let mut sub = bus.subscribe();
+        let keep = bus.clone();
+        keep.close();
+        assert_eq!(tokio_test_block_on(sub.recv()), None);
+        assert_eq!(tokio_test_block_on(bus.subscribe().recv()), None);
+    }
+
+    #[test]
     fn events_serialize_with_their_name_and_no_error_text() {
         let (location, code) =
             error_location_and_code("MSH-9: message type missing, found 'SMITH^JOHN' (101)");
@@ -307,10 +339,7 @@ mod tests {
             error_location_and_code("byte 0: expected 'MSH', found 'PID|x' (100)"),
             (None, Some("100".to_string()))
         );
-        assert_eq!(
-            error_location_and_code("SMITH: JOHN (x)"),
-            (None, None)
-        );
+        assert_eq!(error_location_and_code("SMITH: JOHN (x)"), (None, None));
         assert_eq!(error_location_and_code(""), (None, None));
     }
 }
