@@ -22,6 +22,7 @@ use super::charset::decode;
 use super::error::Hl7Error;
 use super::escape::{escape, escape_field};
 use super::message::{Header, Message};
+use super::scan::clean_msh_line;
 
 /// MSA-1 acknowledgment codes (HL7 table 0008).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -309,6 +310,17 @@ pub struct Rejection {
 // shape is the API the listener codes against.
 #[allow(clippy::result_large_err)]
 pub fn assess(raw: &[u8]) -> Result<Header, Rejection> {
+    match fast_header(raw) {
+        Some(header) => check_required(header),
+        None => assess_full(raw),
+    }
+}
+
+/// [`assess`] by decoding and parsing the whole message: the path for
+/// anything the structural pass does not vouch for, and the reference the
+/// fast path is tested against.
+#[allow(clippy::result_large_err)]
+pub(super) fn assess_full(raw: &[u8]) -> Result<Header, Rejection> {
     let reject = |code, header, error: Hl7Error| Rejection {
         code,
         header,
@@ -329,6 +341,19 @@ pub fn assess(raw: &[u8]) -> Result<Header, Rejection> {
         Ok(header) => header,
         Err(err) => return Err(reject(AckCode::AR, None, err)),
     };
+    check_required(header)
+}
+
+/// The header of a structurally clean message from its MSH line alone (see
+/// [`super::scan`]); `None` sends the message down the full path.
+fn fast_header(raw: &[u8]) -> Option<Header> {
+    let line = clean_msh_line(raw)?;
+    Message::parse(line).and_then(|m| m.header()).ok()
+}
+
+/// MSH-9 and MSH-10 must not be empty (an AE, with the header for the ACK).
+#[allow(clippy::result_large_err)]
+fn check_required(header: Header) -> Result<Header, Rejection> {
     let missing = if header.message_code.is_empty() {
         Some((9, "message type"))
     } else if header.control_id.is_empty() {
@@ -336,15 +361,19 @@ pub fn assess(raw: &[u8]) -> Result<Header, Rejection> {
     } else {
         None
     };
-    if let Some((field, name)) = missing {
-        let err = Hl7Error::EmptyField {
-            segment: "MSH",
-            field,
-            name,
-        };
-        return Err(reject(AckCode::AE, Some(header), err));
+    match missing {
+        Some((field, name)) => Err(Rejection {
+            code: AckCode::AE,
+            header: Some(header),
+            error: Hl7Error::EmptyField {
+                segment: "MSH",
+                field,
+                name,
+            }
+            .ack_error(),
+        }),
+        None => Ok(header),
     }
-    Ok(header)
 }
 
 /// The header of the MSH line alone, for addressing a rejection of a message

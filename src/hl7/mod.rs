@@ -50,6 +50,7 @@ mod error;
 mod escape;
 mod message;
 mod path;
+mod scan;
 
 pub use ack::{assess, build_ack, AckCode, AckError, Rejection};
 pub use batch::split_batch;

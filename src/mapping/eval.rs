@@ -290,19 +290,28 @@ impl<'a> Ctx<'a> {
 
     fn unread(&self) -> Vec<String> {
         let mut out = Vec::new();
+        // The `ignore` entries naming the current segment, found once per segment
+        // rather than once per field (the list is scanned by name, not indexed).
+        let mut ignored: Vec<Option<usize>> = Vec::new();
         for (i, seg) in self.segs.iter().enumerate() {
             let read = self.read.get(i).copied().unwrap_or(0);
+            ignored.clear();
+            ignored.extend(
+                self.plan
+                    .ignore
+                    .iter()
+                    .filter(|(s, _)| same_name(s, seg.name))
+                    .map(|(_, f)| *f),
+            );
+            if ignored.iter().any(Option::is_none) {
+                continue;
+            }
             for (fi, f) in seg.fields.iter().enumerate() {
                 let n = fi + 1;
                 if seg.name == "MSH" && n <= 2 {
                     continue;
                 }
-                if self
-                    .plan
-                    .ignore
-                    .iter()
-                    .any(|(s, f)| s == seg.name && f.is_none_or(|f| f == n))
-                {
+                if ignored.contains(&Some(n)) {
                     continue;
                 }
                 if n < 128 && read & (1u128 << n) != 0 {
@@ -924,6 +933,18 @@ impl<'a> Ctx<'a> {
         let text = self.text_of(v);
         match t {
             Transform::Trim => Val::Text(trim_cow(text)),
+            // ASCII text already in the target case is kept as is (no allocation);
+            // anything else goes through the full Unicode mapping.
+            Transform::Upper
+                if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_lowercase()) =>
+            {
+                Val::Text(text)
+            }
+            Transform::Lower
+                if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                Val::Text(text)
+            }
             Transform::Upper => Val::Text(Cow::Owned(text.to_uppercase())),
             Transform::Lower => Val::Text(Cow::Owned(text.to_lowercase())),
             Transform::Date => match transform::hl7_date(&text) {

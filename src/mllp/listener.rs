@@ -404,19 +404,22 @@ async fn handle_frame(
         .map(|raw| assess(ctx, peer, received_at, raw))
         .collect();
     ctx.counters.received.inc_by(items.len() as u64);
-    let committed = match ctx.journal.commit(items.clone()).await {
+    // What the log line and the reply need, copied before the items move to
+    // the journal (cheaper than cloning whole items).
+    let views: Vec<ItemView> = items.iter().map(ItemView::of).collect();
+    let committed = match ctx.journal.commit(items).await {
         Ok(committed) => committed,
         Err(err) => {
-            journal_failed(&err, &items);
+            journal_failed(&err, &views);
             return Next::Close;
         }
     };
     // The ACK of each message: the one built now, or the stored one for a resend.
-    let mut acks: Vec<(Option<String>, Option<String>)> = Vec::with_capacity(items.len());
-    for (item, outcome) in items.iter().zip(&committed) {
+    let mut acks: Vec<(Option<String>, Option<String>)> = Vec::with_capacity(views.len());
+    for (mut item, outcome) in views.into_iter().zip(&committed) {
         let elapsed_us = started.elapsed().as_micros() as u64;
         let (code, ack, duplicate) = match outcome {
-            Committed::Stored { .. } => (item.ack_code.clone(), item.ack.clone(), false),
+            Committed::Stored { .. } => (item.ack_code.take(), item.ack.take(), false),
             Committed::Duplicate { ack_code, ack, .. } => {
                 ctx.counters.duplicates.inc();
                 (ack_code.clone(), ack.clone(), true)
@@ -433,14 +436,16 @@ async fn handle_frame(
             status = item.status.as_str(),
             answered = ack.is_some(),
             duplicate,
-            size = item.raw.len(),
+            size = item.size,
             journal_id = outcome.id(),
             elapsed_us,
             "message"
         );
         if ctx.events.has_subscribers() {
             ctx.events.publish(message_event(
-                item,
+                ctx,
+                peer,
+                &item,
                 &code,
                 duplicate,
                 outcome.id(),
@@ -486,7 +491,9 @@ async fn handle_frame(
 
 /// The event for one journaled message: header identifiers only, no content.
 fn message_event(
-    item: &Incoming,
+    ctx: &ConnContext,
+    peer: &str,
+    item: &ItemView,
     code: &Option<String>,
     duplicate: bool,
     journal_id: i64,
@@ -498,13 +505,13 @@ fn message_event(
         .map(events::error_location_and_code)
         .unwrap_or_default();
     let outcome = MessageOutcome {
-        listener: item.listener.clone(),
-        peer: item.peer.clone(),
+        listener: ctx.listener.clone(),
+        peer: peer.to_string(),
         sender: item.sender.clone(),
         control_id: item.control_id.clone(),
         message_type: item.message_type.clone(),
         ack_code: code.clone(),
-        size_bytes: item.raw.len(),
+        size_bytes: item.size,
         journal_id,
         duplicate,
         elapsed_us,
@@ -519,7 +526,36 @@ fn message_event(
     }
 }
 
-fn journal_failed(err: &JournalError, items: &[Incoming]) {
+/// The parts of an [`Incoming`] the listener still needs after the journal
+/// has taken it: the log line's fields and the ACK to send.
+struct ItemView {
+    control_id: String,
+    message_type: String,
+    sender: String,
+    status: Status,
+    ack_code: Option<String>,
+    ack: Option<String>,
+    size: usize,
+    /// The journal's one-line error of a rejection, for its event.
+    error: Option<String>,
+}
+
+impl ItemView {
+    fn of(item: &Incoming) -> Self {
+        ItemView {
+            control_id: item.control_id.clone(),
+            message_type: item.message_type.clone(),
+            sender: item.sender.clone(),
+            status: item.status,
+            ack_code: item.ack_code.clone(),
+            ack: item.ack.clone(),
+            size: item.raw.len(),
+            error: item.error.clone(),
+        }
+    }
+}
+
+fn journal_failed(err: &JournalError, items: &[ItemView]) {
     tracing::error!(
         error = %err,
         messages = items.len(),
