@@ -32,6 +32,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::journal::{Journal, JournalError, StoreConfig};
 use crate::mllp::listener::{Listener, ListenerError};
+use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,7 @@ pub struct RunningEngine {
     journal: Journal,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    events: EventBus,
     /// Stops the accept loops and idle connections.
     listeners_cancel: CancellationToken,
     /// Connection tasks (and the accept loops).
@@ -112,6 +114,8 @@ impl RunningEngine {
                 "shutdown timeout: abandoning connections still busy (their messages were not acknowledged)"
             );
         }
+        // Open event streams would hold the HTTP server's graceful shutdown.
+        self.events.close();
         self.api_cancel.cancel();
         let api_wait = tokio::time::timeout(Duration::from_secs(2), self.api_task).await;
         if api_wait.is_err() {
@@ -133,6 +137,7 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
 /// socket is bound and `/ready` is true.
 pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, EngineError> {
     let metrics = Arc::new(Metrics::new());
+    let events = EventBus::default();
     let store = resolve_store(&config.store, config_dir);
     let journal = Journal::open_with_metrics(&store, Arc::clone(&metrics))?;
     info!(
@@ -156,7 +161,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     for listener in bound {
         info!(listener = listener.id(), addr = %listener.local_addr(), "MLLP listener bound");
         listeners.insert(listener.id().to_string(), listener.local_addr());
-        tracker.spawn(listener.run(
+        tracker.spawn(listener.with_events(events.clone()).run(
             journal.clone(),
             Arc::clone(&metrics),
             listeners_cancel.clone(),
@@ -169,6 +174,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         journal: journal.clone(),
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
+        events: events.clone(),
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();
@@ -187,6 +193,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         journal,
         metrics,
         ready,
+        events,
         listeners_cancel,
         tracker,
         api_cancel,

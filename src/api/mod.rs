@@ -9,6 +9,8 @@
 //! - `GET /api/messages?control_id=&sender=&type=&status=&limit=`: newest
 //!   journaled messages first, as `{"messages":[...]}`.
 //! - `GET /api/messages/{id}`: one message with its raw content and ACK.
+//! - `GET /api/events?listener=`: the live event stream as Server-Sent
+//!   Events (see [`events`]).
 //!
 //! Errors are JSON `{"error":"..."}` with 400 (bad query or id), 404 (no such
 //! message) or 500 (the journal failed; the details go to the log).
@@ -20,6 +22,7 @@
 //!   [`serve`] logs a warning when told to bind anything else. Tokens for
 //!   operations and FHIR reads are future work (DESIGN.md §5).
 
+pub mod events;
 pub mod fhir;
 
 use std::net::SocketAddr;
@@ -37,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{Journal, MessageDetail, MessageQuery, MessageSummary, MAX_LIMIT};
+use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
 /// `[api]`: the HTTP server.
@@ -68,6 +72,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Set by the engine once every listener is bound; cleared when it drains.
     pub ready: Arc<AtomicBool>,
+    /// The engine's live events, for `GET /api/events`.
+    pub events: EventBus,
 }
 
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).
@@ -125,6 +131,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/messages", get(search_messages))
         .route("/api/messages/{id}", get(get_message))
+        .route("/api/events", get(events::stream))
         .fallback(not_found)
         .with_state(state)
 }

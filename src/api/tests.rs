@@ -28,6 +28,7 @@ async fn start() -> Server {
         journal,
         metrics,
         ready: Arc::new(AtomicBool::new(false)),
+        events: crate::telemetry::events::EventBus::default(),
     };
     let listener = bind(&ApiConfig {
         bind: "127.0.0.1:0".parse().unwrap(),

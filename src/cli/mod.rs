@@ -15,6 +15,7 @@ pub mod map;
 pub mod parse;
 pub mod send;
 pub mod serve;
+pub mod tail;
 pub mod test;
 
 /// Junction: HL7 v2 / MESH integration engine for NHS shared care records.
@@ -41,6 +42,8 @@ pub enum Command {
     Map(map::MapArgs),
     /// Run the [[test]] cases declared in mapping files.
     Test(test::TestArgs),
+    /// Follow a running engine's live events (no patient data).
+    Tail(tail::TailArgs),
 }
 
 /// Runs one subcommand and turns its outcome into an exit code.
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Parse(args) => parse::run(args),
         Command::Map(args) => map::run(args),
         Command::Test(args) => test::run(args),
+        Command::Tail(args) => tail::run(args),
     };
     match result {
         Ok(code) => code,

@@ -63,6 +63,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::hl7::{self, AckCode, AckError, Header};
 use crate::journal::{Committed, Incoming, Journal, JournalError, Status};
 use crate::mllp::codec::{MllpCodec, MllpError, KEPT_BYTES};
+use crate::telemetry::events::{self, Event, EventBus, MessageOutcome};
 use crate::telemetry::metrics::{AckLabel, Metrics};
 
 /// `[listeners.<id>]`: one MLLP listener.
@@ -117,6 +118,7 @@ pub struct Listener {
     cfg: ListenerConfig,
     socket: TcpListener,
     local_addr: SocketAddr,
+    events: EventBus,
 }
 
 impl Listener {
@@ -134,7 +136,14 @@ impl Listener {
             cfg,
             socket,
             local_addr,
+            events: EventBus::default(),
         })
+    }
+
+    /// Publishes this listener's outcomes on `events` (the engine's bus).
+    pub fn with_events(mut self, events: EventBus) -> Listener {
+        self.events = events;
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -165,6 +174,7 @@ impl Listener {
                 idle_timeout: Duration::from_secs(self.cfg.idle_timeout_secs.max(1)),
                 max_message_bytes: self.cfg.max_message_bytes,
                 ack_mode: self.cfg.ack_mode,
+                events: self.events.clone(),
             });
             let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
             info!(addr = %self.local_addr, "listening");
@@ -216,6 +226,7 @@ struct ConnContext {
     idle_timeout: Duration,
     max_message_bytes: usize,
     ack_mode: AckMode,
+    events: EventBus,
 }
 
 /// This listener's counters, looked up once instead of per message.
@@ -266,6 +277,11 @@ async fn serve_connection(
     let peer_text = peer.to_string();
     let mut framed = Framed::new(stream, MllpCodec::new(ctx.max_message_bytes));
     debug!("connection opened");
+    ctx.events.publish(Event::ConnectionOpened {
+        listener: ctx.listener.clone(),
+        peer: peer_text.clone(),
+        at: events::now(),
+    });
     loop {
         let next = tokio::select! {
             // Only taken while waiting for a frame: a frame in hand is always answered.
@@ -315,6 +331,11 @@ async fn serve_connection(
         }
     }
     debug!("connection closed");
+    ctx.events.publish(Event::ConnectionClosed {
+        listener: ctx.listener.clone(),
+        peer: peer_text,
+        at: events::now(),
+    });
 }
 
 /// Journals the bytes of a framing error and logs one warning. The caller closes.
@@ -322,6 +343,13 @@ async fn keep_garbage(ctx: &ConnContext, peer: &str, kept: Bytes, seen: usize, r
     ctx.counters.received.inc();
     ctx.counters.rejected.inc();
     let kept_len = kept.len();
+    ctx.events.publish(Event::FramingError {
+        listener: ctx.listener.clone(),
+        peer: peer.to_string(),
+        reason: reason.to_string(),
+        bytes: seen,
+        at: events::now(),
+    });
     let item = Incoming {
         listener: ctx.listener.clone(),
         peer: peer.to_string(),
@@ -388,10 +416,10 @@ async fn handle_frame(
     };
     // The ACK of each message: the one built now, or the stored one for a resend.
     let mut acks: Vec<(Option<String>, Option<String>)> = Vec::with_capacity(views.len());
-    for (item, outcome) in views.into_iter().zip(&committed) {
+    for (mut item, outcome) in views.into_iter().zip(&committed) {
         let elapsed_us = started.elapsed().as_micros() as u64;
         let (code, ack, duplicate) = match outcome {
-            Committed::Stored { .. } => (item.ack_code, item.ack, false),
+            Committed::Stored { .. } => (item.ack_code.take(), item.ack.take(), false),
             Committed::Duplicate { ack_code, ack, .. } => {
                 ctx.counters.duplicates.inc();
                 (ack_code.clone(), ack.clone(), true)
@@ -413,6 +441,17 @@ async fn handle_frame(
             elapsed_us,
             "message"
         );
+        if ctx.events.has_subscribers() {
+            ctx.events.publish(message_event(
+                ctx,
+                peer,
+                &item,
+                &code,
+                duplicate,
+                outcome.id(),
+                elapsed_us,
+            ));
+        }
         acks.push((code, ack));
     }
     let reply = match &batch {
@@ -450,6 +489,43 @@ async fn handle_frame(
     Next::Continue
 }
 
+/// The event for one journaled message: header identifiers only, no content.
+fn message_event(
+    ctx: &ConnContext,
+    peer: &str,
+    item: &ItemView,
+    code: &Option<String>,
+    duplicate: bool,
+    journal_id: i64,
+    elapsed_us: u64,
+) -> Event {
+    let (error_location, error_code) = item
+        .error
+        .as_deref()
+        .map(events::error_location_and_code)
+        .unwrap_or_default();
+    let outcome = MessageOutcome {
+        listener: ctx.listener.clone(),
+        peer: peer.to_string(),
+        sender: item.sender.clone(),
+        control_id: item.control_id.clone(),
+        message_type: item.message_type.clone(),
+        ack_code: code.clone(),
+        size_bytes: item.size,
+        journal_id,
+        duplicate,
+        elapsed_us,
+        at: events::now(),
+        error_location,
+        error_code,
+    };
+    if item.status == Status::Rejected {
+        Event::MessageRejected(outcome)
+    } else {
+        Event::MessageAcked(outcome)
+    }
+}
+
 /// The parts of an [`Incoming`] the listener still needs after the journal
 /// has taken it: the log line's fields and the ACK to send.
 struct ItemView {
@@ -460,6 +536,8 @@ struct ItemView {
     ack_code: Option<String>,
     ack: Option<String>,
     size: usize,
+    /// The journal's one-line error of a rejection, for its event.
+    error: Option<String>,
 }
 
 impl ItemView {
@@ -472,6 +550,7 @@ impl ItemView {
             ack_code: item.ack_code.clone(),
             ack: item.ack.clone(),
             size: item.raw.len(),
+            error: item.error.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! This module does not decide what is logged; callers never log patient data
 //! (only control id, message type, sender, sizes, route and outcome).
 
+pub mod events;
 pub mod metrics;
 
 use serde::Deserialize;

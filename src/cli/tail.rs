@@ -1,0 +1,286 @@
+//! `junction tail [--api URL] [--listener ID] [--json]`: follow a running
+//! engine's live events (`GET /api/events`, Server-Sent Events).
+//!
+//! Output: one line per event on stdout, e.g.
+//! `21:04:05.123 MessageAcked pas 127.0.0.1:5012 ADT^A01 RAL123 AA 1108B 3.2ms`
+//! (local time), or with `--json` each event's JSON exactly as sent.
+//! Connection notices go to stderr. When the engine is not reachable or the
+//! stream ends (engine restart), it reconnects with a backoff from 0.5 s up
+//! to 5 s; events while disconnected are not replayed.
+//!
+//! It shows no patient data because the events carry none.
+//!
+//! Exit codes: 0 on Ctrl-C (SIGINT) or SIGTERM; 2 when it cannot start (bad
+//! URL, no runtime).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::telemetry::events::{Event, MessageOutcome};
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Base URL of the engine's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub api: String,
+    /// Only this listener's events.
+    #[arg(long, value_name = "ID")]
+    pub listener: Option<String>,
+    /// Print each event's JSON instead of a readable line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let mut url = reqwest::Url::parse(args.api.trim_end_matches('/')).with_context(|| {
+        format!(
+            "invalid --api `{}`, expected a URL such as http://127.0.0.1:8080",
+            args.api
+        )
+    })?;
+    url.set_path("/api/events");
+    if let Some(listener) = &args.listener {
+        url.query_pairs_mut().append_pair("listener", listener);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            () = follow(url, args.json) => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Connects, prints events, reconnects; never returns.
+async fn follow(url: reqwest::Url, json: bool) {
+    // No overall timeout: the stream is meant to stay open.
+    let client = reqwest::Client::new();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                eprintln!("tail: connected to {url}");
+                backoff = FIRST_BACKOFF;
+                read_stream(response, json).await;
+                eprintln!("tail: stream from {url} ended; reconnecting");
+            }
+            Ok(response) => {
+                eprintln!(
+                    "tail: {url} answered {}, expected 200; retrying in {:.1}s",
+                    response.status(),
+                    backoff.as_secs_f64()
+                );
+            }
+            Err(err) => {
+                eprintln!(
+                    "tail: cannot reach {url}: {err}; retrying in {:.1}s",
+                    backoff.as_secs_f64()
+                );
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Reads SSE frames until the body ends or fails.
+async fn read_stream(mut response: reqwest::Response, json: bool) {
+    let mut parser = SseParser::default();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                for (name, data) in parser.push(&chunk) {
+                    println!("{}", render(&name, &data, json));
+                }
+            }
+            Ok(None) => return,
+            Err(err) => {
+                eprintln!("tail: the event stream failed: {err}");
+                return;
+            }
+        }
+    }
+}
+
+/// An incremental Server-Sent Events parser: `event:` and `data:` fields,
+/// dispatched at a blank line; comments (`:`) and other fields ignored.
+#[derive(Debug, Default)]
+struct SseParser {
+    pending: Vec<u8>,
+    name: String,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns each completed `(event name, data)`.
+    fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    let name = std::mem::take(&mut self.name);
+                    out.push((name, self.data.join("\n")));
+                }
+                self.name.clear();
+                self.data.clear();
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.name = value.to_string(),
+                "data" => self.data.push(value.to_string()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// One output line for an event.
+fn render(name: &str, data: &str, json: bool) -> String {
+    if json {
+        return data.to_string();
+    }
+    match serde_json::from_str::<Event>(data) {
+        Ok(event) => readable(&event),
+        // A newer engine may send events this tail does not know.
+        Err(_) => format!("{name} {data}"),
+    }
+}
+
+fn readable(event: &Event) -> String {
+    match event {
+        Event::MessageAcked(m) => message_line("MessageAcked", m),
+        Event::MessageRejected(m) => {
+            let mut line = message_line("MessageRejected", m);
+            if let Some(location) = &m.error_location {
+                line.push_str(&format!(" at {location}"));
+            }
+            if let Some(code) = &m.error_code {
+                line.push_str(&format!(" (error {code})"));
+            }
+            line
+        }
+        Event::FramingError {
+            listener,
+            peer,
+            reason,
+            bytes,
+            at,
+        } => format!(
+            "{} FramingError {listener} {peer} {bytes}B: {reason}",
+            clock(at)
+        ),
+        Event::ConnectionOpened { listener, peer, at } => {
+            format!("{} ConnectionOpened {listener} {peer}", clock(at))
+        }
+        Event::ConnectionClosed { listener, peer, at } => {
+            format!("{} ConnectionClosed {listener} {peer}", clock(at))
+        }
+        Event::Lagged { missed } => {
+            format!("-- {missed} event(s) missed: this tail fell behind --")
+        }
+    }
+}
+
+fn message_line(name: &str, m: &MessageOutcome) -> String {
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    format!(
+        "{} {name} {} {} {} {} {}{} {}B {:.1}ms",
+        clock(&m.at),
+        m.listener,
+        m.peer,
+        or_dash(&m.message_type),
+        or_dash(&m.control_id),
+        m.ack_code.as_deref().unwrap_or("no-ack"),
+        if m.duplicate { " duplicate" } else { "" },
+        m.size_bytes,
+        m.elapsed_us as f64 / 1000.0
+    )
+}
+
+/// `HH:MM:SS.mmm` in local time, or the text as sent if it is not a timestamp.
+fn clock(at: &str) -> String {
+    match at.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%H:%M:%S%.3f")
+            .to_string(),
+        Err(_) => at.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_handles_split_chunks_comments_and_crlf() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b": keep-alive\n\nevent: Mess").is_empty());
+        let got = parser.push(b"ageAcked\r\ndata: {\"a\":1}\r\n\r\nevent: X\ndata: 1\ndata: 2\n\n");
+        assert_eq!(
+            got,
+            vec![
+                ("MessageAcked".to_string(), "{\"a\":1}".to_string()),
+                ("X".to_string(), "1\n2".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn readable_line_names_the_message_not_its_content() {
+        let event = Event::MessageAcked(MessageOutcome {
+            listener: "pas".to_string(),
+            peer: "127.0.0.1:5012".to_string(),
+            sender: "PAS^RAL".to_string(),
+            control_id: "RAL123".to_string(),
+            message_type: "ADT^A01".to_string(),
+            ack_code: Some("AA".to_string()),
+            size_bytes: 1108,
+            journal_id: 3,
+            duplicate: false,
+            elapsed_us: 3200,
+            at: "2026-11-22T21:04:05.123Z".to_string(),
+            error_location: None,
+            error_code: None,
+        });
+        let data = serde_json::to_string(&event).unwrap();
+        let line = render("MessageAcked", &data, false);
+        assert!(
+            line.ends_with(" MessageAcked pas 127.0.0.1:5012 ADT^A01 RAL123 AA 1108B 3.2ms"),
+            "{line}"
+        );
+        assert!(line.contains(":04:05.123"), "{line}");
+        assert_eq!(render("MessageAcked", &data, true), data);
+    }
+}
