@@ -22,6 +22,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+mod db;
 pub mod engine;
 pub mod hl7;
 pub mod journal;

@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use crate::db::{self, OpenProblem};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::{
@@ -19,9 +20,6 @@ use crate::telemetry::metrics::Metrics;
 
 /// The schema this build writes.
 pub(super) const SCHEMA_VERSION: i64 = 1;
-
-/// How long a connection waits for a lock held by another connection.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -61,64 +59,30 @@ const INSERT: &str = "INSERT INTO messages
 const SUMMARY_COLUMNS: &str =
     "id, listener, sender, control_id, message_type, received_at, ack_code, status";
 
-/// Opens the write connection: WAL, the sync policy, the current schema.
+/// Opens the write connection: WAL, the sync policy, the current schema
+/// (see [`crate::db`]).
 pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, JournalError> {
-    let open_err = |source| JournalError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-        .map_err(open_err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(JournalError::NotWal {
+    db::open_writer(path, sync, SCHEMA_VERSION, SCHEMA_V1).map_err(|problem| match problem {
+        OpenProblem::Sqlite(source) => JournalError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+        OpenProblem::NotWal(mode) => JournalError::NotWal {
             path: path.to_path_buf(),
             mode,
-        });
-    }
-    // FULL in WAL mode: the WAL is fsynced at every commit, before `commit`
-    // returns. NORMAL: no fsync on commit (only around checkpoints).
-    let synchronous = match sync {
-        SyncPolicy::Full => "FULL",
-        SyncPolicy::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)
-        .map_err(open_err)?;
-    migrate(&conn)?;
-    Ok(conn)
+        },
+        OpenProblem::SchemaTooNew { found, supported } => {
+            JournalError::SchemaTooNew { found, supported }
+        }
+    })
 }
 
-/// Opens a read-only connection for searches.
+/// Opens a read-only connection.
 pub(super) fn open_reader(path: &Path) -> Result<Connection, JournalError> {
-    let open_err = |source| JournalError::Open {
+    db::open_reader(path).map_err(|source| JournalError::Open {
         path: path.to_path_buf(),
         source,
-    };
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    Ok(conn)
-}
-
-/// Creates or upgrades the schema, refusing files newer than this build.
-fn migrate(conn: &Connection) -> Result<(), JournalError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(JournalError::SchemaTooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if version < 1 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
-        ))?;
-    }
-    Ok(())
+    })
 }
 
 /// Marks the writer as gone when the loop ends, however it ends.

@@ -6,9 +6,9 @@
 //! integers.
 
 use std::path::Path;
-use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use crate::db::{self, OpenProblem};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
 
 use super::plan::{self, Op, Plan};
@@ -16,9 +16,6 @@ use super::{ApplyOutcome, EntryOutcome, EntryResult, Record, StoreError, SyncPol
 
 /// The schema this build writes.
 pub(super) const SCHEMA_VERSION: i64 = 1;
-
-/// How long a connection waits for a lock held by another connection.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA_V1: &str = "
 CREATE TABLE resources (
@@ -65,62 +62,30 @@ struct Current {
     content: Option<String>,
 }
 
-/// Opens the write connection: WAL, the sync policy, the current schema.
+/// Opens the write connection: WAL, the sync policy, the current schema
+/// (see [`crate::db`]).
 pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, StoreError> {
-    let open_err = |source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-        .map_err(open_err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::NotWal {
+    db::open_writer(path, sync, SCHEMA_VERSION, SCHEMA_V1).map_err(|problem| match problem {
+        OpenProblem::Sqlite(source) => StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+        OpenProblem::NotWal(mode) => StoreError::NotWal {
             path: path.to_path_buf(),
             mode,
-        });
-    }
-    let synchronous = match sync {
-        SyncPolicy::Full => "FULL",
-        SyncPolicy::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)
-        .map_err(open_err)?;
-    migrate(&conn)?;
-    Ok(conn)
+        },
+        OpenProblem::SchemaTooNew { found, supported } => {
+            StoreError::SchemaTooNew { found, supported }
+        }
+    })
 }
 
 /// Opens a read-only connection.
 pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let open_err = |source| StoreError::Open {
+    db::open_reader(path).map_err(|source| StoreError::Open {
         path: path.to_path_buf(),
         source,
-    };
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    Ok(conn)
-}
-
-/// Creates or upgrades the schema, refusing files newer than this build.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if version < 1 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
-        ))?;
-    }
-    Ok(())
+    })
 }
 
 /// `meta.lastUpdated` for `now`: a FHIR instant in UTC with milliseconds.

@@ -1,0 +1,91 @@
+//! SQLite connections as Junction opens them, for the journal and the record
+//! store alike: WAL journal mode, the configured sync policy, a busy timeout,
+//! and a versioned schema (`PRAGMA user_version`).
+//!
+//! It knows no schema and no error type of its callers: each caller passes its
+//! schema and turns an [`OpenProblem`] into its own error.
+//!
+//! # Invariants
+//! - A writer connection is in WAL mode or is refused ([`OpenProblem::NotWal`]).
+//! - `synchronous = FULL` under [`SyncPolicy::Full`]: in WAL mode the WAL is
+//!   fsynced at every commit, before the commit returns. `NORMAL` does not
+//!   fsync on commit (only around checkpoints): a crash of the process loses
+//!   nothing, a power loss may lose the last commits.
+//! - A file with a newer schema than this build knows is refused, never touched.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::journal::SyncPolicy;
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a database could not be opened; callers map it to their own error.
+#[derive(Debug)]
+pub(crate) enum OpenProblem {
+    Sqlite(rusqlite::Error),
+    /// The file is in another journal mode and could not be switched to WAL.
+    NotWal(String),
+    /// The file's schema version is newer than this build supports.
+    SchemaTooNew {
+        found: i64,
+        supported: i64,
+    },
+}
+
+impl From<rusqlite::Error> for OpenProblem {
+    fn from(err: rusqlite::Error) -> Self {
+        OpenProblem::Sqlite(err)
+    }
+}
+
+/// Opens the write connection: WAL, the sync policy, and the schema at
+/// `version` (created by `schema_v1` on an empty file).
+pub(crate) fn open_writer(
+    path: &Path,
+    sync: SyncPolicy,
+    version: i64,
+    schema_v1: &str,
+) -> Result<Connection, OpenProblem> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenProblem::NotWal(mode));
+    }
+    let synchronous = match sync {
+        SyncPolicy::Full => "FULL",
+        SyncPolicy::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    migrate(&conn, version, schema_v1)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Creates or upgrades the schema, refusing files newer than this build.
+fn migrate(conn: &Connection, supported: i64, schema_v1: &str) -> Result<(), OpenProblem> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > supported {
+        return Err(OpenProblem::SchemaTooNew { found, supported });
+    }
+    if found < 1 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {schema_v1} PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
