@@ -13,7 +13,8 @@
 //!   nothing, a power loss may lose the last commits.
 //! - A file with a newer schema than this build knows is refused, never touched.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -88,4 +89,53 @@ fn migrate(conn: &Connection, supported: i64, schema_v1: &str) -> Result<(), Ope
         ))?;
     }
     Ok(())
+}
+
+/// Most idle read connections a [`ReaderPool`] keeps.
+const IDLE_READERS: usize = 4;
+
+/// A few read-only connections to one database file, reused across reads.
+/// WAL mode lets them read while the writer writes.
+pub(crate) struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    /// A pool holding `first` (opened by the caller, so that a broken file shows
+    /// up at start rather than at the first read).
+    pub(crate) fn new(path: PathBuf, first: Connection) -> Self {
+        ReaderPool {
+            path,
+            idle: Mutex::new(vec![first]),
+        }
+    }
+
+    /// Runs `f` on an idle connection, or on one made by `open` when none is
+    /// idle, then keeps the connection for the next read. Blocks: async callers
+    /// run it on a blocking thread.
+    pub(crate) fn with<T, E>(
+        &self,
+        open: impl FnOnce(&Path) -> Result<Connection, E>,
+        f: impl FnOnce(&Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let pooled = self.lock().pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.lock();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        // A panic while holding the lock cannot leave the Vec inconsistent.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }

@@ -31,12 +31,13 @@ mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::db::ReaderPool;
 use crate::telemetry::metrics::Metrics;
 
 /// Most messages written in one group-commit transaction.
@@ -49,8 +50,6 @@ pub const QUEUE_DEPTH: usize = 4096;
 /// Default and largest number of rows a search returns.
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
-/// Read connections kept open for reuse.
-const READ_POOL: usize = 4;
 
 /// `[store]`: where the journal lives and how hard it syncs.
 #[derive(Debug, Clone, Deserialize)]
@@ -270,7 +269,7 @@ struct Inner {
     sync: SyncPolicy,
     tx: mpsc::Sender<WriteRequest>,
     state: Arc<WriterState>,
-    readers: Mutex<Vec<rusqlite::Connection>>,
+    readers: ReaderPool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -321,7 +320,7 @@ impl Journal {
                 sync: cfg.sync,
                 tx,
                 state,
-                readers: Mutex::new(vec![reader]),
+                readers: ReaderPool::new(cfg.path.clone(), reader),
             }),
         })
     }
@@ -381,24 +380,9 @@ impl Journal {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let pooled = inner
-                .readers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .pop();
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => sqlite::open_reader(&inner.path)?,
-            };
-            let result = f(&conn).map_err(JournalError::Read);
-            let mut pool = inner
-                .readers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if pool.len() < READ_POOL {
-                pool.push(conn);
-            }
-            result
+            inner.readers.with(sqlite::open_reader, |conn| {
+                f(conn).map_err(JournalError::Read)
+            })
         })
         .await?
     }

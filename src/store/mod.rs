@@ -36,13 +36,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use crate::db::ReaderPool;
 use serde_json::Value;
 
 pub use crate::journal::SyncPolicy;
 pub use plan::{is_id, is_resource_type};
-
-/// Read connections kept open for reuse.
-const READ_POOL: usize = 4;
 
 /// The record store's own settings (`config/` assembles them from `[store]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -245,7 +244,7 @@ struct Inner {
     path: PathBuf,
     sync: SyncPolicy,
     writer: Mutex<rusqlite::Connection>,
-    readers: Mutex<Vec<rusqlite::Connection>>,
+    readers: ReaderPool,
 }
 
 impl std::fmt::Debug for RecordStore {
@@ -276,7 +275,7 @@ impl RecordStore {
                 path,
                 sync: cfg.sync,
                 writer: Mutex::new(writer),
-                readers: Mutex::new(vec![reader]),
+                readers: ReaderPool::new(cfg.path.clone(), reader),
             }),
         })
     }
@@ -406,26 +405,7 @@ impl RecordStore {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self
-            .inner
-            .readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => sqlite::open_reader(&self.inner.path)?,
-        };
-        let result = f(&conn);
-        let mut pool = self
-            .inner
-            .readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if pool.len() < READ_POOL {
-            pool.push(conn);
-        }
-        result
+        self.inner.readers.with(sqlite::open_reader, f)
     }
 }
 
