@@ -403,8 +403,9 @@ fn remove_key_at(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<String> 
     Some(key.get_ref().to_string())
 }
 
-/// toml's messages end with a newline and sometimes start with a capital.
-fn toml_message(message: &str) -> String {
+/// toml's messages end with a newline and sometimes start with a capital: trimmed,
+/// first letter lowercased, as every diagnostic (config, routes) words it.
+pub(crate) fn toml_message(message: &str) -> String {
     let message = message.trim();
     let mut chars = message.chars();
     match (chars.next(), chars.next()) {

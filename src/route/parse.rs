@@ -8,6 +8,7 @@
 //! the problem is there. Cross-file checks (unique ids and table names, tables a
 //! condition looks up) run once every file is read.
 
+use crate::config::toml_message;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -700,19 +701,6 @@ fn remove_key_at(value: &mut toml::Spanned<DeValue<'_>>, at: usize) -> Option<St
         .map(|(k, _)| k.clone())?;
     table.remove(key.get_ref().as_ref());
     Some(key.get_ref().to_string())
-}
-
-/// toml's messages end with a newline and sometimes start with a capital.
-fn toml_message(message: &str) -> String {
-    let message = message.trim();
-    let mut chars = message.chars();
-    match (chars.next(), chars.next()) {
-        (Some(first), Some(second)) if first.is_uppercase() && second.is_lowercase() => first
-            .to_lowercase()
-            .chain(message.chars().skip(1))
-            .collect(),
-        _ => message.to_string(),
-    }
 }
 
 fn quoted_list(names: &[&str]) -> String {
