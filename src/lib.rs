@@ -13,6 +13,7 @@
 //! - [`journal`]: durable intake (SQLite, WAL, group commit).
 //! - [`store`]: the care-record store (versioned FHIR records, SQLite) and its reads.
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
+//! - [`delivery`]: per-destination durable queue contract and destinations.
 //! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
 //! - [`api`]: the HTTP server (health, metrics, operations API).
@@ -23,6 +24,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 mod db;
+pub mod delivery;
 pub mod engine;
 pub mod hl7;
 pub mod journal;

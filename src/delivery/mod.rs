@@ -1,0 +1,263 @@
+//! Delivery: the per-destination durable queue and the destinations documents
+//! go to (DESIGN.md §2 step 5).
+//!
+//! This file is the contract between the parts:
+//! - [`DestinationConfig`] / [`SourceConfig`]: the `[destinations.<id>]` and
+//!   `[sources.<id>]` tables (`config/` assembles and checks them).
+//! - [`Deliver`]: what a destination does with one queued item. Destination
+//!   kinds (store, mesh, fhir, mllp, file) implement it in `destinations/`.
+//! - [`DeliveryItem`], [`Delivered`], [`DeliveryError`]: what the queue hands
+//!   a destination and what it gets back.
+//! - [`Objections`]: the register the queue asks before anything goes to an
+//!   `external = true` destination.
+//!
+//! It does not decide *when* to deliver (the queue's scheduler does) nor
+//! *where* (routes do).
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+
+/// What kind of destination a `[destinations.<id>]` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    /// The local record store (`[store] records`).
+    Store,
+    /// A MESH mailbox of a neighbour, sent from one of `[mesh.mailboxes]`.
+    Mesh,
+    /// A FHIR server: the transaction Bundle is POSTed to its base URL.
+    Fhir,
+    /// The original HL7 message forwarded over MLLP, waiting for its ACK.
+    Mllp,
+    /// Documents written atomically into a folder.
+    File,
+}
+
+impl DestinationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationKind::Store => "store",
+            DestinationKind::Mesh => "mesh",
+            DestinationKind::Fhir => "fhir",
+            DestinationKind::Mllp => "mllp",
+            DestinationKind::File => "file",
+        }
+    }
+}
+
+/// `[destinations.<id>]`. One flat table (no internally tagged enum: it would
+/// lose the location of typos); which keys a kind needs is checked by `config/`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    pub kind: DestinationKind,
+    /// Leaves the organisation: patients who object to sharing are withheld.
+    #[serde(default)]
+    pub external: bool,
+
+    // --- mesh ---
+    /// `[mesh.mailboxes.<id>]` we send from.
+    #[serde(default)]
+    pub mailbox: Option<String>,
+    /// The recipient mailbox id (`mex-To`).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `mex-WorkflowID`.
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    /// `mex-Subject` (never patient data).
+    #[serde(default)]
+    pub subject: Option<String>,
+
+    // --- fhir ---
+    /// Base URL the Bundle is POSTed to.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding a bearer token for the FHIR server.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File holding a bearer token for the FHIR server.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+
+    // --- mllp ---
+    /// `host:port` of the downstream MLLP listener.
+    #[serde(default)]
+    pub address: Option<String>,
+
+    // --- file ---
+    /// Folder the documents are written into.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+
+    // --- every kind ---
+    /// Timeout of one delivery attempt, in seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Attempts before an item is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Age (since it was queued) after which a failing item is dead-lettered.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: u64,
+    /// First retry delay; doubled per attempt, with jitter, up to `backoff_max_ms`.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Items delivered at once (each for a different patient).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+}
+
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_max_attempts() -> u32 {
+    20
+}
+fn default_max_age_secs() -> u64 {
+    7 * 24 * 3600
+}
+fn default_backoff_initial_ms() -> u64 {
+    1_000
+}
+fn default_backoff_max_ms() -> u64 {
+    300_000
+}
+fn default_concurrency() -> u32 {
+    4
+}
+
+impl DestinationConfig {
+    /// A config of `kind` with every optional key unset and default limits.
+    pub fn new(kind: DestinationKind) -> Self {
+        DestinationConfig {
+            kind,
+            external: false,
+            mailbox: None,
+            to: None,
+            workflow_id: None,
+            subject: None,
+            url: None,
+            token_env: None,
+            token_file: None,
+            address: None,
+            dir: None,
+            timeout_secs: default_timeout_secs(),
+            max_attempts: default_max_attempts(),
+            max_age_secs: default_max_age_secs(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// What kind of source a `[sources.<id>]` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Polls a MESH mailbox's inbox; received documents go through routes.
+    MeshInbox,
+}
+
+/// `[sources.<id>]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// `[mesh.mailboxes.<id>]` whose inbox is polled.
+    pub mailbox: String,
+    /// Seconds between inbox polls.
+    #[serde(default = "default_poll_interval_secs")]
+    pub poll_interval_secs: u64,
+}
+
+fn default_poll_interval_secs() -> u64 {
+    60
+}
+
+/// One queued (document, destination) pair handed to a destination.
+#[derive(Debug, Clone)]
+pub struct DeliveryItem {
+    /// Queue row id; unique and stable across restarts.
+    pub id: i64,
+    /// Journal row of the message the document came from.
+    pub message_id: i64,
+    /// `[destinations.<id>]`.
+    pub destination: String,
+    /// What orders deliveries (the Patient resource id, or a per-message key).
+    pub patient_key: String,
+    /// MSH-10 (or the MESH message id for documents from a MESH inbox).
+    pub control_id: String,
+    /// `ADT^A01`, `ORU^R01`, ... (empty for documents without an HL7 header).
+    pub message_type: String,
+    /// The document: the FHIR transaction Bundle as JSON bytes.
+    pub document: Bytes,
+    /// The original message bytes as journaled (what an MLLP forward sends).
+    pub raw: Bytes,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+impl DeliveryItem {
+    /// A local id for MESH (`mex-LocalID`) and file names: stable per queue
+    /// row, no patient data.
+    pub fn local_id(&self) -> String {
+        format!("junction-{}", self.id)
+    }
+}
+
+/// A successful delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// What the destination called it (a MESH message id, a file name, a
+    /// FHIR response location), for the message's trail.
+    pub remote_ref: Option<String>,
+}
+
+/// A failed delivery attempt. `message` is for ops: no patient data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DeliveryError {
+    /// Retry later (destination down, timeout, 5xx) rather than dead-letter
+    /// now (the destination refused this document: 4xx, AR, bad document).
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl DeliveryError {
+    pub fn retry(message: impl Into<String>) -> Self {
+        DeliveryError {
+            retryable: true,
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DeliveryError {
+            retryable: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// A destination. Implementations must be safe to call again with the same
+/// item (delivery is at least once: a crash after delivering and before the
+/// queue recorded it repeats the item).
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver<'a>(
+        &'a self,
+        item: &'a DeliveryItem,
+    ) -> BoxFuture<'a, Result<Delivered, DeliveryError>>;
+}
+
+/// The objections register (kept in the record store).
+pub trait Objections: Send + Sync + 'static {
+    /// Whether the person with this NHS number objects to sharing.
+    fn is_objecting(&self, nhs_number: &str) -> Result<bool, String>;
+}
