@@ -14,6 +14,12 @@
 //! It does not decide *when* to deliver (the queue's scheduler does) nor
 //! *where* (routes do).
 
+pub mod pipeline;
+pub mod queue;
+pub mod scheduler;
+#[cfg(test)]
+mod testing;
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
