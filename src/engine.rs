@@ -130,6 +130,7 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
     StoreConfig {
         path: config_dir.join(&store.path),
         sync: store.sync,
+        records: config_dir.join(&store.records),
     }
 }
 

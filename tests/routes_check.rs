@@ -18,14 +18,17 @@ fn check(dir: &Path) -> (i32, String, String) {
     )
 }
 
-/// A project with the shipped mappings, a config with listener `pas`, and
+/// A project with the shipped mappings, a config with listener `pas` and
+/// destinations `store` and `mesh_hwe`, and
 /// `routes` as the only route file.
 fn project(routes: &str) -> tempfile::TempDir {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("junction.toml"),
-        "[listeners.pas]\nbind = \"127.0.0.1:12575\"\n",
+        "[listeners.pas]\nbind = \"127.0.0.1:12575\"\n\n\
+         [destinations.store]\nkind = \"store\"\n\n\
+         [destinations.mesh_hwe]\nkind = \"file\"\ndir = \"out/hwe\"\n",
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("mappings")).unwrap();

@@ -20,6 +20,7 @@ async fn start() -> Server {
         &StoreConfig {
             path: dir.path().join("j.db"),
             sync: SyncPolicy::Normal,
+            ..StoreConfig::default()
         },
         Arc::clone(&metrics),
     )

@@ -135,8 +135,7 @@ fn display_path(path: &Path) -> PathBuf {
 /// problem to `diags`: file syntax, unknown keys, bad patterns and conditions, and
 /// references to mappings (checked when the mappings compile: the name exists and
 /// declares the route's message types) and to the config's listeners (when the
-/// config loads). Destination ids are not checked: `[destinations.<id>]` is not
-/// part of the config yet.
+/// config loads) and its `[destinations.<id>]`.
 fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnostics) {
     let in_dir = |name: &str| {
         if config_dir == Path::new(".") {
@@ -152,10 +151,12 @@ fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnost
         .flatten();
     let listeners: Option<Vec<&str>> =
         config.map(|c| c.listeners.keys().map(String::as_str).collect());
+    let destinations: Option<Vec<&str>> =
+        config.map(|c| c.destinations.keys().map(String::as_str).collect());
     let known = crate::route::Known {
         mappings: mappings.as_ref(),
         listeners: listeners.as_deref(),
-        destinations: None,
+        destinations: destinations.as_deref(),
     };
     for err in crate::route::check_dir(&in_dir("routes"), &known) {
         let file = display_path(&err.file);

@@ -48,7 +48,9 @@ use toml::Spanned;
 pub use diagnostic::{locate, Diagnostic, Diagnostics, Location, Severity, Snippet};
 
 use crate::api::ApiConfig;
+use crate::delivery::{DestinationConfig, DestinationKind, SourceConfig};
 use crate::journal::StoreConfig;
+use crate::mesh::MeshMailboxConfig;
 use crate::mllp::listener::ListenerConfig;
 use crate::telemetry::LogConfig;
 
@@ -59,7 +61,16 @@ pub struct Config {
     /// `[listeners.<id>]`: one MLLP listener each.
     #[serde(default)]
     pub listeners: BTreeMap<String, ListenerConfig>,
-    /// `[store]`: where the journal (and later the record store) lives.
+    /// `[sources.<id>]`: documents that arrive other than over MLLP (MESH inboxes).
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// `[destinations.<id>]`: where routed documents are delivered.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    /// `[mesh.mailboxes.<id>]`: MESH mailboxes we send from and read.
+    #[serde(default)]
+    pub mesh: MeshConfig,
+    /// `[store]`: where the journal (with the delivery queue) and the record store live.
     #[serde(default)]
     pub store: StoreConfig,
     /// `[api]`: the HTTP server.
@@ -71,6 +82,15 @@ pub struct Config {
     /// `[engine]`: engine-wide settings.
     #[serde(default)]
     pub engine: EngineConfig,
+}
+
+/// `[mesh]`: MESH mailboxes, by id.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// `[mesh.mailboxes.<id>]`.
+    #[serde(default)]
+    pub mailboxes: BTreeMap<String, MeshMailboxConfig>,
 }
 
 /// `[engine]`: settings of the engine as a whole.
@@ -96,7 +116,16 @@ impl Default for EngineConfig {
 }
 
 /// The top-level tables of `junction.toml`, in the order they are documented.
-pub const SECTIONS: &[&str] = &["listeners", "store", "api", "log", "engine"];
+pub const SECTIONS: &[&str] = &[
+    "listeners",
+    "sources",
+    "destinations",
+    "mesh",
+    "store",
+    "api",
+    "log",
+    "engine",
+];
 
 /// The largest `max_message_bytes` accepted: beyond this a single frame would
 /// be a denial of service rather than a message.
@@ -256,8 +285,18 @@ fn assemble(doc: &Doc<'_>, diags: &mut Diagnostics) -> Option<Config> {
     }
     let before = diags.error_count();
     let mut failed = Failed::default();
-    let (listeners, listeners_ok) = listeners(doc, diags);
+    let (listeners, listeners_ok) =
+        tables::<ListenerConfig>(doc, &["listeners"], "listener", diags);
     failed.listeners = !listeners_ok;
+    let (sources, sources_ok) = tables::<SourceConfig>(doc, &["sources"], "source", diags);
+    failed.sources = !sources_ok;
+    let (destinations, destinations_ok) =
+        tables::<DestinationConfig>(doc, &["destinations"], "destination", diags);
+    failed.destinations = !destinations_ok;
+    let mesh_ok = mesh_section_ok(doc, diags);
+    let (mailboxes, mailboxes_ok) =
+        tables::<MeshMailboxConfig>(doc, &["mesh", "mailboxes"], "mailbox", diags);
+    failed.mailboxes = !(mailboxes_ok && mesh_ok);
     let store = section::<StoreConfig>(doc, "store", diags);
     let api = section::<ApiConfig>(doc, "api", diags);
     failed.api = api.is_none();
@@ -268,6 +307,9 @@ fn assemble(doc: &Doc<'_>, diags: &mut Diagnostics) -> Option<Config> {
     // problems elsewhere are still reported.
     let config = Config {
         listeners,
+        sources,
+        destinations,
+        mesh: MeshConfig { mailboxes },
         store: store.unwrap_or_default(),
         api: api.unwrap_or_default(),
         log: log.unwrap_or_default(),
@@ -281,6 +323,9 @@ fn assemble(doc: &Doc<'_>, diags: &mut Diagnostics) -> Option<Config> {
 #[derive(Debug, Default)]
 struct Failed {
     listeners: bool,
+    sources: bool,
+    destinations: bool,
+    mailboxes: bool,
     api: bool,
 }
 
@@ -295,36 +340,71 @@ fn section<T: DeserializeOwned + Default>(
     }
 }
 
-/// `[listeners.<id>]`, each deserialized on its own.
-/// Returns the listeners that deserialized, and whether all of them did.
-fn listeners(doc: &Doc<'_>, diags: &mut Diagnostics) -> (BTreeMap<String, ListenerConfig>, bool) {
+/// `[mesh]` may hold only `mailboxes`.
+fn mesh_section_ok(doc: &Doc<'_>, diags: &mut Diagnostics) -> bool {
+    let Some(value) = doc.root.get("mesh") else {
+        return true;
+    };
+    let Some(table) = value.get_ref().as_table() else {
+        diags.push(doc.error(
+            value.span(),
+            format!(
+                "invalid type: {}, expected a table such as `[mesh.mailboxes.junction]`",
+                value.get_ref().type_str()
+            ),
+        ));
+        return false;
+    };
+    let mut ok = true;
+    for (key, _) in table.iter() {
+        if key.get_ref() != "mailboxes" {
+            diags.push(doc.error(
+                key.span(),
+                format!("unknown field `{}`, expected `mailboxes`", key.get_ref()),
+            ));
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// A table of components by id (`[listeners.<id>]`, `[destinations.<id>]`,
+/// `[mesh.mailboxes.<id>]`...), each deserialized on its own.
+/// Returns the ones that deserialized, and whether all of them did.
+fn tables<T: DeserializeOwned>(
+    doc: &Doc<'_>,
+    path: &[&str],
+    what: &str,
+    diags: &mut Diagnostics,
+) -> (BTreeMap<String, T>, bool) {
     let mut out = BTreeMap::new();
-    let Some(value) = doc.root.get("listeners") else {
+    let Some(value) = doc.value(path) else {
         return (out, true);
     };
     let Some(table) = value.get_ref().as_table() else {
         diags.push(doc.error(
             value.span(),
             format!(
-                "invalid type: {}, expected a table of listeners such as `[listeners.pas]`",
-                value.get_ref().type_str()
+                "invalid type: {}, expected a table of {what}s such as `[{}.example]`",
+                value.get_ref().type_str(),
+                path.join(".")
             ),
         ));
         return (out, false);
     };
     let mut ok = true;
-    for (id, listener) in table.iter() {
+    for (id, item) in table.iter() {
         if !valid_id(id.get_ref()) {
             diags.push(doc.error(
                 id.span(),
                 format!(
-                    "invalid listener id `{}`, expected letters, digits, `-` or `_`",
+                    "invalid {what} id `{}`, expected letters, digits, `-` or `_`",
                     id.get_ref()
                 ),
             ));
             ok = false;
         }
-        match deserialize_all::<ListenerConfig>(doc, listener, diags) {
+        match deserialize_all::<T>(doc, item, diags) {
             Some(cfg) => {
                 out.insert(id.get_ref().to_string(), cfg);
             }
@@ -434,6 +514,7 @@ fn cross_check(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diag
     check_listener_limits(config, doc, diags);
     check_binds(config, failed, doc, diags);
     check_log(config, doc, diags);
+    check_delivery(config, failed, doc, diags);
     if config.listeners.is_empty() && !failed.listeners {
         diags.push(Diagnostic::whole_file(
             Severity::Warning,
@@ -550,8 +631,142 @@ fn check_log(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
     }
 }
 
+/// Destinations, sources and mailboxes: the keys each kind needs, and the
+/// mailboxes and ids they refer to.
+fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    for (id, d) in &config.destinations {
+        let at = |key: &str| doc.span(&["destinations", id, key]);
+        let need = |key: &str, present: bool, diags: &mut Diagnostics| {
+            if !present {
+                diags.push(doc.error(
+                    doc.span(&["destinations", id]),
+                    format!(
+                        "destination `{id}` (kind = \"{}\") needs `{key}`",
+                        d.kind.as_str()
+                    ),
+                ));
+            }
+        };
+        match d.kind {
+            DestinationKind::Store => {}
+            DestinationKind::Mesh => {
+                need("mailbox", d.mailbox.is_some(), diags);
+                need("to", d.to.is_some(), diags);
+                need("workflow_id", d.workflow_id.is_some(), diags);
+            }
+            DestinationKind::Fhir => need("url", d.url.is_some(), diags),
+            DestinationKind::Mllp => need("address", d.address.is_some(), diags),
+            DestinationKind::File => need("dir", d.dir.is_some(), diags),
+        }
+        if let Some(url) = &d.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                diags.push(doc.error(
+                    at("url"),
+                    format!("destination `{id}`: url `{url}` must start with http:// or https://"),
+                ));
+            }
+        }
+        if let Some(mailbox) = &d.mailbox {
+            if !failed.mailboxes && !config.mesh.mailboxes.contains_key(mailbox) {
+                diags.push(doc.error(
+                    at("mailbox"),
+                    format!(
+                        "destination `{id}`: unknown mailbox `{mailbox}`, expected one of the `[mesh.mailboxes.<id>]` tables ({})",
+                        known_ids(config.mesh.mailboxes.keys())
+                    ),
+                ));
+            }
+        }
+        if d.max_attempts == 0 {
+            diags.push(doc.error(
+                at("max_attempts"),
+                format!("destination `{id}`: max_attempts is 0, expected at least 1"),
+            ));
+        }
+        if d.concurrency == 0 {
+            diags.push(doc.error(
+                at("concurrency"),
+                format!("destination `{id}`: concurrency is 0, expected at least 1"),
+            ));
+        }
+        if d.backoff_max_ms < d.backoff_initial_ms {
+            diags.push(doc.error(
+                at("backoff_max_ms"),
+                format!(
+                    "destination `{id}`: backoff_max_ms ({}) is less than backoff_initial_ms ({})",
+                    d.backoff_max_ms, d.backoff_initial_ms
+                ),
+            ));
+        }
+    }
+    for (id, s) in &config.sources {
+        if !failed.mailboxes && !config.mesh.mailboxes.contains_key(&s.mailbox) {
+            diags.push(doc.error(
+                doc.span(&["sources", id, "mailbox"]),
+                format!(
+                    "source `{id}`: unknown mailbox `{}`, expected one of the `[mesh.mailboxes.<id>]` tables ({})",
+                    s.mailbox,
+                    known_ids(config.mesh.mailboxes.keys())
+                ),
+            ));
+        }
+        if s.poll_interval_secs == 0 {
+            diags.push(doc.error(
+                doc.span(&["sources", id, "poll_interval_secs"]),
+                format!("source `{id}`: poll_interval_secs is 0, expected at least 1"),
+            ));
+        }
+        if config.listeners.contains_key(id) {
+            diags.push(doc.error(
+                doc.span(&["sources", id]),
+                format!("source `{id}` has the same id as a listener; routes name either, so ids must differ"),
+            ));
+        }
+    }
+    for (id, m) in &config.mesh.mailboxes {
+        if let Err(err) = m.validate() {
+            diags.push(doc.error(
+                doc.span(&["mesh", "mailboxes", id]),
+                format!("mailbox `{id}`: {err}"),
+            ));
+        }
+    }
+}
+
+fn known_ids<'a>(ids: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<String> = ids.map(|id| format!("`{id}`")).collect();
+    if list.is_empty() {
+        "none are defined".to_string()
+    } else {
+        list.join(", ")
+    }
+}
+
 fn resolve_paths(config: &mut Config, dir: &Path) {
     config.store.path = absolute(&dir.join(&config.store.path));
+    config.store.records = absolute(&dir.join(&config.store.records));
+    for d in config.destinations.values_mut() {
+        if let Some(path) = d.dir.as_mut() {
+            *path = absolute(&dir.join(&*path));
+        }
+        if let Some(path) = d.token_file.as_mut() {
+            *path = absolute(&dir.join(&*path));
+        }
+    }
+    for m in config.mesh.mailboxes.values_mut() {
+        for path in [
+            &mut m.password_file,
+            &mut m.shared_key_file,
+            &mut m.client_cert_file,
+            &mut m.client_key_file,
+            &mut m.ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = absolute(&dir.join(&*path));
+        }
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -618,11 +833,42 @@ mod tests {
     }
 
     #[test]
+    fn delivery_sections_are_checked() {
+        let source = format!(
+            "{GOOD}\n[destinations.store]\nkind = \"store\"\n\n\
+             [destinations.hwe]\nkind = \"mesh\"\nmailbox = \"nope\"\nto = \"X26ABC2\"\n\n\
+             [destinations.lab]\nkind = \"fhir\"\nurll = \"http://x\"\n\n\
+             [sources.inbox]\nkind = \"mesh_inbox\"\nmailbox = \"junction\"\n\n\
+             [mesh.mailboxes.junction]\nurl = \"http://127.0.0.1:8700\"\nmailbox = \"X26ABC1\"\n"
+        );
+        let found = diagnostics(&source);
+        assert_eq!(
+            found,
+            [
+                "junction.toml:10:1: error: destination `hwe` (kind = \"mesh\") needs `workflow_id`",
+                "junction.toml:12:11: error: destination `hwe`: unknown mailbox `nope`, expected one of the `[mesh.mailboxes.<id>]` tables (`junction`)",
+                "junction.toml:17:1: error: unknown field `urll`, expected one of `kind`, `external`, `mailbox`, `to`, `workflow_id`, `subject`, `url`, `token_env`, `token_file`, `address`, `dir`, `timeout_secs`, `max_attempts`, `max_age_secs`, `backoff_initial_ms`, `backoff_max_ms`, `concurrency`",
+            ],
+            "{source}"
+        );
+        let fixed = source
+            .replace("urll", "url")
+            .replace("\"nope\"", "\"junction\"")
+            .replace("to = \"X26ABC2\"", "to = \"X26ABC2\"\nworkflow_id = \"W\"");
+        let (config, diags) = parse(Path::new("junction.toml"), &fixed);
+        assert!(!diags.has_errors(), "{diags}");
+        let config = config.unwrap();
+        assert_eq!(config.destinations["lab"].kind, DestinationKind::Fhir);
+        assert_eq!(config.sources["inbox"].mailbox, "junction");
+        assert_eq!(config.mesh.mailboxes["junction"].mailbox, "X26ABC1");
+    }
+
+    #[test]
     fn unknown_section() {
         check(
             "[listener.pas]\nbind = \"127.0.0.1:2575\"\n",
             &[
-                "junction.toml:1:2: error: unknown field `listener`, expected one of `listeners`, `store`, `api`, `log`, `engine`",
+                "junction.toml:1:2: error: unknown field `listener`, expected one of `listeners`, `sources`, `destinations`, `mesh`, `store`, `api`, `log`, `engine`",
                 "junction.toml: warning: no `[listeners.<id>]` table: `junction serve` will not accept any messages",
             ],
         );

@@ -63,10 +63,18 @@ pub struct StoreConfig {
     /// the last commits.
     #[serde(default)]
     pub sync: SyncPolicy,
+    /// SQLite file of the record store (FHIR resources, objections, API
+    /// tokens, audit): its own file, so clinical reads never contend with intake.
+    #[serde(default = "default_records_path")]
+    pub records: PathBuf,
 }
 
 fn default_path() -> PathBuf {
     PathBuf::from("data/junction.db")
+}
+
+fn default_records_path() -> PathBuf {
+    PathBuf::from("data/records.db")
 }
 
 impl Default for StoreConfig {
@@ -74,6 +82,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: default_path(),
             sync: SyncPolicy::default(),
+            records: default_records_path(),
         }
     }
 }

@@ -6,6 +6,7 @@ fn config(dir: &tempfile::TempDir) -> StoreConfig {
     StoreConfig {
         path: dir.path().join("nested/data/journal.db"),
         sync: SyncPolicy::Full,
+        ..StoreConfig::default()
     }
 }
 
