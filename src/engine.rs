@@ -176,6 +176,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         events: events.clone(),
+        delivery: None,
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();

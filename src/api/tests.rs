@@ -30,6 +30,7 @@ async fn start() -> Server {
         metrics,
         ready: Arc::new(AtomicBool::new(false)),
         events: crate::telemetry::events::EventBus::default(),
+        delivery: None,
     };
     let listener = bind(&ApiConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
