@@ -17,7 +17,12 @@
 
 pub mod build;
 pub mod file;
+pub mod pipeline;
+pub mod queue;
+pub mod scheduler;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use std::path::PathBuf;
 
