@@ -50,9 +50,9 @@ fn running(state: &ApiState) -> Result<&DeliveryHandle, ApiError> {
 }
 
 fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    params
-        .map(|Query(p)| p)
-        .map_err(|rejection| ApiError::BadRequest(format!("invalid query: {}", rejection.body_text())))
+    params.map(|Query(p)| p).map_err(|rejection| {
+        ApiError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    })
 }
 
 fn id(path: Result<Path<i64>, PathRejection>, what: &str) -> Result<i64, ApiError> {

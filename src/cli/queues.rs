@@ -59,7 +59,16 @@ pub fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
     println!(
         "{}",
         table(
-            &["DESTINATION", "KIND", "PENDING", "DELIVERED", "DEAD", "WITHHELD", "OLDEST", "STATE"],
+            &[
+                "DESTINATION",
+                "KIND",
+                "PENDING",
+                "DELIVERED",
+                "DEAD",
+                "WITHHELD",
+                "OLDEST",
+                "STATE"
+            ],
             &rows
         )
     );

@@ -16,7 +16,11 @@ use super::dead_letters::{row, HEADER};
 #[derive(Debug, clap::Args)]
 pub struct RetryArgs {
     /// The delivery to retry (an id from `junction dead-letters`).
-    #[arg(value_name = "DELIVERY-ID", required_unless_present = "dead", conflicts_with = "dead")]
+    #[arg(
+        value_name = "DELIVERY-ID",
+        required_unless_present = "dead",
+        conflicts_with = "dead"
+    )]
     pub id: Option<i64>,
     /// Retry every dead letter (of `--destination`, or of all destinations).
     #[arg(long)]
