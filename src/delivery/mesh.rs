@@ -13,6 +13,11 @@
 //! MESH refuses the credentials (403) the client is dropped and rebuilt on the
 //! next delivery, so a corrected password file is picked up without a restart.
 //!
+//! One attempt (every chunk) is bounded by the destination's `timeout_secs`;
+//! each HTTP request also by the mailbox's own `timeout_secs`. An attempt cut
+//! short leaves at most an `uploading` message, which the next attempt finds
+//! by tracking and completes.
+//!
 //! It does not poll inboxes (the MESH inbox source does), read tracking
 //! reports, or check objections (the queue does, for `external = true`).
 //!
@@ -28,6 +33,7 @@
 //!   and secrets are never logged.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -47,6 +53,7 @@ pub struct MeshDestination {
     to: String,
     workflow_id: String,
     subject: Option<String>,
+    timeout: Duration,
     client: Mutex<Option<Arc<MeshClient>>>,
 }
 
@@ -58,6 +65,7 @@ impl MeshDestination {
         to: &str,
         workflow_id: &str,
         subject: Option<String>,
+        timeout: Duration,
     ) -> Self {
         MeshDestination {
             id: id.to_string(),
@@ -66,6 +74,7 @@ impl MeshDestination {
             to: to.to_string(),
             workflow_id: workflow_id.to_string(),
             subject,
+            timeout,
             client: Mutex::new(None),
         }
     }
@@ -104,11 +113,19 @@ impl MeshDestination {
             body: item.document.clone(),
             earlier_attempt: item.attempt > 1,
         };
-        match client.send(&request).await {
-            Ok(message_id) => Ok(Delivered {
+        match tokio::time::timeout(self.timeout, client.send(&request)).await {
+            Ok(Ok(message_id)) => Ok(Delivered {
                 remote_ref: Some(message_id.to_string()),
             }),
-            Err(e) => Err(self.error(e)),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(DeliveryError::retry(format!(
+                "destination `{}`: the mesh send of {} bytes did not finish within {} s \
+                 (timeout_secs; raise it for large documents); the next attempt asks \
+                 tracking before posting again",
+                self.id,
+                item.document.len(),
+                self.timeout.as_secs()
+            ))),
         }
     }
 
