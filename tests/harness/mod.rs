@@ -16,6 +16,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod mesh;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
