@@ -60,8 +60,6 @@ pub enum BuildError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("destination `{id}`: kind = \"{kind}\" is not available in this build")]
-    Unsupported { id: String, kind: &'static str },
 }
 
 /// Builds destination `id` from its configuration.
@@ -102,11 +100,70 @@ pub fn build(
                 timeout,
             ))
         }
-        kind => {
-            return Err(BuildError::Unsupported {
-                id: id.to_string(),
-                kind: kind.as_str(),
-            })
+        DestinationKind::Fhir => {
+            need("url", cfg.url.is_some())?;
+            let url = cfg.url.as_deref().unwrap_or_default();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(BuildError::InvalidValue {
+                    id: id.to_string(),
+                    key: "url",
+                    value: url.to_string(),
+                    problem: "expected an http:// or https:// URL".into(),
+                });
+            }
+            let token = match (&cfg.token_env, &cfg.token_file) {
+                (Some(_), Some(file)) => {
+                    return Err(BuildError::InvalidValue {
+                        id: id.to_string(),
+                        key: "token_file",
+                        value: file.display().to_string(),
+                        problem: "`token_env` is set too, expected one of them".into(),
+                    })
+                }
+                (Some(var), None) => Some(super::fhir::TokenSource::Env(var.clone())),
+                (None, Some(file)) => Some(super::fhir::TokenSource::File(file.clone())),
+                (None, None) => None,
+            };
+            let destination =
+                super::fhir::FhirDestination::new(id, url, token, timeout).map_err(|source| {
+                    BuildError::HttpClient {
+                        id: id.to_string(),
+                        source,
+                    }
+                })?;
+            Arc::new(destination)
+        }
+        DestinationKind::Mllp => {
+            need("address", cfg.address.is_some())?;
+            let address = cfg.address.as_deref().unwrap_or_default();
+            Arc::new(super::mllp::MllpDestination::new(
+                id,
+                address,
+                timeout,
+                usize::try_from(cfg.concurrency).unwrap_or(1),
+            ))
+        }
+        DestinationKind::Mesh => {
+            need("mailbox", cfg.mailbox.is_some())?;
+            need("to", cfg.to.is_some())?;
+            need("workflow_id", cfg.workflow_id.is_some())?;
+            let mailbox_id = cfg.mailbox.as_deref().unwrap_or_default();
+            let mailbox =
+                ctx.mailboxes
+                    .get(mailbox_id)
+                    .ok_or_else(|| BuildError::UnknownMailbox {
+                        id: id.to_string(),
+                        mailbox: mailbox_id.to_string(),
+                    })?;
+            Arc::new(super::mesh::MeshDestination::new(
+                id,
+                mailbox_id,
+                mailbox.clone(),
+                cfg.to.as_deref().unwrap_or_default(),
+                cfg.workflow_id.as_deref().unwrap_or_default(),
+                cfg.subject.clone(),
+                timeout,
+            ))
         }
     })
 }

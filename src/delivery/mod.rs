@@ -16,7 +16,10 @@
 //! *where* (routes do).
 
 pub mod build;
+pub mod fhir;
 pub mod file;
+pub mod mesh;
+pub mod mllp;
 pub mod pipeline;
 pub mod queue;
 pub mod scheduler;

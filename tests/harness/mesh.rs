@@ -1,31 +1,38 @@
-//! NHS England's MESH sandbox (PyPI `mesh-sandbox`) and NHS's Python client
-//! (PyPI `mesh-client`) for end-to-end tests.
+//! The MESH sandbox for tests: NHS England's `mesh-sandbox` (PyPI) started with
+//! `AUTH_MODE=full` (the HMAC header is checked for real) and `STORE_MODE=file`
+//! in a temporary folder, on a free port; it can be stopped and started again on
+//! the same port and store (messages survive). NHS's own Python client
+//! (`mesh-client`, via tests/python/mesh_download.py and mesh_tool.py) is the
+//! independent peer: it lists, sends and downloads.
 //!
-//! [`Sandbox`] runs `uvicorn mesh_sandbox.api:app` with `AUTH_MODE=full` (the
-//! HMAC header is checked for real) and `STORE_MODE=file` in its own temp
-//! folder on a free port; it can be stopped and started again on the same port
-//! and store (messages survive), and is killed on drop. [`mesh_client`] runs
-//! `tests/python/mesh_tool.py`, which drives NHS's `mesh_client`.
+//! It does not mock anything and does not decide what a test asserts. Needs the
+//! venv made by `bash tests/python/setup-venv.sh` (`.venv`, or `$JUNCTION_VENV`).
 //!
-//! Needs the venv made by `bash tests/python/setup-venv.sh` (`.venv`, or
-//! `$JUNCTION_VENV`).
+//! # Invariants
+//! - A [`Sandbox`] is killed when dropped: no sandbox outlives its test.
+//! - Every wait is bounded; a timeout panics with the sandbox's log.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The sandbox's shared HMAC key and every built-in mailbox's password.
+use junction::mesh::MessageId;
+
+use super::repo_root;
+
+/// The mailboxes' shared HMAC key the sandbox is started with.
 pub const SHARED_KEY: &str = "TestKey";
+/// The password of every sandbox mailbox.
 pub const PASSWORD: &str = "password";
+/// The workflow every sandbox mailbox may use.
 pub const WORKFLOW: &str = "TEST_WORKFLOW";
 
-/// The Python venv with mesh-sandbox and mesh-client.
 pub fn venv() -> PathBuf {
     let venv = std::env::var_os("JUNCTION_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| super::repo_root().join(".venv"));
+        .unwrap_or_else(|| repo_root().join(".venv"));
     assert!(
         venv.join("bin/uvicorn").is_file() && venv.join("bin/python").is_file(),
         "no Python venv with mesh-sandbox at {}: run `bash tests/python/setup-venv.sh` first \
@@ -40,101 +47,62 @@ pub struct Sandbox {
     child: Option<Child>,
     pub url: String,
     pub addr: SocketAddr,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    /// The extra uvicorn arguments it was started with (for [`Sandbox::restart`]).
+    extra_args: Vec<String>,
 }
 
 impl Sandbox {
-    /// Starts a sandbox on a free port with an empty store.
-    pub fn start() -> Sandbox {
-        // A free port can be taken by another process before uvicorn binds it.
-        let mut last = String::new();
+    pub fn start() -> Self {
+        Self::start_with("http", &[])
+    }
+
+    /// Starts uvicorn with extra arguments (TLS flags); `scheme` is the URL scheme.
+    pub fn start_with(scheme: &str, extra_args: &[String]) -> Self {
+        // The free port is found by binding and releasing it; another process may
+        // take it before uvicorn binds, so try a few ports.
+        let mut last_log = String::new();
         for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("sandbox temp dir");
-            std::fs::create_dir(dir.path().join("store")).expect("sandbox store dir");
-            let port = TcpListener::bind("127.0.0.1:0")
-                .expect("bind")
-                .local_addr()
-                .expect("addr")
-                .port();
-            let mut sandbox = Sandbox {
-                child: None,
-                url: format!("http://127.0.0.1:{port}"),
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                dir,
-            };
-            match sandbox.spawn() {
-                Ok(()) => return sandbox,
-                Err(log) => last = log,
+            match Self::try_start(scheme, extra_args) {
+                Ok(sandbox) => return sandbox,
+                Err(log) if log.contains("address already in use") => last_log = log,
+                Err(log) => panic!("mesh sandbox did not start: {log}"),
             }
         }
-        panic!("mesh sandbox did not start on three ports: {last}");
+        panic!("mesh sandbox did not start on three ports: {last_log}");
     }
 
-    /// Starts uvicorn on `self.addr`; `Err` carries its log when it exits first.
-    fn spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("sandbox.log"))
-            .expect("sandbox log");
-        // Working directory: the temp dir, so nothing named `mesh_sandbox` shadows the package.
-        let child = Command::new(venv().join("bin/uvicorn"))
-            .args(["mesh_sandbox.api:app", "--host", "127.0.0.1", "--port"])
-            .arg(self.addr.port().to_string())
-            .args(["--workers", "1", "--log-level", "warning"])
-            .current_dir(self.dir.path())
-            .env("AUTH_MODE", "full")
-            .env("STORE_MODE", "file")
-            .env("SHARED_KEY", SHARED_KEY)
-            .env("MAILBOXES_DATA_DIR", self.dir.path().join("store"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn uvicorn");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(format!("exited with {status}: {}", self.log()));
-                }
-            }
-            if self.healthy() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.stop();
-                return Err(format!("not ready after 90 s: {}", self.log()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// Starts uvicorn once; `Err` carries its log if it exited before being ready.
+    fn try_start(scheme: &str, extra_args: &[String]) -> Result<Self, String> {
+        let venv = venv();
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = spawn_uvicorn(&venv, dir.path(), port, extra_args);
+        let mut sandbox = Sandbox {
+            child: Some(child),
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            extra_args: extra_args.to_vec(),
+        };
+        sandbox.wait_ready(scheme == "http")?;
+        Ok(sandbox)
     }
 
-    fn healthy(&self) -> bool {
-        matches!(http(self.addr, "GET", "/health", None), Ok((200, _)))
-    }
-
-    /// The sandbox's own log (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sandbox.log")).unwrap_or_default()
-    }
-
-    /// Kills it; the store folder (and the messages in it) stays.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port and store.
+    /// Stops it (if running) and starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.spawn() {
+            let child = spawn_uvicorn(&venv(), self.dir.path(), self.addr.port(), &self.extra_args);
+            self.child = Some(child);
+            match self.wait_ready(self.url.starts_with("http:")) {
                 Ok(()) => return,
                 // The port may linger for a moment after the kill.
                 Err(log) if Instant::now() < deadline && log.contains("address already in use") => {
@@ -145,8 +113,8 @@ impl Sandbox {
         }
     }
 
-    /// Puts a REPORT into `mailbox`'s inbox (the sandbox's test-only admin call)
-    /// about `linked_message_id`, with error `code`; returns the report's id.
+    /// Puts a REPORT into `mailbox`'s inbox (the sandbox's test-only admin
+    /// call) about `linked_message_id` with error `code`; returns its id.
     pub fn add_report(&self, mailbox: &str, linked_message_id: &str, code: &str) -> String {
         let body = serde_json::json!({
             "mailbox_id": mailbox,
@@ -157,16 +125,105 @@ impl Sandbox {
             "local_id": "junction-7",
         })
         .to_string();
-        let (status, answer) = http(
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /messageexchange/admin/report HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
-            "POST",
-            "/messageexchange/admin/report",
-            Some(&body),
+            body.len()
         )
-        .expect("POST admin/report");
-        assert_eq!(status, 200, "admin/report: {answer}");
-        let json: serde_json::Value = serde_json::from_str(&answer).expect("report answer");
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "admin/report: {answer}");
+        let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let json: serde_json::Value = serde_json::from_str(json).expect("report answer is JSON");
         json["message_id"].as_str().expect("message_id").to_string()
+    }
+}
+
+/// Starts uvicorn with the sandbox's settings; its log is appended to `dir/sandbox.log`.
+fn spawn_uvicorn(
+    venv: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    extra_args: &[String],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("sandbox.log"))
+        .unwrap();
+    // Working directory: the temp dir, so nothing named `mesh_sandbox` shadows the package.
+    Command::new(venv.join("bin/uvicorn"))
+        .args([
+            "mesh_sandbox.api:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--workers", "1", "--log-level", "warning"])
+        .args(extra_args)
+        .current_dir(dir)
+        .env("AUTH_MODE", "full")
+        .env("STORE_MODE", "file")
+        .env("SHARED_KEY", SHARED_KEY)
+        .env("MAILBOXES_DATA_DIR", dir.join("store"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+impl Sandbox {
+    fn wait_ready(&mut self, check_health: bool) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!("exited with {status}: {}", self.log()));
+            }
+            let ready = match TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
+                Ok(_) if !check_health => true,
+                Ok(mut stream) => {
+                    let request = format!(
+                        "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                        self.addr
+                    );
+                    let mut answer = String::new();
+                    stream.write_all(request.as_bytes()).is_ok()
+                        && stream.read_to_string(&mut answer).is_ok()
+                        && answer.starts_with("HTTP/1.1 200")
+                }
+                Err(_) => false,
+            };
+            if ready {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mesh sandbox not ready after 60 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sandbox.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -176,12 +233,51 @@ impl Drop for Sandbox {
     }
 }
 
+/// Downloads with NHS's `mesh_client` (tests/python/mesh_download.py); returns the
+/// body and the headers it saw. Acknowledges unless `ack` is false.
+pub fn python_download(
+    sandbox: &Sandbox,
+    mailbox: &str,
+    id: &MessageId,
+    ack: bool,
+    tls: &[String],
+) -> (Vec<u8>, serde_json::Value) {
+    let out = sandbox.dir.path().join(format!("python-{id}.bin"));
+    let mut command = Command::new(venv().join("bin/python"));
+    command
+        .arg(repo_root().join("tests/python/mesh_download.py"))
+        .args([
+            "--url",
+            &sandbox.url,
+            "--mailbox",
+            mailbox,
+            "--password",
+            "password",
+        ])
+        .args(["--shared-key", "TestKey", "--message-id", id.as_str()])
+        .arg("--out")
+        .arg(&out)
+        .args(tls);
+    if !ack {
+        command.arg("--no-ack");
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "mesh_download.py failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        sandbox.log()
+    );
+    let headers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    (std::fs::read(out).unwrap(), headers)
+}
+
 /// Runs `tests/python/mesh_tool.py` (NHS's `mesh_client`) against `url` as
 /// `mailbox` with the sandbox's credentials and `args`; returns its stdout.
 /// Panics with its stderr when it fails.
 pub fn mesh_client(url: &str, mailbox: &str, args: &[&str]) -> String {
     let out = Command::new(venv().join("bin/python"))
-        .arg(super::repo_root().join("tests/python/mesh_tool.py"))
+        .arg(repo_root().join("tests/python/mesh_tool.py"))
         .args(["--url", url, "--mailbox", mailbox])
         .args(["--password", PASSWORD, "--shared-key", SHARED_KEY])
         .args(args)
@@ -203,7 +299,7 @@ pub fn inbox(url: &str, mailbox: &str) -> Vec<String> {
 }
 
 /// Sends `file` from `mailbox` to `to` with NHS's client; returns the message id.
-pub fn send(url: &str, mailbox: &str, to: &str, file: &Path) -> String {
+pub fn send(url: &str, mailbox: &str, to: &str, file: &std::path::Path) -> String {
     send_in_chunks(url, mailbox, to, file, None)
 }
 
@@ -212,7 +308,7 @@ pub fn send_in_chunks(
     url: &str,
     mailbox: &str,
     to: &str,
-    file: &Path,
+    file: &std::path::Path,
     chunk_size: Option<usize>,
 ) -> String {
     let file = file.to_str().expect("utf-8 path");
@@ -233,8 +329,13 @@ pub fn send_in_chunks(
 }
 
 /// Downloads `message_id` from `mailbox` with NHS's client into `out`
-/// (acknowledging it); returns its headers as JSON.
-pub fn download(url: &str, mailbox: &str, message_id: &str, out: &Path) -> serde_json::Value {
+/// (acknowledging it); returns the headers it saw as JSON.
+pub fn download(
+    url: &str,
+    mailbox: &str,
+    message_id: &str,
+    out: &std::path::Path,
+) -> serde_json::Value {
     let text = mesh_client(
         url,
         mailbox,
@@ -247,32 +348,4 @@ pub fn download(url: &str, mailbox: &str, message_id: &str, out: &Path) -> serde
         ],
     );
     serde_json::from_str(text.trim()).expect("download output is JSON")
-}
-
-/// A minimal HTTP/1.1 request with `Connection: close`; (status, body).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    json: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = json.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((status, body.to_string()))
 }
