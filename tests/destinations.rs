@@ -231,8 +231,12 @@ async fn fhir_statuses_map_to_delivered_retry_and_permanent() {
     let mut cfg = DestinationConfig::new(DestinationKind::Fhir);
     cfg.url = Some(url);
     cfg.token_file = Some(token_file.clone());
-    cfg.timeout_secs = 2;
+    // Generous for the answers that come at once (the machine may be loaded);
+    // a second destination with a short timeout meets the server that stalls.
+    cfg.timeout_secs = 60;
     let dest = make(&cfg);
+    cfg.timeout_secs = 1;
+    let impatient = make(&cfg);
     let doc = document(7);
     let it = item(7, &doc, b"");
     let set = |mode: &'static str| *server.mode.lock().unwrap() = mode;
@@ -278,9 +282,9 @@ async fn fhir_statuses_map_to_delivered_retry_and_permanent() {
     assert!(!err.message.contains("s3cret"), "{err}");
 
     set("slow");
-    let err = dest.deliver(&it).await.unwrap_err();
+    let err = impatient.deliver(&it).await.unwrap_err();
     assert!(err.retryable, "{err}");
-    assert!(err.message.contains("within 2 s"), "{err}");
+    assert!(err.message.contains("within 1 s"), "{err}");
 
     // A missing token file: retryable, named, no request made.
     let before = server.seen.lock().unwrap().requests.len();
@@ -470,7 +474,11 @@ async fn mllp_forward_without_an_ack_or_a_listener_is_retryable() {
         .await
         .unwrap_err();
     assert!(err.retryable, "{err}");
-    assert!(err.message.contains("no ACK"), "{err}");
+    // Usually the ACK wait; on a very loaded machine the connect may be what timed out.
+    assert!(
+        err.message.contains("no ACK") || err.message.contains("timed out"),
+        "{err}"
+    );
 
     let refused = SocketAddr::from(([127, 0, 0, 1], closed_port()));
     let err = mllp_dest(refused, 5)

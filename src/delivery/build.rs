@@ -162,6 +162,7 @@ pub fn build(
                 cfg.to.as_deref().unwrap_or_default(),
                 cfg.workflow_id.as_deref().unwrap_or_default(),
                 cfg.subject.clone(),
+                timeout,
             ))
         }
     })

@@ -13,6 +13,14 @@
 //! MESH refuses the credentials (403) the client is dropped and rebuilt on the
 //! next delivery, so a corrected password file is picked up without a restart.
 //!
+//! The first delivery with a new client, and then one a day, begins with a
+//! handshake (MESH asks clients to validate their mailbox at least daily).
+//!
+//! One attempt (every chunk) is bounded by the destination's `timeout_secs`;
+//! each HTTP request also by the mailbox's own `timeout_secs`. An attempt cut
+//! short leaves at most an `uploading` message, which the next attempt finds
+//! by tracking and completes.
+//!
 //! It does not poll inboxes (the MESH inbox source does), read tracking
 //! reports, or check objections (the queue does, for `external = true`).
 //!
@@ -28,6 +36,7 @@
 //!   and secrets are never logged.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -36,6 +45,8 @@ use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, SendRequest};
 
 const FHIR_JSON: &str = "application/fhir+json";
+/// MESH asks clients to validate their mailbox (handshake) at least daily.
+const HANDSHAKE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Sends documents to one MESH mailbox.
 #[derive(Debug)]
@@ -47,7 +58,10 @@ pub struct MeshDestination {
     to: String,
     workflow_id: String,
     subject: Option<String>,
+    timeout: Duration,
     client: Mutex<Option<Arc<MeshClient>>>,
+    /// When the current client last completed a handshake.
+    handshake_at: Mutex<Option<Instant>>,
 }
 
 impl MeshDestination {
@@ -58,6 +72,7 @@ impl MeshDestination {
         to: &str,
         workflow_id: &str,
         subject: Option<String>,
+        timeout: Duration,
     ) -> Self {
         MeshDestination {
             id: id.to_string(),
@@ -66,7 +81,9 @@ impl MeshDestination {
             to: to.to_string(),
             workflow_id: workflow_id.to_string(),
             subject,
+            timeout,
             client: Mutex::new(None),
+            handshake_at: Mutex::new(None),
         }
     }
 
@@ -89,10 +106,41 @@ impl MeshDestination {
 
     fn forget_client(&self) {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.handshake_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Handshakes when the client has not done so in the last day. Any failure
+    /// is retryable: it says nothing about the document.
+    async fn handshake_if_due(&self, client: &MeshClient) -> Result<(), DeliveryError> {
+        let due = self
+            .handshake_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= HANDSHAKE_EVERY);
+        if !due {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.timeout, client.handshake()).await {
+            Ok(Ok(())) => {
+                *self.handshake_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let mut error = self.error(e);
+                error.retryable = true;
+                Err(error)
+            }
+            Err(_) => Err(DeliveryError::retry(format!(
+                "destination `{}`: the mesh handshake did not finish within {} s",
+                self.id,
+                self.timeout.as_secs()
+            ))),
+        }
     }
 
     async fn send(&self, item: &DeliveryItem) -> Result<Delivered, DeliveryError> {
         let client = self.client()?;
+        self.handshake_if_due(&client).await?;
         let local_id = item.local_id();
         let request = SendRequest {
             to: self.to.clone(),
@@ -104,11 +152,19 @@ impl MeshDestination {
             body: item.document.clone(),
             earlier_attempt: item.attempt > 1,
         };
-        match client.send(&request).await {
-            Ok(message_id) => Ok(Delivered {
+        match tokio::time::timeout(self.timeout, client.send(&request)).await {
+            Ok(Ok(message_id)) => Ok(Delivered {
                 remote_ref: Some(message_id.to_string()),
             }),
-            Err(e) => Err(self.error(e)),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(DeliveryError::retry(format!(
+                "destination `{}`: the mesh send of {} bytes did not finish within {} s \
+                 (timeout_secs; raise it for large documents); the next attempt asks \
+                 tracking before posting again",
+                self.id,
+                item.document.len(),
+                self.timeout.as_secs()
+            ))),
         }
     }
 

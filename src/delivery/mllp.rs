@@ -152,7 +152,20 @@ impl Deliver for MllpDestination {
         &'a self,
         item: &'a DeliveryItem,
     ) -> BoxFuture<'a, Result<Delivered, DeliveryError>> {
-        self.forward(item).boxed()
+        async move {
+            // Connect and ACK wait together within timeout_secs (each alone is
+            // bounded by it too, inside the client).
+            match tokio::time::timeout(self.timeout, self.forward(item)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(DeliveryError::retry(format!(
+                    "destination `{}`: no ACK from {} within {} s (timeout_secs)",
+                    self.id,
+                    self.address,
+                    self.timeout.as_secs()
+                ))),
+            }
+        }
+        .boxed()
     }
 }
 
