@@ -15,6 +15,7 @@
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
 //! - [`delivery`]: per-destination durable queue contract and destinations.
 //! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
+//! - [`source`]: documents from elsewhere than MLLP (the MESH inbox) into the journal.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
 //! - [`api`]: the HTTP server (health, metrics, operations API).
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
@@ -32,5 +33,6 @@ pub mod mapping;
 pub mod mesh;
 pub mod mllp;
 pub mod route;
+pub mod source;
 pub mod store;
 pub mod telemetry;
