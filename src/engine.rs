@@ -2,7 +2,7 @@
 //! runs them until told to stop, then drains.
 //!
 //! Startup order: journal (so nothing is accepted without somewhere durable
-//! to put it), then every listener socket and the HTTP socket are bound —
+//! to put it), the record store (FHIR reads, tokens, audit, objections), then every listener socket and the HTTP socket are bound —
 //! any bind failure aborts the start before anything is served — then the
 //! accept loops start and `/ready` turns true.
 //!
@@ -28,10 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::access::Access;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::journal::{Journal, JournalError, StoreConfig};
 use crate::mllp::listener::{Listener, ListenerError};
+use crate::store::{RecordStore, RecordStoreConfig, StoreError};
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
@@ -41,6 +43,8 @@ pub enum EngineError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Records(#[from] StoreError),
     #[error("{0}")]
     ApiBind(std::io::Error),
     #[error("cannot install the {signal} handler: {source}")]
@@ -146,6 +150,11 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         sync = journal.sync_policy().as_str(),
         "journal open"
     );
+    let records = RecordStore::open(&RecordStoreConfig {
+        path: store.records.clone(),
+        sync: store.sync,
+    })?;
+    info!(path = %records.path().display(), "record store open");
 
     // Bind everything before serving anything: a bind failure must stop the start.
     let mut bound = Vec::with_capacity(config.listeners.len());
@@ -176,6 +185,8 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         events: events.clone(),
+        // Operations endpoints are open only on a loopback address.
+        access: Access::new(records, api_addr.ip().is_loopback()),
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();

@@ -16,10 +16,12 @@
 //! - [`delivery`]: per-destination durable queue contract and destinations.
 //! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
-//! - [`api`]: the HTTP server (health, metrics, operations API).
+//! - [`api`]: the HTTP server (health, metrics, operations API, FHIR reads).
+//! - [`access`]: API tokens, the authentication and audit layer, objections.
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
 //! - [`cli`]: one file per subcommand.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod config;

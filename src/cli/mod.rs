@@ -12,11 +12,13 @@ use clap::{Parser, Subcommand};
 pub mod check;
 pub mod load;
 pub mod map;
+pub mod objections;
 pub mod parse;
 pub mod send;
 pub mod serve;
 pub mod tail;
 pub mod test;
+pub mod token;
 
 /// Junction: HL7 v2 / MESH integration engine for NHS shared care records.
 #[derive(Debug, Parser)]
@@ -44,6 +46,10 @@ pub enum Command {
     Test(test::TestArgs),
     /// Follow a running engine's live events (no patient data).
     Tail(tail::TailArgs),
+    /// Manage API tokens: add (printed once), list, revoke.
+    Token(token::TokenArgs),
+    /// Manage the objections register (people who object to sharing): add, remove, list.
+    Objections(objections::ObjectionsArgs),
 }
 
 /// Runs one subcommand and turns its outcome into an exit code.
@@ -57,6 +63,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Map(args) => map::run(args),
         Command::Test(args) => test::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Objections(args) => objections::run(args),
     };
     match result {
         Ok(code) => code,
