@@ -4,13 +4,21 @@
 //!
 //!     cargo bench --bench map            # full run
 //!     cargo bench --bench map -- --quick # a quick look
+//!
+//! Instruction counts (stable on a loaded machine): with `JUNCTION_BENCH_ONCE=N`
+//! the binary skips criterion and runs every case N times, so running it under
+//! `valgrind --tool=callgrind` with N = 1 and N = 101 and subtracting gives the
+//! instructions of 100 messages per case (see BENCHMARKS.md):
+//!
+//!     JUNCTION_BENCH_ONCE=101 JUNCTION_BENCH_CASE=adt_a01/parse+map \
+//!         valgrind --tool=callgrind target/release/deps/map-<hash>
 
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 use junction::hl7;
-use junction::mapping::MappingSet;
+use junction::mapping::{MappingSet, Plan};
 
 /// The same allocator as the `junction` binary (src/main.rs), so the figures
 /// match what the engine does.
@@ -25,51 +33,79 @@ fn sample(name: &str) -> String {
     hl7::decode(&raw).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn benches(c: &mut Criterion) {
+const SAMPLES: [(&str, &str); 2] = [
+    ("adt_a01", "adt_a01_admission.hl7"),
+    ("oru_r01_20obx", "oru_r01_fbc_ue.hl7"),
+];
+
+type Case = fn(&str, &Plan);
+
+const CASES: [(&str, Case); 3] = [
+    ("parse", |text, _| {
+        let message = hl7::Message::parse(black_box(text)).expect("parses");
+        black_box(message.header().expect("header"));
+    }),
+    ("parse+map", |text, plan| {
+        let message = hl7::Message::parse(black_box(text)).expect("parses");
+        black_box(plan.apply(&message).expect("maps"));
+    }),
+    ("decode+parse+map+json", |text, plan| {
+        let decoded = hl7::decode(black_box(text.as_bytes())).expect("decodes");
+        let message = hl7::Message::parse(&decoded).expect("parses");
+        let output = plan.apply(&message).expect("maps");
+        black_box(serde_json::to_vec(&output.document).expect("serializes"));
+    }),
+];
+
+/// The samples with the shipped plan their routes would pick.
+fn setup() -> (MappingSet, Vec<(&'static str, String)>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings");
     let set = MappingSet::load_dir(&dir).unwrap_or_else(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         panic!("mappings do not load:\n{}", lines.join("\n"))
     });
-
-    for (label, file) in [
-        ("adt_a01", "adt_a01_admission.hl7"),
-        ("oru_r01_20obx", "oru_r01_fbc_ue.hl7"),
-    ] {
-        let text = sample(file);
-        let message = hl7::Message::parse(&text).expect("sample parses");
-        let header = message.header().expect("sample header");
-        let plan = set
-            .select(&header.message_code, &header.trigger_event)
-            .expect("a shipped mapping for the sample");
-        drop(message);
-
-        let mut group = c.benchmark_group(label);
-        group.throughput(Throughput::Elements(1));
-        group.bench_function("parse", |b| {
-            b.iter(|| {
-                let message = hl7::Message::parse(black_box(&text)).expect("parses");
-                black_box(message.header().expect("header"));
-            })
-        });
-        group.bench_function("parse+map", |b| {
-            b.iter(|| {
-                let message = hl7::Message::parse(black_box(&text)).expect("parses");
-                black_box(plan.apply(&message).expect("maps"));
-            })
-        });
-        group.bench_function("decode+parse+map+json", |b| {
-            let raw = text.as_bytes();
-            b.iter(|| {
-                let decoded = hl7::decode(black_box(raw)).expect("decodes");
-                let message = hl7::Message::parse(&decoded).expect("parses");
-                let output = plan.apply(&message).expect("maps");
-                black_box(serde_json::to_vec(&output.document).expect("serializes"));
-            })
-        });
-        group.finish();
-    }
+    let samples = SAMPLES
+        .iter()
+        .map(|(label, file)| (*label, sample(file)))
+        .collect();
+    (set, samples)
 }
 
-criterion_group!(map, benches);
-criterion_main!(map);
+fn plan_for<'s>(set: &'s MappingSet, text: &str) -> &'s Plan {
+    let message = hl7::Message::parse(text).expect("sample parses");
+    let header = message.header().expect("sample header");
+    set.select(&header.message_code, &header.trigger_event)
+        .expect("a shipped mapping for the sample")
+}
+
+fn main() {
+    let (set, samples) = setup();
+    if let Ok(n) = std::env::var("JUNCTION_BENCH_ONCE") {
+        let n: usize = n.parse().expect("JUNCTION_BENCH_ONCE is a number");
+        let only = std::env::var("JUNCTION_BENCH_CASE").ok();
+        for (label, text) in &samples {
+            let plan = plan_for(&set, text);
+            for (name, case) in CASES {
+                let id = format!("{label}/{name}");
+                if only.as_deref().is_some_and(|o| o != id) {
+                    continue;
+                }
+                for _ in 0..n {
+                    case(text, plan);
+                }
+            }
+        }
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    for (label, text) in &samples {
+        let plan = plan_for(&set, text);
+        let mut group = c.benchmark_group(*label);
+        group.throughput(Throughput::Elements(1));
+        for (name, case) in CASES {
+            group.bench_function(name, |b| b.iter(|| case(text, plan)));
+        }
+        group.finish();
+    }
+    c.final_summary();
+}

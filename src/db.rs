@@ -51,6 +51,27 @@ pub(crate) fn open_writer(
     version: i64,
     schema_v1: &str,
 ) -> Result<Connection, OpenProblem> {
+    let conn = open_wal(path, sync)?;
+    migrate(&conn, version, &[schema_v1])?;
+    Ok(conn)
+}
+
+/// Like [`open_writer`] for a schema with several versions: `migrations[0]`
+/// creates version 1 on an empty file, `migrations[n]` upgrades version `n`
+/// to `n + 1`. Each step runs in its own transaction and sets
+/// `user_version`, so a crash between steps resumes at the next open.
+pub(crate) fn open_writer_migrating(
+    path: &Path,
+    sync: SyncPolicy,
+    migrations: &[&str],
+) -> Result<Connection, OpenProblem> {
+    let conn = open_wal(path, sync)?;
+    // The number of migrations is a small constant of the caller.
+    migrate(&conn, migrations.len() as i64, migrations)?;
+    Ok(conn)
+}
+
+fn open_wal(path: &Path, sync: SyncPolicy) -> Result<Connection, OpenProblem> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String =
@@ -63,7 +84,6 @@ pub(crate) fn open_writer(
         SyncPolicy::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
-    migrate(&conn, version, schema_v1)?;
     Ok(conn)
 }
 
@@ -77,16 +97,20 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(conn)
 }
 
-/// Creates or upgrades the schema, refusing files newer than this build.
-fn migrate(conn: &Connection, supported: i64, schema_v1: &str) -> Result<(), OpenProblem> {
+/// Creates or upgrades the schema to `supported` by running the steps of
+/// `migrations` the file has not had yet, refusing files newer than this build.
+fn migrate(conn: &Connection, supported: i64, migrations: &[&str]) -> Result<(), OpenProblem> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if found > supported {
         return Err(OpenProblem::SchemaTooNew { found, supported });
     }
-    if found < 1 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {schema_v1} PRAGMA user_version = 1; COMMIT;"
-        ))?;
+    for (step, sql) in migrations.iter().enumerate() {
+        let to = step as i64 + 1;
+        if found < to && to <= supported {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {sql} PRAGMA user_version = {to}; COMMIT;"
+            ))?;
+        }
     }
     Ok(())
 }

@@ -153,9 +153,11 @@ fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnost
         config.map(|c| c.listeners.keys().map(String::as_str).collect());
     let destinations: Option<Vec<&str>> =
         config.map(|c| c.destinations.keys().map(String::as_str).collect());
+    let sources: Option<Vec<&str>> = config.map(|c| c.sources.keys().map(String::as_str).collect());
     let known = crate::route::Known {
         mappings: mappings.as_ref(),
         listeners: listeners.as_deref(),
+        sources: sources.as_deref(),
         destinations: destinations.as_deref(),
     };
     for err in crate::route::check_dir(&in_dir("routes"), &known) {

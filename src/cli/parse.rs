@@ -20,8 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::hl7::hl7_parser::message::{Field, Separators};
-use crate::hl7::{component_text, decode, field_text, repeat_text, split_batch, unescape, Message};
+use crate::hl7::{decode, split_batch, Element, Message, Separators};
 
 #[derive(Debug, clap::Args)]
 pub struct ParseArgs {
@@ -77,18 +76,18 @@ pub fn render(message: &Message<'_>, out: &mut String) {
     let seps = message.separators();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for segment in message.segments() {
-        let occurrence = seen.entry(segment.name).or_insert(0);
+        let occurrence = seen.entry(segment.name()).or_insert(0);
         *occurrence += 1;
         let name = if *occurrence == 1 {
-            segment.name.to_owned()
+            segment.name().to_owned()
         } else {
-            format!("{}[{}]", segment.name, occurrence)
+            format!("{}[{}]", segment.name(), occurrence)
         };
         let _ = writeln!(out, "{name}");
-        for (i, field) in segment.fields.iter().enumerate() {
+        for (i, field) in segment.fields().enumerate() {
             let number = i + 1;
             let path = format!("{name}-{number}");
-            if segment.name == "MSH" && number <= 2 {
+            if segment.name() == "MSH" && number <= 2 {
                 let value = if number == 1 {
                     seps.field.to_string()
                 } else {
@@ -102,14 +101,14 @@ pub fn render(message: &Message<'_>, out: &mut String) {
     }
 }
 
-fn render_field(out: &mut String, path: &str, field: &Field<'_>, seps: &Separators) {
-    if field.raw_value().is_empty() {
+fn render_field(out: &mut String, path: &str, field: Element<'_>, seps: &Separators) {
+    if field.raw().is_empty() {
         return;
     }
-    line(out, 1, path, &field_text(field, seps));
-    let repeated = field.repeats.len() > 1;
-    for (r, repeat) in field.repeats.iter().enumerate() {
-        if repeat.raw_value().is_empty() {
+    line(out, 1, path, &field.text(seps));
+    let repeated = field.len() > 1;
+    for (r, repeat) in field.parts().enumerate() {
+        if repeat.raw().is_empty() {
             continue;
         }
         let repeat_path = if repeated {
@@ -119,32 +118,27 @@ fn render_field(out: &mut String, path: &str, field: &Field<'_>, seps: &Separato
         };
         let mut depth = 2;
         if repeated {
-            line(out, depth, &repeat_path, &repeat_text(repeat, seps));
+            line(out, depth, &repeat_path, &repeat.text(seps));
             depth += 1;
         }
-        if repeat.components.len() == 1 && repeat.components[0].subcomponents.len() == 1 {
+        if repeat.len() == 1 && repeat.part(1).is_some_and(|c| c.len() == 1) {
             continue;
         }
-        for (c, component) in repeat.components.iter().enumerate() {
-            if component.raw_value().is_empty() {
+        for (c, component) in repeat.parts().enumerate() {
+            if component.raw().is_empty() {
                 continue;
             }
             let component_path = format!("{repeat_path}.{}", c + 1);
-            line(
-                out,
-                depth,
-                &component_path,
-                &component_text(component, seps),
-            );
-            if component.subcomponents.len() < 2 {
+            line(out, depth, &component_path, &component.text(seps));
+            if component.len() < 2 {
                 continue;
             }
-            for (s, sub) in component.subcomponents.iter().enumerate() {
-                if sub.value.is_empty() {
+            for (s, sub) in component.parts().enumerate() {
+                if sub.raw().is_empty() {
                     continue;
                 }
                 let sub_path = format!("{component_path}.{}", s + 1);
-                line(out, depth + 1, &sub_path, &unescape(sub.value, seps));
+                line(out, depth + 1, &sub_path, &sub.text(seps));
             }
         }
     }

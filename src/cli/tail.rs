@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::telemetry::events::{Event, MessageOutcome};
+use crate::telemetry::events::{DeliveryEvent, Event, MessageOutcome, RoutingEvent};
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -200,10 +200,74 @@ fn readable(event: &Event) -> String {
         Event::ConnectionClosed { listener, peer, at } => {
             format!("{} ConnectionClosed {listener} {peer}", clock(at))
         }
+        Event::MessageRouted(r) => routing_line("MessageRouted", r),
+        Event::MessageUnrouted(r) => routing_line("MessageUnrouted", r),
+        Event::RoutingFailed(r) => routing_line("RoutingFailed", r),
+        Event::Delivered(d) => delivery_line("Delivered", d),
+        Event::DeliveryFailed(d) => delivery_line("DeliveryFailed", d),
+        Event::DeadLettered(d) => delivery_line("DeadLettered", d),
+        Event::Withheld(d) => delivery_line("Withheld", d),
         Event::Lagged { missed } => {
             format!("-- {missed} event(s) missed: this tail fell behind --")
         }
     }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `12:00:01.002 MessageRouted pas #42 ADT^A01 RAL123 -> store, mesh_hwe (routes adt_to_store)`
+fn routing_line(name: &str, r: &RoutingEvent) -> String {
+    let mut line = format!(
+        "{} {name} {} #{} {} {}",
+        clock(&r.at),
+        r.listener,
+        r.journal_id,
+        or_dash(&r.message_type),
+        or_dash(&r.control_id),
+    );
+    if !r.destinations.is_empty() {
+        line.push_str(&format!(" -> {}", r.destinations.join(", ")));
+    }
+    if !r.routes.is_empty() {
+        line.push_str(&format!(" (routes {})", r.routes.join(", ")));
+    }
+    if let Some(stage) = &r.stage {
+        line.push_str(&format!(" at {stage}"));
+    }
+    if r.replay {
+        line.push_str(" replay");
+    }
+    line
+}
+
+/// `12:00:02.100 DeliveryFailed fhir_lab #7 (message 42) ORU^R01 LAB9 attempt 2: HTTP 503; retry at 12:00:04.100`
+fn delivery_line(name: &str, d: &DeliveryEvent) -> String {
+    let mut line = format!(
+        "{} {name} {} #{} (message {}) {} {} attempt {}",
+        clock(&d.at),
+        d.destination,
+        d.delivery_id,
+        d.journal_id,
+        or_dash(&d.message_type),
+        or_dash(&d.control_id),
+        d.attempt,
+    );
+    if let Some(remote) = &d.remote_ref {
+        line.push_str(&format!(" as {remote}"));
+    }
+    if let Some(error) = &d.error {
+        line.push_str(&format!(": {error}"));
+    }
+    if let Some(retry_at) = &d.retry_at {
+        line.push_str(&format!("; retry at {}", clock(retry_at)));
+    }
+    line
 }
 
 fn message_line(name: &str, m: &MessageOutcome) -> String {
@@ -282,5 +346,51 @@ mod tests {
         );
         assert!(line.contains(":04:05.123"), "{line}");
         assert_eq!(render("MessageAcked", &data, true), data);
+    }
+
+    #[test]
+    fn delivery_lines_name_destination_attempt_and_retry() {
+        let event = Event::DeliveryFailed(DeliveryEvent {
+            delivery_id: 7,
+            journal_id: 42,
+            destination: "fhir_lab".to_string(),
+            control_id: "LAB9".to_string(),
+            message_type: "ORU^R01".to_string(),
+            attempt: 2,
+            outcome: "retry".to_string(),
+            error: Some("HTTP 503".to_string()),
+            retry_at: Some("2026-11-22T21:04:07.000Z".to_string()),
+            remote_ref: None,
+            at: "2026-11-22T21:04:05.123Z".to_string(),
+        });
+        let line = render(
+            "DeliveryFailed",
+            &serde_json::to_string(&event).unwrap(),
+            false,
+        );
+        assert!(
+            line.contains(" DeliveryFailed fhir_lab #7 (message 42) ORU^R01 LAB9 attempt 2: HTTP 503; retry at "),
+            "{line}"
+        );
+        let routed = Event::MessageUnrouted(RoutingEvent {
+            listener: "pas".to_string(),
+            journal_id: 3,
+            control_id: "X1".to_string(),
+            message_type: "ADT^A99".to_string(),
+            routes: vec![],
+            destinations: vec![],
+            replay: false,
+            stage: None,
+            at: "2026-11-22T21:04:05.123Z".to_string(),
+        });
+        let line = render(
+            "MessageUnrouted",
+            &serde_json::to_string(&routed).unwrap(),
+            false,
+        );
+        assert!(
+            line.ends_with(" MessageUnrouted pas #3 ADT^A99 X1"),
+            "{line}"
+        );
     }
 }

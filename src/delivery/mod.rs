@@ -5,7 +5,8 @@
 //! - [`DestinationConfig`] / [`SourceConfig`]: the `[destinations.<id>]` and
 //!   `[sources.<id>]` tables (`config/` assembles and checks them).
 //! - [`Deliver`]: what a destination does with one queued item. Destination
-//!   kinds (store, mesh, fhir, mllp, file) implement it in `destinations/`.
+//!   kinds (store, mesh, fhir, mllp, file) implement it, one file each
+//!   ([`file`], [`store`], ...); [`build::build`] makes one from its table.
 //! - [`DeliveryItem`], [`Delivered`], [`DeliveryError`]: what the queue hands
 //!   a destination and what it gets back.
 //! - [`Objections`]: the register the queue asks before anything goes to an
@@ -13,6 +14,18 @@
 //!
 //! It does not decide *when* to deliver (the queue's scheduler does) nor
 //! *where* (routes do).
+
+pub mod build;
+pub mod fhir;
+pub mod file;
+pub mod mesh;
+pub mod mllp;
+pub mod pipeline;
+pub mod queue;
+pub mod scheduler;
+pub mod store;
+#[cfg(test)]
+mod testing;
 
 use std::path::PathBuf;
 

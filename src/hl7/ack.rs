@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use hl7_parser::message::Separators;
+use super::tree::Separators;
 
 use super::charset::decode;
 use super::error::Hl7Error;
@@ -270,7 +270,6 @@ fn separators_of(h: &Header) -> (Separators, String) {
         repetition: chars[1],
         escape: chars[2],
         subcomponent: chars[3],
-        lenient_newlines: false,
     };
     (seps, chars.into_iter().collect())
 }

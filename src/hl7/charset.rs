@@ -27,7 +27,7 @@
 //! is kept as data (broken senders that put raw line feeds in report text).
 //! Blank and whitespace-only lines (including trailing ones) are dropped,
 //! leading whitespace is dropped, a bare segment name such as `PV2` gets its
-//! field separator (`PV2|`, which `hl7-parser` requires), and every segment,
+//! field separator (`PV2|`, which `Message::parse` requires), and every segment,
 //! including the last, ends with `'\r'`.
 //!
 //! Not done here: any parsing or validation of the HL7 structure.

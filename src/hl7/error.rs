@@ -51,7 +51,8 @@ pub enum Hl7Error {
     )]
     UnnormalisedText { offset: usize },
 
-    /// The `hl7-parser` crate rejected the text at this position.
+    /// The structure cannot be indexed: the text is 4 GiB or more (`offset`
+    /// is then `u32::MAX`).
     #[error("byte {offset}: the message structure cannot be parsed, found '{found}'")]
     Syntax { offset: usize, found: String },
 

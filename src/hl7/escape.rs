@@ -13,7 +13,8 @@
 //!   switches, malformed `\X\` hex, an escape character with no closing one)
 //!   is kept verbatim, so nothing a sender wrote silently disappears.
 //!
-//! `hl7-parser`'s own `Separators::decode` is not used: it slices the value by
+//! `hl7-parser`'s `Separators::decode` (used before our own tree replaced that
+//! crate) was not used either: it slices the value by
 //! character index as if it were a byte index (wrong, and able to panic, on
 //! non-ASCII text), turns `\.br\` into `"\r"`, drops unknown escapes and drops
 //! everything after an unterminated escape.
@@ -22,7 +23,7 @@
 
 use std::borrow::Cow;
 
-use hl7_parser::message::Separators;
+use super::tree::Separators;
 
 /// Decodes HL7 escape sequences in `raw` (see the module doc for the rules).
 pub fn unescape<'r>(raw: &'r str, separators: &Separators) -> Cow<'r, str> {
@@ -198,7 +199,6 @@ mod tests {
             subcomponent: '$',
             repetition: '*',
             escape: '?',
-            lenient_newlines: false,
         };
         assert_eq!(unescape("a?F?b?S?c?E?", &seps), "a#b!c?");
         assert_eq!(escape("a#b!c?d$e*", &seps), "a?F?b?S?c?E?d?T?e?R?");

@@ -1,15 +1,16 @@
-//! A parsed HL7 v2 message: a checked wrapper over `hl7_parser::Message`, its
-//! decoded header, and values addressed by [`Path`].
+//! A parsed HL7 v2 message: the checked text, its structure as byte ranges
+//! ([`super::tree`]), its decoded header, and values addressed by [`Path`].
 //!
 //! # Invariants
 //! - A `Message` always starts with a valid MSH: a usable field separator and
 //!   four (or five, with the v2.7 truncation character) distinct encoding
-//!   characters. `inner().segments[0]` is that MSH.
-//! - Every segment of the text is in `inner().segments` (nothing after a bad
+//!   characters. `segment(0)` is that MSH.
+//! - Every segment of the text is in `segments()` (nothing after a bad
 //!   segment is silently dropped), every segment name is three ASCII
 //!   alphanumerics, and there is exactly one MSH.
 //! - Field numbers are HL7's for every segment, MSH included:
-//!   `segment.field(n)` is `SEG-n`.
+//!   `segment.field(n)` is `SEG-n`; MSH-1 and MSH-2 are single values (the
+//!   delimiters), never split.
 //!
 //! Values returned by [`Message::get`] are escape-decoded; the HL7 explicit
 //! null `""` is returned as the two quote characters so callers can tell
@@ -17,18 +18,17 @@
 
 use std::borrow::Cow;
 
-use hl7_parser::message::{Component, Field, Repeat, Segment, Separators};
-
 use super::charset::ends_segment;
 use super::error::{snippet, Hl7Error};
-use super::escape::unescape;
 use super::path::Path;
+use super::tree::{Element, Segment, Separators, Stop, Tree};
 
 /// A parsed message borrowing the text it was parsed from.
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     text: &'a str,
-    inner: hl7_parser::Message<'a>,
+    tree: Tree,
+    separators: Separators,
     /// MSH-2 exactly as received (4 or 5 characters).
     encoding_characters: &'a str,
 }
@@ -87,36 +87,28 @@ impl<'a> Message<'a> {
     pub fn parse(text: &'a str) -> Result<Message<'a>, Hl7Error> {
         let encoding_characters = check_msh_prefix(text)?;
         check_line_feeds(text)?;
-        let mut inner = hl7_parser::Message::parse(text).map_err(|err| match err {
-            hl7_parser::parser::ParseError::FailedToParse { position, .. } => Hl7Error::Syntax {
-                offset: position,
-                found: snippet(text.get(position..).unwrap_or_default(), 8),
-            },
-            hl7_parser::parser::ParseError::IncompleteInput(_) => Hl7Error::Syntax {
-                offset: text.len(),
+        if u32::try_from(text.len()).is_err() {
+            return Err(Hl7Error::Syntax {
+                offset: u32::MAX as usize,
                 found: String::new(),
-            },
-        })?;
-        // Work-around: with a 5-character MSH-2 (v2.7 truncation character),
-        // hl7-parser reads 4 encoding characters and makes the 5th an extra
-        // field, shifting MSH-3 onwards by one. Drop that extra field.
-        if encoding_characters.len() == 5 {
-            let msh = &mut inner.segments[0];
-            if msh.fields.len() > 2 && msh.fields[2].raw_value() == &encoding_characters[4..] {
-                msh.fields.remove(2);
-            }
+            });
         }
-        check_segments(text, &inner)?;
+        let (tree, stop) = Tree::build(text, encoding_characters.len());
+        check_stop(text, &tree, stop)?;
+        let e = encoding_characters.as_bytes();
+        let separators = Separators {
+            field: char::from(text.as_bytes()[3]),
+            component: char::from(e[0]),
+            repetition: char::from(e[1]),
+            escape: char::from(e[2]),
+            subcomponent: char::from(e[3]),
+        };
         Ok(Message {
             text,
-            inner,
+            tree,
+            separators,
             encoding_characters,
         })
-    }
-
-    /// The `hl7-parser` view (segments, fields, byte ranges).
-    pub fn inner(&self) -> &hl7_parser::Message<'a> {
-        &self.inner
     }
 
     /// The text the message was parsed from.
@@ -126,7 +118,7 @@ impl<'a> Message<'a> {
 
     /// The message's separators.
     pub fn separators(&self) -> &Separators {
-        &self.inner.separators
+        &self.separators
     }
 
     /// MSH-2 exactly as received.
@@ -134,26 +126,41 @@ impl<'a> Message<'a> {
         self.encoding_characters
     }
 
+    /// How many segments, MSH included.
+    pub fn segment_count(&self) -> usize {
+        self.tree.segment_count()
+    }
+
+    /// Segment `i` (0-based; 0 is MSH).
+    pub fn segment(&self, i: usize) -> Option<Segment<'_>> {
+        Segment::new(self.text, &self.tree, i)
+    }
+
     /// The segments in order, MSH first.
-    pub fn segments(&self) -> impl Iterator<Item = &Segment<'a>> {
-        self.inner.segments.iter()
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> {
+        (0..self.segment_count()).filter_map(|i| self.segment(i))
+    }
+
+    /// The first segment named `name` (then [`Segment::next_same`] for the others).
+    pub fn first_segment(&self, name: &str) -> Option<Segment<'_>> {
+        self.segments().find(|s| s.name() == name)
     }
 
     /// The decoded MSH fields.
     pub fn header(&self) -> Result<Header, Hl7Error> {
-        let msh = self.inner.segments.first().ok_or(Hl7Error::Empty)?;
+        let msh = self.segment(0).ok_or(Hl7Error::Empty)?;
         let seps = self.separators();
         let field = |n: usize| -> String {
             msh.field(n)
-                .and_then(|f| f.repeat(1))
-                .map(|r| repeat_text(r, seps).into_owned())
+                .and_then(|f| f.part(1))
+                .map(|r| r.text(seps).into_owned())
                 .unwrap_or_default()
         };
         let component = |n: usize, c: usize| -> String {
             msh.field(n)
-                .and_then(|f| f.repeat(1))
-                .and_then(|r| r.component(c))
-                .map(|c| component_text(c, seps).into_owned())
+                .and_then(|f| f.part(1))
+                .and_then(|r| r.part(c))
+                .map(|c| c.text(seps).into_owned())
                 .unwrap_or_default()
         };
         let optional = |s: String| (!s.is_empty()).then_some(s);
@@ -184,13 +191,11 @@ impl<'a> Message<'a> {
 
     /// [`Message::get`] with a pre-parsed path; borrows when nothing needs decoding.
     pub fn get_path(&self, path: &Path) -> Option<Cow<'a, str>> {
-        let segment = self
-            .inner
-            .segments
-            .iter()
-            .filter(|s| s.name == path.segment)
-            .nth(path.occurrence.checked_sub(1)?)?;
-        if segment.name == "MSH" && path.field <= 2 {
+        let mut segment = self.first_segment(&path.segment)?;
+        for _ in 1..path.occurrence {
+            segment = segment.next_same()?;
+        }
+        if segment.index() == 0 && path.field <= 2 {
             // MSH-1 and MSH-2 are the delimiters themselves: never split or decoded.
             let value = if path.field == 1 {
                 &self.text[3..4]
@@ -202,82 +207,30 @@ impl<'a> Message<'a> {
                 && path.subcomponent.unwrap_or(1) == 1;
             return whole.then_some(Cow::Borrowed(value));
         }
-        let seps = &self.inner.separators;
-        let field = segment.fields.get(path.field.checked_sub(1)?)?;
-        let repeat = field
-            .repeats
-            .get(path.repetition.unwrap_or(1).checked_sub(1)?)?;
-        let value = match path.component {
-            None => repeat_text(repeat, seps),
+        let seps = &self.separators;
+        let repeat = segment
+            .field(path.field)?
+            .part(path.repetition.unwrap_or(1))?;
+        let element: Element<'_> = match path.component {
+            None => repeat,
             Some(c) => {
-                let component = repeat.components.get(c.checked_sub(1)?)?;
+                let component = repeat.part(c)?;
                 match path.subcomponent {
-                    None => component_text(component, seps),
-                    Some(s) => {
-                        let sub = component.subcomponents.get(s.checked_sub(1)?)?;
-                        unescape(sub.value, seps)
-                    }
+                    None => component,
+                    Some(s) => component.part(s)?,
                 }
             }
+        };
+        let value = match element.text(seps) {
+            // the element borrows from the message's text, which lives for 'a
+            Cow::Borrowed(_) => Cow::Borrowed(&self.text[element.range()]),
+            Cow::Owned(s) => Cow::Owned(s),
         };
         (!value.is_empty()).then_some(value)
     }
 }
 
-/// A whole field (all repetitions) with escapes decoded in each subcomponent
-/// and the separators kept as received.
-pub fn field_text<'a>(field: &Field<'a>, separators: &Separators) -> Cow<'a, str> {
-    rebuild(field.raw_value(), separators, || {
-        let mut out = String::with_capacity(field.raw_value().len());
-        for (i, repeat) in field.repeats.iter().enumerate() {
-            if i > 0 {
-                out.push(separators.repetition);
-            }
-            out.push_str(&repeat_text(repeat, separators));
-        }
-        out
-    })
-}
-
-/// One repetition with escapes decoded in each subcomponent and the component
-/// and subcomponent separators kept as received.
-pub fn repeat_text<'a>(repeat: &Repeat<'a>, separators: &Separators) -> Cow<'a, str> {
-    rebuild(repeat.raw_value(), separators, || {
-        let mut out = String::with_capacity(repeat.raw_value().len());
-        for (i, component) in repeat.components.iter().enumerate() {
-            if i > 0 {
-                out.push(separators.component);
-            }
-            out.push_str(&component_text(component, separators));
-        }
-        out
-    })
-}
-
-/// One component with escapes decoded in each subcomponent and the
-/// subcomponent separators kept as received.
-pub fn component_text<'a>(component: &Component<'a>, separators: &Separators) -> Cow<'a, str> {
-    rebuild(component.raw_value(), separators, || {
-        let mut out = String::with_capacity(component.raw_value().len());
-        for (i, sub) in component.subcomponents.iter().enumerate() {
-            if i > 0 {
-                out.push(separators.subcomponent);
-            }
-            out.push_str(&unescape(sub.value, separators));
-        }
-        out
-    })
-}
-
-fn rebuild<'a>(raw: &'a str, seps: &Separators, build: impl FnOnce() -> String) -> Cow<'a, str> {
-    if raw.contains(seps.escape) {
-        Cow::Owned(build())
-    } else {
-        Cow::Borrowed(raw)
-    }
-}
-
-/// Checks what hl7-parser would silently get wrong about the MSH start and
+/// Checks the MSH start (what hl7-parser used to get wrong silently) and
 /// returns MSH-2 as received.
 fn check_msh_prefix(text: &str) -> Result<&str, Hl7Error> {
     if text.trim().is_empty() {
@@ -326,8 +279,8 @@ fn check_msh_prefix(text: &str) -> Result<&str, Hl7Error> {
     Ok(encoding)
 }
 
-/// Rejects text whose segments end in '\n' (not from `decode`): strict
-/// hl7-parser would read such text as one long MSH.
+/// Rejects text whose segments end in '\n' (not from `decode`): split
+/// strictly on '\r', such text would read as one long MSH.
 fn check_line_feeds(text: &str) -> Result<(), Hl7Error> {
     let bytes = text.as_bytes();
     let sep = bytes[3];
@@ -342,25 +295,23 @@ fn check_line_feeds(text: &str) -> Result<(), Hl7Error> {
     Ok(())
 }
 
-/// Checks that hl7-parser read the whole text and that every segment is sound.
-fn check_segments(text: &str, inner: &hl7_parser::Message<'_>) -> Result<(), Hl7Error> {
-    for (i, segment) in inner.segments.iter().enumerate().skip(1) {
-        let bad = |expected| Hl7Error::BadSegment {
-            index: i + 1,
-            offset: segment.range.start,
-            found: snippet(segment.raw_value(), 4),
-            expected,
-        };
-        if !segment.name.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(bad("a 3-character segment name (A-Z, 0-9)"));
+/// Turns what stopped [`Tree::build`] into the error `hl7-parser`'s reading
+/// plus our checks gave: a second MSH, or a line that is not a segment.
+fn check_stop(text: &str, tree: &Tree, stop: Stop) -> Result<(), Hl7Error> {
+    let index = tree.segment_count() + 1;
+    let consumed = match stop {
+        Stop::Complete => return Ok(()),
+        Stop::SecondMsh { offset } => {
+            return Err(Hl7Error::BadSegment {
+                index,
+                offset,
+                found: snippet(&text[offset..], 4),
+                expected:
+                    "one MSH per message (split batches and concatenated messages with split_batch)",
+            })
         }
-        if segment.name == "MSH" {
-            return Err(bad(
-                "one MSH per message (split batches and concatenated messages with split_batch)",
-            ));
-        }
-    }
-    let consumed = inner.raw_value().len();
+        Stop::BadLine { consumed } => consumed,
+    };
     let rest = &text[consumed..];
     let skipped = rest.len() - rest.trim_start_matches(['\r', '\n']).len();
     let offset = consumed + skipped;
@@ -378,7 +329,7 @@ fn check_segments(text: &str, inner: &hl7_parser::Message<'_>) -> Result<(), Hl7
         "the field separator after the segment name"
     };
     Err(Hl7Error::BadSegment {
-        index: inner.segments.len() + 1,
+        index,
         offset,
         found: snippet(line, 4),
         expected,

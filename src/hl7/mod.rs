@@ -4,9 +4,10 @@
 //!
 //! Flow: [`decode`] turns bytes as received into UTF-8 text whose segments end
 //! in `'\r'` (MSH-18 honoured); [`split_batch`] cuts FHS/BHS batches into
-//! messages; [`Message::parse`] checks and parses one message on top of the
-//! `hl7-parser` crate; [`Message::get`] reads values by path (`PID-3[2].1`);
-//! [`assess`] is the listener's gate and [`build_ack`] writes the answer.
+//! messages; [`Message::parse`] checks one message and indexes its structure
+//! in one pass (`tree.rs`: byte ranges in a few flat vectors, nothing copied);
+//! [`Message::get`] reads values by path (`PID-3[2].1`); [`assess`] is the
+//! listener's gate and [`build_ack`] writes the answer.
 //!
 //! # Invariants
 //! - Nothing here panics on any input (property-tested over arbitrary bytes).
@@ -14,34 +15,36 @@
 //!   path character; they quote at most a few characters of input.
 //! - Field numbering is HL7's everywhere, MSH included (MSH-1 is the field
 //!   separator, MSH-2 the encoding characters).
+//! - Escape sequences are decoded only when a value is read
+//!   ([`Element::text`], [`unescape`]); parsing never copies text.
 //!
-//! # `hl7-parser` 0.3: what it gets wrong and how this module works around it
-//! - `Message::parse` stops silently at the first segment it cannot read (a
-//!   blank line, a 4-letter or missing segment name, a bare `PV2` with no field
-//!   separator) and returns the segments before it as a complete message.
-//!   [`Message::parse`] checks that the whole text was consumed and otherwise
-//!   reports the offending segment with its position and byte offset;
-//!   [`decode`] drops blank lines and gives bare segment names their separator.
-//! - Segment names are accepted if they are any Unicode alphanumerics
-//!   (`ÄBC`); we require ASCII. A second MSH is read as an ordinary segment
-//!   with shifted field numbers; we reject it (use [`split_batch`]).
-//! - A 5-character MSH-2 (v2.7 truncation character `#`) makes the 5th
-//!   character an extra field, shifting MSH-3 onwards by one; we remove it.
-//!   MSH-2 shorter than 4 characters makes it take the field separator as a
-//!   delimiter; we reject it up front with a clear error.
-//! - In lenient-newline mode a `'\n'` inside text always ends a segment; we parse
-//!   strictly on `'\r'` and let [`decode`] decide which line feeds end segments.
-//! - Its escape decoding (`Separators::decode`, the `display` module) mixes
-//!   character and byte indices (wrong, and able to panic, on non-ASCII text),
-//!   maps `\.br\` to `"\r"`, drops unknown escapes and everything after an
-//!   unterminated one, and `RepeatDisplay` joins components with the
-//!   repetition character. [`unescape`] replaces all of it.
-//! - Its query parser (`Message::query`) panics (`todo!()`) on numbers that
-//!   overflow, and `segment_n(_, 0)`/`field(0)` hit `debug_assert!`s; [`Path`]
-//!   and [`Message::get_path`] never call them with 0.
-//! - `ParseError` positions are byte offsets into the text, which we keep.
-
-pub use hl7_parser;
+//! # Why not the `hl7-parser` crate
+//! The first versions parsed on `hl7-parser` 0.3. It allocated a `Vec` per
+//! field, repetition, component and subcomponent (~300k instructions for a
+//! 1 KB ADT, 90% of parse+map time before mapping was optimised; see
+//! BENCHMARKS.md), and it got several things wrong, which `tree.rs` and
+//! `message.rs` now handle themselves (a differential property test in
+//! `tree.rs` checks that they read every message exactly as hl7-parser plus our
+//! former work-arounds did; the crate remains a dev-dependency for that test):
+//! - It stopped silently at the first segment it could not read (a blank line,
+//!   a 4-letter or missing segment name, a bare `PV2` with no field separator)
+//!   and returned the segments before it as a complete message. We report the
+//!   offending segment with its position and byte offset; [`decode`] drops
+//!   blank lines and gives bare segment names their separator.
+//! - It accepted segment names of any Unicode alphanumerics (`ÄBC`); we require
+//!   ASCII. It read a second MSH as an ordinary segment with shifted field
+//!   numbers; we reject it (use [`split_batch`]).
+//! - A 5-character MSH-2 (v2.7 truncation character `#`) made the 5th character
+//!   an extra field, shifting MSH-3 onwards by one; we do not. MSH-2 shorter
+//!   than 4 characters made it take the field separator as a delimiter; we
+//!   reject it up front with a clear error.
+//! - In lenient-newline mode a `'\n'` inside text always ended a segment; we
+//!   split strictly on `'\r'` and let [`decode`] decide which line feeds end
+//!   segments.
+//! - Its escape decoding mixed character and byte indices (wrong, and able to
+//!   panic, on non-ASCII text), mapped `\.br\` to `"\r"` and dropped unknown
+//!   escapes; [`unescape`] replaces it. Its query parser panicked (`todo!()`)
+//!   on numbers that overflow; [`Path`] replaces it.
 
 mod ack;
 mod batch;
@@ -51,14 +54,16 @@ mod escape;
 mod message;
 mod path;
 mod scan;
+mod tree;
 
 pub use ack::{assess, build_ack, AckCode, AckError, Rejection};
 pub use batch::split_batch;
 pub use charset::{decode, encode_text, msh18};
 pub use error::Hl7Error;
 pub use escape::{escape, escape_field, unescape};
-pub use message::{component_text, field_text, repeat_text, Header, Message};
+pub use message::{Header, Message};
 pub use path::Path;
+pub use tree::{Element, Level, Segment, Separators};
 
 #[cfg(test)]
 mod proptests {
@@ -139,7 +144,7 @@ mod proptests {
 
         #[test]
         fn escape_round_trips(value in "\\PC{0,40}") {
-            let seps = hl7_parser::message::Separators::default();
+            let seps = Separators::default();
             let escaped = escape(&value, &seps);
             prop_assert_eq!(unescape(&escaped, &seps), value.as_str());
         }

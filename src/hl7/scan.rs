@@ -21,7 +21,7 @@
 //!   line, the end, or `[A-Z0-9]{3}` plus the field separator, so `decode`
 //!   treats each as a segment end and drops the empty lines; the normalised
 //!   text holds no `'\n'`.
-//! - Segments: `hl7-parser` reads a segment as a 3-alphanumeric name, the
+//! - Segments: `Message::parse` reads a segment as a 3-alphanumeric name, the
 //!   field separator, then fields that never fail (everything up to `'\r'`),
 //!   so every checked segment is read and the whole text is consumed.
 

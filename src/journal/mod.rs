@@ -27,6 +27,7 @@
 //! - The request channel is bounded ([`QUEUE_DEPTH`]): when the disk is slower
 //!   than the senders, `commit` waits, and so do the senders for their ACKs.
 
+mod queue;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::ReaderPool;
 use crate::telemetry::metrics::Metrics;
+
+pub use queue::{
+    format_ms, DeliveryFilter, DeliveryRow, DeliveryStatus, DueDelivery, NewDelivery, NewRouting,
+    PendingMessage, QueueDepth, QueueOp, QueueOutcome, RoutingOutcome, RoutingRecord,
+};
 
 /// Most messages written in one group-commit transaction.
 pub const MAX_GROUP_MESSAGES: usize = 2048;
@@ -252,9 +258,20 @@ pub enum JournalError {
 }
 
 /// A request to the writer thread: rows to write and where to answer.
-struct WriteRequest {
-    items: Vec<Incoming>,
-    reply: oneshot::Sender<Result<Vec<Committed>, JournalError>>,
+/// Intake and queue requests share the same group commit.
+enum WriteRequest {
+    /// Received messages ([`Journal::commit`]).
+    Intake {
+        items: Vec<Incoming>,
+        reply: oneshot::Sender<Result<Vec<Committed>, JournalError>>,
+    },
+    /// Routing outcomes and delivery-queue changes ([`Journal::queue_write`]).
+    /// Applied under a savepoint: a failing request is rolled back alone and
+    /// does not fail the intake sharing its transaction.
+    Queue {
+        ops: Vec<QueueOp>,
+        reply: oneshot::Sender<Result<Vec<QueueOutcome>, JournalError>>,
+    },
 }
 
 /// Shared between the handles and the writer thread.
@@ -279,6 +296,9 @@ struct Inner {
     tx: mpsc::Sender<WriteRequest>,
     state: Arc<WriterState>,
     readers: ReaderPool,
+    /// Woken after every commit that stored accepted messages: the delivery
+    /// pipeline waits on it.
+    accepted: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -317,9 +337,11 @@ impl Journal {
             last_commit_ok: AtomicBool::new(true),
         });
         let thread_state = Arc::clone(&state);
+        let accepted = Arc::new(tokio::sync::Notify::new());
+        let thread_accepted = Arc::clone(&accepted);
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || sqlite::writer_loop(conn, rx, thread_state, metrics))
+            .spawn(move || sqlite::writer_loop(conn, rx, thread_state, metrics, thread_accepted))
             .map_err(JournalError::Spawn)?;
         // Open one reader now so a broken file shows up at start, not at the first search.
         let reader = sqlite::open_reader(&path)?;
@@ -330,6 +352,7 @@ impl Journal {
                 tx,
                 state,
                 readers: ReaderPool::new(cfg.path.clone(), reader),
+                accepted,
             }),
         })
     }
@@ -360,10 +383,97 @@ impl Journal {
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
-            .send(WriteRequest { items, reply })
+            .send(WriteRequest::Intake { items, reply })
             .await
             .map_err(|_| JournalError::WriterStopped)?;
         answer.await.map_err(|_| JournalError::WriterStopped)?
+    }
+
+    /// Applies routing outcomes and delivery-queue changes in one transaction
+    /// (shared with whatever intake is committing at the same time). All of
+    /// `ops` are applied, or none. Returns once durable.
+    pub async fn queue_write(&self, ops: Vec<QueueOp>) -> Result<Vec<QueueOutcome>, JournalError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriteRequest::Queue { ops, reply })
+            .await
+            .map_err(|_| JournalError::WriterStopped)?;
+        answer.await.map_err(|_| JournalError::WriterStopped)?
+    }
+
+    /// Notified after each commit that stored accepted messages (a permit is
+    /// kept when nobody waits, so no commit is missed by a single waiter).
+    pub fn accepted_notify(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.inner.accepted)
+    }
+
+    /// The last message id the pipeline routed (not counting replays); 0 when none.
+    pub async fn routing_cursor(&self) -> Result<i64, JournalError> {
+        self.with_reader(queue::routing_cursor).await
+    }
+
+    /// Accepted messages after `after`, in id order, at most `limit`.
+    pub async fn accepted_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingMessage>, JournalError> {
+        self.with_reader(move |conn| queue::accepted_after(conn, after, limit))
+            .await
+    }
+
+    /// One accepted message (for a replay); `None` when there is no accepted message `id`.
+    pub async fn accepted_message(&self, id: i64) -> Result<Option<PendingMessage>, JournalError> {
+        self.with_reader(move |conn| queue::accepted_message(conn, id))
+            .await
+    }
+
+    /// Pending deliveries of `destination` that are due at `now_ms` and head
+    /// of their patient's line, soonest first, at most `limit`.
+    pub async fn due_deliveries(
+        &self,
+        destination: String,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, JournalError> {
+        self.with_reader(move |conn| queue::due_deliveries(conn, &destination, now_ms, limit))
+            .await
+    }
+
+    /// When the next head-of-line delivery of `destination` is due (unix ms).
+    pub async fn next_due_at(&self, destination: String) -> Result<Option<i64>, JournalError> {
+        self.with_reader(move |conn| queue::next_due_at(conn, &destination))
+            .await
+    }
+
+    /// Queue depths per destination and status, with the oldest pending item.
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, JournalError> {
+        self.with_reader(queue::depths).await
+    }
+
+    /// Deliveries matching `filter`, newest first.
+    pub async fn deliveries(
+        &self,
+        filter: DeliveryFilter,
+    ) -> Result<Vec<DeliveryRow>, JournalError> {
+        self.with_reader(move |conn| queue::deliveries(conn, &filter))
+            .await
+    }
+
+    /// One delivery row.
+    pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, JournalError> {
+        self.with_reader(move |conn| queue::delivery(conn, id))
+            .await
+    }
+
+    /// Every routing outcome of a message (the first, then replays), oldest first.
+    pub async fn routings(&self, message_id: i64) -> Result<Vec<RoutingRecord>, JournalError> {
+        self.with_reader(move |conn| queue::routings(conn, message_id))
+            .await
     }
 
     /// The newest messages matching `q`, newest first.

@@ -13,15 +13,17 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::{
-    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, SyncPolicy,
-    WriteRequest, WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES, MAX_GROUP_MESSAGES, MAX_LIMIT,
+    Committed, Incoming, JournalError, MessageDetail, MessageQuery, MessageSummary, QueueOp,
+    QueueOutcome, Status, SyncPolicy, WriteRequest, WriterState, DEFAULT_LIMIT, MAX_GROUP_BYTES,
+    MAX_GROUP_MESSAGES, MAX_LIMIT,
 };
 use crate::telemetry::metrics::Metrics;
 
-/// The schema this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// The schema this build writes: version 1 (messages), version 2 (routing
+/// outcomes and the delivery queue, [`super::queue::SCHEMA_V2`]).
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE messages (
     id           INTEGER PRIMARY KEY,
     listener     TEXT NOT NULL,
@@ -62,7 +64,9 @@ const SUMMARY_COLUMNS: &str =
 /// Opens the write connection: WAL, the sync policy, the current schema
 /// (see [`crate::db`]).
 pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, JournalError> {
-    db::open_writer(path, sync, SCHEMA_VERSION, SCHEMA_V1).map_err(|problem| match problem {
+    let migrations = [SCHEMA_V1, super::queue::SCHEMA_V2];
+    debug_assert_eq!(migrations.len() as i64, SCHEMA_VERSION);
+    db::open_writer_migrating(path, sync, &migrations).map_err(|problem| match problem {
         OpenProblem::Sqlite(source) => JournalError::Open {
             path: path.to_path_buf(),
             source,
@@ -100,18 +104,19 @@ pub(super) fn writer_loop(
     mut rx: mpsc::Receiver<WriteRequest>,
     state: Arc<WriterState>,
     metrics: Arc<Metrics>,
+    accepted: Arc<tokio::sync::Notify>,
 ) {
     let _guard = AliveGuard(Arc::clone(&state));
     let mut group: Vec<WriteRequest> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        let mut messages = first.items.len();
+        let mut messages = request_items(&first);
         let mut bytes = request_bytes(&first);
         group.push(first);
         // Take whatever else is already waiting: they all share this commit.
         while messages < MAX_GROUP_MESSAGES && bytes < MAX_GROUP_BYTES {
             match rx.try_recv() {
                 Ok(req) => {
-                    messages += req.items.len();
+                    messages += request_items(&req);
                     bytes += request_bytes(&req);
                     group.push(req);
                 }
@@ -127,10 +132,27 @@ pub(super) fn writer_loop(
         match result {
             Ok(outcomes) => {
                 state.last_commit_ok.store(true, Ordering::Release);
+                let mut stored_accepted = false;
                 for (req, outcome) in group.drain(..).zip(outcomes) {
                     // A waiter that went away (connection closed) still had its
                     // rows committed; a resend will be answered as a duplicate.
-                    let _ = req.reply.send(Ok(outcome));
+                    match (req, outcome) {
+                        (WriteRequest::Intake { items, reply }, Outcome::Intake(outcome)) => {
+                            stored_accepted |= items.iter().zip(&outcome).any(|(item, c)| {
+                                item.status == Status::Accepted
+                                    && matches!(c, Committed::Stored { .. })
+                            });
+                            let _ = reply.send(Ok(outcome));
+                        }
+                        (WriteRequest::Queue { reply, .. }, Outcome::Queue(result)) => {
+                            let _ = reply.send(result);
+                        }
+                        // write_group answers each request with its own kind.
+                        _ => tracing::error!("journal writer: request and outcome kinds differ"),
+                    }
+                }
+                if stored_accepted {
+                    accepted.notify_one();
                 }
             }
             Err(err) => {
@@ -138,7 +160,15 @@ pub(super) fn writer_loop(
                 tracing::error!(error = %err, messages, "journal commit failed");
                 let err = Arc::new(err);
                 for req in group.drain(..) {
-                    let _ = req.reply.send(Err(JournalError::Commit(Arc::clone(&err))));
+                    let failed = JournalError::Commit(Arc::clone(&err));
+                    match req {
+                        WriteRequest::Intake { reply, .. } => {
+                            let _ = reply.send(Err(failed));
+                        }
+                        WriteRequest::Queue { reply, .. } => {
+                            let _ = reply.send(Err(failed));
+                        }
+                    }
                 }
             }
         }
@@ -146,29 +176,64 @@ pub(super) fn writer_loop(
     tracing::debug!("journal writer stopped");
 }
 
+fn request_items(req: &WriteRequest) -> usize {
+    match req {
+        WriteRequest::Intake { items, .. } => items.len(),
+        WriteRequest::Queue { ops, .. } => ops.len(),
+    }
+}
+
 fn request_bytes(req: &WriteRequest) -> usize {
-    req.items
-        .iter()
-        .map(|m| m.raw.len() + m.ack.as_ref().map_or(0, String::len))
-        .sum()
+    match req {
+        WriteRequest::Intake { items, .. } => items
+            .iter()
+            .map(|m| m.raw.len() + m.ack.as_ref().map_or(0, String::len))
+            .sum(),
+        WriteRequest::Queue { ops, .. } => ops.iter().map(QueueOp::size_bytes).sum(),
+    }
+}
+
+/// What [`write_group`] did for one request.
+enum Outcome {
+    Intake(Vec<Committed>),
+    /// A queue request that failed was rolled back alone (its savepoint).
+    Queue(Result<Vec<QueueOutcome>, JournalError>),
 }
 
 /// Writes every request of a group in one transaction.
 fn write_group(
     conn: &mut Connection,
     group: &[WriteRequest],
-) -> Result<Vec<Vec<Committed>>, rusqlite::Error> {
+) -> Result<Vec<Outcome>, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(group.len());
     {
         let mut find = tx.prepare_cached(FIND_ACCEPTED)?;
         let mut insert = tx.prepare_cached(INSERT)?;
         for req in group {
-            let mut results = Vec::with_capacity(req.items.len());
-            for item in &req.items {
-                results.push(write_one(&tx, &mut find, &mut insert, item)?);
+            match req {
+                WriteRequest::Intake { items, .. } => {
+                    let mut results = Vec::with_capacity(items.len());
+                    for item in items {
+                        results.push(write_one(&tx, &mut find, &mut insert, item)?);
+                    }
+                    outcomes.push(Outcome::Intake(results));
+                }
+                WriteRequest::Queue { ops, .. } => {
+                    tx.execute_batch("SAVEPOINT queue_request")?;
+                    match super::queue::apply(&tx, ops) {
+                        Ok(done) => {
+                            tx.execute_batch("RELEASE queue_request")?;
+                            outcomes.push(Outcome::Queue(Ok(done)));
+                        }
+                        Err(err) => {
+                            tx.execute_batch("ROLLBACK TO queue_request; RELEASE queue_request")?;
+                            tracing::error!(error = %err, "delivery queue write failed");
+                            outcomes.push(Outcome::Queue(Err(JournalError::Commit(Arc::new(err)))));
+                        }
+                    }
+                }
             }
-            outcomes.push(results);
         }
     }
     tx.commit()?;

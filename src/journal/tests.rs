@@ -339,3 +339,39 @@ fn a_newer_schema_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_version_1_journal_is_upgraded_in_place_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    {
+        // A journal as the previous build left it: schema version 1 only.
+        std::fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+        let conn = crate::db::open_writer(&cfg.path, cfg.sync, 1, sqlite::SCHEMA_V1).unwrap();
+        conn.execute(
+            "INSERT INTO messages (listener, peer, received_at, sender, control_id, message_type,
+             version, status, ack_code, ack, error, raw, size)
+             VALUES ('pas', 'p', '2026-01-01T00:00:00.000000Z', 'PAS^RAL', 'OLD1', 'ADT^A01',
+             '2.4', 'accepted', 'AA', 'MSA|AA', NULL, X'4D5348', 3)",
+            [],
+        )
+        .unwrap();
+    }
+    let journal = Journal::open(&cfg).unwrap();
+    let conn = rusqlite::Connection::open(&cfg.path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    // The old message is there, not yet routed: the pipeline will take it.
+    assert_eq!(journal.routing_cursor().await.unwrap(), 0);
+    let pending = journal.accepted_after(0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].control_id, "OLD1");
+    assert_eq!(&pending[0].raw[..], b"MSH");
+    // Reopening an upgraded file changes nothing.
+    drop(journal);
+    let journal = Journal::open(&cfg).unwrap();
+    assert_eq!(journal.accepted_after(0, 10).await.unwrap().len(), 1);
+    assert!(journal.queue_depths().await.unwrap().is_empty());
+}

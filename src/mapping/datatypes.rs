@@ -7,12 +7,12 @@
 //! - Only codes FHIR accepts are emitted for coded elements (`use`, `system`);
 //!   anything unknown is left out rather than guessed.
 
-use hl7_parser::message::Separators;
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
 use super::eval::Node;
 use super::transform::{self, DataType};
+use crate::hl7::Separators;
 
 pub(crate) const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
 pub(crate) const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-code";

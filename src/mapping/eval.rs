@@ -10,7 +10,6 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use hl7_parser::message::{Component, Repeat, Segment, Separators, Subcomponent};
 use serde_json::{Map, Value};
 
 use super::compile::{Iter, ObjTemplate, PlanInner, Resource, Template};
@@ -18,7 +17,7 @@ use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, Path, RepSel, Stage, Term};
 use super::transform::{self, Transform};
 use super::{MapError, MapOutput};
-use crate::hl7::unescape;
+use crate::hl7::{unescape, Element, Level, Message, Segment, Separators};
 
 /// Where a value came from, for warnings (`PID-3[2]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,44 +27,26 @@ pub(crate) struct Loc {
     rep: u16,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum NodeKind<'a> {
-    Rep(&'a Repeat<'a>),
-    Comp(&'a Component<'a>),
-    Sub(&'a Subcomponent<'a>),
-}
-
 /// An element of the message: a field repetition, component or subcomponent.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Node<'a> {
-    pub kind: NodeKind<'a>,
+    pub el: Element<'a>,
     pub loc: Loc,
 }
 
 impl<'a> Node<'a> {
     pub fn raw(&self) -> &'a str {
-        match self.kind {
-            NodeKind::Rep(r) => r.raw_value(),
-            NodeKind::Comp(c) => c.raw_value(),
-            NodeKind::Sub(s) => s.value,
-        }
+        self.el.raw()
     }
 
-    /// Component `i` of a repetition, subcomponent `i` of a component (1-based).
+    /// Component `i` of a repetition, subcomponent `i` of a component (1-based);
+    /// a subcomponent is its own only part.
     pub fn part(&self, i: usize) -> Option<Node<'a>> {
-        if i == 0 {
-            return None;
-        }
-        let kind = match self.kind {
-            NodeKind::Rep(r) => NodeKind::Comp(r.components.get(i - 1)?),
-            NodeKind::Comp(c) => NodeKind::Sub(c.subcomponents.get(i - 1)?),
-            NodeKind::Sub(_) if i == 1 => self.kind,
-            NodeKind::Sub(_) => return None,
+        let el = match self.el.level() {
+            Level::Subcomponent if i == 1 => self.el,
+            _ => self.el.part(i)?,
         };
-        Some(Node {
-            kind,
-            loc: self.loc,
-        })
+        Some(Node { el, loc: self.loc })
     }
 
     /// The unescaped text of this node (HL7 `""` reads as empty).
@@ -82,8 +63,8 @@ impl<'a> Node<'a> {
     pub fn part_text(&self, i: usize, seps: &Separators) -> Cow<'a, str> {
         match self.part(i) {
             Some(p) => {
-                let leaf = match p.kind {
-                    NodeKind::Comp(c) if c.subcomponents.len() > 1 => p.part(1).unwrap_or(p),
+                let leaf = match p.el.level() {
+                    Level::Component if p.el.len() > 1 => p.part(1).unwrap_or(p),
                     _ => p,
                 };
                 trim_cow(leaf.text(seps))
@@ -122,6 +103,12 @@ pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
             }
         }
     }
+}
+
+/// A segment's name (as bytes) equals `name`.
+#[inline]
+fn same_bytes(a: [u8; 3], name: &str) -> bool {
+    name.as_bytes() == a
 }
 
 /// Segment name equality without a `memcmp` call for 3-byte names.
@@ -178,7 +165,9 @@ struct Scope<'s, 'a> {
 
 struct Ctx<'a> {
     plan: &'a PlanInner,
-    segs: &'a [Segment<'a>],
+    message: &'a Message<'a>,
+    /// The segments' names, by position.
+    names: Vec<[u8; 3]>,
     seps: Separators,
     /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
     read: Vec<u128>,
@@ -206,27 +195,26 @@ struct MacroKey {
 }
 
 /// Applies a plan to a message.
-pub(crate) fn apply(
-    plan: &PlanInner,
-    message: &hl7_parser::Message<'_>,
-) -> Result<MapOutput, MapError> {
-    let segs: &[Segment<'_>] = &message.segments;
+pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput, MapError> {
+    let names: Vec<[u8; 3]> = message.segments().map(|s| s.name_bytes()).collect();
     // occurrence of each segment among those of its name (linear: messages may be huge)
-    let mut counts: HashMap<&str, u32> = HashMap::new();
-    let mut occurrence = Vec::with_capacity(segs.len());
-    for s in segs {
-        let n = counts.entry(s.name).or_insert(0);
+    let mut counts: HashMap<[u8; 3], u32> = HashMap::new();
+    let mut occurrence = Vec::with_capacity(names.len());
+    for s in &names {
+        let n = counts.entry(*s).or_insert(0);
         *n += 1;
         occurrence.push((*n, false));
     }
-    for (o, s) in occurrence.iter_mut().zip(segs) {
-        o.1 = counts.get(s.name).is_some_and(|&n| n > 1);
+    for (o, s) in occurrence.iter_mut().zip(&names) {
+        o.1 = counts.get(s).is_some_and(|&n| n > 1);
     }
+    let segment_count = names.len();
     let mut ctx = Ctx {
         plan,
-        segs,
-        seps: message.separators,
-        read: vec![0; segs.len()],
+        message,
+        names,
+        seps: *message.separators(),
+        read: vec![0; segment_count],
         warnings: Vec::new(),
         warned: HashSet::new(),
         occurrence,
@@ -234,7 +222,7 @@ pub(crate) fn apply(
     };
     let top = Scope {
         start: 0,
-        end: segs.len(),
+        end: segment_count,
         parent: None,
         elem: None,
         position: 1,
@@ -272,8 +260,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    fn segment(&self, i: usize) -> Option<Segment<'a>> {
+        self.message.segment(i)
+    }
+
     fn seg_name(&self, i: usize) -> String {
-        let name = self.segs.get(i).map(|s| s.name).unwrap_or("?");
+        let name = self.segment(i).map(|s| s.name()).unwrap_or("?");
         match self.occurrence.get(i) {
             Some((n, true)) => format!("{name}[{n}]"),
             _ => name.to_string(),
@@ -293,22 +285,22 @@ impl<'a> Ctx<'a> {
         // The `ignore` entries naming the current segment, found once per segment
         // rather than once per field (the list is scanned by name, not indexed).
         let mut ignored: Vec<Option<usize>> = Vec::new();
-        for (i, seg) in self.segs.iter().enumerate() {
+        for (i, seg) in self.message.segments().enumerate() {
             let read = self.read.get(i).copied().unwrap_or(0);
             ignored.clear();
             ignored.extend(
                 self.plan
                     .ignore
                     .iter()
-                    .filter(|(s, _)| same_name(s, seg.name))
+                    .filter(|(s, _)| same_name(s, seg.name()))
                     .map(|(_, f)| *f),
             );
             if ignored.iter().any(Option::is_none) {
                 continue;
             }
-            for (fi, f) in seg.fields.iter().enumerate() {
+            for (fi, f) in seg.fields().enumerate() {
                 let n = fi + 1;
-                if seg.name == "MSH" && n <= 2 {
+                if i == 0 && n <= 2 {
                     continue;
                 }
                 if ignored.contains(&Some(n)) {
@@ -317,7 +309,7 @@ impl<'a> Ctx<'a> {
                 if n < 128 && read & (1u128 << n) != 0 {
                     continue;
                 }
-                if f.is_empty() || f.raw_value() == "\"\"" {
+                if f.is_empty() || f.raw() == "\"\"" {
                     continue;
                 }
                 out.push(format!("{}-{n}", self.seg_name(i)));
@@ -337,8 +329,8 @@ impl<'a> Ctx<'a> {
     fn find_segment(&self, name: &str, scope: &Scope<'_, 'a>) -> Option<usize> {
         let mut s = Some(scope);
         while let Some(sc) = s {
-            let end = sc.end.min(self.segs.len());
-            if let Some(i) = (sc.start..end).find(|&i| same_name(self.segs[i].name, name)) {
+            let end = sc.end.min(self.names.len());
+            if let Some(i) = (sc.start..end).find(|&i| same_bytes(self.names[i], name)) {
                 return Some(i);
             }
             s = sc.parent;
@@ -436,9 +428,9 @@ impl<'a> Ctx<'a> {
             f(self, scope);
             return;
         };
-        let end = scope.end.min(self.segs.len());
+        let end = scope.end.min(self.names.len());
         let starts: Vec<usize> = (scope.start..end)
-            .filter(|&i| self.segs[i].name == head.as_str())
+            .filter(|&i| same_bytes(self.names[i], head))
             .collect();
         // Seen from inside a group, the enclosing scope is only its part before the
         // first group: a segment of a sibling group (the NTE after another OBX) is
@@ -756,12 +748,11 @@ impl<'a> Ctx<'a> {
                     return Val::Empty;
                 };
                 self.mark(si, *field);
-                let segs = self.segs;
-                let Some(f) = segs[si].field(*field) else {
+                let Some(f) = self.segment(si).and_then(|s| s.field(*field)) else {
                     return Val::Empty;
                 };
-                let node = |k: usize, r: &'a Repeat<'a>| Node {
-                    kind: NodeKind::Rep(r),
+                let node = |k: usize, r: Element<'a>| Node {
+                    el: r,
                     loc: Loc {
                         seg: si as u32,
                         field: (*field).min(u16::MAX as usize) as u16,
@@ -774,21 +765,20 @@ impl<'a> Ctx<'a> {
                             RepSel::Index(k) => k,
                             _ => 1,
                         };
-                        match f.repeats.get(k - 1).map(|r| node(k, r)).and_then(descend) {
+                        match f.part(k).map(|r| node(k, r)).and_then(descend) {
                             Some(n) => Val::Node(n),
                             None => Val::Empty,
                         }
                     }
                     RepSel::All => Val::List(
-                        f.repeats
-                            .iter()
+                        f.parts()
                             .enumerate()
                             .filter_map(|(k, r)| descend(node(k + 1, r)))
                             .map(Val::Node)
                             .collect(),
                     ),
                     RepSel::Pred(c) => {
-                        for (k, r) in f.repeats.iter().enumerate() {
+                        for (k, r) in f.parts().enumerate() {
                             let elem = Val::Node(node(k + 1, r));
                             let inner = Scope {
                                 start: scope.start,

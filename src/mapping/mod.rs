@@ -153,11 +153,6 @@ impl Plan {
 
     /// Applies the plan to a message. Never panics on any message.
     pub fn apply(&self, message: &crate::hl7::Message<'_>) -> Result<MapOutput, MapError> {
-        self.apply_parsed(message.inner())
-    }
-
-    /// Applies the plan to a message parsed by `hl7_parser` directly.
-    pub fn apply_parsed(&self, message: &hl7_parser::Message<'_>) -> Result<MapOutput, MapError> {
         eval::apply(&self.inner, message)
     }
 }

@@ -45,8 +45,9 @@ fn apply_str(src: &str, message: &str) -> MapOutput {
                 .join("\n")
         )
     });
-    let parsed = hl7_parser::Message::parse(message).unwrap();
-    plan.apply_parsed(&parsed).unwrap()
+    let text = crate::hl7::decode(message.as_bytes()).unwrap();
+    let parsed = crate::hl7::Message::parse(&text).unwrap();
+    plan.apply(&parsed).unwrap()
 }
 
 /// The body of the one resource of a mapping with `body` as its `[resource.body]`.
@@ -407,8 +408,9 @@ fn no_resource_is_an_error_and_odd_messages_do_not_panic() {
         "MSH|^~\\&|A\rOBX|1|NM|||\rOBR\rOBX|||||x\r",
     ];
     for m in odd {
-        let parsed = hl7_parser::Message::parse(m).unwrap();
-        match plan.apply_parsed(&parsed) {
+        let text = crate::hl7::decode(m.as_bytes()).unwrap();
+        let parsed = crate::hl7::Message::parse(&text).unwrap();
+        match plan.apply(&parsed) {
             Ok(_) => {}
             Err(e) => assert_eq!(
                 e,

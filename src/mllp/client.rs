@@ -179,7 +179,7 @@ impl AckInfo {
 pub fn read_ack(ack: &[u8]) -> Result<AckInfo, ClientError> {
     let text = crate::hl7::decode(ack).map_err(ClientError::BadAck)?;
     let message = Message::parse(&text).map_err(ClientError::BadAck)?;
-    if !message.inner().segments.iter().any(|s| s.name == "MSA") {
+    if message.first_segment("MSA").is_none() {
         return Err(ClientError::NoMsa);
     }
     let get = |path: &str| -> Option<String> {

@@ -66,6 +66,12 @@ pub(crate) fn run_test(
 ) -> Result<Vec<String>, String> {
     let bytes = std::fs::read(&test.message)
         .map_err(|e| format!("cannot read {}: {e}", test.message.display()))?;
+    // A source may deliver documents (JSON Bundles, e.g. a MESH inbox) rather than HL7.
+    if let super::TestOrigin::Source(source) = &test.origin {
+        if bytes.trim_ascii_start().starts_with(b"{") {
+            return run_document_test(routes, test, source, &bytes);
+        }
+    }
     let text = crate::hl7::decode(&bytes)
         .map_err(|e| format!("cannot decode {}: {e}", test.message.display()))?;
     let message = crate::hl7::Message::parse(&text)
@@ -77,6 +83,13 @@ pub(crate) fn run_test(
     let selection = routes.select(&input);
     let mut got = Vec::new();
     for group in selection.groups() {
+        if group.is_passthrough() {
+            return Err(format!(
+                "{} is an HL7 message, but routes `{}` pass documents through without a mapping, expected a route with a `mapping`",
+                test.message.display(),
+                group.routes().map(|r| r.id()).collect::<Vec<_>>().join("`, `")
+            ));
+        }
         let plan = mappings
             .get(group.mapping())
             .ok_or_else(|| format!("mapping `{}` not found in mappings/", group.mapping()))?;
@@ -87,6 +100,48 @@ pub(crate) fn run_test(
                 .into_iter()
                 .map(|d| d.id),
         );
+    }
+    got.sort();
+    got.dedup();
+    Ok(got)
+}
+
+/// A test of a document (a JSON FHIR Bundle) arriving through `source`: routed
+/// by its `message_type`; only passthrough routes can take it.
+fn run_document_test(
+    routes: &RouteSet,
+    test: &super::RouteTest,
+    source: &str,
+    bytes: &[u8],
+) -> Result<Vec<String>, String> {
+    let document: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "{} is not a JSON document (a source delivers FHIR Bundles): {e}",
+            test.message.display()
+        )
+    })?;
+    if document.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
+        return Err(format!(
+            "{} is not a FHIR Bundle, expected `\"resourceType\": \"Bundle\"`",
+            test.message.display()
+        ));
+    }
+    let message_type = test.message_type.as_deref().ok_or_else(|| {
+        "a document test needs `message_type`, expected e.g. `message_type = \"MESH^TEST_WORKFLOW\"`"
+            .to_string()
+    })?;
+    let input = super::RouteInput::for_document(super::Origin::Source(source), message_type, "");
+    let selection = routes.select(&input);
+    let mut got = Vec::new();
+    for group in selection.groups() {
+        if !group.is_passthrough() {
+            return Err(format!(
+                "routes `{}` would map the document with `{}`, but mappings read HL7 messages, expected passthrough routes (no `mapping`) for documents from sources",
+                group.routes().map(|r| r.id()).collect::<Vec<_>>().join("`, `"),
+                group.mapping()
+            ));
+        }
+        got.extend(group.destinations_for(&document).into_iter().map(|d| d.id));
     }
     got.sort();
     got.dedup();

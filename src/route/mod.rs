@@ -86,6 +86,9 @@ pub struct RouteTest {
     message_at: Location,
     /// Where the message is taken to come in.
     pub origin: TestOrigin,
+    /// For a document from a source: the message type it is journaled under
+    /// (`MESH^<workflow id>`).
+    pub message_type: Option<String>,
     /// Every destination expected, in any order; empty means unrouted.
     pub expect: Vec<String>,
 }
@@ -242,9 +245,20 @@ impl Route {
         &self.file
     }
 
-    /// The mapping name.
+    /// The mapping name; `""` for a passthrough route.
     pub fn mapping(&self) -> &str {
         &self.mapping.value
+    }
+
+    /// A route whose origin is `sources` alone and that names no mapping: the
+    /// document is the Bundle the source received, routed as it is.
+    pub fn is_passthrough(&self) -> bool {
+        self.mapping.value.is_empty()
+    }
+
+    /// The `[sources.<id>]` ids it accepts documents from.
+    pub fn sources(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.value.as_str())
     }
 
     /// The destination ids, as written (without duplicates).
@@ -268,7 +282,8 @@ impl Route {
     /// Whether the header criteria (everything but `when`) hold.
     fn matches(&self, input: &RouteInput<'_>) -> bool {
         let origin_ok = match input.origin {
-            Origin::Unknown => true,
+            // A dry run maps HL7; passthrough routes take documents from sources only.
+            Origin::Unknown => !self.is_passthrough(),
             _ if self.listeners.is_empty() && self.sources.is_empty() => true,
             Origin::Listener(id) => self.listeners.iter().any(|l| l.value == id),
             Origin::Source(id) => self.sources.iter().any(|s| s.value == id),
@@ -331,6 +346,24 @@ pub struct RouteInput<'a> {
 }
 
 impl<'a> RouteInput<'a> {
+    /// The input for a document received through a source (a MESH inbox): its
+    /// journaled message type `CODE^TRIGGER` (`MESH^<workflow id>`) and sender
+    /// (the sending mailbox), compared like MSH-9 and MSH-3; no facility.
+    pub fn for_document(
+        origin: Origin<'a>,
+        message_type: &'a str,
+        sender: &'a str,
+    ) -> RouteInput<'a> {
+        let (message_code, trigger) = message_type.split_once('^').unwrap_or((message_type, ""));
+        RouteInput {
+            origin,
+            message_code,
+            trigger,
+            sending_application: sender,
+            sending_facility: "",
+        }
+    }
+
     /// The input for a parsed message header.
     pub fn from_header(header: &'a crate::hl7::Header, origin: Origin<'a>) -> RouteInput<'a> {
         RouteInput {
@@ -394,9 +427,15 @@ pub struct MappingGroup<'s> {
 }
 
 impl<'s> MappingGroup<'s> {
-    /// The mapping to apply (once) for these routes.
+    /// The mapping to apply (once) for these routes; `""` for passthrough
+    /// routes (the document is the received Bundle, applied as it is).
     pub fn mapping(&self) -> &'s str {
         self.mapping
+    }
+
+    /// Whether these are passthrough routes (no mapping).
+    pub fn is_passthrough(&self) -> bool {
+        self.mapping.is_empty()
     }
 
     /// The routes of the group, in route order.
@@ -495,11 +534,11 @@ impl RouteSet {
     }
 
     /// The mapping the routes would apply first (for `junction map`'s default);
-    /// `None` when the message is unrouted.
+    /// `None` when the message is unrouted or only passthrough routes match.
     pub fn mapping_for(&self, input: &RouteInput<'_>) -> Option<&str> {
         self.routes
             .iter()
-            .find(|r| r.matches(input))
+            .find(|r| !r.is_passthrough() && r.matches(input))
             .map(Route::mapping)
     }
 
@@ -509,6 +548,23 @@ impl RouteSet {
         let mut errors = self.check_mappings(mappings);
         errors.extend(self.check_destinations(destinations));
         errors
+    }
+
+    /// Every route naming a source not in `sources` (`[sources.<id>]`).
+    pub fn check_sources(&self, sources: &[&str]) -> Vec<RouteError> {
+        self.routes
+            .iter()
+            .flat_map(|r| r.sources.iter().map(move |s| (r, s)))
+            .filter(|(_, s)| !sources.contains(&s.value.as_str()))
+            .map(|(r, s)| {
+                s.at.error(format!(
+                    "route `{}` names unknown source `{}`{}",
+                    r.id,
+                    s.value,
+                    expected(&s.value, sources, "`[sources.<id>]`")
+                ))
+            })
+            .collect()
     }
 
     /// Every route naming a listener not in `listeners` (`[listeners.<id>]`).
@@ -534,7 +590,7 @@ impl RouteSet {
     pub fn check_against_mappings(&self, mappings: &crate::mapping::MappingSet) -> Vec<RouteError> {
         let names: Vec<&str> = mappings.plans().map(|p| p.name()).collect();
         let mut errors = self.check_mappings(&names);
-        for route in &self.routes {
+        for route in self.routes.iter().filter(|r| !r.is_passthrough()) {
             let Some(plan) = mappings.get(route.mapping()) else {
                 continue;
             };
@@ -570,7 +626,7 @@ impl RouteSet {
     pub fn check_mappings(&self, mappings: &[&str]) -> Vec<RouteError> {
         self.routes
             .iter()
-            .filter(|r| !mappings.contains(&r.mapping()))
+            .filter(|r| !r.is_passthrough() && !mappings.contains(&r.mapping()))
             .map(|r| {
                 r.mapping.at.error(format!(
                     "route `{}` uses unknown mapping `{}`{}",
@@ -649,6 +705,8 @@ pub struct Known<'a> {
     pub mappings: Option<&'a crate::mapping::MappingSet>,
     /// `[listeners.<id>]` ids.
     pub listeners: Option<&'a [&'a str]>,
+    /// `[sources.<id>]` ids.
+    pub sources: Option<&'a [&'a str]>,
     /// `[destinations.<id>]` ids.
     pub destinations: Option<&'a [&'a str]>,
 }
@@ -668,6 +726,9 @@ pub fn check_dir(dir: &Path, known: &Known<'_>) -> Vec<RouteError> {
     }
     if let Some(l) = known.listeners {
         errors.extend(set.check_listeners(l));
+    }
+    if let Some(s) = known.sources {
+        errors.extend(set.check_sources(s));
     }
     if let Some(d) = known.destinations {
         errors.extend(set.check_destinations(d));

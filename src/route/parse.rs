@@ -45,8 +45,9 @@ struct RouteToml {
     sending_facilities: Vec<toml::Spanned<String>>,
     /// A condition on the document.
     when: Option<toml::Spanned<String>>,
-    /// The mapping name.
-    mapping: toml::Spanned<String>,
+    /// The mapping name; may be left out only by a route that names `sources`
+    /// and no `listeners` (passthrough: the document is the received Bundle).
+    mapping: Option<toml::Spanned<String>>,
     /// Destination ids.
     destinations: toml::Spanned<Vec<toml::Spanned<String>>>,
 }
@@ -62,6 +63,9 @@ struct TestToml {
     listener: Option<toml::Spanned<String>>,
     /// Or the source.
     source: Option<toml::Spanned<String>>,
+    /// For a document (a JSON Bundle) arriving through a source: the message
+    /// type the source journals it under, e.g. `MESH^TEST_WORKFLOW`.
+    message_type: Option<toml::Spanned<String>>,
     /// Every destination expected (any order); empty for "unrouted".
     expect: Vec<toml::Spanned<String>>,
 }
@@ -260,7 +264,7 @@ impl Compiler {
             let Some(raw) = deserialize_all::<RouteToml>(file, route, &mut self.errors) else {
                 continue;
             };
-            if let Some(r) = self.route(file, &id_text, raw) {
+            if let Some(r) = self.route(file, &id_text, raw, id.span()) {
                 if ok {
                     self.routes.push(r);
                 }
@@ -269,7 +273,13 @@ impl Compiler {
     }
 
     /// Semantic checks of one route; `None` when any failed (errors pushed).
-    fn route(&mut self, file: &File<'_>, id: &str, raw: RouteToml) -> Option<Route> {
+    fn route(
+        &mut self,
+        file: &File<'_>,
+        id: &str,
+        raw: RouteToml,
+        route_span: Range<usize>,
+    ) -> Option<Route> {
         let before = self.errors.len();
         let listeners = self.ids(file, &raw.listeners, "listener");
         let sources = self.ids(file, &raw.sources, "source");
@@ -296,13 +306,41 @@ impl Compiler {
             .collect();
         let sending_applications = self.hd_values(file, &raw.sending_applications, "MSH-3");
         let sending_facilities = self.hd_values(file, &raw.sending_facilities, "MSH-4");
-        let mapping = raw.mapping.get_ref().trim();
-        if !valid_id(mapping) {
-            self.errors.push(file.error(
-                raw.mapping.span(),
-                format!("invalid mapping name `{mapping}`, expected the name of a mapping in mappings/ (letters, digits, `-` or `_`)"),
-            ));
-        }
+        let mapping = match &raw.mapping {
+            Some(m) => {
+                let name = m.get_ref().trim();
+                if !valid_id(name) {
+                    self.errors.push(file.error(
+                        m.span(),
+                        format!("invalid mapping name `{name}`, expected the name of a mapping in mappings/ (letters, digits, `-` or `_`)"),
+                    ));
+                }
+                Spanned {
+                    value: name.to_string(),
+                    at: file.at(m.span()),
+                }
+            }
+            // Passthrough: documents from a source are already Bundles.
+            None if !sources.is_empty() && listeners.is_empty() => Spanned {
+                value: String::new(),
+                at: sources[0].at.clone(),
+            },
+            None => {
+                let why = if sources.is_empty() {
+                    "a route without `sources` maps HL7 messages"
+                } else {
+                    "a route that also names `listeners` receives HL7 messages there"
+                };
+                self.errors.push(file.error(
+                    route_span.clone(),
+                    format!("route `{id}` has no `mapping`, expected the name of a mapping in mappings/ ({why}; only a route whose origin is `sources` alone may omit it and pass the received document through)"),
+                ));
+                Spanned {
+                    value: String::new(),
+                    at: file.at(route_span),
+                }
+            }
+        };
         if raw.destinations.get_ref().is_empty() {
             self.errors.push(file.error(
                 raw.destinations.span(),
@@ -338,10 +376,7 @@ impl Compiler {
             sending_applications,
             sending_facilities,
             when,
-            mapping: Spanned {
-                value: mapping.to_string(),
-                at: file.at(raw.mapping.span()),
-            },
+            mapping,
             destinations,
         })
     }
@@ -461,6 +496,34 @@ impl Compiler {
                 Some((false, mut ids)) => TestOrigin::Listener(ids.remove(0).value),
                 Some((true, mut ids)) => TestOrigin::Source(ids.remove(0).value),
             };
+            let message_type = match &raw.message_type {
+                Some(t) if !matches!(origin, TestOrigin::Source(_)) => {
+                    self.errors.push(file.error(
+                        t.span(),
+                        format!(
+                            "test `{}` gives a `message_type` without a `source`, expected `source = \"<id>\"` (only documents from a source carry one)",
+                            raw.name
+                        ),
+                    ));
+                    continue;
+                }
+                Some(t) => match parse_pattern(t.get_ref()) {
+                    Ok(p) if p.code != "*" && p.trigger != "*" => {
+                        Some(format!("{}^{}", p.code, p.trigger))
+                    }
+                    _ => {
+                        self.errors.push(file.error(
+                            t.span(),
+                            format!(
+                                "invalid message type `{}`, expected `CODE^TRIGGER` without wildcards such as `MESH^TEST_WORKFLOW`",
+                                t.get_ref()
+                            ),
+                        ));
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let expect = self.ids(file, &raw.expect, "destination");
             if expect.len() != raw.expect.len() {
                 continue;
@@ -472,6 +535,7 @@ impl Compiler {
                 message: folder.join(raw.message.get_ref()),
                 message_at: file.at(raw.message.span()),
                 origin,
+                message_type,
                 expect: expect.into_iter().map(|s| s.value).collect(),
             });
         }
@@ -571,8 +635,13 @@ pub(crate) fn parse_pattern(text: &str) -> Result<MessagePattern, String> {
     let (Some(code), Some(trigger), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
-    let part_ok =
-        |p: &str| p == "*" || (!p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
+    // `_` and `-` for MESH workflow ids (`MESH^TOC_FHIR_DISCHARGE`).
+    let part_ok = |p: &str| {
+        p == "*"
+            || (!p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    };
     if !part_ok(code) || !part_ok(trigger) {
         return Err(bad());
     }

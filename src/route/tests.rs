@@ -81,8 +81,10 @@ fn check_select(set: &RouteSet, input: RouteInput<'_>, expected: &str) {
     assert_eq!(got, expected, "{input:?}");
     assert_eq!(
         set.mapping_for(&input),
-        sel.groups().next().map(|g| g.mapping()),
-        "mapping_for agrees with the first group"
+        sel.groups()
+            .find(|g| !g.is_passthrough())
+            .map(|g| g.mapping()),
+        "mapping_for agrees with the first group that maps"
     );
 }
 
@@ -372,7 +374,7 @@ sending_facilities = "RAL"
         "
 routes/a.toml:4:1: unknown field `destinatons`, expected one of `description`, `listeners`, `sources`, `messages`, `sending_applications`, `sending_facilities`, `when`, `mapping`, `destinations` (did you mean `destinations`?)
 routes/a.toml:5:22: invalid type: string \"RAL\", expected a sequence
-routes/a.toml:7:3: missing field `mapping`",
+routes/a.toml:7:11: route `lab` has no `mapping`, expected the name of a mapping in mappings/ (a route without `sources` maps HL7 messages; only a route whose origin is `sources` alone may omit it and pass the received document through)",
     );
 }
 
@@ -625,4 +627,173 @@ fn a_mapped_neighbour_patient_reaches_each_ics_once() {
             .collect();
         assert_eq!(got.join(" "), expected, "{practice}");
     }
+}
+
+#[test]
+fn a_route_from_sources_alone_may_pass_documents_through() {
+    let s = set(r#"
+[routes.mesh_in]
+sources = ["mesh_inbox"]
+messages = ["MESH^*"]
+destinations = ["store"]
+
+[routes.adt]
+messages = ["*^*"]
+mapping = "adt"
+destinations = ["store"]
+"#);
+    let passthrough = s.get("mesh_in").unwrap();
+    assert!(passthrough.is_passthrough());
+    assert_eq!(passthrough.mapping(), "");
+    assert_eq!(passthrough.sources().collect::<Vec<_>>(), ["mesh_inbox"]);
+    let from_mesh = RouteInput::for_document(
+        Origin::Source("mesh_inbox"),
+        "MESH^TOC_FHIR_DISCHARGE",
+        "X26ABC2",
+    );
+    assert_eq!(
+        (from_mesh.message_code, from_mesh.trigger),
+        ("MESH", "TOC_FHIR_DISCHARGE")
+    );
+    // Passthrough first (file order), then the catch-all mapped route.
+    check_select(&s, from_mesh, ": mesh_in; adt: adt");
+    assert!(s
+        .select(&from_mesh)
+        .groups()
+        .next()
+        .unwrap()
+        .is_passthrough());
+    // A dry run or a listener never picks a passthrough route.
+    check_select(&s, input(Origin::Unknown, "MESH^X", ""), "adt: adt");
+    check_select(&s, input(Origin::Listener("pas"), "MESH^X", ""), "adt: adt");
+    // `mapping_for` never answers "" (there is no mapping to run).
+    let only = set(
+        "[routes.m]\nsources = [\"mesh_inbox\"]\nmessages = [\"*^*\"]\ndestinations = [\"store\"]\n",
+    );
+    assert_eq!(only.mapping_for(&from_mesh), None);
+    assert!(only.check_mappings(&[]).is_empty(), "no mapping to check");
+    let mappings = crate::mapping::MappingSet::load_dir(&repo().join("mappings")).unwrap();
+    assert!(only.check_against_mappings(&mappings).is_empty());
+}
+
+#[test]
+fn only_a_route_from_sources_alone_may_omit_the_mapping() {
+    check_load(
+        &[(
+            "a.toml",
+            r#"[routes.adt]
+messages = ["ADT^A01"]
+destinations = ["store"]
+
+[routes.both]
+listeners = ["pas"]
+sources = ["mesh_inbox"]
+messages = ["*^*"]
+destinations = ["store"]
+
+[routes.ok]
+sources = ["mesh_inbox"]
+messages = ["MESH^TEST-WORKFLOW_2"]
+destinations = ["store"]
+"#,
+        )],
+        "
+routes/a.toml:1:9: route `adt` has no `mapping`, expected the name of a mapping in mappings/ (a route without `sources` maps HL7 messages; only a route whose origin is `sources` alone may omit it and pass the received document through)
+routes/a.toml:5:9: route `both` has no `mapping`, expected the name of a mapping in mappings/ (a route that also names `listeners` receives HL7 messages there; only a route whose origin is `sources` alone may omit it and pass the received document through)",
+    );
+}
+
+#[test]
+fn unknown_sources_are_reported_at_the_value() {
+    let s = set(
+        "[routes.m]\nsources = [\"mesh_inbx\"]\nmessages = [\"*^*\"]\ndestinations = [\"store\"]\n",
+    );
+    let errors: Vec<String> = s
+        .check_sources(&["mesh_inbox"])
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        ["routes/main.toml:2:12: route `m` names unknown source `mesh_inbx`, expected `mesh_inbox`"]
+    );
+}
+
+#[test]
+fn document_test_cases_run_through_passthrough_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = repo().join("samples/mesh_bundle_from_hwe.json");
+    let hl7 = repo().join("samples/adt_a01_admission.hl7");
+    std::fs::write(
+        dir.path().join("r.toml"),
+        format!(
+            r#"[routes.mesh_in]
+sources = ["mesh_inbox"]
+messages = ["MESH^TEST_WORKFLOW"]
+when = "patient.gp_practice | lookup(t) = 'HWE'"
+destinations = ["store"]
+
+[tables.t]
+E82061 = "HWE"
+
+[[test]]
+name = "stored"
+message = '{0}'
+source = "mesh_inbox"
+message_type = "MESH^TEST_WORKFLOW"
+expect = ["store"]
+
+[[test]]
+name = "other workflow"
+message = '{0}'
+source = "mesh_inbox"
+message_type = "MESH^OTHER"
+expect = []
+
+[[test]]
+name = "no type"
+message = '{0}'
+source = "mesh_inbox"
+expect = ["store"]
+
+[[test]]
+name = "hl7 from a source reaches no mapping"
+message = '{1}'
+source = "mesh_inbox"
+expect = []
+"#,
+            bundle.display(),
+            hl7.display()
+        ),
+    )
+    .unwrap();
+    let routes = RouteSet::load_dir(dir.path()).unwrap();
+    let mappings = crate::mapping::MappingSet::load_dir(&repo().join("mappings")).unwrap();
+    let got: Vec<String> = run_tests(&routes, &mappings)
+        .iter()
+        .map(ToString::to_string)
+        .map(|o| o.replace(&dir.path().display().to_string(), "DIR"))
+        .collect();
+    assert_eq!(got[0], "DIR/r.toml / stored: ok");
+    assert_eq!(got[1], "DIR/r.toml / other workflow: ok");
+    assert!(
+        got[2].ends_with("FAILED: a document test needs `message_type`, expected e.g. `message_type = \"MESH^TEST_WORKFLOW\"`"),
+        "{}",
+        got[2]
+    );
+    assert_eq!(
+        got[3],
+        "DIR/r.toml / hl7 from a source reaches no mapping: ok"
+    );
+
+    // `message_type` belongs to document tests from a source only.
+    check_load(
+        &[(
+            "b.toml",
+            "[[test]]\nname = \"x\"\nmessage = \"a.json\"\nmessage_type = \"MESH^W\"\nexpect = []\n\n[[test]]\nname = \"y\"\nmessage = \"a.json\"\nsource = \"s\"\nmessage_type = \"MESH^*\"\nexpect = []\n",
+        )],
+        "
+routes/b.toml:4:16: test `x` gives a `message_type` without a `source`, expected `source = \"<id>\"` (only documents from a source carry one)
+routes/b.toml:11:16: invalid message type `MESH^*`, expected `CODE^TRIGGER` without wildcards such as `MESH^TEST_WORKFLOW`",
+    );
 }

@@ -52,8 +52,68 @@ pub enum Event {
         peer: String,
         at: String,
     },
+    /// A message was routed: documents were queued for these destinations.
+    MessageRouted(RoutingEvent),
+    /// No route (or no route's condition) took the message; it stays in the
+    /// journal as unrouted.
+    MessageUnrouted(RoutingEvent),
+    /// The message could not be parsed or mapped (the error is in the journal).
+    RoutingFailed(RoutingEvent),
+    /// A document reached a destination.
+    Delivered(DeliveryEvent),
+    /// A delivery attempt failed; it is retried at `retry_at`.
+    DeliveryFailed(DeliveryEvent),
+    /// A delivery was given up on (attempts, age or a permanent error).
+    DeadLettered(DeliveryEvent),
+    /// A document was not sent to an external destination because the
+    /// patient objects to sharing.
+    Withheld(DeliveryEvent),
     /// Sent to a subscriber that fell behind: `missed` events were dropped for it.
     Lagged { missed: u64 },
+}
+
+/// What routing did with one message. No content: header identifiers and config ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingEvent {
+    /// The listener (or source) the message came in on.
+    pub listener: String,
+    pub journal_id: i64,
+    pub control_id: String,
+    pub message_type: String,
+    /// Routes that chose a destination (routed), or that matched (failed).
+    pub routes: Vec<String>,
+    pub destinations: Vec<String>,
+    /// A replay asked for through the API, not the first pass.
+    pub replay: bool,
+    /// Failed only: the stage that failed (`parse`, `map`, `document`), never the error text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    pub at: String,
+}
+
+/// What happened to one queued delivery. No content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryEvent {
+    pub delivery_id: i64,
+    pub journal_id: i64,
+    pub destination: String,
+    pub control_id: String,
+    pub message_type: String,
+    /// The attempt this event is about (1 for the first).
+    pub attempt: u32,
+    /// `delivered`, `retry`, `dead`, `withheld`.
+    pub outcome: String,
+    /// The destination's error, written for ops (destinations keep patient
+    /// data out of it); `None` when delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Failed only: when the next attempt is due (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// Delivered only: what the destination called it (MESH message id, file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_ref: Option<String>,
+    pub at: String,
 }
 
 /// What happened to one message. No content: only header identifiers.
@@ -94,18 +154,33 @@ impl Event {
             Event::FramingError { .. } => "FramingError",
             Event::ConnectionOpened { .. } => "ConnectionOpened",
             Event::ConnectionClosed { .. } => "ConnectionClosed",
+            Event::MessageRouted(_) => "MessageRouted",
+            Event::MessageUnrouted(_) => "MessageUnrouted",
+            Event::RoutingFailed(_) => "RoutingFailed",
+            Event::Delivered(_) => "Delivered",
+            Event::DeliveryFailed(_) => "DeliveryFailed",
+            Event::DeadLettered(_) => "DeadLettered",
+            Event::Withheld(_) => "Withheld",
             Event::Lagged { .. } => "Lagged",
         }
     }
 
-    /// The listener the event is about; `None` for [`Event::Lagged`].
+    /// The listener the event is about; `None` for [`Event::Lagged`] and
+    /// delivery events (they are about a destination).
     pub fn listener(&self) -> Option<&str> {
         match self {
             Event::MessageAcked(m) | Event::MessageRejected(m) => Some(&m.listener),
             Event::FramingError { listener, .. }
             | Event::ConnectionOpened { listener, .. }
             | Event::ConnectionClosed { listener, .. } => Some(listener),
-            Event::Lagged { .. } => None,
+            Event::MessageRouted(r) | Event::MessageUnrouted(r) | Event::RoutingFailed(r) => {
+                Some(&r.listener)
+            }
+            Event::Delivered(_)
+            | Event::DeliveryFailed(_)
+            | Event::DeadLettered(_)
+            | Event::Withheld(_)
+            | Event::Lagged { .. } => None,
         }
     }
 }

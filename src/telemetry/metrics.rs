@@ -22,6 +22,26 @@ pub struct AckLabel {
     pub code: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `routed`, `unrouted`, `failed`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    pub destination: String,
+    /// `delivered`, `retry`, `dead`, `withheld`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub destination: String,
+    /// `pending`, `delivered`, `dead`, `withheld`.
+    pub status: String,
+}
+
 /// Every metric the engine exports.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +59,12 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Messages per journal group commit.
     pub commit_batch_size: Histogram,
+    /// Accepted messages routed, by outcome.
+    pub routed: Family<OutcomeLabel, Counter>,
+    /// Delivery attempts' outcomes, by destination.
+    pub deliveries: Family<DeliveryLabel, Counter>,
+    /// Queue depth by destination and status (refreshed every few seconds).
+    pub queue_depth: Family<QueueLabel, Gauge>,
 }
 
 impl Metrics {
@@ -85,8 +111,29 @@ impl Metrics {
             "Messages per journal group commit",
             commit_batch_size.clone(),
         );
+        let routed = Family::<OutcomeLabel, Counter>::default();
+        let deliveries = Family::<DeliveryLabel, Counter>::default();
+        let queue_depth = Family::<QueueLabel, Gauge>::default();
+        registry.register(
+            "messages_routed",
+            "Accepted messages routed, by outcome",
+            routed.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempt outcomes, by destination",
+            deliveries.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Delivery queue rows by destination and status",
+            queue_depth.clone(),
+        );
         Metrics {
             registry,
+            routed,
+            deliveries,
+            queue_depth,
             received,
             acked,
             rejected,

@@ -16,6 +16,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod mesh;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,9 +28,13 @@ use std::time::{Duration, Instant};
 /// How long the engine may take to answer `GET /ready` with 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The repository root (where Cargo.toml, samples/ and .venv/ are).
+/// The repository root (where Cargo.toml, samples/ and .venv/ are): cargo's
+/// run-time `CARGO_MANIFEST_DIR` (right even when the test binary was built
+/// from another checkout sharing the target dir), else the compile-time one.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// A loopback port that was free a moment ago.

@@ -1,0 +1,153 @@
+//! MESH destination: sends documents from one of our mailboxes
+//! (`[mesh.mailboxes.<mailbox>]`) to a neighbour's mailbox (`to`).
+//!
+//! Each document goes with `mex-WorkflowID` = `workflow_id`, `mex-Subject` =
+//! `subject` (when set), `mex-LocalID` = [`DeliveryItem::local_id`],
+//! `mex-FileName` = `<local_id>.json` and `mex-Content-Type` =
+//! `application/fhir+json`; gzip, chunking and the checksum are the
+//! [`MeshClient`]'s.
+//!
+//! The client is built lazily, on the first delivery, so a missing password or
+//! key does not stop the engine: it is a retryable error naming the
+//! environment variable or file, and the next delivery tries again. After
+//! MESH refuses the credentials (403) the client is dropped and rebuilt on the
+//! next delivery, so a corrected password file is picked up without a restart.
+//!
+//! One attempt (every chunk) is bounded by the destination's `timeout_secs`;
+//! each HTTP request also by the mailbox's own `timeout_secs`. An attempt cut
+//! short leaves at most an `uploading` message, which the next attempt finds
+//! by tracking and completes.
+//!
+//! It does not poll inboxes (the MESH inbox source does), read tracking
+//! reports, or check objections (the queue does, for `external = true`).
+//!
+//! # Invariants
+//! - Never blindly re-POST: on every attempt after the first
+//!   (`item.attempt > 1`) tracking by local id is asked first, and a message
+//!   MESH already has counts as delivered (its remaining chunks are sent if it
+//!   was left uploading).
+//! - Credentials problems (missing secret, 403) and transient failures are
+//!   retryable; MESH refusing the message itself (417 and other 4xx) is
+//!   permanent.
+//! - `mex-LocalID` and `mex-Subject` carry no patient data; document content
+//!   and secrets are never logged.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
+use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, SendRequest};
+
+const FHIR_JSON: &str = "application/fhir+json";
+
+/// Sends documents to one MESH mailbox.
+#[derive(Debug)]
+pub struct MeshDestination {
+    id: String,
+    /// The `[mesh.mailboxes.<id>]` id, for messages.
+    mailbox_id: String,
+    mailbox: MeshMailboxConfig,
+    to: String,
+    workflow_id: String,
+    subject: Option<String>,
+    timeout: Duration,
+    client: Mutex<Option<Arc<MeshClient>>>,
+}
+
+impl MeshDestination {
+    pub fn new(
+        id: &str,
+        mailbox_id: &str,
+        mailbox: MeshMailboxConfig,
+        to: &str,
+        workflow_id: &str,
+        subject: Option<String>,
+        timeout: Duration,
+    ) -> Self {
+        MeshDestination {
+            id: id.to_string(),
+            mailbox_id: mailbox_id.to_string(),
+            mailbox,
+            to: to.to_string(),
+            workflow_id: workflow_id.to_string(),
+            subject,
+            timeout,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The client, built on first use from the mailbox configuration.
+    fn client(&self) -> Result<Arc<MeshClient>, DeliveryError> {
+        // A poisoned lock holds at worst a stale client; rebuilding is safe.
+        let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = MeshClient::new(&self.mailbox).map(Arc::new).map_err(|e| {
+            DeliveryError::retry(format!(
+                "destination `{}`: cannot use mailbox `{}`: {e}",
+                self.id, self.mailbox_id
+            ))
+        })?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    fn forget_client(&self) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    async fn send(&self, item: &DeliveryItem) -> Result<Delivered, DeliveryError> {
+        let client = self.client()?;
+        let local_id = item.local_id();
+        let request = SendRequest {
+            to: self.to.clone(),
+            workflow_id: self.workflow_id.clone(),
+            file_name: Some(format!("{local_id}.json")),
+            local_id,
+            subject: self.subject.clone(),
+            content_type: Some(FHIR_JSON.to_string()),
+            body: item.document.clone(),
+            earlier_attempt: item.attempt > 1,
+        };
+        match tokio::time::timeout(self.timeout, client.send(&request)).await {
+            Ok(Ok(message_id)) => Ok(Delivered {
+                remote_ref: Some(message_id.to_string()),
+            }),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(DeliveryError::retry(format!(
+                "destination `{}`: the mesh send of {} bytes did not finish within {} s \
+                 (timeout_secs; raise it for large documents); the next attempt asks \
+                 tracking before posting again",
+                self.id,
+                item.document.len(),
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+
+    fn error(&self, e: MeshError) -> DeliveryError {
+        let message = format!("destination `{}`: {e}", self.id);
+        if e.is_auth() {
+            // Re-read the secrets next time: they may have been corrected.
+            self.forget_client();
+            DeliveryError::retry(message)
+        } else if e.is_retryable() {
+            DeliveryError::retry(message)
+        } else {
+            DeliveryError::permanent(message)
+        }
+    }
+}
+
+impl Deliver for MeshDestination {
+    fn deliver<'a>(
+        &'a self,
+        item: &'a DeliveryItem,
+    ) -> BoxFuture<'a, Result<Delivered, DeliveryError>> {
+        self.send(item).boxed()
+    }
+}

@@ -1,0 +1,555 @@
+//! The pipeline: accepted journal rows → parse → route → map → queued
+//! deliveries (DESIGN.md §2 steps 3–5).
+//!
+//! [`Router::route`] is the pure part: one journaled message in, its routing
+//! outcome and the delivery rows to queue out. [`run`] is the task that feeds
+//! it: it takes accepted rows not yet routed in id order, routes a batch, and
+//! writes the outcomes with their deliveries through the journal's writer (one
+//! transaction), then wakes the destinations' schedulers.
+//!
+//! Messages from a listener are HL7 v2: decoded, parsed, routed with
+//! `Origin::Listener`, and mapped once per mapping group. Messages from a
+//! `[sources.<id>]` (a MESH inbox) are already documents (FHIR Bundle JSON):
+//! routed with `Origin::Source` and an empty message type; routes without a
+//! mapping pass them through as received.
+//!
+//! It does not deliver (the schedulers do) and logs no message content:
+//! errors go to the journal's routing row, events carry ids only.
+//!
+//! # Invariants
+//! - A message's outcome and all its deliveries are written in one
+//!   transaction, or not at all: a crash never half-routes a message.
+//! - Restart resumes after the last message routed (the highest message id
+//!   with a first-pass routing row); rows are taken in id order, so none is
+//!   skipped.
+//! - A message is never dropped: no route, or no route's condition true,
+//!   is recorded as `unrouted`; a parse or mapping error as `failed` (and
+//!   nothing of it is queued: all its documents, or none).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value as Json;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{
+    NewDelivery, NewRouting, PendingMessage, QueueOp, QueueOutcome, RoutingOutcome,
+};
+use crate::mapping::MappingSet;
+use crate::route::{Origin, RouteInput, RouteSet, NHS_NUMBER_SYSTEM};
+use crate::telemetry::events::{self, Event, RoutingEvent};
+use crate::telemetry::metrics::OutcomeLabel;
+
+use super::queue::Shared;
+
+/// Most messages routed (and written) in one batch.
+pub const BATCH: u32 = 64;
+/// How often the pipeline looks for new rows when nothing woke it.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// Routes and mappings compiled at start, with what the pipeline must know
+/// about origins and destinations.
+#[derive(Debug)]
+pub struct Router {
+    routes: RouteSet,
+    mappings: MappingSet,
+    /// `[sources.<id>]` ids: their rows are documents, not HL7.
+    sources: BTreeSet<String>,
+    /// Configured destinations, with the reason when one cannot deliver now
+    /// (it could not be built): written as the new rows' `last_error`.
+    destinations: BTreeMap<String, Option<String>>,
+}
+
+/// One message routed: what to write, and what to tell.
+#[derive(Debug)]
+pub struct Routed {
+    pub routing: NewRouting,
+    /// The event for this outcome (no content).
+    pub event: Event,
+}
+
+/// Why a message could not be routed: the stage for events, the text for the journal.
+struct Failure {
+    stage: &'static str,
+    error: String,
+    routes: Vec<String>,
+}
+
+impl Failure {
+    fn new(stage: &'static str, error: impl Into<String>) -> Failure {
+        Failure {
+            stage,
+            error: error.into(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// The documents of one message, before they become rows.
+struct Documents {
+    deliveries: Vec<NewDelivery>,
+    /// Routes that matched the header.
+    matched: Vec<String>,
+}
+
+impl Router {
+    /// A router over compiled routes and mappings. `sources` are the
+    /// `[sources.<id>]` ids; `destinations` the `[destinations.<id>]` ids.
+    pub fn new(
+        routes: RouteSet,
+        mappings: MappingSet,
+        sources: impl IntoIterator<Item = String>,
+        destinations: impl IntoIterator<Item = String>,
+    ) -> Router {
+        Router {
+            routes,
+            mappings,
+            sources: sources.into_iter().collect(),
+            destinations: destinations.into_iter().map(|d| (d, None)).collect(),
+        }
+    }
+
+    /// Marks a destination as unable to deliver (its rows are still queued,
+    /// with `reason` as their last error).
+    pub fn set_unavailable(&mut self, destination: &str, reason: String) {
+        self.destinations
+            .insert(destination.to_string(), Some(reason));
+    }
+
+    /// Routes one journaled message. Pure apart from the clock value given.
+    pub fn route(&self, message: &PendingMessage, replay: bool, at_ms: i64) -> Routed {
+        let result = if self.sources.contains(&message.listener) {
+            self.route_document(message)
+        } else {
+            self.route_hl7(message)
+        };
+        let at = events::now();
+        let mut event = RoutingEvent {
+            listener: message.listener.clone(),
+            journal_id: message.id,
+            control_id: message.control_id.clone(),
+            message_type: message.message_type.clone(),
+            routes: Vec::new(),
+            destinations: Vec::new(),
+            replay,
+            stage: None,
+            at,
+        };
+        let mut routing = NewRouting {
+            message_id: message.id,
+            replay,
+            outcome: RoutingOutcome::Unrouted,
+            routes: Vec::new(),
+            error: None,
+            at_ms,
+            deliveries: Vec::new(),
+        };
+        match result {
+            Ok(docs) if docs.deliveries.is_empty() => {
+                routing.routes = docs.matched;
+                event.routes = routing.routes.clone();
+                Routed {
+                    routing,
+                    event: Event::MessageUnrouted(event),
+                }
+            }
+            Ok(docs) => {
+                let mut routes: Vec<String> = Vec::new();
+                let mut destinations: Vec<String> = Vec::new();
+                for d in &docs.deliveries {
+                    for r in &d.routes {
+                        if !routes.contains(r) {
+                            routes.push(r.clone());
+                        }
+                    }
+                    if !destinations.contains(&d.destination) {
+                        destinations.push(d.destination.clone());
+                    }
+                }
+                routing.outcome = RoutingOutcome::Routed;
+                routing.routes = routes.clone();
+                routing.deliveries = docs.deliveries;
+                event.routes = routes;
+                event.destinations = destinations;
+                Routed {
+                    routing,
+                    event: Event::MessageRouted(event),
+                }
+            }
+            Err(failure) => {
+                routing.outcome = RoutingOutcome::Failed;
+                routing.routes = failure.routes.clone();
+                routing.error = Some(failure.error);
+                event.routes = failure.routes;
+                event.stage = Some(failure.stage.to_string());
+                Routed {
+                    routing,
+                    event: Event::RoutingFailed(event),
+                }
+            }
+        }
+    }
+
+    /// An HL7 v2 message from a listener: parse, select, map per group.
+    fn route_hl7(&self, message: &PendingMessage) -> Result<Documents, Failure> {
+        let text = crate::hl7::decode(&message.raw)
+            .map_err(|e| Failure::new("parse", format!("cannot decode the message: {e}")))?;
+        let parsed = crate::hl7::Message::parse(&text)
+            .map_err(|e| Failure::new("parse", format!("the message does not parse: {e}")))?;
+        let header = parsed
+            .header()
+            .map_err(|e| Failure::new("parse", format!("the message header is unusable: {e}")))?;
+        let input = RouteInput::from_header(&header, Origin::Listener(&message.listener));
+        let selection = self.routes.select(&input);
+        let matched: Vec<String> = selection.routes().map(|r| r.id().to_string()).collect();
+        let mut deliveries = Vec::new();
+        for group in selection.groups() {
+            let route_ids = || {
+                group
+                    .routes()
+                    .map(|r| r.id().to_string())
+                    .collect::<Vec<_>>()
+            };
+            let fail = |stage, error: String| Failure {
+                stage,
+                error,
+                routes: route_ids(),
+            };
+            if group.mapping().is_empty() {
+                return Err(fail(
+                    "map",
+                    format!(
+                        "route `{}` has no mapping, but a message from listener `{}` is HL7 v2 \
+                         and needs one to become a document",
+                        route_ids().join("`, `"),
+                        message.listener
+                    ),
+                ));
+            }
+            let plan = self.mappings.get(group.mapping()).ok_or_else(|| {
+                fail(
+                    "map",
+                    format!(
+                        "route `{}` names mapping `{}`, which is not loaded",
+                        route_ids().join("`, `"),
+                        group.mapping()
+                    ),
+                )
+            })?;
+            let output = plan
+                .apply(&parsed)
+                .map_err(|e| fail("map", format!("mapping `{}`: {e}", plan.name())))?;
+            let bytes = serde_json::to_vec(&output.document).map_err(|e| {
+                fail(
+                    "map",
+                    format!("cannot serialize the document of `{}`: {e}", plan.name()),
+                )
+            })?;
+            let refs = group.destinations_for(&output.document);
+            self.push_deliveries(
+                &mut deliveries,
+                message.id,
+                group.mapping(),
+                &output.document,
+                Bytes::from(bytes),
+                refs,
+            );
+        }
+        Ok(Documents {
+            deliveries,
+            matched,
+        })
+    }
+
+    /// A document from a source (MESH inbox): a FHIR Bundle as JSON.
+    fn route_document(&self, message: &PendingMessage) -> Result<Documents, Failure> {
+        let document: Json = serde_json::from_slice(&message.raw).map_err(|e| {
+            Failure::new(
+                "document",
+                format!(
+                    "the document from source `{}` is not JSON: {e}",
+                    message.listener
+                ),
+            )
+        })?;
+        let kind = document.get("resourceType").and_then(Json::as_str);
+        if kind != Some("Bundle") {
+            return Err(Failure::new(
+                "document",
+                format!(
+                    "the document from source `{}` is not a FHIR Bundle (resourceType {:?})",
+                    message.listener,
+                    kind.unwrap_or("missing")
+                ),
+            ));
+        }
+        let input = RouteInput {
+            origin: Origin::Source(&message.listener),
+            message_code: "",
+            trigger: "",
+            sending_application: "",
+            sending_facility: "",
+        };
+        let selection = self.routes.select(&input);
+        let matched: Vec<String> = selection.routes().map(|r| r.id().to_string()).collect();
+        let mut deliveries = Vec::new();
+        for group in selection.groups() {
+            if !group.mapping().is_empty() {
+                let ids: Vec<&str> = group.routes().map(|r| r.id()).collect();
+                return Err(Failure {
+                    stage: "map",
+                    error: format!(
+                        "route `{}` names mapping `{}`, but a document from source `{}` is \
+                         already FHIR; routes for sources pass documents through (no mapping)",
+                        ids.join("`, `"),
+                        group.mapping(),
+                        message.listener
+                    ),
+                    routes: ids.into_iter().map(str::to_string).collect(),
+                });
+            }
+            let refs = group.destinations_for(&document);
+            self.push_deliveries(
+                &mut deliveries,
+                message.id,
+                "",
+                &document,
+                message.raw.clone(),
+                refs,
+            );
+        }
+        Ok(Documents {
+            deliveries,
+            matched,
+        })
+    }
+
+    fn push_deliveries(
+        &self,
+        out: &mut Vec<NewDelivery>,
+        message_id: i64,
+        mapping: &str,
+        document: &Json,
+        bytes: Bytes,
+        refs: Vec<crate::route::DestinationRef>,
+    ) {
+        if refs.is_empty() {
+            return;
+        }
+        let patient_key = patient_key(document).unwrap_or_else(|| format!("message:{message_id}"));
+        let nhs_numbers = nhs_numbers(document);
+        for dest in refs {
+            let last_error = match self.destinations.get(&dest.id) {
+                Some(reason) => reason.clone(),
+                None => Some(format!(
+                    "destination `{}` is not configured in [destinations]",
+                    dest.id
+                )),
+            };
+            out.push(NewDelivery {
+                destination: dest.id,
+                mapping: mapping.to_string(),
+                routes: dest.routes,
+                patient_key: patient_key.clone(),
+                nhs_numbers: nhs_numbers.clone(),
+                document: bytes.clone(),
+                last_error,
+            });
+        }
+    }
+}
+
+/// The Bundle's resources.
+fn resources(document: &Json) -> impl Iterator<Item = &Json> {
+    document
+        .get("entry")
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("resource"))
+}
+
+/// The id of the (first) Patient resource in the Bundle.
+pub fn patient_key(document: &Json) -> Option<String> {
+    resources(document)
+        .filter(|r| r.get("resourceType").and_then(Json::as_str) == Some("Patient"))
+        .find_map(|r| r.get("id").and_then(Json::as_str))
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+}
+
+/// Every NHS number on the Bundle's Patient resources, once each.
+pub fn nhs_numbers(document: &Json) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for patient in resources(document)
+        .filter(|r| r.get("resourceType").and_then(Json::as_str) == Some("Patient"))
+    {
+        let identifiers = patient
+            .get("identifier")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten();
+        for identifier in identifiers {
+            if identifier.get("system").and_then(Json::as_str) != Some(NHS_NUMBER_SYSTEM) {
+                continue;
+            }
+            if let Some(value) = identifier.get("value").and_then(Json::as_str) {
+                let value: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+                if !value.is_empty() && !out.contains(&value) {
+                    out.push(value);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Publishes a routing event, counts it and logs one line (ids only).
+pub(crate) fn report(shared: &Shared, routed: &Routed, routing_id: Option<i64>) {
+    let outcome = routed.routing.outcome.as_str();
+    shared
+        .metrics
+        .routed
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.to_string(),
+        })
+        .inc();
+    match &routed.event {
+        Event::MessageRouted(e) | Event::MessageUnrouted(e) | Event::RoutingFailed(e) => {
+            tracing::info!(
+                journal_id = e.journal_id,
+                control_id = %e.control_id,
+                message_type = %e.message_type,
+                listener = %e.listener,
+                routing_id,
+                outcome,
+                routes = %e.routes.join(","),
+                destinations = %e.destinations.join(","),
+                stage = e.stage.as_deref().unwrap_or(""),
+                replay = e.replay,
+                "message routed"
+            );
+        }
+        _ => {}
+    }
+    shared.events.publish(routed.event.clone());
+}
+
+/// The pipeline task: routes accepted rows in id order until `stop`.
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let accepted = shared.journal.accepted_notify();
+    let mut cursor = loop {
+        match shared.journal.routing_cursor().await {
+            Ok(cursor) => break cursor,
+            Err(err) => {
+                tracing::error!(error = %err, "pipeline cannot read where it stopped; retrying");
+                if pause(&stop, POLL).await {
+                    return;
+                }
+            }
+        }
+    };
+    tracing::info!(after_message = cursor, "pipeline started");
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let rows = match shared.journal.accepted_after(cursor, BATCH).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::error!(error = %err, "pipeline cannot read the journal; retrying");
+                if pause(&stop, POLL).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = accepted.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            continue;
+        }
+        let last = rows.last().map_or(cursor, |m| m.id);
+        match route_and_write(&shared, rows, false).await {
+            Ok(_) => cursor = last,
+            Err(err) => {
+                tracing::error!(error = %err, "pipeline cannot write routing outcomes; retrying");
+                if pause(&stop, POLL).await {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(after_message = cursor, "pipeline stopped");
+}
+
+/// One message routed and written.
+pub(crate) struct Written {
+    pub routed: Routed,
+    pub routing_id: i64,
+    /// The delivery rows queued.
+    pub deliveries: Vec<i64>,
+}
+
+/// Routes `rows`, writes their outcomes and deliveries in one transaction,
+/// then reports them and wakes the destinations.
+pub(crate) async fn route_and_write(
+    shared: &Arc<Shared>,
+    rows: Vec<PendingMessage>,
+    replay: bool,
+) -> Result<Vec<Written>, super::queue::QueueError> {
+    let router = Arc::clone(&shared.router);
+    let routed: Vec<Routed> = tokio::task::spawn_blocking(move || {
+        let at = now_ms();
+        rows.iter().map(|m| router.route(m, replay, at)).collect()
+    })
+    .await?;
+    let ops = routed
+        .iter()
+        .map(|r| QueueOp::Route(r.routing.clone()))
+        .collect();
+    let outcomes = shared.journal.queue_write(ops).await?;
+    let mut woken: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::with_capacity(routed.len());
+    for (r, outcome) in routed.into_iter().zip(outcomes) {
+        let (routing_id, deliveries) = match outcome {
+            QueueOutcome::Routed {
+                routing_id,
+                deliveries,
+            } => (routing_id, deliveries),
+            QueueOutcome::Updated(_) => (0, Vec::new()),
+        };
+        report(shared, &r, Some(routing_id));
+        woken.extend(r.routing.deliveries.iter().map(|d| d.destination.clone()));
+        out.push(Written {
+            routed: r,
+            routing_id,
+            deliveries,
+        });
+    }
+    for destination in &woken {
+        shared.wake(destination);
+    }
+    Ok(out)
+}
+
+/// Sleeps `d` unless stopped first; true when stopped.
+async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

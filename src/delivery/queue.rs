@@ -1,0 +1,430 @@
+//! The delivery queue as a running service: the pipeline task, one
+//! scheduler per destination, the queue-depth gauges, and the operations the
+//! HTTP API offers (queue depths, retry, replay).
+//!
+//! The rows themselves live in the journal (`journal::queue`, written through
+//! the journal's writer thread so intake and queue share group commit).
+//!
+//! Destinations that could not be built (e.g. a MESH mailbox whose secret is
+//! missing from the environment) get no scheduler: their rows are still
+//! queued, with the build error as `last_error`, and wait for a restart with
+//! a working configuration. They never stop the engine.
+//!
+//! # Invariants
+//! - Stopping stops taking new work first, then waits (bounded) for work in
+//!   flight; whatever is abandoned stays pending in the journal.
+//! - Nothing here logs or publishes message content.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::pipeline::{self, now_ms, Router};
+use super::scheduler::{self, Destination};
+use crate::journal::{
+    DeliveryRow, DeliveryStatus, Journal, JournalError, QueueOp, QueueOutcome, RoutingOutcome,
+};
+use crate::telemetry::events::EventBus;
+use crate::telemetry::metrics::{Metrics, QueueLabel};
+
+/// How often the queue-depth gauges are refreshed.
+pub const DEPTH_REFRESH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the routing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("no accepted message with id {0}")]
+    NoMessage(i64),
+    #[error("no delivery with id {0}")]
+    NoDelivery(i64),
+    #[error("delivery {id} is {status}; only dead or withheld deliveries can be retried")]
+    NotRetryable { id: i64, status: &'static str },
+}
+
+/// What the pipeline, the schedulers and the API share.
+pub(crate) struct Shared {
+    pub(crate) journal: Journal,
+    pub(crate) router: Arc<Router>,
+    pub(crate) events: EventBus,
+    pub(crate) metrics: Arc<Metrics>,
+    /// One per destination with a scheduler.
+    wakers: BTreeMap<String, Arc<Notify>>,
+}
+
+impl Shared {
+    /// Tells a destination's scheduler that rows may have become due.
+    pub(crate) fn wake(&self, destination: &str) {
+        if let Some(waker) = self.wakers.get(destination) {
+            waker.notify_one();
+        }
+    }
+}
+
+/// A configured destination and whether it runs.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DestinationState {
+    pub id: String,
+    /// `store`, `mesh`, `fhir`, `mllp`, `file`.
+    pub kind: String,
+    pub external: bool,
+    /// False when it could not be built: its rows wait.
+    pub available: bool,
+    /// Why it is not available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One destination's queue, for `GET /api/queues`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub destination: String,
+    /// Empty for rows of a destination no longer configured.
+    pub kind: String,
+    pub external: bool,
+    pub available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub pending: u64,
+    pub delivered: u64,
+    pub dead: u64,
+    pub withheld: u64,
+    /// Seconds since the oldest pending row was queued.
+    pub oldest_pending_age_secs: Option<u64>,
+}
+
+/// The result of a replay.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Replayed {
+    pub message_id: i64,
+    pub routing_id: i64,
+    pub outcome: RoutingOutcome,
+    pub routes: Vec<String>,
+    /// The new delivery rows.
+    pub deliveries: Vec<i64>,
+    /// Failed only: why (may quote the message; the API is for ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The operations the HTTP API offers. Cheap to clone.
+#[derive(Clone)]
+pub struct DeliveryHandle {
+    shared: Arc<Shared>,
+    destinations: Arc<Vec<DestinationState>>,
+}
+
+impl std::fmt::Debug for DeliveryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryHandle")
+            .field("destinations", &self.destinations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeliveryHandle {
+    /// Every configured destination, by id.
+    pub fn destinations(&self) -> &[DestinationState] {
+        &self.destinations
+    }
+
+    /// Depths per destination (every configured one, plus any with rows).
+    pub async fn queues(&self) -> Result<Vec<QueueSummary>, QueueError> {
+        let depths = self.shared.journal.queue_depths().await?;
+        let now = now_ms();
+        let mut out: BTreeMap<String, QueueSummary> = self
+            .destinations
+            .iter()
+            .map(|d| {
+                (
+                    d.id.clone(),
+                    QueueSummary {
+                        destination: d.id.clone(),
+                        kind: d.kind.clone(),
+                        external: d.external,
+                        available: d.available,
+                        error: d.error.clone(),
+                        pending: 0,
+                        delivered: 0,
+                        dead: 0,
+                        withheld: 0,
+                        oldest_pending_age_secs: None,
+                    },
+                )
+            })
+            .collect();
+        for depth in depths {
+            let q = out
+                .entry(depth.destination.clone())
+                .or_insert_with(|| QueueSummary {
+                    destination: depth.destination.clone(),
+                    kind: String::new(),
+                    external: false,
+                    available: false,
+                    error: Some("not configured in [destinations]".to_string()),
+                    pending: 0,
+                    delivered: 0,
+                    dead: 0,
+                    withheld: 0,
+                    oldest_pending_age_secs: None,
+                });
+            match depth.status {
+                DeliveryStatus::Pending => {
+                    q.pending = depth.count;
+                    q.oldest_pending_age_secs = depth
+                        .oldest_ms
+                        .map(|at| u64::try_from(now.saturating_sub(at) / 1000).unwrap_or(0));
+                }
+                DeliveryStatus::Delivered => q.delivered = depth.count,
+                DeliveryStatus::Dead => q.dead = depth.count,
+                DeliveryStatus::Withheld => q.withheld = depth.count,
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Queues a dead (or withheld) delivery again, due now.
+    pub async fn retry(&self, id: i64) -> Result<DeliveryRow, QueueError> {
+        let row = self
+            .shared
+            .journal
+            .delivery(id)
+            .await?
+            .ok_or(QueueError::NoDelivery(id))?;
+        if !matches!(row.status, DeliveryStatus::Dead | DeliveryStatus::Withheld) {
+            return Err(QueueError::NotRetryable {
+                id,
+                status: row.status.as_str(),
+            });
+        }
+        self.shared
+            .journal
+            .queue_write(vec![QueueOp::Retry {
+                id,
+                now_ms: now_ms(),
+            }])
+            .await?;
+        tracing::info!(delivery_id = id, destination = %row.destination, "delivery retried by hand");
+        self.shared.wake(&row.destination);
+        self.shared
+            .journal
+            .delivery(id)
+            .await?
+            .ok_or(QueueError::NoDelivery(id))
+    }
+
+    /// Queues every dead delivery (of one destination, or all) again.
+    pub async fn retry_dead(&self, destination: Option<String>) -> Result<usize, QueueError> {
+        let outcome = self
+            .shared
+            .journal
+            .queue_write(vec![QueueOp::RetryDead {
+                destination: destination.clone(),
+                now_ms: now_ms(),
+            }])
+            .await?;
+        let n = match outcome.first() {
+            Some(QueueOutcome::Updated(n)) => *n,
+            _ => 0,
+        };
+        tracing::info!(
+            destination = destination.as_deref().unwrap_or("*"),
+            retried = n,
+            "dead letters retried by hand"
+        );
+        match destination {
+            Some(d) => self.shared.wake(&d),
+            None => self.shared.wakers.values().for_each(|w| w.notify_one()),
+        }
+        Ok(n)
+    }
+
+    /// Routes and maps an accepted message again and queues its documents anew.
+    pub async fn replay(&self, message_id: i64) -> Result<Replayed, QueueError> {
+        let message = self
+            .shared
+            .journal
+            .accepted_message(message_id)
+            .await?
+            .ok_or(QueueError::NoMessage(message_id))?;
+        let mut written = pipeline::route_and_write(&self.shared, vec![message], true).await?;
+        let w = written.pop().ok_or(QueueError::NoMessage(message_id))?;
+        Ok(Replayed {
+            message_id,
+            routing_id: w.routing_id,
+            outcome: w.routed.routing.outcome,
+            routes: w.routed.routing.routes.clone(),
+            deliveries: w.deliveries,
+            error: w.routed.routing.error.clone(),
+        })
+    }
+}
+
+/// The running pipeline and schedulers.
+pub struct DeliveryQueue {
+    handle: DeliveryHandle,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DeliveryQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryQueue")
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A destination that could not be built, and why.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    pub id: String,
+    pub kind: String,
+    pub external: bool,
+    pub error: String,
+}
+
+impl DeliveryQueue {
+    /// Starts the pipeline, a scheduler per built destination and the depth
+    /// gauges. Must run inside a tokio runtime.
+    pub fn start(
+        journal: Journal,
+        events: EventBus,
+        metrics: Arc<Metrics>,
+        mut router: Router,
+        built: Vec<(Destination, String)>,
+        unavailable: Vec<Unavailable>,
+    ) -> DeliveryQueue {
+        for u in &unavailable {
+            router.set_unavailable(&u.id, format!("destination not available: {}", u.error));
+        }
+        let wakers: BTreeMap<String, Arc<Notify>> = built
+            .iter()
+            .map(|(d, _)| (d.id.clone(), Arc::new(Notify::new())))
+            .collect();
+        let mut states: Vec<DestinationState> = built
+            .iter()
+            .map(|(d, kind)| DestinationState {
+                id: d.id.clone(),
+                kind: kind.clone(),
+                external: d.external,
+                available: true,
+                error: None,
+            })
+            .chain(unavailable.iter().map(|u| DestinationState {
+                id: u.id.clone(),
+                kind: u.kind.clone(),
+                external: u.external,
+                available: false,
+                error: Some(u.error.clone()),
+            }))
+            .collect();
+        states.sort_by(|a, b| a.id.cmp(&b.id));
+        let shared = Arc::new(Shared {
+            journal,
+            router: Arc::new(router),
+            events,
+            metrics,
+            wakers,
+        });
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(pipeline::run(
+            Arc::clone(&shared),
+            stop.clone(),
+        )));
+        for (dest, _) in built {
+            let wake = Arc::clone(&shared.wakers[&dest.id]);
+            tasks.push(tokio::spawn(scheduler::run(
+                Arc::clone(&shared),
+                dest,
+                wake,
+                stop.clone(),
+            )));
+        }
+        if !unavailable.is_empty() {
+            let shared = Arc::clone(&shared);
+            let ops: Vec<QueueOp> = unavailable
+                .iter()
+                .map(|u| QueueOp::NoteUnavailable {
+                    destination: u.id.clone(),
+                    error: format!("destination not available: {}", u.error),
+                })
+                .collect();
+            tasks.push(tokio::spawn(async move {
+                if let Err(err) = shared.journal.queue_write(ops).await {
+                    tracing::error!(error = %err, "cannot note unavailable destinations on their rows");
+                }
+            }));
+        }
+        let handle = DeliveryHandle {
+            shared: Arc::clone(&shared),
+            destinations: Arc::new(states),
+        };
+        tasks.push(tokio::spawn(refresh_depths(handle.clone(), stop.clone())));
+        DeliveryQueue {
+            handle,
+            stop,
+            tasks,
+        }
+    }
+
+    pub fn handle(&self) -> DeliveryHandle {
+        self.handle.clone()
+    }
+
+    /// Stops taking new work and waits up to `timeout` for deliveries in
+    /// flight; what is still running then is abandoned (it stays pending).
+    pub async fn stop(self, timeout: Duration) {
+        self.stop.cancel();
+        let aborts: Vec<_> = self.tasks.iter().map(JoinHandle::abort_handle).collect();
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                "delivery shutdown timeout: abandoning deliveries in flight (they stay queued)"
+            );
+            for abort in aborts {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// Keeps the `queue_depth` gauges current until `stop`.
+async fn refresh_depths(handle: DeliveryHandle, stop: CancellationToken) {
+    loop {
+        match handle.queues().await {
+            Ok(queues) => {
+                let gauges = &handle.shared.metrics.queue_depth;
+                for q in queues {
+                    for (status, n) in [
+                        ("pending", q.pending),
+                        ("delivered", q.delivered),
+                        ("dead", q.dead),
+                        ("withheld", q.withheld),
+                    ] {
+                        gauges
+                            .get_or_create(&QueueLabel {
+                                destination: q.destination.clone(),
+                                status: status.to_string(),
+                            })
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read queue depths"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DEPTH_REFRESH) => {}
+        }
+    }
+}

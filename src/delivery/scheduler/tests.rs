@@ -1,0 +1,357 @@
+//! Scheduling: the retry policy as data, then schedulers over a real journal
+//! with recording destinations.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::delivery::queue::{DeliveryHandle, DeliveryQueue};
+use crate::delivery::testing::*;
+use crate::delivery::Delivered;
+use crate::journal::{
+    DeliveryFilter, DeliveryRow, DeliveryStatus, Journal, NewDelivery, NewRouting, QueueOutcome,
+    RoutingOutcome,
+};
+use crate::telemetry::events::EventBus;
+use crate::telemetry::metrics::Metrics;
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        max_age_ms: 60_000,
+        backoff_initial_ms: 1_000,
+        backoff_max_ms: 10_000,
+    }
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+    let p = policy();
+    // (attempts, uncapped-or-capped base)
+    for (attempts, base) in [
+        (1, 1_000),
+        (2, 2_000),
+        (3, 4_000),
+        (4, 8_000),
+        (5, 10_000),
+        (40, 10_000),
+        (u32::MAX, 10_000),
+    ] {
+        assert_eq!(p.backoff_ms(attempts, 0.0), base / 2, "attempt {attempts}");
+        assert_eq!(p.backoff_ms(attempts, 1.0), base, "attempt {attempts}");
+        for _ in 0..200 {
+            let wait = p.backoff_ms(attempts, fastrand::f64());
+            assert!(
+                (base / 2..=base).contains(&wait),
+                "attempt {attempts}: {wait}"
+            );
+        }
+    }
+    // Jitter actually spreads the waits.
+    let waits: BTreeSet<u64> = (0..50).map(|_| p.backoff_ms(3, fastrand::f64())).collect();
+    assert!(waits.len() > 10, "{waits:?}");
+}
+
+#[test]
+fn failures_retry_until_attempts_or_age_run_out_and_permanent_errors_die_at_once() {
+    let p = policy();
+    let retry = DeliveryError::retry("HTTP 503");
+    let check =
+        |attempts, age_ms, err: &DeliveryError| p.after_failure(attempts, 0, age_ms, err, 0.0);
+    assert_eq!(check(1, 10, &retry), Decision::Retry { at_ms: 10 + 500 });
+    assert_eq!(check(4, 10, &retry), Decision::Retry { at_ms: 10 + 4_000 });
+    match check(5, 10, &retry) {
+        Decision::Dead(why) => assert_eq!(why, "gave up after 5 attempt(s): HTTP 503"),
+        other => panic!("{other:?}"),
+    }
+    match check(1, 60_000, &retry) {
+        Decision::Dead(why) => assert!(why.starts_with("gave up after 60s queued"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    match check(1, 10, &DeliveryError::permanent("HTTP 400")) {
+        Decision::Dead(why) => assert_eq!(why, "permanent error: HTTP 400"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Queues one synthetic document per (control id, patient) directly.
+async fn enqueue(journal: &Journal, rows: &[(&str, &str)], destination: &str) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for (control_id, patient) in rows {
+        let message_id = commit(journal, "pas", control_id, &format!("MSH|{control_id}")).await;
+        let out = journal
+            .queue_write(vec![crate::journal::QueueOp::Route(NewRouting {
+                message_id,
+                replay: false,
+                outcome: RoutingOutcome::Routed,
+                routes: vec!["r".to_string()],
+                error: None,
+                at_ms: now_ms(),
+                deliveries: vec![NewDelivery {
+                    destination: destination.to_string(),
+                    mapping: "m".to_string(),
+                    routes: vec!["r".to_string()],
+                    patient_key: patient.to_string(),
+                    nhs_numbers: vec![format!("nhs-{patient}")],
+                    document: Bytes::from(format!("{{\"doc\":\"{control_id}\"}}")),
+                    last_error: None,
+                }],
+            })])
+            .await
+            .unwrap();
+        match &out[0] {
+            QueueOutcome::Routed { deliveries, .. } => ids.push(deliveries[0]),
+            other => panic!("{other:?}"),
+        }
+    }
+    ids
+}
+
+fn start(journal: &Journal, dests: Vec<Destination>) -> DeliveryQueue {
+    DeliveryQueue::start(
+        journal.clone(),
+        EventBus::default(),
+        Arc::new(Metrics::new()),
+        router("", &[], &[]),
+        dests.into_iter().map(|d| (d, "test".to_string())).collect(),
+        Vec::new(),
+    )
+}
+
+async fn row(handle: &DeliveryHandle, journal: &Journal, id: i64) -> DeliveryRow {
+    let _ = handle;
+    journal.delivery(id).await.unwrap().unwrap()
+}
+
+async fn wait_status(journal: &Journal, id: i64, status: DeliveryStatus) {
+    let j = journal.clone();
+    eventually(&format!("delivery {id} {}", status.as_str()), || {
+        let j = j.clone();
+        async move { j.delivery(id).await.unwrap().unwrap().status == status }
+    })
+    .await;
+}
+
+fn control(item: &DeliveryItem) -> String {
+    item.control_id.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_patients_failing_document_holds_up_only_that_patient_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let others_done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&others_done);
+    // A1 fails until every document of the other patients has been delivered.
+    let sink = Recorder::new(move |item| {
+        if item.control_id == "A1" && !flag.load(Ordering::SeqCst) {
+            Err(DeliveryError::retry("HTTP 503"))
+        } else {
+            Ok(Delivered {
+                remote_ref: Some(format!("ref-{}", item.control_id)),
+            })
+        }
+    });
+    let ids = enqueue(
+        &journal,
+        &[
+            ("A1", "pa"),
+            ("B1", "pb"),
+            ("A2", "pa"),
+            ("C1", "pc"),
+            ("B2", "pb"),
+            ("A3", "pa"),
+        ],
+        "sink",
+    )
+    .await;
+    let queue = start(&journal, vec![destination("sink", sink.clone())]);
+    let handle = queue.handle();
+    for id in [ids[1], ids[3], ids[4]] {
+        wait_status(&journal, id, DeliveryStatus::Delivered).await;
+    }
+    // Meanwhile A1 was tried and failed, and A2/A3 were never handed out.
+    assert!(row(&handle, &journal, ids[0]).await.attempts >= 1);
+    let calls: Vec<String> = sink.calls.lock().unwrap().iter().map(control).collect();
+    assert!(
+        !calls.contains(&"A2".to_string()) && !calls.contains(&"A3".to_string()),
+        "{calls:?}"
+    );
+    others_done.store(true, Ordering::SeqCst);
+    wait_status(&journal, ids[5], DeliveryStatus::Delivered).await;
+    queue.stop(Duration::from_secs(10)).await;
+
+    let delivered: Vec<String> = sink.delivered.lock().unwrap().iter().map(control).collect();
+    let order = |c: &str| delivered.iter().position(|d| d == c).unwrap();
+    assert!(
+        order("A1") < order("A2") && order("A2") < order("A3"),
+        "{delivered:?}"
+    );
+    assert!(order("B1") < order("B2"), "{delivered:?}");
+    assert!(order("B2") < order("A1"), "{delivered:?}");
+    let a1 = row(&handle, &journal, ids[0]).await;
+    assert!(a1.attempts >= 2, "{a1:?}");
+    assert_eq!(a1.remote_ref.as_deref(), Some("ref-A1"));
+    assert!(a1.delivered_at.is_some());
+    assert_eq!(a1.last_error, None);
+    // Each delivered once.
+    assert_eq!(delivered.len(), 6, "{delivered:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_error_dead_letters_that_document_only_and_retry_delivers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&fixed);
+    let sink = Recorder::new(move |item| {
+        if item.control_id == "A1" && !flag.load(Ordering::SeqCst) {
+            Err(DeliveryError::permanent("HTTP 400: bad Bundle"))
+        } else {
+            Ok(Delivered::default())
+        }
+    });
+    let ids = enqueue(
+        &journal,
+        &[("A1", "pa"), ("A2", "pa"), ("B1", "pb")],
+        "sink",
+    )
+    .await;
+    let queue = start(&journal, vec![destination("sink", sink.clone())]);
+    let handle = queue.handle();
+    wait_status(&journal, ids[0], DeliveryStatus::Dead).await;
+    // The line moves on past the dead letter.
+    wait_status(&journal, ids[1], DeliveryStatus::Delivered).await;
+    wait_status(&journal, ids[2], DeliveryStatus::Delivered).await;
+    let dead = row(&handle, &journal, ids[0]).await;
+    assert_eq!(dead.attempts, 1);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("permanent error: HTTP 400: bad Bundle")
+    );
+    let listed = journal
+        .deliveries(DeliveryFilter {
+            status: Some(DeliveryStatus::Dead),
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+
+    // Not retryable while delivered; retried once dead.
+    assert!(handle.retry(ids[1]).await.is_err());
+    fixed.store(true, Ordering::SeqCst);
+    let retried = handle.retry(ids[0]).await.unwrap();
+    assert_eq!(retried.attempts, 0);
+    wait_status(&journal, ids[0], DeliveryStatus::Delivered).await;
+    queue.stop(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_run_out_into_the_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let sink = Recorder::new(|_| Err(DeliveryError::retry("connection refused")));
+    let ids = enqueue(&journal, &[("A1", "pa")], "sink").await;
+    let mut dest = destination("sink", sink.clone());
+    dest.policy.max_attempts = 3;
+    let queue = start(&journal, vec![dest]);
+    wait_status(&journal, ids[0], DeliveryStatus::Dead).await;
+    queue.stop(Duration::from_secs(10)).await;
+    let dead = journal.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!(dead.attempts, 3);
+    assert_eq!(sink.calls.lock().unwrap().len(), 3);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("gave up after 3 attempt(s): connection refused")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objecting_patients_are_withheld_from_external_destinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let external = Recorder::accepting();
+    let internal = Recorder::accepting();
+    let unregistered = Recorder::accepting();
+    let mut ids = enqueue(&journal, &[("A1", "pa"), ("B1", "pb")], "mesh").await;
+    ids.extend(enqueue(&journal, &[("A2", "pa")], "store").await);
+    ids.extend(enqueue(&journal, &[("A3", "pa")], "nowhere").await);
+    let register: Arc<dyn Objections> = Arc::new(Register(["nhs-pa".to_string()].into()));
+    let mut mesh = destination("mesh", external.clone());
+    mesh.external = true;
+    mesh.objections = Some(register);
+    let mut nowhere = destination("nowhere", unregistered.clone());
+    nowhere.external = true;
+    let queue = start(
+        &journal,
+        vec![mesh, destination("store", internal.clone()), nowhere],
+    );
+    wait_status(&journal, ids[0], DeliveryStatus::Withheld).await;
+    wait_status(&journal, ids[1], DeliveryStatus::Delivered).await;
+    // Internal destinations are not affected by objections.
+    wait_status(&journal, ids[2], DeliveryStatus::Delivered).await;
+    // Without a register, an external destination sends nothing.
+    let j = journal.clone();
+    let id = ids[3];
+    eventually("an attempt without a register fails", || {
+        let j = j.clone();
+        async move { j.delivery(id).await.unwrap().unwrap().attempts >= 1 }
+    })
+    .await;
+    queue.stop(Duration::from_secs(10)).await;
+    let sent: Vec<String> = external.calls.lock().unwrap().iter().map(control).collect();
+    assert_eq!(sent, vec!["B1"]);
+    assert!(unregistered.calls.lock().unwrap().is_empty());
+    let withheld = journal.delivery(ids[0]).await.unwrap().unwrap();
+    assert!(withheld.last_error.unwrap().contains("objects to sharing"));
+    let waiting = journal.delivery(ids[3]).await.unwrap().unwrap();
+    assert_eq!(waiting.status, DeliveryStatus::Pending);
+    assert!(waiting
+        .last_error
+        .unwrap()
+        .contains("objections register is not available"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_pending_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let ids = enqueue(
+        &journal,
+        &[("A1", "pa"), ("A2", "pa"), ("B1", "pb")],
+        "sink",
+    )
+    .await;
+    // First run: the destination is down; nothing is delivered.
+    let down = Recorder::new(|_| Err(DeliveryError::retry("down")));
+    let queue = start(&journal, vec![destination("sink", down.clone())]);
+    let j = journal.clone();
+    let first = ids[0];
+    eventually("a failed attempt", || {
+        let j = j.clone();
+        async move { j.delivery(first).await.unwrap().unwrap().attempts >= 2 }
+    })
+    .await;
+    queue.stop(Duration::from_secs(10)).await;
+    drop(journal);
+
+    let journal = crate::delivery::testing::journal(dir.path());
+    let up = Recorder::accepting();
+    let queue = start(&journal, vec![destination("sink", up.clone())]);
+    for id in &ids {
+        wait_status(&journal, *id, DeliveryStatus::Delivered).await;
+    }
+    queue.stop(Duration::from_secs(10)).await;
+    let delivered: Vec<String> = up.delivered.lock().unwrap().iter().map(control).collect();
+    let order = |c: &str| delivered.iter().position(|d| d == c).unwrap();
+    assert!(order("A1") < order("A2"), "{delivered:?}");
+    assert_eq!(delivered.len(), 3);
+}

@@ -1,0 +1,802 @@
+//! The delivery side of the journal (schema version 2): each accepted
+//! message's routing outcome, and the delivery queue — one row per
+//! (message, destination, mapping) holding the document to deliver.
+//!
+//! Writes ([`QueueOp`]) run on the journal's writer thread inside its group
+//! commit (see [`super::Journal::queue_write`]); reads run on the reader pool.
+//! It decides nothing: when to deliver and what a failure means is the
+//! scheduler's business (`delivery::scheduler`), what to enqueue the
+//! pipeline's (`delivery::pipeline`).
+//!
+//! # Invariants
+//! - A message's routing outcome and its delivery rows are written by one
+//!   [`QueueOp::Route`], in one transaction: a crash never half-routes.
+//! - Among the `pending` rows of one (destination, patient key) exactly one
+//!   has `head = 1`: the lowest id. Only heads are handed out, so documents
+//!   of one patient reach one destination in the order they were queued.
+//! - Status changes are guarded by the status they expect (`pending` for an
+//!   attempt's outcome, `dead`/`withheld` for a retry): a stale update
+//!   changes nothing and reports 0 rows.
+
+use bytes::Bytes;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use super::{DEFAULT_LIMIT, MAX_LIMIT};
+
+/// Schema version 2: routing outcomes and the delivery queue.
+pub(super) const SCHEMA_V2: &str = "
+CREATE TABLE routings (
+    id          INTEGER PRIMARY KEY,
+    message_id  INTEGER NOT NULL,
+    replay      INTEGER NOT NULL DEFAULT 0,
+    outcome     TEXT NOT NULL CHECK (outcome IN ('routed', 'unrouted', 'failed')),
+    routes      TEXT NOT NULL,
+    error       TEXT,
+    routed_at   INTEGER NOT NULL
+);
+CREATE INDEX routings_message ON routings (message_id);
+CREATE INDEX routings_cursor ON routings (replay, message_id);
+CREATE TABLE deliveries (
+    id              INTEGER PRIMARY KEY,
+    message_id      INTEGER NOT NULL,
+    routing_id      INTEGER NOT NULL,
+    destination     TEXT NOT NULL,
+    mapping         TEXT NOT NULL,
+    routes          TEXT NOT NULL,
+    patient_key     TEXT NOT NULL,
+    nhs_numbers     TEXT NOT NULL,
+    document        BLOB NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead', 'withheld')),
+    head            INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    age_from        INTEGER NOT NULL,
+    last_error      TEXT,
+    remote_ref      TEXT,
+    delivered_at    INTEGER
+);
+CREATE INDEX deliveries_due ON deliveries (destination, next_attempt_at)
+    WHERE status = 'pending' AND head = 1;
+CREATE INDEX deliveries_line ON deliveries (destination, patient_key, id)
+    WHERE status = 'pending';
+CREATE INDEX deliveries_message ON deliveries (message_id);
+CREATE INDEX deliveries_status ON deliveries (status, destination);
+";
+
+/// What routing made of one accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingOutcome {
+    /// At least one document was queued for at least one destination.
+    Routed,
+    /// No route matched, or no route's condition held: nothing was queued.
+    Unrouted,
+    /// The message could not be parsed or mapped (see the error).
+    Failed,
+}
+
+impl RoutingOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingOutcome::Routed => "routed",
+            RoutingOutcome::Unrouted => "unrouted",
+            RoutingOutcome::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> RoutingOutcome {
+        match text {
+            "routed" => RoutingOutcome::Routed,
+            "unrouted" => RoutingOutcome::Unrouted,
+            // The CHECK constraint allows only these three.
+            _ => RoutingOutcome::Failed,
+        }
+    }
+}
+
+/// Where a queued document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its (next) attempt.
+    Pending,
+    Delivered,
+    /// Given up on (attempts, age, or a permanent error); can be retried.
+    Dead,
+    /// Not sent: the patient objects to sharing and the destination is external.
+    Withheld,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Withheld => "withheld",
+        }
+    }
+
+    /// Parses a status name (`pending`, `delivered`, `dead`, `withheld`).
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        match text {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            "withheld" => Some(DeliveryStatus::Withheld),
+            _ => None,
+        }
+    }
+
+    pub const ALL: [DeliveryStatus; 4] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Dead,
+        DeliveryStatus::Withheld,
+    ];
+}
+
+/// One document to queue for one destination.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub destination: String,
+    /// The mapping that made the document (empty: passed through as received).
+    pub mapping: String,
+    /// The routes that chose this destination.
+    pub routes: Vec<String>,
+    pub patient_key: String,
+    /// NHS numbers found in the document (checked against objections).
+    pub nhs_numbers: Vec<String>,
+    pub document: Bytes,
+    /// Set when the destination cannot deliver at the moment (not built).
+    pub last_error: Option<String>,
+}
+
+/// A message's routing outcome with the deliveries it queues.
+#[derive(Debug, Clone)]
+pub struct NewRouting {
+    pub message_id: i64,
+    /// A replay (`POST /api/messages/{id}/replay`), not the pipeline's first pass.
+    pub replay: bool,
+    pub outcome: RoutingOutcome,
+    /// Every route that matched (for routed messages: that chose a destination).
+    pub routes: Vec<String>,
+    /// Why it failed (journal only: may quote the message).
+    pub error: Option<String>,
+    pub at_ms: i64,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One change to the routing outcomes or the delivery queue.
+#[derive(Debug, Clone)]
+pub enum QueueOp {
+    /// Record a routing outcome and queue its deliveries.
+    Route(NewRouting),
+    /// A pending delivery succeeded.
+    Delivered {
+        id: i64,
+        attempts: u32,
+        remote_ref: Option<String>,
+        at_ms: i64,
+    },
+    /// A pending delivery failed and is retried at `next_attempt_at_ms`.
+    Failed {
+        id: i64,
+        attempts: u32,
+        next_attempt_at_ms: i64,
+        error: String,
+    },
+    /// A pending delivery is given up on.
+    Dead {
+        id: i64,
+        attempts: u32,
+        error: String,
+        at_ms: i64,
+    },
+    /// A pending delivery is not sent (the patient objects).
+    Withheld { id: i64, reason: String, at_ms: i64 },
+    /// A dead (or withheld) delivery is queued again, due now, with its
+    /// attempts and age reset.
+    Retry { id: i64, now_ms: i64 },
+    /// Every dead delivery (of one destination, or of all) queued again.
+    RetryDead {
+        destination: Option<String>,
+        now_ms: i64,
+    },
+    /// Note on the pending deliveries of a destination that cannot deliver
+    /// (e.g. it could not be built) why they wait.
+    NoteUnavailable { destination: String, error: String },
+}
+
+impl QueueOp {
+    /// Bytes written, for the writer's group size limit.
+    pub(super) fn size_bytes(&self) -> usize {
+        match self {
+            QueueOp::Route(r) => r.deliveries.iter().map(|d| d.document.len()).sum(),
+            _ => 64,
+        }
+    }
+}
+
+/// What one [`QueueOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOutcome {
+    /// The routing row and the delivery rows (in the order given).
+    Routed {
+        routing_id: i64,
+        deliveries: Vec<i64>,
+    },
+    /// Rows changed (0: the row was not in the expected status).
+    Updated(usize),
+}
+
+/// A journaled accepted message, for the pipeline.
+#[derive(Debug, Clone)]
+pub struct PendingMessage {
+    pub id: i64,
+    pub listener: String,
+    pub control_id: String,
+    pub message_type: String,
+    pub raw: Bytes,
+}
+
+/// A head-of-line pending delivery, due, with what a destination needs.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: i64,
+    pub message_id: i64,
+    pub destination: String,
+    pub patient_key: String,
+    pub nhs_numbers: Vec<String>,
+    pub control_id: String,
+    pub message_type: String,
+    pub document: Bytes,
+    pub raw: Bytes,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub next_attempt_at_ms: i64,
+    /// Since when its age counts (queued, or last retried by hand).
+    pub age_from_ms: i64,
+}
+
+/// One delivery as the operations API shows it (no document content).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub routing_id: i64,
+    pub destination: String,
+    pub mapping: String,
+    pub routes: Vec<String>,
+    pub control_id: String,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub remote_ref: Option<String>,
+    pub delivered_at: Option<String>,
+    pub size_bytes: usize,
+}
+
+/// A search of the delivery queue. Empty fields match all.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub destination: Option<String>,
+    pub message_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// The depth of one destination's queue in one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub destination: String,
+    pub status: DeliveryStatus,
+    pub count: u64,
+    /// Pending only: when the oldest pending item was queued (unix ms).
+    pub oldest_ms: Option<i64>,
+}
+
+/// A routing outcome as recorded.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RoutingRecord {
+    pub id: i64,
+    pub message_id: i64,
+    pub replay: bool,
+    pub outcome: RoutingOutcome,
+    pub routes: Vec<String>,
+    pub error: Option<String>,
+    /// RFC 3339 UTC.
+    pub routed_at: String,
+}
+
+/// Unix milliseconds as RFC 3339 UTC.
+pub fn format_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+fn join_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn count(n: u32) -> i64 {
+    i64::from(n)
+}
+
+/// Applies `ops` inside the writer's transaction (the caller holds a savepoint).
+pub(super) fn apply(
+    tx: &Transaction<'_>,
+    ops: &[QueueOp],
+) -> Result<Vec<QueueOutcome>, rusqlite::Error> {
+    ops.iter().map(|op| apply_one(tx, op)).collect()
+}
+
+const LEAVE_PENDING: &str = "UPDATE deliveries
+     SET status = ?2, head = 0, attempts = ?3, last_error = ?4, remote_ref = ?5,
+         delivered_at = ?6
+     WHERE id = ?1 AND status = 'pending'";
+
+fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlite::Error> {
+    match op {
+        QueueOp::Route(routing) => route(tx, routing),
+        QueueOp::Delivered {
+            id,
+            attempts,
+            remote_ref,
+            at_ms,
+        } => leave_pending(
+            tx,
+            *id,
+            DeliveryStatus::Delivered,
+            *attempts,
+            None,
+            remote_ref.as_deref(),
+            Some(*at_ms),
+        ),
+        QueueOp::Dead {
+            id,
+            attempts,
+            error,
+            at_ms,
+        } => leave_pending(
+            tx,
+            *id,
+            DeliveryStatus::Dead,
+            *attempts,
+            Some(error),
+            None,
+            Some(*at_ms),
+        ),
+        QueueOp::Withheld { id, reason, at_ms } => {
+            let attempts: Option<i64> = tx
+                .query_row("SELECT attempts FROM deliveries WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let attempts = u32::try_from(attempts.unwrap_or(0)).unwrap_or(0);
+            leave_pending(
+                tx,
+                *id,
+                DeliveryStatus::Withheld,
+                attempts,
+                Some(reason),
+                None,
+                Some(*at_ms),
+            )
+        }
+        QueueOp::Failed {
+            id,
+            attempts,
+            next_attempt_at_ms,
+            error,
+        } => {
+            let n = tx.execute(
+                "UPDATE deliveries SET attempts = ?2, next_attempt_at = ?3, last_error = ?4
+                 WHERE id = ?1 AND status = 'pending'",
+                params![id, count(*attempts), next_attempt_at_ms, error],
+            )?;
+            Ok(QueueOutcome::Updated(n))
+        }
+        QueueOp::Retry { id, now_ms } => {
+            let key: Option<(String, String)> = tx
+                .query_row(
+                    "UPDATE deliveries
+                     SET status = 'pending', attempts = 0, next_attempt_at = ?2, age_from = ?2,
+                         delivered_at = NULL
+                     WHERE id = ?1 AND status IN ('dead', 'withheld')
+                     RETURNING destination, patient_key",
+                    params![id, now_ms],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match key {
+                Some((destination, patient_key)) => {
+                    fix_head(tx, &destination, &patient_key)?;
+                    Ok(QueueOutcome::Updated(1))
+                }
+                None => Ok(QueueOutcome::Updated(0)),
+            }
+        }
+        QueueOp::RetryDead {
+            destination,
+            now_ms,
+        } => {
+            let keys: Vec<(String, String)> = {
+                let mut stmt = tx.prepare(
+                    "UPDATE deliveries
+                     SET status = 'pending', attempts = 0, next_attempt_at = ?2, age_from = ?2,
+                         delivered_at = NULL
+                     WHERE status = 'dead' AND (?1 IS NULL OR destination = ?1)
+                     RETURNING destination, patient_key",
+                )?;
+                let rows =
+                    stmt.query_map(params![destination, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let n = keys.len();
+            let mut unique = keys;
+            unique.sort();
+            unique.dedup();
+            for (destination, patient_key) in &unique {
+                fix_head(tx, destination, patient_key)?;
+            }
+            Ok(QueueOutcome::Updated(n))
+        }
+        QueueOp::NoteUnavailable { destination, error } => {
+            let n = tx.execute(
+                "UPDATE deliveries SET last_error = ?2
+                 WHERE destination = ?1 AND status = 'pending' AND last_error IS NOT ?2",
+                params![destination, error],
+            )?;
+            Ok(QueueOutcome::Updated(n))
+        }
+    }
+}
+
+fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO routings (message_id, replay, outcome, routes, error, routed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            r.message_id,
+            r.replay,
+            r.outcome.as_str(),
+            join_list(&r.routes),
+            r.error,
+            r.at_ms
+        ],
+    )?;
+    let routing_id = tx.last_insert_rowid();
+    let mut ids = Vec::with_capacity(r.deliveries.len());
+    let mut in_line = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries
+         WHERE destination = ?1 AND patient_key = ?2 AND status = 'pending')",
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO deliveries
+         (message_id, routing_id, destination, mapping, routes, patient_key, nhs_numbers,
+          document, status, head, attempts, next_attempt_at, created_at, age_from, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, 0, ?10, ?10, ?10, ?11)",
+    )?;
+    for d in &r.deliveries {
+        let waiting: bool =
+            in_line.query_row(params![d.destination, d.patient_key], |row| row.get(0))?;
+        insert.execute(params![
+            r.message_id,
+            routing_id,
+            d.destination,
+            d.mapping,
+            join_list(&d.routes),
+            d.patient_key,
+            d.nhs_numbers.join(" "),
+            &d.document[..],
+            !waiting,
+            r.at_ms,
+            d.last_error,
+        ])?;
+        ids.push(tx.last_insert_rowid());
+    }
+    Ok(QueueOutcome::Routed {
+        routing_id,
+        deliveries: ids,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn leave_pending(
+    tx: &Transaction<'_>,
+    id: i64,
+    status: DeliveryStatus,
+    attempts: u32,
+    error: Option<&str>,
+    remote_ref: Option<&str>,
+    at_ms: Option<i64>,
+) -> Result<QueueOutcome, rusqlite::Error> {
+    let key: Option<(String, String, bool)> = tx
+        .query_row(
+            "SELECT destination, patient_key, head FROM deliveries
+             WHERE id = ?1 AND status = 'pending'",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((destination, patient_key, was_head)) = key else {
+        return Ok(QueueOutcome::Updated(0));
+    };
+    let delivered_at = (status == DeliveryStatus::Delivered)
+        .then_some(at_ms)
+        .flatten();
+    let last_error = match status {
+        DeliveryStatus::Delivered => None,
+        _ => error,
+    };
+    let changed = tx.prepare_cached(LEAVE_PENDING)?.execute(params![
+        id,
+        status.as_str(),
+        count(attempts),
+        last_error,
+        remote_ref,
+        delivered_at
+    ])?;
+    if was_head {
+        promote_next(tx, &destination, &patient_key)?;
+    }
+    Ok(QueueOutcome::Updated(changed))
+}
+
+/// Makes the lowest pending row of a line its head.
+fn promote_next(
+    tx: &Transaction<'_>,
+    destination: &str,
+    patient_key: &str,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET head = 1 WHERE id = (
+             SELECT id FROM deliveries
+             WHERE destination = ?1 AND patient_key = ?2 AND status = 'pending'
+             ORDER BY id LIMIT 1)",
+    )?
+    .execute(params![destination, patient_key])?;
+    Ok(())
+}
+
+/// Recomputes the head of a line (after rows re-entered it).
+fn fix_head(
+    tx: &Transaction<'_>,
+    destination: &str,
+    patient_key: &str,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "UPDATE deliveries SET head = (id = (
+             SELECT MIN(id) FROM deliveries
+             WHERE destination = ?1 AND patient_key = ?2 AND status = 'pending'))
+         WHERE destination = ?1 AND patient_key = ?2 AND status = 'pending'",
+    )?
+    .execute(params![destination, patient_key])?;
+    Ok(())
+}
+
+// ---- reads ---------------------------------------------------------------------
+
+pub(super) fn routing_cursor(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(message_id), 0) FROM routings WHERE replay = 0",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn pending_message(row: &rusqlite::Row<'_>) -> Result<PendingMessage, rusqlite::Error> {
+    let raw: Vec<u8> = row.get(4)?;
+    Ok(PendingMessage {
+        id: row.get(0)?,
+        listener: row.get(1)?,
+        control_id: row.get(2)?,
+        message_type: row.get(3)?,
+        raw: Bytes::from(raw),
+    })
+}
+
+pub(super) fn accepted_after(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<PendingMessage>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, listener, control_id, message_type, raw FROM messages
+         WHERE id > ?1 AND status = 'accepted' ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], pending_message)?;
+    rows.collect()
+}
+
+pub(super) fn accepted_message(
+    conn: &Connection,
+    id: i64,
+) -> Result<Option<PendingMessage>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, listener, control_id, message_type, raw FROM messages
+         WHERE id = ?1 AND status = 'accepted'",
+    )?;
+    stmt.query_row([id], pending_message).optional()
+}
+
+pub(super) fn due_deliveries(
+    conn: &Connection,
+    destination: &str,
+    now_ms: i64,
+    limit: u32,
+) -> Result<Vec<DueDelivery>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.id, d.message_id, d.destination, d.patient_key, d.nhs_numbers,
+                m.control_id, m.message_type, d.document, m.raw, d.attempts,
+                d.next_attempt_at, d.age_from
+         FROM deliveries d JOIN messages m ON m.id = d.message_id
+         WHERE d.destination = ?1 AND d.status = 'pending' AND d.head = 1
+           AND d.next_attempt_at <= ?2
+         ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![destination, now_ms, limit], |row| {
+        let nhs: String = row.get(4)?;
+        let document: Vec<u8> = row.get(7)?;
+        let raw: Vec<u8> = row.get(8)?;
+        let attempts: i64 = row.get(9)?;
+        Ok(DueDelivery {
+            id: row.get(0)?,
+            message_id: row.get(1)?,
+            destination: row.get(2)?,
+            patient_key: row.get(3)?,
+            nhs_numbers: nhs.split_whitespace().map(str::to_string).collect(),
+            control_id: row.get(5)?,
+            message_type: row.get(6)?,
+            document: Bytes::from(document),
+            raw: Bytes::from(raw),
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            next_attempt_at_ms: row.get(10)?,
+            age_from_ms: row.get(11)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub(super) fn next_due_at(
+    conn: &Connection,
+    destination: &str,
+) -> Result<Option<i64>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT MIN(next_attempt_at) FROM deliveries
+         WHERE destination = ?1 AND status = 'pending' AND head = 1",
+    )?
+    .query_row([destination], |r| r.get(0))
+}
+
+pub(super) fn depths(conn: &Connection) -> Result<Vec<QueueDepth>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT destination, status, COUNT(*),
+                CASE WHEN status = 'pending' THEN MIN(created_at) END
+         FROM deliveries GROUP BY status, destination ORDER BY destination, status",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        let status: String = row.get(1)?;
+        let count: i64 = row.get(2)?;
+        Ok(QueueDepth {
+            destination: row.get(0)?,
+            status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+            count: u64::try_from(count).unwrap_or(0),
+            oldest_ms: row.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.message_id, d.routing_id, d.destination, d.mapping,
+     d.routes, m.control_id, m.message_type, d.status, d.attempts, d.created_at,
+     d.next_attempt_at, d.last_error, d.remote_ref, d.delivered_at, length(d.document)";
+
+fn delivery_row(row: &rusqlite::Row<'_>) -> Result<DeliveryRow, rusqlite::Error> {
+    let routes: String = row.get(5)?;
+    let status: String = row.get(8)?;
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending);
+    let attempts: i64 = row.get(9)?;
+    let created: i64 = row.get(10)?;
+    let next: i64 = row.get(11)?;
+    let delivered: Option<i64> = row.get(14)?;
+    let size: i64 = row.get(15)?;
+    Ok(DeliveryRow {
+        id: row.get(0)?,
+        message_id: row.get(1)?,
+        routing_id: row.get(2)?,
+        destination: row.get(3)?,
+        mapping: row.get(4)?,
+        routes: split_list(&routes),
+        control_id: row.get(6)?,
+        message_type: row.get(7)?,
+        status,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        created_at: format_ms(created),
+        next_attempt_at: (status == DeliveryStatus::Pending).then(|| format_ms(next)),
+        last_error: row.get(12)?,
+        remote_ref: row.get(13)?,
+        delivered_at: delivered.map(format_ms),
+        size_bytes: usize::try_from(size).unwrap_or(0),
+    })
+}
+
+pub(super) fn deliveries(
+    conn: &Connection,
+    filter: &DeliveryFilter,
+) -> Result<Vec<DeliveryRow>, rusqlite::Error> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(status) = filter.status {
+        values.push(status.as_str().to_string().into());
+        clauses.push(format!("d.status = ?{}", values.len()));
+    }
+    if let Some(destination) = filter.destination.as_deref().filter(|d| !d.is_empty()) {
+        values.push(destination.to_string().into());
+        clauses.push(format!("d.destination = ?{}", values.len()));
+    }
+    if let Some(message_id) = filter.message_id {
+        values.push(message_id.into());
+        clauses.push(format!("d.message_id = ?{}", values.len()));
+    }
+    let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let mut sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id"
+    );
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY d.id DESC LIMIT {limit}"));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(values), delivery_row)?;
+    rows.collect()
+}
+
+pub(super) fn delivery(conn: &Connection, id: i64) -> Result<Option<DeliveryRow>, rusqlite::Error> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+         WHERE d.id = ?1"
+    );
+    conn.prepare_cached(&sql)?
+        .query_row([id], delivery_row)
+        .optional()
+}
+
+pub(super) fn routings(
+    conn: &Connection,
+    message_id: i64,
+) -> Result<Vec<RoutingRecord>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, message_id, replay, outcome, routes, error, routed_at FROM routings
+         WHERE message_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([message_id], |row| {
+        let outcome: String = row.get(3)?;
+        let routes: String = row.get(4)?;
+        let at: i64 = row.get(6)?;
+        Ok(RoutingRecord {
+            id: row.get(0)?,
+            message_id: row.get(1)?,
+            replay: row.get(2)?,
+            outcome: RoutingOutcome::parse(&outcome),
+            routes: split_list(&routes),
+            error: row.get(5)?,
+            routed_at: format_ms(at),
+        })
+    })?;
+    rows.collect()
+}
