@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::telemetry::events::{DeliveryEvent, Event, MessageOutcome, RoutingEvent};
+use crate::telemetry::events::{DeliveryEvent, Event, MeshEvent, MessageOutcome, RoutingEvent};
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -207,6 +207,8 @@ fn readable(event: &Event) -> String {
         Event::DeliveryFailed(d) => delivery_line("DeliveryFailed", d),
         Event::DeadLettered(d) => delivery_line("DeadLettered", d),
         Event::Withheld(d) => delivery_line("Withheld", d),
+        Event::MeshReceived(m) => mesh_line("MeshReceived", m),
+        Event::MeshAcknowledged(m) => mesh_line("MeshAcknowledged", m),
         Event::Lagged { missed } => {
             format!("-- {missed} event(s) missed: this tail fell behind --")
         }
@@ -268,6 +270,21 @@ fn delivery_line(name: &str, d: &DeliveryEvent) -> String {
         line.push_str(&format!("; retry at {}", clock(retry_at)));
     }
     line
+}
+
+/// `12:00:03.000 MeshReceived mesh_inbox #43 MESH X26ABC2 TEST_WORKFLOW 20200529155357895317_3573F8 accepted 2048B`
+fn mesh_line(name: &str, m: &MeshEvent) -> String {
+    format!(
+        "{} {name} {} #{} MESH {} {} {} {} {}B",
+        clock(&m.at),
+        m.source,
+        m.journal_id,
+        or_dash(&m.from),
+        or_dash(&m.workflow_id),
+        m.message_id,
+        m.outcome,
+        m.size_bytes
+    )
 }
 
 fn message_line(name: &str, m: &MessageOutcome) -> String {

@@ -13,6 +13,9 @@
 //! MESH refuses the credentials (403) the client is dropped and rebuilt on the
 //! next delivery, so a corrected password file is picked up without a restart.
 //!
+//! The first delivery with a new client, and then one a day, begins with a
+//! handshake (MESH asks clients to validate their mailbox at least daily).
+//!
 //! One attempt (every chunk) is bounded by the destination's `timeout_secs`;
 //! each HTTP request also by the mailbox's own `timeout_secs`. An attempt cut
 //! short leaves at most an `uploading` message, which the next attempt finds
@@ -33,7 +36,7 @@
 //!   and secrets are never logged.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -42,6 +45,8 @@ use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, SendRequest};
 
 const FHIR_JSON: &str = "application/fhir+json";
+/// MESH asks clients to validate their mailbox (handshake) at least daily.
+const HANDSHAKE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Sends documents to one MESH mailbox.
 #[derive(Debug)]
@@ -55,6 +60,8 @@ pub struct MeshDestination {
     subject: Option<String>,
     timeout: Duration,
     client: Mutex<Option<Arc<MeshClient>>>,
+    /// When the current client last completed a handshake.
+    handshake_at: Mutex<Option<Instant>>,
 }
 
 impl MeshDestination {
@@ -76,6 +83,7 @@ impl MeshDestination {
             subject,
             timeout,
             client: Mutex::new(None),
+            handshake_at: Mutex::new(None),
         }
     }
 
@@ -98,10 +106,41 @@ impl MeshDestination {
 
     fn forget_client(&self) {
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.handshake_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Handshakes when the client has not done so in the last day. Any failure
+    /// is retryable: it says nothing about the document.
+    async fn handshake_if_due(&self, client: &MeshClient) -> Result<(), DeliveryError> {
+        let due = self
+            .handshake_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= HANDSHAKE_EVERY);
+        if !due {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.timeout, client.handshake()).await {
+            Ok(Ok(())) => {
+                *self.handshake_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let mut error = self.error(e);
+                error.retryable = true;
+                Err(error)
+            }
+            Err(_) => Err(DeliveryError::retry(format!(
+                "destination `{}`: the mesh handshake did not finish within {} s",
+                self.id,
+                self.timeout.as_secs()
+            ))),
+        }
     }
 
     async fn send(&self, item: &DeliveryItem) -> Result<Delivered, DeliveryError> {
         let client = self.client()?;
+        self.handshake_if_due(&client).await?;
         let local_id = item.local_id();
         let request = SendRequest {
             to: self.to.clone(),

@@ -27,7 +27,7 @@ use super::tree::{Element, Segment, Separators, Stop, Tree};
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     text: &'a str,
-    tree: Tree,
+    tree: Tree<'a>,
     separators: Separators,
     /// MSH-2 exactly as received (4 or 5 characters).
     encoding_characters: &'a str,
@@ -133,7 +133,7 @@ impl<'a> Message<'a> {
 
     /// Segment `i` (0-based; 0 is MSH).
     pub fn segment(&self, i: usize) -> Option<Segment<'_>> {
-        Segment::new(self.text, &self.tree, i)
+        Segment::new(&self.tree, i)
     }
 
     /// The segments in order, MSH first.
@@ -297,7 +297,7 @@ fn check_line_feeds(text: &str) -> Result<(), Hl7Error> {
 
 /// Turns what stopped [`Tree::build`] into the error `hl7-parser`'s reading
 /// plus our checks gave: a second MSH, or a line that is not a segment.
-fn check_stop(text: &str, tree: &Tree, stop: Stop) -> Result<(), Hl7Error> {
+fn check_stop(text: &str, tree: &Tree<'_>, stop: Stop) -> Result<(), Hl7Error> {
     let index = tree.segment_count() + 1;
     let consumed = match stop {
         Stop::Complete => return Ok(()),

@@ -80,7 +80,10 @@ struct SegNode {
 /// The ranges of one message. Built by [`Tree::build`] for text that
 /// [`super::Message::parse`] has already checked.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tree {
+pub(crate) struct Tree<'a> {
+    text: &'a str,
+    /// No escape character anywhere after MSH-2: no value needs decoding.
+    escape_free: bool,
     segments: Vec<SegNode>,
     fields: Vec<Node>,
     reps: Vec<Node>,
@@ -114,16 +117,22 @@ struct Splitter<'t> {
     class: [u8; 256],
 }
 
-impl Tree {
+impl<'a> Tree<'a> {
     /// Splits `text`, which starts with `MSH`, the field separator and 4 (or 5)
     /// distinct ASCII encoding characters (`encoding_len`), and is shorter than
     /// `u32::MAX` bytes. Segments are read up to the first line that is not a
     /// segment; what stopped the reading is returned beside the tree.
-    pub(crate) fn build(text: &str, encoding_len: usize) -> (Tree, Stop) {
+    pub(crate) fn build(text: &'a str, encoding_len: usize) -> (Tree<'a>, Stop) {
         let bytes = text.as_bytes();
         let n = bytes.len();
         // Rough sizes for a typical message: fewer reallocations.
         let mut tree = Tree {
+            text,
+            escape_free: !text
+                .as_bytes()
+                .get(4 + encoding_len..)
+                .unwrap_or_default()
+                .contains(&bytes[6]),
             segments: Vec::with_capacity(n / 64 + 2),
             fields: Vec::with_capacity(n / 6 + 4),
             reps: Vec::with_capacity(n / 6 + 4),
@@ -254,7 +263,7 @@ impl Splitter<'_> {
     /// Splits the fields of one segment starting at `start` (at least one
     /// field, possibly empty); returns where the segment ends (`'\r'` or the
     /// end of the text).
-    fn fields(&self, tree: &mut Tree, start: usize) -> usize {
+    fn fields(&self, tree: &mut Tree<'_>, start: usize) -> usize {
         let bytes = self.bytes;
         let n = bytes.len();
         let mut i = start;
@@ -340,8 +349,7 @@ pub enum Level {
 /// One segment of a parsed message.
 #[derive(Clone, Copy)]
 pub struct Segment<'m> {
-    text: &'m str,
-    tree: &'m Tree,
+    tree: &'m Tree<'m>,
     index: u32,
 }
 
@@ -355,9 +363,8 @@ impl fmt::Debug for Segment<'_> {
 }
 
 impl<'m> Segment<'m> {
-    pub(crate) fn new(text: &'m str, tree: &'m Tree, index: usize) -> Option<Segment<'m>> {
+    pub(crate) fn new(tree: &'m Tree<'m>, index: usize) -> Option<Segment<'m>> {
         (index < tree.segments.len()).then_some(Segment {
-            text,
             tree,
             index: index as u32,
         })
@@ -374,9 +381,9 @@ impl<'m> Segment<'m> {
 
     /// The three-character name (ASCII letters and digits).
     pub fn name(&self) -> &'m str {
-        let s = self.seg();
+        let start = self.seg().node.start as usize;
         // The name is the first three bytes of the segment, checked ASCII.
-        &self.text[s.node.start as usize..s.node.start as usize + 3]
+        self.tree.text.get(start..start + 3).unwrap_or_default()
     }
 
     /// The name as bytes, for cheap comparisons.
@@ -387,7 +394,7 @@ impl<'m> Segment<'m> {
     /// The whole segment, without its `'\r'`.
     pub fn raw(&self) -> &'m str {
         let n = self.seg().node;
-        &self.text[n.start as usize..n.end as usize]
+        self.tree.slice(n.start, n.end)
     }
 
     /// Byte offset of the segment in the text.
@@ -404,38 +411,64 @@ impl<'m> Segment<'m> {
     pub fn field(&self, n: usize) -> Option<Element<'m>> {
         let node = self.seg().node;
         let k = n.checked_sub(1)?;
-        (k < node.count as usize).then(|| Element {
-            text: self.text,
-            tree: self.tree,
-            level: Level::Field,
-            index: node.first + k as u32,
-        })
+        (k < node.count as usize)
+            .then(|| Element::at(self.tree, Level::Field, node.first + k as u32))
     }
 
     /// The fields in order (the first is field 1).
     pub fn fields(&self) -> impl Iterator<Item = Element<'m>> + 'm {
-        let (text, tree, node) = (self.text, self.tree, self.seg().node);
-        (node.first..node.first + node.count).map(move |index| Element {
-            text,
-            tree,
-            level: Level::Field,
-            index,
-        })
+        let (tree, node) = (self.tree, self.seg().node);
+        (node.first..node.first + node.count).map(move |i| Element::at(tree, Level::Field, i))
     }
 
     /// The next segment with the same name.
     pub fn next_same(&self) -> Option<Segment<'m>> {
-        Segment::new(self.text, self.tree, self.seg().next_same as usize)
+        Segment::new(self.tree, self.seg().next_same as usize)
     }
 }
 
-/// A field, repetition, component or subcomponent.
+impl<'a> Tree<'a> {
+    /// `text[start..end]`; empty if the range were ever not on boundaries
+    /// (it always is: see the module invariants).
+    fn slice(&self, start: u32, end: u32) -> &'a str {
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The node of element `index` at `level` (a subcomponent is its own part).
+    fn node(&self, level: Level, index: u32) -> Node {
+        let i = index as usize;
+        let found = match level {
+            Level::Field => self.fields.get(i),
+            Level::Repetition => self.reps.get(i),
+            Level::Component => self.comps.get(i),
+            Level::Subcomponent => {
+                return self
+                    .subs
+                    .get(i)
+                    .map(|l| Node {
+                        start: l.start,
+                        end: l.end,
+                        first: index,
+                        count: 1,
+                    })
+                    .unwrap_or_default()
+            }
+        };
+        found.copied().unwrap_or_default()
+    }
+}
+
+/// A field, repetition, component or subcomponent: where it is in the tree
+/// and, to read it without a lookup, its byte range.
 #[derive(Clone, Copy)]
 pub struct Element<'m> {
-    text: &'m str,
-    tree: &'m Tree,
-    level: Level,
+    tree: &'m Tree<'m>,
     index: u32,
+    start: u32,
+    end: u32,
+    level: Level,
 }
 
 impl fmt::Debug for Element<'_> {
@@ -448,57 +481,47 @@ impl fmt::Debug for Element<'_> {
 }
 
 impl<'m> Element<'m> {
+    fn at(tree: &'m Tree<'m>, level: Level, index: u32) -> Element<'m> {
+        let n = tree.node(level, index);
+        Element {
+            tree,
+            index,
+            start: n.start,
+            end: n.end,
+            level,
+        }
+    }
+
     /// Which level this is.
     pub fn level(&self) -> Level {
         self.level
     }
 
-    fn node(&self) -> Node {
-        let i = self.index as usize;
-        match self.level {
-            Level::Field => self.tree.fields[i],
-            Level::Repetition => self.tree.reps[i],
-            Level::Component => self.tree.comps[i],
-            Level::Subcomponent => {
-                let l = self.tree.subs[i];
-                Node {
-                    start: l.start,
-                    end: l.end,
-                    first: self.index,
-                    count: 1,
-                }
-            }
-        }
-    }
-
     /// Byte range in the text.
     pub fn range(&self) -> std::ops::Range<usize> {
-        let n = self.node();
-        n.start as usize..n.end as usize
+        self.start as usize..self.end as usize
     }
 
     /// The text as received: separators and escapes not decoded.
+    #[inline]
     pub fn raw(&self) -> &'m str {
-        let n = self.node();
-        &self.text[n.start as usize..n.end as usize]
+        self.tree.slice(self.start, self.end)
     }
 
     /// Number of parts (repetitions of a field, components of a repetition,
     /// subcomponents of a component); 1 for a subcomponent.
     pub fn len(&self) -> usize {
-        self.node().count as usize
+        self.tree.node(self.level, self.index).count as usize
     }
 
-    /// True when every subcomponent under it is empty (the raw text is only
-    /// separators, or nothing).
+    /// True when every subcomponent under it is empty: the raw text is only
+    /// component, repetition and subcomponent separators, or nothing.
     pub fn is_empty(&self) -> bool {
-        let (first, last) = self.leaves();
-        self.tree
-            .subs
-            .get(first..=last)
-            .unwrap_or_default()
-            .iter()
-            .all(|l| l.start == l.end)
+        // the separators, read back from MSH-2 (always there: checked at parse)
+        match self.tree.text.as_bytes().get(4..8) {
+            Some(&[c, r, _, s]) => self.raw().bytes().all(|x| x == c || x == r || x == s),
+            _ => self.raw().is_empty(),
+        }
     }
 
     fn child_level(&self) -> Option<Level> {
@@ -513,32 +536,22 @@ impl<'m> Element<'m> {
     /// Part `i` (1-based) one level down; `None` for a subcomponent.
     pub fn part(&self, i: usize) -> Option<Element<'m>> {
         let level = self.child_level()?;
-        let n = self.node();
+        let n = self.tree.node(self.level, self.index);
         let k = i.checked_sub(1)?;
-        (k < n.count as usize).then(|| Element {
-            text: self.text,
-            tree: self.tree,
-            level,
-            index: n.first + k as u32,
-        })
+        (k < n.count as usize).then(|| Element::at(self.tree, level, n.first + k as u32))
     }
 
     /// The parts one level down, in order (none for a subcomponent).
     pub fn parts(&self) -> impl Iterator<Item = Element<'m>> + 'm {
-        let (text, tree) = (self.text, self.tree);
+        let tree = self.tree;
         let (level, range) = match self.child_level() {
             Some(level) => {
-                let n = self.node();
+                let n = tree.node(self.level, self.index);
                 (level, n.first..n.first + n.count)
             }
             None => (Level::Subcomponent, 0..0),
         };
-        range.map(move |index| Element {
-            text,
-            tree,
-            level,
-            index,
-        })
+        range.map(move |i| Element::at(tree, level, i))
     }
 
     /// The first and last subcomponent under this element (indices into the
@@ -552,11 +565,24 @@ impl<'m> Element<'m> {
         (first.index as usize, last.index as usize)
     }
 
+    /// The raw text with escape sequences decoded as one value ([`unescape`]
+    /// over the whole range, separators included). Borrows when the message
+    /// holds no escape character at all, without looking at the value.
+    #[inline]
+    pub fn unescaped(&self, separators: &Separators) -> Cow<'m, str> {
+        let raw = self.raw();
+        if self.tree.escape_free {
+            Cow::Borrowed(raw)
+        } else {
+            unescape(raw, separators)
+        }
+    }
+
     /// The value with escapes decoded in each subcomponent and the separators
     /// between parts kept as received. Borrows when there is no escape.
     pub fn text(&self, separators: &Separators) -> Cow<'m, str> {
         let raw = self.raw();
-        if !raw.contains(separators.escape) {
+        if self.tree.escape_free || !raw.contains(separators.escape) {
             return Cow::Borrowed(raw);
         }
         if self.level == Level::Subcomponent {
@@ -564,16 +590,12 @@ impl<'m> Element<'m> {
         }
         let (first, last) = self.leaves();
         let mut out = String::with_capacity(raw.len());
-        let mut at = self.node().start as usize;
+        let mut at = self.start;
         for leaf in self.tree.subs.get(first..=last).unwrap_or_default() {
             // the separator between two leaves, as received
-            out.push_str(self.text.get(at..leaf.start as usize).unwrap_or_default());
-            let value = self
-                .text
-                .get(leaf.start as usize..leaf.end as usize)
-                .unwrap_or_default();
-            out.push_str(&unescape(value, separators));
-            at = leaf.end as usize;
+            out.push_str(self.tree.slice(at, leaf.start));
+            out.push_str(&unescape(self.tree.slice(leaf.start, leaf.end), separators));
+            at = leaf.end;
         }
         Cow::Owned(out)
     }

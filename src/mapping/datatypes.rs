@@ -10,7 +10,7 @@
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
-use super::eval::Node;
+use super::eval::{Node, TrimFast};
 use super::transform::{self, DataType};
 use crate::hl7::Separators;
 
@@ -138,7 +138,7 @@ pub(crate) fn build(
                     s
                 }
             };
-            if value.trim().is_empty() {
+            if value.trim_fast().is_empty() {
                 return None;
             }
             let system = if is_email || value.contains('@') {
@@ -159,7 +159,7 @@ pub(crate) fn build(
                 _ => "",
             };
             put(&mut m, "system", system);
-            put(&mut m, "value", value.trim());
+            put(&mut m, "value", value.trim_fast());
             put(&mut m, "use", use_);
             m
         }
@@ -307,7 +307,7 @@ fn coding(code: &str, display: &str, system: &str) -> Option<Value> {
 
 /// The FHIR system URI of an HL7 v2 coding system name (table 0396), or "" when unknown.
 pub(crate) fn coding_system(name: &str) -> String {
-    let upper = name.trim().to_ascii_uppercase();
+    let upper = name.trim_fast().to_ascii_uppercase();
     let s = match upper.as_str() {
         "SCT" | "SNOMED" | "SNOMEDCT" | "SNOMED-CT" | "SNOMED CT" | "SCT2" => {
             "http://snomed.info/sct"
@@ -344,7 +344,7 @@ fn name_use(code: &str) -> &'static str {
 }
 
 fn put(m: &mut Map<String, Value>, key: &str, value: &str) {
-    let v = value.trim();
+    let v = value.trim_fast();
     if !v.is_empty() && v != "\"\"" {
         m.insert(key.to_string(), Value::String(v.to_string()));
     }
@@ -353,7 +353,7 @@ fn put(m: &mut Map<String, Value>, key: &str, value: &str) {
 fn put_list(m: &mut Map<String, Value>, key: &str, values: &[&str]) {
     let items: Vec<Value> = values
         .iter()
-        .map(|v| v.trim())
+        .map(|v| v.trim_fast())
         .filter(|v| !v.is_empty() && *v != "\"\"")
         .map(|v| Value::String(v.to_string()))
         .collect();

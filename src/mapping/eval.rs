@@ -8,7 +8,7 @@
 //! - Output objects are built without empty members (pruned as they are built).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
@@ -17,7 +17,7 @@ use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, Path, RepSel, Stage, Term};
 use super::transform::{self, Transform};
 use super::{MapError, MapOutput};
-use crate::hl7::{unescape, Element, Level, Message, Segment, Separators};
+use crate::hl7::{Element, Level, Message, Segment, Separators};
 
 /// Where a value came from, for warnings (`PID-3[2]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl<'a> Node<'a> {
         if raw == "\"\"" {
             return Cow::Borrowed("");
         }
-        unescape(raw, seps)
+        self.el.unescaped(seps)
     }
 
     /// The text of part `i`, reading only its first subcomponent when it has several
@@ -81,9 +81,23 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// Empty: `""`, only white space, or only `^&~` and spaces or tabs.
     pub fn is_empty(&self) -> bool {
         let raw = self.raw();
-        raw == "\"\"" || raw.trim().is_empty() || !raw.chars().any(|c| !is_sep_or_space(c))
+        if raw.is_ascii() {
+            // one pass over the bytes for the usual case
+            let (mut blank, mut seps) = (true, true);
+            for b in raw.bytes() {
+                let c = char::from(b);
+                blank &= c.is_whitespace();
+                seps &= is_sep_or_space(c);
+                if !blank && !seps {
+                    return raw == "\"\"";
+                }
+            }
+            return true;
+        }
+        raw.trim_fast().is_empty() || !raw.chars().any(|c| !is_sep_or_space(c))
     }
 }
 
@@ -93,9 +107,9 @@ fn is_sep_or_space(c: char) -> bool {
 
 pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
     match c {
-        Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+        Cow::Borrowed(s) => Cow::Borrowed(s.trim_fast()),
         Cow::Owned(s) => {
-            let t = s.trim();
+            let t = s.trim_fast();
             if t.len() == s.len() {
                 Cow::Owned(s)
             } else {
@@ -109,6 +123,23 @@ pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
 #[inline]
 fn same_bytes(a: [u8; 3], name: &str) -> bool {
     name.as_bytes() == a
+}
+
+/// `str::trim` with a fast path: text that starts and ends with a visible
+/// ASCII character is returned as is without scanning.
+pub(crate) trait TrimFast {
+    fn trim_fast(&self) -> &str;
+}
+
+impl TrimFast for str {
+    #[inline]
+    fn trim_fast(&self) -> &str {
+        match (self.as_bytes().first(), self.as_bytes().last()) {
+            (Some(&a), Some(&z)) if a.is_ascii_graphic() && z.is_ascii_graphic() => self,
+            (None, _) | (_, None) => self,
+            _ => self.trim(),
+        }
+    }
 }
 
 /// Segment name equality without a `memcmp` call for 3-byte names.
@@ -135,7 +166,7 @@ impl Val<'_> {
     fn is_empty(&self) -> bool {
         match self {
             Val::Empty => true,
-            Val::Text(t) => t.trim().is_empty() || t.as_ref() == "\"\"",
+            Val::Text(t) => t.trim_fast().is_empty() || t.as_ref() == "\"\"",
             Val::Node(n) => n.is_empty(),
             Val::Json(v) => json_is_empty(v),
             Val::List(l) => l.iter().all(Val::is_empty),
@@ -146,7 +177,7 @@ impl Val<'_> {
 fn json_is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
-        Value::String(s) => s.trim().is_empty(),
+        Value::String(s) => s.trim_fast().is_empty(),
         Value::Array(a) => a.is_empty(),
         Value::Object(o) => o.is_empty(),
         _ => false,
@@ -197,16 +228,23 @@ struct MacroKey {
 /// Applies a plan to a message.
 pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput, MapError> {
     let names: Vec<[u8; 3]> = message.segments().map(|s| s.name_bytes()).collect();
-    // occurrence of each segment among those of its name (linear: messages may be huge)
-    let mut counts: HashMap<[u8; 3], u32> = HashMap::new();
+    // occurrence of each segment among those of its name (linear in the segments:
+    // messages may be huge, and the distinct names are few)
+    let mut counts: Vec<([u8; 3], u32)> = Vec::with_capacity(16);
     let mut occurrence = Vec::with_capacity(names.len());
     for s in &names {
-        let n = counts.entry(*s).or_insert(0);
-        *n += 1;
-        occurrence.push((*n, false));
+        let k = match counts.iter().position(|(name, _)| name == s) {
+            Some(k) => k,
+            None => {
+                counts.push((*s, 0));
+                counts.len() - 1
+            }
+        };
+        counts[k].1 += 1;
+        occurrence.push((counts[k].1, false));
     }
     for (o, s) in occurrence.iter_mut().zip(&names) {
-        o.1 = counts.get(s).is_some_and(|&n| n > 1);
+        o.1 = counts.iter().any(|(name, n)| name == s && *n > 1);
     }
     let segment_count = names.len();
     let mut ctx = Ctx {
@@ -355,7 +393,7 @@ impl<'a> Ctx<'a> {
             }
             let id = ctx.expr(&r.id, sc);
             let id = ctx.text_of(id);
-            let id = id.trim();
+            let id = id.trim_fast();
             if id.is_empty() {
                 ctx.warn(
                     None,
@@ -532,16 +570,16 @@ impl<'a> Ctx<'a> {
     fn to_json(&self, v: Val<'a>) -> Option<Value> {
         match v {
             Val::Empty => None,
-            Val::Text(Cow::Owned(s)) if s.trim().len() == s.len() => {
+            Val::Text(Cow::Owned(s)) if s.trim_fast().len() == s.len() => {
                 (!s.is_empty() && s != "\"\"").then_some(Value::String(s))
             }
             Val::Text(t) => {
-                let t = t.trim();
+                let t = t.trim_fast();
                 (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
             }
             Val::Node(n) => {
                 let t = n.text(&self.seps);
-                let t = t.trim();
+                let t = t.trim_fast();
                 (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
             }
             Val::Json(j) => (!json_is_empty(&j)).then_some(j),
@@ -680,7 +718,7 @@ impl<'a> Ctx<'a> {
                     if v.is_empty() {
                         return Val::Empty;
                     }
-                    out.push_str(self.text_of(v).trim());
+                    out.push_str(self.text_of(v).trim_fast());
                 }
                 Val::Text(Cow::Owned(out))
             }
@@ -692,7 +730,7 @@ impl<'a> Ctx<'a> {
                         continue;
                     }
                     let t = self.text_of(v);
-                    let t = t.trim();
+                    let t = t.trim_fast();
                     if t.is_empty() {
                         continue;
                     }
@@ -822,7 +860,7 @@ impl<'a> Ctx<'a> {
     fn any_text(&self, v: Val<'a>, f: &mut dyn FnMut(&str) -> bool) -> bool {
         match v {
             Val::List(items) => items.into_iter().any(|i| self.any_text(i, f)),
-            v => f(self.text_of(v).trim()),
+            v => f(self.text_of(v).trim_fast()),
         }
     }
 
@@ -900,7 +938,7 @@ impl<'a> Ctx<'a> {
                 }
                 other => {
                     let text = self.text_of(other);
-                    datatypes::build_text(*dt, text.trim())
+                    datatypes::build_text(*dt, text.trim_fast())
                         .map(Val::Json)
                         .unwrap_or(Val::Empty)
                 }
@@ -908,14 +946,14 @@ impl<'a> Ctx<'a> {
         }
         if let Transform::Lookup(i) = t {
             let key = self.text_of(v);
-            let key = key.trim();
+            let key = key.trim_fast();
             return match self
                 .plan
                 .tables
                 .get(*i)
                 .and_then(|tb| tb.get(key).or_else(|| tb.get("*")))
             {
-                Some(Value::String(s)) => Val::Text(Cow::Owned(s.clone())),
+                Some(Value::String(s)) => Val::Text(Cow::Borrowed(s.as_str())),
                 Some(j) => Val::Json(j.clone()),
                 None => Val::Empty,
             };
@@ -958,7 +996,7 @@ impl<'a> Ctx<'a> {
                         loc,
                         format!(
                             "NHS number {} fails modulus 11; kept as a local identifier",
-                            text.trim()
+                            text.trim_fast()
                         ),
                     );
                     Val::Empty
@@ -970,11 +1008,13 @@ impl<'a> Ctx<'a> {
             Transform::Number => match transform::number(&text) {
                 Some(n) => Val::Json(Value::Number(n)),
                 None => {
-                    self.warn(loc, format!("`{}` is not a number", text.trim()));
+                    self.warn(loc, format!("`{}` is not a number", text.trim_fast()));
                     Val::Empty
                 }
             },
-            Transform::Uuid5(kind) => Val::Text(Cow::Owned(transform::uuid5(kind, text.trim()))),
+            Transform::Uuid5(kind) => {
+                Val::Text(Cow::Owned(transform::uuid5(kind, text.trim_fast())))
+            }
             // handled above
             Transform::Default(_)
             | Transform::Join(_)
@@ -1004,7 +1044,7 @@ impl<'a> Ctx<'a> {
                     }
                     r => {
                         let rt = self.text_of(r);
-                        let rt = rt.trim();
+                        let rt = rt.trim_fast();
                         self.any_text(l, &mut |a| a == rt)
                     }
                 };
