@@ -38,6 +38,7 @@ async fn start() -> Server {
             .unwrap(),
             true,
         ),
+        delivery: None,
     };
     let listener = bind(&ApiConfig {
         bind: "127.0.0.1:0".parse().unwrap(),

@@ -121,6 +121,8 @@ pub struct MessageQuery {
     pub message_type: Option<String>,
     /// `accepted`, `rejected` or `garbage`.
     pub status: Option<String>,
+    /// The latest routing outcome: `routed`, `unrouted` or `failed`.
+    pub routing: Option<String>,
     /// Default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`].
     pub limit: Option<u32>,
 }
@@ -140,6 +142,9 @@ pub struct MessageSummary {
     pub ack_code: String,
     /// `accepted`, `rejected` (AR/AE: kept for inspection), `garbage` (framing error).
     pub status: String,
+    /// The latest routing outcome (`routed`, `unrouted`, `failed`); `None`
+    /// until the pipeline has routed an accepted message (and for rejected ones).
+    pub routing: Option<String>,
 }
 
 /// One message with its raw content.

@@ -58,8 +58,10 @@ const INSERT: &str = "INSERT INTO messages
      ON CONFLICT (sender, control_id) WHERE status = 'accepted' AND control_id <> ''
      DO NOTHING";
 
+/// The last column is the latest routing outcome (NULL: not routed yet).
 const SUMMARY_COLUMNS: &str =
-    "id, listener, sender, control_id, message_type, received_at, ack_code, status";
+    "id, listener, sender, control_id, message_type, received_at, ack_code, status,
+     (SELECT r.outcome FROM routings r WHERE r.message_id = messages.id ORDER BY r.id DESC LIMIT 1)";
 
 /// Opens the write connection: WAL, the sync policy, the current schema
 /// (see [`crate::db`]).
@@ -317,6 +319,14 @@ pub(super) fn search(
         values.push(v.to_ascii_lowercase());
         clauses.push(format!("status = ?{}", values.len()));
     }
+    if let Some(v) = non_empty(&q.routing) {
+        values.push(v.to_ascii_lowercase());
+        clauses.push(format!(
+            "(SELECT r.outcome FROM routings r WHERE r.message_id = messages.id \
+             ORDER BY r.id DESC LIMIT 1) = ?{}",
+            values.len()
+        ));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM messages");
     if !clauses.is_empty() {
@@ -339,6 +349,7 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> Result<MessageSummary, rusqlite:
         received_at: row.get(5)?,
         ack_code: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
         status: row.get(7)?,
+        routing: row.get(8)?,
     })
 }
 
@@ -348,16 +359,16 @@ pub(super) fn get(conn: &Connection, id: i64) -> Result<Option<MessageDetail>, r
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     stmt.query_row([id], |row| {
-        let raw: Vec<u8> = row.get(11)?;
-        let size: i64 = row.get(10)?;
+        let raw: Vec<u8> = row.get(12)?;
+        let size: i64 = row.get(11)?;
         Ok(MessageDetail {
             summary: summary_from_row(row)?,
-            peer: row.get(8)?,
-            version: row.get(9)?,
+            peer: row.get(9)?,
+            version: row.get(10)?,
             size_bytes: usize::try_from(size).unwrap_or(raw.len()),
             raw: String::from_utf8_lossy(&raw).into_owned(),
-            ack: row.get(12)?,
-            error: row.get(13)?,
+            ack: row.get(13)?,
+            error: row.get(14)?,
         })
     })
     .optional()
