@@ -61,11 +61,18 @@ impl Engine {
     /// until it is ready. Data already in `dir/data` is kept: restarting on the
     /// same folder reopens the same journal.
     pub fn start(dir: &Path, sync: &str) -> Engine {
+        Engine::start_with(dir, sync, "")
+    }
+
+    /// Like [`Engine::start`], with `extra` TOML appended to the config
+    /// (destinations, sources, `[engine]`). Routes and mappings are read from
+    /// `dir/routes` and `dir/mappings` when the test puts them there.
+    pub fn start_with(dir: &Path, sync: &str, extra: &str) -> Engine {
         let mut last_log = String::new();
         // A port picked by free_port() can be taken by a parallel test before
         // the engine binds it: retry with new ports a few times.
         for _attempt in 0..3 {
-            let mut engine = Engine::spawn(dir, sync);
+            let mut engine = Engine::spawn(dir, sync, extra);
             match engine.wait_ready(READY_TIMEOUT) {
                 Ok(()) => return engine,
                 Err(ReadyError::Exited(status)) => {
@@ -85,7 +92,7 @@ impl Engine {
         panic!("engine did not start after 3 attempts\n--- engine log ---\n{last_log}");
     }
 
-    fn spawn(dir: &Path, sync: &str) -> Engine {
+    fn spawn(dir: &Path, sync: &str, extra: &str) -> Engine {
         fs::create_dir_all(dir).expect("create engine folder");
         let mllp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -109,6 +116,8 @@ bind = "{api}"
 
 [log]
 format = "text"
+
+{extra}
 "#
             ),
         )
@@ -248,12 +257,21 @@ pub fn url_encode(value: &str) -> String {
 /// A minimal HTTP/1.0 GET (no client crate is a dependency): returns the
 /// status code and the body (de-chunked if the server chunked it).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+/// `POST path` with an empty body: (status, body).
+pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "POST", path)
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
