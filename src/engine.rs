@@ -3,7 +3,8 @@
 //! API, runs them and the delivery queue until told to stop, then drains.
 //!
 //! Startup order: journal (so nothing is accepted without somewhere durable
-//! to put it), record store, routes (`<config folder>/routes`) and mappings
+//! to put it), record store (records, tokens, audit, objections), routes
+//! (`<config folder>/routes`) and mappings
 //! (`<config folder>/mappings`) — a broken route or mapping file stops the
 //! start, as `junction check` would report it — then the destinations are
 //! built. A destination that cannot be built (e.g. a kind this build lacks)
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::access::Access;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::delivery::build::{self, BuildContext};
@@ -274,10 +276,8 @@ fn build_destinations(
                         timeout: Duration::from_secs(cfg.timeout_secs.saturating_add(5)),
                         policy: RetryPolicy::from_config(cfg),
                         deliver,
-                        // The objections register lives in the record store
-                        // (issue 4, item 6); until it is wired, external
-                        // destinations send nothing (see scheduler docs).
-                        objections: None,
+                        // The objections register lives in the record store.
+                        objections: Some(Arc::new(records.clone())),
                     },
                     kind,
                 ));
@@ -371,6 +371,8 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         ready: Arc::clone(&ready),
         events: events.clone(),
         delivery: Some(delivery.handle()),
+        // Operations endpoints are open only on a loopback address.
+        access: Access::new(records.clone(), api_addr.ip().is_loopback()),
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();

@@ -248,10 +248,10 @@ fn a_twenty_megabyte_document_goes_in_chunks() {
     let copy = copies(dir.path());
     assert_eq!(copy.len(), 1);
     assert!(received[0].1 == copy[0].1, "20 MB arrive byte-identical");
+    let log = plain(&engine.log_text());
     assert!(
-        engine.log_text().contains("chunks=3"),
-        "sent in 3 chunks of at most 8 MiB\n{}",
-        engine.log_text()
+        log.contains("mesh message sent") && log.contains("bytes=200") && log.contains("chunks=3"),
+        "sent in 3 chunks of at most 8 MiB\n{log}"
     );
 }
 
@@ -401,7 +401,25 @@ fn a_bundle_in_junctions_inbox_is_acknowledged_and_stored() {
     });
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0]["routes"][0], "mesh_inbox_to_store");
-    assert!(engine.log_text().contains("mesh message received"));
+    assert!(plain(&engine.log_text()).contains("mesh message received"));
+}
+
+/// The log without terminal colour codes (`ESC [ … m`).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Standard base64 with padding (no dependency for one test).

@@ -13,19 +13,26 @@
 //!   trail (routing outcomes, deliveries).
 //! - `GET /api/events?listener=`: the live event stream as Server-Sent
 //!   Events (see [`events`]).
+//! - `GET /api/audit`, `GET/POST/DELETE /api/objections`: see
+//!   [`crate::access::http`].
+//! - `/fhir/...`: FHIR reads of the record store (see [`fhir`]).
 //! - Delivery operations (queues, deliveries, dead letters, retry, replay):
 //!   see [`delivery`].
 //!
 //! Errors are JSON `{"error":"..."}` with 400 (bad query or id), 404 (no such
 //! message) or 500 (the journal failed; the details go to the log).
 //!
+//! # Authentication
+//! Every route sits behind [`crate::access::guard`]: `/health`, `/ready` and
+//! `/metrics` are open; `/fhir/...` needs a `clinical` bearer token and is
+//! audited; `/api/audit` needs an `ops` token; the rest of `/api/...` needs
+//! an `ops` token unless the server is bound to loopback. Tokens travel in
+//! clear: beyond the host, put a TLS-terminating proxy in front.
+//!
 //! # Invariants
 //! - The API writes to the journal only through the delivery queue's
 //!   operations (retry, replay); everything else only reads.
 //! - Logs name the route and outcome, never message content.
-//! - There is no authentication yet: the server binds loopback by default and
-//!   [`serve`] logs a warning when told to bind anything else. Tokens for
-//!   operations and FHIR reads are future work (DESIGN.md §5).
 
 mod delivery;
 pub mod events;
@@ -45,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::journal::{Journal, MessageDetail, MessageQuery, MessageSummary, MAX_LIMIT};
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
@@ -53,8 +61,8 @@ use crate::telemetry::metrics::Metrics;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address and port to listen on. Loopback by default: the operations
-    /// endpoints have no authentication yet.
+    /// Address and port to listen on. Loopback by default: there the
+    /// operations endpoints (except `/api/audit`) need no token.
     #[serde(default = "default_bind")]
     pub bind: SocketAddr,
 }
@@ -80,6 +88,8 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// The engine's live events, for `GET /api/events`.
     pub events: EventBus,
+    /// Tokens, audit and objections over the record store (which `/fhir` reads).
+    pub access: Access,
     /// The running delivery queue (retries, replays, depths); `None` when
     /// the engine runs without one (tests of the intake alone).
     pub delivery: Option<crate::delivery::queue::DeliveryHandle>,
@@ -105,8 +115,9 @@ pub async fn bind(cfg: &ApiConfig) -> Result<TcpListener, std::io::Error> {
     if !cfg.bind.ip().is_loopback() {
         tracing::warn!(
             bind = %cfg.bind,
-            "the HTTP API is not bound to loopback and has no authentication yet: \
-             anyone who can reach it can read journaled messages"
+            "the HTTP API is not bound to loopback: /api and /fhir need bearer tokens \
+             (junction token add), which travel in clear over plain HTTP; \
+             put a TLS-terminating proxy in front"
         );
     }
     TcpListener::bind(cfg.bind).await.map_err(|err| {
@@ -132,8 +143,9 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// Every route, for [`serve_on`] and for tests.
+/// Every route behind the access layer, for [`serve_on`] and for tests.
 pub fn router(state: ApiState) -> Router {
+    let access = state.access.clone();
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -149,6 +161,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/events", get(events::stream))
         .fallback(not_found)
         .with_state(state)
+        .merge(fhir::router(access.store().clone()))
+        .merge(crate::access::http::router(access.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::access::guard,
+        ))
 }
 
 /// An error answer: a status and `{"error": message}`.

@@ -14,6 +14,7 @@ pub mod check;
 pub mod dead_letters;
 pub mod load;
 pub mod map;
+pub mod objections;
 pub mod parse;
 pub mod queues;
 pub mod replay;
@@ -22,6 +23,7 @@ pub mod send;
 pub mod serve;
 pub mod tail;
 pub mod test;
+pub mod token;
 
 /// Junction: HL7 v2 / MESH integration engine for NHS shared care records.
 #[derive(Debug, Parser)]
@@ -49,6 +51,10 @@ pub enum Command {
     Test(test::TestArgs),
     /// Follow a running engine's live events (no patient data).
     Tail(tail::TailArgs),
+    /// Manage API tokens: add (printed once), list, revoke.
+    Token(token::TokenArgs),
+    /// Manage the objections register (people who object to sharing): add, remove, list.
+    Objections(objections::ObjectionsArgs),
     /// Show each destination's delivery queue (pending, dead, oldest).
     Queues(queues::QueuesArgs),
     /// List the deliveries given up on, with why.
@@ -70,6 +76,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Map(args) => map::run(args),
         Command::Test(args) => test::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Objections(args) => objections::run(args),
         Command::Queues(args) => queues::run(args),
         Command::DeadLetters(args) => dead_letters::run(args),
         Command::Retry(args) => retry::run(args),

@@ -61,7 +61,14 @@ impl Engine {
     /// until it is ready. Data already in `dir/data` is kept: restarting on the
     /// same folder reopens the same journal.
     pub fn start(dir: &Path, sync: &str) -> Engine {
-        Engine::start_custom(dir, &[], |mllp, api| default_config(mllp, api, sync))
+        Engine::start_with(dir, sync, "")
+    }
+
+    /// Like [`Engine::start`], with `extra` TOML appended to the config
+    /// (destinations, sources, `[engine]`). Routes and mappings are read from
+    /// `dir/routes` and `dir/mappings` when the test puts them there.
+    pub fn start_with(dir: &Path, sync: &str, extra: &str) -> Engine {
+        Engine::start_custom(dir, &[], |mllp, api| default_config(mllp, api, sync, extra))
     }
 
     /// Like [`Engine::start`] with the test's own config, written by
@@ -221,7 +228,7 @@ impl Engine {
 }
 
 /// The config [`Engine::start`] writes.
-fn default_config(mllp: SocketAddr, api: SocketAddr, sync: &str) -> String {
+fn default_config(mllp: SocketAddr, api: SocketAddr, sync: &str, extra: &str) -> String {
     format!(
         r#"# written by tests/harness
 [listeners.pas]
@@ -239,6 +246,8 @@ bind = "{api}"
 
 [log]
 format = "text"
+
+{extra}
 "#
     )
 }
@@ -271,12 +280,21 @@ pub fn url_encode(value: &str) -> String {
 /// A minimal HTTP/1.0 GET (no client crate is a dependency): returns the
 /// status code and the body (de-chunked if the server chunked it).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+/// `POST path` with an empty body: (status, body).
+pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "POST", path)
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
