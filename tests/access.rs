@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{free_port, repo_root};
+use junction::mllp::client::{read_ack, MllpClient};
 use junction::store::{RecordStore, RecordStoreConfig, SyncPolicy};
 use serde_json::Value;
 
@@ -42,6 +43,11 @@ impl Server {
     /// Writes a config into `dir` and starts the engine, retrying with new
     /// ports if one was taken meanwhile; waits for `/ready`.
     async fn start(dir: &Path, api_host: &str) -> Server {
+        Server::start_with(dir, api_host, "").await
+    }
+
+    /// Like [`Server::start`], with `extra` TOML (destinations) appended.
+    async fn start_with(dir: &Path, api_host: &str, extra: &str) -> Server {
         for _attempt in 0..3 {
             let (mllp, api) = (free_port(), free_port());
             let config = dir.join("junction.toml");
@@ -50,7 +56,7 @@ impl Server {
                 format!(
                     "[listeners.pas]\nbind = \"127.0.0.1:{mllp}\"\n\n\
                      [store]\npath = \"data/junction.db\"\nrecords = \"data/records.db\"\nsync = \"normal\"\n\n\
-                     [api]\nbind = \"{api_host}:{api}\"\n\n[log]\nformat = \"text\"\n"
+                     [api]\nbind = \"{api_host}:{api}\"\n\n[log]\nformat = \"text\"\n{extra}"
                 ),
             )
             .unwrap();
@@ -106,6 +112,16 @@ impl Server {
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The MLLP listener's address, from the config written by [`Server::start_with`].
+    fn mllp(&self) -> String {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let bind = config
+            .lines()
+            .find_map(|l| l.strip_prefix("bind = \"127.0.0.1:"))
+            .unwrap();
+        format!("127.0.0.1:{}", bind.trim_end_matches('"'))
     }
 
     /// `junction ARGS --config <this engine's config>`.
@@ -563,6 +579,25 @@ async fn operations_need_an_ops_token_off_loopback() {
     let ok = get(&server, "/api/messages", Some(&ops), None, None).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert!(ok.body["messages"].is_array());
+    // The operations subcommands send the token from JUNCTION_API_TOKEN.
+    let queues = |token: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_junction"));
+        command.args(["queues", "--api", &server.base]);
+        command.env_remove("JUNCTION_API_TOKEN");
+        if let Some(token) = token {
+            command.env("JUNCTION_API_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let refused = queues(None);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("no bearer token"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let allowed = queues(Some(&ops));
+    assert!(allowed.status.success(), "{}", text(&allowed.stderr));
     // An unknown path is refused before it is found missing.
     assert_eq!(
         get(&server, "/api/nothing", None, None, None).await.status,
@@ -646,4 +681,131 @@ async fn objections_register_by_cli_and_http() {
     let out = server.cli(&["objections", "list"]);
     assert!(text(&out.stdout).trim().is_empty(), "{}", text(&out.stdout));
     assert!(text(&out.stderr).contains("empty"), "{}", text(&out.stderr));
+}
+
+/// The A01 sample as patient `nhs` (a valid NHS number) with `control` as MSH-10.
+fn a01(control: &str, nhs: &str, mrn: &str) -> String {
+    std::fs::read_to_string(repo_root().join("samples/adt_a01_admission.hl7"))
+        .unwrap()
+        .replace("RAL20261120143512001", control)
+        .replace("9990000018", nhs)
+        .replace("RAL1234567", mrn)
+}
+
+/// Polls `GET path` (open on loopback) until `done` says yes.
+async fn wait_until(
+    server: &Server,
+    path: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer = get(server, path, None, None, None).await;
+        if answer.status == 200 && done(&answer.body) {
+            return answer.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still not so after 90 s; last GET {path}: {} {}\n{}",
+            answer.status,
+            answer.body,
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_objecting_patient_is_stored_and_readable_but_withheld_from_external_destinations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("engine");
+    let outbox = tmp.path().join("outbox");
+    std::fs::create_dir_all(dir.join("routes")).unwrap();
+    std::fs::write(
+        dir.join("routes/test.toml"),
+        "[routes.a01]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"store\", \"neighbour\"]\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(repo_root().join("mappings"), dir.join("mappings")).unwrap();
+    let extra = format!(
+        "\n[destinations.store]\nkind = \"store\"\n\n\
+         [destinations.neighbour]\nkind = \"file\"\ndir = \"{}\"\nexternal = true\n",
+        outbox.display()
+    );
+    let server = Server::start_with(&dir, "127.0.0.1", &extra).await;
+
+    // Registered while the engine runs, before the messages arrive.
+    let (objecting, sharing) = ("9990000018", "9434765919");
+    let out = server.cli(&["objections", "add", objecting, "--note", "opt-out form"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut client = MllpClient::connect(&server.mllp(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    for (control, nhs, mrn) in [
+        ("OBJ0001", objecting, "RAL0000001"),
+        ("OBJ0002", sharing, "RAL0000002"),
+    ] {
+        let ack = client
+            .send(a01(control, nhs, mrn).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_ack(&ack).unwrap().code, "AA", "{}", text(&ack));
+    }
+
+    // The external destination: one withheld, one delivered; the store: both.
+    let withheld = wait_until(
+        &server,
+        "/api/deliveries?destination=neighbour&status=withheld",
+        "the objecting patient's document withheld",
+        |b| b["deliveries"].as_array().is_some_and(|d| d.len() == 1),
+    )
+    .await;
+    assert!(withheld.to_string().contains("objects"), "{withheld}");
+    wait_until(
+        &server,
+        "/api/deliveries?destination=neighbour&status=delivered",
+        "the other patient's document delivered",
+        |b| b["deliveries"].as_array().is_some_and(|d| d.len() == 1),
+    )
+    .await;
+    wait_until(
+        &server,
+        "/api/deliveries?destination=store&status=delivered",
+        "both documents in the record store",
+        |b| b["deliveries"].as_array().is_some_and(|d| d.len() == 2),
+    )
+    .await;
+    let sent: Vec<String> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].contains(sharing) && !sent[0].contains(objecting));
+
+    // Inside the organisation the record is readable (and the read audited).
+    let clinical = add_token(&server, "ward-7", "clinical");
+    let found = get(
+        &server,
+        &format!("/fhir/Patient?identifier={NHS_SYSTEM}%7C{objecting}"),
+        Some(&clinical),
+        Some("DIRECT-CARE"),
+        Some("10-objecting-patient"),
+    )
+    .await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert_eq!(found.body["total"], 1, "{}", found.body);
+    let patient = found.body["entry"][0]["resource"]["id"].as_str().unwrap();
+    let ops = add_token(&server, "ops", "ops");
+    let audit = get(
+        &server,
+        &format!("/api/audit?patient={patient}"),
+        Some(&ops),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(audit.body["audit"][0]["token"], "ward-7", "{}", audit.body);
+    validate_answers(&server);
 }

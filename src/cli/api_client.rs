@@ -4,11 +4,28 @@
 //! It does not retry: an operation either reaches the engine or reports why
 //! not. Answers are JSON; a non-2xx answer is returned with its status so the
 //! command can print the engine's `{"error": ...}` text and exit 1.
+//!
+//! When the environment variable [`TOKEN_ENV`] is set, its value is sent as
+//! `Authorization: Bearer …` (an `ops` token from `junction token add`): an
+//! API bound beyond loopback refuses operations without one.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::Value;
+
+/// The environment variable holding an API token for the operations
+/// subcommands and `junction tail` (never a command-line argument, which
+/// other users could read in the process list).
+pub const TOKEN_ENV: &str = "JUNCTION_API_TOKEN";
+
+/// The token in [`TOKEN_ENV`], when set and not empty.
+pub fn token_from_env() -> Option<String> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
 
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,8 +88,11 @@ pub fn call(
             .timeout(TIMEOUT)
             .build()
             .context("cannot build the HTTP client")?;
-        let response = client
-            .request(method, url.clone())
+        let mut request = client.request(method, url.clone());
+        if let Some(token) = token_from_env() {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("cannot reach the engine at {url}"))?;

@@ -8,7 +8,9 @@
 //! stream ends (engine restart), it reconnects with a backoff from 0.5 s up
 //! to 5 s; events while disconnected are not replayed.
 //!
-//! It shows no patient data because the events carry none.
+//! It shows no patient data because the events carry none. An `ops` token in
+//! `JUNCTION_API_TOKEN` is sent as a bearer token (needed when the API is not
+//! bound to loopback).
 //!
 //! Exit codes: 0 on Ctrl-C (SIGINT) or SIGTERM; 2 when it cannot start (bad
 //! URL, no runtime).
@@ -70,12 +72,13 @@ async fn follow(url: reqwest::Url, json: bool) {
     let client = reqwest::Client::new();
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match client
+        let mut request = client
             .get(url.clone())
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-        {
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = super::api_client::token_from_env() {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
             Ok(response) if response.status().is_success() => {
                 eprintln!("tail: connected to {url}");
                 backoff = FIRST_BACKOFF;
