@@ -402,6 +402,120 @@ fn a_bundle_in_junctions_inbox_is_acknowledged_and_stored() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0]["routes"][0], "mesh_inbox_to_store");
     assert!(plain(&engine.log_text()).contains("mesh message received"));
+
+    // A clinician reads it from the care record.
+    let token = cli(&engine, &["token", "add", "mesh-e2e", "--role", "clinical"]);
+    let token = token.trim();
+    let (status, body) = get_with_token(
+        &engine,
+        "/fhir/Patient/5b0f6c1e-8a43-5f2e-9d71-2f4c8e0a6b11",
+        token,
+    );
+    assert_eq!(status, 200, "{body}");
+    let patient: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(patient["resourceType"], "Patient");
+    assert_eq!(patient["identifier"][0]["value"], "9990002002");
+    assert_eq!(patient["address"][0]["city"], "WATFORD");
+    let (status, body) = get_with_token(
+        &engine,
+        "/fhir/Encounter?patient=5b0f6c1e-8a43-5f2e-9d71-2f4c8e0a6b11",
+        token,
+    );
+    assert_eq!(status, 200, "{body}");
+    let bundle: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(1), "{body}");
+}
+
+#[test]
+fn an_objecting_patient_never_reaches_the_neighbour() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(
+        dir.path(),
+        &EngineSetup {
+            sandbox_url: &sandbox.url,
+            ..EngineSetup::default()
+        },
+    );
+    // The A05 patient (NHS number 999 004 9491) objects to sharing.
+    cli(
+        &engine,
+        &["objections", "add", "9990049491", "--note", "letter 20/11"],
+    );
+    send_accepted(&engine, &a05("MESHOBJ0001", 4));
+    // Stored locally, withheld from the external MESH destination.
+    wait_for(&engine, "the store delivery", || {
+        delivered(&deliveries(&engine, "store")).then_some(())
+    });
+    let withheld = wait_for(&engine, "mesh_hwe withheld", || {
+        let rows = deliveries(&engine, "mesh_hwe");
+        (rows.len() == 1 && rows[0]["status"] == "withheld").then_some(rows)
+    });
+    assert!(withheld[0]["remote_ref"].is_null(), "{withheld:?}");
+    // A patient who does not object still goes (so the inbox is being watched).
+    let other = String::from_utf8(a05("MESHOBJ0002", 5))
+        .unwrap()
+        .replace("9990049491", "9990061866");
+    send_accepted(&engine, other.as_bytes());
+    let rows = wait_for(&engine, "the other patient delivered", || {
+        let rows = deliveries(&engine, "mesh_hwe");
+        rows.iter()
+            .any(|r| r["status"] == "delivered")
+            .then_some(rows)
+    });
+    let sent: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["remote_ref"].as_str())
+        .collect();
+    assert_eq!(
+        mesh::inbox(&sandbox.url, HWE),
+        sent,
+        "only the other patient's document"
+    );
+    let received = download_all(&sandbox, dir.path());
+    assert!(
+        !String::from_utf8_lossy(&received[0].1).contains("9990049491"),
+        "the objecting patient's NHS number never left"
+    );
+}
+
+/// Runs `junction <args> --config <engine config>` and returns its stdout.
+fn cli(engine: &Engine, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(args)
+        .arg("--config")
+        .arg(&engine.config)
+        .output()
+        .expect("run junction");
+    assert!(
+        out.status.success(),
+        "junction {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `GET path` with a bearer token (HTTP/1.0, no client crate): status and body.
+fn get_with_token(engine: &Engine, path: &str, token: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(engine.api).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nX-Purpose-Of-Use: DIRECT-CARE\r\nConnection: close\r\n\r\n",
+        engine.api
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
 }
 
 /// The log without terminal colour codes (`ESC [ … m`).
