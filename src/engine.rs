@@ -12,11 +12,14 @@
 //! their `last_error` and `GET /api/queues` shows it as not running. Then
 //! every listener socket and the HTTP socket are bound — any bind failure
 //! aborts the start before anything is served — then the delivery pipeline
-//! and schedulers, the accept loops start and `/ready` turns true.
+//! and schedulers, the sources (`[sources.<id>]`, e.g. MESH inbox polling),
+//! the accept loops start and `/ready` turns true.
 //!
 //! Shutdown ([`RunningEngine::stop`], on SIGTERM/SIGINT in [`serve`]):
 //! `/ready` turns false, listeners stop accepting, each connection finishes
-//! (answers) the frame in hand and closes; at the same time the pipeline and
+//! (answers) the frame in hand and closes, each source finishes the document
+//! in hand (journaled and acknowledged, or left in the inbox); at the same
+//! time the pipeline and
 //! the schedulers stop taking work and let deliveries in flight finish; both
 //! bounded by `[engine] shutdown_timeout_secs`; then the HTTP server stops and
 //! the journal's writer thread ends when its last handle is dropped. Whatever
@@ -93,6 +96,10 @@ pub struct RunningEngine {
     listeners_cancel: CancellationToken,
     /// Connection tasks (and the accept loops).
     tracker: TaskTracker,
+    /// Stops the sources (between two documents).
+    sources_cancel: CancellationToken,
+    /// Source tasks (MESH inbox polling).
+    sources: TaskTracker,
     api_cancel: CancellationToken,
     api_task: JoinHandle<()>,
     delivery: DeliveryQueue,
@@ -147,6 +154,19 @@ impl RunningEngine {
         self.ready.store(false, Ordering::Release);
         self.listeners_cancel.cancel();
         self.tracker.close();
+        self.sources_cancel.cancel();
+        self.sources.close();
+        let sources = async {
+            if tokio::time::timeout(self.shutdown_timeout, self.sources.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    still_running = self.sources.len(),
+                    "shutdown timeout: abandoning sources still busy (what they had not journaled stays in the inbox)"
+                );
+            }
+        };
         let listeners = async {
             if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
                 .await
@@ -159,7 +179,11 @@ impl RunningEngine {
                 );
             }
         };
-        tokio::join!(listeners, self.delivery.stop(self.shutdown_timeout));
+        tokio::join!(
+            listeners,
+            sources,
+            self.delivery.stop(self.shutdown_timeout)
+        );
         // Open event streams would hold the HTTP server's graceful shutdown.
         self.events.close();
         self.api_cancel.cancel();
@@ -325,6 +349,21 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         ));
     }
 
+    let sources_cancel = CancellationToken::new();
+    let sources = TaskTracker::new();
+    let started = crate::source::spawn_all(
+        &config.sources,
+        &config.mesh.mailboxes,
+        &journal,
+        &events,
+        &metrics,
+        &sources_cancel,
+        &sources,
+    );
+    if started > 0 {
+        info!(sources = started, "sources started");
+    }
+
     let api_cancel = CancellationToken::new();
     let state = ApiState {
         journal: journal.clone(),
@@ -355,6 +394,8 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         events,
         listeners_cancel,
         tracker,
+        sources_cancel,
+        sources,
         api_cancel,
         api_task,
         delivery,

@@ -46,7 +46,7 @@ use crate::telemetry::metrics::OutcomeLabel;
 use super::queue::Shared;
 
 /// Most messages routed (and written) in one batch.
-pub const BATCH: u32 = 64;
+pub const BATCH: u32 = 32;
 /// How often the pipeline looks for new rows when nothing woke it.
 pub const POLL: Duration = Duration::from_secs(1);
 

@@ -263,7 +263,10 @@ pub enum JournalError {
 }
 
 /// A request to the writer thread: rows to write and where to answer.
-/// Intake and queue requests share the same group commit.
+/// Intake and queue requests share the writer (and so never contend for
+/// SQLite's write lock); of the requests drained together, the intake ones
+/// commit first in one transaction, the queue ones after in another, so an
+/// ACK never waits for delivery writes.
 enum WriteRequest {
     /// Received messages ([`Journal::commit`]).
     Intake {
@@ -395,8 +398,9 @@ impl Journal {
     }
 
     /// Applies routing outcomes and delivery-queue changes in one transaction
-    /// (shared with whatever intake is committing at the same time). All of
-    /// `ops` are applied, or none. Returns once durable.
+    /// (shared with other queue requests waiting at the same time, after the
+    /// intake waiting with them). All of `ops` are applied, or none. Returns
+    /// once durable.
     pub async fn queue_write(&self, ops: Vec<QueueOp>) -> Result<Vec<QueueOutcome>, JournalError> {
         if ops.is_empty() {
             return Ok(Vec::new());

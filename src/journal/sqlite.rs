@@ -125,57 +125,78 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let result = write_group(&mut conn, &group);
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.commit_batch_size.observe(messages as f64);
-        match result {
-            Ok(outcomes) => {
-                state.last_commit_ok.store(true, Ordering::Release);
-                let mut stored_accepted = false;
-                for (req, outcome) in group.drain(..).zip(outcomes) {
-                    // A waiter that went away (connection closed) still had its
-                    // rows committed; a resend will be answered as a duplicate.
-                    match (req, outcome) {
-                        (WriteRequest::Intake { items, reply }, Outcome::Intake(outcome)) => {
-                            stored_accepted |= items.iter().zip(&outcome).any(|(item, c)| {
-                                item.status == Status::Accepted
-                                    && matches!(c, Committed::Stored { .. })
-                            });
-                            let _ = reply.send(Ok(outcome));
-                        }
-                        (WriteRequest::Queue { reply, .. }, Outcome::Queue(result)) => {
-                            let _ = reply.send(result);
-                        }
-                        // write_group answers each request with its own kind.
-                        _ => tracing::error!("journal writer: request and outcome kinds differ"),
+        // Intake first, in its own transaction: an ACK never waits for the
+        // delivery queue's writes (documents can be large). Queue requests
+        // that arrived in the same drain follow in a second transaction.
+        let (intake, queue): (Vec<WriteRequest>, Vec<WriteRequest>) = group
+            .drain(..)
+            .partition(|r| matches!(r, WriteRequest::Intake { .. }));
+        for part in [intake, queue] {
+            if !part.is_empty() {
+                commit_and_answer(&mut conn, part, &state, &metrics, &accepted);
+            }
+        }
+    }
+    tracing::debug!("journal writer stopped");
+}
+
+/// Writes one group in one transaction and answers each of its requests.
+fn commit_and_answer(
+    conn: &mut Connection,
+    mut group: Vec<WriteRequest>,
+    state: &WriterState,
+    metrics: &Metrics,
+    accepted: &tokio::sync::Notify,
+) {
+    let messages: usize = group.iter().map(request_items).sum();
+    let started = Instant::now();
+    let result = write_group(conn, &group);
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.commit_batch_size.observe(messages as f64);
+    match result {
+        Ok(outcomes) => {
+            state.last_commit_ok.store(true, Ordering::Release);
+            let mut stored_accepted = false;
+            for (req, outcome) in group.drain(..).zip(outcomes) {
+                // A waiter that went away (connection closed) still had its
+                // rows committed; a resend will be answered as a duplicate.
+                match (req, outcome) {
+                    (WriteRequest::Intake { items, reply }, Outcome::Intake(outcome)) => {
+                        stored_accepted |= items.iter().zip(&outcome).any(|(item, c)| {
+                            item.status == Status::Accepted && matches!(c, Committed::Stored { .. })
+                        });
+                        let _ = reply.send(Ok(outcome));
                     }
-                }
-                if stored_accepted {
-                    accepted.notify_one();
+                    (WriteRequest::Queue { reply, .. }, Outcome::Queue(result)) => {
+                        let _ = reply.send(result);
+                    }
+                    // write_group answers each request with its own kind.
+                    _ => tracing::error!("journal writer: request and outcome kinds differ"),
                 }
             }
-            Err(err) => {
-                state.last_commit_ok.store(false, Ordering::Release);
-                tracing::error!(error = %err, messages, "journal commit failed");
-                let err = Arc::new(err);
-                for req in group.drain(..) {
-                    let failed = JournalError::Commit(Arc::clone(&err));
-                    match req {
-                        WriteRequest::Intake { reply, .. } => {
-                            let _ = reply.send(Err(failed));
-                        }
-                        WriteRequest::Queue { reply, .. } => {
-                            let _ = reply.send(Err(failed));
-                        }
+            if stored_accepted {
+                accepted.notify_one();
+            }
+        }
+        Err(err) => {
+            state.last_commit_ok.store(false, Ordering::Release);
+            tracing::error!(error = %err, messages, "journal commit failed");
+            let err = Arc::new(err);
+            for req in group.drain(..) {
+                let failed = JournalError::Commit(Arc::clone(&err));
+                match req {
+                    WriteRequest::Intake { reply, .. } => {
+                        let _ = reply.send(Err(failed));
+                    }
+                    WriteRequest::Queue { reply, .. } => {
+                        let _ = reply.send(Err(failed));
                     }
                 }
             }
         }
     }
-    tracing::debug!("journal writer stopped");
 }
 
 fn request_items(req: &WriteRequest) -> usize {

@@ -21,26 +21,28 @@
 
 pub mod mesh_inbox;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::error;
 
-use crate::config::Config;
-use crate::delivery::SourceKind;
+use crate::delivery::{SourceConfig, SourceKind};
 use crate::journal::Journal;
+use crate::mesh::MeshMailboxConfig;
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
 pub use mesh_inbox::{MeshInbox, MeshInboxError, PollSummary};
 
-/// Starts every `[sources.<id>]` of `config` as a task on `tracker`; each
-/// stops (between two documents) once `stop` is cancelled. Returns how many
-/// were started. A source whose mailbox is missing from the config (which
-/// `config/` already refuses) is logged and skipped.
+/// Starts every `[sources.<id>]` (`sources`, with the `[mesh.mailboxes]` they
+/// name) as a task on `tracker`; each stops (between two documents) once
+/// `stop` is cancelled. Returns how many were started. A source whose mailbox
+/// is missing (which `config/` already refuses) is logged and skipped.
 pub fn spawn_all(
-    config: &Config,
+    sources: &BTreeMap<String, SourceConfig>,
+    mailboxes: &BTreeMap<String, MeshMailboxConfig>,
     journal: &Journal,
     events: &EventBus,
     metrics: &Arc<Metrics>,
@@ -48,10 +50,10 @@ pub fn spawn_all(
     tracker: &TaskTracker,
 ) -> usize {
     let mut started = 0;
-    for (id, source) in &config.sources {
+    for (id, source) in sources {
         match source.kind {
             SourceKind::MeshInbox => {
-                let Some(mailbox) = config.mesh.mailboxes.get(&source.mailbox) else {
+                let Some(mailbox) = mailboxes.get(&source.mailbox) else {
                     error!(source = %id, mailbox = %source.mailbox,
                         "source names an unknown [mesh.mailboxes.<id>]; not started");
                     continue;

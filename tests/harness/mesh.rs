@@ -349,3 +349,128 @@ pub fn download(
     );
     serde_json::from_str(text.trim()).expect("download output is JSON")
 }
+
+/// Settings of an engine started by [`start_engine`].
+pub struct EngineSetup<'a> {
+    /// The MESH sandbox the `junction` mailbox points at.
+    pub sandbox_url: &'a str,
+    /// `JUNCTION_MESH_PASSWORD` for the engine.
+    pub password: &'a str,
+    /// `[listeners.pas] max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// `[mesh.mailboxes.junction] chunk_size_bytes`.
+    pub chunk_size_bytes: usize,
+    /// Route files added to a copy of the shipped `routes/` (name, text).
+    pub extra_routes: &'a [(&'a str, &'a str)],
+}
+
+impl Default for EngineSetup<'_> {
+    fn default() -> Self {
+        EngineSetup {
+            sandbox_url: "http://127.0.0.1:9",
+            password: PASSWORD,
+            max_message_bytes: 4 * 1024 * 1024,
+            chunk_size_bytes: 75 * 1024 * 1024,
+            extra_routes: &[],
+        }
+    }
+}
+
+/// Starts `junction serve` in `dir` with the shipped routes and mappings and a
+/// config like the sample `junction.toml`: `store`, `mesh_hwe` (X26ABC2) and
+/// `mesh_blmk` (X26ABC3) sent from mailbox `junction` (X26ABC1, secrets from
+/// `JUNCTION_MESH_PASSWORD` / `JUNCTION_MESH_SHARED_KEY`), `fhir_lab` as a
+/// file destination, a `copy` file destination (`dir/out/copy`) for extra
+/// routes, and source `mesh_inbox` polling every second. Short retry delays;
+/// data in `dir/data` is kept across restarts.
+pub fn start_engine(dir: &std::path::Path, setup: &EngineSetup<'_>) -> super::Engine {
+    let routes = dir.join("routes");
+    let _ = std::fs::remove_dir_all(&routes);
+    std::fs::create_dir_all(&routes).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("routes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, routes.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for (name, text) in setup.extra_routes {
+        std::fs::write(routes.join(name), text).unwrap();
+    }
+    let mappings = dir.join("mappings");
+    if !mappings.exists() {
+        std::os::unix::fs::symlink(repo_root().join("mappings"), &mappings).unwrap();
+    }
+    let retry = "timeout_secs = 60\nbackoff_initial_ms = 200\nbackoff_max_ms = 2000\nmax_attempts = 10000\n";
+    let config = |mllp: SocketAddr, api: SocketAddr| {
+        format!(
+            r#"# written by tests/harness/mesh.rs
+[listeners.pas]
+bind = "{mllp}"
+max_message_bytes = {max}
+
+[store]
+path = "data/junction.db"
+records = "data/records.db"
+sync = "normal"
+
+[api]
+bind = "{api}"
+
+[log]
+format = "text"
+
+[destinations.store]
+kind = "store"
+
+[destinations.mesh_hwe]
+kind = "mesh"
+external = true
+mailbox = "junction"
+to = "X26ABC2"
+workflow_id = "{WORKFLOW}"
+subject = "care record update"
+{retry}
+[destinations.mesh_blmk]
+kind = "mesh"
+external = true
+mailbox = "junction"
+to = "X26ABC3"
+workflow_id = "{WORKFLOW}"
+{retry}
+[destinations.fhir_lab]
+kind = "file"
+dir = "out/fhir_lab"
+
+[destinations.copy]
+kind = "file"
+dir = "out/copy"
+
+[mesh.mailboxes.junction]
+url = "{url}"
+mailbox = "X26ABC1"
+password_env = "JUNCTION_MESH_PASSWORD"
+shared_key_env = "JUNCTION_MESH_SHARED_KEY"
+timeout_secs = 60
+max_retries = 1
+retry_backoff_ms = 100
+chunk_size_bytes = {chunk}
+
+[sources.mesh_inbox]
+kind = "mesh_inbox"
+mailbox = "junction"
+poll_interval_secs = 1
+"#,
+            max = setup.max_message_bytes,
+            url = setup.sandbox_url,
+            chunk = setup.chunk_size_bytes,
+        )
+    };
+    super::Engine::start_custom(
+        dir,
+        &[
+            ("JUNCTION_MESH_PASSWORD", setup.password),
+            ("JUNCTION_MESH_SHARED_KEY", SHARED_KEY),
+        ],
+        config,
+    )
+}

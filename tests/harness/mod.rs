@@ -68,11 +68,21 @@ impl Engine {
     /// (destinations, sources, `[engine]`). Routes and mappings are read from
     /// `dir/routes` and `dir/mappings` when the test puts them there.
     pub fn start_with(dir: &Path, sync: &str, extra: &str) -> Engine {
+        Engine::start_custom(dir, &[], |mllp, api| default_config(mllp, api, sync, extra))
+    }
+
+    /// Like [`Engine::start`] with the test's own config, written by
+    /// `config(mllp, api)` for fresh ports, and extra environment variables.
+    pub fn start_custom(
+        dir: &Path,
+        env: &[(&str, &str)],
+        config: impl Fn(SocketAddr, SocketAddr) -> String,
+    ) -> Engine {
         let mut last_log = String::new();
         // A port picked by free_port() can be taken by a parallel test before
         // the engine binds it: retry with new ports a few times.
         for _attempt in 0..3 {
-            let mut engine = Engine::spawn(dir, sync, extra);
+            let mut engine = Engine::spawn(dir, env, &config);
             match engine.wait_ready(READY_TIMEOUT) {
                 Ok(()) => return engine,
                 Err(ReadyError::Exited(status)) => {
@@ -92,36 +102,23 @@ impl Engine {
         panic!("engine did not start after 3 attempts\n--- engine log ---\n{last_log}");
     }
 
-    fn spawn(dir: &Path, sync: &str, extra: &str) -> Engine {
+    fn spawn(
+        dir: &Path,
+        env: &[(&str, &str)],
+        config_text: &impl Fn(SocketAddr, SocketAddr) -> String,
+    ) -> Engine {
         fs::create_dir_all(dir).expect("create engine folder");
         let mllp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let text = config_text(mllp, api);
+        let sync = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sync = \""))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or("full")
+            .to_string();
         let config = dir.join("junction.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"# written by tests/harness
-[listeners.pas]
-bind = "{mllp}"
-max_connections = 256
-idle_timeout_secs = 300
-max_message_bytes = 4194304
-
-[store]
-path = "data/junction.db"
-sync = "{sync}"
-
-[api]
-bind = "{api}"
-
-[log]
-format = "text"
-
-{extra}
-"#
-            ),
-        )
-        .expect("write config");
+        fs::write(&config, text).expect("write config");
         let cwd = dir.join("cwd");
         fs::create_dir_all(&cwd).expect("create engine cwd");
         let log = dir.join("engine.log");
@@ -136,6 +133,7 @@ format = "text"
             .arg("--config")
             .arg(&config)
             .current_dir(&cwd)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -148,7 +146,7 @@ format = "text"
             mllp,
             api,
             log,
-            sync: sync.to_string(),
+            sync,
         }
     }
 
@@ -227,6 +225,31 @@ format = "text"
             .unwrap_or_else(|| panic!("/api/messages has no `messages` array: {body}"))
             .clone()
     }
+}
+
+/// The config [`Engine::start`] writes.
+fn default_config(mllp: SocketAddr, api: SocketAddr, sync: &str, extra: &str) -> String {
+    format!(
+        r#"# written by tests/harness
+[listeners.pas]
+bind = "{mllp}"
+max_connections = 256
+idle_timeout_secs = 300
+max_message_bytes = 4194304
+
+[store]
+path = "data/junction.db"
+sync = "{sync}"
+
+[api]
+bind = "{api}"
+
+[log]
+format = "text"
+
+{extra}
+"#
+    )
 }
 
 impl Drop for Engine {
