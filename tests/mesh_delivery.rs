@@ -479,6 +479,89 @@ fn an_objecting_patient_never_reaches_the_neighbour() {
     );
 }
 
+#[test]
+fn a_kill_during_inbox_polling_loses_and_doubles_nothing() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Thirty Bundles from HWE, each its own patient, waiting in Junction's inbox.
+    let template =
+        std::fs::read_to_string(harness::repo_root().join("samples/mesh_bundle_from_hwe.json"))
+            .unwrap();
+    let mut sent = Vec::new();
+    for n in 0..30 {
+        let body = template
+            .replace(
+                "5b0f6c1e-8a43-5f2e-9d71-2f4c8e0a6b11",
+                &format!("5b0f6c1e-8a43-5f2e-9d71-{n:012}"),
+            )
+            .replace(
+                "0c7d2b94-3e15-5a86-b0f2-71d9a4c3e828",
+                &format!("0c7d2b94-3e15-5a86-b0f2-{n:012}"),
+            );
+        let file = dir.path().join(format!("bundle-{n}.json"));
+        std::fs::write(&file, body).unwrap();
+        sent.push(mesh::send(&sandbox.url, HWE, JUNCTION, &file));
+    }
+    let setup = EngineSetup {
+        sandbox_url: &sandbox.url,
+        ..EngineSetup::default()
+    };
+    let mut engine = start_engine(dir.path(), &setup);
+    // SIGKILL as soon as the first document is journaled: the poll is mid-way.
+    wait_for(&engine, "the first document received", || {
+        plain(&engine.log_text())
+            .contains("mesh message received")
+            .then_some(())
+    });
+    engine.kill();
+    let left = mesh::inbox(&sandbox.url, JUNCTION).len();
+    eprintln!("killed with {left} of 30 documents still in the inbox");
+
+    let engine = start_engine(dir.path(), &setup);
+    wait_for(&engine, "the inbox to empty", || {
+        mesh::inbox(&sandbox.url, JUNCTION).is_empty().then_some(())
+    });
+    // Every document journaled exactly once and stored once.
+    for id in &sent {
+        let rows = engine.messages_with_control_id(id);
+        assert_eq!(rows.len(), 1, "{id}: {rows:?}");
+        assert_eq!(rows[0]["status"], "accepted");
+    }
+    let stored = wait_for(&engine, "thirty store deliveries", || {
+        let rows = deliveries(&engine, "store");
+        (rows.len() == 30 && delivered(&rows)).then_some(rows)
+    });
+    assert_eq!(stored.len(), 30);
+}
+
+#[test]
+fn without_mesh_secrets_the_engine_runs_and_says_why_mesh_waits() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(
+        dir.path(),
+        &EngineSetup {
+            sandbox_url: &sandbox.url,
+            password: "",
+            ..EngineSetup::default()
+        },
+    );
+    send_accepted(&engine, &a05("MESHNOSECRET1", 6));
+    wait_for(&engine, "the store delivery", || {
+        delivered(&deliveries(&engine, "store")).then_some(())
+    });
+    let log = wait_for(&engine, "the inbox source's error", || {
+        let log = plain(&engine.log_text());
+        log.contains("mesh inbox poll failed").then_some(log)
+    });
+    assert!(
+        log.contains("JUNCTION_MESH_PASSWORD"),
+        "the error names the missing variable\n{log}"
+    );
+    let rows = deliveries(&engine, "mesh_hwe");
+    assert_eq!(rows[0]["status"], "pending", "{rows:?}");
+}
+
 /// Runs `junction <args> --config <engine config>` and returns its stdout.
 fn cli(engine: &Engine, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_junction"))

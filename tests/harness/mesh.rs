@@ -354,7 +354,7 @@ pub fn download(
 pub struct EngineSetup<'a> {
     /// The MESH sandbox the `junction` mailbox points at.
     pub sandbox_url: &'a str,
-    /// `JUNCTION_MESH_PASSWORD` for the engine.
+    /// `JUNCTION_MESH_PASSWORD` for the engine; empty: not set at all.
     pub password: &'a str,
     /// `[listeners.pas] max_message_bytes`.
     pub max_message_bytes: usize,
@@ -465,12 +465,9 @@ poll_interval_secs = 1
             chunk = setup.chunk_size_bytes,
         )
     };
-    super::Engine::start_custom(
-        dir,
-        &[
-            ("JUNCTION_MESH_PASSWORD", setup.password),
-            ("JUNCTION_MESH_SHARED_KEY", SHARED_KEY),
-        ],
-        config,
-    )
+    let mut env = vec![("JUNCTION_MESH_SHARED_KEY", SHARED_KEY)];
+    if !setup.password.is_empty() {
+        env.push(("JUNCTION_MESH_PASSWORD", setup.password));
+    }
+    super::Engine::start_custom(dir, &env, config)
 }
