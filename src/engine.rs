@@ -1,18 +1,30 @@
-//! The engine: opens the journal, binds every MLLP listener and the HTTP API,
-//! runs them until told to stop, then drains.
+//! The engine: opens the journal and the record store, loads routes and
+//! mappings, builds the destinations, binds every MLLP listener and the HTTP
+//! API, runs them and the delivery queue until told to stop, then drains.
 //!
 //! Startup order: journal (so nothing is accepted without somewhere durable
-//! to put it), then every listener socket and the HTTP socket are bound —
-//! any bind failure aborts the start before anything is served — then the
-//! accept loops start and `/ready` turns true.
+//! to put it), record store (records, tokens, audit, objections), routes
+//! (`<config folder>/routes`) and mappings
+//! (`<config folder>/mappings`) — a broken route or mapping file stops the
+//! start, as `junction check` would report it — then the destinations are
+//! built. A destination that cannot be built (e.g. a kind this build lacks)
+//! does not stop the engine: its documents are queued with the reason as
+//! their `last_error` and `GET /api/queues` shows it as not running. Then
+//! every listener socket and the HTTP socket are bound — any bind failure
+//! aborts the start before anything is served — then the delivery pipeline
+//! and schedulers, the sources (`[sources.<id>]`, e.g. MESH inbox polling),
+//! the accept loops start and `/ready` turns true.
 //!
 //! Shutdown ([`RunningEngine::stop`], on SIGTERM/SIGINT in [`serve`]):
 //! `/ready` turns false, listeners stop accepting, each connection finishes
-//! (answers) the frame in hand and closes, all bounded by
-//! `[engine] shutdown_timeout_secs`; then the HTTP server stops and the
-//! journal's writer thread ends when its last handle is dropped. Whatever is
-//! abandoned at the timeout was never acknowledged, so nothing acknowledged is
-//! lost (it is in the journal already).
+//! (answers) the frame in hand and closes, each source finishes the document
+//! in hand (journaled and acknowledged, or left in the inbox); at the same
+//! time the pipeline and
+//! the schedulers stop taking work and let deliveries in flight finish; both
+//! bounded by `[engine] shutdown_timeout_secs`; then the HTTP server stops and
+//! the journal's writer thread ends when its last handle is dropped. Whatever
+//! is abandoned at the timeout was never acknowledged (intake) or is still
+//! pending in the queue (delivery), so nothing is lost.
 //!
 //! It does not parse config files or set up logging: `cli/serve.rs` does.
 
@@ -28,10 +40,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::access::Access;
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::delivery::build::{self, BuildContext};
+use crate::delivery::pipeline::Router;
+use crate::delivery::queue::{DeliveryQueue, Unavailable};
+use crate::delivery::scheduler::{Destination, RetryPolicy};
 use crate::journal::{Journal, JournalError, StoreConfig};
+use crate::mapping::MappingSet;
 use crate::mllp::listener::{Listener, ListenerError};
+use crate::route::RouteSet;
+use crate::store::{RecordStore, RecordStoreConfig, StoreError};
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
@@ -41,6 +61,20 @@ pub enum EngineError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Records(#[from] StoreError),
+    #[error("{count} problem(s) in the routes under {}:\n{problems}", dir.display())]
+    Routes {
+        dir: PathBuf,
+        count: usize,
+        problems: String,
+    },
+    #[error("{count} problem(s) in the mappings under {}:\n{problems}", dir.display())]
+    Mappings {
+        dir: PathBuf,
+        count: usize,
+        problems: String,
+    },
     #[error("{0}")]
     ApiBind(std::io::Error),
     #[error("cannot install the {signal} handler: {source}")]
@@ -62,8 +96,14 @@ pub struct RunningEngine {
     listeners_cancel: CancellationToken,
     /// Connection tasks (and the accept loops).
     tracker: TaskTracker,
+    /// Stops the sources (between two documents).
+    sources_cancel: CancellationToken,
+    /// Source tasks (MESH inbox polling).
+    sources: TaskTracker,
     api_cancel: CancellationToken,
     api_task: JoinHandle<()>,
+    delivery: DeliveryQueue,
+    records: RecordStore,
     shutdown_timeout: Duration,
 }
 
@@ -98,22 +138,52 @@ impl RunningEngine {
         &self.metrics
     }
 
+    /// The record store (`[store] records`).
+    pub fn records(&self) -> &RecordStore {
+        &self.records
+    }
+
+    /// The delivery queue's operations (depths, retry, replay).
+    pub fn delivery(&self) -> crate::delivery::queue::DeliveryHandle {
+        self.delivery.handle()
+    }
+
     /// Drains and stops everything (see the module docs).
     pub async fn stop(self) {
         info!("shutting down: no longer accepting connections");
         self.ready.store(false, Ordering::Release);
         self.listeners_cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                still_running = self.tracker.len(),
-                timeout_secs = self.shutdown_timeout.as_secs(),
-                "shutdown timeout: abandoning connections still busy (their messages were not acknowledged)"
-            );
-        }
+        self.sources_cancel.cancel();
+        self.sources.close();
+        let sources = async {
+            if tokio::time::timeout(self.shutdown_timeout, self.sources.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    still_running = self.sources.len(),
+                    "shutdown timeout: abandoning sources still busy (what they had not journaled stays in the inbox)"
+                );
+            }
+        };
+        let listeners = async {
+            if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    still_running = self.tracker.len(),
+                    timeout_secs = self.shutdown_timeout.as_secs(),
+                    "shutdown timeout: abandoning connections still busy (their messages were not acknowledged)"
+                );
+            }
+        };
+        tokio::join!(
+            listeners,
+            sources,
+            self.delivery.stop(self.shutdown_timeout)
+        );
         // Open event streams would hold the HTTP server's graceful shutdown.
         self.events.close();
         self.api_cancel.cancel();
@@ -134,6 +204,99 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
     }
 }
 
+/// Loads `<config folder>/routes` and `<config folder>/mappings` (each
+/// optional: without routes every message is unrouted, and kept).
+fn load_routing(config: &Config, config_dir: &Path) -> Result<Router, EngineError> {
+    let routes_dir = config_dir.join("routes");
+    let routes = if routes_dir.is_dir() {
+        RouteSet::load_dir(&routes_dir).map_err(|errors| EngineError::Routes {
+            dir: routes_dir.clone(),
+            count: errors.len(),
+            problems: errors
+                .iter()
+                .map(|e| format!("{}:{}:{}: {}", e.file.display(), e.line, e.col, e.message))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        })?
+    } else {
+        warn!(dir = %routes_dir.display(), "no routes folder: every message will be unrouted");
+        RouteSet::default()
+    };
+    let mappings_dir = config_dir.join("mappings");
+    let mappings = if mappings_dir.is_dir() {
+        MappingSet::load_dir(&mappings_dir).map_err(|errors| EngineError::Mappings {
+            dir: mappings_dir.clone(),
+            count: errors.len(),
+            problems: errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        })?
+    } else {
+        MappingSet::default()
+    };
+    info!(
+        routes = routes.routes().len(),
+        mappings = mappings.plans().count(),
+        "routes and mappings loaded"
+    );
+    Ok(Router::new(
+        routes,
+        mappings,
+        config.sources.keys().cloned(),
+        config.destinations.keys().cloned(),
+    ))
+}
+
+/// Builds every destination; one that cannot be built is reported (and
+/// its rows wait), never fatal.
+fn build_destinations(
+    config: &Config,
+    records: &RecordStore,
+) -> (Vec<(Destination, String)>, Vec<Unavailable>) {
+    let ctx = BuildContext {
+        records: Some(records),
+        mailboxes: &config.mesh.mailboxes,
+    };
+    let mut built = Vec::new();
+    let mut unavailable = Vec::new();
+    for (id, cfg) in &config.destinations {
+        let kind = cfg.kind.as_str().to_string();
+        match build::build(id, cfg, &ctx) {
+            Ok(deliver) => {
+                info!(destination = %id, kind = %kind, external = cfg.external, "destination ready");
+                built.push((
+                    Destination {
+                        id: id.clone(),
+                        external: cfg.external,
+                        concurrency: usize::try_from(cfg.concurrency).unwrap_or(1).max(1),
+                        // The destination bounds its own attempt by timeout_secs
+                        // (with a precise error); this is the safety net.
+                        timeout: Duration::from_secs(cfg.timeout_secs.saturating_add(5)),
+                        policy: RetryPolicy::from_config(cfg),
+                        deliver,
+                        // The objections register lives in the record store.
+                        objections: Some(Arc::new(records.clone())),
+                    },
+                    kind,
+                ));
+            }
+            Err(err) => {
+                warn!(destination = %id, kind = %kind, error = %err,
+                    "destination cannot be built: its documents stay queued");
+                unavailable.push(Unavailable {
+                    id: id.clone(),
+                    kind,
+                    external: cfg.external,
+                    error: err.to_string(),
+                });
+            }
+        }
+    }
+    (built, unavailable)
+}
+
 /// Opens the journal, binds everything, starts serving. Returns once every
 /// socket is bound and `/ready` is true.
 pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, EngineError> {
@@ -146,6 +309,13 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         sync = journal.sync_policy().as_str(),
         "journal open"
     );
+    let records = RecordStore::open(&RecordStoreConfig {
+        path: store.records.clone(),
+        sync: store.sync,
+    })?;
+    info!(path = %records.path().display(), "record store open");
+    let router = load_routing(&config, config_dir)?;
+    let (built, unavailable) = build_destinations(&config, &records);
 
     // Bind everything before serving anything: a bind failure must stop the start.
     let mut bound = Vec::with_capacity(config.listeners.len());
@@ -154,6 +324,15 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     }
     let api_socket = api::bind(&config.api).await.map_err(EngineError::ApiBind)?;
     let api_addr = api_socket.local_addr().map_err(EngineError::ApiBind)?;
+
+    let delivery = DeliveryQueue::start(
+        journal.clone(),
+        events.clone(),
+        Arc::clone(&metrics),
+        router,
+        built,
+        unavailable,
+    );
 
     let ready = Arc::new(AtomicBool::new(false));
     let listeners_cancel = CancellationToken::new();
@@ -170,12 +349,30 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         ));
     }
 
+    let sources_cancel = CancellationToken::new();
+    let sources = TaskTracker::new();
+    let started = crate::source::spawn_all(
+        &config.sources,
+        &config.mesh.mailboxes,
+        &journal,
+        &events,
+        &metrics,
+        &sources_cancel,
+        &sources,
+    );
+    if started > 0 {
+        info!(sources = started, "sources started");
+    }
+
     let api_cancel = CancellationToken::new();
     let state = ApiState {
         journal: journal.clone(),
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         events: events.clone(),
+        delivery: Some(delivery.handle()),
+        // Operations endpoints are open only on a loopback address.
+        access: Access::new(records.clone(), api_addr.ip().is_loopback()),
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();
@@ -197,8 +394,12 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         events,
         listeners_cancel,
         tracker,
+        sources_cancel,
+        sources,
         api_cancel,
         api_task,
+        delivery,
+        records,
         shutdown_timeout: Duration::from_secs(config.engine.shutdown_timeout_secs),
     })
 }

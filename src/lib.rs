@@ -15,11 +15,14 @@
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
 //! - [`delivery`]: per-destination durable queue contract and destinations.
 //! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
+//! - [`source`]: documents from elsewhere than MLLP (the MESH inbox) into the journal.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.
-//! - [`api`]: the HTTP server (health, metrics, operations API).
+//! - [`api`]: the HTTP server (health, metrics, operations API, FHIR reads).
+//! - [`access`]: API tokens, the authentication and audit layer, objections.
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
 //! - [`cli`]: one file per subcommand.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -32,5 +35,6 @@ pub mod mapping;
 pub mod mesh;
 pub mod mllp;
 pub mod route;
+pub mod source;
 pub mod store;
 pub mod telemetry;

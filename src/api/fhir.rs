@@ -17,12 +17,12 @@
 //! than ignore them (a typo must not widen a search), and a search with no
 //! criteria is refused: the store is never listed wholesale.
 //!
-//! # Authentication and audit (not here yet)
-//! Every `/fhir` read will need a bearer token and an audit row (issue 4).
-//! They belong in a layer around [`router`] (`router(store).layer(...)`),
-//! not in the handlers. To let that layer record *which patient* was read
-//! without parsing bodies, every successful response carries a
-//! [`PatientsRead`] extension listing the Patient ids whose data it returns.
+//! # Authentication and audit
+//! Not in the handlers: [`crate::access::guard`], layered around the whole
+//! server, lets only `clinical` tokens through and writes an audit row per
+//! request. To let it record *which patient* was read without parsing
+//! bodies, every successful response carries a [`PatientsRead`] extension
+//! listing the Patient ids whose data it returns.
 //!
 //! # Invariants
 //! - Read only: nothing here writes to the store.

@@ -6,22 +6,35 @@
 //! - `GET /ready`: 200 when the engine says it is ready (listeners bound) and
 //!   the journal is healthy; 503 with the reasons otherwise.
 //! - `GET /metrics`: every metric in the OpenMetrics text format.
-//! - `GET /api/messages?control_id=&sender=&type=&status=&limit=`: newest
-//!   journaled messages first, as `{"messages":[...]}`.
-//! - `GET /api/messages/{id}`: one message with its raw content and ACK.
+//! - `GET /api/messages?control_id=&sender=&type=&status=&routing=&limit=`:
+//!   newest journaled messages first, as `{"messages":[...]}`; `routing=unrouted`
+//!   lists what no route took.
+//! - `GET /api/messages/{id}`: one message with its raw content, ACK and
+//!   trail (routing outcomes, deliveries).
 //! - `GET /api/events?listener=`: the live event stream as Server-Sent
 //!   Events (see [`events`]).
+//! - `GET /api/audit`, `GET/POST/DELETE /api/objections`: see
+//!   [`crate::access::http`].
+//! - `/fhir/...`: FHIR reads of the record store (see [`fhir`]).
+//! - Delivery operations (queues, deliveries, dead letters, retry, replay):
+//!   see [`delivery`].
 //!
 //! Errors are JSON `{"error":"..."}` with 400 (bad query or id), 404 (no such
 //! message) or 500 (the journal failed; the details go to the log).
 //!
+//! # Authentication
+//! Every route sits behind [`crate::access::guard`]: `/health`, `/ready` and
+//! `/metrics` are open; `/fhir/...` needs a `clinical` bearer token and is
+//! audited; `/api/audit` needs an `ops` token; the rest of `/api/...` needs
+//! an `ops` token unless the server is bound to loopback. Tokens travel in
+//! clear: beyond the host, put a TLS-terminating proxy in front.
+//!
 //! # Invariants
-//! - Nothing here writes to the journal; the API only reads.
+//! - The API writes to the journal only through the delivery queue's
+//!   operations (retry, replay); everything else only reads.
 //! - Logs name the route and outcome, never message content.
-//! - There is no authentication yet: the server binds loopback by default and
-//!   [`serve`] logs a warning when told to bind anything else. Tokens for
-//!   operations and FHIR reads are future work (DESIGN.md §5).
 
+mod delivery;
 pub mod events;
 pub mod fhir;
 
@@ -33,12 +46,13 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::journal::{Journal, MessageDetail, MessageQuery, MessageSummary, MAX_LIMIT};
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
@@ -47,8 +61,8 @@ use crate::telemetry::metrics::Metrics;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address and port to listen on. Loopback by default: the operations
-    /// endpoints have no authentication yet.
+    /// Address and port to listen on. Loopback by default: there the
+    /// operations endpoints (except `/api/audit`) need no token.
     #[serde(default = "default_bind")]
     pub bind: SocketAddr,
 }
@@ -74,6 +88,11 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// The engine's live events, for `GET /api/events`.
     pub events: EventBus,
+    /// Tokens, audit and objections over the record store (which `/fhir` reads).
+    pub access: Access,
+    /// The running delivery queue (retries, replays, depths); `None` when
+    /// the engine runs without one (tests of the intake alone).
+    pub delivery: Option<crate::delivery::queue::DeliveryHandle>,
 }
 
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).
@@ -96,8 +115,9 @@ pub async fn bind(cfg: &ApiConfig) -> Result<TcpListener, std::io::Error> {
     if !cfg.bind.ip().is_loopback() {
         tracing::warn!(
             bind = %cfg.bind,
-            "the HTTP API is not bound to loopback and has no authentication yet: \
-             anyone who can reach it can read journaled messages"
+            "the HTTP API is not bound to loopback: /api and /fhir need bearer tokens \
+             (junction token add), which travel in clear over plain HTTP; \
+             put a TLS-terminating proxy in front"
         );
     }
     TcpListener::bind(cfg.bind).await.map_err(|err| {
@@ -123,17 +143,30 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// Every route, for [`serve_on`] and for tests.
+/// Every route behind the access layer, for [`serve_on`] and for tests.
 pub fn router(state: ApiState) -> Router {
+    let access = state.access.clone();
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/messages", get(search_messages))
         .route("/api/messages/{id}", get(get_message))
+        .route("/api/messages/{id}/replay", post(delivery::replay))
+        .route("/api/queues", get(delivery::queues))
+        .route("/api/deliveries", get(delivery::deliveries))
+        .route("/api/deliveries/{id}/retry", post(delivery::retry))
+        .route("/api/dead-letters", get(delivery::dead_letters))
+        .route("/api/dead-letters/retry", post(delivery::retry_dead))
         .route("/api/events", get(events::stream))
         .fallback(not_found)
         .with_state(state)
+        .merge(fhir::router(access.store().clone()))
+        .merge(crate::access::http::router(access.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::access::guard,
+        ))
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -143,6 +176,12 @@ enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("the journal could not be read")]
     Journal(#[from] crate::journal::JournalError),
 }
@@ -157,6 +196,12 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(err) => {
+                tracing::error!(error = %err, "API request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ApiError::Journal(err) => {
                 tracing::error!(error = %err, "journal read failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -231,8 +276,11 @@ struct SearchParams {
     #[serde(rename = "type")]
     message_type: Option<String>,
     status: Option<String>,
+    routing: Option<String>,
     limit: Option<u32>,
 }
+
+const ROUTINGS: &[&str] = &["routed", "unrouted", "failed"];
 
 const STATUSES: &[&str] = &["accepted", "rejected", "garbage"];
 
@@ -242,6 +290,13 @@ impl SearchParams {
             if !STATUSES.contains(&status) {
                 return Err(ApiError::BadRequest(format!(
                     "invalid status `{status}`, expected one of accepted, rejected, garbage"
+                )));
+            }
+        }
+        if let Some(routing) = self.routing.as_deref().filter(|s| !s.is_empty()) {
+            if !ROUTINGS.contains(&routing) {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid routing `{routing}`, expected one of routed, unrouted, failed"
                 )));
             }
         }
@@ -257,6 +312,7 @@ impl SearchParams {
             sender: self.sender,
             message_type: self.message_type,
             status: self.status,
+            routing: self.routing,
             limit: self.limit,
         })
     }
@@ -278,20 +334,43 @@ async fn search_messages(
     Ok(Json(MessageList { messages }))
 }
 
+/// One message with its trail: every routing outcome (the first pass, then
+/// replays) and every delivery it queued.
+#[derive(Serialize)]
+struct MessageWithTrail {
+    #[serde(flatten)]
+    detail: MessageDetail,
+    routing: Vec<crate::journal::RoutingRecord>,
+    deliveries: Vec<crate::journal::DeliveryRow>,
+}
+
 async fn get_message(
     State(state): State<ApiState>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<MessageDetail>, ApiError> {
+) -> Result<Json<MessageWithTrail>, ApiError> {
     let Path(id) = id.map_err(|rejection| {
         ApiError::BadRequest(format!(
             "invalid message id: {}, expected an integer",
             rejection.body_text()
         ))
     })?;
-    match state.journal.get(id).await? {
-        Some(detail) => Ok(Json(detail)),
-        None => Err(ApiError::NotFound(format!("no message with id {id}"))),
-    }
+    let Some(detail) = state.journal.get(id).await? else {
+        return Err(ApiError::NotFound(format!("no message with id {id}")));
+    };
+    let routing = state.journal.routings(id).await?;
+    let deliveries = state
+        .journal
+        .deliveries(crate::journal::DeliveryFilter {
+            message_id: Some(id),
+            limit: Some(MAX_LIMIT),
+            ..Default::default()
+        })
+        .await?;
+    Ok(Json(MessageWithTrail {
+        detail,
+        routing,
+        deliveries,
+    }))
 }
 
 async fn not_found() -> ApiError {

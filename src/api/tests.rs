@@ -30,6 +30,15 @@ async fn start() -> Server {
         metrics,
         ready: Arc::new(AtomicBool::new(false)),
         events: crate::telemetry::events::EventBus::default(),
+        access: crate::access::Access::new(
+            crate::store::RecordStore::open(&crate::store::RecordStoreConfig {
+                path: dir.path().join("records.db"),
+                sync: SyncPolicy::Normal,
+            })
+            .unwrap(),
+            true,
+        ),
+        delivery: None,
     };
     let listener = bind(&ApiConfig {
         bind: "127.0.0.1:0".parse().unwrap(),

@@ -9,14 +9,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod api_client;
 pub mod check;
+pub mod dead_letters;
 pub mod load;
 pub mod map;
+pub mod objections;
 pub mod parse;
+pub mod queues;
+pub mod replay;
+pub mod retry;
 pub mod send;
 pub mod serve;
 pub mod tail;
 pub mod test;
+pub mod token;
 
 /// Junction: HL7 v2 / MESH integration engine for NHS shared care records.
 #[derive(Debug, Parser)]
@@ -44,6 +51,18 @@ pub enum Command {
     Test(test::TestArgs),
     /// Follow a running engine's live events (no patient data).
     Tail(tail::TailArgs),
+    /// Manage API tokens: add (printed once), list, revoke.
+    Token(token::TokenArgs),
+    /// Manage the objections register (people who object to sharing): add, remove, list.
+    Objections(objections::ObjectionsArgs),
+    /// Show each destination's delivery queue (pending, dead, oldest).
+    Queues(queues::QueuesArgs),
+    /// List the deliveries given up on, with why.
+    DeadLetters(dead_letters::DeadLettersArgs),
+    /// Queue a dead delivery (or every dead letter) again.
+    Retry(retry::RetryArgs),
+    /// Route and map a journaled message again and queue its documents anew.
+    Replay(replay::ReplayArgs),
 }
 
 /// Runs one subcommand and turns its outcome into an exit code.
@@ -57,6 +76,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Map(args) => map::run(args),
         Command::Test(args) => test::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Objections(args) => objections::run(args),
+        Command::Queues(args) => queues::run(args),
+        Command::DeadLetters(args) => dead_letters::run(args),
+        Command::Retry(args) => retry::run(args),
+        Command::Replay(args) => replay::run(args),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,9 @@
 //! stream ends (engine restart), it reconnects with a backoff from 0.5 s up
 //! to 5 s; events while disconnected are not replayed.
 //!
-//! It shows no patient data because the events carry none.
+//! It shows no patient data because the events carry none. An `ops` token in
+//! `JUNCTION_API_TOKEN` is sent as a bearer token (needed when the API is not
+//! bound to loopback).
 //!
 //! Exit codes: 0 on Ctrl-C (SIGINT) or SIGTERM; 2 when it cannot start (bad
 //! URL, no runtime).
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::telemetry::events::{DeliveryEvent, Event, MessageOutcome, RoutingEvent};
+use crate::telemetry::events::{DeliveryEvent, Event, MeshEvent, MessageOutcome, RoutingEvent};
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -70,12 +72,13 @@ async fn follow(url: reqwest::Url, json: bool) {
     let client = reqwest::Client::new();
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match client
+        let mut request = client
             .get(url.clone())
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-        {
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = super::api_client::token_from_env() {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
             Ok(response) if response.status().is_success() => {
                 eprintln!("tail: connected to {url}");
                 backoff = FIRST_BACKOFF;
@@ -207,6 +210,8 @@ fn readable(event: &Event) -> String {
         Event::DeliveryFailed(d) => delivery_line("DeliveryFailed", d),
         Event::DeadLettered(d) => delivery_line("DeadLettered", d),
         Event::Withheld(d) => delivery_line("Withheld", d),
+        Event::MeshReceived(m) => mesh_line("MeshReceived", m),
+        Event::MeshAcknowledged(m) => mesh_line("MeshAcknowledged", m),
         Event::Lagged { missed } => {
             format!("-- {missed} event(s) missed: this tail fell behind --")
         }
@@ -268,6 +273,21 @@ fn delivery_line(name: &str, d: &DeliveryEvent) -> String {
         line.push_str(&format!("; retry at {}", clock(retry_at)));
     }
     line
+}
+
+/// `12:00:03.000 MeshReceived mesh_inbox #43 MESH X26ABC2 TEST_WORKFLOW 20200529155357895317_3573F8 accepted 2048B`
+fn mesh_line(name: &str, m: &MeshEvent) -> String {
+    format!(
+        "{} {name} {} #{} MESH {} {} {} {} {}B",
+        clock(&m.at),
+        m.source,
+        m.journal_id,
+        or_dash(&m.from),
+        or_dash(&m.workflow_id),
+        m.message_id,
+        m.outcome,
+        m.size_bytes
+    )
 }
 
 fn message_line(name: &str, m: &MessageOutcome) -> String {

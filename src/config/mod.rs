@@ -608,13 +608,13 @@ fn check_binds(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diag
             doc.warning(
                 doc.span(&["api", "bind"]),
                 format!(
-                    "the HTTP API binds {}, which is not loopback, and has no authentication yet",
+                    "the HTTP API binds {}, which is not loopback: /api and /fhir need bearer tokens, sent in clear over plain HTTP",
                     config.api.bind
                 ),
             )
             .with_note(
-                "anyone who can reach this address can read journaled messages; \
-                 bind 127.0.0.1 and put an authenticating proxy in front",
+                "make tokens with `junction token add NAME --role ops|clinical`; \
+                 put a TLS-terminating proxy in front, or bind 127.0.0.1",
             ),
         );
     }
@@ -965,6 +965,7 @@ mod tests {
         assert_eq!(diags.error_count(), 0, "{diags}");
         assert_eq!(diags.warning_count(), 1, "{diags}");
         assert!(diags.to_string().contains("not loopback"), "{diags}");
+        assert!(diags.to_string().contains("need bearer tokens"), "{diags}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ use serde_json::Value;
 use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 
 const FHIR_JSON: &str = "application/fhir+json";
+/// Most of an error response read to find its OperationOutcome.
+const MAX_OUTCOME_BYTES: usize = 64 * 1024;
 /// Longest `Location` kept as `remote_ref`.
 const MAX_REF_CHARS: usize = 300;
 
@@ -147,8 +149,9 @@ impl FhirDestination {
                 remote_ref: Some(location.unwrap_or_else(|| format!("http {}", status.as_u16()))),
             });
         }
-        // The body is read only for the OperationOutcome code; failing to read it is fine.
-        let body = response.bytes().await.unwrap_or_default();
+        // The body is read only for the OperationOutcome code, and only so far;
+        // failing to read it is fine.
+        let body = read_prefix(response, MAX_OUTCOME_BYTES).await;
         let code = outcome_code(&body)
             .map(|c| format!(" (OperationOutcome issue code `{c}`)"))
             .unwrap_or_default();
@@ -217,6 +220,18 @@ fn classify(status: StatusCode) -> Class {
         400..=499 => Class::Permanent,
         _ => Class::Retry,
     }
+}
+
+/// Up to `max` bytes of the response body (what was read when an error cuts it short).
+async fn read_prefix(mut response: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
 }
 
 /// The first OperationOutcome issue `code`, if it looks like a FHIR code

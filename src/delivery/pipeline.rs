@@ -10,8 +10,9 @@
 //! Messages from a listener are HL7 v2: decoded, parsed, routed with
 //! `Origin::Listener`, and mapped once per mapping group. Messages from a
 //! `[sources.<id>]` (a MESH inbox) are already documents (FHIR Bundle JSON):
-//! routed with `Origin::Source` and an empty message type; routes without a
-//! mapping pass them through as received.
+//! routed with `Origin::Source`, the journaled message type (`MESH^<workflow
+//! id>`) and sender (the sending mailbox); passthrough routes (no mapping)
+//! queue them as received.
 //!
 //! It does not deliver (the schedulers do) and logs no message content:
 //! errors go to the journal's routing row, events carry ids only.
@@ -45,7 +46,7 @@ use crate::telemetry::metrics::OutcomeLabel;
 use super::queue::Shared;
 
 /// Most messages routed (and written) in one batch.
-pub const BATCH: u32 = 64;
+pub const BATCH: u32 = 32;
 /// How often the pipeline looks for new rows when nothing woke it.
 pub const POLL: Duration = Duration::from_secs(1);
 
@@ -285,13 +286,13 @@ impl Router {
                 ),
             ));
         }
-        let input = RouteInput {
-            origin: Origin::Source(&message.listener),
-            message_code: "",
-            trigger: "",
-            sending_application: "",
-            sending_facility: "",
-        };
+        // A source journals the document's type (`MESH^<workflow id>`) and
+        // sender (the sending mailbox); routes match on those.
+        let input = RouteInput::for_document(
+            Origin::Source(&message.listener),
+            &message.message_type,
+            &message.sender,
+        );
         let selection = self.routes.select(&input);
         let matched: Vec<String> = selection.routes().map(|r| r.id().to_string()).collect();
         let mut deliveries = Vec::new();

@@ -394,9 +394,12 @@ async fn attempt(shared: &Shared, dest: &Destination, row: DueDelivery) {
             shared.events.publish(event);
         }
         Err(err) => {
-            // The row stays pending and is tried again (at least once).
+            // The row stays pending and is tried again (at least once). Hold
+            // the slot a while so a journal that cannot write (disk full) does
+            // not turn into a tight loop of repeated deliveries.
             tracing::error!(destination = %dest.id, delivery_id = row.id, error = %err,
                 "cannot record a delivery outcome; the delivery will be repeated");
+            tokio::time::sleep(POLL).await;
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct MessageQuery {
     pub message_type: Option<String>,
     /// `accepted`, `rejected` or `garbage`.
     pub status: Option<String>,
+    /// The latest routing outcome: `routed`, `unrouted` or `failed`.
+    pub routing: Option<String>,
     /// Default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`].
     pub limit: Option<u32>,
 }
@@ -140,6 +142,9 @@ pub struct MessageSummary {
     pub ack_code: String,
     /// `accepted`, `rejected` (AR/AE: kept for inspection), `garbage` (framing error).
     pub status: String,
+    /// The latest routing outcome (`routed`, `unrouted`, `failed`); `None`
+    /// until the pipeline has routed an accepted message (and for rejected ones).
+    pub routing: Option<String>,
 }
 
 /// One message with its raw content.
@@ -258,7 +263,10 @@ pub enum JournalError {
 }
 
 /// A request to the writer thread: rows to write and where to answer.
-/// Intake and queue requests share the same group commit.
+/// Intake and queue requests share the writer (and so never contend for
+/// SQLite's write lock); of the requests drained together, the intake ones
+/// commit first in one transaction, the queue ones after in another, so an
+/// ACK never waits for delivery writes.
 enum WriteRequest {
     /// Received messages ([`Journal::commit`]).
     Intake {
@@ -390,8 +398,9 @@ impl Journal {
     }
 
     /// Applies routing outcomes and delivery-queue changes in one transaction
-    /// (shared with whatever intake is committing at the same time). All of
-    /// `ops` are applied, or none. Returns once durable.
+    /// (shared with other queue requests waiting at the same time, after the
+    /// intake waiting with them). All of `ops` are applied, or none. Returns
+    /// once durable.
     pub async fn queue_write(&self, ops: Vec<QueueOp>) -> Result<Vec<QueueOutcome>, JournalError> {
         if ops.is_empty() {
             return Ok(Vec::new());

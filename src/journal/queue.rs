@@ -237,6 +237,8 @@ pub enum QueueOutcome {
 pub struct PendingMessage {
     pub id: i64,
     pub listener: String,
+    /// `MSH-3^MSH-4`, or the sending mailbox of a MESH document.
+    pub sender: String,
     pub control_id: String,
     pub message_type: String,
     pub raw: Bytes,
@@ -606,6 +608,7 @@ fn pending_message(row: &rusqlite::Row<'_>) -> Result<PendingMessage, rusqlite::
         control_id: row.get(2)?,
         message_type: row.get(3)?,
         raw: Bytes::from(raw),
+        sender: row.get(5)?,
     })
 }
 
@@ -615,7 +618,7 @@ pub(super) fn accepted_after(
     limit: u32,
 ) -> Result<Vec<PendingMessage>, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, listener, control_id, message_type, raw FROM messages
+        "SELECT id, listener, control_id, message_type, raw, sender FROM messages
          WHERE id > ?1 AND status = 'accepted' ORDER BY id LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after, limit], pending_message)?;
@@ -627,7 +630,7 @@ pub(super) fn accepted_message(
     id: i64,
 ) -> Result<Option<PendingMessage>, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, listener, control_id, message_type, raw FROM messages
+        "SELECT id, listener, control_id, message_type, raw, sender FROM messages
          WHERE id = ?1 AND status = 'accepted'",
     )?;
     stmt.query_row([id], pending_message).optional()

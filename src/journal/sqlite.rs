@@ -58,8 +58,10 @@ const INSERT: &str = "INSERT INTO messages
      ON CONFLICT (sender, control_id) WHERE status = 'accepted' AND control_id <> ''
      DO NOTHING";
 
+/// The last column is the latest routing outcome (NULL: not routed yet).
 const SUMMARY_COLUMNS: &str =
-    "id, listener, sender, control_id, message_type, received_at, ack_code, status";
+    "id, listener, sender, control_id, message_type, received_at, ack_code, status,
+     (SELECT r.outcome FROM routings r WHERE r.message_id = messages.id ORDER BY r.id DESC LIMIT 1)";
 
 /// Opens the write connection: WAL, the sync policy, the current schema
 /// (see [`crate::db`]).
@@ -123,57 +125,78 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let result = write_group(&mut conn, &group);
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.commit_batch_size.observe(messages as f64);
-        match result {
-            Ok(outcomes) => {
-                state.last_commit_ok.store(true, Ordering::Release);
-                let mut stored_accepted = false;
-                for (req, outcome) in group.drain(..).zip(outcomes) {
-                    // A waiter that went away (connection closed) still had its
-                    // rows committed; a resend will be answered as a duplicate.
-                    match (req, outcome) {
-                        (WriteRequest::Intake { items, reply }, Outcome::Intake(outcome)) => {
-                            stored_accepted |= items.iter().zip(&outcome).any(|(item, c)| {
-                                item.status == Status::Accepted
-                                    && matches!(c, Committed::Stored { .. })
-                            });
-                            let _ = reply.send(Ok(outcome));
-                        }
-                        (WriteRequest::Queue { reply, .. }, Outcome::Queue(result)) => {
-                            let _ = reply.send(result);
-                        }
-                        // write_group answers each request with its own kind.
-                        _ => tracing::error!("journal writer: request and outcome kinds differ"),
+        // Intake first, in its own transaction: an ACK never waits for the
+        // delivery queue's writes (documents can be large). Queue requests
+        // that arrived in the same drain follow in a second transaction.
+        let (intake, queue): (Vec<WriteRequest>, Vec<WriteRequest>) = group
+            .drain(..)
+            .partition(|r| matches!(r, WriteRequest::Intake { .. }));
+        for part in [intake, queue] {
+            if !part.is_empty() {
+                commit_and_answer(&mut conn, part, &state, &metrics, &accepted);
+            }
+        }
+    }
+    tracing::debug!("journal writer stopped");
+}
+
+/// Writes one group in one transaction and answers each of its requests.
+fn commit_and_answer(
+    conn: &mut Connection,
+    mut group: Vec<WriteRequest>,
+    state: &WriterState,
+    metrics: &Metrics,
+    accepted: &tokio::sync::Notify,
+) {
+    let messages: usize = group.iter().map(request_items).sum();
+    let started = Instant::now();
+    let result = write_group(conn, &group);
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.commit_batch_size.observe(messages as f64);
+    match result {
+        Ok(outcomes) => {
+            state.last_commit_ok.store(true, Ordering::Release);
+            let mut stored_accepted = false;
+            for (req, outcome) in group.drain(..).zip(outcomes) {
+                // A waiter that went away (connection closed) still had its
+                // rows committed; a resend will be answered as a duplicate.
+                match (req, outcome) {
+                    (WriteRequest::Intake { items, reply }, Outcome::Intake(outcome)) => {
+                        stored_accepted |= items.iter().zip(&outcome).any(|(item, c)| {
+                            item.status == Status::Accepted && matches!(c, Committed::Stored { .. })
+                        });
+                        let _ = reply.send(Ok(outcome));
                     }
-                }
-                if stored_accepted {
-                    accepted.notify_one();
+                    (WriteRequest::Queue { reply, .. }, Outcome::Queue(result)) => {
+                        let _ = reply.send(result);
+                    }
+                    // write_group answers each request with its own kind.
+                    _ => tracing::error!("journal writer: request and outcome kinds differ"),
                 }
             }
-            Err(err) => {
-                state.last_commit_ok.store(false, Ordering::Release);
-                tracing::error!(error = %err, messages, "journal commit failed");
-                let err = Arc::new(err);
-                for req in group.drain(..) {
-                    let failed = JournalError::Commit(Arc::clone(&err));
-                    match req {
-                        WriteRequest::Intake { reply, .. } => {
-                            let _ = reply.send(Err(failed));
-                        }
-                        WriteRequest::Queue { reply, .. } => {
-                            let _ = reply.send(Err(failed));
-                        }
+            if stored_accepted {
+                accepted.notify_one();
+            }
+        }
+        Err(err) => {
+            state.last_commit_ok.store(false, Ordering::Release);
+            tracing::error!(error = %err, messages, "journal commit failed");
+            let err = Arc::new(err);
+            for req in group.drain(..) {
+                let failed = JournalError::Commit(Arc::clone(&err));
+                match req {
+                    WriteRequest::Intake { reply, .. } => {
+                        let _ = reply.send(Err(failed));
+                    }
+                    WriteRequest::Queue { reply, .. } => {
+                        let _ = reply.send(Err(failed));
                     }
                 }
             }
         }
     }
-    tracing::debug!("journal writer stopped");
 }
 
 fn request_items(req: &WriteRequest) -> usize {
@@ -317,6 +340,14 @@ pub(super) fn search(
         values.push(v.to_ascii_lowercase());
         clauses.push(format!("status = ?{}", values.len()));
     }
+    if let Some(v) = non_empty(&q.routing) {
+        values.push(v.to_ascii_lowercase());
+        clauses.push(format!(
+            "(SELECT r.outcome FROM routings r WHERE r.message_id = messages.id \
+             ORDER BY r.id DESC LIMIT 1) = ?{}",
+            values.len()
+        ));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM messages");
     if !clauses.is_empty() {
@@ -339,6 +370,7 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> Result<MessageSummary, rusqlite:
         received_at: row.get(5)?,
         ack_code: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
         status: row.get(7)?,
+        routing: row.get(8)?,
     })
 }
 
@@ -348,16 +380,16 @@ pub(super) fn get(conn: &Connection, id: i64) -> Result<Option<MessageDetail>, r
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     stmt.query_row([id], |row| {
-        let raw: Vec<u8> = row.get(11)?;
-        let size: i64 = row.get(10)?;
+        let raw: Vec<u8> = row.get(12)?;
+        let size: i64 = row.get(11)?;
         Ok(MessageDetail {
             summary: summary_from_row(row)?,
-            peer: row.get(8)?,
-            version: row.get(9)?,
+            peer: row.get(9)?,
+            version: row.get(10)?,
             size_bytes: usize::try_from(size).unwrap_or(raw.len()),
             raw: String::from_utf8_lossy(&raw).into_owned(),
-            ack: row.get(12)?,
-            error: row.get(13)?,
+            ack: row.get(13)?,
+            error: row.get(14)?,
         })
     })
     .optional()

@@ -26,7 +26,7 @@ mod datatypes;
 mod eval;
 mod expr;
 mod load;
-mod transform;
+pub(crate) mod transform;
 
 #[cfg(test)]
 mod tests;

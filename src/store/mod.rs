@@ -9,9 +9,13 @@
 //! never overwrites newer data. The patient each record belongs to and the
 //! identifiers of each Patient are indexed for the searches the FHIR API needs.
 //!
-//! It does not route, queue or retry deliveries, check tokens or write the
-//! audit trail: callers (the store destination, `api::fhir`) do that. It
-//! never logs resource content.
+//! The same file keeps the access tables (`access.rs`: API token hashes,
+//! the audit trail of FHIR reads, the objections register) so that clinical
+//! data and who read it live and are backed up together.
+//!
+//! It does not route, queue or retry deliveries, check tokens or decide who
+//! may read: callers (the store destination, `api::fhir`, `access/`) do
+//! that. It never logs resource content.
 //!
 //! # Invariants
 //! - A document is applied whole or not at all: every entry is checked
@@ -29,6 +33,7 @@
 //! - Search indexes (patient links, patient identifiers) always describe the
 //!   current, non-deleted version of each record.
 
+mod access;
 mod plan;
 mod sqlite;
 
@@ -41,6 +46,9 @@ use crate::db::ReaderPool;
 use serde_json::Value;
 
 pub use crate::journal::SyncPolicy;
+pub use access::{
+    now_instant, AuditEntry, AuditQuery, NewAuditEntry, Objection, StoredToken, TokenInfo,
+};
 pub use plan::{is_id, is_resource_type};
 
 /// The record store's own settings (`config/` assembles them from `[store]`).
@@ -398,6 +406,20 @@ impl RecordStore {
     /// is deleted.
     pub fn everything(&self, patient_id: &str) -> Result<Option<Vec<Value>>, StoreError> {
         self.with_reader(|conn| sqlite::everything(conn, patient_id))
+    }
+
+    /// Runs `f` on the write connection (one writer at a time in this process;
+    /// other processes wait on SQLite's lock up to the busy timeout).
+    fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut conn)
     }
 
     /// Runs `f` on a pooled read connection.

@@ -14,10 +14,12 @@ use serde_json::Value;
 use super::plan::{self, Op, Plan};
 use super::{ApplyOutcome, EntryOutcome, EntryResult, Record, StoreError, SyncPolicy};
 
-/// The schema this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// The schema this build writes: 1 the records and their indexes; 2 adds
+/// the access tables (API tokens, the audit trail of FHIR reads, the
+/// objections register), see [`SCHEMA_V2`].
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE resources (
     type         TEXT NOT NULL,
     id           TEXT NOT NULL,
@@ -54,6 +56,41 @@ CREATE TABLE patient_identifiers (
 CREATE INDEX patient_identifiers_patient ON patient_identifiers (patient_id);
 ";
 
+/// Version 2: what `store/access.rs` reads and writes. Only SHA-256 hashes
+/// of API tokens are kept; audit rows are never updated or deleted here.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name         TEXT PRIMARY KEY,
+    role         TEXT NOT NULL,
+    hash         BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+    created_at   TEXT NOT NULL,
+    last_used_at TEXT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id         INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    token_name TEXT,
+    role       TEXT,
+    method     TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    query      TEXT,
+    patients   TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    purpose    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_token ON audit (token_name, id);
+CREATE TABLE IF NOT EXISTS audit_patients (
+    patient_id TEXT NOT NULL,
+    audit_id   INTEGER NOT NULL,
+    PRIMARY KEY (patient_id, audit_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objections (
+    nhs_number TEXT PRIMARY KEY,
+    note       TEXT,
+    added_at   TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
 /// The current row of a record, as `apply` needs it.
 struct Current {
     version: i64,
@@ -65,6 +102,31 @@ struct Current {
 /// Opens the write connection: WAL, the sync policy, the current schema
 /// (see [`crate::db`]).
 pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, StoreError> {
+    let mut conn = open_v1(path, sync)?;
+    upgrade(&mut conn).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+/// Brings a version 1 file (as created by [`db::open_writer`], or written by
+/// an older build) up to [`SCHEMA_VERSION`]. The version is read again inside
+/// the write transaction, so two processes opening the file at once (the
+/// engine and `junction token add`) do not both migrate it.
+fn upgrade(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", 2)?;
+    }
+    tx.commit()
+}
+
+/// Opens the write connection with the version 1 schema (and refuses files
+/// newer than [`SCHEMA_VERSION`]).
+fn open_v1(path: &Path, sync: SyncPolicy) -> Result<Connection, StoreError> {
     db::open_writer(path, sync, SCHEMA_VERSION, SCHEMA_V1).map_err(|problem| match problem {
         OpenProblem::Sqlite(source) => StoreError::Open {
             path: path.to_path_buf(),

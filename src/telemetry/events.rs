@@ -68,8 +68,32 @@ pub enum Event {
     /// A document was not sent to an external destination because the
     /// patient objects to sharing.
     Withheld(DeliveryEvent),
+    /// A MESH message was downloaded from a source's inbox and journaled.
+    MeshReceived(MeshEvent),
+    /// A journaled MESH message was acknowledged: it has left the inbox.
+    MeshAcknowledged(MeshEvent),
     /// Sent to a subscriber that fell behind: `missed` events were dropped for it.
     Lagged { missed: u64 },
+}
+
+/// One MESH inbox message, by its ids. No content: the body is in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshEvent {
+    /// The `[sources.<id>]` whose inbox it came from.
+    pub source: String,
+    /// The MESH message id (the journal's control id).
+    pub message_id: String,
+    /// The sending mailbox (`mex-From`).
+    pub from: String,
+    /// `mex-WorkflowID`.
+    pub workflow_id: String,
+    /// How it was journaled: `accepted` (a Bundle), `duplicate` (journaled
+    /// before), `rejected` (not a Bundle) or `report` (a MESH REPORT).
+    pub outcome: String,
+    /// The journal row (the original one for a duplicate).
+    pub journal_id: i64,
+    pub size_bytes: usize,
+    pub at: String,
 }
 
 /// What routing did with one message. No content: header identifiers and config ids.
@@ -161,6 +185,8 @@ impl Event {
             Event::DeliveryFailed(_) => "DeliveryFailed",
             Event::DeadLettered(_) => "DeadLettered",
             Event::Withheld(_) => "Withheld",
+            Event::MeshReceived(_) => "MeshReceived",
+            Event::MeshAcknowledged(_) => "MeshAcknowledged",
             Event::Lagged { .. } => "Lagged",
         }
     }
@@ -176,6 +202,7 @@ impl Event {
             Event::MessageRouted(r) | Event::MessageUnrouted(r) | Event::RoutingFailed(r) => {
                 Some(&r.listener)
             }
+            Event::MeshReceived(m) | Event::MeshAcknowledged(m) => Some(&m.source),
             Event::Delivered(_)
             | Event::DeliveryFailed(_)
             | Event::DeadLettered(_)

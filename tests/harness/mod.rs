@@ -61,11 +61,28 @@ impl Engine {
     /// until it is ready. Data already in `dir/data` is kept: restarting on the
     /// same folder reopens the same journal.
     pub fn start(dir: &Path, sync: &str) -> Engine {
+        Engine::start_with(dir, sync, "")
+    }
+
+    /// Like [`Engine::start`], with `extra` TOML appended to the config
+    /// (destinations, sources, `[engine]`). Routes and mappings are read from
+    /// `dir/routes` and `dir/mappings` when the test puts them there.
+    pub fn start_with(dir: &Path, sync: &str, extra: &str) -> Engine {
+        Engine::start_custom(dir, &[], |mllp, api| default_config(mllp, api, sync, extra))
+    }
+
+    /// Like [`Engine::start`] with the test's own config, written by
+    /// `config(mllp, api)` for fresh ports, and extra environment variables.
+    pub fn start_custom(
+        dir: &Path,
+        env: &[(&str, &str)],
+        config: impl Fn(SocketAddr, SocketAddr) -> String,
+    ) -> Engine {
         let mut last_log = String::new();
         // A port picked by free_port() can be taken by a parallel test before
         // the engine binds it: retry with new ports a few times.
         for _attempt in 0..3 {
-            let mut engine = Engine::spawn(dir, sync);
+            let mut engine = Engine::spawn(dir, env, &config);
             match engine.wait_ready(READY_TIMEOUT) {
                 Ok(()) => return engine,
                 Err(ReadyError::Exited(status)) => {
@@ -85,34 +102,23 @@ impl Engine {
         panic!("engine did not start after 3 attempts\n--- engine log ---\n{last_log}");
     }
 
-    fn spawn(dir: &Path, sync: &str) -> Engine {
+    fn spawn(
+        dir: &Path,
+        env: &[(&str, &str)],
+        config_text: &impl Fn(SocketAddr, SocketAddr) -> String,
+    ) -> Engine {
         fs::create_dir_all(dir).expect("create engine folder");
         let mllp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let text = config_text(mllp, api);
+        let sync = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sync = \""))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or("full")
+            .to_string();
         let config = dir.join("junction.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"# written by tests/harness
-[listeners.pas]
-bind = "{mllp}"
-max_connections = 256
-idle_timeout_secs = 300
-max_message_bytes = 4194304
-
-[store]
-path = "data/junction.db"
-sync = "{sync}"
-
-[api]
-bind = "{api}"
-
-[log]
-format = "text"
-"#
-            ),
-        )
-        .expect("write config");
+        fs::write(&config, text).expect("write config");
         let cwd = dir.join("cwd");
         fs::create_dir_all(&cwd).expect("create engine cwd");
         let log = dir.join("engine.log");
@@ -127,6 +133,7 @@ format = "text"
             .arg("--config")
             .arg(&config)
             .current_dir(&cwd)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -139,7 +146,7 @@ format = "text"
             mllp,
             api,
             log,
-            sync: sync.to_string(),
+            sync,
         }
     }
 
@@ -220,6 +227,31 @@ format = "text"
     }
 }
 
+/// The config [`Engine::start`] writes.
+fn default_config(mllp: SocketAddr, api: SocketAddr, sync: &str, extra: &str) -> String {
+    format!(
+        r#"# written by tests/harness
+[listeners.pas]
+bind = "{mllp}"
+max_connections = 256
+idle_timeout_secs = 300
+max_message_bytes = 4194304
+
+[store]
+path = "data/junction.db"
+sync = "{sync}"
+
+[api]
+bind = "{api}"
+
+[log]
+format = "text"
+
+{extra}
+"#
+    )
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.kill();
@@ -248,12 +280,21 @@ pub fn url_encode(value: &str) -> String {
 /// A minimal HTTP/1.0 GET (no client crate is a dependency): returns the
 /// status code and the body (de-chunked if the server chunked it).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+/// `POST path` with an empty body: (status, body).
+pub fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "POST", path)
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

@@ -2,6 +2,12 @@
 """Validates every FHIR Bundle (*.json) in a folder with an independent validator.
 
     python tests/python/validate_fhir.py DIR
+    python tests/python/validate_fhir.py --answers DIR
+
+With `--answers`, the files are what Junction's FHIR API answered (searchset and
+history Bundles, single resources, OperationOutcomes): each is validated against
+the fhir.resources R4B model of its own resourceType, and the transaction rules
+below are not applied.
 
 Each file is parsed with `fhir.resources.R4B.bundle.Bundle.model_validate_json`
 (PyPI fhir.resources: the R4B models check element names, cardinality, primitive
@@ -27,6 +33,7 @@ import re
 import sys
 
 try:
+    from fhir.resources.R4B import get_fhir_model_class
     from fhir.resources.R4B.bundle import Bundle
 except ImportError as err:  # pragma: no cover - setup problem, not a validation result
     print(f"error: cannot import fhir.resources.R4B ({err}); run tests/python/setup-venv.sh",
@@ -137,9 +144,36 @@ def validate(path):
     return problems
 
 
+def validate_answer(path):
+    """Returns the problems of one API answer: the R4B model of its resourceType."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        rtype = json.loads(raw).get("resourceType")
+    except (ValueError, AttributeError) as err:
+        return [f"not a JSON object: {err}"]
+    if not isinstance(rtype, str):
+        return ["no resourceType"]
+    try:
+        model = get_fhir_model_class(rtype)
+    except (KeyError, ValueError) as err:
+        return [f"unknown resourceType {rtype!r}: {err}"]
+    try:
+        model.model_validate_json(raw)
+    except Exception as err:  # pydantic.ValidationError, or a model's own ValueError
+        return [f"fhir.resources ({rtype}): {line}" for line in str(err).splitlines()
+                if line.strip() and not line.strip().startswith("For further")]
+    return []
+
+
 def main(argv):
+    check = validate
+    if len(argv) == 3 and argv[1] == "--answers":
+        check = validate_answer
+        argv = [argv[0], argv[2]]
     if len(argv) != 2 or not os.path.isdir(argv[1]):
-        print("usage: validate_fhir.py DIR (a folder of Bundle *.json files)", file=sys.stderr)
+        print("usage: validate_fhir.py [--answers] DIR (a folder of *.json files)",
+              file=sys.stderr)
         return 2
     files = sorted(f for f in os.listdir(argv[1]) if f.endswith(".json"))
     if not files:
@@ -147,7 +181,7 @@ def main(argv):
         return 2
     failed = 0
     for name in files:
-        problems = validate(os.path.join(argv[1], name))
+        problems = check(os.path.join(argv[1], name))
         if problems:
             failed += 1
             for problem in problems:

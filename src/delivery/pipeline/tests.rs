@@ -26,6 +26,7 @@ fn message(id: i64, listener: &str, raw: &str) -> PendingMessage {
     PendingMessage {
         id,
         listener: listener.to_string(),
+        sender: "PAS^RAL01".to_string(),
         control_id: format!("C{id}"),
         message_type: "ADT^A01".to_string(),
         raw: Bytes::from(raw.to_string()),
@@ -149,6 +150,38 @@ fn documents_from_a_source_must_be_bundles() {
     let mapped = router.route(&message(7, "inbox", bundle), false, 0);
     assert_eq!(mapped.routing.outcome, RoutingOutcome::Failed);
     assert!(mapped.routing.error.unwrap().contains("already FHIR"));
+}
+
+#[test]
+fn documents_from_a_source_pass_through_unchanged() {
+    let router = router(
+        "[routes.inbox]\nsources = [\"inbox\"]\nmessages = [\"MESH^TEST_WORKFLOW\"]\ndestinations = [\"sink\"]\n",
+        &["inbox"],
+        &["sink"],
+    );
+    let raw = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/mesh_bundle_from_hwe.json"),
+    )
+    .unwrap();
+    let mut msg = message(8, "inbox", &raw);
+    msg.message_type = "MESH^TEST_WORKFLOW".to_string();
+    msg.sender = "X26ABC2".to_string();
+    let routed = router.route(&msg, false, 0);
+    assert_eq!(
+        routed.routing.outcome,
+        RoutingOutcome::Routed,
+        "{:?}",
+        routed.routing.error
+    );
+    let d = &routed.routing.deliveries[0];
+    assert_eq!(d.mapping, "");
+    assert_eq!(&d.document[..], raw.as_bytes(), "byte for byte as received");
+    let doc: Json = serde_json::from_str(&raw).unwrap();
+    assert_eq!(Some(d.patient_key.clone()), patient_key(&doc));
+    // Another workflow is not taken by the route: unrouted, kept.
+    msg.message_type = "MESH^OTHER".to_string();
+    let other = router.route(&msg, false, 0);
+    assert_eq!(other.routing.outcome, RoutingOutcome::Unrouted);
 }
 
 #[test]

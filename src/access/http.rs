@@ -1,0 +1,200 @@
+//! The operations endpoints of this module (behind [`super::guard`], which
+//! checks the `ops` token):
+//!
+//! - `GET /api/audit?patient=&token=&limit=`: audit rows of `/fhir`
+//!   requests, newest first, as `{"audit": [...]}` (`patient` is a Patient
+//!   id, `token` a token name; `limit` 1 to [`MAX_AUDIT_LIMIT`], default
+//!   [`DEFAULT_AUDIT_LIMIT`]).
+//! - `GET /api/objections`: the register, as `{"objections": [...]}`.
+//! - `POST /api/objections` with `{"nhs_number": "...", "note": "..."}`:
+//!   201 when added, 200 when it was already there.
+//! - `DELETE /api/objections/{nhs_number}`: 200 when removed, 404 when it
+//!   was not there.
+//!
+//! Errors are JSON `{"error": "..."}`: 400 for bad input (an NHS number
+//! failing modulus 11, an unknown parameter), 404, 500 (details logged,
+//! without patient data).
+//!
+//! # Invariants
+//! - Answers hold clinical data (NHS numbers, queries); nothing here logs it.
+//! - The router has no fallback, so it merges into the main server's router.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::objections::{self, NhsNumber};
+use super::tokens::Access;
+use super::{blocking, AccessError};
+use crate::store::{is_id, AuditQuery};
+
+/// Rows `GET /api/audit` returns when no `limit` is given.
+pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
+/// The largest `limit` accepted.
+pub const MAX_AUDIT_LIMIT: u32 = 1000;
+/// The longest objection note accepted, in characters.
+const MAX_NOTE_CHARS: usize = 1000;
+
+/// `/api/audit` and `/api/objections` over `access`'s store.
+pub fn router(access: Access) -> Router {
+    Router::new()
+        .route("/api/audit", get(audit))
+        .route("/api/objections", get(list_objections).post(add_objection))
+        .route("/api/objections/{nhs_number}", delete(remove_objection))
+        .with_state(access)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the record store could not be read or written")]
+    Access(#[source] AccessError),
+}
+
+impl From<AccessError> for HttpError {
+    fn from(err: AccessError) -> Self {
+        match err {
+            AccessError::InvalidNhsNumber { .. } => HttpError::BadRequest(err.to_string()),
+            other => HttpError::Access(other),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::Access(err) => {
+                tracing::error!(error = %err, "access API failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// The query of `GET /api/audit`; unknown parameters are refused so a typo
+/// does not silently list everything.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    patient: Option<String>,
+    token: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(access): State<Access>,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(|rejection| {
+        HttpError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    })?;
+    let limit = params.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    if limit == 0 || limit > MAX_AUDIT_LIMIT {
+        return Err(HttpError::BadRequest(format!(
+            "invalid limit {limit}, expected 1 to {MAX_AUDIT_LIMIT}"
+        )));
+    }
+    let patient = params.patient.filter(|p| !p.is_empty());
+    if let Some(patient) = &patient {
+        let id = patient.strip_prefix("Patient/").unwrap_or(patient);
+        if !is_id(id) {
+            return Err(HttpError::BadRequest(format!(
+                "patient `{patient}` is not a Patient id, expected `id` or `Patient/id`"
+            )));
+        }
+    }
+    let query = AuditQuery {
+        patient: patient.map(|p| p.strip_prefix("Patient/").unwrap_or(&p).to_string()),
+        token: params.token.filter(|t| !t.is_empty()),
+        limit,
+    };
+    let store = access.store().clone();
+    let rows = blocking(move || store.audit(&query)).await?;
+    Ok(Json(json!({ "audit": rows })).into_response())
+}
+
+async fn list_objections(State(access): State<Access>) -> Result<Response, HttpError> {
+    let store = access.store().clone();
+    let rows = blocking(move || store.list_objections()).await?;
+    Ok(Json(json!({ "objections": rows })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewObjection {
+    nhs_number: String,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn add_objection(
+    State(access): State<Access>,
+    body: Result<Json<NewObjection>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    let Json(body) = body.map_err(|rejection| {
+        HttpError::BadRequest(format!(
+            "invalid body: {}, expected {{\"nhs_number\": \"...\", \"note\": \"...\"}}",
+            rejection.body_text()
+        ))
+    })?;
+    let number = NhsNumber::parse(&body.nhs_number)?;
+    let note = body.note.filter(|n| !n.trim().is_empty());
+    if note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS)
+    {
+        return Err(HttpError::BadRequest(format!(
+            "the note is longer than {MAX_NOTE_CHARS} characters"
+        )));
+    }
+    let store = access.store().clone();
+    let stored = number.clone();
+    let added =
+        tokio::task::spawn_blocking(move || objections::add(&store, &stored, note.as_deref()))
+            .await
+            .map_err(AccessError::from)??;
+    tracing::info!(added, "objection registered");
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "nhs_number": number.as_str(), "added": added })),
+    )
+        .into_response())
+}
+
+async fn remove_objection(
+    State(access): State<Access>,
+    nhs_number: Result<Path<String>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let Path(nhs_number) = nhs_number.map_err(|rejection| {
+        HttpError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+    })?;
+    let number = NhsNumber::parse(&nhs_number)?;
+    let store = access.store().clone();
+    let stored = number.clone();
+    let removed = tokio::task::spawn_blocking(move || objections::remove(&store, &stored))
+        .await
+        .map_err(AccessError::from)??;
+    if !removed {
+        return Err(HttpError::NotFound(format!(
+            "{number} is not in the objections register"
+        )));
+    }
+    tracing::info!("objection removed");
+    Ok(Json(json!({ "nhs_number": number.as_str(), "removed": true })).into_response())
+}

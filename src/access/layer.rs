@@ -1,0 +1,324 @@
+//! The authentication and audit layer in front of every HTTP route
+//! (`router.layer(axum::middleware::from_fn_with_state(access, guard))`).
+//!
+//! Which rule applies is decided from the request path alone, before any
+//! route is matched, so a route added later is covered without touching
+//! this file:
+//! - `/health`, `/ready`, `/metrics`: open.
+//! - `/fhir` and `/fhir/...`: a `clinical` token; 401 (with
+//!   `WWW-Authenticate: Bearer` and an OperationOutcome) when it is missing
+//!   or not valid, 403 for an `ops` token. Every request, allowed or
+//!   refused, gets an audit row before its answer goes out.
+//! - `/api/audit...`: an `ops` token, always.
+//! - everything else (`/api/...`, the dashboard, unknown paths): an `ops`
+//!   token, unless operations are open (the server is bound to loopback).
+//!
+//! # Invariants
+//! - A `/fhir` answer leaves only after its audit row is committed; when the
+//!   row cannot be written the answer is replaced by a 500 OperationOutcome.
+//! - Logs carry the area, the status and the token's name, never the path,
+//!   query, token or patient ids (those are in the audit trail).
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::tokens::{Access, AuthFailure};
+use super::{blocking, Role};
+use crate::api::fhir::{PatientsRead, FHIR_JSON};
+use crate::store::{now_instant, NewAuditEntry};
+
+/// The purpose of use recorded when the request names none.
+pub const UNSPECIFIED_PURPOSE: &str = "unspecified";
+
+/// The header a client names its purpose of use in.
+pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
+
+/// Longest purpose of use kept (longer values are cut).
+const MAX_PURPOSE_CHARS: usize = 200;
+
+/// Which rule a path falls under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Open,
+    Fhir,
+    /// `always_token`: a token even when operations are open (`/api/audit`).
+    Operations {
+        always_token: bool,
+    },
+}
+
+/// The rule for `path` (see the module docs).
+pub fn area(path: &str) -> Area {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    match path {
+        "/health" | "/ready" | "/metrics" => Area::Open,
+        _ if under("/fhir") => Area::Fhir,
+        _ => Area::Operations {
+            always_token: under("/api/audit"),
+        },
+    }
+}
+
+/// The middleware: applies the rule of the request's path.
+pub async fn guard(State(access): State<Access>, request: Request, next: Next) -> Response {
+    match area(request.uri().path()) {
+        Area::Open => next.run(request).await,
+        Area::Fhir => fhir(&access, request, next).await,
+        Area::Operations { always_token } => operations(&access, always_token, request, next).await,
+    }
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+}
+
+/// `X-Purpose-Of-Use`, trimmed and cut to [`MAX_PURPOSE_CHARS`], else
+/// [`UNSPECIFIED_PURPOSE`].
+fn purpose(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(PURPOSE_HEADER)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).trim().to_string())
+        .unwrap_or_default();
+    if given.is_empty() {
+        UNSPECIFIED_PURPOSE.to_string()
+    } else {
+        given.chars().take(MAX_PURPOSE_CHARS).collect()
+    }
+}
+
+/// `WWW-Authenticate` for a 401 (RFC 6750 §3).
+fn challenge(failure: &AuthFailure) -> HeaderValue {
+    HeaderValue::from_static(match failure {
+        AuthFailure::Invalid => "Bearer realm=\"junction\", error=\"invalid_token\"",
+        _ => "Bearer realm=\"junction\"",
+    })
+}
+
+/// An OperationOutcome answer.
+fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response {
+    let body = json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON))],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn fhir(access: &Access, request: Request, next: Next) -> Response {
+    let at = now_instant();
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
+    let purpose = purpose(request.headers());
+    let caller = access.authenticate(authorization(request.headers())).await;
+    let (token_name, role, response) = match caller {
+        Ok(caller) if caller.role == Role::Clinical => {
+            let (name, role) = (caller.name.clone(), caller.role);
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            (Some(name), Some(role), next.run(request).await)
+        }
+        Ok(caller) => {
+            let mut response = outcome(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!(
+                    "token `{}` has role {}; /fhir needs a token with role clinical",
+                    caller.name, caller.role
+                ),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"junction\", error=\"insufficient_scope\""),
+            );
+            (Some(caller.name), Some(caller.role), response)
+        }
+        Err(AuthFailure::Store(err)) => {
+            tracing::error!(error = %err, "cannot check a FHIR request's token");
+            let response = outcome(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "the token store could not be read",
+            );
+            (None, None, response)
+        }
+        Err(failure) => {
+            let mut response = outcome(StatusCode::UNAUTHORIZED, "login", &failure.to_string());
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge(&failure));
+            (None, None, response)
+        }
+    };
+    let status = response.status().as_u16();
+    let entry = NewAuditEntry {
+        at,
+        token_name: token_name.clone(),
+        role: role.map(|r| r.as_str().to_string()),
+        method,
+        path,
+        query,
+        patients: response
+            .extensions()
+            .get::<PatientsRead>()
+            .map(|read| read.0.clone())
+            .unwrap_or_default(),
+        status,
+        purpose,
+    };
+    let store = access.store().clone();
+    match blocking(move || store.append_audit(&entry)).await {
+        Ok(_) => {
+            let token = token_name.as_deref().unwrap_or("-");
+            if status < 400 {
+                tracing::debug!(token, status, "FHIR read audited");
+            } else {
+                tracing::info!(token, status, "FHIR request refused or failed (audited)");
+            }
+            response
+        }
+        Err(err) => {
+            tracing::error!(
+                error = %err,
+                status,
+                "cannot write the audit row of a FHIR request; answering 500 instead"
+            );
+            outcome(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "the request could not be audited, so it is not served",
+            )
+        }
+    }
+}
+
+/// A JSON `{"error": ...}` answer, as the rest of `/api` answers.
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn operations(access: &Access, always_token: bool, request: Request, next: Next) -> Response {
+    if !always_token && access.open_operations() {
+        return next.run(request).await;
+    }
+    match access.authenticate(authorization(request.headers())).await {
+        Ok(caller) if caller.role == Role::Ops => {
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Ok(caller) => {
+            tracing::info!(token = %caller.name, status = 403, "operations request refused");
+            let mut response = json_error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "token `{}` has role {}; this endpoint needs a token with role ops",
+                    caller.name, caller.role
+                ),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"junction\", error=\"insufficient_scope\""),
+            );
+            response
+        }
+        Err(AuthFailure::Store(err)) => {
+            tracing::error!(error = %err, "cannot check an operations request's token");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the token store could not be read",
+            )
+        }
+        Err(failure) => {
+            tracing::info!(status = 401, "operations request refused: {failure}");
+            let mut response = json_error(StatusCode::UNAUTHORIZED, &failure.to_string());
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge(&failure));
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn areas() {
+        for (path, expected) in [
+            ("/health", Area::Open),
+            ("/ready", Area::Open),
+            ("/metrics", Area::Open),
+            (
+                "/metrics/x",
+                Area::Operations {
+                    always_token: false,
+                },
+            ),
+            ("/fhir", Area::Fhir),
+            ("/fhir/", Area::Fhir),
+            ("/fhir/Patient/1", Area::Fhir),
+            (
+                "/fhirx",
+                Area::Operations {
+                    always_token: false,
+                },
+            ),
+            (
+                "/api/messages",
+                Area::Operations {
+                    always_token: false,
+                },
+            ),
+            ("/api/audit", Area::Operations { always_token: true }),
+            ("/api/audit/", Area::Operations { always_token: true }),
+            (
+                "/api/auditx",
+                Area::Operations {
+                    always_token: false,
+                },
+            ),
+            (
+                "/",
+                Area::Operations {
+                    always_token: false,
+                },
+            ),
+            (
+                "//fhir/Patient",
+                Area::Operations {
+                    always_token: false,
+                },
+            ),
+        ] {
+            assert_eq!(area(path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn purpose_of_use() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(purpose(&headers), "unspecified");
+        headers.insert(PURPOSE_HEADER, HeaderValue::from_static("  "));
+        assert_eq!(purpose(&headers), "unspecified");
+        headers.insert(PURPOSE_HEADER, HeaderValue::from_static(" TREAT "));
+        assert_eq!(purpose(&headers), "TREAT");
+        let long = "x".repeat(500);
+        headers.insert(PURPOSE_HEADER, HeaderValue::from_str(&long).unwrap());
+        assert_eq!(purpose(&headers).len(), MAX_PURPOSE_CHARS);
+    }
+}

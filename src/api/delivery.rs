@@ -1,0 +1,181 @@
+//! The delivery operations of the HTTP API: queue depths, deliveries, dead
+//! letters, retries and replays.
+//!
+//! - `GET /api/queues`: every destination's depth per status and the age of
+//!   its oldest pending document, as `{"queues":[...]}`.
+//! - `GET /api/deliveries?status=&destination=&message_id=&limit=`: newest
+//!   first, as `{"deliveries":[...]}` (never the document itself).
+//! - `GET /api/dead-letters?destination=&limit=`: the dead deliveries.
+//! - `POST /api/deliveries/{id}/retry`: a dead (or withheld) delivery queued
+//!   again, due now, attempts reset; 409 when it is not dead or withheld.
+//! - `POST /api/dead-letters/retry?destination=`: every dead delivery (of
+//!   one destination) queued again: `{"retried": n}`.
+//! - `POST /api/messages/{id}/replay`: routes and maps an accepted message
+//!   again and queues its documents anew (new delivery rows).
+//!
+//! The read endpoints need only the journal; the write endpoints need the
+//! running delivery queue and answer 503 without one.
+//!
+//! # Invariants
+//! - Answers carry ids, destinations, statuses and ops-facing error texts;
+//!   never a document.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState};
+use crate::delivery::queue::{DeliveryHandle, QueueError, QueueSummary, Replayed};
+use crate::journal::{DeliveryFilter, DeliveryRow, DeliveryStatus, MAX_LIMIT};
+
+impl From<QueueError> for ApiError {
+    fn from(err: QueueError) -> Self {
+        match err {
+            QueueError::NoMessage(_) | QueueError::NoDelivery(_) => {
+                ApiError::NotFound(err.to_string())
+            }
+            QueueError::NotRetryable { .. } => ApiError::Conflict(err.to_string()),
+            QueueError::Journal(err) => ApiError::Journal(err),
+            QueueError::Task(err) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+fn running(state: &ApiState) -> Result<&DeliveryHandle, ApiError> {
+    state
+        .delivery
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("the delivery queue is not running".to_string()))
+}
+
+fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    params.map(|Query(p)| p).map_err(|rejection| {
+        ApiError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    })
+}
+
+fn id(path: Result<Path<i64>, PathRejection>, what: &str) -> Result<i64, ApiError> {
+    path.map(|Path(id)| id).map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "invalid {what} id: {}, expected an integer",
+            rejection.body_text()
+        ))
+    })
+}
+
+fn check_limit(limit: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match limit {
+        Some(l) if l == 0 || l > MAX_LIMIT => Err(ApiError::BadRequest(format!(
+            "invalid limit {l}, expected 1 to {MAX_LIMIT}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct Queues {
+    queues: Vec<QueueSummary>,
+}
+
+pub(super) async fn queues(State(state): State<ApiState>) -> Result<Json<Queues>, ApiError> {
+    let queues = running(&state)?.queues().await?;
+    Ok(Json(Queues { queues }))
+}
+
+/// `GET /api/deliveries`; unknown parameters are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeliveryParams {
+    status: Option<String>,
+    destination: Option<String>,
+    message_id: Option<i64>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Deliveries {
+    deliveries: Vec<DeliveryRow>,
+}
+
+pub(super) async fn deliveries(
+    State(state): State<ApiState>,
+    params: Result<Query<DeliveryParams>, QueryRejection>,
+) -> Result<Json<Deliveries>, ApiError> {
+    let p = query(params)?;
+    let status = match p.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid status `{s}`, expected one of pending, delivered, dead, withheld"
+            ))
+        })?),
+    };
+    let filter = DeliveryFilter {
+        status,
+        destination: p.destination,
+        message_id: p.message_id,
+        limit: check_limit(p.limit)?,
+    };
+    let deliveries = state.journal.deliveries(filter).await?;
+    Ok(Json(Deliveries { deliveries }))
+}
+
+/// `GET /api/dead-letters` and `POST /api/dead-letters/retry`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeadParams {
+    destination: Option<String>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn dead_letters(
+    State(state): State<ApiState>,
+    params: Result<Query<DeadParams>, QueryRejection>,
+) -> Result<Json<Deliveries>, ApiError> {
+    let p = query(params)?;
+    let filter = DeliveryFilter {
+        status: Some(DeliveryStatus::Dead),
+        destination: p.destination,
+        message_id: None,
+        limit: check_limit(p.limit)?,
+    };
+    let deliveries = state.journal.deliveries(filter).await?;
+    Ok(Json(Deliveries { deliveries }))
+}
+
+pub(super) async fn retry(
+    State(state): State<ApiState>,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<DeliveryRow>, ApiError> {
+    let id = id(path, "delivery")?;
+    Ok(Json(running(&state)?.retry(id).await?))
+}
+
+#[derive(Serialize)]
+pub(super) struct Retried {
+    retried: usize,
+}
+
+pub(super) async fn retry_dead(
+    State(state): State<ApiState>,
+    params: Result<Query<DeadParams>, QueryRejection>,
+) -> Result<Json<Retried>, ApiError> {
+    let p = query(params)?;
+    if p.limit.is_some() {
+        return Err(ApiError::BadRequest(
+            "`limit` does not apply to a retry: every dead letter is retried".to_string(),
+        ));
+    }
+    let destination = p.destination.filter(|d| !d.is_empty());
+    let retried = running(&state)?.retry_dead(destination).await?;
+    Ok(Json(Retried { retried }))
+}
+
+pub(super) async fn replay(
+    State(state): State<ApiState>,
+    path: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Replayed>, ApiError> {
+    let id = id(path, "message")?;
+    Ok(Json(running(&state)?.replay(id).await?))
+}

@@ -1,0 +1,176 @@
+//! The small HTTP client the operations subcommands (`queues`, `dead-letters`,
+//! `retry`, `replay`) use to talk to a running engine's API.
+//!
+//! It does not retry: an operation either reaches the engine or reports why
+//! not. Answers are JSON; a non-2xx answer is returned with its status so the
+//! command can print the engine's `{"error": ...}` text and exit 1.
+//!
+//! When the environment variable [`TOKEN_ENV`] is set, its value is sent as
+//! `Authorization: Bearer …` (an `ops` token from `junction token add`): an
+//! API bound beyond loopback refuses operations without one.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// The environment variable holding an API token for the operations
+/// subcommands and `junction tail` (never a command-line argument, which
+/// other users could read in the process list).
+pub const TOKEN_ENV: &str = "JUNCTION_API_TOKEN";
+
+/// The token in [`TOKEN_ENV`], when set and not empty.
+pub fn token_from_env() -> Option<String> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `--api` argument every operations subcommand takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Base URL of the engine's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub api: String,
+    /// Print the engine's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An answer: the HTTP status and the JSON body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The engine's error text for a non-2xx answer.
+    pub fn error(&self) -> String {
+        self.body
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("the engine answered HTTP {}", self.status))
+    }
+}
+
+/// Sends `method path` (with `query` pairs) to the API and reads the JSON answer.
+pub fn call(
+    api: &str,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+) -> anyhow::Result<Answer> {
+    let mut url = reqwest::Url::parse(api.trim_end_matches('/')).with_context(|| {
+        format!("invalid --api `{api}`, expected a URL such as http://127.0.0.1:8080")
+    })?;
+    url.set_path(path);
+    if !query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in query {
+            pairs.append_pair(k, v);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let mut request = client.request(method, url.clone());
+        if let Some(token) = token_from_env() {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the engine at {url}"))?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("cannot read the answer from {url}"))?;
+        let body = serde_json::from_str(&text)
+            .with_context(|| format!("the answer from {url} (HTTP {status}) is not JSON"))?;
+        Ok(Answer { status, body })
+    })
+}
+
+/// Renders rows as left-aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+/// A JSON field as display text (`-` when missing or null).
+pub fn text(value: &Value, key: &str) -> String {
+    match value.get(key) {
+        None | Some(Value::Null) => "-".to_string(),
+        Some(Value::String(s)) if s.is_empty() => "-".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_trim_line_ends() {
+        let got = table(
+            &["ID", "DESTINATION", "ERROR"],
+            &[
+                vec!["1".into(), "store".into(), "-".into()],
+                vec!["12".into(), "mesh_hwe".into(), "HTTP 503".into()],
+            ],
+        );
+        assert_eq!(
+            got,
+            "ID  DESTINATION  ERROR\n1   store        -\n12  mesh_hwe     HTTP 503"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_fields_show_as_a_dash() {
+        let v = serde_json::json!({"a": null, "b": "", "c": 3, "d": "x"});
+        assert_eq!(text(&v, "a"), "-");
+        assert_eq!(text(&v, "b"), "-");
+        assert_eq!(text(&v, "c"), "3");
+        assert_eq!(text(&v, "d"), "x");
+        assert_eq!(text(&v, "zz"), "-");
+    }
+}

@@ -1,0 +1,63 @@
+//! `junction replay <message-id>`: routes and maps a journaled message again
+//! and queues its documents anew (`POST /api/messages/{id}/replay`), e.g.
+//! after a mapping or route was fixed. Documents are idempotent upserts, so a
+//! replay converges on the same records.
+//!
+//! Exit codes: 0 replayed (whatever the routing outcome, which is printed);
+//! 1 the engine refused (no accepted message with that id); 2 it could not be
+//! reached.
+
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::api_client::{call, text, ApiArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The journal id of the message (from `GET /api/messages`).
+    #[arg(value_name = "MESSAGE-ID")]
+    pub id: i64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let answer = call(
+        &args.api.api,
+        reqwest::Method::POST,
+        &format!("/api/messages/{}/replay", args.id),
+        &[],
+    )?;
+    if !answer.ok() {
+        eprintln!("error: {}", answer.error());
+        return Ok(ExitCode::from(1));
+    }
+    if args.api.json {
+        println!("{}", answer.body);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let b = &answer.body;
+    let deliveries: Vec<String> = b
+        .get("deliveries")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|d| d.to_string())
+        .collect();
+    println!(
+        "message {}: {} (routing {}){}",
+        args.id,
+        text(b, "outcome"),
+        text(b, "routing_id"),
+        if deliveries.is_empty() {
+            String::new()
+        } else {
+            format!(", new deliveries {}", deliveries.join(", "))
+        }
+    );
+    if b.get("error").is_some_and(|e| !e.is_null()) {
+        println!("error: {}", text(b, "error"));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,421 @@
+//! The MESH inbox source against NHS England's real MESH sandbox
+//! (`AUTH_MODE=full`, `STORE_MODE=file`), with NHS's own Python client
+//! (`mesh_client`) as the neighbour sending to Junction's mailbox, and a real
+//! journal (SQLite) in a temp folder.
+//!
+//! Each test starts its own sandbox on a free port. Needs the venv made by
+//! `bash tests/python/setup-venv.sh` (`.venv`, or `$JUNCTION_VENV`).
+
+mod harness;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::mesh::{self, Sandbox, PASSWORD, SHARED_KEY};
+use junction::journal::{Incoming, Journal, MessageQuery, Status, StoreConfig, SyncPolicy};
+use junction::mesh::{MeshClient, MeshMailboxConfig, Secret};
+use junction::source::{MeshInbox, MeshInboxError, PollSummary};
+use junction::telemetry::events::{Event, EventBus};
+use junction::telemetry::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+const JUNCTION: &str = "X26ABC1";
+const NEIGHBOUR: &str = "X26ABC2";
+const SOURCE: &str = "mesh_inbox";
+
+fn journal(dir: &Path) -> Journal {
+    Journal::open(&StoreConfig {
+        path: dir.join("junction.db"),
+        sync: SyncPolicy::Normal,
+        records: dir.join("records.db"),
+    })
+    .expect("open journal")
+}
+
+fn mailbox(sandbox: &Sandbox) -> MeshMailboxConfig {
+    let mut config = MeshMailboxConfig::new(&sandbox.url, JUNCTION);
+    config.timeout_secs = 60;
+    config.max_retries = 1;
+    config.retry_backoff_ms = 20;
+    config
+}
+
+fn inbox_with(
+    sandbox: &Sandbox,
+    journal: &Journal,
+    password: &str,
+    events: &EventBus,
+) -> MeshInbox {
+    let client = MeshClient::with_secrets(
+        &mailbox(sandbox),
+        Secret::new(password.into()),
+        Secret::new(SHARED_KEY.into()),
+    )
+    .expect("mesh client");
+    MeshInbox::with_client(
+        SOURCE,
+        Duration::from_secs(60),
+        Arc::new(client),
+        journal.clone(),
+        events.clone(),
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// A synthetic transaction Bundle of about `size` bytes (no real person).
+fn bundle(n: usize, size: usize) -> Vec<u8> {
+    let note = "x".repeat(size.saturating_sub(400));
+    serde_json::to_vec(&serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{
+            "fullUrl": format!("urn:uuid:00000000-0000-5000-8000-{n:012}"),
+            "resource": {
+                "resourceType": "Patient",
+                "id": format!("00000000-0000-5000-8000-{n:012}"),
+                "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9990002002"}],
+                "text": {"status": "generated", "div": format!("<div>{note}</div>")}
+            },
+            "request": {"method": "PUT", "url": format!("Patient/00000000-0000-5000-8000-{n:012}")}
+        }]
+    }))
+    .expect("bundle json")
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write file");
+    path
+}
+
+/// The one journal row with `control_id`, with its raw bytes.
+async fn row(
+    journal: &Journal,
+    control_id: &str,
+) -> (junction::journal::MessageSummary, Vec<u8>, Option<String>) {
+    let rows = journal
+        .search(MessageQuery {
+            control_id: Some(control_id.to_string()),
+            ..MessageQuery::default()
+        })
+        .await
+        .expect("search");
+    assert_eq!(rows.len(), 1, "exactly one row for {control_id}: {rows:?}");
+    let raw = journal.raw(rows[0].id).await.expect("raw").expect("row");
+    let detail = journal.get(rows[0].id).await.expect("get").expect("row");
+    (rows[0].clone(), raw, detail.error)
+}
+
+/// Every event already published (the source publishes before it returns).
+async fn events_of(sub: &mut junction::telemetry::events::Subscription) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+        out.push(event);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_journaled_then_acknowledged() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sample =
+        std::fs::read(harness::repo_root().join("samples/mesh_bundle_from_hwe.json")).unwrap();
+    let first = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "a.json", &sample),
+    );
+    let second_body = bundle(2, 2_000);
+    let second = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "b.json", &second_body),
+    );
+    let hl7 = std::fs::read(harness::repo_root().join("samples/adt_a01_admission.hl7")).unwrap();
+    let not_a_bundle = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "c.hl7", &hl7),
+    );
+    let report = sandbox.add_report(JUNCTION, "20261120093000000000_ABCDEF", "14");
+    assert_eq!(mesh::inbox(&sandbox.url, JUNCTION).len(), 4);
+
+    let journal = journal(dir.path());
+    let events = EventBus::default();
+    let mut sub = events.subscribe();
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &events);
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        summary,
+        PollSummary {
+            listed: 4,
+            accepted: 2,
+            rejected: 1,
+            reports: 1,
+            acknowledged: 4,
+            ..PollSummary::default()
+        }
+    );
+    // Acknowledged: NHS's client sees an empty inbox.
+    assert!(
+        mesh::inbox(&sandbox.url, JUNCTION).is_empty(),
+        "{}",
+        sandbox.log()
+    );
+
+    // Bundles: accepted rows, byte for byte, under the source id.
+    for (id, body) in [(&first, &sample), (&second, &second_body)] {
+        let (summary, raw, error) = row(&journal, id).await;
+        assert_eq!(summary.listener, SOURCE);
+        assert_eq!(summary.sender, NEIGHBOUR);
+        assert_eq!(summary.message_type, "MESH^TEST_WORKFLOW");
+        assert_eq!(summary.status, "accepted");
+        assert_eq!(&raw, body, "journaled byte-identical");
+        assert_eq!(error, None);
+    }
+    // Not a Bundle: kept, rejected, with the reason (and no content in it).
+    let (summary, raw, error) = row(&journal, &not_a_bundle).await;
+    assert_eq!(summary.status, "rejected");
+    assert_eq!(raw, hl7);
+    let error = error.unwrap();
+    assert!(error.contains("is not a FHIR Bundle: not JSON"), "{error}");
+    assert!(!error.contains("MSH"), "{error}");
+    // The report: journaled as such, with its MESH metadata.
+    let (summary, raw, error) = row(&journal, &report).await;
+    assert_eq!(summary.message_type, "MESH^REPORT");
+    assert_eq!(summary.status, "rejected");
+    assert!(raw.is_empty());
+    let error = error.unwrap();
+    assert!(
+        error.starts_with("mesh report (not a document) on message `20261120093000000000_ABCDEF` (local id `junction-7`): status code 14"),
+        "{error}"
+    );
+
+    // Events: one received and one acknowledged per message, ids only.
+    let got = events_of(&mut sub).await;
+    let received: Vec<(String, String)> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::MeshReceived(m) => Some((m.message_id.clone(), m.outcome.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(received.len(), 4, "{got:?}");
+    assert!(received.contains(&(first.clone(), "accepted".into())));
+    assert!(received.contains(&(not_a_bundle.clone(), "rejected".into())));
+    assert!(received.contains(&(report.clone(), "report".into())));
+    let acked = got
+        .iter()
+        .filter(|e| matches!(e, Event::MeshAcknowledged(_)))
+        .count();
+    assert_eq!(acked, 4);
+
+    // Nothing left: the next poll finds nothing and journals nothing.
+    let again = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(again, PollSummary::default());
+    let all = journal.search(MessageQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_bundle_arrives_whole() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let body = bundle(3, 3_000_000);
+    let id = mesh::send_in_chunks(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "big.json", &body),
+        Some(1_000_000),
+    );
+    let journal = journal(dir.path());
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default());
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.accepted, summary.acknowledged),
+        (1, 1),
+        "{summary:?}"
+    );
+    let (_, raw, _) = row(&journal, &id).await;
+    assert!(
+        raw == body,
+        "reassembled byte-identical ({} vs {} bytes)",
+        raw.len(),
+        body.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redownload_after_a_crash_adds_nothing_and_is_acknowledged() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let body = bundle(4, 1_000);
+    let id = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "a.json", &body),
+    );
+    let hl7 = b"MSH|^~\\&|not a bundle".to_vec();
+    let bad = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "b.txt", &hl7),
+    );
+    let journal = journal(dir.path());
+    // What a crash after the commit and before the acknowledgement leaves:
+    // the rows in the journal, the messages still in the inbox.
+    for (control_id, raw, status) in [
+        (&id, &body, Status::Accepted),
+        (&bad, &hl7, Status::Rejected),
+    ] {
+        journal
+            .commit(vec![Incoming {
+                listener: SOURCE.into(),
+                peer: format!("mesh:{NEIGHBOUR}"),
+                received_at: jiff::Timestamp::now(),
+                sender: NEIGHBOUR.into(),
+                control_id: control_id.clone(),
+                message_type: "MESH^TEST_WORKFLOW".into(),
+                version: String::new(),
+                status,
+                ack_code: None,
+                ack: None,
+                error: None,
+                raw: raw.clone().into(),
+            }])
+            .await
+            .unwrap();
+    }
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default());
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.duplicates, summary.acknowledged, summary.accepted),
+        (2, 2, 0),
+        "{summary:?}"
+    );
+    assert!(mesh::inbox(&sandbox.url, JUNCTION).is_empty());
+    // Still one row each.
+    row(&journal, &id).await;
+    row(&journal, &bad).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_or_mesh_down_keep_messages_until_fixed() {
+    let mut sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let body = bundle(5, 1_000);
+    let id = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "a.json", &body),
+    );
+    let journal = journal(dir.path());
+
+    // Secrets from files, as the config names them; the password is wrong.
+    let password_file = write(dir.path(), "password", b"wrong-password\n");
+    let key_file = write(dir.path(), "key", SHARED_KEY.as_bytes());
+    let mut config = mailbox(&sandbox);
+    config.password_file = Some(password_file.clone());
+    config.shared_key_file = Some(key_file);
+    let source = junction::delivery::SourceConfig {
+        kind: junction::delivery::SourceKind::MeshInbox,
+        mailbox: "junction".into(),
+        poll_interval_secs: 60,
+    };
+    let mut inbox = MeshInbox::new(
+        SOURCE,
+        &source,
+        config,
+        journal.clone(),
+        EventBus::default(),
+        Arc::new(Metrics::new()),
+    );
+    let err = inbox
+        .poll_once(&CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MeshInboxError::List { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("mesh inbox `mesh_inbox`: cannot list the inbox: mesh refused the credentials of mailbox `X26ABC1`"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("wrong-password"),
+        "never shows the secret: {text}"
+    );
+    assert_eq!(
+        mesh::inbox(&sandbox.url, JUNCTION),
+        vec![id.clone()],
+        "nothing lost"
+    );
+    assert!(journal
+        .search(MessageQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The password is fixed in its file: the next poll reads it again.
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    // But MESH is down now: a clear, retryable error; still nothing lost.
+    sandbox.stop();
+    let err = inbox
+        .poll_once(&CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("mesh unavailable during inbox"),
+        "{err}"
+    );
+    sandbox.restart();
+    assert_eq!(
+        mesh::inbox(&sandbox.url, JUNCTION),
+        vec![id.clone()],
+        "nothing lost"
+    );
+
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.accepted, summary.acknowledged),
+        (1, 1),
+        "{summary:?}"
+    );
+    let (_, raw, _) = row(&journal, &id).await;
+    assert_eq!(raw, body);
+    assert!(mesh::inbox(&sandbox.url, JUNCTION).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_source_stops_between_messages() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let id = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "a.json", &bundle(6, 500)),
+    );
+    let journal = journal(dir.path());
+    let inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default());
+    let stop = CancellationToken::new();
+    stop.cancel();
+    // Cancelled before it starts: it lists, takes nothing, and returns.
+    tokio::time::timeout(Duration::from_secs(90), inbox.run(stop))
+        .await
+        .expect("run returns once stopped");
+    assert_eq!(mesh::inbox(&sandbox.url, JUNCTION), vec![id]);
+    assert!(journal
+        .search(MessageQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
