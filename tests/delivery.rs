@@ -388,6 +388,12 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     assert!(order.contains(&"P1-003".to_string()) && order.contains(&"P2-001".to_string()));
 
     // The unrouted message is kept and visible.
+    eventually(&engine, "the A08 recorded as unrouted", || {
+        json(&engine, "/api/messages?routing=unrouted")["messages"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    })
+    .await;
     let unrouted = json(&engine, "/api/messages?routing=unrouted");
     let unrouted = unrouted["messages"].as_array().unwrap();
     assert_eq!(unrouted.len(), 1, "{unrouted:?}");
