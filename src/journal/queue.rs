@@ -185,6 +185,9 @@ pub struct NewRouting {
 pub enum QueueOp {
     /// Record a routing outcome and queue its deliveries.
     Route(NewRouting),
+    /// Attempts at these pending deliveries are about to start: each one's
+    /// `attempts` goes up by one (so a crash mid-attempt is visible afterwards).
+    Start { ids: Vec<i64> },
     /// A pending delivery succeeded.
     Delivered {
         id: i64,
@@ -365,6 +368,16 @@ const LEAVE_PENDING: &str = "UPDATE deliveries
 fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlite::Error> {
     match op {
         QueueOp::Route(routing) => route(tx, routing),
+        QueueOp::Start { ids } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute([id])?;
+            }
+            Ok(QueueOutcome::Updated(n))
+        }
         QueueOp::Delivered {
             id,
             attempts,

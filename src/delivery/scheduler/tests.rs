@@ -444,3 +444,43 @@ async fn a_document_queued_too_long_is_dead_lettered_at_its_next_failure() {
         "{why}"
     );
 }
+
+/// A destination that never answers (a crash mid-attempt, as far as the queue knows).
+struct Hang;
+
+impl Deliver for Hang {
+    fn deliver<'a>(
+        &'a self,
+        _item: &'a DeliveryItem,
+    ) -> futures_util::future::BoxFuture<'a, Result<Delivered, DeliveryError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_short_is_counted_so_the_next_one_knows_it_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let ids = enqueue(&journal, &[("A1", "pa")], "sink").await;
+    let queue = start(&journal, vec![destination("sink", Arc::new(Hang))]);
+    let j = journal.clone();
+    let id = ids[0];
+    eventually("the attempt started", || {
+        let j = j.clone();
+        async move { j.delivery(id).await.unwrap().unwrap().attempts == 1 }
+    })
+    .await;
+    // The shutdown timeout abandons the attempt in flight: the row stays pending.
+    queue.stop(Duration::from_millis(200)).await;
+    let row = journal.delivery(id).await.unwrap().unwrap();
+    assert_eq!(row.status, DeliveryStatus::Pending);
+
+    let sink = Recorder::accepting();
+    let queue = start(&journal, vec![destination("sink", sink.clone())]);
+    wait_status(&journal, id, DeliveryStatus::Delivered).await;
+    queue.stop(Duration::from_secs(10)).await;
+    let calls = sink.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].attempt, 2, "the repeat after a cut-short attempt");
+    assert_eq!(journal.delivery(id).await.unwrap().unwrap().attempts, 2);
+}
