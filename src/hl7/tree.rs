@@ -99,14 +99,17 @@ const REP: u8 = 3;
 const FIELD: u8 = 4;
 const END: u8 = 5;
 
-/// Why building stopped early: the segment that cannot be read starts at
-/// `offset`, after `segments` good ones (MSH included).
+/// Why building stopped. The segments before the stop are all in the tree, so
+/// the bad one is segment `segment_count() + 1`. `BadLine` also covers trailing
+/// line endings, which `Message::parse` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
     /// Every byte was read.
     Complete,
-    /// A line that is not `NAME` + field separator. `consumed` is where the
-    /// last good segment ended (as `hl7-parser` counted it).
+    /// A line that is not `NAME` + field separator (or only line endings
+    /// left). `consumed` is where the last good segment ended, not counting
+    /// its `'\r'` — except right after MSH, where it does (this is how
+    /// `hl7-parser` counted, and the error messages depend on it).
     BadLine { consumed: usize },
     /// A second MSH at `offset`.
     SecondMsh { offset: usize },
