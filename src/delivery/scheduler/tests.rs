@@ -413,6 +413,16 @@ async fn a_restart_resumes_pending_deliveries() {
     let order = |c: &str| delivered.iter().position(|d| d == c).unwrap();
     assert!(order("A1") < order("A2"), "{delivered:?}");
     assert_eq!(delivered.len(), 3);
+    // Delivered rows keep their size, not their document.
+    let row = journal.delivery(ids[0]).await.unwrap().unwrap();
+    assert_eq!(row.size_bytes, "{\"doc\":\"A1\"}".len());
+    let conn = rusqlite::Connection::open(dir.path().join("journal.db")).unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT SUM(length(document)) FROM deliveries", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(kept, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
