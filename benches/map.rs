@@ -78,6 +78,11 @@ fn plan_for<'s>(set: &'s MappingSet, text: &str) -> &'s Plan {
         .expect("a shipped mapping for the sample")
 }
 
+fn document_of(text: &str, plan: &Plan) -> serde_json::Value {
+    let message = hl7::Message::parse(text).expect("sample parses");
+    plan.apply(&message).expect("maps").document
+}
+
 fn main() {
     let (set, samples) = setup();
     if let Ok(n) = std::env::var("JUNCTION_BENCH_ONCE") {
@@ -94,6 +99,13 @@ fn main() {
                     case(text, plan);
                 }
             }
+            let id = format!("{label}/document-clone");
+            if only.as_deref().is_none_or(|o| o == id) {
+                let document = document_of(text, plan);
+                for _ in 0..n {
+                    black_box(black_box(&document).clone());
+                }
+            }
         }
         return;
     }
@@ -105,6 +117,12 @@ fn main() {
         for (name, case) in CASES {
             group.bench_function(name, |b| b.iter(|| case(text, plan)));
         }
+        // The floor of any mapping that returns a `serde_json::Value`: allocating,
+        // filling and freeing a document of this shape, with no evaluation.
+        let document = document_of(text, plan);
+        group.bench_function("document-clone", |b| {
+            b.iter(|| black_box(black_box(&document).clone()))
+        });
         group.finish();
     }
     c.final_summary();

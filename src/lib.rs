@@ -4,16 +4,19 @@
 //! [`hl7`] core reads their header, the [`journal`] commits the raw bytes
 //! durably (group commit, one fsync shared by every connection waiting), and
 //! only then is the ACK written back. Mapping ([`mapping`]) turns a parsed
-//! message into a FHIR R4 transaction Bundle (the *document*). Routing,
-//! delivery queues, the record store and MESH build on these.
+//! message into a FHIR R4 transaction Bundle (the *document*). Behind the
+//! ACK, the delivery pipeline routes each journaled message ([`route`]), maps
+//! it and queues one document per destination in the journal; a scheduler
+//! per destination delivers them (retries, dead letters, order per patient,
+//! objections) to the record store, MESH, FHIR servers, MLLP or files.
 //!
 //! Module map:
 //! - [`hl7`]: pure parsing, paths, escapes, charsets, batches, ACK building.
 //! - [`mllp`]: MLLP framing codec, listener, client.
-//! - [`journal`]: durable intake (SQLite, WAL, group commit).
+//! - [`journal`]: durable intake and the delivery queue (SQLite, WAL, group commit).
 //! - [`store`]: the care-record store (versioned FHIR records, SQLite) and its reads.
 //! - [`mapping`]: declarative TOML mappings compiled to plans. Pure.
-//! - [`delivery`]: per-destination durable queue contract and destinations.
+//! - [`delivery`]: the queue contract, the pipeline, the schedulers and the destinations.
 //! - [`route`]: routes (`routes/*.toml`) choose a mapping and destinations. Pure.
 //! - [`source`]: documents from elsewhere than MLLP (the MESH inbox) into the journal.
 //! - [`config`]: loads `junction.toml`; diagnostics with file:line:col.

@@ -149,6 +149,18 @@ async fn send(engine: &Engine, messages: &[String]) {
     }
 }
 
+/// Runs the junction binary; (exit code, stdout).
+fn junction(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(args)
+        .output()
+        .expect("run junction");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 fn json(engine: &Engine, path: &str) -> Value {
     let (status, body) = engine.get(path);
     assert_eq!(status, 200, "GET {path}: {body}");
@@ -376,6 +388,12 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     assert!(order.contains(&"P1-003".to_string()) && order.contains(&"P2-001".to_string()));
 
     // The unrouted message is kept and visible.
+    eventually(&engine, "the A08 recorded as unrouted", || {
+        json(&engine, "/api/messages?routing=unrouted")["messages"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty())
+    })
+    .await;
     let unrouted = json(&engine, "/api/messages?routing=unrouted");
     let unrouted = unrouted["messages"].as_array().unwrap();
     assert_eq!(unrouted.len(), 1, "{unrouted:?}");
@@ -385,6 +403,41 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     assert_eq!(detail["routing"][0]["outcome"], "unrouted");
     assert_eq!(detail["deliveries"], serde_json::json!([]));
 
+    // The operations CLI shows the same.
+    let api = format!("http://{}", engine.api);
+    let (code, stdout) = junction(&["dead-letters", "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("P1-002") && stdout.contains("permanent error"),
+        "{stdout}"
+    );
+    let (code, stdout) = junction(&["queues", "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    let fhir_line = stdout
+        .lines()
+        .find(|l| l.starts_with("fhir "))
+        .unwrap_or_default();
+    assert!(fhir_line.contains("running"), "{stdout}");
+    let (code, stdout) = junction(&["replay", &id.to_string(), "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("unrouted"), "{stdout}");
+    // Bad requests get clear answers.
+    assert_eq!(engine.get("/api/deliveries?status=bogus").0, 400);
+    assert_eq!(
+        http_post(engine.api, "/api/deliveries/999999/retry")
+            .unwrap()
+            .0,
+        404
+    );
+    assert_eq!(
+        http_post(engine.api, "/api/messages/999999/replay")
+            .unwrap()
+            .0,
+        404
+    );
+    let (code, _) = junction(&["retry", "999999", "--api", &api]);
+    assert_eq!(code, 1);
+
     // Retrying a delivered row is refused; the dead letter, once fixed, is delivered.
     let delivered = json(&engine, "/api/deliveries?status=delivered&destination=fhir");
     let delivered_id = delivered["deliveries"][0]["id"].as_i64().unwrap();
@@ -393,9 +446,9 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     assert_eq!(status, 409);
     *fhir.refuse.lock().unwrap() = None;
     let dead_id = dead[0]["id"].as_i64().unwrap();
-    let (status, body) =
-        http_post(engine.api, &format!("/api/deliveries/{dead_id}/retry")).unwrap();
-    assert_eq!(status, 200, "{body}");
+    let (code, stdout) = junction(&["retry", &dead_id.to_string(), "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("queued again"), "{stdout}");
     eventually(&engine, "the retried dead letter delivered", || {
         queues(&engine).get("fhir") == Some(&(0, 4, 0))
     })

@@ -413,4 +413,27 @@ mod tests {
             "{line}"
         );
     }
+
+    #[test]
+    fn mesh_lines_name_source_sender_workflow_and_outcome() {
+        let event = Event::MeshReceived(MeshEvent {
+            source: "mesh_inbox".to_string(),
+            message_id: "20200529155357895317_3573F8".to_string(),
+            from: "X26ABC2".to_string(),
+            workflow_id: "TEST_WORKFLOW".to_string(),
+            outcome: "accepted".to_string(),
+            journal_id: 43,
+            size_bytes: 2048,
+            at: "2026-11-22T21:04:05.123Z".to_string(),
+        });
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""event":"MeshReceived""#), "{json}");
+        let line = render("MeshReceived", &json, false);
+        assert!(
+            line.ends_with(" MeshReceived mesh_inbox #43 MESH X26ABC2 TEST_WORKFLOW 20200529155357895317_3573F8 accepted 2048B"),
+            "{line}"
+        );
+        assert_eq!(event.listener(), Some("mesh_inbox"));
+        assert_eq!(event.name(), "MeshReceived");
+    }
 }

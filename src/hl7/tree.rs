@@ -99,14 +99,17 @@ const REP: u8 = 3;
 const FIELD: u8 = 4;
 const END: u8 = 5;
 
-/// Why building stopped early: the segment that cannot be read starts at
-/// `offset`, after `segments` good ones (MSH included).
+/// Why building stopped. The segments before the stop are all in the tree, so
+/// the bad one is segment `segment_count() + 1`. `BadLine` also covers trailing
+/// line endings, which `Message::parse` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
     /// Every byte was read.
     Complete,
-    /// A line that is not `NAME` + field separator. `consumed` is where the
-    /// last good segment ended (as `hl7-parser` counted it).
+    /// A line that is not `NAME` + field separator (or only line endings
+    /// left). `consumed` is where the last good segment ended, not counting
+    /// its `'\r'` — except right after MSH, where it does (this is how
+    /// `hl7-parser` counted, and the error messages depend on it).
     BadLine { consumed: usize },
     /// A second MSH at `offset`.
     SecondMsh { offset: usize },
@@ -728,8 +731,76 @@ mod tests {
             .collect())
     }
 
+    /// Every field, repetition and component as read with escapes decoded.
+    fn decoded_ours(text: &str) -> Vec<String> {
+        let Ok(m) = Message::parse(text) else {
+            return Vec::new();
+        };
+        let seps = *m.separators();
+        let mut out = Vec::new();
+        for s in m.segments() {
+            for (i, f) in s.fields().enumerate() {
+                if s.index() == 0 && i < 2 {
+                    continue;
+                }
+                out.push(f.text(&seps).into_owned());
+                for r in f.parts() {
+                    out.push(r.text(&seps).into_owned());
+                    for c in r.parts() {
+                        out.push(c.text(&seps).into_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The same from hl7-parser's tree, the way `field_text`, `repeat_text`
+    /// and `component_text` built it before: each subcomponent unescaped,
+    /// joined with the message's separators.
+    fn decoded_theirs(text: &str) -> Vec<String> {
+        let Ok(m) = Message::parse(text) else {
+            return Vec::new();
+        };
+        let seps = *m.separators();
+        let Ok(shape) = theirs(text) else {
+            return Vec::new();
+        };
+        let comp = |c: &Vec<String>| {
+            c.iter()
+                .map(|x| super::super::unescape(x, &seps).into_owned())
+                .collect::<Vec<_>>()
+                .join(&seps.subcomponent.to_string())
+        };
+        let rep = |r: &Vec<Vec<String>>| {
+            r.iter()
+                .map(comp)
+                .collect::<Vec<_>>()
+                .join(&seps.component.to_string())
+        };
+        let mut out = Vec::new();
+        for (_, fields) in &shape {
+            for f in fields {
+                out.push(
+                    f.iter()
+                        .map(rep)
+                        .collect::<Vec<_>>()
+                        .join(&seps.repetition.to_string()),
+                );
+                for r in f {
+                    out.push(rep(r));
+                    for c in r {
+                        out.push(comp(c));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn check(text: &str) {
         assert_eq!(ours(text), theirs(text), "{text:?}");
+        assert_eq!(decoded_ours(text), decoded_theirs(text), "{text:?}");
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - Among the `pending` rows of one (destination, patient key) exactly one
 //!   has `head = 1`: the lowest id. Only heads are handed out, so documents
 //!   of one patient reach one destination in the order they were queued.
+//! - A delivered row keeps its metadata, not its document (schema v3): the
+//!   document is in the destination and a replay makes it again.
 //! - Status changes are guarded by the status they expect (`pending` for an
 //!   attempt's outcome, `dead`/`withheld` for a retry): a stale update
 //!   changes nothing and reports 0 rows.
@@ -63,6 +65,15 @@ CREATE INDEX deliveries_line ON deliveries (destination, patient_key, id)
     WHERE status = 'pending';
 CREATE INDEX deliveries_message ON deliveries (message_id);
 CREATE INDEX deliveries_status ON deliveries (status, destination);
+";
+
+/// Schema version 3: a document is dropped once delivered (it is in the
+/// destination, and a replay makes it again from the raw message); its size
+/// is kept for the API.
+pub(super) const SCHEMA_V3: &str = "
+ALTER TABLE deliveries ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+UPDATE deliveries SET size = length(document);
+UPDATE deliveries SET document = X'' WHERE status = 'delivered';
 ";
 
 /// What routing made of one accepted message.
@@ -174,6 +185,9 @@ pub struct NewRouting {
 pub enum QueueOp {
     /// Record a routing outcome and queue its deliveries.
     Route(NewRouting),
+    /// Attempts at these pending deliveries are about to start: each one's
+    /// `attempts` goes up by one (so a crash mid-attempt is visible afterwards).
+    Start { ids: Vec<i64> },
     /// A pending delivery succeeded.
     Delivered {
         id: i64,
@@ -347,12 +361,23 @@ pub(super) fn apply(
 
 const LEAVE_PENDING: &str = "UPDATE deliveries
      SET status = ?2, head = 0, attempts = ?3, last_error = ?4, remote_ref = ?5,
-         delivered_at = ?6
+         delivered_at = ?6,
+         document = CASE WHEN ?2 = 'delivered' THEN X'' ELSE document END
      WHERE id = ?1 AND status = 'pending'";
 
 fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlite::Error> {
     match op {
         QueueOp::Route(routing) => route(tx, routing),
+        QueueOp::Start { ids } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute([id])?;
+            }
+            Ok(QueueOutcome::Updated(n))
+        }
         QueueOp::Delivered {
             id,
             attempts,
@@ -489,8 +514,9 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
     let mut insert = tx.prepare_cached(
         "INSERT INTO deliveries
          (message_id, routing_id, destination, mapping, routes, patient_key, nhs_numbers,
-          document, status, head, attempts, next_attempt_at, created_at, age_from, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, 0, ?10, ?10, ?10, ?11)",
+          document, status, head, attempts, next_attempt_at, created_at, age_from, last_error,
+          size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, 0, ?10, ?10, ?10, ?11, ?12)",
     )?;
     for d in &r.deliveries {
         let waiting: bool =
@@ -507,6 +533,8 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
             !waiting,
             r.at_ms,
             d.last_error,
+            // A document is far below i64::MAX bytes.
+            d.document.len() as i64,
         ])?;
         ids.push(tx.last_insert_rowid());
     }
@@ -706,7 +734,7 @@ pub(super) fn depths(conn: &Connection) -> Result<Vec<QueueDepth>, rusqlite::Err
 
 const DELIVERY_COLUMNS: &str = "d.id, d.message_id, d.routing_id, d.destination, d.mapping,
      d.routes, m.control_id, m.message_type, d.status, d.attempts, d.created_at,
-     d.next_attempt_at, d.last_error, d.remote_ref, d.delivered_at, length(d.document)";
+     d.next_attempt_at, d.last_error, d.remote_ref, d.delivered_at, d.size";
 
 fn delivery_row(row: &rusqlite::Row<'_>) -> Result<DeliveryRow, rusqlite::Error> {
     let routes: String = row.get(5)?;

@@ -20,8 +20,9 @@ use super::{
 use crate::telemetry::metrics::Metrics;
 
 /// The schema this build writes: version 1 (messages), version 2 (routing
-/// outcomes and the delivery queue, [`super::queue::SCHEMA_V2`]).
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// outcomes and the delivery queue, [`super::queue::SCHEMA_V2`]), version 3
+/// (delivered documents dropped, [`super::queue::SCHEMA_V3`]).
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -66,7 +67,7 @@ const SUMMARY_COLUMNS: &str =
 /// Opens the write connection: WAL, the sync policy, the current schema
 /// (see [`crate::db`]).
 pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, JournalError> {
-    let migrations = [SCHEMA_V1, super::queue::SCHEMA_V2];
+    let migrations = [SCHEMA_V1, super::queue::SCHEMA_V2, super::queue::SCHEMA_V3];
     debug_assert_eq!(migrations.len() as i64, SCHEMA_VERSION);
     db::open_writer_migrating(path, sync, &migrations).map_err(|problem| match problem {
         OpenProblem::Sqlite(source) => JournalError::Open {

@@ -362,7 +362,7 @@ async fn a_version_1_journal_is_upgraded_in_place_and_keeps_its_messages() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     // The old message is there, not yet routed: the pipeline will take it.
     assert_eq!(journal.routing_cursor().await.unwrap(), 0);
     let pending = journal.accepted_after(0, 10).await.unwrap();
@@ -374,4 +374,44 @@ async fn a_version_1_journal_is_upgraded_in_place_and_keeps_its_messages() {
     let journal = Journal::open(&cfg).unwrap();
     assert_eq!(journal.accepted_after(0, 10).await.unwrap().len(), 1);
     assert!(journal.queue_depths().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_version_2_queue_gets_sizes_and_drops_delivered_documents_on_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    std::fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    {
+        let conn = crate::db::open_writer_migrating(
+            &cfg.path,
+            cfg.sync,
+            &[sqlite::SCHEMA_V1, queue::SCHEMA_V2],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO messages (id, listener, peer, received_at, sender, control_id,
+             message_type, version, status, raw, size)
+             VALUES (1, 'pas', 'p', 't', 'S', 'C1', 'ADT^A01', '2.4', 'accepted', X'00', 1);
+             INSERT INTO routings (message_id, outcome, routes, routed_at)
+             VALUES (1, 'routed', '[]', 0);
+             INSERT INTO deliveries (id, message_id, routing_id, destination, mapping, routes,
+               patient_key, nhs_numbers, document, status, next_attempt_at, created_at, age_from)
+             VALUES (1, 1, 1, 'a', 'm', '[]', 'p', '', X'0102030405', 'delivered', 0, 0, 0),
+                    (2, 1, 1, 'b', 'm', '[]', 'p', '', X'010203', 'pending', 0, 0, 0);",
+        )
+        .unwrap();
+    }
+    let journal = Journal::open(&cfg).unwrap();
+    let delivered = journal.delivery(1).await.unwrap().unwrap();
+    let pending = journal.delivery(2).await.unwrap().unwrap();
+    assert_eq!((delivered.size_bytes, pending.size_bytes), (5, 3));
+    let conn = rusqlite::Connection::open(&cfg.path).unwrap();
+    let lengths: Vec<i64> = conn
+        .prepare("SELECT length(document) FROM deliveries ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lengths, vec![0, 3]);
 }

@@ -12,6 +12,7 @@
 //!   resolved table indices.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,34 @@ use super::expr::{self, Cond, Expr, ExprError, Resolver, Stage, Term};
 use super::transform::{self, Transform};
 use super::{MappingError, Plan, TestCase};
 
+/// A lookup table: keys are short codes, looked up on every message, so they
+/// are hashed with FNV-1a rather than the (DoS-resistant, slower) default.
+/// The table's keys come from the mapping file, not from the network: a key
+/// read from a message is only looked up, so it cannot make the table degrade.
+pub(crate) type Table = HashMap<String, Value, BuildHasherDefault<Fnv1a>>;
+
+/// The FNV-1a 64-bit hash.
+#[derive(Debug)]
+pub(crate) struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// The compiled content of one mapping file.
 #[derive(Debug)]
 pub(crate) struct PlanInner {
@@ -32,7 +61,7 @@ pub(crate) struct PlanInner {
     /// `[mapping] ignore`: fields (`PID-1`) or segments (`ZPI`) deliberately not
     /// mapped, left out of the unread report.
     pub ignore: Vec<(String, Option<usize>)>,
-    pub tables: Vec<HashMap<String, Value>>,
+    pub tables: Vec<Table>,
     pub macros: Vec<Expr>,
     /// What each macro's value depends on, for caching it during one apply.
     pub macro_deps: Vec<MacroDeps>,
@@ -135,7 +164,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
                     for (tk, tv) in sorted(t) {
                         let tname = tk.get_ref().to_string();
                         if let Some(tt) = c.table(tv, &format!("tables.{tname}")) {
-                            let mut map = HashMap::new();
+                            let mut map = Table::default();
                             for (ek, ev) in sorted(tt) {
                                 if let Some(j) = c.literal(ev) {
                                     map.insert(ek.get_ref().to_string(), j);

@@ -7,6 +7,8 @@
 //! - Only codes FHIR accepts are emitted for coded elements (`use`, `system`);
 //!   anything unknown is left out rather than guessed.
 
+use std::borrow::Cow;
+
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
 
@@ -306,8 +308,12 @@ fn coding(code: &str, display: &str, system: &str) -> Option<Value> {
 }
 
 /// The FHIR system URI of an HL7 v2 coding system name (table 0396), or "" when unknown.
-pub(crate) fn coding_system(name: &str) -> String {
-    let upper = name.trim_fast().to_ascii_uppercase();
+pub(crate) fn coding_system(name: &str) -> Cow<'static, str> {
+    let name = name.trim_fast();
+    if name.is_empty() {
+        return Cow::Borrowed("");
+    }
+    let upper = name.to_ascii_uppercase();
     let s = match upper.as_str() {
         "SCT" | "SNOMED" | "SNOMEDCT" | "SNOMED-CT" | "SNOMED CT" | "SCT2" => {
             "http://snomed.info/sct"
@@ -321,13 +327,13 @@ pub(crate) fn coding_system(name: &str) -> String {
         _ => {
             if let Some(table) = upper.strip_prefix("HL7") {
                 if table.len() == 4 && table.bytes().all(|b| b.is_ascii_digit()) {
-                    return format!("http://terminology.hl7.org/CodeSystem/v2-{table}");
+                    return Cow::Owned(format!("http://terminology.hl7.org/CodeSystem/v2-{table}"));
                 }
             }
             ""
         }
     };
-    s.to_string()
+    Cow::Borrowed(s)
 }
 
 fn name_use(code: &str) -> &'static str {

@@ -119,10 +119,28 @@ pub(crate) fn trim_cow(c: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-/// A segment's name (as bytes) equals `name`.
+/// A segment's name (as bytes) equals `name` (compared byte by byte: no
+/// `memcmp` call for three bytes).
 #[inline]
 fn same_bytes(a: [u8; 3], name: &str) -> bool {
-    name.as_bytes() == a
+    matches!(name.as_bytes(), [x, y, z] if *x == a[0] && *y == a[1] && *z == a[2])
+}
+
+/// Appends `n` in decimal (what `n.to_string()` gives, without the formatter).
+fn push_number(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// `str::trim` with a fast path: text that starts and ends with a visible
@@ -302,18 +320,26 @@ impl<'a> Ctx<'a> {
         self.message.segment(i)
     }
 
-    fn seg_name(&self, i: usize) -> String {
-        let name = self.segment(i).map(|s| s.name()).unwrap_or("?");
-        match self.occurrence.get(i) {
-            Some((n, true)) => format!("{name}[{n}]"),
-            _ => name.to_string(),
+    /// `PID`, or `OBX[3]` when the segment repeats, appended to `out`.
+    fn push_seg_name(&self, out: &mut String, i: usize) {
+        out.push_str(self.segment(i).map(|s| s.name()).unwrap_or("?"));
+        if let Some((n, true)) = self.occurrence.get(i) {
+            out.push('[');
+            push_number(out, *n as usize);
+            out.push(']');
         }
     }
 
+    /// `PID-3`, `OBX[2]-5[2]`.
     fn loc_name(&self, l: Loc) -> String {
-        let mut s = format!("{}-{}", self.seg_name(l.seg as usize), l.field);
+        let mut s = String::with_capacity(16);
+        self.push_seg_name(&mut s, l.seg as usize);
+        s.push('-');
+        push_number(&mut s, l.field as usize);
         if l.rep > 1 {
-            s.push_str(&format!("[{}]", l.rep));
+            s.push('[');
+            push_number(&mut s, l.rep as usize);
+            s.push(']');
         }
         s
     }
@@ -350,7 +376,11 @@ impl<'a> Ctx<'a> {
                 if f.is_empty() || f.raw() == "\"\"" {
                     continue;
                 }
-                out.push(format!("{}-{n}", self.seg_name(i)));
+                let mut name = String::with_capacity(12);
+                self.push_seg_name(&mut name, i);
+                name.push('-');
+                push_number(&mut name, n);
+                out.push(name);
             }
         }
         out
@@ -402,7 +432,10 @@ impl<'a> Ctx<'a> {
                 return;
             }
             let mut body = ctx.object_fields(&r.body, sc);
-            let url = format!("{}/{}", r.kind, id);
+            let mut url = String::with_capacity(r.kind.len() + 1 + id.len());
+            url.push_str(&r.kind);
+            url.push('/');
+            url.push_str(id);
             if !seen.insert(url.clone()) {
                 return;
             }
@@ -412,7 +445,10 @@ impl<'a> Ctx<'a> {
             request.insert("method".into(), Value::String("PUT".into()));
             request.insert("url".into(), Value::String(url));
             let mut entry = Map::new();
-            entry.insert("fullUrl".into(), Value::String(format!("urn:uuid:{id}")));
+            let mut full_url = String::with_capacity(9 + id.len());
+            full_url.push_str("urn:uuid:");
+            full_url.push_str(id);
+            entry.insert("fullUrl".into(), Value::String(full_url));
             entry.insert("resource".into(), Value::Object(body));
             entry.insert("request".into(), Value::Object(request));
             entries.push(Value::Object(entry));
@@ -709,7 +745,11 @@ impl<'a> Ctx<'a> {
     fn term(&mut self, t: &'a Term, scope: &Scope<'_, 'a>, loc: &mut Option<Loc>) -> Val<'a> {
         match t {
             Term::Literal(s) => Val::Text(Cow::Borrowed(s.as_str())),
-            Term::Position => Val::Text(Cow::Owned(scope.position.to_string())),
+            Term::Position => {
+                let mut s = String::with_capacity(4);
+                push_number(&mut s, scope.position);
+                Val::Text(Cow::Owned(s))
+            }
             Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => {
                 let mut out = String::new();
@@ -1084,5 +1124,47 @@ fn matches_at(document: &Value, fragment: &Value) -> bool {
         (Value::Array(d), f) => d.iter().any(|dv| matches_at(dv, f)),
         (Value::Number(a), Value::Number(b)) => a == b || a.as_f64() == b.as_f64(),
         (d, f) => d == f,
+    }
+}
+
+#[cfg(test)]
+mod helper_tests {
+    use super::{push_number, TrimFast};
+
+    fn check_number(n: usize) {
+        let mut s = String::from("x");
+        push_number(&mut s, n);
+        assert_eq!(s, format!("x{n}"));
+    }
+
+    fn check_trim(s: &str) {
+        assert_eq!(s.trim_fast(), s.trim(), "{s:?}");
+    }
+
+    #[test]
+    fn numbers_as_to_string() {
+        for n in [0, 1, 9, 10, 99, 100, 12345, usize::MAX] {
+            check_number(n);
+        }
+    }
+
+    #[test]
+    fn trim_fast_is_trim() {
+        for s in [
+            "",
+            " ",
+            "a",
+            " a",
+            "a ",
+            "\ta\t",
+            "é",
+            " é ",
+            "a\u{3000}",
+            "\u{a0}a",
+            "a b",
+            "\"\"",
+        ] {
+            check_trim(s);
+        }
     }
 }

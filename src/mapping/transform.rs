@@ -181,7 +181,7 @@ pub(crate) fn uuid5(kind: &str, value: &str) -> String {
         uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
     };
     let mut buf = uuid::Uuid::encode_buffer();
-    id.hyphenated().encode_lower(&mut buf).to_string()
+    String::from(&*id.hyphenated().encode_lower(&mut buf))
 }
 
 /// The NHS number in `s` (spaces and hyphens ignored) if it is 10 digits and passes

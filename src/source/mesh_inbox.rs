@@ -1,8 +1,9 @@
 //! The MESH inbox source: polls a MESH mailbox, journals what it downloads,
 //! then acknowledges it.
 //!
-//! Every `poll_interval_secs` (and once at start) [`MeshInbox::poll_once`]
-//! lists the inbox (every page), and for each message in turn downloads it
+//! Every `poll_interval_secs` (and once at start; at once again after a poll
+//! that listed a full page) [`MeshInbox::poll_once`] lists the inbox (every
+//! page), and for each message in turn downloads it
 //! (every chunk, gunzipped), commits one journal row and, only after the
 //! commit, acknowledges it in MESH:
 //!
@@ -183,6 +184,9 @@ enum ClientSource {
 pub struct MeshInbox {
     id: String,
     poll_interval: Duration,
+    /// Ids asked for per inbox page: a poll that lists at least this many
+    /// may have left more behind, so the next one starts at once.
+    page_size: usize,
     source: ClientSource,
     client: Option<Arc<MeshClient>>,
     last_handshake: Option<std::time::Instant>,
@@ -206,6 +210,7 @@ impl MeshInbox {
         MeshInbox {
             id: id.to_string(),
             poll_interval: Duration::from_secs(config.poll_interval_secs.max(1)),
+            page_size: usize::try_from(mailbox.inbox_page_size).unwrap_or(usize::MAX),
             source: ClientSource::Config(Box::new(mailbox)),
             client: None,
             last_handshake: None,
@@ -227,6 +232,8 @@ impl MeshInbox {
         MeshInbox {
             id: id.to_string(),
             poll_interval: poll_interval.max(Duration::from_millis(1)),
+            page_size: usize::try_from(MeshMailboxConfig::new("", "").inbox_page_size)
+                .unwrap_or(usize::MAX),
             source: ClientSource::Fixed(Arc::clone(&client)),
             client: Some(client),
             last_handshake: None,
@@ -246,8 +253,12 @@ impl MeshInbox {
     pub async fn run(mut self, stop: CancellationToken) {
         info!(source = %self.id, poll_interval_secs = self.poll_interval.as_secs(), "mesh inbox source started");
         loop {
+            let mut again = false;
             match self.poll_once(&stop).await {
                 Ok(summary) => {
+                    // A full page may mean more are waiting (MESH's advice:
+                    // poll again at once while pages come back full).
+                    again = summary.listed >= self.page_size && summary.acknowledged > 0;
                     if summary.listed > 0 {
                         info!(source = %self.id, listed = summary.listed, accepted = summary.accepted,
                             duplicates = summary.duplicates, rejected = summary.rejected,
@@ -261,6 +272,12 @@ impl MeshInbox {
                     error!(source = %self.id, error = %err, retry_in_secs = self.poll_interval.as_secs(),
                         "mesh inbox poll failed; retrying at the next poll");
                 }
+            }
+            if stop.is_cancelled() {
+                break;
+            }
+            if again {
+                continue;
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
