@@ -135,6 +135,11 @@ impl DeliveryHandle {
         &self.destinations
     }
 
+    /// The routes the pipeline routes by.
+    pub fn routes(&self) -> &crate::route::RouteSet {
+        self.shared.router.routes()
+    }
+
     /// Depths per destination (every configured one, plus any with rows).
     pub async fn queues(&self) -> Result<Vec<QueueSummary>, QueueError> {
         let depths = self.shared.journal.queue_depths().await?;
