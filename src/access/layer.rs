@@ -4,13 +4,15 @@
 //! Which rule applies is decided from the request path alone, before any
 //! route is matched, so a route added later is covered without touching
 //! this file:
-//! - `/health`, `/ready`, `/metrics`: open.
+//! - `/health`, `/ready`, `/metrics`, and the dashboard page itself (`/`,
+//!   `/dashboard.js`, `/dashboard.css`: static, no data; its data calls go
+//!   to `/api` like any other client's): open.
 //! - `/fhir` and `/fhir/...`: a `clinical` token; 401 (with
 //!   `WWW-Authenticate: Bearer` and an OperationOutcome) when it is missing
 //!   or not valid, 403 for an `ops` token. Every request, allowed or
 //!   refused, gets an audit row before its answer goes out.
 //! - `/api/audit...`: an `ops` token, always.
-//! - everything else (`/api/...`, the dashboard, unknown paths): an `ops`
+//! - everything else (`/api/...`, unknown paths): an `ops`
 //!   token, unless operations are open (the server is bound to loopback).
 //!
 //! # Invariants
@@ -59,6 +61,8 @@ pub fn area(path: &str) -> Area {
     };
     match path {
         "/health" | "/ready" | "/metrics" => Area::Open,
+        // The dashboard's static page, script and style: no data in them.
+        "/" | "/dashboard.js" | "/dashboard.css" => Area::Open,
         _ if under("/fhir") => Area::Fhir,
         _ => Area::Operations {
             always_token: under("/api/audit"),
@@ -292,8 +296,10 @@ mod tests {
                     always_token: false,
                 },
             ),
+            ("/", Area::Open),
+            ("/dashboard.js", Area::Open),
             (
-                "/",
+                "/dashboard.jsx",
                 Area::Operations {
                     always_token: false,
                 },

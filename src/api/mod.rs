@@ -18,6 +18,7 @@
 //! - `/fhir/...`: FHIR reads of the record store (see [`fhir`]).
 //! - Delivery operations (queues, deliveries, dead letters, retry, replay):
 //!   see [`delivery`].
+//! - `GET /` (the ops dashboard) and `GET /api/routes`: see [`dashboard`].
 //!
 //! Errors are JSON `{"error":"..."}` with 400 (bad query or id), 404 (no such
 //! message) or 500 (the journal failed; the details go to the log).
@@ -34,6 +35,7 @@
 //!   operations (retry, replay); everything else only reads.
 //! - Logs name the route and outcome, never message content.
 
+mod dashboard;
 mod delivery;
 pub mod events;
 pub mod fhir;
@@ -154,11 +156,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/replay", post(delivery::replay))
         .route("/api/queues", get(delivery::queues))
+        .route(
+            "/api/queues/{destination}/retry",
+            post(delivery::retry_pending),
+        )
         .route("/api/deliveries", get(delivery::deliveries))
         .route("/api/deliveries/{id}/retry", post(delivery::retry))
         .route("/api/dead-letters", get(delivery::dead_letters))
         .route("/api/dead-letters/retry", post(delivery::retry_dead))
         .route("/api/events", get(events::stream))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(state)
         .merge(fhir::router(access.store().clone()))

@@ -112,6 +112,11 @@ impl Router {
         }
     }
 
+    /// The routes loaded at start (for `GET /api/routes`).
+    pub fn routes(&self) -> &RouteSet {
+        &self.routes
+    }
+
     /// Marks a destination as unable to deliver (its rows are still queued,
     /// with `reason` as their last error).
     pub fn set_unavailable(&mut self, destination: &str, reason: String) {

@@ -21,6 +21,9 @@
 //! # Invariants
 //! - At least once: an attempt's outcome is written only after the attempt;
 //!   a crash in between leaves the row pending and it is tried again.
+//! - An attempt is counted (`attempts`) before it is made, so the attempt
+//!   after a crash carries a number above 1 and a destination that must not
+//!   blindly repeat (MESH: check tracking by local id first) knows it.
 //! - Never two rows of one patient in flight to one destination.
 //! - On stop no new row is taken; rows in flight finish (the engine bounds
 //!   the wait by `shutdown_timeout_secs`; an abandoned row stays pending).
@@ -179,13 +182,38 @@ pub(crate) async fn run(
             {
                 Ok(rows) => {
                     let busy: BTreeSet<String> = in_flight.values().cloned().collect();
+                    let mut take = Vec::new();
                     for row in rows {
-                        if in_flight.len() >= concurrency {
+                        if in_flight.len() + take.len() >= concurrency {
                             break;
                         }
-                        if in_flight.contains_key(&row.id) || busy.contains(&row.patient_key) {
+                        let twice = take
+                            .iter()
+                            .any(|r: &DueDelivery| r.patient_key == row.patient_key);
+                        if in_flight.contains_key(&row.id)
+                            || busy.contains(&row.patient_key)
+                            || twice
+                        {
                             continue;
                         }
+                        take.push(row);
+                    }
+                    // Count the attempts as started before making them, so that
+                    // after a crash mid-attempt the next one knows it is a repeat
+                    // (MESH checks tracking before sending again).
+                    if !take.is_empty() {
+                        let ids = take.iter().map(|r| r.id).collect();
+                        if let Err(err) = shared
+                            .journal
+                            .queue_write(vec![QueueOp::Start { ids }])
+                            .await
+                        {
+                            tracing::error!(destination = %dest.id, error = %err, "cannot record attempts as started");
+                            take.clear();
+                            failed_read = true;
+                        }
+                    }
+                    for row in take {
                         in_flight.insert(row.id, row.patient_key.clone());
                         let shared = Arc::clone(&shared);
                         let dest = Arc::clone(&dest);

@@ -185,6 +185,9 @@ pub struct NewRouting {
 pub enum QueueOp {
     /// Record a routing outcome and queue its deliveries.
     Route(NewRouting),
+    /// Attempts at these pending deliveries are about to start: each one's
+    /// `attempts` goes up by one (so a crash mid-attempt is visible afterwards).
+    Start { ids: Vec<i64> },
     /// A pending delivery succeeded.
     Delivered {
         id: i64,
@@ -211,6 +214,13 @@ pub enum QueueOp {
     /// A dead (or withheld) delivery is queued again, due now, with its
     /// attempts and age reset.
     Retry { id: i64, now_ms: i64 },
+    /// Pending deliveries (one, or every one of a destination) due now; their
+    /// attempts and age are kept.
+    DueNow {
+        destination: String,
+        id: Option<i64>,
+        now_ms: i64,
+    },
     /// Every dead delivery (of one destination, or of all) queued again.
     RetryDead {
         destination: Option<String>,
@@ -365,6 +375,16 @@ const LEAVE_PENDING: &str = "UPDATE deliveries
 fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlite::Error> {
     match op {
         QueueOp::Route(routing) => route(tx, routing),
+        QueueOp::Start { ids } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            let mut n = 0;
+            for id in ids {
+                n += stmt.execute([id])?;
+            }
+            Ok(QueueOutcome::Updated(n))
+        }
         QueueOp::Delivered {
             id,
             attempts,
@@ -466,6 +486,19 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
             for (destination, patient_key) in &unique {
                 fix_head(tx, destination, patient_key)?;
             }
+            Ok(QueueOutcome::Updated(n))
+        }
+        QueueOp::DueNow {
+            destination,
+            id,
+            now_ms,
+        } => {
+            let n = tx.execute(
+                "UPDATE deliveries SET next_attempt_at = ?3
+                 WHERE destination = ?1 AND status = 'pending' AND (?2 IS NULL OR id = ?2)
+                   AND next_attempt_at > ?3",
+                params![destination, id, now_ms],
+            )?;
             Ok(QueueOutcome::Updated(n))
         }
         QueueOp::NoteUnavailable { destination, error } => {

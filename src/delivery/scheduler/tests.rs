@@ -444,3 +444,95 @@ async fn a_document_queued_too_long_is_dead_lettered_at_its_next_failure() {
         "{why}"
     );
 }
+
+/// A destination that never answers (a crash mid-attempt, as far as the queue knows).
+struct Hang;
+
+impl Deliver for Hang {
+    fn deliver<'a>(
+        &'a self,
+        _item: &'a DeliveryItem,
+    ) -> futures_util::future::BoxFuture<'a, Result<Delivered, DeliveryError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_short_is_counted_so_the_next_one_knows_it_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let ids = enqueue(&journal, &[("A1", "pa")], "sink").await;
+    let queue = start(&journal, vec![destination("sink", Arc::new(Hang))]);
+    let j = journal.clone();
+    let id = ids[0];
+    eventually("the attempt started", || {
+        let j = j.clone();
+        async move { j.delivery(id).await.unwrap().unwrap().attempts == 1 }
+    })
+    .await;
+    // The shutdown timeout abandons the attempt in flight: the row stays pending.
+    queue.stop(Duration::from_millis(200)).await;
+    let row = journal.delivery(id).await.unwrap().unwrap();
+    assert_eq!(row.status, DeliveryStatus::Pending);
+
+    let sink = Recorder::accepting();
+    let queue = start(&journal, vec![destination("sink", sink.clone())]);
+    wait_status(&journal, id, DeliveryStatus::Delivered).await;
+    queue.stop(Duration::from_secs(10)).await;
+    let calls = sink.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].attempt, 2, "the repeat after a cut-short attempt");
+    assert_eq!(journal.delivery(id).await.unwrap().unwrap().attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_can_be_made_due_at_once_when_the_destination_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&up);
+    let sink = Recorder::new(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Ok(Delivered::default())
+        } else {
+            Err(DeliveryError::retry("HTTP 503"))
+        }
+    });
+    let ids = enqueue(
+        &journal,
+        &[("A1", "pa"), ("B1", "pb"), ("C1", "pc")],
+        "sink",
+    )
+    .await;
+    let mut dest = destination("sink", sink.clone());
+    // A backoff far longer than this test may take.
+    dest.policy.backoff_initial_ms = 3_600_000;
+    dest.policy.backoff_max_ms = 3_600_000;
+    let queue = start(&journal, vec![dest]);
+    let handle = queue.handle();
+    for id in &ids {
+        let j = journal.clone();
+        let id = *id;
+        eventually("a first failed attempt", || {
+            let j = j.clone();
+            async move {
+                let row = j.delivery(id).await.unwrap().unwrap();
+                row.attempts == 1 && row.last_error.is_some()
+            }
+        })
+        .await;
+    }
+    up.store(true, Ordering::SeqCst);
+    // One row by id, the others by destination.
+    let row = handle.retry(ids[0]).await.unwrap();
+    assert_eq!(row.attempts, 1, "attempts are kept: {row:?}");
+    wait_status(&journal, ids[0], DeliveryStatus::Delivered).await;
+    assert_eq!(handle.retry_pending("sink".to_string()).await.unwrap(), 2);
+    wait_status(&journal, ids[1], DeliveryStatus::Delivered).await;
+    wait_status(&journal, ids[2], DeliveryStatus::Delivered).await;
+    assert!(matches!(
+        handle.retry(ids[0]).await,
+        Err(crate::delivery::queue::QueueError::NotRetryable { .. })
+    ));
+    queue.stop(Duration::from_secs(10)).await;
+}
