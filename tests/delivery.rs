@@ -271,6 +271,17 @@ async fn a_fhir_server_that_is_down_keeps_documents_queued_then_gets_them_in_ord
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 12);
 
     fhir.down.store(false, Ordering::SeqCst);
+    // Ops cut the backoff short once the server is back.
+    let (code, stdout) = junction(&[
+        "retry",
+        "--now",
+        "--destination",
+        "fhir",
+        "--api",
+        &format!("http://{}", engine.api),
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("pending deliveries due now"), "{stdout}");
     eventually(
         &engine,
         "every document delivered to the FHIR server",

@@ -7,7 +7,10 @@
 //!   first, as `{"deliveries":[...]}` (never the document itself).
 //! - `GET /api/dead-letters?destination=&limit=`: the dead deliveries.
 //! - `POST /api/deliveries/{id}/retry`: a dead (or withheld) delivery queued
-//!   again, due now, attempts reset; 409 when it is not dead or withheld.
+//!   again, due now, attempts reset; a pending one made due now (its backoff
+//!   cut short); 409 when it was delivered.
+//! - `POST /api/queues/{destination}/retry`: every pending delivery of a
+//!   destination due now: `{"due_now": n}` (after the destination is back).
 //! - `POST /api/dead-letters/retry?destination=`: every dead delivery (of
 //!   one destination) queued again: `{"retried": n}`.
 //! - `POST /api/messages/{id}/replay`: routes and maps an accepted message
@@ -178,4 +181,26 @@ pub(super) async fn replay(
 ) -> Result<Json<Replayed>, ApiError> {
     let id = id(path, "message")?;
     Ok(Json(running(&state)?.replay(id).await?))
+}
+
+#[derive(Serialize)]
+pub(super) struct DueNow {
+    due_now: usize,
+}
+
+pub(super) async fn retry_pending(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<DueNow>, ApiError> {
+    let Path(destination) = path.map_err(|rejection| {
+        ApiError::BadRequest(format!("invalid destination: {}", rejection.body_text()))
+    })?;
+    let handle = running(&state)?;
+    if !handle.destinations().iter().any(|d| d.id == destination) {
+        return Err(ApiError::NotFound(format!(
+            "no destination `{destination}` in [destinations]"
+        )));
+    }
+    let due_now = handle.retry_pending(destination).await?;
+    Ok(Json(DueNow { due_now }))
 }

@@ -156,6 +156,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/messages/{id}", get(get_message))
         .route("/api/messages/{id}/replay", post(delivery::replay))
         .route("/api/queues", get(delivery::queues))
+        .route(
+            "/api/queues/{destination}/retry",
+            post(delivery::retry_pending),
+        )
         .route("/api/deliveries", get(delivery::deliveries))
         .route("/api/deliveries/{id}/retry", post(delivery::retry))
         .route("/api/dead-letters", get(delivery::dead_letters))

@@ -1,7 +1,10 @@
-//! `junction retry <delivery-id>` or `junction retry --dead [--destination D]`:
-//! queues a dead (or withheld) delivery again, due now with its attempts
-//! reset (`POST /api/deliveries/{id}/retry`), or every dead delivery of one
-//! destination or of all (`POST /api/dead-letters/retry`).
+//! `junction retry <delivery-id>`, `junction retry --dead [--destination D]` or
+//! `junction retry --now --destination D`: queues a dead (or withheld)
+//! delivery again, due now with its attempts reset, or cuts a pending one's
+//! backoff short (`POST /api/deliveries/{id}/retry`); every dead delivery of
+//! one destination or of all (`POST /api/dead-letters/retry`); every pending
+//! delivery of a destination due now, e.g. once it is back
+//! (`POST /api/queues/{destination}/retry`).
 //!
 //! Exit codes: 0 queued again; 1 the engine refused (no such delivery, not
 //! dead); 2 it could not be reached or the arguments are wrong.
@@ -18,15 +21,18 @@ pub struct RetryArgs {
     /// The delivery to retry (an id from `junction dead-letters`).
     #[arg(
         value_name = "DELIVERY-ID",
-        required_unless_present = "dead",
-        conflicts_with = "dead"
+        required_unless_present_any = ["dead", "now"],
+        conflicts_with_all = ["dead", "now"]
     )]
     pub id: Option<i64>,
     /// Retry every dead letter (of `--destination`, or of all destinations).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "now")]
     pub dead: bool,
-    /// With --dead: only this destination's dead letters.
-    #[arg(long, value_name = "ID", requires = "dead")]
+    /// Make every pending delivery of `--destination` due now (skip the backoff).
+    #[arg(long, requires = "destination")]
+    pub now: bool,
+    /// With --dead: only this destination's dead letters. With --now: the destination.
+    #[arg(long, value_name = "ID", conflicts_with = "id")]
     pub destination: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
@@ -34,6 +40,15 @@ pub struct RetryArgs {
 
 pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     let answer = match args.id {
+        None if args.now => call(
+            &args.api.api,
+            reqwest::Method::POST,
+            &format!(
+                "/api/queues/{}/retry",
+                args.destination.as_deref().unwrap_or_default()
+            ),
+            &[],
+        )?,
         Some(id) => call(
             &args.api.api,
             reqwest::Method::POST,
@@ -62,9 +77,11 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
         println!("{}", answer.body);
         return Ok(ExitCode::SUCCESS);
     }
-    match answer.body.get("retried").and_then(Value::as_u64) {
-        Some(n) => println!("{n} dead letter(s) queued again"),
-        None => {
+    let count = |key| answer.body.get(key).and_then(Value::as_u64);
+    match (count("retried"), count("due_now")) {
+        (Some(n), _) => println!("{n} dead letter(s) queued again"),
+        (_, Some(n)) => println!("{n} pending deliveries due now"),
+        _ => {
             println!("queued again:");
             println!("{}", table(HEADER, &[row(&answer.body)]));
         }

@@ -45,8 +45,8 @@ pub enum QueueError {
     NoMessage(i64),
     #[error("no delivery with id {0}")]
     NoDelivery(i64),
-    #[error("delivery {id} is {status}; only dead or withheld deliveries can be retried")]
-    NotRetryable { id: i64, status: &'static str },
+    #[error("delivery {id} is delivered; replay its message to send it again")]
+    NotRetryable { id: i64 },
 }
 
 /// What the pipeline, the schedulers and the API share.
@@ -195,7 +195,8 @@ impl DeliveryHandle {
         Ok(out.into_values().collect())
     }
 
-    /// Queues a dead (or withheld) delivery again, due now.
+    /// Queues a dead (or withheld) delivery again, due now with its attempts
+    /// reset; a pending one waiting for its backoff is made due now.
     pub async fn retry(&self, id: i64) -> Result<DeliveryRow, QueueError> {
         let row = self
             .shared
@@ -203,19 +204,17 @@ impl DeliveryHandle {
             .delivery(id)
             .await?
             .ok_or(QueueError::NoDelivery(id))?;
-        if !matches!(row.status, DeliveryStatus::Dead | DeliveryStatus::Withheld) {
-            return Err(QueueError::NotRetryable {
-                id,
-                status: row.status.as_str(),
-            });
-        }
-        self.shared
-            .journal
-            .queue_write(vec![QueueOp::Retry {
-                id,
-                now_ms: now_ms(),
-            }])
-            .await?;
+        let now_ms = now_ms();
+        let op = match row.status {
+            DeliveryStatus::Dead | DeliveryStatus::Withheld => QueueOp::Retry { id, now_ms },
+            DeliveryStatus::Pending => QueueOp::DueNow {
+                destination: row.destination.clone(),
+                id: Some(id),
+                now_ms,
+            },
+            DeliveryStatus::Delivered => return Err(QueueError::NotRetryable { id }),
+        };
+        self.shared.journal.queue_write(vec![op]).await?;
         tracing::info!(delivery_id = id, destination = %row.destination, "delivery retried by hand");
         self.shared.wake(&row.destination);
         self.shared
@@ -248,6 +247,28 @@ impl DeliveryHandle {
             Some(d) => self.shared.wake(&d),
             None => self.shared.wakers.values().for_each(|w| w.notify_one()),
         }
+        Ok(n)
+    }
+
+    /// Makes every pending delivery of `destination` due now (e.g. when the
+    /// destination is back and its rows are waiting out their backoff).
+    /// Attempts and ages are kept.
+    pub async fn retry_pending(&self, destination: String) -> Result<usize, QueueError> {
+        let outcome = self
+            .shared
+            .journal
+            .queue_write(vec![QueueOp::DueNow {
+                destination: destination.clone(),
+                id: None,
+                now_ms: now_ms(),
+            }])
+            .await?;
+        let n = match outcome.first() {
+            Some(QueueOutcome::Updated(n)) => *n,
+            _ => 0,
+        };
+        tracing::info!(destination = %destination, due_now = n, "pending deliveries made due by hand");
+        self.shared.wake(&destination);
         Ok(n)
     }
 

@@ -214,6 +214,13 @@ pub enum QueueOp {
     /// A dead (or withheld) delivery is queued again, due now, with its
     /// attempts and age reset.
     Retry { id: i64, now_ms: i64 },
+    /// Pending deliveries (one, or every one of a destination) due now; their
+    /// attempts and age are kept.
+    DueNow {
+        destination: String,
+        id: Option<i64>,
+        now_ms: i64,
+    },
     /// Every dead delivery (of one destination, or of all) queued again.
     RetryDead {
         destination: Option<String>,
@@ -479,6 +486,19 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
             for (destination, patient_key) in &unique {
                 fix_head(tx, destination, patient_key)?;
             }
+            Ok(QueueOutcome::Updated(n))
+        }
+        QueueOp::DueNow {
+            destination,
+            id,
+            now_ms,
+        } => {
+            let n = tx.execute(
+                "UPDATE deliveries SET next_attempt_at = ?3
+                 WHERE destination = ?1 AND status = 'pending' AND (?2 IS NULL OR id = ?2)
+                   AND next_attempt_at > ?3",
+                params![destination, id, now_ms],
+            )?;
             Ok(QueueOutcome::Updated(n))
         }
         QueueOp::NoteUnavailable { destination, error } => {

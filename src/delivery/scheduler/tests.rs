@@ -484,3 +484,55 @@ async fn an_attempt_cut_short_is_counted_so_the_next_one_knows_it_repeats() {
     assert_eq!(calls[0].attempt, 2, "the repeat after a cut-short attempt");
     assert_eq!(journal.delivery(id).await.unwrap().unwrap().attempts, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_can_be_made_due_at_once_when_the_destination_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&up);
+    let sink = Recorder::new(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Ok(Delivered::default())
+        } else {
+            Err(DeliveryError::retry("HTTP 503"))
+        }
+    });
+    let ids = enqueue(
+        &journal,
+        &[("A1", "pa"), ("B1", "pb"), ("C1", "pc")],
+        "sink",
+    )
+    .await;
+    let mut dest = destination("sink", sink.clone());
+    // A backoff far longer than this test may take.
+    dest.policy.backoff_initial_ms = 3_600_000;
+    dest.policy.backoff_max_ms = 3_600_000;
+    let queue = start(&journal, vec![dest]);
+    let handle = queue.handle();
+    for id in &ids {
+        let j = journal.clone();
+        let id = *id;
+        eventually("a first failed attempt", || {
+            let j = j.clone();
+            async move {
+                let row = j.delivery(id).await.unwrap().unwrap();
+                row.attempts == 1 && row.last_error.is_some()
+            }
+        })
+        .await;
+    }
+    up.store(true, Ordering::SeqCst);
+    // One row by id, the others by destination.
+    let row = handle.retry(ids[0]).await.unwrap();
+    assert_eq!(row.attempts, 1, "attempts are kept: {row:?}");
+    wait_status(&journal, ids[0], DeliveryStatus::Delivered).await;
+    assert_eq!(handle.retry_pending("sink".to_string()).await.unwrap(), 2);
+    wait_status(&journal, ids[1], DeliveryStatus::Delivered).await;
+    wait_status(&journal, ids[2], DeliveryStatus::Delivered).await;
+    assert!(matches!(
+        handle.retry(ids[0]).await,
+        Err(crate::delivery::queue::QueueError::NotRetryable { .. })
+    ));
+    queue.stop(Duration::from_secs(10)).await;
+}
