@@ -284,8 +284,9 @@ async fn send(mllp: SocketAddr, messages: &[String]) {
     }
 }
 
-/// Routes, the shipped mappings, and the destinations: `files` (a folder)
-/// and `lab_fhir` (a FHIR endpoint on a port nothing listens on).
+/// Routes, the shipped mappings, and the destinations: `files` (a folder),
+/// `lab_fhir` (a FHIR endpoint on a port nothing listens on, retried) and
+/// `archive` (the same, given up after one attempt: dead letters).
 fn setup(dir: &Path, out: &Path) -> String {
     std::fs::create_dir_all(dir.join("routes")).unwrap();
     std::fs::write(
@@ -295,7 +296,7 @@ fn setup(dir: &Path, out: &Path) -> String {
 description = "admissions to the file drop and the FHIR endpoint"
 messages = ["ADT^A01"]
 mapping = "adt"
-destinations = ["files", "lab_fhir"]
+destinations = ["files", "lab_fhir", "archive"]
 "#,
     )
     .unwrap();
@@ -314,8 +315,15 @@ timeout_secs = 5
 max_attempts = 1000
 backoff_initial_ms = 200
 backoff_max_ms = 2000
+
+[destinations.archive]
+kind = "fhir"
+url = "http://127.0.0.1:{}/fhir"
+timeout_secs = 5
+max_attempts = 1
 "#,
         out.display(),
+        free_port(),
         free_port()
     )
 }
@@ -337,6 +345,20 @@ fn queue_counts(engine: &Engine, destination: &str) -> (u64, u64) {
             )
         })
         .unwrap_or((0, 0))
+}
+
+/// `GET /api/queues` (on loopback): the dead count of `destination`.
+fn dead_count(engine: &Engine, destination: &str) -> u64 {
+    let (status, body) = engine.get("/api/queues");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["destination"] == destination)
+        .and_then(|q| q["dead"].as_u64())
+        .unwrap_or(0)
 }
 
 /// The queue table as rendered: one object per row, `data-field` → text.
@@ -394,7 +416,10 @@ async fn the_dashboard_shows_queues_routes_problems_and_live_events_without_pati
     send(engine.mllp, &admissions).await;
     send(engine.mllp, &[a28("DASH-NOROUTE")]).await;
     let deadline = Instant::now() + DEADLINE;
-    while queue_counts(&engine, "files") != (0, 3) || queue_counts(&engine, "lab_fhir").0 != 3 {
+    while queue_counts(&engine, "files") != (0, 3)
+        || queue_counts(&engine, "lab_fhir").0 != 3
+        || dead_count(&engine, "archive") != 3
+    {
         assert!(
             Instant::now() < deadline,
             "documents not queued: files {:?}, lab_fhir {:?}\n{}",
@@ -406,7 +431,10 @@ async fn the_dashboard_shows_queues_routes_problems_and_live_events_without_pati
     }
 
     let browser = Browser::start().await;
-    browser.goto(&format!("http://{}/", engine.api)).await;
+    // Stuck after 1 s (60 s by default), so the test need not wait a minute.
+    browser
+        .goto(&format!("http://{}/?stuck_after_secs=1", engine.api))
+        .await;
 
     let rows = browser
         .wait_for("the two destinations' counts", QUEUE_ROWS, |rows| {
@@ -418,6 +446,42 @@ async fn the_dashboard_shows_queues_routes_problems_and_live_events_without_pati
     let fhir = row(&rows, "lab_fhir").unwrap();
     assert_eq!(fhir["dead"], "0", "{rows}");
     assert!(fhir["kind"].as_str().unwrap().starts_with("fhir"), "{rows}");
+    let files = row(&rows, "files").unwrap();
+    assert_eq!(files["state"], "running", "{rows}");
+    assert_eq!(files["row_class"], "", "{rows}");
+    // Waiting documents make lab_fhir stuck; archive's dead letters show in red.
+    browser
+        .wait_for("lab_fhir highlighted as stuck", QUEUE_ROWS, |rows| {
+            row(rows, "lab_fhir")
+                .is_some_and(|r| r["state"] == "stuck" && r["row_class"] == "stuck")
+                && row(rows, "archive")
+                    .is_some_and(|r| r["dead"] == "3" && r["row_class"] == "has-dead")
+        })
+        .await;
+    let dead = browser
+        .wait_for(
+            "the dead letters",
+            "return Array.from(document.querySelectorAll('#dead-letters tbody tr')).map(tr => {\
+                 const o = {};\
+                 tr.querySelectorAll('td').forEach(td => { o[td.dataset.field] = td.textContent; });\
+                 return o; })",
+            |v| v.as_array().is_some_and(|a| a.len() == 3),
+        )
+        .await;
+    let mut controls: Vec<&str> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["destination"], "archive", "{dead}");
+            assert_eq!(d["type"], "ADT^A01", "{dead}");
+            assert_eq!(d["attempts"], "1", "{dead}");
+            assert!(!d["last_error"].as_str().unwrap().is_empty(), "{dead}");
+            d["control_id"].as_str().unwrap()
+        })
+        .collect();
+    controls.sort();
+    assert_eq!(controls, ["DASH-001", "DASH-002", "DASH-003"], "{dead}");
 
     let routes = browser
         .wait_for(
@@ -485,6 +549,7 @@ async fn the_dashboard_shows_queues_routes_problems_and_live_events_without_pati
         .wait_for("the new document pending", QUEUE_ROWS, |rows| {
             row(rows, "lab_fhir").is_some_and(|r| r["pending"] == "4")
                 && row(rows, "files").is_some_and(|r| r["delivered"] == "4")
+                && row(rows, "archive").is_some_and(|r| r["dead"] == "4")
         })
         .await;
 

@@ -6,8 +6,12 @@
 
 (function () {
   const REFRESH_MS = 3000;
-  // A pending row older than this marks its destination as stuck.
-  const STUCK_AFTER_SECS = 60;
+  // A pending row older than this marks its destination as stuck
+  // (`/?stuck_after_secs=N` changes it).
+  const STUCK_AFTER_SECS = (() => {
+    const n = Number(new URLSearchParams(location.search).get("stuck_after_secs"));
+    return Number.isFinite(n) && n > 0 ? n : 60;
+  })();
   const MAX_EVENTS = 200;
   const TOKEN_KEY = "junction.ops_token";
 
@@ -106,7 +110,9 @@
   function shortTime(rfc3339) {
     if (!rfc3339) return "";
     const d = new Date(rfc3339);
-    return isNaN(d) ? String(rfc3339) : d.toLocaleString();
+    if (isNaN(d)) return String(rfc3339);
+    // Today: the time only; earlier: the date too.
+    return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
   }
 
   // Ops-facing error texts can be long; the full text is in the API.

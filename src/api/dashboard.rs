@@ -5,7 +5,9 @@
 //! (`include_str!`): no build step, no external asset, no CDN. In the browser
 //! it reads what any ops client reads — `/ready`, `/metrics`, `/api/queues`,
 //! `/api/dead-letters`, `/api/messages`, `/api/routes` and the live
-//! `/api/events` stream — and refreshes every few seconds. When `/api`
+//! `/api/events` stream — and refreshes every few seconds. A destination
+//! whose oldest pending document waited 60 s (`/?stuck_after_secs=N`) is
+//! shown as stuck; one with dead letters or not available, in red. When `/api`
 //! answers 401 it asks for an ops token and keeps it in `sessionStorage`
 //! only (gone when the tab closes), sending it as a bearer token.
 //!
