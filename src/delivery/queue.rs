@@ -367,7 +367,12 @@ impl DeliveryQueue {
             stop.clone(),
         )));
         for (dest, _) in built {
-            let wake = Arc::clone(&shared.wakers[&dest.id]);
+            // Every built destination has a waker (made from the same list).
+            let wake = shared
+                .wakers
+                .get(&dest.id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Notify::new()));
             tasks.push(tokio::spawn(scheduler::run(
                 Arc::clone(&shared),
                 dest,
