@@ -17,7 +17,7 @@
 //!   [`crate::access::http`].
 //! - `/fhir/...`: FHIR reads of the record store (see [`fhir`]).
 //! - Delivery operations (queues, deliveries, dead letters, retry, replay):
-//!   see [`delivery`].
+//!   see `api/delivery.rs`.
 //! - `GET /` (the ops dashboard) and `GET /api/routes`: see [`dashboard`].
 //!
 //! Errors are JSON `{"error":"..."}` with 400 (bad query or id), 404 (no such

@@ -14,6 +14,12 @@
 //!
 //! It does not decide *when* to deliver (the queue's scheduler does) nor
 //! *where* (routes do).
+//!
+//! The queue around the contract: [`pipeline`] turns journaled messages into
+//! routing outcomes and queued documents, [`scheduler`] runs one destination
+//! (heads of line, retries, dead letters, objections), [`queue`] starts and
+//! stops them and offers the operations (depths, retry, replay). The rows
+//! live in the journal (`journal/queue.rs`).
 
 pub mod build;
 pub mod fhir;

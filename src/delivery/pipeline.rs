@@ -2,7 +2,7 @@
 //! deliveries (DESIGN.md §2 steps 3–5).
 //!
 //! [`Router::route`] is the pure part: one journaled message in, its routing
-//! outcome and the delivery rows to queue out. [`run`] is the task that feeds
+//! outcome and the delivery rows to queue out. `run` is the task that feeds
 //! it: it takes accepted rows not yet routed in id order, routes a batch, and
 //! writes the outcomes with their deliveries through the journal's writer (one
 //! transaction), then wakes the destinations' schedulers.
