@@ -1,11 +1,16 @@
-//! The journal: durable intake of every message received, in one SQLite file.
+//! The journal: durable intake of every message received, in one SQLite file,
+//! and (`queue.rs`, schema versions 2 and 3) each message's routing outcome
+//! and the delivery queue.
 //!
 //! Writes go through one dedicated writer thread that owns the write
 //! connection and does *group commit*: it blocks for the first request, drains
 //! every other request already queued (up to [`MAX_GROUP_MESSAGES`]), writes
 //! them all in one transaction, commits (one fsync under `sync = "full"`) and
 //! only then answers each waiter. Thirty-two connections waiting at once share
-//! one fsync instead of paying for thirty-two. Reads (the HTTP API) use a small
+//! one fsync instead of paying for thirty-two. Delivery-queue writes go
+//! through the same thread ([`Journal::queue_write`]), committed after the
+//! intake drained with them, so the two never contend for SQLite's write
+//! lock and an ACK never waits for them. Reads (the HTTP API) use a small
 //! pool of separate read-only connections on blocking threads; WAL mode lets
 //! them run while the writer writes.
 //!
