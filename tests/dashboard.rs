@@ -412,6 +412,22 @@ async fn the_dashboard_shows_queues_routes_problems_and_live_events_without_pati
     );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
 
+    // The route list the page shows, as the engine loaded it.
+    let (status, body) = engine.get("/api/routes");
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        listed,
+        json!({"routes": [{
+            "id": "admissions",
+            "description": "admissions to the file drop and the FHIR endpoint",
+            "messages": ["ADT^A01"],
+            "sources": [],
+            "mapping": "adt",
+            "destinations": ["files", "lab_fhir", "archive"]
+        }]})
+    );
+
     let admissions: Vec<String> = (1..=3).map(|i| a01(&format!("DASH-00{i}"))).collect();
     send(engine.mllp, &admissions).await;
     send(engine.mllp, &[a28("DASH-NOROUTE")]).await;
@@ -493,7 +509,7 @@ async fn the_dashboard_shows_queues_routes_problems_and_live_events_without_pati
     let route = routes[0].as_str().unwrap();
     assert!(route.contains("admissions"), "{routes}");
     assert!(route.contains("ADT^A01"), "{routes}");
-    assert!(route.contains("files, lab_fhir"), "{routes}");
+    assert!(route.contains("files, lab_fhir, archive"), "{routes}");
 
     let problems = browser
         .wait_for(
