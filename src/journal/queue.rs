@@ -347,30 +347,6 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn times_have_fixed_width_so_text_order_is_time_order() {
-        assert_eq!(
-            super::format_ms(1_795_000_000_410),
-            "2026-11-18T11:06:40.410Z"
-        );
-        assert_eq!(
-            super::format_ms(1_795_000_000_000),
-            "2026-11-18T11:06:40.000Z"
-        );
-        let mut times: Vec<String> = [418, 410, 423, 9]
-            .iter()
-            .map(|ms| super::format_ms(1_795_000_007_000 + ms))
-            .collect();
-        times.sort();
-        assert!(
-            times[0].ends_with(":47.009Z") && times[1].ends_with(":47.410Z"),
-            "{times:?}"
-        );
-    }
-}
-
 fn join_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
 }
@@ -875,4 +851,28 @@ pub(super) fn routings(
         })
     })?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_have_fixed_width_so_text_order_is_time_order() {
+        assert_eq!(
+            super::format_ms(1_795_000_000_410),
+            "2026-11-18T11:06:40.410Z"
+        );
+        assert_eq!(
+            super::format_ms(1_795_000_000_000),
+            "2026-11-18T11:06:40.000Z"
+        );
+        let mut times: Vec<String> = [418, 410, 423, 9]
+            .iter()
+            .map(|ms| super::format_ms(1_795_000_007_000 + ms))
+            .collect();
+        times.sort();
+        assert!(
+            times[0].ends_with(":47.009Z") && times[1].ends_with(":47.410Z"),
+            "{times:?}"
+        );
+    }
 }
