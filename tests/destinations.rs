@@ -45,8 +45,12 @@ fn item(id: i64, document: &[u8], raw: &[u8]) -> DeliveryItem {
         document: Bytes::copy_from_slice(document),
         raw: Bytes::copy_from_slice(raw),
         attempt: 1,
+        queued_at_ms: QUEUED_AT_MS,
     }
 }
+
+/// When every test item was queued (its local id is `junction-<id>-<this>`).
+const QUEUED_AT_MS: i64 = 1_795_000_000_000;
 
 fn make(cfg: &DestinationConfig) -> Arc<dyn Deliver> {
     let mailboxes = BTreeMap::new();
@@ -121,7 +125,7 @@ async fn file_writes_atomically_byte_identical_and_idempotent() {
     let doc = document(1);
     let first = item(42, &doc, b"");
     let delivered = dest.deliver(&first).await.unwrap();
-    let path = dir.join("junction-42.json");
+    let path = dir.join(format!("junction-42-{QUEUED_AT_MS}.json"));
     assert_eq!(
         delivered.remote_ref.as_deref(),
         Some(path.to_str().unwrap())
@@ -139,10 +143,16 @@ async fn file_writes_atomically_byte_identical_and_idempotent() {
         .collect();
     names.sort();
     // No temporary file is left behind.
-    assert_eq!(names, ["junction-42.json", "junction-43.json"]);
+    assert_eq!(
+        names,
+        [
+            format!("junction-42-{QUEUED_AT_MS}.json"),
+            format!("junction-43-{QUEUED_AT_MS}.json")
+        ]
+    );
     assert_eq!(std::fs::read(&path).unwrap(), doc);
     assert_eq!(
-        std::fs::read(dir.join("junction-43.json")).unwrap(),
+        std::fs::read(dir.join(format!("junction-43-{QUEUED_AT_MS}.json"))).unwrap(),
         document(2)
     );
 }
@@ -637,9 +647,11 @@ async fn mesh_delivers_a_document_nhs_client_downloads_byte_identical() {
     let (body, headers) = python_download(&sandbox, "X26ABC2", &id, true, &[]);
     assert_eq!(body, doc);
     let text = headers.to_string();
+    let local_id = format!("junction-5-{QUEUED_AT_MS}");
+    let file_name = format!("{local_id}.json");
     for expected in [
-        "junction-5",
-        "junction-5.json",
+        local_id.as_str(),
+        file_name.as_str(),
         WORKFLOW,
         "junction document",
         "X26ABC1",

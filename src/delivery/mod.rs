@@ -221,13 +221,18 @@ pub struct DeliveryItem {
     pub raw: Bytes,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// When the row was queued (Unix milliseconds); never changes.
+    pub queued_at_ms: i64,
 }
 
 impl DeliveryItem {
     /// A local id for MESH (`mex-LocalID`) and file names: stable per queue
-    /// row, no patient data.
+    /// row, no patient data. It carries the queue time as well as the row id:
+    /// row ids start again in a new journal, and MESH's tracking by local id
+    /// must never mistake an old message for this one (it would count a
+    /// document as delivered that never left).
     pub fn local_id(&self) -> String {
-        format!("junction-{}", self.id)
+        format!("junction-{}-{}", self.id, self.queued_at_ms)
     }
 }
 

@@ -307,6 +307,7 @@ async fn attempt(shared: &Shared, dest: &Destination, row: DueDelivery) {
                 document: row.document.clone(),
                 raw: row.raw.clone(),
                 attempt: attempt_no,
+                queued_at_ms: row.created_at_ms,
             };
             match tokio::time::timeout(dest.timeout, dest.deliver.deliver(&item)).await {
                 Ok(Ok(done)) => Attempt::Delivered(done.remote_ref),

@@ -282,6 +282,8 @@ pub struct DueDelivery {
     pub next_attempt_at_ms: i64,
     /// Since when its age counts (queued, or last retried by hand).
     pub age_from_ms: i64,
+    /// When it was queued (never changes).
+    pub created_at_ms: i64,
 }
 
 /// One delivery as the operations API shows it (no document content).
@@ -694,7 +696,7 @@ pub(super) fn due_deliveries(
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, d.message_id, d.destination, d.patient_key, d.nhs_numbers,
                 m.control_id, m.message_type, d.document, m.raw, d.attempts,
-                d.next_attempt_at, d.age_from
+                d.next_attempt_at, d.age_from, d.created_at
          FROM deliveries d JOIN messages m ON m.id = d.message_id
          WHERE d.destination = ?1 AND d.status = 'pending' AND d.head = 1
            AND d.next_attempt_at <= ?2
@@ -718,6 +720,7 @@ pub(super) fn due_deliveries(
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             next_attempt_at_ms: row.get(10)?,
             age_from_ms: row.get(11)?,
+            created_at_ms: row.get(12)?,
         })
     })?;
     rows.collect()
