@@ -41,6 +41,7 @@ impl From<QueueError> for ApiError {
             QueueError::NotRetryable { .. } => ApiError::Conflict(err.to_string()),
             QueueError::Journal(err) => ApiError::Journal(err),
             QueueError::Task(err) => ApiError::Internal(err.to_string()),
+            QueueError::Background(err) => ApiError::Internal(err.to_string()),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! stops them and offers the operations (depths, retry, replay). The rows
 //! live in the journal (`journal/queue.rs`).
 
+pub mod background;
 pub mod build;
 pub mod fhir;
 pub mod file;

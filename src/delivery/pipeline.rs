@@ -515,7 +515,9 @@ pub(crate) async fn route_and_write(
     replay: bool,
 ) -> Result<Vec<Written>, super::queue::QueueError> {
     let router = Arc::clone(&shared.router);
-    let routed: Vec<Routed> = tokio::task::spawn_blocking(move || {
+    // Mapping is the CPU-heavy part behind the ACK: low priority, so a burst
+    // of intake is answered first and the queue catches up after.
+    let routed: Vec<Routed> = super::background::run(move || {
         let at = now_ms();
         rows.iter().map(|m| router.route(m, replay, at)).collect()
     })

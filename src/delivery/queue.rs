@@ -41,6 +41,8 @@ pub enum QueueError {
     Journal(#[from] JournalError),
     #[error("the routing task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Background(#[from] super::background::BackgroundError),
     #[error("no accepted message with id {0}")]
     NoMessage(i64),
     #[error("no delivery with id {0}")]

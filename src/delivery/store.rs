@@ -60,8 +60,9 @@ impl Deliver for StoreDestination {
             })?;
             let event_time = event_time(&bundle);
             let records = self.records.clone();
+            // Low priority: applying documents must not slow intake's ACKs.
             let apply =
-                tokio::task::spawn_blocking(move || records.apply_bundle(&bundle, event_time));
+                super::background::run(move || records.apply_bundle(&bundle, event_time));
             let outcome = match tokio::time::timeout(self.timeout, apply).await {
                 Err(_) => {
                     return Err(DeliveryError::retry(format!(
