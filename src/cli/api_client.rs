@@ -9,9 +9,11 @@
 //! `Authorization: Bearer …` (an `ops` token from `junction token add`): an
 //! API bound beyond loopback refuses operations without one.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+
 use serde_json::Value;
 
 /// The environment variable holding an API token for the operations
@@ -50,6 +52,21 @@ pub struct Answer {
 impl Answer {
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+
+    /// What every operations subcommand does first: an error answer is
+    /// printed and ends the command (exit 1); with `--json` the body is
+    /// printed as is and ends it (exit 0). `None`: go on and render it.
+    pub fn finish_early(&self, json: bool) -> Option<ExitCode> {
+        if !self.ok() {
+            eprintln!("error: {}", self.error());
+            return Some(ExitCode::from(1));
+        }
+        if json {
+            println!("{}", self.body);
+            return Some(ExitCode::SUCCESS);
+        }
+        None
     }
 
     /// The engine's error text for a non-2xx answer.

@@ -36,13 +36,8 @@ pub fn run(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
         "/api/dead-letters",
         &query,
     )?;
-    if !answer.ok() {
-        eprintln!("error: {}", answer.error());
-        return Ok(ExitCode::from(1));
-    }
-    if args.api.json {
-        println!("{}", answer.body);
-        return Ok(ExitCode::SUCCESS);
+    if let Some(code) = answer.finish_early(args.api.json) {
+        return Ok(code);
     }
     print_deliveries(&answer.body);
     Ok(ExitCode::SUCCESS)

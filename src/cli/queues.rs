@@ -18,13 +18,8 @@ pub struct QueuesArgs {
 
 pub fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
     let answer = call(&args.api.api, reqwest::Method::GET, "/api/queues", &[])?;
-    if !answer.ok() {
-        eprintln!("error: {}", answer.error());
-        return Ok(ExitCode::from(1));
-    }
-    if args.api.json {
-        println!("{}", answer.body);
-        return Ok(ExitCode::SUCCESS);
+    if let Some(code) = answer.finish_early(args.api.json) {
+        return Ok(code);
     }
     let queues = answer
         .body

@@ -29,13 +29,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         &format!("/api/messages/{}/replay", args.id),
         &[],
     )?;
-    if !answer.ok() {
-        eprintln!("error: {}", answer.error());
-        return Ok(ExitCode::from(1));
-    }
-    if args.api.json {
-        println!("{}", answer.body);
-        return Ok(ExitCode::SUCCESS);
+    if let Some(code) = answer.finish_early(args.api.json) {
+        return Ok(code);
     }
     let b = &answer.body;
     let deliveries: Vec<String> = b

@@ -69,13 +69,8 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
             )?
         }
     };
-    if !answer.ok() {
-        eprintln!("error: {}", answer.error());
-        return Ok(ExitCode::from(1));
-    }
-    if args.api.json {
-        println!("{}", answer.body);
-        return Ok(ExitCode::SUCCESS);
+    if let Some(code) = answer.finish_early(args.api.json) {
+        return Ok(code);
     }
     let count = |key| answer.body.get(key).and_then(Value::as_u64);
     match (count("retried"), count("due_now")) {
