@@ -77,6 +77,8 @@ pub(crate) struct Resource {
     pub iter: Option<Iter>,
     pub when: Option<Cond>,
     pub body: Vec<(String, Template)>,
+    /// `create_only = true`: the entry's request carries `ifNoneMatch: "*"`.
+    pub create_only: bool,
 }
 
 /// `for = "OBR > OBX"` (segment groups) or `each = "PID-3[*]"` (elements).
@@ -615,9 +617,14 @@ impl<'s> Compiler<'s> {
         let mut saw_id = false;
         let mut saw_body = false;
         let mut saw_for: Option<String> = None;
+        let mut create_only = false;
         for (k, fv) in sorted(t) {
             let key = k.get_ref().as_ref();
             match key {
+                "create_only" => match fv.get_ref() {
+                    DeValue::Boolean(b) => create_only = *b,
+                    _ => self.error(fv.span().start, "bad `create_only`, expected true or false".into()),
+                },
                 "type" => {
                     if let Some(s) = self.string(fv) {
                         if s.len() > 1 && s.as_bytes()[0].is_ascii_uppercase() && s.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -664,7 +671,7 @@ impl<'s> Compiler<'s> {
                 }
                 other => self.error(
                     k.span().start,
-                    format!("unknown key `{other}` in [[resource]], expected one of type, id, for, each, when, body"),
+                    format!("unknown key `{other}` in [[resource]], expected one of type, id, for, each, when, create_only, body"),
                 ),
             }
         }
@@ -692,6 +699,7 @@ impl<'s> Compiler<'s> {
             iter,
             when,
             body,
+            create_only,
         })
     }
 

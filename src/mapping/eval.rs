@@ -444,6 +444,9 @@ impl<'a> Ctx<'a> {
             let mut request = Map::new();
             request.insert("method".into(), Value::String("PUT".into()));
             request.insert("url".into(), Value::String(url));
+            if r.create_only {
+                request.insert("ifNoneMatch".into(), Value::String("*".into()));
+            }
             let mut entry = Map::new();
             let mut full_url = String::with_capacity(9 + id.len());
             full_url.push_str("urn:uuid:");

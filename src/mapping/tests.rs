@@ -288,7 +288,7 @@ fn compile_errors_point_at_line_and_column() {
         &[
             (3, 1, "unknown key `foo` in [mapping]"),
             (4, 1, "[[resource]] without `body`"),
-            (7, 1, "unknown key `bodyy` in [[resource]], expected one of type, id, for, each, when, body"),
+            (7, 1, "unknown key `bodyy` in [[resource]], expected one of type, id, for, each, when, create_only, body"),
         ],
     );
     // unknown table, bad condition, unknown macro: all reported at once

@@ -37,6 +37,9 @@ pub(super) enum Op {
         patients: Vec<String>,
         /// (system, value) of a Patient's identifiers; system "" when absent.
         identifiers: Vec<(String, String)>,
+        /// `request.ifNoneMatch = "*"`: create it only if it does not exist
+        /// (a lab result's Patient must not replace the PAS's demographics).
+        create_only: bool,
     },
     Delete,
 }
@@ -112,6 +115,7 @@ pub(super) fn plan(
                     resource,
                     patients,
                     identifiers,
+                    create_only: shape.create_only,
                 }
             }
         };
@@ -133,6 +137,8 @@ struct Shape<'a> {
     id: String,
     /// `None` for DELETE.
     resource: Option<&'a Value>,
+    /// A PUT with `ifNoneMatch: "*"`.
+    create_only: bool,
 }
 
 fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
@@ -168,10 +174,20 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
                     expected,
                 });
             }
+            let create_only = match request.and_then(|r| r.get("ifNoneMatch")) {
+                None | Some(Value::Null) => false,
+                Some(Value::String(s)) if s == "*" => true,
+                Some(other) => {
+                    return Err(EntryProblem::UnsupportedMethod {
+                        method: format!("PUT with ifNoneMatch {}", describe(Some(other))),
+                    })
+                }
+            };
             Ok(Shape {
                 resource_type: resource_type.to_string(),
                 id: id.to_string(),
                 resource: Some(resource),
+                create_only,
             })
         }
         Some("DELETE") => {
@@ -182,6 +198,7 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
                 resource_type: resource_type.to_string(),
                 id: id.to_string(),
                 resource: None,
+                create_only: false,
             })
         }
         _ => Err(EntryProblem::UnsupportedMethod {

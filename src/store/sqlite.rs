@@ -186,7 +186,19 @@ fn apply_plan(
     for entry in &plan.entries {
         let (resource_type, id) = (entry.resource_type.as_str(), entry.id.as_str());
         let current = current(tx, resource_type, id)?;
+        let exists = current.as_ref().is_some_and(|c| c.content.is_some());
+        let create_only = matches!(
+            entry.op,
+            Op::Put {
+                create_only: true,
+                ..
+            }
+        );
         let result = match (&current, event_time) {
+            // `ifNoneMatch: "*"`: an existing record is left as it is.
+            (Some(cur), _) if create_only && exists => EntryResult::Unchanged {
+                version: cur.version,
+            },
             (Some(cur), Some(incoming)) if cur.event_time.is_some_and(|s| incoming < s) => {
                 EntryResult::Stale {
                     version: cur.version,
@@ -194,6 +206,10 @@ fn apply_plan(
             }
             _ => {
                 let newest = match current.as_ref().and_then(|c| c.event_time) {
+                    // A create-only record is a placeholder: it takes no event
+                    // time, so the authoritative document (e.g. the ADT that
+                    // arrives after the lab result) replaces it whatever its age.
+                    stored if create_only => stored,
                     Some(stored) => Some(event_time.map_or(stored, |i| i.max(stored))),
                     None => event_time,
                 };
@@ -202,6 +218,7 @@ fn apply_plan(
                         resource,
                         patients,
                         identifiers,
+                        ..
                     } => put(
                         tx,
                         resource_type,

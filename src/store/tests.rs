@@ -790,3 +790,49 @@ fn apply_bundles_shares_a_transaction_but_not_a_fate() {
     assert!(f.store.read("Encounter", "e-wrong").unwrap().is_none());
     assert!(f.store.apply_bundles(&[]).unwrap().is_empty());
 }
+
+#[test]
+fn create_only_puts_create_a_missing_record_and_never_replace_one() {
+    let f = open();
+    let create_only = |resource: &serde_json::Value| {
+        let mut entry = put_entry(resource);
+        entry["request"]["ifNoneMatch"] = json!("*");
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]})
+    };
+    // A lab result arrives first: its thin Patient is created.
+    let mut thin = patient(PATIENT, "9434765919", "SMITH");
+    thin.as_object_mut().unwrap().remove("gender");
+    let outcome = f
+        .store
+        .apply_bundle(&create_only(&thin), at("2026-11-20T09:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.written(), 1);
+    // The PAS's ADT then replaces it with the full demographics (a plain
+    // PUT), even though its event is older: the placeholder took no event time.
+    let mut full = patient(PATIENT, "9434765919", "SMITH");
+    full["address"] = json!([{"line": ["1 HIGH STREET"], "postalCode": "NW3 2QG"}]);
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[full.clone()]), at("2026-11-20T08:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.written(), 1, "{outcome:?}");
+    // A later lab result's Patient (newer event time) leaves them alone.
+    let outcome = f
+        .store
+        .apply_bundle(&create_only(&thin), at("2026-11-20T11:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.unchanged(), 1, "{outcome:?}");
+    let stored = f.store.read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(stored.version, 2);
+    let content = stored.resource.unwrap();
+    assert_eq!(content["address"][0]["postalCode"], "NW3 2QG");
+    assert_eq!(content["gender"], "female");
+    // Any other ifNoneMatch is refused, not ignored.
+    let mut odd = put_entry(&thin);
+    odd["request"]["ifNoneMatch"] = json!("W/\"1\"");
+    let refused = f.store.apply_bundle(
+        &json!({"resourceType": "Bundle", "type": "transaction", "entry": [odd]}),
+        None,
+    );
+    assert!(refused.is_err());
+}
