@@ -430,6 +430,20 @@ fn deserialize_all<T: DeserializeOwned>(
     value: &Spanned<DeValue<'_>>,
     diags: &mut Diagnostics,
 ) -> Option<T> {
+    deserialize_recovering(value, &mut |span, message| {
+        diags.push(doc.error(span, message))
+    })
+}
+
+/// Deserializes `value` as `T` and hands every error serde finds to `report`
+/// (its span and a message): after each error the offending key is removed
+/// and deserialization is tried again (bounded), so one typo does not hide the
+/// next. An unknown key close to an expected one gets "did you mean". Returns
+/// `T` only when there was no error. Shared by the config and the route files.
+pub(crate) fn deserialize_recovering<T: DeserializeOwned>(
+    value: &Spanned<DeValue<'_>>,
+    report: &mut dyn FnMut(Range<usize>, String),
+) -> Option<T> {
     const MAX_ERRORS_PER_TABLE: usize = 32;
     let mut value = value.clone();
     let mut removed: Vec<String> = Vec::new();
@@ -438,15 +452,23 @@ fn deserialize_all<T: DeserializeOwned>(
         match T::deserialize(ValueDeserializer::from(value.clone())) {
             Ok(v) => return (!failed).then_some(v),
             Err(err) => {
-                let message = toml_message(err.message());
-                // Removing a key whose value was wrong makes it "missing":
-                // that one was already reported.
-                let echo = removed
-                    .iter()
-                    .any(|k| message == format!("missing field `{k}`"));
+                let mut message = toml_message(err.message());
+                // Removing a key whose value was wrong makes it "missing": that
+                // one was already reported. So was a missing key that a reported
+                // unknown key misspells.
+                let echo = removed.iter().any(|k| {
+                    message
+                        .strip_prefix("missing field `")
+                        .and_then(|m| m.strip_suffix('`'))
+                        .is_some_and(|missing| {
+                            missing == k || crate::route::edit_distance(missing, k) <= 2
+                        })
+                });
+                if let Some(guess) = misspelt(&message) {
+                    message.push_str(&format!(" (did you mean `{guess}`?)"));
+                }
                 if !echo {
-                    let span = err.span().unwrap_or_else(|| value.span());
-                    diags.push(doc.error(span, message));
+                    report(err.span().unwrap_or_else(|| value.span()), message);
                 }
                 failed = true;
                 let Some(span) = err.span() else { break };
@@ -461,6 +483,22 @@ fn deserialize_all<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// For "unknown field `x`, expected one of `a`, `b`": the expected field closest
+/// to `x`, when it is close.
+fn misspelt(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected")?.1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (crate::route::edit_distance(unknown, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k.to_string())
 }
 
 /// Removes the innermost key whose key or value contains byte `at`; returns its name.
@@ -828,7 +866,7 @@ mod tests {
     fn unknown_key_points_at_the_key() {
         check(
             "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nmax_conections = 3\n",
-            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`"],
+            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode` (did you mean `max_connections`?)"],
         );
     }
 
@@ -847,7 +885,7 @@ mod tests {
             [
                 "junction.toml:10:1: error: destination `hwe` (kind = \"mesh\") needs `workflow_id`",
                 "junction.toml:12:11: error: destination `hwe`: unknown mailbox `nope`, expected one of the `[mesh.mailboxes.<id>]` tables (`junction`)",
-                "junction.toml:17:1: error: unknown field `urll`, expected one of `kind`, `external`, `mailbox`, `to`, `workflow_id`, `subject`, `url`, `token_env`, `token_file`, `address`, `dir`, `timeout_secs`, `max_attempts`, `max_age_secs`, `backoff_initial_ms`, `backoff_max_ms`, `concurrency`",
+                "junction.toml:17:1: error: unknown field `urll`, expected one of `kind`, `external`, `mailbox`, `to`, `workflow_id`, `subject`, `url`, `token_env`, `token_file`, `address`, `dir`, `timeout_secs`, `max_attempts`, `max_age_secs`, `backoff_initial_ms`, `backoff_max_ms`, `concurrency` (did you mean `url`?)",
             ],
             "{source}"
         );

@@ -683,7 +683,7 @@ fn expected(name: &str, known: &[&str], where_: &str) -> String {
 }
 
 /// Levenshtein distance (names are short).
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

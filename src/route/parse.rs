@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeTable, DeValue};
 
 use super::condition::{normalise, Condition, Tables};
 use super::{
@@ -693,83 +693,16 @@ fn sorted<'t, 'i>(
     entries
 }
 
-/// Deserializes `value` as `T`, reporting every error serde finds: after each
-/// error the offending key is removed and deserialization is tried again
-/// (bounded), so one typo does not hide the next.
+/// Deserializes `value` as `T`, reporting every error (see
+/// [`crate::config::deserialize_recovering`]) as a route file error.
 fn deserialize_all<T: DeserializeOwned>(
     file: &File<'_>,
     value: &toml::Spanned<DeValue<'_>>,
     errors: &mut Vec<RouteError>,
 ) -> Option<T> {
-    const MAX_ERRORS_PER_TABLE: usize = 32;
-    let mut value = value.clone();
-    let mut removed: Vec<String> = Vec::new();
-    let mut failed = false;
-    for _ in 0..MAX_ERRORS_PER_TABLE {
-        match T::deserialize(ValueDeserializer::from(value.clone())) {
-            Ok(v) => return (!failed).then_some(v),
-            Err(err) => {
-                let mut message = toml_message(err.message());
-                // Removing a key whose value was wrong makes it "missing": that
-                // one was already reported. So was a missing key that a reported
-                // unknown key misspells.
-                let echo = removed.iter().any(|k| {
-                    message
-                        .strip_prefix("missing field `")
-                        .and_then(|m| m.strip_suffix('`'))
-                        .is_some_and(|missing| {
-                            missing == k || super::edit_distance(missing, k) <= 2
-                        })
-                });
-                if let Some(guess) = misspelt(&message) {
-                    message.push_str(&format!(" (did you mean `{guess}`?)"));
-                }
-                if !echo {
-                    let span = err.span().unwrap_or_else(|| value.span());
-                    errors.push(file.error(span, message));
-                }
-                failed = true;
-                let Some(span) = err.span() else { break };
-                if span == value.span() {
-                    break;
-                }
-                match remove_key_at(&mut value, span.start) {
-                    Some(key) => removed.push(key),
-                    None => break,
-                }
-            }
-        }
-    }
-    None
-}
-
-/// For "unknown field `x`, expected one of `a`, `b`": the expected field closest
-/// to `x`, when it is close.
-fn misspelt(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let (unknown, rest) = rest.split_once('`')?;
-    let expected = rest.split_once("expected")?.1;
-    expected
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(|k| (super::edit_distance(unknown, k), k))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, k)| k.to_string())
-}
-
-/// Removes the innermost key whose key or value contains byte `at`; returns its name.
-fn remove_key_at(value: &mut toml::Spanned<DeValue<'_>>, at: usize) -> Option<String> {
-    let DeValue::Table(table) = value.get_mut() else {
-        return None;
-    };
-    let key = table
-        .iter()
-        .find(|(k, v)| k.span().contains(&at) || v.span().contains(&at))
-        .map(|(k, _)| k.clone())?;
-    table.remove(key.get_ref().as_ref());
-    Some(key.get_ref().to_string())
+    crate::config::deserialize_recovering(value, &mut |span, message| {
+        errors.push(file.error(span, message))
+    })
 }
 
 fn quoted_list(names: &[&str]) -> String {
