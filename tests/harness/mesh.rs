@@ -2,7 +2,7 @@
 //! `AUTH_MODE=full` (the HMAC header is checked for real) and `STORE_MODE=file`
 //! in a temporary folder, on a free port; it can be stopped and started again on
 //! the same port and store (messages survive). NHS's own Python client
-//! (`mesh-client`, via tests/python/mesh_download.py and mesh_tool.py) is the
+//! (`mesh-client`, via tests/python/mesh_tool.py) is the
 //! independent peer: it lists, sends and downloads.
 //!
 //! It does not mock anything and does not decide what a test asserts. Needs the
@@ -233,7 +233,7 @@ impl Drop for Sandbox {
     }
 }
 
-/// Downloads with NHS's `mesh_client` (tests/python/mesh_download.py); returns the
+/// Downloads with NHS's `mesh_client` (tests/python/mesh_tool.py); returns the
 /// body and the headers it saw. Acknowledges unless `ack` is false.
 pub fn python_download(
     sandbox: &Sandbox,
@@ -245,26 +245,27 @@ pub fn python_download(
     let out = sandbox.dir.path().join(format!("python-{id}.bin"));
     let mut command = Command::new(venv().join("bin/python"));
     command
-        .arg(repo_root().join("tests/python/mesh_download.py"))
+        .arg(repo_root().join("tests/python/mesh_tool.py"))
         .args([
             "--url",
             &sandbox.url,
             "--mailbox",
             mailbox,
             "--password",
-            "password",
+            PASSWORD,
         ])
-        .args(["--shared-key", "TestKey", "--message-id", id.as_str()])
+        .args(["--shared-key", SHARED_KEY])
+        .args(tls)
+        .args(["download", "--message-id", id.as_str()])
         .arg("--out")
-        .arg(&out)
-        .args(tls);
+        .arg(&out);
     if !ack {
         command.arg("--no-ack");
     }
     let output = command.output().unwrap();
     assert!(
         output.status.success(),
-        "mesh_download.py failed: {}\n{}",
+        "mesh_tool.py download failed: {}\n{}",
         String::from_utf8_lossy(&output.stderr),
         sandbox.log()
     );

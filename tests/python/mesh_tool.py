@@ -10,6 +10,10 @@ NHS's client does (chunking, gzip and the HMAC header are its own).
         -> the new message id
     ... download --message-id ID --out body.bin [--no-ack]
         -> the message's headers as one JSON object; the body goes to --out
+           (mesh_client reassembles chunks and undoes gzip itself), then the
+           message is acknowledged unless --no-ack
+    --ca-file CA and --cert CERT KEY (before the command) verify the server
+    and present a client certificate (mutual TLS); by default no verification.
 """
 import argparse
 import json
@@ -24,6 +28,8 @@ def main() -> int:
     parser.add_argument("--mailbox", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--shared-key", required=True)
+    parser.add_argument("--ca-file", help="CA bundle to verify the server with (default: no verification)")
+    parser.add_argument("--cert", nargs=2, metavar=("CERT", "KEY"), help="client certificate and key (mutual TLS)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list")
     send = commands.add_parser("send")
@@ -43,7 +49,8 @@ def main() -> int:
         args.mailbox,
         args.password,
         shared_key=args.shared_key.encode(),
-        verify=False,
+        verify=args.ca_file or False,
+        cert=tuple(args.cert) if args.cert else None,
         max_retries=0,
     )
     with client:
@@ -75,8 +82,12 @@ def main() -> int:
                 "workflow_id": message.workflow_id,
                 "local_id": message.local_id,
                 "subject": message.subject,
+                "filename": message.filename,
                 "message_type": message.message_type,
                 "sender": message.sender,
+                "checksum": message.checksum,
+                "content_type": message.content_type,
+                "mex_headers": dict(message.mex_headers()),
                 "bytes": len(body),
             }
             message.close()
