@@ -27,7 +27,7 @@ fn map_prints_the_document_and_the_unread_fields() {
     assert!(out.status.success(), "{stderr}");
     // stdout is exactly the document the library makes, pretty-printed.
     let expected = map_file(&mappings(), &repo().join("samples/adt_a01_admission.hl7"));
-    assert_eq!(stdout, format!("{}\n", pretty(&expected[0].1.document)));
+    assert_eq!(stdout, format!("{}\n", pretty(&expected[0].1.value())));
     assert!(stderr.contains("mapped with `"), "{stderr}");
     let unread = stderr
         .lines()

@@ -218,15 +218,25 @@ fn check_every_plan(text: &str) -> Result<(), TestCaseError> {
     for plan in shipped().plans() {
         // An `Err` (no resource applies) is a fine answer; a panic is not.
         if let Ok(output) = plan.apply(&message) {
+            // the text parses, and is exactly what serde_json writes for what it
+            // parses to: keys sorted and unique, the same escapes and numbers
+            let document: serde_json::Value =
+                serde_json::from_str(&output.document).map_err(|e| {
+                    TestCaseError::fail(format!("`{}` wrote bad JSON: {e}", plan.name()))
+                })?;
+            prop_assert_eq!(
+                serde_json::to_string(&document).expect("serializes"),
+                output.document.as_str()
+            );
             let mut empty = Vec::new();
-            empty_elements(&output.document, "", &mut empty);
+            empty_elements(&document, "", &mut empty);
             prop_assert!(
                 empty.is_empty(),
                 "mapping `{}` left empty elements at {:?}",
                 plan.name(),
                 empty
             );
-            prop_assert_eq!(output.document["resourceType"].as_str(), Some("Bundle"));
+            prop_assert_eq!(document["resourceType"].as_str(), Some("Bundle"));
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ fn snapshot(file: &str) {
     let set = mappings();
     let outputs = map_file(&set, &repo().join(file));
     for (name, output) in outputs {
-        insta::assert_snapshot!(name, pretty(&output.document));
+        insta::assert_snapshot!(name, pretty(&output.value()));
     }
 }
 
@@ -101,9 +101,15 @@ fn mapping_twice_gives_identical_bytes() {
         let again = map_file(&first, &path);
         assert_eq!(a.len(), b.len());
         for ((name, x), ((_, y), (_, z))) in a.iter().zip(b.iter().zip(again.iter())) {
-            let bytes = pretty(&x.document);
-            assert_eq!(bytes, pretty(&y.document), "{name}: differs between loads");
-            assert_eq!(bytes, pretty(&z.document), "{name}: differs between runs");
+            // the documents' own bytes, as the engine queues them
+            assert_eq!(x.document, y.document, "{name}: differs between loads");
+            assert_eq!(x.document, z.document, "{name}: differs between runs");
+            // and that text is canonical: what serde_json writes for its own value
+            assert_eq!(
+                serde_json::to_string(&x.value()).unwrap(),
+                x.document,
+                "{name}: not serde_json's own form"
+            );
             assert_eq!(x.unread, y.unread, "{name}: unread differs");
             assert_eq!(x.warnings, y.warnings, "{name}: warnings differ");
         }
@@ -116,24 +122,24 @@ fn the_same_patient_gets_the_same_patient_id_across_messages() {
     let a08 = map_one("samples/adt_a08_update.hl7");
     let a08_lf = map_one("samples/adt_a08_lf_endings.hl7");
     let oru = map_one("samples/oru_r01_fbc_ue.hl7");
-    let id = only(&a01.document, "Patient")["id"].clone();
+    let id = only(&a01.value(), "Patient")["id"].clone();
     assert!(id.is_string(), "the A01 Patient has an id");
-    assert_eq!(only(&a08.document, "Patient")["id"], id, "A08 vs A01");
+    assert_eq!(only(&a08.value(), "Patient")["id"], id, "A08 vs A01");
     assert_eq!(
-        only(&a08_lf.document, "Patient")["id"],
+        only(&a08_lf.value(), "Patient")["id"],
         id,
         "A08 (LF) vs A01"
     );
-    assert_eq!(only(&oru.document, "Patient")["id"], id, "ORU vs A01");
+    assert_eq!(only(&oru.value(), "Patient")["id"], id, "ORU vs A01");
     // The A08 changed the address, and the LF copy must read exactly like the CR one.
     assert_eq!(
-        only(&a08.document, "Patient"),
-        only(&a08_lf.document, "Patient"),
+        only(&a08.value(), "Patient"),
+        only(&a08_lf.value(), "Patient"),
         "LF endings change nothing in the Patient"
     );
     assert_ne!(
-        only(&a01.document, "Patient")["address"],
-        only(&a08.document, "Patient")["address"],
+        only(&a01.value(), "Patient")["address"],
+        only(&a08.value(), "Patient")["address"],
         "the A08 carries the new address"
     );
 }
@@ -145,13 +151,13 @@ fn the_visit_maps_to_the_same_encounter_id_across_messages() {
     let a03 = map_one("samples/adt_a03_discharge.hl7");
     let a13 = map_one("samples/adt_a13_cancel_discharge.hl7");
     assert_eq!(
-        only(&a01.document, "Encounter")["id"],
-        only(&a11.document, "Encounter")["id"],
+        only(&a01.value(), "Encounter")["id"],
+        only(&a11.value(), "Encounter")["id"],
         "A11 cancels the A01's encounter"
     );
     assert_eq!(
-        only(&a03.document, "Encounter")["id"],
-        only(&a13.document, "Encounter")["id"],
+        only(&a03.value(), "Encounter")["id"],
+        only(&a13.value(), "Encounter")["id"],
         "A13 reverts the A03's encounter"
     );
 }
@@ -159,7 +165,8 @@ fn the_visit_maps_to_the_same_encounter_id_across_messages() {
 #[test]
 fn a_bad_checksum_is_not_an_nhs_number_and_warns() {
     let output = map_one("tests/bad-input/nhs_number_bad_checksum.hl7");
-    let patient = only(&output.document, "Patient");
+    let document = output.value();
+    let patient = only(&document, "Patient");
     let ids = identifiers(patient);
     assert!(
         !ids.iter().any(|(system, _)| system == NHS_NUMBER_SYSTEM),
@@ -186,7 +193,7 @@ fn every_nhs_number_identifier_passes_modulus_11() {
     for path in sample_files() {
         for (name, output) in map_file(&set, &path) {
             for resource_type in ["Patient", "RelatedPerson"] {
-                for resource in resources(&output.document, resource_type) {
+                for resource in resources(&output.value(), resource_type) {
                     for (system, value) in identifiers(resource) {
                         if system == NHS_NUMBER_SYSTEM {
                             seen += 1;
@@ -203,7 +210,7 @@ fn every_nhs_number_identifier_passes_modulus_11() {
 #[test]
 fn valid_sample_nhs_numbers_are_mapped_without_warnings() {
     let output = map_one("samples/adt_a01_admission.hl7");
-    let ids = identifiers(only(&output.document, "Patient"));
+    let ids = identifiers(only(&output.value(), "Patient"));
     assert!(ids.contains(&(NHS_NUMBER_SYSTEM.to_string(), "9990000018".to_string())));
     assert!(
         !output
@@ -225,7 +232,7 @@ fn gender_is_mapped_from_hl7_and_nhs_codes() {
     ] {
         let output = map_one(file);
         assert_eq!(
-            only(&output.document, "Patient")["gender"],
+            only(&output.value(), "Patient")["gender"],
             expected,
             "{file}"
         );
@@ -235,17 +242,17 @@ fn gender_is_mapped_from_hl7_and_nhs_codes() {
 #[test]
 fn non_ascii_names_survive_their_charsets() {
     let latin1 = map_one("samples/adt_a31_latin1.hl7");
-    let text = pretty(only(&latin1.document, "Patient"));
+    let text = pretty(only(&latin1.value(), "Patient"));
     assert!(
         text.contains("ZOË") && text.contains("O'SÚILLEABHÁIN"),
         "{text}"
     );
     let utf8 = map_one("samples/adt_a31_update_person_v28_utf8.hl7");
-    assert!(pretty(&utf8.document).contains("Tŷ Siân"));
+    assert!(pretty(&utf8.value()).contains("Tŷ Siân"));
     let escapes = map_one("samples/adt_a05_preadmit_escapes.hl7");
-    let text = pretty(&escapes.document);
+    let text = pretty(&escapes.value());
     assert!(text.contains("ROSE^MARY"), "\\S\\ decodes to ^: {text}");
-    let related = pretty(only(&escapes.document, "RelatedPerson"));
+    let related = pretty(only(&escapes.value(), "RelatedPerson"));
     assert!(related.contains('&'), "\\T\\ decodes to &: {related}");
     assert!(
         !text.contains("\\T\\") && !text.contains("\\S\\"),
@@ -258,9 +265,10 @@ fn the_lab_report_has_one_observation_per_result_obx() {
     // 4 OBR groups, 20 OBX: 19 results become Observations; the ED (a PDF) cannot be an
     // Observation value in R4, so it is the U&E report's presentedForm.
     let output = map_one("samples/oru_r01_fbc_ue.hl7");
-    let reports = resources(&output.document, "DiagnosticReport");
+    let document = output.value();
+    let reports = resources(&document, "DiagnosticReport");
     assert_eq!(reports.len(), 4);
-    assert_eq!(resources(&output.document, "Observation").len(), 19);
+    assert_eq!(resources(&output.value(), "Observation").len(), 19);
     let results: usize = reports
         .iter()
         .map(|r| r["result"].as_array().map_or(0, Vec::len))
@@ -294,7 +302,7 @@ fn documents_have_no_empty_elements() {
     for path in sample_files() {
         for (name, output) in map_file(&set, &path) {
             let mut found = Vec::new();
-            empty_elements(&output.document, "", &mut found);
+            empty_elements(&output.value(), "", &mut found);
             assert!(found.is_empty(), "{name}: empty elements at {found:?}");
         }
     }

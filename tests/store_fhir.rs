@@ -836,7 +836,7 @@ fn mapped_samples() -> Vec<Mapped> {
                 hl7_instant(&ts).unwrap_or_else(|| panic!("{name}: no event time in {ts:?}"));
             mapped.push(Mapped {
                 label: format!("{name}#{i}"),
-                document: output.document,
+                document: output.value(),
                 event_time,
             });
         }

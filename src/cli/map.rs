@@ -88,7 +88,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         match map_message(&set, routes.as_ref(), args.mapping.as_deref(), text) {
             Ok(documents) => {
                 for mapped in documents {
-                    let json = serde_json::to_string_pretty(&mapped.output.document)
+                    let json = serde_json::to_string_pretty(&mapped.output.value())
                         .context("cannot render the document as JSON")?;
                     match writeln!(std::io::stdout().lock(), "{json}") {
                         Ok(()) => {}
@@ -251,7 +251,7 @@ pub(crate) fn map_message(
                         },
                         route_ids.join(", ")
                     ),
-                    destinations: Some(group.destinations_for(&output.document)),
+                    destinations: Some(group.destinations_for_text(&output.document)),
                     output,
                 });
             }

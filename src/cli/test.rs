@@ -135,7 +135,7 @@ fn apply(plan: &Plan, text: &str) -> Result<serde_json::Value, String> {
     let message =
         crate::hl7::Message::parse(text).map_err(|e| format!("the message does not parse: {e}"))?;
     plan.apply(&message)
-        .map(|output| output.document)
+        .map(|output| output.value())
         .map_err(|e| e.to_string())
 }
 

@@ -247,19 +247,24 @@ impl Router {
             let output = plan
                 .apply(&parsed)
                 .map_err(|e| fail("map", format!("mapping `{}`: {e}", plan.name())))?;
-            let bytes = serde_json::to_vec(&output.document).map_err(|e| {
+            // the queue needs the patient (ordering key, NHS numbers) and the
+            // routes may read the document: parsed once here, the text is queued
+            let document: Json = serde_json::from_str(&output.document).map_err(|e| {
                 fail(
                     "map",
-                    format!("cannot serialize the document of `{}`: {e}", plan.name()),
+                    format!(
+                        "mapping `{}` wrote a document that does not parse: {e}",
+                        plan.name()
+                    ),
                 )
             })?;
-            let refs = group.destinations_for(&output.document);
+            let refs = group.destinations_for(&document);
             self.push_deliveries(
                 &mut deliveries,
                 message.id,
                 group.mapping(),
-                &output.document,
-                Bytes::from(bytes),
+                &document,
+                Bytes::from(output.document.into_bytes()),
                 refs,
             );
         }

@@ -67,6 +67,9 @@ pub(crate) struct PlanInner {
     pub macro_deps: Vec<MacroDeps>,
     pub resources: Vec<Resource>,
     pub tests: Vec<TestCase>,
+    /// The longest document this plan wrote so far: the capacity the next one's
+    /// text starts with (a hint only; it never changes what is written).
+    pub output_hint: std::sync::atomic::AtomicUsize,
 }
 
 /// One `[[resource]]`.
@@ -76,6 +79,7 @@ pub(crate) struct Resource {
     pub id: Expr,
     pub iter: Option<Iter>,
     pub when: Option<Cond>,
+    /// Members, sorted by key (`id` and `resourceType` are merged in when written).
     pub body: Vec<(String, Template)>,
     /// `create_only = true`: the entry's request carries `ifNoneMatch: "*"`.
     pub create_only: bool,
@@ -101,6 +105,7 @@ pub(crate) enum Template {
 pub(crate) struct ObjTemplate {
     pub iter: Option<Iter>,
     pub when: Option<Cond>,
+    /// Members, sorted by key (the order they are written in).
     pub fields: Vec<(String, Template)>,
 }
 
@@ -294,6 +299,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             macros,
             resources,
             tests,
+            output_hint: std::sync::atomic::AtomicUsize::new(1024),
         },
     })
 }
@@ -598,6 +604,9 @@ impl<'s> Compiler<'s> {
                         }
                     }
                 }
+                // in key order: the evaluator writes members as it goes, and JSON
+                // objects come out with sorted keys (as serde_json's map has them)
+                fields.sort_by(|a, b| a.0.cmp(&b.0));
                 Some(Template::Object(Box::new(ObjTemplate {
                     iter,
                     when,
@@ -698,7 +707,11 @@ impl<'s> Compiler<'s> {
             id: id?,
             iter,
             when,
-            body,
+            body: {
+                // in key order, as the evaluator writes them (see ObjTemplate)
+                body.sort_by(|a, b| a.0.cmp(&b.0));
+                body
+            },
             create_only,
         })
     }

@@ -10,11 +10,14 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use serde_json::{Map, Value};
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
 
 use super::compile::{Iter, ObjTemplate, PlanInner, Resource, Template};
 use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, Path, RepSel, Stage, Term};
+use super::json;
 use super::transform::{self, Transform};
 use super::{MapError, MapOutput};
 use crate::hl7::{Element, Level, Message, Segment, Separators};
@@ -283,26 +286,49 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         elem: None,
         position: 1,
     };
-    let mut entries = Vec::new();
+    let mut out = String::with_capacity(plan.output_hint.load(Ordering::Relaxed));
+    // keys in sorted order: entry, resourceType, type
+    out.push_str("{\"entry\":[");
+    let mut count = 0;
     let mut seen: HashSet<String> = HashSet::new();
     for r in &plan.resources {
-        ctx.resource(r, &top, &mut entries, &mut seen);
+        ctx.resource(r, &top, &mut out, &mut count, &mut seen);
     }
     let unread = ctx.unread();
-    if entries.is_empty() {
+    if count == 0 {
         return Err(MapError::NoResources {
             mapping: plan.name.clone(),
         });
     }
-    let mut bundle = Map::new();
-    bundle.insert("resourceType".into(), Value::String("Bundle".into()));
-    bundle.insert("type".into(), Value::String("transaction".into()));
-    bundle.insert("entry".into(), Value::Array(entries));
+    out.push_str("],\"resourceType\":\"Bundle\",\"type\":\"transaction\"}");
+    // the next document of this mapping is likely about as long
+    plan.output_hint.fetch_max(out.len(), Ordering::Relaxed);
     Ok(MapOutput {
-        document: Value::Object(bundle),
+        document: out,
         unread,
         warnings: ctx.warnings,
     })
+}
+
+/// A comma before every array element or object member but the first.
+#[inline]
+fn sep(out: &mut String, n: &mut usize) {
+    if *n > 0 {
+        out.push(',');
+    }
+    *n += 1;
+}
+
+/// Writes text trimmed as a JSON string; false (nothing written) when it is empty
+/// or HL7's explicit null `""`.
+#[inline]
+fn write_text(t: &str, out: &mut String) -> bool {
+    let t = t.trim_fast();
+    if t.is_empty() || t == "\"\"" {
+        return false;
+    }
+    json::push_str(out, t);
+    true
 }
 
 impl<'a> Ctx<'a> {
@@ -408,11 +434,14 @@ impl<'a> Ctx<'a> {
 
     // ---- resources -------------------------------------------------------------
 
+    /// Writes the Bundle entries of one `[[resource]]` (per group or element when it
+    /// iterates) to `out`, each preceded by a comma unless it is the first entry.
     fn resource(
         &mut self,
         r: &'a Resource,
         scope: &Scope<'_, 'a>,
-        entries: &mut Vec<Value>,
+        out: &mut String,
+        count: &mut usize,
         seen: &mut HashSet<String>,
     ) {
         let mut emit = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
@@ -431,30 +460,65 @@ impl<'a> Ctx<'a> {
                 );
                 return;
             }
-            let mut body = ctx.object_fields(&r.body, sc);
             let mut url = String::with_capacity(r.kind.len() + 1 + id.len());
             url.push_str(&r.kind);
             url.push('/');
             url.push_str(id);
-            if !seen.insert(url.clone()) {
-                return;
+            let mark = out.len();
+            if *count > 0 {
+                out.push(',');
             }
-            body.insert("resourceType".into(), Value::String(r.kind.clone()));
-            body.insert("id".into(), Value::String(id.to_string()));
-            let mut request = Map::new();
-            request.insert("method".into(), Value::String("PUT".into()));
-            request.insert("url".into(), Value::String(url));
+            // keys in sorted order: fullUrl, request, resource
+            out.push_str("{\"fullUrl\":\"urn:uuid:");
+            // `"urn:uuid:" + id` as one JSON string: the id's escaped form minus its
+            // opening quote
+            let id_start = out.len();
+            json::push_str(out, id);
+            out.remove(id_start);
+            out.push_str(",\"request\":{");
             if r.create_only {
-                request.insert("ifNoneMatch".into(), Value::String("*".into()));
+                out.push_str("\"ifNoneMatch\":\"*\",");
             }
-            let mut entry = Map::new();
-            let mut full_url = String::with_capacity(9 + id.len());
-            full_url.push_str("urn:uuid:");
-            full_url.push_str(id);
-            entry.insert("fullUrl".into(), Value::String(full_url));
-            entry.insert("resource".into(), Value::Object(body));
-            entry.insert("request".into(), Value::Object(request));
-            entries.push(Value::Object(entry));
+            out.push_str("\"method\":\"PUT\",\"url\":");
+            json::push_str(out, &url);
+            out.push_str("},\"resource\":{");
+            // the body's members with `id` and `resourceType` merged in, in key order
+            let mut n = 0;
+            let mut id_done = false;
+            let mut type_done = false;
+            for (k, t) in &r.body {
+                if !id_done && k.as_str() > "id" {
+                    id_done = true;
+                    sep(out, &mut n);
+                    json::push_key(out, "id");
+                    json::push_str(out, id);
+                }
+                if !type_done && k.as_str() > "resourceType" {
+                    type_done = true;
+                    sep(out, &mut n);
+                    json::push_key(out, "resourceType");
+                    json::push_str(out, &r.kind);
+                }
+                ctx.member(k, t, sc, out, &mut n);
+            }
+            if !id_done {
+                sep(out, &mut n);
+                json::push_key(out, "id");
+                json::push_str(out, id);
+            }
+            if !type_done {
+                sep(out, &mut n);
+                json::push_key(out, "resourceType");
+                json::push_str(out, &r.kind);
+            }
+            out.push_str("}}");
+            // a resource already in the Bundle (same type and id) is left out; its
+            // body was still evaluated, so what it read counts as read
+            if seen.insert(url) {
+                *count += 1;
+            } else {
+                out.truncate(mark);
+            }
         };
         match &r.iter {
             None => emit(self, scope),
@@ -533,72 +597,116 @@ impl<'a> Ctx<'a> {
     }
 
     // ---- templates -------------------------------------------------------------
+    //
+    // Templates are written straight to JSON text. An element that turns out empty
+    // is taken back (`truncate` to where it began), so empty strings, objects and
+    // arrays never appear: the text is what building a `serde_json::Value` and
+    // pruning it would have serialized to, without the tree.
 
-    fn object_fields(
+    /// Writes `"key":value` (after a comma unless first) unless the value is empty.
+    fn member(
         &mut self,
-        fields: &'a [(String, Template)],
+        key: &str,
+        t: &'a Template,
         scope: &Scope<'_, 'a>,
-    ) -> Map<String, Value> {
-        let mut map = Map::new();
-        for (k, t) in fields {
-            if let Some(v) = self.value(t, scope) {
-                map.insert(k.clone(), v);
-            }
+        out: &mut String,
+        n: &mut usize,
+    ) {
+        let mark = out.len();
+        if *n > 0 {
+            out.push(',');
         }
-        map
+        json::push_key(out, key);
+        if self.write_value(t, scope, out) {
+            *n += 1;
+        } else {
+            out.truncate(mark);
+        }
     }
 
-    fn object(&mut self, o: &'a ObjTemplate, scope: &Scope<'_, 'a>) -> Option<Value> {
+    /// Writes an object template; false (and nothing written) when it is empty or
+    /// its `when` does not hold.
+    fn write_object(
+        &mut self,
+        o: &'a ObjTemplate,
+        scope: &Scope<'_, 'a>,
+        out: &mut String,
+    ) -> bool {
         if let Some(w) = &o.when {
             if !self.cond(w, scope) {
-                return None;
+                return false;
             }
         }
-        let map = self.object_fields(&o.fields, scope);
-        (!map.is_empty()).then_some(Value::Object(map))
+        let mark = out.len();
+        out.push('{');
+        let mut n = 0;
+        for (k, t) in &o.fields {
+            self.member(k, t, scope, out, &mut n);
+        }
+        if n == 0 {
+            out.truncate(mark);
+            return false;
+        }
+        out.push('}');
+        true
     }
 
-    /// The value of a template in an object member position (`None`: leave it out).
-    fn value(&mut self, t: &'a Template, scope: &Scope<'_, 'a>) -> Option<Value> {
+    /// Writes the value of a template in an object member position; false (and
+    /// nothing written) when it is empty.
+    fn write_value(&mut self, t: &'a Template, scope: &Scope<'_, 'a>, out: &mut String) -> bool {
         match t {
             Template::Expr(e) => {
                 let v = self.expr(e, scope);
-                self.to_json(v)
+                self.write_val(v, out)
             }
-            Template::Literal(v) => Some(v.clone()),
-            Template::Object(o) if o.iter.is_none() => self.object(o, scope),
+            Template::Literal(v) => {
+                json::push_value(out, v);
+                true
+            }
+            Template::Object(o) if o.iter.is_none() => self.write_object(o, scope, out),
             Template::Object(_) | Template::Array(_) => {
-                let mut items = Vec::new();
-                self.items(t, scope, &mut items);
-                (!items.is_empty()).then_some(Value::Array(items))
+                let mark = out.len();
+                out.push('[');
+                let mut n = 0;
+                self.write_items(t, scope, out, &mut n);
+                if n == 0 {
+                    out.truncate(mark);
+                    return false;
+                }
+                out.push(']');
+                true
             }
         }
     }
 
-    /// The values of a template in an array position (flattened).
-    fn items(&mut self, t: &'a Template, scope: &Scope<'_, 'a>, out: &mut Vec<Value>) {
+    /// Writes the values of a template in an array position (flattened), each
+    /// after a comma unless it is the first (`n` counts them).
+    fn write_items(
+        &mut self,
+        t: &'a Template,
+        scope: &Scope<'_, 'a>,
+        out: &mut String,
+        n: &mut usize,
+    ) {
         match t {
             Template::Expr(e) => {
                 let v = self.expr(e, scope);
-                match self.to_json(v) {
-                    Some(Value::Array(a)) => out.extend(a),
-                    Some(v) => out.push(v),
-                    None => {}
-                }
+                self.write_val_items(v, out, n);
             }
-            Template::Literal(v) => out.push(v.clone()),
+            Template::Literal(v) => {
+                sep(out, n);
+                json::push_value(out, v);
+            }
             Template::Array(ts) => {
                 for t in ts {
-                    self.items(t, scope, out);
+                    self.write_items(t, scope, out, n);
                 }
             }
             Template::Object(o) => match &o.iter {
-                None => out.extend(self.object(o, scope)),
+                None => self.write_item_object(o, scope, out, n),
                 Some(it) => {
                     let mut f = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
-                        if let Some(v) = ctx.object(o, sc) {
-                            out.push(v);
-                        }
+                        ctx.write_item_object(o, sc, out, n);
                     };
                     self.iterate(it, scope, &mut f);
                 }
@@ -606,32 +714,80 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn to_json(&self, v: Val<'a>) -> Option<Value> {
+    fn write_item_object(
+        &mut self,
+        o: &'a ObjTemplate,
+        scope: &Scope<'_, 'a>,
+        out: &mut String,
+        n: &mut usize,
+    ) {
+        let mark = out.len();
+        if *n > 0 {
+            out.push(',');
+        }
+        if self.write_object(o, scope, out) {
+            *n += 1;
+        } else {
+            out.truncate(mark);
+        }
+    }
+
+    /// Writes an evaluated value in a member position: text trimmed, lists as
+    /// arrays (flattened); false (and nothing written) when it is empty.
+    fn write_val(&self, v: Val<'a>, out: &mut String) -> bool {
         match v {
-            Val::Empty => None,
-            Val::Text(Cow::Owned(s)) if s.trim_fast().len() == s.len() => {
-                (!s.is_empty() && s != "\"\"").then_some(Value::String(s))
-            }
-            Val::Text(t) => {
-                let t = t.trim_fast();
-                (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
-            }
-            Val::Node(n) => {
-                let t = n.text(&self.seps);
-                let t = t.trim_fast();
-                (!t.is_empty() && t != "\"\"").then(|| Value::String(t.to_string()))
-            }
-            Val::Json(j) => (!json_is_empty(&j)).then_some(j),
-            Val::List(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for i in items {
-                    match self.to_json(i) {
-                        Some(Value::Array(a)) => out.extend(a),
-                        Some(v) => out.push(v),
-                        None => {}
-                    }
+            Val::Empty => false,
+            Val::Text(t) => write_text(&t, out),
+            Val::Node(n) => write_text(&n.text(&self.seps), out),
+            Val::Json(j) => {
+                if json_is_empty(&j) {
+                    return false;
                 }
-                (!out.is_empty()).then_some(Value::Array(out))
+                json::push_value(out, &j);
+                true
+            }
+            Val::List(items) => {
+                let mark = out.len();
+                out.push('[');
+                let mut n = 0;
+                for i in items {
+                    self.write_val_items(i, out, &mut n);
+                }
+                if n == 0 {
+                    out.truncate(mark);
+                    return false;
+                }
+                out.push(']');
+                true
+            }
+        }
+    }
+
+    /// Writes an evaluated value in an array position: lists and JSON arrays are
+    /// flattened into the enclosing array.
+    fn write_val_items(&self, v: Val<'a>, out: &mut String, n: &mut usize) {
+        match v {
+            Val::List(items) => {
+                for i in items {
+                    self.write_val_items(i, out, n);
+                }
+            }
+            Val::Json(Value::Array(a)) => {
+                for item in &a {
+                    sep(out, n);
+                    json::push_value(out, item);
+                }
+            }
+            v => {
+                let mark = out.len();
+                if *n > 0 {
+                    out.push(',');
+                }
+                if self.write_val(v, out) {
+                    *n += 1;
+                } else {
+                    out.truncate(mark);
+                }
             }
         }
     }
@@ -1054,6 +1210,10 @@ impl<'a> Ctx<'a> {
                     self.warn(loc, format!("`{}` is not a number", text.trim_fast()));
                     Val::Empty
                 }
+            },
+            Transform::Range(bound) => match transform::range_bound(&text, *bound) {
+                Some(n) => Val::Text(Cow::Owned(n.to_string())),
+                None => Val::Empty,
             },
             Transform::Uuid5(kind) => {
                 Val::Text(Cow::Owned(transform::uuid5(kind, text.trim_fast())))

@@ -99,8 +99,9 @@ mod tests {
                         continue;
                     }
                 };
+                let document = out.value();
                 for frag in &case.expect {
-                    if !super::super::contains_fragment(&out.document, frag) {
+                    if !super::super::contains_fragment(&document, frag) {
                         failures.push(format!(
                             "{} / {}: missing {frag}\nin {}",
                             plan.name(),

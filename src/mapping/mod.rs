@@ -25,6 +25,7 @@ mod compile;
 mod datatypes;
 mod eval;
 mod expr;
+mod json;
 mod load;
 pub(crate) mod transform;
 
@@ -168,10 +169,11 @@ pub struct TestCase {
 }
 
 /// The result of applying a plan.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapOutput {
-    /// The FHIR R4 transaction Bundle.
-    pub document: serde_json::Value,
+    /// The FHIR R4 transaction Bundle as compact JSON text, exactly what
+    /// `serde_json::to_string` gives for it (object keys sorted).
+    pub document: String,
     /// Fields present in the message with content that no rule read, as `PID-13`,
     /// `OBX[4]-17` (the bracket is the 1-based occurrence when a segment repeats).
     /// MSH-1 and MSH-2 (the separators) are never listed.
@@ -179,4 +181,14 @@ pub struct MapOutput {
     /// Data problems found while mapping (bad NHS number, bad date). These may name
     /// patient data: show them to the person running `junction map`, never log them.
     pub warnings: Vec<String>,
+}
+
+impl MapOutput {
+    /// The document parsed into a `serde_json::Value`, for tools and tests that
+    /// read it (the engine itself passes the text on as it is).
+    pub fn value(&self) -> serde_json::Value {
+        // the text is written by this module and always parses; `Null` only if
+        // that invariant were ever broken
+        serde_json::from_str(&self.document).unwrap_or(serde_json::Value::Null)
+    }
 }

@@ -30,6 +30,8 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(test)]
+use super::document::Document;
 use super::document::{Facts, Field};
 
 /// A parsed `when` condition.
@@ -652,7 +654,7 @@ mod tests {
                         sending_application: "PAS",
                         sending_facility: "RAL",
                     };
-                    let facts = Facts { input: &input, document: &doc };
+                    let facts = Facts { input: &input, document: Document::Parsed(&doc) };
                     let _ = c.eval(&facts, &Tables::new());
                 }
                 Err(e) => proptest::prop_assert!(e.offset <= text.len() && text.is_char_boundary(e.offset)),

@@ -95,7 +95,31 @@ impl Field {
 /// the document (`Json::Null` before mapping).
 pub(crate) struct Facts<'a> {
     pub input: &'a RouteInput<'a>,
-    pub document: &'a Json,
+    pub document: Document<'a>,
+}
+
+/// The document a condition reads: already parsed, or JSON text parsed the first
+/// time a condition names a document field (a route set whose conditions only
+/// read the message header never parses it).
+pub(crate) enum Document<'a> {
+    Parsed(&'a Json),
+    Text(&'a str, std::cell::OnceCell<Json>),
+}
+
+impl<'a> Document<'a> {
+    pub fn text(text: &'a str) -> Document<'a> {
+        Document::Text(text, std::cell::OnceCell::new())
+    }
+
+    /// The parsed document; text that is not JSON reads as `Json::Null` (no values).
+    fn get(&self) -> &Json {
+        match self {
+            Document::Parsed(j) => j,
+            Document::Text(text, parsed) => {
+                parsed.get_or_init(|| serde_json::from_str(text).unwrap_or(Json::Null))
+            }
+        }
+    }
 }
 
 impl Facts<'_> {
@@ -111,14 +135,14 @@ impl Facts<'_> {
             Field::MessageSendingApplication => one(self.input.sending_application),
             Field::MessageSendingFacility => one(self.input.sending_facility),
             Field::MessageOrigin => self.input.origin.id().map(one).unwrap_or_default(),
-            Field::DocumentResourceTypes => resources(self.document)
+            Field::DocumentResourceTypes => resources(self.document.get())
                 .filter_map(|(_, r)| str_at(r, "resourceType"))
                 .map(str::to_string)
                 .collect(),
-            Field::PatientNhsNumber => patients(self.document)
+            Field::PatientNhsNumber => patients(self.document.get())
                 .flat_map(|p| identifiers(p, &[NHS_NUMBER_SYSTEM]))
                 .collect(),
-            Field::PatientPostcode => patients(self.document)
+            Field::PatientPostcode => patients(self.document.get())
                 .flat_map(|p| array(p, "address"))
                 .filter_map(|a| str_at(a, "postalCode"))
                 .map(str::to_string)
@@ -133,7 +157,7 @@ impl Facts<'_> {
     /// resource in the Bundle.
     fn gp_identifiers(&self, systems: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
-        for patient in patients(self.document) {
+        for patient in patients(self.document.get()) {
             for gp in array(patient, "generalPractitioner") {
                 if let Some(id) = gp.get("identifier") {
                     if let Some(v) = matching_value(id, systems) {
@@ -141,7 +165,7 @@ impl Facts<'_> {
                     }
                 }
                 if let Some(reference) = str_at(gp, "reference") {
-                    if let Some(target) = resolve(self.document, reference) {
+                    if let Some(target) = resolve(self.document.get(), reference) {
                         out.extend(identifiers(target, systems));
                     }
                 }

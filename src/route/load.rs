@@ -96,7 +96,7 @@ pub(crate) fn run_test(
         let output = plan.apply(&message).map_err(|e| e.to_string())?;
         got.extend(
             group
-                .destinations_for(&output.document)
+                .destinations_for_text(&output.document)
                 .into_iter()
                 .map(|d| d.id),
         );

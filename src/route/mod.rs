@@ -62,7 +62,7 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use condition::{normalise, Condition, Tables};
-use document::Facts;
+use document::{Document, Facts};
 
 pub use document::{GP_SYSTEMS, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
 
@@ -447,6 +447,16 @@ impl<'s> MappingGroup<'s> {
     /// Bundle this group's mapping produced), each once. Empty means the document
     /// is unrouted.
     pub fn destinations_for(&self, document: &Json) -> Vec<DestinationRef> {
+        self.destinations_with(Document::Parsed(document))
+    }
+
+    /// [`Self::destinations_for`] a document given as JSON text (what a mapping
+    /// writes): it is parsed only if some route's condition reads the document.
+    pub fn destinations_for_text(&self, document: &str) -> Vec<DestinationRef> {
+        self.destinations_with(Document::text(document))
+    }
+
+    fn destinations_with(&self, document: Document<'_>) -> Vec<DestinationRef> {
         let facts = Facts {
             input: &self.selection.input,
             document,

@@ -619,7 +619,7 @@ fn a_mapped_neighbour_patient_reaches_each_ics_once() {
             .unwrap()
             .apply(&message)
             .unwrap()
-            .document;
+            .value();
         let got: Vec<String> = groups[0]
             .destinations_for(&document)
             .into_iter()
