@@ -12,6 +12,7 @@ use std::collections::HashSet;
 
 use std::sync::atomic::Ordering;
 
+use jiff::tz::TimeZone;
 use serde_json::Value;
 
 use super::compile::{Iter, ObjTemplate, PlanInner, Resource, Template};
@@ -230,7 +231,13 @@ struct Ctx<'a> {
     occurrence: Vec<(u32, bool)>,
     /// Macro values already computed in this apply, by macro.
     cache: Vec<Vec<(MacroKey, Val<'a>)>>,
+    /// Timestamps already converted in this apply (a lab report's OBR-7 and
+    /// OBR-22 are read again for every observation): text, time zone, result.
+    datetimes: Vec<(String, *const TimeZone, Result<String, String>)>,
 }
+
+/// Converted timestamps kept per apply (the most recent ones).
+const DATETIME_MEMO: usize = 8;
 
 /// Values kept per macro (the most recent ones).
 const MACRO_CACHE_ENTRIES: usize = 64;
@@ -278,6 +285,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         warned: HashSet::new(),
         occurrence,
         cache: vec![Vec::new(); plan.macros.len()],
+        datetimes: Vec::new(),
     };
     let top = Scope {
         start: 0,
@@ -340,6 +348,24 @@ impl<'a> Ctx<'a> {
         if self.warned.insert(w.clone()) {
             self.warnings.push(w);
         }
+    }
+
+    /// [`transform::hl7_datetime`], remembered for the texts seen last in this apply.
+    fn datetime(&mut self, text: &str, tz: &TimeZone) -> Result<String, String> {
+        let zone: *const TimeZone = tz;
+        if let Some((_, _, r)) = self
+            .datetimes
+            .iter()
+            .find(|(t, z, _)| *z == zone && t == text)
+        {
+            return r.clone();
+        }
+        let r = transform::hl7_datetime(text, tz);
+        if self.datetimes.len() >= DATETIME_MEMO {
+            let _oldest = self.datetimes.remove(0);
+        }
+        self.datetimes.push((text.to_string(), zone, r.clone()));
+        r
     }
 
     fn segment(&self, i: usize) -> Option<Segment<'a>> {
@@ -1181,7 +1207,7 @@ impl<'a> Ctx<'a> {
                     Val::Empty
                 }
             },
-            Transform::DateTime(tz) => match transform::hl7_datetime(&text, tz) {
+            Transform::DateTime(tz) => match self.datetime(&text, tz) {
                 Ok(d) => Val::Text(Cow::Owned(d)),
                 Err(e) => {
                     self.warn(loc, e);

@@ -85,6 +85,23 @@ pub(crate) fn push_key(out: &mut String, key: &str) {
     out.push_str("\":");
 }
 
+/// Appends `n` in decimal, as itoa (serde_json's integer writer) does.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
 /// Appends a `serde_json::Value` as `serde_json::to_string` would write it.
 pub(crate) fn push_value(out: &mut String, v: &Value) {
     match v {
@@ -94,7 +111,15 @@ pub(crate) fn push_value(out: &mut String, v: &Value) {
         // `Number`'s Display is its JSON form (itoa / shortest round-trip float);
         // writing to a String cannot fail
         Value::Number(n) => {
-            let _ = write!(out, "{n}");
+            if let Some(u) = n.as_u64() {
+                push_u64(out, u);
+            } else if let Some(i) = n.as_i64() {
+                // negative (a non-negative one is a u64 above)
+                out.push('-');
+                push_u64(out, i.unsigned_abs());
+            } else {
+                let _ = write!(out, "{n}");
+            }
         }
         Value::String(s) => push_str(out, s),
         Value::Array(items) => {
@@ -151,7 +176,7 @@ mod tests {
     #[test]
     fn numbers_and_nesting_as_serde_json_does() {
         let v = serde_json::json!({
-            "b": [1, -2, 3.5, 1e300, 0.1, -0.0, 12345678901234567890u64, true, false, null],
+            "b": [1, -2, 0, i64::MIN, u64::MAX, 3.5, 1e300, 0.1, -0.0, 12345678901234567890u64, true, false, null],
             "a": {"z": "x", "A": [], "m": {}},
         });
         assert_eq!(ours(&v), serde_json::to_string(&v).unwrap());
