@@ -353,13 +353,15 @@ fn lab_orders_and_specimens_are_referenced_within_the_bundle() {
 fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
     let output = map_one("samples/oru_r01_order_notes.hl7");
     for field in [
-        "ORC-5",
-        "ORC-9",
-        "ORC-12",
+        "ORC[1]-5",
+        "ORC[1]-9",
+        "ORC[1]-12",
+        "ORC[2]-5",
+        "ORC[2]-9",
+        "ORC[2]-12",
         "OBR[1]-14",
         "OBR[1]-15",
         "OBR[1]-16",
-        "OBR[2]-16",
     ] {
         assert!(
             !output.unread.contains(&field.to_string()),
@@ -367,8 +369,24 @@ fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
             output.unread
         );
     }
-    // two OBRs, one with specimen fields: two orders, one Specimen
-    assert_eq!(resources(&output.document, "ServiceRequest").len(), 2);
+    // two orders, each read from its own ORC; one OBR with specimen fields
+    let orders = resources(&output.document, "ServiceRequest");
+    assert_eq!(orders.len(), 2);
+    let who = |o: &Value| {
+        o["requester"]["identifier"]["value"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(orders[0]["code"]["coding"][0]["code"], "LFT");
+    assert_eq!(who(orders[0]).as_deref(), Some("G2233445"), "OBR-16");
+    assert_eq!(orders[0]["authoredOn"], "2026-11-21T09:15:00+00:00");
+    assert_eq!(orders[1]["code"]["coding"][0]["code"], "TSH");
+    assert_eq!(
+        who(orders[1]).as_deref(),
+        Some("G2233452"),
+        "its own ORC-12"
+    );
+    assert_eq!(orders[1]["authoredOn"], "2026-11-21T09:18:00+00:00");
     let specimen = only(&output.document, "Specimen");
     let specimen_ref = format!("Specimen/{}", specimen["id"].as_str().unwrap());
     let reports = resources(&output.document, "DiagnosticReport");

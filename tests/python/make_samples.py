@@ -594,13 +594,16 @@ def oru_r01_microbiology():
 
 
 def oru_r01_order_notes():
-    # A GP-requested liver profile and TSH for the A31 patient, v2.4: one ORC (ORC-9
-    # transaction time, ORC-12 ordering GP) and two OBR groups. The first OBR carries
-    # OBR-14 (specimen received), OBR-15 as a v2.4 SPS (specimen source code in
-    # subcomponents) and OBR-16, an NTE directly after it (the requester's clinical
-    # details: a note on the order, not on a result), and 3 OBX with an NTE after one
-    # of them. The second OBR has no specimen fields (so no Specimen).
+    # A GP-requested liver profile and TSH for the A31 patient, v2.4, two order groups
+    # each with its own ORC (ORC-5, ORC-9 transaction time, ORC-12 ordering GP). The
+    # first OBR carries OBR-14 (specimen received), OBR-15 as a v2.4 SPS (specimen
+    # source code in subcomponents) and OBR-16, an NTE directly after it (the
+    # requester's clinical details: a note on the order, not on a result), and 3 OBX
+    # with an NTE after one of them. The second order was placed by another GP of the
+    # practice: its OBR has no OBR-16 (the ORC-12 of its own ORC says who) and no
+    # specimen fields (so no Specimen).
     gp = "G2233445^DAVIES^CERI^^^DR"
+    gp2 = "G2233452^PRICE^OWAIN^^^DR"
     collected = "20261121093000"
     reported = "20261122101500"
 
@@ -639,13 +642,14 @@ def oru_r01_order_notes():
         seg("NTE", {1: "1", 2: "L", 3: "ALT raised: suggest repeat in 4 weeks."}),
         nm("2", "ALP^Alkaline phosphatase^WINPATH", "102", "U/L", "30-130"),
         nm("3", "BILI^Bilirubin^WINPATH", "11", "umol/L", "0-21"),
+        seg("ORC", {1: "RE", 2: "ICE5521911^ICE", 3: "26B0778813^WINPATH", 5: "CM",
+                    9: "20261121091800", 12: gp2}),
         seg("OBR", {
             1: "2",
-            2: "ICE5521907^ICE",
+            2: "ICE5521911^ICE",
             3: "26B0778813^WINPATH",
             4: "TSH^Thyroid stimulating hormone^WINPATH",
             7: collected,
-            16: gp,
             22: reported,
             24: "CHEM",
             25: "F",
