@@ -52,6 +52,7 @@ snapshots! {
     adt_a40_merge => "samples/adt_a40_merge.hl7",
     oru_r01_fbc_ue => "samples/oru_r01_fbc_ue.hl7",
     oru_r01_microbiology => "samples/oru_r01_microbiology.hl7",
+    oru_r01_order_notes => "samples/oru_r01_order_notes.hl7",
     batch_adt => "samples/batch_adt.hl7",
     nhs_number_bad_checksum => "tests/bad-input/nhs_number_bad_checksum.hl7",
 }
@@ -283,6 +284,150 @@ fn the_lab_report_has_one_observation_per_result_obx() {
     assert!(pdf["data"]
         .as_str()
         .is_some_and(|d| d.starts_with("JVBERi0x")));
+}
+
+/// Every literal reference `Type/id` in a document, with where it was found.
+fn references(value: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("reference", Value::String(r)) => out.push((at.to_string(), r.clone())),
+                    _ => references(v, &format!("{at}.{k}"), out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| references(v, at, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn lab_orders_and_specimens_are_referenced_within_the_bundle() {
+    // The ServiceRequest, Specimen and Observation a lab result refers to are in the
+    // same Bundle (Patient and Encounter may come from the PAS instead).
+    let set = mappings();
+    let mut checked = 0;
+    for file in [
+        "samples/oru_r01_fbc_ue.hl7",
+        "samples/oru_r01_microbiology.hl7",
+        "samples/oru_r01_order_notes.hl7",
+    ] {
+        for (name, output) in map_file(&set, &repo().join(file)) {
+            let entries = output.document["entry"].as_array().expect("entries");
+            let ids: Vec<String> = entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap(),
+                        e["resource"]["id"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            let mut refs = Vec::new();
+            references(&output.document, "", &mut refs);
+            for (at, r) in refs {
+                if ["ServiceRequest/", "Specimen/", "Observation/"]
+                    .iter()
+                    .any(|t| r.starts_with(t))
+                {
+                    checked += 1;
+                    assert!(ids.contains(&r), "{name}: {at} -> {r} is not in the Bundle");
+                }
+            }
+            // one order per OBR, each the basis of that OBR's report
+            let orders = resources(&output.document, "ServiceRequest");
+            let reports = resources(&output.document, "DiagnosticReport");
+            assert_eq!(
+                orders.len(),
+                reports.len(),
+                "{name}: a ServiceRequest per OBR"
+            );
+            for report in reports {
+                assert!(
+                    report["basedOn"][0]["reference"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("ServiceRequest/")),
+                    "{name}: {report}"
+                );
+            }
+        }
+    }
+    assert!(checked >= 40, "references were checked ({checked})");
+}
+
+#[test]
+fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
+    let output = map_one("samples/oru_r01_order_notes.hl7");
+    for field in [
+        "ORC[1]-5",
+        "ORC[1]-9",
+        "ORC[1]-12",
+        "ORC[2]-5",
+        "ORC[2]-9",
+        "ORC[2]-12",
+        "OBR[1]-14",
+        "OBR[1]-15",
+        "OBR[1]-16",
+    ] {
+        assert!(
+            !output.unread.contains(&field.to_string()),
+            "{field} unread: {:?}",
+            output.unread
+        );
+    }
+    // two orders, each read from its own ORC; one OBR with specimen fields
+    let orders = resources(&output.document, "ServiceRequest");
+    assert_eq!(orders.len(), 2);
+    let who = |o: &Value| {
+        o["requester"]["identifier"]["value"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(orders[0]["code"]["coding"][0]["code"], "LFT");
+    assert_eq!(who(orders[0]).as_deref(), Some("G2233445"), "OBR-16");
+    assert_eq!(orders[0]["authoredOn"], "2026-11-21T09:15:00+00:00");
+    assert_eq!(orders[1]["code"]["coding"][0]["code"], "TSH");
+    assert_eq!(
+        who(orders[1]).as_deref(),
+        Some("G2233452"),
+        "its own ORC-12"
+    );
+    assert_eq!(orders[1]["authoredOn"], "2026-11-21T09:18:00+00:00");
+    let specimen = only(&output.document, "Specimen");
+    let specimen_ref = format!("Specimen/{}", specimen["id"].as_str().unwrap());
+    let reports = resources(&output.document, "DiagnosticReport");
+    assert_eq!(
+        reports[0]["specimen"][0]["reference"],
+        specimen_ref.as_str()
+    );
+    assert!(
+        reports[1].get("specimen").is_none(),
+        "the TSH OBR has no specimen fields"
+    );
+    // The NTE after the ALT result is that Observation's note, and nowhere else.
+    let comment = "ALT raised: suggest repeat in 4 weeks.";
+    let with_comment: Vec<&Value> = output.document["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r.to_string().contains(comment))
+        .collect();
+    assert_eq!(with_comment.len(), 1, "{with_comment:?}");
+    assert_eq!(with_comment[0]["resourceType"], "Observation");
+    assert_eq!(with_comment[0]["code"]["coding"][0]["code"], "ALT");
+    assert_eq!(
+        with_comment[0]["specimen"]["reference"],
+        specimen_ref.as_str()
+    );
+    // The clinical details after the OBR are never put on a result or report either.
+    for kind in ["Observation", "DiagnosticReport"] {
+        for r in resources(&output.document, kind) {
+            assert!(!r.to_string().contains("atorvastatin"), "{r}");
+        }
+    }
 }
 
 #[test]

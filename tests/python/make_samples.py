@@ -593,6 +593,71 @@ def oru_r01_microbiology():
     ])
 
 
+def oru_r01_order_notes():
+    # A GP-requested liver profile and TSH for the A31 patient, v2.4, two order groups
+    # each with its own ORC (ORC-5, ORC-9 transaction time, ORC-12 ordering GP). The
+    # first OBR carries OBR-14 (specimen received), OBR-15 as a v2.4 SPS (specimen
+    # source code in subcomponents) and OBR-16, an NTE directly after it (the
+    # requester's clinical details: a note on the order, not on a result), and 3 OBX
+    # with an NTE after one of them. The second order was placed by another GP of the
+    # practice: its OBR has no OBR-16 (the ORC-12 of its own ORC says who) and no
+    # specimen fields (so no Specimen).
+    gp = "G2233445^DAVIES^CERI^^^DR"
+    gp2 = "G2233452^PRICE^OWAIN^^^DR"
+    collected = "20261121093000"
+    reported = "20261122101500"
+
+    def nm(set_id, code, value, units, rng, flag=""):
+        return seg("OBX", {1: set_id, 2: "NM", 3: code, 5: value, 6: units, 7: rng, 8: flag,
+                           11: "F", 14: collected})
+
+    return message([
+        msh("WINPATH", "RAL", "20261122101530", "ORU^R01^ORU_R01", "WP26112210153000210", "2.4",
+            {17: "GBR"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['evans']}^^^NHS^NH~RAL4567890^^^RAL^MR",
+            5: "EVANS^RHYS^GWYN^^MR^^L",
+            7: "19790611",
+            8: "M",
+        }),
+        seg("ORC", {1: "RE", 2: "ICE5521907^ICE", 3: "26B0778812^WINPATH", 5: "CM",
+                    9: "20261121091500", 12: gp}),
+        seg("OBR", {
+            1: "1",
+            2: "ICE5521907^ICE",
+            3: "26B0778812^WINPATH",
+            4: "LFT^Liver function tests^WINPATH",
+            7: collected,
+            14: "20261121141200",
+            15: "BLDV&Blood venous&HL70070",
+            16: gp,
+            22: reported,
+            24: "CHEM",
+            25: "F",
+        }),
+        seg("NTE", {1: "1", 2: "P", 3: "Clinical details: on atorvastatin 40 mg, ?drug-induced "
+                                       "liver injury."}),
+        nm("1", "ALT^Alanine transaminase^WINPATH", "86", "U/L", "0-40", "H"),
+        seg("NTE", {1: "1", 2: "L", 3: "ALT raised: suggest repeat in 4 weeks."}),
+        nm("2", "ALP^Alkaline phosphatase^WINPATH", "102", "U/L", "30-130"),
+        nm("3", "BILI^Bilirubin^WINPATH", "11", "umol/L", "0-21"),
+        seg("ORC", {1: "RE", 2: "ICE5521911^ICE", 3: "26B0778813^WINPATH", 5: "CM",
+                    9: "20261121091800", 12: gp2}),
+        seg("OBR", {
+            1: "2",
+            2: "ICE5521911^ICE",
+            3: "26B0778813^WINPATH",
+            4: "TSH^Thyroid stimulating hormone^WINPATH",
+            7: collected,
+            22: reported,
+            24: "CHEM",
+            25: "F",
+        }),
+        nm("4", "TSH^Thyroid stimulating hormone^WINPATH", "2.1", "mU/L", "0.27-4.2"),
+    ])
+
+
 def adt_a31_latin1():
     # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
     text = message([
@@ -722,6 +787,7 @@ def main():
         "adt_a40_merge.hl7": adt_a40().encode("ascii"),
         "oru_r01_fbc_ue.hl7": oru_r01().encode("ascii"),
         "oru_r01_microbiology.hl7": oru_r01_microbiology().encode("ascii"),
+        "oru_r01_order_notes.hl7": oru_r01_order_notes().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
