@@ -314,7 +314,8 @@ fn lab_orders_and_specimens_are_referenced_within_the_bundle() {
         "samples/oru_r01_order_notes.hl7",
     ] {
         for (name, output) in map_file(&set, &repo().join(file)) {
-            let entries = output.document["entry"].as_array().expect("entries");
+            let document = output.value();
+            let entries = document["entry"].as_array().expect("entries");
             let ids: Vec<String> = entries
                 .iter()
                 .map(|e| {
@@ -326,7 +327,7 @@ fn lab_orders_and_specimens_are_referenced_within_the_bundle() {
                 })
                 .collect();
             let mut refs = Vec::new();
-            references(&output.document, "", &mut refs);
+            references(&document, "", &mut refs);
             for (at, r) in refs {
                 if ["ServiceRequest/", "Specimen/", "Observation/"]
                     .iter()
@@ -337,8 +338,8 @@ fn lab_orders_and_specimens_are_referenced_within_the_bundle() {
                 }
             }
             // one order per OBR, each the basis of that OBR's report
-            let orders = resources(&output.document, "ServiceRequest");
-            let reports = resources(&output.document, "DiagnosticReport");
+            let orders = resources(&document, "ServiceRequest");
+            let reports = resources(&document, "DiagnosticReport");
             assert_eq!(
                 orders.len(),
                 reports.len(),
@@ -360,6 +361,7 @@ fn lab_orders_and_specimens_are_referenced_within_the_bundle() {
 #[test]
 fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
     let output = map_one("samples/oru_r01_order_notes.hl7");
+    let document = output.value();
     for field in [
         "ORC[1]-5",
         "ORC[1]-9",
@@ -378,7 +380,7 @@ fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
         );
     }
     // two orders, each read from its own ORC; one OBR with specimen fields
-    let orders = resources(&output.document, "ServiceRequest");
+    let orders = resources(&document, "ServiceRequest");
     assert_eq!(orders.len(), 2);
     let who = |o: &Value| {
         o["requester"]["identifier"]["value"]
@@ -395,9 +397,9 @@ fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
         "its own ORC-12"
     );
     assert_eq!(orders[1]["authoredOn"], "2026-11-21T09:18:00+00:00");
-    let specimen = only(&output.document, "Specimen");
+    let specimen = only(&document, "Specimen");
     let specimen_ref = format!("Specimen/{}", specimen["id"].as_str().unwrap());
-    let reports = resources(&output.document, "DiagnosticReport");
+    let reports = resources(&document, "DiagnosticReport");
     assert_eq!(
         reports[0]["specimen"][0]["reference"],
         specimen_ref.as_str()
@@ -408,7 +410,7 @@ fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
     );
     // The NTE after the ALT result is that Observation's note, and nowhere else.
     let comment = "ALT raised: suggest repeat in 4 weeks.";
-    let with_comment: Vec<&Value> = output.document["entry"]
+    let with_comment: Vec<&Value> = document["entry"]
         .as_array()
         .unwrap()
         .iter()
@@ -424,7 +426,7 @@ fn order_notes_sample_reads_the_order_fields_and_keeps_notes_apart() {
     );
     // The clinical details after the OBR are never put on a result or report either.
     for kind in ["Observation", "DiagnosticReport"] {
-        for r in resources(&output.document, kind) {
+        for r in resources(&document, kind) {
             assert!(!r.to_string().contains("atorvastatin"), "{r}");
         }
     }

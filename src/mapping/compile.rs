@@ -88,7 +88,7 @@ pub(crate) struct Resource {
 /// `for = "OBR > OBX"` (segment groups) or `each = "PID-3[*]"` (elements).
 #[derive(Debug)]
 pub(crate) enum Iter {
-    For(Vec<String>),
+    For(Vec<super::expr::GroupHead>),
     Each(Expr),
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::compile::{Iter, ObjTemplate, PlanInner, Resource, Template};
 use super::datatypes;
-use super::expr::{Anchor, Cond, Expr, Path, RepSel, Stage, Term};
+use super::expr::{Anchor, Cond, Expr, GroupHead, Path, RepSel, Stage, Term};
 use super::json;
 use super::transform::{self, Transform};
 use super::{MapError, MapOutput};
@@ -587,7 +587,7 @@ impl<'a> Ctx<'a> {
 
     fn groups(
         &mut self,
-        heads: &'a [String],
+        heads: &'a [GroupHead],
         scope: &Scope<'_, 'a>,
         f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
     ) {
@@ -595,9 +595,15 @@ impl<'a> Ctx<'a> {
             f(self, scope);
             return;
         };
-        let end = scope.end.min(self.names.len());
+        let mut end = scope.end.min(self.names.len());
+        if let Some(stop) = &head.before {
+            // only the part of the scope before the first `stop` segment
+            if let Some(i) = (scope.start..end).find(|&i| same_bytes(self.names[i], stop)) {
+                end = i;
+            }
+        }
         let starts: Vec<usize> = (scope.start..end)
-            .filter(|&i| same_bytes(self.names[i], head))
+            .filter(|&i| same_bytes(self.names[i], &head.name))
             .collect();
         // Seen from inside a group, the enclosing scope is only its part before the
         // first group: a segment of a sibling group (the NTE after another OBX) is

@@ -152,22 +152,44 @@ pub(crate) fn parse_cond(src: &str, resolver: &mut dyn Resolver) -> Result<Cond,
     Ok(c)
 }
 
-/// Parses a `for` value: `SEG` or `SEG > SEG > ...`.
-pub(crate) fn parse_for(src: &str) -> Result<Vec<String>, ExprError> {
+/// One level of a `for`: groups headed by segment `name`, optionally only in the
+/// part of the enclosing scope before the first `before` segment
+/// (`NTE before OBX`: the notes of an order, not those of its results).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupHead {
+    pub name: String,
+    pub before: Option<String>,
+}
+
+/// Parses a `for` value: `SEG` or `SEG > SEG > ...`, each level optionally
+/// `SEG before SEG`.
+pub(crate) fn parse_for(src: &str) -> Result<Vec<GroupHead>, ExprError> {
     let mut out = Vec::new();
     let mut offset = 0;
     for part in src.split('>') {
         let lead = part.len() - part.trim_start().len();
-        let name = part.trim();
-        if !is_segment_name(name) {
-            return Err(ExprError {
-                offset: offset + lead,
-                message: format!(
-                    "bad segment name `{name}` in `for`, expected a segment like `OBR` or `OBR > OBX`"
-                ),
-            });
+        let mut words = part.split_whitespace();
+        let bad = |name: &str| {
+            ExprError {
+            offset: offset + lead,
+            message: format!(
+                "bad segment name `{name}` in `for`, expected a segment like `OBR`, `OBR > OBX` or `NTE before OBX`"
+            ),
         }
-        out.push(name.to_string());
+        };
+        let name = words.next().unwrap_or("");
+        if !is_segment_name(name) {
+            return Err(bad(part.trim()));
+        }
+        let before = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => None,
+            (Some("before"), Some(stop), None) if is_segment_name(stop) => Some(stop.to_string()),
+            _ => return Err(bad(part.trim())),
+        };
+        out.push(GroupHead {
+            name: name.to_string(),
+            before,
+        });
         offset += part.len() + 1;
     }
     Ok(out)

@@ -492,3 +492,62 @@ fn macro_values_follow_their_scope() {
         ])
     );
 }
+
+#[test]
+fn for_before_stops_at_the_first_stop_segment() {
+    let message = "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C2|P|2.4\r\
+PID|1||9434765919^^^NHS^NH\r\
+OBR|1||F1|A^Alpha\r\
+NTE|1||order note 1\r\
+NTE|2||order note 2\r\
+OBX|1|NM|A^Alpha||5\r\
+NTE|1||result note\r\
+OBR|2||F2|B^Beta\r\
+OBX|1|NM|B^Beta||6\r\
+NTE|1||second result note\r";
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"ServiceRequest\"\nfor = \"OBR\"\nid = \"OBR-3\"\n[resource.body]\nnote = [{{ for = \"NTE before OBX\", text = \"NTE-3\" }}]\nresults = [{{ for = \"OBX\", notes = [{{ for = \"NTE\", text = \"NTE-3\" }}] }}]\n"
+    );
+    let src = src.replace("ADT^A01", "ORU^R01");
+    let out = apply_str(&src, message);
+    let doc = out.value();
+    let first = &doc["entry"][0]["resource"];
+    assert_eq!(
+        first["note"],
+        json!([{"text": "order note 1"}, {"text": "order note 2"}])
+    );
+    assert_eq!(
+        first["results"],
+        json!([{"notes": [{"text": "result note"}]}])
+    );
+    // an OBR without notes of its own gets none, not its result's
+    let second = &doc["entry"][1]["resource"];
+    assert!(second.get("note").is_none(), "{second}");
+    assert!(
+        !out.unread
+            .iter()
+            .any(|u| u.starts_with("NTE") && u.ends_with("-3")),
+        "{:?}",
+        out.unread
+    );
+}
+
+#[test]
+fn bad_for_is_reported_at_load() {
+    let base = "[mapping]\nmessages = [\"ORU^R01\"]\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n";
+    for bad in [
+        "NTE before",
+        "NTE after OBX",
+        "NTE before obx",
+        "NTE before OBX OBR",
+    ] {
+        let src = format!("{base}n = [{{ for = \"{bad}\", t = \"NTE-3\" }}]\n");
+        let errors = compile_str(&src).expect_err(bad);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 7 && e.message.contains("in `for`")),
+            "{bad}: {errors:?}"
+        );
+    }
+}
