@@ -64,13 +64,14 @@ pub(crate) fn build(
             let mut m = Map::new();
             put(&mut m, "use", name_use(&t(7)));
             put(&mut m, "family", &n.sub_text(1, 1, seps));
-            let given: Vec<Value> = [t(2), t(3)]
-                .iter()
-                .flat_map(|g| {
-                    g.split_whitespace()
-                        .map(|s| Value::String(s.to_string()))
-                        .collect::<Vec<_>>()
-                })
+            // XPN-2 is one given name even with spaces in it ("MARY ANN"); XPN-3
+            // holds the further given names, which HL7 separates with spaces
+            let first = t(2);
+            let further = t(3);
+            let given: Vec<Value> = std::iter::once(first.as_ref())
+                .filter(|g| !g.is_empty())
+                .chain(further.split_whitespace())
+                .map(|g| Value::String(g.to_string()))
                 .collect();
             if !given.is_empty() {
                 m.insert("given".into(), Value::Array(given));
