@@ -97,6 +97,9 @@ pub(crate) enum Iter {
 pub(crate) enum Template {
     Expr(Expr),
     Literal(Value),
+    /// A constant, already written as JSON text (what [`freeze`] makes of every
+    /// `Literal` once a template is folded): applying copies it as is.
+    Raw(String),
     Array(Vec<Template>),
     Object(Box<ObjTemplate>),
 }
@@ -673,7 +676,7 @@ impl<'s> Compiler<'s> {
                                 continue;
                             }
                             if let Some(tpl) = self.template(bv, bkey) {
-                                body.push((bkey.to_string(), tpl));
+                                body.push((bkey.to_string(), freeze(tpl)));
                             }
                         }
                     }
@@ -906,6 +909,26 @@ fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {
 
 /// Constant folding: a template without paths, macros or conditions becomes the
 /// JSON it always produces (already pruned), so applying it is one clone.
+/// Turns every constant of a folded template into its JSON text.
+fn freeze(t: Template) -> Template {
+    match t {
+        Template::Literal(v) => {
+            let mut text = String::new();
+            super::json::push_value(&mut text, &v);
+            Template::Raw(text)
+        }
+        Template::Array(items) => Template::Array(items.into_iter().map(freeze).collect()),
+        Template::Object(mut o) => {
+            o.fields = std::mem::take(&mut o.fields)
+                .into_iter()
+                .map(|(k, t)| (k, freeze(t)))
+                .collect();
+            Template::Object(o)
+        }
+        t @ (Template::Expr(_) | Template::Raw(_)) => t,
+    }
+}
+
 fn fold(t: Template) -> Template {
     match t {
         Template::Expr(Expr {

@@ -10,9 +10,9 @@
 use std::borrow::Cow;
 
 use jiff::tz::TimeZone;
-use serde_json::{Map, Value};
 
 use super::eval::{Node, TrimFast};
+use super::json;
 use super::transform::{self, DataType};
 use crate::hl7::Separators;
 
@@ -21,70 +21,137 @@ pub(crate) const ODS_SYSTEM: &str = "https://fhir.nhs.uk/Id/ods-organization-cod
 pub(crate) const GMC_SYSTEM: &str = "https://fhir.hl7.org.uk/Id/gmc-number";
 pub(crate) const GMP_SYSTEM: &str = "https://fhir.hl7.org.uk/Id/gmp-number";
 
-/// Applies a built-in to a message element.
+/// One JSON object being written. Members must be added in key order (as
+/// `serde_json` sorts them); a member whose value is empty is left out.
+struct Obj<'o> {
+    out: &'o mut String,
+    start: usize,
+    n: usize,
+}
+
+impl<'o> Obj<'o> {
+    fn new(out: &'o mut String) -> Obj<'o> {
+        let start = out.len();
+        out.push('{');
+        Obj { out, start, n: 0 }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.n > 0 {
+            self.out.push(',');
+        }
+        self.n += 1;
+        json::push_key(self.out, key);
+    }
+
+    /// `key: "value"`, trimmed, unless empty or HL7's `""`.
+    fn str(&mut self, key: &str, value: &str) {
+        let v = value.trim_fast();
+        if !v.is_empty() && v != "\"\"" {
+            self.key(key);
+            json::push_str(self.out, v);
+        }
+    }
+
+    /// `key: ["a", "b"]` of the non-empty values, unless there are none.
+    fn list<'v>(&mut self, key: &str, values: impl IntoIterator<Item = &'v str>) {
+        let mut values = values
+            .into_iter()
+            .map(str::trim_fast)
+            .filter(|v| !v.is_empty() && *v != "\"\"")
+            .peekable();
+        if values.peek().is_none() {
+            return;
+        }
+        self.key(key);
+        self.out.push('[');
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            json::push_str(self.out, v);
+        }
+        self.out.push(']');
+    }
+
+    /// `key: <object>` written by `f`, unless it writes no member.
+    fn object(&mut self, key: &str, f: impl FnOnce(&mut Obj<'_>)) {
+        let mark = self.out.len();
+        self.key(key);
+        let mut inner = Obj::new(self.out);
+        f(&mut inner);
+        if !inner.finish() {
+            self.out.truncate(mark);
+            self.n -= 1;
+        }
+    }
+
+    /// Closes the object: false, and nothing left written, when it has no member.
+    fn finish(self) -> bool {
+        if self.n == 0 {
+            self.out.truncate(self.start);
+            return false;
+        }
+        self.out.push('}');
+        true
+    }
+}
+
+/// Applies a built-in to a message element: the FHIR element as JSON text (an
+/// object), or `None` when nothing is left of it.
 pub(crate) fn build(
     dt: DataType,
     n: Node<'_>,
     seps: &Separators,
     _tz: &TimeZone,
     warnings: &mut Vec<String>,
-) -> Option<Value> {
+) -> Option<String> {
     let t = |i: usize| n.part_text(i, seps);
-    let out = match dt {
+    let mut text = String::with_capacity(96);
+    let mut o = Obj::new(&mut text);
+    match dt {
         DataType::Cx => {
             let value = t(1);
             let authority = n.sub_text(4, 1, seps);
             let kind = t(5);
-            let mut m = Map::new();
             let nhs = authority.eq_ignore_ascii_case("NHS") || kind.eq_ignore_ascii_case("NH");
             if nhs {
                 match transform::nhs_number(&value) {
                     Some(v) => {
-                        put(&mut m, "system", NHS_NUMBER_SYSTEM);
-                        put(&mut m, "value", &v);
-                        return Some(Value::Object(m));
+                        o.str("system", NHS_NUMBER_SYSTEM);
+                        o.str("value", &v);
+                        return o.finish().then_some(text);
                     }
                     None => warnings.push(format!(
                         "NHS number {value} fails modulus 11; kept as a local identifier"
                     )),
                 }
             }
+            o.object("assigner", |a| a.str("display", &authority));
             if !kind.is_empty() && !nhs {
-                m.insert("type".into(), codeable(&kind, "", "HL70203", ""));
+                o.object("type", |c| codeable(c, &kind, "", "HL70203", ""));
             }
-            put(&mut m, "value", &value);
-            if !authority.is_empty() {
-                let mut a = Map::new();
-                put(&mut a, "display", &authority);
-                m.insert("assigner".into(), Value::Object(a));
-            }
-            m
+            o.str("value", &value);
         }
         DataType::Xpn => {
-            let mut m = Map::new();
-            put(&mut m, "use", name_use(&t(7)));
-            put(&mut m, "family", &n.sub_text(1, 1, seps));
             // XPN-2 is one given name even with spaces in it ("MARY ANN"); XPN-3
             // holds the further given names, which HL7 separates with spaces
             let first = t(2);
             let further = t(3);
-            let given: Vec<Value> = std::iter::once(first.as_ref())
-                .filter(|g| !g.is_empty())
-                .chain(further.split_whitespace())
-                .map(|g| Value::String(g.to_string()))
-                .collect();
-            if !given.is_empty() {
-                m.insert("given".into(), Value::Array(given));
-            }
-            put_list(&mut m, "prefix", &[t(5).as_ref()]);
-            put_list(&mut m, "suffix", &[t(4).as_ref(), t(6).as_ref()]);
-            if !m.contains_key("family") && !m.contains_key("given") {
+            o.str("family", &n.sub_text(1, 1, seps));
+            o.list(
+                "given",
+                std::iter::once(first.as_ref()).chain(further.split_whitespace()),
+            );
+            // no family and no given name: no name
+            if o.n == 0 {
                 return None;
             }
-            m
+            o.list("prefix", [t(5).as_ref()]);
+            o.list("suffix", [t(4).as_ref(), t(6).as_ref()]);
+            o.str("use", name_use(&t(7)));
         }
         DataType::Xad => {
-            let mut m = Map::new();
             let code = t(7).to_ascii_uppercase();
             let (use_, type_) = match code.as_str() {
                 "H" | "P" => ("home", ""),
@@ -95,24 +162,19 @@ pub(crate) fn build(
                 "SH" => ("", "physical"),
                 _ => ("", ""),
             };
-            put(&mut m, "use", use_);
-            put(&mut m, "type", type_);
-            put_list(
-                &mut m,
-                "line",
-                &[n.sub_text(1, 1, seps).as_ref(), t(2).as_ref()],
-            );
-            put(&mut m, "city", &t(3));
-            put(&mut m, "district", &t(4));
-            put(&mut m, "postalCode", &t(5));
-            put(&mut m, "country", &t(6));
-            if m.keys().all(|k| k == "use" || k == "type") {
+            o.str("city", &t(3));
+            o.str("country", &t(6));
+            o.str("district", &t(4));
+            o.list("line", [n.sub_text(1, 1, seps).as_ref(), t(2).as_ref()]);
+            o.str("postalCode", &t(5));
+            // an address of nothing but its use and type is no address
+            if o.n == 0 {
                 return None;
             }
-            m
+            o.str("type", type_);
+            o.str("use", use_);
         }
         DataType::Xtn => {
-            let mut m = Map::new();
             let use_code = t(2).to_ascii_uppercase();
             let equip = t(3).to_ascii_uppercase();
             let email = t(4);
@@ -161,37 +223,35 @@ pub(crate) fn build(
                 ("VHN", _) => "temp",
                 _ => "",
             };
-            put(&mut m, "system", system);
-            put(&mut m, "value", value.trim_fast());
-            put(&mut m, "use", use_);
-            m
+            o.str("system", system);
+            o.str("use", use_);
+            o.str("value", value.trim_fast());
         }
-        DataType::Cwe => return cwe(n, seps),
-        DataType::Coding => return coding(&t(1), &t(2), &t(3)),
+        DataType::Cwe => cwe(&mut o, n, seps),
+        DataType::Coding => coding_members(&mut o, &t(1), &t(2), &t(3)),
         DataType::Xcn => {
             let id = t(1);
             let authority = n.sub_text(9, 1, seps).to_ascii_uppercase();
             let id_type = t(13).to_ascii_uppercase();
-            let mut m = Map::new();
-            put(&mut m, "type", "Practitioner");
-            if !id.is_empty() {
-                let mut ident = Map::new();
-                let hint = format!("{authority} {id_type}");
-                let (system, value) = practitioner_system(&id, &hint);
-                put(&mut ident, "system", system);
-                put(&mut ident, "value", &value);
-                m.insert("identifier".into(), Value::Object(ident));
-            }
             let display: Vec<String> = [t(6), t(3), n.sub_text(2, 1, seps)]
                 .iter()
                 .filter(|s| !s.is_empty())
                 .map(|s| s.to_string())
                 .collect();
-            put(&mut m, "display", &display.join(" "));
-            if m.len() == 1 {
+            o.str("display", &display.join(" "));
+            if !id.is_empty() {
+                let hint = format!("{authority} {id_type}");
+                let (system, value) = practitioner_system(&id, &hint);
+                o.object("identifier", |i| {
+                    i.str("system", system);
+                    i.str("value", &value);
+                });
+            }
+            // a reference with nothing but its type is no reference
+            if o.n == 0 {
                 return None;
             }
-            m
+            o.str("type", "Practitioner");
         }
         DataType::Xon => {
             let code = {
@@ -202,55 +262,48 @@ pub(crate) fn build(
                     c10
                 }
             };
-            let mut m = Map::new();
-            put(&mut m, "type", "Organization");
+            o.str("display", &t(1));
             if !code.is_empty() {
-                let mut ident = Map::new();
-                put(&mut ident, "system", ODS_SYSTEM);
-                put(&mut ident, "value", &code.to_ascii_uppercase());
-                m.insert("identifier".into(), Value::Object(ident));
+                o.object("identifier", |i| {
+                    i.str("system", ODS_SYSTEM);
+                    i.str("value", &code.to_ascii_uppercase());
+                });
             }
-            put(&mut m, "display", &t(1));
-            if m.len() == 1 {
+            if o.n == 0 {
                 return None;
             }
-            m
+            o.str("type", "Organization");
         }
-    };
-    (!out.is_empty()).then_some(Value::Object(out))
+    }
+    o.finish().then_some(text)
 }
 
 /// Applies a built-in to plain text (a value already transformed): the text is
 /// taken as the identifying part of the composite.
-pub(crate) fn build_text(dt: DataType, text: &str) -> Option<Value> {
+pub(crate) fn build_text(dt: DataType, text: &str) -> Option<String> {
     if text.is_empty() {
         return None;
     }
-    let mut m = Map::new();
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut o = Obj::new(&mut out);
     match dt {
-        DataType::Cx => put(&mut m, "value", text),
-        DataType::Xpn => put(&mut m, "text", text),
-        DataType::Xad => put(&mut m, "text", text),
+        DataType::Cx => o.str("value", text),
+        DataType::Xpn | DataType::Xad | DataType::Cwe => o.str("text", text),
         DataType::Xtn => {
-            put(
-                &mut m,
-                "system",
-                if text.contains('@') { "email" } else { "phone" },
-            );
-            put(&mut m, "value", text);
+            o.str("system", if text.contains('@') { "email" } else { "phone" });
+            o.str("value", text);
         }
-        DataType::Cwe => put(&mut m, "text", text),
-        DataType::Coding => put(&mut m, "code", text),
+        DataType::Coding => o.str("code", text),
         DataType::Xcn => {
-            put(&mut m, "type", "Practitioner");
-            put(&mut m, "display", text);
+            o.str("display", text);
+            o.str("type", "Practitioner");
         }
         DataType::Xon => {
-            put(&mut m, "type", "Organization");
-            put(&mut m, "display", text);
+            o.str("display", text);
+            o.str("type", "Organization");
         }
     }
-    Some(Value::Object(m))
+    o.finish().then_some(out)
 }
 
 /// The identifier system of a practitioner code: GMP (`G` + 7 digits), GMC
@@ -269,43 +322,60 @@ fn practitioner_system(id: &str, hint: &str) -> (&'static str, String) {
     }
 }
 
-fn cwe(n: Node<'_>, seps: &Separators) -> Option<Value> {
+/// CE/CWE/CNE → CodeableConcept members: up to two codings (the identifier and
+/// the alternate identifier triplets) and the text.
+fn cwe(o: &mut Obj<'_>, n: Node<'_>, seps: &Separators) {
     let t = |i: usize| n.part_text(i, seps);
-    let mut codings = Vec::new();
-    codings.extend(coding(&t(1), &t(2), &t(3)));
-    codings.extend(coding(&t(4), &t(5), &t(6)));
-    let mut m = Map::new();
-    if !codings.is_empty() {
-        m.insert("coding".into(), Value::Array(codings));
+    let (c1, c2) = (t(1), t(4));
+    let has_coding = !c1.is_empty() || !c2.is_empty();
+    if has_coding {
+        o.key("coding");
+        o.out.push('[');
+        let mut first = true;
+        for (code, display, system) in [(c1, t(2), t(3)), (c2, t(5), t(6))] {
+            if code.is_empty() {
+                continue;
+            }
+            if !first {
+                o.out.push(',');
+            }
+            first = false;
+            let mut c = Obj::new(o.out);
+            coding_members(&mut c, &code, &display, &system);
+            c.finish();
+        }
+        o.out.push(']');
     }
     let text = [t(9), t(2), t(5)].into_iter().find(|s| !s.is_empty());
     if let Some(text) = text {
-        put(&mut m, "text", &text);
-    } else if m.is_empty() {
+        o.str("text", &text);
+    } else if !has_coding {
         // a bare value that is not a code: keep it as text
-        put(&mut m, "text", &n.text(seps));
+        o.str("text", &n.text(seps));
     }
-    (!m.is_empty()).then_some(Value::Object(m))
 }
 
-fn codeable(code: &str, display: &str, system: &str, text: &str) -> Value {
-    let mut m = Map::new();
-    if let Some(c) = coding(code, display, system) {
-        m.insert("coding".into(), Value::Array(vec![c]));
+/// CodeableConcept members with one coding (when there is a code) and a text.
+fn codeable(o: &mut Obj<'_>, code: &str, display: &str, system: &str, text: &str) {
+    if !code.is_empty() {
+        o.key("coding");
+        o.out.push('[');
+        let mut c = Obj::new(o.out);
+        coding_members(&mut c, code, display, system);
+        c.finish();
+        o.out.push(']');
     }
-    put(&mut m, "text", text);
-    Value::Object(m)
+    o.str("text", text);
 }
 
-fn coding(code: &str, display: &str, system: &str) -> Option<Value> {
+/// Coding members (a code is required: nothing without one).
+fn coding_members(o: &mut Obj<'_>, code: &str, display: &str, system: &str) {
     if code.is_empty() {
-        return None;
+        return;
     }
-    let mut m = Map::new();
-    put(&mut m, "system", &coding_system(system));
-    put(&mut m, "code", code);
-    put(&mut m, "display", display);
-    Some(Value::Object(m))
+    o.str("code", code);
+    o.str("display", display);
+    o.str("system", &coding_system(system));
 }
 
 /// The FHIR system URI of an HL7 v2 coding system name (table 0396), or "" when unknown.
@@ -347,24 +417,5 @@ fn name_use(code: &str) -> &'static str {
         "B" | "BAD" | "NOUSE" => "old",
         "T" => "usual",
         _ => "",
-    }
-}
-
-fn put(m: &mut Map<String, Value>, key: &str, value: &str) {
-    let v = value.trim_fast();
-    if !v.is_empty() && v != "\"\"" {
-        m.insert(key.to_string(), Value::String(v.to_string()));
-    }
-}
-
-fn put_list(m: &mut Map<String, Value>, key: &str, values: &[&str]) {
-    let items: Vec<Value> = values
-        .iter()
-        .map(|v| v.trim_fast())
-        .filter(|v| !v.is_empty() && *v != "\"\"")
-        .map(|v| Value::String(v.to_string()))
-        .collect();
-    if !items.is_empty() {
-        m.insert(key.to_string(), Value::Array(items));
     }
 }

@@ -181,6 +181,8 @@ pub(crate) enum Val<'a> {
     Text(Cow<'a, str>),
     Node(Node<'a>),
     Json(Value),
+    /// A FHIR element a data-type built-in wrote: a non-empty JSON object, as text.
+    Raw(String),
     List(Vec<Val<'a>>),
 }
 
@@ -191,6 +193,7 @@ impl Val<'_> {
             Val::Text(t) => t.trim_fast().is_empty() || t.as_ref() == "\"\"",
             Val::Node(n) => n.is_empty(),
             Val::Json(v) => json_is_empty(v),
+            Val::Raw(_) => false,
             Val::List(l) => l.iter().all(Val::is_empty),
         }
     }
@@ -695,6 +698,10 @@ impl<'a> Ctx<'a> {
                 json::push_value(out, v);
                 true
             }
+            Template::Raw(text) => {
+                out.push_str(text);
+                true
+            }
             Template::Object(o) if o.iter.is_none() => self.write_object(o, scope, out),
             Template::Object(_) | Template::Array(_) => {
                 let mark = out.len();
@@ -728,6 +735,10 @@ impl<'a> Ctx<'a> {
             Template::Literal(v) => {
                 sep(out, n);
                 json::push_value(out, v);
+            }
+            Template::Raw(text) => {
+                sep(out, n);
+                out.push_str(text);
             }
             Template::Array(ts) => {
                 for t in ts {
@@ -776,6 +787,10 @@ impl<'a> Ctx<'a> {
                     return false;
                 }
                 json::push_value(out, &j);
+                true
+            }
+            Val::Raw(text) => {
+                out.push_str(&text);
                 true
             }
             Val::List(items) => {
@@ -1079,6 +1094,7 @@ impl<'a> Ctx<'a> {
             Val::Json(Value::String(s)) => Cow::Owned(s),
             Val::Json(Value::Null) => Cow::Borrowed(""),
             Val::Json(j) => Cow::Owned(j.to_string()),
+            Val::Raw(text) => Cow::Owned(text),
             Val::List(items) => items
                 .into_iter()
                 .find(|i| !i.is_empty())
@@ -1159,18 +1175,19 @@ impl<'a> Ctx<'a> {
             return match v {
                 // already a FHIR element (e.g. an alternative built before): keep it
                 Val::Json(j) => Val::Json(j),
+                Val::Raw(text) => Val::Raw(text),
                 Val::Node(n) => {
                     let mut warnings = Vec::new();
                     let out = datatypes::build(*dt, n, &self.seps, tz, &mut warnings);
                     for w in warnings {
                         self.warn(Some(n.loc), w);
                     }
-                    out.map(Val::Json).unwrap_or(Val::Empty)
+                    out.map(Val::Raw).unwrap_or(Val::Empty)
                 }
                 other => {
                     let text = self.text_of(other);
                     datatypes::build_text(*dt, text.trim_fast())
-                        .map(Val::Json)
+                        .map(Val::Raw)
                         .unwrap_or(Val::Empty)
                 }
             };
