@@ -231,17 +231,21 @@ pub(crate) fn build(
         DataType::Coding => coding_members(&mut o, &t(1), &t(2), &t(3)),
         DataType::Xcn => {
             let id = t(1);
-            let authority = n.sub_text(9, 1, seps).to_ascii_uppercase();
-            let id_type = t(13).to_ascii_uppercase();
-            let display: Vec<String> = [t(6), t(3), n.sub_text(2, 1, seps)]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.to_string())
-                .collect();
-            o.str("display", &display.join(" "));
+            let authority = n.sub_text(9, 1, seps);
+            let id_type = t(13);
+            // prefix, given name, family name
+            let mut display = String::new();
+            for part in [t(6), t(3), n.sub_text(2, 1, seps)] {
+                if !part.is_empty() {
+                    if !display.is_empty() {
+                        display.push(' ');
+                    }
+                    display.push_str(&part);
+                }
+            }
+            o.str("display", &display);
             if !id.is_empty() {
-                let hint = format!("{authority} {id_type}");
-                let (system, value) = practitioner_system(&id, &hint);
+                let (system, value) = practitioner_system(&id, [&authority, &id_type]);
                 o.object("identifier", |i| {
                     i.str("system", system);
                     i.str("value", &value);
@@ -308,18 +312,27 @@ pub(crate) fn build_text(dt: DataType, text: &str) -> Option<String> {
 
 /// The identifier system of a practitioner code: GMP (`G` + 7 digits), GMC
 /// (7 digits, or a consultant code `C` + 7 digits), or none when unknown.
-fn practitioner_system(id: &str, hint: &str) -> (&'static str, String) {
+fn practitioner_system(id: &str, hints: [&str; 2]) -> (&'static str, String) {
     let digits7 = |s: &str| s.len() == 7 && s.bytes().all(|b| b.is_ascii_digit());
+    let hinted = |what: &str| hints.iter().any(|h| contains_ignore_case(h, what));
     let upper = id.to_ascii_uppercase();
-    if hint.contains("GMP") || (upper.starts_with('G') && digits7(&upper[1..])) {
+    if hinted("GMP") || (upper.starts_with('G') && digits7(&upper[1..])) {
         (GMP_SYSTEM, upper)
-    } else if hint.contains("GMC") || digits7(&upper) {
+    } else if hinted("GMC") || digits7(&upper) {
         (GMC_SYSTEM, upper)
     } else if upper.starts_with('C') && digits7(&upper[1..]) {
         (GMC_SYSTEM, upper[1..].to_string())
     } else {
         ("", id.to_string())
     }
+}
+
+/// Does `haystack` contain the ASCII `needle`, ignoring ASCII case?
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// CE/CWE/CNE → CodeableConcept members: up to two codings (the identifier and
@@ -381,11 +394,20 @@ fn coding_members(o: &mut Obj<'_>, code: &str, display: &str, system: &str) {
 /// The FHIR system URI of an HL7 v2 coding system name (table 0396), or "" when unknown.
 pub(crate) fn coding_system(name: &str) -> Cow<'static, str> {
     let name = name.trim_fast();
+    // every known name is short: upper-cased on the stack, no allocation
+    let mut buf = [0u8; 16];
+    let Some(b) = buf.get_mut(..name.len()) else {
+        return Cow::Borrowed("");
+    };
     if name.is_empty() {
         return Cow::Borrowed("");
     }
-    let upper = name.to_ascii_uppercase();
-    let s = match upper.as_str() {
+    b.copy_from_slice(name.as_bytes());
+    b.make_ascii_uppercase();
+    let Ok(upper) = std::str::from_utf8(b) else {
+        return Cow::Borrowed("");
+    };
+    let s = match upper {
         "SCT" | "SNOMED" | "SNOMEDCT" | "SNOMED-CT" | "SNOMED CT" | "SCT2" => {
             "http://snomed.info/sct"
         }
@@ -398,7 +420,10 @@ pub(crate) fn coding_system(name: &str) -> Cow<'static, str> {
         _ => {
             if let Some(table) = upper.strip_prefix("HL7") {
                 if table.len() == 4 && table.bytes().all(|b| b.is_ascii_digit()) {
-                    return Cow::Owned(format!("http://terminology.hl7.org/CodeSystem/v2-{table}"));
+                    let mut uri = String::with_capacity(50);
+                    uri.push_str("http://terminology.hl7.org/CodeSystem/v2-");
+                    uri.push_str(table);
+                    return Cow::Owned(uri);
                 }
             }
             ""
@@ -408,14 +433,19 @@ pub(crate) fn coding_system(name: &str) -> Cow<'static, str> {
 }
 
 fn name_use(code: &str) -> &'static str {
-    match code.to_ascii_uppercase().as_str() {
-        "L" => "official",
-        "D" | "A" => "usual",
-        "M" => "maiden",
-        "N" => "nickname",
-        "S" => "anonymous",
-        "B" | "BAD" | "NOUSE" => "old",
-        "T" => "usual",
-        _ => "",
-    }
+    const USES: [(&str, &str); 10] = [
+        ("L", "official"),
+        ("D", "usual"),
+        ("A", "usual"),
+        ("M", "maiden"),
+        ("N", "nickname"),
+        ("S", "anonymous"),
+        ("B", "old"),
+        ("BAD", "old"),
+        ("NOUSE", "old"),
+        ("T", "usual"),
+    ];
+    USES.iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(code))
+        .map_or("", |(_, u)| u)
 }

@@ -605,29 +605,36 @@ impl<'a> Ctx<'a> {
                 end = i;
             }
         }
-        let starts: Vec<usize> = (scope.start..end)
-            .filter(|&i| same_bytes(self.names[i], &head.name))
-            .collect();
+        let next_head = |names: &[[u8; 3]], from: usize| {
+            (from..end)
+                .find(|&i| names.get(i).is_some_and(|n| same_bytes(*n, &head.name)))
+                .unwrap_or(end)
+        };
+        let first = next_head(&self.names, scope.start);
         // Seen from inside a group, the enclosing scope is only its part before the
         // first group: a segment of a sibling group (the NTE after another OBX) is
         // never found by falling back to the parent.
         let outer = Scope {
             start: scope.start,
-            end: starts.first().copied().unwrap_or(end),
+            end: first,
             parent: scope.parent,
             elem: scope.elem,
             position: scope.position,
         };
-        for (k, &s) in starts.iter().enumerate() {
-            let e = starts.get(k + 1).copied().unwrap_or(end);
+        let mut s = first;
+        let mut k = 0;
+        while s < end {
+            let e = next_head(&self.names, s + 1);
+            k += 1;
             let inner = Scope {
                 start: s,
                 end: e,
                 parent: Some(&outer),
                 elem: scope.elem,
-                position: k + 1,
+                position: k,
             };
             self.groups(rest, &inner, f);
+            s = e;
         }
     }
 
