@@ -80,7 +80,7 @@ pub(crate) struct Resource {
     pub iter: Option<Iter>,
     pub when: Option<Cond>,
     /// Members, sorted by key (`id` and `resourceType` are merged in when written).
-    pub body: Vec<(String, Template)>,
+    pub body: Vec<(Key, Template)>,
     /// `create_only = true`: the entry's request carries `ifNoneMatch: "*"`.
     pub create_only: bool,
 }
@@ -90,6 +90,35 @@ pub(crate) struct Resource {
 pub(crate) enum Iter {
     For(Vec<super::expr::GroupHead>),
     Each(Expr),
+}
+
+/// A member name with its JSON prefix written once at load: `,"name":`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Key(String);
+
+impl Key {
+    /// `name` is a checked FHIR element name: letters and digits, nothing to escape.
+    fn new(name: &str) -> Key {
+        let mut k = String::with_capacity(name.len() + 4);
+        k.push_str(",\"");
+        k.push_str(name);
+        k.push_str("\":");
+        Key(k)
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.get(2..self.0.len().saturating_sub(2)).unwrap_or("")
+    }
+
+    /// What to write before the value: `"name":` for the first member of an
+    /// object, `,"name":` after another.
+    pub fn prefix(&self, first: bool) -> &str {
+        if first {
+            self.0.get(1..).unwrap_or("")
+        } else {
+            &self.0
+        }
+    }
 }
 
 /// A JSON template: strings are expressions.
@@ -109,7 +138,7 @@ pub(crate) struct ObjTemplate {
     pub iter: Option<Iter>,
     pub when: Option<Cond>,
     /// Members, sorted by key (the order they are written in).
-    pub fields: Vec<(String, Template)>,
+    pub fields: Vec<(Key, Template)>,
 }
 
 type Entry<'i> = (
@@ -602,14 +631,14 @@ impl<'s> Compiler<'s> {
                                 continue;
                             }
                             if let Some(t) = self.template(fv, &format!("{path}.{key}")) {
-                                fields.push((key.to_string(), t));
+                                fields.push((Key::new(key), t));
                             }
                         }
                     }
                 }
                 // in key order: the evaluator writes members as it goes, and JSON
                 // objects come out with sorted keys (as serde_json's map has them)
-                fields.sort_by(|a, b| a.0.cmp(&b.0));
+                fields.sort_by(|a, b| a.0.name().cmp(b.0.name()));
                 Some(Template::Object(Box::new(ObjTemplate {
                     iter,
                     when,
@@ -676,7 +705,7 @@ impl<'s> Compiler<'s> {
                                 continue;
                             }
                             if let Some(tpl) = self.template(bv, bkey) {
-                                body.push((bkey.to_string(), freeze(tpl)));
+                                body.push((Key::new(bkey), freeze(tpl)));
                             }
                         }
                     }
@@ -712,7 +741,7 @@ impl<'s> Compiler<'s> {
             when,
             body: {
                 // in key order, as the evaluator writes them (see ObjTemplate)
-                body.sort_by(|a, b| a.0.cmp(&b.0));
+                body.sort_by(|a, b| a.0.name().cmp(b.0.name()));
                 body
             },
             create_only,
@@ -907,8 +936,6 @@ fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {
     false
 }
 
-/// Constant folding: a template without paths, macros or conditions becomes the
-/// JSON it always produces (already pruned), so applying it is one clone.
 /// Turns every constant of a folded template into its JSON text.
 fn freeze(t: Template) -> Template {
     match t {
@@ -929,6 +956,8 @@ fn freeze(t: Template) -> Template {
     }
 }
 
+/// Constant folding: a template without paths, macros or conditions becomes the
+/// JSON it always produces (already pruned), so applying it is one clone.
 fn fold(t: Template) -> Template {
     match t {
         Template::Expr(Expr {
@@ -964,7 +993,7 @@ fn fold(t: Template) -> Template {
                     _ => continue,
                 };
                 if !matches!(&v, Value::Array(a) if a.is_empty()) {
-                    map.insert(k, v);
+                    map.insert(k.name().to_string(), v);
                 }
             }
             if map.is_empty() {

@@ -9,13 +9,19 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
+
+/// Sets of short strings (resource urls, warnings) hashed with FNV-1a, not SipHash:
+/// nothing here is keyed by an attacker who could flood one bucket to any effect
+/// beyond slowing their own message.
+type FastSet = HashSet<String, BuildHasherDefault<Fnv1a>>;
 
 use std::sync::atomic::Ordering;
 
 use jiff::tz::TimeZone;
 use serde_json::Value;
 
-use super::compile::{Iter, ObjTemplate, PlanInner, Resource, Template};
+use super::compile::{Fnv1a, Iter, Key, ObjTemplate, PlanInner, Resource, Template};
 use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, GroupHead, Path, RepSel, Stage, Term};
 use super::json;
@@ -228,7 +234,7 @@ struct Ctx<'a> {
     /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
     read: Vec<u128>,
     warnings: Vec<String>,
-    warned: HashSet<String>,
+    warned: FastSet,
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
@@ -285,7 +291,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         seps: *message.separators(),
         read: vec![0; segment_count],
         warnings: Vec::new(),
-        warned: HashSet::new(),
+        warned: FastSet::default(),
         occurrence,
         cache: vec![Vec::new(); plan.macros.len()],
         datetimes: Vec::new(),
@@ -301,7 +307,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
     // keys in sorted order: entry, resourceType, type
     out.push_str("{\"entry\":[");
     let mut count = 0;
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen = FastSet::default();
     for r in &plan.resources {
         ctx.resource(r, &top, &mut out, &mut count, &mut seen);
     }
@@ -471,7 +477,7 @@ impl<'a> Ctx<'a> {
         scope: &Scope<'_, 'a>,
         out: &mut String,
         count: &mut usize,
-        seen: &mut HashSet<String>,
+        seen: &mut FastSet,
     ) {
         let mut emit = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
             if let Some(w) = &r.when {
@@ -516,13 +522,13 @@ impl<'a> Ctx<'a> {
             let mut id_done = false;
             let mut type_done = false;
             for (k, t) in &r.body {
-                if !id_done && k.as_str() > "id" {
+                if !id_done && k.name() > "id" {
                     id_done = true;
                     sep(out, &mut n);
                     json::push_key(out, "id");
                     json::push_str(out, id);
                 }
-                if !type_done && k.as_str() > "resourceType" {
+                if !type_done && k.name() > "resourceType" {
                     type_done = true;
                     sep(out, &mut n);
                     json::push_key(out, "resourceType");
@@ -648,17 +654,14 @@ impl<'a> Ctx<'a> {
     /// Writes `"key":value` (after a comma unless first) unless the value is empty.
     fn member(
         &mut self,
-        key: &str,
+        key: &Key,
         t: &'a Template,
         scope: &Scope<'_, 'a>,
         out: &mut String,
         n: &mut usize,
     ) {
         let mark = out.len();
-        if *n > 0 {
-            out.push(',');
-        }
-        json::push_key(out, key);
+        out.push_str(key.prefix(*n == 0));
         if self.write_value(t, scope, out) {
             *n += 1;
         } else {
@@ -1293,6 +1296,24 @@ impl<'a> Ctx<'a> {
             Cond::Empty(e) => self.expr(e, scope).is_empty(),
             Cond::NonEmpty(e) => !self.expr(e, scope).is_empty(),
             Cond::NoSegment(name) => self.find_segment(name, scope).is_none(),
+            Cond::Compare {
+                left,
+                eq,
+                right:
+                    Expr {
+                        first: Term::Literal(lit),
+                        stages,
+                    },
+            } if stages.is_empty() => {
+                // the usual `OBX-2 = 'NM'`: the literal needs no evaluation
+                let lit = lit.trim_fast();
+                let l = self.expr(left, scope);
+                let any = match l {
+                    Val::Node(n) => n.text(&self.seps).trim_fast() == lit,
+                    l => self.any_text(l, &mut |a| a == lit),
+                };
+                any == *eq
+            }
             Cond::Compare { left, eq, right } => {
                 let (l, r) = (self.expr(left, scope), self.expr(right, scope));
                 let any = match r {
@@ -1309,10 +1330,14 @@ impl<'a> Ctx<'a> {
                 };
                 any == *eq
             }
-            Cond::In { left, set } => {
-                let l = self.expr(left, scope);
-                self.any_text(l, &mut |a| set.iter().any(|s| s == a))
-            }
+            Cond::In { left, set } => match self.expr(left, scope) {
+                Val::Node(n) => {
+                    let t = n.text(&self.seps);
+                    let t = t.trim_fast();
+                    set.iter().any(|s| s == t)
+                }
+                l => self.any_text(l, &mut |a| set.iter().any(|s| s == a)),
+            },
         }
     }
 }
