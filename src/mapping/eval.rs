@@ -238,8 +238,12 @@ struct Ctx<'a> {
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
-    /// Macro values already computed in this apply, by macro.
-    cache: Vec<Vec<(MacroKey, Val<'a>)>>,
+    /// Macro values already computed in this apply, by macro, with whether
+    /// computing them read `position()`.
+    cache: Vec<Vec<(MacroKey, bool, Val<'a>)>>,
+    /// How many times `position()` was read so far (to tell whether a macro's
+    /// value depends on it).
+    position_reads: usize,
     /// Timestamps already converted in this apply (a lab report's OBR-7 and
     /// OBR-22 are read again for every observation): text, time zone, result.
     datetimes: Vec<(String, *const TimeZone, Result<String, String>)>,
@@ -295,6 +299,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         occurrence,
         cache: vec![Vec::new(); plan.macros.len()],
         datetimes: Vec::new(),
+        position_reads: 0,
     };
     let top = Scope {
         start: 0,
@@ -499,7 +504,11 @@ impl<'a> Ctx<'a> {
             url.push_str(&r.kind);
             url.push('/');
             url.push_str(id);
-            let mark = out.len();
+            // a resource already in the Bundle (same type and id): the first one
+            // made wins, this one is neither written nor counted as reading anything
+            if seen.contains(&url) {
+                return;
+            }
             if *count > 0 {
                 out.push(',');
             }
@@ -547,13 +556,8 @@ impl<'a> Ctx<'a> {
                 json::push_str(out, &r.kind);
             }
             out.push_str("}}");
-            // a resource already in the Bundle (same type and id) is left out; its
-            // body was still evaluated, so what it read counts as read
-            if seen.insert(url) {
-                *count += 1;
-            } else {
-                out.truncate(mark);
-            }
+            seen.insert(url);
+            *count += 1;
         };
         match &r.iter {
             None => emit(self, scope),
@@ -894,8 +898,10 @@ impl<'a> Ctx<'a> {
             *slot = self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32);
         }
         let position = if deps.position { scope.position } else { 0 };
-        // a cheap fingerprint compared first: most lookups scan several entries
-        let mut fp = position as u64;
+        // a cheap fingerprint compared first: most lookups scan several entries.
+        // Without the position: an entry whose computation never read `position()`
+        // (an earlier alternative won) serves every position.
+        let mut fp = 0u64;
         for x in segments
             .iter()
             .map(|&x| x as u64)
@@ -910,20 +916,29 @@ impl<'a> Ctx<'a> {
             position,
         };
         // most recent first: a scope asks for the same macros again and again
-        if let Some((_, v)) = self
-            .cache
-            .get(i)
-            .and_then(|c| c.iter().rev().find(|(k, _)| k.fp == key.fp && *k == key))
-        {
+        if let Some((_, used_position, v)) = self.cache.get(i).and_then(|c| {
+            c.iter().rev().find(|(k, used_position, _)| {
+                k.fp == key.fp
+                    && k.segments == key.segments
+                    && k.elem == key.elem
+                    && (!used_position || k.position == key.position)
+            })
+        }) {
+            if *used_position {
+                // an enclosing macro's value depends on the position too
+                self.position_reads += 1;
+            }
             return v.clone();
         }
+        let before = self.position_reads;
         let v = self.expr(e, scope);
+        let used_position = self.position_reads != before;
         if let Some(c) = self.cache.get_mut(i) {
             // bounded, so a message with thousands of groups stays linear
             if c.len() >= MACRO_CACHE_ENTRIES {
-                c.remove(0);
+                let _oldest = c.remove(0);
             }
-            c.push((key, v.clone()));
+            c.push((key, used_position, v.clone()));
         }
         v
     }
@@ -962,6 +977,7 @@ impl<'a> Ctx<'a> {
         match t {
             Term::Literal(s) => Val::Text(Cow::Borrowed(s.as_str())),
             Term::Position => {
+                self.position_reads += 1;
                 let mut s = String::with_capacity(4);
                 push_number(&mut s, scope.position);
                 Val::Text(Cow::Owned(s))
