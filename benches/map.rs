@@ -40,7 +40,7 @@ const SAMPLES: [(&str, &str); 2] = [
 
 type Case = fn(&str, &Plan);
 
-const CASES: [(&str, Case); 3] = [
+const CASES: [(&str, Case); 4] = [
     ("parse", |text, _| {
         let message = hl7::Message::parse(black_box(text)).expect("parses");
         black_box(message.header().expect("header"));
@@ -53,6 +53,15 @@ const CASES: [(&str, Case); 3] = [
         let decoded = hl7::decode(black_box(text.as_bytes())).expect("decodes");
         let message = hl7::Message::parse(&decoded).expect("parses");
         let output = plan.apply(&message).expect("maps");
+        black_box(output.document.into_bytes());
+    }),
+    // what the delivery pipeline does per mapped document: the routing view of
+    // the text (patient key, NHS numbers, route conditions) beside the text itself
+    ("decode+parse+map+json+route-view", |text, plan| {
+        let decoded = hl7::decode(black_box(text.as_bytes())).expect("decodes");
+        let message = hl7::Message::parse(&decoded).expect("parses");
+        let output = plan.apply(&message).expect("maps");
+        black_box(junction::route::routing_view(&output.document));
         black_box(output.document.into_bytes());
     }),
 ];

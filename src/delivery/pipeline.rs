@@ -248,16 +248,9 @@ impl Router {
                 .apply(&parsed)
                 .map_err(|e| fail("map", format!("mapping `{}`: {e}", plan.name())))?;
             // the queue needs the patient (ordering key, NHS numbers) and the
-            // routes may read the document: parsed once here, the text is queued
-            let document: Json = serde_json::from_str(&output.document).map_err(|e| {
-                fail(
-                    "map",
-                    format!(
-                        "mapping `{}` wrote a document that does not parse: {e}",
-                        plan.name()
-                    ),
-                )
-            })?;
+            // routes may read the document: its routing view (a fraction of the
+            // cost of parsing all of it) is read once here; the text is queued
+            let document = crate::route::routing_view(&output.document);
             let refs = group.destinations_for(&document);
             self.push_deliveries(
                 &mut deliveries,

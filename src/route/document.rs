@@ -91,6 +91,141 @@ impl Field {
     }
 }
 
+/// What routing and the delivery queue read of a document given as JSON text:
+/// the same JSON with only `resourceType`, `id`, `fullUrl`, `identifier`,
+/// `address.postalCode` and `generalPractitioner` kept (of the Bundle, its entries
+/// and their resources). Reading only those is several times cheaper than parsing
+/// the whole Bundle into a `Json` tree; every field of [`Field`] reads the same
+/// values from it. Text that does not have that shape is parsed whole; text that
+/// is not JSON gives `Json::Null`.
+pub fn routing_view(text: &str) -> Json {
+    match serde_json::from_str::<view::Resource<'_>>(text) {
+        Ok(r) => r.into_json(),
+        Err(_) => serde_json::from_str(text).unwrap_or(Json::Null),
+    }
+}
+
+/// The typed subset [`routing_view`] reads (everything else is skipped unread).
+mod view {
+    use std::borrow::Cow;
+
+    use serde::Deserialize;
+    use serde_json::{Map, Value as Json};
+
+    #[derive(Deserialize)]
+    pub struct Resource<'a> {
+        #[serde(rename = "resourceType", borrow, default)]
+        resource_type: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        identifier: Option<Vec<Identifier<'a>>>,
+        #[serde(borrow, default)]
+        address: Option<Vec<Address<'a>>>,
+        #[serde(rename = "generalPractitioner", borrow, default)]
+        general_practitioner: Option<Vec<Reference<'a>>>,
+        #[serde(borrow, default)]
+        entry: Option<Vec<Entry<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Entry<'a> {
+        #[serde(rename = "fullUrl", borrow, default)]
+        full_url: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        resource: Option<Resource<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Identifier<'a> {
+        #[serde(borrow, default)]
+        system: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        value: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Address<'a> {
+        #[serde(rename = "postalCode", borrow, default)]
+        postal_code: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Reference<'a> {
+        #[serde(borrow, default)]
+        reference: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        identifier: Option<Identifier<'a>>,
+    }
+
+    fn put(m: &mut Map<String, Json>, key: &str, v: Option<Cow<'_, str>>) {
+        if let Some(v) = v {
+            m.insert(key.to_string(), Json::String(v.into_owned()));
+        }
+    }
+
+    impl Identifier<'_> {
+        fn into_json(self) -> Json {
+            let mut m = Map::new();
+            put(&mut m, "system", self.system);
+            put(&mut m, "value", self.value);
+            Json::Object(m)
+        }
+    }
+
+    impl Resource<'_> {
+        pub fn into_json(self) -> Json {
+            let mut m = Map::new();
+            put(&mut m, "resourceType", self.resource_type);
+            put(&mut m, "id", self.id);
+            if let Some(ids) = self.identifier {
+                let ids = ids.into_iter().map(Identifier::into_json).collect();
+                m.insert("identifier".into(), Json::Array(ids));
+            }
+            if let Some(addresses) = self.address {
+                let addresses = addresses
+                    .into_iter()
+                    .map(|a| {
+                        let mut o = Map::new();
+                        put(&mut o, "postalCode", a.postal_code);
+                        Json::Object(o)
+                    })
+                    .collect();
+                m.insert("address".into(), Json::Array(addresses));
+            }
+            if let Some(gps) = self.general_practitioner {
+                let gps = gps
+                    .into_iter()
+                    .map(|g| {
+                        let mut o = Map::new();
+                        put(&mut o, "reference", g.reference);
+                        if let Some(i) = g.identifier {
+                            o.insert("identifier".into(), i.into_json());
+                        }
+                        Json::Object(o)
+                    })
+                    .collect();
+                m.insert("generalPractitioner".into(), Json::Array(gps));
+            }
+            if let Some(entries) = self.entry {
+                let entries = entries
+                    .into_iter()
+                    .map(|e| {
+                        let mut o = Map::new();
+                        put(&mut o, "fullUrl", e.full_url);
+                        if let Some(r) = e.resource {
+                            o.insert("resource".into(), r.into_json());
+                        }
+                        Json::Object(o)
+                    })
+                    .collect();
+                m.insert("entry".into(), Json::Array(entries));
+            }
+            Json::Object(m)
+        }
+    }
+}
+
 /// What a condition is evaluated against: the message header and, once mapped,
 /// the document (`Json::Null` before mapping).
 pub(crate) struct Facts<'a> {
@@ -232,4 +367,84 @@ fn array<'j>(value: &'j Json, key: &str) -> impl Iterator<Item = &'j Json> {
 
 fn str_at<'j>(value: &'j Json, key: &str) -> Option<&'j str> {
     value.get(key).and_then(Json::as_str)
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use crate::route::Origin;
+
+    /// Every shipped sample, mapped by the shipped mappings: each route field,
+    /// the queue's patient key and NHS numbers read the same from the routing
+    /// view as from the whole document.
+    #[test]
+    fn the_routing_view_reads_like_the_document() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let set = crate::mapping::MappingSet::load_dir(&root.join("mappings")).expect("mappings");
+        let mut checked = 0;
+        let mut files: Vec<_> = std::fs::read_dir(root.join("samples"))
+            .expect("samples")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "hl7"))
+            .collect();
+        files.sort();
+        for path in files {
+            let raw = std::fs::read(&path).expect("read");
+            let Ok(text) = crate::hl7::decode(&raw) else {
+                continue;
+            };
+            let Ok(message) = crate::hl7::Message::parse(&text) else {
+                continue;
+            };
+            let Ok(header) = message.header() else {
+                continue;
+            };
+            let Some(plan) = set.select(&header.message_code, &header.trigger_event) else {
+                continue;
+            };
+            let Ok(output) = plan.apply(&message) else {
+                continue;
+            };
+            let full: Json = serde_json::from_str(&output.document).expect("json");
+            let view = routing_view(&output.document);
+            assert!(
+                view.to_string().len() < full.to_string().len(),
+                "{}: the view is not smaller",
+                path.display()
+            );
+            let input = RouteInput {
+                origin: Origin::Unknown,
+                message_code: &header.message_code,
+                trigger: &header.trigger_event,
+                sending_application: "PAS",
+                sending_facility: "RAL",
+            };
+            for (field, name) in FIELDS {
+                let of = |d: &Json| {
+                    Facts {
+                        input: &input,
+                        document: Document::Parsed(d),
+                    }
+                    .values(*field)
+                };
+                assert_eq!(of(&full), of(&view), "{}: {name}", path.display());
+            }
+            use crate::delivery::pipeline::{nhs_numbers, patient_key};
+            assert_eq!(patient_key(&full), patient_key(&view), "{}", path.display());
+            assert_eq!(nhs_numbers(&full), nhs_numbers(&view), "{}", path.display());
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} samples mapped");
+    }
+
+    #[test]
+    fn text_of_another_shape_is_read_whole_and_non_json_is_null() {
+        // `identifier` as an object is not FHIR: read whole rather than dropped
+        let odd = r#"{"resourceType":"Patient","identifier":{"system":"s","value":"v"}}"#;
+        assert_eq!(
+            routing_view(odd),
+            serde_json::from_str::<Json>(odd).unwrap()
+        );
+        assert_eq!(routing_view("not json"), Json::Null);
+    }
 }
