@@ -110,6 +110,12 @@ impl Key {
         self.0.get(2..self.0.len().saturating_sub(2)).unwrap_or("")
     }
 
+    /// A member named `code` holds a FHIR `code` (Coding.code, Quantity.code):
+    /// text without leading, trailing or repeated white space.
+    pub fn is_code(&self) -> bool {
+        self.name() == "code"
+    }
+
     /// What to write before the value: `"name":` for the first member of an
     /// object, `,"name":` after another.
     pub fn prefix(&self, first: bool) -> &str {

@@ -386,7 +386,7 @@ fn coding_members(o: &mut Obj<'_>, code: &str, display: &str, system: &str) {
     if code.is_empty() {
         return;
     }
-    o.str("code", code);
+    o.str("code", &super::eval::collapse_spaces(code));
     o.str("display", display);
     o.str("system", &coding_system(system));
 }

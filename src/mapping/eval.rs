@@ -332,6 +332,22 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
     })
 }
 
+/// `s` with every run of white space made one space (a FHIR `code` matches
+/// `[^\s]+(\s[^\s]+)*` once trimmed). Borrows when there is nothing to change.
+pub(crate) fn collapse_spaces(s: &str) -> Cow<'_, str> {
+    let mut previous_space = false;
+    let clean = s.chars().all(|c| {
+        let ok = !c.is_whitespace() || (c == ' ' && !previous_space);
+        previous_space = c.is_whitespace();
+        ok
+    });
+    if clean {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
 /// A comma before every array element or object member but the first.
 #[inline]
 fn sep(out: &mut String, n: &mut usize) {
@@ -666,7 +682,14 @@ impl<'a> Ctx<'a> {
     ) {
         let mark = out.len();
         out.push_str(key.prefix(*n == 0));
-        if self.write_value(t, scope, out) {
+        let written = match t {
+            Template::Expr(e) if key.is_code() => {
+                let v = self.expr(e, scope);
+                self.write_code(v, out)
+            }
+            t => self.write_value(t, scope, out),
+        };
+        if written {
             *n += 1;
         } else {
             out.truncate(mark);
@@ -786,6 +809,16 @@ impl<'a> Ctx<'a> {
             *n += 1;
         } else {
             out.truncate(mark);
+        }
+    }
+
+    /// Writes text as a FHIR `code` (white space inside collapsed to single
+    /// spaces); anything else as [`Self::write_val`] does.
+    fn write_code(&self, v: Val<'a>, out: &mut String) -> bool {
+        match v {
+            Val::Text(t) => write_text(&collapse_spaces(&t), out),
+            Val::Node(n) => write_text(&collapse_spaces(&n.text(&self.seps)), out),
+            v => self.write_val(v, out),
         }
     }
 
@@ -1285,6 +1318,10 @@ impl<'a> Ctx<'a> {
                     self.warn(loc, format!("`{}` is not a number", text.trim_fast()));
                     Val::Empty
                 }
+            },
+            Transform::UrlEncode => match transform::url_encode(&text) {
+                Cow::Borrowed(_) => Val::Text(text),
+                Cow::Owned(encoded) => Val::Text(Cow::Owned(encoded)),
             },
             Transform::Range(bound) => match transform::range_bound(&text, *bound) {
                 Some(n) => Val::Text(Cow::Owned(n.to_string())),

@@ -55,6 +55,8 @@ pub(crate) enum Transform {
     Join(String),
     /// `| range_low`, `| range_high`: a bound of a reference range.
     Range(Bound),
+    /// `| url_encode`: percent-encoding, for text that goes into a URI.
+    UrlEncode,
     /// `| when(cond)`: keeps the value only if the condition holds.
     When(Box<Cond>),
     Builtin(DataType, TimeZone),
@@ -63,7 +65,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, datetime(Europe/London), lookup(table), \
 nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), range_low, range_high, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+join('separator'), range_low, range_high, url_encode, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -92,6 +94,7 @@ pub(crate) fn build(
         "number" => argc(0).map(|_| Transform::Number)?,
         "nhs_number" => argc(0).map(|_| Transform::NhsNumber)?,
         "range_low" => argc(0).map(|_| Transform::Range(Bound::Low))?,
+        "url_encode" => argc(0).map(|_| Transform::UrlEncode)?,
         "range_high" => argc(0).map(|_| Transform::Range(Bound::High))?,
         "datetime" => {
             let tz = match args.len() {
@@ -233,6 +236,28 @@ pub(crate) fn range_bound(s: &str, bound: Bound) -> Option<&str> {
         Bound::Low => &t[..a],
         Bound::High => rest,
     })
+}
+
+/// `s` percent-encoded (RFC 3986): every byte but the unreserved `A-Z a-z 0-9 - .
+/// _ ~` as `%XX`, so local identifier systems stay valid URIs (no spaces) whatever
+/// an assigning authority is called. Borrows when nothing needs encoding.
+pub(crate) fn url_encode(s: &str) -> std::borrow::Cow<'_, str> {
+    let keep = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if s.bytes().all(keep) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The length of the decimal number at the start of `s`: digits with an optional
@@ -605,6 +630,14 @@ mod tests {
         fn range_bounds_agree_with_the_regex(s in "[ <>=+.0-9-]{0,12}") {
             check_range(&s);
         }
+    }
+
+    #[test]
+    fn url_encode_keeps_unreserved_and_encodes_the_rest() {
+        assert_eq!(url_encode("ral-01.x_y~z"), "ral-01.x_y~z");
+        assert_eq!(url_encode("st  mary's"), "st%20%20mary%27s");
+        assert_eq!(url_encode("tŷ"), "t%C5%B7");
+        assert_eq!(url_encode(""), "");
     }
 
     #[test]

@@ -88,6 +88,23 @@ def references(value, where):
             yield from references(item, f"{where}[{i}]")
 
 
+URI_KEYS = {"system", "url", "fullUrl"}
+
+
+def uris(value, where):
+    """Yields (path, value) of every `system`, `url` and `fullUrl` string."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else key
+            if key in URI_KEYS and isinstance(item, str):
+                yield path, item
+            else:
+                yield from uris(item, path)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from uris(item, f"{where}[{i}]")
+
+
 def bundle_rules(doc):
     """Junction's own document rules; yields (where, what)."""
     if doc.get("resourceType") != "Bundle":
@@ -121,6 +138,9 @@ def bundle_rules(doc):
             if element in resource and resource[element] not in codes:
                 yield f"{at}.resource.{element}", \
                     f"{resource[element]!r} is not one of {sorted(codes)}"
+    for where, uri in uris(doc, ""):
+        if not uri or any(c.isspace() for c in uri):
+            yield where, f"{uri!r} is not a FHIR uri (no white space, not empty)"
     for where, ref in references(doc, ""):
         if ref.startswith("urn:uuid:") and ref not in full_urls:
             yield where, f"reference {ref} matches no entry of the Bundle"
