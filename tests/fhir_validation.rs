@@ -159,7 +159,7 @@ fn wild_variants(text: &str) -> Vec<String> {
             .collect::<Vec<_>>(),
     ));
     // every field of a kind of segment changed in one way, one variant per way
-    let edits: [(&str, fn(&str) -> String); 7] = [
+    let edits: [(&str, Edit); 7] = [
         ("repeated", |f| format!("{f}~{f}")),
         ("escaped", |f| format!("A\\T\\B \\S\\ {f} \\F\\ \\E\\")),
         ("unicode", |f| format!("Siân Ŵyn 東京 {f}")),
@@ -196,6 +196,10 @@ fn wild_variants(text: &str) -> Vec<String> {
     }
     out
 }
+
+/// One way of changing a field: repeated, escaped, non-ASCII, emptied, HL7 null,
+/// garbage, padded.
+type Edit = fn(&str) -> String;
 
 /// Segment text with field `n` (MSH numbering: MSH-12 is the 11th `|` part) set.
 fn set_field(segment: &str, n: usize, value: &str) -> String {
