@@ -1296,6 +1296,23 @@ impl<'a> Ctx<'a> {
                     Val::Empty
                 }
             },
+            Transform::Instant(tz) => match self.datetime(&text, tz) {
+                Ok(d) if d.contains('T') => Val::Text(Cow::Owned(d)),
+                Ok(_) => {
+                    self.warn(
+                        loc,
+                        format!(
+                            "`{}` has no time of day, which an instant needs",
+                            text.trim_fast()
+                        ),
+                    );
+                    Val::Empty
+                }
+                Err(e) => {
+                    self.warn(loc, e);
+                    Val::Empty
+                }
+            },
             Transform::NhsNumber => match transform::nhs_number(&text) {
                 Some(n) => Val::Text(Cow::Owned(n)),
                 None => {

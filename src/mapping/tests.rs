@@ -568,3 +568,20 @@ PID|1||9434765919^^^NHS^NH||SMITH^MR \\T\\ MRS^J R^^^^L~JONES^^ANNE MARIE\r";
         ])
     );
 }
+
+#[test]
+fn instant_needs_a_time_of_day() {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nfull = \"MSH-7 | instant(Europe/London)\"\nday = \"PID-7 | instant(Europe/London)\"\n"
+    );
+    let out = apply_str(&src, MESSAGE);
+    let doc = out.value();
+    let r = &doc["entry"][0]["resource"];
+    assert_eq!(r["full"], json!("2024-07-15T09:30:00+01:00"));
+    assert!(r.get("day").is_none(), "{r}");
+    assert!(
+        out.warnings.iter().any(|w| w.contains("no time of day")),
+        "{:?}",
+        out.warnings
+    );
+}

@@ -46,6 +46,8 @@ pub(crate) enum Transform {
     Lower,
     Date,
     DateTime(TimeZone),
+    /// `| instant(tz)`: a `datetime` that has a time of day (FHIR `instant`).
+    Instant(TimeZone),
     Lookup(usize),
     NhsNumber,
     RegexReplace(Regex, String),
@@ -64,7 +66,7 @@ pub(crate) enum Transform {
 
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, datetime(Europe/London), lookup(table), \
-nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
+instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
 join('separator'), range_low, range_high, url_encode, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
@@ -96,7 +98,7 @@ pub(crate) fn build(
         "range_low" => argc(0).map(|_| Transform::Range(Bound::Low))?,
         "url_encode" => argc(0).map(|_| Transform::UrlEncode)?,
         "range_high" => argc(0).map(|_| Transform::Range(Bound::High))?,
-        "datetime" => {
+        "datetime" | "instant" => {
             let tz = match args.len() {
                 0 => london()?,
                 1 => TimeZone::get(&args[0].0).map_err(|_| {
@@ -105,9 +107,13 @@ pub(crate) fn build(
                         args[0].0
                     )
                 })?,
-                _ => return Err(format!("`datetime` takes 1 argument, found {}", args.len())),
+                _ => return Err(format!("`{name}` takes 1 argument, found {}", args.len())),
             };
-            Transform::DateTime(tz)
+            if name == "instant" {
+                Transform::Instant(tz)
+            } else {
+                Transform::DateTime(tz)
+            }
         }
         "lookup" => {
             argc(1)?;
