@@ -50,22 +50,7 @@ fn every_sample_document_is_valid_fhir() {
         "every sample was mapped ({written} documents)"
     );
 
-    let run = Command::new(&python)
-        .arg(repo().join("tests/python/validate_fhir.py"))
-        .arg(dir.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "fhir.resources rejected documents ({}):\n{stdout}\n{stderr}",
-        run.status
-    );
-    assert!(
-        stdout.contains(&format!("{written} passed, 0 failed")),
-        "the validator saw every document:\n{stdout}"
-    );
+    assert_all_valid(&python, dir.path(), written);
 }
 
 /// Messages as they arrive in the wild, made from every sample: each segment
@@ -113,22 +98,7 @@ fn wild_variants_of_every_sample_are_valid_fhir() {
         written >= 3000,
         "most variants map ({written} documents of {tried} variants)"
     );
-    let run = Command::new(&python)
-        .arg(repo().join("tests/python/validate_fhir.py"))
-        .arg(dir.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "fhir.resources rejected documents ({}):\n{stdout}\n{stderr}",
-        run.status
-    );
-    assert!(
-        stdout.contains(&format!("{written} passed, 0 failed")),
-        "the validator saw every document:\n{stdout}"
-    );
+    assert_all_valid(&python, dir.path(), written);
 }
 
 /// The variants of one message (CR-separated segments, `|^~\&`).
@@ -229,6 +199,26 @@ fn wild_variants(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Runs the validator over every document of `dir`: all `written` must pass.
+fn assert_all_valid(python: &std::path::Path, dir: &std::path::Path, written: usize) {
+    let run = Command::new(python)
+        .arg(repo().join("tests/python/validate_fhir.py"))
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "fhir.resources rejected documents ({}):\n{stdout}\n{stderr}",
+        run.status
+    );
+    assert!(
+        stdout.contains(&format!("{written} passed, 0 failed")),
+        "the validator saw every document:\n{stdout}"
+    );
 }
 
 /// One way of changing a field: repeated, escaped, non-ASCII, emptied, HL7 null,

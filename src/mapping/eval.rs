@@ -137,20 +137,8 @@ fn same_bytes(a: [u8; 3], name: &str) -> bool {
 }
 
 /// Appends `n` in decimal (what `n.to_string()` gives, without the formatter).
-fn push_number(out: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
+fn push_number(out: &mut String, n: usize) {
+    json::push_u64(out, n as u64);
 }
 
 /// `str::trim` with a fast path: text that starts and ends with a visible

@@ -86,7 +86,7 @@ pub(crate) fn push_key(out: &mut String, key: &str) {
 }
 
 /// Appends `n` in decimal, as itoa (serde_json's integer writer) does.
-fn push_u64(out: &mut String, mut n: u64) {
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {

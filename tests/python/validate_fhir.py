@@ -74,35 +74,21 @@ def empty_elements(value, where):
         yield where
 
 
-def references(value, where):
-    """Yields (path, reference) for every `reference` string."""
+def strings_at(value, where, keys):
+    """Yields (path, value) for every string under one of `keys`, at any depth."""
     if isinstance(value, dict):
         for key, item in value.items():
             path = f"{where}.{key}" if where else key
-            if key == "reference" and isinstance(item, str):
+            if key in keys and isinstance(item, str):
                 yield path, item
             else:
-                yield from references(item, path)
+                yield from strings_at(item, path, keys)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from references(item, f"{where}[{i}]")
+            yield from strings_at(item, f"{where}[{i}]", keys)
 
 
 URI_KEYS = {"system", "url", "fullUrl"}
-
-
-def uris(value, where):
-    """Yields (path, value) of every `system`, `url` and `fullUrl` string."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{where}.{key}" if where else key
-            if key in URI_KEYS and isinstance(item, str):
-                yield path, item
-            else:
-                yield from uris(item, path)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from uris(item, f"{where}[{i}]")
 
 
 def bundle_rules(doc):
@@ -138,10 +124,10 @@ def bundle_rules(doc):
             if element in resource and resource[element] not in codes:
                 yield f"{at}.resource.{element}", \
                     f"{resource[element]!r} is not one of {sorted(codes)}"
-    for where, uri in uris(doc, ""):
+    for where, uri in strings_at(doc, "", URI_KEYS):
         if not uri or any(c.isspace() for c in uri):
             yield where, f"{uri!r} is not a FHIR uri (no white space, not empty)"
-    for where, ref in references(doc, ""):
+    for where, ref in strings_at(doc, "", {"reference"}):
         if ref.startswith("urn:uuid:") and ref not in full_urls:
             yield where, f"reference {ref} matches no entry of the Bundle"
 
