@@ -248,9 +248,10 @@ impl Router {
                 .apply(&parsed)
                 .map_err(|e| fail("map", format!("mapping `{}`: {e}", plan.name())))?;
             // the queue needs the patient (ordering key, NHS numbers) and the
-            // routes may read the document: its routing view (a fraction of the
-            // cost of parsing all of it) is read once here; the text is queued
-            let document = crate::route::routing_view(&output.document);
+            // routes may read the document: its routing view (the Patient and
+            // what its GP reference names, read from their place in the text;
+            // the rest known from the mapping) is read once here; the text is queued
+            let document = crate::route::routing_view_of(&output);
             let refs = group.destinations_for(&document);
             self.push_deliveries(
                 &mut deliveries,

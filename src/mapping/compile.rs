@@ -94,7 +94,12 @@ pub(crate) enum Iter {
 
 /// A member name with its JSON prefix written once at load: `,"name":`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Key(String);
+pub(crate) struct Key {
+    /// `,"name":`
+    text: String,
+    /// The name is `code` (see [`Key::is_code`]), decided once at load.
+    code: bool,
+}
 
 impl Key {
     /// `name` is a checked FHIR element name: letters and digits, nothing to escape.
@@ -103,26 +108,31 @@ impl Key {
         k.push_str(",\"");
         k.push_str(name);
         k.push_str("\":");
-        Key(k)
+        Key {
+            text: k,
+            code: name == "code",
+        }
     }
 
     pub fn name(&self) -> &str {
-        self.0.get(2..self.0.len().saturating_sub(2)).unwrap_or("")
+        self.text
+            .get(2..self.text.len().saturating_sub(2))
+            .unwrap_or("")
     }
 
     /// A member named `code` holds a FHIR `code` (Coding.code, Quantity.code):
     /// text without leading, trailing or repeated white space.
     pub fn is_code(&self) -> bool {
-        self.name() == "code"
+        self.code
     }
 
     /// What to write before the value: `"name":` for the first member of an
     /// object, `,"name":` after another.
     pub fn prefix(&self, first: bool) -> &str {
         if first {
-            self.0.get(1..).unwrap_or("")
+            self.text.get(1..).unwrap_or("")
         } else {
-            &self.0
+            &self.text
         }
     }
 }

@@ -26,7 +26,7 @@ use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, GroupHead, Path, RepSel, Stage, Term};
 use super::json;
 use super::transform::{self, Transform};
-use super::{MapError, MapOutput};
+use super::{MapError, MapOutput, MappedEntry};
 use crate::hl7::{Element, Level, Message, Segment, Separators};
 
 /// Where a value came from, for warnings (`PID-3[2]`).
@@ -299,13 +299,13 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
     let mut out = String::with_capacity(plan.output_hint.load(Ordering::Relaxed));
     // keys in sorted order: entry, resourceType, type
     out.push_str("{\"entry\":[");
-    let mut count = 0;
+    let mut entries = Vec::with_capacity(16);
     let mut seen = FastSet::default();
     for r in &plan.resources {
-        ctx.resource(r, &top, &mut out, &mut count, &mut seen);
+        ctx.resource(r, &top, &mut out, &mut entries, &mut seen);
     }
     let unread = ctx.unread();
-    if count == 0 {
+    if entries.is_empty() {
         return Err(MapError::NoResources {
             mapping: plan.name.clone(),
         });
@@ -315,6 +315,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
     plan.output_hint.fetch_max(out.len(), Ordering::Relaxed);
     Ok(MapOutput {
         document: out,
+        entries,
         unread,
         warnings: ctx.warnings,
     })
@@ -485,7 +486,7 @@ impl<'a> Ctx<'a> {
         r: &'a Resource,
         scope: &Scope<'_, 'a>,
         out: &mut String,
-        count: &mut usize,
+        entries: &mut Vec<MappedEntry>,
         seen: &mut FastSet,
     ) {
         let mut emit = |ctx: &mut Self, sc: &Scope<'_, 'a>| {
@@ -513,7 +514,7 @@ impl<'a> Ctx<'a> {
             if seen.contains(&url) {
                 return;
             }
-            if *count > 0 {
+            if !entries.is_empty() {
                 out.push(',');
             }
             // keys in sorted order: fullUrl, request, resource
@@ -529,7 +530,9 @@ impl<'a> Ctx<'a> {
             }
             out.push_str("\"method\":\"PUT\",\"url\":");
             json::push_str(out, &url);
-            out.push_str("},\"resource\":{");
+            out.push_str("},\"resource\":");
+            let resource_start = out.len();
+            out.push('{');
             // the body's members with `id` and `resourceType` merged in, in key order
             let mut n = 0;
             let mut id_done = false;
@@ -559,9 +562,15 @@ impl<'a> Ctx<'a> {
                 json::push_key(out, "resourceType");
                 json::push_str(out, &r.kind);
             }
-            out.push_str("}}");
+            out.push('}');
+            let resource_end = out.len();
+            out.push('}');
             seen.insert(url);
-            *count += 1;
+            entries.push(MappedEntry {
+                resource_type: r.kind.clone(),
+                id: id.to_string(),
+                resource: resource_start..resource_end,
+            });
         };
         match &r.iter {
             None => emit(self, scope),

@@ -174,6 +174,9 @@ pub struct MapOutput {
     /// The FHIR R4 transaction Bundle as compact JSON text, exactly what
     /// `serde_json::to_string` gives for it (object keys sorted).
     pub document: String,
+    /// The Bundle's entries in order: what each is and where its resource is in
+    /// `document`, so a reader can take one resource without parsing the rest.
+    pub entries: Vec<MappedEntry>,
     /// Fields present in the message with content that no rule read, as `PID-13`,
     /// `OBX[4]-17` (the bracket is the 1-based occurrence when a segment repeats).
     /// MSH-1 and MSH-2 (the separators) are never listed.
@@ -181,6 +184,17 @@ pub struct MapOutput {
     /// Data problems found while mapping (bad NHS number, bad date). These may name
     /// patient data: show them to the person running `junction map`, never log them.
     pub warnings: Vec<String>,
+}
+
+/// One entry of a mapped Bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedEntry {
+    /// `Patient`, `Observation`, ...
+    pub resource_type: String,
+    /// The resource id (the entry's `fullUrl` is `urn:uuid:` and this id).
+    pub id: String,
+    /// The byte range of the resource's JSON object in `MapOutput::document`.
+    pub resource: std::ops::Range<usize>,
 }
 
 impl MapOutput {

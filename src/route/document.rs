@@ -105,6 +105,66 @@ pub fn routing_view(text: &str) -> Json {
     }
 }
 
+/// [`routing_view`] of a mapped document, reading only the resources routing looks
+/// into: the Patients, and the resources their `generalPractitioner` references
+/// name. Every other entry is known by its type (from the mapping, which wrote
+/// it) without reading its text.
+pub fn routing_view_of(output: &crate::mapping::MapOutput) -> Json {
+    let read = |e: &crate::mapping::MappedEntry| {
+        output
+            .document
+            .get(e.resource.clone())
+            .map_or(Json::Null, routing_view)
+    };
+    let mut resources: Vec<Option<Json>> = output
+        .entries
+        .iter()
+        .map(|e| (e.resource_type == "Patient").then(|| read(e)))
+        .collect();
+    // the resources a Patient's GP reference names, by fullUrl or Type/id
+    let named: Vec<String> = resources
+        .iter()
+        .flatten()
+        .flat_map(|p| array(p, "generalPractitioner"))
+        .filter_map(|gp| str_at(gp, "reference"))
+        .map(str::to_string)
+        .collect();
+    for (e, slot) in output.entries.iter().zip(resources.iter_mut()) {
+        if slot.is_none()
+            && named.iter().any(|r| {
+                r.strip_prefix("urn:uuid:") == Some(e.id.as_str())
+                    || r.strip_prefix(e.resource_type.as_str())
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        == Some(e.id.as_str())
+            })
+        {
+            *slot = Some(read(e));
+        }
+    }
+    let entries = output
+        .entries
+        .iter()
+        .zip(resources)
+        .map(|(e, resource)| {
+            let mut entry = serde_json::Map::new();
+            match resource {
+                Some(resource) => {
+                    entry.insert("fullUrl".into(), Json::String(format!("urn:uuid:{}", e.id)));
+                    entry.insert("resource".into(), resource);
+                }
+                // nothing names it and routing reads nothing of it but its type
+                None => {
+                    let mut r = serde_json::Map::new();
+                    r.insert("resourceType".into(), Json::String(e.resource_type.clone()));
+                    entry.insert("resource".into(), Json::Object(r));
+                }
+            }
+            Json::Object(entry)
+        })
+        .collect();
+    serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": Json::Array(entries)})
+}
+
 /// The typed subset [`routing_view`] reads (everything else is skipped unread).
 mod view {
     use std::borrow::Cow;
@@ -406,12 +466,14 @@ mod view_tests {
                 continue;
             };
             let full: Json = serde_json::from_str(&output.document).expect("json");
-            let view = routing_view(&output.document);
-            assert!(
-                view.to_string().len() < full.to_string().len(),
-                "{}: the view is not smaller",
-                path.display()
-            );
+            let views = [routing_view(&output.document), routing_view_of(&output)];
+            for view in &views {
+                assert!(
+                    view.to_string().len() < full.to_string().len(),
+                    "{}: the view is not smaller",
+                    path.display()
+                );
+            }
             let input = RouteInput {
                 origin: Origin::Unknown,
                 message_code: &header.message_code,
@@ -419,22 +481,88 @@ mod view_tests {
                 sending_application: "PAS",
                 sending_facility: "RAL",
             };
-            for (field, name) in FIELDS {
-                let of = |d: &Json| {
-                    Facts {
-                        input: &input,
-                        document: Document::Parsed(d),
-                    }
-                    .values(*field)
-                };
-                assert_eq!(of(&full), of(&view), "{}: {name}", path.display());
+            for view in &views {
+                for (field, name) in FIELDS {
+                    let of = |d: &Json| {
+                        Facts {
+                            input: &input,
+                            document: Document::Parsed(d),
+                        }
+                        .values(*field)
+                    };
+                    assert_eq!(of(&full), of(view), "{}: {name}", path.display());
+                }
+                use crate::delivery::pipeline::{nhs_numbers, patient_key};
+                assert_eq!(patient_key(&full), patient_key(view), "{}", path.display());
+                assert_eq!(nhs_numbers(&full), nhs_numbers(view), "{}", path.display());
             }
-            use crate::delivery::pipeline::{nhs_numbers, patient_key};
-            assert_eq!(patient_key(&full), patient_key(&view), "{}", path.display());
-            assert_eq!(nhs_numbers(&full), nhs_numbers(&view), "{}", path.display());
             checked += 1;
         }
         assert!(checked >= 15, "only {checked} samples mapped");
+    }
+
+    /// A GP named by reference: the view reads the Organization it names (by
+    /// `Type/id` or by fullUrl) and nothing else of the Bundle.
+    #[test]
+    fn the_routing_view_follows_gp_references() {
+        let patient = r#"{"generalPractitioner":[{"reference":"Organization/o1"},{"reference":"urn:uuid:p9"}],"id":"p1","resourceType":"Patient"}"#;
+        let org = r#"{"id":"o1","identifier":[{"system":"https://fhir.nhs.uk/Id/ods-organization-code","value":"F81001"}],"resourceType":"Organization"}"#;
+        let gp = r#"{"id":"p9","identifier":[{"system":"https://fhir.hl7.org.uk/Id/gmp-number","value":"G1234567"}],"resourceType":"Practitioner"}"#;
+        let other = r#"{"id":"x1","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],"resourceType":"Observation"}"#;
+        let mut document = String::from(r#"{"entry":["#);
+        let mut entries = Vec::new();
+        for (i, (kind, id, body)) in [
+            ("Patient", "p1", patient),
+            ("Organization", "o1", org),
+            ("Practitioner", "p9", gp),
+            ("Observation", "x1", other),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                document.push(',');
+            }
+            document.push_str(&format!(r#"{{"fullUrl":"urn:uuid:{id}","resource":"#));
+            let start = document.len();
+            document.push_str(body);
+            entries.push(crate::mapping::MappedEntry {
+                resource_type: kind.into(),
+                id: id.into(),
+                resource: start..document.len(),
+            });
+            document.push('}');
+        }
+        document.push_str(r#"],"resourceType":"Bundle","type":"transaction"}"#);
+        let output = crate::mapping::MapOutput {
+            document,
+            entries,
+            unread: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let full: Json = serde_json::from_str(&output.document).expect("json");
+        let view = routing_view_of(&output);
+        let input = RouteInput {
+            origin: Origin::Unknown,
+            message_code: "ADT",
+            trigger: "A01",
+            sending_application: "PAS",
+            sending_facility: "RAL",
+        };
+        let of = |d: &Json, f: Field| {
+            Facts {
+                input: &input,
+                document: Document::Parsed(d),
+            }
+            .values(f)
+        };
+        assert_eq!(of(&view, Field::PatientGpPractice), vec!["F81001"]);
+        assert_eq!(of(&view, Field::PatientGp), vec!["G1234567"]);
+        for (field, name) in FIELDS {
+            assert_eq!(of(&full, *field), of(&view, *field), "{name}");
+        }
+        // the Observation was not read: only its type and id are in the view
+        assert!(!view.to_string().contains("9434765919"), "{view}");
     }
 
     #[test]
