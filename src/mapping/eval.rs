@@ -1,11 +1,15 @@
 //! Applying a compiled plan to a parsed message: scopes, path evaluation, transforms,
-//! templates, resources, the Bundle, and the bookkeeping of unread fields.
+//! templates, resources, the Bundle written as JSON text (through `json.rs`), and the
+//! bookkeeping of unread fields.
 //!
 //! # Invariants
 //! - Nothing here panics on any message: every index is checked, every slice is
 //!   taken on char boundaries, recursion depth is bounded by the mapping (not the message).
 //! - Nothing here parses mapping text or compiles regexes.
-//! - Output objects are built without empty members (pruned as they are built).
+//! - Output objects are written without empty members: an element that turns out
+//!   empty is truncated away, so the text is what pruning a built tree would give.
+//! - Members are written in key order (sorted at load), so the text is exactly
+//!   `serde_json`'s serialization of the same document.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
