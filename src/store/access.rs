@@ -43,12 +43,14 @@ pub struct TokenInfo {
     pub last_used_at: Option<String>,
 }
 
-/// One audited `/fhir` request, to be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One audited `/fhir` request, to be written (and, with its row id, as listed:
+/// [`AuditEntry`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewAuditEntry {
     /// FHIR instant (UTC) of the request.
     pub at: String,
     /// The token's name and role; `None` when none or an unknown one was given.
+    #[serde(rename = "token")]
     pub token_name: Option<String>,
     pub role: Option<String>,
     pub method: String,
@@ -64,19 +66,12 @@ pub struct NewAuditEntry {
     pub purpose: String,
 }
 
-/// One audit row as `GET /api/audit` lists it.
+/// One audit row as `GET /api/audit` lists it: its id and what was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
     pub id: i64,
-    pub at: String,
-    pub token: Option<String>,
-    pub role: Option<String>,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub patients: Vec<String>,
-    pub status: u16,
-    pub purpose: String,
+    #[serde(flatten)]
+    pub entry: NewAuditEntry,
 }
 
 /// What `GET /api/audit` asks for: rows about a patient and/or by a token.
@@ -323,11 +318,9 @@ fn audit_rows(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEntry>, 
     };
     let mut entries = Vec::new();
     for row in rows {
-        let (entry, patients) = row?;
-        entries.push(AuditEntry {
-            patients: serde_json::from_str(&patients)?,
-            ..entry
-        });
+        let (mut row, patients) = row?;
+        row.entry.patients = serde_json::from_str(&patients)?;
+        entries.push(row);
     }
     Ok(entries)
 }
@@ -337,15 +330,17 @@ fn audit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(AuditEntry, Stri
     Ok((
         AuditEntry {
             id: row.get(0)?,
-            at: row.get(1)?,
-            token: row.get(2)?,
-            role: row.get(3)?,
-            method: row.get(4)?,
-            path: row.get(5)?,
-            query: row.get(6)?,
-            patients: Vec::new(),
-            status: row.get(8)?,
-            purpose: row.get(9)?,
+            entry: NewAuditEntry {
+                at: row.get(1)?,
+                token_name: row.get(2)?,
+                role: row.get(3)?,
+                method: row.get(4)?,
+                path: row.get(5)?,
+                query: row.get(6)?,
+                patients: Vec::new(),
+                status: row.get(8)?,
+                purpose: row.get(9)?,
+            },
         },
         row.get(7)?,
     ))
@@ -431,7 +426,10 @@ mod tests {
         assert_eq!(ids(q(Some("p1"), Some("gp"), 10)), vec![a]);
         assert_eq!(ids(q(None, Some("gp"), 10)), vec![c, a]);
         let rows = store.audit(&q(Some("p2"), None, 10)).unwrap();
-        assert_eq!(rows[0].patients, vec!["p1", "p2"]);
-        assert_eq!(rows[0].query.as_deref(), Some("identifier=9434765919"));
+        assert_eq!(rows[0].entry.patients, vec!["p1", "p2"]);
+        assert_eq!(
+            rows[0].entry.query.as_deref(),
+            Some("identifier=9434765919")
+        );
     }
 }
