@@ -312,12 +312,22 @@ fn check_stop(text: &str, tree: &Tree<'_>, stop: Stop) -> Result<(), Hl7Error> {
         }
         Stop::BadLine { consumed } => consumed,
     };
+    match bad_line(text, consumed, index) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The error for what follows the last good segment, which ended at `consumed`:
+/// `None` when only line endings follow, else segment `index` is not a segment
+/// (bad name, a blank line before it, or no field separator after its name).
+pub(crate) fn bad_line(text: &str, consumed: usize, index: usize) -> Option<Hl7Error> {
     let rest = &text[consumed..];
     let skipped = rest.len() - rest.trim_start_matches(['\r', '\n']).len();
     let offset = consumed + skipped;
     let line = &text[offset..];
     if line.is_empty() {
-        return Ok(());
+        return None;
     }
     let line = &line[..line.find(['\r', '\n']).unwrap_or(line.len())];
     let name_ok = line.len() >= 3 && line.as_bytes()[..3].iter().all(u8::is_ascii_alphanumeric);
@@ -328,7 +338,7 @@ fn check_stop(text: &str, tree: &Tree<'_>, stop: Stop) -> Result<(), Hl7Error> {
     } else {
         "the field separator after the segment name"
     };
-    Err(Hl7Error::BadSegment {
+    Some(Hl7Error::BadSegment {
         index,
         offset,
         found: snippet(line, 4),

@@ -680,27 +680,8 @@ mod tests {
             }
         }
         let consumed = inner.raw_value().len();
-        let rest = &text[consumed..];
-        let skipped = rest.len() - rest.trim_start_matches(['\r', '\n']).len();
-        let offset = consumed + skipped;
-        let line = &text[offset..];
-        if !line.is_empty() {
-            let line = &line[..line.find(['\r', '\n']).unwrap_or(line.len())];
-            let name_ok =
-                line.len() >= 3 && line.as_bytes()[..3].iter().all(u8::is_ascii_alphanumeric);
-            let expected = if !name_ok {
-                "a 3-character segment name (A-Z, 0-9)"
-            } else if skipped >= 2 {
-                "no blank line between segments"
-            } else {
-                "the field separator after the segment name"
-            };
-            return Err(Hl7Error::BadSegment {
-                index: inner.segments.len() + 1,
-                offset,
-                found: snippet(line, 4),
-                expected,
-            });
+        if let Some(e) = super::super::message::bad_line(text, consumed, inner.segments.len() + 1) {
+            return Err(e);
         }
         Ok(inner
             .segments
