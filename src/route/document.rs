@@ -306,13 +306,12 @@ impl<'a> Document<'a> {
         Document::Text(text, std::cell::OnceCell::new())
     }
 
-    /// The parsed document; text that is not JSON reads as `Json::Null` (no values).
+    /// The parsed document (text: its [`routing_view`], all a condition reads);
+    /// text that is not JSON reads as `Json::Null` (no values).
     fn get(&self) -> &Json {
         match self {
             Document::Parsed(j) => j,
-            Document::Text(text, parsed) => {
-                parsed.get_or_init(|| serde_json::from_str(text).unwrap_or(Json::Null))
-            }
+            Document::Text(text, parsed) => parsed.get_or_init(|| routing_view(text)),
         }
     }
 }
