@@ -28,7 +28,7 @@ use super::tree::Separators;
 /// Decodes HL7 escape sequences in `raw` (see the module doc for the rules).
 pub fn unescape<'r>(raw: &'r str, separators: &Separators) -> Cow<'r, str> {
     let esc = separators.escape;
-    if !raw.contains(esc) {
+    if !has_escape(raw, esc) {
         return Cow::Borrowed(raw);
     }
     let mut out = String::with_capacity(raw.len());
@@ -48,6 +48,19 @@ pub fn unescape<'r>(raw: &'r str, separators: &Separators) -> Cow<'r, str> {
     }
     out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// Does `raw` hold the escape character? A byte search when it is ASCII (it
+/// always is in practice): `str::contains(char)` sets up a UTF-8 searcher, which
+/// costs more than the short values of a message take to scan.
+#[inline]
+pub(crate) fn has_escape(raw: &str, esc: char) -> bool {
+    if esc.is_ascii() {
+        let e = esc as u8;
+        raw.as_bytes().contains(&e)
+    } else {
+        raw.contains(esc)
+    }
 }
 
 fn decode_sequence(body: &str, whole: &str, seps: &Separators, out: &mut String) {

@@ -574,7 +574,7 @@ impl<'m> Element<'m> {
     #[inline]
     pub fn unescaped(&self, separators: &Separators) -> Cow<'m, str> {
         let raw = self.raw();
-        if self.tree.escape_free {
+        if self.tree.escape_free || !super::escape::has_escape(raw, separators.escape) {
             Cow::Borrowed(raw)
         } else {
             unescape(raw, separators)
@@ -585,7 +585,7 @@ impl<'m> Element<'m> {
     /// between parts kept as received. Borrows when there is no escape.
     pub fn text(&self, separators: &Separators) -> Cow<'m, str> {
         let raw = self.raw();
-        if self.tree.escape_free || !raw.contains(separators.escape) {
+        if self.tree.escape_free || !super::escape::has_escape(raw, separators.escape) {
             return Cow::Borrowed(raw);
         }
         if self.level == Level::Subcomponent {

@@ -81,6 +81,10 @@ pub(crate) struct Resource {
     pub when: Option<Cond>,
     /// Members, sorted by key (`id` and `resourceType` are merged in when written).
     pub body: Vec<(Key, Template)>,
+    /// Where `id` and `resourceType` go among the sorted members: before the
+    /// member at this index (the length: after the last).
+    pub id_at: usize,
+    pub type_at: usize,
     /// `create_only = true`: the entry's request carries `ifNoneMatch: "*"`.
     pub create_only: bool,
 }
@@ -750,16 +754,16 @@ impl<'s> Compiler<'s> {
                 "[[resource]] without `body`, expected a [resource.body] table".into(),
             );
         }
+        // in key order, as the evaluator writes them (see ObjTemplate)
+        body.sort_by(|a, b| a.0.name().cmp(b.0.name()));
         Some(Resource {
             kind: kind?,
             id: id?,
             iter,
             when,
-            body: {
-                // in key order, as the evaluator writes them (see ObjTemplate)
-                body.sort_by(|a, b| a.0.name().cmp(b.0.name()));
-                body
-            },
+            id_at: body.partition_point(|(k, _)| k.name() < "id"),
+            type_at: body.partition_point(|(k, _)| k.name() < "resourceType"),
+            body,
             create_only,
         })
     }

@@ -22,10 +22,11 @@ type FastSet = HashSet<String, BuildHasherDefault<Fnv1a>>;
 
 use std::sync::atomic::Ordering;
 
+use bumpalo::Bump;
 use jiff::tz::TimeZone;
 use serde_json::Value;
 
-use super::compile::{Fnv1a, Iter, Key, ObjTemplate, PlanInner, Resource, Template};
+use super::compile::{Fnv1a, Iter, Key, MacroDeps, ObjTemplate, PlanInner, Resource, Template};
 use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, GroupHead, Path, RepSel, Stage, Term};
 use super::json;
@@ -210,6 +211,9 @@ fn json_is_empty(v: &Value) -> bool {
 /// A range of segments (a group), the current `each` element and iteration position.
 #[derive(Clone, Copy)]
 struct Scope<'s, 'a> {
+    /// Unique in this apply (0: none), so values computed in this scope can be
+    /// remembered for it (see `Ctx::memo`).
+    id: u32,
     start: usize,
     end: usize,
     parent: Option<&'s Scope<'s, 'a>>,
@@ -238,7 +242,16 @@ struct Ctx<'a> {
     position_reads: usize,
     /// Timestamps already converted in this apply (a lab report's OBR-7 and
     /// OBR-22 are read again for every observation): text, time zone, result.
-    datetimes: Vec<(String, *const TimeZone, Result<String, String>)>,
+    datetimes: Vec<(&'a str, &'a str, Result<&'a str, String>)>,
+    /// Where text computed in this apply is kept, so a remembered value is
+    /// handed out again without copying it.
+    arena: &'a Bump,
+    /// The scope ids handed out so far.
+    scopes: u32,
+    /// The last value of each macro, by macro: the scope it was computed in,
+    /// whether computing it read `position()`, the value. A scope asks for the
+    /// same macros again and again (`$units` in three members).
+    memo: Vec<(u32, bool, Val<'a>)>,
 }
 
 /// Converted timestamps kept per apply (the most recent ones).
@@ -280,6 +293,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         o.1 = counts.iter().any(|(name, n)| name == s && *n > 1);
     }
     let segment_count = names.len();
+    let arena = Bump::new();
     let mut ctx = Ctx {
         plan,
         message,
@@ -292,8 +306,12 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         cache: vec![Vec::new(); plan.macros.len()],
         datetimes: Vec::new(),
         position_reads: 0,
+        arena: &arena,
+        scopes: 0,
+        memo: vec![(0, false, Val::Empty); plan.macros.len()],
     };
     let top = Scope {
+        id: ctx.scope_id(),
         start: 0,
         end: segment_count,
         parent: None,
@@ -373,22 +391,43 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// [`transform::hl7_datetime`], remembered for the texts seen last in this apply.
-    fn datetime(&mut self, text: &str, tz: &TimeZone) -> Result<String, String> {
-        let zone: *const TimeZone = tz;
+    /// [`transform::hl7_datetime`], remembered for the texts seen last in this
+    /// apply (by text and zone name: every `datetime(...)` has its own zone).
+    fn datetime(&mut self, text: &str, tz: &TimeZone) -> Result<&'a str, String> {
+        let zone = tz.iana_name().unwrap_or("");
         if let Some((_, _, r)) = self
             .datetimes
             .iter()
-            .find(|(t, z, _)| *z == zone && t == text)
+            .find(|(t, z, _)| *t == text && *z == zone)
         {
             return r.clone();
         }
-        let r = transform::hl7_datetime(text, tz);
+        let r = match transform::hl7_datetime(text, tz) {
+            Ok(d) => Ok(&*self.arena.alloc_str(&d)),
+            Err(e) => Err(e),
+        };
         if self.datetimes.len() >= DATETIME_MEMO {
             let _oldest = self.datetimes.remove(0);
         }
-        self.datetimes.push((text.to_string(), zone, r.clone()));
+        let key = (&*self.arena.alloc_str(text), &*self.arena.alloc_str(zone));
+        self.datetimes.push((key.0, key.1, r.clone()));
         r
+    }
+
+    /// A fresh scope id.
+    fn scope_id(&mut self) -> u32 {
+        self.scopes += 1;
+        self.scopes
+    }
+
+    /// The value with its owned text moved into the arena, so clones of it
+    /// borrow instead of copying.
+    fn keep(&self, v: Val<'a>) -> Val<'a> {
+        match v {
+            Val::Text(Cow::Owned(s)) => Val::Text(Cow::Borrowed(self.arena.alloc_str(&s))),
+            Val::List(items) => Val::List(items.into_iter().map(|i| self.keep(i)).collect()),
+            v => v,
+        }
     }
 
     fn segment(&self, i: usize) -> Option<Segment<'a>> {
@@ -538,30 +577,27 @@ impl<'a> Ctx<'a> {
             let resource_start = out.len();
             out.push('{');
             // the body's members with `id` and `resourceType` merged in, in key order
+            let (id_at, type_at) = (r.id_at, r.type_at);
             let mut n = 0;
-            let mut id_done = false;
-            let mut type_done = false;
-            for (k, t) in &r.body {
-                if !id_done && k.name() > "id" {
-                    id_done = true;
+            for (i, (k, t)) in r.body.iter().enumerate() {
+                if i == id_at {
                     sep(out, &mut n);
                     json::push_key(out, "id");
                     json::push_str(out, id);
                 }
-                if !type_done && k.name() > "resourceType" {
-                    type_done = true;
+                if i == type_at {
                     sep(out, &mut n);
                     json::push_key(out, "resourceType");
                     json::push_str(out, &r.kind);
                 }
                 ctx.member(k, t, sc, out, &mut n);
             }
-            if !id_done {
+            if id_at == r.body.len() {
                 sep(out, &mut n);
                 json::push_key(out, "id");
                 json::push_str(out, id);
             }
-            if !type_done {
+            if type_at == r.body.len() {
                 sep(out, &mut n);
                 json::push_key(out, "resourceType");
                 json::push_str(out, &r.kind);
@@ -603,6 +639,7 @@ impl<'a> Ctx<'a> {
                         continue;
                     }
                     let inner = Scope {
+                        id: self.scope_id(),
                         start: scope.start,
                         end: scope.end,
                         parent: scope.parent,
@@ -642,6 +679,7 @@ impl<'a> Ctx<'a> {
         // first group: a segment of a sibling group (the NTE after another OBX) is
         // never found by falling back to the parent.
         let outer = Scope {
+            id: self.scope_id(),
             start: scope.start,
             end: first,
             parent: scope.parent,
@@ -654,6 +692,7 @@ impl<'a> Ctx<'a> {
             let e = next_head(&self.names, s + 1);
             k += 1;
             let inner = Scope {
+                id: self.scope_id(),
                 start: s,
                 end: e,
                 parent: Some(&outer),
@@ -891,8 +930,26 @@ impl<'a> Ctx<'a> {
 
     fn expr(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
         let mut loc = None;
-        let mut v = self.term(&e.first, scope, &mut loc);
-        for st in &e.stages {
+        let mut stages = e.stages.as_slice();
+        let mut v = match (&e.first, stages.split_first()) {
+            // `PATH | when(cond) ...`: the condition does not look at the value,
+            // so it is asked first and the path is only read when it holds (a
+            // path has no effect but marking its field read, which is done anyway)
+            (
+                Term::Path(_) | Term::Literal(_),
+                Some((Stage::Transform(Transform::When(c)), rest)),
+            ) => {
+                stages = rest;
+                if self.cond(c, scope) {
+                    self.term(&e.first, scope, &mut loc)
+                } else {
+                    self.touch_term(&e.first, scope);
+                    Val::Empty
+                }
+            }
+            _ => self.term(&e.first, scope, &mut loc),
+        };
+        for st in stages {
             match st {
                 Stage::Alt(t) => {
                     if v.is_empty() {
@@ -914,6 +971,33 @@ impl<'a> Ctx<'a> {
         let (Some(e), Some(deps)) = (plan.macros.get(i), plan.macro_deps.get(i)) else {
             return Val::Empty;
         };
+        // asked for again in the same scope: the value it had a moment ago
+        if let Some((id, used_position, v)) = self.memo.get(i) {
+            if *id == scope.id {
+                if *used_position {
+                    self.position_reads += 1;
+                }
+                return v.clone();
+            }
+        }
+        let before = self.position_reads;
+        let v = self.macro_lookup(i, e, deps, scope);
+        let used_position = self.position_reads != before;
+        if let Some(slot) = self.memo.get_mut(i) {
+            *slot = (scope.id, used_position, v.clone());
+        }
+        v
+    }
+
+    /// [`Self::macro_value`] past the same-scope memo: the value by the segments
+    /// the macro names as resolved in this scope (a cache across scopes).
+    fn macro_lookup(
+        &mut self,
+        i: usize,
+        e: &'a Expr,
+        deps: &'a MacroDeps,
+        scope: &Scope<'_, 'a>,
+    ) -> Val<'a> {
         let elem = if deps.relative {
             match scope.elem {
                 Some(Val::Node(n)) => Some((n.raw().as_ptr() as usize, n.raw().len(), n.loc)),
@@ -966,6 +1050,7 @@ impl<'a> Ctx<'a> {
         }
         let before = self.position_reads;
         let v = self.expr(e, scope);
+        let v = self.keep(v);
         let used_position = self.position_reads != before;
         if let Some(c) = self.cache.get_mut(i) {
             // bounded, so a message with thousands of groups stays linear
@@ -1125,6 +1210,7 @@ impl<'a> Ctx<'a> {
                         for (k, r) in f.parts().enumerate() {
                             let elem = Val::Node(node(k + 1, r));
                             let inner = Scope {
+                                id: self.scope_id(),
                                 start: scope.start,
                                 end: scope.end,
                                 parent: scope.parent,
@@ -1291,14 +1377,14 @@ impl<'a> Ctx<'a> {
                 }
             },
             Transform::DateTime(tz) => match self.datetime(&text, tz) {
-                Ok(d) => Val::Text(Cow::Owned(d)),
+                Ok(d) => Val::Text(Cow::Borrowed(d)),
                 Err(e) => {
                     self.warn(loc, e);
                     Val::Empty
                 }
             },
             Transform::Instant(tz) => match self.datetime(&text, tz) {
-                Ok(d) if d.contains('T') => Val::Text(Cow::Owned(d)),
+                Ok(d) if d.contains('T') => Val::Text(Cow::Borrowed(d)),
                 Ok(_) => {
                     self.warn(
                         loc,

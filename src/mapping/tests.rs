@@ -366,6 +366,12 @@ fn unread_fields_are_reported() {
     // an alternative not needed still counts as read
     let (_, out) = body("v = \"PID-8 | PID-7\"", MESSAGE);
     assert!(!out.unread.contains(&"PID-7".to_string()));
+    // so does a path whose `when` does not hold (the path itself is not read)
+    let (r, out) = body("v = \"PID-7 | when(PID-8 = 'F') | date\"", MESSAGE);
+    assert_eq!(r.get("v"), None);
+    assert!(!out.unread.contains(&"PID-7".to_string()));
+    let (r, _) = body("v = \"PID-7 | when(PID-8 = 'M') | date\"", MESSAGE);
+    assert_eq!(r["v"], json!("1965-04-12"));
 }
 
 #[test]
