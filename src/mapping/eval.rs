@@ -686,21 +686,52 @@ impl<'a> Ctx<'a> {
             elem: scope.elem,
             position: scope.position,
         };
+        // With `after`: where the lead-in of the group headed at `h` begins (the
+        // last `after` segment between `from` and `h`), else `h`. The lead-in is
+        // not part of the group before it, and is searched after the group itself.
+        let lead_start = |names: &[[u8; 3]], from: usize, h: usize| match &head.after {
+            Some(lead) => (from..h)
+                .rev()
+                .find(|&i| names.get(i).is_some_and(|n| same_bytes(*n, lead)))
+                .unwrap_or(h),
+            None => h,
+        };
         let mut s = first;
+        let mut lead = lead_start(&self.names, scope.start, first);
         let mut k = 0;
         while s < end {
-            let e = next_head(&self.names, s + 1);
+            let head_next = next_head(&self.names, s + 1);
+            let lead_next = if head_next < end {
+                lead_start(&self.names, s + 1, head_next)
+            } else {
+                head_next
+            };
             k += 1;
+            let lead_in;
+            let parent = if head.after.is_some() {
+                lead_in = Scope {
+                    id: self.scope_id(),
+                    start: lead,
+                    end: s,
+                    parent: Some(&outer),
+                    elem: scope.elem,
+                    position: scope.position,
+                };
+                &lead_in
+            } else {
+                &outer
+            };
             let inner = Scope {
                 id: self.scope_id(),
                 start: s,
-                end: e,
-                parent: Some(&outer),
+                end: lead_next,
+                parent: Some(parent),
                 elem: scope.elem,
                 position: k,
             };
             self.groups(rest, &inner, f);
-            s = e;
+            s = head_next;
+            lead = lead_next;
         }
     }
 

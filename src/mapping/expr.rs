@@ -154,15 +154,19 @@ pub(crate) fn parse_cond(src: &str, resolver: &mut dyn Resolver) -> Result<Cond,
 
 /// One level of a `for`: groups headed by segment `name`, optionally only in the
 /// part of the enclosing scope before the first `before` segment
-/// (`NTE before OBX`: the notes of an order, not those of its results).
+/// (`NTE before OBX`: the notes of an order, not those of its results), or each
+/// with the `after` segment that comes before its head (`OBR after ORC`: the ORC
+/// that opens an order belongs to that order's OBR, not to the group of the
+/// OBR before it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GroupHead {
     pub name: String,
     pub before: Option<String>,
+    pub after: Option<String>,
 }
 
 /// Parses a `for` value: `SEG` or `SEG > SEG > ...`, each level optionally
-/// `SEG before SEG`.
+/// `SEG before SEG` or `SEG after SEG`.
 pub(crate) fn parse_for(src: &str) -> Result<Vec<GroupHead>, ExprError> {
     let mut out = Vec::new();
     let mut offset = 0;
@@ -173,7 +177,7 @@ pub(crate) fn parse_for(src: &str) -> Result<Vec<GroupHead>, ExprError> {
             ExprError {
             offset: offset + lead,
             message: format!(
-                "bad segment name `{name}` in `for`, expected a segment like `OBR`, `OBR > OBX` or `NTE before OBX`"
+                "bad segment name `{name}` in `for`, expected a segment like `OBR`, `OBR > OBX`, `NTE before OBX` or `OBR after ORC`"
             ),
         }
         };
@@ -181,14 +185,20 @@ pub(crate) fn parse_for(src: &str) -> Result<Vec<GroupHead>, ExprError> {
         if !is_segment_name(name) {
             return Err(bad(part.trim()));
         }
-        let before = match (words.next(), words.next(), words.next()) {
-            (None, _, _) => None,
-            (Some("before"), Some(stop), None) if is_segment_name(stop) => Some(stop.to_string()),
+        let (before, after) = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => (None, None),
+            (Some("before"), Some(stop), None) if is_segment_name(stop) => {
+                (Some(stop.to_string()), None)
+            }
+            (Some("after"), Some(lead), None) if is_segment_name(lead) => {
+                (None, Some(lead.to_string()))
+            }
             _ => return Err(bad(part.trim())),
         };
         out.push(GroupHead {
             name: name.to_string(),
             before,
+            after,
         });
         offset += part.len() + 1;
     }

@@ -539,13 +539,73 @@ NTE|1||second result note\r";
 }
 
 #[test]
+fn for_after_gives_each_group_the_lead_in_before_its_head() {
+    // an ORC per order, the order numbers only in the ORC
+    let own = "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C3|P|2.4\r\
+PID|1||9434765919^^^NHS^NH\r\
+ORC|RE|P1|F1\r\
+OBR|1|||A^Alpha\r\
+OBX|1|NM|A^Alpha||5\r\
+NTE|1||result note\r\
+ORC|RE|P2|F2\r\
+TQ1|1\r\
+OBR|2|||B^Beta\r\
+OBX|1|NM|B^Beta||6\r\
+OBX|2|NM|C^Gamma||7\r";
+    // one ORC shared by two OBRs
+    let shared = "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C4|P|2.4\r\
+PID|1||9434765919^^^NHS^NH\r\
+ORC|RE|P1|F1\r\
+OBR|1|||A^Alpha\r\
+OBX|1|NM|A^Alpha||5\r\
+OBR|2|||B^Beta\r\
+OBX|1|NM|B^Beta||6\r";
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nafter = [{{ for = \"OBR after ORC\", order = \"ORC-3\", test = \"OBR-4.1\", position = \"position()\", timing = \"TQ1-1\", results = [{{ for = \"OBX\", order = \"ORC-3\", test = \"OBX-3.1\", notes = \"NTE-3\" }}] }}]\nnested = [{{ for = \"OBR after ORC > OBX\", order = \"ORC-3\", test = \"OBX-3.1\" }}]\nplain = [{{ for = \"OBR\", order = \"ORC-3\" }}]\n"
+    )
+    .replace("ADT^A01", "ORU^R01");
+    let doc = apply_str(&src, own).value();
+    let r = &doc["entry"][0]["resource"];
+    assert_eq!(
+        r["after"],
+        json!([
+            {"order": "F1", "test": "A", "position": "1", "results": [{"order": "F1", "test": "A", "notes": "result note"}]},
+            {"order": "F2", "test": "B", "position": "2", "timing": "1", "results": [{"order": "F2", "test": "B"}, {"order": "F2", "test": "C"}]},
+        ])
+    );
+    assert_eq!(
+        r["nested"],
+        json!([
+            {"order": "F1", "test": "A"},
+            {"order": "F2", "test": "B"},
+            {"order": "F2", "test": "C"},
+        ])
+    );
+    // without `after`, the next order's ORC is inside the first OBR's group
+    assert_eq!(r["plain"], json!([{"order": "F2"}, {"order": "F1"}]));
+
+    let doc = apply_str(&src, shared).value();
+    let r = &doc["entry"][0]["resource"];
+    assert_eq!(
+        r["after"],
+        json!([
+            {"order": "F1", "test": "A", "position": "1", "results": [{"order": "F1", "test": "A"}]},
+            {"order": "F1", "test": "B", "position": "2", "results": [{"order": "F1", "test": "B"}]},
+        ])
+    );
+}
+
+#[test]
 fn bad_for_is_reported_at_load() {
     let base = "[mapping]\nmessages = [\"ORU^R01\"]\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n";
     for bad in [
         "NTE before",
-        "NTE after OBX",
+        "NTE beyond OBX",
         "NTE before obx",
         "NTE before OBX OBR",
+        "OBR after",
+        "OBR after orc",
+        "OBR after ORC before OBX",
     ] {
         let src = format!("{base}n = [{{ for = \"{bad}\", t = \"NTE-3\" }}]\n");
         let errors = compile_str(&src).expect_err(bad);

@@ -658,6 +658,42 @@ def oru_r01_order_notes():
     ])
 
 
+def oru_r01_orc_numbers():
+    # A lab that puts the order numbers only in the ORC (OBR-2 and OBR-3 empty), v2.5.1:
+    # two orders for the A02 patient, each opened by its own ORC (and a TQ1 between the
+    # second ORC and its OBR). The ORC of the second order comes after the first order's
+    # results, so it must not be read as the first order's.
+    collected = "20261122071500"
+    reported = "20261122094000"
+    return message([
+        msh("TELEPATH", "RAL", "20261122094012", "ORU^R01^ORU_R01", "TP26112209401200077", "2.5.1",
+            {17: "GBR"}),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['okonkwo']}^^^NHS^NH~RAL2345678^^^RAL^MR",
+            5: "OKONKWO^CHIDI^^^MR^^L",
+            7: "19821103",
+            8: "M",
+        }),
+        seg("PV1", {1: "1", 2: "I", 19: "V2026112101^^^RAL^VN"}),
+        seg("ORC", {1: "RE", 2: "EPR7700123^EPR", 3: "26T0045501^TELEPATH", 5: "CM",
+                    9: "20261122070100"}),
+        seg("OBR", {1: "1", 4: "COAG^Coagulation screen^TELEPATH", 7: collected, 22: reported,
+                    24: "HAEM", 25: "F"}),
+        seg("OBX", {1: "1", 2: "NM", 3: "INR^INR^TELEPATH", 5: "2.6", 7: "0.8-1.2", 8: "H",
+                    11: "F"}),
+        seg("OBX", {1: "2", 2: "NM", 3: "APTT^APTT^TELEPATH", 5: "31", 6: "s", 7: "25-36",
+                    11: "F"}),
+        seg("ORC", {1: "RE", 2: "EPR7700124^EPR", 3: "26T0045502^TELEPATH", 5: "CM",
+                    9: "20261122070200"}),
+        seg("TQ1", {1: "1", 9: "R^Routine^HL70485"}),
+        seg("OBR", {1: "2", 4: "CRP^C-reactive protein^TELEPATH", 7: collected, 22: reported,
+                    24: "CHEM", 25: "F"}),
+        seg("OBX", {1: "1", 2: "NM", 3: "CRP^C-reactive protein^TELEPATH", 5: "48", 6: "mg/L",
+                    7: "0-5", 8: "H", 11: "F"}),
+    ])
+
+
 def adt_a31_latin1():
     # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
     text = message([
@@ -788,6 +824,7 @@ def main():
         "oru_r01_fbc_ue.hl7": oru_r01().encode("ascii"),
         "oru_r01_microbiology.hl7": oru_r01_microbiology().encode("ascii"),
         "oru_r01_order_notes.hl7": oru_r01_order_notes().encode("ascii"),
+        "oru_r01_orc_numbers.hl7": oru_r01_orc_numbers().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
