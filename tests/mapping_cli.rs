@@ -146,6 +146,10 @@ fn map_fails_clearly_on_bad_input() {
             "random_bytes.bin: not an HL7 message",
         ),
         (
+            vec!["map", "tests/bad-input/oru_r01_two_patients.hl7"],
+            "takes at most one PID segment per message (`at_most_one`); this message has 2",
+        ),
+        (
             vec![
                 "map",
                 "--mapping",

@@ -246,7 +246,7 @@ impl Router {
             })?;
             let output = plan
                 .apply(&parsed)
-                .map_err(|e| fail("map", format!("mapping `{}`: {e}", plan.name())))?;
+                .map_err(|e| fail("map", e.to_string()))?;
             // the queue needs the patient (ordering key, NHS numbers) and the
             // routes may read the document: its routing view (the Patient and
             // what its GP reference names, read from their place in the text;

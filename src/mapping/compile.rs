@@ -61,6 +61,9 @@ pub(crate) struct PlanInner {
     /// `[mapping] ignore`: fields (`PID-1`) or segments (`ZPI`) deliberately not
     /// mapped, left out of the unread report.
     pub ignore: Vec<(String, Option<usize>)>,
+    /// `[mapping] at_most_one`: segments a message may hold once at most (`PID`:
+    /// one patient per message); a message with more is not mapped.
+    pub at_most_one: Vec<String>,
     pub tables: Vec<Table>,
     pub macros: Vec<Expr>,
     /// What each macro's value depends on, for caching it during one apply.
@@ -209,6 +212,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
     let mut name = None;
     let mut messages = Vec::new();
     let mut ignore = Vec::new();
+    let mut at_most_one = Vec::new();
     let mut tables = Vec::new();
     let mut macro_sources: Vec<(String, &Spanned<DeValue<'_>>)> = Vec::new();
     let mut resources_v = None;
@@ -260,10 +264,11 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
                             }
                             "messages" => messages = c.messages(mv),
                             "ignore" => ignore = c.ignore(mv),
+                            "at_most_one" => at_most_one = c.segment_names(mv),
                             other => c.error(
                                 mk.span().start,
                                 format!(
-                                    "unknown key `{other}` in [mapping], expected one of name, messages, ignore, description"
+                                    "unknown key `{other}` in [mapping], expected one of name, messages, ignore, at_most_one, description"
                                 ),
                             ),
                         }
@@ -346,6 +351,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             file: file.to_path_buf(),
             messages,
             ignore,
+            at_most_one,
             tables,
             macro_deps: macro_deps(&macros),
             macros,
@@ -535,6 +541,30 @@ impl<'s> Compiler<'s> {
                     item.span().start,
                     format!("bad field `{s}` in `ignore`, expected a field like `PID-1` or a segment like `ZPI`"),
                 ),
+            }
+        }
+        out
+    }
+
+    /// `at_most_one = ["PID"]`: segment names.
+    fn segment_names(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<String> {
+        let mut out = Vec::new();
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(
+                v.span().start,
+                "`at_most_one` must be an array of segments like [\"PID\"]".into(),
+            );
+            return out;
+        };
+        for item in items.iter() {
+            let Some(s) = self.string(item) else { continue };
+            if expr::is_segment_name(s) {
+                out.push(s.to_string());
+            } else {
+                self.error(
+                    item.span().start,
+                    format!("bad segment `{s}` in `at_most_one`, expected a segment like `PID`"),
+                );
             }
         }
         out

@@ -274,6 +274,16 @@ struct MacroKey {
 /// Applies a plan to a message.
 pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput, MapError> {
     let names: Vec<[u8; 3]> = message.segments().map(|s| s.name_bytes()).collect();
+    for segment in &plan.at_most_one {
+        let count = names.iter().filter(|n| same_bytes(**n, segment)).count();
+        if count > 1 {
+            return Err(MapError::Repeated {
+                mapping: plan.name.clone(),
+                segment: segment.clone(),
+                count,
+            });
+        }
+    }
     // occurrence of each segment among those of its name (linear in the segments:
     // messages may be huge, and the distinct names are few)
     let mut counts: Vec<([u8; 3], u32)> = Vec::with_capacity(16);
@@ -754,10 +764,15 @@ impl<'a> Ctx<'a> {
         let mark = out.len();
         out.push_str(key.prefix(*n == 0));
         let written = match t {
-            Template::Expr(e) if key.is_code() => {
-                let v = self.expr(e, scope);
-                self.write_code(v, out)
-            }
+            Template::Expr(e) if key.is_code() => match self.single(e, scope) {
+                Some(n) => {
+                    n.is_some_and(|n| write_text(&collapse_spaces(&n.text(&self.seps)), out))
+                }
+                None => {
+                    let v = self.expr(e, scope);
+                    self.write_code(v, out)
+                }
+            },
             t => self.write_value(t, scope, out),
         };
         if written {
@@ -799,6 +814,10 @@ impl<'a> Ctx<'a> {
     fn write_value(&mut self, t: &'a Template, scope: &Scope<'_, 'a>, out: &mut String) -> bool {
         match t {
             Template::Expr(e) => {
+                // a path alone (`text = "OBX-7"`): its text, without a value between
+                if let Some(n) = self.single(e, scope) {
+                    return n.is_some_and(|n| write_text(&n.text(&self.seps), out));
+                }
                 let v = self.expr(e, scope);
                 self.write_val(v, out)
             }
@@ -1183,7 +1202,70 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The element a path to one field repetition (`PID-8`, `OBX-5.2`, `PID-3[2].1`)
+    /// names, with its field marked read: what [`Self::path`] gives as `Val::Node`,
+    /// without building a value. `None` when the message has no such element.
+    /// Only for [`is_single`] paths.
+    fn node_at(
+        &mut self,
+        segment: &str,
+        field: usize,
+        p: &Path,
+        scope: &Scope<'_, 'a>,
+    ) -> Option<Node<'a>> {
+        let si = self.find_segment(segment, scope)?;
+        self.mark(si, field);
+        let f = self.segment(si)?.field(field)?;
+        let k = match p.rep {
+            RepSel::Index(k) => k,
+            _ => 1,
+        };
+        let mut n = Node {
+            el: f.part(k)?,
+            loc: Loc {
+                seg: si as u32,
+                field: field.min(u16::MAX as usize) as u16,
+                rep: k.min(u16::MAX as usize) as u16,
+            },
+        };
+        if let Some(c) = p.comp {
+            n = n.part(c)?;
+            if let Some(s) = p.sub {
+                n = n.part(s)?;
+            }
+        }
+        Some(n)
+    }
+
+    /// An expression that is only a [`is_single`] path: its element, read as
+    /// [`Self::expr`] would (`Some(None)`: no such element); `None` when the
+    /// expression is anything else.
+    #[inline]
+    fn single(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>) -> Option<Option<Node<'a>>> {
+        match e {
+            Expr {
+                first:
+                    Term::Path(
+                        p @ Path {
+                            anchor: Anchor::Field { segment, field },
+                            ..
+                        },
+                    ),
+                stages,
+            } if stages.is_empty() && is_single(p) => Some(self.node_at(segment, *field, p, scope)),
+            _ => None,
+        }
+    }
+
     fn path(&mut self, p: &'a Path, scope: &Scope<'_, 'a>) -> Val<'a> {
+        if let Anchor::Field { segment, field } = &p.anchor {
+            if is_single(p) {
+                return match self.node_at(segment, *field, p, scope) {
+                    Some(n) => Val::Node(n),
+                    None => Val::Empty,
+                };
+            }
+        }
         let descend = |n: Node<'a>| -> Option<Node<'a>> {
             let mut n = n;
             if let Some(c) = p.comp {
@@ -1481,8 +1563,14 @@ impl<'a> Ctx<'a> {
             Cond::Or(cs) => cs.iter().any(|c| self.cond(c, scope)),
             Cond::And(cs) => cs.iter().all(|c| self.cond(c, scope)),
             Cond::Not(c) => !self.cond(c, scope),
-            Cond::Empty(e) => self.expr(e, scope).is_empty(),
-            Cond::NonEmpty(e) => !self.expr(e, scope).is_empty(),
+            Cond::Empty(e) => match self.single(e, scope) {
+                Some(n) => n.is_none_or(|n| n.is_empty()),
+                None => self.expr(e, scope).is_empty(),
+            },
+            Cond::NonEmpty(e) => match self.single(e, scope) {
+                Some(n) => n.is_some_and(|n| !n.is_empty()),
+                None => !self.expr(e, scope).is_empty(),
+            },
             Cond::NoSegment(name) => self.find_segment(name, scope).is_none(),
             Cond::Compare {
                 left,
@@ -1495,6 +1583,13 @@ impl<'a> Ctx<'a> {
             } if stages.is_empty() => {
                 // the usual `OBX-2 = 'NM'`: the literal needs no evaluation
                 let lit = lit.trim_fast();
+                if let Some(n) = self.single(left, scope) {
+                    let same = match n {
+                        Some(n) => n.text(&self.seps).trim_fast() == lit,
+                        None => lit.is_empty(),
+                    };
+                    return same == *eq;
+                }
                 let l = self.expr(left, scope);
                 let any = match l {
                     Val::Node(n) => n.text(&self.seps).trim_fast() == lit,
@@ -1518,16 +1613,32 @@ impl<'a> Ctx<'a> {
                 };
                 any == *eq
             }
-            Cond::In { left, set } => match self.expr(left, scope) {
-                Val::Node(n) => {
-                    let t = n.text(&self.seps);
+            Cond::In { left, set } => {
+                if let Some(n) = self.single(left, scope) {
+                    let t = match n {
+                        Some(n) => n.text(&self.seps),
+                        None => Cow::Borrowed(""),
+                    };
                     let t = t.trim_fast();
-                    set.iter().any(|s| s == t)
+                    return set.iter().any(|s| s == t);
                 }
-                l => self.any_text(l, &mut |a| set.iter().any(|s| s == a)),
-            },
+                match self.expr(left, scope) {
+                    Val::Node(n) => {
+                        let t = n.text(&self.seps);
+                        let t = t.trim_fast();
+                        set.iter().any(|s| s == t)
+                    }
+                    l => self.any_text(l, &mut |a| set.iter().any(|s| s == a)),
+                }
+            }
         }
     }
+}
+
+/// A path to one repetition of a field of a segment (no `[*]`, no predicate).
+#[inline]
+fn is_single(p: &Path) -> bool {
+    matches!(p.anchor, Anchor::Field { .. }) && matches!(p.rep, RepSel::First | RepSel::Index(_))
 }
 
 /// Does `document` contain `fragment` somewhere (at the top or at any depth)?

@@ -118,6 +118,17 @@ pub enum MapError {
     /// No resource of the mapping applied (every `when` false, or no ids).
     #[error("mapping `{mapping}` produced no resource for this message")]
     NoResources { mapping: String },
+    /// The message holds a segment more than once that the mapping takes once at
+    /// most (`[mapping] at_most_one`): several patients in one message.
+    #[error(
+        "mapping `{mapping}` takes at most one {segment} segment per message (`at_most_one`); \
+         this message has {count}, so it is not mapped"
+    )]
+    Repeated {
+        mapping: String,
+        segment: String,
+        count: usize,
+    },
 }
 
 /// A compiled mapping.

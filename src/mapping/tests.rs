@@ -596,6 +596,36 @@ OBX|1|NM|B^Beta||6\r";
 }
 
 #[test]
+fn at_most_one_refuses_a_message_with_the_segment_twice() {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nv = \"PID-8\"\n"
+    )
+    .replace(
+        "messages = [\"ADT^A01\"]",
+        "messages = [\"ADT^A01\"]\nat_most_one = [\"PID\", \"MRG\"]",
+    );
+    let plan = compile_str(&src).unwrap();
+    let once = crate::hl7::Message::parse(MESSAGE).unwrap();
+    assert!(plan.apply(&once).is_ok());
+    let twice_text = MESSAGE.replace("PV1|", "PID|1||9434765919^^^NHS^NH\rPV1|");
+    let twice = crate::hl7::Message::parse(&twice_text).unwrap();
+    let err = plan.apply(&twice).unwrap_err().to_string();
+    assert!(
+        err.contains("at most one PID segment") && err.contains("has 2"),
+        "{err}"
+    );
+    // a bad entry is reported at load
+    let bad = src.replace("[\"PID\", \"MRG\"]", "[\"pid\"]");
+    let errors = compile_str(&bad).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("bad segment `pid` in `at_most_one`")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn bad_for_is_reported_at_load() {
     let base = "[mapping]\nmessages = [\"ORU^R01\"]\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n";
     for bad in [

@@ -805,6 +805,28 @@ def bad_nhs_checksum():
     ])
 
 
+def bad_two_patients():
+    # An ORU with the PATIENT_RESULT group repeated: two patients' results in one
+    # message. Mapped, every result would be filed under the first patient; the
+    # shipped mappings refuse it (`at_most_one = ["PID"]`).
+    def patient(nhs, mrn, name, dob, sex, filler, code, value):
+        return [
+            seg("PID", {1: "1", 3: f"{nhs}^^^NHS^NH~{mrn}^^^RAL^MR", 5: name, 7: dob, 8: sex}),
+            seg("OBR", {1: "1", 2: f"ICE{filler}^ICE", 3: f"26X{filler}^WINPATH",
+                        4: f"{code}^{code}^WINPATH", 7: "20261122080000", 25: "F"}),
+            seg("OBX", {1: "1", 2: "NM", 3: f"{code}^{code}^WINPATH", 5: value, 6: "mmol/L",
+                        11: "F"}),
+        ]
+    return message([
+        msh("WINPATH", "RAL", "20261122091500", "ORU^R01^ORU_R01", "WPBAD0000000005", "2.4",
+            {17: "GBR"}),
+        *patient(NHS["sharma"], "RAL3456789", "SHARMA^PRIYA^^^MS^^L", "19900214", "F",
+                 "0000101", "GLU", "5.4"),
+        *patient(NHS["wright"], "RAL4567801", "WRIGHT^DAVID^^^MR^^L", "19611130", "M",
+                 "0000102", "GLU", "11.9"),
+    ])
+
+
 def main():
     files = {
         "adt_a01_admission.hl7": adt_a01().encode("ascii"),
@@ -829,6 +851,7 @@ def main():
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
         "bad/nhs_number_bad_checksum.hl7": bad_nhs_checksum().encode("ascii"),
+        "bad/oru_r01_two_patients.hl7": bad_two_patients().encode("ascii"),
     }
     rng = random.Random(20261122)
     files["bad/random_bytes.bin"] = bytes(rng.randrange(256) for _ in range(512))
