@@ -489,85 +489,78 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    fn messages(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, String)> {
+    /// An array of strings, each turned into an item by `item` (`Err`: what is
+    /// wrong with it, reported at the string); `example` completes "must be an
+    /// array like ..." when the value is not an array.
+    fn string_list<T>(
+        &mut self,
+        v: &Spanned<DeValue<'_>>,
+        key: &str,
+        example: &str,
+        item: impl Fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
         let mut out = Vec::new();
         let DeValue::Array(items) = v.get_ref() else {
             self.error(
                 v.span().start,
-                "`messages` must be an array like [\"ADT^A01\", \"ADT^*\"]".into(),
+                format!("`{key}` must be an array like {example}"),
             );
             return out;
         };
-        for item in items.iter() {
-            let Some(s) = self.string(item) else { continue };
-            let ok = |p: &str| {
-                p.len() == 3
-                    && p.bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-            };
-            match s.split_once('^') {
-                Some((code, trig)) if ok(code) && (ok(trig) || trig == "*") => {
-                    out.push((code.to_string(), trig.to_string()))
-                }
-                _ => self.error(
-                    item.span().start,
-                    format!(
-                        "bad message type `{s}`, expected CODE^TRIGGER like `ADT^A01` or `ADT^*`"
-                    ),
-                ),
+        for it in items.iter() {
+            let Some(s) = self.string(it) else { continue };
+            match item(s) {
+                Ok(x) => out.push(x),
+                Err(message) => self.error(it.span().start, message),
             }
         }
         out
     }
 
-    fn ignore(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, Option<usize>)> {
-        let mut out = Vec::new();
-        let DeValue::Array(items) = v.get_ref() else {
-            self.error(
-                v.span().start,
-                "`ignore` must be an array like [\"PID-1\", \"ZPI\"]".into(),
-            );
-            return out;
+    fn messages(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, String)> {
+        let ok = |p: &str| {
+            p.len() == 3
+                && p.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         };
-        for item in items.iter() {
-            let Some(s) = self.string(item) else { continue };
+        self.string_list(v, "messages", "[\"ADT^A01\", \"ADT^*\"]", |s| {
+            match s.split_once('^') {
+                Some((code, trig)) if ok(code) && (ok(trig) || trig == "*") => {
+                    Ok((code.to_string(), trig.to_string()))
+                }
+                _ => Err(format!(
+                    "bad message type `{s}`, expected CODE^TRIGGER like `ADT^A01` or `ADT^*`"
+                )),
+            }
+        })
+    }
+
+    fn ignore(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, Option<usize>)> {
+        self.string_list(v, "ignore", "[\"PID-1\", \"ZPI\"]", |s| {
             let (seg, field) = match s.split_once('-') {
                 Some((seg, f)) => (seg, f.parse::<usize>().ok().filter(|n| *n >= 1).map(Some)),
                 None => (s, Some(None)),
             };
             match field {
-                Some(f) if expr::is_segment_name(seg) => out.push((seg.to_string(), f)),
-                _ => self.error(
-                    item.span().start,
-                    format!("bad field `{s}` in `ignore`, expected a field like `PID-1` or a segment like `ZPI`"),
-                ),
+                Some(f) if expr::is_segment_name(seg) => Ok((seg.to_string(), f)),
+                _ => Err(format!(
+                    "bad field `{s}` in `ignore`, expected a field like `PID-1` or a segment like `ZPI`"
+                )),
             }
-        }
-        out
+        })
     }
 
     /// `at_most_one = ["PID"]`: segment names.
     fn segment_names(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<String> {
-        let mut out = Vec::new();
-        let DeValue::Array(items) = v.get_ref() else {
-            self.error(
-                v.span().start,
-                "`at_most_one` must be an array of segments like [\"PID\"]".into(),
-            );
-            return out;
-        };
-        for item in items.iter() {
-            let Some(s) = self.string(item) else { continue };
+        self.string_list(v, "at_most_one", "[\"PID\"]", |s| {
             if expr::is_segment_name(s) {
-                out.push(s.to_string());
+                Ok(s.to_string())
             } else {
-                self.error(
-                    item.span().start,
-                    format!("bad segment `{s}` in `at_most_one`, expected a segment like `PID`"),
-                );
+                Err(format!(
+                    "bad segment `{s}` in `at_most_one`, expected a segment like `PID`"
+                ))
             }
-        }
-        out
+        })
     }
 
     /// A TOML value as JSON (tables' entries and test fragments).
