@@ -68,6 +68,9 @@ pub(crate) struct PlanInner {
     pub macros: Vec<Expr>,
     /// What each macro's value depends on, for caching it during one apply.
     pub macro_deps: Vec<MacroDeps>,
+    /// Every segment name the macros name (resolved once per scope when a macro
+    /// is looked up).
+    pub dep_names: Vec<String>,
     pub resources: Vec<Resource>,
     pub tests: Vec<TestCase>,
     /// The longest document this plan wrote so far: the capacity the next one's
@@ -345,6 +348,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
+    let (macro_deps, dep_names) = macro_deps(&macros);
     Ok(Plan {
         inner: PlanInner {
             name,
@@ -353,7 +357,8 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             ignore,
             at_most_one,
             tables,
-            macro_deps: macro_deps(&macros),
+            macro_deps,
+            dep_names,
             macros,
             resources,
             tests,
@@ -891,11 +896,14 @@ impl<'s> Compiler<'s> {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MacroDeps {
     pub segments: Vec<String>,
+    /// The same segments, as indices into [`PlanInner::dep_names`].
+    pub segment_ids: Vec<usize>,
     pub relative: bool,
     pub position: bool,
 }
 
-fn macro_deps(macros: &[Expr]) -> Vec<MacroDeps> {
+/// What each macro depends on, and every segment name any of them names.
+fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
     fn expr(e: &Expr, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
         term(&e.first, in_pred, d, all, depth);
         for s in &e.stages {
@@ -954,14 +962,29 @@ fn macro_deps(macros: &[Expr]) -> Vec<MacroDeps> {
             }
         }
     }
-    macros
+    let mut deps: Vec<MacroDeps> = macros
         .iter()
         .map(|m| {
             let mut d = MacroDeps::default();
             expr(m, false, &mut d, macros, 0);
             d
         })
-        .collect()
+        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for d in &mut deps {
+        d.segment_ids = d
+            .segments
+            .iter()
+            .map(|s| match names.iter().position(|n| n == s) {
+                Some(k) => k,
+                None => {
+                    names.push(s.clone());
+                    names.len() - 1
+                }
+            })
+            .collect();
+    }
+    (deps, names)
 }
 
 fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {

@@ -252,6 +252,8 @@ struct Ctx<'a> {
     /// whether computing it read `position()`, the value. A scope asks for the
     /// same macros again and again (`$units` in three members).
     memo: Vec<(u32, bool, Val<'a>)>,
+    /// Where each of the plan's macro dependencies was found, by scope id.
+    resolved: Vec<(u32, u32)>,
 }
 
 /// Converted timestamps kept per apply (the most recent ones).
@@ -319,6 +321,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         arena: &arena,
         scopes: 0,
         memo: vec![(0, false, Val::Empty); plan.macros.len()],
+        resolved: vec![(0, u32::MAX); plan.dep_names.len()],
     };
     let top = Scope {
         id: ctx.scope_id(),
@@ -422,6 +425,26 @@ impl<'a> Ctx<'a> {
         let key = (&*self.arena.alloc_str(text), &*self.arena.alloc_str(zone));
         self.datetimes.push((key.0, key.1, r.clone()));
         r
+    }
+
+    /// Where macro dependency `k` (a segment name, [`PlanInner::dep_names`]) is
+    /// found from `scope` (`u32::MAX`: nowhere), found once per scope.
+    fn resolve(&mut self, k: usize, scope: &Scope<'_, 'a>) -> u32 {
+        if let Some((id, at)) = self.resolved.get(k) {
+            if *id == scope.id {
+                return *at;
+            }
+        }
+        let plan = self.plan;
+        let at = plan
+            .dep_names
+            .get(k)
+            .and_then(|name| self.find_segment(name, scope))
+            .map_or(u32::MAX, |x| x as u32);
+        if let Some(slot) = self.resolved.get_mut(k) {
+            *slot = (scope.id, at);
+        }
+        at
     }
 
     /// A fresh scope id.
@@ -1062,8 +1085,8 @@ impl<'a> Ctx<'a> {
             return self.expr(e, scope);
         }
         let mut segments = [u32::MAX; MACRO_KEY_SEGMENTS];
-        for (slot, s) in segments.iter_mut().zip(&deps.segments) {
-            *slot = self.find_segment(s, scope).map_or(u32::MAX, |x| x as u32);
+        for (slot, &k) in segments.iter_mut().zip(&deps.segment_ids) {
+            *slot = self.resolve(k, scope);
         }
         let position = if deps.position { scope.position } else { 0 };
         // a cheap fingerprint compared first: most lookups scan several entries.
