@@ -719,15 +719,17 @@ impl<'a> Ctx<'a> {
             elem: scope.elem,
             position: scope.position,
         };
-        // With `after`: where the lead-in of the group headed at `h` begins (the
-        // last `after` segment between `from` and `h`), else `h`. The lead-in is
-        // not part of the group before it, and is searched after the group itself.
+        // With `after`: where the lead-in of the group headed at `h` begins: at the
+        // `after` segment directly before `h` (after `from`), else at `h` (none).
+        // Only directly before: a segment between them (an OBX after an ORC that
+        // a sender put after its OBR) must stay in the group before, not be lost
+        // to a lead-in no group iterates. The lead-in is not part of the group
+        // before it, and is searched after the group itself.
         let lead_start = |names: &[[u8; 3]], from: usize, h: usize| match &head.after {
-            Some(lead) => (from..h)
-                .rev()
-                .find(|&i| names.get(i).is_some_and(|n| same_bytes(*n, lead)))
-                .unwrap_or(h),
-            None => h,
+            Some(lead) if h > from && names.get(h - 1).is_some_and(|n| same_bytes(*n, lead)) => {
+                h - 1
+            }
+            _ => h,
         };
         let mut s = first;
         let mut lead = lead_start(&self.names, scope.start, first);

@@ -155,7 +155,7 @@ pub(crate) fn parse_cond(src: &str, resolver: &mut dyn Resolver) -> Result<Cond,
 /// One level of a `for`: groups headed by segment `name`, optionally only in the
 /// part of the enclosing scope before the first `before` segment
 /// (`NTE before OBX`: the notes of an order, not those of its results), or each
-/// with the `after` segment that comes before its head (`OBR after ORC`: the ORC
+/// with the `after` segment directly before its head (`OBR after ORC`: the ORC
 /// that opens an order belongs to that order's OBR, not to the group of the
 /// OBR before it).
 #[derive(Debug, Clone, PartialEq, Eq)]

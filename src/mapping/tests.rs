@@ -548,8 +548,8 @@ OBR|1|||A^Alpha\r\
 OBX|1|NM|A^Alpha||5\r\
 NTE|1||result note\r\
 ORC|RE|P2|F2\r\
-TQ1|1\r\
 OBR|2|||B^Beta\r\
+TQ1|1\r\
 OBX|1|NM|B^Beta||6\r\
 OBX|2|NM|C^Gamma||7\r";
     // one ORC shared by two OBRs
@@ -591,6 +591,23 @@ OBX|1|NM|B^Beta||6\r";
         json!([
             {"order": "F1", "test": "A", "position": "1", "results": [{"order": "F1", "test": "A"}]},
             {"order": "F1", "test": "B", "position": "2", "results": [{"order": "F1", "test": "B"}]},
+        ])
+    );
+
+    // a sender that puts each ORC after its OBR: an ORC is a lead-in only directly
+    // before an OBR, so no result is lost to a lead-in
+    let after_obr = shared.replace(
+        "ORC|RE|P1|F1\rOBR|1|||A^Alpha\r",
+        "OBR|1|||A^Alpha\rORC|RE|P1|F1\r",
+    );
+    let after_obr = after_obr.replace("OBR|2|||B^Beta\r", "OBR|2|||B^Beta\rORC|RE|P2|F2\r");
+    let doc = apply_str(&src, &after_obr).value();
+    let r = &doc["entry"][0]["resource"];
+    assert_eq!(
+        r["nested"],
+        json!([
+            {"order": "F1", "test": "A"},
+            {"order": "F2", "test": "B"},
         ])
     );
 }

@@ -660,9 +660,9 @@ def oru_r01_order_notes():
 
 def oru_r01_orc_numbers():
     # A lab that puts the order numbers only in the ORC (OBR-2 and OBR-3 empty), v2.5.1:
-    # two orders for the A02 patient, each opened by its own ORC (and a TQ1 between the
-    # second ORC and its OBR). The ORC of the second order comes after the first order's
-    # results, so it must not be read as the first order's.
+    # two orders for the A02 patient, each opened by its own ORC (the second OBR followed
+    # by a TQ1 with its priority). The ORC of the second order comes after the first
+    # order's results, so it must not be read as the first order's.
     collected = "20261122071500"
     reported = "20261122094000"
     return message([
@@ -686,9 +686,9 @@ def oru_r01_orc_numbers():
                     11: "F"}),
         seg("ORC", {1: "RE", 2: "EPR7700124^EPR", 3: "26T0045502^TELEPATH", 5: "CM",
                     9: "20261122070200"}),
-        seg("TQ1", {1: "1", 9: "R^Routine^HL70485"}),
         seg("OBR", {1: "2", 4: "CRP^C-reactive protein^TELEPATH", 7: collected, 22: reported,
                     24: "CHEM", 25: "F"}),
+        seg("TQ1", {1: "1", 9: "R^Routine^HL70485"}),
         seg("OBX", {1: "1", 2: "NM", 3: "CRP^C-reactive protein^TELEPATH", 5: "48", 6: "mg/L",
                     7: "0-5", 8: "H", 11: "F"}),
     ])
