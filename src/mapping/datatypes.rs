@@ -103,12 +103,25 @@ pub(crate) fn build(
     dt: DataType,
     n: Node<'_>,
     seps: &Separators,
-    _tz: &TimeZone,
+    tz: &TimeZone,
     warnings: &mut Vec<String>,
 ) -> Option<String> {
-    let t = |i: usize| n.part_text(i, seps);
     let mut text = String::with_capacity(96);
-    let mut o = Obj::new(&mut text);
+    build_into(dt, n, seps, tz, warnings, &mut text).then_some(text)
+}
+
+/// [`build`] written at the end of `out`: false, and nothing written, when
+/// nothing is left of the element.
+pub(crate) fn build_into(
+    dt: DataType,
+    n: Node<'_>,
+    seps: &Separators,
+    _tz: &TimeZone,
+    warnings: &mut Vec<String>,
+    out: &mut String,
+) -> bool {
+    let t = |i: usize| n.part_text(i, seps);
+    let mut o = Obj::new(out);
     match dt {
         DataType::Cx => {
             let value = t(1);
@@ -120,7 +133,7 @@ pub(crate) fn build(
                     Some(v) => {
                         o.str("system", NHS_NUMBER_SYSTEM);
                         o.str("value", &v);
-                        return o.finish().then_some(text);
+                        return o.finish();
                     }
                     None => warnings.push(format!(
                         "NHS number {value} fails modulus 11; kept as a local identifier"
@@ -145,7 +158,7 @@ pub(crate) fn build(
             );
             // no family and no given name: no name
             if o.n == 0 {
-                return None;
+                return o.finish();
             }
             o.list("prefix", [t(5).as_ref()]);
             o.list("suffix", [t(4).as_ref(), t(6).as_ref()]);
@@ -169,7 +182,7 @@ pub(crate) fn build(
             o.str("postalCode", &t(5));
             // an address of nothing but its use and type is no address
             if o.n == 0 {
-                return None;
+                return o.finish();
             }
             o.str("type", type_);
             o.str("use", use_);
@@ -204,7 +217,7 @@ pub(crate) fn build(
                 }
             };
             if value.trim_fast().is_empty() {
-                return None;
+                return o.finish();
             }
             let system = if is_email || value.contains('@') {
                 "email"
@@ -253,7 +266,7 @@ pub(crate) fn build(
             }
             // a reference with nothing but its type is no reference
             if o.n == 0 {
-                return None;
+                return o.finish();
             }
             o.str("type", "Practitioner");
         }
@@ -274,12 +287,12 @@ pub(crate) fn build(
                 });
             }
             if o.n == 0 {
-                return None;
+                return o.finish();
             }
             o.str("type", "Organization");
         }
     }
-    o.finish().then_some(text)
+    o.finish()
 }
 
 /// Applies a built-in to plain text (a value already transformed): the text is

@@ -30,7 +30,7 @@ use super::compile::{Fnv1a, Iter, Key, MacroDeps, ObjTemplate, PlanInner, Resour
 use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, GroupHead, Path, RepSel, Stage, Term};
 use super::json;
-use super::transform::{self, Transform};
+use super::transform::{self, DataType, Transform};
 use super::{MapError, MapOutput, MappedEntry};
 use crate::hl7::{Element, Level, Message, Segment, Separators};
 
@@ -789,15 +789,20 @@ impl<'a> Ctx<'a> {
         let mark = out.len();
         out.push_str(key.prefix(*n == 0));
         let written = match t {
-            Template::Expr(e) if key.is_code() => match self.single(e, scope) {
-                Some(n) => {
-                    n.is_some_and(|n| write_text(&collapse_spaces(&n.text(&self.seps)), out))
+            Template::Expr(e) if key.is_code() && first_builtin(e).is_some() => {
+                self.write_first_builtin(e, scope, out, true)
+            }
+            Template::Expr(e) if key.is_code() && builtin_path(e).is_none() => {
+                match self.single(e, scope) {
+                    Some(n) => {
+                        n.is_some_and(|n| write_text(&collapse_spaces(&n.text(&self.seps)), out))
+                    }
+                    None => {
+                        let v = self.expr(e, scope);
+                        self.write_code(v, out)
+                    }
                 }
-                None => {
-                    let v = self.expr(e, scope);
-                    self.write_code(v, out)
-                }
-            },
+            }
             t => self.write_value(t, scope, out),
         };
         if written {
@@ -843,6 +848,30 @@ impl<'a> Ctx<'a> {
                 if let Some(n) = self.single(e, scope) {
                     return n.is_some_and(|n| write_text(&n.text(&self.seps), out));
                 }
+                // `(OBX-3 | CWE) | ('unknown' | CWE)`: the first built-in writes in
+                // place when it gives something (the alternatives still count as read)
+                if first_builtin(e).is_some() {
+                    return self.write_first_builtin(e, scope, out, false);
+                }
+                // `PD1-3 | XON`, `PID-5[*] | XPN`: the built-in writes in place
+                if let Some((p, segment, field, dt, tz)) = builtin_path(e) {
+                    if is_single(p) {
+                        return match self.node_at(segment, field, p, scope) {
+                            Some(n) if !n.is_empty() => self.build_into(dt, tz, n, out),
+                            _ => false,
+                        };
+                    }
+                    let mark = out.len();
+                    out.push('[');
+                    let mut n = 0;
+                    self.builtin_items(p, segment, field, dt, tz, scope, out, &mut n);
+                    if n == 0 {
+                        out.truncate(mark);
+                        return false;
+                    }
+                    out.push(']');
+                    return true;
+                }
                 let v = self.expr(e, scope);
                 self.write_val(v, out)
             }
@@ -881,6 +910,10 @@ impl<'a> Ctx<'a> {
     ) {
         match t {
             Template::Expr(e) => {
+                if let Some((p, segment, field, dt, tz)) = builtin_path(e) {
+                    self.builtin_items(p, segment, field, dt, tz, scope, out, n);
+                    return;
+                }
                 let v = self.expr(e, scope);
                 self.write_val_items(v, out, n);
             }
@@ -906,6 +939,113 @@ impl<'a> Ctx<'a> {
                     self.iterate(it, scope, &mut f);
                 }
             },
+        }
+    }
+
+    /// `(PATH | BUILTIN) | alternative ...` in a member position: the built-in
+    /// written in place when it gives something (the alternatives still count as
+    /// read), else the whole expression as usual (`code`: as a FHIR code).
+    fn write_first_builtin(
+        &mut self,
+        e: &'a Expr,
+        scope: &Scope<'_, 'a>,
+        out: &mut String,
+        code: bool,
+    ) -> bool {
+        if let Some((Some((p, segment, field, dt, tz)), alts)) =
+            first_builtin(e).map(|(inner, alts)| (builtin_path(inner), alts))
+        {
+            if let Some(n) = self.node_at(segment, field, p, scope) {
+                if !n.is_empty() && self.build_into(dt, tz, n, out) {
+                    for st in alts {
+                        if let Stage::Alt(t) = st {
+                            self.touch_term(t, scope);
+                        }
+                    }
+                    return true;
+                }
+            }
+        }
+        let v = self.expr(e, scope);
+        if code {
+            self.write_code(v, out)
+        } else {
+            self.write_val(v, out)
+        }
+    }
+
+    /// A data-type built-in applied to `n`, written at the end of `out` (false:
+    /// nothing left of it, nothing written); its warnings are the mapping's.
+    fn build_into(&mut self, dt: DataType, tz: &TimeZone, n: Node<'a>, out: &mut String) -> bool {
+        let mut warnings = Vec::new();
+        let written = datatypes::build_into(dt, n, &self.seps, tz, &mut warnings, out);
+        for w in warnings {
+            self.warn(Some(n.loc), w);
+        }
+        written
+    }
+
+    /// `PATH | BUILTIN` in an array position: the built-in of each element the
+    /// path names (every repetition for `[*]`), each written as an item of the
+    /// enclosing array after a comma unless it is the first (`n` counts them).
+    #[allow(clippy::too_many_arguments)]
+    fn builtin_items(
+        &mut self,
+        p: &'a Path,
+        segment: &str,
+        field: usize,
+        dt: DataType,
+        tz: &'a TimeZone,
+        scope: &Scope<'_, 'a>,
+        out: &mut String,
+        n: &mut usize,
+    ) {
+        let mut item = |ctx: &mut Self, node: Node<'a>, out: &mut String| {
+            if node.is_empty() {
+                return;
+            }
+            let mark = out.len();
+            if *n > 0 {
+                out.push(',');
+            }
+            if ctx.build_into(dt, tz, node, out) {
+                *n += 1;
+            } else {
+                out.truncate(mark);
+            }
+        };
+        if is_single(p) {
+            if let Some(node) = self.node_at(segment, field, p, scope) {
+                item(self, node, out);
+            }
+            return;
+        }
+        // `[*]`: every repetition
+        let Some(si) = self.find_segment(segment, scope) else {
+            return;
+        };
+        self.mark(si, field);
+        let Some(f) = self.segment(si).and_then(|s| s.field(field)) else {
+            return;
+        };
+        for (k, r) in f.parts().enumerate() {
+            let mut node = Some(Node {
+                el: r,
+                loc: Loc {
+                    seg: si as u32,
+                    field: field.min(u16::MAX as usize) as u16,
+                    rep: (k + 1).min(u16::MAX as usize) as u16,
+                },
+            });
+            if let Some(c) = p.comp {
+                node = node.and_then(|x| x.part(c));
+                if let Some(sub) = p.sub {
+                    node = node.and_then(|x| x.part(sub));
+                }
+            }
+            if let Some(node) = node {
+                item(self, node, out);
+            }
         }
     }
 
@@ -1664,6 +1804,41 @@ impl<'a> Ctx<'a> {
 #[inline]
 fn is_single(p: &Path) -> bool {
     matches!(p.anchor, Anchor::Field { .. }) && matches!(p.rep, RepSel::First | RepSel::Index(_))
+}
+
+/// `PATH | BUILTIN` (`PD1-4 | XCN`, `PID-5[*] | XPN`): the path (one repetition or
+/// all of them, no predicate), its segment and field, and the built-in.
+#[inline]
+fn builtin_path(e: &Expr) -> Option<(&Path, &str, usize, DataType, &TimeZone)> {
+    match e {
+        Expr {
+            first:
+                Term::Path(
+                    p @ Path {
+                        anchor: Anchor::Field { segment, field },
+                        rep: RepSel::First | RepSel::Index(_) | RepSel::All,
+                        ..
+                    },
+                ),
+            stages,
+        } => match stages.as_slice() {
+            [Stage::Transform(Transform::Builtin(dt, tz))] => Some((p, segment, *field, *dt, tz)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `(PATH | BUILTIN) | alternative | ...` with a single-repetition path: the
+/// group's expression and the alternatives after it.
+#[inline]
+fn first_builtin(e: &Expr) -> Option<(&Expr, &[Stage])> {
+    let Term::Group(inner) = &e.first else {
+        return None;
+    };
+    let (p, ..) = builtin_path(inner)?;
+    (is_single(p) && e.stages.iter().all(|s| matches!(s, Stage::Alt(_))))
+        .then_some((inner.as_ref(), e.stages.as_slice()))
 }
 
 /// Does `document` contain `fragment` somewhere (at the top or at any depth)?
