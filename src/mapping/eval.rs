@@ -10,6 +10,13 @@
 //!   empty is truncated away, so the text is what pruning a built tree would give.
 //! - Members are written in key order (sorted at load), so the text is exactly
 //!   `serde_json`'s serialization of the same document.
+//! - A remembered value (a macro's, a converted timestamp) is keyed by what it was
+//!   computed from — the scope id (unique per apply), or the segments, element and
+//!   position it read, or the text and zone — so it is always what computing it
+//!   again would give. Remembered text lives in a per-apply arena.
+//! - The fast paths (a single-repetition path read straight to its element, a
+//!   built-in writing in place) give the same bytes, warnings and read marks as
+//!   the general evaluation; the snapshot tests hold them to it.
 
 use std::borrow::Cow;
 use std::collections::HashSet;

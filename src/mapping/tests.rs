@@ -643,6 +643,60 @@ fn at_most_one_refuses_a_message_with_the_segment_twice() {
 }
 
 #[test]
+fn fast_paths_write_what_the_general_evaluation_writes() {
+    // `(E) | when('a' = 'a')` is always evaluated the general way (a value, then
+    // written); `E` alone may take a fast path (a path read straight to its
+    // element, a built-in written in place). Same bytes, warnings and read marks.
+    let general = |e: &str| format!("({e}) | when('a' = 'a')");
+    for e in [
+        "PID-8",
+        "PID-5.1",
+        "PID-3[2].1",
+        "PID-3[3].1",
+        "MSH-10",
+        "OBX-5",
+        "ZPI-2",
+        "PID-99",
+        "PID-5[*] | XPN",
+        "PID-5 | XPN",
+        "PID-5[2] | XPN",
+        "PID-11[*] | XAD",
+        "PID-13[*] | XTN",
+        "PV1-7 | XCN",
+        "ZPI-3 | XON",
+        "PID-3 | CX",
+        "PID-3[*] | CX",
+        "PID-3[3] | CX",
+        "OBR-4 | CWE",
+        "(OBX-3 | CWE) | ('unknown' | CWE)",
+        "(PID-99 | CWE) | ('unknown' | CWE)",
+        "(PID-99 | CWE) | PID-8",
+    ] {
+        let escaped = |e: &str| e.replace('\\', "\\\\").replace('"', "\\\"");
+        for (fast, slow) in [
+            (
+                format!("v = \"{}\"", escaped(e)),
+                format!("v = \"{}\"", escaped(&general(e))),
+            ),
+            (
+                format!("v = [\"{}\"]", escaped(e)),
+                format!("v = [\"{}\"]", escaped(&general(e))),
+            ),
+            (
+                format!("code = \"{}\"", escaped(e)),
+                format!("code = \"{}\"", escaped(&general(e))),
+            ),
+        ] {
+            let (_, a) = body(&fast, MESSAGE);
+            let (_, b) = body(&slow, MESSAGE);
+            assert_eq!(a.document, b.document, "{fast}");
+            assert_eq!(a.warnings, b.warnings, "{fast}");
+            assert_eq!(a.unread, b.unread, "{fast}");
+        }
+    }
+}
+
+#[test]
 fn bad_for_is_reported_at_load() {
     let base = "[mapping]\nmessages = [\"ORU^R01\"]\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n";
     for bad in [
