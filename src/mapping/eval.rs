@@ -1414,17 +1414,10 @@ impl<'a> Ctx<'a> {
     /// expression is anything else.
     #[inline]
     fn single(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>) -> Option<Option<Node<'a>>> {
-        match e {
-            Expr {
-                first:
-                    Term::Path(
-                        p @ Path {
-                            anchor: Anchor::Field { segment, field },
-                            ..
-                        },
-                    ),
-                stages,
-            } if stages.is_empty() && is_single(p) => Some(self.node_at(segment, *field, p, scope)),
+        match field_path(e) {
+            Some((p, segment, field, [])) if is_single(p) => {
+                Some(self.node_at(segment, field, p, scope))
+            }
             _ => None,
         }
     }
@@ -1817,21 +1810,31 @@ fn is_single(p: &Path) -> bool {
 /// all of them, no predicate), its segment and field, and the built-in.
 #[inline]
 fn builtin_path(e: &Expr) -> Option<(&Path, &str, usize, DataType, &TimeZone)> {
+    match field_path(e)? {
+        (p, segment, field, [Stage::Transform(Transform::Builtin(dt, tz))])
+            if !matches!(p.rep, RepSel::Pred(_)) =>
+        {
+            Some((p, segment, field, *dt, tz))
+        }
+        _ => None,
+    }
+}
+
+/// An expression that starts with a path into a segment's field: the path, its
+/// segment and field, and the stages after it.
+#[inline]
+fn field_path(e: &Expr) -> Option<(&Path, &str, usize, &[Stage])> {
     match e {
         Expr {
             first:
                 Term::Path(
                     p @ Path {
                         anchor: Anchor::Field { segment, field },
-                        rep: RepSel::First | RepSel::Index(_) | RepSel::All,
                         ..
                     },
                 ),
             stages,
-        } => match stages.as_slice() {
-            [Stage::Transform(Transform::Builtin(dt, tz))] => Some((p, segment, *field, *dt, tz)),
-            _ => None,
-        },
+        } => Some((p, segment.as_str(), *field, stages.as_slice())),
         _ => None,
     }
 }
