@@ -82,8 +82,7 @@ fn setup() -> (MappingSet, Vec<(&'static str, String)>) {
 
 fn plan_for<'s>(set: &'s MappingSet, text: &str) -> &'s Plan {
     let message = hl7::Message::parse(text).expect("sample parses");
-    let header = message.header().expect("sample header");
-    set.select(&header.message_code, &header.trigger_event)
+    set.select_for(&message)
         .expect("a shipped mapping for the sample")
 }
 

@@ -79,10 +79,7 @@ fn wild_variants_of_every_sample_are_valid_fhir() {
                 let Ok(message) = junction::hl7::Message::parse(&variant) else {
                     continue;
                 };
-                let Ok(header) = message.header() else {
-                    continue;
-                };
-                let Some(plan) = set.select(&header.message_code, &header.trigger_event) else {
+                let Some(plan) = set.select_for(&message) else {
                     continue;
                 };
                 let Ok(output) = plan.apply(&message) else {

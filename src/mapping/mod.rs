@@ -82,6 +82,13 @@ impl MappingSet {
         })
     }
 
+    /// The plan [`Self::select`] picks for a parsed message's type and trigger
+    /// (`None` too when its header is unusable).
+    pub fn select_for(&self, message: &crate::hl7::Message<'_>) -> Option<&Plan> {
+        let header = message.header().ok()?;
+        self.select(&header.message_code, &header.trigger_event)
+    }
+
     /// Every plan, in file order.
     pub fn plans(&self) -> impl Iterator<Item = &Plan> {
         self.plans.iter()
