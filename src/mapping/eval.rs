@@ -189,6 +189,8 @@ pub(crate) enum Val<'a> {
     Json(Value),
     /// A FHIR element a data-type built-in wrote: a non-empty JSON object, as text.
     Raw(String),
+    /// A number as its JSON text (`number`), often borrowed from the message.
+    Num(Cow<'a, str>),
     List(Vec<Val<'a>>),
 }
 
@@ -199,7 +201,7 @@ impl Val<'_> {
             Val::Text(t) => t.trim_fast().is_empty() || t.as_ref() == "\"\"",
             Val::Node(n) => n.is_empty(),
             Val::Json(v) => json_is_empty(v),
-            Val::Raw(_) => false,
+            Val::Raw(_) | Val::Num(_) => false,
             Val::List(l) => l.iter().all(Val::is_empty),
         }
     }
@@ -465,6 +467,7 @@ impl<'a> Ctx<'a> {
     fn keep(&self, v: Val<'a>) -> Val<'a> {
         match v {
             Val::Text(Cow::Owned(s)) => Val::Text(Cow::Borrowed(self.arena.alloc_str(&s))),
+            Val::Num(Cow::Owned(s)) => Val::Num(Cow::Borrowed(self.arena.alloc_str(&s))),
             Val::List(items) => Val::List(items.into_iter().map(|i| self.keep(i)).collect()),
             v => v,
         }
@@ -796,26 +799,32 @@ impl<'a> Ctx<'a> {
         let mark = out.len();
         out.push_str(key.prefix(*n == 0));
         let written = match t {
-            Template::Expr(e) if key.is_code() && first_builtin(e).is_some() => {
-                self.write_first_builtin(e, scope, out, true)
-            }
-            Template::Expr(e) if key.is_code() && builtin_path(e).is_none() => {
-                match self.single(e, scope) {
-                    Some(n) => {
-                        n.is_some_and(|n| write_text(&collapse_spaces(&n.text(&self.seps)), out))
-                    }
-                    None => {
-                        let v = self.expr(e, scope);
-                        self.write_code(v, out)
-                    }
-                }
-            }
+            Template::Expr(e) if key.is_code() => self.write_code_member(e, scope, out),
             t => self.write_value(t, scope, out),
         };
         if written {
             *n += 1;
         } else {
             out.truncate(mark);
+        }
+    }
+
+    /// The value of a member named `code`: text as a FHIR code, a built-in's
+    /// element as it is.
+    #[inline(never)]
+    fn write_code_member(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>, out: &mut String) -> bool {
+        if first_builtin(e).is_some() {
+            return self.write_first_builtin(e, scope, out, true);
+        }
+        if builtin_path(e).is_some() {
+            return self.write_value_expr(e, scope, out);
+        }
+        match self.single(e, scope) {
+            Some(n) => n.is_some_and(|n| write_text(&collapse_spaces(&n.text(&self.seps)), out)),
+            None => {
+                let v = self.expr(e, scope);
+                self.write_code(v, out)
+            }
         }
     }
 
@@ -850,38 +859,7 @@ impl<'a> Ctx<'a> {
     /// nothing written) when it is empty.
     fn write_value(&mut self, t: &'a Template, scope: &Scope<'_, 'a>, out: &mut String) -> bool {
         match t {
-            Template::Expr(e) => {
-                // a path alone (`text = "OBX-7"`): its text, without a value between
-                if let Some(n) = self.single(e, scope) {
-                    return n.is_some_and(|n| write_text(&n.text(&self.seps), out));
-                }
-                // `(OBX-3 | CWE) | ('unknown' | CWE)`: the first built-in writes in
-                // place when it gives something (the alternatives still count as read)
-                if first_builtin(e).is_some() {
-                    return self.write_first_builtin(e, scope, out, false);
-                }
-                // `PD1-3 | XON`, `PID-5[*] | XPN`: the built-in writes in place
-                if let Some((p, segment, field, dt, tz)) = builtin_path(e) {
-                    if is_single(p) {
-                        return match self.node_at(segment, field, p, scope) {
-                            Some(n) if !n.is_empty() => self.build_into(dt, tz, n, out),
-                            _ => false,
-                        };
-                    }
-                    let mark = out.len();
-                    out.push('[');
-                    let mut n = 0;
-                    self.builtin_items(p, segment, field, dt, tz, scope, out, &mut n);
-                    if n == 0 {
-                        out.truncate(mark);
-                        return false;
-                    }
-                    out.push(']');
-                    return true;
-                }
-                let v = self.expr(e, scope);
-                self.write_val(v, out)
-            }
+            Template::Expr(e) => self.write_value_expr(e, scope, out),
             Template::Literal(v) => {
                 json::push_value(out, v);
                 true
@@ -904,6 +882,41 @@ impl<'a> Ctx<'a> {
                 true
             }
         }
+    }
+
+    /// [`Self::write_value`] of an expression.
+    #[inline]
+    fn write_value_expr(&mut self, e: &'a Expr, scope: &Scope<'_, 'a>, out: &mut String) -> bool {
+        // a path alone (`text = "OBX-7"`): its text, without a value between
+        if let Some(n) = self.single(e, scope) {
+            return n.is_some_and(|n| write_text(&n.text(&self.seps), out));
+        }
+        // `(OBX-3 | CWE) | ('unknown' | CWE)`: the first built-in writes in
+        // place when it gives something (the alternatives still count as read)
+        if first_builtin(e).is_some() {
+            return self.write_first_builtin(e, scope, out, false);
+        }
+        // `PD1-3 | XON`, `PID-5[*] | XPN`: the built-in writes in place
+        if let Some((p, segment, field, dt, tz)) = builtin_path(e) {
+            if is_single(p) {
+                return match self.node_at(segment, field, p, scope) {
+                    Some(n) if !n.is_empty() => self.build_into(dt, tz, n, out),
+                    _ => false,
+                };
+            }
+            let mark = out.len();
+            out.push('[');
+            let mut n = 0;
+            self.builtin_items(p, segment, field, dt, tz, scope, out, &mut n);
+            if n == 0 {
+                out.truncate(mark);
+                return false;
+            }
+            out.push(']');
+            return true;
+        }
+        let v = self.expr(e, scope);
+        self.write_val(v, out)
     }
 
     /// Writes the values of a template in an array position (flattened), each
@@ -1102,6 +1115,10 @@ impl<'a> Ctx<'a> {
                 out.push_str(&text);
                 true
             }
+            Val::Num(text) => {
+                out.push_str(&text);
+                true
+            }
             Val::List(items) => {
                 let mark = out.len();
                 out.push('[');
@@ -1213,6 +1230,7 @@ impl<'a> Ctx<'a> {
 
     /// [`Self::macro_value`] past the same-scope memo: the value by the segments
     /// the macro names as resolved in this scope (a cache across scopes).
+    #[inline(never)]
     fn macro_lookup(
         &mut self,
         i: usize,
@@ -1324,40 +1342,8 @@ impl<'a> Ctx<'a> {
                 Val::Text(Cow::Owned(s))
             }
             Term::Macro(i) => self.macro_value(*i, scope),
-            Term::Concat(parts) => {
-                let mut out = String::new();
-                for p in parts {
-                    let v = self.expr(p, scope);
-                    if v.is_empty() {
-                        return Val::Empty;
-                    }
-                    out.push_str(self.text_of(v).trim_fast());
-                }
-                Val::Text(Cow::Owned(out))
-            }
-            Term::ConcatWs(sep, parts) => {
-                let mut out = String::new();
-                for p in parts {
-                    let v = self.expr(p, scope);
-                    if v.is_empty() {
-                        continue;
-                    }
-                    let t = self.text_of(v);
-                    let t = t.trim_fast();
-                    if t.is_empty() {
-                        continue;
-                    }
-                    if !out.is_empty() {
-                        out.push_str(sep);
-                    }
-                    out.push_str(t);
-                }
-                if out.is_empty() {
-                    Val::Empty
-                } else {
-                    Val::Text(Cow::Owned(out))
-                }
-            }
+            Term::Concat(parts) => self.concat(parts, scope),
+            Term::ConcatWs(sep, parts) => self.concat_ws(sep, parts, scope),
             Term::Group(e) => self.expr(e, scope),
             Term::Path(p) => {
                 let v = self.path(p, scope);
@@ -1371,6 +1357,47 @@ impl<'a> Ctx<'a> {
                 };
                 v
             }
+        }
+    }
+
+    /// `concat(...)`: empty when any part is (kept out of line, as the other
+    /// rarer arms of the evaluator are, so the hot ones stay small).
+    #[inline(never)]
+    fn concat(&mut self, parts: &'a [Expr], scope: &Scope<'_, 'a>) -> Val<'a> {
+        let mut out = String::with_capacity(64);
+        for p in parts {
+            let v = self.expr(p, scope);
+            if v.is_empty() {
+                return Val::Empty;
+            }
+            out.push_str(self.text_of(v).trim_fast());
+        }
+        Val::Text(Cow::Owned(out))
+    }
+
+    /// `concat_ws(sep, ...)`: the non-empty parts joined by `sep`.
+    #[inline(never)]
+    fn concat_ws(&mut self, sep: &str, parts: &'a [Expr], scope: &Scope<'_, 'a>) -> Val<'a> {
+        let mut out = String::with_capacity(64);
+        for p in parts {
+            let v = self.expr(p, scope);
+            if v.is_empty() {
+                continue;
+            }
+            let t = self.text_of(v);
+            let t = t.trim_fast();
+            if t.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str(sep);
+            }
+            out.push_str(t);
+        }
+        if out.is_empty() {
+            Val::Empty
+        } else {
+            Val::Text(Cow::Owned(out))
         }
     }
 
@@ -1431,6 +1458,12 @@ impl<'a> Ctx<'a> {
                 };
             }
         }
+        self.path_general(p, scope)
+    }
+
+    /// [`Self::path`] for relative paths, `[*]` and predicates.
+    #[inline(never)]
+    fn path_general(&mut self, p: &'a Path, scope: &Scope<'_, 'a>) -> Val<'a> {
         let descend = |n: Node<'a>| -> Option<Node<'a>> {
             let mut n = n;
             if let Some(c) = p.comp {
@@ -1510,7 +1543,18 @@ impl<'a> Ctx<'a> {
     }
 
     /// The text of a value (lists: the first non-empty element).
+    #[inline]
     fn text_of(&self, v: Val<'a>) -> Cow<'a, str> {
+        match v {
+            Val::Text(t) => t,
+            Val::Node(n) => n.text(&self.seps),
+            v => self.text_of_other(v),
+        }
+    }
+
+    /// [`Self::text_of`] for the values that are neither text nor an element.
+    #[inline(never)]
+    fn text_of_other(&self, v: Val<'a>) -> Cow<'a, str> {
         match v {
             Val::Empty => Cow::Borrowed(""),
             Val::Text(t) => t,
@@ -1519,6 +1563,7 @@ impl<'a> Ctx<'a> {
             Val::Json(Value::Null) => Cow::Borrowed(""),
             Val::Json(j) => Cow::Owned(j.to_string()),
             Val::Raw(text) => Cow::Owned(text),
+            Val::Num(text) => text,
             Val::List(items) => items
                 .into_iter()
                 .find(|i| !i.is_empty())
@@ -1547,7 +1592,105 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// One stage of a pipeline. The frequent stages on one value (`trim`,
+    /// `upper`, `lookup`, `number`, `default`, `when`) are done here; the rest,
+    /// and lists, in [`Self::transform_other`], kept out of line so this stays small.
     fn transform(
+        &mut self,
+        t: &'a Transform,
+        v: Val<'a>,
+        loc: Option<Loc>,
+        scope: &Scope<'_, 'a>,
+    ) -> Val<'a> {
+        match (t, &v) {
+            (Transform::Default(d), _) => {
+                if v.is_empty() {
+                    Val::Text(Cow::Borrowed(d.as_str()))
+                } else {
+                    v
+                }
+            }
+            (Transform::When(c), _) => {
+                if self.cond(c, scope) {
+                    v
+                } else {
+                    Val::Empty
+                }
+            }
+            (
+                Transform::Lookup(_)
+                | Transform::Trim
+                | Transform::Upper
+                | Transform::Lower
+                | Transform::Number,
+                Val::Node(_) | Val::Text(_),
+            ) => {
+                if v.is_empty() {
+                    return Val::Empty;
+                }
+                let text = self.text_of(v);
+                self.text_transform(t, text, loc)
+            }
+            _ => self.transform_other(t, v, loc, scope),
+        }
+    }
+
+    /// [`Self::transform`] on non-empty text for the frequent stages.
+    #[inline]
+    fn text_transform(
+        &mut self,
+        t: &'a Transform,
+        text: Cow<'a, str>,
+        loc: Option<Loc>,
+    ) -> Val<'a> {
+        match t {
+            Transform::Lookup(i) => {
+                let key = text.trim_fast();
+                match self
+                    .plan
+                    .tables
+                    .get(*i)
+                    .and_then(|tb| tb.get(key).or_else(|| tb.get("*")))
+                {
+                    Some(Value::String(s)) => Val::Text(Cow::Borrowed(s.as_str())),
+                    Some(j) => Val::Json(j.clone()),
+                    None => Val::Empty,
+                }
+            }
+            Transform::Trim => Val::Text(trim_cow(text)),
+            // ASCII text already in the target case is kept as is (no allocation);
+            // anything else goes through the full Unicode mapping.
+            Transform::Upper
+                if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_lowercase()) =>
+            {
+                Val::Text(text)
+            }
+            Transform::Lower
+                if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                Val::Text(text)
+            }
+            Transform::Upper => Val::Text(Cow::Owned(text.to_uppercase())),
+            Transform::Lower => Val::Text(Cow::Owned(text.to_lowercase())),
+            Transform::Number => match transform::number_text(&text) {
+                Some(n) => Val::Num(match (&text, n) {
+                    (Cow::Borrowed(t), transform::NumberText::At(a, b)) => {
+                        Cow::Borrowed(t.get(a..b).unwrap_or(""))
+                    }
+                    (t, n) => Cow::Owned(n.text(t).to_string()),
+                }),
+                None => {
+                    self.warn(loc, format!("`{}` is not a number", text.trim_fast()));
+                    Val::Empty
+                }
+            },
+            _ => Val::Empty,
+        }
+    }
+
+    /// [`Self::transform`] for lists and the less frequent stages.
+    #[inline(never)]
+    fn transform_other(
         &mut self,
         t: &'a Transform,
         v: Val<'a>,
@@ -1600,6 +1743,7 @@ impl<'a> Ctx<'a> {
                 // already a FHIR element (e.g. an alternative built before): keep it
                 Val::Json(j) => Val::Json(j),
                 Val::Raw(text) => Val::Raw(text),
+                Val::Num(text) => Val::Num(text),
                 Val::Node(n) => {
                     let mut warnings = Vec::new();
                     let out = datatypes::build(*dt, n, &self.seps, tz, &mut warnings);
@@ -1616,37 +1760,13 @@ impl<'a> Ctx<'a> {
                 }
             };
         }
-        if let Transform::Lookup(i) = t {
-            let key = self.text_of(v);
-            let key = key.trim_fast();
-            return match self
-                .plan
-                .tables
-                .get(*i)
-                .and_then(|tb| tb.get(key).or_else(|| tb.get("*")))
-            {
-                Some(Value::String(s)) => Val::Text(Cow::Borrowed(s.as_str())),
-                Some(j) => Val::Json(j.clone()),
-                None => Val::Empty,
-            };
-        }
         let text = self.text_of(v);
         match t {
-            Transform::Trim => Val::Text(trim_cow(text)),
-            // ASCII text already in the target case is kept as is (no allocation);
-            // anything else goes through the full Unicode mapping.
-            Transform::Upper
-                if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_lowercase()) =>
-            {
-                Val::Text(text)
-            }
-            Transform::Lower
-                if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) =>
-            {
-                Val::Text(text)
-            }
-            Transform::Upper => Val::Text(Cow::Owned(text.to_uppercase())),
-            Transform::Lower => Val::Text(Cow::Owned(text.to_lowercase())),
+            Transform::Lookup(_)
+            | Transform::Trim
+            | Transform::Upper
+            | Transform::Lower
+            | Transform::Number => self.text_transform(t, text, loc),
             Transform::Date => match transform::hl7_date(&text) {
                 Ok(d) => Val::Text(Cow::Owned(d)),
                 Err(e) => {
@@ -1694,20 +1814,19 @@ impl<'a> Ctx<'a> {
             Transform::RegexReplace(re, rep) => {
                 Val::Text(Cow::Owned(re.replace_all(&text, rep.as_str()).into_owned()))
             }
-            Transform::Number => match transform::number(&text) {
-                Some(n) => Val::Json(Value::Number(n)),
-                None => {
-                    self.warn(loc, format!("`{}` is not a number", text.trim_fast()));
-                    Val::Empty
-                }
-            },
             Transform::UrlEncode => match transform::url_encode(&text) {
                 Cow::Borrowed(_) => Val::Text(text),
                 Cow::Owned(encoded) => Val::Text(Cow::Owned(encoded)),
             },
-            Transform::Range(bound) => match transform::range_bound(&text, *bound) {
-                Some(n) => Val::Text(Cow::Owned(n.to_string())),
-                None => Val::Empty,
+            Transform::Range(bound) => match &text {
+                Cow::Borrowed(t) => match transform::range_bound(t, *bound) {
+                    Some(n) => Val::Text(Cow::Borrowed(n)),
+                    None => Val::Empty,
+                },
+                Cow::Owned(t) => match transform::range_bound(t, *bound) {
+                    Some(n) => Val::Text(Cow::Owned(n.to_string())),
+                    None => Val::Empty,
+                },
             },
             Transform::Uuid5(kind) => {
                 Val::Text(Cow::Owned(transform::uuid5(kind, text.trim_fast())))
@@ -1716,7 +1835,6 @@ impl<'a> Ctx<'a> {
             Transform::Default(_)
             | Transform::Join(_)
             | Transform::When(_)
-            | Transform::Lookup(_)
             | Transform::Builtin(..) => Val::Empty,
         }
     }
@@ -1762,22 +1880,7 @@ impl<'a> Ctx<'a> {
                 };
                 any == *eq
             }
-            Cond::Compare { left, eq, right } => {
-                let (l, r) = (self.expr(left, scope), self.expr(right, scope));
-                let any = match r {
-                    Val::List(_) => {
-                        let mut rt = Vec::new();
-                        self.texts(r, &mut rt);
-                        self.any_text(l, &mut |a| rt.iter().any(|b| a == b.as_ref()))
-                    }
-                    r => {
-                        let rt = self.text_of(r);
-                        let rt = rt.trim_fast();
-                        self.any_text(l, &mut |a| a == rt)
-                    }
-                };
-                any == *eq
-            }
+            Cond::Compare { left, eq, right } => self.compare(left, right, scope) == *eq,
             Cond::In { left, set } => {
                 if let Some(n) = self.single(left, scope) {
                     let t = match n {
@@ -1793,10 +1896,35 @@ impl<'a> Ctx<'a> {
                         let t = t.trim_fast();
                         set.iter().any(|s| s == t)
                     }
-                    l => self.any_text(l, &mut |a| set.iter().any(|s| s == a)),
+                    l => self.any_in(l, set),
                 }
             }
         }
+    }
+
+    /// `left = right` for any two expressions: some text of the left is some
+    /// text of the right.
+    #[inline(never)]
+    fn compare(&mut self, left: &'a Expr, right: &'a Expr, scope: &Scope<'_, 'a>) -> bool {
+        let (l, r) = (self.expr(left, scope), self.expr(right, scope));
+        match r {
+            Val::List(_) => {
+                let mut rt = Vec::new();
+                self.texts(r, &mut rt);
+                self.any_text(l, &mut |a| rt.iter().any(|b| a == b.as_ref()))
+            }
+            r => {
+                let rt = self.text_of(r);
+                let rt = rt.trim_fast();
+                self.any_text(l, &mut |a| a == rt)
+            }
+        }
+    }
+
+    /// Some text of `v` is in `set`.
+    #[inline(never)]
+    fn any_in(&self, v: Val<'a>, set: &[String]) -> bool {
+        self.any_text(v, &mut |a| set.iter().any(|s| s == a))
     }
 }
 

@@ -468,6 +468,114 @@ pub(crate) fn number(s: &str) -> Option<serde_json::Number> {
     t.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
 }
 
+/// The JSON text of [`number`]'s value, byte for byte what `serde_json` writes
+/// for it, found without the `f64` round trip for the usual decimals: integers
+/// of up to 18 digits, and decimals of up to 15 significant digits whose first
+/// one is at most four places after the point. Within those bounds the nearest
+/// `f64` to a decimal prints back as that decimal (shortest round trip: two
+/// decimals of ≤ 15 significant digits are further apart than an `f64`'s
+/// rounding interval), with trailing zeros dropped and `.0` kept after a whole
+/// number, as `ryu` writes it. Anything else goes through [`number`]. `None`
+/// when the text is not a number.
+pub(crate) fn number_text(s: &str) -> Option<NumberText> {
+    let t = s.trim();
+    let (neg, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (int, frac) = match body.find('.') {
+        Some(p) => (&body[..p], Some(&body[p + 1..])),
+        None => (body, None),
+    };
+    let ok_int = !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit());
+    let ok_frac = frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
+    let ok_lead = int.is_empty() && frac.is_some_and(|f| !f.is_empty());
+    if !((ok_int || ok_lead) && ok_frac) {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let mut buf = [0u8; 40];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    match frac {
+        None if int.len() <= 18 => {
+            if int.is_empty() {
+                put(b"0");
+            } else {
+                if neg {
+                    put(b"-");
+                }
+                put(int.as_bytes());
+            }
+        }
+        Some(f) => {
+            let f = f.trim_end_matches('0');
+            let leading_zeros = if int.is_empty() {
+                f.len() - f.trim_start_matches('0').len()
+            } else {
+                0
+            };
+            let significant = int.len() + f.len() - leading_zeros;
+            if significant > 15 || leading_zeros > 4 {
+                return number_slow(t);
+            }
+            if neg {
+                put(b"-");
+            }
+            if int.is_empty() {
+                put(b"0");
+            } else {
+                put(int.as_bytes());
+            }
+            put(b".");
+            if f.is_empty() {
+                put(b"0");
+            } else {
+                put(f.as_bytes());
+            }
+        }
+        None => return number_slow(t),
+    }
+    let text = &buf[..n];
+    // the same text inside the input (`11.8`, `3.80`, `007`): borrowed from it
+    // (a plain scan: the texts are short, a substring searcher costs more to set up)
+    let bytes = s.as_bytes();
+    let found = (0..=bytes.len().saturating_sub(n)).find(|&at| bytes.get(at..at + n) == Some(text));
+    Some(match found {
+        Some(at) => NumberText::At(at, at + n),
+        None => NumberText::Owned(std::str::from_utf8(text).ok()?.to_string()),
+    })
+}
+
+/// [`number_text`] past its bounds: through `f64` and `serde_json`.
+fn number_slow(t: &str) -> Option<NumberText> {
+    let n = number(t)?;
+    let mut out = String::new();
+    super::json::push_value(&mut out, &serde_json::Value::Number(n));
+    Some(NumberText::Owned(out))
+}
+
+/// The JSON text of a number: a range of the text it was read from, or new text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NumberText {
+    At(usize, usize),
+    Owned(String),
+}
+
+impl NumberText {
+    /// The text, given what [`number_text`] was called with.
+    pub(crate) fn text<'s>(&'s self, s: &'s str) -> &'s str {
+        match self {
+            NumberText::At(a, b) => s.get(*a..*b).unwrap_or(""),
+            NumberText::Owned(o) => o,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,6 +737,85 @@ mod tests {
         assert_eq!(range_bound("3.5-5.0", Bound::High), Some("5.0"));
         assert_eq!(range_bound(">=2", Bound::Low), Some("2"));
         assert_eq!(range_bound(">=2", Bound::High), None);
+    }
+
+    /// What `number` and `serde_json` write for the text.
+    fn number_via_f64(s: &str) -> Option<String> {
+        number(s).map(|n| serde_json::Value::Number(n).to_string())
+    }
+
+    fn check_number_text(s: &str) {
+        let fast = number_text(s);
+        assert_eq!(
+            fast.as_ref().map(|n| n.text(s)),
+            number_via_f64(s).as_deref(),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn number_text_is_what_serde_json_writes() {
+        for s in [
+            "128",
+            "11.8",
+            "4.0",
+            "3.80",
+            "007",
+            "+5",
+            "-5",
+            "-0",
+            "+0",
+            "0",
+            "000",
+            "5.",
+            ".5",
+            "-.5",
+            "00.5",
+            "-00.50",
+            "0.38",
+            "100.00",
+            "0.0",
+            "-0.0",
+            "0.00001",
+            "0.0001",
+            "0.00012",
+            "123456789012345",
+            "1234567890123456",
+            "12345678.1234567",
+            "12345678.12345678",
+            "999999999999999999",
+            "9999999999999999999",
+            " 42 ",
+            "1.2.3",
+            "",
+            "-",
+            ".",
+            "1e5",
+            "abc",
+            "0.1",
+            "0.30000000000000004",
+            "1000000000000000.0",
+            "99999999999999.9",
+            "2.5e",
+            "١٢",
+            "4.50000000000000000000",
+        ] {
+            check_number_text(s);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn number_text_agrees_with_f64(s in "[ +-]?[0-9]{0,20}(\\.[0-9]{0,20})?") {
+            check_number_text(&s);
+        }
+
+        #[test]
+        fn short_decimals_agree_with_f64(
+            s in "-?0{0,2}[0-9]{0,8}\\.[0-9]{0,7}0{0,3}|-?0?\\.0{0,6}[1-9][0-9]{0,14}"
+        ) {
+            check_number_text(&s);
+        }
     }
 
     proptest::proptest! {
