@@ -418,6 +418,40 @@ impl<'m> Segment<'m> {
             .then(|| Element::at(self.tree, Level::Field, node.first + k as u32))
     }
 
+    /// Repetition `rep` of field `field`, then its component `comp` and that
+    /// component's subcomponent `sub` when given (all 1-based): what chaining
+    /// [`Segment::field`] and [`Element::part`] gives, read straight from the
+    /// level arrays.
+    #[inline]
+    pub fn locate(
+        &self,
+        field: usize,
+        rep: usize,
+        comp: Option<usize>,
+        sub: Option<usize>,
+    ) -> Option<Element<'m>> {
+        let tree = self.tree;
+        // the `k`-th (1-based) of `count` parts from `first`
+        let nth = |first: u32, count: u32, k: usize| -> Option<u32> {
+            let k = k.checked_sub(1)?;
+            (k < count as usize).then(|| first + k as u32)
+        };
+        let s = self.seg().node;
+        let f = tree.fields.get(nth(s.first, s.count, field)? as usize)?;
+        let ri = nth(f.first, f.count, rep)?;
+        let Some(comp) = comp else {
+            return Some(Element::at(tree, Level::Repetition, ri));
+        };
+        let r = tree.reps.get(ri as usize)?;
+        let ci = nth(r.first, r.count, comp)?;
+        let Some(sub) = sub else {
+            return Some(Element::at(tree, Level::Component, ci));
+        };
+        let c = tree.comps.get(ci as usize)?;
+        let si = nth(c.first, c.count, sub)?;
+        Some(Element::at(tree, Level::Subcomponent, si))
+    }
+
     /// The fields in order (the first is field 1).
     pub fn fields(&self) -> impl Iterator<Item = Element<'m>> + 'm {
         let (tree, node) = (self.tree, self.seg().node);
@@ -855,5 +889,43 @@ mod tests {
         fn same_as_hl7_parser_on_arbitrary_text(text in "MSH\\PC{0,60}") {
             check(&text);
         }
+
+        #[test]
+        fn locate_is_field_then_parts(text in hl7ish()) {
+            check_locate(&text);
+        }
+    }
+
+    /// [`super::Segment::locate`] finds what `field` then `part` find, for every
+    /// index up to one past the last at each level.
+    fn check_locate(text: &str) {
+        let Ok(m) = Message::parse(text) else {
+            return;
+        };
+        let raw = |e: Option<super::Element<'_>>| e.map(|e| (e.raw().to_string(), e.level()));
+        for seg in m.segments() {
+            for f in 0..=seg.field_count() + 1 {
+                let field = seg.field(f);
+                for r in 0..=field.map_or(0, |x| x.len()) + 1 {
+                    let rep = field.and_then(|x| x.part(r));
+                    assert_eq!(raw(seg.locate(f, r, None, None)), raw(rep));
+                    for c in 0..=rep.map_or(0, |x| x.len()) + 1 {
+                        let comp = rep.and_then(|x| x.part(c));
+                        assert_eq!(raw(seg.locate(f, r, Some(c), None)), raw(comp));
+                        for k in 0..=comp.map_or(0, |x| x.len()) + 1 {
+                            let sub = comp.and_then(|x| x.part(k));
+                            assert_eq!(raw(seg.locate(f, r, Some(c), Some(k))), raw(sub));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn locate_on_a_message() {
+        check_locate(
+            "MSH|^~\\&|A|B\rPID|1||123^^^NHS^NH~X&Y^Z||SMITH^ANN&B^^^MRS|\rOBX|1|NM|A^B|\r",
+        );
     }
 }

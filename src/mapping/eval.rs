@@ -1414,26 +1414,21 @@ impl<'a> Ctx<'a> {
     ) -> Option<Node<'a>> {
         let si = self.find_segment(segment, scope)?;
         self.mark(si, field);
-        let f = self.segment(si)?.field(field)?;
         let k = match p.rep {
             RepSel::Index(k) => k,
             _ => 1,
         };
-        let mut n = Node {
-            el: f.part(k)?,
+        let el = self
+            .segment(si)?
+            .locate(field, k, p.comp, p.comp.and(p.sub))?;
+        Some(Node {
+            el,
             loc: Loc {
                 seg: si as u32,
                 field: field.min(u16::MAX as usize) as u16,
                 rep: k.min(u16::MAX as usize) as u16,
             },
-        };
-        if let Some(c) = p.comp {
-            n = n.part(c)?;
-            if let Some(s) = p.sub {
-                n = n.part(s)?;
-            }
-        }
-        Some(n)
+        })
     }
 
     /// An expression that is only a [`is_single`] path: its element, read as
