@@ -112,6 +112,9 @@ pub(crate) fn build(
 
 /// [`build`] written at the end of `out`: false, and nothing written, when
 /// nothing is left of the element.
+/// The OID of the NHS number (an HD's universal id, HD.2).
+const NHS_NUMBER_OID: &str = "2.16.840.1.113883.2.1.4.1";
+
 pub(crate) fn build_into(
     dt: DataType,
     n: Node<'_>,
@@ -127,7 +130,10 @@ pub(crate) fn build_into(
             let value = t(1);
             let authority = n.sub_text(4, 1, seps);
             let kind = t(5);
-            let nhs = authority.eq_ignore_ascii_case("NHS") || kind.eq_ignore_ascii_case("NH");
+            // assigned by the NHS: CX.4 `NHS` (or the NHS number's OID, HD.2), or CX.5 `NH`
+            let nhs = authority.eq_ignore_ascii_case("NHS")
+                || n.sub_text(4, 2, seps) == NHS_NUMBER_OID
+                || kind.eq_ignore_ascii_case("NH");
             if nhs {
                 match transform::nhs_number(&value) {
                     Some(v) => {

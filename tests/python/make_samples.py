@@ -398,13 +398,15 @@ def adt_a11():
 
 
 def adt_a28():
-    # Person added by a community system that sends NHS gender codes (1/2/9).
+    # Person added by a community system that sends NHS gender codes (1/2/9), and
+    # the NHS number's assigning authority as a whole HD (namespace, OID, ISO) with
+    # no identifier type (CX.5).
     return message([
         msh("RIO", "RQX^RQX^ODS", "20261117084412", "ADT^A28^ADT_A05", "RIO-20261117-000193", "2.5"),
         seg("EVN", {2: "20261117084410"}),
         seg("PID", {
             1: "1",
-            3: f"{NHS['kowalski']}^^^NHS^NH~RIO1000193^^^RQX^MR",
+            3: f"{NHS['kowalski']}^^^NHS&2.16.840.1.113883.2.1.4.1&ISO~RIO1000193^^^RQX^MR",
             5: "KOWALSKI^ANNA^MARIA^^MS^^L~NOWAK^ANNA^^^MISS^^M",
             7: "19880130",
             8: "2",
