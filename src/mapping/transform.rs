@@ -446,13 +446,15 @@ fn push_digits(out: &mut String, n: u32, width: u32) {
     }
 }
 
-/// A decimal number as JSON (integers stay integers).
+/// A decimal number as JSON (integers stay integers; `140.`, which HL7's NM
+/// allows, is the integer 140).
 pub(crate) fn number(s: &str) -> Option<serde_json::Number> {
     let t = s.trim();
     let body = t.strip_prefix(['+', '-']).unwrap_or(t);
     let mut parts = body.splitn(2, '.');
     let int = parts.next().unwrap_or("");
-    let frac = parts.next();
+    // `140.`: HL7's NM allows a decimal point with no digits after it (an integer)
+    let frac = parts.next().filter(|f| !f.is_empty() || int.is_empty());
     let ok_int = !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit());
     let ok_frac = frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
     let ok_lead = int.is_empty() && frac.is_some_and(|f| !f.is_empty());
@@ -461,7 +463,7 @@ pub(crate) fn number(s: &str) -> Option<serde_json::Number> {
     }
     let t = t.strip_prefix('+').unwrap_or(t);
     if frac.is_none() {
-        if let Ok(i) = t.parse::<i64>() {
+        if let Ok(i) = t.strip_suffix('.').unwrap_or(t).parse::<i64>() {
             return Some(i.into());
         }
     }
@@ -485,6 +487,8 @@ pub(crate) fn number_text(s: &str) -> Option<NumberText> {
         _ => (false, t),
     };
     let (int, frac) = match body.find('.') {
+        // `140.` is an integer, as in `number`
+        Some(p) if p + 1 == body.len() && p > 0 => (&body[..p], None),
         Some(p) => (&body[..p], Some(&body[p + 1..])),
         None => (body, None),
     };
@@ -664,7 +668,10 @@ mod tests {
         check("-0.5", Some("-0.5"));
         check("+7", Some("7"));
         check(".5", Some("0.5"));
-        check("5.", None);
+        check("5.", Some("5"));
+        check("-5.", Some("-5"));
+        check(".", None);
+        check("-.", None);
         check("1e5", None);
         check("", None);
         check(">5", None);
