@@ -1259,9 +1259,11 @@ impl<'a> Ctx<'a> {
         // a cheap fingerprint compared first: most lookups scan several entries.
         // Without the position: an entry whose computation never read `position()`
         // (an earlier alternative won) serves every position.
+        // (Only the slots this macro uses: the rest are always unset.)
         let mut fp = 0u64;
         for x in segments
             .iter()
+            .take(deps.segment_ids.len())
             .map(|&x| x as u64)
             .chain(elem.map(|(p, l, _)| (p ^ (l << 40)) as u64))
         {
