@@ -181,7 +181,7 @@ fn same_name(a: &str, b: &str) -> bool {
 }
 
 /// A value during evaluation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Val<'a> {
     Empty,
     Text(Cow<'a, str>),
@@ -194,7 +194,35 @@ pub(crate) enum Val<'a> {
     List(Vec<Val<'a>>),
 }
 
+impl Clone for Val<'_> {
+    /// Borrowed text and elements (what remembered macro values are) copied in
+    /// line; owned values through [`Val::clone_owned`].
+    #[inline]
+    fn clone(&self) -> Self {
+        match self {
+            Val::Empty => Val::Empty,
+            Val::Text(Cow::Borrowed(s)) => Val::Text(Cow::Borrowed(s)),
+            Val::Num(Cow::Borrowed(s)) => Val::Num(Cow::Borrowed(s)),
+            Val::Node(n) => Val::Node(*n),
+            v => v.clone_owned(),
+        }
+    }
+}
+
 impl Val<'_> {
+    #[inline(never)]
+    fn clone_owned(&self) -> Self {
+        match self {
+            Val::Empty => Val::Empty,
+            Val::Text(t) => Val::Text(t.clone()),
+            Val::Num(t) => Val::Num(t.clone()),
+            Val::Node(n) => Val::Node(*n),
+            Val::Json(j) => Val::Json(j.clone()),
+            Val::Raw(r) => Val::Raw(r.clone()),
+            Val::List(l) => Val::List(l.clone()),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         match self {
             Val::Empty => true,
