@@ -82,13 +82,26 @@ struct SegNode {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tree<'a> {
     text: &'a str,
-    /// No escape character anywhere after MSH-2: no value needs decoding.
-    escape_free: bool,
+    /// The first and last offset of the escape character after MSH-2
+    /// (`u32::MAX` and 0 when there is none): a value outside that span needs
+    /// no decoding and is not searched (most of a message, when a few notes
+    /// carry escapes).
+    escape_span: (u32, u32),
     segments: Vec<SegNode>,
     fields: Vec<Node>,
     reps: Vec<Node>,
     comps: Vec<Node>,
     subs: Vec<Leaf>,
+}
+
+/// The first and last offset of `esc` in `text` from `from` on; `(u32::MAX, 0)`
+/// when there is none.
+fn escape_span(text: &str, from: usize, esc: u8) -> (u32, u32) {
+    let rest = text.as_bytes().get(from..).unwrap_or_default();
+    match (memchr::memchr(esc, rest), memchr::memrchr(esc, rest)) {
+        (Some(first), Some(last)) => ((from + first) as u32, (from + last) as u32),
+        _ => (u32::MAX, 0),
+    }
 }
 
 /// Byte classes while splitting.
@@ -131,11 +144,7 @@ impl<'a> Tree<'a> {
         // Rough sizes for a typical message: fewer reallocations.
         let mut tree = Tree {
             text,
-            escape_free: !text
-                .as_bytes()
-                .get(4 + encoding_len..)
-                .unwrap_or_default()
-                .contains(&bytes[6]),
+            escape_span: escape_span(text, 4 + encoding_len, bytes[6]),
             segments: Vec::with_capacity(n / 64 + 2),
             fields: Vec::with_capacity(n / 6 + 4),
             reps: Vec::with_capacity(n / 6 + 4),
@@ -602,13 +611,22 @@ impl<'m> Element<'m> {
         (first.index as usize, last.index as usize)
     }
 
+    /// Whether the value lies within the span of the message that holds escape
+    /// characters (false: it certainly has none).
+    #[inline]
+    fn may_have_escape(&self) -> bool {
+        let (first, last) = self.tree.escape_span;
+        self.end > first && self.start <= last
+    }
+
     /// The raw text with escape sequences decoded as one value ([`unescape`]
-    /// over the whole range, separators included). Borrows when the message
-    /// holds no escape character at all, without looking at the value.
+    /// over the whole range, separators included). Borrows when the value
+    /// lies outside the span of the message holding escape characters, without
+    /// looking at it; else when a search finds none in it.
     #[inline]
     pub fn unescaped(&self, separators: &Separators) -> Cow<'m, str> {
         let raw = self.raw();
-        if self.tree.escape_free || !super::escape::has_escape(raw, separators.escape) {
+        if !self.may_have_escape() || !super::escape::has_escape(raw, separators.escape) {
             Cow::Borrowed(raw)
         } else {
             unescape(raw, separators)
@@ -619,7 +637,7 @@ impl<'m> Element<'m> {
     /// between parts kept as received. Borrows when there is no escape.
     pub fn text(&self, separators: &Separators) -> Cow<'m, str> {
         let raw = self.raw();
-        if self.tree.escape_free || !super::escape::has_escape(raw, separators.escape) {
+        if !self.may_have_escape() || !super::escape::has_escape(raw, separators.escape) {
             return Cow::Borrowed(raw);
         }
         if self.level == Level::Subcomponent {
