@@ -1722,28 +1722,16 @@ impl<'a> Ctx<'a> {
         loc: Option<Loc>,
         scope: &Scope<'_, 'a>,
     ) -> Val<'a> {
-        match t {
-            Transform::Default(d) => {
-                return if v.is_empty() {
-                    Val::Text(Cow::Borrowed(d.as_str()))
-                } else {
-                    v
-                }
-            }
-            Transform::Join(sep) => {
-                let mut texts = Vec::new();
-                self.texts(v, &mut texts);
-                texts.retain(|t| !t.is_empty());
-                return if texts.is_empty() {
-                    Val::Empty
-                } else {
-                    Val::Text(Cow::Owned(texts.join(sep.as_str())))
-                };
-            }
-            Transform::When(c) => {
-                return if self.cond(c, scope) { v } else { Val::Empty };
-            }
-            _ => {}
+        // (`default` and `when` never come here: `transform` does them for any value)
+        if let Transform::Join(sep) = t {
+            let mut texts = Vec::new();
+            self.texts(v, &mut texts);
+            texts.retain(|t| !t.is_empty());
+            return if texts.is_empty() {
+                Val::Empty
+            } else {
+                Val::Text(Cow::Owned(texts.join(sep.as_str())))
+            };
         }
         if let Val::List(items) = v {
             return Val::List(
@@ -1856,7 +1844,7 @@ impl<'a> Ctx<'a> {
             Transform::Uuid5(kind) => {
                 Val::Text(Cow::Owned(transform::uuid5(kind, text.trim_fast())))
             }
-            // handled above
+            // handled above, or by `transform` (`default`, `when`)
             Transform::Default(_)
             | Transform::Join(_)
             | Transform::When(_)
