@@ -663,8 +663,9 @@ def oru_r01_order_notes():
 def oru_r01_orc_numbers():
     # A lab that puts the order numbers only in the ORC (OBR-2 and OBR-3 empty), v2.5.1:
     # two orders for the A02 patient, each opened by its own ORC (the second OBR followed
-    # by a TQ1 with its priority). The ORC of the second order comes after the first
-    # order's results, so it must not be read as the first order's.
+    # by a TQ1 with its priority, and its results by the SPM of its specimen). The ORC of
+    # the second order comes after the first order's results, so it must not be read as
+    # the first order's.
     collected = "20261122071500"
     reported = "20261122094000"
     return message([
@@ -693,6 +694,8 @@ def oru_r01_orc_numbers():
         seg("TQ1", {1: "1", 9: "R^Routine^HL70485"}),
         seg("OBX", {1: "1", 2: "NM", 3: "CRP^C-reactive protein^TELEPATH", 5: "48", 6: "mg/L",
                     7: "0-5", 8: "H", 11: "F"}),
+        seg("SPM", {1: "1", 2: "EPR7700124-S1&EPR^26T0045502-1&TELEPATH",
+                    4: "SER^Serum^HL70487", 17: "20261122071000", 18: "20261122080500"}),
     ])
 
 
