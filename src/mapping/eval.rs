@@ -268,6 +268,9 @@ struct Ctx<'a> {
     read: Vec<u128>,
     warnings: Vec<String>,
     warned: FastSet,
+    /// The resource types left out because no id could be made for them (said
+    /// in the error when the message gives no resource at all).
+    without_id: Vec<&'a str>,
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
@@ -351,6 +354,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         read: vec![0; segment_count],
         warnings: Vec::new(),
         warned: FastSet::default(),
+        without_id: Vec::new(),
         occurrence,
         cache: vec![Vec::new(); plan.macros.len()],
         datetimes: Vec::new(),
@@ -380,6 +384,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
     if entries.is_empty() {
         return Err(MapError::NoResources {
             mapping: plan.name.clone(),
+            without_id: ctx.without_id.iter().map(|k| k.to_string()).collect(),
         });
     }
     out.push_str("],\"resourceType\":\"Bundle\",\"type\":\"transaction\"}");
@@ -617,6 +622,9 @@ impl<'a> Ctx<'a> {
                     None,
                     format!("{}: no id could be made; resource left out", r.kind),
                 );
+                if !ctx.without_id.contains(&r.kind.as_str()) {
+                    ctx.without_id.push(&r.kind);
+                }
                 return;
             }
             let mut url = String::with_capacity(r.kind.len() + 1 + id.len());

@@ -119,12 +119,32 @@ impl fmt::Display for MappingError {
 
 impl std::error::Error for MappingError {}
 
+/// `; no id could be made for Patient, Encounter` (empty when none).
+fn no_id_reason(types: &[String]) -> String {
+    if types.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; no id could be made for {} (the fields ids are made from are empty)",
+            types.join(", ")
+        )
+    }
+}
+
 /// Why a plan could not produce a document for a message.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum MapError {
-    /// No resource of the mapping applied (every `when` false, or no ids).
-    #[error("mapping `{mapping}` produced no resource for this message")]
-    NoResources { mapping: String },
+    /// No resource of the mapping applied (every `when` false, or no ids). The
+    /// types left out for want of an id are named (no message data: the fields
+    /// an id is made from were empty).
+    #[error(
+        "mapping `{mapping}` produced no resource for this message{}",
+        no_id_reason(without_id)
+    )]
+    NoResources {
+        mapping: String,
+        without_id: Vec<String>,
+    },
     /// The message holds a segment more than once that the mapping takes once at
     /// most (`[mapping] at_most_one`): several patients in one message.
     #[error(

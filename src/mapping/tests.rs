@@ -434,14 +434,37 @@ fn no_resource_is_an_error_and_odd_messages_do_not_panic() {
         let parsed = crate::hl7::Message::parse(&text).unwrap();
         match plan.apply(&parsed) {
             Ok(_) => {}
-            Err(e) => assert_eq!(
-                e,
-                MapError::NoResources {
-                    mapping: "m".into()
-                }
+            Err(e) => assert!(
+                matches!(&e, MapError::NoResources { mapping, .. } if mapping == "m"),
+                "{e:?}"
             ),
         }
     }
+}
+
+#[test]
+fn no_resource_names_the_types_without_an_id() {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"PID-3.1\"\n[resource.body]\ngender = \"PID-8\"\n\
+         [[resource]]\ntype = \"Basic\"\nid = \"'b'\"\nwhen = \"not empty(ZZZ)\"\n[resource.body]\n"
+    );
+    let plan = compile_str(&src).unwrap();
+    let text = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A01|CTRL1|P|2.4\rPID|1||||SMITH^JOHN|||M\r";
+    let parsed = crate::hl7::Message::parse(text).unwrap();
+    let e = plan.apply(&parsed).unwrap_err();
+    assert_eq!(
+        e,
+        MapError::NoResources {
+            mapping: "m".into(),
+            without_id: vec!["Patient".into()],
+        }
+    );
+    // the reason names types only, never what the message holds
+    assert_eq!(
+        e.to_string(),
+        "mapping `m` produced no resource for this message; no id could be made for Patient \
+         (the fields ids are made from are empty)"
+    );
 }
 
 #[test]
