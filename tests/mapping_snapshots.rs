@@ -456,3 +456,44 @@ fn documents_have_no_empty_elements() {
         }
     }
 }
+
+#[test]
+fn a_deleted_or_wrong_pdf_is_not_the_reports_presented_form() {
+    // The FBC sample's cumulative report (OBX 17, ED, Base64) is final: the report
+    // presents it and its status counts as read. Sent again as deleted (D) or in
+    // error (W), it is not presented.
+    let set = mappings();
+    let path = repo().join("samples/oru_r01_fbc_ue.hl7");
+    let text = messages(&std::fs::read(&path).expect("the sample"), &path).remove(0);
+    let with_status = |status: &str| {
+        let segments: Vec<String> = text
+            .split('\r')
+            .map(|s| {
+                if s.starts_with("OBX|17|ED|") {
+                    let mut fields: Vec<&str> = s.split('|').collect();
+                    fields[11] = status;
+                    fields.join("|")
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
+        map_text(&set, &segments.join("\r"), &path)
+    };
+    let presented = |output: &junction::mapping::MapOutput| {
+        resources(&output.value(), "DiagnosticReport")
+            .iter()
+            .filter(|r| r.get("presentedForm").is_some())
+            .count()
+    };
+    let final_pdf = with_status("F");
+    assert_eq!(presented(&final_pdf), 1);
+    assert!(
+        !final_pdf.unread.iter().any(|u| u.ends_with("-11")),
+        "{:?}",
+        final_pdf.unread
+    );
+    for status in ["D", "W"] {
+        assert_eq!(presented(&with_status(status)), 0, "status {status}");
+    }
+}
