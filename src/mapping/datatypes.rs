@@ -110,11 +110,11 @@ pub(crate) fn build(
     build_into(dt, n, seps, tz, warnings, &mut text).then_some(text)
 }
 
-/// [`build`] written at the end of `out`: false, and nothing written, when
-/// nothing is left of the element.
 /// The OID of the NHS number (an HD's universal id, HD.2).
 const NHS_NUMBER_OID: &str = "2.16.840.1.113883.2.1.4.1";
 
+/// [`build`] written at the end of `out`: false, and nothing written, when
+/// nothing is left of the element.
 pub(crate) fn build_into(
     dt: DataType,
     n: Node<'_>,
