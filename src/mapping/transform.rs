@@ -447,7 +447,9 @@ fn push_digits(out: &mut String, n: u32, width: u32) {
 }
 
 /// A decimal number as JSON (integers stay integers; `140.`, which HL7's NM
-/// allows, is the integer 140).
+/// allows, is the integer 140). It reads the text on its own, not through
+/// [`number_text`]'s reader: it is the independent oracle the property tests
+/// hold `number_text` to, and `number_text`'s slow path past its bounds.
 pub(crate) fn number(s: &str) -> Option<serde_json::Number> {
     let t = s.trim();
     let body = t.strip_prefix(['+', '-']).unwrap_or(t);
