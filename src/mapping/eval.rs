@@ -1839,6 +1839,17 @@ impl<'a> Ctx<'a> {
                 Cow::Borrowed(_) => Val::Text(text),
                 Cow::Owned(encoded) => Val::Text(Cow::Owned(encoded)),
             },
+            Transform::Base64 => Val::Text(Cow::Owned(transform::base64(&text))),
+            Transform::HexToBase64 => match transform::hex_to_base64(&text) {
+                Some(b) => Val::Text(Cow::Owned(b)),
+                None => {
+                    self.warn(
+                        loc,
+                        "not hexadecimal (an even number of 0-9 A-F digits); left out".to_string(),
+                    );
+                    Val::Empty
+                }
+            },
             Transform::Range(bound) => match &text {
                 Cow::Borrowed(t) => match transform::range_bound(t, *bound) {
                     Some(n) => Val::Text(Cow::Borrowed(n)),

@@ -59,6 +59,11 @@ pub(crate) enum Transform {
     Range(Bound),
     /// `| url_encode`: percent-encoding, for text that goes into a URI.
     UrlEncode,
+    /// `| base64`: the text's UTF-8 bytes in Base64 (an ED sent with encoding `A`).
+    Base64,
+    /// `| hex_to_base64`: hexadecimal bytes re-encoded as Base64 (an ED sent with
+    /// encoding `Hex`).
+    HexToBase64,
     /// `| when(cond)`: keeps the value only if the condition holds.
     When(Box<Cond>),
     Builtin(DataType, TimeZone),
@@ -67,7 +72,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), range_low, range_high, url_encode, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+join('separator'), range_low, range_high, url_encode, base64, hex_to_base64, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -97,6 +102,8 @@ pub(crate) fn build(
         "nhs_number" => argc(0).map(|_| Transform::NhsNumber)?,
         "range_low" => argc(0).map(|_| Transform::Range(Bound::Low))?,
         "url_encode" => argc(0).map(|_| Transform::UrlEncode)?,
+        "base64" => argc(0).map(|_| Transform::Base64)?,
+        "hex_to_base64" => argc(0).map(|_| Transform::HexToBase64)?,
         "range_high" => argc(0).map(|_| Transform::Range(Bound::High))?,
         "datetime" | "instant" => {
             let tz = match args.len() {
@@ -242,6 +249,22 @@ pub(crate) fn range_bound(s: &str, bound: Bound) -> Option<&str> {
         Bound::Low => &t[..a],
         Bound::High => rest,
     })
+}
+
+/// The UTF-8 bytes of `s` in standard Base64 with padding (FHIR `base64Binary`).
+pub(crate) fn base64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// Hexadecimal text (either case; white space between the digits, as senders
+/// wrap long values, is ignored) re-encoded as standard Base64. `None` when it is
+/// not an even number of hex digits.
+pub(crate) fn hex_to_base64(s: &str) -> Option<String> {
+    use base64::Engine;
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let bytes = hex::decode(digits).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// `s` percent-encoded (RFC 3986): every byte but the unreserved `A-Z a-z 0-9 - .
@@ -835,6 +858,24 @@ mod tests {
         fn range_bounds_agree_with_the_regex(s in "[ <>=+.0-9-]{0,12}") {
             check_range(&s);
         }
+    }
+
+    #[test]
+    fn base64_encodes_the_utf8_bytes() {
+        assert_eq!(base64("Line one\r\nLine two"), "TGluZSBvbmUNCkxpbmUgdHdv");
+        assert_eq!(base64("tŷ"), "dMW3");
+        assert_eq!(base64(""), "");
+    }
+
+    #[test]
+    fn hex_to_base64_decodes_hex_and_refuses_the_rest() {
+        // `%PDF-` in hex, upper and lower case, wrapped
+        assert_eq!(hex_to_base64("255044462D").as_deref(), Some("JVBERi0="));
+        assert_eq!(hex_to_base64("2550 4446\n2d").as_deref(), Some("JVBERi0="));
+        assert_eq!(hex_to_base64("").as_deref(), Some(""));
+        assert_eq!(hex_to_base64("255"), None);
+        assert_eq!(hex_to_base64("25XY"), None);
+        assert_eq!(hex_to_base64("2-50"), None);
     }
 
     #[test]

@@ -591,6 +591,14 @@ def oru_r01_microbiology():
                     11: "F"}),
         seg("OBX", {1: "4", 2: "DT", 3: "SAMPDT^Date sample taken^TELEPATH", 5: "20261117",
                     11: "F"}),
+        # two organisms in one result: OBX-5 repeats
+        seg("OBX", {1: "5", 2: "CE", 3: "ORGX^Other organisms isolated^TELEPATH",
+                    5: "ENTC^Enterococcus species^TELEPATH~PMIR^Proteus mirabilis^TELEPATH",
+                    11: "F"}),
+        # the printed report as plain text: an ED with encoding A, line breaks escaped
+        seg("OBX", {1: "6", 2: "ED", 3: "RPT^Laboratory report^TELEPATH",
+                    5: "TELEPATH^TEXT^PLAIN^A^URINE MCS\\X0D\\\\X0A\\Significant bacteriuria.",
+                    11: "F"}),
         seg("NTE", {1: "1", 2: "L", 3: "Significant bacteriuria. Treat according to sensitivities."}),
     ])
 
