@@ -1832,12 +1832,24 @@ impl<'a> Ctx<'a> {
                     Val::Empty
                 }
             },
-            Transform::RegexReplace(re, rep) => {
-                Val::Text(Cow::Owned(re.replace_all(&text, rep.as_str()).into_owned()))
-            }
+            Transform::RegexReplace(re, rep) => match re.replace_all(&text, rep.as_str()) {
+                // no match: the text as it was, still borrowed from the message
+                Cow::Borrowed(_) => Val::Text(text),
+                Cow::Owned(replaced) => Val::Text(Cow::Owned(replaced)),
+            },
             Transform::UrlEncode => match transform::url_encode(&text) {
                 Cow::Borrowed(_) => Val::Text(text),
                 Cow::Owned(encoded) => Val::Text(Cow::Owned(encoded)),
+            },
+            Transform::Comparator => match transform::split_comparator(&text).0 {
+                "" => Val::Empty,
+                c => Val::Text(Cow::Borrowed(c)),
+            },
+            Transform::StripComparator => match &text {
+                Cow::Borrowed(t) => Val::Text(Cow::Borrowed(transform::split_comparator(t).1)),
+                Cow::Owned(t) => {
+                    Val::Text(Cow::Owned(transform::split_comparator(t).1.to_string()))
+                }
             },
             Transform::Base64 => Val::Text(Cow::Owned(transform::base64(&text))),
             Transform::HexToBase64 => match transform::hex_to_base64(&text) {

@@ -144,6 +144,23 @@ fn transforms() {
     check("'x' | when(PID-8 = 'F')", Value::Null);
     let id = transform::uuid5("Patient", "9434765919");
     check("PID-3.1 | uuid5('Patient')", json!(id));
+    check("'<= 5' | comparator", json!("<="));
+    check("'5' | comparator", Value::Null);
+    check("' >90' | strip_comparator | number", json!(90));
+    check("'4.5' | strip_comparator", json!("4.5"));
+    check("'(3.5-5.0)' | range_low | number", json!(3.5));
+    check("'tŷ' | base64", json!("dMW3"));
+    check("'255044462D' | hex_to_base64", json!("JVBERi0="));
+    check("'2550F' | hex_to_base64", Value::Null);
+}
+
+#[test]
+fn hex_that_is_not_hex_is_a_warning() {
+    let (_, out) = body("v = \"'25ZZ' | hex_to_base64\"", MESSAGE);
+    assert_eq!(
+        out.warnings,
+        vec!["not hexadecimal (an even number of 0-9 A-F digits); left out"]
+    );
 }
 
 #[test]

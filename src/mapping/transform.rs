@@ -59,6 +59,10 @@ pub(crate) enum Transform {
     Range(Bound),
     /// `| url_encode`: percent-encoding, for text that goes into a URI.
     UrlEncode,
+    /// `| comparator`: the `<`, `<=`, `>` or `>=` a value starts with (`<5`).
+    Comparator,
+    /// `| strip_comparator`: the value after its comparator (`<5` → `5`).
+    StripComparator,
     /// `| base64`: the text's UTF-8 bytes in Base64 (an ED sent with encoding `A`).
     Base64,
     /// `| hex_to_base64`: hexadecimal bytes re-encoded as Base64 (an ED sent with
@@ -72,7 +76,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), range_low, range_high, url_encode, base64, hex_to_base64, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+join('separator'), range_low, range_high, url_encode, comparator, strip_comparator, base64, hex_to_base64, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -102,6 +106,8 @@ pub(crate) fn build(
         "nhs_number" => argc(0).map(|_| Transform::NhsNumber)?,
         "range_low" => argc(0).map(|_| Transform::Range(Bound::Low))?,
         "url_encode" => argc(0).map(|_| Transform::UrlEncode)?,
+        "comparator" => argc(0).map(|_| Transform::Comparator)?,
+        "strip_comparator" => argc(0).map(|_| Transform::StripComparator)?,
         "base64" => argc(0).map(|_| Transform::Base64)?,
         "hex_to_base64" => argc(0).map(|_| Transform::HexToBase64)?,
         "range_high" => argc(0).map(|_| Transform::Range(Bound::High))?,
@@ -226,10 +232,11 @@ pub(crate) fn uuid5(kind: &str, value: &str) -> String {
 
 /// A bound of a reference range as labs write it in OBX-7: `3.5-5.0` (both),
 /// `>3.5` or `>=3.5` (low only), `<5.0` or `<=5.0` (high only); white space
-/// around the parts is allowed, bounds of a `low-high` range may be signed.
+/// around the parts is allowed, bounds of a `low-high` range may be signed, and
+/// the whole may be in brackets (`(3.5-5.0)`, `[3.5-5.0]`, as some labs print it).
 /// `None` for anything else. The number is returned as written (`| number` reads it).
 pub(crate) fn range_bound(s: &str, bound: Bound) -> Option<&str> {
-    let t = s.trim();
+    let t = unbracket(s.trim());
     let one_sided = match bound {
         Bound::Low => t.strip_prefix('>'),
         Bound::High => t.strip_prefix('<'),
@@ -249,6 +256,28 @@ pub(crate) fn range_bound(s: &str, bound: Bound) -> Option<&str> {
         Bound::Low => &t[..a],
         Bound::High => rest,
     })
+}
+
+/// A value split after the comparator it starts with, as labs send results beyond
+/// a method's range (`<5`, `>= 90`): the comparator (`<`, `<=`, `>`, `>=`, or empty
+/// when there is none) and the rest, both without surrounding white space.
+pub(crate) fn split_comparator(s: &str) -> (&'static str, &str) {
+    let t = s.trim();
+    for c in ["<=", ">=", "<", ">"] {
+        if let Some(rest) = t.strip_prefix(c) {
+            return (c, rest.trim_start());
+        }
+    }
+    ("", t)
+}
+
+/// `s` without one pair of round or square brackets around it (and the white
+/// space inside them).
+fn unbracket(s: &str) -> &str {
+    match s.as_bytes() {
+        [b'(', .., b')'] | [b'[', .., b']'] => s[1..s.len() - 1].trim(),
+        _ => s,
+    }
 }
 
 /// The UTF-8 bytes of `s` in standard Base64 with padding (FHIR `base64Binary`).
@@ -769,6 +798,20 @@ mod tests {
         assert_eq!(range_bound("3.5-5.0", Bound::High), Some("5.0"));
         assert_eq!(range_bound(">=2", Bound::Low), Some("2"));
         assert_eq!(range_bound(">=2", Bound::High), None);
+        // in brackets, as some labs print ranges: the same as without them
+        for (bracketed, plain) in [
+            ("(3.5-5.3)", "3.5-5.3"),
+            ("[ 133 - 146 ]", "133 - 146"),
+            ("(>90)", ">90"),
+            ("(<5)", "<5"),
+            ("()", ""),
+        ] {
+            for bound in [Bound::Low, Bound::High] {
+                assert_eq!(range_bound(bracketed, bound), range_bound(plain, bound));
+            }
+        }
+        assert_eq!(range_bound("(3.5-5.3]", Bound::Low), None);
+        assert_eq!(range_bound("(3.5)-5.3", Bound::High), None);
     }
 
     /// What `number` and `serde_json` write for the text.
@@ -858,6 +901,18 @@ mod tests {
         fn range_bounds_agree_with_the_regex(s in "[ <>=+.0-9-]{0,12}") {
             check_range(&s);
         }
+    }
+
+    #[test]
+    fn split_comparator_takes_the_leading_comparator() {
+        assert_eq!(split_comparator("<5"), ("<", "5"));
+        assert_eq!(split_comparator(" >= 90 "), (">=", "90"));
+        assert_eq!(split_comparator("<=0.5"), ("<=", "0.5"));
+        assert_eq!(split_comparator(">"), (">", ""));
+        assert_eq!(split_comparator("4.5"), ("", "4.5"));
+        assert_eq!(split_comparator("5<6"), ("", "5<6"));
+        assert_eq!(split_comparator("=5"), ("", "=5"));
+        assert_eq!(split_comparator(""), ("", ""));
     }
 
     #[test]

@@ -608,7 +608,7 @@ def oru_r01_order_notes():
     # each with its own ORC (ORC-5, ORC-9 transaction time, ORC-12 ordering GP). The
     # first OBR carries OBR-14 (specimen received), OBR-15 as a v2.4 SPS (specimen
     # source code in subcomponents) and OBR-16, an NTE directly after it (the
-    # requester's clinical details: a note on the order, not on a result), and 3 OBX
+    # requester's clinical details: a note on the order, not on a result), and 4 OBX
     # with an NTE after one of them. The second order was placed by another GP of the
     # practice: its OBR has no OBR-16 (the ORC-12 of its own ORC says who) and no
     # specimen fields (so no Specimen).
@@ -652,6 +652,9 @@ def oru_r01_order_notes():
         seg("NTE", {1: "1", 2: "L", 3: "ALT raised: suggest repeat in 4 weeks."}),
         nm("2", "ALP^Alkaline phosphatase^WINPATH", "102", "U/L", "30-130"),
         nm("3", "BILI^Bilirubin^WINPATH", "11", "umol/L", "0-21"),
+        # below the method's range: a comparator before the number, the range in
+        # brackets, and a flag the interpretation table does not know
+        nm("4", "GGT^Gamma GT^WINPATH", "<5", "U/L", "(0-38)", "*"),
         seg("ORC", {1: "RE", 2: "ICE5521911^ICE", 3: "26B0778813^WINPATH", 5: "CM",
                     9: "20261121091800", 12: gp2}),
         seg("OBR", {
@@ -664,7 +667,7 @@ def oru_r01_order_notes():
             24: "CHEM",
             25: "F",
         }),
-        nm("4", "TSH^Thyroid stimulating hormone^WINPATH", "2.1", "mU/L", "0.27-4.2"),
+        nm("5", "TSH^Thyroid stimulating hormone^WINPATH", "2.1", "mU/L", "0.27-4.2"),
     ])
 
 
