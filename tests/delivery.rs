@@ -467,3 +467,64 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     let last = fhir.accepted.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.1, "P1-002");
 }
+
+/// A message whose mapping gives a warning (its NHS number fails modulus 11) is
+/// still routed; the warning is counted in `/metrics` and on the routing log
+/// line, and its text (which names the number) is in neither the log nor the
+/// event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_warning_is_counted_and_its_text_never_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("engine");
+    let out = tmp.path().join("out");
+    routes(
+        &dir,
+        r#"
+[routes.a04]
+messages = ["ADT^A04"]
+mapping = "adt"
+destinations = ["files"]
+"#,
+    );
+    let extra = format!(
+        "[destinations.files]\nkind = \"file\"\ndir = \"{}\"\n",
+        out.display()
+    );
+    let engine = Engine::start_with(&dir, "normal", &extra);
+    let message = std::fs::read_to_string(
+        harness::repo_root().join("tests/bad-input/nhs_number_bad_checksum.hl7"),
+    )
+    .unwrap();
+    send(&engine, &[message]).await;
+    eventually(&engine, "the message routed", || {
+        json(&engine, "/api/messages?control_id=RALBAD0000000004")["messages"][0]["routing"]
+            == "routed"
+    })
+    .await;
+    let (_, metrics) = engine.get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "junction_mapping_warnings_total 1"),
+        "{metrics}"
+    );
+    let log = engine.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("message routed") && l.contains("RALBAD0000000004"))
+        .unwrap_or_else(|| panic!("no routing line:\n{log}"));
+    assert!(line.contains("warnings=1"), "{line}");
+    assert!(
+        !log.contains("9990160822"),
+        "the NHS number is logged:\n{log}"
+    );
+    assert!(
+        !log.contains("modulus"),
+        "a warning's text is logged:\n{log}"
+    );
+    // the document went out, the number kept as a local identifier
+    eventually(&engine, "the document written", || {
+        std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0) == 1
+    })
+    .await;
+}

@@ -245,6 +245,10 @@ fn routing_line(name: &str, r: &RoutingEvent) -> String {
     if let Some(stage) = &r.stage {
         line.push_str(&format!(" at {stage}"));
     }
+    if r.warnings > 0 {
+        let s = if r.warnings == 1 { "" } else { "s" };
+        line.push_str(&format!(" [{} mapping warning{s}]", r.warnings));
+    }
     if r.replay {
         line.push_str(" replay");
     }
@@ -401,6 +405,7 @@ mod tests {
             destinations: vec![],
             replay: false,
             stage: None,
+            warnings: 0,
             at: "2026-11-22T21:04:05.123Z".to_string(),
         });
         let line = render(
@@ -410,6 +415,29 @@ mod tests {
         );
         assert!(
             line.ends_with(" MessageUnrouted pas #3 ADT^A99 X1"),
+            "{line}"
+        );
+        let routed = Event::MessageRouted(RoutingEvent {
+            listener: "pas".to_string(),
+            journal_id: 4,
+            control_id: "X2".to_string(),
+            message_type: "ADT^A04".to_string(),
+            routes: vec!["a04".to_string()],
+            destinations: vec!["store".to_string()],
+            replay: false,
+            stage: None,
+            warnings: 2,
+            at: "2026-11-22T21:04:05.123Z".to_string(),
+        });
+        let line = render(
+            "MessageRouted",
+            &serde_json::to_string(&routed).unwrap(),
+            false,
+        );
+        assert!(
+            line.ends_with(
+                " MessageRouted pas #4 ADT^A04 X2 -> store (routes a04) [2 mapping warnings]"
+            ),
             "{line}"
         );
     }

@@ -93,6 +93,9 @@ struct Documents {
     deliveries: Vec<NewDelivery>,
     /// Routes that matched the header.
     matched: Vec<String>,
+    /// Warnings the mappings gave (an NHS number failing modulus 11, a value that
+    /// is not a number): counted, never logged, as their text may hold patient data.
+    warnings: u32,
 }
 
 impl Router {
@@ -141,6 +144,7 @@ impl Router {
             destinations: Vec::new(),
             replay,
             stage: None,
+            warnings: 0,
             at,
         };
         let mut routing = NewRouting {
@@ -154,6 +158,7 @@ impl Router {
         };
         match result {
             Ok(docs) if docs.deliveries.is_empty() => {
+                event.warnings = docs.warnings;
                 routing.routes = docs.matched;
                 event.routes = routing.routes.clone();
                 Routed {
@@ -174,6 +179,7 @@ impl Router {
                         destinations.push(d.destination.clone());
                     }
                 }
+                event.warnings = docs.warnings;
                 routing.outcome = RoutingOutcome::Routed;
                 routing.routes = routes.clone();
                 routing.deliveries = docs.deliveries;
@@ -211,6 +217,7 @@ impl Router {
         let selection = self.routes.select(&input);
         let matched: Vec<String> = selection.routes().map(|r| r.id().to_string()).collect();
         let mut deliveries = Vec::new();
+        let mut warnings = 0u32;
         for group in selection.groups() {
             let route_ids = || {
                 group
@@ -247,6 +254,7 @@ impl Router {
             let output = plan
                 .apply(&parsed)
                 .map_err(|e| fail("map", e.to_string()))?;
+            warnings = warnings.saturating_add(output.warnings.len() as u32);
             // the queue needs the patient (ordering key, NHS numbers) and the
             // routes may read the document: its routing view (the Patient and
             // what its GP reference names, read from their place in the text;
@@ -265,6 +273,7 @@ impl Router {
         Ok(Documents {
             deliveries,
             matched,
+            warnings,
         })
     }
 
@@ -328,6 +337,7 @@ impl Router {
         Ok(Documents {
             deliveries,
             matched,
+            warnings: 0,
         })
     }
 
@@ -428,6 +438,12 @@ pub(crate) fn report(shared: &Shared, routed: &Routed, routing_id: Option<i64>) 
         .inc();
     match &routed.event {
         Event::MessageRouted(e) | Event::MessageUnrouted(e) | Event::RoutingFailed(e) => {
+            if e.warnings > 0 {
+                shared
+                    .metrics
+                    .mapping_warnings
+                    .inc_by(u64::from(e.warnings));
+            }
             tracing::info!(
                 journal_id = e.journal_id,
                 control_id = %e.control_id,
@@ -438,6 +454,7 @@ pub(crate) fn report(shared: &Shared, routed: &Routed, routing_id: Option<i64>) 
                 routes = %e.routes.join(","),
                 destinations = %e.destinations.join(","),
                 stage = e.stage.as_deref().unwrap_or(""),
+                warnings = e.warnings,
                 replay = e.replay,
                 "message routed"
             );

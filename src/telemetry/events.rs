@@ -112,7 +112,14 @@ pub struct RoutingEvent {
     /// Failed only: the stage that failed (`parse`, `map`, `document`), never the error text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// Warnings the mapping gave (counted only: their text may hold patient data).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warnings: u32,
     pub at: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What happened to one queued delivery. No content.

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabel, Counter>,
     /// Queue depth by destination and status (refreshed every few seconds).
     pub queue_depth: Family<QueueLabel, Gauge>,
+    /// Warnings mappings gave (an NHS number failing modulus 11, ...): a count,
+    /// as their text may hold patient data.
+    pub mapping_warnings: Counter,
 }
 
 impl Metrics {
@@ -129,8 +132,15 @@ impl Metrics {
             "Delivery queue rows by destination and status",
             queue_depth.clone(),
         );
+        let mapping_warnings = Counter::default();
+        registry.register(
+            "mapping_warnings",
+            "Warnings given by mappings (e.g. an NHS number failing modulus 11)",
+            mapping_warnings.clone(),
+        );
         Metrics {
             registry,
+            mapping_warnings,
             routed,
             deliveries,
             queue_depth,

@@ -69,11 +69,15 @@ fn choose_filter(
     })
 }
 
-/// Installs the global tracing subscriber described by `cfg`, writing to stderr.
+/// Installs the global tracing subscriber described by `cfg`, writing to stderr:
+/// coloured on a terminal, plain text when stderr is a file, pipe or journald
+/// (no escape codes in what ops grep).
 pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
+    use std::io::IsTerminal;
     let filter = choose_filter(std::env::var("RUST_LOG").ok(), cfg.level.as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Text => builder.try_init(),
