@@ -295,7 +295,8 @@ def adt_a13():
 
 
 def adt_a04():
-    # Outpatient registration; the sender asks for enhanced acknowledgement.
+    # Outpatient registration; the sender asks for enhanced acknowledgement. Three
+    # OBX after the PV1 (height, weight, smoking status).
     return message([
         msh("CERNER", "RQX^RQX^ODS", "20261118101533", "ADT^A04^ADT_A01", "HOM000481516", "2.5",
             {15: "AL", 16: "NE", 17: "GBR"}),
@@ -328,6 +329,14 @@ def adt_a04():
             19: "OP20261118-0042^^^RQX^VN",
             44: "20261118101000",
         }),
+        # measurements taken at the clinic, as a PAS sends them after PV1: NM with
+        # UCUM units, a CE answer
+        seg("OBX", {1: "1", 2: "NM", 3: "50373000^Body height^SCT", 5: "141",
+                    6: "cm^centimetre^UCUM", 11: "F", 14: "20261118100500"}),
+        seg("OBX", {1: "2", 2: "NM", 3: "27113001^Body weight^SCT", 5: "33.4",
+                    6: "kg^kilogram^UCUM", 11: "F", 14: "20261118100500"}),
+        seg("OBX", {1: "3", 2: "CE", 3: "SMOK^Smoking status^RQX",
+                    5: "266919005^Never smoked tobacco^SCT", 11: "F"}),
     ])
 
 
