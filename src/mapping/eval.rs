@@ -276,7 +276,7 @@ struct Ctx<'a> {
     occurrence: Vec<(u32, bool)>,
     /// Macro values already computed in this apply, by macro, with whether
     /// computing them read `position()`.
-    cache: Vec<Vec<(MacroKey, bool, Val<'a>)>>,
+    cache: Vec<MacroCache<'a>>,
     /// How many times `position()` was read so far (to tell whether a macro's
     /// value depends on it).
     position_reads: usize,
@@ -304,6 +304,17 @@ const MACRO_CACHE_ENTRIES: usize = 64;
 
 /// Macros naming more segments than this are not cached.
 const MACRO_KEY_SEGMENTS: usize = 8;
+
+/// The values remembered for one macro. The keys' fingerprints are kept apart
+/// from the keys and values: a lookup scans only them (8 bytes an entry, not a
+/// cache line), and compares a whole key only where a fingerprint matches.
+#[derive(Default)]
+struct MacroCache<'a> {
+    fps: Vec<u64>,
+    /// By the same index: the key, whether computing the value read
+    /// `position()`, the value.
+    entries: Vec<(MacroKey, bool, Val<'a>)>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MacroKey {
@@ -356,7 +367,9 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         warned: FastSet::default(),
         without_id: Vec::new(),
         occurrence,
-        cache: vec![Vec::new(); plan.macros.len()],
+        cache: (0..plan.macros.len())
+            .map(|_| MacroCache::default())
+            .collect(),
         datetimes: Vec::new(),
         position_reads: 0,
         arena: &arena,
@@ -375,8 +388,10 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
     let mut out = String::with_capacity(plan.output_hint.load(Ordering::Relaxed));
     // keys in sorted order: entry, resourceType, type
     out.push_str("{\"entry\":[");
-    let mut entries = Vec::with_capacity(16);
-    let mut seen = FastSet::default();
+    // room for a lab report's entries without growing (a rehash of `seen` was
+    // 3% of an ORU's time)
+    let mut entries = Vec::with_capacity(64);
+    let mut seen = FastSet::with_capacity_and_hasher(64, Default::default());
     for r in &plan.resources {
         ctx.resource(r, &top, &mut out, &mut entries, &mut seen);
     }
@@ -1287,44 +1302,44 @@ impl<'a> Ctx<'a> {
         if deps.segments.len() > MACRO_KEY_SEGMENTS {
             return self.expr(e, scope);
         }
-        let mut segments = [u32::MAX; MACRO_KEY_SEGMENTS];
-        for (slot, &k) in segments.iter_mut().zip(&deps.segment_ids) {
-            *slot = self.resolve(k, scope);
-        }
-        let position = if deps.position { scope.position } else { 0 };
         // a cheap fingerprint compared first: most lookups scan several entries.
         // Without the position: an entry whose computation never read `position()`
         // (an earlier alternative won) serves every position.
-        // (Only the slots this macro uses: the rest are always unset.)
+        // (Only the slots this macro uses: the rest are always unset.) Made as the
+        // slots are resolved, so the slots are not read back straight after being
+        // written (a stalled load, measured).
+        let mut segments = [u32::MAX; MACRO_KEY_SEGMENTS];
         let mut fp = 0u64;
-        for x in segments
-            .iter()
-            .take(deps.segment_ids.len())
-            .map(|&x| x as u64)
-            .chain(elem.map(|(p, l, _)| (p ^ (l << 40)) as u64))
-        {
-            fp = (fp.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+        let mix = |fp: u64, x: u64| (fp.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+        for (slot, &k) in segments.iter_mut().zip(&deps.segment_ids) {
+            let at = self.resolve(k, scope);
+            *slot = at;
+            fp = mix(fp, u64::from(at));
         }
-        let key = MacroKey {
-            fp,
-            segments,
-            elem,
-            position,
-        };
+        if let Some((p, l, _)) = elem {
+            fp = mix(fp, (p ^ (l << 40)) as u64);
+        }
+        let position = if deps.position { scope.position } else { 0 };
         // most recent first: a scope asks for the same macros again and again
-        if let Some((_, used_position, v)) = self.cache.get(i).and_then(|c| {
-            c.iter().rev().find(|(k, used_position, _)| {
-                k.fp == key.fp
-                    && k.segments == key.segments
-                    && k.elem == key.elem
-                    && (!used_position || k.position == key.position)
-            })
-        }) {
-            if *used_position {
-                // an enclosing macro's value depends on the position too
-                self.position_reads += 1;
+        if let Some(c) = self.cache.get(i) {
+            let hit = c.fps.iter().rposition(|&f| f == fp).and_then(|last| {
+                c.entries[..=last]
+                    .iter()
+                    .rev()
+                    .find(|(k, used_position, _)| {
+                        k.fp == fp
+                            && k.segments == segments
+                            && k.elem == elem
+                            && (!used_position || k.position == position)
+                    })
+            });
+            if let Some((_, used_position, v)) = hit {
+                if *used_position {
+                    // an enclosing macro's value depends on the position too
+                    self.position_reads += 1;
+                }
+                return v.clone();
             }
-            return v.clone();
         }
         let before = self.position_reads;
         let v = self.expr(e, scope);
@@ -1332,10 +1347,18 @@ impl<'a> Ctx<'a> {
         let used_position = self.position_reads != before;
         if let Some(c) = self.cache.get_mut(i) {
             // bounded, so a message with thousands of groups stays linear
-            if c.len() >= MACRO_CACHE_ENTRIES {
-                let _oldest = c.remove(0);
+            if c.entries.len() >= MACRO_CACHE_ENTRIES {
+                c.fps.remove(0);
+                let _oldest = c.entries.remove(0);
             }
-            c.push((key, used_position, v.clone()));
+            c.fps.push(fp);
+            let key = MacroKey {
+                fp,
+                segments,
+                elem,
+                position,
+            };
+            c.entries.push((key, used_position, v.clone()));
         }
         v
     }
