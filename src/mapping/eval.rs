@@ -20,12 +20,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::hash::BuildHasherDefault;
 
-/// Sets of short strings (resource urls, warnings) hashed with FNV-1a, not SipHash:
-/// nothing here is keyed by an attacker who could flood one bucket to any effect
-/// beyond slowing their own message.
-type FastSet = HashSet<String, BuildHasherDefault<Fnv1a>>;
+/// Sets of short strings (resource urls, warnings) hashed with `rustc-hash`'s Fx
+/// hash, not SipHash: nothing here is keyed by an attacker who could flood one
+/// bucket to any effect beyond slowing their own message. (It replaced a
+/// byte-at-a-time FNV-1a: inserting the resources' urls was 1.8% of an ORU's time.)
+type FastSet = HashSet<String, rustc_hash::FxBuildHasher>;
 
 use std::sync::atomic::Ordering;
 
@@ -33,7 +33,7 @@ use bumpalo::Bump;
 use jiff::tz::TimeZone;
 use serde_json::Value;
 
-use super::compile::{Fnv1a, Iter, Key, MacroDeps, ObjTemplate, PlanInner, Resource, Template};
+use super::compile::{Iter, Key, MacroDeps, ObjTemplate, PlanInner, Resource, Template};
 use super::datatypes;
 use super::expr::{Anchor, Cond, Expr, GroupHead, Path, RepSel, Stage, Term};
 use super::json;
