@@ -105,22 +105,40 @@ impl<'a> Node<'a> {
 
     /// Empty: `""`, only white space, or only `^&~` and spaces or tabs.
     pub fn is_empty(&self) -> bool {
-        let raw = self.raw();
-        if raw.is_ascii() {
-            // one pass over the bytes for the usual case
-            let (mut blank, mut seps) = (true, true);
-            for b in raw.bytes() {
-                let c = char::from(b);
-                blank &= c.is_whitespace();
-                seps &= is_sep_or_space(c);
-                if !blank && !seps {
-                    return raw == "\"\"";
-                }
-            }
-            return true;
-        }
-        raw.trim_fast().is_empty() || !raw.chars().any(|c| !is_sep_or_space(c))
+        raw_is_empty(self.raw())
     }
+}
+
+/// [`Node::is_empty`] of an element's raw text.
+fn raw_is_empty(raw: &str) -> bool {
+    // the usual answer at the first byte: a value that starts with a letter or
+    // digit is not empty (and a long one, an ED's Base64, is not scanned)
+    if raw
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+    {
+        return false;
+    }
+    raw_is_empty_scan(raw)
+}
+
+/// [`raw_is_empty`] without the first-byte answer.
+fn raw_is_empty_scan(raw: &str) -> bool {
+    if raw.is_ascii() {
+        // one pass over the bytes for the usual case
+        let (mut blank, mut seps) = (true, true);
+        for b in raw.bytes() {
+            let c = char::from(b);
+            blank &= c.is_whitespace();
+            seps &= is_sep_or_space(c);
+            if !blank && !seps {
+                return raw == "\"\"";
+            }
+        }
+        return true;
+    }
+    raw.trim_fast().is_empty() || !raw.chars().any(|c| !is_sep_or_space(c))
 }
 
 fn is_sep_or_space(c: char) -> bool {
@@ -2077,7 +2095,7 @@ fn matches_at(document: &Value, fragment: &Value) -> bool {
 
 #[cfg(test)]
 mod helper_tests {
-    use super::{push_number, TrimFast};
+    use super::{push_number, raw_is_empty, raw_is_empty_scan, TrimFast};
 
     fn check_number(n: usize) {
         let mut s = String::from("x");
@@ -2093,6 +2111,22 @@ mod helper_tests {
     fn numbers_as_to_string() {
         for n in [0, 1, 9, 10, 99, 100, 12345, usize::MAX] {
             check_number(n);
+        }
+    }
+
+    #[test]
+    fn emptiness_is_known_at_the_first_byte_alike() {
+        for raw in [
+            "", " ", "^", "^~&", " \t", "\"\"", "a", "1^", "0", "é", " x", "^a", "Z ", "\"x\"",
+        ] {
+            assert_eq!(raw_is_empty(raw), raw_is_empty_scan(raw), "{raw:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn emptiness_agrees_with_the_scan(raw in "[ a-z0-9^&~\t\"é]{0,6}") {
+            proptest::prop_assert_eq!(raw_is_empty(&raw), raw_is_empty_scan(&raw));
         }
     }
 
