@@ -216,8 +216,22 @@ fn check_every_plan(text: &str) -> Result<(), TestCaseError> {
         return Ok(());
     };
     for plan in shipped().plans() {
+        // the engine's path (no read tracking) gives what `junction map` gives,
+        // less the unread report
+        let applied = plan.apply(&message);
+        let engine = plan.document(&message);
+        match (&applied, &engine) {
+            (Ok(a), Ok(e)) => {
+                prop_assert_eq!(&a.document, &e.document);
+                prop_assert_eq!(&a.entries, &e.entries);
+                prop_assert_eq!(&a.warnings, &e.warnings);
+                prop_assert!(e.unread.is_empty());
+            }
+            (Err(a), Err(e)) => prop_assert_eq!(a.to_string(), e.to_string()),
+            _ => prop_assert!(false, "`{}`: apply and document disagree", plan.name()),
+        }
         // An `Err` (no resource applies) is a fine answer; a panic is not.
-        if let Ok(output) = plan.apply(&message) {
+        if let Ok(output) = applied {
             // the text parses, and is exactly what serde_json writes for what it
             // parses to: keys sorted and unique, the same escapes and numbers
             let document: serde_json::Value =

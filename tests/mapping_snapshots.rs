@@ -119,6 +119,25 @@ fn mapping_twice_gives_identical_bytes() {
 }
 
 #[test]
+fn the_engines_path_gives_the_same_document_without_the_unread_report() {
+    let set = mappings();
+    for path in sample_files() {
+        let raw = std::fs::read(&path).unwrap();
+        for text in messages(&raw, &path) {
+            let message = junction::hl7::Message::parse(&text).unwrap();
+            let plan = set.select_for(&message).expect("a mapping");
+            let applied = plan.apply(&message).unwrap();
+            let engine = plan.document(&message).unwrap();
+            let name = path.display();
+            assert_eq!(applied.document, engine.document, "{name}");
+            assert_eq!(applied.entries, engine.entries, "{name}");
+            assert_eq!(applied.warnings, engine.warnings, "{name}");
+            assert!(engine.unread.is_empty(), "{name}");
+        }
+    }
+}
+
+#[test]
 fn the_same_patient_gets_the_same_patient_id_across_messages() {
     let a01 = map_one("samples/adt_a01_admission.hl7");
     let a08 = map_one("samples/adt_a08_update.hl7");

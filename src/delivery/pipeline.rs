@@ -251,8 +251,9 @@ impl Router {
                     ),
                 )
             })?;
+            // the engine's path: no unread report (nobody reads it here)
             let output = plan
-                .apply(&parsed)
+                .document(&parsed)
                 .map_err(|e| fail("map", e.to_string()))?;
             warnings = warnings.saturating_add(output.warnings.len() as u32);
             // the queue needs the patient (ordering key, NHS numbers) and the

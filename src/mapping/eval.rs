@@ -284,6 +284,8 @@ struct Ctx<'a> {
     seps: Separators,
     /// Bit `f` of `read[i]`: field `f` of segment `i` was read by some rule.
     read: Vec<u128>,
+    /// Whether reads are tracked (for the unread report) at all.
+    track_reads: bool,
     warnings: Vec<String>,
     warned: FastSet,
     /// The resource types left out because no id could be made for them (said
@@ -343,7 +345,16 @@ struct MacroKey {
 }
 
 /// Applies a plan to a message.
-pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput, MapError> {
+///
+/// With `report_unread`, the fields every rule read are tracked and those that
+/// none read are listed in [`MapOutput::unread`]; without, that list is empty and
+/// nothing is tracked (the engine's path: the document, entries and warnings are
+/// the same either way).
+pub(crate) fn apply(
+    plan: &PlanInner,
+    message: &Message<'_>,
+    report_unread: bool,
+) -> Result<MapOutput, MapError> {
     let names: Vec<[u8; 3]> = message.segments().map(|s| s.name_bytes()).collect();
     for segment in &plan.at_most_one {
         let count = names.iter().filter(|n| same_bytes(**n, segment)).count();
@@ -381,6 +392,7 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
         names,
         seps: *message.separators(),
         read: vec![0; segment_count],
+        track_reads: report_unread,
         warnings: Vec::new(),
         warned: FastSet::default(),
         without_id: Vec::new(),
@@ -413,7 +425,11 @@ pub(crate) fn apply(plan: &PlanInner, message: &Message<'_>) -> Result<MapOutput
     for r in &plan.resources {
         ctx.resource(r, &top, &mut out, &mut entries, &mut seen);
     }
-    let unread = ctx.unread();
+    let unread = if report_unread {
+        ctx.unread()
+    } else {
+        Vec::new()
+    };
     if entries.is_empty() {
         return Err(MapError::NoResources {
             mapping: plan.name.clone(),
@@ -610,7 +626,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn mark(&mut self, seg: usize, field: usize) {
-        if field < 128 {
+        if self.track_reads && field < 128 {
             if let Some(r) = self.read.get_mut(seg) {
                 *r |= 1u128 << field;
             }
@@ -1384,6 +1400,9 @@ impl<'a> Ctx<'a> {
     /// Marks the fields an alternative that was not needed would have read: a
     /// field named by a rule counts as mapped even when an earlier one won.
     fn touch_term(&mut self, t: &'a Term, scope: &Scope<'_, 'a>) {
+        if !self.track_reads {
+            return;
+        }
         match t {
             Term::Path(p) => {
                 if let Anchor::Field { segment, field } = &p.anchor {
