@@ -325,15 +325,39 @@ const MACRO_CACHE_ENTRIES: usize = 64;
 /// Macros naming more segments than this are not cached.
 const MACRO_KEY_SEGMENTS: usize = 8;
 
-/// The values remembered for one macro. The keys' fingerprints are kept apart
-/// from the keys and values: a lookup scans only them (8 bytes an entry, not a
-/// cache line), and compares a whole key only where a fingerprint matches.
-#[derive(Default)]
+/// The values remembered for one macro: at most [`MACRO_CACHE_ENTRIES`], the
+/// oldest replaced first, found through a direct-mapped index by key fingerprint.
+/// A lookup looks at one entry, the newest whose fingerprint fell in that bucket,
+/// and compares its whole key: a value whose bucket a newer one took is computed
+/// again (the same value: only time is lost), never a wrong one handed out.
 struct MacroCache<'a> {
-    fps: Vec<u64>,
-    /// By the same index: the key, whether computing the value read
-    /// `position()`, the value.
+    /// The key, whether computing the value read `position()`, the value.
     entries: Vec<(MacroKey, bool, Val<'a>)>,
+    /// Where the next entry goes once `entries` is full.
+    next: usize,
+    /// By `fp % MACRO_INDEX`: the entry last put in that bucket, or `NONE`.
+    index: [u8; MACRO_INDEX],
+}
+
+/// Buckets of a macro's index.
+const MACRO_INDEX: usize = 128;
+// entry positions fit the index's bytes, with `NONE` beyond them
+const _: () = assert!(MACRO_CACHE_ENTRIES < u8::MAX as usize);
+
+impl MacroCache<'_> {
+    const NONE: u8 = u8::MAX;
+
+    fn new() -> Self {
+        MacroCache {
+            entries: Vec::new(),
+            next: 0,
+            index: [Self::NONE; MACRO_INDEX],
+        }
+    }
+
+    fn bucket(fp: u64) -> usize {
+        ((fp ^ (fp >> 29)) as usize) % MACRO_INDEX
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,9 +421,7 @@ pub(crate) fn apply(
         warned: FastSet::default(),
         without_id: Vec::new(),
         occurrence,
-        cache: (0..plan.macros.len())
-            .map(|_| MacroCache::default())
-            .collect(),
+        cache: (0..plan.macros.len()).map(|_| MacroCache::new()).collect(),
         datetimes: Vec::new(),
         position_reads: 0,
         arena: &arena,
@@ -1354,19 +1376,17 @@ impl<'a> Ctx<'a> {
             fp = mix(fp, (p ^ (l << 40)) as u64);
         }
         let position = if deps.position { scope.position } else { 0 };
-        // most recent first: a scope asks for the same macros again and again
         if let Some(c) = self.cache.get(i) {
-            let hit = c.fps.iter().rposition(|&f| f == fp).and_then(|last| {
-                c.entries[..=last]
-                    .iter()
-                    .rev()
-                    .find(|(k, used_position, _)| {
-                        k.fp == fp
-                            && k.segments == segments
-                            && k.elem == elem
-                            && (!used_position || k.position == position)
-                    })
-            });
+            let at = c.index[MacroCache::bucket(fp)];
+            let hit = c
+                .entries
+                .get(usize::from(at))
+                .filter(|(k, used_position, _)| {
+                    k.fp == fp
+                        && k.segments == segments
+                        && k.elem == elem
+                        && (!used_position || k.position == position)
+                });
             if let Some((_, used_position, v)) = hit {
                 if *used_position {
                     // an enclosing macro's value depends on the position too
@@ -1380,19 +1400,25 @@ impl<'a> Ctx<'a> {
         let v = self.keep(v);
         let used_position = self.position_reads != before;
         if let Some(c) = self.cache.get_mut(i) {
-            // bounded, so a message with thousands of groups stays linear
-            if c.entries.len() >= MACRO_CACHE_ENTRIES {
-                c.fps.remove(0);
-                let _oldest = c.entries.remove(0);
-            }
-            c.fps.push(fp);
             let key = MacroKey {
                 fp,
                 segments,
                 elem,
                 position,
             };
-            c.entries.push((key, used_position, v.clone()));
+            let entry = (key, used_position, v.clone());
+            // bounded, so a message with thousands of groups stays linear: once
+            // full, the oldest entry is replaced
+            let at = if c.entries.len() < MACRO_CACHE_ENTRIES {
+                c.entries.push(entry);
+                c.entries.len() - 1
+            } else {
+                let at = c.next;
+                c.entries[at] = entry;
+                c.next = (at + 1) % MACRO_CACHE_ENTRIES;
+                at
+            };
+            c.index[MacroCache::bucket(fp)] = at as u8;
         }
         v
     }

@@ -559,6 +559,28 @@ fn macro_values_follow_their_scope() {
 }
 
 #[test]
+fn macro_values_stay_right_past_the_cache_bound() {
+    // 300 results: more values than a macro's cache holds (the oldest are replaced,
+    // buckets are shared), read in three passes; every one must be its own result's
+    let mut message = String::from(
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C3|P|2.4\rPID|1||X1^^^RAL^MR\rOBR|1||F1\r",
+    );
+    for k in 1..=300 {
+        message.push_str(&format!("OBX|{k}|NM|T{k}||{k}\r"));
+    }
+    let src = format!(
+        "{HEADER}\n[let]\nkey = \"concat(OBX-3.1, '=', OBX-5)\"\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\na = [{{ for = \"OBX\", k = \"$key\" }}]\nb = [{{ for = \"OBR > OBX\", k = \"$key\" }}]\nc = [{{ for = \"OBX\", k = \"$key\" }}]\n"
+    );
+    let out = apply_str(&src, &message);
+    let doc = out.value();
+    let r = &doc["entry"][0]["resource"];
+    let expected: Vec<Value> = (1..=300).map(|k| json!({ "k": format!("T{k}={k}") })).collect();
+    for pass in ["a", "b", "c"] {
+        assert_eq!(r[pass], json!(expected), "{pass}");
+    }
+}
+
+#[test]
 fn for_before_stops_at_the_first_stop_segment() {
     let message = "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C2|P|2.4\r\
 PID|1||9434765919^^^NHS^NH\r\
