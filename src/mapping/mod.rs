@@ -200,7 +200,8 @@ impl Plan {
     /// Applies the plan as the engine does on every message: the same document,
     /// entries and warnings as [`Plan::apply`], without tracking which fields were
     /// read (`unread` is empty). The report costs a pass over every field of the
-    /// message and a mark per read: 6% of an ADT^A01's parse+map, 3% of an ORU's.
+    /// message and a mark per read: about 6% of parse+map for both an ADT^A01 and
+    /// an ORU^R01 with 20 OBX (BENCHMARKS.md).
     pub fn document(&self, message: &crate::hl7::Message<'_>) -> Result<MapOutput, MapError> {
         eval::apply(&self.inner, message, false)
     }

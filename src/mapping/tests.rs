@@ -574,7 +574,9 @@ fn macro_values_stay_right_past_the_cache_bound() {
     let out = apply_str(&src, &message);
     let doc = out.value();
     let r = &doc["entry"][0]["resource"];
-    let expected: Vec<Value> = (1..=300).map(|k| json!({ "k": format!("T{k}={k}") })).collect();
+    let expected: Vec<Value> = (1..=300)
+        .map(|k| json!({ "k": format!("T{k}={k}") }))
+        .collect();
     for pass in ["a", "b", "c"] {
         assert_eq!(r[pass], json!(expected), "{pass}");
     }
