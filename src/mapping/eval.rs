@@ -1881,6 +1881,13 @@ impl<'a> Ctx<'a> {
                     Val::Empty
                 }
             },
+            Transform::Time => match transform::hl7_time(&text) {
+                Ok(t) => Val::Text(Cow::Owned(t)),
+                Err(e) => {
+                    self.warn(loc, e);
+                    Val::Empty
+                }
+            },
             Transform::DateTime(tz) => match self.datetime(&text, tz) {
                 Ok(d) => Val::Text(Cow::Borrowed(d)),
                 Err(e) => {

@@ -144,6 +144,8 @@ fn transforms() {
     check("'x' | when(PID-8 = 'F')", Value::Null);
     let id = transform::uuid5("Patient", "9434765919");
     check("PID-3.1 | uuid5('Patient')", json!(id));
+    check("'0930' | time", json!("09:30:00"));
+    check("'2430' | time", Value::Null);
     check("'<= 5' | comparator", json!("<="));
     check("'5' | comparator", Value::Null);
     check("' >90' | strip_comparator | number", json!(90));

@@ -45,6 +45,8 @@ pub(crate) enum Transform {
     Upper,
     Lower,
     Date,
+    /// `| time`: HL7 TM to a FHIR time.
+    Time,
     DateTime(TimeZone),
     /// `| instant(tz)`: a `datetime` that has a time of day (FHIR `instant`).
     Instant(TimeZone),
@@ -74,7 +76,7 @@ pub(crate) enum Transform {
 }
 
 /// Every transform name, for "expected one of" messages.
-pub(crate) const NAMES: &str = "trim, upper, lower, date, datetime(Europe/London), lookup(table), \
+pub(crate) const NAMES: &str = "trim, upper, lower, date, time, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
 join('separator'), range_low, range_high, url_encode, comparator, strip_comparator, base64, hex_to_base64, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
@@ -102,6 +104,7 @@ pub(crate) fn build(
         "upper" => argc(0).map(|_| Transform::Upper)?,
         "lower" => argc(0).map(|_| Transform::Lower)?,
         "date" => argc(0).map(|_| Transform::Date)?,
+        "time" => argc(0).map(|_| Transform::Time)?,
         "number" => argc(0).map(|_| Transform::Number)?,
         "nhs_number" => argc(0).map(|_| Transform::NhsNumber)?,
         "range_low" => argc(0).map(|_| Transform::Range(Bound::Low))?,
@@ -386,6 +389,49 @@ pub(crate) fn hl7_date(s: &str) -> Result<String, String> {
         }
         _ => Err(bad()),
     }
+}
+
+/// HL7 TM (`HH[MM[SS[.S[S[S[S]]]]]][+/-ZZZZ]`) to a FHIR time (`hh:mm:ss[.s]`):
+/// missing minutes and seconds are zero. A FHIR time has no zone, so an offset
+/// after the time is dropped.
+pub(crate) fn hl7_time(s: &str) -> Result<String, String> {
+    let s = s.split('^').next().unwrap_or("").trim();
+    let bad = || format!("`{s}` is not an HL7 time, expected HH[MM[SS[.SSSS]]]");
+    let t = match s.find(['+', '-']) {
+        Some(at) => {
+            let zone = &s[at + 1..];
+            if zone.len() != 4 || !zone.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            &s[..at]
+        }
+        None => s,
+    };
+    let (hms, frac) = match t.split_once('.') {
+        Some((hms, frac)) => (hms, Some(frac)),
+        None => (t, None),
+    };
+    if !hms.bytes().all(|b| b.is_ascii_digit()) || !matches!(hms.len(), 2 | 4 | 6) {
+        return Err(bad());
+    }
+    let part = |i: usize| hms.get(i..i + 2).map_or(0, num);
+    let (h, m, sec) = (part(0), part(2), part(4));
+    if h > 23 || m > 59 || sec > 59 {
+        return Err(bad());
+    }
+    let mut out = format!("{h:02}:{m:02}:{sec:02}");
+    if let Some(frac) = frac {
+        if hms.len() != 6
+            || frac.is_empty()
+            || frac.len() > 4
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        out.push('.');
+        out.push_str(frac);
+    }
+    Ok(out)
 }
 
 /// A number of at most 4 ASCII digits (already checked).
@@ -901,6 +947,34 @@ mod tests {
         fn range_bounds_agree_with_the_regex(s in "[ <>=+.0-9-]{0,12}") {
             check_range(&s);
         }
+    }
+
+    #[test]
+    fn hl7_time_to_fhir_time() {
+        assert_eq!(hl7_time("1230").as_deref(), Ok("12:30:00"));
+        assert_eq!(hl7_time("09").as_deref(), Ok("09:00:00"));
+        assert_eq!(hl7_time("235959").as_deref(), Ok("23:59:59"));
+        assert_eq!(hl7_time("123045.25").as_deref(), Ok("12:30:45.25"));
+        assert_eq!(hl7_time(" 1230+0100 ").as_deref(), Ok("12:30:00"));
+        assert_eq!(hl7_time("1230-0500").as_deref(), Ok("12:30:00"));
+        for bad in [
+            "",
+            "1",
+            "123",
+            "2400",
+            "1260",
+            "123060",
+            "12:30",
+            "1230.5",
+            "123045.",
+            "123045.12345",
+            "1230+01",
+            "abcd",
+        ] {
+            assert!(hl7_time(bad).is_err(), "{bad:?}");
+        }
+        // only the first component is read
+        assert_eq!(hl7_time("1230^x").as_deref(), Ok("12:30:00"));
     }
 
     #[test]

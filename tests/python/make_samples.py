@@ -604,6 +604,9 @@ def oru_r01_microbiology():
         seg("OBX", {1: "5", 2: "CE", 3: "ORGX^Other organisms isolated^TELEPATH",
                     5: "ENTC^Enterococcus species^TELEPATH~PMIR^Proteus mirabilis^TELEPATH",
                     11: "F"}),
+        # a time of day (TM): FHIR valueTime
+        seg("OBX", {1: "7", 2: "TM", 3: "RCVTM^Time received in the laboratory^TELEPATH",
+                    5: "1130", 11: "F"}),
         # the printed report as plain text: an ED with encoding A, line breaks escaped
         seg("OBX", {1: "6", 2: "ED", 3: "RPT^Laboratory report^TELEPATH",
                     5: "TELEPATH^TEXT^PLAIN^A^URINE MCS\\X0D\\\\X0A\\Significant bacteriuria.",
