@@ -54,6 +54,9 @@ pub(crate) struct PlanInner {
     /// The longest document this plan wrote so far: the capacity the next one's
     /// text starts with (a hint only; it never changes what is written).
     pub output_hint: std::sync::atomic::AtomicUsize,
+    /// The most Bundle entries a message gave so far, the same way: the entry
+    /// list and seen-set of the next start with that room.
+    pub entries_hint: std::sync::atomic::AtomicUsize,
 }
 
 /// One `[[resource]]`.
@@ -341,6 +344,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             resources,
             tests,
             output_hint: std::sync::atomic::AtomicUsize::new(1024),
+            entries_hint: std::sync::atomic::AtomicUsize::new(8),
         },
     })
 }
