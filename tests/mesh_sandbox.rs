@@ -9,7 +9,6 @@
 mod harness;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
@@ -574,100 +573,10 @@ async fn a_lost_answer_to_the_first_post_is_resolved_by_tracking_not_by_repostin
     assert_eq!(receiver.download(&id).await.unwrap().body, body);
 }
 
-/// Runs `openssl` with `args` in `dir`, failing the test with its output if it fails.
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl on PATH");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate,
-/// as NHS issues for live MESH. Returns the folder holding the PEM files.
-fn make_pki() -> tempfile::TempDir {
-    let pki = tempfile::tempdir().unwrap();
-    let dir = pki.path();
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Junction Test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    for (name, subject) in [
-        ("server", "/CN=127.0.0.1"),
-        ("client", "/CN=x26abc1.test.mesh"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                subject,
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-    pki
-}
-
 #[tokio::test]
 async fn mutual_tls_with_client_certificate_and_private_ca() {
-    let pki = make_pki();
-    let file = |name: &str| pki.path().join(name);
+    let pki = harness::pki::Pki::new();
+    let file = |name: &str| pki.path(name);
     let args: Vec<String> = [
         "--ssl-certfile",
         "server.pem",

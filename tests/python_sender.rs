@@ -15,40 +15,14 @@
 mod harness;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use harness::{repo_root, Engine};
+use harness::{repo_root, venv_python, Engine};
 
 /// File names in samples/ that are documentation, not messages (mirrors the
 /// python script's skip list; the test asserts both see the same files).
 const SKIP_SUFFIXES: [&str; 6] = [".md", ".txt", ".json", ".toml", ".py", ".sh"];
-
-/// The venv's python: `$JUNCTION_VENV` if set (as `tests/python/setup-venv.sh`
-/// honours it), else `.venv` at the repository root.
-fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("JUNCTION_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv"));
-    let python = venv.join("bin").join("python");
-    assert!(
-        python.exists(),
-        "{} is missing: run `tests/python/setup-venv.sh` from the repository root first \
-         (it creates .venv with python-hl7 and hl7apy; .ci/run does this)",
-        python.display()
-    );
-    let probe = Command::new(&python)
-        .args(["-c", "import hl7, hl7.client, hl7apy.parser"])
-        .output()
-        .expect("run the venv's python");
-    assert!(
-        probe.status.success(),
-        "{} cannot import hl7/hl7apy: re-run `tests/python/setup-venv.sh`\n{}",
-        python.display(),
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    python
-}
 
 /// Every sample file (relative to samples/), skipping samples/bad and docs.
 fn sample_files(samples: &Path) -> BTreeSet<String> {

@@ -44,6 +44,8 @@ pub struct LoadArgs {
     /// How long to wait for each connection and each ACK.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    #[command(flatten)]
+    pub tls: super::send::TlsArgs,
 }
 
 /// A realistic UK PAS admission (test NHS number 9434765919, valid check digit).
@@ -109,9 +111,10 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
 
 async fn load(args: LoadArgs, template: Arc<Template>) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    let tls = args.tls.client()?;
     let mut clients = Vec::with_capacity(args.connections as usize);
     for _ in 0..args.connections {
-        match MllpClient::connect(&args.to, timeout).await {
+        match MllpClient::connect_with(&args.to, timeout, tls.as_ref()).await {
             Ok(client) => clients.push(client),
             Err(err) => {
                 eprintln!("error: {err}");

@@ -1,5 +1,6 @@
 //! `junction send --to HOST:PORT FILES|DIRS... [--timeout-secs N]`: send HL7
-//! files over MLLP and print each ACK.
+//! files over MLLP and print each ACK. With `--tls-ca FILE` (and for a listener
+//! that wants client certificates `--tls-cert`/`--tls-key`), MLLP inside TLS.
 //!
 //! Directories are walked recursively in sorted order, skipping hidden files
 //! and folders (names starting with `.`). A file may hold one message,
@@ -24,6 +25,7 @@ use anyhow::Context;
 
 use crate::hl7::Hl7Error;
 use crate::mllp::client::{read_ack, MllpClient};
+use crate::mllp::tls::ClientTls;
 
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
@@ -36,6 +38,42 @@ pub struct SendArgs {
     /// How long to wait for the connection and for each ACK.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// MLLP inside TLS, for `send` and `load`.
+#[derive(Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Speak TLS, trusting the CA certificate(s) of this PEM file for the
+    /// listener's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a listener that asks for one (with --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// The name the listener's certificate must carry (default: the host of --to).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The client TLS set-up these arguments ask for (`None`: plain TCP).
+    pub fn client(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let tls = ClientTls::load(
+            ca,
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_server_name.as_deref(),
+        )?;
+        Ok(Some(tls))
+    }
 }
 
 /// One message found in a file.
@@ -123,10 +161,12 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let tls = args.tls.client()?;
     runtime.block_on(send_all(
         &args.to,
         messages,
         Duration::from_secs(args.timeout_secs.max(1)),
+        tls.as_ref(),
     ))
 }
 
@@ -134,8 +174,9 @@ async fn send_all(
     to: &str,
     messages: Vec<Outgoing>,
     timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = match MllpClient::connect(to, timeout).await {
+    let mut client = match MllpClient::connect_with(to, timeout, tls).await {
         Ok(client) => Some(client),
         Err(err) => {
             eprintln!("error: {err}");
@@ -160,7 +201,7 @@ async fn send_all(
         let file = message.file.display();
         // After a failure the connection is dropped; connect again for the next message.
         if client.is_none() {
-            client = MllpClient::connect(to, timeout).await.ok();
+            client = MllpClient::connect_with(to, timeout, tls).await.ok();
         }
         let line = match client.as_mut() {
             None => {

@@ -693,7 +693,35 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
                 need("workflow_id", d.workflow_id.is_some(), diags);
             }
             DestinationKind::Fhir => need("url", d.url.is_some(), diags),
-            DestinationKind::Mllp => need("address", d.address.is_some(), diags),
+            DestinationKind::Mllp => {
+                need("address", d.address.is_some(), diags);
+                let tls_key = [
+                    ("tls_cert_file", d.tls_cert_file.is_some()),
+                    ("tls_key_file", d.tls_key_file.is_some()),
+                    ("tls_server_name", d.tls_server_name.is_some()),
+                ]
+                .into_iter()
+                .find_map(|(key, set)| set.then_some(key));
+                if let (Some(key), None) = (tls_key, &d.tls_ca_file) {
+                    diags.push(doc.error(
+                        at(key),
+                        format!("destination `{id}`: the `tls_*` keys need `tls_ca_file` (the CA the listener's certificate chains to)"),
+                    ));
+                }
+                if d.tls_cert_file.is_some() != d.tls_key_file.is_some() {
+                    let set = if d.tls_cert_file.is_some() {
+                        "tls_cert_file"
+                    } else {
+                        "tls_key_file"
+                    };
+                    diags.push(doc.error(
+                        at(set),
+                        format!(
+                            "destination `{id}`: `tls_cert_file` and `tls_key_file` go together"
+                        ),
+                    ));
+                }
+            }
             DestinationKind::File => need("dir", d.dir.is_some(), diags),
         }
         if let Some(url) = &d.url {
@@ -783,8 +811,26 @@ fn known_ids<'a>(ids: impl Iterator<Item = &'a String>) -> String {
 fn resolve_paths(config: &mut Config, dir: &Path) {
     config.store.path = absolute(&dir.join(&config.store.path));
     config.store.records = absolute(&dir.join(&config.store.records));
+    for tls in config.listeners.values_mut().filter_map(|l| l.tls.as_mut()) {
+        for path in [&mut tls.cert_file, &mut tls.key_file]
+            .into_iter()
+            .chain(tls.client_ca_file.as_mut())
+        {
+            *path = absolute(&dir.join(&*path));
+        }
+    }
     for d in config.destinations.values_mut() {
         if let Some(path) = d.dir.as_mut() {
+            *path = absolute(&dir.join(&*path));
+        }
+        for path in [
+            &mut d.tls_ca_file,
+            &mut d.tls_cert_file,
+            &mut d.tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             *path = absolute(&dir.join(&*path));
         }
         if let Some(path) = d.token_file.as_mut() {
@@ -813,13 +859,48 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Checks against the file system (only from [`load_with_warnings`]).
 fn check_filesystem(config: &Config, file: &Path, source: &str, diags: &mut Diagnostics) {
+    let (root, _) = DeTable::parse_recoverable(source);
+    let doc = Doc {
+        file,
+        source,
+        root: root.get_ref(),
+    };
+    // TLS files are read as the engine would read them
+    for (id, d) in &config.destinations {
+        let Some(ca) = &d.tls_ca_file else { continue };
+        let loaded = crate::mllp::tls::ClientTls::load(
+            ca,
+            d.tls_cert_file.as_deref(),
+            d.tls_key_file.as_deref(),
+            d.tls_server_name.as_deref(),
+        );
+        if let Err(err) = loaded {
+            // the client side names its inputs as `junction send` does (`tls-ca`)
+            let key = match err.field {
+                "tls-cert" => "tls_cert_file",
+                "tls-key" => "tls_key_file",
+                "tls-server-name" => "tls_server_name",
+                _ => "tls_ca_file",
+            };
+            diags.push(doc.error(
+                doc.span(&["destinations", id, key]),
+                format!(
+                    "destination `{id}`: TLS `{key}` {}: {}",
+                    err.path.display(),
+                    err.problem
+                ),
+            ));
+        }
+    }
+    for (id, listener) in &config.listeners {
+        if let Some(Err(err)) = listener.tls.as_ref().map(|tls| tls.acceptor()) {
+            diags.push(doc.error(
+                doc.span(&["listeners", id, "tls", err.field]),
+                format!("listener `{id}`: TLS {err}"),
+            ));
+        }
+    }
     if config.store.path.is_dir() {
-        let (root, _) = DeTable::parse_recoverable(source);
-        let doc = Doc {
-            file,
-            source,
-            root: root.get_ref(),
-        };
         diags.push(doc.error(
             doc.span(&["store", "path"]),
             format!(
@@ -866,7 +947,75 @@ mod tests {
     fn unknown_key_points_at_the_key() {
         check(
             "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nmax_conections = 3\n",
-            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode` (did you mean `max_connections`?)"],
+            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`, `tls`, `allowed_peers` (did you mean `max_connections`?)"],
+        );
+    }
+
+    #[test]
+    fn allowed_peers_are_checked_where_written() {
+        check(
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nallowed_peers = [\"10.0.0.0/8\", \"10.1\"]\n",
+            &["junction.toml:3:17: error: invalid peer `10.1`, expected an IP address (`10.1.2.3`) or a network in CIDR form (`10.1.0.0/16`)"],
+        );
+        let (config, diags) = parse(
+            Path::new("junction.toml"),
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nallowed_peers = [\"10.0.0.0/8\", \"::1\"]\n",
+        );
+        assert!(diags.is_empty(), "{diags}");
+        let peers = &config.unwrap().listeners["pas"].allowed_peers;
+        assert!(peers[0].contains("10.9.8.7".parse().unwrap()));
+        assert!(peers[1].contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_mllp_destination_tls_needs_its_ca_and_both_halves_of_its_certificate() {
+        check(
+            "[destinations.lab]\nkind = \"mllp\"\naddress = \"lab:2575\"\ntls_cert_file = \"c.pem\"\n",
+            &[
+                "junction.toml:4:17: error: destination `lab`: the `tls_*` keys need `tls_ca_file` (the CA the listener's certificate chains to)",
+                "junction.toml:4:17: error: destination `lab`: `tls_cert_file` and `tls_key_file` go together",
+                "junction.toml: warning: no `[listeners.<id>]` table: `junction serve` will not accept any messages",
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junction.toml");
+        std::fs::write(
+            &file,
+            "[destinations.lab]\nkind = \"mllp\"\naddress = \"lab:2575\"\ntls_ca_file = \"ca.pem\"\n\n\
+             [listeners.pas]\nbind = \"127.0.0.1:2575\"\n",
+        )
+        .unwrap();
+        let lines: Vec<String> = load(&file)
+            .unwrap_err()
+            .iter()
+            .map(Diagnostic::one_line)
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("junction.toml:4:15: error: destination `lab`: TLS `tls_ca_file`")
+                && lines[0].contains("ca.pem: cannot be read"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_listener_tls_file_that_cannot_be_used_is_reported_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junction.toml");
+        std::fs::write(dir.path().join("junk.pem"), "not a key\n").unwrap();
+        std::fs::write(
+            &file,
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n\n[listeners.pas.tls]\n\
+             cert_file = \"tls/missing.pem\"\nkey_file = \"junk.pem\"\n",
+        )
+        .unwrap();
+        let diags = load(&file).unwrap_err();
+        let lines: Vec<String> = diags.iter().map(Diagnostic::one_line).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("junction.toml:5:13: error: listener `pas`: TLS `cert_file`")
+                && lines[0].contains("tls/missing.pem: cannot be read"),
+            "{lines:?}"
         );
     }
 
@@ -885,7 +1034,7 @@ mod tests {
             [
                 "junction.toml:10:1: error: destination `hwe` (kind = \"mesh\") needs `workflow_id`",
                 "junction.toml:12:11: error: destination `hwe`: unknown mailbox `nope`, expected one of the `[mesh.mailboxes.<id>]` tables (`junction`)",
-                "junction.toml:17:1: error: unknown field `urll`, expected one of `kind`, `external`, `mailbox`, `to`, `workflow_id`, `subject`, `url`, `token_env`, `token_file`, `address`, `dir`, `timeout_secs`, `max_attempts`, `max_age_secs`, `backoff_initial_ms`, `backoff_max_ms`, `concurrency` (did you mean `url`?)",
+                "junction.toml:17:1: error: unknown field `urll`, expected one of `kind`, `external`, `mailbox`, `to`, `workflow_id`, `subject`, `url`, `token_env`, `token_file`, `address`, `tls_ca_file`, `tls_cert_file`, `tls_key_file`, `tls_server_name`, `dir`, `timeout_secs`, `max_attempts`, `max_age_secs`, `backoff_initial_ms`, `backoff_max_ms`, `concurrency` (did you mean `url`?)",
             ],
             "{source}"
         );

@@ -136,12 +136,21 @@ pub fn build(
         DestinationKind::Mllp => {
             need("address", cfg.address.is_some())?;
             let address = cfg.address.as_deref().unwrap_or_default();
-            Arc::new(super::mllp::MllpDestination::new(
-                id,
-                address,
-                timeout,
-                usize::try_from(cfg.concurrency).unwrap_or(1),
-            ))
+            let tls = cfg.tls_ca_file.as_ref().map(|ca| super::mllp::TlsFiles {
+                ca_file: ca.clone(),
+                cert_file: cfg.tls_cert_file.clone(),
+                key_file: cfg.tls_key_file.clone(),
+                server_name: cfg.tls_server_name.clone(),
+            });
+            Arc::new(
+                super::mllp::MllpDestination::new(
+                    id,
+                    address,
+                    timeout,
+                    usize::try_from(cfg.concurrency).unwrap_or(1),
+                )
+                .with_tls(tls),
+            )
         }
         DestinationKind::Mesh => {
             need("mailbox", cfg.mailbox.is_some())?;

@@ -32,6 +32,8 @@ use futures_util::FutureExt;
 
 use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 use crate::mllp::client::{read_ack, ClientError, MllpClient};
+use crate::mllp::tls::{ClientTls, TlsFileError};
+use std::path::PathBuf;
 
 /// Longest MSA-2 kept as `remote_ref`, and longest code or location part kept.
 const MAX_ID_CHARS: usize = 64;
@@ -45,6 +47,29 @@ pub struct MllpDestination {
     timeout: Duration,
     idle: Mutex<Vec<MllpClient>>,
     max_idle: usize,
+    tls: Option<TlsFiles>,
+}
+
+/// The TLS files of an MLLP destination (`tls_*` keys), read at each new
+/// connection: a missing file is a retryable delivery error, and a renewed
+/// certificate is used without a restart.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+impl TlsFiles {
+    pub fn load(&self) -> Result<ClientTls, TlsFileError> {
+        ClientTls::load(
+            &self.ca_file,
+            self.cert_file.as_deref(),
+            self.key_file.as_deref(),
+            self.server_name.as_deref(),
+        )
+    }
 }
 
 impl MllpDestination {
@@ -58,7 +83,14 @@ impl MllpDestination {
             timeout,
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle.max(1),
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to the listener with these files (`None`: plain TCP).
+    pub fn with_tls(mut self, tls: Option<TlsFiles>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn take_idle(&self) -> Option<MllpClient> {
@@ -75,7 +107,13 @@ impl MllpDestination {
     }
 
     async fn connect(&self) -> Result<MllpClient, DeliveryError> {
-        MllpClient::connect(&self.address, self.timeout)
+        let tls = match &self.tls {
+            Some(files) => Some(files.load().map_err(|e| {
+                DeliveryError::retry(format!("destination `{}`: TLS {e}", self.id))
+            })?),
+            None => None,
+        };
+        MllpClient::connect_with(&self.address, self.timeout, tls.as_ref())
             .await
             .map_err(|e| DeliveryError::retry(format!("destination `{}`: {e}", self.id)))
     }

@@ -107,6 +107,18 @@ pub struct DestinationConfig {
     /// `host:port` of the downstream MLLP listener.
     #[serde(default)]
     pub address: Option<String>,
+    /// MLLP inside TLS: the PEM CA file the listener's certificate must chain to.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a listener that asks for one (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// The name the listener's certificate must carry (default: the host of `address`).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 
     // --- file ---
     /// Folder the documents are written into.
@@ -166,6 +178,10 @@ impl DestinationConfig {
             token_env: None,
             token_file: None,
             address: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
             dir: None,
             timeout_secs: default_timeout_secs(),
             max_attempts: default_max_attempts(),

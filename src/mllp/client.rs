@@ -1,6 +1,6 @@
-//! MLLP client: one TCP connection, one message at a time, each answered by
-//! an ACK. Used by `junction send` and `junction load` (and, later, by the
-//! MLLP forward destination).
+//! MLLP client: one TCP connection (plain, or TLS with [`ClientTls`]), one
+//! message at a time, each answered by an ACK. Used by `junction send`,
+//! `junction load` and the MLLP forward destination.
 //!
 //! It does not retry, split files or judge the ACK: callers decide what a NAK
 //! or a timeout means. [`read_ack`] is a small pure helper that reads MSA-1,
@@ -18,10 +18,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::codec::{MllpCodec, MllpError};
+use super::tls::ClientTls;
 use crate::hl7::Message;
 
 /// Largest ACK accepted. ACKs are a few hundred bytes; this only bounds
@@ -44,6 +46,13 @@ pub enum ClientError {
     },
     #[error("connecting to {addr} timed out after {} ms", timeout.as_millis())]
     ConnectTimeout { addr: String, timeout: Duration },
+    #[error("`{addr}`: no host name to check the listener's certificate against (give one with --tls-server-name)")]
+    TlsName { addr: String },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    TlsHandshake {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("sending to {peer} failed: {source}")]
     Send { peer: SocketAddr, source: MllpError },
     #[error("no ACK from {peer} within {} ms", timeout.as_millis())]
@@ -60,19 +69,54 @@ pub enum ClientError {
     BadAck(#[source] crate::hl7::Hl7Error),
 }
 
+/// What the client reads and writes: a TCP stream, or TLS over one.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
 /// An MLLP connection.
-#[derive(Debug)]
 pub struct MllpClient {
-    framed: Framed<TcpStream, MllpCodec>,
+    framed: Framed<Box<dyn Stream>, MllpCodec>,
     peer: SocketAddr,
     ack_timeout: Duration,
     broken: bool,
+}
+
+impl std::fmt::Debug for MllpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MllpClient")
+            .field("peer", &self.peer)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MllpClient {
     /// Connects to `addr` (`host:port`), giving up after `timeout`. The same
     /// `timeout` bounds the wait for each ACK (see [`MllpClient::with_ack_timeout`]).
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::connect_with(addr, timeout, None).await
+    }
+
+    /// [`MllpClient::connect`], inside TLS when `tls` is given: the handshake
+    /// (checking the listener's certificate) is part of connecting and of its
+    /// `timeout`.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, ClientError> {
+        let tls = match tls {
+            Some(tls) => {
+                // the host of `host:port` (an IPv6 address comes as `[::1]:2575`)
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                Some(tls.for_host(host).ok_or_else(|| ClientError::TlsName {
+                    addr: addr.to_string(),
+                })?)
+            }
+            None => None,
+        };
         let connect = async {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
                 .await
@@ -98,14 +142,29 @@ impl MllpClient {
                 },
             })
         };
+        let connect = async {
+            let (stream, peer) = connect.await?;
+            // One small frame per message: do not wait to coalesce.
+            let _ = stream.set_nodelay(true);
+            let stream: Box<dyn Stream> = match tls {
+                None => Box::new(stream),
+                Some((connector, name)) => {
+                    Box::new(connector.connect(name, stream).await.map_err(|source| {
+                        ClientError::TlsHandshake {
+                            addr: addr.to_string(),
+                            source,
+                        }
+                    })?)
+                }
+            };
+            Ok::<_, ClientError>((stream, peer))
+        };
         let (stream, peer) = tokio::time::timeout(timeout, connect).await.map_err(|_| {
             ClientError::ConnectTimeout {
                 addr: addr.to_string(),
                 timeout,
             }
         })??;
-        // One small frame per message: do not wait to coalesce.
-        let _ = stream.set_nodelay(true);
         Ok(MllpClient {
             framed: Framed::new(stream, MllpCodec::new(MAX_ACK_BYTES)),
             peer,

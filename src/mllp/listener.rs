@@ -53,8 +53,10 @@ use futures_util::{SinkExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +65,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::hl7::{self, AckCode, AckError, Header};
 use crate::journal::{Committed, Incoming, Journal, JournalError, Status};
 use crate::mllp::codec::{MllpCodec, MllpError, KEPT_BYTES};
+use crate::mllp::tls::{PeerNet, ServerTlsConfig, TlsFileError};
 use crate::telemetry::events::{self, Event, EventBus, MessageOutcome};
 use crate::telemetry::metrics::{AckLabel, Metrics};
 
@@ -81,6 +84,14 @@ pub struct ListenerConfig {
     /// original. `original`: always AA/AE/AR.
     #[serde(default)]
     pub ack_mode: AckMode,
+    /// `[listeners.<id>.tls]`: MLLP inside TLS (see `tls.rs`).
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    /// Addresses and networks (`10.1.2.3`, `10.1.0.0/16`) that may connect;
+    /// any other peer's connection is closed at once with a log line. Empty
+    /// (the default): any peer.
+    #[serde(default)]
+    pub allowed_peers: Vec<PeerNet>,
 }
 
 fn default_max_connections() -> usize {
@@ -109,21 +120,41 @@ pub enum ListenerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("listener `{id}`: TLS {source}")]
+    Tls { id: String, source: TlsFileError },
 }
 
 /// A bound, not yet running, MLLP listener.
-#[derive(Debug)]
 pub struct Listener {
     id: String,
     cfg: ListenerConfig,
     socket: TcpListener,
     local_addr: SocketAddr,
     events: EventBus,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Listener {
-    /// Binds the socket now, so that every bind problem shows before anything runs.
+    /// Reads the TLS files and binds the socket now, so that every such problem
+    /// shows before anything runs.
     pub async fn bind(id: &str, cfg: ListenerConfig) -> Result<Listener, ListenerError> {
+        let tls = match &cfg.tls {
+            Some(tls) => Some(tls.acceptor().map_err(|source| ListenerError::Tls {
+                id: id.to_string(),
+                source,
+            })?),
+            None => None,
+        };
         let bind_err = |source| ListenerError::Bind {
             id: id.to_string(),
             addr: cfg.bind,
@@ -137,6 +168,7 @@ impl Listener {
             socket,
             local_addr,
             events: EventBus::default(),
+            tls,
         })
     }
 
@@ -177,7 +209,13 @@ impl Listener {
                 events: self.events.clone(),
             });
             let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
-            info!(addr = %self.local_addr, "listening");
+            info!(
+                addr = %self.local_addr,
+                tls = self.tls.is_some(),
+                client_certificates = self.cfg.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+                allowed_peers = self.cfg.allowed_peers.len(),
+                "listening"
+            );
             loop {
                 let permit = tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -199,12 +237,31 @@ impl Listener {
                         }
                     },
                 };
+                if !self.cfg.allowed_peers.is_empty()
+                    && !self.cfg.allowed_peers.iter().any(|n| n.contains(peer.ip()))
+                {
+                    // the peer's address is not patient data; nothing was read
+                    warn!(%peer, "connection refused: the peer is not in allowed_peers");
+                    ctx.counters.refused.inc();
+                    drop(stream);
+                    continue;
+                }
+                // ACK latency matters more than packet count.
+                let _ = stream.set_nodelay(true);
                 let ctx = Arc::clone(&ctx);
                 let cancel = cancel.clone();
+                let tls = self.tls.clone();
                 let conn_span = info_span!("conn", %peer);
                 tracker.spawn(
                     async move {
-                        serve_connection(stream, peer, &ctx, &cancel).await;
+                        match tls {
+                            None => serve_connection(stream, peer, &ctx, &cancel).await,
+                            Some(acceptor) => {
+                                if let Some(stream) = handshake(&acceptor, stream, &ctx, &cancel).await {
+                                    serve_connection(stream, peer, &ctx, &cancel).await;
+                                }
+                            }
+                        }
                         drop(permit);
                     }
                     .instrument(conn_span),
@@ -235,6 +292,8 @@ struct ListenerCounters {
     rejected: Counter,
     duplicates: Counter,
     open_connections: Gauge,
+    refused: Counter,
+    tls_failed: Counter,
 }
 
 impl ListenerCounters {
@@ -245,6 +304,8 @@ impl ListenerCounters {
             rejected: metrics.rejected.get_or_create(&label).clone(),
             duplicates: metrics.duplicates.get_or_create(&label).clone(),
             open_connections: metrics.open_connections.get_or_create(&label).clone(),
+            refused: metrics.connections_refused.get_or_create(&label).clone(),
+            tls_failed: metrics.tls_handshake_failures.get_or_create(&label).clone(),
         }
     }
 }
@@ -264,16 +325,51 @@ enum Next {
     Close,
 }
 
-async fn serve_connection(
+/// How long a sender may take to complete the TLS handshake (at most the
+/// listener's idle timeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The TLS handshake of a new connection: the stream, or `None` (logged,
+/// counted, connection closed) when it fails, times out or the engine stops.
+async fn handshake(
+    acceptor: &TlsAcceptor,
     stream: TcpStream,
+    ctx: &ConnContext,
+    cancel: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let limit = ctx.idle_timeout.min(HANDSHAKE_TIMEOUT);
+    let outcome = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        outcome = tokio::time::timeout(limit, acceptor.accept(stream)) => outcome,
+    };
+    match outcome {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            // rustls' reason (no client certificate, unknown CA, not TLS at
+            // all): about the connection, never about a message
+            warn!(error = %err, "TLS handshake failed, connection closed");
+            ctx.counters.tls_failed.inc();
+            None
+        }
+        Err(_) => {
+            warn!(
+                timeout_secs = limit.as_secs(),
+                "TLS handshake not completed in time, connection closed"
+            );
+            ctx.counters.tls_failed.inc();
+            None
+        }
+    }
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     peer: SocketAddr,
     ctx: &ConnContext,
     cancel: &CancellationToken,
 ) {
     ctx.counters.open_connections.inc();
     let _open = OpenGuard(ctx.counters.open_connections.clone());
-    // ACK latency matters more than packet count.
-    let _ = stream.set_nodelay(true);
     let peer_text = peer.to_string();
     let mut framed = Framed::new(stream, MllpCodec::new(ctx.max_message_bytes));
     debug!("connection opened");
@@ -382,11 +478,11 @@ async fn keep_garbage(ctx: &ConnContext, peer: &str, kept: Bytes, seen: usize, r
 }
 
 /// Handles one complete frame: assess, journal, answer.
-async fn handle_frame(
+async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &ConnContext,
     peer: &str,
     frame: Bytes,
-    framed: &mut Framed<TcpStream, MllpCodec>,
+    framed: &mut Framed<S, MllpCodec>,
 ) -> Next {
     let started = Instant::now();
     let received_at = jiff::Timestamp::now();

@@ -1,5 +1,6 @@
 //! MLLP: the framing codec, the listener that journals and acknowledges each
-//! message, and the client used by `junction send` and `junction load`.
+//! message, the client used by `junction send` and `junction load`, and TLS for
+//! both (`tls.rs`, with a listener's `allowed_peers`).
 //!
 //! # Invariants
 //! - `AA`/`CA` is written only after the message is committed to the journal.
@@ -10,3 +11,4 @@
 pub mod client;
 pub mod codec;
 pub mod listener;
+pub mod tls;

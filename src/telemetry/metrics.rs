@@ -55,6 +55,10 @@ pub struct Metrics {
     pub duplicates: Family<ListenerLabel, Counter>,
     /// Open MLLP connections.
     pub open_connections: Family<ListenerLabel, Gauge>,
+    /// Connections closed at once: the peer is not in `allowed_peers`.
+    pub connections_refused: Family<ListenerLabel, Counter>,
+    /// Connections closed because their TLS handshake failed or timed out.
+    pub tls_handshake_failures: Family<ListenerLabel, Counter>,
     /// Seconds per journal group commit.
     pub commit_seconds: Histogram,
     /// Messages per journal group commit.
@@ -78,6 +82,8 @@ impl Metrics {
         let rejected = Family::<ListenerLabel, Counter>::default();
         let duplicates = Family::<ListenerLabel, Counter>::default();
         let open_connections = Family::<ListenerLabel, Gauge>::default();
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        let tls_handshake_failures = Family::<ListenerLabel, Counter>::default();
         let commit_seconds = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ]);
@@ -103,6 +109,16 @@ impl Metrics {
             "open_connections",
             "Open MLLP connections",
             open_connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "MLLP connections closed at once: the peer is not in allowed_peers",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "MLLP connections closed because the TLS handshake failed or timed out",
+            tls_handshake_failures.clone(),
         );
         registry.register(
             "journal_commit_seconds",
@@ -149,6 +165,8 @@ impl Metrics {
             rejected,
             duplicates,
             open_connections,
+            connections_refused,
+            tls_handshake_failures,
             commit_seconds,
             commit_batch_size,
         }

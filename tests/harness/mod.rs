@@ -17,6 +17,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod mesh;
+pub mod pki;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -35,6 +36,32 @@ pub fn repo_root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The venv's python: `$JUNCTION_VENV` if set (as `tests/python/setup-venv.sh`
+/// honours it), else `.venv` at the repository root.
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("JUNCTION_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"));
+    let python = venv.join("bin").join("python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `tests/python/setup-venv.sh` from the repository root first \
+         (it creates .venv with python-hl7 and hl7apy; .ci/run does this)",
+        python.display()
+    );
+    let probe = Command::new(&python)
+        .args(["-c", "import hl7, hl7.client, hl7apy.parser"])
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        probe.status.success(),
+        "{} cannot import hl7/hl7apy: re-run `tests/python/setup-venv.sh`\n{}",
+        python.display(),
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    python
 }
 
 /// A loopback port that was free a moment ago.
