@@ -591,6 +591,21 @@ fn check_listener_limits(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics
                 format!("listener `{id}`: idle_timeout_secs is 0, expected at least 1"),
             ));
         }
+        if !l.bind.ip().is_loopback() && l.tls.is_none() {
+            diags.push(
+                doc.warning(
+                    at("bind"),
+                    format!(
+                        "listener `{id}` binds {} without TLS: messages (patient data) cross the network in clear",
+                        l.bind
+                    ),
+                )
+                .with_note(format!(
+                    "add `[listeners.{id}.tls]` (cert_file, key_file; README: MLLP over TLS) or \
+                     terminate TLS in front of it, and name the senders in `allowed_peers`"
+                )),
+            );
+        }
     }
 }
 
@@ -1114,6 +1129,7 @@ mod tests {
         check(
             "[listeners.a]\nbind = \"127.0.0.1:2575\"\n[listeners.b]\nbind = \"0.0.0.0:2575\"\n[api]\nbind = \"127.0.0.1:2575\"\n",
             &[
+                "junction.toml:4:8: warning: listener `b` binds 0.0.0.0:2575 without TLS: messages (patient data) cross the network in clear",
                 "junction.toml:4:8: error: listener `b` binds 0.0.0.0:2575, which listener `a` already uses (127.0.0.1:2575)",
                 "junction.toml:6:8: error: the API binds 127.0.0.1:2575, which listener `a` already uses (127.0.0.1:2575)",
                 "junction.toml:6:8: error: the API binds 127.0.0.1:2575, which listener `b` already uses (0.0.0.0:2575)",
@@ -1150,9 +1166,17 @@ mod tests {
         );
         assert!(config.is_some());
         assert_eq!(diags.error_count(), 0, "{diags}");
-        assert_eq!(diags.warning_count(), 1, "{diags}");
+        // the API's, and the listener's without TLS
+        assert_eq!(diags.warning_count(), 2, "{diags}");
         assert!(diags.to_string().contains("not loopback"), "{diags}");
         assert!(diags.to_string().contains("need bearer tokens"), "{diags}");
+        assert!(
+            diags.to_string().contains(
+                "listener `a` binds 0.0.0.0:2575 without TLS: messages (patient data) cross the network in clear"
+            ),
+            "{diags}"
+        );
+        assert!(diags.to_string().contains("[listeners.a.tls]"), "{diags}");
     }
 
     #[test]
