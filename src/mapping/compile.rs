@@ -76,10 +76,11 @@ pub(crate) struct Resource {
     pub create_only: bool,
 }
 
-/// `for = "OBR > OBX"` (segment groups) or `each = "PID-3[*]"` (elements).
+/// `for = "OBR > OBX"` (segment groups; an array of such chains: each in
+/// turn) or `each = "PID-3[*]"` (elements).
 #[derive(Debug)]
 pub(crate) enum Iter {
-    For(Vec<super::expr::GroupHead>),
+    For(Vec<Vec<super::expr::GroupHead>>),
     Each(Expr),
 }
 
@@ -465,15 +466,32 @@ impl<'s> Compiler<'s> {
         }
     }
 
+    /// `for = "OBR > OBX"`, or several such chains in an array, iterated one
+    /// after the other (`["OBX before OBR", "OBR > OBX"]`).
     fn iter_for(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Iter> {
-        let src = self.string(v)?;
-        match expr::parse_for(src) {
-            Ok(heads) => Some(Iter::For(heads)),
-            Err(e) => {
-                self.expr_error(v, src, e);
-                None
+        let items: Vec<&Spanned<DeValue<'_>>> = match v.get_ref() {
+            DeValue::Array(items) if !items.is_empty() => items.iter().collect(),
+            DeValue::Array(_) => {
+                self.error(
+                    v.span().start,
+                    "`for` is an empty array, expected segment groups like `OBR > OBX`".to_string(),
+                );
+                return None;
+            }
+            _ => vec![v],
+        };
+        let mut chains = Vec::with_capacity(items.len());
+        for item in items {
+            let src = self.string(item)?;
+            match expr::parse_for(src) {
+                Ok(heads) => chains.push(heads),
+                Err(e) => {
+                    self.expr_error(item, src, e);
+                    return None;
+                }
             }
         }
+        Some(Iter::For(chains))
     }
 
     /// An array of strings, each turned into an item by `item` (`Err`: what is

@@ -778,7 +778,11 @@ impl<'a> Ctx<'a> {
         f: &mut dyn FnMut(&mut Self, &Scope<'_, 'a>),
     ) {
         match it {
-            Iter::For(heads) => self.groups(heads, scope, f),
+            Iter::For(chains) => {
+                for heads in chains {
+                    self.groups(heads, scope, f);
+                }
+            }
             Iter::Each(e) => {
                 let v = self.expr(e, scope);
                 let items = match v {

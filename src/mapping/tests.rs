@@ -782,6 +782,47 @@ fn fast_paths_write_what_the_general_evaluation_writes() {
 }
 
 #[test]
+fn a_for_array_takes_each_chain_in_turn() {
+    // results with no order first, then an order's: each chain in the array's order
+    let message = "MSH|^~\\&|POCT|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C9|P|2.3\r\
+PID|1||9434765919^^^NHS^NH\r\
+OBX|1|NM|PH^pH||7.31\r\
+NTE|1||arterial\r\
+OBX|2|NM|LAC^Lactate||3.4\r\
+OBR|1||F1|BG^Blood gas\r\
+OBX|1|NM|K^Potassium||4.1\r";
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nresults = [{{ for = [\"OBX before OBR\", \"OBR > OBX\"], code = \"OBX-3.1\", at = \"position()\", order = \"OBR-3\", notes = [{{ for = \"NTE\", text = \"NTE-3\" }}] }}]\n"
+    )
+    .replace("ADT^A01", "ORU^R01");
+    let out = apply_str(&src, message);
+    assert_eq!(
+        out.value()["entry"][0]["resource"]["results"],
+        json!([
+            {"code": "PH", "at": "1", "notes": [{"text": "arterial"}]},
+            {"code": "LAC", "at": "2"},
+            {"code": "K", "at": "1", "order": "F1"}
+        ])
+    );
+    // an empty array, and a bad chain in one, are errors at load
+    let base = "[mapping]\nmessages = [\"ORU^R01\"]\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n";
+    for (bad, message) in [
+        ("[]", "`for` is an empty array"),
+        ("[\"OBX before OBR\", \"OBR >\"]", "in `for`"),
+        ("[\"OBX\", 3]", "expected a string, found integer"),
+    ] {
+        let errors =
+            compile_str(&format!("{base}n = [{{ for = {bad}, t = \"OBX-3\" }}]\n")).expect_err(bad);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == 7 && e.message.contains(message)),
+            "{bad}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn bad_for_is_reported_at_load() {
     let base = "[mapping]\nmessages = [\"ORU^R01\"]\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\n";
     for bad in [

@@ -722,6 +722,32 @@ def oru_r01_orc_numbers():
     ])
 
 
+def oru_r01_point_of_care():
+    # A point-of-care analyser on a ward (blood gas), v2.3: results straight after the
+    # PID and PV1, with no OBR (no order: the device was used at the bedside) and an
+    # NTE after one of them. Such results still belong in the record: each OBX is an
+    # Observation of the patient in the visit, with no report around it.
+    taken = "20261122034500"
+    return message([
+        msh("RAPIDPOINT", "RAL01", "20261122034712", "ORU^R01", "RP2611220347120031", "2.3"),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['hughes']}^^^NHS^NH~RAL7788990^^^RAL^MR",
+            5: "HUGHES^GARETH^^^MR",
+            7: "19530704",
+            8: "M",
+        }),
+        seg("PV1", {1: "1", 2: "I", 3: "ITU^BED 4^^RAL01", 19: "V2026112177^^^RAL^VN"}),
+        seg("OBX", {1: "1", 2: "NM", 3: "PH^pH^RAPIDPOINT", 5: "7.31", 7: "7.35-7.45", 8: "L",
+                    11: "F", 14: taken}),
+        seg("OBX", {1: "2", 2: "NM", 3: "PCO2^pCO2^RAPIDPOINT", 5: "6.9", 6: "kPa",
+                    7: "4.7-6.0", 8: "H", 11: "F", 14: taken}),
+        seg("OBX", {1: "3", 2: "NM", 3: "LAC^Lactate^RAPIDPOINT", 5: "3.4", 6: "mmol/L",
+                    7: "0.5-2.2", 8: "H", 11: "F", 14: taken}),
+        seg("NTE", {1: "1", 3: "Arterial sample, patient on 40% oxygen."}),
+    ])
+
+
 def adt_a31_latin1():
     # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
     text = message([
@@ -875,6 +901,7 @@ def main():
         "oru_r01_microbiology.hl7": oru_r01_microbiology().encode("ascii"),
         "oru_r01_order_notes.hl7": oru_r01_order_notes().encode("ascii"),
         "oru_r01_orc_numbers.hl7": oru_r01_orc_numbers().encode("ascii"),
+        "oru_r01_point_of_care.hl7": oru_r01_point_of_care().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
