@@ -389,7 +389,11 @@ async fn pipelined_frames_are_answered_in_order() {
             .await
             .expect("no reply within the test's patience")
             .unwrap_or_default();
-        assert!(n > 0, "closed after {} ACK(s)", buf.iter().filter(|&&b| b == FS).count());
+        assert!(
+            n > 0,
+            "closed after {} ACK(s)",
+            buf.iter().filter(|&&b| b == FS).count()
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
     let acks: Vec<String> = buf

@@ -173,7 +173,49 @@ fn every_sample_gets_aa_over_tls_and_plain_mllp_gets_no_answer() {
         &engine,
         "junction_tls_handshake_failures_total{listener=\"pas\"}",
     );
-    assert_eq!(after, before + 1.0, "the failed handshake is counted");
+    assert_eq!(after, before + 1.0, "the refused connection is counted");
+    assert!(
+        engine
+            .log_text()
+            .contains("plain MLLP sent to a TLS listener: the sender does not use TLS"),
+        "{}",
+        engine.log_text()
+    );
+    // what it sent is kept for inspection, as garbage (it was never acknowledged)
+    let (status, body) = engine.get("/api/messages?status=garbage");
+    assert_eq!(status, 200, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let rows = rows["messages"].as_array().expect("messages");
+    assert_eq!(rows.len(), 1, "{body}");
+    let id = rows[0]["id"].as_i64().expect("id");
+    let (_, detail) = engine.get(&format!("/api/messages/{id}"));
+    let detail: serde_json::Value = serde_json::from_str(&detail).expect("JSON");
+    assert!(
+        detail["raw"]
+            .as_str()
+            .is_some_and(|raw| raw.contains("MSH|^~\\&|PAS|RAL01")),
+        "{detail}"
+    );
+
+    // a client that starts a TLS record but sends garbage instead of a handshake
+    let back = {
+        let mut stream = TcpStream::connect(engine.mllp).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("read timeout");
+        let _ = stream.write_all(b"\x16\x03\x01\x00\x05hello");
+        let mut back = Vec::new();
+        let _ = stream.read_to_end(&mut back);
+        back
+    };
+    assert!(!text(&back).contains("MSA|"), "{back:?}");
+    assert_eq!(
+        metric(
+            &engine,
+            "junction_tls_handshake_failures_total{listener=\"pas\"}"
+        ),
+        before + 2.0
+    );
     assert!(
         engine.log_text().contains("TLS handshake failed"),
         "{}",

@@ -257,7 +257,10 @@ impl Listener {
                         match tls {
                             None => serve_connection(stream, peer, &ctx, &cancel).await,
                             Some(acceptor) => {
-                                if let Some(stream) = handshake(&acceptor, stream, &ctx, &cancel).await {
+                                let peer_text = peer.to_string();
+                                if let Some(stream) =
+                                    handshake(&acceptor, stream, &peer_text, &ctx, &cancel).await
+                                {
                                     serve_connection(stream, peer, &ctx, &cancel).await;
                                 }
                             }
@@ -331,13 +334,28 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The TLS handshake of a new connection: the stream, or `None` (logged,
 /// counted, connection closed) when it fails, times out or the engine stops.
+/// A sender speaking plain MLLP to the TLS port (its first byte is MLLP's start
+/// block, never a TLS record's) is told apart in the log, and what it sent is
+/// kept in the journal as `garbage`, as any other bytes that are not a message.
 async fn handshake(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
+    peer: &str,
     ctx: &ConnContext,
     cancel: &CancellationToken,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let limit = ctx.idle_timeout.min(HANDSHAKE_TIMEOUT);
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        _ = cancel.cancelled() => return None,
+        peeked = tokio::time::timeout(limit, stream.peek(&mut first)) => peeked,
+    };
+    if let Ok(Ok(1)) = peeked {
+        if first[0] == crate::mllp::codec::VT {
+            plain_on_tls(stream, peer, ctx).await;
+            return None;
+        }
+    }
     let outcome = tokio::select! {
         _ = cancel.cancelled() => return None,
         outcome = tokio::time::timeout(limit, acceptor.accept(stream)) => outcome,
@@ -360,6 +378,27 @@ async fn handshake(
             None
         }
     }
+}
+
+/// Keeps what a plain-MLLP sender sent to a TLS listener (what has arrived,
+/// up to [`KEPT_BYTES`]) and closes: no ACK, so the sender keeps the message.
+async fn plain_on_tls(mut stream: TcpStream, peer: &str, ctx: &ConnContext) {
+    use tokio::io::AsyncReadExt;
+    ctx.counters.tls_failed.inc();
+    let mut kept = vec![0u8; KEPT_BYTES];
+    let n = match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut kept)).await {
+        Ok(Ok(n)) => n,
+        _ => 0,
+    };
+    kept.truncate(n);
+    keep_garbage(
+        ctx,
+        peer,
+        Bytes::from(kept),
+        n,
+        "plain MLLP sent to a TLS listener: the sender does not use TLS",
+    )
+    .await;
 }
 
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
