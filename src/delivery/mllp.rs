@@ -5,6 +5,9 @@
 //! byte for byte. Connections ([`MllpClient`]) are kept open between
 //! deliveries in a small idle pool (one per concurrent delivery); a pooled
 //! connection the peer has closed meanwhile is replaced by a fresh one at once.
+//! With `tls_ca_file` (and `tls_cert_file`/`tls_key_file` for a listener that
+//! asks for a client certificate) it speaks TLS; the files are read at each new
+//! connection, so a missing one is a retryable error, not a failed start.
 //!
 //! It does not rewrite MSH (no new control id or sending application), does not
 //! split batches, and does not send documents that are not HL7 (a Bundle from a
@@ -24,6 +27,7 @@
 //!   never reused.
 //! - Nothing of the message or the ACK text is logged.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,7 +37,6 @@ use futures_util::FutureExt;
 use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 use crate::mllp::client::{read_ack, ClientError, MllpClient};
 use crate::mllp::tls::{ClientTls, TlsFileError};
-use std::path::PathBuf;
 
 /// Longest MSA-2 kept as `remote_ref`, and longest code or location part kept.
 const MAX_ID_CHARS: usize = 64;

@@ -31,6 +31,11 @@
 //! message only. `ack_mode = "original"` ignores MSH-15/16 and always answers
 //! AA/AE/AR.
 //!
+//! Before any frame: a peer outside `allowed_peers` (when set) is closed at
+//! once; with `[listeners.<id>.tls]` the TLS handshake comes first (see
+//! `tls.rs`), and a sender speaking plain MLLP to the TLS port has what it sent
+//! kept as `garbage`, like any bytes that are not a message.
+//!
 //! It does not parse beyond the header, route or deliver anything.
 //!
 //! # Invariants
