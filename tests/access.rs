@@ -598,6 +598,29 @@ async fn operations_need_an_ops_token_off_loopback() {
     );
     let allowed = queues(Some(&ops));
     assert!(allowed.status.success(), "{}", text(&allowed.stderr));
+    // A change to the objections register is recorded as the token's.
+    let client = reqwest::Client::new();
+    let added = client
+        .post(format!("{}/api/objections", server.base))
+        .bearer_auth(&ops)
+        .json(&serde_json::json!({"nhs_number": "9434765919", "note": "form"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let changes = get(&server, "/api/objections/changes", Some(&ops), None, None).await;
+    assert_eq!(changes.status, 200, "{}", changes.body);
+    assert_eq!(changes.body["changes"][0]["changed_by"], "token ops-desk");
+    assert_eq!(changes.body["changes"][0]["action"], "added");
+    let refused = get(
+        &server,
+        "/api/objections/changes",
+        Some(&clinical),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
     // An unknown path is refused before it is found missing.
     assert_eq!(
         get(&server, "/api/nothing", None, None, None).await.status,
@@ -681,6 +704,81 @@ async fn objections_register_by_cli_and_http() {
     let out = server.cli(&["objections", "list"]);
     assert!(text(&out.stdout).trim().is_empty(), "{}", text(&out.stdout));
     assert!(text(&out.stderr).contains("empty"), "{}", text(&out.stderr));
+
+    // Every change is on record, newest first, with who made it: the CLI as
+    // `cli <user>`, the API open on loopback as such. A refused add and a
+    // removal of what was not there changed nothing, so left no row.
+    let changes: Value = client
+        .get(format!("{}/api/objections/changes", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, String)> = changes["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["nhs_number"].as_str().unwrap().to_string(),
+                c["action"].as_str().unwrap().to_string(),
+                c["changed_by"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let who: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(rows.len(), 4, "{changes}");
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.0.as_str(), r.1.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("9434765919", "removed"),
+            ("9990000018", "removed"),
+            ("9990000018", "added"),
+            ("9434765919", "added"),
+        ]
+    );
+    assert!(
+        who[0].starts_with("cli ") && who[3].starts_with("cli "),
+        "{who:?}"
+    );
+    assert_eq!(who[1], "loopback API (no token)");
+    assert_eq!(who[2], "loopback API (no token)");
+    assert_eq!(changes["changes"][3]["note"], "letter 12/03");
+    let one: Value = client
+        .get(format!(
+            "{}/api/objections/changes?nhs_number=999%20000%200018",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["changes"].as_array().map(Vec::len), Some(2), "{one}");
+    let bad = client
+        .get(format!(
+            "{}/api/objections/changes?nhs_number=1234567890",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let out = server.cli(&["objections", "history", "9434765919"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let history = text(&out.stdout);
+    assert!(
+        history.contains("removed")
+            && history.contains("added")
+            && history.contains("letter 12/03")
+            && !history.contains("9990000018"),
+        "{history}"
+    );
 }
 
 /// The A01 sample as patient `nhs` (a valid NHS number) with `control` as MSH-10.

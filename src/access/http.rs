@@ -10,6 +10,9 @@
 //!   201 when added, 200 when it was already there.
 //! - `DELETE /api/objections/{nhs_number}`: 200 when removed, 404 when it
 //!   was not there.
+//! - `GET /api/objections/changes?nhs_number=&limit=`: every change to the
+//!   register (added, note changed, removed) with when and who (the token's
+//!   name, or the open loopback API), newest first, as `{"changes": [...]}`.
 //!
 //! Errors are JSON `{"error": "..."}`: 400 for bad input (an NHS number
 //! failing modulus 11, an unknown parameter), 404, 500 (details logged,
@@ -20,7 +23,7 @@
 //! - The router has no fallback, so it merges into the main server's router.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -29,7 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::objections::{self, NhsNumber};
-use super::tokens::Access;
+use super::tokens::{Access, Caller};
 use super::{blocking, AccessError};
 use crate::store::{is_id, AuditQuery};
 
@@ -45,6 +48,7 @@ pub fn router(access: Access) -> Router {
     Router::new()
         .route("/api/audit", get(audit))
         .route("/api/objections", get(list_objections).post(add_objection))
+        .route("/api/objections/changes", get(objection_changes))
         .route("/api/objections/{nhs_number}", delete(remove_objection))
         .with_state(access)
 }
@@ -82,6 +86,21 @@ impl IntoResponse for HttpError {
     }
 }
 
+fn bad_query(rejection: QueryRejection) -> HttpError {
+    HttpError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+}
+
+/// A list's `limit`: [`DEFAULT_AUDIT_LIMIT`] when not given, 1 to [`MAX_AUDIT_LIMIT`].
+fn checked_limit(limit: Option<u32>) -> Result<u32, HttpError> {
+    let limit = limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    if limit == 0 || limit > MAX_AUDIT_LIMIT {
+        return Err(HttpError::BadRequest(format!(
+            "invalid limit {limit}, expected 1 to {MAX_AUDIT_LIMIT}"
+        )));
+    }
+    Ok(limit)
+}
+
 /// The query of `GET /api/audit`; unknown parameters are refused so a typo
 /// does not silently list everything.
 #[derive(Debug, Deserialize)]
@@ -96,15 +115,8 @@ async fn audit(
     State(access): State<Access>,
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let Query(params) = params.map_err(|rejection| {
-        HttpError::BadRequest(format!("invalid query: {}", rejection.body_text()))
-    })?;
-    let limit = params.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
-    if limit == 0 || limit > MAX_AUDIT_LIMIT {
-        return Err(HttpError::BadRequest(format!(
-            "invalid limit {limit}, expected 1 to {MAX_AUDIT_LIMIT}"
-        )));
-    }
+    let Query(params) = params.map_err(bad_query)?;
+    let limit = checked_limit(params.limit)?;
     let patient = params.patient.filter(|p| !p.is_empty());
     if let Some(patient) = &patient {
         let id = patient.strip_prefix("Patient/").unwrap_or(patient);
@@ -124,6 +136,41 @@ async fn audit(
     Ok(Json(json!({ "audit": rows })).into_response())
 }
 
+/// Who made a change, as the objection trail records it: the token the guard
+/// let through, or the open API on loopback (no token asked).
+fn changed_by(caller: Option<Extension<Caller>>) -> String {
+    match caller {
+        Some(Extension(caller)) => format!("token {}", caller.name),
+        None => "loopback API (no token)".to_string(),
+    }
+}
+
+/// The query of `GET /api/objections/changes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesParams {
+    nhs_number: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn objection_changes(
+    State(access): State<Access>,
+    params: Result<Query<ChangesParams>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(bad_query)?;
+    let limit = checked_limit(params.limit)?;
+    let number = match params.nhs_number.filter(|n| !n.trim().is_empty()) {
+        Some(text) => Some(NhsNumber::parse(&text)?),
+        None => None,
+    };
+    let store = access.store().clone();
+    let rows =
+        tokio::task::spawn_blocking(move || objections::changes(&store, number.as_ref(), limit))
+            .await
+            .map_err(AccessError::from)??;
+    Ok(Json(json!({ "changes": rows })).into_response())
+}
+
 async fn list_objections(State(access): State<Access>) -> Result<Response, HttpError> {
     let store = access.store().clone();
     let rows = blocking(move || store.list_objections()).await?;
@@ -140,6 +187,7 @@ struct NewObjection {
 
 async fn add_objection(
     State(access): State<Access>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<NewObjection>, JsonRejection>,
 ) -> Result<Response, HttpError> {
     let Json(body) = body.map_err(|rejection| {
@@ -160,8 +208,9 @@ async fn add_objection(
     }
     let store = access.store().clone();
     let stored = number.clone();
+    let by = changed_by(caller);
     let added =
-        tokio::task::spawn_blocking(move || objections::add(&store, &stored, note.as_deref()))
+        tokio::task::spawn_blocking(move || objections::add(&store, &stored, note.as_deref(), &by))
             .await
             .map_err(AccessError::from)??;
     tracing::info!(added, "objection registered");
@@ -179,6 +228,7 @@ async fn add_objection(
 
 async fn remove_objection(
     State(access): State<Access>,
+    caller: Option<Extension<Caller>>,
     nhs_number: Result<Path<String>, PathRejection>,
 ) -> Result<Response, HttpError> {
     let Path(nhs_number) = nhs_number.map_err(|rejection| {
@@ -187,7 +237,8 @@ async fn remove_objection(
     let number = NhsNumber::parse(&nhs_number)?;
     let store = access.store().clone();
     let stored = number.clone();
-    let removed = tokio::task::spawn_blocking(move || objections::remove(&store, &stored))
+    let by = changed_by(caller);
+    let removed = tokio::task::spawn_blocking(move || objections::remove(&store, &stored, &by))
         .await
         .map_err(AccessError::from)??;
     if !removed {

@@ -9,9 +9,11 @@
 //!   10 digits (spaces and hyphens given by a person are dropped), so a
 //!   lookup of the same number written differently finds it.
 //! - Nothing here logs an NHS number.
+//! - Every change to the register is recorded with who made it, in the same
+//!   transaction as the change (`objection_changes` in the record store).
 
 use crate::delivery::Objections;
-use crate::store::{Objection, RecordStore};
+use crate::store::{Objection, ObjectionChange, RecordStore};
 
 use super::AccessError;
 
@@ -41,18 +43,33 @@ impl std::fmt::Display for NhsNumber {
 }
 
 /// Adds `nhs_number` to the register; `Ok(false)` when it was already there
-/// (a given note then replaces the old one).
+/// (a given note then replaces the old one). `changed_by` says who (see
+/// [`ObjectionChange::changed_by`]).
 pub fn add(
     store: &RecordStore,
     nhs_number: &NhsNumber,
     note: Option<&str>,
+    changed_by: &str,
 ) -> Result<bool, AccessError> {
-    Ok(store.add_objection(nhs_number.as_str(), note)?)
+    Ok(store.add_objection(nhs_number.as_str(), note, changed_by)?)
 }
 
 /// Removes `nhs_number`; `Ok(false)` when it was not in the register.
-pub fn remove(store: &RecordStore, nhs_number: &NhsNumber) -> Result<bool, AccessError> {
-    Ok(store.remove_objection(nhs_number.as_str())?)
+pub fn remove(
+    store: &RecordStore,
+    nhs_number: &NhsNumber,
+    changed_by: &str,
+) -> Result<bool, AccessError> {
+    Ok(store.remove_objection(nhs_number.as_str(), changed_by)?)
+}
+
+/// The changes to the register, newest first (of one NHS number, or all).
+pub fn changes(
+    store: &RecordStore,
+    nhs_number: Option<&NhsNumber>,
+    limit: u32,
+) -> Result<Vec<ObjectionChange>, AccessError> {
+    Ok(store.objection_changes(nhs_number.map(NhsNumber::as_str), limit)?)
 }
 
 /// The register, by NHS number.
@@ -114,8 +131,8 @@ mod tests {
         .unwrap();
         let number = NhsNumber::parse("943 476 5919").unwrap();
         assert_eq!(store.is_objecting("9434765919"), Ok(false));
-        assert!(add(&store, &number, Some("letter 2026-03-01")).unwrap());
-        assert!(!add(&store, &number, None).unwrap());
+        assert!(add(&store, &number, Some("letter 2026-03-01"), "cli test").unwrap());
+        assert!(!add(&store, &number, None, "cli test").unwrap());
         assert_eq!(store.is_objecting("9434765919"), Ok(true));
         assert_eq!(store.is_objecting("943-476-5919"), Ok(true));
         assert_eq!(store.is_objecting("not a number"), Ok(false));
@@ -123,8 +140,56 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].nhs_number, "9434765919");
         assert_eq!(listed[0].note.as_deref(), Some("letter 2026-03-01"));
-        assert!(remove(&store, &number).unwrap());
-        assert!(!remove(&store, &number).unwrap());
+        assert!(remove(&store, &number, "token desk").unwrap());
+        assert!(!remove(&store, &number, "token desk").unwrap());
         assert_eq!(store.is_objecting("9434765919"), Ok(false));
+    }
+
+    #[test]
+    fn every_change_is_recorded_with_who_made_it_and_nothing_else_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(&RecordStoreConfig {
+            path: dir.path().join("records.db"),
+            sync: SyncPolicy::Normal,
+        })
+        .unwrap();
+        let number = NhsNumber::parse("9434765919").unwrap();
+        let other = NhsNumber::parse("9990000018").unwrap();
+        add(&store, &number, Some("letter 2026-03-01"), "cli alice").unwrap();
+        // the same again, and no note: nothing changed, nothing recorded
+        add(&store, &number, Some("letter 2026-03-01"), "cli alice").unwrap();
+        add(&store, &number, None, "cli alice").unwrap();
+        add(&store, &other, None, "token desk").unwrap();
+        add(&store, &number, Some("phone call 2026-03-04"), "token desk").unwrap();
+        remove(&store, &number, "loopback API (no token)").unwrap();
+        // removing what is not there changes nothing
+        remove(&store, &number, "cli alice").unwrap();
+
+        let mine: Vec<(String, Option<String>, String)> = changes(&store, Some(&number), 100)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.action, c.note, c.changed_by))
+            .collect();
+        assert_eq!(
+            mine,
+            [
+                ("removed".into(), None, "loopback API (no token)".into()),
+                (
+                    "note changed".into(),
+                    Some("phone call 2026-03-04".into()),
+                    "token desk".into()
+                ),
+                (
+                    "added".into(),
+                    Some("letter 2026-03-01".into()),
+                    "cli alice".into()
+                ),
+            ]
+        );
+        let all = changes(&store, None, 100).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(changes(&store, None, 2).unwrap().len(), 2);
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+        assert!(all.iter().all(|c| c.at.ends_with('Z')), "{all:?}");
     }
 }

@@ -1,9 +1,12 @@
 //! `junction objections add NHS_NUMBER [--note TEXT]`, `objections remove
-//! NHS_NUMBER`, `objections list` (each with `--config junction.toml`): the
-//! register of people who object to their records being shared beyond the
-//! organisation, kept in the record store named by `[store] records`.
-//! Documents about them are withheld from every `external = true`
-//! destination.
+//! NHS_NUMBER`, `objections list`, `objections history [NHS_NUMBER]` (each with
+//! `--config junction.toml`): the register of people who object to their
+//! records being shared beyond the organisation, kept in the record store named
+//! by `[store] records`, and the trail of its changes. Documents about them are
+//! withheld from every `external = true` destination.
+//!
+//! A change made here is recorded as made by `cli <user>` (the login name of
+//! the person running the command: `$USER`, else `$LOGNAME`).
 //!
 //! NHS numbers must pass the modulus 11 check (spaces and hyphens are
 //! allowed: `943 476 5919`). Works while the engine runs (SQLite WAL).
@@ -44,15 +47,34 @@ pub enum ObjectionsAction {
     },
     /// List the register: NHS number, when added, note.
     List,
+    /// The changes to the register, newest first: when, what, who, note.
+    History {
+        /// Only this NHS number's changes.
+        nhs_number: Option<String>,
+        /// Most changes shown.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// Who makes a change from the command line: `cli <login name>`.
+fn changed_by() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()));
+    format!("cli {}", user.as_deref().unwrap_or("(unknown user)"))
 }
 
 pub fn run(args: ObjectionsArgs) -> anyhow::Result<ExitCode> {
     // Check the argument before touching any file.
     let number = match &args.action {
-        ObjectionsAction::Add { nhs_number, .. } | ObjectionsAction::Remove { nhs_number } => {
-            Some(NhsNumber::parse(nhs_number)?)
-        }
-        ObjectionsAction::List => None,
+        ObjectionsAction::Add { nhs_number, .. }
+        | ObjectionsAction::Remove { nhs_number }
+        | ObjectionsAction::History {
+            nhs_number: Some(nhs_number),
+            ..
+        } => Some(NhsNumber::parse(nhs_number)?),
+        ObjectionsAction::List | ObjectionsAction::History { .. } => None,
     };
     let Some(store) = open_record_store(&args.config)? else {
         return Ok(ExitCode::from(2));
@@ -60,7 +82,7 @@ pub fn run(args: ObjectionsArgs) -> anyhow::Result<ExitCode> {
     match (args.action, number) {
         (ObjectionsAction::Add { note, .. }, Some(number)) => {
             let note = note.filter(|n| !n.trim().is_empty());
-            if objections::add(&store, &number, note.as_deref())? {
+            if objections::add(&store, &number, note.as_deref(), &changed_by())? {
                 eprintln!("objection registered for {number}");
             } else {
                 eprintln!("{number} was already in the objections register");
@@ -68,13 +90,35 @@ pub fn run(args: ObjectionsArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         (ObjectionsAction::Remove { .. }, Some(number)) => {
-            if objections::remove(&store, &number)? {
+            if objections::remove(&store, &number, &changed_by())? {
                 eprintln!("objection removed for {number}");
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("error: {number} is not in the objections register");
                 Ok(ExitCode::from(1))
             }
+        }
+        (ObjectionsAction::History { limit, .. }, number) => {
+            let changes = objections::changes(&store, number.as_ref(), limit.max(1))?;
+            if changes.is_empty() {
+                eprintln!("no change to the objections register");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<24}  {:<10}  {:<12}  {:<24}  NOTE",
+                "AT", "NHS NUMBER", "ACTION", "BY"
+            );
+            for c in changes {
+                println!(
+                    "{:<24}  {:<10}  {:<12}  {:<24}  {}",
+                    c.at,
+                    c.nhs_number,
+                    c.action,
+                    c.changed_by,
+                    c.note.as_deref().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         _ => {
             let register = objections::list(&store)?;

@@ -1,5 +1,6 @@
-//! The record store's access tables (schema version 2): API tokens, the
-//! audit trail of FHIR reads and the objections register.
+//! The record store's access tables (schema versions 2 and 3): API tokens,
+//! the audit trail of FHIR reads, the objections register and the trail of
+//! its changes.
 //!
 //! This is storage only. It does not generate or check tokens, decide who
 //! may do what, or validate NHS numbers: `access/` does, and hands this
@@ -13,6 +14,9 @@
 //! - An audit row is written in one transaction with its patient index rows,
 //!   and committed (under the store's sync policy) before the call returns.
 //!   Audit rows are never updated or deleted.
+//! - A change to the objections register and its `objection_changes` row are
+//!   written in one transaction; a call that changes nothing writes no row.
+//!   Those rows are never updated or deleted.
 //! - The audit trail holds clinical data (paths and queries may contain NHS
 //!   numbers); nothing here logs it.
 
@@ -83,6 +87,22 @@ pub struct AuditQuery {
     pub token: Option<String>,
     /// Most rows returned (newest first).
     pub limit: u32,
+}
+
+/// One change to the objections register, as `objection_changes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectionChange {
+    pub id: i64,
+    /// FHIR instant (UTC).
+    pub at: String,
+    pub nhs_number: String,
+    /// `added`, `note changed` or `removed`.
+    pub action: String,
+    /// The note as it was after the change (`added`, `note changed`).
+    pub note: Option<String>,
+    /// Who: `token <name>` for the API, `loopback API (no token)` when the
+    /// API is open on loopback, `cli <user>` for `junction objections`.
+    pub changed_by: String,
 }
 
 /// One entry of the objections register.
@@ -217,44 +237,90 @@ impl RecordStore {
 
     /// Adds an NHS number (10 digits, already checked) to the objections
     /// register; `Ok(false)` when it was already there (its note is then
-    /// replaced when a new one is given).
-    pub fn add_objection(&self, nhs_number: &str, note: Option<&str>) -> Result<bool, StoreError> {
+    /// replaced when a new one is given). The change, with `changed_by`, is
+    /// recorded in the same transaction (nothing when nothing changed).
+    pub fn add_objection(
+        &self,
+        nhs_number: &str,
+        note: Option<&str>,
+        changed_by: &str,
+    ) -> Result<bool, StoreError> {
         self.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let existed = tx
+            let existing: Option<Option<String>> = tx
                 .query_row(
-                    "SELECT 1 FROM objections WHERE nhs_number = ?1",
+                    "SELECT note FROM objections WHERE nhs_number = ?1",
                     params![nhs_number],
-                    |_| Ok(()),
+                    |row| row.get(0),
                 )
-                .optional()?
-                .is_some();
-            if existed {
-                if let Some(note) = note {
+                .optional()?;
+            let at = now_instant();
+            let change = match &existing {
+                Some(old) => match note {
+                    Some(note) if old.as_deref() != Some(note) => {
+                        tx.execute(
+                            "UPDATE objections SET note = ?2 WHERE nhs_number = ?1",
+                            params![nhs_number, note],
+                        )?;
+                        Some("note changed")
+                    }
+                    _ => None,
+                },
+                None => {
                     tx.execute(
-                        "UPDATE objections SET note = ?2 WHERE nhs_number = ?1",
-                        params![nhs_number, note],
+                        "INSERT INTO objections (nhs_number, note, added_at) VALUES (?1, ?2, ?3)",
+                        params![nhs_number, note, at],
                     )?;
+                    Some("added")
                 }
-            } else {
-                tx.execute(
-                    "INSERT INTO objections (nhs_number, note, added_at) VALUES (?1, ?2, ?3)",
-                    params![nhs_number, note, now_instant()],
-                )?;
+            };
+            if let Some(action) = change {
+                record_change(&tx, &at, nhs_number, action, note, changed_by)?;
             }
             tx.commit()?;
-            Ok(!existed)
+            Ok(existing.is_none())
         })
     }
 
-    /// Removes an NHS number from the register; `Ok(false)` when it was not there.
-    pub fn remove_objection(&self, nhs_number: &str) -> Result<bool, StoreError> {
+    /// Removes an NHS number from the register; `Ok(false)` when it was not
+    /// there. The removal, with `changed_by`, is recorded in the same transaction.
+    pub fn remove_objection(&self, nhs_number: &str, changed_by: &str) -> Result<bool, StoreError> {
         self.with_writer(|conn| {
-            let removed = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let removed = tx.execute(
                 "DELETE FROM objections WHERE nhs_number = ?1",
                 params![nhs_number],
+            )? == 1;
+            if removed {
+                record_change(&tx, &now_instant(), nhs_number, "removed", None, changed_by)?;
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    /// Changes to the register, newest first: of one NHS number, or of all.
+    pub fn objection_changes(
+        &self,
+        nhs_number: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ObjectionChange>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, at, nhs_number, action, note, changed_by FROM objection_changes
+                 WHERE ?1 IS NULL OR nhs_number = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            Ok(removed == 1)
+            let rows = stmt.query_map(params![nhs_number, limit], |row| {
+                Ok(ObjectionChange {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    nhs_number: row.get(2)?,
+                    action: row.get(3)?,
+                    note: row.get(4)?,
+                    changed_by: row.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -287,6 +353,23 @@ impl RecordStore {
                 .is_some())
         })
     }
+}
+
+/// One row of `objection_changes`, inside the caller's transaction.
+fn record_change(
+    tx: &rusqlite::Transaction<'_>,
+    at: &str,
+    nhs_number: &str,
+    action: &str,
+    note: Option<&str>,
+    changed_by: &str,
+) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO objection_changes (at, nhs_number, action, note, changed_by)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at, nhs_number, action, note, changed_by],
+    )?;
+    Ok(())
 }
 
 fn audit_rows(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
@@ -381,9 +464,9 @@ mod tests {
             .unwrap()
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         drop(store);
-        // Reopening a version 2 file changes nothing.
+        // Reopening a version 3 file changes nothing.
         let store = open(&path);
         assert_eq!(store.list_tokens().unwrap().len(), 1);
     }

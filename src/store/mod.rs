@@ -47,7 +47,8 @@ use serde_json::Value;
 
 pub use crate::journal::SyncPolicy;
 pub use access::{
-    now_instant, AuditEntry, AuditQuery, NewAuditEntry, Objection, StoredToken, TokenInfo,
+    now_instant, AuditEntry, AuditQuery, NewAuditEntry, Objection, ObjectionChange, StoredToken,
+    TokenInfo,
 };
 pub use plan::{is_id, is_resource_type};
 

@@ -16,8 +16,9 @@ use super::{ApplyOutcome, EntryOutcome, EntryResult, Record, StoreError, SyncPol
 
 /// The schema this build writes: 1 the records and their indexes; 2 adds
 /// the access tables (API tokens, the audit trail of FHIR reads, the
-/// objections register), see [`SCHEMA_V2`].
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// objections register), see [`SCHEMA_V2`]; 3 the trail of changes to the
+/// objections register, see [`SCHEMA_V3`].
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE resources (
@@ -58,7 +59,7 @@ CREATE INDEX patient_identifiers_patient ON patient_identifiers (patient_id);
 
 /// Version 2: what `store/access.rs` reads and writes. Only SHA-256 hashes
 /// of API tokens are kept; audit rows are never updated or deleted here.
-const SCHEMA_V2: &str = "
+pub(super) const SCHEMA_V2: &str = "
 CREATE TABLE IF NOT EXISTS api_tokens (
     name         TEXT PRIMARY KEY,
     role         TEXT NOT NULL,
@@ -91,6 +92,21 @@ CREATE TABLE IF NOT EXISTS objections (
 ) WITHOUT ROWID;
 ";
 
+/// Version 3: every change to the objections register (added, its note
+/// changed, removed), who made it and when. Rows are never updated or deleted
+/// here: the register says who objects now, this says how it came to be.
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS objection_changes (
+    id         INTEGER PRIMARY KEY,
+    at         TEXT NOT NULL,
+    nhs_number TEXT NOT NULL,
+    action     TEXT NOT NULL CHECK (action IN ('added', 'note changed', 'removed')),
+    note       TEXT,
+    changed_by TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objection_changes_number ON objection_changes (nhs_number, id);
+";
+
 /// The current row of a record, as `apply` needs it.
 struct Current {
     version: i64,
@@ -120,6 +136,10 @@ fn upgrade(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     if found < 2 {
         tx.execute_batch(SCHEMA_V2)?;
         tx.pragma_update(None, "user_version", 2)?;
+    }
+    if found < 3 {
+        tx.execute_batch(SCHEMA_V3)?;
+        tx.pragma_update(None, "user_version", 3)?;
     }
     tx.commit()
 }

@@ -836,3 +836,39 @@ fn create_only_puts_create_a_missing_record_and_never_replace_one() {
     );
     assert!(refused.is_err());
 }
+
+#[test]
+fn a_version_2_file_gains_the_objection_trail_and_keeps_its_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    {
+        // a record store as the previous build left it: schema 2, one objection
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
+            .unwrap();
+        conn.execute_batch(sqlite::SCHEMA_V1).unwrap();
+        conn.execute_batch(sqlite::SCHEMA_V2).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute(
+            "INSERT INTO objections (nhs_number, note, added_at) VALUES ('9434765919', 'letter', '2026-03-01T10:00:00.000Z')",
+            [],
+        )
+        .unwrap();
+    }
+    let store = RecordStore::open(&RecordStoreConfig {
+        path: path.clone(),
+        sync: SyncPolicy::Normal,
+    })
+    .unwrap();
+    assert!(store.has_objection("9434765919").unwrap());
+    assert!(store.objection_changes(None, 10).unwrap().is_empty());
+    assert!(store.remove_objection("9434765919", "cli test").unwrap());
+    let changes = store.objection_changes(Some("9434765919"), 10).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].action, "removed");
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+}
