@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::access::Access;
 use crate::api::{self, ApiState};
@@ -201,6 +201,32 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
         path: config_dir.join(&store.path),
         sync: store.sync,
         records: config_dir.join(&store.records),
+        retain_days: store.retain_days,
+    }
+}
+
+/// How often the journal's retention runs (`[store] retain_days`).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes the journal's messages older than `days` whose story is over, at
+/// start and then every [`PRUNE_EVERY`], until `cancel`. Logs counts only.
+async fn retention(journal: Journal, days: u32, cancel: CancellationToken) {
+    let keep = jiff::SignedDuration::from_hours(24 * i64::from(days));
+    loop {
+        let before = jiff::Timestamp::now() - keep;
+        match journal.prune(before).await {
+            Ok(0) => debug!(retain_days = days, "journal retention: nothing to prune"),
+            Ok(n) => info!(
+                pruned = n,
+                retain_days = days,
+                "journal retention: old messages deleted"
+            ),
+            Err(err) => warn!(error = %err, "journal retention failed; tried again later"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }
 
@@ -362,6 +388,11 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     );
     if started > 0 {
         info!(sources = started, "sources started");
+    }
+    // retention runs beside the sources and stops with them
+    if let Some(days) = store.retain_days {
+        sources.spawn(retention(journal.clone(), days, sources_cancel.clone()));
+        info!(retain_days = days, "journal retention on");
     }
 
     let api_cancel = CancellationToken::new();

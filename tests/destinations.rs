@@ -338,6 +338,7 @@ async fn junction_listener(dir: &Path) -> (SocketAddr, Journal, CancellationToke
         path: dir.join("junction.db"),
         sync: Default::default(),
         records: dir.join("records.db"),
+        retain_days: None,
     };
     let journal = Journal::open(&store).unwrap();
     let cfg: ListenerConfig = toml::from_str("bind = \"127.0.0.1:0\"").unwrap();

@@ -588,3 +588,61 @@ async fn serve_binary_exits_2_when_the_port_is_taken() {
     assert!(log.contains("pas"), "names the listener: {log}");
     drop(taken);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_finished_messages_at_start_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    // what an earlier run left: a NAKed message 40 days old, one of 10 days
+    {
+        let journal = junction::journal::Journal::open(&junction::journal::StoreConfig {
+            path: dir.path().join("data/journal.db"),
+            sync: junction::journal::SyncPolicy::Normal,
+            records: dir.path().join("data/records.db"),
+            retain_days: None,
+        })
+        .unwrap();
+        for (control_id, days) in [("OLD40", 40), ("OLD10", 10)] {
+            journal
+                .commit(vec![junction::journal::Incoming {
+                    listener: "pas".into(),
+                    peer: "127.0.0.1:5000".into(),
+                    received_at: jiff::Timestamp::now()
+                        - jiff::SignedDuration::from_hours(24 * days),
+                    sender: "PAS^RAL".into(),
+                    control_id: control_id.into(),
+                    message_type: "ADT^A01".into(),
+                    version: "2.4".into(),
+                    status: junction::journal::Status::Rejected,
+                    ack_code: Some("AR".into()),
+                    ack: None,
+                    error: Some("test".into()),
+                    raw: bytes::Bytes::from_static(b"MSH|^~\\&|PAS|RAL"),
+                }])
+                .await
+                .unwrap();
+        }
+    }
+    let config_path = dir.path().join("junction.toml");
+    std::fs::write(
+        &config_path,
+        "[listeners.pas]\nbind = \"127.0.0.1:0\"\n\n\
+         [store]\npath = \"data/journal.db\"\nrecords = \"data/records.db\"\nsync = \"normal\"\nretain_days = 30\n\n\
+         [api]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let config = junction::config::load(&config_path).unwrap_or_else(|d| panic!("{d}"));
+    let engine = engine::start(config, dir.path()).await.unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let old = search(&engine, |q| q.control_id = Some("OLD40".into())).await;
+        if old.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not pruned in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = search(&engine, |q| q.control_id = Some("OLD10".into())).await;
+    assert_eq!(kept.len(), 1, "within retention: kept");
+    engine.stop().await;
+}

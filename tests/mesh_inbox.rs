@@ -29,6 +29,7 @@ fn journal(dir: &Path) -> Journal {
         path: dir.join("junction.db"),
         sync: SyncPolicy::Normal,
         records: dir.join("records.db"),
+        retain_days: None,
     })
     .expect("open journal")
 }

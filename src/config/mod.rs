@@ -553,6 +553,12 @@ fn cross_check(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diag
     check_binds(config, failed, doc, diags);
     check_log(config, doc, diags);
     check_delivery(config, failed, doc, diags);
+    if config.store.retain_days == Some(0) {
+        diags.push(doc.error(
+            doc.span(&["store", "retain_days"]),
+            "retain_days is 0, expected at least 1 (leave it out to keep every message)",
+        ));
+    }
     if config.listeners.is_empty() && !failed.listeners {
         diags.push(Diagnostic::whole_file(
             Severity::Warning,
@@ -964,6 +970,20 @@ mod tests {
             "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nmax_conections = 3\n",
             &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`, `tls`, `allowed_peers` (did you mean `max_connections`?)"],
         );
+    }
+
+    #[test]
+    fn retain_days_must_keep_at_least_a_day() {
+        check(
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n[store]\nretain_days = 0\n",
+            &["junction.toml:4:15: error: retain_days is 0, expected at least 1 (leave it out to keep every message)"],
+        );
+        let (config, diags) = parse(
+            Path::new("junction.toml"),
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n[store]\nretain_days = 90\n",
+        );
+        assert!(diags.is_empty(), "{diags}");
+        assert_eq!(config.unwrap().store.retain_days, Some(90));
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub const QUEUE_DEPTH: usize = 4096;
 /// Default and largest number of rows a search returns.
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
+/// Messages deleted per transaction by [`Journal::prune`].
+pub const PRUNE_BATCH: usize = 500;
 
 /// `[store]`: where the journal lives and how hard it syncs.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +80,12 @@ pub struct StoreConfig {
     /// tokens, audit): its own file, so clinical reads never contend with intake.
     #[serde(default = "default_records_path")]
     pub records: PathBuf,
+    /// Retention of the journal, in days: messages older than this whose
+    /// story is over are deleted (see [`QueueOp::Prune`]); a message with a
+    /// delivery still to make or dead-lettered is kept, however old. Unset
+    /// (the default): nothing is ever deleted. The record store is not pruned.
+    #[serde(default)]
+    pub retain_days: Option<u32>,
 }
 
 fn default_path() -> PathBuf {
@@ -94,6 +102,7 @@ impl Default for StoreConfig {
             path: default_path(),
             sync: SyncPolicy::default(),
             records: default_records_path(),
+            retain_days: None,
         }
     }
 }
@@ -417,6 +426,31 @@ impl Journal {
             .await
             .map_err(|_| JournalError::WriterStopped)?;
         answer.await.map_err(|_| JournalError::WriterStopped)?
+    }
+
+    /// Deletes the messages received before `before` whose story is over
+    /// ([`QueueOp::Prune`]), in transactions of [`PRUNE_BATCH`] so intake's
+    /// commits interleave with them. Returns how many were deleted.
+    pub async fn prune(&self, before: jiff::Timestamp) -> Result<usize, JournalError> {
+        let before = sqlite::format_timestamp(before);
+        let mut total = 0;
+        loop {
+            let outcome = self
+                .queue_write(vec![QueueOp::Prune {
+                    before: before.clone(),
+                    limit: PRUNE_BATCH,
+                }])
+                .await?;
+            let n = match outcome.first() {
+                Some(QueueOutcome::Updated(n)) => *n,
+                _ => 0,
+            };
+            total += n;
+            if n < PRUNE_BATCH {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Notified after each commit that stored accepted messages (a permit is

@@ -229,6 +229,14 @@ pub enum QueueOp {
     /// Note on the pending deliveries of a destination that cannot deliver
     /// (e.g. it could not be built) why they wait.
     NoteUnavailable { destination: String, error: String },
+    /// Retention: deletes at most `limit` messages received before `before`
+    /// (the journal's `received_at` text) whose story is over, with their
+    /// routings and deliveries: rejected and garbage frames, and accepted
+    /// messages that were routed and have no delivery pending or dead. Never
+    /// an accepted message not yet routed, one with a delivery still to make
+    /// or dead-lettered (ops may retry it), nor the newest routed message (the
+    /// routing cursor stays where it is). `Updated(n)`: messages deleted.
+    Prune { before: String, limit: usize },
 }
 
 impl QueueOp {
@@ -504,6 +512,7 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
             )?;
             Ok(QueueOutcome::Updated(n))
         }
+        QueueOp::Prune { before, limit } => prune(tx, before, *limit),
         QueueOp::NoteUnavailable { destination, error } => {
             let n = tx.execute(
                 "UPDATE deliveries SET last_error = ?2
@@ -513,6 +522,39 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
             Ok(QueueOutcome::Updated(n))
         }
     }
+}
+
+/// [`QueueOp::Prune`].
+fn prune(
+    tx: &Transaction<'_>,
+    before: &str,
+    limit: usize,
+) -> Result<QueueOutcome, rusqlite::Error> {
+    let ids: Vec<i64> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT m.id FROM messages m
+             WHERE m.received_at < ?1
+               AND (m.status <> 'accepted'
+                    OR (EXISTS (SELECT 1 FROM routings r WHERE r.message_id = m.id)
+                        AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                        WHERE d.message_id = m.id
+                                          AND d.status IN ('pending', 'dead'))
+                        AND m.id < (SELECT COALESCE(MAX(message_id), 0) FROM routings
+                                    WHERE replay = 0)))
+             ORDER BY m.id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![before, limit as i64], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut deliveries = tx.prepare_cached("DELETE FROM deliveries WHERE message_id = ?1")?;
+    let mut routings = tx.prepare_cached("DELETE FROM routings WHERE message_id = ?1")?;
+    let mut messages = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    for id in &ids {
+        deliveries.execute(params![id])?;
+        routings.execute(params![id])?;
+        messages.execute(params![id])?;
+    }
+    Ok(QueueOutcome::Updated(ids.len()))
 }
 
 fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite::Error> {

@@ -302,7 +302,7 @@ fn write_one(
 }
 
 /// RFC 3339 in UTC with fixed microsecond precision, so text order is time order.
-fn format_timestamp(ts: jiff::Timestamp) -> String {
+pub(super) fn format_timestamp(ts: jiff::Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 

@@ -415,3 +415,169 @@ async fn a_version_2_queue_gets_sizes_and_drops_delivered_documents_on_upgrade()
         .unwrap();
     assert_eq!(lengths, vec![0, 3]);
 }
+
+/// Commits `item` received `days_ago`, routes it (when `delivery` is given:
+/// one delivery that then ends in that status; `Some(None)`: routed, nothing
+/// queued), and returns its id.
+async fn old_message(
+    journal: &Journal,
+    control_id: &str,
+    status: Status,
+    days_ago: i64,
+    delivery: Option<Option<&str>>,
+) -> i64 {
+    let mut item = with_status(
+        accepted("PAS^RAL", control_id, "ADT^A01", "ack"),
+        status,
+        Some("AA"),
+    );
+    item.received_at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days_ago);
+    let id = journal.commit(vec![item]).await.unwrap()[0].id();
+    let Some(delivery) = delivery else {
+        return id;
+    };
+    let deliveries = match delivery {
+        Some(_) => vec![NewDelivery {
+            destination: "store".into(),
+            mapping: "adt".into(),
+            routes: vec!["r".into()],
+            patient_key: format!("p-{control_id}"),
+            nhs_numbers: Vec::new(),
+            document: Bytes::from_static(b"{}"),
+            last_error: None,
+        }],
+        None => Vec::new(),
+    };
+    let out = journal
+        .queue_write(vec![QueueOp::Route(NewRouting {
+            message_id: id,
+            replay: false,
+            outcome: if deliveries.is_empty() {
+                RoutingOutcome::Unrouted
+            } else {
+                RoutingOutcome::Routed
+            },
+            routes: Vec::new(),
+            error: None,
+            at_ms: 0,
+            deliveries,
+        })])
+        .await
+        .unwrap();
+    let delivery_id = match &out[0] {
+        QueueOutcome::Routed { deliveries, .. } => deliveries.first().copied(),
+        other => panic!("{other:?}"),
+    };
+    let op = match (delivery, delivery_id) {
+        (Some("delivered"), Some(d)) => Some(QueueOp::Delivered {
+            id: d,
+            attempts: 1,
+            remote_ref: None,
+            at_ms: 0,
+        }),
+        (Some("dead"), Some(d)) => Some(QueueOp::Dead {
+            id: d,
+            attempts: 1,
+            error: "gone".into(),
+            at_ms: 0,
+        }),
+        (Some("withheld"), Some(d)) => Some(QueueOp::Withheld {
+            id: d,
+            reason: "objection".into(),
+            at_ms: 0,
+        }),
+        _ => None,
+    };
+    if let Some(op) = op {
+        assert_eq!(
+            journal.queue_write(vec![op]).await.unwrap()[0],
+            QueueOutcome::Updated(1)
+        );
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_only_old_messages_whose_story_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let delivered = old_message(
+        &journal,
+        "DELIVERED",
+        Status::Accepted,
+        10,
+        Some(Some("delivered")),
+    )
+    .await;
+    let pending = old_message(
+        &journal,
+        "PENDING",
+        Status::Accepted,
+        10,
+        Some(Some("pending")),
+    )
+    .await;
+    let dead = old_message(&journal, "DEAD", Status::Accepted, 10, Some(Some("dead"))).await;
+    let withheld = old_message(
+        &journal,
+        "WITHHELD",
+        Status::Accepted,
+        10,
+        Some(Some("withheld")),
+    )
+    .await;
+    let unrouted_outcome =
+        old_message(&journal, "UNROUTED", Status::Accepted, 10, Some(None)).await;
+    let not_routed = old_message(&journal, "NOTYET", Status::Accepted, 10, None).await;
+    let rejected = old_message(&journal, "REJECTED", Status::Rejected, 10, None).await;
+    let recent = old_message(&journal, "RECENT", Status::Rejected, 1, None).await;
+    let newest_routed = old_message(
+        &journal,
+        "NEWEST",
+        Status::Accepted,
+        10,
+        Some(Some("delivered")),
+    )
+    .await;
+    let cursor = journal.routing_cursor().await.unwrap();
+    assert_eq!(cursor, newest_routed);
+
+    let before = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 5);
+    assert_eq!(journal.prune(before).await.unwrap(), 4);
+    for id in [delivered, withheld, unrouted_outcome, rejected] {
+        assert!(journal.get(id).await.unwrap().is_none(), "{id} was pruned");
+        assert!(journal.routings(id).await.unwrap().is_empty());
+    }
+    for id in [pending, dead, not_routed, recent, newest_routed] {
+        assert!(journal.get(id).await.unwrap().is_some(), "{id} was kept");
+    }
+    assert!(!journal.routings(dead).await.unwrap().is_empty());
+    // the pipeline's cursor did not move back, and a second pass finds nothing
+    assert_eq!(journal.routing_cursor().await.unwrap(), cursor);
+    assert_eq!(journal.prune(before).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_works_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let n = PRUNE_BATCH * 2 + 7;
+    let mut items = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut item = with_status(
+            accepted("PAS^RAL", &format!("G{i}"), "", "ack"),
+            Status::Garbage,
+            None,
+        );
+        item.received_at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
+        items.push(item);
+    }
+    journal.commit(items).await.unwrap();
+    let before = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24);
+    assert_eq!(journal.prune(before).await.unwrap(), n);
+    assert!(journal
+        .search(query(|q| q.status = Some("garbage".into())))
+        .await
+        .unwrap()
+        .is_empty());
+}
