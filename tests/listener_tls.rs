@@ -22,7 +22,8 @@ use harness::pki::Pki;
 use harness::{repo_root, venv_python, Engine};
 
 /// A config whose listener speaks TLS with the PKI's certificates (and asks
-/// for client certificates from its CA when `mutual`), plus `listener_extra`.
+/// for client certificates from its CA when `mutual`), with `listener_extra`
+/// as its other keys (empty: `idle_timeout_secs = 30`).
 fn tls_config(
     pki: &Pki,
     mutual: bool,
@@ -35,10 +36,13 @@ fn tls_config(
     } else {
         String::new()
     };
-    let extra = listener_extra.to_string();
+    let extra = match listener_extra {
+        "" => "idle_timeout_secs = 30".to_string(),
+        extra => extra.to_string(),
+    };
     move |mllp, api| {
         format!(
-            "[listeners.pas]\nbind = \"{mllp}\"\nidle_timeout_secs = 30\n{extra}\n\
+            "[listeners.pas]\nbind = \"{mllp}\"\n{extra}\n\
              [listeners.pas.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n{client_ca}\n\
              [store]\npath = \"data/junction.db\"\nsync = \"normal\"\n\n\
              [api]\nbind = \"{api}\"\n\n[log]\nformat = \"text\"\n"
@@ -447,5 +451,43 @@ fn an_mllp_destination_forwards_over_mutual_tls() {
         ),
         0.0,
         "the destination's handshakes all succeeded"
+    );
+}
+
+#[test]
+fn a_client_that_never_starts_the_handshake_is_closed_at_the_idle_timeout() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = Engine::start_custom(
+        dir.path(),
+        &[],
+        tls_config(&pki, false, "idle_timeout_secs = 1"),
+    );
+    let mut stream = TcpStream::connect(engine.mllp).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    let mut back = Vec::new();
+    // silent: the listener gives up on the handshake and closes (the read
+    // timeout only guards against a hung test)
+    let read = stream.read_to_end(&mut back);
+    assert!(
+        !matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the listener did not close the silent connection: {read:?}"
+    );
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(
+        metric(
+            &engine,
+            "junction_tls_handshake_failures_total{listener=\"pas\"}"
+        ),
+        1.0
+    );
+    assert!(
+        engine
+            .log_text()
+            .contains("TLS handshake not completed in time"),
+        "{}",
+        engine.log_text()
     );
 }

@@ -350,10 +350,12 @@ async fn handshake(
     cancel: &CancellationToken,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let limit = ctx.idle_timeout.min(HANDSHAKE_TIMEOUT);
+    // one deadline for the first byte and the handshake together
+    let deadline = tokio::time::Instant::now() + limit;
     let mut first = [0u8; 1];
     let peeked = tokio::select! {
         _ = cancel.cancelled() => return None,
-        peeked = tokio::time::timeout(limit, stream.peek(&mut first)) => peeked,
+        peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => peeked,
     };
     if let Ok(Ok(1)) = peeked {
         if first[0] == crate::mllp::codec::VT {
@@ -363,7 +365,7 @@ async fn handshake(
     }
     let outcome = tokio::select! {
         _ = cancel.cancelled() => return None,
-        outcome = tokio::time::timeout(limit, acceptor.accept(stream)) => outcome,
+        outcome = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => outcome,
     };
     match outcome {
         Ok(Ok(stream)) => Some(stream),
