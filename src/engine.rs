@@ -210,17 +210,20 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Deletes the journal's messages older than `days` whose story is over, at
 /// start and then every [`PRUNE_EVERY`], until `cancel`. Logs counts only.
-async fn retention(journal: Journal, days: u32, cancel: CancellationToken) {
+async fn retention(journal: Journal, days: u32, metrics: Arc<Metrics>, cancel: CancellationToken) {
     let keep = jiff::SignedDuration::from_hours(24 * i64::from(days));
     loop {
         let before = jiff::Timestamp::now() - keep;
         match journal.prune(before).await {
             Ok(0) => debug!(retain_days = days, "journal retention: nothing to prune"),
-            Ok(n) => info!(
-                pruned = n,
-                retain_days = days,
-                "journal retention: old messages deleted"
-            ),
+            Ok(n) => {
+                metrics.journal_pruned.inc_by(n as u64);
+                info!(
+                    pruned = n,
+                    retain_days = days,
+                    "journal retention: old messages deleted"
+                )
+            }
             Err(err) => warn!(error = %err, "journal retention failed; tried again later"),
         }
         tokio::select! {
@@ -391,7 +394,12 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     }
     // retention runs beside the sources and stops with them
     if let Some(days) = store.retain_days {
-        sources.spawn(retention(journal.clone(), days, sources_cancel.clone()));
+        sources.spawn(retention(
+            journal.clone(),
+            days,
+            Arc::clone(&metrics),
+            sources_cancel.clone(),
+        ));
         info!(retain_days = days, "journal retention on");
     }
 

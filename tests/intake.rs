@@ -636,7 +636,12 @@ async fn retention_deletes_old_finished_messages_at_start_and_keeps_the_rest() {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let old = search(&engine, |q| q.control_id = Some("OLD40".into())).await;
-        if old.is_empty() {
+        // the count is taken once the batch is committed
+        let counted = engine
+            .metrics()
+            .encode()
+            .contains("junction_journal_pruned_messages_total 1");
+        if old.is_empty() && counted {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "not pruned in time");

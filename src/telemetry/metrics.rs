@@ -72,6 +72,8 @@ pub struct Metrics {
     /// Warnings mappings gave (an NHS number failing modulus 11, ...): a count,
     /// as their text may hold patient data.
     pub mapping_warnings: Counter,
+    /// Messages deleted from the journal by retention (`[store] retain_days`).
+    pub journal_pruned: Counter,
 }
 
 impl Metrics {
@@ -154,9 +156,16 @@ impl Metrics {
             "Warnings given by mappings (e.g. an NHS number failing modulus 11)",
             mapping_warnings.clone(),
         );
+        let journal_pruned = Counter::default();
+        registry.register(
+            "journal_pruned_messages",
+            "Messages deleted from the journal by retention ([store] retain_days)",
+            journal_pruned.clone(),
+        );
         Metrics {
             registry,
             mapping_warnings,
+            journal_pruned,
             routed,
             deliveries,
             queue_depth,
