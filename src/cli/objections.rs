@@ -6,7 +6,7 @@
 //! withheld from every `external = true` destination.
 //!
 //! A change made here is recorded as made by `cli <user>` (the login name of
-//! the person running the command: `$USER`, else `$LOGNAME`).
+//! the person running the command: `$USER`, else `$LOGNAME`, else `uid <n>`).
 //!
 //! NHS numbers must pass the modulus 11 check (spaces and hyphens are
 //! allowed: `943 476 5919`). Works while the engine runs (SQLite WAL).
@@ -57,12 +57,17 @@ pub enum ObjectionsAction {
     },
 }
 
-/// Who makes a change from the command line: `cli <login name>`.
+/// Who makes a change from the command line: `cli <login name>`, else (no
+/// `$USER` or `$LOGNAME`, as under some service managers) `cli uid <n>`.
 fn changed_by() -> String {
     let user = ["USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.trim().is_empty()));
-    format!("cli {}", user.as_deref().unwrap_or("(unknown user)"))
+    match user {
+        Some(user) => format!("cli {user}"),
+        // SAFETY: getuid has no preconditions and cannot fail
+        None => format!("cli uid {}", unsafe { libc::getuid() }),
+    }
 }
 
 pub fn run(args: ObjectionsArgs) -> anyhow::Result<ExitCode> {
