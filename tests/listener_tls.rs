@@ -127,6 +127,52 @@ fn plain_frame_and_drain(addr: SocketAddr, message: &[u8]) -> Vec<u8> {
     back
 }
 
+/// Subscribes to the engine's event stream (`GET /api/events`, open on
+/// loopback): the connection, its response headers read.
+fn subscribe(engine: &Engine) -> TcpStream {
+    let mut stream = TcpStream::connect(engine.api).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    stream
+        .write_all(
+            b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .expect("send the request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("response headers");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", text(&head));
+    stream
+}
+
+/// Reads the event stream until an event named `name` has arrived: its
+/// `data:` JSON.
+fn next_event(stream: &mut TcpStream, name: &str) -> serde_json::Value {
+    let mut seen = String::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = seen.find(&format!("event: {name}\n")) {
+            let rest = &seen[at..];
+            if let Some(end) = rest.find("\n\n") {
+                let data = rest[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap_or_else(|| panic!("no data line in {rest}"));
+                return serde_json::from_str(data).expect("event data is JSON");
+            }
+        }
+        let n = stream
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("no {name} event (read: {e}); stream so far:\n{seen}"));
+        assert!(n > 0, "the event stream ended; so far:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+}
+
 fn control_id(file: &Path) -> String {
     let text = std::fs::read_to_string(file).expect("read sample");
     text.split(['\r', '\n'])
@@ -340,8 +386,17 @@ fn a_peer_outside_allowed_peers_is_closed_without_an_answer() {
         &[],
         plain_config("allowed_peers = [\"192.0.2.0/24\", \"2001:db8::/32\"]"),
     );
+    let mut events = subscribe(&engine);
     let back = plain_frame_and_drain(engine.mllp, &message);
     assert!(back.is_empty(), "a refused peer got bytes back: {back:?}");
+    let event = next_event(&mut events, "ConnectionRefused");
+    assert_eq!(event["reason"], "not in allowed_peers", "{event}");
+    assert!(
+        event["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{event}"
+    );
     assert_eq!(
         metric(
             &engine,
@@ -463,6 +518,7 @@ fn a_client_that_never_starts_the_handshake_is_closed_at_the_idle_timeout() {
         &[],
         tls_config(&pki, false, "idle_timeout_secs = 1"),
     );
+    let mut events = subscribe(&engine);
     let mut stream = TcpStream::connect(engine.mllp).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
@@ -490,4 +546,8 @@ fn a_client_that_never_starts_the_handshake_is_closed_at_the_idle_timeout() {
         "{}",
         engine.log_text()
     );
+    // ... and `junction tail` and the dashboard see it
+    let event = next_event(&mut events, "ConnectionRefused");
+    assert_eq!(event["listener"], "pas");
+    assert_eq!(event["reason"], "TLS handshake not completed in time");
 }

@@ -342,7 +342,7 @@
     const li = document.createElement("li");
     li.dataset.event = name;
     if (data.control_id) li.dataset.controlId = data.control_id;
-    if (/Failed|Rejected|DeadLettered|FramingError|Unrouted|Lagged/.test(name)) li.className = "bad";
+    if (/Failed|Rejected|Refused|DeadLettered|FramingError|Unrouted|Lagged/.test(name)) li.className = "bad";
     else if (/Delivered|Acked|Routed/.test(name)) li.className = "good";
     const time = document.createElement("time");
     time.textContent = data.at ? new Date(data.at).toLocaleTimeString() : new Date().toLocaleTimeString();
@@ -444,6 +444,7 @@
     source.onerror = () => liveState("reconnecting", false);
     const names = [
       "MessageAcked", "MessageRejected", "FramingError", "ConnectionOpened", "ConnectionClosed",
+      "ConnectionRefused",
       "MessageRouted", "MessageUnrouted", "RoutingFailed", "Delivered", "DeliveryFailed",
       "DeadLettered", "Withheld", "MeshReceived", "MeshAcknowledged", "Lagged",
     ];

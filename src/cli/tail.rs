@@ -200,6 +200,15 @@ fn readable(event: &Event) -> String {
         Event::ConnectionOpened { listener, peer, at } => {
             format!("{} ConnectionOpened {listener} {peer}", clock(at))
         }
+        Event::ConnectionRefused {
+            listener,
+            peer,
+            reason,
+            at,
+        } => format!(
+            "{} ConnectionRefused {listener} {peer}: {reason}",
+            clock(at)
+        ),
         Event::ConnectionClosed { listener, peer, at } => {
             format!("{} ConnectionClosed {listener} {peer}", clock(at))
         }

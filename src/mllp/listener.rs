@@ -248,6 +248,12 @@ impl Listener {
                     // the peer's address is not patient data; nothing was read
                     warn!(%peer, "connection refused: the peer is not in allowed_peers");
                     ctx.counters.refused.inc();
+                    ctx.events.publish(Event::ConnectionRefused {
+                        listener: ctx.listener.clone(),
+                        peer: peer.to_string(),
+                        reason: "not in allowed_peers".to_string(),
+                        at: events::now(),
+                    });
                     drop(stream);
                     continue;
                 }
@@ -374,6 +380,7 @@ async fn handshake(
             // all): about the connection, never about a message
             warn!(error = %err, "TLS handshake failed, connection closed");
             ctx.counters.tls_failed.inc();
+            refused(ctx, peer, format!("TLS handshake failed: {err}"));
             None
         }
         Err(_) => {
@@ -382,9 +389,21 @@ async fn handshake(
                 "TLS handshake not completed in time, connection closed"
             );
             ctx.counters.tls_failed.inc();
+            refused(ctx, peer, "TLS handshake not completed in time".to_string());
             None
         }
     }
+}
+
+/// Publishes a [`Event::ConnectionRefused`] for a connection closed before
+/// any frame.
+fn refused(ctx: &ConnContext, peer: &str, reason: String) {
+    ctx.events.publish(Event::ConnectionRefused {
+        listener: ctx.listener.clone(),
+        peer: peer.to_string(),
+        reason,
+        at: events::now(),
+    });
 }
 
 /// Keeps what a plain-MLLP sender sent to a TLS listener (what has arrived,

@@ -47,6 +47,15 @@ pub enum Event {
         peer: String,
         at: String,
     },
+    /// A connection closed before any frame: its peer is not in
+    /// `allowed_peers`, or its TLS handshake failed or timed out (`reason`
+    /// names which; never anything the peer sent).
+    ConnectionRefused {
+        listener: String,
+        peer: String,
+        reason: String,
+        at: String,
+    },
     ConnectionClosed {
         listener: String,
         peer: String,
@@ -184,6 +193,7 @@ impl Event {
             Event::MessageRejected(_) => "MessageRejected",
             Event::FramingError { .. } => "FramingError",
             Event::ConnectionOpened { .. } => "ConnectionOpened",
+            Event::ConnectionRefused { .. } => "ConnectionRefused",
             Event::ConnectionClosed { .. } => "ConnectionClosed",
             Event::MessageRouted(_) => "MessageRouted",
             Event::MessageUnrouted(_) => "MessageUnrouted",
@@ -205,6 +215,7 @@ impl Event {
             Event::MessageAcked(m) | Event::MessageRejected(m) => Some(&m.listener),
             Event::FramingError { listener, .. }
             | Event::ConnectionOpened { listener, .. }
+            | Event::ConnectionRefused { listener, .. }
             | Event::ConnectionClosed { listener, .. } => Some(listener),
             Event::MessageRouted(r) | Event::MessageUnrouted(r) | Event::RoutingFailed(r) => {
                 Some(&r.listener)
