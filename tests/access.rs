@@ -667,14 +667,7 @@ async fn objections_register_by_cli_and_http() {
 
     // The same register over HTTP (open on loopback).
     let client = reqwest::Client::new();
-    let listed: Value = client
-        .get(format!("{}/api/objections", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&server, "/api/objections").await;
     assert_eq!(listed["objections"][0]["nhs_number"], "9434765919");
     let added = client
         .post(format!("{}/api/objections", server.base))
@@ -708,14 +701,7 @@ async fn objections_register_by_cli_and_http() {
     // Every change is on record, newest first, with who made it: the CLI as
     // `cli <user>`, the API open on loopback as such. A refused add and a
     // removal of what was not there changed nothing, so left no row.
-    let changes: Value = client
-        .get(format!("{}/api/objections/changes", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let changes: Value = get_json(&server, "/api/objections/changes").await;
     let rows: Vec<(String, String, String)> = changes["changes"]
         .as_array()
         .expect("changes")
@@ -748,17 +734,11 @@ async fn objections_register_by_cli_and_http() {
     assert_eq!(who[1], "loopback API (no token)");
     assert_eq!(who[2], "loopback API (no token)");
     assert_eq!(changes["changes"][3]["note"], "letter 12/03");
-    let one: Value = client
-        .get(format!(
-            "{}/api/objections/changes?nhs_number=999%20000%200018",
-            server.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = get_json(
+        &server,
+        "/api/objections/changes?nhs_number=999%20000%200018",
+    )
+    .await;
     assert_eq!(one["changes"].as_array().map(Vec::len), Some(2), "{one}");
     let bad = client
         .get(format!(
@@ -779,6 +759,16 @@ async fn objections_register_by_cli_and_http() {
             && !history.contains("9990000018"),
         "{history}"
     );
+}
+
+/// `GET path` (open on loopback) as JSON.
+async fn get_json(server: &Server, path: &str) -> Value {
+    reqwest::get(format!("{}{path}", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// The A01 sample as patient `nhs` (a valid NHS number) with `control` as MSH-10.
