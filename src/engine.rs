@@ -26,6 +26,10 @@
 //! is abandoned at the timeout was never acknowledged (intake) or is still
 //! pending in the queue (delivery), so nothing is lost.
 //!
+//! SIGHUP ([`RunningEngine::reload_tls`]) reads the TLS listeners' certificate
+//! and key files again, for a renewed certificate without a restart; nothing
+//! else is reloaded (config, routes and mappings need a restart).
+//!
 //! It does not parse config files or set up logging: `cli/serve.rs` does.
 
 use std::collections::BTreeMap;
@@ -105,6 +109,8 @@ pub struct RunningEngine {
     delivery: DeliveryQueue,
     records: RecordStore,
     shutdown_timeout: Duration,
+    /// The TLS listeners' reload handles (SIGHUP).
+    tls_reloads: Vec<crate::mllp::listener::TlsReload>,
 }
 
 impl std::fmt::Debug for RunningEngine {
@@ -146,6 +152,24 @@ impl RunningEngine {
     /// The delivery queue's operations (depths, retry, replay).
     pub fn delivery(&self) -> crate::delivery::queue::DeliveryHandle {
         self.delivery.handle()
+    }
+
+    /// Reads every TLS listener's certificate and key files again (what
+    /// SIGHUP does): new connections get the renewed certificate; a listener
+    /// whose files cannot be used keeps the one it had, and says why. Logs one
+    /// line per listener; returns how many failed.
+    pub fn reload_tls(&self) -> usize {
+        let mut failed = 0;
+        for tls in &self.tls_reloads {
+            match tls.reload() {
+                Ok(()) => info!(listener = tls.id(), "TLS certificate reloaded"),
+                Err(err) => {
+                    failed += 1;
+                    warn!(listener = tls.id(), error = %err, "TLS reload failed; the certificate in use stays");
+                }
+            }
+        }
+        failed
     }
 
     /// Drains and stops everything (see the module docs).
@@ -367,6 +391,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     let listeners_cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut listeners = BTreeMap::new();
+    let tls_reloads: Vec<_> = bound.iter().filter_map(Listener::tls_reload).collect();
     for listener in bound {
         info!(listener = listener.id(), addr = %listener.local_addr(), "MLLP listener bound");
         listeners.insert(listener.id().to_string(), listener.local_addr());
@@ -440,6 +465,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         delivery,
         records,
         shutdown_timeout: Duration::from_secs(config.engine.shutdown_timeout_secs),
+        tls_reloads,
     })
 }
 
@@ -449,10 +475,17 @@ pub async fn serve(config: Config, config_dir: PathBuf) -> Result<(), EngineErro
     let signal_err = |signal| move |source| EngineError::Signal { signal, source };
     let mut term = signal(SignalKind::terminate()).map_err(signal_err("SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err("SIGINT"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_err("SIGHUP"))?;
     let engine = start(config, &config_dir).await?;
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let which = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading TLS certificates");
+                engine.reload_tls();
+            }
+        }
     };
     info!(signal = which, "signal received");
     engine.stop().await;

@@ -551,3 +551,67 @@ fn a_client_that_never_starts_the_handshake_is_closed_at_the_idle_timeout() {
     assert_eq!(event["listener"], "pas");
     assert_eq!(event["reason"], "TLS handshake not completed in time");
 }
+
+#[test]
+fn sighup_reloads_a_renewed_certificate_and_keeps_the_old_one_when_the_new_is_unusable() {
+    let old = Pki::new();
+    let renewed = Pki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("tls");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    let install = |pki: &Pki| {
+        for name in ["server.pem", "server.key"] {
+            std::fs::copy(pki.path(name), certs.join(name)).expect("install a certificate");
+        }
+    };
+    install(&old);
+    let engine = Engine::start_custom(dir.path(), &[], |mllp, api| {
+        format!(
+            "[listeners.pas]\nbind = \"{mllp}\"\n\n[listeners.pas.tls]\n\
+             cert_file = \"tls/server.pem\"\nkey_file = \"tls/server.key\"\n\n\
+             [store]\npath = \"data/junction.db\"\nsync = \"normal\"\n\n\
+             [api]\nbind = \"{api}\"\n\n[log]\nformat = \"text\"\n"
+        )
+    });
+    let a01 = sample("adt_a01_admission.hl7");
+    let trusting = |pki: &Pki| {
+        let ca = pki.path("ca.pem");
+        let sent = junction_send(&engine, &a01, &["--tls-ca", ca.to_str().unwrap()]);
+        sent.status.success() && text(&sent.stdout).contains("  AA")
+    };
+    let hup = |want: &str, count: usize| {
+        let pid = engine.pid().expect("running").to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while engine.log_text().matches(want).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{want}` after SIGHUP:\n{}",
+                engine.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(trusting(&old), "{}", engine.log_text());
+    assert!(!trusting(&renewed));
+
+    // renewed (here: by another CA) and reloaded without a restart
+    install(&renewed);
+    hup("TLS certificate reloaded", 1);
+    assert!(trusting(&renewed), "{}", engine.log_text());
+    assert!(!trusting(&old));
+
+    // a key that does not go with the certificate: the renewed one stays
+    std::fs::copy(old.path("server.key"), certs.join("server.key")).expect("break the key");
+    hup("TLS reload failed; the certificate in use stays", 1);
+    assert!(trusting(&renewed), "{}", engine.log_text());
+    assert_eq!(
+        engine.get("/ready").0,
+        200,
+        "SIGHUP did not stop the engine"
+    );
+}

@@ -136,7 +136,44 @@ pub struct Listener {
     socket: TcpListener,
     local_addr: SocketAddr,
     events: EventBus,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsReload>,
+}
+
+/// A TLS listener's acceptor, which [`TlsReload::reload`] replaces from the
+/// files (a renewed certificate, on SIGHUP) without closing anything: new
+/// connections get the new certificate, open ones keep theirs.
+#[derive(Clone)]
+pub struct TlsReload {
+    id: String,
+    cfg: ServerTlsConfig,
+    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
+}
+
+impl TlsReload {
+    /// The listener's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Reads the files again; on success new connections use them, on
+    /// failure (a file half-written, a key that does not match) the acceptor
+    /// in use stays and the error says why.
+    pub fn reload(&self) -> Result<(), ListenerError> {
+        let fresh = self.cfg.acceptor().map_err(|source| ListenerError::Tls {
+            id: self.id.clone(),
+            source,
+        })?;
+        // a poisoned lock only means a reader panicked; the acceptor is whole
+        *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn current(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Listener {
@@ -154,10 +191,16 @@ impl Listener {
     /// shows before anything runs.
     pub async fn bind(id: &str, cfg: ListenerConfig) -> Result<Listener, ListenerError> {
         let tls = match &cfg.tls {
-            Some(tls) => Some(tls.acceptor().map_err(|source| ListenerError::Tls {
+            Some(tls) => Some(TlsReload {
                 id: id.to_string(),
-                source,
-            })?),
+                cfg: tls.clone(),
+                acceptor: Arc::new(std::sync::RwLock::new(tls.acceptor().map_err(
+                    |source| ListenerError::Tls {
+                        id: id.to_string(),
+                        source,
+                    },
+                )?)),
+            }),
             None => None,
         };
         let bind_err = |source| ListenerError::Bind {
@@ -185,6 +228,11 @@ impl Listener {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The handle that reloads this listener's TLS files (`None`: no TLS).
+    pub fn tls_reload(&self) -> Option<TlsReload> {
+        self.tls.clone()
     }
 
     /// The address actually bound (the port is real even when `bind` said `:0`).
@@ -261,7 +309,7 @@ impl Listener {
                 let _ = stream.set_nodelay(true);
                 let ctx = Arc::clone(&ctx);
                 let cancel = cancel.clone();
-                let tls = self.tls.clone();
+                let tls = self.tls.as_ref().map(TlsReload::current);
                 let conn_span = info_span!("conn", %peer);
                 tracker.spawn(
                     async move {
