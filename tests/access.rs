@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, repo_root};
+use harness::{free_port, repo_root, venv_python_with};
 use junction::mllp::client::{read_ack, MllpClient};
 use junction::store::{RecordStore, RecordStoreConfig, SyncPolicy};
 use serde_json::Value;
@@ -261,16 +261,8 @@ fn store_samples(server: &Server) -> (String, String) {
 
 /// Runs `validate_fhir.py --answers` over the saved `/fhir` answers.
 fn validate_answers(server: &Server) {
-    let venv = std::env::var_os("JUNCTION_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv"));
-    let python = venv.join("bin").join("python");
-    assert!(
-        python.exists(),
-        "{} not found: create the test venv with `bash tests/python/setup-venv.sh` \
-         (or set JUNCTION_VENV); it holds fhir.resources, the independent FHIR validator",
-        python.display()
-    );
+    // fhir.resources: the independent FHIR validator
+    let python = venv_python_with("import fhir.resources.R4B");
     let out = Command::new(python)
         .arg(repo_root().join("tests/python/validate_fhir.py"))
         .arg("--answers")

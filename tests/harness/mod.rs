@@ -38,9 +38,14 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// The venv's python: `$JUNCTION_VENV` if set (as `tests/python/setup-venv.sh`
-/// honours it), else `.venv` at the repository root.
+/// The venv's python with python-hl7 and hl7apy (the independent senders).
 pub fn venv_python() -> PathBuf {
+    venv_python_with("import hl7, hl7.client, hl7apy.parser")
+}
+
+/// The venv's python: `$JUNCTION_VENV` if set (as `tests/python/setup-venv.sh`
+/// honours it), else `.venv` at the repository root; checked to run `imports`.
+pub fn venv_python_with(imports: &str) -> PathBuf {
     let venv = std::env::var_os("JUNCTION_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv"));
@@ -48,16 +53,16 @@ pub fn venv_python() -> PathBuf {
     assert!(
         python.exists(),
         "{} is missing: run `tests/python/setup-venv.sh` from the repository root first \
-         (it creates .venv with python-hl7 and hl7apy; .ci/run does this)",
+         (it creates .venv with python-hl7, hl7apy and fhir.resources; .ci/run does this)",
         python.display()
     );
     let probe = Command::new(&python)
-        .args(["-c", "import hl7, hl7.client, hl7apy.parser"])
+        .args(["-c", imports])
         .output()
         .expect("run the venv's python");
     assert!(
         probe.status.success(),
-        "{} cannot import hl7/hl7apy: re-run `tests/python/setup-venv.sh`\n{}",
+        "{} cannot `{imports}`: re-run `tests/python/setup-venv.sh`\n{}",
         python.display(),
         String::from_utf8_lossy(&probe.stderr)
     );
