@@ -225,7 +225,8 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
         path: config_dir.join(&store.path),
         sync: store.sync,
         records: config_dir.join(&store.records),
-        retain_days: store.retain_days,
+        password_file: store.password_file.as_ref().map(|f| config_dir.join(f)),
+        ..store.clone()
     }
 }
 
@@ -362,11 +363,8 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         sync = journal.sync_policy().as_str(),
         "journal open"
     );
-    let records = RecordStore::open(&RecordStoreConfig {
-        path: store.records.clone(),
-        sync: store.sync,
-    })?;
-    info!(path = %records.path().display(), "record store open");
+    let records = RecordStore::open(&RecordStoreConfig::of(&store))?;
+    info!(location = %records.location(), "record store open");
     let router = load_routing(&config, config_dir)?;
     let (built, unavailable) = build_destinations(&config, &records);
 

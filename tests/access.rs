@@ -228,6 +228,7 @@ fn store_samples(server: &Server) -> (String, String) {
     let store = RecordStore::open(&RecordStoreConfig {
         path: server.records_path(),
         sync: SyncPolicy::Normal,
+        postgres: None,
     })
     .unwrap();
     let mut patient = None;

@@ -339,6 +339,7 @@ async fn junction_listener(dir: &Path) -> (SocketAddr, Journal, CancellationToke
         sync: Default::default(),
         records: dir.join("records.db"),
         retain_days: None,
+        ..Default::default()
     };
     let journal = Journal::open(&store).unwrap();
     let cfg: ListenerConfig = toml::from_str("bind = \"127.0.0.1:0\"").unwrap();
@@ -528,6 +529,7 @@ async fn store_writes_and_an_older_event_does_not_overwrite_newer_data() {
     let records = RecordStore::open(&RecordStoreConfig {
         path: tmp.path().join("records.db"),
         sync: Default::default(),
+        postgres: None,
     })
     .unwrap();
     let mailboxes = BTreeMap::new();
@@ -561,6 +563,7 @@ async fn store_writes_and_an_older_event_does_not_overwrite_newer_data() {
     let reopened = RecordStore::open(&RecordStoreConfig {
         path: tmp.path().join("records.db"),
         sync: Default::default(),
+        postgres: None,
     })
     .unwrap();
     let patient = reopened.read("Patient", "pat-1").unwrap().unwrap();

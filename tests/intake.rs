@@ -600,6 +600,7 @@ async fn retention_deletes_old_finished_messages_at_start_and_keeps_the_rest() {
             sync: junction::journal::SyncPolicy::Normal,
             records: dir.path().join("data/records.db"),
             retain_days: None,
+            ..Default::default()
         })
         .unwrap();
         for (control_id, days) in [("OLD40", 40), ("OLD10", 10)] {

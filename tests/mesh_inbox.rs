@@ -30,6 +30,7 @@ fn journal(dir: &Path) -> Journal {
         sync: SyncPolicy::Normal,
         records: dir.join("records.db"),
         retain_days: None,
+        ..Default::default()
     })
     .expect("open journal")
 }

@@ -330,6 +330,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     let store = RecordStore::open(&RecordStoreConfig {
         path: dir.path().join("data/records.db"),
         sync: SyncPolicy::Full,
+        postgres: None,
     })
     .unwrap();
     let event_time = "2026-03-01T09:30:00Z".parse().unwrap();
@@ -891,6 +892,7 @@ async fn mapped_samples_converge_whatever_the_arrival_order() {
         RecordStore::open(&RecordStoreConfig {
             path: dir.path().join(name),
             sync: SyncPolicy::Normal,
+            postgres: None,
         })
         .unwrap()
     };

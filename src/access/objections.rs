@@ -127,6 +127,7 @@ mod tests {
         let store = RecordStore::open(&RecordStoreConfig {
             path: dir.path().join("records.db"),
             sync: SyncPolicy::Normal,
+            postgres: None,
         })
         .unwrap();
         let number = NhsNumber::parse("943 476 5919").unwrap();
@@ -151,6 +152,7 @@ mod tests {
         let store = RecordStore::open(&RecordStoreConfig {
             path: dir.path().join("records.db"),
             sync: SyncPolicy::Normal,
+            postgres: None,
         })
         .unwrap();
         let number = NhsNumber::parse("9434765919").unwrap();

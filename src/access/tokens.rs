@@ -338,6 +338,7 @@ mod tests {
         let store = RecordStore::open(&crate::store::RecordStoreConfig {
             path: dir.path().join("records.db"),
             sync: crate::store::SyncPolicy::Normal,
+            postgres: None,
         })
         .unwrap();
         let access = Access::new(store.clone(), false);

@@ -34,6 +34,7 @@ async fn start() -> Server {
             crate::store::RecordStore::open(&crate::store::RecordStoreConfig {
                 path: dir.path().join("records.db"),
                 sync: SyncPolicy::Normal,
+                postgres: None,
             })
             .unwrap(),
             true,

@@ -112,8 +112,15 @@ fn summary(file: &Path, config: &Config, mappings: Option<usize>, diags: &Diagno
     let mappings = mappings
         .map(|n| format!(", {n} mapping(s)"))
         .unwrap_or_default();
+    // the URL as written: config/ refuses one holding a password
+    let records = config
+        .store
+        .url
+        .as_ref()
+        .map(|url| format!(", records in PostgreSQL {url}"))
+        .unwrap_or_default();
     format!(
-        "{}: ok, {} listener(s), store {} (sync={sync}){mappings}{}",
+        "{}: ok, {} listener(s), store {} (sync={sync}){records}{mappings}{}",
         file.display(),
         config.listeners.len(),
         display_path(&config.store.path).display(),

@@ -79,11 +79,8 @@ pub(super) fn open_record_store(path: &Path) -> anyhow::Result<Option<RecordStor
             return Ok(None);
         }
     };
-    let store = RecordStore::open(&RecordStoreConfig {
-        path: config.store.records.clone(),
-        sync: config.store.sync,
-    })
-    .context("cannot open the record store")?;
+    let store = RecordStore::open(&RecordStoreConfig::of(&config.store))
+        .context("cannot open the record store")?;
     Ok(Some(store))
 }
 
@@ -100,7 +97,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                     eprintln!(
                         "token `{name}` (role {role}) added to {}; it is shown only now: \
                          keep it somewhere safe (only its SHA-256 hash is stored)",
-                        store.path().display()
+                        store.location()
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -114,7 +111,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
         TokenAction::List => {
             let tokens = tokens::list(&store)?;
             if tokens.is_empty() {
-                eprintln!("no tokens in {}", store.path().display());
+                eprintln!("no tokens in {}", store.location());
                 return Ok(ExitCode::SUCCESS);
             }
             let width = tokens

@@ -559,6 +559,7 @@ fn cross_check(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diag
             "retain_days is 0, expected at least 1 (leave it out to keep every message)",
         ));
     }
+    check_store_url(config, doc, diags);
     if config.listeners.is_empty() && !failed.listeners {
         diags.push(Diagnostic::whole_file(
             Severity::Warning,
@@ -820,6 +821,46 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
     }
 }
 
+/// `[store] url`: a PostgreSQL URL without a password (secrets come from
+/// `password_env` or `password_file`, never from the config file).
+fn check_store_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    let store = &config.store;
+    let Some(url) = &store.url else {
+        for (key, given) in [
+            ("password_env", store.password_env.is_some()),
+            ("password_file", store.password_file.is_some()),
+        ] {
+            if given {
+                diags.push(doc.error(
+                    doc.span(&["store", key]),
+                    format!("{key} is only used with `url` (a PostgreSQL record store)"),
+                ));
+            }
+        }
+        return;
+    };
+    let at = doc.span(&["store", "url"]);
+    match url.parse::<postgres::Config>() {
+        Err(e) => diags.push(doc.error(
+            at,
+            format!(
+                "url is not a PostgreSQL connection URL ({e}), expected e.g. `postgres://junction@127.0.0.1:5432/junction`"
+            ),
+        )),
+        Ok(parsed) if parsed.get_password().is_some() => diags.push(doc.error(
+            at,
+            "url holds a password: secrets are never kept in the config file, give it through `password_env` (an environment variable) or `password_file`",
+        )),
+        Ok(_) => {}
+    }
+    if store.password_env.is_some() && store.password_file.is_some() {
+        diags.push(doc.error(
+            doc.span(&["store", "password_file"]),
+            "give the password through `password_env` or `password_file`, not both",
+        ));
+    }
+}
+
 fn known_ids<'a>(ids: impl Iterator<Item = &'a String>) -> String {
     let list: Vec<String> = ids.map(|id| format!("`{id}`")).collect();
     if list.is_empty() {
@@ -832,6 +873,9 @@ fn known_ids<'a>(ids: impl Iterator<Item = &'a String>) -> String {
 fn resolve_paths(config: &mut Config, dir: &Path) {
     config.store.path = absolute(&dir.join(&config.store.path));
     config.store.records = absolute(&dir.join(&config.store.records));
+    if let Some(file) = &mut config.store.password_file {
+        *file = absolute(&dir.join(&*file));
+    }
     for tls in config.listeners.values_mut().filter_map(|l| l.tls.as_mut()) {
         for path in [&mut tls.cert_file, &mut tls.key_file]
             .into_iter()
@@ -984,6 +1028,46 @@ mod tests {
         );
         assert!(diags.is_empty(), "{diags}");
         assert_eq!(config.unwrap().store.retain_days, Some(90));
+    }
+
+    #[test]
+    fn a_postgres_url_is_checked_where_written_and_never_holds_a_password() {
+        let base = "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n[store]\n";
+        check(
+            &format!("{base}url = \"postgres://junction:s3cret@db.trust.nhs.uk/junction\"\n"),
+            &["junction.toml:4:7: error: url holds a password: secrets are never kept in the config file, give it through `password_env` (an environment variable) or `password_file`"],
+        );
+        let diags = diagnostics(&format!("{base}url = \"postgres://db/junction?port=x\"\n"));
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(
+            diags[0]
+                .starts_with("junction.toml:4:7: error: url is not a PostgreSQL connection URL"),
+            "{diags:?}"
+        );
+        check(
+            &format!("{base}password_env = \"PGPASS\"\n"),
+            &["junction.toml:4:16: error: password_env is only used with `url` (a PostgreSQL record store)"],
+        );
+        check(
+            &format!("{base}url = \"postgres://junction@db/junction\"\npassword_env = \"PGPASS\"\npassword_file = \"pg.pass\"\n"),
+            &["junction.toml:6:17: error: give the password through `password_env` or `password_file`, not both"],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junction.toml");
+        std::fs::write(
+            &file,
+            format!("{base}url = \"postgres://junction@db:5433/junction\"\npassword_file = \"secrets/pg.pass\"\n"),
+        )
+        .unwrap();
+        let config = load(&file).unwrap();
+        assert_eq!(
+            config.store.url.as_deref(),
+            Some("postgres://junction@db:5433/junction")
+        );
+        assert_eq!(
+            config.store.password_file,
+            Some(dir.path().join("secrets/pg.pass"))
+        );
     }
 
     #[test]

@@ -86,6 +86,18 @@ pub struct StoreConfig {
     /// (the default): nothing is ever deleted. The record store is not pruned.
     #[serde(default)]
     pub retain_days: Option<u32>,
+    /// `postgres://user@host:port/database`: the record store (records and
+    /// their history, the objections register, API tokens, the audit trail)
+    /// in this PostgreSQL database instead of `records`, shared by every node
+    /// that names it. The journal and the delivery queue stay in `path`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the PostgreSQL password (with `url`).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the PostgreSQL password, its first line (with `url`).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_path() -> PathBuf {
@@ -103,6 +115,9 @@ impl Default for StoreConfig {
             sync: SyncPolicy::default(),
             records: default_records_path(),
             retain_days: None,
+            url: None,
+            password_env: None,
+            password_file: None,
         }
     }
 }

@@ -127,6 +127,9 @@ impl RecordStore {
     /// (nothing is changed); a hash already in use is a database error (the
     /// chance of that for a random 32-byte token is nil).
     pub fn add_token(&self, name: &str, role: &str, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.add_token(name, role, hash);
+        }
         self.with_writer(|conn| {
             let added = conn.execute(
                 "INSERT INTO api_tokens (name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -139,6 +142,9 @@ impl RecordStore {
 
     /// Revokes (deletes) the token `name`; `Ok(false)` when there is none.
     pub fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.revoke_token(name);
+        }
         self.with_writer(|conn| {
             let removed = conn.execute("DELETE FROM api_tokens WHERE name = ?1", params![name])?;
             Ok(removed == 1)
@@ -147,6 +153,9 @@ impl RecordStore {
 
     /// Every token (without hashes), by name.
     pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.list_tokens();
+        }
         self.with_reader(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT name, role, created_at, last_used_at FROM api_tokens ORDER BY name",
@@ -166,6 +175,9 @@ impl RecordStore {
     /// Every live token with its hash, for the authenticator. Rows whose hash
     /// is not 32 bytes cannot exist (a CHECK constraint) and are skipped.
     pub fn live_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.live_tokens();
+        }
         self.with_reader(|conn| {
             let mut stmt = conn.prepare("SELECT name, role, hash FROM api_tokens")?;
             let rows = stmt.query_map([], |row| {
@@ -188,6 +200,9 @@ impl RecordStore {
 
     /// Records that token `name` was just used.
     pub fn touch_token(&self, name: &str) -> Result<(), StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.touch_token(name);
+        }
         self.with_writer(|conn| {
             conn.execute(
                 "UPDATE api_tokens SET last_used_at = ?2 WHERE name = ?1",
@@ -200,6 +215,9 @@ impl RecordStore {
     /// Writes one audit row (and its patient index rows) and commits it.
     /// Returns the row id.
     pub fn append_audit(&self, entry: &NewAuditEntry) -> Result<i64, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.append_audit(entry);
+        }
         let patients = serde_json::to_string(&entry.patients)?;
         self.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -232,6 +250,9 @@ impl RecordStore {
 
     /// Audit rows matching `query`, newest first.
     pub fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.audit(query);
+        }
         self.with_reader(|conn| audit_rows(conn, query))
     }
 
@@ -245,6 +266,9 @@ impl RecordStore {
         note: Option<&str>,
         changed_by: &str,
     ) -> Result<bool, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.add_objection(nhs_number, note, changed_by);
+        }
         self.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let existing: Option<Option<String>> = tx
@@ -285,6 +309,9 @@ impl RecordStore {
     /// Removes an NHS number from the register; `Ok(false)` when it was not
     /// there. The removal, with `changed_by`, is recorded in the same transaction.
     pub fn remove_objection(&self, nhs_number: &str, changed_by: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.remove_objection(nhs_number, changed_by);
+        }
         self.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let removed = tx.execute(
@@ -305,6 +332,9 @@ impl RecordStore {
         nhs_number: Option<&str>,
         limit: u32,
     ) -> Result<Vec<ObjectionChange>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.objection_changes(nhs_number, limit);
+        }
         self.with_reader(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT id, at, nhs_number, action, note, changed_by FROM objection_changes
@@ -326,6 +356,9 @@ impl RecordStore {
 
     /// The whole register, by NHS number.
     pub fn list_objections(&self) -> Result<Vec<Objection>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.list_objections();
+        }
         self.with_reader(|conn| {
             let mut stmt = conn
                 .prepare("SELECT nhs_number, note, added_at FROM objections ORDER BY nhs_number")?;
@@ -342,6 +375,9 @@ impl RecordStore {
 
     /// Whether `nhs_number` (10 digits) is in the register.
     pub fn has_objection(&self, nhs_number: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.has_objection(nhs_number);
+        }
         self.with_reader(|conn| {
             Ok(conn
                 .query_row(
@@ -438,6 +474,7 @@ mod tests {
         RecordStore::open(&RecordStoreConfig {
             path: path.to_path_buf(),
             sync: SyncPolicy::Normal,
+            postgres: None,
         })
         .unwrap()
     }
@@ -469,50 +506,5 @@ mod tests {
         // Reopening a version 3 file changes nothing.
         let store = open(&path);
         assert_eq!(store.list_tokens().unwrap().len(), 1);
-    }
-
-    fn entry(token: &str, patients: &[&str], status: u16) -> NewAuditEntry {
-        NewAuditEntry {
-            at: now_instant(),
-            token_name: Some(token.to_string()),
-            role: Some("clinical".to_string()),
-            method: "GET".to_string(),
-            path: "/fhir/Patient".to_string(),
-            query: Some("identifier=9434765919".to_string()),
-            patients: patients.iter().map(|p| p.to_string()).collect(),
-            status,
-            purpose: "unspecified".to_string(),
-        }
-    }
-
-    #[test]
-    fn audit_rows_filter_by_patient_and_token_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir.path().join("records.db"));
-        let a = store.append_audit(&entry("gp", &["p1"], 200)).unwrap();
-        let b = store
-            .append_audit(&entry("ward", &["p1", "p2"], 200))
-            .unwrap();
-        let c = store.append_audit(&entry("gp", &[], 404)).unwrap();
-        let ids = |query: AuditQuery| -> Vec<i64> {
-            store.audit(&query).unwrap().iter().map(|e| e.id).collect()
-        };
-        let q = |patient: Option<&str>, token: Option<&str>, limit| AuditQuery {
-            patient: patient.map(str::to_string),
-            token: token.map(str::to_string),
-            limit,
-        };
-        assert_eq!(ids(q(None, None, 10)), vec![c, b, a]);
-        assert_eq!(ids(q(None, None, 2)), vec![c, b]);
-        assert_eq!(ids(q(Some("p1"), None, 10)), vec![b, a]);
-        assert_eq!(ids(q(Some("p2"), None, 10)), vec![b]);
-        assert_eq!(ids(q(Some("p1"), Some("gp"), 10)), vec![a]);
-        assert_eq!(ids(q(None, Some("gp"), 10)), vec![c, a]);
-        let rows = store.audit(&q(Some("p2"), None, 10)).unwrap();
-        assert_eq!(rows[0].entry.patients, vec!["p1", "p2"]);
-        assert_eq!(
-            rows[0].entry.query.as_deref(),
-            Some("identifier=9434765919")
-        );
     }
 }

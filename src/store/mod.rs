@@ -1,5 +1,7 @@
 //! The care-record store: applies documents (FHIR R4 transaction Bundles) as
-//! versioned records in an embedded SQLite file and answers the FHIR reads.
+//! versioned records in an embedded SQLite file (`sqlite.rs`), or in a
+//! PostgreSQL database that several engine nodes share (`postgres.rs`,
+//! `[store] url`), and answers the FHIR reads.
 //!
 //! A document's entries are upserts by `(resourceType, id)`: each change makes
 //! a new version (`meta.versionId` 1, 2, …, `meta.lastUpdated` set here) and
@@ -9,7 +11,7 @@
 //! never overwrites newer data. The patient each record belongs to and the
 //! identifiers of each Patient are indexed for the searches the FHIR API needs.
 //!
-//! The same file keeps the access tables (`access.rs`: API token hashes,
+//! The same file (or database) keeps the access tables (`access.rs`: API token hashes,
 //! the audit trail of FHIR reads, the objections register) so that clinical
 //! data and who read it live and are backed up together.
 //!
@@ -34,8 +36,12 @@
 //!   current, non-deleted version of each record.
 
 mod access;
+mod apply;
 mod plan;
+mod postgres;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -63,6 +69,9 @@ pub struct RecordStoreConfig {
     /// on commit; a power loss (not a process crash) may lose the last documents.
     #[serde(default)]
     pub sync: SyncPolicy,
+    /// The records in this PostgreSQL database instead of `path` (`[store] url`).
+    #[serde(skip)]
+    pub postgres: Option<PostgresTarget>,
 }
 
 fn default_path() -> PathBuf {
@@ -74,7 +83,61 @@ impl Default for RecordStoreConfig {
         RecordStoreConfig {
             path: default_path(),
             sync: SyncPolicy::default(),
+            postgres: None,
         }
+    }
+}
+
+impl RecordStoreConfig {
+    /// The record store of a `[store]` table: its SQLite file, or the
+    /// PostgreSQL database its `url` names.
+    pub fn of(store: &crate::journal::StoreConfig) -> RecordStoreConfig {
+        RecordStoreConfig {
+            path: store.records.clone(),
+            sync: store.sync,
+            postgres: store.url.as_ref().map(|url| PostgresTarget {
+                url: url.clone(),
+                password_env: store.password_env.clone(),
+                password_file: store.password_file.clone(),
+            }),
+        }
+    }
+}
+
+/// A PostgreSQL database for the record store. The password, when the server
+/// asks for one, comes from an environment variable or a file, never from
+/// the URL (`config/` refuses a URL holding one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTarget {
+    /// `postgres://user@host:port/database` (or a key=value connection string).
+    pub url: String,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (its first line).
+    pub password_file: Option<PathBuf>,
+}
+
+impl PostgresTarget {
+    /// The password, read now from the environment or the file.
+    fn password(&self) -> Result<Option<String>, StoreError> {
+        if let Some(var) = &self.password_env {
+            return match std::env::var(var) {
+                Ok(value) => Ok(Some(value)),
+                Err(_) => Err(StoreError::Password(format!(
+                    "the environment variable {var} (password_env) is not set"
+                ))),
+            };
+        }
+        if let Some(path) = &self.password_file {
+            return match std::fs::read_to_string(path) {
+                Ok(text) => Ok(Some(text.lines().next().unwrap_or("").to_string())),
+                Err(e) => Err(StoreError::Password(format!(
+                    "cannot read the password file {} (password_file): {e}",
+                    path.display()
+                ))),
+            };
+        }
+        Ok(None)
     }
 }
 
@@ -96,6 +159,15 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("record store database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("record store (PostgreSQL): {what}: {source}")]
+    Postgres {
+        what: String,
+        source: ::postgres::Error,
+    },
+    #[error("record store (PostgreSQL): {0}")]
+    Password(String),
+    #[error("record store: internal error: {0}")]
+    Internal(&'static str),
     #[error("a stored record is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("the document is not a Bundle: resourceType is {found:?}, expected \"Bundle\"")]
@@ -252,14 +324,21 @@ pub struct RecordStore {
 struct Inner {
     path: PathBuf,
     sync: SyncPolicy,
-    writer: Mutex<rusqlite::Connection>,
-    readers: ReaderPool,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite {
+        writer: Mutex<rusqlite::Connection>,
+        readers: ReaderPool,
+    },
+    Postgres(postgres::PgStore),
 }
 
 impl std::fmt::Debug for RecordStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordStore")
-            .field("path", &self.inner.path)
+            .field("location", &self.location())
             .field("sync", &self.inner.sync)
             .finish_non_exhaustive()
     }
@@ -269,6 +348,16 @@ impl RecordStore {
     /// Opens (creating if needed, with its parent folders) the store at
     /// `cfg.path` as given (callers resolve relative paths).
     pub fn open(cfg: &RecordStoreConfig) -> Result<RecordStore, StoreError> {
+        if let Some(target) = &cfg.postgres {
+            let store = postgres::PgStore::open(target, cfg.sync)?;
+            return Ok(RecordStore {
+                inner: Arc::new(Inner {
+                    path: cfg.path.clone(),
+                    sync: cfg.sync,
+                    backend: Backend::Postgres(store),
+                }),
+            });
+        }
         let path = cfg.path.clone();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
@@ -283,15 +372,34 @@ impl RecordStore {
             inner: Arc::new(Inner {
                 path,
                 sync: cfg.sync,
-                writer: Mutex::new(writer),
-                readers: ReaderPool::new(cfg.path.clone(), reader),
+                backend: Backend::Sqlite {
+                    writer: Mutex::new(writer),
+                    readers: ReaderPool::new(cfg.path.clone(), reader),
+                },
             }),
         })
     }
 
-    /// The database file.
+    /// The SQLite file (for a PostgreSQL store, the file it would have used).
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Where the records live, for logs and messages: the SQLite file, or
+    /// `postgres user@host:port/db` (never a password).
+    pub fn location(&self) -> String {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => self.inner.path.display().to_string(),
+            Backend::Postgres(pg) => pg.describe().to_string(),
+        }
+    }
+
+    /// The PostgreSQL store, when the records live there.
+    fn postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.inner.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     pub fn sync_policy(&self) -> SyncPolicy {
@@ -352,12 +460,10 @@ impl RecordStore {
             return Ok(Vec::new());
         }
         let now = jiff::Timestamp::now();
-        let mut conn = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outcomes = sqlite::apply(&mut conn, plans, now)?;
+        let outcomes = match self.postgres() {
+            Some(pg) => pg.apply(plans, now)?,
+            None => self.with_writer(|conn| sqlite::apply(conn, plans, now))?,
+        };
         for outcome in &outcomes {
             tracing::debug!(
                 entries = outcome.entries.len(),
@@ -374,11 +480,17 @@ impl RecordStore {
     /// The current version of a record (a tombstone if it was deleted), or
     /// `None` if there never was one.
     pub fn read(&self, resource_type: &str, id: &str) -> Result<Option<Record>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.read(resource_type, id);
+        }
         self.with_reader(|conn| sqlite::read(conn, resource_type, id))
     }
 
     /// Every version of a record, newest first (empty if there never was one).
     pub fn history(&self, resource_type: &str, id: &str) -> Result<Vec<Record>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.history(resource_type, id);
+        }
         self.with_reader(|conn| sqlite::history(conn, resource_type, id))
     }
 
@@ -389,6 +501,9 @@ impl RecordStore {
         system: Option<&str>,
         value: &str,
     ) -> Result<Vec<Value>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.search_patient_by_identifier(system, value);
+        }
         self.with_reader(|conn| sqlite::search_patient_by_identifier(conn, system, value))
     }
 
@@ -399,6 +514,9 @@ impl RecordStore {
         resource_type: &str,
         patient_id: &str,
     ) -> Result<Vec<Value>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.search_by_patient(resource_type, patient_id);
+        }
         self.with_reader(|conn| sqlite::search_by_patient(conn, resource_type, patient_id))
     }
 
@@ -406,6 +524,9 @@ impl RecordStore {
     /// (ordered by type, then id); `None` when the Patient does not exist or
     /// is deleted.
     pub fn everything(&self, patient_id: &str) -> Result<Option<Vec<Value>>, StoreError> {
+        if let Some(pg) = self.postgres() {
+            return pg.everything(patient_id);
+        }
         self.with_reader(|conn| sqlite::everything(conn, patient_id))
     }
 
@@ -415,9 +536,10 @@ impl RecordStore {
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self
-            .inner
-            .writer
+        let Backend::Sqlite { writer, .. } = &self.inner.backend else {
+            return Err(StoreError::Internal("a SQLite write on a PostgreSQL store"));
+        };
+        let mut conn = writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut conn)
@@ -428,7 +550,10 @@ impl RecordStore {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.inner.readers.with(sqlite::open_reader, f)
+        let Backend::Sqlite { readers, .. } = &self.inner.backend else {
+            return Err(StoreError::Internal("a SQLite read on a PostgreSQL store"));
+        };
+        readers.with(sqlite::open_reader, f)
     }
 }
 

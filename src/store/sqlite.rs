@@ -11,8 +11,9 @@ use crate::db::{self, OpenProblem};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::Value;
 
-use super::plan::{self, Op, Plan};
-use super::{ApplyOutcome, EntryOutcome, EntryResult, Record, StoreError, SyncPolicy};
+use super::apply::{self, Current, Version};
+use super::plan::Plan;
+use super::{ApplyOutcome, Record, StoreError, SyncPolicy};
 
 /// The schema this build writes: 1 the records and their indexes; 2 adds
 /// the access tables (API tokens, the audit trail of FHIR reads, the
@@ -107,14 +108,6 @@ CREATE TABLE IF NOT EXISTS objection_changes (
 CREATE INDEX IF NOT EXISTS objection_changes_number ON objection_changes (nhs_number, id);
 ";
 
-/// The current row of a record, as `apply` needs it.
-struct Current {
-    version: i64,
-    event_time: Option<i64>,
-    /// `None` for a tombstone.
-    content: Option<String>,
-}
-
 /// Opens the write connection: WAL, the sync policy, the current schema
 /// (see [`crate::db`]).
 pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, StoreError> {
@@ -171,7 +164,7 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// `meta.lastUpdated` for `now`: a FHIR instant in UTC with milliseconds.
-fn instant(now: jiff::Timestamp) -> String {
+pub(super) fn instant(now: jiff::Timestamp) -> String {
     // Rounding to milliseconds cannot overflow for any clock reading this
     // century; fall back to the unrounded time rather than fail a document.
     let rounded = now.round(jiff::Unit::Millisecond).unwrap_or(now);
@@ -188,284 +181,113 @@ pub(super) fn apply(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::with_capacity(plans.len());
     for plan in plans {
-        outcomes.push(apply_plan(&tx, plan, &last_updated)?);
+        outcomes.push(apply::apply_plan(&mut Rows(&tx), plan, &last_updated)?);
     }
     tx.commit()?;
     Ok(outcomes)
 }
 
-/// Applies one document's plan inside the caller's transaction.
-fn apply_plan(
-    tx: &Connection,
-    plan: &Plan,
-    last_updated: &str,
-) -> Result<ApplyOutcome, StoreError> {
-    let last_updated = last_updated.to_string();
-    let event_time = plan.event_time.map(|t| t.as_microsecond());
-    let mut outcome = ApplyOutcome::default();
-    for entry in &plan.entries {
-        let (resource_type, id) = (entry.resource_type.as_str(), entry.id.as_str());
-        let current = current(tx, resource_type, id)?;
-        let exists = current.as_ref().is_some_and(|c| c.content.is_some());
-        let create_only = matches!(
-            entry.op,
-            Op::Put {
-                create_only: true,
-                ..
-            }
-        );
-        let result = match (&current, event_time) {
-            // `ifNoneMatch: "*"`: an existing record is left as it is.
-            (Some(cur), _) if create_only && exists => EntryResult::Unchanged {
-                version: cur.version,
-            },
-            (Some(cur), Some(incoming)) if cur.event_time.is_some_and(|s| incoming < s) => {
-                EntryResult::Stale {
-                    version: cur.version,
-                }
-            }
-            _ => {
-                let newest = match current.as_ref().and_then(|c| c.event_time) {
-                    // A create-only record is a placeholder: it takes no event
-                    // time, so the authoritative document (e.g. the ADT that
-                    // arrives after the lab result) replaces it whatever its age.
-                    stored if create_only => stored,
-                    Some(stored) => Some(event_time.map_or(stored, |i| i.max(stored))),
-                    None => event_time,
-                };
-                match &entry.op {
-                    Op::Put {
-                        resource,
-                        patients,
-                        identifiers,
-                        ..
-                    } => put(
-                        tx,
-                        resource_type,
-                        id,
-                        current.as_ref(),
-                        resource,
-                        patients,
-                        identifiers,
-                        &last_updated,
-                        newest,
-                    )?,
-                    Op::Delete => delete(
-                        tx,
-                        resource_type,
-                        id,
-                        current.as_ref(),
-                        &last_updated,
-                        newest,
-                    )?,
-                }
-            }
-        };
-        outcome.entries.push(EntryOutcome {
-            resource_type: entry.resource_type.clone(),
-            id: entry.id.clone(),
-            result,
-        });
-    }
-    Ok(outcome)
-}
+/// The record rows inside a transaction, for [`apply::apply_plan`].
+struct Rows<'c>(&'c Connection);
 
-fn current(
-    conn: &Connection,
-    resource_type: &str,
-    id: &str,
-) -> Result<Option<Current>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT version, event_time, content FROM resources WHERE type = ?1 AND id = ?2",
+impl apply::Rows for Rows<'_> {
+    type Error = StoreError;
+
+    fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT version, event_time, content FROM resources WHERE type = ?1 AND id = ?2",
+                params![resource_type, id],
+                |row| {
+                    Ok(Current {
+                        version: row.get(0)?,
+                        event_time: row.get(1)?,
+                        content: row.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn write_version(&mut self, v: &Version<'_>) -> Result<(), StoreError> {
+        let deleted = i64::from(v.content.is_none());
+        let params = params![
+            v.resource_type,
+            v.id,
+            v.version,
+            v.last_updated,
+            v.event_time,
+            deleted,
+            v.content
+        ];
+        self.0.execute(
+            "INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (type, id) DO UPDATE SET
+                 version = excluded.version, last_updated = excluded.last_updated,
+                 event_time = excluded.event_time, deleted = excluded.deleted,
+                 content = excluded.content",
+            params,
+        )?;
+        self.0.execute(
+            "INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params,
+        )?;
+        Ok(())
+    }
+
+    fn set_event_time(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        event_time: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE resources SET event_time = ?3 WHERE type = ?1 AND id = ?2",
+            params![resource_type, id, event_time],
+        )?;
+        Ok(())
+    }
+
+    fn link_patients(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        patients: &[String],
+    ) -> Result<(), StoreError> {
+        self.0.execute(
+            "DELETE FROM patient_links WHERE type = ?1 AND id = ?2",
             params![resource_type, id],
-            |row| {
-                Ok(Current {
-                    version: row.get(0)?,
-                    event_time: row.get(1)?,
-                    content: row.get(2)?,
-                })
-            },
-        )
-        .optional()?)
-}
-
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
-fn put(
-    conn: &Connection,
-    resource_type: &str,
-    id: &str,
-    current: Option<&Current>,
-    resource: &Value,
-    patients: &[String],
-    identifiers: &[(String, String)],
-    last_updated: &str,
-    event_time: Option<i64>,
-) -> Result<EntryResult, StoreError> {
-    if let Some(cur) = current {
-        if let Some(content) = &cur.content {
-            let stored: Value = serde_json::from_str(content)?;
-            if plan::without_meta(&stored) == plan::without_meta(resource) {
-                set_event_time(conn, cur, resource_type, id, event_time)?;
-                return Ok(EntryResult::Unchanged {
-                    version: cur.version,
-                });
-            }
-        }
-    }
-    let version = current.map_or(1, |cur| cur.version + 1);
-    let mut stored = resource.clone();
-    if let Value::Object(object) = &mut stored {
-        let meta = object
-            .entry("meta")
-            .or_insert_with(|| Value::Object(serde_json::Map::new()));
-        if let Value::Object(meta) = meta {
-            meta.insert("versionId".into(), Value::String(version.to_string()));
-            meta.insert(
-                "lastUpdated".into(),
-                Value::String(last_updated.to_string()),
-            );
-        }
-    }
-    let content = serde_json::to_string(&stored)?;
-    write_version(
-        conn,
-        resource_type,
-        id,
-        version,
-        last_updated,
-        event_time,
-        Some(&content),
-    )?;
-    conn.execute(
-        "DELETE FROM patient_links WHERE type = ?1 AND id = ?2",
-        params![resource_type, id],
-    )?;
-    for patient in patients {
-        conn.execute(
-            "INSERT OR IGNORE INTO patient_links (patient_id, type, id) VALUES (?1, ?2, ?3)",
-            params![patient, resource_type, id],
         )?;
-    }
-    if resource_type == "Patient" {
-        conn.execute(
-            "DELETE FROM patient_identifiers WHERE patient_id = ?1",
-            params![id],
-        )?;
-        for (system, value) in identifiers {
-            conn.execute(
-                "INSERT OR IGNORE INTO patient_identifiers (value, system, patient_id)
-                 VALUES (?1, ?2, ?3)",
-                params![value, system, id],
+        for patient in patients {
+            self.0.execute(
+                "INSERT OR IGNORE INTO patient_links (patient_id, type, id) VALUES (?1, ?2, ?3)",
+                params![patient, resource_type, id],
             )?;
         }
+        Ok(())
     }
-    let was_live = current.is_some_and(|cur| cur.content.is_some());
-    Ok(if was_live {
-        EntryResult::Updated { version }
-    } else {
-        EntryResult::Created { version }
-    })
-}
 
-fn delete(
-    conn: &Connection,
-    resource_type: &str,
-    id: &str,
-    current: Option<&Current>,
-    last_updated: &str,
-    event_time: Option<i64>,
-) -> Result<EntryResult, StoreError> {
-    let Some(cur) = current.filter(|cur| cur.content.is_some()) else {
-        if let Some(cur) = current {
-            set_event_time(conn, cur, resource_type, id, event_time)?;
-        }
-        return Ok(EntryResult::AlreadyAbsent);
-    };
-    let version = cur.version + 1;
-    write_version(
-        conn,
-        resource_type,
-        id,
-        version,
-        last_updated,
-        event_time,
-        None,
-    )?;
-    conn.execute(
-        "DELETE FROM patient_links WHERE type = ?1 AND id = ?2",
-        params![resource_type, id],
-    )?;
-    if resource_type == "Patient" {
-        conn.execute(
+    fn index_identifiers(
+        &mut self,
+        patient_id: &str,
+        identifiers: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        self.0.execute(
             "DELETE FROM patient_identifiers WHERE patient_id = ?1",
-            params![id],
+            params![patient_id],
         )?;
+        for (system, value) in identifiers {
+            self.0.execute(
+                "INSERT OR IGNORE INTO patient_identifiers (value, system, patient_id)
+                 VALUES (?1, ?2, ?3)",
+                params![value, system, patient_id],
+            )?;
+        }
+        Ok(())
     }
-    Ok(EntryResult::Deleted { version })
-}
-
-/// Writes a new current version (and its history row); `content` `None` is a tombstone.
-fn write_version(
-    conn: &Connection,
-    resource_type: &str,
-    id: &str,
-    version: i64,
-    last_updated: &str,
-    event_time: Option<i64>,
-    content: Option<&str>,
-) -> Result<(), StoreError> {
-    let deleted = i64::from(content.is_none());
-    conn.execute(
-        "INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (type, id) DO UPDATE SET
-             version = excluded.version, last_updated = excluded.last_updated,
-             event_time = excluded.event_time, deleted = excluded.deleted,
-             content = excluded.content",
-        params![
-            resource_type,
-            id,
-            version,
-            last_updated,
-            event_time,
-            deleted,
-            content
-        ],
-    )?;
-    conn.execute(
-        "INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            resource_type,
-            id,
-            version,
-            last_updated,
-            event_time,
-            deleted,
-            content
-        ],
-    )?;
-    Ok(())
-}
-
-/// Remembers a newer event time without making a new version (no write when
-/// it has not changed, so a redelivered document costs no page writes).
-fn set_event_time(
-    conn: &Connection,
-    current: &Current,
-    resource_type: &str,
-    id: &str,
-    event_time: Option<i64>,
-) -> Result<(), StoreError> {
-    if event_time == current.event_time {
-        return Ok(());
-    }
-    conn.execute(
-        "UPDATE resources SET event_time = ?3 WHERE type = ?1 AND id = ?2",
-        params![resource_type, id, event_time],
-    )?;
-    Ok(())
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {

@@ -1,8 +1,5 @@
-//! The record store on a real SQLite file in a temporary folder.
-
-use serde_json::json;
-
-use super::*;
+// The record store's behaviour, the same on every backend: included by
+// `sqlite.rs` and `postgres.rs`, each of which defines `open() -> Fixture`.
 
 const PATIENT: &str = "8f1c1a4e-54a7-5b43-9a3c-3c2f0f4d8a11";
 const OTHER_PATIENT: &str = "1d5b8f0e-0c8e-5f6e-8d1e-6a0b2b6c9e22";
@@ -10,21 +7,6 @@ const ENCOUNTER: &str = "2b7c9d10-6f1e-5c3a-b2d4-7e8f9a0b1c33";
 const OBSERVATION: &str = "3c8d0e21-7a2f-5d4b-c3e5-8f9a0b1c2d44";
 const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
 const MRN: &str = "https://fhir.example-trust.nhs.uk/Id/mrn";
-
-struct Fixture {
-    store: RecordStore,
-    _dir: tempfile::TempDir,
-}
-
-fn open() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = RecordStore::open(&RecordStoreConfig {
-        path: dir.path().join("data").join("records.db"),
-        sync: SyncPolicy::Normal,
-    })
-    .unwrap();
-    Fixture { store, _dir: dir }
-}
 
 fn at(text: &str) -> Option<jiff::Timestamp> {
     Some(text.parse().unwrap())
@@ -720,40 +702,6 @@ fn everything_and_search_by_patient() {
 }
 
 #[test]
-fn records_survive_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = RecordStoreConfig {
-        path: dir.path().join("records.db"),
-        sync: SyncPolicy::Full,
-    };
-    {
-        let store = RecordStore::open(&cfg).unwrap();
-        store
-            .apply_bundle(
-                &bundle(&[patient(PATIENT, "9434765919", "Smith")]),
-                at("2026-03-01T10:00:00Z"),
-            )
-            .unwrap();
-    }
-    let store = RecordStore::open(&cfg).unwrap();
-    assert_eq!(store.sync_policy(), SyncPolicy::Full);
-    let record = store.read("Patient", PATIENT).unwrap().unwrap();
-    assert_eq!(record.version, 1);
-    assert_eq!(record.event_time, at("2026-03-01T10:00:00Z"));
-}
-
-#[test]
-fn config_defaults_and_unknown_keys() {
-    let cfg: RecordStoreConfig = toml::from_str("").unwrap();
-    assert_eq!(cfg, RecordStoreConfig::default());
-    assert_eq!(cfg.path, PathBuf::from("data/records.db"));
-    assert_eq!(cfg.sync, SyncPolicy::Full);
-    let cfg: RecordStoreConfig = toml::from_str("path = \"x.db\"\nsync = \"normal\"").unwrap();
-    assert_eq!(cfg.sync, SyncPolicy::Normal);
-    assert!(toml::from_str::<RecordStoreConfig>("pth = \"x.db\"").is_err());
-}
-
-#[test]
 fn apply_bundles_shares_a_transaction_but_not_a_fate() {
     let f = open();
     let first = bundle(&[
@@ -837,38 +785,114 @@ fn create_only_puts_create_a_missing_record_and_never_replace_one() {
     assert!(refused.is_err());
 }
 
-#[test]
-fn a_version_2_file_gains_the_objection_trail_and_keeps_its_register() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("records.db");
-    {
-        // a record store as the previous build left it: schema 2, one objection
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
-            .unwrap();
-        conn.execute_batch(sqlite::SCHEMA_V1).unwrap();
-        conn.execute_batch(sqlite::SCHEMA_V2).unwrap();
-        conn.pragma_update(None, "user_version", 2).unwrap();
-        conn.execute(
-            "INSERT INTO objections (nhs_number, note, added_at) VALUES ('9434765919', 'letter', '2026-03-01T10:00:00.000Z')",
-            [],
-        )
-        .unwrap();
+fn entry(token: &str, patients: &[&str], status: u16) -> NewAuditEntry {
+    NewAuditEntry {
+        at: now_instant(),
+        token_name: Some(token.to_string()),
+        role: Some("clinical".to_string()),
+        method: "GET".to_string(),
+        path: "/fhir/Patient".to_string(),
+        query: Some("identifier=9434765919".to_string()),
+        patients: patients.iter().map(|p| p.to_string()).collect(),
+        status,
+        purpose: "unspecified".to_string(),
     }
-    let store = RecordStore::open(&RecordStoreConfig {
-        path: path.clone(),
-        sync: SyncPolicy::Normal,
-    })
-    .unwrap();
-    assert!(store.has_objection("9434765919").unwrap());
-    assert!(store.objection_changes(None, 10).unwrap().is_empty());
-    assert!(store.remove_objection("9434765919", "cli test").unwrap());
-    let changes = store.objection_changes(Some("9434765919"), 10).unwrap();
-    assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0].action, "removed");
-    let version: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+#[test]
+fn audit_rows_filter_by_patient_and_token_newest_first() {
+    let f = open();
+    let store = &f.store;
+    let a = store.append_audit(&entry("gp", &["p1"], 200)).unwrap();
+    let b = store
+        .append_audit(&entry("ward", &["p1", "p2"], 200))
         .unwrap();
-    assert_eq!(version, 3);
+    let c = store.append_audit(&entry("gp", &[], 404)).unwrap();
+    let ids = |query: AuditQuery| -> Vec<i64> {
+        store.audit(&query).unwrap().iter().map(|e| e.id).collect()
+    };
+    let q = |patient: Option<&str>, token: Option<&str>, limit| AuditQuery {
+        patient: patient.map(str::to_string),
+        token: token.map(str::to_string),
+        limit,
+    };
+    assert_eq!(ids(q(None, None, 10)), vec![c, b, a]);
+    assert_eq!(ids(q(None, None, 2)), vec![c, b]);
+    assert_eq!(ids(q(Some("p1"), None, 10)), vec![b, a]);
+    assert_eq!(ids(q(Some("p2"), None, 10)), vec![b]);
+    assert_eq!(ids(q(Some("p1"), Some("gp"), 10)), vec![a]);
+    assert_eq!(ids(q(None, Some("gp"), 10)), vec![c, a]);
+    let rows = store.audit(&q(Some("p2"), None, 10)).unwrap();
+    assert_eq!(rows[0].entry.patients, vec!["p1", "p2"]);
+    assert_eq!(
+        rows[0].entry.query.as_deref(),
+        Some("identifier=9434765919")
+    );
+}
+
+#[test]
+fn tokens_are_kept_as_hashes_listed_touched_and_revoked() {
+    let f = open();
+    let store = &f.store;
+    assert!(store.add_token("ward", "clinical", &[7; 32]).unwrap());
+    assert!(!store.add_token("ward", "ops", &[8; 32]).unwrap(), "a name is taken once");
+    assert!(store.add_token("ops", "ops", &[9; 32]).unwrap());
+    let live = store.live_tokens().unwrap();
+    assert_eq!(live.len(), 2);
+    assert!(live
+        .iter()
+        .any(|t| t.name == "ward" && t.role == "clinical" && t.hash == [7; 32]));
+    let listed = store.list_tokens().unwrap();
+    assert_eq!(
+        listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["ops", "ward"]
+    );
+    assert!(listed.iter().all(|t| t.last_used_at.is_none()));
+    store.touch_token("ward").unwrap();
+    let listed = store.list_tokens().unwrap();
+    assert!(listed[1].last_used_at.is_some());
+    assert!(store.revoke_token("ward").unwrap());
+    assert!(!store.revoke_token("ward").unwrap());
+    assert_eq!(store.live_tokens().unwrap().len(), 1);
+}
+
+#[test]
+fn objections_and_the_trail_of_their_changes() {
+    let f = open();
+    let store = &f.store;
+    assert!(!store.has_objection("9434765919").unwrap());
+    assert!(store
+        .add_objection("9434765919", Some("letter"), "cli test")
+        .unwrap());
+    assert!(!store
+        .add_objection("9434765919", Some("letter"), "cli test")
+        .unwrap());
+    assert!(!store
+        .add_objection("9434765919", Some("phone call"), "token ops")
+        .unwrap());
+    assert!(store.has_objection("9434765919").unwrap());
+    let listed = store.list_objections().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].note.as_deref(), Some("phone call"));
+    assert!(store.remove_objection("9434765919", "cli test").unwrap());
+    assert!(!store.remove_objection("9434765919", "cli test").unwrap());
+    assert!(!store.has_objection("9434765919").unwrap());
+    let changes = store.objection_changes(Some("9434765919"), 10).unwrap();
+    let actions: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|c| (c.action.as_str(), c.changed_by.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("removed", "cli test"),
+            ("note changed", "token ops"),
+            ("added", "cli test")
+        ]
+    );
+    assert_eq!(store.objection_changes(None, 2).unwrap().len(), 2);
+    assert!(store
+        .objection_changes(Some("9999999999"), 10)
+        .unwrap()
+        .is_empty());
 }

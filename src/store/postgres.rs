@@ -1,0 +1,904 @@
+//! The PostgreSQL side of the record store (`[store] url = "postgres://…"`):
+//! the same tables as `sqlite.rs` (records, their history and search indexes;
+//! the access tables), in one database that several engine nodes share.
+//!
+//! What it adds over one SQLite file: every node that names the database
+//! reads and writes the same records, objections register, API tokens and
+//! audit trail, so a patient's document applied by one node is read on
+//! another, an objection added on one is honoured by all, and a token made
+//! with `junction token add` on one works on every node's API.
+//!
+//! What it does not do: the journal and the delivery queue stay in each
+//! node's SQLite file (`[store] path`); it does no TLS to the server (run it
+//! on loopback or a private network); it keeps no connection to a server that
+//! went away (a broken connection is dropped and the next call connects anew).
+//!
+//! # Invariants
+//! - The schema is created or upgraded in one transaction under an advisory
+//!   lock, so nodes starting together do not race; a database whose schema
+//!   is newer than this build's is refused, never touched.
+//! - Two nodes applying documents that touch the same record serialize on it:
+//!   each transaction takes an advisory lock per record (in sorted order, so
+//!   two documents never wait on each other in a cycle) before it reads the
+//!   record's current version. Versions stay 1, 2, 3, … without gaps.
+//! - A change to the objections register is serialized per NHS number the
+//!   same way, so its trail row matches what changed.
+//! - The password comes from an environment variable or a file, never from
+//!   the URL (`config/` refuses a URL holding one); nothing here logs it.
+//! - `sync = "normal"` sets `synchronous_commit = off` on this store's
+//!   connections (a crash of the server may lose the last commits, never
+//!   corrupt them); `full` keeps the server's default (on).
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use postgres::{Client, NoTls, Transaction};
+use serde_json::Value;
+
+use super::access::{
+    now_instant, AuditEntry, AuditQuery, NewAuditEntry, Objection, ObjectionChange, StoredToken,
+    TokenInfo,
+};
+use super::apply::{self, Current, Version};
+use super::plan::Plan;
+use super::{ApplyOutcome, PostgresTarget, Record, StoreError, SyncPolicy};
+
+/// The schema version this build writes (kept in `junction_schema`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Idle connections kept for reuse.
+const IDLE_CONNECTIONS: usize = 8;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The advisory lock the schema migration holds (an arbitrary constant: "JNCT").
+const SCHEMA_LOCK: i64 = 0x4A4E_4354;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE resources (
+    type         TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    version      BIGINT NOT NULL,
+    last_updated TEXT NOT NULL,
+    event_time   BIGINT,
+    deleted      BOOLEAN NOT NULL,
+    content      TEXT,
+    PRIMARY KEY (type, id)
+);
+CREATE TABLE history (
+    type         TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    version      BIGINT NOT NULL,
+    last_updated TEXT NOT NULL,
+    event_time   BIGINT,
+    deleted      BOOLEAN NOT NULL,
+    content      TEXT,
+    PRIMARY KEY (type, id, version)
+);
+CREATE TABLE patient_links (
+    patient_id TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    PRIMARY KEY (patient_id, type, id)
+);
+CREATE INDEX patient_links_resource ON patient_links (type, id);
+CREATE TABLE patient_identifiers (
+    value      TEXT NOT NULL,
+    system     TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    PRIMARY KEY (value, system, patient_id)
+);
+CREATE INDEX patient_identifiers_patient ON patient_identifiers (patient_id);
+CREATE TABLE api_tokens (
+    name         TEXT PRIMARY KEY,
+    role         TEXT NOT NULL,
+    hash         BYTEA NOT NULL UNIQUE CHECK (length(hash) = 32),
+    created_at   TEXT NOT NULL,
+    last_used_at TEXT
+);
+CREATE TABLE audit (
+    id         BIGSERIAL PRIMARY KEY,
+    at         TEXT NOT NULL,
+    token_name TEXT,
+    role       TEXT,
+    method     TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    query      TEXT,
+    patients   TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    purpose    TEXT NOT NULL
+);
+CREATE INDEX audit_token ON audit (token_name, id);
+CREATE TABLE audit_patients (
+    patient_id TEXT NOT NULL,
+    audit_id   BIGINT NOT NULL,
+    PRIMARY KEY (patient_id, audit_id)
+);
+CREATE TABLE objections (
+    nhs_number TEXT PRIMARY KEY,
+    note       TEXT,
+    added_at   TEXT NOT NULL
+);
+CREATE TABLE objection_changes (
+    id         BIGSERIAL PRIMARY KEY,
+    at         TEXT NOT NULL,
+    nhs_number TEXT NOT NULL,
+    action     TEXT NOT NULL CHECK (action IN ('added', 'note changed', 'removed')),
+    note       TEXT,
+    changed_by TEXT NOT NULL
+);
+CREATE INDEX objection_changes_number ON objection_changes (nhs_number, id);
+";
+
+/// A small pool of connections to one database.
+pub(super) struct PgStore {
+    config: postgres::Config,
+    sync: SyncPolicy,
+    /// `user@host:port/db`, for messages (never the password).
+    describe: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl PgStore {
+    /// Connects (once, so a wrong URL or password shows up at start) and
+    /// creates or upgrades the schema.
+    pub(super) fn open(target: &PostgresTarget, sync: SyncPolicy) -> Result<PgStore, StoreError> {
+        // The engine opens its store from async code (`engine::start`);
+        // every other call comes from blocking threads, as for SQLite.
+        off_runtime(|| PgStore::open_here(target, sync))
+    }
+
+    fn open_here(target: &PostgresTarget, sync: SyncPolicy) -> Result<PgStore, StoreError> {
+        let mut config: postgres::Config =
+            target
+                .url
+                .parse()
+                .map_err(|source: postgres::Error| StoreError::Postgres {
+                    what: "the url is not a PostgreSQL connection URL".to_string(),
+                    source,
+                })?;
+        if let Some(password) = target.password()? {
+            config.password(password);
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("junction");
+        let describe = describe(&config);
+        let store = PgStore {
+            config,
+            sync,
+            describe,
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut client = store.connect()?;
+        migrate(&mut client).map_err(|failure| match failure {
+            Failure::Db(e) => store.error("cannot create the schema", e),
+            Failure::Store(e) => e,
+        })?;
+        store.idle().push(client);
+        Ok(store)
+    }
+
+    /// `postgres user@host:port/db`.
+    pub(super) fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn error(&self, what: &str, source: postgres::Error) -> StoreError {
+        StoreError::Postgres {
+            what: format!("{what} ({})", self.describe),
+            source,
+        }
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        let mut client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| self.error("cannot connect", e))?;
+        if self.sync == SyncPolicy::Normal {
+            client
+                .batch_execute("SET synchronous_commit = off")
+                .map_err(|e| self.error("cannot set synchronous_commit", e))?;
+        }
+        Ok(client)
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Client>> {
+        // A panic while holding the lock cannot leave the Vec inconsistent.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on an idle connection (or a new one), keeping the connection
+    /// for the next call unless it broke.
+    fn with<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Client) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle().pop();
+        let mut client = match pooled {
+            Some(client) if !client.is_closed() => client,
+            _ => self.connect()?,
+        };
+        let result = f(&mut client);
+        if !client.is_closed() {
+            let mut idle = self.idle();
+            if idle.len() < IDLE_CONNECTIONS {
+                idle.push(client);
+            }
+        }
+        result.map_err(|failure| match failure {
+            Failure::Db(e) => self.error(what, e),
+            Failure::Store(e) => e,
+        })
+    }
+
+    // ---- records ---------------------------------------------------------------
+
+    /// Applies `plans` in order, all in one transaction.
+    pub(super) fn apply(
+        &self,
+        plans: &[&Plan],
+        now: jiff::Timestamp,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+        let last_updated = super::sqlite::instant(now);
+        self.with("cannot apply the document", |client| {
+            let mut tx = client.transaction()?;
+            // Every record these documents touch, locked in one order.
+            let mut keys: Vec<String> = plans
+                .iter()
+                .flat_map(|p| p.entries.iter())
+                .map(|e| format!("{}/{}", e.resource_type, e.id))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in &keys {
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[key],
+                )?;
+            }
+            let mut outcomes = Vec::with_capacity(plans.len());
+            for plan in plans {
+                outcomes.push(apply::apply_plan(&mut Rows(&mut tx), plan, &last_updated)?);
+            }
+            tx.commit()?;
+            Ok(outcomes)
+        })
+    }
+
+    pub(super) fn read(&self, resource_type: &str, id: &str) -> Result<Option<Record>, StoreError> {
+        self.with("cannot read a record", |client| {
+            read(client, resource_type, id)
+        })
+    }
+
+    pub(super) fn history(&self, resource_type: &str, id: &str) -> Result<Vec<Record>, StoreError> {
+        self.with("cannot read a record's history", |client| {
+            let rows = client.query(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM history WHERE type = $1 AND id = $2
+                     ORDER BY version DESC"
+                ),
+                &[&resource_type, &id],
+            )?;
+            rows.iter().map(record_from_row).collect()
+        })
+    }
+
+    pub(super) fn search_patient_by_identifier(
+        &self,
+        system: Option<&str>,
+        value: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.with("cannot search patients", |client| {
+            let rows = match system {
+                Some(system) => client.query(
+                    "SELECT r.content FROM patient_identifiers i
+                     JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+                     WHERE i.value = $1 AND i.system = $2 AND NOT r.deleted
+                     ORDER BY r.id",
+                    &[&value, &system],
+                )?,
+                None => client.query(
+                    "SELECT r.content
+                     FROM (SELECT DISTINCT patient_id FROM patient_identifiers WHERE value = $1) i
+                     JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+                     WHERE NOT r.deleted
+                     ORDER BY r.id",
+                    &[&value],
+                )?,
+            };
+            contents(&rows)
+        })
+    }
+
+    pub(super) fn search_by_patient(
+        &self,
+        resource_type: &str,
+        patient_id: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.with("cannot search records", |client| {
+            if resource_type == "Patient" {
+                return Ok(live_patient(client, patient_id)?.into_iter().collect());
+            }
+            let rows = client.query(
+                "SELECT r.content FROM patient_links l
+                 JOIN resources r ON r.type = l.type AND r.id = l.id
+                 WHERE l.patient_id = $1 AND l.type = $2 AND NOT r.deleted
+                 ORDER BY r.id",
+                &[&patient_id, &resource_type],
+            )?;
+            contents(&rows)
+        })
+    }
+
+    pub(super) fn everything(&self, patient_id: &str) -> Result<Option<Vec<Value>>, StoreError> {
+        self.with("cannot read a patient's records", |client| {
+            // One snapshot for the Patient and its records.
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let Some(patient) = live_patient(&mut tx, patient_id)? else {
+                return Ok(None);
+            };
+            let rows = tx.query(
+                "SELECT r.content FROM patient_links l
+                 JOIN resources r ON r.type = l.type AND r.id = l.id
+                 WHERE l.patient_id = $1 AND l.type <> 'Patient' AND NOT r.deleted
+                 ORDER BY r.type, r.id",
+                &[&patient_id],
+            )?;
+            let mut resources = vec![patient];
+            resources.extend(contents(&rows)?);
+            tx.commit()?;
+            Ok(Some(resources))
+        })
+    }
+
+    // ---- access tables ---------------------------------------------------------
+
+    pub(super) fn add_token(
+        &self,
+        name: &str,
+        role: &str,
+        hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        self.with("cannot add a token", |client| {
+            let added = client.execute(
+                "INSERT INTO api_tokens (name, role, hash, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name, &role, &&hash[..], &now_instant()],
+            )?;
+            Ok(added == 1)
+        })
+    }
+
+    pub(super) fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        self.with("cannot revoke a token", |client| {
+            Ok(client.execute("DELETE FROM api_tokens WHERE name = $1", &[&name])? == 1)
+        })
+    }
+
+    pub(super) fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        self.with("cannot list tokens", |client| {
+            let rows = client.query(
+                "SELECT name, role, created_at, last_used_at FROM api_tokens ORDER BY name",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|row| TokenInfo {
+                    name: row.get(0),
+                    role: row.get(1),
+                    created_at: row.get(2),
+                    last_used_at: row.get(3),
+                })
+                .collect())
+        })
+    }
+
+    pub(super) fn live_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        self.with("cannot read tokens", |client| {
+            let rows = client.query("SELECT name, role, hash FROM api_tokens", &[])?;
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    let hash: Vec<u8> = row.get(2);
+                    let hash = <[u8; 32]>::try_from(hash.as_slice()).ok()?;
+                    Some(StoredToken {
+                        name: row.get(0),
+                        role: row.get(1),
+                        hash,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    pub(super) fn touch_token(&self, name: &str) -> Result<(), StoreError> {
+        self.with("cannot record a token's use", |client| {
+            client.execute(
+                "UPDATE api_tokens SET last_used_at = $2 WHERE name = $1",
+                &[&name, &now_instant()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub(super) fn append_audit(&self, entry: &NewAuditEntry) -> Result<i64, StoreError> {
+        let patients = serde_json::to_string(&entry.patients)?;
+        self.with("cannot write the audit trail", |client| {
+            let mut tx = client.transaction()?;
+            let row = tx.query_one(
+                "INSERT INTO audit (at, token_name, role, method, path, query, patients, status, purpose)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                &[
+                    &entry.at,
+                    &entry.token_name,
+                    &entry.role,
+                    &entry.method,
+                    &entry.path,
+                    &entry.query,
+                    &patients,
+                    &i32::from(entry.status),
+                    &entry.purpose,
+                ],
+            )?;
+            let id: i64 = row.get(0);
+            for patient in &entry.patients {
+                tx.execute(
+                    "INSERT INTO audit_patients (patient_id, audit_id) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[patient, &id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    pub(super) fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        const COLUMNS: &str = "a.id, a.at, a.token_name, a.role, a.method, a.path, a.query, \
+                               a.patients, a.status, a.purpose";
+        let limit = i64::from(query.limit);
+        self.with("cannot read the audit trail", |client| {
+            let rows = match (&query.patient, &query.token) {
+                (Some(patient), token) => client.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM audit_patients p JOIN audit a ON a.id = p.audit_id
+                         WHERE p.patient_id = $1 AND ($2::TEXT IS NULL OR a.token_name = $2)
+                         ORDER BY a.id DESC LIMIT $3"
+                    ),
+                    &[patient, token, &limit],
+                )?,
+                (None, Some(token)) => client.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM audit a WHERE a.token_name = $1
+                         ORDER BY a.id DESC LIMIT $2"
+                    ),
+                    &[token, &limit],
+                )?,
+                (None, None) => client.query(
+                    &format!("SELECT {COLUMNS} FROM audit a ORDER BY a.id DESC LIMIT $1"),
+                    &[&limit],
+                )?,
+            };
+            let mut entries = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let patients: String = row.get(7);
+                let status: i32 = row.get(8);
+                entries.push(AuditEntry {
+                    id: row.get(0),
+                    entry: NewAuditEntry {
+                        at: row.get(1),
+                        token_name: row.get(2),
+                        role: row.get(3),
+                        method: row.get(4),
+                        path: row.get(5),
+                        query: row.get(6),
+                        patients: serde_json::from_str(&patients)?,
+                        status: u16::try_from(status).unwrap_or(0),
+                        purpose: row.get(9),
+                    },
+                });
+            }
+            Ok(entries)
+        })
+    }
+
+    pub(super) fn add_objection(
+        &self,
+        nhs_number: &str,
+        note: Option<&str>,
+        changed_by: &str,
+    ) -> Result<bool, StoreError> {
+        self.with("cannot change the objections register", |client| {
+            let mut tx = client.transaction()?;
+            lock_objection(&mut tx, nhs_number)?;
+            let existing: Option<Option<String>> = tx
+                .query_opt(
+                    "SELECT note FROM objections WHERE nhs_number = $1",
+                    &[&nhs_number],
+                )?
+                .map(|row| row.get(0));
+            let at = now_instant();
+            let change = match &existing {
+                Some(old) => match note {
+                    Some(note) if old.as_deref() != Some(note) => {
+                        tx.execute(
+                            "UPDATE objections SET note = $2 WHERE nhs_number = $1",
+                            &[&nhs_number, &note],
+                        )?;
+                        Some("note changed")
+                    }
+                    _ => None,
+                },
+                None => {
+                    tx.execute(
+                        "INSERT INTO objections (nhs_number, note, added_at) VALUES ($1, $2, $3)",
+                        &[&nhs_number, &note, &at],
+                    )?;
+                    Some("added")
+                }
+            };
+            if let Some(action) = change {
+                record_change(&mut tx, &at, nhs_number, action, note, changed_by)?;
+            }
+            tx.commit()?;
+            Ok(existing.is_none())
+        })
+    }
+
+    pub(super) fn remove_objection(
+        &self,
+        nhs_number: &str,
+        changed_by: &str,
+    ) -> Result<bool, StoreError> {
+        self.with("cannot change the objections register", |client| {
+            let mut tx = client.transaction()?;
+            lock_objection(&mut tx, nhs_number)?;
+            let removed = tx.execute(
+                "DELETE FROM objections WHERE nhs_number = $1",
+                &[&nhs_number],
+            )? == 1;
+            if removed {
+                record_change(
+                    &mut tx,
+                    &now_instant(),
+                    nhs_number,
+                    "removed",
+                    None,
+                    changed_by,
+                )?;
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    pub(super) fn objection_changes(
+        &self,
+        nhs_number: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ObjectionChange>, StoreError> {
+        self.with("cannot read the objections trail", |client| {
+            let rows = client.query(
+                "SELECT id, at, nhs_number, action, note, changed_by FROM objection_changes
+                 WHERE $1::TEXT IS NULL OR nhs_number = $1 ORDER BY id DESC LIMIT $2",
+                &[&nhs_number, &i64::from(limit)],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|row| ObjectionChange {
+                    id: row.get(0),
+                    at: row.get(1),
+                    nhs_number: row.get(2),
+                    action: row.get(3),
+                    note: row.get(4),
+                    changed_by: row.get(5),
+                })
+                .collect())
+        })
+    }
+
+    pub(super) fn list_objections(&self) -> Result<Vec<Objection>, StoreError> {
+        self.with("cannot read the objections register", |client| {
+            let rows = client.query(
+                "SELECT nhs_number, note, added_at FROM objections ORDER BY nhs_number",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|row| Objection {
+                    nhs_number: row.get(0),
+                    note: row.get(1),
+                    added_at: row.get(2),
+                })
+                .collect())
+        })
+    }
+
+    pub(super) fn has_objection(&self, nhs_number: &str) -> Result<bool, StoreError> {
+        self.with("cannot read the objections register", |client| {
+            Ok(client
+                .query_opt(
+                    "SELECT 1 FROM objections WHERE nhs_number = $1",
+                    &[&nhs_number],
+                )?
+                .is_some())
+        })
+    }
+}
+
+impl Drop for PgStore {
+    /// The idle connections are closed off the async runtime: the last handle
+    /// on the store may be dropped by async code (the engine shutting down).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle());
+        off_runtime(move || drop(idle));
+    }
+}
+
+/// Runs `f` on a thread of its own when called from inside a tokio runtime:
+/// the `postgres` client blocks on a runtime of its own, which tokio refuses
+/// to start on a thread that drives async tasks.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// What a call inside [`PgStore::with`] failed on.
+enum Failure {
+    Db(postgres::Error),
+    Store(StoreError),
+}
+
+impl From<postgres::Error> for Failure {
+    fn from(e: postgres::Error) -> Self {
+        Failure::Db(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        Failure::Store(StoreError::Corrupt(e))
+    }
+}
+
+/// `user@host:port/db` (no password).
+fn describe(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres {}@{host}:{port}/{}",
+        config.get_user().unwrap_or("?"),
+        config.get_dbname().or(config.get_user()).unwrap_or("?")
+    )
+}
+
+/// Creates the schema on an empty database; refuses a newer one.
+fn migrate(client: &mut Client) -> Result<(), Failure> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS junction_schema (version BIGINT NOT NULL)")?;
+    let found: Option<i64> = tx
+        .query_one("SELECT max(version) FROM junction_schema", &[])?
+        .get(0);
+    match found {
+        None => {
+            tx.batch_execute(SCHEMA_V1)?;
+            tx.execute(
+                "INSERT INTO junction_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )?;
+        }
+        Some(found) if found > SCHEMA_VERSION => {
+            // nothing is touched: the transaction rolls back when dropped
+            return Err(Failure::Store(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            }));
+        }
+        Some(_) => {}
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn lock_objection(tx: &mut Transaction<'_>, nhs_number: &str) -> Result<(), postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("objection/{nhs_number}")],
+    )?;
+    Ok(())
+}
+
+fn record_change(
+    tx: &mut Transaction<'_>,
+    at: &str,
+    nhs_number: &str,
+    action: &str,
+    note: Option<&str>,
+    changed_by: &str,
+) -> Result<(), postgres::Error> {
+    tx.execute(
+        "INSERT INTO objection_changes (at, nhs_number, action, note, changed_by)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&at, &nhs_number, &action, &note, &changed_by],
+    )?;
+    Ok(())
+}
+
+/// The record rows inside a transaction, for [`apply::apply_plan`].
+struct Rows<'t, 'c>(&'t mut Transaction<'c>);
+
+impl apply::Rows for Rows<'_, '_> {
+    type Error = Failure;
+
+    fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, Failure> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT version, event_time, content FROM resources WHERE type = $1 AND id = $2",
+                &[&resource_type, &id],
+            )?
+            .map(|row| Current {
+                version: row.get(0),
+                event_time: row.get(1),
+                content: row.get(2),
+            }))
+    }
+
+    fn write_version(&mut self, v: &Version<'_>) -> Result<(), Failure> {
+        // the current row and its history row in one statement
+        self.0.execute(
+            "WITH current AS (
+                 INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (type, id) DO UPDATE SET
+                     version = excluded.version, last_updated = excluded.last_updated,
+                     event_time = excluded.event_time, deleted = excluded.deleted,
+                     content = excluded.content
+                 RETURNING type, id, version, last_updated, event_time, deleted, content)
+             INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
+             SELECT * FROM current",
+            &[
+                &v.resource_type,
+                &v.id,
+                &v.version,
+                &v.last_updated,
+                &v.event_time,
+                &v.content.is_none(),
+                &v.content,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn set_event_time(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        event_time: Option<i64>,
+    ) -> Result<(), Failure> {
+        self.0.execute(
+            "UPDATE resources SET event_time = $3 WHERE type = $1 AND id = $2",
+            &[&resource_type, &id, &event_time],
+        )?;
+        Ok(())
+    }
+
+    fn link_patients(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        patients: &[String],
+    ) -> Result<(), Failure> {
+        self.0.execute(
+            "DELETE FROM patient_links WHERE type = $1 AND id = $2",
+            &[&resource_type, &id],
+        )?;
+        if !patients.is_empty() {
+            self.0.execute(
+                "INSERT INTO patient_links (patient_id, type, id)
+                 SELECT DISTINCT p, $2, $3 FROM unnest($1::TEXT[]) AS p",
+                &[&patients, &resource_type, &id],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn index_identifiers(
+        &mut self,
+        patient_id: &str,
+        identifiers: &[(String, String)],
+    ) -> Result<(), Failure> {
+        self.0.execute(
+            "DELETE FROM patient_identifiers WHERE patient_id = $1",
+            &[&patient_id],
+        )?;
+        if !identifiers.is_empty() {
+            let (systems, values): (Vec<&str>, Vec<&str>) = identifiers
+                .iter()
+                .map(|(system, value)| (system.as_str(), value.as_str()))
+                .unzip();
+            self.0.execute(
+                "INSERT INTO patient_identifiers (value, system, patient_id)
+                 SELECT DISTINCT v, s, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS i (v, s)",
+                &[&values, &systems, &patient_id],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+const RECORD_COLUMNS: &str = "type, id, version, last_updated, event_time, content";
+
+fn record_from_row(row: &postgres::Row) -> Result<Record, Failure> {
+    let content: Option<String> = row.get(5);
+    let event_time: Option<i64> = row.get(4);
+    Ok(Record {
+        resource_type: row.get(0),
+        id: row.get(1),
+        version: row.get(2),
+        last_updated: row.get(3),
+        event_time: event_time.and_then(|us| jiff::Timestamp::from_microsecond(us).ok()),
+        resource: match content {
+            Some(content) => Some(serde_json::from_str(&content)?),
+            None => None,
+        },
+    })
+}
+
+fn read(
+    client: &mut impl postgres::GenericClient,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<Record>, Failure> {
+    client
+        .query_opt(
+            &format!("SELECT {RECORD_COLUMNS} FROM resources WHERE type = $1 AND id = $2"),
+            &[&resource_type, &id],
+        )?
+        .as_ref()
+        .map(record_from_row)
+        .transpose()
+}
+
+fn live_patient(
+    client: &mut impl postgres::GenericClient,
+    patient_id: &str,
+) -> Result<Option<Value>, Failure> {
+    Ok(read(client, "Patient", patient_id)?.and_then(|record| record.resource))
+}
+
+fn contents(rows: &[postgres::Row]) -> Result<Vec<Value>, Failure> {
+    rows.iter()
+        .map(|row| {
+            let content: String = row.get(0);
+            Ok(serde_json::from_str(&content)?)
+        })
+        .collect()
+}

@@ -1,0 +1,237 @@
+//! The shared cases on the real PostgreSQL (a schema of their own each, see
+//! `store::testing`), and what is PostgreSQL's own: several engine nodes on
+//! one database at once, reopening, a schema newer than this build, secrets.
+//! Needs `bash tests/postgres/setup.sh` (the README's test command runs it).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::super::testing::TestSchema;
+use super::super::*;
+
+struct Fixture {
+    store: RecordStore,
+    _schema: TestSchema,
+}
+
+fn open() -> Fixture {
+    let schema = TestSchema::create("store");
+    let store = RecordStore::open(&config(&schema)).unwrap();
+    Fixture {
+        store,
+        _schema: schema,
+    }
+}
+
+fn config(schema: &TestSchema) -> RecordStoreConfig {
+    RecordStoreConfig {
+        path: PathBuf::from("unused.db"),
+        sync: SyncPolicy::Normal,
+        postgres: Some(schema.target.clone()),
+    }
+}
+
+include!("cases.rs");
+
+#[test]
+fn the_store_says_where_it_is_without_the_password() {
+    let f = open();
+    let location = f.store.location();
+    assert!(
+        location.starts_with("postgres junction_test@127.0.0.1:"),
+        "{location}"
+    );
+    let password = std::fs::read_to_string(&f._schema.password_file).unwrap();
+    assert!(!location.contains(password.trim()));
+}
+
+#[test]
+fn two_nodes_updating_one_patient_at_once_make_every_version_once() {
+    // Two handles on one database are two engine nodes: each has its own
+    // connections. Both apply 25 different versions of the same Patient at
+    // once; the advisory lock per record serializes them.
+    let f = open();
+    let other = RecordStore::open(&config(&f._schema)).unwrap();
+    let stores = [f.store.clone(), other];
+    let threads: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(node, store)| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let family = format!("Node{node}-{i}");
+                    store
+                        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", &family)]), None)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let history = stores[1].history("Patient", PATIENT).unwrap();
+    let versions: Vec<i64> = history.iter().map(|r| r.version).collect();
+    assert_eq!(versions, (1..=50).rev().collect::<Vec<i64>>());
+    let current = stores[0].read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(current.version, 50);
+    // the search index follows the current version, once
+    assert_eq!(
+        stores[0]
+            .search_patient_by_identifier(Some(NHS), "9434765919")
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn documents_crossing_the_same_records_in_both_orders_do_not_deadlock() {
+    // Node A writes Patient then Encounter, node B Encounter then Patient:
+    // the locks are taken in one order, so neither waits on the other forever
+    // (a deadlock would fail one of them with an error).
+    let f = open();
+    let other = RecordStore::open(&config(&f._schema)).unwrap();
+    let a = f.store.clone();
+    let forward = std::thread::spawn(move || {
+        for i in 0..20 {
+            let status = if i % 2 == 0 {
+                "in-progress"
+            } else {
+                "finished"
+            };
+            a.apply_bundle(
+                &bundle(&[
+                    patient(PATIENT, "9434765919", &format!("A{i}")),
+                    encounter(ENCOUNTER, PATIENT, status),
+                ]),
+                None,
+            )
+            .unwrap();
+        }
+    });
+    for i in 0..20 {
+        let status = if i % 2 == 0 {
+            "finished"
+        } else {
+            "in-progress"
+        };
+        other
+            .apply_bundle(
+                &bundle(&[
+                    encounter(ENCOUNTER, PATIENT, status),
+                    patient(PATIENT, "9434765919", &format!("B{i}")),
+                ]),
+                None,
+            )
+            .unwrap();
+    }
+    forward.join().unwrap();
+    let patient_versions = other.history("Patient", PATIENT).unwrap().len();
+    assert_eq!(patient_versions, 40);
+}
+
+#[test]
+fn records_and_access_tables_are_shared_and_survive_reopening() {
+    let schema = TestSchema::create("reopen");
+    {
+        let node_a = RecordStore::open(&config(&schema)).unwrap();
+        node_a
+            .apply_bundle(
+                &bundle(&[patient(PATIENT, "9434765919", "Smith")]),
+                at("2026-03-01T10:00:00Z"),
+            )
+            .unwrap();
+        node_a
+            .add_objection("9434765919", None, "cli node-a")
+            .unwrap();
+        node_a.add_token("ward", "clinical", &[3; 32]).unwrap();
+    }
+    let node_b = RecordStore::open(&RecordStoreConfig {
+        sync: SyncPolicy::Full,
+        ..config(&schema)
+    })
+    .unwrap();
+    assert_eq!(node_b.sync_policy(), SyncPolicy::Full);
+    let record = node_b.read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(record.version, 1);
+    assert_eq!(record.event_time, at("2026-03-01T10:00:00Z"));
+    assert!(node_b.has_objection("9434765919").unwrap());
+    assert_eq!(node_b.live_tokens().unwrap()[0].hash, [3; 32]);
+}
+
+#[test]
+fn a_schema_newer_than_this_build_is_refused_and_left_alone() {
+    let schema = TestSchema::create("newer");
+    drop(RecordStore::open(&config(&schema)).unwrap());
+    schema.with_client(|client| {
+        client
+            .batch_execute("INSERT INTO junction_schema (version) VALUES (99)")
+            .unwrap()
+    });
+    let err = RecordStore::open(&config(&schema)).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    let tables: i64 = schema.with_client(|client| {
+        client
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(tables, 10, "nothing created or dropped");
+}
+
+#[test]
+fn nodes_starting_together_create_the_schema_once() {
+    let schema = Arc::new(TestSchema::create("race"));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let schema = Arc::clone(&schema);
+            std::thread::spawn(move || RecordStore::open(&config(&schema)).map(|_| ()))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    let versions: i64 = schema.with_client(|client| {
+        client
+            .query_one("SELECT count(*) FROM junction_schema", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(versions, 1);
+}
+
+#[test]
+fn a_missing_password_is_a_clear_error() {
+    let schema = TestSchema::create("secret");
+    let mut cfg = config(&schema);
+    if let Some(target) = &mut cfg.postgres {
+        target.password_file = None;
+        target.password_env = Some("JUNCTION_TEST_NO_SUCH_VARIABLE".to_string());
+    }
+    let err = RecordStore::open(&cfg).unwrap_err().to_string();
+    assert!(err.contains("JUNCTION_TEST_NO_SUCH_VARIABLE"), "{err}");
+    if let Some(target) = &mut cfg.postgres {
+        target.password_env = None;
+        target.password_file = Some(PathBuf::from("/nonexistent/password"));
+    }
+    let err = RecordStore::open(&cfg).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/password"), "{err}");
+    if let Some(target) = &mut cfg.postgres {
+        target.password_file = None;
+    }
+    // no password at all: the server refuses, and the message names the database
+    let err = RecordStore::open(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot connect (postgres junction_test@"),
+        "{err}"
+    );
+}

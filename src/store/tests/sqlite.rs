@@ -1,0 +1,98 @@
+//! The shared cases on a real SQLite file in a temporary folder, and what is
+//! SQLite's own: reopening a file, upgrading an older schema.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::super::*;
+
+struct Fixture {
+    store: RecordStore,
+    _dir: tempfile::TempDir,
+}
+
+fn open() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RecordStore::open(&RecordStoreConfig {
+        path: dir.path().join("data").join("records.db"),
+        sync: SyncPolicy::Normal,
+        postgres: None,
+    })
+    .unwrap();
+    Fixture { store, _dir: dir }
+}
+
+include!("cases.rs");
+
+#[test]
+fn records_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RecordStoreConfig {
+        path: dir.path().join("records.db"),
+        sync: SyncPolicy::Full,
+        postgres: None,
+    };
+    {
+        let store = RecordStore::open(&cfg).unwrap();
+        store
+            .apply_bundle(
+                &bundle(&[patient(PATIENT, "9434765919", "Smith")]),
+                at("2026-03-01T10:00:00Z"),
+            )
+            .unwrap();
+    }
+    let store = RecordStore::open(&cfg).unwrap();
+    assert_eq!(store.sync_policy(), SyncPolicy::Full);
+    let record = store.read("Patient", PATIENT).unwrap().unwrap();
+    assert_eq!(record.version, 1);
+    assert_eq!(record.event_time, at("2026-03-01T10:00:00Z"));
+}
+
+#[test]
+fn config_defaults_and_unknown_keys() {
+    let cfg: RecordStoreConfig = toml::from_str("").unwrap();
+    assert_eq!(cfg, RecordStoreConfig::default());
+    assert_eq!(cfg.path, PathBuf::from("data/records.db"));
+    assert_eq!(cfg.sync, SyncPolicy::Full);
+    let cfg: RecordStoreConfig = toml::from_str("path = \"x.db\"\nsync = \"normal\"").unwrap();
+    assert_eq!(cfg.sync, SyncPolicy::Normal);
+    assert!(toml::from_str::<RecordStoreConfig>("pth = \"x.db\"").is_err());
+}
+
+#[test]
+fn a_version_2_file_gains_the_objection_trail_and_keeps_its_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    {
+        // a record store as the previous build left it: schema 2, one objection
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
+            .unwrap();
+        conn.execute_batch(sqlite::SCHEMA_V1).unwrap();
+        conn.execute_batch(sqlite::SCHEMA_V2).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute(
+            "INSERT INTO objections (nhs_number, note, added_at) VALUES ('9434765919', 'letter', '2026-03-01T10:00:00.000Z')",
+            [],
+        )
+        .unwrap();
+    }
+    let store = RecordStore::open(&RecordStoreConfig {
+        path: path.clone(),
+        sync: SyncPolicy::Normal,
+        postgres: None,
+    })
+    .unwrap();
+    assert!(store.has_objection("9434765919").unwrap());
+    assert!(store.objection_changes(None, 10).unwrap().is_empty());
+    assert!(store.remove_objection("9434765919", "cli test").unwrap());
+    let changes = store.objection_changes(Some("9434765919"), 10).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].action, "removed");
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+}
