@@ -226,6 +226,7 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
         sync: store.sync,
         records: config_dir.join(&store.records),
         password_file: store.password_file.as_ref().map(|f| config_dir.join(f)),
+        tls_ca_file: store.tls_ca_file.as_ref().map(|f| config_dir.join(f)),
         ..store.clone()
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use harness::{repo_root, url_encode, Engine};
 use junction::mllp::client::{read_ack, MllpClient};
-use junction::store::testing::TestSchema;
+use junction::store::testing::{test_ca, TestSchema};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -32,6 +32,11 @@ const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
 /// A node: routes every ADT to the `store` destination, records in `schema`.
 fn node(dir: &Path, schema: &TestSchema) -> Engine {
+    node_with(dir, schema, "")
+}
+
+/// [`node`] with more `[store]` keys.
+fn node_with(dir: &Path, schema: &TestSchema, store_extra: &str) -> Engine {
     std::fs::create_dir_all(dir.join("routes")).unwrap();
     std::fs::write(
         dir.join("routes/all.toml"),
@@ -42,11 +47,12 @@ fn node(dir: &Path, schema: &TestSchema) -> Engine {
         std::os::unix::fs::symlink(repo_root().join("mappings"), dir.join("mappings")).unwrap();
     }
     let (url, password_file) = (schema.url.clone(), schema.password_file.clone());
+    let store_extra = store_extra.to_string();
     Engine::start_custom(dir, &[], move |mllp, api| {
         format!(
             "[listeners.pas]\nbind = \"{mllp}\"\nmax_connections = 64\n\n\
              [store]\npath = \"data/junction.db\"\nsync = \"full\"\n\
-             url = \"{url}\"\npassword_file = \"{}\"\n\n\
+             url = \"{url}\"\npassword_file = \"{}\"\n{store_extra}\n\n\
              [api]\nbind = \"{api}\"\n\n[log]\nformat = \"text\"\n\n\
              [destinations.store]\nkind = \"store\"\n",
             password_file.display()
@@ -113,13 +119,23 @@ async fn two_nodes_share_records_tokens_audit_and_objections() {
     let schema = TestSchema::create("twonodes");
     let tmp = tempfile::tempdir().unwrap();
     let a = node(&tmp.path().join("a"), &schema);
-    let b = node(&tmp.path().join("b"), &schema);
+    // node B talks to the database over TLS, trusting the test CA (a path
+    // relative to its config)
+    let (ca, _) = test_ca();
+    std::fs::create_dir_all(tmp.path().join("b/tls")).unwrap();
+    std::fs::copy(&ca, tmp.path().join("b/tls/db-ca.pem")).unwrap();
+    let b = node_with(
+        &tmp.path().join("b"),
+        &schema,
+        "tls_ca_file = \"tls/db-ca.pem\"",
+    );
     assert!(
         a.log_text().contains("record store open")
             && a.log_text().contains("postgres junction_test@"),
         "{}",
         a.log_text()
     );
+    assert!(b.log_text().contains("(TLS)"), "{}", b.log_text());
 
     // a token made on node B ...
     let token = cli(&b, &["token", "add", "ward-7", "--role", "clinical"]);

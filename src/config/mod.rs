@@ -829,6 +829,7 @@ fn check_store_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
         for (key, given) in [
             ("password_env", store.password_env.is_some()),
             ("password_file", store.password_file.is_some()),
+            ("tls_ca_file", store.tls_ca_file.is_some()),
         ] {
             if given {
                 diags.push(doc.error(
@@ -851,8 +852,18 @@ fn check_store_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
             at,
             "url holds a password: secrets are never kept in the config file, give it through `password_env` (an environment variable) or `password_file`",
         )),
+        Ok(parsed)
+            if parsed.get_ssl_mode() == postgres::config::SslMode::Require
+                && store.tls_ca_file.is_none() =>
+        {
+            diags.push(doc.error(
+                at,
+                "url asks for sslmode=require: give `tls_ca_file`, the CA the server's certificate must come from",
+            ))
+        }
         Ok(_) => {}
     }
+
     if store.password_env.is_some() && store.password_file.is_some() {
         diags.push(doc.error(
             doc.span(&["store", "password_file"]),
@@ -873,7 +884,13 @@ fn known_ids<'a>(ids: impl Iterator<Item = &'a String>) -> String {
 fn resolve_paths(config: &mut Config, dir: &Path) {
     config.store.path = absolute(&dir.join(&config.store.path));
     config.store.records = absolute(&dir.join(&config.store.records));
-    if let Some(file) = &mut config.store.password_file {
+    for file in [
+        &mut config.store.password_file,
+        &mut config.store.tls_ca_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
         *file = absolute(&dir.join(&*file));
     }
     for tls in config.listeners.values_mut().filter_map(|l| l.tls.as_mut()) {
@@ -965,6 +982,19 @@ fn check_filesystem(config: &Config, file: &Path, source: &str, diags: &mut Diag
             ));
         }
     }
+    if let Some(ca) = config
+        .store
+        .url
+        .as_ref()
+        .and(config.store.tls_ca_file.as_ref())
+    {
+        if let Err(err) = crate::mllp::tls::client_config_trusting("tls_ca_file", ca) {
+            diags.push(doc.error(
+                doc.span(&["store", "tls_ca_file"]),
+                format!("store: TLS {err}"),
+            ));
+        }
+    }
     if config.store.path.is_dir() {
         diags.push(doc.error(
             doc.span(&["store", "path"]),
@@ -1045,6 +1075,14 @@ mod tests {
             "{diags:?}"
         );
         check(
+            &format!("{base}url = \"postgres://junction@db/junction?sslmode=require\"\n"),
+            &["junction.toml:4:7: error: url asks for sslmode=require: give `tls_ca_file`, the CA the server's certificate must come from"],
+        );
+        check(
+            &format!("{base}tls_ca_file = \"db-ca.pem\"\n"),
+            &["junction.toml:4:15: error: tls_ca_file is only used with `url` (a PostgreSQL record store)"],
+        );
+        check(
             &format!("{base}password_env = \"PGPASS\"\n"),
             &["junction.toml:4:16: error: password_env is only used with `url` (a PostgreSQL record store)"],
         );
@@ -1067,6 +1105,25 @@ mod tests {
         assert_eq!(
             config.store.password_file,
             Some(dir.path().join("secrets/pg.pass"))
+        );
+        // a CA file that cannot be used is found by `junction check`
+        std::fs::write(
+            &file,
+            format!(
+                "{base}url = \"postgres://junction@db/junction\"\ntls_ca_file = \"db-ca.pem\"\n"
+            ),
+        )
+        .unwrap();
+        let diags: Vec<String> = load(&file)
+            .unwrap_err()
+            .iter()
+            .map(Diagnostic::one_line)
+            .collect();
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(
+            diags[0].contains(":5:15: error: store: TLS `tls_ca_file`")
+                && diags[0].contains("db-ca.pem: cannot be read"),
+            "{diags:?}"
         );
     }
 

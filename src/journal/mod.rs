@@ -98,6 +98,10 @@ pub struct StoreConfig {
     /// File holding the PostgreSQL password, its first line (with `url`).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA the PostgreSQL server's certificate must come from
+    /// (with `url`): every connection is then TLS, checked against the URL's host.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 fn default_path() -> PathBuf {
@@ -118,6 +122,7 @@ impl Default for StoreConfig {
             url: None,
             password_env: None,
             password_file: None,
+            tls_ca_file: None,
         }
     }
 }

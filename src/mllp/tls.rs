@@ -142,6 +142,19 @@ impl ServerTlsConfig {
     }
 }
 
+/// A client config trusting only the CA certificates of `ca_file` (for a
+/// TLS connection to another kind of server: PostgreSQL, `[store] tls_ca_file`).
+pub(crate) fn client_config_trusting(
+    field: &'static str,
+    ca_file: &Path,
+) -> Result<rustls::ClientConfig, TlsFileError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| file_error(field, ca_file, e.to_string()))?
+        .with_root_certificates(roots(field, ca_file)?)
+        .with_no_client_auth())
+}
+
 /// The client side: which CAs to trust, and the client's own certificate
 /// when the listener asks for one.
 #[derive(Clone)]

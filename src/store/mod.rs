@@ -99,6 +99,7 @@ impl RecordStoreConfig {
                 url: url.clone(),
                 password_env: store.password_env.clone(),
                 password_file: store.password_file.clone(),
+                tls_ca_file: store.tls_ca_file.clone(),
             }),
         }
     }
@@ -115,6 +116,9 @@ pub struct PostgresTarget {
     pub password_env: Option<String>,
     /// File holding the password (its first line).
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) the server's certificate must come from: with
+    /// it, every connection is TLS; without it, plain.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl PostgresTarget {
@@ -166,6 +170,8 @@ pub enum StoreError {
     },
     #[error("record store (PostgreSQL): {0}")]
     Password(String),
+    #[error("record store (PostgreSQL): {0}")]
+    Tls(String),
     #[error("record store: internal error: {0}")]
     Internal(&'static str),
     #[error("a stored record is not valid JSON: {0}")]

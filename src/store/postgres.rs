@@ -8,10 +8,14 @@
 //! another, an objection added on one is honoured by all, and a token made
 //! with `junction token add` on one works on every node's API.
 //!
+//! With `[store] tls_ca_file` every connection is TLS (rustls), the server's
+//! certificate checked against that CA and the URL's host; without it the
+//! connection is plain (loopback or a private network only).
+//!
 //! What it does not do: the journal and the delivery queue stay in each
-//! node's SQLite file (`[store] path`); it does no TLS to the server (run it
-//! on loopback or a private network); it keeps no connection to a server that
-//! went away (a broken connection is dropped and the next call connects anew).
+//! node's SQLite file (`[store] path`); no client certificate; it keeps no
+//! connection to a server that went away (a broken connection is dropped and
+//! the next call connects anew).
 //!
 //! # Invariants
 //! - The schema is created or upgraded in one transaction under an advisory
@@ -134,6 +138,8 @@ CREATE INDEX objection_changes_number ON objection_changes (nhs_number, id);
 /// A small pool of connections to one database.
 pub(super) struct PgStore {
     config: postgres::Config,
+    /// TLS to the server (`tls_ca_file`), else plain.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     sync: SyncPolicy,
     /// `user@host:port/db`, for messages (never the password).
     describe: String,
@@ -162,10 +168,26 @@ impl PgStore {
             config.password(password);
         }
         config.connect_timeout(CONNECT_TIMEOUT);
-        config.application_name("junction");
-        let describe = describe(&config);
+        if config.get_application_name().is_none() {
+            config.application_name("junction");
+        }
+        let tls = match &target.tls_ca_file {
+            Some(ca_file) => {
+                // a CA given means TLS wanted: never fall back to plain
+                config.ssl_mode(postgres::config::SslMode::Require);
+                let client = crate::mllp::tls::client_config_trusting("tls_ca_file", ca_file)
+                    .map_err(|e| StoreError::Tls(e.to_string()))?;
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(client))
+            }
+            None => None,
+        };
+        let mut describe = describe(&config);
+        if tls.is_some() {
+            describe.push_str(" (TLS)");
+        }
         let store = PgStore {
             config,
+            tls,
             sync,
             describe,
             idle: Mutex::new(Vec::new()),
@@ -192,10 +214,11 @@ impl PgStore {
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| self.error("cannot connect", e))?;
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        let mut client = connected.map_err(|e| self.error("cannot connect", e))?;
         if self.sync == SyncPolicy::Normal {
             client
                 .batch_execute("SET synchronous_commit = off")

@@ -73,11 +73,23 @@ impl TestSchema {
                 url: schema_url.clone(),
                 password_env: None,
                 password_file: Some(password_file.clone()),
+                tls_ca_file: None,
             },
             url: schema_url,
             password_file,
             name,
             base,
+        }
+    }
+
+    /// This schema's target over TLS, trusting the CA file `ca` (the test CA
+    /// is [`test_ca`]), with `application_name` so the test can find its
+    /// connections in `pg_stat_activity`.
+    pub fn tls_target(&self, ca: &std::path::Path, application_name: &str) -> PostgresTarget {
+        PostgresTarget {
+            url: format!("{}&application_name={application_name}", self.url),
+            tls_ca_file: Some(ca.to_path_buf()),
+            ..self.target.clone()
         }
     }
 
@@ -96,6 +108,13 @@ impl TestSchema {
             f(&mut client)
         })
     }
+}
+
+/// The CA the test cluster's certificate comes from, and another CA it does
+/// not come from (made by `tests/postgres/setup.sh`).
+pub fn test_ca() -> (PathBuf, PathBuf) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/postgres-test");
+    (dir.join("ca.pem"), dir.join("other-ca.pem"))
 }
 
 impl Drop for TestSchema {

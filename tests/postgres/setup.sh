@@ -6,6 +6,11 @@
 # it) to target/postgres-test/url. The tests read both from there, or from
 # JUNCTION_TEST_POSTGRES_URL and JUNCTION_TEST_POSTGRES_PASSWORD_FILE.
 #
+# For the TLS tests it also makes a test CA (target/postgres-test/ca.pem), a
+# server certificate from it for 127.0.0.1 and localhost, which the cluster is
+# set to serve (ssl = on, reloaded), and a second CA the server's certificate
+# does not come from (other-ca.pem). Needs openssl.
+#
 #   bash tests/postgres/setup.sh          # then: cargo test
 #
 # Needs root or sudo (to start the cluster and to run psql as postgres).
@@ -53,6 +58,35 @@ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$database') \gexec
 SQL
 
 mkdir -p "$out"
+
+# TLS: the cluster serves a certificate from our test CA (made once; kept
+# across runs so a running engine's trust does not change under it)
+data_dir="$(pg_lsclusters --no-header | awk 'NR == 1 { print $6 }')"
+if [ ! -f "$out/ca.pem" ] || [ ! -f "$out/other-ca.pem" ] || ! as_root test -f "$data_dir/junction-test-server.pem"; then
+    tmp="$(mktemp -d)"
+    for ca in ca other-ca; do
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout "$tmp/$ca.key" -out "$tmp/$ca.pem" -days 3650 \
+            -subj "/CN=Junction test $ca" 2>/dev/null
+    done
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tmp/server.ext"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$tmp/server.key" -out "$tmp/server.req" -subj "/CN=127.0.0.1" 2>/dev/null
+    openssl x509 -req -in "$tmp/server.req" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" \
+        -set_serial 11 -days 3650 -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>/dev/null
+    as_root install -o postgres -g postgres -m 0644 "$tmp/server.pem" "$data_dir/junction-test-server.pem"
+    as_root install -o postgres -g postgres -m 0600 "$tmp/server.key" "$data_dir/junction-test-server.key"
+    cp "$tmp/ca.pem" "$out/ca.pem"
+    cp "$tmp/other-ca.pem" "$out/other-ca.pem"
+    rm -rf "$tmp"
+fi
+as_postgres "psql -q -v ON_ERROR_STOP=1 -p $port" >/dev/null <<SQL
+ALTER SYSTEM SET ssl = on;
+ALTER SYSTEM SET ssl_cert_file = '$data_dir/junction-test-server.pem';
+ALTER SYSTEM SET ssl_key_file = '$data_dir/junction-test-server.key';
+SELECT pg_reload_conf();
+SQL
+
 umask 077
 printf '%s\n' "$password" > "$out/password"
 printf 'postgres://%s@127.0.0.1:%s/%s\n' "$role" "$port" "$database" > "$out/url"

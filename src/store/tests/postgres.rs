@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::super::testing::TestSchema;
+use super::super::testing::{test_ca, TestSchema};
 use super::super::*;
 
 struct Fixture {
@@ -234,4 +234,52 @@ fn a_missing_password_is_a_clear_error() {
         err.contains("cannot connect (postgres junction_test@"),
         "{err}"
     );
+}
+
+#[test]
+fn with_a_ca_file_every_connection_is_tls_and_the_server_is_checked() {
+    let schema = TestSchema::create("tls");
+    let (ca, other_ca) = test_ca();
+    let name = format!("junction-tls-{}", uuid::Uuid::new_v4().simple());
+    let store = RecordStore::open(&RecordStoreConfig {
+        postgres: Some(schema.tls_target(&ca, &name)),
+        ..config(&schema)
+    })
+    .unwrap();
+    assert!(store.location().ends_with("(TLS)"), "{}", store.location());
+    store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
+    assert_eq!(store.read("Patient", PATIENT).unwrap().unwrap().version, 1);
+    // the server's view of the store's (pooled) connection
+    let (connections, over_tls): (i64, i64) = schema.with_client(|client| {
+        let row = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+                 FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                 WHERE a.application_name = $1",
+                &[&name],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    });
+    assert!(connections >= 1);
+    assert_eq!(connections, over_tls);
+
+    // a server whose certificate is not from the CA given: refused
+    let err = RecordStore::open(&RecordStoreConfig {
+        postgres: Some(schema.tls_target(&other_ca, &name)),
+        ..config(&schema)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot connect"), "{err}");
+    // a CA file that is not one: said at open, naming the file
+    let err = RecordStore::open(&RecordStoreConfig {
+        postgres: Some(schema.tls_target(Path::new("/nonexistent/ca.pem"), &name)),
+        ..config(&schema)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
