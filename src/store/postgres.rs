@@ -36,7 +36,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, NoTls, Statement, Transaction};
 use serde_json::Value;
 
 use super::access::{
@@ -143,7 +143,65 @@ pub(super) struct PgStore {
     sync: SyncPolicy,
     /// `user@host:port/db`, for messages (never the password).
     describe: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A pooled connection, with the statements `apply` runs prepared on it
+/// (once, at its first `apply`): one round trip each instead of two.
+struct Conn {
+    client: Client,
+    prepared: Option<Prepared>,
+}
+
+/// The statements of [`apply::Rows`] on one connection.
+struct Prepared {
+    lock: Statement,
+    current: Statement,
+    write_version: Statement,
+    set_event_time: Statement,
+    unlink: Statement,
+    link: Statement,
+    unindex: Statement,
+    index: Statement,
+}
+
+impl Prepared {
+    fn new(client: &mut Client) -> Result<Prepared, postgres::Error> {
+        Ok(Prepared {
+            // the keys come sorted: locks are taken in array order
+            lock: client.prepare(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::TEXT[]) AS k",
+            )?,
+            current: client.prepare(
+                "SELECT version, event_time, content FROM resources WHERE type = $1 AND id = $2",
+            )?,
+            // the current row and its history row in one statement
+            write_version: client.prepare(
+                "WITH current AS (
+                     INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (type, id) DO UPDATE SET
+                         version = excluded.version, last_updated = excluded.last_updated,
+                         event_time = excluded.event_time, deleted = excluded.deleted,
+                         content = excluded.content
+                     RETURNING type, id, version, last_updated, event_time, deleted, content)
+                 INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
+                 SELECT * FROM current",
+            )?,
+            set_event_time: client
+                .prepare("UPDATE resources SET event_time = $3 WHERE type = $1 AND id = $2")?,
+            unlink: client.prepare("DELETE FROM patient_links WHERE type = $1 AND id = $2")?,
+            link: client.prepare(
+                "INSERT INTO patient_links (patient_id, type, id)
+                 SELECT DISTINCT p, $2, $3 FROM unnest($1::TEXT[]) AS p",
+            )?,
+            unindex: client.prepare("DELETE FROM patient_identifiers WHERE patient_id = $1")?,
+            index: client.prepare(
+                "INSERT INTO patient_identifiers (value, system, patient_id)
+                 SELECT DISTINCT v, s, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS i (v, s)",
+            )?,
+        })
+    }
 }
 
 impl PgStore {
@@ -192,12 +250,12 @@ impl PgStore {
             describe,
             idle: Mutex::new(Vec::new()),
         };
-        let mut client = store.connect()?;
-        migrate(&mut client).map_err(|failure| match failure {
+        let mut conn = store.connect()?;
+        migrate(&mut conn.client).map_err(|failure| match failure {
             Failure::Db(e) => store.error("cannot create the schema", e),
             Failure::Store(e) => e,
         })?;
-        store.idle().push(client);
+        store.idle().push(conn);
         Ok(store)
     }
 
@@ -213,7 +271,7 @@ impl PgStore {
         }
     }
 
-    fn connect(&self) -> Result<Client, StoreError> {
+    fn connect(&self) -> Result<Conn, StoreError> {
         let connected = match &self.tls {
             Some(tls) => self.config.connect(tls.clone()),
             None => self.config.connect(NoTls),
@@ -224,10 +282,13 @@ impl PgStore {
                 .batch_execute("SET synchronous_commit = off")
                 .map_err(|e| self.error("cannot set synchronous_commit", e))?;
         }
-        Ok(client)
+        Ok(Conn {
+            client,
+            prepared: None,
+        })
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Client>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
         // A panic while holding the lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -239,16 +300,25 @@ impl PgStore {
         what: &str,
         f: impl FnOnce(&mut Client) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
+        self.with_conn(what, |conn| f(&mut conn.client))
+    }
+
+    /// [`Self::with`], with the pooled connection's prepared statements.
+    fn with_conn<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Conn) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
         let pooled = self.idle().pop();
-        let mut client = match pooled {
-            Some(client) if !client.is_closed() => client,
+        let mut conn = match pooled {
+            Some(conn) if !conn.client.is_closed() => conn,
             _ => self.connect()?,
         };
-        let result = f(&mut client);
-        if !client.is_closed() {
+        let result = f(&mut conn);
+        if !conn.client.is_closed() {
             let mut idle = self.idle();
             if idle.len() < IDLE_CONNECTIONS {
-                idle.push(client);
+                idle.push(conn);
             }
         }
         result.map_err(|failure| match failure {
@@ -266,7 +336,16 @@ impl PgStore {
         now: jiff::Timestamp,
     ) -> Result<Vec<ApplyOutcome>, StoreError> {
         let last_updated = super::sqlite::instant(now);
-        self.with("cannot apply the document", |client| {
+        self.with_conn("cannot apply the document", |conn| {
+            if conn.prepared.is_none() {
+                conn.prepared = Some(Prepared::new(&mut conn.client)?);
+            }
+            let Conn { client, prepared } = conn;
+            let Some(st) = prepared.as_ref() else {
+                return Err(Failure::Store(StoreError::Internal(
+                    "statements not prepared",
+                )));
+            };
             let mut tx = client.transaction()?;
             // Every record these documents touch, locked in one order.
             let mut keys: Vec<String> = plans
@@ -276,15 +355,11 @@ impl PgStore {
                 .collect();
             keys.sort_unstable();
             keys.dedup();
-            for key in &keys {
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[key],
-                )?;
-            }
+            tx.execute(&st.lock, &[&keys])?;
             let mut outcomes = Vec::with_capacity(plans.len());
             for plan in plans {
-                outcomes.push(apply::apply_plan(&mut Rows(&mut tx), plan, &last_updated)?);
+                let mut rows = Rows { tx: &mut tx, st };
+                outcomes.push(apply::apply_plan(&mut rows, plan, &last_updated)?);
             }
             tx.commit()?;
             Ok(outcomes)
@@ -775,18 +850,18 @@ fn record_change(
 }
 
 /// The record rows inside a transaction, for [`apply::apply_plan`].
-struct Rows<'t, 'c>(&'t mut Transaction<'c>);
+struct Rows<'t, 'c> {
+    tx: &'t mut Transaction<'c>,
+    st: &'t Prepared,
+}
 
 impl apply::Rows for Rows<'_, '_> {
     type Error = Failure;
 
     fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, Failure> {
         Ok(self
-            .0
-            .query_opt(
-                "SELECT version, event_time, content FROM resources WHERE type = $1 AND id = $2",
-                &[&resource_type, &id],
-            )?
+            .tx
+            .query_opt(&self.st.current, &[&resource_type, &id])?
             .map(|row| Current {
                 version: row.get(0),
                 event_time: row.get(1),
@@ -795,18 +870,8 @@ impl apply::Rows for Rows<'_, '_> {
     }
 
     fn write_version(&mut self, v: &Version<'_>) -> Result<(), Failure> {
-        // the current row and its history row in one statement
-        self.0.execute(
-            "WITH current AS (
-                 INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (type, id) DO UPDATE SET
-                     version = excluded.version, last_updated = excluded.last_updated,
-                     event_time = excluded.event_time, deleted = excluded.deleted,
-                     content = excluded.content
-                 RETURNING type, id, version, last_updated, event_time, deleted, content)
-             INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
-             SELECT * FROM current",
+        self.tx.execute(
+            &self.st.write_version,
             &[
                 &v.resource_type,
                 &v.id,
@@ -826,10 +891,8 @@ impl apply::Rows for Rows<'_, '_> {
         id: &str,
         event_time: Option<i64>,
     ) -> Result<(), Failure> {
-        self.0.execute(
-            "UPDATE resources SET event_time = $3 WHERE type = $1 AND id = $2",
-            &[&resource_type, &id, &event_time],
-        )?;
+        self.tx
+            .execute(&self.st.set_event_time, &[&resource_type, &id, &event_time])?;
         Ok(())
     }
 
@@ -839,16 +902,10 @@ impl apply::Rows for Rows<'_, '_> {
         id: &str,
         patients: &[String],
     ) -> Result<(), Failure> {
-        self.0.execute(
-            "DELETE FROM patient_links WHERE type = $1 AND id = $2",
-            &[&resource_type, &id],
-        )?;
+        self.tx.execute(&self.st.unlink, &[&resource_type, &id])?;
         if !patients.is_empty() {
-            self.0.execute(
-                "INSERT INTO patient_links (patient_id, type, id)
-                 SELECT DISTINCT p, $2, $3 FROM unnest($1::TEXT[]) AS p",
-                &[&patients, &resource_type, &id],
-            )?;
+            self.tx
+                .execute(&self.st.link, &[&patients, &resource_type, &id])?;
         }
         Ok(())
     }
@@ -858,20 +915,14 @@ impl apply::Rows for Rows<'_, '_> {
         patient_id: &str,
         identifiers: &[(String, String)],
     ) -> Result<(), Failure> {
-        self.0.execute(
-            "DELETE FROM patient_identifiers WHERE patient_id = $1",
-            &[&patient_id],
-        )?;
+        self.tx.execute(&self.st.unindex, &[&patient_id])?;
         if !identifiers.is_empty() {
             let (systems, values): (Vec<&str>, Vec<&str>) = identifiers
                 .iter()
                 .map(|(system, value)| (system.as_str(), value.as_str()))
                 .unzip();
-            self.0.execute(
-                "INSERT INTO patient_identifiers (value, system, patient_id)
-                 SELECT DISTINCT v, s, $3 FROM unnest($1::TEXT[], $2::TEXT[]) AS i (v, s)",
-                &[&values, &systems, &patient_id],
-            )?;
+            self.tx
+                .execute(&self.st.index, &[&values, &systems, &patient_id])?;
         }
         Ok(())
     }
