@@ -861,15 +861,36 @@ fn check_store_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
                 "url asks for sslmode=require: give `tls_ca_file`, the CA the server's certificate must come from",
             ))
         }
+        Ok(parsed) if store.tls_ca_file.is_none() && !all_loopback(&parsed) => {
+            diags.push(doc.warning(
+                at,
+                "the record store's PostgreSQL is not on loopback and `tls_ca_file` is not set: records and passwords cross the network unencrypted",
+            ))
+        }
         Ok(_) => {}
     }
-
     if store.password_env.is_some() && store.password_file.is_some() {
         diags.push(doc.error(
             doc.span(&["store", "password_file"]),
             "give the password through `password_env` or `password_file`, not both",
         ));
     }
+}
+
+/// Whether every host of a PostgreSQL URL is this machine (a Unix socket,
+/// `localhost`, or a loopback address).
+fn all_loopback(config: &postgres::Config) -> bool {
+    config.get_hosts().iter().all(|host| match host {
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        postgres::config::Host::Unix(_) => true,
+    })
 }
 
 fn known_ids<'a>(ids: impl Iterator<Item = &'a String>) -> String {
@@ -1075,6 +1096,14 @@ mod tests {
             "{diags:?}"
         );
         check(
+            &format!("{base}url = \"postgres://junction@db.trust.nhs.uk/junction\"\n"),
+            &["junction.toml:4:7: warning: the record store's PostgreSQL is not on loopback and `tls_ca_file` is not set: records and passwords cross the network unencrypted"],
+        );
+        check(
+            &format!("{base}url = \"postgres://junction@127.0.0.1:5432/junction\"\n"),
+            &[],
+        );
+        check(
             &format!("{base}url = \"postgres://junction@db/junction?sslmode=require\"\n"),
             &["junction.toml:4:7: error: url asks for sslmode=require: give `tls_ca_file`, the CA the server's certificate must come from"],
         );
@@ -1087,7 +1116,7 @@ mod tests {
             &["junction.toml:4:16: error: password_env is only used with `url` (a PostgreSQL record store)"],
         );
         check(
-            &format!("{base}url = \"postgres://junction@db/junction\"\npassword_env = \"PGPASS\"\npassword_file = \"pg.pass\"\n"),
+            &format!("{base}url = \"postgres://junction@localhost/junction\"\npassword_env = \"PGPASS\"\npassword_file = \"pg.pass\"\n"),
             &["junction.toml:6:17: error: give the password through `password_env` or `password_file`, not both"],
         );
         let dir = tempfile::tempdir().unwrap();
