@@ -372,6 +372,14 @@ fn mutual_tls_answers_only_a_client_certificate_from_its_ca() {
         engine.log_text()
     );
     assert_eq!(engine.messages_with_control_id(&control_id(&file)).len(), 1);
+    // who connected is logged: the client certificate's subject
+    let log = engine.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("TLS connection")
+            && l.contains("client_certificate=CN=lab-sender")
+            && l.contains("TLSv1_3")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -422,7 +422,24 @@ async fn handshake(
         outcome = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => outcome,
     };
     match outcome {
-        Ok(Ok(stream)) => Some(stream),
+        Ok(Ok(stream)) => {
+            let (_, session) = stream.get_ref();
+            let version = session
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            match session.peer_certificates().and_then(|chain| chain.first()) {
+                // the sender's identity (a system's certificate, never a
+                // person's data): who connected, for ops
+                Some(cert) => info!(
+                    tls = version,
+                    client_certificate = %crate::mllp::tls::subject(cert),
+                    "TLS connection"
+                ),
+                None => info!(tls = version, "TLS connection"),
+            }
+            Some(stream)
+        }
         Ok(Err(err)) => {
             // rustls' reason (no client certificate, unknown CA, not TLS at
             // all): about the connection, never about a message

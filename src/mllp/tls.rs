@@ -142,6 +142,16 @@ impl ServerTlsConfig {
     }
 }
 
+/// The subject of a certificate as RFC 4514 text (`CN=pas.trust.nhs.uk,O=…`),
+/// or `unreadable` when it does not parse (it was verified, so it should).
+pub(crate) fn subject(cert: &CertificateDer<'_>) -> String {
+    use x509_cert::der::Decode;
+    match x509_cert::Certificate::from_der(cert.as_ref()) {
+        Ok(parsed) => parsed.tbs_certificate.subject.to_string(),
+        Err(_) => "unreadable".to_string(),
+    }
+}
+
 /// A client config trusting only the CA certificates of `ca_file` (for a
 /// TLS connection to another kind of server: PostgreSQL, `[store] tls_ca_file`).
 pub(crate) fn client_config_trusting(
