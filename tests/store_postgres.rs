@@ -32,11 +32,12 @@ const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
 
 /// A node: routes every ADT to the `store` destination, records in `schema`.
 fn node(dir: &Path, schema: &TestSchema) -> Engine {
-    node_with(dir, schema, "")
+    node_with(dir, schema, "junction", "")
 }
 
-/// [`node`] with more `[store]` keys.
-fn node_with(dir: &Path, schema: &TestSchema, store_extra: &str) -> Engine {
+/// [`node`] with its database connections named `application_name` (to find
+/// them in `pg_stat_activity`) and more `[store]` keys.
+fn node_with(dir: &Path, schema: &TestSchema, application_name: &str, store_extra: &str) -> Engine {
     std::fs::create_dir_all(dir.join("routes")).unwrap();
     std::fs::write(
         dir.join("routes/all.toml"),
@@ -46,7 +47,8 @@ fn node_with(dir: &Path, schema: &TestSchema, store_extra: &str) -> Engine {
     if !dir.join("mappings").exists() {
         std::os::unix::fs::symlink(repo_root().join("mappings"), dir.join("mappings")).unwrap();
     }
-    let (url, password_file) = (schema.url.clone(), schema.password_file.clone());
+    let url = format!("{}&application_name={application_name}", schema.url);
+    let password_file = schema.password_file.clone();
     let store_extra = store_extra.to_string();
     Engine::start_custom(dir, &[], move |mllp, api| {
         format!(
@@ -118,7 +120,8 @@ fn patients_found(body: &str) -> Vec<String> {
 async fn two_nodes_share_records_tokens_audit_and_objections() {
     let schema = TestSchema::create("twonodes");
     let tmp = tempfile::tempdir().unwrap();
-    let a = node(&tmp.path().join("a"), &schema);
+    let app = format!("junction-twonodes-{}", std::process::id());
+    let a = node_with(&tmp.path().join("a"), &schema, &app, "");
     // node B talks to the database over TLS, trusting the test CA (a path
     // relative to its config)
     let (ca, _) = test_ca();
@@ -127,6 +130,7 @@ async fn two_nodes_share_records_tokens_audit_and_objections() {
     let b = node_with(
         &tmp.path().join("b"),
         &schema,
+        &app,
         "tls_ca_file = \"tls/db-ca.pem\"",
     );
     assert!(
@@ -170,6 +174,44 @@ async fn two_nodes_share_records_tokens_audit_and_objections() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The server closes every connection of both nodes (as a restart or a
+    // failover would): the next calls reconnect, and nothing fails.
+    let terminated: i64 = schema.with_client(|client| {
+        client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+                 FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert!(terminated >= 2, "{terminated} connections closed");
+    let ack = client
+        .send(a01("PG0002", "9990000018", "RAL0000002").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_ack(&ack).unwrap().code, "AA");
+    let second = format!(
+        "/fhir/Patient?identifier={}",
+        url_encode(&format!("{NHS}|9990000018"))
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        // every read answers 200, the first after the connections died too
+        let (status, body) = get(b.api, &second, Some(token)).await;
+        assert_eq!(status, 200, "{body}\n--- B ---\n{}", b.log_text());
+        if patients_found(&body) == ["9990000018"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the patient admitted after the connections died never arrived: {body}\n--- A ---\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // the same token works on node A (one token table)
     let (status, body) = get(a.api, &search, Some(token)).await;
     assert_eq!(status, 200, "{body}");
@@ -187,7 +229,11 @@ async fn two_nodes_share_records_tokens_audit_and_objections() {
         .unwrap_or_else(|| panic!("no audit rows: {body}"))
         .iter()
         .filter(|e| {
-            e["token"] == "ward-7" && e["patients"].as_array().is_some_and(|p| p.len() == 1)
+            e["token"] == "ward-7"
+                && e["query"]
+                    .as_str()
+                    .is_some_and(|q| q.contains("9434765919"))
+                && e["patients"].as_array().is_some_and(|p| p.len() == 1)
         })
         .count();
     assert_eq!(reads, 2, "{body}");

@@ -12,10 +12,13 @@
 //! certificate checked against that CA and the URL's host; without it the
 //! connection is plain (loopback or a private network only).
 //!
+//! A pooled connection the server closed meanwhile (a restart, a failover)
+//! is noticed at its first use: that call is made once more on a new
+//! connection, so a restart of PostgreSQL costs the engine nothing but a
+//! reconnect. While the server is down, calls fail (deliveries are retried).
+//!
 //! What it does not do: the journal and the delivery queue stay in each
-//! node's SQLite file (`[store] path`); no client certificate; it keeps no
-//! connection to a server that went away (a broken connection is dropped and
-//! the next call connects anew).
+//! node's SQLite file (`[store] path`); no client certificate.
 //!
 //! # Invariants
 //! - The schema is created or upgraded in one transaction under an advisory
@@ -298,7 +301,7 @@ impl PgStore {
     fn with<T>(
         &self,
         what: &str,
-        f: impl FnOnce(&mut Client) -> Result<T, Failure>,
+        mut f: impl FnMut(&mut Client) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         self.with_conn(what, |conn| f(&mut conn.client))
     }
@@ -307,14 +310,23 @@ impl PgStore {
     fn with_conn<T>(
         &self,
         what: &str,
-        f: impl FnOnce(&mut Conn) -> Result<T, Failure>,
+        mut f: impl FnMut(&mut Conn) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let pooled = self.idle().pop();
-        let mut conn = match pooled {
-            Some(conn) if !conn.client.is_closed() => conn,
-            _ => self.connect()?,
+        let (mut conn, reused) = match pooled {
+            Some(conn) if !conn.client.is_closed() => (conn, true),
+            _ => (self.connect()?, false),
         };
-        let result = f(&mut conn);
+        let mut result = f(&mut conn);
+        // A pooled connection the server has closed since (a restart, a
+        // failover, an idle timeout) fails at its first use: the call is made
+        // once more, on a new connection. (Should the connection have died
+        // after a COMMIT reached the server, the call runs twice: applying a
+        // document again changes nothing, an audit row would be written twice.)
+        if reused && conn.client.is_closed() && matches!(result, Err(Failure::Db(_))) {
+            conn = self.connect()?;
+            result = f(&mut conn);
+        }
         if !conn.client.is_closed() {
             let mut idle = self.idle();
             if idle.len() < IDLE_CONNECTIONS {

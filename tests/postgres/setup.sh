@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts the machine's PostgreSQL 15 and makes a role and a database for the
 # tests of the PostgreSQL record store (src/store/tests/postgres.rs,
-# tests/store_postgres.rs). The role's password is made anew, at random, on
-# every run and written to target/postgres-test/password; the URL (without
+# tests/store_postgres.rs). The role's password is made at random on the first
+# run (kept in the cluster's data folder, so every checkout on the machine
+# shares it) and copied to target/postgres-test/password; the URL (without
 # it) to target/postgres-test/url. The tests read both from there, or from
 # JUNCTION_TEST_POSTGRES_URL and JUNCTION_TEST_POSTGRES_PASSWORD_FILE.
 #
@@ -48,7 +49,17 @@ if ! pg_lsclusters --no-header | awk 'NR == 1 { exit ($4 == "online") ? 0 : 1 }'
 fi
 port="$(pg_lsclusters --no-header | awk 'NR == 1 { print $3 }')"
 
-password="$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)"
+mkdir -p "$out"
+# The password, the test CAs and the server's certificate are the machine's,
+# kept in the cluster's data folder (readable by root and postgres only) and
+# made on the first run: every checkout on this machine gets the same ones.
+data_dir="$(pg_lsclusters --no-header | awk 'NR == 1 { print $6 }')"
+if ! as_root test -s "$data_dir/junction-test-password"; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24 >"$out/password.new")
+    as_root install -o postgres -g postgres -m 0600 "$out/password.new" "$data_dir/junction-test-password"
+    rm -f "$out/password.new"
+fi
+password="$(as_root cat "$data_dir/junction-test-password")"
 as_postgres "psql -q -v ON_ERROR_STOP=1 -p $port" <<SQL
 SELECT 'CREATE ROLE $role LOGIN CREATEDB'
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') \gexec
@@ -57,12 +68,8 @@ SELECT 'CREATE DATABASE $database OWNER $role'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$database') \gexec
 SQL
 
-mkdir -p "$out"
-
-# TLS: the cluster serves a certificate from our test CA (made once; kept
-# across runs so a running engine's trust does not change under it)
-data_dir="$(pg_lsclusters --no-header | awk 'NR == 1 { print $6 }')"
-if [ ! -f "$out/ca.pem" ] || [ ! -f "$out/other-ca.pem" ] || ! as_root test -f "$data_dir/junction-test-server.pem"; then
+# TLS: the cluster serves a certificate from the test CA
+if ! as_root test -f "$data_dir/junction-test-server.pem" || ! as_root test -f "$data_dir/junction-test-other-ca.pem"; then
     tmp="$(mktemp -d)"
     for ca in ca other-ca; do
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
@@ -74,12 +81,14 @@ if [ ! -f "$out/ca.pem" ] || [ ! -f "$out/other-ca.pem" ] || ! as_root test -f "
         -keyout "$tmp/server.key" -out "$tmp/server.req" -subj "/CN=127.0.0.1" 2>/dev/null
     openssl x509 -req -in "$tmp/server.req" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" \
         -set_serial 11 -days 3650 -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>/dev/null
-    as_root install -o postgres -g postgres -m 0644 "$tmp/server.pem" "$data_dir/junction-test-server.pem"
     as_root install -o postgres -g postgres -m 0600 "$tmp/server.key" "$data_dir/junction-test-server.key"
-    cp "$tmp/ca.pem" "$out/ca.pem"
-    cp "$tmp/other-ca.pem" "$out/other-ca.pem"
+    as_root install -o postgres -g postgres -m 0644 "$tmp/ca.pem" "$data_dir/junction-test-ca.pem"
+    as_root install -o postgres -g postgres -m 0644 "$tmp/other-ca.pem" "$data_dir/junction-test-other-ca.pem"
+    as_root install -o postgres -g postgres -m 0644 "$tmp/server.pem" "$data_dir/junction-test-server.pem"
     rm -rf "$tmp"
 fi
+as_root cat "$data_dir/junction-test-ca.pem" >"$out/ca.pem"
+as_root cat "$data_dir/junction-test-other-ca.pem" >"$out/other-ca.pem"
 as_postgres "psql -q -v ON_ERROR_STOP=1 -p $port" >/dev/null <<SQL
 ALTER SYSTEM SET ssl = on;
 ALTER SYSTEM SET ssl_cert_file = '$data_dir/junction-test-server.pem';
