@@ -154,26 +154,9 @@ async fn two_nodes_share_records_tokens_audit_and_objections() {
         .await
         .unwrap();
     assert_eq!(read_ack(&ack).unwrap().code, "AA");
-
     // ... is read through node B, with B's token
-    let search = format!(
-        "/fhir/Patient?identifier={}",
-        url_encode(&format!("{NHS}|9434765919"))
-    );
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let (status, body) = get(b.api, &search, Some(token)).await;
-        assert_eq!(status, 200, "{body}");
-        if patients_found(&body) == ["9434765919"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node B never saw the patient node A stored: {body}\n--- A ---\n{}",
-            a.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let search = wait_for_patient(&a, &b, token, "9434765919").await;
+
     // The server closes every connection of both nodes (as a restart or a
     // failover would): the next calls reconnect, and nothing fails.
     let terminated: i64 = schema.with_client(|client| {
@@ -192,25 +175,8 @@ async fn two_nodes_share_records_tokens_audit_and_objections() {
         .await
         .unwrap();
     assert_eq!(read_ack(&ack).unwrap().code, "AA");
-    let second = format!(
-        "/fhir/Patient?identifier={}",
-        url_encode(&format!("{NHS}|9990000018"))
-    );
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        // every read answers 200, the first after the connections died too
-        let (status, body) = get(b.api, &second, Some(token)).await;
-        assert_eq!(status, 200, "{body}\n--- B ---\n{}", b.log_text());
-        if patients_found(&body) == ["9990000018"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the patient admitted after the connections died never arrived: {body}\n--- A ---\n{}",
-            a.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // every read answers 200, the first after the connections died too
+    wait_for_patient(&a, &b, token, "9990000018").await;
 
     // the same token works on node A (one token table)
     let (status, body) = get(a.api, &search, Some(token)).await;
@@ -248,6 +214,29 @@ async fn two_nodes_share_records_tokens_audit_and_objections() {
     // the record store's tables live in PostgreSQL, not in the nodes' folders
     assert!(!tmp.path().join("a/data/records.db").exists());
     assert!(!tmp.path().join("b/data/records.db").exists());
+}
+
+/// Searches node `b` for the patient with NHS number `nhs` (sent to node
+/// `a`) until it is found; every answer must be 200. Returns the search path.
+async fn wait_for_patient(a: &Engine, b: &Engine, token: &str, nhs: &str) -> String {
+    let search = format!(
+        "/fhir/Patient?identifier={}",
+        url_encode(&format!("{NHS}|{nhs}"))
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = get(b.api, &search, Some(token)).await;
+        assert_eq!(status, 200, "{body}\n--- B ---\n{}", b.log_text());
+        if patients_found(&body) == [nhs] {
+            return search;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node B never saw patient {nhs} stored through node A: {body}\n--- A ---\n{}",
+            a.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sends `count` A01s (control ids `<prefix>-<n>`, one patient each) on two
