@@ -13,13 +13,17 @@
 # at a time, in order (one transaction, one commit each): the drain measures a
 # backend's per-document latency, fsync included. PostgreSQL is the machine's
 # (tests/postgres/setup.sh), on loopback, plain TCP, in a schema of its own.
-# Tunables (environment): REPS (3), MESSAGES (5000), CONNECTIONS (32).
+# Tunables (environment): REPS (3), MESSAGES (5000), CONNECTIONS (32),
+# PATIENTS (1: the load template's one patient; more spreads the messages over
+# that many patients with `junction load --patients`, so the store destination
+# applies up to its `concurrency` (4) documents at once).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPS="${REPS:-3}"
 MESSAGES="${MESSAGES:-5000}"
 CONNECTIONS="${CONNECTIONS:-32}"
+PATIENTS="${PATIENTS:-1}"
 pg="$root/target/postgres-test"
 [ -f "$pg/url" ] || { echo "run tests/postgres/setup.sh first" >&2; exit 1; }
 
@@ -71,8 +75,10 @@ password_file = \"$pg/password\""
             python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$api/ready', timeout=1)" 2>/dev/null && break
             sleep 0.2
         done
+        patients=()
+        [ "$PATIENTS" -gt 1 ] && patients=(--patients "$PATIENTS")
         line="$("$junction" load --to "127.0.0.1:$mllp" --connections "$CONNECTIONS" \
-            --messages "$MESSAGES" 2>/dev/null | tail -n 1)"
+            --messages "$MESSAGES" "${patients[@]}" 2>/dev/null | tail -n 1)"
         loaded=$(date +%s.%N)
         # the drain: until the store destination has delivered every message
         python3 - "$api" "$MESSAGES" <<'PY'

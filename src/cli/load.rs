@@ -44,6 +44,12 @@ pub struct LoadArgs {
     /// How long to wait for each connection and each ACK.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// Spread the messages over this many patients: PID-3 of message n
+    /// becomes the local MRN `LOADP<n mod N>^^^LOAD^MR` (default: the
+    /// template's patient for every message, so a destination applies them
+    /// one at a time, in order).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub patients: Option<u64>,
     #[command(flatten)]
     pub tls: super::send::TlsArgs,
 }
@@ -101,7 +107,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         }
         None => DEFAULT_TEMPLATE.as_bytes().to_vec(),
     };
-    let template = Template::new(&template)?;
+    let template = Template::new(&template, args.patients)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -261,7 +267,7 @@ async fn drive(
             break;
         }
         let control_id = format!("L{:08X}{:09}", numbers.run_id, numbers.first + n);
-        template.render(&control_id, &mut buf);
+        template.render(&control_id, numbers.first + n, &mut buf);
         let sent = Instant::now();
         match client.send(&buf).await {
             Ok(ack) => {
@@ -306,20 +312,33 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).context("cannot create a latency histogram")
 }
 
-/// The template message split around its MSH-10.
+/// The template message split around its MSH-10 (and, with `--patients`,
+/// around its PID-3).
 #[derive(Debug)]
 struct Template {
     before: Vec<u8>,
     after: Vec<u8>,
+    /// With `--patients`: how many, and where PID-3 is in `after`.
+    patients: Option<(u64, (usize, usize))>,
 }
 
 impl Template {
-    fn new(message: &[u8]) -> anyhow::Result<Self> {
+    fn new(message: &[u8], patients: Option<u64>) -> anyhow::Result<Self> {
         let (start, end) = msh10_span(message)
             .context("the template message has no MSH segment with at least 10 fields")?;
+        let after = message[end..].to_vec();
+        let patients = match patients {
+            None => None,
+            Some(n) => Some((
+                n,
+                pid3_span(&after, message[3])
+                    .context("--patients needs a PID segment with a PID-3 in the template")?,
+            )),
+        };
         Ok(Template {
             before: message[..start].to_vec(),
-            after: message[end..].to_vec(),
+            after,
+            patients,
         })
     }
 
@@ -327,12 +346,54 @@ impl Template {
         self.before.len() + self.after.len()
     }
 
-    fn render(&self, control_id: &str, out: &mut Vec<u8>) {
+    /// Message number `n` with `control_id` (and its patient, with `--patients`).
+    fn render(&self, control_id: &str, n: u64, out: &mut Vec<u8>) {
         out.clear();
         out.extend_from_slice(&self.before);
         out.extend_from_slice(control_id.as_bytes());
-        out.extend_from_slice(&self.after);
+        match self.patients {
+            None => out.extend_from_slice(&self.after),
+            Some((count, (start, end))) => {
+                out.extend_from_slice(&self.after[..start]);
+                let mrn = format!("LOADP{:07}^^^LOAD^MR", n % count);
+                out.extend_from_slice(mrn.as_bytes());
+                out.extend_from_slice(&self.after[end..]);
+            }
+        }
     }
+}
+
+/// Byte range of the first PID segment's field 3 in `text`.
+fn pid3_span(text: &[u8], sep: u8) -> Option<(usize, usize)> {
+    let mut at = 0;
+    let start = loop {
+        let rest = text.get(at..)?;
+        let i = rest
+            .windows(4)
+            .position(|w| (w[0] == b'\r' || w[0] == b'\n') && &w[1..] == b"PID")?;
+        let seg = at + i + 1;
+        if text.get(seg + 3) == Some(&sep) {
+            break seg;
+        }
+        at = seg;
+    };
+    let end = text[start..]
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .map_or(text.len(), |i| start + i);
+    let mut seen = 0;
+    let mut field = None;
+    for (i, &b) in text[start..end].iter().enumerate() {
+        if b == sep {
+            seen += 1;
+            if seen == 3 {
+                field = Some(start + i + 1);
+            } else if seen == 4 {
+                return field.map(|f| (f, start + i));
+            }
+        }
+    }
+    field.map(|f| (f, end))
 }
 
 /// Byte range of MSH-10 in the first segment (which must be MSH).
@@ -367,9 +428,9 @@ mod tests {
 
     #[test]
     fn rewrites_the_control_id() {
-        let t = Template::new(DEFAULT_TEMPLATE.as_bytes()).unwrap();
+        let t = Template::new(DEFAULT_TEMPLATE.as_bytes(), None).unwrap();
         let mut out = Vec::new();
-        t.render("NEW1", &mut out);
+        t.render("NEW1", 7, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(
             "MSH|^~\\&|PAS|RAL|JUNCTION|NCRS|20260315093000||ADT^A01^ADT_A01|NEW1|P|2.4|"
@@ -394,7 +455,35 @@ mod tests {
         assert_eq!(msh10_span(b"MSH|^~\\&|a|b\r"), None);
         assert_eq!(msh10_span(b"PID|1"), None);
         assert_eq!(msh10_span(b"MSH"), None);
-        assert!(Template::new(b"EVN|A01").is_err());
+        assert!(Template::new(b"EVN|A01", None).is_err());
+    }
+
+    #[test]
+    fn patients_rewrite_pid_3_in_turn() {
+        let t = Template::new(DEFAULT_TEMPLATE.as_bytes(), Some(3)).unwrap();
+        let mut out = Vec::new();
+        for (n, mrn) in [
+            (0, "LOADP0000000"),
+            (4, "LOADP0000001"),
+            (5, "LOADP0000002"),
+        ] {
+            t.render("C1", n, &mut out);
+            let text = String::from_utf8(out.clone()).unwrap();
+            let pid = text.split('\r').find(|s| s.starts_with("PID|")).unwrap();
+            assert!(
+                pid.starts_with(&format!("PID|1||{mrn}^^^LOAD^MR||TESTPATIENT^ALEX")),
+                "{pid}"
+            );
+        }
+        // LF endings, PID-3 last in its segment
+        let lf = b"MSH|^~\\&|a|b|c|d|e|f|ADT^A01|X|P|2.4\nPID|1||OLD\nPV1|1";
+        let t = Template::new(lf, Some(2)).unwrap();
+        t.render("C2", 1, &mut out);
+        assert!(String::from_utf8(out.clone())
+            .unwrap()
+            .contains("\nPID|1||LOADP0000001^^^LOAD^MR\nPV1|1"));
+        // no PID (a "PIDX" segment is not one)
+        assert!(Template::new(b"MSH|^~\\&|a|b|c|d|e|f|g|X\rPIDX|1||A", Some(2)).is_err());
     }
 
     #[test]
