@@ -32,9 +32,10 @@
 //!   same way, so its trail row matches what changed.
 //! - The password comes from an environment variable or a file, never from
 //!   the URL (`config/` refuses a URL holding one); nothing here logs it.
-//! - `sync = "normal"` sets `synchronous_commit = off` on this store's
-//!   connections (a crash of the server may lose the last commits, never
-//!   corrupt them); `full` keeps the server's default (on).
+//! - `sync = "full"` sets `synchronous_commit = on` on this store's
+//!   connections whatever the server's default (a commit returns after the
+//!   server's WAL is flushed); `normal` sets it `off` (a crash of the server
+//!   may lose the last commits, never corrupt them).
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -280,11 +281,14 @@ impl PgStore {
             None => self.config.connect(NoTls),
         };
         let mut client = connected.map_err(|e| self.error("cannot connect", e))?;
-        if self.sync == SyncPolicy::Normal {
-            client
-                .batch_execute("SET synchronous_commit = off")
-                .map_err(|e| self.error("cannot set synchronous_commit", e))?;
-        }
+        // the fsync policy is the config's, whatever the server's default
+        let policy = match self.sync {
+            SyncPolicy::Full => "SET synchronous_commit = on",
+            SyncPolicy::Normal => "SET synchronous_commit = off",
+        };
+        client
+            .batch_execute(policy)
+            .map_err(|e| self.error("cannot set synchronous_commit", e))?;
         Ok(Conn {
             client,
             prepared: None,
@@ -298,7 +302,7 @@ impl PgStore {
 
     /// Runs `f` on an idle connection (or a new one), keeping the connection
     /// for the next call unless it broke.
-    fn with<T>(
+    pub(super) fn with<T>(
         &self,
         what: &str,
         mut f: impl FnMut(&mut Client) -> Result<T, Failure>,
@@ -769,7 +773,7 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// What a call inside [`PgStore::with`] failed on.
-enum Failure {
+pub(super) enum Failure {
     Db(postgres::Error),
     Store(StoreError),
 }

@@ -210,6 +210,43 @@ fn nodes_starting_together_create_the_schema_once() {
 }
 
 #[test]
+fn the_sync_policy_is_the_configs_whatever_the_servers_default() {
+    let schema = TestSchema::create("sync");
+    // a server (here: a database) whose default is the opposite of each policy
+    for (sync, default, expected) in [
+        (SyncPolicy::Full, "off", "on"),
+        (SyncPolicy::Normal, "on", "off"),
+    ] {
+        schema.with_client(|client| {
+            client
+                .batch_execute(&format!(
+                    "ALTER ROLE junction_test IN DATABASE junction_test SET synchronous_commit = {default}"
+                ))
+                .unwrap()
+        });
+        let store = RecordStore::open(&RecordStoreConfig {
+            sync,
+            ..config(&schema)
+        })
+        .unwrap();
+        let pg = store.postgres().unwrap();
+        let setting: String = pg
+            .with("test", |client| {
+                Ok(client.query_one("SHOW synchronous_commit", &[])?.get(0))
+            })
+            .unwrap();
+        assert_eq!(setting, expected, "{sync:?}");
+    }
+    schema.with_client(|client| {
+        client
+            .batch_execute(
+                "ALTER ROLE junction_test IN DATABASE junction_test RESET synchronous_commit",
+            )
+            .unwrap()
+    });
+}
+
+#[test]
 fn a_missing_password_is_a_clear_error() {
     let schema = TestSchema::create("secret");
     let mut cfg = config(&schema);
