@@ -376,3 +376,70 @@ async fn kill_9_of_one_node_mid_load_loses_no_document_in_the_shared_store() {
         "node B took load too"
     );
 }
+
+#[test]
+fn records_copy_to_postgres_moves_a_nodes_sqlite_store_once() {
+    use junction::store::{RecordStore, RecordStoreConfig, SyncPolicy};
+    let schema = TestSchema::create("copycli");
+    let dir = tempfile::tempdir().unwrap();
+    // what a single node left: its records file with an objection and a token
+    let sqlite = RecordStore::open(&RecordStoreConfig {
+        path: dir.path().join("data/records.db"),
+        sync: SyncPolicy::Normal,
+        postgres: None,
+    })
+    .unwrap();
+    sqlite
+        .add_objection("9990000018", Some("letter"), "cli test")
+        .unwrap();
+    sqlite.add_token("ward", "clinical", &[5; 32]).unwrap();
+    drop(sqlite);
+    let config = dir.path().join("junction.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"data/junction.db\"\nrecords = \"data/records.db\"\n\
+             url = \"{}\"\npassword_file = \"{}\"\n",
+            schema.url,
+            schema.password_file.display()
+        ),
+    )
+    .unwrap();
+    let junction = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_junction"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run the junction binary")
+    };
+    // check says the file is left behind
+    let check = junction(&["check"]);
+    let said = String::from_utf8_lossy(&check.stderr).into_owned()
+        + &String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("junction records copy-to-postgres"), "{said}");
+
+    let out = junction(&["records", "copy-to-postgres"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |table: &str, n: &str| stdout.lines().any(|l| l.split_whitespace().eq([table, n]));
+    assert!(
+        line("objections", "1") && line("api_tokens", "1"),
+        "{stdout}"
+    );
+    // the register now answers from PostgreSQL
+    let listed = junction(&["objections", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("9990000018"));
+    // a second copy is refused: the database is no longer empty
+    let again = junction(&["records", "copy-to-postgres"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("only copied into an empty one"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

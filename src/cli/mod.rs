@@ -17,6 +17,7 @@ pub mod map;
 pub mod objections;
 pub mod parse;
 pub mod queues;
+pub mod records;
 pub mod replay;
 pub mod retry;
 pub mod send;
@@ -55,6 +56,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Manage the objections register (people who object to sharing): add, remove, list.
     Objections(objections::ObjectionsArgs),
+    /// The record store: copy a node's SQLite records into PostgreSQL (`copy-to-postgres`).
+    Records(records::RecordsArgs),
     /// Show each destination's delivery queue (pending, dead, oldest).
     Queues(queues::QueuesArgs),
     /// List the deliveries given up on, with why.
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Tail(args) => tail::run(args),
         Command::Token(args) => token::run(args),
         Command::Objections(args) => objections::run(args),
+        Command::Records(args) => records::run(args),
         Command::Queues(args) => queues::run(args),
         Command::DeadLetters(args) => dead_letters::run(args),
         Command::Retry(args) => retry::run(args),

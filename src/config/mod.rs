@@ -1003,6 +1003,16 @@ fn check_filesystem(config: &Config, file: &Path, source: &str, diags: &mut Diag
             ));
         }
     }
+    if config.store.url.is_some() && config.store.records.is_file() {
+        // the register of who objects to sharing must not be left behind
+        diags.push(doc.warning(
+            doc.span(&["store", "url"]),
+            format!(
+                "{} is a SQLite record store that is not used while `url` is set (its records, objections register and tokens stay there): copy it with `junction records copy-to-postgres`, then move it away",
+                config.store.records.display()
+            ),
+        ));
+    }
     if let Some(ca) = config
         .store
         .url

@@ -40,6 +40,7 @@ mod apply;
 mod plan;
 mod postgres;
 mod sqlite;
+pub use postgres::Copied;
 #[doc(hidden)]
 pub mod testing;
 
@@ -174,6 +175,12 @@ pub enum StoreError {
     Tls(String),
     #[error("record store: internal error: {0}")]
     Internal(&'static str),
+    #[error("the PostgreSQL record store already holds {rows} row(s) of records, tokens, audit or objections: records are only copied into an empty one")]
+    NotEmpty { rows: i64 },
+    #[error("the record store is not in PostgreSQL (`[store] url` is not set)")]
+    NotPostgres,
+    #[error("there is no SQLite record store at {}", path.display())]
+    NoSuchFile { path: PathBuf },
     #[error("a stored record is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("the document is not a Bundle: resourceType is {found:?}, expected \"Bundle\"")]
@@ -398,6 +405,25 @@ impl RecordStore {
             Backend::Sqlite { .. } => self.inner.path.display().to_string(),
             Backend::Postgres(pg) => pg.describe().to_string(),
         }
+    }
+
+    /// Copies every row of the SQLite record store at `path` (upgraded to
+    /// the current schema first, if older) into this store's PostgreSQL
+    /// database, in one transaction, keeping ids and versions: for a trust
+    /// moving a node's records (and its objections register, tokens and
+    /// audit trail) to PostgreSQL. Refuses unless this store is PostgreSQL
+    /// and still empty.
+    pub fn copy_from_sqlite(&self, path: &Path) -> Result<postgres::Copied, StoreError> {
+        let Some(pg) = self.postgres() else {
+            return Err(StoreError::NotPostgres);
+        };
+        if !path.is_file() {
+            return Err(StoreError::NoSuchFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let from = sqlite::open_writer(path, SyncPolicy::Normal)?;
+        pg.copy_from(&from)
     }
 
     /// The PostgreSQL store, when the records live there.

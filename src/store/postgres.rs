@@ -772,6 +772,195 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// What [`PgStore::copy_from`] copied: rows per table, in copy order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Copied(pub Vec<(&'static str, u64)>);
+
+impl Copied {
+    /// The rows copied into `table` (0 for a table not copied).
+    pub fn rows(&self, table: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// The tables [`PgStore::copy_from`] copies, in order, with their columns
+/// (the same names in both schemas) and, for the ones with an id sequence,
+/// that sequence's table.
+const COPIED: &[(&str, &str, bool)] = &[
+    (
+        "resources",
+        "type, id, version, last_updated, event_time, deleted, content",
+        false,
+    ),
+    (
+        "history",
+        "type, id, version, last_updated, event_time, deleted, content",
+        false,
+    ),
+    ("patient_links", "patient_id, type, id", false),
+    ("patient_identifiers", "value, system, patient_id", false),
+    (
+        "api_tokens",
+        "name, role, hash, created_at, last_used_at",
+        false,
+    ),
+    (
+        "audit",
+        "id, at, token_name, role, method, path, query, patients, status, purpose",
+        true,
+    ),
+    ("audit_patients", "patient_id, audit_id", false),
+    ("objections", "nhs_number, note, added_at", false),
+    (
+        "objection_changes",
+        "id, at, nhs_number, action, note, changed_by",
+        true,
+    ),
+];
+
+/// One SQLite value as a PostgreSQL parameter of the column's type.
+#[derive(Debug)]
+enum Cell {
+    Int(Option<i64>),
+    Int4(Option<i32>),
+    Bool(bool),
+    Text(Option<String>),
+    Bytes(Vec<u8>),
+}
+
+impl postgres::types::ToSql for Cell {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Cell::Int(v) => v.to_sql(ty, out),
+            Cell::Int4(v) => v.to_sql(ty, out),
+            Cell::Bool(v) => v.to_sql(ty, out),
+            Cell::Text(v) => v.to_sql(ty, out),
+            Cell::Bytes(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+impl PgStore {
+    /// Copies every row of a SQLite record store (schema v3) into this
+    /// database, in one transaction, keeping ids; refuses unless this
+    /// database holds no record, token, audit row or objection yet.
+    pub(super) fn copy_from(&self, from: &rusqlite::Connection) -> Result<Copied, StoreError> {
+        self.with("cannot copy the records", |client| {
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+            let present: i64 = tx
+                .query_one(
+                    "SELECT (SELECT count(*) FROM resources) + (SELECT count(*) FROM api_tokens)
+                          + (SELECT count(*) FROM audit) + (SELECT count(*) FROM objections)
+                          + (SELECT count(*) FROM objection_changes)",
+                    &[],
+                )?
+                .get(0);
+            if present > 0 {
+                return Err(Failure::Store(StoreError::NotEmpty { rows: present }));
+            }
+            let mut copied = Copied::default();
+            for (table, columns, sequence) in COPIED {
+                let n = copy_table(&mut tx, from, table, columns)?;
+                if *sequence {
+                    tx.execute(
+                        &format!(
+                            "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
+                                           GREATEST((SELECT max(id) FROM {table}), 1))"
+                        ),
+                        &[],
+                    )?;
+                }
+                copied.0.push((table, n));
+            }
+            tx.commit()?;
+            Ok(copied)
+        })
+    }
+}
+
+/// Copies one table's rows (read from SQLite, each value converted to the
+/// PostgreSQL column's type) with one prepared INSERT.
+fn copy_table(
+    tx: &mut Transaction<'_>,
+    from: &rusqlite::Connection,
+    table: &str,
+    columns: &str,
+) -> Result<u64, Failure> {
+    let width = columns.split(',').count();
+    let placeholders: Vec<String> = (1..=width).map(|i| format!("${i}")).collect();
+    let insert = tx.prepare(&format!(
+        "INSERT INTO {table} ({columns}) VALUES ({})",
+        placeholders.join(", ")
+    ))?;
+    let types = insert.params().to_vec();
+    let mut select = from
+        .prepare(&format!("SELECT {columns} FROM {table}"))
+        .map_err(|e| Failure::Store(StoreError::Sqlite(e)))?;
+    let mut rows = select
+        .query([])
+        .map_err(|e| Failure::Store(StoreError::Sqlite(e)))?;
+    let mut n = 0;
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| Failure::Store(StoreError::Sqlite(e)))?
+    {
+        let mut cells = Vec::with_capacity(width);
+        for (i, ty) in types.iter().enumerate() {
+            let value = row
+                .get_ref(i)
+                .map_err(|e| Failure::Store(StoreError::Sqlite(e)))?;
+            cells.push(cell(value, ty));
+        }
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = cells
+            .iter()
+            .map(|c| c as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        tx.execute(&insert, &params)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A SQLite value as the PostgreSQL column type `ty` wants it.
+fn cell(value: rusqlite::types::ValueRef<'_>, ty: &postgres::types::Type) -> Cell {
+    use postgres::types::Type;
+    use rusqlite::types::ValueRef;
+    let int = match value {
+        ValueRef::Integer(i) => Some(i),
+        _ => None,
+    };
+    let text = match value {
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(r) => Some(r.to_string()),
+        ValueRef::Null => None,
+    };
+    match *ty {
+        Type::BOOL => Cell::Bool(int.is_some_and(|i| i != 0)),
+        Type::INT8 => Cell::Int(int),
+        Type::INT4 => Cell::Int4(int.and_then(|i| i32::try_from(i).ok())),
+        Type::BYTEA => Cell::Bytes(match value {
+            ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+            _ => Vec::new(),
+        }),
+        _ => Cell::Text(text),
+    }
+}
+
 /// What a call inside [`PgStore::with`] failed on.
 pub(super) enum Failure {
     Db(postgres::Error),

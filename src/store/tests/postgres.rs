@@ -320,3 +320,136 @@ fn with_a_ca_file_every_connection_is_tls_and_the_server_is_checked() {
     .to_string();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
+
+#[test]
+fn a_sqlite_record_store_is_copied_whole_into_an_empty_database_once() {
+    // a node's SQLite store with a bit of everything
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.db");
+    let sqlite = RecordStore::open(&RecordStoreConfig {
+        path: path.clone(),
+        sync: SyncPolicy::Normal,
+        postgres: None,
+    })
+    .unwrap();
+    sqlite
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+            ]),
+            at("2026-03-01T10:00:00Z"),
+        )
+        .unwrap();
+    sqlite
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smyth"),
+                encounter(ENCOUNTER, PATIENT, "finished"),
+                observation(OBSERVATION, PATIENT, ENCOUNTER),
+            ]),
+            at("2026-03-02T10:00:00Z"),
+        )
+        .unwrap();
+    sqlite.add_token("ward", "clinical", &[5; 32]).unwrap();
+    sqlite
+        .add_objection("9990000018", Some("letter"), "cli test")
+        .unwrap();
+    let audited = sqlite
+        .append_audit(&entry("ward", &[PATIENT], 200))
+        .unwrap();
+
+    let f = open();
+    let copied = f.store.copy_from_sqlite(&path).unwrap();
+    let rows: Vec<u64> = [
+        "resources",
+        "history",
+        "api_tokens",
+        "audit",
+        "objections",
+        "objection_changes",
+    ]
+    .iter()
+    .map(|t| copied.rows(t))
+    .collect();
+    assert_eq!(rows, [3, 5, 1, 1, 1, 1]);
+    // the same answers from both
+    for (rtype, id) in [
+        ("Patient", PATIENT),
+        ("Encounter", ENCOUNTER),
+        ("Observation", OBSERVATION),
+    ] {
+        assert_eq!(
+            f.store.read(rtype, id).unwrap(),
+            sqlite.read(rtype, id).unwrap()
+        );
+        assert_eq!(
+            f.store.history(rtype, id).unwrap(),
+            sqlite.history(rtype, id).unwrap()
+        );
+    }
+    assert_eq!(
+        f.store.everything(PATIENT).unwrap(),
+        sqlite.everything(PATIENT).unwrap()
+    );
+    assert_eq!(
+        f.store
+            .search_patient_by_identifier(Some(NHS), "9434765919")
+            .unwrap(),
+        sqlite
+            .search_patient_by_identifier(Some(NHS), "9434765919")
+            .unwrap()
+    );
+    assert_eq!(
+        f.store.live_tokens().unwrap(),
+        sqlite.live_tokens().unwrap()
+    );
+    assert_eq!(
+        f.store.list_objections().unwrap(),
+        sqlite.list_objections().unwrap()
+    );
+    assert_eq!(
+        f.store.objection_changes(None, 10).unwrap(),
+        sqlite.objection_changes(None, 10).unwrap()
+    );
+    let query = AuditQuery {
+        patient: None,
+        token: None,
+        limit: 10,
+    };
+    assert_eq!(
+        f.store.audit(&query).unwrap(),
+        sqlite.audit(&query).unwrap()
+    );
+    // ids go on after the copied ones
+    let next = f.store.append_audit(&entry("ward", &[], 404)).unwrap();
+    assert!(next > audited, "{next} after {audited}");
+    // the next version of a copied record follows its history
+    let updated = f
+        .store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Smithe")]),
+            at("2026-03-03T10:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!(
+        results(&updated),
+        [("Patient", EntryResult::Updated { version: 3 })]
+    );
+
+    // never into a database that has data, never from nowhere, never into SQLite
+    assert!(matches!(
+        f.store.copy_from_sqlite(&path),
+        Err(StoreError::NotEmpty { .. })
+    ));
+    let empty = open();
+    assert!(matches!(
+        empty.store.copy_from_sqlite(&dir.path().join("none.db")),
+        Err(StoreError::NoSuchFile { .. })
+    ));
+    assert!(!dir.path().join("none.db").exists());
+    assert!(matches!(
+        sqlite.copy_from_sqlite(&path),
+        Err(StoreError::NotPostgres)
+    ));
+}
