@@ -296,12 +296,19 @@ fn load_routing(config: &Config, config_dir: &Path) -> Result<Router, EngineErro
         mappings = mappings.plans().count(),
         "routes and mappings loaded"
     );
+    // application acknowledgements (MSH-16) only in enhanced (`auto`) mode:
+    // in original mode the listener's ACK already was the application's
+    let application_acks = config.listeners.iter().filter_map(|(id, l)| {
+        let destination = l.application_ack.clone()?;
+        (l.ack_mode == crate::mllp::listener::AckMode::Auto).then(|| (id.clone(), destination))
+    });
     Ok(Router::new(
         routes,
         mappings,
         config.sources.keys().cloned(),
         config.destinations.keys().cloned(),
-    ))
+    )
+    .with_application_acks(application_acks))
 }
 
 /// Builds every destination; one that cannot be built is reported (and

@@ -550,6 +550,7 @@ fn expected_list(names: &[&str]) -> String {
 /// route's value through its own file's [`Diagnostic`].
 fn cross_check(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diagnostics) {
     check_listener_limits(config, doc, diags);
+    check_application_acks(config, failed, doc, diags);
     check_binds(config, failed, doc, diags);
     check_log(config, doc, diags);
     check_delivery(config, failed, doc, diags);
@@ -612,6 +613,55 @@ fn check_listener_limits(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics
                      terminate TLS in front of it, and name the senders in `allowed_peers`"
                 )),
             );
+        }
+    }
+}
+
+/// `[listeners.<id>] application_ack`: an existing destination of kind
+/// `mllp` (an ACK is HL7, for the sender's own listener), and a warning when
+/// `ack_mode = "original"` means it is never used.
+fn check_application_acks(
+    config: &Config,
+    failed: &Failed,
+    doc: &Doc<'_>,
+    diags: &mut Diagnostics,
+) {
+    for (id, l) in &config.listeners {
+        let Some(dest) = &l.application_ack else {
+            continue;
+        };
+        let at = doc.span(&["listeners", id, "application_ack"]);
+        match config.destinations.get(dest) {
+            None if failed.destinations => {}
+            None => diags.push(doc.error(
+                at,
+                format!(
+                    "listener `{id}`: application_ack names unknown destination `{dest}`, expected one of the `[destinations.<id>]` of kind \"mllp\" ({})",
+                    known_ids(
+                        config
+                            .destinations
+                            .iter()
+                            .filter(|(_, d)| d.kind == DestinationKind::Mllp)
+                            .map(|(k, _)| k)
+                    )
+                ),
+            )),
+            Some(d) if d.kind != DestinationKind::Mllp => diags.push(doc.error(
+                at,
+                format!(
+                    "listener `{id}`: application_ack names destination `{dest}` of kind \"{}\", expected kind \"mllp\": an application acknowledgement is an HL7 message for the sender's own listener",
+                    d.kind.as_str()
+                ),
+            )),
+            Some(_) if l.ack_mode == crate::mllp::listener::AckMode::Original => {
+                diags.push(doc.warning(
+                    at,
+                    format!(
+                        "listener `{id}`: application_ack is never used with ack_mode = \"original\" (its AA/AE/AR is the application acknowledgement)"
+                    ),
+                ))
+            }
+            Some(_) => {}
         }
     }
 }
@@ -1073,7 +1123,7 @@ mod tests {
     fn unknown_key_points_at_the_key() {
         check(
             "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nmax_conections = 3\n",
-            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`, `tls`, `allowed_peers` (did you mean `max_connections`?)"],
+            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`, `tls`, `allowed_peers`, `application_ack` (did you mean `max_connections`?)"],
         );
     }
 
@@ -1231,6 +1281,30 @@ mod tests {
             lines[0].contains("junction.toml:5:13: error: listener `pas`: TLS `cert_file`")
                 && lines[0].contains("tls/missing.pem: cannot be read"),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn application_ack_names_an_mllp_destination() {
+        let listener = |extra: &str| {
+            format!(
+                "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n{extra}\n\n\
+                 [destinations.store]\nkind = \"store\"\n\n\
+                 [destinations.pas_acks]\nkind = \"mllp\"\naddress = \"127.0.0.1:3575\"\n"
+            )
+        };
+        check(&listener("application_ack = \"pas_acks\""), &[]);
+        check(
+            &listener("application_ack = \"pas_ack\""),
+            &["junction.toml:3:19: error: listener `pas`: application_ack names unknown destination `pas_ack`, expected one of the `[destinations.<id>]` of kind \"mllp\" (`pas_acks`)"],
+        );
+        check(
+            &listener("application_ack = \"store\""),
+            &["junction.toml:3:19: error: listener `pas`: application_ack names destination `store` of kind \"store\", expected kind \"mllp\": an application acknowledgement is an HL7 message for the sender's own listener"],
+        );
+        check(
+            &listener("ack_mode = \"original\"\napplication_ack = \"pas_acks\""),
+            &["junction.toml:4:19: warning: listener `pas`: application_ack is never used with ack_mode = \"original\" (its AA/AE/AR is the application acknowledgement)"],
         );
     }
 

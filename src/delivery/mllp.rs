@@ -2,7 +2,9 @@
 //! MLLP listener and waits for its ACK.
 //!
 //! What is sent is [`DeliveryItem::raw`], the message as it was journaled,
-//! byte for byte. Connections ([`MllpClient`]) are kept open between
+//! byte for byte; for an application acknowledgement queued by the pipeline
+//! (MSH-16, a listener's `application_ack`), the journal hands out that ACK
+//! as `raw` instead. Connections ([`MllpClient`]) are kept open between
 //! deliveries in a small idle pool (one per concurrent delivery); a pooled
 //! connection the peer has closed meanwhile is replaced by a fresh one at once.
 //! With `tls_ca_file` (and `tls_cert_file`/`tls_key_file` for a listener that

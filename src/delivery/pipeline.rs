@@ -35,8 +35,9 @@ use bytes::Bytes;
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 
+use crate::hl7::{AckCode, AckError};
 use crate::journal::{
-    NewDelivery, NewRouting, PendingMessage, QueueOp, QueueOutcome, RoutingOutcome,
+    NewDelivery, NewRouting, PendingMessage, QueueOp, QueueOutcome, RoutingOutcome, APPLICATION_ACK,
 };
 use crate::mapping::MappingSet;
 use crate::route::{Origin, RouteInput, RouteSet, NHS_NUMBER_SYSTEM};
@@ -61,6 +62,9 @@ pub struct Router {
     /// Configured destinations, with the reason when one cannot deliver now
     /// (it could not be built): written as the new rows' `last_error`.
     destinations: BTreeMap<String, Option<String>>,
+    /// Listener id → the MLLP destination its senders' application
+    /// acknowledgements (MSH-16) are queued to (`application_ack`).
+    application_acks: BTreeMap<String, String>,
 }
 
 /// One message routed: what to write, and what to tell.
@@ -112,7 +116,20 @@ impl Router {
             mappings,
             sources: sources.into_iter().collect(),
             destinations: destinations.into_iter().map(|d| (d, None)).collect(),
+            application_acks: BTreeMap::new(),
         }
+    }
+
+    /// The same router, queueing application acknowledgements for the
+    /// messages of these listeners (listener id, destination id) that ask for
+    /// them in MSH-16. Only for listeners in enhanced (`auto`) ACK mode: in
+    /// original mode the ACK the listener sent was already the application's.
+    pub fn with_application_acks(
+        mut self,
+        acks: impl IntoIterator<Item = (String, String)>,
+    ) -> Router {
+        self.application_acks = acks.into_iter().collect();
+        self
     }
 
     /// The routes loaded at start (for `GET /api/routes`).
@@ -129,6 +146,85 @@ impl Router {
 
     /// Routes one journaled message. Pure apart from the clock value given.
     pub fn route(&self, message: &PendingMessage, replay: bool, at_ms: i64) -> Routed {
+        let mut routed = self.route_only(message, replay, at_ms);
+        // a replay does not answer again: the sender has had its answer
+        if !replay {
+            let failed_stage = match &routed.event {
+                Event::RoutingFailed(e) => Some(e.stage.as_deref().unwrap_or("routing")),
+                _ => None,
+            };
+            if let Some(ack) = self.application_ack(message, failed_stage) {
+                routed.routing.deliveries.push(ack);
+            }
+        }
+        routed
+    }
+
+    /// The application acknowledgement a message asked for (MSH-16), as a
+    /// delivery to its listener's `application_ack` destination: AA once it is
+    /// routed and its documents are queued (or no route wanted it), AE when it
+    /// could not be parsed, mapped or routed (`failed_stage`). The ERR names
+    /// the stage and the journal id, never the error text, which may quote
+    /// the message. `None` when the listener has no such destination or the
+    /// message did not ask for this outcome.
+    fn application_ack(
+        &self,
+        message: &PendingMessage,
+        failed_stage: Option<&str>,
+    ) -> Option<NewDelivery> {
+        let destination = self.application_acks.get(&message.listener)?;
+        let text = crate::hl7::decode(&message.raw).ok()?;
+        let header = crate::hl7::Message::parse(&text).ok()?.header().ok()?;
+        let (code, error) = match failed_stage {
+            None => (AckCode::AA, None),
+            Some(stage) => (
+                AckCode::AE,
+                Some(AckError::new(
+                    "207",
+                    format!(
+                        "not processed: the {stage} stage failed (Junction message {})",
+                        message.id
+                    ),
+                )),
+            ),
+        };
+        if !crate::hl7::application_ack_wanted(&header, code.is_success()) {
+            return None;
+        }
+        let ack = crate::hl7::build_application_ack(
+            &header,
+            code,
+            error.as_ref(),
+            &crate::mllp::listener::next_control_id(),
+            &crate::mllp::listener::ack_timestamp(),
+        );
+        let bytes = crate::hl7::encode_text(&ack, header.charset.as_deref());
+        Some(NewDelivery {
+            destination: destination.clone(),
+            mapping: APPLICATION_ACK.to_string(),
+            routes: Vec::new(),
+            // its own line: an acknowledgement neither waits for the
+            // patient's documents nor holds them up
+            patient_key: format!("application-ack:{}", message.id),
+            nhs_numbers: Vec::new(),
+            document: Bytes::from(bytes),
+            last_error: self.waits_because(destination),
+        })
+    }
+
+    /// Why a new row for `destination` cannot be delivered now (it could not
+    /// be built, or is not configured), or `None`.
+    fn waits_because(&self, destination: &str) -> Option<String> {
+        match self.destinations.get(destination) {
+            Some(reason) => reason.clone(),
+            None => Some(format!(
+                "destination `{destination}` is not configured in [destinations]"
+            )),
+        }
+    }
+
+    /// [`Self::route`] without the application acknowledgement.
+    fn route_only(&self, message: &PendingMessage, replay: bool, at_ms: i64) -> Routed {
         let result = if self.sources.contains(&message.listener) {
             self.route_document(message)
         } else {
@@ -357,13 +453,7 @@ impl Router {
         let patient_key = patient_key(document).unwrap_or_else(|| format!("message:{message_id}"));
         let nhs_numbers = nhs_numbers(document);
         for dest in refs {
-            let last_error = match self.destinations.get(&dest.id) {
-                Some(reason) => reason.clone(),
-                None => Some(format!(
-                    "destination `{}` is not configured in [destinations]",
-                    dest.id
-                )),
-            };
+            let last_error = self.waits_because(&dest.id);
             out.push(NewDelivery {
                 destination: dest.id,
                 mapping: mapping.to_string(),

@@ -8,8 +8,13 @@
 //! from v2.3.1 on (the message-structure component does not exist before) and
 //! `ACK^<trigger>` for v2.1–v2.3.
 //!
-//! Not done here: choosing between original and enhanced mode (the caller
-//! picks the [`AckCode`] from MSH-15/16), control-id generation, clocks, I/O.
+//! An *application* acknowledgement (enhanced mode, asked for by MSH-16:
+//! [`application_ack_wanted`]) is the same ACK as a message of its own, with
+//! MSH-15 `AL` and MSH-16 `NE` ([`build_application_ack`]).
+//!
+//! Not done here: choosing between original and enhanced mode for the accept
+//! acknowledgement (the listener picks the [`AckCode`] from MSH-15/16),
+//! control-id generation, clocks, I/O.
 //!
 //! Invariant: the ACK uses the original message's separators, and every value
 //! written into it is HL7-escaped, so a hostile MSH-10 cannot forge segments.
@@ -252,6 +257,43 @@ pub fn build_ack(
     out
 }
 
+/// MSH-16 in enhanced mode: whether an *application* acknowledgement is
+/// wanted for a message whose processing succeeded (`success`) or not. `AL`
+/// always, `ER` on error only, `SU` on success only; `NE` never, and empty
+/// never either (a sender that asks only for accept acknowledgements, MSH-15,
+/// did not ask for this one). Original mode (MSH-15 and MSH-16 both empty):
+/// never, the one original-mode ACK already said AA/AE/AR.
+pub fn application_ack_wanted(h: &Header, success: bool) -> bool {
+    let upper = |v: &Option<String>| v.as_deref().map(|v| v.trim().to_ascii_uppercase());
+    match upper(&h.application_ack_type).as_deref() {
+        Some("AL") => true,
+        Some("ER") => !success,
+        Some("SU") => success,
+        _ => false,
+    }
+}
+
+/// An application acknowledgement (enhanced mode, asked for by MSH-16): the
+/// ACK [`build_ack`] writes, with MSH-15 `AL` and MSH-16 `NE`. It is a message
+/// of its own, sent to the original sender, which answers it with an accept
+/// acknowledgement (CA) and never with another application acknowledgement.
+/// `code` is AA, AE or AR.
+pub fn build_application_ack(
+    original: &Header,
+    code: AckCode,
+    error: Option<&AckError>,
+    control_id: &str,
+    timestamp: &str,
+) -> String {
+    let mut ack = build_ack(Some(original), code, error, control_id, timestamp);
+    // MSH ends after MSH-12 (the version): MSH-13 and MSH-14 empty, then 15, 16
+    let f = separators_of(original).0.field;
+    let msh_end = ack.find('\r').unwrap_or(ack.len());
+    let tail: String = [f, f, f].iter().collect::<String>() + "AL" + &f.to_string() + "NE";
+    ack.insert_str(msh_end, &tail);
+    ack
+}
+
 /// The separators of `h` when they are usable, otherwise the defaults; and the
 /// MSH-2 to write (the four encoding characters, without a truncation character).
 fn separators_of(h: &Header) -> (Separators, String) {
@@ -404,6 +446,39 @@ mod tests {
     const V251: &str =
         "MSH|^~\\&|PAS|RAL^1.2.3^ISO|EPR|HUB|20240501120000||ADT^A01^ADT_A01|MSG0001|P|2.5.1";
     const V23: &str = "MSH|^~\\&|LIMS|RAL|EPR|HUB|20240501120000||ORU^R01|L77|T|2.3";
+
+    #[test]
+    fn application_ack_asks_for_an_accept_ack_and_no_application_ack() {
+        let h = header(&format!("{V251}|||AL|AL"));
+        let ack = build_application_ack(&h, AckCode::AA, None, "JA1", TS);
+        assert_eq!(
+            ack,
+            "MSH|^~\\&|EPR|HUB|PAS|RAL^1.2.3^ISO|20240501120001||ACK^A01^ACK|JA1|P|2.5.1|||AL|NE\rMSA|AA|MSG0001"
+        );
+        let error = AckError::new("207", "not processed");
+        let ack = build_application_ack(&header(V23), AckCode::AE, Some(&error), "JA2", TS);
+        let msh = ack.split('\r').next().unwrap_or_default();
+        assert!(msh.ends_with("|ACK^R01|JA2|T|2.3|||AL|NE"), "{msh}");
+        assert!(ack.contains("\rMSA|AE|L77|not processed\rERR|"), "{ack}");
+    }
+
+    #[test]
+    fn application_ack_follows_msh_16() {
+        for (msh16, on_success, on_error) in [
+            ("AL", true, true),
+            ("al ", true, true),
+            ("ER", false, true),
+            ("SU", true, false),
+            ("NE", false, false),
+            ("", false, false),
+            ("XX", false, false),
+        ] {
+            let h = header(&format!("{V251}|||AL|{msh16}"));
+            assert_eq!(application_ack_wanted(&h, true), on_success, "{msh16:?}");
+            assert_eq!(application_ack_wanted(&h, false), on_error, "{msh16:?}");
+        }
+        assert!(!application_ack_wanted(&header(V251), false));
+    }
 
     #[test]
     fn accept_v251() {

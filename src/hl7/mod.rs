@@ -56,7 +56,9 @@ mod path;
 mod scan;
 mod tree;
 
-pub use ack::{assess, build_ack, AckCode, AckError, Rejection};
+pub use ack::{
+    application_ack_wanted, assess, build_ack, build_application_ack, AckCode, AckError, Rejection,
+};
 pub use batch::split_batch;
 pub use charset::{decode, encode_text, msh18};
 pub use error::Hl7Error;

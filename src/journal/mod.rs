@@ -49,6 +49,7 @@ use crate::telemetry::metrics::Metrics;
 pub use queue::{
     format_ms, DeliveryFilter, DeliveryRow, DeliveryStatus, DueDelivery, NewDelivery, NewRouting,
     PendingMessage, QueueDepth, QueueOp, QueueOutcome, RoutingOutcome, RoutingRecord,
+    APPLICATION_ACK,
 };
 
 /// Most messages written in one group-commit transaction.

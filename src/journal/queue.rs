@@ -261,6 +261,19 @@ pub enum QueueOutcome {
     Updated(usize),
 }
 
+/// [`APPLICATION_ACK`] as a literal, for SQL text.
+macro_rules! application_ack {
+    () => {
+        "(application ack)"
+    };
+}
+
+/// The `mapping` of a delivery that is an application acknowledgement (an
+/// HL7 ACK in `document`, made by the pipeline for MSH-16): what an MLLP
+/// destination sends for it is that ACK, not the message. A mapping file
+/// naming itself so is refused at load.
+pub const APPLICATION_ACK: &str = application_ack!();
+
 /// A journaled accepted message, for the pipeline.
 #[derive(Debug, Clone)]
 pub struct PendingMessage {
@@ -735,15 +748,18 @@ pub(super) fn due_deliveries(
     now_ms: i64,
     limit: u32,
 ) -> Result<Vec<DueDelivery>, rusqlite::Error> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(concat!(
         "SELECT d.id, d.message_id, d.destination, d.patient_key, d.nhs_numbers,
-                m.control_id, m.message_type, d.document, m.raw, d.attempts,
-                d.next_attempt_at, d.age_from, d.created_at
+                m.control_id, m.message_type, d.document,
+                CASE WHEN d.mapping = '",
+        application_ack!(),
+        "' THEN d.document ELSE m.raw END,
+                d.attempts, d.next_attempt_at, d.age_from, d.created_at
          FROM deliveries d JOIN messages m ON m.id = d.message_id
          WHERE d.destination = ?1 AND d.status = 'pending' AND d.head = 1
            AND d.next_attempt_at <= ?2
-         ORDER BY d.next_attempt_at, d.id LIMIT ?3",
-    )?;
+         ORDER BY d.next_attempt_at, d.id LIMIT ?3"
+    ))?;
     let rows = stmt.query_map(params![destination, now_ms, limit], |row| {
         let nhs: String = row.get(4)?;
         let document: Vec<u8> = row.get(7)?;

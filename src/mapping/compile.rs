@@ -243,7 +243,19 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
                 if let Some(t) = c.table(v, "mapping") {
                     for (mk, mv) in sorted(t) {
                         match mk.get_ref().as_ref() {
-                            "name" => name = c.string(mv).map(str::to_string),
+                            "name" => {
+                                name = c.string(mv).map(str::to_string);
+                                if name.as_deref() == Some(crate::journal::APPLICATION_ACK) {
+                                    c.error(
+                                        mv.span().start,
+                                        format!(
+                                            "mapping name `{}` is reserved (it marks application \
+                                             acknowledgements in the delivery queue)",
+                                            crate::journal::APPLICATION_ACK
+                                        ),
+                                    );
+                                }
+                            }
                             "description" => {
                                 c.string(mv);
                             }

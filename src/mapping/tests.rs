@@ -338,6 +338,11 @@ fn compile_errors_point_at_line_and_column() {
             (9, 6, "unknown macro `$nope`"),
         ],
     );
+    // the name that marks application acknowledgements in the queue
+    check_errors(
+        &format!("[mapping]\nname = \"(application ack)\"\n{}", &base[10..]),
+        &[(2, 8, "mapping name `(application ack)` is reserved")],
+    );
     check_errors(
         &format!("{base}x = \"PID-3 | regex_replace('[', 'y')\"\n"),
         &[(7, 14, "bad regex `[`")],

@@ -26,10 +26,11 @@
 //! Enhanced mode (`ack_mode = "auto"`, the default): when MSH-15 or MSH-16 is
 //! valued, the accept acknowledgement follows MSH-15: `AL` (or empty) always,
 //! `NE` never, `ER` only on error, `SU` only on success. MSH-16 asks for an
-//! *application* acknowledgement, which Junction does not produce yet (it
-//! would come after routing/delivery); it is recorded in the journal's raw
-//! message only. `ack_mode = "original"` ignores MSH-15/16 and always answers
-//! AA/AE/AR.
+//! *application* acknowledgement: this listener does not send it (it answers
+//! before the message is processed); with `application_ack = "<destination>"`
+//! the pipeline queues it to that MLLP destination once the message is routed
+//! and mapped (`delivery/pipeline.rs`). `ack_mode = "original"` ignores
+//! MSH-15/16 and always answers AA/AE/AR.
 //!
 //! Before any frame: a peer outside `allowed_peers` (when set) is closed at
 //! once; with `[listeners.<id>.tls]` the TLS handshake comes first (see
@@ -97,6 +98,12 @@ pub struct ListenerConfig {
     /// (the default): any peer.
     #[serde(default)]
     pub allowed_peers: Vec<PeerNet>,
+    /// A `[destinations.<id>]` of kind `mllp` (the sender's own listener):
+    /// where the application acknowledgements that messages ask for in MSH-16
+    /// (enhanced mode) are queued once the pipeline has routed and mapped
+    /// them. Unset: none are sent (see the module doc).
+    #[serde(default)]
+    pub application_ack: Option<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -895,7 +902,7 @@ fn accept_ack_wanted(header: &Header, success: bool) -> bool {
 
 /// A new ACK control id (MSH-10): a per-process random prefix and a counter,
 /// at most 20 characters (the v2.3 length of MSH-10).
-fn next_control_id() -> String {
+pub(crate) fn next_control_id() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| {
@@ -909,7 +916,7 @@ fn next_control_id() -> String {
 }
 
 /// MSH-7 of an ACK: local time, `YYYYMMDDHHMMSS`.
-fn ack_timestamp() -> String {
+pub(crate) fn ack_timestamp() -> String {
     jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string()
 }
 

@@ -283,3 +283,115 @@ async fn the_pipeline_resumes_after_a_restart_and_routes_each_message_once() {
     ids.dedup();
     assert_eq!(ids.len(), 7);
 }
+
+/// `raw` with MSH-15 and MSH-16 set (enhanced mode when either is valued).
+fn with_ack_types(raw: &str, msh15: &str, msh16: &str) -> String {
+    let (msh, rest) = raw.split_once('\r').expect("a message of several segments");
+    let mut fields: Vec<&str> = msh.split('|').collect();
+    fields.resize(fields.len().max(16), "");
+    fields[14] = msh15;
+    fields[15] = msh16;
+    format!("{}\r{rest}", fields.join("|"))
+}
+
+/// The application acknowledgement among a routing's deliveries, if any.
+fn application_ack(routed: &Routed) -> Option<&NewDelivery> {
+    let acks: Vec<&NewDelivery> = routed
+        .routing
+        .deliveries
+        .iter()
+        .filter(|d| d.mapping == APPLICATION_ACK)
+        .collect();
+    assert!(acks.len() <= 1, "{acks:?}");
+    acks.first().copied()
+}
+
+#[test]
+fn an_application_ack_is_queued_when_msh_16_asks_for_it() {
+    let router = router(ADT_TO_TWO, &[], &["sink", "other", "acks"])
+        .with_application_acks([("pas".to_string(), "acks".to_string())]);
+    let raw = with_ack_types(&a01("C7", 1), "AL", "AL");
+    let routed = router.route(&message(7, "pas", &raw), false, 1_000);
+    assert_eq!(routed.routing.outcome, RoutingOutcome::Routed);
+    let ack = application_ack(&routed).expect("an application ack");
+    assert_eq!(ack.destination, "acks");
+    assert!(ack.routes.is_empty() && ack.nhs_numbers.is_empty());
+    assert_eq!(ack.patient_key, "application-ack:7");
+    assert_eq!(ack.last_error, None);
+    let text = std::str::from_utf8(&ack.document).unwrap();
+    let segments: Vec<&str> = text.split('\r').collect();
+    assert_eq!(segments.len(), 2, "{text}");
+    // addressed back to the sender, asking for an accept ack only
+    let msh: Vec<&str> = segments[0].split('|').collect();
+    assert_eq!(&msh[2..6], ["JUNCTION", "LCR", "PAS", "RAL01"]);
+    assert_eq!(msh[8], "ACK^A01^ACK");
+    assert_eq!((msh[14], msh[15]), ("AL", "NE"));
+    assert_eq!(segments[1], "MSA|AA|C7");
+    // the documents are queued as without it
+    assert_eq!(routed.routing.deliveries.len(), 3);
+    // no patient data in it
+    assert!(
+        !text.contains(&nhs_number(1)) && !text.contains("SMITH"),
+        "{text}"
+    );
+}
+
+#[test]
+fn application_acks_follow_msh_16_the_outcome_and_the_listener() {
+    let router = router(
+        "[routes.a]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"sink\"]\n\
+         [routes.b]\nmessages = [\"ADT^A08\"]\nmapping = \"nope\"\ndestinations = [\"sink\"]\n",
+        &[],
+        &["sink"],
+    )
+    .with_application_acks([("pas".to_string(), "acks".to_string())]);
+    let a01 = a01("C1", 1);
+    let a08 = a01.replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01");
+    let a05 = a01.replace("ADT^A01^ADT_A01", "ADT^A05^ADT_A05");
+    let ack_of = |raw: &str, listener: &str, replay: bool| {
+        let routed = router.route(&message(3, listener, raw), replay, 0);
+        application_ack(&routed).map(|d| {
+            let text = String::from_utf8(d.document.to_vec()).unwrap();
+            let msa = text.split('\r').nth(1).unwrap_or_default().to_string();
+            (d.last_error.clone(), msa, text)
+        })
+    };
+    let msa = |raw: &str| ack_of(raw, "pas", false).map(|(_, msa, _)| msa);
+
+    // success: AL and SU answer AA, ER and NE do not
+    for (msh16, expected) in [("AL", true), ("SU", true), ("ER", false), ("NE", false)] {
+        let got = msa(&with_ack_types(&a01, "AL", msh16));
+        assert_eq!(got.is_some(), expected, "{msh16}: {got:?}");
+        if let Some(msa) = got {
+            assert!(msa.starts_with("MSA|AA|C1"), "{msa}");
+        }
+    }
+    // a mapping failure: AL and ER answer AE naming the stage and the journal
+    // id, not the error (which may quote the message); SU does not
+    for (msh16, expected) in [("AL", true), ("ER", true), ("SU", false)] {
+        let got = ack_of(&with_ack_types(&a08, "NE", msh16), "pas", false);
+        assert_eq!(got.is_some(), expected, "{msh16}: {got:?}");
+        if let Some((last_error, msa, text)) = got {
+            // v2.4: MSA-3 and ERR-1 (before v2.5)
+            assert_eq!(
+                msa,
+                "MSA|AE|C1|not processed: the map stage failed (Junction message 3)"
+            );
+            assert!(
+                text.ends_with(
+                    "\rERR|^^^207&not processed: the map stage failed (Junction message 3)&HL70357"
+                ),
+                "{text}"
+            );
+            assert!(!text.contains("nope"), "{text}");
+            // the destination is not among the configured ones
+            assert!(last_error.is_some_and(|e| e.contains("acks")));
+        }
+    }
+    // unrouted: it was accepted, no route wanted it
+    assert!(msa(&with_ack_types(&a05, "AL", "AL")).is_some_and(|m| m.starts_with("MSA|AA|")));
+    // original mode (neither MSH-15 nor MSH-16), another listener, a replay: none
+    assert_eq!(msa(&a01), None);
+    assert!(ack_of(&with_ack_types(&a01, "AL", "AL"), "lab", false).is_none());
+    assert!(ack_of(&with_ack_types(&a01, "AL", "AL"), "pas", true).is_none());
+}
