@@ -196,6 +196,32 @@ async fn every_sample_gets_aa_or_ca() {
     fx.engine.stop().await;
 }
 
+/// A sender that ends its frames with 0x1C and no 0x0D, and waits for its
+/// ACK, gets it at once, not the connection closed at the idle timeout (1 s
+/// here); a 0x0D it sends later is white space between frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_without_its_final_cr_is_acknowledged_at_once() {
+    let fx = start().await;
+    let mut conn = connect(fx.addr).await;
+    for (i, control_id) in ["NOCR1", "NOCR2"].into_iter().enumerate() {
+        let mut bytes = Vec::new();
+        if i > 0 {
+            bytes.push(CR);
+        }
+        bytes.push(VT);
+        bytes.extend_from_slice(&a01_with_control_id(control_id));
+        bytes.push(FS);
+        conn.write_all(&bytes).await.unwrap();
+        // (waiting for a CR would end in the idle timeout: no ACK, closed)
+        let ack = read_frame(&mut conn)
+            .await
+            .expect("an ACK, not the connection closed at the idle timeout");
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        assert_eq!(field(&ack, "MSA", 2), control_id, "{ack}");
+    }
+    fx.engine.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_resend_gets_identical_ack_and_one_row() {
     let fx = start().await;

@@ -307,7 +307,7 @@ fn check_stop(text: &str, tree: &Tree<'_>, stop: Stop) -> Result<(), Hl7Error> {
                 offset,
                 found: snippet(&text[offset..], 4),
                 expected:
-                    "one MSH per message (split batches and concatenated messages with split_batch)",
+                    "one MSH per message (several messages go in separate frames, or in a batch with BHS and BTS)",
             })
         }
         Stop::BadLine { consumed } => consumed,
@@ -487,7 +487,7 @@ ZPI|1|custom^value\r";
         );
         check_err(
             "MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B\r",
-            "segment 3 at byte 17: expected one MSH per message (split batches and concatenated messages with split_batch), found 'MSH|'",
+            "segment 3 at byte 17: expected one MSH per message (several messages go in separate frames, or in a batch with BHS and BTS), found 'MSH|'",
         );
         check_err(
             "MSH|^~\\&|A\nPID|1\n",

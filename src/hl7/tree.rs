@@ -727,7 +727,7 @@ mod tests {
             }
             if segment.name == "MSH" {
                 return Err(bad(
-                    "one MSH per message (split batches and concatenated messages with split_batch)",
+                    "one MSH per message (several messages go in separate frames, or in a batch with BHS and BTS)",
                 ));
             }
         }

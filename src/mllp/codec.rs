@@ -3,8 +3,9 @@
 //! The decoder is lenient where senders in the wild are sloppy and strict
 //! where leniency would hide data loss:
 //! - CR/LF (and other ASCII whitespace) between frames is skipped;
-//! - a frame whose `0x1C` is followed by something other than `0x0D` is still
-//!   accepted (the following byte is left for the next frame);
+//! - a frame is complete at its `0x1C`: one whose `0x0D` is missing, or
+//!   arrives later, is accepted at once (the following byte is left for the
+//!   next frame; a late `0x0D` is white space between frames);
 //! - any other byte outside a frame is an error ([`MllpError::Garbage`]);
 //! - a frame longer than `max_message_bytes` is an error
 //!   ([`MllpError::TooLarge`]), detected without buffering more than the limit.
@@ -112,13 +113,12 @@ impl Decoder for MllpCodec {
                         bytes,
                     });
                 }
-                // Need one more byte to see whether CR follows FS.
+                // The frame is complete at FS: a sender that leaves out the CR
+                // and waits for its ACK must not wait for our idle timeout. The
+                // CR, when it is here, is taken with the frame; when it comes
+                // later it is white space between frames, skipped.
                 let after = 1 + end + 1;
-                if src.len() <= after {
-                    self.scanned = end;
-                    return Ok(None);
-                }
-                let trailer = if src[after] == CR { 1 } else { 0 };
+                let trailer = usize::from(src.get(after) == Some(&CR));
                 let mut frame = src.split_to(after + trailer);
                 frame.advance(1);
                 frame.truncate(end);
@@ -148,14 +148,6 @@ impl Decoder for MllpCodec {
         }
         if src.is_empty() {
             return Ok(None);
-        }
-        // A frame ended with FS and nothing after it: accept it.
-        if src.len() >= 2 && src[src.len() - 1] == FS {
-            let mut frame = src.split_to(src.len());
-            frame.advance(1);
-            frame.truncate(frame.len() - 1);
-            self.scanned = 0;
-            return Ok(Some(frame.freeze()));
         }
         let bytes = Self::keep(&src[..]);
         src.clear();
@@ -230,6 +222,18 @@ mod tests {
         let (frames, err) = decode_all(&[b"\x0bA\x1c\x0bB\x1c"], 100);
         assert_eq!(frames, vec![Bytes::from("A"), Bytes::from("B")]);
         assert!(err.is_none());
+    }
+
+    #[test]
+    fn a_frame_is_complete_at_fs_without_waiting_for_the_cr() {
+        let mut codec = MllpCodec::new(100);
+        let mut buf = BytesMut::from(&b"\x0bMSH|a\x1c"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|a")));
+        // the CR, arriving after, is skipped as white space before the next frame
+        buf.extend_from_slice(b"\r\x0bMSH|b\x1c\r");
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|b")));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
     }
 
     #[test]
