@@ -55,6 +55,7 @@ snapshots! {
     oru_r01_order_notes => "samples/oru_r01_order_notes.hl7",
     oru_r01_orc_numbers => "samples/oru_r01_orc_numbers.hl7",
     oru_r01_point_of_care => "samples/oru_r01_point_of_care.hl7",
+    oru_r01_device_report => "samples/oru_r01_device_report.hl7",
     batch_adt => "samples/batch_adt.hl7",
     nhs_number_bad_checksum => "tests/bad-input/nhs_number_bad_checksum.hl7",
 }
@@ -335,6 +336,7 @@ fn lab_orders_and_specimens_are_referenced_within_the_bundle() {
         "samples/oru_r01_order_notes.hl7",
         "samples/oru_r01_orc_numbers.hl7",
         "samples/oru_r01_point_of_care.hl7",
+        "samples/oru_r01_device_report.hl7",
     ] {
         for (name, output) in map_file(&set, &repo().join(file)) {
             let document = output.value();

@@ -512,10 +512,13 @@ const PATIENT_TYPES: &[&str] = &[
     "AllergyIntolerance",
     "Condition",
     "DiagnosticReport",
+    "DocumentReference",
     "Encounter",
     "Observation",
     "Provenance",
     "RelatedPerson",
+    "ServiceRequest",
+    "Specimen",
 ];
 
 async fn metadata(headers: HeaderMap) -> Response {

@@ -89,6 +89,7 @@ NHS = {
     "osuilleabhain": "9990111340",
     "hughes": "9990123713",
     "lewis": "9990136084",
+    "ahmed": "9990149003",
 }
 for who, number in NHS.items():
     assert nhs_valid(number), (who, number)
@@ -748,6 +749,33 @@ def oru_r01_point_of_care():
     ])
 
 
+def oru_r01_device_report():
+    # A lung-function (spirometry) system, v2.5, sending with no order: the FEV1 of
+    # each of three blows in one repeating NM OBX-5, the best as its own result, and
+    # the device's report as an ED PDF. With no OBR there is no DiagnosticReport to
+    # hold the PDF: it must not be lost (a DocumentReference of the patient).
+    tested = "20261122101500"
+    pdf = b"%PDF-1.4\n% fictional spirometry report\n%%EOF\n"
+    return message([
+        msh("SPIRO", "RAL01", "20261122102003", "ORU^R01^ORU_R01", "SP2611221020030007", "2.5"),
+        seg("PID", {
+            1: "1",
+            3: f"{NHS['ahmed']}^^^NHS^NH~RAL8811223^^^RAL^MR",
+            5: "AHMED^YUSUF^^^MR",
+            7: "19680912",
+            8: "M",
+        }),
+        seg("PV1", {1: "1", 2: "O", 3: "RESP^CLINIC 2^^RAL01", 19: "V2026112290^^^RAL^VN"}),
+        seg("OBX", {1: "1", 2: "NM", 3: "FEV1BLOWS^FEV1 per blow^SPIRO", 5: "2.91~2.87~2.95",
+                    6: "L^litre^UCUM", 11: "F", 14: tested}),
+        seg("OBX", {1: "2", 2: "NM", 3: "FEV1^FEV1 best^SPIRO", 5: "2.95",
+                    6: "L^litre^UCUM", 7: "3.10-4.60", 8: "L", 11: "F", 14: tested}),
+        seg("OBX", {1: "3", 2: "ED", 3: "SPIROPDF^Spirometry report^SPIRO",
+                    5: "SPIRO^AP^PDF^Base64^" + base64.b64encode(pdf).decode("ascii"),
+                    11: "F", 14: tested}),
+    ])
+
+
 def adt_a31_latin1():
     # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
     text = message([
@@ -902,6 +930,7 @@ def main():
         "oru_r01_order_notes.hl7": oru_r01_order_notes().encode("ascii"),
         "oru_r01_orc_numbers.hl7": oru_r01_orc_numbers().encode("ascii"),
         "oru_r01_point_of_care.hl7": oru_r01_point_of_care().encode("ascii"),
+        "oru_r01_device_report.hl7": oru_r01_device_report().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
