@@ -487,6 +487,47 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
             format!("Encounter/{}", ids.encounter)
         );
     }
+    // the same by `subject`, one page at a time: `next` then `previous` links
+    let first = get(
+        &client,
+        &base,
+        &format!("/fhir/Observation?subject=Patient/{}&_count=1", ids.patient),
+        &answers,
+        "06b-observations-first-page",
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["total"], 2);
+    assert_eq!(first.body["entry"].as_array().map(Vec::len), Some(1));
+    let link = |answer: &Answer, relation: &str| {
+        answer.body["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == relation)
+            .map(|l| l["url"].as_str().unwrap().to_string())
+    };
+    assert_eq!(link(&first, "previous"), None);
+    let next = link(&first, "next").expect("a next link");
+    assert!(next.ends_with("&_count=1&_offset=1"), "{next}");
+    let second = get(
+        &client,
+        &base,
+        next.strip_prefix(base.as_str())
+            .expect("a link to this server"),
+        &answers,
+        "06c-observations-second-page",
+    )
+    .await;
+    assert_eq!(second.body["total"], 2);
+    assert_eq!(link(&second, "next"), None);
+    assert!(link(&second, "previous").is_some_and(|p| p.ends_with("&_offset=0")));
+    let mut paged: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|a| entry_names(&a.body))
+        .collect();
+    paged.sort();
+    assert_eq!(paged, observations);
     let reports = get(
         &client,
         &base,
@@ -738,7 +779,11 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         vec![her.clone()]
     );
     assert_eq!(of(&format!("/fhir/{patient}/_history")), vec![her.clone()]);
-    assert_eq!(of("/fhir/Observation"), vec![her.clone()]);
+    // (the search, and its two pages by `subject`)
+    assert_eq!(
+        of("/fhir/Observation"),
+        vec![her.clone(), her.clone(), her.clone()]
+    );
     assert_eq!(of("/fhir/Condition"), vec![nobody.clone()]);
     assert_eq!(
         of(&format!("/fhir/Observation/{}", ids.hb)),
@@ -750,7 +795,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     );
     assert_eq!(of("/fhir/Encounter"), vec![nobody.clone()]);
     assert!(of("/fhir/Patient/nobody/$everything").is_empty());
-    assert_eq!(audited.len(), 14, "{audited:?}");
+    assert_eq!(audited.len(), 16, "{audited:?}");
 
     // Every answer validates with fhir.resources (R4B models).
     run_python(

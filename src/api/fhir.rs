@@ -182,7 +182,7 @@ fn path_error(rejection: PathRejection) -> FhirError {
 }
 
 /// A `searchset` Bundle of `resources`, each a `match`.
-fn searchset(base: &str, self_url: &str, resources: &[Value]) -> Value {
+fn searchset(base: &str, links: Vec<Value>, total: usize, resources: &[Value]) -> Value {
     let entries: Vec<Value> = resources
         .iter()
         .map(|resource| {
@@ -198,8 +198,8 @@ fn searchset(base: &str, self_url: &str, resources: &[Value]) -> Value {
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": {"lastUpdated": now_instant()},
         "type": "searchset",
-        "total": resources.len(),
-        "link": [{"relation": "self", "url": self_url}],
+        "total": total,
+        "link": links,
     });
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);
@@ -233,6 +233,91 @@ fn self_url(headers: &HeaderMap, uri: &Uri) -> String {
     format!("{origin}{path}")
 }
 
+/// Most entries one page of a search holds (a larger `_count` is lowered).
+const MAX_COUNT: usize = 1000;
+
+/// Which part of a search's matches a response holds: `_count` of them (all
+/// when not given) from `_offset` (0 first). Matches come in the store's order
+/// (the order they were first stored), so pages do not overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Page {
+    count: Option<usize>,
+    offset: usize,
+}
+
+impl Page {
+    /// Takes `_count` and `_offset` out of `params`.
+    fn take(params: &mut Vec<(String, String)>) -> Result<Page, FhirError> {
+        let mut page = Page::default();
+        let mut error = None;
+        params.retain(|(name, value)| {
+            let number = || {
+                value.trim().parse::<usize>().map_err(|_| {
+                    FhirError::BadRequest(format!(
+                        "{name} `{value}` is not a number, expected 0 or more"
+                    ))
+                })
+            };
+            match name.as_str() {
+                "_count" => match number() {
+                    Ok(n) => page.count = Some(n.min(MAX_COUNT)),
+                    Err(e) => error = Some(e),
+                },
+                "_offset" => match number() {
+                    Ok(n) => page.offset = n,
+                    Err(e) => error = Some(e),
+                },
+                _ => return true,
+            }
+            false
+        });
+        match error {
+            Some(e) => Err(e),
+            None => Ok(page),
+        }
+    }
+
+    /// The range of `total` matches this page holds.
+    fn range(&self, total: usize) -> std::ops::Range<usize> {
+        let start = self.offset.min(total);
+        let end = match self.count {
+            Some(count) => start.saturating_add(count).min(total),
+            None => total,
+        };
+        start..end
+    }
+
+    /// The Bundle's links: `self`, and `previous`/`next` when there are pages
+    /// before or after, as the request's own URL with `_offset` changed.
+    fn links(&self, headers: &HeaderMap, uri: &Uri, total: usize) -> Vec<Value> {
+        let mut links = vec![json!({"relation": "self", "url": self_url(headers, uri)})];
+        let Some(count) = self.count.filter(|c| *c > 0) else {
+            return links;
+        };
+        let at = |offset: usize| {
+            let base = base_url(headers);
+            let origin = base.trim_end_matches("/fhir");
+            let kept = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .filter(|(name, _)| name != "_offset")
+                .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                .collect::<Vec<_>>();
+            let query = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(kept)
+                .append_pair("_offset", &offset.to_string())
+                .finish();
+            format!("{origin}{}?{query}", uri.path())
+        };
+        if self.offset > 0 {
+            let previous = self.offset.saturating_sub(count).min(total);
+            links.push(json!({"relation": "previous", "url": at(previous)}));
+        }
+        if self.offset.saturating_add(count) < total {
+            links.push(json!({"relation": "next", "url": at(self.offset + count)}));
+        }
+        links
+    }
+}
+
 /// What a search asks for.
 enum Criteria {
     Identifier {
@@ -249,7 +334,8 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
     for (name, value) in params {
         let slot = match name.as_str() {
             "identifier" if resource_type == "Patient" => &mut identifier,
-            "patient" if resource_type != "Patient" => &mut patient,
+            // `subject` too, as clients ask for Observation and the like
+            "patient" | "subject" | "subject:Patient" if resource_type != "Patient" => &mut patient,
             "_format" => {
                 if matches!(
                     value.as_str(),
@@ -316,9 +402,10 @@ async fn search(
 ) -> Result<Response, FhirError> {
     let Path(resource_type) = resource_type.map_err(path_error)?;
     check_type(&resource_type)?;
-    let Query(params) = params.map_err(|rejection| {
+    let Query(mut params) = params.map_err(|rejection| {
         FhirError::BadRequest(format!("invalid query: {}", rejection.body_text()))
     })?;
+    let page = Page::take(&mut params)?;
     let (resources, patients) = match criteria(&resource_type, params)? {
         Criteria::Identifier { system, value } => {
             let found = blocking(store, move |s| {
@@ -343,8 +430,11 @@ async fn search(
             (found, patients)
         }
     };
-    tracing::debug!(resource_type, total = resources.len(), "FHIR search");
-    let bundle = searchset(&base_url(&headers), &self_url(&headers, &uri), &resources);
+    let total = resources.len();
+    tracing::debug!(resource_type, total, "FHIR search");
+    let links = page.links(&headers, &uri, total);
+    let shown = resources.get(page.range(total)).unwrap_or_default();
+    let bundle = searchset(&base_url(&headers), links, total, shown);
     Ok(answer(&bundle, patients))
 }
 
@@ -428,8 +518,17 @@ async fn everything(
             None => FhirError::NotFound(format!("no Patient/{id} in the record store")),
         });
     };
-    tracing::debug!(total = resources.len(), "FHIR Patient $everything");
-    let bundle = searchset(&base_url(headers), &self_url(headers, uri), &resources);
+    // `_count` and `_offset` page it as they do a search
+    let mut params: Vec<(String, String)> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let page = Page::take(&mut params)?;
+    let total = resources.len();
+    tracing::debug!(total, "FHIR Patient $everything");
+    let links = page.links(headers, uri, total);
+    let shown = resources.get(page.range(total)).unwrap_or_default();
+    let bundle = searchset(&base_url(headers), links, total, shown);
     Ok(answer(&bundle, vec![id]))
 }
 
@@ -550,6 +649,14 @@ async fn metadata(headers: HeaderMap) -> Response {
                 "name": "patient",
                 "type": "reference",
                 "documentation": "id or Patient/id"
+            }, {
+                "name": "subject",
+                "type": "reference",
+                "documentation": "the same as patient"
+            }, {
+                "name": "_count",
+                "type": "number",
+                "documentation": "entries per page (at most 1000), with next/previous links (_offset)"
             }]
         })
     }));
@@ -670,6 +777,89 @@ mod tests {
             &[("patient", "p1"), ("_format", "xml")],
             "error: unsupported _format `xml`, expected json or application/fhir+json",
         );
+    }
+
+    #[test]
+    fn subject_is_patient_for_other_types() {
+        check("Observation", &[("subject", "Patient/p1")], "patient p1");
+        check(
+            "DocumentReference",
+            &[("subject:Patient", "p1")],
+            "patient p1",
+        );
+        check(
+            "Observation",
+            &[("subject", "p1"), ("patient", "p1")],
+            "error: search parameter `patient` given more than once, expected one",
+        );
+        check(
+            "Patient",
+            &[("subject", "p1")],
+            "error: unsupported search parameter `subject` for Patient, expected `identifier`",
+        );
+    }
+
+    #[test]
+    fn count_and_offset_page_a_search() {
+        let take = |query: &[(&str, &str)]| {
+            let mut params = pairs(query);
+            let page = Page::take(&mut params).map_err(|e| e.to_string());
+            (page, params.len())
+        };
+        assert_eq!(
+            take(&[("patient", "p"), ("_count", "2"), ("_offset", "3")]),
+            (
+                Ok(Page {
+                    count: Some(2),
+                    offset: 3
+                }),
+                1
+            )
+        );
+        assert_eq!(
+            take(&[("_count", "50000")]).0.unwrap().count,
+            Some(MAX_COUNT)
+        );
+        assert_eq!(
+            take(&[("_count", "-1")]).0,
+            Err("_count `-1` is not a number, expected 0 or more".to_string())
+        );
+        let page = |count, offset| Page { count, offset };
+        assert_eq!(page(None, 0).range(5), 0..5);
+        assert_eq!(page(Some(2), 4).range(5), 4..5);
+        assert_eq!(page(Some(2), 9).range(5), 5..5);
+        assert_eq!(page(Some(0), 0).range(5), 0..0);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        let uri: Uri = "/fhir/Observation?patient=p%201&_offset=2&_count=2"
+            .parse()
+            .unwrap();
+        let links = page(Some(2), 2).links(&headers, &uri, 5);
+        let url = |relation: &str| {
+            links
+                .iter()
+                .find(|l| l["relation"] == relation)
+                .map(|l| l["url"].as_str().unwrap().to_string())
+        };
+        assert_eq!(
+            url("self").unwrap(),
+            "http://127.0.0.1:8080/fhir/Observation?patient=p%201&_offset=2&_count=2"
+        );
+        assert_eq!(
+            url("previous").unwrap(),
+            "http://127.0.0.1:8080/fhir/Observation?patient=p+1&_count=2&_offset=0"
+        );
+        assert_eq!(
+            url("next").unwrap(),
+            "http://127.0.0.1:8080/fhir/Observation?patient=p+1&_count=2&_offset=4"
+        );
+        // the last page has no next; `_count=0` (the total only) no paging links
+        assert!(page(Some(2), 4)
+            .links(&headers, &uri, 5)
+            .iter()
+            .all(|l| l["relation"] != "next"));
+        assert_eq!(page(Some(0), 0).links(&headers, &uri, 5).len(), 1);
     }
 
     #[test]
