@@ -110,11 +110,22 @@ impl Engine {
         env: &[(&str, &str)],
         config: impl Fn(SocketAddr, SocketAddr) -> String,
     ) -> Engine {
+        Engine::start_prepared(dir, env, config, |_| {})
+    }
+
+    /// Like [`Engine::start_custom`], with `prepare` called on the command
+    /// before it is spawned (resource limits, signal dispositions).
+    pub fn start_prepared(
+        dir: &Path,
+        env: &[(&str, &str)],
+        config: impl Fn(SocketAddr, SocketAddr) -> String,
+        prepare: impl Fn(&mut Command),
+    ) -> Engine {
         let mut last_log = String::new();
         // A port picked by free_port() can be taken by a parallel test before
         // the engine binds it: retry with new ports a few times.
         for _attempt in 0..3 {
-            let mut engine = Engine::spawn(dir, env, &config);
+            let mut engine = Engine::spawn(dir, env, &config, &prepare);
             match engine.wait_ready(READY_TIMEOUT) {
                 Ok(()) => return engine,
                 Err(ReadyError::Exited(status)) => {
@@ -138,6 +149,7 @@ impl Engine {
         dir: &Path,
         env: &[(&str, &str)],
         config_text: &impl Fn(SocketAddr, SocketAddr) -> String,
+        prepare: &impl Fn(&mut Command),
     ) -> Engine {
         fs::create_dir_all(dir).expect("create engine folder");
         let mllp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -160,7 +172,8 @@ impl Engine {
             .open(&log)
             .expect("open engine log");
         let err = out.try_clone().expect("clone log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_junction"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_junction"));
+        command
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -168,9 +181,9 @@ impl Engine {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn junction serve");
+            .stderr(err);
+        prepare(&mut command);
+        let child = command.spawn().expect("spawn junction serve");
         Engine {
             child: Some(child),
             dir: dir.to_path_buf(),
