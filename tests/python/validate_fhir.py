@@ -20,6 +20,7 @@ for every document are made here as well:
   `request` `PUT <resourceType>/<id>`; no two entries share a fullUrl;
 - every `reference` that is a `urn:uuid:` points at an entry of the same Bundle;
 - no empty string, object or array anywhere (empty elements are pruned);
+- every Identifier has a value (a system alone identifies nothing);
 - `Patient.gender` and the statuses of the resources Junction emits use their
   required value sets.
 
@@ -53,6 +54,8 @@ REQUIRED_CODES = {
     ("DiagnosticReport", "status"): {"registered", "partial", "preliminary", "final", "amended",
                                      "corrected", "appended", "cancelled", "entered-in-error",
                                      "unknown"},
+    ("DocumentReference", "status"): {"current", "superseded", "entered-in-error"},
+    ("DocumentReference", "docStatus"): {"preliminary", "final", "amended", "entered-in-error"},
     ("AllergyIntolerance", "type"): {"allergy", "intolerance"},
     ("AllergyIntolerance", "criticality"): {"low", "high", "unable-to-assess"},
 }
@@ -89,6 +92,24 @@ def strings_at(value, where, keys):
 
 
 URI_KEYS = {"system", "url", "fullUrl"}
+
+IDENTIFIER_KEYS = {"identifier", "accessionIdentifier"}
+
+
+def identifiers(value, where):
+    """Yields (path, identifier) for every Identifier (under `identifier` or
+    `accessionIdentifier`, one or a list) at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else key
+            if key in IDENTIFIER_KEYS:
+                for i, one in enumerate(item if isinstance(item, list) else [item]):
+                    if isinstance(one, dict):
+                        yield (f"{path}[{i}]" if isinstance(item, list) else path), one
+            yield from identifiers(item, path)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from identifiers(item, f"{where}[{i}]")
 
 
 def bundle_rules(doc):
@@ -127,6 +148,10 @@ def bundle_rules(doc):
     for where, uri in strings_at(doc, "", URI_KEYS):
         if not uri or any(c.isspace() for c in uri):
             yield where, f"{uri!r} is not a FHIR uri (no white space, not empty)"
+    # an identifier names something: a system alone (no value) identifies nothing
+    for where, identifier in identifiers(doc, ""):
+        if "value" not in identifier:
+            yield where, f"identifier without a value: {identifier}"
     for where, ref in strings_at(doc, "", {"reference"}):
         if ref.startswith("urn:uuid:") and ref not in full_urls:
             yield where, f"reference {ref} matches no entry of the Bundle"
