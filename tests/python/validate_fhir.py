@@ -20,7 +20,8 @@ for every document are made here as well:
   `request` `PUT <resourceType>/<id>`; no two entries share a fullUrl;
 - every `reference` that is a `urn:uuid:` points at an entry of the same Bundle;
 - no empty string, object or array anywhere (empty elements are pruned);
-- every Identifier has a value (a system alone identifies nothing);
+- every Identifier has a value (a system alone identifies nothing), every Coding a
+  code, and every Reference something to follow (not a `type` alone);
 - `Patient.gender` and the statuses of the resources Junction emits use their
   required value sets.
 
@@ -96,6 +97,17 @@ URI_KEYS = {"system", "url", "fullUrl"}
 IDENTIFIER_KEYS = {"identifier", "accessionIdentifier"}
 
 
+def dicts(value, where):
+    """Yields (path, object) for every JSON object at any depth."""
+    if isinstance(value, dict):
+        yield where, value
+        for key, item in value.items():
+            yield from dicts(item, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from dicts(item, f"{where}[{i}]")
+
+
 def identifiers(value, where):
     """Yields (path, identifier) for every Identifier (under `identifier` or
     `accessionIdentifier`, one or a list) at any depth."""
@@ -152,6 +164,15 @@ def bundle_rules(doc):
     for where, identifier in identifiers(doc, ""):
         if "value" not in identifier:
             yield where, f"identifier without a value: {identifier}"
+    # likewise a Coding with no code, and a Reference with nothing to follow
+    for where, item in dicts(doc, ""):
+        key = where.rsplit(".", 1)[-1]
+        if key.startswith("coding[") and "code" not in item:
+            yield where, f"coding without a code: {item}"
+        if (isinstance(item.get("type"), str) and set(item) <= {"type", "reference",
+                                                                "identifier", "display"}
+                and not set(item) & {"reference", "identifier", "display"}):
+            yield where, f"reference with only a type: {item}"
     for where, ref in strings_at(doc, "", {"reference"}):
         if ref.startswith("urn:uuid:") and ref not in full_urls:
             yield where, f"reference {ref} matches no entry of the Bundle"
