@@ -21,7 +21,8 @@ for every document are made here as well:
 - every `reference` that is a `urn:uuid:` points at an entry of the same Bundle;
 - no empty string, object or array anywhere (empty elements are pruned);
 - every Identifier has a value (a system alone identifies nothing), every Coding a
-  code, and every Reference something to follow (not a `type` alone);
+  code, every Quantity a value, every name, telecom and address something besides
+  its use, and every Reference something to follow (not a `type` alone);
 - `Patient.gender` and the statuses of the resources Junction emits use their
   required value sets.
 
@@ -169,6 +170,13 @@ def bundle_rules(doc):
         key = where.rsplit(".", 1)[-1]
         if key.startswith("coding[") and "code" not in item:
             yield where, f"coding without a code: {item}"
+        if set(item) <= {"value", "comparator", "unit", "system", "code"} \
+                and set(item) & {"unit", "comparator"} and "value" not in item:
+            yield where, f"quantity without a value: {item}"
+        if key.startswith(("name[", "telecom[", "address[")) and not set(item) - {"use", "type",
+                                                                                 "system", "rank",
+                                                                                 "period"}:
+            yield where, f"{key.split('[')[0]} with nothing in it but its kind: {item}"
         if (isinstance(item.get("type"), str) and set(item) <= {"type", "reference",
                                                                 "identifier", "display"}
                 and not set(item) & {"reference", "identifier", "display"}):
