@@ -267,3 +267,50 @@ fn a_sender_asking_in_msh_16_gets_its_application_acks_on_its_own_listener() {
     let log = engine.log_text();
     assert!(!log.contains("9990000018"), "{log}");
 }
+
+/// `junction send` waits only for the accept acknowledgement a message's
+/// MSH-15 asks for: none for NE, one only on error for ER (none came: no
+/// error), and the CA for AL; the engine journals all three.
+#[test]
+fn junction_send_waits_only_for_the_ack_msh_15_asks_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&tmp.path().join("engine"), "full");
+    let outbox = tmp.path().join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    for (name, control_id, msh15) in [
+        ("1.hl7", "SEND-NE", "NE"),
+        ("2.hl7", "SEND-ER", "ER"),
+        ("3.hl7", "SEND-AL", "AL"),
+    ] {
+        let text = message("adt_a01_admission.hl7", control_id, msh15, "");
+        std::fs::write(outbox.join(name), text).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["send", "--to", &engine.mllp.to_string()])
+        .arg(&outbox)
+        .output()
+        .expect("run junction send");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].ends_with("SEND-NE  sent: no ACK asked (MSH-15 NE)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("SEND-ER  sent: no error reported (MSH-15 ER)"),
+        "{stdout}"
+    );
+    assert!(lines[2].ends_with("SEND-AL  CA"), "{stdout}");
+    assert_eq!(
+        lines[3],
+        "3 sent: 1 AA/CA, 0 AE/CE, 0 AR/CR, 0 errors, 2 without an ACK as MSH-15 asked (NE, or ER with no error)"
+    );
+    for control_id in ["SEND-NE", "SEND-ER", "SEND-AL"] {
+        wait_for(
+            "the message in the journal",
+            Duration::from_secs(10),
+            || engine.messages_with_control_id(control_id).len() == 1,
+        );
+    }
+}

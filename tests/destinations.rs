@@ -409,6 +409,63 @@ async fn mllp_forward_to_a_junction_listener_is_acknowledged_and_journaled_byte_
     cancel.cancel();
 }
 
+/// `raw` with MSH-10 and MSH-15 set.
+fn with_msh15(raw: &[u8], control_id: &str, msh15: &str) -> Vec<u8> {
+    let text = String::from_utf8(raw.to_vec()).unwrap();
+    let (msh, rest) = text.split_once('\r').unwrap();
+    let mut fields: Vec<&str> = msh.split('|').collect();
+    fields.resize(fields.len().max(16), "");
+    fields[9] = control_id;
+    fields[14] = msh15;
+    format!("{}\r{rest}", fields.join("|")).into_bytes()
+}
+
+/// Enhanced mode: a message whose MSH-15 asks for no accept ACK (NE), or for
+/// one on error only (ER), is delivered without one, once, instead of being
+/// resent at every ACK timeout; an ER message the listener refuses is a NAK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_forward_waits_only_for_the_ack_msh_15_asks_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr, journal, cancel) = junction_listener(tmp.path()).await;
+    let dest = mllp_dest(addr, 30);
+    let a01 = std::fs::read(harness::repo_root().join("samples/adt_a01_admission.hl7")).unwrap();
+    for (n, (control_id, msh15)) in [("ENH-NE", "NE"), ("ENH-ER", "ER"), ("ENH-NE2", "ne")]
+        .into_iter()
+        .enumerate()
+    {
+        let it = item(n as i64 + 1, b"{}", &with_msh15(&a01, control_id, msh15));
+        let delivered = tokio::time::timeout(Duration::from_secs(15), dest.deliver(&it))
+            .await
+            .expect("no waiting for an ACK that is not coming")
+            .unwrap();
+        assert_eq!(delivered.remote_ref, None, "{control_id}");
+        // (with NE the sender does not wait for the commit: the listener
+        // journals it a moment later)
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = journal
+                .search(MessageQuery {
+                    control_id: Some(control_id.to_string()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(found.len(), 1, "{control_id} journaled once");
+        assert_eq!(found[0].status, "accepted");
+    }
+    // ER and an error (no MSH-10): the listener answers CE, and that is final
+    let broken = with_msh15(&a01, "", "ER");
+    let err = dest.deliver(&item(9, b"{}", &broken)).await.unwrap_err();
+    assert!(!err.retryable, "{err}");
+    assert!(err.message.contains("answered CE"), "{err}");
+    cancel.cancel();
+}
+
 /// An MLLP server answering every frame with `answer` (or never, when `None`).
 async fn mllp_server(answer: Option<&'static str>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::hl7::Hl7Error;
-use crate::mllp::client::{read_ack, MllpClient};
+use crate::mllp::client::{read_ack, AckExpected, MllpClient};
 use crate::mllp::tls::ClientTls;
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +87,9 @@ struct Outgoing {
 #[derive(Debug, Default)]
 struct Tally {
     accepted: usize,
+    /// Sent without an ACK because MSH-15 asked for none (NE), or for one on
+    /// error only (ER) and none came.
+    unacknowledged: usize,
     errored: usize,
     rejected: usize,
     other: usize,
@@ -104,11 +107,16 @@ impl Tally {
     }
 
     fn sent(&self) -> usize {
-        self.accepted + self.errored + self.rejected + self.other + self.failed
+        self.accepted
+            + self.unacknowledged
+            + self.errored
+            + self.rejected
+            + self.other
+            + self.failed
     }
 
     fn all_accepted(&self) -> bool {
-        self.sent() == self.accepted
+        self.sent() == self.accepted + self.unacknowledged
     }
 
     fn summary(&self) -> String {
@@ -122,6 +130,12 @@ impl Tally {
         );
         if self.other > 0 {
             line.push_str(&format!(", {} unknown ACK codes", self.other));
+        }
+        if self.unacknowledged > 0 {
+            line.push_str(&format!(
+                ", {} without an ACK as MSH-15 asked (NE, or ER with no error)",
+                self.unacknowledged
+            ));
         }
         line
     }
@@ -208,8 +222,19 @@ async fn send_all(
                 tally.failed += 1;
                 format!("{file}  {control_id}  ERROR cannot reconnect to {to}")
             }
-            Some(c) => match c.send(&message.bytes).await {
-                Ok(ack) => match read_ack(&ack) {
+            Some(c) => match c.send_message(&message.bytes).await {
+                // MSH-15 asked for no ACK now (NE), or for one on error only
+                // (ER) and none came: sent as asked; the connection is not reused
+                Ok(None) => {
+                    client = None;
+                    tally.unacknowledged += 1;
+                    let why = match AckExpected::of(&message.bytes) {
+                        AckExpected::Never => "no ACK asked (MSH-15 NE)",
+                        _ => "no error reported (MSH-15 ER)",
+                    };
+                    format!("{file}  {control_id}  sent: {why}")
+                }
+                Ok(Some(ack)) => match read_ack(&ack) {
                     Ok(info) => {
                         tally.count(&info.code);
                         let code = if info.code.is_empty() {

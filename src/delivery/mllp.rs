@@ -17,6 +17,10 @@
 //!
 //! # Outcomes
 //! - `AA` / `CA`: delivered; `remote_ref` is MSA-2.
+//! - No ACK as the message's MSH-15 asked (enhanced mode: `NE` none, `ER`
+//!   none within `client::ON_ERROR_GRACE` as no error was reported):
+//!   delivered, with no `remote_ref`; that connection is closed, not pooled.
+//!   `SU` with no ACK is retried like any missing ACK.
 //! - `AR`, `AE`, `CR`, `CE`: permanent (dead letter). The message holds the
 //!   ACK code, the HL7 error code (ERR-3.1, or ERR-1.4.1 before v2.5) and the
 //!   error location (ERR-2 or ERR-1 segment^sequence^field), never the error
@@ -136,8 +140,13 @@ impl MllpDestination {
             None => (self.connect().await?, false),
         };
         let ack = loop {
-            match client.send(&item.raw).await {
-                Ok(ack) => break ack,
+            match client.send_message(&item.raw).await {
+                Ok(Some(ack)) => break ack,
+                // MSH-15 asked for no ACK (NE), or for one on error only (ER)
+                // and none came: delivered as asked. The connection is not
+                // kept (an ACK could still come late and be taken for the
+                // next message's).
+                Ok(None) => return Ok(Delivered { remote_ref: None }),
                 // The peer closed an idle pooled connection: it never saw this
                 // message. Try once more on a new connection.
                 Err(ClientError::Send { .. } | ClientError::Closed { .. }) if reused => {

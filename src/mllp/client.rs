@@ -3,7 +3,8 @@
 //! `junction load` and the MLLP forward destination.
 //!
 //! It does not retry, split files or judge the ACK: callers decide what a NAK
-//! or a timeout means. [`read_ack`] is a small pure helper that reads MSA-1,
+//! or a timeout means. [`MllpClient::send_message`] waits only for the ACK the
+//! message's MSH-15 asks for (none for `NE`, only an error one for `ER`). [`read_ack`] is a small pure helper that reads MSA-1,
 //! MSA-2 and the error text from an ACK with [`crate::hl7`].
 //!
 //! # Invariants
@@ -184,19 +185,52 @@ impl MllpClient {
         self.peer
     }
 
-    /// Frames and sends `msg`, then waits for one frame back: the ACK, as
-    /// received (without framing).
-    pub async fn send(&mut self, msg: &[u8]) -> Result<Bytes, ClientError> {
+    /// Sends `msg` and waits for the ACK its MSH-15 asks for
+    /// ([`AckExpected`]): `Ok(Some(ack))`, or `Ok(None)` when none is due (`NE`:
+    /// not waited for; `ER`: none within [`ON_ERROR_GRACE`], so no error was
+    /// reported). After `Ok(None)` this connection is not used again (an ACK
+    /// could still come late): drop it and connect anew. `SU` with no ACK is
+    /// [`ClientError::AckTimeout`], as for a message that asked for one always.
+    pub async fn send_message(&mut self, msg: &[u8]) -> Result<Option<Bytes>, ClientError> {
+        match AckExpected::of(msg) {
+            AckExpected::Always | AckExpected::OnSuccess => self.send(msg).await.map(Some),
+            // (the client stays broken: an ACK the peer sends anyway would
+            // be taken for the next message's)
+            AckExpected::Never => self.write_frame(msg).await.map(|()| None),
+            AckExpected::OnError => {
+                let full = self.ack_timeout;
+                self.ack_timeout = full.min(ON_ERROR_GRACE);
+                let sent = self.send(msg).await;
+                self.ack_timeout = full;
+                match sent {
+                    Ok(ack) => Ok(Some(ack)),
+                    // (the client stays broken: a late ACK may still come)
+                    Err(ClientError::AckTimeout { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Frames and writes `msg`, leaving the connection marked broken until
+    /// an ACK is read (any early return leaves it so).
+    async fn write_frame(&mut self, msg: &[u8]) -> Result<(), ClientError> {
         if self.broken {
             return Err(ClientError::Broken { peer: self.peer });
         }
-        // Until the ACK is read, any early return leaves the connection broken.
         self.broken = true;
         let peer = self.peer;
         self.framed
             .send(msg)
             .await
-            .map_err(|source| ClientError::Send { peer, source })?;
+            .map_err(|source| ClientError::Send { peer, source })
+    }
+
+    /// Frames and sends `msg`, then waits for one frame back: the ACK, as
+    /// received (without framing).
+    pub async fn send(&mut self, msg: &[u8]) -> Result<Bytes, ClientError> {
+        self.write_frame(msg).await?;
+        let peer = self.peer;
         let ack = tokio::time::timeout(self.ack_timeout, self.framed.next())
             .await
             .map_err(|_| ClientError::AckTimeout {
@@ -213,6 +247,48 @@ impl MllpClient {
         }
     }
 }
+
+/// What a message's MSH-15 (accept acknowledgement type, HL7 table 0155)
+/// asks of the receiver, read from the bytes about to be sent. Original mode
+/// (MSH-15 empty) and `AL` mean an ACK always comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckExpected {
+    /// Empty, `AL`, or anything else: wait for the ACK.
+    Always,
+    /// `NE`: the receiver sends none; do not wait.
+    Never,
+    /// `ER`: an ACK comes only on error; none within a short grace means none
+    /// was reported.
+    OnError,
+    /// `SU`: an ACK comes only on success; none means it was not accepted.
+    OnSuccess,
+}
+
+impl AckExpected {
+    /// MSH-15 of the message's first segment (`MSH`, any field separator).
+    pub fn of(message: &[u8]) -> AckExpected {
+        let message = message.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(message);
+        let line = message
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or_default();
+        let (Some(b"MSH"), Some(&sep)) = (line.get(..3), line.get(3)) else {
+            return AckExpected::Always;
+        };
+        // fields: [0] "MSH", [1] MSH-2, ... [14] MSH-15
+        let msh15 = line.split(|&b| b == sep).nth(14).unwrap_or_default();
+        match msh15.trim_ascii().to_ascii_uppercase().as_slice() {
+            b"NE" => AckExpected::Never,
+            b"ER" => AckExpected::OnError,
+            b"SU" => AckExpected::OnSuccess,
+            _ => AckExpected::Always,
+        }
+    }
+}
+
+/// Longest wait for an ACK to a message that asked for one on error only
+/// (MSH-15 `ER`): a receiver refuses at once or not at all.
+pub const ON_ERROR_GRACE: Duration = Duration::from_secs(2);
 
 /// What an ACK says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +353,37 @@ mod tests {
             expected,
             "{ack:?}"
         );
+    }
+
+    #[test]
+    fn msh_15_says_which_ack_to_wait_for() {
+        let msh = |msh15: &str| {
+            format!("MSH|^~\\&|PAS|RAL|J|L|20260101||ADT^A01|C1|P|2.5|||{msh15}|AL\rPID|1\r")
+        };
+        for (msh15, expected) in [
+            ("NE", AckExpected::Never),
+            (" ne ", AckExpected::Never),
+            ("ER", AckExpected::OnError),
+            ("SU", AckExpected::OnSuccess),
+            ("AL", AckExpected::Always),
+            ("", AckExpected::Always),
+        ] {
+            assert_eq!(
+                AckExpected::of(msh(msh15).as_bytes()),
+                expected,
+                "{msh15:?}"
+            );
+        }
+        // original mode, another field separator, a BOM, LF endings, not HL7
+        assert_eq!(
+            AckExpected::of(b"MSH|^~\\&|PAS|RAL|J|L|20260101||ADT^A01|C1|P|2.3\r"),
+            AckExpected::Always
+        );
+        assert_eq!(
+            AckExpected::of(b"\xEF\xBB\xBFMSH*^~\\&*A*B*C*D*1**ADT^A01*C1*P*2.5***NE\nPID*1"),
+            AckExpected::Never
+        );
+        assert_eq!(AckExpected::of(b"hello"), AckExpected::Always);
     }
 
     #[test]
