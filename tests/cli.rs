@@ -297,3 +297,33 @@ fn send_reconnects_after_a_lost_connection_and_reports_naks() {
         "MSH|^~\\&|PAS|RAL|||2026||ADT^A01|ONE|P|2.4\rPID|1\r"
     );
 }
+
+/// Output piped into something that stops reading (`junction map … | head`)
+/// ends the command as SIGPIPE ends any Unix tool: no panic, no message.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        &["map", "samples/oru_r01_fbc_ue.hl7"][..],
+        &["parse", "samples/oru_r01_fbc_ue.hl7"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_junction"))
+            .args(args)
+            .current_dir(repo)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // the reader goes away before anything is written
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -70,6 +70,9 @@ pub enum Command {
 
 /// Runs one subcommand and turns its outcome into an exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
@@ -93,5 +96,19 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// A command's output piped into something that stops reading
+/// (`junction tail | head`, `junction map m.hl7 | head`) ends the command
+/// quietly, as any Unix tool does, instead of a panic on the failed write:
+/// Rust ignores SIGPIPE, so the default action is put back. Sockets are not
+/// affected (Rust writes to them with MSG_NOSIGNAL), and `serve` keeps the
+/// signal ignored: it writes its log to stdout and must outlive a reader.
+fn quiet_on_closed_stdout() {
+    // SAFETY: setting a signal's disposition to the default before any
+    // thread starts; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
