@@ -429,6 +429,44 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
         .find(|l| l.starts_with("fhir "))
         .unwrap_or_default();
     assert!(fhir_line.contains("running"), "{stdout}");
+    // the unrouted message found by type and time, and shown with its trail
+    let (code, stdout) = junction(&[
+        "messages",
+        "--routing",
+        "unrouted",
+        "--type",
+        "ADT^A08",
+        "--since",
+        "2020-01-01",
+        "--api",
+        &api,
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("ID  RECEIVED"), "{stdout}");
+    assert!(
+        lines[1].starts_with(&format!("{id}  ")) && lines[1].ends_with("accepted  AA   unrouted"),
+        "{stdout}"
+    );
+    let (code, stdout) = junction(&["messages", "--since", "2999-01-01", "--api", &api]);
+    assert_eq!((code, stdout.trim()), (0, "no messages"));
+    let (code, stdout) = junction(&["messages", "--since", "yesterday", "--api", &api]);
+    assert_eq!(code, 1, "{stdout}");
+    let (code, stdout) = junction(&["messages", "show", &id.to_string(), "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("type        ADT^A08"), "{stdout}");
+    assert!(stdout.contains("\nMSA|AA|"), "the ACK sent: {stdout}");
+    assert!(stdout.contains("first  unrouted"), "{stdout}");
+    assert!(
+        !stdout.contains("as received"),
+        "no message content unless asked"
+    );
+    let (code, stdout) = junction(&["messages", "show", &id.to_string(), "--raw", "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("as received:\nMSH|"), "{stdout}");
+    let (code, _) = junction(&["messages", "show", "999999", "--api", &api]);
+    assert_eq!(code, 1);
     let (code, stdout) = junction(&["replay", &id.to_string(), "--api", &api]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("unrouted"), "{stdout}");

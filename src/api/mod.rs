@@ -6,9 +6,10 @@
 //! - `GET /ready`: 200 when the engine says it is ready (listeners bound) and
 //!   the journal is healthy; 503 with the reasons otherwise.
 //! - `GET /metrics`: every metric in the OpenMetrics text format.
-//! - `GET /api/messages?control_id=&sender=&type=&status=&routing=&limit=`:
+//! - `GET /api/messages?control_id=&sender=&type=&status=&routing=&since=&until=&limit=`:
 //!   newest journaled messages first, as `{"messages":[...]}`; `routing=unrouted`
-//!   lists what no route took.
+//!   lists what no route took; `since` (inclusive) and `until` (exclusive) are
+//!   RFC 3339 times or dates.
 //! - `GET /api/messages/{id}`: one message with its raw content, ACK and
 //!   trail (routing outcomes, deliveries).
 //! - `GET /api/events?listener=`: the live event stream as Server-Sent
@@ -284,7 +285,30 @@ struct SearchParams {
     message_type: Option<String>,
     status: Option<String>,
     routing: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<u32>,
+}
+
+/// A `since`/`until` value: an RFC 3339 time (`2026-11-23T09:00:00Z`, with any
+/// offset) or a date (`2026-11-23`, midnight UTC).
+fn search_time(name: &str, value: Option<&str>) -> Result<Option<jiff::Timestamp>, ApiError> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(t) = value.parse::<jiff::Timestamp>() {
+        return Ok(Some(t));
+    }
+    value
+        .parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| Some(z.timestamp()))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid {name} `{value}`, expected an RFC 3339 time (2026-11-23T09:00:00Z) or a date (2026-11-23)"
+            ))
+        })
 }
 
 const ROUTINGS: &[&str] = &["routed", "unrouted", "failed"];
@@ -315,6 +339,8 @@ impl SearchParams {
             }
         }
         Ok(MessageQuery {
+            since: search_time("since", self.since.as_deref())?,
+            until: search_time("until", self.until.as_deref())?,
             control_id: self.control_id,
             sender: self.sender,
             message_type: self.message_type,

@@ -1,5 +1,5 @@
-//! The small HTTP client the operations subcommands (`queues`, `dead-letters`,
-//! `retry`, `replay`) use to talk to a running engine's API.
+//! The small HTTP client the operations subcommands (`messages`, `queues`,
+//! `dead-letters`, `retry`, `replay`) use to talk to a running engine's API.
 //!
 //! It does not retry: an operation either reaches the engine or reports why
 //! not. Answers are JSON; a non-2xx answer is returned with its status so the

@@ -14,6 +14,7 @@ pub mod check;
 pub mod dead_letters;
 pub mod load;
 pub mod map;
+pub mod messages;
 pub mod objections;
 pub mod parse;
 pub mod queues;
@@ -58,6 +59,8 @@ pub enum Command {
     Objections(objections::ObjectionsArgs),
     /// The record store: copy a node's SQLite records into PostgreSQL (`copy-to-postgres`).
     Records(records::RecordsArgs),
+    /// List journaled messages (by control id, sender, type, status, routing, time), or show one with its trail.
+    Messages(messages::MessagesArgs),
     /// Show each destination's delivery queue (pending, dead, oldest).
     Queues(queues::QueuesArgs),
     /// List the deliveries given up on, with why.
@@ -85,6 +88,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(args) => token::run(args),
         Command::Objections(args) => objections::run(args),
         Command::Records(args) => records::run(args),
+        Command::Messages(args) => messages::run(args),
         Command::Queues(args) => queues::run(args),
         Command::DeadLetters(args) => dead_letters::run(args),
         Command::Retry(args) => retry::run(args),

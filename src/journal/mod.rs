@@ -158,6 +158,12 @@ pub struct MessageQuery {
     pub status: Option<String>,
     /// The latest routing outcome: `routed`, `unrouted` or `failed`.
     pub routing: Option<String>,
+    /// Received at or after this time (inclusive).
+    #[serde(skip)]
+    pub since: Option<jiff::Timestamp>,
+    /// Received before this time (exclusive).
+    #[serde(skip)]
+    pub until: Option<jiff::Timestamp>,
     /// Default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`].
     pub limit: Option<u32>,
 }

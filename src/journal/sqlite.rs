@@ -349,6 +349,15 @@ pub(super) fn search(
             values.len()
         ));
     }
+    // received_at is fixed-width UTC text (format_timestamp): it sorts as time
+    if let Some(t) = q.since {
+        values.push(format_timestamp(t));
+        clauses.push(format!("received_at >= ?{}", values.len()));
+    }
+    if let Some(t) = q.until {
+        values.push(format_timestamp(t));
+        clauses.push(format!("received_at < ?{}", values.len()));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM messages");
     if !clauses.is_empty() {

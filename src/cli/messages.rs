@@ -1,0 +1,283 @@
+//! `junction messages [filters] [--api URL] [--json]`: the journal's messages,
+//! newest first (`GET /api/messages`); `junction messages show ID [--raw]`:
+//! one message with its ACK and trail, routing outcomes and deliveries
+//! (`GET /api/messages/{id}`), and with `--raw` the message itself.
+//!
+//! The list shows ids, senders, types and outcomes only. `show --raw` prints
+//! the message as received, which holds patient data: it is for the operator
+//! at the terminal who asked for it, never for a log.
+//!
+//! Exit codes: 0 shown; 1 the engine answered an error (no such message, a bad
+//! filter); 2 it could not be reached.
+
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::api_client::{call, table, text, ApiArgs};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MessagesArgs {
+    #[command(subcommand)]
+    pub command: Option<MessagesCommand>,
+    #[command(flatten)]
+    pub filters: Filters,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MessagesCommand {
+    /// One message: its header, ACK, routing outcomes and deliveries.
+    Show {
+        /// The journal id (the first column of `junction messages`).
+        id: i64,
+        /// Also print the message as received (patient data: for the terminal).
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// What `junction messages` lists: every filter given must hold.
+#[derive(Debug, Default, clap::Args)]
+pub struct Filters {
+    /// MSH-10.
+    #[arg(long, value_name = "ID")]
+    pub control_id: Option<String>,
+    /// `MSH-3^MSH-4` (`PAS^RAL01`), or the application alone (`PAS`).
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// `ADT^A01`, or the message code alone (`ADT`).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub message_type: Option<String>,
+    /// accepted, rejected or garbage.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// The latest routing outcome: routed, unrouted or failed.
+    #[arg(long)]
+    pub routing: Option<String>,
+    /// Received at or after this time (RFC 3339, or a date: midnight UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Received before this time (RFC 3339, or a date).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+}
+
+impl Filters {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        [
+            ("control_id", &self.control_id),
+            ("sender", &self.sender),
+            ("type", &self.message_type),
+            ("status", &self.status),
+            ("routing", &self.routing),
+            ("since", &self.since),
+            ("until", &self.until),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .chain(self.limit.map(|l| ("limit", l.to_string())))
+        .collect()
+    }
+}
+
+pub fn run(args: MessagesArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(MessagesCommand::Show { id, raw, api }) => show(id, raw, &api),
+        None => list(&args.filters, &args.api),
+    }
+}
+
+fn list(filters: &Filters, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let answer = call(
+        &api.api,
+        reqwest::Method::GET,
+        "/api/messages",
+        &filters.query(),
+    )?;
+    if let Some(code) = answer.finish_early(api.json) {
+        return Ok(code);
+    }
+    let rows: Vec<Vec<String>> = answer
+        .body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            vec![
+                text(m, "id"),
+                text(m, "received_at"),
+                text(m, "listener"),
+                text(m, "sender"),
+                text(m, "type"),
+                text(m, "control_id"),
+                text(m, "status"),
+                text(m, "ack_code"),
+                text(m, "routing"),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no messages");
+    } else {
+        println!(
+            "{}",
+            table(
+                &[
+                    "ID",
+                    "RECEIVED",
+                    "LISTENER",
+                    "SENDER",
+                    "TYPE",
+                    "CONTROL ID",
+                    "STATUS",
+                    "ACK",
+                    "ROUTING"
+                ],
+                &rows
+            )
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let answer = call(
+        &api.api,
+        reqwest::Method::GET,
+        &format!("/api/messages/{id}"),
+        &[],
+    )?;
+    if !raw {
+        if let Some(code) = answer.finish_early(api.json) {
+            return Ok(code);
+        }
+    } else if !answer.ok() {
+        eprintln!("error: {}", answer.error());
+        return Ok(ExitCode::from(1));
+    }
+    let m = &answer.body;
+    if api.json {
+        println!("{m}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (label, key) in [
+        ("id", "id"),
+        ("received", "received_at"),
+        ("listener", "listener"),
+        ("peer", "peer"),
+        ("sender", "sender"),
+        ("type", "type"),
+        ("control id", "control_id"),
+        ("version", "version"),
+        ("size", "size_bytes"),
+        ("status", "status"),
+        ("ack code", "ack_code"),
+        ("error", "error"),
+    ] {
+        println!("{label:<11} {}", text(m, key));
+    }
+    if let Some(ack) = m.get("ack").and_then(Value::as_str) {
+        println!("\nACK sent:\n{}", segments(ack));
+    }
+    let routings: Vec<Vec<String>> = m
+        .get("routing")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                text(r, "routed_at"),
+                if r.get("replay").and_then(Value::as_bool) == Some(true) {
+                    "replay".to_string()
+                } else {
+                    "first".to_string()
+                },
+                text(r, "outcome"),
+                list_of(r, "routes"),
+                text(r, "error"),
+            ]
+        })
+        .collect();
+    println!();
+    if routings.is_empty() {
+        println!("not routed yet");
+    } else {
+        println!(
+            "{}",
+            table(&["ROUTED", "PASS", "OUTCOME", "ROUTES", "ERROR"], &routings)
+        );
+    }
+    let deliveries: Vec<Vec<String>> = m
+        .get("deliveries")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                text(d, "id"),
+                text(d, "destination"),
+                text(d, "mapping"),
+                text(d, "status"),
+                text(d, "attempts"),
+                text(d, "remote_ref"),
+                text(d, "last_error"),
+            ]
+        })
+        .collect();
+    if !deliveries.is_empty() {
+        println!(
+            "\n{}",
+            table(
+                &[
+                    "DELIVERY",
+                    "DESTINATION",
+                    "MAPPING",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "REMOTE REF",
+                    "LAST ERROR"
+                ],
+                &deliveries
+            )
+        );
+    }
+    if raw {
+        if let Some(text) = m.get("raw").and_then(Value::as_str) {
+            println!("\nas received:\n{}", segments(text));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// HL7 text with one segment a line.
+fn segments(text: &str) -> String {
+    text.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .trim_end()
+        .to_string()
+}
+
+/// A JSON array of strings as `a, b` (`-` when empty).
+fn list_of(value: &Value, key: &str) -> String {
+    let items: Vec<&str> = value
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(", ")
+    }
+}
