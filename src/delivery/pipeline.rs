@@ -25,7 +25,10 @@
 //!   skipped.
 //! - A message is never dropped: no route, or no route's condition true,
 //!   is recorded as `unrouted`; a parse or mapping error as `failed` (and
-//!   nothing of it is queued: all its documents, or none).
+//!   none of its documents is queued: all of them, or none).
+//! - A message that asks in MSH-16 for an application acknowledgement, from
+//!   a listener with `application_ack`, gets it as one more delivery in the
+//!   same transaction (AA routed or unrouted, AE failed); a replay does not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
