@@ -37,6 +37,7 @@
 //!   server's WAL is flushed); `normal` sets it `off` (a crash of the server
 //!   may lose the last commits, never corrupt them).
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -151,10 +152,13 @@ pub(super) struct PgStore {
 }
 
 /// A pooled connection, with the statements `apply` runs prepared on it
-/// (once, at its first `apply`): one round trip each instead of two.
+/// (once, at its first `apply`): one round trip each instead of two; and the
+/// statements the FHIR reads and the audit trail run, prepared at their first
+/// use on it (`with_statements`).
 struct Conn {
     client: Client,
     prepared: Option<Prepared>,
+    statements: HashMap<&'static str, Statement>,
 }
 
 /// The statements of [`apply::Rows`] on one connection.
@@ -292,6 +296,7 @@ impl PgStore {
         Ok(Conn {
             client,
             prepared: None,
+            statements: HashMap::new(),
         })
     }
 
@@ -308,6 +313,34 @@ impl PgStore {
         mut f: impl FnMut(&mut Client) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         self.with_conn(what, |conn| f(&mut conn.client))
+    }
+
+    /// [`Self::with`], with `sql` prepared on the connection (once per
+    /// connection; then each use is one round trip instead of two).
+    fn with_statements<T, const N: usize>(
+        &self,
+        what: &str,
+        sql: [&'static str; N],
+        mut f: impl FnMut(&mut Client, &[Statement; N]) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        self.with_conn(what, |conn| {
+            let mut statements = Vec::with_capacity(N);
+            for text in sql {
+                let statement = match conn.statements.get(text) {
+                    Some(statement) => statement.clone(),
+                    None => {
+                        let statement = conn.client.prepare(text)?;
+                        conn.statements.insert(text, statement.clone());
+                        statement
+                    }
+                };
+                statements.push(statement);
+            }
+            let statements: [Statement; N] = statements
+                .try_into()
+                .map_err(|_| Failure::Store(StoreError::Internal("statements not prepared")))?;
+            f(&mut conn.client, &statements)
+        })
     }
 
     /// [`Self::with`], with the pooled connection's prepared statements.
@@ -356,7 +389,9 @@ impl PgStore {
             if conn.prepared.is_none() {
                 conn.prepared = Some(Prepared::new(&mut conn.client)?);
             }
-            let Conn { client, prepared } = conn;
+            let Conn {
+                client, prepared, ..
+            } = conn;
             let Some(st) = prepared.as_ref() else {
                 return Err(Failure::Store(StoreError::Internal(
                     "statements not prepared",
@@ -383,8 +418,12 @@ impl PgStore {
     }
 
     pub(super) fn read(&self, resource_type: &str, id: &str) -> Result<Option<Record>, StoreError> {
-        self.with("cannot read a record", |client| {
-            read(client, resource_type, id)
+        self.with_statements("cannot read a record", [READ], |client, [read]| {
+            client
+                .query_opt(read, &[&resource_type, &id])?
+                .as_ref()
+                .map(record_from_row)
+                .transpose()
         })
     }
 
@@ -406,23 +445,24 @@ impl PgStore {
         system: Option<&str>,
         value: &str,
     ) -> Result<Vec<Value>, StoreError> {
-        self.with("cannot search patients", |client| {
+        const BY_SYSTEM: &str = "SELECT r.content FROM patient_identifiers i
+             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE i.value = $1 AND i.system = $2 AND NOT r.deleted
+             ORDER BY r.id";
+        const ANY_SYSTEM: &str = "SELECT r.content
+             FROM (SELECT DISTINCT patient_id FROM patient_identifiers WHERE value = $1) i
+             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE NOT r.deleted
+             ORDER BY r.id";
+        let sql = if system.is_some() {
+            BY_SYSTEM
+        } else {
+            ANY_SYSTEM
+        };
+        self.with_statements("cannot search patients", [sql], |client, [search]| {
             let rows = match system {
-                Some(system) => client.query(
-                    "SELECT r.content FROM patient_identifiers i
-                     JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
-                     WHERE i.value = $1 AND i.system = $2 AND NOT r.deleted
-                     ORDER BY r.id",
-                    &[&value, &system],
-                )?,
-                None => client.query(
-                    "SELECT r.content
-                     FROM (SELECT DISTINCT patient_id FROM patient_identifiers WHERE value = $1) i
-                     JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
-                     WHERE NOT r.deleted
-                     ORDER BY r.id",
-                    &[&value],
-                )?,
+                Some(system) => client.query(search, &[&value, &system])?,
+                None => client.query(search, &[&value])?,
             };
             contents(&rows)
         })
@@ -433,44 +473,54 @@ impl PgStore {
         resource_type: &str,
         patient_id: &str,
     ) -> Result<Vec<Value>, StoreError> {
-        self.with("cannot search records", |client| {
-            if resource_type == "Patient" {
-                return Ok(live_patient(client, patient_id)?.into_iter().collect());
-            }
-            let rows = client.query(
-                "SELECT r.content FROM patient_links l
-                 JOIN resources r ON r.type = l.type AND r.id = l.id
-                 WHERE l.patient_id = $1 AND l.type = $2 AND NOT r.deleted
-                 ORDER BY r.id",
-                &[&patient_id, &resource_type],
-            )?;
+        const LINKED: &str = "SELECT r.content FROM patient_links l
+             JOIN resources r ON r.type = l.type AND r.id = l.id
+             WHERE l.patient_id = $1 AND l.type = $2 AND NOT r.deleted
+             ORDER BY r.id";
+        if resource_type == "Patient" {
+            return Ok(self
+                .read("Patient", patient_id)?
+                .and_then(|r| r.resource)
+                .into_iter()
+                .collect());
+        }
+        self.with_statements("cannot search records", [LINKED], |client, [linked]| {
+            let rows = client.query(linked, &[&patient_id, &resource_type])?;
             contents(&rows)
         })
     }
 
     pub(super) fn everything(&self, patient_id: &str) -> Result<Option<Vec<Value>>, StoreError> {
-        self.with("cannot read a patient's records", |client| {
-            // One snapshot for the Patient and its records.
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let Some(patient) = live_patient(&mut tx, patient_id)? else {
-                return Ok(None);
-            };
-            let rows = tx.query(
-                "SELECT r.content FROM patient_links l
-                 JOIN resources r ON r.type = l.type AND r.id = l.id
-                 WHERE l.patient_id = $1 AND l.type <> 'Patient' AND NOT r.deleted
-                 ORDER BY r.type, r.id",
-                &[&patient_id],
-            )?;
-            let mut resources = vec![patient];
-            resources.extend(contents(&rows)?);
-            tx.commit()?;
-            Ok(Some(resources))
-        })
+        const LINKED: &str = "SELECT r.content FROM patient_links l
+             JOIN resources r ON r.type = l.type AND r.id = l.id
+             WHERE l.patient_id = $1 AND l.type <> 'Patient' AND NOT r.deleted
+             ORDER BY r.type, r.id";
+        self.with_statements(
+            "cannot read a patient's records",
+            [READ, LINKED],
+            |client, [read, linked]| {
+                // One snapshot for the Patient and its records.
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                let patient = tx
+                    .query_opt(read, &[&"Patient", &patient_id])?
+                    .as_ref()
+                    .map(record_from_row)
+                    .transpose()?
+                    .and_then(|record| record.resource);
+                let Some(patient) = patient else {
+                    return Ok(None);
+                };
+                let rows = tx.query(linked, &[&patient_id])?;
+                let mut resources = vec![patient];
+                resources.extend(contents(&rows)?);
+                tx.commit()?;
+                Ok(Some(resources))
+            },
+        )
     }
 
     // ---- access tables ---------------------------------------------------------
@@ -544,35 +594,39 @@ impl PgStore {
     }
 
     pub(super) fn append_audit(&self, entry: &NewAuditEntry) -> Result<i64, StoreError> {
+        // the row and its patient index in one statement (one round trip, one
+        // commit), all or nothing as any statement is
+        const APPEND: &str = "WITH entry AS (
+                 INSERT INTO audit (at, token_name, role, method, path, query, patients, status, purpose)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id),
+             indexed AS (
+                 INSERT INTO audit_patients (patient_id, audit_id)
+                 SELECT DISTINCT p, entry.id FROM entry, unnest($10::TEXT[]) AS p
+                 ON CONFLICT DO NOTHING)
+             SELECT id FROM entry";
         let patients = serde_json::to_string(&entry.patients)?;
-        self.with("cannot write the audit trail", |client| {
-            let mut tx = client.transaction()?;
-            let row = tx.query_one(
-                "INSERT INTO audit (at, token_name, role, method, path, query, patients, status, purpose)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-                &[
-                    &entry.at,
-                    &entry.token_name,
-                    &entry.role,
-                    &entry.method,
-                    &entry.path,
-                    &entry.query,
-                    &patients,
-                    &i32::from(entry.status),
-                    &entry.purpose,
-                ],
-            )?;
-            let id: i64 = row.get(0);
-            for patient in &entry.patients {
-                tx.execute(
-                    "INSERT INTO audit_patients (patient_id, audit_id) VALUES ($1, $2)
-                     ON CONFLICT DO NOTHING",
-                    &[patient, &id],
+        self.with_statements(
+            "cannot write the audit trail",
+            [APPEND],
+            |client, [append]| {
+                let row = client.query_one(
+                    append,
+                    &[
+                        &entry.at,
+                        &entry.token_name,
+                        &entry.role,
+                        &entry.method,
+                        &entry.path,
+                        &entry.query,
+                        &patients,
+                        &i32::from(entry.status),
+                        &entry.purpose,
+                        &entry.patients,
+                    ],
                 )?;
-            }
-            tx.commit()?;
-            Ok(id)
-        })
+                Ok(row.get(0))
+            },
+        )
     }
 
     pub(super) fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
@@ -1135,6 +1189,10 @@ impl apply::Rows for Rows<'_, '_> {
 
 const RECORD_COLUMNS: &str = "type, id, version, last_updated, event_time, content";
 
+/// One current record (with [`RECORD_COLUMNS`]).
+const READ: &str = "SELECT type, id, version, last_updated, event_time, content \
+                    FROM resources WHERE type = $1 AND id = $2";
+
 fn record_from_row(row: &postgres::Row) -> Result<Record, Failure> {
     let content: Option<String> = row.get(5);
     let event_time: Option<i64> = row.get(4);
@@ -1149,28 +1207,6 @@ fn record_from_row(row: &postgres::Row) -> Result<Record, Failure> {
             None => None,
         },
     })
-}
-
-fn read(
-    client: &mut impl postgres::GenericClient,
-    resource_type: &str,
-    id: &str,
-) -> Result<Option<Record>, Failure> {
-    client
-        .query_opt(
-            &format!("SELECT {RECORD_COLUMNS} FROM resources WHERE type = $1 AND id = $2"),
-            &[&resource_type, &id],
-        )?
-        .as_ref()
-        .map(record_from_row)
-        .transpose()
-}
-
-fn live_patient(
-    client: &mut impl postgres::GenericClient,
-    patient_id: &str,
-) -> Result<Option<Value>, Failure> {
-    Ok(read(client, "Patient", patient_id)?.and_then(|record| record.resource))
 }
 
 fn contents(rows: &[postgres::Row]) -> Result<Vec<Value>, Failure> {
