@@ -27,25 +27,18 @@ CONCURRENCY="${CONCURRENCY:-16}"
 pg="$root/target/postgres-test"
 [ -f "$pg/url" ] || { echo "run tests/postgres/setup.sh first" >&2; exit 1; }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-psql_test() {
-    PGOPTIONS="-c client_min_messages=warning" PGPASSWORD="$(cat "$pg/password")" psql -q -v ON_ERROR_STOP=1 "$(cat "$pg/url")" -c "$1"
-}
-
 # JUNCTION: another build to measure (an A/B against an older commit)
 if [ -z "${JUNCTION:-}" ]; then
     (cd "$root" && cargo build --release --locked --quiet)
 fi
 junction="${JUNCTION:-${CARGO_TARGET_DIR:-$root/target}/release/junction}"
 
+# shellcheck source=bench/engine.sh
+source "$root/bench/engine.sh"
+
 work="$(mktemp -d "${TMPDIR:-/tmp}/junction-fhir-bench.XXXXXX")"
-engine_pid=""
-schema=""
 cleanup() {
-    [ -n "$engine_pid" ] && kill -TERM "$engine_pid" 2>/dev/null && wait "$engine_pid" 2>/dev/null
-    [ -n "$schema" ] && psql_test "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1
+    stop_engine
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -62,30 +55,7 @@ for _ in range($REQUESTS):
 for rep in $(seq 1 "$REPS"); do
     for backend in sqlite postgres; do
         dir="$work/$backend-$rep"
-        mkdir -p "$dir"
-        ln -s "$root/routes" "$dir/routes"
-        ln -s "$root/mappings" "$dir/mappings"
-        mllp="$(free_port)"
-        api="$(free_port)"
-        store_extra=""
-        if [ "$backend" = postgres ]; then
-            schema="fhirbench_$$_$rep"
-            psql_test "CREATE SCHEMA $schema"
-            store_extra="url = \"$(cat "$pg/url")?options=-csearch_path%3D$schema\"
-password_file = \"$pg/password\""
-        fi
-        {
-            printf '[listeners.pas]\nbind = "127.0.0.1:%s"\nmax_connections = 256\n\n' "$mllp"
-            printf '[store]\npath = "data/junction.db"\nrecords = "data/records.db"\nsync = "full"\n%s\n\n' "$store_extra"
-            printf '[api]\nbind = "127.0.0.1:%s"\n\n[log]\nformat = "text"\n\n' "$api"
-            sed -n '/^\[destinations/,$p' "$root/junction.toml"
-        } >"$dir/junction.toml"
-        (cd "$dir" && exec "$junction" serve --config junction.toml >engine.log 2>&1) &
-        engine_pid=$!
-        for _ in $(seq 1 100); do
-            python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$api/ready', timeout=1)" 2>/dev/null && break
-            sleep 0.2
-        done
+        start_engine "$dir" "$backend" "fhirbench_$$_$rep"
         "$junction" load --to "127.0.0.1:$mllp" --connections 16 --messages "$PATIENTS" \
             --patients "$PATIENTS" >/dev/null 2>&1
         token="$(cd "$dir" && "$junction" token add bench --role clinical --config junction.toml 2>/dev/null)"
@@ -129,12 +99,7 @@ PY
         ok=$(grep -c '^200$' "$dir/codes.txt" || true)
         secs=$(python3 -c "print(f'{$end - $start:.2f}')")
         echo "$backend $secs $ok" | tee -a "$work/results.txt"
-        kill -TERM "$engine_pid" && wait "$engine_pid" 2>/dev/null || true
-        engine_pid=""
-        if [ -n "$schema" ]; then
-            psql_test "DROP SCHEMA $schema CASCADE" >/dev/null
-            schema=""
-        fi
+        stop_engine
     done
 done
 
