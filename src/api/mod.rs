@@ -56,7 +56,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
-use crate::journal::{Journal, MessageDetail, MessageQuery, MessageSummary, MAX_LIMIT};
+use crate::journal::{Journal, MessageQuery, MessageSummary, MAX_LIMIT};
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
 
@@ -367,20 +367,14 @@ async fn search_messages(
     Ok(Json(MessageList { messages }))
 }
 
-/// One message with its trail: every routing outcome (the first pass, then
-/// replays) and every delivery it queued.
-#[derive(Serialize)]
-struct MessageWithTrail {
-    #[serde(flatten)]
-    detail: MessageDetail,
-    routing: Vec<crate::journal::RoutingRecord>,
-    deliveries: Vec<crate::journal::DeliveryRow>,
-}
-
+/// One message with its trail: the message's fields, `routing` every routing
+/// outcome (the first pass, then replays) and `deliveries` every delivery it
+/// queued. (`routing` is the trail here, not the search list's latest
+/// outcome, which is the trail's last entry: one key, not two of one name.)
 async fn get_message(
     State(state): State<ApiState>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<MessageWithTrail>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(id) = id.map_err(|rejection| {
         ApiError::BadRequest(format!(
             "invalid message id: {}, expected an integer",
@@ -399,11 +393,18 @@ async fn get_message(
             ..Default::default()
         })
         .await?;
-    Ok(Json(MessageWithTrail {
-        detail,
-        routing,
-        deliveries,
-    }))
+    let json = |value: Result<serde_json::Value, serde_json::Error>| {
+        value.map_err(|e| ApiError::Internal(format!("cannot write the message as JSON: {e}")))
+    };
+    let mut body = json(serde_json::to_value(&detail))?;
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("routing".to_string(), json(serde_json::to_value(&routing))?);
+        fields.insert(
+            "deliveries".to_string(),
+            json(serde_json::to_value(&deliveries))?,
+        );
+    }
+    Ok(Json(body))
 }
 
 async fn not_found() -> ApiError {

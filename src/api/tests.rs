@@ -197,6 +197,10 @@ async fn search_and_get_messages() {
     );
     assert_eq!(detail["control_id"], "C1");
     assert!(detail["ack"].as_str().unwrap().contains("MSA|AA|C1"));
+    // one `routing` key (the trail), as strict JSON parsers require
+    assert_eq!(body.matches("\"routing\":").count(), 1, "{body}");
+    assert_eq!(detail["routing"], serde_json::json!([]));
+    assert_eq!(detail["deliveries"], serde_json::json!([]));
 }
 
 #[tokio::test]
