@@ -54,7 +54,7 @@ fn every_sample_document_is_valid_fhir() {
 }
 
 /// Messages as they arrive in the wild, made from every sample: each segment
-/// but MSH left out in turn, versions 2.3 and 2.8, LF endings, Z segments after
+/// but MSH left out, sent twice and moved to the end in turn, versions 2.3 and 2.8, LF endings, Z segments after
 /// every segment, repeated fields, escape sequences and non-ASCII text in every
 /// field, emptied fields, and garbage where dates, numbers and codes go. Whatever a
 /// mapping makes of them must still be valid FHIR (an `Err`, no resource at all, is
@@ -108,6 +108,16 @@ fn wild_variants(text: &str) -> Vec<String> {
     for i in 1..owned.len() {
         let mut v = owned.clone();
         v.remove(i);
+        out.push(join(&v));
+    }
+    // each segment (but MSH) sent twice in a row, and moved to the end
+    for i in 1..owned.len() {
+        let mut v = owned.clone();
+        v.insert(i, owned[i].clone());
+        out.push(join(&v));
+        let mut v = owned.clone();
+        let moved = v.remove(i);
+        v.push(moved);
         out.push(join(&v));
     }
     // other versions
