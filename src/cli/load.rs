@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::send::split_messages;
-use crate::mllp::client::{read_ack, MllpClient};
+use crate::mllp::client::{read_ack, AckExpected, MllpClient};
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
@@ -326,6 +326,14 @@ impl Template {
     fn new(message: &[u8], patients: Option<u64>) -> anyhow::Result<Self> {
         let (start, end) = msh10_span(message)
             .context("the template message has no MSH segment with at least 10 fields")?;
+        // every message's ACK is waited for and timed: a template that asks
+        // for none (or for one only on error or on success) measures nothing
+        if AckExpected::of(message) != AckExpected::Always {
+            anyhow::bail!(
+                "the template's MSH-15 asks for an accept ACK only sometimes or never \
+                 (ER, SU or NE), and load times every ACK: leave MSH-15 empty or set it to AL"
+            );
+        }
         let after = message[end..].to_vec();
         let patients = match patients {
             None => None,
@@ -456,6 +464,19 @@ mod tests {
         assert_eq!(msh10_span(b"PID|1"), None);
         assert_eq!(msh10_span(b"MSH"), None);
         assert!(Template::new(b"EVN|A01", None).is_err());
+    }
+
+    #[test]
+    fn a_template_that_asks_for_no_ack_every_time_is_refused() {
+        let msh =
+            |msh15: &str| format!("MSH|^~\\&|P|F|J|L|2026||ADT^A01|C1|P|2.5|||{msh15}|AL\rPID|1\r");
+        for ok in ["", "AL"] {
+            assert!(Template::new(msh(ok).as_bytes(), None).is_ok(), "{ok:?}");
+        }
+        for refused in ["NE", "ER", "SU"] {
+            let err = Template::new(msh(refused).as_bytes(), None).unwrap_err();
+            assert!(err.to_string().contains("MSH-15"), "{refused}: {err}");
+        }
     }
 
     #[test]
