@@ -754,6 +754,19 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     .await;
     assert_searchset(&encounters, &base, &[]);
 
+    // A client that accepts XML only is told so (406), in the JSON it did not ask for.
+    let xml_only = client
+        .get(format!("{base}/fhir/metadata"))
+        .header("Accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml_only.status().as_u16(), 406);
+    let outcome: Value = xml_only.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "not-supported");
+    std::fs::write(answers.join("21-xml-only.json"), outcome.to_string()).unwrap();
+
     shutdown.cancel();
     server.await.unwrap().unwrap();
 

@@ -64,7 +64,50 @@ pub fn router(store: RecordStore) -> Router {
             "/fhir/{resource_type}/{id}/{operation}/{*rest}",
             get(unknown_route),
         )
+        .layer(axum::middleware::from_fn(json_acceptable))
         .with_state(store)
+}
+
+/// A client whose `Accept` admits no JSON (only `application/fhir+xml`, say)
+/// gets 406 and an OperationOutcome (in JSON, the one format served) rather
+/// than a 200 whose body it cannot read. No `Accept`, `*/*`, `application/*`
+/// or any JSON type go through.
+async fn json_acceptable(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if let Some(accept) = accept.filter(|a| !accepts_json(a)) {
+        return FhirError::NotAcceptable(format!(
+            "this server answers in JSON only (application/fhir+json); the request accepts `{}`",
+            accept.chars().take(100).collect::<String>()
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether an `Accept` value admits JSON (a media range not weighted `q=0`).
+fn accepts_json(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused
+            && (media.is_empty()
+                || media == "*/*"
+                || media == "application/*"
+                || media.ends_with("/json")
+                || media.ends_with("+json"))
+    })
 }
 
 /// An error answer: a status and an OperationOutcome.
@@ -76,6 +119,8 @@ pub enum FhirError {
     NotFound(String),
     #[error("{0}")]
     Gone(String),
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("the record store could not be read")]
     Store(#[from] StoreError),
     #[error("the record store read did not finish")]
@@ -88,6 +133,7 @@ impl FhirError {
             FhirError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid"),
             FhirError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             FhirError::Gone(_) => (StatusCode::GONE, "deleted"),
+            FhirError::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not-supported"),
             FhirError::Store(_) | FhirError::Task(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "exception")
             }
@@ -777,6 +823,30 @@ mod tests {
             &[("patient", "p1"), ("_format", "xml")],
             "error: unsupported _format `xml`, expected json or application/fhir+json",
         );
+    }
+
+    #[test]
+    fn accept_must_admit_json() {
+        for yes in [
+            "",
+            "*/*",
+            "application/fhir+json",
+            "application/json",
+            "application/fhir+xml, application/fhir+json;q=0.9",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+            "application/*",
+            "APPLICATION/FHIR+JSON; fhirVersion=4.0",
+        ] {
+            assert!(accepts_json(yes), "{yes:?}");
+        }
+        for no in [
+            "application/fhir+xml",
+            "application/xml, text/xml",
+            "text/html",
+            "application/fhir+json;q=0, application/fhir+xml",
+        ] {
+            assert!(!accepts_json(no), "{no:?}");
+        }
     }
 
     #[test]
