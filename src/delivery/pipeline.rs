@@ -176,8 +176,9 @@ impl Router {
         failed_stage: Option<&str>,
     ) -> Option<NewDelivery> {
         let destination = self.application_acks.get(&message.listener)?;
-        let text = crate::hl7::decode(&message.raw).ok()?;
-        let header = crate::hl7::Message::parse(&text).ok()?.header().ok()?;
+        // the listener's MSH-only read (it passed it at intake), not a second
+        // parse of the whole message
+        let header = crate::hl7::assess(&message.raw).ok()?;
         let (code, error) = match failed_stage {
             None => (AckCode::AA, None),
             Some(stage) => (
