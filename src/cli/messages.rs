@@ -156,19 +156,11 @@ fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         &format!("/api/messages/{id}"),
         &[],
     )?;
-    if !raw {
-        if let Some(code) = answer.finish_early(api.json) {
-            return Ok(code);
-        }
-    } else if !answer.ok() {
-        eprintln!("error: {}", answer.error());
-        return Ok(ExitCode::from(1));
+    // (with --json the whole answer, the message included, as the engine gave it)
+    if let Some(code) = answer.finish_early(api.json) {
+        return Ok(code);
     }
     let m = &answer.body;
-    if api.json {
-        println!("{m}");
-        return Ok(ExitCode::SUCCESS);
-    }
     for (label, key) in [
         ("id", "id"),
         ("received", "received_at"),
