@@ -4,8 +4,9 @@
 //!
 //! It does not retry, split files or judge the ACK: callers decide what a NAK
 //! or a timeout means. [`MllpClient::send_message`] waits only for the ACK the
-//! message's MSH-15 asks for (none for `NE`, only an error one for `ER`). [`read_ack`] is a small pure helper that reads MSA-1,
-//! MSA-2 and the error text from an ACK with [`crate::hl7`].
+//! message's MSH-15 asks for (none for `NE`, only an error one for `ER`).
+//! [`read_ack`] is a small pure helper that reads MSA-1, MSA-2 and the error
+//! text from an ACK with [`crate::hl7`].
 //!
 //! # Invariants
 //! - One message in flight per connection: `send` writes one frame and waits
@@ -198,11 +199,10 @@ impl MllpClient {
             // be taken for the next message's)
             AckExpected::Never => self.write_frame(msg).await.map(|()| None),
             AckExpected::OnError => {
-                let full = self.ack_timeout;
-                self.ack_timeout = full.min(ON_ERROR_GRACE);
-                let sent = self.send(msg).await;
-                self.ack_timeout = full;
-                match sent {
+                match self
+                    .send_within(msg, self.ack_timeout.min(ON_ERROR_GRACE))
+                    .await
+                {
                     Ok(ack) => Ok(Some(ack)),
                     // (the client stays broken: a late ACK may still come)
                     Err(ClientError::AckTimeout { .. }) => Ok(None),
@@ -229,13 +229,18 @@ impl MllpClient {
     /// Frames and sends `msg`, then waits for one frame back: the ACK, as
     /// received (without framing).
     pub async fn send(&mut self, msg: &[u8]) -> Result<Bytes, ClientError> {
+        self.send_within(msg, self.ack_timeout).await
+    }
+
+    /// [`Self::send`], waiting at most `wait` for the ACK.
+    async fn send_within(&mut self, msg: &[u8], wait: Duration) -> Result<Bytes, ClientError> {
         self.write_frame(msg).await?;
         let peer = self.peer;
-        let ack = tokio::time::timeout(self.ack_timeout, self.framed.next())
+        let ack = tokio::time::timeout(wait, self.framed.next())
             .await
             .map_err(|_| ClientError::AckTimeout {
                 peer,
-                timeout: self.ack_timeout,
+                timeout: wait,
             })?;
         match ack {
             Some(Ok(ack)) => {
