@@ -245,7 +245,10 @@ async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<StatusBody>) 
         reasons.push("the engine is starting or draining");
     }
     if !state.journal.is_healthy() {
-        reasons.push("the journal is not healthy (writer stopped or last commit failed)");
+        reasons.push(
+            "the journal is not healthy (its writer stopped, or a commit failed in the \
+             last 10 s and no message has been stored since: is the disk full?)",
+        );
     }
     if reasons.is_empty() {
         (

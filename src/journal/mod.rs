@@ -36,7 +36,7 @@ mod queue;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -323,13 +323,71 @@ enum WriteRequest {
     },
 }
 
+/// How long a failed commit keeps the journal unhealthy when no intake
+/// commit has succeeded since. The pipeline's small routing writes can still
+/// fit on a disk too full for messages; without the hold, one of them
+/// succeeding made the engine ready for a moment while senders got no ACK.
+pub const UNHEALTHY_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Shared between the handles and the writer thread.
 #[derive(Debug)]
 struct WriterState {
     /// False once the writer thread has exited (for whatever reason).
     alive: AtomicBool,
-    /// False while the last commit failed (e.g. disk full).
-    last_commit_ok: AtomicBool,
+    /// When the writer started; `last_failure_ms` counts from then.
+    started: std::time::Instant,
+    /// Commits so far (the writer thread numbers each outcome it records).
+    commits: AtomicU64,
+    /// The number of the last failed commit of any kind (0: none yet), and
+    /// 1 + ms since `started` of when it failed.
+    last_failure: AtomicU64,
+    last_failure_ms: AtomicU64,
+    /// The number of the last commit that stored messages (0: none yet).
+    last_stored: AtomicU64,
+}
+
+impl WriterState {
+    fn new() -> WriterState {
+        WriterState {
+            alive: AtomicBool::new(true),
+            started: std::time::Instant::now(),
+            commits: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            last_stored: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        1 + u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A commit's outcome (called by the writer thread only, in commit
+    /// order); `stored` when it stored messages.
+    fn record(&self, ok: bool, stored: bool) {
+        let n = self.commits.fetch_add(1, Ordering::AcqRel) + 1;
+        if !ok {
+            self.last_failure_ms.store(self.now_ms(), Ordering::Release);
+            self.last_failure.store(n, Ordering::Release);
+        } else if stored {
+            self.last_stored.store(n, Ordering::Release);
+        }
+    }
+
+    /// Healthy unless the writer stopped, or a commit failed less than
+    /// [`UNHEALTHY_HOLD`] ago and no intake commit has succeeded since.
+    fn healthy(&self) -> bool {
+        if !self.alive.load(Ordering::Acquire) {
+            return false;
+        }
+        let failed = self.last_failure.load(Ordering::Acquire);
+        if failed == 0 || self.last_stored.load(Ordering::Acquire) > failed {
+            return true;
+        }
+        let failed_at = self.last_failure_ms.load(Ordering::Acquire);
+        let hold = u64::try_from(UNHEALTHY_HOLD.as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_sub(failed_at) >= hold
+    }
 }
 
 /// A handle on the journal. Cheap to clone; every clone talks to the same
@@ -381,10 +439,7 @@ impl Journal {
         }
         let conn = sqlite::open_writer(&path, cfg.sync)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let state = Arc::new(WriterState {
-            alive: AtomicBool::new(true),
-            last_commit_ok: AtomicBool::new(true),
-        });
+        let state = Arc::new(WriterState::new());
         let thread_state = Arc::clone(&state);
         let accepted = Arc::new(tokio::sync::Notify::new());
         let thread_accepted = Arc::clone(&accepted);
@@ -415,10 +470,11 @@ impl Journal {
         self.inner.sync
     }
 
-    /// True while the writer thread runs and the last commit succeeded.
+    /// True while the writer thread runs, unless a commit failed (a full
+    /// disk) less than [`UNHEALTHY_HOLD`] ago and no commit of messages has
+    /// succeeded since.
     pub fn is_healthy(&self) -> bool {
-        let state = &self.inner.state;
-        state.alive.load(Ordering::Acquire) && state.last_commit_ok.load(Ordering::Acquire)
+        self.inner.state.healthy()
     }
 
     /// Journals `items` durably, in order, and says for each whether it was

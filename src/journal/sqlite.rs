@@ -158,7 +158,12 @@ fn commit_and_answer(
     metrics.commit_batch_size.observe(messages as f64);
     match result {
         Ok(outcomes) => {
-            state.last_commit_ok.store(true, Ordering::Release);
+            // (a group of resends only stores nothing: it shows no room)
+            let stored = outcomes.iter().any(|outcome| {
+                matches!(outcome, Outcome::Intake(committed)
+                    if committed.iter().any(|c| matches!(c, Committed::Stored { .. })))
+            });
+            state.record(true, stored);
             let mut stored_accepted = false;
             for (req, outcome) in group.drain(..).zip(outcomes) {
                 // A waiter that went away (connection closed) still had its
@@ -182,7 +187,7 @@ fn commit_and_answer(
             }
         }
         Err(err) => {
-            state.last_commit_ok.store(false, Ordering::Release);
+            state.record(false, false);
             tracing::error!(error = %err, messages, "journal commit failed");
             let err = Arc::new(err);
             for req in group.drain(..) {

@@ -581,3 +581,38 @@ async fn prune_works_in_batches() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_failed_commit_holds_until_messages_are_stored_again_or_the_hold_passes() {
+    let state = WriterState::new();
+    assert!(state.healthy(), "healthy before any commit");
+    state.record(true, true);
+    assert!(state.healthy());
+    // a full disk: the commit of messages fails
+    state.record(false, false);
+    assert!(!state.healthy());
+    // the pipeline's small routing write still fits: not a sign of room
+    state.record(true, false);
+    assert!(
+        !state.healthy(),
+        "a write without messages does not end the hold"
+    );
+    // messages are stored again
+    state.record(true, true);
+    assert!(state.healthy());
+
+    // no messages since the failure, but the hold has passed
+    let long_ago = std::time::Instant::now()
+        .checked_sub(UNHEALTHY_HOLD + std::time::Duration::from_secs(1))
+        .expect("the clock is past the hold");
+    let state = WriterState {
+        started: long_ago,
+        ..WriterState::new()
+    };
+    state.last_failure.store(1, Ordering::Release);
+    state.last_failure_ms.store(1, Ordering::Release);
+    state.commits.store(1, Ordering::Release);
+    assert!(state.healthy(), "a failure older than the hold");
+    state.record(false, false);
+    assert!(!state.healthy(), "a new failure");
+}
