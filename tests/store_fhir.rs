@@ -528,6 +528,80 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         .collect();
     paged.sort();
     assert_eq!(paged, observations);
+    // narrowed by code, category, status and date (R4 date ranges: the
+    // results were taken at 09:12 UTC on 1 March)
+    let narrowed = [
+        ("code=1022431000000105", vec![ids.hb.as_str()]),
+        (
+            "code=http://snomed.info/sct%7C1022541000000102",
+            vec![&ids.wcc],
+        ),
+        ("code=http://loinc.org%7C1022541000000102", vec![]),
+        (
+            "code=1022431000000105,1022541000000102",
+            vec![&ids.hb, &ids.wcc],
+        ),
+        ("category=laboratory&status=final", vec![&ids.hb, &ids.wcc]),
+        ("status=preliminary", vec![]),
+        ("date=2026-03-01", vec![&ids.hb, &ids.wcc]),
+        ("date=ge2026-02-01&date=lt2026-04", vec![&ids.hb, &ids.wcc]),
+        ("date=gt2026-03-01T09:12Z", vec![]),
+        (
+            "date=2026-03-01T09:12:00%2B00:00&code=1022431000000105",
+            vec![&ids.hb],
+        ),
+    ];
+    for (i, (query, expected)) in narrowed.iter().enumerate() {
+        let answer = get(
+            &client,
+            &base,
+            &format!("/fhir/Observation?patient={}&{query}", ids.patient),
+            &answers,
+            &format!("06d-observations-narrowed-{i}"),
+        )
+        .await;
+        let mut expected: Vec<String> = expected
+            .iter()
+            .map(|id| format!("Observation/{id}"))
+            .collect();
+        expected.sort();
+        let mut got = entry_names(&answer.body);
+        got.sort();
+        assert_eq!(answer.status, 200, "{query}: {}", answer.body);
+        assert_eq!(got, expected, "{query}");
+        assert_eq!(answer.body["total"], expected.len(), "{query}");
+    }
+    let encounters = get(
+        &client,
+        &base,
+        &format!(
+            "/fhir/Encounter?patient={}&date=ge2026-06-01&class=IMP",
+            ids.patient
+        ),
+        &answers,
+        "06e-encounters-still-open",
+    )
+    .await;
+    assert_searchset(
+        &encounters,
+        &base,
+        &[format!("Encounter/{}", ids.encounter)],
+    );
+    let bad = get(
+        &client,
+        &base,
+        &format!("/fhir/Observation?patient={}&date=ap2026", ids.patient),
+        &answers,
+        "06f-approximately",
+    )
+    .await;
+    assert_outcome(
+        &bad,
+        400,
+        "invalid",
+        "date prefix `ap` (approximately) is not supported, expected eq, ne, gt, lt, ge, le, \
+         sa or eb",
+    );
     let reports = get(
         &client,
         &base,
@@ -792,10 +866,21 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         vec![her.clone()]
     );
     assert_eq!(of(&format!("/fhir/{patient}/_history")), vec![her.clone()]);
-    // (the search, and its two pages by `subject`)
+    // (the search, its two pages by `subject`, then the narrowed searches,
+    // which name nobody when nothing matched)
+    let narrowed_read: Vec<Vec<String>> = narrowed
+        .iter()
+        .map(|(_, found)| {
+            if found.is_empty() {
+                nobody.clone()
+            } else {
+                her.clone()
+            }
+        })
+        .collect();
     assert_eq!(
         of("/fhir/Observation"),
-        vec![her.clone(), her.clone(), her.clone()]
+        [vec![her.clone(), her.clone(), her.clone()], narrowed_read].concat()
     );
     assert_eq!(of("/fhir/Condition"), vec![nobody.clone()]);
     assert_eq!(
@@ -806,9 +891,9 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         of(&format!("/fhir/Encounter/{}", ids.encounter)),
         vec![her.clone()]
     );
-    assert_eq!(of("/fhir/Encounter"), vec![nobody.clone()]);
+    assert_eq!(of("/fhir/Encounter"), vec![her.clone(), nobody.clone()]);
     assert!(of("/fhir/Patient/nobody/$everything").is_empty());
-    assert_eq!(audited.len(), 16, "{audited:?}");
+    assert_eq!(audited.len(), 16 + narrowed.len() + 1, "{audited:?}");
 
     // Every answer validates with fhir.resources (R4B models).
     run_python(

@@ -4,7 +4,9 @@
 //! - `GET /fhir/Patient?identifier=system|value` (or `identifier=value`, any
 //!   system; `|value`, no system): a `searchset` Bundle of matching Patients.
 //! - `GET /fhir/{Type}?patient={id}` (`id` or `Patient/id`): a `searchset`
-//!   Bundle of that patient's current records of that type.
+//!   Bundle of that patient's current records of that type, narrowed by the
+//!   type's token and date parameters (`code`, `category`, `status`, `date`,
+//!   …: `fhir_search.rs`).
 //! - `GET /fhir/{Type}/{id}`: the current version, with `ETag: W/"n"`;
 //!   410 with an OperationOutcome when it was deleted.
 //! - `GET /fhir/Patient/{id}/$everything`: a `searchset` Bundle of the
@@ -40,6 +42,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
+use super::fhir_search::{self, Filter};
 use crate::store::{is_id, is_resource_type, patients_of, Record, RecordStore, StoreError};
 
 /// The content type of every answer.
@@ -370,14 +373,24 @@ enum Criteria {
         system: Option<String>,
         value: String,
     },
-    Patient(String),
+    /// A patient's records, those every filter accepts.
+    Patient(String, Vec<Filter>),
 }
 
 /// Parses the search parameters of `GET /fhir/{resource_type}`.
 fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criteria, FhirError> {
     let mut identifier = None;
     let mut patient = None;
+    let mut filters = Vec::new();
     for (name, value) in params {
+        if resource_type != "Patient" {
+            if let Some(filter) =
+                fhir_search::parse(resource_type, &name, &value).map_err(FhirError::BadRequest)?
+            {
+                filters.push(filter);
+                continue;
+            }
+        }
         let slot = match name.as_str() {
             "identifier" if resource_type == "Patient" => &mut identifier,
             // `subject` too, as clients ask for Observation and the like
@@ -395,12 +408,18 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
             }
             _ => {
                 let expected = if resource_type == "Patient" {
-                    "identifier"
+                    "`identifier`".to_string()
                 } else {
-                    "patient"
+                    std::iter::once("`patient`".to_string())
+                        .chain(
+                            fhir_search::capability(resource_type)
+                                .map(|(name, _, _)| format!("`{name}`")),
+                        )
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 return Err(FhirError::BadRequest(format!(
-                    "unsupported search parameter `{name}` for {resource_type}, expected `{expected}`"
+                    "unsupported search parameter `{name}` for {resource_type}, expected {expected}"
                 )));
             }
         };
@@ -430,7 +449,7 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
                 "patient `{patient}` is not a Patient id, expected `id` or `Patient/id`"
             )));
         }
-        return Ok(Criteria::Patient(id.to_string()));
+        return Ok(Criteria::Patient(id.to_string(), filters));
     }
     Err(FhirError::BadRequest(if resource_type == "Patient" {
         "a Patient search needs `identifier=system|value`".to_string()
@@ -464,10 +483,11 @@ async fn search(
                 .collect();
             (found, ids)
         }
-        Criteria::Patient(patient) => {
+        Criteria::Patient(patient, filters) => {
             let id = patient.clone();
             let rtype = resource_type.clone();
-            let found = blocking(store, move |s| s.search_by_patient(&rtype, &id)).await?;
+            let mut found = blocking(store, move |s| s.search_by_patient(&rtype, &id)).await?;
+            found.retain(|resource| filters.iter().all(|f| f.matches(resource)));
             let patients = if found.is_empty() {
                 Vec::new()
             } else {
@@ -686,24 +706,34 @@ async fn metadata(headers: HeaderMap) -> Response {
         }]
     })];
     resources.extend(PATIENT_TYPES.iter().map(|resource_type| {
+        let mut params = vec![
+            json!({
+                "name": "patient",
+                "type": "reference",
+                "documentation": "id or Patient/id (required)"
+            }),
+            json!({
+                "name": "subject",
+                "type": "reference",
+                "documentation": "the same as patient"
+            }),
+        ];
+        params.extend(
+            fhir_search::capability(resource_type).map(|(name, kind, documentation)| {
+                json!({"name": name, "type": kind, "documentation": documentation})
+            }),
+        );
+        params.push(json!({
+            "name": "_count",
+            "type": "number",
+            "documentation": "entries per page (at most 1000), with next/previous links (_offset)"
+        }));
         json!({
             "type": resource_type,
             "interaction": [read, search, history],
             "versioning": "versioned",
             "readHistory": true,
-            "searchParam": [{
-                "name": "patient",
-                "type": "reference",
-                "documentation": "id or Patient/id"
-            }, {
-                "name": "subject",
-                "type": "reference",
-                "documentation": "the same as patient"
-            }, {
-                "name": "_count",
-                "type": "number",
-                "documentation": "entries per page (at most 1000), with next/previous links (_offset)"
-            }]
+            "searchParam": params
         })
     }));
     let statement = json!({
@@ -753,7 +783,10 @@ mod tests {
             Ok(Criteria::Identifier { system, value }) => {
                 format!("identifier {system:?} {value}")
             }
-            Ok(Criteria::Patient(id)) => format!("patient {id}"),
+            Ok(Criteria::Patient(id, filters)) if filters.is_empty() => format!("patient {id}"),
+            Ok(Criteria::Patient(id, filters)) => {
+                format!("patient {id}, {} filters", filters.len())
+            }
             Err(err) => format!("error: {err}"),
         };
         assert_eq!(got, expected, "{resource_type} {query:?}");
@@ -811,7 +844,29 @@ mod tests {
         check(
             "Observation",
             &[("identifier", "x")],
-            "error: unsupported search parameter `identifier` for Observation, expected `patient`",
+            "error: unsupported search parameter `identifier` for Observation, expected \
+             `patient`, `code`, `category`, `status`, `date`",
+        );
+        check(
+            "Observation",
+            &[
+                ("patient", "p1"),
+                ("code", "http://loinc.org|718-7"),
+                ("date", "ge2026-01-01"),
+                ("date", "lt2027"),
+            ],
+            "patient p1, 3 filters",
+        );
+        check(
+            "Observation",
+            &[("patient", "p1"), ("date", "last week")],
+            "error: date `last week` is not a date, expected an optional prefix (eq, ne, gt, \
+             lt, ge, le, sa, eb) and YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][zone]",
+        );
+        check(
+            "Provenance",
+            &[("patient", "p1"), ("code", "x")],
+            "error: unsupported search parameter `code` for Provenance, expected `patient`",
         );
         check(
             "Encounter",

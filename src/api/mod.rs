@@ -40,6 +40,7 @@ mod dashboard;
 mod delivery;
 pub mod events;
 pub mod fhir;
+mod fhir_search;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
