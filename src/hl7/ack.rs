@@ -113,6 +113,20 @@ pub struct AckError {
 }
 
 impl AckError {
+    /// The error as one line, for a journal row: `MSH-9: message type
+    /// missing (101)`.
+    pub fn summary(&self) -> String {
+        match (&self.segment, self.field) {
+            (Some(segment), Some(field)) => {
+                format!("{segment}-{field}: {} ({})", self.text, self.code)
+            }
+            (Some(segment), None) => format!("{segment}: {} ({})", self.text, self.code),
+            _ => format!("{} ({})", self.text, self.code),
+        }
+    }
+}
+
+impl AckError {
     /// An error with no location and severity 'E'.
     pub fn new(code: &'static str, text: impl Into<String>) -> AckError {
         AckError {

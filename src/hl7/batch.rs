@@ -12,6 +12,8 @@
 //! and a `'\n'` followed by a segment), so a file can be split before or after
 //! decoding, and a line feed inside a value never starts a message.
 
+use bytes::Bytes;
+
 use super::charset::ends_segment;
 use super::error::{snippet, Hl7Error};
 
@@ -94,9 +96,104 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
+/// Splits a batch (an MLLP frame, a file, a MESH message) into its messages,
+/// each an exact slice of it when it is UTF-8 (as most are), else the decoded
+/// UTF-8 text of each. `None` when it does not split (text before the first
+/// MSH, undecodable bytes).
+pub fn split_batch_bytes(frame: &Bytes) -> Option<Vec<Bytes>> {
+    match std::str::from_utf8(frame) {
+        Ok(text) => {
+            let parts = split_batch(text).ok()?;
+            Some(
+                parts
+                    .into_iter()
+                    .map(|p| subslice(frame, p.as_bytes()))
+                    .collect(),
+            )
+        }
+        Err(_) => {
+            let text = super::decode(frame).ok()?;
+            let parts = split_batch(&text).ok()?;
+            Some(
+                parts
+                    .into_iter()
+                    .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// `part` as a zero-copy slice of `frame` when it lies inside it, else a copy.
+fn subslice(frame: &Bytes, part: &[u8]) -> Bytes {
+    let start = frame.as_ptr() as usize;
+    let end = start + frame.len();
+    let p = part.as_ptr() as usize;
+    if !part.is_empty() && p >= start && p + part.len() <= end {
+        frame.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
+}
+
+/// Whether `raw` looks like HL7 v2 (an optional UTF-8 byte order mark and
+/// white space, then `MSH`, `FHS` or `BHS` and a field separator), as opposed
+/// to a document (JSON, XML) or anything else.
+pub fn looks_like_hl7(raw: &[u8]) -> bool {
+    let start = raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw);
+    let start = &start[start.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+    [b"MSH", b"FHS", b"BHS"].iter().any(|name| {
+        start.starts_with(*name)
+            && start
+                .get(3)
+                .is_some_and(|&sep| sep.is_ascii_punctuation() || sep == b' ')
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_looks_like_hl7() {
+        for yes in [
+            &b"MSH|^~\\&|PAS"[..],
+            b"\xef\xbb\xbfMSH|^~\\&|",
+            b"\r\n  FHS|^~\\&|",
+            b"BHS|^~\\&|",
+            b"MSH!^~\\&!",
+        ] {
+            assert!(looks_like_hl7(yes), "{yes:?}");
+        }
+        for no in [
+            &b"{\"resourceType\":\"Bundle\"}"[..],
+            b"<ClinicalDocument/>",
+            b"MSHA|",
+            b"MSH",
+            b"",
+            b"PID|1",
+        ] {
+            assert!(!looks_like_hl7(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_splits_into_slices_of_itself() {
+        let raw = Bytes::from_static(
+            b"FHS|^~\\&|LAB\rBHS|^~\\&|LAB\rMSH|^~\\&|A|1\rPID|1\rMSH|^~\\&|B|2\rBTS|2\rFTS|1\r",
+        );
+        let parts = split_batch_bytes(&raw).expect("splits");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(&parts[0][..], b"MSH|^~\\&|A|1\rPID|1\r");
+        assert_eq!(&parts[1][..], b"MSH|^~\\&|B|2\r");
+        // zero-copy: each part lies inside the batch
+        let start = raw.as_ptr() as usize;
+        assert!(parts
+            .iter()
+            .all(|p| p.as_ptr() as usize >= start
+                && p.as_ptr() as usize + p.len() <= start + raw.len()));
+        assert!(split_batch_bytes(&Bytes::from_static(b"PID|1\rMSH|^~\\&|\r")).is_none());
+    }
 
     fn check(input: &str, expected: Result<&[&str], Hl7Error>) {
         assert_eq!(

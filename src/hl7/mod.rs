@@ -59,7 +59,7 @@ mod tree;
 pub use ack::{
     application_ack_wanted, assess, build_ack, build_application_ack, AckCode, AckError, Rejection,
 };
-pub use batch::split_batch;
+pub use batch::{looks_like_hl7, split_batch, split_batch_bytes};
 pub use charset::{decode, encode_text, msh18};
 pub use error::Hl7Error;
 pub use escape::{escape, escape_field, unescape};

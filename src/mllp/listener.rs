@@ -68,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::hl7::{self, AckCode, AckError, Header};
+use crate::hl7::{self, AckCode, Header};
 use crate::journal::{Committed, Incoming, Journal, JournalError, Status};
 use crate::mllp::codec::{MllpCodec, MllpError, KEPT_BYTES};
 use crate::mllp::tls::{PeerNet, ServerTlsConfig, TlsFileError};
@@ -626,7 +626,7 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
     // A frame that is not a well-formed batch is assessed as one message
     // (it has no MSH first, so it gets AR naming that).
     let (batch, messages) = match batch_envelope(&frame) {
-        Some(envelope) => match split_batch_bytes(&frame) {
+        Some(envelope) => match hl7::split_batch_bytes(&frame) {
             Some(messages) => (Some(envelope), messages),
             None => (None, vec![frame.clone()]),
         },
@@ -860,21 +860,10 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
                 status: Status::Rejected,
                 ack_code: Some(code.as_str().to_string()),
                 ack,
-                error: Some(describe(&rejection.error)),
+                error: Some(rejection.error.summary()),
                 raw,
             }
         }
-    }
-}
-
-/// The ERR content as one line for the journal: `MSH-9: message type missing (101)`.
-fn describe(error: &AckError) -> String {
-    match (&error.segment, error.field) {
-        (Some(segment), Some(field)) => {
-            format!("{segment}-{field}: {} ({})", error.text, error.code)
-        }
-        (Some(segment), None) => format!("{segment}: {} ({})", error.text, error.code),
-        _ => format!("{} ({})", error.text, error.code),
     }
 }
 
@@ -967,44 +956,6 @@ fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
         }
     }
     Some(envelope)
-}
-
-/// Splits a batch frame into its messages, each an exact slice of the frame
-/// when it is UTF-8 (as most are), else the decoded UTF-8 text of each.
-fn split_batch_bytes(frame: &Bytes) -> Option<Vec<Bytes>> {
-    match std::str::from_utf8(frame) {
-        Ok(text) => {
-            let parts = hl7::split_batch(text).ok()?;
-            Some(
-                parts
-                    .into_iter()
-                    .map(|p| subslice(frame, p.as_bytes()))
-                    .collect(),
-            )
-        }
-        Err(_) => {
-            let text = hl7::decode(frame).ok()?;
-            let parts = hl7::split_batch(&text).ok()?;
-            Some(
-                parts
-                    .into_iter()
-                    .map(|p| Bytes::copy_from_slice(p.as_bytes()))
-                    .collect(),
-            )
-        }
-    }
-}
-
-/// `part` as a zero-copy slice of `frame` when it lies inside it, else a copy.
-fn subslice(frame: &Bytes, part: &[u8]) -> Bytes {
-    let start = frame.as_ptr() as usize;
-    let end = start + frame.len();
-    let p = part.as_ptr() as usize;
-    if !part.is_empty() && p >= start && p + part.len() <= end {
-        frame.slice_ref(part)
-    } else {
-        Bytes::copy_from_slice(part)
-    }
 }
 
 /// The batch ACK: `[FHS] BHS`, each message's ACK in order, `BTS` `[FTS]`.
