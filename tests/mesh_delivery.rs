@@ -427,6 +427,64 @@ fn a_bundle_in_junctions_inbox_is_acknowledged_and_stored() {
 }
 
 #[test]
+fn hl7_results_in_junctions_inbox_are_mapped_and_stored_and_never_sent_on() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(
+        dir.path(),
+        &EngineSetup {
+            sandbox_url: &sandbox.url,
+            ..EngineSetup::default()
+        },
+    );
+    // A neighbouring trust's lab sends an ORU^R01 to Junction's mailbox.
+    let sample = harness::repo_root().join("samples/oru_r01_fbc_ue.hl7");
+    mesh::send(&sandbox.url, HWE, JUNCTION, &sample);
+    let row = wait_for(&engine, "the message journaled", || {
+        engine
+            .messages_with_control_id("WP26112016254400123")
+            .into_iter()
+            .next()
+    });
+    assert_eq!(row["listener"], "mesh_inbox");
+    assert_eq!(row["type"], "ORU^R01");
+    assert_eq!(row["status"], "accepted");
+    // Mapped by the route for that source (the shipped mesh.toml) into the
+    // store only: lab.toml's routes take listeners' messages, so neither the
+    // FHIR endpoint nor a neighbour's mailbox gets it.
+    let stored = wait_for(&engine, "the store delivery", || {
+        let rows = deliveries(&engine, "store");
+        delivered(&rows).then_some(rows)
+    });
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["routes"][0], "mesh_results_to_store");
+    for elsewhere in ["fhir_lab", "mesh_hwe", "mesh_blmk"] {
+        assert!(deliveries(&engine, elsewhere).is_empty(), "{elsewhere}");
+    }
+    // A clinician reads the results from the care record.
+    let token = cli(&engine, &["token", "add", "mesh-hl7", "--role", "clinical"]);
+    let (status, body) = get_with_token(
+        &engine,
+        "/fhir/Patient?identifier=https://fhir.nhs.uk/Id/nhs-number%7C9990000018",
+        token.trim(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let found: Value = serde_json::from_str(&body).unwrap();
+    let patient = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = get_with_token(
+        &engine,
+        &format!("/fhir/Observation?patient={patient}&category=laboratory"),
+        token.trim(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let results: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(results["total"], 19, "{body}");
+}
+
+#[test]
 fn an_objecting_patient_never_reaches_the_neighbour() {
     let sandbox = Sandbox::start();
     let dir = tempfile::tempdir().unwrap();

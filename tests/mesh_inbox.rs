@@ -137,12 +137,15 @@ async fn documents_are_journaled_then_acknowledged() {
         JUNCTION,
         &write(dir.path(), "b.json", &second_body),
     );
-    let hl7 = std::fs::read(harness::repo_root().join("samples/adt_a01_admission.hl7")).unwrap();
+    // neither a Bundle nor HL7 v2 (a CDA document)
+    let cda =
+        b"<ClinicalDocument xmlns=\"urn:hl7-org:v3\"><title>Discharge</title></ClinicalDocument>"
+            .to_vec();
     let not_a_bundle = mesh::send(
         &sandbox.url,
         NEIGHBOUR,
         JUNCTION,
-        &write(dir.path(), "c.hl7", &hl7),
+        &write(dir.path(), "c.xml", &cda),
     );
     let report = sandbox.add_report(JUNCTION, "20261120093000000000_ABCDEF", "14");
     assert_eq!(mesh::inbox(&sandbox.url, JUNCTION).len(), 4);
@@ -183,10 +186,13 @@ async fn documents_are_journaled_then_acknowledged() {
     // Not a Bundle: kept, rejected, with the reason (and no content in it).
     let (summary, raw, error) = row(&journal, &not_a_bundle).await;
     assert_eq!(summary.status, "rejected");
-    assert_eq!(raw, hl7);
+    assert_eq!(raw, cda);
     let error = error.unwrap();
-    assert!(error.contains("is not a FHIR Bundle: not JSON"), "{error}");
-    assert!(!error.contains("MSH"), "{error}");
+    assert!(
+        error.contains("is neither HL7 v2 nor a FHIR Bundle: not JSON"),
+        "{error}"
+    );
+    assert!(!error.contains("Discharge"), "{error}");
     // The report: journaled as such, with its MESH metadata.
     let (summary, raw, error) = row(&journal, &report).await;
     assert_eq!(summary.message_type, "MESH^REPORT");
@@ -222,6 +228,116 @@ async fn documents_are_journaled_then_acknowledged() {
     assert_eq!(again, PollSummary::default());
     let all = journal.search(MessageQuery::default()).await.unwrap();
     assert_eq!(all.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hl7_v2_arrives_as_its_messages_and_a_resend_is_a_duplicate() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let oru = std::fs::read(harness::repo_root().join("samples/oru_r01_fbc_ue.hl7")).unwrap();
+    let single = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "oru.hl7", &oru),
+    );
+    // a batch of two results and one message with no MSH-9, LF line endings
+    let batch = "FHS|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500\n\
+                 BHS|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500\n\
+                 MSH|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500||ORU^R01^ORU_R01|RRV-B1|P|2.5.1\n\
+                 PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\n\
+                 OBR|1||F1|26604007^FBC^SCT\n\
+                 OBX|1|NM|HB^Haemoglobin^L||131|g/L|||||F\n\
+                 MSH|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500|||RRV-B2|P|2.5.1\n\
+                 PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\n\
+                 MSH|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500||ORU^R01^ORU_R01|RRV-B3|P|2.5.1\n\
+                 PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\n\
+                 BTS|3\nFTS|1\n";
+    let batched = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "batch.hl7", batch.as_bytes()),
+    );
+    // the lab sends the first message again, in a new MESH message
+    let again = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "oru-again.hl7", &oru),
+    );
+    let journal = journal(dir.path());
+    let events = EventBus::default();
+    let mut sub = events.subscribe();
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &events);
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        summary,
+        PollSummary {
+            listed: 3,
+            accepted: 2,
+            duplicates: 1,
+            acknowledged: 3,
+            ..PollSummary::default()
+        }
+    );
+    assert!(mesh::inbox(&sandbox.url, JUNCTION).is_empty());
+
+    // The message: a row as an MLLP listener makes it, under the source id.
+    let (summary, raw, error) = row(&journal, "WP26112016254400123").await;
+    assert_eq!(summary.listener, SOURCE);
+    assert_eq!(summary.sender, "WINPATH^RAL^RAL^ODS");
+    assert_eq!(summary.message_type, "ORU^R01");
+    assert_eq!(summary.status, "accepted");
+    assert_eq!(raw, oru, "journaled byte for byte");
+    assert_eq!(error, None);
+    // The batch: a row per message; the one without a type rejected, kept,
+    // and named by the MESH message id and its place.
+    for control_id in ["RRV-B1", "RRV-B3"] {
+        let (summary, raw, _) = row(&journal, control_id).await;
+        assert_eq!(
+            (summary.sender.as_str(), summary.status.as_str()),
+            ("LIMS^RRV", "accepted")
+        );
+        assert!(raw.starts_with(b"MSH|") && !raw.windows(3).any(|w| w == b"BTS"));
+    }
+    let (summary, raw, error) = row(&journal, &format!("{batched}/2")).await;
+    assert_eq!(summary.status, "rejected");
+    assert_eq!(summary.sender, NEIGHBOUR);
+    assert!(
+        raw.ends_with(b"SMITH^MARGARET\n"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let error = error.unwrap();
+    assert!(
+        error.contains("message 2 of the batch") && error.contains("MSH-9"),
+        "{error}"
+    );
+    assert!(!error.contains("SMITH"), "{error}");
+    // Four rows in all: the resend added none.
+    let all = journal.search(MessageQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 4, "{all:?}");
+    let outcomes: Vec<(String, String)> = events_of(&mut sub)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::MeshReceived(m) => Some((m.message_id, m.outcome)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        outcomes.contains(&(single, "accepted".into())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&(batched, "accepted".into())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&(again, "duplicate".into())),
+        "{outcomes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

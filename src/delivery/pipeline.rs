@@ -12,7 +12,9 @@
 //! `[sources.<id>]` (a MESH inbox) are already documents (FHIR Bundle JSON):
 //! routed with `Origin::Source`, the journaled message type (`MESH^<workflow
 //! id>`) and sender (the sending mailbox); passthrough routes (no mapping)
-//! queue them as received.
+//! queue them as received. A source's row that is HL7 v2 (a lab's results
+//! sent over MESH; `hl7::looks_like_hl7`) is routed as a listener's is, with
+//! `Origin::Source`, so routes naming that source and a mapping take it.
 //!
 //! It does not deliver (the schedulers do) and logs no message content:
 //! errors go to the journal's routing row, events carry ids only.
@@ -229,10 +231,15 @@ impl Router {
 
     /// [`Self::route`] without the application acknowledgement.
     fn route_only(&self, message: &PendingMessage, replay: bool, at_ms: i64) -> Routed {
-        let result = if self.sources.contains(&message.listener) {
-            self.route_document(message)
+        // A source's row is a document (a FHIR Bundle), or HL7 v2 that came
+        // through the source (a lab's results over MESH): routed as HL7 then,
+        // by its header, from that source.
+        let result = if !self.sources.contains(&message.listener) {
+            self.route_hl7(message, Origin::Listener(&message.listener))
+        } else if crate::hl7::looks_like_hl7(&message.raw) {
+            self.route_hl7(message, Origin::Source(&message.listener))
         } else {
-            self.route_hl7(message)
+            self.route_document(message)
         };
         let at = events::now();
         let mut event = RoutingEvent {
@@ -304,8 +311,13 @@ impl Router {
         }
     }
 
-    /// An HL7 v2 message from a listener: parse, select, map per group.
-    fn route_hl7(&self, message: &PendingMessage) -> Result<Documents, Failure> {
+    /// An HL7 v2 message from a listener or a source: parse, select, map per
+    /// group.
+    fn route_hl7(
+        &self,
+        message: &PendingMessage,
+        origin: Origin<'_>,
+    ) -> Result<Documents, Failure> {
         let text = crate::hl7::decode(&message.raw)
             .map_err(|e| Failure::new("parse", format!("cannot decode the message: {e}")))?;
         let parsed = crate::hl7::Message::parse(&text)
@@ -313,7 +325,7 @@ impl Router {
         let header = parsed
             .header()
             .map_err(|e| Failure::new("parse", format!("the message header is unusable: {e}")))?;
-        let input = RouteInput::from_header(&header, Origin::Listener(&message.listener));
+        let input = RouteInput::from_header(&header, origin);
         let selection = self.routes.select(&input);
         let matched: Vec<String> = selection.routes().map(|r| r.id().to_string()).collect();
         let mut deliveries = Vec::new();
@@ -334,8 +346,8 @@ impl Router {
                 return Err(fail(
                     "map",
                     format!(
-                        "route `{}` has no mapping, but a message from listener `{}` is HL7 v2 \
-                         and needs one to become a document",
+                        "route `{}` has no mapping, but the message from `{}` is HL7 v2 and \
+                         needs one to become a document",
                         route_ids().join("`, `"),
                         message.listener
                     ),

@@ -4,7 +4,7 @@
 //! ```toml
 //! [routes.adt_to_store]
 //! description = "every ADT event into the local care record"
-//! listeners = ["pas"]                 # or sources = ["mesh_inbox"]; neither = any
+//! listeners = ["pas"]                 # or sources = ["mesh_inbox"]; neither = any listener
 //! messages = ["ADT^*"]                # CODE^TRIGGER, `*` for any part
 //! sending_facilities = ["RAL01"]      # MSH-4; also sending_applications (MSH-3)
 //! when = "patient.gp_practice | lookup(practice_ics) = 'HWE'"   # on the document
@@ -284,8 +284,12 @@ impl Route {
         let origin_ok = match input.origin {
             // A dry run maps HL7; passthrough routes take documents from sources only.
             Origin::Unknown => !self.is_passthrough(),
-            _ if self.listeners.is_empty() && self.sources.is_empty() => true,
+            // no origin named: every listener (never a source)
+            Origin::Listener(_) if self.listeners.is_empty() && self.sources.is_empty() => true,
             Origin::Listener(id) => self.listeners.iter().any(|l| l.value == id),
+            // What a source brings (a neighbour's documents, HL7 a lab sent over
+            // MESH) goes only where a route names that source: a catch-all route
+            // must not send it on, back to the ICS it came from, say.
             Origin::Source(id) => self.sources.iter().any(|s| s.value == id),
         };
         origin_ok

@@ -179,10 +179,11 @@ fn selection_by_origin_type_trigger_wildcard_and_facility() {
         input(Origin::Listener("lab"), "ORU^R01", "RAL^RAL^ODS"),
         "oru_r01: lab; provenance: audit_everything",
     );
+    // A source's messages go only where a route names it (not audit_everything).
     check_select(
         &s,
         input(Origin::Source("mesh_inbox"), "ORU^R01", " ral "),
-        "oru_r01: lab; provenance: audit_everything",
+        "oru_r01: lab",
     );
     // Wrong facility, wrong origin kind (a listener named like the source).
     check_select(
@@ -575,7 +576,8 @@ expect = ["store", "store"]
         .collect();
     assert_eq!(
         got[0],
-        "DIR/r.toml / wrong expectation: FAILED: expected `mesh_hwe`, `store`, got `store`"
+        "DIR/r.toml / wrong expectation: FAILED: expected `mesh_hwe`, `store`, got nothing \
+         (unrouted)"
     );
     assert!(
         got[1].starts_with("DIR/r.toml / missing file: FAILED: cannot read DIR/absent.hl7: "),
@@ -655,8 +657,8 @@ destinations = ["store"]
         (from_mesh.message_code, from_mesh.trigger),
         ("MESH", "TOC_FHIR_DISCHARGE")
     );
-    // Passthrough first (file order), then the catch-all mapped route.
-    check_select(&s, from_mesh, ": mesh_in; adt: adt");
+    // Only the route naming the source: the catch-all takes listeners' messages.
+    check_select(&s, from_mesh, ": mesh_in");
     assert!(s
         .select(&from_mesh)
         .groups()

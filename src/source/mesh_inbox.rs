@@ -10,7 +10,8 @@
 //! | downloaded | journal row | |
 //! |---|---|---|
 //! | `DATA` whose body is a JSON FHIR Bundle | `accepted`: listener = source id, sender = `mex-From`, control id = MESH message id, type `MESH^<workflow id>`, raw = the body | the pipeline routes it (passthrough routes) |
-//! | `DATA` that is not a Bundle | `rejected`, raw = the body, error says why | kept for inspection |
+//! | `DATA` that is HL7 v2 (`MSH`, or an `FHS`/`BHS` batch) | a row per message, as an MLLP listener makes it: listener = source id, sender = MSH-3^MSH-4, control id = MSH-10, type = MSH-9, raw = that message's bytes; `accepted`, or `rejected` with the reason when its header is unusable (then sender = `mex-From`, control id = the MESH message id, `/<n>` in a batch) | the pipeline routes each by its header, through routes naming this source |
+//! | `DATA` that is neither | `rejected`, raw = the body, error says why | kept for inspection |
 //! | `REPORT` (a MESH delivery report on something we sent) | `rejected` (not a document), type `MESH^REPORT`, error = linked message id, status code and description | logged: warning when the code is not `00` |
 //!
 //! What it does not do: route or deliver (the pipeline reads accepted rows
@@ -30,8 +31,11 @@
 //! - Acknowledge only after the journal commit returned (durable).
 //! - Re-downloading a message journaled before (a crash between commit and
 //!   acknowledge, or an acknowledge that failed) adds no row: an accepted
-//!   document is a duplicate by (sender, control id) in the journal; a
+//!   document or HL7 message is a duplicate by (sender, control id) in the
+//!   journal (an HL7 message sent again in another MESH message too); a
 //!   rejected one or a report is looked up first. It is then acknowledged.
+//! - All the rows of one MESH message are committed together, before it is
+//!   acknowledged.
 //! - Stop is graceful: checked between messages, never in the middle of one.
 //! - No document content in logs or events; REPORT fields are MESH metadata.
 
@@ -43,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::delivery::SourceConfig;
+use crate::hl7;
 use crate::journal::{Committed, Incoming, Journal, JournalError, MessageQuery, Status};
 use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, MessageId, MessageType, Received};
 use crate::telemetry::events::{self, Event, EventBus, MeshEvent};
@@ -133,11 +138,13 @@ impl MeshInboxError {
 pub struct PollSummary {
     /// Message ids the inbox listed.
     pub listed: usize,
-    /// Bundles journaled as accepted documents.
+    /// Messages journaled as accepted: Bundles, or HL7 v2 of which at least
+    /// one message was new and accepted.
     pub accepted: usize,
     /// Messages journaled before (re-downloaded), acknowledged now.
     pub duplicates: usize,
-    /// Bodies that are not a FHIR Bundle, journaled as rejected.
+    /// Bodies that are neither a FHIR Bundle nor usable HL7 v2, journaled as
+    /// rejected.
     pub rejected: usize,
     /// MESH REPORT messages journaled.
     pub reports: usize,
@@ -411,8 +418,9 @@ impl MeshInbox {
             }
         };
         let headers = &received.headers;
-        let (row, outcome) = self.journal_row(message_id, &received);
-        let size = row.raw.len();
+        let (rows, outcome) = self.journal_rows(message_id, &received);
+        let messages = rows.len();
+        let size = received.body.len();
         let journal_err = |error| MeshInboxError::Journal {
             source_id: self.id.clone(),
             message_id: message_id.to_string(),
@@ -420,26 +428,57 @@ impl MeshInbox {
         };
         // An accepted row is deduplicated by the journal itself; a rejected
         // row or a report is not, so look for an earlier one first.
-        let earlier = if outcome == Outcome::Accepted {
-            None
-        } else {
-            self.journaled_before(&row.sender, &row.control_id)
+        let mut fresh = Vec::with_capacity(rows.len());
+        let mut before = Vec::new();
+        for row in rows {
+            if row.status == Status::Accepted {
+                fresh.push(row);
+                continue;
+            }
+            match self
+                .journaled_before(&row.sender, &row.control_id)
                 .await
                 .map_err(journal_err)?
-        };
-        let (journal_id, outcome) = match earlier {
-            Some(id) => (id, Outcome::Duplicate),
-            None => {
-                let committed = self.journal.commit(vec![row]).await.map_err(journal_err)?;
-                match committed.first() {
-                    Some(Committed::Stored { id }) => (*id, outcome),
-                    Some(Committed::Duplicate { id, .. }) => (*id, Outcome::Duplicate),
-                    // The journal answers once per row given; one was given.
-                    None => {
-                        return Err(journal_err(JournalError::WriterStopped));
-                    }
-                }
+            {
+                Some(id) => before.push(id),
+                None => fresh.push(row),
             }
+        }
+        let fresh_accepted: Vec<bool> = fresh
+            .iter()
+            .map(|row| row.status == Status::Accepted)
+            .collect();
+        let committed = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            self.journal.commit(fresh).await.map_err(journal_err)?
+        };
+        // The journal answers once per row given.
+        if committed.len() != fresh_accepted.len() {
+            return Err(journal_err(JournalError::WriterStopped));
+        }
+        let stored: Vec<(i64, bool)> = committed
+            .iter()
+            .zip(&fresh_accepted)
+            .filter_map(|(c, accepted)| match c {
+                Committed::Stored { id } => Some((*id, *accepted)),
+                Committed::Duplicate { .. } => None,
+            })
+            .collect();
+        let journal_id = stored
+            .first()
+            .map(|(id, _)| *id)
+            .or_else(|| committed.first().map(Committed::id))
+            .or_else(|| before.first().copied())
+            .unwrap_or_default();
+        // Nothing new: a re-download. Something new and accepted: accepted
+        // (a batch may hold rejected messages too: each has its own row).
+        let outcome = if stored.is_empty() {
+            Outcome::Duplicate
+        } else if stored.iter().any(|(_, accepted)| *accepted) {
+            Outcome::Accepted
+        } else {
+            outcome
         };
         self.count(outcome);
         let event = MeshEvent {
@@ -456,7 +495,7 @@ impl MeshInbox {
             self.log_report(&received);
         } else {
             info!(source = %self.id, message_id = %message_id, from = %headers.from,
-                workflow = %headers.workflow_id, journal_id, bytes = size,
+                workflow = %headers.workflow_id, journal_id, bytes = size, messages,
                 chunks = headers.chunk_count, outcome = outcome.as_str(), "mesh message received");
         }
         self.events.publish(Event::MeshReceived(event.clone()));
@@ -479,8 +518,13 @@ impl MeshInbox {
         Ok(Some(outcome))
     }
 
-    /// The journal row for a downloaded message and how it is classified.
-    fn journal_row(&self, message_id: &MessageId, received: &Received) -> (Incoming, Outcome) {
+    /// The journal rows for a downloaded message and how it is classified:
+    /// one row, or one per HL7 v2 message of a body that is HL7.
+    fn journal_rows(
+        &self,
+        message_id: &MessageId,
+        received: &Received,
+    ) -> (Vec<Incoming>, Outcome) {
         let headers = &received.headers;
         let mut row = Incoming {
             listener: self.id.clone(),
@@ -503,19 +547,22 @@ impl MeshInbox {
                 row.error = Some(report_text(received));
                 Outcome::Report
             }
+            MessageType::Data | MessageType::Other(_) if hl7::looks_like_hl7(&received.body) => {
+                return hl7_rows(row, &received.body);
+            }
             MessageType::Data | MessageType::Other(_) => match bundle_problem(&received.body) {
                 None => Outcome::Accepted,
                 Some(problem) => {
                     row.status = Status::Rejected;
                     row.error = Some(format!(
-                        "mesh message from `{}` is not a FHIR Bundle: {problem}",
+                        "mesh message from `{}` is neither HL7 v2 nor a FHIR Bundle: {problem}",
                         headers.from
                     ));
                     Outcome::Rejected
                 }
             },
         };
-        (row, outcome)
+        (vec![row], outcome)
     }
 
     /// The id of a row this source journaled earlier for (sender, control id).
@@ -575,6 +622,65 @@ impl MeshInbox {
 /// Messages handled so far in a poll (for the "stopping" log line).
 fn summary_done(s: &PollSummary) -> usize {
     s.accepted + s.duplicates + s.rejected + s.reports + s.gone + s.failed
+}
+
+/// The rows of an HL7 v2 body (one message, or a batch of them), each like
+/// a message an MLLP listener journals: sender (MSH-3^MSH-4), control id
+/// (MSH-10), type and version from its header, so a re-download, or the same
+/// message sent again in another MESH message, is a duplicate. A message
+/// whose header is unusable is rejected with the reason, keyed by the MESH
+/// message id (`<id>/<n>` in a batch) and the sending mailbox from `template`.
+/// Accepted when any message is.
+fn hl7_rows(template: Incoming, body: &bytes::Bytes) -> (Vec<Incoming>, Outcome) {
+    let parts = hl7::split_batch_bytes(body)
+        .filter(|parts| !parts.is_empty())
+        .unwrap_or_else(|| vec![body.clone()]);
+    let many = parts.len() > 1;
+    let mut outcome = Outcome::Rejected;
+    let rows = parts
+        .into_iter()
+        .enumerate()
+        .map(|(k, raw)| match hl7::assess(&raw) {
+            Ok(header) => {
+                outcome = Outcome::Accepted;
+                Incoming {
+                    sender: header.sender(),
+                    control_id: header.control_id.clone(),
+                    message_type: header.message_type(),
+                    version: header.version.clone(),
+                    raw,
+                    ..template.clone()
+                }
+            }
+            Err(rejection) => {
+                let header = rejection.header.as_ref();
+                let (control_id, which) = if many {
+                    (
+                        format!("{}/{}", template.control_id, k + 1),
+                        format!(" (message {} of the batch)", k + 1),
+                    )
+                } else {
+                    (template.control_id.clone(), String::new())
+                };
+                Incoming {
+                    control_id,
+                    message_type: header
+                        .map(hl7::Header::message_type)
+                        .unwrap_or_else(|| template.message_type.clone()),
+                    version: header.map(|h| h.version.clone()).unwrap_or_default(),
+                    status: Status::Rejected,
+                    error: Some(format!(
+                        "HL7 v2 from mesh mailbox `{}`{which}: {}",
+                        template.sender,
+                        rejection.error.summary()
+                    )),
+                    raw,
+                    ..template.clone()
+                }
+            }
+        })
+        .collect();
+    (rows, outcome)
 }
 
 /// The journal's error text for a REPORT.
@@ -639,6 +745,75 @@ mod tests {
             expected,
             "{body}"
         );
+    }
+
+    fn template() -> Incoming {
+        Incoming {
+            listener: "mesh_inbox".into(),
+            peer: "mesh:X26ABC2".into(),
+            received_at: jiff::Timestamp::now(),
+            sender: "X26ABC2".into(),
+            control_id: "20261123_MESHID".into(),
+            message_type: "MESH^LAB_RESULTS".into(),
+            version: String::new(),
+            status: Status::Accepted,
+            ack_code: None,
+            ack: None,
+            error: None,
+            raw: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn hl7_bodies_become_a_row_per_message() {
+        let one = bytes::Bytes::from_static(
+            b"MSH|^~\\&|LIMS|RAL|JUNCTION|LCR|20261123||ORU^R01|LAB1|P|2.4\rPID|1\r",
+        );
+        let (rows, outcome) = hl7_rows(template(), &one);
+        assert_eq!(outcome, Outcome::Accepted);
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(
+            (
+                row.sender.as_str(),
+                row.control_id.as_str(),
+                row.message_type.as_str()
+            ),
+            ("LIMS^RAL", "LAB1", "ORU^R01")
+        );
+        assert_eq!(
+            (row.listener.as_str(), row.peer.as_str()),
+            ("mesh_inbox", "mesh:X26ABC2")
+        );
+        assert_eq!(row.raw, one);
+        assert_eq!(row.version, "2.4");
+
+        // a batch: each message its own row; one without MSH-9 is rejected,
+        // keyed by the MESH message id and its place in the batch
+        let batch = bytes::Bytes::from_static(
+            b"BHS|^~\\&|LIMS|RAL\rMSH|^~\\&|LIMS|RAL|||20261123||ORU^R01|LAB2|P|2.4\rPID|1\r\
+              MSH|^~\\&|LIMS|RAL|||20261123|||LAB3|P|2.4\rPID|1\rBTS|2\r",
+        );
+        let (rows, outcome) = hl7_rows(template(), &batch);
+        assert_eq!(outcome, Outcome::Accepted);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].status, Status::Accepted);
+        assert_eq!(rows[0].control_id, "LAB2");
+        assert_eq!(rows[1].status, Status::Rejected);
+        assert_eq!(rows[1].control_id, "20261123_MESHID/2");
+        assert_eq!(rows[1].sender, "X26ABC2");
+        let error = rows[1].error.as_deref().unwrap();
+        assert!(error.contains("message 2 of the batch"), "{error}");
+        assert!(error.contains("MSH-9"), "{error}");
+        assert!(!error.contains("PID"), "no content: {error}");
+
+        // one broken message alone: rejected, keyed by the MESH message id
+        let broken = bytes::Bytes::from_static(b"MSH|^~\\&|not a message");
+        let (rows, outcome) = hl7_rows(template(), &broken);
+        assert_eq!(outcome, Outcome::Rejected);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].control_id, "20261123_MESHID");
+        assert_eq!(rows[0].raw, broken);
     }
 
     #[test]

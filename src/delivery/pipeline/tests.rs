@@ -132,7 +132,7 @@ fn documents_from_a_source_must_be_bundles() {
         &["inbox"],
         &["sink"],
     );
-    let not_json = router.route(&message(5, "inbox", "MSH|^~\\&|"), false, 0);
+    let not_json = router.route(&message(5, "inbox", "<ClinicalDocument/>"), false, 0);
     assert_eq!(not_json.routing.outcome, RoutingOutcome::Failed);
     assert!(not_json.routing.error.unwrap().contains("not JSON"));
     let not_bundle = router.route(
@@ -150,6 +150,36 @@ fn documents_from_a_source_must_be_bundles() {
     let mapped = router.route(&message(7, "inbox", bundle), false, 0);
     assert_eq!(mapped.routing.outcome, RoutingOutcome::Failed);
     assert!(mapped.routing.error.unwrap().contains("already FHIR"));
+}
+
+#[test]
+fn hl7_from_a_source_is_mapped_by_the_routes_for_that_source() {
+    let router = router(
+        "[routes.mesh_adt]\nsources = [\"inbox\"]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"sink\"]\n\
+         [routes.pas_adt]\nlisteners = [\"pas\"]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"other\"]\n\
+         [routes.mesh_docs]\nsources = [\"inbox\"]\nmessages = [\"MESH^*\"]\ndestinations = [\"other\"]\n",
+        &["inbox"],
+        &["sink", "other"],
+    );
+    // (as the MESH inbox journals it: with a byte order mark, say)
+    let raw = format!("\u{feff}{}", a01("M1", 2));
+    let routed = router.route(&message(9, "inbox", &raw), false, 0);
+    assert_eq!(
+        routed.routing.outcome,
+        RoutingOutcome::Routed,
+        "{:?}",
+        routed.routing.error
+    );
+    assert_eq!(routed.routing.routes, vec!["mesh_adt"]);
+    let d = &routed.routing.deliveries;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].destination, "sink");
+    let doc: Json = serde_json::from_slice(&d[0].document).unwrap();
+    assert_eq!(doc["resourceType"], "Bundle");
+    assert_eq!(d[0].nhs_numbers, vec![nhs_number(2)]);
+    // The same message from the listener takes the listener's route.
+    let routed = router.route(&message(10, "pas", &a01("M1", 2)), false, 0);
+    assert_eq!(routed.routing.routes, vec!["pas_adt"]);
 }
 
 #[test]
