@@ -245,6 +245,34 @@ async fn duplicate_resend_gets_identical_ack_and_one_row() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_control_id_is_answered_as_a_resend_and_its_message_kept() {
+    let fx = start().await;
+    let message = a01_with_control_id("REUSED01");
+    let mut stream = connect(fx.addr).await;
+    let ack1 = send(&mut stream, &message).await;
+    // Another patient's admission under the same MSH-10 (the sender's counter
+    // started again after a restart)
+    let other = String::from_utf8(message.clone())
+        .unwrap()
+        .replacen("PID|1||", "PID|1||7654321^^^RAL^MR~", 1)
+        .into_bytes();
+    assert_ne!(other, message);
+    let ack2 = send(&mut stream, &other).await;
+    assert_eq!(ack1, ack2, "answered as the resend DESIGN.md says it is");
+    let rows = search(&fx.engine, |q| q.control_id = Some("REUSED01".into())).await;
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["rejected", "accepted"], "{rows:?}");
+    let kept = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
+    assert!(
+        kept.error.as_deref().unwrap().contains("content differs"),
+        "{kept:?}"
+    );
+    let raw = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(raw, other, "its bytes kept as received");
+    fx.engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_msh_gets_ar_with_err_and_the_connection_stays_open() {
     let fx = start().await;
     let bad = bad_input("no_msh.hl7");

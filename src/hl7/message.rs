@@ -346,9 +346,78 @@ pub(crate) fn bad_line(text: &str, consumed: usize, index: usize) -> Option<Hl7E
     })
 }
 
+/// Whether `a` and `b`, as received, are the same message apart from how
+/// their segments end (`\r`, `\r\n`, `\n`), trailing white space, and MSH-7
+/// (the time of the message, which some senders set anew when they resend).
+/// Bytes are compared as they are: the same text in another character set
+/// counts as different.
+pub fn same_message(a: &[u8], b: &[u8]) -> bool {
+    fn segments(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+        raw.split(|&b| b == b'\r' || b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|s| !s.is_empty())
+    }
+    /// MSH without its field 7: the prefix up to the sixth field separator
+    /// after the name, and what follows the seventh.
+    fn without_msh_7(segment: &[u8]) -> (&[u8], &[u8]) {
+        let Some(&sep) = segment.get(3).filter(|_| segment.starts_with(b"MSH")) else {
+            return (segment, &[]);
+        };
+        let seps: Vec<usize> = segment
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == sep)
+            .map(|(i, _)| i)
+            .take(7)
+            .collect();
+        match (seps.get(5), seps.get(6)) {
+            (Some(&start), Some(&end)) => (&segment[..=start], &segment[end..]),
+            _ => (segment, &[]),
+        }
+    }
+    let mut a = segments(a);
+    let mut b = segments(b);
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if x.starts_with(b"MSH") && y.starts_with(b"MSH") => {
+                if without_msh_7(x) != without_msh_7(y) {
+                    return false;
+                }
+            }
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_message_whatever_its_line_ends_and_msh_7() {
+        let a = b"MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261123101500||ADT^A01|C1|P|2.4\rPID|1||123\r";
+        let crlf =
+            b"MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261123101500||ADT^A01|C1|P|2.4\r\nPID|1||123\r\n";
+        let later = b"MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261123101733||ADT^A01|C1|P|2.4\nPID|1||123";
+        assert!(same_message(a, a));
+        assert!(same_message(a, crlf));
+        assert!(same_message(a, later), "MSH-7 set anew on a resend");
+        let other_patient =
+            b"MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261123101500||ADT^A01|C1|P|2.4\rPID|1||124\r";
+        let other_event =
+            b"MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261123101500||ADT^A08|C1|P|2.4\rPID|1||123\r";
+        let more = b"MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261123101500||ADT^A01|C1|P|2.4\rPID|1||123\rPV1|1|I\r";
+        assert!(!same_message(a, other_patient));
+        assert!(!same_message(a, other_event));
+        assert!(!same_message(a, more));
+        assert!(!same_message(more, a));
+        // short or odd headers compare as they are
+        assert!(same_message(b"MSH|^~\\&|X", b"MSH|^~\\&|X\r"));
+        assert!(!same_message(b"MSH|^~\\&|X", b"MSH|^~\\&|Y"));
+        assert!(same_message(b"", b"\r\n"));
+    }
 
     const ADT: &str = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A01^ADT_A01|MSG0001|P|2.5.1|||AL|NE||8859/1\r\
 EVN|A01|20240501120000\r\

@@ -63,7 +63,7 @@ pub use batch::{looks_like_hl7, split_batch, split_batch_bytes};
 pub use charset::{decode, encode_text, msh18};
 pub use error::Hl7Error;
 pub use escape::{escape, escape_field, unescape};
-pub use message::{Header, Message};
+pub use message::{same_message, Header, Message};
 pub use path::Path;
 pub use tree::{Element, Level, Segment, Separators};
 

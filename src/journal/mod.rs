@@ -26,8 +26,11 @@
 //! - Raw bytes are stored exactly as received (a BLOB, never re-encoded).
 //! - (sender, control id) is unique among accepted messages with a non-empty
 //!   control id (a partial UNIQUE index): a resend gets the stored ACK back
-//!   ([`Committed::Duplicate`]) and is not stored twice. Rejected and garbage
-//!   rows are kept for inspection but take no part in duplicate detection.
+//!   ([`Committed::Duplicate`]) and is not stored twice. A "resend" whose
+//!   content differs (`hl7::same_message`: a sender reusing control ids) is
+//!   answered the same way and not processed, but its bytes are kept as a
+//!   rejected row saying so. Rejected and garbage rows are kept for
+//!   inspection but take no part in duplicate detection.
 //! - The stored ACK is byte for byte the ACK that was (or will be) sent.
 //! - The request channel is bounded ([`QUEUE_DEPTH`]): when the disk is slower
 //!   than the senders, `commit` waits, and so do the senders for their ACKs.
@@ -263,6 +266,10 @@ pub enum Committed {
         id: i64,
         ack_code: Option<String>,
         ack: Option<String>,
+        /// When the resend's content differs from the original's (apart from
+        /// line ends and MSH-7: [`crate::hl7::same_message`]), the id of the
+        /// rejected row that keeps its bytes.
+        differing: Option<i64>,
     },
 }
 

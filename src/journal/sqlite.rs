@@ -47,7 +47,7 @@ CREATE UNIQUE INDEX messages_accepted_sender_control_id
 CREATE INDEX messages_control_id ON messages (control_id);
 ";
 
-const FIND_ACCEPTED: &str = "SELECT id, ack_code, ack FROM messages
+const FIND_ACCEPTED: &str = "SELECT id, ack_code, ack, raw FROM messages
      WHERE sender = ?1 AND control_id = ?2 AND status = 'accepted' AND control_id <> ''";
 
 /// Inserts a row unless it is an accepted resend (the partial UNIQUE index):
@@ -297,12 +297,44 @@ fn write_one(
         });
     }
     // Only an accepted message with a control id can conflict: a resend.
-    find.query_row(params![item.sender, item.control_id], |row| {
-        Ok(Committed::Duplicate {
-            id: row.get(0)?,
-            ack_code: row.get(1)?,
-            ack: row.get(2)?,
-        })
+    let (id, ack_code, ack, raw): (i64, Option<String>, Option<String>, Vec<u8>) = find
+        .query_row(params![item.sender, item.control_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+    // A "resend" that is another message (a sender whose control ids started
+    // again after a restart, say) is still answered and not processed, as
+    // resends are; its bytes are kept as a rejected row that says so, so it
+    // is seen rather than lost without a trace.
+    let differing = if crate::hl7::same_message(&raw, &item.raw) {
+        None
+    } else {
+        let error = format!(
+            "a resend of message {id} (the same MSH-3/MSH-4 and MSH-10) whose content \
+             differs: not processed, answered with that message's ACK; does the sender \
+             reuse control ids?"
+        );
+        insert.execute(params![
+            item.listener,
+            item.peer,
+            format_timestamp(item.received_at),
+            item.sender,
+            item.control_id,
+            item.message_type,
+            item.version,
+            Status::Rejected.as_str(),
+            ack_code,
+            ack,
+            error,
+            &item.raw[..],
+            item.raw.len() as i64,
+        ])?;
+        Some(tx.last_insert_rowid())
+    };
+    Ok(Committed::Duplicate {
+        id,
+        ack_code,
+        ack,
+        differing,
     })
 }
 

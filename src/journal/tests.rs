@@ -109,6 +109,7 @@ async fn duplicates_get_the_stored_ack_and_are_not_stored_twice() {
             id,
             ack_code: Some("AA".into()),
             ack: Some("first ack".into()),
+            differing: None,
         }]
     );
     // Same control id from another sender is a different message.
@@ -156,7 +157,8 @@ async fn duplicates_get_the_stored_ack_and_are_not_stored_twice() {
         Committed::Duplicate {
             id: stored_id,
             ack_code: Some("AA".into()),
-            ack: Some("a3".into())
+            ack: Some("a3".into()),
+            differing: None,
         }
     );
     // Messages without a control id cannot be told apart: both are stored.
@@ -615,4 +617,66 @@ fn a_failed_commit_holds_until_messages_are_stored_again_or_the_hold_passes() {
     assert!(state.healthy(), "a failure older than the hold");
     state.record(false, false);
     assert!(!state.healthy(), "a new failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_with_other_content_is_answered_as_a_resend_and_kept_as_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let mut first = accepted("PAS^RAL", "C1", "ADT^A01", "the ack");
+    first.raw = Bytes::from_static(
+        b"MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20260101120000||ADT^A01|C1|P|2.4\rPID|1||123\r",
+    );
+    let id = journal.commit(vec![first.clone()]).await.unwrap()[0].id();
+    // the same message sent again, MSH-7 set anew and LF line ends: a resend
+    let mut resend = first.clone();
+    resend.raw = Bytes::from(
+        String::from_utf8(first.raw.to_vec())
+            .unwrap()
+            .replace("20260101120000", "20260101120501")
+            .replace('\r', "\n"),
+    );
+    let again = journal.commit(vec![resend]).await.unwrap();
+    assert!(
+        matches!(again[0], Committed::Duplicate { id: d, differing: None, .. } if d == id),
+        "{again:?}"
+    );
+    // another message under the same control id (the sender's counter started again)
+    let mut other = first.clone();
+    other.raw = Bytes::from(format!(
+        "{}PID|1||OTHER\r",
+        String::from_utf8(first.raw.to_vec()).unwrap()
+    ));
+    let answered = journal.commit(vec![other.clone()]).await.unwrap();
+    let Committed::Duplicate {
+        id: d,
+        ack,
+        differing: Some(kept),
+        ..
+    } = &answered[0]
+    else {
+        panic!("a duplicate with its bytes kept, got {answered:?}");
+    };
+    assert_eq!((*d, ack.as_deref()), (id, Some("the ack")));
+    let detail = journal.get(*kept).await.unwrap().expect("kept");
+    assert_eq!(detail.summary.status, "rejected");
+    assert_eq!(detail.summary.control_id, "C1");
+    let error = detail.error.unwrap();
+    assert!(error.contains(&format!("message {id}")), "{error}");
+    assert!(error.contains("content differs"), "{error}");
+    assert_eq!(
+        journal.raw(*kept).await.unwrap().as_deref(),
+        Some(&other.raw[..])
+    );
+    // and the original is still the one accepted row
+    let accepted_rows = journal
+        .search(MessageQuery {
+            control_id: Some("C1".into()),
+            status: Some("accepted".into()),
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(accepted_rows.len(), 1);
+    assert_eq!(accepted_rows[0].id, id);
 }

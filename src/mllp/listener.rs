@@ -653,8 +653,26 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         let elapsed_us = started.elapsed().as_micros() as u64;
         let (code, ack, duplicate) = match outcome {
             Committed::Stored { .. } => (item.ack_code.take(), item.ack.take(), false),
-            Committed::Duplicate { ack_code, ack, .. } => {
+            Committed::Duplicate {
+                id,
+                ack_code,
+                ack,
+                differing,
+            } => {
                 ctx.counters.duplicates.inc();
+                if let Some(kept) = differing {
+                    ctx.counters.rejected.inc();
+                    warn!(
+                        control_id = %item.control_id,
+                        sender = %item.sender,
+                        size = item.size,
+                        original = id,
+                        kept = kept,
+                        "a resend whose content differs from the original's: answered with \
+                         the original's ACK, not processed, kept as a rejected row \
+                         (does the sender reuse control ids?)"
+                    );
+                }
                 (ack_code.clone(), ack.clone(), true)
             }
         };
