@@ -199,6 +199,24 @@ fn an_hwe_patient_reaches_the_neighbours_inbox_byte_identical() {
     );
     // Nothing went to BLMK.
     assert!(mesh::inbox(&sandbox.url, "X26ABC3").is_empty());
+    // And back: the neighbour's MESH message id finds the message it came from.
+    let (status, body) = engine.get(&format!("/api/messages?remote_ref={remote}"));
+    assert_eq!(status, 200, "{body}");
+    let found: Value = serde_json::from_str(&body).unwrap();
+    let control_ids: Vec<&str> = found["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["control_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(control_ids, ["MESHE2E0001"]);
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["messages", "--remote-ref", &remote, "--api"])
+        .arg(format!("http://{}", engine.api))
+        .output()
+        .expect("run junction messages");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("MESHE2E0001"), "{listed}");
 }
 
 #[test]
@@ -439,7 +457,7 @@ fn hl7_results_in_junctions_inbox_are_mapped_and_stored_and_never_sent_on() {
     );
     // A neighbouring trust's lab sends an ORU^R01 to Junction's mailbox.
     let sample = harness::repo_root().join("samples/oru_r01_fbc_ue.hl7");
-    mesh::send(&sandbox.url, HWE, JUNCTION, &sample);
+    let mesh_id = mesh::send(&sandbox.url, HWE, JUNCTION, &sample);
     let row = wait_for(&engine, "the message journaled", || {
         engine
             .messages_with_control_id("WP26112016254400123")
@@ -449,6 +467,10 @@ fn hl7_results_in_junctions_inbox_are_mapped_and_stored_and_never_sent_on() {
     assert_eq!(row["listener"], "mesh_inbox");
     assert_eq!(row["type"], "ORU^R01");
     assert_eq!(row["status"], "accepted");
+    // found by the MESH message it came in, too
+    let (_, body) = engine.get(&format!("/api/messages?remote_ref={mesh_id}"));
+    let found: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(found["messages"][0]["id"], row["id"], "{body}");
     // Mapped by the route for that source (the shipped mesh.toml) into the
     // store only: lab.toml's routes take listeners' messages, so neither the
     // FHIR endpoint nor a neighbour's mailbox gets it.

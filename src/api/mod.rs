@@ -6,7 +6,7 @@
 //! - `GET /ready`: 200 when the engine says it is ready (listeners bound) and
 //!   the journal is healthy; 503 with the reasons otherwise.
 //! - `GET /metrics`: every metric in the OpenMetrics text format.
-//! - `GET /api/messages?control_id=&sender=&type=&status=&routing=&since=&until=&limit=`:
+//! - `GET /api/messages?control_id=&sender=&type=&status=&routing=&remote_ref=&since=&until=&limit=`:
 //!   newest journaled messages first, as `{"messages":[...]}`; `routing=unrouted`
 //!   lists what no route took; `since` (inclusive) and `until` (exclusive) are
 //!   RFC 3339 times or dates.
@@ -289,6 +289,7 @@ struct SearchParams {
     message_type: Option<String>,
     status: Option<String>,
     routing: Option<String>,
+    remote_ref: Option<String>,
     since: Option<String>,
     until: Option<String>,
     limit: Option<u32>,
@@ -350,6 +351,7 @@ impl SearchParams {
             message_type: self.message_type,
             status: self.status,
             routing: self.routing,
+            remote_ref: self.remote_ref,
             limit: self.limit,
         })
     }

@@ -59,6 +59,11 @@ pub struct Filters {
     /// The latest routing outcome: routed, unrouted or failed.
     #[arg(long)]
     pub routing: Option<String>,
+    /// What a destination called a delivery (the MESH message id a document
+    /// went as), or the MESH message id a document came in as: the message
+    /// behind it.
+    #[arg(long, value_name = "REF")]
+    pub remote_ref: Option<String>,
     /// Received at or after this time (RFC 3339, or a date: midnight UTC).
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
@@ -78,6 +83,7 @@ impl Filters {
             ("type", &self.message_type),
             ("status", &self.status),
             ("routing", &self.routing),
+            ("remote_ref", &self.remote_ref),
             ("since", &self.since),
             ("until", &self.until),
         ]

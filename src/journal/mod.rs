@@ -157,6 +157,9 @@ pub struct MessageQuery {
     /// `ADT^A01`, or just `ADT`.
     #[serde(rename = "type")]
     pub message_type: Option<String>,
+    /// A remote reference: a delivery's (the MESH message id a document was
+    /// sent as), or the MESH message id a source's document came in as.
+    pub remote_ref: Option<String>,
     /// `accepted`, `rejected` or `garbage`.
     pub status: Option<String>,
     /// The latest routing outcome: `routed`, `unrouted` or `failed`.

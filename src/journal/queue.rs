@@ -76,6 +76,16 @@ UPDATE deliveries SET size = length(document);
 UPDATE deliveries SET document = X'' WHERE status = 'delivered';
 ";
 
+/// Version 4: messages found by a remote reference (`MessageQuery::remote_ref`):
+/// deliveries by what the destination called them (the MESH message id a
+/// document went as), and messages from a MESH inbox by the MESH message id
+/// they came in (the end of their peer, `mesh:<mailbox>/<message id>`).
+pub(super) const SCHEMA_V4: &str = "
+CREATE INDEX deliveries_remote_ref ON deliveries (remote_ref) WHERE remote_ref IS NOT NULL;
+CREATE INDEX messages_mesh_message_id ON messages (substr(peer, instr(peer, '/') + 1))
+    WHERE peer LIKE 'mesh:%/%';
+";
+
 /// What routing made of one accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

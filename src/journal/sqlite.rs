@@ -21,8 +21,9 @@ use crate::telemetry::metrics::Metrics;
 
 /// The schema this build writes: version 1 (messages), version 2 (routing
 /// outcomes and the delivery queue, [`super::queue::SCHEMA_V2`]), version 3
-/// (delivered documents dropped, [`super::queue::SCHEMA_V3`]).
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// (delivered documents dropped, [`super::queue::SCHEMA_V3`]), version 4
+/// (deliveries indexed by remote reference, [`super::queue::SCHEMA_V4`]).
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -67,7 +68,12 @@ const SUMMARY_COLUMNS: &str =
 /// Opens the write connection: WAL, the sync policy, the current schema
 /// (see [`crate::db`]).
 pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, JournalError> {
-    let migrations = [SCHEMA_V1, super::queue::SCHEMA_V2, super::queue::SCHEMA_V3];
+    let migrations = [
+        SCHEMA_V1,
+        super::queue::SCHEMA_V2,
+        super::queue::SCHEMA_V3,
+        super::queue::SCHEMA_V4,
+    ];
     debug_assert_eq!(migrations.len() as i64, SCHEMA_VERSION);
     db::open_writer_migrating(path, sync, &migrations).map_err(|problem| match problem {
         OpenProblem::Sqlite(source) => JournalError::Open {
@@ -369,6 +375,19 @@ pub(super) fn search(
     if let Some(v) = non_empty(&q.sender) {
         values.push(v.to_string());
         clauses.push(component_match("sender", v, values.len()));
+    }
+    // a remote reference: what a destination called a delivery (a MESH
+    // message id), or the MESH message a row came in (its peer's end; the
+    // control id of a Bundle journaled before peers named it). Each term has
+    // its index (SCHEMA_V4), as the same expression and condition.
+    if let Some(v) = non_empty(&q.remote_ref) {
+        values.push(v.to_string());
+        let n = values.len();
+        clauses.push(format!(
+            "(id IN (SELECT message_id FROM deliveries WHERE remote_ref = ?{n}) \
+             OR (peer LIKE 'mesh:%/%' AND substr(peer, instr(peer, '/') + 1) = ?{n}) \
+             OR (control_id = ?{n} AND peer LIKE 'mesh:%'))"
+        ));
     }
     if let Some(v) = non_empty(&q.message_type) {
         values.push(v.to_string());

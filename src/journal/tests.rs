@@ -364,7 +364,7 @@ async fn a_version_1_journal_is_upgraded_in_place_and_keeps_its_messages() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, sqlite::SCHEMA_VERSION);
     // The old message is there, not yet routed: the pipeline will take it.
     assert_eq!(journal.routing_cursor().await.unwrap(), 0);
     let pending = journal.accepted_after(0, 10).await.unwrap();
@@ -474,7 +474,7 @@ async fn old_message(
         (Some("delivered"), Some(d)) => Some(QueueOp::Delivered {
             id: d,
             attempts: 1,
-            remote_ref: None,
+            remote_ref: Some(format!("REF-{control_id}")),
             at_ms: 0,
         }),
         (Some("dead"), Some(d)) => Some(QueueOp::Dead {
@@ -679,4 +679,58 @@ async fn a_resend_with_other_content_is_answered_as_a_resend_and_kept_as_rejecte
         .unwrap();
     assert_eq!(accepted_rows.len(), 1);
     assert_eq!(accepted_rows[0].id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_reference_finds_the_message_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    // sent: a delivery the destination called REF-SENT (a MESH message id)
+    let sent = old_message(
+        &journal,
+        "SENT",
+        Status::Accepted,
+        0,
+        Some(Some("delivered")),
+    )
+    .await;
+    // received over MESH: the peer names the mailbox and the MESH message
+    let mesh_row = |control_id: &str, peer: &str| Incoming {
+        peer: peer.into(),
+        ..accepted("WINPATH^RAL", control_id, "ORU^R01", "")
+    };
+    let committed = journal
+        .commit(vec![
+            mesh_row("LAB1", "mesh:X26ABC2/20261123101500_AAAAAA"),
+            // a Bundle journaled before peers named the MESH message: its
+            // control id is the MESH message id
+            mesh_row("20261101090000_BBBBBB", "mesh:X26ABC2"),
+            // a listener's message whose control id looks like one
+            mesh_row("20261101090000_CCCCCC", "127.0.0.1:50000"),
+        ])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = committed.iter().map(Committed::id).collect();
+    let found = |reference: &str| {
+        let journal = journal.clone();
+        let reference = reference.to_string();
+        async move {
+            journal
+                .search(MessageQuery {
+                    remote_ref: Some(reference),
+                    ..MessageQuery::default()
+                })
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("REF-SENT").await, vec![sent]);
+    assert_eq!(found("20261123101500_AAAAAA").await, vec![ids[0]]);
+    assert_eq!(found("20261101090000_BBBBBB").await, vec![ids[1]]);
+    assert!(found("20261101090000_CCCCCC").await.is_empty());
+    assert!(found("X26ABC2").await.is_empty());
+    assert!(found("REF").await.is_empty());
 }

@@ -10,6 +10,12 @@
 //! | downloaded | journal row | |
 //! |---|---|---|
 //! | `DATA` whose body is a JSON FHIR Bundle | `accepted`: listener = source id, sender = `mex-From`, control id = MESH message id, type `MESH^<workflow id>`, raw = the body | the pipeline routes it (passthrough routes) |
+//!
+//! Every row's peer is `mesh:<mex-From>/<MESH message id>`: a message is
+//! found by the MESH id it came in (`remote_ref` in a message search).
+//!
+//! | downloaded | journal row | |
+//! |---|---|---|
 //! | `DATA` that is HL7 v2 (`MSH`, or an `FHS`/`BHS` batch) | a row per message, as an MLLP listener makes it: listener = source id, sender = MSH-3^MSH-4, control id = MSH-10, type = MSH-9, raw = that message's bytes; `accepted`, or `rejected` with the reason when its header is unusable (then sender = `mex-From`, control id = the MESH message id, `/<n>` in a batch) | the pipeline routes each by its header, through routes naming this source |
 //! | `DATA` that is neither | `rejected`, raw = the body, error says why | kept for inspection |
 //! | `REPORT` (a MESH delivery report on something we sent) | `rejected` (not a document), type `MESH^REPORT`, error = linked message id, status code and description | logged: warning when the code is not `00` |
@@ -528,7 +534,9 @@ impl MeshInbox {
         let headers = &received.headers;
         let mut row = Incoming {
             listener: self.id.clone(),
-            peer: format!("mesh:{}", headers.from),
+            // the mailbox and the MESH message it came in (searchable:
+            // `remote_ref`)
+            peer: format!("mesh:{}/{}", headers.from, message_id),
             received_at: jiff::Timestamp::now(),
             sender: headers.from.clone(),
             control_id: message_id.to_string(),
