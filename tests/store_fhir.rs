@@ -571,6 +571,32 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         assert_eq!(got, expected, "{query}");
         assert_eq!(answer.body["total"], expected.len(), "{query}");
     }
+    // `_summary=count`: the total only; `_pretty=true`: the same, indented
+    let counted = get(
+        &client,
+        &base,
+        &format!(
+            "/fhir/Observation?patient={}&category=laboratory&_summary=count&_pretty=true",
+            ids.patient
+        ),
+        &answers,
+        "06g-observations-counted",
+    )
+    .await;
+    assert_eq!(counted.status, 200, "{}", counted.body);
+    assert_eq!(counted.body["total"], 2);
+    assert!(counted.body.get("entry").is_none(), "{}", counted.body);
+    let pretty = client
+        .get(format!("{base}/fhir/{patient}?_pretty=true"))
+        .header("Accept", "application/json+fhir")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pretty.status().as_u16(), 200);
+    let text = pretty.text().await.unwrap();
+    assert!(text.starts_with("{\n  \""), "{text}");
+    let read_back: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(read_back["id"], ids.patient.as_str());
     let encounters = get(
         &client,
         &base,
@@ -860,7 +886,10 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         of("/fhir/Patient"),
         vec![her.clone(), her.clone(), nobody.clone()]
     );
-    assert_eq!(of(&format!("/fhir/{patient}")), vec![her.clone()]);
+    assert_eq!(
+        of(&format!("/fhir/{patient}")),
+        vec![her.clone(), her.clone()]
+    );
     assert_eq!(
         of(&format!("/fhir/{patient}/$everything")),
         vec![her.clone()]
@@ -880,7 +909,12 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         .collect();
     assert_eq!(
         of("/fhir/Observation"),
-        [vec![her.clone(), her.clone(), her.clone()], narrowed_read].concat()
+        [
+            vec![her.clone(), her.clone(), her.clone()],
+            narrowed_read,
+            vec![her.clone()]
+        ]
+        .concat()
     );
     assert_eq!(of("/fhir/Condition"), vec![nobody.clone()]);
     assert_eq!(
@@ -893,7 +927,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     );
     assert_eq!(of("/fhir/Encounter"), vec![her.clone(), nobody.clone()]);
     assert!(of("/fhir/Patient/nobody/$everything").is_empty());
-    assert_eq!(audited.len(), 16 + narrowed.len() + 1, "{audited:?}");
+    assert_eq!(audited.len(), 16 + narrowed.len() + 3, "{audited:?}");
 
     // Every answer validates with fhir.resources (R4B models).
     run_python(

@@ -14,6 +14,10 @@
 //! - `GET /fhir/{Type}/{id}/_history`: a `history` Bundle, newest first.
 //! - `GET /fhir/metadata`: the CapabilityStatement saying all of the above.
 //!
+//! Every interaction takes `_pretty=true` (indented JSON) and `_format` of
+//! JSON; searches and `$everything` take `_count`, `_offset` and
+//! `_summary=count`.
+//!
 //! Unknown ids answer 404 and bad parameters 400, each with an
 //! OperationOutcome. Searches refuse parameters they do not understand rather
 //! than ignore them (a typo must not widen a search), and a search with no
@@ -90,7 +94,44 @@ async fn json_acceptable(
         ))
         .into_response();
     }
-    next.run(request).await
+    // `_pretty=true` (a FHIR parameter of every interaction): indented JSON
+    let pretty = match pretty_param(request.uri()) {
+        Ok(pretty) => pretty,
+        Err(e) => return e.into_response(),
+    };
+    let response = next.run(request).await;
+    if !pretty {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return FhirError::BadRequest("the answer could not be read back".into()).into_response();
+    };
+    let text = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .map(axum::body::Body::from)
+        .unwrap_or_else(|| axum::body::Body::from(bytes));
+    Response::from_parts(parts, text)
+}
+
+/// `_pretty` from a query: `true` or `false` (absent: false).
+fn pretty_param(uri: &Uri) -> Result<bool, FhirError> {
+    let mut pretty = false;
+    for (name, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if name == "_pretty" {
+            pretty = match value.as_ref() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(FhirError::BadRequest(format!(
+                        "_pretty `{other}`, expected true or false"
+                    )))
+                }
+            };
+        }
+    }
+    Ok(pretty)
 }
 
 /// Whether an `Accept` value admits JSON (a media range not weighted `q=0`).
@@ -109,7 +150,9 @@ fn accepts_json(accept: &str) -> bool {
                 || media == "*/*"
                 || media == "application/*"
                 || media.ends_with("/json")
-                || media.ends_with("+json"))
+                || media.ends_with("+json")
+                // FHIR DSTU2's name for it, which older clients still send
+                || media == "application/json+fhir")
     })
 }
 
@@ -292,10 +335,12 @@ const MAX_COUNT: usize = 1000;
 struct Page {
     count: Option<usize>,
     offset: usize,
+    /// `_summary=count`: the total only, no entries.
+    total_only: bool,
 }
 
 impl Page {
-    /// Takes `_count` and `_offset` out of `params`.
+    /// Takes `_count`, `_offset` and `_summary` out of `params`.
     fn take(params: &mut Vec<(String, String)>) -> Result<Page, FhirError> {
         let mut page = Page::default();
         let mut error = None;
@@ -316,6 +361,15 @@ impl Page {
                     Ok(n) => page.offset = n,
                     Err(e) => error = Some(e),
                 },
+                "_summary" => match value.as_str() {
+                    "count" => page.total_only = true,
+                    "false" => {}
+                    other => {
+                        error = Some(FhirError::BadRequest(format!(
+                            "_summary `{other}` is not supported, expected count or false"
+                        )))
+                    }
+                },
                 _ => return true,
             }
             false
@@ -329,6 +383,9 @@ impl Page {
     /// The range of `total` matches this page holds.
     fn range(&self, total: usize) -> std::ops::Range<usize> {
         let start = self.offset.min(total);
+        if self.total_only {
+            return start..start;
+        }
         let end = match self.count {
             Some(count) => start.saturating_add(count).min(total),
             None => total,
@@ -340,7 +397,7 @@ impl Page {
     /// before or after, as the request's own URL with `_offset` changed.
     fn links(&self, headers: &HeaderMap, uri: &Uri, total: usize) -> Vec<Value> {
         let mut links = vec![json!({"relation": "self", "url": self_url(headers, uri)})];
-        let Some(count) = self.count.filter(|c| *c > 0) else {
+        let Some(count) = self.count.filter(|c| *c > 0 && !self.total_only) else {
             return links;
         };
         let at = |offset: usize| {
@@ -395,11 +452,10 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
             "identifier" if resource_type == "Patient" => &mut identifier,
             // `subject` too, as clients ask for Observation and the like
             "patient" | "subject" | "subject:Patient" if resource_type != "Patient" => &mut patient,
+            // (the middleware indents the answer)
+            "_pretty" => continue,
             "_format" => {
-                if matches!(
-                    value.as_str(),
-                    "json" | "application/json" | "application/fhir+json"
-                ) {
+                if value == "json" || accepts_json(&value) && !value.contains('*') {
                     continue;
                 }
                 return Err(FhirError::BadRequest(format!(
@@ -728,6 +784,11 @@ async fn metadata(headers: HeaderMap) -> Response {
             "type": "number",
             "documentation": "entries per page (at most 1000), with next/previous links (_offset)"
         }));
+        params.push(json!({
+            "name": "_summary",
+            "type": "token",
+            "documentation": "count: the total only"
+        }));
         json!({
             "type": resource_type,
             "interaction": [read, search, history],
@@ -891,6 +952,7 @@ mod tests {
             "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
             "application/*",
             "APPLICATION/FHIR+JSON; fhirVersion=4.0",
+            "application/json+fhir",
         ] {
             assert!(accepts_json(yes), "{yes:?}");
         }
@@ -902,6 +964,32 @@ mod tests {
         ] {
             assert!(!accepts_json(no), "{no:?}");
         }
+    }
+
+    #[test]
+    fn format_and_pretty_are_taken_by_every_search() {
+        for format in [
+            "json",
+            "application/json",
+            "application/fhir+json",
+            "application/json+fhir",
+        ] {
+            check(
+                "Observation",
+                &[("patient", "p1"), ("_format", format), ("_pretty", "true")],
+                "patient p1",
+            );
+        }
+        check(
+            "Observation",
+            &[("patient", "p1"), ("_format", "xml")],
+            "error: unsupported _format `xml`, expected json or application/fhir+json",
+        );
+        let uri = |q: &str| -> Uri { format!("/fhir/Patient/x?{q}").parse().unwrap() };
+        assert!(pretty_param(&uri("_pretty=true")).unwrap());
+        assert!(!pretty_param(&uri("_pretty=false")).unwrap());
+        assert!(!pretty_param(&uri("a=b")).unwrap());
+        assert!(pretty_param(&uri("_pretty=yes")).is_err());
     }
 
     #[test]
@@ -936,10 +1024,18 @@ mod tests {
             (
                 Ok(Page {
                     count: Some(2),
-                    offset: 3
+                    offset: 3,
+                    total_only: false,
                 }),
                 1
             )
+        );
+        let counted = take(&[("patient", "p"), ("_summary", "count")]).0.unwrap();
+        assert!(counted.total_only);
+        assert_eq!(counted.range(5), 0..0);
+        assert_eq!(
+            take(&[("_summary", "text")]).0,
+            Err("_summary `text` is not supported, expected count or false".to_string())
         );
         assert_eq!(
             take(&[("_count", "50000")]).0.unwrap().count,
@@ -949,7 +1045,11 @@ mod tests {
             take(&[("_count", "-1")]).0,
             Err("_count `-1` is not a number, expected 0 or more".to_string())
         );
-        let page = |count, offset| Page { count, offset };
+        let page = |count, offset| Page {
+            count,
+            offset,
+            total_only: false,
+        };
         assert_eq!(page(None, 0).range(5), 0..5);
         assert_eq!(page(Some(2), 4).range(5), 4..5);
         assert_eq!(page(Some(2), 9).range(5), 5..5);
