@@ -275,13 +275,17 @@ fn write_group(
     Ok(outcomes)
 }
 
-fn write_one(
-    tx: &rusqlite::Transaction<'_>,
-    find: &mut rusqlite::CachedStatement<'_>,
+/// Inserts `item` with the given status, ACK and error (the INSERT does
+/// nothing for an accepted resend); the rows changed.
+fn insert_row(
     insert: &mut rusqlite::CachedStatement<'_>,
     item: &Incoming,
-) -> Result<Committed, rusqlite::Error> {
-    let changed = insert.execute(params![
+    status: Status,
+    ack_code: Option<&str>,
+    ack: Option<&str>,
+    error: Option<&str>,
+) -> Result<usize, rusqlite::Error> {
+    insert.execute(params![
         item.listener,
         item.peer,
         format_timestamp(item.received_at),
@@ -289,14 +293,30 @@ fn write_one(
         item.control_id,
         item.message_type,
         item.version,
-        item.status.as_str(),
-        item.ack_code,
-        item.ack,
-        item.error,
+        status.as_str(),
+        ack_code,
+        ack,
+        error,
         &item.raw[..],
         // A frame is bounded by max_message_bytes, far below i64::MAX.
         item.raw.len() as i64,
-    ])?;
+    ])
+}
+
+fn write_one(
+    tx: &rusqlite::Transaction<'_>,
+    find: &mut rusqlite::CachedStatement<'_>,
+    insert: &mut rusqlite::CachedStatement<'_>,
+    item: &Incoming,
+) -> Result<Committed, rusqlite::Error> {
+    let changed = insert_row(
+        insert,
+        item,
+        item.status,
+        item.ack_code.as_deref(),
+        item.ack.as_deref(),
+        item.error.as_deref(),
+    )?;
     if changed == 1 {
         return Ok(Committed::Stored {
             id: tx.last_insert_rowid(),
@@ -319,21 +339,14 @@ fn write_one(
              differs: not processed, answered with that message's ACK; does the sender \
              reuse control ids?"
         );
-        insert.execute(params![
-            item.listener,
-            item.peer,
-            format_timestamp(item.received_at),
-            item.sender,
-            item.control_id,
-            item.message_type,
-            item.version,
-            Status::Rejected.as_str(),
-            ack_code,
-            ack,
-            error,
-            &item.raw[..],
-            item.raw.len() as i64,
-        ])?;
+        insert_row(
+            insert,
+            item,
+            Status::Rejected,
+            ack_code.as_deref(),
+            ack.as_deref(),
+            Some(&error),
+        )?;
         Some(tx.last_insert_rowid())
     };
     Ok(Committed::Duplicate {
