@@ -269,6 +269,12 @@ async fn a_reused_control_id_is_answered_as_a_resend_and_its_message_kept() {
     );
     let raw = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
     assert_eq!(raw, other, "its bytes kept as received");
+    // Someone looks, and replays it: it is routed as a message of its own
+    // (no routes here, so unrouted: an outcome recorded against it).
+    let replayed = fx.engine.delivery().replay(rows[0].id).await.unwrap();
+    assert_eq!(replayed.message_id, rows[0].id);
+    let routings = fx.engine.journal().routings(rows[0].id).await.unwrap();
+    assert_eq!(routings.len(), 1, "{routings:?}");
     fx.engine.stop().await;
 }
 

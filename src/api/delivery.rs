@@ -14,7 +14,9 @@
 //! - `POST /api/dead-letters/retry?destination=`: every dead delivery (of
 //!   one destination) queued again: `{"retried": n}`.
 //! - `POST /api/messages/{id}/replay`: routes and maps an accepted message
-//!   again and queues its documents anew (new delivery rows).
+//!   again and queues its documents anew (new delivery rows); also a resend
+//!   that was kept as rejected because its content differed (a reused
+//!   control id): replaying it processes it as the new message it is.
 //!
 //! The read endpoints need only the journal; the write endpoints need the
 //! running delivery queue and answer 503 without one.

@@ -67,7 +67,8 @@ pub enum Command {
     DeadLetters(dead_letters::DeadLettersArgs),
     /// Queue a dead delivery (or every dead letter) again.
     Retry(retry::RetryArgs),
-    /// Route and map a journaled message again and queue its documents anew.
+    /// Route and map a journaled message again and queue its documents anew
+    /// (also a resend kept because its content differed: it is then processed).
     Replay(replay::ReplayArgs),
 }
 

@@ -333,6 +333,10 @@ enum WriteRequest {
     },
 }
 
+/// How the error of a kept differing resend begins (a rejected row that
+/// `junction replay` may still route: see [`Journal::accepted_message`]).
+pub const DIFFERING_RESEND: &str = "a resend of message ";
+
 /// How long a failed commit keeps the journal unhealthy when no intake
 /// commit has succeeded since. The pipeline's small routing writes can still
 /// fit on a disk too full for messages; without the hold, one of them
@@ -567,7 +571,9 @@ impl Journal {
             .await
     }
 
-    /// One accepted message (for a replay); `None` when there is no accepted message `id`.
+    /// One accepted message (for a replay), or a differing resend kept as
+    /// rejected (a new message under a reused control id: replaying it is
+    /// how it gets processed once someone has looked); `None` otherwise.
     pub async fn accepted_message(&self, id: i64) -> Result<Option<PendingMessage>, JournalError> {
         self.with_reader(move |conn| queue::accepted_message(conn, id))
             .await

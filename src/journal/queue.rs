@@ -557,11 +557,11 @@ fn prune(
         let mut stmt = tx.prepare_cached(
             "SELECT m.id FROM messages m
              WHERE m.received_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.message_id = m.id
+                                 AND d.status IN ('pending', 'dead'))
                AND (m.status <> 'accepted'
                     OR (EXISTS (SELECT 1 FROM routings r WHERE r.message_id = m.id)
-                        AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                        WHERE d.message_id = m.id
-                                          AND d.status IN ('pending', 'dead'))
                         AND m.id < (SELECT COALESCE(MAX(message_id), 0) FROM routings
                                     WHERE replay = 0)))
              ORDER BY m.id LIMIT ?2",
@@ -747,9 +747,12 @@ pub(super) fn accepted_message(
 ) -> Result<Option<PendingMessage>, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, listener, control_id, message_type, raw, sender FROM messages
-         WHERE id = ?1 AND status = 'accepted'",
+         WHERE id = ?1
+           AND (status = 'accepted'
+                OR (status = 'rejected' AND substr(error, 1, length(?2)) = ?2))",
     )?;
-    stmt.query_row([id], pending_message).optional()
+    stmt.query_row(params![id, super::DIFFERING_RESEND], pending_message)
+        .optional()
 }
 
 pub(super) fn due_deliveries(

@@ -335,9 +335,10 @@ fn write_one(
         None
     } else {
         let error = format!(
-            "a resend of message {id} (the same MSH-3/MSH-4 and MSH-10) whose content \
-             differs: not processed, answered with that message's ACK; does the sender \
-             reuse control ids?"
+            "{}{id} (the same MSH-3/MSH-4 and MSH-10) whose content differs: not \
+             processed, answered with that message's ACK; does the sender reuse control \
+             ids? `junction replay` of this row processes it",
+            super::DIFFERING_RESEND
         );
         insert_row(
             insert,

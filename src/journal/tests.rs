@@ -532,6 +532,15 @@ async fn prune_deletes_only_old_messages_whose_story_is_over() {
         old_message(&journal, "UNROUTED", Status::Accepted, 10, Some(None)).await;
     let not_routed = old_message(&journal, "NOTYET", Status::Accepted, 10, None).await;
     let rejected = old_message(&journal, "REJECTED", Status::Rejected, 10, None).await;
+    // a kept differing resend, replayed, whose delivery is still pending
+    let replayed_resend = old_message(
+        &journal,
+        "RESENT",
+        Status::Rejected,
+        10,
+        Some(Some("pending")),
+    )
+    .await;
     let recent = old_message(&journal, "RECENT", Status::Rejected, 1, None).await;
     let newest_routed = old_message(
         &journal,
@@ -550,7 +559,14 @@ async fn prune_deletes_only_old_messages_whose_story_is_over() {
         assert!(journal.get(id).await.unwrap().is_none(), "{id} was pruned");
         assert!(journal.routings(id).await.unwrap().is_empty());
     }
-    for id in [pending, dead, not_routed, recent, newest_routed] {
+    for id in [
+        pending,
+        dead,
+        not_routed,
+        recent,
+        newest_routed,
+        replayed_resend,
+    ] {
         assert!(journal.get(id).await.unwrap().is_some(), "{id} was kept");
     }
     assert!(!journal.routings(dead).await.unwrap().is_empty());
@@ -668,6 +684,24 @@ async fn a_resend_with_other_content_is_answered_as_a_resend_and_kept_as_rejecte
         journal.raw(*kept).await.unwrap().as_deref(),
         Some(&other.raw[..])
     );
+    // it can be replayed (routed as a new message once someone has looked);
+    // other rejected rows cannot
+    let replayable = journal
+        .accepted_message(*kept)
+        .await
+        .unwrap()
+        .expect("replayable");
+    assert_eq!(replayable.raw, other.raw);
+    let nak = journal
+        .commit(vec![with_status(
+            accepted("PAS^RAL", "C2", "ADT^A01", "nak"),
+            Status::Rejected,
+            Some("AR"),
+        )])
+        .await
+        .unwrap()[0]
+        .id();
+    assert!(journal.accepted_message(nak).await.unwrap().is_none());
     // and the original is still the one accepted row
     let accepted_rows = journal
         .search(MessageQuery {
