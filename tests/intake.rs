@@ -271,7 +271,7 @@ async fn a_reused_control_id_is_answered_as_a_resend_and_its_message_kept() {
     assert_eq!(raw, other, "its bytes kept as received");
     // Someone looks, and replays it: it is routed as a message of its own
     // (no routes here, so unrouted: an outcome recorded against it).
-    let replayed = fx.engine.delivery().replay(rows[0].id).await.unwrap();
+    let replayed = fx.engine.delivery().replay(rows[0].id, None).await.unwrap();
     assert_eq!(replayed.message_id, rows[0].id);
     let routings = fx.engine.journal().routings(rows[0].id).await.unwrap();
     assert_eq!(routings.len(), 1, "{routings:?}");

@@ -220,6 +220,88 @@ fn an_hwe_patient_reaches_the_neighbours_inbox_byte_identical() {
 }
 
 #[test]
+fn a_mesh_report_dead_letters_what_the_recipient_never_got_and_a_replay_sends_it_again() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(
+        dir.path(),
+        &EngineSetup {
+            sandbox_url: &sandbox.url,
+            ..EngineSetup::default()
+        },
+    );
+    send_accepted(&engine, &a05("MESHREP0001", 3));
+    let rows = wait_for(&engine, "the mesh_hwe delivery", || {
+        let rows = deliveries(&engine, "mesh_hwe");
+        delivered(&rows).then_some(rows)
+    });
+    let delivery_id = rows[0]["id"].as_i64().unwrap();
+    let message_id = rows[0]["message_id"].as_i64().unwrap();
+    let first_ref = rows[0]["remote_ref"].as_str().unwrap().to_string();
+
+    // MESH tells Junction's mailbox that X26ABC2 never collected it.
+    sandbox.add_report(JUNCTION, &first_ref, "14");
+    let dead = wait_for(&engine, "the delivery dead-lettered by the report", || {
+        let rows = deliveries(&engine, "mesh_hwe");
+        (rows.len() == 1 && rows[0]["status"] == "dead").then_some(rows)
+    });
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("status code 14")
+            && error.contains(&format!(
+                "junction replay {message_id} --destination mesh_hwe"
+            )),
+        "{error}"
+    );
+    let api = format!("http://{}", engine.api);
+    let junction = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_junction"))
+            .args(args)
+            .args(["--api", &api])
+            .output()
+            .expect("run junction")
+    };
+    // A retry would send an empty body (the document went when it was
+    // delivered): refused, saying what to do instead.
+    let retry = junction(&["retry", &delivery_id.to_string()]);
+    assert_eq!(retry.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&retry.stderr);
+    assert!(said.contains("junction replay"), "{said}");
+    // A destination the message's routes do not name: refused, nothing queued.
+    let elsewhere = junction(&[
+        "replay",
+        &message_id.to_string(),
+        "--destination",
+        "mesh_blmk",
+    ]);
+    assert_eq!(elsewhere.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&elsewhere.stderr).contains("not routed"));
+    // The replay to mesh_hwe sends it again, and nothing else.
+    let replay = junction(&[
+        "replay",
+        &message_id.to_string(),
+        "--destination",
+        "mesh_hwe",
+    ]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let again = wait_for(&engine, "the document sent again", || {
+        let rows = deliveries(&engine, "mesh_hwe");
+        (rows.len() == 2 && rows[1]["status"] == "delivered").then_some(rows)
+    });
+    assert_ne!(again[1]["remote_ref"].as_str(), Some(first_ref.as_str()));
+    assert_eq!(
+        again[0]["status"], "dead",
+        "the reported one stays as it was"
+    );
+    assert_eq!(deliveries(&engine, "store").len(), 1);
+    assert_eq!(mesh::inbox(&sandbox.url, HWE).len(), 2);
+}
+
+#[test]
 fn a_twenty_megabyte_document_goes_in_chunks() {
     let sandbox = Sandbox::start();
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //!
 //! - `GET /api/queues`: every destination's depth per status and the age of
 //!   its oldest pending document, as `{"queues":[...]}`.
-//! - `GET /api/deliveries?status=&destination=&message_id=&limit=`: newest
+//! - `GET /api/deliveries?status=&destination=&message_id=&remote_ref=&limit=`: newest
 //!   first, as `{"deliveries":[...]}` (never the document itself).
 //! - `GET /api/dead-letters?destination=&limit=`: the dead deliveries.
 //! - `POST /api/deliveries/{id}/retry`: a dead (or withheld) delivery queued
@@ -13,8 +13,10 @@
 //!   destination due now: `{"due_now": n}` (after the destination is back).
 //! - `POST /api/dead-letters/retry?destination=`: every dead delivery (of
 //!   one destination) queued again: `{"retried": n}`.
-//! - `POST /api/messages/{id}/replay`: routes and maps an accepted message
-//!   again and queues its documents anew (new delivery rows); also a resend
+//! - `POST /api/messages/{id}/replay[?destination=]`: routes and maps an
+//!   accepted message again and queues its documents anew (new delivery
+//!   rows), for every destination its routes name or for one (409 when they
+//!   do not name it); also a resend
 //!   that was kept as rejected because its content differed (a reused
 //!   control id): replaying it processes it as the new message it is.
 //!
@@ -40,7 +42,9 @@ impl From<QueueError> for ApiError {
             QueueError::NoMessage(_) | QueueError::NoDelivery(_) => {
                 ApiError::NotFound(err.to_string())
             }
-            QueueError::NotRetryable { .. } => ApiError::Conflict(err.to_string()),
+            QueueError::NotRetryable { .. }
+            | QueueError::DocumentDropped { .. }
+            | QueueError::NotRoutedTo { .. } => ApiError::Conflict(err.to_string()),
             QueueError::Journal(err) => ApiError::Journal(err),
             QueueError::Task(err) => ApiError::Internal(err.to_string()),
             QueueError::Background(err) => ApiError::Internal(err.to_string()),
@@ -96,6 +100,7 @@ pub(super) struct DeliveryParams {
     status: Option<String>,
     destination: Option<String>,
     message_id: Option<i64>,
+    remote_ref: Option<String>,
     limit: Option<u32>,
 }
 
@@ -121,6 +126,7 @@ pub(super) async fn deliveries(
         status,
         destination: p.destination,
         message_id: p.message_id,
+        remote_ref: p.remote_ref,
         limit: check_limit(p.limit)?,
     };
     let deliveries = state.journal.deliveries(filter).await?;
@@ -144,6 +150,7 @@ pub(super) async fn dead_letters(
         status: Some(DeliveryStatus::Dead),
         destination: p.destination,
         message_id: None,
+        remote_ref: None,
         limit: check_limit(p.limit)?,
     };
     let deliveries = state.journal.deliveries(filter).await?;
@@ -178,12 +185,29 @@ pub(super) async fn retry_dead(
     Ok(Json(Retried { retried }))
 }
 
+/// `POST /api/messages/{id}/replay?destination=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplayParams {
+    destination: Option<String>,
+}
+
 pub(super) async fn replay(
     State(state): State<ApiState>,
     path: Result<Path<i64>, PathRejection>,
+    params: Result<Query<ReplayParams>, QueryRejection>,
 ) -> Result<Json<Replayed>, ApiError> {
     let id = id(path, "message")?;
-    Ok(Json(running(&state)?.replay(id).await?))
+    let destination = query(params)?.destination.filter(|d| !d.is_empty());
+    let handle = running(&state)?;
+    if let Some(d) = &destination {
+        if !handle.destinations().iter().any(|known| &known.id == d) {
+            return Err(ApiError::NotFound(format!(
+                "no destination `{d}` in [destinations]"
+            )));
+        }
+    }
+    Ok(Json(handle.replay(id, destination).await?))
 }
 
 #[derive(Serialize)]

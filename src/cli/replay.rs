@@ -1,10 +1,14 @@
 //! `junction replay <message-id>`: routes and maps a journaled message again
 //! and queues its documents anew (`POST /api/messages/{id}/replay`), e.g.
 //! after a mapping or route was fixed. Documents are idempotent upserts, so a
-//! replay converges on the same records.
+//! replay converges on the same records. `--destination D` queues the
+//! document for that destination only (a MESH message the recipient never
+//! got, say); the engine refuses when the message's routes do not send it
+//! there.
 //!
 //! Exit codes: 0 replayed (whatever the routing outcome, which is printed);
-//! 1 the engine refused (no accepted message with that id); 2 it could not be
+//! 1 the engine refused (no accepted message with that id, or not routed to
+//! that destination); 2 it could not be
 //! reached.
 
 use std::process::ExitCode;
@@ -18,6 +22,9 @@ pub struct ReplayArgs {
     /// The journal id of the message (from `GET /api/messages`).
     #[arg(value_name = "MESSAGE-ID")]
     pub id: i64,
+    /// Queue the document for this `[destinations.<id>]` only.
+    #[arg(long, value_name = "ID")]
+    pub destination: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -27,7 +34,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         &args.api.api,
         reqwest::Method::POST,
         &format!("/api/messages/{}/replay", args.id),
-        &[],
+        &args
+            .destination
+            .iter()
+            .map(|d| ("destination", d.clone()))
+            .collect::<Vec<_>>(),
     )?;
     if let Some(code) = answer.finish_early(args.api.json) {
         return Ok(code);

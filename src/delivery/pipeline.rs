@@ -609,7 +609,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             continue;
         }
         let last = rows.last().map_or(cursor, |m| m.id);
-        match route_and_write(&shared, rows, false).await {
+        match route_and_write(&shared, rows, false, None).await {
             Ok(_) => cursor = last,
             Err(err) => {
                 tracing::error!(error = %err, "pipeline cannot write routing outcomes; retrying");
@@ -636,15 +636,28 @@ pub(crate) async fn route_and_write(
     shared: &Arc<Shared>,
     rows: Vec<PendingMessage>,
     replay: bool,
+    only: Option<&str>,
 ) -> Result<Vec<Written>, super::queue::QueueError> {
     let router = Arc::clone(&shared.router);
     // Mapping is the CPU-heavy part behind the ACK: low priority, so a burst
     // of intake is answered first and the queue catches up after.
-    let routed: Vec<Routed> = super::background::run(move || {
+    let mut routed: Vec<Routed> = super::background::run(move || {
         let at = now_ms();
         rows.iter().map(|m| router.route(m, replay, at)).collect()
     })
     .await?;
+    // A replay to one destination: its deliveries only, or nothing written.
+    if let Some(only) = only {
+        for r in &mut routed {
+            r.routing.deliveries.retain(|d| d.destination == only);
+            if r.routing.outcome == RoutingOutcome::Routed && r.routing.deliveries.is_empty() {
+                return Err(super::queue::QueueError::NotRoutedTo {
+                    message_id: r.routing.message_id,
+                    destination: only.to_string(),
+                });
+            }
+        }
+    }
     let ops = routed
         .iter()
         .map(|r| QueueOp::Route(r.routing.clone()))

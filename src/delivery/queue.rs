@@ -49,6 +49,25 @@ pub enum QueueError {
     NoDelivery(i64),
     #[error("delivery {id} is delivered; replay its message to send it again")]
     NotRetryable { id: i64 },
+    /// A dead delivery whose document was dropped when it was delivered (a
+    /// MESH report said the recipient never got it): made again by a replay.
+    #[error(
+        "delivery {id} was delivered once and its document dropped; send it again with \
+         `junction replay {message_id} --destination {destination}`"
+    )]
+    DocumentDropped {
+        id: i64,
+        message_id: i64,
+        destination: String,
+    },
+    #[error(
+        "message {message_id} is not routed to `{destination}` (its routes do not send it \
+         there now); nothing was queued"
+    )]
+    NotRoutedTo {
+        message_id: i64,
+        destination: String,
+    },
 }
 
 /// What the pipeline, the schedulers and the API share.
@@ -216,7 +235,16 @@ impl DeliveryHandle {
             },
             DeliveryStatus::Delivered => return Err(QueueError::NotRetryable { id }),
         };
-        self.shared.journal.queue_write(vec![op]).await?;
+        let outcome = self.shared.journal.queue_write(vec![op]).await?;
+        if row.status == DeliveryStatus::Dead
+            && matches!(outcome.first(), Some(QueueOutcome::Updated(0)))
+        {
+            return Err(QueueError::DocumentDropped {
+                id,
+                message_id: row.message_id,
+                destination: row.destination,
+            });
+        }
         tracing::info!(delivery_id = id, destination = %row.destination, "delivery retried by hand");
         self.shared.wake(&row.destination);
         self.shared
@@ -274,15 +302,23 @@ impl DeliveryHandle {
         Ok(n)
     }
 
-    /// Routes and maps an accepted message again and queues its documents anew.
-    pub async fn replay(&self, message_id: i64) -> Result<Replayed, QueueError> {
+    /// Routes and maps an accepted message again and queues its documents
+    /// anew: for every destination its routes name, or for `destination`
+    /// alone (an error, with nothing queued, when they do not name it).
+    pub async fn replay(
+        &self,
+        message_id: i64,
+        destination: Option<String>,
+    ) -> Result<Replayed, QueueError> {
         let message = self
             .shared
             .journal
             .accepted_message(message_id)
             .await?
             .ok_or(QueueError::NoMessage(message_id))?;
-        let mut written = pipeline::route_and_write(&self.shared, vec![message], true).await?;
+        let mut written =
+            pipeline::route_and_write(&self.shared, vec![message], true, destination.as_deref())
+                .await?;
         let w = written.pop().ok_or(QueueError::NoMessage(message_id))?;
         Ok(Replayed {
             message_id,

@@ -222,7 +222,8 @@ pub enum QueueOp {
     /// A pending delivery is not sent (the patient objects).
     Withheld { id: i64, reason: String, at_ms: i64 },
     /// A dead (or withheld) delivery is queued again, due now, with its
-    /// attempts and age reset.
+    /// attempts and age reset; not one whose document was dropped when it
+    /// was delivered ([`QueueOp::NotDelivered`]): `Updated(0)`.
     Retry { id: i64, now_ms: i64 },
     /// Pending deliveries (one, or every one of a destination) due now; their
     /// attempts and age are kept.
@@ -231,7 +232,8 @@ pub enum QueueOp {
         id: Option<i64>,
         now_ms: i64,
     },
-    /// Every dead delivery (of one destination, or of all) queued again.
+    /// Every dead delivery (of one destination, or of all) queued again, but
+    /// those whose document was dropped when they were delivered.
     RetryDead {
         destination: Option<String>,
         now_ms: i64,
@@ -242,11 +244,20 @@ pub enum QueueOp {
     /// Retention: deletes at most `limit` messages received before `before`
     /// (the journal's `received_at` text) whose story is over, with their
     /// routings and deliveries: rejected and garbage frames, and accepted
-    /// messages that were routed and have no delivery pending or dead. Never
-    /// an accepted message not yet routed, one with a delivery still to make
-    /// or dead-lettered (ops may retry it), nor the newest routed message (the
-    /// routing cursor stays where it is). `Updated(n)`: messages deleted.
+    /// messages that were routed, none of them with a delivery pending or
+    /// dead. Never an accepted message not yet routed, any message with a
+    /// delivery still to make or dead-lettered (ops may retry it; a replayed
+    /// differing resend is a rejected row with deliveries), nor the newest
+    /// routed message (the routing cursor stays where it is). `Updated(n)`:
+    /// messages deleted.
     Prune { before: String, limit: usize },
+    /// A delivery the destination took (status `delivered`) did not reach
+    /// its recipient after all (a MESH REPORT on the message we sent): it is
+    /// dead-lettered with `error`. Its document was dropped when it was
+    /// delivered, so it is sent again by replaying its message to its
+    /// destination, not by a retry. `Updated(n)`: 0 when it is not
+    /// `delivered` (a report read twice changes nothing).
+    NotDelivered { id: i64, error: String, at_ms: i64 },
 }
 
 impl QueueOp {
@@ -346,6 +357,8 @@ pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
     pub destination: Option<String>,
     pub message_id: Option<i64>,
+    /// What the destination called it (a MESH message id).
+    pub remote_ref: Option<String>,
     pub limit: Option<u32>,
 }
 
@@ -433,6 +446,13 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
             remote_ref.as_deref(),
             Some(*at_ms),
         ),
+        QueueOp::NotDelivered { id, error, at_ms } => Ok(QueueOutcome::Updated(
+            tx.prepare_cached(
+                "UPDATE deliveries SET status = 'dead', last_error = ?2, next_attempt_at = ?3
+                 WHERE id = ?1 AND status = 'delivered'",
+            )?
+            .execute(params![id, error, at_ms])?,
+        )),
         QueueOp::Dead {
             id,
             attempts,
@@ -484,6 +504,7 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
                      SET status = 'pending', attempts = 0, next_attempt_at = ?2, age_from = ?2,
                          delivered_at = NULL
                      WHERE id = ?1 AND status IN ('dead', 'withheld')
+                       AND NOT (length(document) = 0 AND size > 0)
                      RETURNING destination, patient_key",
                     params![id, now_ms],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -507,6 +528,7 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
                      SET status = 'pending', attempts = 0, next_attempt_at = ?2, age_from = ?2,
                          delivered_at = NULL
                      WHERE status = 'dead' AND (?1 IS NULL OR destination = ?1)
+                       AND NOT (length(document) = 0 AND size > 0)
                      RETURNING destination, patient_key",
                 )?;
                 let rows =
@@ -877,6 +899,10 @@ pub(super) fn deliveries(
     if let Some(message_id) = filter.message_id {
         values.push(message_id.into());
         clauses.push(format!("d.message_id = ?{}", values.len()));
+    }
+    if let Some(remote_ref) = filter.remote_ref.as_deref().filter(|r| !r.is_empty()) {
+        values.push(remote_ref.to_string().into());
+        clauses.push(format!("d.remote_ref = ?{}", values.len()));
     }
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let mut sql = format!(

@@ -768,3 +768,82 @@ async fn a_remote_reference_finds_the_message_behind_it() {
     assert!(found("X26ABC2").await.is_empty());
     assert!(found("REF").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let message = old_message(
+        &journal,
+        "SENT",
+        Status::Accepted,
+        0,
+        Some(Some("delivered")),
+    )
+    .await;
+    let delivered = journal
+        .deliveries(DeliveryFilter {
+            remote_ref: Some("REF-SENT".into()),
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].message_id, message);
+    let id = delivered[0].id;
+    let not_delivered = |id| QueueOp::NotDelivered {
+        id,
+        error: "mesh report: status code 14".into(),
+        at_ms: 5,
+    };
+    assert_eq!(
+        journal.queue_write(vec![not_delivered(id)]).await.unwrap()[0],
+        QueueOutcome::Updated(1)
+    );
+    let row = journal.delivery(id).await.unwrap().unwrap();
+    assert_eq!(row.status, DeliveryStatus::Dead);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("mesh report: status code 14")
+    );
+    // the same report read again changes nothing
+    assert_eq!(
+        journal.queue_write(vec![not_delivered(id)]).await.unwrap()[0],
+        QueueOutcome::Updated(0)
+    );
+    // its document was dropped when it was delivered: no retry sends an
+    // empty body (it is replayed instead), by id or with every dead letter
+    assert_eq!(
+        journal
+            .queue_write(vec![
+                QueueOp::Retry { id, now_ms: 6 },
+                QueueOp::RetryDead {
+                    destination: None,
+                    now_ms: 6
+                }
+            ])
+            .await
+            .unwrap(),
+        vec![QueueOutcome::Updated(0), QueueOutcome::Updated(0)]
+    );
+    assert_eq!(
+        journal.delivery(id).await.unwrap().unwrap().status,
+        DeliveryStatus::Dead
+    );
+    // a pending delivery is not "not delivered"
+    let pending = old_message(&journal, "WAIT", Status::Accepted, 0, Some(Some("pending"))).await;
+    let row = &journal
+        .deliveries(DeliveryFilter {
+            message_id: Some(pending),
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        journal
+            .queue_write(vec![not_delivered(row.id)])
+            .await
+            .unwrap()[0],
+        QueueOutcome::Updated(0)
+    );
+}

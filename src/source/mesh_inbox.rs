@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `DATA` that is HL7 v2 (`MSH`, or an `FHS`/`BHS` batch) | a row per message, as an MLLP listener makes it: listener = source id, sender = MSH-3^MSH-4, control id = MSH-10, type = MSH-9, raw = that message's bytes; `accepted`, or `rejected` with the reason when its header is unusable (then sender = `mex-From`, control id = the MESH message id, `/<n>` in a batch) | the pipeline routes each by its header, through routes naming this source |
 //! | `DATA` that is neither | `rejected`, raw = the body, error says why | kept for inspection |
-//! | `REPORT` (a MESH delivery report on something we sent) | `rejected` (not a document), type `MESH^REPORT`, error = linked message id, status code and description | logged: warning when the code is not `00` |
+//! | `REPORT` (a MESH delivery report on something we sent) | `rejected` (not a document), type `MESH^REPORT`, error = linked message id, status code and description | logged: warning when the code is not `00`; then the delivery that sent the linked message (its `remote_ref`) is dead-lettered with the reason: the recipient never got it (`junction replay <message> --destination <d>` sends it again) |
 //!
 //! What it does not do: route or deliver (the pipeline reads accepted rows
 //! from the journal and is woken by every commit); send (`destination/`);
@@ -54,10 +54,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::delivery::SourceConfig;
 use crate::hl7;
-use crate::journal::{Committed, Incoming, Journal, JournalError, MessageQuery, Status};
+use crate::journal::{
+    Committed, DeliveryFilter, DeliveryStatus, Incoming, Journal, JournalError, MessageQuery,
+    QueueOp, QueueOutcome, Status,
+};
 use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, MessageId, MessageType, Received};
-use crate::telemetry::events::{self, Event, EventBus, MeshEvent};
-use crate::telemetry::metrics::{ListenerLabel, Metrics};
+use crate::telemetry::events::{self, DeliveryEvent, Event, EventBus, MeshEvent};
+use crate::telemetry::metrics::{DeliveryLabel, ListenerLabel, Metrics};
 
 /// How often the mailbox is validated with a handshake (MESH asks for at
 /// least one a day).
@@ -505,6 +508,14 @@ impl MeshInbox {
                 chunks = headers.chunk_count, outcome = outcome.as_str(), "mesh message received");
         }
         self.events.publish(Event::MeshReceived(event.clone()));
+        // A report that something we sent was not delivered: the delivery
+        // that sent it is dead-lettered (also when the report is read again
+        // after a crash: a delivery already dead is left as it is).
+        if headers.message_type == MessageType::Report {
+            self.report_not_delivered(&received)
+                .await
+                .map_err(journal_err)?;
+        }
 
         match client.acknowledge(message_id).await {
             Ok(()) | Err(MeshError::Gone { .. } | MeshError::NotFound { .. }) => {}
@@ -607,6 +618,80 @@ impl MeshInbox {
                 self.metrics.rejected.get_or_create(&label).inc();
             }
         }
+    }
+
+    /// For a REPORT whose status code is not `00`: the delivery that sent
+    /// the message it reports on (found by its remote reference, the MESH
+    /// message id) did not reach its recipient, so it is dead-lettered with
+    /// the report's reason and how to send it again. The number of
+    /// deliveries dead-lettered.
+    async fn report_not_delivered(&self, received: &Received) -> Result<usize, JournalError> {
+        let h = &received.headers;
+        let code = h.status_code.as_deref().unwrap_or("");
+        let Some(linked) = h.linked_message_id.as_deref().filter(|l| !l.is_empty()) else {
+            return Ok(0);
+        };
+        if code.is_empty() || code == "00" {
+            return Ok(0);
+        }
+        let rows = self
+            .journal
+            .deliveries(DeliveryFilter {
+                status: Some(DeliveryStatus::Delivered),
+                remote_ref: Some(linked.to_string()),
+                ..DeliveryFilter::default()
+            })
+            .await?;
+        let description = h
+            .status_description
+            .as_deref()
+            .map(|d| format!(", {}", truncate(d)))
+            .unwrap_or_default();
+        let mut dead = 0;
+        for row in rows {
+            let error = format!(
+                "mesh report on MESH message `{linked}`: status code {code}{description}; the \
+                 recipient did not get it: send it again with `junction replay {} \
+                 --destination {}`",
+                row.message_id, row.destination
+            );
+            let outcome = self
+                .journal
+                .queue_write(vec![QueueOp::NotDelivered {
+                    id: row.id,
+                    error: error.clone(),
+                    at_ms: jiff::Timestamp::now().as_millisecond(),
+                }])
+                .await?;
+            if !matches!(outcome.first(), Some(QueueOutcome::Updated(1))) {
+                continue;
+            }
+            dead += 1;
+            warn!(source = %self.id, delivery_id = row.id, journal_id = row.message_id,
+                destination = %row.destination, linked_message_id = linked, status_code = code,
+                "mesh report: a delivered document did not reach its recipient; dead-lettered");
+            self.metrics
+                .deliveries
+                .get_or_create(&DeliveryLabel {
+                    destination: row.destination.clone(),
+                    outcome: "dead".to_string(),
+                })
+                .inc();
+            self.events.publish(Event::DeadLettered(DeliveryEvent {
+                delivery_id: row.id,
+                journal_id: row.message_id,
+                destination: row.destination,
+                control_id: row.control_id,
+                message_type: row.message_type,
+                attempt: row.attempts,
+                outcome: "dead".to_string(),
+                error: Some(error),
+                retry_at: None,
+                remote_ref: Some(linked.to_string()),
+                at: events::now(),
+            }));
+        }
+        Ok(dead)
     }
 
     /// One line per REPORT: MESH metadata only (ids, code, description).
