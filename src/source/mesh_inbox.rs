@@ -4,21 +4,18 @@
 //! Every `poll_interval_secs` (and once at start; at once again after a poll
 //! that listed a full page) [`MeshInbox::poll_once`] lists the inbox (every
 //! page), and for each message in turn downloads it
-//! (every chunk, gunzipped), commits one journal row and, only after the
+//! (every chunk, gunzipped), commits its journal rows and, only after the
 //! commit, acknowledges it in MESH:
 //!
 //! | downloaded | journal row | |
 //! |---|---|---|
 //! | `DATA` whose body is a JSON FHIR Bundle | `accepted`: listener = source id, sender = `mex-From`, control id = MESH message id, type `MESH^<workflow id>`, raw = the body | the pipeline routes it (passthrough routes) |
-//!
-//! Every row's peer is `mesh:<mex-From>/<MESH message id>`: a message is
-//! found by the MESH id it came in (`remote_ref` in a message search).
-//!
-//! | downloaded | journal row | |
-//! |---|---|---|
 //! | `DATA` that is HL7 v2 (`MSH`, or an `FHS`/`BHS` batch) | a row per message, as an MLLP listener makes it: listener = source id, sender = MSH-3^MSH-4, control id = MSH-10, type = MSH-9, raw = that message's bytes; `accepted`, or `rejected` with the reason when its header is unusable (then sender = `mex-From`, control id = the MESH message id, `/<n>` in a batch) | the pipeline routes each by its header, through routes naming this source |
 //! | `DATA` that is neither | `rejected`, raw = the body, error says why | kept for inspection |
 //! | `REPORT` (a MESH delivery report on something we sent) | `rejected` (not a document), type `MESH^REPORT`, error = linked message id, status code and description | logged: warning when the code is not `00`; then the delivery that sent the linked message (its `remote_ref`) is dead-lettered with the reason: the recipient never got it (`junction replay <message> --destination <d>` sends it again) |
+//!
+//! Every row's peer is `mesh:<mex-From>/<MESH message id>`: a message is
+//! found by the MESH id it came in (`remote_ref` in a message search).
 //!
 //! What it does not do: route or deliver (the pipeline reads accepted rows
 //! from the journal and is woken by every commit); send (`destination/`);
