@@ -550,6 +550,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
             "date=2026-03-01T09:12:00%2B00:00&code=1022431000000105",
             vec![&ids.hb],
         ),
+        ("_sort=-date&category=laboratory", vec![&ids.hb, &ids.wcc]),
     ];
     for (i, (query, expected)) in narrowed.iter().enumerate() {
         let answer = get(

@@ -16,7 +16,8 @@
 //!
 //! Every interaction takes `_pretty=true` (indented JSON) and `_format` of
 //! JSON; searches and `$everything` take `_count`, `_offset` and
-//! `_summary=count`.
+//! `_summary=count`; a search by patient takes `_sort` by a date
+//! (`_sort=-date`: newest first).
 //!
 //! Unknown ids answer 404 and bad parameters 400, each with an
 //! OperationOutcome. Searches refuse parameters they do not understand rather
@@ -46,7 +47,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::fhir_search::{self, Filter};
+use super::fhir_search::{self, Filter, Sort};
 use crate::store::{is_id, is_resource_type, patients_of, Record, RecordStore, StoreError};
 
 /// The content type of every answer.
@@ -430,8 +431,8 @@ enum Criteria {
         system: Option<String>,
         value: String,
     },
-    /// A patient's records, those every filter accepts.
-    Patient(String, Vec<Filter>),
+    /// A patient's records, those every filter accepts, in `_sort`'s order.
+    Patient(String, Vec<Filter>, Option<Sort>),
 }
 
 /// Parses the search parameters of `GET /fhir/{resource_type}`.
@@ -439,7 +440,19 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
     let mut identifier = None;
     let mut patient = None;
     let mut filters = Vec::new();
+    let mut sort = None;
     for (name, value) in params {
+        if resource_type != "Patient" && name == "_sort" {
+            if sort.is_some() {
+                return Err(FhirError::BadRequest(
+                    "search parameter `_sort` given more than once, expected one".to_string(),
+                ));
+            }
+            sort = Some(
+                fhir_search::parse_sort(resource_type, &value).map_err(FhirError::BadRequest)?,
+            );
+            continue;
+        }
         if resource_type != "Patient" {
             if let Some(filter) =
                 fhir_search::parse(resource_type, &name, &value).map_err(FhirError::BadRequest)?
@@ -505,7 +518,7 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
                 "patient `{patient}` is not a Patient id, expected `id` or `Patient/id`"
             )));
         }
-        return Ok(Criteria::Patient(id.to_string(), filters));
+        return Ok(Criteria::Patient(id.to_string(), filters, sort));
     }
     Err(FhirError::BadRequest(if resource_type == "Patient" {
         "a Patient search needs `identifier=system|value`".to_string()
@@ -539,11 +552,14 @@ async fn search(
                 .collect();
             (found, ids)
         }
-        Criteria::Patient(patient, filters) => {
+        Criteria::Patient(patient, filters, sort) => {
             let id = patient.clone();
             let rtype = resource_type.clone();
             let mut found = blocking(store, move |s| s.search_by_patient(&rtype, &id)).await?;
             found.retain(|resource| filters.iter().all(|f| f.matches(resource)));
+            if let Some(sort) = sort {
+                sort.apply(&mut found);
+            }
             let patients = if found.is_empty() {
                 Vec::new()
             } else {
@@ -784,6 +800,13 @@ async fn metadata(headers: HeaderMap) -> Response {
             "type": "number",
             "documentation": "entries per page (at most 1000), with next/previous links (_offset)"
         }));
+        if fhir_search::capability(resource_type).any(|(_, kind, _)| kind == "date") {
+            params.push(json!({
+                "name": "_sort",
+                "type": "special",
+                "documentation": "one of the date parameters above, `-` first for newest first"
+            }));
+        }
         params.push(json!({
             "name": "_summary",
             "type": "token",
@@ -844,10 +867,14 @@ mod tests {
             Ok(Criteria::Identifier { system, value }) => {
                 format!("identifier {system:?} {value}")
             }
-            Ok(Criteria::Patient(id, filters)) if filters.is_empty() => format!("patient {id}"),
-            Ok(Criteria::Patient(id, filters)) => {
-                format!("patient {id}, {} filters", filters.len())
+            Ok(Criteria::Patient(id, filters, None)) if filters.is_empty() => {
+                format!("patient {id}")
             }
+            Ok(Criteria::Patient(id, filters, sort)) => format!(
+                "patient {id}, {} filters{}",
+                filters.len(),
+                if sort.is_some() { ", sorted" } else { "" }
+            ),
             Err(err) => format!("error: {err}"),
         };
         assert_eq!(got, expected, "{resource_type} {query:?}");
@@ -917,6 +944,21 @@ mod tests {
                 ("date", "lt2027"),
             ],
             "patient p1, 3 filters",
+        );
+        check(
+            "Observation",
+            &[("patient", "p1"), ("_sort", "-date")],
+            "patient p1, 0 filters, sorted",
+        );
+        check(
+            "Observation",
+            &[("patient", "p1"), ("_sort", "date"), ("_sort", "-date")],
+            "error: search parameter `_sort` given more than once, expected one",
+        );
+        check(
+            "Patient",
+            &[("identifier", "x"), ("_sort", "date")],
+            "error: unsupported search parameter `_sort` for Patient, expected `identifier`",
         );
         check(
             "Observation",

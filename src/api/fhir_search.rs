@@ -16,8 +16,12 @@
 //! - commas within a value are OR; a parameter given twice is AND
 //!   (`date=ge2026-01-01&date=lt2027-01-01`).
 //!
+//! `_sort` takes one of the type's date parameters, `-` first for newest
+//! first (`_sort=-date`).
+//!
 //! What it does not do: modifiers (`:not`, `:text`, `:missing`: refused),
-//! `ap` (approximately: refused), chained parameters, sorting. An unknown
+//! `ap` (approximately: refused), chained parameters, sorting by several keys
+//! or by anything but a date. An unknown
 //! parameter stays an error in `fhir.rs`, as a typo must not widen a search.
 //! Filters run in Rust over the records of one patient that the store
 //! returned; they are pure (no I/O).
@@ -402,6 +406,68 @@ impl Filter {
     }
 }
 
+/// A `_sort` of a `{Type}?patient=` search: by one of the type's date
+/// parameters, `-` first for newest first. Resources without that date come
+/// last either way; ties keep the store's order.
+#[derive(Debug)]
+pub(crate) struct Sort {
+    elements: &'static [&'static str],
+    descending: bool,
+}
+
+/// Parses a `_sort` value (`date`, `-date`; one key). An error names the
+/// date parameters the type can be sorted by.
+pub(crate) fn parse_sort(resource_type: &str, value: &str) -> Result<Sort, String> {
+    let dates = || {
+        params_of(resource_type)
+            .iter()
+            .filter(|p| p.kind == Kind::Date)
+    };
+    let (name, descending) = match value.trim().strip_prefix('-') {
+        Some(name) => (name, true),
+        None => (value.trim(), false),
+    };
+    match dates().find(|p| p.name == name) {
+        Some(param) => Ok(Sort {
+            elements: param.elements,
+            descending,
+        }),
+        None => {
+            let names: Vec<String> = dates().map(|p| format!("`{}`", p.name)).collect();
+            Err(if names.is_empty() {
+                format!("_sort `{value}`: {resource_type} cannot be sorted")
+            } else {
+                format!(
+                    "_sort `{value}` is not supported for {resource_type}, expected {} \
+                     (`-` first: newest first)",
+                    names.join(" or ")
+                )
+            })
+        }
+    }
+}
+
+impl Sort {
+    /// Sorts `resources` in place.
+    pub(crate) fn apply(&self, resources: &mut [Value]) {
+        let key = |r: &Value| {
+            self.elements
+                .iter()
+                .filter_map(|path| element(r, path))
+                .find_map(target_range)
+                .map(|range| range.start)
+        };
+        resources.sort_by_cached_key(|r| {
+            // (Some before None: undated last whichever way)
+            match key(r) {
+                Some(start) if self.descending => (0, -i128::from(start)),
+                Some(start) => (0, i128::from(start)),
+                None => (1, 0),
+            }
+        });
+    }
+}
+
 /// The element at a dotted path (`collection.collectedDateTime`).
 fn element<'a>(resource: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(resource, |v, key| v.get(key))
@@ -608,6 +674,52 @@ mod tests {
         assert!(parse("Provenance", "code", "x").unwrap().is_none());
         let message = parse("Observation", "date", "ap2026").unwrap_err();
         assert!(message.contains("`ap`"), "{message}");
+    }
+
+    #[test]
+    fn sorting_by_a_date_newest_first_undated_last() {
+        let at = |when: &str| observation(json!({ "effectiveDateTime": when }));
+        let mut found = vec![
+            at("2026-03-01T09:00:00Z"),
+            observation(json!({})),
+            at("2026-03-02"),
+            at("2025-12-31T23:00:00Z"),
+            observation(json!({"effectivePeriod": {"start": "2026-02-01"}})),
+        ];
+        let order = |found: &[Value]| -> Vec<String> {
+            found
+                .iter()
+                .map(|o| {
+                    o.get("effectiveDateTime")
+                        .or_else(|| o.get("effectivePeriod").map(|p| &p["start"]))
+                        .and_then(Value::as_str)
+                        .unwrap_or("-")
+                        .to_string()
+                })
+                .collect()
+        };
+        parse_sort("Observation", "-date")
+            .unwrap()
+            .apply(&mut found);
+        assert_eq!(
+            order(&found),
+            [
+                "2026-03-02",
+                "2026-03-01T09:00:00Z",
+                "2026-02-01",
+                "2025-12-31T23:00:00Z",
+                "-"
+            ]
+        );
+        parse_sort("Observation", "date").unwrap().apply(&mut found);
+        assert_eq!(order(&found)[0], "2025-12-31T23:00:00Z");
+        assert_eq!(order(&found)[4], "-");
+        assert_eq!(
+            parse_sort("Observation", "code").unwrap_err(),
+            "_sort `code` is not supported for Observation, expected `date` (`-` first: newest first)"
+        );
+        assert!(parse_sort("Provenance", "date").is_err());
+        assert!(parse_sort("ServiceRequest", "-authored").is_ok());
     }
 
     #[test]
