@@ -50,6 +50,13 @@ async fn health_ready_metrics_and_message_api() {
     assert_eq!(status, 200);
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     let before = received_total(&metrics);
+    // the room left for the journal, to alert on before a full disk
+    let free: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("junction_journal_disk_free_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no disk free gauge: {metrics}"));
+    assert!(free > 0);
 
     let control_id = format!("APITEST{}", std::process::id());
     let message = format!(

@@ -271,6 +271,12 @@ async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<StatusBody>) 
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
+    if let Some(free) = state.journal.disk_free_bytes() {
+        state
+            .metrics
+            .journal_disk_free
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
+    }
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         state.metrics.encode(),

@@ -480,6 +480,30 @@ impl Journal {
         &self.inner.path
     }
 
+    /// Bytes an unprivileged writer may still use on the journal's file
+    /// system (`statvfs`: available blocks × fragment size); `None` when it
+    /// cannot be read.
+    pub fn disk_free_bytes(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = self
+            .inner
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a
+        // writable statvfs; it is read only when the call succeeded.
+        let stat = unsafe {
+            if libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) != 0 {
+                return None;
+            }
+            stat.assume_init()
+        };
+        stat.f_bavail.checked_mul(stat.f_frsize)
+    }
+
     pub fn sync_policy(&self) -> SyncPolicy {
         self.inner.sync
     }

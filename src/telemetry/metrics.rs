@@ -74,6 +74,9 @@ pub struct Metrics {
     pub mapping_warnings: Counter,
     /// Messages deleted from the journal by retention (`[store] retain_days`).
     pub journal_pruned: Counter,
+    /// Bytes the engine may still write on the journal's file system (read
+    /// at each scrape): what to alert on before a full disk stops intake.
+    pub journal_disk_free: Gauge,
 }
 
 impl Metrics {
@@ -162,8 +165,15 @@ impl Metrics {
             "Messages deleted from the journal by retention ([store] retain_days)",
             journal_pruned.clone(),
         );
+        let journal_disk_free = Gauge::default();
+        registry.register(
+            "journal_disk_free_bytes",
+            "Bytes free to the engine on the journal's file system (at the scrape)",
+            journal_disk_free.clone(),
+        );
         Metrics {
             registry,
+            journal_disk_free,
             mapping_warnings,
             journal_pruned,
             routed,
