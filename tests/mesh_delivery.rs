@@ -267,6 +267,14 @@ fn a_mesh_report_dead_letters_what_the_recipient_never_got_and_a_replay_sends_it
     assert_eq!(retry.status.code(), Some(1));
     let said = String::from_utf8_lossy(&retry.stderr);
     assert!(said.contains("junction replay"), "{said}");
+    // and retrying every dead letter leaves it, saying so
+    let all = junction(&["retry", "--dead", "--destination", "mesh_hwe"]);
+    assert!(all.status.success());
+    let said = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        said.contains("0 dead letter(s) queued again") && said.contains("1 still dead"),
+        "{said}"
+    );
     // A destination the message's routes do not name: refused, nothing queued.
     let elsewhere = junction(&[
         "replay",

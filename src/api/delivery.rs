@@ -12,7 +12,8 @@
 //! - `POST /api/queues/{destination}/retry`: every pending delivery of a
 //!   destination due now: `{"due_now": n}` (after the destination is back).
 //! - `POST /api/dead-letters/retry?destination=`: every dead delivery (of
-//!   one destination) queued again: `{"retried": n}`.
+//!   one destination) queued again: `{"retried": n, "still_dead": m}` (`m`:
+//!   those delivered once whose document is gone; replay their messages).
 //! - `POST /api/messages/{id}/replay[?destination=]`: routes and maps an
 //!   accepted message again and queues its documents anew (new delivery
 //!   rows), for every destination its routes name or for one (409 when they
@@ -168,6 +169,10 @@ pub(super) async fn retry(
 #[derive(Serialize)]
 pub(super) struct Retried {
     retried: usize,
+    /// Dead letters left (of that destination): those delivered once whose
+    /// document is gone (a MESH report said the recipient never got it),
+    /// which a replay of their message sends again.
+    still_dead: u64,
 }
 
 pub(super) async fn retry_dead(
@@ -181,8 +186,24 @@ pub(super) async fn retry_dead(
         ));
     }
     let destination = p.destination.filter(|d| !d.is_empty());
-    let retried = running(&state)?.retry_dead(destination).await?;
-    Ok(Json(Retried { retried }))
+    let retried = running(&state)?.retry_dead(destination.clone()).await?;
+    let still_dead = state
+        .journal
+        .queue_depths()
+        .await?
+        .iter()
+        .filter(|d| d.status == DeliveryStatus::Dead)
+        .filter(|d| {
+            destination
+                .as_deref()
+                .is_none_or(|want| d.destination == want)
+        })
+        .map(|d| d.count)
+        .sum();
+    Ok(Json(Retried {
+        retried,
+        still_dead,
+    }))
 }
 
 /// `POST /api/messages/{id}/replay?destination=`.

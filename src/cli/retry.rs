@@ -74,7 +74,16 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     }
     let count = |key| answer.body.get(key).and_then(Value::as_u64);
     match (count("retried"), count("due_now")) {
-        (Some(n), _) => println!("{n} dead letter(s) queued again"),
+        (Some(n), _) => {
+            println!("{n} dead letter(s) queued again");
+            if let Some(left) = count("still_dead").filter(|left| *left > 0) {
+                println!(
+                    "{left} still dead: delivered once, their documents are gone (a MESH \
+                     report said the recipient never got them); `junction dead-letters` \
+                     lists them, `junction replay <message> --destination <id>` sends one again"
+                );
+            }
+        }
         (_, Some(n)) => println!("{n} pending deliveries due now"),
         _ => {
             println!("queued again:");
