@@ -20,7 +20,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use junction::delivery::build::{build, BuildContext, BuildError};
-use junction::delivery::{Deliver, DeliveryItem, DestinationConfig, DestinationKind};
+use junction::delivery::{Deliver, DeliveryItem, DestinationConfig, DestinationKind, Payload};
 use junction::journal::{Journal, MessageQuery, StoreConfig};
 use junction::mesh::{MeshClient, MeshMailboxConfig, MessageId, Secret};
 use junction::mllp::codec::MllpCodec;
@@ -663,6 +663,14 @@ const WORKFLOW: &str = "TEST_WORKFLOW";
 /// A `[destinations.hwe]` sending from `[mesh.mailboxes.junction]` (X26ABC1,
 /// secrets from files in the sandbox's folder) to X26ABC2.
 fn mesh_dest(sandbox: &Sandbox, password: &str) -> (Arc<dyn Deliver>, std::path::PathBuf) {
+    mesh_dest_with(sandbox, password, Payload::Document)
+}
+
+fn mesh_dest_with(
+    sandbox: &Sandbox,
+    password: &str,
+    payload: Payload,
+) -> (Arc<dyn Deliver>, std::path::PathBuf) {
     let password_file = sandbox.dir.path().join("password");
     let key_file = sandbox.dir.path().join("shared-key");
     std::fs::write(&password_file, format!("{password}\n")).unwrap();
@@ -679,6 +687,7 @@ fn mesh_dest(sandbox: &Sandbox, password: &str) -> (Arc<dyn Deliver>, std::path:
     cfg.to = Some("X26ABC2".into());
     cfg.workflow_id = Some(WORKFLOW.into());
     cfg.subject = Some("junction document".into());
+    cfg.payload = payload;
     let ctx = BuildContext {
         records: None,
         mailboxes: &mailboxes,
@@ -719,6 +728,37 @@ async fn mesh_delivers_a_document_nhs_client_downloads_byte_identical() {
     ] {
         assert!(text.contains(expected), "{expected} not in {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_with_payload_original_sends_the_hl7_as_received() {
+    let sandbox = Sandbox::start();
+    let (dest, _) = mesh_dest_with(&sandbox, "password", Payload::Original);
+    let raw = std::fs::read(harness::repo_root().join("samples/oru_r01_fbc_ue.hl7")).unwrap();
+    let delivered = dest.deliver(&item(6, &document(6), &raw)).await.unwrap();
+    let id = MessageId::new(delivered.remote_ref.unwrap());
+    let (body, headers) = python_download(&sandbox, "X26ABC2", &id, true, &[]);
+    assert_eq!(body, raw, "the HL7 byte for byte, not the Bundle");
+    let text = headers.to_string();
+    for expected in [
+        format!("junction-6-{QUEUED_AT_MS}.hl7"),
+        "hl7-v2".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected} not in {text}");
+    }
+}
+
+#[tokio::test]
+async fn file_with_payload_original_writes_the_message_as_hl7() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = DestinationConfig::new(DestinationKind::File);
+    cfg.dir = Some(tmp.path().to_path_buf());
+    cfg.payload = Payload::Original;
+    let dest = make(&cfg);
+    let raw = b"MSH|^~\\&|LIMS|RAL|||20261123||ORU^R01|L1|P|2.4\rPID|1\r";
+    dest.deliver(&item(7, &document(7), raw)).await.unwrap();
+    let path = tmp.path().join(format!("junction-7-{QUEUED_AT_MS}.hl7"));
+    assert_eq!(std::fs::read(path).unwrap(), raw);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

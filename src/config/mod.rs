@@ -796,6 +796,18 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
             }
             DestinationKind::File => need("dir", d.dir.is_some(), diags),
         }
+        if d.payload == crate::delivery::Payload::Original
+            && !matches!(d.kind, DestinationKind::Mesh | DestinationKind::File)
+        {
+            diags.push(doc.error(
+                at("payload"),
+                format!(
+                    "destination `{id}`: payload = \"original\" applies to mesh and file \
+                     destinations, expected it left out (an mllp destination always forwards \
+                     the original; store and fhir take the document)"
+                ),
+            ));
+        }
         if let Some(url) = &d.url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 diags.push(doc.error(
@@ -1323,7 +1335,7 @@ mod tests {
             [
                 "junction.toml:10:1: error: destination `hwe` (kind = \"mesh\") needs `workflow_id`",
                 "junction.toml:12:11: error: destination `hwe`: unknown mailbox `nope`, expected one of the `[mesh.mailboxes.<id>]` tables (`junction`)",
-                "junction.toml:17:1: error: unknown field `urll`, expected one of `kind`, `external`, `mailbox`, `to`, `workflow_id`, `subject`, `url`, `token_env`, `token_file`, `address`, `tls_ca_file`, `tls_cert_file`, `tls_key_file`, `tls_server_name`, `dir`, `timeout_secs`, `max_attempts`, `max_age_secs`, `backoff_initial_ms`, `backoff_max_ms`, `concurrency` (did you mean `url`?)",
+                "junction.toml:17:1: error: unknown field `urll`, expected one of `kind`, `external`, `mailbox`, `to`, `workflow_id`, `subject`, `url`, `token_env`, `token_file`, `address`, `tls_ca_file`, `tls_cert_file`, `tls_key_file`, `tls_server_name`, `dir`, `payload`, `timeout_secs`, `max_attempts`, `max_age_secs`, `backoff_initial_ms`, `backoff_max_ms`, `concurrency` (did you mean `url`?)",
             ],
             "{source}"
         );
@@ -1337,6 +1349,33 @@ mod tests {
         assert_eq!(config.destinations["lab"].kind, DestinationKind::Fhir);
         assert_eq!(config.sources["inbox"].mailbox, "junction");
         assert_eq!(config.mesh.mailboxes["junction"].mailbox, "X26ABC1");
+    }
+
+    #[test]
+    fn payload_original_is_for_mesh_and_file_destinations() {
+        let with = |kind_and_keys: &str| {
+            format!("{GOOD}\n[destinations.out]\n{kind_and_keys}\npayload = \"original\"\n")
+        };
+        let found = diagnostics(&with("kind = \"file\"\ndir = \"out\""));
+        assert!(found.is_empty(), "{found:?}");
+        let found = diagnostics(&with("kind = \"fhir\"\nurl = \"http://x\""));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].ends_with(
+                "error: destination `out`: payload = \"original\" applies to mesh and file \
+                 destinations, expected it left out (an mllp destination always forwards the \
+                 original; store and fhir take the document)"
+            ),
+            "{found:?}"
+        );
+        let found = diagnostics(&format!(
+            "{GOOD}\n[destinations.out]\nkind = \"file\"\ndir = \"out\"\npayload = \"hl7\"\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("unknown variant `hl7`, expected `document` or `original`"),
+            "{found:?}"
+        );
     }
 
     #[test]

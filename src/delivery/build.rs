@@ -88,7 +88,7 @@ pub fn build(
             let dir = cfg.dir.clone();
             need("dir", dir.is_some())?;
             let dir = dir.unwrap_or_default();
-            Arc::new(super::file::FileDestination::new(id, dir, timeout))
+            Arc::new(super::file::FileDestination::new(id, dir, timeout).with_payload(cfg.payload))
         }
         DestinationKind::Store => {
             let records = ctx
@@ -164,15 +164,18 @@ pub fn build(
                         id: id.to_string(),
                         mailbox: mailbox_id.to_string(),
                     })?;
-            Arc::new(super::mesh::MeshDestination::new(
-                id,
-                mailbox_id,
-                mailbox.clone(),
-                cfg.to.as_deref().unwrap_or_default(),
-                cfg.workflow_id.as_deref().unwrap_or_default(),
-                cfg.subject.clone(),
-                timeout,
-            ))
+            Arc::new(
+                super::mesh::MeshDestination::new(
+                    id,
+                    mailbox_id,
+                    mailbox.clone(),
+                    cfg.to.as_deref().unwrap_or_default(),
+                    cfg.workflow_id.as_deref().unwrap_or_default(),
+                    cfg.subject.clone(),
+                    timeout,
+                )
+                .with_payload(cfg.payload),
+            )
         }
     })
 }

@@ -1,4 +1,5 @@
-//! File destination: each document is written as `<dir>/<local_id>.json`.
+//! File destination: each document is written as `<dir>/<local_id>.json`
+//! (with `payload = "original"`: the message as received, `<local_id>.hl7`).
 //!
 //! The write is atomic: the document goes to a hidden temporary file in the
 //! same folder (`.<local_id>.json.<random>.tmp`), which is fsynced, renamed
@@ -11,7 +12,8 @@
 //! inside the document: the file holds exactly the bytes queued.
 //!
 //! # Invariants
-//! - The file content is byte-identical to `DeliveryItem::document`.
+//! - The file content is byte-identical to `DeliveryItem::document` (or,
+//!   `payload = "original"`, to `DeliveryItem::raw`).
 //! - Delivering the same item again writes the same name again (the name
 //!   comes from the queue row id), so a repeat after a crash overwrites
 //!   rather than duplicates.
@@ -26,7 +28,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
+use super::{Deliver, Delivered, DeliveryError, DeliveryItem, Payload};
 
 /// Writes documents into one folder.
 #[derive(Debug)]
@@ -34,6 +36,7 @@ pub struct FileDestination {
     id: String,
     dir: PathBuf,
     timeout: Duration,
+    payload: Payload,
 }
 
 impl FileDestination {
@@ -44,7 +47,14 @@ impl FileDestination {
             id: id.to_string(),
             dir,
             timeout,
+            payload: Payload::Document,
         }
+    }
+
+    /// What it writes: the document (default) or the original message.
+    pub fn with_payload(mut self, payload: Payload) -> Self {
+        self.payload = payload;
+        self
     }
 
     /// The folder documents are written into.
@@ -60,8 +70,8 @@ impl Deliver for FileDestination {
     ) -> BoxFuture<'a, Result<Delivered, DeliveryError>> {
         async move {
             let dir = self.dir.clone();
-            let name = format!("{}.json", item.local_id());
-            let document = item.document.clone();
+            let name = format!("{}.{}", item.local_id(), self.payload.extension());
+            let document = self.payload.bytes(item).clone();
             let write = tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &document));
             let path = match tokio::time::timeout(self.timeout, write).await {
                 Err(_) => {

@@ -5,7 +5,9 @@
 //! `subject` (when set), `mex-LocalID` = [`DeliveryItem::local_id`],
 //! `mex-FileName` = `<local_id>.json` and `mex-Content-Type` =
 //! `application/fhir+json`; gzip, chunking and the checksum are the
-//! [`MeshClient`]'s.
+//! [`MeshClient`]'s. With `payload = "original"` the message goes as it was
+//! received instead (HL7 v2 to a neighbour that wants HL7): `<local_id>.hl7`,
+//! `x-application/hl7-v2+er7`.
 //!
 //! The client is built lazily, on the first delivery, so a missing password or
 //! key does not stop the engine: it is a retryable error naming the
@@ -41,10 +43,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
+use super::{Deliver, Delivered, DeliveryError, DeliveryItem, Payload};
 use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, SendRequest};
 
-const FHIR_JSON: &str = "application/fhir+json";
 /// MESH asks clients to validate their mailbox (handshake) at least daily.
 const HANDSHAKE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
@@ -59,6 +60,7 @@ pub struct MeshDestination {
     workflow_id: String,
     subject: Option<String>,
     timeout: Duration,
+    payload: Payload,
     client: Mutex<Option<Arc<MeshClient>>>,
     /// When the current client last completed a handshake.
     handshake_at: Mutex<Option<Instant>>,
@@ -82,9 +84,16 @@ impl MeshDestination {
             workflow_id: workflow_id.to_string(),
             subject,
             timeout,
+            payload: Payload::Document,
             client: Mutex::new(None),
             handshake_at: Mutex::new(None),
         }
+    }
+
+    /// What it sends: the document (default) or the original message.
+    pub fn with_payload(mut self, payload: Payload) -> Self {
+        self.payload = payload;
+        self
     }
 
     /// The client, built on first use from the mailbox configuration.
@@ -145,11 +154,11 @@ impl MeshDestination {
         let request = SendRequest {
             to: self.to.clone(),
             workflow_id: self.workflow_id.clone(),
-            file_name: Some(format!("{local_id}.json")),
+            file_name: Some(format!("{local_id}.{}", self.payload.extension())),
             local_id,
             subject: self.subject.clone(),
-            content_type: Some(FHIR_JSON.to_string()),
-            body: item.document.clone(),
+            content_type: Some(self.payload.content_type().to_string()),
+            body: self.payload.bytes(item).clone(),
             earlier_attempt: item.attempt > 1,
         };
         match tokio::time::timeout(self.timeout, client.send(&request)).await {
@@ -162,7 +171,7 @@ impl MeshDestination {
                  (timeout_secs; raise it for large documents); the next attempt asks \
                  tracking before posting again",
                 self.id,
-                item.document.len(),
+                self.payload.bytes(item).len(),
                 self.timeout.as_secs()
             ))),
         }

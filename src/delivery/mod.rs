@@ -125,6 +125,12 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub dir: Option<PathBuf>,
 
+    // --- mesh and file ---
+    /// What is sent: the mapped document (default) or the message as it was
+    /// received (`original`: HL7 v2 to a neighbour that wants HL7).
+    #[serde(default)]
+    pub payload: Payload,
+
     // --- every kind ---
     /// Timeout of one delivery attempt, in seconds.
     #[serde(default = "default_timeout_secs")]
@@ -143,6 +149,43 @@ pub struct DestinationConfig {
     /// Items delivered at once (each for a different patient).
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+}
+
+/// What a mesh or file destination sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// The document the route's mapping made (a FHIR Bundle), `.json`.
+    #[default]
+    Document,
+    /// The message as it was journaled (HL7 v2, byte for byte), `.hl7`.
+    Original,
+}
+
+impl Payload {
+    /// The bytes of `item` to send.
+    pub fn bytes(self, item: &DeliveryItem) -> &Bytes {
+        match self {
+            Payload::Document => &item.document,
+            Payload::Original => &item.raw,
+        }
+    }
+
+    /// The file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Payload::Document => "json",
+            Payload::Original => "hl7",
+        }
+    }
+
+    /// The media type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Payload::Document => "application/fhir+json",
+            Payload::Original => "x-application/hl7-v2+er7",
+        }
+    }
 }
 
 fn default_timeout_secs() -> u64 {
@@ -183,6 +226,7 @@ impl DestinationConfig {
             tls_key_file: None,
             tls_server_name: None,
             dir: None,
+            payload: Payload::Document,
             timeout_secs: default_timeout_secs(),
             max_attempts: default_max_attempts(),
             max_age_secs: default_max_age_secs(),
