@@ -722,6 +722,27 @@ mod tests {
         assert!(parse_sort("ServiceRequest", "-authored").is_ok());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_value_or_resource_makes_it_panic(
+            name in "(date|code|_sort|status|date:x)",
+            value in "\\PC{0,24}",
+            stored in "[-+:TZ0-9.]{0,30}",
+        ) {
+            if let Ok(Some(filter)) = parse("Observation", &name, &value) {
+                let resource = json!({
+                    "effectiveDateTime": stored,
+                    "effectivePeriod": {"start": stored, "end": value},
+                    "code": {"coding": [{"system": value, "code": stored}]},
+                });
+                let _ = filter.matches(&resource);
+            }
+            let _ = parse_sort("Observation", &value);
+            let _ = date_range(&value);
+            let _ = date_range(&stored);
+        }
+    }
+
     #[test]
     fn date_ranges_have_their_precision() {
         let r = |text: &str| {
