@@ -49,6 +49,21 @@ mapping = "oru_r01"
 destinations = ["copy"]
 "#;
 
+/// The engine with the shipped config and routes, its MESH mailboxes on a
+/// sandbox of its own (the engine first: it is dropped, and stopped, first).
+fn engine_and_sandbox() -> (Engine, Sandbox, tempfile::TempDir) {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(
+        dir.path(),
+        &EngineSetup {
+            sandbox_url: &sandbox.url,
+            ..EngineSetup::default()
+        },
+    );
+    (engine, sandbox, dir)
+}
+
 /// Polls `check` until it gives a value or `DEADLINE` passes (then panics with
 /// `what` and the engine's log).
 fn wait_for<T>(engine: &Engine, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -221,15 +236,7 @@ fn an_hwe_patient_reaches_the_neighbours_inbox_byte_identical() {
 
 #[test]
 fn a_mesh_report_dead_letters_what_the_recipient_never_got_and_a_replay_sends_it_again() {
-    let sandbox = Sandbox::start();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = start_engine(
-        dir.path(),
-        &EngineSetup {
-            sandbox_url: &sandbox.url,
-            ..EngineSetup::default()
-        },
-    );
+    let (engine, sandbox, _dir) = engine_and_sandbox();
     send_accepted(&engine, &a05("MESHREP0001", 3));
     let rows = wait_for(&engine, "the mesh_hwe delivery", || {
         let rows = deliveries(&engine, "mesh_hwe");
@@ -473,15 +480,7 @@ fn a_stopped_sandbox_keeps_documents_queued_then_delivers_in_order() {
 
 #[test]
 fn a_bundle_in_junctions_inbox_is_acknowledged_and_stored() {
-    let sandbox = Sandbox::start();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = start_engine(
-        dir.path(),
-        &EngineSetup {
-            sandbox_url: &sandbox.url,
-            ..EngineSetup::default()
-        },
-    );
+    let (engine, sandbox, _dir) = engine_and_sandbox();
     let sample = harness::repo_root().join("samples/mesh_bundle_from_hwe.json");
     let id = mesh::send(&sandbox.url, HWE, JUNCTION, &sample);
     // Downloaded, journaled under the source, acknowledged (gone from the inbox).
@@ -536,15 +535,7 @@ fn a_bundle_in_junctions_inbox_is_acknowledged_and_stored() {
 
 #[test]
 fn hl7_results_in_junctions_inbox_are_mapped_and_stored_and_never_sent_on() {
-    let sandbox = Sandbox::start();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = start_engine(
-        dir.path(),
-        &EngineSetup {
-            sandbox_url: &sandbox.url,
-            ..EngineSetup::default()
-        },
-    );
+    let (engine, sandbox, _dir) = engine_and_sandbox();
     // A neighbouring trust's lab sends an ORU^R01 to Junction's mailbox.
     let sample = harness::repo_root().join("samples/oru_r01_fbc_ue.hl7");
     let mesh_id = mesh::send(&sandbox.url, HWE, JUNCTION, &sample);
@@ -598,15 +589,7 @@ fn hl7_results_in_junctions_inbox_are_mapped_and_stored_and_never_sent_on() {
 
 #[test]
 fn an_objecting_patient_never_reaches_the_neighbour() {
-    let sandbox = Sandbox::start();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = start_engine(
-        dir.path(),
-        &EngineSetup {
-            sandbox_url: &sandbox.url,
-            ..EngineSetup::default()
-        },
-    );
+    let (engine, sandbox, dir) = engine_and_sandbox();
     // The A05 patient (NHS number 999 004 9491) objects to sharing.
     cli(
         &engine,
