@@ -333,10 +333,6 @@ enum WriteRequest {
     },
 }
 
-/// How the error of a kept differing resend begins (a rejected row that
-/// `junction replay` may still route: see [`Journal::accepted_message`]).
-pub const DIFFERING_RESEND: &str = "a resend of message ";
-
 /// How long a failed commit keeps the journal unhealthy when no intake
 /// commit has succeeded since. The pipeline's small routing writes can still
 /// fit on a disk too full for messages; without the hold, one of them

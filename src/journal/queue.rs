@@ -76,7 +76,9 @@ UPDATE deliveries SET size = length(document);
 UPDATE deliveries SET document = X'' WHERE status = 'delivered';
 ";
 
-/// Version 4: messages found by a remote reference (`MessageQuery::remote_ref`):
+/// Version 4: `messages.resend_of`, the message a kept differing resend (a
+/// rejected row: same sender and control id, other content) collided with;
+/// and messages found by a remote reference (`MessageQuery::remote_ref`):
 /// deliveries by what the destination called them (the MESH message id a
 /// document went as), and messages from a MESH inbox by the MESH message id
 /// they came in (the end of their peer, `mesh:<mailbox>/<message id>`).
@@ -84,6 +86,7 @@ pub(super) const SCHEMA_V4: &str = "
 CREATE INDEX deliveries_remote_ref ON deliveries (remote_ref) WHERE remote_ref IS NOT NULL;
 CREATE INDEX messages_mesh_message_id ON messages (substr(peer, instr(peer, '/') + 1))
     WHERE peer LIKE 'mesh:%/%';
+ALTER TABLE messages ADD COLUMN resend_of INTEGER;
 ";
 
 /// What routing made of one accepted message.
@@ -770,11 +773,9 @@ pub(super) fn accepted_message(
     let mut stmt = conn.prepare_cached(
         "SELECT id, listener, control_id, message_type, raw, sender FROM messages
          WHERE id = ?1
-           AND (status = 'accepted'
-                OR (status = 'rejected' AND substr(error, 1, length(?2)) = ?2))",
+           AND (status = 'accepted' OR (status = 'rejected' AND resend_of IS NOT NULL))",
     )?;
-    stmt.query_row(params![id, super::DIFFERING_RESEND], pending_message)
-        .optional()
+    stmt.query_row([id], pending_message).optional()
 }
 
 pub(super) fn due_deliveries(

@@ -55,8 +55,8 @@ const FIND_ACCEPTED: &str = "SELECT id, ack_code, ack, raw FROM messages
 /// then nothing changes and [`FIND_ACCEPTED`] fetches the original.
 const INSERT: &str = "INSERT INTO messages
      (listener, peer, received_at, sender, control_id, message_type, version,
-      status, ack_code, ack, error, raw, size)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+      status, ack_code, ack, error, raw, size, resend_of)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
      ON CONFLICT (sender, control_id) WHERE status = 'accepted' AND control_id <> ''
      DO NOTHING";
 
@@ -275,7 +275,8 @@ fn write_group(
     Ok(outcomes)
 }
 
-/// Inserts `item` with the given status, ACK and error (the INSERT does
+/// Inserts `item` with the given status, ACK and error, and (for a kept
+/// differing resend) the id of the message it collided with (the INSERT does
 /// nothing for an accepted resend); the rows changed.
 fn insert_row(
     insert: &mut rusqlite::CachedStatement<'_>,
@@ -284,6 +285,7 @@ fn insert_row(
     ack_code: Option<&str>,
     ack: Option<&str>,
     error: Option<&str>,
+    resend_of: Option<i64>,
 ) -> Result<usize, rusqlite::Error> {
     insert.execute(params![
         item.listener,
@@ -300,6 +302,7 @@ fn insert_row(
         &item.raw[..],
         // A frame is bounded by max_message_bytes, far below i64::MAX.
         item.raw.len() as i64,
+        resend_of,
     ])
 }
 
@@ -316,6 +319,7 @@ fn write_one(
         item.ack_code.as_deref(),
         item.ack.as_deref(),
         item.error.as_deref(),
+        None,
     )?;
     if changed == 1 {
         return Ok(Committed::Stored {
@@ -335,10 +339,9 @@ fn write_one(
         None
     } else {
         let error = format!(
-            "{}{id} (the same MSH-3/MSH-4 and MSH-10) whose content differs: not \
-             processed, answered with that message's ACK; does the sender reuse control \
-             ids? `junction replay` of this row processes it",
-            super::DIFFERING_RESEND
+            "a resend of message {id} (the same MSH-3/MSH-4 and MSH-10) whose content \
+             differs: not processed, answered with that message's ACK; does the sender \
+             reuse control ids? `junction replay` of this row processes it"
         );
         insert_row(
             insert,
@@ -347,6 +350,7 @@ fn write_one(
             ack_code.as_deref(),
             ack.as_deref(),
             Some(&error),
+            Some(id),
         )?;
         Some(tx.last_insert_rowid())
     };
