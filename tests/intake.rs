@@ -403,6 +403,135 @@ async fn half_a_frame_then_silence_is_closed_after_the_idle_timeout() {
     fx.engine.stop().await;
 }
 
+/// A 0x1C inside a message (a corrupted byte, an unencoded binary value) is
+/// not taken as the frame's end: the message is never cut there and the part
+/// before it acknowledged. The whole frame is answered AR and kept, in one
+/// write and with the rest of the frame arriving after a pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_block_byte_inside_a_message_is_rejected_whole_never_cut_short() {
+    let fx = start().await;
+    for (control_id, pause) in [("FSIN1", false), ("FSIN2", true)] {
+        let message = String::from_utf8(a01_with_control_id(control_id))
+            .unwrap()
+            .replacen("MARGARET", "MARG\x1cARET", 1)
+            .into_bytes();
+        let cut = message.iter().position(|&b| b == FS).unwrap() + 1;
+        let mut conn = connect(fx.addr).await;
+        let bytes = frame(&message);
+        if pause {
+            conn.write_all(&bytes[..cut + 1]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.write_all(&bytes[cut + 1..]).await.unwrap();
+        } else {
+            conn.write_all(&bytes).await.unwrap();
+        }
+        let ack = read_frame(&mut conn).await.expect("an answer");
+        assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
+        assert_eq!(field(&ack, "MSA", 2), control_id, "{ack}");
+        assert!(ack.contains("0x1C inside the message"), "{ack}");
+        // the connection stays open for the next message
+        let ack = send(&mut conn, &a01_with_control_id(&format!("{control_id}OK"))).await;
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    }
+    let accepted = search(&fx.engine, |q| q.status = Some("accepted".into())).await;
+    assert!(accepted
+        .iter()
+        .all(|r| !r.control_id.starts_with("FSIN") || r.control_id.ends_with("OK")));
+    let rejected = search(&fx.engine, |q| q.status = Some("rejected".into())).await;
+    assert_eq!(rejected.len(), 2);
+    let whole = a01_with_control_id("FSIN1").len() + 1;
+    for row in &rejected {
+        let kept = fx.engine.journal().raw(row.id).await.unwrap().unwrap();
+        assert!(kept.contains(&FS), "the whole frame is kept");
+        assert!(kept.len() >= whole, "the whole frame is kept");
+    }
+    fx.engine.stop().await;
+}
+
+/// A sender that gives up on a frame and starts it again (a new 0x0B before
+/// the end block) gets the new message answered under its own control id; the
+/// abandoned bytes are kept as garbage and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_restarted_by_a_new_start_block_is_kept_and_the_new_one_answered() {
+    let fx = start().await;
+    let message = a01_with_control_id("RESTART1");
+    let mut bytes = vec![VT];
+    bytes.extend_from_slice(&message[..40]);
+    bytes.extend_from_slice(&frame(&message));
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(&bytes).await.unwrap();
+    let ack = read_frame(&mut conn).await.expect("an ACK");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "RESTART1", "{ack}");
+    let ack = send(&mut conn, &a01_with_control_id("RESTART2")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    let garbage = search(&fx.engine, |q| q.status = Some("garbage".into())).await;
+    assert_eq!(garbage.len(), 1);
+    let kept = fx
+        .engine
+        .journal()
+        .raw(garbage[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept, bytes[..41].to_vec());
+    fx.engine.stop().await;
+}
+
+/// The idle timeout (1 s here) counts from the last byte: a frame arriving in
+/// pieces over longer than that, never 1 s without a byte, is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_frame_that_is_never_idle_is_not_cut_off() {
+    let fx = start().await;
+    let bytes = frame(&a01_with_control_id("SLOW0001"));
+    let mut conn = connect(fx.addr).await;
+    let piece = bytes.len() / 5 + 1;
+    for chunk in bytes.chunks(piece) {
+        conn.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let ack = read_frame(&mut conn)
+        .await
+        .expect("an ACK after ~3 s of sending");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    fx.engine.stop().await;
+}
+
+/// MSH-12 that is no HL7 v2 version (a garbled header: fields shifted) gets
+/// AR with HL7's error 203; one with trailing blanks or a `V` is read as the
+/// version and echoed; a `~` in MSH-10 is part of the control id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_version_and_control_id_are_read_as_senders_write_them() {
+    let fx = start().await;
+    let mut conn = connect(fx.addr).await;
+    let text = String::from_utf8(a01_with_control_id("VER00001")).unwrap();
+    let ack = send(&mut conn, text.replacen("|P|2.4|", "|P|LCR|", 1).as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
+    assert!(ack.contains("203"), "{ack}");
+    let text = String::from_utf8(a01_with_control_id("VER00002")).unwrap();
+    let ack = send(
+        &mut conn,
+        text.replacen("|P|2.4|", "|P|2.4   |", 1).as_bytes(),
+    )
+    .await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSH", 12), "2.4", "{ack}");
+    for id in ["REPC~1", "REPC~2"] {
+        let ack = send(&mut conn, &a01_with_control_id(id)).await;
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        assert_eq!(field(&ack, "MSA", 2), id.replace('~', "\\R\\"), "{ack}");
+    }
+    let accepted = search(&fx.engine, |q| q.status = Some("accepted".into())).await;
+    assert_eq!(
+        accepted
+            .iter()
+            .filter(|r| r.control_id.starts_with("REPC~"))
+            .count(),
+        2
+    );
+    fx.engine.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_connections_all_get_aa() {
     let fx = start().await;

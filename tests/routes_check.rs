@@ -96,10 +96,10 @@ destinations = ["store"]
         "{stderr}"
     );
     for (at, message) in expected {
-        assert!(stderr.contains(message), "{message}\n---\n{stderr}");
+        // `file:line:col: error: message`, one line each
         assert!(
-            stderr.contains(&format!("--> {at}\n")),
-            "{at}\n---\n{stderr}"
+            stderr.contains(&format!("{at}: {message}")),
+            "{at}: {message}\n---\n{stderr}"
         );
     }
     // The route with a syntax problem is reported alone; the other route's bad
@@ -116,17 +116,16 @@ destinations = ["store"]
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains(
-            "error: route `adt` names unknown listener `pass`, expected `pas`\n  --> routes/main.toml:2:14\n"
+            "routes/main.toml:2:14: error: route `adt` names unknown listener `pass`, expected `pas`\n"
         ),
         "{stderr}"
     );
     assert!(
         stderr.contains(
-            "error: route `adt` sends `ADT^A11` to mapping `adt`, which does not declare it"
+            "routes/main.toml:3:24: error: route `adt` sends `ADT^A11` to mapping `adt`, which does not declare it"
         ),
         "{stderr}"
     );
-    assert!(stderr.contains("--> routes/main.toml:3:24\n"), "{stderr}");
     assert!(
         stderr.contains(
             " 3 | messages = [\"ADT^A01\", \"ADT^A11\"]\n   |                        ^^^^^^^^^"
@@ -149,7 +148,7 @@ fn unknown_mapping_is_named_with_a_suggestion() {
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("error: route `lab` uses unknown mapping `oru_r1`, expected one of `adt`, `adt_cancel`, `adt_merge`, `oru_r01` (did you mean `oru_r01`?)\n  --> routes/main.toml:3:11\n"),
+        stderr.contains("routes/main.toml:3:11: error: route `lab` uses unknown mapping `oru_r1`, expected one of `adt`, `adt_cancel`, `adt_merge`, `oru_r01` (did you mean `oru_r01`?)\n"),
         "{stderr}"
     );
 }
@@ -167,7 +166,39 @@ fn mapping_problems_are_reported_too() {
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("--> mappings/broken.toml:4:1\n"),
+        stderr.contains("mappings/broken.toml:4:1: error: "),
         "{stderr}"
     );
+}
+
+#[test]
+fn routes_are_checked_against_a_config_with_errors_of_its_own() {
+    // The config has a problem (an unknown key in a destination): the routes'
+    // references are still checked against the ids it declares, in the same run.
+    let dir = project(
+        "[routes.adt]\nlisteners = [\"pas\"]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"store\", \"mesh_nowhere\", \"mesh_hwe\"]\n",
+    );
+    let config = dir.path().join("junction.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("dir = \"out/hwe\"", "dir = \"out/hwe\"\ncolour = 1"),
+    )
+    .unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("junction.toml:9:1: error: unknown field `colour`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes/main.toml:5:26: error: route `adt` sends to unknown destination `mesh_nowhere`, expected one of `mesh_hwe`, `store`"),
+        "{stderr}"
+    );
+    // `mesh_hwe` is declared (its own table is what is wrong): not reported
+    assert!(
+        !stderr.contains("unknown destination `mesh_hwe`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("found 2 error(s)"), "{stderr}");
 }

@@ -1,5 +1,5 @@
 //! `junction check [--config junction.toml]`: load and validate the config,
-//! print every diagnostic (rustc style) on stderr.
+//! print every diagnostic (`file:line:col: error: message`, then the line) on stderr.
 //!
 //! What is checked: the config file itself (see [`crate::config`]), the
 //! mapping files in the `mappings/` folder next to it when there is one, and
@@ -35,7 +35,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let dir = config::config_dir(&args.config);
     let mappings = check_mappings(&dir, &mut diags);
     // Further checks (routes) extend `diags` here.
-    check_routes(&dir, config.as_ref(), &mut diags);
+    check_routes(&args.config, &dir, config.as_ref(), &mut diags);
     diags.sort();
     print_diagnostics(&diags);
     match config {
@@ -128,6 +128,10 @@ fn summary(file: &Path, config: &Config, mappings: Option<usize>, diags: &Diagno
     )
 }
 
+fn as_strs(ids: Option<&[String]>) -> Option<Vec<&str>> {
+    ids.map(|v| v.iter().map(String::as_str).collect())
+}
+
 /// The path relative to the current folder when it is under it.
 fn display_path(path: &Path) -> PathBuf {
     std::env::current_dir()
@@ -143,7 +147,12 @@ fn display_path(path: &Path) -> PathBuf {
 /// references to mappings (checked when the mappings compile: the name exists and
 /// declares the route's message types) and to the config's listeners (when the
 /// config loads) and its `[destinations.<id>]`.
-fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnostics) {
+fn check_routes(
+    config_file: &Path,
+    config_dir: &Path,
+    config: Option<&Config>,
+    diags: &mut Diagnostics,
+) {
     let in_dir = |name: &str| {
         if config_dir == Path::new(".") {
             PathBuf::from(name)
@@ -156,11 +165,32 @@ fn check_routes(config_dir: &Path, config: Option<&Config>, diags: &mut Diagnost
         .is_dir()
         .then(|| MappingSet::load_dir(&mappings_dir).ok())
         .flatten();
-    let listeners: Option<Vec<&str>> =
-        config.map(|c| c.listeners.keys().map(String::as_str).collect());
-    let destinations: Option<Vec<&str>> =
-        config.map(|c| c.destinations.keys().map(String::as_str).collect());
-    let sources: Option<Vec<&str>> = config.map(|c| c.sources.keys().map(String::as_str).collect());
+    // With a config that has errors of its own, the ids it declares still say
+    // which names a route may use (every problem in one run).
+    let declared = match config {
+        Some(_) => config::DeclaredIds::default(),
+        None => std::fs::read_to_string(config_file)
+            .map(|source| config::declared_ids(&source))
+            .unwrap_or_default(),
+    };
+    let ids = |typed: Option<Vec<String>>, raw: Option<Vec<String>>| typed.or(raw);
+    let listeners = ids(
+        config.map(|c| c.listeners.keys().cloned().collect()),
+        declared.listeners,
+    );
+    let destinations = ids(
+        config.map(|c| c.destinations.keys().cloned().collect()),
+        declared.destinations,
+    );
+    let sources = ids(
+        config.map(|c| c.sources.keys().cloned().collect()),
+        declared.sources,
+    );
+    let (listeners, destinations, sources) = (
+        as_strs(listeners.as_deref()),
+        as_strs(destinations.as_deref()),
+        as_strs(sources.as_deref()),
+    );
     let known = crate::route::Known {
         mappings: mappings.as_ref(),
         listeners: listeners.as_deref(),

@@ -1,9 +1,10 @@
 //! Diagnostics: problems found in a config file, each tied to a file, line
-//! and column, rendered like rustc.
+//! and column. Each is rendered as one `file:line:col: severity: message`
+//! line (what DESIGN's `junction check` contract, editors and `grep` expect),
+//! then the line it points at, as gcc and clang do:
 //!
 //! ```text
-//! error: unknown field `timout_secs`, expected `url` or `timeout_secs`
-//!   --> routes/hwe.toml:3:1
+//! routes/hwe.toml:3:1: error: unknown field `timout_secs`, expected `url` or `timeout_secs`
 //!    |
 //!  3 | timout_secs = 3
 //!    | ^^^^^^^^^^^
@@ -218,24 +219,13 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: {}", self.severity, self.message)?;
+        f.write_str(&self.one_line())?;
         let gutter = if self.line == 0 {
             1
         } else {
             self.line.to_string().len() + 1
         };
         let pad = " ".repeat(gutter);
-        if self.line == 0 {
-            write!(f, "{pad}--> {}", self.file.display())?;
-        } else {
-            write!(
-                f,
-                "{pad}--> {}:{}:{}",
-                self.file.display(),
-                self.line,
-                self.col
-            )?;
-        }
         if let Some(snippet) = &self.snippet {
             let (text, start, len) = expand_tabs(snippet);
             writeln!(f)?;
@@ -440,14 +430,14 @@ mod tests {
     }
 
     #[test]
-    fn renders_like_rustc() {
+    fn renders_location_first_then_the_line() {
         let src = "[api]\nbind = \"127.0.0.1:8080\"\ntimout_secs = 3\n";
         let start = src.find("timout").unwrap();
         check_render(
             src,
             start..start + "timout_secs".len(),
             "unknown field `timout_secs`, expected `bind`",
-            "error: unknown field `timout_secs`, expected `bind`\n  --> junction.toml:3:1\n   |\n 3 | timout_secs = 3\n   | ^^^^^^^^^^^",
+            "junction.toml:3:1: error: unknown field `timout_secs`, expected `bind`\n   |\n 3 | timout_secs = 3\n   | ^^^^^^^^^^^",
         );
     }
 
@@ -458,7 +448,7 @@ mod tests {
             &src,
             15..16,
             "bad",
-            "error: bad\n   --> junction.toml:12:5\n    |\n 12 | x = 1\n    |     ^",
+            "junction.toml:12:5: error: bad\n    |\n 12 | x = 1\n    |     ^",
         );
     }
 
@@ -468,7 +458,7 @@ mod tests {
             "k = [\n 1,\n]\n",
             4..12,
             "bad array",
-            "error: bad array\n  --> junction.toml:1:5\n   |\n 1 | k = [\n   |     ^",
+            "junction.toml:1:5: error: bad array\n   |\n 1 | k = [\n   |     ^",
         );
     }
 
@@ -478,7 +468,7 @@ mod tests {
             "a = ",
             4..4,
             "expected a value",
-            "error: expected a value\n  --> junction.toml:1:5\n   |\n 1 | a =\n   |     ^",
+            "junction.toml:1:5: error: expected a value\n   |\n 1 | a =\n   |     ^",
         );
     }
 
@@ -488,7 +478,7 @@ mod tests {
             "\tkey = 1\n",
             1..4,
             "bad",
-            "error: bad\n  --> junction.toml:1:2\n   |\n 1 |     key = 1\n   |     ^^^",
+            "junction.toml:1:2: error: bad\n   |\n 1 |     key = 1\n   |     ^^^",
         );
     }
 
@@ -499,7 +489,7 @@ mod tests {
             Diagnostic::at_line_col(Severity::Error, Path::new("m.toml"), src, 3, 9, "bad path");
         assert_eq!(
             d.to_string(),
-            "error: bad path\n  --> m.toml:3:9\n   |\n 3 | body = \"PID-99 | trim\"\n   |         ^^^^^^"
+            "m.toml:3:9: error: bad path\n   |\n 3 | body = \"PID-99 | trim\"\n   |         ^^^^^^"
         );
         // Past the end of the line and of the file: clamped, never a panic.
         let d = Diagnostic::at_line_col(Severity::Error, Path::new("m.toml"), src, 1, 80, "x");
@@ -516,7 +506,7 @@ mod tests {
             .with_note("check the path");
         assert_eq!(
             d.to_string(),
-            "error: cannot read\n --> x.toml\n  = note: check the path"
+            "x.toml: error: cannot read\n  = note: check the path"
         );
         assert_eq!(d.one_line(), "x.toml: error: cannot read");
         let w = Diagnostic::warning(Path::new("x.toml"), "a\nb = 2", 2..3, "odd");
@@ -537,6 +527,6 @@ mod tests {
         let first = text.find("error: first").unwrap();
         let second = text.find("warning: second").unwrap();
         assert!(first < second, "{text}");
-        assert!(text.contains("--> f:2:1"), "{text}");
+        assert!(text.contains("f:2:1: warning: second"), "{text}");
     }
 }

@@ -216,6 +216,34 @@ pub fn parse(file: &Path, source: &str) -> (Option<Config>, Diagnostics) {
     (config, diags)
 }
 
+/// The ids a config declares (`[listeners.<id>]`, `[sources.<id>]`,
+/// `[destinations.<id>]`), read from the TOML alone: what `junction check` checks
+/// routes against when the config itself has errors. `None` where the file or
+/// that section cannot be read as tables.
+#[derive(Debug, Default)]
+pub struct DeclaredIds {
+    pub listeners: Option<Vec<String>>,
+    pub sources: Option<Vec<String>>,
+    pub destinations: Option<Vec<String>>,
+}
+
+pub fn declared_ids(source: &str) -> DeclaredIds {
+    let (root, errors) = DeTable::parse_recoverable(source);
+    if !errors.is_empty() {
+        return DeclaredIds::default();
+    }
+    let doc = Doc {
+        file: Path::new(""),
+        source,
+        root: root.get_ref(),
+    };
+    DeclaredIds {
+        listeners: doc.declared(&["listeners"]),
+        sources: doc.declared(&["sources"]),
+        destinations: doc.declared(&["destinations"]),
+    }
+}
+
 /// The parsed file, for locating keys and values in diagnostics.
 struct Doc<'a> {
     file: &'a Path,
@@ -232,6 +260,19 @@ impl Doc<'_> {
             value = value.get_ref().as_table()?.get(*key)?;
         }
         Some(value)
+    }
+
+    /// The ids declared under `path` (`[destinations.<id>]`), whether or not
+    /// their tables deserialized: empty when absent, `None` when the value there
+    /// is not a table.
+    fn declared(&self, path: &[&str]) -> Option<Vec<String>> {
+        match self.value(path) {
+            None => Some(Vec::new()),
+            Some(v) => v
+                .get_ref()
+                .as_table()
+                .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect()),
+        }
     }
 
     /// The span of the key at `path`, if present.
@@ -632,7 +673,11 @@ fn check_application_acks(
         };
         let at = doc.span(&["listeners", id, "application_ack"]);
         match config.destinations.get(dest) {
-            None if failed.destinations => {}
+            // declared, but its table did not deserialize (reported already)
+            None if failed.destinations
+                && doc
+                    .declared(&["destinations"])
+                    .is_none_or(|ids| ids.contains(dest)) => {}
             None => diags.push(doc.error(
                 at,
                 format!(
@@ -744,6 +789,13 @@ fn check_log(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
 /// Destinations, sources and mailboxes: the keys each kind needs, and the
 /// mailboxes and ids they refer to.
 fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    // A mailbox whose table did not deserialize is still declared (its own
+    // problems are reported): only a name declared nowhere is unknown here.
+    let mailboxes = doc.declared(&["mesh", "mailboxes"]);
+    let mailbox_declared = |name: &String| {
+        config.mesh.mailboxes.contains_key(name)
+            || (failed.mailboxes && mailboxes.as_ref().is_none_or(|ids| ids.contains(name)))
+    };
     for (id, d) in &config.destinations {
         let at = |key: &str| doc.span(&["destinations", id, key]);
         let need = |key: &str, present: bool, diags: &mut Diagnostics| {
@@ -809,7 +861,9 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
             ));
         }
         if let Some(url) = &d.url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if url_has_password(url) {
+                diags.push(doc.error(at("url"), format!("destination `{id}`: {URL_SECRET}")));
+            } else if !(url.starts_with("http://") || url.starts_with("https://")) {
                 diags.push(doc.error(
                     at("url"),
                     format!("destination `{id}`: url `{url}` must start with http:// or https://"),
@@ -817,7 +871,7 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
             }
         }
         if let Some(mailbox) = &d.mailbox {
-            if !failed.mailboxes && !config.mesh.mailboxes.contains_key(mailbox) {
+            if !mailbox_declared(mailbox) {
                 diags.push(doc.error(
                     at("mailbox"),
                     format!(
@@ -850,7 +904,7 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
         }
     }
     for (id, s) in &config.sources {
-        if !failed.mailboxes && !config.mesh.mailboxes.contains_key(&s.mailbox) {
+        if !mailbox_declared(&s.mailbox) {
             diags.push(doc.error(
                 doc.span(&["sources", id, "mailbox"]),
                 format!(
@@ -874,6 +928,12 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
         }
     }
     for (id, m) in &config.mesh.mailboxes {
+        if url_has_password(&m.url) {
+            diags.push(doc.error(
+                doc.span(&["mesh", "mailboxes", id, "url"]),
+                format!("mailbox `{id}`: {URL_SECRET}"),
+            ));
+        }
         if let Err(err) = m.validate() {
             diags.push(doc.error(
                 doc.span(&["mesh", "mailboxes", id]),
@@ -881,6 +941,14 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
             ));
         }
     }
+}
+
+const URL_SECRET: &str = "url holds a password (`user:password@`): secrets are never kept in \
+     the config file, give them through an environment variable or a file";
+
+/// Whether an http(s) URL carries a password in its user info.
+fn url_has_password(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.password().is_some())
 }
 
 /// `[store] url`: a PostgreSQL URL without a password (secrets come from
@@ -1349,6 +1417,52 @@ mod tests {
         assert_eq!(config.destinations["lab"].kind, DestinationKind::Fhir);
         assert_eq!(config.sources["inbox"].mailbox, "junction");
         assert_eq!(config.mesh.mailboxes["junction"].mailbox, "X26ABC1");
+    }
+
+    #[test]
+    fn a_broken_mailbox_is_still_declared_and_an_undeclared_one_still_unknown() {
+        // the mailbox `junction` has a problem of its own: references to it are
+        // fine, a reference to a mailbox declared nowhere is still reported
+        let source = format!(
+            "{GOOD}\n[destinations.hwe]\nkind = \"mesh\"\nmailbox = \"junction\"\nto = \"X26ABC2\"\nworkflow_id = \"W\"\n\n\
+             [sources.inbox]\nkind = \"mesh_inbox\"\nmailbox = \"nowhere\"\n\n\
+             [mesh.mailboxes.junction]\nurl = \"http://127.0.0.1:8700\"\nmailbox = \"X26ABC1\"\ncolour = 1\n"
+        );
+        let found = diagnostics(&source);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("source `inbox`: unknown mailbox `nowhere`"),
+            "{found:?}"
+        );
+        assert!(found[1].contains("unknown field `colour`"), "{found:?}");
+    }
+
+    #[test]
+    fn a_password_in_a_mailbox_or_destination_url_is_refused() {
+        let source = format!(
+            "{GOOD}\n[destinations.lab]\nkind = \"fhir\"\nurl = \"https://lab:s3cret@fhir.example/r4\"\n\n\
+             [mesh.mailboxes.junction]\nurl = \"https://X26ABC1:password@mesh.example\"\nmailbox = \"X26ABC1\"\n"
+        );
+        let found = diagnostics(&source);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("destination `lab`: url holds a password"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains("mailbox `junction`: url holds a password"),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .all(|d| !d.contains("s3cret") && !d.contains("password@")),
+            "{found:?}"
+        );
+        let fine = source
+            .replace("lab:s3cret@", "")
+            .replace("X26ABC1:password@", "");
+        assert!(diagnostics(&fine).is_empty());
     }
 
     #[test]

@@ -330,6 +330,42 @@ fn separators_of(h: &Header) -> (Separators, String) {
     (seps, chars.into_iter().collect())
 }
 
+/// An HL7 v2 version id (table 0104): `2.1` ... `2.9`, `2.3.1`, `2.5.1`,
+/// `2.8.2`, `2.0D`.
+fn is_v2_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix("2.") else {
+        return false;
+    };
+    rest.starts_with(|c: char| c.is_ascii_digit())
+        && rest.len() <= 8
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c.is_ascii_uppercase())
+}
+
+/// MSH-11.1 must be one of `accepted` (an AR, HL7's error 202): a listener of
+/// the live record refuses training (`T`) and debugging (`D`) messages when
+/// configured to. An empty MSH-11 is taken as it comes.
+#[allow(clippy::result_large_err)]
+pub fn check_processing_id(header: Header, accepted: &[String]) -> Result<Header, Rejection> {
+    if header.processing_id.is_empty() || accepted.contains(&header.processing_id) {
+        return Ok(header);
+    }
+    let error = Hl7Error::UnsupportedProcessingId {
+        value: super::error::snippet(&header.processing_id, 40),
+        expected: accepted
+            .iter()
+            .map(|p| format!("'{p}'"))
+            .collect::<Vec<_>>()
+            .join(" or "),
+    };
+    Err(Rejection {
+        code: AckCode::AR,
+        header: Some(header),
+        error: error.ack_error(),
+    })
+}
+
 fn is_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 12
@@ -366,8 +402,23 @@ pub struct Rejection {
 #[allow(clippy::result_large_err)]
 pub fn assess(raw: &[u8]) -> Result<Header, Rejection> {
     match fast_header(raw) {
-        Some(header) => check_required(header),
+        Some(header) => refuse_frame_byte(raw, check_required(header)),
         None => assess_full(raw),
+    }
+}
+
+/// A message otherwise taken that holds a 0x1C (MLLP's end block, never HL7
+/// data: the message was cut or corrupted on the way; `mllp::codec` keeps such
+/// a frame whole) is refused with AR, its header kept for the answer.
+#[allow(clippy::result_large_err)]
+fn refuse_frame_byte(raw: &[u8], assessed: Result<Header, Rejection>) -> Result<Header, Rejection> {
+    match (assessed, memchr::memchr(0x1C, raw)) {
+        (Ok(header), Some(offset)) => Err(Rejection {
+            code: AckCode::AR,
+            header: Some(header),
+            error: Hl7Error::FrameByte { offset }.ack_error(),
+        }),
+        (assessed, _) => assessed,
     }
 }
 
@@ -396,7 +447,7 @@ pub(super) fn assess_full(raw: &[u8]) -> Result<Header, Rejection> {
         Ok(header) => header,
         Err(err) => return Err(reject(AckCode::AR, None, err)),
     };
-    check_required(header)
+    refuse_frame_byte(raw, check_required(header))
 }
 
 /// The header of a structurally clean message from its MSH line alone (see
@@ -406,9 +457,22 @@ fn fast_header(raw: &[u8]) -> Option<Header> {
     Message::parse(line).and_then(|m| m.header()).ok()
 }
 
-/// MSH-9 and MSH-10 must not be empty (an AE, with the header for the ACK).
+/// MSH-12, when given, must be an HL7 v2 version id (an AR, HL7's error 203,
+/// with the header for the ACK): a header whose fields are shifted or garbled
+/// (segments run together, a frame restarted) shows there first. Then MSH-9
+/// and MSH-10 must not be empty (an AE).
 #[allow(clippy::result_large_err)]
 fn check_required(header: Header) -> Result<Header, Rejection> {
+    if !header.version.is_empty() && !is_v2_version(&header.version) {
+        let error = Hl7Error::UnsupportedVersion {
+            value: super::error::snippet(&header.version, 40),
+        };
+        return Err(Rejection {
+            code: AckCode::AR,
+            header: Some(header),
+            error: error.ack_error(),
+        });
+    }
     let missing = if header.message_code.is_empty() {
         Some((9, "message type"))
     } else if header.control_id.is_empty() {
@@ -459,6 +523,41 @@ mod tests {
 
     const V251: &str =
         "MSH|^~\\&|PAS|RAL^1.2.3^ISO|EPR|HUB|20240501120000||ADT^A01^ADT_A01|MSG0001|P|2.5.1";
+
+    #[test]
+    fn versions_and_processing_ids_are_checked() {
+        for good in ["2.3", "2.3.1", "2.5.1", "2.8.2", "2.0D", "2.9"] {
+            assert!(is_v2_version(good), "{good}");
+        }
+        for bad in ["", "9.9", "3.0", "LCR", "2.", "2.x", "2.5 1"] {
+            assert!(!is_v2_version(bad), "{bad}");
+        }
+        let msh = |pid: &str, ver: &str| {
+            format!("MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A01|M1|{pid}|{ver}\rEVN|A01\r")
+        };
+        let rejected = assess(msh("P", "LCR").as_bytes()).unwrap_err();
+        assert_eq!((rejected.code, rejected.error.code), (AckCode::AR, "203"));
+        assert_eq!(rejected.header.unwrap().control_id, "M1");
+        // blanks and a `V` are how senders write it, not another version
+        assert_eq!(
+            assess(msh("P", " V2.4  ").as_bytes()).unwrap().version,
+            "2.4"
+        );
+        // an empty MSH-12 is taken as it comes
+        assert!(assess(msh("P", "").as_bytes()).is_ok());
+        let only_p = ["P".to_string()];
+        let t = assess(msh("T", "2.4").as_bytes()).unwrap();
+        let refused = check_processing_id(t, &only_p).unwrap_err();
+        assert_eq!((refused.code, refused.error.code), (AckCode::AR, "202"));
+        assert!(refused.error.text.contains("'T'"), "{}", refused.error.text);
+        let p = assess(msh("P^T", "2.4").as_bytes()).unwrap();
+        assert!(check_processing_id(p, &only_p).is_ok());
+        // 0x1C inside: refused whole, with the header for the answer
+        let fs = msh("P", "2.4").replace("EVN|A01", "EVN|A0\x1c1");
+        let refused = assess(fs.as_bytes()).unwrap_err();
+        assert_eq!((refused.code, refused.error.code), (AckCode::AR, "102"));
+        assert_eq!(refused.header.unwrap().control_id, "M1");
+    }
     const V23: &str = "MSH|^~\\&|LIMS|RAL|EPR|HUB|20240501120000||ORU^R01|L77|T|2.3";
 
     #[test]

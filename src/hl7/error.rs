@@ -84,6 +84,20 @@ pub enum Hl7Error {
     },
 
     /// A batch (FHS/BHS) file is not laid out as expected.
+    /// A byte that ends MLLP frames (0x1C) inside the message: never HL7 data.
+    #[error(
+        "byte {offset}: the MLLP end-block byte 0x1C inside the message (a frame ends with 0x1C 0x0D); the message may be cut or corrupted"
+    )]
+    FrameByte { offset: usize },
+
+    /// MSH-12 is not an HL7 v2 version.
+    #[error("MSH-12 (version id) '{value}' is not an HL7 v2 version, expected one such as '2.3', '2.5.1' or '2.8'")]
+    UnsupportedVersion { value: String },
+
+    /// MSH-11 is not a processing id this listener takes.
+    #[error("MSH-11 (processing id) '{value}' is not accepted here, expected {expected}")]
+    UnsupportedProcessingId { value: String, expected: String },
+
     #[error("byte {offset}: expected {expected}, found '{found}'")]
     Batch {
         offset: usize,
@@ -104,7 +118,9 @@ impl Hl7Error {
             | Hl7Error::Syntax { .. }
             | Hl7Error::Batch { .. }
             | Hl7Error::UnnormalisedText { .. } => ("100", None, None),
-            Hl7Error::InvalidBytes { .. } => ("102", None, None),
+            Hl7Error::InvalidBytes { .. } | Hl7Error::FrameByte { .. } => ("102", None, None),
+            Hl7Error::UnsupportedVersion { .. } => ("203", Some("MSH"), Some(12)),
+            Hl7Error::UnsupportedProcessingId { .. } => ("202", Some("MSH"), Some(11)),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
             Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),
             Hl7Error::BadPath { .. } => ("207", None, None),

@@ -82,6 +82,21 @@ impl Header {
     }
 }
 
+/// MSH-12.1 as senders write it (`2.4`, ` 2.4  ` from fixed-width exports,
+/// `V2.4`) made the version id (`2.4`).
+fn normalise_version(v: String) -> String {
+    let t = v.trim();
+    let t = t
+        .strip_prefix(['V', 'v'])
+        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or(t);
+    if t.len() == v.len() {
+        v
+    } else {
+        t.to_string()
+    }
+}
+
 impl<'a> Message<'a> {
     /// Parses `text` as produced by [`super::decode`] (segments end in `'\r'`).
     pub fn parse(text: &'a str) -> Result<Message<'a>, Hl7Error> {
@@ -174,9 +189,14 @@ impl<'a> Message<'a> {
             message_code: component(9, 1),
             trigger_event: component(9, 2),
             message_structure: component(9, 3),
-            control_id: field(10),
-            processing_id: component(11, 1),
-            version: component(12, 1),
+            // the whole field: MSH-10 is ST, a `~` in it does not start a
+            // repetition (two ids differing after it are two messages)
+            control_id: msh
+                .field(10)
+                .map(|f| f.text(seps).into_owned())
+                .unwrap_or_default(),
+            processing_id: component(11, 1).trim().to_string(),
+            version: normalise_version(component(12, 1)),
             accept_ack_type: optional(field(15)),
             application_ack_type: optional(field(16)),
             charset: optional(field(18)),

@@ -19,12 +19,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use super::codec::{MllpCodec, MllpError};
+use super::codec::{next_frame, MllpCodec, MllpError};
 use super::tls::ClientTls;
 use crate::hl7::Message;
 
@@ -236,7 +236,7 @@ impl MllpClient {
     async fn send_within(&mut self, msg: &[u8], wait: Duration) -> Result<Bytes, ClientError> {
         self.write_frame(msg).await?;
         let peer = self.peer;
-        let ack = tokio::time::timeout(wait, self.framed.next())
+        let ack = tokio::time::timeout(wait, next_frame(&mut self.framed))
             .await
             .map_err(|_| ClientError::AckTimeout {
                 peer,
@@ -345,6 +345,7 @@ pub fn read_ack(ack: &[u8]) -> Result<AckInfo, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn check(ack: &str, expected: (&str, &str, Option<&str>)) {

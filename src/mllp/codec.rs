@@ -3,9 +3,19 @@
 //! The decoder is lenient where senders in the wild are sloppy and strict
 //! where leniency would hide data loss:
 //! - CR/LF (and other ASCII whitespace) between frames is skipped;
-//! - a frame is complete at its `0x1C`: one whose `0x0D` is missing, or
-//!   arrives later, is accepted at once (the following byte is left for the
-//!   next frame; a late `0x0D` is white space between frames);
+//! - a frame ends at a `0x1C` followed by `0x0D`, by a line feed or by a new
+//!   `0x0B` (a sender that leaves out the CR). A `0x1C` that is the last
+//!   byte received so far ends the frame only when nothing follows it soon:
+//!   [`MllpCodec::awaiting_end`] says so, and the listener calls
+//!   [`MllpCodec::end_at_fs`] after a short grace;
+//! - a `0x1C` followed by any other byte is not an end: it is part of the
+//!   message, which `hl7::assess` then rejects (0x1C is no HL7 data), so a
+//!   stray byte can never cut a message short and have the part before it
+//!   acknowledged;
+//! - a `0x0B` inside an unfinished frame starts a new frame: the sender gave
+//!   up on the one before (after its own write timeout, say). The abandoned
+//!   bytes are handed out by [`MllpCodec::take_abandoned`] to be kept, and the
+//!   new frame is read and answered as usual;
 //! - any other byte outside a frame is an error ([`MllpError::Garbage`]);
 //! - a frame longer than `max_message_bytes` is an error
 //!   ([`MllpError::TooLarge`]), detected without buffering more than the limit.
@@ -14,8 +24,16 @@
 //! carries (a bounded prefix of) the offending bytes so they can be kept.
 //! It does not interpret the payload: that is [`crate::hl7`]'s job.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
+use tokio_util::codec::{Decoder, Encoder, Framed};
 
 /// Start block.
 pub const VT: u8 = 0x0B;
@@ -23,6 +41,8 @@ pub const VT: u8 = 0x0B;
 pub const FS: u8 = 0x1C;
 /// Carriage return that follows the end block.
 pub const CR: u8 = 0x0D;
+/// A line feed some senders put after the end block instead of the CR.
+const LF: u8 = 0x0A;
 
 /// How many offending bytes an error keeps for inspection.
 pub const KEPT_BYTES: usize = 64 * 1024;
@@ -58,6 +78,11 @@ pub struct MllpCodec {
     max_message_bytes: usize,
     /// How far into the current frame's payload we have already scanned for FS.
     scanned: usize,
+    /// The last byte received is the current frame's FS (at `scanned`): the
+    /// frame ends there unless a data byte follows.
+    fs_last: bool,
+    /// Frames a new start block cut short, oldest first (bounded prefixes).
+    abandoned: Vec<Bytes>,
 }
 
 impl MllpCodec {
@@ -65,11 +90,52 @@ impl MllpCodec {
         MllpCodec {
             max_message_bytes,
             scanned: 0,
+            fs_last: false,
+            abandoned: Vec::new(),
         }
     }
 
     fn keep(buf: &[u8]) -> Bytes {
         Bytes::copy_from_slice(&buf[..buf.len().min(KEPT_BYTES)])
+    }
+
+    /// Whether the frame's FS is the last byte received: the caller may end
+    /// the frame there ([`Self::end_at_fs`]) when nothing follows soon.
+    pub fn awaiting_end(&self) -> bool {
+        self.fs_last
+    }
+
+    /// Ends the current frame at the FS that is the last byte of `src`
+    /// (nothing followed it: the sender left out the CR). `None` when
+    /// [`Self::awaiting_end`] does not hold.
+    pub fn end_at_fs(&mut self, src: &mut BytesMut) -> Option<Bytes> {
+        let end = self.scanned;
+        if !self.fs_last || src.len() != end + 2 || src[end + 1] != FS {
+            return None;
+        }
+        let mut frame = src.split_to(end + 2);
+        frame.advance(1);
+        frame.truncate(end);
+        self.scanned = 0;
+        self.fs_last = false;
+        Some(frame.freeze())
+    }
+
+    /// The bytes of frames a new start block cut short since the last call
+    /// (each with its `0x0B`), to be kept for inspection.
+    pub fn take_abandoned(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    fn too_large(&mut self, src: &mut BytesMut) -> MllpError {
+        let bytes = Self::keep(&src[..]);
+        src.clear();
+        self.scanned = 0;
+        self.fs_last = false;
+        MllpError::TooLarge {
+            limit: self.max_message_bytes,
+            bytes,
+        }
     }
 }
 
@@ -98,52 +164,62 @@ impl Decoder for MllpCodec {
                 return Err(MllpError::Garbage { bytes });
             }
         }
-        // src[0] is VT; look for FS after what we have scanned already.
-        let payload = &src[1..];
-        let from = self.scanned.min(payload.len());
-        match payload[from..].iter().position(|&b| b == FS) {
-            Some(rel) => {
-                let end = from + rel;
-                if end > self.max_message_bytes {
-                    let bytes = Self::keep(&src[..]);
-                    src.clear();
-                    self.scanned = 0;
-                    return Err(MllpError::TooLarge {
-                        limit: self.max_message_bytes,
-                        bytes,
-                    });
-                }
-                // The frame is complete at FS: a sender that leaves out the CR
-                // and waits for its ACK must not wait for our idle timeout. The
-                // CR, when it is here, is taken with the frame; when it comes
-                // later it is white space between frames, skipped.
-                let after = 1 + end + 1;
-                let trailer = usize::from(src.get(after) == Some(&CR));
-                let mut frame = src.split_to(after + trailer);
-                frame.advance(1);
-                frame.truncate(end);
-                self.scanned = 0;
-                Ok(Some(frame.freeze()))
-            }
-            None => {
+        self.fs_last = false;
+        loop {
+            // src[0] is VT; look for FS (or a new VT) after what we have scanned.
+            let payload = &src[1..];
+            let from = self.scanned.min(payload.len());
+            let Some(rel) = payload[from..].iter().position(|&b| b == FS || b == VT) else {
                 if payload.len() > self.max_message_bytes {
-                    let bytes = Self::keep(&src[..]);
-                    src.clear();
-                    self.scanned = 0;
-                    return Err(MllpError::TooLarge {
-                        limit: self.max_message_bytes,
-                        bytes,
-                    });
+                    return Err(self.too_large(src));
                 }
                 self.scanned = payload.len();
                 src.reserve(4096);
-                Ok(None)
+                return Ok(None);
+            };
+            let end = from + rel;
+            if end > self.max_message_bytes {
+                return Err(self.too_large(src));
+            }
+            if payload[end] == VT {
+                // A new frame starts inside this one: the sender abandoned it.
+                let abandoned = src.split_to(1 + end);
+                self.abandoned.push(Self::keep(&abandoned));
+                self.scanned = 0;
+                continue;
+            }
+            match payload.get(end + 1) {
+                // nothing after the FS yet: the CR, or a data byte, may follow
+                None => {
+                    self.scanned = end;
+                    self.fs_last = true;
+                    return Ok(None);
+                }
+                // FS inside the message: not an end (the message is refused later)
+                Some(&b) if b != CR && b != LF && b != VT => {
+                    self.scanned = end + 1;
+                    continue;
+                }
+                Some(&b) => {
+                    // the CR is taken with the frame; an LF or a new VT stays
+                    // for the next one
+                    let trailer = usize::from(b == CR);
+                    let mut frame = src.split_to(1 + end + 1 + trailer);
+                    frame.advance(1);
+                    frame.truncate(end);
+                    self.scanned = 0;
+                    return Ok(Some(frame.freeze()));
+                }
             }
         }
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, MllpError> {
         if let Some(frame) = self.decode(src)? {
+            return Ok(Some(frame));
+        }
+        // the peer closed right after an FS: the frame ends there
+        if let Some(frame) = self.end_at_fs(src) {
             return Ok(Some(frame));
         }
         if src.is_empty() {
@@ -168,6 +244,43 @@ impl<T: AsRef<[u8]>> Encoder<T> for MllpCodec {
         dst.put_u8(CR);
         Ok(())
     }
+}
+
+/// How long a frame whose `0x1C` is the last byte received waits for the byte
+/// after it before it is taken as ended there (a sender that leaves out the CR
+/// and waits for its answer waits this much longer).
+pub const FS_GRACE: Duration = Duration::from_millis(100);
+
+/// The next frame from `framed`, as `framed.next()` gives it, except that a
+/// frame whose `0x1C` is the last byte received ends there when nothing has
+/// followed within [`FS_GRACE`] (see the module docs). Cancel-safe, as
+/// `framed.next()` is.
+pub async fn next_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, MllpCodec>,
+) -> Option<Result<Bytes, MllpError>> {
+    let mut grace: Option<Pin<Box<Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(item) = framed.poll_next_unpin(cx) {
+            return Poll::Ready(item);
+        }
+        if !framed.codec().awaiting_end() {
+            grace = None;
+            return Poll::Pending;
+        }
+        let sleep = grace.get_or_insert_with(|| Box::pin(tokio::time::sleep(FS_GRACE)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        grace = None;
+        let mut buf = std::mem::take(framed.read_buffer_mut());
+        let frame = framed.codec_mut().end_at_fs(&mut buf);
+        *framed.read_buffer_mut() = buf;
+        match frame {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Frames one message into a new buffer.
@@ -225,15 +338,58 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_is_complete_at_fs_without_waiting_for_the_cr() {
+    fn a_frame_ending_at_the_last_byte_received_waits_for_what_follows() {
         let mut codec = MllpCodec::new(100);
         let mut buf = BytesMut::from(&b"\x0bMSH|a\x1c"[..]);
-        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|a")));
-        // the CR, arriving after, is skipped as white space before the next frame
-        buf.extend_from_slice(b"\r\x0bMSH|b\x1c\r");
-        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|b")));
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
-        assert!(buf.is_empty());
+        assert!(codec.awaiting_end());
+        // the CR comes: the frame ends, with it
+        buf.extend_from_slice(b"\r\x0bMSH|b\x1c");
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|a")));
+        assert!(!codec.awaiting_end());
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        // nothing comes (a sender that leaves out the CR): the caller ends it
+        assert!(codec.awaiting_end());
+        assert_eq!(codec.end_at_fs(&mut buf), Some(Bytes::from("MSH|b")));
+        assert!(buf.is_empty() && !codec.awaiting_end());
+        assert_eq!(codec.end_at_fs(&mut buf), None);
+        // a late CR is white space before the next frame
+        buf.extend_from_slice(b"\r\x0bMSH|c\x1c\r");
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|c")));
+    }
+
+    #[test]
+    fn an_fs_followed_by_data_is_part_of_the_message() {
+        // in one write, or with the data arriving after the FS
+        let (frames, err) = decode_all(&[b"\x0bPID|AL\x1cICE|1\x1c\r"], 100);
+        assert_eq!(frames, vec![Bytes::from("PID|AL\x1cICE|1")]);
+        assert!(err.is_none());
+        let (frames, _) = decode_all(&[b"\x0bPID|AL\x1c", b"ICE|1\x1c\r"], 100);
+        assert_eq!(frames, vec![Bytes::from("PID|AL\x1cICE|1")]);
+        // a space is data too; an LF ends the frame
+        let (frames, _) = decode_all(&[b"\x0bA\x1c B\x1c\n\x0bC\x1c\r"], 100);
+        assert_eq!(frames, vec![Bytes::from("A\x1c B"), Bytes::from("C")]);
+    }
+
+    #[test]
+    fn a_start_block_inside_a_frame_abandons_it_and_starts_anew() {
+        let mut codec = MllpCodec::new(100);
+        let mut buf = BytesMut::from(&b"\x0bMSH|half\x0bMSH|whole\x1c\r"[..]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Bytes::from("MSH|whole"))
+        );
+        assert_eq!(codec.take_abandoned(), vec![Bytes::from("\x0bMSH|half")]);
+        assert!(codec.take_abandoned().is_empty());
+        // across reads
+        let mut buf = BytesMut::from(&b"\x0bMSH|ha"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"lf\x0b\x0bMSH|b\x1c\r");
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|b")));
+        assert_eq!(
+            codec.take_abandoned(),
+            vec![Bytes::from("\x0bMSH|half"), Bytes::from("\x0b")]
+        );
     }
 
     #[test]
@@ -274,7 +430,7 @@ mod tests {
         #[test]
         fn splitting_anywhere_yields_same_frames(
             msgs in proptest::collection::vec(
-                proptest::collection::vec(any::<u8>().prop_filter("no FS", |b| *b != FS), 0..200), 1..6),
+                proptest::collection::vec(any::<u8>().prop_filter("no FS or VT", |b| *b != FS && *b != VT), 0..200), 1..6),
             cuts in proptest::collection::vec(any::<usize>(), 0..8),
         ) {
             let mut stream = Vec::new();

@@ -17,9 +17,13 @@
 //!   `BTS` (and `FTS`). Answering each message separately would break senders
 //!   that wait for exactly one reply per frame;
 //! - a framing error (bytes outside a frame, a frame over
-//!   `max_message_bytes`, EOF inside a frame, or `idle_timeout_secs` without
-//!   completing a frame) journals the bytes kept as `garbage`, logs one
-//!   warning and closes that connection only;
+//!   `max_message_bytes`, EOF inside a frame, or `idle_timeout_secs` with no
+//!   byte received inside an unfinished frame) journals the bytes kept as
+//!   `garbage`, logs one warning and closes that connection only. A frame the
+//!   sender abandoned by starting a new one (`0x0B` before the end block) is
+//!   kept the same way, and the connection goes on with the new frame. The
+//!   idle timeout counts from the last byte received, never from the start
+//!   of a frame: a large message arriving slowly is not cut off;
 //! - a resend of an accepted message (same MSH-3/MSH-4 and MSH-10) gets the
 //!   ACK stored the first time, byte for byte, and is not journaled again.
 //!
@@ -55,7 +59,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
@@ -70,7 +74,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::hl7::{self, AckCode, Header};
 use crate::journal::{Committed, Incoming, Journal, JournalError, Status};
-use crate::mllp::codec::{MllpCodec, MllpError, KEPT_BYTES};
+use crate::mllp::codec::{next_frame, MllpCodec, MllpError, KEPT_BYTES};
 use crate::mllp::tls::{PeerNet, ServerTlsConfig, TlsFileError};
 use crate::telemetry::events::{self, Event, EventBus, MessageOutcome};
 use crate::telemetry::metrics::{AckLabel, Metrics};
@@ -104,6 +108,16 @@ pub struct ListenerConfig {
     /// them. Unset: none are sent (see the module doc).
     #[serde(default)]
     pub application_ack: Option<String>,
+    /// MSH-11.1 values (HL7 table 0103) taken; any other is answered AR with
+    /// HL7's error 202. Default: `P` (production), `D` (debugging) and `T`
+    /// (training). A listener feeding the live record sets `["P"]` so a
+    /// sender's test messages never reach it.
+    #[serde(default = "default_processing_ids")]
+    pub processing_ids: Vec<String>,
+}
+
+fn default_processing_ids() -> Vec<String> {
+    ["P", "D", "T"].map(String::from).to_vec()
 }
 
 fn default_max_connections() -> usize {
@@ -265,6 +279,7 @@ impl Listener {
                 metrics,
                 idle_timeout: Duration::from_secs(self.cfg.idle_timeout_secs.max(1)),
                 max_message_bytes: self.cfg.max_message_bytes,
+                processing_ids: self.cfg.processing_ids.clone(),
                 ack_mode: self.cfg.ack_mode,
                 events: self.events.clone(),
             });
@@ -351,6 +366,8 @@ struct ConnContext {
     counters: ListenerCounters,
     idle_timeout: Duration,
     max_message_bytes: usize,
+    /// MSH-11 values taken (`processing_ids`).
+    processing_ids: Vec<String>,
     ack_mode: AckMode,
     events: EventBus,
 }
@@ -495,6 +512,7 @@ async fn plain_on_tls(mut stream: TcpStream, peer: &str, ctx: &ConnContext) {
         Bytes::from(kept),
         n,
         "plain MLLP sent to a TLS listener: the sender does not use TLS",
+        true,
     )
     .await;
 }
@@ -508,7 +526,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     ctx.counters.open_connections.inc();
     let _open = OpenGuard(ctx.counters.open_connections.clone());
     let peer_text = peer.to_string();
-    let mut framed = Framed::new(stream, MllpCodec::new(ctx.max_message_bytes));
+    let mut framed = Framed::new(Watched::new(stream), MllpCodec::new(ctx.max_message_bytes));
     debug!("connection opened");
     ctx.events.publish(Event::ConnectionOpened {
         listener: ctx.listener.clone(),
@@ -516,15 +534,35 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         at: events::now(),
     });
     loop {
+        // Idle means no byte for `idle_timeout`: the wait starts again from the
+        // last byte read, so a large frame arriving slowly is never cut off.
+        let wait = ctx
+            .idle_timeout
+            .saturating_sub(framed.get_ref().last_read.elapsed());
         let next = tokio::select! {
             // Only taken while waiting for a frame: a frame in hand is always answered.
             _ = cancel.cancelled() => {
                 debug!("closing for shutdown");
                 break;
             }
-            next = tokio::time::timeout(ctx.idle_timeout, framed.next()) => next,
+            next = tokio::time::timeout(wait, next_frame(&mut framed)) => next,
         };
+        // a frame the sender abandoned by starting a new one: kept, and the
+        // connection goes on with the new frame
+        for abandoned in framed.codec_mut().take_abandoned() {
+            let size = abandoned.len();
+            keep_garbage(
+                ctx,
+                &peer_text,
+                abandoned,
+                size,
+                "a new start block (0x0B) began before this frame's end block: the sender abandoned it",
+                false,
+            )
+            .await;
+        }
         let outcome = match next {
+            Err(_elapsed) if framed.get_ref().last_read.elapsed() < ctx.idle_timeout => continue,
             Err(_elapsed) => {
                 let pending = framed.read_buffer();
                 if pending.is_empty() {
@@ -539,7 +577,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                         ctx.idle_timeout.as_secs(),
                         pending.len()
                     );
-                    keep_garbage(ctx, &peer_text, kept, pending.len(), &reason).await;
+                    keep_garbage(ctx, &peer_text, kept, pending.len(), &reason, true).await;
                 }
                 Next::Close
             }
@@ -554,7 +592,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Some(Err(err))) => {
                 let kept = err.kept_bytes().cloned().unwrap_or_default();
                 let size = kept.len();
-                keep_garbage(ctx, &peer_text, kept, size, &err.to_string()).await;
+                keep_garbage(ctx, &peer_text, kept, size, &err.to_string(), true).await;
                 Next::Close
             }
             Ok(Some(Ok(frame))) => handle_frame(ctx, &peer_text, frame, &mut framed).await,
@@ -571,8 +609,76 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     });
 }
 
-/// Journals the bytes of a framing error and logs one warning. The caller closes.
-async fn keep_garbage(ctx: &ConnContext, peer: &str, kept: Bytes, seen: usize, reason: &str) {
+/// A connection's stream that remembers when it last read a byte (what the
+/// idle timeout is measured from).
+struct Watched<S> {
+    inner: S,
+    last_read: Instant,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S) -> Self {
+        Watched {
+            inner,
+            last_read: Instant::now(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last_read = Instant::now();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Journals the bytes of a framing error and logs one warning; `closing`: the
+/// caller closes the connection (else it goes on).
+async fn keep_garbage(
+    ctx: &ConnContext,
+    peer: &str,
+    kept: Bytes,
+    seen: usize,
+    reason: &str,
+    closing: bool,
+) {
+    let outcome = if closing {
+        "framing error, connection closed"
+    } else {
+        "framing error, connection kept open"
+    };
     ctx.counters.received.inc();
     ctx.counters.rejected.inc();
     let kept_len = kept.len();
@@ -603,13 +709,13 @@ async fn keep_garbage(ctx: &ConnContext, peer: &str, kept: Bytes, seen: usize, r
             kept_bytes = kept_len,
             journal_id = committed.first().map(Committed::id),
             reason,
-            "framing error, connection closed"
+            "{outcome}"
         ),
         Err(err) => warn!(
             bytes = seen,
             reason,
             error = %err,
-            "framing error, connection closed; the bytes could not be journaled"
+            "{outcome}; the bytes could not be journaled"
         ),
     }
 }
@@ -821,7 +927,11 @@ fn journal_failed(err: &JournalError, items: &[ItemView]) {
 fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Incoming {
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
-    match hl7::assess(&raw) {
+    let assessed = match hl7::assess(&raw) {
+        Ok(header) => hl7::check_processing_id(header, &ctx.processing_ids),
+        Err(rejection) => Err(rejection),
+    };
+    match assessed {
         Ok(header) => {
             let enhanced = enhanced_mode(ctx.ack_mode, &header);
             let (code, answer) = if enhanced {

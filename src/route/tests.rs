@@ -451,7 +451,7 @@ fn references_to_unknown_mappings_and_destinations() {
         s.check_references(&[], &["store", "stroe", "mesh_hwe"])[0].to_string(),
         "routes/a.toml:3:11: route `adt` uses unknown mapping `atd`, and there is none in mappings/"
     );
-    // The error carries its span and the file text, for rustc-style rendering.
+    // The error carries its span and the file text, to show the line it points at.
     let e = &s.check_destinations(&["store"])[0];
     assert_eq!(&e.source().unwrap()[e.span()], "\"stroe\"");
 }
