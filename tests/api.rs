@@ -207,3 +207,69 @@ fn load_measures_and_every_message_is_journaled() {
     ids.dedup();
     assert_eq!(ids.len(), 220);
 }
+
+/// One raw HTTP/1.0 request with the given headers: (status, headers, body).
+fn raw_request(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// The open loopback API answers only requests addressed to a loopback name
+/// and not sent by a page of another origin (DNS rebinding, cross-site posts);
+/// a wrong method is a 405 with a body saying so (JSON here; an
+/// OperationOutcome under /fhir, once the token is checked).
+#[test]
+fn the_open_api_refuses_rebinding_and_cross_site_requests_and_explains_405() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir.path(), "normal");
+    let api = engine.api;
+    let get = |host: &str, extra: &str| {
+        raw_request(
+            api,
+            &format!(
+                "GET /api/messages HTTP/1.0\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    assert_eq!(get(&api.to_string(), "").0, 200);
+    assert_eq!(get(&format!("localhost:{}", api.port()), "").0, 200);
+    let (status, _, body) = get(&format!("rebound.example:{}", api.port()), "");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("loopback"),
+        "{body}"
+    );
+    let (status, _, body) = get(&api.to_string(), "Origin: https://evil.example\r\n");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        get(&api.to_string(), &format!("Origin: http://{api}\r\n")).0,
+        200
+    );
+    // /health and /metrics stay open to any Host (probes address nodes by name)
+    let (status, _, _) = raw_request(
+        api,
+        "GET /health HTTP/1.0\r\nHost: node1.trust.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+
+    let (status, head, body) = raw_request(
+        api,
+        &format!("DELETE /api/messages HTTP/1.0\r\nHost: {api}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 405, "{body}");
+    assert!(head.contains("allow: get"), "{head}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("DELETE"),
+        "{body}"
+    );
+}

@@ -868,6 +868,73 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     assert_eq!(outcome["issue"][0]["code"], "not-supported");
     std::fs::write(answers.join("21-xml-only.json"), outcome.to_string()).unwrap();
 
+    // Commas in `identifier` are OR (each patient once); a type no mapping
+    // writes, or a typo, is a 404 rather than "none"; `$everything` takes
+    // `_type` and refuses what it does not know; `_history` pages.
+    let either = get(
+        &client,
+        &base,
+        &format!(
+            "/fhir/Patient?identifier={NHS_SYSTEM}|9999999999,{MRN_SYSTEM}|RVL1234567,{NHS_SYSTEM}|{NHS_NUMBER}"
+        ),
+        &answers,
+        "22-patient-by-either-identifier",
+    )
+    .await;
+    assert_searchset(&either, &base, std::slice::from_ref(&patient));
+    let typo = get(
+        &client,
+        &base,
+        &format!("/fhir/AllergyIntolerances?patient={}", ids.patient),
+        &answers,
+        "23-unknown-type",
+    )
+    .await;
+    assert_eq!(typo.status, 404, "{}", typo.body);
+    assert_eq!(typo.body["resourceType"], "OperationOutcome");
+    assert!(
+        typo.body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .starts_with("`AllergyIntolerances` is not searched here, expected Patient or one of AllergyIntolerance,"),
+        "{}",
+        typo.body
+    );
+    let only_patient = get(
+        &client,
+        &base,
+        &format!("/fhir/{patient}/$everything?_type=Patient,Condition"),
+        &answers,
+        "24-everything-of-types",
+    )
+    .await;
+    assert_searchset(&only_patient, &base, std::slice::from_ref(&patient));
+    let unknown = get(
+        &client,
+        &base,
+        &format!("/fhir/{patient}/$everything?start=2030-01-01"),
+        &answers,
+        "25-everything-unknown-parameter",
+    )
+    .await;
+    assert_outcome(
+        &unknown,
+        400,
+        "invalid",
+        "unsupported parameter `start` for $everything, expected _type, _count, _offset, _summary=count",
+    );
+    let first = get(
+        &client,
+        &base,
+        &format!("/fhir/{patient}/_history?_count=1"),
+        &answers,
+        "26-history-paged",
+    )
+    .await;
+    assert_eq!(first.body["total"], 2, "{}", first.body);
+    assert_eq!(first.body["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(first.body["link"][1]["relation"], "next", "{}", first.body);
+
     shutdown.cancel();
     server.await.unwrap().unwrap();
 
@@ -885,7 +952,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     let nobody: Vec<String> = Vec::new();
     assert_eq!(
         of("/fhir/Patient"),
-        vec![her.clone(), her.clone(), nobody.clone()]
+        vec![her.clone(), her.clone(), nobody.clone(), her.clone()]
     );
     assert_eq!(
         of(&format!("/fhir/{patient}")),
@@ -893,21 +960,16 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     );
     assert_eq!(
         of(&format!("/fhir/{patient}/$everything")),
-        vec![her.clone()]
+        vec![her.clone(), her.clone()]
     );
-    assert_eq!(of(&format!("/fhir/{patient}/_history")), vec![her.clone()]);
+    assert_eq!(
+        of(&format!("/fhir/{patient}/_history")),
+        vec![her.clone(), her.clone()]
+    );
     // (the search, its two pages by `subject`, then the narrowed searches,
-    // which name nobody when nothing matched)
-    let narrowed_read: Vec<Vec<String>> = narrowed
-        .iter()
-        .map(|(_, found)| {
-            if found.is_empty() {
-                nobody.clone()
-            } else {
-                her.clone()
-            }
-        })
-        .collect();
+    // which name her also when nothing matched: "no such result" is an
+    // answer about her record too)
+    let narrowed_read: Vec<Vec<String>> = narrowed.iter().map(|_| her.clone()).collect();
     assert_eq!(
         of("/fhir/Observation"),
         [
@@ -917,7 +979,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         ]
         .concat()
     );
-    assert_eq!(of("/fhir/Condition"), vec![nobody.clone()]);
+    assert_eq!(of("/fhir/Condition"), vec![her.clone()]);
     assert_eq!(
         of(&format!("/fhir/Observation/{}", ids.hb)),
         vec![her.clone()]
@@ -926,9 +988,9 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         of(&format!("/fhir/Encounter/{}", ids.encounter)),
         vec![her.clone()]
     );
-    assert_eq!(of("/fhir/Encounter"), vec![her.clone(), nobody.clone()]);
+    assert_eq!(of("/fhir/Encounter"), vec![her.clone(), her.clone()]);
     assert!(of("/fhir/Patient/nobody/$everything").is_empty());
-    assert_eq!(audited.len(), 16 + narrowed.len() + 3, "{audited:?}");
+    assert_eq!(audited.len(), 16 + narrowed.len() + 6, "{audited:?}");
 
     // Every answer validates with fhir.resources (R4B models).
     run_python(

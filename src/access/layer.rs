@@ -216,6 +216,10 @@ fn json_error(status: StatusCode, message: &str) -> Response {
 
 async fn operations(access: &Access, always_token: bool, request: Request, next: Next) -> Response {
     if !always_token && access.open_operations() {
+        if let Some(refusal) = not_addressed_to_loopback(request.headers()) {
+            tracing::info!(status = 403, "open operations request refused: {refusal}");
+            return json_error(StatusCode::FORBIDDEN, refusal);
+        }
         return next.run(request).await;
     }
     match access.authenticate(authorization(request.headers())).await {
@@ -257,9 +261,91 @@ async fn operations(access: &Access, always_token: bool, request: Request, next:
     }
 }
 
+/// The open (token-less) operations API answers only requests addressed to
+/// it as a loopback host, and none a web page of another origin sends: a page
+/// on the internet whose name is made to resolve to 127.0.0.1 (DNS rebinding)
+/// or that posts across sites must not read messages or replay them through a
+/// browser on this machine.
+fn not_addressed_to_loopback(headers: &HeaderMap) -> Option<&'static str> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if host.is_some_and(|h| !is_loopback_authority(h)) {
+        return Some(
+            "the open loopback API answers requests to a loopback address only (the Host header names another host)",
+        );
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok());
+    let cross_site = origin.is_some_and(|o| {
+        let rest = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"));
+        !rest.is_some_and(is_loopback_authority)
+    });
+    cross_site
+        .then_some("the open loopback API does not answer requests from web pages of other origins")
+}
+
+/// `localhost`, `127.x.y.z`, `[::1]`, with or without a port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_api_answers_loopback_addressed_requests_only() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8080",
+            "127.1.2.3",
+        ] {
+            assert_eq!(
+                not_addressed_to_loopback(&headers(&[("host", ok)])),
+                None,
+                "{ok}"
+            );
+        }
+        assert_eq!(not_addressed_to_loopback(&HeaderMap::new()), None);
+        for bad in [
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(
+                not_addressed_to_loopback(&headers(&[("host", bad)])).is_some(),
+                "{bad}"
+            );
+        }
+        let same = [
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ];
+        assert_eq!(not_addressed_to_loopback(&headers(&same)), None);
+        let cross = [
+            ("host", "127.0.0.1:8080"),
+            ("origin", "https://evil.example"),
+        ];
+        assert!(not_addressed_to_loopback(&headers(&cross)).is_some());
+        let null = [("host", "127.0.0.1:8080"), ("origin", "null")];
+        assert!(not_addressed_to_loopback(&headers(&null)).is_some());
+    }
 
     #[test]
     fn areas() {

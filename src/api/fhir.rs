@@ -381,26 +381,29 @@ impl Page {
         }
     }
 
+    /// Entries a page holds: `_count`, else [`MAX_COUNT`] (never unbounded:
+    /// a patient with years of results is paged like any other).
+    fn page_size(&self) -> usize {
+        self.count.unwrap_or(MAX_COUNT)
+    }
+
     /// The range of `total` matches this page holds.
     fn range(&self, total: usize) -> std::ops::Range<usize> {
         let start = self.offset.min(total);
         if self.total_only {
             return start..start;
         }
-        let end = match self.count {
-            Some(count) => start.saturating_add(count).min(total),
-            None => total,
-        };
-        start..end
+        start..start.saturating_add(self.page_size()).min(total)
     }
 
     /// The Bundle's links: `self`, and `previous`/`next` when there are pages
     /// before or after, as the request's own URL with `_offset` changed.
     fn links(&self, headers: &HeaderMap, uri: &Uri, total: usize) -> Vec<Value> {
         let mut links = vec![json!({"relation": "self", "url": self_url(headers, uri)})];
-        let Some(count) = self.count.filter(|c| *c > 0 && !self.total_only) else {
+        let count = self.page_size();
+        if count == 0 || self.total_only {
             return links;
-        };
+        }
         let at = |offset: usize| {
             let base = base_url(headers);
             let origin = base.trim_end_matches("/fhir");
@@ -425,12 +428,56 @@ impl Page {
     }
 }
 
+/// `_format`: JSON is what this server answers.
+fn check_format(value: &str) -> Result<(), FhirError> {
+    if value == "json" || accepts_json(value) && !value.contains('*') {
+        return Ok(());
+    }
+    Err(FhirError::BadRequest(format!(
+        "unsupported _format `{value}`, expected json or application/fhir+json"
+    )))
+}
+
+/// The parameters of `$everything` or `_history` other than paging: `_pretty`
+/// and `_format` as everywhere, `_type` (a comma list of resource types) where
+/// `types` is given; anything else is a 400 (never ignored: a client asking for
+/// less must not be handed more without being told).
+fn operation_params(
+    operation: &str,
+    params: Vec<(String, String)>,
+    mut types: Option<&mut Vec<String>>,
+) -> Result<(), FhirError> {
+    for (name, value) in params {
+        match name.as_str() {
+            "_pretty" => {}
+            "_format" => check_format(&value)?,
+            "_type" if types.is_some() => {
+                for t in value.split(',') {
+                    check_type(t)?;
+                    if let Some(types) = types.as_deref_mut() {
+                        types.push(t.to_string());
+                    }
+                }
+            }
+            _ => {
+                let expected = if types.is_some() {
+                    "_type, _count, _offset, _summary=count"
+                } else {
+                    "_count, _offset, _summary=count"
+                };
+                return Err(FhirError::BadRequest(format!(
+                    "unsupported parameter `{name}` for {operation}, expected {expected}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a search asks for.
 enum Criteria {
-    Identifier {
-        system: Option<String>,
-        value: String,
-    },
+    /// `system|value` or `value` alternatives (commas are OR).
+    Identifier(Vec<(Option<String>, String)>),
     /// A patient's records, those every filter accepts, in `_sort`'s order.
     Patient(String, Vec<Filter>, Option<Sort>),
 }
@@ -468,12 +515,8 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
             // (the middleware indents the answer)
             "_pretty" => continue,
             "_format" => {
-                if value == "json" || accepts_json(&value) && !value.contains('*') {
-                    continue;
-                }
-                return Err(FhirError::BadRequest(format!(
-                    "unsupported _format `{value}`, expected json or application/fhir+json"
-                )));
+                check_format(&value)?;
+                continue;
             }
             _ => {
                 let expected = if resource_type == "Patient" {
@@ -500,16 +543,20 @@ fn criteria(resource_type: &str, params: Vec<(String, String)>) -> Result<Criter
         *slot = Some(value);
     }
     if let Some(identifier) = identifier {
-        let (system, value) = match identifier.split_once('|') {
-            Some((system, value)) => (Some(system.to_string()), value.to_string()),
-            None => (None, identifier),
-        };
-        if value.is_empty() {
-            return Err(FhirError::BadRequest(
-                "identifier has no value, expected `system|value` or `value`".to_string(),
-            ));
+        let mut alternatives = Vec::new();
+        for one in identifier.split(',') {
+            let (system, value) = match one.split_once('|') {
+                Some((system, value)) => (Some(system.to_string()), value.to_string()),
+                None => (None, one.to_string()),
+            };
+            if value.is_empty() {
+                return Err(FhirError::BadRequest(
+                    "identifier has no value, expected `system|value` or `value` (commas between alternatives)".to_string(),
+                ));
+            }
+            alternatives.push((system, value));
         }
-        return Ok(Criteria::Identifier { system, value });
+        return Ok(Criteria::Identifier(alternatives));
     }
     if let Some(patient) = patient {
         let id = patient.strip_prefix("Patient/").unwrap_or(&patient);
@@ -536,14 +583,32 @@ async fn search(
 ) -> Result<Response, FhirError> {
     let Path(resource_type) = resource_type.map_err(path_error)?;
     check_type(&resource_type)?;
+    // a type this server keeps no searchable records of (a typo such as
+    // `AllergyIntolerances`, or one no mapping writes) is not "no matches"
+    if resource_type != "Patient" && !PATIENT_TYPES.contains(&resource_type.as_str()) {
+        return Err(FhirError::NotFound(format!(
+            "`{resource_type}` is not searched here, expected Patient or one of {}",
+            PATIENT_TYPES.join(", ")
+        )));
+    }
     let Query(mut params) = params.map_err(|rejection| {
         FhirError::BadRequest(format!("invalid query: {}", rejection.body_text()))
     })?;
     let page = Page::take(&mut params)?;
     let (resources, patients) = match criteria(&resource_type, params)? {
-        Criteria::Identifier { system, value } => {
+        Criteria::Identifier(alternatives) => {
+            // commas are OR: each alternative's matches, each patient once
             let found = blocking(store, move |s| {
-                s.search_patient_by_identifier(system.as_deref(), &value)
+                let mut found: Vec<Value> = Vec::new();
+                for (system, value) in &alternatives {
+                    for patient in s.search_patient_by_identifier(system.as_deref(), value)? {
+                        let id = patient.get("id").cloned();
+                        if !found.iter().any(|p| p.get("id") == id.as_ref()) {
+                            found.push(patient);
+                        }
+                    }
+                }
+                Ok(found)
             })
             .await?;
             let ids = found
@@ -560,12 +625,9 @@ async fn search(
             if let Some(sort) = sort {
                 sort.apply(&mut found);
             }
-            let patients = if found.is_empty() {
-                Vec::new()
-            } else {
-                vec![patient]
-            };
-            (found, patients)
+            // the patient asked about, also when nothing matched: "no
+            // allergies" is an answer about them too
+            (found, vec![patient])
         }
     };
     let total = resources.len();
@@ -662,6 +724,16 @@ async fn everything(
             .into_owned()
             .collect();
     let page = Page::take(&mut params)?;
+    let mut types = Vec::new();
+    operation_params("$everything", params, Some(&mut types))?;
+    let mut resources = resources;
+    if !types.is_empty() {
+        resources.retain(|r| {
+            r.get("resourceType")
+                .and_then(Value::as_str)
+                .is_some_and(|t| types.iter().any(|w| w == t))
+        });
+    }
     let total = resources.len();
     tracing::debug!(total, "FHIR Patient $everything");
     let links = page.links(headers, uri, total);
@@ -677,6 +749,12 @@ async fn history(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Response, FhirError> {
+    let mut params: Vec<(String, String)> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let page = Page::take(&mut params)?;
+    operation_params("_history", params, None)?;
     let (rtype, rid) = (resource_type.clone(), id.clone());
     let versions = blocking(store, move |s| s.history(&rtype, &rid)).await?;
     if versions.is_empty() {
@@ -686,7 +764,9 @@ async fn history(
     }
     let base = base_url(headers);
     let mut patients: Vec<String> = Vec::new();
-    let entries: Vec<Value> = versions
+    let total = versions.len();
+    let shown = versions.get(page.range(total)).unwrap_or_default();
+    let entries: Vec<Value> = shown
         .iter()
         .map(|record| {
             let url = format!("{}/{}", record.resource_type, record.id);
@@ -731,15 +811,17 @@ async fn history(
             }
         })
         .collect();
-    let bundle = json!({
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": {"lastUpdated": now_instant()},
         "type": "history",
-        "total": entries.len(),
-        "link": [{"relation": "self", "url": self_url(headers, uri)}],
-        "entry": entries,
+        "total": total,
+        "link": page.links(headers, uri, total),
     });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
     Ok(answer(&bundle, patients))
 }
 
@@ -864,9 +946,11 @@ mod tests {
     /// `criteria` as text: the parsed criteria or the error message.
     fn check(resource_type: &str, query: &[(&str, &str)], expected: &str) {
         let got = match criteria(resource_type, pairs(query)) {
-            Ok(Criteria::Identifier { system, value }) => {
-                format!("identifier {system:?} {value}")
-            }
+            Ok(Criteria::Identifier(alternatives)) => alternatives
+                .iter()
+                .map(|(system, value)| format!("identifier {system:?} {value}"))
+                .collect::<Vec<_>>()
+                .join(" or "),
             Ok(Criteria::Patient(id, filters, None)) if filters.is_empty() => {
                 format!("patient {id}")
             }

@@ -176,6 +176,59 @@ pub fn router(state: ApiState) -> Router {
             access,
             crate::access::guard,
         ))
+        .layer(axum::middleware::from_fn(method_not_allowed_body))
+}
+
+/// axum answers a known path asked with another method 405 with an empty
+/// body: give it the body every other error of that area has (an
+/// OperationOutcome under `/fhir`, `{"error": ...}` elsewhere), keeping the
+/// `Allow` header.
+async fn method_not_allowed_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let fhir = request.uri().path().starts_with("/fhir");
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+    let message = format!(
+        "method {method} is not allowed here, expected {}",
+        allow
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("another method")
+    );
+    let mut answer = if fhir {
+        let outcome = serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "not-supported", "diagnostics": message}]
+        });
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(axum::http::header::CONTENT_TYPE, fhir::FHIR_JSON)],
+            outcome.to_string(),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Json(ErrorBody { error: message }),
+        )
+            .into_response()
+    };
+    if let Some(allow) = allow {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow);
+    }
+    answer
 }
 
 /// An error answer: a status and `{"error": message}`.
