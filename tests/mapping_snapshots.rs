@@ -56,6 +56,8 @@ snapshots! {
     oru_r01_orc_numbers => "samples/oru_r01_orc_numbers.hl7",
     oru_r01_point_of_care => "samples/oru_r01_point_of_care.hl7",
     oru_r01_device_report => "samples/oru_r01_device_report.hl7",
+    adt_a08_untraced_nhs_first => "samples/adt_a08_untraced_nhs_first.hl7",
+    oru_r01_sn_forms => "samples/oru_r01_sn_forms.hl7",
     batch_adt => "samples/batch_adt.hl7",
     nhs_number_bad_checksum => "tests/bad-input/nhs_number_bad_checksum.hl7",
 }

@@ -1961,6 +1961,17 @@ impl<'a> Ctx<'a> {
                     Val::Empty
                 }
             },
+            Transform::Base64Check => match transform::base64_check(&text) {
+                Some(b) => Val::Text(Cow::Owned(b)),
+                None => {
+                    self.warn(
+                        loc,
+                        "not Base64 that decodes (cut short, or another encoding); left out"
+                            .to_string(),
+                    );
+                    Val::Empty
+                }
+            },
             Transform::Range(bound) => match &text {
                 Cow::Borrowed(t) => match transform::range_bound(t, *bound) {
                     Some(n) => Val::Text(Cow::Borrowed(n)),

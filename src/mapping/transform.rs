@@ -70,6 +70,9 @@ pub(crate) enum Transform {
     /// `| hex_to_base64`: hexadecimal bytes re-encoded as Base64 (an ED sent with
     /// encoding `Hex`).
     HexToBase64,
+    /// `| base64_check`: Base64 as sent (an ED sent with encoding `Base64`),
+    /// white space (line wraps) dropped, kept only when it decodes.
+    Base64Check,
     /// `| when(cond)`: keeps the value only if the condition holds.
     When(Box<Cond>),
     Builtin(DataType, TimeZone),
@@ -78,7 +81,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, time, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), range_low, range_high, url_encode, comparator, strip_comparator, base64, hex_to_base64, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+join('separator'), range_low, range_high, url_encode, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -113,6 +116,7 @@ pub(crate) fn build(
         "strip_comparator" => argc(0).map(|_| Transform::StripComparator)?,
         "base64" => argc(0).map(|_| Transform::Base64)?,
         "hex_to_base64" => argc(0).map(|_| Transform::HexToBase64)?,
+        "base64_check" => argc(0).map(|_| Transform::Base64Check)?,
         "range_high" => argc(0).map(|_| Transform::Range(Bound::High))?,
         "datetime" | "instant" => {
             let tz = match args.len() {
@@ -297,6 +301,18 @@ pub(crate) fn hex_to_base64(s: &str) -> Option<String> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     let bytes = hex::decode(digits).ok()?;
     Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Base64 text with its white space (line wraps) dropped, when it is standard
+/// Base64 that decodes (FHIR `base64Binary`); `None` when it does not: a value
+/// cut short by a size limit, or not Base64 at all.
+pub(crate) fn base64_check(s: &str) -> Option<String> {
+    use base64::Engine;
+    let text: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .ok()
+        .map(|_| text)
 }
 
 /// `s` percent-encoded (RFC 3986): every byte but the unreserved `A-Z a-z 0-9 - .
@@ -994,6 +1010,17 @@ mod tests {
         assert_eq!(base64("Line one\r\nLine two"), "TGluZSBvbmUNCkxpbmUgdHdv");
         assert_eq!(base64("tŷ"), "dMW3");
         assert_eq!(base64(""), "");
+    }
+
+    #[test]
+    fn base64_check_drops_white_space_and_refuses_what_does_not_decode() {
+        assert_eq!(
+            base64_check("JVBERi0x\r\nLjQK").as_deref(),
+            Some("JVBERi0xLjQK")
+        );
+        assert_eq!(base64_check("JVBERi0=").as_deref(), Some("JVBERi0="));
+        assert_eq!(base64_check("!!!notbase64"), None);
+        assert_eq!(base64_check("JVBERi0xLj"), None, "cut short");
     }
 
     #[test]

@@ -776,6 +776,53 @@ def oru_r01_device_report():
     ])
 
 
+def adt_a08_untraced_nhs_first():
+    # An A08 from a PAS that sends the NHS-number slot first even when it is
+    # empty (the patient was untraced on arrival) and the traced number after it;
+    # and an admission note as three OBX lines of one code. The traced number must
+    # be the Patient's NHS number, and each line its own Observation.
+    return message([
+        msh("PAS", "RAL01", "20261123103512", "ADT^A08^ADT_A01", "RAL20261123103512009", "2.3"),
+        seg("EVN", {1: "A08", 2: "20261123103500"}),
+        seg("PID", {
+            1: "1",
+            3: f"^^^NHS^NH~{NHS['lewis']}^^^NHS^NH~RAL5511223^^^RAL^MR",
+            5: "LEWIS^GARETH^^^MR",
+            7: "19591104",
+            8: "M",
+            32: "NSTS01",
+        }),
+        seg("PV1", {1: "1", 2: "I", 3: "7N^^^RAL01", 19: "V2026112305^^^RAL^VN",
+                    44: "20261123090000"}),
+        seg("OBX", {1: "1", 2: "ST", 3: "ADMNOTE^Admission note^L",
+                    5: "Brought in by ambulance.", 11: "F"}),
+        seg("OBX", {1: "2", 2: "ST", 3: "ADMNOTE^Admission note^L",
+                    5: "On warfarin - check INR.", 11: "F"}),
+        seg("OBX", {1: "3", 2: "ST", 3: "ADMNOTE^Admission note^L",
+                    5: "DNACPR in place.", 11: "F"}),
+    ])
+
+
+def oru_r01_sn_forms():
+    # A urinalysis from a v2.3 LIMS: SN results no Quantity can say (a dipstick
+    # `2+`, `not equal to 5`, a decimal sent as `1 . 5`) and one it can (`<5`), and
+    # the report's PDF cut short by the sender's size limit (not Base64 that
+    # decodes: left out, with a warning, never an invalid Bundle).
+    return message([
+        msh("TELEPATH", "RRV", "20261123103512", "ORU^R01", "TP20261123001", "2.3"),
+        seg("PID", {1: "1", 3: f"{NHS['hughes']}^^^NHS^NH~RRV3344556^^^RRV^MR",
+                    5: "HUGHES^CARYS^^^MS", 7: "19811230", 8: "F"}),
+        seg("OBR", {1: "1", 2: "ICE7712^ICE", 3: "TP7712^TELEPATH",
+                    4: "URIN^Urinalysis^TELEPATH", 7: "20261123090000", 25: "F"}),
+        seg("OBX", {1: "1", 2: "SN", 3: "PROT^Protein^TELEPATH", 5: "^2^+", 11: "F"}),
+        seg("OBX", {1: "2", 2: "SN", 3: "NE^Not equal^TELEPATH", 5: "<>^5", 6: "mg/L", 11: "F"}),
+        seg("OBX", {1: "3", 2: "SN", 3: "DEC^Decimal^TELEPATH", 5: "^1^.^5", 6: "mg/L", 11: "F"}),
+        seg("OBX", {1: "4", 2: "SN", 3: "CRP^CRP^TELEPATH", 5: "<^5", 6: "mg/L", 11: "F"}),
+        seg("OBX", {1: "5", 2: "ED", 3: "PDF^Report^TELEPATH",
+                    5: "TELEPATH^AP^PDF^Base64^JVBERi0xLjQKJ", 11: "F"}),
+    ])
+
+
 def adt_a31_latin1():
     # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
     text = message([
@@ -931,6 +978,8 @@ def main():
         "oru_r01_orc_numbers.hl7": oru_r01_orc_numbers().encode("ascii"),
         "oru_r01_point_of_care.hl7": oru_r01_point_of_care().encode("ascii"),
         "oru_r01_device_report.hl7": oru_r01_device_report().encode("ascii"),
+        "adt_a08_untraced_nhs_first.hl7": adt_a08_untraced_nhs_first().encode("ascii"),
+        "oru_r01_sn_forms.hl7": oru_r01_sn_forms().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
