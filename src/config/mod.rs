@@ -881,7 +881,7 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
                 ));
             }
         }
-        if d.max_attempts == 0 {
+        if d.max_attempts == Some(0) {
             diags.push(doc.error(
                 at("max_attempts"),
                 format!("destination `{id}`: max_attempts is 0, expected at least 1"),

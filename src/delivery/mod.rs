@@ -135,9 +135,13 @@ pub struct DestinationConfig {
     /// Timeout of one delivery attempt, in seconds.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// Attempts before an item is dead-lettered.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
+    /// Attempts before an item is dead-lettered. Unset (the default): no limit
+    /// but `max_age_secs`, so a destination down for hours or days (a MESH
+    /// outage, a password being changed) dead-letters nothing and its queue
+    /// drains in order when it returns; an error about the document itself (a
+    /// 4xx) dead-letters it at once whatever this says.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
     /// Age (since it was queued) after which a failing item is dead-lettered.
     #[serde(default = "default_max_age_secs")]
     pub max_age_secs: u64,
@@ -191,9 +195,6 @@ impl Payload {
 fn default_timeout_secs() -> u64 {
     30
 }
-fn default_max_attempts() -> u32 {
-    20
-}
 fn default_max_age_secs() -> u64 {
     7 * 24 * 3600
 }
@@ -228,7 +229,7 @@ impl DestinationConfig {
             dir: None,
             payload: Payload::Document,
             timeout_secs: default_timeout_secs(),
-            max_attempts: default_max_attempts(),
+            max_attempts: None,
             max_age_secs: default_max_age_secs(),
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_ms: default_backoff_max_ms(),

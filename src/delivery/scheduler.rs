@@ -60,7 +60,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     pub fn from_config(c: &DestinationConfig) -> RetryPolicy {
         RetryPolicy {
-            max_attempts: c.max_attempts.max(1),
+            max_attempts: c.max_attempts.map_or(u32::MAX, |n| n.max(1)),
             max_age_ms: i64::try_from(c.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             backoff_initial_ms: c.backoff_initial_ms.max(1),
             backoff_max_ms: c.backoff_max_ms.max(c.backoff_initial_ms.max(1)),

@@ -56,6 +56,41 @@ fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
     assert!(waits.len() > 10, "{waits:?}");
 }
 
+/// By default a destination that is down keeps its rows for `max_age_secs`
+/// (7 days) however many attempts that takes: an outage of hours or days
+/// dead-letters nothing, and the queue drains in order when it comes back.
+#[test]
+fn by_default_an_outage_dead_letters_nothing_until_max_age() {
+    let p = RetryPolicy::from_config(&crate::delivery::DestinationConfig::new(
+        crate::delivery::DestinationKind::Mesh,
+    ));
+    let down = DeliveryError::retry("mesh unavailable during handshake");
+    let day = 24 * 3600 * 1000;
+    // ~2,900 attempts at the 300 s cap over 6 days: still retried
+    for attempts in [20, 100, 2_900] {
+        assert!(
+            matches!(
+                p.after_failure(attempts, 0, 6 * day, &down, 0.5),
+                Decision::Retry { .. }
+            ),
+            "attempt {attempts}"
+        );
+    }
+    assert!(matches!(
+        p.after_failure(3_000, 0, 7 * day, &down, 0.5),
+        Decision::Dead(reason) if reason.contains("max_age_secs 604800")
+    ));
+    // a set limit still applies
+    let mut config =
+        crate::delivery::DestinationConfig::new(crate::delivery::DestinationKind::Mesh);
+    config.max_attempts = Some(20);
+    let p = RetryPolicy::from_config(&config);
+    assert!(matches!(
+        p.after_failure(20, 0, 1_000, &down, 0.5),
+        Decision::Dead(_)
+    ));
+}
+
 #[test]
 fn failures_retry_until_attempts_or_age_run_out_and_permanent_errors_die_at_once() {
     let p = policy();
