@@ -230,6 +230,49 @@ async fn documents_are_journaled_then_acknowledged() {
     assert_eq!(all.len(), 4);
 }
 
+/// A message whose content cannot be used as sent (here a checksum that does
+/// not match the body) is kept, rejected with the reason, and acknowledged:
+/// downloading it again would give the same bytes, so it must not stay in the
+/// inbox to be downloaded at every poll until MESH expires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_fails_its_checksum_is_kept_rejected_and_acknowledged() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let body = bundle(1, 500);
+    let id = mesh::send_with_checksum(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "a.json", &body),
+        &format!("sha256:{}", "0".repeat(64)),
+    );
+    let journal = journal(dir.path());
+    let events = EventBus::default();
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &events);
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.rejected, summary.acknowledged, summary.failed),
+        (1, 1, 0),
+        "{summary:?}"
+    );
+    assert!(
+        mesh::inbox(&sandbox.url, JUNCTION).is_empty(),
+        "{}",
+        sandbox.log()
+    );
+    let (row, raw, error) = row(&journal, &id).await;
+    assert_eq!(row.status, "rejected");
+    assert_eq!(raw, body, "the bytes are kept");
+    let error = error.unwrap();
+    assert!(
+        error.contains("cannot be used as sent") && error.contains("checksum mismatch"),
+        "{error}"
+    );
+    // the next poll finds nothing
+    let again = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(again, PollSummary::default());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hl7_v2_arrives_as_its_messages_and_a_resend_is_a_duplicate() {
     let sandbox = Sandbox::start();

@@ -392,7 +392,10 @@ impl Router {
 
     /// A document from a source (MESH inbox): a FHIR Bundle as JSON.
     fn route_document(&self, message: &PendingMessage) -> Result<Documents, Failure> {
-        let document: Json = serde_json::from_slice(&message.raw).map_err(|e| {
+        let document: Json = serde_json::from_slice(crate::source::mesh_inbox::strip_bom(
+            &message.raw,
+        ))
+        .map_err(|e| {
             Failure::new(
                 "document",
                 format!(
@@ -443,7 +446,10 @@ impl Router {
                 message.id,
                 "",
                 &document,
-                message.raw.clone(),
+                // the document as sent, without a byte order mark before it
+                message.raw.slice(
+                    message.raw.len() - crate::source::mesh_inbox::strip_bom(&message.raw).len()..,
+                ),
                 refs,
             );
         }

@@ -85,6 +85,12 @@ pub struct ReceivedHeaders {
 pub struct Received {
     pub headers: ReceivedHeaders,
     pub body: Bytes,
+    /// Why the content cannot be used as sent: a chunk labelled gzip that is
+    /// not (`body` then holds the chunks as received), or a checksum that does
+    /// not match the body. Downloading it again gives the same bytes, so the
+    /// receiver keeps it, rejected with this reason, rather than leaving it in
+    /// the inbox to be downloaded at every poll.
+    pub problem: Option<String>,
 }
 
 /// One page of inbox message ids.
@@ -545,22 +551,34 @@ impl MeshClient {
             });
         }
         let headers = received_headers(message_id, &first.headers, chunk_count);
-        let mut body = decode_chunk(message_id, 1, &first)?;
+        let mut chunks = vec![first];
         for number in 2..=chunk_count {
-            let chunk = self.download_chunk(message_id, number).await?;
-            body.extend(decode_chunk(message_id, number, &chunk)?);
+            chunks.push(self.download_chunk(message_id, number).await?);
+        }
+        let mut body = Vec::new();
+        let mut problem = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            match decode_chunk(message_id, i as u32 + 1, chunk) {
+                Ok(decoded) => body.extend(decoded),
+                Err(MeshError::Protocol { problem: p, .. }) => {
+                    // kept as received, every chunk, for inspection
+                    problem = Some(p);
+                    body = chunks.iter().flat_map(|c| c.body.iter().copied()).collect();
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if let Some(expected) = headers
             .checksum
             .as_deref()
-            .filter(|c| c.starts_with(payload::CHECKSUM_PREFIX))
+            .filter(|c| problem.is_none() && c.starts_with(payload::CHECKSUM_PREFIX))
         {
             let actual = payload::checksum(&body);
             if !expected.eq_ignore_ascii_case(&actual) {
-                return Err(MeshError::Protocol {
-                    operation: OP,
-                    problem: format!("message `{message_id}` checksum mismatch: sender said `{expected}`, got `{actual}`"),
-                });
+                problem = Some(format!(
+                    "message `{message_id}` checksum mismatch: sender said `{expected}`, got `{actual}`"
+                ));
             }
         }
         debug!(mailbox = %self.mailbox, message_id = %message_id, bytes = body.len(), chunks = chunk_count,
@@ -568,6 +586,7 @@ impl MeshClient {
         Ok(Received {
             headers,
             body: Bytes::from(body),
+            problem,
         })
     }
 

@@ -26,9 +26,12 @@
 //! credentials, or MESH cannot be reached — the poll ends with a clear error,
 //! logged, and the next poll tries again (with the client rebuilt, so a fixed
 //! secret file or environment is picked up). A message that cannot be
-//! downloaded for a reason of its own (bad gzip, checksum mismatch) is left in
-//! the inbox, logged, and the other messages go on. Nothing is acknowledged
-//! that is not in the journal, so nothing is lost.
+//! downloaded (a chunk MESH will not serve) is left in the inbox, logged, and
+//! the other messages go on. One whose content cannot be used as sent (a chunk
+//! labelled gzip that is not, a checksum that does not match) is journaled as
+//! rejected with its bytes and the reason, and acknowledged: downloading it
+//! again would give the same bytes. Nothing is acknowledged that is not in the
+//! journal, so nothing is lost.
 //!
 //! # Invariants
 //! - Acknowledge only after the journal commit returned (durable).
@@ -557,6 +560,18 @@ impl MeshInbox {
             raw: received.body.clone(),
         };
         let outcome = match &headers.message_type {
+            // content that cannot be used as sent (not the gzip it says, a
+            // checksum that does not match): kept, rejected, and acknowledged,
+            // never downloaded again at every poll until MESH expires it
+            _ if received.problem.is_some() => {
+                row.status = Status::Rejected;
+                row.error = Some(format!(
+                    "mesh message from `{}` cannot be used as sent: {}",
+                    headers.from,
+                    received.problem.as_deref().unwrap_or_default()
+                ));
+                Outcome::Rejected
+            }
             MessageType::Report => {
                 row.status = Status::Rejected;
                 row.message_type = "MESH^REPORT".to_string();
@@ -794,11 +809,17 @@ fn report_text(received: &Received) -> String {
 /// Why `body` is not a JSON FHIR Bundle; `None` when it is one. The reason
 /// never quotes the body (only a `resourceType` value, which is not patient
 /// data).
+/// `body` without a leading UTF-8 byte order mark.
+pub(crate) fn strip_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
+}
+
 fn bundle_problem(body: &[u8]) -> Option<String> {
     if body.is_empty() {
         return Some("the body is empty".to_string());
     }
-    let json: Json = match serde_json::from_slice(body) {
+    // a UTF-8 byte order mark, as Windows senders write (RFC 8259 §8.1: may be ignored)
+    let json: Json = match serde_json::from_slice(strip_bom(body)) {
         Ok(json) => json,
         Err(e) => return Some(format!("not JSON ({e})")),
     };
@@ -828,6 +849,14 @@ fn truncate(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_after_a_byte_order_mark_is_a_bundle() {
+        let body = b"\xEF\xBB\xBF{\"resourceType\":\"Bundle\",\"type\":\"transaction\"}";
+        assert_eq!(bundle_problem(body), None);
+        assert_eq!(strip_bom(b"\xEF\xBB\xBFx"), b"x");
+        assert_eq!(strip_bom(b"x"), b"x");
+    }
 
     fn check(body: &str, expected: Option<&str>) {
         assert_eq!(

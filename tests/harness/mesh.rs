@@ -304,6 +304,31 @@ pub fn send(url: &str, mailbox: &str, to: &str, file: &std::path::Path) -> Strin
     send_in_chunks(url, mailbox, to, file, None)
 }
 
+/// Like [`send`], with `mex-Content-Checksum` set to `checksum` (which need
+/// not be the body's).
+#[allow(dead_code)]
+pub fn send_with_checksum(
+    url: &str,
+    mailbox: &str,
+    to: &str,
+    file: &std::path::Path,
+    checksum: &str,
+) -> String {
+    let file = file.to_str().expect("utf-8 path");
+    let args = [
+        "send",
+        "--to",
+        to,
+        "--workflow-id",
+        WORKFLOW,
+        "--file",
+        file,
+        "--checksum",
+        checksum,
+    ];
+    mesh_client(url, mailbox, &args).trim().to_string()
+}
+
 /// Like [`send`], in chunks of at most `chunk_size` bytes when given.
 pub fn send_in_chunks(
     url: &str,

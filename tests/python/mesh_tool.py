@@ -38,6 +38,7 @@ def main() -> int:
     send.add_argument("--file", required=True)
     send.add_argument("--subject")
     send.add_argument("--chunk-size", type=int, help="largest chunk in bytes (default: the client's 75 MiB)")
+    send.add_argument("--checksum", help="mex-Content-Checksum to send (default: none)")
     download = commands.add_parser("download")
     download.add_argument("--message-id", required=True)
     download.add_argument("--out", required=True)
@@ -66,6 +67,7 @@ def main() -> int:
                 subject=args.subject,
                 content_type="application/fhir+json",
                 max_chunk_size=args.chunk_size,
+                **({"checksum": args.checksum} if args.checksum else {}),
             )
             print(message_id)
         else:
