@@ -262,6 +262,21 @@ fn the_open_api_refuses_rebinding_and_cross_site_requests_and_explains_405() {
     );
     assert_eq!(status, 200);
 
+    // a body is refused, not ignored (ignored, the replay would go everywhere)
+    let (status, _, body) = raw_request(
+        api,
+        &format!(
+            "POST /api/messages/1/replay HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: close\r\n\r\n{{\"destination\": \"mesh_hwe\"}}"
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("query string"),
+        "{body}"
+    );
     let (status, head, body) = raw_request(
         api,
         &format!("DELETE /api/messages HTTP/1.0\r\nHost: {api}\r\nConnection: close\r\n\r\n"),

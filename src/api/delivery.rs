@@ -161,7 +161,9 @@ pub(super) async fn dead_letters(
 pub(super) async fn retry(
     State(state): State<ApiState>,
     path: Result<Path<i64>, PathRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Json<DeliveryRow>, ApiError> {
+    no_body(&body)?;
     let id = id(path, "delivery")?;
     Ok(Json(running(&state)?.retry(id).await?))
 }
@@ -178,7 +180,9 @@ pub(super) struct Retried {
 pub(super) async fn retry_dead(
     State(state): State<ApiState>,
     params: Result<Query<DeadParams>, QueryRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Retried>, ApiError> {
+    no_body(&body)?;
     let p = query(params)?;
     if p.limit.is_some() {
         return Err(ApiError::BadRequest(
@@ -186,6 +190,17 @@ pub(super) async fn retry_dead(
         ));
     }
     let destination = p.destination.filter(|d| !d.is_empty());
+    if let Some(d) = &destination {
+        if !running(&state)?
+            .destinations()
+            .iter()
+            .any(|known| &known.id == d)
+        {
+            return Err(ApiError::NotFound(format!(
+                "no destination `{d}` in [destinations]"
+            )));
+        }
+    }
     let retried = running(&state)?.retry_dead(destination.clone()).await?;
     let still_dead = state
         .journal
@@ -217,7 +232,9 @@ pub(super) async fn replay(
     State(state): State<ApiState>,
     path: Result<Path<i64>, PathRejection>,
     params: Result<Query<ReplayParams>, QueryRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Replayed>, ApiError> {
+    no_body(&body)?;
     let id = id(path, "message")?;
     let destination = query(params)?.destination.filter(|d| !d.is_empty());
     let handle = running(&state)?;
@@ -239,7 +256,9 @@ pub(super) struct DueNow {
 pub(super) async fn retry_pending(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Json<DueNow>, ApiError> {
+    no_body(&body)?;
     let Path(destination) = path.map_err(|rejection| {
         ApiError::BadRequest(format!("invalid destination: {}", rejection.body_text()))
     })?;
@@ -251,4 +270,16 @@ pub(super) async fn retry_pending(
     }
     let due_now = handle.retry_pending(destination).await?;
     Ok(Json(DueNow { due_now }))
+}
+
+/// These operations take their parameters in the query string only. A body
+/// (`{"destination": "x"}`, say) is refused rather than ignored: ignored, it
+/// would replay or retry more than was asked, external destinations included.
+fn no_body(body: &axum::body::Bytes) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(
+        "this operation takes no body: give its parameters in the query string (e.g. `?destination=mesh_hwe`)".to_string(),
+    ))
 }
