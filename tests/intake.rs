@@ -532,6 +532,43 @@ async fn header_version_and_control_id_are_read_as_senders_write_them() {
     fx.engine.stop().await;
 }
 
+/// The ACK to a sender whose MSH-18 is `8859/1` is written in ISO 8859-1 and
+/// declares it, so the names it echoes (MSH-5/6) read back as the sender wrote
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_speaks_the_senders_character_set() {
+    let fx = start().await;
+    let mut message = b"MSH|^~\\&|PAS|SAINT-\xC9TIENNE|JUNCTION|LCR|20261120143512||ADT^A08^ADT_A01|LATIN0001|P|2.4|||||GBR|8859/1\r".to_vec();
+    message.extend_from_slice(b"EVN|A08|20261120143500\rPID|1||RAL1^^^RAL^MR||D\xC9NIS^ZO\xCB\r");
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(&frame(&message)).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(2).any(|w| w == [FS, CR]) {
+        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let ack = &buf[1..buf.len() - 2];
+    assert!(
+        ack.windows(15).any(|w| w == b"|SAINT-\xC9TIENNE|"),
+        "{:?}",
+        String::from_utf8_lossy(ack)
+    );
+    assert!(!ack.windows(2).any(|w| w == [0xC3, 0x89]), "not UTF-8");
+    let msh = ack.split(|&b| b == CR).next().unwrap();
+    assert!(
+        msh.ends_with(b"|8859/1"),
+        "{:?}",
+        String::from_utf8_lossy(msh)
+    );
+    assert!(ack.windows(8).any(|w| w == b"MSA|AA|L"));
+    fx.engine.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_connections_all_get_aa() {
     let fx = start().await;

@@ -206,6 +206,16 @@ pub fn build_ack(
         out.push(f);
         out.push_str(&value);
     }
+    // the sender's character set, declared as it declared it (MSH-18): the
+    // ACK is written in it (`encode_text` on the way out), so names echoed in
+    // MSH-5/6 read back as the sender wrote them
+    if let Some(charset) = h.charset.as_deref().filter(|c| !c.trim().is_empty()) {
+        for _ in 13..18 {
+            out.push(f);
+        }
+        out.push(f);
+        out.push_str(&e(charset.trim()));
+    }
 
     out.push_str("\rMSA");
     out.push(f);

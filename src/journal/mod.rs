@@ -31,7 +31,9 @@
 //!   answered the same way and not processed, but its bytes are kept as a
 //!   rejected row saying so. Rejected and garbage rows are kept for
 //!   inspection but take no part in duplicate detection.
-//! - The stored ACK is byte for byte the ACK that was (or will be) sent.
+//! - The stored ACK is character for character the ACK that was (or will be)
+//!   sent, which goes out encoded in the character set its MSH-18 declares
+//!   (the sender's own).
 //! - The request channel is bounded ([`QUEUE_DEPTH`]): when the disk is slower
 //!   than the senders, `commit` waits, and so do the senders for their ACKs.
 

@@ -817,7 +817,9 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if let Some(reply) = reply {
         // A peer that does not read its ACKs must not pin this task forever.
-        match tokio::time::timeout(ctx.idle_timeout, framed.send(reply.into_bytes())).await {
+        // in the character set the ACK declares in MSH-18 (the sender's own)
+        let bytes = hl7::encode_text(&reply, hl7::msh18(reply.as_bytes()).as_deref());
+        match tokio::time::timeout(ctx.idle_timeout, framed.send(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 debug!(error = %err, "could not write the ACK; closing");
