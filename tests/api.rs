@@ -48,7 +48,12 @@ async fn health_ready_metrics_and_message_api() {
 
     let (status, metrics) = engine.get("/metrics");
     assert_eq!(status, 200);
-    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    // the Prometheus text format (OpenMetrics only when asked for)
+    assert!(
+        metrics.contains("# TYPE junction_messages_received_total counter\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("# EOF"), "{metrics}");
     let before = received_total(&metrics);
     // the room left for the journal, to alert on before a full disk
     let free: u64 = metrics

@@ -101,6 +101,9 @@ pub struct ApiState {
 
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format (0.0.4), what `/metrics` serves unless the
+/// client asks for OpenMetrics.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Binds `cfg.bind` and serves until `shutdown` is cancelled, then finishes
 /// the requests in flight (axum graceful shutdown).
@@ -323,18 +326,71 @@ async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<StatusBody>) 
     }
 }
 
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(State(state): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
     if let Some(free) = state.journal.disk_free_bytes() {
         state
             .metrics
             .journal_disk_free
             .set(i64::try_from(free).unwrap_or(i64::MAX));
     }
+    // OpenMetrics to a client that asks for it (Prometheus does); the
+    // Prometheus text format (DESIGN) to everything else
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        return (
+            [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+            state.metrics.encode(),
+        )
+            .into_response();
+    }
     (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        state.metrics.encode(),
+        [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+        prometheus_text(&state.metrics.encode()),
     )
         .into_response()
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's `# HELP`
+/// and `# TYPE` name its samples (`x_total`, where OpenMetrics names the family
+/// `x`), `unknown` is `untyped`, and `# UNIT` and `# EOF` go.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                });
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The query string of `GET /api/messages`; unknown parameters are refused

@@ -125,12 +125,16 @@ async fn health_ready_and_metrics() {
         .inc();
     let (status, content_type, body) = get(server.addr, "/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(content_type, METRICS_CONTENT_TYPE);
+    assert_eq!(content_type, PROMETHEUS_CONTENT_TYPE);
     assert!(
         body.contains("junction_messages_received_total{listener=\"pas\"} 1"),
         "{body}"
     );
-    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.contains("# TYPE junction_messages_received_total counter\n"),
+        "{body}"
+    );
+    assert!(!body.contains("# EOF"), "{body}");
 
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();
@@ -231,4 +235,17 @@ async fn bad_requests_and_missing_messages_get_json_errors() {
         let error = json(&body)["error"].as_str().unwrap().to_string();
         assert!(error.contains(want_error), "{path}: {error}");
     }
+}
+
+#[test]
+fn openmetrics_becomes_the_prometheus_text_format() {
+    let om = "# HELP junction_x Messages.\n# TYPE junction_x counter\njunction_x_total{a=\"b\"} 3\n\
+              # HELP junction_y_bytes Free.\n# TYPE junction_y_bytes gauge\n# UNIT junction_y_bytes bytes\njunction_y_bytes 5\n\
+              # TYPE junction_z unknown\njunction_z 1\n# EOF\n";
+    assert_eq!(
+        super::prometheus_text(om),
+        "# HELP junction_x_total Messages.\n# TYPE junction_x_total counter\njunction_x_total{a=\"b\"} 3\n\
+         # HELP junction_y_bytes Free.\n# TYPE junction_y_bytes gauge\njunction_y_bytes 5\n\
+         # TYPE junction_z untyped\njunction_z 1\n"
+    );
 }
