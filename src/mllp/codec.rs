@@ -2,7 +2,8 @@
 //!
 //! The decoder is lenient where senders in the wild are sloppy and strict
 //! where leniency would hide data loss:
-//! - CR/LF (and other ASCII whitespace) between frames is skipped;
+//! - CR/LF (and other ASCII whitespace), NUL keep-alive bytes and a UTF-8 byte
+//!   order mark before a start block are skipped between frames;
 //! - a frame ends at a `0x1C` followed by `0x0D`, by a line feed or by a new
 //!   `0x0B` (a sender that leaves out the CR). A `0x1C` that is the last
 //!   byte received so far ends the frame only when nothing follows it soon:
@@ -152,8 +153,21 @@ impl Decoder for MllpCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, MllpError> {
         // Skip whitespace between frames.
         if self.scanned == 0 {
-            let skip = src.iter().take_while(|b| b.is_ascii_whitespace()).count();
-            src.advance(skip);
+            // white space, NULs (keep-alive bytes some senders write between
+            // frames) and a UTF-8 byte order mark before a start block
+            loop {
+                let skip = src
+                    .iter()
+                    .take_while(|b| b.is_ascii_whitespace() || **b == 0)
+                    .count();
+                src.advance(skip);
+                if src.starts_with(b"\xEF\xBB\xBF\x0B") {
+                    src.advance(3);
+                }
+                if skip == 0 {
+                    break;
+                }
+            }
             if src.is_empty() {
                 return Ok(None);
             }
@@ -390,6 +404,16 @@ mod tests {
             codec.take_abandoned(),
             vec![Bytes::from("\x0bMSH|half"), Bytes::from("\x0b")]
         );
+    }
+
+    #[test]
+    fn nuls_and_a_byte_order_mark_before_a_frame_are_skipped() {
+        let (frames, err) = decode_all(&[b"\0\0\xEF\xBB\xBF\x0bA\x1c\r\0\x0bB\x1c\r"], 100);
+        assert_eq!(frames, vec![Bytes::from("A"), Bytes::from("B")]);
+        assert!(err.is_none());
+        // a BOM not before a start block is still garbage
+        let (_, err) = decode_all(&[b"\xEF\xBB\xBFMSH|"], 100);
+        assert!(err.unwrap().contains("outside an MLLP frame"));
     }
 
     #[test]
