@@ -188,7 +188,7 @@ fn routes_are_checked_against_a_config_with_errors_of_its_own() {
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains("junction.toml:9:1: error: unknown field `colour`"),
+        stderr.contains("junction.toml:10:1: error: unknown field `colour`"),
         "{stderr}"
     );
     assert!(

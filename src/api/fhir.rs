@@ -985,7 +985,7 @@ mod tests {
         check(
             "Patient",
             &[("identifier", "sys|")],
-            "error: identifier has no value, expected `system|value` or `value`",
+            "error: identifier has no value, expected `system|value` or `value` (commas between alternatives)",
         );
         check(
             "Patient",
