@@ -595,7 +595,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 keep_garbage(ctx, &peer_text, kept, size, &err.to_string(), true).await;
                 Next::Close
             }
-            Ok(Some(Ok(frame))) => handle_frame(ctx, &peer_text, frame, &mut framed).await,
+            Ok(Some(Ok(frame))) => {
+                let next = handle_frame(ctx, &peer_text, frame, &mut framed).await;
+                // idle counts from the answer too: a commit that waited (a
+                // full disk) must not make the sender look idle
+                framed.get_mut().last_read = Instant::now();
+                next
+            }
         };
         if let Next::Close = outcome {
             break;
@@ -610,7 +616,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A connection's stream that remembers when it last read a byte (what the
-/// idle timeout is measured from).
+/// idle timeout is measured from; the connection loop also sets it when a
+/// frame has been answered).
 struct Watched<S> {
     inner: S,
     last_read: Instant,
