@@ -230,3 +230,35 @@ fn tail_reconnects_when_the_engine_comes_up_later() {
     tail.seen.clear();
     assert_eq!(tail.interrupt(), Some(0));
 }
+
+/// An engine that refuses the token (401/403) is not retried forever: `tail`
+/// says what the engine said and exits 2.
+#[test]
+fn tail_stops_with_the_reason_when_the_token_is_refused() {
+    use std::io::{Read, Write};
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = server.accept() {
+            let mut request = [0u8; 2048];
+            let _ = stream.read(&mut request);
+            let body = r#"{"error":"no bearer token"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_junction"))
+        .args(["tail", "--api", &format!("http://{addr}")])
+        .env_remove("JUNCTION_API_TOKEN")
+        .output()
+        .expect("run junction tail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("no bearer token"),
+        "{stderr}"
+    );
+}

@@ -60,14 +60,19 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
-            () = follow(url, args.json) => {}
+            refused = follow(url, args.json) => {
+                // retrying cannot help: the token is missing, wrong or of the wrong role
+                eprintln!("tail: {refused}");
+                return Ok(ExitCode::from(2));
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Connects, prints events, reconnects; never returns.
-async fn follow(url: reqwest::Url, json: bool) {
+/// Connects, prints events, reconnects; returns only when the engine refuses
+/// the token (401, 403), with what it said.
+async fn follow(url: reqwest::Url, json: bool) -> String {
     // No overall timeout: the stream is meant to stay open.
     let client = reqwest::Client::new();
     let mut backoff = FIRST_BACKOFF;
@@ -84,6 +89,23 @@ async fn follow(url: reqwest::Url, json: bool) {
                 backoff = FIRST_BACKOFF;
                 read_stream(response, json).await;
                 eprintln!("tail: stream from {url} ended; reconnecting");
+            }
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+                ) =>
+            {
+                let status = response.status();
+                let said = response
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|b| b["error"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                return format!(
+                    "{url} answered {status}: {said} (give an ops token in JUNCTION_API_TOKEN)"
+                );
             }
             Ok(response) => {
                 eprintln!(
