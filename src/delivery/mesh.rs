@@ -18,8 +18,9 @@
 //! The first delivery with a new client, and then one a day, begins with a
 //! handshake (MESH asks clients to validate their mailbox at least daily).
 //!
-//! One attempt (every chunk) is bounded by the destination's `timeout_secs`;
-//! each HTTP request also by the mailbox's own `timeout_secs`. An attempt cut
+//! One attempt is bounded by the destination's `timeout_secs` per chunk (so a
+//! large document on a slow link can finish); each HTTP request also by the
+//! mailbox's own `timeout_secs`. An attempt cut
 //! short leaves at most an `uploading` message, which the next attempt finds
 //! by tracking and completes.
 //!
@@ -161,7 +162,8 @@ impl MeshDestination {
             body: self.payload.bytes(item).clone(),
             earlier_attempt: item.attempt > 1,
         };
-        match tokio::time::timeout(self.timeout, client.send(&request)).await {
+        let limit = self.attempt_timeout(item, self.timeout);
+        match tokio::time::timeout(limit, client.send(&request)).await {
             Ok(Ok(message_id)) => Ok(Delivered {
                 remote_ref: Some(message_id.to_string()),
             }),
@@ -172,7 +174,7 @@ impl MeshDestination {
                  tracking before posting again",
                 self.id,
                 self.payload.bytes(item).len(),
-                self.timeout.as_secs()
+                limit.as_secs()
             ))),
         }
     }
@@ -197,5 +199,54 @@ impl Deliver for MeshDestination {
         item: &'a DeliveryItem,
     ) -> BoxFuture<'a, Result<Delivered, DeliveryError>> {
         self.send(item).boxed()
+    }
+
+    /// `timeout_secs` per chunk: a document of 31 chunks on a slow link
+    /// timed out at the same chunk on every attempt and never finished.
+    fn attempt_timeout(&self, item: &DeliveryItem, configured: Duration) -> Duration {
+        let size = self.payload.bytes(item).len() as u64;
+        let chunks = size.div_ceil(self.mailbox.chunk_size_bytes.max(1)).max(1);
+        configured.saturating_mul(u32::try_from(chunks).unwrap_or(u32::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// An attempt may take `timeout_secs` per chunk the document is sent in.
+    #[test]
+    fn an_attempt_has_the_timeout_once_per_chunk() {
+        let mut mailbox = MeshMailboxConfig::new("https://mesh.example", "X26ABC1");
+        mailbox.chunk_size_bytes = 1_000;
+        let dest = MeshDestination::new(
+            "hwe",
+            "junction",
+            mailbox,
+            "X26ABC2",
+            "TEST_WORKFLOW",
+            None,
+            Duration::from_secs(30),
+        );
+        let item = |size: usize| DeliveryItem {
+            id: 1,
+            message_id: 1,
+            destination: "hwe".to_string(),
+            patient_key: "p".to_string(),
+            control_id: "c".to_string(),
+            message_type: "ADT^A01".to_string(),
+            document: Bytes::from(vec![b'x'; size]),
+            raw: Bytes::new(),
+            attempt: 1,
+            queued_at_ms: 0,
+        };
+        let configured = Duration::from_secs(30);
+        assert_eq!(dest.attempt_timeout(&item(10), configured), configured);
+        assert_eq!(dest.attempt_timeout(&item(0), configured), configured);
+        assert_eq!(
+            dest.attempt_timeout(&item(3_500), configured),
+            configured * 4
+        );
     }
 }

@@ -35,6 +35,7 @@ pub mod store;
 mod testing;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -340,6 +341,14 @@ pub trait Deliver: Send + Sync + 'static {
         &'a self,
         item: &'a DeliveryItem,
     ) -> BoxFuture<'a, Result<Delivered, DeliveryError>>;
+
+    /// How long one attempt at `item` may take, given the destination's
+    /// `timeout_secs`: that, unless the destination sends the item in several
+    /// requests (MESH chunks: `timeout_secs` each, so a large document on a
+    /// slow link can finish at all).
+    fn attempt_timeout(&self, _item: &DeliveryItem, configured: Duration) -> Duration {
+        configured
+    }
 }
 
 /// The objections register (kept in the record store).

@@ -309,12 +309,13 @@ async fn attempt(shared: &Shared, dest: &Destination, row: DueDelivery) {
                 attempt: attempt_no,
                 queued_at_ms: row.created_at_ms,
             };
-            match tokio::time::timeout(dest.timeout, dest.deliver.deliver(&item)).await {
+            let limit = dest.deliver.attempt_timeout(&item, dest.timeout);
+            match tokio::time::timeout(limit, dest.deliver.deliver(&item)).await {
                 Ok(Ok(done)) => Attempt::Delivered(done.remote_ref),
                 Ok(Err(err)) => Attempt::Failed(err),
                 Err(_) => Attempt::Failed(DeliveryError::retry(format!(
                     "no answer within {}s (timeout_secs)",
-                    dest.timeout.as_secs()
+                    limit.as_secs()
                 ))),
             }
         }
