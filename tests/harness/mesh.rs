@@ -314,19 +314,7 @@ pub fn send_with_checksum(
     file: &std::path::Path,
     checksum: &str,
 ) -> String {
-    let file = file.to_str().expect("utf-8 path");
-    let args = [
-        "send",
-        "--to",
-        to,
-        "--workflow-id",
-        WORKFLOW,
-        "--file",
-        file,
-        "--checksum",
-        checksum,
-    ];
-    mesh_client(url, mailbox, &args).trim().to_string()
+    send_with(url, mailbox, to, file, &["--checksum", checksum])
 }
 
 /// Like [`send`], in chunks of at most `chunk_size` bytes when given.
@@ -337,8 +325,17 @@ pub fn send_in_chunks(
     file: &std::path::Path,
     chunk_size: Option<usize>,
 ) -> String {
-    let file = file.to_str().expect("utf-8 path");
     let size = chunk_size.map(|n| n.to_string());
+    let extra: Vec<&str> = match &size {
+        Some(size) => vec!["--chunk-size", size.as_str()],
+        None => Vec::new(),
+    };
+    send_with(url, mailbox, to, file, &extra)
+}
+
+/// `mesh_tool.py send` of `file` with `extra` arguments; the message id.
+fn send_with(url: &str, mailbox: &str, to: &str, file: &std::path::Path, extra: &[&str]) -> String {
+    let file = file.to_str().expect("utf-8 path");
     let mut args = vec![
         "send",
         "--to",
@@ -348,9 +345,7 @@ pub fn send_in_chunks(
         "--file",
         file,
     ];
-    if let Some(size) = &size {
-        args.extend(["--chunk-size", size.as_str()]);
-    }
+    args.extend_from_slice(extra);
     mesh_client(url, mailbox, &args).trim().to_string()
 }
 
