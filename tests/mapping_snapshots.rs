@@ -9,6 +9,7 @@ mod mapping_support;
 
 use mapping_support::*;
 use serde_json::Value;
+use std::path::Path;
 
 /// One snapshot per message of a sample file (a batch gives `_1`, `_2`, …).
 fn snapshot(file: &str) {
@@ -521,4 +522,30 @@ fn a_deleted_or_wrong_pdf_is_not_the_reports_presented_form() {
     for status in ["D", "W"] {
         assert_eq!(presented(&with_status(status)), 0, "status {status}");
     }
+}
+
+/// A cancellation from a PAS that leaves PV1-2 empty but names the visit
+/// (PV1-19) still cancels that visit's Encounter; a pre-admission (PV1-2 `P`)
+/// updated by an A08 stays planned, not `in-progress`.
+#[test]
+fn the_visit_is_read_from_its_number_and_a_preadmission_stays_planned() {
+    let set = mappings();
+    let path = Path::new("inline.hl7");
+    let cancel = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261120150000||ADT^A11^ADT_A09|C1|P|2.4\r\
+         EVN|A11|20261120150000\rPID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         PV1|1||||||||||||||||||V2026112001^^^RAL01^VN\r",
+        path,
+    );
+    let encounter = only(&cancel.value(), "Encounter").clone();
+    assert_eq!(encounter["status"], "entered-in-error", "{encounter}");
+    let update = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261120150000||ADT^A08^ADT_A01|U1|P|2.4\r\
+         EVN|A08|20261120150000\rPID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         PV1|1|P|||||||||||||||||V2026112009^^^RAL01^VN\r",
+        path,
+    );
+    assert_eq!(only(&update.value(), "Encounter")["status"], "planned");
 }
