@@ -314,7 +314,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// (whatever the character set MSH-18 declares). A UTF-8 byte-order mark is
 /// dropped. Text before the first MSH that is not a batch header is an error.
 pub fn split_messages(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Hl7Error> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = crate::hl7::strip_utf8_bom(bytes);
     let normalised = normalise_endings(bytes);
     // A byte-for-byte view (each byte one char, as ISO 8859-1 would read it):
     // split_batch only looks at ASCII segment names and line ends, and the

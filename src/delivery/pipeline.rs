@@ -392,10 +392,10 @@ impl Router {
 
     /// A document from a source (MESH inbox): a FHIR Bundle as JSON.
     fn route_document(&self, message: &PendingMessage) -> Result<Documents, Failure> {
-        let document: Json = serde_json::from_slice(crate::source::mesh_inbox::strip_bom(
-            &message.raw,
-        ))
-        .map_err(|e| {
+        // the document as sent, without a byte order mark before it
+        let bom = message.raw.len() - crate::hl7::strip_utf8_bom(&message.raw).len();
+        let bytes = message.raw.slice(bom..);
+        let document: Json = serde_json::from_slice(&bytes).map_err(|e| {
             Failure::new(
                 "document",
                 format!(
@@ -446,10 +446,7 @@ impl Router {
                 message.id,
                 "",
                 &document,
-                // the document as sent, without a byte order mark before it
-                message.raw.slice(
-                    message.raw.len() - crate::source::mesh_inbox::strip_bom(&message.raw).len()..,
-                ),
+                bytes.clone(),
                 refs,
             );
         }

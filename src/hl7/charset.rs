@@ -38,6 +38,12 @@ use super::error::Hl7Error;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// `raw` without a leading UTF-8 byte-order mark (Windows senders write one;
+/// RFC 8259 §8.1 lets a JSON reader ignore it too).
+pub fn strip_utf8_bom(raw: &[u8]) -> &[u8] {
+    raw.strip_prefix(UTF8_BOM).unwrap_or(raw)
+}
+
 /// Decodes `raw` to UTF-8 text and normalises segment endings (see the module doc).
 pub fn decode(raw: &[u8]) -> Result<String, Hl7Error> {
     let text = to_utf8(raw)?;

@@ -61,7 +61,7 @@ pub use ack::{
     AckError, Rejection,
 };
 pub use batch::{looks_like_hl7, split_batch, split_batch_bytes};
-pub use charset::{decode, encode_text, msh18};
+pub use charset::{decode, encode_text, msh18, strip_utf8_bom};
 pub use error::Hl7Error;
 pub use escape::{escape, escape_field, unescape};
 pub use message::{same_message, Header, Message};

@@ -272,7 +272,7 @@ pub enum AckExpected {
 impl AckExpected {
     /// MSH-15 of the message's first segment (`MSH`, any field separator).
     pub fn of(message: &[u8]) -> AckExpected {
-        let message = message.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(message);
+        let message = crate::hl7::strip_utf8_bom(message);
         let line = message
             .split(|&b| b == b'\r' || b == b'\n')
             .next()

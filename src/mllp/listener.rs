@@ -825,7 +825,10 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(reply) = reply {
         // A peer that does not read its ACKs must not pin this task forever.
         // in the character set the ACK declares in MSH-18 (the sender's own)
-        let bytes = hl7::encode_text(&reply, hl7::msh18(reply.as_bytes()).as_deref());
+        let bytes = match hl7::msh18(reply.as_bytes()) {
+            Some(charset) => hl7::encode_text(&reply, Some(&charset)),
+            None => reply.into_bytes(),
+        };
         match tokio::time::timeout(ctx.idle_timeout, framed.send(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
@@ -1058,7 +1061,7 @@ struct BatchEnvelope {
 
 /// Reads the FHS/BHS of a frame that begins with one (after a BOM or whitespace).
 fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
-    let start = frame.strip_prefix(b"\xef\xbb\xbf").unwrap_or(frame);
+    let start = hl7::strip_utf8_bom(frame);
     let start = &start[start.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
     if !(start.starts_with(b"FHS") || start.starts_with(b"BHS")) {
         return None;

@@ -809,17 +809,12 @@ fn report_text(received: &Received) -> String {
 /// Why `body` is not a JSON FHIR Bundle; `None` when it is one. The reason
 /// never quotes the body (only a `resourceType` value, which is not patient
 /// data).
-/// `body` without a leading UTF-8 byte order mark.
-pub(crate) fn strip_bom(body: &[u8]) -> &[u8] {
-    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
-}
-
 fn bundle_problem(body: &[u8]) -> Option<String> {
     if body.is_empty() {
         return Some("the body is empty".to_string());
     }
     // a UTF-8 byte order mark, as Windows senders write (RFC 8259 §8.1: may be ignored)
-    let json: Json = match serde_json::from_slice(strip_bom(body)) {
+    let json: Json = match serde_json::from_slice(hl7::strip_utf8_bom(body)) {
         Ok(json) => json,
         Err(e) => return Some(format!("not JSON ({e})")),
     };
@@ -854,8 +849,8 @@ mod tests {
     fn a_bundle_after_a_byte_order_mark_is_a_bundle() {
         let body = b"\xEF\xBB\xBF{\"resourceType\":\"Bundle\",\"type\":\"transaction\"}";
         assert_eq!(bundle_problem(body), None);
-        assert_eq!(strip_bom(b"\xEF\xBB\xBFx"), b"x");
-        assert_eq!(strip_bom(b"x"), b"x");
+        assert_eq!(hl7::strip_utf8_bom(b"\xEF\xBB\xBFx"), b"x");
+        assert_eq!(hl7::strip_utf8_bom(b"x"), b"x");
     }
 
     fn check(body: &str, expected: Option<&str>) {
