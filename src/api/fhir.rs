@@ -439,28 +439,27 @@ fn check_format(value: &str) -> Result<(), FhirError> {
 }
 
 /// The parameters of `$everything` or `_history` other than paging: `_pretty`
-/// and `_format` as everywhere, `_type` (a comma list of resource types) where
-/// `types` is given; anything else is a 400 (never ignored: a client asking for
-/// less must not be handed more without being told).
+/// and `_format` as everywhere, and, where `takes_type`, `_type` (a comma list
+/// of resource types, returned); anything else is a 400 (never ignored: a
+/// client asking for less must not be handed more without being told).
 fn operation_params(
     operation: &str,
     params: Vec<(String, String)>,
-    mut types: Option<&mut Vec<String>>,
-) -> Result<(), FhirError> {
+    takes_type: bool,
+) -> Result<Vec<String>, FhirError> {
+    let mut types = Vec::new();
     for (name, value) in params {
         match name.as_str() {
             "_pretty" => {}
             "_format" => check_format(&value)?,
-            "_type" if types.is_some() => {
+            "_type" if takes_type => {
                 for t in value.split(',') {
                     check_type(t)?;
-                    if let Some(types) = types.as_deref_mut() {
-                        types.push(t.to_string());
-                    }
+                    types.push(t.to_string());
                 }
             }
             _ => {
-                let expected = if types.is_some() {
+                let expected = if takes_type {
                     "_type, _count, _offset, _summary=count"
                 } else {
                     "_count, _offset, _summary=count"
@@ -471,7 +470,7 @@ fn operation_params(
             }
         }
     }
-    Ok(())
+    Ok(types)
 }
 
 /// What a search asks for.
@@ -724,8 +723,7 @@ async fn everything(
             .into_owned()
             .collect();
     let page = Page::take(&mut params)?;
-    let mut types = Vec::new();
-    operation_params("$everything", params, Some(&mut types))?;
+    let types = operation_params("$everything", params, true)?;
     let mut resources = resources;
     if !types.is_empty() {
         resources.retain(|r| {
@@ -754,7 +752,7 @@ async fn history(
             .into_owned()
             .collect();
     let page = Page::take(&mut params)?;
-    operation_params("_history", params, None)?;
+    operation_params("_history", params, false)?;
     let (rtype, rid) = (resource_type.clone(), id.clone());
     let versions = blocking(store, move |s| s.history(&rtype, &rid)).await?;
     if versions.is_empty() {
