@@ -59,6 +59,9 @@ snapshots! {
     oru_r01_device_report => "samples/oru_r01_device_report.hl7",
     adt_a08_untraced_nhs_first => "samples/adt_a08_untraced_nhs_first.hl7",
     oru_r01_sn_forms => "samples/oru_r01_sn_forms.hl7",
+    adt_a40_two_merges => "samples/adt_a40_two_merges.hl7",
+    oru_r01_precision_and_text => "samples/oru_r01_precision_and_text.hl7",
+    adt_a03_v23_diagnoses => "samples/adt_a03_v23_diagnoses.hl7",
     batch_adt => "samples/batch_adt.hl7",
     nhs_number_bad_checksum => "tests/bad-input/nhs_number_bad_checksum.hl7",
 }
@@ -548,4 +551,171 @@ fn the_visit_is_read_from_its_number_and_a_preadmission_stays_planned() {
         path,
     );
     assert_eq!(only(&update.value(), "Encounter")["status"], "planned");
+}
+
+/// The ids and values of a document's Observations, by code.
+fn observations(document: &Value) -> Vec<(String, String, Value)> {
+    resources(document, "Observation")
+        .into_iter()
+        .map(|o| {
+            let code = o["code"]["coding"][0]["code"].as_str().unwrap_or_default();
+            let id = o["id"].as_str().unwrap_or_default();
+            (code.to_string(), id.to_string(), o.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn a_final_report_updates_the_preliminary_results_even_when_set_ids_shift() {
+    let set = mappings();
+    let path = Path::new("inline.hl7");
+    let head = "MSH|^~\\&|WINPATH|RAL|JUNCTION|LCR|20261123090000||ORU^R01|P1|P|2.4\r\
+                PID|1||9990000018^^^NHS^NH~RAL1^^^RAL^MR||SMITH^MARGARET\r\
+                OBR|1|ICE1^ICE|WP1^WINPATH|UE^Urea and electrolytes^WINPATH|||20261123080000";
+    let prelim = map_text(
+        &set,
+        &format!(
+            "{head}||||||||||||||||||P\r\
+             OBX|1|NM|NA^Sodium^WINPATH||139|mmol/L|||||P\r\
+             OBX|2|NM|K^Potassium^WINPATH||6.9|mmol/L||HH|||P\r"
+        ),
+        path,
+    );
+    // the final report adds urea between them: potassium's set id becomes 3
+    let final_ = map_text(
+        &set,
+        &format!(
+            "{head}||||||||||||||||||F\r\
+             OBX|1|NM|NA^Sodium^WINPATH||139|mmol/L|||||F\r\
+             OBX|2|NM|UREA^Urea^WINPATH||5.1|mmol/L|||||F\r\
+             OBX|3|NM|K^Potassium^WINPATH||4.1|mmol/L|||||C\r"
+        ),
+        path,
+    );
+    let before = observations(&prelim.value());
+    let after = observations(&final_.value());
+    for code in ["NA", "K"] {
+        let id = |obs: &[(String, String, Value)]| {
+            obs.iter()
+                .find(|(c, _, _)| c == code)
+                .map(|(_, id, _)| id.clone())
+        };
+        assert_eq!(id(&before), id(&after), "{code} keeps its id");
+        assert!(id(&before).is_some());
+    }
+    let k = after.iter().find(|(c, _, _)| c == "K").expect("potassium");
+    assert_eq!(k.2["status"], "corrected");
+}
+
+#[test]
+fn text_lines_of_one_code_are_observations_of_their_own() {
+    let output = map_one("samples/oru_r01_precision_and_text.hl7");
+    let obs = observations(&output.value());
+    let comments: Vec<_> = obs.iter().filter(|(c, _, _)| c == "COMM").collect();
+    assert_eq!(comments.len(), 2, "{obs:?}");
+    assert_ne!(comments[0].1, comments[1].1);
+    assert_eq!(comments[0].2["valueString"], "Sample haemolysed.");
+    assert_eq!(comments[1].2["valueString"], "Repeat advised.");
+}
+
+#[test]
+fn decimals_keep_the_precision_the_lab_sent() {
+    let output = map_one("samples/oru_r01_precision_and_text.hl7");
+    // the text, not a parsed value: `1.10` must not become `1.1`
+    for text in [
+        "\"value\":1.10",
+        "\"value\":0.090",
+        "\"value\":0.80",
+        "\"value\":1.20",
+        "\"value\":0.045",
+        "\"value\":0.084",
+    ] {
+        assert!(
+            output.document.contains(text),
+            "{text} in {}",
+            output.document
+        );
+    }
+    // and as a value read back (serde_json with arbitrary_precision)
+    let obs = observations(&output.value());
+    let inr = obs.iter().find(|(c, _, _)| c == "INR").expect("INR");
+    assert_eq!(inr.2["valueQuantity"]["value"].to_string(), "1.10");
+}
+
+#[test]
+fn values_that_do_not_read_as_their_type_are_kept_as_text() {
+    let output = map_one("samples/oru_r01_precision_and_text.hl7");
+    let obs = observations(&output.value());
+    let value = |code: &str| {
+        obs.iter()
+            .find(|(c, _, _)| c == code)
+            .map(|(_, _, o)| o["valueString"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(value("PLT"), "1,234 10*9/L");
+    assert_eq!(value("COLL"), "20261123253000");
+    assert_eq!(value("LMP"), "2026-11-01");
+}
+
+#[test]
+fn every_merge_of_an_a40_is_mapped() {
+    let output = map_one("samples/adt_a40_two_merges.hl7");
+    let document = output.value();
+    let patients = resources(&document, "Patient");
+    assert_eq!(patients.len(), 4, "two survivors, two retired");
+    let retired: Vec<_> = patients.iter().filter(|p| p["active"] == false).collect();
+    assert_eq!(retired.len(), 2);
+    for p in &retired {
+        assert_eq!(p["link"][0]["type"], "replaced-by", "{p}");
+    }
+    let survivors: Vec<_> = patients.iter().filter(|p| p["active"] == true).collect();
+    for p in &survivors {
+        assert_eq!(p["link"][0]["type"], "replaces", "{p}");
+    }
+    // each survivor replaces its own retired record
+    let names: Vec<_> = survivors
+        .iter()
+        .map(|p| {
+            let other = p["link"][0]["other"]["reference"]
+                .as_str()
+                .unwrap_or_default();
+            let id = other.trim_start_matches("Patient/");
+            let retired = retired.iter().find(|r| r["id"] == id).expect("linked");
+            (
+                p["name"][0]["family"].clone(),
+                retired["identifier"][0]["value"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        names.contains(&(Value::from("EVANS"), Value::from("RAL9900112"))),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&(Value::from("AHMED"), Value::from("RAL9900113"))),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_v23_diagnosis_keeps_its_description_and_code_system() {
+    let output = map_one("samples/adt_a03_v23_diagnoses.hl7");
+    let document = output.value();
+    let conditions = resources(&document, "Condition");
+    assert_eq!(conditions.len(), 2);
+    let coded = conditions
+        .iter()
+        .find(|c| c["code"]["coding"].is_array())
+        .expect("a coded diagnosis");
+    assert_eq!(coded["code"]["coding"][0]["code"], "J18.9");
+    assert_eq!(
+        coded["code"]["coding"][0]["system"],
+        "http://hl7.org/fhir/sid/icd-10"
+    );
+    assert_eq!(coded["code"]["text"], "Pneumonia, unspecified");
+    let text_only = conditions
+        .iter()
+        .find(|c| !c["code"]["coding"].is_array())
+        .expect("a description-only diagnosis");
+    assert_eq!(text_only["code"]["text"], "Community acquired pneumonia");
 }

@@ -940,6 +940,10 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
                 expr::Anchor::Relative => d.relative |= !in_pred,
             },
             Term::Position => d.position |= !in_pred,
+            Term::PositionBy(parts) => {
+                d.position |= !in_pred;
+                parts.iter().for_each(|p| expr(p, in_pred, d, all, depth))
+            }
             Term::Macro(i) => {
                 // cycles are rejected at compile; the depth guard only keeps a
                 // broken plan from recursing forever
@@ -1109,7 +1113,7 @@ fn expr_macros(e: &Expr, out: &mut Vec<usize>) {
 fn term_macros(t: &Term, out: &mut Vec<usize>) {
     match t {
         Term::Macro(i) => out.push(*i),
-        Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+        Term::Concat(parts) | Term::ConcatWs(_, parts) | Term::PositionBy(parts) => {
             parts.iter().for_each(|p| expr_macros(p, out))
         }
         Term::Group(e) => expr_macros(e, out),

@@ -274,7 +274,13 @@ struct Scope<'s, 'a> {
     parent: Option<&'s Scope<'s, 'a>>,
     elem: Option<&'s Val<'a>>,
     position: usize,
+    /// In a group: where the first group of its iteration begins (for
+    /// `position(key)`); `NO_SIBLINGS` elsewhere.
+    siblings: usize,
 }
+
+/// [`Scope::siblings`] of a scope that is not a group.
+const NO_SIBLINGS: usize = usize::MAX;
 
 struct Ctx<'a> {
     plan: &'a PlanInner,
@@ -314,6 +320,22 @@ struct Ctx<'a> {
     memo: Vec<(u32, bool, Val<'a>)>,
     /// Where each of the plan's macro dependencies was found, by scope id.
     resolved: Vec<(u32, u32)>,
+    /// The keys of `position(key)` counted so far, by expression and iteration.
+    keyed: Vec<KeyedGroups>,
+}
+
+/// The groups of one iteration counted by one `position(key, ...)`, in order.
+struct KeyedGroups {
+    /// The key expressions (their address in the plan).
+    tag: usize,
+    /// Where the iteration's first group begins.
+    from: usize,
+    /// Where the next group not counted yet begins.
+    next: usize,
+    /// How many groups so far gave each key.
+    counts: std::collections::HashMap<String, usize, rustc_hash::FxBuildHasher>,
+    /// Each counted group's start and its position among those of its key.
+    found: Vec<(usize, usize)>,
 }
 
 /// Converted timestamps kept per apply (the most recent ones).
@@ -427,6 +449,7 @@ pub(crate) fn apply(
         scopes: 0,
         memo: vec![(0, false, Val::Empty); plan.macros.len()],
         resolved: vec![(0, u32::MAX); plan.dep_names.len()],
+        keyed: Vec::new(),
     };
     let top = Scope {
         id: ctx.scope_id(),
@@ -435,6 +458,7 @@ pub(crate) fn apply(
         parent: None,
         elem: None,
         position: 1,
+        siblings: NO_SIBLINGS,
     };
     let mut out = String::with_capacity(plan.output_hint.load(Ordering::Relaxed));
     // keys in sorted order: entry, resourceType, type
@@ -801,6 +825,7 @@ impl<'a> Ctx<'a> {
                         parent: scope.parent,
                         elem: Some(item),
                         position: i + 1,
+                        siblings: NO_SIBLINGS,
                     };
                     f(self, &inner);
                 }
@@ -841,6 +866,7 @@ impl<'a> Ctx<'a> {
             parent: scope.parent,
             elem: scope.elem,
             position: scope.position,
+            siblings: scope.siblings,
         };
         // With `after`: where the lead-in of the group headed at `h` begins: at the
         // `after` segment directly before `h` (after `from`), else at `h` (none).
@@ -874,6 +900,7 @@ impl<'a> Ctx<'a> {
                     parent: Some(&outer),
                     elem: scope.elem,
                     position: scope.position,
+                    siblings: NO_SIBLINGS,
                 };
                 &lead_in
             } else {
@@ -886,6 +913,7 @@ impl<'a> Ctx<'a> {
                 parent: Some(parent),
                 elem: scope.elem,
                 position: k,
+                siblings: first,
             };
             self.groups(rest, &inner, f);
             s = head_next;
@@ -1286,9 +1314,11 @@ impl<'a> Ctx<'a> {
         let mut v = match (&e.first, stages.split_first()) {
             // `PATH | when(cond) ...`: the condition does not look at the value,
             // so it is asked first and the path is only read when it holds (a
-            // path has no effect but marking its field read, which is done anyway)
+            // path has no effect but marking its field read, which is done anyway;
+            // a concatenation's parts are marked alike, and what it would have
+            // warned about is not used)
             (
-                Term::Path(_) | Term::Literal(_),
+                Term::Path(_) | Term::Literal(_) | Term::Concat(_) | Term::ConcatWs(..),
                 Some((Stage::Transform(Transform::When(c)), rest)),
             ) => {
                 stages = rest;
@@ -1444,7 +1474,7 @@ impl<'a> Ctx<'a> {
                 }
             }
             Term::Group(e) => self.touch_expr(e, scope),
-            Term::Concat(parts) | Term::ConcatWs(_, parts) => {
+            Term::Concat(parts) | Term::ConcatWs(_, parts) | Term::PositionBy(parts) => {
                 for p in parts {
                     self.touch_expr(p, scope);
                 }
@@ -1471,6 +1501,7 @@ impl<'a> Ctx<'a> {
                 push_number(&mut s, scope.position);
                 Val::Text(Cow::Owned(s))
             }
+            Term::PositionBy(parts) => self.position_by(parts, scope),
             Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => self.concat(parts, scope),
             Term::ConcatWs(sep, parts) => self.concat_ws(sep, parts, scope),
@@ -1488,6 +1519,77 @@ impl<'a> Ctx<'a> {
                 v
             }
         }
+    }
+
+    /// `position(key, ...)`: how many groups of this iteration, up to and including
+    /// this one, give the same key texts. Each group's key is computed once per
+    /// iteration and counted as the groups are reached (`Ctx::keyed`), so a report
+    /// of thousands of text lines stays linear.
+    #[inline(never)]
+    fn position_by(&mut self, parts: &'a [Expr], scope: &Scope<'_, 'a>) -> Val<'a> {
+        self.position_reads += 1;
+        let head = scope.start;
+        let from = scope.siblings;
+        let Some(&name) = self.names.get(head) else {
+            return Val::Empty;
+        };
+        let n = if from > head {
+            scope.position
+        } else {
+            let tag = parts.as_ptr() as usize;
+            let k = match self
+                .keyed
+                .iter()
+                .position(|c| c.tag == tag && c.from == from)
+            {
+                Some(k) => k,
+                None => {
+                    self.keyed.push(KeyedGroups {
+                        tag,
+                        from,
+                        next: from,
+                        counts: Default::default(),
+                        found: Vec::new(),
+                    });
+                    self.keyed.len() - 1
+                }
+            };
+            // count the groups not reached yet, up to this one
+            while self.keyed[k].next <= head {
+                let at = self.keyed[k].next;
+                let end = (at + 1..self.names.len())
+                    .find(|&j| self.names[j] == name)
+                    .unwrap_or(self.names.len());
+                let sibling = Scope {
+                    id: self.scope_id(),
+                    start: at,
+                    end: if at == head { scope.end } else { end },
+                    parent: scope.parent,
+                    elem: scope.elem,
+                    position: 0,
+                    siblings: NO_SIBLINGS,
+                };
+                let mut key = String::new();
+                for p in parts {
+                    let v = self.expr(p, &sibling);
+                    key.push_str(&self.text_of(v));
+                    key.push('\u{0}');
+                }
+                let c = &mut self.keyed[k];
+                let count = c.counts.entry(key).or_insert(0);
+                *count += 1;
+                c.found.push((at, *count));
+                c.next = end;
+            }
+            let found = &self.keyed[k].found;
+            match found.binary_search_by_key(&head, |(at, _)| *at) {
+                Ok(i) => found[i].1,
+                Err(_) => scope.position,
+            }
+        };
+        let mut s = String::with_capacity(4);
+        push_number(&mut s, n);
+        Val::Text(Cow::Owned(s))
     }
 
     /// `concat(...)`: empty when any part is (kept out of line, as the other
@@ -1652,6 +1754,7 @@ impl<'a> Ctx<'a> {
                                 parent: scope.parent,
                                 elem: Some(&elem),
                                 position: k + 1,
+                                siblings: NO_SIBLINGS,
                             };
                             if self.cond(c, &inner) {
                                 return match descend(node(k + 1, r)) {
@@ -1939,6 +2042,11 @@ impl<'a> Ctx<'a> {
             Transform::UrlEncode => match transform::url_encode(&text) {
                 Cow::Borrowed(_) => Val::Text(text),
                 Cow::Owned(encoded) => Val::Text(Cow::Owned(encoded)),
+            },
+            Transform::CodingSystem => match datatypes::coding_system(&text) {
+                Cow::Borrowed("") => Val::Empty,
+                Cow::Borrowed(uri) => Val::Text(Cow::Borrowed(uri)),
+                Cow::Owned(uri) => Val::Text(Cow::Owned(uri)),
             },
             Transform::Comparator => match transform::split_comparator(&text).0 {
                 "" => Val::Empty,

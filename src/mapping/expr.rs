@@ -6,7 +6,7 @@
 //! expr      := term ( '|' ( term | transform ) )*      left to right; a term after `|`
 //!                                                      is an alternative (first non-empty)
 //! term      := path | 'literal' | $macro | ( expr ) | concat(expr, ...)
-//!            | concat_ws('sep', expr, ...) | position()
+//!            | concat_ws('sep', expr, ...) | position() | position(expr, ...)
 //! path      := SEG '-' field [ '[' (n | '*' | cond) ']' ] [ '.' comp [ '.' sub ] ]
 //!            | '.' comp [ '.' sub ]  |  '.'            (relative to the `each` element)
 //! transform := name [ '(' arg, ... ')' ]
@@ -55,7 +55,13 @@ pub(crate) enum Term {
     ConcatWs(String, Vec<Expr>),
     /// `( expr )`.
     Group(Box<Expr>),
+    /// `position()`: the 1-based position in the enclosing iteration.
     Position,
+    /// `position(a, b, ...)`: in a group, the 1-based position among the groups
+    /// of its iteration before it (and itself) whose `a, b, ...` give the same
+    /// texts: the occurrence of a key, not a place in the message. Elsewhere the
+    /// same as `position()`.
+    PositionBy(Vec<Expr>),
 }
 
 /// Which repetitions of a field a path selects.
@@ -453,8 +459,15 @@ impl Parser<'_, '_> {
                     }
                     "position" if self.peek() == Some(b'(') => {
                         self.pos += 1;
-                        self.expect(b')', "after position(")?;
-                        Ok(Some(Term::Position))
+                        if self.eat(b')') {
+                            return Ok(Some(Term::Position));
+                        }
+                        let mut parts = vec![self.expr()?];
+                        while self.eat(b',') {
+                            parts.push(self.expr()?);
+                        }
+                        self.expect(b')', "to close position(")?;
+                        Ok(Some(Term::PositionBy(parts)))
                     }
                     _ => {
                         self.pos = start;

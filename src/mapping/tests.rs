@@ -133,7 +133,9 @@ fn transforms() {
     check("AL1-3 | default('none')", json!("none"));
     check("PID-8 | default('none')", json!("M"));
     check("OBX-5 | number", json!(5));
-    check("'4.50' | number", json!(4.5));
+    // the precision as sent (a FHIR decimal's trailing zeros are significant)
+    check("'4.50' | number", serde_json::from_str("4.50").unwrap());
+    check("'+07.0' | number", serde_json::from_str("7.0").unwrap());
     check("'high' | number", Value::Null);
     check("PID-3[*].5 | join('/')", json!("NH/MR/NH"));
     check(
@@ -154,6 +156,16 @@ fn transforms() {
     check("'tŷ' | base64", json!("dMW3"));
     check("'255044462D' | hex_to_base64", json!("JVBERi0="));
     check("'2550F' | hex_to_base64", Value::Null);
+    check(
+        "'I10' | coding_system",
+        json!("http://hl7.org/fhir/sid/icd-10"),
+    );
+    check("'sct' | coding_system", json!("http://snomed.info/sct"));
+    check(
+        "'HL70078' | coding_system",
+        json!("http://terminology.hl7.org/CodeSystem/v2-0078"),
+    );
+    check("'LOCAL' | coding_system", Value::Null);
 }
 
 #[test]
@@ -256,6 +268,47 @@ ids = [{ each = "PID-3[*]", when = ".5 = 'NH'", v = ".1", n = "position()" }]"#,
         r["ids"],
         json!([{"v": "9434765919", "n": "1"}, {"v": "1234567890", "n": "3"}])
     );
+}
+
+#[test]
+fn position_by_key_counts_the_groups_of_the_same_key() {
+    // in a group: the occurrence of its key among the groups of its iteration so
+    // far (OBX-1 says nothing); outside one, the iteration position
+    let message = "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C1|P|2.4\r\
+PID|1||A^^^X~B^^^X~A^^^X\r\
+OBR|1||F1|P^Panel\r\
+OBX|7|TX|COMM^Comment||line one\r\
+OBX|3|NM|K^Potassium||4.1\r\
+OBX|7|TX|COMM^Comment||line two\r\
+OBX|1|TX|COMM^Comment|2|other sub-id\r\
+OBX|1|TX|COMM^Comment||line three\r\
+OBR|2||F2|P^Panel\r\
+OBX|1|TX|COMM^Comment||again first\r";
+    let (r, _) = body(
+        r#"obs = [{ for = "OBR > OBX", v = "OBX-5", n = "position(OBX-3.1, OBX-4)" }]
+again = [{ for = "OBR > OBX", n = "position(OBX-3.1, OBX-4)" }]
+ids = [{ each = "PID-3[*]", n = "position(.1)" }]
+top = "position(MSH-10)""#,
+        message,
+    );
+    assert_eq!(
+        r["obs"],
+        json!([
+            {"v": "line one", "n": "1"},
+            {"v": "4.1", "n": "1"},
+            {"v": "line two", "n": "2"},
+            {"v": "other sub-id", "n": "1"},
+            {"v": "line three", "n": "3"},
+            {"v": "again first", "n": "1"},
+        ])
+    );
+    // a second pass over the same groups gives the same positions
+    assert_eq!(
+        r["again"],
+        json!([{"n": "1"}, {"n": "1"}, {"n": "2"}, {"n": "1"}, {"n": "3"}, {"n": "1"}])
+    );
+    assert_eq!(r["top"], json!("1"));
+    assert_eq!(r["ids"], json!([{"n": "1"}, {"n": "2"}, {"n": "3"}]));
 }
 
 #[test]

@@ -61,6 +61,8 @@ pub(crate) enum Transform {
     Range(Bound),
     /// `| url_encode`: percent-encoding, for text that goes into a URI.
     UrlEncode,
+    /// `coding_system`: an HL7 coding system name (table 0396) as a FHIR system URI.
+    CodingSystem,
     /// `| comparator`: the `<`, `<=`, `>` or `>=` a value starts with (`<5`).
     Comparator,
     /// `| strip_comparator`: the value after its comparator (`<5` → `5`).
@@ -112,6 +114,7 @@ pub(crate) fn build(
         "nhs_number" => argc(0).map(|_| Transform::NhsNumber)?,
         "range_low" => argc(0).map(|_| Transform::Range(Bound::Low))?,
         "url_encode" => argc(0).map(|_| Transform::UrlEncode)?,
+        "coding_system" => argc(0).map(|_| Transform::CodingSystem)?,
         "comparator" => argc(0).map(|_| Transform::Comparator)?,
         "strip_comparator" => argc(0).map(|_| Transform::StripComparator)?,
         "base64" => argc(0).map(|_| Transform::Base64)?,
@@ -387,6 +390,15 @@ pub(crate) fn hl7_date(s: &str) -> Result<String, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let bad = || format!("`{s}` is not an HL7 date, expected YYYY[MM[DD]]");
     let d = &s[..digits];
+    // after the digits only a zone (`+0100`), or the rest of a TS's time: not
+    // `2026-11-01`, whose `2026` is not the date that was meant
+    let rest = &s[digits..];
+    let zone = |r: &str| {
+        r.len() == 5 && r.starts_with(['+', '-']) && r[1..].bytes().all(|b| b.is_ascii_digit())
+    };
+    if !(rest.is_empty() || zone(rest) || digits > 8) {
+        return Err(bad());
+    }
     match digits {
         4 => {
             let y: i16 = d.parse().map_err(|_| bad())?;
@@ -560,41 +572,13 @@ fn push_digits(out: &mut String, n: u32, width: u32) {
     }
 }
 
-/// A decimal number as JSON (integers stay integers; `140.`, which HL7's NM
-/// allows, is the integer 140). It reads the text on its own, not through
-/// [`number_text`]'s reader: it is the independent oracle the property tests
-/// hold `number_text` to, and `number_text`'s slow path past its bounds.
-pub(crate) fn number(s: &str) -> Option<serde_json::Number> {
-    let t = s.trim();
-    let body = t.strip_prefix(['+', '-']).unwrap_or(t);
-    let mut parts = body.splitn(2, '.');
-    let int = parts.next().unwrap_or("");
-    // `140.`: HL7's NM allows a decimal point with no digits after it (an integer)
-    let frac = parts.next().filter(|f| !f.is_empty() || int.is_empty());
-    let ok_int = !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit());
-    let ok_frac = frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
-    let ok_lead = int.is_empty() && frac.is_some_and(|f| !f.is_empty());
-    if !((ok_int || ok_lead) && ok_frac) {
-        return None;
-    }
-    let t = t.strip_prefix('+').unwrap_or(t);
-    if frac.is_none() {
-        if let Ok(i) = t.strip_suffix('.').unwrap_or(t).parse::<i64>() {
-            return Some(i.into());
-        }
-    }
-    t.parse::<f64>().ok().and_then(serde_json::Number::from_f64)
-}
-
-/// The JSON text of [`number`]'s value, byte for byte what `serde_json` writes
-/// for it, found without the `f64` round trip for the usual decimals: integers
-/// of up to 18 digits, and decimals of up to 15 significant digits whose first
-/// one is at most four places after the point. Within those bounds the nearest
-/// `f64` to a decimal prints back as that decimal (shortest round trip: two
-/// decimals of ≤ 15 significant digits are further apart than an `f64`'s
-/// rounding interval), with trailing zeros dropped and `.0` kept after a whole
-/// number, as `ryu` writes it. Anything else goes through [`number`]. `None`
-/// when the text is not a number.
+/// The JSON text of an HL7 NM: the decimal with the digits as sent, in JSON's
+/// grammar. FHIR's decimal keeps its precision (`1.10` is not `1.1`: the number of
+/// decimals a lab reports is its method's precision), so nothing goes through
+/// `f64`: a `+` is dropped, leading zeros of the whole part are dropped (JSON
+/// allows none), `.5` is `0.5`, `140.` (which NM allows) is the integer `140`,
+/// and a zero has no sign. Trailing zeros and any number of digits are kept.
+/// `None` when the text is not a number (exponents are not NM).
 pub(crate) fn number_text(s: &str) -> Option<NumberText> {
     let t = s.trim();
     let (neg, body) = match t.as_bytes().first() {
@@ -603,7 +587,7 @@ pub(crate) fn number_text(s: &str) -> Option<NumberText> {
         _ => (false, t),
     };
     let (int, frac) = match body.find('.') {
-        // `140.` is an integer, as in `number`
+        // `140.` is an integer
         Some(p) if p + 1 == body.len() && p > 0 => (&body[..p], None),
         Some(p) => (&body[..p], Some(&body[p + 1..])),
         None => (body, None),
@@ -614,68 +598,28 @@ pub(crate) fn number_text(s: &str) -> Option<NumberText> {
     if !((ok_int || ok_lead) && ok_frac) {
         return None;
     }
-    let int = int.trim_start_matches('0');
-    let mut buf = [0u8; 40];
-    let mut n = 0;
-    let mut put = |bytes: &[u8]| {
-        buf[n..n + bytes.len()].copy_from_slice(bytes);
-        n += bytes.len();
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        rest => rest,
     };
-    match frac {
-        None if int.len() <= 18 => {
-            if int.is_empty() {
-                put(b"0");
-            } else {
-                if neg {
-                    put(b"-");
-                }
-                put(int.as_bytes());
-            }
-        }
-        Some(f) => {
-            let f = f.trim_end_matches('0');
-            let leading_zeros = if int.is_empty() {
-                f.len() - f.trim_start_matches('0').len()
-            } else {
-                0
-            };
-            let significant = int.len() + f.len() - leading_zeros;
-            if significant > 15 || leading_zeros > 4 {
-                return number_slow(t);
-            }
-            if neg {
-                put(b"-");
-            }
-            if int.is_empty() {
-                put(b"0");
-            } else {
-                put(int.as_bytes());
-            }
-            put(b".");
-            if f.is_empty() {
-                put(b"0");
-            } else {
-                put(f.as_bytes());
-            }
-        }
-        None => return number_slow(t),
+    let zero = int == "0" && frac.is_none_or(|f| f.bytes().all(|b| b == b'0'));
+    let sign = neg && !zero;
+    let len = usize::from(sign) + int.len() + frac.map_or(0, |f| f.len() + 1);
+    // the usual case: the text as sent is already JSON (`11.8`, `3.80`, `-2`):
+    // the same length, sign and digits means nothing was dropped or added
+    if len == t.len() && neg == sign && !t.starts_with('+') {
+        let at = s.len() - s.trim_start().len();
+        return Some(NumberText::At(at, at + len));
     }
-    let text = &buf[..n];
-    // the same text inside the input (`11.8`, `3.80`, `007`): borrowed from it
-    // (a plain scan: the texts are short, a substring searcher costs more to set up)
-    let bytes = s.as_bytes();
-    let found = (0..=bytes.len().saturating_sub(n)).find(|&at| bytes.get(at..at + n) == Some(text));
-    Some(match found {
-        Some(at) => NumberText::At(at, at + n),
-        None => NumberText::Owned(std::str::from_utf8(text).ok()?.to_string()),
-    })
-}
-
-/// [`number_text`] past its bounds: through `f64` and `serde_json`.
-fn number_slow(t: &str) -> Option<NumberText> {
-    let n = number(t)?;
-    let mut out = String::new();
-    super::json::push_value(&mut out, &serde_json::Value::Number(n));
+    let mut out = String::with_capacity(len);
+    if sign {
+        out.push('-');
+    }
+    out.push_str(int);
+    if let Some(f) = frac {
+        out.push('.');
+        out.push_str(f);
+    }
     Some(NumberText::Owned(out))
 }
 
@@ -740,6 +684,13 @@ mod tests {
         check_date("abc", Err(()));
         check_date("", Err(()));
         check_date("19650412^D", Ok("1965-04-12"));
+        check_date("19650412+0100", Ok("1965-04-12"));
+        check_date("20261123103000.5+0000", Ok("2026-11-23"));
+        // not HL7: the leading digits are not the date meant
+        check_date("2026-11-01", Err(()));
+        check_date("01/11/2026", Err(()));
+        check_date("20261101 ", Ok("2026-11-01"));
+        check_date("20261101x", Err(()));
     }
 
     fn check_dt(input: &str, expected: Result<&str, ()>) {
@@ -777,21 +728,33 @@ mod tests {
     #[test]
     fn numbers() {
         let check = |s: &str, e: Option<&str>| {
-            assert_eq!(number(s).map(|n| n.to_string()).as_deref(), e, "{s:?}")
+            assert_eq!(number_text(s).as_ref().map(|n| n.text(s)), e, "{s:?}")
         };
         check("5", Some("5"));
-        check(" 5.30 ", Some("5.3"));
+        check(" 5.30 ", Some("5.30"));
+        check("1.10", Some("1.10"));
+        check("0.090", Some("0.090"));
         check("-0.5", Some("-0.5"));
         check("+7", Some("7"));
         check(".5", Some("0.5"));
+        check("-.50", Some("-0.50"));
+        check("007", Some("7"));
+        check("00.50", Some("0.50"));
         check("5.", Some("5"));
         check("-5.", Some("-5"));
+        check("-0", Some("0"));
+        check("-0.00", Some("0.00"));
+        check(
+            "99999999999999999999999999999999999999",
+            Some("99999999999999999999999999999999999999"),
+        );
         check(".", None);
         check("-.", None);
         check("1e5", None);
         check("", None);
         check(">5", None);
         check("abc", None);
+        check("1.2.3", None);
     }
 
     #[test]
@@ -876,22 +839,42 @@ mod tests {
         assert_eq!(range_bound("(3.5)-5.3", Bound::High), None);
     }
 
-    /// What `number` and `serde_json` write for the text.
-    fn number_via_f64(s: &str) -> Option<String> {
-        number(s).map(|n| serde_json::Value::Number(n).to_string())
-    }
-
+    /// `number_text` against what it promises, checked independently: `None`
+    /// exactly when the text is not a decimal; otherwise JSON that `serde_json`
+    /// (with `arbitrary_precision`, as built) reads and writes back unchanged,
+    /// the same value as the text, and as many decimals as were sent.
     fn check_number_text(s: &str) {
-        let fast = number_text(s);
+        let t = s.trim();
+        let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        let valid = !body.is_empty()
+            && body != "."
+            && body.bytes().filter(|&b| b == b'.').count() <= 1
+            && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit());
+        let got = number_text(s);
+        let Some(n) = got.as_ref().map(|n| n.text(s)) else {
+            assert!(!valid, "{s:?} is a number");
+            return;
+        };
+        assert!(valid, "{s:?} is not a number, got {n:?}");
+        let json: serde_json::Number = serde_json::from_str(n).expect(n);
+        assert_eq!(json.to_string(), n, "{s:?}");
+        let value = |x: &str| x.parse::<f64>().unwrap_or_else(|_| panic!("{x:?}"));
+        let sent = if body.ends_with('.') {
+            &t[..t.len() - 1]
+        } else {
+            t
+        };
+        assert_eq!(value(n), value(sent), "{s:?}");
         assert_eq!(
-            fast.as_ref().map(|n| n.text(s)),
-            number_via_f64(s).as_deref(),
+            n.split_once('.').map_or(0, |(_, f)| f.len()),
+            frac.len(),
             "{s:?}"
         );
     }
 
     #[test]
-    fn number_text_is_what_serde_json_writes() {
+    fn number_text_keeps_the_digits_sent() {
         for s in [
             "128",
             "11.8",
@@ -946,12 +929,12 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn number_text_agrees_with_f64(s in "[ +-]?[0-9]{0,20}(\\.[0-9]{0,20})?") {
+        fn number_text_keeps_value_and_precision(s in "[ +-]?[0-9]{0,20}(\\.[0-9]{0,20})?") {
             check_number_text(&s);
         }
 
         #[test]
-        fn short_decimals_agree_with_f64(
+        fn short_decimals_keep_value_and_precision(
             s in "-?0{0,2}[0-9]{0,8}\\.[0-9]{0,7}0{0,3}|-?0?\\.0{0,6}[1-9][0-9]{0,14}"
         ) {
             check_number_text(&s);

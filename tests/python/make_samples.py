@@ -823,6 +823,64 @@ def oru_r01_sn_forms():
     ])
 
 
+def adt_a40_two_merges():
+    # An A40 carrying two merges (ADT_A39's PATIENT group repeats: PID [PD1] MRG):
+    # each PID with the MRG after it is one merge; neither may be lost.
+    return message([
+        msh("PAS", "RAL01", "20261123150000", "ADT^A40^ADT_A39", "RAL20261123150000091", "2.4"),
+        seg("EVN", {1: "A40", 2: "20261123150000"}),
+        seg("PID", {1: "1", 3: f"{NHS['evans']}^^^NHS^NH~RAL2233445^^^RAL^MR",
+                    5: "EVANS^RHIANNON^^^MS^^L", 7: "19880612", 8: "F"}),
+        seg("MRG", {1: "RAL9900112^^^RAL^MR", 7: "EVANS^RIANNON^^^MS^^L"}),
+        seg("PID", {1: "2", 3: f"{NHS['ahmed']}^^^NHS^NH~RAL3344556^^^RAL^MR",
+                    5: "AHMED^YUSUF^^^MR^^L", 7: "19470302", 8: "M"}),
+        seg("PD1", {3: GP_PRIMROSE}),
+        seg("MRG", {1: "RAL9900113^^^RAL^MR", 7: "AHMED^YUSEF^^^MR^^L"}),
+    ])
+
+
+def oru_r01_precision_and_text():
+    # A v2.3 lab report as LIMS send it: decimals whose trailing zeros are the
+    # method's precision (`1.10`, `0.090`, a range `0.80-1.20`), an NM that is not a
+    # number (`1,234`) with its units, result times that do not read as times, and a
+    # report of several text lines under one code with no set-id discipline.
+    return message([
+        msh("WINPATH", "RAL", "20261123111500", "ORU^R01", "WP20261123000017", "2.3"),
+        seg("PID", {1: "1", 3: f"{NHS['kowalski']}^^^NHS^NH~RAL4455667^^^RAL^MR",
+                    5: "KOWALSKI^PIOTR^^^MR", 7: "19660921", 8: "M"}),
+        seg("OBR", {1: "1", 2: "ICE9001^ICE", 3: "WP9001^WINPATH",
+                    4: "COAG^Coagulation^WINPATH", 7: "20261123080000", 22: "20261123111000",
+                    25: "F"}),
+        seg("OBX", {1: "1", 2: "NM", 3: "INR^INR^WINPATH", 5: "1.10", 7: "0.80-1.20", 11: "F"}),
+        seg("OBX", {1: "2", 2: "NM", 3: "CREA^Creatinine^WINPATH", 5: "0.090", 6: "mmol/L",
+                    7: "0.045-0.084", 8: "H", 11: "F"}),
+        seg("OBX", {1: "3", 2: "NM", 3: "PLT^Platelets^WINPATH", 5: "1,234", 6: "10*9/L",
+                    11: "F"}),
+        seg("OBX", {1: "4", 2: "TS", 3: "COLL^Collected^WINPATH", 5: "20261123253000", 11: "F"}),
+        seg("OBX", {1: "5", 2: "DT", 3: "LMP^Last period^WINPATH", 5: "2026-11-01", 11: "F"}),
+        seg("OBX", {1: "6", 2: "TX", 3: "COMM^Comment^WINPATH", 5: "Sample haemolysed.",
+                    11: "F"}),
+        seg("OBX", {1: "6", 2: "TX", 3: "COMM^Comment^WINPATH", 5: "Repeat advised.",
+                    11: "F"}),
+    ])
+
+
+def adt_a03_v23_diagnoses():
+    # A discharge from a v2.3 PAS (iSOFT/Lorenzo shape): DG1-2 the coding method,
+    # DG1-3 a bare code, DG1-4 the description (an ST, never a code); and a DG1
+    # with a description only.
+    return message([
+        msh("PAS", "RAL01", "20261123160000", "ADT^A03", "RAL20261123160000102", "2.3"),
+        seg("EVN", {1: "A03", 2: "20261123160000"}),
+        seg("PID", {1: "1", 3: f"{NHS['oneil']}^^^NHS^NH~RAL1122334^^^RAL^MR",
+                    5: "O'NEIL^SIOBHAN^^^MS", 7: "19790415", 8: "F"}),
+        seg("PV1", {1: "1", 2: "I", 3: "10W^^BED 3^RAL01", 19: "V2026112001^^^RAL^VN",
+                    44: "20261120101500", 45: "20261123153000"}),
+        seg("DG1", {1: "1", 2: "I10", 3: "J18.9", 4: "Pneumonia, unspecified", 6: "F"}),
+        seg("DG1", {1: "2", 4: "Community acquired pneumonia", 6: "W"}),
+    ])
+
+
 def adt_a31_latin1():
     # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
     text = message([
@@ -980,6 +1038,9 @@ def main():
         "oru_r01_device_report.hl7": oru_r01_device_report().encode("ascii"),
         "adt_a08_untraced_nhs_first.hl7": adt_a08_untraced_nhs_first().encode("ascii"),
         "oru_r01_sn_forms.hl7": oru_r01_sn_forms().encode("ascii"),
+        "adt_a40_two_merges.hl7": adt_a40_two_merges().encode("ascii"),
+        "oru_r01_precision_and_text.hl7": oru_r01_precision_and_text().encode("ascii"),
+        "adt_a03_v23_diagnoses.hl7": adt_a03_v23_diagnoses().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),

@@ -896,3 +896,24 @@ fn objections_and_the_trail_of_their_changes() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn decimals_keep_the_precision_they_were_sent_with() {
+    // a FHIR decimal's trailing zeros are significant (a lab's `1.10` is not `1.1`)
+    let f = open();
+    let text = format!(
+        r#"{{"resourceType": "Observation", "id": "{OBSERVATION}", "status": "final",
+            "code": {{"text": "INR"}}, "valueQuantity": {{"value": 1.10}},
+            "referenceRange": [{{"low": {{"value": 0.80}}, "high": {{"value": 123456789012345678901234567890.000}}}}]}}"#
+    );
+    let observation: serde_json::Value = serde_json::from_str(&text).unwrap();
+    f.store.apply_bundle(&bundle(&[observation]), None).unwrap();
+    let stored = serde_json::to_string(&current(&f.store, "Observation", OBSERVATION)).unwrap();
+    for kept in [
+        "\"value\":1.10",
+        "\"value\":0.80",
+        "\"value\":123456789012345678901234567890.000",
+    ] {
+        assert!(stored.contains(kept), "{kept} in {stored}");
+    }
+}
