@@ -396,8 +396,8 @@ fn version_number(v: &str) -> (u32, u32, u32) {
 /// Why [`assess`] refused a message, and how to address the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// AR (no usable MSH, undecodable bytes, broken structure) or AE
-    /// (structurally fine but a required header field is empty).
+    /// AR (no usable MSH, undecodable bytes, broken structure, a required
+    /// header field empty).
     pub code: AckCode,
     /// The header, when one could be read, so the ACK can be addressed.
     pub header: Option<Header>,
@@ -470,7 +470,9 @@ fn fast_header(raw: &[u8]) -> Option<Header> {
 /// MSH-12, when given, must be an HL7 v2 version id (an AR, HL7's error 203,
 /// with the header for the ACK): a header whose fields are shifted or garbled
 /// (segments run together, a frame restarted) shows there first. Then MSH-9
-/// and MSH-10 must not be empty (an AE).
+/// and MSH-10 must not be empty: an AR too, as HL7 (v2.5 §2.9.2.1) has the
+/// protocol layer answer a failed header edit; an AE would tell a sender that
+/// retries on AE to send again a message that can never be taken.
 #[allow(clippy::result_large_err)]
 fn check_required(header: Header) -> Result<Header, Rejection> {
     if !header.version.is_empty() && !is_v2_version(&header.version) {
@@ -492,7 +494,7 @@ fn check_required(header: Header) -> Result<Header, Rejection> {
     };
     match missing {
         Some((field, name)) => Err(Rejection {
-            code: AckCode::AE,
+            code: AckCode::AR,
             header: Some(header),
             error: Hl7Error::EmptyField {
                 segment: "MSH",
@@ -734,11 +736,11 @@ mod tests {
         );
         check_assess(
             b"MSH|^~\\&|PAS|RAL|||20240501||ADT^A01||P|2.4\rPID|1\r",
-            Err((AckCode::AE, "MSH-10 (message control id) is empty", true)),
+            Err((AckCode::AR, "MSH-10 (message control id) is empty", true)),
         );
         check_assess(
             b"MSH|^~\\&|PAS|RAL|||20240501|||X1|P|2.4\rPID|1\r",
-            Err((AckCode::AE, "MSH-9 (message type) is empty", true)),
+            Err((AckCode::AR, "MSH-9 (message type) is empty", true)),
         );
         check_assess(
             b"\x00\x9f\xff garbage \x0b\x1c",
@@ -780,7 +782,7 @@ mod tests {
         let ack = build_ack(r.header.as_ref(), r.code, Some(&r.error), "A1", TS);
         assert_eq!(
             ack,
-            "MSH|^~\\&|||PAS|RAL|20240501120001||ACK|A1|P|2.4\rMSA|AE|X1|MSH-9 (message type) is empty\rERR|MSH^1^9^101&MSH-9 (message type) is empty&HL70357"
+            "MSH|^~\\&|||PAS|RAL|20240501120001||ACK|A1|P|2.4\rMSA|AR|X1|MSH-9 (message type) is empty\rERR|MSH^1^9^101&MSH-9 (message type) is empty&HL70357"
         );
     }
 }

@@ -10,7 +10,9 @@
 //!      (ASCII is a subset), otherwise windows-1252 (senders that say ASCII
 //!      or nothing and send Latin-1 / windows-1252 names are common).
 //!    - `UNICODE UTF-8`, `UNICODE`, `UTF-8`: UTF-8; invalid bytes are an error.
-//!    - `8859/1`, `ISO IR100`: ISO 8859-1, byte for byte. `8859/2`..`8859/9`,
+//!    - `8859/1`, `ISO IR100`: ISO 8859-1, read as windows-1252 (as browsers
+//!      read the label: the same but for 0x80-0x9F, which are C1 controls in
+//!      8859-1 and `’`, `–`, `€` from Windows senders). `8859/2`..`8859/9`,
 //!      `8859/15`: through `encoding_rs`. Exception: when the bytes contain
 //!      non-ASCII and are valid UTF-8, they are read as UTF-8 (a sender that
 //!      declares Latin-1 but sends UTF-8 is far more likely than Latin-1 text
@@ -138,7 +140,15 @@ fn to_utf8(raw: &[u8]) -> Result<String, Hl7Error> {
         "8859/1" | "ISO IR100" | "ISO-8859-1" | "ISO8859-1" | "LATIN1" | "LATIN-1" => {
             Ok(match utf8_with_non_ascii(raw) {
                 Some(text) => text,
-                None => raw.iter().map(|&b| char::from(b)).collect(),
+                // read as windows-1252, as the WHATWG Encoding standard reads the
+                // label ISO-8859-1: the same for every byte but 0x80-0x9F, which in
+                // 8859-1 are invisible C1 controls no one means, and which Windows
+                // front-ends send for ’ – € (an `O’BRIEN` must not become
+                // `O\u{92}BRIEN`, which no search finds)
+                None => encoding_rs::WINDOWS_1252
+                    .decode_without_bom_handling(raw)
+                    .0
+                    .into_owned(),
             })
         }
         _ => {
@@ -390,6 +400,10 @@ mod tests {
         // Declared 8859/1 but actually UTF-8: read as UTF-8.
         let raw = format!("{MSH_8859}PID|||1||Zoë\r");
         check(raw.as_bytes(), Ok(&raw));
+        // Declared 8859/1, written by Windows: 0x92 is ’, not the control U+0092
+        let mut raw = MSH_8859.as_bytes().to_vec();
+        raw.extend_from_slice(b"PID|||1||O\x92BRIEN^S\xE9AN\r");
+        check(&raw, Ok(&format!("{MSH_8859}PID|||1||O’BRIEN^SéAN\r")));
     }
 
     #[test]
