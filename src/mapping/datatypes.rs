@@ -335,12 +335,15 @@ fn practitioner_system(id: &str, hints: [&str; 2]) -> (&'static str, String) {
     let digits7 = |s: &str| s.len() == 7 && s.bytes().all(|b| b.is_ascii_digit());
     let hinted = |what: &str| hints.iter().any(|h| contains_ignore_case(h, what));
     let upper = id.to_ascii_uppercase();
+    let consultant = upper.starts_with('C') && digits7(&upper[1..]);
     if hinted("GMP") || (upper.starts_with('G') && digits7(&upper[1..])) {
         (GMP_SYSTEM, upper)
+    } else if consultant {
+        // a consultant code is `C` + the GMC number, whatever XCN.9 says: the
+        // same doctor has one identifier however a sender labels it
+        (GMC_SYSTEM, upper[1..].to_string())
     } else if hinted("GMC") || digits7(&upper) {
         (GMC_SYSTEM, upper)
-    } else if upper.starts_with('C') && digits7(&upper[1..]) {
-        (GMC_SYSTEM, upper[1..].to_string())
     } else {
         ("", id.to_string())
     }

@@ -312,6 +312,20 @@ top = "position(MSH-10)""#,
 }
 
 #[test]
+fn a_consultant_code_is_the_gmc_number_however_it_is_labelled() {
+    let message = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A01|C1|P|2.4\r\
+PV1|1|I|||||C1234567^HOUSE^GREGORY^^^DR^^^GMC|C1234567^HOUSE^GREGORY^^^DR|1234567^HOUSE^GREGORY\r";
+    let (r, _) = body(
+        r#"v = ["PV1-7 | XCN", "PV1-8 | XCN", "PV1-9 | XCN"]"#,
+        message,
+    );
+    let gmc = json!({"system": "https://fhir.hl7.org.uk/Id/gmc-number", "value": "1234567"});
+    for i in 0..3 {
+        assert_eq!(r["v"][i]["identifier"], gmc, "{}", r["v"][i]);
+    }
+}
+
+#[test]
 fn conditions() {
     let cases = [
         ("PV1-2 = 'I'", true),

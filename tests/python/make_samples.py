@@ -874,7 +874,7 @@ def adt_a03_v23_diagnoses():
         seg("EVN", {1: "A03", 2: "20261123160000"}),
         seg("PID", {1: "1", 3: f"{NHS['oneil']}^^^NHS^NH~RAL1122334^^^RAL^MR",
                     5: "O'NEIL^SIOBHAN^^^MS", 7: "19790415", 8: "F"}),
-        seg("PV1", {1: "1", 2: "I", 3: "10W^^BED 3^RAL01", 19: "V2026112001^^^RAL^VN",
+        seg("PV1", {1: "1", 2: "I", 3: "10W^^BED 3^RAL01", 19: "V2026111977^^^RAL^VN",
                     44: "20261120101500", 45: "20261123153000"}),
         seg("DG1", {1: "1", 2: "I10", 3: "J18.9", 4: "Pneumonia, unspecified", 6: "F"}),
         seg("DG1", {1: "2", 4: "Community acquired pneumonia", 6: "W"}),
