@@ -51,6 +51,17 @@ pub(super) trait Rows {
         patient_id: &str,
         identifiers: &[(String, String)],
     ) -> Result<(), Self::Error>;
+
+    /// The live Patients with the identifier `(system, value)`, by id.
+    fn patients_with_identifier(
+        &mut self,
+        system: &str,
+        value: &str,
+    ) -> Result<Vec<String>, Self::Error>;
+
+    /// Links every record linked to Patient `from` (but Patients) to Patient
+    /// `to` as well, keeping the links it has.
+    fn share_patient_links(&mut self, from: &str, to: &str) -> Result<(), Self::Error>;
 }
 
 /// One version of a record as it is written.
@@ -186,6 +197,20 @@ fn put<R: Rows>(
     patients: &[String],
     identifiers: &[(String, String)],
 ) -> Result<EntryResult, R::Error> {
+    let traced = identifiers
+        .iter()
+        .any(|(system, _)| system == NHS_NUMBER_SYSTEM);
+    let retired;
+    let resource = match at.resource_type {
+        "Patient" if !traced => match traced_twin(rows, at.id, identifiers)? {
+            Some(survivor) => {
+                retired = retire(resource.clone(), &survivor);
+                &retired
+            }
+            None => resource,
+        },
+        _ => resource,
+    };
     if let Some(cur) = at.current {
         if let Some(content) = &cur.content {
             let stored: Value = serde_json::from_str(content)?;
@@ -203,6 +228,14 @@ fn put<R: Rows>(
     rows.link_patients(at.resource_type, at.id, patients)?;
     if at.resource_type == "Patient" {
         rows.index_identifiers(at.id, identifiers)?;
+        if let Some(survivor) = replaced_by(resource) {
+            // a merged record (an A40's MRG): what was filed under it is the
+            // survivor's too
+            rows.share_patient_links(at.id, &survivor)?;
+        }
+        if traced {
+            retire_untraced(rows, at, identifiers)?;
+        }
     }
     let was_live = at.current.is_some_and(|cur| cur.content.is_some());
     Ok(if was_live {
@@ -210,6 +243,127 @@ fn put<R: Rows>(
     } else {
         EntryResult::Created { version }
     })
+}
+
+const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+
+/// A Patient written with no NHS number while a live Patient with one shares
+/// one of its local identifiers (a lab that sends only the MRN of a patient the
+/// PAS has traced; a PAS update that left the NHS number out): that Patient's
+/// id when there is exactly one, and the record is written retired in its favour.
+fn traced_twin<R: Rows>(
+    rows: &mut R,
+    id: &str,
+    identifiers: &[(String, String)],
+) -> Result<Option<String>, R::Error> {
+    let mut found: Option<String> = None;
+    for (system, value) in identifiers {
+        if system.is_empty() || value.is_empty() {
+            continue;
+        }
+        for other in rows.patients_with_identifier(system, value)? {
+            if other == id || found.as_deref() == Some(other.as_str()) {
+                continue;
+            }
+            let Some(content) = rows.current("Patient", &other)?.and_then(|c| c.content) else {
+                continue;
+            };
+            let other_resource: Value = serde_json::from_str(&content)?;
+            let traced = other_resource["identifier"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|i| i["system"] == NHS_NUMBER_SYSTEM));
+            if !traced || other_resource["active"] == false {
+                continue;
+            }
+            if found.is_some() {
+                // two traced patients share the identifier: not for the store to choose
+                return Ok(None);
+            }
+            found = Some(other);
+        }
+    }
+    Ok(found)
+}
+
+/// `patient` made inactive, `replaced-by` Patient `survivor`.
+fn retire(mut patient: Value, survivor: &str) -> Value {
+    if let Value::Object(object) = &mut patient {
+        object.insert("active".into(), Value::Bool(false));
+        object.insert(
+            "link".into(),
+            serde_json::json!([{
+                "other": {"reference": format!("Patient/{survivor}")},
+                "type": "replaced-by"
+            }]),
+        );
+    }
+    patient
+}
+
+/// The Patient id a Patient's `link` of type `replaced-by` names, if any.
+fn replaced_by(resource: &Value) -> Option<String> {
+    resource["link"].as_array()?.iter().find_map(|link| {
+        (link["type"] == "replaced-by")
+            .then(|| link["other"]["reference"].as_str())
+            .flatten()
+            .and_then(|r| r.strip_prefix("Patient/"))
+            .map(str::to_string)
+    })
+}
+
+/// A Patient written with an NHS number retires every other live Patient
+/// that shares one of its local identifiers (an MRN: the same system and
+/// value) but has no NHS number: the record its PAS made before the patient
+/// was traced (an unknown patient in ED, a newborn, a lab that sent only the
+/// MRN), which the mappings key by MRN while the traced one is keyed by NHS
+/// number. The old record becomes `active: false` with a `link` `replaced-by`
+/// the traced one, and what was filed under it is linked to the traced one
+/// too, so its `$everything` and searches find it. A record with a different
+/// NHS number is never touched (a shared MRN is then a data problem for
+/// people, not for the store), nor one already retired or linked.
+fn retire_untraced<R: Rows>(
+    rows: &mut R,
+    at: &At<'_>,
+    identifiers: &[(String, String)],
+) -> Result<(), R::Error> {
+    let mut seen: Vec<String> = Vec::new();
+    for (system, value) in identifiers {
+        if system.is_empty() || system == NHS_NUMBER_SYSTEM || value.is_empty() {
+            continue;
+        }
+        for other in rows.patients_with_identifier(system, value)? {
+            if other == at.id || seen.contains(&other) {
+                continue;
+            }
+            seen.push(other.clone());
+            let Some(current) = rows.current("Patient", &other)? else {
+                continue;
+            };
+            let Some(content) = &current.content else {
+                continue;
+            };
+            let old: Value = serde_json::from_str(content)?;
+            let traced = old["identifier"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|id| id["system"] == NHS_NUMBER_SYSTEM));
+            if traced || old["active"] == false || old.get("link").is_some() {
+                continue;
+            }
+            let old = retire(old, at.id);
+            let version = current.version + 1;
+            let content = stamped(&old, version, at.last_updated)?;
+            rows.write_version(&Version {
+                resource_type: "Patient",
+                id: &other,
+                version,
+                last_updated: at.last_updated,
+                event_time: current.event_time,
+                content: Some(&content),
+            })?;
+            rows.share_patient_links(&other, at.id)?;
+        }
+    }
+    Ok(())
 }
 
 fn delete<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<EntryResult, R::Error> {

@@ -1185,6 +1185,33 @@ impl apply::Rows for Rows<'_, '_> {
         }
         Ok(())
     }
+
+    // (the two below are rare: once per Patient written with an NHS number, and
+    // per merge; not prepared up front)
+    fn patients_with_identifier(
+        &mut self,
+        system: &str,
+        value: &str,
+    ) -> Result<Vec<String>, Failure> {
+        let rows = self.tx.query(
+            "SELECT i.patient_id FROM patient_identifiers i
+             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE i.value = $1 AND i.system = $2 AND NOT r.deleted
+             ORDER BY i.patient_id",
+            &[&value, &system],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    fn share_patient_links(&mut self, from: &str, to: &str) -> Result<(), Failure> {
+        self.tx.execute(
+            "INSERT INTO patient_links (patient_id, type, id)
+             SELECT $2, type, id FROM patient_links WHERE patient_id = $1 AND type <> 'Patient'
+             ON CONFLICT DO NOTHING",
+            &[&from, &to],
+        )?;
+        Ok(())
+    }
 }
 
 const RECORD_COLUMNS: &str = "type, id, version, last_updated, event_time, content";

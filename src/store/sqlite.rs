@@ -288,6 +288,32 @@ impl apply::Rows for Rows<'_> {
         }
         Ok(())
     }
+
+    fn patients_with_identifier(
+        &mut self,
+        system: &str,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut statement = self.0.prepare_cached(
+            "SELECT i.patient_id FROM patient_identifiers i
+             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
+             ORDER BY i.patient_id",
+        )?;
+        let ids = statement
+            .query_map(params![value, system], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    fn share_patient_links(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT OR IGNORE INTO patient_links (patient_id, type, id)
+             SELECT ?2, type, id FROM patient_links WHERE patient_id = ?1 AND type <> 'Patient'",
+            params![from, to],
+        )?;
+        Ok(())
+    }
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {

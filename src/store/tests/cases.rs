@@ -917,3 +917,108 @@ fn decimals_keep_the_precision_they_were_sent_with() {
         assert!(stored.contains(kept), "{kept} in {stored}");
     }
 }
+
+fn untraced_patient(id: &str, mrn: &str, family: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "Patient",
+        "id": id,
+        "identifier": [{"system": MRN, "value": mrn}],
+        "name": [{"family": family}]
+    })
+}
+
+#[test]
+fn a_traced_patient_retires_the_record_made_before_the_trace() {
+    // An unknown patient in ED is registered by MRN (the mappings key them by it);
+    // the PAS then traces them and sends the NHS number: a new Patient id. The
+    // first record is retired in favour of the traced one, and what was filed
+    // under it is found from the traced one.
+    let f = open();
+    let untraced = "0a0a0a0a-0000-5000-8000-000000000001";
+    let condition = json!({
+        "resourceType": "Condition", "id": "c-ed",
+        "code": {"text": "Head injury"},
+        "subject": {"reference": format!("urn:uuid:{untraced}")}
+    });
+    f.store
+        .apply_bundle(&bundle(&[untraced_patient(untraced, "MRN-9434765919", "UNKNOWN"), condition]), None)
+        .unwrap();
+    assert_eq!(current(&f.store, "Patient", untraced).get("active"), None);
+
+    // the trace: the same MRN, now with the NHS number (`patient` gives both)
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
+    let old = current(&f.store, "Patient", untraced);
+    assert_eq!(old["active"], false, "{old}");
+    assert_eq!(old["link"][0]["type"], "replaced-by");
+    assert_eq!(old["link"][0]["other"]["reference"], format!("Patient/{PATIENT}"));
+    assert_eq!(old["name"][0]["family"], "UNKNOWN", "the old record is kept, not wiped");
+    let everything = f.store.everything(PATIENT).unwrap().unwrap();
+    assert!(everything.iter().any(|r| r["id"] == "c-ed"), "{everything:?}");
+    assert_eq!(f.store.search_by_patient("Condition", PATIENT).unwrap().len(), 1);
+
+    // a later message that knows only the MRN (a lab, a PAS update without the
+    // NHS number) does not bring the untraced record back to life
+    f.store
+        .apply_bundle(&bundle(&[untraced_patient(untraced, "MRN-9434765919", "UNKNOWN")]), None)
+        .unwrap();
+    let old = current(&f.store, "Patient", untraced);
+    assert_eq!(old["active"], false, "{old}");
+    let lab = "0a0a0a0a-0000-5000-8000-000000000002";
+    f.store
+        .apply_bundle(&bundle(&[untraced_patient(lab, "MRN-9434765919", "SMITH")]), None)
+        .unwrap();
+    let lab_patient = current(&f.store, "Patient", lab);
+    assert_eq!(lab_patient["active"], false, "{lab_patient}");
+    assert_eq!(lab_patient["link"][0]["other"]["reference"], format!("Patient/{PATIENT}"));
+    // the traced record is untouched
+    let traced = current(&f.store, "Patient", PATIENT);
+    assert_eq!(traced.get("active"), None, "{traced}");
+    assert_eq!(traced.get("link"), None, "{traced}");
+}
+
+#[test]
+fn a_shared_mrn_never_retires_a_patient_with_another_nhs_number() {
+    let f = open();
+    let mut other = patient(OTHER_PATIENT, "9876543210", "Brown");
+    other["identifier"][1]["value"] = json!("MRN-9434765919");
+    f.store.apply_bundle(&bundle(&[other]), None).unwrap();
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
+    for id in [PATIENT, OTHER_PATIENT] {
+        let p = current(&f.store, "Patient", id);
+        assert_eq!(p.get("active"), None, "{p}");
+        assert_eq!(p.get("link"), None, "{p}");
+    }
+    // and an MRN-only record that two traced patients share is left alone
+    let untraced = "0a0a0a0a-0000-5000-8000-000000000003";
+    f.store
+        .apply_bundle(&bundle(&[untraced_patient(untraced, "MRN-9434765919", "X")]), None)
+        .unwrap();
+    assert_eq!(current(&f.store, "Patient", untraced).get("active"), None);
+}
+
+#[test]
+fn a_merged_patients_records_are_found_from_the_survivor() {
+    // an A40: the merged record is `replaced-by` the survivor
+    let f = open();
+    let merged = "0a0a0a0a-0000-5000-8000-000000000004";
+    let allergy = json!({
+        "resourceType": "AllergyIntolerance", "id": "a-merged",
+        "code": {"text": "Penicillin"},
+        "patient": {"reference": format!("urn:uuid:{merged}")}
+    });
+    f.store
+        .apply_bundle(&bundle(&[patient(merged, "9876543210", "Brown"), allergy]), None)
+        .unwrap();
+    let mut retired = untraced_patient(merged, "OLD-1", "Brown");
+    retired["active"] = json!(false);
+    retired["link"] = json!([{"other": {"reference": format!("Patient/{PATIENT}")}, "type": "replaced-by"}]);
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith"), retired]), None)
+        .unwrap();
+    let everything = f.store.everything(PATIENT).unwrap().unwrap();
+    assert!(everything.iter().any(|r| r["id"] == "a-merged"), "{everything:?}");
+}
