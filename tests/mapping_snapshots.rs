@@ -719,3 +719,32 @@ fn a_v23_diagnosis_keeps_its_description_and_code_system() {
         .expect("a description-only diagnosis");
     assert_eq!(text_only["code"]["text"], "Community acquired pneumonia");
 }
+
+#[test]
+fn the_comment_after_a_printed_report_is_its_conclusion() {
+    // the shipped microbiology report: an NTE after the ED (the PDF's comment)
+    let output = map_one("samples/oru_r01_microbiology.hl7");
+    let document = output.value();
+    let report = only(&document, "DiagnosticReport");
+    assert_eq!(
+        report["conclusion"],
+        "Significant bacteriuria. Treat according to sensitivities."
+    );
+    assert!(output.unread.is_empty(), "{:?}", output.unread);
+    // an ED sent with no order is a DocumentReference: its note is the description
+    let set = mappings();
+    let device = map_text(
+        &set,
+        "MSH|^~\\&|CARDIO|RAL|JUNCTION|LCR|20261123090000||ORU^R01|D1|P|2.4\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         OBX|1|ED|ECG^ECG report^L||^TEXT^PLAIN^A^sinus rhythm||||||F\r\
+         NTE|1|L|Reviewed by the cardiology registrar.\r",
+        Path::new("inline.hl7"),
+    );
+    let document = device.value();
+    let reference = only(&document, "DocumentReference");
+    assert_eq!(
+        reference["description"],
+        "Reviewed by the cardiology registrar."
+    );
+}

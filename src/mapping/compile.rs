@@ -912,6 +912,8 @@ pub(crate) struct MacroDeps {
     pub segment_ids: Vec<usize>,
     pub relative: bool,
     pub position: bool,
+    /// Computed again in every scope (it gathers over groups).
+    pub uncached: bool,
 }
 
 /// What each macro depends on, and every segment name any of them names.
@@ -943,6 +945,12 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
             Term::PositionBy(parts) => {
                 d.position |= !in_pred;
                 parts.iter().for_each(|p| expr(p, in_pred, d, all, depth))
+            }
+            // what it reads is found in groups, not by the segments it names as
+            // resolved in the macro's scope: never remembered across scopes
+            Term::Gather(_, e) => {
+                d.uncached = true;
+                expr(e, in_pred, d, all, depth)
             }
             Term::Macro(i) => {
                 // cycles are rejected at compile; the depth guard only keeps a
@@ -1116,7 +1124,7 @@ fn term_macros(t: &Term, out: &mut Vec<usize>) {
         Term::Concat(parts) | Term::ConcatWs(_, parts) | Term::PositionBy(parts) => {
             parts.iter().for_each(|p| expr_macros(p, out))
         }
-        Term::Group(e) => expr_macros(e, out),
+        Term::Group(e) | Term::Gather(_, e) => expr_macros(e, out),
         Term::Path(p) => {
             if let expr::RepSel::Pred(c) = &p.rep {
                 cond_macros(c, out)

@@ -1391,7 +1391,7 @@ impl<'a> Ctx<'a> {
         } else {
             None
         };
-        if deps.segments.len() > MACRO_KEY_SEGMENTS {
+        if deps.uncached || deps.segments.len() > MACRO_KEY_SEGMENTS {
             return self.expr(e, scope);
         }
         // a cheap fingerprint compared first: most lookups scan several entries.
@@ -1474,6 +1474,9 @@ impl<'a> Ctx<'a> {
                 }
             }
             Term::Group(e) => self.touch_expr(e, scope),
+            Term::Gather(heads, e) => {
+                self.groups(heads, scope, &mut |ctx, inner| ctx.touch_expr(e, inner));
+            }
             Term::Concat(parts) | Term::ConcatWs(_, parts) | Term::PositionBy(parts) => {
                 for p in parts {
                     self.touch_expr(p, scope);
@@ -1502,6 +1505,7 @@ impl<'a> Ctx<'a> {
                 Val::Text(Cow::Owned(s))
             }
             Term::PositionBy(parts) => self.position_by(parts, scope),
+            Term::Gather(heads, e) => self.gather(heads, e, scope),
             Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => self.concat(parts, scope),
             Term::ConcatWs(sep, parts) => self.concat_ws(sep, parts, scope),
@@ -1518,6 +1522,24 @@ impl<'a> Ctx<'a> {
                 };
                 v
             }
+        }
+    }
+
+    /// `for('chain', expr)`: `expr` in each group of the chain, the empty ones
+    /// left out; a list (empty when none).
+    #[inline(never)]
+    fn gather(&mut self, heads: &'a [GroupHead], e: &'a Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
+        let mut items = Vec::new();
+        self.groups(heads, scope, &mut |ctx, inner| {
+            let v = ctx.expr(e, inner);
+            if !v.is_empty() {
+                items.push(ctx.keep(v));
+            }
+        });
+        if items.is_empty() {
+            Val::Empty
+        } else {
+            Val::List(items)
         }
     }
 

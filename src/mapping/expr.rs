@@ -7,6 +7,7 @@
 //!                                                      is an alternative (first non-empty)
 //! term      := path | 'literal' | $macro | ( expr ) | concat(expr, ...)
 //!            | concat_ws('sep', expr, ...) | position() | position(expr, ...)
+//!            | for('SEG > SEG', expr)
 //! path      := SEG '-' field [ '[' (n | '*' | cond) ']' ] [ '.' comp [ '.' sub ] ]
 //!            | '.' comp [ '.' sub ]  |  '.'            (relative to the `each` element)
 //! transform := name [ '(' arg, ... ')' ]
@@ -62,6 +63,10 @@ pub(crate) enum Term {
     /// texts: the occurrence of a key, not a place in the message. Elsewhere the
     /// same as `position()`.
     PositionBy(Vec<Expr>),
+    /// `for('OBX > NTE', expr)`: the values of `expr` in each group of the chain
+    /// within the current scope (as a template's `for` finds them), empty ones
+    /// left out: a list.
+    Gather(Vec<GroupHead>, Box<Expr>),
 }
 
 /// Which repetitions of a field a path selects.
@@ -456,6 +461,26 @@ impl Parser<'_, '_> {
                         }
                         self.expect(b')', "to close concat_ws(")?;
                         Ok(Some(Term::ConcatWs(sep, parts)))
+                    }
+                    "for" if self.peek() == Some(b'(') => {
+                        self.pos += 1;
+                        self.ws();
+                        let at = self.pos;
+                        if self.peek() != Some(b'\'') {
+                            return Err(self.err(format!(
+                                "expected a 'chain' of groups as the first argument of for, like 'OBX' or 'OBX > NTE', found `{}`",
+                                self.found()
+                            )));
+                        }
+                        let chain = self.string()?;
+                        let heads = parse_for(&chain).map_err(|e| ExprError {
+                            offset: at + 1 + e.offset,
+                            message: e.message,
+                        })?;
+                        self.expect(b',', "after the chain of for(")?;
+                        let e = self.expr()?;
+                        self.expect(b')', "to close for(")?;
+                        Ok(Some(Term::Gather(heads, Box::new(e))))
                     }
                     "position" if self.peek() == Some(b'(') => {
                         self.pos += 1;

@@ -326,6 +326,24 @@ PV1|1|I|||||C1234567^HOUSE^GREGORY^^^DR^^^GMC|C1234567^HOUSE^GREGORY^^^DR|123456
 }
 
 #[test]
+fn for_gathers_over_groups() {
+    let (r, _) = body(
+        r#"notes = "for('OBR > OBX > NTE', NTE-3) | join(';')"
+codes = "for('OBR > OBX', OBX-3.1) | join(',')"
+none = "for('OBR > OBX > SPM', SPM-2)"
+per_order = [{ for = "OBR", codes = "for('OBX', OBX-3.1) | join(',')", noted = "for('OBX > NTE', OBX-3.1) | join(',')" }]"#,
+        MESSAGE,
+    );
+    assert_eq!(r["notes"], json!("note a"));
+    assert_eq!(r["codes"], json!("A,B,C"));
+    assert_eq!(r.get("none"), None);
+    assert_eq!(
+        r["per_order"],
+        json!([{"codes": "A,B", "noted": "A"}, {"codes": "C"}])
+    );
+}
+
+#[test]
 fn conditions() {
     let cases = [
         ("PV1-2 = 'I'", true),
@@ -417,6 +435,11 @@ fn compile_errors_point_at_line_and_column() {
     check_errors(
         &format!("{base}x = \"PID-3 | datetime(Mars/Base)\"\n"),
         &[(7, 14, "unknown time zone `Mars/Base`")],
+    );
+    // a bad chain in for(...): the column of the segment name in it
+    check_errors(
+        &format!("{base}x = \"for('OBR > obx', OBX-3)\"\n"),
+        &[(7, 17, "bad segment name `obx` in `for`")],
     );
     check_errors(
         "[mapping]\nmessages = [\"ADT-A01\"]\n[let]\na = \"$b\"\nb = \"$a\"\n[[resource]]\ntype = \"Patient\"\nid = \"$a\"\n[resource.body]\n",
