@@ -38,6 +38,9 @@ pub(super) trait Rows {
     ) -> Result<(), Self::Error>;
 
     /// Replaces the record's patient links with `patients` (none: unlinked).
+    /// A record other than a Patient is linked to the survivor of each of them
+    /// too: a Patient linked to another Patient (a retired one, to the one that
+    /// replaced it) is in that one's compartment.
     fn link_patients(
         &mut self,
         resource_type: &str,
@@ -200,17 +203,45 @@ fn put<R: Rows>(
     let traced = identifiers
         .iter()
         .any(|(system, _)| system == NHS_NUMBER_SYSTEM);
-    let retired;
-    let resource = match at.resource_type {
-        "Patient" if !traced => match traced_twin(rows, at.id, identifiers)? {
-            Some(survivor) => {
-                retired = retire(resource.clone(), &survivor);
-                &retired
+    let mut owned: Option<Value> = None;
+    if at.resource_type == "Patient" {
+        if !traced {
+            if let Some(survivor) = traced_twin(rows, at.id, identifiers)? {
+                owned = Some(retire(resource.clone(), &survivor));
             }
-            None => resource,
-        },
-        _ => resource,
+        }
+        let incoming = owned.as_ref().unwrap_or(resource);
+        if let (Some(survivor), Some(stored)) = (
+            retirement(incoming),
+            at.current.and_then(|cur| cur.content.as_deref()),
+        ) {
+            // a retirement (an A40's MRG, a record made before a trace) keeps the
+            // record it retires: an A40 says little of the merged patient, and
+            // replacing the record with that would wipe their demographics
+            let stored: Value = serde_json::from_str(stored)?;
+            let kept = with_identifiers(plan::without_meta(&stored), incoming);
+            owned = Some(retire(kept, &survivor));
+        }
+    }
+    let resource = owned.as_ref().unwrap_or(resource);
+    let merged_identifiers;
+    let identifiers = match &owned {
+        Some(resource) => {
+            merged_identifiers = plan::identifiers_of(resource);
+            &merged_identifiers
+        }
+        None => identifiers,
     };
+    // a retired Patient is also in its survivor's compartment: what is filed
+    // under it later is found from the survivor too (`Rows::link_patients`)
+    let mut linked = patients.to_vec();
+    if at.resource_type == "Patient" {
+        if let Some(survivor) = replaced_by(resource) {
+            if !linked.contains(&survivor) {
+                linked.push(survivor);
+            }
+        }
+    }
     if let Some(cur) = at.current {
         if let Some(content) = &cur.content {
             let stored: Value = serde_json::from_str(content)?;
@@ -225,7 +256,7 @@ fn put<R: Rows>(
     let version = at.current.map_or(1, |cur| cur.version + 1);
     let content = stamped(resource, version, at.last_updated)?;
     rows.write_version(&at.version(version, Some(&content)))?;
-    rows.link_patients(at.resource_type, at.id, patients)?;
+    rows.link_patients(at.resource_type, at.id, &linked)?;
     if at.resource_type == "Patient" {
         rows.index_identifiers(at.id, identifiers)?;
         if let Some(survivor) = replaced_by(resource) {
@@ -283,6 +314,35 @@ fn traced_twin<R: Rows>(
         }
     }
     Ok(found)
+}
+
+/// The survivor a Patient written inactive and `replaced-by` it names: a
+/// retirement.
+fn retirement(resource: &Value) -> Option<String> {
+    (resource["active"] == false)
+        .then(|| replaced_by(resource))
+        .flatten()
+}
+
+/// `base` with the identifiers of `other` it does not have (by system and value).
+fn with_identifiers(mut base: Value, other: &Value) -> Value {
+    let Some(extra) = other["identifier"].as_array() else {
+        return base;
+    };
+    let same = |a: &Value, b: &Value| a["system"] == b["system"] && a["value"] == b["value"];
+    if let Value::Object(object) = &mut base {
+        let ids = object
+            .entry("identifier")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(ids) = ids {
+            for id in extra {
+                if !ids.iter().any(|have| same(have, id)) {
+                    ids.push(id.clone());
+                }
+            }
+        }
+    }
+    base
 }
 
 /// `patient` made inactive, `replaced-by` Patient `survivor`.
@@ -360,6 +420,7 @@ fn retire_untraced<R: Rows>(
                 event_time: current.event_time,
                 content: Some(&content),
             })?;
+            rows.link_patients("Patient", &other, &[other.clone(), at.id.to_string()])?;
             rows.share_patient_links(&other, at.id)?;
         }
     }

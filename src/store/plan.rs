@@ -351,7 +351,7 @@ pub(super) fn patients_of(resource_type: &str, id: &str, resource: &Value) -> Ve
 }
 
 /// (system, value) of every Patient identifier with a value.
-fn identifiers_of(resource: &Value) -> Vec<(String, String)> {
+pub(super) fn identifiers_of(resource: &Value) -> Vec<(String, String)> {
     let mut identifiers: Vec<(String, String)> = Vec::new();
     let Some(Value::Array(items)) = resource.get("identifier") else {
         return identifiers;

@@ -199,9 +199,17 @@ impl Prepared {
             set_event_time: client
                 .prepare("UPDATE resources SET event_time = $3 WHERE type = $1 AND id = $2")?,
             unlink: client.prepare("DELETE FROM patient_links WHERE type = $1 AND id = $2")?,
+            // the patients given and, for a record other than a Patient, the
+            // Patient that replaced any of them that was retired
             link: client.prepare(
                 "INSERT INTO patient_links (patient_id, type, id)
-                 SELECT DISTINCT p, $2, $3 FROM unnest($1::TEXT[]) AS p",
+                 SELECT p, $2, $3 FROM (
+                     SELECT unnest($1::TEXT[]) AS p
+                     UNION
+                     SELECT l.patient_id FROM patient_links l
+                     WHERE $2 <> 'Patient' AND l.type = 'Patient'
+                       AND l.id = ANY($1::TEXT[]) AND l.patient_id <> l.id
+                 ) AS s",
             )?,
             unindex: client.prepare("DELETE FROM patient_identifiers WHERE patient_id = $1")?,
             index: client.prepare(

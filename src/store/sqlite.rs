@@ -266,6 +266,15 @@ impl apply::Rows for Rows<'_> {
                 "INSERT OR IGNORE INTO patient_links (patient_id, type, id) VALUES (?1, ?2, ?3)",
                 params![patient, resource_type, id],
             )?;
+            if resource_type != "Patient" {
+                // and to the Patient that replaced a retired one
+                self.0.execute(
+                    "INSERT OR IGNORE INTO patient_links (patient_id, type, id)
+                     SELECT patient_id, ?2, ?3 FROM patient_links
+                     WHERE type = 'Patient' AND id = ?1 AND patient_id <> ?1",
+                    params![patient, resource_type, id],
+                )?;
+            }
         }
         Ok(())
     }

@@ -958,6 +958,31 @@ fn a_traced_patient_retires_the_record_made_before_the_trace() {
     assert!(everything.iter().any(|r| r["id"] == "c-ed"), "{everything:?}");
     assert_eq!(f.store.search_by_patient("Condition", PATIENT).unwrap().len(), 1);
 
+    // what is filed under the old record later (a lab's result by MRN), or sent
+    // again, is found from the traced one too
+    let result = json!({
+        "resourceType": "Observation", "id": "o-late", "status": "final",
+        "code": {"text": "Hb"},
+        "subject": {"reference": format!("Patient/{untraced}")}
+    });
+    let mut condition_again = json!({
+        "resourceType": "Condition", "id": "c-ed",
+        "code": {"text": "Head injury, minor"},
+        "subject": {"reference": format!("Patient/{untraced}")}
+    });
+    f.store
+        .apply_bundle(&bundle(&[result, condition_again.clone()]), None)
+        .unwrap();
+    let everything = f.store.everything(PATIENT).unwrap().unwrap();
+    for id in ["o-late", "c-ed"] {
+        assert!(everything.iter().any(|r| r["id"] == id), "{id} in {everything:?}");
+    }
+    condition_again["code"]["text"] = json!("Head injury");
+    f.store
+        .apply_bundle(&bundle(&[condition_again]), None)
+        .unwrap();
+    assert_eq!(f.store.search_by_patient("Condition", PATIENT).unwrap().len(), 1);
+
     // a later message that knows only the MRN (a lab, a PAS update without the
     // NHS number) does not bring the untraced record back to life
     f.store
@@ -1021,4 +1046,25 @@ fn a_merged_patients_records_are_found_from_the_survivor() {
         .unwrap();
     let everything = f.store.everything(PATIENT).unwrap().unwrap();
     assert!(everything.iter().any(|r| r["id"] == "a-merged"), "{everything:?}");
+    // the A40 said little of the merged patient: their record is kept, retired
+    let merged_now = current(&f.store, "Patient", merged);
+    assert_eq!(merged_now["active"], false, "{merged_now}");
+    assert_eq!(merged_now["name"][0]["family"], "Brown", "{merged_now}");
+    assert_eq!(merged_now["birthDate"], "1980-02-29", "{merged_now}");
+    let values: Vec<&str> = merged_now["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["value"].as_str())
+        .collect();
+    assert!(values.contains(&"9876543210") && values.contains(&"OLD-1"), "{values:?}");
+    // and a result filed under the merged id afterwards is the survivor's too
+    let result = json!({
+        "resourceType": "Observation", "id": "o-after-merge", "status": "final",
+        "code": {"text": "Hb"},
+        "subject": {"reference": format!("Patient/{merged}")}
+    });
+    f.store.apply_bundle(&bundle(&[result]), None).unwrap();
+    let observations = f.store.search_by_patient("Observation", PATIENT).unwrap();
+    assert!(observations.iter().any(|r| r["id"] == "o-after-merge"), "{observations:?}");
 }
