@@ -485,9 +485,11 @@ fn check_required(header: Header) -> Result<Header, Rejection> {
             error: error.ack_error(),
         });
     }
-    let missing = if header.message_code.is_empty() {
+    // blank, or HL7's explicit null `""`, is as empty as nothing
+    let blank = |value: &str| matches!(value.trim(), "" | "\"\"");
+    let missing = if blank(&header.message_code) {
         Some((9, "message type"))
-    } else if header.control_id.is_empty() {
+    } else if blank(&header.control_id) {
         Some((10, "message control id"))
     } else {
         None
@@ -741,6 +743,17 @@ mod tests {
         check_assess(
             b"MSH|^~\\&|PAS|RAL|||20240501|||X1|P|2.4\rPID|1\r",
             Err((AckCode::AR, "MSH-9 (message type) is empty", true)),
+        );
+        // blank, or the explicit null, is empty too (it was AA, journaled unrouted)
+        for msh in [
+            &b"MSH|^~\\&|PAS|RAL|||20240501|| |X1|P|2.4\rPID|1\r"[..],
+            b"MSH|^~\\&|PAS|RAL|||20240501||\"\"|X1|P|2.4\rPID|1\r",
+        ] {
+            check_assess(msh, Err((AckCode::AR, "MSH-9 (message type) is empty", true)));
+        }
+        check_assess(
+            b"MSH|^~\\&|PAS|RAL|||20240501||ADT^A01|\"\"|P|2.4\rPID|1\r",
+            Err((AckCode::AR, "MSH-10 (message control id) is empty", true)),
         );
         check_assess(
             b"\x00\x9f\xff garbage \x0b\x1c",
