@@ -321,11 +321,13 @@ struct Ctx<'a> {
     /// Where each of the plan's macro dependencies was found, by scope id.
     resolved: Vec<(u32, u32)>,
     /// The keys of `position(key)` counted so far, by expression and iteration.
-    keyed: Vec<KeyedGroups>,
+    keyed: Vec<KeyedGroups<'a>>,
+    /// Where `position(key)` writes a key before it is kept.
+    key_buf: String,
 }
 
 /// The groups of one iteration counted by one `position(key, ...)`, in order.
-struct KeyedGroups {
+struct KeyedGroups<'a> {
     /// The key expressions (their address in the plan).
     tag: usize,
     /// Where the iteration's first group begins.
@@ -333,7 +335,7 @@ struct KeyedGroups {
     /// Where the next group not counted yet begins.
     next: usize,
     /// How many groups so far gave each key.
-    counts: std::collections::HashMap<String, usize, rustc_hash::FxBuildHasher>,
+    counts: std::collections::HashMap<&'a str, usize, rustc_hash::FxBuildHasher>,
     /// Each counted group's start and its position among those of its key.
     found: Vec<(usize, usize)>,
 }
@@ -450,6 +452,7 @@ pub(crate) fn apply(
         memo: vec![(0, false, Val::Empty); plan.macros.len()],
         resolved: vec![(0, u32::MAX); plan.dep_names.len()],
         keyed: Vec::new(),
+        key_buf: String::new(),
     };
     let top = Scope {
         id: ctx.scope_id(),
@@ -1315,10 +1318,14 @@ impl<'a> Ctx<'a> {
             // `PATH | when(cond) ...`: the condition does not look at the value,
             // so it is asked first and the path is only read when it holds (a
             // path has no effect but marking its field read, which is done anyway;
-            // a concatenation's parts are marked alike, and what it would have
-            // warned about is not used)
+            // a concatenation's parts and a gathering's groups are marked alike, and
+            // what they would have warned about is not used)
             (
-                Term::Path(_) | Term::Literal(_) | Term::Concat(_) | Term::ConcatWs(..),
+                Term::Path(_)
+                | Term::Literal(_)
+                | Term::Concat(_)
+                | Term::ConcatWs(..)
+                | Term::Gather(..),
                 Some((Stage::Transform(Transform::When(c)), rest)),
             ) => {
                 stages = rest;
@@ -1591,12 +1598,16 @@ impl<'a> Ctx<'a> {
                     position: 0,
                     siblings: NO_SIBLINGS,
                 };
-                let mut key = String::new();
+                // the key made in a buffer kept across calls, kept in the arena
+                let mut buf = std::mem::take(&mut self.key_buf);
+                buf.clear();
                 for p in parts {
                     let v = self.expr(p, &sibling);
-                    key.push_str(&self.text_of(v));
-                    key.push('\u{0}');
+                    buf.push_str(&self.text_of(v));
+                    buf.push('\u{0}');
                 }
+                let key: &'a str = self.arena.alloc_str(&buf);
+                self.key_buf = buf;
                 let c = &mut self.keyed[k];
                 let count = c.counts.entry(key).or_insert(0);
                 *count += 1;
