@@ -458,11 +458,12 @@ async fn mllp_forward_waits_only_for_the_ack_msh_15_asks_for() {
         assert_eq!(found.len(), 1, "{control_id} journaled once");
         assert_eq!(found[0].status, "accepted");
     }
-    // ER and an error (no MSH-10): the listener answers CE, and that is final
+    // ER and an error (no MSH-10): the listener rejects it (CR: a failed header
+    // edit), and that is final
     let broken = with_msh15(&a01, "", "ER");
     let err = dest.deliver(&item(9, b"{}", &broken)).await.unwrap_err();
     assert!(!err.retryable, "{err}");
-    assert!(err.message.contains("answered CE"), "{err}");
+    assert!(err.message.contains("answered CR"), "{err}");
     cancel.cancel();
 }
 
