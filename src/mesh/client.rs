@@ -941,12 +941,21 @@ fn gzip(piece: &[u8]) -> Result<Vec<u8>, MeshError> {
 }
 
 fn decode_chunk(message_id: &MessageId, number: u32, reply: &Reply) -> Result<Vec<u8>, MeshError> {
-    let gzipped = reply
-        .headers
-        .get(CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    if !gzipped {
+    let header = |name| {
+        reply
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let encoded = header(CONTENT_ENCODING.as_str()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    // a sender that compressed the content itself says so in
+    // `mex-Content-Compressed: Y` and sends no Content-Encoding; taken as gzip
+    // when the bytes are gzip (its magic number)
+    let compressed_by_sender = header("mex-content-compressed")
+        .is_some_and(|v| v.eq_ignore_ascii_case("Y"))
+        && reply.body.starts_with(&[0x1f, 0x8b]);
+    if !encoded && !compressed_by_sender {
         return Ok(reply.body.to_vec());
     }
     payload::gunzip(&reply.body).map_err(|e| MeshError::Protocol {
@@ -1125,6 +1134,40 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply(headers: &[(&'static str, &str)], body: Vec<u8>) -> Reply {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        Reply {
+            status: StatusCode::OK,
+            headers: map,
+            body: Bytes::from(body),
+        }
+    }
+
+    #[test]
+    fn a_chunk_is_gunzipped_by_its_encoding_or_the_senders_compressed_flag() {
+        let id = MessageId::new("20261123000000000000_ABCDEF");
+        let text = b"MSH|^~\\&|A|B\r".to_vec();
+        let gz = payload::gzip(&text).unwrap();
+        let cases = [
+            (vec![("content-encoding", "gzip")], gz.clone(), Some(text.clone())),
+            (vec![("mex-content-compressed", "Y")], gz.clone(), Some(text.clone())),
+            (vec![("mex-content-compressed", "y")], gz.clone(), Some(text.clone())),
+            // flagged, but not gzip: as sent (the content's own checks decide)
+            (vec![("mex-content-compressed", "Y")], text.clone(), Some(text.clone())),
+            (vec![("mex-content-compressed", "N")], gz.clone(), Some(gz.clone())),
+            (vec![], text.clone(), Some(text.clone())),
+            // labelled gzip, not gzip: a problem kept with the message
+            (vec![("content-encoding", "gzip")], text.clone(), None),
+        ];
+        for (headers, body, expected) in cases {
+            let got = decode_chunk(&id, 1, &reply(&headers, body)).ok();
+            assert_eq!(got, expected, "{headers:?}");
+        }
+    }
 
     fn check_detail(body: &str, code: Option<&str>, msg: Option<&str>) {
         let detail = ErrorDetail::parse(body.as_bytes());
