@@ -383,6 +383,49 @@ async fn hl7_v2_arrives_as_its_messages_and_a_resend_is_a_duplicate() {
     );
 }
 
+/// A sender that writes to MESH what it would have sent over TCP: HL7 in its
+/// MLLP frames. Its messages are journaled as unframed HL7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hl7_in_mllp_frames_arrives_as_its_messages() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let message = |id: &str| {
+        format!(
+            "MSH|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500||ORU^R01^ORU_R01|{id}|P|2.4\r\
+             PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+             OBR|1||F1|26604007^FBC^SCT\r\
+             OBX|1|NM|HB^Haemoglobin^L||131|g/L|||||F\r"
+        )
+    };
+    let mut framed = Vec::new();
+    for id in ["FRAMED-1", "FRAMED-2"] {
+        framed.push(0x0B);
+        framed.extend_from_slice(message(id).as_bytes());
+        framed.extend_from_slice(&[0x1C, 0x0D]);
+    }
+    mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "framed.hl7", &framed),
+    );
+    let journal = journal(dir.path());
+    let events = EventBus::default();
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &events);
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.accepted, summary.acknowledged),
+        (1, 1),
+        "{summary:?}"
+    );
+    for id in ["FRAMED-1", "FRAMED-2"] {
+        let (summary, raw, error) = row(&journal, id).await;
+        assert_eq!(summary.status, "accepted", "{id}: {error:?}");
+        assert_eq!(summary.message_type, "ORU^R01");
+        assert_eq!(raw, message(id).as_bytes(), "{id} unframed");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_bundle_arrives_whole() {
     let sandbox = Sandbox::start();

@@ -581,6 +581,14 @@ impl MeshInbox {
             MessageType::Data | MessageType::Other(_) if hl7::looks_like_hl7(&received.body) => {
                 return hl7_rows(row, &received.body);
             }
+            // HL7 still in its MLLP frames (a sender that writes what it would
+            // have sent over TCP): the messages of the frames
+            MessageType::Data | MessageType::Other(_)
+                if mllp_unframed(&received.body).is_some() =>
+            {
+                let body = mllp_unframed(&received.body).unwrap_or_default();
+                return hl7_rows(row, &body);
+            }
             MessageType::Data | MessageType::Other(_) => match bundle_problem(&received.body) {
                 None => Outcome::Accepted,
                 Some(problem) => {
@@ -736,6 +744,33 @@ fn summary_done(s: &PollSummary) -> usize {
 /// whose header is unusable is rejected with the reason, keyed by the MESH
 /// message id (`<id>/<n>` in a batch) and the sending mailbox from `template`.
 /// Accepted when any message is.
+/// The content of MLLP frames (0x0B … 0x1C, then an optional 0x0D; white
+/// space between frames), one message after another, when `body` is nothing
+/// but such frames holding HL7; `None` otherwise.
+fn mllp_unframed(body: &[u8]) -> Option<bytes::Bytes> {
+    let mut rest = body;
+    let mut out = Vec::with_capacity(body.len());
+    loop {
+        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        rest = &rest[skip..];
+        if rest.is_empty() {
+            break;
+        }
+        let inner = rest.strip_prefix(&[0x0B])?;
+        let end = memchr::memchr(0x1C, inner)?;
+        let message = &inner[..end];
+        if !hl7::looks_like_hl7(message) {
+            return None;
+        }
+        out.extend_from_slice(message);
+        if !message.ends_with(b"\r") && !message.ends_with(b"\n") {
+            out.push(b'\r');
+        }
+        rest = &inner[end + 1..];
+    }
+    (!out.is_empty()).then(|| bytes::Bytes::from(out))
+}
+
 fn hl7_rows(template: Incoming, body: &bytes::Bytes) -> (Vec<Incoming>, Outcome) {
     let parts = hl7::split_batch_bytes(body)
         .filter(|parts| !parts.is_empty())
@@ -844,6 +879,30 @@ fn truncate(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hl7_in_mllp_frames_is_unframed() {
+        let a = b"MSH|^~\\&|LAB|RRV|||20261123||ORU^R01|1|P|2.4\rPID|1\r";
+        let b = b"MSH|^~\\&|LAB|RRV|||20261123||ORU^R01|2|P|2.4\rPID|1";
+        let mut framed = vec![0x0B];
+        framed.extend_from_slice(a);
+        framed.extend_from_slice(&[0x1C, 0x0D, b'\n', 0x0B]);
+        framed.extend_from_slice(b);
+        framed.extend_from_slice(&[0x1C]);
+        let unframed = mllp_unframed(&framed).expect("frames");
+        let mut expected = a.to_vec();
+        expected.extend_from_slice(b);
+        expected.push(b'\r');
+        assert_eq!(&unframed[..], &expected[..]);
+        // not only frames, or frames of something else: not unframed
+        assert_eq!(mllp_unframed(a), None);
+        assert_eq!(
+            mllp_unframed(b"\x0b{\"resourceType\":\"Bundle\"}\x1c\r"),
+            None
+        );
+        assert_eq!(mllp_unframed(b"\x0bMSH|^~\\&|A\r"), None, "no end block");
+        assert_eq!(mllp_unframed(b""), None);
+    }
 
     #[test]
     fn a_bundle_after_a_byte_order_mark_is_a_bundle() {
