@@ -277,15 +277,21 @@ pub(crate) fn build_into(
             o.str("type", "Practitioner");
         }
         DataType::Xon => {
+            let name = t(1);
             let code = {
                 let c10 = t(10);
-                if c10.is_empty() {
-                    t(3)
-                } else {
+                if !c10.is_empty() {
                     c10
+                } else if !t(3).is_empty() {
+                    t(3)
+                } else if is_gp_practice_code(&name) {
+                    // a PAS that writes only the practice code, in XON.1
+                    Cow::Owned(name.trim().to_string())
+                } else {
+                    Cow::Borrowed("")
                 }
             };
-            o.str("display", &t(1));
+            o.str("display", &name);
             if !code.is_empty() {
                 o.object("identifier", |i| {
                     i.str("system", ODS_SYSTEM);
@@ -299,6 +305,13 @@ pub(crate) fn build_into(
         }
     }
     o.finish()
+}
+
+/// An ODS GP practice code as PAS write it alone: a letter and five digits
+/// (`E82061`, `y02345`).
+fn is_gp_practice_code(text: &str) -> bool {
+    let b = text.trim().as_bytes();
+    b.len() == 6 && b[0].is_ascii_alphabetic() && b[1..].iter().all(u8::is_ascii_digit)
 }
 
 /// Applies a built-in to plain text (a value already transformed): the text is
