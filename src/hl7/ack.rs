@@ -749,7 +749,10 @@ mod tests {
             &b"MSH|^~\\&|PAS|RAL|||20240501|| |X1|P|2.4\rPID|1\r"[..],
             b"MSH|^~\\&|PAS|RAL|||20240501||\"\"|X1|P|2.4\rPID|1\r",
         ] {
-            check_assess(msh, Err((AckCode::AR, "MSH-9 (message type) is empty", true)));
+            check_assess(
+                msh,
+                Err((AckCode::AR, "MSH-9 (message type) is empty", true)),
+            );
         }
         check_assess(
             b"MSH|^~\\&|PAS|RAL|||20240501||ADT^A01|\"\"|P|2.4\rPID|1\r",

@@ -1153,12 +1153,32 @@ mod tests {
         let text = b"MSH|^~\\&|A|B\r".to_vec();
         let gz = payload::gzip(&text).unwrap();
         let cases = [
-            (vec![("content-encoding", "gzip")], gz.clone(), Some(text.clone())),
-            (vec![("mex-content-compressed", "Y")], gz.clone(), Some(text.clone())),
-            (vec![("mex-content-compressed", "y")], gz.clone(), Some(text.clone())),
+            (
+                vec![("content-encoding", "gzip")],
+                gz.clone(),
+                Some(text.clone()),
+            ),
+            (
+                vec![("mex-content-compressed", "Y")],
+                gz.clone(),
+                Some(text.clone()),
+            ),
+            (
+                vec![("mex-content-compressed", "y")],
+                gz.clone(),
+                Some(text.clone()),
+            ),
             // flagged, but not gzip: as sent (the content's own checks decide)
-            (vec![("mex-content-compressed", "Y")], text.clone(), Some(text.clone())),
-            (vec![("mex-content-compressed", "N")], gz.clone(), Some(gz.clone())),
+            (
+                vec![("mex-content-compressed", "Y")],
+                text.clone(),
+                Some(text.clone()),
+            ),
+            (
+                vec![("mex-content-compressed", "N")],
+                gz.clone(),
+                Some(gz.clone()),
+            ),
             (vec![], text.clone(), Some(text.clone())),
             // labelled gzip, not gzip: a problem kept with the message
             (vec![("content-encoding", "gzip")], text.clone(), None),
