@@ -203,9 +203,14 @@ fn put<R: Rows>(
     let traced = identifiers
         .iter()
         .any(|(system, _)| system == NHS_NUMBER_SYSTEM);
+    // a retirement the document itself makes (an A40's merged patient)
+    let merged_into = match at.resource_type {
+        "Patient" => retirement(resource),
+        _ => None,
+    };
     let mut owned: Option<Value> = None;
     if at.resource_type == "Patient" {
-        if !traced {
+        if !traced && merged_into.is_none() {
             if let Some(survivor) = traced_twin(rows, at.id, identifiers)? {
                 owned = Some(retire(resource.clone(), &survivor));
             }
@@ -265,7 +270,13 @@ fn put<R: Rows>(
             rows.share_patient_links(at.id, &survivor)?;
         }
         if traced {
-            retire_untraced(rows, at, identifiers)?;
+            retire_sharing(rows, at, identifiers, at.id, true)?;
+        }
+        if let Some(survivor) = merged_into {
+            // an A40 whose MRG names the retired record by its MRN alone: the
+            // record keyed otherwise (by an NHS number) that holds that MRN is
+            // the one meant, and is retired too (not left active beside a ghost)
+            retire_sharing(rows, at, identifiers, &survivor, false)?;
         }
     }
     let was_live = at.current.is_some_and(|cur| cur.content.is_some());
@@ -371,20 +382,25 @@ fn replaced_by(resource: &Value) -> Option<String> {
     })
 }
 
-/// A Patient written with an NHS number retires every other live Patient
-/// that shares one of its local identifiers (an MRN: the same system and
-/// value) but has no NHS number: the record its PAS made before the patient
-/// was traced (an unknown patient in ED, a newborn, a lab that sent only the
-/// MRN), which the mappings key by MRN while the traced one is keyed by NHS
-/// number. The old record becomes `active: false` with a `link` `replaced-by`
-/// the traced one, and what was filed under it is linked to the traced one
-/// too, so its `$everything` and searches find it. A record with a different
-/// NHS number is never touched (a shared MRN is then a data problem for
-/// people, not for the store), nor one already retired or linked.
-fn retire_untraced<R: Rows>(
+/// Retires in favour of `survivor` every other live Patient that shares one of
+/// `identifiers`' local identifiers (an MRN: the same system and value), is
+/// not retired or linked already, and (`only_untraced`) has no NHS number.
+///
+/// A Patient written with an NHS number so retires the record its PAS made
+/// before the patient was traced (an unknown patient in ED, a newborn, a lab
+/// that sent only the MRN), which the mappings key by MRN while the traced one
+/// is keyed by NHS number; an A40's retirement so retires the record its MRG
+/// names by MRN alone. The old record becomes `active: false` with a `link`
+/// `replaced-by` the survivor, and what was filed under it is linked to the
+/// survivor too, so its `$everything` and searches find it. With
+/// `only_untraced`, a record with another NHS number is never touched (a
+/// shared MRN is then a data problem for people, not for the store).
+fn retire_sharing<R: Rows>(
     rows: &mut R,
     at: &At<'_>,
     identifiers: &[(String, String)],
+    survivor: &str,
+    only_untraced: bool,
 ) -> Result<(), R::Error> {
     let mut seen: Vec<String> = Vec::new();
     for (system, value) in identifiers {
@@ -392,7 +408,7 @@ fn retire_untraced<R: Rows>(
             continue;
         }
         for other in rows.patients_with_identifier(system, value)? {
-            if other == at.id || seen.contains(&other) {
+            if other == at.id || other == survivor || seen.contains(&other) {
                 continue;
             }
             seen.push(other.clone());
@@ -406,10 +422,10 @@ fn retire_untraced<R: Rows>(
             let traced = old["identifier"]
                 .as_array()
                 .is_some_and(|ids| ids.iter().any(|id| id["system"] == NHS_NUMBER_SYSTEM));
-            if traced || old["active"] == false || old.get("link").is_some() {
+            if (only_untraced && traced) || old["active"] == false || old.get("link").is_some() {
                 continue;
             }
-            let old = retire(old, at.id);
+            let old = retire(old, survivor);
             let version = current.version + 1;
             let content = stamped(&old, version, at.last_updated)?;
             rows.write_version(&Version {
@@ -420,8 +436,8 @@ fn retire_untraced<R: Rows>(
                 event_time: current.event_time,
                 content: Some(&content),
             })?;
-            rows.link_patients("Patient", &other, &[other.clone(), at.id.to_string()])?;
-            rows.share_patient_links(&other, at.id)?;
+            rows.link_patients("Patient", &other, &[other.clone(), survivor.to_string()])?;
+            rows.share_patient_links(&other, survivor)?;
         }
     }
     Ok(())

@@ -1068,3 +1068,37 @@ fn a_merged_patients_records_are_found_from_the_survivor() {
     let observations = f.store.search_by_patient("Observation", PATIENT).unwrap();
     assert!(observations.iter().any(|r| r["id"] == "o-after-merge"), "{observations:?}");
 }
+
+#[test]
+fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it() {
+    // the retired record is keyed by its NHS number; the A40's MRG gives only its
+    // MRN, so the mapping's merged id is another (MRN-keyed) one
+    let f = open();
+    let encounter_of_other = encounter("e-of-other", OTHER_PATIENT, "finished");
+    f.store
+        .apply_bundle(
+            &bundle(&[patient(OTHER_PATIENT, "9876543210", "Brown"), encounter_of_other]),
+            None,
+        )
+        .unwrap();
+    let ghost = "0a0a0a0a-0000-5000-8000-000000000005";
+    let mut merged = untraced_patient(ghost, "MRN-9876543210", "Brown");
+    merged["active"] = json!(false);
+    merged["link"] =
+        json!([{"other": {"reference": format!("Patient/{PATIENT}")}, "type": "replaced-by"}]);
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith"), merged]), None)
+        .unwrap();
+    let other = current(&f.store, "Patient", OTHER_PATIENT);
+    assert_eq!(other["active"], false, "{other}");
+    assert_eq!(other["link"][0]["other"]["reference"], format!("Patient/{PATIENT}"));
+    assert_eq!(other["name"][0]["family"], "Brown");
+    let encounters = f.store.search_by_patient("Encounter", PATIENT).unwrap();
+    assert!(encounters.iter().any(|e| e["id"] == "e-of-other"), "{encounters:?}");
+    // the A40's own merged record names the survivor it named
+    let ghost_now = current(&f.store, "Patient", ghost);
+    assert_eq!(ghost_now["link"][0]["other"]["reference"], format!("Patient/{PATIENT}"));
+    // the survivor is untouched
+    let survivor = current(&f.store, "Patient", PATIENT);
+    assert_eq!(survivor.get("active"), None, "{survivor}");
+}
