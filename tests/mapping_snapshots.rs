@@ -748,3 +748,25 @@ fn the_comment_after_a_printed_report_is_its_conclusion() {
         "Reviewed by the cardiology registrar."
     );
 }
+
+#[test]
+fn every_gp_and_practice_of_pd1_is_kept() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261123090000||ADT^A08^ADT_A01|G1|P|2.4\r\
+         EVN|A08|20261123090000\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         PD1|||PRIMROSE HILL SURGERY^^F84003~E82061|G8234567^OKAFOR^CHI^^^DR~G1234567^WHO^DOC^^^DR\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let patient = only(&document, "Patient");
+    let values: Vec<&str> = patient["generalPractitioner"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["identifier"]["value"].as_str())
+        .collect();
+    assert_eq!(values, ["F84003", "E82061", "G8234567", "G1234567"]);
+}

@@ -208,7 +208,16 @@ pub(crate) fn build_into(
                 } else if !t(12).is_empty() {
                     t(12).into_owned()
                 } else {
-                    let parts = [t(5), t(6), t(7)];
+                    // the country code dialled from abroad: `+44` (a number written
+                    // `44 20 7946 0123` is not one anyone can dial)
+                    let country = t(5);
+                    let country = country.trim_fast();
+                    let country = match country.strip_prefix("00").unwrap_or(country) {
+                        "" => Cow::Borrowed(""),
+                        c if c.starts_with('+') => Cow::Owned(c.to_string()),
+                        c => Cow::Owned(format!("+{c}")),
+                    };
+                    let parts = [country, t(6), t(7)];
                     let mut s = parts
                         .iter()
                         .filter(|p| !p.is_empty())

@@ -361,6 +361,23 @@ ZPI|1|ROYAL FREE|B12345^^X\r";
 }
 
 #[test]
+fn a_phone_number_in_parts_is_dialable() {
+    let message = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A01|C1|P|2.4\r\
+PID|1||||||||||||^PRN^PH^^44^20^79460123~^PRN^CP^^0044^7700^900123~^WPN^PH^^^0113^4960000^22\r";
+    let (r, _) = body(r#"v = ["PID-13[*] | XTN"]"#, message);
+    let values: Vec<&str> = r["v"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        ["+44 20 79460123", "+44 7700 900123", "0113 4960000 ext 22"]
+    );
+}
+
+#[test]
 fn conditions() {
     let cases = [
         ("PV1-2 = 'I'", true),
