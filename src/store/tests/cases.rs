@@ -927,6 +927,16 @@ fn untraced_patient(id: &str, mrn: &str, family: &str) -> serde_json::Value {
     })
 }
 
+/// The merged patient of an A40 as the mapping writes it: an MRN, inactive,
+/// `replaced-by` the survivor.
+fn merged_patient(id: &str, mrn: &str, family: &str, survivor: &str) -> serde_json::Value {
+    let mut merged = untraced_patient(id, mrn, family);
+    merged["active"] = json!(false);
+    merged["link"] =
+        json!([{"other": {"reference": format!("Patient/{survivor}")}, "type": "replaced-by"}]);
+    merged
+}
+
 #[test]
 fn a_traced_patient_retires_the_record_made_before_the_trace() {
     // An unknown patient in ED is registered by MRN (the mappings key them by it);
@@ -1038,9 +1048,7 @@ fn a_merged_patients_records_are_found_from_the_survivor() {
     f.store
         .apply_bundle(&bundle(&[patient(merged, "9876543210", "Brown"), allergy]), None)
         .unwrap();
-    let mut retired = untraced_patient(merged, "OLD-1", "Brown");
-    retired["active"] = json!(false);
-    retired["link"] = json!([{"other": {"reference": format!("Patient/{PATIENT}")}, "type": "replaced-by"}]);
+    let retired = merged_patient(merged, "OLD-1", "Brown", PATIENT);
     f.store
         .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith"), retired]), None)
         .unwrap();
@@ -1082,10 +1090,7 @@ fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it
         )
         .unwrap();
     let ghost = "0a0a0a0a-0000-5000-8000-000000000005";
-    let mut merged = untraced_patient(ghost, "MRN-9876543210", "Brown");
-    merged["active"] = json!(false);
-    merged["link"] =
-        json!([{"other": {"reference": format!("Patient/{PATIENT}")}, "type": "replaced-by"}]);
+    let merged = merged_patient(ghost, "MRN-9876543210", "Brown", PATIENT);
     f.store
         .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith"), merged]), None)
         .unwrap();
