@@ -2,7 +2,9 @@
 //! backend: what each entry does (create-only, stale, unchanged, a new
 //! version, a tombstone) is decided here, and the backends (`sqlite.rs`,
 //! `postgres.rs`) only read and write rows through [`Rows`], inside a
-//! transaction they opened.
+//! transaction they opened. So is a Patient's continuity: a record retired in
+//! favour of another (an A40's merge, a record made before the patient was
+//! traced) and what is filed under it are found from the survivor.
 //!
 //! It does no I/O of its own and opens no transaction.
 
@@ -10,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::plan::{self, Op, Plan};
 use super::{ApplyOutcome, EntryOutcome, EntryResult};
+use crate::route::NHS_NUMBER_SYSTEM;
 
 /// The current row of a record.
 pub(super) struct Current {
@@ -287,7 +290,12 @@ fn put<R: Rows>(
     })
 }
 
-const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
+/// Whether a Patient has an identifier with the NHS number system.
+fn has_nhs_number(patient: &Value) -> bool {
+    patient["identifier"]
+        .as_array()
+        .is_some_and(|ids| ids.iter().any(|id| id["system"] == NHS_NUMBER_SYSTEM))
+}
 
 /// A Patient written with no NHS number while a live Patient with one shares
 /// one of its local identifiers (a lab that sends only the MRN of a patient the
@@ -311,10 +319,7 @@ fn traced_twin<R: Rows>(
                 continue;
             };
             let other_resource: Value = serde_json::from_str(&content)?;
-            let traced = other_resource["identifier"]
-                .as_array()
-                .is_some_and(|ids| ids.iter().any(|i| i["system"] == NHS_NUMBER_SYSTEM));
-            if !traced || other_resource["active"] == false {
+            if !has_nhs_number(&other_resource) || other_resource["active"] == false {
                 continue;
             }
             if found.is_some() {
@@ -419,10 +424,10 @@ fn retire_sharing<R: Rows>(
                 continue;
             };
             let old: Value = serde_json::from_str(content)?;
-            let traced = old["identifier"]
-                .as_array()
-                .is_some_and(|ids| ids.iter().any(|id| id["system"] == NHS_NUMBER_SYSTEM));
-            if (only_untraced && traced) || old["active"] == false || old.get("link").is_some() {
+            let skip = (only_untraced && has_nhs_number(&old))
+                || old["active"] == false
+                || old.get("link").is_some();
+            if skip {
                 continue;
             }
             let old = retire(old, survivor);
