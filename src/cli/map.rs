@@ -216,7 +216,8 @@ pub(crate) fn map_message(
             output: apply(plan)?,
         }]);
     }
-    if header.message_code.trim().is_empty() {
+    // as the listener sees it: blank or HL7's null `""` is empty (it answers AR)
+    if matches!(header.message_code.trim(), "" | "\"\"") {
         return Err(
             "MSH-9 (message type) is empty, so no mapping can be chosen; name one with --mapping"
                 .to_string(),

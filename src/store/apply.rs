@@ -213,22 +213,30 @@ fn put<R: Rows>(
     };
     let mut owned: Option<Value> = None;
     if at.resource_type == "Patient" {
-        if !traced && merged_into.is_none() {
-            if let Some(survivor) = traced_twin(rows, at.id, identifiers)? {
-                owned = Some(retire(resource.clone(), &survivor));
+        let stored: Option<Value> = match at.current.and_then(|cur| cur.content.as_deref()) {
+            Some(text) => Some(serde_json::from_str(text)?),
+            None => None,
+        };
+        let stays_retired = stored.as_ref().and_then(retirement);
+        if let (None, Some(survivor)) = (&merged_into, &stays_retired) {
+            // a retired record stays retired: a late or repeated message for it (an
+            // A08 under the merged identity) updates it, and it still names its
+            // survivor, rather than bringing a second record of the patient back
+            owned = Some(retire(resource.clone(), survivor));
+        } else {
+            if !traced && merged_into.is_none() {
+                if let Some(survivor) = traced_twin(rows, at.id, identifiers)? {
+                    owned = Some(retire(resource.clone(), &survivor));
+                }
             }
-        }
-        let incoming = owned.as_ref().unwrap_or(resource);
-        if let (Some(survivor), Some(stored)) = (
-            retirement(incoming),
-            at.current.and_then(|cur| cur.content.as_deref()),
-        ) {
-            // a retirement (an A40's MRG, a record made before a trace) keeps the
-            // record it retires: an A40 says little of the merged patient, and
-            // replacing the record with that would wipe their demographics
-            let stored: Value = serde_json::from_str(stored)?;
-            let kept = with_identifiers(plan::without_meta(&stored), incoming);
-            owned = Some(retire(kept, &survivor));
+            let incoming = owned.as_ref().unwrap_or(resource);
+            if let (Some(survivor), Some(stored)) = (retirement(incoming), &stored) {
+                // a retirement (an A40's MRG, a record made before a trace) keeps the
+                // record it retires: an A40 says little of the merged patient, and
+                // replacing the record with that would wipe their demographics
+                let kept = with_identifiers(plan::without_meta(stored), incoming);
+                owned = Some(retire(kept, &survivor));
+            }
         }
     }
     let resource = owned.as_ref().unwrap_or(resource);
@@ -272,7 +280,7 @@ fn put<R: Rows>(
             // survivor's too
             rows.share_patient_links(at.id, &survivor)?;
         }
-        if traced {
+        if traced && retirement(resource).is_none() {
             retire_sharing(rows, at, identifiers, at.id, true)?;
         }
         if let Some(survivor) = merged_into {
@@ -438,7 +446,8 @@ fn retire_sharing<R: Rows>(
                 id: &other,
                 version,
                 last_updated: at.last_updated,
-                event_time: current.event_time,
+                // the retiring event's time, so an older message is stale for it
+                event_time: current.event_time.max(at.event_time),
                 content: Some(&content),
             })?;
             rows.link_patients("Patient", &other, &[other.clone(), survivor.to_string()])?;

@@ -1103,6 +1103,22 @@ fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it
     // the A40's own merged record names the survivor it named
     let ghost_now = current(&f.store, "Patient", ghost);
     assert_eq!(ghost_now["link"][0]["other"]["reference"], format!("Patient/{PATIENT}"));
+    // a late message under the merged identity (its A08, with a newer event) does
+    // not bring the retired record back: it stays retired, and what it files is
+    // the survivor's too
+    let late = encounter("e-late", OTHER_PATIENT, "in-progress");
+    f.store
+        .apply_bundle(
+            &bundle(&[patient(OTHER_PATIENT, "9876543210", "Brown-Smith"), late]),
+            at("2030-01-01T00:00:00Z"),
+        )
+        .unwrap();
+    let other = current(&f.store, "Patient", OTHER_PATIENT);
+    assert_eq!(other["active"], false, "{other}");
+    assert_eq!(other["link"][0]["other"]["reference"], format!("Patient/{PATIENT}"));
+    assert_eq!(other["name"][0]["family"], "Brown-Smith", "the update is applied");
+    let encounters = f.store.search_by_patient("Encounter", PATIENT).unwrap();
+    assert!(encounters.iter().any(|e| e["id"] == "e-late"), "{encounters:?}");
     // the survivor is untouched
     let survivor = current(&f.store, "Patient", PATIENT);
     assert_eq!(survivor.get("active"), None, "{survivor}");
