@@ -234,7 +234,8 @@ fn put<R: Rows>(
                 // a retirement (an A40's MRG, a record made before a trace) keeps the
                 // record it retires: an A40 says little of the merged patient, and
                 // replacing the record with that would wipe their demographics
-                let kept = with_identifiers(plan::without_meta(stored), incoming);
+                // (its `meta` too: the profile stays, the version is stamped anew)
+                let kept = with_identifiers(stored.clone(), incoming);
                 owned = Some(retire(kept, &survivor));
             }
         }
@@ -288,6 +289,11 @@ fn put<R: Rows>(
             // record keyed otherwise (by an NHS number) that holds that MRN is
             // the one meant, and is retired too (not left active beside a ghost)
             retire_sharing(rows, at, identifiers, &survivor, false)?;
+        }
+    }
+    if at.resource_type == "DiagnosticReport" {
+        if let Some(previous) = at.current.and_then(|cur| cur.content.as_deref()) {
+            withdraw_dropped_results(rows, at, previous, resource)?;
         }
     }
     let was_live = at.current.is_some_and(|cur| cur.content.is_some());
@@ -453,6 +459,70 @@ fn retire_sharing<R: Rows>(
             rows.link_patients("Patient", &other, &[other.clone(), survivor.to_string()])?;
             rows.share_patient_links(&other, survivor)?;
         }
+    }
+    Ok(())
+}
+
+/// The Observation ids a DiagnosticReport's `result` names.
+fn result_ids(report: &Value) -> Vec<&str> {
+    report["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["reference"].as_str())
+        .filter_map(|r| r.strip_prefix("Observation/"))
+        .collect()
+}
+
+/// A report made final (or corrected, amended, appended) that no longer names a
+/// result its previous version named: that result, if it is still preliminary
+/// (or registered), was withdrawn by the lab, and is written `cancelled` rather
+/// than left beside the final results as if current (a preliminary critical
+/// value). A result already final is never touched: a lab may send only the
+/// results it corrects.
+fn withdraw_dropped_results<R: Rows>(
+    rows: &mut R,
+    at: &At<'_>,
+    previous: &str,
+    report: &Value,
+) -> Result<(), R::Error> {
+    let done = matches!(
+        report["status"].as_str(),
+        Some("final" | "corrected" | "amended" | "appended")
+    );
+    if !done {
+        return Ok(());
+    }
+    let previous: Value = serde_json::from_str(previous)?;
+    let now = result_ids(report);
+    for id in result_ids(&previous) {
+        if now.contains(&id) {
+            continue;
+        }
+        let Some(current) = rows.current("Observation", id)? else {
+            continue;
+        };
+        let Some(content) = &current.content else {
+            continue;
+        };
+        let mut observation: Value = serde_json::from_str(content)?;
+        if !matches!(
+            observation["status"].as_str(),
+            Some("preliminary" | "registered")
+        ) {
+            continue;
+        }
+        observation["status"] = Value::String("cancelled".into());
+        let version = current.version + 1;
+        let content = stamped(&observation, version, at.last_updated)?;
+        rows.write_version(&Version {
+            resource_type: "Observation",
+            id,
+            version,
+            last_updated: at.last_updated,
+            event_time: current.event_time.max(at.event_time),
+            content: Some(&content),
+        })?;
     }
     Ok(())
 }

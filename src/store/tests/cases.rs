@@ -1123,3 +1123,75 @@ fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it
     let survivor = current(&f.store, "Patient", PATIENT);
     assert_eq!(survivor.get("active"), None, "{survivor}");
 }
+
+#[test]
+fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
+    let f = open();
+    let result = |id: &str, status: &str| {
+        let mut o = observation(id, PATIENT, ENCOUNTER);
+        o["status"] = json!(status);
+        o["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+        o["encounter"] = json!({"reference": format!("Encounter/{ENCOUNTER}")});
+        o["meta"] = json!({"profile": ["https://fhir.hl7.org.uk/StructureDefinition/UKCore-Observation"]});
+        o
+    };
+    let report = |status: &str, results: &[&str]| {
+        json!({
+            "resourceType": "DiagnosticReport", "id": "r1", "status": status,
+            "code": {"text": "Histology"},
+            "subject": {"reference": format!("Patient/{PATIENT}")},
+            "result": results.iter().map(|id| json!({"reference": format!("Observation/{id}")})).collect::<Vec<_>>()
+        })
+    };
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+                report("preliminary", &["o1", "o2", "o3"]),
+                result("o1", "preliminary"),
+                result("o2", "preliminary"),
+                result("o3", "preliminary"),
+                result("o-final", "final"),
+            ]),
+            at("2026-11-23T09:00:00Z"),
+        )
+        .unwrap();
+    // the final names o1 and o2 only; o3 ("report to follow") was withdrawn
+    f.store
+        .apply_bundle(
+            &bundle(&[report("final", &["o1", "o2"]), result("o1", "final"), result("o2", "final")]),
+            at("2026-11-23T11:00:00Z"),
+        )
+        .unwrap();
+    let o3 = current(&f.store, "Observation", "o3");
+    assert_eq!(o3["status"], "cancelled", "{o3}");
+    assert_eq!(o3["meta"]["profile"][0], "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Observation");
+    assert_eq!(current(&f.store, "Observation", "o1")["status"], "final");
+    // a corrected report that names only what it corrects leaves final results alone
+    f.store
+        .apply_bundle(
+            &bundle(&[report("corrected", &["o2"]), result("o2", "corrected")]),
+            at("2026-11-23T12:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!(current(&f.store, "Observation", "o1")["status"], "final");
+    // and a report still preliminary withdraws nothing
+    let f2 = open();
+    f2.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+                report("preliminary", &["o1", "o2"]),
+                result("o1", "preliminary"),
+                result("o2", "preliminary"),
+            ]),
+            at("2026-11-23T09:00:00Z"),
+        )
+        .unwrap();
+    f2.store
+        .apply_bundle(&bundle(&[report("partial", &["o1"])]), at("2026-11-23T10:00:00Z"))
+        .unwrap();
+    assert_eq!(current(&f2.store, "Observation", "o2")["status"], "preliminary");
+}
