@@ -672,6 +672,29 @@ async fn batch_gets_one_batch_ack_with_each_message_acknowledged() {
     fx.engine.stop().await;
 }
 
+/// A batch file cut short in transfer (BTS-1 says 3, two messages arrived): the
+/// two are taken and answered, and the batch ACK's BTS-2 says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_is_taken_and_its_ack_says_so() {
+    let fx = start().await;
+    let text = String::from_utf8(sample("batch_adt.hl7")).unwrap();
+    let third = text.match_indices("MSH|").nth(2).expect("three messages").0;
+    let end = text.find("BTS|").expect("a BTS");
+    let cut = format!("{}{}", &text[..third], &text[end..]);
+    assert!(cut.contains("BTS|3"));
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, cut.as_bytes()).await;
+    let msas = ack.split('\r').filter(|s| s.starts_with("MSA|AA")).count();
+    assert_eq!(msas, 2, "{ack}");
+    assert!(
+        ack.contains("\rBTS|2|the batch declared 3 messages (BTS-1); 2 received\r"),
+        "{ack}"
+    );
+    let rows = search(&fx.engine, |q| q.limit = Some(1000)).await;
+    assert_eq!(rows.len(), 2);
+    fx.engine.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enhanced_mode_accept_ack_is_ca() {
     let fx = start().await;

@@ -5,8 +5,10 @@
 //! FHS+BHS, BHS only, missing BTS/FTS, and plain files of concatenated messages
 //! without any batch header. A text that is one message comes back whole.
 //!
-//! Not done: the BTS-1/FTS-1 counts are not checked (senders get them wrong
-//! and the messages are what matter), nor are batch headers interpreted.
+//! Counts are not checked here: the listener compares BTS-1 with the messages
+//! a batch held and says so in the batch ACK's BTS-2 (a file cut short), but
+//! takes the messages either way (senders get counts wrong, and the messages
+//! are what matter). Batch headers are not interpreted.
 //!
 //! Segment endings are recognised as [`super::decode`] does (`'\r'`, `"\r\n"`,
 //! and a `'\n'` followed by a segment), so a file can be split before or after

@@ -818,6 +818,17 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         }
         acks.push((code, ack));
     }
+    if let Some(declared) = batch.as_ref().and_then(|b| b.declared) {
+        if declared != acks.len() as u64 {
+            warn!(
+                peer,
+                declared,
+                received = acks.len(),
+                "a batch whose BTS-1 count differs from the messages it held (cut short?); \
+                 each message was answered, BTS-2 of the batch ACK says so"
+            );
+        }
+    }
     let reply = match &batch {
         Some(envelope) => Some(batch_ack(envelope, &acks)),
         None => acks.first().and_then(|(_, ack)| ack.clone()),
@@ -1057,6 +1068,9 @@ struct BatchEnvelope {
     bhs: Option<Vec<String>>,
     field_sep: char,
     encoding: String,
+    /// How many messages the batch says it holds: the BTS-1 counts, added up
+    /// over its batches (`None` when a BTS is missing or its count unreadable).
+    declared: Option<u64>,
 }
 
 /// Reads the FHS/BHS of a frame that begins with one (after a BOM or whitespace).
@@ -1075,6 +1089,7 @@ fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
         bhs: None,
         field_sep,
         encoding: String::from("^~\\&"),
+        declared: declared_count(text, field_sep),
     };
     for segment in text.split(['\r', '\n']).filter(|s| !s.is_empty()) {
         let fields: Vec<String> = segment.split(field_sep).map(str::to_string).collect();
@@ -1098,7 +1113,25 @@ fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
     Some(envelope)
 }
 
+/// The messages a batch's trailers declare (BTS-1, over all its BTS), when
+/// every BTS gives a count.
+fn declared_count(text: &str, field_sep: char) -> Option<u64> {
+    let mut total: Option<u64> = None;
+    for segment in text.split(['\r', '\n']) {
+        let mut fields = segment.split(field_sep);
+        if fields.next() != Some("BTS") {
+            continue;
+        }
+        let count: u64 = fields.next()?.trim().parse().ok()?;
+        total = Some(total.unwrap_or(0) + count);
+    }
+    total
+}
+
 /// The batch ACK: `[FHS] BHS`, each message's ACK in order, `BTS` `[FTS]`.
+/// When the batch's BTS-1 declared another number of messages than it held
+/// (a file cut short in transfer), BTS-2 says so: the sender can tell what
+/// never arrived.
 /// Header fields are swapped (our receiving side becomes the sender), the
 /// reference control id points at the incoming batch's control id.
 fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]) -> String {
@@ -1142,7 +1175,13 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
             out.push('\r');
         }
     }
-    out.push_str(&format!("BTS{sep}{count}\r"));
+    match envelope.declared {
+        Some(declared) if declared != acks.len() as u64 => out.push_str(&format!(
+            "BTS{sep}{count}{sep}the batch declared {declared} messages (BTS-1); {} received\r",
+            acks.len()
+        )),
+        _ => out.push_str(&format!("BTS{sep}{count}\r")),
+    }
     if envelope.fhs.is_some() {
         out.push_str(&format!("FTS{sep}1\r"));
     }
@@ -1165,6 +1204,7 @@ mod tests {
     fn batch_envelope_reads_fhs_and_bhs() {
         let frame = b"FHS|^~\\&|LAB|RAL|JUNCTION|HUB|20260101||||F1\rBHS|^~\\&|LAB|RAL|JUNCTION|HUB|20260101||||B1\rMSH|^~\\&|LAB|RAL\rBTS|1\rFTS|1\r";
         let env = batch_envelope(frame).expect("a batch");
+        assert_eq!(env.declared, Some(1));
         assert_eq!(env.fhs.as_ref().unwrap()[10], "F1");
         assert_eq!(env.bhs.as_ref().unwrap()[2], "LAB");
         assert!(batch_envelope(b"MSH|^~\\&|X").is_none());
@@ -1182,5 +1222,23 @@ mod tests {
         );
         assert!(segments[1].ends_with("|B1"), "{ack}");
         assert_eq!(&segments[2..6], &["MSH|x", "MSA|AA|1", "BTS|1", "FTS|1"]);
+    }
+
+    #[test]
+    fn a_batch_cut_short_says_so_in_its_ack() {
+        // BTS-1 says 3, one message arrived (a file cut short in transfer)
+        let frame = b"BHS|^~\\&|LAB|RAL|JUNCTION|HUB|20260101||||B1\rMSH|^~\\&|LAB|RAL\rBTS|3\r";
+        let env = batch_envelope(frame).expect("a batch");
+        assert_eq!(env.declared, Some(3));
+        let ack = batch_ack(&env, &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))]);
+        assert!(
+            ack.contains("\rBTS|1|the batch declared 3 messages (BTS-1); 1 received\r"),
+            "{ack}"
+        );
+        // two batches in a file: their counts add up; a BTS without a count: unknown
+        let two = "FHS|^~\\&\rBHS|^~\\&\rMSH|a\rBTS|1\rBHS|^~\\&\rMSH|b\rMSH|c\rBTS|2\rFTS|2\r";
+        assert_eq!(declared_count(two, '|'), Some(3));
+        assert_eq!(declared_count("BHS|^~\\&\rMSH|a\rBTS\r", '|'), None);
+        assert_eq!(declared_count("BHS|^~\\&\rMSH|a\r", '|'), None);
     }
 }
