@@ -770,3 +770,40 @@ fn every_gp_and_practice_of_pd1_is_kept() {
         .collect();
     assert_eq!(values, ["F84003", "E82061", "G8234567", "G1234567"]);
 }
+
+#[test]
+fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261123090000||ORU^R01|DR1|P|2.3\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         OBR|1||F9|WARF^Warfarin clinic^L|||20261123080000\r\
+         OBX|1|DR|DOSE^Dosing period^L||20261101^20261115||||||F\r\
+         OBX|2|DR|OLD^Period as v2.3 TS^L||20261101&D^20261115&D||||||F\r\
+         OBX|3|NA|INR3^Last three INRs^L||2.1^2.4^2.9||||||F\r\
+         OBX|4|DR|BAD^Bad range^L||sometime^later||||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let obs = observations(&document);
+    let get = |code: &str| {
+        obs.iter()
+            .find(|(c, _, _)| c == code)
+            .map(|(_, _, o)| o.clone())
+            .unwrap()
+    };
+    let period = json_of(&get("DOSE"), "valuePeriod");
+    assert_eq!(
+        period,
+        serde_json::json!({"start": "2026-11-01", "end": "2026-11-15"})
+    );
+    assert_eq!(json_of(&get("OLD"), "valuePeriod"), period);
+    assert_eq!(get("INR3")["valueString"], "2.1, 2.4, 2.9");
+    assert_eq!(get("BAD")["valueString"], "sometime^later");
+    assert_eq!(get("BAD").get("valuePeriod"), None);
+}
+
+fn json_of(resource: &Value, key: &str) -> Value {
+    resource.get(key).cloned().unwrap_or(Value::Null)
+}
