@@ -1318,14 +1318,16 @@ impl<'a> Ctx<'a> {
             // `PATH | when(cond) ...`: the condition does not look at the value,
             // so it is asked first and the path is only read when it holds (a
             // path has no effect but marking its field read, which is done anyway;
-            // a concatenation's parts and a gathering's groups are marked alike, and
-            // what they would have warned about is not used)
+            // a concatenation's parts, a gathering's groups and a parenthesised
+            // expression's terms are marked alike, and what they would have warned
+            // about is not used)
             (
                 Term::Path(_)
                 | Term::Literal(_)
                 | Term::Concat(_)
                 | Term::ConcatWs(..)
-                | Term::Gather(..),
+                | Term::Gather(..)
+                | Term::Group(_),
                 Some((Stage::Transform(Transform::When(c)), rest)),
             ) => {
                 stages = rest;
