@@ -559,6 +559,8 @@ impl MeshInbox {
             error: None,
             raw: received.body.clone(),
         };
+        // (a look at the first byte for anything not framed)
+        let unframed = mllp_unframed(&received.body);
         let outcome = match &headers.message_type {
             // content that cannot be used as sent (not the gzip it says, a
             // checksum that does not match): kept, rejected, and acknowledged,
@@ -583,11 +585,8 @@ impl MeshInbox {
             }
             // HL7 still in its MLLP frames (a sender that writes what it would
             // have sent over TCP): the messages of the frames
-            MessageType::Data | MessageType::Other(_)
-                if mllp_unframed(&received.body).is_some() =>
-            {
-                let body = mllp_unframed(&received.body).unwrap_or_default();
-                return hl7_rows(row, &body);
+            MessageType::Data | MessageType::Other(_) if unframed.is_some() => {
+                return hl7_rows(row, unframed.as_ref().unwrap_or(&received.body));
             }
             MessageType::Data | MessageType::Other(_) => match bundle_problem(&received.body) {
                 None => Outcome::Accepted,
