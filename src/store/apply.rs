@@ -211,35 +211,23 @@ fn put<R: Rows>(
         "Patient" => retirement(resource),
         _ => None,
     };
-    let mut owned: Option<Value> = None;
-    if at.resource_type == "Patient" {
-        let stored: Option<Value> = match at.current.and_then(|cur| cur.content.as_deref()) {
-            Some(text) => Some(serde_json::from_str(text)?),
-            None => None,
-        };
-        let stays_retired = stored.as_ref().and_then(retirement);
-        if let (None, Some(survivor)) = (&merged_into, &stays_retired) {
-            // a retired record stays retired: a late or repeated message for it (an
-            // A08 under the merged identity) updates it, and it still names its
-            // survivor, rather than bringing a second record of the patient back
-            owned = Some(retire(resource.clone(), survivor));
-        } else {
-            if !traced && merged_into.is_none() {
-                if let Some(survivor) = traced_twin(rows, at.id, identifiers)? {
-                    owned = Some(retire(resource.clone(), &survivor));
-                }
-            }
-            let incoming = owned.as_ref().unwrap_or(resource);
-            if let (Some(survivor), Some(stored)) = (retirement(incoming), &stored) {
-                // a retirement (an A40's MRG, a record made before a trace) keeps the
-                // record it retires: an A40 says little of the merged patient, and
-                // replacing the record with that would wipe their demographics
-                // (its `meta` too: the profile stays, the version is stamped anew)
-                let kept = with_identifiers(stored.clone(), incoming);
-                owned = Some(retire(kept, &survivor));
-            }
-        }
-    }
+    // the stored version, read once (continuity, the unchanged check, a report's results)
+    let stored: Option<Value> = match at.current.and_then(|cur| cur.content.as_deref()) {
+        Some(text) => Some(serde_json::from_str(text)?),
+        None => None,
+    };
+    let owned = match at.resource_type {
+        "Patient" => continuity(
+            rows,
+            at,
+            resource,
+            identifiers,
+            stored.as_ref(),
+            traced,
+            merged_into.as_deref(),
+        )?,
+        _ => None,
+    };
     let resource = owned.as_ref().unwrap_or(resource);
     let merged_identifiers;
     let identifiers = match &owned {
@@ -259,15 +247,12 @@ fn put<R: Rows>(
             }
         }
     }
-    if let Some(cur) = at.current {
-        if let Some(content) = &cur.content {
-            let stored: Value = serde_json::from_str(content)?;
-            if plan::without_meta(&stored) == plan::without_meta(resource) {
-                at.touch(rows, cur)?;
-                return Ok(EntryResult::Unchanged {
-                    version: cur.version,
-                });
-            }
+    if let (Some(cur), Some(stored)) = (at.current, &stored) {
+        if plan::without_meta(stored) == plan::without_meta(resource) {
+            at.touch(rows, cur)?;
+            return Ok(EntryResult::Unchanged {
+                version: cur.version,
+            });
         }
     }
     let version = at.current.map_or(1, |cur| cur.version + 1);
@@ -292,7 +277,7 @@ fn put<R: Rows>(
         }
     }
     if at.resource_type == "DiagnosticReport" {
-        if let Some(previous) = at.current.and_then(|cur| cur.content.as_deref()) {
+        if let Some(previous) = &stored {
             withdraw_dropped_results(rows, at, previous, resource)?;
         }
     }
@@ -302,6 +287,43 @@ fn put<R: Rows>(
     } else {
         EntryResult::Created { version }
     })
+}
+
+/// What a Patient is written as, when not as the document says (`None`): a
+/// retired record stays retired (a late or repeated message under the merged
+/// identity updates it, and it still names its survivor, rather than bringing
+/// a second record of the patient back); a record with no NHS number whose
+/// MRN a traced Patient holds is written retired in its favour
+/// ([`traced_twin`]); and a retirement (an A40's MRG, a record made before a
+/// trace) keeps the record it retires, `meta` included: an A40 says little of
+/// the merged patient, and replacing the record with that would wipe their
+/// demographics.
+fn continuity<R: Rows>(
+    rows: &mut R,
+    at: &At<'_>,
+    resource: &Value,
+    identifiers: &[(String, String)],
+    stored: Option<&Value>,
+    traced: bool,
+    merged_into: Option<&str>,
+) -> Result<Option<Value>, R::Error> {
+    if merged_into.is_none() {
+        if let Some(survivor) = stored.and_then(retirement) {
+            return Ok(Some(retire(resource.clone(), &survivor)));
+        }
+    }
+    let mut owned = None;
+    if !traced && merged_into.is_none() {
+        if let Some(survivor) = traced_twin(rows, at.id, identifiers)? {
+            owned = Some(retire(resource.clone(), &survivor));
+        }
+    }
+    let incoming = owned.as_ref().unwrap_or(resource);
+    if let (Some(survivor), Some(stored)) = (retirement(incoming), stored) {
+        let kept = with_identifiers(stored.clone(), incoming);
+        owned = Some(retire(kept, &survivor));
+    }
+    Ok(owned)
 }
 
 /// Whether a Patient has an identifier with the NHS number system.
@@ -483,7 +505,7 @@ fn result_ids(report: &Value) -> Vec<&str> {
 fn withdraw_dropped_results<R: Rows>(
     rows: &mut R,
     at: &At<'_>,
-    previous: &str,
+    previous: &Value,
     report: &Value,
 ) -> Result<(), R::Error> {
     let done = matches!(
@@ -493,9 +515,8 @@ fn withdraw_dropped_results<R: Rows>(
     if !done {
         return Ok(());
     }
-    let previous: Value = serde_json::from_str(previous)?;
     let now = result_ids(report);
-    for id in result_ids(&previous) {
+    for id in result_ids(previous) {
         if now.contains(&id) {
             continue;
         }
