@@ -217,7 +217,7 @@ pub(crate) fn map_message(
         }]);
     }
     // as the listener sees it: blank or HL7's null `""` is empty (it answers AR)
-    if matches!(header.message_code.trim(), "" | "\"\"") {
+    if hl7::is_absent(&header.message_code) {
         return Err(
             "MSH-9 (message type) is empty, so no mapping can be chosen; name one with --mapping"
                 .to_string(),

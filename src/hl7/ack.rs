@@ -485,11 +485,9 @@ fn check_required(header: Header) -> Result<Header, Rejection> {
             error: error.ack_error(),
         });
     }
-    // blank, or HL7's explicit null `""`, is as empty as nothing
-    let blank = |value: &str| matches!(value.trim(), "" | "\"\"");
-    let missing = if blank(&header.message_code) {
+    let missing = if is_absent(&header.message_code) {
         Some((9, "message type"))
-    } else if blank(&header.control_id) {
+    } else if is_absent(&header.control_id) {
         Some((10, "message control id"))
     } else {
         None
@@ -507,6 +505,12 @@ fn check_required(header: Header) -> Result<Header, Rejection> {
         }),
         None => Ok(header),
     }
+}
+
+/// A required header value that is not there: empty, blank, or HL7's explicit
+/// null `""` (as the listener judges MSH-9 and MSH-10).
+pub fn is_absent(value: &str) -> bool {
+    matches!(value.trim(), "" | "\"\"")
 }
 
 /// The header of the MSH line alone, for addressing a rejection of a message
