@@ -260,6 +260,28 @@ impl<T: AsRef<[u8]>> Encoder<T> for MllpCodec {
     }
 }
 
+/// The frames of a complete byte string (a file, a MESH message a sender wrote
+/// with its MLLP framing), read by the same rules as a connection, the whole
+/// string being all there is. `None` when it is not only whole frames: bytes
+/// outside a frame, a frame cut short or abandoned, or none at all.
+pub fn frames_of(bytes: &[u8]) -> Option<Vec<Bytes>> {
+    // the usual answer without a copy: what does not start with a frame
+    let first = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace() && **b != 0)?;
+    if !matches!(*first, VT | 0xEF) {
+        return None;
+    }
+    let mut codec = MllpCodec::new(bytes.len().max(1));
+    let mut src = BytesMut::from(bytes);
+    let mut frames = Vec::new();
+    while let Some(frame) = codec.decode_eof(&mut src).ok()? {
+        frames.push(frame);
+    }
+    let whole = src.is_empty() && codec.take_abandoned().is_empty() && !frames.is_empty();
+    whole.then_some(frames)
+}
+
 /// How long a frame whose `0x1C` is the last byte received waits for the byte
 /// after it before it is taken as ended there (a sender that leaves out the CR
 /// and waits for its answer waits this much longer).
@@ -310,6 +332,22 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_of_a_whole_string() {
+        let got = frames_of(b"\r\n\x0bA\x1c\r\x0bB\x1c").expect("two frames");
+        assert_eq!(got, [Bytes::from_static(b"A"), Bytes::from_static(b"B")]);
+        // not only frames: nothing
+        for bad in [
+            &b""[..],
+            b"MSH|",
+            b"\x0bA\x1c\rjunk",
+            b"\x0bA",
+            b"\x0bA\x0bB\x1c\r",
+        ] {
+            assert_eq!(frames_of(bad), None, "{bad:?}");
+        }
+    }
     use proptest::prelude::*;
 
     fn decode_all(chunks: &[&[u8]], max: usize) -> (Vec<Bytes>, Option<String>) {

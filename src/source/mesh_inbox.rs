@@ -559,7 +559,7 @@ impl MeshInbox {
             error: None,
             raw: received.body.clone(),
         };
-        // (a look at the first byte for anything not framed)
+        // (a look at the first byte, for anything not framed)
         let unframed = mllp_unframed(&received.body);
         let outcome = match &headers.message_type {
             // content that cannot be used as sent (not the gzip it says, a
@@ -743,21 +743,13 @@ fn summary_done(s: &PollSummary) -> usize {
 /// whose header is unusable is rejected with the reason, keyed by the MESH
 /// message id (`<id>/<n>` in a batch) and the sending mailbox from `template`.
 /// Accepted when any message is.
-/// The content of MLLP frames (0x0B … 0x1C, then an optional 0x0D; white
-/// space between frames), one message after another, when `body` is nothing
-/// but such frames holding HL7; `None` otherwise.
+/// The messages of `body` when it is nothing but MLLP frames holding HL7 (read
+/// as a listener reads them, [`crate::mllp::codec::frames_of`]), one after
+/// another as a file of messages; `None` otherwise.
 fn mllp_unframed(body: &[u8]) -> Option<bytes::Bytes> {
-    let mut rest = body;
+    let frames = crate::mllp::codec::frames_of(body)?;
     let mut out = Vec::with_capacity(body.len());
-    loop {
-        let skip = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
-        rest = &rest[skip..];
-        if rest.is_empty() {
-            break;
-        }
-        let inner = rest.strip_prefix(&[0x0B])?;
-        let end = memchr::memchr(0x1C, inner)?;
-        let message = &inner[..end];
+    for message in &frames {
         if !hl7::looks_like_hl7(message) {
             return None;
         }
@@ -765,9 +757,8 @@ fn mllp_unframed(body: &[u8]) -> Option<bytes::Bytes> {
         if !message.ends_with(b"\r") && !message.ends_with(b"\n") {
             out.push(b'\r');
         }
-        rest = &inner[end + 1..];
     }
-    (!out.is_empty()).then(|| bytes::Bytes::from(out))
+    Some(bytes::Bytes::from(out))
 }
 
 fn hl7_rows(template: Incoming, body: &bytes::Bytes) -> (Vec<Incoming>, Outcome) {
