@@ -6,9 +6,12 @@
 //!   repetition and escape characters; `\P\` (v2.7 truncation) becomes `#`.
 //! - `\Xhh…\` becomes the bytes `hh…`, read as UTF-8 when they are valid UTF-8
 //!   and as ISO 8859-1 otherwise.
-//! - `\.br\` and `\.sp\` (and `\.spN\`) become `"\n"`.
+//! - Formatted text (FT, HL7 2.7.6) as plain text: `\.br\` ends the line
+//!   (`"\n"`); `\.spN\` ends it and skips N lines (`\.sp\`: one), so N + 1
+//!   line breaks; `\.ce\` (centre the next line) ends the line; `\.skN\` is N
+//!   spaces (`\.sk\`: one).
 //! - Formatting-only sequences are dropped: `\H\` `\N\` (highlight on/off) and
-//!   the other `\.xx\` formatting commands (`.fi` `.nf` `.in` `.ti` `.sk` `.ce`).
+//!   the other `\.xx\` formatting commands (`.fi` `.nf` `.in` `.ti`).
 //! - Anything else (`\Zxx\` local escapes, `\Cxxyy\` `\Mxxyyzz\` character-set
 //!   switches, malformed `\X\` hex, an escape character with no closing one)
 //!   is kept verbatim, so nothing a sender wrote silently disappears.
@@ -72,13 +75,17 @@ fn decode_sequence(body: &str, whole: &str, seps: &Separators, out: &mut String)
         "E" => out.push(seps.escape),
         "P" => out.push('#'),
         "H" | "N" => {}
-        ".br" => out.push('\n'),
+        ".br" | ".ce" => out.push('\n'),
         _ if body.starts_with(".sp") => {
             let n = body[3..].trim().parse::<usize>().unwrap_or(1).clamp(1, 100);
-            out.extend(std::iter::repeat_n('\n', n));
+            out.extend(std::iter::repeat_n('\n', n + 1));
         }
-        ".fi" | ".nf" | ".ce" => {}
-        _ if body.starts_with(".in") || body.starts_with(".ti") || body.starts_with(".sk") => {}
+        _ if body.starts_with(".sk") => {
+            let n = body[3..].trim().parse::<usize>().unwrap_or(1).clamp(1, 100);
+            out.extend(std::iter::repeat_n(' ', n));
+        }
+        ".fi" | ".nf" => {}
+        _ if body.starts_with(".in") || body.starts_with(".ti") => {}
         _ if body.starts_with('X') => match hex_bytes(&body[1..]) {
             Some(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => out.push_str(&text),
@@ -183,7 +190,11 @@ mod tests {
     #[test]
     fn formatting_commands() {
         check(r"one\.br\two", "one\ntwo");
-        check(r"one\.sp2\two", "one\n\ntwo");
+        // .sp ends the line and skips lines: a blank line between, two with .sp2
+        check(r"one\.sp\two", "one\n\ntwo");
+        check(r"one\.sp2\two", "one\n\n\ntwo");
+        check(r"HEADING\.ce\text", "HEADING\ntext");
+        check(r"Name:\.sk3\X", "Name:   X");
         check(r"\H\bold\N\ text", "bold text");
         check(r"\.in+4\indented\.fi\", "indented");
     }

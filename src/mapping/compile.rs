@@ -42,6 +42,9 @@ pub(crate) struct PlanInner {
     /// `[mapping] at_most_one`: segments a message may hold once at most (`PID`:
     /// one patient per message); a message with more is not mapped.
     pub at_most_one: Vec<String>,
+    /// `[mapping] requires`: resource types every document must hold (`Patient`:
+    /// results filed under no patient are refused, not delivered).
+    pub requires: Vec<String>,
     pub tables: Vec<Table>,
     pub macros: Vec<Expr>,
     /// What each macro's value depends on, for caching it during one apply.
@@ -198,6 +201,8 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
     let mut messages = Vec::new();
     let mut ignore = Vec::new();
     let mut at_most_one = Vec::new();
+    let mut requires = Vec::new();
+    let mut requires_v = None;
     let mut tables = Vec::new();
     let mut macro_sources: Vec<(String, &Spanned<DeValue<'_>>)> = Vec::new();
     let mut resources_v = None;
@@ -262,10 +267,22 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
                             "messages" => messages = c.messages(mv),
                             "ignore" => ignore = c.ignore(mv),
                             "at_most_one" => at_most_one = c.segment_names(mv),
+                            "requires" => {
+                                requires_v = Some(mv);
+                                requires = c.string_list(mv, "requires", "[\"Patient\"]", |s| {
+                                    if is_resource_type(s) {
+                                        Ok(s.to_string())
+                                    } else {
+                                        Err(format!(
+                                            "bad resource type `{s}` in `requires`, expected a FHIR resource type like `Patient`"
+                                        ))
+                                    }
+                                })
+                            }
                             other => c.error(
                                 mk.span().start,
                                 format!(
-                                    "unknown key `{other}` in [mapping], expected one of name, messages, ignore, at_most_one, description"
+                                    "unknown key `{other}` in [mapping], expected one of name, messages, ignore, at_most_one, requires, description"
                                 ),
                             ),
                         }
@@ -315,6 +332,16 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
         },
         None => c.error(0, "no [[resource]] declared, expected at least one".into()),
     }
+    if let Some(v) = requires_v {
+        for kind in &requires {
+            if !resources.iter().any(|r| &r.kind == kind) {
+                c.error(
+                    v.span().start,
+                    format!("`requires` names {kind}, but no [[resource]] makes a {kind}"),
+                );
+            }
+        }
+    }
 
     let mut tests = Vec::new();
     if let Some(v) = tests_v {
@@ -350,6 +377,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             messages,
             ignore,
             at_most_one,
+            requires,
             tables,
             macro_deps,
             dep_names,
@@ -360,6 +388,13 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
             entries_hint: std::sync::atomic::AtomicUsize::new(8),
         },
     })
+}
+
+/// `Patient`, `DiagnosticReport`: an upper-case letter, then letters.
+fn is_resource_type(s: &str) -> bool {
+    s.len() > 1
+        && s.as_bytes()[0].is_ascii_uppercase()
+        && s.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 fn empty_expr() -> Expr {
@@ -728,7 +763,7 @@ impl<'s> Compiler<'s> {
                 },
                 "type" => {
                     if let Some(s) = self.string(fv) {
-                        if s.len() > 1 && s.as_bytes()[0].is_ascii_uppercase() && s.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        if is_resource_type(s) {
                             kind = Some(s.to_string());
                         } else {
                             self.error(fv.span().start, format!("bad resource type `{s}`, expected a FHIR resource type like `Patient`"));
@@ -942,6 +977,11 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
                 expr::Anchor::Relative => d.relative |= !in_pred,
             },
             Term::Position => d.position |= !in_pred,
+            Term::Occurrence(segment) => {
+                if !d.segments.contains(segment) {
+                    d.segments.push(segment.clone());
+                }
+            }
             Term::PositionBy(parts) => {
                 d.position |= !in_pred;
                 parts.iter().for_each(|p| expr(p, in_pred, d, all, depth))
@@ -1130,7 +1170,7 @@ fn term_macros(t: &Term, out: &mut Vec<usize>) {
                 cond_macros(c, out)
             }
         }
-        Term::Literal(_) | Term::Position => {}
+        Term::Literal(_) | Term::Position | Term::Occurrence(_) => {}
     }
 }
 

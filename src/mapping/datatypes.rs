@@ -48,8 +48,12 @@ impl<'o> Obj<'o> {
     fn str(&mut self, key: &str, value: &str) {
         let v = value.trim_fast();
         if !v.is_empty() && v != "\"\"" {
+            let mark = self.out.len();
             self.key(key);
-            json::push_str(self.out, v);
+            if !json::push_text(self.out, v) {
+                self.out.truncate(mark);
+                self.n -= 1;
+            }
         }
     }
 
@@ -63,13 +67,25 @@ impl<'o> Obj<'o> {
         if values.peek().is_none() {
             return;
         }
+        let mark = self.out.len();
         self.key(key);
         self.out.push('[');
-        for (i, v) in values.enumerate() {
-            if i > 0 {
+        let mut n = 0;
+        for v in values {
+            let at = self.out.len();
+            if n > 0 {
                 self.out.push(',');
             }
-            json::push_str(self.out, v);
+            if json::push_text(self.out, v) {
+                n += 1;
+            } else {
+                self.out.truncate(at);
+            }
+        }
+        if n == 0 {
+            self.out.truncate(mark);
+            self.n -= 1;
+            return;
         }
         self.out.push(']');
     }

@@ -485,6 +485,17 @@ pub(crate) fn apply(
             without_id: ctx.without_id.iter().map(|k| k.to_string()).collect(),
         });
     }
+    if let Some(kind) = plan
+        .requires
+        .iter()
+        .find(|k| !entries.iter().any(|e| &e.resource_type == *k))
+    {
+        return Err(MapError::Missing {
+            mapping: plan.name.clone(),
+            kind: kind.clone(),
+            without_id: ctx.without_id.iter().map(|k| k.to_string()).collect(),
+        });
+    }
     out.push_str("],\"resourceType\":\"Bundle\",\"type\":\"transaction\"}");
     // the next document of this mapping is likely about as long
     plan.output_hint.fetch_max(out.len(), Ordering::Relaxed);
@@ -531,8 +542,7 @@ fn write_text(t: &str, out: &mut String) -> bool {
     if t.is_empty() || t == "\"\"" {
         return false;
     }
-    json::push_str(out, t);
-    true
+    json::push_text(out, t)
 }
 
 impl<'a> Ctx<'a> {
@@ -1491,7 +1501,7 @@ impl<'a> Ctx<'a> {
                     self.touch_expr(p, scope);
                 }
             }
-            Term::Macro(_) | Term::Literal(_) | Term::Position => {}
+            Term::Macro(_) | Term::Literal(_) | Term::Position | Term::Occurrence(_) => {}
         }
     }
 
@@ -1514,6 +1524,14 @@ impl<'a> Ctx<'a> {
                 Val::Text(Cow::Owned(s))
             }
             Term::PositionBy(parts) => self.position_by(parts, scope),
+            Term::Occurrence(name) => match self.find_segment(name, scope) {
+                Some(i) => {
+                    let mut s = String::with_capacity(4);
+                    push_number(&mut s, self.occurrence[i].0 as usize);
+                    Val::Text(Cow::Owned(s))
+                }
+                None => Val::Empty,
+            },
             Term::Gather(heads, e) => self.gather(heads, e, scope),
             Term::Macro(i) => self.macro_value(*i, scope),
             Term::Concat(parts) => self.concat(parts, scope),

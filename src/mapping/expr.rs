@@ -7,7 +7,7 @@
 //!                                                      is an alternative (first non-empty)
 //! term      := path | 'literal' | $macro | ( expr ) | concat(expr, ...)
 //!            | concat_ws('sep', expr, ...) | position() | position(expr, ...)
-//!            | for('SEG > SEG', expr)
+//!            | for('SEG > SEG', expr) | occurrence(SEG)
 //! path      := SEG '-' field [ '[' (n | '*' | cond) ']' ] [ '.' comp [ '.' sub ] ]
 //!            | '.' comp [ '.' sub ]  |  '.'            (relative to the `each` element)
 //! transform := name [ '(' arg, ... ')' ]
@@ -67,6 +67,10 @@ pub(crate) enum Term {
     /// within the current scope (as a template's `for` finds them), empty ones
     /// left out: a list.
     Gather(Vec<GroupHead>, Box<Expr>),
+    /// `occurrence(OBR)`: which segment of that name the one a path would find
+    /// from here is (1-based, in the whole message): the same from an OBR group
+    /// and from an OBX group within it, unlike `position()`.
+    Occurrence(String),
 }
 
 /// Which repetitions of a field a path selects.
@@ -481,6 +485,22 @@ impl Parser<'_, '_> {
                         let e = self.expr()?;
                         self.expect(b')', "to close for(")?;
                         Ok(Some(Term::Gather(heads, Box::new(e))))
+                    }
+                    "occurrence" if self.peek() == Some(b'(') => {
+                        self.pos += 1;
+                        self.ws();
+                        let at = self.pos;
+                        let name = self.ident().map(str::to_string).unwrap_or_default();
+                        if !is_segment_name(&name) {
+                            self.pos = at;
+                            return Err(self.err(format!(
+                                "expected a segment name like `OBR` in occurrence(, found `{}`",
+                                self.found()
+                            )));
+                        }
+                        self.ws();
+                        self.expect(b')', "to close occurrence(")?;
+                        Ok(Some(Term::Occurrence(name)))
                     }
                     "position" if self.peek() == Some(b'(') => {
                         self.pos += 1;

@@ -50,6 +50,30 @@ fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
 /// Appends `s` as a JSON string literal.
 #[inline]
 pub(crate) fn push_str(out: &mut String, s: &str) {
+    push_escaped::<false>(out, s);
+}
+
+/// Appends `s` as a FHIR string: as [`push_str`], except that the control
+/// characters FHIR does not allow in a string (below U+0020 but tab, line feed
+/// and carriage return: a NUL, a `\X1B\` escape) are left out, and a form feed
+/// or vertical tab (a page break in a lab's print file) is written as a line
+/// break. For trimmed text that is not empty: writes nothing and returns false
+/// when, those left out, only white space would be left (no FHIR string is
+/// empty).
+#[inline]
+pub(crate) fn push_text(out: &mut String, s: &str) -> bool {
+    let at = out.len();
+    push_escaped::<true>(out, s);
+    // escaped or left out (rare): is anything left but white space?
+    if out.len() != at + s.len() + 2 && !s.chars().any(|c| !c.is_whitespace() && !c.is_control()) {
+        out.truncate(at);
+        return false;
+    }
+    true
+}
+
+#[inline]
+fn push_escaped<const FHIR: bool>(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -59,11 +83,13 @@ pub(crate) fn push_str(out: &mut String, s: &str) {
         match bytes[i] {
             b'"' => out.push_str("\\\""),
             b'\\' => out.push_str("\\\\"),
-            0x08 => out.push_str("\\b"),
-            0x0c => out.push_str("\\f"),
             b'\n' => out.push_str("\\n"),
             b'\r' => out.push_str("\\r"),
             b'\t' => out.push_str("\\t"),
+            0x0b | 0x0c if FHIR => out.push_str("\\n"),
+            _ if FHIR => {}
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
             b => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.push_str("\\u00");
@@ -182,7 +208,41 @@ mod tests {
         assert_eq!(ours(&v), serde_json::to_string(&v).unwrap());
     }
 
+    #[test]
+    fn fhir_text_leaves_out_what_fhir_forbids() {
+        let text = |s: &str| {
+            let mut out = String::new();
+            push_text(&mut out, s).then_some(out)
+        };
+        assert_eq!(text("a\u{0}b\u{1b}c").as_deref(), Some("\"abc\""));
+        assert_eq!(
+            text("page 1\u{c}page 2").as_deref(),
+            Some("\"page 1\\npage 2\"")
+        );
+        assert_eq!(
+            text("tab\there\r\n\"q\"").as_deref(),
+            Some("\"tab\\there\\r\\n\\\"q\\\"\"")
+        );
+        assert_eq!(text("\u{0}"), None);
+        assert_eq!(text("\u{0} \u{7}"), None);
+        assert_eq!(text("Zoë").as_deref(), Some("\"Zoë\""));
+    }
+
     proptest! {
+        #[test]
+        fn fhir_text_is_json_without_forbidden_controls(s in any::<String>()) {
+            // callers write trimmed text that is not empty
+            prop_assume!(!s.trim().is_empty());
+            let mut out = String::new();
+            if push_text(&mut out, &s) {
+                let back: String = serde_json::from_str(&out).unwrap();
+                prop_assert!(!back.chars().any(|c| c < ' ' && !matches!(c, '\t' | '\n' | '\r')));
+                prop_assert!(back.chars().any(|c| !c.is_whitespace()));
+            } else {
+                prop_assert!(out.is_empty());
+            }
+        }
+
         #[test]
         fn any_string_as_serde_json(s in any::<String>()) {
             let v = Value::String(s);

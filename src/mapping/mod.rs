@@ -156,6 +156,17 @@ pub enum MapError {
         segment: String,
         count: usize,
     },
+    /// The document holds no resource of a type the mapping requires
+    /// (`[mapping] requires`): results with no patient to file them under.
+    #[error(
+        "mapping `{mapping}` requires a {kind} (`requires`) and made none for this message, so it is not mapped{}",
+        no_id_reason(without_id)
+    )]
+    Missing {
+        mapping: String,
+        kind: String,
+        without_id: Vec<String>,
+    },
 }
 
 /// A compiled mapping.

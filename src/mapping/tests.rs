@@ -857,6 +857,73 @@ fn at_most_one_refuses_a_message_with_the_segment_twice() {
 }
 
 #[test]
+fn requires_refuses_a_document_without_the_type() {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"PID-3.1\"\n[resource.body]\nv = \"PID-8\"\n\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nv = \"PID-8\"\n"
+    )
+    .replace(
+        "messages = [\"ADT^A01\"]",
+        "messages = [\"ADT^A01\"]\nrequires = [\"Patient\"]",
+    );
+    let plan = compile_str(&src).unwrap();
+    let with = crate::hl7::Message::parse(MESSAGE).unwrap();
+    assert!(plan.apply(&with).is_ok());
+    let without_text = MESSAGE.replace("PID|1||9434765919", "PID|1||");
+    let no_id = crate::hl7::Message::parse(&without_text).unwrap();
+    let err = plan.apply(&no_id).unwrap_err().to_string();
+    assert!(
+        err.contains("requires a Patient") && err.contains("no id could be made for Patient"),
+        "{err}"
+    );
+    // a type no resource makes, or that is no type, is reported at load
+    for (bad, says) in [
+        ("[\"Encounter\"]", "no [[resource]] makes a Encounter"),
+        ("[\"patient\"]", "bad resource type `patient` in `requires`"),
+    ] {
+        let errors = compile_str(&src.replace("[\"Patient\"]", bad)).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.message.contains(says)),
+            "{errors:?}"
+        );
+    }
+}
+
+#[test]
+fn occurrence_is_the_segment_in_the_message_from_any_group() {
+    let message = "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20240715093000||ORU^R01|C1|P|2.4\r\
+PID|1||A^^^X\r\
+OBR|1||F1|P^Panel\r\
+OBX|1|TX|COMM^Comment||one\r\
+OBX|2|TX|COMM^Comment||two\r\
+OBR|2||F2|P^Panel\r\
+OBX|1|TX|COMM^Comment||three\r";
+    let (r, _) = body(
+        r#"obx = [{ for = "OBR > OBX", n = "occurrence(OBR)", p = "position()" }]
+obr = [{ for = "OBR", n = "occurrence(OBR)" }]
+top = "occurrence(PID)"
+none = "occurrence(ZZZ)""#,
+        message,
+    );
+    assert_eq!(
+        r["obx"],
+        json!([{"n": "1", "p": "1"}, {"n": "1", "p": "2"}, {"n": "2", "p": "1"}])
+    );
+    assert_eq!(r["obr"], json!([{"n": "1"}, {"n": "2"}]));
+    assert_eq!(r["top"], json!("1"));
+    assert_eq!(r.get("none"), None);
+    let errors = compile_str(&format!(
+        "{HEADER}\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nv = \"occurrence(obr)\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        errors.iter().any(|e| e
+            .message
+            .contains("expected a segment name like `OBR` in occurrence(")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn fast_paths_write_what_the_general_evaluation_writes() {
     // `(E) | when('a' = 'a')` is always evaluated the general way (a value, then
     // written); `E` alone may take a fast path (a path read straight to its
