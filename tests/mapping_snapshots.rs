@@ -62,6 +62,9 @@ snapshots! {
     adt_a40_two_merges => "samples/adt_a40_two_merges.hl7",
     oru_r01_precision_and_text => "samples/oru_r01_precision_and_text.hl7",
     adt_a03_v23_diagnoses => "samples/adt_a03_v23_diagnoses.hl7",
+    oru_r01_shared_lab_number => "samples/oru_r01_shared_lab_number.hl7",
+    adt_a08_v28_bare_mrn => "samples/adt_a08_v28_bare_mrn.hl7",
+    adt_a11_cancel_hwe_practice => "samples/adt_a11_cancel_hwe_practice.hl7",
     batch_adt => "samples/batch_adt.hl7",
     nhs_number_bad_checksum => "tests/bad-input/nhs_number_bad_checksum.hl7",
 }
@@ -806,4 +809,173 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
 
 fn json_of(resource: &Value, key: &str) -> Value {
     resource.get(key).cloned().unwrap_or(Value::Null)
+}
+
+/// Results sent with no order (a blood gas analyser's) are each patient's own: two
+/// patients' pH are two Observations, and so are two samples of one patient.
+#[test]
+fn results_with_no_order_belong_to_their_patient_and_time() {
+    let set = mappings();
+    let path = repo().join("samples/oru_r01_point_of_care.hl7");
+    let text = messages(&std::fs::read(&path).expect("the sample"), &path).remove(0);
+    let ph_id = |text: &str| {
+        let output = map_text(&set, text, &path);
+        let obs = observations(&output.value());
+        obs.iter()
+            .find(|(c, _, _)| c == "PH")
+            .map(|(_, id, _)| id.clone())
+            .expect("a pH")
+    };
+    let first = ph_id(&text);
+    assert_eq!(first, ph_id(&text), "the same message converges");
+    let other_patient = text.replace(
+        "9990123713^^^NHS^NH~RAL7788990^^^RAL^MR",
+        "9990000018^^^NHS^NH~RAL1234567^^^RAL^MR",
+    );
+    assert_ne!(first, ph_id(&other_patient), "another patient's pH");
+    let later = text.replace("20261122034500", "20261122051500");
+    assert_ne!(first, ph_id(&later), "a later sample");
+}
+
+/// UK labs give one lab number (OBR-3) to every test set of a sample: each OBR is
+/// still its own report, with its own results, however their codes repeat.
+#[test]
+fn test_sets_sharing_a_lab_number_are_reports_of_their_own() {
+    let output = map_one("samples/oru_r01_shared_lab_number.hl7");
+    let document = output.value();
+    let reports = resources(&document, "DiagnosticReport");
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_ne!(reports[0]["id"], reports[1]["id"]);
+    let results = |r: &Value| r["result"].as_array().map_or(0, Vec::len);
+    assert_eq!((results(reports[0]), results(reports[1])), (3, 6));
+    let obs = observations(&document);
+    let comments: Vec<_> = obs.iter().filter(|(c, _, _)| c == "COMM").collect();
+    assert_eq!(comments.len(), 2, "both reports' comments");
+    assert_ne!(comments[0].1, comments[1].1);
+    // one sample: one Specimen, named by both reports
+    assert_eq!(resources(&document, "Specimen").len(), 1);
+    // v2.8 flags are CWE: coded by their first component
+    let plt = obs.iter().find(|(c, _, _)| c == "PLT").expect("platelets");
+    assert_eq!(plt.2["interpretation"][0]["coding"][0]["code"], "LL");
+    assert_eq!(plt.2["interpretation"][1]["coding"][0]["code"], "A");
+    let esr = obs.iter().find(|(c, _, _)| c == "ESR").expect("ESR");
+    assert_eq!(esr.2["status"], "amended");
+    // a titre's comparator; a range with one bound; a word where a number was due
+    let myco = obs.iter().find(|(c, _, _)| c == "MYCO").expect("titre");
+    assert_eq!(myco.2["valueRatio"]["numerator"]["comparator"], "<");
+    let rf = obs.iter().find(|(c, _, _)| c == "RF").expect("RF");
+    assert_eq!(rf.2["valueRange"].get("high"), None, "{}", rf.2);
+    let crp = obs.iter().find(|(c, _, _)| c == "CRP").expect("CRP");
+    assert_eq!(crp.2["valueString"], "TNP");
+    // formatted text as lines; a form feed a line break, never a control character
+    let note = obs.iter().find(|(c, _, _)| c == "NOTE").expect("note");
+    assert_eq!(
+        note.2["valueString"],
+        "HISTORY\nJoint pain.\n\nPage 1\nPage 2"
+    );
+    // a PDF with no encoding (ED.4) or subtype (ED.3): Base64 it is, with a type
+    let pdf = &reports[1]["presentedForm"][0];
+    assert_eq!(pdf["data"], "JVBERi0xLjQK");
+    assert_eq!(pdf["contentType"], "application/octet-stream");
+}
+
+/// Two OBRs with no order numbers: each report keeps its own results, found by
+/// which OBR of the message it is, not by the result's place in its report.
+#[test]
+fn reports_with_no_numbers_are_told_apart_by_their_place_in_the_message() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LIMS|RAL|JUNCTION|LCR|20261123090000||ORU^R01|N1|P|2.4\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         OBR|1|||FBC^Full blood count^L\r\
+         OBX|1|TX|COMM^Comment^L||FBC comment||||||F\r\
+         OBR|2|||COAG^Clotting^L\r\
+         OBX|1|TX|COMM^Comment^L||INR high, contact clinic||||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let obs = observations(&document);
+    assert_eq!(obs.len(), 2, "{obs:?}");
+    assert_ne!(obs[0].1, obs[1].1);
+    let reports = resources(&document, "DiagnosticReport");
+    assert_eq!(reports.len(), 2);
+    for (report, (_, id, _)) in reports.iter().zip(&obs) {
+        assert_eq!(
+            report["result"][0]["reference"],
+            format!("Observation/{id}"),
+            "{report}"
+        );
+    }
+}
+
+/// Results, visits and merges name a patient: a message whose PID gives no
+/// identifier is refused at `map` (an error to see and replay), not filed under
+/// no one.
+#[test]
+fn a_message_about_no_identifiable_patient_is_not_mapped() {
+    let set = mappings();
+    for text in [
+        "MSH|^~\\&|LIMS|RAL|JUNCTION|LCR|20261123090000||ORU^R01|X1|P|2.4\r\
+         PID|1||||SMITH^A||19480312|F\r\
+         OBR|1|ICE1^ICE|WP1^WINPATH|UE^U and E^L\rOBX|1|NM|K^Potassium^L||4.1|mmol/L|||||F\r",
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261123090000||ADT^A01|X2|P|2.4\r\
+         EVN|A01|20261123090000\rPID|1||||SMITH^A\rPV1|1|I|||||||||||||||||V1^^^RAL^VN\r",
+    ] {
+        let message = junction::hl7::Message::parse(text).expect("parses");
+        let header = message.header().expect("a header");
+        let plan = set
+            .select(&header.message_code, &header.trigger_event)
+            .expect("a mapping");
+        let err = plan.apply(&message).expect_err("refused").to_string();
+        assert!(err.contains("requires a Patient"), "{err}");
+    }
+}
+
+/// v2.7 made PID-8, PV1-2 and DG1-6 coded (CWE): read by their code. A bare MRN
+/// and an empty MSH-4 (both optional) still give an identifier system and a
+/// Provenance; an A08 for a stay expected later (PV2-8, no admit time) keeps it
+/// planned.
+#[test]
+fn coded_v28_fields_bare_mrns_and_an_empty_msh_4() {
+    let output = map_one("samples/adt_a08_v28_bare_mrn.hl7");
+    let document = output.value();
+    let patient = only(&document, "Patient");
+    assert_eq!(patient["gender"], "male");
+    assert_eq!(
+        patient["identifier"][1]["system"],
+        "urn:junction:local-id:pas:id"
+    );
+    let encounter = only(&document, "Encounter");
+    assert_eq!(encounter["class"]["code"], "IMP");
+    assert_eq!(encounter["status"], "planned");
+    let condition = only(&document, "Condition");
+    assert_eq!(
+        condition["verificationStatus"]["coding"][0]["code"],
+        "confirmed"
+    );
+    let provenance = only(&document, "Provenance");
+    assert_eq!(
+        provenance["entity"][0]["what"]["identifier"]["system"],
+        "urn:junction:control-id:pas"
+    );
+}
+
+/// A cancellation carries its patient create-only, with the GP practice the
+/// routes to a neighbour read.
+#[test]
+fn a_cancellation_carries_its_patient_create_only() {
+    let output = map_one("samples/adt_a11_cancel_hwe_practice.hl7");
+    let document = output.value();
+    let entry = document["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "Patient")
+        .expect("a Patient");
+    assert_eq!(entry["request"]["ifNoneMatch"], "*");
+    assert_eq!(
+        entry["resource"]["generalPractitioner"][0]["identifier"]["value"],
+        "E82061"
+    );
 }

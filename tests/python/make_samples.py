@@ -881,6 +881,64 @@ def adt_a03_v23_diagnoses():
     ])
 
 
+def oru_r01_shared_lab_number():
+    # A Winpath-style v2.8 report: one lab number (OBR-3) for two test sets of one
+    # sample (FBC and ESR, each its own report), coded v2.8 flags (CWE), an amended
+    # result, a word where a number was due, SN titre and one-sided range, a PDF
+    # with no encoding or subtype, formatted text with a form feed (page break).
+    assert nhs_valid("9990000042")
+    obr = ("OBR|{n}|{placer}^ICE|26H0000500^WINPATH|{code}|||20261123083000|||||||20261123090000|"
+           "BLDV&Blood venous&HL70070|G8888888^PATEL^ANIL||||||20261123101000|||F")
+    return message([
+        "MSH|^~\\&|WINPATH|RAL01|JUNCTION|LCR|20261123101500||ORU^R01^ORU_R01|WP2611231015000007|P|2.8|||||GBR",
+        "PID|1||9990000042^^^NHS^NH~RAL2233445^^^RAL^MR||OKAFOR^CHIDI||19710214|M^Male^HL70001",
+        "PV1|1|O^Outpatient^HL70004|||||||||||||||||V2026112301^^^RAL^VN",
+        "ORC|RE|ICE900111^ICE|26H0000500^WINPATH||CM",
+        obr.format(n=1, placer="ICE900111", code="FBC^Full blood count^WINPATH"),
+        "OBX|1|NM|HB^Haemoglobin^WINPATH||98|g/L^^UCUM|130-170|L^Low^HL70078|||F",
+        "OBX|2|NM|PLT^Platelets^WINPATH||12|10*9/L^^UCUM|150-400|LL^Critical low^HL70078~A^Abnormal^HL70078|||F",
+        "OBX|3|TX|COMM^Comment^WINPATH||Film reviewed.||||||F",
+        "ORC|RE|ICE900112^ICE|26H0000500^WINPATH||CM",
+        obr.format(n=2, placer="ICE900112", code="ESR^Erythrocyte sedimentation rate^WINPATH"),
+        "OBX|1|NM|ESR^ESR^WINPATH||44|mm/h|1-20|H^High^HL70078|||A",
+        "OBX|2|TX|COMM^Comment^WINPATH||ESR raised: repeat in 6 weeks.||||||F",
+        "OBX|3|NM|CRP^CRP^WINPATH||TNP|mg/L|<5||||F",
+        "OBX|4|SN|MYCO^Mycoplasma titre^WINPATH||<^1^:^10||||||F",
+        "OBX|5|SN|RF^Rheumatoid factor^WINPATH||^10^-^|IU/mL|||||F",
+        "OBX|6|ED|PDF^Printed report^WINPATH||WINPATH^AP^^^JVBERi0xLjQK||||||F",
+        "OBX|7|FT|NOTE^Clinical note^WINPATH||HISTORY\\.ce\\Joint pain.\\.sp\\Page 1\x0cPage 2||||||F",
+    ])
+
+
+def adt_a08_v28_bare_mrn():
+    # A v2.8 PAS: PID-8, PV1-2 and DG1-6 coded (CWE), an MRN sent bare (no CX.4 or
+    # CX.5), no MSH-4 (optional), and an A08 for a stay expected in December (PV2-8,
+    # no admit time): planned, not in progress.
+    assert nhs_valid("9990000050")
+    return message([
+        "MSH|^~\\&|PAS|||LCR|20261123111500||ADT^A08^ADT_A01|PAS2611231115000001|P|2.8",
+        "EVN||20261123111500",
+        "PID|1||RQX900123~9990000050^^^NHS^NH||JONES^PETER||19800101|M^Male^HL70001",
+        "PD1|||BRIDGE END SURGERY^^E82061",
+        "PV1|1|I^Inpatient^HL70004|WARD 5^BED 2^^RAL01||||||||||||||||PRE7731^^^RAL^VN",
+        "PV2||||||||20261203",
+        "DG1|1||R07.4^Chest pain^I10||20261120|F^Final^HL70052",
+    ])
+
+
+def adt_a11_cancel_hwe_practice():
+    # A cancelled admission of a patient registered with a Hertfordshire practice:
+    # the neighbour that had the admission must get the cancellation too.
+    assert nhs_valid("9990000069")
+    return message([
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261123120000||ADT^A11^ADT_A09|PAS2611231200000002|P|2.4",
+        "EVN|A11|20261123120000",
+        "PID|1||9990000069^^^NHS^NH~RAL5566778^^^RAL^MR||WARD^ELLEN||19620930|F",
+        "PD1|||BRIDGE END SURGERY^^E82061",
+        "PV1|1|I|WARD 7^BED 1^^RAL01||||||||||||||||V2026112302^^^RAL^VN",
+    ])
+
+
 def adt_a31_latin1():
     # An ISO-8859-1 sender: MSH-18 8859/1, written as latin-1 bytes.
     text = message([
@@ -1041,6 +1099,9 @@ def main():
         "adt_a40_two_merges.hl7": adt_a40_two_merges().encode("ascii"),
         "oru_r01_precision_and_text.hl7": oru_r01_precision_and_text().encode("ascii"),
         "adt_a03_v23_diagnoses.hl7": adt_a03_v23_diagnoses().encode("ascii"),
+        "oru_r01_shared_lab_number.hl7": oru_r01_shared_lab_number().encode("ascii"),
+        "adt_a08_v28_bare_mrn.hl7": adt_a08_v28_bare_mrn().encode("ascii"),
+        "adt_a11_cancel_hwe_practice.hl7": adt_a11_cancel_hwe_practice().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
         "bad/empty_msh9.hl7": bad_empty_msh9().encode("ascii"),
