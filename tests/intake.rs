@@ -901,3 +901,27 @@ async fn retention_deletes_old_finished_messages_at_start_and_keeps_the_rest() {
     assert_eq!(kept.len(), 1, "within retention: kept");
     engine.stop().await;
 }
+
+/// A sender beyond `max_connections` (64 here) is closed at once, not left waiting
+/// in the backlog for an answer that never comes; a freed slot takes the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_beyond_the_limit_is_closed_at_once() {
+    let f = start().await;
+    // (the fixture's idle timeout is 1 s: all of this happens well within it)
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        open.push(connect(f.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = connect(f.addr).await;
+    let _ = extra
+        .write_all(&frame(&sample("adt_a01_admission.hl7")))
+        .await;
+    assert_closed(&mut extra).await;
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = connect(f.addr).await;
+    let ack = send(&mut next, &sample("adt_a01_admission.hl7")).await;
+    assert!(ack.contains("MSA|AA|"), "{ack}");
+    f.engine.stop().await;
+}

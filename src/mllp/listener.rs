@@ -48,8 +48,10 @@
 //!   Until then the sender waits; that wait is our backpressure.
 //! - If the journal cannot commit, no ACK is sent: the connection is closed so
 //!   the sender resends later. Never an AA for something not on disk.
-//! - A connection permit is taken *before* `accept`, so at most
-//!   `max_connections` connections are open per listener.
+//! - At most `max_connections` connections are served per listener: one
+//!   accepted beyond that is closed at once, with a log line, a `refused` count
+//!   and a `ConnectionRefused` event (the sender sees the close and tries again
+//!   later, rather than waiting in the kernel's backlog for an answer).
 //! - Logs carry listener, peer, control id, type, sender, sizes, ACK code and
 //!   timings — never message content.
 
@@ -292,14 +294,6 @@ impl Listener {
                 "listening"
             );
             loop {
-                let permit = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        // The semaphore is never closed.
-                        Err(_) => break,
-                    },
-                };
                 let (stream, peer) = tokio::select! {
                     _ = cancel.cancelled() => break,
                     accepted = self.socket.accept() => match accepted {
@@ -327,6 +321,22 @@ impl Listener {
                     drop(stream);
                     continue;
                 }
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    warn!(
+                        %peer,
+                        max_connections = self.cfg.max_connections,
+                        "connection refused: the listener is at max_connections"
+                    );
+                    ctx.counters.refused.inc();
+                    ctx.events.publish(Event::ConnectionRefused {
+                        listener: ctx.listener.clone(),
+                        peer: peer.to_string(),
+                        reason: "at max_connections".to_string(),
+                        at: events::now(),
+                    });
+                    drop(stream);
+                    continue;
+                };
                 // ACK latency matters more than packet count.
                 let _ = stream.set_nodelay(true);
                 let ctx = Arc::clone(&ctx);
