@@ -44,6 +44,22 @@ pub(super) enum Op {
     Delete,
 }
 
+/// An event time no later than `now`: a sender whose clock is wrong (an MSH-7 in
+/// 2036) must not make its document newer than every correct one after it, so
+/// that each later update of the record is skipped as stale. Taken as `now`, it
+/// orders as what it is: the document that arrived then.
+fn not_ahead_of(time: jiff::Timestamp, now: jiff::Timestamp) -> jiff::Timestamp {
+    if time > now {
+        tracing::warn!(
+            ahead_secs = (time.as_second() - now.as_second()),
+            "a document's event time is ahead of this clock; ordered as if it happened now"
+        );
+        now
+    } else {
+        time
+    }
+}
+
 /// Checks `bundle` and plans its entries (see the module docs).
 pub(super) fn plan(
     bundle: &Value,
@@ -64,7 +80,8 @@ pub(super) fn plan(
     let event_time = match event_time {
         Some(time) => Some(time),
         None => bundle_timestamp(bundle)?,
-    };
+    }
+    .map(|time| not_ahead_of(time, jiff::Timestamp::now()));
     let entries = match bundle.get("entry") {
         None | Some(Value::Null) => {
             return Ok(Plan {

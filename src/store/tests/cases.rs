@@ -242,6 +242,31 @@ fn older_event_never_overwrites_newer_data() {
 }
 
 #[test]
+fn an_event_time_ahead_of_the_clock_does_not_freeze_the_record() {
+    let f = open();
+    // a sender's clock ten years out (MSH-7 2036): taken as now, not as 2036
+    f.store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Black")]),
+            at("2036-11-24T02:00:00Z"),
+        )
+        .unwrap();
+    let record = f.store.read("Patient", PATIENT).unwrap().unwrap();
+    assert!(record.event_time < at("2036-01-01T00:00:00Z"), "{:?}", record.event_time);
+    // so the next correct update (sent a little later) is applied, not stale
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Grey")]), Some(later))
+        .unwrap();
+    assert_eq!(outcome.written(), 1, "{:?}", results(&outcome));
+    assert_eq!(
+        current(&f.store, "Patient", PATIENT)["name"][0]["family"],
+        "Grey"
+    );
+}
+
+#[test]
 fn stale_is_decided_per_resource() {
     let f = open();
     f.store
