@@ -9,7 +9,7 @@
 //! - `GET /api/messages?control_id=&sender=&type=&status=&routing=&remote_ref=&since=&until=&limit=`:
 //!   newest journaled messages first, as `{"messages":[...]}`; `routing=unrouted`
 //!   lists what no route took; `since` (inclusive) and `until` (exclusive) are
-//!   RFC 3339 times or dates.
+//!   RFC 3339 times, times with no offset (UTC) or dates (midnight UTC).
 //! - `GET /api/messages/{id}`: one message with its raw content, ACK and
 //!   trail (routing outcomes, deliveries).
 //! - `GET /api/events?listener=`: the live event stream as Server-Sent
@@ -411,7 +411,8 @@ struct SearchParams {
 }
 
 /// A `since`/`until` value: an RFC 3339 time (`2026-11-23T09:00:00Z`, with any
-/// offset) or a date (`2026-11-23`, midnight UTC).
+/// offset), a time with no offset (`2026-11-23T09:00`, UTC) or a date
+/// (`2026-11-23`, midnight UTC). A time is never cut down to its date.
 fn search_time(name: &str, value: Option<&str>) -> Result<Option<jiff::Timestamp>, ApiError> {
     let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
@@ -419,14 +420,21 @@ fn search_time(name: &str, value: Option<&str>) -> Result<Option<jiff::Timestamp
     if let Ok(t) = value.parse::<jiff::Timestamp>() {
         return Ok(Some(t));
     }
-    value
-        .parse::<jiff::civil::Date>()
-        .ok()
+    let civil = match value.parse::<jiff::civil::DateTime>() {
+        Ok(dt) if value.len() > 10 => Some(dt),
+        // a date alone (jiff would also read a date out of a longer text)
+        _ if value.len() == 10 => value
+            .parse::<jiff::civil::Date>()
+            .ok()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight())),
+        _ => None,
+    };
+    civil
         .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
         .map(|z| Some(z.timestamp()))
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "invalid {name} `{value}`, expected an RFC 3339 time (2026-11-23T09:00:00Z) or a date (2026-11-23)"
+                "invalid {name} `{value}`, expected an RFC 3339 time (2026-11-23T09:00:00Z), a UTC time (2026-11-23T09:00) or a date (2026-11-23)"
             ))
         })
 }

@@ -249,3 +249,28 @@ fn openmetrics_becomes_the_prometheus_text_format() {
          # TYPE junction_z untyped\njunction_z 1\n"
     );
 }
+
+#[test]
+fn search_times_keep_their_time_of_day() {
+    let t = |v: &str| search_time("since", Some(v)).map(|t| t.map(|t| t.to_string()));
+    assert_eq!(
+        t("2026-11-24T01:37").unwrap().as_deref(),
+        Some("2026-11-24T01:37:00Z")
+    );
+    assert_eq!(
+        t("2026-11-24T01:37:05").unwrap().as_deref(),
+        Some("2026-11-24T01:37:05Z")
+    );
+    assert_eq!(
+        t("2026-11-24T01:37:00+01:00").unwrap().as_deref(),
+        Some("2026-11-24T00:37:00Z")
+    );
+    assert_eq!(
+        t("2026-11-24").unwrap().as_deref(),
+        Some("2026-11-24T00:00:00Z")
+    );
+    assert_eq!(t("").unwrap(), None);
+    for bad in ["2026-11-24 junk", "yesterday", "2026-13-01"] {
+        assert!(t(bad).is_err(), "{bad}");
+    }
+}
