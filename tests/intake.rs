@@ -729,6 +729,41 @@ async fn enhanced_mode_never_means_no_accept_ack_but_the_message_is_kept() {
     fx.engine.stop().await;
 }
 
+/// A refused message whose sender asked for no accept acknowledgement (MSH-15
+/// NE) but for an application acknowledgement on error (MSH-16 AL or ER) is
+/// answered with the application-level reject: it never reaches the
+/// application that would send one, and silence would read as success. With
+/// MSH-16 NE too, nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_that_asked_for_an_application_ack_is_answered() {
+    let fx = start().await;
+    let text = String::from_utf8(sample("adt_a04_outpatient_enhanced_ack.hl7")).unwrap();
+    let broken = |msh16: &str, control_id: &str| {
+        let t = text
+            .replacen("|AL|NE|", &format!("|NE|{msh16}|"), 1)
+            .replacen("\rPV1|", "\rPV1X1|", 1);
+        let old = field(&text, "MSH", 10);
+        t.replacen(&old, control_id, 1)
+    };
+    let mut conn = connect(fx.addr).await;
+    for (msh16, control_id) in [("AL", "REFUSEDAL"), ("ER", "REFUSEDER")] {
+        let ack = send(&mut conn, broken(msh16, control_id).as_bytes()).await;
+        assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
+        assert_eq!(field(&ack, "MSA", 2), control_id, "{ack}");
+        assert!(ack.contains("\rERR|"), "{ack}");
+    }
+    conn.write_all(&frame(broken("NE", "REFUSEDNE").as_bytes()))
+        .await
+        .unwrap();
+    let ack = send(&mut conn, &a01_with_control_id("AFTERREFUSED")).await;
+    assert_eq!(
+        field(&ack, "MSA", 2),
+        "AFTERREFUSED",
+        "nothing for NE/NE: {ack}"
+    );
+    fx.engine.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_idle_connections_and_returns() {
     let fx = start().await;

@@ -992,13 +992,21 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
         Err(rejection) => {
             let header = rejection.header.as_ref();
             let enhanced = header.is_some_and(|h| enhanced_mode(ctx.ack_mode, h));
-            let code = if enhanced {
+            // a sender that asked for no accept acknowledgement (MSH-15 NE) but
+            // for an application acknowledgement on error (MSH-16 AL/ER) is
+            // answered with the application-level reject now: a refused message
+            // never goes on to the application that would send it, and silence
+            // would read as success
+            let application_answer = header.is_some_and(|h| {
+                enhanced && !accept_ack_wanted(h, false) && hl7::application_ack_wanted(h, false)
+            });
+            let code = if enhanced && !application_answer {
                 rejection.code.to_commit()
             } else {
                 rejection.code
             };
             let answer = match header {
-                Some(h) if enhanced => accept_ack_wanted(h, false),
+                Some(h) if enhanced => accept_ack_wanted(h, false) || application_answer,
                 _ => true,
             };
             let ack = answer.then(|| {
