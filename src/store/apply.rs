@@ -323,6 +323,18 @@ fn continuity<R: Rows>(
         let kept = with_identifiers(stored.clone(), incoming);
         owned = Some(retire(kept, &survivor));
     }
+    // PD1 is optional in every ADT message, and many PAS send it on the A01,
+    // A04 and A28 only: an update that names no GP keeps the registered one
+    // (HL7 v2: an omitted field leaves the old value), rather than an A08
+    // without PD1 taking the patient's practice off the record
+    let incoming = owned.as_ref().unwrap_or(resource);
+    if incoming.get("generalPractitioner").is_none() {
+        if let Some(gp) = stored.and_then(|s| s.get("generalPractitioner")) {
+            let mut kept = incoming.clone();
+            kept["generalPractitioner"] = gp.clone();
+            owned = Some(kept);
+        }
+    }
     Ok(owned)
 }
 

@@ -267,6 +267,35 @@ fn an_event_time_ahead_of_the_clock_does_not_freeze_the_record() {
 }
 
 #[test]
+fn an_update_that_names_no_gp_keeps_the_registered_one() {
+    let f = open();
+    let gp = json!([{"type": "Organization", "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "E82061"}}]);
+    let mut registered = patient(PATIENT, "9434765919", "Smith");
+    registered["generalPractitioner"] = gp.clone();
+    f.store
+        .apply_bundle(&bundle(&[registered]), at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    // an A08 without PD1: a new name, no GP
+    f.store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Smith-Jones")]),
+            at("2026-03-01T11:00:00Z"),
+        )
+        .unwrap();
+    let now = current(&f.store, "Patient", PATIENT);
+    assert_eq!(now["name"][0]["family"], "Smith-Jones");
+    assert_eq!(now["generalPractitioner"], gp, "{now}");
+    // a new practice replaces it
+    let mut moved = patient(PATIENT, "9434765919", "Smith-Jones");
+    moved["generalPractitioner"] = json!([{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "F84003"}}]);
+    f.store
+        .apply_bundle(&bundle(&[moved]), at("2026-03-01T12:00:00Z"))
+        .unwrap();
+    let now = current(&f.store, "Patient", PATIENT);
+    assert_eq!(now["generalPractitioner"][0]["identifier"]["value"], "F84003");
+}
+
+#[test]
 fn stale_is_decided_per_resource() {
     let f = open();
     f.store
