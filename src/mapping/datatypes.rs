@@ -173,7 +173,14 @@ pub(crate) fn build_into(
             // holds the further given names, which HL7 separates with spaces
             let first = t(2);
             let further = t(3);
-            o.str("family", &n.sub_text(1, 1, seps));
+            // FN.1 the surname, FN.2 its own prefix (`BERG&VAN DER`): FHIR's family
+            // is the whole family name, "VAN DER BERG"
+            let surname = n.sub_text(1, 1, seps);
+            let prefix = n.sub_text(1, 2, seps);
+            match (prefix.trim_fast(), surname.trim_fast()) {
+                ("", _) | (_, "") => o.str("family", &surname),
+                (prefix, surname) => o.str("family", &format!("{prefix} {surname}")),
+            }
             o.list(
                 "given",
                 std::iter::once(first.as_ref()).chain(further.split_whitespace()),
