@@ -979,3 +979,30 @@ fn a_cancellation_carries_its_patient_create_only() {
         "E82061"
     );
 }
+
+/// "No known allergies" in AL1-3 (by code or by text) is the SNOMED CT statement
+/// UK Core uses, never an allergy to something coded `NKA`.
+#[test]
+fn no_known_allergies_is_a_statement_not_an_allergen() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261123090000||ADT^A01|N1|P|2.4\r\
+         EVN|A01|20261123090000\rPID|1||9990000018^^^NHS^NH||SMITH^A\r\
+         PV1|1|I|||||||||||||||||V77^^^RAL^VN\r\
+         AL1|1|DA|NKA^No known allergies\rAL1|2||^NO KNOWN DRUG ALLERGIES\r\
+         AL1|3|DA|PEN^Penicillin^L\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let codes: Vec<_> = resources(&document, "AllergyIntolerance")
+        .iter()
+        .map(|a| {
+            a["code"]["coding"][0]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(codes, ["716186003", "409137002", "PEN"]);
+}
