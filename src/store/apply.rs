@@ -216,6 +216,26 @@ fn put<R: Rows>(
         Some(text) => Some(serde_json::from_str(text)?),
         None => None,
     };
+    // a result or report already reported (final, corrected, amended) is not
+    // taken back to preliminary by a preliminary version that arrives after it
+    // (a queue flushed again by an interface engine, with a fresh MSH-7): that
+    // version is stale, whatever its event time
+    if let (Some(cur), Some(stored)) = (at.current, &stored) {
+        if matches!(at.resource_type, "Observation" | "DiagnosticReport")
+            && matches!(
+                stored["status"].as_str(),
+                Some("final" | "corrected" | "amended" | "appended")
+            )
+            && matches!(
+                resource["status"].as_str(),
+                Some("registered" | "preliminary" | "partial")
+            )
+        {
+            return Ok(EntryResult::Stale {
+                version: cur.version,
+            });
+        }
+    }
     let owned = match at.resource_type {
         "Patient" => continuity(
             rows,

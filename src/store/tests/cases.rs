@@ -1179,6 +1179,38 @@ fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it
 }
 
 #[test]
+fn a_preliminary_version_after_the_final_one_is_stale() {
+    let f = open();
+    let result = |status: &str, value: i64| {
+        let mut o = observation("o-k", PATIENT, ENCOUNTER);
+        o["status"] = json!(status);
+        o["valueQuantity"] = json!({"value": value});
+        o["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+        o["encounter"] = json!({"reference": format!("Encounter/{ENCOUNTER}")});
+        o
+    };
+    f.store
+        .apply_bundle(&bundle(&[result("final", 4)]), at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    // the preliminary again, flushed from a queue with a newer MSH-7
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[result("preliminary", 7)]), at("2026-03-01T11:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 1, "{:?}", results(&outcome));
+    let now = current(&f.store, "Observation", "o-k");
+    assert_eq!((now["status"].as_str(), now["valueQuantity"]["value"].as_i64()), (Some("final"), Some(4)));
+    // a correction, or a withdrawal, still applies
+    for status in ["corrected", "entered-in-error"] {
+        let outcome = f
+            .store
+            .apply_bundle(&bundle(&[result(status, 5)]), at("2026-03-01T12:00:00Z"))
+            .unwrap();
+        assert_eq!(outcome.written(), 1, "{status}");
+    }
+}
+
+#[test]
 fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
     let f = open();
     let result = |id: &str, status: &str| {
