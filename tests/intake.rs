@@ -764,6 +764,28 @@ async fn a_refused_message_that_asked_for_an_application_ack_is_answered() {
     fx.engine.stop().await;
 }
 
+/// A resend that asks for an acknowledgement gets one, also when the copy it
+/// repeats asked for none (MSH-15 NE): the sender is waiting for it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_asking_for_an_ack_is_answered_after_a_copy_that_asked_for_none() {
+    let fx = start().await;
+    let text = String::from_utf8(sample("adt_a04_outpatient_enhanced_ack.hl7")).unwrap();
+    let old = field(&text, "MSH", 10);
+    let text = text.replacen(&old, "RESENDNE1", 1);
+    let never = text.replacen("|AL|NE|", "|NE|NE|", 1);
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(&frame(never.as_bytes())).await.unwrap();
+    // the same message again, asking for an accept acknowledgement
+    let ack = send(&mut conn, text.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "CA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "RESENDNE1", "{ack}");
+    let rows = search(&fx.engine, |q| q.control_id = Some("RESENDNE1".into())).await;
+    // processed once (the copy differs in MSH-15, so it is kept as a rejected row)
+    let accepted = rows.iter().filter(|r| r.status == "accepted").count();
+    assert_eq!(accepted, 1, "the resend is not processed twice");
+    fx.engine.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_idle_connections_and_returns() {
     let fx = start().await;

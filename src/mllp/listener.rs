@@ -796,7 +796,17 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
                          (does the sender reuse control ids?)"
                     );
                 }
-                (ack_code.clone(), ack.clone(), true)
+                match ack {
+                    Some(ack) => (ack_code.clone(), Some(ack.clone()), true),
+                    // the original asked for no answer (MSH-15 NE) and none was
+                    // kept; this copy asks for one: it gets the answer built
+                    // for it now (the original was accepted)
+                    None => (
+                        item.ack_code.take().or(ack_code.clone()),
+                        item.ack.take(),
+                        true,
+                    ),
+                }
             }
         };
         if item.status == Status::Rejected {
@@ -956,7 +966,8 @@ fn journal_failed(err: &JournalError, items: &[ItemView]) {
 
 /// Assesses one message and builds the ACK it gets if it is new. `ack` is
 /// `None` when the sender asked for no accept acknowledgement (enhanced
-/// mode NE/ER/SU): then none is stored either, and a resend gets none.
+/// mode NE/ER/SU): then none is stored either, and a resend that asks for
+/// none gets none (one that asks gets the answer built for it).
 fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Incoming {
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
