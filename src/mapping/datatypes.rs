@@ -36,6 +36,7 @@ impl<'o> Obj<'o> {
         Obj { out, start, n: 0 }
     }
 
+    #[inline]
     fn key(&mut self, key: &str) {
         if self.n > 0 {
             self.out.push(',');
@@ -45,6 +46,7 @@ impl<'o> Obj<'o> {
     }
 
     /// `key: "value"`, trimmed, unless empty or HL7's `""`.
+    #[inline]
     fn str(&mut self, key: &str, value: &str) {
         let v = value.trim_fast();
         if !v.is_empty() && v != "\"\"" {
