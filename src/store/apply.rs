@@ -107,6 +107,7 @@ pub(super) fn apply_plan<R: Rows>(
                     current: current.as_ref(),
                     last_updated,
                     event_time,
+                    create_only,
                 };
                 match &entry.op {
                     Op::Put {
@@ -172,6 +173,8 @@ struct At<'a> {
     current: Option<&'a Current>,
     last_updated: &'a str,
     event_time: Option<i64>,
+    /// Written as a create-only placeholder (`ifNoneMatch`).
+    create_only: bool,
 }
 
 impl At<'_> {
@@ -286,7 +289,10 @@ fn put<R: Rows>(
             // survivor's too
             rows.share_patient_links(at.id, &survivor)?;
         }
-        if traced && retirement(resource).is_none() {
+        // a placeholder (the identifiers and GP a lab result or a cancellation
+        // carries) never retires the record the PAS made: it would leave the
+        // person's only live record without a name
+        if traced && !at.create_only && retirement(resource).is_none() {
             retire_sharing(rows, at, identifiers, at.id, true)?;
         }
         if let Some(survivor) = merged_into {

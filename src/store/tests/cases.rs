@@ -1068,6 +1068,32 @@ fn a_traced_patient_retires_the_record_made_before_the_trace() {
 }
 
 #[test]
+fn a_create_only_placeholder_never_retires_the_pas_record() {
+    // the PAS's record of an untraced patient (by MRN); then a lab result (or a
+    // cancellation) carries a placeholder Patient with the NHS number and the
+    // same MRN: it is created, but the named record stays the live one
+    let f = open();
+    let untraced = "0a0a0a0a-0000-5000-8000-000000000009";
+    f.store
+        .apply_bundle(&bundle(&[untraced_patient(untraced, "MRN-9434765919", "SMITH")]), None)
+        .unwrap();
+    let mut placeholder = patient(PATIENT, "9434765919", "");
+    placeholder.as_object_mut().unwrap().remove("name");
+    let mut entry = put_entry(&placeholder);
+    entry["request"]["ifNoneMatch"] = json!("*");
+    let doc = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
+    f.store.apply_bundle(&doc, None).unwrap();
+    assert!(f.store.read("Patient", PATIENT).unwrap().is_some());
+    let named = current(&f.store, "Patient", untraced);
+    assert_eq!(named.get("active"), None, "{named}");
+    // the PAS's own traced update still retires it
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "SMITH")]), None)
+        .unwrap();
+    assert_eq!(current(&f.store, "Patient", untraced)["active"], false);
+}
+
+#[test]
 fn a_shared_mrn_never_retires_a_patient_with_another_nhs_number() {
     let f = open();
     let mut other = patient(OTHER_PATIENT, "9876543210", "Brown");
