@@ -173,6 +173,9 @@ fn push_number(out: &mut String, n: usize) {
 
 /// `str::trim` with a fast path: text that starts and ends with a visible
 /// ASCII character is returned as is without scanning.
+/// Trims white space and control characters (a NUL, a `\X1B\` escape: nothing
+/// a FHIR string may hold at its ends), with an answer at the first and last
+/// byte for the usual value.
 pub(crate) trait TrimFast {
     fn trim_fast(&self) -> &str;
 }
@@ -183,7 +186,7 @@ impl TrimFast for str {
         match (self.as_bytes().first(), self.as_bytes().last()) {
             (Some(&a), Some(&z)) if a.is_ascii_graphic() && z.is_ascii_graphic() => self,
             (None, _) | (_, None) => self,
-            _ => self.trim(),
+            _ => self.trim_matches(|c: char| c.is_whitespace() || c.is_control()),
         }
     }
 }
@@ -1655,7 +1658,14 @@ impl<'a> Ctx<'a> {
             if v.is_empty() {
                 return Val::Empty;
             }
-            out.push_str(self.text_of(v).trim_fast());
+            let text = self.text_of(v);
+            let text = text.trim_fast();
+            // a part that decodes to nothing (`\X00\`) is empty too: no key
+            // is made of it
+            if text.is_empty() {
+                return Val::Empty;
+            }
+            out.push_str(text);
         }
         Val::Text(Cow::Owned(out))
     }
@@ -2334,7 +2344,11 @@ mod helper_tests {
     }
 
     fn check_trim(s: &str) {
-        assert_eq!(s.trim_fast(), s.trim(), "{s:?}");
+        assert_eq!(
+            s.trim_fast(),
+            s.trim_matches(|c: char| c.is_whitespace() || c.is_control()),
+            "{s:?}"
+        );
     }
 
     #[test]
