@@ -68,6 +68,13 @@ pub(super) trait Rows {
     /// Links every record linked to Patient `from` (but Patients) to Patient
     /// `to` as well, keeping the links it has.
     fn share_patient_links(&mut self, from: &str, to: &str) -> Result<(), Self::Error>;
+
+    /// The ids of the live records of `resource_type` linked to `patient`.
+    fn linked_ids(
+        &mut self,
+        patient: &str,
+        resource_type: &str,
+    ) -> Result<Vec<String>, Self::Error>;
 }
 
 /// One version of a record as it is written.
@@ -306,6 +313,9 @@ fn put<R: Rows>(
         if let Some(previous) = &stored {
             withdraw_dropped_results(rows, at, previous, resource)?;
         }
+    }
+    if at.resource_type == "AllergyIntolerance" {
+        withdraw_no_known_allergy(rows, at, resource, patients)?;
     }
     let was_live = at.current.is_some_and(|cur| cur.content.is_some());
     Ok(if was_live {
@@ -582,6 +592,93 @@ fn withdraw_dropped_results<R: Rows>(
             event_time: current.event_time.max(at.event_time),
             content: Some(&content),
         })?;
+    }
+    Ok(())
+}
+
+/// SNOMED CT "no known allergy" and "no known drug allergy", as UK Core
+/// records the statements.
+const NO_KNOWN_ALLERGY: &str = "716186003";
+const NO_KNOWN_DRUG_ALLERGY: &str = "409137002";
+
+/// The "no known (drug) allergy" SNOMED CT code an AllergyIntolerance states,
+/// if it is such a statement.
+fn no_known_allergy_code(allergy: &Value) -> Option<&str> {
+    allergy["code"]["coding"].as_array()?.iter().find_map(|c| {
+        let code = c["code"].as_str()?;
+        (c["system"] == "http://snomed.info/sct"
+            && (code == NO_KNOWN_ALLERGY || code == NO_KNOWN_DRUG_ALLERGY))
+            .then_some(code)
+    })
+}
+
+fn clinical_status(allergy: &Value) -> Option<&str> {
+    allergy["clinicalStatus"]["coding"][0]["code"].as_str()
+}
+
+/// An allergen recorded for a patient (an active AllergyIntolerance that is not
+/// itself a "no known allergies" statement) withdraws the patient's active
+/// "no known allergy" statement, and a drug allergy (category `medication`)
+/// their "no known drug allergy": written `inactive` and `refuted`, rather than
+/// left beside a penicillin anaphylaxis as if current. An allergy not active, or
+/// refuted or entered in error, withdraws nothing.
+fn withdraw_no_known_allergy<R: Rows>(
+    rows: &mut R,
+    at: &At<'_>,
+    allergy: &Value,
+    patients: &[String],
+) -> Result<(), R::Error> {
+    if no_known_allergy_code(allergy).is_some()
+        || clinical_status(allergy).is_some_and(|s| s != "active")
+        || matches!(
+            allergy["verificationStatus"]["coding"][0]["code"].as_str(),
+            Some("refuted" | "entered-in-error")
+        )
+    {
+        return Ok(());
+    }
+    let drug = allergy["category"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c == "medication"));
+    for patient in patients {
+        for id in rows.linked_ids(patient, "AllergyIntolerance")? {
+            if id == at.id {
+                continue;
+            }
+            let Some(current) = rows.current("AllergyIntolerance", &id)? else {
+                continue;
+            };
+            let Some(content) = &current.content else {
+                continue;
+            };
+            let mut statement: Value = serde_json::from_str(content)?;
+            let withdrawn = match no_known_allergy_code(&statement) {
+                Some(NO_KNOWN_ALLERGY) => true,
+                Some(_) => drug,
+                None => false,
+            };
+            if !withdrawn || clinical_status(&statement) == Some("inactive") {
+                continue;
+            }
+            statement["clinicalStatus"] = serde_json::json!({"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                "code": "inactive"
+            }]});
+            statement["verificationStatus"] = serde_json::json!({"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+                "code": "refuted"
+            }]});
+            let version = current.version + 1;
+            let content = stamped(&statement, version, at.last_updated)?;
+            rows.write_version(&Version {
+                resource_type: "AllergyIntolerance",
+                id: &id,
+                version,
+                last_updated: at.last_updated,
+                event_time: current.event_time.max(at.event_time),
+                content: Some(&content),
+            })?;
+        }
     }
     Ok(())
 }

@@ -1211,6 +1211,17 @@ impl apply::Rows for Rows<'_, '_> {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    fn linked_ids(&mut self, patient: &str, resource_type: &str) -> Result<Vec<String>, Failure> {
+        let rows = self.tx.query(
+            "SELECT l.id FROM patient_links l
+             JOIN resources r ON r.type = l.type AND r.id = l.id
+             WHERE l.patient_id = $1 AND l.type = $2 AND NOT r.deleted
+             ORDER BY l.id",
+            &[&patient, &resource_type],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     fn share_patient_links(&mut self, from: &str, to: &str) -> Result<(), Failure> {
         self.tx.execute(
             "INSERT INTO patient_links (patient_id, type, id)

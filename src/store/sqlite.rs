@@ -315,6 +315,23 @@ impl apply::Rows for Rows<'_> {
         Ok(ids)
     }
 
+    fn linked_ids(
+        &mut self,
+        patient: &str,
+        resource_type: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut statement = self.0.prepare_cached(
+            "SELECT l.id FROM patient_links l
+             JOIN resources r ON r.type = l.type AND r.id = l.id
+             WHERE l.patient_id = ?1 AND l.type = ?2 AND r.deleted = 0
+             ORDER BY l.id",
+        )?;
+        let ids = statement
+            .query_map(params![patient, resource_type], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
     fn share_patient_links(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
         self.0.execute(
             "INSERT OR IGNORE INTO patient_links (patient_id, type, id)

@@ -1237,6 +1237,52 @@ fn a_preliminary_version_after_the_final_one_is_stale() {
 }
 
 #[test]
+fn an_allergen_withdraws_the_no_known_allergies_statement() {
+    let f = open();
+    let snomed = |code: &str| json!({"coding": [{"system": "http://snomed.info/sct", "code": code}]});
+    let allergy = |id: &str, code: Value, category: &str| {
+        json!({
+            "resourceType": "AllergyIntolerance", "id": id,
+            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]},
+            "category": [category],
+            "code": code,
+            "patient": {"reference": format!("Patient/{PATIENT}")}
+        })
+    };
+    let status = |id: &str| {
+        let a = current(&f.store, "AllergyIntolerance", id);
+        (
+            a["clinicalStatus"]["coding"][0]["code"].as_str().map(str::to_string),
+            a["verificationStatus"]["coding"][0]["code"].as_str().map(str::to_string),
+        )
+    };
+    let active = (Some("active".to_string()), None);
+    let refuted = (Some("inactive".to_string()), Some("refuted".to_string()));
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                allergy("nka", snomed("716186003"), "food"),
+                allergy("nkda", snomed("409137002"), "medication"),
+            ]),
+            at("2026-03-01T10:00:00Z"),
+        )
+        .unwrap();
+    assert_eq!((status("nka"), status("nkda")), (active.clone(), active.clone()));
+    // a food allergy: "no known allergy" is refuted, "no known drug allergy" stands
+    f.store
+        .apply_bundle(&bundle(&[allergy("nut", json!({"text": "Peanut"}), "food")]), at("2026-03-01T11:00:00Z"))
+        .unwrap();
+    assert_eq!((status("nka"), status("nkda")), (refuted.clone(), active.clone()));
+    // a drug allergy refutes that one too
+    f.store
+        .apply_bundle(&bundle(&[allergy("pen", json!({"text": "Penicillin"}), "medication")]), at("2026-03-01T12:00:00Z"))
+        .unwrap();
+    assert_eq!((status("nka"), status("nkda")), (refuted.clone(), refuted));
+    assert_eq!(status("pen"), active);
+}
+
+#[test]
 fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
     let f = open();
     let result = |id: &str, status: &str| {
