@@ -946,7 +946,7 @@ fn a_message_about_no_identifiable_patient_is_not_mapped() {
 
 /// v2.7 made PID-8, PV1-2 and DG1-6 coded (CWE): read by their code. A bare MRN
 /// and an empty MSH-4 (both optional) still give an identifier system and a
-/// Provenance; an A08 for a stay expected later (PV2-8, no admit time) keeps it
+/// Provenance; an A08 for a pre-admission (`P^Preadmit^HL70004`) keeps it
 /// planned.
 #[test]
 fn coded_v28_fields_bare_mrns_and_an_empty_msh_4() {
@@ -959,7 +959,7 @@ fn coded_v28_fields_bare_mrns_and_an_empty_msh_4() {
         "urn:junction:local-id:pas:id"
     );
     let encounter = only(&document, "Encounter");
-    assert_eq!(encounter["class"]["code"], "IMP");
+    assert_eq!(encounter["class"]["code"], "PRENC");
     assert_eq!(encounter["status"], "planned");
     let condition = only(&document, "Condition");
     assert_eq!(

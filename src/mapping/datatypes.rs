@@ -181,6 +181,14 @@ pub(crate) fn build_into(
             let prefix = n.sub_text(1, 2, seps);
             match (prefix.trim_fast(), surname.trim_fast()) {
                 ("", _) | (_, "") => o.str("family", &surname),
+                // a PAS that writes the whole name in FN.1 and the prefix again
+                (prefix, surname)
+                    if surname
+                        .get(..prefix.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(prefix)) =>
+                {
+                    o.str("family", surname)
+                }
                 (prefix, surname) => o.str("family", &format!("{prefix} {surname}")),
             }
             o.list(

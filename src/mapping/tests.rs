@@ -1044,7 +1044,7 @@ fn bad_for_is_reported_at_load() {
 #[test]
 fn xpn_keeps_a_first_given_name_whole_and_splits_further_names() {
     let message = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A01|CTRL1|P|2.4\r\
-PID|1||9434765919^^^NHS^NH||SMITH^MR \\T\\ MRS^J R^^^^L~JONES^^ANNE MARIE~BERG&VAN DER^PIETER\r";
+PID|1||9434765919^^^NHS^NH||SMITH^MR \\T\\ MRS^J R^^^^L~JONES^^ANNE MARIE~BERG&VAN DER^PIETER~VAN DER BERG&VAN DER^ANNA\r";
     let src = format!(
         "{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"'p'\"\n[resource.body]\nname = \"PID-5[*] | XPN\"\n"
     );
@@ -1054,7 +1054,8 @@ PID|1||9434765919^^^NHS^NH||SMITH^MR \\T\\ MRS^J R^^^^L~JONES^^ANNE MARIE~BERG&V
         json!([
             {"use": "official", "family": "SMITH", "given": ["MR & MRS", "J", "R"]},
             {"family": "JONES", "given": ["ANNE", "MARIE"]},
-            {"family": "VAN DER BERG", "given": ["PIETER"]}
+            {"family": "VAN DER BERG", "given": ["PIETER"]},
+            {"family": "VAN DER BERG", "given": ["ANNA"]}
         ])
     );
 }

@@ -912,15 +912,15 @@ def oru_r01_shared_lab_number():
 
 def adt_a08_v28_bare_mrn():
     # A v2.8 PAS: PID-8, PV1-2 and DG1-6 coded (CWE), an MRN sent bare (no CX.4 or
-    # CX.5), no MSH-4 (optional), and an A08 for a stay expected in December (PV2-8,
-    # no admit time): planned, not in progress.
+    # CX.5), no MSH-4 (optional), and an A08 for a pre-admission (PV1-2 `P^Preadmit`,
+    # coded) expected in December (PV2-8): planned, not in progress.
     assert nhs_valid("9990000050")
     return message([
         "MSH|^~\\&|PAS|||LCR|20261123111500||ADT^A08^ADT_A01|PAS2611231115000001|P|2.8",
         "EVN||20261123111500",
         "PID|1||RQX900123~9990000050^^^NHS^NH||JONES^PETER||19800101|M^Male^HL70001",
         "PD1|||BRIDGE END SURGERY^^E82061",
-        "PV1|1|I^Inpatient^HL70004|WARD 5^BED 2^^RAL01||||||||||||||||PRE7731^^^RAL^VN",
+        "PV1|1|P^Preadmit^HL70004|WARD 5^^^RAL01||||||||||||||||PRE7731^^^RAL^VN",
         "PV2||||||||20261203",
         "DG1|1||R07.4^Chest pain^I10||20261120|F^Final^HL70052",
     ])
