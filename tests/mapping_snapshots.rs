@@ -1018,3 +1018,25 @@ fn no_known_allergies_is_a_statement_not_an_allergen() {
         .collect();
     assert_eq!(codes, ["716186003", "409137002", "PEN"]);
 }
+
+/// An ED sent as its data alone (no ED components) or with `Base-64` as its
+/// encoding is the report's presented form, not silently dropped.
+#[test]
+fn a_pdf_sent_bare_or_with_an_odd_encoding_name_is_kept() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LIMS|RAL|JUNCTION|LCR|20261123090000||ORU^R01|E1|P|2.4\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^A\r\
+         OBR|1|ICE1^ICE|WP1^WINPATH|REP^Report^L\r\
+         OBX|1|ED|PDF^Report^L||JVBERi0xLjQK||||||F\r\
+         OBX|2|ED|PDF2^Report two^L||^AP^PDF^Base-64^JVBERi0xLjQK||||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let report = only(&document, "DiagnosticReport");
+    let forms = report["presentedForm"].as_array().expect("presented forms");
+    assert_eq!(forms.len(), 2, "{report}");
+    assert_eq!(forms[1]["contentType"], "application/pdf");
+    assert!(forms.iter().all(|f| f["data"] == "JVBERi0xLjQK"));
+}
