@@ -335,9 +335,16 @@ pub(crate) fn build_into(
             };
             o.str("display", &name);
             if !code.is_empty() {
+                // an ODS code has its shape (`F84003`, `RAL01`, `07L`); a sender's
+                // own number for the organisation is kept, but not as one
+                let ods = is_ods_shaped(&code);
                 o.object("identifier", |i| {
-                    i.str("system", ODS_SYSTEM);
-                    i.str("value", &code.to_ascii_uppercase());
+                    if ods {
+                        i.str("system", ODS_SYSTEM);
+                        i.str("value", &code.to_ascii_uppercase());
+                    } else {
+                        i.str("value", &code);
+                    }
                 });
             }
             if o.n == 0 {
@@ -347,6 +354,15 @@ pub(crate) fn build_into(
         }
     }
     o.finish()
+}
+
+/// The shape of an ODS code: 3 to 6 letters and digits, a letter among them
+/// (`RAL`, `RAL01`, `07L`, `F84003`); a local number (`12345`) is not one.
+fn is_ods_shaped(text: &str) -> bool {
+    let b = text.trim().as_bytes();
+    (3..=6).contains(&b.len())
+        && b.iter().all(u8::is_ascii_alphanumeric)
+        && b.iter().any(u8::is_ascii_alphabetic)
 }
 
 /// An ODS GP practice code as PAS write it alone: a letter and five digits

@@ -347,9 +347,9 @@ per_order = [{ for = "OBR", codes = "for('OBX', OBX-3.1) | join(',')", noted = "
 fn a_practice_code_alone_in_xon_1_is_the_ods_code() {
     let message = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A01|C1|P|2.4\r\
 PD1|||E82061|\r\
-ZPI|1|ROYAL FREE|B12345^^X\r";
+ZPI|1|ROYAL FREE|B12345^^RAL01|THE SURGERY^^12345\r";
     let (r, _) = body(
-        r#"v = ["PD1-3 | XON", "ZPI-2 | XON", "ZPI-3 | XON"]"#,
+        r#"v = ["PD1-3 | XON", "ZPI-2 | XON", "ZPI-3 | XON", "ZPI-4 | XON"]"#,
         message,
     );
     let ods = |code: &str| json!({"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": code});
@@ -357,7 +357,14 @@ ZPI|1|ROYAL FREE|B12345^^X\r";
     // a name is not a code
     assert_eq!(r["v"][1].get("identifier"), None, "{}", r["v"][1]);
     // XON.3 wins over a code-like XON.1
-    assert_eq!(r["v"][2]["identifier"], ods("X"), "{}", r["v"][2]);
+    assert_eq!(r["v"][2]["identifier"], ods("RAL01"), "{}", r["v"][2]);
+    // a sender's own number in XON.3 is kept, but not as an ODS code
+    assert_eq!(
+        r["v"][3]["identifier"],
+        json!({"value": "12345"}),
+        "{}",
+        r["v"][3]
+    );
 }
 
 #[test]
