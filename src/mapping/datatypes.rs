@@ -199,6 +199,14 @@ pub(crate) fn build_into(
             if o.n == 0 {
                 return o.finish();
             }
+            // a name no longer used (a maiden name's end): XPN.12/13 (v2.5+), else
+            // the v2.3/2.4 validity range XPN.10 (DR)
+            let (start, end) = (t(12), t(13));
+            if start.is_empty() && end.is_empty() {
+                period(&mut o, &n.sub_text(10, 1, seps), &n.sub_text(10, 2, seps));
+            } else {
+                period(&mut o, &start, &end);
+            }
             o.list("prefix", [t(5).as_ref()]);
             o.list("suffix", [t(4).as_ref(), t(6).as_ref()]);
             o.str("use", name_use(&t(7)));
@@ -218,9 +226,18 @@ pub(crate) fn build_into(
             o.str("country", &t(6));
             o.str("district", &t(4));
             o.list("line", [n.sub_text(1, 1, seps).as_ref(), t(2).as_ref()]);
+            // an address the patient has left is not current: XAD.13/14 (v2.5+),
+            // else the v2.3/2.4 validity range XAD.12 (DR)
+            let (start, end) = (t(13), t(14));
+            let dated = if start.is_empty() && end.is_empty() {
+                period(&mut o, &n.sub_text(12, 1, seps), &n.sub_text(12, 2, seps))
+            } else {
+                period(&mut o, &start, &end)
+            };
             o.str("postalCode", &t(5));
-            // an address of nothing but its use and type is no address
-            if o.n == 0 {
+            // an address of nothing but its use, type and period is no address
+            if o.n == usize::from(dated) {
+                o.n = 0;
                 return o.finish();
             }
             o.str("type", type_);
@@ -354,6 +371,31 @@ pub(crate) fn build_into(
         }
     }
     o.finish()
+}
+
+/// `period: {start, end}` (FHIR dates) from HL7 dates or timestamps; a value
+/// that does not read as a date is left out. Whether anything was written.
+fn period(o: &mut Obj<'_>, start: &str, end: &str) -> bool {
+    let date = |s: &str| {
+        let s = s.trim_fast();
+        (!s.is_empty())
+            .then(|| transform::hl7_date(s).ok())
+            .flatten()
+    };
+    let (start, end) = (date(start), date(end));
+    if start.is_none() && end.is_none() {
+        return false;
+    }
+    // keys in sorted order
+    o.object("period", |p| {
+        if let Some(end) = &end {
+            p.str("end", end);
+        }
+        if let Some(start) = &start {
+            p.str("start", start);
+        }
+    });
+    true
 }
 
 /// The shape of an ODS code: 3 to 6 letters and digits, a letter among them

@@ -1083,3 +1083,29 @@ fn instant_needs_a_time_of_day() {
         out.warnings
     );
 }
+
+#[test]
+fn names_and_addresses_keep_their_validity_dates() {
+    let message = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A08|C1|P|2.5\r\
+PID|1||9434765919^^^NHS^NH||SMITH^ANNE^^^^^L~JONES^ANNE^^^^^M^^^^^^20001231~OLD^A^^^^^^^^20000101&20051231||19800101|F|||1 OLD ST^^LEEDS^^LS1 1AA^GBR^H^^^^^^20190101^20251031~2 NEW ST^^LEEDS^^LS2 2BB^GBR^H^^^^^20251101&20261231\r";
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"'p'\"\n[resource.body]\nname = \"PID-5[*] | XPN\"\naddress = \"PID-11[*] | XAD\"\n"
+    );
+    let doc = apply_str(&src, message).value();
+    let r = &doc["entry"][0]["resource"];
+    assert_eq!(r["name"][0].get("period"), None);
+    assert_eq!(r["name"][1]["period"], json!({"end": "2000-12-31"}));
+    // v2.3/2.4: the validity range XPN.10 and XAD.12 (DR)
+    assert_eq!(
+        r["name"][2]["period"],
+        json!({"start": "2000-01-01", "end": "2005-12-31"})
+    );
+    assert_eq!(
+        r["address"][0]["period"],
+        json!({"start": "2019-01-01", "end": "2025-10-31"})
+    );
+    assert_eq!(
+        r["address"][1]["period"],
+        json!({"start": "2025-11-01", "end": "2026-12-31"})
+    );
+}
