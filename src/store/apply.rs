@@ -106,6 +106,15 @@ pub(super) fn apply_plan<R: Rows>(
             }
         );
         let result = match decide(current.as_ref(), create_only, event_time) {
+            Decision::Skip(EntryResult::Stale { version }) if resource_type == "Patient" => {
+                // an older message that named the GP, arriving after a newer one
+                // that named none: the GP it names is still the latest known
+                // (as when they arrive in order), so the record converges
+                if let (Some(cur), Op::Put { resource, .. }) = (current.as_ref(), &entry.op) {
+                    fill_in_gp(rows, cur, id, resource, last_updated)?;
+                }
+                EntryResult::Stale { version }
+            }
             Decision::Skip(result) => result,
             Decision::Write { event_time } => {
                 let at = At {
@@ -594,6 +603,38 @@ fn withdraw_dropped_results<R: Rows>(
         })?;
     }
     Ok(())
+}
+
+/// A stale Patient's GP written into the stored record that has none (see
+/// `apply_plan`): a new version, the stored event time kept.
+fn fill_in_gp<R: Rows>(
+    rows: &mut R,
+    current: &Current,
+    id: &str,
+    stale: &Value,
+    last_updated: &str,
+) -> Result<(), R::Error> {
+    let Some(gp) = stale.get("generalPractitioner") else {
+        return Ok(());
+    };
+    let Some(content) = &current.content else {
+        return Ok(());
+    };
+    let mut stored: Value = serde_json::from_str(content)?;
+    if stored.get("generalPractitioner").is_some() {
+        return Ok(());
+    }
+    stored["generalPractitioner"] = gp.clone();
+    let version = current.version + 1;
+    let content = stamped(&stored, version, last_updated)?;
+    rows.write_version(&Version {
+        resource_type: "Patient",
+        id,
+        version,
+        last_updated,
+        event_time: current.event_time,
+        content: Some(&content),
+    })
 }
 
 /// SNOMED CT "no known allergy" and "no known drug allergy", as UK Core

@@ -293,6 +293,26 @@ fn an_update_that_names_no_gp_keeps_the_registered_one() {
         .unwrap();
     let now = current(&f.store, "Patient", PATIENT);
     assert_eq!(now["generalPractitioner"][0]["identifier"]["value"], "F84003");
+
+    // out of order: the newer message without PD1 first, the older with it
+    // after (stale): the record still gets the GP, as in order
+    let g = open();
+    g.store
+        .apply_bundle(
+            &bundle(&[patient(PATIENT, "9434765919", "Smith-Jones")]),
+            at("2026-03-01T11:00:00Z"),
+        )
+        .unwrap();
+    let mut older = patient(PATIENT, "9434765919", "Smith");
+    older["generalPractitioner"] = gp.clone();
+    let outcome = g
+        .store
+        .apply_bundle(&bundle(&[older]), at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 1);
+    let now = current(&g.store, "Patient", PATIENT);
+    assert_eq!(now["name"][0]["family"], "Smith-Jones");
+    assert_eq!(now["generalPractitioner"], gp, "{now}");
 }
 
 #[test]
