@@ -312,12 +312,7 @@ impl Listener {
                     // the peer's address is not patient data; nothing was read
                     warn!(%peer, "connection refused: the peer is not in allowed_peers");
                     ctx.counters.refused.inc();
-                    ctx.events.publish(Event::ConnectionRefused {
-                        listener: ctx.listener.clone(),
-                        peer: peer.to_string(),
-                        reason: "not in allowed_peers".to_string(),
-                        at: events::now(),
-                    });
+                    refused(&ctx, &peer.to_string(), "not in allowed_peers".to_string());
                     drop(stream);
                     continue;
                 }
@@ -328,12 +323,7 @@ impl Listener {
                         "connection refused: the listener is at max_connections"
                     );
                     ctx.counters.refused.inc();
-                    ctx.events.publish(Event::ConnectionRefused {
-                        listener: ctx.listener.clone(),
-                        peer: peer.to_string(),
-                        reason: "at max_connections".to_string(),
-                        at: events::now(),
-                    });
+                    refused(&ctx, &peer.to_string(), "at max_connections".to_string());
                     drop(stream);
                     continue;
                 };

@@ -524,17 +524,17 @@ fn retire_sharing<R: Rows>(
                 continue;
             }
             let old = retire(old, survivor);
-            let version = current.version + 1;
-            let content = stamped(&old, version, at.last_updated)?;
-            rows.write_version(&Version {
-                resource_type: "Patient",
-                id: &other,
-                version,
-                last_updated: at.last_updated,
-                // the retiring event's time, so an older message is stale for it
-                event_time: current.event_time.max(at.event_time),
-                content: Some(&content),
-            })?;
+            // the retiring event's time, so an older message is stale for it
+            let event_time = current.event_time.max(at.event_time);
+            rewrite(
+                rows,
+                "Patient",
+                &other,
+                &current,
+                &old,
+                at.last_updated,
+                event_time,
+            )?;
             rows.link_patients("Patient", &other, &[other.clone(), survivor.to_string()])?;
             rows.share_patient_links(&other, survivor)?;
         }
@@ -591,16 +591,16 @@ fn withdraw_dropped_results<R: Rows>(
             continue;
         }
         observation["status"] = Value::String("cancelled".into());
-        let version = current.version + 1;
-        let content = stamped(&observation, version, at.last_updated)?;
-        rows.write_version(&Version {
-            resource_type: "Observation",
+        let event_time = current.event_time.max(at.event_time);
+        rewrite(
+            rows,
+            "Observation",
             id,
-            version,
-            last_updated: at.last_updated,
-            event_time: current.event_time.max(at.event_time),
-            content: Some(&content),
-        })?;
+            &current,
+            &observation,
+            at.last_updated,
+            event_time,
+        )?;
     }
     Ok(())
 }
@@ -625,14 +625,36 @@ fn fill_in_gp<R: Rows>(
         return Ok(());
     }
     stored["generalPractitioner"] = gp.clone();
+    rewrite(
+        rows,
+        "Patient",
+        id,
+        current,
+        &stored,
+        last_updated,
+        current.event_time,
+    )
+}
+
+/// Writes `resource` as the next version of a record other than the entry's
+/// own (one the entry retires, cancels, withdraws or completes).
+fn rewrite<R: Rows>(
+    rows: &mut R,
+    resource_type: &str,
+    id: &str,
+    current: &Current,
+    resource: &Value,
+    last_updated: &str,
+    event_time: Option<i64>,
+) -> Result<(), R::Error> {
     let version = current.version + 1;
-    let content = stamped(&stored, version, last_updated)?;
+    let content = stamped(resource, version, last_updated)?;
     rows.write_version(&Version {
-        resource_type: "Patient",
+        resource_type,
         id,
         version,
         last_updated,
-        event_time: current.event_time,
+        event_time,
         content: Some(&content),
     })
 }
@@ -709,16 +731,16 @@ fn withdraw_no_known_allergy<R: Rows>(
                 "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
                 "code": "refuted"
             }]});
-            let version = current.version + 1;
-            let content = stamped(&statement, version, at.last_updated)?;
-            rows.write_version(&Version {
-                resource_type: "AllergyIntolerance",
-                id: &id,
-                version,
-                last_updated: at.last_updated,
-                event_time: current.event_time.max(at.event_time),
-                content: Some(&content),
-            })?;
+            let event_time = current.event_time.max(at.event_time);
+            rewrite(
+                rows,
+                "AllergyIntolerance",
+                &id,
+                &current,
+                &statement,
+                at.last_updated,
+                event_time,
+            )?;
         }
     }
     Ok(())
