@@ -171,11 +171,9 @@ fn push_number(out: &mut String, n: usize) {
     json::push_u64(out, n as u64);
 }
 
-/// `str::trim` with a fast path: text that starts and ends with a visible
-/// ASCII character is returned as is without scanning.
 /// Trims white space and control characters (a NUL, a `\X1B\` escape: nothing
-/// a FHIR string may hold at its ends), with an answer at the first and last
-/// byte for the usual value.
+/// a FHIR string may hold at its ends), with a fast path: text that starts and
+/// ends with a visible ASCII character is returned as is without scanning.
 pub(crate) trait TrimFast {
     fn trim_fast(&self) -> &str;
 }

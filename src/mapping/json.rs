@@ -11,6 +11,9 @@
 //! - `push_str` escapes exactly what `serde_json` escapes: `"`, `\`, and the
 //!   control characters below U+0020 (`\b \f \n \r \t` by name, the others as
 //!   `\u00xx` with lowercase hex). Everything else, non-ASCII included, is copied.
+//! - `push_text`, for text from a message, differs only there: the control
+//!   characters FHIR forbids in a string are left out (a form feed or vertical
+//!   tab is a line break), never written as `\u00xx`.
 
 use std::fmt::Write as _;
 
