@@ -77,7 +77,7 @@ fn decode_sequence(body: &str, whole: &str, seps: &Separators, out: &mut String)
         "H" | "N" => {}
         ".br" | ".ce" => out.push('\n'),
         _ if body.starts_with(".sp") => {
-            let n = body[3..].trim().parse::<usize>().unwrap_or(1).clamp(1, 100);
+            let n = body[3..].trim().parse::<usize>().unwrap_or(1).min(100);
             out.extend(std::iter::repeat_n('\n', n + 1));
         }
         _ if body.starts_with(".sk") => {
@@ -193,6 +193,7 @@ mod tests {
         // .sp ends the line and skips lines: a blank line between, two with .sp2
         check(r"one\.sp\two", "one\n\ntwo");
         check(r"one\.sp2\two", "one\n\n\ntwo");
+        check(r"one\.sp0\two", "one\ntwo");
         check(r"HEADING\.ce\text", "HEADING\ntext");
         check(r"Name:\.sk3\X", "Name:   X");
         check(r"\H\bold\N\ text", "bold text");
