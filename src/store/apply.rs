@@ -267,6 +267,12 @@ fn put<R: Rows>(
         )?,
         _ => None,
     };
+    let owned = match (at.resource_type, &stored) {
+        ("Patient", Some(stored)) => {
+            with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned)
+        }
+        _ => owned,
+    };
     let resource = owned.as_ref().unwrap_or(resource);
     let merged_identifiers;
     let identifiers = match &owned {
@@ -368,19 +374,23 @@ fn continuity<R: Rows>(
         let kept = with_identifiers(stored.clone(), incoming);
         owned = Some(retire(kept, &survivor));
     }
-    // PD1 is optional in every ADT message, and many PAS send it on the A01,
-    // A04 and A28 only: an update that names no GP keeps the registered one
-    // (HL7 v2: an omitted field leaves the old value), rather than an A08
-    // without PD1 taking the patient's practice off the record
-    let incoming = owned.as_ref().unwrap_or(resource);
-    if incoming.get("generalPractitioner").is_none() {
-        if let Some(gp) = stored.and_then(|s| s.get("generalPractitioner")) {
-            let mut kept = incoming.clone();
-            kept["generalPractitioner"] = gp.clone();
-            owned = Some(kept);
-        }
-    }
     Ok(owned)
+}
+
+/// `patient` with the GP of `other` when it names none and `other` does
+/// (`None`: nothing to add). PD1 is optional in every ADT message, and many
+/// PAS send it on the A01, A04 and A28 only: an update that names no GP keeps
+/// the registered one (HL7 v2: an omitted field leaves the old value), and an
+/// older message that named it, arriving after such an update, still gives it
+/// (the record converges whatever the arrival order).
+fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
+    if patient.get("generalPractitioner").is_some() {
+        return None;
+    }
+    let gp = other.get("generalPractitioner")?;
+    let mut kept = patient.clone();
+    kept["generalPractitioner"] = gp.clone();
+    Some(kept)
 }
 
 /// Whether a Patient has an identifier with the NHS number system.
@@ -605,8 +615,8 @@ fn withdraw_dropped_results<R: Rows>(
     Ok(())
 }
 
-/// A stale Patient's GP written into the stored record that has none (see
-/// `apply_plan`): a new version, the stored event time kept.
+/// A stale Patient's GP written into the stored record that has none
+/// ([`with_gp_from`]): a new version, the stored event time kept.
 fn fill_in_gp<R: Rows>(
     rows: &mut R,
     current: &Current,
@@ -614,26 +624,25 @@ fn fill_in_gp<R: Rows>(
     stale: &Value,
     last_updated: &str,
 ) -> Result<(), R::Error> {
-    let Some(gp) = stale.get("generalPractitioner") else {
+    if stale.get("generalPractitioner").is_none() {
         return Ok(());
-    };
+    }
     let Some(content) = &current.content else {
         return Ok(());
     };
-    let mut stored: Value = serde_json::from_str(content)?;
-    if stored.get("generalPractitioner").is_some() {
-        return Ok(());
+    let stored: Value = serde_json::from_str(content)?;
+    match with_gp_from(&stored, stale) {
+        Some(filled) => rewrite(
+            rows,
+            "Patient",
+            id,
+            current,
+            &filled,
+            last_updated,
+            current.event_time,
+        ),
+        None => Ok(()),
     }
-    stored["generalPractitioner"] = gp.clone();
-    rewrite(
-        rows,
-        "Patient",
-        id,
-        current,
-        &stored,
-        last_updated,
-        current.event_time,
-    )
 }
 
 /// Writes `resource` as the next version of a record other than the entry's
