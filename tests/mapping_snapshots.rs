@@ -63,6 +63,7 @@ snapshots! {
     oru_r01_precision_and_text => "samples/oru_r01_precision_and_text.hl7",
     adt_a03_v23_diagnoses => "samples/adt_a03_v23_diagnoses.hl7",
     oru_r01_shared_lab_number => "samples/oru_r01_shared_lab_number.hl7",
+    oru_r01_radiology_report => "samples/oru_r01_radiology_report.hl7",
     adt_a08_v28_bare_mrn => "samples/adt_a08_v28_bare_mrn.hl7",
     adt_a11_cancel_hwe_practice => "samples/adt_a11_cancel_hwe_practice.hl7",
     batch_adt => "samples/batch_adt.hl7",
@@ -1039,4 +1040,43 @@ fn a_pdf_sent_bare_or_with_an_odd_encoding_name_is_kept() {
     assert_eq!(forms.len(), 2, "{report}");
     assert_eq!(forms[1]["contentType"], "application/pdf");
     assert!(forms.iter().all(|f| f["data"] == "JVBERi0xLjQK"));
+}
+
+#[test]
+fn a_pdf_in_an_encoding_no_one_can_read_is_a_warning_not_silence() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LIMS|RAL|JUNCTION|LCR|20261124090000||ORU^R01|E2|P|2.4\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^A\r\
+         OBR|1|ICE1^ICE|WP1^WINPATH|REP^Report^L\r\
+         OBX|1|ED|PDF^Report^L||LIMS^AP^PDF^BINARY^JVBERi0xLjQK||||||F\r\
+         OBX|2|ED|PDF^Report^L||LIMS^AP^PDF^Base64^JVBERi0xLjQK||||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let report = only(&document, "DiagnosticReport");
+    let forms = report["presentedForm"].as_array().expect("presented forms");
+    assert_eq!(forms.len(), 1, "only the Base64 one: {report}");
+    assert_eq!(
+        output.warnings,
+        ["OBX[1]-5: an ED encoding (ED.4) that is not Base64, A or Hex: the document is left out"]
+    );
+}
+
+#[test]
+fn a_text_report_keeps_its_paragraphs_and_indentation() {
+    let set = mappings();
+    let outputs = map_file(&set, &repo().join("samples/oru_r01_radiology_report.hl7"));
+    let document = outputs[0].1.value();
+    let observation = only(&document, "Observation");
+    assert_eq!(
+        observation["valueString"],
+        "XR CHEST PA\n\nClinical details: cough, 3 weeks.\n\nFindings:\n  1. No focal \
+         consolidation.\n  2. Heart size normal.\n\nImpression: normal chest radiograph."
+    );
+    assert_eq!(
+        observation["note"][0]["text"],
+        "Addendum: compared with 2024 film.\n\nNo interval change."
+    );
 }

@@ -1881,6 +1881,18 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The texts of a value as sent, not trimmed (for `lines`).
+    fn texts_as_sent(&self, v: Val<'a>, out: &mut Vec<Cow<'a, str>>) {
+        match v {
+            Val::List(items) => {
+                for i in items {
+                    self.texts_as_sent(i, out);
+                }
+            }
+            v => out.push(self.text_of(v)),
+        }
+    }
+
     /// One stage of a pipeline. The frequent stages on one value (`trim`,
     /// `upper`, `lookup`, `number`, `default`, `when`) are done here; the rest,
     /// and lists, in [`Self::transform_other`], kept out of line so this stays small.
@@ -1987,6 +1999,24 @@ impl<'a> Ctx<'a> {
         scope: &Scope<'_, 'a>,
     ) -> Val<'a> {
         // (`default` and `when` never come here: `transform` does them for any value)
+        if let Transform::Warn(message) = t {
+            if !v.is_empty() {
+                let loc = match &v {
+                    Val::Node(n) => Some(n.loc),
+                    _ => loc,
+                };
+                self.warn(loc, message.clone());
+            }
+            return Val::Empty;
+        }
+        if let Transform::Lines = t {
+            let mut texts = Vec::new();
+            self.texts_as_sent(v, &mut texts);
+            return match transform::lines(&texts) {
+                Some(s) => Val::Text(Cow::Owned(s)),
+                None => Val::Empty,
+            };
+        }
         if let Transform::Join(sep) = t {
             let mut texts = Vec::new();
             self.texts(v, &mut texts);
@@ -2157,6 +2187,8 @@ impl<'a> Ctx<'a> {
             // handled above, or by `transform` (`default`, `when`)
             Transform::Default(_)
             | Transform::Join(_)
+            | Transform::Lines
+            | Transform::Warn(_)
             | Transform::When(_)
             | Transform::Builtin(..) => Val::Empty,
         }

@@ -138,6 +138,9 @@ fn transforms() {
     check("'+07.0' | number", serde_json::from_str("7.0").unwrap());
     check("'high' | number", Value::Null);
     check("PID-3[*].5 | join('/')", json!("NH/MR/NH"));
+    // lines: repetitions as lines, blank ones between kept, ends trimmed
+    check("PID-3[*].5 | lines", json!("NH\nMR\nNH"));
+    check("PID-3[*].9 | lines", Value::Null);
     check(
         "PID-3[*].1 | upper",
         json!(["9434765919", "RX1", "1234567890"]),

@@ -57,6 +57,10 @@ pub(crate) enum Transform {
     Number,
     Uuid5(String),
     Join(String),
+    /// `| lines`: the texts as lines of one text (`\n` between them), the sender's
+    /// layout kept: a blank line between lines stays, indentation stays; trailing
+    /// white space, and blank lines before the first line and after the last, go.
+    Lines,
     /// `| range_low`, `| range_high`: a bound of a reference range.
     Range(Bound),
     /// `| url_encode`: percent-encoding, for text that goes into a URI.
@@ -75,6 +79,10 @@ pub(crate) enum Transform {
     /// `| base64_check`: Base64 as sent (an ED sent with encoding `Base64`),
     /// white space (line wraps) dropped, kept only when it decodes.
     Base64Check,
+    /// `| warn('message')`: no value, and a warning (the message, where the value
+    /// came from) when there was one: what a mapping cannot use, said rather than
+    /// dropped in silence.
+    Warn(String),
     /// `| when(cond)`: keeps the value only if the condition holds.
     When(Box<Cond>),
     Builtin(DataType, TimeZone),
@@ -83,7 +91,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, time, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+join('separator'), lines, warn('message'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -115,6 +123,7 @@ pub(crate) fn build(
         "range_low" => argc(0).map(|_| Transform::Range(Bound::Low))?,
         "url_encode" => argc(0).map(|_| Transform::UrlEncode)?,
         "coding_system" => argc(0).map(|_| Transform::CodingSystem)?,
+        "lines" => argc(0).map(|_| Transform::Lines)?,
         "comparator" => argc(0).map(|_| Transform::Comparator)?,
         "strip_comparator" => argc(0).map(|_| Transform::StripComparator)?,
         "base64" => argc(0).map(|_| Transform::Base64)?,
@@ -162,6 +171,10 @@ pub(crate) fn build(
             })?;
             Transform::RegexReplace(re, args[1].0.clone())
         }
+        "warn" => {
+            argc(1)?;
+            Transform::Warn(args[0].0.clone())
+        }
         "default" => {
             argc(1)?;
             Transform::Default(args[0].0.clone())
@@ -206,6 +219,39 @@ fn first_line(s: &str) -> String {
 fn london_tz() -> Result<TimeZone, String> {
     TimeZone::get("Europe/London")
         .map_err(|e| format!("time zone `Europe/London` is not available: {e}"))
+}
+
+/// `lines`: texts (a TX result's repetitions, an NTE's lines) as one text, a line
+/// each, as the sender laid them out: a blank line between two lines is kept (a
+/// report's paragraphs), and so is indentation; white space and control characters
+/// at the end of a line go, and so do blank lines before the first line and after
+/// the last. A text that holds line breaks itself (FT `\.br\`) is lines too.
+/// `None` when every line is blank.
+pub(crate) fn lines<S: AsRef<str>>(texts: &[S]) -> Option<String> {
+    let blank_end = |c: char| c.is_whitespace() || c.is_control();
+    let mut out = String::new();
+    // blank lines seen since the last line written (written only before another)
+    let mut blanks = 0usize;
+    let mut any = false;
+    for text in texts {
+        for line in text.as_ref().split('\n') {
+            let line = line.trim_end_matches(blank_end);
+            if line.is_empty() {
+                blanks += usize::from(any);
+                continue;
+            }
+            if any {
+                out.push('\n');
+                for _ in 0..blanks {
+                    out.push('\n');
+                }
+            }
+            out.push_str(line);
+            blanks = 0;
+            any = true;
+        }
+    }
+    any.then_some(out)
 }
 
 /// The namespace of every deterministic id Junction mints.
@@ -646,6 +692,20 @@ mod tests {
 
     fn check_nhs(input: &str, expected: Option<&str>) {
         assert_eq!(nhs_number(input).as_deref(), expected, "input {input:?}");
+    }
+
+    #[test]
+    fn lines_keep_the_layout() {
+        // a report's paragraphs and indentation, as sent in TX repetitions
+        let report = ["", "CT HEAD:  ", "", "  No acute bleed.", "   ", "", "Impression:\t", ""];
+        assert_eq!(
+            lines(&report).as_deref(),
+            Some("CT HEAD:\n\n  No acute bleed.\n\n\nImpression:")
+        );
+        // a text that holds line breaks itself (FT `\\.br\\`), controls at the end
+        assert_eq!(lines(&["a \n\n b\u{0}", "c"]).as_deref(), Some("a\n\n b\nc"));
+        assert_eq!(lines(&["", "  ", "\n"]), None);
+        assert_eq!(lines::<&str>(&[]), None);
     }
 
     #[test]

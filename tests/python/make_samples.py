@@ -910,6 +910,24 @@ def oru_r01_shared_lab_number():
     ])
 
 
+def oru_r01_radiology_report():
+    # A radiology report as a RIS (CRIS shape, v2.4) sends it: the report text in one
+    # TX result whose repetitions are its lines, with blank lines between paragraphs
+    # and an indented list; the radiologist's addendum in an NTE of two lines with a
+    # blank one between.
+    assert nhs_valid("9990000069")
+    return message([
+        "MSH|^~\\&|CRIS|RAL01|JUNCTION|LCR|20261124101500||ORU^R01|CRIS2611241015000003|P|2.4",
+        "PID|1||9990000069^^^NHS^NH~RAL3344556^^^RAL^MR||EVANS^MAIR||19580630|F",
+        "OBR|1|ICE700231^ICE|RAD0099123^CRIS|XCHES^XR Chest^NICIP|||20261124093000|||||||||"
+        "C1234567^SHAH^RITA||||||20261124101000|||F",
+        "OBX|1|TX|XCHES^XR Chest^NICIP||XR CHEST PA~~Clinical details: cough, 3 weeks.~~"
+        "Findings:~  1. No focal consolidation.~  2. Heart size normal.~~"
+        "Impression: normal chest radiograph.~||||||F",
+        "NTE|1|L|Addendum: compared with 2024 film.~~No interval change.",
+    ])
+
+
 def adt_a08_v28_bare_mrn():
     # A v2.8 PAS: PID-8, PV1-2 and DG1-6 coded (CWE), an MRN sent bare (no CX.4 or
     # CX.5), no MSH-4 (optional), and an A08 for a pre-admission (PV1-2 `P^Preadmit`,
@@ -1101,6 +1119,7 @@ def main():
         "adt_a03_v23_diagnoses.hl7": adt_a03_v23_diagnoses().encode("ascii"),
         "oru_r01_shared_lab_number.hl7": oru_r01_shared_lab_number().encode("ascii"),
         "adt_a08_v28_bare_mrn.hl7": adt_a08_v28_bare_mrn().encode("ascii"),
+        "oru_r01_radiology_report.hl7": oru_r01_radiology_report().encode("ascii"),
         "adt_a11_cancel_hwe_practice.hl7": adt_a11_cancel_hwe_practice().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
