@@ -243,7 +243,7 @@ pub(crate) fn build_into(
             o.str("type", type_);
             o.str("use", use_);
         }
-        DataType::Xtn => {
+        DataType::Xtn | DataType::XtnWork => {
             let use_code = t(2).to_ascii_uppercase();
             let equip = t(3).to_ascii_uppercase();
             let email = t(4);
@@ -299,6 +299,7 @@ pub(crate) fn build_into(
                 ("PRN" | "ORN", _) => "home",
                 ("WPN", _) => "work",
                 ("VHN", _) => "temp",
+                ("", _) if dt == DataType::XtnWork => "work",
                 _ => "",
             };
             o.str("system", system);
@@ -425,8 +426,11 @@ pub(crate) fn build_text(dt: DataType, text: &str) -> Option<String> {
     match dt {
         DataType::Cx => o.str("value", text),
         DataType::Xpn | DataType::Xad | DataType::Cwe => o.str("text", text),
-        DataType::Xtn => {
+        DataType::Xtn | DataType::XtnWork => {
             o.str("system", if text.contains('@') { "email" } else { "phone" });
+            if dt == DataType::XtnWork {
+                o.str("use", "work");
+            }
             o.str("value", text);
         }
         DataType::Coding => o.str("code", text),

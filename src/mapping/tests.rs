@@ -233,6 +233,16 @@ fn data_type_builtins() {
         json!([{"system": "phone", "use": "home", "value": "0113 496 0000"},
                {"system": "email", "value": "j@example.org"}]),
     );
+    // a business phone (PID-14): `work` unless XTN.2 says otherwise
+    check(
+        "PID-13[*] | XTN('work')",
+        json!([{"system": "phone", "use": "home", "value": "0113 496 0000"},
+               {"system": "email", "value": "j@example.org"}]),
+    );
+    check(
+        "'0113 496 0001' | XTN('work')",
+        json!({"system": "phone", "use": "work", "value": "0113 496 0001"}),
+    );
     check(
         "OBX-3 | CWE",
         json!({"coding": [{"code": "A", "display": "Alpha"}], "text": "Alpha"}),
@@ -443,6 +453,10 @@ fn compile_errors_point_at_line_and_column() {
             19,
             "unknown transform `uppercse`, expected one of trim, upper",
         )],
+    );
+    check_errors(
+        &format!("{base}telecom = \"PID-14 | XTN('home')\"\n"),
+        &[(7, 21, "`XTN` takes no argument or 'work'")],
     );
     // bad path
     check_errors(

@@ -22,6 +22,9 @@ pub(crate) enum DataType {
     Xad,
     /// XTN → ContactPoint.
     Xtn,
+    /// `XTN('work')`: XTN → ContactPoint whose `use` is `work` when XTN.2 says
+    /// nothing (PID-14, the business phone).
+    XtnWork,
     /// CE/CWE/CNE → CodeableConcept.
     Cwe,
     /// CE/CWE → Coding.
@@ -91,7 +94,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, time, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), lines, warn('message'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+join('separator'), lines, warn('message'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, XTN('work'), CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -189,6 +192,16 @@ pub(crate) fn build(
             1 => Transform::Join(args[0].0.replace("\\n", "\n")),
             n => return Err(format!("`join` takes 0 or 1 argument, found {n}")),
         },
+        "XTN" if !args.is_empty() => {
+            argc(1)?;
+            if args[0].0 != "work" {
+                return Err(format!(
+                    "`XTN` takes no argument or 'work' (the use when XTN.2 says none), found '{}'",
+                    args[0].0
+                ));
+            }
+            Transform::Builtin(DataType::XtnWork, london()?)
+        }
         "CX" | "XPN" | "XAD" | "XTN" | "CE" | "CWE" | "CNE" | "CODING" | "XCN" | "XON" => {
             argc(0)?;
             let dt = match name {
