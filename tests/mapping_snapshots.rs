@@ -273,6 +273,27 @@ fn gender_is_mapped_from_hl7_and_nhs_codes() {
 }
 
 #[test]
+fn gender_as_a_word_is_read_and_an_unknown_code_is_a_warning() {
+    let set = mappings();
+    let message = |sex: &str| {
+        format!(
+            "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A28|G1|P|2.4\r\
+             EVN|A28|20261124090000\r\
+             PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|{sex}\r"
+        )
+    };
+    let output = map_text(&set, &message("Female"), Path::new("inline.hl7"));
+    assert_eq!(only(&output.value(), "Patient")["gender"], "female");
+    assert!(output.warnings.is_empty(), "{:?}", output.warnings);
+    let output = map_text(&set, &message("I"), Path::new("inline.hl7"));
+    assert_eq!(only(&output.value(), "Patient").get("gender"), None);
+    assert_eq!(
+        output.warnings,
+        ["PID-8: a sex (PID-8) that is none of M, F, U, O, A, N, 1, 2, 9, 0, X: no gender"]
+    );
+}
+
+#[test]
 fn non_ascii_names_survive_their_charsets() {
     let latin1 = map_one("samples/adt_a31_latin1.hl7");
     let text = pretty(only(&latin1.value(), "Patient"));
