@@ -1101,3 +1101,45 @@ fn a_text_report_keeps_its_paragraphs_and_indentation() {
         "Addendum: compared with 2024 film.\n\nNo interval change."
     );
 }
+
+#[test]
+fn a_v23_nhs_number_in_pid_2_or_pid_19_is_read_only_when_it_passes() {
+    let set = mappings();
+    let message = |pid2: &str, pid19: &str| {
+        format!(
+            "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A28|V1|P|2.3\r\
+             EVN|A28|20261124090000\r\
+             PID|1|{pid2}|RAL123^^^RAL^MR||EVANS^MAIR||19580630|F|||||||||||{pid19}\r"
+        )
+    };
+    let identifiers = |pid2: &str, pid19: &str| {
+        let output = map_text(&set, &message(pid2, pid19), Path::new("inline.hl7"));
+        let patient = only(&output.value(), "Patient").clone();
+        let ids: Vec<(String, String)> = patient["identifier"]
+            .as_array()
+            .expect("identifiers")
+            .iter()
+            .map(|i| {
+                let s = i["system"].as_str().unwrap_or_default();
+                (s.to_string(), i["value"].as_str().unwrap_or_default().to_string())
+            })
+            .collect();
+        (ids, output.warnings)
+    };
+    let nhs = |v: &str| ("https://fhir.nhs.uk/Id/nhs-number".to_string(), v.to_string());
+    let local = |s: &str, v: &str| (format!("urn:junction:local-id:ral:{s}"), v.to_string());
+    // PID-2 tagged as the NHS's
+    let (ids, _) = identifiers("9990000069^^^NHS^NH", "");
+    assert_eq!(ids, [nhs("9990000069"), local("mr", "RAL123")]);
+    // PID-2 bare: a local identifier, never taken for an NHS number
+    let (ids, _) = identifiers("9990000069", "");
+    assert_eq!(ids, [local("mr", "RAL123"), local("id", "9990000069")]);
+    // PID-19, the field v2.3 UK feeds used for it
+    let (ids, _) = identifiers("", "9990000069");
+    assert_eq!(ids, [nhs("9990000069"), local("mr", "RAL123")]);
+    // one that fails modulus 11 stays a local identifier, with a warning
+    let (ids, warnings) = identifiers("", "9990000068");
+    assert_eq!(ids, [local("mr", "RAL123"), local("ssn", "9990000068")]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("PID-19: "), "{warnings:?}");
+}
