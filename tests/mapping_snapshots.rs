@@ -1143,3 +1143,38 @@ fn a_v23_nhs_number_in_pid_2_or_pid_19_is_read_only_when_it_passes() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].starts_with("PID-19: "), "{warnings:?}");
 }
+
+#[test]
+fn nhs_numbers_are_found_under_the_labels_senders_use() {
+    let set = mappings();
+    for pid3 in [
+        "RFH1000009^^^RFH^MRN~9990000069^^^NHSNBR^NHSNBR",
+        "9990000069^^^^NHS~RFH1000009^^^RFH^MRN",
+        "RFH1000009^^^RFH^MRN~9990000069^^^NHS Number",
+    ] {
+        let text = format!(
+            "MSH|^~\\&|PAS|RFH|JUNCTION|LCR|20261124090000||ADT^A28|L1|P|2.3\r\
+             EVN|A28|20261124090000\r\
+             PID|1||{pid3}||EVANS^MAIR||19580630|F\r"
+        );
+        let output = map_text(&set, &text, Path::new("inline.hl7"));
+        let patient = only(&output.value(), "Patient").clone();
+        let ids = patient["identifier"].as_array().expect("identifiers").clone();
+        assert_eq!(ids.len(), 2, "{pid3}: {ids:?}");
+        assert_eq!(ids[0]["system"], "https://fhir.nhs.uk/Id/nhs-number", "{pid3}");
+        assert_eq!(ids[0]["value"], "9990000069", "{pid3}");
+        // `MRN` is the type MR; the MRN is the local identifier
+        assert_eq!(ids[1]["value"], "RFH1000009", "{pid3}");
+        assert_eq!(ids[1]["type"]["coding"][0]["code"], "MR", "{pid3}");
+    }
+    // a label that is no identifier type of table 0203 is the type's text
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RFH|JUNCTION|LCR|20261124090000||ADT^A28|L2|P|2.3\r\
+         EVN|A28|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH~H123^^^RFH^HOSP||EVANS^MAIR||19580630|F\r",
+        Path::new("inline.hl7"),
+    );
+    let patient = only(&output.value(), "Patient").clone();
+    assert_eq!(patient["identifier"][1]["type"], serde_json::json!({"text": "HOSP"}));
+}

@@ -131,6 +131,10 @@ pub(crate) fn build(
 /// The OID of the NHS number (an HD's universal id, HD.2).
 const NHS_NUMBER_OID: &str = "2.16.840.1.113883.2.1.4.1";
 
+/// How senders label an NHS number in CX.4 and CX.5 besides `NHS` (CX.4 may also
+/// be `NHS NUMBER`, CX.5 `NH`), as the shipped mappings' `nhs_number` reads them.
+const NHS_LABELS: [&str; 4] = ["NHS", "NHSNBR", "NHSNMBR", "NHSNO"];
+
 /// [`build`] written at the end of `out`: false, and nothing written, when
 /// nothing is left of the element.
 pub(crate) fn build_into(
@@ -148,10 +152,15 @@ pub(crate) fn build_into(
             let value = t(1);
             let authority = n.sub_text(4, 1, seps);
             let kind = t(5);
-            // assigned by the NHS: CX.4 `NHS` (or the NHS number's OID, HD.2), or CX.5 `NH`
-            let nhs = authority.eq_ignore_ascii_case("NHS")
+            // assigned by the NHS: CX.4 `NHS` or a spelling of it (or the NHS
+            // number's OID, HD.2), or CX.5 `NH` or a spelling of it
+            let label = |l: &str, also: &[&str]| {
+                let l = l.trim_fast();
+                NHS_LABELS.iter().chain(also).any(|x| l.eq_ignore_ascii_case(x))
+            };
+            let nhs = label(&authority, &["NHS NUMBER"])
                 || n.sub_text(4, 2, seps) == NHS_NUMBER_OID
-                || kind.eq_ignore_ascii_case("NH");
+                || label(&kind, &["NH"]);
             if nhs {
                 match transform::nhs_number(&value) {
                     Some(v) => {

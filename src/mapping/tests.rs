@@ -184,11 +184,14 @@ fn hex_that_is_not_hex_is_a_warning() {
 fn cx_knows_the_nhs_by_its_hd_or_oid() {
     // CX.4 sent as a whole HD (`NHS&OID&ISO`), or only the OID; no CX.5
     let message = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20240715093000||ADT^A01|CTRL1|P|2.4\r\
-PID|1||9434765919^^^NHS&2.16.840.1.113883.2.1.4.1&ISO~9434765919^^^&2.16.840.1.113883.2.1.4.1&ISO~X1^^^LOCAL&9.9.9&ISO\r";
+PID|1||9434765919^^^NHS&2.16.840.1.113883.2.1.4.1&ISO~9434765919^^^&2.16.840.1.113883.2.1.4.1&ISO~X1^^^LOCAL&9.9.9&ISO~9434765919^^^NHSNBR~9434765919^^^^NHS\r";
     let nhs = json!({"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"});
     for (path, expected) in [
         ("PID-3[1] | CX", nhs.clone()),
-        ("PID-3[2] | CX", nhs),
+        ("PID-3[2] | CX", nhs.clone()),
+        // the labels senders use besides `NHS` and `NH`
+        ("PID-3[4] | CX", nhs.clone()),
+        ("PID-3[5] | CX", nhs),
         (
             "PID-3[3] | CX",
             json!({"value": "X1", "assigner": {"display": "LOCAL"}}),
