@@ -1052,14 +1052,19 @@ fn a_pdf_sent_bare_or_with_an_odd_encoding_name_is_kept() {
          PID|1||9990000018^^^NHS^NH||SMITH^A\r\
          OBR|1|ICE1^ICE|WP1^WINPATH|REP^Report^L\r\
          OBX|1|ED|PDF^Report^L||JVBERi0xLjQK||||||F\r\
-         OBX|2|ED|PDF2^Report two^L||^AP^PDF^Base-64^JVBERi0xLjQK||||||F\r",
+         OBX|2|ED|PDF2^Report two^L||^AP^PDF^Base-64^JVBERi0xLjQK||||||F\r\
+         OBX|3|ED|PDF3^Report three^L||^AP^application/pdf^Base64^JVBERi0xLjQK||||||F\r\
+         OBX|4|ED|PDF4^Report four^L||^application/pdf^X-UNKNOWN^Base64^JVBERi0xLjQK||||||F\r",
         Path::new("inline.hl7"),
     );
     let document = output.value();
     let report = only(&document, "DiagnosticReport");
     let forms = report["presentedForm"].as_array().expect("presented forms");
-    assert_eq!(forms.len(), 2, "{report}");
+    assert_eq!(forms.len(), 4, "{report}");
     assert_eq!(forms[1]["contentType"], "application/pdf");
+    // a whole media type in ED.3, or (ED.3 unknown) in ED.2
+    assert_eq!(forms[2]["contentType"], "application/pdf");
+    assert_eq!(forms[3]["contentType"], "application/pdf");
     assert!(forms.iter().all(|f| f["data"] == "JVBERi0xLjQK"));
 }
 
