@@ -1183,3 +1183,26 @@ fn nhs_numbers_are_found_under_the_labels_senders_use() {
     let patient = only(&output.value(), "Patient").clone();
     assert_eq!(patient["identifier"][1]["type"], serde_json::json!({"text": "HOSP"}));
 }
+
+#[test]
+fn a_result_sent_as_st_keeps_its_units() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|TELEPATH|RAL|JUNCTION|LCR|20261124090000||ORU^R01|S1|P|2.3\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR\r\
+         OBR|1|ICE1^ICE|TP1^TELEPATH|UE^U and E^L\r\
+         OBX|1|ST|CREA^Creatinine^L||65|umol/L|45-84||||F\r\
+         OBX|2|ST|COMM^Comment^L||Haemolysed||||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let values: Vec<&Value> = document["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Observation")
+        .map(|e| &e["resource"]["valueString"])
+        .collect();
+    assert_eq!(values, [&Value::from("65 umol/L"), &Value::from("Haemolysed")]);
+}
