@@ -145,6 +145,16 @@ pub(crate) fn build_into(
     warnings: &mut Vec<String>,
     out: &mut String,
 ) -> bool {
+    // an NDL's person is its first component, a CNN whose ID, family and given
+    // names are subcomponents (`C1234567&SHAH&RITA`): read as an XCN's components.
+    // One sent in XCN's shape (`C1234567^SHAH^RITA`) is read as it is.
+    let (dt, n) = match dt {
+        DataType::Ndl => match n.part(1) {
+            Some(c) if c.raw().contains(seps.subcomponent) => (DataType::Xcn, c),
+            _ => (DataType::Xcn, n),
+        },
+        dt => (dt, n),
+    };
     let t = |i: usize| n.part_text(i, seps);
     let mut o = Obj::new(out);
     match dt {
@@ -317,7 +327,8 @@ pub(crate) fn build_into(
         }
         DataType::Cwe => cwe(&mut o, n, seps),
         DataType::Coding => coding_members(&mut o, &t(1), &t(2), &t(3)),
-        DataType::Xcn => {
+        // (an NDL is an XCN by here)
+        DataType::Xcn | DataType::Ndl => {
             let id = t(1);
             let authority = n.sub_text(9, 1, seps);
             let id_type = t(13);
@@ -443,7 +454,7 @@ pub(crate) fn build_text(dt: DataType, text: &str) -> Option<String> {
             o.str("value", text);
         }
         DataType::Coding => o.str("code", text),
-        DataType::Xcn => {
+        DataType::Xcn | DataType::Ndl => {
             o.str("display", text);
             o.str("type", "Practitioner");
         }

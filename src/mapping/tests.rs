@@ -203,6 +203,25 @@ PID|1||9434765919^^^NHS&2.16.840.1.113883.2.1.4.1&ISO~9434765919^^^&2.16.840.1.1
 }
 
 #[test]
+fn ndl_reads_the_person_from_its_subcomponents() {
+    // OBR-32 as v2.3+ sends it (the person a CNN in component 1), with no ID, and
+    // in XCN's shape
+    let message = "MSH|^~\\&|CRIS|RAL01|JUNCTION|LCR|20240715093000||ORU^R01|CTRL1|P|2.4\r\
+OBR|1|||XCHES||||||||||||||||||||||||||||C1234567&SHAH&RITA&&&DR^20240715~&JONES&AMY~C7654321^LEE^TOM\r";
+    let (resource, _) = body("v = \"OBR-32[*] | NDL\"", message);
+    assert_eq!(
+        resource["v"],
+        json!([
+            {"display": "DR RITA SHAH", "type": "Practitioner",
+             "identifier": {"system": "https://fhir.hl7.org.uk/Id/gmc-number", "value": "1234567"}},
+            {"display": "AMY JONES", "type": "Practitioner"},
+            {"display": "TOM LEE", "type": "Practitioner",
+             "identifier": {"system": "https://fhir.hl7.org.uk/Id/gmc-number", "value": "7654321"}},
+        ])
+    );
+}
+
+#[test]
 fn nhs_number_failure_is_a_warning() {
     let (_, out) = body("v = \"PID-3[3].1 | nhs_number\"", MESSAGE);
     assert_eq!(

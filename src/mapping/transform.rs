@@ -31,6 +31,9 @@ pub(crate) enum DataType {
     Coding,
     /// XCN → Reference to a Practitioner by identifier.
     Xcn,
+    /// NDL (OBR-32 to OBR-35 from v2.3: the person is component 1, a CNN whose
+    /// parts are subcomponents) → as XCN; an NDL sent in XCN's shape alike.
+    Ndl,
     /// XON → Reference to an Organization by ODS code.
     Xon,
 }
@@ -94,7 +97,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, time, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), lines, warn('message'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, XTN('work'), CE, CWE, CNE, CODING, XCN, XON, TS, DTM";
+join('separator'), lines, warn('message'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, XTN('work'), CE, CWE, CNE, CODING, XCN, NDL, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -202,7 +205,7 @@ pub(crate) fn build(
             }
             Transform::Builtin(DataType::XtnWork, london()?)
         }
-        "CX" | "XPN" | "XAD" | "XTN" | "CE" | "CWE" | "CNE" | "CODING" | "XCN" | "XON" => {
+        "CX" | "XPN" | "XAD" | "XTN" | "CE" | "CWE" | "CNE" | "CODING" | "XCN" | "NDL" | "XON" => {
             argc(0)?;
             let dt = match name {
                 "CX" => DataType::Cx,
@@ -212,6 +215,7 @@ pub(crate) fn build(
                 "CE" | "CWE" | "CNE" => DataType::Cwe,
                 "CODING" => DataType::Coding,
                 "XCN" => DataType::Xcn,
+                "NDL" => DataType::Ndl,
                 _ => DataType::Xon,
             };
             Transform::Builtin(dt, london()?)
