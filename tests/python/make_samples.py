@@ -911,7 +911,8 @@ def oru_r01_shared_lab_number():
 
 
 def oru_r01_radiology_report():
-    # A radiology report as a RIS (CRIS shape, v2.4) sends it: the report text in one
+    # A radiology report as a RIS (CRIS shape, v2.4) sends it (section RAD, the
+    # reporting radiologist in OBR-32 as an NDL): the report text in one
     # TX result whose repetitions are its lines, with blank lines between paragraphs
     # and an indented list; the radiologist's addendum in an NTE of two lines with a
     # blank one between.
@@ -920,7 +921,7 @@ def oru_r01_radiology_report():
         "MSH|^~\\&|CRIS|RAL01|JUNCTION|LCR|20261124101500||ORU^R01|CRIS2611241015000003|P|2.4",
         "PID|1||9990000069^^^NHS^NH~RAL3344556^^^RAL^MR||EVANS^MAIR||19580630|F",
         "OBR|1|ICE700231^ICE|RAD0099123^CRIS|XCHES^XR Chest^NICIP|||20261124093000|||||||||"
-        "C1234567^SHAH^RITA||||||20261124101000|||F",
+        "C1234567^SHAH^RITA||||||20261124101000||RAD|F|||||||C7654321&PATEL&ASHA&&&DR",
         "OBX|1|TX|XCHES^XR Chest^NICIP||XR CHEST PA~~Clinical details: cough, 3 weeks.~~"
         "Findings:~  1. No focal consolidation.~  2. Heart size normal.~~"
         "Impression: normal chest radiograph.~||||||F",
