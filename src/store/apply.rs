@@ -271,6 +271,7 @@ fn put<R: Rows>(
         ("Patient", Some(stored)) => {
             with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned)
         }
+        ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
         _ => owned,
     };
     let resource = owned.as_ref().unwrap_or(resource);
@@ -561,6 +562,58 @@ fn result_ids(report: &Value) -> Vec<&str> {
         .filter_map(|r| r["reference"].as_str())
         .filter_map(|r| r.strip_prefix("Observation/"))
         .collect()
+}
+
+/// A report version that leaves out results its stored version named, as a lab
+/// that sends only the result it corrects (OBX-11 `C`) does: those results stay
+/// the report's (`None` when it names them all, or they are gone). A result is
+/// let go only when it is cancelled or entered in error, or when the report is
+/// made final while the result is still preliminary
+/// ([`withdraw_dropped_results`] then cancels it).
+fn with_kept_results<R: Rows>(
+    rows: &mut R,
+    stored: &Value,
+    report: &Value,
+) -> Result<Option<Value>, R::Error> {
+    let done = matches!(
+        report["status"].as_str(),
+        Some("final" | "corrected" | "amended" | "appended")
+    );
+    let now = result_ids(report);
+    let mut kept = Vec::new();
+    for id in result_ids(stored) {
+        if now.contains(&id) || kept.contains(&id) {
+            continue;
+        }
+        let Some(current) = rows.current("Observation", id)? else {
+            continue;
+        };
+        let Some(content) = &current.content else {
+            continue;
+        };
+        let observation: Value = serde_json::from_str(content)?;
+        let keep = match observation["status"].as_str() {
+            Some("cancelled" | "entered-in-error") => false,
+            Some("preliminary" | "registered") => !done,
+            _ => true,
+        };
+        if keep {
+            kept.push(id);
+        }
+    }
+    if kept.is_empty() {
+        return Ok(None);
+    }
+    let mut owned = report.clone();
+    if !owned["result"].is_array() {
+        owned["result"] = Value::Array(Vec::new());
+    }
+    if let Some(results) = owned["result"].as_array_mut() {
+        for id in kept {
+            results.push(serde_json::json!({ "reference": format!("Observation/{id}") }));
+        }
+    }
+    Ok(Some(owned))
 }
 
 /// A report made final (or corrected, amended, appended) that no longer names a

@@ -1354,6 +1354,31 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
         )
         .unwrap();
     assert_eq!(current(&f.store, "Observation", "o1")["status"], "final");
+    // ... and in the report: o1 is still one of its results (o3, withdrawn, is not)
+    let names = |store: &RecordStore| -> Vec<String> {
+        current(store, "DiagnosticReport", "r1")["result"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| r["reference"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(names(&f.store), ["Observation/o2", "Observation/o1"]);
+    // the same correction again changes nothing
+    let again = f
+        .store
+        .apply_bundle(
+            &bundle(&[report("corrected", &["o2"]), result("o2", "corrected")]),
+            at("2026-11-23T12:00:00Z"),
+        )
+        .unwrap();
+    assert!(
+        results(&again)
+            .iter()
+            .all(|(_, r)| matches!(r, EntryResult::Unchanged { .. })),
+        "{:?}",
+        results(&again)
+    );
     // and a report still preliminary withdraws nothing
     let f2 = open();
     f2.store
@@ -1372,4 +1397,5 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
         .apply_bundle(&bundle(&[report("partial", &["o1"])]), at("2026-11-23T10:00:00Z"))
         .unwrap();
     assert_eq!(current(&f2.store, "Observation", "o2")["status"], "preliminary");
+    assert_eq!(names(&f2.store), ["Observation/o1", "Observation/o2"]);
 }
