@@ -929,6 +929,32 @@ def oru_r01_radiology_report():
     ])
 
 
+def adt_a12_cancel_transfer():
+    # An iPM cancel transfer (v2.4): PV1-3 is where the patient is again (the acute
+    # medical unit), PV1-6 the ward the cancelled transfer named.
+    assert nhs_valid("9990000077")
+    return message([
+        "MSH|^~\\&|IPM|RAJ|JUNCTION|LCR|20261124123000||ADT^A12^ADT_A12|IPM2611241230000212|P|2.4",
+        "EVN|A12|20261124122900",
+        "PID|1||9990000077^^^NHS^NH~R0012345^^^RAJ^MR||GREEN^ANNA^MARIA||19900303|F",
+        "PV1|1|I|AMU^BAY 1^BED 1^RAJ|||WARD 7^BAY 2^BED 4^RAJ|||||||||||||IPM555^^^RAJ^VN"
+        "|||||||||||||||||||||||||20261123100000",
+    ])
+
+
+def adt_a38_cancel_preadmit():
+    # An Epic cancel pre-admission (v2.6): the planned visit (PV1-2 `P`) will not
+    # happen.
+    assert nhs_valid("9990000085")
+    return message([
+        "MSH|^~\\&|EPIC|RGT|JUNCTION|LCR|20261124170000||ADT^A38^ADT_A38|EP2611241700000002|P|2.6",
+        "EVN|A38|20261124170000",
+        "PID|1||E1000001^^^EPI^MR~9990000085^^^NHS^NH||KOWALSKI^LUKASZ^^^MR||19780909|M",
+        "PV1|1|P|ADDENBROOKES^^^RGT||||||||||||||||EP555001^^^RGT^VN",
+        "PV2||||||||20261210",
+    ])
+
+
 def adt_a08_v28_bare_mrn():
     # A v2.8 PAS: PID-8, PV1-2 and DG1-6 coded (CWE), an MRN sent bare (no CX.4 or
     # CX.5), no MSH-4 (optional), and an A08 for a pre-admission (PV1-2 `P^Preadmit`,
@@ -1121,6 +1147,8 @@ def main():
         "oru_r01_shared_lab_number.hl7": oru_r01_shared_lab_number().encode("ascii"),
         "adt_a08_v28_bare_mrn.hl7": adt_a08_v28_bare_mrn().encode("ascii"),
         "oru_r01_radiology_report.hl7": oru_r01_radiology_report().encode("ascii"),
+        "adt_a12_cancel_transfer.hl7": adt_a12_cancel_transfer().encode("ascii"),
+        "adt_a38_cancel_preadmit.hl7": adt_a38_cancel_preadmit().encode("ascii"),
         "adt_a11_cancel_hwe_practice.hl7": adt_a11_cancel_hwe_practice().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
         "bad/no_msh.hl7": bad_no_msh().encode("ascii"),
