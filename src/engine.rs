@@ -327,11 +327,11 @@ fn build_destinations(
         let kind = cfg.kind.as_str().to_string();
         match build::build(id, cfg, &ctx) {
             Ok(deliver) => {
-                info!(destination = %id, kind = %kind, external = cfg.external, "destination ready");
+                info!(destination = %id, kind = %kind, external = cfg.is_external(), "destination ready");
                 built.push((
                     Destination {
                         id: id.clone(),
-                        external: cfg.external,
+                        external: cfg.is_external(),
                         concurrency: usize::try_from(cfg.concurrency).unwrap_or(1).max(1),
                         // The destination bounds its own attempt by timeout_secs
                         // (with a precise error); this is the safety net.
@@ -350,7 +350,7 @@ fn build_destinations(
                 unavailable.push(Unavailable {
                     id: id.clone(),
                     kind,
-                    external: cfg.external,
+                    external: cfg.is_external(),
                     error: err.to_string(),
                 });
             }

@@ -76,8 +76,10 @@ impl DestinationKind {
 pub struct DestinationConfig {
     pub kind: DestinationKind,
     /// Leaves the organisation: patients who object to sharing are withheld.
+    /// Unset: a MESH destination is external (it sends to another
+    /// organisation's mailbox), any other kind is not. See [`Self::is_external`].
     #[serde(default)]
-    pub external: bool,
+    pub external: Option<bool>,
 
     // --- mesh ---
     /// `[mesh.mailboxes.<id>]` we send from.
@@ -210,11 +212,19 @@ fn default_concurrency() -> u32 {
 }
 
 impl DestinationConfig {
+    /// Whether documents sent here leave the organisation (objections are
+    /// honoured): as configured, else true for MESH, which always sends to
+    /// another organisation's mailbox (a forgotten `external = true` on the next
+    /// neighbour added must not send objecting patients across the border).
+    pub fn is_external(&self) -> bool {
+        self.external.unwrap_or(self.kind == DestinationKind::Mesh)
+    }
+
     /// A config of `kind` with every optional key unset and default limits.
     pub fn new(kind: DestinationKind) -> Self {
         DestinationConfig {
             kind,
-            external: false,
+            external: None,
             mailbox: None,
             to: None,
             workflow_id: None,
@@ -355,4 +365,19 @@ pub trait Deliver: Send + Sync + 'static {
 pub trait Objections: Send + Sync + 'static {
     /// Whether the person with this NHS number objects to sharing.
     fn is_objecting(&self, nhs_number: &str) -> Result<bool, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mesh_destination_is_external_unless_it_says_not() {
+        let parse = |text: &str| -> DestinationConfig { toml::from_str(text).expect("config") };
+        assert!(parse("kind = \"mesh\"").is_external());
+        assert!(!parse("kind = \"mesh\"\nexternal = false").is_external());
+        assert!(!parse("kind = \"file\"\ndir = \"x\"").is_external());
+        assert!(parse("kind = \"fhir\"\nurl = \"https://x\"\nexternal = true").is_external());
+        assert!(!parse("kind = \"store\"").is_external());
+    }
 }
