@@ -45,6 +45,7 @@ fn item(id: i64, document: &[u8], raw: &[u8]) -> DeliveryItem {
         document: Bytes::copy_from_slice(document),
         raw: Bytes::copy_from_slice(raw),
         attempt: 1,
+        retried: false,
         queued_at_ms: QUEUED_AT_MS,
     }
 }
@@ -804,7 +805,14 @@ async fn mesh_a_later_attempt_finds_the_earlier_message_instead_of_duplicating()
     let second = dest.deliver(&it).await.unwrap().remote_ref.unwrap();
     assert_eq!(first, second);
     let inbox = receiver(&sandbox).inbox().await.unwrap();
-    assert_eq!(inbox, vec![MessageId::new(first)]);
+    assert_eq!(inbox, vec![MessageId::new(first.clone())]);
+    // Dead-lettered after an ambiguous attempt, then retried by hand: its count
+    // starts again at 1, and it still asks tracking rather than posting again.
+    it.attempt = 1;
+    it.retried = true;
+    let retried = dest.deliver(&it).await.unwrap().remote_ref.unwrap();
+    assert_eq!(retried, first);
+    assert_eq!(receiver(&sandbox).inbox().await.unwrap().len(), 1);
 
     // Another item is a new message.
     let third = dest

@@ -29,7 +29,8 @@
 //!
 //! # Invariants
 //! - Never blindly re-POST: on every attempt after the first
-//!   (`item.attempt > 1`) tracking by local id is asked first, and a message
+//!   (`item.attempt > 1`, or any attempt of a row retried by hand, whose count
+//!   started again) tracking by local id is asked first, and a message
 //!   MESH already has counts as delivered (its remaining chunks are sent if it
 //!   was left uploading).
 //! - Credentials problems (missing secret, 403) and transient failures are
@@ -160,7 +161,7 @@ impl MeshDestination {
             subject: self.subject.clone(),
             content_type: Some(self.payload.content_type().to_string()),
             body: self.payload.bytes(item).clone(),
-            earlier_attempt: item.attempt > 1,
+            earlier_attempt: item.attempt > 1 || item.retried,
         };
         let limit = self.attempt_timeout(item, self.timeout);
         match tokio::time::timeout(limit, client.send(&request)).await {
@@ -239,6 +240,7 @@ mod tests {
             document: Bytes::from(vec![b'x'; size]),
             raw: Bytes::new(),
             attempt: 1,
+            retried: false,
             queued_at_ms: 0,
         };
         let configured = Duration::from_secs(30);

@@ -292,8 +292,11 @@ pub struct DeliveryItem {
     pub document: Bytes,
     /// The original message bytes as journaled (what an MLLP forward sends).
     pub raw: Bytes,
-    /// 1 for the first attempt.
+    /// 1 for the first attempt (again after a retry by hand).
     pub attempt: u32,
+    /// The row was retried by hand (`junction retry`): its attempt count
+    /// started again, but an attempt before may have reached the destination.
+    pub retried: bool,
     /// When the row was queued (Unix milliseconds); never changes.
     pub queued_at_ms: i64,
 }

@@ -307,6 +307,8 @@ async fn attempt(shared: &Shared, dest: &Destination, row: DueDelivery) {
                 document: row.document.clone(),
                 raw: row.raw.clone(),
                 attempt: attempt_no,
+                // a retry by hand restarts the age from then (and the count)
+                retried: row.age_from_ms != row.created_at_ms,
                 queued_at_ms: row.created_at_ms,
             };
             let limit = dest.deliver.attempt_timeout(&item, dest.timeout);
