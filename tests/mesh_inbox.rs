@@ -383,6 +383,56 @@ async fn hl7_v2_arrives_as_its_messages_and_a_resend_is_a_duplicate() {
     );
 }
 
+/// A lab that corrects a result and sends it again under the same control id:
+/// kept as a rejected row and said so (counted rejected, the event names the
+/// kept row), not passed off as a re-download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_whose_content_differs_is_rejected_not_a_duplicate() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let oru = std::fs::read(harness::repo_root().join("samples/oru_r01_fbc_ue.hl7")).unwrap();
+    let text = String::from_utf8(oru.clone()).unwrap();
+    let corrected = text.replacen("|128|", "|99|", 1);
+    assert_ne!(corrected, text, "the sample's Hb is 128");
+    mesh::send(&sandbox.url, NEIGHBOUR, JUNCTION, &write(dir.path(), "oru.hl7", &oru));
+    let journal = journal(dir.path());
+    let events = EventBus::default();
+    let mut sub = events.subscribe();
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &events);
+    inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    let again = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "oru-corrected.hl7", corrected.as_bytes()),
+    );
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        summary,
+        PollSummary {
+            listed: 1,
+            rejected: 1,
+            acknowledged: 1,
+            ..PollSummary::default()
+        }
+    );
+    let all = journal.search(MessageQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let kept = all.iter().find(|r| r.status == "rejected").expect("kept row");
+    let events: Vec<(String, String, i64)> = events_of(&mut sub)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::MeshReceived(m) => Some((m.message_id, m.outcome, m.journal_id)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        events.contains(&(again, "rejected".into(), kept.id)),
+        "{events:?}"
+    );
+}
+
 /// A sender that writes to MESH what it would have sent over TCP: HL7 in its
 /// MLLP frames. Its messages are journaled as unframed HL7.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -474,16 +474,43 @@ impl MeshInbox {
                 Committed::Duplicate { .. } => None,
             })
             .collect();
+        // A resend whose content differs from the original's (a corrected
+        // result under a reused control id): kept as a rejected row, not
+        // processed. Said as the MLLP listener says it, not as a re-download.
+        let differing: Vec<(i64, i64)> = committed
+            .iter()
+            .filter_map(|c| match c {
+                Committed::Duplicate {
+                    id,
+                    differing: Some(kept),
+                    ..
+                } => Some((*id, *kept)),
+                _ => None,
+            })
+            .collect();
+        for (original, kept) in &differing {
+            warn!(source = %self.id, message_id = %message_id, from = %headers.from,
+                original, kept,
+                "mesh message: a resend whose content differs from the original's (same \
+                 sender and control id): not processed, kept as a rejected row \
+                 (does the sender reuse control ids?)");
+        }
         let journal_id = stored
             .first()
             .map(|(id, _)| *id)
+            .or_else(|| differing.first().map(|(_, kept)| *kept))
             .or_else(|| committed.first().map(Committed::id))
             .or_else(|| before.first().copied())
             .unwrap_or_default();
-        // Nothing new: a re-download. Something new and accepted: accepted
-        // (a batch may hold rejected messages too: each has its own row).
+        // Nothing new: a re-download (or a differing resend: rejected).
+        // Something new and accepted: accepted (a batch may hold rejected
+        // messages too: each has its own row).
         let outcome = if stored.is_empty() {
-            Outcome::Duplicate
+            if differing.is_empty() {
+                Outcome::Duplicate
+            } else {
+                Outcome::Rejected
+            }
         } else if stored.iter().any(|(_, accepted)| *accepted) {
             Outcome::Accepted
         } else {
