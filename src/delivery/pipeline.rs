@@ -415,6 +415,30 @@ impl Router {
                 ),
             ));
         }
+        // A neighbour contributes to the record; it does not administer it: a
+        // document from a source that deletes is refused whole (visible as a
+        // failed routing, its bytes kept), never applied to the store.
+        let deletes = document["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["request"]["method"]
+                    .as_str()
+                    .is_some_and(|m| m.eq_ignore_ascii_case("DELETE"))
+            })
+            .count();
+        if deletes > 0 {
+            return Err(Failure::new(
+                "document",
+                format!(
+                    "the document from source `{}` deletes ({deletes} DELETE entr{}): a \
+                     document from outside never deletes from the record; refused whole",
+                    message.listener,
+                    if deletes == 1 { "y" } else { "ies" }
+                ),
+            ));
+        }
         // A source journals the document's type (`MESH^<workflow id>`) and
         // sender (the sending mailbox); routes match on those.
         let input = RouteInput::for_document(

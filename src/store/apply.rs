@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use super::plan::{self, Op, Plan};
-use super::{ApplyOutcome, EntryOutcome, EntryResult};
+use super::{ApplyOutcome, EntryOutcome, EntryProblem, EntryResult, StoreError};
 use crate::route::NHS_NUMBER_SYSTEM;
 
 /// The current row of a record.
@@ -25,7 +25,7 @@ pub(super) struct Current {
 
 /// The row operations a backend offers, inside its open transaction.
 pub(super) trait Rows {
-    type Error: From<serde_json::Error>;
+    type Error: From<serde_json::Error> + From<StoreError>;
 
     fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, Self::Error>;
 
@@ -95,7 +95,7 @@ pub(super) fn apply_plan<R: Rows>(
 ) -> Result<ApplyOutcome, R::Error> {
     let event_time = plan.event_time.map(|t| t.as_microsecond());
     let mut outcome = ApplyOutcome::default();
-    for entry in &plan.entries {
+    for (index, entry) in plan.entries.iter().enumerate() {
         let (resource_type, id) = (entry.resource_type.as_str(), entry.id.as_str());
         let current = rows.current(resource_type, id)?;
         let create_only = matches!(
@@ -118,6 +118,7 @@ pub(super) fn apply_plan<R: Rows>(
             Decision::Skip(result) => result,
             Decision::Write { event_time } => {
                 let at = At {
+                    index,
                     resource_type,
                     id,
                     current: current.as_ref(),
@@ -184,6 +185,8 @@ fn decide(current: Option<&Current>, create_only: bool, incoming: Option<i64>) -
 
 /// The record an entry writes, and when.
 struct At<'a> {
+    /// The entry's place in the Bundle (for its error).
+    index: usize,
     resource_type: &'a str,
     id: &'a str,
     current: Option<&'a Current>,
@@ -235,6 +238,28 @@ fn put<R: Rows>(
         Some(text) => Some(serde_json::from_str(text)?),
         None => None,
     };
+    // a Patient's NHS number never changes under its id (ids are made from it):
+    // a version naming only other NHS numbers than the stored one (a neighbour's
+    // document, a sender's mistake) is refused, the whole document with it
+    if let (Some(stored), "Patient") = (&stored, at.resource_type) {
+        let nhs_of = |ids: &[(String, String)]| -> Vec<String> {
+            ids.iter()
+                .filter(|(system, _)| system == NHS_NUMBER_SYSTEM)
+                .map(|(_, value)| value.clone())
+                .collect()
+        };
+        let before = nhs_of(&plan::identifiers_of(stored));
+        let now = nhs_of(identifiers);
+        if !before.is_empty() && !now.is_empty() && !now.iter().any(|n| before.contains(n)) {
+            return Err(StoreError::InvalidEntry {
+                index: at.index,
+                problem: EntryProblem::NhsNumberChanged {
+                    url: format!("Patient/{}", at.id),
+                },
+            }
+            .into());
+        }
+    }
     // a result or report already reported (final, corrected, amended) is not
     // taken back to preliminary by a preliminary version that arrives after it
     // (a queue flushed again by an interface engine, with a fresh MSH-7): that

@@ -232,6 +232,8 @@ pub enum EntryProblem {
     Duplicate { url: String },
     #[error("the reference {reference:?} matches no entry's fullUrl")]
     UnresolvedReference { reference: String },
+    #[error("{url} holds another NHS number: a Patient's NHS number never changes under its id")]
+    NhsNumberChanged { url: String },
 }
 
 /// What applying one entry did.

@@ -153,6 +153,28 @@ fn documents_from_a_source_must_be_bundles() {
 }
 
 #[test]
+fn a_document_from_a_source_that_deletes_is_refused_whole() {
+    let router = router(
+        "[routes.inbox]\nsources = [\"inbox\"]\nmessages = [\"*^*\"]\ndestinations = [\"sink\"]\n",
+        &["inbox"],
+        &["sink"],
+    );
+    let deletes = r#"{"resourceType":"Bundle","type":"transaction","entry":[
+        {"request":{"method":"PUT","url":"Observation/o1"},"resource":{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"}}},
+        {"request":{"method":"DELETE","url":"Patient/p1"}}]}"#;
+    let routed = router.route(&message(8, "inbox", deletes), false, 0);
+    assert_eq!(routed.routing.outcome, RoutingOutcome::Failed);
+    assert!(routed.routing.deliveries.is_empty());
+    let error = routed.routing.error.unwrap();
+    assert!(error.contains("never deletes"), "{error}");
+    // one that only writes is passed through
+    let writes = r#"{"resourceType":"Bundle","type":"transaction","entry":[
+        {"request":{"method":"PUT","url":"Observation/o1"},"resource":{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"}}}]}"#;
+    let routed = router.route(&message(9, "inbox", writes), false, 0);
+    assert_eq!(routed.routing.deliveries.len(), 1);
+}
+
+#[test]
 fn hl7_from_a_source_is_mapped_by_the_routes_for_that_source() {
     let router = router(
         "[routes.mesh_adt]\nsources = [\"inbox\"]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"sink\"]\n\

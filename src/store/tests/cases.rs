@@ -487,6 +487,36 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
 }
 
 #[test]
+fn a_patients_nhs_number_never_changes_under_its_id() {
+    let f = open();
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), at("2026-11-23T09:00:00Z"))
+        .unwrap();
+    // another person's NHS number under this id (a neighbour's document): the
+    // whole document is refused, and nothing of it stored
+    let other = patient(PATIENT, "9990000018", "Overwritten");
+    let enc = encounter(ENCOUNTER, PATIENT, "in-progress");
+    let err = f
+        .store
+        .apply_bundle(&bundle(&[enc, other]), at("2026-11-23T10:00:00Z"))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "entry 1: Patient/{PATIENT} holds another NHS number: a Patient's NHS number never changes under its id"
+        )
+    );
+    assert!(err.is_permanent());
+    assert_eq!(current(&f.store, "Patient", PATIENT)["name"][0]["family"], "Smith");
+    assert!(f.store.read("Encounter", ENCOUNTER).unwrap().is_none());
+    // the same number with new details, and a version naming none, are updates
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smyth")]), at("2026-11-23T11:00:00Z"))
+        .unwrap();
+    assert_eq!(current(&f.store, "Patient", PATIENT)["name"][0]["family"], "Smyth");
+}
+
+#[test]
 fn documents_that_are_not_transactions_are_refused() {
     let f = open();
     let cases = [
@@ -646,22 +676,23 @@ fn patient_search_by_identifier_follows_the_current_version() {
         .unwrap()
         .is_empty());
 
-    // The NHS number changes (a correction): the old one no longer finds her.
-    store
-        .apply_bundle(&bundle(&[patient(PATIENT, "9000000009", "Smith")]), None)
-        .unwrap();
+    // The MRN changes (a correction): the old one no longer finds her. (An NHS
+    // number never changes under a Patient's id: a_patients_nhs_number_never_changes_under_its_id.)
+    let mut corrected = patient(PATIENT, "9434765919", "Smith");
+    corrected["identifier"][1]["value"] = json!("MRN-CORRECTED");
+    store.apply_bundle(&bundle(&[corrected]), None).unwrap();
     assert!(store
-        .search_patient_by_identifier(Some(NHS), "9434765919")
+        .search_patient_by_identifier(Some(MRN), "MRN-9434765919")
         .unwrap()
         .is_empty());
     let found = store
-        .search_patient_by_identifier(Some(NHS), "9000000009")
+        .search_patient_by_identifier(Some(MRN), "MRN-CORRECTED")
         .unwrap();
     assert_eq!(ids(found.clone()), vec![PATIENT]);
     assert_eq!(found[0]["meta"]["versionId"], "2");
 
     // Identifiers without a system are found with `Some("")`.
-    let mut local = patient(PATIENT, "9000000009", "Smith");
+    let mut local = patient(PATIENT, "9434765919", "Smith");
     local["identifier"] = json!([{"value": "LOCAL-1"}]);
     store.apply_bundle(&bundle(&[local]), None).unwrap();
     assert_eq!(
