@@ -696,8 +696,24 @@ fn leave_pending(
     if was_head {
         promote_next(tx, &destination, &patient_key)?;
     }
+    if status == DeliveryStatus::Delivered && changed == 1 {
+        // the message reached this destination after all (a replay of it,
+        // `junction replay <message> --destination <id>`): its dead letters
+        // there are settled, not left dead for good (an alarm nobody could
+        // clear, a message never pruned)
+        tx.prepare_cached(SUPERSEDE_DEAD)?
+            .execute(params![id, destination, delivered_at])?;
+    }
     Ok(QueueOutcome::Updated(changed))
 }
+
+/// The dead rows of a delivered row's message and destination, older than it:
+/// delivered (by it), their reason kept and the row that delivered named.
+const SUPERSEDE_DEAD: &str = "UPDATE deliveries
+     SET status = 'delivered', delivered_at = ?3, document = X'',
+         last_error = coalesce(last_error || '; ', '') || 'settled: delivered again as delivery ' || ?1
+     WHERE message_id = (SELECT message_id FROM deliveries WHERE id = ?1)
+       AND destination = ?2 AND status = 'dead' AND id < ?1";
 
 /// Makes the lowest pending row of a line its head.
 fn promote_next(

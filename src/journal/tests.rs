@@ -830,6 +830,48 @@ async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
         journal.delivery(id).await.unwrap().unwrap().status,
         DeliveryStatus::Dead
     );
+    // replayed to that destination and delivered: the dead letter is settled
+    // (no alarm left that nobody could clear), its reason kept
+    let replayed = journal
+        .queue_write(vec![QueueOp::Route(NewRouting {
+            message_id: message,
+            replay: true,
+            outcome: RoutingOutcome::Routed,
+            routes: Vec::new(),
+            error: None,
+            at_ms: 7,
+            deliveries: vec![NewDelivery {
+                destination: "store".into(),
+                mapping: "adt".into(),
+                routes: vec!["r".into()],
+                patient_key: "p-SENT".into(),
+                nhs_numbers: Vec::new(),
+                document: Bytes::from_static(b"{}"),
+                last_error: None,
+            }],
+        })])
+        .await
+        .unwrap();
+    let again = match &replayed[0] {
+        QueueOutcome::Routed { deliveries, .. } => deliveries[0],
+        other => panic!("{other:?}"),
+    };
+    journal
+        .queue_write(vec![QueueOp::Delivered {
+            id: again,
+            attempts: 1,
+            remote_ref: Some("REF-AGAIN".into()),
+            at_ms: 8,
+        }])
+        .await
+        .unwrap();
+    let row = journal.delivery(id).await.unwrap().unwrap();
+    assert_eq!(row.status, DeliveryStatus::Delivered);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some(format!("mesh report: status code 14; settled: delivered again as delivery {again}").as_str())
+    );
+    assert_eq!(row.remote_ref.as_deref(), Some("REF-SENT"));
     // a pending delivery is not "not delivered"
     let pending = old_message(&journal, "WAIT", Status::Accepted, 0, Some(Some("pending"))).await;
     let row = &journal
