@@ -848,4 +848,15 @@ async fn transient_answers_are_retried_where_safe_and_tracked_where_not() {
         } => assert_eq!((attempts, status), (3, Some(503))),
         other => panic!("expected Unavailable, got {other:?}"),
     }
+
+    // A 404 where MESH names no message (something in between answered): not
+    // "message `` not found", and worth trying again, not a permanent failure.
+    let mut listing = config(&sandbox, "X26ABC1");
+    listing.url = fault_proxy(sandbox.addr, vec![(inbox_list, Fault::Refuse(404))]).await;
+    let error = client_with(&listing, "password", "TestKey")
+        .inbox()
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("http 404"), "{error}");
 }

@@ -787,6 +787,20 @@ impl MeshClient {
                 operation,
                 detail: detail.msg,
             },
+            // a 404 or 410 where MESH names no message (the API answers neither
+            // to a send, a handshake or an inbox list): something in between
+            // (a proxy, a load balancer) answered; worth trying again later, not
+            // a reason to dead-letter a document
+            404 | 410 if message_id.is_none() => MeshError::Unavailable {
+                operation,
+                mailbox: self.mailbox.clone(),
+                attempts: 1,
+                status: Some(status),
+                reason: format!(
+                    "http {status}, which MESH does not answer to this call (a proxy or \
+                     load balancer in between?)"
+                ),
+            },
             404 => MeshError::NotFound {
                 operation,
                 message_id: message_id.unwrap_or("").to_owned(),
