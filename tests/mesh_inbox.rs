@@ -585,13 +585,14 @@ async fn wrong_credentials_or_mesh_down_keep_messages_until_fixed() {
         mailbox: "junction".into(),
         poll_interval_secs: 60,
     };
+    let metrics = Arc::new(Metrics::new());
     let mut inbox = MeshInbox::new(
         SOURCE,
         &source,
         config,
         journal.clone(),
         EventBus::default(),
-        Arc::new(Metrics::new()),
+        metrics.clone(),
     );
     let err = inbox
         .poll_once(&CancellationToken::new())
@@ -646,6 +647,20 @@ async fn wrong_credentials_or_mesh_down_keep_messages_until_fixed() {
     let (_, raw, _) = row(&journal, &id).await;
     assert_eq!(raw, body);
     assert!(mesh::inbox(&sandbox.url, JUNCTION).is_empty());
+    // the failing polls are seen in the metrics, not only in the log
+    let text = metrics.encode();
+    assert!(
+        text.contains("junction_source_polls_total{source=\"mesh_inbox\",outcome=\"failed\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("junction_source_polls_total{source=\"mesh_inbox\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("junction_source_last_success_timestamp_seconds{source=\"mesh_inbox\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

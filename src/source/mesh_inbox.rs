@@ -60,7 +60,9 @@ use crate::journal::{
 };
 use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, MessageId, MessageType, Received};
 use crate::telemetry::events::{self, DeliveryEvent, Event, EventBus, MeshEvent};
-use crate::telemetry::metrics::{DeliveryLabel, ListenerLabel, Metrics};
+use crate::telemetry::metrics::{
+    DeliveryLabel, ListenerLabel, Metrics, SourceLabel, SourcePollLabel,
+};
 
 /// How often the mailbox is validated with a handshake (MESH asks for at
 /// least one a day).
@@ -312,6 +314,7 @@ impl MeshInbox {
         stop: &CancellationToken,
     ) -> Result<PollSummary, MeshInboxError> {
         let result = self.poll_inner(stop).await;
+        self.count_poll(result.is_ok());
         if let Err(err) = &result {
             if err.is_auth() {
                 // Read the secrets again next time: they may have been fixed.
@@ -648,6 +651,24 @@ impl MeshInbox {
             .iter()
             .find(|r| r.listener == self.id && r.sender == sender && r.control_id == control_id)
             .map(|r| r.id))
+    }
+
+    /// A poll's outcome in the metrics, and when the last good one was.
+    fn count_poll(&self, ok: bool) {
+        let label = SourcePollLabel {
+            source: self.id.clone(),
+            outcome: if ok { "ok" } else { "failed" }.to_string(),
+        };
+        self.metrics.source_polls.get_or_create(&label).inc();
+        if ok {
+            let now = jiff::Timestamp::now().as_second();
+            self.metrics
+                .source_last_success
+                .get_or_create(&SourceLabel {
+                    source: self.id.clone(),
+                })
+                .set(now);
+        }
     }
 
     fn count(&self, outcome: Outcome) {

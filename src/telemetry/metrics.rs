@@ -36,6 +36,18 @@ pub struct DeliveryLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourcePollLabel {
+    pub source: String,
+    /// `ok`, `failed`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
     pub destination: String,
     /// `pending`, `delivered`, `dead`, `withheld`.
@@ -77,6 +89,12 @@ pub struct Metrics {
     /// Bytes the engine may still write on the journal's file system (read
     /// at each scrape): what to alert on before a full disk stops intake.
     pub journal_disk_free: Gauge,
+    /// Polls of a source (a MESH inbox), by outcome: a failing inbox (wrong
+    /// password, MESH down) is seen here, not only in the log.
+    pub source_polls: Family<SourcePollLabel, Counter>,
+    /// When a source last polled successfully (Unix seconds): alert when it
+    /// falls behind (neighbours' documents wait in MESH, which expires them).
+    pub source_last_success: Family<SourceLabel, Gauge>,
 }
 
 impl Metrics {
@@ -171,9 +189,23 @@ impl Metrics {
             "Bytes free to the engine on the journal's file system (at the scrape)",
             journal_disk_free.clone(),
         );
+        let source_polls = Family::<SourcePollLabel, Counter>::default();
+        registry.register(
+            "source_polls",
+            "Polls of a source (a MESH inbox), by outcome",
+            source_polls.clone(),
+        );
+        let source_last_success = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_last_success_timestamp_seconds",
+            "When a source (a MESH inbox) last polled successfully, Unix seconds",
+            source_last_success.clone(),
+        );
         Metrics {
             registry,
             journal_disk_free,
+            source_polls,
+            source_last_success,
             mapping_warnings,
             journal_pruned,
             routed,
