@@ -815,6 +815,34 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
                 need("mailbox", d.mailbox.is_some(), diags);
                 need("to", d.to.is_some(), diags);
                 need("workflow_id", d.workflow_id.is_some(), diags);
+                // MESH mailbox ids are upper-case letters and digits (`X26ABC2`):
+                // one written otherwise is sent as written and never arrives
+                if let Some(to) = d.to.as_deref() {
+                    let ok = !to.is_empty()
+                        && to
+                            .bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+                    if !ok {
+                        let fixed: String = to
+                            .trim()
+                            .to_ascii_uppercase()
+                            .chars()
+                            .filter(char::is_ascii_alphanumeric)
+                            .collect();
+                        diags.push(doc.error(
+                            at("to"),
+                            format!(
+                                "destination `{id}`: `to` {to:?} is not a MESH mailbox id \
+                                 (upper-case letters and digits{})",
+                                if fixed.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": `{fixed}`?")
+                                }
+                            ),
+                        ));
+                    }
+                }
             }
             DestinationKind::Fhir => need("url", d.url.is_some(), diags),
             DestinationKind::Mllp => {
@@ -1413,6 +1441,12 @@ mod tests {
             .replace("to = \"X26ABC2\"", "to = \"X26ABC2\"\nworkflow_id = \"W\"");
         let (config, diags) = parse(Path::new("junction.toml"), &fixed);
         assert!(!diags.has_errors(), "{diags}");
+        // a recipient written as no MESH mailbox id is (lower case, a space)
+        let odd = diagnostics(&fixed.replace("to = \"X26ABC2\"", "to = \"x26abc2 \""));
+        assert_eq!(
+            odd,
+            ["junction.toml:13:6: error: destination `hwe`: `to` \"x26abc2 \" is not a MESH mailbox id (upper-case letters and digits: `X26ABC2`?)"],
+        );
         let config = config.unwrap();
         assert_eq!(config.destinations["lab"].kind, DestinationKind::Fhir);
         assert_eq!(config.sources["inbox"].mailbox, "junction");
