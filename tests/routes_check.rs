@@ -202,3 +202,24 @@ fn routes_are_checked_against_a_config_with_errors_of_its_own() {
     );
     assert!(stderr.contains("found 2 error(s)"), "{stderr}");
 }
+
+#[test]
+fn every_problem_of_a_route_is_reported_in_one_run() {
+    // a route with a bad pattern also names an unknown listener and
+    // destination; one with no destinations also names an unknown source
+    let dir = project(
+        "[routes.e]\nlisteners = [\"nope\"]\nmessages = [\"ADT\"]\nmapping = \"adt\"\ndestinations = [\"nowhere\"]\n\n\
+         [routes.f]\nsources = [\"nosource\"]\nmessages = [\"MESH^*\"]\ndestinations = []\n",
+    );
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        "routes/main.toml:2:14: error: route `e` names unknown listener `nope`",
+        "routes/main.toml:3:13: error: invalid message pattern `ADT`",
+        "routes/main.toml:5:17: error: route `e` sends to unknown destination `nowhere`",
+        "routes/main.toml:8:12: error: route `f` names unknown source `nosource`",
+        "routes/main.toml:10:16: error: route `f` has an empty `destinations` list",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+}

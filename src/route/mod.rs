@@ -70,6 +70,9 @@ pub use document::{routing_view, routing_view_of, GP_SYSTEMS, NHS_NUMBER_SYSTEM,
 #[derive(Debug, Default)]
 pub struct RouteSet {
     routes: Vec<Route>,
+    /// Routes with problems of their own (never used to route): their
+    /// references are checked too, so one run shows every problem.
+    broken: Vec<Route>,
     tables: Tables,
     tests: Vec<RouteTest>,
 }
@@ -568,6 +571,7 @@ impl RouteSet {
     pub fn check_sources(&self, sources: &[&str]) -> Vec<RouteError> {
         self.routes
             .iter()
+            .chain(&self.broken)
             .flat_map(|r| r.sources.iter().map(move |s| (r, s)))
             .filter(|(_, s)| !sources.contains(&s.value.as_str()))
             .map(|(r, s)| {
@@ -585,6 +589,7 @@ impl RouteSet {
     pub fn check_listeners(&self, listeners: &[&str]) -> Vec<RouteError> {
         self.routes
             .iter()
+            .chain(&self.broken)
             .flat_map(|r| r.listeners.iter().map(move |l| (r, l)))
             .filter(|(_, l)| !listeners.contains(&l.value.as_str()))
             .map(|(r, l)| {
@@ -640,6 +645,7 @@ impl RouteSet {
     pub fn check_mappings(&self, mappings: &[&str]) -> Vec<RouteError> {
         self.routes
             .iter()
+            .chain(&self.broken)
             .filter(|r| !r.is_passthrough() && !mappings.contains(&r.mapping()))
             .map(|r| {
                 r.mapping.at.error(format!(
@@ -656,6 +662,7 @@ impl RouteSet {
     pub fn check_destinations(&self, destinations: &[&str]) -> Vec<RouteError> {
         self.routes
             .iter()
+            .chain(&self.broken)
             .flat_map(|r| r.destinations.iter().map(move |d| (r, d)))
             .filter(|(_, d)| !destinations.contains(&d.value.as_str()))
             .map(|(r, d)| {

@@ -88,6 +88,9 @@ struct TableRef {
 struct Compiler {
     errors: Vec<RouteError>,
     routes: Vec<Route>,
+    /// Routes with problems of their own: kept only so their references
+    /// (listeners, sources, mapping, destinations) are checked in the same run.
+    broken: Vec<Route>,
     route_defs: BTreeMap<String, Defined>,
     tables: Tables,
     table_defs: BTreeMap<String, Defined>,
@@ -110,6 +113,7 @@ pub(crate) fn compile_partial(files: &[(PathBuf, String)]) -> (RouteSet, Vec<Rou
     let mut c = Compiler {
         errors: Vec::new(),
         routes: Vec::new(),
+        broken: Vec::new(),
         route_defs: BTreeMap::new(),
         tables: Tables::new(),
         table_defs: BTreeMap::new(),
@@ -136,6 +140,7 @@ pub(crate) fn compile_partial(files: &[(PathBuf, String)]) -> (RouteSet, Vec<Rou
     (
         RouteSet {
             routes: c.routes,
+            broken: c.broken,
             tables: c.tables,
             tests: c.tests,
         },
@@ -264,22 +269,25 @@ impl Compiler {
             let Some(raw) = deserialize_all::<RouteToml>(file, route, &mut self.errors) else {
                 continue;
             };
-            if let Some(r) = self.route(file, &id_text, raw, id.span()) {
-                if ok {
-                    self.routes.push(r);
-                }
+            let (r, valid) = self.route(file, &id_text, raw, id.span());
+            if ok && valid {
+                self.routes.push(r);
+            } else {
+                self.broken.push(r);
             }
         }
     }
 
-    /// Semantic checks of one route; `None` when any failed (errors pushed).
+    /// Semantic checks of one route: the route, and whether every check
+    /// passed (errors pushed for those that did not; what could be read of a
+    /// route that failed is still returned, for its references' checks).
     fn route(
         &mut self,
         file: &File<'_>,
         id: &str,
         raw: RouteToml,
         route_span: Range<usize>,
-    ) -> Option<Route> {
+    ) -> (Route, bool) {
         let before = self.errors.len();
         let listeners = self.ids(file, &raw.listeners, "listener");
         let sources = self.ids(file, &raw.sources, "source");
@@ -309,14 +317,16 @@ impl Compiler {
         let mapping = match &raw.mapping {
             Some(m) => {
                 let name = m.get_ref().trim();
-                if !valid_id(name) {
+                let valid = valid_id(name);
+                if !valid {
                     self.errors.push(file.error(
                         m.span(),
                         format!("invalid mapping name `{name}`, expected the name of a mapping in mappings/ (letters, digits, `-` or `_`)"),
                     ));
                 }
                 Spanned {
-                    value: name.to_string(),
+                    // (an invalid name is not looked up again as unknown)
+                    value: if valid { name } else { "" }.to_string(),
                     at: file.at(m.span()),
                 }
             }
@@ -363,10 +373,8 @@ impl Compiler {
             }
         }
         let when = raw.when.as_ref().and_then(|w| self.condition(file, id, w));
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(Route {
+        let valid = self.errors.len() == before;
+        let route = Route {
             id: id.to_string(),
             description: raw.description,
             file: file.path.clone(),
@@ -378,7 +386,8 @@ impl Compiler {
             when,
             mapping,
             destinations,
-        })
+        };
+        (route, valid)
     }
 
     fn ids(
