@@ -65,6 +65,7 @@ snapshots! {
     oru_r01_shared_lab_number => "samples/oru_r01_shared_lab_number.hl7",
     oru_r01_radiology_report => "samples/oru_r01_radiology_report.hl7",
     adt_a12_cancel_transfer => "samples/adt_a12_cancel_transfer.hl7",
+    oru_r01_micro_susceptibility => "samples/oru_r01_micro_susceptibility.hl7",
     adt_a38_cancel_preadmit => "samples/adt_a38_cancel_preadmit.hl7",
     adt_a08_v28_bare_mrn => "samples/adt_a08_v28_bare_mrn.hl7",
     adt_a11_cancel_hwe_practice => "samples/adt_a11_cancel_hwe_practice.hl7",

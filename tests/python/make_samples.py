@@ -929,6 +929,30 @@ def oru_r01_radiology_report():
     ])
 
 
+def oru_r01_micro_susceptibility():
+    # A WinPath-style v2.5.1 urine culture as parent and child orders: the culture
+    # (organism E. coli, sub-id 1, with its colony count), then the susceptibility
+    # tests of that organism as a child OBR naming its parent result (OBR-26: the
+    # organism result, its sub-id and text) and its parent order (OBR-29: placer^filler).
+    assert nhs_valid("9990000093")
+    return message([
+        "MSH|^~\\&|WINPATH|RAL01|JUNCTION|LCR|20261124141500||ORU^R01^ORU_R01|WP2611241415000021|P|2.5.1",
+        "PID|1||9990000093^^^NHS^NH~RAL5566778^^^RAL^MR||HUGHES^CERI||19840512|F",
+        "ORC|RE|ICE880012^ICE|26M0004512^WINPATH||CM",
+        "OBR|1|ICE880012^ICE|26M0004512^WINPATH|MCS^Urine culture^WINPATH|||20261123080000|||||||"
+        "20261123093000|MSU&Mid-stream urine&HL70487|G8888888^PATEL^ANIL||||||20261124141000|||F",
+        "OBX|1|CWE|ORG^Organism^WINPATH|1|112283007^Escherichia coli^SCT||||||F",
+        "OBX|2|ST|CFU^Colony count^WINPATH|1|>100000|CFU/mL|||||F",
+        "ORC|RE|ICE880012^ICE|26M0004512-S1^WINPATH||CM",
+        "OBR|2|ICE880012^ICE|26M0004512-S1^WINPATH|SENS^Susceptibility^WINPATH|||20261123080000|||||||"
+        "||G8888888^PATEL^ANIL||||||20261124141000|||F|ORG&Organism&WINPATH^1^Escherichia coli|||"
+        "ICE880012&ICE^26M0004512&WINPATH",
+        "OBX|1|CWE|AMOX^Amoxicillin^WINPATH|1|R^Resistant^HL70078||||||F",
+        "OBX|2|CWE|NITR^Nitrofurantoin^WINPATH|1|S^Susceptible^HL70078||||||F",
+        "OBX|3|SN|CIPM^Ciprofloxacin MIC^WINPATH|1|<=^0.25|mg/L|||||F",
+    ])
+
+
 def adt_a12_cancel_transfer():
     # An iPM cancel transfer (v2.4): PV1-3 is where the patient is again (the acute
     # medical unit), PV1-6 the ward the cancelled transfer named.
@@ -1148,6 +1172,7 @@ def main():
         "adt_a08_v28_bare_mrn.hl7": adt_a08_v28_bare_mrn().encode("ascii"),
         "oru_r01_radiology_report.hl7": oru_r01_radiology_report().encode("ascii"),
         "adt_a12_cancel_transfer.hl7": adt_a12_cancel_transfer().encode("ascii"),
+        "oru_r01_micro_susceptibility.hl7": oru_r01_micro_susceptibility().encode("ascii"),
         "adt_a38_cancel_preadmit.hl7": adt_a38_cancel_preadmit().encode("ascii"),
         "adt_a11_cancel_hwe_practice.hl7": adt_a11_cancel_hwe_practice().encode("ascii"),
         "batch_adt.hl7": batch_adt().encode("ascii"),
