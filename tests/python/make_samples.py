@@ -916,10 +916,10 @@ def oru_r01_radiology_report():
     # TX result whose repetitions are its lines, with blank lines between paragraphs
     # and an indented list; the radiologist's addendum in an NTE of two lines with a
     # blank one between.
-    assert nhs_valid("9990000069")
+    assert nhs_valid("9990000107")
     return message([
         "MSH|^~\\&|CRIS|RAL01|JUNCTION|LCR|20261124101500||ORU^R01|CRIS2611241015000003|P|2.4",
-        "PID|1||9990000069^^^NHS^NH~RAL3344556^^^RAL^MR||EVANS^MAIR||19580630|F",
+        "PID|1||9990000107^^^NHS^NH~RAL3344556^^^RAL^MR||EVANS^MAIR||19580630|F",
         "OBR|1|ICE700231^ICE|RAD0099123^CRIS|XCHES^XR Chest^NICIP|||20261124093000|||||||||"
         "C1234567^SHAH^RITA||||||20261124101000||RAD|F|||||||C7654321&PATEL&ASHA&&&DR",
         "OBX|1|TX|XCHES^XR Chest^NICIP||XR CHEST PA~~Clinical details: cough, 3 weeks.~~"
