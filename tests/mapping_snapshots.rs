@@ -1209,3 +1209,32 @@ fn a_result_sent_as_st_keeps_its_units() {
         .collect();
     assert_eq!(values, [&Value::from("65 umol/L"), &Value::from("Haemolysed")]);
 }
+
+#[test]
+fn observations_of_the_specimen_are_not_results_of_the_report() {
+    // v2.5.1's SPECIMEN group: an OBX after the SPM is about the sample (its
+    // temperature on arrival), not a result of the test
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|EPIC|RGT|JUNCTION|LCR|20261124130000||ORU^R01^ORU_R01|SP1|P|2.5.1\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^A\r\
+         OBR|1|EPORD1^EPC|EPLAB1^BEAKER|GLU^Glucose^LN|||20261124081500\r\
+         OBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L|||||F\r\
+         SPM|1|SP1&EPC^SP1LAB&BEAKER||SER^Serum^HL70487\r\
+         OBX|2|NM|TEMP^Specimen temperature^L||4|Cel^^UCUM|||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let codes: Vec<&str> = document["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Observation")
+        .map(|e| e["resource"]["code"]["coding"][0]["code"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(codes, ["2345-7"]);
+    let report = only(&document, "DiagnosticReport");
+    assert_eq!(report["result"].as_array().map(Vec::len), Some(1), "{report}");
+    assert!(output.unread.iter().any(|u| u == "OBX[2]-5"), "{:?}", output.unread);
+}
