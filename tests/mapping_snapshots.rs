@@ -1129,12 +1129,20 @@ fn a_v23_nhs_number_in_pid_2_or_pid_19_is_read_only_when_it_passes() {
             .iter()
             .map(|i| {
                 let s = i["system"].as_str().unwrap_or_default();
-                (s.to_string(), i["value"].as_str().unwrap_or_default().to_string())
+                (
+                    s.to_string(),
+                    i["value"].as_str().unwrap_or_default().to_string(),
+                )
             })
             .collect();
         (ids, output.warnings)
     };
-    let nhs = |v: &str| ("https://fhir.nhs.uk/Id/nhs-number".to_string(), v.to_string());
+    let nhs = |v: &str| {
+        (
+            "https://fhir.nhs.uk/Id/nhs-number".to_string(),
+            v.to_string(),
+        )
+    };
     let local = |s: &str, v: &str| (format!("urn:junction:local-id:ral:{s}"), v.to_string());
     // PID-2 tagged as the NHS's
     let (ids, _) = identifiers("9990000069^^^NHS^NH", "");
@@ -1167,9 +1175,15 @@ fn nhs_numbers_are_found_under_the_labels_senders_use() {
         );
         let output = map_text(&set, &text, Path::new("inline.hl7"));
         let patient = only(&output.value(), "Patient").clone();
-        let ids = patient["identifier"].as_array().expect("identifiers").clone();
+        let ids = patient["identifier"]
+            .as_array()
+            .expect("identifiers")
+            .clone();
         assert_eq!(ids.len(), 2, "{pid3}: {ids:?}");
-        assert_eq!(ids[0]["system"], "https://fhir.nhs.uk/Id/nhs-number", "{pid3}");
+        assert_eq!(
+            ids[0]["system"], "https://fhir.nhs.uk/Id/nhs-number",
+            "{pid3}"
+        );
         assert_eq!(ids[0]["value"], "9990000069", "{pid3}");
         // `MRN` is the type MR; the MRN is the local identifier
         assert_eq!(ids[1]["value"], "RFH1000009", "{pid3}");
@@ -1184,7 +1198,10 @@ fn nhs_numbers_are_found_under_the_labels_senders_use() {
         Path::new("inline.hl7"),
     );
     let patient = only(&output.value(), "Patient").clone();
-    assert_eq!(patient["identifier"][1]["type"], serde_json::json!({"text": "HOSP"}));
+    assert_eq!(
+        patient["identifier"][1]["type"],
+        serde_json::json!({"text": "HOSP"})
+    );
 }
 
 #[test]
@@ -1207,7 +1224,10 @@ fn a_result_sent_as_st_keeps_its_units() {
         .filter(|e| e["resource"]["resourceType"] == "Observation")
         .map(|e| &e["resource"]["valueString"])
         .collect();
-    assert_eq!(values, [&Value::from("65 umol/L"), &Value::from("Haemolysed")]);
+    assert_eq!(
+        values,
+        [&Value::from("65 umol/L"), &Value::from("Haemolysed")]
+    );
 }
 
 #[test]
@@ -1231,10 +1251,22 @@ fn observations_of_the_specimen_are_not_results_of_the_report() {
         .expect("entries")
         .iter()
         .filter(|e| e["resource"]["resourceType"] == "Observation")
-        .map(|e| e["resource"]["code"]["coding"][0]["code"].as_str().unwrap_or_default())
+        .map(|e| {
+            e["resource"]["code"]["coding"][0]["code"]
+                .as_str()
+                .unwrap_or_default()
+        })
         .collect();
     assert_eq!(codes, ["2345-7"]);
     let report = only(&document, "DiagnosticReport");
-    assert_eq!(report["result"].as_array().map(Vec::len), Some(1), "{report}");
-    assert!(output.unread.iter().any(|u| u == "OBX[2]-5"), "{:?}", output.unread);
+    assert_eq!(
+        report["result"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert!(
+        output.unread.iter().any(|u| u == "OBX[2]-5"),
+        "{:?}",
+        output.unread
+    );
 }

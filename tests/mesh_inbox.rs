@@ -394,7 +394,12 @@ async fn a_resend_whose_content_differs_is_rejected_not_a_duplicate() {
     let text = String::from_utf8(oru.clone()).unwrap();
     let corrected = text.replacen("|128|", "|99|", 1);
     assert_ne!(corrected, text, "the sample's Hb is 128");
-    mesh::send(&sandbox.url, NEIGHBOUR, JUNCTION, &write(dir.path(), "oru.hl7", &oru));
+    mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "oru.hl7", &oru),
+    );
     let journal = journal(dir.path());
     let events = EventBus::default();
     let mut sub = events.subscribe();
@@ -418,7 +423,10 @@ async fn a_resend_whose_content_differs_is_rejected_not_a_duplicate() {
     );
     let all = journal.search(MessageQuery::default()).await.unwrap();
     assert_eq!(all.len(), 2, "{all:?}");
-    let kept = all.iter().find(|r| r.status == "rejected").expect("kept row");
+    let kept = all
+        .iter()
+        .find(|r| r.status == "rejected")
+        .expect("kept row");
     let events: Vec<(String, String, i64)> = events_of(&mut sub)
         .await
         .into_iter()

@@ -869,7 +869,10 @@ async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
     assert_eq!(row.status, DeliveryStatus::Delivered);
     assert_eq!(
         row.last_error.as_deref(),
-        Some(format!("mesh report: status code 14; settled: delivered again as delivery {again}").as_str())
+        Some(
+            format!("mesh report: status code 14; settled: delivered again as delivery {again}")
+                .as_str()
+        )
     );
     assert_eq!(row.remote_ref.as_deref(), Some("REF-SENT"));
     // a pending delivery is not "not delivered"

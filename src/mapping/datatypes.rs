@@ -166,7 +166,10 @@ pub(crate) fn build_into(
             // number's OID, HD.2), or CX.5 `NH` or a spelling of it
             let label = |l: &str, also: &[&str]| {
                 let l = l.trim_fast();
-                NHS_LABELS.iter().chain(also).any(|x| l.eq_ignore_ascii_case(x))
+                NHS_LABELS
+                    .iter()
+                    .chain(also)
+                    .any(|x| l.eq_ignore_ascii_case(x))
             };
             let nhs = label(&authority, &["NHS NUMBER"])
                 || n.sub_text(4, 2, seps) == NHS_NUMBER_OID

@@ -714,13 +714,25 @@ mod tests {
     #[test]
     fn lines_keep_the_layout() {
         // a report's paragraphs and indentation, as sent in TX repetitions
-        let report = ["", "CT HEAD:  ", "", "  No acute bleed.", "   ", "", "Impression:\t", ""];
+        let report = [
+            "",
+            "CT HEAD:  ",
+            "",
+            "  No acute bleed.",
+            "   ",
+            "",
+            "Impression:\t",
+            "",
+        ];
         assert_eq!(
             lines(&report).as_deref(),
             Some("CT HEAD:\n\n  No acute bleed.\n\n\nImpression:")
         );
         // a text that holds line breaks itself (FT `\\.br\\`), controls at the end
-        assert_eq!(lines(&["a \n\n b\u{0}", "c"]).as_deref(), Some("a\n\n b\nc"));
+        assert_eq!(
+            lines(&["a \n\n b\u{0}", "c"]).as_deref(),
+            Some("a\n\n b\nc")
+        );
         assert_eq!(lines(&["", "  ", "\n"]), None);
         assert_eq!(lines::<&str>(&[]), None);
     }
