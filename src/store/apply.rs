@@ -238,28 +238,6 @@ fn put<R: Rows>(
         Some(text) => Some(serde_json::from_str(text)?),
         None => None,
     };
-    // a Patient's NHS number never changes under its id (ids are made from it):
-    // a version naming only other NHS numbers than the stored one (a neighbour's
-    // document, a sender's mistake) is refused, the whole document with it
-    if let (Some(stored), "Patient") = (&stored, at.resource_type) {
-        let nhs_of = |ids: &[(String, String)]| -> Vec<String> {
-            ids.iter()
-                .filter(|(system, _)| system == NHS_NUMBER_SYSTEM)
-                .map(|(_, value)| value.clone())
-                .collect()
-        };
-        let before = nhs_of(&plan::identifiers_of(stored));
-        let now = nhs_of(identifiers);
-        if !before.is_empty() && !now.is_empty() && !now.iter().any(|n| before.contains(n)) {
-            return Err(StoreError::InvalidEntry {
-                index: at.index,
-                problem: EntryProblem::NhsNumberChanged {
-                    url: format!("Patient/{}", at.id),
-                },
-            }
-            .into());
-        }
-    }
     // a result or report already reported (final, corrected, amended) is not
     // taken back to preliminary by a preliminary version that arrives after it
     // (a queue flushed again by an interface engine, with a fresh MSH-7): that
@@ -308,6 +286,35 @@ fn put<R: Rows>(
         }
         None => identifiers,
     };
+    // a Patient's NHS number never changes under its id (ids are made from it),
+    // as written (after continuity, which keeps what a retirement does not say):
+    // a version that names another NHS number, a second one, or none (a
+    // neighbour's document, a sender's mistake; dropping it first and naming
+    // another next is the same change in two steps) is refused, the whole
+    // document with it
+    if let (Some(stored), "Patient") = (&stored, at.resource_type) {
+        let nhs_of = |ids: &[(String, String)]| -> Vec<String> {
+            let mut numbers: Vec<String> = ids
+                .iter()
+                .filter(|(system, _)| system == NHS_NUMBER_SYSTEM)
+                .map(|(_, value)| value.clone())
+                .collect();
+            numbers.sort();
+            numbers.dedup();
+            numbers
+        };
+        let before = nhs_of(&plan::identifiers_of(stored));
+        let now = nhs_of(identifiers);
+        if !before.is_empty() && now != before {
+            return Err(StoreError::InvalidEntry {
+                index: at.index,
+                problem: EntryProblem::NhsNumberChanged {
+                    url: format!("Patient/{}", at.id),
+                },
+            }
+            .into());
+        }
+    }
     // a retired Patient is also in its survivor's compartment: what is filed
     // under it later is found from the survivor too (`Rows::link_patients`)
     let mut linked = patients.to_vec();

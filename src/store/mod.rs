@@ -232,7 +232,7 @@ pub enum EntryProblem {
     Duplicate { url: String },
     #[error("the reference {reference:?} matches no entry's fullUrl")]
     UnresolvedReference { reference: String },
-    #[error("{url} holds another NHS number: a Patient's NHS number never changes under its id")]
+    #[error("{url} holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id")]
     NhsNumberChanged { url: String },
 }
 

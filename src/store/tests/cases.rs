@@ -503,13 +503,29 @@ fn a_patients_nhs_number_never_changes_under_its_id() {
     assert_eq!(
         err.to_string(),
         format!(
-            "entry 1: Patient/{PATIENT} holds another NHS number: a Patient's NHS number never changes under its id"
+            "entry 1: Patient/{PATIENT} holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id"
         )
     );
     assert!(err.is_permanent());
     assert_eq!(current(&f.store, "Patient", PATIENT)["name"][0]["family"], "Smith");
     assert!(f.store.read("Encounter", ENCOUNTER).unwrap().is_none());
-    // the same number with new details, and a version naming none, are updates
+    // nor can it be dropped (to name another in a second step), nor a second added
+    let mut none = patient(PATIENT, "9434765919", "Dropped");
+    none["identifier"] = json!([{"system": MRN, "value": "MRN-9434765919"}]);
+    let mut two = patient(PATIENT, "9434765919", "Two");
+    two["identifier"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"system": NHS, "value": "9990000018"}));
+    for bad in [none, two] {
+        let err = f
+            .store
+            .apply_bundle(&bundle(&[bad]), at("2026-11-23T10:30:00Z"))
+            .unwrap_err();
+        assert!(err.is_permanent(), "{err}");
+    }
+    assert_eq!(current(&f.store, "Patient", PATIENT)["name"][0]["family"], "Smith");
+    // the same number with new details is an update
     f.store
         .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smyth")]), at("2026-11-23T11:00:00Z"))
         .unwrap();
@@ -693,7 +709,7 @@ fn patient_search_by_identifier_follows_the_current_version() {
 
     // Identifiers without a system are found with `Some("")`.
     let mut local = patient(PATIENT, "9434765919", "Smith");
-    local["identifier"] = json!([{"value": "LOCAL-1"}]);
+    local["identifier"] = json!([{"system": NHS, "value": "9434765919"}, {"value": "LOCAL-1"}]);
     store.apply_bundle(&bundle(&[local]), None).unwrap();
     assert_eq!(
         ids(store
