@@ -602,6 +602,15 @@ async fn wrong_credentials_or_mesh_down_keep_messages_until_fixed() {
         EventBus::default(),
         metrics.clone(),
     );
+    // exported before any poll, so an alert on them fires for an inbox that
+    // never succeeds after a start
+    assert!(
+        metrics
+            .encode()
+            .contains("junction_source_last_success_timestamp_seconds{source=\"mesh_inbox\"} 0"),
+        "{}",
+        metrics.encode()
+    );
     let err = inbox
         .poll_once(&CancellationToken::new())
         .await

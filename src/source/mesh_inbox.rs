@@ -236,6 +236,7 @@ impl MeshInbox {
             events,
             metrics,
         }
+        .with_series()
     }
 
     /// A source using a client the caller built (e.g. with secrets it holds).
@@ -259,6 +260,25 @@ impl MeshInbox {
             events,
             metrics,
         }
+        .with_series()
+    }
+
+    /// Its poll metrics exported from the start (the last good poll at 0, the
+    /// counts at 0): an alert on them fires also for an inbox that has never
+    /// polled successfully since the engine started.
+    fn with_series(self) -> MeshInbox {
+        for outcome in ["ok", "failed"] {
+            self.metrics.source_polls.get_or_create(&SourcePollLabel {
+                source: self.id.clone(),
+                outcome: outcome.to_string(),
+            });
+        }
+        self.metrics
+            .source_last_success
+            .get_or_create(&SourceLabel {
+                source: self.id.clone(),
+            });
+        self
     }
 
     /// The source id.
