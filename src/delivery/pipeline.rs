@@ -529,7 +529,11 @@ pub fn patient_key(document: &Json) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Every NHS number on the Bundle's Patient resources, once each.
+/// Every NHS number on the Bundle's Patient resources, once each: the
+/// identifiers under the NHS number system, and those typed `NH` (HL7 table
+/// 0203: a second NHS number a sender gave, kept under a local system) whose
+/// value passes modulus 11, so the objections register is asked about every
+/// number the document carries, not only the one it is keyed by.
 pub fn nhs_numbers(document: &Json) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for patient in resources(document)
@@ -541,18 +545,35 @@ pub fn nhs_numbers(document: &Json) -> Vec<String> {
             .into_iter()
             .flatten();
         for identifier in identifiers {
-            if identifier.get("system").and_then(Json::as_str) != Some(NHS_NUMBER_SYSTEM) {
+            let Some(value) = identifier.get("value").and_then(Json::as_str) else {
                 continue;
-            }
-            if let Some(value) = identifier.get("value").and_then(Json::as_str) {
-                let value: String = value.chars().filter(|c| !c.is_whitespace()).collect();
-                if !value.is_empty() && !out.contains(&value) {
-                    out.push(value);
-                }
+            };
+            let value =
+                if identifier.get("system").and_then(Json::as_str) == Some(NHS_NUMBER_SYSTEM) {
+                    value.chars().filter(|c| !c.is_whitespace()).collect()
+                } else if typed_nh(identifier) {
+                    match crate::mapping::transform::nhs_number(value) {
+                        Some(number) => number,
+                        None => continue,
+                    }
+                } else {
+                    continue;
+                };
+            if !value.is_empty() && !out.contains(&value) {
+                out.push(value);
             }
         }
     }
     out
+}
+
+/// An identifier typed `NH` (national health number, HL7 table 0203).
+fn typed_nh(identifier: &Json) -> bool {
+    identifier["type"]["coding"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["code"].as_str() == Some("NH"))
 }
 
 /// Unix milliseconds now.

@@ -268,16 +268,20 @@ impl MeshInbox {
     /// polled successfully since the engine started.
     fn with_series(self) -> MeshInbox {
         for outcome in ["ok", "failed"] {
-            self.metrics.source_polls.get_or_create(&SourcePollLabel {
-                source: self.id.clone(),
-                outcome: outcome.to_string(),
-            });
+            self.metrics
+                .source_polls
+                .get_or_create(&SourcePollLabel {
+                    source: self.id.clone(),
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(0);
         }
         self.metrics
             .source_last_success
             .get_or_create(&SourceLabel {
                 source: self.id.clone(),
-            });
+            })
+            .set(0);
         self
     }
 

@@ -248,11 +248,20 @@ fn patient_key_and_nhs_numbers_come_from_patient_resources_only() {
                 {"system": "https://example.org/mrn", "value": "X"}]}},
             {"resource": {"resourceType": "Patient", "id": "p2", "identifier": [
                 {"system": NHS_NUMBER_SYSTEM, "value": "9990000018"},
-                {"system": NHS_NUMBER_SYSTEM, "value": "9990000026"}]}}
+                {"system": NHS_NUMBER_SYSTEM, "value": "9990000026"},
+                // a second NHS number a sender gave (PID-2), kept as a local
+                // identifier typed NH: asked about too; one failing modulus 11 not
+                {"system": "urn:junction:local-id:nhs:nh", "value": "9990000042",
+                 "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "NH"}]}},
+                {"system": "urn:junction:local-id:nhs:nh", "value": "9990000043",
+                 "type": {"coding": [{"code": "NH"}]}}]}}
         ]
     });
     assert_eq!(patient_key(&doc).as_deref(), Some("p1"));
-    assert_eq!(nhs_numbers(&doc), vec!["9990000018", "9990000026"]);
+    assert_eq!(
+        nhs_numbers(&doc),
+        vec!["9990000018", "9990000026", "9990000042"]
+    );
     assert_eq!(patient_key(&serde_json::json!({"entry": []})), None);
 }
 
