@@ -742,6 +742,40 @@ async fn objections_register_by_cli_and_http() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // On loopback no token is asked; one given is checked all the same: a
+    // clinical token may not change the register, and an ops token's change
+    // names it.
+    let clinical = add_token(&server, "ward-viewer", "clinical");
+    let ops = add_token(&server, "duty-ops", "ops");
+    let as_clinical = client
+        .post(format!("{}/api/objections", server.base))
+        .bearer_auth(&clinical)
+        .json(&serde_json::json!({"nhs_number": "9990000026"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_clinical.status(), 403);
+    let garbage = client
+        .post(format!("{}/api/objections", server.base))
+        .bearer_auth("not-a-token")
+        .json(&serde_json::json!({"nhs_number": "9990000026"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 401);
+    let as_ops = client
+        .post(format!("{}/api/objections", server.base))
+        .bearer_auth(&ops)
+        .json(&serde_json::json!({"nhs_number": "9990000026"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_ops.status(), 201);
+    let changes: Value = get_json(&server, "/api/objections/changes?nhs_number=9990000026").await;
+    assert_eq!(
+        changes["changes"][0]["changed_by"], "token duty-ops",
+        "{changes}"
+    );
     let out = server.cli(&["objections", "history", "9434765919"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let history = text(&out.stdout);

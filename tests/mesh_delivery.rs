@@ -308,9 +308,15 @@ fn a_mesh_report_dead_letters_what_the_recipient_never_got_and_a_replay_sends_it
         (rows.len() == 2 && rows[1]["status"] == "delivered").then_some(rows)
     });
     assert_ne!(again[1]["remote_ref"].as_str(), Some(first_ref.as_str()));
-    assert_eq!(
-        again[0]["status"], "dead",
-        "the reported one stays as it was"
+    // the reported one is settled by the replay's delivery: no dead letter
+    // left that nobody could clear, its reason and remote reference kept
+    assert_eq!(again[0]["status"], "delivered", "{again:?}");
+    assert_eq!(again[0]["remote_ref"].as_str(), Some(first_ref.as_str()));
+    assert!(
+        again[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("settled: delivered again as delivery")),
+        "{again:?}"
     );
     assert_eq!(deliveries(&engine, "store").len(), 1);
     assert_eq!(mesh::inbox(&sandbox.url, HWE).len(), 2);

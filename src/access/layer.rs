@@ -13,7 +13,9 @@
 //!   refused, gets an audit row before its answer goes out.
 //! - `/api/audit...`: an `ops` token, always.
 //! - everything else (`/api/...`, unknown paths): an `ops`
-//!   token, unless operations are open (the server is bound to loopback).
+//!   token, unless operations are open (the server is bound to loopback);
+//!   there a request with no token passes, and one with a token has it
+//!   checked as anywhere else (so a change names who made it).
 //!
 //! # Invariants
 //! - A `/fhir` answer leaves only after its audit row is committed; when the
@@ -220,7 +222,12 @@ async fn operations(access: &Access, always_token: bool, request: Request, next:
             tracing::info!(status = 403, "open operations request refused: {refusal}");
             return json_error(StatusCode::FORBIDDEN, refusal);
         }
-        return next.run(request).await;
+        // no token asked; one given is checked all the same (a clinical,
+        // revoked or unknown token is refused, not ignored) and names who
+        // made a change (the objection trail)
+        if authorization(request.headers()).is_none() {
+            return next.run(request).await;
+        }
     }
     match access.authenticate(authorization(request.headers())).await {
         Ok(caller) if caller.role == Role::Ops => {

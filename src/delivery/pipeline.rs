@@ -395,7 +395,7 @@ impl Router {
         // the document as sent, without a byte order mark before it
         let bom = message.raw.len() - crate::hl7::strip_utf8_bom(&message.raw).len();
         let bytes = message.raw.slice(bom..);
-        let document: Json = serde_json::from_slice(&bytes).map_err(|e| {
+        let mut document: Json = serde_json::from_slice(&bytes).map_err(|e| {
             Failure::new(
                 "document",
                 format!(
@@ -439,6 +439,19 @@ impl Router {
                 ),
             ));
         }
+        // Nor does it master our patients' demographics (the local PAS and PDS
+        // do): its Patients are create-only, so they make the record of someone
+        // we do not know yet and never replace the one we have.
+        let bytes = if create_only_patients(&mut document) {
+            Bytes::from(serde_json::to_vec(&document).map_err(|e| {
+                Failure::new(
+                    "document",
+                    format!("the document could not be written: {e}"),
+                )
+            })?)
+        } else {
+            bytes
+        };
         // A source journals the document's type (`MESH^<workflow id>`) and
         // sender (the sending mailbox); routes match on those.
         let input = RouteInput::for_document(
@@ -565,6 +578,25 @@ pub fn nhs_numbers(document: &Json) -> Vec<String> {
         }
     }
     out
+}
+
+/// Marks every Patient PUT of a Bundle create-only (`ifNoneMatch: "*"`); true
+/// when it changed any.
+fn create_only_patients(document: &mut Json) -> bool {
+    let mut changed = false;
+    for entry in document["entry"].as_array_mut().into_iter().flatten() {
+        let put = entry["request"]["method"]
+            .as_str()
+            .is_some_and(|m| m.eq_ignore_ascii_case("PUT"));
+        if put
+            && entry["resource"]["resourceType"] == "Patient"
+            && entry["request"]["ifNoneMatch"] != "*"
+        {
+            entry["request"]["ifNoneMatch"] = Json::String("*".into());
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// An identifier typed `NH` (national health number, HL7 table 0203).

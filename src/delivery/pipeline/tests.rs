@@ -172,6 +172,15 @@ fn a_document_from_a_source_that_deletes_is_refused_whole() {
         {"request":{"method":"PUT","url":"Observation/o1"},"resource":{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"}}}]}"#;
     let routed = router.route(&message(9, "inbox", writes), false, 0);
     assert_eq!(routed.routing.deliveries.len(), 1);
+    // its Patients are create-only: a neighbour makes the record of someone we
+    // do not know yet, and never replaces ours
+    let patient = r#"{"resourceType":"Bundle","type":"transaction","entry":[
+        {"request":{"method":"PUT","url":"Patient/p1"},"resource":{"resourceType":"Patient","id":"p1"}},
+        {"request":{"method":"PUT","url":"Observation/o1"},"resource":{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"}}}]}"#;
+    let routed = router.route(&message(10, "inbox", patient), false, 0);
+    let sent: Json = serde_json::from_slice(&routed.routing.deliveries[0].document).unwrap();
+    assert_eq!(sent["entry"][0]["request"]["ifNoneMatch"], "*");
+    assert_eq!(sent["entry"][1]["request"].get("ifNoneMatch"), None);
 }
 
 #[test]
