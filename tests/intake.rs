@@ -853,11 +853,26 @@ async fn serve_binary_answers_then_drains_on_sigterm_and_exits_zero() {
     let mut conn = conn.expect("junction serve never listened");
     let ack = send(&mut conn, &a01_with_control_id("BIN00001")).await;
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    // a sender halfway through a message when the shutdown begins: the rest
+    // arrives just after, and the message is answered, not cut off
+    let mut midway = TcpStream::connect(addr).await.unwrap();
+    let framed = frame(&a01_with_control_id("BIN00002"));
+    let (first, rest) = framed.split_at(40);
+    midway.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    midway.write_all(rest).await.unwrap();
+    let ack = read_frame(&mut midway)
+        .await
+        .expect("the message in flight at the shutdown is answered");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "BIN00002", "{ack}");
+    assert_closed(&mut midway).await;
     assert_closed(&mut conn).await;
     let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
@@ -868,7 +883,7 @@ async fn serve_binary_answers_then_drains_on_sigterm_and_exits_zero() {
     assert!(log.contains("MLLP listener bound"), "{log}");
     assert!(log.contains("sync"), "{log}");
     assert!(
-        log.contains("BIN00001"),
+        log.contains("BIN00001") && log.contains("BIN00002"),
         "one line per message outcome: {log}"
     );
     assert!(dir.path().join("data/journal.db").exists());

@@ -517,6 +517,24 @@ async fn plain_on_tls(mut stream: TcpStream, peer: &str, ctx: &ConnContext) {
     .await;
 }
 
+/// How long a connection still reads after a shutdown began: a frame begun
+/// (bytes of it read) gets up to [`DRAIN_FRAME`] to arrive whole and be
+/// answered; with nothing begun, [`DRAIN_PEEK`] for one already in the
+/// socket's buffer. A sender waiting for its ACK is answered, not cut off.
+fn drain_until(nothing_begun: bool) -> Instant {
+    Instant::now()
+        + if nothing_begun {
+            DRAIN_PEEK
+        } else {
+            DRAIN_FRAME
+        }
+}
+
+/// See [`drain_until`].
+const DRAIN_FRAME: Duration = Duration::from_secs(5);
+/// See [`drain_until`].
+const DRAIN_PEEK: Duration = Duration::from_millis(200);
+
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
@@ -533,19 +551,45 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         peer: peer_text.clone(),
         at: events::now(),
     });
+    // Shutting down: until when what has already arrived is still read and
+    // answered (see `drain_until`).
+    let mut draining: Option<Instant> = None;
     loop {
         // Idle means no byte for `idle_timeout`: the wait starts again from the
         // last byte read, so a large frame arriving slowly is never cut off.
         let wait = ctx
             .idle_timeout
             .saturating_sub(framed.get_ref().last_read.elapsed());
-        let next = tokio::select! {
-            // Only taken while waiting for a frame: a frame in hand is always answered.
-            _ = cancel.cancelled() => {
-                debug!("closing for shutdown");
-                break;
+        let next = match draining {
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline.into(), next_frame(&mut framed)).await {
+                    Ok(next) => Ok(next),
+                    Err(_) => {
+                        // the shutdown's grace is over: a frame still unfinished
+                        // is kept, as any abandoned bytes are
+                        let pending = framed.read_buffer();
+                        if !pending.is_empty() {
+                            let kept =
+                                Bytes::copy_from_slice(&pending[..pending.len().min(KEPT_BYTES)]);
+                            let reason = format!(
+                                "shutdown inside an unfinished frame after {} byte(s)",
+                                pending.len()
+                            );
+                            keep_garbage(ctx, &peer_text, kept, pending.len(), &reason, true).await;
+                        }
+                        debug!("closing for shutdown");
+                        break;
+                    }
+                }
             }
-            next = tokio::time::timeout(wait, next_frame(&mut framed)) => next,
+            None => tokio::select! {
+                // Only taken while waiting for a frame: a frame in hand is always answered.
+                _ = cancel.cancelled() => {
+                    draining = Some(drain_until(framed.read_buffer().is_empty()));
+                    continue;
+                }
+                next = tokio::time::timeout(wait, next_frame(&mut framed)) => next,
+            },
         };
         // a frame the sender abandoned by starting a new one: kept, and the
         // connection goes on with the new frame
@@ -604,6 +648,11 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         if let Next::Close = outcome {
+            break;
+        }
+        // shutting down, the frame in flight answered: nothing more is read
+        if draining.is_some() && framed.read_buffer().is_empty() {
+            debug!("closing for shutdown");
             break;
         }
     }
