@@ -152,19 +152,50 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
-/// A JSON field as display text (`-` when missing or null).
+/// A JSON field as display text (`-` when missing or null), its control
+/// characters escaped ([`printable`]).
 pub fn text(value: &Value, key: &str) -> String {
     match value.get(key) {
         None | Some(Value::Null) => "-".to_string(),
         Some(Value::String(s)) if s.is_empty() => "-".to_string(),
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => printable(s).into_owned(),
         Some(other) => other.to_string(),
     }
+}
+
+/// Text from a sender (a control id, an application name, a note) as it may
+/// reach an operator's terminal: control characters (C0 but line feed, DEL,
+/// C1) escaped as `\u{1b}`, so bytes a sender chose can neither recolour, hide
+/// or rewrite lines nor set a terminal's title.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| (c.is_control() && c != '\n') || ('\u{80}'..='\u{9f}').contains(&c);
+    if !s.chars().any(control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if control(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_senders_control_characters_are_escaped() {
+        assert_eq!(printable("RAL20261124"), "RAL20261124");
+        assert_eq!(
+            printable("ESC\u{1b}[31mRED\u{7}\u{9b}"),
+            "ESC\\u{1b}[31mRED\\u{7}\\u{9b}"
+        );
+        assert_eq!(printable("a\nb\tc"), "a\nb\\u{9}c");
+    }
 
     #[test]
     fn tables_align_columns_and_trim_line_ends() {

@@ -5,7 +5,9 @@
 //!
 //! The list shows ids, senders, types and outcomes only. `show --raw` prints
 //! the message as received, which holds patient data: it is for the operator
-//! at the terminal who asked for it, never for a log.
+//! at the terminal who asked for it, never for a log. Text a sender wrote is
+//! printed with its control characters escaped (`\u{1b}`): they reach an
+//! operator's terminal (`--json` has the bytes as JSON escapes).
 //!
 //! Exit codes: 0 shown; 1 the engine answered an error (no such message, a bad
 //! filter); 2 it could not be reached.
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::api_client::{call, table, text, ApiArgs};
+use super::api_client::{call, printable, table, text, ApiArgs};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -258,10 +260,12 @@ fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
 
 /// HL7 text with one segment a line.
 fn segments(text: &str) -> String {
-    text.replace("\r\n", "\n")
+    let lines = text
+        .replace("\r\n", "\n")
         .replace('\r', "\n")
         .trim_end()
-        .to_string()
+        .to_string();
+    printable(&lines).into_owned()
 }
 
 /// A JSON array of strings as `a, b` (`-` when empty).

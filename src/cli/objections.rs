@@ -19,6 +19,7 @@ use std::process::ExitCode;
 
 use crate::access::{objections, NhsNumber};
 
+use super::api_client::printable;
 use super::token::open_record_store;
 
 #[derive(Debug, clap::Args)]
@@ -119,8 +120,8 @@ pub fn run(args: ObjectionsArgs) -> anyhow::Result<ExitCode> {
                     c.at,
                     c.nhs_number,
                     c.action,
-                    c.changed_by,
-                    c.note.as_deref().unwrap_or("")
+                    printable(&c.changed_by),
+                    printable(c.note.as_deref().unwrap_or(""))
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -137,7 +138,7 @@ pub fn run(args: ObjectionsArgs) -> anyhow::Result<ExitCode> {
                     "{:<10}  {:<24}  {}",
                     o.nhs_number,
                     o.added_at,
-                    o.note.as_deref().unwrap_or("")
+                    printable(o.note.as_deref().unwrap_or(""))
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -189,11 +189,13 @@ fn render(name: &str, data: &str, json: bool) -> String {
     if json {
         return data.to_string();
     }
-    match serde_json::from_str::<Event>(data) {
+    // (a sender's control characters escaped: they reach an operator's terminal)
+    let line = match serde_json::from_str::<Event>(data) {
         Ok(event) => readable(&event),
         // A newer engine may send events this tail does not know.
         Err(_) => format!("{name} {data}"),
-    }
+    };
+    super::api_client::printable(&line).into_owned()
 }
 
 fn readable(event: &Event) -> String {

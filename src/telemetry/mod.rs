@@ -69,16 +69,17 @@ fn choose_filter(
     })
 }
 
-/// Installs the global tracing subscriber described by `cfg`, writing to stderr:
-/// coloured on a terminal, plain text when stderr is a file, pipe or journald
-/// (no escape codes in what ops grep).
+/// Installs the global tracing subscriber described by `cfg`, writing to stderr
+/// as plain text (or JSON): no colour codes, and a sender's control characters
+/// (a control id or an application name can hold an ESC) written escaped
+/// (`\x1b`), so a line a sender chose cannot recolour, hide or rewrite what an
+/// operator's terminal shows, nor set its title.
 pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
-    use std::io::IsTerminal;
     let filter = choose_filter(std::env::var("RUST_LOG").ok(), cfg.level.as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(false)
+        .with_writer(|| Escaping(std::io::stderr()));
     let result = match cfg.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -91,9 +92,44 @@ pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
     result.map_err(|_| TelemetryError::AlreadyInstalled)
 }
 
+/// A writer that writes C0 control bytes (but line feed and tab) and DEL as
+/// `\xNN`: what a log line holds of a sender's text reaches a terminal inert.
+struct Escaping<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Escaping<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let control = |b: u8| (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f;
+        if !buf.iter().any(|&b| control(b)) {
+            return self.0.write_all(buf).map(|()| buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        for &b in buf {
+            if control(b) {
+                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+            } else {
+                out.push(b);
+            }
+        }
+        self.0.write_all(&out).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_carry_a_senders_control_bytes_escaped() {
+        use std::io::Write;
+        let mut out = Escaping(Vec::new());
+        out.write_all(b"control_id=ESC\x1b[31mRED\x07 ok\tx\n")
+            .unwrap();
+        assert_eq!(out.0, b"control_id=ESC\\x1b[31mRED\\x07 ok\tx\n");
+    }
 
     fn check(rust_log: Option<&str>, level: Option<&str>, expected: Result<&str, &str>) {
         let got = choose_filter(rust_log.map(str::to_string), level)
