@@ -109,6 +109,8 @@ struct AuditParams {
     patient: Option<String>,
     token: Option<String>,
     limit: Option<u32>,
+    /// Rows older than this audit id: the next page after one ending there.
+    before: Option<i64>,
 }
 
 async fn audit(
@@ -130,10 +132,15 @@ async fn audit(
         patient: patient.map(|p| p.strip_prefix("Patient/").unwrap_or(&p).to_string()),
         token: params.token.filter(|t| !t.is_empty()),
         limit,
+        before: params.before,
     };
     let store = access.store().clone();
     let rows = blocking(move || store.audit(&query)).await?;
-    Ok(Json(json!({ "audit": rows })).into_response())
+    // a full page: the cursor of the next (older) one
+    let next_before = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({ "audit": rows, "next_before": next_before })).into_response())
 }
 
 /// Who made a change, as the objection trail records it: the token the guard

@@ -408,6 +408,9 @@ struct SearchParams {
     since: Option<String>,
     until: Option<String>,
     limit: Option<u32>,
+    /// Messages older than this journal id: the next page after one ending
+    /// there (`received_at` is not unique, so a time does not page reliably).
+    before: Option<i64>,
 }
 
 /// A `since`/`until` value: an RFC 3339 time (`2026-11-23T09:00:00Z`, with any
@@ -476,6 +479,7 @@ impl SearchParams {
             routing: self.routing,
             remote_ref: self.remote_ref,
             limit: self.limit,
+            before: self.before,
         })
     }
 }
@@ -483,6 +487,8 @@ impl SearchParams {
 #[derive(Serialize)]
 struct MessageList {
     messages: Vec<MessageSummary>,
+    /// A full page: the `before` of the next (older) one.
+    next_before: Option<i64>,
 }
 
 async fn search_messages(
@@ -492,8 +498,16 @@ async fn search_messages(
     let Query(params) = params.map_err(|rejection| {
         ApiError::BadRequest(format!("invalid query: {}", rejection.body_text()))
     })?;
-    let messages = state.journal.search(params.into_query()?).await?;
-    Ok(Json(MessageList { messages }))
+    let query = params.into_query()?;
+    let limit = query.limit.unwrap_or(crate::journal::DEFAULT_LIMIT) as usize;
+    let messages = state.journal.search(query).await?;
+    let next_before = (messages.len() == limit)
+        .then(|| messages.last().map(|m| m.id))
+        .flatten();
+    Ok(Json(MessageList {
+        messages,
+        next_before,
+    }))
 }
 
 /// One message with its trail: the message's fields, `routing` every routing

@@ -75,6 +75,10 @@ pub struct Filters {
     /// At most this many (default 100, at most 1000).
     #[arg(long)]
     pub limit: Option<u32>,
+    /// Only messages older than this id: the next page after one whose last
+    /// id this is (the answer's `next_before` with `--json`).
+    #[arg(long, value_name = "ID")]
+    pub before: Option<i64>,
 }
 
 impl Filters {
@@ -92,6 +96,7 @@ impl Filters {
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
         .chain(self.limit.map(|l| ("limit", l.to_string())))
+        .chain(self.before.map(|b| ("before", b.to_string())))
         .collect()
     }
 }

@@ -174,6 +174,10 @@ pub struct MessageQuery {
     pub until: Option<jiff::Timestamp>,
     /// Default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`].
     pub limit: Option<u32>,
+    /// Only messages older than this journal id (exclusive): the cursor of
+    /// the next page, which times cannot be (`received_at` repeats).
+    #[serde(skip)]
+    pub before: Option<i64>,
 }
 
 /// One row of a journal search.

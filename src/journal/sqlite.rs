@@ -432,6 +432,10 @@ pub(super) fn search(
         values.push(format_timestamp(t));
         clauses.push(format!("received_at < ?{}", values.len()));
     }
+    if let Some(before) = q.before {
+        values.push(before.to_string());
+        clauses.push(format!("id < CAST(?{} AS INTEGER)", values.len()));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM messages");
     if !clauses.is_empty() {

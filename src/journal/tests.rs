@@ -247,6 +247,16 @@ async fn search_filters_and_orders_newest_first() {
     assert_eq!(by_id[0].message_type, "ORU^R01");
     let two = journal.search(query(|q| q.limit = Some(2))).await.unwrap();
     assert_eq!(control_ids(&two), vec!["6", ""]);
+    // the next page: older than the last id of this one, none skipped
+    let next = journal
+        .search(query(|q| {
+            q.limit = Some(2);
+            q.before = Some(two[1].id);
+        }))
+        .await
+        .unwrap();
+    assert_eq!(next[0].id, two[1].id - 1);
+    assert!(next.iter().all(|m| m.id < two[1].id));
     assert!(all[0].received_at.ends_with('Z'));
 }
 

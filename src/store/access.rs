@@ -87,6 +87,9 @@ pub struct AuditQuery {
     pub token: Option<String>,
     /// Most rows returned (newest first).
     pub limit: u32,
+    /// Only rows older than this audit id (the cursor of the next page: the
+    /// last id of the page before).
+    pub before: Option<i64>,
 }
 
 /// One change to the objections register, as `objection_changes` lists it.
@@ -412,27 +415,32 @@ fn audit_rows(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEntry>, 
     const COLUMNS: &str =
         "a.id, a.at, a.token_name, a.role, a.method, a.path, a.query, a.patients, a.status, a.purpose";
     let limit = i64::from(query.limit);
+    let before = query.before;
     let mut stmt;
     let rows = match (&query.patient, &query.token) {
         (Some(patient), token) => {
             stmt = conn.prepare(&format!(
                 "SELECT {COLUMNS} FROM audit_patients p CROSS JOIN audit a ON a.id = p.audit_id
                  WHERE p.patient_id = ?1 AND (?2 IS NULL OR a.token_name = ?2)
+                   AND (?4 IS NULL OR a.id < ?4)
                  ORDER BY a.id DESC LIMIT ?3"
             ))?;
-            stmt.query_map(params![patient, token, limit], audit_from_row)?
+            stmt.query_map(params![patient, token, limit, before], audit_from_row)?
         }
         (None, Some(token)) => {
             stmt = conn.prepare(&format!(
-                "SELECT {COLUMNS} FROM audit a WHERE a.token_name = ?1 ORDER BY a.id DESC LIMIT ?2"
+                "SELECT {COLUMNS} FROM audit a WHERE a.token_name = ?1
+                   AND (?3 IS NULL OR a.id < ?3)
+                 ORDER BY a.id DESC LIMIT ?2"
             ))?;
-            stmt.query_map(params![token, limit], audit_from_row)?
+            stmt.query_map(params![token, limit, before], audit_from_row)?
         }
         (None, None) => {
             stmt = conn.prepare(&format!(
-                "SELECT {COLUMNS} FROM audit a ORDER BY a.id DESC LIMIT ?1"
+                "SELECT {COLUMNS} FROM audit a WHERE (?2 IS NULL OR a.id < ?2)
+                 ORDER BY a.id DESC LIMIT ?1"
             ))?;
-            stmt.query_map(params![limit], audit_from_row)?
+            stmt.query_map(params![limit, before], audit_from_row)?
         }
     };
     let mut entries = Vec::new();

@@ -647,20 +647,25 @@ impl PgStore {
                     &format!(
                         "SELECT {COLUMNS} FROM audit_patients p JOIN audit a ON a.id = p.audit_id
                          WHERE p.patient_id = $1 AND ($2::TEXT IS NULL OR a.token_name = $2)
+                           AND ($4::BIGINT IS NULL OR a.id < $4)
                          ORDER BY a.id DESC LIMIT $3"
                     ),
-                    &[patient, token, &limit],
+                    &[patient, token, &limit, &query.before],
                 )?,
                 (None, Some(token)) => client.query(
                     &format!(
                         "SELECT {COLUMNS} FROM audit a WHERE a.token_name = $1
+                           AND ($3::BIGINT IS NULL OR a.id < $3)
                          ORDER BY a.id DESC LIMIT $2"
                     ),
-                    &[token, &limit],
+                    &[token, &limit, &query.before],
                 )?,
                 (None, None) => client.query(
-                    &format!("SELECT {COLUMNS} FROM audit a ORDER BY a.id DESC LIMIT $1"),
-                    &[&limit],
+                    &format!(
+                        "SELECT {COLUMNS} FROM audit a WHERE ($2::BIGINT IS NULL OR a.id < $2)
+                         ORDER BY a.id DESC LIMIT $1"
+                    ),
+                    &[&limit, &query.before],
                 )?,
             };
             let mut entries = Vec::with_capacity(rows.len());

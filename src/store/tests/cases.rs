@@ -936,9 +936,18 @@ fn audit_rows_filter_by_patient_and_token_newest_first() {
         patient: patient.map(str::to_string),
         token: token.map(str::to_string),
         limit,
+        before: None,
     };
     assert_eq!(ids(q(None, None, 10)), vec![c, b, a]);
     assert_eq!(ids(q(None, None, 2)), vec![c, b]);
+    // the next page: older than the last row of the one before, on every filter
+    let older = |mut query: AuditQuery, before| {
+        query.before = Some(before);
+        ids(query)
+    };
+    assert_eq!(older(q(None, None, 2), b), vec![a]);
+    assert_eq!(older(q(None, Some("gp"), 10), c), vec![a]);
+    assert_eq!(older(q(Some("p1"), None, 10), b), vec![a]);
     assert_eq!(ids(q(Some("p1"), None, 10)), vec![b, a]);
     assert_eq!(ids(q(Some("p2"), None, 10)), vec![b]);
     assert_eq!(ids(q(Some("p1"), Some("gp"), 10)), vec![a]);

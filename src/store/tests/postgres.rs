@@ -416,6 +416,7 @@ fn a_sqlite_record_store_is_copied_whole_into_an_empty_database_once() {
         patient: None,
         token: None,
         limit: 10,
+        before: None,
     };
     assert_eq!(
         f.store.audit(&query).unwrap(),
