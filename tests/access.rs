@@ -582,8 +582,9 @@ async fn operations_need_an_ops_token_off_loopback() {
         }
         command.output().unwrap()
     };
+    // refused for want of a token: the command could not run (exit 2, as `tail`)
     let refused = queues(None);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
     assert!(
         text(&refused.stderr).contains("no bearer token"),
         "{}",

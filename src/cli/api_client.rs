@@ -55,12 +55,17 @@ impl Answer {
     }
 
     /// What every operations subcommand does first: an error answer is
-    /// printed and ends the command (exit 1); with `--json` the body is
-    /// printed as is and ends it (exit 0). `None`: go on and render it.
+    /// printed and ends the command: exit 2 when the request could not be
+    /// made as asked (400 a bad argument, 401/403 no or the wrong token: the
+    /// command could not run, as `tail` says too), exit 1 when the engine
+    /// answered about the thing asked for (404 no such message, 409 not in a
+    /// state for it); with `--json` the body is printed as is and ends it
+    /// (exit 0). `None`: go on and render it.
     pub fn finish_early(&self, json: bool) -> Option<ExitCode> {
         if !self.ok() {
             eprintln!("error: {}", self.error());
-            return Some(ExitCode::from(1));
+            let could_not_run = matches!(self.status, 400 | 401 | 403);
+            return Some(ExitCode::from(if could_not_run { 2 } else { 1 }));
         }
         if json {
             println!("{}", self.body);

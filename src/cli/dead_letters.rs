@@ -2,7 +2,8 @@
 //! the deliveries given up on, newest first, with why (`GET /api/dead-letters`).
 //! Retry them with `junction retry`.
 //!
-//! Exit codes: 0 shown; 1 the engine answered an error; 2 it could not be reached.
+//! Exit codes: 0 shown; 1 the engine answered an error about it; 2 it could not be
+//! reached, or refused the request (a bad filter, no or the wrong token).
 
 use std::process::ExitCode;
 

@@ -9,8 +9,9 @@
 //! printed with its control characters escaped (`\u{1b}`): they reach an
 //! operator's terminal (`--json` has the bytes as JSON escapes).
 //!
-//! Exit codes: 0 shown; 1 the engine answered an error (no such message, a bad
-//! filter); 2 it could not be reached.
+//! Exit codes: 0 shown; 1 the engine answered an error about it (no such
+//! message); 2 it could not be reached, or refused the request (a bad filter,
+//! no or the wrong token).
 
 use std::process::ExitCode;
 

@@ -2,7 +2,8 @@
 //! queue: pending, delivered, dead and withheld documents, the age of the
 //! oldest pending one, and whether the destination runs (`GET /api/queues`).
 //!
-//! Exit codes: 0 shown; 1 the engine answered an error; 2 it could not be reached.
+//! Exit codes: 0 shown; 1 the engine answered an error about it; 2 it could not be
+//! reached, or refused the request (no or the wrong token).
 
 use std::process::ExitCode;
 
