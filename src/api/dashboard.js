@@ -290,12 +290,19 @@
       [
         "problems",
         async () => {
-          const [failed, unrouted, rejected] = await Promise.all([
+          // (garbage: bytes that were not HL7 at all, counted as rejected too)
+          const [failed, unrouted, rejected, garbage] = await Promise.all([
             getJson("/api/messages?routing=failed&limit=20"),
             getJson("/api/messages?routing=unrouted&limit=20"),
             getJson("/api/messages?status=rejected&limit=20"),
+            getJson("/api/messages?status=garbage&limit=20"),
           ]);
-          const all = [...failed.messages, ...unrouted.messages, ...rejected.messages];
+          const all = [
+            ...failed.messages,
+            ...unrouted.messages,
+            ...rejected.messages,
+            ...garbage.messages,
+          ];
           all.sort((a, b) => b.id - a.id);
           renderProblems(all.slice(0, 30));
         },
