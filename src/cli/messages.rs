@@ -215,7 +215,12 @@ fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         .collect();
     println!();
     if routings.is_empty() {
-        println!("not routed yet");
+        // only accepted messages are routed (a rejected one is, once replayed)
+        match m.get("status").and_then(Value::as_str) {
+            Some("accepted") => println!("not routed yet"),
+            Some("garbage") => println!("not routed: not an HL7 message (kept as received)"),
+            _ => println!("not routed: rejected (`junction replay` processes it once looked at)"),
+        }
     } else {
         println!(
             "{}",
