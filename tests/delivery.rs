@@ -451,8 +451,9 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     );
     let (code, stdout) = junction(&["messages", "--since", "2999-01-01", "--api", &api]);
     assert_eq!((code, stdout.trim()), (0, "no messages"));
+    // a bad argument the engine refuses: the command could not run
     let (code, stdout) = junction(&["messages", "--since", "yesterday", "--api", &api]);
-    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(code, 2, "{stdout}");
     let (code, stdout) = junction(&["messages", "show", &id.to_string(), "--api", &api]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("type        ADT^A08"), "{stdout}");
