@@ -202,6 +202,22 @@ mod view {
         system: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
         value: Option<Cow<'a, str>>,
+        /// Its type's codes: an identifier typed `NH` is an NHS number the
+        /// objections register is asked about (`pipeline::nhs_numbers`).
+        #[serde(rename = "type", borrow, default)]
+        kind: Option<Kind<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Kind<'a> {
+        #[serde(borrow, default)]
+        coding: Option<Vec<Code<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Code<'a> {
+        #[serde(borrow, default)]
+        code: Option<Cow<'a, str>>,
     }
 
     #[derive(Deserialize)]
@@ -229,6 +245,19 @@ mod view {
             let mut m = Map::new();
             put(&mut m, "system", self.system);
             put(&mut m, "value", self.value);
+            if let Some(codes) = self.kind.and_then(|k| k.coding) {
+                let codes = codes
+                    .into_iter()
+                    .map(|c| {
+                        let mut o = Map::new();
+                        put(&mut o, "code", c.code);
+                        Json::Object(o)
+                    })
+                    .collect();
+                let mut kind = Map::new();
+                kind.insert("coding".into(), Json::Array(codes));
+                m.insert("type".into(), Json::Object(kind));
+            }
             Json::Object(m)
         }
     }
@@ -502,6 +531,21 @@ mod view_tests {
 
     /// A GP named by reference: the view reads the Organization it names (by
     /// `Type/id` or by fullUrl) and nothing else of the Bundle.
+    #[test]
+    fn the_routing_view_keeps_what_objections_read() {
+        // a second NHS number a sender gave (PID-2), kept as a local identifier
+        // typed NH: the objections register is asked about it from the view too
+        let text = r#"{"resourceType":"Bundle","type":"transaction","entry":[
+            {"fullUrl":"urn:uuid:p1","resource":{"resourceType":"Patient","id":"p1","identifier":[
+                {"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9990000018"},
+                {"system":"urn:junction:local-id:nhs:nh","value":"9990000026",
+                 "type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"NH"}]}}]}}]}"#;
+        let full: Json = serde_json::from_str(text).unwrap();
+        use crate::delivery::pipeline::nhs_numbers;
+        assert_eq!(nhs_numbers(&full), ["9990000018", "9990000026"]);
+        assert_eq!(nhs_numbers(&routing_view(text)), nhs_numbers(&full));
+    }
+
     #[test]
     fn the_routing_view_follows_gp_references() {
         let patient = r#"{"generalPractitioner":[{"reference":"Organization/o1"},{"reference":"urn:uuid:p9"}],"id":"p1","resourceType":"Patient"}"#;
