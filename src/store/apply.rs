@@ -292,7 +292,12 @@ fn put<R: Rows>(
     // neighbour's document, a sender's mistake; dropping it first and naming
     // another next is the same change in two steps) is refused, the whole
     // document with it
-    if let (Some(stored), "Patient") = (&stored, at.resource_type) {
+    // (against a record written with authority: a placeholder, written
+    // create-only with no event time, a lab's or a neighbour's, is replaced by
+    // the first authoritative version, so one made under an id our PAS will use,
+    // with another number, cannot lock that PAS's patient out)
+    let authoritative = at.current.is_some_and(|c| c.event_time.is_some());
+    if let (Some(stored), "Patient", true) = (&stored, at.resource_type, authoritative) {
         let nhs_of = |ids: &[(String, String)]| -> Vec<String> {
             let mut numbers: Vec<String> = ids
                 .iter()

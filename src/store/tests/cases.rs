@@ -525,6 +525,19 @@ fn a_patients_nhs_number_never_changes_under_its_id() {
         assert!(err.is_permanent(), "{err}");
     }
     assert_eq!(current(&f.store, "Patient", PATIENT)["name"][0]["family"], "Smith");
+    // a placeholder (create-only, a neighbour's or a lab's) made under the id our
+    // PAS will use, with another number, does not lock the PAS's patient out:
+    // the first version written with authority replaces it
+    let squatted = "0a0a0a0a-0000-5000-8000-000000000099";
+    let mut placeholder = put_entry(&patient(squatted, "9990000018", "Squatter"));
+    placeholder["request"]["ifNoneMatch"] = json!("*");
+    let doc = json!({"resourceType": "Bundle", "type": "transaction", "entry": [placeholder]});
+    f.store.apply_bundle(&doc, None).unwrap();
+    f.store
+        .apply_bundle(&bundle(&[patient(squatted, "9434765919", "Smith")]), at("2026-11-23T10:45:00Z"))
+        .unwrap();
+    let now = current(&f.store, "Patient", squatted);
+    assert_eq!(now["identifier"][0]["value"], "9434765919", "{now}");
     // the same number with new details is an update
     f.store
         .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smyth")]), at("2026-11-23T11:00:00Z"))
