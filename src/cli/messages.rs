@@ -219,10 +219,7 @@ fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         match m.get("status").and_then(Value::as_str) {
             Some("accepted") => println!("not routed yet"),
             Some("garbage") => println!("not routed: not an HL7 message (kept as received)"),
-            _ => println!(
-                "not routed: rejected (a resend kept because its content differed is \
-                 processed by `junction replay`)"
-            ),
+            _ => println!("not routed: rejected (see its error)"),
         }
     } else {
         println!(

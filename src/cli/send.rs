@@ -259,6 +259,8 @@ async fn send_all(
                 }
             },
         };
+        // (the ACK's text and the control id are the peer's: escaped)
+        let line = super::api_client::printable(&line).into_owned();
         progress.suspend(|| println!("{line}"));
         progress.inc(1);
     }

@@ -92,25 +92,45 @@ pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
     result.map_err(|_| TelemetryError::AlreadyInstalled)
 }
 
-/// A writer that writes C0 control bytes (but line feed and tab) and DEL as
-/// `\xNN`: what a log line holds of a sender's text reaches a terminal inert.
+/// A writer that writes control characters (C0 but line feed and tab, DEL, C1)
+/// and bidirectional formatting characters as `\x1b`, `\u{202e}`: what a log
+/// line holds of a sender's text reaches a terminal inert.
 struct Escaping<W>(W);
 
 impl<W: std::io::Write> std::io::Write for Escaping<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let control = |b: u8| (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f;
-        if !buf.iter().any(|&b| control(b)) {
+        let Ok(text) = std::str::from_utf8(buf) else {
+            // (tracing writes text; bytes that are not, escaped byte by byte)
+            let mut out = Vec::with_capacity(buf.len() + 16);
+            for &b in buf {
+                if (b < 0x20 && b != b'\n' && b != b'\t') || b >= 0x7f {
+                    out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+                } else {
+                    out.push(b);
+                }
+            }
+            return self.0.write_all(&out).map(|()| buf.len());
+        };
+        let escape = |c: char| {
+            (c.is_control() && c != '\n' && c != '\t')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+        };
+        if !text.chars().any(escape) {
             return self.0.write_all(buf).map(|()| buf.len());
         }
-        let mut out = Vec::with_capacity(buf.len() + 16);
-        for &b in buf {
-            if control(b) {
-                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        let mut out = String::with_capacity(text.len() + 16);
+        for c in text.chars() {
+            if escape(c) {
+                if (c as u32) < 0x100 {
+                    out.push_str(&format!("\\x{:02x}", c as u32));
+                } else {
+                    out.push_str(&c.escape_unicode().to_string());
+                }
             } else {
-                out.push(b);
+                out.push(c);
             }
         }
-        self.0.write_all(&out).map(|()| buf.len())
+        self.0.write_all(out.as_bytes()).map(|()| buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
