@@ -168,18 +168,12 @@ pub fn text(value: &Value, key: &str) -> String {
     }
 }
 
-/// The bidirectional formatting characters (U+202A–U+202E, U+2066–U+2069,
-/// U+200E, U+200F): a right-to-left override makes a line read other than it is.
-pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
-}
-
 /// Text from a sender (a control id, an application name, a note) as it may
 /// reach an operator's terminal: control characters (C0 but line feed, DEL,
 /// C1) escaped as `\u{1b}`, so bytes a sender chose can neither recolour, hide
 /// or rewrite lines nor set a terminal's title.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    let control = |c: char| (c.is_control() && c != '\n') || is_bidi_control(c);
+    let control = |c: char| (c.is_control() && c != '\n') || crate::telemetry::is_bidi_control(c);
     if !s.chars().any(control) {
         return std::borrow::Cow::Borrowed(s);
     }

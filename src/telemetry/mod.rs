@@ -92,6 +92,14 @@ pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
     result.map_err(|_| TelemetryError::AlreadyInstalled)
 }
 
+/// The bidirectional formatting characters (U+202A–U+202E, U+2066–U+2069,
+/// U+200E, U+200F): a right-to-left override makes a line read other than it
+/// is. Escaped with the control characters wherever a sender's text reaches a
+/// terminal (the log here, the CLI's output).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
 /// A writer that writes control characters (C0 but line feed and tab, DEL, C1)
 /// and bidirectional formatting characters as `\x1b`, `\u{202e}`: what a log
 /// line holds of a sender's text reaches a terminal inert.
@@ -111,10 +119,7 @@ impl<W: std::io::Write> std::io::Write for Escaping<W> {
             }
             return self.0.write_all(&out).map(|()| buf.len());
         };
-        let escape = |c: char| {
-            (c.is_control() && c != '\n' && c != '\t')
-                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
-        };
+        let escape = |c: char| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c);
         if !text.chars().any(escape) {
             return self.0.write_all(buf).map(|()| buf.len());
         }
