@@ -422,6 +422,9 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
         stdout.contains("P1-002") && stdout.contains("permanent error"),
         "{stdout}"
     );
+    // a destination that is not configured is said so, not shown as empty
+    let (code, stdout) = junction(&["dead-letters", "--destination", "fihr", "--api", &api]);
+    assert_eq!(code, 1, "{stdout}");
     let (code, stdout) = junction(&["queues", "--api", &api]);
     assert_eq!(code, 0, "{stdout}");
     let fhir_line = stdout

@@ -127,7 +127,11 @@ struct RouteList {
     routes: Vec<RouteInfo>,
 }
 
-async fn route_list(State(state): State<ApiState>) -> Result<Json<RouteList>, ApiError> {
+async fn route_list(
+    State(state): State<ApiState>,
+    params: Result<axum::extract::Query<super::NoParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RouteList>, ApiError> {
+    super::no_params(params)?;
     let delivery = state
         .delivery
         .as_ref()

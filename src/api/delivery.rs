@@ -75,6 +75,18 @@ fn id(path: Result<Path<i64>, PathRejection>, what: &str) -> Result<i64, ApiErro
     })
 }
 
+/// A `destination` filter names a configured destination (404 otherwise, as
+/// a retry's does): a typo must not read as an empty queue. Not checked when
+/// the delivery queue does not run (an intake alone).
+fn known_destination(state: &ApiState, destination: Option<&str>) -> Result<(), ApiError> {
+    match (destination.filter(|d| !d.is_empty()), &state.delivery) {
+        (Some(d), Some(handle)) if !handle.destinations().iter().any(|k| k.id == d) => Err(
+            ApiError::NotFound(format!("no destination `{d}` in [destinations]")),
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn check_limit(limit: Option<u32>) -> Result<Option<u32>, ApiError> {
     match limit {
         Some(l) if l == 0 || l > MAX_LIMIT => Err(ApiError::BadRequest(format!(
@@ -89,7 +101,11 @@ pub(super) struct Queues {
     queues: Vec<QueueSummary>,
 }
 
-pub(super) async fn queues(State(state): State<ApiState>) -> Result<Json<Queues>, ApiError> {
+pub(super) async fn queues(
+    State(state): State<ApiState>,
+    params: Result<Query<super::NoParams>, QueryRejection>,
+) -> Result<Json<Queues>, ApiError> {
+    super::no_params(params)?;
     let queues = running(&state)?.queues().await?;
     Ok(Json(Queues { queues }))
 }
@@ -123,6 +139,7 @@ pub(super) async fn deliveries(
             ))
         })?),
     };
+    known_destination(&state, p.destination.as_deref())?;
     let filter = DeliveryFilter {
         status,
         destination: p.destination,
@@ -147,6 +164,7 @@ pub(super) async fn dead_letters(
     params: Result<Query<DeadParams>, QueryRejection>,
 ) -> Result<Json<Deliveries>, ApiError> {
     let p = query(params)?;
+    known_destination(&state, p.destination.as_deref())?;
     let filter = DeliveryFilter {
         status: Some(DeliveryStatus::Dead),
         destination: p.destination,

@@ -484,6 +484,22 @@ impl SearchParams {
     }
 }
 
+/// The query of an endpoint that takes none: a parameter given (`?raw=true`)
+/// is refused, not silently ignored, as everywhere else in `/api`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+/// [`NoParams`] checked: 400 naming the parameter.
+fn no_params(params: Result<Query<NoParams>, QueryRejection>) -> Result<(), ApiError> {
+    params.map(|_| ()).map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "invalid query: {} (this endpoint takes no parameters)",
+            rejection.body_text()
+        ))
+    })
+}
+
 #[derive(Serialize)]
 struct MessageList {
     messages: Vec<MessageSummary>,
@@ -517,7 +533,9 @@ async fn search_messages(
 async fn get_message(
     State(state): State<ApiState>,
     id: Result<Path<i64>, PathRejection>,
+    params: Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    no_params(params)?;
     let Path(id) = id.map_err(|rejection| {
         ApiError::BadRequest(format!(
             "invalid message id: {}, expected an integer",

@@ -227,6 +227,10 @@ async fn bad_requests_and_missing_messages_get_json_errors() {
             "unknown field `controlid`",
         ),
         ("/nowhere", 404, "no such route"),
+        // an endpoint that takes no parameters refuses one, as the others refuse
+        // an unknown one: `?raw=true` must not look as if it meant something
+        ("/api/messages/1?raw=true", 400, "unknown field `raw`"),
+        ("/api/routes?verbose=1", 400, "unknown field `verbose`"),
     ];
     for (path, want_status, want_error) in cases {
         let (status, content_type, body) = get(server.addr, path).await;
