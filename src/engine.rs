@@ -377,6 +377,13 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     let (built, unavailable) = build_destinations(&config, &records);
 
     // Bind everything before serving anything: a bind failure must stop the start.
+    // what `GET /api/events?listener=` may name: a listener or a source
+    let origins: Vec<String> = config
+        .listeners
+        .keys()
+        .chain(config.sources.keys())
+        .cloned()
+        .collect();
     let mut bound = Vec::with_capacity(config.listeners.len());
     for (id, cfg) in config.listeners {
         bound.push(Listener::bind(&id, cfg).await?);
@@ -441,6 +448,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         ready: Arc::clone(&ready),
         events: events.clone(),
         delivery: Some(delivery.handle()),
+        origins: Arc::new(origins),
         // Operations endpoints are open only on a loopback address.
         access: Access::new(records.clone(), api_addr.ip().is_loopback()),
     };

@@ -50,6 +50,21 @@ pub(super) async fn stream(
         }
     };
     let listener = params.listener.filter(|l| !l.is_empty());
+    // a typo must not look like a quiet listener, a stream that never says anything
+    if let Some(l) = &listener {
+        if !state.origins.is_empty() && !state.origins.contains(l) {
+            return ApiError::BadRequest(format!(
+                "unknown listener `{l}`, expected one of {}",
+                state
+                    .origins
+                    .iter()
+                    .map(|o| format!("`{o}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into_response();
+        }
+    }
     tracing::debug!(
         listener = listener.as_deref().unwrap_or("*"),
         "event stream opened"

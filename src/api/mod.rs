@@ -97,6 +97,9 @@ pub struct ApiState {
     /// The running delivery queue (retries, replays, depths); `None` when
     /// the engine runs without one (tests of the intake alone).
     pub delivery: Option<crate::delivery::queue::DeliveryHandle>,
+    /// The listener and source ids (what an events filter may name; empty:
+    /// not checked).
+    pub origins: Arc<Vec<String>>,
 }
 
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).

@@ -40,6 +40,7 @@ async fn start() -> Server {
             true,
         ),
         delivery: None,
+        origins: Arc::new(vec!["pas".to_string()]),
     };
     let listener = bind(&ApiConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -231,6 +232,12 @@ async fn bad_requests_and_missing_messages_get_json_errors() {
         // an unknown one: `?raw=true` must not look as if it meant something
         ("/api/messages/1?raw=true", 400, "unknown field `raw`"),
         ("/api/routes?verbose=1", 400, "unknown field `verbose`"),
+        // a listener the engine does not have: said, not a stream that stays quiet
+        (
+            "/api/events?listener=psa",
+            400,
+            "unknown listener `psa`, expected one of `pas`",
+        ),
     ];
     for (path, want_status, want_error) in cases {
         let (status, content_type, body) = get(server.addr, path).await;

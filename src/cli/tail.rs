@@ -13,7 +13,8 @@
 //! bound to loopback).
 //!
 //! Exit codes: 0 on Ctrl-C (SIGINT) or SIGTERM; 2 when it cannot start (bad
-//! URL, no runtime).
+//! URL, no runtime) or the engine refuses it (no or the wrong token, a
+//! `--listener` it does not have).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -61,7 +62,8 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             refused = follow(url, args.json) => {
-                // retrying cannot help: the token is missing, wrong or of the wrong role
+                // retrying cannot help: the token is missing, wrong or of the
+                // wrong role, or the listener named is none the engine has
                 eprintln!("tail: {refused}");
                 return Ok(ExitCode::from(2));
             }
@@ -71,7 +73,8 @@ pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Connects, prints events, reconnects; returns only when the engine refuses
-/// the token (401, 403), with what it said.
+/// the token (401, 403) or the request (400: an unknown `--listener`), with
+/// what it said.
 async fn follow(url: reqwest::Url, json: bool) -> String {
     // No overall timeout: the stream is meant to stay open.
     let client = reqwest::Client::new();
@@ -93,7 +96,9 @@ async fn follow(url: reqwest::Url, json: bool) -> String {
             Ok(response)
                 if matches!(
                     response.status(),
-                    reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+                    reqwest::StatusCode::UNAUTHORIZED
+                        | reqwest::StatusCode::FORBIDDEN
+                        | reqwest::StatusCode::BAD_REQUEST
                 ) =>
             {
                 let status = response.status();
@@ -103,9 +108,12 @@ async fn follow(url: reqwest::Url, json: bool) -> String {
                     .ok()
                     .and_then(|b| b["error"].as_str().map(str::to_string))
                     .unwrap_or_default();
-                return format!(
-                    "{url} answered {status}: {said} (give an ops token in JUNCTION_API_TOKEN)"
-                );
+                let hint = if status == reqwest::StatusCode::BAD_REQUEST {
+                    ""
+                } else {
+                    " (give an ops token in JUNCTION_API_TOKEN)"
+                };
+                return format!("{url} answered {status}: {said}{hint}");
             }
             Ok(response) => {
                 eprintln!(
