@@ -1270,3 +1270,61 @@ fn observations_of_the_specimen_are_not_results_of_the_report() {
         output.unread
     );
 }
+
+/// A text report sent one line per OBX (WinPath histology, CRIS): each line is a
+/// result, and the report is also presented whole, laid out as sent: its blank
+/// lines and indentation, which a result's (trimmed) text loses. A report that
+/// mixes text with other results is not given a text form.
+#[test]
+fn a_text_report_sent_line_by_line_is_presented_as_laid_out() {
+    use base64::Engine as _;
+    let set = mappings();
+    let text = "MSH|^~\\&|WINPATH|RXH01|ICE|RXH01|20261120101500||ORU^R01|WP0001|P|2.4\r\
+        PID|1||9990000158^^^NHS^NH||TESTER^TEXT||19700101|F\r\
+        OBR|1|PL1|FL1|HIST^Histology^WP|||20261120090000|||||||||||||||20261120100000||SP|F\r\
+        OBX|1|TX|HIST^Histology^WP||MACROSCOPY:||||||F\r\
+        OBX|2|TX|HIST^Histology^WP||  Skin ellipse 20 x 8 mm.||||||F\r\
+        OBX|3|TX|HIST^Histology^WP||||||||F\r\
+        OBX|4|TX|HIST^Histology^WP||MICROSCOPY:||||||F\r\
+        OBX|5|TX|HIST^Histology^WP||  Basal cell carcinoma.||||||F\r\
+        OBX|6|TX|HIST^Histology^WP||    Margins clear (2 mm).   ||||||F\r";
+    let path = Path::new("histology.hl7");
+    let output = map_text(&set, text, path);
+    let document = output.value();
+    let report = only(&document, "DiagnosticReport");
+    let forms = report["presentedForm"]
+        .as_array()
+        .expect("a presented form");
+    assert_eq!(forms.len(), 1, "{forms:?}");
+    assert_eq!(forms[0]["contentType"], "text/plain; charset=utf-8");
+    assert_eq!(forms[0]["title"], "Histology");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(forms[0]["data"].as_str().expect("data"))
+        .expect("Base64");
+    assert_eq!(
+        String::from_utf8(data).expect("UTF-8"),
+        "MACROSCOPY:\n  Skin ellipse 20 x 8 mm.\n\nMICROSCOPY:\n  Basal cell carcinoma.\n    Margins clear (2 mm)."
+    );
+    assert_eq!(
+        report["result"].as_array().map(Vec::len),
+        Some(6),
+        "every line is still a result"
+    );
+    // a withdrawn line is left out of the text
+    let withdrawn = text.replace(
+        "Basal cell carcinoma.||||||F",
+        "Basal cell carcinoma.||||||W",
+    );
+    let document = map_text(&set, &withdrawn, path).value();
+    let form = &only(&document, "DiagnosticReport")["presentedForm"][0]["data"];
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(form.as_str().expect("data"))
+        .expect("Base64");
+    assert!(!String::from_utf8_lossy(&data).contains("carcinoma"));
+    // a report with a number among its text lines has no text form
+    let mixed = text.replace("OBX|3|TX|HIST^Histology^WP||", "OBX|3|NM|SIZE^Size^WP||20");
+    let document = map_text(&set, &mixed, path).value();
+    assert!(only(&document, "DiagnosticReport")
+        .get("presentedForm")
+        .is_none());
+}

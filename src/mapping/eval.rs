@@ -1553,21 +1553,27 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// `for('chain', expr)`: `expr` in each group of the chain, the empty ones
-    /// left out; a list (empty when none).
+    /// `for('chain', expr)`: `expr` in each group of the chain, a list; empty
+    /// when every group's is. A group whose value is empty keeps its place as an
+    /// empty item, so `lines` lays out a report sent one line per segment with its
+    /// blank lines (`join`, arrays and texts skip empty items).
     #[inline(never)]
     fn gather(&mut self, heads: &'a [GroupHead], e: &'a Expr, scope: &Scope<'_, 'a>) -> Val<'a> {
         let mut items = Vec::new();
+        let mut any = false;
         self.groups(heads, scope, &mut |ctx, inner| {
             let v = ctx.expr(e, inner);
-            if !v.is_empty() {
+            if v.is_empty() {
+                items.push(Val::Empty);
+            } else {
+                any = true;
                 items.push(ctx.keep(v));
             }
         });
-        if items.is_empty() {
-            Val::Empty
-        } else {
+        if any {
             Val::List(items)
+        } else {
+            Val::Empty
         }
     }
 
