@@ -1328,3 +1328,53 @@ fn a_text_report_sent_line_by_line_is_presented_as_laid_out() {
         .get("presentedForm")
         .is_none());
 }
+
+/// Labs send one susceptibility panel (a child OBR) per organism, often with the
+/// same order numbers and test code: OBR-26 (the parent result) keeps them two
+/// reports, and each antibiotic result stays its organism's.
+#[test]
+fn two_organisms_susceptibility_panels_are_two_reports() {
+    let set = mappings();
+    let path = repo().join("samples/oru_r01_micro_susceptibility.hl7");
+    let text = messages(&std::fs::read(&path).expect("the sample"), &path)
+        .remove(0)
+        .replace("26M0004512-S1", "26M0004512");
+    let organism = "OBX|2|ST|CFU^Colony count^WINPATH|1|>100000|CFU/mL|||||F\r";
+    assert!(text.contains(organism));
+    let text = text.replace(
+        organism,
+        &format!(
+            "{organism}OBX|3|CWE|ORG^Organism^WINPATH|2|3092008^Staphylococcus aureus^SCT||||||F\r"
+        ),
+    ) + "ORC|RE|ICE880012^ICE|26M0004512^WINPATH||CM\r\
+        OBR|3|ICE880012^ICE|26M0004512^WINPATH|SENS^Susceptibility^WINPATH|||20261123080000|||||||||G8888888^PATEL^ANIL||||||20261124141000|||F|ORG&Organism&WINPATH^2^Staphylococcus aureus|||ICE880012&ICE^26M0004512&WINPATH\r\
+        OBX|1|CWE|FLUC^Flucloxacillin^WINPATH|1|S^Susceptible^HL70078||||||F\r\
+        OBX|2|CWE|AMOX^Amoxicillin^WINPATH|1|R^Resistant^HL70078||||||F\r";
+    let output = map_text(&set, &text, &path);
+    assert!(output.warnings.is_empty(), "{:?}", output.warnings);
+    let document = output.value();
+    let reports = resources(&document, "DiagnosticReport");
+    assert_eq!(reports.len(), 3, "the culture and two panels: {reports:?}");
+    let results: Vec<usize> = reports
+        .iter()
+        .map(|r| r["result"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(results, [3, 3, 2]);
+    let amoxicillin: Vec<String> = resources(&document, "Observation")
+        .into_iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "AMOX")
+        .map(|o| {
+            o["derivedFrom"][0]["display"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        amoxicillin,
+        [
+            "Organism 1: Escherichia coli",
+            "Organism 2: Staphylococcus aureus"
+        ]
+    );
+}
