@@ -81,6 +81,22 @@ pub enum EngineError {
     },
     #[error("{0}")]
     ApiBind(std::io::Error),
+    /// Another engine holds this journal: two would work one delivery queue
+    /// and send every document twice.
+    #[error(
+        "the journal {} is in use by another Junction engine{}: one engine per journal (give this one its own `[store] path`)",
+        path.display(),
+        holder.as_deref().map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse {
+        path: PathBuf,
+        holder: Option<String>,
+    },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -111,6 +127,8 @@ pub struct RunningEngine {
     shutdown_timeout: Duration,
     /// The TLS listeners' reload handles (SIGHUP).
     tls_reloads: Vec<crate::mllp::listener::TlsReload>,
+    /// The journal's lock file, held (locked) for as long as the engine runs.
+    _journal_lock: std::fs::File,
 }
 
 impl std::fmt::Debug for RunningEngine {
@@ -229,6 +247,51 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
         tls_ca_file: store.tls_ca_file.as_ref().map(|f| config_dir.join(f)),
         ..store.clone()
     }
+}
+
+/// Locks `<journal>.lock` (created beside the journal) for this process, so a
+/// second engine started on the same journal, by mistake or a restart racing
+/// the old process, refuses to start instead of working the same delivery
+/// queue (every document sent twice, a MESH message to another organisation
+/// among them). The lock is the kernel's (`flock`): it goes with the process,
+/// however it ends, so a kill -9 leaves nothing to clean up. The file holds the
+/// holder's pid, for the message.
+fn lock_journal(journal: &Path) -> Result<std::fs::File, EngineError> {
+    use std::io::{Read, Seek, Write};
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let lock_err = |source| EngineError::Lock {
+        path: path.clone(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(lock_err)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(EngineError::InUse {
+                path: journal.to_path_buf(),
+                holder: (!holder.is_empty() && holder.len() < 20).then(|| holder.to_string()),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    file.rewind().map_err(lock_err)?;
+    write!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(file)
 }
 
 /// How often the journal's retention runs (`[store] retain_days`).
@@ -365,6 +428,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     let metrics = Arc::new(Metrics::new());
     let events = EventBus::default();
     let store = resolve_store(&config.store, config_dir);
+    let journal_lock = lock_journal(&store.path)?;
     let journal = Journal::open_with_metrics(&store, Arc::clone(&metrics))?;
     info!(
         path = %journal.path().display(),
@@ -480,6 +544,7 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         records,
         shutdown_timeout: Duration::from_secs(config.engine.shutdown_timeout_secs),
         tls_reloads,
+        _journal_lock: journal_lock,
     })
 }
 

@@ -997,3 +997,35 @@ async fn a_connection_beyond_the_limit_is_closed_at_once() {
     assert!(ack.contains("MSA|AA|"), "{ack}");
     f.engine.stop().await;
 }
+
+/// One engine per journal: a second engine started on the same journal (by
+/// mistake, or a restart racing the old process) refuses to start, naming the
+/// holder, instead of working the same delivery queue and sending everything
+/// twice; once the first has stopped, the journal can be opened again.
+#[tokio::test]
+async fn a_second_engine_on_the_same_journal_refuses_to_start() {
+    let first = start().await;
+    let dir = first._dir.path();
+    let config = junction::config::load(&dir.join("junction.toml")).unwrap();
+    let err = engine::start(config, dir)
+        .await
+        .expect_err("the journal is in use");
+    let text = err.to_string();
+    assert!(text.contains("in use by another Junction engine"), "{text}");
+    assert!(
+        text.contains(&format!("(pid {})", std::process::id())),
+        "{text}"
+    );
+    // the first engine still takes messages
+    let mut stream = TcpStream::connect(first.addr).await.unwrap();
+    let ack = send(&mut stream, &sample("adt_a01_admission.hl7")).await;
+    assert!(ack.contains("MSA|AA"), "{ack}");
+    drop(stream);
+    let Fixture { engine, _dir, .. } = first;
+    engine.stop().await;
+    let config = junction::config::load(&_dir.path().join("junction.toml")).unwrap();
+    let again = engine::start(config, _dir.path())
+        .await
+        .expect("free again");
+    again.stop().await;
+}
