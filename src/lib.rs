@@ -24,6 +24,7 @@
 //! - [`access`]: API tokens, the authentication and audit layer, objections.
 //! - [`telemetry`]: tracing setup and Prometheus metrics.
 //! - [`cli`]: one file per subcommand.
+//! - [`fhir_types`]: the FHIR R4 resource types (what a mapping may make, the store takes).
 
 pub mod access;
 pub mod api;
@@ -32,6 +33,7 @@ pub mod config;
 mod db;
 pub mod delivery;
 pub mod engine;
+pub mod fhir_types;
 pub mod hl7;
 pub mod journal;
 pub mod mapping;

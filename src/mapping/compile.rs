@@ -274,7 +274,7 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
                                         Ok(s.to_string())
                                     } else {
                                         Err(format!(
-                                            "bad resource type `{s}` in `requires`, expected a FHIR resource type like `Patient`"
+                                            "bad resource type `{s}` in `requires`, expected a FHIR R4 resource type like `Patient`"
                                         ))
                                     }
                                 })
@@ -390,11 +390,9 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
     })
 }
 
-/// `Patient`, `DiagnosticReport`: an upper-case letter, then letters.
+/// `Patient`, `DiagnosticReport`: a FHIR R4 resource type.
 fn is_resource_type(s: &str) -> bool {
-    s.len() > 1
-        && s.as_bytes()[0].is_ascii_uppercase()
-        && s.bytes().all(|b| b.is_ascii_alphabetic())
+    crate::fhir_types::is_r4_resource_type(s)
 }
 
 fn empty_expr() -> Expr {
@@ -766,7 +764,7 @@ impl<'s> Compiler<'s> {
                         if is_resource_type(s) {
                             kind = Some(s.to_string());
                         } else {
-                            self.error(fv.span().start, format!("bad resource type `{s}`, expected a FHIR resource type like `Patient`"));
+                            self.error(fv.span().start, format!("bad resource type `{s}`, expected a FHIR R4 resource type like `Patient` or `Flag`"));
                         }
                     }
                 }

@@ -925,6 +925,7 @@ fn requires_refuses_a_document_without_the_type() {
     for (bad, says) in [
         ("[\"Encounter\"]", "no [[resource]] makes a Encounter"),
         ("[\"patient\"]", "bad resource type `patient` in `requires`"),
+        ("[\"Flagg\"]", "bad resource type `Flagg` in `requires`"),
     ] {
         let errors = compile_str(&src.replace("[\"Patient\"]", bad)).unwrap_err();
         assert!(
@@ -1147,4 +1148,24 @@ PID|1||9434765919^^^NHS^NH||SMITH^ANNE^^^^^L~JONES^ANNE^^^^^M^^^^^^20001231~OLD^
         r["address"][1]["period"],
         json!({"start": "2025-11-01", "end": "2026-12-31"})
     );
+}
+
+/// A resource `type` that FHIR R4 does not have (a typo) is a load error at its
+/// place, not a resource the store would then hold under a made-up type.
+#[test]
+fn a_resource_type_fhir_r4_does_not_have_is_refused_at_load() {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Flagg\"\nid = \"PID-3.1\"\n[resource.body]\nv = \"PID-8\"\n"
+    );
+    let errors = compile_str(&src).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("bad resource type `Flagg`")
+                && e.message.contains("FHIR R4 resource type")
+                && e.line > 0
+                && e.col > 0),
+        "{errors:?}"
+    );
+    assert!(compile_str(&src.replace("Flagg", "Flag")).is_ok());
 }

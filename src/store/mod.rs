@@ -222,7 +222,7 @@ pub enum EntryProblem {
     InvalidUrl { url: String },
     #[error("a PUT entry has no resource object")]
     MissingResource,
-    #[error("resource.resourceType {found:?} is not a resource type name")]
+    #[error("resource.resourceType {found:?} is not a FHIR R4 resource type")]
     InvalidResourceType { found: String },
     #[error("resource.id {found:?} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")]
     InvalidId { found: String },

@@ -230,12 +230,9 @@ fn split_url(url: &str) -> Option<(&str, &str)> {
     (is_resource_type(resource_type) && is_id(id)).then_some((resource_type, id))
 }
 
-/// A resource type name: an ASCII capital letter, then letters (1-64 in all).
+/// A FHIR R4 resource type ([`crate::fhir_types`]).
 pub fn is_resource_type(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
-        && s.len() <= 64
-        && chars.all(|c| c.is_ascii_alphabetic())
+    crate::fhir_types::is_r4_resource_type(s)
 }
 
 /// A FHIR id: 1-64 of `A-Z a-z 0-9 - .`.

@@ -461,7 +461,7 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
         (
             json!({"resource": {"resourceType": "encounter", "id": "e1"},
                    "request": {"method": "PUT", "url": "encounter/e1"}}),
-            "entry 1: resource.resourceType \"encounter\" is not a resource type name".to_string(),
+            "entry 1: resource.resourceType \"encounter\" is not a FHIR R4 resource type".to_string(),
         ),
         (
             json!({"request": {"method": "DELETE", "url": "Encounter?identifier=x"}}),
@@ -576,6 +576,22 @@ fn documents_that_are_not_transactions_are_refused() {
         None,
     ));
     assert!(!transient.is_permanent());
+    // a resource type FHIR R4 does not have (a neighbour's made-up one, a
+    // mapping's typo) is refused, and nothing of the Bundle is written
+    for made_up in ["Xyzzy", "Flagg"] {
+        let doc = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:11111111-2222-5333-8444-555555555555",
+             "resource": {"resourceType": made_up, "id": "11111111-2222-5333-8444-555555555555", "junk": {"a": [1]}},
+             "request": {"method": "PUT", "url": format!("{made_up}/11111111-2222-5333-8444-555555555555")}}
+        ]});
+        let err = f.store.apply_bundle(&doc, None).unwrap_err();
+        assert!(err.is_permanent());
+        assert!(
+            err.to_string()
+                .contains(&format!("\"{made_up}\" is not a FHIR R4 resource type")),
+            "{err}"
+        );
+    }
     // An empty transaction is fine and does nothing.
     let empty = json!({"resourceType": "Bundle", "type": "transaction"});
     assert_eq!(
