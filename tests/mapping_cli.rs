@@ -106,12 +106,17 @@ fn map_reads_stdin_with_a_dash() {
 fn map_of_a_batch_prints_one_document_per_message() {
     let out = junction(&["map", "samples/batch_adt.hl7"], &repo());
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let documents: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .expect("a stream of JSON documents");
+    // stdout is one JSON value, whatever a validator or `jq` is given
+    let documents: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("one JSON array of documents");
     assert_eq!(documents.len(), 3);
-    assert!(text(&out.stderr).contains("(message 3 of 3)"));
+    assert!(documents.iter().all(|d| d["resourceType"] == "Bundle"));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("(message 3 of 3)"), "{stderr}");
+    assert!(
+        stderr.contains("3 documents: printed as a JSON array"),
+        "{stderr}"
+    );
 }
 
 #[test]

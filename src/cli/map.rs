@@ -9,7 +9,9 @@
 //! `--routes-dir` pick for the message (one document per distinct mapping, as the
 //! engine would make); else, when there are no routes or none matches, the mapping
 //! declared for the message type and trigger. A batch file (FHS/BHS) maps every
-//! message in it, one document after another.
+//! message in it. Stdout is always one JSON value: the document, or, when there
+//! are several (a batch; routes that pick two mappings), a JSON array of them in
+//! the order stderr reports them.
 //!
 //! What it does not do: it journals and delivers nothing, and it logs nothing (the
 //! output names patient data, and it is for the person running the command).
@@ -79,6 +81,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     };
     let batch = messages.len() > 1;
     let mut failed = false;
+    let mut documents = Vec::new();
     for (index, text) in messages.iter().enumerate() {
         let label = if batch {
             format!("{file} (message {} of {})", index + 1, messages.len())
@@ -86,25 +89,35 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             file.clone()
         };
         match map_message(&set, routes.as_ref(), args.mapping.as_deref(), text) {
-            Ok(documents) => {
-                for mapped in documents {
-                    let json = serde_json::to_string_pretty(&mapped.output.value())
-                        .context("cannot render the document as JSON")?;
-                    match writeln!(std::io::stdout().lock(), "{json}") {
-                        Ok(()) => {}
-                        // `junction map x | head`: the reader has gone, nothing more to say.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                            return Ok(ExitCode::SUCCESS)
-                        }
-                        Err(e) => return Err(e).context("cannot write the document to stdout"),
-                    }
+            Ok(mapped) => {
+                for mapped in mapped {
                     report(&label, &mapped);
+                    documents.push(mapped.output.value());
                 }
             }
             Err(problem) => {
                 eprintln!("error: {label}: {problem}");
                 failed = true;
             }
+        }
+    }
+    // stdout is always one JSON value: the document, or several (a batch, or
+    // routes that pick two mappings) as an array in the order reported above
+    let json = match documents.len() {
+        0 => None,
+        1 => Some(serde_json::to_string_pretty(&documents[0])),
+        n => {
+            eprintln!("{n} documents: printed as a JSON array, in the order above");
+            Some(serde_json::to_string_pretty(&documents))
+        }
+    };
+    if let Some(json) = json {
+        let json = json.context("cannot render the document as JSON")?;
+        match writeln!(std::io::stdout().lock(), "{json}") {
+            Ok(()) => {}
+            // `junction map x | head`: the reader has gone, nothing more to say.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(e).context("cannot write the document to stdout"),
         }
     }
     Ok(if failed {

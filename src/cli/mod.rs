@@ -47,7 +47,7 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Parse an HL7 file and print its segments and fields as a tree.
     Parse(parse::ParseArgs),
-    /// Dry-run a mapping: the document on stdout, unread parts on stderr.
+    /// Dry-run a mapping: the document on stdout (several: one JSON array), unread parts on stderr.
     Map(map::MapArgs),
     /// Run the [[test]] cases declared in mapping files.
     Test(test::TestArgs),
