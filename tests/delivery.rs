@@ -469,6 +469,27 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     let (code, stdout) = junction(&["messages", "show", &id.to_string(), "--raw", "--api", &api]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("as received:\nMSH|"), "{stdout}");
+    // --json alike: the message itself only with --raw
+    let (code, stdout) = junction(&["messages", "show", &id.to_string(), "--json", "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(shown["id"], id, "{shown}");
+    assert!(shown.get("raw").is_none(), "{shown}");
+    let (code, stdout) = junction(&[
+        "messages",
+        "show",
+        &id.to_string(),
+        "--json",
+        "--raw",
+        "--api",
+        &api,
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert!(
+        shown["raw"].as_str().is_some_and(|r| r.starts_with("MSH|")),
+        "{shown}"
+    );
     let (code, _) = junction(&["messages", "show", "999999", "--api", &api]);
     assert_eq!(code, 1);
     let (code, stdout) = junction(&["replay", &id.to_string(), "--api", &api]);

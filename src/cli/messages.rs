@@ -170,7 +170,14 @@ fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         &format!("/api/messages/{id}"),
         &[],
     )?;
-    // (with --json the whole answer, the message included, as the engine gave it)
+    let mut answer = answer;
+    // with --json the answer as the engine gave it, but the message itself (patient
+    // data) only with --raw, as in the table
+    if !raw {
+        if let Some(m) = answer.body.as_object_mut() {
+            m.remove("raw");
+        }
+    }
     if let Some(code) = answer.finish_early(api.json) {
         return Ok(code);
     }
