@@ -8,7 +8,7 @@
 //! - `GET /api/dead-letters?destination=&limit=`: the dead deliveries.
 //! - `POST /api/deliveries/{id}/retry`: a dead (or withheld) delivery queued
 //!   again, due now, attempts reset; a pending one made due now (its backoff
-//!   cut short); 409 when it was delivered.
+//!   cut short); the row with `was` (its status before); 409 when it was delivered.
 //! - `POST /api/queues/{destination}/retry`: every pending delivery of a
 //!   destination due now: `{"due_now": n}` (after the destination is back).
 //! - `POST /api/dead-letters/retry?destination=`: every dead delivery (of
@@ -180,10 +180,20 @@ pub(super) async fn retry(
     State(state): State<ApiState>,
     path: Result<Path<i64>, PathRejection>,
     body: axum::body::Bytes,
-) -> Result<Json<DeliveryRow>, ApiError> {
+) -> Result<Json<RetriedOne>, ApiError> {
     no_body(&body)?;
     let id = id(path, "delivery")?;
-    Ok(Json(running(&state)?.retry(id).await?))
+    let (was, row) = running(&state)?.retry(id).await?;
+    Ok(Json(RetriedOne { row, was }))
+}
+
+/// `POST /api/deliveries/{id}/retry`: the row as it is now, and what it was
+/// (`dead`/`withheld`: queued again; `pending`: its backoff cut short).
+#[derive(Serialize)]
+pub(super) struct RetriedOne {
+    #[serde(flatten)]
+    row: DeliveryRow,
+    was: DeliveryStatus,
 }
 
 #[derive(Serialize)]

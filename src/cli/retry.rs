@@ -6,7 +6,10 @@
 //! delivery of a destination due now, e.g. once it is back
 //! (`POST /api/queues/{destination}/retry`).
 //!
-//! Exit codes: 0 queued again; 1 the engine refused (no such delivery, not
+//! A pending delivery given by id is said to be one ("not dead: still pending,
+//! made due now"), not "queued again".
+//!
+//! Exit codes: 0 queued again (or made due); 1 the engine refused (no such delivery, not
 //! dead); 2 it could not be reached or the arguments are wrong.
 
 use std::process::ExitCode;
@@ -86,7 +89,12 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
         }
         (_, Some(n)) => println!("{n} pending deliveries due now"),
         _ => {
-            println!("queued again:");
+            let was = answer.body.get("was").and_then(Value::as_str);
+            if was == Some("pending") {
+                println!("not dead: still pending, made due now (its backoff cut short):");
+            } else {
+                println!("queued again:");
+            }
             println!("{}", table(HEADER, &[row(&answer.body)]));
         }
     }

@@ -218,7 +218,7 @@ impl DeliveryHandle {
 
     /// Queues a dead (or withheld) delivery again, due now with its attempts
     /// reset; a pending one waiting for its backoff is made due now.
-    pub async fn retry(&self, id: i64) -> Result<DeliveryRow, QueueError> {
+    pub async fn retry(&self, id: i64) -> Result<(DeliveryStatus, DeliveryRow), QueueError> {
         let row = self
             .shared
             .journal
@@ -247,11 +247,13 @@ impl DeliveryHandle {
         }
         tracing::info!(delivery_id = id, destination = %row.destination, "delivery retried by hand");
         self.shared.wake(&row.destination);
-        self.shared
+        let now = self
+            .shared
             .journal
             .delivery(id)
             .await?
-            .ok_or(QueueError::NoDelivery(id))
+            .ok_or(QueueError::NoDelivery(id))?;
+        Ok((row.status, now))
     }
 
     /// Queues every dead delivery (of one destination, or all) again.

@@ -297,7 +297,7 @@ async fn a_permanent_error_dead_letters_that_document_only_and_retry_delivers_it
     // Not retryable while delivered; retried once dead.
     assert!(handle.retry(ids[1]).await.is_err());
     fixed.store(true, Ordering::SeqCst);
-    let retried = handle.retry(ids[0]).await.unwrap();
+    let (_, retried) = handle.retry(ids[0]).await.unwrap();
     // Attempts start again from 0 (the scheduler may already have made one).
     assert!(retried.attempts <= 1, "{retried:?}");
     assert_ne!(retried.status, DeliveryStatus::Dead);
@@ -559,7 +559,8 @@ async fn pending_deliveries_can_be_made_due_at_once_when_the_destination_is_back
     }
     up.store(true, Ordering::SeqCst);
     // One row by id, the others by destination.
-    let row = handle.retry(ids[0]).await.unwrap();
+    let (was, row) = handle.retry(ids[0]).await.unwrap();
+    assert_eq!(was, DeliveryStatus::Pending, "a pending row, made due now");
     assert_ne!(row.status, DeliveryStatus::Dead);
     wait_status(&journal, ids[0], DeliveryStatus::Delivered).await;
     // Attempts were kept (not reset as for a dead letter): the failed one and this one.
