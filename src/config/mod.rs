@@ -968,7 +968,80 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
                 format!("mailbox `{id}`: {err}"),
             ));
         }
+        for (what, env, file) in [
+            ("password", &m.password_env, &m.password_file),
+            ("shared_key", &m.shared_key_env, &m.shared_key_file),
+        ] {
+            let (env_key, file_key) = (format!("{what}_env"), format!("{what}_file"));
+            match (env, file) {
+                (Some(_), Some(_)) => diags.push(doc.error(
+                    doc.span(&["mesh", "mailboxes", id, &file_key]),
+                    format!("mailbox `{id}`: give the {what} through `{env_key}` or `{file_key}`, not both"),
+                )),
+                (None, None) => diags.push(doc.error(
+                    doc.span(&["mesh", "mailboxes", id]),
+                    format!("mailbox `{id}`: no {what}: MESH needs one, give `{env_key}` (an environment variable) or `{file_key}`"),
+                )),
+                _ => {}
+            }
+            if let Some(name) = env.as_deref().filter(|n| !is_env_name(n)) {
+                diags.push(doc.error(
+                    doc.span(&["mesh", "mailboxes", id, &env_key]),
+                    format!("mailbox `{id}`: `{env_key}` is the name of an environment variable (letters, digits and `_`, not starting with a digit), not the secret itself: `{}`", mask(name)),
+                ));
+            }
+        }
     }
+    for (id, d) in &config.destinations {
+        if let Some(name) = d.token_env.as_deref().filter(|n| !is_env_name(n)) {
+            diags.push(doc.error(
+                doc.span(&["destinations", id, "token_env"]),
+                format!("destination `{id}`: `token_env` is the name of an environment variable (letters, digits and `_`, not starting with a digit), not the token itself: `{}`", mask(name)),
+            ));
+        }
+        if d.url.as_deref().is_some_and(url_has_token) {
+            diags.push(doc.error(
+                doc.span(&["destinations", id, "url"]),
+                format!("destination `{id}`: url holds a token in its query (`access_token`, `token`, `key`...): secrets are never kept in the config file, give it through `token_env` or `token_file`"),
+            ));
+        }
+    }
+}
+
+/// An environment variable's name as a shell would take it: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// What a diagnostic may show of a value that may be a secret typed in the
+/// wrong place: its first two characters.
+fn mask(value: &str) -> String {
+    let shown: String = value
+        .chars()
+        .take(2)
+        .filter(char::is_ascii_graphic)
+        .collect();
+    format!("{shown}…")
+}
+
+/// Whether an http(s) URL carries a credential in its query string.
+fn url_has_token(url: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "access_token",
+        "token",
+        "api_key",
+        "apikey",
+        "key",
+        "password",
+        "secret",
+        "code",
+    ];
+    reqwest::Url::parse(url).is_ok_and(|u| {
+        u.query_pairs()
+            .any(|(k, _)| NAMES.contains(&k.to_ascii_lowercase().as_str()))
+    })
 }
 
 const URL_SECRET: &str = "url holds a password (`user:password@`): secrets are never kept in \
@@ -1181,6 +1254,39 @@ fn check_filesystem(config: &Config, file: &Path, source: &str, diags: &mut Diag
             diags.push(doc.error(
                 doc.span(&["store", "tls_ca_file"]),
                 format!("store: TLS {err}"),
+            ));
+        }
+    }
+    // secrets as the engine would read them: one that will not resolve is said
+    // here (the engine starts all the same; what needs it waits, retrying)
+    for (id, m) in &config.mesh.mailboxes {
+        if m.password_env.is_some() == m.password_file.is_some()
+            || m.shared_key_env.is_some() == m.shared_key_file.is_some()
+        {
+            continue; // already an error
+        }
+        if let Err(err) = m.load_secrets() {
+            diags.push(doc.warning(
+                doc.span(&["mesh", "mailboxes", id]),
+                format!("{err}: the mailbox cannot be used until it is"),
+            ));
+        }
+    }
+    for (id, d) in &config.destinations {
+        let problem = match (&d.token_env, &d.token_file) {
+            (Some(var), None) if std::env::var_os(var).is_none() => Some((
+                "token_env",
+                format!("environment variable `{var}` is not set"),
+            )),
+            (None, Some(file)) => std::fs::metadata(file)
+                .err()
+                .map(|e| ("token_file", format!("cannot read {}: {e}", file.display()))),
+            _ => None,
+        };
+        if let Some((key, problem)) = problem {
+            diags.push(doc.warning(
+                doc.span(&["destinations", id, key]),
+                format!("destination `{id}`: {problem}: its deliveries wait until it is"),
             ));
         }
     }
@@ -1423,7 +1529,7 @@ mod tests {
              [destinations.hwe]\nkind = \"mesh\"\nmailbox = \"nope\"\nto = \"X26ABC2\"\n\n\
              [destinations.lab]\nkind = \"fhir\"\nurll = \"http://x\"\n\n\
              [sources.inbox]\nkind = \"mesh_inbox\"\nmailbox = \"junction\"\n\n\
-             [mesh.mailboxes.junction]\nurl = \"http://127.0.0.1:8700\"\nmailbox = \"X26ABC1\"\n"
+             [mesh.mailboxes.junction]\nurl = \"http://127.0.0.1:8700\"\nmailbox = \"X26ABC1\"\npassword_env = \"P\"\nshared_key_env = \"K\"\n"
         );
         let found = diagnostics(&source);
         assert_eq!(
@@ -1460,7 +1566,7 @@ mod tests {
         let source = format!(
             "{GOOD}\n[destinations.hwe]\nkind = \"mesh\"\nmailbox = \"junction\"\nto = \"X26ABC2\"\nworkflow_id = \"W\"\n\n\
              [sources.inbox]\nkind = \"mesh_inbox\"\nmailbox = \"nowhere\"\n\n\
-             [mesh.mailboxes.junction]\nurl = \"http://127.0.0.1:8700\"\nmailbox = \"X26ABC1\"\ncolour = 1\n"
+             [mesh.mailboxes.junction]\nurl = \"http://127.0.0.1:8700\"\nmailbox = \"X26ABC1\"\npassword_env = \"P\"\nshared_key_env = \"K\"\ncolour = 1\n"
         );
         let found = diagnostics(&source);
         assert_eq!(found.len(), 2, "{found:?}");
@@ -1472,10 +1578,57 @@ mod tests {
     }
 
     #[test]
+    fn a_mailbox_secret_missing_doubled_or_typed_in_is_an_error() {
+        let mailbox = |secrets: &str| {
+            format!(
+                "{GOOD}\n[mesh.mailboxes.junction]\nurl = \"http://127.0.0.1:8700\"\nmailbox = \"X26ABC1\"\n{secrets}"
+            )
+        };
+        assert!(
+            diagnostics(&mailbox("password_env = \"P\"\nshared_key_file = \"k\"\n")).is_empty()
+        );
+        let cases = [
+            ("shared_key_env = \"K\"\n", "mailbox `junction`: no password: MESH needs one, give `password_env` (an environment variable) or `password_file`"),
+            ("password_env = \"P\"\n", "mailbox `junction`: no shared_key: MESH needs one"),
+            ("password_env = \"P\"\npassword_file = \"p\"\nshared_key_env = \"K\"\n", "mailbox `junction`: give the password through `password_env` or `password_file`, not both"),
+            ("password_env = \"hunter2!\"\nshared_key_env = \"K\"\n", "mailbox `junction`: `password_env` is the name of an environment variable"),
+        ];
+        for (secrets, says) in cases {
+            let found = diagnostics(&mailbox(secrets));
+            assert!(
+                found.iter().any(|d| d.contains(says)),
+                "{secrets}: {found:?}"
+            );
+            assert!(found.iter().all(|d| !d.contains("hunter2")), "{found:?}");
+        }
+        // a FHIR destination's token: the env name, never the token, and not in the URL
+        let fhir = |extra: &str| {
+            format!("{GOOD}\n[destinations.lab]\nkind = \"fhir\"\nurl = \"https://fhir.example/r4\"\n{extra}")
+        };
+        assert!(diagnostics(&fhir("token_env = \"LAB_TOKEN\"\n")).is_empty());
+        let found = diagnostics(&fhir("token_env = \"eyJhbGciOi.x.y\"\n"));
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("`token_env` is the name of an environment variable")),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|d| !d.contains("eyJhbGciOi")), "{found:?}");
+        let found = diagnostics(&fhir("").replace("/r4\"", "/r4?access_token=abc123\""));
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("url holds a token in its query")),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|d| !d.contains("abc123")), "{found:?}");
+    }
+
+    #[test]
     fn a_password_in_a_mailbox_or_destination_url_is_refused() {
         let source = format!(
             "{GOOD}\n[destinations.lab]\nkind = \"fhir\"\nurl = \"https://lab:s3cret@fhir.example/r4\"\n\n\
-             [mesh.mailboxes.junction]\nurl = \"https://X26ABC1:password@mesh.example\"\nmailbox = \"X26ABC1\"\n"
+             [mesh.mailboxes.junction]\nurl = \"https://X26ABC1:password@mesh.example\"\nmailbox = \"X26ABC1\"\npassword_env = \"P\"\nshared_key_env = \"K\"\n"
         );
         let found = diagnostics(&source);
         assert_eq!(found.len(), 2, "{found:?}");
