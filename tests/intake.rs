@@ -672,6 +672,49 @@ async fn batch_gets_one_batch_ack_with_each_message_acknowledged() {
     fx.engine.stop().await;
 }
 
+/// Each message of a batch is its own: decoded by its own MSH-18 (a Latin-1
+/// message, then a UTF-8 one) and kept as the bytes it arrived as; a byte order
+/// mark before the batch or before a message hides nothing; one message whose
+/// bytes do not decode is the only one refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_messages_keep_their_own_character_sets() {
+    let fx = start().await;
+    let latin1: &[u8] =
+        b"MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101500||ADT^A08|CS-L1|P|2.4||||||8859/1\r\
+        EVN|A08|20261124101500\rPID|1||9990000026^^^NHS^NH||\xd3 BRIAIN^SI\xc2N||19800101|F\r";
+    let utf8 =
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101501||ADT^A08|CS-U8|P|2.4||||||UNICODE UTF-8\r\
+        EVN|A08|20261124101501\rPID|1||9990000026^^^NHS^NH||\u{d3} BRIAIN^SI\u{c2}N||19800101|F\r";
+    let bad: &[u8] = b"MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101502||ADT^A08|CS-BAD|P|2.4||||||UNICODE UTF-8\r\
+        EVN|A08|20261124101502\rPID|1||9990000026^^^NHS^NH||\xd3 BRIAIN||19800101|F\r";
+    let mut batch = b"\xef\xbb\xbfFHS|^~\\&|PAS|RAL01\rBHS|^~\\&|PAS|RAL01\r".to_vec();
+    batch.extend_from_slice(latin1);
+    batch.extend_from_slice(b"\xef\xbb\xbf");
+    batch.extend_from_slice(utf8.as_bytes());
+    batch.extend_from_slice(bad);
+    batch.extend_from_slice(b"BTS|3\rFTS|1\r");
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, &batch).await;
+    assert!(ack.starts_with("FHS|"), "a batch ACK: {ack}");
+    let msas: Vec<&str> = ack.split('\r').filter(|s| s.starts_with("MSA")).collect();
+    assert_eq!(msas.len(), 3, "{ack}");
+    assert!(msas[0].starts_with("MSA|AA|CS-L1"), "{ack}");
+    assert!(msas[1].starts_with("MSA|AA|CS-U8"), "{ack}");
+    assert!(msas[2].starts_with("MSA|AR"), "{ack}");
+    for (control_id, bytes) in [("CS-L1", latin1), ("CS-U8", utf8.as_bytes())] {
+        let rows = search(&fx.engine, |q| q.control_id = Some(control_id.to_string())).await;
+        assert_eq!(rows.len(), 1, "{control_id}");
+        let kept = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+        assert_eq!(&kept[..], bytes, "{control_id}: the bytes as received");
+        let text = junction::hl7::decode(&kept).unwrap();
+        assert!(
+            text.contains("\u{d3} BRIAIN^SI\u{c2}N"),
+            "{control_id}: {text}"
+        );
+    }
+    fx.engine.stop().await;
+}
+
 /// A batch file cut short in transfer (BTS-1 says 3, two messages arrived): the
 /// two are taken and answered, and the batch ACK's BTS-2 says what is missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

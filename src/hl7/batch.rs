@@ -24,21 +24,25 @@ pub fn split_batch(text: &str) -> Result<Vec<&str>, Hl7Error> {
     let mut messages = Vec::new();
     let mut current: Option<usize> = None;
     let mut batch = false;
-    for (start, content) in lines(text) {
+    for (line_start, content) in lines(text) {
         if content.chars().all(|c| c.is_whitespace() || c.is_control()) {
             continue;
         }
+        // blanks before a segment's name (where a byte order mark was) are
+        // part of neither message
+        let blank = content.len() - content.trim_start_matches([' ', '\t']).len();
+        let (start, content) = (line_start + blank, &content[blank..]);
         let name = content.get(..3).unwrap_or(content);
         match name {
             "MSH" => {
                 if let Some(from) = current.replace(start) {
-                    messages.push(&text[from..start]);
+                    messages.push(&text[from..line_start]);
                 }
             }
             "FHS" | "BHS" | "BTS" | "FTS" => {
                 batch = true;
                 if let Some(from) = current.take() {
-                    messages.push(&text[from..start]);
+                    messages.push(&text[from..line_start]);
                 }
             }
             _ if current.is_none() => {
@@ -99,43 +103,38 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 }
 
 /// Splits a batch (an MLLP frame, a file, a MESH message) into its messages,
-/// each an exact slice of it when it is UTF-8 (as most are), else the decoded
-/// UTF-8 text of each. `None` when it does not split (text before the first
-/// MSH, undecodable bytes).
+/// each an exact slice of its bytes, whatever their character sets: the
+/// batch's structure (segment names, segment ends) is ASCII, so it is found in
+/// a copy where every other byte is a placeholder and a UTF-8 byte order mark
+/// (a Windows-written file, or files joined together) is blank. Each message
+/// is then decoded by its own MSH-18, as when it is sent alone: a Latin-1
+/// message after a UTF-8 one is read as Latin-1, and one whose bytes do not
+/// decode is that message's problem only. `None` when it does not split
+/// (text before the first MSH).
 pub fn split_batch_bytes(frame: &Bytes) -> Option<Vec<Bytes>> {
-    match std::str::from_utf8(frame) {
-        Ok(text) => {
-            let parts = split_batch(text).ok()?;
-            Some(
-                parts
-                    .into_iter()
-                    .map(|p| subslice(frame, p.as_bytes()))
-                    .collect(),
-            )
+    let mut view = Vec::with_capacity(frame.len());
+    let mut i = 0;
+    while i < frame.len() {
+        if frame[i..].starts_with(b"\xef\xbb\xbf") {
+            view.extend_from_slice(b"   ");
+            i += 3;
+            continue;
         }
-        Err(_) => {
-            let text = super::decode(frame).ok()?;
-            let parts = split_batch(&text).ok()?;
-            Some(
-                parts
-                    .into_iter()
-                    .map(|p| Bytes::copy_from_slice(p.as_bytes()))
-                    .collect(),
-            )
-        }
+        let b = frame[i];
+        view.push(if b.is_ascii() { b } else { b'?' });
+        i += 1;
     }
-}
-
-/// `part` as a zero-copy slice of `frame` when it lies inside it, else a copy.
-fn subslice(frame: &Bytes, part: &[u8]) -> Bytes {
-    let start = frame.as_ptr() as usize;
-    let end = start + frame.len();
-    let p = part.as_ptr() as usize;
-    if !part.is_empty() && p >= start && p + part.len() <= end {
-        frame.slice_ref(part)
-    } else {
-        Bytes::copy_from_slice(part)
-    }
+    let text = std::str::from_utf8(&view).ok()?;
+    let parts = split_batch(text).ok()?;
+    Some(
+        parts
+            .into_iter()
+            .map(|p| {
+                let from = p.as_ptr() as usize - text.as_ptr() as usize;
+                frame.slice(from..from + p.len())
+            })
+            .collect(),
+    )
 }
 
 /// Whether `raw` looks like HL7 v2 (an optional UTF-8 byte order mark and
@@ -155,6 +154,27 @@ pub fn looks_like_hl7(raw: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each message of a batch keeps its own bytes (its own MSH-18 decodes it),
+    /// and byte order marks before the batch or a message do not hide them.
+    #[test]
+    fn a_batch_splits_into_each_messages_own_bytes() {
+        let latin1 =
+            b"MSH|^~\\&|PAS|RAL|||20260101||ADT^A08|L1|P|2.4||||||8859/1\rPID|1||1||\xd3 BRIAIN\r";
+        let utf8 = "MSH|^~\\&|PAS|RAL|||20260101||ADT^A08|U8|P|2.4||||||UNICODE UTF-8\rPID|1||2||\u{d3} BRIAIN\r";
+        let mut frame = b"\xef\xbb\xbfFHS|^~\\&\rBHS|^~\\&\r".to_vec();
+        frame.extend_from_slice(latin1);
+        frame.extend_from_slice(b"\xef\xbb\xbf");
+        frame.extend_from_slice(utf8.as_bytes());
+        frame.extend_from_slice(b"BTS|2\rFTS|1\r");
+        let parts = split_batch_bytes(&Bytes::from(frame)).expect("splits");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(&parts[0][..], &latin1[..]);
+        assert_eq!(&parts[1][..], utf8.as_bytes());
+        let first = crate::hl7::decode(&parts[0]).unwrap();
+        let second = crate::hl7::decode(&parts[1]).unwrap();
+        assert!(first.contains("\u{d3} BRIAIN") && second.contains("\u{d3} BRIAIN"));
+    }
 
     #[test]
     fn what_looks_like_hl7() {
