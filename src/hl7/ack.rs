@@ -309,13 +309,20 @@ pub fn build_application_ack(
     control_id: &str,
     timestamp: &str,
 ) -> String {
-    let mut ack = build_ack(Some(original), code, error, control_id, timestamp);
-    // MSH ends after MSH-12 (the version): MSH-13 and MSH-14 empty, then 15, 16
+    let ack = build_ack(Some(original), code, error, control_id, timestamp);
+    // MSH-15 and MSH-16 set in place, whatever fields the MSH has (it may end
+    // after MSH-12, or carry MSH-18, the sender's character set)
     let f = separators_of(original).0.field;
     let msh_end = ack.find('\r').unwrap_or(ack.len());
-    let tail: String = [f, f, f].iter().collect::<String>() + "AL" + &f.to_string() + "NE";
-    ack.insert_str(msh_end, &tail);
-    ack
+    // fields[0] is "MSH", fields[n] is MSH-(n+1) (MSH-1 is the separator itself)
+    let mut fields: Vec<&str> = ack[..msh_end].split(f).collect();
+    if fields.len() < 16 {
+        fields.resize(16, "");
+    }
+    fields[14] = "AL";
+    fields[15] = "NE";
+    let sep = f.to_string();
+    fields.join(&sep) + &ack[msh_end..]
 }
 
 /// The separators of `h` when they are usable, otherwise the defaults; and the
@@ -591,6 +598,14 @@ mod tests {
         let msh = ack.split('\r').next().unwrap_or_default();
         assert!(msh.ends_with("|ACK^R01|JA2|T|2.3|||AL|NE"), "{msh}");
         assert!(ack.contains("\rMSA|AE|L77|not processed\rERR|"), "{ack}");
+        // a sender that fills MSH-18 gets it back, and MSH-15/16 stay in place
+        let h = header(&format!("{V251}|||AL|AL|GBR|8859/1"));
+        let ack = build_application_ack(&h, AckCode::AA, None, "JA3", TS);
+        let msh = ack.split('\r').next().unwrap_or_default();
+        let fields: Vec<&str> = msh.split('|').collect();
+        assert_eq!((fields[14], fields[15]), ("AL", "NE"), "{msh}");
+        assert_eq!(fields.get(17), Some(&"8859/1"), "{msh}");
+        assert!(fields.len() <= 18, "nothing after MSH-18: {msh}");
     }
 
     #[test]
