@@ -257,6 +257,19 @@ fn put<R: Rows>(
                 version: cur.version,
             });
         }
+        // nor is a corrected (or amended) one taken back to the final version
+        // it corrected: HL7 v2 never goes from C back to F (a later correction
+        // is C again), so a final that is not issued after the correction is
+        // that queue flushed again; a final issued later is a new report
+        if matches!(at.resource_type, "Observation" | "DiagnosticReport")
+            && matches!(stored["status"].as_str(), Some("corrected" | "amended"))
+            && resource["status"].as_str() == Some("final")
+            && !issued_after(resource, stored)
+        {
+            return Ok(EntryResult::Stale {
+                version: cur.version,
+            });
+        }
     }
     let owned = match at.resource_type {
         "Patient" => continuity(
@@ -413,6 +426,17 @@ fn continuity<R: Rows>(
         owned = Some(retire(kept, &survivor));
     }
     Ok(owned)
+}
+
+/// Whether `resource` was issued (`issued`, an instant) after `stored`; not
+/// when either has no readable `issued`.
+fn issued_after(resource: &Value, stored: &Value) -> bool {
+    let issued = |r: &Value| {
+        r["issued"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    matches!((issued(resource), issued(stored)), (Some(new), Some(old)) if new > old)
 }
 
 /// `patient` with the GP of `other` when it names none and `other` does

@@ -1341,6 +1341,52 @@ fn a_preliminary_version_after_the_final_one_is_stale() {
     }
 }
 
+/// A final result flushed again after its correction (a fresh MSH-7, the same
+/// issue time) is stale: HL7 v2 never goes from C back to F. A final issued
+/// after the correction is a new report and applies.
+#[test]
+fn a_final_version_after_its_correction_is_stale_unless_issued_later() {
+    let f = open();
+    let result = |status: &str, value: i64, issued: &str| {
+        let mut o = observation("o-c", PATIENT, ENCOUNTER);
+        o["status"] = json!(status);
+        o["valueQuantity"] = json!({"value": value});
+        o["issued"] = json!(issued);
+        o["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+        o["encounter"] = json!({"reference": format!("Encounter/{ENCOUNTER}")});
+        o
+    };
+    let value = |f: &Fixture| {
+        let now = current(&f.store, "Observation", "o-c");
+        (now["status"].as_str().map(str::to_string), now["valueQuantity"]["value"].as_i64())
+    };
+    f.store
+        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:10:00+00:00")]), at("2026-03-07T11:10:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[result("corrected", 120, "2026-03-07T11:20:00+00:00")]), at("2026-03-07T11:20:00Z"))
+        .unwrap();
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:10:00+00:00")]), at("2026-03-07T11:30:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 1, "{:?}", results(&outcome));
+    assert_eq!(value(&f), (Some("corrected".into()), Some(120)));
+    // the same issue time as the correction: still not after it
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:20:00+00:00")]), at("2026-03-07T11:31:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 1, "{:?}", results(&outcome));
+    // a final issued after the correction (a new report) applies
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[result("final", 130, "2026-03-07T12:00:00+00:00")]), at("2026-03-07T12:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.written(), 1, "{:?}", results(&outcome));
+    assert_eq!(value(&f), (Some("final".into()), Some(130)));
+}
+
 #[test]
 fn an_allergen_withdraws_the_no_known_allergies_statement() {
     let f = open();
