@@ -411,7 +411,13 @@ fn continuity<R: Rows>(
 ) -> Result<Option<Value>, R::Error> {
     if merged_into.is_none() {
         if let Some(survivor) = stored.and_then(retirement) {
-            return Ok(Some(retire(resource.clone(), &survivor)));
+            // unless this is a merge undone the other way: an A40 that makes
+            // this record the survivor of the one it had been merged into lives
+            // again (that one is retired in its favour), rather than leaving
+            // the person with no live record and two links round in a circle
+            if !replaces(resource, &survivor) {
+                return Ok(Some(retire(resource.clone(), &survivor)));
+            }
         }
     }
     let mut owned = None;
@@ -539,6 +545,16 @@ fn retire(mut patient: Value, survivor: &str) -> Value {
         );
     }
     patient
+}
+
+/// Whether a Patient's `link` of type `replaces` names Patient `other`.
+fn replaces(resource: &Value, other: &str) -> bool {
+    let wanted = format!("Patient/{other}");
+    resource["link"].as_array().is_some_and(|links| {
+        links
+            .iter()
+            .any(|l| l["type"] == "replaces" && l["other"]["reference"] == wanted.as_str())
+    })
 }
 
 /// The Patient id a Patient's `link` of type `replaced-by` names, if any.

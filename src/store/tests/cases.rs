@@ -1262,6 +1262,51 @@ fn a_merged_patients_records_are_found_from_the_survivor() {
     assert!(observations.iter().any(|r| r["id"] == "o-after-merge"), "{observations:?}");
 }
 
+/// A merge undone the other way (an A40 B into A, then one A into B, as an
+/// operator puts a wrong merge right): the survivor of the latest is live, the
+/// other retired in its favour; never both retired, linked round in a circle.
+#[test]
+fn a_merge_undone_the_other_way_leaves_the_latest_survivor_live() {
+    let (a, b) = (
+        "0a0a0a0a-0000-5000-8000-00000000000a",
+        "0a0a0a0a-0000-5000-8000-00000000000b",
+    );
+    let survivor = |id: &str, mrn: &str, family: &str, merged: &str| {
+        let mut p = untraced_patient(id, mrn, family);
+        p["active"] = json!(true);
+        p["link"] =
+            json!([{"other": {"reference": format!("Patient/{merged}")}, "type": "replaces"}]);
+        p
+    };
+    // the reverse merge's entries in either order
+    for survivor_first in [true, false] {
+        let f = open();
+        let both = [untraced_patient(a, "CYA15", "Ayres"), untraced_patient(b, "CYB15", "Bell")];
+        f.store.apply_bundle(&bundle(&both), None).unwrap();
+        let first = [survivor(a, "CYA15", "Ayres", b), merged_patient(b, "CYB15", "Bell", a)];
+        f.store.apply_bundle(&bundle(&first), None).unwrap();
+        assert_eq!(current(&f.store, "Patient", b)["active"], false);
+        let mut reverse = vec![survivor(b, "CYB15", "Bell", a), merged_patient(a, "CYA15", "Ayres", b)];
+        if !survivor_first {
+            reverse.reverse();
+        }
+        f.store.apply_bundle(&bundle(&reverse), None).unwrap();
+        let (now_a, now_b) = (current(&f.store, "Patient", a), current(&f.store, "Patient", b));
+        assert_eq!(now_b["active"], true, "{survivor_first}: {now_b}");
+        assert_eq!(now_b["link"][0]["type"], "replaces", "{now_b}");
+        assert_eq!(now_a["active"], false, "{now_a}");
+        assert_eq!(now_a["link"][0]["type"], "replaced-by", "{now_a}");
+        assert_eq!(now_a["link"][0]["other"]["reference"], format!("Patient/{b}"), "{now_a}");
+        // and B's next update is applied to a live record
+        let mut update = untraced_patient(b, "CYB15", "Bell-Jones");
+        update["active"] = json!(true);
+        f.store.apply_bundle(&bundle(&[update]), None).unwrap();
+        let now_b = current(&f.store, "Patient", b);
+        assert_eq!(now_b["active"], true, "{now_b}");
+        assert_eq!(now_b["name"][0]["family"], "Bell-Jones", "{now_b}");
+    }
+}
+
 #[test]
 fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it() {
     // the retired record is keyed by its NHS number; the A40's MRG gives only its
