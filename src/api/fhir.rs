@@ -48,7 +48,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::fhir_search::{self, Filter, Sort};
-use crate::store::{is_id, is_resource_type, patients_of, Record, RecordStore, StoreError};
+use crate::store::{is_id, patients_of, Record, RecordStore, StoreError};
 
 /// The content type of every answer.
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -250,8 +250,15 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}/fhir")
 }
 
+/// A name shaped like a resource type (a capital, then letters); whether
+/// anything of that type is served is the route's answer (404 when not),
+/// so a FHIR type the store never holds and a misspelt one read alike.
 fn check_type(resource_type: &str) -> Result<(), FhirError> {
-    if is_resource_type(resource_type) {
+    let mut chars = resource_type.chars();
+    let shaped = matches!(chars.next(), Some(c) if c.is_ascii_uppercase())
+        && resource_type.len() <= 64
+        && chars.all(|c| c.is_ascii_alphabetic());
+    if shaped {
         Ok(())
     } else {
         Err(FhirError::BadRequest(format!(

@@ -115,6 +115,38 @@ pub(super) fn apply_plan<R: Rows>(
                 }
                 EntryResult::Stale { version }
             }
+            Decision::Skip(EntryResult::Stale { version }) if resource_type == "Encounter" => {
+                // a visit's cancellation (A11) that arrives after a later
+                // message still carrying the visit (an A08) cancels it all the
+                // same, as when they arrive in order: the record converges
+                match (current.as_ref(), &entry.op) {
+                    (Some(cur), Op::Put { resource, .. })
+                        if resource["status"] == "entered-in-error" =>
+                    {
+                        let stored: Option<Value> = match cur.content.as_deref() {
+                            Some(text) => Some(serde_json::from_str(text)?),
+                            None => None,
+                        };
+                        if stored.is_some_and(|stored| cancels_visit(resource, &stored)) {
+                            rewrite(
+                                rows,
+                                "Encounter",
+                                id,
+                                cur,
+                                resource,
+                                last_updated,
+                                cur.event_time,
+                            )?;
+                            EntryResult::Updated {
+                                version: cur.version + 1,
+                            }
+                        } else {
+                            EntryResult::Stale { version }
+                        }
+                    }
+                    _ => EntryResult::Stale { version },
+                }
+            }
             Decision::Skip(result) => result,
             Decision::Write { event_time } => {
                 let at = At {
@@ -253,6 +285,15 @@ fn put<R: Rows>(
                 Some("registered" | "preliminary" | "partial")
             )
         {
+            return Ok(EntryResult::Stale {
+                version: cur.version,
+            });
+        }
+        // a cancelled visit (A11, A38: `entered-in-error`, which FHIR says
+        // should never have existed) is not brought back by a later message
+        // that still carries its PV1 (an A08 with the last visit): only an
+        // admission of another start under the same visit number is new
+        if at.resource_type == "Encounter" && cancels_visit(stored, resource) {
             return Ok(EntryResult::Stale {
                 version: cur.version,
             });
@@ -432,6 +473,17 @@ fn continuity<R: Rows>(
         owned = Some(retire(kept, &survivor));
     }
     Ok(owned)
+}
+
+/// Whether Encounter `cancelled` (`entered-in-error`: an A11, an A38) is the
+/// cancellation of the same visit as `other`, which is not cancelled: the same
+/// admission (`period.start`; `other` has none, or the same). Such a visit
+/// stays cancelled whatever the arrival order of the two.
+fn cancels_visit(cancelled: &Value, other: &Value) -> bool {
+    cancelled["status"] == "entered-in-error"
+        && other["status"] != "entered-in-error"
+        && (other["period"]["start"].is_null()
+            || other["period"]["start"] == cancelled["period"]["start"])
 }
 
 /// Whether `resource` was issued (`issued`, an instant) after `stored`; not

@@ -1386,6 +1386,49 @@ fn a_preliminary_version_after_the_final_one_is_stale() {
     }
 }
 
+/// A cancelled admission (A11: `entered-in-error`) is not brought back by a
+/// later A08 that still carries the visit in its PV1; an admission of another
+/// start under the same visit number is a new one and applies.
+#[test]
+fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
+    let f = open();
+    let visit = |status: &str, start: &str| {
+        let mut e = encounter("e-cancel", PATIENT, status);
+        e["period"] = json!({"start": start});
+        e
+    };
+    let status = |f: &Fixture| current(&f.store, "Encounter", "e-cancel")["status"].clone();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let admitted = "2026-03-01T08:00:00+00:00";
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted)]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("entered-in-error", admitted)]), at("2026-03-01T09:00:00Z"))
+        .unwrap();
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted)]), at("2026-03-01T12:00:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 1, "{:?}", results(&outcome));
+    assert_eq!(status(&f), "entered-in-error");
+    let readmitted = "2026-03-02T10:00:00+00:00";
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", readmitted)]), at("2026-03-02T10:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "in-progress");
+    // the other arrival order: the later A08 first, then the cancellation (an
+    // older event): cancelled all the same, so the record converges
+    let f = open();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted)]), at("2026-03-01T12:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p, visit("entered-in-error", admitted)]), at("2026-03-01T09:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "entered-in-error");
+}
+
 /// A final result flushed again after its correction (a fresh MSH-7, the same
 /// issue time) is stale: HL7 v2 never goes from C back to F. A final issued
 /// after the correction is a new report and applies.
