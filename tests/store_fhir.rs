@@ -935,6 +935,86 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     assert_eq!(first.body["entry"].as_array().unwrap().len(), 1);
     assert_eq!(first.body["link"][1]["relation"], "next", "{}", first.body);
 
+    // A version of the history read on its own (vread); a read takes
+    // `_format` (JSON) and `_pretty` only, and `$everything`'s `_type` only
+    // FHIR types: what it cannot honour is refused, never ignored.
+    let v1 = get(
+        &client,
+        &base,
+        &format!("/fhir/{patient}/_history/1"),
+        &answers,
+        "27-vread",
+    )
+    .await;
+    assert_eq!(v1.status, 200, "{}", v1.body);
+    assert_eq!(v1.body["meta"]["versionId"], "1", "{}", v1.body);
+    assert_eq!(v1.etag.as_deref(), Some("W/\"1\""));
+    let none = get(
+        &client,
+        &base,
+        &format!("/fhir/{patient}/_history/99"),
+        &answers,
+        "28-vread-none",
+    )
+    .await;
+    assert_eq!(none.status, 404, "{}", none.body);
+    for (query, says) in [
+        (
+            "_summary=true",
+            "unsupported parameter `_summary` for a read",
+        ),
+        (
+            "_elements=id",
+            "unsupported parameter `_elements` for a read",
+        ),
+        ("_format=xml", "unsupported _format `xml`"),
+    ] {
+        let refused = get(
+            &client,
+            &base,
+            &format!("/fhir/{patient}?{query}"),
+            &answers,
+            "29-read-refused",
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{query}: {}", refused.body);
+        let said = refused.body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(said.starts_with(says), "{query}: {said}");
+    }
+    let typo = get(
+        &client,
+        &base,
+        &format!("/fhir/{patient}/$everything?_type=Observation,Observatoin"),
+        &answers,
+        "30-everything-type-typo",
+    )
+    .await;
+    assert_eq!(typo.status, 400, "{}", typo.body);
+    // a conditional read of the version the client has: 304, no body; the
+    // version and its time in the headers either way
+    let current = client
+        .get(format!("{base}/fhir/{patient}"))
+        .send()
+        .await
+        .unwrap();
+    let etag = current.headers()["etag"].to_str().unwrap().to_string();
+    assert!(
+        current.headers().contains_key("last-modified"),
+        "{:?}",
+        current.headers()
+    );
+    let again = client
+        .get(format!("{base}/fhir/{patient}"))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 304);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    assert!(again.text().await.unwrap().is_empty());
+
     shutdown.cancel();
     server.await.unwrap().unwrap();
 
@@ -954,9 +1034,14 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         of("/fhir/Patient"),
         vec![her.clone(), her.clone(), nobody.clone(), her.clone()]
     );
+    // (two reads, then the one with the ETag and the conditional one: 304)
     assert_eq!(
         of(&format!("/fhir/{patient}")),
-        vec![her.clone(), her.clone()]
+        vec![her.clone(), her.clone(), her.clone(), her.clone()]
+    );
+    assert_eq!(
+        of(&format!("/fhir/{patient}/_history/1")),
+        vec![her.clone()]
     );
     assert_eq!(
         of(&format!("/fhir/{patient}/$everything")),
@@ -990,7 +1075,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
     );
     assert_eq!(of("/fhir/Encounter"), vec![her.clone(), her.clone()]);
     assert!(of("/fhir/Patient/nobody/$everything").is_empty());
-    assert_eq!(audited.len(), 16 + narrowed.len() + 6, "{audited:?}");
+    assert_eq!(audited.len(), 16 + narrowed.len() + 6 + 3, "{audited:?}");
 
     // Every answer validates with fhir.resources (R4B models).
     run_python(

@@ -66,6 +66,7 @@ pub fn router(store: RecordStore) -> Router {
         .route("/fhir/{resource_type}", get(search))
         .route("/fhir/{resource_type}/{id}", get(read))
         .route("/fhir/{resource_type}/{id}/{operation}", get(operation))
+        .route("/fhir/{resource_type}/{id}/_history/{version}", get(vread))
         .route("/fhir", get(unknown_route))
         .route("/fhir/", get(unknown_route))
         .route(
@@ -462,6 +463,12 @@ fn operation_params(
             "_type" if takes_type => {
                 for t in value.split(',') {
                     check_type(t)?;
+                    // a misspelt type must not read as "none of those"
+                    if !crate::fhir_types::is_r4_resource_type(t) {
+                        return Err(FhirError::BadRequest(format!(
+                            "`{t}` in _type is not a FHIR R4 resource type"
+                        )));
+                    }
                     types.push(t.to_string());
                 }
             }
@@ -647,10 +654,13 @@ async fn search(
 async fn read(
     State(store): State<RecordStore>,
     path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let Path((resource_type, id)) = path.map_err(path_error)?;
     check_type(&resource_type)?;
     check_id(&id)?;
+    read_params(params)?;
     let (rtype, rid) = (resource_type.clone(), id.clone());
     let record = blocking(store, move |s| s.read(&rtype, &rid)).await?;
     let Some(Record {
@@ -671,8 +681,100 @@ async fn read(
     } else {
         patients_of(&resource)
     };
+    let etag = format!("W/\"{version}\"");
+    // a conditional read of the version the client has: 304, no body (the
+    // read is still audited as one, by the layer around this handler)
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == etag || tag == &etag[2..] || tag == "*"
+        });
+    let last_modified = resource["meta"]["lastUpdated"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string());
+    let mut response = if unchanged {
+        let mut r = answer(&resource, patients);
+        *r.status_mut() = axum::http::StatusCode::NOT_MODIFIED;
+        *r.body_mut() = axum::body::Body::empty();
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+        r
+    } else {
+        answer(&resource, patients)
+    };
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    if let Some(Ok(modified)) = last_modified.map(|m| HeaderValue::from_str(&m)) {
+        response
+            .headers_mut()
+            .insert(header::LAST_MODIFIED, modified);
+    }
+    Ok(response)
+}
+
+/// A read takes `_pretty` and `_format` (JSON) only: `_summary`, `_elements`
+/// or a typo is refused, never ignored (the whole resource is not what was
+/// asked for).
+fn read_params(
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<(), FhirError> {
+    let Query(params) = params.map_err(|rejection| {
+        FhirError::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    })?;
+    for (name, value) in params {
+        match name.as_str() {
+            "_pretty" => {}
+            "_format" => check_format(&value)?,
+            _ => {
+                return Err(FhirError::BadRequest(format!(
+                    "unsupported parameter `{name}` for a read, expected _format or _pretty"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `GET /fhir/{type}/{id}/_history/{version}`: that version (vread), as the
+/// history Bundle lists them; 410 for a version that is a deletion.
+async fn vread(
+    State(store): State<RecordStore>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, FhirError> {
+    let Path((resource_type, id, version)) = path.map_err(path_error)?;
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    let Ok(wanted) = version.parse::<i64>() else {
+        return Err(FhirError::BadRequest(format!(
+            "`{version}` is not a version id, expected a number from the record's history"
+        )));
+    };
+    read_params(params)?;
+    let (rtype, rid) = (resource_type.clone(), id.clone());
+    let versions = blocking(store, move |s| s.history(&rtype, &rid)).await?;
+    let Some(record) = versions.into_iter().find(|r| r.version == wanted) else {
+        return Err(FhirError::NotFound(format!(
+            "no version {wanted} of {resource_type}/{id} in the record store"
+        )));
+    };
+    let Some(resource) = record.resource else {
+        return Err(FhirError::Gone(format!(
+            "version {wanted} of {resource_type}/{id} is its deletion"
+        )));
+    };
+    let patients = if resource_type == "Patient" {
+        vec![id]
+    } else {
+        patients_of(&resource)
+    };
     let mut response = answer(&resource, patients);
-    if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
+    if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{wanted}\"")) {
         response.headers_mut().insert(header::ETAG, etag);
     }
     Ok(response)
@@ -849,11 +951,13 @@ async fn metadata(headers: HeaderMap) -> Response {
     let read = json!({"code": "read"});
     let search = json!({"code": "search-type"});
     let history = json!({"code": "history-instance"});
+    let vread = json!({"code": "vread"});
     let mut resources = vec![json!({
         "type": "Patient",
-        "interaction": [read, search, history],
+        "interaction": [read, vread, search, history],
         "versioning": "versioned",
         "readHistory": true,
+        "conditionalRead": "not-match",
         "searchParam": [{
             "name": "identifier",
             "type": "token",
@@ -901,9 +1005,10 @@ async fn metadata(headers: HeaderMap) -> Response {
         }));
         json!({
             "type": resource_type,
-            "interaction": [read, search, history],
+            "interaction": [read, vread, search, history],
             "versioning": "versioned",
             "readHistory": true,
+            "conditionalRead": "not-match",
             "searchParam": params
         })
     }));
