@@ -772,6 +772,40 @@ async fn enhanced_mode_never_means_no_accept_ack_but_the_message_is_kept() {
     fx.engine.stop().await;
 }
 
+/// An acknowledgement sent to the listener is kept but never answered (HL7
+/// does not acknowledge an ACK; two engines that did would answer each other
+/// for ever); a query (QRY, QBP) is refused with AR and ERR 200, since
+/// Junction makes no query responses and an AA would leave the querying system
+/// waiting for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_is_not_answered_and_a_query_is_refused() {
+    let fx = start().await;
+    let mut conn = connect(fx.addr).await;
+    let ack_in = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101500||ACK^A01^ACK|ACKIN1|P|2.5\rMSA|AA|J123\r";
+    conn.write_all(&frame(ack_in.as_bytes())).await.unwrap();
+    // the next reply on this connection answers the next message: none came for the ACK
+    let ack = send(&mut conn, &a01_with_control_id("AFTERACK1")).await;
+    assert_eq!(field(&ack, "MSA", 2), "AFTERACK1", "{ack}");
+    let rows = search(&fx.engine, |q| q.control_id = Some("ACKIN1".to_string())).await;
+    assert_eq!(rows.len(), 1, "kept");
+    assert_eq!(rows[0].status, "accepted");
+    for (query, control_id) in [
+        ("QRY^A19", "QRYA19"),
+        ("QBP^Q22^QBP_Q21", "QBPQ22"),
+    ] {
+        let message = format!(
+            "MSH|^~\\&|EPR|RAL01|JUNCTION|LCR|20261124101500||{query}|{control_id}|P|2.5\rQRD|20261124|R|I|Q1|||1^RD|9990000018|DEM\r"
+        );
+        let ack = send(&mut conn, message.as_bytes()).await;
+        assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
+        assert_eq!(field(&ack, "MSA", 2), control_id, "{ack}");
+        assert!(ack.contains("\rERR|") && ack.contains("200^"), "{ack}");
+        let rows = search(&fx.engine, |q| q.control_id = Some(control_id.to_string())).await;
+        assert_eq!(rows[0].status, "rejected");
+    }
+    fx.engine.stop().await;
+}
+
 /// A refused message whose sender asked for no accept acknowledgement (MSH-15
 /// NE) but for an application acknowledgement on error (MSH-16 AL or ER) is
 /// answered with the application-level reject: it never reaches the

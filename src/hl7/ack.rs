@@ -383,6 +383,33 @@ pub fn check_processing_id(header: Header, accepted: &[String]) -> Result<Header
     })
 }
 
+/// The listener's other gate: a query (QRY, QBP; queries by parameter and
+/// the original query messages) is refused with AR and ERR code 200
+/// (unsupported message type), since its answer would be a response message
+/// that Junction does not make: acknowledging it would leave the querying
+/// system waiting for one.
+pub fn check_not_a_query(header: Header) -> Result<Header, Rejection> {
+    let code = header.message_code.trim().to_ascii_uppercase();
+    if !matches!(code.as_str(), "QRY" | "QBP" | "VXQ" | "RQI" | "RQQ") {
+        return Ok(header);
+    }
+    let error = Hl7Error::UnsupportedQuery {
+        value: super::error::snippet(&header.message_type(), 40),
+    };
+    Err(Rejection {
+        code: AckCode::AR,
+        header: Some(header),
+        error: error.ack_error(),
+    })
+}
+
+/// Whether a message is itself an acknowledgement (MSH-9.1 `ACK`): HL7 never
+/// acknowledges one (an ACK of an ACK invites two engines to answer each
+/// other for ever).
+pub fn is_acknowledgement(header: &Header) -> bool {
+    header.message_code.trim().eq_ignore_ascii_case("ACK")
+}
+
 fn is_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 12

@@ -98,6 +98,11 @@ pub enum Hl7Error {
     #[error("MSH-11 (processing id) '{value}' is not accepted here, expected {expected}")]
     UnsupportedProcessingId { value: String, expected: String },
 
+    /// A query (QRY, QBP): its answer would be a response message Junction
+    /// does not make; accepting it would leave the querying system waiting.
+    #[error("MSH-9 '{value}' is a query, and Junction answers no queries: send it to the system that holds the data")]
+    UnsupportedQuery { value: String },
+
     #[error("byte {offset}: expected {expected}, found '{found}'")]
     Batch {
         offset: usize,
@@ -121,6 +126,7 @@ impl Hl7Error {
             Hl7Error::InvalidBytes { .. } | Hl7Error::FrameByte { .. } => ("102", None, None),
             Hl7Error::UnsupportedVersion { .. } => ("203", Some("MSH"), Some(12)),
             Hl7Error::UnsupportedProcessingId { .. } => ("202", Some("MSH"), Some(11)),
+            Hl7Error::UnsupportedQuery { .. } => ("200", Some("MSH"), Some(9)),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
             Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),
             Hl7Error::BadPath { .. } => ("207", None, None),

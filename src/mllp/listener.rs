@@ -1011,7 +1011,9 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
     let assessed = match hl7::assess(&raw) {
-        Ok(header) => hl7::check_processing_id(header, &ctx.processing_ids),
+        Ok(header) => {
+            hl7::check_processing_id(header, &ctx.processing_ids).and_then(hl7::check_not_a_query)
+        }
         Err(rejection) => Err(rejection),
     };
     match assessed {
@@ -1022,6 +1024,8 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
             } else {
                 (AckCode::AA, true)
             };
+            // an acknowledgement sent to the listener is kept, never answered
+            let answer = answer && !hl7::is_acknowledgement(&header);
             let ack =
                 answer.then(|| hl7::build_ack(Some(&header), code, None, &control_id, &timestamp));
             Incoming {
