@@ -772,6 +772,26 @@ async fn enhanced_mode_never_means_no_accept_ack_but_the_message_is_kept() {
     fx.engine.stop().await;
 }
 
+/// A 0x0B inside a message that starts no new one (a word processor's manual
+/// line break pasted into a name or a report) is data: the message is
+/// answered by its own control id, not cut in two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_start_block_byte_in_the_data_does_not_cut_the_message() {
+    let fx = start().await;
+    let text = String::from_utf8(a01_with_control_id("STRAYVT1")).unwrap();
+    let pid5 = field(&text, "PID", 5);
+    assert!(pid5.len() > 3, "{pid5}");
+    let broken = text.replacen(&pid5, &format!("{}\u{b}{}", &pid5[..3], &pid5[3..]), 1);
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, broken.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 2), "STRAYVT1", "{ack}");
+    let rows = search(&fx.engine, |q| q.limit = Some(100)).await;
+    assert_eq!(rows.len(), 1, "one message, no garbage: {rows:?}");
+    let kept = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(&kept[..], broken.as_bytes());
+    fx.engine.stop().await;
+}
+
 /// An acknowledgement sent to the listener is kept but never answered (HL7
 /// does not acknowledge an ACK; two engines that did would answer each other
 /// for ever); a query (QRY, QBP) is refused with AR and ERR 200, since
@@ -781,7 +801,8 @@ async fn enhanced_mode_never_means_no_accept_ack_but_the_message_is_kept() {
 async fn an_ack_is_not_answered_and_a_query_is_refused() {
     let fx = start().await;
     let mut conn = connect(fx.addr).await;
-    let ack_in = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101500||ACK^A01^ACK|ACKIN1|P|2.5\rMSA|AA|J123\r";
+    let ack_in =
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101500||ACK^A01^ACK|ACKIN1|P|2.5\rMSA|AA|J123\r";
     conn.write_all(&frame(ack_in.as_bytes())).await.unwrap();
     // the next reply on this connection answers the next message: none came for the ACK
     let ack = send(&mut conn, &a01_with_control_id("AFTERACK1")).await;
@@ -789,10 +810,7 @@ async fn an_ack_is_not_answered_and_a_query_is_refused() {
     let rows = search(&fx.engine, |q| q.control_id = Some("ACKIN1".to_string())).await;
     assert_eq!(rows.len(), 1, "kept");
     assert_eq!(rows[0].status, "accepted");
-    for (query, control_id) in [
-        ("QRY^A19", "QRYA19"),
-        ("QBP^Q22^QBP_Q21", "QBPQ22"),
-    ] {
+    for (query, control_id) in [("QRY^A19", "QRYA19"), ("QBP^Q22^QBP_Q21", "QBPQ22")] {
         let message = format!(
             "MSH|^~\\&|EPR|RAL01|JUNCTION|LCR|20261124101500||{query}|{control_id}|P|2.5\rQRD|20261124|R|I|Q1|||1^RD|9990000018|DEM\r"
         );

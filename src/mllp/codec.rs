@@ -13,10 +13,12 @@
 //!   message, which `hl7::assess` then rejects (0x1C is no HL7 data), so a
 //!   stray byte can never cut a message short and have the part before it
 //!   acknowledged;
-//! - a `0x0B` inside an unfinished frame starts a new frame: the sender gave
-//!   up on the one before (after its own write timeout, say). The abandoned
-//!   bytes are handed out by [`MllpCodec::take_abandoned`] to be kept, and the
-//!   new frame is read and answered as usual;
+//! - a `0x0B` inside an unfinished frame followed by `MSH`, `FHS` or `BHS`
+//!   starts a new frame: the sender gave up on the one before (after its own
+//!   write timeout, say). The abandoned bytes are handed out by
+//!   [`MllpCodec::take_abandoned`] to be kept, and the new frame is read and
+//!   answered as usual. Followed by anything else, it is data (a word
+//!   processor's manual line break pasted into a report);
 //! - any other byte outside a frame is an error ([`MllpError::Garbage`]);
 //! - a frame longer than `max_message_bytes` is an error
 //!   ([`MllpError::TooLarge`]), detected without buffering more than the limit.
@@ -196,11 +198,27 @@ impl Decoder for MllpCodec {
                 return Err(self.too_large(src));
             }
             if payload[end] == VT {
-                // A new frame starts inside this one: the sender abandoned it.
-                let abandoned = src.split_to(1 + end);
-                self.abandoned.push(Self::keep(&abandoned));
-                self.scanned = 0;
-                continue;
+                match starts_a_frame(&payload[end + 1..]) {
+                    // not known yet: wait for the bytes that tell
+                    None => {
+                        self.scanned = end;
+                        src.reserve(4096);
+                        return Ok(None);
+                    }
+                    // A new frame starts inside this one: the sender abandoned it.
+                    Some(true) => {
+                        let abandoned = src.split_to(1 + end);
+                        self.abandoned.push(Self::keep(&abandoned));
+                        self.scanned = 0;
+                        continue;
+                    }
+                    // a 0x0B in the data (a word processor's manual line
+                    // break pasted into a report): part of the message
+                    Some(false) => {
+                        self.scanned = end + 1;
+                        continue;
+                    }
+                }
             }
             match payload.get(end + 1) {
                 // nothing after the FS yet: the CR, or a data byte, may follow
@@ -244,6 +262,32 @@ impl Decoder for MllpCodec {
         self.scanned = 0;
         Err(MllpError::Truncated { bytes })
     }
+}
+
+/// Whether the bytes after a `0x0B` found inside a frame start a new one
+/// (`MSH`, `FHS` or `BHS`, after a byte order mark or white space): `None`
+/// while too few have arrived to tell.
+fn starts_a_frame(after: &[u8]) -> Option<bool> {
+    let after = match after {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => rest,
+        [0xEF] | [0xEF, 0xBB] => return None,
+        _ => after,
+    };
+    let skip = after
+        .iter()
+        .take_while(|&&b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | VT))
+        .count();
+    let after = &after[skip..];
+    if after.len() < 3 {
+        // a prefix of a segment name so far (or nothing): wait
+        let names: [&[u8]; 3] = [b"MSH", b"FHS", b"BHS"];
+        return if names.iter().any(|n| n.starts_with(after)) {
+            None
+        } else {
+            Some(false)
+        };
+    }
+    Some(matches!(&after[..3], b"MSH" | b"FHS" | b"BHS"))
 }
 
 impl<T: AsRef<[u8]>> Encoder<T> for MllpCodec {
@@ -343,10 +387,15 @@ mod tests {
             b"MSH|",
             b"\x0bA\x1c\rjunk",
             b"\x0bA",
-            b"\x0bA\x0bB\x1c\r",
+            b"\x0bA\x0bMSH|B\x1c\r",
         ] {
             assert_eq!(frames_of(bad), None, "{bad:?}");
         }
+        // a 0x0B not followed by a segment name is data
+        assert_eq!(
+            frames_of(b"\x0bA\x0bB\x1c\r"),
+            Some(vec![Bytes::from_static(b"A\x0bB")])
+        );
     }
     use proptest::prelude::*;
 
@@ -442,6 +491,23 @@ mod tests {
             codec.take_abandoned(),
             vec![Bytes::from("\x0bMSH|half"), Bytes::from("\x0b")]
         );
+        // a 0x0B followed by anything but a segment name is data (a manual
+        // line break pasted into a name or a report), also split across reads
+        let mut buf = BytesMut::from(&b"\x0bMSH|MAR\x0b"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"GARET\x1c\r");
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Bytes::from("MSH|MAR\x0bGARET"))
+        );
+        let mut buf = BytesMut::from(&b"\x0bMSH|a\x0bMS"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None, "MS: not known yet");
+        buf.extend_from_slice(b"X|b\x1c\r");
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Bytes::from("MSH|a\x0bMSX|b"))
+        );
+        assert!(codec.take_abandoned().is_empty());
     }
 
     #[test]
