@@ -32,12 +32,46 @@ pub fn token_from_env() -> Option<String> {
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the engine's API is when `--api` is not given.
+pub const API_ENV: &str = "JUNCTION_API";
+
+/// The engine's API: `--api` when given, else `JUNCTION_API`, else the
+/// `[api] bind` of `./junction.toml` (what `junction serve` in the same folder
+/// listens on; a wildcard bind is reached on loopback), else
+/// `http://127.0.0.1:8080`, the default config's.
+pub fn resolve_api(given: Option<&str>) -> String {
+    if let Some(url) = given {
+        return url.to_string();
+    }
+    if let Some(url) = std::env::var(API_ENV).ok().filter(|u| !u.trim().is_empty()) {
+        return url;
+    }
+    config_api(std::path::Path::new("junction.toml"))
+        .unwrap_or_else(|| "http://127.0.0.1:8080".to_string())
+}
+
+/// `http://<[api] bind>` of a config file, if it has a readable one.
+fn config_api(file: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let bind = table.get("api")?.get("bind")?.as_str()?;
+    let addr: std::net::SocketAddr = bind.parse().ok()?;
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    Some(format!("http://{host}:{}", addr.port()))
+}
+
 /// The `--api` argument every operations subcommand takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
-    /// Base URL of the engine's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
-    pub api: String,
+    /// Base URL of the engine's HTTP API [default: $JUNCTION_API, else the
+    /// `[api] bind` of ./junction.toml, else http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
     /// Print the engine's JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +81,13 @@ pub struct ApiArgs {
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+}
+
+impl ApiArgs {
+    /// The API's base URL ([`resolve_api`]).
+    pub fn url(&self) -> String {
+        resolve_api(self.api.as_deref())
+    }
 }
 
 impl Answer {
@@ -226,5 +267,28 @@ mod tests {
         assert_eq!(text(&v, "c"), "3");
         assert_eq!(text(&v, "d"), "x");
         assert_eq!(text(&v, "zz"), "-");
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+
+    #[test]
+    fn the_api_is_found_in_the_config_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junction.toml");
+        for (bind, url) in [
+            ("127.0.0.1:18300", "http://127.0.0.1:18300"),
+            ("0.0.0.0:9000", "http://127.0.0.1:9000"),
+            ("[::]:9001", "http://[::1]:9001"),
+            ("10.1.2.3:8081", "http://10.1.2.3:8081"),
+        ] {
+            std::fs::write(&file, format!("[api]\nbind = \"{bind}\"\n")).unwrap();
+            assert_eq!(config_api(&file).as_deref(), Some(url), "{bind}");
+        }
+        std::fs::write(&file, "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n").unwrap();
+        assert_eq!(config_api(&file), None);
+        assert_eq!(resolve_api(Some("http://x:1")), "http://x:1");
     }
 }

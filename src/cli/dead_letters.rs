@@ -32,7 +32,7 @@ pub fn run(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
         query.push(("limit", l.to_string()));
     }
     let answer = call(
-        &args.api.api,
+        &args.api.url(),
         reqwest::Method::GET,
         "/api/dead-letters",
         &query,

@@ -111,7 +111,7 @@ pub fn run(args: MessagesArgs) -> anyhow::Result<ExitCode> {
 
 fn list(filters: &Filters, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let answer = call(
-        &api.api,
+        &api.url(),
         reqwest::Method::GET,
         "/api/messages",
         &filters.query(),
@@ -165,7 +165,7 @@ fn list(filters: &Filters, api: &ApiArgs) -> anyhow::Result<ExitCode> {
 
 fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let answer = call(
-        &api.api,
+        &api.url(),
         reqwest::Method::GET,
         &format!("/api/messages/{id}"),
         &[],

@@ -18,7 +18,7 @@ pub struct QueuesArgs {
 }
 
 pub fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
-    let answer = call(&args.api.api, reqwest::Method::GET, "/api/queues", &[])?;
+    let answer = call(&args.api.url(), reqwest::Method::GET, "/api/queues", &[])?;
     if let Some(code) = answer.finish_early(args.api.json) {
         return Ok(code);
     }

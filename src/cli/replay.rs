@@ -31,7 +31,7 @@ pub struct ReplayArgs {
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let answer = call(
-        &args.api.api,
+        &args.api.url(),
         reqwest::Method::POST,
         &format!("/api/messages/{}/replay", args.id),
         &args

@@ -44,7 +44,7 @@ pub struct RetryArgs {
 pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     let answer = match args.id {
         None if args.now => call(
-            &args.api.api,
+            &args.api.url(),
             reqwest::Method::POST,
             &format!(
                 "/api/queues/{}/retry",
@@ -53,7 +53,7 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
             &[],
         )?,
         Some(id) => call(
-            &args.api.api,
+            &args.api.url(),
             reqwest::Method::POST,
             &format!("/api/deliveries/{id}/retry"),
             &[],
@@ -65,7 +65,7 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
                 .map(|d| ("destination", d.clone()))
                 .collect();
             call(
-                &args.api.api,
+                &args.api.url(),
                 reqwest::Method::POST,
                 "/api/dead-letters/retry",
                 &query,

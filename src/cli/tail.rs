@@ -25,9 +25,10 @@ use crate::telemetry::events::{DeliveryEvent, Event, MeshEvent, MessageOutcome, 
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
-    /// Base URL of the engine's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
-    pub api: String,
+    /// Base URL of the engine's HTTP API [default: $JUNCTION_API, else the
+    /// `[api] bind` of ./junction.toml, else http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
     /// Only this listener's events.
     #[arg(long, value_name = "ID")]
     pub listener: Option<String>,
@@ -40,10 +41,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let mut url = reqwest::Url::parse(args.api.trim_end_matches('/')).with_context(|| {
+    let api = super::api_client::resolve_api(args.api.as_deref());
+    let mut url = reqwest::Url::parse(api.trim_end_matches('/')).with_context(|| {
         format!(
             "invalid --api `{}`, expected a URL such as http://127.0.0.1:8080",
-            args.api
+            api
         )
     })?;
     url.set_path("/api/events");
