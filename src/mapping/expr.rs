@@ -567,7 +567,16 @@ impl Parser<'_, '_> {
                             self.found()
                         )));
                     }
-                    self.src[start..self.pos].to_string()
+                    let text = &self.src[start..self.pos];
+                    // these take text: unquoted, `default(PID-3.1)` would be the
+                    // words "PID-3.1", never the field, so it is a mistake
+                    if matches!(name.as_str(), "default" | "warn" | "join" | "regex_replace") {
+                        self.pos = start;
+                        return Err(self.err(format!(
+                            "the argument of `{name}` is a quoted 'literal', found `{text}` (a field or macro as a fallback is `a | {text}`)"
+                        )));
+                    }
+                    text.to_string()
                 };
                 args.push((arg, arg_at));
                 if self.eat(b',') {

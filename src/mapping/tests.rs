@@ -1169,3 +1169,21 @@ fn a_resource_type_fhir_r4_does_not_have_is_refused_at_load() {
     );
     assert!(compile_str(&src.replace("Flagg", "Flag")).is_ok());
 }
+
+/// The text a transform takes (`default`, `warn`, `join`, `regex_replace`)
+/// is a quoted literal: unquoted, `default(PID-3.1)` would silently be the words
+/// "PID-3.1", never the field.
+#[test]
+fn an_unquoted_literal_argument_is_refused_at_load() {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"PID-3.1\"\n[resource.body]\nv = \"PID-8 | default(PID-3.1)\"\n"
+    );
+    let errors = compile_str(&src).unwrap_err();
+    assert!(
+        errors.iter().any(|e| e
+            .message
+            .contains("the argument of `default` is a quoted 'literal', found `PID-3.1`")),
+        "{errors:?}"
+    );
+    assert!(compile_str(&src.replace("default(PID-3.1)", "default('x')")).is_ok());
+}
