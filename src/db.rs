@@ -72,6 +72,7 @@ pub(crate) fn open_writer_migrating(
 }
 
 fn open_wal(path: &Path, sync: SyncPolicy) -> Result<Connection, OpenProblem> {
+    create_private(path);
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String =
@@ -85,6 +86,20 @@ fn open_wal(path: &Path, sync: SyncPolicy) -> Result<Connection, OpenProblem> {
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(conn)
+}
+
+/// Creates the database file readable by its owner only (0600) when it does
+/// not exist yet: it holds patient data, and SQLite gives its `-wal` and
+/// `-shm` files the main file's permissions. An existing file keeps the
+/// permissions its operator gave it; a failure here is left to SQLite's open
+/// to report.
+fn create_private(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
 }
 
 /// Opens a read-only connection.

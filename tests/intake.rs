@@ -1101,6 +1101,13 @@ async fn a_connection_beyond_the_limit_is_closed_at_once() {
 async fn a_second_engine_on_the_same_journal_refuses_to_start() {
     let first = start().await;
     let dir = first._dir.path();
+    // the journal holds patient data: readable by its owner only
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("data/journal.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let config = junction::config::load(&dir.join("junction.toml")).unwrap();
     let err = engine::start(config, dir)
         .await
