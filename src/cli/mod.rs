@@ -49,7 +49,7 @@ pub enum Command {
     Parse(parse::ParseArgs),
     /// Dry-run a mapping: the document on stdout (several: one JSON array), unread parts on stderr.
     Map(map::MapArgs),
-    /// Run the [[test]] cases declared in mapping files.
+    /// Run the [[test]] cases declared in mapping and route files.
     Test(test::TestArgs),
     /// Follow a running engine's live events (no patient data).
     Tail(tail::TailArgs),
