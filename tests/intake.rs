@@ -772,6 +772,41 @@ async fn enhanced_mode_never_means_no_accept_ack_but_the_message_is_kept() {
     fx.engine.stop().await;
 }
 
+/// A sender that declares no character set (MSH-18 empty) but sends Latin-1
+/// bytes (a facility `HÔPITAL`, a control id with `É`) gets its ACK in the same
+/// bytes: MSA-2 equals its MSH-10 byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeclared_latin1_sender_gets_its_ack_in_its_own_bytes() {
+    let fx = start().await;
+    let message: &[u8] =
+        b"MSH|^~\\&|PAS|H\xd4PITAL|JUNCTION|LCR|20261124101500||ADT^A08|L1-\xc9T\xc9|P|2.4\r\
+        EVN|A08|20261124101500\rPID|1||9990000026^^^NHS^NH||CL\xc9MENT^\xc9LISE||19800101|F\r";
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(&frame(message)).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(2).any(|w| w == [FS, CR]) {
+        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed without an ACK");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let has = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"MSA|AA|L1-\xc9T\xc9"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(
+        has(b"|PAS|H\xd4PITAL|"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    fx.engine.stop().await;
+}
+
 /// A 0x0B inside a message that starts no new one (a word processor's manual
 /// line break pasted into a name or a report) is data: the message is
 /// answered by its own control id, not cut in two.

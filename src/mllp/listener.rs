@@ -895,7 +895,22 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(reply) = reply {
         // A peer that does not read its ACKs must not pin this task forever.
         // in the character set the ACK declares in MSH-18 (the sender's own)
-        let bytes = match hl7::msh18(reply.as_bytes()) {
+        let declared = hl7::msh18(reply.as_bytes());
+        // a sender that declares nothing (or ASCII) but sent bytes that are
+        // not UTF-8 was read as windows-1252: its ACK goes back the same way,
+        // so MSA-2 and MSH-5/6 are its own bytes
+        let read_as_1252 = batch.is_none()
+            && declared.as_deref().is_none_or(|c| {
+                matches!(
+                    c.trim().to_ascii_uppercase().as_str(),
+                    "ASCII" | "ISO IR6" | "US-ASCII"
+                )
+            })
+            && !frame.starts_with(b"\xFF\xFE")
+            && !frame.starts_with(b"\xFE\xFF")
+            && std::str::from_utf8(&frame).is_err();
+        let bytes = match declared {
+            _ if read_as_1252 => hl7::encode_text(&reply, Some("windows-1252")),
             Some(charset) => hl7::encode_text(&reply, Some(&charset)),
             None => reply.into_bytes(),
         };
