@@ -1158,6 +1158,15 @@ struct BatchEnvelope {
     /// How many messages the batch says it holds: the BTS-1 counts, added up
     /// over its batches (`None` when a BTS is missing or its count unreadable).
     declared: Option<u64>,
+    /// The batches of a file (each BHS, its messages and its BTS-1), in order.
+    groups: Vec<BatchGroup>,
+}
+
+/// One batch (BHS … BTS) of a frame.
+struct BatchGroup {
+    bhs: Option<Vec<String>>,
+    messages: usize,
+    declared: Option<u64>,
 }
 
 /// Reads the FHS/BHS of a frame that begins with one (after a BOM or whitespace).
@@ -1177,23 +1186,54 @@ fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
         field_sep,
         encoding: String::from("^~\\&"),
         declared: declared_count(text, field_sep),
+        groups: Vec::new(),
     };
+    let mut in_message = false;
     for segment in text.split(['\r', '\n']).filter(|s| !s.is_empty()) {
+        let segment = segment.trim_start_matches(['\u{feff}', ' ', '\t']);
+        let name = segment.get(..3).unwrap_or(segment);
+        if !matches!(name, "FHS" | "BHS" | "MSH" | "BTS" | "FTS") {
+            continue;
+        }
         let fields: Vec<String> = segment.split(field_sep).map(str::to_string).collect();
-        match fields.first().map(String::as_str) {
-            Some("FHS") if envelope.fhs.is_none() => {
+        match name {
+            "FHS" if envelope.fhs.is_none() && !in_message => {
                 if let Some(enc) = fields.get(1) {
                     envelope.encoding = enc.clone();
                 }
                 envelope.fhs = Some(fields);
             }
-            Some("BHS") if envelope.bhs.is_none() => {
-                if let Some(enc) = fields.get(1) {
-                    envelope.encoding = enc.clone();
+            "BHS" => {
+                if envelope.bhs.is_none() && !in_message {
+                    if let Some(enc) = fields.get(1) {
+                        envelope.encoding = enc.clone();
+                    }
+                    envelope.bhs = Some(fields.clone());
                 }
-                envelope.bhs = Some(fields);
+                envelope.groups.push(BatchGroup {
+                    bhs: Some(fields),
+                    messages: 0,
+                    declared: None,
+                });
             }
-            Some("MSH") => break,
+            "MSH" => {
+                in_message = true;
+                if envelope.groups.is_empty() {
+                    envelope.groups.push(BatchGroup {
+                        bhs: None,
+                        messages: 0,
+                        declared: None,
+                    });
+                }
+                if let Some(group) = envelope.groups.last_mut() {
+                    group.messages += 1;
+                }
+            }
+            "BTS" => {
+                if let Some(group) = envelope.groups.last_mut() {
+                    group.declared = fields.get(1).and_then(|c| c.trim().parse().ok());
+                }
+            }
             _ => {}
         }
     }
@@ -1249,6 +1289,46 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
     let mut out = String::new();
     if envelope.fhs.is_some() {
         out.push_str(&header("FHS", &envelope.fhs));
+    }
+    // a file of no batch and no message: its FHS answered, nothing invented
+    if envelope.groups.is_empty() && acks.is_empty() {
+        if envelope.fhs.is_some() {
+            out.push_str(&format!("FTS{sep}0\r"));
+        }
+        return out;
+    }
+    // a file of several batches: each answered by its own BHS (BHS-12 its
+    // BHS-11) and BTS, FTS-1 counting them
+    let groups = &envelope.groups;
+    if groups.len() > 1 && groups.iter().map(|g| g.messages).sum::<usize>() == acks.len() {
+        let mut rest = acks;
+        for group in groups {
+            let (mine, later) = rest.split_at(group.messages);
+            rest = later;
+            out.push_str(&header(
+                "BHS",
+                &group.bhs.clone().or_else(|| envelope.fhs.clone()),
+            ));
+            let mut count = 0;
+            for ack in mine.iter().filter_map(|(_, ack)| ack.as_deref()) {
+                count += 1;
+                out.push_str(ack);
+                if !ack.ends_with('\r') {
+                    out.push('\r');
+                }
+            }
+            match group.declared {
+                Some(declared) if declared != group.messages as u64 => out.push_str(&format!(
+                    "BTS{sep}{count}{sep}the batch declared {declared} messages (BTS-1); {} received\r",
+                    group.messages
+                )),
+                _ => out.push_str(&format!("BTS{sep}{count}\r")),
+            }
+        }
+        if envelope.fhs.is_some() {
+            out.push_str(&format!("FTS{sep}{}\r", groups.len()));
+        }
+        return out;
     }
     out.push_str(&header(
         "BHS",
@@ -1327,5 +1407,38 @@ mod tests {
         assert_eq!(declared_count(two, '|'), Some(3));
         assert_eq!(declared_count("BHS|^~\\&\rMSH|a\rBTS\r", '|'), None);
         assert_eq!(declared_count("BHS|^~\\&\rMSH|a\r", '|'), None);
+    }
+
+    #[test]
+    fn each_batch_of_a_file_gets_its_own_bhs_and_bts() {
+        let frame = b"FHS|^~\\&|LAB|RAL|||||||F1\rBHS|^~\\&|LAB|RAL|||||||B7A\rMSH|a\rBTS|1\rBHS|^~\\&|LAB|RAL|||||||B7B\rMSH|b\rMSH|c\rBTS|2\rFTS|2\r";
+        let env = batch_envelope(frame).expect("a batch");
+        let acks: Vec<(Option<String>, Option<String>)> = ["a", "b", "c"]
+            .iter()
+            .map(|c| (Some("AA".into()), Some(format!("MSH|x\rMSA|AA|{c}"))))
+            .collect();
+        let ack = batch_ack(&env, &acks);
+        let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
+        let names: Vec<&str> = segments.iter().map(|s| &s[..3]).collect();
+        assert_eq!(
+            names,
+            ["FHS", "BHS", "MSH", "MSA", "BTS", "BHS", "MSH", "MSA", "MSH", "MSA", "BTS", "FTS"],
+            "{ack}"
+        );
+        assert!(
+            segments[1].ends_with("|B7A") && segments[5].ends_with("|B7B"),
+            "{ack}"
+        );
+        assert_eq!(
+            (segments[4], segments[10], segments[11]),
+            ("BTS|1", "BTS|2", "FTS|2")
+        );
+        // a file with no batch and no message: its FHS and FTS|0, no invented BHS
+        let env = batch_envelope(b"FHS|^~\\&|LAB|RAL|||||||FILE10\rFTS|0\r").expect("a file");
+        let ack = batch_ack(&env, &[]);
+        let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
+        assert_eq!(segments.len(), 2, "{ack}");
+        assert!(segments[0].starts_with("FHS|") && segments[0].ends_with("|FILE10"));
+        assert_eq!(segments[1], "FTS|0");
     }
 }
