@@ -530,3 +530,108 @@ mod tests {
         assert!(text.contains("f:2:1: warning: second"), "{text}");
     }
 }
+
+/// A TOML file's text with every table header that repeats an earlier one
+/// (`[routes.adt]` twice) blanked out together with that table's lines, and an
+/// error for each such header: "already defined at line N". The TOML parser
+/// would instead report "duplicate key" at the header and at each of its keys,
+/// naming neither the table nor the first one, and nothing else of the file
+/// could be checked. Blanking keeps every byte offset (each blanked byte is a
+/// space, line ends stay), so spans into the text are spans into `source`.
+/// Array tables (`[[test]]`) repeat by design and are left alone; a header
+/// that is not plain (quoted keys) is compared as written.
+pub(crate) fn without_duplicate_tables(
+    source: &str,
+) -> (std::borrow::Cow<'_, str>, Vec<(Range<usize>, String)>) {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut blank: Vec<Range<usize>> = Vec::new();
+    let mut errors = Vec::new();
+    let mut offset = 0;
+    let mut blanking_from: Option<usize> = None;
+    for (number, line) in source.split_inclusive('\n').enumerate() {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim();
+        let is_header = trimmed.starts_with('[');
+        if !is_header {
+            continue;
+        }
+        if let Some(from) = blanking_from.take() {
+            blank.push(from..start);
+        }
+        if trimmed.starts_with("[[") {
+            continue;
+        }
+        let Some(end) = trimmed.find(']') else {
+            continue;
+        };
+        // a header is `[key.path]`, then nothing or a comment (not a line of
+        // a multi-line array that happens to start with `[`)
+        let rest = trimmed[end + 1..].trim_start();
+        let key_like = trimmed[1..end]
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"' | '\''));
+        if !(rest.is_empty() || rest.starts_with('#')) || !key_like {
+            continue;
+        }
+        let name: String = trimmed[1..end]
+            .split('.')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(".");
+        match seen.get(&name) {
+            Some(first) => {
+                let at = start + (line.len() - line.trim_start().len());
+                errors.push((
+                    at..at + end + 1,
+                    format!(
+                        "table `[{name}]` is already defined at line {first}: this second one is left out, expected each table once (merge the two)"
+                    ),
+                ));
+                blanking_from = Some(start);
+            }
+            None => {
+                seen.insert(name, number + 1);
+            }
+        }
+    }
+    if let Some(from) = blanking_from {
+        blank.push(from..source.len());
+    }
+    if blank.is_empty() {
+        return (std::borrow::Cow::Borrowed(source), errors);
+    }
+    let mut bytes = source.as_bytes().to_vec();
+    for range in blank {
+        for b in &mut bytes[range] {
+            if *b != b'\n' && *b != b'\r' {
+                *b = b' ';
+            }
+        }
+    }
+    // only ASCII spaces replaced whole lines' bytes: still UTF-8
+    let text = String::from_utf8(bytes).unwrap_or_else(|_| source.to_string());
+    (std::borrow::Cow::Owned(text), errors)
+}
+
+#[cfg(test)]
+mod duplicate_table_tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_table_is_one_error_and_left_out() {
+        let source =
+            "[a]\nx = 1\n\n[b.c]\ny = 2\n[[t]]\nz = 1\n[ b . c ]\ny = 3\nw = 'é'\n[[t]]\nz = 2\n";
+        let (text, errors) = without_duplicate_tables(source);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0]
+            .1
+            .contains("table `[b.c]` is already defined at line 4"));
+        assert_eq!(&source[errors[0].0.clone()], "[ b . c ]");
+        assert_eq!(text.len(), source.len());
+        assert!(!text.contains("y = 3") && !text.contains('é'));
+        assert!(text.contains("[[t]]\nz = 2\n"), "{text}");
+        let (same, none) = without_duplicate_tables("[a]\n[[t]]\n[[t]]\n");
+        assert!(none.is_empty() && matches!(same, std::borrow::Cow::Borrowed(_)));
+    }
+}

@@ -45,6 +45,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+pub(crate) use diagnostic::without_duplicate_tables;
 pub use diagnostic::{locate, Diagnostic, Diagnostics, Location, Severity, Snippet};
 
 use crate::api::ApiConfig;
@@ -192,7 +193,12 @@ pub fn load_with_warnings(path: &Path) -> Result<(Config, Diagnostics), Diagnost
 /// diagnostic found (the config must not be used if any is an error).
 pub fn parse(file: &Path, source: &str) -> (Option<Config>, Diagnostics) {
     let mut diags = Diagnostics::new();
-    let (root, errors) = DeTable::parse_recoverable(source);
+    // a table defined twice: one error, and the rest of the file still checked
+    let (text, duplicates) = diagnostic::without_duplicate_tables(source);
+    for (span, message) in duplicates {
+        diags.push(Diagnostic::error(file, source, span, message));
+    }
+    let (root, errors) = DeTable::parse_recoverable(&text);
     if !errors.is_empty() {
         for err in errors {
             let span = err.span().unwrap_or(0..0);
@@ -1575,6 +1581,22 @@ mod tests {
             "{found:?}"
         );
         assert!(found[1].contains("unknown field `colour`"), "{found:?}");
+    }
+
+    #[test]
+    fn a_table_defined_twice_is_one_error_and_the_rest_still_checked() {
+        let source = format!(
+            "{GOOD}\n[listeners.pas]\nbind = \"127.0.0.1:2576\"\n\n[log]\nformat = \"yaml\"\n"
+        );
+        let found = diagnostics(&source);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|d| d.contains("table `[listeners.pas]` is already defined at line")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|d| d.contains("yaml")), "{found:?}");
     }
 
     #[test]

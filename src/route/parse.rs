@@ -182,7 +182,12 @@ impl Compiler {
             path,
             source: source.clone(),
         };
-        let (root, errors) = DeTable::parse_recoverable(&source);
+        // a table defined twice: one error, and the rest of the file still checked
+        let (text, duplicates) = crate::config::without_duplicate_tables(&source);
+        for (span, message) in duplicates {
+            self.errors.push(file.error(span, message));
+        }
+        let (root, errors) = DeTable::parse_recoverable(&text);
         if !errors.is_empty() {
             for e in errors {
                 let span = e.span().unwrap_or(0..0);
