@@ -222,9 +222,21 @@ pub(crate) fn map_message(
                 names(set).unwrap_or_else(|| "none".to_string())
             )
         })?;
+        let kind = format!("{}^{}", header.message_code, header.trigger_event);
+        let declared = plan
+            .messages()
+            .iter()
+            .any(|m| *m == kind || *m == format!("{}^*", header.message_code) || m == "*^*");
         return Ok(vec![Mapped {
             plan: plan.name().to_string(),
-            chosen_by: "--mapping".to_string(),
+            chosen_by: if declared {
+                "--mapping".to_string()
+            } else {
+                format!(
+                    "--mapping (note: `{}` does not declare {kind} in its `messages`, so no route could send it this message)",
+                    plan.name()
+                )
+            },
             destinations: None,
             output: apply(plan)?,
         }]);
@@ -296,7 +308,12 @@ fn names(set: &MappingSet) -> Option<String> {
 }
 
 fn covered(set: &MappingSet) -> Option<String> {
-    let types: Vec<String> = set.plans().flat_map(Plan::messages).collect();
+    let mut types: Vec<String> = Vec::new();
+    for t in set.plans().flat_map(Plan::messages) {
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
     (!types.is_empty()).then(|| types.join(", "))
 }
 

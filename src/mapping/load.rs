@@ -40,14 +40,32 @@ pub(crate) fn load_dir(dir: &Path) -> Result<MappingSet, Vec<MappingError>> {
         };
         match compile(&file, &source) {
             Ok(plan) => {
-                if plans.iter().any(|p: &super::Plan| p.name() == plan.name()) {
-                    errors.push(io_error(
+                if let Some(first) = plans
+                    .iter()
+                    .find(|p: &&super::Plan| p.name() == plan.name())
+                {
+                    // at this file's `name =` (the file stem when it has none)
+                    let (line, col) = source
+                        .lines()
+                        .enumerate()
+                        .find_map(|(i, l)| {
+                            let t = l.trim_start();
+                            let is_name = t
+                                .strip_prefix("name")
+                                .is_some_and(|r| r.trim_start().starts_with('='));
+                            is_name.then(|| (i + 1, l.len() - t.len() + 1))
+                        })
+                        .unwrap_or((1, 1));
+                    errors.push(MappingError {
                         file,
-                        format!(
-                            "mapping name `{}` is already used by another file, expected unique names",
-                            plan.name()
+                        line,
+                        col,
+                        message: format!(
+                            "mapping name `{}` is already used by {}, expected unique names",
+                            plan.name(),
+                            first.file().display()
                         ),
-                    ));
+                    });
                 } else {
                     plans.push(plan);
                 }
