@@ -462,6 +462,11 @@ fn check_reports_a_listener_tls_file_it_cannot_use() {
             && all.contains("junction.toml:5:13"),
         "{all}"
     );
+    // the key that is no key is said in the same run, not after the first is fixed
+    assert!(
+        all.contains("error: listener `pas`: TLS `key_file`") && all.contains("junction.toml:6:12"),
+        "{all}"
+    );
 }
 
 #[test]

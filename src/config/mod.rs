@@ -1233,7 +1233,12 @@ fn check_filesystem(config: &Config, file: &Path, source: &str, diags: &mut Diag
         }
     }
     for (id, listener) in &config.listeners {
-        if let Some(Err(err)) = listener.tls.as_ref().map(|tls| tls.acceptor()) {
+        for err in listener
+            .tls
+            .as_ref()
+            .map(|tls| tls.problems())
+            .unwrap_or_default()
+        {
             diags.push(doc.error(
                 doc.span(&["listeners", id, "tls", err.field]),
                 format!("listener `{id}`: TLS {err}"),

@@ -109,6 +109,30 @@ fn roots(field: &'static str, path: &Path) -> Result<RootCertStore, TlsFileError
 }
 
 impl ServerTlsConfig {
+    /// Every problem of the files, each read on its own (a missing
+    /// `key_file` is said beside a missing `cert_file`, not after it is
+    /// fixed); when each is usable alone, whether they go together.
+    pub fn problems(&self) -> Vec<TlsFileError> {
+        let mut problems = Vec::new();
+        if let Err(e) = certificates("cert_file", &self.cert_file) {
+            problems.push(e);
+        }
+        if let Err(e) = private_key("key_file", &self.key_file) {
+            problems.push(e);
+        }
+        if let Some(path) = &self.client_ca_file {
+            if let Err(e) = roots("client_ca_file", path) {
+                problems.push(e);
+            }
+        }
+        if problems.is_empty() {
+            if let Err(e) = self.acceptor() {
+                problems.push(e);
+            }
+        }
+        problems
+    }
+
     /// Reads the files and builds the listener's TLS acceptor.
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsFileError> {
         let chain = certificates("cert_file", &self.cert_file)?;
