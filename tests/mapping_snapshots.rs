@@ -1378,3 +1378,22 @@ fn two_organisms_susceptibility_panels_are_two_reports() {
         ]
     );
 }
+
+/// UK labs often send a test's name with a bare `&` (`U&E`), which HL7 would
+/// read as a subcomponent separator: a CWE's text is a primitive, so it is kept
+/// whole (`U&E`, not `U`).
+#[test]
+fn an_unescaped_ampersand_in_a_tests_name_is_kept() {
+    let set = mappings();
+    let text = "MSH|^~\\&|WINPATH|RXH01|ICE|RXH01|20261120101500||ORU^R01|WPAMP1|P|2.4\r\
+        PID|1||9990000158^^^NHS^NH||TESTER^TEXT||19700101|F\r\
+        OBR|1|PL1|FL1|UE^U&E^WP|||20261120090000|||||||||||||||20261120100000||CH|F\r\
+        OBX|1|NM|NA^Sodium (U&E)^WP||140|mmol/L|133-146||||F\r";
+    let document = map_text(&set, text, Path::new("amp.hl7")).value();
+    let report = only(&document, "DiagnosticReport");
+    assert_eq!(report["code"]["text"], "U&E", "{report}");
+    assert_eq!(report["code"]["coding"][0]["display"], "U&E", "{report}");
+    let result = only(&document, "Observation");
+    assert_eq!(result["code"]["text"], "Sodium (U&E)", "{result}");
+    assert_eq!(result["code"]["coding"][0]["code"], "NA", "{result}");
+}

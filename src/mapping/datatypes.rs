@@ -501,13 +501,15 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 /// the alternate identifier triplets) and the text.
 fn cwe(o: &mut Obj<'_>, n: Node<'_>, seps: &Separators) {
     let t = |i: usize| n.part_text(i, seps);
+    // the texts (CWE.2, .5, .9) whole: an `&` in them is the sender's (`U&E`)
+    let w = |i: usize| n.whole_text(i, seps);
     let (c1, c2) = (t(1), t(4));
     let has_coding = !c1.is_empty() || !c2.is_empty();
     if has_coding {
         o.key("coding");
         o.out.push('[');
         let mut first = true;
-        for (code, display, system) in [(c1, t(2), t(3)), (c2, t(5), t(6))] {
+        for (code, display, system) in [(c1, w(2), t(3)), (c2, w(5), t(6))] {
             if code.is_empty() {
                 continue;
             }
@@ -521,7 +523,7 @@ fn cwe(o: &mut Obj<'_>, n: Node<'_>, seps: &Separators) {
         }
         o.out.push(']');
     }
-    let text = [t(9), t(2), t(5)].into_iter().find(|s| !s.is_empty());
+    let text = [w(9), w(2), w(5)].into_iter().find(|s| !s.is_empty());
     if let Some(text) = text {
         o.str("text", &text);
     } else if !has_coding {

@@ -95,6 +95,17 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The whole text of part `i`, trimmed: a text component (CWE.2, a name
+    /// of a test) is a primitive, so an `&` in it is the sender's unescaped
+    /// ampersand (`U&E`, very common in UK pathology), not a subcomponent
+    /// separator, and is kept with what follows it.
+    pub fn whole_text(&self, i: usize, seps: &Separators) -> Cow<'a, str> {
+        match self.part(i) {
+            Some(p) => trim_cow(p.text(seps)),
+            None => Cow::Borrowed(""),
+        }
+    }
+
     /// Subcomponent `j` of component `i`, trimmed.
     pub fn sub_text(&self, i: usize, j: usize, seps: &Separators) -> Cow<'a, str> {
         match self.part(i).and_then(|p| p.part(j)) {
