@@ -179,6 +179,17 @@ impl<'a> Message<'a> {
                 .unwrap_or_default()
         };
         let optional = |s: String| (!s.is_empty()).then_some(s);
+        // v2.1/2.2-style senders give the event in EVN-1 and only the message
+        // type in MSH-9 (`ADT`): the trigger is EVN-1 then, so the message is
+        // routed and mapped as the ADT^A08 it is
+        let mut trigger_event = component(9, 2);
+        if trigger_event.trim().is_empty() {
+            if let Some(evn) = self.first_segment("EVN") {
+                if let Some(code) = evn.field(1).and_then(|f| f.part(1)) {
+                    trigger_event = code.text(seps).trim().to_string();
+                }
+            }
+        }
         Ok(Header {
             field_separator: seps.field,
             encoding_characters: self.encoding_characters.to_owned(),
@@ -187,7 +198,7 @@ impl<'a> Message<'a> {
             receiving_application: field(5),
             receiving_facility: field(6),
             message_code: component(9, 1),
-            trigger_event: component(9, 2),
+            trigger_event,
             message_structure: component(9, 3),
             // the whole field: MSH-10 is ST, a `~` in it does not start a
             // repetition (two ids differing after it are two messages)
@@ -462,6 +473,24 @@ ZPI|1|custom^value\r";
             Err(expected.to_owned()),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn a_trigger_only_in_evn_1_is_the_trigger() {
+        let text = ADT
+            .replacen("ADT^A01^ADT_A01", "ADT", 1)
+            .replacen("EVN|A01|", "EVN|A08|", 1);
+        let header = Message::parse(&text).unwrap().header().unwrap();
+        assert_eq!(
+            (header.message_code.as_str(), header.trigger_event.as_str()),
+            ("ADT", "A08")
+        );
+        // MSH-9.2 given: it wins
+        let header = Message::parse(&ADT.replacen("EVN|A01|", "EVN|A08|", 1))
+            .unwrap()
+            .header()
+            .unwrap();
+        assert_eq!(header.trigger_event, "A01");
     }
 
     #[test]
