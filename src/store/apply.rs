@@ -298,6 +298,17 @@ fn put<R: Rows>(
                 version: cur.version,
             });
         }
+        // a result or report issued (OBR-22) before the stored version was is
+        // an older issue of it, sent again (a queue flushed with a fresh MSH-7):
+        // stale whatever its status, so a correction the lab marked on the
+        // report alone (OBR-25 C, the results still F) is not undone either
+        if matches!(at.resource_type, "Observation" | "DiagnosticReport")
+            && issued_after(stored, resource)
+        {
+            return Ok(EntryResult::Stale {
+                version: cur.version,
+            });
+        }
         // nor is a corrected (or amended) one taken back to the final version
         // it corrected: HL7 v2 never goes from C back to F (a later correction
         // is C again), so a final that is not issued after the correction is
@@ -452,11 +463,12 @@ fn continuity<R: Rows>(
 ) -> Result<Option<Value>, R::Error> {
     if merged_into.is_none() {
         if let Some(survivor) = stored.and_then(retirement) {
-            // unless this is a merge undone the other way: an A40 that makes
-            // this record the survivor of the one it had been merged into lives
-            // again (that one is retired in its favour), rather than leaving
-            // the person with no live record and two links round in a circle
-            if !replaces(resource, &survivor) {
+            // unless an A40 names this record the survivor (a merge undone the
+            // other way, or a chain B into A, A into C, C into B): it lives
+            // again and the record it replaces is retired in its favour, rather
+            // than leaving the person with no live record and links round in a
+            // circle (an older A40 sent again is stale by its event time)
+            if !is_survivor(resource) {
                 return Ok(Some(retire(resource.clone(), &survivor)));
             }
         }
@@ -477,13 +489,23 @@ fn continuity<R: Rows>(
 
 /// Whether Encounter `cancelled` (`entered-in-error`: an A11, an A38) is the
 /// cancellation of the same visit as `other`, which is not cancelled: the same
-/// admission (`period.start`; `other` has none, or the same). Such a visit
-/// stays cancelled whatever the arrival order of the two.
+/// admission (`period.start` the same instant, or missing on either side).
+/// Such a visit stays cancelled whatever the arrival order of the two.
 fn cancels_visit(cancelled: &Value, other: &Value) -> bool {
-    cancelled["status"] == "entered-in-error"
-        && other["status"] != "entered-in-error"
-        && (other["period"]["start"].is_null()
-            || other["period"]["start"] == cancelled["period"]["start"])
+    let start = |e: &Value| e["period"]["start"].as_str().map(str::to_string);
+    let same_start = match (start(cancelled), start(other)) {
+        // a side without an admit time (an A11 sent without PV1-44): the visit
+        // number is all there is to go by, and it is the same
+        (None, _) | (_, None) => true,
+        (Some(a), Some(b)) => {
+            a == b
+                || matches!(
+                    (a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()),
+                    (Ok(a), Ok(b)) if a == b
+                )
+        }
+    };
+    cancelled["status"] == "entered-in-error" && other["status"] != "entered-in-error" && same_start
 }
 
 /// Whether `resource` was issued (`issued`, an instant) after `stored`; not
@@ -599,14 +621,13 @@ fn retire(mut patient: Value, survivor: &str) -> Value {
     patient
 }
 
-/// Whether a Patient's `link` of type `replaces` names Patient `other`.
-fn replaces(resource: &Value, other: &str) -> bool {
-    let wanted = format!("Patient/{other}");
-    resource["link"].as_array().is_some_and(|links| {
-        links
-            .iter()
-            .any(|l| l["type"] == "replaces" && l["other"]["reference"] == wanted.as_str())
-    })
+/// Whether a Patient is an A40's survivor: active, with a `link` of type
+/// `replaces`.
+fn is_survivor(resource: &Value) -> bool {
+    resource["active"] != false
+        && resource["link"]
+            .as_array()
+            .is_some_and(|links| links.iter().any(|l| l["type"] == "replaces"))
 }
 
 /// The Patient id a Patient's `link` of type `replaced-by` names, if any.
@@ -740,6 +761,21 @@ fn with_kept_results<R: Rows>(
     if let Some(results) = owned["result"].as_array_mut() {
         for id in kept {
             results.push(serde_json::json!({ "reference": format!("Observation/{id}") }));
+        }
+    }
+    // the report's text as a whole (`text/plain`, made from the results the
+    // message carried) would be the corrected line alone: it is left out, the
+    // results being the report now (a PDF the lab sent is kept)
+    if let Some(Value::Array(forms)) = owned.get_mut("presentedForm") {
+        forms.retain(|f| {
+            !f["contentType"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("text/plain"))
+        });
+        if forms.is_empty() {
+            if let Some(object) = owned.as_object_mut() {
+                object.remove("presentedForm");
+            }
         }
     }
     Ok(Some(owned))

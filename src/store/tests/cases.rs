@@ -1307,6 +1307,48 @@ fn a_merge_undone_the_other_way_leaves_the_latest_survivor_live() {
     }
 }
 
+/// A chain of merges round three records (B into A, A into C, C into B): the
+/// survivor of the latest is live, never all three retired in a circle.
+#[test]
+fn a_chain_of_merges_round_three_records_leaves_the_latest_survivor_live() {
+    let f = open();
+    let ids = [
+        "0a0a0a0a-0000-5000-8000-0000000000a1",
+        "0a0a0a0a-0000-5000-8000-0000000000b1",
+        "0a0a0a0a-0000-5000-8000-0000000000c1",
+    ];
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let survivor = |id: &str, mrn: &str, merged: &str| {
+        let mut p = untraced_patient(id, mrn, "Chain");
+        p["active"] = json!(true);
+        p["link"] =
+            json!([{"other": {"reference": format!("Patient/{merged}")}, "type": "replaces"}]);
+        p
+    };
+    let all = [
+        untraced_patient(a, "CHA", "Chain"),
+        untraced_patient(b, "CHB", "Chain"),
+        untraced_patient(c, "CHC", "Chain"),
+    ];
+    f.store.apply_bundle(&bundle(&all), at("2026-03-01T09:00:00Z")).unwrap();
+    let merges = [
+        (a, "CHA", b, "CHB", "2026-03-01T10:00:00Z"),
+        (c, "CHC", a, "CHA", "2026-03-01T11:00:00Z"),
+        (b, "CHB", c, "CHC", "2026-03-01T12:00:00Z"),
+    ];
+    for (kept, kept_mrn, gone, gone_mrn, when) in merges {
+        let entries = [survivor(kept, kept_mrn, gone), merged_patient(gone, gone_mrn, "Chain", kept)];
+        f.store.apply_bundle(&bundle(&entries), at(when)).unwrap();
+    }
+    let live: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| current(&f.store, "Patient", id)["active"] != false)
+        .collect();
+    assert_eq!(live, [b], "the last survivor alone is live");
+    assert_eq!(current(&f.store, "Patient", c)["link"][0]["other"]["reference"], format!("Patient/{b}"));
+}
+
 #[test]
 fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it() {
     // the retired record is keyed by its NHS number; the A40's MRG gives only its
@@ -1417,6 +1459,28 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
         .apply_bundle(&bundle(&[p.clone(), visit("in-progress", readmitted)]), at("2026-03-02T10:00:00Z"))
         .unwrap();
     assert_eq!(status(&f), "in-progress");
+    // an A11 sent without the admit time, then the A08 that has it; and the
+    // same instant written with another offset: the same visit
+    for (cancel_start, update_start) in [
+        (None, Some(admitted)),
+        (Some(admitted), Some("2026-03-01T09:00:00+01:00")),
+    ] {
+        let f = open();
+        let with = |status: &str, start: Option<&str>| {
+            let mut e = encounter("e-cancel", PATIENT, status);
+            if let Some(start) = start {
+                e["period"] = json!({"start": start});
+            }
+            e
+        };
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), with("entered-in-error", cancel_start)]), at("2026-03-01T09:00:00Z"))
+            .unwrap();
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), with("in-progress", update_start)]), at("2026-03-01T12:00:00Z"))
+            .unwrap();
+        assert_eq!(status(&f), "entered-in-error", "{cancel_start:?} {update_start:?}");
+    }
     // the other arrival order: the later A08 first, then the cancellation (an
     // older event): cancelled all the same, so the record converges
     let f = open();
@@ -1466,6 +1530,19 @@ fn a_final_version_after_its_correction_is_stale_unless_issued_later() {
         .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:20:00+00:00")]), at("2026-03-07T11:31:00Z"))
         .unwrap();
     assert_eq!(outcome.stale(), 1, "{:?}", results(&outcome));
+    // a correction marked on the report alone (the result still F, issued
+    // later): the older final sent again is stale all the same
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[result("final", 125, "2026-03-07T11:40:00+00:00")]), at("2026-03-07T11:40:00Z"))
+        .unwrap();
+    assert_eq!(outcome.written(), 1, "{:?}", results(&outcome));
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:10:00+00:00")]), at("2026-03-07T11:45:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 1, "an older issue: {:?}", results(&outcome));
+    assert_eq!(value(&f), (Some("final".into()), Some(125)));
     // a final issued after the correction (a new report) applies
     let outcome = f
         .store
@@ -1566,13 +1643,17 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
     assert_eq!(o3["meta"]["profile"][0], "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Observation");
     assert_eq!(current(&f.store, "Observation", "o1")["status"], "final");
     // a corrected report that names only what it corrects leaves final results alone
+    // (and its text form, made from that one result, is not the report's text)
+    let mut corrected = report("corrected", &["o2"]);
+    corrected["presentedForm"] = json!([{"contentType": "text/plain; charset=utf-8", "data": "bGluZSAy"}]);
     f.store
         .apply_bundle(
-            &bundle(&[report("corrected", &["o2"]), result("o2", "corrected")]),
+            &bundle(&[corrected, result("o2", "corrected")]),
             at("2026-11-23T12:00:00Z"),
         )
         .unwrap();
     assert_eq!(current(&f.store, "Observation", "o1")["status"], "final");
+    assert!(current(&f.store, "DiagnosticReport", "r1").get("presentedForm").is_none());
     // ... and in the report: o1 is still one of its results (o3, withdrawn, is not)
     let names = |store: &RecordStore| -> Vec<String> {
         current(store, "DiagnosticReport", "r1")["result"]
