@@ -1377,6 +1377,25 @@ fn two_organisms_susceptibility_panels_are_two_reports() {
             "Organism 2: Staphylococcus aureus"
         ]
     );
+    // a parent result without a sub-id (the organism's name tells them apart),
+    // and child orders that name no parent result at all: still two panels
+    let no_sub_id = text
+        .replace("^1^Escherichia coli|", "^^Escherichia coli|")
+        .replace("^2^Staphylococcus aureus|", "^^Staphylococcus aureus|");
+    let no_parent = text
+        .replace("ORG&Organism&WINPATH^1^Escherichia coli|", "|")
+        .replace("ORG&Organism&WINPATH^2^Staphylococcus aureus|", "|");
+    for (what, variant) in [("no sub-id", no_sub_id), ("no OBR-26", no_parent)] {
+        assert_ne!(variant, text, "{what}");
+        let document = map_text(&set, &variant, &path).value();
+        let reports = resources(&document, "DiagnosticReport");
+        assert_eq!(reports.len(), 3, "{what}: {reports:?}");
+        let amox = resources(&document, "Observation")
+            .into_iter()
+            .filter(|o| o["code"]["coding"][0]["code"] == "AMOX")
+            .count();
+        assert_eq!(amox, 2, "{what}: each organism's amoxicillin");
+    }
 }
 
 /// UK labs often send a test's name with a bare `&` (`U&E`), which HL7 would

@@ -754,8 +754,19 @@ impl<'a> Ctx<'a> {
             url.push('/');
             url.push_str(id);
             // a resource already in the Bundle (same type and id): the first one
-            // made wins, this one is neither written nor counted as reading anything
+            // made wins, this one is neither written nor counted as reading anything.
+            // A result or report so left out is data lost: said, as a warning
+            // (an order or a patient named twice is the same one, and is not)
             if seen.contains(&url) {
+                if matches!(r.kind.as_str(), "Observation" | "DiagnosticReport") {
+                    ctx.warn(
+                        None,
+                        format!(
+                            "a second {} with the id of one already made from this message (their keys are the same): left out",
+                            r.kind
+                        ),
+                    );
+                }
                 return;
             }
             if !entries.is_empty() {
