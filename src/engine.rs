@@ -258,16 +258,38 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
 /// holder's pid, for the message.
 fn lock_journal(journal: &Path) -> Result<std::fs::File, EngineError> {
     use std::io::{Read, Seek, Write};
-    let mut name = journal.as_os_str().to_owned();
+    let lock_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Lock { path, source }
+    };
+    if let Some(parent) = journal.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(lock_err(parent))?;
+    }
+    // the journal's real path, so that two configs naming it through a
+    // symbolic link (of the file or of a folder) or `..` lock the same file
+    let real = match std::fs::canonicalize(journal) {
+        Ok(real) => real,
+        Err(_) => match (journal.parent(), journal.file_name()) {
+            (Some(parent), Some(name)) => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                std::fs::canonicalize(parent)
+                    .map_err(lock_err(parent))?
+                    .join(name)
+            }
+            _ => journal.to_path_buf(),
+        },
+    };
+    let mut name = real.as_os_str().to_owned();
     name.push(".lock");
     let path = PathBuf::from(name);
     let lock_err = |source| EngineError::Lock {
         path: path.clone(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(lock_err)?;
-    }
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -1153,6 +1153,21 @@ async fn a_second_engine_on_the_same_journal_refuses_to_start() {
         text.contains(&format!("(pid {})", std::process::id())),
         "{text}"
     );
+    // nor through a symbolic link to its folder
+    std::os::unix::fs::symlink(dir.join("data"), dir.join("alias")).unwrap();
+    let linked = std::fs::read_to_string(dir.join("junction.toml"))
+        .unwrap()
+        .replace("data/journal.db", "alias/journal.db");
+    std::fs::write(dir.join("linked.toml"), linked).unwrap();
+    let config = junction::config::load(&dir.join("linked.toml")).unwrap();
+    let err = engine::start(config, dir)
+        .await
+        .expect_err("the same journal through a link");
+    assert!(
+        err.to_string()
+            .contains("in use by another Junction engine"),
+        "{err}"
+    );
     // the first engine still takes messages
     let mut stream = TcpStream::connect(first.addr).await.unwrap();
     let ack = send(&mut stream, &sample("adt_a01_admission.hl7")).await;
