@@ -298,3 +298,37 @@ fn test_reports_mapping_errors_with_file_line_and_column() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("broken.toml:4:"), "{stderr}");
 }
+
+/// `map` reads a batch as the listener does: each message decoded by its own
+/// MSH-18 (a Latin-1 message, then a UTF-8 one, in one file).
+#[test]
+fn map_of_a_batch_decodes_each_message_by_its_own_charset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut batch = b"FHS|^~\\&|PAS|RAL01\rBHS|^~\\&|PAS|RAL01\r".to_vec();
+    batch.extend_from_slice(
+        b"MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101500||ADT^A08|CS-L1|P|2.4||||||8859/1\r\
+EVN|A08|20261124101500\rPID|1||9990000026^^^NHS^NH||\xd3 BRIAIN^SI\xc2N||19800101|F\r",
+    );
+    batch.extend_from_slice(
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101501||ADT^A08|CS-U8|P|2.4||||||UNICODE UTF-8\r\
+EVN|A08|20261124101501\rPID|1||9990000026^^^NHS^NH||\u{d3} BRIAIN^SI\u{c2}N||19800101|F\r"
+            .as_bytes(),
+    );
+    batch.extend_from_slice(b"BTS|2\rFTS|1\r");
+    let file = dir.path().join("batch.hl7");
+    std::fs::write(&file, &batch).unwrap();
+    let out = junction(&["map", file.to_str().unwrap()], &repo());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let documents: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(documents.len(), 2);
+    for document in &documents {
+        let family = document["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["resource"]["resourceType"] == "Patient")
+            .map(|e| e["resource"]["name"][0]["family"].clone())
+            .unwrap();
+        assert_eq!(family, "\u{d3} BRIAIN");
+    }
+}

@@ -176,6 +176,31 @@ pub(crate) fn load_routes(dir: &Path) -> Result<Option<RouteSet>, ExitCode> {
 /// Decodes a file's bytes (MSH-18 charset) and splits an FHS/BHS batch into its
 /// messages; a plain file gives one message.
 pub(crate) fn decode_messages(raw: &[u8]) -> Result<Vec<String>, String> {
+    // split on the bytes first, as the listener does: each message of a batch
+    // is decoded by its own MSH-18
+    if let Some(parts) = hl7::split_batch_bytes(&bytes::Bytes::copy_from_slice(raw)) {
+        if parts.is_empty() {
+            return Err("the file holds no message (no MSH segment)".to_string());
+        }
+        let many = parts.len() > 1;
+        return parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                hl7::decode(part).map_err(|e| {
+                    if many {
+                        format!(
+                            "message {} of {}: cannot decode it: {e}",
+                            i + 1,
+                            parts.len()
+                        )
+                    } else {
+                        format!("cannot decode the message: {e}")
+                    }
+                })
+            })
+            .collect();
+    }
     let text = hl7::decode(raw).map_err(|e| format!("cannot decode the message: {e}"))?;
     let messages: Vec<String> = hl7::split_batch(&text)
         .map_err(|e| format!("not an HL7 message or batch: {e}"))?

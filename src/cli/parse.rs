@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::hl7::{decode, split_batch, Element, Message, Separators};
+use crate::hl7::{Element, Message, Separators};
 
 #[derive(Debug, clap::Args)]
 pub struct ParseArgs {
@@ -32,14 +32,8 @@ pub fn run(args: ParseArgs) -> anyhow::Result<ExitCode> {
     let raw = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let name = args.file.display();
-    let text = match decode(&raw) {
-        Ok(text) => text,
-        Err(err) => {
-            eprintln!("error: {name}: {err}");
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let messages = match split_batch(&text) {
+    // each message of a batch decoded by its own MSH-18, as the listener does
+    let messages = match super::map::decode_messages(&raw) {
         Ok(messages) => messages,
         Err(err) => {
             eprintln!("error: {name}: {err}");
@@ -156,7 +150,7 @@ mod tests {
     use super::*;
 
     fn check(input: &str, expected: &str) {
-        let text = decode(input.as_bytes()).expect("decodes");
+        let text = crate::hl7::decode(input.as_bytes()).expect("decodes");
         let message = Message::parse(&text).expect("parses");
         let mut out = String::new();
         render(&message, &mut out);
