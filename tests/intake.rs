@@ -807,6 +807,42 @@ async fn an_undeclared_latin1_sender_gets_its_ack_in_its_own_bytes() {
     fx.engine.stop().await;
 }
 
+/// A batch ACK answers each message in its own character set: a Latin-1
+/// message's MSA-2 in Latin-1 bytes, a UTF-8 one's in UTF-8, as when each is
+/// sent alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_ack_answers_each_message_in_its_own_charset() {
+    let fx = start().await;
+    let mut batch = b"FHS|^~\\&|PAS|RAL01\rBHS|^~\\&|PAS|RAL01\r".to_vec();
+    batch.extend_from_slice(
+        b"MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101500||ADT^A08|L1-\xc9|P|2.4||||||8859/1\r\
+          EVN|A08|20261124101500\rPID|1||9990000026^^^NHS^NH||\xd3 BRIAIN||19800101|F\r",
+    );
+    batch.extend_from_slice(
+        "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101501||ADT^A08|U8-\u{c9}|P|2.4||||||UNICODE UTF-8\r\
+         EVN|A08|20261124101501\rPID|1||9990000026^^^NHS^NH||\u{d3} BRIAIN||19800101|F\r"
+            .as_bytes(),
+    );
+    batch.extend_from_slice(b"BTS|2\rFTS|1\r");
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(&frame(&batch)).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(2).any(|w| w == [FS, CR]) {
+        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed without an ACK");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let has = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
+    let shown = String::from_utf8_lossy(&buf).into_owned();
+    assert!(has(b"MSA|AA|L1-\xc9\r"), "{shown}");
+    assert!(has("MSA|AA|U8-\u{c9}\r".as_bytes()), "{shown}");
+    fx.engine.stop().await;
+}
+
 /// A 0x0B inside a message that starts no new one (a word processor's manual
 /// line break pasted into a name or a report) is data: the message is
 /// answered by its own control id, not cut in two.

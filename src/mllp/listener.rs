@@ -889,31 +889,38 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let reply = match &batch {
-        Some(envelope) => Some(batch_ack(envelope, &acks)),
-        None => acks.first().and_then(|(_, ack)| ack.clone()),
+        Some(envelope) => Some(Reply::Bytes(batch_ack(envelope, &acks))),
+        None => acks
+            .first()
+            .and_then(|(_, ack)| ack.clone())
+            .map(Reply::Text),
     };
     if let Some(reply) = reply {
-        // A peer that does not read its ACKs must not pin this task forever.
-        // in the character set the ACK declares in MSH-18 (the sender's own)
-        let declared = hl7::msh18(reply.as_bytes());
-        // a sender that declares nothing (or ASCII) but sent bytes that are
-        // not UTF-8 was read as windows-1252: its ACK goes back the same way,
-        // so MSA-2 and MSH-5/6 are its own bytes
-        let read_as_1252 = batch.is_none()
-            && declared.as_deref().is_none_or(|c| {
-                matches!(
-                    c.trim().to_ascii_uppercase().as_str(),
-                    "ASCII" | "ISO IR6" | "US-ASCII"
-                )
-            })
-            && !frame.starts_with(b"\xFF\xFE")
-            && !frame.starts_with(b"\xFE\xFF")
-            && std::str::from_utf8(&frame).is_err();
-        let bytes = match declared {
-            _ if read_as_1252 => hl7::encode_text(&reply, Some("windows-1252")),
-            Some(charset) => hl7::encode_text(&reply, Some(&charset)),
-            None => reply.into_bytes(),
+        let bytes = match reply {
+            // a batch ACK is written piece by piece (`batch_ack`)
+            Reply::Bytes(bytes) => bytes,
+            Reply::Text(reply) => {
+                // in the character set the ACK declares in MSH-18 (the sender's own)
+                let declared = hl7::msh18(reply.as_bytes());
+                // a sender that declares nothing (or ASCII) but sent bytes that
+                // are not UTF-8 was read as windows-1252: its ACK goes back the
+                // same way, so MSA-2 and MSH-5/6 are its own bytes
+                let read_as_1252 = declared.as_deref().is_none_or(|c| {
+                    matches!(
+                        c.trim().to_ascii_uppercase().as_str(),
+                        "ASCII" | "ISO IR6" | "US-ASCII"
+                    )
+                }) && !frame.starts_with(b"\xFF\xFE")
+                    && !frame.starts_with(b"\xFE\xFF")
+                    && std::str::from_utf8(&frame).is_err();
+                match declared {
+                    _ if read_as_1252 => hl7::encode_text(&reply, Some("windows-1252")),
+                    Some(charset) => hl7::encode_text(&reply, Some(&charset)),
+                    None => reply.into_bytes(),
+                }
+            }
         };
+        // A peer that does not read its ACKs must not pin this task forever.
         match tokio::time::timeout(ctx.idle_timeout, framed.send(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
@@ -1147,6 +1154,13 @@ pub(crate) fn ack_timestamp() -> String {
     jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string()
 }
 
+/// What a frame is answered with: one message's ACK (encoded when sent), or
+/// a batch ACK already written as bytes.
+enum Reply {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
 /// The batch header segments of a frame that starts a batch, if it does.
 struct BatchEnvelope {
     /// The FHS fields, when the batch is a file.
@@ -1160,6 +1174,8 @@ struct BatchEnvelope {
     declared: Option<u64>,
     /// The batches of a file (each BHS, its messages and its BTS-1), in order.
     groups: Vec<BatchGroup>,
+    /// The header was not UTF-8 (read, and answered, as windows-1252).
+    latin: bool,
 }
 
 /// One batch (BHS … BTS) of a frame.
@@ -1176,8 +1192,17 @@ fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
     if !(start.starts_with(b"FHS") || start.starts_with(b"BHS")) {
         return None;
     }
-    // Batch headers are ASCII; a non-UTF-8 payload (8859/1) must not hide them.
-    let text = String::from_utf8_lossy(start);
+    // Batch headers are mostly ASCII; a non-UTF-8 one (a Latin-1 file name)
+    // is read as windows-1252, as an undeclared message is, and answered so
+    let (text, latin) = match std::str::from_utf8(start) {
+        Ok(text) => (std::borrow::Cow::Borrowed(text), false),
+        Err(_) => (
+            encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(start)
+                .0,
+            true,
+        ),
+    };
     let text = text.as_ref();
     let field_sep = text[3..].chars().next()?;
     let mut envelope = BatchEnvelope {
@@ -1187,6 +1212,7 @@ fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
         encoding: String::from("^~\\&"),
         declared: declared_count(text, field_sep),
         groups: Vec::new(),
+        latin,
     };
     let mut in_message = false;
     for segment in text.split(['\r', '\n']).filter(|s| !s.is_empty()) {
@@ -1261,7 +1287,7 @@ fn declared_count(text: &str, field_sep: char) -> Option<u64> {
 /// never arrived.
 /// Header fields are swapped (our receiving side becomes the sender), the
 /// reference control id points at the incoming batch's control id.
-fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]) -> String {
+fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]) -> Vec<u8> {
     let sep = envelope.field_sep;
     let timestamp = ack_timestamp();
     let field = |fields: &Option<Vec<String>>, n: usize| -> String {
@@ -1286,7 +1312,10 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
             refid = field(fields, 11),
         )
     };
-    let mut out = String::new();
+    let mut out = Out {
+        bytes: Vec::new(),
+        latin: envelope.latin,
+    };
     if envelope.fhs.is_some() {
         out.push_str(&header("FHS", &envelope.fhs));
     }
@@ -1295,7 +1324,7 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
         if envelope.fhs.is_some() {
             out.push_str(&format!("FTS{sep}0\r"));
         }
-        return out;
+        return out.bytes;
     }
     // a file of several batches: each answered by its own BHS (BHS-12 its
     // BHS-11) and BTS, FTS-1 counting them
@@ -1312,10 +1341,7 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
             let mut count = 0;
             for ack in mine.iter().filter_map(|(_, ack)| ack.as_deref()) {
                 count += 1;
-                out.push_str(ack);
-                if !ack.ends_with('\r') {
-                    out.push('\r');
-                }
+                out.push_ack(ack);
             }
             match group.declared {
                 Some(declared) if declared != group.messages as u64 => out.push_str(&format!(
@@ -1328,7 +1354,7 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
         if envelope.fhs.is_some() {
             out.push_str(&format!("FTS{sep}{}\r", groups.len()));
         }
-        return out;
+        return out.bytes;
     }
     out.push_str(&header(
         "BHS",
@@ -1337,10 +1363,7 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
     let mut count = 0;
     for ack in acks.iter().filter_map(|(_, ack)| ack.as_deref()) {
         count += 1;
-        out.push_str(ack);
-        if !ack.ends_with('\r') {
-            out.push('\r');
-        }
+        out.push_ack(ack);
     }
     match envelope.declared {
         Some(declared) if declared != acks.len() as u64 => out.push_str(&format!(
@@ -1352,7 +1375,36 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
     if envelope.fhs.is_some() {
         out.push_str(&format!("FTS{sep}1\r"));
     }
-    out
+    out.bytes
+}
+
+/// A batch ACK as it is written: its own segments in the batch header's
+/// character set (windows-1252 when the header was not UTF-8), each message's
+/// ACK in the character set its own MSH-18 names, as when it is sent alone.
+struct Out {
+    bytes: Vec<u8>,
+    latin: bool,
+}
+
+impl Out {
+    fn push_str(&mut self, text: &str) {
+        if self.latin {
+            self.bytes
+                .extend(hl7::encode_text(text, Some("windows-1252")));
+        } else {
+            self.bytes.extend_from_slice(text.as_bytes());
+        }
+    }
+
+    fn push_ack(&mut self, ack: &str) {
+        match hl7::msh18(ack.as_bytes()) {
+            Some(charset) => self.bytes.extend(hl7::encode_text(ack, Some(&charset))),
+            None => self.bytes.extend_from_slice(ack.as_bytes()),
+        }
+        if !ack.ends_with('\r') {
+            self.bytes.push(b'\r');
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1376,7 +1428,11 @@ mod tests {
         assert_eq!(env.bhs.as_ref().unwrap()[2], "LAB");
         assert!(batch_envelope(b"MSH|^~\\&|X").is_none());
         assert!(batch_envelope(&[0xff, 0xfe]).is_none());
-        let ack = batch_ack(&env, &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))]);
+        let ack = String::from_utf8(batch_ack(
+            &env,
+            &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))],
+        ))
+        .unwrap();
         let segments: Vec<&str> = ack.split('\r').collect();
         assert!(
             segments[0].starts_with("FHS|^~\\&|JUNCTION|HUB|LAB|RAL|"),
@@ -1397,7 +1453,11 @@ mod tests {
         let frame = b"BHS|^~\\&|LAB|RAL|JUNCTION|HUB|20260101||||B1\rMSH|^~\\&|LAB|RAL\rBTS|3\r";
         let env = batch_envelope(frame).expect("a batch");
         assert_eq!(env.declared, Some(3));
-        let ack = batch_ack(&env, &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))]);
+        let ack = String::from_utf8(batch_ack(
+            &env,
+            &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))],
+        ))
+        .unwrap();
         assert!(
             ack.contains("\rBTS|1|the batch declared 3 messages (BTS-1); 1 received\r"),
             "{ack}"
@@ -1417,7 +1477,7 @@ mod tests {
             .iter()
             .map(|c| (Some("AA".into()), Some(format!("MSH|x\rMSA|AA|{c}"))))
             .collect();
-        let ack = batch_ack(&env, &acks);
+        let ack = String::from_utf8(batch_ack(&env, &acks)).unwrap();
         let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
         let names: Vec<&str> = segments.iter().map(|s| &s[..3]).collect();
         assert_eq!(
@@ -1435,7 +1495,7 @@ mod tests {
         );
         // a file with no batch and no message: its FHS and FTS|0, no invented BHS
         let env = batch_envelope(b"FHS|^~\\&|LAB|RAL|||||||FILE10\rFTS|0\r").expect("a file");
-        let ack = batch_ack(&env, &[]);
+        let ack = String::from_utf8(batch_ack(&env, &[])).unwrap();
         let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
         assert_eq!(segments.len(), 2, "{ack}");
         assert!(segments[0].starts_with("FHS|") && segments[0].ends_with("|FILE10"));
