@@ -178,6 +178,7 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
                 .ok_or_else(|| EntryProblem::InvalidResourceType {
                     found: describe(resource.get("resourceType")),
                 })?;
+            check_record_type(resource_type, resource)?;
             let id = resource.get("id").and_then(Value::as_str);
             let id = id
                 .filter(|id| is_id(id))
@@ -222,6 +223,59 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
             method: describe(method),
         }),
     }
+}
+
+/// FHIR R4 types the store does not keep: a server's own resources (a Bundle
+/// inside a Bundle, an AuditEvent, an OperationOutcome) and conformance or
+/// terminology resources. A neighbour contributes records about patients and
+/// care; it does not write the server's audit or its definitions.
+const NOT_RECORDS: &[&str] = &[
+    "AuditEvent",
+    "Bundle",
+    "CapabilityStatement",
+    "CodeSystem",
+    "CompartmentDefinition",
+    "ConceptMap",
+    "ExampleScenario",
+    "GraphDefinition",
+    "ImplementationGuide",
+    "MessageDefinition",
+    "NamingSystem",
+    "OperationDefinition",
+    "OperationOutcome",
+    "Parameters",
+    "SearchParameter",
+    "StructureDefinition",
+    "StructureMap",
+    "Subscription",
+    "TerminologyCapabilities",
+    "TestReport",
+    "TestScript",
+    "ValueSet",
+];
+
+/// A resource the store keeps: not one of [`NOT_RECORDS`], and every resource
+/// it contains (`contained`) a FHIR R4 record type that contains none itself.
+fn check_record_type(resource_type: &str, resource: &Value) -> Result<(), EntryProblem> {
+    if NOT_RECORDS.contains(&resource_type) {
+        return Err(EntryProblem::NotARecordType {
+            found: resource_type.to_string(),
+        });
+    }
+    for inner in resource["contained"].as_array().into_iter().flatten() {
+        let t = inner["resourceType"].as_str().unwrap_or_default();
+        if !is_resource_type(t) {
+            return Err(EntryProblem::InvalidResourceType {
+                found: format!("{} (contained)", describe(inner.get("resourceType"))),
+            });
+        }
+        if NOT_RECORDS.contains(&t) || inner.get("contained").is_some() {
+            return Err(EntryProblem::NotARecordType {
+                found: format!("{t} (contained)"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `Type/id` → (Type, id) when both are valid.

@@ -592,6 +592,31 @@ fn documents_that_are_not_transactions_are_refused() {
             "{err}"
         );
     }
+    // nor a server's own resource, nor a made-up one hidden in `contained`
+    let id = "11111111-2222-5333-8444-555555555555";
+    for (resource, says) in [
+        (json!({"resourceType": "AuditEvent", "id": id}), "AuditEvent is not kept in the care record"),
+        (json!({"resourceType": "Bundle", "id": id, "type": "collection"}), "Bundle is not kept in the care record"),
+        (
+            json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
+                   "contained": [{"resourceType": "Xyzzy", "id": "x1"}]}),
+            "\"Xyzzy (contained)\" is not a FHIR R4 resource type",
+        ),
+        (
+            json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
+                   "contained": [{"resourceType": "Bundle", "id": "b1"}]}),
+            "Bundle (contained) is not kept in the care record",
+        ),
+    ] {
+        let t = resource["resourceType"].as_str().unwrap().to_string();
+        let doc = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": format!("urn:uuid:{id}"), "resource": resource,
+             "request": {"method": "PUT", "url": format!("{t}/{id}")}}
+        ]});
+        let err = f.store.apply_bundle(&doc, None).unwrap_err();
+        assert!(err.is_permanent());
+        assert!(err.to_string().contains(says), "{err}");
+    }
     // An empty transaction is fine and does nothing.
     let empty = json!({"resourceType": "Bundle", "type": "transaction"});
     assert_eq!(
