@@ -1501,10 +1501,15 @@ mod tests {
         .unwrap();
         let diags = load(&file).unwrap_err();
         let lines: Vec<String> = diags.iter().map(Diagnostic::one_line).collect();
-        assert_eq!(lines.len(), 1, "{lines:?}");
+        // both files said in one run
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
             lines[0].contains("junction.toml:5:13: error: listener `pas`: TLS `cert_file`")
                 && lines[0].contains("tls/missing.pem: cannot be read"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("junction.toml:6:12: error: listener `pas`: TLS `key_file`"),
             "{lines:?}"
         );
     }

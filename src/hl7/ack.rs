@@ -390,7 +390,21 @@ pub fn check_processing_id(header: Header, accepted: &[String]) -> Result<Header
 /// system waiting for one.
 pub fn check_not_a_query(header: Header) -> Result<Header, Rejection> {
     let code = header.message_code.trim().to_ascii_uppercase();
-    if !matches!(code.as_str(), "QRY" | "QBP" | "VXQ" | "RQI" | "RQQ") {
+    if !matches!(
+        code.as_str(),
+        "QRY"
+            | "QBP"
+            | "QSB"
+            | "QCN"
+            | "QVR"
+            | "SPQ"
+            | "VXQ"
+            | "RQI"
+            | "RQQ"
+            | "RQA"
+            | "RQC"
+            | "RQP"
+    ) {
         return Ok(header);
     }
     let error = Hl7Error::UnsupportedQuery {

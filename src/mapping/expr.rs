@@ -570,7 +570,10 @@ impl Parser<'_, '_> {
                     let text = &self.src[start..self.pos];
                     // these take text: unquoted, `default(PID-3.1)` would be the
                     // words "PID-3.1", never the field, so it is a mistake
-                    if matches!(name.as_str(), "default" | "warn" | "join" | "regex_replace") {
+                    if matches!(
+                        name.as_str(),
+                        "default" | "warn" | "join" | "regex_replace" | "uuid5"
+                    ) {
                         self.pos = start;
                         return Err(self.err(format!(
                             "the argument of `{name}` is a quoted 'literal', found `{text}` (a field or macro as a fallback is `a | {text}`)"

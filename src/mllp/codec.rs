@@ -265,8 +265,8 @@ impl Decoder for MllpCodec {
 }
 
 /// Whether the bytes after a `0x0B` found inside a frame start a new one
-/// (`MSH`, `FHS` or `BHS`, after a byte order mark or white space): `None`
-/// while too few have arrived to tell.
+/// (`MSH`, `FHS` or `BHS` and a field separator, after a byte order mark or
+/// white space): `None` while too few have arrived to tell.
 fn starts_a_frame(after: &[u8]) -> Option<bool> {
     let after = match after {
         [0xEF, 0xBB, 0xBF, rest @ ..] => rest,
@@ -278,16 +278,18 @@ fn starts_a_frame(after: &[u8]) -> Option<bool> {
         .take_while(|&&b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | VT))
         .count();
     let after = &after[skip..];
-    if after.len() < 3 {
-        // a prefix of a segment name so far (or nothing): wait
-        let names: [&[u8]; 3] = [b"MSH", b"FHS", b"BHS"];
-        return if names.iter().any(|n| n.starts_with(after)) {
-            None
-        } else {
-            Some(false)
-        };
+    // a segment name and the field separator after it (`MSH|`), not a word
+    // of the text that starts with those letters (`MSHOWED`)
+    let names: [&[u8]; 3] = [b"MSH", b"FHS", b"BHS"];
+    let head = &after[..after.len().min(3)];
+    if !names.iter().any(|n| n.starts_with(head)) {
+        return Some(false);
     }
-    Some(matches!(&after[..3], b"MSH" | b"FHS" | b"BHS"))
+    match after.get(3) {
+        // a prefix of a segment name so far (or nothing): wait
+        None => None,
+        Some(&sep) => Some(sep.is_ascii_punctuation()),
+    }
 }
 
 impl<T: AsRef<[u8]>> Encoder<T> for MllpCodec {
@@ -506,6 +508,13 @@ mod tests {
         assert_eq!(
             codec.decode(&mut buf).unwrap(),
             Some(Bytes::from("MSH|a\x0bMSX|b"))
+        );
+        assert!(codec.take_abandoned().is_empty());
+        // a word that starts with a segment's letters is data too
+        let mut buf = BytesMut::from(&b"\x0bMSH|the film \x0bBHSIDE\x1c\r"[..]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Bytes::from("MSH|the film \x0bBHSIDE"))
         );
         assert!(codec.take_abandoned().is_empty());
     }

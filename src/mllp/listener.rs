@@ -1187,8 +1187,16 @@ struct BatchGroup {
 
 /// Reads the FHS/BHS of a frame that begins with one (after a BOM or whitespace).
 fn batch_envelope(frame: &[u8]) -> Option<BatchEnvelope> {
-    let start = hl7::strip_utf8_bom(frame);
-    let start = &start[start.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+    // white space and byte order marks, in any order, before the header
+    let mut start = frame;
+    loop {
+        let blank = start.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let rest = hl7::strip_utf8_bom(&start[blank..]);
+        if rest.len() == start.len() {
+            break;
+        }
+        start = rest;
+    }
     if !(start.starts_with(b"FHS") || start.starts_with(b"BHS")) {
         return None;
     }
