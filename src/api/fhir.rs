@@ -693,10 +693,7 @@ async fn read(
             let tag = tag.trim();
             tag == etag || tag == &etag[2..] || tag == "*"
         });
-    let last_modified = resource["meta"]["lastUpdated"]
-        .as_str()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        .map(|t| t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string());
+    let last_modified = http_date(&resource);
     let mut response = if unchanged {
         let mut r = answer(&resource, patients);
         *r.status_mut() = axum::http::StatusCode::NOT_MODIFIED;
@@ -715,6 +712,14 @@ async fn read(
             .insert(header::LAST_MODIFIED, modified);
     }
     Ok(response)
+}
+
+/// A resource's `meta.lastUpdated` as an HTTP date (`Last-Modified`).
+fn http_date(resource: &Value) -> Option<String> {
+    resource["meta"]["lastUpdated"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string())
 }
 
 /// A read takes `_pretty` and `_format` (JSON) only: `_summary`, `_elements`
@@ -776,6 +781,11 @@ async fn vread(
     let mut response = answer(&resource, patients);
     if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{wanted}\"")) {
         response.headers_mut().insert(header::ETAG, etag);
+    }
+    if let Some(Ok(modified)) = http_date(&resource).map(|m| HeaderValue::from_str(&m)) {
+        response
+            .headers_mut()
+            .insert(header::LAST_MODIFIED, modified);
     }
     Ok(response)
 }
