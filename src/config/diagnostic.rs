@@ -559,7 +559,18 @@ pub(crate) fn without_duplicate_tables(
         if let Some(from) = blanking_from.take() {
             blank.push(from..start);
         }
-        if trimmed.starts_with("[[") {
+        if let Some(inner) = trimmed.strip_prefix("[[") {
+            // a new element of an array of tables: its sub-tables
+            // (`[resource.body]` after each `[[resource]]`) start afresh
+            if let Some(end) = inner.find("]]") {
+                let array: String = inner[..end]
+                    .split('.')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                let prefix = format!("{array}.");
+                seen.retain(|name, _| !name.starts_with(&prefix));
+            }
             continue;
         }
         let Some(end) = trimmed.find(']') else {
@@ -631,6 +642,10 @@ mod duplicate_table_tests {
         assert_eq!(text.len(), source.len());
         assert!(!text.contains("y = 3") && !text.contains('é'));
         assert!(text.contains("[[t]]\nz = 2\n"), "{text}");
+        // a sub-table of each element of an array of tables is no repeat
+        let (_, none) =
+            without_duplicate_tables("[[r]]\n[r.body]\na = 1\n[[r]]\n[r.body]\na = 2\n");
+        assert!(none.is_empty(), "{none:?}");
         let (same, none) = without_duplicate_tables("[a]\n[[t]]\n[[t]]\n");
         assert!(none.is_empty() && matches!(same, std::borrow::Cow::Borrowed(_)));
     }

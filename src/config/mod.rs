@@ -202,12 +202,8 @@ pub fn parse(file: &Path, source: &str) -> (Option<Config>, Diagnostics) {
     if !errors.is_empty() {
         for err in errors {
             let span = err.span().unwrap_or(0..0);
-            diags.push(Diagnostic::error(
-                file,
-                source,
-                span,
-                toml_message(err.message()),
-            ));
+            let message = toml_error(err.message(), source, &span);
+            diags.push(Diagnostic::error(file, source, span, message));
         }
         diags.sort();
         return (None, diags);
@@ -570,6 +566,21 @@ fn remove_key_at(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<String> 
 
 /// toml's messages end with a newline and sometimes start with a capital: trimmed,
 /// first letter lowercased, as every diagnostic (config, routes) words it.
+/// [`toml_message`] of a parse error at `span` of `source`, a duplicate key
+/// named (the parser says only "duplicate key").
+pub(crate) fn toml_error(message: &str, source: &str, span: &std::ops::Range<usize>) -> String {
+    if message.trim() == "duplicate key" {
+        if let Some(key) = source
+            .get(span.clone())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            return format!("`{key}` is given twice in this table, expected it once");
+        }
+    }
+    toml_message(message)
+}
+
 pub(crate) fn toml_message(message: &str) -> String {
     let message = message.trim();
     let mut chars = message.chars();
@@ -1607,6 +1618,17 @@ mod tests {
             "{found:?}"
         );
         assert!(found.iter().any(|d| d.contains("yaml")), "{found:?}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_named() {
+        let found =
+            diagnostics("[listeners.pas]\nbind = \"127.0.0.1:2575\"\nbind = \"127.0.0.1:2576\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("`bind` is given twice in this table, expected it once"),
+            "{found:?}"
+        );
     }
 
     #[test]

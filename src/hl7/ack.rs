@@ -388,6 +388,7 @@ pub fn check_processing_id(header: Header, accepted: &[String]) -> Result<Header
 /// (unsupported message type), since its answer would be a response message
 /// that Junction does not make: acknowledging it would leave the querying
 /// system waiting for one.
+#[allow(clippy::result_large_err)]
 pub fn check_not_a_query(header: Header) -> Result<Header, Rejection> {
     let code = header.message_code.trim().to_ascii_uppercase();
     if !matches!(

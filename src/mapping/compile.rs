@@ -189,10 +189,18 @@ pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
         macro_names: Vec::new(),
         table_names: Vec::new(),
     };
-    let (doc, parse_errors) = DeTable::parse_recoverable(source);
+    // a table defined twice: one error naming the first, not a cascade
+    let (text, duplicates) = crate::config::without_duplicate_tables(source);
+    for (span, message) in duplicates {
+        c.error(span.start, message);
+    }
+    let (doc, parse_errors) = DeTable::parse_recoverable(&text);
     for e in parse_errors {
-        let at = e.span().map(|s| s.start).unwrap_or(0);
-        c.error(at, e.message().trim().to_string());
+        let span = e.span().unwrap_or(0..0);
+        c.error(
+            span.start,
+            crate::config::toml_error(e.message(), source, &span),
+        );
     }
     let root = doc.get_ref();
     let entries = sorted(root);

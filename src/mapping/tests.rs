@@ -1187,3 +1187,25 @@ fn an_unquoted_literal_argument_is_refused_at_load() {
     );
     assert!(compile_str(&src.replace("default(PID-3.1)", "default('x')")).is_ok());
 }
+
+/// A table defined twice in a mapping file is one error naming the first, and
+/// a key given twice is named; other mistakes of the file are still reported.
+#[test]
+fn a_table_or_key_given_twice_is_named_once() {
+    let src = format!(
+        "{HEADER}\n[tables.t]\na = 'b'\n\n[tables.t]\nc = 'd'\n\n[[resource]]\ntype = \"Patient\"\nid = \"PID-3.1\"\n[resource.body]\nv = \"PID-8 | nope\"\n\n[[resource]]\ntype = \"Flag\"\nid = \"'x'\"\n[resource.body]\nstatus = \"'active'\"\n"
+    );
+    let errors = compile_str(&src).unwrap_err();
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("table `[tables.t]` is already defined at line")),
+        "{messages:?}"
+    );
+    assert!(messages.iter().any(|m| m.contains("nope")), "{messages:?}");
+    assert!(
+        !messages.iter().any(|m| m.contains("duplicate key")),
+        "{messages:?}"
+    );
+}

@@ -285,11 +285,8 @@ fn starts_a_frame(after: &[u8]) -> Option<bool> {
     if !names.iter().any(|n| n.starts_with(head)) {
         return Some(false);
     }
-    match after.get(3) {
-        // a prefix of a segment name so far (or nothing): wait
-        None => None,
-        Some(&sep) => Some(sep.is_ascii_punctuation()),
-    }
+    // (a prefix of a segment name so far, or nothing: wait)
+    after.get(3).map(|sep| sep.is_ascii_punctuation())
 }
 
 impl<T: AsRef<[u8]>> Encoder<T> for MllpCodec {

@@ -8,7 +8,6 @@
 //! the problem is there. Cross-file checks (unique ids and table names, tables a
 //! condition looks up) run once every file is read.
 
-use crate::config::toml_message;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -191,8 +190,8 @@ impl Compiler {
         if !errors.is_empty() {
             for e in errors {
                 let span = e.span().unwrap_or(0..0);
-                self.errors
-                    .push(file.error(span, toml_message(e.message())));
+                let message = crate::config::toml_error(e.message(), &source, &span);
+                self.errors.push(file.error(span, message));
             }
             return;
         }
