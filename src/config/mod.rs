@@ -985,43 +985,83 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
                 format!("mailbox `{id}`: {err}"),
             ));
         }
+        if url_has_token(&m.url) {
+            diags.push(doc.error(
+                doc.span(&["mesh", "mailboxes", id, "url"]),
+                format!("mailbox `{id}`: url holds a credential in its query or fragment: secrets are never kept in the config file"),
+            ));
+        }
         for (what, env, file) in [
             ("password", &m.password_env, &m.password_file),
             ("shared_key", &m.shared_key_env, &m.shared_key_file),
         ] {
-            let (env_key, file_key) = (format!("{what}_env"), format!("{what}_file"));
-            match (env, file) {
-                (Some(_), Some(_)) => diags.push(doc.error(
-                    doc.span(&["mesh", "mailboxes", id, &file_key]),
-                    format!("mailbox `{id}`: give the {what} through `{env_key}` or `{file_key}`, not both"),
-                )),
-                (None, None) => diags.push(doc.error(
-                    doc.span(&["mesh", "mailboxes", id]),
-                    format!("mailbox `{id}`: no {what}: MESH needs one, give `{env_key}` (an environment variable) or `{file_key}`"),
-                )),
-                _ => {}
-            }
-            if let Some(name) = env.as_deref().filter(|n| !is_env_name(n)) {
+            if env.is_none() && file.is_none() {
                 diags.push(doc.error(
-                    doc.span(&["mesh", "mailboxes", id, &env_key]),
-                    format!("mailbox `{id}`: `{env_key}` is the name of an environment variable (letters, digits and `_`, not starting with a digit), not the secret itself: `{}`", mask(name)),
+                    doc.span(&["mesh", "mailboxes", id]),
+                    format!("mailbox `{id}`: no {what}: MESH needs one, give `{what}_env` (an environment variable) or `{what}_file`"),
                 ));
             }
+            let at = ["mesh", "mailboxes", id.as_str()];
+            secret_source(
+                doc,
+                &at,
+                &format!("mailbox `{id}`"),
+                what,
+                env.as_deref(),
+                file.is_some(),
+                diags,
+            );
         }
     }
     for (id, d) in &config.destinations {
-        if let Some(name) = d.token_env.as_deref().filter(|n| !is_env_name(n)) {
-            diags.push(doc.error(
-                doc.span(&["destinations", id, "token_env"]),
-                format!("destination `{id}`: `token_env` is the name of an environment variable (letters, digits and `_`, not starting with a digit), not the token itself: `{}`", mask(name)),
-            ));
-        }
+        let at = ["destinations", id.as_str()];
+        secret_source(
+            doc,
+            &at,
+            &format!("destination `{id}`"),
+            "token",
+            d.token_env.as_deref(),
+            d.token_file.is_some(),
+            diags,
+        );
         if d.url.as_deref().is_some_and(url_has_token) {
             diags.push(doc.error(
                 doc.span(&["destinations", id, "url"]),
                 format!("destination `{id}`: url holds a token in its query (`access_token`, `token`, `key`...): secrets are never kept in the config file, give it through `token_env` or `token_file`"),
             ));
         }
+    }
+}
+
+/// The checks every secret shares (MESH password and shared key, a FHIR
+/// destination's token, the PostgreSQL password): given through
+/// `<what>_env` or `<what>_file`, not both; and `<what>_env` the name of an
+/// environment variable (`[A-Za-z_][A-Za-z0-9_]*`), not the secret typed in
+/// its place (said without quoting any of it).
+fn secret_source(
+    doc: &Doc<'_>,
+    at: &[&str],
+    owner: &str,
+    what: &str,
+    env: Option<&str>,
+    file: bool,
+    diags: &mut Diagnostics,
+) {
+    let (env_key, file_key) = (format!("{what}_env"), format!("{what}_file"));
+    fn path<'k>(at: &[&'k str], key: &'k str) -> Vec<&'k str> {
+        at.iter().copied().chain([key]).collect()
+    }
+    if env.is_some() && file {
+        diags.push(doc.error(
+            doc.span(&path(at, &file_key)),
+            format!("{owner}: give the {what} through `{env_key}` or `{file_key}`, not both"),
+        ));
+    }
+    if env.is_some_and(|n| !is_env_name(n)) {
+        diags.push(doc.error(
+            doc.span(&path(at, &env_key)),
+            format!("{owner}: `{env_key}` is the name of an environment variable (letters, digits and `_`, not starting with a digit), not the secret itself (its value is not shown)"),
+        ));
     }
 }
 
@@ -1032,19 +1072,12 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// What a diagnostic may show of a value that may be a secret typed in the
-/// wrong place: its first two characters.
-fn mask(value: &str) -> String {
-    let shown: String = value
-        .chars()
-        .take(2)
-        .filter(char::is_ascii_graphic)
-        .collect();
-    format!("{shown}…")
-}
-
 /// Whether an http(s) URL carries a credential in its query string.
 fn url_has_token(url: &str) -> bool {
+    let lowered = url.to_ascii_lowercase();
+    if lowered.contains("#access_token=") || lowered.contains(";access_token=") {
+        return true;
+    }
     const NAMES: &[&str] = &[
         "access_token",
         "token",
@@ -1054,10 +1087,17 @@ fn url_has_token(url: &str) -> bool {
         "password",
         "secret",
         "code",
+        "sig",
+        "client_secret",
+        "subscription-key",
+        "auth",
+        "pwd",
     ];
     reqwest::Url::parse(url).is_ok_and(|u| {
-        u.query_pairs()
-            .any(|(k, _)| NAMES.contains(&k.to_ascii_lowercase().as_str()))
+        // a token given as the user name (`https://abc123@host/`)
+        (!u.username().is_empty() && u.password().is_none())
+            || u.query_pairs()
+                .any(|(k, _)| NAMES.contains(&k.to_ascii_lowercase().as_str()))
     })
 }
 
@@ -1117,12 +1157,15 @@ fn check_store_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
         }
         Ok(_) => {}
     }
-    if store.password_env.is_some() && store.password_file.is_some() {
-        diags.push(doc.error(
-            doc.span(&["store", "password_file"]),
-            "give the password through `password_env` or `password_file`, not both",
-        ));
-    }
+    secret_source(
+        doc,
+        &["store"],
+        "store",
+        "password",
+        store.password_env.as_deref(),
+        store.password_file.is_some(),
+        diags,
+    );
 }
 
 /// Whether every host of a PostgreSQL URL is this machine (a Unix socket,
@@ -1281,36 +1324,64 @@ fn check_filesystem(config: &Config, file: &Path, source: &str, diags: &mut Diag
     }
     // secrets as the engine would read them: one that will not resolve is said
     // here (the engine starts all the same; what needs it waits, retrying)
+    let mut unresolved =
+        |at: Vec<&str>, owner: String, env: &Option<String>, file: &Option<PathBuf>, then: &str| {
+            let problem = match (env, file) {
+                (Some(var), None) if std::env::var_os(var).is_none() && is_env_name(var) => {
+                    Some((format!("environment variable `{var}` is not set"), true))
+                }
+                (None, Some(file)) => match std::fs::read(file) {
+                    Err(e) => Some((format!("cannot read {}: {e}", file.display()), false)),
+                    Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+                        Some((format!("{} is empty", file.display()), false))
+                    }
+                    Ok(_) => None,
+                },
+                _ => None,
+            };
+            if let Some((problem, is_env)) = problem {
+                let key = at.last().copied().unwrap_or_default();
+                let key = if is_env {
+                    format!("{key}_env")
+                } else {
+                    format!("{key}_file")
+                };
+                let mut path = at[..at.len() - 1].to_vec();
+                path.push(&key);
+                diags.push(doc.warning(doc.span(&path), format!("{owner}: {problem}: {then}")));
+            }
+        };
     for (id, m) in &config.mesh.mailboxes {
-        if m.password_env.is_some() == m.password_file.is_some()
-            || m.shared_key_env.is_some() == m.shared_key_file.is_some()
-        {
-            continue; // already an error
-        }
-        if let Err(err) = m.load_secrets() {
-            diags.push(doc.warning(
-                doc.span(&["mesh", "mailboxes", id]),
-                format!("{err}: the mailbox cannot be used until it is"),
-            ));
+        for (what, env, file) in [
+            ("password", &m.password_env, &m.password_file),
+            ("shared_key", &m.shared_key_env, &m.shared_key_file),
+        ] {
+            unresolved(
+                vec!["mesh", "mailboxes", id, what],
+                format!("mailbox `{id}`: its {what}"),
+                env,
+                file,
+                "the mailbox cannot be used until it is",
+            );
         }
     }
     for (id, d) in &config.destinations {
-        let problem = match (&d.token_env, &d.token_file) {
-            (Some(var), None) if std::env::var_os(var).is_none() => Some((
-                "token_env",
-                format!("environment variable `{var}` is not set"),
-            )),
-            (None, Some(file)) => std::fs::metadata(file)
-                .err()
-                .map(|e| ("token_file", format!("cannot read {}: {e}", file.display()))),
-            _ => None,
-        };
-        if let Some((key, problem)) = problem {
-            diags.push(doc.warning(
-                doc.span(&["destinations", id, key]),
-                format!("destination `{id}`: {problem}: its deliveries wait until it is"),
-            ));
-        }
+        unresolved(
+            vec!["destinations", id, "token"],
+            format!("destination `{id}`: its token"),
+            &d.token_env,
+            &d.token_file,
+            "its deliveries wait until it is",
+        );
+    }
+    if config.store.url.is_some() {
+        unresolved(
+            vec!["store", "password"],
+            "store: its password".to_string(),
+            &config.store.password_env,
+            &config.store.password_file,
+            "the record store cannot be opened until it is",
+        );
     }
     if config.store.path.is_dir() {
         diags.push(doc.error(
@@ -1413,7 +1484,7 @@ mod tests {
         );
         check(
             &format!("{base}url = \"postgres://junction@localhost/junction\"\npassword_env = \"PGPASS\"\npassword_file = \"pg.pass\"\n"),
-            &["junction.toml:6:17: error: give the password through `password_env` or `password_file`, not both"],
+            &["junction.toml:6:17: error: store: give the password through `password_env` or `password_file`, not both"],
         );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("junction.toml");
@@ -1668,6 +1739,13 @@ mod tests {
             "{found:?}"
         );
         assert!(found.iter().all(|d| !d.contains("eyJhbGciOi")), "{found:?}");
+        let found = diagnostics(&fhir("token_env = \"T\"\ntoken_file = \"t\"\n"));
+        assert!(found.iter().any(|d| d.contains("give the token through `token_env` or `token_file`, not both")), "{found:?}");
+        let found = diagnostics(&fhir("").replace("https://", "https://abc123@"));
+        assert!(
+            found.iter().any(|d| d.contains("url holds a token")),
+            "{found:?}"
+        );
         let found = diagnostics(&fhir("").replace("/r4\"", "/r4?access_token=abc123\""));
         assert!(
             found
