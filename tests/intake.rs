@@ -881,6 +881,12 @@ async fn an_ack_is_not_answered_and_a_query_is_refused() {
     let rows = search(&fx.engine, |q| q.control_id = Some("ACKIN1".to_string())).await;
     assert_eq!(rows.len(), 1, "kept");
     assert_eq!(rows[0].status, "accepted");
+    let detail = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        (detail.summary.ack_code.as_str(), detail.ack),
+        ("", None),
+        "nothing sent, none said"
+    );
     for (query, control_id) in [("QRY^A19", "QRYA19"), ("QBP^Q22^QBP_Q21", "QBPQ22")] {
         let message = format!(
             "MSH|^~\\&|EPR|RAL01|JUNCTION|LCR|20261124101500||{query}|{control_id}|P|2.5\rQRD|20261124|R|I|Q1|||1^RD|9990000018|DEM\r"

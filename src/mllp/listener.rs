@@ -1047,7 +1047,9 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
                 (AckCode::AA, true)
             };
             // an acknowledgement sent to the listener is kept, never answered
-            let answer = answer && !hl7::is_acknowledgement(&header);
+            // (and its row says so: no ACK code, as none was sent)
+            let inbound_ack = hl7::is_acknowledgement(&header);
+            let answer = answer && !inbound_ack;
             let ack =
                 answer.then(|| hl7::build_ack(Some(&header), code, None, &control_id, &timestamp));
             Incoming {
@@ -1059,7 +1061,7 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
                 message_type: header.message_type(),
                 version: header.version.clone(),
                 status: Status::Accepted,
-                ack_code: Some(code.as_str().to_string()),
+                ack_code: (!inbound_ack).then(|| code.as_str().to_string()),
                 ack,
                 error: None,
                 raw,
@@ -1342,10 +1344,15 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
         for group in groups {
             let (mine, later) = rest.split_at(group.messages);
             rest = later;
-            out.push_str(&header(
-                "BHS",
-                &group.bhs.clone().or_else(|| envelope.fhs.clone()),
-            ));
+            // messages sent under the FHS before any BHS: answered there,
+            // under no batch that never existed
+            if group.bhs.is_none() {
+                for ack in mine.iter().filter_map(|(_, ack)| ack.as_deref()) {
+                    out.push_ack(ack);
+                }
+                continue;
+            }
+            out.push_str(&header("BHS", &group.bhs));
             let mut count = 0;
             for ack in mine.iter().filter_map(|(_, ack)| ack.as_deref()) {
                 count += 1;
@@ -1360,7 +1367,8 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
             }
         }
         if envelope.fhs.is_some() {
-            out.push_str(&format!("FTS{sep}{}\r", groups.len()));
+            let batches = groups.iter().filter(|g| g.bhs.is_some()).count();
+            out.push_str(&format!("FTS{sep}{batches}\r"));
         }
         return out.bytes;
     }
@@ -1501,6 +1509,25 @@ mod tests {
             (segments[4], segments[10], segments[11]),
             ("BTS|1", "BTS|2", "FTS|2")
         );
+        // a message under the FHS before the first BHS: answered there, no BHS made up
+        let frame = b"FHS|^~\\&|LAB|RAL|||||||F3\rMSH|a\rBHS|^~\\&|LAB|RAL|||||||B3A\rMSH|b\rBTS|1\rFTS|1\r";
+        let env = batch_envelope(frame).expect("a batch");
+        let acks: Vec<(Option<String>, Option<String>)> = ["a", "b"]
+            .iter()
+            .map(|c| (Some("AA".into()), Some(format!("MSH|x\rMSA|AA|{c}"))))
+            .collect();
+        let ack = String::from_utf8(batch_ack(&env, &acks)).unwrap();
+        let names: Vec<&str> = ack
+            .split('\r')
+            .filter(|s| !s.is_empty())
+            .map(|s| &s[..3])
+            .collect();
+        assert_eq!(
+            names,
+            ["FHS", "MSH", "MSA", "BHS", "MSH", "MSA", "BTS", "FTS"],
+            "{ack}"
+        );
+        assert!(ack.contains("|B3A\r") && ack.ends_with("FTS|1\r"), "{ack}");
         // a file with no batch and no message: its FHS and FTS|0, no invented BHS
         let env = batch_envelope(b"FHS|^~\\&|LAB|RAL|||||||FILE10\rFTS|0\r").expect("a file");
         let ack = String::from_utf8(batch_ack(&env, &[])).unwrap();
