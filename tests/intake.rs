@@ -117,6 +117,22 @@ async fn read_frame(stream: &mut TcpStream) -> Option<String> {
     }
 }
 
+/// The bytes of the next reply, its frame included (a reply that is not UTF-8:
+/// a Latin-1 sender's ACK).
+async fn read_raw_frame(stream: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(2).any(|w| w == [FS, CR]) {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("no reply within the test's patience")
+            .unwrap_or_default();
+        assert!(n > 0, "closed without a reply");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf
+}
+
 async fn send(stream: &mut TcpStream, message: &[u8]) -> String {
     stream.write_all(&frame(message)).await.unwrap();
     read_frame(stream)
@@ -542,16 +558,7 @@ async fn the_ack_speaks_the_senders_character_set() {
     message.extend_from_slice(b"EVN|A08|20261120143500\rPID|1||RAL1^^^RAL^MR||D\xC9NIS^ZO\xCB\r");
     let mut conn = connect(fx.addr).await;
     conn.write_all(&frame(&message)).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(2).any(|w| w == [FS, CR]) {
-        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let buf = read_raw_frame(&mut conn).await;
     let ack = &buf[1..buf.len() - 2];
     assert!(
         ack.windows(15).any(|w| w == b"|SAINT-\xC9TIENNE|"),
@@ -783,16 +790,7 @@ async fn an_undeclared_latin1_sender_gets_its_ack_in_its_own_bytes() {
         EVN|A08|20261124101500\rPID|1||9990000026^^^NHS^NH||CL\xc9MENT^\xc9LISE||19800101|F\r";
     let mut conn = connect(fx.addr).await;
     conn.write_all(&frame(message)).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(2).any(|w| w == [FS, CR]) {
-        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed without an ACK");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let buf = read_raw_frame(&mut conn).await;
     let has = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
     assert!(
         has(b"MSA|AA|L1-\xc9T\xc9"),
@@ -826,16 +824,7 @@ async fn a_batch_ack_answers_each_message_in_its_own_charset() {
     batch.extend_from_slice(b"BTS|2\rFTS|1\r");
     let mut conn = connect(fx.addr).await;
     conn.write_all(&frame(&batch)).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(2).any(|w| w == [FS, CR]) {
-        let n = tokio::time::timeout(PATIENCE, conn.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed without an ACK");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let buf = read_raw_frame(&mut conn).await;
     let has = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
     let shown = String::from_utf8_lossy(&buf).into_owned();
     assert!(has(b"MSA|AA|L1-\xc9\r"), "{shown}");

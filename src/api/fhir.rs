@@ -676,11 +676,7 @@ async fn read(
             "{resource_type}/{id} was deleted (version {version})"
         )));
     };
-    let patients = if resource_type == "Patient" {
-        vec![id]
-    } else {
-        patients_of(&resource)
-    };
+    let patients = patients_read(&resource_type, id, &resource);
     let etag = format!("W/\"{version}\"");
     // a conditional read of the version the client has: 304, no body (the
     // read is still audited as one, by the layer around this handler)
@@ -712,6 +708,16 @@ async fn read(
             .insert(header::LAST_MODIFIED, modified);
     }
     Ok(response)
+}
+
+/// Whose record a read of `resource_type/id` touched (for the audit): the
+/// Patient itself, or the patients another resource names.
+fn patients_read(resource_type: &str, id: String, resource: &Value) -> Vec<String> {
+    if resource_type == "Patient" {
+        vec![id]
+    } else {
+        patients_of(resource)
+    }
 }
 
 /// A resource's `meta.lastUpdated` as an HTTP date (`Last-Modified`).
@@ -773,11 +779,7 @@ async fn vread(
             "version {wanted} of {resource_type}/{id} is its deletion"
         )));
     };
-    let patients = if resource_type == "Patient" {
-        vec![id]
-    } else {
-        patients_of(&resource)
-    };
+    let patients = patients_read(&resource_type, id, &resource);
     let mut response = answer(&resource, patients);
     if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{wanted}\"")) {
         response.headers_mut().insert(header::ETAG, etag);
