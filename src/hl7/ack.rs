@@ -114,16 +114,42 @@ pub struct AckError {
 
 impl AckError {
     /// The error as one line, for a journal row: `MSH-9: message type
-    /// missing (101)`.
+    /// missing (101)`. The journal row is what operators read (`junction
+    /// messages`, the dashboard): text quoted from the message is shown only
+    /// when it is a header field's value (`MSH-18 'KLINGON'`); anything else
+    /// quoted (`found 'GAR'`, the start of a name cut by a stray byte) is left
+    /// out, as it may be patient data. The ACK's ERR, for the sender, keeps it.
     pub fn summary(&self) -> String {
+        let text = if self.field.is_some() {
+            std::borrow::Cow::Borrowed(self.text.as_str())
+        } else {
+            std::borrow::Cow::Owned(unquoted(&self.text))
+        };
         match (&self.segment, self.field) {
             (Some(segment), Some(field)) => {
-                format!("{segment}-{field}: {} ({})", self.text, self.code)
+                format!("{segment}-{field}: {text} ({})", self.code)
             }
-            (Some(segment), None) => format!("{segment}: {} ({})", self.text, self.code),
-            _ => format!("{} ({})", self.text, self.code),
+            (Some(segment), None) => format!("{segment}: {text} ({})", self.code),
+            _ => format!("{text} ({})", self.code),
         }
     }
+}
+
+/// `text` with what it quotes in single quotes (`found 'GAR'`) replaced by
+/// `'…'`: a quotation of the message, which may be patient data.
+fn unquoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('\'') {
+        let Some(close) = rest[open + 1..].find('\'') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str("'…'");
+        rest = &rest[open + 1 + close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl AckError {
@@ -626,6 +652,31 @@ mod tests {
         assert_eq!(refused.header.unwrap().control_id, "M1");
     }
     const V23: &str = "MSH|^~\\&|LIMS|RAL|EPR|HUB|20240501120000||ORU^R01|L77|T|2.3";
+
+    #[test]
+    fn a_journal_summary_quotes_header_values_only() {
+        let cut = AckError {
+            code: "100",
+            text: "byte 0: expected 'MSH' at the start of the message, found 'GAR'".into(),
+            segment: Some("MSH".into()),
+            sequence: Some(1),
+            field: None,
+            severity: 'E',
+        };
+        assert_eq!(
+            cut.summary(),
+            "MSH: byte 0: expected '…' at the start of the message, found '…' (100)"
+        );
+        let charset = AckError {
+            code: "103",
+            text: "MSH-18 (character set) 'KLINGON' is not supported".into(),
+            segment: Some("MSH".into()),
+            sequence: Some(1),
+            field: Some(18),
+            severity: 'E',
+        };
+        assert!(charset.summary().contains("'KLINGON'"));
+    }
 
     #[test]
     fn application_ack_asks_for_an_accept_ack_and_no_application_ack() {
