@@ -829,6 +829,17 @@ async fn a_batch_ack_answers_each_message_in_its_own_charset() {
     let shown = String::from_utf8_lossy(&buf).into_owned();
     assert!(has(b"MSA|AA|L1-\xc9\r"), "{shown}");
     assert!(has("MSA|AA|U8-\u{c9}\r".as_bytes()), "{shown}");
+    // a message that declares nothing but is Latin-1, inside a batch: its ACK too
+    let batch = b"BHS|^~\\&|PAS|RAL01\rMSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101502||ADT^A08|UN-\xc9|P|2.4\r\
+        EVN|A08|20261124101502\rPID|1||9990000026^^^NHS^NH||\xd3 BRIAIN||19800101|F\rBTS|1\r";
+    conn.write_all(&frame(batch)).await.unwrap();
+    let buf = read_raw_frame(&mut conn).await;
+    let has = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"MSA|AA|UN-\xc9\r"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
     fx.engine.stop().await;
 }
 

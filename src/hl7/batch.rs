@@ -30,7 +30,7 @@ pub fn split_batch(text: &str) -> Result<Vec<&str>, Hl7Error> {
         }
         // blanks before a segment's name (where a byte order mark was) are
         // part of neither message
-        let blank = content.len() - content.trim_start_matches([' ', '\t']).len();
+        let blank = content.len() - content.trim_start().len();
         let (start, content) = (line_start + blank, &content[blank..]);
         let name = content.get(..3).unwrap_or(content);
         match name {
@@ -167,8 +167,15 @@ mod tests {
         frame.extend_from_slice(b"\xef\xbb\xbf");
         frame.extend_from_slice(utf8.as_bytes());
         frame.extend_from_slice(b"BTS|2\rFTS|1\r");
-        let parts = split_batch_bytes(&Bytes::from(frame)).expect("splits");
+        let parts = split_batch_bytes(&Bytes::from(frame.clone())).expect("splits");
         assert_eq!(parts.len(), 2);
+        // a line feed, then a byte order mark, before the batch
+        let mut led = b"\n".to_vec();
+        led.extend_from_slice(&frame);
+        assert_eq!(
+            split_batch_bytes(&Bytes::from(led)).expect("splits").len(),
+            2
+        );
         assert_eq!(&parts[0][..], &latin1[..]);
         assert_eq!(&parts[1][..], utf8.as_bytes());
         let first = crate::hl7::decode(&parts[0]).unwrap();

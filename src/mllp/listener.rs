@@ -799,6 +799,9 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|raw| assess(ctx, peer, received_at, raw))
         .collect();
     ctx.counters.received.inc_by(items.len() as u64);
+    // which messages were read as windows-1252 (no charset declared, bytes
+    // not UTF-8): their ACKs go back the same way
+    let read_as_1252: Vec<bool> = items.iter().map(|i| undeclared_8bit(&i.raw)).collect();
     // What the log line and the reply need, copied before the items move to
     // the journal (cheaper than cloning whole items).
     let views: Vec<ItemView> = items.iter().map(ItemView::of).collect();
@@ -889,7 +892,7 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let reply = match &batch {
-        Some(envelope) => Some(Reply::Bytes(batch_ack(envelope, &acks))),
+        Some(envelope) => Some(Reply::Bytes(batch_ack(envelope, &acks, &read_as_1252))),
         None => acks
             .first()
             .and_then(|(_, ack)| ack.clone())
@@ -900,24 +903,7 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
             // a batch ACK is written piece by piece (`batch_ack`)
             Reply::Bytes(bytes) => bytes,
             Reply::Text(reply) => {
-                // in the character set the ACK declares in MSH-18 (the sender's own)
-                let declared = hl7::msh18(reply.as_bytes());
-                // a sender that declares nothing (or ASCII) but sent bytes that
-                // are not UTF-8 was read as windows-1252: its ACK goes back the
-                // same way, so MSA-2 and MSH-5/6 are its own bytes
-                let read_as_1252 = declared.as_deref().is_none_or(|c| {
-                    matches!(
-                        c.trim().to_ascii_uppercase().as_str(),
-                        "ASCII" | "ISO IR6" | "US-ASCII"
-                    )
-                }) && !frame.starts_with(b"\xFF\xFE")
-                    && !frame.starts_with(b"\xFE\xFF")
-                    && std::str::from_utf8(&frame).is_err();
-                match declared {
-                    _ if read_as_1252 => hl7::encode_text(&reply, Some("windows-1252")),
-                    Some(charset) => hl7::encode_text(&reply, Some(&charset)),
-                    None => reply.into_bytes(),
-                }
+                encode_ack(&reply, read_as_1252.first().copied().unwrap_or(false))
             }
         };
         // A peer that does not read its ACKs must not pin this task forever.
@@ -1156,6 +1142,30 @@ pub(crate) fn ack_timestamp() -> String {
     jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string()
 }
 
+/// Whether a message declares no character set (or ASCII) in MSH-18 but is
+/// not UTF-8 (nor UTF-16 by its byte order mark): it was read as windows-1252.
+fn undeclared_8bit(raw: &[u8]) -> bool {
+    hl7::msh18(raw).as_deref().is_none_or(|c| {
+        matches!(
+            c.trim().to_ascii_uppercase().as_str(),
+            "ASCII" | "ISO IR6" | "US-ASCII"
+        )
+    }) && !raw.starts_with(b"\xFF\xFE")
+        && !raw.starts_with(b"\xFE\xFF")
+        && std::str::from_utf8(raw).is_err()
+}
+
+/// An ACK's bytes: in the character set its MSH-18 declares (the sender's
+/// own), or as windows-1252 for a sender whose message was read so
+/// (`read_as_1252`), so MSA-2 and MSH-5/6 are its own bytes.
+fn encode_ack(ack: &str, read_as_1252: bool) -> Vec<u8> {
+    match hl7::msh18(ack.as_bytes()) {
+        _ if read_as_1252 => hl7::encode_text(ack, Some("windows-1252")),
+        Some(charset) => hl7::encode_text(ack, Some(&charset)),
+        None => ack.as_bytes().to_vec(),
+    }
+}
+
 /// What a frame is answered with: one message's ACK (encoded when sent), or
 /// a batch ACK already written as bytes.
 enum Reply {
@@ -1297,7 +1307,23 @@ fn declared_count(text: &str, field_sep: char) -> Option<u64> {
 /// never arrived.
 /// Header fields are swapped (our receiving side becomes the sender), the
 /// reference control id points at the incoming batch's control id.
-fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]) -> Vec<u8> {
+fn batch_ack(
+    envelope: &BatchEnvelope,
+    acks: &[(Option<String>, Option<String>)],
+    read_as_1252: &[bool],
+) -> Vec<u8> {
+    // each ACK with whether its message was read as windows-1252
+    let acks: Vec<(Option<&str>, bool)> = acks
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ack))| {
+            (
+                ack.as_deref(),
+                read_as_1252.get(i).copied().unwrap_or(false),
+            )
+        })
+        .collect();
+    let acks = acks.as_slice();
     let sep = envelope.field_sep;
     let timestamp = ack_timestamp();
     let field = |fields: &Option<Vec<String>>, n: usize| -> String {
@@ -1347,16 +1373,20 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
             // messages sent under the FHS before any BHS: answered there,
             // under no batch that never existed
             if group.bhs.is_none() {
-                for ack in mine.iter().filter_map(|(_, ack)| ack.as_deref()) {
-                    out.push_ack(ack);
+                for &(ack, latin) in mine {
+                    if let Some(ack) = ack {
+                        out.push_ack(ack, latin);
+                    }
                 }
                 continue;
             }
             out.push_str(&header("BHS", &group.bhs));
             let mut count = 0;
-            for ack in mine.iter().filter_map(|(_, ack)| ack.as_deref()) {
-                count += 1;
-                out.push_ack(ack);
+            for &(ack, latin) in mine {
+                if let Some(ack) = ack {
+                    count += 1;
+                    out.push_ack(ack, latin);
+                }
             }
             match group.declared {
                 Some(declared) if declared != group.messages as u64 => out.push_str(&format!(
@@ -1377,9 +1407,11 @@ fn batch_ack(envelope: &BatchEnvelope, acks: &[(Option<String>, Option<String>)]
         &envelope.bhs.clone().or_else(|| envelope.fhs.clone()),
     ));
     let mut count = 0;
-    for ack in acks.iter().filter_map(|(_, ack)| ack.as_deref()) {
-        count += 1;
-        out.push_ack(ack);
+    for &(ack, latin) in acks {
+        if let Some(ack) = ack {
+            count += 1;
+            out.push_ack(ack, latin);
+        }
     }
     match envelope.declared {
         Some(declared) if declared != acks.len() as u64 => out.push_str(&format!(
@@ -1412,11 +1444,8 @@ impl Out {
         }
     }
 
-    fn push_ack(&mut self, ack: &str) {
-        match hl7::msh18(ack.as_bytes()) {
-            Some(charset) => self.bytes.extend(hl7::encode_text(ack, Some(&charset))),
-            None => self.bytes.extend_from_slice(ack.as_bytes()),
-        }
+    fn push_ack(&mut self, ack: &str, read_as_1252: bool) {
+        self.bytes.extend(encode_ack(ack, read_as_1252));
         if !ack.ends_with('\r') {
             self.bytes.push(b'\r');
         }
@@ -1447,6 +1476,7 @@ mod tests {
         let ack = String::from_utf8(batch_ack(
             &env,
             &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))],
+            &[],
         ))
         .unwrap();
         let segments: Vec<&str> = ack.split('\r').collect();
@@ -1472,6 +1502,7 @@ mod tests {
         let ack = String::from_utf8(batch_ack(
             &env,
             &[(Some("AA".into()), Some("MSH|x\rMSA|AA|1".into()))],
+            &[],
         ))
         .unwrap();
         assert!(
@@ -1493,7 +1524,7 @@ mod tests {
             .iter()
             .map(|c| (Some("AA".into()), Some(format!("MSH|x\rMSA|AA|{c}"))))
             .collect();
-        let ack = String::from_utf8(batch_ack(&env, &acks)).unwrap();
+        let ack = String::from_utf8(batch_ack(&env, &acks, &[])).unwrap();
         let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
         let names: Vec<&str> = segments.iter().map(|s| &s[..3]).collect();
         assert_eq!(
@@ -1516,7 +1547,7 @@ mod tests {
             .iter()
             .map(|c| (Some("AA".into()), Some(format!("MSH|x\rMSA|AA|{c}"))))
             .collect();
-        let ack = String::from_utf8(batch_ack(&env, &acks)).unwrap();
+        let ack = String::from_utf8(batch_ack(&env, &acks, &[])).unwrap();
         let names: Vec<&str> = ack
             .split('\r')
             .filter(|s| !s.is_empty())
@@ -1530,7 +1561,7 @@ mod tests {
         assert!(ack.contains("|B3A\r") && ack.ends_with("FTS|1\r"), "{ack}");
         // a file with no batch and no message: its FHS and FTS|0, no invented BHS
         let env = batch_envelope(b"FHS|^~\\&|LAB|RAL|||||||FILE10\rFTS|0\r").expect("a file");
-        let ack = String::from_utf8(batch_ack(&env, &[])).unwrap();
+        let ack = String::from_utf8(batch_ack(&env, &[], &[])).unwrap();
         let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
         assert_eq!(segments.len(), 2, "{ack}");
         assert!(segments[0].starts_with("FHS|") && segments[0].ends_with("|FILE10"));

@@ -95,9 +95,25 @@ pub(super) fn apply_plan<R: Rows>(
 ) -> Result<ApplyOutcome, R::Error> {
     let event_time = plan.event_time.map(|t| t.as_microsecond());
     let mut outcome = ApplyOutcome::default();
+    // the results a stale report of this document names: stale with it (a
+    // report taken back from corrected to final, a resend with no issue time
+    // to tell, must not take its results back either)
+    let mut stale_results: Vec<String> = Vec::new();
     for (index, entry) in plan.entries.iter().enumerate() {
         let (resource_type, id) = (entry.resource_type.as_str(), entry.id.as_str());
         let current = rows.current(resource_type, id)?;
+        if resource_type == "Observation" && stale_results.iter().any(|r| r == id) {
+            if let Some(cur) = current.as_ref().filter(|c| c.content.is_some()) {
+                outcome.entries.push(EntryOutcome {
+                    resource_type: entry.resource_type.clone(),
+                    id: entry.id.clone(),
+                    result: EntryResult::Stale {
+                        version: cur.version,
+                    },
+                });
+                continue;
+            }
+        }
         let create_only = matches!(
             entry.op,
             Op::Put {
@@ -169,6 +185,11 @@ pub(super) fn apply_plan<R: Rows>(
                 }
             }
         };
+        if resource_type == "DiagnosticReport" && matches!(result, EntryResult::Stale { .. }) {
+            if let Op::Put { resource, .. } = &entry.op {
+                stale_results.extend(result_ids(resource).into_iter().map(str::to_string));
+            }
+        }
         outcome.entries.push(EntryOutcome {
             resource_type: entry.resource_type.clone(),
             id: entry.id.clone(),

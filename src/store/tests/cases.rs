@@ -1518,6 +1518,43 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
     assert_eq!(status(&f), "entered-in-error");
 }
 
+/// A correction marked on the report alone (OBR-25 C, its results still F),
+/// with no issue time anywhere: the older final report sent again is stale,
+/// and so are the results it carries, so the result keeps its corrected value.
+#[test]
+fn a_stale_report_takes_its_results_with_it() {
+    let f = open();
+    let result = |value: i64| {
+        let mut o = observation("o-r", PATIENT, ENCOUNTER);
+        o["status"] = json!("final");
+        o["valueQuantity"] = json!({"value": value});
+        o["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+        o["encounter"] = json!({"reference": format!("Encounter/{ENCOUNTER}")});
+        o
+    };
+    let report = |status: &str| {
+        json!({"resourceType": "DiagnosticReport", "id": "r-r", "status": status,
+               "code": {"text": "FBC"}, "subject": {"reference": format!("Patient/{PATIENT}")},
+               "result": [{"reference": "Observation/o-r"}]})
+    };
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let e = encounter(ENCOUNTER, PATIENT, "in-progress");
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), e.clone(), report("final"), result(110)]), at("2026-03-07T11:10:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), e.clone(), report("corrected"), result(120)]), at("2026-03-07T11:20:00Z"))
+        .unwrap();
+    let outcome = f
+        .store
+        .apply_bundle(&bundle(&[p, e, report("final"), result(110)]), at("2026-03-07T11:30:00Z"))
+        .unwrap();
+    assert_eq!(outcome.stale(), 2, "the report and its result: {:?}", results(&outcome));
+    let now = current(&f.store, "Observation", "o-r");
+    assert_eq!(now["valueQuantity"]["value"], 120, "{now}");
+    assert_eq!(current(&f.store, "DiagnosticReport", "r-r")["status"], "corrected");
+}
+
 /// A final result flushed again after its correction (a fresh MSH-7, the same
 /// issue time) is stale: HL7 v2 never goes from C back to F. A final issued
 /// after the correction is a new report and applies.
