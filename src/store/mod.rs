@@ -224,7 +224,7 @@ pub enum EntryProblem {
     MissingResource,
     #[error("resource.resourceType {found:?} is not a FHIR R4 resource type")]
     InvalidResourceType { found: String },
-    #[error("{found} is not kept in the care record (a server's or a terminology resource, not a record about a patient or care)")]
+    #[error("{found} is not kept in the care record (a server's, identity or definition resource, not a record about a patient or their care)")]
     NotARecordType { found: String },
     #[error("resource.id {found:?} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")]
     InvalidId { found: String },

@@ -225,39 +225,77 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
     }
 }
 
-/// FHIR R4 types the store does not keep: a server's own resources (a Bundle
-/// inside a Bundle, an AuditEvent, an OperationOutcome) and conformance or
-/// terminology resources. A neighbour contributes records about patients and
-/// care; it does not write the server's audit or its definitions.
-const NOT_RECORDS: &[&str] = &[
-    "AuditEvent",
-    "Bundle",
-    "CapabilityStatement",
-    "CodeSystem",
-    "CompartmentDefinition",
-    "ConceptMap",
-    "ExampleScenario",
-    "GraphDefinition",
-    "ImplementationGuide",
-    "MessageDefinition",
-    "NamingSystem",
-    "OperationDefinition",
-    "OperationOutcome",
-    "Parameters",
-    "SearchParameter",
-    "StructureDefinition",
-    "StructureMap",
-    "Subscription",
-    "TerminologyCapabilities",
-    "TestReport",
-    "TestScript",
-    "ValueSet",
+/// The FHIR R4 types the store keeps: records about patients and their care,
+/// and who and where gave it. Not a server's own resources (a Bundle inside a
+/// Bundle, an AuditEvent, a MessageHeader), identity administration (Person,
+/// Linkage), definitions and knowledge (Questionnaire, Library, PlanDefinition,
+/// ValueSet, StructureDefinition, …) or bare content (Binary): a neighbour
+/// contributes records; it does not write the server's audit, its identity
+/// links or its definitions. Sorted.
+const RECORDS: &[&str] = &[
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "Basic",
+    "BodyStructure",
+    "CarePlan",
+    "CareTeam",
+    "ClinicalImpression",
+    "Communication",
+    "CommunicationRequest",
+    "Composition",
+    "Condition",
+    "Consent",
+    "Coverage",
+    "DetectedIssue",
+    "Device",
+    "DeviceRequest",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "Encounter",
+    "EpisodeOfCare",
+    "FamilyMemberHistory",
+    "Flag",
+    "Goal",
+    "HealthcareService",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "List",
+    "Location",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MolecularSequence",
+    "NutritionOrder",
+    "Observation",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "RequestGroup",
+    "RiskAssessment",
+    "ServiceRequest",
+    "Specimen",
+    "Task",
+    "VisionPrescription",
 ];
 
-/// A resource the store keeps: not one of [`NOT_RECORDS`], and every resource
-/// it contains (`contained`) a FHIR R4 record type that contains none itself.
+/// A resource the store keeps: one of [`RECORDS`], and every resource it
+/// contains (`contained`) one too, containing none itself.
 fn check_record_type(resource_type: &str, resource: &Value) -> Result<(), EntryProblem> {
-    if NOT_RECORDS.contains(&resource_type) {
+    if RECORDS.binary_search(&resource_type).is_err() {
         return Err(EntryProblem::NotARecordType {
             found: resource_type.to_string(),
         });
@@ -269,7 +307,7 @@ fn check_record_type(resource_type: &str, resource: &Value) -> Result<(), EntryP
                 found: format!("{} (contained)", describe(inner.get("resourceType"))),
             });
         }
-        if NOT_RECORDS.contains(&t) || inner.get("contained").is_some() {
+        if RECORDS.binary_search(&t).is_err() || inner.get("contained").is_some() {
             return Err(EntryProblem::NotARecordType {
                 found: format!("{t} (contained)"),
             });
@@ -438,4 +476,15 @@ pub(super) fn identifiers_of(resource: &Value) -> Vec<(String, String)> {
         }
     }
     identifiers
+}
+
+#[cfg(test)]
+mod record_type_tests {
+    use super::*;
+
+    #[test]
+    fn the_record_types_are_sorted_fhir_r4_types() {
+        assert!(RECORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(RECORDS.iter().all(|t| crate::fhir_types::is_r4_resource_type(t)));
+    }
 }
