@@ -127,7 +127,7 @@ pub struct RunningEngine {
     shutdown_timeout: Duration,
     /// The TLS listeners' reload handles (SIGHUP).
     tls_reloads: Vec<crate::mllp::listener::TlsReload>,
-    /// The journal's lock file, held (locked) for as long as the engine runs.
+    /// The journal file, locked (`flock`) for as long as the engine runs.
     _journal_lock: std::fs::File,
 }
 
@@ -249,13 +249,14 @@ fn resolve_store(store: &StoreConfig, config_dir: &Path) -> StoreConfig {
     }
 }
 
-/// Locks `<journal>.lock` (created beside the journal) for this process, so a
-/// second engine started on the same journal, by mistake or a restart racing
-/// the old process, refuses to start instead of working the same delivery
-/// queue (every document sent twice, a MESH message to another organisation
-/// among them). The lock is the kernel's (`flock`): it goes with the process,
-/// however it ends, so a kill -9 leaves nothing to clean up. The file holds the
-/// holder's pid, for the message.
+/// Locks the journal file for this process, so a second engine started on
+/// the same journal (by mistake, a restart racing the old process, a config
+/// naming it through a link) refuses to start instead of working the same
+/// delivery queue (every document sent twice, a MESH message to another
+/// organisation among them). The lock is the kernel's (`flock` on the file's
+/// inode): it goes with the process, however it ends, so a kill -9 leaves
+/// nothing to clean up. `<journal>.lock` beside it (by the journal's real
+/// path) holds the holder's pid, for the message.
 fn lock_journal(journal: &Path) -> Result<std::fs::File, EngineError> {
     use std::io::{Read, Seek, Write};
     let lock_err = |path: &Path| {
@@ -297,7 +298,24 @@ fn lock_journal(journal: &Path) -> Result<std::fs::File, EngineError> {
         .truncate(false)
         .open(&path)
         .map_err(lock_err)?;
-    match file.try_lock() {
+    // the lock is on the journal file itself (its inode: a hard link to it is
+    // the same file), which SQLite's own locks (POSIX `fcntl`) do not see;
+    // the `.lock` file beside it only names the holder
+    let db = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(journal)
+            .map_err(|source| EngineError::Lock {
+                path: journal.to_path_buf(),
+                source,
+            })?
+    };
+    match db.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
@@ -313,7 +331,7 @@ fn lock_journal(journal: &Path) -> Result<std::fs::File, EngineError> {
     file.set_len(0).map_err(lock_err)?;
     file.rewind().map_err(lock_err)?;
     write!(file, "{}", std::process::id()).map_err(lock_err)?;
-    Ok(file)
+    Ok(db)
 }
 
 /// How often the journal's retention runs (`[store] retain_days`).

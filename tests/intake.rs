@@ -1210,6 +1210,21 @@ async fn a_second_engine_on_the_same_journal_refuses_to_start() {
             .contains("in use by another Junction engine"),
         "{err}"
     );
+    // nor through a hard link to the file
+    std::fs::hard_link(dir.join("data/journal.db"), dir.join("hard.db")).unwrap();
+    let hard = std::fs::read_to_string(dir.join("junction.toml"))
+        .unwrap()
+        .replace("data/journal.db", "hard.db");
+    std::fs::write(dir.join("hard.toml"), hard).unwrap();
+    let config = junction::config::load(&dir.join("hard.toml")).unwrap();
+    let err = engine::start(config, dir)
+        .await
+        .expect_err("the same journal through a hard link");
+    assert!(
+        err.to_string()
+            .contains("in use by another Junction engine"),
+        "{err}"
+    );
     // the first engine still takes messages
     let mut stream = TcpStream::connect(first.addr).await.unwrap();
     let ack = send(&mut stream, &sample("adt_a01_admission.hl7")).await;

@@ -485,6 +485,8 @@ mod record_type_tests {
     #[test]
     fn the_record_types_are_sorted_fhir_r4_types() {
         assert!(RECORDS.windows(2).all(|w| w[0] < w[1]));
-        assert!(RECORDS.iter().all(|t| crate::fhir_types::is_r4_resource_type(t)));
+        assert!(RECORDS
+            .iter()
+            .all(|t| crate::fhir_types::is_r4_resource_type(t)));
     }
 }
