@@ -46,8 +46,20 @@ pub fn resolve_api(given: Option<&str>) -> String {
     if let Some(url) = std::env::var(API_ENV).ok().filter(|u| !u.trim().is_empty()) {
         return url;
     }
-    config_api(std::path::Path::new("junction.toml"))
-        .unwrap_or_else(|| "http://127.0.0.1:8080".to_string())
+    let file = std::path::Path::new("junction.toml");
+    config_api(file).unwrap_or_else(|| {
+        let unreadable = file.exists()
+            && std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+                .is_none();
+        if unreadable {
+            eprintln!(
+                "note: ./junction.toml cannot be read (see `junction check`); trying http://127.0.0.1:8080 (give --api or JUNCTION_API)"
+            );
+        }
+        "http://127.0.0.1:8080".to_string()
+    })
 }
 
 /// `http://<[api] bind>` of a config file, if it has a readable one.

@@ -200,13 +200,18 @@ pub fn parse(file: &Path, source: &str) -> (Option<Config>, Diagnostics) {
     }
     let (root, errors) = DeTable::parse_recoverable(&text);
     if !errors.is_empty() {
+        // a key given twice (the first is kept) leaves the rest of the file
+        // readable: it is checked too; any other syntax error stops here
+        let only_duplicates = errors.iter().all(|e| e.message().trim() == "duplicate key");
         for err in errors {
             let span = err.span().unwrap_or(0..0);
             let message = toml_error(err.message(), source, &span);
             diags.push(Diagnostic::error(file, source, span, message));
         }
-        diags.sort();
-        return (None, diags);
+        if !only_duplicates {
+            diags.sort();
+            return (None, diags);
+        }
     }
     let doc = Doc {
         file,
@@ -1693,9 +1698,11 @@ mod tests {
 
     #[test]
     fn a_key_given_twice_is_named() {
-        let found =
-            diagnostics("[listeners.pas]\nbind = \"127.0.0.1:2575\"\nbind = \"127.0.0.1:2576\"\n");
-        assert_eq!(found.len(), 1, "{found:?}");
+        let found = diagnostics(
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nbind = \"127.0.0.1:2576\"\n\n[log]\nformat = \"yaml\"\n",
+        );
+        assert_eq!(found.len(), 2, "and the rest still checked: {found:?}");
+        assert!(found.iter().any(|d| d.contains("yaml")), "{found:?}");
         assert!(
             found[0].contains("`bind` is given twice in this table, expected it once"),
             "{found:?}"

@@ -575,8 +575,13 @@ impl Parser<'_, '_> {
                         "default" | "warn" | "join" | "regex_replace" | "uuid5"
                     ) {
                         self.pos = start;
+                        let hint = if name == "default" {
+                            format!(" (a field or macro as a fallback is `a | {text}`)")
+                        } else {
+                            String::new()
+                        };
                         return Err(self.err(format!(
-                            "the argument of `{name}` is a quoted 'literal', found `{text}` (a field or macro as a fallback is `a | {text}`)"
+                            "the argument of `{name}` is a quoted 'literal', found `{text}`{hint}"
                         )));
                     }
                     text.to_string()

@@ -188,12 +188,16 @@ impl Compiler {
         }
         let (root, errors) = DeTable::parse_recoverable(&text);
         if !errors.is_empty() {
+            // a key given twice (the first is kept) leaves the rest readable
+            let only_duplicates = errors.iter().all(|e| e.message().trim() == "duplicate key");
             for e in errors {
                 let span = e.span().unwrap_or(0..0);
                 let message = crate::config::toml_error(e.message(), &source, &span);
                 self.errors.push(file.error(span, message));
             }
-            return;
+            if !only_duplicates {
+                return;
+            }
         }
         let root = root.get_ref();
         for (key, value) in sorted(root) {
