@@ -1381,20 +1381,7 @@ fn batch_ack(
                 continue;
             }
             out.push_str(&header("BHS", &group.bhs));
-            let mut count = 0;
-            for &(ack, latin) in mine {
-                if let Some(ack) = ack {
-                    count += 1;
-                    out.push_ack(ack, latin);
-                }
-            }
-            match group.declared {
-                Some(declared) if declared != group.messages as u64 => out.push_str(&format!(
-                    "BTS{sep}{count}{sep}the batch declared {declared} messages (BTS-1); {} received\r",
-                    group.messages
-                )),
-                _ => out.push_str(&format!("BTS{sep}{count}\r")),
-            }
+            out.push_batch(mine, group.declared, sep);
         }
         if envelope.fhs.is_some() {
             let batches = groups.iter().filter(|g| g.bhs.is_some()).count();
@@ -1406,20 +1393,7 @@ fn batch_ack(
         "BHS",
         &envelope.bhs.clone().or_else(|| envelope.fhs.clone()),
     ));
-    let mut count = 0;
-    for &(ack, latin) in acks {
-        if let Some(ack) = ack {
-            count += 1;
-            out.push_ack(ack, latin);
-        }
-    }
-    match envelope.declared {
-        Some(declared) if declared != acks.len() as u64 => out.push_str(&format!(
-            "BTS{sep}{count}{sep}the batch declared {declared} messages (BTS-1); {} received\r",
-            acks.len()
-        )),
-        _ => out.push_str(&format!("BTS{sep}{count}\r")),
-    }
+    out.push_batch(acks, envelope.declared, sep);
     if envelope.fhs.is_some() {
         out.push_str(&format!("FTS{sep}1\r"));
     }
@@ -1441,6 +1415,26 @@ impl Out {
                 .extend(hl7::encode_text(text, Some("windows-1252")));
         } else {
             self.bytes.extend_from_slice(text.as_bytes());
+        }
+    }
+
+    /// A batch's messages' ACKs and its BTS: BTS-1 counts the ACKs sent;
+    /// when the batch declared (BTS-1) another number of messages than it
+    /// held, BTS-2 says so.
+    fn push_batch(&mut self, acks: &[(Option<&str>, bool)], declared: Option<u64>, sep: char) {
+        let mut count = 0;
+        for &(ack, latin) in acks {
+            if let Some(ack) = ack {
+                count += 1;
+                self.push_ack(ack, latin);
+            }
+        }
+        match declared {
+            Some(declared) if declared != acks.len() as u64 => self.push_str(&format!(
+                "BTS{sep}{count}{sep}the batch declared {declared} messages (BTS-1); {} received\r",
+                acks.len()
+            )),
+            _ => self.push_str(&format!("BTS{sep}{count}\r")),
         }
     }
 
