@@ -361,6 +361,7 @@ fn put<R: Rows>(
             with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned)
         }
         ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
+        ("Encounter", Some(stored)) => with_admission_kept(stored, resource),
         _ => owned,
     };
     let resource = owned.as_ref().unwrap_or(resource);
@@ -506,6 +507,20 @@ fn continuity<R: Rows>(
         owned = Some(retire(kept, &survivor));
     }
     Ok(owned)
+}
+
+/// A visit's cancellation (A11) sent without the admit time (PV1-44): the
+/// stored admission's start is kept on it (`None`: nothing to add), so the
+/// cancellation names the admission it cancels, and a later admission under
+/// the same visit number with another start is new (`cancels_visit`).
+fn with_admission_kept(stored: &Value, encounter: &Value) -> Option<Value> {
+    if encounter["status"] != "entered-in-error" || !encounter["period"]["start"].is_null() {
+        return None;
+    }
+    let start = stored["period"]["start"].as_str()?;
+    let mut kept = encounter.clone();
+    kept["period"]["start"] = Value::String(start.to_string());
+    Some(kept)
 }
 
 /// Whether Encounter `cancelled` (`entered-in-error`: an A11, an A38) is the

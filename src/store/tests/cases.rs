@@ -1506,6 +1506,31 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
             .unwrap();
         assert_eq!(status(&f), "entered-in-error", "{cancel_start:?} {update_start:?}");
     }
+    // an A11 without the admit time after the A01 that had it: the cancellation
+    // keeps the admission's start, so a new admission under the same number
+    // (another start) applies, and an update of the cancelled one does not
+    let f = open();
+    let with = |status: &str, start: Option<&str>| {
+        let mut e = encounter("e-cancel", PATIENT, status);
+        if let Some(start) = start {
+            e["period"] = json!({"start": start});
+        }
+        e
+    };
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), with("in-progress", Some(admitted))]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), with("entered-in-error", None)]), at("2026-03-01T09:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), with("in-progress", Some(admitted))]), at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "entered-in-error");
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), with("in-progress", Some("2026-03-01T12:55:00+00:00"))]), at("2026-03-01T13:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "in-progress", "a new admission under the same number");
     // the other arrival order: the later A08 first, then the cancellation (an
     // older event): cancelled all the same, so the record converges
     let f = open();
