@@ -179,11 +179,12 @@ impl<'a> Message<'a> {
                 .unwrap_or_default()
         };
         let optional = |s: String| (!s.is_empty()).then_some(s);
-        // v2.1/2.2-style senders give the event in EVN-1 and only the message
-        // type in MSH-9 (`ADT`): the trigger is EVN-1 then, so the message is
-        // routed and mapped as the ADT^A08 it is
+        // v2.1/2.2-style senders give an ADT's event in EVN-1 and only the
+        // message type in MSH-9 (`ADT`): the trigger is EVN-1 then, so the
+        // message is routed and mapped as the ADT^A08 it is (EVN is an ADT
+        // segment: another type's EVN-1 is not taken)
         let mut trigger_event = component(9, 2);
-        if trigger_event.trim().is_empty() {
+        if trigger_event.trim().is_empty() && component(9, 1).trim().eq_ignore_ascii_case("ADT") {
             if let Some(evn) = self.first_segment("EVN") {
                 if let Some(code) = evn.field(1).and_then(|f| f.part(1)) {
                     trigger_event = code.text(seps).trim().to_string();
@@ -484,6 +485,18 @@ ZPI|1|custom^value\r";
         assert_eq!(
             (header.message_code.as_str(), header.trigger_event.as_str()),
             ("ADT", "A08")
+        );
+        // not an ADT: EVN-1 is not its trigger
+        let oru = ADT
+            .replacen("ADT^A01^ADT_A01", "ORU", 1)
+            .replacen("EVN|A01|", "EVN|R01|", 1);
+        assert_eq!(
+            Message::parse(&oru)
+                .unwrap()
+                .header()
+                .unwrap()
+                .trigger_event,
+            ""
         );
         // MSH-9.2 given: it wins
         let header = Message::parse(&ADT.replacen("EVN|A01|", "EVN|A08|", 1))
