@@ -313,11 +313,21 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// message, several (a new one at each `MSH`), or an FHS/BHS batch (the
 /// envelope segments are dropped). Segment endings become `\r` and blank
 /// lines are dropped; the bytes are otherwise sent as they are in the file
-/// (whatever the character set MSH-18 declares). A UTF-8 byte-order mark is
-/// dropped. Text before the first MSH that is not a batch header is an error.
+/// (whatever the character set MSH-18 declares). A UTF-8 byte-order mark, at
+/// the start or before a message, is dropped. Text before the first MSH that is not a batch header is an error.
 pub fn split_messages(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Hl7Error> {
     let bytes = crate::hl7::strip_utf8_bom(bytes);
-    let normalised = normalise_endings(bytes);
+    let mut normalised = normalise_endings(bytes);
+    // a byte-order mark before a message of a batch (files joined together),
+    // as the listener skips it
+    let mut i = 0;
+    while let Some(at) = normalised[i..]
+        .windows(4)
+        .position(|w| w == b"\r\xEF\xBB\xBF")
+    {
+        normalised.drain(i + at + 1..i + at + 4);
+        i += at + 1;
+    }
     // A byte-for-byte view (each byte one char, as ISO 8859-1 would read it):
     // split_batch only looks at ASCII segment names and line ends, and the
     // bytes come back unchanged, whatever the file's real character set.
@@ -419,6 +429,11 @@ mod tests {
         );
         check_split(
             b"FHS|^~\\&\rBHS|^~\\&\rMSH|a\rPID|1\rMSH|b\rBTS|2\rFTS|1\r",
+            Ok(&[b"MSH|a\rPID|1\r", b"MSH|b\r"]),
+        );
+        // files joined together, a byte-order mark before each message
+        check_split(
+            b"\xEF\xBB\xBFMSH|a\rPID|1\r\xEF\xBB\xBFMSH|b\r",
             Ok(&[b"MSH|a\rPID|1\r", b"MSH|b\r"]),
         );
         check_split(b"", Ok(&[]));
