@@ -314,7 +314,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// envelope segments are dropped). Segment endings become `\r` and blank
 /// lines are dropped; the bytes are otherwise sent as they are in the file
 /// (whatever the character set MSH-18 declares). A UTF-8 byte-order mark, at
-/// the start or before a message, is dropped. Text before the first MSH that is not a batch header is an error.
+/// the start or before a message, is dropped. Text before the first MSH that
+/// is not a batch header is an error.
 pub fn split_messages(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Hl7Error> {
     let bytes = crate::hl7::strip_utf8_bom(bytes);
     let mut normalised = normalise_endings(bytes);

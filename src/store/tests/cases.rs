@@ -1599,42 +1599,33 @@ fn a_final_version_after_its_correction_is_stale_unless_issued_later() {
         let now = current(&f.store, "Observation", "o-c");
         (now["status"].as_str().map(str::to_string), now["valueQuantity"]["value"].as_i64())
     };
-    f.store
-        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:10:00+00:00")]), at("2026-03-07T11:10:00Z"))
-        .unwrap();
-    f.store
-        .apply_bundle(&bundle(&[result("corrected", 120, "2026-03-07T11:20:00+00:00")]), at("2026-03-07T11:20:00Z"))
-        .unwrap();
-    let outcome = f
-        .store
-        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:10:00+00:00")]), at("2026-03-07T11:30:00Z"))
-        .unwrap();
+    // one version of the result: its status, value and issue time (OBR-22),
+    // sent at `sent` (MSH-7)
+    let send = |status: &str, value: i64, issued: &str, sent: &str| {
+        f.store
+            .apply_bundle(&bundle(&[result(status, value, issued)]), at(sent))
+            .unwrap()
+    };
+    send("final", 110, "2026-03-07T11:10:00+00:00", "2026-03-07T11:10:00Z");
+    send("corrected", 120, "2026-03-07T11:20:00+00:00", "2026-03-07T11:20:00Z");
+    // the final flushed again from a queue, with a fresh MSH-7
+    let outcome = send("final", 110, "2026-03-07T11:10:00+00:00", "2026-03-07T11:30:00Z");
     assert_eq!(outcome.stale(), 1, "{:?}", results(&outcome));
     assert_eq!(value(&f), (Some("corrected".into()), Some(120)));
     // the same issue time as the correction: still not after it
-    let outcome = f
-        .store
-        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:20:00+00:00")]), at("2026-03-07T11:31:00Z"))
-        .unwrap();
+    let outcome = send("final", 110, "2026-03-07T11:20:00+00:00", "2026-03-07T11:31:00Z");
     assert_eq!(outcome.stale(), 1, "{:?}", results(&outcome));
-    // a correction marked on the report alone (the result still F, issued
-    // later): the older final sent again is stale all the same
-    let outcome = f
-        .store
-        .apply_bundle(&bundle(&[result("final", 125, "2026-03-07T11:40:00+00:00")]), at("2026-03-07T11:40:00Z"))
-        .unwrap();
+    // a final issued after the correction (a new report) applies
+    let outcome = send("final", 125, "2026-03-07T11:40:00+00:00", "2026-03-07T11:40:00Z");
     assert_eq!(outcome.written(), 1, "{:?}", results(&outcome));
-    let outcome = f
-        .store
-        .apply_bundle(&bundle(&[result("final", 110, "2026-03-07T11:10:00+00:00")]), at("2026-03-07T11:45:00Z"))
-        .unwrap();
+    assert_eq!(value(&f), (Some("final".into()), Some(125)));
+    // and once it is stored, an older issue sent again is stale whatever its
+    // status (a correction the lab marked on the report alone leaves its
+    // results F: this keeps them from being taken back)
+    let outcome = send("final", 110, "2026-03-07T11:10:00+00:00", "2026-03-07T11:45:00Z");
     assert_eq!(outcome.stale(), 1, "an older issue: {:?}", results(&outcome));
     assert_eq!(value(&f), (Some("final".into()), Some(125)));
-    // a final issued after the correction (a new report) applies
-    let outcome = f
-        .store
-        .apply_bundle(&bundle(&[result("final", 130, "2026-03-07T12:00:00+00:00")]), at("2026-03-07T12:00:00Z"))
-        .unwrap();
+    let outcome = send("final", 130, "2026-03-07T12:00:00+00:00", "2026-03-07T12:00:00Z");
     assert_eq!(outcome.written(), 1, "{:?}", results(&outcome));
     assert_eq!(value(&f), (Some("final".into()), Some(130)));
 }
