@@ -42,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hl7::{AckCode, AckError};
 use crate::journal::{
-    NewDelivery, NewRouting, PendingMessage, QueueOp, QueueOutcome, RoutingOutcome, APPLICATION_ACK,
+    NewDelivery, NewRouting, PendingMessage, QueueOp, QueueOutcome, Registration, RoutingOutcome,
+    APPLICATION_ACK,
 };
 use crate::mapping::MappingSet;
 use crate::route::{Origin, RouteInput, RouteSet, NHS_NUMBER_SYSTEM};
@@ -80,6 +81,45 @@ pub struct Routed {
     pub event: Event,
 }
 
+/// What routing remembers of patients between messages: each one's GP
+/// registration as a document last stated it (the journal's
+/// `registrations`), so a patient's later messages that do not say it (lab
+/// results rarely carry PD1; a PAS sends A11 without it) are routed as their
+/// registration says.
+pub trait KnownPatients {
+    /// The `generalPractitioner` identifiers last learned for this Patient id.
+    fn registration(&mut self, patient_key: &str) -> Result<Option<Vec<Json>>, String>;
+}
+
+/// Knows no patient: routing reads only what each document states.
+pub struct NoneKnown;
+
+impl KnownPatients for NoneKnown {
+    fn registration(&mut self, _: &str) -> Result<Option<Vec<Json>>, String> {
+        Ok(None)
+    }
+}
+
+/// The journal's registrations, with what earlier messages of the batch being
+/// routed learned (not yet written).
+struct Remembered {
+    journal: crate::journal::Journal,
+    learned: BTreeMap<String, Vec<Json>>,
+}
+
+impl KnownPatients for Remembered {
+    fn registration(&mut self, patient_key: &str) -> Result<Option<Vec<Json>>, String> {
+        if let Some(ids) = self.learned.get(patient_key) {
+            return Ok(Some(ids.clone()));
+        }
+        let text = self
+            .journal
+            .registration_blocking(patient_key)
+            .map_err(|e| e.to_string())?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+}
+
 /// Why a message could not be routed: the stage for events, the text for the journal.
 struct Failure {
     stage: &'static str,
@@ -105,6 +145,48 @@ struct Documents {
     /// Warnings the mappings gave (an NHS number failing modulus 11, a value that
     /// is not a number): counted, never logged, as their text may hold patient data.
     warnings: u32,
+    /// GP registrations the documents stated.
+    registrations: Vec<Registration>,
+}
+
+impl Documents {
+    /// Remembers what `document` (a routing view) states of its patients' GP
+    /// registrations, then gives the Patients that state none the one last
+    /// known, for the routes' conditions to read.
+    fn registrations(
+        &mut self,
+        document: &mut Json,
+        known: &mut dyn KnownPatients,
+    ) -> Result<(), String> {
+        for (patient_key, identifiers) in crate::route::stated_registrations(document) {
+            let identifiers = Json::Array(identifiers).to_string();
+            match self
+                .registrations
+                .iter_mut()
+                .find(|r| r.patient_key == patient_key)
+            {
+                Some(r) => r.identifiers = identifiers,
+                None => self.registrations.push(Registration {
+                    patient_key,
+                    identifiers,
+                }),
+            }
+        }
+        let mut failed = None;
+        crate::route::add_known_registrations(document, |key| match known.registration(key) {
+            Ok(found) => found,
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        match failed {
+            Some(e) => Err(format!(
+                "cannot read the patient's GP registration from the journal: {e}"
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Router {
@@ -149,9 +231,22 @@ impl Router {
             .insert(destination.to_string(), Some(reason));
     }
 
-    /// Routes one journaled message. Pure apart from the clock value given.
+    /// Routes one journaled message, knowing no patient's registration. Pure
+    /// apart from the clock value given.
     pub fn route(&self, message: &PendingMessage, replay: bool, at_ms: i64) -> Routed {
-        let mut routed = self.route_only(message, replay, at_ms);
+        self.route_knowing(message, replay, at_ms, &mut NoneKnown)
+    }
+
+    /// Routes one journaled message; a Patient whose document states no GP
+    /// registration is routed by the one `known` remembers.
+    pub fn route_knowing(
+        &self,
+        message: &PendingMessage,
+        replay: bool,
+        at_ms: i64,
+        known: &mut dyn KnownPatients,
+    ) -> Routed {
+        let mut routed = self.route_only(message, replay, at_ms, known);
         // a replay does not answer again: the sender has had its answer
         if !replay {
             let failed_stage = match &routed.event {
@@ -230,16 +325,22 @@ impl Router {
     }
 
     /// [`Self::route`] without the application acknowledgement.
-    fn route_only(&self, message: &PendingMessage, replay: bool, at_ms: i64) -> Routed {
+    fn route_only(
+        &self,
+        message: &PendingMessage,
+        replay: bool,
+        at_ms: i64,
+        known: &mut dyn KnownPatients,
+    ) -> Routed {
         // A source's row is a document (a FHIR Bundle), or HL7 v2 that came
         // through the source (a lab's results over MESH): routed as HL7 then,
         // by its header, from that source.
         let result = if !self.sources.contains(&message.listener) {
-            self.route_hl7(message, Origin::Listener(&message.listener))
+            self.route_hl7(message, Origin::Listener(&message.listener), known)
         } else if crate::hl7::looks_like_hl7(&message.raw) {
-            self.route_hl7(message, Origin::Source(&message.listener))
+            self.route_hl7(message, Origin::Source(&message.listener), known)
         } else {
-            self.route_document(message)
+            self.route_document(message, known)
         };
         let at = events::now();
         let mut event = RoutingEvent {
@@ -262,10 +363,12 @@ impl Router {
             error: None,
             at_ms,
             deliveries: Vec::new(),
+            registrations: Vec::new(),
         };
         match result {
             Ok(docs) if docs.deliveries.is_empty() => {
                 event.warnings = docs.warnings;
+                routing.registrations = docs.registrations;
                 routing.routes = docs.matched;
                 event.routes = routing.routes.clone();
                 Routed {
@@ -287,6 +390,7 @@ impl Router {
                     }
                 }
                 event.warnings = docs.warnings;
+                routing.registrations = docs.registrations;
                 routing.outcome = RoutingOutcome::Routed;
                 routing.routes = routes.clone();
                 routing.deliveries = docs.deliveries;
@@ -317,6 +421,7 @@ impl Router {
         &self,
         message: &PendingMessage,
         origin: Origin<'_>,
+        known: &mut dyn KnownPatients,
     ) -> Result<Documents, Failure> {
         let text = crate::hl7::decode(&message.raw)
             .map_err(|e| Failure::new("parse", format!("cannot decode the message: {e}")))?;
@@ -328,8 +433,12 @@ impl Router {
         let input = RouteInput::from_header(&header, origin);
         let selection = self.routes.select(&input);
         let matched: Vec<String> = selection.routes().map(|r| r.id().to_string()).collect();
-        let mut deliveries = Vec::new();
-        let mut warnings = 0u32;
+        let mut docs = Documents {
+            deliveries: Vec::new(),
+            matched,
+            warnings: 0,
+            registrations: Vec::new(),
+        };
         for group in selection.groups() {
             let route_ids = || {
                 group
@@ -367,15 +476,17 @@ impl Router {
             let output = plan
                 .document(&parsed)
                 .map_err(|e| fail("map", e.to_string()))?;
-            warnings = warnings.saturating_add(output.warnings.len() as u32);
+            docs.warnings = docs.warnings.saturating_add(output.warnings.len() as u32);
             // the queue needs the patient (ordering key, NHS numbers) and the
             // routes may read the document: its routing view (the Patient and
             // what its GP reference names, read from their place in the text;
             // the rest known from the mapping) is read once here; the text is queued
-            let document = crate::route::routing_view_of(&output);
+            let mut document = crate::route::routing_view_of(&output);
+            docs.registrations(&mut document, known)
+                .map_err(|e| fail("route", e))?;
             let refs = group.destinations_for(&document);
             self.push_deliveries(
-                &mut deliveries,
+                &mut docs.deliveries,
                 message.id,
                 group.mapping(),
                 &document,
@@ -383,15 +494,15 @@ impl Router {
                 refs,
             );
         }
-        Ok(Documents {
-            deliveries,
-            matched,
-            warnings,
-        })
+        Ok(docs)
     }
 
     /// A document from a source (MESH inbox): a FHIR Bundle as JSON.
-    fn route_document(&self, message: &PendingMessage) -> Result<Documents, Failure> {
+    fn route_document(
+        &self,
+        message: &PendingMessage,
+        known: &mut dyn KnownPatients,
+    ) -> Result<Documents, Failure> {
         // the document as sent, without a byte order mark before it
         let bom = message.raw.len() - crate::hl7::strip_utf8_bom(&message.raw).len();
         let bytes = message.raw.slice(bom..);
@@ -461,7 +572,15 @@ impl Router {
         );
         let selection = self.routes.select(&input);
         let matched: Vec<String> = selection.routes().map(|r| r.id().to_string()).collect();
-        let mut deliveries = Vec::new();
+        let mut docs = Documents {
+            deliveries: Vec::new(),
+            matched,
+            warnings: 0,
+            registrations: Vec::new(),
+        };
+        // (the bytes to deliver are made: what is added here is for the routes)
+        docs.registrations(&mut document, known)
+            .map_err(|e| Failure::new("route", e))?;
         for group in selection.groups() {
             if !group.mapping().is_empty() {
                 let ids: Vec<&str> = group.routes().map(|r| r.id()).collect();
@@ -479,7 +598,7 @@ impl Router {
             }
             let refs = group.destinations_for(&document);
             self.push_deliveries(
-                &mut deliveries,
+                &mut docs.deliveries,
                 message.id,
                 "",
                 &document,
@@ -487,11 +606,7 @@ impl Router {
                 refs,
             );
         }
-        Ok(Documents {
-            deliveries,
-            matched,
-            warnings: 0,
-        })
+        Ok(docs)
     }
 
     fn push_deliveries(
@@ -719,11 +834,26 @@ pub(crate) async fn route_and_write(
     only: Option<&str>,
 ) -> Result<Vec<Written>, super::queue::QueueError> {
     let router = Arc::clone(&shared.router);
+    let mut known = Remembered {
+        journal: shared.journal.clone(),
+        learned: BTreeMap::new(),
+    };
     // Mapping is the CPU-heavy part behind the ACK: low priority, so a burst
-    // of intake is answered first and the queue catches up after.
+    // of intake is answered first and the queue catches up after. Rows are
+    // routed in id order, each knowing what the ones before it learned.
     let mut routed: Vec<Routed> = super::background::run(move || {
         let at = now_ms();
-        rows.iter().map(|m| router.route(m, replay, at)).collect()
+        rows.iter()
+            .map(|m| {
+                let routed = router.route_knowing(m, replay, at, &mut known);
+                for r in &routed.routing.registrations {
+                    if let Ok(ids) = serde_json::from_str(&r.identifiers) {
+                        known.learned.insert(r.patient_key.clone(), ids);
+                    }
+                }
+                routed
+            })
+            .collect()
     })
     .await?;
     // A replay to one destination: its deliveries only, or nothing written.

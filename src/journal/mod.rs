@@ -1,6 +1,6 @@
 //! The journal: durable intake of every message received, in one SQLite file,
-//! and (`queue.rs`, schema versions 2 and 3) each message's routing outcome
-//! and the delivery queue.
+//! and (`queue.rs`, schema versions 2 to 5) each message's routing outcome,
+//! the delivery queue, and each patient's GP registration as last routed.
 //!
 //! Writes go through one dedicated writer thread that owns the write
 //! connection and does *group commit*: it blocks for the first request, drains
@@ -53,7 +53,7 @@ use crate::telemetry::metrics::Metrics;
 
 pub use queue::{
     format_ms, DeliveryFilter, DeliveryRow, DeliveryStatus, DueDelivery, NewDelivery, NewRouting,
-    PendingMessage, QueueDepth, QueueOp, QueueOutcome, RoutingOutcome, RoutingRecord,
+    PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration, RoutingOutcome, RoutingRecord,
     APPLICATION_ACK,
 };
 
@@ -585,6 +585,15 @@ impl Journal {
     /// The last message id the pipeline routed (not counting replays); 0 when none.
     pub async fn routing_cursor(&self) -> Result<i64, JournalError> {
         self.with_reader(queue::routing_cursor).await
+    }
+
+    /// The GP registration last learned for a patient (a JSON array of
+    /// Identifiers), read on the calling thread: for the pipeline's routing,
+    /// which runs on a background thread already.
+    pub fn registration_blocking(&self, patient_key: &str) -> Result<Option<String>, JournalError> {
+        self.inner.readers.with(sqlite::open_reader, |conn| {
+            queue::registration(conn, patient_key).map_err(JournalError::Read)
+        })
     }
 
     /// Accepted messages after `after`, in id order, at most `limit`.

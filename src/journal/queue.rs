@@ -89,6 +89,21 @@ CREATE INDEX messages_mesh_message_id ON messages (substr(peer, instr(peer, '/')
 ALTER TABLE messages ADD COLUMN resend_of INTEGER;
 ";
 
+/// Version 5: each patient's GP registration as last seen in a document
+/// (`generalPractitioner`: the practice's ODS code, the GP's GMP/GMC number,
+/// as FHIR Identifier JSON), so routing can follow a patient whose later
+/// messages do not say it (lab results rarely carry PD1). Keyed by the
+/// Patient id the mappings compute; `message_id` is the message it was
+/// learned from: an older message (a replay) never overwrites a newer one.
+pub(super) const SCHEMA_V5: &str = "
+CREATE TABLE registrations (
+    patient_key  TEXT PRIMARY KEY,
+    identifiers  TEXT NOT NULL,
+    message_id   INTEGER NOT NULL,
+    learned_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// What routing made of one accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -191,6 +206,18 @@ pub struct NewRouting {
     pub error: Option<String>,
     pub at_ms: i64,
     pub deliveries: Vec<NewDelivery>,
+    /// GP registrations the message's documents said, to remember for the
+    /// patient's later messages (written in the same transaction).
+    pub registrations: Vec<Registration>,
+}
+
+/// A patient's GP registration as a document said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The Patient's id (the queue's patient key).
+    pub patient_key: String,
+    /// Its `generalPractitioner` identifiers, a JSON array of FHIR Identifiers.
+    pub identifiers: String,
 }
 
 /// One change to the routing outcomes or the delivery queue.
@@ -651,10 +678,32 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
         ])?;
         ids.push(tx.last_insert_rowid());
     }
+    let mut learn = tx.prepare_cached(
+        "INSERT INTO registrations (patient_key, identifiers, message_id, learned_at)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (patient_key) DO UPDATE SET
+             identifiers = excluded.identifiers,
+             message_id = excluded.message_id,
+             learned_at = excluded.learned_at
+         WHERE excluded.message_id >= registrations.message_id",
+    )?;
+    for g in &r.registrations {
+        learn.execute(params![g.patient_key, g.identifiers, r.message_id, r.at_ms])?;
+    }
     Ok(QueueOutcome::Routed {
         routing_id,
         deliveries: ids,
     })
+}
+
+/// The GP registration last learned for a patient (its identifiers' JSON).
+pub(super) fn registration(
+    conn: &Connection,
+    patient_key: &str,
+) -> Result<Option<String>, rusqlite::Error> {
+    conn.prepare_cached("SELECT identifiers FROM registrations WHERE patient_key = ?1")?
+        .query_row([patient_key], |row| row.get(0))
+        .optional()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -22,8 +22,9 @@ use crate::telemetry::metrics::Metrics;
 /// The schema this build writes: version 1 (messages), version 2 (routing
 /// outcomes and the delivery queue, [`super::queue::SCHEMA_V2`]), version 3
 /// (delivered documents dropped, [`super::queue::SCHEMA_V3`]), version 4
-/// (deliveries indexed by remote reference, [`super::queue::SCHEMA_V4`]).
-pub(super) const SCHEMA_VERSION: i64 = 4;
+/// (deliveries indexed by remote reference, [`super::queue::SCHEMA_V4`]),
+/// version 5 (patients' GP registrations, [`super::queue::SCHEMA_V5`]).
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -73,6 +74,7 @@ pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, J
         super::queue::SCHEMA_V2,
         super::queue::SCHEMA_V3,
         super::queue::SCHEMA_V4,
+        super::queue::SCHEMA_V5,
     ];
     debug_assert_eq!(migrations.len() as i64, SCHEMA_VERSION);
     db::open_writer_migrating(path, sync, &migrations).map_err(|problem| match problem {

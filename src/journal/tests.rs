@@ -473,6 +473,7 @@ async fn old_message(
             error: None,
             at_ms: 0,
             deliveries,
+            registrations: Vec::new(),
         })])
         .await
         .unwrap();
@@ -859,6 +860,7 @@ async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
                 document: Bytes::from_static(b"{}"),
                 last_error: None,
             }],
+            registrations: Vec::new(),
         })])
         .await
         .unwrap();

@@ -398,6 +398,92 @@ impl Facts<'_> {
     }
 }
 
+/// The GP registration each Patient of `document` states: its id, and the
+/// identifiers of its `generalPractitioner` (inline, or of the resource in the
+/// Bundle a reference names) under the ODS or GP systems, as FHIR Identifiers.
+/// A Patient with no id, or whose GP says none of those, states none.
+pub fn stated_registrations(document: &Json) -> Vec<(String, Vec<Json>)> {
+    let mut out: Vec<(String, Vec<Json>)> = Vec::new();
+    for patient in patients(document) {
+        let Some(id) = str_at(patient, "id").filter(|id| !id.is_empty()) else {
+            continue;
+        };
+        let mut ids: Vec<Json> = Vec::new();
+        let mut keep = |identifier: &Json| {
+            let Some(system) = str_at(identifier, "system") else {
+                return;
+            };
+            if system != ODS_SYSTEM && !GP_SYSTEMS.contains(&system) {
+                return;
+            }
+            let Some(value) = str_at(identifier, "value").filter(|v| !v.trim().is_empty()) else {
+                return;
+            };
+            let id = serde_json::json!({ "system": system, "value": value });
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        };
+        for gp in array(patient, "generalPractitioner") {
+            if let Some(identifier) = gp.get("identifier") {
+                keep(identifier);
+            }
+            if let Some(target) = str_at(gp, "reference").and_then(|r| resolve(document, r)) {
+                array(target, "identifier").for_each(&mut keep);
+            }
+        }
+        if !ids.is_empty() && !out.iter().any(|(known, _)| known == id) {
+            out.push((id.to_string(), ids));
+        }
+    }
+    out
+}
+
+/// Gives each Patient of `document` (a routing view) that states no GP
+/// registration ([`stated_registrations`]) the one `known` remembers for its
+/// id, as `generalPractitioner` identifiers, so `patient.gp_practice` and
+/// `patient.gp` read it. Returns how many Patients were given one.
+pub fn add_known_registrations(
+    document: &mut Json,
+    mut known: impl FnMut(&str) -> Option<Vec<Json>>,
+) -> usize {
+    let stated: Vec<String> = stated_registrations(document)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut added = 0;
+    let patients: Vec<&mut Json> = match document.get_mut("entry").and_then(Json::as_array_mut) {
+        Some(entries) => entries
+            .iter_mut()
+            .filter_map(|e| e.get_mut("resource"))
+            .collect(),
+        None => vec![document],
+    };
+    for patient in patients {
+        if str_at(patient, "resourceType") != Some("Patient") {
+            continue;
+        }
+        let Some(id) = str_at(patient, "id").filter(|id| !id.is_empty()) else {
+            continue;
+        };
+        if stated.iter().any(|s| s == id) {
+            continue;
+        }
+        let Some(identifiers) = known(id) else {
+            continue;
+        };
+        if let Some(p) = patient.as_object_mut() {
+            let gps = identifiers
+                .into_iter()
+                .map(|i| serde_json::json!({ "identifier": i }))
+                .collect();
+            p.insert("generalPractitioner".into(), Json::Array(gps));
+            added += 1;
+        }
+    }
+    added
+}
+
 /// `(fullUrl, resource)` of every entry of a Bundle, or the document itself when
 /// it is a single resource.
 fn resources(document: &Json) -> impl Iterator<Item = (Option<&str>, &Json)> {

@@ -64,7 +64,10 @@ use serde_json::Value as Json;
 use condition::{normalise, Condition, Tables};
 use document::{Document, Facts};
 
-pub use document::{routing_view, routing_view_of, GP_SYSTEMS, NHS_NUMBER_SYSTEM, ODS_SYSTEM};
+pub use document::{
+    add_known_registrations, routing_view, routing_view_of, stated_registrations, GP_SYSTEMS,
+    NHS_NUMBER_SYSTEM, ODS_SYSTEM,
+};
 
 /// Every route of a folder, in file order, with the lookup tables.
 #[derive(Debug, Default)]

@@ -474,3 +474,137 @@ fn application_acks_follow_msh_16_the_outcome_and_the_listener() {
     assert!(ack_of(&with_ack_types(&a01, "AL", "AL"), "lab", false).is_none());
     assert!(ack_of(&with_ack_types(&a01, "AL", "AL"), "pas", true).is_none());
 }
+
+/// Lab results rarely carry PD1, and a PAS often sends A08/A11 without it: a
+/// patient's later messages are routed by the GP registration an earlier
+/// message stated, until a later one states another. What was learned is
+/// kept in the journal (a restart keeps it); a replay of an older message
+/// does not overwrite what a newer one said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patients_later_messages_follow_the_gp_registration_an_earlier_one_stated() {
+    const ROUTES: &str = r#"
+[routes.adt]
+messages = ["ADT^A01"]
+mapping = "adt"
+destinations = ["store"]
+
+[routes.adt_hwe]
+messages = ["ADT^A01"]
+when = "patient.gp_practice | lookup(practice_ics) = 'HWE'"
+mapping = "adt"
+destinations = ["hwe"]
+
+[routes.lab]
+messages = ["ORU^R01"]
+mapping = "oru_r01"
+destinations = ["store"]
+
+[routes.lab_hwe]
+messages = ["ORU^R01"]
+when = "patient.gp_practice | lookup(practice_ics) = 'HWE'"
+mapping = "oru_r01"
+destinations = ["hwe"]
+
+[tables.practice_ics]
+E82061 = "HWE"
+F84003 = "NEL"
+"#;
+    let oru = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/oru_r01_fbc_ue.hl7"),
+    )
+    .unwrap();
+    assert!(!oru.contains("\rPD1|"));
+    let oru = |control_id: &str, patient: u32| {
+        oru.replace("WP26112016254400123", control_id)
+            .replace("9990000018", &nhs_number(patient))
+    };
+    let a01_at = |control_id: &str, patient: u32, practice: &str| {
+        a01(control_id, patient).replace("^^F84003|", &format!("^^{practice}|"))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let start = |journal: &crate::journal::Journal| {
+        DeliveryQueue::start(
+            journal.clone(),
+            EventBus::default(),
+            Arc::new(Metrics::new()),
+            router(ROUTES, &[], &["store", "hwe"]),
+            Vec::new(),
+            Vec::new(),
+        )
+    };
+    let destinations = |journal: crate::journal::Journal, id: i64| async move {
+        let mut out: Vec<String> = journal
+            .deliveries(DeliveryFilter {
+                limit: Some(100),
+                ..DeliveryFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.message_id == id)
+            .map(|d| d.destination)
+            .collect();
+        out.sort();
+        out
+    };
+    let routed = |journal: crate::journal::Journal, last: i64| async move {
+        eventually("routed", || {
+            let j = journal.clone();
+            async move { j.routing_cursor().await.unwrap() == last }
+        })
+        .await;
+    };
+
+    // registered in Hertfordshire: the admission, and the results after it in
+    // the same batch, go to HWE; another patient's results, never seen, do not
+    let admitted = commit(&journal, "pas", "A1", &a01_at("A1", 1, "E82061")).await;
+    let results = commit(&journal, "lab", "R1", &oru("R1", 1)).await;
+    let stranger = commit(&journal, "lab", "R2", &oru("R2", 2)).await;
+    let queue = start(&journal);
+    routed(journal.clone(), stranger).await;
+    queue.stop(Duration::from_secs(10)).await;
+    assert_eq!(
+        destinations(journal.clone(), admitted).await,
+        ["hwe", "store"]
+    );
+    assert_eq!(
+        destinations(journal.clone(), results).await,
+        ["hwe", "store"]
+    );
+    assert_eq!(destinations(journal.clone(), stranger).await, ["store"]);
+
+    // after a restart, from the journal: still known
+    let later = commit(&journal, "lab", "R3", &oru("R3", 1)).await;
+    let queue = start(&journal);
+    routed(journal.clone(), later).await;
+    assert_eq!(destinations(journal.clone(), later).await, ["hwe", "store"]);
+
+    // moved to a London practice: from then on the results stay local
+    let moved = commit(&journal, "pas", "A2", &a01_at("A2", 1, "F84003")).await;
+    let after = commit(&journal, "lab", "R4", &oru("R4", 1)).await;
+    routed(journal.clone(), after).await;
+    assert_eq!(destinations(journal.clone(), moved).await, ["store"]);
+    assert_eq!(destinations(journal.clone(), after).await, ["store"]);
+
+    // the first admission replayed goes where its own PD1 says, and does not
+    // take the patient back to Hertfordshire
+    let replayed = queue.handle().replay(admitted, None).await.unwrap();
+    assert!(
+        replayed.routes.contains(&"adt_hwe".to_string()),
+        "{:?}",
+        replayed.routes
+    );
+    let routed = router(ROUTES, &[], &["store", "hwe"]).route(
+        &message(after, "lab", &oru("R4", 1)),
+        false,
+        0,
+    );
+    let patient = routed.routing.deliveries[0].patient_key.clone();
+    let known = journal.registration_blocking(&patient).unwrap().unwrap();
+    assert!(
+        known.contains("F84003") && !known.contains("E82061"),
+        "{known}"
+    );
+    queue.stop(Duration::from_secs(10)).await;
+}

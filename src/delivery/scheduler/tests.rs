@@ -135,6 +135,7 @@ async fn enqueue(journal: &Journal, rows: &[(&str, &str)], destination: &str) ->
                     document: Bytes::from(format!("{{\"doc\":\"{control_id}\"}}")),
                     last_error: None,
                 }],
+                registrations: Vec::new(),
             })])
             .await
             .unwrap();
