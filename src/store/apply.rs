@@ -173,6 +173,7 @@ pub(super) fn apply_plan<R: Rows>(
                     last_updated,
                     event_time,
                     create_only,
+                    admits: plan.admits,
                 };
                 match &entry.op {
                     Op::Put {
@@ -247,6 +248,8 @@ struct At<'a> {
     event_time: Option<i64>,
     /// Written as a create-only placeholder (`ifNoneMatch`).
     create_only: bool,
+    /// The document records an admission event (`Plan::admits`).
+    admits: bool,
 }
 
 impl At<'_> {
@@ -313,8 +316,10 @@ fn put<R: Rows>(
         // a cancelled visit (A11, A38: `entered-in-error`, which FHIR says
         // should never have existed) is not brought back by a later message
         // that still carries its PV1 (an A08 with the last visit): only an
-        // admission of another start under the same visit number is new
-        if at.resource_type == "Encounter" && cancels_visit(stored, resource) {
+        // admission event (an A01 sent again after a mistaken A11: the patient
+        // was admitted after all), or an admission of another start under the
+        // same visit number, is new
+        if at.resource_type == "Encounter" && !at.admits && cancels_visit(stored, resource) {
             return Ok(EntryResult::Stale {
                 version: cur.version,
             });

@@ -16,7 +16,37 @@ use super::{EntryProblem, StoreError};
 #[derive(Debug)]
 pub(super) struct Plan {
     pub event_time: Option<jiff::Timestamp>,
+    /// The document records an admission event ([`admits`]).
+    pub admits: bool,
     pub entries: Vec<Planned>,
+}
+
+/// HL7 v2 events (table 0003) that admit or register a patient's visit: an
+/// admission, a registration, a pre-admission, a change of a visit's class.
+const ADMISSION_EVENTS: &[&str] = &["A01", "A04", "A05", "A06", "A07", "A14"];
+const V2_EVENTS: &str = "http://terminology.hl7.org/CodeSystem/v2-0003";
+
+/// Whether `bundle` records an admission event: a Provenance whose `activity`
+/// is one of [`ADMISSION_EVENTS`] (as the shipped mappings write MSH-9.2). An
+/// admission sent again after a mistaken cancellation (A01 after A11)
+/// admits the visit again, where an update (A08) still carrying the cancelled
+/// visit does not bring it back.
+fn admits(bundle: &Value) -> bool {
+    let entries = bundle.get("entry").and_then(Value::as_array);
+    entries.into_iter().flatten().any(|entry| {
+        let resource = &entry["resource"];
+        resource["resourceType"] == "Provenance"
+            && resource["activity"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["system"] == V2_EVENTS
+                        && c["code"]
+                            .as_str()
+                            .is_some_and(|code| ADMISSION_EVENTS.contains(&code.trim()))
+                })
+    })
 }
 
 /// One checked entry.
@@ -82,10 +112,12 @@ pub(super) fn plan(
         None => bundle_timestamp(bundle)?,
     }
     .map(|time| not_ahead_of(time, jiff::Timestamp::now()));
+    let admits = admits(bundle);
     let entries = match bundle.get("entry") {
         None | Some(Value::Null) => {
             return Ok(Plan {
                 event_time,
+                admits,
                 entries: Vec::new(),
             })
         }
@@ -144,6 +176,7 @@ pub(super) fn plan(
     }
     Ok(Plan {
         event_time,
+        admits,
         entries: planned,
     })
 }

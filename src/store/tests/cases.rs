@@ -1538,9 +1538,36 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
         .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted)]), at("2026-03-01T12:00:00Z"))
         .unwrap();
     f.store
-        .apply_bundle(&bundle(&[p, visit("entered-in-error", admitted)]), at("2026-03-01T09:00:00Z"))
+        .apply_bundle(&bundle(&[p.clone(), visit("entered-in-error", admitted)]), at("2026-03-01T09:00:00Z"))
         .unwrap();
     assert_eq!(status(&f), "entered-in-error");
+    // a mistaken cancellation: the PAS sends the admission (A01) again, with the
+    // same admit time. An update (A08) of it is still stale; the admission
+    // event admits the visit again, as its Provenance says it is one
+    let f = open();
+    let event = |code: &str| {
+        json!({
+            "resourceType": "Provenance",
+            "id": format!("prov-{code}"),
+            "target": [{"reference": format!("Patient/{PATIENT}")}],
+            "recorded": "2026-03-01T12:00:00Z",
+            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": code}]}
+        })
+    };
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted), event("A01")]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("entered-in-error", admitted), event("A11")]), at("2026-03-01T09:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted), event("A08")]), at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "entered-in-error", "an update does not bring it back");
+    f.store
+        .apply_bundle(&bundle(&[p, visit("in-progress", admitted), event("A01")]), at("2026-03-01T11:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "in-progress", "the admission sent again admits it again");
 }
 
 /// A correction marked on the report alone (OBR-25 C, its results still F),
