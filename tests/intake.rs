@@ -887,6 +887,18 @@ async fn an_ack_is_not_answered_and_a_query_is_refused() {
         ("", None),
         "nothing sent, none said"
     );
+    // an application ACK sent in enhanced mode asking for an accept ACK
+    // (MSH-15 AL): its sender waits for the CA, so it gets one, asking for
+    // nothing in turn (MSH-15/16 empty: never answered back)
+    let app_ack = "MSH|^~\\&|PAS|RAL01|JUNCTION|LCR|20261124101500||ACK^A01^ACK|ACKIN2|P|2.5|||AL|NE\rMSA|AA|J124\r";
+    let ack = send(&mut conn, app_ack.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "CA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "ACKIN2", "{ack}");
+    assert_eq!(
+        (field(&ack, "MSH", 15), field(&ack, "MSH", 16)),
+        (String::new(), String::new()),
+        "{ack}"
+    );
     for (query, control_id) in [("QRY^A19", "QRYA19"), ("QBP^Q22^QBP_Q21", "QBPQ22")] {
         let message = format!(
             "MSH|^~\\&|EPR|RAL01|JUNCTION|LCR|20261124101500||{query}|{control_id}|P|2.5\rQRD|20261124|R|I|Q1|||1^RD|9990000018|DEM\r"

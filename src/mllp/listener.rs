@@ -1032,9 +1032,13 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
             } else {
                 (AckCode::AA, true)
             };
-            // an acknowledgement sent to the listener is kept, never answered
-            // (and its row says so: no ACK code, as none was sent)
-            let inbound_ack = hl7::is_acknowledgement(&header);
+            // an acknowledgement sent to the listener is kept, and answered
+            // only when it asks for an accept acknowledgement itself (an
+            // application ACK sent in enhanced mode with MSH-15 AL or SU:
+            // its sender waits for the CA and would resend it for ever);
+            // our CA leaves MSH-15/16 empty, so it is never answered in
+            // turn. Otherwise its row says none was sent: no ACK code.
+            let inbound_ack = hl7::is_acknowledgement(&header) && !asks_commit(&header);
             let answer = answer && !inbound_ack;
             let ack =
                 answer.then(|| hl7::build_ack(Some(&header), code, None, &control_id, &timestamp));
@@ -1108,6 +1112,15 @@ fn enhanced_mode(mode: AckMode, header: &Header) -> bool {
 }
 
 /// MSH-15 in enhanced mode: AL (or empty) always, NE never, ER on error, SU on success.
+/// MSH-15 says AL or SU in so many words (an empty MSH-15 is "always" only
+/// for a message that is not itself an acknowledgement).
+fn asks_commit(header: &Header) -> bool {
+    header
+        .accept_ack_type
+        .as_deref()
+        .is_some_and(|v| matches!(v.trim().to_ascii_uppercase().as_str(), "AL" | "SU"))
+}
+
 fn accept_ack_wanted(header: &Header, success: bool) -> bool {
     match header
         .accept_ack_type
