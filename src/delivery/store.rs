@@ -101,8 +101,12 @@ impl Deliver for StoreDestination {
     }
 }
 
-/// The event time a document describes: the first Provenance's
-/// `occurredDateTime`, else its `recorded`. `None` leaves the choice to the
+/// The time that orders a document among others about the same records: the
+/// first Provenance's `recorded` (when the sender recorded the event: the
+/// shipped mappings write EVN-2, else MSH-7), else its `occurredDateTime`.
+/// Not the time the event occurred first: a discharge keyed at 12:00 for a
+/// patient who left at 09:00 (EVN-6) is newer than an update recorded at
+/// 10:00, and must not be taken for stale. `None` leaves the choice to the
 /// store (the Bundle's `timestamp`, else arrival order). Values that are not
 /// full FHIR instants (a date alone) are skipped.
 pub fn event_time(bundle: &Value) -> Option<jiff::Timestamp> {
@@ -112,7 +116,7 @@ pub fn event_time(bundle: &Value) -> Option<jiff::Timestamp> {
         .iter()
         .filter_map(|entry| entry.get("resource"))
         .find(|r| r.get("resourceType").and_then(Value::as_str) == Some("Provenance"))?;
-    ["occurredDateTime", "recorded"]
+    ["recorded", "occurredDateTime"]
         .iter()
         .filter_map(|key| provenance.get(*key).and_then(Value::as_str))
         .find_map(|text| text.parse::<jiff::Timestamp>().ok())
@@ -158,10 +162,16 @@ mod tests {
                 {"resource": resource}
             ]})
         };
+        // recorded (EVN-2) first: a discharge keyed after an update is newer
+        // than it, whenever the patient left
         check(
             provenance(
                 json!({"occurredDateTime": "2026-11-20T14:20:00+00:00", "recorded": "2026-11-20T14:35:12+00:00"}),
             ),
+            Some("2026-11-20T14:35:12Z"),
+        );
+        check(
+            provenance(json!({"occurredDateTime": "2026-11-20T14:20:00+00:00"})),
             Some("2026-11-20T14:20:00Z"),
         );
         check(
