@@ -182,7 +182,8 @@ pub(crate) fn build_into(
                         return o.finish();
                     }
                     None => warnings.push(format!(
-                        "NHS number {value} fails modulus 11; kept as a local identifier"
+                        "NHS number {value} {}; kept as a local identifier",
+                        transform::nhs_number_problem(&value)
                     )),
                 }
             }

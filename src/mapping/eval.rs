@@ -2146,8 +2146,9 @@ impl<'a> Ctx<'a> {
                     self.warn(
                         loc,
                         format!(
-                            "NHS number {} fails modulus 11; kept as a local identifier",
-                            text.trim_fast()
+                            "NHS number {} {}; kept as a local identifier",
+                            text.trim_fast(),
+                            transform::nhs_number_problem(&text)
                         ),
                     );
                     Val::Empty

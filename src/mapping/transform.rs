@@ -420,15 +420,18 @@ fn number_len(s: &str, signed: bool) -> Option<usize> {
     (int > 0).then_some(i)
 }
 
-/// The NHS number in `s` (spaces and hyphens ignored) if it is 10 digits and passes
-/// the modulus 11 check.
+/// The NHS number in `s` (spaces and hyphens ignored) if it is 10 digits, passes
+/// the modulus 11 check and is not one digit ten times (`0000000000`,
+/// `1111111111`, `9999999999` pass modulus 11 but are no one's: systems send
+/// them for "not known", and taken as NHS numbers they would make every
+/// unknown patient one person).
 pub(crate) fn nhs_number(s: &str) -> Option<String> {
     let digits: Vec<u32> = s
         .chars()
         .filter(|c| *c != ' ' && *c != '-')
         .map(|c| c.to_digit(10))
         .collect::<Option<Vec<u32>>>()?;
-    if digits.len() != 10 {
+    if digits.len() != 10 || digits.iter().all(|d| *d == digits[0]) {
         return None;
     }
     let sum: u32 = digits[..9]
@@ -445,6 +448,16 @@ pub(crate) fn nhs_number(s: &str) -> Option<String> {
         return None;
     }
     Some(digits.iter().map(|d| char::from(b'0' + *d as u8)).collect())
+}
+
+/// Why `s` is not an NHS number ([`nhs_number`] gave none), for a warning.
+pub(crate) fn nhs_number_problem(s: &str) -> &'static str {
+    let digits: Vec<char> = s.chars().filter(|c| *c != ' ' && *c != '-').collect();
+    if digits.len() == 10 && digits.iter().all(|c| *c == digits[0] && c.is_ascii_digit()) {
+        "is a placeholder (one digit ten times), not an NHS number"
+    } else {
+        "fails modulus 11"
+    }
 }
 
 /// HL7 DT/TS (`YYYY[MM[DD[...]]]`) to a FHIR date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`).
@@ -750,6 +763,13 @@ mod tests {
         check_nhs("", None);
         check_nhs("4010232137", Some("4010232137"));
         check_nhs("9999999998", None);
+        // placeholders that pass modulus 11
+        for d in 0..10 {
+            let placeholder = d.to_string().repeat(10);
+            check_nhs(&placeholder, None);
+            assert!(nhs_number_problem(&placeholder).contains("placeholder"));
+        }
+        assert_eq!(nhs_number_problem("9434765918"), "fails modulus 11");
     }
 
     fn check_date(input: &str, expected: Result<&str, ()>) {
