@@ -136,9 +136,7 @@ pub(super) fn apply_plan<R: Rows>(
                 // message still carrying the visit (an A08) cancels it all the
                 // same, as when they arrive in order: the record converges
                 match (current.as_ref(), &entry.op) {
-                    (Some(cur), Op::Put { resource, .. })
-                        if resource["status"] == "entered-in-error" =>
-                    {
+                    (Some(cur), Op::Put { resource, .. }) if is_cancelled_visit(resource) => {
                         let stored: Option<Value> = match cur.content.as_deref() {
                             Some(text) => Some(serde_json::from_str(text)?),
                             None => None,
@@ -313,8 +311,9 @@ fn put<R: Rows>(
                 version: cur.version,
             });
         }
-        // a cancelled visit (A11, A38: `entered-in-error`, which FHIR says
-        // should never have existed) is not brought back by a later message
+        // a cancelled visit (A11: `entered-in-error`, which FHIR says
+        // should never have existed; A38: a pre-admission `cancelled`) is not
+        // brought back by a later message
         // that still carries its PV1 (an A08 with the last visit): only an
         // admission event (an A01 sent again after a mistaken A11: the patient
         // was admitted after all), or an admission of another start under the
@@ -519,7 +518,7 @@ fn continuity<R: Rows>(
 /// cancellation names the admission it cancels, and a later admission under
 /// the same visit number with another start is new (`cancels_visit`).
 fn with_admission_kept(stored: &Value, encounter: &Value) -> Option<Value> {
-    if encounter["status"] != "entered-in-error" || !encounter["period"]["start"].is_null() {
+    if !is_cancelled_visit(encounter) || !encounter["period"]["start"].is_null() {
         return None;
     }
     let start = stored["period"]["start"].as_str()?;
@@ -528,7 +527,7 @@ fn with_admission_kept(stored: &Value, encounter: &Value) -> Option<Value> {
     Some(kept)
 }
 
-/// Whether Encounter `cancelled` (`entered-in-error`: an A11, an A38) is the
+/// Whether Encounter `cancelled` (`entered-in-error`: an A11; `cancelled`: an A38) is the
 /// cancellation of the same visit as `other`, which is not cancelled: the same
 /// admission (`period.start` the same instant, or missing on either side).
 /// Such a visit stays cancelled whatever the arrival order of the two.
@@ -546,7 +545,16 @@ fn cancels_visit(cancelled: &Value, other: &Value) -> bool {
                 )
         }
     };
-    cancelled["status"] == "entered-in-error" && other["status"] != "entered-in-error" && same_start
+    is_cancelled_visit(cancelled) && !is_cancelled_visit(other) && same_start
+}
+
+/// A visit cancelled: `entered-in-error` (an A11's admission) or `cancelled`
+/// (an A38's pre-admission).
+fn is_cancelled_visit(encounter: &Value) -> bool {
+    matches!(
+        encounter["status"].as_str(),
+        Some("entered-in-error" | "cancelled")
+    )
 }
 
 /// Whether `resource` was issued (`issued`, an instant) after `stored`; not

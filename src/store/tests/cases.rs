@@ -1568,6 +1568,25 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
         .apply_bundle(&bundle(&[p, visit("in-progress", admitted), event("A01")]), at("2026-03-01T11:00:00Z"))
         .unwrap();
     assert_eq!(status(&f), "in-progress", "the admission sent again admits it again");
+    // a pre-admission cancelled (A38: `cancelled`) alike: an A08 still carrying
+    // it does not book it again; the pre-admission sent again (A05) does
+    let f = open();
+    let booked = "2026-12-01T09:00:00+00:00";
+    let p = patient(PATIENT, "9434765919", "Smith");
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("planned", booked), event("A05")]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("cancelled", booked), event("A38")]), at("2026-03-01T09:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("planned", booked), event("A08")]), at("2026-03-01T10:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "cancelled", "an update does not book it again");
+    f.store
+        .apply_bundle(&bundle(&[p, visit("planned", booked), event("A05")]), at("2026-03-01T11:00:00Z"))
+        .unwrap();
+    assert_eq!(status(&f), "planned", "the pre-admission sent again books it again");
 }
 
 /// A correction marked on the report alone (OBR-25 C, its results still F),
