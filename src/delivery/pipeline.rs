@@ -82,41 +82,73 @@ pub struct Routed {
 }
 
 /// What routing remembers of patients between messages: each one's GP
-/// registration as a document last stated it (the journal's
-/// `registrations`), so a patient's later messages that do not say it (lab
-/// results rarely carry PD1; a PAS sends A11 without it) are routed as their
-/// registration says.
+/// registration as a message from a listener (the local PAS) last stated it
+/// (the journal's `registrations`), so a patient's later messages that do not
+/// say it (lab results rarely carry PD1; a PAS sends A11 without it) are
+/// routed as their registration says.
 pub trait KnownPatients {
-    /// The `generalPractitioner` identifiers last learned for this Patient id.
-    fn registration(&mut self, patient_key: &str) -> Result<Option<Vec<Json>>, String>;
+    /// What was learned under any of `keys` (a Patient id, or
+    /// `identifier|<system>|<value>`).
+    fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String>;
+}
+
+/// A registration learned under one key of a patient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub key: String,
+    /// The message it was learned from.
+    pub message_id: i64,
+    /// `generalPractitioner` identifiers (FHIR Identifier JSON).
+    pub identifiers: Vec<Json>,
 }
 
 /// Knows no patient: routing reads only what each document states.
 pub struct NoneKnown;
 
 impl KnownPatients for NoneKnown {
-    fn registration(&mut self, _: &str) -> Result<Option<Vec<Json>>, String> {
-        Ok(None)
+    fn registrations(&mut self, _: &[String]) -> Result<Vec<Known>, String> {
+        Ok(Vec::new())
     }
 }
 
 /// The journal's registrations, with what earlier messages of the batch being
-/// routed learned (not yet written).
+/// routed learned (not yet written), by key.
 struct Remembered {
     journal: crate::journal::Journal,
-    learned: BTreeMap<String, Vec<Json>>,
+    learned: BTreeMap<String, (i64, Vec<Json>)>,
 }
 
 impl KnownPatients for Remembered {
-    fn registration(&mut self, patient_key: &str) -> Result<Option<Vec<Json>>, String> {
-        if let Some(ids) = self.learned.get(patient_key) {
-            return Ok(Some(ids.clone()));
-        }
-        let text = self
+    fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
+        let unlearned: Vec<String> = keys
+            .iter()
+            .filter(|k| !self.learned.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut out: Vec<Known> = self
             .journal
-            .registration_blocking(patient_key)
-            .map_err(|e| e.to_string())?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+            .registrations_blocking(&unlearned)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter_map(|(key, message_id, text)| {
+                let identifiers = serde_json::from_str(&text).ok()?;
+                Some(Known {
+                    key,
+                    message_id,
+                    identifiers,
+                })
+            })
+            .collect();
+        for key in keys {
+            if let Some((message_id, identifiers)) = self.learned.get(key) {
+                out.push(Known {
+                    key: key.clone(),
+                    message_id: *message_id,
+                    identifiers: identifiers.clone(),
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -150,42 +182,62 @@ struct Documents {
 }
 
 impl Documents {
-    /// Remembers what `document` (a routing view) states of its patients' GP
-    /// registrations, then gives the Patients that state none the one last
-    /// known, for the routes' conditions to read.
+    /// The GP registrations of `document`'s patients (a routing view): the
+    /// first Patient (the document's subject), when every other Patient of
+    /// it is a merged record (`active: false`), is read with the registration
+    /// last learned under any of its keys where it states none, or states
+    /// only the practice or only the GP (never in a document about several
+    /// live patients, an A40 of two merges: one patient's registration must
+    /// not take another's record to its region); with `learn` (a message from a listener: the local PAS, never a
+    /// neighbour's document), what each Patient then has is remembered under
+    /// every key of it that does not have it already (so a patient traced
+    /// since, known by its MRN, is known by its NHS number too).
     fn registrations(
         &mut self,
         document: &mut Json,
         known: &mut dyn KnownPatients,
+        learn: bool,
     ) -> Result<(), String> {
-        for (patient_key, identifiers) in crate::route::stated_registrations(document) {
-            let identifiers = Json::Array(identifiers).to_string();
-            match self
-                .registrations
-                .iter_mut()
-                .find(|r| r.patient_key == patient_key)
-            {
-                Some(r) => r.identifiers = identifiers,
-                None => self.registrations.push(Registration {
-                    patient_key,
-                    identifiers,
-                }),
+        let failed =
+            |e: String| format!("cannot read the patient's GP registration from the journal: {e}");
+        let patients = crate::route::patient_registrations(document);
+        let alone = patients.iter().skip(1).all(|p| !p.active);
+        for (i, patient) in patients.into_iter().enumerate() {
+            let subject = i == 0 && alone;
+            if patient.keys.is_empty() || (!subject && (!learn || patient.stated.is_empty())) {
+                continue;
+            }
+            let found = known.registrations(&patient.keys).map_err(failed)?;
+            let latest = found
+                .iter()
+                .max_by_key(|k| k.message_id)
+                .map(|k| k.identifiers.as_slice())
+                .unwrap_or_default();
+            let effective = crate::route::merge_registration(&patient.stated, latest);
+            if subject && effective != patient.stated {
+                crate::route::set_first_patient_registration(document, &effective);
+            }
+            if !learn || effective.is_empty() {
+                continue;
+            }
+            let identifiers = Json::Array(effective.clone()).to_string();
+            for key in patient.keys {
+                let has_it = found
+                    .iter()
+                    .any(|k| k.key == key && k.identifiers == effective);
+                if has_it {
+                    continue;
+                }
+                match self.registrations.iter_mut().find(|r| r.patient_key == key) {
+                    Some(r) => r.identifiers = identifiers.clone(),
+                    None => self.registrations.push(Registration {
+                        patient_key: key,
+                        identifiers: identifiers.clone(),
+                    }),
+                }
             }
         }
-        let mut failed = None;
-        crate::route::add_known_registrations(document, |key| match known.registration(key) {
-            Ok(found) => found,
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        });
-        match failed {
-            Some(e) => Err(format!(
-                "cannot read the patient's GP registration from the journal: {e}"
-            )),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -482,7 +534,8 @@ impl Router {
             // what its GP reference names, read from their place in the text;
             // the rest known from the mapping) is read once here; the text is queued
             let mut document = crate::route::routing_view_of(&output);
-            docs.registrations(&mut document, known)
+            let learn = matches!(origin, Origin::Listener(_));
+            docs.registrations(&mut document, known, learn)
                 .map_err(|e| fail("route", e))?;
             let refs = group.destinations_for(&document);
             self.push_deliveries(
@@ -578,8 +631,9 @@ impl Router {
             warnings: 0,
             registrations: Vec::new(),
         };
-        // (the bytes to deliver are made: what is added here is for the routes)
-        docs.registrations(&mut document, known)
+        // (the bytes to deliver are made: what is added here is for the
+        // routes; a neighbour's document states nothing routing remembers)
+        docs.registrations(&mut document, known, false)
             .map_err(|e| Failure::new("route", e))?;
         for group in selection.groups() {
             if !group.mapping().is_empty() {
@@ -848,7 +902,7 @@ pub(crate) async fn route_and_write(
                 let routed = router.route_knowing(m, replay, at, &mut known);
                 for r in &routed.routing.registrations {
                     if let Ok(ids) = serde_json::from_str(&r.identifiers) {
-                        known.learned.insert(r.patient_key.clone(), ids);
+                        known.learned.insert(r.patient_key.clone(), (m.id, ids));
                     }
                 }
                 routed
@@ -857,8 +911,37 @@ pub(crate) async fn route_and_write(
     })
     .await?;
     // A replay to one destination: its deliveries only, or nothing written.
+    // A destination the message went to before but would not go to now (the
+    // patient has since moved to another practice's region) is given the
+    // document it had then, made anew by the same mapping: resending what a
+    // neighbour never collected must not depend on where the patient is now.
     if let Some(only) = only {
         for r in &mut routed {
+            if !r.routing.deliveries.iter().any(|d| d.destination == only) {
+                let before = shared
+                    .journal
+                    .deliveries(crate::journal::DeliveryFilter {
+                        destination: Some(only.to_string()),
+                        message_id: Some(r.routing.message_id),
+                        limit: Some(1),
+                        ..Default::default()
+                    })
+                    .await?;
+                if let Some(before) = before.first() {
+                    let again = r
+                        .routing
+                        .deliveries
+                        .iter()
+                        .find(|d| d.mapping == before.mapping)
+                        .map(|d| NewDelivery {
+                            destination: only.to_string(),
+                            routes: before.routes.clone(),
+                            last_error: shared.router.waits_because(only),
+                            ..d.clone()
+                        });
+                    r.routing.deliveries.extend(again);
+                }
+            }
             r.routing.deliveries.retain(|d| d.destination == only);
             if r.routing.outcome == RoutingOutcome::Routed && r.routing.deliveries.is_empty() {
                 return Err(super::queue::QueueError::NotRoutedTo {

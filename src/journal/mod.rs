@@ -587,12 +587,16 @@ impl Journal {
         self.with_reader(queue::routing_cursor).await
     }
 
-    /// The GP registration last learned for a patient (a JSON array of
-    /// Identifiers), read on the calling thread: for the pipeline's routing,
-    /// which runs on a background thread already.
-    pub fn registration_blocking(&self, patient_key: &str) -> Result<Option<String>, JournalError> {
+    /// The GP registrations learned under any of a patient's `keys`: (key,
+    /// the message it was learned from, a JSON array of Identifiers). Read on
+    /// the calling thread: for the pipeline's routing, which runs on a
+    /// background thread already.
+    pub fn registrations_blocking(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, i64, String)>, JournalError> {
         self.inner.readers.with(sqlite::open_reader, |conn| {
-            queue::registration(conn, patient_key).map_err(JournalError::Read)
+            queue::registrations(conn, keys).map_err(JournalError::Read)
         })
     }
 

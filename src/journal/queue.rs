@@ -89,12 +89,15 @@ CREATE INDEX messages_mesh_message_id ON messages (substr(peer, instr(peer, '/')
 ALTER TABLE messages ADD COLUMN resend_of INTEGER;
 ";
 
-/// Version 5: each patient's GP registration as last seen in a document
-/// (`generalPractitioner`: the practice's ODS code, the GP's GMP/GMC number,
-/// as FHIR Identifier JSON), so routing can follow a patient whose later
-/// messages do not say it (lab results rarely carry PD1). Keyed by the
-/// Patient id the mappings compute; `message_id` is the message it was
-/// learned from: an older message (a replay) never overwrites a newer one.
+/// Version 5: each patient's GP registration as last seen in a message from
+/// a listener (`generalPractitioner`: the practice's ODS code, the GP's
+/// GMP/GMC number, as FHIR Identifier JSON), so routing can follow a patient
+/// whose later messages do not say it (lab results rarely carry PD1). Kept
+/// under each key of the patient: the Patient id the mappings compute, and
+/// `identifier|<system>|<value>` for each of its identifiers (so a patient
+/// first sent with an MRN only, then traced, is still known). `message_id`
+/// is the message it was learned from: an older message (a replay) never
+/// overwrites a newer one.
 pub(super) const SCHEMA_V5: &str = "
 CREATE TABLE registrations (
     patient_key  TEXT PRIMARY KEY,
@@ -211,10 +214,10 @@ pub struct NewRouting {
     pub registrations: Vec<Registration>,
 }
 
-/// A patient's GP registration as a document said it.
+/// A patient's GP registration as a message said it, under one of its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// The Patient's id (the queue's patient key).
+    /// The Patient's id, or `identifier|<system>|<value>`.
     pub patient_key: String,
     /// Its `generalPractitioner` identifiers, a JSON array of FHIR Identifiers.
     pub identifiers: String,
@@ -696,14 +699,25 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
     })
 }
 
-/// The GP registration last learned for a patient (its identifiers' JSON).
-pub(super) fn registration(
+/// The GP registrations learned under any of `keys`: (key, the message it
+/// was learned from, its identifiers' JSON).
+pub(super) fn registrations(
     conn: &Connection,
-    patient_key: &str,
-) -> Result<Option<String>, rusqlite::Error> {
-    conn.prepare_cached("SELECT identifiers FROM registrations WHERE patient_key = ?1")?
-        .query_row([patient_key], |row| row.get(0))
-        .optional()
+    keys: &[String],
+) -> Result<Vec<(String, i64, String)>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT patient_key, message_id, identifiers FROM registrations WHERE patient_key = ?1",
+    )?;
+    let mut out = Vec::new();
+    for key in keys {
+        if let Some(row) = stmt
+            .query_row([key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()?
+        {
+            out.push(row);
+        }
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -93,7 +93,7 @@ impl Field {
 
 /// What routing and the delivery queue read of a document given as JSON text:
 /// the same JSON with only `resourceType`, `id`, `fullUrl`, `identifier`,
-/// `address.postalCode` and `generalPractitioner` kept (of the Bundle, its entries
+/// `address.postalCode`, `generalPractitioner` and `active` kept (of the Bundle, its entries
 /// and their resources). Reading only those is several times cheaper than parsing
 /// the whole Bundle into a `Json` tree; every field of [`Field`] reads the same
 /// values from it. Text that does not have that shape is parsed whole; text that
@@ -184,6 +184,10 @@ mod view {
         address: Option<Vec<Address<'a>>>,
         #[serde(rename = "generalPractitioner", borrow, default)]
         general_practitioner: Option<Vec<Reference<'a>>>,
+        /// A Patient's: a merged record is `false` (the pipeline's
+        /// registrations tell a merge's survivor from a second patient).
+        #[serde(default)]
+        active: Option<bool>,
         #[serde(borrow, default)]
         entry: Option<Vec<Entry<'a>>>,
     }
@@ -281,6 +285,9 @@ mod view {
                     })
                     .collect();
                 m.insert("address".into(), Json::Array(addresses));
+            }
+            if let Some(active) = self.active {
+                m.insert("active".into(), Json::Bool(active));
             }
             if let Some(gps) = self.general_practitioner {
                 let gps = gps
@@ -398,17 +405,41 @@ impl Facts<'_> {
     }
 }
 
-/// The GP registration each Patient of `document` states: its id, and the
-/// identifiers of its `generalPractitioner` (inline, or of the resource in the
-/// Bundle a reference names) under the ODS or GP systems, as FHIR Identifiers.
-/// A Patient with no id, or whose GP says none of those, states none.
-pub fn stated_registrations(document: &Json) -> Vec<(String, Vec<Json>)> {
-    let mut out: Vec<(String, Vec<Json>)> = Vec::new();
+/// A Patient of a document, for what routing remembers of it: its keys (its
+/// id, then `identifier|<system>|<value>` for each identifier) and the GP
+/// registration it states: the identifiers of its `generalPractitioner`
+/// (inline, or of the resource in the Bundle a reference names) under the ODS
+/// or GP systems, as FHIR Identifiers (empty: it states none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientRegistration {
+    pub keys: Vec<String>,
+    pub stated: Vec<Json>,
+    /// Not `active: false` (a merged record is).
+    pub active: bool,
+}
+
+/// Each Patient of `document`, in order (see [`PatientRegistration`]).
+pub fn patient_registrations(document: &Json) -> Vec<PatientRegistration> {
+    let mut out = Vec::new();
     for patient in patients(document) {
-        let Some(id) = str_at(patient, "id").filter(|id| !id.is_empty()) else {
-            continue;
-        };
-        let mut ids: Vec<Json> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        if let Some(id) = str_at(patient, "id").filter(|id| !id.trim().is_empty()) {
+            keys.push(id.to_string());
+        }
+        for identifier in array(patient, "identifier") {
+            if let (Some(system), Some(value)) =
+                (str_at(identifier, "system"), str_at(identifier, "value"))
+            {
+                let (system, value) = (system.trim(), value.trim());
+                if !system.is_empty() && !value.is_empty() {
+                    let key = format!("identifier|{system}|{value}");
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        let mut stated: Vec<Json> = Vec::new();
         let mut keep = |identifier: &Json| {
             let Some(system) = str_at(identifier, "system") else {
                 return;
@@ -420,8 +451,8 @@ pub fn stated_registrations(document: &Json) -> Vec<(String, Vec<Json>)> {
                 return;
             };
             let id = serde_json::json!({ "system": system, "value": value });
-            if !ids.contains(&id) {
-                ids.push(id);
+            if !stated.contains(&id) {
+                stated.push(id);
             }
         };
         for gp in array(patient, "generalPractitioner") {
@@ -432,56 +463,53 @@ pub fn stated_registrations(document: &Json) -> Vec<(String, Vec<Json>)> {
                 array(target, "identifier").for_each(&mut keep);
             }
         }
-        if !ids.is_empty() && !out.iter().any(|(known, _)| known == id) {
-            out.push((id.to_string(), ids));
-        }
+        let active = patient.get("active").and_then(Json::as_bool) != Some(false);
+        out.push(PatientRegistration {
+            keys,
+            stated,
+            active,
+        });
     }
     out
 }
 
-/// Gives each Patient of `document` (a routing view) that states no GP
-/// registration ([`stated_registrations`]) the one `known` remembers for its
-/// id, as `generalPractitioner` identifiers, so `patient.gp_practice` and
-/// `patient.gp` read it. Returns how many Patients were given one.
-pub fn add_known_registrations(
-    document: &mut Json,
-    mut known: impl FnMut(&str) -> Option<Vec<Json>>,
-) -> usize {
-    let stated: Vec<String> = stated_registrations(document)
-        .into_iter()
-        .map(|(id, _)| id)
+/// A registration said in part over one known: the practice (ODS) as
+/// `stated` gives it, else as `known` does, and the GP (GMP/GMC) alike. A
+/// message that names the GP alone keeps the known practice.
+pub fn merge_registration(stated: &[Json], known: &[Json]) -> Vec<Json> {
+    let is_practice = |i: &&Json| str_at(i, "system") == Some(ODS_SYSTEM);
+    let is_gp = |i: &&Json| str_at(i, "system").is_some_and(|s| GP_SYSTEMS.contains(&s));
+    let pick = |class: &dyn Fn(&&Json) -> bool| -> Vec<Json> {
+        let said: Vec<Json> = stated.iter().filter(class).cloned().collect();
+        if said.is_empty() {
+            known.iter().filter(class).cloned().collect()
+        } else {
+            said
+        }
+    };
+    let mut out = pick(&is_practice);
+    out.extend(pick(&is_gp));
+    out
+}
+
+/// Writes `identifiers` as the `generalPractitioner` of the first Patient of
+/// `document` (a routing view, for the routes' conditions to read).
+pub fn set_first_patient_registration(document: &mut Json, identifiers: &[Json]) {
+    let gps: Vec<Json> = identifiers
+        .iter()
+        .map(|i| serde_json::json!({ "identifier": i }))
         .collect();
-    let mut added = 0;
-    let patients: Vec<&mut Json> = match document.get_mut("entry").and_then(Json::as_array_mut) {
+    let is_patient = |r: &Json| str_at(r, "resourceType") == Some("Patient");
+    let target = match document.get_mut("entry").and_then(Json::as_array_mut) {
         Some(entries) => entries
             .iter_mut()
             .filter_map(|e| e.get_mut("resource"))
-            .collect(),
-        None => vec![document],
+            .find(|r| is_patient(r)),
+        None => Some(document).filter(|d| is_patient(d)),
     };
-    for patient in patients {
-        if str_at(patient, "resourceType") != Some("Patient") {
-            continue;
-        }
-        let Some(id) = str_at(patient, "id").filter(|id| !id.is_empty()) else {
-            continue;
-        };
-        if stated.iter().any(|s| s == id) {
-            continue;
-        }
-        let Some(identifiers) = known(id) else {
-            continue;
-        };
-        if let Some(p) = patient.as_object_mut() {
-            let gps = identifiers
-                .into_iter()
-                .map(|i| serde_json::json!({ "identifier": i }))
-                .collect();
-            p.insert("generalPractitioner".into(), Json::Array(gps));
-            added += 1;
-        }
+    if let Some(patient) = target.and_then(Json::as_object_mut) {
+        patient.insert("generalPractitioner".into(), Json::Array(gps));
     }
-    added
 }
 
 /// `(fullUrl, resource)` of every entry of a Bundle, or the document itself when

@@ -65,8 +65,8 @@ use condition::{normalise, Condition, Tables};
 use document::{Document, Facts};
 
 pub use document::{
-    add_known_registrations, routing_view, routing_view_of, stated_registrations, GP_SYSTEMS,
-    NHS_NUMBER_SYSTEM, ODS_SYSTEM,
+    merge_registration, patient_registrations, routing_view, routing_view_of,
+    set_first_patient_registration, PatientRegistration, GP_SYSTEMS, NHS_NUMBER_SYSTEM, ODS_SYSTEM,
 };
 
 /// Every route of a folder, in file order, with the lookup tables.

@@ -517,6 +517,7 @@ F84003 = "NEL"
     let oru = |control_id: &str, patient: u32| {
         oru.replace("WP26112016254400123", control_id)
             .replace("9990000018", &nhs_number(patient))
+            .replace("RAL1234567", &format!("RAL{patient:07}"))
     };
     let a01_at = |control_id: &str, patient: u32, practice: &str| {
         a01(control_id, patient).replace("^^F84003|", &format!("^^{practice}|"))
@@ -595,16 +596,168 @@ F84003 = "NEL"
         "{:?}",
         replayed.routes
     );
-    let routed = router(ROUTES, &[], &["store", "hwe"]).route(
-        &message(after, "lab", &oru("R4", 1)),
-        false,
-        0,
-    );
-    let patient = routed.routing.deliveries[0].patient_key.clone();
-    let known = journal.registration_blocking(&patient).unwrap().unwrap();
+    // the results that went to HWE, replayed after the move: routed as the
+    // patient is registered now, but resent to HWE when asked to (what a
+    // neighbour never collected is resent where it went)
+    let replayed = queue.handle().replay(results, None).await.unwrap();
+    assert_eq!(replayed.routes, ["lab"]);
+    let replayed = queue
+        .handle()
+        .replay(results, Some("hwe".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(replayed.deliveries.len(), 1, "{:?}", replayed.error);
+    let patient = router(ROUTES, &[], &["store", "hwe"])
+        .route(&message(after, "lab", &oru("R4", 1)), false, 0)
+        .routing
+        .deliveries[0]
+        .patient_key
+        .clone();
+    let known = journal.registrations_blocking(&[patient]).unwrap();
+    assert_eq!(known.len(), 1);
     assert!(
-        known.contains("F84003") && !known.contains("E82061"),
-        "{known}"
+        known[0].2.contains("F84003") && !known[0].2.contains("E82061"),
+        "{known:?}"
+    );
+
+    // first sent with the MRN only, then the lab's results carrying the NHS
+    // number too (another Patient id): known by the MRN; and then by the NHS
+    // number alone, learned from the results that carried both
+    let mrn_only = a01_at("A3", 3, "E82061").replace(&format!("{}^^^NHS^NH~", nhs_number(3)), "");
+    assert!(!mrn_only.contains(&nhs_number(3)));
+    let oru_of_3 =
+        |control_id: &str| oru(control_id, 3).replace("RAL1234567", &format!("RAL{:07}", 3));
+    let first = commit(&journal, "pas", "A3", &mrn_only).await;
+    let both = commit(&journal, "lab", "R5", &oru_of_3("R5")).await;
+    let nhs_alone = commit(
+        &journal,
+        "lab",
+        "R6",
+        &oru_of_3("R6").replace(&format!("~RAL{:07}^^^RAL^MR", 3), ""),
+    )
+    .await;
+    routed(journal.clone(), nhs_alone).await;
+    for id in [first, both, nhs_alone] {
+        assert_eq!(
+            destinations(journal.clone(), id).await,
+            ["hwe", "store"],
+            "message {id}"
+        );
+    }
+
+    // an update naming the GP alone (PD1-4, no practice) keeps the practice
+    let gp_only = a01("A4", 3)
+        .replace("PRIMROSE HILL SURGERY^^F84003", "")
+        .replace("RAL0000003", &format!("RAL{:07}", 3));
+    let update = commit(&journal, "pas", "A4", &gp_only).await;
+    let results = commit(&journal, "lab", "R7", &oru_of_3("R7")).await;
+    routed(journal.clone(), results).await;
+    assert_eq!(
+        destinations(journal.clone(), update).await,
+        ["hwe", "store"]
+    );
+    assert_eq!(
+        destinations(journal.clone(), results).await,
+        ["hwe", "store"]
     );
     queue.stop(Duration::from_secs(10)).await;
+}
+
+/// What routing remembers comes from the local PAS (a listener), never from
+/// a neighbour's document or HL7 a source brought; and a remembered
+/// registration is given to a document's patient only when it is the
+/// document's one live patient (not to an A40 of two merges, which would take
+/// one patient's record to the other's region).
+#[test]
+fn remembered_registrations_come_from_the_pas_and_go_to_a_documents_one_patient() {
+    struct Everyone(Vec<Json>);
+    impl KnownPatients for Everyone {
+        fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
+            Ok(keys
+                .iter()
+                .map(|key| Known {
+                    key: key.clone(),
+                    message_id: 1,
+                    identifiers: self.0.clone(),
+                })
+                .collect())
+        }
+    }
+    let hwe = || {
+        Everyone(vec![serde_json::json!({
+            "system": crate::route::ODS_SYSTEM, "value": "E82061"
+        })])
+    };
+    let router = router(
+        "[routes.pas]\nlisteners = [\"pas\"]\nmessages = [\"ADT^*\"]\nmapping = \"adt_merge\"\ndestinations = [\"sink\"]\n\
+         [routes.pas_hwe]\nlisteners = [\"pas\"]\nmessages = [\"ADT^*\"]\nmapping = \"adt_merge\"\ndestinations = [\"hwe\"]\nwhen = \"patient.gp_practice = 'E82061'\"\n\
+         [routes.mesh_adt]\nsources = [\"inbox\"]\nmessages = [\"ADT^*\"]\nmapping = \"adt\"\ndestinations = [\"sink\"]\n\
+         [routes.mesh_docs]\nsources = [\"inbox\"]\nmessages = [\"MESH^*\"]\ndestinations = [\"sink\"]\n",
+        &["inbox"],
+        &["sink", "hwe"],
+    );
+    let sample = |name: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("samples")
+                .join(name),
+        )
+        .unwrap()
+    };
+    // an A40 of one merge: its survivor is the document's one live patient
+    let one: Vec<String> = sample("adt_a40_merge.hl7")
+        .split('\r')
+        .filter(|s| !s.starts_with("PD1|"))
+        .map(str::to_string)
+        .collect();
+    let one = one.join("\r");
+    let routed = router.route_knowing(&message(1, "pas", &one), false, 0, &mut hwe());
+    let to: Vec<&str> = routed
+        .routing
+        .deliveries
+        .iter()
+        .map(|d| d.destination.as_str())
+        .collect();
+    assert_eq!(to, ["sink", "hwe"], "{:?}", routed.routing.error);
+    // an A40 of two merges (its first survivor states no practice, the second
+    // a London one): not given the remembered one, not sent to HWE
+    let two = sample("adt_a40_two_merges.hl7");
+    let routed = router.route_knowing(&message(2, "pas", &two), false, 0, &mut hwe());
+    let to: Vec<&str> = routed
+        .routing
+        .deliveries
+        .iter()
+        .map(|d| d.destination.as_str())
+        .collect();
+    assert_eq!(to, ["sink"], "{:?}", routed.routing.error);
+    // learned from the PAS: what its second survivor states, under its keys
+    assert!(routed
+        .routing
+        .registrations
+        .iter()
+        .any(|r| r.identifiers.contains("F84003") && r.patient_key.starts_with("identifier|")));
+    // nothing learned from a neighbour's document, nor from HL7 a source brought
+    let mut doc = message(3, "inbox", &sample("mesh_bundle_from_hwe.json"));
+    doc.message_type = "MESH^TEST_WORKFLOW".to_string();
+    let routed = router.route_knowing(&doc, false, 0, &mut NoneKnown);
+    assert_eq!(
+        routed.routing.outcome,
+        RoutingOutcome::Routed,
+        "{:?}",
+        routed.routing.error
+    );
+    assert!(routed.routing.registrations.is_empty());
+    let routed = router.route_knowing(
+        &message(4, "inbox", &a01("S1", 4)),
+        false,
+        0,
+        &mut NoneKnown,
+    );
+    assert_eq!(
+        routed.routing.outcome,
+        RoutingOutcome::Routed,
+        "{:?}",
+        routed.routing.error
+    );
+    assert!(routed.routing.registrations.is_empty());
 }
