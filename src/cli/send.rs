@@ -352,15 +352,15 @@ pub fn split_messages(bytes: &[u8]) -> Result<Vec<Vec<u8>>, Hl7Error> {
         .collect())
 }
 
-/// `\r\n` and `\r` end a segment; a lone `\n` ends one only when what follows
-/// looks like a segment (three letters or digits, then the field separator
-/// or a line end) or a blank line, as [`crate::hl7::decode`] reads them:
-/// broken senders put raw line feeds inside report text.
+/// `\r\n` and `\r` end a segment; a lone `\n` ends one as
+/// [`crate::hl7::decode`] reads them (`hl7::ends_segment`): broken senders put
+/// raw line feeds inside report text.
 fn normalise_endings(bytes: &[u8]) -> Vec<u8> {
     let sep = match bytes.get(3) {
         Some(&b) if b.is_ascii_punctuation() => b,
         _ => b'|',
     };
+    let cr = crate::hl7::ends_in_cr(bytes);
     let mut out = Vec::with_capacity(bytes.len() + 1);
     let mut i = 0;
     while i < bytes.len() {
@@ -371,27 +371,12 @@ fn normalise_endings(bytes: &[u8]) -> Vec<u8> {
                     i += 1;
                 }
             }
-            b'\n' if lf_ends_segment(&bytes[i + 1..], sep) => out.push(b'\r'),
+            b'\n' if crate::hl7::ends_segment(bytes, i + 1, sep, cr) => out.push(b'\r'),
             b => out.push(b),
         }
         i += 1;
     }
     out
-}
-
-fn lf_ends_segment(rest: &[u8], sep: u8) -> bool {
-    let line_end = rest
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(rest.len());
-    if rest[..line_end].iter().all(u8::is_ascii_whitespace) {
-        return true;
-    }
-    let name = rest.len() >= 3
-        && rest[..3]
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    name && (matches!(rest.get(3), None | Some(b'\r') | Some(b'\n')) || rest.get(3) == Some(&sep))
 }
 
 /// MSH-10 of a message (fields counted with MSH-1 as the separator itself).

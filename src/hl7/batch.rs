@@ -77,12 +77,13 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         Some(&b) if b.is_ascii_punctuation() => b,
         _ => b'|',
     };
+    let cr = super::ends_in_cr(bytes);
     let mut start = 0;
     let mut i = 0;
     std::iter::from_fn(move || {
         while i < bytes.len() {
             let b = bytes[i];
-            if b == b'\r' || (b == b'\n' && ends_segment(bytes, i + 1, sep)) {
+            if b == b'\r' || (b == b'\n' && ends_segment(bytes, i + 1, sep, cr)) {
                 let line = (start, &text[start..i]);
                 i += 1;
                 if b == b'\r' && bytes.get(i) == Some(&b'\n') {

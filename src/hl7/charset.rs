@@ -23,10 +23,16 @@
 //!      [`Hl7Error::UnsupportedCharset`].
 //!
 //! # Segment endings
-//! `\r`, `\n` and `\r\n` all end a segment. A lone `\n` ends a segment only
-//! when what follows looks like a segment (three characters `A-Z`/`0-9`
-//! followed by the field separator or a line end) or a blank line; otherwise it
-//! is kept as data (broken senders that put raw line feeds in report text).
+//! `\r` and `\r\n` end a segment. A lone `\n`:
+//! - in a message whose first line (MSH) ends in `\r`, is data (HL7 v2's
+//!   segment terminator is the carriage return: report writers and comment
+//!   boxes put raw line feeds in text, with lines such as `NAD`, `150` or a
+//!   blank one), unless a known segment (an HL7 segment id, or `Z..`) follows
+//!   with its field separator (`\nPV1|`: a segment pasted with a line feed),
+//!   or only white space follows;
+//! - in a message whose lines end in `\n`, ends a segment when what follows
+//!   looks like one (three characters `A-Z`/`0-9` followed by the field
+//!   separator or a line end) or a blank line; otherwise it is kept as data.
 //! Blank and whitespace-only lines (including trailing ones) are dropped,
 //! leading whitespace is dropped, a bare segment name such as `PV2` gets its
 //! field separator (`PV2|`, which `Message::parse` requires), and every segment,
@@ -260,12 +266,13 @@ fn normalise(text: &str) -> String {
         Some(&b) if b.is_ascii_punctuation() => b,
         _ => b'|',
     };
+    let cr = ends_in_cr(bytes);
     let mut out = String::with_capacity(text.len() + 2);
     let mut line_start = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'\r' || (b == b'\n' && ends_segment(bytes, i + 1, sep)) {
+        if b == b'\r' || (b == b'\n' && ends_segment(bytes, i + 1, sep, cr)) {
             push_line(&mut out, &text[line_start..i], sep);
             i += 1;
             if b == b'\r' && bytes.get(i) == Some(&b'\n') {
@@ -280,10 +287,52 @@ fn normalise(text: &str) -> String {
     out
 }
 
-/// Whether a `'\n'` followed by `bytes[at..]` ends a segment. Text from
-/// [`decode`] never holds such a `'\n'`.
-pub(crate) fn ends_segment(bytes: &[u8], at: usize, sep: u8) -> bool {
+/// Whether a message ends its segments in `'\r'`: its first line does.
+pub(crate) fn ends_in_cr(bytes: &[u8]) -> bool {
+    bytes.iter().find(|&&b| b == b'\r' || b == b'\n') == Some(&b'\r')
+}
+
+/// HL7 v2 segment ids (v2.1 to v2.9), for telling a segment pasted after a
+/// lone line feed from a line of text in a message whose segments end in CR.
+const SEGMENT_IDS: &[&[u8; 3]] = &[
+    b"ABS", b"ACC", b"ADD", b"ADJ", b"AFF", b"AIG", b"AIL", b"AIP", b"AIS", b"AL1", b"APR", b"ARQ",
+    b"ARV", b"AUT", b"BHS", b"BLC", b"BLG", b"BPO", b"BPX", b"BTS", b"BTX", b"BUI", b"CDM", b"CDO",
+    b"CER", b"CM0", b"CM1", b"CM2", b"CNS", b"CON", b"CSP", b"CSR", b"CSS", b"CTD", b"CTI", b"DB1",
+    b"DG1", b"DMI", b"DON", b"DPS", b"DRG", b"DSC", b"DSP", b"ECD", b"ECR", b"EDU", b"EQP", b"EQU",
+    b"ERR", b"EVN", b"FAC", b"FHS", b"FT1", b"FTS", b"GOL", b"GP1", b"GP2", b"GT1", b"IAM", b"IAR",
+    b"IIM", b"ILT", b"IN1", b"IN2", b"IN3", b"INV", b"IPC", b"IPR", b"ISD", b"ITM", b"IVC", b"IVT",
+    b"LAN", b"LCC", b"LCH", b"LDP", b"LOC", b"LRL", b"MCP", b"MFA", b"MFE", b"MFI", b"MRG", b"MSA",
+    b"MSH", b"NCK", b"NDS", b"NK1", b"NPU", b"NSC", b"NST", b"NTE", b"OBR", b"OBX", b"ODS", b"ODT",
+    b"OM1", b"OM2", b"OM3", b"OM4", b"OM5", b"OM6", b"OM7", b"ORC", b"ORG", b"OVR", b"PAC", b"PCE",
+    b"PCR", b"PD1", b"PDA", b"PDC", b"PEO", b"PES", b"PID", b"PKG", b"PMT", b"PR1", b"PRA", b"PRB",
+    b"PRC", b"PRD", b"PRT", b"PSG", b"PSH", b"PTH", b"PV1", b"PV2", b"PYE", b"QAK", b"QID", b"QPD",
+    b"QRD", b"QRF", b"QRI", b"RCP", b"RDF", b"RDT", b"REL", b"RF1", b"RFI", b"RGS", b"RMI", b"ROL",
+    b"RQ1", b"RQD", b"RXA", b"RXC", b"RXD", b"RXE", b"RXG", b"RXO", b"RXR", b"RXV", b"SAC", b"SCD",
+    b"SCH", b"SCP", b"SDD", b"SFT", b"SGH", b"SGT", b"SHP", b"SID", b"SLT", b"SPM", b"STF", b"STZ",
+    b"TCC", b"TCD", b"TQ1", b"TQ2", b"TXA", b"UAC", b"UB1", b"UB2", b"URD", b"URS", b"VAR", b"VND",
+];
+
+/// A segment id: one of [`SEGMENT_IDS`], or `Z` and two letters or digits.
+fn is_segment_id(name: &[u8]) -> bool {
+    let alnum = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
+    match name {
+        [b'Z', rest @ ..] if rest.len() == 2 => rest.iter().all(alnum),
+        [a, b, c] => SEGMENT_IDS.contains(&&[*a, *b, *c]),
+        _ => false,
+    }
+}
+
+/// Whether a `'\n'` followed by `bytes[at..]` ends a segment, in a message
+/// whose segments end in CR (`cr`, [`ends_in_cr`]) or in LF (see the module
+/// doc). Text from [`decode`] never holds such a `'\n'`.
+pub(crate) fn ends_segment(bytes: &[u8], at: usize, sep: u8, cr: bool) -> bool {
     let rest = &bytes[at..];
+    if cr {
+        return rest
+            .iter()
+            .all(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            || (rest.len() >= 4 && rest[3] == sep && is_segment_id(&rest[..3]));
+    }
     // Blank line or end of text.
     let line_end = rest
         .iter()
@@ -364,6 +413,28 @@ mod tests {
         check(
             b"MSH|^~\\&|A\rOBX|1|TX|||first line\nsecond line\rNTE|1",
             Ok("MSH|^~\\&|A\rOBX|1|TX|||first line\nsecond line\rNTE|1\r"),
+        );
+        // in a message whose segments end in CR, lines that look like segment
+        // names, numbers and blank lines are text too (HL7's terminator is CR)
+        for text in [
+            "Heart size normal.\nConclusion:\nNAD||||||C",
+            "Repeat count on citrate:\n150",
+            "Tests requested:\nFBC\nCRP\nplease repeat",
+            "Para one.\n\nPara two.",
+        ] {
+            let raw = format!("MSH|^~\\&|A\rOBX|1|TX|||{text}\rNTE|1");
+            check(raw.as_bytes(), Ok(&format!("{raw}\r")));
+        }
+        // but a segment pasted after a lone line feed is one, and a trailing
+        // line feed ends the message
+        check(
+            b"MSH|^~\\&|A\rPID|1\nPV1|1|I\nZPD|x\n",
+            Ok("MSH|^~\\&|A\rPID|1\rPV1|1|I\rZPD|x\r"),
+        );
+        // a message whose lines end in LF still reads a short line as a segment
+        check(
+            b"MSH|^~\\&|A\nPID|1\nPV2\n",
+            Ok("MSH|^~\\&|A\rPID|1\rPV2|\r"),
         );
     }
 

@@ -316,10 +316,11 @@ fn check_msh_prefix(text: &str) -> Result<&str, Hl7Error> {
 fn check_line_feeds(text: &str) -> Result<(), Hl7Error> {
     let bytes = text.as_bytes();
     let sep = bytes[3];
+    let cr = super::ends_in_cr(bytes);
     let mut from = 0;
     while let Some(pos) = text[from..].find('\n') {
         let at = from + pos;
-        if ends_segment(bytes, at + 1, sep) {
+        if ends_segment(bytes, at + 1, sep, cr) {
             return Err(Hl7Error::UnnormalisedText { offset: at });
         }
         from = at + 1;
