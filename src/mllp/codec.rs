@@ -19,7 +19,12 @@
 //!   [`MllpCodec::take_abandoned`] to be kept, and the new frame is read and
 //!   answered as usual. Followed by anything else, it is data (a word
 //!   processor's manual line break pasted into a report);
-//! - any other byte outside a frame is an error ([`MllpError::Garbage`]);
+//! - bytes outside a frame that arrive before a start block and a message
+//!   header (`MSH`, `FHS`, `BHS`; in the same read) are handed out by [`MllpCodec::take_stray`] to be kept, and the
+//!   frame after them is read; an end block written twice between frames is
+//!   skipped like white space;
+//! - any other byte outside a frame (no start block after it) is an error
+//!   ([`MllpError::Garbage`]);
 //! - a frame longer than `max_message_bytes` is an error
 //!   ([`MllpError::TooLarge`]), detected without buffering more than the limit.
 //!
@@ -86,6 +91,9 @@ pub struct MllpCodec {
     fs_last: bool,
     /// Frames a new start block cut short, oldest first (bounded prefixes).
     abandoned: Vec<Bytes>,
+    /// Bytes outside any frame that came before a start block in the same
+    /// read (bounded prefixes).
+    stray: Vec<Bytes>,
 }
 
 impl MllpCodec {
@@ -95,6 +103,7 @@ impl MllpCodec {
             scanned: 0,
             fs_last: false,
             abandoned: Vec::new(),
+            stray: Vec::new(),
         }
     }
 
@@ -130,6 +139,12 @@ impl MllpCodec {
         std::mem::take(&mut self.abandoned)
     }
 
+    /// The bytes outside any frame that came before a start block since the
+    /// last call, to be kept for inspection (the frame after them is read).
+    pub fn take_stray(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.stray)
+    }
+
     fn too_large(&mut self, src: &mut BytesMut) -> MllpError {
         let bytes = Self::keep(&src[..]);
         src.clear();
@@ -156,11 +171,12 @@ impl Decoder for MllpCodec {
         // Skip whitespace between frames.
         if self.scanned == 0 {
             // white space, NULs (keep-alive bytes some senders write between
-            // frames) and a UTF-8 byte order mark before a start block
+            // frames), an end block written twice, and a UTF-8 byte order
+            // mark before a start block
             loop {
                 let skip = src
                     .iter()
-                    .take_while(|b| b.is_ascii_whitespace() || **b == 0)
+                    .take_while(|b| b.is_ascii_whitespace() || **b == 0 || **b == FS)
                     .count();
                 src.advance(skip);
                 if src.starts_with(b"\xEF\xBB\xBF\x0B") {
@@ -174,10 +190,22 @@ impl Decoder for MllpCodec {
                 return Ok(None);
             }
             if src[0] != VT {
-                let end = src.iter().position(|&b| b == VT).unwrap_or(src.len());
-                let bytes = Self::keep(&src[..end]);
-                src.clear();
-                return Err(MllpError::Garbage { bytes });
+                match src.iter().position(|&b| b == VT) {
+                    // bytes before a start block that came with it, and a
+                    // message after it: kept, and the frame read (a sender's
+                    // stack that writes something before each frame is not
+                    // cut off)
+                    Some(end) if starts_a_frame(&src[end + 1..]) == Some(true) => {
+                        self.stray.push(Self::keep(&src[..end]));
+                        src.advance(end);
+                    }
+                    // bytes that start no frame (not MLLP at all): an error
+                    _ => {
+                        let bytes = Self::keep(&src[..]);
+                        src.clear();
+                        return Err(MllpError::Garbage { bytes });
+                    }
+                }
             }
         }
         self.fs_last = false;
@@ -321,7 +349,10 @@ pub fn frames_of(bytes: &[u8]) -> Option<Vec<Bytes>> {
     while let Some(frame) = codec.decode_eof(&mut src).ok()? {
         frames.push(frame);
     }
-    let whole = src.is_empty() && codec.take_abandoned().is_empty() && !frames.is_empty();
+    let whole = src.is_empty()
+        && codec.take_abandoned().is_empty()
+        && codec.take_stray().is_empty()
+        && !frames.is_empty();
     whole.then_some(frames)
 }
 
@@ -534,6 +565,21 @@ mod tests {
             Err(MllpError::Garbage { bytes }) => assert_eq!(&bytes[..], b"GET / HTTP/1.1\r\n"),
             other => panic!("expected garbage, got {other:?}"),
         }
+    }
+
+    /// Junk that comes before a frame in the same read is kept, and the frame
+    /// is read; a doubled end block between frames is skipped.
+    #[test]
+    fn bytes_before_a_start_block_are_kept_and_the_frame_read() {
+        let mut codec = MllpCodec::new(100);
+        let mut buf = BytesMut::from(&b"junk\x0bMSH|1\x1c\r\x1c\r\x0bMSH|2\x1c\r"[..]);
+        let first = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&first[..], b"MSH|1");
+        assert_eq!(codec.take_stray(), vec![Bytes::from("junk")]);
+        let second = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&second[..], b"MSH|2");
+        assert!(codec.take_stray().is_empty());
+        assert!(buf.is_empty());
     }
 
     #[test]

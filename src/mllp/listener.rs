@@ -21,7 +21,9 @@
 //!   byte received inside an unfinished frame) journals the bytes kept as
 //!   `garbage`, logs one warning and closes that connection only. A frame the
 //!   sender abandoned by starting a new one (`0x0B` before the end block) is
-//!   kept the same way, and the connection goes on with the new frame. The
+//!   kept the same way, and the connection goes on with the new frame; so are
+//!   bytes that arrive before a start block and message header in the same
+//!   read (a sender's stack that writes something before each frame). The
 //!   idle timeout counts from the last byte received, never from the start
 //!   of a frame: a large message arriving slowly is not cut off;
 //! - a resend of an accepted message (same MSH-3/MSH-4 and MSH-10) gets the
@@ -593,6 +595,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         };
         // a frame the sender abandoned by starting a new one: kept, and the
         // connection goes on with the new frame
+        for stray in framed.codec_mut().take_stray() {
+            let size = stray.len();
+            keep_garbage(
+                ctx,
+                &peer_text,
+                stray,
+                size,
+                "bytes outside a frame, before a start block (0x0B): kept, the frame after them read",
+                false,
+            )
+            .await;
+        }
         for abandoned in framed.codec_mut().take_abandoned() {
             let size = abandoned.len();
             keep_garbage(
