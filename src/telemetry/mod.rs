@@ -100,26 +100,34 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
 }
 
-/// A writer that writes control characters (C0 but line feed and tab, DEL, C1)
-/// and bidirectional formatting characters as `\x1b`, `\u{202e}`: what a log
-/// line holds of a sender's text reaches a terminal inert.
+/// A writer that writes control characters (C0 but tab, DEL, C1; a line
+/// feed but the one that ends the line) and bidirectional formatting
+/// characters as `\x1b`, `\x0a`, `\u{202e}`: what a log line holds of a
+/// sender's text reaches a terminal inert, and a line feed in a control id
+/// (`\X0A\` in MSH-10) cannot start a line of the sender's making. (tracing
+/// writes each event, one line, in one call.)
 struct Escaping<W>(W);
 
 impl<W: std::io::Write> std::io::Write for Escaping<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let Ok(text) = std::str::from_utf8(buf) else {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        let Ok(text) = std::str::from_utf8(body) else {
             // (tracing writes text; bytes that are not, escaped byte by byte)
             let mut out = Vec::with_capacity(buf.len() + 16);
-            for &b in buf {
-                if (b < 0x20 && b != b'\n' && b != b'\t') || b >= 0x7f {
+            for &b in body {
+                if (b < 0x20 && b != b'\t') || b >= 0x7f {
                     out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
                 } else {
                     out.push(b);
                 }
             }
+            out.extend_from_slice(end);
             return self.0.write_all(&out).map(|()| buf.len());
         };
-        let escape = |c: char| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c);
+        let escape = |c: char| (c.is_control() && c != '\t') || is_bidi_control(c);
         if !text.chars().any(escape) {
             return self.0.write_all(buf).map(|()| buf.len());
         }
@@ -135,6 +143,7 @@ impl<W: std::io::Write> std::io::Write for Escaping<W> {
                 out.push(c);
             }
         }
+        out.push_str(if end.is_empty() { "" } else { "\n" });
         self.0.write_all(out.as_bytes()).map(|()| buf.len())
     }
 
@@ -154,6 +163,15 @@ mod tests {
         out.write_all(b"control_id=ESC\x1b[31mRED\x07 ok\tx\n")
             .unwrap();
         assert_eq!(out.0, b"control_id=ESC\\x1b[31mRED\\x07 ok\tx\n");
+        // a line feed inside the line (a control id's `\X0A\`): escaped, so
+        // the sender cannot start a line of its own; the line's end is kept
+        let mut out = Escaping(Vec::new());
+        out.write_all(b"control_id=A\n2026-11-24T09:00:00Z  INFO fake\r line\n")
+            .unwrap();
+        assert_eq!(
+            out.0,
+            b"control_id=A\\x0a2026-11-24T09:00:00Z  INFO fake\\x0d line\n"
+        );
     }
 
     fn check(rust_log: Option<&str>, level: Option<&str>, expected: Result<&str, &str>) {
