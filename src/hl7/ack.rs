@@ -202,6 +202,19 @@ pub fn build_ack(
     };
     let e = |s: &str| escape(s, &seps).into_owned();
     let ef = |s: &str| escape_field(s, &seps).into_owned();
+    // a field echoed as the sender wrote it, when the ACK is written in the
+    // sender's own delimiters (so the bytes mean what they meant); else
+    // escaped again from its decoded text
+    let own_delimiters = original.is_some()
+        && seps.field == h.field_separator
+        && h.encoding_characters.starts_with(encoding.as_str());
+    let echo = |as_sent: &str, decoded: &str, escaped: &dyn Fn(&str) -> String| {
+        if own_delimiters && !as_sent.contains(['\r', '\n']) {
+            as_sent.to_string()
+        } else {
+            escaped(decoded)
+        }
+    };
 
     let mut message_type = String::from("ACK");
     if !h.trigger_event.is_empty() {
@@ -220,8 +233,8 @@ pub fn build_ack(
     for value in [
         ef(&h.receiving_application),
         ef(&h.receiving_facility),
-        ef(&h.sending_application),
-        ef(&h.sending_facility),
+        echo(&h.as_sent.sending_application, &h.sending_application, &ef),
+        echo(&h.as_sent.sending_facility, &h.sending_facility, &ef),
         e(timestamp),
         String::new(),
         message_type,
@@ -247,7 +260,7 @@ pub fn build_ack(
     out.push(f);
     out.push_str(code.as_str());
     out.push(f);
-    out.push_str(&e(&h.control_id));
+    out.push_str(&echo(&h.as_sent.control_id, &h.control_id, &e));
     let Some(error) = error else {
         return out;
     };
@@ -616,6 +629,37 @@ mod tests {
 
     const V251: &str =
         "MSH|^~\\&|PAS|RAL^1.2.3^ISO|EPR|HUB|20240501120000||ADT^A01^ADT_A01|MSG0001|P|2.5.1";
+
+    /// MSA-2 is the sender's MSH-10 as sent, and MSH-5/6 its MSH-3/4: a
+    /// sender matches its ACK byte for byte, delimiters and escapes included.
+    #[test]
+    fn header_fields_are_echoed_as_sent() {
+        for (control_id, sender) in [
+            ("A^1", "PAS"),
+            ("B&1", "PAS\\T\\X"),
+            ("C~1", "PAS^RAL"),
+            ("D\\E\\1", "P\\F\\Q"),
+        ] {
+            let msh = format!(
+                "MSH|^~\\&|{sender}|RAL|EPR|HUB|20240501120000||ADT^A01|{control_id}|P|2.4"
+            );
+            let ack = build_ack(Some(&header(&msh)), AckCode::AA, None, "ACK0001", TS);
+            let fields: Vec<&str> = ack.split('\r').next().unwrap().split('|').collect();
+            assert_eq!(fields[4], sender, "{ack}");
+            assert!(ack.ends_with(&format!("\rMSA|AA|{control_id}")), "{ack}");
+        }
+        // in other delimiters than the ACK's (unusable ones): escaped again
+        let h = Header {
+            control_id: "A^1".into(),
+            as_sent: crate::hl7::message::AsSent {
+                control_id: "A^1".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ack = build_ack(Some(&h), AckCode::AA, None, "ACK0001", TS);
+        assert!(ack.ends_with("MSA|AA|A\\S\\1"), "{ack}");
+    }
 
     #[test]
     fn versions_and_processing_ids_are_checked() {

@@ -33,6 +33,7 @@
 //! - in a message whose lines end in `\n`, ends a segment when what follows
 //!   looks like one (three characters `A-Z`/`0-9` followed by the field
 //!   separator or a line end) or a blank line; otherwise it is kept as data.
+//!
 //! Blank and whitespace-only lines (including trailing ones) are dropped,
 //! leading whitespace is dropped, a bare segment name such as `PV2` gets its
 //! field separator (`PV2|`, which `Message::parse` requires), and every segment,

@@ -64,6 +64,18 @@ pub struct Header {
     pub application_ack_type: Option<String>,
     /// MSH-18 (first repetition).
     pub charset: Option<String>,
+    /// MSH-3, MSH-4 and MSH-10 as sent (escapes and separators as they are):
+    /// what an ACK echoes, so a sender matches MSA-2 to its MSH-10 byte for
+    /// byte (`A^1` stays `A^1`, `PAS\T\X` stays escaped).
+    pub as_sent: AsSent,
+}
+
+/// Header fields as sent, undecoded (see [`Header::as_sent`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AsSent {
+    pub sending_application: String,
+    pub sending_facility: String,
+    pub control_id: String,
 }
 
 impl Header {
@@ -179,6 +191,11 @@ impl<'a> Message<'a> {
                 .unwrap_or_default()
         };
         let optional = |s: String| (!s.is_empty()).then_some(s);
+        let raw = |n: usize| -> String {
+            msh.field(n)
+                .map(|f| f.raw().to_string())
+                .unwrap_or_default()
+        };
         // v2.1/2.2-style senders give an ADT's event in EVN-1 and only the
         // message type in MSH-9 (`ADT`): the trigger is EVN-1 then, so the
         // message is routed and mapped as the ADT^A08 it is (EVN is an ADT
@@ -212,6 +229,11 @@ impl<'a> Message<'a> {
             accept_ack_type: optional(field(15)),
             application_ack_type: optional(field(16)),
             charset: optional(field(18)),
+            as_sent: AsSent {
+                sending_application: raw(3),
+                sending_facility: raw(4),
+                control_id: raw(10),
+            },
         })
     }
 
@@ -572,6 +594,11 @@ ZPI|1|custom^value\r";
                 accept_ack_type: Some("AL".into()),
                 application_ack_type: Some("NE".into()),
                 charset: Some("8859/1".into()),
+                as_sent: AsSent {
+                    sending_application: "PAS".into(),
+                    sending_facility: "RAL".into(),
+                    control_id: "MSG0001".into(),
+                },
             }
         );
         assert_eq!(header.message_type(), "ADT^A01");

@@ -65,7 +65,7 @@ pub use charset::{decode, encode_text, msh18, strip_utf8_bom};
 pub(crate) use charset::{ends_in_cr, ends_segment};
 pub use error::Hl7Error;
 pub use escape::{escape, escape_field, unescape};
-pub use message::{same_message, Header, Message};
+pub use message::{same_message, AsSent, Header, Message};
 pub use path::Path;
 pub use tree::{Element, Level, Segment, Separators};
 
