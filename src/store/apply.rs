@@ -171,7 +171,7 @@ pub(super) fn apply_plan<R: Rows>(
                     last_updated,
                     event_time,
                     create_only,
-                    admits: plan.admits,
+                    event: plan.event.as_deref(),
                 };
                 match &entry.op {
                     Op::Put {
@@ -246,8 +246,8 @@ struct At<'a> {
     event_time: Option<i64>,
     /// Written as a create-only placeholder (`ifNoneMatch`).
     create_only: bool,
-    /// The document records an admission event (`Plan::admits`).
-    admits: bool,
+    /// The HL7 v2 event the document records (`Plan::event`).
+    event: Option<&'a str>,
 }
 
 impl At<'_> {
@@ -318,7 +318,10 @@ fn put<R: Rows>(
         // admission event (an A01 sent again after a mistaken A11: the patient
         // was admitted after all), or an admission of another start under the
         // same visit number, is new
-        if at.resource_type == "Encounter" && !at.admits && cancels_visit(stored, resource) {
+        if at.resource_type == "Encounter"
+            && !plan::is_admission(at.event)
+            && cancels_visit(stored, resource)
+        {
             return Ok(EntryResult::Stale {
                 version: cur.version,
             });
@@ -365,7 +368,7 @@ fn put<R: Rows>(
             with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned)
         }
         ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
-        ("Encounter", Some(stored)) => with_admission_kept(stored, resource),
+        ("Encounter", Some(stored)) => with_visit_kept(stored, resource, at.event),
         _ => owned,
     };
     let resource = owned.as_ref().unwrap_or(resource);
@@ -511,6 +514,73 @@ fn continuity<R: Rows>(
         owned = Some(retire(kept, &survivor));
     }
     Ok(owned)
+}
+
+/// An Encounter as an update writes it over the stored visit (`None`: as it
+/// is). HL7 v2 says an omitted field leaves the old value, and PAS send
+/// updates (A08, A02, A31) with partial PV1s, as after a discharge:
+/// - what it does not say (its location, participants, service provider,
+///   `period.start`; its hospitalization unless it reopens the visit) is
+///   kept from the stored visit;
+/// - a finished visit stays finished (its end, discharge disposition and
+///   destination kept, its locations completed) unless the event reopens it:
+///   a cancelled discharge (A13), or an admission event;
+/// - a cancellation is [`with_admission_kept`].
+fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Option<Value> {
+    if is_cancelled_visit(encounter) {
+        return with_admission_kept(stored, encounter);
+    }
+    let reopens = event == Some("A13") || plan::is_admission(event);
+    let mut kept = encounter.clone();
+    let mut changed = false;
+    let mut keep = |kept: &mut Value, key: &str| {
+        if kept.get(key).is_none() {
+            if let Some(v) = stored.get(key) {
+                kept[key] = v.clone();
+                changed = true;
+            }
+        }
+    };
+    for key in ["location", "participant", "serviceProvider"] {
+        keep(&mut kept, key);
+    }
+    if !reopens {
+        keep(&mut kept, "hospitalization");
+    }
+    if kept["period"]["start"].is_null() {
+        if let Some(start) = stored["period"]["start"].as_str() {
+            kept["period"]["start"] = Value::String(start.to_string());
+            changed = true;
+        }
+    }
+    let ends = |e: &Value| {
+        matches!(
+            e["status"].as_str(),
+            Some("finished") | Some("cancelled") | Some("entered-in-error")
+        )
+    };
+    if stored["status"] == "finished" && !reopens && !ends(&kept) {
+        kept["status"] = Value::String("finished".into());
+        if kept["period"]["end"].is_null() {
+            if let Some(end) = stored["period"]["end"].as_str() {
+                kept["period"]["end"] = Value::String(end.to_string());
+            }
+        }
+        for key in ["dischargeDisposition", "destination"] {
+            if kept["hospitalization"].get(key).is_none() {
+                if let Some(v) = stored["hospitalization"].get(key) {
+                    kept["hospitalization"][key] = v.clone();
+                }
+            }
+        }
+        for location in kept["location"].as_array_mut().into_iter().flatten() {
+            if location["status"] == "active" {
+                location["status"] = Value::String("completed".into());
+            }
+        }
+        changed = true;
+    }
+    changed.then_some(kept)
 }
 
 /// A visit's cancellation (A11) sent without the admit time (PV1-44): the

@@ -16,8 +16,8 @@ use super::{EntryProblem, StoreError};
 #[derive(Debug)]
 pub(super) struct Plan {
     pub event_time: Option<jiff::Timestamp>,
-    /// The document records an admission event ([`admits`]).
-    pub admits: bool,
+    /// The HL7 v2 event the document records ([`event_of`]): `A01`, `A13`, ….
+    pub event: Option<String>,
     pub entries: Vec<Planned>,
 }
 
@@ -26,27 +26,27 @@ pub(super) struct Plan {
 const ADMISSION_EVENTS: &[&str] = &["A01", "A04", "A05", "A06", "A07", "A14"];
 const V2_EVENTS: &str = "http://terminology.hl7.org/CodeSystem/v2-0003";
 
-/// Whether `bundle` records an admission event: a Provenance whose `activity`
-/// is one of [`ADMISSION_EVENTS`] (as the shipped mappings write MSH-9.2). An
-/// admission sent again after a mistaken cancellation (A01 after A11)
-/// admits the visit again, where an update (A08) still carrying the cancelled
-/// visit does not bring it back.
-fn admits(bundle: &Value) -> bool {
+/// Whether `event` admits or registers a visit ([`ADMISSION_EVENTS`]): an
+/// admission sent again after a mistaken cancellation (A01 after A11) admits
+/// the visit again, where an update (A08) still carrying the cancelled visit
+/// does not bring it back.
+pub(super) fn is_admission(event: Option<&str>) -> bool {
+    event.is_some_and(|e| ADMISSION_EVENTS.contains(&e))
+}
+
+/// The HL7 v2 event `bundle` records: the first Provenance's `activity` code
+/// under v2-0003 (the shipped mappings write MSH-9.2 there), upper case.
+fn event_of(bundle: &Value) -> Option<String> {
     let entries = bundle.get("entry").and_then(Value::as_array);
-    entries.into_iter().flatten().any(|entry| {
-        let resource = &entry["resource"];
-        resource["resourceType"] == "Provenance"
-            && resource["activity"]["coding"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| {
-                    c["system"] == V2_EVENTS
-                        && c["code"]
-                            .as_str()
-                            .is_some_and(|code| ADMISSION_EVENTS.contains(&code.trim()))
-                })
-    })
+    entries
+        .into_iter()
+        .flatten()
+        .map(|entry| &entry["resource"])
+        .filter(|r| r["resourceType"] == "Provenance")
+        .flat_map(|r| r["activity"]["coding"].as_array().into_iter().flatten())
+        .find(|c| c["system"] == V2_EVENTS)
+        .and_then(|c| c["code"].as_str())
+        .map(|code| code.trim().to_ascii_uppercase())
 }
 
 /// One checked entry.
@@ -112,12 +112,12 @@ pub(super) fn plan(
         None => bundle_timestamp(bundle)?,
     }
     .map(|time| not_ahead_of(time, jiff::Timestamp::now()));
-    let admits = admits(bundle);
+    let event = event_of(bundle);
     let entries = match bundle.get("entry") {
         None | Some(Value::Null) => {
             return Ok(Plan {
                 event_time,
-                admits,
+                event,
                 entries: Vec::new(),
             })
         }
@@ -176,7 +176,7 @@ pub(super) fn plan(
     }
     Ok(Plan {
         event_time,
-        admits,
+        event,
         entries: planned,
     })
 }

@@ -1589,6 +1589,63 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
     assert_eq!(status(&f), "planned", "the pre-admission sent again books it again");
 }
 
+/// An update with a partial PV1 after a discharge (an A08 carrying only the
+/// class and visit number, as some PAS send once the patient is home) keeps
+/// what it does not say, and does not take the finished stay back to
+/// in-progress; a cancelled discharge (A13) does.
+#[test]
+fn an_update_after_a_discharge_keeps_the_finished_stay() {
+    let f = open();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let event = |code: &str| {
+        json!({
+            "resourceType": "Provenance",
+            "id": format!("prov-{code}"),
+            "target": [{"reference": format!("Patient/{PATIENT}")}],
+            "recorded": "2026-03-01T12:00:00Z",
+            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": code}]}
+        })
+    };
+    let mut admitted = encounter("e-stay", PATIENT, "in-progress");
+    admitted["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+    admitted["location"] = json!([{"status": "active", "location": {"display": "Ward 3"}}]);
+    let mut discharged = admitted.clone();
+    discharged["status"] = json!("finished");
+    discharged["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
+    discharged["location"][0]["status"] = json!("completed");
+    discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
+    let mut partial = encounter("e-stay", PATIENT, "in-progress");
+    partial.as_object_mut().unwrap().remove("period");
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), admitted, event("A01")]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), discharged, event("A03")]), at("2026-03-04T14:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), partial, event("A08")]), at("2026-03-05T09:00:00Z"))
+        .unwrap();
+    let stay = current(&f.store, "Encounter", "e-stay");
+    assert_eq!(stay["status"], "finished", "{stay}");
+    assert_eq!(stay["period"]["start"], "2026-03-01T08:00:00+00:00", "{stay}");
+    assert_eq!(stay["period"]["end"], "2026-03-04T14:00:00+00:00", "{stay}");
+    assert_eq!(stay["location"][0]["location"]["display"], "Ward 3", "{stay}");
+    assert_eq!(stay["location"][0]["status"], "completed", "{stay}");
+    assert_eq!(stay["hospitalization"]["dischargeDisposition"]["text"], "home", "{stay}");
+    // the discharge cancelled (A13): in progress again, without its end or
+    // its discharge disposition
+    let mut reopened = encounter("e-stay", PATIENT, "in-progress");
+    reopened["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+    f.store
+        .apply_bundle(&bundle(&[p, reopened, event("A13")]), at("2026-03-05T10:00:00Z"))
+        .unwrap();
+    let stay = current(&f.store, "Encounter", "e-stay");
+    assert_eq!(stay["status"], "in-progress", "{stay}");
+    assert!(stay["period"].get("end").is_none(), "{stay}");
+    assert!(stay.get("hospitalization").is_none(), "{stay}");
+    assert_eq!(stay["location"][0]["location"]["display"], "Ward 3", "{stay}");
+}
+
 /// A correction marked on the report alone (OBR-25 C, its results still F),
 /// with no issue time anywhere: the older final report sent again is stale,
 /// and so are the results it carries, so the result keeps its corrected value.
