@@ -838,7 +838,8 @@ fn result_ids(report: &Value) -> Vec<&str> {
 /// the report's (`None` when it names them all, or they are gone). A result is
 /// let go only when it is cancelled or entered in error, or when the report is
 /// made final while the result is still preliminary
-/// ([`withdraw_dropped_results`] then cancels it).
+/// ([`withdraw_dropped_results`] then cancels it). Not for a text report sent
+/// whole ([`is_text_report`]): its correction is the whole report again.
 fn with_kept_results<R: Rows>(
     rows: &mut R,
     stored: &Value,
@@ -848,6 +849,11 @@ fn with_kept_results<R: Rows>(
         report["status"].as_str(),
         Some("final" | "corrected" | "amended" | "appended")
     );
+    // a text report sent whole (its lines the results, its text the
+    // presented form) replaces the version before: nothing is kept
+    if done && is_text_report(report) {
+        return Ok(None);
+    }
     let now = result_ids(report);
     let mut kept = Vec::new();
     for id in result_ids(stored) {
@@ -882,30 +888,33 @@ fn with_kept_results<R: Rows>(
             results.push(serde_json::json!({ "reference": format!("Observation/{id}") }));
         }
     }
-    // the report's text as a whole (`text/plain`, made from the results the
-    // message carried) would be the corrected line alone: it is left out, the
-    // results being the report now (a PDF the lab sent is kept)
-    if let Some(Value::Array(forms)) = owned.get_mut("presentedForm") {
-        forms.retain(|f| {
-            !f["contentType"]
+    Ok(Some(owned))
+}
+
+/// Whether a report is a text report sent whole: it carries its text as a
+/// `text/plain` presented form (the shipped ORU mapping makes one when the
+/// report's results are text, TX/FT: a radiology or histology report, whose
+/// correction is the whole report again).
+fn is_text_report(report: &Value) -> bool {
+    report["presentedForm"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|f| {
+            f["contentType"]
                 .as_str()
                 .is_some_and(|t| t.starts_with("text/plain"))
-        });
-        if forms.is_empty() {
-            if let Some(object) = owned.as_object_mut() {
-                object.remove("presentedForm");
-            }
-        }
-    }
-    Ok(Some(owned))
+        })
 }
 
 /// A report made final (or corrected, amended, appended) that no longer names a
 /// result its previous version named: that result, if it is still preliminary
 /// (or registered), was withdrawn by the lab, and is written `cancelled` rather
 /// than left beside the final results as if current (a preliminary critical
-/// value). A result already final is never touched: a lab may send only the
-/// results it corrects.
+/// value). A result already final is not touched (a lab may send only the
+/// results it corrects), but for a text report sent whole
+/// ([`is_text_report`]): a line its correction no longer has was retracted
+/// (`Conclusion: metastatic disease.`), and is written `entered-in-error`.
 fn withdraw_dropped_results<R: Rows>(
     rows: &mut R,
     at: &At<'_>,
@@ -919,6 +928,7 @@ fn withdraw_dropped_results<R: Rows>(
     if !done {
         return Ok(());
     }
+    let whole_text = is_text_report(report);
     let now = result_ids(report);
     for id in result_ids(previous) {
         if now.contains(&id) {
@@ -931,13 +941,12 @@ fn withdraw_dropped_results<R: Rows>(
             continue;
         };
         let mut observation: Value = serde_json::from_str(content)?;
-        if !matches!(
-            observation["status"].as_str(),
-            Some("preliminary" | "registered")
-        ) {
-            continue;
-        }
-        observation["status"] = Value::String("cancelled".into());
+        let status = match observation["status"].as_str() {
+            Some("preliminary" | "registered") => "cancelled",
+            Some("final" | "corrected" | "amended") if whole_text => "entered-in-error",
+            _ => continue,
+        };
+        observation["status"] = Value::String(status.into());
         let event_time = current.event_time.max(at.event_time);
         rewrite(
             rows,

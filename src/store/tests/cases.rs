@@ -1779,6 +1779,62 @@ fn an_allergen_withdraws_the_no_known_allergies_statement() {
     assert_eq!(status("pen"), active);
 }
 
+/// A text report (a radiology report: its lines the results, its text the
+/// `text/plain` presented form) corrected is sent whole: a line the correction
+/// no longer has was retracted, and is withdrawn (`entered-in-error`), not
+/// left as a final result beside the corrected ones; the corrected text is
+/// the report's presented form.
+#[test]
+fn a_corrected_text_report_replaces_its_lines() {
+    let f = open();
+    let line = |id: &str, status: &str| {
+        let mut o = observation(id, PATIENT, ENCOUNTER);
+        o["status"] = json!(status);
+        o["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+        o["encounter"] = json!({"reference": format!("Encounter/{ENCOUNTER}")});
+        o
+    };
+    let report = |status: &str, lines: &[&str], text: &str| {
+        json!({
+            "resourceType": "DiagnosticReport", "id": "ct1", "status": status,
+            "code": {"text": "CT chest abdomen pelvis"},
+            "subject": {"reference": format!("Patient/{PATIENT}")},
+            "result": lines.iter().map(|id| json!({"reference": format!("Observation/{id}")})).collect::<Vec<_>>(),
+            "presentedForm": [{"contentType": "text/plain; charset=utf-8", "data": text}]
+        })
+    };
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                patient(PATIENT, "9434765919", "Smith"),
+                encounter(ENCOUNTER, PATIENT, "in-progress"),
+                report("final", &["l1", "l2", "l3", "l4"], "ZmluYWw="),
+                line("l1", "final"),
+                line("l2", "final"),
+                line("l3", "final"),
+                line("l4", "final"),
+            ]),
+            at("2026-11-23T09:00:00Z"),
+        )
+        .unwrap();
+    f.store
+        .apply_bundle(
+            &bundle(&[
+                report("corrected", &["l1", "l2", "l3"], "Y29ycmVjdGVk"),
+                line("l1", "corrected"),
+                line("l2", "corrected"),
+                line("l3", "corrected"),
+            ]),
+            at("2026-11-23T11:00:00Z"),
+        )
+        .unwrap();
+    let l4 = current(&f.store, "Observation", "l4");
+    assert_eq!(l4["status"], "entered-in-error", "{l4}");
+    let ct = current(&f.store, "DiagnosticReport", "ct1");
+    assert_eq!(ct["result"].as_array().map(Vec::len), Some(3), "{ct}");
+    assert_eq!(ct["presentedForm"][0]["data"], "Y29ycmVjdGVk", "{ct}");
+}
+
 #[test]
 fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
     let f = open();
@@ -1823,18 +1879,15 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
     assert_eq!(o3["status"], "cancelled", "{o3}");
     assert_eq!(o3["meta"]["profile"][0], "https://fhir.hl7.org.uk/StructureDefinition/UKCore-Observation");
     assert_eq!(current(&f.store, "Observation", "o1")["status"], "final");
-    // a corrected report that names only what it corrects leaves final results alone
-    // (and its text form, made from that one result, is not the report's text)
-    let mut corrected = report("corrected", &["o2"]);
-    corrected["presentedForm"] = json!([{"contentType": "text/plain; charset=utf-8", "data": "bGluZSAy"}]);
+    // a corrected report that names only what it corrects (results, not a
+    // text sent whole) leaves final results alone
     f.store
         .apply_bundle(
-            &bundle(&[corrected, result("o2", "corrected")]),
+            &bundle(&[report("corrected", &["o2"]), result("o2", "corrected")]),
             at("2026-11-23T12:00:00Z"),
         )
         .unwrap();
     assert_eq!(current(&f.store, "Observation", "o1")["status"], "final");
-    assert!(current(&f.store, "DiagnosticReport", "r1").get("presentedForm").is_none());
     // ... and in the report: o1 is still one of its results (o3, withdrawn, is not)
     let names = |store: &RecordStore| -> Vec<String> {
         current(store, "DiagnosticReport", "r1")["result"]
