@@ -457,6 +457,66 @@ pub fn check_not_a_query(header: Header) -> Result<Header, Rejection> {
     })
 }
 
+/// An ADT message (but A20, a bed status, about no one) must name its patient:
+/// a PID segment with an identifier in PID-3 (or, from a v2.3 sender, PID-2
+/// or PID-4). One that does not can never reach the record, and is refused
+/// with AE (ERR 100: the segment missing; 101: PID-3 empty) rather than
+/// acknowledged AA and left to fail unseen behind the ACK. Read from the raw
+/// bytes (an ASCII-compatible encoding; others are left to the pipeline).
+#[allow(clippy::result_large_err)]
+pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejection> {
+    let adt = header.message_code.trim().eq_ignore_ascii_case("ADT");
+    if !adt || header.trigger_event.trim().eq_ignore_ascii_case("A20") {
+        return Ok(header);
+    }
+    let ascii_compatible = !raw.iter().take(16).any(|&b| b == 0);
+    let (Ok(sep), Some(component), Some(repetition)) = (
+        u8::try_from(header.field_separator),
+        header.encoding_characters.bytes().next(),
+        header.encoding_characters.bytes().nth(1),
+    ) else {
+        return Ok(header);
+    };
+    if !ascii_compatible {
+        return Ok(header);
+    }
+    let pid = raw
+        .split(|&b| b == b'\r' || b == b'\n')
+        .map(|line| line.trim_ascii_start())
+        .find(|line| line.len() > 3 && line.starts_with(b"PID") && line[3] == sep);
+    let error = match pid {
+        None => Hl7Error::MissingSegment {
+            segment: "PID",
+            message_type: super::error::snippet(&header.message_type(), 40),
+        },
+        Some(line) => {
+            let fields: Vec<&[u8]> = line.split(|&b| b == sep).collect();
+            let identified = [2, 3, 4].iter().any(|&n| {
+                fields.get(n).is_some_and(|field| {
+                    field.split(|&b| b == repetition).any(|rep| {
+                        let id = rep.split(|&b| b == component).next().unwrap_or_default();
+                        let id = id.trim_ascii();
+                        !id.is_empty() && id != b"\"\""
+                    })
+                })
+            });
+            if identified {
+                return Ok(header);
+            }
+            Hl7Error::EmptyField {
+                segment: "PID",
+                field: 3,
+                name: "patient identifier list",
+            }
+        }
+    };
+    Err(Rejection {
+        code: AckCode::AE,
+        header: Some(header),
+        error: error.ack_error(),
+    })
+}
+
 /// Whether a message is itself an acknowledgement (MSH-9.1 `ACK`): HL7 never
 /// acknowledges one (an ACK of an ACK invites two engines to answer each
 /// other for ever).
@@ -659,6 +719,30 @@ mod tests {
         };
         let ack = build_ack(Some(&h), AckCode::AA, None, "ACK0001", TS);
         assert!(ack.ends_with("MSA|AA|A\\S\\1"), "{ack}");
+    }
+
+    /// An ADT that names no patient (no PID, or no identifier in it) gets AE
+    /// at intake; one identified in PID-2 or PID-4 (v2.3), an A20 (a bed, no
+    /// patient) and other message types pass.
+    #[test]
+    fn an_adt_must_name_its_patient() {
+        let msh = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A01|C1|P|2.4";
+        let check = |rest: &str| {
+            let raw = format!("{msh}\r{rest}");
+            check_patient_named(header(msh), raw.as_bytes()).map_err(|r| (r.code, r.error.code))
+        };
+        assert_eq!(check("EVN|A01\rPV1|1|I").err(), Some((AckCode::AE, "100")));
+        assert_eq!(
+            check("PID|1||^^^RAL^MR~\"\"\rPV1|1|I").err(),
+            Some((AckCode::AE, "101"))
+        );
+        assert!(check("PID|1||RAL1^^^RAL^MR\rPV1|1|I").is_ok());
+        assert!(check("PID|1|9434765919^^^NHS\rPV1|1|I").is_ok());
+        assert!(check("PID|1||~RAL1^^^RAL^MR").is_ok());
+        let a20 = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A20|C1|P|2.4";
+        assert!(check_patient_named(header(a20), format!("{a20}\rNPU|1").as_bytes()).is_ok());
+        let oru = "MSH|^~\\&|LAB|RAL|EPR|HUB|20240501120000||ORU^R01|C1|P|2.4";
+        assert!(check_patient_named(header(oru), format!("{oru}\rOBR|1").as_bytes()).is_ok());
     }
 
     #[test]

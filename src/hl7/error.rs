@@ -102,6 +102,11 @@ pub enum Hl7Error {
     /// does not make; accepting it would leave the querying system waiting.
     #[error("MSH-9 '{value}' is a query, and Junction answers no queries: send it to the system that holds the data")]
     UnsupportedQuery { value: String },
+    #[error("{message_type} has no {segment} segment: a message about a patient must name one")]
+    MissingSegment {
+        segment: &'static str,
+        message_type: String,
+    },
 
     #[error("byte {offset}: expected {expected}, found '{found}'")]
     Batch {
@@ -127,6 +132,7 @@ impl Hl7Error {
             Hl7Error::UnsupportedVersion { .. } => ("203", Some("MSH"), Some(12)),
             Hl7Error::UnsupportedProcessingId { .. } => ("202", Some("MSH"), Some(11)),
             Hl7Error::UnsupportedQuery { .. } => ("200", Some("MSH"), Some(9)),
+            Hl7Error::MissingSegment { segment, .. } => ("100", Some(*segment), None),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
             Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),
             Hl7Error::BadPath { .. } => ("207", None, None),

@@ -1033,9 +1033,9 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
     let assessed = match hl7::assess(&raw) {
-        Ok(header) => {
-            hl7::check_processing_id(header, &ctx.processing_ids).and_then(hl7::check_not_a_query)
-        }
+        Ok(header) => hl7::check_processing_id(header, &ctx.processing_ids)
+            .and_then(hl7::check_not_a_query)
+            .and_then(|header| hl7::check_patient_named(header, &raw)),
         Err(rejection) => Err(rejection),
     };
     match assessed {
