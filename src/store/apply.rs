@@ -365,7 +365,8 @@ fn put<R: Rows>(
     };
     let owned = match (at.resource_type, &stored) {
         ("Patient", Some(stored)) => {
-            with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned)
+            let owned = with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned);
+            with_other_assigners_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
         }
         ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
         ("Encounter", Some(stored)) => with_visit_kept(stored, resource, at.event),
@@ -702,6 +703,43 @@ fn retirement(resource: &Value) -> Option<String> {
     (resource["active"] == false)
         .then(|| replaced_by(resource))
         .flatten()
+}
+
+/// `patient` with the stored identifiers of assigners it says nothing of
+/// (`None`: nothing to add): a second hospital's PAS writes the patient with
+/// its own MRN, and the first hospital's MRN stays (UK Core keeps every local
+/// identifier; the lab results filed by it must still find their patient). An
+/// identifier under a system the version gives is the sender's to change;
+/// the NHS number is never added (a version without it is refused).
+fn with_other_assigners_kept(patient: &Value, stored: &Value) -> Option<Value> {
+    let given: Vec<&str> = patient["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["system"].as_str())
+        .collect();
+    let kept: Vec<&Value> = stored["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            i["system"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty() && s != NHS_NUMBER_SYSTEM && !given.contains(&s))
+                && i["value"].as_str().is_some_and(|v| !v.is_empty())
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let mut out = patient.clone();
+    if !out["identifier"].is_array() {
+        out["identifier"] = Value::Array(Vec::new());
+    }
+    if let Some(ids) = out["identifier"].as_array_mut() {
+        ids.extend(kept.into_iter().cloned());
+    }
+    Some(out)
 }
 
 /// `base` with the identifiers of `other` it does not have (by system and value).

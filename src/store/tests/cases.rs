@@ -1589,6 +1589,38 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
     assert_eq!(status(&f), "planned", "the pre-admission sent again books it again");
 }
 
+/// A second hospital's PAS writes the patient with its own MRN: the first
+/// hospital's MRN stays on the record (and still finds it), while a sender's
+/// own identifier (same system) is the sender's to change.
+#[test]
+fn identifiers_of_other_assigners_are_kept() {
+    let f = open();
+    const OTHER: &str = "urn:junction:local-id:rc1:mr";
+    let mut first = patient(PATIENT, "9434765919", "Smith");
+    f.store.apply_bundle(&bundle(&[first.clone()]), at("2026-03-01T08:00:00Z")).unwrap();
+    let mut second = patient(PATIENT, "9434765919", "Smith");
+    second["identifier"] = json!([{"system": NHS, "value": "9434765919"}, {"system": OTHER, "value": "RC1B1"}]);
+    f.store.apply_bundle(&bundle(&[second]), at("2026-03-01T09:00:00Z")).unwrap();
+    let values = |f: &Fixture| -> Vec<String> {
+        current(&f.store, "Patient", PATIENT)["identifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["value"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(values(&f), ["9434765919", "RC1B1", "MRN-9434765919"]);
+    let found = f
+        .store
+        .search_patient_by_identifier(Some(MRN), "MRN-9434765919")
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    // the first hospital gives its patient a new MRN: it replaces its own
+    first["identifier"][1]["value"] = json!("MRN-NEW");
+    f.store.apply_bundle(&bundle(&[first]), at("2026-03-01T10:00:00Z")).unwrap();
+    assert_eq!(values(&f), ["9434765919", "MRN-NEW", "RC1B1"]);
+}
+
 /// An update with a partial PV1 after a discharge (an A08 carrying only the
 /// class and visit number, as some PAS send once the patient is home) keeps
 /// what it does not say, and does not take the finished stay back to
