@@ -366,7 +366,9 @@ fn put<R: Rows>(
     let owned = match (at.resource_type, &stored) {
         ("Patient", Some(stored)) => {
             let owned = with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned);
-            with_other_assigners_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
+            let owned =
+                with_other_assigners_kept(owned.as_ref().unwrap_or(resource), stored).or(owned);
+            with_merges_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
         }
         ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
         ("Encounter", Some(stored)) => with_visit_kept(stored, resource, at.event),
@@ -740,6 +742,33 @@ fn with_other_assigners_kept(patient: &Value, stored: &Value) -> Option<Value> {
         ids.extend(kept.into_iter().cloned());
     }
     Some(out)
+}
+
+/// A merge's survivor updated by a message that says nothing of the merge (an
+/// A03 after the A40): it keeps its `replaces` links and `active: true`, so
+/// a reader of the survivor alone still sees the records it replaced
+/// (`None`: nothing to keep). A version that gives links of its own is left
+/// as it is.
+fn with_merges_kept(patient: &Value, stored: &Value) -> Option<Value> {
+    if patient.get("link").is_some() {
+        return None;
+    }
+    let replaces: Vec<Value> = stored["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["type"] == "replaces")
+        .cloned()
+        .collect();
+    if replaces.is_empty() {
+        return None;
+    }
+    let mut kept = patient.clone();
+    kept["link"] = Value::Array(replaces);
+    if kept.get("active").is_none() && stored["active"] == true {
+        kept["active"] = Value::Bool(true);
+    }
+    Some(kept)
 }
 
 /// `base` with the identifiers of `other` it does not have (by system and value).

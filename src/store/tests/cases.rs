@@ -1328,6 +1328,9 @@ fn a_merge_undone_the_other_way_leaves_the_latest_survivor_live() {
         f.store.apply_bundle(&bundle(&[update]), None).unwrap();
         let now_b = current(&f.store, "Patient", b);
         assert_eq!(now_b["active"], true, "{now_b}");
+        // (an update that says nothing of the merge keeps the survivor's link)
+        assert_eq!(now_b["link"][0]["type"], "replaces", "{now_b}");
+        assert_eq!(now_b["name"][0]["family"], "Bell-Jones", "{now_b}");
         assert_eq!(now_b["name"][0]["family"], "Bell-Jones", "{now_b}");
     }
 }
