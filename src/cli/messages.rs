@@ -199,7 +199,14 @@ fn show(id: i64, raw: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         println!("{label:<11} {}", text(m, key));
     }
     if let Some(ack) = m.get("ack").and_then(Value::as_str) {
-        println!("\nACK sent:\n{}", segments(ack));
+        // what the ACK quotes of the message (`found 'CRP'`) is shown only
+        // with --raw, as the message itself is
+        let ack = if raw {
+            ack.to_string()
+        } else {
+            crate::hl7::ack_unquoted(ack)
+        };
+        println!("\nACK sent:\n{}", segments(&ack));
     }
     let routings: Vec<Vec<String>> = m
         .get("routing")

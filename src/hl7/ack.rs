@@ -135,6 +135,22 @@ impl AckError {
     }
 }
 
+/// An ACK as operators are shown it without asking for the message: what its
+/// MSA and ERR segments quote of the message (`found 'CRP'`) replaced by
+/// `'…'`, the header as it is.
+pub fn ack_unquoted(ack: &str) -> String {
+    ack.split('\r')
+        .map(|segment| {
+            if segment.starts_with("MSH") {
+                segment.to_string()
+            } else {
+                unquoted(segment)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r")
+}
+
 /// `text` with what it quotes in single quotes (`found 'GAR'`) replaced by
 /// `'…'`: a quotation of the message, which may be patient data.
 fn unquoted(text: &str) -> String {
@@ -743,6 +759,15 @@ mod tests {
         assert!(check_patient_named(header(a20), format!("{a20}\rNPU|1").as_bytes()).is_ok());
         let oru = "MSH|^~\\&|LAB|RAL|EPR|HUB|20240501120000||ORU^R01|C1|P|2.4";
         assert!(check_patient_named(header(oru), format!("{oru}\rOBR|1").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn an_ack_shown_without_the_message_quotes_none_of_it() {
+        let ack = "MSH|^~\\&|JUNCTION|LCR|PAS|RAL|20240501||ACK|A1|P|2.4\rMSA|AR|C1|segment 6: found 'CRP'\rERR|^^^100&found 'CRP'&HL70357";
+        assert_eq!(
+            ack_unquoted(ack),
+            "MSH|^~\\&|JUNCTION|LCR|PAS|RAL|20240501||ACK|A1|P|2.4\rMSA|AR|C1|segment 6: found '…'\rERR|^^^100&found '…'&HL70357"
+        );
     }
 
     #[test]
