@@ -12,6 +12,18 @@ fn at(text: &str) -> Option<jiff::Timestamp> {
     Some(text.parse().unwrap())
 }
 
+/// A Provenance saying the document records HL7 v2 event `code` (A01, A08, …),
+/// as the shipped mappings write it.
+fn event(code: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "Provenance",
+        "id": format!("prov-{code}"),
+        "target": [{"reference": format!("Patient/{PATIENT}")}],
+        "recorded": "2026-03-01T12:00:00Z",
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": code}]}
+    })
+}
+
 /// A transaction Bundle of PUT entries, each with `fullUrl urn:uuid:<id>`.
 fn bundle(resources: &[serde_json::Value]) -> serde_json::Value {
     let entries: Vec<_> = resources.iter().map(put_entry).collect();
@@ -1546,50 +1558,34 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
     assert_eq!(status(&f), "entered-in-error");
     // a mistaken cancellation: the PAS sends the admission (A01) again, with the
     // same admit time. An update (A08) of it is still stale; the admission
-    // event admits the visit again, as its Provenance says it is one
-    let f = open();
-    let event = |code: &str| {
-        json!({
-            "resourceType": "Provenance",
-            "id": format!("prov-{code}"),
-            "target": [{"reference": format!("Patient/{PATIENT}")}],
-            "recorded": "2026-03-01T12:00:00Z",
-            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": code}]}
-        })
+    // event admits the visit again, as its Provenance says it is one.
+    // Each version of the visit, its event, the time it was recorded, and
+    // the status the record then has
+    let story = |steps: &[(&str, &str, &str, &str, &str)]| {
+        let f = open();
+        let p = patient(PATIENT, "9434765919", "Smith");
+        for (status_sent, start, code, time, expected) in steps {
+            f.store
+                .apply_bundle(&bundle(&[p.clone(), visit(status_sent, start), event(code)]), at(time))
+                .unwrap();
+            assert_eq!(status(&f), *expected, "{code} at {time}");
+        }
     };
-    f.store
-        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted), event("A01")]), at("2026-03-01T08:00:00Z"))
-        .unwrap();
-    f.store
-        .apply_bundle(&bundle(&[p.clone(), visit("entered-in-error", admitted), event("A11")]), at("2026-03-01T09:00:00Z"))
-        .unwrap();
-    f.store
-        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", admitted), event("A08")]), at("2026-03-01T10:00:00Z"))
-        .unwrap();
-    assert_eq!(status(&f), "entered-in-error", "an update does not bring it back");
-    f.store
-        .apply_bundle(&bundle(&[p, visit("in-progress", admitted), event("A01")]), at("2026-03-01T11:00:00Z"))
-        .unwrap();
-    assert_eq!(status(&f), "in-progress", "the admission sent again admits it again");
+    story(&[
+        ("in-progress", admitted, "A01", "2026-03-01T08:00:00Z", "in-progress"),
+        ("entered-in-error", admitted, "A11", "2026-03-01T09:00:00Z", "entered-in-error"),
+        ("in-progress", admitted, "A08", "2026-03-01T10:00:00Z", "entered-in-error"),
+        ("in-progress", admitted, "A01", "2026-03-01T11:00:00Z", "in-progress"),
+    ]);
     // a pre-admission cancelled (A38: `cancelled`) alike: an A08 still carrying
     // it does not book it again; the pre-admission sent again (A05) does
-    let f = open();
     let booked = "2026-12-01T09:00:00+00:00";
-    let p = patient(PATIENT, "9434765919", "Smith");
-    f.store
-        .apply_bundle(&bundle(&[p.clone(), visit("planned", booked), event("A05")]), at("2026-03-01T08:00:00Z"))
-        .unwrap();
-    f.store
-        .apply_bundle(&bundle(&[p.clone(), visit("cancelled", booked), event("A38")]), at("2026-03-01T09:00:00Z"))
-        .unwrap();
-    f.store
-        .apply_bundle(&bundle(&[p.clone(), visit("planned", booked), event("A08")]), at("2026-03-01T10:00:00Z"))
-        .unwrap();
-    assert_eq!(status(&f), "cancelled", "an update does not book it again");
-    f.store
-        .apply_bundle(&bundle(&[p, visit("planned", booked), event("A05")]), at("2026-03-01T11:00:00Z"))
-        .unwrap();
-    assert_eq!(status(&f), "planned", "the pre-admission sent again books it again");
+    story(&[
+        ("planned", booked, "A05", "2026-03-01T08:00:00Z", "planned"),
+        ("cancelled", booked, "A38", "2026-03-01T09:00:00Z", "cancelled"),
+        ("planned", booked, "A08", "2026-03-01T10:00:00Z", "cancelled"),
+        ("planned", booked, "A05", "2026-03-01T11:00:00Z", "planned"),
+    ]);
 }
 
 /// A second hospital's PAS writes the patient with its own MRN: the first
@@ -1632,15 +1628,6 @@ fn identifiers_of_other_assigners_are_kept() {
 fn an_update_after_a_discharge_keeps_the_finished_stay() {
     let f = open();
     let p = patient(PATIENT, "9434765919", "Smith");
-    let event = |code: &str| {
-        json!({
-            "resourceType": "Provenance",
-            "id": format!("prov-{code}"),
-            "target": [{"reference": format!("Patient/{PATIENT}")}],
-            "recorded": "2026-03-01T12:00:00Z",
-            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": code}]}
-        })
-    };
     let mut admitted = encounter("e-stay", PATIENT, "in-progress");
     admitted["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
     admitted["location"] = json!([{"status": "active", "location": {"display": "Ward 3"}}]);
