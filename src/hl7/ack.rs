@@ -489,7 +489,7 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
     let (Ok(sep), Some(component), Some(repetition)) = (
         u8::try_from(header.field_separator),
         header.encoding_characters.bytes().next(),
-        header.encoding_characters.bytes().nth(1),
+        header.encoding_characters.as_bytes().get(1).copied(),
     ) else {
         return Ok(header);
     };

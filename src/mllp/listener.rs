@@ -1029,6 +1029,7 @@ fn journal_failed(err: &JournalError, items: &[ItemView]) {
 /// `None` when the sender asked for no accept acknowledgement (enhanced
 /// mode NE/ER/SU): then none is stored either, and a resend that asks for
 /// none gets none (one that asks gets the answer built for it).
+#[allow(clippy::result_large_err)]
 fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Incoming {
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
