@@ -562,7 +562,9 @@ async fn mllp_forward_without_an_ack_or_a_listener_is_retryable() {
 
 // ---------------------------------------------------------------- store
 
-fn store_document(family: &str, occurred: &str, provenance_id: &str) -> Vec<u8> {
+/// A Patient and the Provenance of the event, recorded (EVN-2) at `recorded`:
+/// the time documents are ordered by.
+fn store_document(family: &str, recorded: &str, provenance_id: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "resourceType": "Bundle", "type": "transaction",
         "entry": [
@@ -574,8 +576,8 @@ fn store_document(family: &str, occurred: &str, provenance_id: &str) -> Vec<u8> 
             {"fullUrl": format!("urn:uuid:{provenance_id}"),
              "resource": {"resourceType": "Provenance", "id": provenance_id,
                           "target": [{"reference": "urn:uuid:pat-1"}],
-                          "occurredDateTime": occurred,
-                          "recorded": "2026-03-01T12:00:00+00:00"},
+                          "occurredDateTime": "2026-03-01T09:00:00+00:00",
+                          "recorded": recorded},
              "request": {"method": "PUT", "url": format!("Provenance/{provenance_id}")}}
         ]
     }))
@@ -603,7 +605,7 @@ async fn store_writes_and_an_older_event_does_not_overwrite_newer_data() {
     )
     .unwrap();
 
-    // The 11:00 event arrives first, then the 10:00 one.
+    // The event recorded at 11:00 arrives first, then the one recorded at 10:00.
     let newer = store_document("NEWER", "2026-03-01T11:00:00+00:00", "prov-11");
     let delivered = dest.deliver(&item(1, &newer, b"")).await.unwrap();
     assert_eq!(delivered.remote_ref.as_deref(), Some("2 written"));
