@@ -225,7 +225,7 @@ pub fn build_ack(
         && seps.field == h.field_separator
         && h.encoding_characters.starts_with(encoding.as_str());
     let echo = |as_sent: &str, decoded: &str, escaped: &dyn Fn(&str) -> String| {
-        if own_delimiters && !as_sent.contains(['\r', '\n']) {
+        if own_delimiters && !as_sent.is_empty() && !as_sent.contains(['\r', '\n']) {
             as_sent.to_string()
         } else {
             escaped(decoded)
@@ -682,7 +682,54 @@ pub fn is_absent(value: &str) -> bool {
 fn salvage_header(text: &str) -> Option<Header> {
     let text = text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
     let line = &text[..text.find(['\r', '\n']).unwrap_or(text.len())];
-    Message::parse(line).and_then(|m| m.header()).ok()
+    Message::parse(line)
+        .and_then(|m| m.header())
+        .ok()
+        .or_else(|| fields_by_position(line))
+}
+
+/// The header's addressing fields read by position alone, when the MSH does
+/// not parse (its encoding characters unusable, `MSH|^~\|`) but its field
+/// separator does: so the AR names the message it refuses (MSA-2) and is
+/// addressed to its sender. Values are taken as written, undecoded (first
+/// components); the ACK is written in the default delimiters and escapes
+/// what it echoes.
+fn fields_by_position(line: &str) -> Option<Header> {
+    let sep = line.strip_prefix("MSH")?.chars().next()?;
+    if !sep.is_ascii_punctuation() {
+        return None;
+    }
+    // parts[n - 1] is MSH-n (MSH-1 is the separator itself)
+    let parts: Vec<&str> = line.split(sep).collect();
+    let field = |n: usize| parts.get(n - 1).map_or("", |v| v.trim()).to_string();
+    let first = |v: String| {
+        v.split(|c: char| c.is_ascii_punctuation() && c != '.' && c != '-' && c != '_')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let control_id = field(10);
+    if control_id.is_empty() {
+        return None;
+    }
+    let version = first(field(12));
+    Some(Header {
+        field_separator: '|',
+        encoding_characters: "^~\\&".into(),
+        sending_application: first(field(3)),
+        sending_facility: first(field(4)),
+        receiving_application: first(field(5)),
+        receiving_facility: first(field(6)),
+        message_code: first(field(9)),
+        control_id: control_id.clone(),
+        processing_id: first(field(11)),
+        version: if is_version(&version) {
+            version
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -768,6 +815,27 @@ mod tests {
             ack_unquoted(ack),
             "MSH|^~\\&|JUNCTION|LCR|PAS|RAL|20240501||ACK|A1|P|2.4\rMSA|AR|C1|segment 6: found '…'\rERR|^^^100&found '…'&HL70357"
         );
+    }
+
+    /// A message whose MSH-2 cannot be used is refused with an AR that still
+    /// names it (MSA-2) and its sender, read by position.
+    #[test]
+    fn an_unusable_msh_2_is_refused_naming_the_message() {
+        let raw = b"MSH|^~\\|PAS|RAL01|JUNCTION|LCR|20261124||ADT^A01|S16-E03|P|2.4\rPID|1||X";
+        let rejection = assess(raw).unwrap_err();
+        assert_eq!(rejection.code, AckCode::AR);
+        let ack = build_ack(
+            rejection.header.as_ref(),
+            rejection.code,
+            Some(&rejection.error),
+            "A1",
+            TS,
+        );
+        assert!(
+            ack.starts_with("MSH|^~\\&|JUNCTION|LCR|PAS|RAL01|"),
+            "{ack}"
+        );
+        assert!(ack.contains("|P|2.4\rMSA|AR|S16-E03"), "{ack}");
     }
 
     #[test]
