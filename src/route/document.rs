@@ -418,6 +418,19 @@ pub struct PatientRegistration {
     pub active: bool,
 }
 
+/// Whether an identifier tells one patient from every other, for routing to
+/// remember by: not a local copy of an NHS number that failed its check
+/// (`…:nh`, which senders fill with `0000000000` for "not known"), nor a
+/// value of one character repeated.
+fn identifies(system: &str, value: &str) -> bool {
+    let lower = system.to_ascii_lowercase();
+    let nhs_copy = system != NHS_NUMBER_SYSTEM
+        && (lower.ends_with(":nh") || lower.ends_with(":nhs") || lower.contains(":nhs:"));
+    let first = value.chars().next();
+    let repeated = value.len() > 1 && value.chars().all(|c| Some(c) == first);
+    !nhs_copy && !repeated
+}
+
 /// Each Patient of `document`, in order (see [`PatientRegistration`]).
 pub fn patient_registrations(document: &Json) -> Vec<PatientRegistration> {
     let mut out = Vec::new();
@@ -431,7 +444,7 @@ pub fn patient_registrations(document: &Json) -> Vec<PatientRegistration> {
                 (str_at(identifier, "system"), str_at(identifier, "value"))
             {
                 let (system, value) = (system.trim(), value.trim());
-                if !system.is_empty() && !value.is_empty() {
+                if !system.is_empty() && !value.is_empty() && identifies(system, value) {
                     let key = format!("identifier|{system}|{value}");
                     if !keys.contains(&key) {
                         keys.push(key);

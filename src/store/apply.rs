@@ -916,12 +916,14 @@ fn with_kept_results<R: Rows>(
         report["status"].as_str(),
         Some("final" | "corrected" | "amended" | "appended")
     );
-    // a text report sent whole (its lines the results, its text the
-    // presented form) replaces the version before: nothing is kept
-    if done && is_text_report(report) {
-        return Ok(None);
-    }
     let now = result_ids(report);
+    // a text report sent whole (its lines the results, its text the
+    // presented form): a line of the same text it no longer has is not kept
+    let lines = if done && is_text_report(report) {
+        Some(named_codes(rows, &now)?)
+    } else {
+        None
+    };
     let mut kept = Vec::new();
     for id in result_ids(stored) {
         if now.contains(&id) || kept.contains(&id) {
@@ -934,6 +936,11 @@ fn with_kept_results<R: Rows>(
             continue;
         };
         let observation: Value = serde_json::from_str(content)?;
+        if let (Some(lines), Some(code)) = (&lines, code_of(&observation)) {
+            if lines.contains(&code) {
+                continue;
+            }
+        }
         let keep = match observation["status"].as_str() {
             Some("cancelled" | "entered-in-error") => false,
             Some("preliminary" | "registered") => !done,
@@ -958,6 +965,30 @@ fn with_kept_results<R: Rows>(
     Ok(Some(owned))
 }
 
+/// An Observation's code, to tell the lines of one text (which share it)
+/// from tests of their own: its first coding's system and code, else its text.
+fn code_of(observation: &Value) -> Option<String> {
+    let code = &observation["code"];
+    match code["coding"].as_array().and_then(|c| c.first()) {
+        Some(c) => c["code"]
+            .as_str()
+            .map(|v| format!("{}|{v}", c["system"].as_str().unwrap_or_default())),
+        None => code["text"].as_str().map(str::to_string),
+    }
+}
+
+/// The codes of the stored Observations `ids` (those stored already).
+fn named_codes<R: Rows>(rows: &mut R, ids: &[&str]) -> Result<Vec<String>, R::Error> {
+    let mut codes = Vec::new();
+    for id in ids {
+        if let Some(content) = rows.current("Observation", id)?.and_then(|c| c.content) {
+            let observation: Value = serde_json::from_str(&content)?;
+            codes.extend(code_of(&observation));
+        }
+    }
+    Ok(codes)
+}
+
 /// Whether a report is a text report sent whole: it carries its text as a
 /// `text/plain` presented form (the shipped ORU mapping makes one when the
 /// report's results are text, TX/FT: a radiology or histology report, whose
@@ -980,8 +1011,10 @@ fn is_text_report(report: &Value) -> bool {
 /// than left beside the final results as if current (a preliminary critical
 /// value). A result already final is not touched (a lab may send only the
 /// results it corrects), but for a text report sent whole
-/// ([`is_text_report`]): a line its correction no longer has was retracted
-/// (`Conclusion: metastatic disease.`), and is written `entered-in-error`.
+/// ([`is_text_report`]): a line of its text (the same code as a line it
+/// still has) that its correction no longer has was retracted (`Conclusion:
+/// metastatic disease.`), and is written `entered-in-error`; a test of its
+/// own (a virology screen's HIV beside the corrected HBsAg) is left alone.
 fn withdraw_dropped_results<R: Rows>(
     rows: &mut R,
     at: &At<'_>,
@@ -995,8 +1028,12 @@ fn withdraw_dropped_results<R: Rows>(
     if !done {
         return Ok(());
     }
-    let whole_text = is_text_report(report);
     let now = result_ids(report);
+    let lines = if is_text_report(report) {
+        named_codes(rows, &now)?
+    } else {
+        Vec::new()
+    };
     for id in result_ids(previous) {
         if now.contains(&id) {
             continue;
@@ -1010,7 +1047,11 @@ fn withdraw_dropped_results<R: Rows>(
         let mut observation: Value = serde_json::from_str(content)?;
         let status = match observation["status"].as_str() {
             Some("preliminary" | "registered") => "cancelled",
-            Some("final" | "corrected" | "amended") if whole_text => "entered-in-error",
+            Some("final" | "corrected" | "amended")
+                if code_of(&observation).is_some_and(|c| lines.contains(&c)) =>
+            {
+                "entered-in-error"
+            }
             _ => continue,
         };
         observation["status"] = Value::String(status.into());

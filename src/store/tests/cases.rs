@@ -1855,6 +1855,31 @@ fn a_corrected_text_report_replaces_its_lines() {
     let ct = current(&f.store, "DiagnosticReport", "ct1");
     assert_eq!(ct["result"].as_array().map(Vec::len), Some(3), "{ct}");
     assert_eq!(ct["presentedForm"][0]["data"], "Y29ycmVjdGVk", "{ct}");
+    // a screen of text results that are tests of their own (each its code),
+    // one of them corrected alone: the others stay final, and the report's
+    let test = |id: &str, code: &str, status: &str| {
+        let mut o = line(id, status);
+        o["code"] = json!({"coding": [{"system": "urn:lab", "code": code}]});
+        o
+    };
+    let mut screen = report("final", &["v1", "v2", "v3"], "c2NyZWVu");
+    screen["id"] = json!("vir1");
+    f.store
+        .apply_bundle(
+            &bundle(&[screen, test("v1", "HIV", "final"), test("v2", "HBSAG", "final"), test("v3", "HCV", "final")]),
+            at("2026-11-23T09:00:00Z"),
+        )
+        .unwrap();
+    let mut corrected = report("corrected", &["v2"], "SEJzQWc=");
+    corrected["id"] = json!("vir1");
+    f.store
+        .apply_bundle(&bundle(&[corrected, test("v2", "HBSAG", "corrected")]), at("2026-11-23T11:00:00Z"))
+        .unwrap();
+    for id in ["v1", "v3"] {
+        assert_eq!(current(&f.store, "Observation", id)["status"], "final", "{id}");
+    }
+    let screen = current(&f.store, "DiagnosticReport", "vir1");
+    assert_eq!(screen["result"].as_array().map(Vec::len), Some(3), "{screen}");
 }
 
 #[test]
