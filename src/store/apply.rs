@@ -366,8 +366,14 @@ fn put<R: Rows>(
     let owned = match (at.resource_type, &stored) {
         ("Patient", Some(stored)) => {
             let owned = with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned);
-            let owned =
-                with_other_assigners_kept(owned.as_ref().unwrap_or(resource), stored).or(owned);
+            // (not a placeholder's: a lab's create-only Patient adds nothing to
+            // the PAS's record, whichever arrives first)
+            let owned = match at.current.is_some_and(|c| c.event_time.is_some()) {
+                true => {
+                    with_other_assigners_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
+                }
+                false => owned,
+            };
             with_merges_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
         }
         ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
@@ -712,7 +718,9 @@ fn retirement(resource: &Value) -> Option<String> {
 /// its own MRN, and the first hospital's MRN stays (UK Core keeps every local
 /// identifier; the lab results filed by it must still find their patient). An
 /// identifier under a system the version gives is the sender's to change;
-/// the NHS number is never added (a version without it is refused).
+/// the NHS number is never added (a version without it is refused). Only
+/// from a record written with authority (not a lab's create-only
+/// placeholder, which never adds to the PAS's record).
 fn with_other_assigners_kept(patient: &Value, stored: &Value) -> Option<Value> {
     let given: Vec<&str> = patient["identifier"]
         .as_array()
@@ -1069,8 +1077,11 @@ fn withdraw_dropped_results<R: Rows>(
     Ok(())
 }
 
-/// A stale Patient's GP written into the stored record that has none
-/// ([`with_gp_from`]): a new version, the stored event time kept.
+/// What a stale Patient version says that the stored record would have kept
+/// had they arrived in order, written into it: its GP where the record names
+/// none ([`with_gp_from`]), its identifiers of assigners the record has none
+/// of ([`with_other_assigners_kept`]). A new version, the stored event time
+/// kept, its identifiers indexed; nothing when there is nothing to add.
 fn fill_in_gp<R: Rows>(
     rows: &mut R,
     current: &Current,
@@ -1078,25 +1089,25 @@ fn fill_in_gp<R: Rows>(
     stale: &Value,
     last_updated: &str,
 ) -> Result<(), R::Error> {
-    if stale.get("generalPractitioner").is_none() {
-        return Ok(());
-    }
     let Some(content) = &current.content else {
         return Ok(());
     };
     let stored: Value = serde_json::from_str(content)?;
-    match with_gp_from(&stored, stale) {
-        Some(filled) => rewrite(
-            rows,
-            "Patient",
-            id,
-            current,
-            &filled,
-            last_updated,
-            current.event_time,
-        ),
-        None => Ok(()),
-    }
+    let filled = with_gp_from(&stored, stale);
+    let filled = with_other_assigners_kept(filled.as_ref().unwrap_or(&stored), stale).or(filled);
+    let Some(filled) = filled else {
+        return Ok(());
+    };
+    rewrite(
+        rows,
+        "Patient",
+        id,
+        current,
+        &filled,
+        last_updated,
+        current.event_time,
+    )?;
+    rows.index_identifiers(id, &plan::identifiers_of(&filled))
 }
 
 /// Writes `resource` as the next version of a record other than the entry's
