@@ -533,13 +533,23 @@ fn continuity<R: Rows>(
 ///   kept from the stored visit;
 /// - a finished visit stays finished (its end, discharge disposition and
 ///   destination kept, its locations completed) unless the event reopens it:
-///   a cancelled discharge (A13), or an admission event;
+///   a cancelled discharge (A13), or an admission with another start (a new
+///   stay under the same visit number), not an A01 or A05 sent again;
 /// - a cancellation is [`with_admission_kept`].
 fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Option<Value> {
     if is_cancelled_visit(encounter) {
         return with_admission_kept(stored, encounter);
     }
-    let reopens = event == Some("A13") || plan::is_admission(event);
+    // a cancelled discharge reopens the stay; an admission only when it is
+    // another one under the same visit number (another start): an A01 or
+    // A05 sent again after the discharge does not
+    let start = |e: &Value| {
+        e["period"]["start"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    let another_start = matches!((start(encounter), start(stored)), (Some(a), Some(b)) if a != b);
+    let reopens = event == Some("A13") || (plan::is_admission(event) && another_start);
     let mut kept = encounter.clone();
     let mut changed = false;
     let mut keep = |kept: &mut Value, key: &str| {

@@ -1654,6 +1654,14 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
     assert_eq!(stay["location"][0]["location"]["display"], "Ward 3", "{stay}");
     assert_eq!(stay["location"][0]["status"], "completed", "{stay}");
     assert_eq!(stay["hospitalization"]["dischargeDisposition"]["text"], "home", "{stay}");
+    // the admission sent again after the discharge (same start) does not
+    // reopen it
+    let mut again = encounter("e-stay", PATIENT, "in-progress");
+    again["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), again, event("A01")]), at("2026-03-05T09:30:00Z"))
+        .unwrap();
+    assert_eq!(current(&f.store, "Encounter", "e-stay")["status"], "finished");
     // the discharge cancelled (A13): in progress again, without its end or
     // its discharge disposition
     let mut reopened = encounter("e-stay", PATIENT, "in-progress");
