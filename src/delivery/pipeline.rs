@@ -96,10 +96,20 @@ pub trait KnownPatients {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Known {
     pub key: String,
-    /// The message it was learned from.
-    pub message_id: i64,
     /// `generalPractitioner` identifiers (FHIR Identifier JSON).
     pub identifiers: Vec<Json>,
+    /// The NHS number of the patient it was learned for (empty: none known).
+    pub nhs_number: String,
+    /// When the sender recorded what said it (ms; 0 unknown).
+    pub recorded_at: i64,
+    /// The message it was learned from.
+    pub message_id: i64,
+}
+
+impl Known {
+    fn order(&self) -> (i64, i64) {
+        (self.recorded_at, self.message_id)
+    }
 }
 
 /// Knows no patient: routing reads only what each document states.
@@ -112,40 +122,69 @@ impl KnownPatients for NoneKnown {
 }
 
 /// The journal's registrations, with what earlier messages of the batch being
-/// routed learned (not yet written), by key.
+/// routed learned (not yet written), by key. A failed read is kept: the
+/// batch is then not written, and routed again after a pause (a message is
+/// never failed for the journal's hiccup).
 struct Remembered {
     journal: crate::journal::Journal,
-    learned: BTreeMap<String, (i64, Vec<Json>)>,
+    learned: BTreeMap<String, Known>,
+    failure: Option<crate::journal::JournalError>,
+}
+
+impl Remembered {
+    /// Takes in what a routed message learned (over what is known of a key
+    /// only when recorded no earlier, as the journal's write does).
+    fn learn(&mut self, message_id: i64, registrations: &[Registration]) {
+        for r in registrations {
+            let Ok(identifiers) = serde_json::from_str(&r.identifiers) else {
+                continue;
+            };
+            let new = Known {
+                key: r.patient_key.clone(),
+                identifiers,
+                nhs_number: r.nhs_number.clone(),
+                recorded_at: r.recorded_at,
+                message_id,
+            };
+            match self.learned.get(&r.patient_key) {
+                Some(old) if old.order() > new.order() => {}
+                _ => {
+                    self.learned.insert(r.patient_key.clone(), new);
+                }
+            }
+        }
+    }
 }
 
 impl KnownPatients for Remembered {
     fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
-        let unlearned: Vec<String> = keys
-            .iter()
-            .filter(|k| !self.learned.contains_key(*k))
-            .cloned()
-            .collect();
-        let mut out: Vec<Known> = self
-            .journal
-            .registrations_blocking(&unlearned)
-            .map_err(|e| e.to_string())?
+        let stored = match self.journal.registrations_blocking(keys) {
+            Ok(stored) => stored,
+            Err(e) => {
+                let text = e.to_string();
+                self.failure = Some(e);
+                return Err(text);
+            }
+        };
+        let mut out: Vec<Known> = stored
             .into_iter()
-            .filter_map(|(key, message_id, text)| {
-                let identifiers = serde_json::from_str(&text).ok()?;
+            .filter_map(|r| {
                 Some(Known {
-                    key,
-                    message_id,
-                    identifiers,
+                    identifiers: serde_json::from_str(&r.identifiers).ok()?,
+                    key: r.patient_key,
+                    nhs_number: r.nhs_number,
+                    recorded_at: r.recorded_at,
+                    message_id: r.message_id,
                 })
             })
             .collect();
         for key in keys {
-            if let Some((message_id, identifiers)) = self.learned.get(key) {
-                out.push(Known {
-                    key: key.clone(),
-                    message_id: *message_id,
-                    identifiers: identifiers.clone(),
-                });
+            if let Some(learned) = self.learned.get(key) {
+                match out.iter_mut().find(|k| &k.key == key) {
+                    Some(k) if k.order() > learned.order() => {}
+                    Some(k) => *k = learned.clone(),
+                    None => out.push(learned.clone()),
+                }
             }
         }
         Ok(out)
@@ -179,61 +218,118 @@ struct Documents {
     warnings: u32,
     /// GP registrations the documents stated.
     registrations: Vec<Registration>,
+    /// NHS numbers a remembered registration was learned with, for a
+    /// document that carries none of its own: added to its deliveries', so
+    /// objections are asked about them.
+    nhs_numbers: Vec<String>,
 }
 
 impl Documents {
-    /// The GP registrations of `document`'s patients (a routing view): the
-    /// first Patient (the document's subject), when every other Patient of
-    /// it is a merged record (`active: false`), is read with the registration
-    /// last learned under any of its keys where it states none, or states
-    /// only the practice or only the GP (never in a document about several
-    /// live patients, an A40 of two merges: one patient's registration must
-    /// not take another's record to its region); with `learn` (a message from a listener: the local PAS, never a
+    /// The GP registrations of `document`'s patients (a routing view).
+    ///
+    /// The first Patient (the document's subject), when every other Patient
+    /// of it is a merged record (`active: false`: the same person, an A40's
+    /// MRG), is read with what it does not state (the practice, the GP) as
+    /// last learned under any key of any Patient of the document (so a merge
+    /// reaches the region that knew the merged record); never in a document
+    /// about several live patients (an A40 of two merges), where one
+    /// patient's registration must not take another's record to its region.
+    /// What was learned for another NHS number than the patient's (an MRN
+    /// reused) is not taken, and what was learned with an NHS number is read
+    /// with what that number learned since (a move stated under other
+    /// identifiers). Taken from memory, the NHS number it was learned with
+    /// is added to the document's, so objections are honoured for a result
+    /// sent with an MRN alone.
+    ///
+    /// With `learn` (a message from a listener: the local PAS, never a
     /// neighbour's document), what each Patient then has is remembered under
-    /// every key of it that does not have it already (so a patient traced
-    /// since, known by its MRN, is known by its NHS number too).
+    /// every key of it that does not have it already, as recorded at
+    /// `recorded_at` (so a patient traced since, known by its MRN, is known by
+    /// its NHS number too).
     fn registrations(
         &mut self,
         document: &mut Json,
         known: &mut dyn KnownPatients,
         learn: bool,
+        recorded_at: i64,
     ) -> Result<(), String> {
         let failed =
             |e: String| format!("cannot read the patient's GP registration from the journal: {e}");
         let patients = crate::route::patient_registrations(document);
         let alone = patients.iter().skip(1).all(|p| !p.active);
-        for (i, patient) in patients.into_iter().enumerate() {
+        let everyone: Vec<String> = patients.iter().flat_map(|p| p.keys.clone()).collect();
+        let nhs_key = |n: &str| format!("identifier|{NHS_NUMBER_SYSTEM}|{n}");
+        for (i, patient) in patients.iter().enumerate() {
             let subject = i == 0 && alone;
             if patient.keys.is_empty() || (!subject && (!learn || patient.stated.is_empty())) {
                 continue;
             }
-            let found = known.registrations(&patient.keys).map_err(failed)?;
-            let latest = found
+            let own_nhs: Option<&str> = patient.keys.iter().find_map(|k| {
+                k.strip_prefix("identifier|")
+                    .and_then(|k| k.strip_prefix(NHS_NUMBER_SYSTEM))
+                    .and_then(|k| k.strip_prefix('|'))
+            });
+            let keys = if subject { &everyone } else { &patient.keys };
+            let mut found = known.registrations(keys).map_err(failed)?;
+            // not what was learned for someone else (an MRN given again)
+            found.retain(|k| {
+                k.nhs_number.is_empty() || own_nhs.is_none_or(|own| own == k.nhs_number)
+            });
+            // what the NHS number it was learned with has learned since
+            let numbers: Vec<String> = found
                 .iter()
-                .max_by_key(|k| k.message_id)
-                .map(|k| k.identifiers.as_slice())
-                .unwrap_or_default();
-            let effective = crate::route::merge_registration(&patient.stated, latest);
+                .map(|k| nhs_key(&k.nhs_number))
+                .filter(|k| !k.ends_with('|') && !keys.contains(k))
+                .collect();
+            if !numbers.is_empty() {
+                found.extend(known.registrations(&numbers).map_err(failed)?);
+            }
+            let latest = found.iter().max_by_key(|k| k.order());
+            let effective = crate::route::merge_registration(
+                &patient.stated,
+                latest.map(|k| k.identifiers.as_slice()).unwrap_or_default(),
+            );
             if subject && effective != patient.stated {
                 crate::route::set_first_patient_registration(document, &effective);
+                if let Some(k) = latest.filter(|k| !k.nhs_number.is_empty()) {
+                    if !self.nhs_numbers.contains(&k.nhs_number) {
+                        self.nhs_numbers.push(k.nhs_number.clone());
+                    }
+                }
             }
             if !learn || effective.is_empty() {
                 continue;
             }
+            // stated (in part): as this message recorded it; else as learned
+            let recorded = match (patient.stated.is_empty(), latest) {
+                (true, Some(k)) => k.recorded_at,
+                _ => recorded_at,
+            };
+            let nhs_number = own_nhs
+                .map(str::to_string)
+                .or_else(|| latest.map(|k| k.nhs_number.clone()))
+                .unwrap_or_default();
             let identifiers = Json::Array(effective.clone()).to_string();
-            for key in patient.keys {
+            for key in &patient.keys {
                 let has_it = found
                     .iter()
-                    .any(|k| k.key == key && k.identifiers == effective);
+                    .any(|k| &k.key == key && k.identifiers == effective);
                 if has_it {
                     continue;
                 }
-                match self.registrations.iter_mut().find(|r| r.patient_key == key) {
-                    Some(r) => r.identifiers = identifiers.clone(),
-                    None => self.registrations.push(Registration {
-                        patient_key: key,
-                        identifiers: identifiers.clone(),
-                    }),
+                let learned = Registration {
+                    patient_key: key.clone(),
+                    identifiers: identifiers.clone(),
+                    nhs_number: nhs_number.clone(),
+                    recorded_at: recorded,
+                };
+                match self
+                    .registrations
+                    .iter_mut()
+                    .find(|r| &r.patient_key == key)
+                {
+                    Some(r) => *r = learned,
+                    None => self.registrations.push(learned),
                 }
             }
         }
@@ -490,6 +586,7 @@ impl Router {
             matched,
             warnings: 0,
             registrations: Vec::new(),
+            nhs_numbers: Vec::new(),
         };
         for group in selection.groups() {
             let route_ids = || {
@@ -535,11 +632,11 @@ impl Router {
             // the rest known from the mapping) is read once here; the text is queued
             let mut document = crate::route::routing_view_of(&output);
             let learn = matches!(origin, Origin::Listener(_));
-            docs.registrations(&mut document, known, learn)
+            docs.registrations(&mut document, known, learn, recorded_ms(&output))
                 .map_err(|e| fail("route", e))?;
-            let refs = group.destinations_for(&document);
+            let refs = destinations_for_each_patient(&group, &document);
             self.push_deliveries(
-                &mut docs.deliveries,
+                &mut docs,
                 message.id,
                 group.mapping(),
                 &document,
@@ -630,10 +727,11 @@ impl Router {
             matched,
             warnings: 0,
             registrations: Vec::new(),
+            nhs_numbers: Vec::new(),
         };
         // (the bytes to deliver are made: what is added here is for the
         // routes; a neighbour's document states nothing routing remembers)
-        docs.registrations(&mut document, known, false)
+        docs.registrations(&mut document, known, false, 0)
             .map_err(|e| Failure::new("route", e))?;
         for group in selection.groups() {
             if !group.mapping().is_empty() {
@@ -650,22 +748,17 @@ impl Router {
                     routes: ids.into_iter().map(str::to_string).collect(),
                 });
             }
-            let refs = group.destinations_for(&document);
-            self.push_deliveries(
-                &mut docs.deliveries,
-                message.id,
-                "",
-                &document,
-                bytes.clone(),
-                refs,
-            );
+            let refs = destinations_for_each_patient(&group, &document);
+            self.push_deliveries(&mut docs, message.id, "", &document, bytes.clone(), refs);
         }
         Ok(docs)
     }
 
+    /// Queues `bytes` for each of `refs`, with the document's patient key and
+    /// NHS numbers (and those its remembered registration was learned with).
     fn push_deliveries(
         &self,
-        out: &mut Vec<NewDelivery>,
+        docs: &mut Documents,
         message_id: i64,
         mapping: &str,
         document: &Json,
@@ -676,10 +769,15 @@ impl Router {
             return;
         }
         let patient_key = patient_key(document).unwrap_or_else(|| format!("message:{message_id}"));
-        let nhs_numbers = nhs_numbers(document);
+        let mut nhs_numbers = nhs_numbers(document);
+        for n in &docs.nhs_numbers {
+            if !nhs_numbers.contains(n) {
+                nhs_numbers.push(n.clone());
+            }
+        }
         for dest in refs {
             let last_error = self.waits_because(&dest.id);
-            out.push(NewDelivery {
+            docs.deliveries.push(NewDelivery {
                 destination: dest.id,
                 mapping: mapping.to_string(),
                 routes: dest.routes,
@@ -690,6 +788,45 @@ impl Router {
             });
         }
     }
+}
+
+/// The destinations `group`'s routes choose for `document`; for a document
+/// about several live patients (an A40 of two merges), only those they choose
+/// for each patient alone (`route::one_patient_views`): one patient's
+/// registration must not take another's record to its region.
+fn destinations_for_each_patient(
+    group: &crate::route::MappingGroup<'_>,
+    document: &Json,
+) -> Vec<crate::route::DestinationRef> {
+    let mut refs = group.destinations_for(document);
+    if let Some(views) = crate::route::one_patient_views(document) {
+        let each: Vec<Vec<String>> = views
+            .iter()
+            .map(|v| {
+                group
+                    .destinations_for(v)
+                    .into_iter()
+                    .map(|d| d.id)
+                    .collect()
+            })
+            .collect();
+        refs.retain(|d| each.iter().all(|ids| ids.contains(&d.id)));
+    }
+    refs
+}
+
+/// When the sender recorded the event a mapped document records: its
+/// Provenance's `recorded` (the mappings write EVN-2, else MSH-7), as unix
+/// ms; 0 when it has none.
+fn recorded_ms(output: &crate::mapping::MapOutput) -> i64 {
+    output
+        .entries
+        .iter()
+        .filter(|e| e.resource_type == "Provenance")
+        .filter_map(|e| output.document.get(e.resource.clone()))
+        .filter_map(|text| serde_json::from_str::<Json>(text).ok())
+        .find_map(|p| p["recorded"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .map_or(0, |t| t.as_millisecond())
 }
 
 /// The Bundle's resources.
@@ -891,25 +1028,29 @@ pub(crate) async fn route_and_write(
     let mut known = Remembered {
         journal: shared.journal.clone(),
         learned: BTreeMap::new(),
+        failure: None,
     };
     // Mapping is the CPU-heavy part behind the ACK: low priority, so a burst
     // of intake is answered first and the queue catches up after. Rows are
     // routed in id order, each knowing what the ones before it learned.
-    let mut routed: Vec<Routed> = super::background::run(move || {
+    let (mut routed, failure): (Vec<Routed>, _) = super::background::run(move || {
         let at = now_ms();
-        rows.iter()
+        let routed = rows
+            .iter()
             .map(|m| {
                 let routed = router.route_knowing(m, replay, at, &mut known);
-                for r in &routed.routing.registrations {
-                    if let Ok(ids) = serde_json::from_str(&r.identifiers) {
-                        known.learned.insert(r.patient_key.clone(), (m.id, ids));
-                    }
-                }
+                known.learn(m.id, &routed.routing.registrations);
                 routed
             })
-            .collect()
+            .collect();
+        (routed, known.failure)
     })
     .await?;
+    // the journal could not be read: nothing is written, the batch is routed
+    // again (the message is not failed for the journal's hiccup)
+    if let Some(failure) = failure {
+        return Err(failure.into());
+    }
     // A replay to one destination: its deliveries only, or nothing written.
     // A destination the message went to before but would not go to now (the
     // patient has since moved to another practice's region) is given the

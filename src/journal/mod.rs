@@ -54,7 +54,7 @@ use crate::telemetry::metrics::Metrics;
 pub use queue::{
     format_ms, DeliveryFilter, DeliveryRow, DeliveryStatus, DueDelivery, NewDelivery, NewRouting,
     PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration, RoutingOutcome, RoutingRecord,
-    APPLICATION_ACK,
+    StoredRegistration, APPLICATION_ACK,
 };
 
 /// Most messages written in one group-commit transaction.
@@ -594,7 +594,7 @@ impl Journal {
     pub fn registrations_blocking(
         &self,
         keys: &[String],
-    ) -> Result<Vec<(String, i64, String)>, JournalError> {
+    ) -> Result<Vec<StoredRegistration>, JournalError> {
         self.inner.readers.with(sqlite::open_reader, |conn| {
             queue::registrations(conn, keys).map_err(JournalError::Read)
         })

@@ -96,12 +96,17 @@ ALTER TABLE messages ADD COLUMN resend_of INTEGER;
 /// under each key of the patient: the Patient id the mappings compute, and
 /// `identifier|<system>|<value>` for each of its identifiers (so a patient
 /// first sent with an MRN only, then traced, is still known). `message_id`
-/// is the message it was learned from: an older message (a replay) never
-/// overwrites a newer one.
+/// is the message it was learned from and `recorded_at` when its sender
+/// recorded the event (ms; 0 unknown): a message recorded earlier (one
+/// arriving late, a replay) never overwrites a later one, as the record store
+/// orders them. `nhs_number` is the patient's it was learned for (empty:
+/// none known), so an MRN reused for another person is not taken for them.
 pub(super) const SCHEMA_V5: &str = "
 CREATE TABLE registrations (
     patient_key  TEXT PRIMARY KEY,
     identifiers  TEXT NOT NULL,
+    nhs_number   TEXT NOT NULL,
+    recorded_at  INTEGER NOT NULL,
     message_id   INTEGER NOT NULL,
     learned_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -221,6 +226,10 @@ pub struct Registration {
     pub patient_key: String,
     /// Its `generalPractitioner` identifiers, a JSON array of FHIR Identifiers.
     pub identifiers: String,
+    /// The patient's NHS number (empty: none known).
+    pub nhs_number: String,
+    /// When the sender recorded what says it (ms; 0 unknown).
+    pub recorded_at: i64,
 }
 
 /// One change to the routing outcomes or the delivery queue.
@@ -682,16 +691,27 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
         ids.push(tx.last_insert_rowid());
     }
     let mut learn = tx.prepare_cached(
-        "INSERT INTO registrations (patient_key, identifiers, message_id, learned_at)
-         VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO registrations
+             (patient_key, identifiers, nhs_number, recorded_at, message_id, learned_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (patient_key) DO UPDATE SET
              identifiers = excluded.identifiers,
+             nhs_number = excluded.nhs_number,
+             recorded_at = excluded.recorded_at,
              message_id = excluded.message_id,
              learned_at = excluded.learned_at
-         WHERE excluded.message_id >= registrations.message_id",
+         WHERE (excluded.recorded_at, excluded.message_id)
+             >= (registrations.recorded_at, registrations.message_id)",
     )?;
     for g in &r.registrations {
-        learn.execute(params![g.patient_key, g.identifiers, r.message_id, r.at_ms])?;
+        learn.execute(params![
+            g.patient_key,
+            g.identifiers,
+            g.nhs_number,
+            g.recorded_at,
+            r.message_id,
+            r.at_ms
+        ])?;
     }
     Ok(QueueOutcome::Routed {
         routing_id,
@@ -699,19 +719,37 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
     })
 }
 
-/// The GP registrations learned under any of `keys`: (key, the message it
-/// was learned from, its identifiers' JSON).
+/// A registration as stored (see [`SCHEMA_V5`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRegistration {
+    pub patient_key: String,
+    pub identifiers: String,
+    pub nhs_number: String,
+    pub recorded_at: i64,
+    pub message_id: i64,
+}
+
+/// The GP registrations learned under any of `keys`.
 pub(super) fn registrations(
     conn: &Connection,
     keys: &[String],
-) -> Result<Vec<(String, i64, String)>, rusqlite::Error> {
+) -> Result<Vec<StoredRegistration>, rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
-        "SELECT patient_key, message_id, identifiers FROM registrations WHERE patient_key = ?1",
+        "SELECT patient_key, identifiers, nhs_number, recorded_at, message_id
+         FROM registrations WHERE patient_key = ?1",
     )?;
     let mut out = Vec::new();
     for key in keys {
         if let Some(row) = stmt
-            .query_row([key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .query_row([key], |row| {
+                Ok(StoredRegistration {
+                    patient_key: row.get(0)?,
+                    identifiers: row.get(1)?,
+                    nhs_number: row.get(2)?,
+                    recorded_at: row.get(3)?,
+                    message_id: row.get(4)?,
+                })
+            })
             .optional()?
         {
             out.push(row);

@@ -505,6 +505,44 @@ pub fn merge_registration(stated: &[Json], known: &[Json]) -> Vec<Json> {
     out
 }
 
+/// For a document about several live patients (an A40 of two merges: not
+/// counting merged records, `active: false`), one view per live patient,
+/// each with that patient as its only Patient; `None` for a document about
+/// one patient or none. A destination that one patient's record must not
+/// reach (another region) is chosen only when the routes choose it for
+/// every one of them.
+pub fn one_patient_views(document: &Json) -> Option<Vec<Json>> {
+    let is_patient = |r: &Json| str_at(r, "resourceType") == Some("Patient");
+    let live = |r: &Json| is_patient(r) && r.get("active").and_then(Json::as_bool) != Some(false);
+    let entries = document.get("entry").and_then(Json::as_array)?;
+    let live_at: Vec<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.get("resource").is_some_and(live))
+        .map(|(i, _)| i)
+        .collect();
+    if live_at.len() < 2 {
+        return None;
+    }
+    Some(
+        live_at
+            .iter()
+            .map(|&keep| {
+                let mut view = document.clone();
+                if let Some(entries) = view.get_mut("entry").and_then(Json::as_array_mut) {
+                    let mut i = 0;
+                    entries.retain(|e| {
+                        let drop = i != keep && e.get("resource").is_some_and(is_patient);
+                        i += 1;
+                        !drop
+                    });
+                }
+                view
+            })
+            .collect(),
+    )
+}
+
 /// Writes `identifiers` as the `generalPractitioner` of the first Patient of
 /// `document` (a routing view, for the routes' conditions to read).
 pub fn set_first_patient_registration(document: &mut Json, identifiers: &[Json]) {

@@ -65,7 +65,7 @@ use condition::{normalise, Condition, Tables};
 use document::{Document, Facts};
 
 pub use document::{
-    merge_registration, patient_registrations, routing_view, routing_view_of,
+    merge_registration, one_patient_views, patient_registrations, routing_view, routing_view_of,
     set_first_patient_registration, PatientRegistration, GP_SYSTEMS, NHS_NUMBER_SYSTEM, ODS_SYSTEM,
 };
 

@@ -616,7 +616,7 @@ F84003 = "NEL"
     let known = journal.registrations_blocking(&[patient]).unwrap();
     assert_eq!(known.len(), 1);
     assert!(
-        known[0].2.contains("F84003") && !known[0].2.contains("E82061"),
+        known[0].identifiers.contains("F84003") && !known[0].identifiers.contains("E82061"),
         "{known:?}"
     );
 
@@ -660,6 +660,22 @@ F84003 = "NEL"
         destinations(journal.clone(), results).await,
         ["hwe", "store"]
     );
+
+    // the memory cannot be read (a journal hiccup): the message is not
+    // failed, and is routed once it can be
+    let raw = rusqlite::Connection::open(dir.path().join("journal.db")).unwrap();
+    raw.execute_batch("ALTER TABLE registrations RENAME TO registrations_away")
+        .unwrap();
+    let held = commit(&journal, "lab", "R8", &oru_of_3("R8")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        journal.routings(held).await.unwrap().is_empty(),
+        "not routed, not failed"
+    );
+    raw.execute_batch("ALTER TABLE registrations_away RENAME TO registrations")
+        .unwrap();
+    routed(journal.clone(), held).await;
+    assert_eq!(destinations(journal.clone(), held).await, ["hwe", "store"]);
     queue.stop(Duration::from_secs(10)).await;
 }
 
@@ -677,8 +693,10 @@ fn remembered_registrations_come_from_the_pas_and_go_to_a_documents_one_patient(
                 .iter()
                 .map(|key| Known {
                     key: key.clone(),
-                    message_id: 1,
                     identifiers: self.0.clone(),
+                    nhs_number: String::new(),
+                    recorded_at: 0,
+                    message_id: 1,
                 })
                 .collect())
         }
@@ -730,6 +748,19 @@ fn remembered_registrations_come_from_the_pas_and_go_to_a_documents_one_patient(
         .map(|d| d.destination.as_str())
         .collect();
     assert_eq!(to, ["sink"], "{:?}", routed.routing.error);
+    // and when its second survivor states an HWE practice, the first (London)
+    // patient's record does not go to HWE with it: a destination is chosen
+    // for a document of several live patients only when it is for each
+    let hwe_second = two.replace("^^F84003^^^^^^^F84003", "^^E82061^^^^^^^E82061");
+    assert_ne!(hwe_second, two);
+    let routed2 = router.route_knowing(&message(5, "pas", &hwe_second), false, 0, &mut NoneKnown);
+    let to: Vec<&str> = routed2
+        .routing
+        .deliveries
+        .iter()
+        .map(|d| d.destination.as_str())
+        .collect();
+    assert_eq!(to, ["sink"], "{:?}", routed2.routing.error);
     // learned from the PAS: what its second survivor states, under its keys
     assert!(routed
         .routing
@@ -760,4 +791,84 @@ fn remembered_registrations_come_from_the_pas_and_go_to_a_documents_one_patient(
         routed.routing.error
     );
     assert!(routed.routing.registrations.is_empty());
+}
+
+/// What was learned for another NHS number (an MRN given to someone else
+/// since) is not taken; taken from memory for a result sent with an MRN
+/// alone, the NHS number it was learned with is the delivery's too, so the
+/// patient's objection is asked about.
+#[test]
+fn a_remembered_registration_is_the_patients_own_and_carries_its_nhs_number() {
+    struct Learned(String);
+    impl KnownPatients for Learned {
+        fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
+            Ok(keys
+                .iter()
+                .filter(|k| k.contains("local-id"))
+                .map(|key| Known {
+                    key: key.clone(),
+                    identifiers: vec![serde_json::json!({
+                        "system": crate::route::ODS_SYSTEM, "value": "E82061"
+                    })],
+                    nhs_number: self.0.clone(),
+                    recorded_at: 0,
+                    message_id: 1,
+                })
+                .collect())
+        }
+    }
+    let router = router(
+        "[routes.lab]\nmessages = [\"ORU^R01\"]\nmapping = \"oru_r01\"\ndestinations = [\"store\"]\n\
+         [routes.lab_hwe]\nmessages = [\"ORU^R01\"]\nmapping = \"oru_r01\"\ndestinations = [\"hwe\"]\nwhen = \"patient.gp_practice = 'E82061'\"\n",
+        &[],
+        &["store", "hwe"],
+    );
+    let oru = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/oru_r01_fbc_ue.hl7"),
+    )
+    .unwrap();
+    // the MRN was learned for this NHS number: taken
+    let routed = router.route_knowing(
+        &message(1, "lab", &oru),
+        false,
+        0,
+        &mut Learned("9990000018".into()),
+    );
+    let to: Vec<&str> = routed
+        .routing
+        .deliveries
+        .iter()
+        .map(|d| d.destination.as_str())
+        .collect();
+    assert_eq!(to, ["store", "hwe"], "{:?}", routed.routing.error);
+    // learned for another person's NHS number: not taken
+    let routed = router.route_knowing(
+        &message(2, "lab", &oru),
+        false,
+        0,
+        &mut Learned(nhs_number(7)),
+    );
+    let to: Vec<&str> = routed
+        .routing
+        .deliveries
+        .iter()
+        .map(|d| d.destination.as_str())
+        .collect();
+    assert_eq!(to, ["store"]);
+    // the result sent with the MRN alone: the NHS number learned with it is
+    // asked about for objections
+    let mrn_only = oru.replace("9990000018^^^NHS^NH~", "");
+    let routed = router.route_knowing(
+        &message(3, "lab", &mrn_only),
+        false,
+        0,
+        &mut Learned(nhs_number(7)),
+    );
+    let hwe = routed
+        .routing
+        .deliveries
+        .iter()
+        .find(|d| d.destination == "hwe")
+        .expect("to HWE");
+    assert_eq!(hwe.nhs_numbers, [nhs_number(7)]);
 }
