@@ -473,16 +473,24 @@ pub fn check_not_a_query(header: Header) -> Result<Header, Rejection> {
     })
 }
 
-/// An ADT message (but A20, a bed status, about no one) must name its patient:
-/// a PID segment with an identifier in PID-3 (or, from a v2.3 sender, PID-2
-/// or PID-4). One that does not can never reach the record, and is refused
-/// with AE (ERR 100: the segment missing; 101: PID-3 empty) rather than
-/// acknowledged AA and left to fail unseen behind the ACK. Read from the raw
-/// bytes (an ASCII-compatible encoding; others are left to the pipeline).
+/// An ADT message (but A20, a bed status, about no one) or an ORU^R01 must
+/// name its patient as the mappings key one: a PID segment with an
+/// identifier in PID-3 (not a placeholder of one digit ten times), or a
+/// valid NHS number in PID-2 or PID-19 (where v2.3 senders put it). One that
+/// does not can never reach the record, and is refused with AE (ERR 100: the
+/// segment missing; 101: no identifier) rather than acknowledged AA and left
+/// to fail unseen behind the ACK. Read from the raw bytes (an
+/// ASCII-compatible encoding; others are left to the pipeline).
 #[allow(clippy::result_large_err)]
 pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejection> {
-    let adt = header.message_code.trim().eq_ignore_ascii_case("ADT");
-    if !adt || header.trigger_event.trim().eq_ignore_ascii_case("A20") {
+    let code = header.message_code.trim().to_ascii_uppercase();
+    let trigger = header.trigger_event.trim().to_ascii_uppercase();
+    let about_a_patient = match code.as_str() {
+        "ADT" => trigger != "A20",
+        "ORU" => trigger == "R01",
+        _ => false,
+    };
+    if !about_a_patient {
         return Ok(header);
     }
     let ascii_compatible = !raw.iter().take(16).any(|&b| b == 0);
@@ -507,15 +515,30 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
         },
         Some(line) => {
             let fields: Vec<&[u8]> = line.split(|&b| b == sep).collect();
-            let identified = [2, 3, 4].iter().any(|&n| {
-                fields.get(n).is_some_and(|field| {
-                    field.split(|&b| b == repetition).any(|rep| {
+            let ids = |n: usize| {
+                fields
+                    .get(n)
+                    .into_iter()
+                    .flat_map(|field| field.split(|&b| b == repetition))
+                    .map(|rep| {
                         let id = rep.split(|&b| b == component).next().unwrap_or_default();
-                        let id = id.trim_ascii();
-                        !id.is_empty() && id != b"\"\""
+                        String::from_utf8_lossy(id.trim_ascii()).into_owned()
                     })
-                })
-            });
+                    .collect::<Vec<String>>()
+            };
+            let placeholder = |id: &str| {
+                id.len() == 10
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() && b == id.as_bytes()[0])
+            };
+            let identified = ids(3)
+                .iter()
+                .any(|id| !id.is_empty() && id != "\"\"" && !placeholder(id))
+                || ids(2)
+                    .iter()
+                    .chain(ids(19).iter())
+                    .any(|id| crate::mapping::transform::nhs_number(id).is_some());
             if identified {
                 return Ok(header);
             }
@@ -802,10 +825,23 @@ mod tests {
         assert!(check("PID|1||RAL1^^^RAL^MR\rPV1|1|I").is_ok());
         assert!(check("PID|1|9434765919^^^NHS\rPV1|1|I").is_ok());
         assert!(check("PID|1||~RAL1^^^RAL^MR").is_ok());
+        // a v2.3 local id in PID-2 keys no patient; a placeholder neither
+        assert_eq!(
+            check("PID|1|LOCAL123\rPV1|1|I").err(),
+            Some((AckCode::AE, "101"))
+        );
+        assert_eq!(
+            check("PID|1||0000000000^^^NHS^NH").err(),
+            Some((AckCode::AE, "101"))
+        );
+        assert!(check(&format!("PID|1{}9434765919", "|".repeat(18))).is_ok());
         let a20 = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A20|C1|P|2.4";
         assert!(check_patient_named(header(a20), format!("{a20}\rNPU|1").as_bytes()).is_ok());
         let oru = "MSH|^~\\&|LAB|RAL|EPR|HUB|20240501120000||ORU^R01|C1|P|2.4";
-        assert!(check_patient_named(header(oru), format!("{oru}\rOBR|1").as_bytes()).is_ok());
+        let err = check_patient_named(header(oru), format!("{oru}\rOBR|1").as_bytes()).unwrap_err();
+        assert_eq!((err.code, err.error.code), (AckCode::AE, "100"));
+        let mdm = "MSH|^~\\&|EPR|RAL|EPR|HUB|20240501120000||MDM^T02|C1|P|2.4";
+        assert!(check_patient_named(header(mdm), format!("{mdm}\rTXA|1").as_bytes()).is_ok());
     }
 
     #[test]
