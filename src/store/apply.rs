@@ -765,10 +765,12 @@ fn with_other_assigners_kept(patient: &Value, stored: &Value) -> Option<Value> {
 /// A merge's survivor updated by a message that says nothing of the merge (an
 /// A03 after the A40): it keeps its `replaces` links and `active: true`, so
 /// a reader of the survivor alone still sees the records it replaced
-/// (`None`: nothing to keep). A version that gives links of its own is left
-/// as it is.
+/// (`None`: nothing to keep). A second merge into the same survivor (its own
+/// `replaces` links only) keeps the first's too; a version retiring the
+/// record (`replaced-by`) is left as it is.
 fn with_merges_kept(patient: &Value, stored: &Value) -> Option<Value> {
-    if patient.get("link").is_some() {
+    let given: Vec<&Value> = patient["link"].as_array().into_iter().flatten().collect();
+    if given.iter().any(|l| l["type"] != "replaces") {
         return None;
     }
     let replaces: Vec<Value> = stored["link"]
@@ -776,13 +778,16 @@ fn with_merges_kept(patient: &Value, stored: &Value) -> Option<Value> {
         .into_iter()
         .flatten()
         .filter(|l| l["type"] == "replaces")
+        .filter(|l| !given.iter().any(|g| g["other"] == l["other"]))
         .cloned()
         .collect();
     if replaces.is_empty() {
         return None;
     }
     let mut kept = patient.clone();
-    kept["link"] = Value::Array(replaces);
+    let mut links: Vec<Value> = given.into_iter().cloned().collect();
+    links.extend(replaces);
+    kept["link"] = Value::Array(links);
     if kept.get("active").is_none() && stored["active"] == true {
         kept["active"] = Value::Bool(true);
     }

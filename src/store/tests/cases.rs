@@ -1299,6 +1299,37 @@ fn a_merged_patients_records_are_found_from_the_survivor() {
     assert!(observations.iter().any(|r| r["id"] == "o-after-merge"), "{observations:?}");
 }
 
+/// Two merges into one survivor (two A40s): it replaces both records.
+#[test]
+fn a_second_merge_into_a_survivor_keeps_the_first() {
+    let f = open();
+    let (s, m1, m2) = (
+        "0a0a0a0a-0000-5000-8000-0000000000c1",
+        "0a0a0a0a-0000-5000-8000-0000000000c2",
+        "0a0a0a0a-0000-5000-8000-0000000000c3",
+    );
+    let survivor = |merged: &str| {
+        let mut p = untraced_patient(s, "CYS1", "Sims");
+        p["active"] = json!(true);
+        p["link"] = json!([{"other": {"reference": format!("Patient/{merged}")}, "type": "replaces"}]);
+        p
+    };
+    f.store
+        .apply_bundle(&bundle(&[survivor(m1), merged_patient(m1, "CYM1", "Sims", s)]), None)
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[survivor(m2), merged_patient(m2, "CYM2", "Sims", s)]), None)
+        .unwrap();
+    let now = current(&f.store, "Patient", s);
+    let others: Vec<&str> = now["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["other"]["reference"].as_str())
+        .collect();
+    assert_eq!(others, [format!("Patient/{m2}"), format!("Patient/{m1}")], "{now}");
+}
+
 /// A merge undone the other way (an A40 B into A, then one A into B, as an
 /// operator puts a wrong merge right): the survivor of the latest is live, the
 /// other retired in its favour; never both retired, linked round in a circle.
