@@ -216,9 +216,16 @@ pub fn text(value: &Value, key: &str) -> String {
     match value.get(key) {
         None | Some(Value::Null) => "-".to_string(),
         Some(Value::String(s)) if s.is_empty() => "-".to_string(),
-        Some(Value::String(s)) => printable(s).into_owned(),
+        Some(Value::String(s)) => printable_line(s),
         Some(other) => other.to_string(),
     }
+}
+
+/// [`printable`] for a value shown on one line (a table cell, a field): a
+/// line feed or carriage return in it (a control id's `\X0A\`) is escaped
+/// too, so a sender cannot start a line of its own making.
+pub fn printable_line(s: &str) -> String {
+    printable(s).replace('\n', "\\u{a}")
 }
 
 /// Text from a sender (a control id, an application name, a note) as it may
@@ -254,6 +261,11 @@ mod tests {
         );
         assert_eq!(printable("a\nb\tc"), "a\nb\\u{9}c");
         assert_eq!(printable("txt\u{202e}gpj.exe"), "txt\\u{202e}gpj.exe");
+        // one line's value: a line feed cannot start another
+        assert_eq!(
+            printable_line("C1\n2026 INFO forged\r"),
+            "C1\\u{a}2026 INFO forged\\u{d}"
+        );
     }
 
     #[test]

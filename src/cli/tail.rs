@@ -205,7 +205,7 @@ fn render(name: &str, data: &str, json: bool) -> String {
         // A newer engine may send events this tail does not know.
         Err(_) => format!("{name} {data}"),
     };
-    super::api_client::printable(&line).into_owned()
+    super::api_client::printable_line(&line)
 }
 
 fn readable(event: &Event) -> String {
