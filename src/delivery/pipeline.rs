@@ -271,9 +271,17 @@ impl Documents {
             });
             let keys = if subject { &everyone } else { &patient.keys };
             let mut found = known.registrations(keys).map_err(failed)?;
-            // not what was learned for someone else (an MRN given again)
+            // not what was learned for someone else (an MRN given again): and
+            // with `learn`, that key is now this patient's (learned empty
+            // below, unless this patient has a registration to give it)
+            let mut moved: Vec<String> = Vec::new();
             found.retain(|k| {
-                k.nhs_number.is_empty() || own_nhs.is_none_or(|own| own == k.nhs_number)
+                let theirs =
+                    k.nhs_number.is_empty() || own_nhs.is_none_or(|own| own == k.nhs_number);
+                if !theirs && patient.keys.contains(&k.key) {
+                    moved.push(k.key.clone());
+                }
+                theirs
             });
             // what the NHS number it was learned with has learned since
             let numbers: Vec<String> = found
@@ -297,7 +305,19 @@ impl Documents {
                     }
                 }
             }
-            if !learn || effective.is_empty() {
+            if !learn {
+                continue;
+            }
+            let own_nhs_number = own_nhs.unwrap_or_default().to_string();
+            if effective.is_empty() {
+                for key in moved {
+                    self.learn(Registration {
+                        patient_key: key,
+                        identifiers: "[]".to_string(),
+                        nhs_number: own_nhs_number.clone(),
+                        recorded_at,
+                    });
+                }
                 continue;
             }
             // stated (in part): as this message recorded it; else as learned
@@ -311,29 +331,33 @@ impl Documents {
                 .unwrap_or_default();
             let identifiers = Json::Array(effective.clone()).to_string();
             for key in &patient.keys {
-                let has_it = found
-                    .iter()
-                    .any(|k| &k.key == key && k.identifiers == effective);
-                if has_it {
-                    continue;
-                }
-                let learned = Registration {
-                    patient_key: key.clone(),
-                    identifiers: identifiers.clone(),
-                    nhs_number: nhs_number.clone(),
-                    recorded_at: recorded,
-                };
-                match self
-                    .registrations
-                    .iter_mut()
-                    .find(|r| &r.patient_key == key)
-                {
-                    Some(r) => *r = learned,
-                    None => self.registrations.push(learned),
+                // (a key that has it, learned with the NHS number known now)
+                let has_it = found.iter().any(|k| {
+                    &k.key == key && k.identifiers == effective && k.nhs_number == nhs_number
+                });
+                if !has_it {
+                    self.learn(Registration {
+                        patient_key: key.clone(),
+                        identifiers: identifiers.clone(),
+                        nhs_number: nhs_number.clone(),
+                        recorded_at: recorded,
+                    });
                 }
             }
         }
         Ok(())
+    }
+
+    /// Remembers `learned` (over what this message learned of its key before).
+    fn learn(&mut self, learned: Registration) {
+        match self
+            .registrations
+            .iter_mut()
+            .find(|r| r.patient_key == learned.patient_key)
+        {
+            Some(r) => *r = learned,
+            None => self.registrations.push(learned),
+        }
     }
 }
 

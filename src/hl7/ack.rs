@@ -476,7 +476,8 @@ pub fn check_not_a_query(header: Header) -> Result<Header, Rejection> {
 /// An ADT message (but A20, a bed status, about no one) or an ORU^R01 must
 /// name its patient as the mappings key one: a PID segment with an
 /// identifier in PID-3 (not a placeholder of one digit ten times), or a
-/// valid NHS number in PID-2 or PID-19 (where v2.3 senders put it). One that
+/// valid NHS number in PID-2 tagged as the NHS's (CX.4 or CX.5) or alone in
+/// PID-19 (where v2.3 senders put it). One that
 /// does not can never reach the record, and is refused with AE (ERR 100: the
 /// segment missing; 101: no identifier) rather than acknowledged AA and left
 /// to fail unseen behind the ACK. Read from the raw bytes (an
@@ -527,18 +528,39 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
                     .collect::<Vec<String>>()
             };
             let placeholder = |id: &str| {
-                id.len() == 10
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() && b == id.as_bytes()[0])
+                let bare: Vec<u8> = id.bytes().filter(|b| !matches!(b, b' ' | b'-')).collect();
+                bare.len() == 10 && bare.iter().all(|b| b.is_ascii_digit() && *b == bare[0])
             };
+            let valid = |id: &str| crate::mapping::transform::nhs_number(id).is_some();
+            // PID-2 as the mappings read it: a repetition tagged as the NHS's
+            // (CX.4 or CX.5), its number valid; PID-19 a bare number
+            let nhs_tag = |t: &str| {
+                matches!(
+                    t.split('&').next().unwrap_or_default(),
+                    "NHS" | "NHSNBR" | "NHSNMBR" | "NHSNO" | "NHS NUMBER" | "NH"
+                )
+            };
+            let tagged_pid2 = fields.get(2).is_some_and(|field| {
+                field.split(|&b| b == repetition).any(|rep| {
+                    let parts: Vec<String> = rep
+                        .split(|&b| b == component)
+                        .map(|p| String::from_utf8_lossy(p.trim_ascii()).to_ascii_uppercase())
+                        .collect();
+                    let part = |i: usize| parts.get(i).map(String::as_str).unwrap_or_default();
+                    (nhs_tag(part(3))
+                        || part(3).contains("2.16.840.1.113883.2.1.4.1")
+                        || nhs_tag(part(4)))
+                        && valid(part(0))
+                })
+            });
+            let bare_pid19 = fields
+                .get(19)
+                .is_some_and(|f| !f.contains(&component) && valid(&String::from_utf8_lossy(f)));
             let identified = ids(3)
                 .iter()
                 .any(|id| !id.is_empty() && id != "\"\"" && !placeholder(id))
-                || ids(2)
-                    .iter()
-                    .chain(ids(19).iter())
-                    .any(|id| crate::mapping::transform::nhs_number(id).is_some());
+                || tagged_pid2
+                || bare_pid19;
             if identified {
                 return Ok(header);
             }
@@ -824,6 +846,16 @@ mod tests {
         );
         assert!(check("PID|1||RAL1^^^RAL^MR\rPV1|1|I").is_ok());
         assert!(check("PID|1|9434765919^^^NHS\rPV1|1|I").is_ok());
+        // an untagged number in PID-2 keys no patient (the mappings read PID-2
+        // only when tagged); nor does a spaced placeholder in PID-3
+        assert_eq!(
+            check("PID|1|9434765919\rPV1|1|I").err(),
+            Some((AckCode::AE, "101"))
+        );
+        assert_eq!(
+            check("PID|1||999 999 9999^^^NHS^NH").err(),
+            Some((AckCode::AE, "101"))
+        );
         assert!(check("PID|1||~RAL1^^^RAL^MR").is_ok());
         // a v2.3 local id in PID-2 keys no patient; a placeholder neither
         assert_eq!(

@@ -426,8 +426,8 @@ fn identifies(system: &str, value: &str) -> bool {
     let lower = system.to_ascii_lowercase();
     let nhs_copy = system != NHS_NUMBER_SYSTEM
         && (lower.ends_with(":nh") || lower.ends_with(":nhs") || lower.contains(":nhs:"));
-    let first = value.chars().next();
-    let repeated = value.len() > 1 && value.chars().all(|c| Some(c) == first);
+    let bare: Vec<char> = value.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    let repeated = bare.len() > 1 && bare.iter().all(|c| *c == bare[0]);
     !nhs_copy && !repeated
 }
 

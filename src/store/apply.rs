@@ -318,9 +318,14 @@ fn put<R: Rows>(
         // admission event (an A01 sent again after a mistaken A11: the patient
         // was admitted after all), or an admission of another start under the
         // same visit number, is new
+        // (and an update, an event that is not an admission, never brings a
+        // cancelled visit back, whatever start it gives: an A08 with another
+        // admit date is not a new booking)
+        let update_of_cancelled =
+            at.event.is_some() && is_cancelled_visit(stored) && !is_cancelled_visit(resource);
         if at.resource_type == "Encounter"
             && !plan::is_admission(at.event)
-            && cancels_visit(stored, resource)
+            && (cancels_visit(stored, resource) || update_of_cancelled)
         {
             return Ok(EntryResult::Stale {
                 version: cur.version,
@@ -960,7 +965,7 @@ fn with_kept_results<R: Rows>(
         };
         let observation: Value = serde_json::from_str(content)?;
         if let (Some(lines), Some(code)) = (&lines, code_of(&observation)) {
-            if lines.contains(&code) {
+            if is_line_of(lines, &code) {
                 continue;
             }
         }
@@ -1000,6 +1005,14 @@ fn code_of(observation: &Value) -> Option<String> {
     }
 }
 
+/// Whether a result with `code` is a line of the text a report version sends
+/// whole: at least two of the version's results (`lines`, their codes) share
+/// it. A correction sending one result alone (one organism of a culture,
+/// OBX-4 telling them apart) is a partial correction, whatever its code.
+fn is_line_of(lines: &[String], code: &str) -> bool {
+    lines.iter().filter(|c| c.as_str() == code).count() >= 2
+}
+
 /// The codes of the stored Observations `ids` (those stored already).
 fn named_codes<R: Rows>(rows: &mut R, ids: &[&str]) -> Result<Vec<String>, R::Error> {
     let mut codes = Vec::new();
@@ -1034,8 +1047,8 @@ fn is_text_report(report: &Value) -> bool {
 /// than left beside the final results as if current (a preliminary critical
 /// value). A result already final is not touched (a lab may send only the
 /// results it corrects), but for a text report sent whole
-/// ([`is_text_report`]): a line of its text (the same code as a line it
-/// still has) that its correction no longer has was retracted (`Conclusion:
+/// ([`is_text_report`]): a line of its text (the code of lines it still has,
+/// [`is_line_of`]) that its correction no longer has was retracted (`Conclusion:
 /// metastatic disease.`), and is written `entered-in-error`; a test of its
 /// own (a virology screen's HIV beside the corrected HBsAg) is left alone.
 fn withdraw_dropped_results<R: Rows>(
@@ -1071,7 +1084,7 @@ fn withdraw_dropped_results<R: Rows>(
         let status = match observation["status"].as_str() {
             Some("preliminary" | "registered") => "cancelled",
             Some("final" | "corrected" | "amended")
-                if code_of(&observation).is_some_and(|c| lines.contains(&c)) =>
+                if code_of(&observation).is_some_and(|c| is_line_of(&lines, &c)) =>
             {
                 "entered-in-error"
             }

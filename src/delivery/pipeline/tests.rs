@@ -872,3 +872,89 @@ fn a_remembered_registration_is_the_patients_own_and_carries_its_nhs_number() {
         .expect("to HWE");
     assert_eq!(hwe.nhs_numbers, [nhs_number(7)]);
 }
+
+/// The memory's keys follow the patient: an MRN first learned before the
+/// patient was traced takes the NHS number on (so an MRN-only result asks
+/// the objections register about it), and an MRN given to another person
+/// forgets the first one's region.
+#[test]
+fn an_mrn_takes_its_patients_nhs_number_and_forgets_a_former_holder() {
+    #[derive(Default)]
+    struct Mem(BTreeMap<String, Known>);
+    impl KnownPatients for Mem {
+        fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
+            Ok(keys.iter().filter_map(|k| self.0.get(k).cloned()).collect())
+        }
+    }
+    impl Mem {
+        fn take(&mut self, routed: &Routed) {
+            for r in &routed.routing.registrations {
+                self.0.insert(
+                    r.patient_key.clone(),
+                    Known {
+                        key: r.patient_key.clone(),
+                        identifiers: serde_json::from_str(&r.identifiers).unwrap(),
+                        nhs_number: r.nhs_number.clone(),
+                        recorded_at: r.recorded_at,
+                        message_id: routed.routing.message_id,
+                    },
+                );
+            }
+        }
+    }
+    let router = router(
+        "[routes.adt]\nmessages = [\"ADT^*\"]\nmapping = \"adt\"\ndestinations = [\"store\"]\n\
+         [routes.lab]\nmessages = [\"ORU^R01\"]\nmapping = \"oru_r01\"\ndestinations = [\"store\"]\n\
+         [routes.lab_hwe]\nmessages = [\"ORU^R01\"]\nmapping = \"oru_r01\"\ndestinations = [\"hwe\"]\nwhen = \"patient.gp_practice = 'E82061'\"\n",
+        &[],
+        &["store", "hwe"],
+    );
+    let oru = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/oru_r01_fbc_ue.hl7"),
+    )
+    .unwrap()
+    .replace("9990000018^^^NHS^NH~", "")
+    .replace("RAL1234567", "RAL0000001");
+    let to = |routed: &Routed| -> Vec<String> {
+        routed
+            .routing
+            .deliveries
+            .iter()
+            .map(|d| d.destination.clone())
+            .collect()
+    };
+    let mut mem = Mem::default();
+    // admitted with the MRN only, registered in Hertfordshire
+    let mrn_only = a01("A1", 1)
+        .replace(&format!("{}^^^NHS^NH~", nhs_number(1)), "")
+        .replace("^^F84003|", "^^E82061|");
+    let r = router.route_knowing(&message(1, "pas", &mrn_only), false, 0, &mut mem);
+    mem.take(&r);
+    // traced: the update carries the NHS number and the MRN, no PD1
+    let traced = a01("A2", 1).replace(
+        "PD1|||PRIMROSE HILL SURGERY^^F84003|G8234567^OKAFOR^CHIDI^^^DR",
+        "PD1|",
+    );
+    let r = router.route_knowing(&message(2, "pas", &traced), false, 0, &mut mem);
+    mem.take(&r);
+    // a result with the MRN alone: to HWE, asking about the NHS number
+    let r = router.route_knowing(&message(3, "lab", &oru), false, 0, &mut mem);
+    assert_eq!(to(&r), ["store", "hwe"], "{:?}", r.routing.error);
+    let hwe = r
+        .routing
+        .deliveries
+        .iter()
+        .find(|d| d.destination == "hwe")
+        .unwrap();
+    assert_eq!(hwe.nhs_numbers, [nhs_number(1)]);
+    // the MRN given to another person (another NHS number, no PD1): the
+    // first holder's region is forgotten for it
+    let other = a01("A3", 2).replace("RAL0000002", "RAL0000001").replace(
+        "PD1|||PRIMROSE HILL SURGERY^^F84003|G8234567^OKAFOR^CHIDI^^^DR",
+        "PD1|",
+    );
+    let r = router.route_knowing(&message(4, "pas", &other), false, 0, &mut mem);
+    mem.take(&r);
+    let r = router.route_knowing(&message(5, "lab", &oru), false, 0, &mut mem);
+    assert_eq!(to(&r), ["store"]);
+}

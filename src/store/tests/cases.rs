@@ -1615,6 +1615,8 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
         ("planned", booked, "A05", "2026-03-01T08:00:00Z", "planned"),
         ("cancelled", booked, "A38", "2026-03-01T09:00:00Z", "cancelled"),
         ("planned", booked, "A08", "2026-03-01T10:00:00Z", "cancelled"),
+        // (nor an A08 with another admit date: an update is no new booking)
+        ("in-progress", "2026-12-02T09:00:00+00:00", "A08", "2026-03-01T10:30:00Z", "cancelled"),
         ("planned", booked, "A05", "2026-03-01T11:00:00Z", "planned"),
     ]);
 }
@@ -1919,6 +1921,22 @@ fn a_corrected_text_report_replaces_its_lines() {
     }
     let screen = current(&f.store, "DiagnosticReport", "vir1");
     assert_eq!(screen["result"].as_array().map(Vec::len), Some(3), "{screen}");
+    // a culture's two organisms (one code, told apart by OBX-4), the second
+    // corrected alone: a partial correction, the first stays final
+    let mut culture = report("final", &["g1", "g2"], "Y3VsdHVyZQ==");
+    culture["id"] = json!("cul1");
+    f.store
+        .apply_bundle(
+            &bundle(&[culture, test("g1", "ORG", "final"), test("g2", "ORG", "final")]),
+            at("2026-11-23T09:00:00Z"),
+        )
+        .unwrap();
+    let mut corrected = report("corrected", &["g2"], "b3JnIDI=");
+    corrected["id"] = json!("cul1");
+    f.store
+        .apply_bundle(&bundle(&[corrected, test("g2", "ORG", "corrected")]), at("2026-11-23T11:00:00Z"))
+        .unwrap();
+    assert_eq!(current(&f.store, "Observation", "g1")["status"], "final");
 }
 
 #[test]
