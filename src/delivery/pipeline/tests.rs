@@ -22,6 +22,32 @@ mapping = "adt"
 destinations = ["sink"]
 "#;
 
+/// Knows every key asked about (or those holding `only`) as registered at
+/// `practice`, learned with NHS number `nhs`.
+struct Fixed {
+    practice: &'static str,
+    nhs: String,
+    only: &'static str,
+}
+
+impl KnownPatients for Fixed {
+    fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
+        Ok(keys
+            .iter()
+            .filter(|k| k.contains(self.only))
+            .map(|key| Known {
+                key: key.clone(),
+                identifiers: vec![serde_json::json!({
+                    "system": crate::route::ODS_SYSTEM, "value": self.practice
+                })],
+                nhs_number: self.nhs.clone(),
+                recorded_at: 0,
+                message_id: 1,
+            })
+            .collect())
+    }
+}
+
 fn message(id: i64, listener: &str, raw: &str) -> PendingMessage {
     PendingMessage {
         id,
@@ -686,25 +712,10 @@ F84003 = "NEL"
 /// one patient's record to the other's region).
 #[test]
 fn remembered_registrations_come_from_the_pas_and_go_to_a_documents_one_patient() {
-    struct Everyone(Vec<Json>);
-    impl KnownPatients for Everyone {
-        fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
-            Ok(keys
-                .iter()
-                .map(|key| Known {
-                    key: key.clone(),
-                    identifiers: self.0.clone(),
-                    nhs_number: String::new(),
-                    recorded_at: 0,
-                    message_id: 1,
-                })
-                .collect())
-        }
-    }
-    let hwe = || {
-        Everyone(vec![serde_json::json!({
-            "system": crate::route::ODS_SYSTEM, "value": "E82061"
-        })])
+    let hwe = || Fixed {
+        practice: "E82061",
+        nhs: String::new(),
+        only: "",
     };
     let router = router(
         "[routes.pas]\nlisteners = [\"pas\"]\nmessages = [\"ADT^*\"]\nmapping = \"adt_merge\"\ndestinations = [\"sink\"]\n\
@@ -799,24 +810,12 @@ fn remembered_registrations_come_from_the_pas_and_go_to_a_documents_one_patient(
 /// patient's objection is asked about.
 #[test]
 fn a_remembered_registration_is_the_patients_own_and_carries_its_nhs_number() {
-    struct Learned(String);
-    impl KnownPatients for Learned {
-        fn registrations(&mut self, keys: &[String]) -> Result<Vec<Known>, String> {
-            Ok(keys
-                .iter()
-                .filter(|k| k.contains("local-id"))
-                .map(|key| Known {
-                    key: key.clone(),
-                    identifiers: vec![serde_json::json!({
-                        "system": crate::route::ODS_SYSTEM, "value": "E82061"
-                    })],
-                    nhs_number: self.0.clone(),
-                    recorded_at: 0,
-                    message_id: 1,
-                })
-                .collect())
-        }
-    }
+    // the MRN (a local id) learned at an HWE practice, with this NHS number
+    let learned = |nhs: &str| Fixed {
+        practice: "E82061",
+        nhs: nhs.to_string(),
+        only: "local-id",
+    };
     let router = router(
         "[routes.lab]\nmessages = [\"ORU^R01\"]\nmapping = \"oru_r01\"\ndestinations = [\"store\"]\n\
          [routes.lab_hwe]\nmessages = [\"ORU^R01\"]\nmapping = \"oru_r01\"\ndestinations = [\"hwe\"]\nwhen = \"patient.gp_practice = 'E82061'\"\n",
@@ -832,7 +831,7 @@ fn a_remembered_registration_is_the_patients_own_and_carries_its_nhs_number() {
         &message(1, "lab", &oru),
         false,
         0,
-        &mut Learned("9990000018".into()),
+        &mut learned("9990000018"),
     );
     let to: Vec<&str> = routed
         .routing
@@ -846,7 +845,7 @@ fn a_remembered_registration_is_the_patients_own_and_carries_its_nhs_number() {
         &message(2, "lab", &oru),
         false,
         0,
-        &mut Learned(nhs_number(7)),
+        &mut learned(&nhs_number(7)),
     );
     let to: Vec<&str> = routed
         .routing
@@ -862,7 +861,7 @@ fn a_remembered_registration_is_the_patients_own_and_carries_its_nhs_number() {
         &message(3, "lab", &mrn_only),
         false,
         0,
-        &mut Learned(nhs_number(7)),
+        &mut learned(&nhs_number(7)),
     );
     let hwe = routed
         .routing
