@@ -1208,36 +1208,24 @@ async fn a_second_engine_on_the_same_journal_refuses_to_start() {
         text.contains(&format!("(pid {})", std::process::id())),
         "{text}"
     );
-    // nor through a symbolic link to its folder
+    // nor through a symbolic link to its folder, nor a hard link to the file
     std::os::unix::fs::symlink(dir.join("data"), dir.join("alias")).unwrap();
-    let linked = std::fs::read_to_string(dir.join("junction.toml"))
-        .unwrap()
-        .replace("data/journal.db", "alias/journal.db");
-    std::fs::write(dir.join("linked.toml"), linked).unwrap();
-    let config = junction::config::load(&dir.join("linked.toml")).unwrap();
-    let err = engine::start(config, dir)
-        .await
-        .expect_err("the same journal through a link");
-    assert!(
-        err.to_string()
-            .contains("in use by another Junction engine"),
-        "{err}"
-    );
-    // nor through a hard link to the file
     std::fs::hard_link(dir.join("data/journal.db"), dir.join("hard.db")).unwrap();
-    let hard = std::fs::read_to_string(dir.join("junction.toml"))
-        .unwrap()
-        .replace("data/journal.db", "hard.db");
-    std::fs::write(dir.join("hard.toml"), hard).unwrap();
-    let config = junction::config::load(&dir.join("hard.toml")).unwrap();
-    let err = engine::start(config, dir)
-        .await
-        .expect_err("the same journal through a hard link");
-    assert!(
-        err.to_string()
-            .contains("in use by another Junction engine"),
-        "{err}"
-    );
+    for (path, name) in [("alias/journal.db", "linked"), ("hard.db", "hard")] {
+        let text = std::fs::read_to_string(dir.join("junction.toml"))
+            .unwrap()
+            .replace("data/journal.db", path);
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+        let config = junction::config::load(&dir.join(format!("{name}.toml"))).unwrap();
+        let err = engine::start(config, dir)
+            .await
+            .expect_err("the same journal through a link");
+        assert!(
+            err.to_string()
+                .contains("in use by another Junction engine"),
+            "{name}: {err}"
+        );
+    }
     // the first engine still takes messages
     let mut stream = TcpStream::connect(first.addr).await.unwrap();
     let ack = send(&mut stream, &sample("adt_a01_admission.hl7")).await;

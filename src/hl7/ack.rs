@@ -495,10 +495,12 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
         return Ok(header);
     }
     let ascii_compatible = !raw.iter().take(16).any(|&b| b == 0);
-    let (Ok(sep), Some(component), Some(repetition)) = (
+    let chars = header.encoding_characters.as_bytes();
+    let (Ok(sep), Some(&component), Some(&repetition), Some(&subcomponent)) = (
         u8::try_from(header.field_separator),
-        header.encoding_characters.bytes().next(),
-        header.encoding_characters.as_bytes().get(1).copied(),
+        chars.first(),
+        chars.get(1),
+        chars.get(3),
     ) else {
         return Ok(header);
     };
@@ -516,51 +518,37 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
         },
         Some(line) => {
             let fields: Vec<&[u8]> = line.split(|&b| b == sep).collect();
-            let ids = |n: usize| {
+            fn text(b: &[u8]) -> &str {
+                std::str::from_utf8(b.trim_ascii()).unwrap_or_default()
+            }
+            let reps = |n: usize| {
                 fields
                     .get(n)
                     .into_iter()
-                    .flat_map(|field| field.split(|&b| b == repetition))
-                    .map(|rep| {
-                        let id = rep.split(|&b| b == component).next().unwrap_or_default();
-                        String::from_utf8_lossy(id.trim_ascii()).into_owned()
-                    })
-                    .collect::<Vec<String>>()
+                    .flat_map(move |field| field.split(move |&b| b == repetition))
             };
-            let placeholder = |id: &str| {
-                let bare: Vec<u8> = id.bytes().filter(|b| !matches!(b, b' ' | b'-')).collect();
-                bare.len() == 10 && bare.iter().all(|b| b.is_ascii_digit() && *b == bare[0])
-            };
+            fn parts(rep: &[u8], component: u8) -> Vec<&str> {
+                rep.split(|&b| b == component).map(text).collect()
+            }
             let valid = |id: &str| crate::mapping::transform::nhs_number(id).is_some();
-            // PID-2 as the mappings read it: a repetition tagged as the NHS's
-            // (CX.4 or CX.5), its number valid; PID-19 a bare number
-            let nhs_tag = |t: &str| {
-                matches!(
-                    t.split('&').next().unwrap_or_default(),
-                    "NHS" | "NHSNBR" | "NHSNMBR" | "NHSNO" | "NHS NUMBER" | "NH"
-                )
-            };
-            let tagged_pid2 = fields.get(2).is_some_and(|field| {
-                field.split(|&b| b == repetition).any(|rep| {
-                    let parts: Vec<String> = rep
-                        .split(|&b| b == component)
-                        .map(|p| String::from_utf8_lossy(p.trim_ascii()).to_ascii_uppercase())
-                        .collect();
-                    let part = |i: usize| parts.get(i).map(String::as_str).unwrap_or_default();
-                    (nhs_tag(part(3))
-                        || part(3).contains("2.16.840.1.113883.2.1.4.1")
-                        || nhs_tag(part(4)))
-                        && valid(part(0))
-                })
+            // PID-3 an identifier that is not a placeholder; PID-2 a valid
+            // number assigned by the NHS (as the mappings and the CX data type
+            // read it); PID-19 a bare valid number
+            let pid3 = reps(3).any(|rep| {
+                let id = parts(rep, component).first().copied().unwrap_or_default();
+                !id.is_empty() && id != "\"\"" && !crate::mapping::transform::is_placeholder(id)
             });
-            let bare_pid19 = fields
+            let pid2 = reps(2).any(|rep| {
+                let p = parts(rep, component);
+                let part = |i: usize| p.get(i).copied().unwrap_or_default();
+                let mut hd = part(3).split(char::from(subcomponent));
+                let (hd1, hd2) = (hd.next().unwrap_or_default(), hd.next().unwrap_or_default());
+                crate::mapping::datatypes::nhs_assigned(hd1, hd2, part(4)) && valid(part(0))
+            });
+            let pid19 = fields
                 .get(19)
-                .is_some_and(|f| !f.contains(&component) && valid(&String::from_utf8_lossy(f)));
-            let identified = ids(3)
-                .iter()
-                .any(|id| !id.is_empty() && id != "\"\"" && !placeholder(id))
-                || tagged_pid2
-                || bare_pid19;
+                .is_some_and(|f| !f.contains(&component) && valid(text(f)));
+            let identified = pid3 || pid2 || pid19;
             if identified {
                 return Ok(header);
             }

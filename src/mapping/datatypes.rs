@@ -135,6 +135,21 @@ const NHS_NUMBER_OID: &str = "2.16.840.1.113883.2.1.4.1";
 /// be `NHS NUMBER`, CX.5 `NH`), as the shipped mappings' `nhs_number` reads them.
 const NHS_LABELS: [&str; 4] = ["NHS", "NHSNBR", "NHSNMBR", "NHSNO"];
 
+/// Whether a CX is assigned by the NHS: CX.4 (HD.1) `NHS` or a spelling of
+/// it, or its HD.2 the NHS number's OID, or CX.5 `NH` or a spelling of it.
+/// Shared with intake's check that a message names its patient
+/// (`hl7::check_patient_named`), so both read PID as the mappings do.
+pub(crate) fn nhs_assigned(authority: &str, authority_oid: &str, kind: &str) -> bool {
+    let label = |l: &str, also: &str| {
+        let l = l.trim();
+        NHS_LABELS
+            .iter()
+            .chain([&also])
+            .any(|x| l.eq_ignore_ascii_case(x))
+    };
+    label(authority, "NHS NUMBER") || authority_oid.trim() == NHS_NUMBER_OID || label(kind, "NH")
+}
+
 /// [`build`] written at the end of `out`: false, and nothing written, when
 /// nothing is left of the element.
 pub(crate) fn build_into(
@@ -162,18 +177,7 @@ pub(crate) fn build_into(
             let value = t(1);
             let authority = n.sub_text(4, 1, seps);
             let kind = t(5);
-            // assigned by the NHS: CX.4 `NHS` or a spelling of it (or the NHS
-            // number's OID, HD.2), or CX.5 `NH` or a spelling of it
-            let label = |l: &str, also: &[&str]| {
-                let l = l.trim_fast();
-                NHS_LABELS
-                    .iter()
-                    .chain(also)
-                    .any(|x| l.eq_ignore_ascii_case(x))
-            };
-            let nhs = label(&authority, &["NHS NUMBER"])
-                || n.sub_text(4, 2, seps) == NHS_NUMBER_OID
-                || label(&kind, &["NH"]);
+            let nhs = nhs_assigned(&authority, &n.sub_text(4, 2, seps), &kind);
             if nhs {
                 match transform::nhs_number(&value) {
                     Some(v) => {

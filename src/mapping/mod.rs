@@ -22,7 +22,7 @@
 //! - Empty elements (empty strings, objects, arrays) never appear in the output.
 
 mod compile;
-mod datatypes;
+pub(crate) mod datatypes;
 mod eval;
 mod expr;
 mod json;

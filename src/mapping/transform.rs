@@ -431,7 +431,7 @@ pub(crate) fn nhs_number(s: &str) -> Option<String> {
         .filter(|c| *c != ' ' && *c != '-')
         .map(|c| c.to_digit(10))
         .collect::<Option<Vec<u32>>>()?;
-    if digits.len() != 10 || digits.iter().all(|d| *d == digits[0]) {
+    if digits.len() != 10 || is_placeholder(s) {
         return None;
     }
     let sum: u32 = digits[..9]
@@ -450,10 +450,27 @@ pub(crate) fn nhs_number(s: &str) -> Option<String> {
     Some(digits.iter().map(|d| char::from(b'0' + *d as u8)).collect())
 }
 
+/// Ten digits all the same (spaces and hyphens ignored: `999 999 9999`): what
+/// senders send for "NHS number not known". It passes modulus 11 but is no
+/// one's; it keys no patient, in the mappings, the routing memory or intake.
+pub(crate) fn is_placeholder(s: &str) -> bool {
+    let mut digits = s.chars().filter(|c| *c != ' ' && *c != '-');
+    let Some(first) = digits.next().filter(char::is_ascii_digit) else {
+        return false;
+    };
+    let mut n = 1;
+    for c in digits {
+        if c != first {
+            return false;
+        }
+        n += 1;
+    }
+    n == 10
+}
+
 /// Why `s` is not an NHS number ([`nhs_number`] gave none), for a warning.
 pub(crate) fn nhs_number_problem(s: &str) -> &'static str {
-    let digits: Vec<char> = s.chars().filter(|c| *c != ' ' && *c != '-').collect();
-    if digits.len() == 10 && digits.iter().all(|c| *c == digits[0] && c.is_ascii_digit()) {
+    if is_placeholder(s) {
         "is a placeholder (one digit ten times), not an NHS number"
     } else {
         "fails modulus 11"

@@ -421,14 +421,12 @@ pub struct PatientRegistration {
 /// Whether an identifier tells one patient from every other, for routing to
 /// remember by: not a local copy of an NHS number that failed its check
 /// (`…:nh`, which senders fill with `0000000000` for "not known"), nor a
-/// value of one character repeated.
+/// placeholder (`transform::is_placeholder`).
 fn identifies(system: &str, value: &str) -> bool {
     let lower = system.to_ascii_lowercase();
     let nhs_copy = system != NHS_NUMBER_SYSTEM
         && (lower.ends_with(":nh") || lower.ends_with(":nhs") || lower.contains(":nhs:"));
-    let bare: Vec<char> = value.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    let repeated = bare.len() > 1 && bare.iter().all(|c| *c == bare[0]);
-    !nhs_copy && !repeated
+    !nhs_copy && !crate::mapping::transform::is_placeholder(value)
 }
 
 /// Each Patient of `document`, in order (see [`PatientRegistration`]).

@@ -1505,11 +1505,15 @@ fn a_preliminary_version_after_the_final_one_is_stale() {
 #[test]
 fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
     let f = open();
-    let visit = |status: &str, start: &str| {
+    // the visit in `status`, admitted at `start` (none: sent without PV1-44)
+    let with = |status: &str, start: Option<&str>| {
         let mut e = encounter("e-cancel", PATIENT, status);
-        e["period"] = json!({"start": start});
+        if let Some(start) = start {
+            e["period"] = json!({"start": start});
+        }
         e
     };
+    let visit = |status: &str, start: &str| with(status, Some(start));
     let status = |f: &Fixture| current(&f.store, "Encounter", "e-cancel")["status"].clone();
     let p = patient(PATIENT, "9434765919", "Smith");
     let admitted = "2026-03-01T08:00:00+00:00";
@@ -1537,13 +1541,6 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
         (Some(admitted), Some("2026-03-01T09:00:00+01:00")),
     ] {
         let f = open();
-        let with = |status: &str, start: Option<&str>| {
-            let mut e = encounter("e-cancel", PATIENT, status);
-            if let Some(start) = start {
-                e["period"] = json!({"start": start});
-            }
-            e
-        };
         f.store
             .apply_bundle(&bundle(&[p.clone(), with("entered-in-error", cancel_start)]), at("2026-03-01T09:00:00Z"))
             .unwrap();
@@ -1556,13 +1553,6 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
     // keeps the admission's start, so a new admission under the same number
     // (another start) applies, and an update of the cancelled one does not
     let f = open();
-    let with = |status: &str, start: Option<&str>| {
-        let mut e = encounter("e-cancel", PATIENT, status);
-        if let Some(start) = start {
-            e["period"] = json!({"start": start});
-        }
-        e
-    };
     f.store
         .apply_bundle(&bundle(&[p.clone(), with("in-progress", Some(admitted))]), at("2026-03-01T08:00:00Z"))
         .unwrap();
