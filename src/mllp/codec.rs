@@ -19,12 +19,16 @@
 //!   [`MllpCodec::take_abandoned`] to be kept, and the new frame is read and
 //!   answered as usual. Followed by anything else, it is data (a word
 //!   processor's manual line break pasted into a report);
-//! - bytes outside a frame that arrive before a start block and a message
-//!   header (`MSH`, `FHS`, `BHS`; in the same read) are handed out by [`MllpCodec::take_stray`] to be kept, and the
-//!   frame after them is read; an end block written twice between frames is
-//!   skipped like white space;
-//! - any other byte outside a frame (no start block after it) is an error
-//!   ([`MllpError::Garbage`]);
+//! - bytes outside a frame before a start block and a message header
+//!   (`MSH`, `FHS`, `BHS`), in the same read or an earlier one, are handed
+//!   out by [`MllpCodec::take_stray`] to be kept, and the frame after them is
+//!   read; up to [`MAX_STRAY_BYTES`] of them are held while the start block
+//!   has not come; an end block written twice between frames is skipped
+//!   like white space;
+//! - bytes outside a frame that are not MLLP (a message without framing, an
+//!   HTTP request, a TLS handshake), and more stray bytes than that with no
+//!   frame after them, are an error ([`MllpError::Garbage`]): the peer is told
+//!   at once by the connection closing;
 //! - a frame longer than `max_message_bytes` is an error
 //!   ([`MllpError::TooLarge`]), detected without buffering more than the limit.
 //!
@@ -190,17 +194,20 @@ impl Decoder for MllpCodec {
                 return Ok(None);
             }
             if src[0] != VT {
-                match src.iter().position(|&b| b == VT) {
-                    // bytes before a start block that came with it, and a
-                    // message after it: kept, and the frame read (a sender's
-                    // stack that writes something before each frame is not
-                    // cut off)
-                    Some(end) if starts_a_frame(&src[end + 1..]) == Some(true) => {
+                match stray_before_frame(src) {
+                    // bytes before a start block, and a message after it:
+                    // kept, and the frame read (a sender's stack that writes
+                    // something before each frame, in the same write or its
+                    // own, is not cut off)
+                    Stray::Frame(end) => {
                         self.stray.push(Self::keep(&src[..end]));
                         src.advance(end);
                     }
-                    // bytes that start no frame (not MLLP at all): an error
-                    _ => {
+                    // no frame yet: the start block may come in a later read
+                    Stray::Wait => return Ok(None),
+                    // not MLLP at all (an unframed message, an HTTP or TLS
+                    // client), or more than a stray prefix: an error
+                    Stray::Garbage => {
                         let bytes = Self::keep(&src[..]);
                         src.clear();
                         return Err(MllpError::Garbage { bytes });
@@ -288,7 +295,60 @@ impl Decoder for MllpCodec {
         let bytes = Self::keep(&src[..]);
         src.clear();
         self.scanned = 0;
+        if bytes[0] != VT {
+            // stray bytes waiting for a start block that never came
+            return Err(MllpError::Garbage { bytes });
+        }
         Err(MllpError::Truncated { bytes })
+    }
+}
+
+/// How many stray bytes outside a frame are held while waiting for a start
+/// block: a sender's prefix or keep-alive is a few bytes; more is not MLLP.
+pub const MAX_STRAY_BYTES: usize = 4096;
+
+/// What bytes outside a frame (not starting with a start block) are.
+#[derive(Debug, PartialEq, Eq)]
+enum Stray {
+    /// Junk, then at this offset a start block and a message header.
+    Frame(usize),
+    /// Junk so far: a start block may follow in a later read.
+    Wait,
+    /// Not MLLP: a message without framing, an HTTP or TLS client, or more
+    /// junk than [`MAX_STRAY_BYTES`].
+    Garbage,
+}
+
+fn stray_before_frame(src: &[u8]) -> Stray {
+    // a peer that does not speak MLLP is told at once (the connection
+    // closes) rather than left waiting for an answer that never comes
+    let http = [
+        &b"GET "[..],
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
+        b"CONNECT ",
+    ];
+    let unframed = starts_a_frame(src) == Some(true);
+    if unframed || http.iter().any(|m| src.starts_with(m)) || src[0] == 0x16 {
+        return Stray::Garbage;
+    }
+    let mut from = 0;
+    while let Some(at) = src[from..].iter().position(|&b| b == VT) {
+        let vt = from + at;
+        match starts_a_frame(&src[vt + 1..]) {
+            Some(true) => return Stray::Frame(vt),
+            None => return Stray::Wait,
+            Some(false) => from = vt + 1,
+        }
+    }
+    if src.len() > MAX_STRAY_BYTES {
+        Stray::Garbage
+    } else {
+        Stray::Wait
     }
 }
 
@@ -567,8 +627,8 @@ mod tests {
         }
     }
 
-    /// Junk that comes before a frame in the same read is kept, and the frame
-    /// is read; a doubled end block between frames is skipped.
+    /// Junk that comes before a frame, in the same read or its own, is kept,
+    /// and the frame is read; a doubled end block between frames is skipped.
     #[test]
     fn bytes_before_a_start_block_are_kept_and_the_frame_read() {
         let mut codec = MllpCodec::new(100);
@@ -580,6 +640,55 @@ mod tests {
         assert_eq!(&second[..], b"MSH|2");
         assert!(codec.take_stray().is_empty());
         assert!(buf.is_empty());
+        // the junk in a read of its own, the start block at the end of one
+        // read and the header in the next, a 0x0B in the junk that starts
+        // no frame
+        for chunks in [
+            &[&b"PING"[..], b"\x0bMSH|3\x1c\r"][..],
+            &[b"PI\x0b", b"NG\x0bMSH|3\x1c\r"],
+            &[b"PING\x0b", b"MSH|3\x1c\r"],
+            &[b"PING\x0bM", b"SH|3\x1c\r"],
+        ] {
+            let mut codec = MllpCodec::new(100);
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            for chunk in chunks {
+                buf.extend_from_slice(chunk);
+                if let Some(frame) = codec.decode(&mut buf).unwrap() {
+                    frames.push(frame);
+                }
+            }
+            assert_eq!(frames, [Bytes::from("MSH|3")], "{chunks:?}");
+            let stray = codec.take_stray().concat();
+            assert!(
+                stray.starts_with(b"PI") && stray.ends_with(b"NG"),
+                "{chunks:?}"
+            );
+        }
+        // junk with no frame after it before the peer closes is garbage
+        let (frames, err) = decode_all(&[b"PING"], 100);
+        assert!(frames.is_empty());
+        assert!(err.unwrap().contains("outside an MLLP frame"));
+    }
+
+    /// A peer that does not speak MLLP is refused at once, and so is more
+    /// junk than a prefix with no frame.
+    #[test]
+    fn what_is_not_mllp_is_refused_at_once() {
+        for bytes in [
+            &b"MSH|^~\\&|LAB\r"[..],
+            b"GET / HTTP/1.1\r\n",
+            b"\x16\x03\x01\x02\x00",
+            &[b'x'; MAX_STRAY_BYTES + 1],
+        ] {
+            let mut codec = MllpCodec::new(100);
+            let mut buf = BytesMut::from(bytes);
+            assert!(
+                matches!(codec.decode(&mut buf), Err(MllpError::Garbage { .. })),
+                "{:?}",
+                &bytes[..bytes.len().min(20)]
+            );
+        }
     }
 
     #[test]

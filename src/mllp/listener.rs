@@ -16,14 +16,15 @@
 //!   `[FHS] BHS`, then each message's own ACK (MSH/MSA[/ERR]) in order, then
 //!   `BTS` (and `FTS`). Answering each message separately would break senders
 //!   that wait for exactly one reply per frame;
-//! - a framing error (bytes outside a frame, a frame over
+//! - a framing error (bytes outside a frame that are not MLLP, a frame over
 //!   `max_message_bytes`, EOF inside a frame, or `idle_timeout_secs` with no
-//!   byte received inside an unfinished frame) journals the bytes kept as
-//!   `garbage`, logs one warning and closes that connection only. A frame the
-//!   sender abandoned by starting a new one (`0x0B` before the end block) is
-//!   kept the same way, and the connection goes on with the new frame; so are
-//!   bytes that arrive before a start block and message header in the same
-//!   read (a sender's stack that writes something before each frame). The
+//!   byte received inside an unfinished frame or after stray bytes) journals
+//!   the bytes kept as `garbage`, logs one warning and closes that connection
+//!   only. A frame the sender abandoned by starting a new one (`0x0B` before
+//!   the end block) is kept the same way, and the connection goes on with the
+//!   new frame; so are a few stray bytes that arrive before a start block and
+//!   message header, in the same read or an earlier one (a sender's stack that
+//!   writes something before each frame; see `codec.rs`). The
 //!   idle timeout counts from the last byte received, never from the start
 //!   of a frame: a large message arriving slowly is not cut off;
 //! - a resend of an accepted message (same MSH-3/MSH-4 and MSH-10) gets the
@@ -78,7 +79,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::hl7::{self, AckCode, Header};
 use crate::journal::{Committed, Incoming, Journal, JournalError, Status};
-use crate::mllp::codec::{next_frame, MllpCodec, MllpError, KEPT_BYTES};
+use crate::mllp::codec::{next_frame, MllpCodec, MllpError, KEPT_BYTES, VT};
 use crate::mllp::tls::{PeerNet, ServerTlsConfig, TlsFileError};
 use crate::telemetry::events::{self, Event, EventBus, MessageOutcome};
 use crate::telemetry::metrics::{AckLabel, Metrics};
@@ -630,11 +631,19 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     );
                 } else {
                     let kept = Bytes::copy_from_slice(&pending[..pending.len().min(KEPT_BYTES)]);
-                    let reason = format!(
-                        "idle timeout of {}s inside an unfinished frame after {} byte(s)",
-                        ctx.idle_timeout.as_secs(),
-                        pending.len()
-                    );
+                    let reason = if pending[0] == VT {
+                        format!(
+                            "idle timeout of {}s inside an unfinished frame after {} byte(s)",
+                            ctx.idle_timeout.as_secs(),
+                            pending.len()
+                        )
+                    } else {
+                        format!(
+                            "idle timeout of {}s after {} byte(s) outside a frame, with no start block (0x0B) after them",
+                            ctx.idle_timeout.as_secs(),
+                            pending.len()
+                        )
+                    };
                     keep_garbage(ctx, &peer_text, kept, pending.len(), &reason, true).await;
                 }
                 Next::Close
