@@ -832,6 +832,53 @@ async fn an_undeclared_latin1_sender_gets_its_ack_in_its_own_bytes() {
     fx.engine.stop().await;
 }
 
+/// A sender writing UTF-16 (with its byte order mark, little- or big-endian)
+/// gets its ACK in UTF-16 the same way, not in UTF-8 bytes it cannot read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_utf16_sender_gets_its_ack_in_utf16() {
+    let fx = start().await;
+    let text = "MSH|^~\\&|PAS|H\u{d4}PITAL|JUNCTION|LCR|20261124101500||ADT^A08|U16-\u{c9}|P|2.5||||||UNICODE UTF-16\r\
+        EVN|A08|20261124101500\rPID|1||9990000026^^^NHS^NH||CL\u{c9}MENT^\u{c9}LISE||19800101|F\r";
+    for little_endian in [true, false] {
+        let units = std::iter::once(0xFEFF).chain(text.encode_utf16());
+        let message: Vec<u8> = units
+            .flat_map(|u| {
+                if little_endian {
+                    u.to_le_bytes()
+                } else {
+                    u.to_be_bytes()
+                }
+            })
+            .collect();
+        let mut conn = connect(fx.addr).await;
+        conn.write_all(&frame(&message)).await.unwrap();
+        let buf = read_raw_frame(&mut conn).await;
+        let body = &buf[1..buf.len() - 2];
+        let bom: &[u8] = if little_endian {
+            b"\xFF\xFE"
+        } else {
+            b"\xFE\xFF"
+        };
+        assert!(body.starts_with(bom), "{body:?}");
+        let units: Vec<u16> = body[2..]
+            .chunks(2)
+            .map(|c| {
+                let pair = [c[0], c[1]];
+                if little_endian {
+                    u16::from_le_bytes(pair)
+                } else {
+                    u16::from_be_bytes(pair)
+                }
+            })
+            .collect();
+        let ack = String::from_utf16(&units).expect("the ACK is UTF-16");
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        assert_eq!(field(&ack, "MSA", 2), "U16-\u{c9}", "{ack}");
+        assert_eq!(field(&ack, "MSH", 6), "H\u{d4}PITAL", "{ack}");
+    }
+    fx.engine.stop().await;
+}
+
 /// A batch ACK answers each message in its own character set: a Latin-1
 /// message's MSA-2 in Latin-1 bytes, a UTF-8 one's in UTF-8, as when each is
 /// sent alone.

@@ -822,9 +822,10 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|raw| assess(ctx, peer, received_at, raw))
         .collect();
     ctx.counters.received.inc_by(items.len() as u64);
-    // which messages were read as windows-1252 (no charset declared, bytes
-    // not UTF-8): their ACKs go back the same way
-    let read_as_1252: Vec<bool> = items.iter().map(|i| undeclared_8bit(&i.raw)).collect();
+    // how each message was read (UTF-16 by its byte order mark, or
+    // windows-1252 when no charset was declared and the bytes are not UTF-8):
+    // their ACKs go back the same way
+    let read_as: Vec<ReadAs> = items.iter().map(|i| ReadAs::of(&i.raw)).collect();
     // What the log line and the reply need, copied before the items move to
     // the journal (cheaper than cloning whole items).
     let views: Vec<ItemView> = items.iter().map(ItemView::of).collect();
@@ -915,7 +916,7 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let reply = match &batch {
-        Some(envelope) => Some(Reply::Bytes(batch_ack(envelope, &acks, &read_as_1252))),
+        Some(envelope) => Some(Reply::Bytes(batch_ack(envelope, &acks, &read_as))),
         None => acks
             .first()
             .and_then(|(_, ack)| ack.clone())
@@ -925,9 +926,7 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         let bytes = match reply {
             // a batch ACK is written piece by piece (`batch_ack`)
             Reply::Bytes(bytes) => bytes,
-            Reply::Text(reply) => {
-                encode_ack(&reply, read_as_1252.first().copied().unwrap_or(false))
-            }
+            Reply::Text(reply) => encode_ack(&reply, read_as.first().copied().unwrap_or_default()),
         };
         // A peer that does not read its ACKs must not pin this task forever.
         match tokio::time::timeout(ctx.idle_timeout, framed.send(bytes)).await {
@@ -1179,27 +1178,68 @@ pub(crate) fn ack_timestamp() -> String {
     jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string()
 }
 
-/// Whether a message declares no character set (or ASCII) in MSH-18 but is
-/// not UTF-8 (nor UTF-16 by its byte order mark): it was read as windows-1252.
-fn undeclared_8bit(raw: &[u8]) -> bool {
-    hl7::msh18(raw).as_deref().is_none_or(|c| {
-        matches!(
-            c.trim().to_ascii_uppercase().as_str(),
-            "ASCII" | "ISO IR6" | "US-ASCII"
-        )
-    }) && !raw.starts_with(b"\xFF\xFE")
-        && !raw.starts_with(b"\xFE\xFF")
-        && std::str::from_utf8(raw).is_err()
+/// How a message's bytes were read, when it was not by what its MSH-18
+/// declares: its ACK is written the same way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ReadAs {
+    /// As MSH-18 declares (UTF-8 when it declares nothing).
+    #[default]
+    Declared,
+    /// No character set (or ASCII) declared, and not UTF-8: windows-1252.
+    Windows1252,
+    /// UTF-16 by its byte order mark, little-endian (`FF FE`) or big-endian.
+    Utf16 { little_endian: bool },
+}
+
+impl ReadAs {
+    fn of(raw: &[u8]) -> ReadAs {
+        if raw.starts_with(b"\xFF\xFE") {
+            return ReadAs::Utf16 {
+                little_endian: true,
+            };
+        }
+        if raw.starts_with(b"\xFE\xFF") {
+            return ReadAs::Utf16 {
+                little_endian: false,
+            };
+        }
+        let undeclared = hl7::msh18(raw).as_deref().is_none_or(|c| {
+            matches!(
+                c.trim().to_ascii_uppercase().as_str(),
+                "ASCII" | "ISO IR6" | "US-ASCII"
+            )
+        });
+        if undeclared && std::str::from_utf8(raw).is_err() {
+            ReadAs::Windows1252
+        } else {
+            ReadAs::Declared
+        }
+    }
 }
 
 /// An ACK's bytes: in the character set its MSH-18 declares (the sender's
-/// own), or as windows-1252 for a sender whose message was read so
-/// (`read_as_1252`), so MSA-2 and MSH-5/6 are its own bytes.
-fn encode_ack(ack: &str, read_as_1252: bool) -> Vec<u8> {
-    match hl7::msh18(ack.as_bytes()) {
-        _ if read_as_1252 => hl7::encode_text(ack, Some("windows-1252")),
-        Some(charset) => hl7::encode_text(ack, Some(&charset)),
-        None => ack.as_bytes().to_vec(),
+/// own), as windows-1252 for a sender whose message was read so, or in
+/// UTF-16 with the byte order mark of a sender that wrote one, so MSA-2 and
+/// MSH-5/6 are its own bytes and its reader reads the ACK as it wrote.
+/// (`encoding_rs` decodes UTF-16 but encodes it as UTF-8: written here.)
+fn encode_ack(ack: &str, read_as: ReadAs) -> Vec<u8> {
+    match read_as {
+        ReadAs::Windows1252 => hl7::encode_text(ack, Some("windows-1252")),
+        ReadAs::Utf16 { little_endian } => {
+            let mut out = Vec::with_capacity(2 + ack.len() * 2);
+            for unit in std::iter::once(0xFEFF).chain(ack.encode_utf16()) {
+                out.extend(if little_endian {
+                    unit.to_le_bytes()
+                } else {
+                    unit.to_be_bytes()
+                });
+            }
+            out
+        }
+        ReadAs::Declared => match hl7::msh18(ack.as_bytes()) {
+            Some(charset) => hl7::encode_text(ack, Some(&charset)),
+            None => ack.as_bytes().to_vec(),
+        },
     }
 }
 
@@ -1347,18 +1387,13 @@ fn declared_count(text: &str, field_sep: char) -> Option<u64> {
 fn batch_ack(
     envelope: &BatchEnvelope,
     acks: &[(Option<String>, Option<String>)],
-    read_as_1252: &[bool],
+    read_as: &[ReadAs],
 ) -> Vec<u8> {
-    // each ACK with whether its message was read as windows-1252
-    let acks: Vec<(Option<&str>, bool)> = acks
+    // each ACK with how its message was read
+    let acks: Vec<(Option<&str>, ReadAs)> = acks
         .iter()
         .enumerate()
-        .map(|(i, (_, ack))| {
-            (
-                ack.as_deref(),
-                read_as_1252.get(i).copied().unwrap_or(false),
-            )
-        })
+        .map(|(i, (_, ack))| (ack.as_deref(), read_as.get(i).copied().unwrap_or_default()))
         .collect();
     let acks = acks.as_slice();
     let sep = envelope.field_sep;
@@ -1458,7 +1493,7 @@ impl Out {
     /// A batch's messages' ACKs and its BTS: BTS-1 counts the ACKs sent;
     /// when the batch declared (BTS-1) another number of messages than it
     /// held, BTS-2 says so.
-    fn push_batch(&mut self, acks: &[(Option<&str>, bool)], declared: Option<u64>, sep: char) {
+    fn push_batch(&mut self, acks: &[(Option<&str>, ReadAs)], declared: Option<u64>, sep: char) {
         let mut count = 0;
         for &(ack, latin) in acks {
             if let Some(ack) = ack {
@@ -1475,8 +1510,8 @@ impl Out {
         }
     }
 
-    fn push_ack(&mut self, ack: &str, read_as_1252: bool) {
-        self.bytes.extend(encode_ack(ack, read_as_1252));
+    fn push_ack(&mut self, ack: &str, read_as: ReadAs) {
+        self.bytes.extend(encode_ack(ack, read_as));
         if !ack.ends_with('\r') {
             self.bytes.push(b'\r');
         }
