@@ -534,8 +534,10 @@ fn continuity<R: Rows>(
 /// is). HL7 v2 says an omitted field leaves the old value, and PAS send
 /// updates (A08, A02, A31) with partial PV1s, as after a discharge:
 /// - what it does not say (its location, participants, service provider,
-///   `period.start`; its hospitalization unless it reopens the visit) is
-///   kept from the stored visit;
+///   `period.start`; its hospitalization, or the parts of it it leaves out,
+///   unless it reopens the visit) is kept from the stored visit, and the
+///   wards before the ones it names stay in the location history
+///   ([`with_location_history`]);
 /// - a finished visit stays finished (its end, discharge disposition and
 ///   destination kept, its locations completed) unless the event reopens it:
 ///   a cancelled discharge (A13), or an admission with another start (a new
@@ -571,6 +573,26 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
     if !reopens {
         keep(&mut kept, "hospitalization");
     }
+    if let Some(history) = with_location_history(stored, &kept, event) {
+        kept["location"] = history;
+        changed = true;
+    }
+    if !reopens {
+        // (and what a hospitalization it does carry leaves out: an A08
+        // after a discharge with PV1-45 but no PV1-36 keeps the disposition)
+        if let (Some(mine), Some(theirs)) = (
+            kept.get_mut("hospitalization")
+                .and_then(Value::as_object_mut),
+            stored["hospitalization"].as_object(),
+        ) {
+            for (key, value) in theirs {
+                if !mine.contains_key(key) {
+                    mine.insert(key.clone(), value.clone());
+                    changed = true;
+                }
+            }
+        }
+    }
     if kept["period"]["start"].is_null() {
         if let Some(start) = stored["period"]["start"].as_str() {
             kept["period"]["start"] = Value::String(start.to_string());
@@ -605,6 +627,53 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
         changed = true;
     }
     changed.then_some(kept)
+}
+
+/// The locations of a visit an update names, after the stored visit's
+/// earlier ones (`None`: as they are): a transfer (A02) or an update that
+/// names only where the patient is now (no PV1-6) does not drop the wards
+/// before. A stored location the update does not name is kept, `completed`
+/// (the patient left it), ahead of the update's own; a cancelled transfer
+/// (A12) drops the stored `active` one it does not name (the transfer's
+/// destination, where the patient never stayed). A location is known by its
+/// identifier, else its display.
+fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>) -> Option<Value> {
+    let theirs = stored["location"].as_array()?;
+    let mine = encounter["location"].as_array()?;
+    let key = |l: &Value| -> Option<String> {
+        let place = &l["location"];
+        place["identifier"]["value"]
+            .as_str()
+            .or_else(|| place["display"].as_str())
+            .or_else(|| place["reference"].as_str())
+            .map(str::to_string)
+    };
+    let named: Vec<Option<String>> = mine.iter().map(key).collect();
+    let mut history = Vec::new();
+    for location in theirs {
+        let k = key(location);
+        if k.is_none() || named.contains(&k) {
+            continue;
+        }
+        let active = location["status"] != "completed";
+        if active && event == Some("A12") {
+            continue;
+        }
+        let mut earlier = location.clone();
+        if active {
+            earlier["status"] = Value::String("completed".into());
+        }
+        history.push(earlier);
+    }
+    if history.is_empty() {
+        return None;
+    }
+    // the wards left before, then the ones it says were left, then where
+    // the patient is
+    let (left, now): (Vec<&Value>, Vec<&Value>) =
+        mine.iter().partition(|l| l["status"] == "completed");
+    history.extend(left.into_iter().chain(now).cloned());
+    Some(Value::Array(history))
 }
 
 /// A visit's cancellation (A11) sent without the admit time (PV1-44): the

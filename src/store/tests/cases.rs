@@ -1699,6 +1699,81 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
     assert_eq!(stay["location"][0]["location"]["display"], "Ward 3", "{stay}");
 }
 
+/// Transfers and updates that name only where the patient is now (no PV1-6)
+/// keep the wards before in the location history; a cancelled transfer (A12)
+/// drops the ward the patient never went to; an update after the discharge
+/// that leaves out the disposition keeps it.
+#[test]
+fn the_location_history_keeps_earlier_wards() {
+    let f = open();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let place = |ward: &str, status: &str| {
+        json!({"status": status, "location": {"identifier": {"value": format!("RAJ/{ward}")}, "display": ward}})
+    };
+    let stay = |locations: Value, status: &str| {
+        let mut e = encounter("e-moves", PATIENT, status);
+        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+        e["location"] = locations;
+        e
+    };
+    let wards = |f: &Fixture| -> Vec<(String, String)> {
+        current(&f.store, "Encounter", "e-moves")["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["location"]["display"].as_str().unwrap().to_string(), l["status"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter().map(|(w, s)| (w.to_string(), s.to_string())).collect()
+    };
+    let steps: [(Value, &str, &str, &[(&str, &str)]); 5] = [
+        (json!([place("AMU", "active")]), "A01", "2026-03-01T08:00:00Z", &[("AMU", "active")]),
+        // a transfer without PV1-6
+        (json!([place("WARD 3", "active")]), "A02", "2026-03-01T12:00:00Z", &[("AMU", "completed"), ("WARD 3", "active")]),
+        // a transfer with it
+        (
+            json!([place("WARD 7", "active"), place("WARD 3", "completed")]),
+            "A02",
+            "2026-03-02T12:00:00Z",
+            &[("AMU", "completed"), ("WARD 3", "completed"), ("WARD 7", "active")],
+        ),
+        // an update naming where the patient is
+        (
+            json!([place("WARD 7", "active")]),
+            "A08",
+            "2026-03-02T13:00:00Z",
+            &[("AMU", "completed"), ("WARD 3", "completed"), ("WARD 7", "active")],
+        ),
+        // the last transfer cancelled: back on WARD 3, WARD 7 gone
+        (json!([place("WARD 3", "active")]), "A12", "2026-03-02T14:00:00Z", &[("AMU", "completed"), ("WARD 3", "active")]),
+    ];
+    for (locations, trigger, when, expected) in steps {
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), stay(locations, "in-progress"), event(trigger)]), at(when))
+            .unwrap();
+        assert_eq!(wards(&f), pairs(expected), "after the {trigger} at {when}");
+    }
+    // the discharge from WARD 3, then an A08 with the discharge time and no
+    // disposition
+    let mut discharged = stay(json!([place("WARD 3", "completed")]), "finished");
+    discharged["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
+    discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), discharged, event("A03")]), at("2026-03-04T14:00:00Z"))
+        .unwrap();
+    let mut update = stay(json!([place("WARD 3", "completed")]), "finished");
+    update["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
+    update["hospitalization"] = json!({"admitSource": {"text": "GP"}});
+    f.store
+        .apply_bundle(&bundle(&[p, update, event("A08")]), at("2026-03-05T09:00:00Z"))
+        .unwrap();
+    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "completed")]));
+    let now = current(&f.store, "Encounter", "e-moves");
+    assert_eq!(now["hospitalization"]["dischargeDisposition"]["text"], "home", "{now}");
+    assert_eq!(now["hospitalization"]["admitSource"]["text"], "GP", "{now}");
+}
+
 /// A correction marked on the report alone (OBR-25 C, its results still F),
 /// with no issue time anywhere: the older final report sent again is stale,
 /// and so are the results it carries, so the result keeps its corrected value.
