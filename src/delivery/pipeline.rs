@@ -261,7 +261,8 @@ impl Documents {
         let nhs_key = |n: &str| format!("identifier|{NHS_NUMBER_SYSTEM}|{n}");
         for (i, patient) in patients.iter().enumerate() {
             let subject = i == 0 && alone;
-            if patient.keys.is_empty() || (!subject && (!learn || patient.stated.is_empty())) {
+            let says = !patient.stated.is_empty() || patient.deleted;
+            if patient.keys.is_empty() || (!subject && (!learn || !says)) {
                 continue;
             }
             let own_nhs: Option<&str> = patient.keys.iter().find_map(|k| {
@@ -293,10 +294,15 @@ impl Documents {
                 found.extend(known.registrations(&numbers).map_err(failed)?);
             }
             let latest = found.iter().max_by_key(|k| k.order());
-            let effective = crate::route::merge_registration(
-                &patient.stated,
-                latest.map(|k| k.identifiers.as_slice()).unwrap_or_default(),
-            );
+            // (a registration deleted: only what this message states, if anything)
+            let effective = if patient.deleted {
+                patient.stated.clone()
+            } else {
+                crate::route::merge_registration(
+                    &patient.stated,
+                    latest.map(|k| k.identifiers.as_slice()).unwrap_or_default(),
+                )
+            };
             if subject && effective != patient.stated {
                 crate::route::set_first_patient_registration(document, &effective);
                 if let Some(k) = latest.filter(|k| !k.nhs_number.is_empty()) {
@@ -310,7 +316,14 @@ impl Documents {
             }
             let own_nhs_number = own_nhs.unwrap_or_default().to_string();
             if effective.is_empty() {
-                for key in moved {
+                // forgotten under every key of the patient when its sender
+                // deleted it; else under the keys now someone else's
+                let forget = if patient.deleted {
+                    patient.keys.clone()
+                } else {
+                    moved
+                };
+                for key in forget {
                     self.learn(Registration {
                         patient_key: key,
                         identifiers: "[]".to_string(),

@@ -1018,7 +1018,7 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
         match c {
             Cond::Or(cs) | Cond::And(cs) => cs.iter().for_each(|c| cond(c, in_pred, d, all, depth)),
             Cond::Not(c) => cond(c, in_pred, d, all, depth),
-            Cond::Empty(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
+            Cond::Empty(e) | Cond::Deleted(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
                 expr(e, in_pred, d, all, depth)
             }
             Cond::Compare { left, right, .. } => {
@@ -1184,7 +1184,9 @@ fn cond_macros(c: &Cond, out: &mut Vec<usize>) {
     match c {
         Cond::Or(cs) | Cond::And(cs) => cs.iter().for_each(|c| cond_macros(c, out)),
         Cond::Not(c) => cond_macros(c, out),
-        Cond::Empty(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => expr_macros(e, out),
+        Cond::Empty(e) | Cond::Deleted(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
+            expr_macros(e, out)
+        }
         Cond::Compare { left, right, .. } => {
             expr_macros(left, out);
             expr_macros(right, out);

@@ -2234,6 +2234,13 @@ impl<'a> Ctx<'a> {
                 Some(n) => n.is_none_or(|n| n.is_empty()),
                 None => self.expr(e, scope).is_empty(),
             },
+            Cond::Deleted(e) => match self.single(e, scope) {
+                Some(n) => n.is_some_and(|n| n.raw() == "\"\""),
+                None => match self.expr(e, scope) {
+                    Val::Node(n) => n.raw() == "\"\"",
+                    _ => false,
+                },
+            },
             Cond::NonEmpty(e) => match self.single(e, scope) {
                 Some(n) => n.is_some_and(|n| !n.is_empty()),
                 None => !self.expr(e, scope).is_empty(),

@@ -109,6 +109,9 @@ pub(crate) enum Cond {
     Not(Box<Cond>),
     /// `empty(expr)`.
     Empty(Expr),
+    /// `deleted(expr)`: the value is HL7's explicit null `""` (the sender
+    /// deletes what was stored), not merely empty or left out.
+    Deleted(Expr),
     /// `empty(SEG)`: no such segment in scope.
     NoSegment(String),
     /// `a = b` (`eq`) or `a != b`.
@@ -731,6 +734,14 @@ impl Parser<'_, '_> {
                 let e = self.expr()?;
                 self.expect(b')', "to close empty(")?;
                 return Ok(Cond::Empty(e));
+            }
+            self.pos = save;
+        }
+        if self.keyword("deleted") {
+            if self.eat(b'(') {
+                let e = self.expr()?;
+                self.expect(b')', "to close deleted(")?;
+                return Ok(Cond::Deleted(e));
             }
             self.pos = save;
         }

@@ -449,6 +449,28 @@ fn conditions() {
     }
 }
 
+/// `deleted(expr)` tells HL7's explicit null `""` (the sender deletes the
+/// stored value) from a value left out or empty, which `empty` does not.
+#[test]
+fn deleted_is_the_explicit_null_only() {
+    let message = "MSH|^~\\&|PAS|RAL|LCR|LCR|20260101||ADT^A08|1|P|2.4\rPID|1||123^^^RAL^MR\rPD1|||\"\"|G1||\"\"^x\r";
+    let (v, _) = body(
+        r#"three = { when = "deleted(PD1-3)", w = "'y'" }
+four = { when = "deleted(PD1-4)", w = "'y'" }
+five = { when = "deleted(PD1-5)", w = "'y'" }
+six = { when = "deleted(PD1-6)", w = "'y'" }
+nine = { when = "deleted(PD1-9)", w = "'y'" }
+empty = { when = "empty(PD1-3)", w = "'y'" }"#,
+        message,
+    );
+    let has = |k: &str| v.get(k).is_some();
+    assert!(has("three") && has("empty"), "{v}");
+    assert!(
+        !has("four") && !has("five") && !has("six") && !has("nine"),
+        "{v}"
+    );
+}
+
 /// Compiles `src` (after the header) and expects exactly these `line:col: message`
 /// prefixes, in order.
 fn check_errors(src: &str, expected: &[(usize, usize, &str)]) {

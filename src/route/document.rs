@@ -93,7 +93,8 @@ impl Field {
 
 /// What routing and the delivery queue read of a document given as JSON text:
 /// the same JSON with only `resourceType`, `id`, `fullUrl`, `identifier`,
-/// `address.postalCode`, `generalPractitioner` and `active` kept (of the Bundle, its entries
+/// `address.postalCode`, `generalPractitioner`, `active` and `meta.tag`
+/// (system and code) kept (of the Bundle, its entries
 /// and their resources). Reading only those is several times cheaper than parsing
 /// the whole Bundle into a `Json` tree; every field of [`Field`] reads the same
 /// values from it. Text that does not have that shape is parsed whole; text that
@@ -188,8 +189,27 @@ mod view {
         /// registrations tell a merge's survivor from a second patient).
         #[serde(default)]
         active: Option<bool>,
+        /// Its tags' systems and codes: a Patient whose sender deleted the
+        /// GP registration says so in one
+        /// (`crate::fhir_types::GP_REGISTRATION_DELETED`).
+        #[serde(borrow, default)]
+        meta: Option<Meta<'a>>,
         #[serde(borrow, default)]
         entry: Option<Vec<Entry<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Meta<'a> {
+        #[serde(borrow, default)]
+        tag: Option<Vec<Tag<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Tag<'a> {
+        #[serde(borrow, default)]
+        system: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        code: Option<Cow<'a, str>>,
     }
 
     #[derive(Deserialize)]
@@ -288,6 +308,20 @@ mod view {
             }
             if let Some(active) = self.active {
                 m.insert("active".into(), Json::Bool(active));
+            }
+            if let Some(tags) = self.meta.and_then(|m| m.tag) {
+                let tags = tags
+                    .into_iter()
+                    .map(|t| {
+                        let mut o = Map::new();
+                        put(&mut o, "system", t.system);
+                        put(&mut o, "code", t.code);
+                        Json::Object(o)
+                    })
+                    .collect();
+                let mut meta = Map::new();
+                meta.insert("tag".into(), Json::Array(tags));
+                m.insert("meta".into(), Json::Object(meta));
             }
             if let Some(gps) = self.general_practitioner {
                 let gps = gps
@@ -416,6 +450,10 @@ pub struct PatientRegistration {
     pub stated: Vec<Json>,
     /// Not `active: false` (a merged record is).
     pub active: bool,
+    /// Its sender deleted the GP registration
+    /// ([`crate::fhir_types::gp_registration_deleted`]): what is remembered
+    /// is forgotten, not read.
+    pub deleted: bool,
 }
 
 /// Whether an identifier tells one patient from every other, for routing to
@@ -479,6 +517,7 @@ pub fn patient_registrations(document: &Json) -> Vec<PatientRegistration> {
             keys,
             stated,
             active,
+            deleted: crate::fhir_types::gp_registration_deleted(patient),
         });
     }
     out

@@ -8,6 +8,7 @@
 //!
 //! It does no I/O of its own and opens no transaction.
 
+use crate::fhir_types::gp_registration_deleted;
 use serde_json::{Map, Value};
 
 use super::plan::{self, Op, Plan};
@@ -737,12 +738,26 @@ fn issued_after(resource: &Value, stored: &Value) -> bool {
 /// the registered one (HL7 v2: an omitted field leaves the old value), and an
 /// older message that named it, arriving after such an update, still gives it
 /// (the record converges whatever the arrival order).
+///
+/// A deletion is kept alike: a `patient` whose sender deleted the GP
+/// registration ([`gp_registration_deleted`]: PD1-3 `""`) takes none, and
+/// one that says nothing of it, over `other` that deleted it, takes the
+/// deletion's tag rather than an older GP.
 fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
-    if patient.get("generalPractitioner").is_some() {
+    if patient.get("generalPractitioner").is_some() || gp_registration_deleted(patient) {
         return None;
     }
-    let gp = other.get("generalPractitioner")?;
     let mut kept = patient.clone();
+    if gp_registration_deleted(other) {
+        let (system, code) = crate::fhir_types::GP_REGISTRATION_DELETED;
+        let tag = serde_json::json!({ "system": system, "code": code });
+        match kept["meta"]["tag"].as_array_mut() {
+            Some(tags) => tags.push(tag),
+            None => kept["meta"]["tag"] = Value::Array(vec![tag]),
+        }
+        return Some(kept);
+    }
+    let gp = other.get("generalPractitioner")?;
     kept["generalPractitioner"] = gp.clone();
     Some(kept)
 }

@@ -702,6 +702,27 @@ F84003 = "NEL"
         .unwrap();
     routed(journal.clone(), held).await;
     assert_eq!(destinations(journal.clone(), held).await, ["hwe", "store"]);
+
+    // the PAS deletes the registration (PD1-3 `""`: the patient left the
+    // practice): the results after it stay local, and an older update
+    // arriving late does not bring the region back
+    let deleted = a01("A5", 3)
+        .replace("PRIMROSE HILL SURGERY^^F84003", "\"\"")
+        .replace("RAL0000003", &format!("RAL{:07}", 3));
+    let left = commit(&journal, "pas", "A5", &deleted).await;
+    let results = commit(&journal, "lab", "R9", &oru_of_3("R9")).await;
+    routed(journal.clone(), results).await;
+    assert_eq!(destinations(journal.clone(), left).await, ["store"]);
+    assert_eq!(destinations(journal.clone(), results).await, ["store"]);
+    let late = a01_at("A6", 3, "E82061").replace("20261120", "20261101");
+    let late = commit(&journal, "pas", "A6", &late).await;
+    let results = commit(&journal, "lab", "R10", &oru_of_3("R10")).await;
+    routed(journal.clone(), results).await;
+    assert_eq!(
+        destinations(journal.clone(), results).await,
+        ["store"],
+        "after the late A01 {late}"
+    );
     queue.stop(Duration::from_secs(10)).await;
 }
 

@@ -327,6 +327,38 @@ fn an_update_that_names_no_gp_keeps_the_registered_one() {
     assert_eq!(now["generalPractitioner"], gp, "{now}");
 }
 
+/// A sender that deletes the GP registration (PD1-3 `""`, said by the
+/// mapping's tag) takes it off the record; an update that then names none
+/// keeps it off, and so does an older message naming the GP that arrives
+/// late; a new registration puts one back.
+#[test]
+fn a_deleted_gp_registration_is_dropped_and_stays_dropped() {
+    let f = open();
+    let gp = |ods: &str| json!([{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": ods}}]);
+    let (system, code) = crate::fhir_types::GP_REGISTRATION_DELETED;
+    let mut registered = patient(PATIENT, "9434765919", "Smith");
+    registered["generalPractitioner"] = gp("E82061");
+    f.store.apply_bundle(&bundle(&[registered.clone()]), at("2026-03-01T10:00:00Z")).unwrap();
+    let mut deleted = patient(PATIENT, "9434765919", "Smith");
+    deleted["meta"] = json!({"tag": [{"system": system, "code": code}]});
+    f.store.apply_bundle(&bundle(&[deleted]), at("2026-03-01T11:00:00Z")).unwrap();
+    let gone = |f: &Fixture| current(&f.store, "Patient", PATIENT).get("generalPractitioner").is_none();
+    assert!(gone(&f), "{}", current(&f.store, "Patient", PATIENT));
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith-Jones")]), at("2026-03-01T12:00:00Z"))
+        .unwrap();
+    assert!(gone(&f), "an update naming none: {}", current(&f.store, "Patient", PATIENT));
+    let outcome = f.store.apply_bundle(&bundle(&[registered]), at("2026-03-01T09:00:00Z")).unwrap();
+    assert_eq!(outcome.stale(), 1);
+    assert!(gone(&f), "an older message late: {}", current(&f.store, "Patient", PATIENT));
+    let mut again = patient(PATIENT, "9434765919", "Smith-Jones");
+    again["generalPractitioner"] = gp("F84003");
+    f.store.apply_bundle(&bundle(&[again]), at("2026-03-01T13:00:00Z")).unwrap();
+    let now = current(&f.store, "Patient", PATIENT);
+    assert_eq!(now["generalPractitioner"], gp("F84003"), "{now}");
+    assert!(!crate::fhir_types::gp_registration_deleted(&now), "{now}");
+}
+
 #[test]
 fn stale_is_decided_per_resource() {
     let f = open();
