@@ -159,6 +159,30 @@ pub(super) fn apply_plan<R: Rows>(
                             EntryResult::Stale { version }
                         }
                     }
+                    // an older message naming a ward the visit has no more
+                    // (the admission's, arriving after the discharge): kept
+                    // in the location history, as when they arrive in order
+                    (Some(cur), Op::Put { resource, .. }) => {
+                        let stored: Option<Value> = match cur.content.as_deref() {
+                            Some(text) => Some(serde_json::from_str(text)?),
+                            None => None,
+                        };
+                        let filled = stored
+                            .filter(|s| !is_cancelled_visit(s))
+                            .and_then(|s| with_earlier_locations(&s, resource));
+                        if let Some(filled) = filled {
+                            rewrite(
+                                rows,
+                                "Encounter",
+                                id,
+                                cur,
+                                &filled,
+                                last_updated,
+                                cur.event_time,
+                            )?;
+                        }
+                        EntryResult::Stale { version }
+                    }
                     _ => EntryResult::Stale { version },
                 }
             }
@@ -675,6 +699,16 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
         mine.iter().partition(|l| l["status"] == "completed");
     history.extend(left.into_iter().chain(now).cloned());
     Some(Value::Array(history))
+}
+
+/// `stored` with the locations an older version of the visit (`stale`)
+/// names and it does not, `completed`, ahead of its own (`None`: none to
+/// add): what [`with_location_history`] keeps when they arrive in order.
+fn with_earlier_locations(stored: &Value, stale: &Value) -> Option<Value> {
+    let history = with_location_history(stale, stored, None)?;
+    let mut filled = stored.clone();
+    filled["location"] = history;
+    Some(filled)
 }
 
 /// A visit's cancellation (A11) sent without the admit time (PV1-44): the
