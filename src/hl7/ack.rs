@@ -398,6 +398,7 @@ fn separators_of(h: &Header) -> (Separators, String) {
         repetition: chars[1],
         escape: chars[2],
         subcomponent: chars[3],
+        hex: None,
     };
     (seps, chars.into_iter().collect())
 }

@@ -175,6 +175,32 @@ fn to_utf8(raw: &[u8]) -> Result<String, Hl7Error> {
     }
 }
 
+/// The character set a message's `\Xhh\` escapes are read in (when not
+/// UTF-8) by its MSH-18 `label`: what [`decode`] reads its bytes in (8859/1
+/// as windows-1252); `None` for none, ASCII, UTF-8 and UTF-16 (and labels
+/// not known), read as windows-1252.
+pub(crate) fn hex_charset(label: &str) -> Option<&'static Encoding> {
+    let label = label.trim();
+    if label.is_empty() {
+        return None;
+    }
+    let key = label.to_ascii_uppercase();
+    match key.as_str() {
+        "ASCII" | "ISO IR6" | "US-ASCII" | "UNICODE UTF-8" | "UNICODE" | "UTF-8" | "UTF8" => None,
+        "8859/1" | "ISO IR100" => Some(encoding_rs::WINDOWS_1252),
+        _ => hl7_label(&key)
+            .or_else(|| Encoding::for_label(label.as_bytes()))
+            .filter(|e| {
+                ![
+                    encoding_rs::UTF_8,
+                    encoding_rs::UTF_16LE,
+                    encoding_rs::UTF_16BE,
+                ]
+                .contains(e)
+            }),
+    }
+}
+
 /// HL7 table 0211 names that are not WHATWG labels.
 fn hl7_label(key: &str) -> Option<&'static Encoding> {
     if let Some(n) = key.strip_prefix("8859/") {

@@ -5,7 +5,8 @@
 //! - `\F\ \S\ \T\ \R\ \E\` become the field, component, subcomponent,
 //!   repetition and escape characters; `\P\` (v2.7 truncation) becomes `#`.
 //! - `\Xhh…\` becomes the bytes `hh…`, read as UTF-8 when they are valid UTF-8
-//!   and as ISO 8859-1 otherwise.
+//!   and otherwise in the character set MSH-18 names ([`Separators::hex`]),
+//!   windows-1252 when it names none (as `charset::decode` reads the bytes).
 //! - Formatted text (FT, HL7 2.7.6) as plain text: `\.br\` ends the line
 //!   (`"\n"`); `\.spN\` ends it and skips N lines (`\.sp\`: one), so N + 1
 //!   line breaks; `\.ce\` (centre the next line) ends the line; `\.skN\` is N
@@ -89,8 +90,13 @@ fn decode_sequence(body: &str, whole: &str, seps: &Separators, out: &mut String)
         _ if body.starts_with('X') => match hex_bytes(&body[1..]) {
             Some(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => out.push_str(&text),
-                // Not UTF-8: each byte is an ISO 8859-1 character.
-                Err(err) => out.extend(err.into_bytes().into_iter().map(char::from)),
+                // Not UTF-8: in the character set MSH-18 names, else
+                // windows-1252 (ISO 8859-1 but for 0x80-0x9F), as the
+                // message's own bytes are read
+                Err(err) => {
+                    let encoding = seps.hex.unwrap_or(encoding_rs::WINDOWS_1252);
+                    out.push_str(&encoding.decode_without_bom_handling(err.as_bytes()).0);
+                }
             },
             None => out.push_str(whole),
         },
@@ -216,6 +222,29 @@ mod tests {
         check(r"é\F\é\Fé", r"é|é\Fé");
     }
 
+    /// Hex bytes that are not UTF-8 are read in the character set MSH-18
+    /// names (`\\XA4\\` is `€` in ISO 8859-15, `¤` in 8859-1), windows-1252
+    /// when it names none; UTF-8 bytes are UTF-8 whatever it says.
+    #[test]
+    fn hex_follows_the_declared_charset() {
+        let seps = |hex| Separators {
+            hex,
+            ..Separators::default()
+        };
+        let latin9 = seps(Some(encoding_rs::ISO_8859_15));
+        assert_eq!(unescape(r"\XA4\10", &latin9), "€10");
+        assert_eq!(unescape(r"Zo\XC3AB\", &latin9), "Zoë");
+        assert_eq!(unescape(r"\XA4\10", &seps(None)), "¤10");
+        assert_eq!(unescape(r"\X80\10", &seps(None)), "€10");
+        let message =
+            "MSH|^~\\&|LAB|RAL|LCR|LCR|20260101||ORU^R01|1|P|2.5||||||8859/15\rNTE|1||\\XA4\\10\r";
+        let parsed = crate::hl7::Message::parse(message).unwrap();
+        assert_eq!(parsed.get("NTE-3").unwrap().as_deref(), Some("€10"));
+        let undeclared = message.replace("8859/15", "");
+        let parsed = crate::hl7::Message::parse(&undeclared).unwrap();
+        assert_eq!(parsed.get("NTE-3").unwrap().as_deref(), Some("¤10"));
+    }
+
     #[test]
     fn other_separators() {
         let seps = Separators {
@@ -224,6 +253,7 @@ mod tests {
             subcomponent: '$',
             repetition: '*',
             escape: '?',
+            hex: None,
         };
         assert_eq!(unescape("a?F?b?S?c?E?", &seps), "a#b!c?");
         assert_eq!(escape("a#b!c?d$e*", &seps), "a?F?b?S?c?E?d?T?e?R?");

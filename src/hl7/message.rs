@@ -129,13 +129,26 @@ impl<'a> Message<'a> {
             repetition: char::from(e[1]),
             escape: char::from(e[2]),
             subcomponent: char::from(e[3]),
+            hex: None,
         };
-        Ok(Message {
+        let mut message = Message {
             text,
             tree,
             separators,
             encoding_characters,
-        })
+        };
+        // (read only when the message has a hex escape to read)
+        let esc = [e[2], b'X'];
+        let has_hex = std::str::from_utf8(&esc).is_ok_and(|esc| text.contains(esc));
+        if has_hex {
+            let label = message
+                .segment(0)
+                .and_then(|msh| msh.field(18))
+                .and_then(|f| f.part(1))
+                .map(|r| r.raw());
+            message.separators.hex = label.and_then(super::charset::hex_charset);
+        }
+        Ok(message)
     }
 
     /// The text the message was parsed from.

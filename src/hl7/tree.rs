@@ -29,7 +29,8 @@ use std::fmt;
 
 use super::escape::unescape;
 
-/// The delimiters of a message (MSH-1 and MSH-2).
+/// The delimiters of a message (MSH-1 and MSH-2), and how its `\Xhh\`
+/// escapes' bytes are read (by MSH-18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Separators {
     pub field: char,
@@ -37,6 +38,10 @@ pub struct Separators {
     pub repetition: char,
     pub escape: char,
     pub subcomponent: char,
+    /// The character set MSH-18 names, for the bytes of a `\Xhh\` escape
+    /// that are not UTF-8 (`None`: none named, or UTF-8; windows-1252 then,
+    /// as [`super::decode`] reads such a message).
+    pub hex: Option<&'static encoding_rs::Encoding>,
 }
 
 impl Default for Separators {
@@ -48,6 +53,7 @@ impl Default for Separators {
             repetition: '~',
             escape: '\\',
             subcomponent: '&',
+            hex: None,
         }
     }
 }
