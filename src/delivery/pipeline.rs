@@ -48,7 +48,7 @@ use crate::journal::{
 use crate::mapping::MappingSet;
 use crate::route::{Origin, RouteInput, RouteSet, NHS_NUMBER_SYSTEM};
 use crate::telemetry::events::{self, Event, RoutingEvent};
-use crate::telemetry::metrics::OutcomeLabel;
+use crate::telemetry::metrics::{OutcomeLabel, TableLabel};
 
 use super::queue::Shared;
 
@@ -79,6 +79,10 @@ pub struct Routed {
     pub routing: NewRouting,
     /// The event for this outcome (no content).
     pub event: Event,
+    /// The tables a route condition's `lookup` found no entry in for a value
+    /// of the document (a practice missing from `practice_ics`): logged and
+    /// counted by table, never with the value (a patient's practice).
+    pub lookup_misses: Vec<String>,
 }
 
 /// What routing remembers of patients between messages: each one's GP
@@ -222,6 +226,8 @@ struct Documents {
     /// document that carries none of its own: added to its deliveries', so
     /// objections are asked about them.
     nhs_numbers: Vec<String>,
+    /// Tables a route condition's `lookup` missed in (see [`Routed`]).
+    lookup_misses: Vec<String>,
 }
 
 impl Documents {
@@ -559,6 +565,7 @@ impl Router {
                 Routed {
                     routing,
                     event: Event::MessageUnrouted(event),
+                    lookup_misses: docs.lookup_misses,
                 }
             }
             Ok(docs) => {
@@ -584,6 +591,7 @@ impl Router {
                 Routed {
                     routing,
                     event: Event::MessageRouted(event),
+                    lookup_misses: docs.lookup_misses,
                 }
             }
             Err(failure) => {
@@ -595,6 +603,7 @@ impl Router {
                 Routed {
                     routing,
                     event: Event::RoutingFailed(event),
+                    lookup_misses: Vec::new(),
                 }
             }
         }
@@ -624,6 +633,7 @@ impl Router {
             warnings: 0,
             registrations: Vec::new(),
             nhs_numbers: Vec::new(),
+            lookup_misses: Vec::new(),
         };
         for group in selection.groups() {
             let route_ids = || {
@@ -671,7 +681,7 @@ impl Router {
             let learn = matches!(origin, Origin::Listener(_));
             docs.registrations(&mut document, known, learn, recorded_ms(&output))
                 .map_err(|e| fail("route", e))?;
-            let refs = destinations_for_each_patient(&group, &document);
+            let refs = destinations_for_each_patient(&group, &document, &mut docs.lookup_misses);
             self.push_deliveries(
                 &mut docs,
                 message.id,
@@ -765,6 +775,7 @@ impl Router {
             warnings: 0,
             registrations: Vec::new(),
             nhs_numbers: Vec::new(),
+            lookup_misses: Vec::new(),
         };
         // (the bytes to deliver are made: what is added here is for the
         // routes; a neighbour's document states nothing routing remembers)
@@ -785,7 +796,7 @@ impl Router {
                     routes: ids.into_iter().map(str::to_string).collect(),
                 });
             }
-            let refs = destinations_for_each_patient(&group, &document);
+            let refs = destinations_for_each_patient(&group, &document, &mut docs.lookup_misses);
             self.push_deliveries(&mut docs, message.id, "", &document, bytes.clone(), refs);
         }
         Ok(docs)
@@ -834,8 +845,14 @@ impl Router {
 fn destinations_for_each_patient(
     group: &crate::route::MappingGroup<'_>,
     document: &Json,
+    lookup_misses: &mut Vec<String>,
 ) -> Vec<crate::route::DestinationRef> {
-    let mut refs = group.destinations_for(document);
+    let (mut refs, misses) = group.destinations_and_misses_for(document);
+    for table in misses {
+        if !lookup_misses.contains(&table) {
+            lookup_misses.push(table);
+        }
+    }
     if let Some(views) = crate::route::one_patient_views(document) {
         let each: Vec<Vec<String>> = views
             .iter()
@@ -988,6 +1005,25 @@ pub(crate) fn report(shared: &Shared, routed: &Routed, routing_id: Option<i64>) 
                 replay = e.replay,
                 "message routed"
             );
+            // a code a route's table lacks (a new practice): the record went
+            // only where the other routes took it. The table, never the
+            // code (a patient's practice), which `messages show` gives
+            for table in &routed.lookup_misses {
+                shared
+                    .metrics
+                    .route_lookup_misses
+                    .get_or_create(&TableLabel {
+                        table: table.clone(),
+                    })
+                    .inc();
+                tracing::warn!(
+                    journal_id = e.journal_id,
+                    control_id = %e.control_id,
+                    table = %table,
+                    "a route condition looked up a code its table has no entry for: \
+                     add it to the table if the routes should know it"
+                );
+            }
         }
         _ => {}
     }

@@ -154,14 +154,22 @@ impl Value {
             Base::Literal(s) => vec![normalise(s)],
             Base::Field(f) => facts.values(*f).iter().map(|s| normalise(s)).collect(),
         };
-        for (table, _) in &self.lookups {
-            let Some(table) = tables.get(table) else {
+        for (name, _) in &self.lookups {
+            let Some(table) = tables.get(name) else {
                 return Vec::new();
             };
+            let known = values.iter().filter(|v| !v.is_empty()).count();
             values = values
                 .iter()
+                .filter(|v| !v.is_empty())
                 .filter_map(|v| table.get(v).map(|s| normalise(s)))
                 .collect();
+            if values.len() < known {
+                let mut misses = facts.misses.borrow_mut();
+                if !misses.iter().any(|m| m == name) {
+                    misses.push(name.clone());
+                }
+            }
         }
         values.retain(|v| !v.is_empty());
         values.dedup();
@@ -654,7 +662,7 @@ mod tests {
                         sending_application: "PAS",
                         sending_facility: "RAL",
                     };
-                    let facts = Facts { input: &input, document: Document::Parsed(&doc) };
+                    let facts = Facts { input: &input, document: Document::Parsed(&doc), misses: Default::default() };
                     let _ = c.eval(&facts, &Tables::new());
                 }
                 Err(e) => proptest::prop_assert!(e.offset <= text.len() && text.is_char_boundary(e.offset)),

@@ -361,6 +361,11 @@ mod view {
 pub(crate) struct Facts<'a> {
     pub input: &'a RouteInput<'a>,
     pub document: Document<'a>,
+    /// The tables a `lookup` found no entry in for a value it was given (a
+    /// practice missing from `practice_ics`), each once: said to the
+    /// operator, who can add it (the value itself is not kept: a patient's
+    /// practice is not for the log).
+    pub misses: std::cell::RefCell<Vec<String>>,
 }
 
 /// The document a condition reads: already parsed, or JSON text parsed the first
@@ -717,6 +722,7 @@ mod view_tests {
                         Facts {
                             input: &input,
                             document: Document::Parsed(d),
+                            misses: Default::default(),
                         }
                         .values(*field)
                     };
@@ -798,6 +804,7 @@ mod view_tests {
             Facts {
                 input: &input,
                 document: Document::Parsed(d),
+                misses: Default::default(),
             }
             .values(f)
         };

@@ -457,19 +457,31 @@ impl<'s> MappingGroup<'s> {
     /// Bundle this group's mapping produced), each once. Empty means the document
     /// is unrouted.
     pub fn destinations_for(&self, document: &Json) -> Vec<DestinationRef> {
+        self.destinations_with(Document::Parsed(document)).0
+    }
+
+    /// [`Self::destinations_for`], with the tables a route condition's
+    /// `lookup` found no entry in for a value of the document (a GP practice
+    /// missing from `practice_ics`: the patient's record stays local that
+    /// should perhaps go to a neighbour), each once.
+    pub fn destinations_and_misses_for(
+        &self,
+        document: &Json,
+    ) -> (Vec<DestinationRef>, Vec<String>) {
         self.destinations_with(Document::Parsed(document))
     }
 
     /// [`Self::destinations_for`] a document given as JSON text (what a mapping
     /// writes): it is parsed only if some route's condition reads the document.
     pub fn destinations_for_text(&self, document: &str) -> Vec<DestinationRef> {
-        self.destinations_with(Document::text(document))
+        self.destinations_with(Document::text(document)).0
     }
 
-    fn destinations_with(&self, document: Document<'_>) -> Vec<DestinationRef> {
+    fn destinations_with(&self, document: Document<'_>) -> (Vec<DestinationRef>, Vec<String>) {
         let facts = Facts {
             input: &self.selection.input,
             document,
+            misses: Default::default(),
         };
         let tables = &self.selection.set.tables;
         let mut out: Vec<DestinationRef> = Vec::new();
@@ -493,7 +505,7 @@ impl<'s> MappingGroup<'s> {
                 }
             }
         }
-        out
+        (out, facts.misses.into_inner())
     }
 }
 

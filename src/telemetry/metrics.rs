@@ -23,6 +23,12 @@ pub struct AckLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    /// A routes' lookup table (`practice_ics`).
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// `routed`, `unrouted`, `failed`.
     pub outcome: String,
@@ -84,6 +90,10 @@ pub struct Metrics {
     /// Warnings mappings gave (an NHS number failing modulus 11, ...): a count,
     /// as their text may hold patient data.
     pub mapping_warnings: Counter,
+    /// Route conditions' lookups that found no entry for a document's code,
+    /// by table (a GP practice missing from `practice_ics`): the record went
+    /// only where the other routes took it.
+    pub route_lookup_misses: Family<TableLabel, Counter>,
     /// Messages deleted from the journal by retention (`[store] retain_days`).
     pub journal_pruned: Counter,
     /// Bytes the engine may still write on the journal's file system (read
@@ -177,6 +187,12 @@ impl Metrics {
             "Warnings given by mappings (e.g. an NHS number failing modulus 11)",
             mapping_warnings.clone(),
         );
+        let route_lookup_misses = Family::<TableLabel, Counter>::default();
+        registry.register(
+            "route_lookup_misses",
+            "Route condition lookups that found no entry for a document's code, by table",
+            route_lookup_misses.clone(),
+        );
         let journal_pruned = Counter::default();
         registry.register(
             "journal_pruned_messages",
@@ -207,6 +223,7 @@ impl Metrics {
             source_polls,
             source_last_success,
             mapping_warnings,
+            route_lookup_misses,
             journal_pruned,
             routed,
             deliveries,

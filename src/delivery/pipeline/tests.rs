@@ -978,3 +978,39 @@ fn an_mrn_takes_its_patients_nhs_number_and_forgets_a_former_holder() {
     let r = router.route_knowing(&message(5, "lab", &oru), false, 0, &mut mem);
     assert_eq!(to(&r), ["store"]);
 }
+
+/// A practice the routes' table does not know (a new practice in a
+/// neighbouring region) is reported by its table, so the operator can add
+/// it; a known practice, or none, is not.
+#[test]
+fn a_practice_missing_from_a_routes_table_is_reported_by_the_table() {
+    const ROUTES: &str = r#"
+[routes.adt]
+messages = ["ADT^A01"]
+mapping = "adt"
+destinations = ["store"]
+
+[routes.adt_hwe]
+messages = ["ADT^A01"]
+when = "patient.gp_practice | lookup(practice_ics) = 'HWE'"
+mapping = "adt"
+destinations = ["hwe"]
+
+[tables.practice_ics]
+E82061 = "HWE"
+"#;
+    let router = router(ROUTES, &[], &["store", "hwe"]);
+    let at = |practice: &str| a01("M1", 1).replace("^^F84003|", &format!("^^{practice}|"));
+    let routed = router.route(&message(1, "pas", &at("E82999")), false, 0);
+    assert_eq!(routed.lookup_misses, ["practice_ics"]);
+    assert_eq!(routed.routing.deliveries.len(), 1, "the store only");
+    let routed = router.route(&message(2, "pas", &at("E82061")), false, 0);
+    assert!(routed.lookup_misses.is_empty());
+    assert_eq!(routed.routing.deliveries.len(), 2);
+    let none = a01("M3", 1).replace("PRIMROSE HILL SURGERY^^F84003", "");
+    let routed = router.route(&message(3, "pas", &none), false, 0);
+    assert!(
+        routed.lookup_misses.is_empty(),
+        "a document naming no practice"
+    );
+}
