@@ -162,6 +162,23 @@ pub fn is_r4_resource_type(name: &str) -> bool {
     R4_RESOURCE_TYPES.binary_search(&name).is_ok()
 }
 
+/// The `meta.tag` (system, code) a Patient carries when its sender deleted
+/// the GP registration (PD1-3 sent as HL7's explicit null `""`: the patient
+/// left the practice), as the shipped ADT mapping writes it. Without it, a
+/// Patient that names no GP says nothing of one (PD1 left out keeps the old
+/// value, as HL7 v2 has it); with it, the store drops the GP it has and
+/// routing forgets the registration it remembers.
+pub const GP_REGISTRATION_DELETED: (&str, &str) = ("urn:junction:tag", "gp-registration-deleted");
+
+/// Whether `patient` carries the [`GP_REGISTRATION_DELETED`] tag.
+pub fn gp_registration_deleted(patient: &serde_json::Value) -> bool {
+    let (system, code) = GP_REGISTRATION_DELETED;
+    patient["meta"]["tag"].as_array().is_some_and(|tags| {
+        tags.iter()
+            .any(|t| t["system"] == system && t["code"] == code)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,21 +208,4 @@ mod tests {
             assert!(!is_r4_resource_type(t), "{t}");
         }
     }
-}
-
-/// The `meta.tag` (system, code) a Patient carries when its sender deleted
-/// the GP registration (PD1-3 sent as HL7's explicit null `""`: the patient
-/// left the practice), as the shipped ADT mapping writes it. Without it, a
-/// Patient that names no GP says nothing of one (PD1 left out keeps the old
-/// value, as HL7 v2 has it); with it, the store drops the GP it has and
-/// routing forgets the registration it remembers.
-pub const GP_REGISTRATION_DELETED: (&str, &str) = ("urn:junction:tag", "gp-registration-deleted");
-
-/// Whether `patient` carries the [`GP_REGISTRATION_DELETED`] tag.
-pub fn gp_registration_deleted(patient: &serde_json::Value) -> bool {
-    let (system, code) = GP_REGISTRATION_DELETED;
-    patient["meta"]["tag"].as_array().is_some_and(|tags| {
-        tags.iter()
-            .any(|t| t["system"] == system && t["code"] == code)
-    })
 }

@@ -1759,7 +1759,9 @@ fn the_location_history_keeps_earlier_wards() {
     let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
         list.iter().map(|(w, s)| (w.to_string(), s.to_string())).collect()
     };
-    let steps: [(Value, &str, &str, &[(&str, &str)]); 5] = [
+    // (the locations sent, the trigger, when, the wards expected after)
+    type Step<'a> = (Value, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let steps: [Step; 5] = [
         (json!([place("AMU", "active")]), "A01", "2026-03-01T08:00:00Z", &[("AMU", "active")]),
         // a transfer without PV1-6
         (json!([place("WARD 3", "active")]), "A02", "2026-03-01T12:00:00Z", &[("AMU", "completed"), ("WARD 3", "active")]),
