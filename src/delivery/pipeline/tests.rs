@@ -501,14 +501,9 @@ fn application_acks_follow_msh_16_the_outcome_and_the_listener() {
     assert!(ack_of(&with_ack_types(&a01, "AL", "AL"), "pas", true).is_none());
 }
 
-/// Lab results rarely carry PD1, and a PAS often sends A08/A11 without it: a
-/// patient's later messages are routed by the GP registration an earlier
-/// message stated, until a later one states another. What was learned is
-/// kept in the journal (a restart keeps it); a replay of an older message
-/// does not overwrite what a newer one said.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_patients_later_messages_follow_the_gp_registration_an_earlier_one_stated() {
-    const ROUTES: &str = r#"
+/// Routes sending HWE-registered patients' admissions and results to `hwe`
+/// as well as the store (`practice_ics`: E82061 is HWE, F84003 NEL).
+const HWE_ROUTES: &str = r#"
 [routes.adt]
 messages = ["ADT^A01"]
 mapping = "adt"
@@ -535,6 +530,14 @@ destinations = ["hwe"]
 E82061 = "HWE"
 F84003 = "NEL"
 "#;
+
+/// Lab results rarely carry PD1, and a PAS often sends A08/A11 without it: a
+/// patient's later messages are routed by the GP registration an earlier
+/// message stated, until a later one states another. What was learned is
+/// kept in the journal (a restart keeps it); a replay of an older message
+/// does not overwrite what a newer one said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patients_later_messages_follow_the_gp_registration_an_earlier_one_stated() {
     let oru = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/oru_r01_fbc_ue.hl7"),
     )
@@ -555,7 +558,7 @@ F84003 = "NEL"
             journal.clone(),
             EventBus::default(),
             Arc::new(Metrics::new()),
-            router(ROUTES, &[], &["store", "hwe"]),
+            router(HWE_ROUTES, &[], &["store", "hwe"]),
             Vec::new(),
             Vec::new(),
         )
@@ -633,7 +636,7 @@ F84003 = "NEL"
         .await
         .unwrap();
     assert_eq!(replayed.deliveries.len(), 1, "{:?}", replayed.error);
-    let patient = router(ROUTES, &[], &["store", "hwe"])
+    let patient = router(HWE_ROUTES, &[], &["store", "hwe"])
         .route(&message(after, "lab", &oru("R4", 1)), false, 0)
         .routing
         .deliveries[0]
@@ -984,22 +987,7 @@ fn an_mrn_takes_its_patients_nhs_number_and_forgets_a_former_holder() {
 /// it; a known practice, or none, is not.
 #[test]
 fn a_practice_missing_from_a_routes_table_is_reported_by_the_table() {
-    const ROUTES: &str = r#"
-[routes.adt]
-messages = ["ADT^A01"]
-mapping = "adt"
-destinations = ["store"]
-
-[routes.adt_hwe]
-messages = ["ADT^A01"]
-when = "patient.gp_practice | lookup(practice_ics) = 'HWE'"
-mapping = "adt"
-destinations = ["hwe"]
-
-[tables.practice_ics]
-E82061 = "HWE"
-"#;
-    let router = router(ROUTES, &[], &["store", "hwe"]);
+    let router = router(HWE_ROUTES, &[], &["store", "hwe"]);
     let at = |practice: &str| a01("M1", 1).replace("^^F84003|", &format!("^^{practice}|"));
     let routed = router.route(&message(1, "pas", &at("E82999")), false, 0);
     assert_eq!(routed.lookup_misses, ["practice_ics"]);
