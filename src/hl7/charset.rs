@@ -181,8 +181,13 @@ fn to_utf8(raw: &[u8]) -> Result<String, Hl7Error> {
 /// not known), read as windows-1252.
 pub(crate) fn hex_charset(label: &str) -> Option<&'static Encoding> {
     let label = label.trim();
-    if label.is_empty() {
+    // (the labels senders write most, known without an allocation)
+    let utf8 = ["UNICODE UTF-8", "UNICODE", "UTF-8", "ASCII"];
+    if label.is_empty() || utf8.iter().any(|u| u.eq_ignore_ascii_case(label)) {
         return None;
+    }
+    if label.eq_ignore_ascii_case("8859/1") {
+        return Some(encoding_rs::WINDOWS_1252);
     }
     let key = label.to_ascii_uppercase();
     match key.as_str() {

@@ -137,17 +137,15 @@ impl<'a> Message<'a> {
             separators,
             encoding_characters,
         };
-        // (read only when the message has a hex escape to read)
-        let esc = [e[2], b'X'];
-        let has_hex = std::str::from_utf8(&esc).is_ok_and(|esc| text.contains(esc));
-        if has_hex {
-            let label = message
-                .segment(0)
-                .and_then(|msh| msh.field(18))
-                .and_then(|f| f.part(1))
-                .map(|r| r.raw());
-            message.separators.hex = label.and_then(super::charset::hex_charset);
-        }
+        // MSH-18 straight from the tree (no scan of the text): most senders
+        // leave it empty
+        let label = message
+            .segment(0)
+            .and_then(|msh| msh.field(18))
+            .and_then(|f| f.part(1))
+            .map(|r| r.raw())
+            .filter(|l| !l.is_empty());
+        message.separators.hex = label.and_then(super::charset::hex_charset);
         Ok(message)
     }
 
