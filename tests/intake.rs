@@ -833,9 +833,12 @@ async fn an_undeclared_latin1_sender_gets_its_ack_in_its_own_bytes() {
 }
 
 /// A sender writing UTF-16 (with its byte order mark, little- or big-endian)
-/// gets its ACK in UTF-16 the same way, not in UTF-8 bytes it cannot read.
+/// is refused (AR, ERR 203 at MSH-18: MLLP cannot frame UTF-16 safely, as
+/// its bytes can hold the end block), in UTF-16 the same way, not in UTF-8
+/// bytes it cannot read; a UTF-16 frame after stray bytes, or after one it
+/// abandoned, is told apart and answered too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_utf16_sender_gets_its_ack_in_utf16() {
+async fn a_utf16_sender_is_refused_in_utf16() {
     let fx = start().await;
     let text = "MSH|^~\\&|PAS|H\u{d4}PITAL|JUNCTION|LCR|20261124101500||ADT^A08|U16-\u{c9}|P|2.5||||||UNICODE UTF-16\r\
         EVN|A08|20261124101500\rPID|1||9990000026^^^NHS^NH||CL\u{c9}MENT^\u{c9}LISE||19800101|F\r";
@@ -851,7 +854,11 @@ async fn a_utf16_sender_gets_its_ack_in_utf16() {
             })
             .collect();
         let mut conn = connect(fx.addr).await;
-        conn.write_all(&frame(&message)).await.unwrap();
+        let mut bytes = b"PING".to_vec();
+        bytes.push(VT);
+        bytes.extend_from_slice(&message[..20]);
+        bytes.extend_from_slice(&frame(&message));
+        conn.write_all(&bytes).await.unwrap();
         let buf = read_raw_frame(&mut conn).await;
         let body = &buf[1..buf.len() - 2];
         let bom: &[u8] = if little_endian {
@@ -872,9 +879,11 @@ async fn a_utf16_sender_gets_its_ack_in_utf16() {
             })
             .collect();
         let ack = String::from_utf16(&units).expect("the ACK is UTF-16");
-        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
         assert_eq!(field(&ack, "MSA", 2), "U16-\u{c9}", "{ack}");
         assert_eq!(field(&ack, "MSH", 6), "H\u{d4}PITAL", "{ack}");
+        assert!(ack.contains("\rERR|") && ack.contains("203^"), "{ack}");
+        assert!(ack.contains("UTF-8"), "{ack}");
     }
     fx.engine.stop().await;
 }

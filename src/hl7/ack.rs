@@ -620,6 +620,11 @@ pub fn assess(raw: &[u8]) -> Result<Header, Rejection> {
 /// a frame whole) is refused with AR, its header kept for the answer.
 #[allow(clippy::result_large_err)]
 fn refuse_frame_byte(raw: &[u8], assessed: Result<Header, Rejection>) -> Result<Header, Rejection> {
+    // (in UTF-16, a 0x1C is half of a character: `М` is `1C 04`; such a
+    // message never comes framed, `refuse_utf16_over_mllp`)
+    if is_utf16(raw) {
+        return assessed;
+    }
     match (assessed, memchr::memchr(0x1C, raw)) {
         (Ok(header), Some(offset)) => Err(Rejection {
             code: AckCode::AR,
@@ -628,6 +633,36 @@ fn refuse_frame_byte(raw: &[u8], assessed: Result<Header, Rejection>) -> Result<
         }),
         (assessed, _) => assessed,
     }
+}
+
+/// Whether `raw` is UTF-16 by its byte order mark.
+pub fn is_utf16(raw: &[u8]) -> bool {
+    raw.starts_with(b"\xFF\xFE") || raw.starts_with(b"\xFE\xFF")
+}
+
+/// The MLLP listener's refusal of a UTF-16 message (AR, ERR 203 at MSH-18),
+/// its header read for the answer: a frame's end block can be inside its
+/// bytes (U+0D1C is `1C 0D` in UTF-16LE), so what a frame of it holds may be
+/// a message cut short, and acknowledging it could lose the rest. MLLP
+/// (Release 2) supports single-byte encodings and UTF-8; the sender is told
+/// to send UTF-8 (the ACK goes back in UTF-16 so it can read it).
+#[allow(clippy::result_large_err)]
+pub fn refuse_utf16_over_mllp(
+    raw: &[u8],
+    assessed: Result<Header, Rejection>,
+) -> Result<Header, Rejection> {
+    if !is_utf16(raw) {
+        return assessed;
+    }
+    let header = match assessed {
+        Ok(header) => Some(header),
+        Err(rejection) => rejection.header,
+    };
+    Err(Rejection {
+        code: AckCode::AR,
+        header,
+        error: Hl7Error::Utf16OverMllp.ack_error(),
+    })
 }
 
 /// [`assess`] by decoding and parsing the whole message: the path for

@@ -90,6 +90,15 @@ pub enum Hl7Error {
     )]
     FrameByte { offset: usize },
 
+    /// A message in UTF-16 received over MLLP: its bytes can hold the frame's
+    /// own (U+0D1C is `1C 0D` in UTF-16LE, the end block and CR), so a frame
+    /// of it may end inside it; MLLP (Release 2) supports single-byte
+    /// encodings and UTF-8 only.
+    #[error(
+        "the message is UTF-16 (by its byte order mark), which MLLP cannot frame safely (its bytes can hold the end block 0x1C 0x0D): send it in UTF-8 (MSH-18 UNICODE UTF-8)"
+    )]
+    Utf16OverMllp,
+
     /// MSH-12 is not an HL7 v2 version.
     #[error("MSH-12 (version id) '{value}' is not an HL7 v2 version, expected one such as '2.3', '2.5.1' or '2.8'")]
     UnsupportedVersion { value: String },
@@ -129,6 +138,7 @@ impl Hl7Error {
             | Hl7Error::Batch { .. }
             | Hl7Error::UnnormalisedText { .. } => ("100", None, None),
             Hl7Error::InvalidBytes { .. } | Hl7Error::FrameByte { .. } => ("102", None, None),
+            Hl7Error::Utf16OverMllp => ("203", Some("MSH"), Some(18)),
             Hl7Error::UnsupportedVersion { .. } => ("203", Some("MSH"), Some(12)),
             Hl7Error::UnsupportedProcessingId { .. } => ("202", Some("MSH"), Some(11)),
             Hl7Error::UnsupportedQuery { .. } => ("200", Some("MSH"), Some(9)),

@@ -14,7 +14,7 @@
 //!   stray byte can never cut a message short and have the part before it
 //!   acknowledged;
 //! - a `0x0B` inside an unfinished frame followed by `MSH`, `FHS` or `BHS`
-//!   starts a new frame: the sender gave up on the one before (after its own
+//!   (in UTF-8, or in UTF-16 after its byte order mark) starts a new frame: the sender gave up on the one before (after its own
 //!   write timeout, say). The abandoned bytes are handed out by
 //!   [`MllpCodec::take_abandoned`] to be kept, and the new frame is read and
 //!   answered as usual. Followed by anything else, it is data (a word
@@ -358,7 +358,29 @@ fn stray_before_frame(src: &[u8]) -> Stray {
 fn starts_a_frame(after: &[u8]) -> Option<bool> {
     let after = match after {
         [0xEF, 0xBB, 0xBF, rest @ ..] => rest,
-        [0xEF] | [0xEF, 0xBB] => return None,
+        [0xEF] | [0xEF, 0xBB] | [0xFF] | [0xFE] => return None,
+        // UTF-16 (a frame the listener refuses, but a frame: told apart
+        // from the one before it and answered): `MSH|` a byte each other
+        [0xFF, 0xFE, rest @ ..] | [0xFE, 0xFF, rest @ ..] => {
+            let low = after[0] == 0xFF;
+            let units: Vec<u8> = rest
+                .chunks_exact(2)
+                .map(|u| if low { u[0] } else { u[1] })
+                .take(4)
+                .collect();
+            let zero = rest
+                .chunks_exact(2)
+                .take(4)
+                .all(|u| if low { u[1] == 0 } else { u[0] == 0 });
+            if !zero {
+                return Some(false);
+            }
+            return match starts_a_frame(&units) {
+                Some(answer) => Some(answer),
+                None if rest.len() >= 8 => Some(false),
+                None => None,
+            };
+        }
         _ => after,
     };
     let skip = after
@@ -669,6 +691,18 @@ mod tests {
         let (frames, err) = decode_all(&[b"PING"], 100);
         assert!(frames.is_empty());
         assert!(err.unwrap().contains("outside an MLLP frame"));
+    }
+
+    /// A UTF-16 message after a start block (by its byte order mark) starts
+    /// a frame, as a UTF-8 one does.
+    #[test]
+    fn a_utf16_header_starts_a_frame() {
+        assert_eq!(starts_a_frame(b"\xFF\xFEM\0S\0H\0|\0"), Some(true));
+        assert_eq!(starts_a_frame(b"\xFE\xFF\0M\0S\0H\0|"), Some(true));
+        assert_eq!(starts_a_frame(b"\xFF\xFEM\0S"), None);
+        assert_eq!(starts_a_frame(b"\xFF"), None);
+        assert_eq!(starts_a_frame(b"\xFF\xFEX\0Y\0"), Some(false));
+        assert_eq!(starts_a_frame(b"\xFF\xFEM\x04S\0H\0|\0"), Some(false));
     }
 
     /// A peer that does not speak MLLP is refused at once, and so is more

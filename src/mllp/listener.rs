@@ -39,6 +39,12 @@
 //! and mapped (`delivery/pipeline.rs`). `ack_mode = "original"` ignores
 //! MSH-15/16 and always answers AA/AE/AR.
 //!
+//! A UTF-16 message (by its byte order mark) is refused, AR with ERR 203 at
+//! MSH-18: its bytes can hold the end block (U+0D1C is `1C 0D` in UTF-16LE),
+//! so a frame of it may end inside it, and MLLP (Release 2) supports
+//! single-byte encodings and UTF-8 only. The AR goes back in UTF-16, with the
+//! sender's byte order mark, so it can read it.
+//!
 //! Before any frame: a peer outside `allowed_peers` (when set) is closed at
 //! once; with `[listeners.<id>.tls]` the TLS handshake comes first (see
 //! `tls.rs`), and a sender speaking plain MLLP to the TLS port has what it sent
@@ -1041,7 +1047,7 @@ fn journal_failed(err: &JournalError, items: &[ItemView]) {
 fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Incoming {
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
-    let assessed = match hl7::assess(&raw) {
+    let assessed = match hl7::refuse_utf16_over_mllp(&raw, hl7::assess(&raw)) {
         Ok(header) => hl7::check_processing_id(header, &ctx.processing_ids)
             .and_then(hl7::check_not_a_query)
             .and_then(|header| hl7::check_patient_named(header, &raw)),
