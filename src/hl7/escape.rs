@@ -4,7 +4,8 @@
 //! Decoding (`unescape`), with `\` standing for the message's escape character:
 //! - `\F\ \S\ \T\ \R\ \E\` become the field, component, subcomponent,
 //!   repetition and escape characters; `\P\` (v2.7 truncation) becomes `#`.
-//! - `\Xhh…\` becomes the bytes `hh…`, read as UTF-8 when they are valid UTF-8
+//! - `\Xhh…\` becomes the bytes `hh…` (with those of `\X..\` sequences right
+//!   after it: a character escaped byte by byte), read as UTF-8 when they are valid UTF-8
 //!   and otherwise in the character set MSH-18 names ([`Separators::hex`]),
 //!   windows-1252 when it names none (as `charset::decode` reads the bytes).
 //! - Formatted text (FT, HL7 2.7.6) as plain text: `\.br\` ends the line
@@ -36,22 +37,55 @@ pub fn unescape<'r>(raw: &'r str, separators: &Separators) -> Cow<'r, str> {
         return Cow::Borrowed(raw);
     }
     let mut out = String::with_capacity(raw.len());
+    // the bytes of `\Xhh\` sequences written one after another, read
+    // together: a sender that escapes a UTF-8 character byte by byte
+    // (`\XC3\\XBC\`) means one character
+    let mut hex: Vec<u8> = Vec::new();
     let mut rest = raw;
     while let Some(start) = rest.find(esc) {
+        if start > 0 {
+            flush_hex(&mut hex, separators, &mut out);
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + esc.len_utf8()..];
         let Some(len) = after.find(esc) else {
             // No closing escape character: keep the remainder as it is.
+            flush_hex(&mut hex, separators, &mut out);
             out.push_str(&rest[start..]);
             return Cow::Owned(out);
         };
         let body = &after[..len];
         let whole = &rest[start..start + esc.len_utf8() * 2 + len];
-        decode_sequence(body, whole, separators, &mut out);
+        match body.strip_prefix('X').and_then(hex_bytes) {
+            Some(bytes) => hex.extend(bytes),
+            None => {
+                flush_hex(&mut hex, separators, &mut out);
+                decode_sequence(body, whole, separators, &mut out);
+            }
+        }
         rest = &after[len + esc.len_utf8()..];
     }
+    flush_hex(&mut hex, separators, &mut out);
     out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// Writes the bytes of `\Xhh\` sequences read so far as text: UTF-8 when
+/// they are valid UTF-8; otherwise in the character set MSH-18 names, else
+/// windows-1252 (ISO 8859-1 but for 0x80-0x9F), as the message's own bytes
+/// are read.
+fn flush_hex(hex: &mut Vec<u8>, seps: &Separators, out: &mut String) {
+    if hex.is_empty() {
+        return;
+    }
+    match std::str::from_utf8(hex) {
+        Ok(text) => out.push_str(text),
+        Err(_) => {
+            let encoding = seps.hex.unwrap_or(encoding_rs::WINDOWS_1252);
+            out.push_str(&encoding.decode_without_bom_handling(hex).0);
+        }
+    }
+    hex.clear();
 }
 
 /// Does `raw` hold the escape character? A byte search when it is ASCII (it
@@ -87,19 +121,7 @@ fn decode_sequence(body: &str, whole: &str, seps: &Separators, out: &mut String)
         }
         ".fi" | ".nf" => {}
         _ if body.starts_with(".in") || body.starts_with(".ti") => {}
-        _ if body.starts_with('X') => match hex_bytes(&body[1..]) {
-            Some(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => out.push_str(&text),
-                // Not UTF-8: in the character set MSH-18 names, else
-                // windows-1252 (ISO 8859-1 but for 0x80-0x9F), as the
-                // message's own bytes are read
-                Err(err) => {
-                    let encoding = seps.hex.unwrap_or(encoding_rs::WINDOWS_1252);
-                    out.push_str(&encoding.decode_without_bom_handling(err.as_bytes()).0);
-                }
-            },
-            None => out.push_str(whole),
-        },
+        // (valid `\Xhh\` is read by `unescape`, with the ones next to it)
         _ => out.push_str(whole),
     }
 }
@@ -236,6 +258,11 @@ mod tests {
         assert_eq!(unescape(r"Zo\XC3AB\", &latin9), "Zoë");
         assert_eq!(unescape(r"\XA4\10", &seps(None)), "¤10");
         assert_eq!(unescape(r"\X80\10", &seps(None)), "€10");
+        // one UTF-8 character escaped byte by byte, and two next to each other
+        assert_eq!(unescape(r"M\XC3\\XBC\LLER", &latin9), "MüLLER");
+        assert_eq!(unescape(r"\XC3\\XA9\\XC3A8\!", &seps(None)), "éè!");
+        // not next to each other: each alone
+        assert_eq!(unescape(r"\XC3\x\XBC\", &seps(None)), "Ãx¼");
         let message =
             "MSH|^~\\&|LAB|RAL|LCR|LCR|20260101||ORU^R01|1|P|2.5||||||8859/15\rNTE|1||\\XA4\\10\r";
         let parsed = crate::hl7::Message::parse(message).unwrap();
