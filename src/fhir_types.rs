@@ -170,6 +170,10 @@ pub fn is_r4_resource_type(name: &str) -> bool {
 /// routing forgets the registration it remembers.
 pub const GP_REGISTRATION_DELETED: (&str, &str) = ("urn:junction:tag", "gp-registration-deleted");
 
+/// The display of the [`GP_REGISTRATION_DELETED`] tag.
+pub const GP_REGISTRATION_DELETED_DISPLAY: &str =
+    "GP registration deleted by the sender (PD1-3 \"\")";
+
 /// Whether `patient` carries the [`GP_REGISTRATION_DELETED`] tag.
 pub fn gp_registration_deleted(patient: &serde_json::Value) -> bool {
     let (system, code) = GP_REGISTRATION_DELETED;

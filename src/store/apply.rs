@@ -673,11 +673,19 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
             .or_else(|| place["reference"].as_str())
             .map(str::to_string)
     };
-    let named: Vec<Option<String>> = mine.iter().map(key).collect();
+    // the same place said more or less finely (`RAL01/AMU` for a bed of it,
+    // `RAL01/AMU/BAY 1/BED 2`: a PV1-6 naming the ward alone) is one
+    let same = |a: &str, b: &str| {
+        let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+        long == short || (long.starts_with(short) && long[short.len()..].starts_with('/'))
+    };
+    let named: Vec<String> = mine.iter().filter_map(key).collect();
     let mut history = Vec::new();
     for location in theirs {
-        let k = key(location);
-        if k.is_none() || named.contains(&k) {
+        let Some(k) = key(location) else {
+            continue;
+        };
+        if named.iter().any(|n| same(n, &k)) {
             continue;
         }
         let active = location["status"] != "completed";
@@ -776,23 +784,28 @@ fn issued_after(resource: &Value, stored: &Value) -> bool {
 /// A deletion is kept alike: a `patient` whose sender deleted the GP
 /// registration ([`gp_registration_deleted`]: PD1-3 `""`) takes none, and
 /// one that says nothing of it, over `other` that deleted it, takes the
-/// deletion's tag rather than an older GP.
+/// deletion's tag (and the GP `other` named with it, if any: PD1-4 sent with
+/// the practice deleted) rather than an older GP.
 fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
     if patient.get("generalPractitioner").is_some() || gp_registration_deleted(patient) {
         return None;
     }
     let mut kept = patient.clone();
-    if gp_registration_deleted(other) {
+    let deleted = gp_registration_deleted(other);
+    if deleted {
         let (system, code) = crate::fhir_types::GP_REGISTRATION_DELETED;
-        let tag = serde_json::json!({ "system": system, "code": code });
+        let display = crate::fhir_types::GP_REGISTRATION_DELETED_DISPLAY;
+        let tag = serde_json::json!({ "system": system, "code": code, "display": display });
         match kept["meta"]["tag"].as_array_mut() {
             Some(tags) => tags.push(tag),
             None => kept["meta"]["tag"] = Value::Array(vec![tag]),
         }
-        return Some(kept);
     }
-    let gp = other.get("generalPractitioner")?;
-    kept["generalPractitioner"] = gp.clone();
+    match other.get("generalPractitioner") {
+        Some(gp) => kept["generalPractitioner"] = gp.clone(),
+        None if deleted => {}
+        None => return None,
+    }
     Some(kept)
 }
 

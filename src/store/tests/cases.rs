@@ -357,6 +357,19 @@ fn a_deleted_gp_registration_is_dropped_and_stays_dropped() {
     let now = current(&f.store, "Patient", PATIENT);
     assert_eq!(now["generalPractitioner"], gp("F84003"), "{now}");
     assert!(!crate::fhir_types::gp_registration_deleted(&now), "{now}");
+    // the practice deleted with a GP named (PD1-4): the next update naming
+    // none keeps that GP and the deletion
+    let gmp = json!([{"identifier": {"system": "https://fhir.hl7.org.uk/Id/gmp-number", "value": "G1234567"}}]);
+    let mut left = patient(PATIENT, "9434765919", "Smith-Jones");
+    left["meta"] = json!({"tag": [{"system": system, "code": code}]});
+    left["generalPractitioner"] = gmp.clone();
+    f.store.apply_bundle(&bundle(&[left]), at("2026-03-01T14:00:00Z")).unwrap();
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith-Jones")]), at("2026-03-01T15:00:00Z"))
+        .unwrap();
+    let now = current(&f.store, "Patient", PATIENT);
+    assert_eq!(now["generalPractitioner"], gmp, "{now}");
+    assert!(crate::fhir_types::gp_registration_deleted(&now), "{now}");
 }
 
 #[test]
@@ -1761,7 +1774,7 @@ fn the_location_history_keeps_earlier_wards() {
     };
     // (the locations sent, the trigger, when, the wards expected after)
     type Step<'a> = (Value, &'a str, &'a str, &'a [(&'a str, &'a str)]);
-    let steps: [Step; 5] = [
+    let steps: [Step; 7] = [
         (json!([place("AMU", "active")]), "A01", "2026-03-01T08:00:00Z", &[("AMU", "active")]),
         // a transfer without PV1-6
         (json!([place("WARD 3", "active")]), "A02", "2026-03-01T12:00:00Z", &[("AMU", "completed"), ("WARD 3", "active")]),
@@ -1781,6 +1794,15 @@ fn the_location_history_keeps_earlier_wards() {
         ),
         // the last transfer cancelled: back on WARD 3, WARD 7 gone
         (json!([place("WARD 3", "active")]), "A12", "2026-03-02T14:00:00Z", &[("AMU", "completed"), ("WARD 3", "active")]),
+        // a bed of WARD 3, and then a transfer whose PV1-6 names the ward
+        // alone: one place said more or less finely, not two
+        (json!([place("WARD 3/BED 4", "active")]), "A08", "2026-03-02T15:00:00Z", &[("AMU", "completed"), ("WARD 3/BED 4", "active")]),
+        (
+            json!([place("WARD 9", "active"), place("WARD 3", "completed")]),
+            "A02",
+            "2026-03-02T16:00:00Z",
+            &[("AMU", "completed"), ("WARD 3", "completed"), ("WARD 9", "active")],
+        ),
     ];
     for (locations, trigger, when, expected) in steps {
         f.store
@@ -1788,21 +1810,21 @@ fn the_location_history_keeps_earlier_wards() {
             .unwrap();
         assert_eq!(wards(&f), pairs(expected), "after the {trigger} at {when}");
     }
-    // the discharge from WARD 3, then an A08 with the discharge time and no
+    // the discharge from WARD 9, then an A08 with the discharge time and no
     // disposition
-    let mut discharged = stay(json!([place("WARD 3", "completed")]), "finished");
+    let mut discharged = stay(json!([place("WARD 9", "completed")]), "finished");
     discharged["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
     discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
     f.store
         .apply_bundle(&bundle(&[p.clone(), discharged, event("A03")]), at("2026-03-04T14:00:00Z"))
         .unwrap();
-    let mut update = stay(json!([place("WARD 3", "completed")]), "finished");
+    let mut update = stay(json!([place("WARD 9", "completed")]), "finished");
     update["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
     update["hospitalization"] = json!({"admitSource": {"text": "GP"}});
     f.store
         .apply_bundle(&bundle(&[p, update, event("A08")]), at("2026-03-05T09:00:00Z"))
         .unwrap();
-    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "completed")]));
+    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "completed"), ("WARD 9", "completed")]));
     let now = current(&f.store, "Encounter", "e-moves");
     assert_eq!(now["hospitalization"]["dischargeDisposition"]["text"], "home", "{now}");
     assert_eq!(now["hospitalization"]["admitSource"]["text"], "GP", "{now}");
