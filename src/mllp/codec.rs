@@ -336,6 +336,16 @@ fn stray_before_frame(src: &[u8]) -> Stray {
     if unframed || http.iter().any(|m| src.starts_with(m)) || src[0] == 0x16 {
         return Stray::Garbage;
     }
+    // a message header after the junk with no start block before it: an
+    // unframed message (a sender that sends something first, then no MLLP)
+    let unframed_later = src
+        .windows(4)
+        .enumerate()
+        .take_while(|(_, w)| w[0] != VT)
+        .any(|(_, w)| matches!(&w[..3], b"MSH" | b"FHS" | b"BHS") && w[3].is_ascii_punctuation());
+    if unframed_later {
+        return Stray::Garbage;
+    }
     let mut from = 0;
     while let Some(at) = src[from..].iter().position(|&b| b == VT) {
         let vt = from + at;
@@ -714,6 +724,7 @@ mod tests {
             b"GET / HTTP/1.1\r\n",
             b"\x16\x03\x01\x02\x00",
             &[b'x'; MAX_STRAY_BYTES + 1],
+            b"PING\r\nMSH|^~\\&|LAB\r",
         ] {
             let mut codec = MllpCodec::new(100);
             let mut buf = BytesMut::from(bytes);
