@@ -174,6 +174,21 @@ pub const GP_REGISTRATION_DELETED: (&str, &str) = ("urn:junction:tag", "gp-regis
 pub const GP_REGISTRATION_DELETED_DISPLAY: &str =
     "GP registration deleted by the sender (PD1-3 \"\")";
 
+/// The `meta.tag` (system, code) a Patient carries when its sender deleted
+/// the GP (PD1-4 sent as `""`), the practice left as it is: the store drops
+/// the GP (GMP/GMC) it holds and keeps the practice, and routing forgets the
+/// GP it remembers.
+pub const GP_DELETED: (&str, &str) = ("urn:junction:tag", "gp-deleted");
+
+/// Whether `patient` carries the [`GP_DELETED`] tag.
+pub fn gp_deleted(patient: &serde_json::Value) -> bool {
+    let (system, code) = GP_DELETED;
+    patient["meta"]["tag"].as_array().is_some_and(|tags| {
+        tags.iter()
+            .any(|t| t["system"] == system && t["code"] == code)
+    })
+}
+
 /// Whether `patient` carries the [`GP_REGISTRATION_DELETED`] tag.
 pub fn gp_registration_deleted(patient: &serde_json::Value) -> bool {
     let (system, code) = GP_REGISTRATION_DELETED;

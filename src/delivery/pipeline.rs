@@ -267,7 +267,7 @@ impl Documents {
         let nhs_key = |n: &str| format!("identifier|{NHS_NUMBER_SYSTEM}|{n}");
         for (i, patient) in patients.iter().enumerate() {
             let subject = i == 0 && alone;
-            let says = !patient.stated.is_empty() || patient.deleted;
+            let says = !patient.stated.is_empty() || patient.deleted || patient.gp_deleted;
             if patient.keys.is_empty() || (!subject && (!learn || !says)) {
                 continue;
             }
@@ -304,10 +304,19 @@ impl Documents {
             let effective = if patient.deleted {
                 patient.stated.clone()
             } else {
-                crate::route::merge_registration(
-                    &patient.stated,
-                    latest.map(|k| k.identifiers.as_slice()).unwrap_or_default(),
-                )
+                // (the GP deleted: only the practice is read from what was learned)
+                let known: Vec<Json> = latest
+                    .map(|k| k.identifiers.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|i| {
+                        !patient.gp_deleted
+                            || i.get("system").and_then(Json::as_str)
+                                == Some(crate::route::ODS_SYSTEM)
+                    })
+                    .cloned()
+                    .collect();
+                crate::route::merge_registration(&patient.stated, &known)
             };
             if subject && effective != patient.stated {
                 crate::route::set_first_patient_registration(document, &effective);

@@ -459,6 +459,9 @@ pub struct PatientRegistration {
     /// ([`crate::fhir_types::gp_registration_deleted`]): what is remembered
     /// is forgotten, not read.
     pub deleted: bool,
+    /// Its sender deleted the GP alone ([`crate::fhir_types::gp_deleted`]):
+    /// the GP remembered is forgotten, the practice read as before.
+    pub gp_deleted: bool,
 }
 
 /// Whether an identifier tells one patient from every other, for routing to
@@ -523,6 +526,7 @@ pub fn patient_registrations(document: &Json) -> Vec<PatientRegistration> {
             stated,
             active,
             deleted: crate::fhir_types::gp_registration_deleted(patient),
+            gp_deleted: crate::fhir_types::gp_deleted(patient),
         });
     }
     out

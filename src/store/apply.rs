@@ -802,6 +802,20 @@ fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
         }
     }
     match other.get("generalPractitioner") {
+        // the GP deleted (PD1-4 `""`): the practice alone is kept
+        Some(gp) if crate::fhir_types::gp_deleted(patient) => {
+            let practices: Vec<Value> = gp
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|g| g["identifier"]["system"] == crate::route::ODS_SYSTEM)
+                .cloned()
+                .collect();
+            if practices.is_empty() {
+                return deleted.then_some(kept);
+            }
+            kept["generalPractitioner"] = Value::Array(practices);
+        }
         Some(gp) => kept["generalPractitioner"] = gp.clone(),
         None if deleted => {}
         None => return None,

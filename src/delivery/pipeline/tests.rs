@@ -726,6 +726,35 @@ async fn a_patients_later_messages_follow_the_gp_registration_an_earlier_one_sta
         ["store"],
         "after the late A01 {late}"
     );
+
+    // registered again (practice and GP), then the GP alone deleted (PD1-4
+    // `""`, no practice sent): the practice is still known, the GP not
+    commit(&journal, "pas", "A7", &a01_at("A7", 3, "E82061")).await;
+    let gp_gone = a01("A8", 3).replace(
+        "PD1|||PRIMROSE HILL SURGERY^^F84003|G8234567^OKAFOR^CHIDI^^^DR",
+        "PD1||||\"\"",
+    );
+    assert!(gp_gone.contains("PD1||||\"\""));
+    commit(&journal, "pas", "A8", &gp_gone).await;
+    let results = commit(&journal, "lab", "R11", &oru_of_3("R11")).await;
+    routed(journal.clone(), results).await;
+    assert_eq!(
+        destinations(journal.clone(), results).await,
+        ["hwe", "store"]
+    );
+    let patient = router(HWE_ROUTES, &[], &["store", "hwe"])
+        .route(&message(results, "lab", &oru_of_3("R11")), false, 0)
+        .routing
+        .deliveries[0]
+        .patient_key
+        .clone();
+    let known = journal.registrations_blocking(&[patient]).unwrap();
+    assert!(
+        known
+            .iter()
+            .all(|k| k.identifiers.contains("E82061") && !k.identifiers.contains("G8234567")),
+        "{known:?}"
+    );
     queue.stop(Duration::from_secs(10)).await;
 }
 

@@ -370,6 +370,18 @@ fn a_deleted_gp_registration_is_dropped_and_stays_dropped() {
     let now = current(&f.store, "Patient", PATIENT);
     assert_eq!(now["generalPractitioner"], gmp, "{now}");
     assert!(crate::fhir_types::gp_registration_deleted(&now), "{now}");
+    // registered again, practice and GP; then the GP alone deleted (PD1-4
+    // `""`, PD1-3 not sent): the practice stays
+    let both = json!([gp("E82061")[0], gmp[0]]);
+    let mut again = patient(PATIENT, "9434765919", "Smith-Jones");
+    again["generalPractitioner"] = both;
+    f.store.apply_bundle(&bundle(&[again]), at("2026-03-01T16:00:00Z")).unwrap();
+    let (system, code) = crate::fhir_types::GP_DELETED;
+    let mut no_gp = patient(PATIENT, "9434765919", "Smith-Jones");
+    no_gp["meta"] = json!({"tag": [{"system": system, "code": code}]});
+    f.store.apply_bundle(&bundle(&[no_gp]), at("2026-03-01T17:00:00Z")).unwrap();
+    let now = current(&f.store, "Patient", PATIENT);
+    assert_eq!(now["generalPractitioner"], gp("E82061"), "{now}");
 }
 
 #[test]
