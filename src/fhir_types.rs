@@ -182,17 +182,17 @@ pub const GP_DELETED: (&str, &str) = ("urn:junction:tag", "gp-deleted");
 
 /// Whether `patient` carries the [`GP_DELETED`] tag.
 pub fn gp_deleted(patient: &serde_json::Value) -> bool {
-    let (system, code) = GP_DELETED;
-    patient["meta"]["tag"].as_array().is_some_and(|tags| {
-        tags.iter()
-            .any(|t| t["system"] == system && t["code"] == code)
-    })
+    has_tag(patient, GP_DELETED)
 }
 
 /// Whether `patient` carries the [`GP_REGISTRATION_DELETED`] tag.
 pub fn gp_registration_deleted(patient: &serde_json::Value) -> bool {
-    let (system, code) = GP_REGISTRATION_DELETED;
-    patient["meta"]["tag"].as_array().is_some_and(|tags| {
+    has_tag(patient, GP_REGISTRATION_DELETED)
+}
+
+/// Whether `resource` carries the `meta.tag` `(system, code)`.
+fn has_tag(resource: &serde_json::Value, (system, code): (&str, &str)) -> bool {
+    resource["meta"]["tag"].as_array().is_some_and(|tags| {
         tags.iter()
             .any(|t| t["system"] == system && t["code"] == code)
     })
