@@ -5,7 +5,8 @@
 //! - `\F\ \S\ \T\ \R\ \E\` become the field, component, subcomponent,
 //!   repetition and escape characters; `\P\` (v2.7 truncation) becomes `#`.
 //! - `\Xhh…\` becomes the bytes `hh…` (with those of `\X..\` sequences right
-//!   after it: a character escaped byte by byte), read as UTF-8 when they are valid UTF-8
+//!   after it, a character escaped byte by byte, unless MSH-18 names a
+//!   single-byte set), read as UTF-8 when they are valid UTF-8
 //!   and otherwise in the character set MSH-18 names ([`Separators::hex`]),
 //!   windows-1252 when it names none (as `charset::decode` reads the bytes).
 //! - Formatted text (FT, HL7 2.7.6) as plain text: `\.br\` ends the line
@@ -57,6 +58,13 @@ pub fn unescape<'r>(raw: &'r str, separators: &Separators) -> Cow<'r, str> {
         let body = &after[..len];
         let whole = &rest[start..start + esc.len_utf8() * 2 + len];
         match body.strip_prefix('X').and_then(hex_bytes) {
+            // (runs are joined only when no single-byte character set is
+            // named: under 8859/2, `\XD3\\XA3\` is `ÓŁ`, two characters
+            // whose bytes happen to be valid UTF-8 together)
+            Some(bytes) if separators.hex.is_some() => {
+                hex.extend(bytes);
+                flush_hex(&mut hex, separators, &mut out);
+            }
             Some(bytes) => hex.extend(bytes),
             None => {
                 flush_hex(&mut hex, separators, &mut out);
@@ -259,8 +267,12 @@ mod tests {
         assert_eq!(unescape(r"\XA4\10", &seps(None)), "¤10");
         assert_eq!(unescape(r"\X80\10", &seps(None)), "€10");
         // one UTF-8 character escaped byte by byte, and two next to each other
-        assert_eq!(unescape(r"M\XC3\\XBC\LLER", &latin9), "MüLLER");
+        assert_eq!(unescape(r"M\XC3\\XBC\LLER", &seps(None)), "MüLLER");
         assert_eq!(unescape(r"\XC3\\XA9\\XC3A8\!", &seps(None)), "éè!");
+        // under a single-byte set each is read alone: SOKÓŁ in 8859/2, one
+        // escape per character, is not taken for UTF-8
+        let latin2 = seps(Some(encoding_rs::ISO_8859_2));
+        assert_eq!(unescape(r"SOK\XD3\\XA3\", &latin2), "SOKÓŁ");
         // not next to each other: each alone
         assert_eq!(unescape(r"\XC3\x\XBC\", &seps(None)), "Ãx¼");
         let message =

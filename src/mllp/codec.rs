@@ -267,6 +267,27 @@ impl Decoder for MllpCodec {
                     self.scanned = end + 1;
                     continue;
                 }
+                // FS then a start block (a sender that leaves out the CR):
+                // an end only when a message header follows it (in UTF-16,
+                // `1C 0B` is U+0B1C, a character of the text)
+                Some(&VT) => match starts_a_frame(&payload[end + 2..]) {
+                    None => {
+                        self.scanned = end;
+                        src.reserve(4096);
+                        return Ok(None);
+                    }
+                    Some(false) => {
+                        self.scanned = end + 1;
+                        continue;
+                    }
+                    Some(true) => {
+                        let mut frame = src.split_to(1 + end + 1);
+                        frame.advance(1);
+                        frame.truncate(end);
+                        self.scanned = 0;
+                        return Ok(Some(frame.freeze()));
+                    }
+                },
                 Some(&b) => {
                     // the CR is taken with the frame; an LF or a new VT stays
                     // for the next one
@@ -338,11 +359,11 @@ fn stray_before_frame(src: &[u8]) -> Stray {
     }
     // a message header after the junk with no start block before it: an
     // unframed message (a sender that sends something first, then no MLLP)
-    let unframed_later = src
-        .windows(4)
-        .enumerate()
-        .take_while(|(_, w)| w[0] != VT)
-        .any(|(_, w)| matches!(&w[..3], b"MSH" | b"FHS" | b"BHS") && w[3].is_ascii_punctuation());
+    // (`MSH|^~\&`: the name, the field separator and the encoding
+    // characters, not a word of text such as `MSH:` or `MSH-9;`)
+    let unframed_later = src.windows(8).take_while(|w| w[0] != VT).any(|w| {
+        matches!(&w[..3], b"MSH" | b"FHS" | b"BHS") && w[3..].iter().all(u8::is_ascii_punctuation)
+    });
     if unframed_later {
         return Stray::Garbage;
     }
@@ -555,9 +576,15 @@ mod tests {
 
     #[test]
     fn accepts_missing_cr_after_fs() {
-        let (frames, err) = decode_all(&[b"\x0bA\x1c\x0bB\x1c"], 100);
-        assert_eq!(frames, vec![Bytes::from("A"), Bytes::from("B")]);
+        let (frames, err) = decode_all(&[b"\x0bMSH|A\x1c\x0bMSH|B\x1c"], 100);
+        assert_eq!(frames, vec![Bytes::from("MSH|A"), Bytes::from("MSH|B")]);
         assert!(err.is_none());
+        // split after the 0x0B: wait for what follows it
+        let (frames, _) = decode_all(&[b"\x0bMSH|A\x1c\x0b", b"MSH|B\x1c\r"], 100);
+        assert_eq!(frames, vec![Bytes::from("MSH|A"), Bytes::from("MSH|B")]);
+        // 0x1C 0x0B followed by no header is data (U+0B1C in UTF-16LE)
+        let (frames, _) = decode_all(&[b"\x0bMSH|A\x1c\x0b\0B\x1c\r"], 100);
+        assert_eq!(frames, vec![Bytes::from("MSH|A\x1c\x0b\0B")]);
     }
 
     #[test]

@@ -675,9 +675,14 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
     };
     // the same place said more or less finely (`RAL01/AMU` for a bed of it,
     // `RAL01/AMU/BAY 1/BED 2`: a PV1-6 naming the ward alone) is one
+    // (a site alone, `RAL01`, is no coarser form of its wards: it says
+    // nothing of where in it the patient is)
     let same = |a: &str, b: &str| {
         let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-        long == short || (long.starts_with(short) && long[short.len()..].starts_with('/'))
+        long == short
+            || (short.contains('/')
+                && long.starts_with(short)
+                && long[short.len()..].starts_with('/'))
     };
     let named: Vec<String> = mine.iter().filter_map(key).collect();
     let mut history = Vec::new();

@@ -1786,7 +1786,7 @@ fn the_location_history_keeps_earlier_wards() {
     };
     // (the locations sent, the trigger, when, the wards expected after)
     type Step<'a> = (Value, &'a str, &'a str, &'a [(&'a str, &'a str)]);
-    let steps: [Step; 7] = [
+    let steps: [Step; 9] = [
         (json!([place("AMU", "active")]), "A01", "2026-03-01T08:00:00Z", &[("AMU", "active")]),
         // a transfer without PV1-6
         (json!([place("WARD 3", "active")]), "A02", "2026-03-01T12:00:00Z", &[("AMU", "completed"), ("WARD 3", "active")]),
@@ -1815,6 +1815,20 @@ fn the_location_history_keeps_earlier_wards() {
             "2026-03-02T16:00:00Z",
             &[("AMU", "completed"), ("WARD 3", "completed"), ("WARD 9", "active")],
         ),
+        // an update naming the site alone (PV1-3 `^^^RAJ`) is no coarser form
+        // of every ward: the history stays
+        (
+            json!([{"status": "active", "location": {"identifier": {"value": "RAJ"}, "display": "SITE"}}]),
+            "A08",
+            "2026-03-02T17:00:00Z",
+            &[("AMU", "completed"), ("WARD 3", "completed"), ("WARD 9", "completed"), ("SITE", "active")],
+        ),
+        (
+            json!([place("WARD 9", "active")]),
+            "A08",
+            "2026-03-02T18:00:00Z",
+            &[("AMU", "completed"), ("WARD 3", "completed"), ("SITE", "completed"), ("WARD 9", "active")],
+        ),
     ];
     for (locations, trigger, when, expected) in steps {
         f.store
@@ -1836,7 +1850,7 @@ fn the_location_history_keeps_earlier_wards() {
     f.store
         .apply_bundle(&bundle(&[p, update, event("A08")]), at("2026-03-05T09:00:00Z"))
         .unwrap();
-    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "completed"), ("WARD 9", "completed")]));
+    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "completed"), ("SITE", "completed"), ("WARD 9", "completed")]));
     let now = current(&f.store, "Encounter", "e-moves");
     assert_eq!(now["hospitalization"]["dischargeDisposition"]["text"], "home", "{now}");
     assert_eq!(now["hospitalization"]["admitSource"]["text"], "GP", "{now}");
