@@ -5,7 +5,8 @@
 //! - CR/LF (and other ASCII whitespace), NUL keep-alive bytes and a UTF-8 byte
 //!   order mark before a start block are skipped between frames;
 //! - a frame ends at a `0x1C` followed by `0x0D`, by a line feed or by a new
-//!   `0x0B` (a sender that leaves out the CR). A `0x1C` that is the last
+//!   `0x0B` and a message header (a sender that leaves out the CR; `1C 0B`
+//!   with no header after it is data: U+0B1C in UTF-16LE). A `0x1C` that is the last
 //!   byte received so far ends the frame only when nothing follows it soon:
 //!   [`MllpCodec::awaiting_end`] says so, and the listener calls
 //!   [`MllpCodec::end_at_fs`] after a short grace;
