@@ -8,7 +8,8 @@
 //!   gets them meanwhile); once up, every document arrives, in order per
 //!   patient. A replay queues a message's documents anew.
 //! - A 400 dead-letters that document only; the patient's later documents and
-//!   other patients' go on; a retry of the dead letter delivers it.
+//!   other patients' go on; a retry of the dead letter delivers it, and then the
+//!   patient's later document again, so the server ends with the newest.
 //! - A message no route takes is kept as unrouted and visible in the API.
 //!
 //! Every wait is a poll with a generous deadline.
@@ -523,12 +524,30 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     let (code, stdout) = junction(&["retry", &dead_id.to_string(), "--api", &api]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("queued again"), "{stdout}");
-    eventually(&engine, "the retried dead letter delivered", || {
-        queues(&engine).get("fhir") == Some(&(0, 4, 0))
-    })
+    // P1-003, the patient's later message, had reached the server before it:
+    // queued again after it, so the server ends with the newest (P2's is not)
+    assert!(
+        stdout.contains("1 later message(s) of the same patient"),
+        "{stdout}"
+    );
+    eventually(
+        &engine,
+        "the retried dead letter delivered, then P1-003 again",
+        || queues(&engine).get("fhir") == Some(&(0, 5, 0)),
+    )
     .await;
-    let last = fhir.accepted.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(last.1, "P1-002");
+    let accepted = fhir.accepted.lock().unwrap().clone();
+    let controls: Vec<&str> = accepted.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        controls[controls.len() - 2..],
+        ["P1-002", "P1-003"],
+        "{controls:?}"
+    );
+    assert_eq!(
+        controls.iter().filter(|c| **c == "P2-001").count(),
+        1,
+        "{controls:?}"
+    );
 }
 
 /// A message whose mapping gives a warning (its NHS number fails modulus 11) is

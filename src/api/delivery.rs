@@ -34,7 +34,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState};
-use crate::delivery::queue::{DeliveryHandle, QueueError, QueueSummary, Replayed};
+use crate::delivery::queue::{DeliveryHandle, QueueError, QueueSummary, Replayed, Requeued};
 use crate::journal::{DeliveryFilter, DeliveryRow, DeliveryStatus, MAX_LIMIT};
 
 impl From<QueueError> for ApiError {
@@ -183,22 +183,32 @@ pub(super) async fn retry(
 ) -> Result<Json<RetriedOne>, ApiError> {
     no_body(&body)?;
     let id = id(path, "delivery")?;
-    let (was, row) = running(&state)?.retry(id).await?;
-    Ok(Json(RetriedOne { row, was }))
+    let retried = running(&state)?.retry(id).await?;
+    Ok(Json(RetriedOne {
+        row: retried.row,
+        was: retried.was,
+        requeued: retried.requeued,
+    }))
 }
 
-/// `POST /api/deliveries/{id}/retry`: the row as it is now, and what it was
-/// (`dead`/`withheld`: queued again; `pending`: its backoff cut short).
+/// `POST /api/deliveries/{id}/retry`: the row as it is now, what it was
+/// (`dead`/`withheld`: queued again; `pending`: its backoff cut short), and
+/// the patient's later messages already delivered there, queued again after it
+/// so that the destination ends with the newest.
 #[derive(Serialize)]
 pub(super) struct RetriedOne {
     #[serde(flatten)]
     row: DeliveryRow,
     was: DeliveryStatus,
+    requeued: Vec<Requeued>,
 }
 
 #[derive(Serialize)]
 pub(super) struct Retried {
     retried: usize,
+    /// The retried rows' patients' later messages already delivered, queued
+    /// again after them.
+    requeued: Vec<Requeued>,
     /// Dead letters left (of that destination): those delivered once whose
     /// document is gone (a MESH report said the recipient never got it),
     /// which a replay of their message sends again.
@@ -229,7 +239,7 @@ pub(super) async fn retry_dead(
             )));
         }
     }
-    let retried = running(&state)?.retry_dead(destination.clone()).await?;
+    let (retried, requeued) = running(&state)?.retry_dead(destination.clone()).await?;
     let still_dead = state
         .journal
         .queue_depths()
@@ -245,6 +255,7 @@ pub(super) async fn retry_dead(
         .sum();
     Ok(Json(Retried {
         retried,
+        requeued,
         still_dead,
     }))
 }

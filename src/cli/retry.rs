@@ -9,6 +9,10 @@
 //! A pending delivery given by id is said to be one ("not dead: still pending,
 //! made due now"), not "queued again".
 //!
+//! A retried row's patient's later messages that reached the same destination
+//! while it was dead are queued again after it (so the destination ends with the
+//! newest, in order); the answer lists them.
+//!
 //! Exit codes: 0 queued again (or made due); 1 the engine refused (no such delivery, not
 //! dead); 2 it could not be reached or the arguments are wrong.
 
@@ -98,5 +102,48 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
             println!("{}", table(HEADER, &[row(&answer.body)]));
         }
     }
+    print_requeued(&answer.body);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The patient's later messages that had reached a destination before the
+/// retried row, queued again after it (`requeued` of the answer).
+fn print_requeued(body: &Value) {
+    let Some(requeued) = body.get("requeued").and_then(Value::as_array) else {
+        return;
+    };
+    if requeued.is_empty() {
+        return;
+    }
+    println!(
+        "{} later message(s) of the same patient had already reached the destination: \
+         queued again after the retried delivery, so it ends with the newest:",
+        requeued.len()
+    );
+    for r in requeued {
+        let num = |key: &str| r.get(key).and_then(Value::as_i64).unwrap_or_default();
+        let destination = r.get("destination").and_then(Value::as_str).unwrap_or("");
+        let rows: Vec<String> = r
+            .get("deliveries")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_i64)
+            .map(|d| d.to_string())
+            .collect();
+        match r.get("error").and_then(Value::as_str) {
+            Some(why) => println!(
+                "  message {} to {destination} (was delivery {}): not queued: {why}",
+                num("message_id"),
+                num("was_delivery")
+            ),
+            None => println!(
+                "  message {} to {destination} (was delivery {}): delivery {} after delivery {}",
+                num("message_id"),
+                num("was_delivery"),
+                rows.join(", "),
+                num("after")
+            ),
+        }
+    }
 }

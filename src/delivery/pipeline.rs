@@ -1187,7 +1187,7 @@ pub(crate) async fn route_and_write(
                 routing_id,
                 deliveries,
             } => (routing_id, deliveries),
-            QueueOutcome::Updated(_) => (0, Vec::new()),
+            QueueOutcome::Updated(_) | QueueOutcome::Requeued(_) => (0, Vec::new()),
         };
         report(shared, &r, Some(routing_id));
         woken.extend(r.routing.deliveries.iter().map(|d| d.destination.clone()));

@@ -135,6 +135,37 @@ pub struct Replayed {
     pub error: Option<String>,
 }
 
+/// A row queued again by hand ([`DeliveryHandle::retry`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Retried {
+    /// What it was: `dead`/`withheld` (queued again) or `pending` (its
+    /// backoff cut short).
+    pub was: DeliveryStatus,
+    /// The row as it is now.
+    pub row: DeliveryRow,
+    /// The patient's later messages queued again after it.
+    pub requeued: Vec<Requeued>,
+}
+
+/// A later message of a retried row's patient, already delivered to the
+/// row's destination, queued again after it so that the destination ends
+/// with the newest.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Requeued {
+    /// The retried row it is queued after.
+    pub after: i64,
+    pub destination: String,
+    pub message_id: i64,
+    /// Its delivery that overtook the retried row.
+    pub was_delivery: i64,
+    /// The new delivery rows (none when the routes no longer send it there).
+    pub deliveries: Vec<i64>,
+    /// Why nothing was queued (may quote the message, as a replay's error
+    /// does: the API is for ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The operations the HTTP API offers. Cheap to clone.
 #[derive(Clone)]
 pub struct DeliveryHandle {
@@ -218,7 +249,10 @@ impl DeliveryHandle {
 
     /// Queues a dead (or withheld) delivery again, due now with its attempts
     /// reset; a pending one waiting for its backoff is made due now.
-    pub async fn retry(&self, id: i64) -> Result<(DeliveryStatus, DeliveryRow), QueueError> {
+    /// A retried dead or withheld row's patient's later messages already
+    /// delivered to its destination are queued again after it (see
+    /// [`Self::requeue_overtaken`]).
+    pub async fn retry(&self, id: i64) -> Result<Retried, QueueError> {
         let row = self
             .shared
             .journal
@@ -246,6 +280,11 @@ impl DeliveryHandle {
             });
         }
         tracing::info!(delivery_id = id, destination = %row.destination, "delivery retried by hand");
+        let requeued = if row.status == DeliveryStatus::Pending {
+            Vec::new()
+        } else {
+            self.requeue_overtaken(vec![id]).await?
+        };
         self.shared.wake(&row.destination);
         let now = self
             .shared
@@ -253,11 +292,63 @@ impl DeliveryHandle {
             .delivery(id)
             .await?
             .ok_or(QueueError::NoDelivery(id))?;
-        Ok((row.status, now))
+        Ok(Retried {
+            was: row.status,
+            row: now,
+            requeued,
+        })
+    }
+
+    /// Keeps a patient's order at a destination when rows of theirs are queued
+    /// again by hand: the patient's later messages that already reached that
+    /// destination (while the retried row was dead or withheld) are replayed
+    /// to it, so their documents arrive again after the retried one and the
+    /// destination ends with the newest. (Destinations are idempotent: a
+    /// document sent again is an update to what it already holds.)
+    async fn requeue_overtaken(&self, ids: Vec<i64>) -> Result<Vec<Requeued>, QueueError> {
+        let overtaken = self.shared.journal.overtaken(ids).await?;
+        let mut out = Vec::with_capacity(overtaken.len());
+        for o in overtaken {
+            // one message that cannot be replayed (pruned, no longer routed
+            // there) is said so; the retry and the others stand
+            let (deliveries, error) =
+                match self.replay(o.message_id, Some(o.destination.clone())).await {
+                    Ok(r) if r.deliveries.is_empty() => (
+                        Vec::new(),
+                        Some(r.error.unwrap_or_else(|| {
+                            format!("replayed: {}, nothing queued", r.outcome.as_str())
+                        })),
+                    ),
+                    Ok(r) => (r.deliveries, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                };
+            tracing::info!(
+                retried = o.retried,
+                message_id = o.message_id,
+                destination = %o.destination,
+                deliveries = ?deliveries,
+                queued = error.is_none(),
+                "a later message of the retried delivery's patient queued again after it"
+            );
+            out.push(Requeued {
+                after: o.retried,
+                destination: o.destination,
+                message_id: o.message_id,
+                was_delivery: o.delivery_id,
+                deliveries,
+                error,
+            });
+        }
+        Ok(out)
     }
 
     /// Queues every dead delivery (of one destination, or all) again.
-    pub async fn retry_dead(&self, destination: Option<String>) -> Result<usize, QueueError> {
+    /// Their patients' later messages already delivered are queued again
+    /// after them, as for [`Self::retry`].
+    pub async fn retry_dead(
+        &self,
+        destination: Option<String>,
+    ) -> Result<(usize, Vec<Requeued>), QueueError> {
         let outcome = self
             .shared
             .journal
@@ -266,20 +357,26 @@ impl DeliveryHandle {
                 now_ms: now_ms(),
             }])
             .await?;
-        let n = match outcome.first() {
-            Some(QueueOutcome::Updated(n)) => *n,
-            _ => 0,
+        let ids = match outcome.into_iter().next() {
+            Some(QueueOutcome::Requeued(ids)) => ids,
+            _ => Vec::new(),
         };
+        let n = ids.len();
         tracing::info!(
             destination = destination.as_deref().unwrap_or("*"),
             retried = n,
             "dead letters retried by hand"
         );
+        let requeued = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.requeue_overtaken(ids).await?
+        };
         match destination {
             Some(d) => self.shared.wake(&d),
             None => self.shared.wakers.values().for_each(|w| w.notify_one()),
         }
-        Ok(n)
+        Ok((n, requeued))
     }
 
     /// Makes every pending delivery of `destination` due now (e.g. when the

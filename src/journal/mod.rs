@@ -53,8 +53,8 @@ use crate::telemetry::metrics::Metrics;
 
 pub use queue::{
     format_ms, DeliveryFilter, DeliveryRow, DeliveryStatus, DueDelivery, NewDelivery, NewRouting,
-    PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration, RoutingOutcome, RoutingRecord,
-    StoredRegistration, APPLICATION_ACK,
+    Overtaken, PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration, RoutingOutcome,
+    RoutingRecord, StoredRegistration, APPLICATION_ACK,
 };
 
 /// Most messages written in one group-commit transaction.
@@ -647,6 +647,13 @@ impl Journal {
         filter: DeliveryFilter,
     ) -> Result<Vec<DeliveryRow>, JournalError> {
         self.with_reader(move |conn| queue::deliveries(conn, &filter))
+            .await
+    }
+
+    /// For rows queued again by hand: the later messages of the same patient
+    /// already delivered to the same destination (see [`queue::overtaken`]).
+    pub async fn overtaken(&self, ids: Vec<i64>) -> Result<Vec<Overtaken>, JournalError> {
+        self.with_reader(move |conn| queue::overtaken(conn, &ids))
             .await
     }
 

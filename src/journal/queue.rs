@@ -322,6 +322,8 @@ pub enum QueueOutcome {
     },
     /// Rows changed (0: the row was not in the expected status).
     Updated(usize),
+    /// The rows queued again ([`QueueOp::RetryDead`]), by id.
+    Requeued(Vec<i64>),
 }
 
 /// [`APPLICATION_ACK`] as a literal, for SQL text.
@@ -564,27 +566,30 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
             destination,
             now_ms,
         } => {
-            let keys: Vec<(String, String)> = {
+            let rows: Vec<(i64, String, String)> = {
                 let mut stmt = tx.prepare(
                     "UPDATE deliveries
                      SET status = 'pending', attempts = 0, next_attempt_at = ?2, age_from = ?2,
                          delivered_at = NULL
                      WHERE status = 'dead' AND (?1 IS NULL OR destination = ?1)
                        AND NOT (length(document) = 0 AND size > 0)
-                     RETURNING destination, patient_key",
+                     RETURNING id, destination, patient_key",
                 )?;
-                let rows =
-                    stmt.query_map(params![destination, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let rows = stmt.query_map(params![destination, now_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
                 rows.collect::<Result<_, _>>()?
             };
-            let n = keys.len();
-            let mut unique = keys;
+            let mut ids: Vec<i64> = rows.iter().map(|(id, _, _)| *id).collect();
+            ids.sort_unstable();
+            let mut unique: Vec<(String, String)> =
+                rows.into_iter().map(|(_, d, k)| (d, k)).collect();
             unique.sort();
             unique.dedup();
             for (destination, patient_key) in &unique {
                 fix_head(tx, destination, patient_key)?;
             }
-            Ok(QueueOutcome::Updated(n))
+            Ok(QueueOutcome::Requeued(ids))
         }
         QueueOp::DueNow {
             destination,
@@ -849,6 +854,79 @@ fn fix_head(
 }
 
 // ---- reads ---------------------------------------------------------------------
+
+/// A later document of a retried row's patient already delivered to its
+/// destination: what [`overtaken`] finds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Overtaken {
+    /// The retried row it overtook (the lowest, when it overtook several).
+    pub retried: i64,
+    pub destination: String,
+    pub message_id: i64,
+    /// Its first delivered row there.
+    pub delivery_id: i64,
+}
+
+/// For rows queued again by hand (`ids`): the messages whose documents for the
+/// same patient (patient key) reached the same destination after them (a
+/// higher row id, delivered), one per (destination, message) in the order they
+/// were first queued, leaving out the retried rows' own messages. One scan of
+/// the rows after the lowest retried id.
+pub(super) fn overtaken(conn: &Connection, ids: &[i64]) -> Result<Vec<Overtaken>, rusqlite::Error> {
+    use std::collections::{HashMap, HashSet};
+    // (destination, patient key) -> (lowest retried id, its messages)
+    let mut lines: HashMap<(String, String), (i64, HashSet<i64>)> = HashMap::new();
+    let mut first = i64::MAX;
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT destination, patient_key, message_id FROM deliveries WHERE id = ?1",
+        )?;
+        for &id in ids {
+            let row: Option<(String, String, i64)> = stmt
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((destination, patient_key, message_id)) = row else {
+                continue;
+            };
+            first = first.min(id);
+            let line = lines
+                .entry((destination, patient_key))
+                .or_insert((id, HashSet::new()));
+            line.0 = line.0.min(id);
+            line.1.insert(message_id);
+        }
+    }
+    if lines.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut seen: HashSet<(String, i64)> = HashSet::new();
+    let mut stmt = conn.prepare(
+        "SELECT id, destination, patient_key, message_id FROM deliveries
+         WHERE id > ?1 AND status = 'delivered' ORDER BY id",
+    )?;
+    let mut rows = stmt.query([first])?;
+    while let Some(r) = rows.next()? {
+        let (id, destination, patient_key, message_id): (i64, String, String, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let key = (destination, patient_key);
+        let Some((retried, own)) = lines.get(&key) else {
+            continue;
+        };
+        if id < *retried || own.contains(&message_id) {
+            continue;
+        }
+        if seen.insert((key.0.clone(), message_id)) {
+            out.push(Overtaken {
+                retried: *retried,
+                destination: key.0,
+                message_id,
+                delivery_id: id,
+            });
+        }
+    }
+    Ok(out)
+}
 
 pub(super) fn routing_cursor(conn: &Connection) -> Result<i64, rusqlite::Error> {
     conn.query_row(

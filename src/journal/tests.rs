@@ -835,7 +835,7 @@ async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
             ])
             .await
             .unwrap(),
-        vec![QueueOutcome::Updated(0), QueueOutcome::Updated(0)]
+        vec![QueueOutcome::Updated(0), QueueOutcome::Requeued(vec![])]
     );
     assert_eq!(
         journal.delivery(id).await.unwrap().unwrap().status,

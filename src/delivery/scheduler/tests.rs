@@ -298,7 +298,13 @@ async fn a_permanent_error_dead_letters_that_document_only_and_retry_delivers_it
     // Not retryable while delivered; retried once dead.
     assert!(handle.retry(ids[1]).await.is_err());
     fixed.store(true, Ordering::SeqCst);
-    let (_, retried) = handle.retry(ids[0]).await.unwrap();
+    let answer = handle.retry(ids[0]).await.unwrap();
+    // A2, the patient's later document, had overtaken it: queued again after it
+    // (its message is no HL7, so the replay says why nothing was queued)
+    assert_eq!(answer.requeued.len(), 1, "{:?}", answer.requeued);
+    assert_eq!(answer.requeued[0].was_delivery, ids[1]);
+    assert_eq!(answer.requeued[0].after, ids[0]);
+    let retried = answer.row;
     // Attempts start again from 0 (the scheduler may already have made one).
     assert!(retried.attempts <= 1, "{retried:?}");
     assert_ne!(retried.status, DeliveryStatus::Dead);
@@ -560,7 +566,9 @@ async fn pending_deliveries_can_be_made_due_at_once_when_the_destination_is_back
     }
     up.store(true, Ordering::SeqCst);
     // One row by id, the others by destination.
-    let (was, row) = handle.retry(ids[0]).await.unwrap();
+    let answer = handle.retry(ids[0]).await.unwrap();
+    assert!(answer.requeued.is_empty());
+    let (was, row) = (answer.was, answer.row);
     assert_eq!(was, DeliveryStatus::Pending, "a pending row, made due now");
     assert_ne!(row.status, DeliveryStatus::Dead);
     wait_status(&journal, ids[0], DeliveryStatus::Delivered).await;
@@ -575,4 +583,50 @@ async fn pending_deliveries_can_be_made_due_at_once_when_the_destination_is_back
         Err(crate::delivery::queue::QueueError::NotRetryable { .. })
     ));
     queue.stop(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_rows_overtakers_are_the_patients_later_deliveries_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    // pa: A1 (dead), A2, A3 delivered to d1; pb: B1 delivered to d1; pa: A4
+    // delivered to d2; pa: A5 still pending at d1
+    let mut ids = enqueue(&journal, &[("A1", "pa"), ("A2", "pa")], "d1").await;
+    ids.extend(enqueue(&journal, &[("B1", "pb")], "d1").await);
+    ids.extend(enqueue(&journal, &[("A4", "pa")], "d2").await);
+    ids.extend(enqueue(&journal, &[("A3", "pa"), ("A5", "pa")], "d1").await);
+    let (a1, a2, b1, a4, a3) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
+    let dead = crate::journal::QueueOp::Dead {
+        id: a1,
+        attempts: 1,
+        error: "permanent error: HTTP 400".to_string(),
+        at_ms: now_ms(),
+    };
+    let delivered = |id| crate::journal::QueueOp::Delivered {
+        id,
+        attempts: 1,
+        remote_ref: None,
+        at_ms: now_ms(),
+    };
+    journal
+        .queue_write(vec![
+            dead,
+            delivered(a2),
+            delivered(b1),
+            delivered(a4),
+            delivered(a3),
+        ])
+        .await
+        .unwrap();
+    let found = journal.overtaken(vec![a1]).await.unwrap();
+    let got: Vec<(i64, &str, i64)> = found
+        .iter()
+        .map(|o| (o.retried, o.destination.as_str(), o.delivery_id))
+        .collect();
+    // the patient's later rows delivered to that destination, in queue order;
+    // not the other patient's, not another destination's, not a pending one
+    assert_eq!(got, vec![(a1, "d1", a2), (a1, "d1", a3)], "{found:?}");
+    // a row nothing overtook (the newest of its line), and no rows
+    assert!(journal.overtaken(vec![a3]).await.unwrap().is_empty());
+    assert!(journal.overtaken(Vec::new()).await.unwrap().is_empty());
 }
