@@ -803,6 +803,7 @@ async fn enhanced_mode_never_means_no_accept_ack_but_the_message_is_kept() {
     assert_eq!(rows[0].status, "accepted");
     let detail = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
     assert_eq!(detail.ack, None, "nothing sent, nothing stored");
+    assert_eq!(rows[0].ack_code, "", "no ACK code: none was sent");
     fx.engine.stop().await;
 }
 
@@ -946,9 +947,9 @@ async fn a_stray_start_block_byte_in_the_data_does_not_cut_the_message() {
     fx.engine.stop().await;
 }
 
-/// An acknowledgement sent to the listener is kept but never answered (HL7
-/// does not acknowledge an ACK; two engines that did would answer each other
-/// for ever); a query (QRY, QBP) is refused with AR and ERR 200, since
+/// An acknowledgement (or a query's response) sent to the listener is kept
+/// but never answered (HL7 does not acknowledge an ACK; two engines that did
+/// would answer each other for ever); a query (QRY, QBP) is refused with AR and ERR 200, since
 /// Junction makes no query responses and an AA would leave the querying system
 /// waiting for one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -982,6 +983,22 @@ async fn an_ack_is_not_answered_and_a_query_is_refused() {
         (String::new(), String::new()),
         "{ack}"
     );
+    // a query's response (RSP, ADR) is an answer too: kept, not answered
+    for (response, control_id) in [("RSP^K22^RSP_K21", "RSPK22"), ("ADR^A19", "ADRA19")] {
+        let message = format!(
+            "MSH|^~\\&|EPR|RAL01|JUNCTION|LCR|20261124101500||{response}|{control_id}|P|2.5\rMSA|AA|Q1\rQAK|Q1|OK\r"
+        );
+        conn.write_all(&frame(message.as_bytes())).await.unwrap();
+        let after = format!("AFTER{control_id}");
+        let ack = send(&mut conn, &a01_with_control_id(&after)).await;
+        assert_eq!(field(&ack, "MSA", 2), after, "{ack}");
+        let rows = search(&fx.engine, |q| q.control_id = Some(control_id.to_string())).await;
+        assert_eq!(rows.len(), 1, "kept");
+        assert_eq!(
+            (rows[0].status.as_str(), rows[0].ack_code.as_str()),
+            ("accepted", "")
+        );
+    }
     for (query, control_id) in [("QRY^A19", "QRYA19"), ("QBP^Q22^QBP_Q21", "QBPQ22")] {
         let message = format!(
             "MSH|^~\\&|EPR|RAL01|JUNCTION|LCR|20261124101500||{query}|{control_id}|P|2.5\rQRD|20261124|R|I|Q1|||1^RD|9990000018|DEM\r"
@@ -1050,6 +1067,17 @@ async fn a_resend_asking_for_an_ack_is_answered_after_a_copy_that_asked_for_none
     // processed once (the copy differs in MSH-15, so it is kept as a rejected row)
     let accepted = rows.iter().filter(|r| r.status == "accepted").count();
     assert_eq!(accepted, 1, "the resend is not processed twice");
+    // each row says what its sender got: nothing for the NE copy, the CA sent
+    // now for the resend (kept as a rejected row, as it differs)
+    for row in &rows {
+        let detail = fx.engine.journal().get(row.id).await.unwrap().unwrap();
+        if row.status == "accepted" {
+            assert_eq!((row.ack_code.as_str(), detail.ack.as_deref()), ("", None));
+        } else {
+            assert_eq!(row.ack_code, "CA", "{row:?}");
+            assert_eq!(detail.ack.as_deref(), Some(ack.as_str()), "{row:?}");
+        }
+    }
     fx.engine.stop().await;
 }
 

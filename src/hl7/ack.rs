@@ -567,11 +567,21 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
     })
 }
 
-/// Whether a message is itself an acknowledgement (MSH-9.1 `ACK`): HL7 never
-/// acknowledges one (an ACK of an ACK invites two engines to answer each
-/// other for ever).
+/// Whether a message is itself an answer: an acknowledgement (MSH-9.1 `ACK`,
+/// `MCF`, a master file's `MFK`) or the response to a query (`ADR`, `ORF`,
+/// `RSP`, `RTB`, `RDY`, `DSR`, `TBR`, `ERP`, `EDR`, `VXR`, `VXX`, `OSR`, the
+/// pharmacy responses `RAR` `RDR` `RER` `RGR` `ROR`). HL7 never acknowledges
+/// one in original mode: an ACK of an ACK invites two engines to answer each
+/// other for ever, and a response is itself the answer to its query (whose
+/// sender does not wait for an ACK of it).
 pub fn is_acknowledgement(header: &Header) -> bool {
-    header.message_code.trim().eq_ignore_ascii_case("ACK")
+    let code = header.message_code.trim();
+    [
+        "ACK", "MCF", "MFK", "ADR", "ORF", "RSP", "RTB", "RDY", "DSR", "TBR", "ERP", "EDR", "VXR",
+        "VXX", "OSR", "RAR", "RDR", "RER", "RGR", "ROR",
+    ]
+    .iter()
+    .any(|c| code.eq_ignore_ascii_case(c))
 }
 
 fn is_version(v: &str) -> bool {

@@ -345,12 +345,18 @@ fn write_one(
              differs: not processed, answered with that message's ACK; does the sender \
              reuse control ids? `junction replay` of this row processes it"
         );
+        // the ACK this copy gets: the original's, or (the original asked for
+        // none, MSH-15 NE) the one built for this copy, which is sent now
+        let (sent_code, sent) = match &ack {
+            Some(_) => (ack_code.as_deref(), ack.as_deref()),
+            None => (item.ack_code.as_deref(), item.ack.as_deref()),
+        };
         insert_row(
             insert,
             item,
             Status::Rejected,
-            ack_code.as_deref(),
-            ack.as_deref(),
+            sent_code,
+            sent,
             Some(&error),
             Some(id),
         )?;

@@ -1080,7 +1080,10 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
                 message_type: header.message_type(),
                 version: header.version.clone(),
                 status: Status::Accepted,
-                ack_code: (!inbound_ack).then(|| code.as_str().to_string()),
+                // the code of the ACK sent: none for one not sent (MSH-15 NE,
+                // an inbound acknowledgement), so the row says what the
+                // sender got
+                ack_code: ack.as_ref().map(|_| code.as_str().to_string()),
                 ack,
                 error: None,
                 raw,
@@ -1124,7 +1127,7 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
                 message_type: header.map(Header::message_type).unwrap_or_default(),
                 version: header.map(|h| h.version.clone()).unwrap_or_default(),
                 status: Status::Rejected,
-                ack_code: Some(code.as_str().to_string()),
+                ack_code: ack.as_ref().map(|_| code.as_str().to_string()),
                 ack,
                 error: Some(rejection.error.summary()),
                 raw,
