@@ -662,9 +662,14 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
 /// (A12) drops the stored `active` one it does not name (the transfer's
 /// destination, where the patient never stayed). A location is known by its
 /// identifier, else its display.
+///
+/// One place said more or less finely is one place: an update naming the
+/// ward alone where the stored visit has the bed (`RAL01/AMU`, then
+/// `RAL01/AMU/BAY 1/BED 2`) keeps the bed; a bed move inside a ward whose
+/// PV1-6 names that ward alone does not say the patient left the ward.
 fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>) -> Option<Value> {
-    let theirs = stored["location"].as_array()?;
-    let mine = encounter["location"].as_array()?;
+    let theirs: &[Value] = stored["location"].as_array().map_or(&[], Vec::as_slice);
+    let sent = encounter["location"].as_array()?;
     let key = |l: &Value| -> Option<String> {
         let place = &l["location"];
         place["identifier"]["value"]
@@ -684,6 +689,42 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
                 && long.starts_with(short)
                 && long[short.len()..].starts_with('/'))
     };
+    // `a` is `b` or a coarser form of it
+    let within = |a: &str, b: &str| a.len() <= b.len() && same(a, b);
+    let is_active = |l: &Value| l["status"] != "completed";
+    let mut changed = false;
+    // the update's own: a ward it says was left that is (a coarser form of)
+    // where it says the patient is now is no ward left (a bed move inside
+    // the ward, with a PV1-6 naming the ward alone)
+    let now_keys: Vec<String> = sent
+        .iter()
+        .filter(|l| is_active(l))
+        .filter_map(key)
+        .collect();
+    let mut mine: Vec<Value> = Vec::with_capacity(sent.len());
+    for l in sent {
+        let left_for_itself =
+            !is_active(l) && key(l).is_some_and(|k| now_keys.iter().any(|n| within(&k, n)));
+        if left_for_itself {
+            changed = true;
+        } else {
+            mine.push(l.clone());
+        }
+    }
+    // where the patient is now, said more coarsely than the stored visit
+    // says it (the ward alone, the bed stored): the stored, finer form
+    for l in mine.iter_mut().filter(|l| is_active(l)) {
+        let Some(k) = key(l) else {
+            continue;
+        };
+        let finer = theirs.iter().find(|s| {
+            is_active(s) && key(s).is_some_and(|sk| sk.len() > k.len() && within(&k, &sk))
+        });
+        if let Some(finer) = finer {
+            *l = finer.clone();
+            changed = true;
+        }
+    }
     let named: Vec<String> = mine.iter().filter_map(key).collect();
     let mut history = Vec::new();
     for location in theirs {
@@ -693,7 +734,7 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
         if named.iter().any(|n| same(n, &k)) {
             continue;
         }
-        let active = location["status"] != "completed";
+        let active = is_active(location);
         if active && event == Some("A12") {
             continue;
         }
@@ -703,14 +744,13 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
         }
         history.push(earlier);
     }
-    if history.is_empty() {
+    if history.is_empty() && !changed {
         return None;
     }
     // the wards left before, then the ones it says were left, then where
     // the patient is
-    let (left, now): (Vec<&Value>, Vec<&Value>) =
-        mine.iter().partition(|l| l["status"] == "completed");
-    history.extend(left.into_iter().chain(now).cloned());
+    let (left, now): (Vec<Value>, Vec<Value>) = mine.into_iter().partition(|l| !is_active(l));
+    history.extend(left.into_iter().chain(now));
     Some(Value::Array(history))
 }
 

@@ -1758,8 +1758,9 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
 
 /// Transfers and updates that name only where the patient is now (no PV1-6)
 /// keep the wards before in the location history; a cancelled transfer (A12)
-/// drops the ward the patient never went to; an update after the discharge
-/// that leaves out the disposition keeps it.
+/// drops the ward the patient never went to; a bed move inside a ward is no
+/// ward left, and the ward alone keeps the stored bed; an update after the
+/// discharge that leaves out the disposition keeps it.
 #[test]
 fn the_location_history_keeps_earlier_wards() {
     let f = open();
@@ -1836,21 +1837,47 @@ fn the_location_history_keeps_earlier_wards() {
             .unwrap();
         assert_eq!(wards(&f), pairs(expected), "after the {trigger} at {when}");
     }
+    // a bed move inside WARD 9 whose PV1-6 names the ward alone: the patient
+    // did not leave WARD 9; then updates naming the ward alone keep the bed
+    let beds: [Step; 3] = [
+        (json!([place("WARD 9/BED 1", "active")]), "A08", "2026-03-02T19:00:00Z", &[("AMU", "completed"), ("WARD 3", "completed"), ("SITE", "completed"), ("WARD 9/BED 1", "active")]),
+        (
+            json!([place("WARD 9/BED 2", "active"), place("WARD 9", "completed")]),
+            "A02",
+            "2026-03-02T20:00:00Z",
+            &[("AMU", "completed"), ("WARD 3", "completed"), ("SITE", "completed"), ("WARD 9/BED 1", "completed"), ("WARD 9/BED 2", "active")],
+        ),
+        (
+            json!([place("WARD 9", "active")]),
+            "A08",
+            "2026-03-02T21:00:00Z",
+            &[("AMU", "completed"), ("WARD 3", "completed"), ("SITE", "completed"), ("WARD 9/BED 1", "completed"), ("WARD 9/BED 2", "active")],
+        ),
+    ];
+    for (locations, trigger, when, expected) in beds {
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), stay(locations, "in-progress"), event(trigger)]), at(when))
+            .unwrap();
+        assert_eq!(wards(&f), pairs(expected), "after the {trigger} at {when}");
+    }
     // the discharge from WARD 9, then an A08 with the discharge time and no
     // disposition
-    let mut discharged = stay(json!([place("WARD 9", "completed")]), "finished");
+    let mut discharged = stay(json!([place("WARD 9/BED 2", "completed")]), "finished");
     discharged["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
     discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
     f.store
         .apply_bundle(&bundle(&[p.clone(), discharged, event("A03")]), at("2026-03-04T14:00:00Z"))
         .unwrap();
-    let mut update = stay(json!([place("WARD 9", "completed")]), "finished");
+    let mut update = stay(json!([place("WARD 9/BED 2", "completed")]), "finished");
     update["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
     update["hospitalization"] = json!({"admitSource": {"text": "GP"}});
     f.store
         .apply_bundle(&bundle(&[p, update, event("A08")]), at("2026-03-05T09:00:00Z"))
         .unwrap();
-    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "completed"), ("SITE", "completed"), ("WARD 9", "completed")]));
+    assert_eq!(
+        wards(&f),
+        pairs(&[("AMU", "completed"), ("WARD 3", "completed"), ("SITE", "completed"), ("WARD 9/BED 1", "completed"), ("WARD 9/BED 2", "completed")])
+    );
     let now = current(&f.store, "Encounter", "e-moves");
     assert_eq!(now["hospitalization"]["dischargeDisposition"]["text"], "home", "{now}");
     assert_eq!(now["hospitalization"]["admitSource"]["text"], "GP", "{now}");
