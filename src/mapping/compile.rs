@@ -20,6 +20,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::expr::{self, Cond, Expr, ExprError, Resolver, Stage, Term};
+use super::fhir_elements;
 use super::transform::{self, Transform};
 use super::{MappingError, Plan, TestCase};
 
@@ -163,6 +164,8 @@ struct Compiler<'s> {
     errors: Vec<MappingError>,
     macro_names: Vec<String>,
     table_names: Vec<String>,
+    /// Resource bodies checked against FHIR's elements (`fhir_elements`).
+    check_fhir: bool,
 }
 
 struct NameResolver<'c> {
@@ -182,12 +185,23 @@ impl Resolver for NameResolver<'_> {
 /// Compiles one mapping source (pure). `file` is used in errors, as the default
 /// name (its stem) and to resolve `[[test]]` message files (its folder).
 pub fn compile(file: &Path, source: &str) -> Result<Plan, Vec<MappingError>> {
+    compile_checked(file, source, true)
+}
+
+/// [`compile`], with the resource bodies' element names checked against FHIR
+/// or not (the language's own tests write bodies of made-up elements).
+pub(crate) fn compile_checked(
+    file: &Path,
+    source: &str,
+    check_fhir: bool,
+) -> Result<Plan, Vec<MappingError>> {
     let mut c = Compiler {
         file,
         source,
         errors: Vec::new(),
         macro_names: Vec::new(),
         table_names: Vec::new(),
+        check_fhir,
     };
     // a table defined twice: one error naming the first, not a cascade
     let (text, duplicates) = crate::config::without_duplicate_tables(source);
@@ -411,6 +425,38 @@ fn empty_expr() -> Expr {
 }
 
 /// The entries of a table in file order.
+/// What FHIR has at a place of a resource body: not known (an element of a
+/// type the table does not check, `contained`), a complex type, or a primitive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FhirAt {
+    Any,
+    Type(&'static str),
+    Primitive,
+}
+
+/// Whether an expression can only give text (or nothing): no built-in, no
+/// lookup (a table may hold objects), no macro, on every alternative.
+fn surely_text(e: &Expr) -> bool {
+    fn term(t: &Term) -> bool {
+        match t {
+            Term::Path(_)
+            | Term::Literal(_)
+            | Term::Concat(_)
+            | Term::ConcatWs(..)
+            | Term::Position
+            | Term::PositionBy(_)
+            | Term::Occurrence(_) => true,
+            Term::Group(e) => surely_text(e),
+            Term::Macro(_) | Term::Gather(..) => false,
+        }
+    }
+    term(&e.first)
+        && e.stages.iter().all(|s| match s {
+            Stage::Alt(t) => term(t),
+            Stage::Transform(t) => !matches!(t, Transform::Builtin(..) | Transform::Lookup(_)),
+        })
+}
+
 fn sorted<'i>(t: &'i DeTable<'i>) -> Vec<Entry<'i>> {
     let mut v: Vec<Entry<'i>> = t.iter().collect();
     v.sort_by_key(|(k, _)| k.span().start);
@@ -501,6 +547,29 @@ impl<'s> Compiler<'s> {
                 None
             }
         }
+    }
+
+    /// `each = "PATH[*]"`. A field path with no repetition named (`PID-3`) is
+    /// its first repetition alone: refused, as it would quietly drop the others.
+    fn each(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Iter> {
+        let e = self.expr(v)?;
+        if let Term::Path(expr::Path {
+            anchor: expr::Anchor::Field { segment, field },
+            rep: expr::RepSel::First,
+            comp: None,
+            ..
+        }) = &e.first
+        {
+            self.error(
+                v.span().start,
+                format!(
+                    "`each` over `{segment}-{field}` goes over its first repetition alone, \
+                     expected `{segment}-{field}[*]` for every repetition (or `{segment}-{field}[1]` for the first)"
+                ),
+            );
+            return None;
+        }
+        Some(Iter::Each(e))
     }
 
     fn cond(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Cond> {
@@ -671,13 +740,34 @@ impl<'s> Compiler<'s> {
         })
     }
 
-    fn template(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Template> {
-        self.template_unfolded(v, path).map(fold)
+    /// A template at `path`, where FHIR has `at` (its type, as far as known).
+    fn template(&mut self, v: &Spanned<DeValue<'_>>, path: &str, at: FhirAt) -> Option<Template> {
+        self.template_unfolded(v, path, at).map(fold)
     }
 
-    fn template_unfolded(&mut self, v: &Spanned<DeValue<'_>>, path: &str) -> Option<Template> {
+    fn template_unfolded(
+        &mut self,
+        v: &Spanned<DeValue<'_>>,
+        path: &str,
+        at: FhirAt,
+    ) -> Option<Template> {
         match v.get_ref() {
-            DeValue::String(_) => self.expr(v).map(Template::Expr),
+            DeValue::String(_) => {
+                let e = self.expr(v)?;
+                if let FhirAt::Type(ty) = at {
+                    if ty != "Element" && surely_text(&e) {
+                        self.error(
+                            v.span().start,
+                            format!(
+                                "`{path}` is a {ty} in FHIR, not text, expected an object \
+                                 (`{{ ... }}`) or a data-type built-in such as `| CWE`"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+                Some(Template::Expr(e))
+            }
             DeValue::Boolean(_) | DeValue::Integer(_) | DeValue::Float(_) => {
                 self.literal(v).map(Template::Literal)
             }
@@ -692,10 +782,17 @@ impl<'s> Compiler<'s> {
             DeValue::Array(items) => Some(Template::Array(
                 items
                     .iter()
-                    .filter_map(|i| self.template(i, path))
+                    .filter_map(|i| self.template(i, path, at))
                     .collect(),
             )),
             DeValue::Table(t) => {
+                if at == FhirAt::Primitive {
+                    self.error(
+                        v.span().start,
+                        format!("`{path}` is a primitive in FHIR (text, a code, a date or a number), expected an expression, not an object"),
+                    );
+                    return None;
+                }
                 let mut iter = None;
                 let mut when = None;
                 let mut fields = Vec::new();
@@ -717,7 +814,7 @@ impl<'s> Compiler<'s> {
                             iter = if key == "for" {
                                 self.iter_for(fv)
                             } else {
-                                self.expr(fv).map(Iter::Each)
+                                self.each(fv)
                             };
                         }
                         "when" => when = self.cond(fv),
@@ -731,7 +828,11 @@ impl<'s> Compiler<'s> {
                                 );
                                 continue;
                             }
-                            if let Some(t) = self.template(fv, &format!("{path}.{key}")) {
+                            let Some(child) = self.fhir_element(at, key, k.span().start, path)
+                            else {
+                                continue;
+                            };
+                            if let Some(t) = self.template(fv, &format!("{path}.{key}"), child) {
                                 fields.push((Key::new(key), t));
                             }
                         }
@@ -749,6 +850,41 @@ impl<'s> Compiler<'s> {
         }
     }
 
+    /// What FHIR has at element `key` of an object at `at` (`None`, said as an
+    /// error at `offset`, when the type has no such element).
+    fn fhir_element(&mut self, at: FhirAt, key: &str, offset: usize, path: &str) -> Option<FhirAt> {
+        let FhirAt::Type(ty) = at else {
+            return Some(FhirAt::Any);
+        };
+        match fhir_elements::element(ty, key) {
+            fhir_elements::Lookup::Unchecked => Some(FhirAt::Any),
+            fhir_elements::Lookup::Found(e) => Some(match e.ty {
+                Some(child) => FhirAt::Type(child),
+                None => FhirAt::Primitive,
+            }),
+            fhir_elements::Lookup::Missing => {
+                // `Patient`, `Patient.contact` (a backbone element), `Patient.name
+                // (a HumanName)`
+                let place = if path == ty || ty.eq_ignore_ascii_case(&path.replace('.', "")) {
+                    path.to_string()
+                } else {
+                    format!("{path} (a {ty})")
+                };
+                let hint = match fhir_elements::suggest(ty, key) {
+                    Some(near) => format!("did you mean `{near}`?"),
+                    None => format!(
+                        "expected an element of {ty} (see its page in the FHIR R4 specification)"
+                    ),
+                };
+                self.error(
+                    offset,
+                    format!("`{key}` is not an element of {place}, {hint}"),
+                );
+                None
+            }
+        }
+    }
+
     fn resource(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Resource> {
         let t = self.table(v, "resource")?;
         let mut kind = None;
@@ -759,7 +895,21 @@ impl<'s> Compiler<'s> {
         let mut saw_id = false;
         let mut saw_body = false;
         let mut saw_for: Option<String> = None;
+        let mut saw_type = false;
         let mut create_only = false;
+        // the body is checked against the FHIR type, wherever `type` is written
+        let declared_name = t
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == "type")
+            .and_then(|(_, v)| match v.get_ref() {
+                DeValue::String(s) => Some(s.as_ref()),
+                _ => None,
+            })
+            .unwrap_or("");
+        let declared = match fhir_elements::known_type(declared_name) {
+            Some(ty) if self.check_fhir => FhirAt::Type(ty),
+            _ => FhirAt::Any,
+        };
         for (k, fv) in sorted(t) {
             let key = k.get_ref().as_ref();
             match key {
@@ -768,6 +918,7 @@ impl<'s> Compiler<'s> {
                     _ => self.error(fv.span().start, "bad `create_only`, expected true or false".into()),
                 },
                 "type" => {
+                    saw_type = true;
                     if let Some(s) = self.string(fv) {
                         if is_resource_type(s) {
                             kind = Some(s.to_string());
@@ -786,7 +937,7 @@ impl<'s> Compiler<'s> {
                         continue;
                     }
                     saw_for = Some(key.to_string());
-                    iter = if key == "for" { self.iter_for(fv) } else { self.expr(fv).map(Iter::Each) };
+                    iter = if key == "for" { self.iter_for(fv) } else { self.each(fv) };
                 }
                 "when" => when = self.cond(fv),
                 "body" => {
@@ -805,7 +956,17 @@ impl<'s> Compiler<'s> {
                                 self.error(bk.span().start, format!("bad element name `{bkey}`, expected a FHIR element name like `birthDate`"));
                                 continue;
                             }
-                            if let Some(tpl) = self.template(bv, bkey) {
+                            let Some(child) =
+                                self.fhir_element(declared, bkey, bk.span().start, declared_name)
+                            else {
+                                continue;
+                            };
+                            let path = if declared_name.is_empty() {
+                                bkey.to_string()
+                            } else {
+                                format!("{declared_name}.{bkey}")
+                            };
+                            if let Some(tpl) = self.template(bv, &path, child) {
                                 body.push((Key::new(bkey), freeze(tpl)));
                             }
                         }
@@ -817,7 +978,7 @@ impl<'s> Compiler<'s> {
                 ),
             }
         }
-        if kind.is_none() && !self.has_error_in(v.span()) {
+        if kind.is_none() && !saw_type && !self.has_error_in(v.span()) {
             self.error(
                 v.span().start,
                 "[[resource]] without `type`, expected e.g. type = \"Patient\"".into(),
@@ -933,12 +1094,21 @@ impl<'s> Compiler<'s> {
             let mut state = vec![0u8; macros.len()];
             if visit(i, &deps, &mut state) && deps[i].iter().any(|&d| reaches(d, i, &deps)) {
                 let (name, v) = &sources[i];
-                self.error(
-                    v.span().start,
+                let message = if deps[i].contains(&i) {
                     format!(
                         "macro `${name}` refers to itself, expected a definition without a cycle"
-                    ),
-                );
+                    )
+                } else {
+                    let names: Vec<String> = cycle_through(i, &deps)
+                        .iter()
+                        .map(|&k| format!("${}", sources.get(k).map_or("?", |(n, _)| n.as_str())))
+                        .collect();
+                    format!(
+                        "macro `${name}` is in a cycle ({}), expected definitions without a cycle",
+                        names.join(" -> ")
+                    )
+                };
+                self.error(v.span().start, message);
             }
         }
     }
@@ -959,17 +1129,31 @@ pub(crate) struct MacroDeps {
 
 /// What each macro depends on, and every segment name any of them names.
 fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
-    fn expr(e: &Expr, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
-        term(&e.first, in_pred, d, all, depth);
+    fn expr(
+        e: &Expr,
+        in_pred: bool,
+        d: &mut MacroDeps,
+        all: &[Expr],
+        depth: usize,
+        seen: &mut [[bool; 2]],
+    ) {
+        term(&e.first, in_pred, d, all, depth, seen);
         for s in &e.stages {
             match s {
-                Stage::Alt(t) => term(t, in_pred, d, all, depth),
-                Stage::Transform(Transform::When(c)) => cond(c, in_pred, d, all, depth),
+                Stage::Alt(t) => term(t, in_pred, d, all, depth, seen),
+                Stage::Transform(Transform::When(c)) => cond(c, in_pred, d, all, depth, seen),
                 Stage::Transform(_) => {}
             }
         }
     }
-    fn term(t: &Term, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+    fn term(
+        t: &Term,
+        in_pred: bool,
+        d: &mut MacroDeps,
+        all: &[Expr],
+        depth: usize,
+        seen: &mut [[bool; 2]],
+    ) {
         match t {
             Term::Path(p) => match &p.anchor {
                 expr::Anchor::Field { segment, .. } => {
@@ -977,7 +1161,7 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
                         d.segments.push(segment.clone());
                     }
                     if let expr::RepSel::Pred(c) = &p.rep {
-                        cond(c, true, d, all, depth);
+                        cond(c, true, d, all, depth, seen);
                     }
                 }
                 expr::Anchor::Relative => d.relative |= !in_pred,
@@ -990,40 +1174,55 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
             }
             Term::PositionBy(parts) => {
                 d.position |= !in_pred;
-                parts.iter().for_each(|p| expr(p, in_pred, d, all, depth))
+                parts
+                    .iter()
+                    .for_each(|p| expr(p, in_pred, d, all, depth, seen))
             }
             // what it reads is found in groups, not by the segments it names as
             // resolved in the macro's scope: never remembered across scopes
             Term::Gather(_, e) => {
                 d.uncached = true;
-                expr(e, in_pred, d, all, depth)
+                expr(e, in_pred, d, all, depth, seen)
             }
             Term::Macro(i) => {
                 // cycles are rejected at compile; the depth guard only keeps a
                 // broken plan from recursing forever
-                if depth < 64 {
+                // (a macro already walked, in or out of a predicate, adds
+                // nothing more: walked again per use, a chain of macros each
+                // naming the next twice took exponential time)
+                let walked = seen.get_mut(*i).map(|s| &mut s[usize::from(in_pred)]);
+                if depth < 64 && walked.is_some_and(|w| !std::mem::replace(w, true)) {
                     if let Some(m) = all.get(*i) {
-                        expr(m, in_pred, d, all, depth + 1);
+                        expr(m, in_pred, d, all, depth + 1, seen);
                     }
                 }
             }
-            Term::Concat(parts) | Term::ConcatWs(_, parts) => {
-                parts.iter().for_each(|p| expr(p, in_pred, d, all, depth))
-            }
-            Term::Group(e) => expr(e, in_pred, d, all, depth),
+            Term::Concat(parts) | Term::ConcatWs(_, parts) => parts
+                .iter()
+                .for_each(|p| expr(p, in_pred, d, all, depth, seen)),
+            Term::Group(e) => expr(e, in_pred, d, all, depth, seen),
             Term::Literal(_) => {}
         }
     }
-    fn cond(c: &Cond, in_pred: bool, d: &mut MacroDeps, all: &[Expr], depth: usize) {
+    fn cond(
+        c: &Cond,
+        in_pred: bool,
+        d: &mut MacroDeps,
+        all: &[Expr],
+        depth: usize,
+        seen: &mut [[bool; 2]],
+    ) {
         match c {
-            Cond::Or(cs) | Cond::And(cs) => cs.iter().for_each(|c| cond(c, in_pred, d, all, depth)),
-            Cond::Not(c) => cond(c, in_pred, d, all, depth),
+            Cond::Or(cs) | Cond::And(cs) => cs
+                .iter()
+                .for_each(|c| cond(c, in_pred, d, all, depth, seen)),
+            Cond::Not(c) => cond(c, in_pred, d, all, depth, seen),
             Cond::Empty(e) | Cond::Deleted(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
-                expr(e, in_pred, d, all, depth)
+                expr(e, in_pred, d, all, depth, seen)
             }
             Cond::Compare { left, right, .. } => {
-                expr(left, in_pred, d, all, depth);
-                expr(right, in_pred, d, all, depth);
+                expr(left, in_pred, d, all, depth, seen);
+                expr(right, in_pred, d, all, depth, seen);
             }
             Cond::NoSegment(s) => {
                 if !d.segments.contains(s) {
@@ -1036,7 +1235,8 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
         .iter()
         .map(|m| {
             let mut d = MacroDeps::default();
-            expr(m, false, &mut d, macros, 0);
+            let mut seen = vec![[false; 2]; macros.len()];
+            expr(m, false, &mut d, macros, 0, &mut seen);
             d
         })
         .collect();
@@ -1055,6 +1255,37 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
             .collect();
     }
     (deps, names)
+}
+
+/// The shortest cycle from macro `start` back to it: `[start, ..., start]`.
+fn cycle_through(start: usize, deps: &[Vec<usize>]) -> Vec<usize> {
+    let mut parent = vec![usize::MAX; deps.len()];
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(n) = queue.pop_front() {
+        for &d in deps.get(n).into_iter().flatten() {
+            if d == start {
+                return forwards(start, n, &parent);
+            }
+            if d < deps.len() && parent[d] == usize::MAX && d != start {
+                parent[d] = n;
+                queue.push_back(d);
+            }
+        }
+    }
+    vec![start, start]
+}
+
+/// `start`, the parents' chain down to `last`, and `start` again.
+fn forwards(start: usize, last: usize, parent: &[usize]) -> Vec<usize> {
+    let mut back = vec![last];
+    let mut at = last;
+    while at != start {
+        at = parent[at];
+        back.push(at);
+    }
+    back.reverse();
+    back.push(start);
+    back
 }
 
 fn reaches(from: usize, to: usize, deps: &[Vec<usize>]) -> bool {

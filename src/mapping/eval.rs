@@ -309,6 +309,8 @@ struct Ctx<'a> {
     /// The resource types left out because no id could be made for them (said
     /// in the error when the message gives no resource at all).
     without_id: Vec<&'a str>,
+    /// The first resource type whose id was no FHIR id (the document fails).
+    bad_id: Option<&'a str>,
     /// For `Loc` display: occurrence of each segment among those of its name, and
     /// whether that name repeats.
     occurrence: Vec<(u32, bool)>,
@@ -455,6 +457,7 @@ pub(crate) fn apply(
         warnings: Vec::new(),
         warned: FastSet::default(),
         without_id: Vec::new(),
+        bad_id: None,
         occurrence,
         cache: (0..plan.macros.len()).map(|_| MacroCache::new()).collect(),
         datetimes: Vec::new(),
@@ -485,6 +488,12 @@ pub(crate) fn apply(
     let mut seen = FastSet::with_capacity_and_hasher(room, Default::default());
     for r in &plan.resources {
         ctx.resource(r, &top, &mut out, &mut entries, &mut seen);
+    }
+    if let Some(kind) = ctx.bad_id {
+        return Err(MapError::BadId {
+            mapping: plan.name.clone(),
+            kind: kind.to_string(),
+        });
     }
     let unread = if report_unread {
         ctx.unread()
@@ -519,6 +528,15 @@ pub(crate) fn apply(
         unread,
         warnings: ctx.warnings,
     })
+}
+
+/// FHIR's `id`: 1 to 64 of `A-Z a-z 0-9 - .`.
+fn is_fhir_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// `s` with every run of white space made one space (a FHIR `code` matches
@@ -747,6 +765,10 @@ impl<'a> Ctx<'a> {
                 if !ctx.without_id.contains(&r.kind.as_str()) {
                     ctx.without_id.push(&r.kind);
                 }
+                return;
+            }
+            if !is_fhir_id(id) {
+                ctx.bad_id.get_or_insert(&r.kind);
                 return;
             }
             let mut url = String::with_capacity(r.kind.len() + 1 + id.len());

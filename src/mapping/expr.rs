@@ -141,6 +141,7 @@ pub(crate) fn parse_expr(src: &str, resolver: &mut dyn Resolver) -> Result<Expr,
         src,
         pos: 0,
         resolver,
+        depth: 0,
     };
     let e = p.expr()?;
     p.ws();
@@ -158,6 +159,7 @@ pub(crate) fn parse_cond(src: &str, resolver: &mut dyn Resolver) -> Result<Cond,
         src,
         pos: 0,
         resolver,
+        depth: 0,
     };
     let c = p.cond()?;
     p.ws();
@@ -234,9 +236,31 @@ struct Parser<'s, 'r> {
     src: &'s str,
     pos: usize,
     resolver: &'r mut dyn Resolver,
+    /// How deeply nested the expression or condition being read is.
+    depth: usize,
 }
 
+/// The deepest nesting of parentheses, `not`s and calls a mapping may write:
+/// far beyond any real mapping, and far short of what the parser's recursion
+/// (or the evaluator's) could take before it overflowed the stack.
+const MAX_DEPTH: usize = 64;
+
 impl Parser<'_, '_> {
+    /// One level deeper (an error past [`MAX_DEPTH`]); [`Self::leave`] after.
+    fn enter(&mut self) -> Result<(), ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(format!(
+                "nested more than {MAX_DEPTH} levels deep, expected a flatter expression (use [let] macros)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
+    }
+
     fn err(&self, message: String) -> ExprError {
         ExprError {
             offset: self.pos,
@@ -372,6 +396,13 @@ impl Parser<'_, '_> {
     }
 
     fn expr(&mut self) -> Result<Expr, ExprError> {
+        self.enter()?;
+        let e = self.expr_inner();
+        self.leave();
+        e
+    }
+
+    fn expr_inner(&mut self) -> Result<Expr, ExprError> {
         self.ws();
         let first = match self.term()? {
             Some(t) => t,
@@ -706,9 +737,15 @@ impl Parser<'_, '_> {
 
     fn not(&mut self) -> Result<Cond, ExprError> {
         if self.keyword("not") {
-            return Ok(Cond::Not(Box::new(self.not()?)));
+            self.enter()?;
+            let c = self.not();
+            self.leave();
+            return Ok(Cond::Not(Box::new(c?)));
         }
-        self.atom()
+        self.enter()?;
+        let c = self.atom();
+        self.leave();
+        c
     }
 
     fn atom(&mut self) -> Result<Cond, ExprError> {

@@ -25,6 +25,7 @@ mod compile;
 pub(crate) mod datatypes;
 mod eval;
 mod expr;
+mod fhir_elements;
 mod json;
 mod load;
 pub(crate) mod transform;
@@ -167,6 +168,15 @@ pub enum MapError {
         kind: String,
         without_id: Vec<String>,
     },
+    /// A resource's `id` gave text that is no FHIR id (1 to 64 of letters,
+    /// digits, `-` and `.`): a record store refuses it. Said rather than
+    /// delivered to fail there; the text itself is not quoted (it may be a
+    /// patient's name).
+    #[error(
+        "mapping `{mapping}` made a {kind} id that is not a FHIR id (1 to 64 of A-Z a-z 0-9 - .), \
+         so the message is not mapped; make ids with `| uuid5('{kind}')`"
+    )]
+    BadId { mapping: String, kind: String },
 }
 
 /// A compiled mapping.

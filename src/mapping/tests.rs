@@ -31,8 +31,10 @@ A = "alpha"
 M = "male"
 "#;
 
+/// Compiled without checking the bodies against FHIR: these tests are of the
+/// language, with made-up elements (`fhir_bodies_are_checked_at_load` checks).
 fn compile_str(src: &str) -> Result<Plan, Vec<MappingError>> {
-    compile(Path::new("m.toml"), src)
+    super::compile::compile_checked(Path::new("m.toml"), src, false)
 }
 
 fn apply_str(src: &str, message: &str) -> MapOutput {
@@ -474,7 +476,11 @@ empty = { when = "empty(PD1-3)", w = "'y'" }"#,
 /// Compiles `src` (after the header) and expects exactly these `line:col: message`
 /// prefixes, in order.
 fn check_errors(src: &str, expected: &[(usize, usize, &str)]) {
-    let errors = compile_str(src).err().unwrap_or_default();
+    check_errors_of(compile_str(src), expected);
+}
+
+fn check_errors_of(compiled: Result<Plan, Vec<MappingError>>, expected: &[(usize, usize, &str)]) {
+    let errors = compiled.err().unwrap_or_default();
     let got: Vec<(usize, usize, String)> = errors
         .iter()
         .map(|e| (e.line, e.col, e.message.clone()))
@@ -484,6 +490,130 @@ fn check_errors(src: &str, expected: &[(usize, usize, &str)]) {
         assert_eq!((l, c), (el, ec), "{m}");
         assert!(m.starts_with(em), "`{m}` does not start with `{em}`");
     }
+}
+
+/// A resource body is FHIR: an element its type does not have (a misspelt
+/// `birthdate`), an object where FHIR has a primitive, or text where it has a
+/// complex type are refused at load, at the element, with a near name.
+#[test]
+fn fhir_bodies_are_checked_at_load() {
+    let checked = |src: &str| compile(Path::new("m.toml"), src);
+    let base = "[mapping]\nmessages = [\"ADT^A01\"]\n[[resource]]\ntype = \"Patient\"\nid = \"'x'\"\n[resource.body]\n";
+    check_errors_of(
+        checked(&format!(
+            "{base}birthdate = \"PID-7 | date\"\nmaritalStatus = \"'M'\"\ngender = {{ code = \"PID-8\" }}\n\
+             name = [{{ family = \"PID-5.1\", givn = \"PID-5.2\" }}]\n\
+             contact = [{{ relationship = [{{ text = \"NK1-3.2\" }}], telecom = [\"NK1-5 | XTN\"], phone = \"NK1-5\" }}]\n\
+             zzzzzz = \"PID-1\"\n"
+        )),
+        &[
+            (7, 1, "`birthdate` is not an element of Patient, did you mean `birthDate`?"),
+            (8, 17, "`Patient.maritalStatus` is a CodeableConcept in FHIR, not text"),
+            (9, 10, "`Patient.gender` is a primitive in FHIR"),
+            (10, 31, "`givn` is not an element of Patient.name (a HumanName), did you mean `given`?"),
+            (11, 80, "`phone` is not an element of Patient.contact, expected an element of PatientContact"),
+            (12, 1, "`zzzzzz` is not an element of Patient"),
+        ],
+    );
+    // what the shipped mappings write is FHIR: a built-in, a macro, a lookup
+    // (a table may hold objects), an extension of a primitive, a type the
+    // table does not check
+    let fine = format!(
+        "{base}maritalStatus = \"PID-16 | CWE\"\ngeneralPractitioner = [\"$gp\"]\n_birthDate = {{ extension = [{{ url = \"'u'\", valueString = \"PID-7\" }}] }}\n\
+         communication = [{{ language = \"PID-15 | lookup(lang)\" }}]\n[let]\ngp = \"PD1-4 | XCN\"\n[tables.lang]\nENG = {{ text = \"English\" }}\n"
+    );
+    assert!(checked(&fine).is_ok(), "{:?}", checked(&fine).err());
+    // `each` over a field with no repetition named: its first alone, refused
+    check_errors_of(
+        checked(&format!(
+            "{base}identifier = [{{ each = \"PID-3\", value = \".1\" }}]\n"
+        )),
+        &[(
+            7,
+            24,
+            "`each` over `PID-3` goes over its first repetition alone, expected `PID-3[*]`",
+        )],
+    );
+    // nesting beyond reason is an error, not a stack overflow
+    let deep = format!("{}PID-8{}", "(".repeat(1000), ")".repeat(1000));
+    let nots = format!("{}empty(PID-8)", "not ".repeat(20_000));
+    for (key, e) in [
+        ("gender", deep),
+        ("active", format!("'true' | when({nots})")),
+    ] {
+        let errors = checked(&format!("{base}{key} = \"{e}\"\n")).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("nested more than 64 levels deep"),
+            "{errors:?}"
+        );
+    }
+    // a cycle of three, and a macro naming itself
+    check_errors_of(
+        checked(&format!(
+            "{base}[let]\npid = \"$a\"\na = \"$b\"\nb = \"$pid\"\nc = \"$c | 'x'\"\n"
+        )),
+        &[
+            (
+                8,
+                7,
+                "macro `$pid` is in a cycle ($pid -> $a -> $b -> $pid)",
+            ),
+            (9, 5, "macro `$a` is in a cycle ($a -> $b -> $pid -> $a)"),
+            (10, 5, "macro `$b` is in a cycle ($b -> $pid -> $a -> $b)"),
+            (11, 5, "macro `$c` refers to itself"),
+        ],
+    );
+    // a chain of macros each naming the next twice compiles at once (their
+    // dependencies were walked once per use: 2^48 walks)
+    let mut chain = String::from("[let]\n");
+    for i in 0..48 {
+        chain.push_str(&format!(
+            "m{i} = \"($m{n} | when(PID-8 = 'X')) | $m{n}\"\n",
+            n = i + 1
+        ));
+    }
+    chain.push_str("m48 = \"PID-8\"\n");
+    let plan = checked(&format!("{base}gender = \"$m0 | lower\"\n{chain}")).unwrap();
+    let text = crate::hl7::decode(
+        b"MSH|^~\\&|PAS|RAL|||20260101||ADT^A01|C1|P|2.4\rPID|1||1^^^RAL^MR||A^B||19800101|F\r",
+    )
+    .unwrap();
+    let out = plan
+        .apply(&crate::hl7::Message::parse(&text).unwrap())
+        .unwrap();
+    assert_eq!(out.value()["entry"][0]["resource"]["gender"], "f");
+    // a misspelt type is one error, not two
+    check_errors_of(
+        checked("[mapping]\nmessages = [\"ADT^A01\"]\n[[resource]]\ntype = \"Patiant\"\nid = \"'x'\"\n[resource.body]\nbirthDate = \"PID-7\"\n"),
+        &[(4, 8, "bad resource type `Patiant`")],
+    );
+}
+
+/// An id that is no FHIR id (a name, an MRN with a `/`) fails the document
+/// with an error that names the type, not the text; any FHIR id is kept.
+#[test]
+fn an_id_that_is_no_fhir_id_fails_the_document() {
+    let message =
+        "MSH|^~\\&|PAS|RAL|||20260101||ADT^A01|C1|P|2.4\rPID|1||RAL/123^^^RAL^MR||SMITH^JANE\r";
+    let src = |id: &str| {
+        format!("{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"{id}\"\n[resource.body]\nactive = \"'true'\"\n")
+    };
+    for id in ["PID-5", "PID-3.1", "concat('x', PID-5.1, '|')"] {
+        let plan = compile_str(&src(id)).unwrap();
+        let text = crate::hl7::decode(message.as_bytes()).unwrap();
+        let parsed = crate::hl7::Message::parse(&text).unwrap();
+        let err = plan.apply(&parsed).unwrap_err().to_string();
+        assert!(
+            err.contains("made a Patient id that is not a FHIR id"),
+            "{err}"
+        );
+        assert!(!err.contains("SMITH") && !err.contains("123"), "{err}");
+    }
+    let out = apply_str(&src("concat('p-', PID-5.1) | lower"), message);
+    assert_eq!(out.value()["entry"][0]["resource"]["id"], "p-smith");
 }
 
 #[test]
@@ -547,8 +677,8 @@ fn compile_errors_point_at_line_and_column() {
         "[mapping]\nmessages = [\"ADT-A01\"]\n[let]\na = \"$b\"\nb = \"$a\"\n[[resource]]\ntype = \"Patient\"\nid = \"$a\"\n[resource.body]\n",
         &[
             (2, 13, "bad message type `ADT-A01`"),
-            (4, 5, "macro `$a` refers to itself"),
-            (5, 5, "macro `$b` refers to itself"),
+            (4, 5, "macro `$a` is in a cycle ($a -> $b -> $a)"),
+            (5, 5, "macro `$b` is in a cycle ($b -> $a -> $b)"),
         ],
     );
     check_errors(
