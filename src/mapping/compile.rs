@@ -272,6 +272,13 @@ pub(crate) fn compile_checked(
                         match mk.get_ref().as_ref() {
                             "name" => {
                                 name = c.string(mv).map(str::to_string);
+                                let fit = |n: &str| {
+                                    !n.is_empty()
+                                        && n.len() <= 64
+                                        && n.bytes().all(|b| {
+                                            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+                                        })
+                                };
                                 if name.as_deref() == Some(crate::journal::APPLICATION_ACK) {
                                     c.error(
                                         mv.span().start,
@@ -280,6 +287,11 @@ pub(crate) fn compile_checked(
                                              acknowledgements in the delivery queue)",
                                             crate::journal::APPLICATION_ACK
                                         ),
+                                    );
+                                } else if name.as_deref().is_some_and(|n| !fit(n)) {
+                                    c.error(
+                                        mv.span().start,
+                                        "bad mapping name, expected 1 to 64 letters, digits, `-`, `_` or `.` (routes name it)".into(),
                                     );
                                 }
                             }
@@ -645,6 +657,14 @@ impl<'s> Compiler<'s> {
     }
 
     fn messages(&mut self, v: &Spanned<DeValue<'_>>) -> Vec<(String, String)> {
+        if matches!(v.get_ref(), DeValue::Array(items) if items.is_empty()) {
+            self.error(
+                v.span().start,
+                "`messages` is empty, expected the message types the mapping is for, like [\"ADT^A01\"]"
+                    .into(),
+            );
+            return Vec::new();
+        }
         let ok = |p: &str| {
             p.len() == 3
                 && p.bytes()

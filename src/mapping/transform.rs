@@ -175,6 +175,14 @@ pub(crate) fn build(
             let re = Regex::new(&args[0].0).map_err(|e| {
                 format!("bad regex `{}`: {}", args[0].0, first_line(&e.to_string()))
             })?;
+            if let Some(group) = missing_group(&re, &args[1].0) {
+                return Err(format!(
+                    "the replacement names group `{group}`, which the regex `{}` does not have \
+                     (it has {} group(s); write `$$` for a `$`)",
+                    args[0].0,
+                    re.captures_len() - 1
+                ));
+            }
             Transform::RegexReplace(re, args[1].0.clone())
         }
         "warn" => {
@@ -733,9 +741,64 @@ impl NumberText {
     }
 }
 
+/// A group a `regex_replace` replacement names (`$2`, `${2}`, `$name`) that the
+/// regex does not have: the `regex` crate would put nothing there, silently.
+fn missing_group(re: &Regex, replacement: &str) -> Option<String> {
+    let bytes = replacement.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        if bytes.get(i + 1) == Some(&b'$') {
+            i += 2;
+            continue;
+        }
+        let (name, next) = if bytes.get(i + 1) == Some(&b'{') {
+            match replacement[i + 2..].find('}') {
+                Some(end) => (&replacement[i + 2..i + 2 + end], i + 3 + end),
+                None => return None,
+            }
+        } else {
+            // as the crate reads it: the longest run of [_0-9A-Za-z]
+            let len = replacement[i + 1..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            (&replacement[i + 1..i + 1 + len], i + 1 + len)
+        };
+        if !name.is_empty() {
+            let known = match name.parse::<usize>() {
+                Ok(n) => n < re.captures_len(),
+                Err(_) => re.capture_names().flatten().any(|n| n == name),
+            };
+            if !known {
+                return Some(name.to_string());
+            }
+        }
+        i = next;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_naming_a_group_the_regex_lacks_is_found() {
+        let re = Regex::new("(a)(?P<b>x)?").unwrap();
+        for ok in ["$1", "${1}", "$b", "${b}x", "$$2", "plain", "$0", "$1$b"] {
+            assert_eq!(missing_group(&re, ok), None, "{ok}");
+        }
+        assert_eq!(missing_group(&re, "$3"), Some("3".into()));
+        assert_eq!(missing_group(&re, "${c}"), Some("c".into()));
+        // `$1x` is group `1x` to the regex crate: none, so empty
+        assert_eq!(missing_group(&re, "$1x"), Some("1x".into()));
+        let shipped = Regex::new("^([a-z]+/[a-z0-9][a-z0-9.+-]*)$|.*").unwrap();
+        assert_eq!(missing_group(&shipped, "$1"), None);
+    }
 
     fn check_nhs(input: &str, expected: Option<&str>) {
         assert_eq!(nhs_number(input).as_deref(), expected, "input {input:?}");
