@@ -504,6 +504,13 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
             .0,
         404
     );
+    // a parameter these take none of is refused, not ignored
+    for path in [
+        "/api/deliveries/999999/retry?dry_run=true",
+        "/api/queues/fhir/retry?dry_run=1",
+    ] {
+        assert_eq!(http_post(engine.api, path).unwrap().0, 400, "{path}");
+    }
     assert_eq!(
         http_post(engine.api, "/api/messages/999999/replay")
             .unwrap()
@@ -519,28 +526,37 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     let (status, _) =
         http_post(engine.api, &format!("/api/deliveries/{delivered_id}/retry")).unwrap();
     assert_eq!(status, 409);
+    // the server goes down, and the patient's next message waits for it
+    fhir.down.store(true, Ordering::SeqCst);
+    send(&engine, &[a01("P1-004", 1)]).await;
+    eventually(&engine, "P1-004 pending", || {
+        queues(&engine).get("fhir") == Some(&(1, 3, 1))
+    })
+    .await;
     *fhir.refuse.lock().unwrap() = None;
     let dead_id = dead[0]["id"].as_i64().unwrap();
     let (code, stdout) = junction(&["retry", &dead_id.to_string(), "--api", &api]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("queued again"), "{stdout}");
-    // P1-003, the patient's later message, had reached the server before it:
-    // queued again after it, so the server ends with the newest (P2's is not)
+    // P1-003, the patient's later message, had reached the server before it,
+    // and P1-004 waits behind: both queued again after it, so the server ends
+    // with the newest (P2's is not)
     assert!(
-        stdout.contains("1 later message(s) of the same patient"),
+        stdout.contains("2 later message(s) of the same patient"),
         "{stdout}"
     );
+    fhir.down.store(false, Ordering::SeqCst);
     eventually(
         &engine,
-        "the retried dead letter delivered, then P1-003 again",
-        || queues(&engine).get("fhir") == Some(&(0, 5, 0)),
+        "the retried dead letter, then the later ones again",
+        || queues(&engine).get("fhir") == Some(&(0, 7, 0)),
     )
     .await;
     let accepted = fhir.accepted.lock().unwrap().clone();
     let controls: Vec<&str> = accepted.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(
-        controls[controls.len() - 2..],
-        ["P1-002", "P1-003"],
+        controls[controls.len() - 4..],
+        ["P1-002", "P1-004", "P1-003", "P1-004"],
         "{controls:?}"
     );
     assert_eq!(

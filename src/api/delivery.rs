@@ -176,11 +176,18 @@ pub(super) async fn dead_letters(
     Ok(Json(Deliveries { deliveries }))
 }
 
+/// No query parameters: one given (`?dry_run=true`) is refused, not ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoParams {}
+
 pub(super) async fn retry(
     State(state): State<ApiState>,
     path: Result<Path<i64>, PathRejection>,
+    params: Result<Query<NoParams>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<Json<RetriedOne>, ApiError> {
+    query(params)?;
     no_body(&body)?;
     let id = id(path, "delivery")?;
     let retried = running(&state)?.retry(id).await?;
@@ -295,8 +302,10 @@ pub(super) struct DueNow {
 pub(super) async fn retry_pending(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
+    params: Result<Query<NoParams>, QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<Json<DueNow>, ApiError> {
+    query(params)?;
     no_body(&body)?;
     let Path(destination) = path.map_err(|rejection| {
         ApiError::BadRequest(format!("invalid destination: {}", rejection.body_text()))

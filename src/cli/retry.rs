@@ -14,7 +14,8 @@
 //! newest, in order); the answer lists them.
 //!
 //! Exit codes: 0 queued again (or made due); 1 the engine refused (no such delivery, not
-//! dead); 2 it could not be reached or the arguments are wrong.
+//! dead), or a later message of the patient could not be queued again after it; 2 it
+//! could not be reached or the arguments are wrong.
 
 use std::process::ExitCode;
 
@@ -102,24 +103,41 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
             println!("{}", table(HEADER, &[row(&answer.body)]));
         }
     }
-    print_requeued(&answer.body);
-    Ok(ExitCode::SUCCESS)
+    if print_requeued(&answer.body) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// The patient's later messages that had reached a destination before the
-/// retried row, queued again after it (`requeued` of the answer).
-fn print_requeued(body: &Value) {
+/// retried row, queued again after it (`requeued` of the answer). False when
+/// one of them could not be: the destination may then end with an older
+/// document than the newest.
+fn print_requeued(body: &Value) -> bool {
     let Some(requeued) = body.get("requeued").and_then(Value::as_array) else {
-        return;
+        return true;
     };
     if requeued.is_empty() {
-        return;
+        return true;
     }
-    println!(
-        "{} later message(s) of the same patient had already reached the destination: \
-         queued again after the retried delivery, so it ends with the newest:",
-        requeued.len()
-    );
+    let failed = requeued.iter().filter(|r| r.get("error").is_some()).count();
+    if failed == 0 {
+        println!(
+            "{} later message(s) of the same patient had already reached the destination (or \
+             wait behind those that had): queued again after the retried delivery, so it ends \
+             with the newest:",
+            requeued.len()
+        );
+    } else {
+        println!(
+            "{} later message(s) of the same patient had already reached the destination (or \
+             wait behind those that had); {failed} of them could NOT be queued again, so the \
+             destination may end with an older document than the newest (replay them by hand \
+             once the retried one is delivered):",
+            requeued.len()
+        );
+    }
     for r in requeued {
         let num = |key: &str| r.get(key).and_then(Value::as_i64).unwrap_or_default();
         let destination = r.get("destination").and_then(Value::as_str).unwrap_or("");
@@ -146,4 +164,5 @@ fn print_requeued(body: &Value) {
             ),
         }
     }
+    failed == 0
 }

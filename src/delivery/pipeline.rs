@@ -1106,6 +1106,28 @@ pub(crate) async fn route_and_write(
     replay: bool,
     only: Option<&str>,
 ) -> Result<Vec<Written>, super::queue::QueueError> {
+    let routed = route_for(shared, rows, replay, only).await?;
+    if let Some(only) = only {
+        if let Some(r) = routed.iter().find(|r| {
+            r.routing.outcome == RoutingOutcome::Routed && r.routing.deliveries.is_empty()
+        }) {
+            return Err(super::queue::QueueError::NotRoutedTo {
+                message_id: r.routing.message_id,
+                destination: only.to_string(),
+            });
+        }
+    }
+    Ok(write_routed(shared, Vec::new(), routed).await?.1)
+}
+
+/// Routes and maps `rows` (for `only` that destination: its deliveries alone,
+/// none when the routes no longer take the message there), writing nothing.
+pub(crate) async fn route_for(
+    shared: &Arc<Shared>,
+    rows: Vec<PendingMessage>,
+    replay: bool,
+    only: Option<&str>,
+) -> Result<Vec<Routed>, super::queue::QueueError> {
     let router = Arc::clone(&shared.router);
     let mut known = Remembered {
         journal: shared.journal.clone(),
@@ -1166,22 +1188,29 @@ pub(crate) async fn route_and_write(
                 }
             }
             r.routing.deliveries.retain(|d| d.destination == only);
-            if r.routing.outcome == RoutingOutcome::Routed && r.routing.deliveries.is_empty() {
-                return Err(super::queue::QueueError::NotRoutedTo {
-                    message_id: r.routing.message_id,
-                    destination: only.to_string(),
-                });
-            }
         }
     }
-    let ops = routed
-        .iter()
-        .map(|r| QueueOp::Route(r.routing.clone()))
+    Ok(routed)
+}
+
+/// Writes `before` and then the routing outcomes of `routed` in one journal
+/// request (one transaction: all or none), and wakes their destinations.
+/// `before`'s outcomes come back first.
+pub(crate) async fn write_routed(
+    shared: &Arc<Shared>,
+    before: Vec<QueueOp>,
+    routed: Vec<Routed>,
+) -> Result<(Vec<QueueOutcome>, Vec<Written>), super::queue::QueueError> {
+    let n = before.len();
+    let ops = before
+        .into_iter()
+        .chain(routed.iter().map(|r| QueueOp::Route(r.routing.clone())))
         .collect();
-    let outcomes = shared.journal.queue_write(ops).await?;
+    let mut outcomes = shared.journal.queue_write(ops).await?;
+    let routed_outcomes = outcomes.split_off(n.min(outcomes.len()));
     let mut woken: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::with_capacity(routed.len());
-    for (r, outcome) in routed.into_iter().zip(outcomes) {
+    for (r, outcome) in routed.into_iter().zip(routed_outcomes) {
         let (routing_id, deliveries) = match outcome {
             QueueOutcome::Routed {
                 routing_id,
@@ -1200,7 +1229,7 @@ pub(crate) async fn route_and_write(
     for destination in &woken {
         shared.wake(destination);
     }
-    Ok(out)
+    Ok((outcomes, out))
 }
 
 /// Sleeps `d` unless stopped first; true when stopped.

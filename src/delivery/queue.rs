@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use super::pipeline::{self, now_ms, Router};
 use super::scheduler::{self, Destination};
 use crate::journal::{
-    DeliveryRow, DeliveryStatus, Journal, JournalError, QueueOp, QueueOutcome, RoutingOutcome,
+    DeliveryRow, DeliveryStatus, Journal, JournalError, QueueOp, QueueOutcome, RetryWhat,
+    RoutingOutcome,
 };
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::{Metrics, QueueLabel};
@@ -249,9 +250,9 @@ impl DeliveryHandle {
 
     /// Queues a dead (or withheld) delivery again, due now with its attempts
     /// reset; a pending one waiting for its backoff is made due now.
-    /// A retried dead or withheld row's patient's later messages already
-    /// delivered to its destination are queued again after it (see
-    /// [`Self::requeue_overtaken`]).
+    /// A retried dead or withheld row's patient's later messages that reached
+    /// its destination meanwhile are queued again after it (see
+    /// [`Self::queue_again`]).
     pub async fn retry(&self, id: i64) -> Result<Retried, QueueError> {
         let row = self
             .shared
@@ -260,31 +261,43 @@ impl DeliveryHandle {
             .await?
             .ok_or(QueueError::NoDelivery(id))?;
         let now_ms = now_ms();
-        let op = match row.status {
-            DeliveryStatus::Dead | DeliveryStatus::Withheld => QueueOp::Retry { id, now_ms },
-            DeliveryStatus::Pending => QueueOp::DueNow {
-                destination: row.destination.clone(),
-                id: Some(id),
-                now_ms,
-            },
+        let requeued = match row.status {
             DeliveryStatus::Delivered => return Err(QueueError::NotRetryable { id }),
+            DeliveryStatus::Pending => {
+                self.shared
+                    .journal
+                    .queue_write(vec![QueueOp::DueNow {
+                        destination: row.destination.clone(),
+                        id: Some(id),
+                        now_ms,
+                    }])
+                    .await?;
+                Vec::new()
+            }
+            DeliveryStatus::Dead | DeliveryStatus::Withheld => {
+                let (retried, requeued) =
+                    self.queue_again(RetryWhat::Ids(vec![id]), now_ms).await?;
+                if retried.is_empty() {
+                    // not retryable after all: its document was dropped when
+                    // it was delivered, or another retry took it first
+                    let now = self
+                        .shared
+                        .journal
+                        .delivery(id)
+                        .await?
+                        .ok_or(QueueError::NoDelivery(id))?;
+                    if now.status == DeliveryStatus::Dead {
+                        return Err(QueueError::DocumentDropped {
+                            id,
+                            message_id: row.message_id,
+                            destination: row.destination,
+                        });
+                    }
+                }
+                requeued
+            }
         };
-        let outcome = self.shared.journal.queue_write(vec![op]).await?;
-        if row.status == DeliveryStatus::Dead
-            && matches!(outcome.first(), Some(QueueOutcome::Updated(0)))
-        {
-            return Err(QueueError::DocumentDropped {
-                id,
-                message_id: row.message_id,
-                destination: row.destination,
-            });
-        }
-        tracing::info!(delivery_id = id, destination = %row.destination, "delivery retried by hand");
-        let requeued = if row.status == DeliveryStatus::Pending {
-            Vec::new()
-        } else {
-            self.requeue_overtaken(vec![id]).await?
-        };
+        tracing::info!(delivery_id = id, destination = %row.destination, requeued = requeued.len(), "delivery retried by hand");
         self.shared.wake(&row.destination);
         let now = self
             .shared
@@ -299,84 +312,120 @@ impl DeliveryHandle {
         })
     }
 
-    /// Keeps a patient's order at a destination when rows of theirs are queued
-    /// again by hand: the patient's later messages that already reached that
-    /// destination (while the retried row was dead or withheld) are replayed
-    /// to it, so their documents arrive again after the retried one and the
-    /// destination ends with the newest. (Destinations are idempotent: a
-    /// document sent again is an update to what it already holds.)
-    async fn requeue_overtaken(&self, ids: Vec<i64>) -> Result<Vec<Requeued>, QueueError> {
-        let overtaken = self.shared.journal.overtaken(ids).await?;
-        let mut out = Vec::with_capacity(overtaken.len());
-        for o in overtaken {
-            // one message that cannot be replayed (pruned, no longer routed
-            // there) is said so; the retry and the others stand
-            let (deliveries, error) =
-                match self.replay(o.message_id, Some(o.destination.clone())).await {
-                    Ok(r) if r.deliveries.is_empty() => (
-                        Vec::new(),
-                        Some(r.error.unwrap_or_else(|| {
-                            format!("replayed: {}, nothing queued", r.outcome.as_str())
-                        })),
-                    ),
-                    Ok(r) => (r.deliveries, None),
-                    Err(e) => (Vec::new(), Some(e.to_string())),
-                };
-            tracing::info!(
-                retried = o.retried,
-                message_id = o.message_id,
-                destination = %o.destination,
-                deliveries = ?deliveries,
-                queued = error.is_none(),
-                "a later message of the retried delivery's patient queued again after it"
-            );
-            out.push(Requeued {
-                after: o.retried,
-                destination: o.destination,
-                message_id: o.message_id,
-                was_delivery: o.delivery_id,
-                deliveries,
-                error,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Queues every dead delivery (of one destination, or all) again.
-    /// Their patients' later messages already delivered are queued again
-    /// after them, as for [`Self::retry`].
+    /// Queues every dead delivery (of one destination, or all) again, but
+    /// those whose document was dropped when they were delivered. Their
+    /// patients' later messages that reached the destinations meanwhile are
+    /// queued again after them, as for [`Self::retry`].
     pub async fn retry_dead(
         &self,
         destination: Option<String>,
     ) -> Result<(usize, Vec<Requeued>), QueueError> {
-        let outcome = self
-            .shared
-            .journal
-            .queue_write(vec![QueueOp::RetryDead {
-                destination: destination.clone(),
-                now_ms: now_ms(),
-            }])
+        let (retried, requeued) = self
+            .queue_again(RetryWhat::Dead(destination.clone()), now_ms())
             .await?;
-        let ids = match outcome.into_iter().next() {
-            Some(QueueOutcome::Requeued(ids)) => ids,
-            _ => Vec::new(),
-        };
-        let n = ids.len();
         tracing::info!(
             destination = destination.as_deref().unwrap_or("*"),
-            retried = n,
+            retried = retried.len(),
+            requeued = requeued.len(),
             "dead letters retried by hand"
         );
-        let requeued = if ids.is_empty() {
-            Vec::new()
-        } else {
-            self.requeue_overtaken(ids).await?
-        };
         match destination {
             Some(d) => self.shared.wake(&d),
             None => self.shared.wakers.values().for_each(|w| w.notify_one()),
         }
-        Ok((n, requeued))
+        Ok((retried.len(), requeued))
+    }
+
+    /// Queues `what` again and, in the same journal transaction, the later
+    /// messages of their patients that reached the same destination while
+    /// they were dead or withheld (and those still waiting behind them there),
+    /// made again from the journaled message for that destination alone: their
+    /// new rows queue behind the retried one, so the destination ends with the
+    /// newest (destinations are idempotent: a document sent again is an
+    /// update to what it holds). All or nothing: a crash or a client gone
+    /// mid-way leaves either the retry with its follow-ups, or neither.
+    /// The rows queued again, and the follow-ups (one whose message cannot be
+    /// made for that destination any more says why).
+    async fn queue_again(
+        &self,
+        what: RetryWhat,
+        now_ms: i64,
+    ) -> Result<(Vec<i64>, Vec<Requeued>), QueueError> {
+        let plan = self.shared.journal.retry_plan(what).await?;
+        if plan.retryable.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut routed = Vec::new();
+        let mut requeued = Vec::with_capacity(plan.overtaken.len());
+        for o in &plan.overtaken {
+            let error = match self.shared.journal.accepted_message(o.message_id).await? {
+                None => Some(format!(
+                    "message {} is no longer in the journal",
+                    o.message_id
+                )),
+                Some(message) => {
+                    let mut r = pipeline::route_for(
+                        &self.shared,
+                        vec![message],
+                        true,
+                        Some(&o.destination),
+                    )
+                    .await?;
+                    match r.pop() {
+                        Some(r) if !r.routing.deliveries.is_empty() => {
+                            routed.push(r);
+                            None
+                        }
+                        Some(r) => Some(r.routing.error.clone().unwrap_or_else(|| {
+                            format!(
+                                "its routes do not send it to `{}` now ({})",
+                                o.destination,
+                                r.routing.outcome.as_str()
+                            )
+                        })),
+                        None => Some("not routed".to_string()),
+                    }
+                }
+            };
+            requeued.push(Requeued {
+                after: o.retried,
+                destination: o.destination.clone(),
+                message_id: o.message_id,
+                was_delivery: o.delivery_id,
+                deliveries: Vec::new(),
+                error,
+            });
+        }
+        let retries: Vec<QueueOp> = plan
+            .retryable
+            .iter()
+            .map(|&id| QueueOp::Retry { id, now_ms })
+            .collect();
+        let (outcomes, written) = pipeline::write_routed(&self.shared, retries, routed).await?;
+        let retried: Vec<i64> = plan
+            .retryable
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, QueueOutcome::Updated(n) if *n > 0))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut written = written.into_iter();
+        for r in requeued.iter_mut().filter(|r| r.error.is_none()) {
+            if let Some(w) = written.next() {
+                r.deliveries = w.deliveries;
+            }
+        }
+        for r in &requeued {
+            tracing::info!(
+                retried = r.after,
+                message_id = r.message_id,
+                destination = %r.destination,
+                deliveries = ?r.deliveries,
+                queued = r.error.is_none(),
+                "a later message of the retried delivery's patient queued again after it"
+            );
+        }
+        Ok((retried, requeued))
     }
 
     /// Makes every pending delivery of `destination` due now (e.g. when the

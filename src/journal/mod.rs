@@ -53,8 +53,8 @@ use crate::telemetry::metrics::Metrics;
 
 pub use queue::{
     format_ms, DeliveryFilter, DeliveryRow, DeliveryStatus, DueDelivery, NewDelivery, NewRouting,
-    Overtaken, PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration, RoutingOutcome,
-    RoutingRecord, StoredRegistration, APPLICATION_ACK,
+    Overtaken, PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration, RetryPlan,
+    RetryWhat, RoutingOutcome, RoutingRecord, StoredRegistration, APPLICATION_ACK,
 };
 
 /// Most messages written in one group-commit transaction.
@@ -650,10 +650,10 @@ impl Journal {
             .await
     }
 
-    /// For rows queued again by hand: the later messages of the same patient
-    /// already delivered to the same destination (see [`queue::overtaken`]).
-    pub async fn overtaken(&self, ids: Vec<i64>) -> Result<Vec<Overtaken>, JournalError> {
-        self.with_reader(move |conn| queue::overtaken(conn, &ids))
+    /// What a retry by hand of `what` would queue again, and which later
+    /// messages of the same patients after them (see [`queue::retry_plan`]).
+    pub async fn retry_plan(&self, what: RetryWhat) -> Result<RetryPlan, JournalError> {
+        self.with_reader(move |conn| queue::retry_plan(conn, &what))
             .await
     }
 

@@ -629,6 +629,12 @@ fn prune(
                AND NOT EXISTS (SELECT 1 FROM deliveries d
                                WHERE d.message_id = m.id
                                  AND d.status IN ('pending', 'dead'))
+               AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN deliveries x
+                                 ON x.destination = d.destination
+                                AND x.patient_key = d.patient_key
+                                AND x.id < d.id
+                                AND x.status IN ('dead', 'withheld')
+                               WHERE d.message_id = m.id)
                AND (m.status <> 'accepted'
                     OR (EXISTS (SELECT 1 FROM routings r WHERE r.message_id = m.id)
                         AND m.id < (SELECT COALESCE(MAX(message_id), 0) FROM routings
@@ -855,77 +861,141 @@ fn fix_head(
 
 // ---- reads ---------------------------------------------------------------------
 
-/// A later document of a retried row's patient already delivered to its
-/// destination: what [`overtaken`] finds.
+/// A later message of a retried row's patient that a retry queues again after
+/// it: what [`retry_plan`] finds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Overtaken {
-    /// The retried row it overtook (the lowest, when it overtook several).
+    /// The retried row it is queued after (the lowest of its line).
     pub retried: i64,
     pub destination: String,
     pub message_id: i64,
-    /// Its first delivered row there.
+    /// Its first row there after the retried one.
     pub delivery_id: i64,
 }
 
-/// For rows queued again by hand (`ids`): the messages whose documents for the
-/// same patient (patient key) reached the same destination after them (a
-/// higher row id, delivered), one per (destination, message) in the order they
-/// were first queued, leaving out the retried rows' own messages. One scan of
-/// the rows after the lowest retried id.
-pub(super) fn overtaken(conn: &Connection, ids: &[i64]) -> Result<Vec<Overtaken>, rusqlite::Error> {
+/// Which rows a retry by hand takes.
+#[derive(Debug, Clone)]
+pub enum RetryWhat {
+    /// These rows, those of them dead or withheld and holding their document.
+    Ids(Vec<i64>),
+    /// Every dead row holding its document (of one destination, or of all).
+    Dead(Option<String>),
+}
+
+/// What a retry by hand does, read before it is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryPlan {
+    /// The rows to queue again (dead or withheld, their document kept), by id.
+    pub retryable: Vec<i64>,
+    /// The later messages of their patients to queue again after them, in
+    /// queue order: for each line (destination, patient key) where a later row
+    /// was delivered while the retried one was not, every later message there,
+    /// delivered or still pending (queued again, the newest ends up last).
+    pub overtaken: Vec<Overtaken>,
+}
+
+/// [`RetryPlan`] for `what`. One scan of the rows after the lowest retried id.
+pub(super) fn retry_plan(
+    conn: &Connection,
+    what: &RetryWhat,
+) -> Result<RetryPlan, rusqlite::Error> {
     use std::collections::{HashMap, HashSet};
-    // (destination, patient key) -> (lowest retried id, its messages)
-    let mut lines: HashMap<(String, String), (i64, HashSet<i64>)> = HashMap::new();
-    let mut first = i64::MAX;
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT destination, patient_key, message_id FROM deliveries WHERE id = ?1",
-        )?;
-        for &id in ids {
-            let row: Option<(String, String, i64)> = stmt
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let Some((destination, patient_key, message_id)) = row else {
-                continue;
-            };
-            first = first.min(id);
-            let line = lines
-                .entry((destination, patient_key))
-                .or_insert((id, HashSet::new()));
-            line.0 = line.0.min(id);
-            line.1.insert(message_id);
+    const RETRYABLE: &str =
+        "status IN ('dead', 'withheld') AND NOT (length(document) = 0 AND size > 0)";
+    let rows: Vec<(i64, String, String, i64)> = match what {
+        RetryWhat::Ids(ids) => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT id, destination, patient_key, message_id FROM deliveries
+                 WHERE id = ?1 AND {RETRYABLE}"
+            ))?;
+            let mut out = Vec::new();
+            for &id in ids {
+                out.extend(
+                    stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .optional()?,
+                );
+            }
+            out
         }
+        RetryWhat::Dead(destination) => {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT id, destination, patient_key, message_id FROM deliveries
+                 WHERE status = 'dead' AND (?1 IS NULL OR destination = ?1) AND {RETRYABLE}
+                 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([destination], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        }
+    };
+    let mut plan = RetryPlan {
+        retryable: rows.iter().map(|r| r.0).collect(),
+        overtaken: Vec::new(),
+    };
+    plan.retryable.sort_unstable();
+    plan.retryable.dedup();
+    let Some(first) = plan.retryable.first().copied() else {
+        return Ok(plan);
+    };
+    let retried: HashSet<i64> = plan.retryable.iter().copied().collect();
+    // (destination, patient key) -> (lowest retried id, the retried rows' messages)
+    let mut lines: HashMap<(String, String), (i64, HashSet<i64>)> = HashMap::new();
+    for (id, destination, patient_key, message_id) in rows {
+        let line = lines
+            .entry((destination, patient_key))
+            .or_insert((id, HashSet::new()));
+        line.0 = line.0.min(id);
+        line.1.insert(message_id);
     }
-    if lines.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    let mut seen: HashSet<(String, i64)> = HashSet::new();
+    // per line: its later rows (delivered or pending), and whether one of them
+    // was delivered (only then has the retried row been overtaken)
+    // (whether one was delivered, the rows as (id, message id))
+    type Later = (bool, Vec<(i64, i64)>);
+    let mut later: HashMap<(String, String), Later> = HashMap::new();
     let mut stmt = conn.prepare(
-        "SELECT id, destination, patient_key, message_id FROM deliveries
-         WHERE id > ?1 AND status = 'delivered' ORDER BY id",
+        "SELECT id, destination, patient_key, message_id, status FROM deliveries
+         WHERE id > ?1 AND status IN ('delivered', 'pending') ORDER BY id",
     )?;
-    let mut rows = stmt.query([first])?;
-    while let Some(r) = rows.next()? {
-        let (id, destination, patient_key, message_id): (i64, String, String, i64) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    let mut found = stmt.query([first])?;
+    while let Some(r) = found.next()? {
+        let (id, destination, patient_key, message_id, status): (i64, String, String, i64, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        if retried.contains(&id) {
+            continue;
+        }
         let key = (destination, patient_key);
-        let Some((retried, own)) = lines.get(&key) else {
+        let Some((lowest, own)) = lines.get(&key) else {
             continue;
         };
-        if id < *retried || own.contains(&message_id) {
+        if id < *lowest || own.contains(&message_id) {
             continue;
         }
-        if seen.insert((key.0.clone(), message_id)) {
-            out.push(Overtaken {
-                retried: *retried,
-                destination: key.0,
-                message_id,
-                delivery_id: id,
-            });
+        let entry = later.entry(key).or_insert((false, Vec::new()));
+        entry.0 |= status == "delivered";
+        entry.1.push((id, message_id));
+    }
+    let mut overtaken: Vec<Overtaken> = Vec::new();
+    let mut seen: HashSet<(String, i64)> = HashSet::new();
+    for ((destination, patient_key), (delivered, rows)) in later {
+        if !delivered {
+            continue;
+        }
+        let retried_id = lines[&(destination.clone(), patient_key)].0;
+        for (id, message_id) in rows {
+            if seen.insert((destination.clone(), message_id)) {
+                overtaken.push(Overtaken {
+                    retried: retried_id,
+                    destination: destination.clone(),
+                    message_id,
+                    delivery_id: id,
+                });
+            }
         }
     }
-    Ok(out)
+    overtaken.sort_by_key(|o| o.delivery_id);
+    plan.overtaken = overtaken;
+    Ok(plan)
 }
 
 pub(super) fn routing_cursor(conn: &Connection) -> Result<i64, rusqlite::Error> {

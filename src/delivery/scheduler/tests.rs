@@ -14,7 +14,7 @@ use crate::delivery::testing::*;
 use crate::delivery::Delivered;
 use crate::journal::{
     DeliveryFilter, DeliveryRow, DeliveryStatus, Journal, NewDelivery, NewRouting, QueueOutcome,
-    RoutingOutcome,
+    RetryPlan, RetryWhat, RoutingOutcome,
 };
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::Metrics;
@@ -586,7 +586,7 @@ async fn pending_deliveries_can_be_made_due_at_once_when_the_destination_is_back
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retried_rows_overtakers_are_the_patients_later_deliveries_there() {
+async fn a_retry_plan_names_the_patients_later_messages_at_that_destination() {
     let dir = tempfile::tempdir().unwrap();
     let journal = journal(dir.path());
     // pa: A1 (dead), A2, A3 delivered to d1; pb: B1 delivered to d1; pa: A4
@@ -618,15 +618,56 @@ async fn a_retried_rows_overtakers_are_the_patients_later_deliveries_there() {
         ])
         .await
         .unwrap();
-    let found = journal.overtaken(vec![a1]).await.unwrap();
-    let got: Vec<(i64, &str, i64)> = found
+    let a5 = ids[5];
+    let plan = journal.retry_plan(RetryWhat::Ids(vec![a1])).await.unwrap();
+    assert_eq!(plan.retryable, vec![a1]);
+    let got: Vec<(i64, &str, i64)> = plan
+        .overtaken
         .iter()
         .map(|o| (o.retried, o.destination.as_str(), o.delivery_id))
         .collect();
-    // the patient's later rows delivered to that destination, in queue order;
-    // not the other patient's, not another destination's, not a pending one
-    assert_eq!(got, vec![(a1, "d1", a2), (a1, "d1", a3)], "{found:?}");
-    // a row nothing overtook (the newest of its line), and no rows
-    assert!(journal.overtaken(vec![a3]).await.unwrap().is_empty());
-    assert!(journal.overtaken(Vec::new()).await.unwrap().is_empty());
+    // the patient's later rows at that destination, in queue order, the one
+    // still pending too (queued again, the newest ends up last); not the
+    // other patient's, not another destination's
+    assert_eq!(
+        got,
+        vec![(a1, "d1", a2), (a1, "d1", a3), (a1, "d1", a5)],
+        "{plan:?}"
+    );
+    // every dead letter: the same
+    let all = journal.retry_plan(RetryWhat::Dead(None)).await.unwrap();
+    assert_eq!(all, plan);
+    assert!(journal
+        .retry_plan(RetryWhat::Dead(Some("d2".to_string())))
+        .await
+        .unwrap()
+        .retryable
+        .is_empty());
+    // a delivered row is not retryable, and nothing follows it
+    assert_eq!(
+        journal.retry_plan(RetryWhat::Ids(vec![a3])).await.unwrap(),
+        RetryPlan::default()
+    );
+    // later rows that are all pending overtook nothing: the retried row,
+    // lowest of its line, goes first anyway
+    let dir2 = tempfile::tempdir().unwrap();
+    let journal2 = crate::delivery::testing::journal(dir2.path());
+    let ids2 = enqueue(&journal2, &[("C1", "pc"), ("C2", "pc")], "d1").await;
+    journal2
+        .queue_write(vec![crate::journal::QueueOp::Dead {
+            id: ids2[0],
+            attempts: 1,
+            error: "x".to_string(),
+            at_ms: now_ms(),
+        }])
+        .await
+        .unwrap();
+    let plan2 = journal2
+        .retry_plan(RetryWhat::Ids(vec![ids2[0]]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (plan2.retryable, plan2.overtaken),
+        (vec![ids2[0]], Vec::new())
+    );
 }
