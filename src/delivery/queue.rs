@@ -248,18 +248,22 @@ impl DeliveryHandle {
         Ok(out.into_values().collect())
     }
 
+    /// Delivery row `id`.
+    async fn row(&self, id: i64) -> Result<DeliveryRow, QueueError> {
+        self.shared
+            .journal
+            .delivery(id)
+            .await?
+            .ok_or(QueueError::NoDelivery(id))
+    }
+
     /// Queues a dead (or withheld) delivery again, due now with its attempts
     /// reset; a pending one waiting for its backoff is made due now.
     /// A retried dead or withheld row's patient's later messages that reached
     /// its destination meanwhile are queued again after it (see
     /// [`Self::queue_again`]).
     pub async fn retry(&self, id: i64) -> Result<Retried, QueueError> {
-        let row = self
-            .shared
-            .journal
-            .delivery(id)
-            .await?
-            .ok_or(QueueError::NoDelivery(id))?;
+        let row = self.row(id).await?;
         let now_ms = now_ms();
         let requeued = match row.status {
             DeliveryStatus::Delivered => return Err(QueueError::NotRetryable { id }),
@@ -280,12 +284,7 @@ impl DeliveryHandle {
                 if retried.is_empty() {
                     // not retryable after all: its document was dropped when
                     // it was delivered, or another retry took it first
-                    let now = self
-                        .shared
-                        .journal
-                        .delivery(id)
-                        .await?
-                        .ok_or(QueueError::NoDelivery(id))?;
+                    let now = self.row(id).await?;
                     if now.status == DeliveryStatus::Dead {
                         return Err(QueueError::DocumentDropped {
                             id,
@@ -299,12 +298,7 @@ impl DeliveryHandle {
         };
         tracing::info!(delivery_id = id, destination = %row.destination, requeued = requeued.len(), "delivery retried by hand");
         self.shared.wake(&row.destination);
-        let now = self
-            .shared
-            .journal
-            .delivery(id)
-            .await?
-            .ok_or(QueueError::NoDelivery(id))?;
+        let now = self.row(id).await?;
         Ok(Retried {
             was: row.status,
             row: now,
