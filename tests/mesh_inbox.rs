@@ -513,6 +513,56 @@ async fn a_chunked_bundle_arrives_whole() {
     );
 }
 
+/// A message larger than the source's `max_message_bytes` (as received, or
+/// once decompressed: a gzip of a few hundred KB can hold gigabytes) is not
+/// read further: kept as rejected with what arrived of it (at most the
+/// limit), and acknowledged, never a document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_kept_rejected_not_inflated() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    // 3 MB of a repeated note: tens of KB once gzipped, chunked or whole
+    let body = bundle(5, 3_000_000);
+    let chunked = mesh::send_in_chunks(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "big.json", &body),
+        Some(1_000_000),
+    );
+    let whole = mesh::send_in_chunks(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "big2.json", &body),
+        None,
+    );
+    let journal = journal(dir.path());
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default())
+        .with_max_message_bytes(1_500_000);
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.rejected, summary.acknowledged, summary.failed),
+        (2, 2, 0),
+        "{summary:?}"
+    );
+    for id in [&chunked, &whole] {
+        let (row, raw, error) = row(&journal, id).await;
+        assert_eq!(row.status, "rejected");
+        assert!(raw.len() <= 1_500_000, "{} bytes kept", raw.len());
+        let error = error.unwrap();
+        assert!(
+            error.contains("larger than the source's max_message_bytes (1500000)"),
+            "{error}"
+        );
+    }
+    assert!(
+        mesh::inbox(&sandbox.url, JUNCTION).is_empty(),
+        "{}",
+        sandbox.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redownload_after_a_crash_adds_nothing_and_is_acknowledged() {
     let sandbox = Sandbox::start();
@@ -592,6 +642,7 @@ async fn wrong_credentials_or_mesh_down_keep_messages_until_fixed() {
         kind: junction::delivery::SourceKind::MeshInbox,
         mailbox: "junction".into(),
         poll_interval_secs: 60,
+        max_message_bytes: junction::delivery::SourceConfig::DEFAULT_MAX_MESSAGE_BYTES,
     };
     let metrics = Arc::new(Metrics::new());
     let mut inbox = MeshInbox::new(

@@ -970,6 +970,15 @@ fn check_delivery(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut D
                 format!("source `{id}`: poll_interval_secs is 0, expected at least 1"),
             ));
         }
+        if s.max_message_bytes == 0 || s.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+            diags.push(doc.error(
+                doc.span(&["sources", id, "max_message_bytes"]),
+                format!(
+                    "source `{id}`: max_message_bytes is {}, expected 1 to {MAX_MESSAGE_BYTES_LIMIT} (1 GiB)",
+                    s.max_message_bytes
+                ),
+            ));
+        }
         if config.listeners.contains_key(id) {
             diags.push(doc.error(
                 doc.span(&["sources", id]),

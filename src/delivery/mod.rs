@@ -267,10 +267,24 @@ pub struct SourceConfig {
     /// Seconds between inbox polls.
     #[serde(default = "default_poll_interval_secs")]
     pub poll_interval_secs: u64,
+    /// The largest message taken, in bytes once decompressed (a gzip of a few
+    /// hundred KB can hold gigabytes): a larger one is not read further, kept
+    /// as rejected with what arrived of it, and acknowledged.
+    #[serde(default = "default_source_max_message_bytes")]
+    pub max_message_bytes: usize,
 }
 
 fn default_poll_interval_secs() -> u64 {
     60
+}
+
+impl SourceConfig {
+    /// 32 MiB: far beyond a care-record Bundle, room for scanned documents in one.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+}
+
+fn default_source_max_message_bytes() -> usize {
+    SourceConfig::DEFAULT_MAX_MESSAGE_BYTES
 }
 
 /// One queued (document, destination) pair handed to a destination.

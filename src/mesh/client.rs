@@ -523,6 +523,18 @@ impl MeshClient {
     /// Downloads a message: every chunk, gunzipped and joined. A checksum in our
     /// `sha256:` form is verified.
     pub async fn download(&self, message_id: &MessageId) -> Result<Received, MeshError> {
+        self.download_at_most(message_id, usize::MAX).await
+    }
+
+    /// [`Self::download`] of at most `limit` bytes, as received and once
+    /// decompressed: a larger message is not read further (no more chunks are
+    /// fetched, no more is inflated) and comes back with its `problem` said
+    /// and the bytes received so far, at most `limit` of them.
+    pub async fn download_at_most(
+        &self,
+        message_id: &MessageId,
+        limit: usize,
+    ) -> Result<Received, MeshError> {
         const OP: &str = "download";
         let first = self.download_chunk(message_id, 1).await?;
         let chunk_count = match first
@@ -551,19 +563,47 @@ impl MeshClient {
             });
         }
         let headers = received_headers(message_id, &first.headers, chunk_count);
+        let too_big = || {
+            format!(
+                "message `{message_id}` is larger than the source's max_message_bytes ({limit}) \
+                 once decompressed; not read further"
+            )
+        };
+        let as_received = |chunks: &[Reply]| -> Vec<u8> {
+            chunks
+                .iter()
+                .flat_map(|c| c.body.iter().copied())
+                .take(limit)
+                .collect()
+        };
+        let mut received = first.body.len();
         let mut chunks = vec![first];
+        let mut problem = None;
         for number in 2..=chunk_count {
-            chunks.push(self.download_chunk(message_id, number).await?);
+            if received > limit {
+                break;
+            }
+            let chunk = self.download_chunk(message_id, number).await?;
+            received += chunk.body.len();
+            chunks.push(chunk);
         }
         let mut body = Vec::new();
-        let mut problem = None;
-        for (i, chunk) in chunks.iter().enumerate() {
-            match decode_chunk(message_id, i as u32 + 1, chunk) {
-                Ok(decoded) => body.extend(decoded),
+        if received > limit {
+            problem = Some(too_big());
+            body = as_received(&chunks);
+        }
+        for (i, chunk) in chunks.iter().enumerate().filter(|_| problem.is_none()) {
+            match decode_chunk(message_id, i as u32 + 1, chunk, limit - body.len()) {
+                Ok((decoded, false)) => body.extend(decoded),
+                Ok((_, true)) => {
+                    problem = Some(too_big());
+                    body = as_received(&chunks);
+                    break;
+                }
                 Err(MeshError::Protocol { problem: p, .. }) => {
                     // kept as received, every chunk, for inspection
                     problem = Some(p);
-                    body = chunks.iter().flat_map(|c| c.body.iter().copied()).collect();
+                    body = as_received(&chunks);
                     break;
                 }
                 Err(e) => return Err(e),
@@ -954,7 +994,15 @@ fn gzip(piece: &[u8]) -> Result<Vec<u8>, MeshError> {
     })
 }
 
-fn decode_chunk(message_id: &MessageId, number: u32, reply: &Reply) -> Result<Vec<u8>, MeshError> {
+/// One chunk's content: its transport encoding undone, then the sender's own
+/// gzip (`mex-Content-Compressed: Y`); at most `limit` bytes (true: there was
+/// more).
+fn decode_chunk(
+    message_id: &MessageId,
+    number: u32,
+    reply: &Reply,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), MeshError> {
     let header = |name| {
         reply
             .headers
@@ -966,16 +1014,27 @@ fn decode_chunk(message_id: &MessageId, number: u32, reply: &Reply) -> Result<Ve
     // a sender that compressed the content itself says so in
     // `mex-Content-Compressed: Y` and sends no Content-Encoding; taken as gzip
     // when the bytes are gzip (its magic number)
-    let compressed_by_sender = header("mex-content-compressed")
-        .is_some_and(|v| v.eq_ignore_ascii_case("Y"))
-        && reply.body.starts_with(&[0x1f, 0x8b]);
-    if !encoded && !compressed_by_sender {
-        return Ok(reply.body.to_vec());
+    let compressed_by_sender =
+        header("mex-content-compressed").is_some_and(|v| v.eq_ignore_ascii_case("Y"));
+    let gunzip = |bytes: &[u8]| {
+        payload::gunzip_at_most(bytes, limit).map_err(|e| MeshError::Protocol {
+            operation: "download",
+            problem: format!("chunk {number} of message `{message_id}` is not valid gzip: {e}"),
+        })
+    };
+    let gzip = |bytes: &[u8]| bytes.starts_with(&[0x1f, 0x8b]);
+    // the transport's gzip first (a server may gzip again what the sender
+    // compressed: NHS's sandbox does), then the sender's
+    let (bytes, more) = if encoded {
+        gunzip(&reply.body)?
+    } else {
+        let n = reply.body.len();
+        (reply.body[..n.min(limit)].to_vec(), n > limit)
+    };
+    if more || !compressed_by_sender || !gzip(&bytes) {
+        return Ok((bytes, more));
     }
-    payload::gunzip(&reply.body).map_err(|e| MeshError::Protocol {
-        operation: "download",
-        problem: format!("chunk {number} of message `{message_id}` is not valid gzip: {e}"),
-    })
+    gunzip(&bytes)
 }
 
 fn received_headers(
@@ -1196,11 +1255,39 @@ mod tests {
             (vec![], text.clone(), Some(text.clone())),
             // labelled gzip, not gzip: a problem kept with the message
             (vec![("content-encoding", "gzip")], text.clone(), None),
+            // compressed by the sender and gzipped again for transport (as
+            // NHS's sandbox serves it): both layers undone
+            (
+                vec![
+                    ("content-encoding", "gzip"),
+                    ("mex-content-compressed", "Y"),
+                ],
+                payload::gzip(&gz).unwrap(),
+                Some(text.clone()),
+            ),
+            // not flagged: one layer only (the content is the sender's gzip)
+            (
+                vec![("content-encoding", "gzip")],
+                payload::gzip(&gz).unwrap(),
+                Some(gz.clone()),
+            ),
         ];
         for (headers, body, expected) in cases {
-            let got = decode_chunk(&id, 1, &reply(&headers, body)).ok();
-            assert_eq!(got, expected, "{headers:?}");
+            let got = decode_chunk(&id, 1, &reply(&headers, body), usize::MAX).ok();
+            assert_eq!(got, expected.map(|e| (e, false)), "{headers:?}");
         }
+        // at most the limit, and whether there was more, through both layers
+        let double = payload::gzip(&payload::gzip(&vec![b'x'; 100_000]).unwrap()).unwrap();
+        let headers = [
+            ("content-encoding", "gzip"),
+            ("mex-content-compressed", "Y"),
+        ];
+        let (bytes, more) = decode_chunk(&id, 1, &reply(&headers, double.clone()), 1000).unwrap();
+        assert_eq!((bytes.len(), more), (1000, true));
+        let (bytes, more) = decode_chunk(&id, 1, &reply(&headers, double), 100_000).unwrap();
+        assert_eq!((bytes.len(), more), (100_000, false));
+        let (bytes, more) = decode_chunk(&id, 1, &reply(&[], text.clone()), 4).unwrap();
+        assert_eq!((bytes, more), (b"MSH|".to_vec(), true));
     }
 
     fn check_detail(body: &str, code: Option<&str>, msg: Option<&str>) {

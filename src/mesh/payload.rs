@@ -48,10 +48,19 @@ pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Decompresses one gzip chunk (multi-member streams are read to the end).
 pub fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4));
-    let mut decoder = MultiGzDecoder::new(data);
-    decoder.read_to_end(&mut out)?;
-    Ok(out)
+    gunzip_at_most(data, usize::MAX).map(|(out, _)| out)
+}
+
+/// [`gunzip`], reading at most `limit` bytes of output: the bytes, and
+/// whether there was more (a gzip of a few hundred KB can hold gigabytes).
+pub fn gunzip_at_most(data: &[u8], limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit.saturating_add(1)));
+    let decoder = MultiGzDecoder::new(data);
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    decoder.take(cap).read_to_end(&mut out)?;
+    let more = out.len() > limit;
+    out.truncate(limit);
+    Ok((out, more))
 }
 
 /// Parses `mex-Chunk-Range: n:total` into `(n, total)`; `None` if malformed.
@@ -82,6 +91,17 @@ mod tests {
         check_split(6, 5, &[5, 1]);
         check_split(20, 5, &[5, 5, 5, 5]);
         check_split(3, 0, &[1, 1, 1]);
+    }
+
+    #[test]
+    fn gunzip_stops_at_its_limit() {
+        let big = vec![b'x'; 1_000_000];
+        let zipped = gzip(&big).unwrap();
+        assert!(zipped.len() < 10_000);
+        let (out, more) = gunzip_at_most(&zipped, 1000).unwrap();
+        assert_eq!((out.len(), more), (1000, true));
+        let (out, more) = gunzip_at_most(&zipped, 1_000_000).unwrap();
+        assert_eq!((out.len(), more), (1_000_000, false));
     }
 
     #[test]

@@ -202,6 +202,8 @@ enum ClientSource {
 pub struct MeshInbox {
     id: String,
     poll_interval: Duration,
+    /// The largest message read, once decompressed (`max_message_bytes`).
+    max_message_bytes: usize,
     /// Ids asked for per inbox page: a poll that lists at least this many
     /// may have left more behind, so the next one starts at once.
     page_size: usize,
@@ -228,6 +230,7 @@ impl MeshInbox {
         MeshInbox {
             id: id.to_string(),
             poll_interval: Duration::from_secs(config.poll_interval_secs.max(1)),
+            max_message_bytes: config.max_message_bytes.max(1),
             page_size: usize::try_from(mailbox.inbox_page_size).unwrap_or(usize::MAX),
             source: ClientSource::Config(Box::new(mailbox)),
             client: None,
@@ -237,6 +240,13 @@ impl MeshInbox {
             metrics,
         }
         .with_series()
+    }
+
+    /// At most `bytes` a message, once decompressed (the config's
+    /// `max_message_bytes`).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> MeshInbox {
+        self.max_message_bytes = bytes.max(1);
+        self
     }
 
     /// A source using a client the caller built (e.g. with secrets it holds).
@@ -251,6 +261,7 @@ impl MeshInbox {
         MeshInbox {
             id: id.to_string(),
             poll_interval: poll_interval.max(Duration::from_millis(1)),
+            max_message_bytes: crate::delivery::SourceConfig::DEFAULT_MAX_MESSAGE_BYTES,
             page_size: usize::try_from(MeshMailboxConfig::new("", "").inbox_page_size)
                 .unwrap_or(usize::MAX),
             source: ClientSource::Fixed(Arc::clone(&client)),
@@ -439,7 +450,10 @@ impl MeshInbox {
         client: &MeshClient,
         message_id: &MessageId,
     ) -> Result<Option<Outcome>, MeshInboxError> {
-        let received = match client.download(message_id).await {
+        let received = match client
+            .download_at_most(message_id, self.max_message_bytes)
+            .await
+        {
             Ok(received) => received,
             Err(MeshError::NotFound { .. } | MeshError::Gone { .. }) => {
                 debug!(source = %self.id, message_id = %message_id, "mesh inbox: message gone before download");
