@@ -130,7 +130,11 @@ fn run_document_test(
         "a document test needs `message_type`, expected e.g. `message_type = \"MESH^TEST_WORKFLOW\"`"
             .to_string()
     })?;
-    let input = super::RouteInput::for_document(super::Origin::Source(source), message_type, "");
+    let input = super::RouteInput::for_document(
+        super::Origin::Source(source),
+        message_type,
+        test.sender.as_deref().unwrap_or(""),
+    );
     let selection = routes.select(&input);
     let mut got = Vec::new();
     for group in selection.groups() {

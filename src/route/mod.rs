@@ -95,6 +95,8 @@ pub struct RouteTest {
     /// For a document from a source: the message type it is journaled under
     /// (`MESH^<workflow id>`).
     pub message_type: Option<String>,
+    /// For such a document: its sender (a MESH document's sending mailbox).
+    pub sender: Option<String>,
     /// Every destination expected, in any order; empty means unrouted.
     pub expect: Vec<String>,
 }

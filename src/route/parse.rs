@@ -65,6 +65,9 @@ struct TestToml {
     /// For a document (a JSON Bundle) arriving through a source: the message
     /// type the source journals it under, e.g. `MESH^TEST_WORKFLOW`.
     message_type: Option<toml::Spanned<String>>,
+    /// For such a document: who sent it (a MESH document's sending mailbox,
+    /// what `sending_applications` matches).
+    sender: Option<toml::Spanned<String>>,
     /// Every destination expected (any order); empty for "unrouted".
     expect: Vec<toml::Spanned<String>>,
 }
@@ -541,6 +544,16 @@ impl Compiler {
                 },
                 None => None,
             };
+            if let (Some(sender), None) = (&raw.sender, &message_type) {
+                self.errors.push(file.error(
+                    sender.span(),
+                    format!(
+                        "test `{}` gives a `sender` without a `message_type`, expected both for a document from a source (an HL7 message's sender is its MSH-3)",
+                        raw.name
+                    ),
+                ));
+                continue;
+            }
             let expect = self.ids(file, &raw.expect, "destination");
             if expect.len() != raw.expect.len() {
                 continue;
@@ -553,6 +566,7 @@ impl Compiler {
                 message_at: file.at(raw.message.span()),
                 origin,
                 message_type,
+                sender: raw.sender.map(|s| s.into_inner()),
                 expect: expect.into_iter().map(|s| s.value).collect(),
             });
         }
