@@ -816,8 +816,22 @@ fn leave_pending(
         tx.prepare_cached(SUPERSEDE_DEAD)?
             .execute(params![id, destination, delivered_at])?;
     }
+    if status == DeliveryStatus::Withheld && changed == 1 {
+        // a replay of it withheld (the patient objects since): the answer for
+        // that document there is final, so its dead letters are settled alike
+        tx.prepare_cached(WITHHOLD_DEAD)?
+            .execute(params![id, destination])?;
+    }
     Ok(QueueOutcome::Updated(changed))
 }
+
+/// The dead rows of a withheld row's message and destination, older than it:
+/// withheld (by it), their reason kept and the row that withheld it named.
+const WITHHOLD_DEAD: &str = "UPDATE deliveries
+     SET status = 'withheld',
+         last_error = coalesce(last_error || '; ', '') || 'settled: withheld as delivery ' || ?1
+     WHERE message_id = (SELECT message_id FROM deliveries WHERE id = ?1)
+       AND destination = ?2 AND status = 'dead' AND id < ?1";
 
 /// The dead rows of a delivered row's message and destination, older than it:
 /// delivered (by it), their reason kept and the row that delivered named.

@@ -904,3 +904,77 @@ async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
         QueueOutcome::Updated(0)
     );
 }
+
+/// A dead letter a MESH report made, replayed once the patient objects: the
+/// replay is withheld, and the dead letter settled so (the answer for that
+/// document there is final), not left dead for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withheld_replay_settles_the_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let message = old_message(
+        &journal,
+        "OBJ",
+        Status::Accepted,
+        0,
+        Some(Some("delivered")),
+    )
+    .await;
+    let id = journal
+        .deliveries(DeliveryFilter {
+            message_id: Some(message),
+            ..DeliveryFilter::default()
+        })
+        .await
+        .unwrap()[0]
+        .id;
+    journal
+        .queue_write(vec![QueueOp::NotDelivered {
+            id,
+            error: "mesh report: status code 14".into(),
+            at_ms: 5,
+        }])
+        .await
+        .unwrap();
+    let replayed = journal
+        .queue_write(vec![QueueOp::Route(NewRouting {
+            message_id: message,
+            replay: true,
+            outcome: RoutingOutcome::Routed,
+            routes: Vec::new(),
+            error: None,
+            at_ms: 7,
+            deliveries: vec![NewDelivery {
+                destination: "store".into(),
+                mapping: "adt".into(),
+                routes: vec!["r".into()],
+                patient_key: "p-OBJ".into(),
+                nhs_numbers: Vec::new(),
+                document: Bytes::from_static(b"{}"),
+                last_error: None,
+            }],
+            registrations: Vec::new(),
+        })])
+        .await
+        .unwrap();
+    let again = match &replayed[0] {
+        QueueOutcome::Routed { deliveries, .. } => deliveries[0],
+        other => panic!("{other:?}"),
+    };
+    journal
+        .queue_write(vec![QueueOp::Withheld {
+            id: again,
+            reason: "the patient objects".into(),
+            at_ms: 8,
+        }])
+        .await
+        .unwrap();
+    let row = journal.delivery(id).await.unwrap().unwrap();
+    assert_eq!(row.status, DeliveryStatus::Withheld);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some(
+            format!("mesh report: status code 14; settled: withheld as delivery {again}").as_str()
+        )
+    );
+}
