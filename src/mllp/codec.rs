@@ -7,7 +7,9 @@
 //! - a frame ends at a `0x1C` followed by `0x0D`, by a line feed or by a new
 //!   `0x0B` and a message header (a sender that leaves out the CR; `1C 0B`
 //!   with no header after it is data: U+0B1C in UTF-16LE). A `0x1C` that is the last
-//!   byte received so far ends the frame only when nothing follows it soon:
+//!   byte received so far, right after a segment's end (CR or LF: where a
+//!   message ends), ends the frame only when nothing follows it soon (one inside
+//!   a segment waits for the byte after it, however long):
 //!   [`MllpCodec::awaiting_end`] says so, and the listener calls
 //!   [`MllpCodec::end_at_fs`] after a short grace;
 //! - a `0x1C` followed by any other byte is not an end: it is part of the
@@ -94,6 +96,10 @@ pub struct MllpCodec {
     /// The last byte received is the current frame's FS (at `scanned`): the
     /// frame ends there unless a data byte follows.
     fs_last: bool,
+    /// And the byte before that FS ends a segment (CR or LF): only then may
+    /// the caller end the frame there with no CR after a grace
+    /// ([`Self::awaiting_end`]); at the end of the stream it ends anyway.
+    fs_after_segment: bool,
     /// Frames a new start block cut short, oldest first (bounded prefixes).
     abandoned: Vec<Bytes>,
     /// Bytes outside any frame that came before a start block in the same
@@ -107,6 +113,7 @@ impl MllpCodec {
             max_message_bytes,
             scanned: 0,
             fs_last: false,
+            fs_after_segment: false,
             abandoned: Vec::new(),
             stray: Vec::new(),
         }
@@ -119,7 +126,7 @@ impl MllpCodec {
     /// Whether the frame's FS is the last byte received: the caller may end
     /// the frame there ([`Self::end_at_fs`]) when nothing follows soon.
     pub fn awaiting_end(&self) -> bool {
-        self.fs_last
+        self.fs_last && self.fs_after_segment
     }
 
     /// Ends the current frame at the FS that is the last byte of `src`
@@ -257,10 +264,16 @@ impl Decoder for MllpCodec {
                 }
             }
             match payload.get(end + 1) {
-                // nothing after the FS yet: the CR, or a data byte, may follow
+                // nothing after the FS yet: the CR, or a data byte, may follow.
+                // Only after a segment's end may it end the frame with no CR
+                // after a grace (a sender that leaves the CR out); inside a
+                // segment it waits for the byte after it, however long: a
+                // stray 0x1C at a pause in the sender's writes must not cut the
+                // message short and have the part before it acknowledged
                 None => {
                     self.scanned = end;
                     self.fs_last = true;
+                    self.fs_after_segment = end > 0 && matches!(payload[end - 1], CR | LF);
                     return Ok(None);
                 }
                 // FS inside the message: not an end (the message is refused later)
@@ -591,22 +604,36 @@ mod tests {
     #[test]
     fn a_frame_ending_at_the_last_byte_received_waits_for_what_follows() {
         let mut codec = MllpCodec::new(100);
-        let mut buf = BytesMut::from(&b"\x0bMSH|a\x1c"[..]);
+        let mut buf = BytesMut::from(&b"\x0bMSH|a\r\x1c"[..]);
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         assert!(codec.awaiting_end());
         // the CR comes: the frame ends, with it
-        buf.extend_from_slice(b"\r\x0bMSH|b\x1c");
-        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|a")));
+        buf.extend_from_slice(b"\r\x0bMSH|b\r\x1c");
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Bytes::from("MSH|a\r"))
+        );
         assert!(!codec.awaiting_end());
         assert_eq!(codec.decode(&mut buf).unwrap(), None);
         // nothing comes (a sender that leaves out the CR): the caller ends it
         assert!(codec.awaiting_end());
-        assert_eq!(codec.end_at_fs(&mut buf), Some(Bytes::from("MSH|b")));
+        assert_eq!(codec.end_at_fs(&mut buf), Some(Bytes::from("MSH|b\r")));
         assert!(buf.is_empty() && !codec.awaiting_end());
         assert_eq!(codec.end_at_fs(&mut buf), None);
         // a late CR is white space before the next frame
         buf.extend_from_slice(b"\r\x0bMSH|c\x1c\r");
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(Bytes::from("MSH|c")));
+        // an FS inside a segment, the last byte so far: never ended by the
+        // caller after a grace, however long the pause (the message is not
+        // cut short there)
+        let mut buf = BytesMut::from(&b"\x0bMSH|a\rPID|MARG\x1c"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(!codec.awaiting_end());
+        buf.extend_from_slice(b"ARET\r\x1c\r");
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Bytes::from("MSH|a\rPID|MARG\x1cARET\r"))
+        );
     }
 
     #[test]
