@@ -563,6 +563,68 @@ async fn a_message_over_the_size_limit_is_kept_rejected_not_inflated() {
     );
 }
 
+/// A source that names its senders and workflows takes only those: a message
+/// from another mailbox, or under another workflow, is kept as rejected and
+/// acknowledged, whatever it holds (HL7 over MESH too, whose MSH-3 no route
+/// could check against the mailbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_or_workflow_the_source_does_not_name_is_kept_rejected() {
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hl7 = std::fs::read(harness::repo_root().join("samples/oru_r01_fbc_ue.hl7")).unwrap();
+    let bundle_id = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "a.json", &bundle(6, 500)),
+    );
+    let hl7_id = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "r.hl7", &hl7),
+    );
+    let journal = journal(dir.path());
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default())
+        .with_allowed(vec!["X26ABC3".into()], Vec::new());
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.accepted, summary.rejected, summary.acknowledged),
+        (0, 2, 2),
+        "{summary:?}"
+    );
+    for id in [&bundle_id, &hl7_id] {
+        let (row, _, error) = row(&journal, id).await;
+        assert_eq!(row.status, "rejected");
+        let error = error.unwrap();
+        assert!(
+            error.contains("mailbox `X26ABC2`, which is not among the source's senders (X26ABC3)"),
+            "{error}"
+        );
+    }
+    // the right mailbox under another workflow than the one named
+    let id = mesh::send(
+        &sandbox.url,
+        NEIGHBOUR,
+        JUNCTION,
+        &write(dir.path(), "b.json", &bundle(7, 500)),
+    );
+    let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default()).with_allowed(
+        vec!["X26ABC2".into(), "X26ABC3".into()],
+        vec!["PATH_RESULTS".into()],
+    );
+    let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (summary.rejected, summary.acknowledged),
+        (1, 1),
+        "{summary:?}"
+    );
+    let (_, _, error) = row(&journal, &id).await;
+    assert!(error.unwrap().contains(
+        "workflow `TEST_WORKFLOW`, which is not among the source's workflows (PATH_RESULTS)"
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redownload_after_a_crash_adds_nothing_and_is_acknowledged() {
     let sandbox = Sandbox::start();
@@ -643,6 +705,8 @@ async fn wrong_credentials_or_mesh_down_keep_messages_until_fixed() {
         mailbox: "junction".into(),
         poll_interval_secs: 60,
         max_message_bytes: junction::delivery::SourceConfig::DEFAULT_MAX_MESSAGE_BYTES,
+        senders: Vec::new(),
+        workflows: Vec::new(),
     };
     let metrics = Arc::new(Metrics::new());
     let mut inbox = MeshInbox::new(

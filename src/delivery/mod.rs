@@ -272,6 +272,15 @@ pub struct SourceConfig {
     /// as rejected with what arrived of it, and acknowledged.
     #[serde(default = "default_source_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// The mailboxes whose messages are taken (`mex-From`); empty: any. A
+    /// message from another is kept as rejected and acknowledged, whatever it
+    /// holds (HL7 over MESH names its own sender in MSH-3, which no route
+    /// can check against the mailbox).
+    #[serde(default)]
+    pub senders: Vec<String>,
+    /// The workflow ids taken (`mex-WorkflowID`); empty: any. Others alike.
+    #[serde(default)]
+    pub workflows: Vec<String>,
 }
 
 fn default_poll_interval_secs() -> u64 {

@@ -563,52 +563,27 @@ impl MeshClient {
             });
         }
         let headers = received_headers(message_id, &first.headers, chunk_count);
-        let too_big = || {
-            format!(
-                "message `{message_id}` is larger than the source's max_message_bytes ({limit}) \
-                 once decompressed; not read further"
-            )
-        };
-        let as_received = |chunks: &[Reply]| -> Vec<u8> {
-            chunks
-                .iter()
-                .flat_map(|c| c.body.iter().copied())
-                .take(limit)
-                .collect()
-        };
-        let mut received = first.body.len();
-        let mut chunks = vec![first];
-        let mut problem = None;
+        if chunk_count > MAX_CHUNKS {
+            let body: Vec<u8> = first.body.iter().copied().take(limit).collect();
+            return Ok(Received {
+                headers,
+                body: Bytes::from(body),
+                problem: Some(format!(
+                    "message `{message_id}` comes in {chunk_count} chunks, more than the {MAX_CHUNKS} taken; not read further"
+                )),
+            });
+        }
+        let mut message = Assembler::new(message_id, limit, &first);
+        message.add(1, &first)?;
+        drop(first);
         for number in 2..=chunk_count {
-            if received > limit {
+            if message.problem.is_some() {
                 break;
             }
             let chunk = self.download_chunk(message_id, number).await?;
-            received += chunk.body.len();
-            chunks.push(chunk);
+            message.add(number, &chunk)?;
         }
-        let mut body = Vec::new();
-        if received > limit {
-            problem = Some(too_big());
-            body = as_received(&chunks);
-        }
-        for (i, chunk) in chunks.iter().enumerate().filter(|_| problem.is_none()) {
-            match decode_chunk(message_id, i as u32 + 1, chunk, limit - body.len()) {
-                Ok((decoded, false)) => body.extend(decoded),
-                Ok((_, true)) => {
-                    problem = Some(too_big());
-                    body = as_received(&chunks);
-                    break;
-                }
-                Err(MeshError::Protocol { problem: p, .. }) => {
-                    // kept as received, every chunk, for inspection
-                    problem = Some(p);
-                    body = as_received(&chunks);
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let (body, mut problem) = message.finish();
         if let Some(expected) = headers
             .checksum
             .as_deref()
@@ -994,9 +969,98 @@ fn gzip(piece: &[u8]) -> Result<Vec<u8>, MeshError> {
     })
 }
 
-/// One chunk's content: its transport encoding undone, then the sender's own
-/// gzip (`mex-Content-Compressed: Y`); at most `limit` bytes (true: there was
-/// more).
+/// The most chunks a message is read in: 100 GB (MESH's largest) in 100 MB
+/// chunks (its largest) is 1,000; a message of tiny chunks beyond this is no
+/// sender's way of sending.
+const MAX_CHUNKS: u32 = 10_000;
+
+/// A downloaded message put together chunk by chunk, each chunk's transport
+/// encoding undone as it comes (only its bytes are kept, never the reply),
+/// then the sender's own gzip (`mex-Content-Compressed: Y`) over the whole
+/// (a sender may gzip the message and then cut it in chunks, or gzip each
+/// chunk: both read alike, as gzip members run on). At most `limit` bytes
+/// as received and decoded; past them, or on bytes that do not decode, a
+/// problem, and what was received (at most `limit`) kept instead.
+struct Assembler<'m> {
+    message_id: &'m MessageId,
+    limit: usize,
+    sender_gzip: bool,
+    body: Vec<u8>,
+    raw: Vec<u8>,
+    received: usize,
+    problem: Option<String>,
+}
+
+impl<'m> Assembler<'m> {
+    fn new(message_id: &'m MessageId, limit: usize, first: &Reply) -> Self {
+        let sender_gzip = first
+            .headers
+            .get("mex-content-compressed")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("Y"));
+        Assembler {
+            message_id,
+            limit,
+            sender_gzip,
+            body: Vec::new(),
+            raw: Vec::new(),
+            received: 0,
+            problem: None,
+        }
+    }
+
+    fn too_big(&self) -> String {
+        format!(
+            "message `{}` is larger than the source's max_message_bytes ({}) once decompressed; \
+             not read further",
+            self.message_id, self.limit
+        )
+    }
+
+    fn add(&mut self, number: u32, chunk: &Reply) -> Result<(), MeshError> {
+        self.received += chunk.body.len();
+        let room = self.limit - self.raw.len().min(self.limit);
+        self.raw
+            .extend_from_slice(&chunk.body[..chunk.body.len().min(room)]);
+        if self.problem.is_some() {
+            return Ok(());
+        }
+        if self.received > self.limit {
+            self.problem = Some(self.too_big());
+            return Ok(());
+        }
+        match decode_chunk(self.message_id, number, chunk, self.limit - self.body.len()) {
+            Ok((decoded, false)) => self.body.extend(decoded),
+            Ok((_, true)) => self.problem = Some(self.too_big()),
+            Err(MeshError::Protocol { problem, .. }) => self.problem = Some(problem),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The content, and the problem with it (then: the bytes as received).
+    fn finish(mut self) -> (Vec<u8>, Option<String>) {
+        if self.problem.is_none() && self.sender_gzip && self.body.starts_with(&[0x1f, 0x8b]) {
+            match payload::gunzip_at_most(&self.body, self.limit) {
+                Ok((inflated, false)) => self.body = inflated,
+                Ok((_, true)) => self.problem = Some(self.too_big()),
+                Err(e) => {
+                    self.problem = Some(format!(
+                    "message `{}` is flagged compressed by its sender but is not valid gzip: {e}",
+                    self.message_id
+                ))
+                }
+            }
+        }
+        match self.problem {
+            Some(problem) => (self.raw, Some(problem)),
+            None => (self.body, None),
+        }
+    }
+}
+
+/// One chunk's content, its transport encoding (`Content-Encoding: gzip`)
+/// undone: at most `limit` bytes (true: there was more).
 fn decode_chunk(
     message_id: &MessageId,
     number: u32,
@@ -1014,27 +1078,15 @@ fn decode_chunk(
     // a sender that compressed the content itself says so in
     // `mex-Content-Compressed: Y` and sends no Content-Encoding; taken as gzip
     // when the bytes are gzip (its magic number)
-    let compressed_by_sender =
-        header("mex-content-compressed").is_some_and(|v| v.eq_ignore_ascii_case("Y"));
-    let gunzip = |bytes: &[u8]| {
-        payload::gunzip_at_most(bytes, limit).map_err(|e| MeshError::Protocol {
+    if encoded {
+        payload::gunzip_at_most(&reply.body, limit).map_err(|e| MeshError::Protocol {
             operation: "download",
             problem: format!("chunk {number} of message `{message_id}` is not valid gzip: {e}"),
         })
-    };
-    let gzip = |bytes: &[u8]| bytes.starts_with(&[0x1f, 0x8b]);
-    // the transport's gzip first (a server may gzip again what the sender
-    // compressed: NHS's sandbox does), then the sender's
-    let (bytes, more) = if encoded {
-        gunzip(&reply.body)?
     } else {
         let n = reply.body.len();
-        (reply.body[..n.min(limit)].to_vec(), n > limit)
-    };
-    if more || !compressed_by_sender || !gzip(&bytes) {
-        return Ok((bytes, more));
+        Ok((reply.body[..n.min(limit)].to_vec(), n > limit))
     }
-    gunzip(&bytes)
 }
 
 fn received_headers(
@@ -1272,22 +1324,75 @@ mod tests {
                 Some(gz.clone()),
             ),
         ];
+        // the whole message from its chunks (`None`: kept with a problem)
+        let assemble = |chunks: &[Reply], limit: usize| -> (Vec<u8>, Option<String>) {
+            let mut a = Assembler::new(&id, limit, &chunks[0]);
+            for (i, c) in chunks.iter().enumerate() {
+                a.add(i as u32 + 1, c).unwrap();
+            }
+            a.finish()
+        };
         for (headers, body, expected) in cases {
-            let got = decode_chunk(&id, 1, &reply(&headers, body), usize::MAX).ok();
-            assert_eq!(got, expected.map(|e| (e, false)), "{headers:?}");
+            let (got, problem) = assemble(&[reply(&headers, body)], usize::MAX);
+            assert_eq!(problem.is_none().then_some(got), expected, "{headers:?}");
         }
-        // at most the limit, and whether there was more, through both layers
+        // at most the limit, through both layers: kept as received, a problem
         let double = payload::gzip(&payload::gzip(&vec![b'x'; 100_000]).unwrap()).unwrap();
         let headers = [
             ("content-encoding", "gzip"),
             ("mex-content-compressed", "Y"),
         ];
-        let (bytes, more) = decode_chunk(&id, 1, &reply(&headers, double.clone()), 1000).unwrap();
-        assert_eq!((bytes.len(), more), (1000, true));
-        let (bytes, more) = decode_chunk(&id, 1, &reply(&headers, double), 100_000).unwrap();
-        assert_eq!((bytes.len(), more), (100_000, false));
-        let (bytes, more) = decode_chunk(&id, 1, &reply(&[], text.clone()), 4).unwrap();
-        assert_eq!((bytes, more), (b"MSH|".to_vec(), true));
+        let (kept, problem) = assemble(&[reply(&headers, double.clone())], 1000);
+        assert!(problem
+            .unwrap()
+            .contains("larger than the source's max_message_bytes (1000)"));
+        assert_eq!(kept, double[..double.len().min(1000)]);
+        let (got, problem) = assemble(&[reply(&headers, double)], 100_000);
+        assert_eq!((got.len(), problem), (100_000, None));
+        let (kept, problem) = assemble(&[reply(&[], text.clone())], 4);
+        assert!(problem.is_some());
+        assert_eq!(kept, b"MSH|");
+        // the sender gzipped the whole message and cut it in chunks (as NHS's
+        // mesh_client does), each chunk gzipped again for transport, or not
+        let whole = payload::gzip(&vec![b'y'; 50_000]).unwrap();
+        let thirds: Vec<&[u8]> = whole.chunks(whole.len() / 3 + 1).collect();
+        for transport in [true, false] {
+            let mut headers = vec![("mex-content-compressed", "Y")];
+            if transport {
+                headers.push(("content-encoding", "gzip"));
+            }
+            let chunks: Vec<Reply> = thirds
+                .iter()
+                .map(|part| {
+                    let body = if transport {
+                        payload::gzip(part).unwrap()
+                    } else {
+                        part.to_vec()
+                    };
+                    reply(&headers, body)
+                })
+                .collect();
+            let (got, problem) = assemble(&chunks, usize::MAX);
+            assert_eq!(
+                (got.len(), problem),
+                (50_000, None),
+                "transport gzip: {transport}"
+            );
+        }
+        // ... or gzipped each chunk on its own (as MESH's guidance says)
+        let members: Vec<Reply> = [&b"MSH|"[..], b"^~\\&|A|B\r"]
+            .iter()
+            .map(|p| {
+                reply(
+                    &[("mex-content-compressed", "Y")],
+                    payload::gzip(p).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            assemble(&members, usize::MAX),
+            (b"MSH|^~\\&|A|B\r".to_vec(), None)
+        );
     }
 
     fn check_detail(body: &str, code: Option<&str>, msg: Option<&str>) {

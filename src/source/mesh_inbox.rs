@@ -204,6 +204,9 @@ pub struct MeshInbox {
     poll_interval: Duration,
     /// The largest message read, once decompressed (`max_message_bytes`).
     max_message_bytes: usize,
+    /// The mailboxes and workflow ids taken (empty: any).
+    senders: Vec<String>,
+    workflows: Vec<String>,
     /// Ids asked for per inbox page: a poll that lists at least this many
     /// may have left more behind, so the next one starts at once.
     page_size: usize,
@@ -231,6 +234,8 @@ impl MeshInbox {
             id: id.to_string(),
             poll_interval: Duration::from_secs(config.poll_interval_secs.max(1)),
             max_message_bytes: config.max_message_bytes.max(1),
+            senders: config.senders.clone(),
+            workflows: config.workflows.clone(),
             page_size: usize::try_from(mailbox.inbox_page_size).unwrap_or(usize::MAX),
             source: ClientSource::Config(Box::new(mailbox)),
             client: None,
@@ -249,6 +254,39 @@ impl MeshInbox {
         self
     }
 
+    /// Only messages from these mailboxes under these workflow ids (the
+    /// config's `senders` and `workflows`; empty: any).
+    pub fn with_allowed(mut self, senders: Vec<String>, workflows: Vec<String>) -> MeshInbox {
+        self.senders = senders;
+        self.workflows = workflows;
+        self
+    }
+
+    /// Why a message with these headers is not taken (`None`: it is).
+    fn refused(&self, headers: &crate::mesh::ReceivedHeaders) -> Option<String> {
+        let listed = |list: &[String], v: &str| {
+            list.is_empty() || list.iter().any(|x| x.eq_ignore_ascii_case(v.trim()))
+        };
+        if !listed(&self.senders, &headers.from) {
+            return Some(format!(
+                "mesh message from mailbox `{}`, which is not among the source's senders ({}): not taken",
+                headers.from,
+                self.senders.join(", ")
+            ));
+        }
+        if headers.message_type == MessageType::Report {
+            return None;
+        }
+        if !listed(&self.workflows, &headers.workflow_id) {
+            return Some(format!(
+                "mesh message under workflow `{}`, which is not among the source's workflows ({}): not taken",
+                headers.workflow_id,
+                self.workflows.join(", ")
+            ));
+        }
+        None
+    }
+
     /// A source using a client the caller built (e.g. with secrets it holds).
     pub fn with_client(
         id: &str,
@@ -262,6 +300,8 @@ impl MeshInbox {
             id: id.to_string(),
             poll_interval: poll_interval.max(Duration::from_millis(1)),
             max_message_bytes: crate::delivery::SourceConfig::DEFAULT_MAX_MESSAGE_BYTES,
+            senders: Vec::new(),
+            workflows: Vec::new(),
             page_size: usize::try_from(MeshMailboxConfig::new("", "").inbox_page_size)
                 .unwrap_or(usize::MAX),
             source: ClientSource::Fixed(Arc::clone(&client)),
@@ -630,6 +670,13 @@ impl MeshInbox {
         // (a look at the first byte, for anything not framed)
         let unframed = mllp_unframed(&received.body);
         let outcome = match &headers.message_type {
+            // from a mailbox, or under a workflow, the source does not take
+            // (a REPORT comes from the system: its sender is not checked)
+            _ if self.refused(headers).is_some() => {
+                row.status = Status::Rejected;
+                row.error = self.refused(headers);
+                Outcome::Rejected
+            }
             // content that cannot be used as sent (not the gzip it says, a
             // checksum that does not match): kept, rejected, and acknowledged,
             // never downloaded again at every poll until MESH expires it
