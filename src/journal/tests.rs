@@ -843,31 +843,7 @@ async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
     );
     // replayed to that destination and delivered: the dead letter is settled
     // (no alarm left that nobody could clear), its reason kept
-    let replayed = journal
-        .queue_write(vec![QueueOp::Route(NewRouting {
-            message_id: message,
-            replay: true,
-            outcome: RoutingOutcome::Routed,
-            routes: Vec::new(),
-            error: None,
-            at_ms: 7,
-            deliveries: vec![NewDelivery {
-                destination: "store".into(),
-                mapping: "adt".into(),
-                routes: vec!["r".into()],
-                patient_key: "p-SENT".into(),
-                nhs_numbers: Vec::new(),
-                document: Bytes::from_static(b"{}"),
-                last_error: None,
-            }],
-            registrations: Vec::new(),
-        })])
-        .await
-        .unwrap();
-    let again = match &replayed[0] {
-        QueueOutcome::Routed { deliveries, .. } => deliveries[0],
-        other => panic!("{other:?}"),
-    };
+    let again = replay_to_store(&journal, message, "p-SENT").await;
     journal
         .queue_write(vec![QueueOp::Delivered {
             id: again,
@@ -936,31 +912,7 @@ async fn a_withheld_replay_settles_the_dead_letter() {
         }])
         .await
         .unwrap();
-    let replayed = journal
-        .queue_write(vec![QueueOp::Route(NewRouting {
-            message_id: message,
-            replay: true,
-            outcome: RoutingOutcome::Routed,
-            routes: Vec::new(),
-            error: None,
-            at_ms: 7,
-            deliveries: vec![NewDelivery {
-                destination: "store".into(),
-                mapping: "adt".into(),
-                routes: vec!["r".into()],
-                patient_key: "p-OBJ".into(),
-                nhs_numbers: Vec::new(),
-                document: Bytes::from_static(b"{}"),
-                last_error: None,
-            }],
-            registrations: Vec::new(),
-        })])
-        .await
-        .unwrap();
-    let again = match &replayed[0] {
-        QueueOutcome::Routed { deliveries, .. } => deliveries[0],
-        other => panic!("{other:?}"),
-    };
+    let again = replay_to_store(&journal, message, "p-OBJ").await;
     journal
         .queue_write(vec![QueueOp::Withheld {
             id: again,
@@ -977,4 +929,33 @@ async fn a_withheld_replay_settles_the_dead_letter() {
             format!("mesh report: status code 14; settled: withheld as delivery {again}").as_str()
         )
     );
+}
+
+/// A replay of `message` to `store` (one delivery row, patient key `key`): its row.
+async fn replay_to_store(journal: &Journal, message: i64, key: &str) -> i64 {
+    let replayed = journal
+        .queue_write(vec![QueueOp::Route(NewRouting {
+            message_id: message,
+            replay: true,
+            outcome: RoutingOutcome::Routed,
+            routes: Vec::new(),
+            error: None,
+            at_ms: 7,
+            deliveries: vec![NewDelivery {
+                destination: "store".into(),
+                mapping: "adt".into(),
+                routes: vec!["r".into()],
+                patient_key: key.into(),
+                nhs_numbers: Vec::new(),
+                document: Bytes::from_static(b"{}"),
+                last_error: None,
+            }],
+            registrations: Vec::new(),
+        })])
+        .await
+        .unwrap();
+    match &replayed[0] {
+        QueueOutcome::Routed { deliveries, .. } => deliveries[0],
+        other => panic!("{other:?}"),
+    }
 }
