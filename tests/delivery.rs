@@ -39,8 +39,8 @@ const DEADLINE: Duration = Duration::from_secs(90);
 struct Fhir {
     /// Answer 503 to everything.
     down: AtomicBool,
-    /// Answer 400 to the document with this control id (while set).
-    refuse: Mutex<Option<String>>,
+    /// Answer 400 to the documents with these control ids.
+    refuse: Mutex<Vec<String>>,
     /// Every POST, answered or not.
     attempts: AtomicUsize,
     /// (patient id, control id) of each document accepted, in arrival order.
@@ -76,7 +76,7 @@ async fn post_bundle(State(fhir): State<Arc<Fhir>>, body: Bytes) -> axum::respon
         return (StatusCode::BAD_REQUEST, "not JSON").into_response();
     };
     let (patient, control) = ids(&bundle);
-    if fhir.refuse.lock().unwrap().as_deref() == Some(control.as_str()) {
+    if fhir.refuse.lock().unwrap().contains(&control) {
         let outcome = serde_json::json!({"resourceType": "OperationOutcome",
             "issue": [{"severity": "error", "code": "invalid"}]});
         return (StatusCode::BAD_REQUEST, axum::Json(outcome)).into_response();
@@ -229,16 +229,24 @@ mapping = "adt"
 destinations = ["files", "fhir"]
 "#;
 
+/// An engine in `tmp/engine` sending A01s to files in `tmp/out` and to a
+/// FHIR server that behaves as `fhir` says.
+async fn a01s_to_files_and(tmp: &Path, fhir: Fhir) -> (Engine, Arc<Fhir>) {
+    let fhir = Arc::new(fhir);
+    let addr = fhir_server(Arc::clone(&fhir)).await;
+    let dir = tmp.join("engine");
+    routes(&dir, A01_TO_BOTH);
+    let engine = Engine::start_with(&dir, "normal", &destinations(&tmp.join("out"), addr));
+    (engine, fhir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fhir_server_that_is_down_keeps_documents_queued_then_gets_them_in_order_per_patient() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("engine");
-    let out = tmp.path().join("out");
-    let fhir = Arc::new(Fhir::default());
+    let fhir = Fhir::default();
     fhir.down.store(true, Ordering::SeqCst);
-    let addr = fhir_server(Arc::clone(&fhir)).await;
-    routes(&dir, A01_TO_BOTH);
-    let engine = Engine::start_with(&dir, "normal", &destinations(&out, addr));
+    let (engine, fhir) = a01s_to_files_and(tmp.path(), fhir).await;
+    let out = tmp.path().join("out");
 
     // Three patients, four events each, interleaved.
     let mut messages = Vec::new();
@@ -352,13 +360,9 @@ async fn a_fhir_server_that_is_down_keeps_documents_queued_then_gets_them_in_ord
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("engine");
-    let out = tmp.path().join("out");
-    let fhir = Arc::new(Fhir::default());
-    *fhir.refuse.lock().unwrap() = Some("P1-002".to_string());
-    let addr = fhir_server(Arc::clone(&fhir)).await;
-    routes(&dir, A01_TO_BOTH);
-    let engine = Engine::start_with(&dir, "normal", &destinations(&out, addr));
+    let fhir = Fhir::default();
+    *fhir.refuse.lock().unwrap() = vec!["P1-002".to_string()];
+    let (engine, fhir) = a01s_to_files_and(tmp.path(), fhir).await;
 
     let unrouted =
         std::fs::read_to_string(harness::repo_root().join("samples/adt_a08_update.hl7")).unwrap();
@@ -533,7 +537,7 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
         queues(&engine).get("fhir") == Some(&(1, 3, 1))
     })
     .await;
-    *fhir.refuse.lock().unwrap() = None;
+    fhir.refuse.lock().unwrap().clear();
     let dead_id = dead[0]["id"].as_i64().unwrap();
     let (code, stdout) = junction(&["retry", &dead_id.to_string(), "--api", &api]);
     assert_eq!(code, 0, "{stdout}");
@@ -564,6 +568,91 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
         1,
         "{controls:?}"
     );
+}
+
+/// Two dead letters of one patient with a delivered message between them,
+/// retried together: the destination gets the patient's messages again in
+/// their order after the retried ones, and ends with the newest (before, the
+/// middle one was sent last). Then a retry of a dead letter whose later
+/// message was replayed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_retried_together_leave_the_destination_with_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fhir = Fhir::default();
+    *fhir.refuse.lock().unwrap() = vec!["P3-001".to_string(), "P3-003".to_string()];
+    let (engine, fhir) = a01s_to_files_and(tmp.path(), fhir).await;
+    let api = format!("http://{}", engine.api);
+    send(
+        &engine,
+        &[a01("P3-001", 3), a01("P3-002", 3), a01("P3-003", 3)],
+    )
+    .await;
+    eventually(&engine, "two dead letters, one delivered", || {
+        queues(&engine).get("fhir") == Some(&(0, 1, 2))
+    })
+    .await;
+    fhir.refuse.lock().unwrap().clear();
+    let (code, stdout) = junction(&["retry", "--dead", "--destination", "fhir", "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("2 dead letter(s) queued again"), "{stdout}");
+    eventually(&engine, "the retried ones and their follow-ups", || {
+        queues(&engine).get("fhir") == Some(&(0, 5, 0))
+    })
+    .await;
+    let controls: Vec<String> = fhir
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect();
+    assert_eq!(
+        controls,
+        ["P3-002", "P3-001", "P3-003", "P3-002", "P3-003"],
+        "the retried rows, then the later messages by arrival"
+    );
+
+    // P4: the second refused; the first replayed since (a newer row of an
+    // older message) and delivered; the second retried: nothing follows it
+    // (before, the replayed first was queued again after it, by row order)
+    *fhir.refuse.lock().unwrap() = vec!["P4-002".to_string()];
+    send(&engine, &[a01("P4-001", 4), a01("P4-002", 4)]).await;
+    eventually(&engine, "P4's dead letter", || {
+        queues(&engine).get("fhir") == Some(&(0, 6, 1))
+    })
+    .await;
+    let first = json(&engine, "/api/messages?control_id=P4-001")["messages"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let (code, stdout) = junction(&[
+        "replay",
+        &first.to_string(),
+        "--destination",
+        "fhir",
+        "--api",
+        &api,
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    eventually(&engine, "the replay delivered", || {
+        queues(&engine).get("fhir") == Some(&(0, 7, 1))
+    })
+    .await;
+    fhir.refuse.lock().unwrap().clear();
+    let dead = json(&engine, "/api/dead-letters");
+    let dead_id = dead["deliveries"][0]["id"].as_i64().unwrap();
+    let (code, stdout) = junction(&["retry", &dead_id.to_string(), "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(!stdout.contains("later message"), "{stdout}");
+    eventually(&engine, "P4-002 delivered", || {
+        queues(&engine).get("fhir") == Some(&(0, 8, 0))
+    })
+    .await;
+    let accepted = fhir.accepted.lock().unwrap().clone();
+    let last: Vec<&str> = accepted[accepted.len() - 2..]
+        .iter()
+        .map(|(_, c)| c.as_str())
+        .collect();
+    assert_eq!(last, ["P4-001", "P4-002"], "{accepted:?}");
 }
 
 /// A message whose mapping gives a warning (its NHS number fails modulus 11) is

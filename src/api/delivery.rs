@@ -45,7 +45,8 @@ impl From<QueueError> for ApiError {
             }
             QueueError::NotRetryable { .. }
             | QueueError::DocumentDropped { .. }
-            | QueueError::NotRoutedTo { .. } => ApiError::Conflict(err.to_string()),
+            | QueueError::NotRoutedTo { .. }
+            | QueueError::Busy { .. } => ApiError::Conflict(err.to_string()),
             QueueError::Journal(err) => ApiError::Journal(err),
             QueueError::Task(err) => ApiError::Internal(err.to_string()),
             QueueError::Background(err) => ApiError::Internal(err.to_string()),
@@ -200,8 +201,9 @@ pub(super) async fn retry(
 
 /// `POST /api/deliveries/{id}/retry`: the row as it is now, what it was
 /// (`dead`/`withheld`: queued again; `pending`: its backoff cut short), and
-/// the patient's later messages already delivered there, queued again after it
-/// so that the destination ends with the newest.
+/// the patient's later messages there (delivered, on their way, or retried
+/// too), queued again after it in the order they arrived, so that the
+/// destination ends with the newest.
 #[derive(Serialize)]
 pub(super) struct RetriedOne {
     #[serde(flatten)]
@@ -213,8 +215,8 @@ pub(super) struct RetriedOne {
 #[derive(Serialize)]
 pub(super) struct Retried {
     retried: usize,
-    /// The retried rows' patients' later messages already delivered, queued
-    /// again after them.
+    /// The retried rows' patients' later messages, queued again after them
+    /// (see [`RetriedOne`]).
     requeued: Vec<Requeued>,
     /// Dead letters left (of that destination): those delivered once whose
     /// document is gone (a MESH report said the recipient never got it),

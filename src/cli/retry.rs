@@ -9,9 +9,10 @@
 //! A pending delivery given by id is said to be one ("not dead: still pending,
 //! made due now"), not "queued again".
 //!
-//! A retried row's patient's later messages that reached the same destination
-//! while it was dead are queued again after it (so the destination ends with the
-//! newest, in order); the answer lists them.
+//! A retried row's patient's later messages at the same destination (delivered,
+//! on their way, or retried in the same call) are queued again after it, in
+//! the order they arrived, so the destination ends with the newest; the
+//! answer lists them.
 //!
 //! Exit codes: 0 queued again (or made due); 1 the engine refused (no such delivery, not
 //! dead), or a later message of the patient could not be queued again after it; 2 it
@@ -110,8 +111,8 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The patient's later messages that had reached a destination before the
-/// retried row, queued again after it (`requeued` of the answer). False when
+/// The patient's later messages queued again after the retried row
+/// (`requeued` of the answer). False when
 /// one of them could not be: the destination may then end with an older
 /// document than the newest.
 fn print_requeued(body: &Value) -> bool {
@@ -124,15 +125,15 @@ fn print_requeued(body: &Value) -> bool {
     let failed = requeued.iter().filter(|r| r.get("error").is_some()).count();
     if failed == 0 {
         println!(
-            "{} later message(s) of the same patient had already reached the destination (or \
-             wait behind those that had): queued again after the retried delivery, so it ends \
-             with the newest:",
+            "{} later message(s) of the same patient (delivered, on their way, or retried too) \
+             queued again after the retried delivery, in the order they arrived, so the \
+             destination ends with the newest:",
             requeued.len()
         );
     } else {
         println!(
-            "{} later message(s) of the same patient had already reached the destination (or \
-             wait behind those that had); {failed} of them could NOT be queued again, so the \
+            "{} later message(s) of the same patient (delivered, on their way, or retried too) \
+             to queue again after the retried delivery; {failed} of them could NOT be, so the \
              destination may end with an older document than the newest (replay them by hand \
              once the retried one is delivered):",
             requeued.len()

@@ -1216,7 +1216,7 @@ pub(crate) async fn write_routed(
                 routing_id,
                 deliveries,
             } => (routing_id, deliveries),
-            QueueOutcome::Updated(_) | QueueOutcome::Requeued(_) => (0, Vec::new()),
+            QueueOutcome::Updated(_) | QueueOutcome::Stale => (0, Vec::new()),
         };
         report(shared, &r, Some(routing_id));
         woken.extend(r.routing.deliveries.iter().map(|d| d.destination.clone()));

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use super::pipeline::{self, now_ms, Router};
 use super::scheduler::{self, Destination};
 use crate::journal::{
-    DeliveryRow, DeliveryStatus, Journal, JournalError, QueueOp, QueueOutcome, RetryWhat,
-    RoutingOutcome,
+    DeliveryRow, DeliveryStatus, Journal, JournalError, QueueOp, QueueOutcome, RetryPlan,
+    RetryWhat, RoutingOutcome,
 };
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::{Metrics, QueueLabel};
@@ -69,7 +69,18 @@ pub enum QueueError {
         message_id: i64,
         destination: String,
     },
+    /// Each time a retry was prepared, its patients' queues had changed
+    /// before it could be written (a new message, another retry).
+    #[error(
+        "the patients' queues kept changing while the retry was prepared ({tries} tries); \
+         nothing was queued, try again"
+    )]
+    Busy { tries: usize },
 }
+
+/// How many times a retry by hand is prepared before giving up on queues
+/// that keep changing under it ([`QueueError::Busy`]).
+pub const RETRY_TRIES: usize = 5;
 
 /// What the pipeline, the schedulers and the API share.
 pub(crate) struct Shared {
@@ -283,7 +294,8 @@ impl DeliveryHandle {
                     self.queue_again(RetryWhat::Ids(vec![id]), now_ms).await?;
                 if retried.is_empty() {
                     // not retryable after all: its document was dropped when
-                    // it was delivered, or another retry took it first
+                    // it was delivered, or another retry took it first (then
+                    // this call did nothing, and says what it found)
                     let now = self.row(id).await?;
                     if now.status == DeliveryStatus::Dead {
                         return Err(QueueError::DocumentDropped {
@@ -292,6 +304,13 @@ impl DeliveryHandle {
                             destination: row.destination,
                         });
                     }
+                    tracing::info!(delivery_id = id, destination = %row.destination, "delivery already queued again by another retry");
+                    self.shared.wake(&row.destination);
+                    return Ok(Retried {
+                        was: now.status,
+                        row: now,
+                        requeued,
+                    });
                 }
                 requeued
             }
@@ -339,16 +358,38 @@ impl DeliveryHandle {
     /// update to what it holds). All or nothing: a crash or a client gone
     /// mid-way leaves either the retry with its follow-ups, or neither.
     /// The rows queued again, and the follow-ups (one whose message cannot be
-    /// made for that destination any more says why).
+    /// made for that destination any more says why). The plan is read, the
+    /// follow-ups made, and the write refused when a line changed meanwhile
+    /// (then all of it is done again, at most [`RETRY_TRIES`] times).
     async fn queue_again(
         &self,
         what: RetryWhat,
         now_ms: i64,
     ) -> Result<(Vec<i64>, Vec<Requeued>), QueueError> {
-        let plan = self.shared.journal.retry_plan(what).await?;
-        if plan.retryable.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+        for _ in 0..RETRY_TRIES {
+            let plan = self.shared.journal.retry_plan(what.clone()).await?;
+            if plan.retryable.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            if let Some(done) = self.write_plan(&plan, now_ms).await? {
+                return Ok(done);
+            }
+            tracing::info!(
+                retried = plan.retryable.len(),
+                "a patient's queue changed while a retry was prepared; preparing it again"
+            );
         }
+        Err(QueueError::Busy { tries: RETRY_TRIES })
+    }
+
+    /// Makes `plan`'s follow-ups and writes them with its retries, in one
+    /// request guarded by [`RetryPlan::guard`]; `None` when the plan was out
+    /// of date (nothing written).
+    async fn write_plan(
+        &self,
+        plan: &RetryPlan,
+        now_ms: i64,
+    ) -> Result<Option<(Vec<i64>, Vec<Requeued>)>, QueueError> {
         let mut routed = Vec::new();
         let mut requeued = Vec::with_capacity(plan.overtaken.len());
         for o in &plan.overtaken {
@@ -390,16 +431,20 @@ impl DeliveryHandle {
                 error,
             });
         }
-        let retries: Vec<QueueOp> = plan
-            .retryable
-            .iter()
-            .map(|&id| QueueOp::Retry { id, now_ms })
-            .collect();
-        let (outcomes, written) = pipeline::write_routed(&self.shared, retries, routed).await?;
+        let mut before = vec![plan.guard()];
+        before.extend(
+            plan.retryable
+                .iter()
+                .map(|&id| QueueOp::Retry { id, now_ms }),
+        );
+        let (outcomes, written) = pipeline::write_routed(&self.shared, before, routed).await?;
+        if outcomes.first() != Some(&QueueOutcome::Updated(1)) {
+            return Ok(None);
+        }
         let retried: Vec<i64> = plan
             .retryable
             .iter()
-            .zip(&outcomes)
+            .zip(&outcomes[1..])
             .filter(|(_, o)| matches!(o, QueueOutcome::Updated(n) if *n > 0))
             .map(|(id, _)| *id)
             .collect();
@@ -419,7 +464,7 @@ impl DeliveryHandle {
                 "a later message of the retried delivery's patient queued again after it"
             );
         }
-        Ok((retried, requeued))
+        Ok(Some((retried, requeued)))
     }
 
     /// Makes every pending delivery of `destination` due now (e.g. when the

@@ -112,6 +112,12 @@ CREATE TABLE registrations (
 ) WITHOUT ROWID;
 ";
 
+/// Schema version 6: a patient's rows at a destination, whatever their
+/// status, found by index (a retry by hand reads the whole line).
+pub(super) const SCHEMA_V6: &str = "
+CREATE INDEX deliveries_patient ON deliveries (patient_key, destination, id);
+";
+
 /// What routing made of one accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -274,11 +280,16 @@ pub enum QueueOp {
         id: Option<i64>,
         now_ms: i64,
     },
-    /// Every dead delivery (of one destination, or of all) queued again, but
-    /// those whose document was dropped when they were delivered.
-    RetryDead {
-        destination: Option<String>,
-        now_ms: i64,
+    /// A guard for a retry by hand, first in its request: the plan it was
+    /// made from still holds. Every row of `retryable` is still dead or
+    /// withheld with its document, and no row was added to `lines` after
+    /// `high_water`. `Updated(1)` when so; otherwise [`QueueOutcome::Stale`],
+    /// and nothing of the request is written (the rest is not applied, and
+    /// the request's savepoint is rolled back).
+    Unchanged {
+        retryable: Vec<i64>,
+        lines: Vec<(String, String)>,
+        high_water: i64,
     },
     /// Note on the pending deliveries of a destination that cannot deliver
     /// (e.g. it could not be built) why they wait.
@@ -322,8 +333,9 @@ pub enum QueueOutcome {
     },
     /// Rows changed (0: the row was not in the expected status).
     Updated(usize),
-    /// The rows queued again ([`QueueOp::RetryDead`]), by id.
-    Requeued(Vec<i64>),
+    /// A [`QueueOp::Unchanged`] guard found the plan out of date: nothing of
+    /// its request was written.
+    Stale,
 }
 
 /// [`APPLICATION_ACK`] as a literal, for SQL text.
@@ -454,7 +466,17 @@ pub(super) fn apply(
     tx: &Transaction<'_>,
     ops: &[QueueOp],
 ) -> Result<Vec<QueueOutcome>, rusqlite::Error> {
-    ops.iter().map(|op| apply_one(tx, op)).collect()
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let outcome = apply_one(tx, op)?;
+        let stale = outcome == QueueOutcome::Stale;
+        out.push(outcome);
+        if stale {
+            // the caller rolls the request back
+            break;
+        }
+    }
+    Ok(out)
 }
 
 const LEAVE_PENDING: &str = "UPDATE deliveries
@@ -562,35 +584,11 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
                 None => Ok(QueueOutcome::Updated(0)),
             }
         }
-        QueueOp::RetryDead {
-            destination,
-            now_ms,
-        } => {
-            let rows: Vec<(i64, String, String)> = {
-                let mut stmt = tx.prepare(
-                    "UPDATE deliveries
-                     SET status = 'pending', attempts = 0, next_attempt_at = ?2, age_from = ?2,
-                         delivered_at = NULL
-                     WHERE status = 'dead' AND (?1 IS NULL OR destination = ?1)
-                       AND NOT (length(document) = 0 AND size > 0)
-                     RETURNING id, destination, patient_key",
-                )?;
-                let rows = stmt.query_map(params![destination, now_ms], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-                rows.collect::<Result<_, _>>()?
-            };
-            let mut ids: Vec<i64> = rows.iter().map(|(id, _, _)| *id).collect();
-            ids.sort_unstable();
-            let mut unique: Vec<(String, String)> =
-                rows.into_iter().map(|(_, d, k)| (d, k)).collect();
-            unique.sort();
-            unique.dedup();
-            for (destination, patient_key) in &unique {
-                fix_head(tx, destination, patient_key)?;
-            }
-            Ok(QueueOutcome::Requeued(ids))
-        }
+        QueueOp::Unchanged {
+            retryable,
+            lines,
+            high_water,
+        } => unchanged(tx, retryable, lines, *high_water),
         QueueOp::DueNow {
             destination,
             id,
@@ -633,7 +631,7 @@ fn prune(
                                  ON x.destination = d.destination
                                 AND x.patient_key = d.patient_key
                                 AND x.id < d.id
-                                AND x.status IN ('dead', 'withheld')
+                                AND x.status = 'dead'
                                WHERE d.message_id = m.id)
                AND (m.status <> 'accepted'
                     OR (EXISTS (SELECT 1 FROM routings r WHERE r.message_id = m.id)
@@ -883,7 +881,7 @@ pub struct Overtaken {
     pub retried: i64,
     pub destination: String,
     pub message_id: i64,
-    /// Its first row there after the retried one.
+    /// Its newest row there (delivered, pending, or retried now).
     pub delivery_id: i64,
 }
 
@@ -901,21 +899,50 @@ pub enum RetryWhat {
 pub struct RetryPlan {
     /// The rows to queue again (dead or withheld, their document kept), by id.
     pub retryable: Vec<i64>,
-    /// The later messages of their patients to queue again after them, in
-    /// queue order: for each line (destination, patient key) where a later row
-    /// was delivered while the retried one was not, every later message there,
-    /// delivered or still pending (queued again, the newest ends up last).
+    /// The messages to queue again after them, by message id (see
+    /// [`retry_plan`]).
     pub overtaken: Vec<Overtaken>,
+    /// The lines (destination, patient key) the retried rows are in.
+    pub lines: Vec<(String, String)>,
+    /// The highest delivery id when the plan was read: a row above it in
+    /// one of `lines` makes the plan out of date ([`QueueOp::Unchanged`]).
+    pub high_water: i64,
 }
 
-/// [`RetryPlan`] for `what`. One scan of the rows after the lowest retried id.
+impl RetryPlan {
+    /// The guard to write first with the plan.
+    pub fn guard(&self) -> QueueOp {
+        QueueOp::Unchanged {
+            retryable: self.retryable.clone(),
+            lines: self.lines.clone(),
+            high_water: self.high_water,
+        }
+    }
+}
+
+/// [`RetryPlan`] for `what`.
+///
+/// The destination must end with the newest document of each line the retry
+/// touches, and get the patient's messages in their order. Per line, with
+/// `oldest` the lowest message id retried there: every message newer than
+/// `oldest` with a row there delivered, pending (in flight, perhaps) or
+/// retried now is queued again after the retried rows, by message id. A
+/// message's id is its arrival order; a row's id is not (a replay or retry
+/// of an older message makes a newer row). When there is no such message but
+/// a row of an older message is pending behind the retried one (a replay),
+/// the oldest retried message itself is queued again after it. Rows of
+/// other lines (another patient key, a merged patient) are not looked at.
 pub(super) fn retry_plan(
     conn: &Connection,
     what: &RetryWhat,
 ) -> Result<RetryPlan, rusqlite::Error> {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::{BTreeMap, HashSet};
     const RETRYABLE: &str =
         "status IN ('dead', 'withheld') AND NOT (length(document) = 0 AND size > 0)";
+    let high_water: i64 =
+        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM deliveries", [], |r| {
+            r.get(0)
+        })?;
     let rows: Vec<(i64, String, String, i64)> = match what {
         RetryWhat::Ids(ids) => {
             let mut stmt = conn.prepare_cached(&format!(
@@ -945,71 +972,90 @@ pub(super) fn retry_plan(
     };
     let mut plan = RetryPlan {
         retryable: rows.iter().map(|r| r.0).collect(),
-        overtaken: Vec::new(),
+        high_water,
+        ..RetryPlan::default()
     };
     plan.retryable.sort_unstable();
     plan.retryable.dedup();
-    let Some(first) = plan.retryable.first().copied() else {
-        return Ok(plan);
-    };
     let retried: HashSet<i64> = plan.retryable.iter().copied().collect();
-    // (destination, patient key) -> (lowest retried id, the retried rows' messages)
-    let mut lines: HashMap<(String, String), (i64, HashSet<i64>)> = HashMap::new();
+    // (destination, patient key) -> (lowest retried row, oldest retried message)
+    let mut lines: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for (id, destination, patient_key, message_id) in rows {
         let line = lines
             .entry((destination, patient_key))
-            .or_insert((id, HashSet::new()));
+            .or_insert((id, message_id));
         line.0 = line.0.min(id);
-        line.1.insert(message_id);
+        line.1 = line.1.min(message_id);
     }
-    // per line: its later rows (delivered or pending), and whether one of them
-    // was delivered (only then has the retried row been overtaken)
-    // (whether one was delivered, the rows as (id, message id))
-    type Later = (bool, Vec<(i64, i64)>);
-    let mut later: HashMap<(String, String), Later> = HashMap::new();
-    let mut stmt = conn.prepare(
-        "SELECT id, destination, patient_key, message_id, status FROM deliveries
-         WHERE id > ?1 AND status IN ('delivered', 'pending') ORDER BY id",
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, message_id, status FROM deliveries
+         WHERE patient_key = ?1 AND destination = ?2 ORDER BY id",
     )?;
-    let mut found = stmt.query([first])?;
-    while let Some(r) = found.next()? {
-        let (id, destination, patient_key, message_id, status): (i64, String, String, i64, String) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-        if retried.contains(&id) {
-            continue;
-        }
-        let key = (destination, patient_key);
-        let Some((lowest, own)) = lines.get(&key) else {
-            continue;
-        };
-        if id < *lowest || own.contains(&message_id) {
-            continue;
-        }
-        let entry = later.entry(key).or_insert((false, Vec::new()));
-        entry.0 |= status == "delivered";
-        entry.1.push((id, message_id));
-    }
-    let mut overtaken: Vec<Overtaken> = Vec::new();
-    let mut seen: HashSet<(String, i64)> = HashSet::new();
-    for ((destination, patient_key), (delivered, rows)) in later {
-        if !delivered {
-            continue;
-        }
-        let retried_id = lines[&(destination.clone(), patient_key)].0;
-        for (id, message_id) in rows {
-            if seen.insert((destination.clone(), message_id)) {
-                overtaken.push(Overtaken {
-                    retried: retried_id,
-                    destination: destination.clone(),
-                    message_id,
-                    delivery_id: id,
-                });
+    for ((destination, patient_key), &(first, oldest)) in &lines {
+        // newer message -> its newest row in the line
+        let mut newer: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut older_behind = false;
+        let mut found = stmt.query(params![patient_key, destination])?;
+        while let Some(r) = found.next()? {
+            let (id, message_id, status): (i64, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let own = retried.contains(&id);
+            if !(own || status == "delivered" || status == "pending") {
+                continue;
+            }
+            if message_id > oldest {
+                newer.insert(message_id, id);
+            } else if message_id < oldest && !own && status == "pending" && id > first {
+                older_behind = true;
             }
         }
+        if newer.is_empty() && older_behind {
+            newer.insert(oldest, first);
+        }
+        plan.overtaken.extend(
+            newer
+                .into_iter()
+                .map(|(message_id, delivery_id)| Overtaken {
+                    retried: first,
+                    destination: destination.clone(),
+                    message_id,
+                    delivery_id,
+                }),
+        );
     }
-    overtaken.sort_by_key(|o| o.delivery_id);
-    plan.overtaken = overtaken;
+    plan.overtaken
+        .sort_by(|a, b| (a.message_id, &a.destination).cmp(&(b.message_id, &b.destination)));
+    plan.lines = lines.into_keys().collect();
     Ok(plan)
+}
+
+/// [`QueueOp::Unchanged`].
+fn unchanged(
+    tx: &Transaction<'_>,
+    retryable: &[i64],
+    lines: &[(String, String)],
+    high_water: i64,
+) -> Result<QueueOutcome, rusqlite::Error> {
+    let mut still = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE id = ?1
+             AND status IN ('dead', 'withheld') AND NOT (length(document) = 0 AND size > 0))",
+    )?;
+    for id in retryable {
+        if !still.query_row([id], |r| r.get::<_, bool>(0))? {
+            return Ok(QueueOutcome::Stale);
+        }
+    }
+    let mut added = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries
+             WHERE patient_key = ?1 AND destination = ?2 AND id > ?3)",
+    )?;
+    for (destination, patient_key) in lines {
+        if added.query_row(params![patient_key, destination, high_water], |r| {
+            r.get::<_, bool>(0)
+        })? {
+            return Ok(QueueOutcome::Stale);
+        }
+    }
+    Ok(QueueOutcome::Updated(1))
 }
 
 pub(super) fn routing_cursor(conn: &Connection) -> Result<i64, rusqlite::Error> {

@@ -23,8 +23,9 @@ use crate::telemetry::metrics::Metrics;
 /// outcomes and the delivery queue, [`super::queue::SCHEMA_V2`]), version 3
 /// (delivered documents dropped, [`super::queue::SCHEMA_V3`]), version 4
 /// (deliveries indexed by remote reference, [`super::queue::SCHEMA_V4`]),
-/// version 5 (patients' GP registrations, [`super::queue::SCHEMA_V5`]).
-pub(super) const SCHEMA_VERSION: i64 = 5;
+/// version 5 (patients' GP registrations, [`super::queue::SCHEMA_V5`]),
+/// version 6 (deliveries indexed by patient, [`super::queue::SCHEMA_V6`]).
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -75,6 +76,7 @@ pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, J
         super::queue::SCHEMA_V3,
         super::queue::SCHEMA_V4,
         super::queue::SCHEMA_V5,
+        super::queue::SCHEMA_V6,
     ];
     debug_assert_eq!(migrations.len() as i64, SCHEMA_VERSION);
     db::open_writer_migrating(path, sync, &migrations).map_err(|problem| match problem {
@@ -259,6 +261,10 @@ fn write_group(
                 WriteRequest::Queue { ops, .. } => {
                     tx.execute_batch("SAVEPOINT queue_request")?;
                     match super::queue::apply(&tx, ops) {
+                        Ok(done) if done.last() == Some(&super::queue::QueueOutcome::Stale) => {
+                            tx.execute_batch("ROLLBACK TO queue_request; RELEASE queue_request")?;
+                            outcomes.push(Outcome::Queue(Ok(done)));
+                        }
                         Ok(done) => {
                             tx.execute_batch("RELEASE queue_request")?;
                             outcomes.push(Outcome::Queue(Ok(done)));

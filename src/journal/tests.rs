@@ -826,17 +826,14 @@ async fn a_delivery_reported_undelivered_is_dead_and_is_replayed_not_retried() {
     // empty body (it is replayed instead), by id or with every dead letter
     assert_eq!(
         journal
-            .queue_write(vec![
-                QueueOp::Retry { id, now_ms: 6 },
-                QueueOp::RetryDead {
-                    destination: None,
-                    now_ms: 6
-                }
-            ])
+            .queue_write(vec![QueueOp::Retry { id, now_ms: 6 }])
             .await
             .unwrap(),
-        vec![QueueOutcome::Updated(0), QueueOutcome::Requeued(vec![])]
+        vec![QueueOutcome::Updated(0)]
     );
+    for what in [RetryWhat::Ids(vec![id]), RetryWhat::Dead(None)] {
+        assert!(journal.retry_plan(what).await.unwrap().retryable.is_empty());
+    }
     assert_eq!(
         journal.delivery(id).await.unwrap().unwrap().status,
         DeliveryStatus::Dead

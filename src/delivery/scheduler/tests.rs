@@ -118,33 +118,59 @@ async fn enqueue(journal: &Journal, rows: &[(&str, &str)], destination: &str) ->
     let mut ids = Vec::new();
     for (control_id, patient) in rows {
         let message_id = commit(journal, "pas", control_id, &format!("MSH|{control_id}")).await;
-        let out = journal
-            .queue_write(vec![crate::journal::QueueOp::Route(NewRouting {
-                message_id,
-                replay: false,
-                outcome: RoutingOutcome::Routed,
-                routes: vec!["r".to_string()],
-                error: None,
-                at_ms: now_ms(),
-                deliveries: vec![NewDelivery {
-                    destination: destination.to_string(),
-                    mapping: "m".to_string(),
-                    routes: vec!["r".to_string()],
-                    patient_key: patient.to_string(),
-                    nhs_numbers: vec![format!("nhs-{patient}")],
-                    document: Bytes::from(format!("{{\"doc\":\"{control_id}\"}}")),
-                    last_error: None,
-                }],
-                registrations: Vec::new(),
-            })])
-            .await
-            .unwrap();
-        match &out[0] {
-            QueueOutcome::Routed { deliveries, .. } => ids.push(deliveries[0]),
-            other => panic!("{other:?}"),
-        }
+        let document = Bytes::from(format!("{{\"doc\":\"{control_id}\"}}"));
+        ids.push(route_row(journal, message_id, false, patient, destination, document).await);
     }
     ids
+}
+
+/// A replay of `message_id` to `destination`: its new (pending) row.
+async fn replay_row(journal: &Journal, message_id: i64, patient: &str, destination: &str) -> i64 {
+    route_row(
+        journal,
+        message_id,
+        true,
+        patient,
+        destination,
+        Bytes::from_static(b"{}"),
+    )
+    .await
+}
+
+/// Routes `message_id` to `destination` with `document`: its new row.
+async fn route_row(
+    journal: &Journal,
+    message_id: i64,
+    replay: bool,
+    patient: &str,
+    destination: &str,
+    document: Bytes,
+) -> i64 {
+    let out = journal
+        .queue_write(vec![crate::journal::QueueOp::Route(NewRouting {
+            message_id,
+            replay,
+            outcome: RoutingOutcome::Routed,
+            routes: vec!["r".to_string()],
+            error: None,
+            at_ms: now_ms(),
+            deliveries: vec![NewDelivery {
+                destination: destination.to_string(),
+                mapping: "m".to_string(),
+                routes: vec!["r".to_string()],
+                patient_key: patient.to_string(),
+                nhs_numbers: vec![format!("nhs-{patient}")],
+                document,
+                last_error: None,
+            }],
+            registrations: Vec::new(),
+        })])
+        .await
+        .unwrap();
+    match &out[0] {
+        QueueOutcome::Routed { deliveries, .. } => deliveries[0],
+        other => panic!("{other:?}"),
+    }
 }
 
 fn start(journal: &Journal, dests: Vec<Destination>) -> DeliveryQueue {
@@ -585,6 +611,32 @@ async fn pending_deliveries_can_be_made_due_at_once_when_the_destination_is_back
     queue.stop(Duration::from_secs(10)).await;
 }
 
+fn dead_op(id: i64) -> crate::journal::QueueOp {
+    crate::journal::QueueOp::Dead {
+        id,
+        attempts: 1,
+        error: "permanent error: HTTP 400".to_string(),
+        at_ms: now_ms(),
+    }
+}
+
+fn delivered_op(id: i64) -> crate::journal::QueueOp {
+    crate::journal::QueueOp::Delivered {
+        id,
+        attempts: 1,
+        remote_ref: None,
+        at_ms: now_ms(),
+    }
+}
+
+/// A plan's follow-ups as (after, destination, row they stand for).
+fn follow_ups(plan: &RetryPlan) -> Vec<(i64, &str, i64)> {
+    plan.overtaken
+        .iter()
+        .map(|o| (o.retried, o.destination.as_str(), o.delivery_id))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_plan_names_the_patients_later_messages_at_that_destination() {
     let dir = tempfile::tempdir().unwrap();
@@ -596,36 +648,20 @@ async fn a_retry_plan_names_the_patients_later_messages_at_that_destination() {
     ids.extend(enqueue(&journal, &[("A4", "pa")], "d2").await);
     ids.extend(enqueue(&journal, &[("A3", "pa"), ("A5", "pa")], "d1").await);
     let (a1, a2, b1, a4, a3) = (ids[0], ids[1], ids[2], ids[3], ids[4]);
-    let dead = crate::journal::QueueOp::Dead {
-        id: a1,
-        attempts: 1,
-        error: "permanent error: HTTP 400".to_string(),
-        at_ms: now_ms(),
-    };
-    let delivered = |id| crate::journal::QueueOp::Delivered {
-        id,
-        attempts: 1,
-        remote_ref: None,
-        at_ms: now_ms(),
-    };
     journal
         .queue_write(vec![
-            dead,
-            delivered(a2),
-            delivered(b1),
-            delivered(a4),
-            delivered(a3),
+            dead_op(a1),
+            delivered_op(a2),
+            delivered_op(b1),
+            delivered_op(a4),
+            delivered_op(a3),
         ])
         .await
         .unwrap();
     let a5 = ids[5];
     let plan = journal.retry_plan(RetryWhat::Ids(vec![a1])).await.unwrap();
     assert_eq!(plan.retryable, vec![a1]);
-    let got: Vec<(i64, &str, i64)> = plan
-        .overtaken
-        .iter()
-        .map(|o| (o.retried, o.destination.as_str(), o.delivery_id))
-        .collect();
+    let got = follow_ups(&plan);
     // the patient's later rows at that destination, in queue order, the one
     // still pending too (queued again, the newest ends up last); not the
     // other patient's, not another destination's
@@ -644,30 +680,124 @@ async fn a_retry_plan_names_the_patients_later_messages_at_that_destination() {
         .retryable
         .is_empty());
     // a delivered row is not retryable, and nothing follows it
-    assert_eq!(
-        journal.retry_plan(RetryWhat::Ids(vec![a3])).await.unwrap(),
-        RetryPlan::default()
+    let none = journal.retry_plan(RetryWhat::Ids(vec![a3])).await.unwrap();
+    assert!(
+        none.retryable.is_empty() && none.overtaken.is_empty(),
+        "{none:?}"
     );
-    // later rows that are all pending overtook nothing: the retried row,
-    // lowest of its line, goes first anyway
+    // a later row still pending may be in flight: queued again after it too
     let dir2 = tempfile::tempdir().unwrap();
     let journal2 = crate::delivery::testing::journal(dir2.path());
     let ids2 = enqueue(&journal2, &[("C1", "pc"), ("C2", "pc")], "d1").await;
-    journal2
-        .queue_write(vec![crate::journal::QueueOp::Dead {
-            id: ids2[0],
-            attempts: 1,
-            error: "x".to_string(),
-            at_ms: now_ms(),
-        }])
-        .await
-        .unwrap();
+    journal2.queue_write(vec![dead_op(ids2[0])]).await.unwrap();
     let plan2 = journal2
         .retry_plan(RetryWhat::Ids(vec![ids2[0]]))
         .await
         .unwrap();
+    assert_eq!(plan2.retryable, vec![ids2[0]]);
+    assert_eq!(follow_ups(&plan2), vec![(ids2[0], "d1", ids2[1])]);
+    assert_eq!(plan2.lines, vec![("d1".to_string(), "pc".to_string())]);
+}
+
+/// Two dead letters of a line with a delivered message between: every later
+/// message follows the oldest retried one, the other retried one too, by
+/// message id; a newer row of an older message (a replay) is no later
+/// message; a replay still pending behind the retried row brings the retried
+/// message again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_plan_follows_message_order_not_row_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let ids = enqueue(&journal, &[("M1", "p"), ("M2", "p"), ("M3", "p")], "d").await;
+    let (m1, m2, m3) = (ids[0], ids[1], ids[2]);
+    journal
+        .queue_write(vec![dead_op(m1), delivered_op(m2), dead_op(m3)])
+        .await
+        .unwrap();
+    let plan = journal.retry_plan(RetryWhat::Dead(None)).await.unwrap();
+    assert_eq!(plan.retryable, vec![m1, m3]);
+    assert_eq!(follow_ups(&plan), vec![(m1, "d", m2), (m1, "d", m3)]);
+    // m1 alone: m2 follows (m3 stays dead, and is not sent)
+    let plan = journal.retry_plan(RetryWhat::Ids(vec![m1])).await.unwrap();
+    assert_eq!(follow_ups(&plan), vec![(m1, "d", m2)]);
+    // m2's message replayed since (a newer row of an older message), and
+    // delivered: m3 alone is retried, nothing follows it
+    let message2 = journal.delivery(m2).await.unwrap().unwrap().message_id;
+    let replay = replay_row(&journal, message2, "p", "d").await;
+    journal
+        .queue_write(vec![delivered_op(replay)])
+        .await
+        .unwrap();
+    let plan = journal.retry_plan(RetryWhat::Ids(vec![m3])).await.unwrap();
+    assert_eq!(follow_ups(&plan), vec![]);
+    // another replay of m2 still pending behind m3's row: m3 again after it
+    let replay = replay_row(&journal, message2, "p", "d").await;
+    let plan = journal.retry_plan(RetryWhat::Ids(vec![m3])).await.unwrap();
+    assert_eq!(follow_ups(&plan), vec![(m3, "d", m3)]);
+    assert!(replay > m3);
+}
+
+/// The guard written first with a retry refuses the whole request when the
+/// plan is out of date: a row added to the line since, or the row retried by
+/// another call meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_written_from_an_old_plan_is_refused_whole() {
+    use crate::journal::QueueOp;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let ids = enqueue(&journal, &[("N1", "p"), ("O1", "q")], "d").await;
+    journal
+        .queue_write(vec![dead_op(ids[0]), dead_op(ids[1])])
+        .await
+        .unwrap();
+    let plan = journal
+        .retry_plan(RetryWhat::Ids(vec![ids[0]]))
+        .await
+        .unwrap();
+    // another patient's new row changes nothing of this plan
+    enqueue(&journal, &[("O2", "q")], "d").await;
     assert_eq!(
-        (plan2.retryable, plan2.overtaken),
-        (vec![ids2[0]], Vec::new())
+        journal.queue_write(vec![plan.guard()]).await.unwrap(),
+        vec![QueueOutcome::Updated(1)]
+    );
+    // this patient's new message arrives before the retry is written
+    let new = enqueue(&journal, &[("N2", "p")], "d").await;
+    let retry = QueueOp::Retry {
+        id: ids[0],
+        now_ms: now_ms(),
+    };
+    assert_eq!(
+        journal
+            .queue_write(vec![plan.guard(), retry.clone()])
+            .await
+            .unwrap(),
+        vec![QueueOutcome::Stale]
+    );
+    assert_eq!(
+        journal.delivery(ids[0]).await.unwrap().unwrap().status,
+        DeliveryStatus::Dead,
+        "nothing of the request was written"
+    );
+    // planned again, it takes the new message along
+    let plan = journal
+        .retry_plan(RetryWhat::Ids(vec![ids[0]]))
+        .await
+        .unwrap();
+    assert_eq!(follow_ups(&plan), vec![(ids[0], "d", new[0])]);
+    let outcomes = journal
+        .queue_write(vec![plan.guard(), retry.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![QueueOutcome::Updated(1), QueueOutcome::Updated(1)]
+    );
+    // a second call with the same plan finds the row taken
+    assert_eq!(
+        journal
+            .queue_write(vec![plan.guard(), retry])
+            .await
+            .unwrap(),
+        vec![QueueOutcome::Stale]
     );
 }
