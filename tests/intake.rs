@@ -983,8 +983,16 @@ async fn an_ack_is_not_answered_and_a_query_is_refused() {
         (String::new(), String::new()),
         "{ack}"
     );
-    // a query's response (RSP, ADR) is an answer too: kept, not answered
-    for (response, control_id) in [("RSP^K22^RSP_K21", "RSPK22"), ("ADR^A19", "ADRA19")] {
+    // a query's response (RSP, ADR, MFR, QCK) and an order's application
+    // acknowledgement (ORR, ORL) are answers too: kept, not answered
+    for (response, control_id) in [
+        ("RSP^K22^RSP_K21", "RSPK22"),
+        ("ADR^A19", "ADRA19"),
+        ("MFR^M01", "MFRM01"),
+        ("QCK^Q02", "QCKQ02"),
+        ("ORR^O02^ORR_O02", "ORRO02"),
+        ("ORL^O22^ORL_O22", "ORLO22"),
+    ] {
         let message = format!(
             "MSH|^~\\&|EPR|RAL01|JUNCTION|LCR|20261124101500||{response}|{control_id}|P|2.5\rMSA|AA|Q1\rQAK|Q1|OK\r"
         );

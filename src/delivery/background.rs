@@ -38,6 +38,11 @@ pub enum BackgroundError {
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// Each background thread's stack: a main thread's, so what `junction map`
+/// maps on the main thread is mapped here too (the mapping's nesting and
+/// macro chains are bounded at load to fit; `mapping::tests`).
+pub const STACK_BYTES: usize = 8 << 20;
+
 struct Pool {
     jobs: Mutex<mpsc::Sender<Job>>,
 }
@@ -52,6 +57,7 @@ fn pool() -> &'static Pool {
             let rx = Arc::clone(&rx);
             let spawned = std::thread::Builder::new()
                 .name(format!("junction-bg-{i}"))
+                .stack_size(STACK_BYTES)
                 .spawn(move || {
                     lower_priority();
                     loop {

@@ -567,21 +567,28 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
     })
 }
 
-/// Whether a message is itself an answer: an acknowledgement (MSH-9.1 `ACK`,
-/// `MCF`, a master file's `MFK`) or the response to a query (`ADR`, `ORF`,
-/// `RSP`, `RTB`, `RDY`, `DSR`, `TBR`, `ERP`, `EDR`, `VXR`, `VXX`, `OSR`, the
-/// pharmacy responses `RAR` `RDR` `RER` `RGR` `ROR`). HL7 never acknowledges
-/// one in original mode: an ACK of an ACK invites two engines to answer each
-/// other for ever, and a response is itself the answer to its query (whose
-/// sender does not wait for an ACK of it).
+/// Whether a message is itself an answer (HL7 table 0076): an acknowledgement
+/// (MSH-9.1 `ACK`, `MCF`, a master file's `MFK` or `MFD`), an application
+/// acknowledgement of an order or a report (`ORR`, `ORL`, `ORG`, `ORI`, `ORP`,
+/// `ORS`, `ORN`, `ORD`, `ORB`, `ORA`, `OPR`, `BRP`, `BRT`, `RRA`, `RRD`,
+/// `RRE`, `RRG`, `RRO`, `SRR`, `EAR`), or the response to a query (`ADR`,
+/// `ARD`, `DOC`, `DSR`, `EDR`, `ERP`, `MFR`, `ORF`, `OSR`, `QCK`, `RCI`, `RCL`,
+/// `RDY`, `RPA`, `RPI`, `RPL`, `RPR`, `RRI`, `RSP`, `RTB`, `SQR`, `TBR`,
+/// `VXR`, `VXX`, the pharmacy responses `RAR` `RDR` `RER` `RGR` `ROR`, the
+/// patient care responses `PPT` `PPV` `PRR` `PTR`). HL7 never acknowledges one
+/// in original mode: an ACK of an ACK invites two engines to answer each other
+/// for ever, and a response is itself the answer to its query (whose sender
+/// does not wait for an ACK of it).
 pub fn is_acknowledgement(header: &Header) -> bool {
+    const ANSWERS: &[&str] = &[
+        "ACK", "MCF", "MFK", "MFD", "ORR", "ORL", "ORG", "ORI", "ORP", "ORS", "ORN", "ORD", "ORB",
+        "ORA", "OPR", "BRP", "BRT", "RRA", "RRD", "RRE", "RRG", "RRO", "SRR", "EAR", "ADR", "ARD",
+        "DOC", "DSR", "EDR", "ERP", "MFR", "ORF", "OSR", "QCK", "RCI", "RCL", "RDY", "RPA", "RPI",
+        "RPL", "RPR", "RRI", "RSP", "RTB", "SQR", "TBR", "VXR", "VXX", "RAR", "RDR", "RER", "RGR",
+        "ROR", "PPT", "PPV", "PRR", "PTR",
+    ];
     let code = header.message_code.trim();
-    [
-        "ACK", "MCF", "MFK", "ADR", "ORF", "RSP", "RTB", "RDY", "DSR", "TBR", "ERP", "EDR", "VXR",
-        "VXX", "OSR", "RAR", "RDR", "RER", "RGR", "ROR",
-    ]
-    .iter()
-    .any(|c| code.eq_ignore_ascii_case(c))
+    ANSWERS.iter().any(|c| code.eq_ignore_ascii_case(c))
 }
 
 fn is_version(v: &str) -> bool {

@@ -163,6 +163,8 @@ struct Compiler<'s> {
     source: &'s str,
     errors: Vec<MappingError>,
     macro_names: Vec<String>,
+    /// The macros as compiled (once they are; `None` where one failed).
+    macro_exprs: Vec<Option<Expr>>,
     table_names: Vec<String>,
     /// Resource bodies checked against FHIR's elements (`fhir_elements`).
     check_fhir: bool,
@@ -200,6 +202,7 @@ pub(crate) fn compile_checked(
         source,
         errors: Vec::new(),
         macro_names: Vec::new(),
+        macro_exprs: Vec::new(),
         table_names: Vec::new(),
         check_fhir,
     };
@@ -272,13 +275,6 @@ pub(crate) fn compile_checked(
                         match mk.get_ref().as_ref() {
                             "name" => {
                                 name = c.string(mv).map(str::to_string);
-                                let fit = |n: &str| {
-                                    !n.is_empty()
-                                        && n.len() <= 64
-                                        && n.bytes().all(|b| {
-                                            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
-                                        })
-                                };
                                 if name.as_deref() == Some(crate::journal::APPLICATION_ACK) {
                                     c.error(
                                         mv.span().start,
@@ -288,10 +284,10 @@ pub(crate) fn compile_checked(
                                             crate::journal::APPLICATION_ACK
                                         ),
                                     );
-                                } else if name.as_deref().is_some_and(|n| !fit(n)) {
+                                } else if name.as_deref().is_some_and(|n| !is_mapping_name(n)) {
                                     c.error(
                                         mv.span().start,
-                                        "bad mapping name, expected 1 to 64 letters, digits, `-`, `_` or `.` (routes name it)".into(),
+                                        "bad mapping name, expected 1 to 64 letters, digits, `-` or `_` (routes name it)".into(),
                                     );
                                 }
                             }
@@ -344,6 +340,7 @@ pub(crate) fn compile_checked(
         macros.push(e);
     }
     c.check_macro_cycles(&macros, &macro_sources);
+    c.macro_exprs = macros.clone();
     let macros: Vec<Expr> = macros
         .into_iter()
         .map(|m| m.unwrap_or_else(empty_expr))
@@ -398,11 +395,26 @@ pub(crate) fn compile_checked(
         c.errors.sort_by_key(|e| (e.line, e.col));
         return Err(c.errors);
     }
-    let name = name.unwrap_or_else(|| {
-        file.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
+    let name = match name {
+        Some(name) => name,
+        None => {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !is_mapping_name(&stem) {
+                c.error(
+                    0,
+                    format!(
+                        "the mapping is named by its file, `{stem}`, which is no mapping name \
+                         (1 to 64 letters, digits, `-` or `_`): rename the file or set [mapping] name"
+                    ),
+                );
+                return Err(c.errors);
+            }
+            stem
+        }
+    };
     let (macro_deps, dep_names) = macro_deps(&macros);
     Ok(Plan {
         inner: PlanInner {
@@ -448,6 +460,49 @@ enum FhirAt {
 
 /// Whether an expression can only give text (or nothing): no built-in, no
 /// lookup (a table may hold objects), no macro, on every alternative.
+/// The field (segment, field, component) `t` reads the first repetition of
+/// alone, seen through parentheses and macros: `PID-3`, `(PID-3.1)`, `$ids`.
+fn first_repetition_only<'e>(
+    t: &'e Term,
+    macros: &'e [Option<Expr>],
+    depth: usize,
+) -> Option<(&'e str, usize, Option<usize>)> {
+    match t {
+        Term::Path(expr::Path {
+            anchor: expr::Anchor::Field { segment, field },
+            rep: expr::RepSel::First,
+            comp,
+            ..
+        }) => Some((segment.as_str(), *field, *comp)),
+        Term::Group(e) if depth < MAX_MACRO_CHAIN => {
+            first_repetition_only(&e.first, macros, depth + 1)
+        }
+        Term::Macro(i) if depth < MAX_MACRO_CHAIN => macros
+            .get(*i)
+            .and_then(Option::as_ref)
+            .and_then(|e| first_repetition_only(&e.first, macros, depth + 1)),
+        _ => None,
+    }
+}
+
+/// A mapping's name as routes name it: 1 to 64 letters, digits, `-` or `_`.
+fn is_mapping_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// `a CodeableConcept`, `an Identifier`: a FHIR type with its article.
+fn a_type(ty: &str) -> String {
+    let article = if ty.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {ty}")
+}
+
 fn surely_text(e: &Expr) -> bool {
     fn term(t: &Term) -> bool {
         match t {
@@ -561,22 +616,19 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    /// `each = "PATH[*]"`. A field path with no repetition named (`PID-3`) is
-    /// its first repetition alone: refused, as it would quietly drop the others.
+    /// `each = "PATH[*]"`. A field path with no repetition named (`PID-3`,
+    /// `PID-3.1`, in parentheses or behind a macro) is its first repetition
+    /// alone: refused, as it would quietly drop the others.
     fn each(&mut self, v: &Spanned<DeValue<'_>>) -> Option<Iter> {
         let e = self.expr(v)?;
-        if let Term::Path(expr::Path {
-            anchor: expr::Anchor::Field { segment, field },
-            rep: expr::RepSel::First,
-            comp: None,
-            ..
-        }) = &e.first
+        if let Some((segment, field, comp)) = first_repetition_only(&e.first, &self.macro_exprs, 0)
         {
+            let comp = comp.map(|c| format!(".{c}")).unwrap_or_default();
             self.error(
                 v.span().start,
                 format!(
-                    "`each` over `{segment}-{field}` goes over its first repetition alone, \
-                     expected `{segment}-{field}[*]` for every repetition (or `{segment}-{field}[1]` for the first)"
+                    "`each` over `{segment}-{field}{comp}` goes over its first repetition alone, \
+                     expected `{segment}-{field}[*]{comp}` for every repetition (or `{segment}-{field}[1]{comp}` for the first)"
                 ),
             );
             return None;
@@ -775,12 +827,13 @@ impl<'s> Compiler<'s> {
             DeValue::String(_) => {
                 let e = self.expr(v)?;
                 if let FhirAt::Type(ty) = at {
-                    if ty != "Element" && surely_text(&e) {
+                    if surely_text(&e) {
                         self.error(
                             v.span().start,
                             format!(
-                                "`{path}` is a {ty} in FHIR, not text, expected an object \
-                                 (`{{ ... }}`) or a data-type built-in such as `| CWE`"
+                                "`{path}` is {} in FHIR, not text, expected an object \
+                                 (`{{ ... }}`) or a data-type built-in such as `| CWE`",
+                                a_type(ty)
                             ),
                         );
                         return None;
@@ -789,6 +842,20 @@ impl<'s> Compiler<'s> {
                 Some(Template::Expr(e))
             }
             DeValue::Boolean(_) | DeValue::Integer(_) | DeValue::Float(_) => {
+                if let FhirAt::Type(ty) = at {
+                    let what = match v.get_ref() {
+                        DeValue::Boolean(_) => "a boolean",
+                        _ => "a number",
+                    };
+                    self.error(
+                        v.span().start,
+                        format!(
+                            "`{path}` is {} in FHIR, not {what}, expected an object (`{{ ... }}`)",
+                            a_type(ty)
+                        ),
+                    );
+                    return None;
+                }
                 self.literal(v).map(Template::Literal)
             }
             DeValue::Datetime(_) => {
@@ -1093,26 +1160,10 @@ impl<'s> Compiler<'s> {
                 d
             })
             .collect();
-        // 0 = unvisited, 1 = on stack, 2 = done
-        fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8]) -> bool {
-            if state[i] == 1 {
-                return true;
-            }
-            if state[i] == 2 {
-                return false;
-            }
-            state[i] = 1;
-            for &d in &deps[i] {
-                if d < deps.len() && visit(d, deps, state) {
-                    return true;
-                }
-            }
-            state[i] = 2;
-            false
-        }
+        let mut cycles = false;
         for i in 0..macros.len() {
-            let mut state = vec![0u8; macros.len()];
-            if visit(i, &deps, &mut state) && deps[i].iter().any(|&d| reaches(d, i, &deps)) {
+            if deps[i].iter().any(|&d| reaches(d, i, &deps)) {
+                cycles = true;
                 let (name, v) = &sources[i];
                 let message = if deps[i].contains(&i) {
                     format!(
@@ -1129,6 +1180,25 @@ impl<'s> Compiler<'s> {
                     )
                 };
                 self.error(v.span().start, message);
+            }
+        }
+        if cycles {
+            return;
+        }
+        // a message is mapped by recursion through the macros it names: a
+        // chain past MAX_MACRO_CHAIN could overflow a worker thread's stack
+        let chains = macro_chains(&deps);
+        if let Some(i) = (0..deps.len()).max_by_key(|&i| (chains[i], std::cmp::Reverse(i))) {
+            if chains[i] > MAX_MACRO_CHAIN {
+                let (name, v) = &sources[i];
+                self.error(
+                    v.span().start,
+                    format!(
+                        "macro `${name}` names macros {} deep, expected at most {MAX_MACRO_CHAIN} \
+                         (fewer macros each naming the next)",
+                        chains[i]
+                    ),
+                );
             }
         }
     }
@@ -1275,6 +1345,48 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
             .collect();
     }
     (deps, names)
+}
+
+/// How many macros deep a macro may name macros (`$a` naming `$b` naming
+/// `$c` is 3 deep). With each expression nested at most 64 levels, a message
+/// is mapped within a worker thread's stack.
+const MAX_MACRO_CHAIN: usize = 16;
+
+/// Per macro, the longest chain of macros it names, itself counted (1: it
+/// names none). `deps` has no cycle. Iterative: chains of thousands are
+/// measured without recursion.
+fn macro_chains(deps: &[Vec<usize>]) -> Vec<usize> {
+    let mut chain = vec![0usize; deps.len()];
+    for start in 0..deps.len() {
+        if chain[start] > 0 {
+            continue;
+        }
+        // (macro, whether its dependencies are done)
+        let mut stack = vec![(start, false)];
+        while let Some((n, done)) = stack.pop() {
+            if chain[n] > 0 {
+                continue;
+            }
+            if done {
+                let below = deps[n]
+                    .iter()
+                    .filter(|&&d| d < deps.len())
+                    .map(|&d| chain[d])
+                    .max()
+                    .unwrap_or(0);
+                chain[n] = below + 1;
+            } else {
+                stack.push((n, true));
+                stack.extend(
+                    deps[n]
+                        .iter()
+                        .filter(|&&d| d < deps.len() && chain[d] == 0)
+                        .map(|&d| (d, false)),
+                );
+            }
+        }
+    }
+    chain
 }
 
 /// The shortest cycle from macro `start` back to it: `[start, ..., start]`.

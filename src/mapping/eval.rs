@@ -530,9 +530,12 @@ pub(crate) fn apply(
     })
 }
 
-/// FHIR's `id`: 1 to 64 of `A-Z a-z 0-9 - .`.
+/// FHIR's `id`: 1 to 64 of `A-Z a-z 0-9 - .`; not `.` or `..`, which a
+/// FHIR server's URL (`Patient/..`) would read as a path step.
 fn is_fhir_id(id: &str) -> bool {
     !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= 64
         && id
             .bytes()

@@ -515,6 +515,18 @@ fn fhir_bodies_are_checked_at_load() {
             (12, 1, "`zzzzzz` is not an element of Patient"),
         ],
     );
+    // a TOML number or boolean, or text, where FHIR has an object
+    check_errors_of(
+        checked(&format!(
+            "{base}name = true\ntelecom = [1, 2.5]\n_birthDate = \"'x'\"\nactive = true\nmultipleBirthInteger = 2\n"
+        )),
+        &[
+            (7, 8, "`Patient.name` is a HumanName in FHIR, not a boolean"),
+            (8, 12, "`Patient.telecom` is a ContactPoint in FHIR, not a number"),
+            (8, 15, "`Patient.telecom` is a ContactPoint in FHIR, not a number"),
+            (9, 14, "`Patient._birthDate` is an Element in FHIR, not text"),
+        ],
+    );
     // what the shipped mappings write is FHIR: a built-in, a macro, a lookup
     // (a table may hold objects), an extension of a primitive, a type the
     // table does not check
@@ -533,6 +545,17 @@ fn fhir_bodies_are_checked_at_load() {
             24,
             "`each` over `PID-3` goes over its first repetition alone, expected `PID-3[*]`",
         )],
+    );
+    // alike through parentheses, a macro, or a component
+    check_errors_of(
+        checked(&format!(
+            "{base}identifier = [{{ each = \"(PID-3)\", value = \".1\" }}, {{ each = \"$ids\", value = \".1\" }}, {{ each = \"PID-3.1\", value = \".\" }}]\n[let]\nids = \"PID-3\"\n"
+        )),
+        &[
+            (7, 24, "`each` over `PID-3` goes over its first repetition alone"),
+            (7, 60, "`each` over `PID-3` goes over its first repetition alone"),
+            (7, 93, "`each` over `PID-3.1` goes over its first repetition alone, expected `PID-3[*].1`"),
+        ],
     );
     // nesting beyond reason is an error, not a stack overflow
     let deep = format!("{}PID-8{}", "(".repeat(1000), ")".repeat(1000));
@@ -567,15 +590,15 @@ fn fhir_bodies_are_checked_at_load() {
         ],
     );
     // a chain of macros each naming the next twice compiles at once (their
-    // dependencies were walked once per use: 2^48 walks)
+    // dependencies were walked once per use: 2^16 walks)
     let mut chain = String::from("[let]\n");
-    for i in 0..48 {
+    for i in 0..15 {
         chain.push_str(&format!(
             "m{i} = \"($m{n} | when(PID-8 = 'X')) | $m{n}\"\n",
             n = i + 1
         ));
     }
-    chain.push_str("m48 = \"PID-8\"\n");
+    chain.push_str("m15 = \"PID-8\"\n");
     let plan = checked(&format!("{base}gender = \"$m0 | lower\"\n{chain}")).unwrap();
     let text = crate::hl7::decode(
         b"MSH|^~\\&|PAS|RAL|||20260101||ADT^A01|C1|P|2.4\rPID|1||1^^^RAL^MR||A^B||19800101|F\r",
@@ -592,6 +615,52 @@ fn fhir_bodies_are_checked_at_load() {
     );
 }
 
+/// A chain of macros each naming the next is bounded at load: the longest
+/// allowed, each nested as deep as allowed, maps on a background thread's
+/// stack; a longer one (2,000 overflowed that stack) is refused at load.
+#[test]
+fn a_chain_of_macros_is_bounded_to_fit_the_stack() {
+    let base = "[mapping]\nmessages = [\"ADT^A01\"]\n[[resource]]\ntype = \"Patient\"\nid = \"'x'\"\n[resource.body]\ngender = \"$m0 | lower\"\n[let]\n";
+    let chain = |n: usize, nest: usize| {
+        let mut src = String::from(base);
+        for i in 0..n - 1 {
+            src.push_str(&format!(
+                "m{i} = \"{}$m{} | PID-9{}\"\n",
+                "(".repeat(nest),
+                i + 1,
+                ")".repeat(nest)
+            ));
+        }
+        src.push_str(&format!("m{} = \"PID-8\"\n", n - 1));
+        src
+    };
+    let plan = compile_str(&chain(16, 63)).unwrap();
+    let text = crate::hl7::decode(
+        b"MSH|^~\\&|PAS|RAL|||20260101||ADT^A01|C1|P|2.4\rPID|1||1^^^RAL^MR||A^B||19800101|F\r",
+    )
+    .unwrap();
+    let gender = std::thread::Builder::new()
+        .stack_size(crate::delivery::background::STACK_BYTES)
+        .spawn(move || {
+            let message = crate::hl7::Message::parse(&text).unwrap();
+            plan.apply(&message).unwrap().value()["entry"][0]["resource"]["gender"].clone()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(gender, "f");
+    for n in [17, 2_000] {
+        check_errors_of(
+            compile_str(&chain(n, 1)),
+            &[(
+                9,
+                6,
+                &format!("macro `$m0` names macros {n} deep, expected at most 16"),
+            )],
+        );
+    }
+}
+
 /// An id that is no FHIR id (a name, an MRN with a `/`) fails the document
 /// with an error that names the type, not the text; any FHIR id is kept.
 #[test]
@@ -601,7 +670,13 @@ fn an_id_that_is_no_fhir_id_fails_the_document() {
     let src = |id: &str| {
         format!("{HEADER}\n[[resource]]\ntype = \"Patient\"\nid = \"{id}\"\n[resource.body]\nactive = \"'true'\"\n")
     };
-    for id in ["PID-5", "PID-3.1", "concat('x', PID-5.1, '|')"] {
+    for id in [
+        "PID-5",
+        "PID-3.1",
+        "concat('x', PID-5.1, '|')",
+        "'..'",
+        "'.'",
+    ] {
         let plan = compile_str(&src(id)).unwrap();
         let text = crate::hl7::decode(message.as_bytes()).unwrap();
         let parsed = crate::hl7::Message::parse(&text).unwrap();
@@ -1359,5 +1434,45 @@ fn a_table_or_key_given_twice_is_named_once() {
     assert!(
         !messages.iter().any(|m| m.contains("duplicate key")),
         "{messages:?}"
+    );
+}
+
+/// A mapping's name is one a route can name, whether it is set or taken from
+/// the file's name.
+#[test]
+fn a_mapping_name_is_one_routes_can_name() {
+    let body = "messages = [\"ADT^A01\"]\n[[resource]]\ntype = \"Patient\"\nid = \"'x'\"\n[resource.body]\nactive = \"'true'\"\n";
+    for bad in ["", "siu.v2", "bad name!", "mé"] {
+        check_errors_of(
+            crate::mapping::compile::compile_checked(
+                Path::new("m.toml"),
+                &format!("[mapping]\nname = \"{bad}\"\n{body}"),
+                false,
+            ),
+            &[(
+                2,
+                8,
+                "bad mapping name, expected 1 to 64 letters, digits, `-` or `_`",
+            )],
+        );
+    }
+    let plan = crate::mapping::compile::compile_checked(
+        Path::new("mappings/siu_v2-1.toml"),
+        &format!("[mapping]\n{body}"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(plan.name(), "siu_v2-1");
+    check_errors_of(
+        crate::mapping::compile::compile_checked(
+            Path::new("mappings/bad name!.toml"),
+            &format!("[mapping]\n{body}"),
+            false,
+        ),
+        &[(
+            1,
+            1,
+            "the mapping is named by its file, `bad name!`, which is no mapping name",
+        )],
     );
 }
