@@ -652,9 +652,10 @@ fn refuse_frame_byte(raw: &[u8], assessed: Result<Header, Rejection>) -> Result<
     }
 }
 
-/// Whether `raw` is UTF-16 by its byte order mark.
+/// Whether `raw` is UTF-16, by its byte order mark or its first segment's
+/// name ([`super::charset::utf16_order`]).
 pub fn is_utf16(raw: &[u8]) -> bool {
-    raw.starts_with(b"\xFF\xFE") || raw.starts_with(b"\xFE\xFF")
+    super::charset::utf16_order(raw).is_some()
 }
 
 /// The MLLP listener's refusal of a UTF-16 message (AR, ERR 203 at MSH-18),

@@ -124,17 +124,50 @@ fn find_msh(raw: &[u8]) -> Option<usize> {
     None
 }
 
+/// A UTF-16 message's byte order, and whether it starts with a byte order
+/// mark (`FF FE`, `FE FF`) or, without one, is told by its first segment's
+/// name (`MSH`, `FHS`, `BHS`) written a byte each other (`M 00 S 00 H 00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Utf16Order {
+    pub little_endian: bool,
+    pub bom: bool,
+}
+
+/// [`Utf16Order`] of `raw`, when it is UTF-16.
+pub fn utf16_order(raw: &[u8]) -> Option<Utf16Order> {
+    let order = |little_endian, bom| Some(Utf16Order { little_endian, bom });
+    if raw.starts_with(b"\xFF\xFE") {
+        return order(true, true);
+    }
+    if raw.starts_with(b"\xFE\xFF") {
+        return order(false, true);
+    }
+    let head = raw.get(..6)?;
+    for name in [b"MSH", b"FHS", b"BHS"] {
+        if head.iter().step_by(2).eq(name.iter()) && head.iter().skip(1).step_by(2).all(|&b| b == 0)
+        {
+            return order(true, false);
+        }
+        if head.iter().skip(1).step_by(2).eq(name.iter()) && head.iter().step_by(2).all(|&b| b == 0)
+        {
+            return order(false, false);
+        }
+    }
+    None
+}
+
 fn to_utf8(raw: &[u8]) -> Result<String, Hl7Error> {
     if let Some(rest) = raw.strip_prefix(UTF8_BOM) {
         return utf8_strict(rest, "UTF-8", UTF8_BOM.len());
     }
-    if raw.starts_with(b"\xFF\xFE") || raw.starts_with(b"\xFE\xFF") {
-        let encoding = if raw[0] == 0xFF {
+    if let Some(order) = utf16_order(raw) {
+        let encoding = if order.little_endian {
             encoding_rs::UTF_16LE
         } else {
             encoding_rs::UTF_16BE
         };
-        return with_encoding(&raw[2..], encoding, 2);
+        let skip = if order.bom { 2 } else { 0 };
+        return with_encoding(&raw[skip..], encoding, skip);
     }
     let label = msh18(raw);
     let Some(label) = label else {
@@ -484,6 +517,13 @@ mod tests {
             utf16.extend_from_slice(&unit.to_le_bytes());
         }
         check(&utf16, Ok("MSH|^~\\&|Zoë\r"));
+        // without a byte order mark, either order, told by `MSH`
+        check(&utf16[2..], Ok("MSH|^~\\&|Zoë\r"));
+        let big: Vec<u8> = "MSH|^~\\&|Zoë\r"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        check(&big, Ok("MSH|^~\\&|Zoë\r"));
         check(
             b"\xEF\xBB\xBFMSH|^~\\&|\xFF\r",
             Err(Hl7Error::InvalidBytes {

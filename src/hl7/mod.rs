@@ -62,7 +62,7 @@ pub use ack::{
     is_utf16, refuse_utf16_over_mllp, AckCode, AckError, Rejection,
 };
 pub use batch::{looks_like_hl7, split_batch, split_batch_bytes};
-pub use charset::{decode, encode_text, msh18, strip_utf8_bom};
+pub use charset::{decode, encode_text, msh18, strip_utf8_bom, utf16_order, Utf16Order};
 pub(crate) use charset::{ends_in_cr, ends_segment};
 pub use error::Hl7Error;
 pub use escape::{escape, escape_field, unescape};

@@ -405,9 +405,15 @@ fn starts_a_frame(after: &[u8]) -> Option<bool> {
         [0xEF, 0xBB, 0xBF, rest @ ..] => rest,
         [0xEF] | [0xEF, 0xBB] | [0xFF] | [0xFE] => return None,
         // UTF-16 (a frame the listener refuses, but a frame: told apart
-        // from the one before it and answered): `MSH|` a byte each other
-        [0xFF, 0xFE, rest @ ..] | [0xFE, 0xFF, rest @ ..] => {
-            let low = after[0] == 0xFF;
+        // from the one before it and answered): `MSH|` a byte each other,
+        // after a byte order mark or without one (`M 00`, `00 M`)
+        [0xFF, 0xFE, ..] | [0xFE, 0xFF, ..] | [b'A'..=b'Z', 0, ..] | [0, b'A'..=b'Z', ..] => {
+            let (low, rest) = match after {
+                [0xFF, 0xFE, rest @ ..] => (true, rest),
+                [0xFE, 0xFF, rest @ ..] => (false, rest),
+                [0, ..] => (false, after),
+                _ => (true, after),
+            };
             let units: Vec<u8> = rest
                 .chunks_exact(2)
                 .map(|u| if low { u[0] } else { u[1] })
@@ -764,6 +770,10 @@ mod tests {
     fn a_utf16_header_starts_a_frame() {
         assert_eq!(starts_a_frame(b"\xFF\xFEM\0S\0H\0|\0"), Some(true));
         assert_eq!(starts_a_frame(b"\xFE\xFF\0M\0S\0H\0|"), Some(true));
+        assert_eq!(starts_a_frame(b"M\0S\0H\0|\0"), Some(true));
+        assert_eq!(starts_a_frame(b"\0M\0S\0H\0|"), Some(true));
+        assert_eq!(starts_a_frame(b"M\0S\0"), None);
+        assert_eq!(starts_a_frame(b"X\0Y\0Z\0|\0"), Some(false));
         assert_eq!(starts_a_frame(b"\xFF\xFEM\0S"), None);
         assert_eq!(starts_a_frame(b"\xFF"), None);
         assert_eq!(starts_a_frame(b"\xFF\xFEX\0Y\0"), Some(false));

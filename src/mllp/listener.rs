@@ -1196,20 +1196,17 @@ enum ReadAs {
     Declared,
     /// No character set (or ASCII) declared, and not UTF-8: windows-1252.
     Windows1252,
-    /// UTF-16 by its byte order mark, little-endian (`FF FE`) or big-endian.
-    Utf16 { little_endian: bool },
+    /// UTF-16, little-endian (`FF FE`) or big-endian, with a byte order mark
+    /// or without.
+    Utf16 { little_endian: bool, bom: bool },
 }
 
 impl ReadAs {
     fn of(raw: &[u8]) -> ReadAs {
-        if raw.starts_with(b"\xFF\xFE") {
+        if let Some(order) = hl7::utf16_order(raw) {
             return ReadAs::Utf16 {
-                little_endian: true,
-            };
-        }
-        if raw.starts_with(b"\xFE\xFF") {
-            return ReadAs::Utf16 {
-                little_endian: false,
+                little_endian: order.little_endian,
+                bom: order.bom,
             };
         }
         let undeclared = hl7::msh18(raw).as_deref().is_none_or(|c| {
@@ -1228,15 +1225,17 @@ impl ReadAs {
 
 /// An ACK's bytes: in the character set its MSH-18 declares (the sender's
 /// own), as windows-1252 for a sender whose message was read so, or in
-/// UTF-16 with the byte order mark of a sender that wrote one, so MSA-2 and
+/// UTF-16 in the byte order of a sender that wrote it (with its byte order
+/// mark when it wrote one), so MSA-2 and
 /// MSH-5/6 are its own bytes and its reader reads the ACK as it wrote.
 /// (`encoding_rs` decodes UTF-16 but encodes it as UTF-8: written here.)
 fn encode_ack(ack: &str, read_as: ReadAs) -> Vec<u8> {
     match read_as {
         ReadAs::Windows1252 => hl7::encode_text(ack, Some("windows-1252")),
-        ReadAs::Utf16 { little_endian } => {
+        ReadAs::Utf16 { little_endian, bom } => {
             let mut out = Vec::with_capacity(2 + ack.len() * 2);
-            for unit in std::iter::once(0xFEFF).chain(ack.encode_utf16()) {
+            let mark = bom.then_some(0xFEFF);
+            for unit in mark.into_iter().chain(ack.encode_utf16()) {
                 out.extend(if little_endian {
                     unit.to_le_bytes()
                 } else {
