@@ -190,6 +190,21 @@ pub fn gp_registration_deleted(patient: &serde_json::Value) -> bool {
     has_tag(patient, GP_REGISTRATION_DELETED)
 }
 
+/// The `meta.tag` (system, code) an Encounter carries when its sender
+/// cancelled the discharge (A13), as the shipped cancel mapping writes it,
+/// kept by the store over later updates until the visit ends again: a
+/// discharge older than the cancellation that arrives after it does not end
+/// the visit again.
+pub const DISCHARGE_CANCELLED: (&str, &str) = ("urn:junction:tag", "discharge-cancelled");
+
+/// The display of the [`DISCHARGE_CANCELLED`] tag.
+pub const DISCHARGE_CANCELLED_DISPLAY: &str = "discharge cancelled by the sender (A13)";
+
+/// Whether `encounter` carries the [`DISCHARGE_CANCELLED`] tag.
+pub fn discharge_cancelled(encounter: &serde_json::Value) -> bool {
+    has_tag(encounter, DISCHARGE_CANCELLED)
+}
+
 /// Whether `resource` carries the `meta.tag` `(system, code)`.
 fn has_tag(resource: &serde_json::Value, (system, code): (&str, &str)) -> bool {
     resource["meta"]["tag"].as_array().is_some_and(|tags| {

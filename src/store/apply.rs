@@ -161,15 +161,18 @@ pub(super) fn apply_plan<R: Rows>(
                     }
                     // an older message naming a ward the visit has no more
                     // (the admission's, arriving after the discharge): kept
-                    // in the location history, as when they arrive in order
+                    // in the location history, as when they arrive in order;
+                    // an older discharge the visit does not have: it ends
                     (Some(cur), Op::Put { resource, .. }) => {
                         let stored: Option<Value> = match cur.content.as_deref() {
                             Some(text) => Some(serde_json::from_str(text)?),
                             None => None,
                         };
-                        let filled = stored
-                            .filter(|s| !is_cancelled_visit(s))
-                            .and_then(|s| with_earlier_locations(&s, resource));
+                        let filled = stored.filter(|s| !is_cancelled_visit(s)).and_then(|s| {
+                            let located = with_earlier_locations(&s, resource);
+                            with_late_discharge(located.as_ref().unwrap_or(&s), resource)
+                                .or(located)
+                        });
                         if let Some(filled) = filled {
                             rewrite(
                                 rows,
@@ -630,25 +633,22 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
             Some("finished") | Some("cancelled") | Some("entered-in-error")
         )
     };
+    // a cancelled discharge stays said until the visit ends again, so an
+    // older discharge arriving late does not end it (`with_late_discharge`)
+    if crate::fhir_types::discharge_cancelled(stored)
+        && !crate::fhir_types::discharge_cancelled(&kept)
+        && !ends(&kept)
+    {
+        let (system, code) = crate::fhir_types::DISCHARGE_CANCELLED;
+        let tag = serde_json::json!({"system": system, "code": code, "display": crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY});
+        match kept["meta"]["tag"].as_array_mut() {
+            Some(tags) => tags.push(tag),
+            None => kept["meta"]["tag"] = Value::Array(vec![tag]),
+        }
+        changed = true;
+    }
     if stored["status"] == "finished" && !reopens && !ends(&kept) {
-        kept["status"] = Value::String("finished".into());
-        if kept["period"]["end"].is_null() {
-            if let Some(end) = stored["period"]["end"].as_str() {
-                kept["period"]["end"] = Value::String(end.to_string());
-            }
-        }
-        for key in ["dischargeDisposition", "destination"] {
-            if kept["hospitalization"].get(key).is_none() {
-                if let Some(v) = stored["hospitalization"].get(key) {
-                    kept["hospitalization"][key] = v.clone();
-                }
-            }
-        }
-        for location in kept["location"].as_array_mut().into_iter().flatten() {
-            if location["status"] == "active" {
-                location["status"] = Value::String("completed".into());
-            }
-        }
+        end_visit(&mut kept, stored);
         changed = true;
     }
     changed.then_some(kept)
@@ -758,10 +758,86 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
 /// names and it does not, `completed`, ahead of its own (`None`: none to
 /// add): what [`with_location_history`] keeps when they arrive in order.
 fn with_earlier_locations(stored: &Value, stale: &Value) -> Option<Value> {
+    if stored["location"]
+        .as_array()
+        .is_none_or(|locations| locations.is_empty())
+    {
+        // the visit names no ward (its messages so far said none): where the
+        // older message says the patient was is all there is
+        let theirs = stale["location"].as_array().filter(|l| !l.is_empty())?;
+        let finished = stored["status"] == "finished";
+        let mut filled = stored.clone();
+        filled["location"] = theirs
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                if finished && l["status"] == "active" {
+                    l["status"] = Value::String("completed".into());
+                }
+                l
+            })
+            .collect();
+        return Some(filled);
+    }
     let history = with_location_history(stale, stored, None)?;
     let mut filled = stored.clone();
     filled["location"] = history;
     Some(filled)
+}
+
+/// `stored` ended by an older discharge (`stale`: an A03 arriving after a
+/// newer update that did not say the visit ended), as when they arrive in
+/// order: its status, end, discharge disposition and destination, and its
+/// wards completed (`None`: nothing to add). Not when the stored visit is
+/// already ended, was reopened by a cancelled discharge
+/// ([`crate::fhir_types::DISCHARGE_CANCELLED`]), or is another admission (another
+/// start).
+fn with_late_discharge(stored: &Value, stale: &Value) -> Option<Value> {
+    if stale["period"]["end"].is_null()
+        || stale["status"] != "finished"
+        || matches!(
+            stored["status"].as_str(),
+            Some("finished" | "cancelled" | "entered-in-error")
+        )
+        || crate::fhir_types::discharge_cancelled(stored)
+    {
+        return None;
+    }
+    let start = |e: &Value| {
+        e["period"]["start"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    };
+    if matches!((start(stale), start(stored)), (Some(a), Some(b)) if a != b) {
+        return None;
+    }
+    let mut ended = stored.clone();
+    end_visit(&mut ended, stale);
+    Some(ended)
+}
+
+/// Ends `visit` as the finished `discharge` says: `finished`, and the end,
+/// discharge disposition and destination it does not have from `discharge`;
+/// its active wards completed.
+fn end_visit(visit: &mut Value, discharge: &Value) {
+    visit["status"] = Value::String("finished".into());
+    if visit["period"]["end"].is_null() {
+        if let Some(end) = discharge["period"]["end"].as_str() {
+            visit["period"]["end"] = Value::String(end.to_string());
+        }
+    }
+    for key in ["dischargeDisposition", "destination"] {
+        if visit["hospitalization"].get(key).is_none() {
+            if let Some(v) = discharge["hospitalization"].get(key) {
+                visit["hospitalization"][key] = v.clone();
+            }
+        }
+    }
+    for location in visit["location"].as_array_mut().into_iter().flatten() {
+        if location["status"] == "active" {
+            location["status"] = Value::String("completed".into());
+        }
+    }
 }
 
 /// A visit's cancellation (A11) sent without the admit time (PV1-44): the

@@ -444,14 +444,29 @@ fn strip_store_meta(resource: &mut Value) {
     }
 }
 
-/// The resource without `meta`, for comparing content across versions.
+/// The resource without the bookkeeping in its `meta` (`versionId`,
+/// `lastUpdated`, `source`: the store's or the sender's), for comparing
+/// content across versions: a change of tags, security labels or profiles
+/// alone is a change (a tag that says a discharge was cancelled).
 pub(super) fn without_meta(resource: &Value) -> Value {
     match resource {
         Value::Object(object) => Value::Object(
             object
                 .iter()
-                .filter(|(key, _)| key.as_str() != "meta")
-                .map(|(key, value)| (key.clone(), value.clone()))
+                .filter_map(|(key, value)| {
+                    if key != "meta" {
+                        return Some((key.clone(), value.clone()));
+                    }
+                    let meta: Map<String, Value> = value
+                        .as_object()?
+                        .iter()
+                        .filter(|(k, _)| {
+                            !matches!(k.as_str(), "versionId" | "lastUpdated" | "source")
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    (!meta.is_empty()).then(|| (key.clone(), Value::Object(meta)))
+                })
                 .collect::<Map<String, Value>>(),
         ),
         other => other.clone(),

@@ -1756,6 +1756,76 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
     assert_eq!(stay["location"][0]["location"]["display"], "Ward 3", "{stay}");
 }
 
+/// A discharge (A03) arriving after a newer update that did not say the stay
+/// ended (an A08 sent after it, without PV1-45) ends the stay as in order: its
+/// end, disposition, and wards completed; the wards of a late admission are
+/// filled into a visit that named none. Not when a newer cancelled discharge
+/// (A13) reopened the stay, even after an update over the A13.
+#[test]
+fn a_discharge_arriving_late_ends_the_stay_unless_it_was_cancelled() {
+    let f = open();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let mut admitted = encounter("e-late", PATIENT, "in-progress");
+    admitted["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+    admitted["location"] = json!([{"status": "active", "location": {"display": "AMU"}}]);
+    let mut discharged = admitted.clone();
+    discharged["status"] = json!("finished");
+    discharged["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
+    discharged["location"][0]["status"] = json!("completed");
+    discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
+    let mut update = encounter("e-late", PATIENT, "in-progress");
+    update["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+    // the update after the discharge arrives first, then the admission and
+    // the discharge, late (the whole stay backwards)
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), update.clone(), event("A08")]), at("2026-03-05T09:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), discharged.clone(), event("A03")]), at("2026-03-04T14:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), admitted.clone(), event("A01")]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    let stay = current(&f.store, "Encounter", "e-late");
+    assert_eq!(stay["status"], "finished", "{stay}");
+    assert_eq!(stay["period"]["end"], "2026-03-04T14:00:00+00:00", "{stay}");
+    assert_eq!(stay["hospitalization"]["dischargeDisposition"]["text"], "home", "{stay}");
+    assert_eq!(stay["location"][0]["location"]["display"], "AMU", "{stay}");
+    assert_eq!(stay["location"][0]["status"], "completed", "{stay}");
+
+    // another stay: discharged, the discharge cancelled (A13) and an update
+    // after that, then the discharge sent again late: still in progress
+    let mut cancelled = update.clone();
+    cancelled["id"] = json!("e-late2");
+    cancelled["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
+    let mut update2 = update.clone();
+    update2["id"] = json!("e-late2");
+    let mut admitted2 = admitted.clone();
+    admitted2["id"] = json!("e-late2");
+    let mut discharged2 = discharged.clone();
+    discharged2["id"] = json!("e-late2");
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), admitted2, event("A01")]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), cancelled, event("A13")]), at("2026-03-05T10:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), update2, event("A08")]), at("2026-03-05T11:00:00Z"))
+        .unwrap();
+    let stay = current(&f.store, "Encounter", "e-late2");
+    assert!(
+        crate::fhir_types::discharge_cancelled(&stay),
+        "the cancellation stays said over the update: {stay}"
+    );
+    f.store
+        .apply_bundle(&bundle(&[p, discharged2, event("A03")]), at("2026-03-04T14:00:00Z"))
+        .unwrap();
+    let stay = current(&f.store, "Encounter", "e-late2");
+    assert_eq!(stay["status"], "in-progress", "{stay}");
+    assert!(stay["period"].get("end").is_none(), "{stay}");
+}
+
 /// Transfers and updates that name only where the patient is now (no PV1-6)
 /// keep the wards before in the location history; a cancelled transfer (A12)
 /// drops the ward the patient never went to; a bed move inside a ward is no
