@@ -670,28 +670,11 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
 fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>) -> Option<Value> {
     let theirs: &[Value] = stored["location"].as_array().map_or(&[], Vec::as_slice);
     let sent = encounter["location"].as_array()?;
-    let key = |l: &Value| -> Option<String> {
-        let place = &l["location"];
-        place["identifier"]["value"]
-            .as_str()
-            .or_else(|| place["display"].as_str())
-            .or_else(|| place["reference"].as_str())
-            .map(str::to_string)
-    };
-    // the same place said more or less finely (`RAL01/AMU` for a bed of it,
-    // `RAL01/AMU/BAY 1/BED 2`: a PV1-6 naming the ward alone) is one
-    // (a site alone, `RAL01`, is no coarser form of its wards: it says
-    // nothing of where in it the patient is)
-    let same = |a: &str, b: &str| {
-        let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-        long == short
-            || (short.contains('/')
-                && long.starts_with(short)
-                && long[short.len()..].starts_with('/'))
-    };
+    let key = location_key;
+    let same = same_place;
     // `a` is `b` or a coarser form of it
     let within = |a: &str, b: &str| a.len() <= b.len() && same(a, b);
-    let is_active = |l: &Value| l["status"] != "completed";
+    let is_active = is_active_location;
     let mut changed = false;
     // the update's own: a ward it says was left that is (a coarser form of)
     // where it says the patient is now is no ward left (a bed move inside
@@ -754,10 +737,91 @@ fn with_location_history(stored: &Value, encounter: &Value, event: Option<&str>)
     Some(Value::Array(history))
 }
 
+/// A location's key: its identifier, else its display or reference.
+fn location_key(l: &Value) -> Option<String> {
+    let place = &l["location"];
+    place["identifier"]["value"]
+        .as_str()
+        .or_else(|| place["display"].as_str())
+        .or_else(|| place["reference"].as_str())
+        .map(str::to_string)
+}
+
+/// Whether two location keys are the same place said more or less finely
+/// (`RAL01/AMU` for a bed of it, `RAL01/AMU/BAY 1/BED 2`: a PV1-6 naming the
+/// ward alone). A site alone, `RAL01`, is no coarser form of its wards: it
+/// says nothing of where in it the patient is.
+fn same_place(a: &str, b: &str) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long == short
+        || (short.contains('/') && long.starts_with(short) && long[short.len()..].starts_with('/'))
+}
+
+fn is_active_location(l: &Value) -> bool {
+    l["status"] != "completed"
+}
+
+/// A transfer arriving late (`stale`: an A02 to `to` from `from`) after a
+/// newer update that named no ward of its own and so kept `from` active: the
+/// transfer happened after what made `from` active, as the stored visit has
+/// never heard of `to` (had the patient come back to `from` after `to`, its
+/// history would hold `to`). `stored` with `from` completed and `to` active
+/// after it (`None`: not such a case).
+fn with_late_transfer(stored: &Value, stale: &Value) -> Option<Value> {
+    let theirs = stored["location"].as_array()?;
+    let sent = stale["location"].as_array()?;
+    let named = |k: &str| {
+        theirs
+            .iter()
+            .filter_map(location_key)
+            .any(|t| same_place(&t, k))
+    };
+    let to: Vec<&Value> = sent.iter().filter(|l| is_active_location(l)).collect();
+    let from: Vec<String> = sent
+        .iter()
+        .filter(|l| !is_active_location(l))
+        .filter_map(location_key)
+        .collect();
+    if to.is_empty()
+        || from.is_empty()
+        || to.iter().any(|l| location_key(l).is_none_or(|k| named(&k)))
+    {
+        return None;
+    }
+    let mut left = false;
+    let mut history: Vec<Value> = theirs
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            let leaving = is_active_location(&l)
+                && location_key(&l).is_some_and(|k| from.iter().any(|f| same_place(f, &k)));
+            if leaving {
+                l["status"] = Value::String("completed".into());
+                left = true;
+            }
+            l
+        })
+        .collect();
+    if !left {
+        return None;
+    }
+    history.extend(to.into_iter().cloned());
+    let mut moved = stored.clone();
+    moved["location"] = Value::Array(history);
+    Some(moved)
+}
+
 /// `stored` with the locations an older version of the visit (`stale`)
 /// names and it does not, `completed`, ahead of its own (`None`: none to
-/// add): what [`with_location_history`] keeps when they arrive in order.
+/// add): what [`with_location_history`] keeps when they arrive in order; a
+/// late transfer from the ward the visit still has active moves it
+/// ([`with_late_transfer`]).
 fn with_earlier_locations(stored: &Value, stale: &Value) -> Option<Value> {
+    if stored["status"] != "finished" {
+        if let Some(moved) = with_late_transfer(stored, stale) {
+            return Some(moved);
+        }
+    }
     if stored["location"]
         .as_array()
         .is_none_or(|locations| locations.is_empty())

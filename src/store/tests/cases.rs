@@ -1826,6 +1826,71 @@ fn a_discharge_arriving_late_ends_the_stay_unless_it_was_cancelled() {
     assert!(stay["period"].get("end").is_none(), "{stay}");
 }
 
+/// A location of ward `ward` (`RAJ/<ward>`) with `status`.
+fn place(ward: &str, status: &str) -> Value {
+    json!({"status": status, "location": {"identifier": {"value": format!("RAJ/{ward}")}, "display": ward}})
+}
+
+/// The wards of Encounter `id` as (display, status).
+fn wards_of(f: &Fixture, id: &str) -> Vec<(String, String)> {
+    current(&f.store, "Encounter", id)["location"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["location"]["display"].as_str().unwrap().to_string(),
+                l["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(w, s)| (w.to_string(), s.to_string()))
+        .collect()
+}
+
+/// A transfer arriving after a newer update that named no ward (an A08
+/// without PV1-3, which kept the admission ward) moves the patient as in
+/// order: the ward left completed, the new one active; a transfer the visit
+/// has already heard of is history only.
+#[test]
+fn a_transfer_arriving_late_moves_the_patient() {
+    let f = open();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let stay = |locations: Option<Value>| {
+        let mut e = encounter("e-late-move", PATIENT, "in-progress");
+        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+        if let Some(locations) = locations {
+            e["location"] = locations;
+        }
+        e
+    };
+    let apply = |e: Value, trigger: &str, when: &str| {
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), e, event(trigger)]), at(when))
+            .unwrap();
+    };
+    apply(stay(Some(json!([place("AMU", "active")]))), "A01", "2026-03-01T08:00:00Z");
+    apply(stay(None), "A08", "2026-03-01T15:00:00Z");
+    apply(
+        stay(Some(json!([place("WARD 3", "active"), place("AMU", "completed")]))),
+        "A02",
+        "2026-03-01T12:00:00Z",
+    );
+    let wards = |f: &Fixture| wards_of(f, "e-late-move");
+    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "active")]));
+    // then an older transfer to WARD 3 again (sent twice): nothing new
+    apply(
+        stay(Some(json!([place("WARD 3", "active"), place("AMU", "completed")]))),
+        "A02",
+        "2026-03-01T11:00:00Z",
+    );
+    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "active")]));
+}
+
 /// Transfers and updates that name only where the patient is now (no PV1-6)
 /// keep the wards before in the location history; a cancelled transfer (A12)
 /// drops the ward the patient never went to; a bed move inside a ward is no
@@ -1835,26 +1900,13 @@ fn a_discharge_arriving_late_ends_the_stay_unless_it_was_cancelled() {
 fn the_location_history_keeps_earlier_wards() {
     let f = open();
     let p = patient(PATIENT, "9434765919", "Smith");
-    let place = |ward: &str, status: &str| {
-        json!({"status": status, "location": {"identifier": {"value": format!("RAJ/{ward}")}, "display": ward}})
-    };
     let stay = |locations: Value, status: &str| {
         let mut e = encounter("e-moves", PATIENT, status);
         e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
         e["location"] = locations;
         e
     };
-    let wards = |f: &Fixture| -> Vec<(String, String)> {
-        current(&f.store, "Encounter", "e-moves")["location"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| (l["location"]["display"].as_str().unwrap().to_string(), l["status"].as_str().unwrap().to_string()))
-            .collect()
-    };
-    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter().map(|(w, s)| (w.to_string(), s.to_string())).collect()
-    };
+    let wards = |f: &Fixture| wards_of(f, "e-moves");
     // (the locations sent, the trigger, when, the wards expected after)
     type Step<'a> = (Value, &'a str, &'a str, &'a [(&'a str, &'a str)]);
     let steps: [Step; 9] = [
