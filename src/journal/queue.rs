@@ -282,13 +282,15 @@ pub enum QueueOp {
     },
     /// A guard for a retry by hand, first in its request: the plan it was
     /// made from still holds. Every row of `retryable` is still dead or
-    /// withheld with its document, and no row was added to `lines` after
-    /// `high_water`. `Updated(1)` when so; otherwise [`QueueOutcome::Stale`],
+    /// withheld with its document, no row was added to `lines` after
+    /// `high_water`, and each line still has `dead` rows dead or withheld
+    /// (another retry of one of them since changes what must follow). `Updated(1)` when so; otherwise [`QueueOutcome::Stale`],
     /// and nothing of the request is written (the rest is not applied, and
     /// the request's savepoint is rolled back).
     Unchanged {
         retryable: Vec<i64>,
         lines: Vec<(String, String)>,
+        dead: Vec<i64>,
         high_water: i64,
     },
     /// Note on the pending deliveries of a destination that cannot deliver
@@ -301,7 +303,9 @@ pub enum QueueOp {
     /// dead. Never an accepted message not yet routed, any message with a
     /// delivery still to make or dead-lettered (ops may retry it; a replayed
     /// differing resend is a rejected row with deliveries), nor the newest
-    /// routed message (the routing cursor stays where it is). `Updated(n)`:
+    /// routed message (the routing cursor stays where it is), nor one
+    /// delivered that is newer (by message id) than a dead row of the same
+    /// patient and destination (a retry of that row replays it). `Updated(n)`:
     /// messages deleted.
     Prune { before: String, limit: usize },
     /// A delivery the destination took (status `delivered`) did not reach
@@ -587,8 +591,9 @@ fn apply_one(tx: &Transaction<'_>, op: &QueueOp) -> Result<QueueOutcome, rusqlit
         QueueOp::Unchanged {
             retryable,
             lines,
+            dead,
             high_water,
-        } => unchanged(tx, retryable, lines, *high_water),
+        } => unchanged(tx, retryable, lines, dead, *high_water),
         QueueOp::DueNow {
             destination,
             id,
@@ -630,7 +635,7 @@ fn prune(
                AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN deliveries x
                                  ON x.destination = d.destination
                                 AND x.patient_key = d.patient_key
-                                AND x.id < d.id
+                                AND x.message_id < d.message_id
                                 AND x.status = 'dead'
                                WHERE d.message_id = m.id)
                AND (m.status <> 'accepted'
@@ -904,6 +909,9 @@ pub struct RetryPlan {
     pub overtaken: Vec<Overtaken>,
     /// The lines (destination, patient key) the retried rows are in.
     pub lines: Vec<(String, String)>,
+    /// Per line, how many of its rows were dead or withheld: one queued again
+    /// by another retry since makes the plan out of date.
+    pub dead: Vec<i64>,
     /// The highest delivery id when the plan was read: a row above it in
     /// one of `lines` makes the plan out of date ([`QueueOp::Unchanged`]).
     pub high_water: i64,
@@ -915,6 +923,7 @@ impl RetryPlan {
         QueueOp::Unchanged {
             retryable: self.retryable.clone(),
             lines: self.lines.clone(),
+            dead: self.dead.clone(),
             high_water: self.high_water,
         }
     }
@@ -995,9 +1004,11 @@ pub(super) fn retry_plan(
         // newer message -> its newest row in the line
         let mut newer: BTreeMap<i64, i64> = BTreeMap::new();
         let mut older_behind = false;
+        let mut dead = 0;
         let mut found = stmt.query(params![patient_key, destination])?;
         while let Some(r) = found.next()? {
             let (id, message_id, status): (i64, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            dead += i64::from(status == "dead" || status == "withheld");
             let own = retried.contains(&id);
             if !(own || status == "delivered" || status == "pending") {
                 continue;
@@ -1011,6 +1022,7 @@ pub(super) fn retry_plan(
         if newer.is_empty() && older_behind {
             newer.insert(oldest, first);
         }
+        plan.dead.push(dead);
         plan.overtaken.extend(
             newer
                 .into_iter()
@@ -1033,6 +1045,7 @@ fn unchanged(
     tx: &Transaction<'_>,
     retryable: &[i64],
     lines: &[(String, String)],
+    dead: &[i64],
     high_water: i64,
 ) -> Result<QueueOutcome, rusqlite::Error> {
     let mut still = tx.prepare_cached(
@@ -1048,10 +1061,17 @@ fn unchanged(
         "SELECT EXISTS (SELECT 1 FROM deliveries
              WHERE patient_key = ?1 AND destination = ?2 AND id > ?3)",
     )?;
-    for (destination, patient_key) in lines {
+    let mut dead_now = tx.prepare_cached(
+        "SELECT COUNT(*) FROM deliveries
+         WHERE patient_key = ?1 AND destination = ?2 AND status IN ('dead', 'withheld')",
+    )?;
+    for ((destination, patient_key), &dead) in lines.iter().zip(dead) {
         if added.query_row(params![patient_key, destination, high_water], |r| {
             r.get::<_, bool>(0)
         })? {
+            return Ok(QueueOutcome::Stale);
+        }
+        if dead_now.query_row(params![patient_key, destination], |r| r.get::<_, i64>(0))? != dead {
             return Ok(QueueOutcome::Stale);
         }
     }

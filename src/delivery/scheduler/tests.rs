@@ -800,4 +800,72 @@ async fn a_retry_written_from_an_old_plan_is_refused_whole() {
             .unwrap(),
         vec![QueueOutcome::Stale]
     );
+    // two dead rows of one line: a plan for the first is out of date once
+    // another call queued the second again (its follow-ups change)
+    let more = enqueue(&journal, &[("R1", "r"), ("R2", "r")], "d").await;
+    journal
+        .queue_write(vec![dead_op(more[0]), dead_op(more[1])])
+        .await
+        .unwrap();
+    let first = journal
+        .retry_plan(RetryWhat::Ids(vec![more[0]]))
+        .await
+        .unwrap();
+    journal
+        .queue_write(vec![QueueOp::Retry {
+            id: more[1],
+            now_ms: now_ms(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        journal.queue_write(vec![first.guard()]).await.unwrap(),
+        vec![QueueOutcome::Stale]
+    );
+    let first = journal
+        .retry_plan(RetryWhat::Ids(vec![more[0]]))
+        .await
+        .unwrap();
+    assert_eq!(follow_ups(&first), vec![(more[0], "d", more[1])]);
+}
+
+/// Retention keeps a delivered message newer (by message id) than a dead row
+/// of its patient's line, as a retry of that row replays it, also when the
+/// dead row is a replay of an older message made after it (a newer row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_what_a_retry_would_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let ids = enqueue(
+        &journal,
+        &[("M1", "p"), ("M2", "p"), ("Q1", "q"), ("Q2", "q")],
+        "d",
+    )
+    .await;
+    journal
+        .queue_write(ids.iter().map(|&id| delivered_op(id)).collect())
+        .await
+        .unwrap();
+    let message = |id: i64| {
+        let journal = journal.clone();
+        async move { journal.delivery(id).await.unwrap().unwrap().message_id }
+    };
+    let (m1, m2, q1) = (
+        message(ids[0]).await,
+        message(ids[1]).await,
+        message(ids[2]).await,
+    );
+    let replay = replay_row(&journal, m1, "p", "d").await;
+    journal.queue_write(vec![dead_op(replay)]).await.unwrap();
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    assert_eq!(journal.prune(later).await.unwrap(), 1);
+    assert!(journal.get(q1).await.unwrap().is_none(), "Q1 was pruned");
+    for id in [m1, m2] {
+        assert!(journal.get(id).await.unwrap().is_some(), "{id} was kept");
+    }
+    let plan = journal
+        .retry_plan(RetryWhat::Ids(vec![replay]))
+        .await
+        .unwrap();
+    assert_eq!(follow_ups(&plan), vec![(replay, "d", ids[1])]);
 }
