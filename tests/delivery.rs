@@ -624,14 +624,17 @@ async fn dead_letters_retried_together_leave_the_destination_with_the_newest() {
     let first = json(&engine, "/api/messages?control_id=P4-001")["messages"][0]["id"]
         .as_i64()
         .unwrap();
-    let (code, stdout) = junction(&[
-        "replay",
-        &first.to_string(),
-        "--destination",
-        "fhir",
-        "--api",
-        &api,
-    ]);
+    let replay_first = || {
+        junction(&[
+            "replay",
+            &first.to_string(),
+            "--destination",
+            "fhir",
+            "--api",
+            &api,
+        ])
+    };
+    let (code, stdout) = replay_first();
     assert_eq!(code, 0, "{stdout}");
     eventually(&engine, "the replay delivered", || {
         queues(&engine).get("fhir") == Some(&(0, 7, 1))
@@ -653,6 +656,14 @@ async fn dead_letters_retried_together_leave_the_destination_with_the_newest() {
         .map(|(_, c)| c.as_str())
         .collect();
     assert_eq!(last, ["P4-001", "P4-002"], "{accepted:?}");
+    // a replay by hand of the older message queues nothing after it: it says
+    // the destination will end with the older document
+    let (code, stdout) = replay_first();
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("note: fhir already has newer messages of this patient"),
+        "{stdout}"
+    );
 }
 
 /// A message whose mapping gives a warning (its NHS number fails modulus 11) is

@@ -4,7 +4,9 @@
 //! replay converges on the same records. `--destination D` queues the
 //! document for that destination only (a MESH message the recipient never
 //! got, say); the engine refuses when the message's routes do not send it
-//! there.
+//! there. A destination that already has newer messages of the patient is
+//! named in a note: it will end with this older document (a replay, unlike a
+//! retry, queues nothing after it).
 //!
 //! Exit codes: 0 replayed (whatever the routing outcome, which is printed);
 //! 1 the engine refused (no accepted message with that id, or not routed to
@@ -44,13 +46,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let b = &answer.body;
-    let deliveries: Vec<String> = b
-        .get("deliveries")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|d| d.to_string())
-        .collect();
+    let deliveries = listed(b, "deliveries");
     println!(
         "message {}: {} (routing {}){}",
         args.id,
@@ -65,5 +61,29 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if b.get("error").is_some_and(|e| !e.is_null()) {
         println!("error: {}", text(b, "error"));
     }
+    for n in b
+        .get("newer_there")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let messages = listed(n, "messages");
+        println!(
+            "note: {} already has newer messages of this patient ({}); it will end with this \
+             older document unless you replay the newest after it",
+            text(n, "destination"),
+            messages.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The items of array `key` of `v` as text (none when it is not an array).
+fn listed(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(Value::to_string)
+        .collect()
 }

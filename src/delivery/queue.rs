@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use super::pipeline::{self, now_ms, Router};
 use super::scheduler::{self, Destination};
 use crate::journal::{
-    DeliveryRow, DeliveryStatus, Journal, JournalError, QueueOp, QueueOutcome, RetryPlan,
-    RetryWhat, RoutingOutcome,
+    DeliveryRow, DeliveryStatus, Journal, JournalError, NewerThere, QueueOp, QueueOutcome,
+    RetryPlan, RetryWhat, RoutingOutcome,
 };
 use crate::telemetry::events::EventBus;
 use crate::telemetry::metrics::{Metrics, QueueLabel};
@@ -145,6 +145,11 @@ pub struct Replayed {
     /// Failed only: why (may quote the message; the API is for ops).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// New rows whose destination already has newer messages of the patient:
+    /// it will end with this older document (unlike a retry, a replay queues
+    /// nothing after it; replay the newest after it if that is not meant).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub newer_there: Vec<NewerThere>,
 }
 
 /// A row queued again by hand ([`DeliveryHandle::retry`]).
@@ -507,6 +512,11 @@ impl DeliveryHandle {
             pipeline::route_and_write(&self.shared, vec![message], true, destination.as_deref())
                 .await?;
         let w = written.pop().ok_or(QueueError::NoMessage(message_id))?;
+        let newer_there = self
+            .shared
+            .journal
+            .newer_there(w.deliveries.clone())
+            .await?;
         Ok(Replayed {
             message_id,
             routing_id: w.routing_id,
@@ -514,6 +524,7 @@ impl DeliveryHandle {
             routes: w.routed.routing.routes.clone(),
             deliveries: w.deliveries,
             error: w.routed.routing.error.clone(),
+            newer_there,
         })
     }
 }

@@ -53,8 +53,8 @@ use crate::telemetry::metrics::Metrics;
 
 pub use queue::{
     format_ms, DeliveryFilter, DeliveryRow, DeliveryStatus, DueDelivery, NewDelivery, NewRouting,
-    Overtaken, PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration, RetryPlan,
-    RetryWhat, RoutingOutcome, RoutingRecord, StoredRegistration, APPLICATION_ACK,
+    NewerThere, Overtaken, PendingMessage, QueueDepth, QueueOp, QueueOutcome, Registration,
+    RetryPlan, RetryWhat, RoutingOutcome, RoutingRecord, StoredRegistration, APPLICATION_ACK,
 };
 
 /// Most messages written in one group-commit transaction.
@@ -654,6 +654,13 @@ impl Journal {
     /// messages of the same patients after them (see [`queue::retry_plan`]).
     pub async fn retry_plan(&self, what: RetryWhat) -> Result<RetryPlan, JournalError> {
         self.with_reader(move |conn| queue::retry_plan(conn, &what))
+            .await
+    }
+
+    /// For each of `rows`, the patient's newer messages (by message id)
+    /// delivered or pending at its destination ([`queue::newer_there`]).
+    pub async fn newer_there(&self, rows: Vec<i64>) -> Result<Vec<NewerThere>, JournalError> {
+        self.with_reader(move |conn| queue::newer_there(conn, &rows))
             .await
     }
 

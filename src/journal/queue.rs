@@ -1078,6 +1078,60 @@ fn unchanged(
     Ok(QueueOutcome::Updated(1))
 }
 
+/// The patient's newer messages at a destination than a row's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewerThere {
+    /// The row (a replay's, say).
+    pub delivery_id: i64,
+    pub destination: String,
+    /// Messages newer (by message id) than the row's, with a row in its line
+    /// delivered or pending, oldest first.
+    pub messages: Vec<i64>,
+}
+
+/// For each of `rows`, the newer messages of its line ([`NewerThere`]); rows
+/// with none are left out.
+pub(super) fn newer_there(
+    conn: &Connection,
+    rows: &[i64],
+) -> Result<Vec<NewerThere>, rusqlite::Error> {
+    let mut row = conn.prepare_cached(
+        "SELECT destination, patient_key, message_id FROM deliveries WHERE id = ?1",
+    )?;
+    let mut newer = conn.prepare_cached(
+        "SELECT DISTINCT message_id FROM deliveries
+         WHERE patient_key = ?1 AND destination = ?2 AND message_id > ?3
+           AND status IN ('delivered', 'pending')
+         ORDER BY message_id",
+    )?;
+    let mut out = Vec::new();
+    for &id in rows {
+        let Some((destination, patient_key, message_id)) = row
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        let messages = newer
+            .query_map(params![patient_key, destination, message_id], |r| r.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?;
+        if !messages.is_empty() {
+            out.push(NewerThere {
+                delivery_id: id,
+                destination,
+                messages,
+            });
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn routing_cursor(conn: &Connection) -> Result<i64, rusqlite::Error> {
     conn.query_row(
         "SELECT COALESCE(MAX(message_id), 0) FROM routings WHERE replay = 0",
