@@ -127,6 +127,15 @@ fn migrate(conn: &Connection, supported: i64, migrations: &[&str]) -> Result<(),
             ))?;
         }
     }
+    // a new file is no upgrade; an older one is said once
+    if found > 0 && found < supported {
+        tracing::info!(
+            file = %conn.path().unwrap_or_default(),
+            from = found,
+            to = supported,
+            "database schema upgraded"
+        );
+    }
     Ok(())
 }
 
