@@ -205,6 +205,21 @@ pub fn discharge_cancelled(encounter: &serde_json::Value) -> bool {
     has_tag(encounter, DISCHARGE_CANCELLED)
 }
 
+/// The `meta.tag` (system, code) an Encounter carries when its sender
+/// cancelled a transfer (A12), as the shipped ADT mapping writes it, kept by
+/// the store over later updates until a new transfer or the end of the
+/// visit: a transfer older than the cancellation that arrives after it is
+/// the one cancelled (or an earlier one), and does not move the patient.
+pub const TRANSFER_CANCELLED: (&str, &str) = ("urn:junction:tag", "transfer-cancelled");
+
+/// The display of the [`TRANSFER_CANCELLED`] tag.
+pub const TRANSFER_CANCELLED_DISPLAY: &str = "transfer cancelled by the sender (A12)";
+
+/// Whether `encounter` carries the [`TRANSFER_CANCELLED`] tag.
+pub fn transfer_cancelled(encounter: &serde_json::Value) -> bool {
+    has_tag(encounter, TRANSFER_CANCELLED)
+}
+
 /// Whether `resource` carries the `meta.tag` `(system, code)`.
 fn has_tag(resource: &serde_json::Value, (system, code): (&str, &str)) -> bool {
     resource["meta"]["tag"].as_array().is_some_and(|tags| {

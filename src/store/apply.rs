@@ -634,18 +634,36 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
         )
     };
     // a cancelled discharge stays said until the visit ends again, so an
-    // older discharge arriving late does not end it (`with_late_discharge`)
-    if crate::fhir_types::discharge_cancelled(stored)
-        && !crate::fhir_types::discharge_cancelled(&kept)
-        && !ends(&kept)
-    {
-        let (system, code) = crate::fhir_types::DISCHARGE_CANCELLED;
-        let tag = serde_json::json!({"system": system, "code": code, "display": crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY});
-        match kept["meta"]["tag"].as_array_mut() {
-            Some(tags) => tags.push(tag),
-            None => kept["meta"]["tag"] = Value::Array(vec![tag]),
+    // older discharge arriving late does not end it (`with_late_discharge`);
+    // a cancelled transfer until a new transfer or the end of the visit, so
+    // an older transfer arriving late does not move the patient
+    // (`with_late_transfer`)
+    let kept_tags = [
+        (
+            crate::fhir_types::DISCHARGE_CANCELLED,
+            crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY,
+            !ends(&kept),
+        ),
+        (
+            crate::fhir_types::TRANSFER_CANCELLED,
+            crate::fhir_types::TRANSFER_CANCELLED_DISPLAY,
+            !ends(&kept) && event != Some("A02"),
+        ),
+    ];
+    for ((system, code), display, keeps) in kept_tags {
+        let tagged = |e: &Value| {
+            e["meta"]["tag"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["system"] == system && t["code"] == code))
+        };
+        if keeps && tagged(stored) && !tagged(&kept) {
+            let tag = serde_json::json!({"system": system, "code": code, "display": display});
+            match kept["meta"]["tag"].as_array_mut() {
+                Some(tags) => tags.push(tag),
+                None => kept["meta"]["tag"] = Value::Array(vec![tag]),
+            }
+            changed = true;
         }
-        changed = true;
     }
     if stored["status"] == "finished" && !reopens && !ends(&kept) {
         end_visit(&mut kept, stored);
@@ -766,8 +784,13 @@ fn is_active_location(l: &Value) -> bool {
 /// transfer happened after what made `from` active, as the stored visit has
 /// never heard of `to` (had the patient come back to `from` after `to`, its
 /// history would hold `to`). `stored` with `from` completed and `to` active
-/// after it (`None`: not such a case).
+/// after it (`None`: not such a case, or the visit carries
+/// [`crate::fhir_types::TRANSFER_CANCELLED`]: a transfer cancelled since,
+/// which the late one is, or one before it).
 fn with_late_transfer(stored: &Value, stale: &Value) -> Option<Value> {
+    if crate::fhir_types::transfer_cancelled(stored) {
+        return None;
+    }
     let theirs = stored["location"].as_array()?;
     let sent = stale["location"].as_array()?;
     let named = |k: &str| {
@@ -843,6 +866,19 @@ fn with_earlier_locations(stored: &Value, stale: &Value) -> Option<Value> {
             .collect();
         return Some(filled);
     }
+    // a transfer cancelled since: the late one's destination is the ward
+    // cancelled (or one before it), no ward the patient is known to have left
+    let cancelled_destination;
+    let stale = if crate::fhir_types::transfer_cancelled(stored) {
+        let mut left_only = stale.clone();
+        if let Some(locations) = left_only["location"].as_array_mut() {
+            locations.retain(|l| !is_active_location(l));
+        }
+        cancelled_destination = left_only;
+        &cancelled_destination
+    } else {
+        stale
+    };
     let history = with_location_history(stale, stored, None)?;
     let mut filled = stored.clone();
     filled["location"] = history;

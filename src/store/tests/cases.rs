@@ -1889,6 +1889,29 @@ fn a_transfer_arriving_late_moves_the_patient() {
         "2026-03-01T11:00:00Z",
     );
     assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "active")]));
+    // a transfer cancelled (A12, back to WARD 3) and an update, then the
+    // cancelled transfer (to WARD 7) arriving late: it does not move the
+    // patient, and the cancellation stays said over the update
+    let mut cancelled = stay(Some(json!([place("WARD 3", "active")])));
+    cancelled["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "transfer-cancelled"}]});
+    apply(cancelled, "A12", "2026-03-02T10:00:00Z");
+    apply(stay(None), "A08", "2026-03-02T11:00:00Z");
+    apply(
+        stay(Some(json!([place("WARD 7", "active"), place("WARD 3", "completed")]))),
+        "A02",
+        "2026-03-02T09:00:00Z",
+    );
+    assert_eq!(wards(&f), pairs(&[("AMU", "completed"), ("WARD 3", "active")]));
+    let visit = current(&f.store, "Encounter", "e-late-move");
+    assert!(crate::fhir_types::transfer_cancelled(&visit), "{visit}");
+    // a new transfer (in order) ends what the cancellation said
+    apply(
+        stay(Some(json!([place("WARD 9", "active"), place("WARD 3", "completed")]))),
+        "A02",
+        "2026-03-02T12:00:00Z",
+    );
+    let visit = current(&f.store, "Encounter", "e-late-move");
+    assert!(!crate::fhir_types::transfer_cancelled(&visit), "{visit}");
 }
 
 /// Transfers and updates that name only where the patient is now (no PV1-6)
