@@ -169,6 +169,9 @@ pub(super) fn apply_plan<R: Rows>(
                             None => None,
                         };
                         let filled = stored.filter(|s| !is_cancelled_visit(s)).and_then(|s| {
+                            if let Some(reopened) = with_late_reopening(&s, resource, event_time) {
+                                return Some(reopened);
+                            }
                             let located = with_earlier_locations(&s, resource);
                             with_late_discharge(located.as_ref().unwrap_or(&s), resource)
                                 .or(located)
@@ -657,11 +660,7 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
                 .is_some_and(|t| t.iter().any(|t| t["system"] == system && t["code"] == code))
         };
         if keeps && tagged(stored) && !tagged(&kept) {
-            let tag = serde_json::json!({"system": system, "code": code, "display": display});
-            match kept["meta"]["tag"].as_array_mut() {
-                Some(tags) => tags.push(tag),
-                None => kept["meta"]["tag"] = Value::Array(vec![tag]),
-            }
+            add_tag(&mut kept, (system, code), display);
             changed = true;
         }
     }
@@ -916,6 +915,65 @@ fn with_late_discharge(stored: &Value, stale: &Value) -> Option<Value> {
     Some(ended)
 }
 
+/// `stored`, finished, reopened by a cancelled discharge (`stale`: an A13,
+/// [`crate::fhir_types::DISCHARGE_CANCELLED`], recorded at `at`, in
+/// microseconds) that arrives after a newer update: when the A13 was
+/// recorded after the stored discharge's end, it cancels that discharge, as
+/// when they arrive in order (in progress, without its end or discharge
+/// details, the A13's ward active again). Not when the stored end is later
+/// than the A13 (a new discharge since).
+fn with_late_reopening(stored: &Value, stale: &Value, at: Option<i64>) -> Option<Value> {
+    if !crate::fhir_types::discharge_cancelled(stale) || stored["status"] != "finished" {
+        return None;
+    }
+    let end = stored["period"]["end"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())?;
+    if at? <= end.as_microsecond() {
+        return None;
+    }
+    let mut reopened = stored.clone();
+    reopened["status"] = stale["status"].clone();
+    if let Some(period) = reopened["period"].as_object_mut() {
+        period.remove("end");
+    }
+    match stale.get("hospitalization") {
+        Some(h) => reopened["hospitalization"] = h.clone(),
+        None => {
+            if let Some(visit) = reopened.as_object_mut() {
+                visit.remove("hospitalization");
+            }
+        }
+    }
+    let back: Vec<String> = stale["location"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| is_active_location(l))
+        .filter_map(location_key)
+        .collect();
+    for location in reopened["location"].as_array_mut().into_iter().flatten() {
+        if location_key(location).is_some_and(|k| back.iter().any(|b| same_place(b, &k))) {
+            location["status"] = Value::String("active".into());
+        }
+    }
+    add_tag(
+        &mut reopened,
+        crate::fhir_types::DISCHARGE_CANCELLED,
+        crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY,
+    );
+    Some(reopened)
+}
+
+/// Adds the `meta.tag` `(system, code)` with `display` to `resource`.
+fn add_tag(resource: &mut Value, (system, code): (&str, &str), display: &str) {
+    let tag = serde_json::json!({"system": system, "code": code, "display": display});
+    match resource["meta"]["tag"].as_array_mut() {
+        Some(tags) => tags.push(tag),
+        None => resource["meta"]["tag"] = Value::Array(vec![tag]),
+    }
+}
+
 /// Ends `visit` as the finished `discharge` says: `finished`, and the end,
 /// discharge disposition and destination it does not have from `discharge`;
 /// its active wards completed.
@@ -1014,13 +1072,11 @@ fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
     let mut kept = patient.clone();
     let deleted = gp_registration_deleted(other);
     if deleted {
-        let (system, code) = crate::fhir_types::GP_REGISTRATION_DELETED;
-        let display = crate::fhir_types::GP_REGISTRATION_DELETED_DISPLAY;
-        let tag = serde_json::json!({ "system": system, "code": code, "display": display });
-        match kept["meta"]["tag"].as_array_mut() {
-            Some(tags) => tags.push(tag),
-            None => kept["meta"]["tag"] = Value::Array(vec![tag]),
-        }
+        add_tag(
+            &mut kept,
+            crate::fhir_types::GP_REGISTRATION_DELETED,
+            crate::fhir_types::GP_REGISTRATION_DELETED_DISPLAY,
+        );
     }
     match other.get("generalPractitioner") {
         // the GP deleted (PD1-4 `""`): the practice alone is kept

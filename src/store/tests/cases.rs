@@ -1819,11 +1819,51 @@ fn a_discharge_arriving_late_ends_the_stay_unless_it_was_cancelled() {
         "the cancellation stays said over the update: {stay}"
     );
     f.store
-        .apply_bundle(&bundle(&[p, discharged2, event("A03")]), at("2026-03-04T14:00:00Z"))
+        .apply_bundle(&bundle(&[p.clone(), discharged2, event("A03")]), at("2026-03-04T14:00:00Z"))
         .unwrap();
     let stay = current(&f.store, "Encounter", "e-late2");
     assert_eq!(stay["status"], "in-progress", "{stay}");
     assert!(stay["period"].get("end").is_none(), "{stay}");
+    // a third stay: admitted, discharged, then an update recorded after the
+    // discharge's cancellation (A13) arrives before the A13: the late A13
+    // still reopens the stay; a discharge after the A13 is not undone by it
+    let id = |e: &Value, to: &str| {
+        let mut e = e.clone();
+        e["id"] = json!(to);
+        e
+    };
+    let mut a13 = update.clone();
+    a13["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
+    for (visit, a03_again) in [("e-late3", None), ("e-late4", Some("2026-03-05T12:00:00Z"))] {
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), id(&admitted, visit), event("A01")]), at("2026-03-01T08:00:00Z"))
+            .unwrap();
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), id(&discharged, visit), event("A03")]), at("2026-03-04T14:00:00Z"))
+            .unwrap();
+        if let Some(when) = a03_again {
+            let mut again = id(&discharged, visit);
+            again["period"]["end"] = json!("2026-03-05T12:00:00+00:00");
+            f.store
+                .apply_bundle(&bundle(&[p.clone(), again, event("A03")]), at(when))
+                .unwrap();
+        }
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), id(&update, visit), event("A08")]), at("2026-03-05T13:00:00Z"))
+            .unwrap();
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), id(&a13, visit), event("A13")]), at("2026-03-05T10:00:00Z"))
+            .unwrap();
+        let stay = current(&f.store, "Encounter", visit);
+        if a03_again.is_none() {
+            assert_eq!(stay["status"], "in-progress", "{stay}");
+            assert!(stay["period"].get("end").is_none(), "{stay}");
+            assert!(crate::fhir_types::discharge_cancelled(&stay), "{stay}");
+        } else {
+            assert_eq!(stay["status"], "finished", "{stay}");
+            assert_eq!(stay["period"]["end"], "2026-03-05T12:00:00+00:00", "{stay}");
+        }
+    }
 }
 
 /// A location of ward `ward` (`RAJ/<ward>`) with `status`.
