@@ -668,6 +668,16 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
         end_visit(&mut kept, stored);
         changed = true;
     }
+    // a discharge that names no ward (PV1-3 left out) leaves none active: the
+    // ward kept from the stored visit was left too
+    if kept["status"] == "finished" {
+        for location in kept["location"].as_array_mut().into_iter().flatten() {
+            if location["status"] == "active" {
+                location["status"] = Value::String("completed".into());
+                changed = true;
+            }
+        }
+    }
     changed.then_some(kept)
 }
 

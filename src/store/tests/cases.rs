@@ -1788,6 +1788,20 @@ fn a_discharge_arriving_late_ends_the_stay_unless_it_was_cancelled() {
         .unwrap();
     let stay = current(&f.store, "Encounter", "e-late");
     assert_eq!(stay["status"], "finished", "{stay}");
+    // (in order: a discharge naming no ward leaves none active)
+    let mut no_ward = discharged.clone();
+    no_ward["id"] = json!("e-noward");
+    no_ward.as_object_mut().unwrap().remove("location");
+    let mut admitted_nw = admitted.clone();
+    admitted_nw["id"] = json!("e-noward");
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), admitted_nw, event("A01")]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), no_ward, event("A03")]), at("2026-03-04T14:00:00Z"))
+        .unwrap();
+    let ended = current(&f.store, "Encounter", "e-noward");
+    assert_eq!(ended["location"][0]["status"], "completed", "{ended}");
     assert_eq!(stay["period"]["end"], "2026-03-04T14:00:00+00:00", "{stay}");
     assert_eq!(stay["hospitalization"]["dischargeDisposition"]["text"], "home", "{stay}");
     assert_eq!(stay["location"][0]["location"]["display"], "AMU", "{stay}");
