@@ -668,6 +668,18 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
         end_visit(&mut kept, stored);
         changed = true;
     }
+    // a cancelled discharge that names no ward (PV1-3 left out): the patient
+    // is back where the stay ended, its last ward
+    if event == Some("A13") && !ends(&kept) {
+        if let Some(locations) = kept["location"].as_array_mut() {
+            if !locations.iter().any(is_active_location) {
+                if let Some(last) = locations.last_mut() {
+                    last["status"] = Value::String("active".into());
+                    changed = true;
+                }
+            }
+        }
+    }
     // a discharge that names no ward (PV1-3 left out) leaves none active: the
     // ward kept from the stored visit was left too
     if kept["status"] == "finished" {

@@ -1754,6 +1754,8 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
     assert!(stay["period"].get("end").is_none(), "{stay}");
     assert!(stay.get("hospitalization").is_none(), "{stay}");
     assert_eq!(stay["location"][0]["location"]["display"], "Ward 3", "{stay}");
+    // (the A13 named no ward: the patient is back in the last one)
+    assert_eq!(stay["location"][0]["status"], "active", "{stay}");
 }
 
 /// A discharge (A03) arriving after a newer update that did not say the stay
