@@ -221,7 +221,7 @@ pub fn transfer_cancelled(encounter: &serde_json::Value) -> bool {
 }
 
 /// Whether `resource` carries the `meta.tag` `(system, code)`.
-fn has_tag(resource: &serde_json::Value, (system, code): (&str, &str)) -> bool {
+pub fn has_tag(resource: &serde_json::Value, (system, code): (&str, &str)) -> bool {
     resource["meta"]["tag"].as_array().is_some_and(|tags| {
         tags.iter()
             .any(|t| t["system"] == system && t["code"] == code)

@@ -653,14 +653,10 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
             !ends(&kept) && event != Some("A02"),
         ),
     ];
-    for ((system, code), display, keeps) in kept_tags {
-        let tagged = |e: &Value| {
-            e["meta"]["tag"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["system"] == system && t["code"] == code))
-        };
-        if keeps && tagged(stored) && !tagged(&kept) {
-            add_tag(&mut kept, (system, code), display);
+    for (tag, display, keeps) in kept_tags {
+        use crate::fhir_types::has_tag;
+        if keeps && has_tag(stored, tag) && !has_tag(&kept, tag) {
+            add_tag(&mut kept, tag, display);
             changed = true;
         }
     }
@@ -683,12 +679,7 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
     // a discharge that names no ward (PV1-3 left out) leaves none active: the
     // ward kept from the stored visit was left too
     if kept["status"] == "finished" {
-        for location in kept["location"].as_array_mut().into_iter().flatten() {
-            if location["status"] == "active" {
-                location["status"] = Value::String("completed".into());
-                changed = true;
-            }
-        }
+        changed |= complete_wards(&mut kept);
     }
     changed.then_some(kept)
 }
@@ -873,18 +864,11 @@ fn with_earlier_locations(stored: &Value, stale: &Value) -> Option<Value> {
         // the visit names no ward (its messages so far said none): where the
         // older message says the patient was is all there is
         let theirs = stale["location"].as_array().filter(|l| !l.is_empty())?;
-        let finished = stored["status"] == "finished";
         let mut filled = stored.clone();
-        filled["location"] = theirs
-            .iter()
-            .map(|l| {
-                let mut l = l.clone();
-                if finished && l["status"] == "active" {
-                    l["status"] = Value::String("completed".into());
-                }
-                l
-            })
-            .collect();
+        filled["location"] = Value::Array(theirs.clone());
+        if stored["status"] == "finished" {
+            complete_wards(&mut filled);
+        }
         return Some(filled);
     }
     // a transfer cancelled since: the late one's destination is the ward
@@ -1013,11 +997,19 @@ fn end_visit(visit: &mut Value, discharge: &Value) {
             }
         }
     }
+    complete_wards(visit);
+}
+
+/// Marks `visit`'s active wards completed; whether there was one.
+fn complete_wards(visit: &mut Value) -> bool {
+    let mut any = false;
     for location in visit["location"].as_array_mut().into_iter().flatten() {
         if location["status"] == "active" {
             location["status"] = Value::String("completed".into());
+            any = true;
         }
     }
+    any
 }
 
 /// A visit's cancellation (A11) sent without the admit time (PV1-44): the

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{EntryProblem, StoreError};
 
@@ -428,13 +428,19 @@ fn rewrite_references(
 /// Removes `meta.versionId` and `meta.lastUpdated` (and `meta` if nothing
 /// else is left in it): they belong to the store.
 fn strip_store_meta(resource: &mut Value) {
+    strip_meta(resource, &["versionId", "lastUpdated"]);
+}
+
+/// Removes `keys` from `meta` (and `meta` if nothing else is left in it).
+fn strip_meta(resource: &mut Value, keys: &[&str]) {
     let Some(object) = resource.as_object_mut() else {
         return;
     };
     let now_empty = match object.get_mut("meta") {
         Some(Value::Object(meta)) => {
-            meta.remove("versionId");
-            meta.remove("lastUpdated");
+            keys.iter().for_each(|k| {
+                meta.remove(*k);
+            });
             meta.is_empty()
         }
         _ => false,
@@ -449,28 +455,9 @@ fn strip_store_meta(resource: &mut Value) {
 /// content across versions: a change of tags, security labels or profiles
 /// alone is a change (a tag that says a discharge was cancelled).
 pub(super) fn without_meta(resource: &Value) -> Value {
-    match resource {
-        Value::Object(object) => Value::Object(
-            object
-                .iter()
-                .filter_map(|(key, value)| {
-                    if key != "meta" {
-                        return Some((key.clone(), value.clone()));
-                    }
-                    let meta: Map<String, Value> = value
-                        .as_object()?
-                        .iter()
-                        .filter(|(k, _)| {
-                            !matches!(k.as_str(), "versionId" | "lastUpdated" | "source")
-                        })
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    (!meta.is_empty()).then(|| (key.clone(), Value::Object(meta)))
-                })
-                .collect::<Map<String, Value>>(),
-        ),
-        other => other.clone(),
-    }
+    let mut compared = resource.clone();
+    strip_meta(&mut compared, &["versionId", "lastUpdated", "source"]);
+    compared
 }
 
 /// Elements that tie a resource to its patient: `subject` (Encounter,
