@@ -67,6 +67,14 @@ fn ids(bundle: &Value) -> (String, String) {
     (patient, control)
 }
 
+impl Fhir {
+    /// The control ids of the documents accepted, in arrival order.
+    fn controls(&self) -> Vec<String> {
+        let accepted = self.accepted.lock().unwrap();
+        accepted.iter().map(|(_, c)| c.clone()).collect()
+    }
+}
+
 async fn post_bundle(State(fhir): State<Arc<Fhir>>, body: Bytes) -> axum::response::Response {
     fhir.attempts.fetch_add(1, Ordering::SeqCst);
     if fhir.down.load(Ordering::SeqCst) {
@@ -394,13 +402,7 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
         "{why}"
     );
     // The patient's line moved on past the dead letter; the other went on.
-    let order: Vec<String> = fhir
-        .accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, c)| c.clone())
-        .collect();
+    let order = fhir.controls();
     assert!(order.contains(&"P1-003".to_string()) && order.contains(&"P2-001".to_string()));
 
     // The unrouted message is kept and visible.
@@ -599,13 +601,7 @@ async fn dead_letters_retried_together_leave_the_destination_with_the_newest() {
         queues(&engine).get("fhir") == Some(&(0, 5, 0))
     })
     .await;
-    let controls: Vec<String> = fhir
-        .accepted
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, c)| c.clone())
-        .collect();
+    let controls = fhir.controls();
     assert_eq!(
         controls,
         ["P3-002", "P3-001", "P3-003", "P3-002", "P3-003"],
