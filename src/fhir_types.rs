@@ -220,6 +220,30 @@ pub fn transfer_cancelled(encounter: &serde_json::Value) -> bool {
     has_tag(encounter, TRANSFER_CANCELLED)
 }
 
+/// The extension the store puts on a cancellation tag ([`DISCHARGE_CANCELLED`])
+/// when it records it: the event time of the message that made the
+/// cancellation (`valueInstant`), so a discharge recorded after the
+/// cancellation that arrives late is told from the one cancelled.
+pub const TAG_EVENT_TIME: &str = "urn:junction:event-time";
+
+/// The event time [`TAG_EVENT_TIME`] on the `meta.tag` `(system, code)` of
+/// `resource` (`None`: no such tag, or none recorded on it).
+pub fn tag_event_time(
+    resource: &serde_json::Value,
+    (system, code): (&str, &str),
+) -> Option<jiff::Timestamp> {
+    resource["meta"]["tag"]
+        .as_array()?
+        .iter()
+        .find(|t| t["system"] == system && t["code"] == code)?["extension"]
+        .as_array()?
+        .iter()
+        .find(|x| x["url"] == TAG_EVENT_TIME)?["valueInstant"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 /// Whether `resource` carries the `meta.tag` `(system, code)`.
 pub fn has_tag(resource: &serde_json::Value, (system, code): (&str, &str)) -> bool {
     resource["meta"]["tag"].as_array().is_some_and(|tags| {

@@ -173,8 +173,8 @@ pub(super) fn apply_plan<R: Rows>(
                                 return Some(reopened);
                             }
                             let located = with_earlier_locations(&s, resource);
-                            with_late_discharge(located.as_ref().unwrap_or(&s), resource)
-                                .or(located)
+                            let base = located.as_ref().unwrap_or(&s);
+                            with_late_discharge(base, resource, event_time).or(located)
                         });
                         if let Some(filled) = filled {
                             rewrite(
@@ -416,6 +416,17 @@ fn put<R: Rows>(
         ("Encounter", Some(stored)) => with_visit_kept(stored, resource, at.event),
         _ => owned,
     };
+    // a cancelled discharge is recorded with its event time, so a discharge
+    // recorded after it, arriving late, is told from the one it cancelled
+    let cancelled = crate::fhir_types::DISCHARGE_CANCELLED;
+    let owned = match at.resource_type {
+        "Encounter" if unstamped(owned.as_ref().unwrap_or(resource), cancelled) => {
+            let mut stamped = owned.unwrap_or_else(|| resource.clone());
+            stamp_tag(&mut stamped, cancelled, at.event_time);
+            Some(stamped)
+        }
+        _ => owned,
+    };
     let resource = owned.as_ref().unwrap_or(resource);
     let merged_identifiers;
     let identifiers = match &owned {
@@ -641,23 +652,17 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
     // a cancelled transfer until a new transfer or the end of the visit, so
     // an older transfer arriving late does not move the patient
     // (`with_late_transfer`)
+    // (the stored tag itself, with the time it was recorded)
     let kept_tags = [
-        (
-            crate::fhir_types::DISCHARGE_CANCELLED,
-            crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY,
-            !ends(&kept),
-        ),
+        (crate::fhir_types::DISCHARGE_CANCELLED, !ends(&kept)),
         (
             crate::fhir_types::TRANSFER_CANCELLED,
-            crate::fhir_types::TRANSFER_CANCELLED_DISPLAY,
             !ends(&kept) && event != Some("A02"),
         ),
     ];
-    for (tag, display, keeps) in kept_tags {
-        use crate::fhir_types::has_tag;
-        if keeps && has_tag(stored, tag) && !has_tag(&kept, tag) {
-            add_tag(&mut kept, tag, display);
-            changed = true;
+    for (tag, keeps) in kept_tags {
+        if keeps && !crate::fhir_types::has_tag(&kept, tag) {
+            changed |= copy_tag(&mut kept, stored, tag);
         }
     }
     if stored["status"] == "finished" && !reopens && !ends(&kept) {
@@ -890,21 +895,31 @@ fn with_earlier_locations(stored: &Value, stale: &Value) -> Option<Value> {
     Some(filled)
 }
 
-/// `stored` ended by an older discharge (`stale`: an A03 arriving after a
-/// newer update that did not say the visit ended), as when they arrive in
-/// order: its status, end, discharge disposition and destination, and its
-/// wards completed (`None`: nothing to add). Not when the stored visit is
-/// already ended, was reopened by a cancelled discharge
-/// ([`crate::fhir_types::DISCHARGE_CANCELLED`]), or is another admission (another
-/// start).
-fn with_late_discharge(stored: &Value, stale: &Value) -> Option<Value> {
+/// `stored` ended by an older discharge (`stale`: an A03, recorded at `at`,
+/// in microseconds, arriving after a newer update that did not say the
+/// visit ended), as when they arrive in order: its status, end, discharge
+/// disposition and destination, and its wards completed (`None`: nothing to
+/// add). A stored visit already finished (a newer update that said the stay
+/// ended, with less) gets what it leaves out: the end, disposition and
+/// destination. Not when the stored visit is cancelled, is another
+/// admission (another start), or was reopened by a cancelled discharge
+/// ([`crate::fhir_types::DISCHARGE_CANCELLED`]) recorded after this one (or
+/// at a time not known): the discharge cancelled, or an earlier one.
+fn with_late_discharge(stored: &Value, stale: &Value, at: Option<i64>) -> Option<Value> {
+    let cancelled = crate::fhir_types::DISCHARGE_CANCELLED;
+    let cancelled_before = |at: Option<i64>| {
+        matches!(
+            (crate::fhir_types::tag_event_time(stored, cancelled), at),
+            (Some(c), Some(at)) if at > c.as_microsecond()
+        )
+    };
     if stale["period"]["end"].is_null()
         || stale["status"] != "finished"
         || matches!(
             stored["status"].as_str(),
-            Some("finished" | "cancelled" | "entered-in-error")
+            Some("cancelled" | "entered-in-error")
         )
-        || crate::fhir_types::discharge_cancelled(stored)
+        || (crate::fhir_types::has_tag(stored, cancelled) && !cancelled_before(at))
     {
         return None;
     }
@@ -918,7 +933,11 @@ fn with_late_discharge(stored: &Value, stale: &Value) -> Option<Value> {
     }
     let mut ended = stored.clone();
     end_visit(&mut ended, stale);
-    Some(ended)
+    // the stay has ended: no cancellation is kept past its end
+    for tag in [cancelled, crate::fhir_types::TRANSFER_CANCELLED] {
+        remove_tag(&mut ended, tag);
+    }
+    (ended != *stored).then_some(ended)
 }
 
 /// `stored`, finished, reopened by a cancelled discharge (`stale`: an A13,
@@ -968,7 +987,79 @@ fn with_late_reopening(stored: &Value, stale: &Value, at: Option<i64>) -> Option
         crate::fhir_types::DISCHARGE_CANCELLED,
         crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY,
     );
+    stamp_tag(&mut reopened, crate::fhir_types::DISCHARGE_CANCELLED, at);
     Some(reopened)
+}
+
+/// The `meta.tag` `(system, code)` of `resource`.
+fn tag_of<'r>(resource: &'r mut Value, (system, code): (&str, &str)) -> Option<&'r mut Value> {
+    resource["meta"]["tag"]
+        .as_array_mut()?
+        .iter_mut()
+        .find(|t| t["system"] == system && t["code"] == code)
+}
+
+/// Whether `resource` carries the `meta.tag` `tag` with no event time
+/// recorded on it ([`crate::fhir_types::TAG_EVENT_TIME`]).
+fn unstamped(resource: &Value, tag: (&str, &str)) -> bool {
+    crate::fhir_types::has_tag(resource, tag)
+        && crate::fhir_types::tag_event_time(resource, tag).is_none()
+}
+
+/// Records event time `at` (microseconds) on `resource`'s `meta.tag` `tag`
+/// when it has none ([`crate::fhir_types::TAG_EVENT_TIME`]).
+fn stamp_tag(resource: &mut Value, tag: (&str, &str), at: Option<i64>) {
+    let Some(when) = at.and_then(|t| jiff::Timestamp::from_microsecond(t).ok()) else {
+        return;
+    };
+    if !unstamped(resource, tag) {
+        return;
+    }
+    if let Some(coding) = tag_of(resource, tag) {
+        let time = serde_json::json!({
+            "url": crate::fhir_types::TAG_EVENT_TIME,
+            "valueInstant": when.to_string(),
+        });
+        match coding["extension"].as_array_mut() {
+            Some(extensions) => extensions.push(time),
+            None => coding["extension"] = Value::Array(vec![time]),
+        }
+    }
+}
+
+/// Adds `from`'s `meta.tag` `tag` (with what it records) to `to`; whether
+/// `from` had it.
+fn copy_tag(to: &mut Value, from: &Value, (system, code): (&str, &str)) -> bool {
+    let Some(tag) = from["meta"]["tag"].as_array().and_then(|tags| {
+        tags.iter()
+            .find(|t| t["system"] == system && t["code"] == code)
+    }) else {
+        return false;
+    };
+    match to["meta"]["tag"].as_array_mut() {
+        Some(tags) => tags.push(tag.clone()),
+        None => to["meta"]["tag"] = Value::Array(vec![tag.clone()]),
+    }
+    true
+}
+
+/// Takes the `meta.tag` `(system, code)` off `resource` (and `meta.tag`,
+/// `meta` when nothing is left in them).
+fn remove_tag(resource: &mut Value, (system, code): (&str, &str)) {
+    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if let Some(tags) = meta.get_mut("tag").and_then(Value::as_array_mut) {
+        tags.retain(|t| !(t["system"] == system && t["code"] == code));
+        if tags.is_empty() {
+            meta.remove("tag");
+        }
+    }
+    if meta.is_empty() {
+        if let Some(resource) = resource.as_object_mut() {
+            resource.remove("meta");
+        }
+    }
 }
 
 /// Adds the `meta.tag` `(system, code)` with `display` to `resource`.

@@ -1880,6 +1880,61 @@ fn a_discharge_arriving_late_ends_the_stay_unless_it_was_cancelled() {
             assert_eq!(stay["period"]["end"], "2026-03-05T12:00:00+00:00", "{stay}");
         }
     }
+    // a fifth: discharged, the discharge cancelled (A13 at 10:00), then
+    // discharged again (A03 at 12:00), which arrives after a newer update
+    // (13:00): the new discharge ends the stay, as in order; the old one,
+    // sent again late, did not (above)
+    let visit = "e-late5";
+    let mut again = id(&discharged, visit);
+    again["period"]["end"] = json!("2026-03-05T12:00:00+00:00");
+    again["hospitalization"] = json!({"dischargeDisposition": {"text": "care home"}});
+    // each (resource, event, event time), in the order it arrives
+    let send = |messages: Vec<(Value, &str, &str)>| {
+        for (resource, code, when) in messages {
+            f.store
+                .apply_bundle(&bundle(&[p.clone(), resource, event(code)]), at(when))
+                .unwrap();
+        }
+    };
+    send(vec![
+        (id(&admitted, visit), "A01", "2026-03-01T08:00:00Z"),
+        (id(&discharged, visit), "A03", "2026-03-04T14:00:00Z"),
+        (id(&a13, visit), "A13", "2026-03-05T10:00:00Z"),
+        (id(&update, visit), "A08", "2026-03-05T13:00:00Z"),
+    ]);
+    let stay = current(&f.store, "Encounter", visit);
+    assert_eq!(stay["status"], "in-progress", "{stay}");
+    assert_eq!(
+        crate::fhir_types::tag_event_time(&stay, crate::fhir_types::DISCHARGE_CANCELLED),
+        at("2026-03-05T10:00:00Z"),
+        "the cancellation is kept with its time over the update: {stay}"
+    );
+    send(vec![(id(&discharged, visit), "A03", "2026-03-04T14:00:00Z")]);
+    assert_eq!(current(&f.store, "Encounter", visit)["status"], "in-progress");
+    send(vec![(again, "A03", "2026-03-05T12:00:00Z")]);
+    let stay = current(&f.store, "Encounter", visit);
+    assert_eq!(stay["status"], "finished", "{stay}");
+    assert_eq!(stay["period"]["end"], "2026-03-05T12:00:00+00:00", "{stay}");
+    assert_eq!(stay["hospitalization"]["dischargeDisposition"]["text"], "care home", "{stay}");
+    assert!(!crate::fhir_types::discharge_cancelled(&stay), "{stay}");
+    assert_eq!(stay["location"][0]["status"], "completed", "{stay}");
+
+    // a sixth: an update after the discharge that says the stay ended
+    // (PV1-45) but not how (no PV1-36) arrives before the discharge: the
+    // discharge's disposition is kept, as in order
+    let visit = "e-late6";
+    let mut ended = id(&update, visit);
+    ended["status"] = json!("finished");
+    ended["period"]["end"] = json!("2026-03-04T14:00:00+00:00");
+    send(vec![
+        (id(&admitted, visit), "A01", "2026-03-01T08:00:00Z"),
+        (ended, "A08", "2026-03-05T09:00:00Z"),
+        (id(&discharged, visit), "A03", "2026-03-04T14:00:00Z"),
+    ]);
+    let stay = current(&f.store, "Encounter", visit);
+    assert_eq!(stay["status"], "finished", "{stay}");
+    assert_eq!(stay["period"]["end"], "2026-03-04T14:00:00+00:00", "{stay}");
+    assert_eq!(stay["hospitalization"]["dischargeDisposition"]["text"], "home", "{stay}");
 }
 
 /// A location of ward `ward` (`RAJ/<ward>`) with `status`.
