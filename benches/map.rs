@@ -74,7 +74,12 @@ const CASES: [(&str, Case); 5] = [
 
 /// The samples with the shipped plan their routes would pick.
 fn setup() -> (MappingSet, Vec<(&'static str, String)>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    // `JUNCTION_BENCH_MAPPINGS=DIR` measures another set of mappings (a copy
+    // with one member left out, to see what that member costs)
+    let dir = std::env::var_os("JUNCTION_BENCH_MAPPINGS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings"),
+        PathBuf::from,
+    );
     let set = MappingSet::load_dir(&dir).unwrap_or_else(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         panic!("mappings do not load:\n{}", lines.join("\n"))
