@@ -61,6 +61,21 @@ fn running(state: &ApiState) -> Result<&DeliveryHandle, ApiError> {
         .ok_or_else(|| ApiError::Unavailable("the delivery queue is not running".to_string()))
 }
 
+/// Runs a retry or replay to its end in a task of its own, so a client that
+/// stops waiting (a CLI's timeout, a closed browser tab) does not cut it off
+/// half way: its write is all or nothing, so one cut off had done nothing,
+/// and a retry whose follow-ups take long to map would never land.
+async fn to_the_end<T, F>(work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, QueueError>> + Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|err| ApiError::Internal(format!("the operation's task failed: {err}")))?
+        .map_err(ApiError::from)
+}
+
 fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     params.map(|Query(p)| p).map_err(|rejection| {
         ApiError::BadRequest(format!("invalid query: {}", rejection.body_text()))
@@ -191,7 +206,8 @@ pub(super) async fn retry(
     query(params)?;
     no_body(&body)?;
     let id = id(path, "delivery")?;
-    let retried = running(&state)?.retry(id).await?;
+    let handle = running(&state)?.clone();
+    let retried = to_the_end(async move { handle.retry(id).await }).await?;
     Ok(Json(RetriedOne {
         row: retried.row,
         was: retried.was,
@@ -248,7 +264,9 @@ pub(super) async fn retry_dead(
             )));
         }
     }
-    let (retried, requeued) = running(&state)?.retry_dead(destination.clone()).await?;
+    let handle = running(&state)?.clone();
+    let which = destination.clone();
+    let (retried, requeued) = to_the_end(async move { handle.retry_dead(which).await }).await?;
     let still_dead = state
         .journal
         .queue_depths()
@@ -293,7 +311,10 @@ pub(super) async fn replay(
             )));
         }
     }
-    Ok(Json(handle.replay(id, destination).await?))
+    let handle = handle.clone();
+    Ok(Json(
+        to_the_end(async move { handle.replay(id, destination).await }).await?,
+    ))
 }
 
 #[derive(Serialize)]
@@ -332,4 +353,34 @@ fn no_body(body: &axum::body::Bytes) -> Result<(), ApiError> {
     Err(ApiError::BadRequest(
         "this operation takes no body: give its parameters in the query string (e.g. `?destination=mesh_hwe`)".to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A client that stops waiting (its request future dropped, as hyper
+    /// does when the connection closes) does not stop the operation.
+    #[tokio::test]
+    async fn an_operation_runs_to_its_end_when_the_client_stops_waiting() {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let request = to_the_end(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        let waited = tokio::time::timeout(Duration::from_millis(20), request).await;
+        assert!(waited.is_err(), "the client gave up first");
+        for _ in 0..100 {
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the operation was cut off with its client");
+    }
 }

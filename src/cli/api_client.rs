@@ -32,6 +32,11 @@ pub fn token_from_env() -> Option<String> {
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an operation (a `POST`: a retry or replay, which maps every
+/// document it queues) may take. The engine finishes it whether or not the
+/// CLI is still waiting.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Where the engine's API is when `--api` is not given.
 pub const API_ENV: &str = "JUNCTION_API";
 
@@ -158,19 +163,32 @@ pub fn call(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let operation = method == reqwest::Method::POST;
+    let timeout = if operation {
+        OPERATION_TIMEOUT
+    } else {
+        TIMEOUT
+    };
     runtime.block_on(async move {
         let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
+            .timeout(timeout)
             .build()
             .context("cannot build the HTTP client")?;
         let mut request = client.request(method, url.clone());
         if let Some(token) = token_from_env() {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the engine at {url}"))?;
+        let response = request.send().await.map_err(|err| {
+            let context = match operation && err.is_timeout() {
+                true => format!(
+                    "no answer from the engine at {url} within {} s (it goes on with the \
+                     operation: see `junction queues` and `junction dead-letters`)",
+                    timeout.as_secs()
+                ),
+                false => format!("cannot reach the engine at {url}"),
+            };
+            anyhow::Error::new(err).context(context)
+        })?;
         let status = response.status().as_u16();
         let text = response
             .text()
