@@ -170,6 +170,15 @@ fn junction(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `junction retry --now --destination fhir`: the FHIR destination's
+/// backoff cut short, as ops do once the server is back.
+fn fhir_back_up(engine: &Engine) {
+    let api = format!("http://{}", engine.api);
+    let (code, stdout) = junction(&["retry", "--now", "--destination", "fhir", "--api", &api]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("pending deliveries due now"), "{stdout}");
+}
+
 fn json(engine: &Engine, path: &str) -> Value {
     let (status, body) = engine.get(path);
     assert_eq!(status, 200, "GET {path}: {body}");
@@ -289,16 +298,7 @@ async fn a_fhir_server_that_is_down_keeps_documents_queued_then_gets_them_in_ord
 
     fhir.down.store(false, Ordering::SeqCst);
     // Ops cut the backoff short once the server is back.
-    let (code, stdout) = junction(&[
-        "retry",
-        "--now",
-        "--destination",
-        "fhir",
-        "--api",
-        &format!("http://{}", engine.api),
-    ]);
-    assert_eq!(code, 0, "{stdout}");
-    assert!(stdout.contains("pending deliveries due now"), "{stdout}");
+    fhir_back_up(&engine);
     eventually(
         &engine,
         "every document delivered to the FHIR server",
@@ -363,6 +363,40 @@ async fn a_fhir_server_that_is_down_keeps_documents_queued_then_gets_them_in_ord
         metrics.contains(r#"junction_deliveries_total{destination="fhir",outcome="retry"}"#),
         "{metrics}"
     );
+}
+
+/// A patient first sent with an MRN alone, then traced (the NHS number
+/// added: their Patient id, the queue's patient key, changes): while the
+/// FHIR server is down both keys' documents queue; once it is up, every
+/// document sent before the trace arrives before every one after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patient_traced_while_their_documents_wait_gets_them_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fhir = Fhir::default();
+    fhir.down.store(true, Ordering::SeqCst);
+    let (engine, fhir) = a01s_to_files_and(tmp.path(), fhir).await;
+    let untraced =
+        |control: &str| a01(control, 7).replace(&format!("{}^^^NHS^NH~", nhs_number(7)), "");
+    let mut messages: Vec<String> = (1..=4).map(|s| untraced(&format!("T-{s:03}"))).collect();
+    messages.extend((5..=8).map(|s| a01(&format!("T-{s:03}"), 7)));
+    send(&engine, &messages).await;
+    eventually(&engine, "the FHIR server tried a few times", || {
+        fhir.attempts.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    fhir.down.store(false, Ordering::SeqCst);
+    fhir_back_up(&engine);
+    eventually(
+        &engine,
+        "every document delivered to the FHIR server",
+        || queues(&engine).get("fhir").map(|q| q.1) == Some(8),
+    )
+    .await;
+    let accepted = fhir.accepted.lock().unwrap().clone();
+    let patients: std::collections::BTreeSet<&String> = accepted.iter().map(|(p, _)| p).collect();
+    assert_eq!(patients.len(), 2, "two keys: {accepted:?}");
+    let expected: Vec<String> = (1..=8).map(|s| format!("T-{s:03}")).collect();
+    assert_eq!(fhir.controls(), expected, "{accepted:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -507,6 +507,7 @@ impl Router {
             // its own line: an acknowledgement neither waits for the
             // patient's documents nor holds them up
             patient_key: format!("application-ack:{}", message.id),
+            identities: Vec::new(),
             nhs_numbers: Vec::new(),
             document: Bytes::from(bytes),
             last_error: self.waits_because(destination),
@@ -826,6 +827,7 @@ impl Router {
             return;
         }
         let patient_key = patient_key(document).unwrap_or_else(|| format!("message:{message_id}"));
+        let identities = identities(document);
         let mut nhs_numbers = nhs_numbers(document);
         for n in &docs.nhs_numbers {
             if !nhs_numbers.contains(n) {
@@ -839,6 +841,7 @@ impl Router {
                 mapping: mapping.to_string(),
                 routes: dest.routes,
                 patient_key: patient_key.clone(),
+                identities: identities.clone(),
                 nhs_numbers: nhs_numbers.clone(),
                 document: bytes.clone(),
                 last_error,
@@ -909,6 +912,23 @@ pub fn patient_key(document: &Json) -> Option<String> {
         .find_map(|r| r.get("id").and_then(Json::as_str))
         .filter(|id| !id.is_empty())
         .map(str::to_string)
+}
+
+/// The identifiers of the patient a document is keyed by (its first Patient
+/// with an id, as [`patient_key`]), as routing remembers them
+/// (`identifier|<system>|<value>`, placeholders and failed NHS numbers left
+/// out): a document of a patient whose key changed joins the line of their
+/// documents still queued under the old key (`journal::queue::line_of`).
+pub fn identities(document: &Json) -> Vec<String> {
+    crate::route::patient_registrations(document)
+        .into_iter()
+        .find(|p| {
+            p.keys
+                .first()
+                .is_some_and(|k| !k.starts_with("identifier|"))
+        })
+        .map(|p| p.keys.into_iter().skip(1).collect())
+        .unwrap_or_default()
 }
 
 /// Every NHS number on the Bundle's Patient resources, once each: the

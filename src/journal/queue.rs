@@ -118,6 +118,22 @@ pub(super) const SCHEMA_V6: &str = "
 CREATE INDEX deliveries_patient ON deliveries (patient_key, destination, id);
 ";
 
+/// Schema version 7: the identifiers of each queued document's patient
+/// (`identifier|<system>|<value>`, as routing remembers registrations by),
+/// per destination, so a document whose patient key changed (a patient sent
+/// with an MRN alone, then traced: the key moves to the NHS number) waits
+/// behind the patient's documents still queued under the old key (see
+/// [`line_of`]).
+pub(super) const SCHEMA_V7: &str = "
+CREATE TABLE delivery_identities (
+    destination TEXT NOT NULL,
+    identity    TEXT NOT NULL,
+    delivery_id INTEGER NOT NULL,
+    PRIMARY KEY (destination, identity, delivery_id)
+) WITHOUT ROWID;
+CREATE INDEX delivery_identities_row ON delivery_identities (delivery_id);
+";
+
 /// What routing made of one accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -200,6 +216,10 @@ pub struct NewDelivery {
     /// The routes that chose this destination.
     pub routes: Vec<String>,
     pub patient_key: String,
+    /// The patient's identifiers (`identifier|<system>|<value>`, those that
+    /// tell one patient from another): a document whose key has no queued
+    /// rows waits behind rows of another key that share one (see [`line_of`]).
+    pub identities: Vec<String>,
     /// NHS numbers found in the document (checked against objections).
     pub nhs_numbers: Vec<String>,
     pub document: Bytes,
@@ -647,15 +667,57 @@ fn prune(
         let rows = stmt.query_map(params![before, limit as i64], |row| row.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
+    let mut identities = tx.prepare_cached(
+        "DELETE FROM delivery_identities WHERE delivery_id IN
+         (SELECT id FROM deliveries WHERE message_id = ?1)",
+    )?;
     let mut deliveries = tx.prepare_cached("DELETE FROM deliveries WHERE message_id = ?1")?;
     let mut routings = tx.prepare_cached("DELETE FROM routings WHERE message_id = ?1")?;
     let mut messages = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
     for id in &ids {
+        identities.execute(params![id])?;
         deliveries.execute(params![id])?;
         routings.execute(params![id])?;
         messages.execute(params![id])?;
     }
     Ok(QueueOutcome::Updated(ids.len()))
+}
+
+/// The line (patient key) at `destination` whose pending rows are of a
+/// patient with one of `identities`, when there is one: a document of the
+/// same patient under a new key (traced since: the key moved from the MRN to
+/// the NHS number) joins it, so it is not delivered before the patient's
+/// older documents still queued under the old key. The oldest such line when
+/// there are several. (A line of the document's own key with pending rows
+/// is asked for first, by the caller: then it waits there.)
+fn line_of(
+    tx: &Transaction<'_>,
+    destination: &str,
+    identities: &[String],
+) -> Result<Option<String>, rusqlite::Error> {
+    if identities.is_empty() {
+        return Ok(None);
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT d.patient_key, d.id FROM delivery_identities i
+         JOIN deliveries d ON d.id = i.delivery_id
+         WHERE i.destination = ?1 AND i.identity = ?2 AND d.status = 'pending'
+         ORDER BY d.id LIMIT 1",
+    )?;
+    let mut oldest: Option<(String, i64)> = None;
+    for key in identities {
+        let found: Option<(String, i64)> = stmt
+            .query_row(params![destination, key], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        if let Some((line, id)) = found {
+            if oldest.as_ref().is_none_or(|(_, o)| id < *o) {
+                oldest = Some((line, id));
+            }
+        }
+    }
+    Ok(oldest.map(|(line, _)| line))
 }
 
 fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite::Error> {
@@ -684,16 +746,27 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
           size)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, 0, ?10, ?10, ?10, ?11, ?12)",
     )?;
+    let mut identity = tx.prepare_cached(
+        "INSERT OR IGNORE INTO delivery_identities (destination, identity, delivery_id)
+         VALUES (?1, ?2, ?3)",
+    )?;
     for d in &r.deliveries {
-        let waiting: bool =
+        let own: bool =
             in_line.query_row(params![d.destination, d.patient_key], |row| row.get(0))?;
+        let (line, waiting) = match own {
+            true => (d.patient_key.clone(), true),
+            false => match line_of(tx, &d.destination, &d.identities)? {
+                Some(other) => (other, true),
+                None => (d.patient_key.clone(), false),
+            },
+        };
         insert.execute(params![
             r.message_id,
             routing_id,
             d.destination,
             d.mapping,
             join_list(&d.routes),
-            d.patient_key,
+            line,
             d.nhs_numbers.join(" "),
             &d.document[..],
             !waiting,
@@ -702,7 +775,11 @@ fn route(tx: &Transaction<'_>, r: &NewRouting) -> Result<QueueOutcome, rusqlite:
             // A document is far below i64::MAX bytes.
             d.document.len() as i64,
         ])?;
-        ids.push(tx.last_insert_rowid());
+        let id = tx.last_insert_rowid();
+        for key in &d.identities {
+            identity.execute(params![d.destination, key, id])?;
+        }
+        ids.push(id);
     }
     let mut learn = tx.prepare_cached(
         "INSERT INTO registrations

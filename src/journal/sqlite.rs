@@ -24,8 +24,9 @@ use crate::telemetry::metrics::Metrics;
 /// (delivered documents dropped, [`super::queue::SCHEMA_V3`]), version 4
 /// (deliveries indexed by remote reference, [`super::queue::SCHEMA_V4`]),
 /// version 5 (patients' GP registrations, [`super::queue::SCHEMA_V5`]),
-/// version 6 (deliveries indexed by patient, [`super::queue::SCHEMA_V6`]).
-pub(super) const SCHEMA_VERSION: i64 = 6;
+/// version 6 (deliveries indexed by patient, [`super::queue::SCHEMA_V6`]),
+/// version 7 (queued patients' identifiers, [`super::queue::SCHEMA_V7`]).
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -77,6 +78,7 @@ pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, J
         super::queue::SCHEMA_V4,
         super::queue::SCHEMA_V5,
         super::queue::SCHEMA_V6,
+        super::queue::SCHEMA_V7,
     ];
     debug_assert_eq!(migrations.len() as i64, SCHEMA_VERSION);
     db::open_writer_migrating(path, sync, &migrations).map_err(|problem| match problem {

@@ -449,15 +449,7 @@ async fn old_message(
         return id;
     };
     let deliveries = match delivery {
-        Some(_) => vec![NewDelivery {
-            destination: "store".into(),
-            mapping: "adt".into(),
-            routes: vec!["r".into()],
-            patient_key: format!("p-{control_id}"),
-            nhs_numbers: Vec::new(),
-            document: Bytes::from_static(b"{}"),
-            last_error: None,
-        }],
+        Some(_) => vec![new_delivery("store", &format!("p-{control_id}"), Vec::new())],
         None => Vec::new(),
     };
     let out = journal
@@ -928,6 +920,21 @@ async fn a_withheld_replay_settles_the_dead_letter() {
     );
 }
 
+/// A document of mapping `adt` (route `r`) for `destination`, under patient
+/// key `key`, its patient known by `identities`.
+fn new_delivery(destination: &str, key: &str, identities: Vec<String>) -> NewDelivery {
+    NewDelivery {
+        destination: destination.into(),
+        mapping: "adt".into(),
+        routes: vec!["r".into()],
+        patient_key: key.into(),
+        identities,
+        nhs_numbers: Vec::new(),
+        document: Bytes::from_static(b"{}"),
+        last_error: None,
+    }
+}
+
 /// A replay of `message` to `store` (one delivery row, patient key `key`): its row.
 async fn replay_to_store(journal: &Journal, message: i64, key: &str) -> i64 {
     let replayed = journal
@@ -938,15 +945,7 @@ async fn replay_to_store(journal: &Journal, message: i64, key: &str) -> i64 {
             routes: Vec::new(),
             error: None,
             at_ms: 7,
-            deliveries: vec![NewDelivery {
-                destination: "store".into(),
-                mapping: "adt".into(),
-                routes: vec!["r".into()],
-                patient_key: key.into(),
-                nhs_numbers: Vec::new(),
-                document: Bytes::from_static(b"{}"),
-                last_error: None,
-            }],
+            deliveries: vec![new_delivery("store", key, Vec::new())],
             registrations: Vec::new(),
         })])
         .await
@@ -955,4 +954,98 @@ async fn replay_to_store(journal: &Journal, message: i64, key: &str) -> i64 {
         QueueOutcome::Routed { deliveries, .. } => deliveries[0],
         other => panic!("{other:?}"),
     }
+}
+
+/// A patient sent with an MRN alone and then traced has a new key (their
+/// Patient id moves to the NHS number): a document under the new key waits
+/// behind their documents still queued under the old one, found by the
+/// identifiers they share, and goes once those are settled; a document of
+/// another patient does not wait.
+#[tokio::test]
+async fn a_traced_patients_document_waits_behind_their_documents_under_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let mrn = "identifier|urn:junction:local-id:ral:mr|RAL123";
+    let route = |control_id: &'static str, key: &'static str, identities: Vec<&str>| {
+        let identities: Vec<String> = identities.into_iter().map(str::to_string).collect();
+        let journal = journal.clone();
+        async move {
+            let id = journal
+                .commit(vec![accepted("PAS^RAL", control_id, "ADT^A08", "ack")])
+                .await
+                .unwrap()[0]
+                .id();
+            let out = journal
+                .queue_write(vec![QueueOp::Route(NewRouting {
+                    message_id: id,
+                    replay: false,
+                    outcome: RoutingOutcome::Routed,
+                    routes: vec!["r".into()],
+                    error: None,
+                    at_ms: 1,
+                    deliveries: vec![new_delivery("mesh", key, identities)],
+                    registrations: Vec::new(),
+                })])
+                .await
+                .unwrap();
+            match &out[0] {
+                QueueOutcome::Routed { deliveries, .. } => deliveries[0],
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let before = route("C1", "key-mrn", vec![mrn]).await;
+    let traced = route(
+        "C2",
+        "key-nhs",
+        vec![
+            mrn,
+            "identifier|https://fhir.nhs.uk/Id/nhs-number|9434765919",
+        ],
+    )
+    .await;
+    let other = route(
+        "C3",
+        "key-other",
+        vec!["identifier|urn:junction:local-id:ral:mr|RAL999"],
+    )
+    .await;
+    let due = |journal: Journal| async move {
+        let mut ids: Vec<i64> = journal
+            .due_deliveries("mesh".into(), i64::MAX, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        due(journal.clone()).await,
+        vec![before, other],
+        "the traced one waits"
+    );
+    journal
+        .queue_write(vec![QueueOp::Delivered {
+            id: before,
+            attempts: 1,
+            remote_ref: None,
+            at_ms: 2,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(due(journal.clone()).await, vec![traced, other]);
+    // once the old key's line is empty, the new key is a line of its own again
+    journal
+        .queue_write(vec![QueueOp::Delivered {
+            id: traced,
+            attempts: 1,
+            remote_ref: None,
+            at_ms: 3,
+        }])
+        .await
+        .unwrap();
+    let later = route("C4", "key-nhs", vec![mrn]).await;
+    assert!(due(journal.clone()).await.contains(&later));
 }

@@ -159,6 +159,7 @@ async fn route_row(
                 mapping: "m".to_string(),
                 routes: vec!["r".to_string()],
                 patient_key: patient.to_string(),
+                identities: Vec::new(),
                 nhs_numbers: vec![format!("nhs-{patient}")],
                 document,
                 last_error: None,
