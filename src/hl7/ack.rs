@@ -720,13 +720,18 @@ fn fast_header(raw: &[u8]) -> Option<Header> {
 
 /// MSH-12, when given, must be an HL7 v2 version id (an AR, HL7's error 203,
 /// with the header for the ACK): a header whose fields are shifted or garbled
-/// (segments run together, a frame restarted) shows there first. Then MSH-9
-/// and MSH-10 must not be empty: an AR too, as HL7 (v2.5 §2.9.2.1) has the
-/// protocol layer answer a failed header edit; an AE would tell a sender that
-/// retries on AE to send again a message that can never be taken.
+/// (segments run together, a frame restarted) shows there first. Then MSH-9,
+/// MSH-10 and MSH-12 must not be empty (error 101): an AR too, as HL7 (v2.5
+/// §2.9.2.1) has the protocol layer answer a failed header edit; an AE would
+/// tell a sender that retries on AE to send again a message that can never be
+/// taken. MSH-7, when given, must be an HL7 timestamp (error 102, data type):
+/// the record orders a patient's events by it when there is no EVN-2, and a
+/// message of no readable time would be ordered by guess. (An empty MSH-7 is
+/// taken, as many test tools and some old senders leave it out; its events
+/// are ordered by EVN-2, else as they arrive.)
 #[allow(clippy::result_large_err)]
 fn check_required(header: Header) -> Result<Header, Rejection> {
-    if !header.version.is_empty() && !is_v2_version(&header.version) {
+    if !is_absent(&header.version) && !is_v2_version(&header.version) {
         let error = Hl7Error::UnsupportedVersion {
             value: super::error::snippet(&header.version, 40),
         };
@@ -740,9 +745,25 @@ fn check_required(header: Header) -> Result<Header, Rejection> {
         Some((9, "message type"))
     } else if is_absent(&header.control_id) {
         Some((10, "message control id"))
+    } else if is_absent(&header.version) {
+        Some((12, "version id"))
     } else {
         None
     };
+    let time = &header.timestamp;
+    if missing.is_none()
+        && !is_absent(time)
+        && crate::mapping::transform::hl7_datetime(time, &jiff::tz::TimeZone::UTC).is_err()
+    {
+        let error = Hl7Error::BadMessageTime {
+            value: super::error::snippet(time, 40),
+        };
+        return Err(Rejection {
+            code: AckCode::AR,
+            header: Some(header),
+            error: error.ack_error(),
+        });
+    }
     match missing {
         Some((field, name)) => Err(Rejection {
             code: AckCode::AR,
@@ -967,8 +988,35 @@ mod tests {
             assess(msh("P", " V2.4  ").as_bytes()).unwrap().version,
             "2.4"
         );
-        // an empty MSH-12 is taken as it comes
-        assert!(assess(msh("P", "").as_bytes()).is_ok());
+        // an empty MSH-12 (required in every version) is refused: 101 at MSH-12
+        for empty in ["", "\"\"", " "] {
+            let refused = assess(msh("P", empty).as_bytes()).unwrap_err();
+            assert_eq!((refused.code, refused.error.code), (AckCode::AR, "101"));
+            assert_eq!(refused.error.field, Some(12), "{empty:?}");
+        }
+        // MSH-7 when given must be a timestamp (102 at MSH-7); any precision
+        // HL7 allows, and an empty one, is taken
+        let at = |time: &str| msh("P", "2.4").replace("20240501120000", time);
+        for bad in ["notadate", "20241340", "2024050112000", "20240501120000+01"] {
+            let refused = assess(at(bad).as_bytes()).unwrap_err();
+            assert_eq!(
+                (refused.code, refused.error.code),
+                (AckCode::AR, "102"),
+                "{bad}"
+            );
+            assert_eq!(refused.error.field, Some(7), "{bad}");
+            assert!(refused.error.text.contains(bad), "{}", refused.error.text);
+        }
+        for good in [
+            "",
+            "2024",
+            "202405",
+            "2024050112",
+            "20240501120000.1234+0100",
+            "20240501120000^S",
+        ] {
+            assert!(assess(at(good).as_bytes()).is_ok(), "{good}");
+        }
         let only_p = ["P".to_string()];
         let t = assess(msh("T", "2.4").as_bytes()).unwrap();
         let refused = check_processing_id(t, &only_p).unwrap_err();

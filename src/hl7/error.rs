@@ -103,6 +103,10 @@ pub enum Hl7Error {
     #[error("MSH-12 (version id) '{value}' is not an HL7 v2 version, expected one such as '2.3', '2.5.1' or '2.8'")]
     UnsupportedVersion { value: String },
 
+    /// MSH-7 is given but is no HL7 timestamp.
+    #[error("MSH-7 (date/time of message) '{value}' is not an HL7 timestamp, expected YYYYMMDDHHMM[SS[.S]][+/-ZZZZ]")]
+    BadMessageTime { value: String },
+
     /// MSH-11 is not a processing id this listener takes.
     #[error("MSH-11 (processing id) '{value}' is not accepted here, expected {expected}")]
     UnsupportedProcessingId { value: String, expected: String },
@@ -141,6 +145,7 @@ impl Hl7Error {
             Hl7Error::Utf16OverMllp => ("203", Some("MSH"), Some(18)),
             Hl7Error::UnsupportedVersion { .. } => ("203", Some("MSH"), Some(12)),
             Hl7Error::UnsupportedProcessingId { .. } => ("202", Some("MSH"), Some(11)),
+            Hl7Error::BadMessageTime { .. } => ("102", Some("MSH"), Some(7)),
             Hl7Error::UnsupportedQuery { .. } => ("200", Some("MSH"), Some(9)),
             Hl7Error::MissingSegment { segment, .. } => ("100", Some(*segment), None),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),

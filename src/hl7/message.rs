@@ -58,6 +58,8 @@ pub struct Header {
     pub processing_id: String,
     /// MSH-12.1, e.g. "2.5.1".
     pub version: String,
+    /// MSH-7.1, the time of the message as sent (`20261124120000+0000`).
+    pub timestamp: String,
     /// MSH-15 (AL/NE/ER/SU).
     pub accept_ack_type: Option<String>,
     /// MSH-16.
@@ -237,6 +239,7 @@ impl<'a> Message<'a> {
                 .unwrap_or_default(),
             processing_id: component(11, 1).trim().to_string(),
             version: normalise_version(component(12, 1)),
+            timestamp: component(7, 1).trim().to_string(),
             accept_ack_type: optional(field(15)),
             application_ack_type: optional(field(16)),
             charset: optional(field(18)),
@@ -602,6 +605,7 @@ ZPI|1|custom^value\r";
                 control_id: "MSG0001".into(),
                 processing_id: "P".into(),
                 version: "2.5.1".into(),
+                timestamp: "20240501120000".into(),
                 accept_ack_type: Some("AL".into()),
                 application_ack_type: Some("NE".into()),
                 charset: Some("8859/1".into()),
