@@ -677,6 +677,19 @@ async fn objections_register_by_cli_and_http() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // a body over the server's limit: 413, not 400
+    let huge = format!(
+        "{{\"nhs_number\": \"9990000018\", \"note\": \"{}\"}}",
+        "x".repeat(3 << 20)
+    );
+    let too_large = client
+        .post(format!("{}/api/objections", server.base))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_large.status(), 413);
     let removed = client
         .delete(format!("{}/api/objections/9990000018", server.base))
         .send()

@@ -545,9 +545,12 @@ async fn a_refused_document_is_dead_lettered_alone_and_a_retry_delivers_it() {
         404
     );
     // a parameter these take none of is refused, not ignored
+    // and an empty destination is refused, not read as every destination
     for path in [
         "/api/deliveries/999999/retry?dry_run=true",
         "/api/queues/fhir/retry?dry_run=1",
+        "/api/messages/1/replay?destination=",
+        "/api/dead-letters/retry?destination=",
     ] {
         assert_eq!(http_post(engine.api, path).unwrap().0, 400, "{path}");
     }

@@ -59,6 +59,10 @@ enum HttpError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// A body over the server's limit (413, not 400: the request may be
+    /// right, only too big).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the record store could not be read or written")]
     Access(#[source] AccessError),
 }
@@ -77,6 +81,7 @@ impl IntoResponse for HttpError {
         let status = match &self {
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Access(err) => {
                 tracing::error!(error = %err, "access API failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -198,10 +203,15 @@ async fn add_objection(
     body: Result<Json<NewObjection>, JsonRejection>,
 ) -> Result<Response, HttpError> {
     let Json(body) = body.map_err(|rejection| {
-        HttpError::BadRequest(format!(
-            "invalid body: {}, expected {{\"nhs_number\": \"...\", \"note\": \"...\"}}",
-            rejection.body_text()
-        ))
+        let text = rejection.body_text();
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                HttpError::TooLarge(format!("the body is too large: {text}"))
+            }
+            _ => HttpError::BadRequest(format!(
+                "invalid body: {text}, expected {{\"nhs_number\": \"...\", \"note\": \"...\"}}"
+            )),
+        }
     })?;
     let number = NhsNumber::parse(&body.nhs_number)?;
     let note = body.note.filter(|n| !n.trim().is_empty());

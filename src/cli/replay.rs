@@ -68,11 +68,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .flatten()
     {
         let messages = listed(n, "messages");
+        let count = n.get("count").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let shown = match count > messages.len() {
+            true => format!("{count}, the newest {}", messages.join(", ")),
+            false => messages.join(", "),
+        };
         println!(
-            "note: {} already has newer messages of this patient ({}); it will end with this \
-             older document unless you replay the newest after it",
+            "note: {} already has newer messages of this patient ({shown}); it will end with \
+             this older document unless you replay the newest after it",
             text(n, "destination"),
-            messages.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -1161,10 +1161,17 @@ pub struct NewerThere {
     /// The row (a replay's, say).
     pub delivery_id: i64,
     pub destination: String,
-    /// Messages newer (by message id) than the row's, with a row in its line
-    /// delivered or pending, oldest first.
+    /// How many messages are newer (by message id) than the row's, with a
+    /// row in its line delivered or pending.
+    pub count: usize,
+    /// The newest of them, at most [`NEWER_LISTED`], oldest first (the last is
+    /// the one to replay after the row).
     pub messages: Vec<i64>,
 }
+
+/// How many of the newer messages [`NewerThere`] lists: a patient's line
+/// can hold thousands.
+pub const NEWER_LISTED: usize = 10;
 
 /// For each of `rows`, the newer messages of its line ([`NewerThere`]); rows
 /// with none are left out.
@@ -1179,7 +1186,7 @@ pub(super) fn newer_there(
         "SELECT DISTINCT message_id FROM deliveries
          WHERE patient_key = ?1 AND destination = ?2 AND message_id > ?3
            AND status IN ('delivered', 'pending')
-         ORDER BY message_id",
+         ORDER BY message_id DESC",
     )?;
     let mut out = Vec::new();
     for &id in rows {
@@ -1195,13 +1202,21 @@ pub(super) fn newer_there(
         else {
             continue;
         };
-        let messages = newer
-            .query_map(params![patient_key, destination, message_id], |r| r.get(0))?
-            .collect::<Result<Vec<i64>, _>>()?;
-        if !messages.is_empty() {
+        let mut count = 0;
+        let mut messages = Vec::new();
+        for m in newer.query_map(params![patient_key, destination, message_id], |r| r.get(0))? {
+            let m: i64 = m?;
+            count += 1;
+            if messages.len() < NEWER_LISTED {
+                messages.push(m);
+            }
+        }
+        messages.reverse();
+        if count > 0 {
             out.push(NewerThere {
                 delivery_id: id,
                 destination,
+                count,
                 messages,
             });
         }

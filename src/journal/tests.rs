@@ -449,7 +449,11 @@ async fn old_message(
         return id;
     };
     let deliveries = match delivery {
-        Some(_) => vec![new_delivery("store", &format!("p-{control_id}"), Vec::new())],
+        Some(_) => vec![new_delivery(
+            "store",
+            &format!("p-{control_id}"),
+            Vec::new(),
+        )],
         None => Vec::new(),
     };
     let out = journal
@@ -1048,4 +1052,33 @@ async fn a_traced_patients_document_waits_behind_their_documents_under_the_old_k
         .unwrap();
     let later = route("C4", "key-nhs", vec![mrn]).await;
     assert!(due(journal.clone()).await.contains(&later));
+}
+
+/// The newer messages a replay's answer names are counted, and only the
+/// newest few listed: a patient's line can hold thousands.
+#[tokio::test]
+async fn newer_messages_there_are_counted_and_the_newest_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&config(&dir)).unwrap();
+    let mut rows = Vec::new();
+    let mut messages = Vec::new();
+    for n in 0..15 {
+        let control_id = format!("N{n}");
+        let id = journal
+            .commit(vec![accepted("PAS^RAL", &control_id, "ADT^A08", "ack")])
+            .await
+            .unwrap()[0]
+            .id();
+        messages.push(id);
+        rows.push(replay_to_store(&journal, id, "one-patient").await);
+    }
+    let newer = journal.newer_there(vec![rows[0]]).await.unwrap();
+    assert_eq!(newer.len(), 1);
+    assert_eq!(newer[0].count, 14);
+    assert_eq!(newer[0].messages, messages[5..].to_vec());
+    assert!(journal
+        .newer_there(vec![rows[14]])
+        .await
+        .unwrap()
+        .is_empty());
 }
