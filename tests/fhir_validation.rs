@@ -173,9 +173,13 @@ fn wild_variants(text: &str) -> Vec<String> {
     }
     // each field of each segment on its own, given one of the values senders get
     // wrong (rotating through them, so every field meets several over the samples)
-    const ODD: [&str; 20] = [
+    const ODD: [&str; 22] = [
         "",
         "\"\"",
+        // a composite of nulls, or of one late component only (a location's
+        // status alone): no part a rule reads
+        "\"\"^\"\"^\"\"^\"\"",
+        "^^^^N",
         "2024-13-45",
         "20241345",
         "2024",

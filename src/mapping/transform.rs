@@ -500,6 +500,15 @@ pub(crate) fn hl7_date(s: &str) -> Result<String, String> {
     if !(rest.is_empty() || zone(rest) || digits > 8) {
         return Err(bad());
     }
+    // a TS read as its date: its time must be one too (`20261120250000` is
+    // no timestamp, and its date is not taken on trust)
+    if digits > 8 && hl7_datetime(s, &jiff::tz::TimeZone::UTC).is_err() {
+        return Err(bad());
+    }
+    // FHIR has no year 0000 (its date pattern starts at 0001)
+    if digits >= 4 && num(&d[0..4]) == 0 {
+        return Err(bad());
+    }
     match digits {
         4 => {
             let y: i16 = d.parse().map_err(|_| bad())?;
@@ -614,6 +623,10 @@ pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
         _ => return Err(bad()),
     }
     let (y, mo, dd) = (num(&d[0..4]), num(&d[4..6]), num(&d[6..8]));
+    // FHIR has no year 0000
+    if y == 0 {
+        return Err(bad());
+    }
     let h = num(&d[8..10]);
     let mi = if digits >= 12 { num(&d[10..12]) } else { 0 };
     let sec = if digits >= 14 { num(&d[12..14]) } else { 0 };
@@ -623,10 +636,14 @@ pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
     // gap moves forward (02:30 BST for 01:30 on the last Sunday of March)
     let (civil, offset_secs) = match offset {
         Some(o) => (civil, o),
-        None => {
-            let zoned = civil.to_zoned(tz.clone()).map_err(|_| bad())?;
-            (zoned.datetime(), zoned.offset().seconds())
-        }
+        None => match civil.to_zoned(tz.clone()) {
+            Ok(zoned) => (zoned.datetime(), zoned.offset().seconds()),
+            // at the end of time (`99991231235959`, the "no end" some PAS
+            // send) the zone cannot place it: its offset at the last instant
+            // there is
+            Err(_) if y == 9999 => (civil, tz.to_offset(jiff::Timestamp::MAX).seconds()),
+            Err(_) => return Err(bad()),
+        },
     };
     let (y, mo, dd, h, mi, sec) = (
         civil.year(),
@@ -880,6 +897,15 @@ mod tests {
         check_date("01/11/2026", Err(()));
         check_date("20261101 ", Ok("2026-11-01"));
         check_date("20261101x", Err(()));
+        // a TS whose time is no time: not taken as its date either
+        check_date("20261120250000", Err(()));
+        check_date("2026112015304", Err(()));
+        check_date("20261120153045+1500", Err(()));
+        // FHIR has no year 0000
+        check_date("0000", Err(()));
+        check_date("000001", Err(()));
+        check_date("00000101", Err(()));
+        check_date("0001", Ok("0001"));
     }
 
     fn check_dt(input: &str, expected: Result<&str, ()>) {
@@ -912,6 +938,10 @@ mod tests {
         check_dt("20240715093000+2500", Err(()));
         check_dt("x", Err(()));
         check_dt("", Err(()));
+        check_dt("0000", Err(()));
+        check_dt("00000101120000", Err(()));
+        // the "no end" some PAS send: the last instant, GMT in London
+        check_dt("99991231235959", Ok("9999-12-31T23:59:59+00:00"));
     }
 
     #[test]
