@@ -427,7 +427,12 @@ async fn fhir_reads_need_a_clinical_token_and_every_request_is_audited() {
     assert_eq!(read["patients"], serde_json::json!([patient]));
     assert_eq!(read["purpose"], "DIRECT-CARE");
     assert_eq!(rows[2]["purpose"], "unspecified");
-    assert_eq!(rows[0]["patients"], serde_json::json!([]));
+    // a read that found nothing is on the trail of the patient it asked for
+    assert_eq!(rows[0]["patients"], serde_json::json!(["no-such-patient"]));
+    // (the refused ones searched by identifier: they name no patient id)
+    for row in &rows[4..] {
+        assert_eq!(row["patients"], serde_json::json!([]), "{row}");
+    }
 
     // Filtered by patient and by token.
     let by_patient = get(

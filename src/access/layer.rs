@@ -170,6 +170,13 @@ async fn fhir(access: &Access, request: Request, next: Next) -> Response {
         }
     };
     let status = response.status().as_u16();
+    // what was read; for a request refused or failed, the patients it asked
+    // for, so the trail of a patient shows the attempts too
+    let patients = response
+        .extensions()
+        .get::<PatientsRead>()
+        .map(|read| read.0.clone())
+        .unwrap_or_else(|| patients_asked_for(&path, query.as_deref()));
     let entry = NewAuditEntry {
         at,
         token_name: token_name.clone(),
@@ -177,11 +184,7 @@ async fn fhir(access: &Access, request: Request, next: Next) -> Response {
         method,
         path,
         query,
-        patients: response
-            .extensions()
-            .get::<PatientsRead>()
-            .map(|read| read.0.clone())
-            .unwrap_or_default(),
+        patients,
         status,
         purpose,
     };
@@ -209,6 +212,39 @@ async fn fhir(access: &Access, request: Request, next: Next) -> Response {
             )
         }
     }
+}
+
+/// The patients a `/fhir` request names: `Patient/{id}` in its path, and
+/// the `patient` and `subject` search values (`Patient/{id}` or an id; a
+/// comma between several), as written (percent-decoded); each once.
+fn patients_asked_for(path: &str, query: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |id: &str| {
+        let id = id.strip_prefix("Patient/").unwrap_or(id).trim();
+        if !id.is_empty() && !id.contains('/') && !out.iter().any(|o| o == id) {
+            out.push(id.to_string());
+        }
+    };
+    // (read as a URL, so the path's and query's escapes are decoded)
+    let Ok(url) = reqwest::Url::parse(&format!(
+        "http://fhir{path}{}",
+        query.map(|q| format!("?{q}")).unwrap_or_default()
+    )) else {
+        return out;
+    };
+    let mut parts = url.path_segments().into_iter().flatten();
+    if let (Some("fhir"), Some("Patient"), Some(id)) = (parts.next(), parts.next(), parts.next()) {
+        if !id.starts_with('$') && !id.starts_with('_') {
+            add(id);
+        }
+    }
+    for (key, value) in url.query_pairs() {
+        let name = key.split(':').next().unwrap_or("");
+        if matches!(name, "patient" | "subject") {
+            value.split(',').for_each(&mut add);
+        }
+    }
+    out
 }
 
 /// A JSON `{"error": ...}` answer, as the rest of `/api` answers.
@@ -419,5 +455,26 @@ mod tests {
         let long = "x".repeat(500);
         headers.insert(PURPOSE_HEADER, HeaderValue::from_str(&long).unwrap());
         assert_eq!(purpose(&headers).len(), MAX_PURPOSE_CHARS);
+    }
+
+    /// A refused or failed request is audited with the patients it asked for.
+    #[test]
+    fn the_patients_a_request_asks_for() {
+        let asked = |path: &str, query: Option<&str>| patients_asked_for(path, query);
+        assert_eq!(asked("/fhir/Patient/p1", None), ["p1"]);
+        assert_eq!(
+            asked("/fhir/Patient/p1/$everything", Some("_type=Foo")),
+            ["p1"]
+        );
+        assert_eq!(asked("/fhir/Patient/p1/_history/2", None), ["p1"]);
+        assert_eq!(
+            asked(
+                "/fhir/Observation",
+                Some("patient=Patient%2Fp2,p3&subject:Patient=p2")
+            ),
+            ["p2", "p3"]
+        );
+        assert!(asked("/fhir/Patient", Some("identifier=a|b")).is_empty());
+        assert!(asked("/fhir/metadata", None).is_empty());
     }
 }

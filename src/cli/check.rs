@@ -132,10 +132,12 @@ fn as_strs(ids: Option<&[String]>) -> Option<Vec<&str>> {
     ids.map(|v| v.iter().map(String::as_str).collect())
 }
 
-/// The path relative to the current folder when it is under it.
+/// The path relative to the current folder when it is under it (not when
+/// that folder is the root: `/tmp/x` stays absolute, not `tmp/x`).
 fn display_path(path: &Path) -> PathBuf {
     std::env::current_dir()
         .ok()
+        .filter(|cwd| cwd.parent().is_some())
         .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
         .unwrap_or_else(|| path.to_path_buf())
 }

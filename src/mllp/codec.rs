@@ -68,8 +68,14 @@ pub enum MllpError {
     Io(#[from] std::io::Error),
     #[error("{} byte(s) outside an MLLP frame (expected 0x0B start block)", bytes.len())]
     Garbage { bytes: Bytes },
+    /// `received`: the bytes of the frame read when it went over the limit
+    /// (more than `limit`; the rest of it is not read).
     #[error("frame exceeds the limit of {limit} bytes")]
-    TooLarge { limit: usize, bytes: Bytes },
+    TooLarge {
+        limit: usize,
+        received: usize,
+        bytes: Bytes,
+    },
     #[error("connection closed inside a frame after {} byte(s)", bytes.len())]
     Truncated { bytes: Bytes },
 }
@@ -82,6 +88,15 @@ impl MllpError {
             MllpError::Garbage { bytes }
             | MllpError::TooLarge { bytes, .. }
             | MllpError::Truncated { bytes } => Some(bytes),
+        }
+    }
+
+    /// How many offending bytes arrived: all of them, not only those kept
+    /// (a frame over the limit: as many as were read of it).
+    pub fn received_bytes(&self) -> usize {
+        match self {
+            MllpError::TooLarge { received, .. } => *received,
+            other => other.kept_bytes().map_or(0, Bytes::len),
         }
     }
 }
@@ -159,11 +174,13 @@ impl MllpCodec {
 
     fn too_large(&mut self, src: &mut BytesMut) -> MllpError {
         let bytes = Self::keep(&src[..]);
+        let received = src.len();
         src.clear();
         self.scanned = 0;
         self.fs_last = false;
         MllpError::TooLarge {
             limit: self.max_message_bytes,
+            received,
             bytes,
         }
     }
@@ -805,10 +822,13 @@ mod tests {
     fn too_large_detected_before_end() {
         let mut codec = MllpCodec::new(10);
         let mut buf = BytesMut::from(&b"\x0b0123456789ABC"[..]);
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Err(MllpError::TooLarge { limit: 10, .. })
-        ));
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, MllpError::TooLarge { limit: 10, .. }),
+            "{err:?}"
+        );
+        // what arrived is told, not only what is kept
+        assert_eq!(err.received_bytes(), 14);
     }
 
     #[test]

@@ -664,7 +664,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(Some(Err(err))) => {
                 let kept = err.kept_bytes().cloned().unwrap_or_default();
-                let size = kept.len();
+                let size = err.received_bytes().max(kept.len());
                 keep_garbage(ctx, &peer_text, kept, size, &err.to_string(), true).await;
                 Next::Close
             }
@@ -884,16 +884,25 @@ async fn handle_frame<S: AsyncRead + AsyncWrite + Unpin>(
         if item.status == Status::Rejected {
             ctx.counters.rejected.inc();
         }
+        // (a resend that differs is kept as a rejected row of its own: the
+        // line tells that row, as the warning above does)
+        let (status, journal_id) = match outcome {
+            Committed::Duplicate {
+                differing: Some(kept),
+                ..
+            } => (Status::Rejected.as_str(), *kept),
+            _ => (item.status.as_str(), outcome.id()),
+        };
         info!(
             control_id = %item.control_id,
             message_type = %item.message_type,
             sender = %item.sender,
             ack_code = code.as_deref().unwrap_or("none"),
-            status = item.status.as_str(),
+            status,
             answered = ack.is_some(),
             duplicate,
             size = item.size,
-            journal_id = outcome.id(),
+            journal_id,
             elapsed_us,
             "message"
         );
