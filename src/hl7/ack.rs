@@ -551,7 +551,14 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
                 .is_some_and(|f| !f.contains(&component) && valid(text(f)));
             let identified = pid3 || pid2 || pid19;
             if identified {
-                return Ok(header);
+                return match merged_record(&trigger, &header, raw, sep, component, repetition) {
+                    Some(error) => Err(Rejection {
+                        code: AckCode::AE,
+                        header: Some(header),
+                        error: error.ack_error(),
+                    }),
+                    None => Ok(header),
+                };
             }
             Hl7Error::EmptyField {
                 segment: "PID",
@@ -564,6 +571,43 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
         code: AckCode::AE,
         header: Some(header),
         error: error.ack_error(),
+    })
+}
+
+/// For a patient merge (A34, A35, A36, A39, A40): its error when no MRG
+/// names a record to merge (an MRG-1 repetition whose identifier is not
+/// empty nor a placeholder); `None` for other events, or when one does.
+fn merged_record(
+    trigger: &str,
+    header: &Header,
+    raw: &[u8],
+    sep: u8,
+    component: u8,
+    repetition: u8,
+) -> Option<Hl7Error> {
+    if !matches!(trigger, "A34" | "A35" | "A36" | "A39" | "A40") {
+        return None;
+    }
+    let mut found = false;
+    for line in raw
+        .split(|&b| b == b'\r' || b == b'\n')
+        .map(|line| line.trim_ascii_start())
+        .filter(|line| line.len() > 3 && line.starts_with(b"MRG") && line[3] == sep)
+    {
+        found = true;
+        let mrg1 = line.split(|&b| b == sep).nth(1).unwrap_or_default();
+        let named = mrg1.split(|&b| b == repetition).any(|rep| {
+            let id = rep.split(|&b| b == component).next().unwrap_or_default();
+            let id = std::str::from_utf8(id.trim_ascii()).unwrap_or_default();
+            !id.is_empty() && id != "\"\"" && !crate::mapping::transform::is_placeholder(id)
+        });
+        if named {
+            return None;
+        }
+    }
+    Some(Hl7Error::NoMergedRecord {
+        message_type: super::error::snippet(&header.message_type(), 40),
+        segment_found: found,
     })
 }
 
@@ -937,6 +981,27 @@ mod tests {
         assert_eq!((err.code, err.error.code), (AckCode::AE, "100"));
         let mdm = "MSH|^~\\&|EPR|RAL|EPR|HUB|20240501120000||MDM^T02|C1|P|2.4";
         assert!(check_patient_named(header(mdm), format!("{mdm}\rTXA|1").as_bytes()).is_ok());
+        // a merge must name the record it retires: an MRG with an identifier in MRG-1
+        let a40 = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A40|C1|P|2.4";
+        let merge = |rest: &str| {
+            check_patient_named(
+                header(a40),
+                format!("{a40}\rPID|1||RAL1^^^RAL^MR\r{rest}").as_bytes(),
+            )
+            .map_err(|e| (e.code, e.error.code, e.error.field))
+        };
+        assert!(merge("MRG|RAL2^^^RAL^MR").is_ok());
+        assert!(merge("MRG|\"\"~RAL2^^^RAL^MR").is_ok());
+        assert_eq!(merge("PV1|1|I").err(), Some((AckCode::AE, "100", None)));
+        assert_eq!(merge("MRG|").err(), Some((AckCode::AE, "101", Some(1))));
+        assert_eq!(
+            merge("MRG|^^^RAL^MR").err(),
+            Some((AckCode::AE, "101", Some(1)))
+        );
+        assert_eq!(
+            merge("MRG|0000000000").err(),
+            Some((AckCode::AE, "101", Some(1)))
+        );
     }
 
     #[test]

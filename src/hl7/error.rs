@@ -115,6 +115,13 @@ pub enum Hl7Error {
     /// does not make; accepting it would leave the querying system waiting.
     #[error("MSH-9 '{value}' is a query, and Junction answers no queries: send it to the system that holds the data")]
     UnsupportedQuery { value: String },
+    /// A patient merge (A34, A35, A36, A39, A40) whose MRG is missing or
+    /// names no record (MRG-1): there is nothing to merge.
+    #[error("{message_type} names no record to merge (an MRG segment with MRG-1, the prior patient identifier list): a merge must name the record it retires")]
+    NoMergedRecord {
+        message_type: String,
+        segment_found: bool,
+    },
     #[error("{message_type} has no {segment} segment: a message about a patient must name one")]
     MissingSegment {
         segment: &'static str,
@@ -148,6 +155,11 @@ impl Hl7Error {
             Hl7Error::BadMessageTime { .. } => ("102", Some("MSH"), Some(7)),
             Hl7Error::UnsupportedQuery { .. } => ("200", Some("MSH"), Some(9)),
             Hl7Error::MissingSegment { segment, .. } => ("100", Some(*segment), None),
+            Hl7Error::NoMergedRecord {
+                segment_found: false,
+                ..
+            } => ("100", Some("MRG"), None),
+            Hl7Error::NoMergedRecord { .. } => ("101", Some("MRG"), Some(1)),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
             Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),
             Hl7Error::BadPath { .. } => ("207", None, None),
