@@ -10,8 +10,8 @@
 //! engine would make); else, when there are no routes or none matches, the mapping
 //! declared for the message type and trigger. A batch file (FHS/BHS) maps every
 //! message in it. Stdout is always one JSON value: the document, or, when there
-//! are several (a batch; routes that pick two mappings), a JSON array of them in
-//! the order stderr reports them.
+//! are several (a batch, even of one document mapped; routes that pick two
+//! mappings), a JSON array of them in the order stderr reports them.
 //!
 //! What it does not do: it journals and delivers nothing, and it logs nothing (the
 //! output names patient data, and it is for the person running the command).
@@ -103,11 +103,14 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     }
     // stdout is always one JSON value: the document, or several (a batch, or
     // routes that pick two mappings) as an array in the order reported above
+    // (a batch is always an array, whatever of it could be mapped, so a
+    // script reads the same shape)
     let json = match documents.len() {
         0 => None,
-        1 => Some(serde_json::to_string_pretty(&documents[0])),
+        1 if !batch => Some(serde_json::to_string_pretty(&documents[0])),
         n => {
-            eprintln!("{n} documents: printed as a JSON array, in the order above");
+            let documents = if n == 1 { "document" } else { "documents" };
+            eprintln!("{n} {documents}: printed as a JSON array, in the order above");
             Some(serde_json::to_string_pretty(&documents))
         }
     };
