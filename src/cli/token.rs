@@ -39,7 +39,8 @@ pub enum TokenAction {
         #[arg(long, value_enum)]
         role: RoleArg,
     },
-    /// List tokens: name, role, created, last used (never the token or its hash).
+    /// List tokens: name, role, created, last used (to the minute: a token's use is
+    /// written at most once a minute), never the token or its hash.
     List,
     /// Revoke a token: it stops working within seconds.
     Revoke {
