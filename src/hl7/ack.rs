@@ -205,7 +205,9 @@ pub fn build_ack(
     let h = original.unwrap_or(&empty);
     let (seps, encoding) = separators_of(h);
     let f = seps.field;
-    let version = if is_version(&h.version) {
+    // the sender's version, when it is an HL7 v2 one (an ACK to `9.9` is
+    // not itself a `9.9` message)
+    let version = if is_version(&h.version) && is_v2_version(&h.version) {
         h.version.as_str()
     } else {
         "2.5"

@@ -378,7 +378,7 @@ const SEGMENT_IDS: &[&[u8; 3]] = &[
 ];
 
 /// A segment id: one of [`SEGMENT_IDS`], or `Z` and two letters or digits.
-fn is_segment_id(name: &[u8]) -> bool {
+pub(crate) fn is_segment_id(name: &[u8]) -> bool {
     let alnum = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
     match name {
         [b'Z', rest @ ..] if rest.len() == 2 => rest.iter().all(alnum),

@@ -25,7 +25,7 @@
 //!   field separator, then fields that never fail (everything up to `'\r'`),
 //!   so every checked segment is read and the whole text is consumed.
 
-use super::charset::msh18;
+use super::charset::{is_segment_id, msh18};
 
 /// The MSH line (without its ending) when `raw` is structurally clean (see the
 /// module doc), else `None`.
@@ -46,6 +46,7 @@ pub(crate) fn clean_msh_line(raw: &[u8]) -> Option<&str> {
     let mut at = msh_end;
     while at < bytes.len() {
         // `bytes[at]` is '\r' or '\n': skip this ending (one "\r\n" counts once).
+        let bare_lf = bytes[at] == b'\n';
         at += if bytes[at] == b'\r' && bytes.get(at + 1) == Some(&b'\n') {
             2
         } else {
@@ -55,9 +56,13 @@ pub(crate) fn clean_msh_line(raw: &[u8]) -> Option<&str> {
             continue; // empty line or end of text
         }
         let name = bytes.get(at..at + 3)?;
+        // (after a bare '\n', `decode` ends a segment of a message whose
+        // segments end in CR only before a known segment id: `00A|` there is
+        // data of the segment before, so such a name takes the full path)
         if !name
             .iter()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            || (bare_lf && !is_segment_id(name))
             || name == b"MSH"
             || bytes.get(at + 3) != Some(&sep)
         {
