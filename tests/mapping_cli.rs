@@ -117,6 +117,20 @@ fn map_of_a_batch_prints_one_document_per_message() {
         stderr.contains("3 documents: printed as a JSON array"),
         "{stderr}"
     );
+    // a batch of which one message maps is still an array (a script reads one
+    // shape), and the one that did not makes the exit status 1
+    let batch = std::fs::read_to_string(repo().join("samples/batch_adt.hl7")).unwrap();
+    let mut messages = batch.split("MSH|").skip(1);
+    let first = messages.next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one_maps.hl7");
+    let unknown = "MSH|^~\\&|X|Y|||20261120120000||ZZZ^Z99|Z1|P|2.5\r";
+    std::fs::write(&file, format!("BHS|^~\\&\rMSH|{first}{unknown}BTS|2\r")).unwrap();
+    let out = junction(&["map", file.to_str().unwrap()], &repo());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let documents: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("an array of the one document");
+    assert_eq!(documents.len(), 1);
 }
 
 #[test]

@@ -109,8 +109,8 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         0 => None,
         1 if !batch => Some(serde_json::to_string_pretty(&documents[0])),
         n => {
-            let documents = if n == 1 { "document" } else { "documents" };
-            eprintln!("{n} {documents}: printed as a JSON array, in the order above");
+            let noun = if n == 1 { "document" } else { "documents" };
+            eprintln!("{n} {noun}: printed as a JSON array, in the order above");
             Some(serde_json::to_string_pretty(&documents))
         }
     };
