@@ -131,6 +131,14 @@ fn map_of_a_batch_prints_one_document_per_message() {
     let documents: Vec<serde_json::Value> =
         serde_json::from_slice(&out.stdout).expect("an array of the one document");
     assert_eq!(documents.len(), 1);
+    // so is a batch of one message, and one of which nothing maps is `[]`
+    for (rest, expected) in [(format!("MSH|{first}"), 1), (unknown.to_string(), 0)] {
+        std::fs::write(&file, format!("BHS|^~\\&\r{rest}BTS|1\r")).unwrap();
+        let out = junction(&["map", file.to_str().unwrap()], &repo());
+        let documents: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("a batch is an array");
+        assert_eq!(documents.len(), expected, "{}", text(&out.stderr));
+    }
 }
 
 #[test]

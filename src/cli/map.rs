@@ -79,7 +79,8 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let batch = messages.len() > 1;
+    // a batch by its header (FHS or BHS), or by holding several messages
+    let batch = messages.len() > 1 || is_batch_file(&raw);
     let mut failed = false;
     let mut documents = Vec::new();
     for (index, text) in messages.iter().enumerate() {
@@ -106,6 +107,7 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     // (a batch is always an array, whatever of it could be mapped, so a
     // script reads the same shape)
     let json = match documents.len() {
+        0 if batch => Some(Ok("[]".to_string())),
         0 => None,
         1 if !batch => Some(serde_json::to_string_pretty(&documents[0])),
         n => {
@@ -131,6 +133,16 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads the mapping folder, printing every problem; `Err` carries the exit code.
+/// Whether `raw` opens with a batch header (FHS or BHS), after a byte order
+/// mark or blanks.
+fn is_batch_file(raw: &[u8]) -> bool {
+    let text = raw
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(raw)
+        .trim_ascii_start();
+    text.starts_with(b"FHS") || text.starts_with(b"BHS")
+}
+
 pub(crate) fn load_mappings(dir: &Path) -> Result<MappingSet, ExitCode> {
     match MappingSet::load_dir(dir) {
         Ok(set) => Ok(set),

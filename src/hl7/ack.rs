@@ -590,22 +590,35 @@ fn merged_record(
     if !matches!(trigger, "A34" | "A35" | "A36" | "A39" | "A40") {
         return None;
     }
+    // each merge is a PID and the MRG after it (ADT_A39's PATIENT group
+    // repeats): every PID must have one that names a record
     let mut found = false;
+    let mut open = false;
     for line in raw
         .split(|&b| b == b'\r' || b == b'\n')
         .map(|line| line.trim_ascii_start())
-        .filter(|line| line.len() > 3 && line.starts_with(b"MRG") && line[3] == sep)
+        .filter(|line| line.len() > 3 && line[3] == sep)
     {
-        found = true;
-        let mrg1 = line.split(|&b| b == sep).nth(1).unwrap_or_default();
-        let named = mrg1.split(|&b| b == repetition).any(|rep| {
-            let id = rep.split(|&b| b == component).next().unwrap_or_default();
-            let id = std::str::from_utf8(id.trim_ascii()).unwrap_or_default();
-            !id.is_empty() && id != "\"\"" && !crate::mapping::transform::is_placeholder(id)
-        });
-        if named {
-            return None;
+        if line.starts_with(b"PID") {
+            if open {
+                break;
+            }
+            open = true;
+        } else if line.starts_with(b"MRG") {
+            found = true;
+            let mrg1 = line.split(|&b| b == sep).nth(1).unwrap_or_default();
+            let named = mrg1.split(|&b| b == repetition).any(|rep| {
+                let id = rep.split(|&b| b == component).next().unwrap_or_default();
+                let id = std::str::from_utf8(id.trim_ascii()).unwrap_or_default();
+                !id.is_empty() && id != "\"\"" && !crate::mapping::transform::is_placeholder(id)
+            });
+            if named {
+                open = false;
+            }
         }
+    }
+    if !open {
+        return None;
     }
     Some(Hl7Error::NoMergedRecord {
         message_type: super::error::snippet(&header.message_type(), 40),
@@ -1002,6 +1015,16 @@ mod tests {
         );
         assert_eq!(
             merge("MRG|0000000000").err(),
+            Some((AckCode::AE, "101", Some(1)))
+        );
+        // two merges in one message: each PID has its own MRG
+        assert!(merge("MRG|RAL2^^^RAL^MR\rPID|1||RAL3^^^RAL^MR\rMRG|RAL4^^^RAL^MR").is_ok());
+        assert_eq!(
+            merge("MRG|RAL2^^^RAL^MR\rPID|1||RAL3^^^RAL^MR").err(),
+            Some((AckCode::AE, "101", Some(1)))
+        );
+        assert_eq!(
+            merge("MRG|RAL2^^^RAL^MR\rPID|1||RAL3^^^RAL^MR\rMRG|").err(),
             Some((AckCode::AE, "101", Some(1)))
         );
     }

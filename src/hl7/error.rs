@@ -104,7 +104,7 @@ pub enum Hl7Error {
     UnsupportedVersion { value: String },
 
     /// MSH-7 is given but is no HL7 timestamp.
-    #[error("MSH-7 (date/time of message) '{value}' is not an HL7 timestamp, expected YYYYMMDDHHMM[SS[.S]][+/-ZZZZ]")]
+    #[error("MSH-7 (date/time of message) '{value}' is not an HL7 timestamp, expected YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]")]
     BadMessageTime { value: String },
 
     /// MSH-11 is not a processing id this listener takes.

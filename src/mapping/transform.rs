@@ -489,7 +489,9 @@ pub(crate) fn nhs_number_problem(s: &str) -> &'static str {
 pub(crate) fn hl7_date(s: &str) -> Result<String, String> {
     let s = s.split('^').next().unwrap_or("").trim();
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let bad = || format!("`{s}` is not an HL7 date, expected YYYY[MM[DD]]");
+    let bad = || {
+        format!("`{s}` is not an HL7 date, expected YYYY[MM[DD]] (or a timestamp: YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ])")
+    };
     let d = &s[..digits];
     // after the digits only a zone (`+0100`), or the rest of a TS's time: not
     // `2026-11-01`, whose `2026` is not the date that was meant

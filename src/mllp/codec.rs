@@ -70,7 +70,7 @@ pub enum MllpError {
     Garbage { bytes: Bytes },
     /// `received`: the bytes of the frame read when it went over the limit
     /// (more than `limit`; the rest of it is not read).
-    #[error("frame exceeds the limit of {limit} bytes")]
+    #[error("frame exceeds the limit of {limit} bytes ({received} read before it was cut off)")]
     TooLarge {
         limit: usize,
         received: usize,
