@@ -354,3 +354,28 @@ EVN|A08|20261124101501\rPID|1||9990000026^^^NHS^NH||\u{d3} BRIAIN^SI\u{c2}N||198
         assert_eq!(family, "\u{d3} BRIAIN");
     }
 }
+
+/// A dry run of a message a listener would refuse still maps it, and says so.
+#[test]
+fn map_says_when_a_listener_would_refuse_the_message() {
+    let a40 = std::fs::read_to_string(repo().join("samples/adt_a40_merge.hl7")).unwrap();
+    let without_mrg: Vec<&str> = a40
+        .split(['\r', '\n'])
+        .filter(|s| !s.is_empty() && !s.starts_with("MRG"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a40_without_mrg.hl7");
+    std::fs::write(&file, without_mrg.join("\r") + "\r").unwrap();
+    let out = junction(&["map", file.to_str().unwrap()], &repo());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("a listener would not accept it: AE 100"),
+        "{stderr}"
+    );
+    let out = junction(&["map", "samples/adt_a40_merge.hl7"], &repo());
+    assert!(
+        !text(&out.stderr).contains("would not accept"),
+        "{}",
+        text(&out.stderr)
+    );
+}

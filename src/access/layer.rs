@@ -220,7 +220,8 @@ async fn fhir(access: &Access, request: Request, next: Next) -> Response {
 fn patients_asked_for(path: &str, query: Option<&str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut add = |id: &str| {
-        let id = id.strip_prefix("Patient/").unwrap_or(id).trim();
+        // `Patient/{id}`, or a whole URL of one (`http://host/fhir/Patient/{id}`)
+        let id = id.rsplit_once("Patient/").map_or(id, |(_, id)| id).trim();
         if !id.is_empty() && !id.contains('/') && !out.iter().any(|o| o == id) {
             out.push(id.to_string());
         }
@@ -476,5 +477,12 @@ mod tests {
         );
         assert!(asked("/fhir/Patient", Some("identifier=a|b")).is_empty());
         assert!(asked("/fhir/metadata", None).is_empty());
+        assert_eq!(
+            asked(
+                "/fhir/Observation",
+                Some("subject=http%3A%2F%2Fh%2Ffhir%2FPatient%2Fp4")
+            ),
+            ["p4"]
+        );
     }
 }

@@ -13,6 +13,9 @@
 //! are several (a batch, even of one document mapped; routes that pick two
 //! mappings), a JSON array of them in the order stderr reports them.
 //!
+//! A message a listener would refuse (intake's header and patient checks:
+//! an AR or AE) is still mapped, with a note saying so.
+//!
 //! What it does not do: it journals and delivers nothing, and it logs nothing (the
 //! output names patient data, and it is for the person running the command).
 //!
@@ -91,6 +94,11 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         };
         match map_message(&set, routes.as_ref(), args.mapping.as_deref(), text) {
             Ok(mapped) => {
+                // a dry run says when a listener would refuse the message
+                // (it would then never reach a mapping)
+                if let Some(refusal) = intake_refusal(text) {
+                    eprintln!("note: {label}: a listener would not accept it: {refusal}");
+                }
                 for mapped in mapped {
                     report(&label, &mapped);
                     documents.push(mapped.output.value());
@@ -133,6 +141,32 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads the mapping folder, printing every problem; `Err` carries the exit code.
+/// What a listener would answer a message it refuses (its code and ERR
+/// text), by the checks intake makes before it accepts one; `None` when it
+/// would take it.
+fn intake_refusal(text: &str) -> Option<String> {
+    let raw = text.as_bytes();
+    let refused = |r: hl7::Rejection| {
+        Some(format!(
+            "{} {} {}",
+            r.code.as_str(),
+            r.error.code,
+            r.error.text
+        ))
+    };
+    let header = match hl7::assess(raw) {
+        Ok(header) => header,
+        Err(r) => return refused(r),
+    };
+    let header = match hl7::check_not_a_query(header) {
+        Ok(header) => header,
+        Err(r) => return refused(r),
+    };
+    hl7::check_patient_named(header, raw)
+        .err()
+        .and_then(refused)
+}
+
 /// Whether `raw` opens with a batch header (FHS or BHS), after a byte order
 /// mark or blanks.
 fn is_batch_file(raw: &[u8]) -> bool {
