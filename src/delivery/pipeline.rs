@@ -252,16 +252,20 @@ impl Documents {
     /// every key of it that does not have it already, as recorded at
     /// `recorded_at` (so a patient traced since, known by its MRN, is known by
     /// its NHS number too).
+    ///
+    /// Returns the identifiers of the patient the document is keyed by (see
+    /// [`identities_of`]), read from the same walk of its Patients.
     fn registrations(
         &mut self,
         document: &mut Json,
         known: &mut dyn KnownPatients,
         learn: bool,
         recorded_at: i64,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
         let failed =
             |e: String| format!("cannot read the patient's GP registration from the journal: {e}");
         let patients = crate::route::patient_registrations(document);
+        let identities = identities_of(&patients);
         let alone = patients.iter().skip(1).all(|p| !p.active);
         let everyone: Vec<String> = patients.iter().flat_map(|p| p.keys.clone()).collect();
         let nhs_key = |n: &str| format!("identifier|{NHS_NUMBER_SYSTEM}|{n}");
@@ -373,7 +377,7 @@ impl Documents {
                 }
             }
         }
-        Ok(())
+        Ok(identities)
     }
 
     /// Remembers `learned` (over what this message learned of its key before).
@@ -689,14 +693,15 @@ impl Router {
             // the rest known from the mapping) is read once here; the text is queued
             let mut document = crate::route::routing_view_of(&output);
             let learn = matches!(origin, Origin::Listener(_));
-            docs.registrations(&mut document, known, learn, recorded_ms(&output))
+            let identities = docs
+                .registrations(&mut document, known, learn, recorded_ms(&output))
                 .map_err(|e| fail("route", e))?;
             let refs = destinations_for_each_patient(&group, &document, &mut docs.lookup_misses);
             self.push_deliveries(
                 &mut docs,
                 message.id,
                 group.mapping(),
-                &document,
+                (&document, &identities),
                 Bytes::from(output.document.into_bytes()),
                 refs,
             );
@@ -789,7 +794,8 @@ impl Router {
         };
         // (the bytes to deliver are made: what is added here is for the
         // routes; a neighbour's document states nothing routing remembers)
-        docs.registrations(&mut document, known, false, 0)
+        let identities = docs
+            .registrations(&mut document, known, false, 0)
             .map_err(|e| Failure::new("route", e))?;
         for group in selection.groups() {
             if !group.mapping().is_empty() {
@@ -807,19 +813,21 @@ impl Router {
                 });
             }
             let refs = destinations_for_each_patient(&group, &document, &mut docs.lookup_misses);
-            self.push_deliveries(&mut docs, message.id, "", &document, bytes.clone(), refs);
+            let patient = (&document, &identities[..]);
+            self.push_deliveries(&mut docs, message.id, "", patient, bytes.clone(), refs);
         }
         Ok(docs)
     }
 
-    /// Queues `bytes` for each of `refs`, with the document's patient key and
-    /// NHS numbers (and those its remembered registration was learned with).
+    /// Queues `bytes` for each of `refs`, with the document's patient key,
+    /// the patient's identifiers (`identities`) and NHS numbers (and those its
+    /// remembered registration was learned with).
     fn push_deliveries(
         &self,
         docs: &mut Documents,
         message_id: i64,
         mapping: &str,
-        document: &Json,
+        (document, identities): (&Json, &[String]),
         bytes: Bytes,
         refs: Vec<crate::route::DestinationRef>,
     ) {
@@ -827,7 +835,6 @@ impl Router {
             return;
         }
         let patient_key = patient_key(document).unwrap_or_else(|| format!("message:{message_id}"));
-        let identities = identities(document);
         let mut nhs_numbers = nhs_numbers(document);
         for n in &docs.nhs_numbers {
             if !nhs_numbers.contains(n) {
@@ -841,7 +848,7 @@ impl Router {
                 mapping: mapping.to_string(),
                 routes: dest.routes,
                 patient_key: patient_key.clone(),
-                identities: identities.clone(),
+                identities: identities.to_vec(),
                 nhs_numbers: nhs_numbers.clone(),
                 document: bytes.clone(),
                 last_error,
@@ -914,20 +921,20 @@ pub fn patient_key(document: &Json) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The identifiers of the patient a document is keyed by (its first Patient
-/// with an id, as [`patient_key`]), as routing remembers them
-/// (`identifier|<system>|<value>`, placeholders and failed NHS numbers left
-/// out): a document of a patient whose key changed joins the line of their
-/// documents still queued under the old key (`journal::queue::line_of`).
-pub fn identities(document: &Json) -> Vec<String> {
-    crate::route::patient_registrations(document)
-        .into_iter()
+/// The identifiers of the patient a document is keyed by (of `patients`, its
+/// Patients: the first with an id, as [`patient_key`]), as routing remembers
+/// them (`identifier|<system>|<value>`, placeholders and failed NHS numbers
+/// left out): a document of a patient whose key changed joins the line of
+/// their documents still queued under the old key (`journal::queue::line_of`).
+fn identities_of(patients: &[crate::route::PatientRegistration]) -> Vec<String> {
+    patients
+        .iter()
         .find(|p| {
             p.keys
                 .first()
                 .is_some_and(|k| !k.starts_with("identifier|"))
         })
-        .map(|p| p.keys.into_iter().skip(1).collect())
+        .map(|p| p.keys[1..].to_vec())
         .unwrap_or_default()
 }
 
