@@ -140,31 +140,18 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Loads the mapping folder, printing every problem; `Err` carries the exit code.
 /// What a listener would answer a message it refuses (its code and ERR
 /// text), by the checks intake makes before it accepts one; `None` when it
 /// would take it.
 fn intake_refusal(text: &str) -> Option<String> {
-    let raw = text.as_bytes();
-    let refused = |r: hl7::Rejection| {
-        Some(format!(
-            "{} {} {}",
-            r.code.as_str(),
-            r.error.code,
-            r.error.text
-        ))
-    };
-    let header = match hl7::assess(raw) {
-        Ok(header) => header,
-        Err(r) => return refused(r),
-    };
-    let header = match hl7::check_not_a_query(header) {
-        Ok(header) => header,
-        Err(r) => return refused(r),
-    };
-    hl7::check_patient_named(header, raw)
-        .err()
-        .and_then(refused)
+    // (MSH-11 is not asked: which processing ids a listener takes is its config's)
+    let refused = hl7::check_intake(text.as_bytes(), None).err()?;
+    Some(format!(
+        "{} {} {}",
+        refused.code.as_str(),
+        refused.error.code,
+        refused.error.text
+    ))
 }
 
 /// Whether `raw` opens with a batch header (FHS or BHS), after a byte order
@@ -177,6 +164,7 @@ fn is_batch_file(raw: &[u8]) -> bool {
     text.starts_with(b"FHS") || text.starts_with(b"BHS")
 }
 
+/// Loads the mapping folder, printing every problem; `Err` carries the exit code.
 pub(crate) fn load_mappings(dir: &Path) -> Result<MappingSet, ExitCode> {
     match MappingSet::load_dir(dir) {
         Ok(set) => Ok(set),

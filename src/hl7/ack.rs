@@ -418,6 +418,21 @@ fn is_v2_version(v: &str) -> bool {
             .all(|c| c.is_ascii_digit() || c == '.' || c.is_ascii_uppercase())
 }
 
+/// Every check a listener makes of a message before it takes it, in its
+/// order: [`assess`] (UTF-16 refused, [`refuse_utf16_over_mllp`]), MSH-11
+/// among `processing_ids` ([`check_processing_id`]; `None`: not checked, as
+/// `junction map` has no listener's config at hand), no query
+/// ([`check_not_a_query`]), a patient named ([`check_patient_named`]).
+#[allow(clippy::result_large_err)]
+pub fn check_intake(raw: &[u8], processing_ids: Option<&[String]>) -> Result<Header, Rejection> {
+    let header = refuse_utf16_over_mllp(raw, assess(raw))?;
+    let header = match processing_ids {
+        Some(accepted) => check_processing_id(header, accepted)?,
+        None => header,
+    };
+    check_not_a_query(header).and_then(|header| check_patient_named(header, raw))
+}
+
 /// MSH-11.1 must be one of `accepted` (an AR, HL7's error 202): a listener of
 /// the live record refuses training (`T`) and debugging (`D`) messages when
 /// configured to. An empty MSH-11 is taken as it comes.
@@ -538,8 +553,7 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
             // number assigned by the NHS (as the mappings and the CX data type
             // read it); PID-19 a bare valid number
             let pid3 = reps(3).any(|rep| {
-                let id = parts(rep, component).first().copied().unwrap_or_default();
-                !id.is_empty() && id != "\"\"" && !crate::mapping::transform::is_placeholder(id)
+                names_someone(parts(rep, component).first().copied().unwrap_or_default())
             });
             let pid2 = reps(2).any(|rep| {
                 let p = parts(rep, component);
@@ -576,6 +590,12 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
     })
 }
 
+/// Whether an identifier's value (CX.1, trimmed) tells someone: not empty,
+/// not HL7's null `""`, not a placeholder such as `0000000000`.
+fn names_someone(id: &str) -> bool {
+    !id.is_empty() && id != "\"\"" && !crate::mapping::transform::is_placeholder(id)
+}
+
 /// For a patient merge (A34, A35, A36, A39, A40): its error when no MRG
 /// names a record to merge (an MRG-1 repetition whose identifier is not
 /// empty nor a placeholder); `None` for other events, or when one does.
@@ -609,8 +629,7 @@ fn merged_record(
             let mrg1 = line.split(|&b| b == sep).nth(1).unwrap_or_default();
             let named = mrg1.split(|&b| b == repetition).any(|rep| {
                 let id = rep.split(|&b| b == component).next().unwrap_or_default();
-                let id = std::str::from_utf8(id.trim_ascii()).unwrap_or_default();
-                !id.is_empty() && id != "\"\"" && !crate::mapping::transform::is_placeholder(id)
+                names_someone(std::str::from_utf8(id.trim_ascii()).unwrap_or_default())
             });
             if named {
                 open = false;

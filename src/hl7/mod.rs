@@ -57,7 +57,7 @@ mod scan;
 mod tree;
 
 pub use ack::{
-    ack_unquoted, application_ack_wanted, assess, build_ack, build_application_ack,
+    ack_unquoted, application_ack_wanted, assess, build_ack, build_application_ack, check_intake,
     check_not_a_query, check_patient_named, check_processing_id, is_absent, is_acknowledgement,
     is_utf16, refuse_utf16_over_mllp, AckCode, AckError, Rejection,
 };

@@ -1056,12 +1056,7 @@ fn journal_failed(err: &JournalError, items: &[ItemView]) {
 fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Bytes) -> Incoming {
     let timestamp = ack_timestamp();
     let control_id = next_control_id();
-    let assessed = match hl7::refuse_utf16_over_mllp(&raw, hl7::assess(&raw)) {
-        Ok(header) => hl7::check_processing_id(header, &ctx.processing_ids)
-            .and_then(hl7::check_not_a_query)
-            .and_then(|header| hl7::check_patient_named(header, &raw)),
-        Err(rejection) => Err(rejection),
-    };
+    let assessed = hl7::check_intake(&raw, Some(&ctx.processing_ids));
     match assessed {
         Ok(header) => {
             let enhanced = enhanced_mode(ctx.ack_mode, &header);
