@@ -232,10 +232,7 @@ pub fn tag_event_time(
     resource: &serde_json::Value,
     (system, code): (&str, &str),
 ) -> Option<jiff::Timestamp> {
-    resource["meta"]["tag"]
-        .as_array()?
-        .iter()
-        .find(|t| t["system"] == system && t["code"] == code)?["extension"]
+    find_tag(resource, (system, code))?["extension"]
         .as_array()?
         .iter()
         .find(|x| x["url"] == TAG_EVENT_TIME)?["valueInstant"]
@@ -245,11 +242,20 @@ pub fn tag_event_time(
 }
 
 /// Whether `resource` carries the `meta.tag` `(system, code)`.
-pub fn has_tag(resource: &serde_json::Value, (system, code): (&str, &str)) -> bool {
-    resource["meta"]["tag"].as_array().is_some_and(|tags| {
-        tags.iter()
-            .any(|t| t["system"] == system && t["code"] == code)
-    })
+pub fn has_tag(resource: &serde_json::Value, tag: (&str, &str)) -> bool {
+    find_tag(resource, tag).is_some()
+}
+
+/// The `meta.tag` `(system, code)` of `resource`, as it is (with what it
+/// records: its display, [`TAG_EVENT_TIME`]).
+pub fn find_tag<'r>(
+    resource: &'r serde_json::Value,
+    (system, code): (&str, &str),
+) -> Option<&'r serde_json::Value> {
+    resource["meta"]["tag"]
+        .as_array()?
+        .iter()
+        .find(|t| t["system"] == system && t["code"] == code)
 }
 
 #[cfg(test)]

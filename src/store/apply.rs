@@ -1029,18 +1029,22 @@ fn stamp_tag(resource: &mut Value, tag: (&str, &str), at: Option<i64>) {
 
 /// Adds `from`'s `meta.tag` `tag` (with what it records) to `to`; whether
 /// `from` had it.
-fn copy_tag(to: &mut Value, from: &Value, (system, code): (&str, &str)) -> bool {
-    let Some(tag) = from["meta"]["tag"].as_array().and_then(|tags| {
-        tags.iter()
-            .find(|t| t["system"] == system && t["code"] == code)
-    }) else {
-        return false;
-    };
-    match to["meta"]["tag"].as_array_mut() {
-        Some(tags) => tags.push(tag.clone()),
-        None => to["meta"]["tag"] = Value::Array(vec![tag.clone()]),
+fn copy_tag(to: &mut Value, from: &Value, tag: (&str, &str)) -> bool {
+    match crate::fhir_types::find_tag(from, tag) {
+        Some(found) => {
+            push_tag(to, found.clone());
+            true
+        }
+        None => false,
     }
-    true
+}
+
+/// Appends `tag` (a Coding) to `resource`'s `meta.tag`.
+fn push_tag(resource: &mut Value, tag: Value) {
+    match resource["meta"]["tag"].as_array_mut() {
+        Some(tags) => tags.push(tag),
+        None => resource["meta"]["tag"] = Value::Array(vec![tag]),
+    }
 }
 
 /// Takes the `meta.tag` `(system, code)` off `resource` (and `meta.tag`,
@@ -1064,11 +1068,10 @@ fn remove_tag(resource: &mut Value, (system, code): (&str, &str)) {
 
 /// Adds the `meta.tag` `(system, code)` with `display` to `resource`.
 fn add_tag(resource: &mut Value, (system, code): (&str, &str), display: &str) {
-    let tag = serde_json::json!({"system": system, "code": code, "display": display});
-    match resource["meta"]["tag"].as_array_mut() {
-        Some(tags) => tags.push(tag),
-        None => resource["meta"]["tag"] = Value::Array(vec![tag]),
-    }
+    push_tag(
+        resource,
+        serde_json::json!({"system": system, "code": code, "display": display}),
+    );
 }
 
 /// Ends `visit` as the finished `discharge` says: `finished`, and the end,
