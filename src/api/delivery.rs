@@ -103,19 +103,6 @@ fn known_destination(state: &ApiState, destination: Option<&str>) -> Result<(), 
     }
 }
 
-/// An operation's `destination` (a replay's, a retry of dead letters'): an
-/// empty one is refused, not read as "every destination", which would widen
-/// the operation beyond what was asked (external destinations included).
-fn operation_destination(destination: Option<String>) -> Result<Option<String>, ApiError> {
-    match destination {
-        Some(d) if d.trim().is_empty() => Err(ApiError::BadRequest(
-            "`destination` is empty: name one of [destinations], or leave the parameter out for every destination"
-                .to_string(),
-        )),
-        other => Ok(other),
-    }
-}
-
 fn check_limit(limit: Option<u32>) -> Result<Option<u32>, ApiError> {
     match limit {
         Some(l) if l == 0 || l > MAX_LIMIT => Err(ApiError::BadRequest(format!(
@@ -265,7 +252,7 @@ pub(super) async fn retry_dead(
             "`limit` does not apply to a retry: every dead letter is retried".to_string(),
         ));
     }
-    let destination = operation_destination(p.destination)?;
+    let destination = p.destination;
     if let Some(d) = &destination {
         if !running(&state)?
             .destinations()
@@ -315,7 +302,7 @@ pub(super) async fn replay(
 ) -> Result<Json<Replayed>, ApiError> {
     no_body(&body)?;
     let id = id(path, "message")?;
-    let destination = operation_destination(query(params)?.destination)?;
+    let destination = query(params)?.destination;
     let handle = running(&state)?;
     if let Some(d) = &destination {
         if !handle.destinations().iter().any(|known| &known.id == d) {

@@ -178,11 +178,37 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
         .merge(fhir::router(access.store().clone()))
         .merge(crate::access::http::router(access.clone()))
+        .layer(axum::middleware::from_fn(no_empty_parameters))
         .layer(axum::middleware::from_fn_with_state(
             access,
             crate::access::guard,
         ))
         .layer(axum::middleware::from_fn(method_not_allowed_body))
+}
+
+/// An `/api` parameter given with no value (`?control_id=`, `?destination`)
+/// is a 400 naming it, on every endpoint: read as "no filter" it would widen
+/// a search or an operation beyond what was asked (a script's `?control_id=$X`
+/// with `$X` empty would list the whole journal, a replay's `?destination=`
+/// would go to every destination). Runs after the access guard, so an
+/// unauthenticated request is still a 401. (`/fhir` follows FHIR search,
+/// where an empty parameter is ignored.)
+async fn no_empty_parameters(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path().starts_with("/api/") {
+        let query = request.uri().query().unwrap_or("").as_bytes();
+        if let Some((name, _)) = form_urlencoded::parse(query)
+            .find(|(name, value)| !name.is_empty() && value.trim().is_empty())
+        {
+            return ApiError::BadRequest(format!(
+                "`{name}` is empty: give it a value, or leave the parameter out"
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// axum answers a known path asked with another method 405 with an empty

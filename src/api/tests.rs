@@ -232,6 +232,16 @@ async fn bad_requests_and_missing_messages_get_json_errors() {
         // an unknown one: `?raw=true` must not look as if it meant something
         ("/api/messages/1?raw=true", 400, "unknown field `raw`"),
         ("/api/routes?verbose=1", 400, "unknown field `verbose`"),
+        // an empty value is refused, not read as "no filter": a script's
+        // `?control_id=$X` with `$X` empty must not list the whole journal
+        (
+            "/api/messages?control_id=",
+            400,
+            "`control_id` is empty: give it a value",
+        ),
+        ("/api/messages?type=%20&limit=5", 400, "`type` is empty"),
+        ("/api/messages?status", 400, "`status` is empty"),
+        ("/api/events?listener=", 400, "`listener` is empty"),
         // a listener the engine does not have: said, not a stream that stays quiet
         (
             "/api/events?listener=psa",
