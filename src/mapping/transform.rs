@@ -639,6 +639,13 @@ pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
     let (civil, offset_secs) = match offset {
         Some(o) => (civil, o),
         None => match civil.to_zoned(tz.clone()) {
+            // a local mean time before standard time (London until 1847:
+            // -00:01:15) has seconds a FHIR offset cannot say: the same instant
+            // in UTC, rather than one 15 s off
+            Ok(zoned) if zoned.offset().seconds() % 60 != 0 => (
+                zoned.timestamp().to_zoned(TimeZone::UTC).datetime(),
+                0,
+            ),
             Ok(zoned) => (zoned.datetime(), zoned.offset().seconds()),
             // at the end of time (`99991231235959`, the "no end" some PAS
             // send) the zone cannot place it: its offset at the last instant
@@ -944,6 +951,9 @@ mod tests {
         check_dt("00000101120000", Err(()));
         // the "no end" some PAS send: the last instant, GMT in London
         check_dt("99991231235959", Ok("9999-12-31T23:59:59+00:00"));
+        // London's local mean time before 1847 (-00:01:15): the same instant in UTC
+        check_dt("18000101120000", Ok("1800-01-01T12:01:15+00:00"));
+        check_dt("18470101", Ok("1847-01-01"));
     }
 
     #[test]
