@@ -828,7 +828,8 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
     );
     assert_eq!(json_of(&get("OLD"), "valuePeriod"), period);
     assert_eq!(get("INR3")["valueString"], "2.1, 2.4, 2.9");
-    assert_eq!(get("BAD")["valueString"], "sometime^later");
+    // its parts, between spaces: not the sender's separators
+    assert_eq!(get("BAD")["valueString"], "sometime later");
     assert_eq!(get("BAD").get("valuePeriod"), None);
 }
 

@@ -2098,6 +2098,20 @@ impl<'a> Ctx<'a> {
         if v.is_empty() {
             return Val::Empty;
         }
+        if let Transform::Parts(sep) = t {
+            return match v {
+                Val::Node(n) => {
+                    let mut texts = Vec::new();
+                    leaf_texts(n.el, &self.seps, &mut texts);
+                    match texts.len() {
+                        0 => Val::Empty,
+                        1 => Val::Text(texts.swap_remove(0)),
+                        _ => Val::Text(Cow::Owned(texts.join(sep.as_str()))),
+                    }
+                }
+                v => v,
+            };
+        }
         if let Transform::Builtin(dt, tz) = t {
             return match v {
                 // already a FHIR element (e.g. an alternative built before): keep it
@@ -2241,6 +2255,7 @@ impl<'a> Ctx<'a> {
             // handled above, or by `transform` (`default`, `when`)
             Transform::Default(_)
             | Transform::Join(_)
+            | Transform::Parts(_)
             | Transform::Lines
             | Transform::Warn(_)
             | Transform::When(_)
@@ -2346,6 +2361,24 @@ impl<'a> Ctx<'a> {
 
 /// A path to one repetition of a field of a segment (no `[*]`, no predicate).
 #[inline]
+/// The non-empty texts (unescaped, trimmed, `""` as empty) of the
+/// subcomponents under `el`, in order.
+fn leaf_texts<'a>(el: Element<'a>, seps: &Separators, out: &mut Vec<Cow<'a, str>>) {
+    if el.level() == Level::Subcomponent {
+        let text = match el.raw() {
+            "\"\"" => Cow::Borrowed(""),
+            _ => trim_cow(el.unescaped(seps)),
+        };
+        if !text.is_empty() {
+            out.push(text);
+        }
+        return;
+    }
+    for part in el.parts() {
+        leaf_texts(part, seps, out);
+    }
+}
+
 fn is_single(p: &Path) -> bool {
     matches!(p.anchor, Anchor::Field { .. }) && matches!(p.rep, RepSel::First | RepSel::Index(_))
 }

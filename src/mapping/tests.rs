@@ -171,6 +171,35 @@ fn transforms() {
         json!("http://terminology.hl7.org/CodeSystem/v2-0078"),
     );
     check("'LOCAL' | coding_system", Value::Null);
+    // parts: the non-empty components and subcomponents, unescaped, between the
+    // separator given, whatever the sender's separators
+    check(
+        "PID-11 | parts(', ')",
+        json!("1 HIGH ST, FLAT 2, LEEDS, W YORKS, LS1 1AA, GBR, H"),
+    );
+    check("PV1-7 | parts(' ')", json!("G1234567 WHO DOC DR"));
+    check("ZPI-2 | parts('/')", json!("Z^val"));
+    check(
+        "PID-3[*] | parts('/')",
+        json!(["9434765919/NHS/NH", "RX1/RAL/MR", "1234567890/NHS/NH"]),
+    );
+    check("PID-9 | parts(' ')", Value::Null);
+    check("'a^b' | parts(' ')", json!("a^b"));
+}
+
+/// `parts` reads a composite the same under any encoding characters.
+#[test]
+fn parts_do_not_depend_on_the_senders_separators() {
+    let src = format!(
+        "{HEADER}\n[[resource]]\ntype = \"Basic\"\nid = \"'x'\"\n[resource.body]\nv = \"OBX-5 | parts(' ')\"\n"
+    );
+    for message in [
+        "MSH|^~\\&|LAB|RAL|J|LCR|20240715093000||ADT^A01|C1|P|2.4\rOBX|1|CP|PRICE||12.50&GBP^^^^^^ \r",
+        "MSH|$~\\%|LAB|RAL|J|LCR|20240715093000||ADT$A01|C1|P|2.4\rOBX|1|CP|PRICE||12.50%GBP$$$$$$ \r",
+    ] {
+        let out = apply_str(&src, message);
+        assert_eq!(out.value()["entry"][0]["resource"]["v"], json!("12.50 GBP"), "{message:?}");
+    }
 }
 
 #[test]

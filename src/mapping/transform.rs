@@ -63,6 +63,11 @@ pub(crate) enum Transform {
     Number,
     Uuid5(String),
     Join(String),
+    /// `| parts('sep')`: a composite's components and subcomponents as one
+    /// text, their non-empty texts between `sep`s, whatever separators the
+    /// sender's MSH-2 declares (`12.50&GBP` and `12.50%GBP` both `12.50 GBP`
+    /// with `parts(' ')`); a text that is no message element is kept as it is.
+    Parts(String),
     /// `| lines`: the texts as lines of one text (`\n` between them), the sender's
     /// layout kept: a blank line between lines stays, indentation stays; trailing
     /// white space, and blank lines before the first line and after the last, go.
@@ -97,7 +102,7 @@ pub(crate) enum Transform {
 /// Every transform name, for "expected one of" messages.
 pub(crate) const NAMES: &str = "trim, upper, lower, date, time, datetime(Europe/London), lookup(table), \
 instant(Europe/London), nhs_number, regex_replace('pattern', 'replacement'), default('value'), number, uuid5('kind'), \
-join('separator'), lines, warn('message'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, XTN('work'), CE, CWE, CNE, CODING, XCN, NDL, XON, TS, DTM";
+join('separator'), parts('separator'), lines, warn('message'), range_low, range_high, url_encode, coding_system, comparator, strip_comparator, base64, hex_to_base64, base64_check, when(condition), CX, XPN, XAD, XTN, XTN('work'), CE, CWE, CNE, CODING, XCN, NDL, XON, TS, DTM";
 
 /// Builds a transform from its name and raw arguments. `tables` are the names of
 /// the file's `[tables.*]`, by index.
@@ -198,6 +203,10 @@ pub(crate) fn build(
             1 => Transform::Uuid5(args[0].0.clone()),
             n => return Err(format!("`uuid5` takes 0 or 1 argument, found {n}")),
         },
+        "parts" => {
+            argc(1)?;
+            Transform::Parts(args[0].0.replace("\\n", "\n"))
+        }
         "join" => match args.len() {
             0 => Transform::Join(" ".to_string()),
             1 => Transform::Join(args[0].0.replace("\\n", "\n")),
@@ -642,10 +651,9 @@ pub(crate) fn hl7_datetime(s: &str, tz: &TimeZone) -> Result<String, String> {
             // a local mean time before standard time (London until 1847:
             // -00:01:15) has seconds a FHIR offset cannot say: the same instant
             // in UTC, rather than one 15 s off
-            Ok(zoned) if zoned.offset().seconds() % 60 != 0 => (
-                zoned.timestamp().to_zoned(TimeZone::UTC).datetime(),
-                0,
-            ),
+            Ok(zoned) if zoned.offset().seconds() % 60 != 0 => {
+                (zoned.timestamp().to_zoned(TimeZone::UTC).datetime(), 0)
+            }
             Ok(zoned) => (zoned.datetime(), zoned.offset().seconds()),
             // at the end of time (`99991231235959`, the "no end" some PAS
             // send) the zone cannot place it: its offset at the last instant
