@@ -212,6 +212,11 @@ pub(crate) fn compile_checked(
         c.error(span.start, message);
     }
     let (doc, parse_errors) = DeTable::parse_recoverable(&text);
+    // after a syntax error the recovered tree can miss a table or hold keys
+    // out of place: "missing [mapping]" or "unknown key" would follow from the
+    // syntax error, not add to it, so the file's shape is judged only when it
+    // parsed
+    let parsed = parse_errors.is_empty();
     for e in parse_errors {
         let span = e.span().unwrap_or(0..0);
         c.error(
@@ -322,6 +327,7 @@ pub(crate) fn compile_checked(
             "tables" | "let" => {}
             "resource" => resources_v = Some(*v),
             "test" => tests_v = Some(*v),
+            _ if !parsed => {}
             other => c.error(
                 k.span().start,
                 format!(
@@ -330,7 +336,7 @@ pub(crate) fn compile_checked(
             ),
         }
     }
-    if !saw_mapping {
+    if !saw_mapping && parsed {
         c.error(0, "missing [mapping] table (name, messages)".to_string());
     }
 
@@ -356,12 +362,14 @@ pub(crate) fn compile_checked(
                     }
                 }
             }
+            _ if !parsed => {}
             _ => c.error(
                 v.span().start,
                 "`resource` must be an array of tables: [[resource]]".into(),
             ),
         },
-        None => c.error(0, "no [[resource]] declared, expected at least one".into()),
+        None if parsed => c.error(0, "no [[resource]] declared, expected at least one".into()),
+        None => {}
     }
     if let Some(v) = requires_v {
         for kind in &requires {

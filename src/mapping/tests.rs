@@ -785,12 +785,11 @@ fn compile_errors_point_at_line_and_column() {
             (5, 5, "macro `$b` is in a cycle ($b -> $a -> $b)"),
         ],
     );
+    // a syntax error alone: not the missing tables and stray keys that follow from it
+    check_errors("[mapping\n", &[(1, 9, "unclosed table, expected `]`")]);
     check_errors(
-        "[mapping\n",
-        &[
-            (1, 1, "no [[resource]] declared"),
-            (1, 9, "unclosed table, expected `]`"),
-        ],
+        "[mapping\nname = \"x\"\nmessages = [\"ADT^A01\"]\n[[resource]]\ntype = \"Patient\"\nid = \"'x'\"\n[resource.body]\n",
+        &[(1, 9, "unclosed table, expected `]`")],
     );
 }
 
