@@ -405,17 +405,16 @@ fn separators_of(h: &Header) -> (Separators, String) {
     (seps, chars.into_iter().collect())
 }
 
-/// An HL7 v2 version id (table 0104): `2.1` ... `2.9`, `2.3.1`, `2.5.1`,
-/// `2.8.2`, `2.0D`.
+/// An HL7 v2 version id (table 0104): `2.` and one digit (`2.1` ... `2.9`),
+/// then at most a `.` and one digit (`2.3.1`, `2.5.1`, `2.8.2`; a sender's
+/// `2.4.0`), or `2.0D`. Not `2.10`, `2.05`, `2.99` or `2.5.1.1`: no version.
 fn is_v2_version(v: &str) -> bool {
-    let Some(rest) = v.strip_prefix("2.") else {
-        return false;
-    };
-    rest.starts_with(|c: char| c.is_ascii_digit())
-        && rest.len() <= 8
-        && rest
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '.' || c.is_ascii_uppercase())
+    match v.as_bytes() {
+        [b'2', b'.', m] => m.is_ascii_digit(),
+        [b'2', b'.', b'0', b'D'] => true,
+        [b'2', b'.', m, b'.', p] => m.is_ascii_digit() && p.is_ascii_digit(),
+        _ => false,
+    }
 }
 
 /// Every check a listener makes of a message before it takes it, in its
@@ -1080,10 +1079,13 @@ mod tests {
 
     #[test]
     fn versions_and_processing_ids_are_checked() {
-        for good in ["2.3", "2.3.1", "2.5.1", "2.8.2", "2.0D", "2.9"] {
+        for good in ["2.3", "2.3.1", "2.5.1", "2.8.2", "2.0D", "2.9", "2.4.0"] {
             assert!(is_v2_version(good), "{good}");
         }
-        for bad in ["", "9.9", "3.0", "LCR", "2.", "2.x", "2.5 1"] {
+        for bad in [
+            "", "9.9", "3.0", "LCR", "2.", "2.x", "2.5 1", "2.10", "2.05", "2.99", "2.5.1.1",
+            "2.5.",
+        ] {
             assert!(!is_v2_version(bad), "{bad}");
         }
         let msh = |pid: &str, ver: &str| {
