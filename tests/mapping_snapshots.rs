@@ -1417,3 +1417,41 @@ fn an_unescaped_ampersand_in_a_tests_name_is_kept() {
     assert_eq!(result["code"]["text"], "Sodium (U&E)", "{result}");
     assert_eq!(result["code"]["coding"][0]["code"], "NA", "{result}");
 }
+
+#[test]
+fn a_repeated_value_the_mapping_does_not_read_is_said_and_so_is_an_empty_first_one() {
+    // an SN whose first repetition is empty (`~<^5`), and one sent twice
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261124130000||ORU^R01|RP1|P|2.4\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^A\r\
+         OBR|1||F1|CRP^CRP^L|||20261124081500\r\
+         OBX|1|SN|CRP^CRP^L||~<^5|mg/L|||||F\r\
+         OBX|2|SN|ESR^ESR^L||^12~^14|mm/h|||||F\r\
+         OBX|3|CP|FEE^Fee^L||12.50&GBP|||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let said = |text: &str| output.warnings.iter().filter(|w| w.contains(text)).count();
+    assert_eq!(
+        said("OBX[1]-5[2]: an OBX-5 of this value type whose first repetition is empty"),
+        1,
+        "{:?}",
+        output.warnings
+    );
+    assert_eq!(
+        said("OBX[2]-5[2]: a repeated OBX-5 of this value type: only its first repetition is read"),
+        1,
+        "{:?}",
+        output.warnings
+    );
+    assert_eq!(said("OBX[1]-5[2]: a repeated"), 0, "{:?}", output.warnings);
+    // a value of a type not mapped: its parts, not the sender's separators
+    let document = output.value();
+    let fee = observations(&document)
+        .into_iter()
+        .find(|(c, _, _)| c == "FEE")
+        .unwrap()
+        .2;
+    assert_eq!(fee["valueString"], "12.50 GBP");
+}
