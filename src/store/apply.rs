@@ -463,9 +463,7 @@ fn put<R: Rows>(
         if !before.is_empty() && now != before {
             return Err(StoreError::InvalidEntry {
                 index: at.index,
-                problem: EntryProblem::NhsNumberChanged {
-                    url: format!("Patient/{}", at.id),
-                },
+                problem: EntryProblem::NhsNumberChanged,
             }
             .into());
         }

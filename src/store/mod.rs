@@ -183,13 +183,13 @@ pub enum StoreError {
     NoSuchFile { path: PathBuf },
     #[error("a stored record is not valid JSON: {0}")]
     Corrupt(#[from] serde_json::Error),
-    #[error("the document is not a Bundle: resourceType is {found:?}, expected \"Bundle\"")]
+    #[error("the document is not a Bundle: resourceType is {found}, expected \"Bundle\"")]
     NotABundle { found: String },
-    #[error("the Bundle has type {found:?}, expected \"transaction\"")]
+    #[error("the Bundle has type {found}, expected \"transaction\"")]
     NotATransaction { found: String },
     #[error("the Bundle's `entry` is not an array")]
     EntriesNotArray,
-    #[error("the Bundle's timestamp {found:?} is not a FHIR instant (e.g. 2026-01-02T10:00:00Z)")]
+    #[error("the Bundle's timestamp {found} is not a FHIR instant (e.g. 2026-01-02T10:00:00Z)")]
     InvalidTimestamp { found: String },
     #[error("entry {index}: {problem}")]
     InvalidEntry { index: usize, problem: EntryProblem },
@@ -212,30 +212,38 @@ impl StoreError {
 }
 
 /// What is wrong with one entry of a document (inside [`StoreError::InvalidEntry`]).
+/// The texts never quote what the sender wrote, beyond words of FHIR's own
+/// (a resource type, a Bundle type, an HTTP method: `plan::describe`): they go
+/// to the log, the event stream and the delivery's error, and a neighbour's
+/// Bundle may carry patient data in any of its values (a conditional URL
+/// `Patient?identifier=…|<NHS number>`, a Patient id that is the NHS number).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryProblem {
     #[error("not a JSON object")]
     NotAnObject,
-    #[error("request.method {method:?} is not supported, expected PUT or DELETE")]
+    #[error("request.method {method} is not supported, expected PUT or DELETE")]
     UnsupportedMethod { method: String },
-    #[error("request.url {url:?} is not a `Type/id` URL")]
-    InvalidUrl { url: String },
+    #[error("request.url ({found}) is not a `Type/id` URL")]
+    InvalidUrl { found: String },
     #[error("a PUT entry has no resource object")]
     MissingResource,
-    #[error("resource.resourceType {found:?} is not a FHIR R4 resource type")]
+    #[error("resource.resourceType {found} is not a FHIR R4 resource type")]
     InvalidResourceType { found: String },
     #[error("{found} is not kept in the care record (a server's, identity or definition resource, not a record about a patient or their care)")]
     NotARecordType { found: String },
-    #[error("resource.id {found:?} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")]
+    #[error("resource.id {found} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")]
     InvalidId { found: String },
-    #[error("request.url {url:?} does not name the entry's resource, expected {expected:?}")]
-    UrlMismatch { url: String, expected: String },
-    #[error("{url} appears in more than one entry of the Bundle")]
-    Duplicate { url: String },
-    #[error("the reference {reference:?} matches no entry's fullUrl")]
-    UnresolvedReference { reference: String },
-    #[error("{url} holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id")]
-    NhsNumberChanged { url: String },
+    #[error("request.url ({found}) does not name the entry's resource, expected `{resource_type}/` and its resource.id")]
+    UrlMismatch {
+        found: String,
+        resource_type: String,
+    },
+    #[error("the {resource_type} is in more than one entry of the Bundle (the same id)")]
+    Duplicate { resource_type: String },
+    #[error("a `urn:uuid:` reference matches no entry's fullUrl")]
+    UnresolvedReference,
+    #[error("the Patient holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id")]
+    NhsNumberChanged,
 }
 
 /// What applying one entry did.

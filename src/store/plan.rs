@@ -134,7 +134,9 @@ pub(super) fn plan(
         let shape = check_entry(entry).map_err(invalid)?;
         let url = format!("{}/{}", shape.resource_type, shape.id);
         if !seen.insert(url.clone()) {
-            return Err(invalid(EntryProblem::Duplicate { url }));
+            return Err(invalid(EntryProblem::Duplicate {
+                resource_type: shape.resource_type.clone(),
+            }));
         }
         if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
             if !full_url.is_empty() {
@@ -221,8 +223,8 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
             let expected = format!("{resource_type}/{id}");
             if url != expected {
                 return Err(EntryProblem::UrlMismatch {
-                    url: url.to_string(),
-                    expected,
+                    found: describe_text(url),
+                    resource_type: resource_type.to_string(),
                 });
             }
             let create_only = match request.and_then(|r| r.get("ifNoneMatch")) {
@@ -243,7 +245,7 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
         }
         Some("DELETE") => {
             let (resource_type, id) = split_url(url).ok_or_else(|| EntryProblem::InvalidUrl {
-                url: url.to_string(),
+                found: describe_text(url),
             })?;
             Ok(Shape {
                 resource_type: resource_type.to_string(),
@@ -368,14 +370,48 @@ pub fn is_id(s: &str) -> bool {
 }
 
 /// A short description of a JSON value for error messages.
+/// What a value is, for an error: a word of FHIR's own quoted (a resource
+/// type, in any case; a Bundle type; an HTTP method), anything else by its
+/// shape alone, never its text, which may be patient data.
 fn describe(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => "(missing)".to_string(),
-        Some(Value::String(s)) => s.chars().take(80).collect(),
-        Some(other) => {
-            let text = other.to_string();
-            text.chars().take(80).collect()
-        }
+        Some(Value::String(s)) => describe_text(s),
+        Some(Value::Bool(_)) => "a boolean".to_string(),
+        Some(Value::Number(_)) => "a number".to_string(),
+        Some(Value::Array(_)) => "an array".to_string(),
+        Some(Value::Object(_)) => "an object".to_string(),
+    }
+}
+
+fn describe_text(s: &str) -> String {
+    const WORDS: &[&str] = &[
+        "transaction",
+        "batch",
+        "document",
+        "message",
+        "collection",
+        "searchset",
+        "history",
+        "transaction-response",
+        "batch-response",
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "DELETE",
+        "PATCH",
+    ];
+    let known = WORDS.contains(&s)
+        || crate::fhir_types::R4_RESOURCE_TYPES
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(s));
+    if known {
+        format!("{s:?}")
+    } else if s.is_empty() {
+        "empty".to_string()
+    } else {
+        format!("a text of {} characters", s.chars().count())
     }
 }
 
@@ -408,9 +444,7 @@ fn rewrite_references(
                         if let Some(target) = full_urls.get(reference.as_str()) {
                             *reference = target.clone();
                         } else if reference.starts_with("urn:uuid:") {
-                            return Err(EntryProblem::UnresolvedReference {
-                                reference: reference.clone(),
-                            });
+                            return Err(EntryProblem::UnresolvedReference);
                         }
                     }
                     _ => rewrite_references(item, full_urls)?,

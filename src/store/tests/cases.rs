@@ -443,7 +443,7 @@ fn bundle_timestamp_is_the_event_time_when_none_is_given() {
     bad["timestamp"] = json!("20260301");
     assert!(matches!(
         f.store.apply_bundle(&bad, None),
-        Err(StoreError::InvalidTimestamp { found }) if found == "20260301"
+        Err(StoreError::InvalidTimestamp { found }) if found == "a text of 8 characters"
     ));
 }
 
@@ -491,8 +491,13 @@ fn an_unresolved_urn_uuid_reference_stores_nothing() {
     ]);
     let err = f.store.apply_bundle(&doc, None).unwrap_err();
     assert!(
-        matches!(&err, StoreError::InvalidEntry { index: 1, problem: EntryProblem::UnresolvedReference { reference } }
-            if *reference == format!("urn:uuid:{OTHER_PATIENT}")),
+        matches!(
+            &err,
+            StoreError::InvalidEntry {
+                index: 1,
+                problem: EntryProblem::UnresolvedReference
+            }
+        ),
         "{err}"
     );
     assert!(f.store.read("Patient", PATIENT).unwrap().is_none());
@@ -510,12 +515,12 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
         ),
         (
             json!({"resource": enc}),
-            "entry 1: request.method \"(missing)\" is not supported, expected PUT or DELETE".to_string(),
+            "entry 1: request.method (missing) is not supported, expected PUT or DELETE".to_string(),
         ),
         (
             json!({"resource": enc, "request": {"method": "PUT", "url": "Encounter/other"}}),
             format!(
-                "entry 1: request.url \"Encounter/other\" does not name the entry's resource, expected \"Encounter/{ENCOUNTER}\""
+                "entry 1: request.url (a text of 15 characters) does not name the entry's resource, expected `Encounter/` and its resource.id"
             ),
         ),
         (
@@ -525,7 +530,7 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
         (
             json!({"resource": {"resourceType": "Encounter", "id": "bad id!"},
                    "request": {"method": "PUT", "url": "Encounter/bad id!"}}),
-            "entry 1: resource.id \"bad id!\" is not a FHIR id (1-64 of A-Z a-z 0-9 - .)".to_string(),
+            "entry 1: resource.id a text of 7 characters is not a FHIR id (1-64 of A-Z a-z 0-9 - .)".to_string(),
         ),
         (
             json!({"resource": {"resourceType": "encounter", "id": "e1"},
@@ -534,11 +539,11 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
         ),
         (
             json!({"request": {"method": "DELETE", "url": "Encounter?identifier=x"}}),
-            "entry 1: request.url \"Encounter?identifier=x\" is not a `Type/id` URL".to_string(),
+            "entry 1: request.url (a text of 22 characters) is not a `Type/id` URL".to_string(),
         ),
         (
             good.clone(),
-            format!("entry 1: Patient/{PATIENT} appears in more than one entry of the Bundle"),
+            "entry 1: the Patient is in more than one entry of the Bundle (the same id)".to_string(),
         ),
         (json!("text"), "entry 1: not a JSON object".to_string()),
     ];
@@ -572,7 +577,7 @@ fn a_patients_nhs_number_never_changes_under_its_id() {
     assert_eq!(
         err.to_string(),
         format!(
-            "entry 1: Patient/{PATIENT} holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id"
+            "entry 1: the Patient holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id"
         )
     );
     assert!(err.is_permanent());
@@ -624,7 +629,7 @@ fn documents_that_are_not_transactions_are_refused() {
         ),
         (
             json!({}),
-            "the document is not a Bundle: resourceType is \"(missing)\", expected \"Bundle\"",
+            "the document is not a Bundle: resourceType is (missing), expected \"Bundle\"",
         ),
         (
             json!({"resourceType": "Bundle", "type": "collection"}),
@@ -657,7 +662,7 @@ fn documents_that_are_not_transactions_are_refused() {
         assert!(err.is_permanent());
         assert!(
             err.to_string()
-                .contains(&format!("\"{made_up}\" is not a FHIR R4 resource type")),
+                .contains("resource.resourceType a text of 5 characters is not a FHIR R4 resource type"),
             "{err}"
         );
     }
@@ -669,7 +674,7 @@ fn documents_that_are_not_transactions_are_refused() {
         (
             json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
                    "contained": [{"resourceType": "Xyzzy", "id": "x1"}]}),
-            "\"Xyzzy (contained)\" is not a FHIR R4 resource type",
+            "a text of 5 characters (contained) is not a FHIR R4 resource type",
         ),
         (
             json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
