@@ -519,9 +519,7 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
         ),
         (
             json!({"resource": enc, "request": {"method": "PUT", "url": "Encounter/other"}}),
-            format!(
-                "entry 1: request.url (a text of 15 characters) does not name the entry's resource, expected `Encounter/` and its resource.id"
-            ),
+            "entry 1: request.url (a text of 15 characters) does not name the entry's resource, expected `Encounter/` and its resource.id".to_string(),
         ),
         (
             json!({"request": {"method": "PUT", "url": "Encounter/x"}}),
@@ -576,9 +574,7 @@ fn a_patients_nhs_number_never_changes_under_its_id() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!(
-            "entry 1: the Patient holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id"
-        )
+        "entry 1: the Patient holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id"
     );
     assert!(err.is_permanent());
     assert_eq!(current(&f.store, "Patient", PATIENT)["name"][0]["family"], "Smith");
