@@ -262,3 +262,53 @@ fn tail_stops_with_the_reason_when_the_token_is_refused() {
         "{stderr}"
     );
 }
+
+/// `[log] format = "json"`: every line is a JSON object, and a message's
+/// outcome line names its listener (in `spans`, as the text format's
+/// `listener{id=pas}` prefix does), with no patient data.
+#[tokio::test]
+async fn json_log_lines_name_the_listener_and_no_patient() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start_custom(dir.path(), &[], |mllp, api| {
+        format!(
+            "[listeners.pas]\nbind = \"{mllp}\"\n[store]\npath = \"data/junction.db\"\nsync = \"normal\"\n[api]\nbind = \"{api}\"\n[log]\nformat = \"json\"\n"
+        )
+    });
+    let good = read_sample("samples/adt_a01_admission.hl7");
+    let mut client = MllpClient::connect(&engine.mllp.to_string(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let ack = client.send(&good).await.unwrap();
+    assert_eq!(read_ack(&ack).unwrap().code, "AA");
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let log = engine.log_text();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("RAL20261120143512001") && l.contains("\"message\":\"message\""))
+        {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no message line in:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let spans = value["spans"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "listener" && s["id"] == "pas"),
+        "{line}"
+    );
+    for line in engine.log_text().lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            !line.contains("SMITH") && !line.contains("9434765919"),
+            "{line}"
+        );
+    }
+}

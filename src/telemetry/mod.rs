@@ -86,7 +86,7 @@ pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init(),
     };
     result.map_err(|_| TelemetryError::AlreadyInstalled)
