@@ -584,15 +584,24 @@ async fn a_sender_or_workflow_the_source_does_not_name_is_kept_rejected() {
         JUNCTION,
         &write(dir.path(), "r.hl7", &hl7),
     );
+    // a REPORT comes from MESH, not from a sender: never refused as one
+    let report = sandbox.add_report(JUNCTION, "20261120093000000000_ABCDEF", "08");
     let journal = journal(dir.path());
     let mut inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default())
         .with_allowed(vec!["X26ABC3".into()], Vec::new());
     let summary = inbox.poll_once(&CancellationToken::new()).await.unwrap();
     assert_eq!(
-        (summary.accepted, summary.rejected, summary.acknowledged),
-        (0, 2, 2),
+        (
+            summary.accepted,
+            summary.rejected,
+            summary.reports,
+            summary.acknowledged
+        ),
+        (0, 2, 1, 3),
         "{summary:?}"
     );
+    let (row_of_report, _, _) = row(&journal, &report).await;
+    assert_eq!(row_of_report.message_type, "MESH^REPORT");
     for id in [&bundle_id, &hl7_id] {
         let (row, _, error) = row(&journal, id).await;
         assert_eq!(row.status, "rejected");

@@ -347,6 +347,11 @@ fn write_one(
     // is seen rather than lost without a trace.
     let differing = if crate::hl7::same_message(&raw, &item.raw) {
         None
+    } else if let Some(kept) = kept_before(tx, item, id)? {
+        // this very copy was kept before (sent again after a lost ACK, or a
+        // MESH message downloaded again after a crash before its
+        // acknowledge): the row it has, not another
+        Some(kept)
     } else {
         let error = format!(
             "a resend of message {id} (the same MSH-3/MSH-4 and MSH-10) whose content \
@@ -376,6 +381,28 @@ fn write_one(
         ack,
         differing,
     })
+}
+
+/// The row that already keeps `item` as a differing resend of message
+/// `original`, if there is one (the same message, by `hl7::same_message`).
+fn kept_before(
+    tx: &rusqlite::Transaction<'_>,
+    item: &Incoming,
+    original: i64,
+) -> Result<Option<i64>, rusqlite::Error> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, raw FROM messages WHERE control_id = ?1 AND sender = ?2 AND resend_of = ?3",
+    )?;
+    let rows = stmt.query_map(params![item.control_id, item.sender, original], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+    })?;
+    for row in rows {
+        let (id, raw) = row?;
+        if crate::hl7::same_message(&raw, &item.raw) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
 }
 
 /// RFC 3339 in UTC with fixed microsecond precision, so text order is time order.

@@ -691,6 +691,21 @@ async fn a_resend_with_other_content_is_answered_as_a_resend_and_kept_as_rejecte
         journal.raw(*kept).await.unwrap().as_deref(),
         Some(&other.raw[..])
     );
+    // that copy sent again (its ACK lost; a MESH message downloaded again
+    // after a crash before its acknowledge): the row it has, no other
+    let again = journal.commit(vec![other.clone()]).await.unwrap();
+    assert!(
+        matches!(&again[0], Committed::Duplicate { id: d, differing: Some(k), .. } if *d == id && k == kept),
+        "{again:?}"
+    );
+    let rows = journal
+        .search(MessageQuery {
+            control_id: Some("C1".into()),
+            ..MessageQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
     // it can be replayed (routed as a new message once someone has looked);
     // other rejected rows cannot
     let replayable = journal

@@ -26,8 +26,9 @@
 //! credentials, or MESH cannot be reached — the poll ends with a clear error,
 //! logged, and the next poll tries again (with the client rebuilt, so a fixed
 //! secret file or environment is picked up). A message that cannot be
-//! downloaded (a chunk MESH will not serve) is left in the inbox, logged, and
-//! the other messages go on. One whose content cannot be used as sent (a chunk
+//! downloaded (a chunk MESH will not serve, an HTTP 500 for that message) is
+//! left in the inbox, logged, and the other messages go on; three such
+//! failures in a row end the poll (MESH is down, not one message). One whose content cannot be used as sent (a chunk
 //! labelled gzip that is not, a checksum that does not match) is journaled as
 //! rejected with its bytes and the reason, and acknowledged: downloading it
 //! again would give the same bytes. Nothing is acknowledged that is not in the
@@ -118,6 +119,10 @@ pub enum MeshInboxError {
     },
 }
 
+/// Retryable failures of consecutive messages that end a poll: MESH is down
+/// rather than one message unfetchable.
+const FAILURES_IN_A_ROW: usize = 3;
+
 impl MeshInboxError {
     /// Whether the rest of this poll is pointless (MESH unreachable, the
     /// credentials or the journal broken) rather than a problem of one message.
@@ -126,9 +131,22 @@ impl MeshInboxError {
             MeshInboxError::Client { .. }
             | MeshInboxError::List { .. }
             | MeshInboxError::Journal { .. } => true,
+            // one message's download or acknowledge failing (a chunk MESH
+            // answers 500 for) is that message's: the others go on, unless
+            // MESH refuses the credentials (every one would fail alike)
             MeshInboxError::Download { error, .. } | MeshInboxError::Acknowledge { error, .. } => {
-                error.is_retryable() || error.is_auth()
+                error.is_auth()
             }
+        }
+    }
+
+    /// Whether trying again later may succeed (MESH busy or unreachable).
+    fn is_retryable(&self) -> bool {
+        match self {
+            MeshInboxError::Download { error, .. } | MeshInboxError::Acknowledge { error, .. } => {
+                error.is_retryable()
+            }
+            _ => false,
         }
     }
 
@@ -267,15 +285,17 @@ impl MeshInbox {
         let listed = |list: &[String], v: &str| {
             list.is_empty() || list.iter().any(|x| x.eq_ignore_ascii_case(v.trim()))
         };
+        // a REPORT comes from MESH itself (its sender is empty or the
+        // system's): about a message this node sent, never refused as a sender
+        if headers.message_type == MessageType::Report {
+            return None;
+        }
         if !listed(&self.senders, &headers.from) {
             return Some(format!(
                 "mesh message from mailbox `{}`, which is not among the source's senders ({}): not taken",
                 headers.from,
                 self.senders.join(", ")
             ));
-        }
-        if headers.message_type == MessageType::Report {
-            return None;
         }
         if !listed(&self.workflows, &headers.workflow_id) {
             return Some(format!(
@@ -416,6 +436,9 @@ impl MeshInbox {
             listed: ids.len(),
             ..PollSummary::default()
         };
+        // MESH unreachable fails every message alike: after this many in a
+        // row the poll ends (the rest are tried at the next one)
+        let mut failed_in_a_row = 0;
         for message_id in &ids {
             if stop.is_cancelled() {
                 info!(source = %self.id, left = ids.len() - summary_done(&summary),
@@ -431,10 +454,17 @@ impl MeshInbox {
                         Outcome::Report => summary.reports += 1,
                     }
                     summary.acknowledged += 1;
+                    failed_in_a_row = 0;
                 }
                 Ok(None) => summary.gone += 1,
                 Err(err) if err.stops_poll() => return Err(err),
+                Err(err) if err.is_retryable() && failed_in_a_row + 1 >= FAILURES_IN_A_ROW => {
+                    return Err(err)
+                }
                 Err(err) => {
+                    if err.is_retryable() {
+                        failed_in_a_row += 1;
+                    }
                     warn!(source = %self.id, message_id = %message_id, error = %err,
                         "mesh inbox: message left in the inbox; retried at the next poll");
                     summary.failed += 1;
