@@ -342,6 +342,29 @@ async fn empty_msh9_gets_ar_with_err() {
     fx.engine.stop().await;
 }
 
+/// Two patients in one ORU (its PATIENT_RESULT group repeated): AE at
+/// intake, ERR at the second PID, kept as rejected; not AA and then a
+/// routing failure nobody sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_patients_in_one_message_get_ae_naming_the_second_pid() {
+    let fx = start().await;
+    let text = String::from_utf8(sample("oru_r01_point_of_care.hl7")).unwrap();
+    let first = text.split('\r').find(|s| s.starts_with("PID|")).unwrap();
+    let second = first
+        .replace("9990123713", "9434765919")
+        .replace("PID|1|", "PID|2|");
+    let two = text.replacen(first, &format!("{first}\r{second}"), 1);
+    let mut conn = connect(fx.addr).await;
+    let nak = send(&mut conn, two.as_bytes()).await;
+    assert_eq!(field(&nak, "MSA", 1), "AE", "{nak}");
+    let err = nak.split('\r').find(|s| s.starts_with("ERR")).unwrap();
+    assert!(err.contains("PID^2"), "ERR names the second PID: {err}");
+    assert!(err.contains("2 PID segments"), "{err}");
+    let rows = search(&fx.engine, |q| q.status = Some("rejected".into())).await;
+    assert_eq!(rows.len(), 1);
+    fx.engine.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_that_connection_only_and_is_kept() {
     let fx = start().await;

@@ -566,6 +566,13 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
                 .is_some_and(|f| !f.contains(&component) && valid(text(f)));
             let identified = pid3 || pid2 || pid19;
             if identified {
+                if let Some(error) = more_patients(&code, &trigger, &header, raw, sep) {
+                    return Err(Rejection {
+                        code: AckCode::AE,
+                        header: Some(header),
+                        error: error.ack_error(),
+                    });
+                }
                 return match merged_record(&trigger, &header, raw, sep, component, repetition) {
                     Some(error) => Err(Rejection {
                         code: AckCode::AE,
@@ -586,6 +593,54 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
         code: AckCode::AE,
         header: Some(header),
         error: error.ack_error(),
+    })
+}
+
+/// An ADT or ORU^R01 with more than one PID, when its event is about one
+/// patient: every ADT event but those that link, unlink, merge or move
+/// records between patients (A24, A34–A37, A39–A47, A49–A51: a PID per
+/// patient). (An ORU's PATIENT_RESULT group may repeat in HL7; the shipped
+/// mappings make one patient's document, so such a message is refused at
+/// intake, where the sender hears of it, not after an AA.)
+fn more_patients(
+    code: &str,
+    trigger: &str,
+    header: &Header,
+    raw: &[u8],
+    sep: u8,
+) -> Option<Hl7Error> {
+    let several_allowed = code == "ADT"
+        && matches!(
+            trigger,
+            "A24"
+                | "A34"
+                | "A35"
+                | "A36"
+                | "A37"
+                | "A39"
+                | "A40"
+                | "A41"
+                | "A42"
+                | "A43"
+                | "A44"
+                | "A45"
+                | "A46"
+                | "A47"
+                | "A49"
+                | "A50"
+                | "A51"
+        );
+    if several_allowed {
+        return None;
+    }
+    let count = raw
+        .split(|&b| b == b'\r' || b == b'\n')
+        .map(|line| line.trim_ascii_start())
+        .filter(|line| line.len() > 3 && line.starts_with(b"PID") && line[3] == sep)
+        .count();
+    (count > 1).then(|| Hl7Error::MorePatients {
+        message_type: super::error::snippet(&header.message_type(), 40),
+        count,
     })
 }
 
@@ -1014,6 +1069,33 @@ mod tests {
         assert_eq!((err.code, err.error.code), (AckCode::AE, "100"));
         let mdm = "MSH|^~\\&|EPR|RAL|EPR|HUB|20240501120000||MDM^T02|C1|P|2.4";
         assert!(check_patient_named(header(mdm), format!("{mdm}\rTXA|1").as_bytes()).is_ok());
+        // one patient per message: a second PID is refused, at the second PID
+        let err = check_patient_named(
+            header(oru),
+            format!("{oru}\rPID|1||A1^^^RAL^MR\rOBR|1\rPID|2||B2^^^RAL^MR\rOBR|1").as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!((err.code, err.error.code), (AckCode::AE, "100"));
+        assert_eq!(
+            (err.error.segment.as_deref(), err.error.sequence),
+            (Some("PID"), Some(2))
+        );
+        assert!(
+            err.error.text.contains("has 2 PID segments"),
+            "{}",
+            err.error.text
+        );
+        assert_eq!(
+            check("PID|1||RAL1^^^RAL^MR\rPV1|1|I\rPID|2||RAL2^^^RAL^MR").err(),
+            Some((AckCode::AE, "100"))
+        );
+        // but a link (A24) names two patients, as merges do
+        let a24 = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A24|C1|P|2.4";
+        assert!(check_patient_named(
+            header(a24),
+            format!("{a24}\rPID|1||A1^^^RAL^MR\rPID|2||B2^^^RAL^MR").as_bytes()
+        )
+        .is_ok());
         // a merge must name the record it retires: an MRG with an identifier in MRG-1
         let a40 = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A40|C1|P|2.4";
         let merge = |rest: &str| {

@@ -122,6 +122,11 @@ pub enum Hl7Error {
         message_type: String,
         segment_found: bool,
     },
+    /// An ADT (not one that links or merges records) or ORU^R01 holding more
+    /// than one PID: the mappings make one patient's document per message, so
+    /// it could never reach the record whole.
+    #[error("{message_type} has {count} PID segments: one patient per message is taken here (send each patient's results or events as a message of their own)")]
+    MorePatients { message_type: String, count: usize },
     #[error("{message_type} has no {segment} segment: a message about a patient must name one")]
     MissingSegment {
         segment: &'static str,
@@ -160,6 +165,7 @@ impl Hl7Error {
                 ..
             } => ("100", Some("MRG"), None),
             Hl7Error::NoMergedRecord { .. } => ("101", Some("MRG"), Some(1)),
+            Hl7Error::MorePatients { .. } => ("100", Some("PID"), None),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
             Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),
             Hl7Error::BadPath { .. } => ("207", None, None),
@@ -168,7 +174,11 @@ impl Hl7Error {
             code,
             text: self.to_string(),
             segment: segment.map(str::to_owned),
-            sequence: segment.map(|_| 1),
+            // (the second PID is the one out of place)
+            sequence: segment.map(|_| match self {
+                Hl7Error::MorePatients { .. } => 2,
+                _ => 1,
+            }),
             field,
             severity: 'E',
         }
