@@ -52,8 +52,7 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        for i in 0..threads {
+        for i in 0..threads() {
             let rx = Arc::clone(&rx);
             let spawned = std::thread::Builder::new()
                 .name(format!("junction-bg-{i}"))
@@ -80,6 +79,11 @@ fn pool() -> &'static Pool {
             jobs: Mutex::new(tx),
         }
     })
+}
+
+/// How many background threads there are: one per core.
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Lowers the calling thread's priority (Linux: nice is per thread).

@@ -11,6 +11,15 @@
 //! It does not check objections or routes, and it never logs document
 //! content: only counts of what was written.
 //!
+//! A document is applied whole once begun: the apply cannot be stopped, so a
+//! slow one (a Patient with 20,000 identifiers, a report of thousands of
+//! results) is waited for, with a warning once it takes longer than the
+//! destination's timeout, rather than given up and started again beside the
+//! first (each retry another copy of the same work on the background threads).
+//! At most all but one of the background threads apply documents at a time
+//! ([`APPLY_LANES`]), so routing and mapping always have one, and another
+//! patient's message is routed while a large document is being applied.
+//!
 //! # Invariants
 //! - A document the store refuses ([`crate::store::StoreError::is_permanent`],
 //!   or not JSON at all) is a permanent error: retrying cannot help. Database
@@ -26,6 +35,10 @@ use serde_json::Value;
 
 use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 use crate::store::{ApplyOutcome, RecordStore};
+
+/// The background threads that may apply documents at once: all but one
+/// (at least one), so routing and mapping always have a thread.
+static APPLY_LANES: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
 
 /// Writes documents into the record store.
 #[derive(Debug)]
@@ -46,6 +59,15 @@ impl StoreDestination {
 }
 
 impl Deliver for StoreDestination {
+    /// An apply cannot be stopped once begun: the scheduler waits for it
+    /// (a day at most, a store that never answers), and this destination
+    /// says when it is slow (`timeout_secs`, above). Abandoned at the
+    /// scheduler's timeout it would run on, and the retry would start it again
+    /// beside itself.
+    fn attempt_timeout(&self, _item: &DeliveryItem, _configured: Duration) -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+
     fn deliver<'a>(
         &'a self,
         item: &'a DeliveryItem,
@@ -60,36 +82,51 @@ impl Deliver for StoreDestination {
             })?;
             let event_time = event_time(&bundle);
             let records = self.records.clone();
+            let _lane = APPLY_LANES
+                .get_or_init(|| {
+                    tokio::sync::Semaphore::new(super::background::threads().saturating_sub(1).max(1))
+                })
+                .acquire()
+                .await
+                .map_err(|_| DeliveryError::retry(format!("destination `{}`: stopping", self.id)))?;
             // Low priority: applying documents must not slow intake's ACKs.
-            let apply =
-                super::background::run(move || records.apply_bundle(&bundle, event_time));
-            let outcome = match tokio::time::timeout(self.timeout, apply).await {
+            let started = std::time::Instant::now();
+            let mut apply = std::pin::pin!(super::background::run(move || {
+                records.apply_bundle(&bundle, event_time)
+            }));
+            let applied = match tokio::time::timeout(self.timeout, &mut apply).await {
+                Ok(applied) => applied,
                 Err(_) => {
-                    return Err(DeliveryError::retry(format!(
-                        "destination `{}`: the record store did not answer within {} s",
-                        self.id,
-                        self.timeout.as_secs()
-                    )))
+                    tracing::warn!(destination = %self.id, control_id = %item.control_id,
+                        size_bytes = item.document.len(), timeout_secs = self.timeout.as_secs(),
+                        "the record store is slow with this document: still applying it (not started again)");
+                    apply.await
                 }
-                Ok(Err(join)) => {
+            };
+            if started.elapsed() > self.timeout {
+                tracing::info!(destination = %self.id, control_id = %item.control_id,
+                    secs = started.elapsed().as_secs(), "slow document applied");
+            }
+            let outcome = match applied {
+                Err(join) => {
                     return Err(DeliveryError::retry(format!(
                         "destination `{}`: the record store task failed: {join}",
                         self.id
                     )))
                 }
-                Ok(Ok(Err(err))) if err.is_permanent() => {
+                Ok(Err(err)) if err.is_permanent() => {
                     return Err(DeliveryError::permanent(format!(
                         "destination `{}`: the record store refused the document: {err}",
                         self.id
                     )))
                 }
-                Ok(Ok(Err(err))) => {
+                Ok(Err(err)) => {
                     return Err(DeliveryError::retry(format!(
                         "destination `{}`: {err}",
                         self.id
                     )))
                 }
-                Ok(Ok(Ok(outcome))) => outcome,
+                Ok(Ok(outcome)) => outcome,
             };
             let summary = summary(&outcome);
             tracing::debug!(destination = %self.id, control_id = %item.control_id, outcome = %summary, "document stored");
