@@ -468,6 +468,35 @@ fn put<R: Rows>(
             .into());
         }
     }
+    // a new create-only Patient (a neighbour's, a lab's placeholder) under an
+    // id other than the one its NHS number makes here, for an NHS number a
+    // live Patient already holds: a second record of someone we know, which
+    // would split their record (a search by the number finding two). Refused,
+    // the whole document with it; a placeholder under the id the number makes
+    // (the shipped mappings') is the same record, never refused.
+    if at.resource_type == "Patient"
+        && at.create_only
+        && at.current.is_none_or(|c| c.content.is_none())
+    {
+        for (system, value) in identifiers {
+            if system != NHS_NUMBER_SYSTEM
+                || at.id == crate::mapping::transform::uuid5("Patient", &format!("nhs|{value}"))
+            {
+                continue;
+            }
+            if rows
+                .patients_with_identifier(system, value)?
+                .iter()
+                .any(|other| other != at.id)
+            {
+                return Err(StoreError::InvalidEntry {
+                    index: at.index,
+                    problem: EntryProblem::NhsNumberHeldElsewhere,
+                }
+                .into());
+            }
+        }
+    }
     // a retired Patient is also in its survivor's compartment: what is filed
     // under it later is found from the survivor too (`Rows::link_patients`)
     let mut linked = patients.to_vec();

@@ -244,6 +244,8 @@ pub enum EntryProblem {
     UnresolvedReference,
     #[error("the Patient holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id")]
     NhsNumberChanged,
+    #[error("the Patient is new here under its own id, but its NHS number is already the record of another Patient: a second record of someone the store knows would split their record (write to the id this store has, or leave the Patient out)")]
+    NhsNumberHeldElsewhere,
 }
 
 /// What applying one entry did.

@@ -559,6 +559,48 @@ fn a_bundle_with_one_bad_entry_stores_nothing() {
 }
 
 #[test]
+fn a_new_patient_under_another_id_for_a_known_nhs_number_is_refused() {
+    // our PAS's patient, then a neighbour's Bundle making its own Patient
+    // (create-only, its own id) for the same NHS number: a second live record
+    // of one person would split theirs, so the document is refused whole
+    let f = open();
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), at("2026-11-23T10:00:00Z"))
+        .unwrap();
+    let create_only = |resource: serde_json::Value| {
+        let mut entry = put_entry(&resource);
+        entry["request"]["ifNoneMatch"] = json!("*");
+        entry
+    };
+    let neighbours = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        create_only(patient(OTHER_PATIENT, "9434765919", "Smith")),
+        put_entry(&encounter(ENCOUNTER, OTHER_PATIENT, "finished")),
+    ]});
+    let err = f.store.apply_bundle(&neighbours, None).unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("entry 0: the Patient is new here under its own id, but its NHS number is already the record of another Patient"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("9434765919"), "{err}");
+    assert!(f.store.read("Patient", OTHER_PATIENT).unwrap().is_none());
+    assert!(f.store.read("Encounter", ENCOUNTER).unwrap().is_none());
+    // a placeholder under the id the number makes here (a lab result's, by
+    // the shipped mappings) is that record, never refused
+    let canonical = crate::mapping::transform::uuid5("Patient", "nhs|9434765919");
+    let lab = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        create_only(patient(&canonical, "9434765919", "Smith")),
+    ]});
+    f.store.apply_bundle(&lab, None).unwrap();
+    // nor is one for an NHS number no one holds yet
+    let new = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        create_only(patient(OTHER_PATIENT, "9990000018", "Jones")),
+    ]});
+    f.store.apply_bundle(&new, None).unwrap();
+}
+
+#[test]
 fn a_patients_nhs_number_never_changes_under_its_id() {
     let f = open();
     f.store
