@@ -525,9 +525,12 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
     let started = crate::source::spawn_all(
         &config.sources,
         &config.mesh.mailboxes,
-        &journal,
-        &events,
-        &metrics,
+        &crate::source::Shared {
+            journal: &journal,
+            records: &records,
+            events: &events,
+            metrics: &metrics,
+        },
         &sources_cancel,
         &sources,
     );

@@ -829,3 +829,79 @@ async fn a_cancelled_source_stops_between_messages() {
         .unwrap()
         .is_empty());
 }
+
+/// Two engine nodes sharing one PostgreSQL store, configured alike, poll one
+/// mailbox: each poll holds the store's lease on it, so one node takes each
+/// message, never both; a node finding the lease held skips that poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sharing_a_postgres_store_take_each_message_once() {
+    use junction::store::testing::TestSchema;
+    use junction::store::{RecordStore, RecordStoreConfig};
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = TestSchema::create("mesh_lease");
+    let open = || {
+        RecordStore::open(&RecordStoreConfig {
+            path: dir.path().join("unused.db"),
+            sync: SyncPolicy::Normal,
+            postgres: Some(schema.target.clone()),
+        })
+        .unwrap()
+    };
+    let (store_a, store_b) = (open(), open());
+    // a key of this test's own: advisory locks span the database's schemas
+    let key = format!("lease-test-{}", std::process::id());
+    let node = |name: &str, store: &RecordStore| {
+        let journal = journal(&dir.path().join(name));
+        let inbox = inbox_with(&sandbox, &journal, PASSWORD, &EventBus::default())
+            .with_lease(store.clone())
+            .with_lease_key(&key);
+        (journal, inbox)
+    };
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let (journal_a, mut inbox_a) = node("a", &store_a);
+    let (journal_b, mut inbox_b) = node("b", &store_b);
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        sent.push(mesh::send(
+            &sandbox.url,
+            NEIGHBOUR,
+            JUNCTION,
+            &write(dir.path(), &format!("{i}.json"), &bundle(i + 1, 500)),
+        ));
+    }
+
+    // node A's lease held (by hand here): node B does not poll at all
+    let held = {
+        let store = store_a.clone();
+        let key = format!("mesh-inbox:{key}");
+        tokio::task::spawn_blocking(move || store.try_lease(&key).unwrap())
+            .await
+            .unwrap()
+            .expect("the lease is free")
+    };
+    let skipped = inbox_b.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(skipped, PollSummary::default());
+    assert_eq!(mesh::inbox(&sandbox.url, JUNCTION).len(), 6);
+    drop(held);
+
+    // both at once: each message journaled by one node alone
+    let stop = CancellationToken::new();
+    let (a, b) = tokio::join!(inbox_a.poll_once(&stop), inbox_b.poll_once(&stop));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.accepted + b.accepted, 6, "{a:?} {b:?}");
+    assert!(mesh::inbox(&sandbox.url, JUNCTION).is_empty());
+    let ids = |rows: Vec<junction::journal::MessageSummary>| -> Vec<String> {
+        rows.into_iter().map(|r| r.control_id).collect()
+    };
+    let in_a = ids(journal_a.search(MessageQuery::default()).await.unwrap());
+    let in_b = ids(journal_b.search(MessageQuery::default()).await.unwrap());
+    assert_eq!(in_a.len() + in_b.len(), 6, "{in_a:?} {in_b:?}");
+    for id in &sent {
+        assert!(
+            in_a.contains(id) != in_b.contains(id),
+            "{id} journaled by exactly one node: {in_a:?} {in_b:?}"
+        );
+    }
+}

@@ -108,6 +108,15 @@ pub enum MeshInboxError {
         #[source]
         error: Box<MeshError>,
     },
+    /// The lease that lets one node alone poll this mailbox could not be
+    /// asked for (the shared PostgreSQL store is down): not polled, so no two
+    /// nodes take one message; the messages wait in MESH.
+    #[error("mesh inbox `{source_id}`: cannot ask the record store for the inbox's lease, not polled: {error}")]
+    Lease {
+        source_id: String,
+        #[source]
+        error: Box<crate::store::StoreError>,
+    },
     /// The journal refused the commit (disk full, writer stopped): nothing
     /// is acknowledged; the message stays in the inbox.
     #[error("mesh inbox `{source_id}`: cannot journal message `{message_id}`, left in the inbox: {error}")]
@@ -130,6 +139,7 @@ impl MeshInboxError {
         match self {
             MeshInboxError::Client { .. }
             | MeshInboxError::List { .. }
+            | MeshInboxError::Lease { .. }
             | MeshInboxError::Journal { .. } => true,
             // one message's download or acknowledge failing (a chunk MESH
             // answers 500 for) is that message's: the others go on, unless
@@ -154,7 +164,9 @@ impl MeshInboxError {
     /// secrets are read, before the next poll).
     fn is_auth(&self) -> bool {
         match self {
-            MeshInboxError::Client { .. } | MeshInboxError::Journal { .. } => false,
+            MeshInboxError::Client { .. }
+            | MeshInboxError::Lease { .. }
+            | MeshInboxError::Journal { .. } => false,
             MeshInboxError::List { error, .. }
             | MeshInboxError::Download { error, .. }
             | MeshInboxError::Acknowledge { error, .. } => error.is_auth(),
@@ -234,6 +246,11 @@ pub struct MeshInbox {
     journal: Journal,
     events: EventBus,
     metrics: Arc<Metrics>,
+    /// The store the engine nodes share, whose lease on this mailbox a poll
+    /// holds (`None`: polled without one, as one node alone).
+    lease: Option<crate::store::RecordStore>,
+    /// What the lease is on: the MESH mailbox id, the same on every node.
+    lease_key: String,
 }
 
 impl MeshInbox {
@@ -255,12 +272,14 @@ impl MeshInbox {
             senders: config.senders.clone(),
             workflows: config.workflows.clone(),
             page_size: usize::try_from(mailbox.inbox_page_size).unwrap_or(usize::MAX),
+            lease_key: format!("mesh-inbox:{}", mailbox.mailbox.trim().to_ascii_uppercase()),
             source: ClientSource::Config(Box::new(mailbox)),
             client: None,
             last_handshake: None,
             journal,
             events,
             metrics,
+            lease: None,
         }
         .with_series()
     }
@@ -330,8 +349,25 @@ impl MeshInbox {
             journal,
             events,
             metrics,
+            lease: None,
+            lease_key: format!("mesh-inbox:{id}"),
         }
         .with_series()
+    }
+
+    /// Each poll holds `store`'s lease on this mailbox (its MESH id): of the
+    /// engine nodes sharing one PostgreSQL store and configured alike, one
+    /// polls at a time, so no MESH message is journaled and processed by two.
+    /// A node that finds the lease held skips that poll.
+    pub fn with_lease(mut self, store: crate::store::RecordStore) -> MeshInbox {
+        self.lease = Some(store);
+        self
+    }
+
+    /// [`Self::with_lease`] on `key` rather than the mailbox's id (tests).
+    pub fn with_lease_key(mut self, key: &str) -> MeshInbox {
+        self.lease_key = format!("mesh-inbox:{key}");
+        self
     }
 
     /// Its poll metrics exported from the start (the last good poll at 0, the
@@ -408,7 +444,23 @@ impl MeshInbox {
         &mut self,
         stop: &CancellationToken,
     ) -> Result<PollSummary, MeshInboxError> {
+        let lease = match self.take_lease().await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                debug!(source = %self.id, "mesh inbox: another engine node is polling this mailbox; not polled");
+                self.count_poll(true);
+                return Ok(PollSummary::default());
+            }
+            Err(err) => {
+                self.count_poll(false);
+                return Err(err);
+            }
+        };
         let result = self.poll_inner(stop).await;
+        // (a PostgreSQL client's drop blocks)
+        if let Some(lease) = lease {
+            let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
+        }
         self.count_poll(result.is_ok());
         if let Err(err) = &result {
             if err.is_auth() {
@@ -420,6 +472,26 @@ impl MeshInbox {
             }
         }
         result
+    }
+
+    /// The lease on this mailbox for one poll: `Ok(None)` when another node
+    /// holds it, `Ok(Some(None))` when there is no store to ask.
+    async fn take_lease(&self) -> Result<Option<Option<crate::store::Lease>>, MeshInboxError> {
+        let Some(store) = self.lease.clone() else {
+            return Ok(Some(None));
+        };
+        let key = self.lease_key.clone();
+        let lease_err = |error| MeshInboxError::Lease {
+            source_id: self.id.clone(),
+            error: Box::new(error),
+        };
+        match tokio::task::spawn_blocking(move || store.try_lease(&key)).await {
+            Ok(Ok(lease)) => Ok(lease.map(Some)),
+            Ok(Err(error)) => Err(lease_err(error)),
+            Err(_) => Err(lease_err(crate::store::StoreError::Internal(
+                "the lease's thread failed",
+            ))),
+        }
     }
 
     async fn poll_inner(

@@ -36,19 +36,34 @@ use crate::telemetry::metrics::Metrics;
 
 pub use mesh_inbox::{MeshInbox, MeshInboxError, PollSummary};
 
+/// What every source is given: the journal it writes, the record store whose
+/// lease a MESH inbox polls under, the event stream and the metrics.
+pub struct Shared<'a> {
+    pub journal: &'a Journal,
+    pub records: &'a crate::store::RecordStore,
+    pub events: &'a EventBus,
+    pub metrics: &'a Arc<Metrics>,
+}
+
 /// Starts every `[sources.<id>]` (`sources`, with the `[mesh.mailboxes]` they
 /// name) as a task on `tracker`; each stops (between two documents) once
 /// `stop` is cancelled. Returns how many were started. A source whose mailbox
-/// is missing (which `config/` already refuses) is logged and skipped.
+/// is missing (which `config/` already refuses) is logged and skipped. A
+/// MESH inbox polls under `records`' lease on its mailbox, so of the nodes
+/// sharing a PostgreSQL store one polls it at a time.
 pub fn spawn_all(
     sources: &BTreeMap<String, SourceConfig>,
     mailboxes: &BTreeMap<String, MeshMailboxConfig>,
-    journal: &Journal,
-    events: &EventBus,
-    metrics: &Arc<Metrics>,
+    shared: &Shared<'_>,
     stop: &CancellationToken,
     tracker: &TaskTracker,
 ) -> usize {
+    let &Shared {
+        journal,
+        records,
+        events,
+        metrics,
+    } = shared;
     let mut started = 0;
     for (id, source) in sources {
         match source.kind {
@@ -65,7 +80,8 @@ pub fn spawn_all(
                     journal.clone(),
                     events.clone(),
                     Arc::clone(metrics),
-                );
+                )
+                .with_lease(records.clone());
                 tracker.spawn(inbox.run(stop.clone()));
                 started += 1;
             }

@@ -362,6 +362,27 @@ enum Backend {
     Postgres(postgres::PgStore),
 }
 
+/// Held by [`RecordStore::try_lease`]: the connection whose session holds
+/// the lock. Drop it on a blocking thread (a PostgreSQL client's drop blocks).
+pub struct Lease {
+    _held: Option<::postgres::Client>,
+}
+
+impl Drop for Lease {
+    /// Off the async runtime: the client's drop blocks on a runtime of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self._held.take() {
+            postgres::off_runtime(move || drop(client));
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for RecordStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordStore")
@@ -405,6 +426,22 @@ impl RecordStore {
                 },
             }),
         })
+    }
+
+    /// A lease on `key` among every engine node that shares this store, for
+    /// work only one of them may do at a time (polling one MESH inbox):
+    /// `None` when another node holds it. In PostgreSQL a session advisory
+    /// lock on its own connection, released when the [`Lease`] is dropped or
+    /// the node dies (its session ends with it); in SQLite, which one node
+    /// alone uses, always granted. Blocking: call it (and drop the lease) on a
+    /// blocking thread.
+    pub fn try_lease(&self, key: &str) -> Result<Option<Lease>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(Some(Lease { _held: None })),
+            Backend::Postgres(pg) => Ok(pg.try_lease(key)?.map(|client| Lease {
+                _held: Some(client),
+            })),
+        }
     }
 
     /// The SQLite file (for a PostgreSQL store, the file it would have used).

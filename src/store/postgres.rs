@@ -308,6 +308,22 @@ impl PgStore {
         })
     }
 
+    /// A session advisory lock on `key` (`hashtext`, in a namespace of its
+    /// own), on a connection of its own that holds it: `None` when another
+    /// session holds it.
+    pub(super) fn try_lease(&self, key: &str) -> Result<Option<Client>, StoreError> {
+        let mut conn = self.connect()?;
+        let held: bool = conn
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(7265, hashtext($1))",
+                &[&format!("junction:lease:{key}")],
+            )
+            .map_err(|e| self.error("cannot take a lease", e))?
+            .get(0);
+        Ok(held.then_some(conn.client))
+    }
+
     fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
         // A panic while holding the lock cannot leave the Vec inconsistent.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
