@@ -295,7 +295,9 @@ async fn hl7_v2_arrives_as_its_messages_and_a_resend_is_a_duplicate() {
                  PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\n\
                  MSH|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500||ORU^R01^ORU_R01|RRV-B3|P|2.5.1\n\
                  PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\n\
-                 BTS|3\nFTS|1\n";
+                 MSH|^~\\&|LIMS|RRV|JUNCTION|LCR|20261123101500||ORU^R01^ORU_R01|RRV-B4|P|2.5.1\n\
+                 OBR|1||F4|26604007^FBC^SCT\n\
+                 BTS|4\nFTS|1\n";
     let batched = mesh::send(
         &sandbox.url,
         NEIGHBOUR,
@@ -358,9 +360,13 @@ async fn hl7_v2_arrives_as_its_messages_and_a_resend_is_a_duplicate() {
         "{error}"
     );
     assert!(!error.contains("SMITH"), "{error}");
-    // Four rows in all: the resend added none.
+    // a result about no patient: refused as a listener refuses it (AE there)
+    let (summary, _, error) = row(&journal, &format!("{batched}/4")).await;
+    assert_eq!(summary.status, "rejected");
+    assert!(error.unwrap().contains("no PID segment"));
+    // Five rows in all: the resend added none.
     let all = journal.search(MessageQuery::default()).await.unwrap();
-    assert_eq!(all.len(), 4, "{all:?}");
+    assert_eq!(all.len(), 5, "{all:?}");
     let outcomes: Vec<(String, String)> = events_of(&mut sub)
         .await
         .into_iter()

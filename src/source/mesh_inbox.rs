@@ -996,6 +996,15 @@ fn mllp_unframed(body: &[u8]) -> Option<bytes::Bytes> {
     Some(bytes::Bytes::from(out))
 }
 
+/// A listener's checks of one message's content: [`hl7::assess`], no query,
+/// a patient named (not MLLP's UTF-16 refusal nor a listener's MSH-11).
+#[allow(clippy::result_large_err)]
+fn checked(raw: &[u8]) -> Result<hl7::Header, hl7::Rejection> {
+    hl7::assess(raw)
+        .and_then(hl7::check_not_a_query)
+        .and_then(|header| hl7::check_patient_named(header, raw))
+}
+
 fn hl7_rows(template: Incoming, body: &bytes::Bytes) -> (Vec<Incoming>, Outcome) {
     let parts = hl7::split_batch_bytes(body)
         .filter(|parts| !parts.is_empty())
@@ -1005,7 +1014,10 @@ fn hl7_rows(template: Incoming, body: &bytes::Bytes) -> (Vec<Incoming>, Outcome)
     let rows = parts
         .into_iter()
         .enumerate()
-        .map(|(k, raw)| match hl7::assess(&raw) {
+        // a listener's checks but those of MLLP (UTF-16, which MLLP cannot
+        // frame) and of its config (MSH-11): a query, or a message about no
+        // patient, kept as rejected here too
+        .map(|(k, raw)| match checked(&raw) {
             Ok(header) => {
                 outcome = Outcome::Accepted;
                 Incoming {
