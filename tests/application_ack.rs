@@ -278,6 +278,8 @@ fn a_sender_asking_in_msh_16_gets_its_application_acks_on_its_own_listener() {
     // the engine's log has no patient data from any of this
     let log = engine.log_text();
     assert!(!log.contains("9990000018"), "{log}");
+    // the sender's CA names the ack it was sent, as it should: no warning
+    assert!(!log.contains("names another control id"), "{log}");
 }
 
 /// `junction send` waits only for the accept acknowledgement a message's

@@ -44,6 +44,14 @@ use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 use crate::mllp::client::{read_ack, ClientError, MllpClient};
 use crate::mllp::tls::{ClientTls, TlsFileError};
 
+/// MSH-10 of the message sent (`None` when it cannot be read).
+fn sent_control_id(raw: &[u8]) -> Option<String> {
+    let text = crate::hl7::decode(raw).ok()?;
+    let message = crate::hl7::Message::parse(&text).ok()?;
+    let id = message.get("MSH-10").ok().flatten()?;
+    Some(id.trim().to_string())
+}
+
 /// Longest MSA-2 kept as `remote_ref`, and longest code or location part kept.
 const MAX_ID_CHARS: usize = 64;
 const MAX_PART_CHARS: usize = 20;
@@ -177,7 +185,11 @@ impl MllpDestination {
         let code = info.code.as_str();
         match code {
             "AA" | "CA" => {
-                if info.control_id != item.control_id {
+                // (what was sent may be an application acknowledgement,
+                // with a control id of its own: that is what its CA names)
+                if info.control_id != item.control_id
+                    && sent_control_id(&item.raw).as_deref() != Some(info.control_id.as_str())
+                {
                     tracing::warn!(destination = %self.id, control_id = %item.control_id,
                         msa_2 = %clip(&info.control_id, MAX_ID_CHARS), "the downstream ACK names another control id");
                 }

@@ -145,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "MLLP connections closed at once: the peer is not in allowed_peers",
+            "MLLP connections closed at once: the peer is not in allowed_peers, or max_connections are open",
             connections_refused.clone(),
         );
         registry.register(
