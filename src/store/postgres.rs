@@ -280,9 +280,17 @@ impl PgStore {
         &self.describe
     }
 
+    /// The error, with the server's SQLSTATE when it gave one (`23514`: a
+    /// check violation; `57P01`: the server shut the connection): enough to
+    /// tell causes apart, never the server's message or detail, which can
+    /// quote the row (patient data).
     fn error(&self, what: &str, source: postgres::Error) -> StoreError {
+        let state = source
+            .code()
+            .map(|c| format!(", SQLSTATE {}", c.code()))
+            .unwrap_or_default();
         StoreError::Postgres {
-            what: format!("{what} ({})", self.describe),
+            what: format!("{what} ({}){state}", self.describe),
             source,
         }
     }

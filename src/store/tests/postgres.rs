@@ -271,6 +271,16 @@ fn a_missing_password_is_a_clear_error() {
         err.contains("cannot connect (postgres junction_test@"),
         "{err}"
     );
+    // a wrong one: the server's SQLSTATE tells the cause (28P01, invalid
+    // password), never the server's message
+    let wrong = std::env::temp_dir().join(format!("junction-wrong-{}", std::process::id()));
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    if let Some(target) = &mut cfg.postgres {
+        target.password_file = Some(wrong.clone());
+    }
+    let err = RecordStore::open(&cfg).unwrap_err().to_string();
+    let _ = std::fs::remove_file(&wrong);
+    assert!(err.contains("SQLSTATE 28P01"), "{err}");
 }
 
 #[test]
