@@ -44,6 +44,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("junction")
         .build()
         .context("cannot start the async runtime")?;
+    // in JSON the log's own line says it: a plain one beside it would be the
+    // one line of the stream a log shipper cannot read
+    let plain_errors = !matches!(config.log.format, crate::telemetry::LogFormat::Json);
     let result = runtime.block_on(engine::serve(config, config::config_dir(&args.config)));
     // Blocking journal reads in flight are short; do not hang on them.
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -51,7 +54,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             tracing::error!(error = %err, "engine failed to start");
-            eprintln!("error: {err}");
+            if plain_errors {
+                eprintln!("error: {err}");
+            }
             Ok(ExitCode::from(2))
         }
     }
