@@ -293,6 +293,7 @@ impl Listener {
                 processing_ids: self.cfg.processing_ids.clone(),
                 ack_mode: self.cfg.ack_mode,
                 events: self.events.clone(),
+                sends_application_acks: self.cfg.application_ack.is_some(),
             });
             let permits = Arc::new(Semaphore::new(self.cfg.max_connections.max(1)));
             info!(
@@ -379,6 +380,8 @@ struct ConnContext {
     processing_ids: Vec<String>,
     ack_mode: AckMode,
     events: EventBus,
+    /// Whether application acknowledgements are sent (`application_ack`).
+    sends_application_acks: bool,
 }
 
 /// This listener's counters, looked up once instead of per message.
@@ -1073,6 +1076,18 @@ fn assess(ctx: &ConnContext, peer: &str, received_at: jiff::Timestamp, raw: Byte
             // turn. Otherwise its row says none was sent: no ACK code.
             let inbound_ack = hl7::is_acknowledgement(&header) && !asks_commit(&header);
             let answer = answer && !inbound_ack;
+            // a sender waiting for an application acknowledgement (MSH-16)
+            // this listener never sends: said, not left to wait in silence
+            if enhanced
+                && !inbound_ack
+                && !ctx.sends_application_acks
+                && (hl7::application_ack_wanted(&header, true)
+                    || hl7::application_ack_wanted(&header, false))
+            {
+                warn!(control_id = %header.control_id, sender = %header.sender(),
+                    "the message asks for an application acknowledgement (MSH-16), which this \
+                     listener does not send: name a destination in its `application_ack`");
+            }
             let ack =
                 answer.then(|| hl7::build_ack(Some(&header), code, None, &control_id, &timestamp));
             Incoming {
