@@ -296,7 +296,10 @@ fn junction_send_waits_only_for_the_ack_msh_15_asks_for() {
         ("2.hl7", "SEND-ER", "ER"),
         ("3.hl7", "SEND-AL", "AL"),
     ] {
-        let text = message("adt_a01_admission.hl7", control_id, msh15, "");
+        // the last also asks for an application ack, which this listener
+        // (no `application_ack`) never sends: the log says so
+        let msh16 = if control_id == "SEND-AL" { "AL" } else { "" };
+        let text = message("adt_a01_admission.hl7", control_id, msh15, msh16);
         std::fs::write(outbox.join(name), text).unwrap();
     }
     let out = Command::new(env!("CARGO_BIN_EXE_junction"))
@@ -327,4 +330,11 @@ fn junction_send_waits_only_for_the_ack_msh_15_asks_for() {
             || engine.messages_with_control_id(control_id).len() == 1,
         );
     }
+    let log = engine.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("asks for an application acknowledgement"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("SEND-AL"), "{log}");
 }
