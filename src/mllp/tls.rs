@@ -136,6 +136,11 @@ impl ServerTlsConfig {
     /// Reads the files and builds the listener's TLS acceptor.
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsFileError> {
         let chain = certificates("cert_file", &self.cert_file)?;
+        if let Some(leaf) = chain.first() {
+            if let Some(problem) = out_of_date(leaf, std::time::SystemTime::now()) {
+                return Err(file_error("cert_file", &self.cert_file, problem));
+            }
+        }
         let key = private_key("key_file", &self.key_file)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -163,6 +168,38 @@ impl ServerTlsConfig {
             )
         })?;
         Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// Why a certificate cannot be used at `now`: it expired, or is not valid
+/// yet (`None`: it is, or its dates do not read, which rustls will say).
+/// A listener serving it would fail every sender that checks certificates.
+fn out_of_date(cert: &CertificateDer<'_>, now: std::time::SystemTime) -> Option<String> {
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let validity = &parsed.tbs_certificate.validity;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let day = |d: std::time::Duration| {
+        jiff::Timestamp::from_second(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default()
+    };
+    let (not_before, not_after) = (
+        validity.not_before.to_unix_duration(),
+        validity.not_after.to_unix_duration(),
+    );
+    if now > not_after {
+        Some(format!(
+            "holds a certificate that expired on {}: no sender that checks certificates would connect",
+            day(not_after)
+        ))
+    } else if now < not_before {
+        Some(format!(
+            "holds a certificate not valid before {}: no sender that checks certificates would connect",
+            day(not_before)
+        ))
+    } else {
+        None
     }
 }
 
@@ -322,6 +359,44 @@ impl<'de> Deserialize<'de> for PeerNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed certificate valid from 2026-11-25 02:14:45 to 2026-11-27
+    /// 02:14:45 UTC (`openssl req -x509 -days 2`).
+    const TWO_DAYS: &str = "-----BEGIN CERTIFICATE-----
+MIIBhDCCASugAwIBAgIULTKfwfyBmCraToQP5sZ6UNTFYg4wCgYIKoZIzj0EAwIw
+GDEWMBQGA1UEAwwNanVuY3Rpb24tdGVzdDAeFw0yNjExMjUwMjE0NDVaFw0yNjEx
+MjcwMjE0NDVaMBgxFjAUBgNVBAMMDWp1bmN0aW9uLXRlc3QwWTATBgcqhkjOPQIB
+BggqhkjOPQMBBwNCAASuEpezpa/ZzNA2XRpJsZjO/LTP7gXmzEoZ6j7zRfNQTi6z
+c/YmFrHdmyAp37WP0jMFSLmIO/7EsVVE64rv6WtWo1MwUTAdBgNVHQ4EFgQU6g7m
+93wDCEo/AOTLo+TOHo4VCDUwHwYDVR0jBBgwFoAU6g7m93wDCEo/AOTLo+TOHo4V
+CDUwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiB4iF4STIJWsfrv
+g0L91H5P0DeGE9J+2zfepeaFfc0XeAIgWHpUxeRofos11/8Xx1ybeXBuVLtkCg5M
+RgEg+TJR0hY=
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn a_certificate_out_of_its_dates_is_said_so() {
+        let cert = CertificateDer::pem_slice_iter(TWO_DAYS.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let at = |text: &str| {
+            let t: jiff::Timestamp = text.parse().unwrap();
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.as_second() as u64)
+        };
+        assert_eq!(out_of_date(&cert, at("2026-11-26T00:00:00Z")), None);
+        let expired = out_of_date(&cert, at("2026-11-28T00:00:00Z")).unwrap();
+        assert!(
+            expired.contains("expired on 2026-11-27 02:14:45 UTC"),
+            "{expired}"
+        );
+        let early = out_of_date(&cert, at("2026-11-24T00:00:00Z")).unwrap();
+        assert!(
+            early.contains("not valid before 2026-11-25 02:14:45 UTC"),
+            "{early}"
+        );
+    }
 
     #[test]
     fn peers_are_addresses_or_networks() {
