@@ -524,10 +524,13 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
     if !ascii_compatible {
         return Ok(header);
     }
-    let pid = raw
+    // the first PID, and how many there are (one pass)
+    let mut pids = raw
         .split(|&b| b == b'\r' || b == b'\n')
         .map(|line| line.trim_ascii_start())
-        .find(|line| line.len() > 3 && line.starts_with(b"PID") && line[3] == sep);
+        .filter(|line| line.len() > 3 && line.starts_with(b"PID") && line[3] == sep);
+    let pid = pids.next();
+    let count = usize::from(pid.is_some()) + pids.count();
     let error = match pid {
         None => Hl7Error::MissingSegment {
             segment: "PID",
@@ -566,7 +569,7 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
                 .is_some_and(|f| !f.contains(&component) && valid(text(f)));
             let identified = pid3 || pid2 || pid19;
             if identified {
-                if let Some(error) = more_patients(&code, &trigger, &header, raw, sep) {
+                if let Some(error) = more_patients(&code, &trigger, &header, count) {
                     return Err(Rejection {
                         code: AckCode::AE,
                         header: Some(header),
@@ -596,19 +599,13 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
     })
 }
 
-/// An ADT or ORU^R01 with more than one PID, when its event is about one
+/// An ADT or ORU^R01 with more than one PID (`count` of them), when its event is about one
 /// patient: every ADT event but those that link, unlink, merge or move
 /// records between patients (A24, A34–A37, A39–A47, A49–A51: a PID per
 /// patient). (An ORU's PATIENT_RESULT group may repeat in HL7; the shipped
 /// mappings make one patient's document, so such a message is refused at
 /// intake, where the sender hears of it, not after an AA.)
-fn more_patients(
-    code: &str,
-    trigger: &str,
-    header: &Header,
-    raw: &[u8],
-    sep: u8,
-) -> Option<Hl7Error> {
+fn more_patients(code: &str, trigger: &str, header: &Header, count: usize) -> Option<Hl7Error> {
     let several_allowed = code == "ADT"
         && matches!(
             trigger,
@@ -633,11 +630,6 @@ fn more_patients(
     if several_allowed {
         return None;
     }
-    let count = raw
-        .split(|&b| b == b'\r' || b == b'\n')
-        .map(|line| line.trim_ascii_start())
-        .filter(|line| line.len() > 3 && line.starts_with(b"PID") && line[3] == sep)
-        .count();
     (count > 1).then(|| Hl7Error::MorePatients {
         message_type: super::error::snippet(&header.message_type(), 40),
         count,
