@@ -429,6 +429,13 @@ pub fn check_intake(raw: &[u8], processing_ids: Option<&[String]>) -> Result<Hea
         Some(accepted) => check_processing_id(header, accepted)?,
         None => header,
     };
+    check_content(header, raw)
+}
+
+/// The checks of what a message says, whatever carried it (MLLP, MESH): no
+/// query ([`check_not_a_query`]), a patient named ([`check_patient_named`]).
+#[allow(clippy::result_large_err)]
+pub fn check_content(header: Header, raw: &[u8]) -> Result<Header, Rejection> {
     check_not_a_query(header).and_then(|header| check_patient_named(header, raw))
 }
 

@@ -57,9 +57,9 @@ mod scan;
 mod tree;
 
 pub use ack::{
-    ack_unquoted, application_ack_wanted, assess, build_ack, build_application_ack, check_intake,
-    check_not_a_query, check_patient_named, check_processing_id, is_absent, is_acknowledgement,
-    is_utf16, refuse_utf16_over_mllp, AckCode, AckError, Rejection,
+    ack_unquoted, application_ack_wanted, assess, build_ack, build_application_ack, check_content,
+    check_intake, check_not_a_query, check_patient_named, check_processing_id, is_absent,
+    is_acknowledgement, is_utf16, refuse_utf16_over_mllp, AckCode, AckError, Rejection,
 };
 pub use batch::{looks_like_hl7, split_batch, split_batch_bytes};
 pub use charset::{decode, encode_text, msh18, strip_utf8_bom, utf16_order, Utf16Order};

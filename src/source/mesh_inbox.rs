@@ -1000,9 +1000,7 @@ fn mllp_unframed(body: &[u8]) -> Option<bytes::Bytes> {
 /// a patient named (not MLLP's UTF-16 refusal nor a listener's MSH-11).
 #[allow(clippy::result_large_err)]
 fn checked(raw: &[u8]) -> Result<hl7::Header, hl7::Rejection> {
-    hl7::assess(raw)
-        .and_then(hl7::check_not_a_query)
-        .and_then(|header| hl7::check_patient_named(header, raw))
+    hl7::assess(raw).and_then(|header| hl7::check_content(header, raw))
 }
 
 fn hl7_rows(template: Incoming, body: &bytes::Bytes) -> (Vec<Incoming>, Outcome) {
