@@ -890,6 +890,28 @@ async fn two_nodes_sharing_a_postgres_store_take_each_message_once() {
     let skipped = inbox_b.poll_once(&CancellationToken::new()).await.unwrap();
     assert_eq!(skipped, PollSummary::default());
     assert_eq!(mesh::inbox(&sandbox.url, JUNCTION).len(), 6);
+    // its session ended by the server (a restart, a terminated backend): the
+    // lease is lost, and says so (a poll holding it stops before its next
+    // message), and the other node can take it
+    let ended: i64 = schema.with_client(|client| {
+        client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND classid = 7265 \
+                 AND objid = (hashtext($1)::bigint & 4294967295)::oid",
+                &[&format!("junction:lease:mesh-inbox:{key}")],
+            )
+            .unwrap()
+            .len() as i64
+    });
+    assert_eq!(ended, 1);
+    let held = tokio::task::spawn_blocking(move || {
+        let alive = held.still_held();
+        (held, alive)
+    })
+    .await
+    .unwrap();
+    assert!(!held.1, "a lease whose session ended is not held");
     drop(held);
 
     // both at once: each message journaled by one node alone

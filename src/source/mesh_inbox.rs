@@ -28,7 +28,11 @@
 //! secret file or environment is picked up). A message that cannot be
 //! downloaded (a chunk MESH will not serve, an HTTP 500 for that message) is
 //! left in the inbox, logged, and the other messages go on; three such
-//! failures in a row end the poll (MESH is down, not one message). One whose content cannot be used as sent (a chunk
+//! failures in a row end the poll (MESH is down, not one message). A message
+//! that failed is tried after the others at the next polls, so a few that
+//! never download cannot hold up those behind them. Under a lease (several
+//! nodes), the lease is checked before each message: a poll whose lease
+//! session ended stops, as another node may hold it now. One whose content cannot be used as sent (a chunk
 //! labelled gzip that is not, a checksum that does not match) is journaled as
 //! rejected with its bytes and the reason, and acknowledged: downloading it
 //! again would give the same bytes. Nothing is acknowledged that is not in the
@@ -251,6 +255,8 @@ pub struct MeshInbox {
     lease: Option<crate::store::RecordStore>,
     /// What the lease is on: the MESH mailbox id, the same on every node.
     lease_key: String,
+    /// Messages whose receiving failed at an earlier poll (tried last).
+    failing: std::collections::HashSet<MessageId>,
 }
 
 impl MeshInbox {
@@ -280,6 +286,7 @@ impl MeshInbox {
             events,
             metrics,
             lease: None,
+            failing: std::collections::HashSet::new(),
         }
         .with_series()
     }
@@ -351,6 +358,7 @@ impl MeshInbox {
             metrics,
             lease: None,
             lease_key: format!("mesh-inbox:{id}"),
+            failing: std::collections::HashSet::new(),
         }
         .with_series()
     }
@@ -456,7 +464,8 @@ impl MeshInbox {
                 return Err(err);
             }
         };
-        let result = self.poll_inner(stop).await;
+        let lease = lease.map(Arc::new);
+        let result = self.poll_inner(stop, lease.as_ref()).await;
         // (a PostgreSQL client's drop blocks)
         if let Some(lease) = lease {
             let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
@@ -497,13 +506,18 @@ impl MeshInbox {
     async fn poll_inner(
         &mut self,
         stop: &CancellationToken,
+        lease: Option<&Arc<crate::store::Lease>>,
     ) -> Result<PollSummary, MeshInboxError> {
         let client = self.client()?;
         self.handshake_if_due(&client).await;
-        let ids = client.inbox().await.map_err(|error| MeshInboxError::List {
+        let mut ids = client.inbox().await.map_err(|error| MeshInboxError::List {
             source_id: self.id.clone(),
             error: Box::new(error),
         })?;
+        // messages that would not download at an earlier poll go last, so
+        // a few that never will cannot hold up the ones behind them
+        self.failing.retain(|id| ids.contains(id));
+        ids.sort_by_key(|id| self.failing.contains(id));
         let mut summary = PollSummary {
             listed: ids.len(),
             ..PollSummary::default()
@@ -517,7 +531,29 @@ impl MeshInbox {
                     "mesh inbox: stopping between messages; the rest stay in the inbox");
                 break;
             }
-            match self.receive(&client, message_id).await {
+            // the lease still held: a session the server ended has lost it,
+            // and another node may be polling now
+            if let Some(lease) = lease {
+                let lease = Arc::clone(lease);
+                let held = tokio::task::spawn_blocking(move || lease.still_held())
+                    .await
+                    .unwrap_or(false);
+                if !held {
+                    return Err(MeshInboxError::Lease {
+                        source_id: self.id.clone(),
+                        error: Box::new(crate::store::StoreError::Internal(
+                            "the lease's connection ended during the poll",
+                        )),
+                    });
+                }
+            }
+            let received = self.receive(&client, message_id).await;
+            if received.is_err() {
+                self.failing.insert(message_id.clone());
+            } else {
+                self.failing.remove(message_id);
+            }
+            match received {
                 Ok(Some(outcome)) => {
                     match outcome {
                         Outcome::Accepted => summary.accepted += 1,

@@ -479,16 +479,18 @@ fn put<R: Rows>(
         && at.current.is_none_or(|c| c.content.is_none())
     {
         for (system, value) in identifiers {
+            // (as sent, and as its ten digits: `999 000 1103`, `999-000-1103`)
+            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
             if system != NHS_NUMBER_SYSTEM
-                || at.id == crate::mapping::transform::uuid5("Patient", &format!("nhs|{value}"))
+                || at.id == crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}"))
             {
                 continue;
             }
-            if rows
-                .patients_with_identifier(system, value)?
-                .iter()
-                .any(|other| other != at.id)
-            {
+            let mut holders = rows.patients_with_identifier(system, value)?;
+            if digits != *value {
+                holders.extend(rows.patients_with_identifier(system, &digits)?);
+            }
+            if holders.iter().any(|other| other != at.id) {
                 return Err(StoreError::InvalidEntry {
                     index: at.index,
                     problem: EntryProblem::NhsNumberHeldElsewhere,

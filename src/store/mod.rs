@@ -365,7 +365,22 @@ enum Backend {
 /// Held by [`RecordStore::try_lease`]: the connection whose session holds
 /// the lock. Drop it on a blocking thread (a PostgreSQL client's drop blocks).
 pub struct Lease {
-    _held: Option<::postgres::Client>,
+    _held: Option<Mutex<::postgres::Client>>,
+}
+
+impl Lease {
+    /// Whether the lease is still held: its session answers. A session the
+    /// server ended (a restart, a terminated backend) has lost the lock, and
+    /// another node may hold it now. Blocking.
+    pub fn still_held(&self) -> bool {
+        match &self._held {
+            None => true,
+            Some(client) => {
+                let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+                !client.is_closed() && client.simple_query("SELECT 1").is_ok()
+            }
+        }
+    }
 }
 
 impl Drop for Lease {
@@ -439,7 +454,7 @@ impl RecordStore {
         match &self.inner.backend {
             Backend::Sqlite { .. } => Ok(Some(Lease { _held: None })),
             Backend::Postgres(pg) => Ok(pg.try_lease(key)?.map(|client| Lease {
-                _held: Some(client),
+                _held: Some(Mutex::new(client)),
             })),
         }
     }

@@ -584,6 +584,17 @@ fn a_new_patient_under_another_id_for_a_known_nhs_number_is_refused() {
         "{err}"
     );
     assert!(!err.to_string().contains("9434765919"), "{err}");
+    // nor when the neighbour writes the number spaced or with dashes
+    for written in ["943 476 5919", "943-476-5919", "9434765919 "] {
+        let spaced = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            create_only(patient(OTHER_PATIENT, written, "Smith")),
+        ]});
+        let err = f.store.apply_bundle(&spaced, None).unwrap_err();
+        assert!(
+            err.to_string().contains("already the record of another Patient"),
+            "{written:?}: {err}"
+        );
+    }
     assert!(f.store.read("Patient", OTHER_PATIENT).unwrap().is_none());
     assert!(f.store.read("Encounter", ENCOUNTER).unwrap().is_none());
     // a placeholder under the id the number makes here (a lab result's, by
