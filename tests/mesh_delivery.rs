@@ -638,17 +638,40 @@ fn an_objecting_patient_never_reaches_the_neighbour() {
     );
 }
 
+/// `count` NHS numbers that pass modulus 11, from 999 000 1000 up (the
+/// test range).
+fn nhs_numbers(count: usize) -> Vec<String> {
+    (999_000_100_u64..)
+        .filter_map(|base| {
+            let digits: Vec<u64> = base
+                .to_string()
+                .bytes()
+                .map(|b| u64::from(b - b'0'))
+                .collect();
+            let sum: u64 = digits.iter().zip((2..=10).rev()).map(|(d, w)| d * w).sum();
+            match 11 - sum % 11 {
+                11 => Some(format!("{base}0")),
+                10 => None,
+                check => Some(format!("{base}{check}")),
+            }
+        })
+        .take(count)
+        .collect()
+}
+
 #[test]
 fn a_kill_during_inbox_polling_loses_and_doubles_nothing() {
     let sandbox = Sandbox::start();
     let dir = tempfile::tempdir().unwrap();
-    // Thirty Bundles from HWE, each its own patient, waiting in Junction's inbox.
+    // Thirty Bundles from HWE, each its own patient (its own NHS number: the
+    // store refuses a second Patient for one), waiting in Junction's inbox.
     let template =
         std::fs::read_to_string(harness::repo_root().join("samples/mesh_bundle_from_hwe.json"))
             .unwrap();
     let mut sent = Vec::new();
-    for n in 0..30 {
+    for (n, nhs) in nhs_numbers(30).into_iter().enumerate() {
         let body = template
+            .replace("9990002002", &nhs)
             .replace(
                 "5b0f6c1e-8a43-5f2e-9d71-2f4c8e0a6b11",
                 &format!("5b0f6c1e-8a43-5f2e-9d71-{n:012}"),

@@ -1211,7 +1211,7 @@ mod tests {
     #[test]
     fn hl7_bodies_become_a_row_per_message() {
         let one = bytes::Bytes::from_static(
-            b"MSH|^~\\&|LIMS|RAL|JUNCTION|LCR|20261123||ORU^R01|LAB1|P|2.4\rPID|1\r",
+            b"MSH|^~\\&|LIMS|RAL|JUNCTION|LCR|20261123||ORU^R01|LAB1|P|2.4\rPID|1||L1^^^RAL^MR\r",
         );
         let (rows, outcome) = hl7_rows(template(), &one);
         assert_eq!(outcome, Outcome::Accepted);
@@ -1235,7 +1235,7 @@ mod tests {
         // a batch: each message its own row; one without MSH-9 is rejected,
         // keyed by the MESH message id and its place in the batch
         let batch = bytes::Bytes::from_static(
-            b"BHS|^~\\&|LIMS|RAL\rMSH|^~\\&|LIMS|RAL|||20261123||ORU^R01|LAB2|P|2.4\rPID|1\r\
+            b"BHS|^~\\&|LIMS|RAL\rMSH|^~\\&|LIMS|RAL|||20261123||ORU^R01|LAB2|P|2.4\rPID|1||L2^^^RAL^MR\r\
               MSH|^~\\&|LIMS|RAL|||20261123|||LAB3|P|2.4\rPID|1\rBTS|2\r",
         );
         let (rows, outcome) = hl7_rows(template(), &batch);
