@@ -16,9 +16,12 @@
 //! results) is waited for, with a warning once it takes longer than the
 //! destination's timeout, rather than given up and started again beside the
 //! first (each retry another copy of the same work on the background threads).
-//! At most all but one of the background threads apply documents at a time
-//! ([`APPLY_LANES`]), so routing and mapping always have one, and another
-//! patient's message is routed while a large document is being applied.
+//! At most as many documents as there are background threads are applied or
+//! waiting for a thread at a time ([`APPLY_LANES`]), so a routing job queues
+//! behind that many applies at most, not behind every delivery the
+//! scheduler has in flight. (Keeping one thread for routing alone was
+//! measured: the ACK rate fell 23% and the store drained 16% slower under
+//! load, BENCHMARKS.md; not done.)
 //!
 //! # Invariants
 //! - A document the store refuses ([`crate::store::StoreError::is_permanent`],
@@ -36,8 +39,8 @@ use serde_json::Value;
 use super::{Deliver, Delivered, DeliveryError, DeliveryItem};
 use crate::store::{ApplyOutcome, RecordStore};
 
-/// The background threads that may apply documents at once: all but one
-/// (at least one), so routing and mapping always have a thread.
+/// Documents applied (or waiting for a background thread) at once: as many
+/// as there are background threads.
 static APPLY_LANES: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
 
 /// Writes documents into the record store.
@@ -84,7 +87,7 @@ impl Deliver for StoreDestination {
             let records = self.records.clone();
             let _lane = APPLY_LANES
                 .get_or_init(|| {
-                    tokio::sync::Semaphore::new(super::background::threads().saturating_sub(1).max(1))
+                    tokio::sync::Semaphore::new(super::background::threads())
                 })
                 .acquire()
                 .await
