@@ -124,7 +124,7 @@ async fn audit(
 ) -> Result<Response, HttpError> {
     let Query(params) = params.map_err(bad_query)?;
     let limit = checked_limit(params.limit)?;
-    let patient = params.patient.filter(|p| !p.is_empty());
+    let patient = params.patient;
     if let Some(patient) = &patient {
         let id = patient.strip_prefix("Patient/").unwrap_or(patient);
         if !is_id(id) {
@@ -135,7 +135,7 @@ async fn audit(
     }
     let query = AuditQuery {
         patient: patient.map(|p| p.strip_prefix("Patient/").unwrap_or(&p).to_string()),
-        token: params.token.filter(|t| !t.is_empty()),
+        token: params.token,
         limit,
         before: params.before,
     };
@@ -171,7 +171,7 @@ async fn objection_changes(
 ) -> Result<Response, HttpError> {
     let Query(params) = params.map_err(bad_query)?;
     let limit = checked_limit(params.limit)?;
-    let number = match params.nhs_number.filter(|n| !n.trim().is_empty()) {
+    let number = match params.nhs_number {
         Some(text) => Some(NhsNumber::parse(&text)?),
         None => None,
     };

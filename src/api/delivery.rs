@@ -95,7 +95,7 @@ fn id(path: Result<Path<i64>, PathRejection>, what: &str) -> Result<i64, ApiErro
 /// a retry's does): a typo must not read as an empty queue. Not checked when
 /// the delivery queue does not run (an intake alone).
 fn known_destination(state: &ApiState, destination: Option<&str>) -> Result<(), ApiError> {
-    match (destination.filter(|d| !d.is_empty()), &state.delivery) {
+    match (destination, &state.delivery) {
         (Some(d), Some(handle)) if !handle.destinations().iter().any(|k| k.id == d) => Err(
             ApiError::NotFound(format!("no destination `{d}` in [destinations]")),
         ),
@@ -147,7 +147,7 @@ pub(super) async fn deliveries(
     params: Result<Query<DeliveryParams>, QueryRejection>,
 ) -> Result<Json<Deliveries>, ApiError> {
     let p = query(params)?;
-    let status = match p.status.as_deref().filter(|s| !s.is_empty()) {
+    let status = match p.status.as_deref() {
         None => None,
         Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
             ApiError::BadRequest(format!(

@@ -49,7 +49,7 @@ pub(super) async fn stream(
                 .into_response()
         }
     };
-    let listener = params.listener.filter(|l| !l.is_empty());
+    let listener = params.listener;
     // a typo must not look like a quiet listener, a stream that never says anything
     if let Some(l) = &listener {
         if !state.origins.is_empty() && !state.origins.contains(l) {

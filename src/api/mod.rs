@@ -477,14 +477,14 @@ const STATUSES: &[&str] = &["accepted", "rejected", "garbage"];
 
 impl SearchParams {
     fn into_query(self) -> Result<MessageQuery, ApiError> {
-        if let Some(status) = self.status.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(status) = self.status.as_deref() {
             if !STATUSES.contains(&status) {
                 return Err(ApiError::BadRequest(format!(
                     "invalid status `{status}`, expected one of accepted, rejected, garbage"
                 )));
             }
         }
-        if let Some(routing) = self.routing.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(routing) = self.routing.as_deref() {
             if !ROUTINGS.contains(&routing) {
                 return Err(ApiError::BadRequest(format!(
                     "invalid routing `{routing}`, expected one of routed, unrouted, failed"
