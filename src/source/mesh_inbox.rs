@@ -533,7 +533,7 @@ impl MeshInbox {
             }
             // the lease still held: a session the server ended has lost it,
             // and another node may be polling now
-            if let Some(lease) = lease {
+            if let Some(lease) = lease.filter(|l| l.is_shared()) {
                 let lease = Arc::clone(lease);
                 let held = tokio::task::spawn_blocking(move || lease.still_held())
                     .await

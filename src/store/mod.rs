@@ -369,6 +369,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Whether other nodes share it (PostgreSQL): only such a lease can be
+    /// lost, so only it is worth checking.
+    pub fn is_shared(&self) -> bool {
+        self._held.is_some()
+    }
+
     /// Whether the lease is still held: its session answers. A session the
     /// server ended (a restart, a terminated backend) has lost the lock, and
     /// another node may hold it now. Blocking.
