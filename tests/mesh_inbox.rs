@@ -836,25 +836,33 @@ async fn a_cancelled_source_stops_between_messages() {
         .is_empty());
 }
 
+/// Two nodes' handles on one PostgreSQL store (each opens its own).
+fn two_nodes_stores(
+    schema: &junction::store::testing::TestSchema,
+    dir: &Path,
+) -> (junction::store::RecordStore, junction::store::RecordStore) {
+    let open = || {
+        junction::store::RecordStore::open(&junction::store::RecordStoreConfig {
+            path: dir.join("unused.db"),
+            sync: SyncPolicy::Normal,
+            postgres: Some(schema.target.clone()),
+        })
+        .unwrap()
+    };
+    (open(), open())
+}
+
 /// Two engine nodes sharing one PostgreSQL store, configured alike, poll one
 /// mailbox: each poll holds the store's lease on it, so one node takes each
 /// message, never both; a node finding the lease held skips that poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sharing_a_postgres_store_take_each_message_once() {
     use junction::store::testing::TestSchema;
-    use junction::store::{RecordStore, RecordStoreConfig};
+    use junction::store::RecordStore;
     let sandbox = Sandbox::start();
     let dir = tempfile::tempdir().unwrap();
     let schema = TestSchema::create("mesh_lease");
-    let open = || {
-        RecordStore::open(&RecordStoreConfig {
-            path: dir.path().join("unused.db"),
-            sync: SyncPolicy::Normal,
-            postgres: Some(schema.target.clone()),
-        })
-        .unwrap()
-    };
-    let (store_a, store_b) = (open(), open());
+    let (store_a, store_b) = two_nodes_stores(&schema, dir.path());
     // a key of this test's own: advisory locks span the database's schemas
     let key = format!("lease-test-{}", std::process::id());
     let node = |name: &str, store: &RecordStore| {
@@ -932,4 +940,155 @@ async fn two_nodes_sharing_a_postgres_store_take_each_message_once() {
             "{id} journaled by exactly one node: {in_a:?} {in_b:?}"
         );
     }
+}
+
+/// A node that dies between journaling a message and acknowledging it (or
+/// between claiming and journaling it) leaves the message in the inbox. Its
+/// claim in the shared store keeps every other node from journaling it a
+/// second time; the node itself, polling again after its restart, reads its
+/// own journal: a message it journaled is acknowledged (not journaled again),
+/// one it did not is journaled now. A message it had said it journaled is
+/// acknowledged by whichever node polls first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dying_before_its_acknowledgement_leaves_its_messages_to_no_other_node() {
+    use junction::store::testing::TestSchema;
+    use junction::store::{MeshClaim, RecordStore};
+    let sandbox = Sandbox::start();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = TestSchema::create("mesh_claims");
+    let (store_a, store_b) = two_nodes_stores(&schema, dir.path());
+    let key = format!("claims-test-{}", std::process::id());
+    let claims_key = format!("mesh-inbox:{key}");
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let journal_a = journal(&dir.path().join("a"));
+    let journal_b = journal(&dir.path().join("b"));
+    assert_ne!(journal_a.node_id(), journal_b.node_id());
+    let bodies: Vec<Vec<u8>> = (0..3).map(|i| bundle(i + 10, 600)).collect();
+    let sent: Vec<String> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            mesh::send(
+                &sandbox.url,
+                NEIGHBOUR,
+                JUNCTION,
+                &write(dir.path(), &format!("{i}.json"), b),
+            )
+        })
+        .collect();
+    let (journaled, claimed_only, said_journaled) = (&sent[0], &sent[1], &sent[2]);
+
+    // What node A left when it was killed: all three claimed; the first and
+    // the third journaled (the third also said to be); none acknowledged.
+    let claim = |store: &RecordStore, id: &str, node: &str| {
+        let (store, key, id, node) = (
+            store.clone(),
+            claims_key.clone(),
+            id.to_string(),
+            node.to_string(),
+        );
+        async move {
+            tokio::task::spawn_blocking(move || store.claim_mesh_message(&key, &id, &node).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    for id in &sent {
+        assert_eq!(
+            claim(&store_a, id, journal_a.node_id()).await,
+            MeshClaim::Fresh
+        );
+    }
+    for (id, body) in [(journaled, &bodies[0]), (said_journaled, &bodies[2])] {
+        journal_a
+            .commit(vec![Incoming {
+                listener: SOURCE.into(),
+                peer: format!("mesh:{NEIGHBOUR}/{id}"),
+                received_at: jiff::Timestamp::now(),
+                sender: NEIGHBOUR.into(),
+                control_id: id.clone(),
+                message_type: "MESH^TEST_WORKFLOW".into(),
+                version: String::new(),
+                status: Status::Accepted,
+                ack_code: None,
+                ack: None,
+                error: None,
+                raw: body.clone().into(),
+            }])
+            .await
+            .unwrap();
+    }
+    {
+        let (store, key, id) = (store_a.clone(), claims_key.clone(), said_journaled.clone());
+        tokio::task::spawn_blocking(move || store.mesh_message_taken(&key, &id).unwrap())
+            .await
+            .unwrap();
+    }
+    // Another node asking sees who has each.
+    assert_eq!(
+        claim(&store_b, journaled, journal_b.node_id()).await,
+        MeshClaim::Taking {
+            node: journal_a.node_id().to_string()
+        }
+    );
+    assert_eq!(
+        claim(&store_b, said_journaled, journal_b.node_id()).await,
+        MeshClaim::Taken
+    );
+
+    // Node B polls while A is down: it journals none of them; it
+    // acknowledges the one A said it journaled, and leaves the other two.
+    let mut inbox_b = inbox_with(&sandbox, &journal_b, PASSWORD, &EventBus::default())
+        .with_lease(store_b.clone())
+        .with_lease_key(&key);
+    let b = inbox_b.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (b.accepted, b.duplicates, b.failed, b.acknowledged),
+        (0, 1, 2, 1),
+        "{b:?}"
+    );
+    assert!(journal_b
+        .search(MessageQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let mut left = mesh::inbox(&sandbox.url, JUNCTION);
+    left.sort();
+    let mut expected = vec![journaled.clone(), claimed_only.clone()];
+    expected.sort();
+    assert_eq!(left, expected);
+
+    // Node A starts again (a new inbox on its journal): the message it had
+    // journaled is acknowledged, the one it had only claimed is journaled now.
+    let mut inbox_a = inbox_with(&sandbox, &journal_a, PASSWORD, &EventBus::default())
+        .with_lease(store_a.clone())
+        .with_lease_key(&key);
+    let a = inbox_a.poll_once(&CancellationToken::new()).await.unwrap();
+    assert_eq!(
+        (a.accepted, a.duplicates, a.failed, a.acknowledged),
+        (1, 1, 0, 2),
+        "{a:?}"
+    );
+    assert!(mesh::inbox(&sandbox.url, JUNCTION).is_empty());
+    // each message journaled once, all by node A
+    let in_a: Vec<String> = journal_a
+        .search(MessageQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.control_id)
+        .collect();
+    assert_eq!(in_a.len(), 3, "{in_a:?}");
+    for id in &sent {
+        assert!(in_a.contains(id), "{id} in {in_a:?}");
+    }
+    // and no claim is left once every message is acknowledged
+    let claims: i64 = schema.with_client(|client| {
+        client
+            .query_one("SELECT count(*) FROM mesh_claims", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(claims, 0);
 }

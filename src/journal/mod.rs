@@ -422,6 +422,8 @@ struct Inner {
     /// Woken after every commit that stored accepted messages: the delivery
     /// pipeline waits on it.
     accepted: Arc<tokio::sync::Notify>,
+    /// This journal's own id (schema version 8): the engine node it belongs to.
+    node_id: String,
 }
 
 impl std::fmt::Debug for Journal {
@@ -465,6 +467,12 @@ impl Journal {
             .map_err(JournalError::Spawn)?;
         // Open one reader now so a broken file shows up at start, not at the first search.
         let reader = sqlite::open_reader(&path)?;
+        let node_id: String = reader
+            .query_row("SELECT id FROM node", [], |row| row.get(0))
+            .map_err(|source| JournalError::Open {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Journal {
             inner: Arc::new(Inner {
                 path,
@@ -473,8 +481,15 @@ impl Journal {
                 state,
                 readers: ReaderPool::new(cfg.path.clone(), reader),
                 accepted,
+                node_id,
             }),
         })
+    }
+
+    /// This journal's own id, made once with the file: it names the engine
+    /// node that writes it (to the other nodes sharing its record store).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
     }
 
     /// The database file.

@@ -134,6 +134,15 @@ CREATE TABLE delivery_identities (
 CREATE INDEX delivery_identities_row ON delivery_identities (delivery_id);
 ";
 
+/// Version 8: the journal's own random id, made once when the file is made or
+/// upgraded. It names this engine node where nodes share a record store (a
+/// MESH message it claimed there, see `source::mesh_inbox`), and stays the
+/// same across restarts because it lives with the journal it speaks for.
+pub(super) const SCHEMA_V8: &str = "
+CREATE TABLE node (id TEXT NOT NULL);
+INSERT INTO node (id) VALUES (lower(hex(randomblob(16))));
+";
+
 /// What routing made of one accepted message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

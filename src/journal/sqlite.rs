@@ -25,8 +25,9 @@ use crate::telemetry::metrics::Metrics;
 /// (deliveries indexed by remote reference, [`super::queue::SCHEMA_V4`]),
 /// version 5 (patients' GP registrations, [`super::queue::SCHEMA_V5`]),
 /// version 6 (deliveries indexed by patient, [`super::queue::SCHEMA_V6`]),
-/// version 7 (queued patients' identifiers, [`super::queue::SCHEMA_V7`]).
-pub(super) const SCHEMA_VERSION: i64 = 7;
+/// version 7 (queued patients' identifiers, [`super::queue::SCHEMA_V7`]),
+/// version 8 (the journal's node id, [`super::queue::SCHEMA_V8`]).
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE messages (
@@ -79,6 +80,7 @@ pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, J
         super::queue::SCHEMA_V5,
         super::queue::SCHEMA_V6,
         super::queue::SCHEMA_V7,
+        super::queue::SCHEMA_V8,
     ];
     debug_assert_eq!(migrations.len() as i64, SCHEMA_VERSION);
     db::open_writer_migrating(path, sync, &migrations).map_err(|problem| match problem {

@@ -382,10 +382,19 @@ async fn a_version_1_journal_is_upgraded_in_place_and_keeps_its_messages() {
     assert_eq!(pending[0].control_id, "OLD1");
     assert_eq!(&pending[0].raw[..], b"MSH");
     // Reopening an upgraded file changes nothing.
+    // An upgraded file gets a node id; reopening it changes nothing, the id
+    // neither.
+    let node = journal.node_id().to_string();
+    assert_eq!(node.len(), 32, "{node}");
+    assert!(node.bytes().all(|b| b.is_ascii_hexdigit()), "{node}");
     drop(journal);
     let journal = Journal::open(&cfg).unwrap();
     assert_eq!(journal.accepted_after(0, 10).await.unwrap().len(), 1);
     assert!(journal.queue_depths().await.unwrap().is_empty());
+    assert_eq!(journal.node_id(), node);
+    // another journal is another node
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(Journal::open(&config(&other)).unwrap().node_id(), node);
 }
 
 #[tokio::test]

@@ -47,6 +47,14 @@
 //!   rejected one or a report is looked up first. It is then acknowledged.
 //! - All the rows of one MESH message are committed together, before it is
 //!   acknowledged.
+//! - Of the nodes sharing a record store, one alone journals a message: the
+//!   one whose claim it is (`taking`, by its journal's id). It says when the
+//!   message is journaled (`taken`); any node may then acknowledge it, none
+//!   journals it again. A claim of another node's that is not `taken` is left
+//!   alone (only that node's journal can tell whether it has the message); the
+//!   claimer finds its own claim again at its next poll and its journal
+//!   decides. The claim is forgotten once the message is acknowledged, gone,
+//!   or was not journaled.
 //! - Stop is graceful: checked between messages, never in the middle of one.
 //! - No document content in logs or events; REPORT fields are MESH metadata.
 
@@ -64,6 +72,7 @@ use crate::journal::{
     QueueOp, QueueOutcome, Status,
 };
 use crate::mesh::{MeshClient, MeshError, MeshMailboxConfig, MessageId, MessageType, Received};
+use crate::store::MeshClaim;
 use crate::telemetry::events::{self, DeliveryEvent, Event, EventBus, MeshEvent};
 use crate::telemetry::metrics::{
     DeliveryLabel, ListenerLabel, Metrics, SourceLabel, SourcePollLabel,
@@ -121,6 +130,27 @@ pub enum MeshInboxError {
         #[source]
         error: Box<crate::store::StoreError>,
     },
+    /// The shared record store could not be asked or told about a message's
+    /// claim (PostgreSQL down): the message stays in the inbox, and the poll
+    /// ends.
+    #[error("mesh inbox `{source_id}`: cannot {what} message `{message_id}` in the record store, left in the inbox: {error}")]
+    Claim {
+        source_id: String,
+        message_id: String,
+        what: &'static str,
+        #[source]
+        error: Box<crate::store::StoreError>,
+    },
+    /// Another node sharing the record store claimed the message and has not
+    /// said it journaled it: it is at work on it, or it stopped before it
+    /// could say so, and only it can tell from its own journal (when it polls
+    /// again). Left in the inbox meanwhile.
+    #[error("mesh inbox `{source_id}`: message `{message_id}` is claimed by another node ({node}), which has not said it journaled it: left in the inbox for it")]
+    ClaimedElsewhere {
+        source_id: String,
+        message_id: String,
+        node: String,
+    },
     /// The journal refused the commit (disk full, writer stopped): nothing
     /// is acknowledged; the message stays in the inbox.
     #[error("mesh inbox `{source_id}`: cannot journal message `{message_id}`, left in the inbox: {error}")]
@@ -144,7 +174,9 @@ impl MeshInboxError {
             MeshInboxError::Client { .. }
             | MeshInboxError::List { .. }
             | MeshInboxError::Lease { .. }
+            | MeshInboxError::Claim { .. }
             | MeshInboxError::Journal { .. } => true,
+            MeshInboxError::ClaimedElsewhere { .. } => false,
             // one message's download or acknowledge failing (a chunk MESH
             // answers 500 for) is that message's: the others go on, unless
             // MESH refuses the credentials (every one would fail alike)
@@ -170,6 +202,8 @@ impl MeshInboxError {
         match self {
             MeshInboxError::Client { .. }
             | MeshInboxError::Lease { .. }
+            | MeshInboxError::Claim { .. }
+            | MeshInboxError::ClaimedElsewhere { .. }
             | MeshInboxError::Journal { .. } => false,
             MeshInboxError::List { error, .. }
             | MeshInboxError::Download { error, .. }
@@ -199,6 +233,15 @@ pub struct PollSummary {
     pub gone: usize,
     /// Messages left in the inbox after a problem of their own (logged).
     pub failed: usize,
+}
+
+/// What became of a claimed message ([`MeshInbox::claim_step`]).
+#[derive(Debug, Clone, Copy)]
+enum ClaimStep {
+    /// Journaled: only its acknowledgement is left.
+    Taken,
+    /// Acknowledged, gone, or not journaled: the claim is forgotten.
+    Release,
 }
 
 /// How one message was journaled.
@@ -628,6 +671,39 @@ impl MeshInbox {
         client: &MeshClient,
         message_id: &MessageId,
     ) -> Result<Option<Outcome>, MeshInboxError> {
+        // Of the nodes sharing a record store, the one whose claim this is
+        // journals the message; the others leave it, or acknowledge it once
+        // it is journaled.
+        match self.claim(message_id).await? {
+            MeshClaim::Fresh => {}
+            MeshClaim::Taken => return self.acknowledge_journaled(client, message_id).await,
+            MeshClaim::Taking { node } if node == self.journal.node_id() => {
+                // this node claimed it and stopped (or failed) before saying
+                // it journaled it: its journal tells
+                let found = self.journaled_from(message_id).await.map_err(|error| {
+                    MeshInboxError::Journal {
+                        source_id: self.id.clone(),
+                        message_id: message_id.to_string(),
+                        error: Box::new(error),
+                    }
+                })?;
+                if found {
+                    self.claim_step(message_id, ClaimStep::Taken).await?;
+                    return self.acknowledge_journaled(client, message_id).await;
+                }
+            }
+            MeshClaim::Taking { node } => {
+                return Err(MeshInboxError::ClaimedElsewhere {
+                    source_id: self.id.clone(),
+                    message_id: message_id.to_string(),
+                    node: if node.is_empty() {
+                        "claiming it now".to_string()
+                    } else {
+                        node
+                    },
+                })
+            }
+        }
         let received = match client
             .download_at_most(message_id, self.max_message_bytes)
             .await
@@ -635,14 +711,17 @@ impl MeshInbox {
             Ok(received) => received,
             Err(MeshError::NotFound { .. } | MeshError::Gone { .. }) => {
                 debug!(source = %self.id, message_id = %message_id, "mesh inbox: message gone before download");
+                self.release_claim(message_id).await;
                 return Ok(None);
             }
             Err(error) => {
+                // not journaled: whoever polls next may take it
+                self.release_claim(message_id).await;
                 return Err(MeshInboxError::Download {
                     source_id: self.id.clone(),
                     message_id: message_id.to_string(),
                     error: Box::new(error),
-                })
+                });
             }
         };
         let headers = &received.headers;
@@ -762,7 +841,25 @@ impl MeshInbox {
                 .await
                 .map_err(journal_err)?;
         }
+        // journaled: no other node journals it again, whatever happens next
+        self.claim_step(message_id, ClaimStep::Taken).await?;
 
+        self.acknowledge(client, message_id).await?;
+        debug!(source = %self.id, message_id = %message_id, journal_id, "mesh message acknowledged");
+        self.events.publish(Event::MeshAcknowledged(MeshEvent {
+            at: events::now(),
+            ..event
+        }));
+        Ok(Some(outcome))
+    }
+
+    /// Acknowledges a journaled message in MESH (one already gone is fine)
+    /// and forgets its claim.
+    async fn acknowledge(
+        &self,
+        client: &MeshClient,
+        message_id: &MessageId,
+    ) -> Result<(), MeshInboxError> {
         match client.acknowledge(message_id).await {
             Ok(()) | Err(MeshError::Gone { .. } | MeshError::NotFound { .. }) => {}
             Err(error) => {
@@ -773,12 +870,104 @@ impl MeshInbox {
                 })
             }
         }
-        debug!(source = %self.id, message_id = %message_id, journal_id, "mesh message acknowledged");
-        self.events.publish(Event::MeshAcknowledged(MeshEvent {
-            at: events::now(),
-            ..event
-        }));
-        Ok(Some(outcome))
+        self.release_claim(message_id).await;
+        Ok(())
+    }
+
+    /// Claims `message_id` in the record store the nodes share (see
+    /// [`crate::store::RecordStore::claim_mesh_message`]); with no shared
+    /// store, this node's alone.
+    async fn claim(&self, message_id: &MessageId) -> Result<MeshClaim, MeshInboxError> {
+        let Some(store) = self.lease.clone() else {
+            return Ok(MeshClaim::Fresh);
+        };
+        let (key, id, node) = (
+            self.lease_key.clone(),
+            message_id.to_string(),
+            self.journal.node_id().to_string(),
+        );
+        let claimed =
+            tokio::task::spawn_blocking(move || store.claim_mesh_message(&key, &id, &node)).await;
+        self.claim_result(message_id, "claim", claimed)
+    }
+
+    /// Tells the shared record store what became of a claimed message.
+    async fn claim_step(
+        &self,
+        message_id: &MessageId,
+        step: ClaimStep,
+    ) -> Result<(), MeshInboxError> {
+        let Some(store) = self.lease.clone() else {
+            return Ok(());
+        };
+        let (key, id) = (self.lease_key.clone(), message_id.to_string());
+        let done = tokio::task::spawn_blocking(move || match step {
+            ClaimStep::Taken => store.mesh_message_taken(&key, &id),
+            ClaimStep::Release => store.release_mesh_message(&key, &id),
+        })
+        .await;
+        let what = match step {
+            ClaimStep::Taken => "mark as journaled",
+            ClaimStep::Release => "release the claim on",
+        };
+        self.claim_result(message_id, what, done)
+    }
+
+    fn claim_result<T>(
+        &self,
+        message_id: &MessageId,
+        what: &'static str,
+        done: Result<Result<T, crate::store::StoreError>, tokio::task::JoinError>,
+    ) -> Result<T, MeshInboxError> {
+        let error = match done {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error,
+            Err(_) => crate::store::StoreError::Internal("the claim's thread failed"),
+        };
+        Err(MeshInboxError::Claim {
+            source_id: self.id.clone(),
+            message_id: message_id.to_string(),
+            what,
+            error: Box::new(error),
+        })
+    }
+
+    /// Releases this node's claim on a message it did not journal, or that
+    /// has left the inbox. A failure is only logged: the claim then left is
+    /// this node's, which its next poll sets right from its journal.
+    async fn release_claim(&self, message_id: &MessageId) {
+        if let Err(err) = self.claim_step(message_id, ClaimStep::Release).await {
+            warn!(source = %self.id, message_id = %message_id, error = %err,
+                "mesh inbox: claim not released; set right at the next poll");
+        }
+    }
+
+    /// Whether this source's journal has rows from MESH message `message_id`.
+    async fn journaled_from(&self, message_id: &MessageId) -> Result<bool, JournalError> {
+        let rows = self
+            .journal
+            .search(MessageQuery {
+                remote_ref: Some(message_id.to_string()),
+                limit: Some(crate::journal::MAX_LIMIT),
+                ..MessageQuery::default()
+            })
+            .await?;
+        Ok(rows.iter().any(|r| r.listener == self.id))
+    }
+
+    /// Acknowledges a message a node (this one, before it stopped, or
+    /// another) journaled already, and forgets its claim: it is not journaled
+    /// again.
+    async fn acknowledge_journaled(
+        &self,
+        client: &MeshClient,
+        message_id: &MessageId,
+    ) -> Result<Option<Outcome>, MeshInboxError> {
+        self.acknowledge(client, message_id).await?;
+        self.count(Outcome::Duplicate);
+        info!(source = %self.id, message_id = %message_id, outcome = Outcome::Duplicate.as_str(),
+            "mesh message journaled before (by this node or another sharing the record store): acknowledged, not journaled again");
+        Ok(Some(Outcome::Duplicate))
     }
 
     /// The journal rows for a downloaded message and how it is classified:

@@ -362,6 +362,20 @@ enum Backend {
     Postgres(postgres::PgStore),
 }
 
+/// Who has a MESH message, among the nodes sharing a record store
+/// ([`RecordStore::claim_mesh_message`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeshClaim {
+    /// Nobody had it: now the asking node has.
+    Fresh,
+    /// Node `node` (its journal's id; empty: not known yet) claimed it and
+    /// has not said it journaled it: it is at work on it, or died before
+    /// saying so. Only that node can tell, from its own journal.
+    Taking { node: String },
+    /// A node journaled it: only its acknowledgement is left.
+    Taken,
+}
+
 /// Held by [`RecordStore::try_lease`]: the connection whose session holds
 /// the lock. Drop it on a blocking thread (a PostgreSQL client's drop blocks).
 pub struct Lease {
@@ -462,6 +476,43 @@ impl RecordStore {
             Backend::Postgres(pg) => Ok(pg.try_lease(key)?.map(|client| Lease {
                 _held: Some(Mutex::new(client)),
             })),
+        }
+    }
+
+    /// Claims MESH message `message_id` of inbox `source` (the lease key: the
+    /// same on every node) for `node` (its journal's id), so that of the
+    /// nodes sharing this store one alone journals it, even when one dies
+    /// between journaling and acknowledging it. In SQLite, which one node
+    /// alone uses (its journal finds a message it took before), always
+    /// [`MeshClaim::Fresh`]. Blocking.
+    pub fn claim_mesh_message(
+        &self,
+        source: &str,
+        message_id: &str,
+        node: &str,
+    ) -> Result<MeshClaim, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(MeshClaim::Fresh),
+            Backend::Postgres(pg) => pg.claim_mesh_message(source, message_id, node),
+        }
+    }
+
+    /// Says that a claimed MESH message is journaled: any node may now
+    /// acknowledge it, none journals it again. Blocking.
+    pub fn mesh_message_taken(&self, source: &str, message_id: &str) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(()),
+            Backend::Postgres(pg) => pg.mesh_message_taken(source, message_id),
+        }
+    }
+
+    /// Forgets the claim on a MESH message: it was acknowledged or is gone,
+    /// or its claimer did not journal it and leaves it to whoever polls next.
+    /// Blocking.
+    pub fn release_mesh_message(&self, source: &str, message_id: &str) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(()),
+            Backend::Postgres(pg) => pg.release_mesh_message(source, message_id),
         }
     }
 

@@ -52,8 +52,10 @@ use super::apply::{self, Current, Version};
 use super::plan::Plan;
 use super::{ApplyOutcome, PostgresTarget, Record, StoreError, SyncPolicy};
 
-/// The schema version this build writes (kept in `junction_schema`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (kept in `junction_schema`): 1, the
+/// records and the registers; 2, the MESH messages nodes have claimed
+/// ([`SCHEMA_V2`]).
+const SCHEMA_VERSION: i64 = 2;
 
 /// Idle connections kept for reuse.
 const IDLE_CONNECTIONS: usize = 8;
@@ -138,6 +140,21 @@ CREATE TABLE objection_changes (
     changed_by TEXT NOT NULL
 );
 CREATE INDEX objection_changes_number ON objection_changes (nhs_number, id);
+";
+
+/// The MESH messages engine nodes have claimed and not yet seen acknowledged:
+/// `taking` while the claiming node journals one, `taken` once it has (then
+/// only its acknowledgement is left, which any node may do). A row lives
+/// from a message's claim to its acknowledgement.
+const SCHEMA_V2: &str = "
+CREATE TABLE mesh_claims (
+    source     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    node       TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('taking', 'taken')),
+    claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (source, message_id)
+);
 ";
 
 /// A small pool of connections to one database.
@@ -330,6 +347,74 @@ impl PgStore {
             .map_err(|e| self.error("cannot take a lease", e))?
             .get(0);
         Ok(held.then_some(conn.client))
+    }
+
+    /// Claims MESH message `message_id` of `source` for `node`, or says who
+    /// has it (see [`super::MeshClaim`]). One statement: the claim, else the
+    /// row that was there.
+    pub(super) fn claim_mesh_message(
+        &self,
+        source: &str,
+        message_id: &str,
+        node: &str,
+    ) -> Result<super::MeshClaim, StoreError> {
+        self.with("cannot claim a MESH message", |client| {
+            let rows = client.query(
+                "WITH ins AS (
+                     INSERT INTO mesh_claims (source, message_id, node, state)
+                     VALUES ($1, $2, $3, 'taking')
+                     ON CONFLICT (source, message_id) DO NOTHING
+                     RETURNING node, state, true AS fresh)
+                 SELECT node, state, fresh FROM ins
+                 UNION ALL
+                 SELECT node, state, false FROM mesh_claims
+                 WHERE source = $1 AND message_id = $2 AND NOT EXISTS (SELECT 1 FROM ins)",
+                &[&source, &message_id, &node],
+            )?;
+            Ok(match rows.first() {
+                Some(row) if row.get::<_, bool>(2) => super::MeshClaim::Fresh,
+                Some(row) if row.get::<_, &str>(1) == "taken" => super::MeshClaim::Taken,
+                Some(row) => super::MeshClaim::Taking {
+                    node: row.get::<_, String>(0),
+                },
+                // claimed by a transaction that had not committed when this
+                // statement began: another node's, in this instant
+                None => super::MeshClaim::Taking {
+                    node: String::new(),
+                },
+            })
+        })
+    }
+
+    /// Marks a claimed MESH message journaled (`taken`).
+    pub(super) fn mesh_message_taken(
+        &self,
+        source: &str,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        self.with("cannot mark a MESH message journaled", |client| {
+            client.execute(
+                "UPDATE mesh_claims SET state = 'taken' WHERE source = $1 AND message_id = $2",
+                &[&source, &message_id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets the claim on a MESH message (acknowledged, gone, or not
+    /// journaled by its claimer after all).
+    pub(super) fn release_mesh_message(
+        &self,
+        source: &str,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        self.with("cannot release a MESH message", |client| {
+            client.execute(
+                "DELETE FROM mesh_claims WHERE source = $1 AND message_id = $2",
+                &[&source, &message_id],
+            )?;
+            Ok(())
+        })
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
@@ -1103,6 +1188,14 @@ fn migrate(client: &mut Client) -> Result<(), Failure> {
     match found {
         None => {
             tx.batch_execute(SCHEMA_V1)?;
+            tx.batch_execute(SCHEMA_V2)?;
+            tx.execute(
+                "INSERT INTO junction_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )?;
+        }
+        Some(1) => {
+            tx.batch_execute(SCHEMA_V2)?;
             tx.execute(
                 "INSERT INTO junction_schema (version) VALUES ($1)",
                 &[&SCHEMA_VERSION],

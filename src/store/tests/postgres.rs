@@ -185,7 +185,36 @@ fn a_schema_newer_than_this_build_is_refused_and_left_alone() {
             .unwrap()
             .get(0)
     });
-    assert_eq!(tables, 10, "nothing created or dropped");
+    assert_eq!(tables, 11, "nothing created or dropped");
+}
+
+#[test]
+fn a_version_1_schema_gets_the_mesh_claims_on_upgrade() {
+    let schema = TestSchema::create("upgrade");
+    drop(RecordStore::open(&config(&schema)).unwrap());
+    // what the previous build left: version 1, no claims table
+    schema.with_client(|client| {
+        client
+            .batch_execute(
+                "DROP TABLE mesh_claims; DELETE FROM junction_schema; \
+                 INSERT INTO junction_schema (version) VALUES (1)",
+            )
+            .unwrap()
+    });
+    let store = RecordStore::open(&config(&schema)).unwrap();
+    assert_eq!(
+        store
+            .claim_mesh_message("mesh-inbox:X", "M1", "node-a")
+            .unwrap(),
+        crate::store::MeshClaim::Fresh
+    );
+    let version: i64 = schema.with_client(|client| {
+        client
+            .query_one("SELECT max(version) FROM junction_schema", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(version, 2);
 }
 
 #[test]
