@@ -25,12 +25,17 @@ struct Fixture {
 }
 
 async fn start() -> Fixture {
+    start_with("").await
+}
+
+/// [`start`], with `listener` (TOML lines) added to the listener's table.
+async fn start_with(listener: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("junction.toml");
     std::fs::write(
         &config_path,
         format!(
-            "[listeners.pas]\nbind = \"127.0.0.1:0\"\nidle_timeout_secs = 1\n\
+            "[listeners.pas]\nbind = \"127.0.0.1:0\"\nidle_timeout_secs = 1\n{listener}\
              max_message_bytes = {MAX_MESSAGE_BYTES}\nmax_connections = 64\n\n\
              [store]\npath = \"data/journal.db\"\nsync = \"full\"\n\n\
              [api]\nbind = \"127.0.0.1:0\"\n\n[engine]\nshutdown_timeout_secs = 5\n"
@@ -558,6 +563,46 @@ async fn a_slow_frame_that_is_never_idle_is_not_cut_off() {
     let ack = read_frame(&mut conn)
         .await
         .expect("an ACK after ~3 s of sending");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    fx.engine.stop().await;
+}
+
+/// A sender trickling a frame a byte at a time, never idle for the idle
+/// timeout, is cut off `frame_timeout_secs` after the frame's first byte: the
+/// bytes so far kept as garbage, the connection closed; a frame sent after it
+/// on a new connection is answered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_trickled_past_the_frame_timeout_is_kept_and_closed() {
+    let fx = start_with("frame_timeout_secs = 2\n").await;
+    let bytes = frame(&a01_with_control_id("TRICKLE1"));
+    let mut conn = connect(fx.addr).await;
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    // a byte every 200 ms (idle: 1 s) would take minutes to send the frame
+    for b in &bytes {
+        if conn.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent < bytes.len(), "cut off before the end block");
+    assert_closed(&mut conn).await;
+    let rows = search(&fx.engine, |q| q.status = Some("garbage".into())).await;
+    assert_eq!(rows.len(), 1);
+    let detail = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
+    let error = detail.error.unwrap_or_default();
+    assert!(error.contains("frame_timeout_secs"), "{error}");
+    let kept = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+    assert!(
+        bytes.starts_with(&kept) && kept.len() > 5,
+        "the frame's start is kept"
+    );
+    let mut conn = connect(fx.addr).await;
+    let ack = send(&mut conn, &a01_with_control_id("TRICKLE2")).await;
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     fx.engine.stop().await;
 }

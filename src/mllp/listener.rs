@@ -20,13 +20,17 @@
 //!   `max_message_bytes`, EOF inside a frame, or `idle_timeout_secs` with no
 //!   byte received inside an unfinished frame or after stray bytes) journals
 //!   the bytes kept as `garbage`, logs one warning and closes that connection
-//!   only. A frame the sender abandoned by starting a new one (`0x0B` before
+//!   only. So does a frame not finished `frame_timeout_secs` (600 by default)
+//!   after its first byte: a sender that trickles a frame a byte at a time,
+//!   each within the idle timeout, would otherwise hold a connection (and its
+//!   buffer) for as long as it likes. A frame the sender abandoned by starting a new one (`0x0B` before
 //!   the end block) is kept the same way, and the connection goes on with the
 //!   new frame; so are a few stray bytes that arrive before a start block and
 //!   message header, in the same read or an earlier one (a sender's stack that
 //!   writes something before each frame; see `codec.rs`). The
-//!   idle timeout counts from the last byte received, never from the start
-//!   of a frame: a large message arriving slowly is not cut off;
+//!   idle timeout counts from the last byte received, not from the start
+//!   of a frame: a large message arriving slowly is not cut off for that
+//!   (only by the far longer frame timeout);
 //! - a resend of an accepted message (same MSH-3/MSH-4 and MSH-10) gets the
 //!   ACK stored the first time, byte for byte, and is not journaled again.
 //!
@@ -99,6 +103,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// The longest a frame may take from its first byte to its end block;
+    /// longer, and it is kept as garbage and the connection closed.
+    #[serde(default = "default_frame_timeout_secs")]
+    pub frame_timeout_secs: u64,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// `auto` (default): enhanced mode when MSH-15/16 ask for it, else
@@ -136,6 +144,9 @@ fn default_max_connections() -> usize {
 }
 fn default_idle_timeout_secs() -> u64 {
     300
+}
+fn default_frame_timeout_secs() -> u64 {
+    600
 }
 fn default_max_message_bytes() -> usize {
     4 * 1024 * 1024
@@ -289,6 +300,7 @@ impl Listener {
                 counters: ListenerCounters::new(&metrics, &self.id),
                 metrics,
                 idle_timeout: Duration::from_secs(self.cfg.idle_timeout_secs.max(1)),
+                frame_timeout: Duration::from_secs(self.cfg.frame_timeout_secs.max(1)),
                 max_message_bytes: self.cfg.max_message_bytes,
                 processing_ids: self.cfg.processing_ids.clone(),
                 ack_mode: self.cfg.ack_mode,
@@ -375,6 +387,8 @@ struct ConnContext {
     metrics: Arc<Metrics>,
     counters: ListenerCounters,
     idle_timeout: Duration,
+    /// `frame_timeout_secs`.
+    frame_timeout: Duration,
     max_message_bytes: usize,
     /// MSH-11 values taken (`processing_ids`).
     processing_ids: Vec<String>,
@@ -568,10 +582,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut draining: Option<Instant> = None;
     loop {
         // Idle means no byte for `idle_timeout`: the wait starts again from the
-        // last byte read, so a large frame arriving slowly is never cut off.
-        let wait = ctx
-            .idle_timeout
-            .saturating_sub(framed.get_ref().last_read.elapsed());
+        // last byte read, so a large frame arriving slowly is not cut off for
+        // that; a frame begun has until `frame_timeout` after its first byte.
+        let watched = framed.get_ref();
+        let mut wait = ctx.idle_timeout.saturating_sub(watched.last_read.elapsed());
+        if let Some(started) = watched.frame_started {
+            wait = wait.min(ctx.frame_timeout.saturating_sub(started.elapsed()));
+        }
         let next = match draining {
             Some(deadline) => {
                 match tokio::time::timeout_at(deadline.into(), next_frame(&mut framed)).await {
@@ -630,7 +647,31 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             .await;
         }
         let outcome = match next {
-            Err(_elapsed) if framed.get_ref().last_read.elapsed() < ctx.idle_timeout => continue,
+            Err(_elapsed)
+                if framed
+                    .get_ref()
+                    .frame_started
+                    .is_some_and(|at| at.elapsed() >= ctx.frame_timeout)
+                    && !framed.read_buffer().is_empty() =>
+            {
+                let pending = framed.read_buffer();
+                let kept = Bytes::copy_from_slice(&pending[..pending.len().min(KEPT_BYTES)]);
+                let reason = format!(
+                    "a frame not finished {}s after its first byte ({} byte(s) so far): closed (frame_timeout_secs)",
+                    ctx.frame_timeout.as_secs(),
+                    pending.len()
+                );
+                keep_garbage(ctx, &peer_text, kept, pending.len(), &reason, true).await;
+                Next::Close
+            }
+            Err(_elapsed) if framed.get_ref().last_read.elapsed() < ctx.idle_timeout => {
+                // bytes read but none left to frame (stray bytes dropped): no
+                // frame is begun
+                if framed.read_buffer().is_empty() {
+                    framed.get_mut().frame_started = None;
+                }
+                continue;
+            }
             Err(_elapsed) => {
                 let pending = framed.read_buffer();
                 if pending.is_empty() {
@@ -674,8 +715,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Some(Ok(frame))) => {
                 let next = handle_frame(ctx, &peer_text, frame, &mut framed).await;
                 // idle counts from the answer too: a commit that waited (a
-                // full disk) must not make the sender look idle
-                framed.get_mut().last_read = Instant::now();
+                // full disk) must not make the sender look idle; the next
+                // frame, when part of it is read already, begins now
+                let begun = !framed.read_buffer().is_empty();
+                let watched = framed.get_mut();
+                watched.last_read = Instant::now();
+                watched.frame_started = begun.then(Instant::now);
                 next
             }
         };
@@ -702,6 +747,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 struct Watched<S> {
     inner: S,
     last_read: Instant,
+    /// When the first byte after the last frame answered was read (the
+    /// frame timeout counts from it); `None` while nothing is read since.
+    frame_started: Option<Instant>,
 }
 
 impl<S> Watched<S> {
@@ -709,6 +757,7 @@ impl<S> Watched<S> {
         Watched {
             inner,
             last_read: Instant::now(),
+            frame_started: None,
         }
     }
 }
@@ -722,7 +771,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.last_read = Instant::now();
+            let now = Instant::now();
+            self.last_read = now;
+            self.frame_started.get_or_insert(now);
         }
         polled
     }
