@@ -509,6 +509,12 @@ fn put<R: Rows>(
             }
         }
     }
+    // (also when this version is the one stored: a placeholder of a lab's
+    // under this id may have said all of it before)
+    if at.resource_type == "Patient" && traced && !at.create_only && retirement(resource).is_none()
+    {
+        retire_holding_nhs_number(rows, at, identifiers)?;
+    }
     if let (Some(cur), Some(stored)) = (at.current, &stored) {
         if plan::without_meta(stored) == plan::without_meta(resource) {
             at.touch(rows, cur)?;
@@ -1444,35 +1450,76 @@ fn retire_sharing<R: Rows>(
                 continue;
             }
             seen.push(other.clone());
-            let Some(current) = rows.current("Patient", &other)? else {
-                continue;
-            };
-            let Some(content) = &current.content else {
-                continue;
-            };
-            let old: Value = serde_json::from_str(content)?;
-            let skip = (only_untraced && has_nhs_number(&old))
-                || old["active"] == false
-                || old.get("link").is_some();
-            if skip {
-                continue;
-            }
-            let old = retire(old, survivor);
-            // the retiring event's time, so an older message is stale for it
-            let event_time = current.event_time.max(at.event_time);
-            rewrite(
-                rows,
-                "Patient",
-                &other,
-                &current,
-                &old,
-                at.last_updated,
-                event_time,
-            )?;
-            rows.link_patients("Patient", &other, &[other.clone(), survivor.to_string()])?;
-            rows.share_patient_links(&other, survivor)?;
+            retire_other(rows, at, &other, survivor, only_untraced)?;
         }
     }
+    Ok(())
+}
+
+/// Retires in favour of the Patient being written, `at` (the record its NHS
+/// number makes here, `Patient/<uuid5 of nhs|number>`, written with
+/// authority), every other live Patient that holds that NHS number: a record
+/// a neighbour or a lab made under an id of its own before any of ours held
+/// the number (the other order is refused: `NhsNumberHeldElsewhere`). One
+/// person, one live record: the other becomes `active: false`, `replaced-by`
+/// this one, and what was filed under it is found from this one.
+fn retire_holding_nhs_number<R: Rows>(
+    rows: &mut R,
+    at: &At<'_>,
+    identifiers: &[(String, String)],
+) -> Result<(), R::Error> {
+    for (system, value) in identifiers {
+        if system != NHS_NUMBER_SYSTEM
+            || at.id != crate::mapping::transform::uuid5("Patient", &format!("nhs|{value}"))
+        {
+            continue;
+        }
+        for other in rows.patients_with_identifier(system, value)? {
+            if other != at.id {
+                retire_other(rows, at, &other, at.id, false)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Retires live Patient `other` in favour of `survivor` (see
+/// [`retire_sharing`]), unless it is retired or linked already, or
+/// (`only_untraced`) has an NHS number.
+fn retire_other<R: Rows>(
+    rows: &mut R,
+    at: &At<'_>,
+    other: &str,
+    survivor: &str,
+    only_untraced: bool,
+) -> Result<(), R::Error> {
+    let Some(current) = rows.current("Patient", other)? else {
+        return Ok(());
+    };
+    let Some(content) = &current.content else {
+        return Ok(());
+    };
+    let old: Value = serde_json::from_str(content)?;
+    let skip = (only_untraced && has_nhs_number(&old))
+        || old["active"] == false
+        || old.get("link").is_some();
+    if skip {
+        return Ok(());
+    }
+    let old = retire(old, survivor);
+    // the retiring event's time, so an older message is stale for it
+    let event_time = current.event_time.max(at.event_time);
+    rewrite(
+        rows,
+        "Patient",
+        other,
+        &current,
+        &old,
+        at.last_updated,
+        event_time,
+    )?;
+    rows.link_patients("Patient", other, &[other.to_string(), survivor.to_string()])?;
+    rows.share_patient_links(other, survivor)?;
     Ok(())
 }
 

@@ -612,6 +612,58 @@ fn a_new_patient_under_another_id_for_a_known_nhs_number_is_refused() {
 }
 
 #[test]
+fn a_neighbours_patient_stored_first_is_retired_by_the_record_its_nhs_number_makes() {
+    // the other order of the test above: a neighbour's Bundle (its Patient
+    // under an id of its own, an Encounter filed under it) before any record
+    // of ours holds the number; then our PAS's Patient under the id the
+    // number makes here. One person, one live record: the neighbour's is
+    // retired in favour of ours, and what was filed under it is found from ours.
+    let f = open();
+    let mut neighbours_patient = patient(OTHER_PATIENT, "9434765919", "Smith");
+    neighbours_patient["identifier"] =
+        json!([{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}]);
+    let mut entry = put_entry(&neighbours_patient);
+    entry["request"]["ifNoneMatch"] = json!("*");
+    let neighbours = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry,
+        put_entry(&encounter(ENCOUNTER, OTHER_PATIENT, "finished")),
+    ]});
+    f.store.apply_bundle(&neighbours, None).unwrap();
+    let canonical = crate::mapping::transform::uuid5("Patient", "nhs|9434765919");
+    // a lab's placeholder under our id (create-only) retires nothing: it would
+    // leave the person's live record without what the neighbour knows
+    let mut placeholder = put_entry(&patient(&canonical, "9434765919", "Smith"));
+    placeholder["request"]["ifNoneMatch"] = json!("*");
+    f.store
+        .apply_bundle(
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [placeholder]}),
+            None,
+        )
+        .unwrap();
+    assert_eq!(current(&f.store, "Patient", OTHER_PATIENT).get("active"), None);
+    // the PAS's record
+    f.store
+        .apply_bundle(&bundle(&[patient(&canonical, "9434765919", "Smith")]), at("2026-11-23T10:00:00Z"))
+        .unwrap();
+    let old = current(&f.store, "Patient", OTHER_PATIENT);
+    assert_eq!(old["active"], false, "{old}");
+    assert_eq!(old["link"][0]["type"], "replaced-by");
+    assert_eq!(old["link"][0]["other"]["reference"], format!("Patient/{canonical}"));
+    let ours = current(&f.store, "Patient", &canonical);
+    assert_eq!(ours.get("active"), None, "{ours}");
+    assert_eq!(ours.get("link"), None, "{ours}");
+    let everything = f.store.everything(&canonical).unwrap().unwrap();
+    assert!(everything.iter().any(|r| r["id"] == ENCOUNTER), "{everything:?}");
+    // a Patient of ours under another id (not the number's) retires no one
+    let f = open();
+    f.store.apply_bundle(&neighbours, None).unwrap();
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
+    assert_eq!(current(&f.store, "Patient", OTHER_PATIENT).get("active"), None);
+}
+
+#[test]
 fn a_patients_nhs_number_never_changes_under_its_id() {
     let f = open();
     f.store
