@@ -1444,7 +1444,7 @@ mod tests {
     fn unknown_key_points_at_the_key() {
         check(
             "[listeners.pas]\nbind = \"127.0.0.1:2575\"\nmax_conections = 3\n",
-            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `max_message_bytes`, `ack_mode`, `tls`, `allowed_peers`, `application_ack`, `processing_ids` (did you mean `max_connections`?)"],
+            &["junction.toml:3:1: error: unknown field `max_conections`, expected one of `bind`, `max_connections`, `idle_timeout_secs`, `frame_timeout_secs`, `max_message_bytes`, `ack_mode`, `tls`, `allowed_peers`, `application_ack`, `processing_ids` (did you mean `max_connections`?)"],
         );
     }
 
