@@ -102,6 +102,13 @@ fn document_of(text: &str, plan: &Plan) -> serde_json::Value {
     plan.apply(&message).expect("maps").value()
 }
 
+/// The store's check of every entry's resource's values.
+fn value_check(document: &serde_json::Value) {
+    for entry in document["entry"].as_array().into_iter().flatten() {
+        assert!(black_box(junction::store::invalid_value(&entry["resource"])).is_none());
+    }
+}
+
 fn main() {
     let (set, samples) = setup();
     if let Ok(n) = std::env::var("JUNCTION_BENCH_ONCE") {
@@ -125,6 +132,13 @@ fn main() {
                     black_box(black_box(&document).clone());
                 }
             }
+            let id = format!("{label}/value-check");
+            if only.as_deref().is_none_or(|o| o == id) {
+                let document = document_of(text, plan);
+                for _ in 0..n {
+                    value_check(&document);
+                }
+            }
         }
         return;
     }
@@ -142,6 +156,9 @@ fn main() {
         group.bench_function("document-clone", |b| {
             b.iter(|| black_box(black_box(&document).clone()))
         });
+        // What the record store asks of every resource it is given before it
+        // writes any (`store::invalid_value`), on the document parsed already.
+        group.bench_function("value-check", |b| b.iter(|| value_check(&document)));
         group.finish();
     }
     c.final_summary();

@@ -5,15 +5,22 @@
 //! The table (`fhir_elements.txt`) is generated from the FHIR models of
 //! `fhir.resources` (its R4B package, the one the tests validate Bundles with)
 //! by `tests/python/gen_fhir_elements.py`: one type a line, its elements as
-//! `name:Type`, `*` when it repeats, `-` for a primitive. R4B differs from R4 in
+//! `name:Type`, `*` when it repeats, `-` for a primitive followed by its FHIR
+//! type (`-DateTime`) where the models say it. R4B differs from R4 in
 //! a few resources Junction does not map (evidence, subscriptions, medicinal
 //! products); a type missing from the table is not checked.
 //!
-//! It does not check cardinality, required elements, value sets or invariants:
-//! the validator in the tests does (`tests/fhir_validation.rs`).
+//! The same table checks the primitive values of a resource the record store
+//! is given ([`invalid_value`]: a `dateTime` that is not one, a boolean sent
+//! as text), so a neighbour's document cannot make `/fhir` serve invalid FHIR.
+//!
+//! It does not check cardinality, required elements, value sets, references or
+//! invariants: the validator in the tests does (`tests/fhir_validation.rs`).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
+
+use serde_json::Value;
 
 const TABLE: &str = include_str!("fhir_elements.txt");
 
@@ -22,6 +29,9 @@ const TABLE: &str = include_str!("fhir_elements.txt");
 pub(crate) struct Element {
     /// Its type: `None` for a primitive (string, code, dateTime...).
     pub ty: Option<&'static str>,
+    /// A primitive's FHIR type as the models name it (`DateTime`, `Code`,
+    /// `Boolean`); empty when not known or not a primitive.
+    pub primitive: &'static str,
 }
 
 /// The answer for one element name of a type.
@@ -35,6 +45,19 @@ pub(crate) enum Lookup {
 
 type Types = HashMap<&'static str, Vec<(&'static str, Element)>>;
 
+/// The same table by type and element name, for checking values (a resource
+/// has dozens of members, each looked up).
+type Index = FxHashMap<&'static str, FxHashMap<&'static str, Element>>;
+
+static INDEX: LazyLock<Index> = LazyLock::new(|| {
+    TYPES
+        .iter()
+        .map(|(ty, elements)| (*ty, elements.iter().copied().collect()))
+        .collect()
+});
+
+type FxHashMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
 static TYPES: LazyLock<Types> = LazyLock::new(|| {
     TABLE
         .lines()
@@ -45,8 +68,11 @@ static TYPES: LazyLock<Types> = LazyLock::new(|| {
                 .filter_map(|w| {
                     let (el, ty) = w.split_once(':')?;
                     let el = el.trim_end_matches('*');
-                    let ty = (ty != "-").then_some(ty);
-                    Some((el, Element { ty }))
+                    let (ty, primitive) = match ty.strip_prefix('-') {
+                        Some(primitive) => (None, primitive),
+                        None => (Some(ty), ""),
+                    };
+                    Some((el, Element { ty, primitive }))
                 })
                 .collect();
             Some((name, elements))
@@ -72,6 +98,7 @@ pub(crate) fn element(ty: &str, name: &str) -> Lookup {
         return match elements.iter().find(|(n, _)| *n == primitive) {
             Some((_, e)) if e.ty.is_none() => Lookup::Found(Element {
                 ty: Some("Element"),
+                primitive: "",
             }),
             _ => Lookup::Missing,
         };
@@ -79,6 +106,150 @@ pub(crate) fn element(ty: &str, name: &str) -> Lookup {
     match elements.iter().find(|(n, _)| *n == name) {
         Some((_, e)) => Lookup::Found(*e),
         None => Lookup::Missing,
+    }
+}
+
+/// A value of a resource that its FHIR type does not allow: where it is
+/// (`Encounter.period.start`) and what it should have been (`dateTime`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InvalidValue {
+    pub path: String,
+    pub expected: &'static str,
+}
+
+/// The first primitive value of `resource` (its `contained` resources
+/// included) that is not of its element's FHIR type: text where FHIR has a
+/// boolean or a number, a `date`, `dateTime`, `instant` or `time` not in
+/// FHIR's format, a `code` or `id` not shaped as one. Elements and types the
+/// table does not know are not looked at (an R4 element R4B renamed, an
+/// extension's value is checked as its `value[x]` says). Never looks at
+/// what a text says beyond its shape.
+pub(crate) fn invalid_value(resource: &Value) -> Option<InvalidValue> {
+    let ty = resource["resourceType"].as_str()?;
+    // the element names down to where the walk is (joined only for a problem)
+    let mut path = vec![ty];
+    let expected = check_object(ty, resource, &mut path)?;
+    Some(InvalidValue {
+        path: path.join("."),
+        expected,
+    })
+}
+
+/// The FHIR type of the first value under `value` (of type `ty`) that is not
+/// one, with `path` left naming where it is.
+fn check_object<'v>(ty: &str, value: &'v Value, path: &mut Vec<&'v str>) -> Option<&'static str> {
+    let Value::Object(members) = value else {
+        return None;
+    };
+    let elements = INDEX.get(ty)?;
+    for (name, child) in members {
+        let Some(element) = elements.get(name.as_str()) else {
+            continue;
+        };
+        path.push(name);
+        let items = match child {
+            Value::Array(items) => items.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        for item in items {
+            let found = match element.ty {
+                Some("Resource") => match item["resourceType"].as_str() {
+                    Some(inner) => check_object(inner, item, path),
+                    None => None,
+                },
+                Some(inner) => check_object(inner, item, path),
+                None => {
+                    (!primitive_ok(element.primitive, item)).then(|| fhir_name(element.primitive))
+                }
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        path.pop();
+    }
+    None
+}
+
+/// Whether `value` is a valid JSON form of FHIR primitive `primitive` (as
+/// the models name it; one not known here: any JSON string, number or
+/// boolean).
+fn primitive_ok(primitive: &str, value: &Value) -> bool {
+    use regex::Regex;
+    use std::sync::LazyLock;
+    const YEAR: &str = "([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)";
+    const TIME: &str = "([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?";
+    const ZONE: &str = "(Z|(\\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))";
+    static DATE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(&format!(
+            "^{YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$"
+        ))
+        .expect("a valid regex")
+    });
+    static DATE_TIME: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(&format!(
+            "^{YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(T{TIME}{ZONE})?)?)?$"
+        ))
+        .expect("a valid regex")
+    });
+    static INSTANT: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(&format!(
+            "^{YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])T{TIME}{ZONE}$"
+        ))
+        .expect("a valid regex")
+    });
+    static TIME_OF_DAY: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(&format!("^{TIME}$")).expect("a valid regex"));
+    let text = value.as_str();
+    match primitive {
+        "Boolean" => value.is_boolean(),
+        "Integer" | "Integer64" => value.as_i64().is_some(),
+        "PositiveInt" => value.as_u64().is_some_and(|n| n > 0),
+        "UnsignedInt" => value.as_u64().is_some(),
+        "Decimal" => value.is_number(),
+        "Date" => text.is_some_and(|t| DATE.is_match(t)),
+        "DateTime" => text.is_some_and(|t| DATE_TIME.is_match(t)),
+        "Instant" => text.is_some_and(|t| INSTANT.is_match(t)),
+        "Time" => text.is_some_and(|t| TIME_OF_DAY.is_match(t)),
+        // `[^\s]+( [^\s]+)*`: no white space at either end, single spaces inside
+        "Code" => text.is_some_and(|t| {
+            !t.is_empty()
+                && !t.starts_with(' ')
+                && !t.ends_with(' ')
+                && !t.contains("  ")
+                && !t.contains(|c: char| c.is_whitespace() && c != ' ')
+        }),
+        "Id" => text.is_some_and(crate::store::is_id),
+        "String" | "Markdown" | "Uri" | "Url" | "Canonical" | "Oid" | "UuidVersion"
+        | "EncodedBytes" => text.is_some(),
+        _ => value.is_string() || value.is_number() || value.is_boolean(),
+    }
+}
+
+/// FHIR's name of a primitive type (`DateTime` -> `dateTime`).
+fn fhir_name(primitive: &'static str) -> &'static str {
+    match primitive {
+        "Boolean" => "boolean",
+        "Integer" => "integer",
+        "Integer64" => "integer64",
+        "PositiveInt" => "positiveInt",
+        "UnsignedInt" => "unsignedInt",
+        "Decimal" => "decimal",
+        "Date" => "date",
+        "DateTime" => "dateTime",
+        "Instant" => "instant",
+        "Time" => "time",
+        "Code" => "code",
+        "Id" => "id",
+        "String" => "string",
+        "Markdown" => "markdown",
+        "Uri" => "uri",
+        "Url" => "url",
+        "Canonical" => "canonical",
+        "Oid" => "oid",
+        "UuidVersion" => "uuid",
+        "EncodedBytes" => "base64Binary",
+        _ => "a primitive value",
     }
 }
 
@@ -125,36 +296,115 @@ mod tests {
     fn elements_are_found_with_their_types() {
         assert_eq!(
             element("Patient", "birthDate"),
-            Lookup::Found(Element { ty: None })
+            Lookup::Found(Element {
+                ty: None,
+                primitive: "Date"
+            })
         );
         assert_eq!(
             element("Patient", "maritalStatus"),
             Lookup::Found(Element {
-                ty: Some("CodeableConcept")
+                ty: Some("CodeableConcept"),
+                primitive: ""
             })
         );
         assert_eq!(
             element("Encounter", "location"),
             Lookup::Found(Element {
-                ty: Some("EncounterLocation")
+                ty: Some("EncounterLocation"),
+                primitive: ""
             })
         );
         assert_eq!(
             element("Observation", "valueQuantity"),
             Lookup::Found(Element {
-                ty: Some("Quantity")
+                ty: Some("Quantity"),
+                primitive: ""
             })
         );
         assert_eq!(element("Patient", "birthdate"), Lookup::Missing);
         assert_eq!(
             element("Patient", "_birthDate"),
             Lookup::Found(Element {
-                ty: Some("Element")
+                ty: Some("Element"),
+                primitive: ""
             })
         );
         assert_eq!(element("Patient", "_name"), Lookup::Missing);
         assert_eq!(element("NoSuchType", "x"), Lookup::Unchecked);
         assert_eq!(element("Resource", "x"), Lookup::Unchecked);
+    }
+
+    #[test]
+    fn values_are_checked_against_their_elements_types() {
+        use serde_json::json;
+        let invalid = |r: Value| invalid_value(&r).map(|i| format!("{} {}", i.path, i.expected));
+        let encounter = |start: Value| {
+            json!({"resourceType": "Encounter", "id": "e", "status": "finished",
+                   "class": {"code": "IMP"}, "period": {"start": start}})
+        };
+        for good in [
+            "2026",
+            "2026-11",
+            "2026-11-23",
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T10:00:00.123+01:00",
+        ] {
+            assert_eq!(invalid(encounter(json!(good))), None, "{good}");
+        }
+        for bad in [
+            json!("QXSURNAME 9434765919"),
+            json!("2026-11-23T10:00"),
+            json!("2026-13-01"),
+            json!(20261123),
+            json!(""),
+        ] {
+            assert_eq!(
+                invalid(encounter(bad.clone())).as_deref(),
+                Some("Encounter.period.start dateTime"),
+                "{bad}"
+            );
+        }
+        // in arrays, choice types, backbone elements and contained resources
+        let patient = json!({"resourceType": "Patient", "id": "p",
+            "name": [{"family": "Smith"}], "birthDate": "1948-03-12",
+            "active": true, "deceasedBoolean": false,
+            "contained": [{"resourceType": "Practitioner", "id": "gp", "active": "yes"}]});
+        assert_eq!(
+            invalid(patient).as_deref(),
+            Some("Patient.contained.active boolean")
+        );
+        let observation = json!({"resourceType": "Observation", "id": "o", "status": "final ",
+            "code": {"text": "Hb"}});
+        assert_eq!(
+            invalid(observation).as_deref(),
+            Some("Observation.status code")
+        );
+        let observation = json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"text": "Hb"}, "issued": "2026-11-23",
+            "valueQuantity": {"value": 128, "unit": "g/L"}});
+        assert_eq!(
+            invalid(observation).as_deref(),
+            Some("Observation.issued instant")
+        );
+        let observation = json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "valueQuantity": {"value": "128"}});
+        assert_eq!(
+            invalid(observation).as_deref(),
+            Some("Observation.valueQuantity.value decimal")
+        );
+        // what the table does not know is not looked at; a primitive's
+        // extension (`_birthDate`) neither
+        let unknown = json!({"resourceType": "Patient", "id": "p", "notAnElement": {"x": 1},
+            "_birthDate": {"extension": []}, "extension": [{"url": "u", "valueDateTime": "2026"}]});
+        assert_eq!(invalid(unknown), None);
+        let extension = json!({"resourceType": "Patient", "id": "p",
+            "extension": [{"url": "u", "valueDateTime": "yesterday"}]});
+        assert_eq!(
+            invalid(extension).as_deref(),
+            Some("Patient.extension.valueDateTime dateTime")
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod compile;
 pub(crate) mod datatypes;
 mod eval;
 mod expr;
-mod fhir_elements;
+pub(crate) mod fhir_elements;
 mod json;
 mod load;
 pub(crate) mod transform;

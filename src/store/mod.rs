@@ -240,6 +240,12 @@ pub enum EntryProblem {
     },
     #[error("the {resource_type} is in more than one entry of the Bundle (the same id)")]
     Duplicate { resource_type: String },
+    #[error("{path} is not a valid FHIR {expected}")]
+    InvalidValue {
+        /// Where, by element names (`Encounter.period.start`): never the value.
+        path: String,
+        expected: &'static str,
+    },
     #[error("a `urn:uuid:` reference matches no entry's fullUrl")]
     UnresolvedReference,
     #[error("the Patient holds another NHS number (or none, or a second one): a Patient's NHS number never changes under its id")]
@@ -360,6 +366,21 @@ enum Backend {
         readers: ReaderPool,
     },
     Postgres(postgres::PgStore),
+}
+
+/// The check [`RecordStore::apply_bundle`] makes of each entry's resource's
+/// values ([`EntryProblem::InvalidValue`]): where the first value its
+/// element's FHIR type does not allow is, and that type
+/// (`Encounter.period.start is not a valid FHIR dateTime`); `None` when every
+/// value is allowed. (Public for the benchmarks.)
+pub fn invalid_value(resource: &serde_json::Value) -> Option<String> {
+    crate::mapping::fhir_elements::invalid_value(resource).map(|invalid| {
+        EntryProblem::InvalidValue {
+            path: invalid.path,
+            expected: invalid.expected,
+        }
+        .to_string()
+    })
 }
 
 /// Who has a MESH message, among the nodes sharing a record store

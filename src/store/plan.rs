@@ -227,6 +227,14 @@ fn check_entry(entry: &Value) -> Result<Shape<'_>, EntryProblem> {
                     resource_type: resource_type.to_string(),
                 });
             }
+            // a value its element's FHIR type does not allow (a neighbour's
+            // `period.start` of free text): `/fhir` would serve it as stored
+            if let Some(invalid) = crate::mapping::fhir_elements::invalid_value(resource) {
+                return Err(EntryProblem::InvalidValue {
+                    path: invalid.path,
+                    expected: invalid.expected,
+                });
+            }
             let create_only = match request.and_then(|r| r.get("ifNoneMatch")) {
                 None | Some(Value::Null) => false,
                 Some(Value::String(s)) if s == "*" => true,

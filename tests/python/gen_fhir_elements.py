@@ -1,6 +1,6 @@
 """Writes src/mapping/fhir_elements.txt: every FHIR type of fhir.resources.R4B (resources,
 data types, backbone elements) with its elements, `name:Type` (`*` repeats; `-` a
-primitive), one type a line. Junction checks mapping bodies against it at load.
+primitive, followed by its FHIR type when known: `-DateTime`), one type a line. Junction checks mapping bodies against it at load.
 
     .venv/bin/python tests/python/gen_fhir_elements.py > src/mapping/fhir_elements.txt
 """
@@ -41,7 +41,15 @@ for name in sorted(classes):
             if t == 'FHIRPrimitiveExtension':
                 t = '-'
         else:
-            t = '-'
+            # a primitive: `-` and its FHIR type where the model says it
+            # (`Annotated[datetime.date, Date()]` -> `-Date`; `bool` -> `-Boolean`)
+            p = re.search(r', (\w+)\(', ann)
+            if p:
+                t = '-' + p.group(1)
+            elif re.search(r'\bbool\b', ann):
+                t = '-Boolean'
+            else:
+                t = '-'
         parts.append(f"{el}{'*' if many else ''}:{t}")
     lines.append(name + ' ' + ' '.join(parts))
 sys.stdout.write('\n'.join(lines) + '\n')

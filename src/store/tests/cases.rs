@@ -664,6 +664,28 @@ fn a_neighbours_patient_stored_first_is_retired_by_the_record_its_nhs_number_mak
 }
 
 #[test]
+fn a_value_its_element_does_not_allow_refuses_the_document_without_quoting_it() {
+    // a neighbour's Encounter whose period.start is free text (a name and an
+    // NHS number pasted into it): the whole document is refused, permanently,
+    // and the reason names the element, never the value
+    let f = open();
+    let mut bad = encounter(ENCOUNTER, PATIENT, "finished");
+    bad["period"] = json!({"start": "QXSURNAME 9434765919"});
+    let err = f
+        .store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith"), bad]), None)
+        .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("entry 1: Encounter.period.start is not a valid FHIR dateTime"),
+        "{text}"
+    );
+    assert!(!text.contains("9434765919") && !text.contains("QXSURNAME"), "{text}");
+    assert!(f.store.read("Patient", PATIENT).unwrap().is_none());
+}
+
+#[test]
 fn a_patients_nhs_number_never_changes_under_its_id() {
     let f = open();
     f.store
