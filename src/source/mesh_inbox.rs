@@ -162,6 +162,10 @@ pub enum MeshInboxError {
     },
 }
 
+/// Claims older than this are forgotten at each poll: MESH expires a message
+/// not downloaded after five days, so its claim has long been moot.
+const CLAIMS_KEPT_DAYS: i32 = 30;
+
 /// Retryable failures of consecutive messages that end a poll: MESH is down
 /// rather than one message unfetchable.
 const FAILURES_IN_A_ROW: usize = 3;
@@ -553,6 +557,7 @@ impl MeshInbox {
     ) -> Result<PollSummary, MeshInboxError> {
         let client = self.client()?;
         self.handshake_if_due(&client).await;
+        self.forget_old_claims().await;
         let mut ids = client.inbox().await.map_err(|error| MeshInboxError::List {
             source_id: self.id.clone(),
             error: Box::new(error),
@@ -889,6 +894,30 @@ impl MeshInbox {
         let claimed =
             tokio::task::spawn_blocking(move || store.claim_mesh_message(&key, &id, &node)).await;
         self.claim_result(message_id, "claim", claimed)
+    }
+
+    /// Forgets claims older than [`CLAIMS_KEPT_DAYS`] (their messages expired
+    /// in MESH long ago); a failure is only logged.
+    async fn forget_old_claims(&self) {
+        let Some(store) = self.lease.clone() else {
+            return;
+        };
+        let key = self.lease_key.clone();
+        let forgot = tokio::task::spawn_blocking(move || {
+            store.forget_old_mesh_claims(&key, CLAIMS_KEPT_DAYS)
+        })
+        .await;
+        match forgot {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                info!(source = %self.id, claims = n, days = CLAIMS_KEPT_DAYS,
+                    "mesh inbox: forgot claims on messages long expired in MESH")
+            }
+            Ok(Err(err)) => {
+                warn!(source = %self.id, error = %err, "mesh inbox: old claims not forgotten")
+            }
+            Err(_) => warn!(source = %self.id, "mesh inbox: old claims not forgotten"),
+        }
     }
 
     /// Tells the shared record store what became of a claimed message.

@@ -537,6 +537,17 @@ impl RecordStore {
         }
     }
 
+    /// Forgets the claims on inbox `source`'s MESH messages made more than
+    /// `days` ago: MESH has expired those messages long since (it keeps one
+    /// five days), so a claim a node left when it died, or one whose release
+    /// failed, does not stay for ever. Blocking.
+    pub fn forget_old_mesh_claims(&self, source: &str, days: i32) -> Result<u64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => Ok(0),
+            Backend::Postgres(pg) => pg.forget_old_mesh_claims(source, days),
+        }
+    }
+
     /// The SQLite file (for a PostgreSQL store, the file it would have used).
     pub fn path(&self) -> &Path {
         &self.inner.path

@@ -401,6 +401,21 @@ impl PgStore {
         })
     }
 
+    /// Forgets the claims on `source`'s messages made more than `days` ago.
+    pub(super) fn forget_old_mesh_claims(
+        &self,
+        source: &str,
+        days: i32,
+    ) -> Result<u64, StoreError> {
+        self.with("cannot forget old MESH claims", |client| {
+            Ok(client.execute(
+                "DELETE FROM mesh_claims WHERE source = $1 \
+                 AND claimed_at < now() - make_interval(days => $2)",
+                &[&source, &days],
+            )?)
+        })
+    }
+
     /// Forgets the claim on a MESH message (acknowledged, gone, or not
     /// journaled by its claimer after all).
     pub(super) fn release_mesh_message(
