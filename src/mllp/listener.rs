@@ -718,9 +718,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 // full disk) must not make the sender look idle; the next
                 // frame, when part of it is read already, begins now
                 let begun = !framed.read_buffer().is_empty();
-                let watched = framed.get_mut();
-                watched.last_read = Instant::now();
-                watched.frame_started = begun.then(Instant::now);
+                let (watched, now) = (framed.get_mut(), Instant::now());
+                watched.last_read = now;
+                watched.frame_started = begun.then_some(now);
                 next
             }
         };

@@ -392,11 +392,24 @@ impl PgStore {
         source: &str,
         message_id: &str,
     ) -> Result<(), StoreError> {
-        self.with("cannot mark a MESH message journaled", |client| {
-            client.execute(
-                "UPDATE mesh_claims SET state = 'taken' WHERE source = $1 AND message_id = $2",
-                &[&source, &message_id],
-            )?;
+        self.on_mesh_claim(
+            "cannot mark a MESH message journaled",
+            "UPDATE mesh_claims SET state = 'taken' WHERE source = $1 AND message_id = $2",
+            source,
+            message_id,
+        )
+    }
+
+    /// Runs `sql` on the claim of `message_id` of `source` (`$1`, `$2`).
+    fn on_mesh_claim(
+        &self,
+        what: &str,
+        sql: &str,
+        source: &str,
+        message_id: &str,
+    ) -> Result<(), StoreError> {
+        self.with(what, |client| {
+            client.execute(sql, &[&source, &message_id])?;
             Ok(())
         })
     }
@@ -423,13 +436,12 @@ impl PgStore {
         source: &str,
         message_id: &str,
     ) -> Result<(), StoreError> {
-        self.with("cannot release a MESH message", |client| {
-            client.execute(
-                "DELETE FROM mesh_claims WHERE source = $1 AND message_id = $2",
-                &[&source, &message_id],
-            )?;
-            Ok(())
-        })
+        self.on_mesh_claim(
+            "cannot release a MESH message",
+            "DELETE FROM mesh_claims WHERE source = $1 AND message_id = $2",
+            source,
+            message_id,
+        )
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
