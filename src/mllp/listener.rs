@@ -586,9 +586,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         // that; a frame begun has until `frame_timeout` after its first byte.
         let watched = framed.get_ref();
         let mut wait = ctx.idle_timeout.saturating_sub(watched.last_read.elapsed());
-        if let Some(started) = watched.frame_started {
-            wait = wait.min(ctx.frame_timeout.saturating_sub(started.elapsed()));
-        }
+        // (a frame not begun yet may begin during this wait: it is looked at
+        // again at least every `frame_timeout`, so a shorter frame timeout
+        // than the idle one still cuts in time)
+        wait = wait.min(match watched.frame_started {
+            Some(started) => ctx.frame_timeout.saturating_sub(started.elapsed()),
+            None => ctx.frame_timeout,
+        });
         let next = match draining {
             Some(deadline) => {
                 match tokio::time::timeout_at(deadline.into(), next_frame(&mut framed)).await {
