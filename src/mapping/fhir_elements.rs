@@ -220,8 +220,11 @@ fn primitive_ok(primitive: &str, value: &Value) -> bool {
                 && !t.contains(|c: char| c.is_whitespace() && c != ' ')
         }),
         "Id" => text.is_some_and(crate::store::is_id),
-        "String" | "Markdown" | "Uri" | "Url" | "Canonical" | "Oid" | "UuidVersion"
-        | "EncodedBytes" => text.is_some(),
+        // `\S*`
+        "Uri" | "Url" | "Canonical" | "Oid" | "UuidVersion" => {
+            text.is_some_and(|t| !t.contains(char::is_whitespace))
+        }
+        "String" | "Markdown" | "EncodedBytes" => text.is_some(),
         _ => value.is_string() || value.is_number() || value.is_boolean(),
     }
 }
@@ -393,6 +396,13 @@ mod tests {
         assert_eq!(
             invalid(observation).as_deref(),
             Some("Observation.valueQuantity.value decimal")
+        );
+        // a uri holds no white space (`\S*`)
+        let observation = json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"coding": [{"system": "http://lo inc.org", "code": "718-7"}]}});
+        assert_eq!(
+            invalid(observation).as_deref(),
+            Some("Observation.code.coding.system uri")
         );
         // what the table does not know is not looked at; a primitive's
         // extension (`_birthDate`) neither

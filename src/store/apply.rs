@@ -310,9 +310,7 @@ fn put<R: Rows>(
     patients: &[String],
     identifiers: &[(String, String)],
 ) -> Result<EntryResult, R::Error> {
-    let traced = identifiers
-        .iter()
-        .any(|(system, _)| system == NHS_NUMBER_SYSTEM);
+    let traced = !plan::nhs_numbers(identifiers).is_empty();
     // a retirement the document itself makes (an A40's merged patient)
     let merged_into = match at.resource_type {
         "Patient" => retirement(resource),
@@ -448,18 +446,8 @@ fn put<R: Rows>(
     // with another number, cannot lock that PAS's patient out)
     let authoritative = at.current.is_some_and(|c| c.event_time.is_some());
     if let (Some(stored), "Patient", true) = (&stored, at.resource_type, authoritative) {
-        let nhs_of = |ids: &[(String, String)]| -> Vec<String> {
-            let mut numbers: Vec<String> = ids
-                .iter()
-                .filter(|(system, _)| system == NHS_NUMBER_SYSTEM)
-                .map(|(_, value)| value.clone())
-                .collect();
-            numbers.sort();
-            numbers.dedup();
-            numbers
-        };
-        let before = nhs_of(&plan::identifiers_of(stored));
-        let now = nhs_of(identifiers);
+        let before = plan::nhs_numbers(&plan::identifiers_of(stored));
+        let now = plan::nhs_numbers(identifiers);
         if !before.is_empty() && now != before {
             return Err(StoreError::InvalidEntry {
                 index: at.index,
@@ -478,18 +466,13 @@ fn put<R: Rows>(
         && at.create_only
         && at.current.is_none_or(|c| c.content.is_none())
     {
-        for (system, value) in identifiers {
-            // (as sent, and as its ten digits: `999 000 1103`, `999-000-1103`)
-            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
-            if system != NHS_NUMBER_SYSTEM
-                || at.id == crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}"))
-            {
+        // (by its ten digits, as every Patient's NHS number is indexed:
+        // `999 000 1103`, `999-000-1103`, a system with a trailing `/`)
+        for digits in plan::nhs_numbers(identifiers) {
+            if at.id == crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}")) {
                 continue;
             }
-            let mut holders = rows.patients_with_identifier(system, value)?;
-            if digits != *value {
-                holders.extend(rows.patients_with_identifier(system, &digits)?);
-            }
+            let holders = rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits)?;
             if holders.iter().any(|other| other != at.id) {
                 return Err(StoreError::InvalidEntry {
                     index: at.index,
@@ -1243,11 +1226,15 @@ fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
     Some(kept)
 }
 
-/// Whether a Patient has an identifier with the NHS number system.
+/// Whether a Patient has an NHS number ([`plan::nhs_number_of`]).
 fn has_nhs_number(patient: &Value) -> bool {
-    patient["identifier"]
-        .as_array()
-        .is_some_and(|ids| ids.iter().any(|id| id["system"] == NHS_NUMBER_SYSTEM))
+    patient["identifier"].as_array().is_some_and(|ids| {
+        ids.iter().any(|id| {
+            let system = id["system"].as_str().unwrap_or("");
+            let value = id["value"].as_str().unwrap_or("");
+            plan::nhs_number_of(system, value).is_some()
+        })
+    })
 }
 
 /// A Patient written with no NHS number while a live Patient with one shares
@@ -1442,7 +1429,11 @@ fn retire_sharing<R: Rows>(
 ) -> Result<(), R::Error> {
     let mut seen: Vec<String> = Vec::new();
     for (system, value) in identifiers {
-        if system.is_empty() || system == NHS_NUMBER_SYSTEM || value.is_empty() {
+        if system.is_empty()
+            || system == NHS_NUMBER_SYSTEM
+            || value.is_empty()
+            || plan::nhs_number_of(system, value).is_some()
+        {
             continue;
         }
         for other in rows.patients_with_identifier(system, value)? {
@@ -1468,13 +1459,11 @@ fn retire_holding_nhs_number<R: Rows>(
     at: &At<'_>,
     identifiers: &[(String, String)],
 ) -> Result<(), R::Error> {
-    for (system, value) in identifiers {
-        if system != NHS_NUMBER_SYSTEM
-            || at.id != crate::mapping::transform::uuid5("Patient", &format!("nhs|{value}"))
-        {
+    for digits in plan::nhs_numbers(identifiers) {
+        if at.id != crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}")) {
             continue;
         }
-        for other in rows.patients_with_identifier(system, value)? {
+        for other in rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits)? {
             if other != at.id {
                 retire_other(rows, at, &other, at.id, false)?;
             }

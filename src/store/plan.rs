@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::{EntryProblem, StoreError};
+use crate::route::NHS_NUMBER_SYSTEM;
 
 /// The checked document.
 #[derive(Debug)]
@@ -551,8 +552,50 @@ pub(super) fn identifiers_of(resource: &Value) -> Vec<(String, String)> {
         if !identifiers.contains(&pair) {
             identifiers.push(pair);
         }
+        // and as the NHS number it is, so a search by the number, a
+        // refusal and a retirement find it however it was written
+        if let Some(digits) = nhs_number_of(system, value) {
+            let canonical = (NHS_NUMBER_SYSTEM.to_string(), digits);
+            if !identifiers.contains(&canonical) {
+                identifiers.push(canonical);
+            }
+        }
     }
     identifiers
+}
+
+/// The NHS numbers among `identifiers` ([`nhs_number_of`]), sorted, each once.
+pub(super) fn nhs_numbers(identifiers: &[(String, String)]) -> Vec<String> {
+    let mut numbers: Vec<String> = identifiers
+        .iter()
+        .filter_map(|(system, value)| nhs_number_of(system, value))
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers
+}
+
+/// The ten digits of an identifier that is an NHS number however a sender
+/// wrote it: the NHS number system (`https://fhir.nhs.uk/Id/nhs-number`,
+/// also with a trailing `/`, surrounding spaces or another letter case) and
+/// a value that is ten digits once spaces and dashes are taken out
+/// (`943 476 5919`, `943-476-5919`). `None` for every other identifier. The
+/// check digit is not looked at: a number is the same number either way.
+pub(super) fn nhs_number_of(system: &str, value: &str) -> Option<String> {
+    let system = system.trim();
+    let system = system.strip_suffix('/').unwrap_or(system);
+    if !system.eq_ignore_ascii_case(NHS_NUMBER_SYSTEM) {
+        return None;
+    }
+    let mut digits = String::with_capacity(10);
+    for c in value.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else if !(c.is_whitespace() || c == '-') {
+            return None;
+        }
+    }
+    (digits.len() == 10).then_some(digits)
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@
 //!   each transaction takes an advisory lock per record (in sorted order, so
 //!   two documents never wait on each other in a cycle) before it reads the
 //!   record's current version. Versions stay 1, 2, 3, … without gaps.
+//!   It also locks each NHS number its Patients hold (`nhs/<digits>`, in the
+//!   same sorted order): two records of one person written at once by two
+//!   nodes (a neighbour's Patient and ours) take turns, so the second sees
+//!   the first and is refused, or retires it.
 //! - A change to the objections register is serialized per NHS number the
 //!   same way, so its trail row matches what changed.
 //! - The password comes from an environment variable or a file, never from
@@ -49,13 +53,14 @@ use super::access::{
     TokenInfo,
 };
 use super::apply::{self, Current, Version};
-use super::plan::Plan;
+use super::plan::{Op, Plan};
 use super::{ApplyOutcome, PostgresTarget, Record, StoreError, SyncPolicy};
 
 /// The schema version this build writes (kept in `junction_schema`): 1, the
 /// records and the registers; 2, the MESH messages nodes have claimed
-/// ([`SCHEMA_V2`]).
-const SCHEMA_VERSION: i64 = 2;
+/// ([`SCHEMA_V2`]); 3, every Patient's NHS number indexed as its ten digits
+/// too, however it was written (no new table: [`index_nhs_numbers`]).
+const SCHEMA_VERSION: i64 = 3;
 
 /// Idle connections kept for reuse.
 const IDLE_CONNECTIONS: usize = 8;
@@ -542,12 +547,18 @@ impl PgStore {
                 )));
             };
             let mut tx = client.transaction()?;
-            // Every record these documents touch, locked in one order.
-            let mut keys: Vec<String> = plans
-                .iter()
-                .flat_map(|p| p.entries.iter())
-                .map(|e| format!("{}/{}", e.resource_type, e.id))
-                .collect();
+            // Every record these documents touch, and every NHS number their
+            // Patients hold, locked in one order: two nodes writing two
+            // records of one person (a neighbour's Patient and ours) take
+            // turns, so the second sees the first (a refusal, a retirement).
+            let mut keys: Vec<String> = Vec::new();
+            for entry in plans.iter().flat_map(|p| p.entries.iter()) {
+                keys.push(format!("{}/{}", entry.resource_type, entry.id));
+                if let Op::Put { identifiers, .. } = &entry.op {
+                    let numbers = super::plan::nhs_numbers(identifiers);
+                    keys.extend(numbers.into_iter().map(|n| format!("nhs/{n}")));
+                }
+            }
             keys.sort_unstable();
             keys.dedup();
             tx.execute(&st.lock, &[&keys])?;
@@ -1212,32 +1223,53 @@ fn migrate(client: &mut Client) -> Result<(), Failure> {
     let found: Option<i64> = tx
         .query_one("SELECT max(version) FROM junction_schema", &[])?
         .get(0);
-    match found {
-        None => {
-            tx.batch_execute(SCHEMA_V1)?;
-            tx.batch_execute(SCHEMA_V2)?;
-            tx.execute(
-                "INSERT INTO junction_schema (version) VALUES ($1)",
-                &[&SCHEMA_VERSION],
-            )?;
-        }
-        Some(1) => {
-            tx.batch_execute(SCHEMA_V2)?;
-            tx.execute(
-                "INSERT INTO junction_schema (version) VALUES ($1)",
-                &[&SCHEMA_VERSION],
-            )?;
-        }
-        Some(found) if found > SCHEMA_VERSION => {
-            // nothing is touched: the transaction rolls back when dropped
-            return Err(Failure::Store(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            }));
-        }
-        Some(_) => {}
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        // nothing is touched: the transaction rolls back when dropped
+        return Err(Failure::Store(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        }));
     }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if found < 1 {
+        tx.batch_execute(SCHEMA_V1)?;
+    }
+    if found < 2 {
+        tx.batch_execute(SCHEMA_V2)?;
+    }
+    if found < 3 {
+        index_nhs_numbers(&mut tx)?;
+    }
+    tx.execute(
+        "INSERT INTO junction_schema (version) VALUES ($1)",
+        &[&SCHEMA_VERSION],
+    )?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Version 3: indexes every NHS number an older build indexed only as it
+/// was written (`943 476 5919`, a system with a trailing `/`) as its ten
+/// digits under the NHS number system too, as [`super::plan::identifiers_of`]
+/// now does for every write.
+fn index_nhs_numbers(tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+    let rows = tx.query(
+        "SELECT value, system, patient_id FROM patient_identifiers",
+        &[],
+    )?;
+    for row in &rows {
+        let (value, system, patient): (&str, &str, &str) = (row.get(0), row.get(1), row.get(2));
+        if let Some(digits) = super::plan::nhs_number_of(system, value) {
+            tx.execute(
+                "INSERT INTO patient_identifiers (value, system, patient_id)
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&digits, &crate::route::NHS_NUMBER_SYSTEM, &patient],
+            )?;
+        }
+    }
     Ok(())
 }
 

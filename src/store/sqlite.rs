@@ -18,8 +18,10 @@ use super::{ApplyOutcome, Record, StoreError, SyncPolicy};
 /// The schema this build writes: 1 the records and their indexes; 2 adds
 /// the access tables (API tokens, the audit trail of FHIR reads, the
 /// objections register), see [`SCHEMA_V2`]; 3 the trail of changes to the
-/// objections register, see [`SCHEMA_V3`].
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// objections register, see [`SCHEMA_V3`]; 4 every Patient's NHS number
+/// indexed as its ten digits too, however it was written (no new table:
+/// [`index_nhs_numbers`]).
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE resources (
@@ -134,7 +136,32 @@ fn upgrade(conn: &mut Connection) -> Result<(), rusqlite::Error> {
         tx.execute_batch(SCHEMA_V3)?;
         tx.pragma_update(None, "user_version", 3)?;
     }
+    if found < 4 {
+        index_nhs_numbers(&tx)?;
+        tx.pragma_update(None, "user_version", 4)?;
+    }
     tx.commit()
+}
+
+/// Version 4: indexes every NHS number an older build indexed only as it
+/// was written (`943 476 5919`, a system with a trailing `/`) as its ten
+/// digits under the NHS number system too, as [`super::plan::identifiers_of`]
+/// now does for every write.
+fn index_nhs_numbers(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let found: Vec<(String, String, String)> = conn
+        .prepare("SELECT value, system, patient_id FROM patient_identifiers")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (value, system, patient) in found {
+        if let Some(digits) = super::plan::nhs_number_of(&system, &value) {
+            conn.execute(
+                "INSERT OR IGNORE INTO patient_identifiers (value, system, patient_id)
+                 VALUES (?1, ?2, ?3)",
+                params![digits, crate::route::NHS_NUMBER_SYSTEM, patient],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens the write connection with the version 1 schema (and refuses files

@@ -595,6 +595,18 @@ fn a_new_patient_under_another_id_for_a_known_nhs_number_is_refused() {
             "{written:?}: {err}"
         );
     }
+    // nor under the NHS number system written with a trailing slash
+    let mut slashed = patient(OTHER_PATIENT, "9434765919", "Smith");
+    slashed["identifier"] =
+        json!([{"system": "https://fhir.nhs.uk/Id/nhs-number/", "value": "9434765919"}]);
+    let err = f
+        .store
+        .apply_bundle(
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [create_only(slashed)]}),
+            None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("already the record of another Patient"), "{err}");
     assert!(f.store.read("Patient", OTHER_PATIENT).unwrap().is_none());
     assert!(f.store.read("Encounter", ENCOUNTER).unwrap().is_none());
     // a placeholder under the id the number makes here (a lab result's, by
@@ -661,6 +673,57 @@ fn a_neighbours_patient_stored_first_is_retired_by_the_record_its_nhs_number_mak
         .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
         .unwrap();
     assert_eq!(current(&f.store, "Patient", OTHER_PATIENT).get("active"), None);
+}
+
+/// A neighbour's Bundle: its Patient (create-only, its own id) with the NHS
+/// number written as `written` under `system`, and an Encounter filed under it.
+fn neighbours_bundle(system: &str, written: &str) -> serde_json::Value {
+    let mut neighbours_patient = patient(OTHER_PATIENT, "9434765919", "Smith");
+    neighbours_patient["identifier"] = json!([{"system": system, "value": written}]);
+    let mut entry = put_entry(&neighbours_patient);
+    entry["request"]["ifNoneMatch"] = json!("*");
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry,
+        put_entry(&encounter(ENCOUNTER, OTHER_PATIENT, "finished")),
+    ]})
+}
+
+/// The Patients a search by NHS number 9434765919 finds (by its digits).
+fn holding_9434765919(store: &RecordStore) -> Vec<serde_json::Value> {
+    store
+        .search_patient_by_identifier(Some("https://fhir.nhs.uk/Id/nhs-number"), "9434765919")
+        .unwrap()
+}
+
+#[test]
+fn a_neighbours_patient_with_its_nhs_number_written_otherwise_is_retired_all_the_same() {
+    // the neighbour's Patient (stored first) writes the number spaced, with
+    // dashes, or under the system with a trailing slash: it is still that
+    // number, found by its ten digits, and retired by the record it makes here
+    let canonical = crate::mapping::transform::uuid5("Patient", "nhs|9434765919");
+    for (system, written) in [
+        ("https://fhir.nhs.uk/Id/nhs-number", "943 476 5919"),
+        ("https://fhir.nhs.uk/Id/nhs-number", "943-476-5919"),
+        ("https://fhir.nhs.uk/Id/nhs-number/", "9434765919"),
+    ] {
+        let f = open();
+        f.store
+            .apply_bundle(&neighbours_bundle(system, written), None)
+            .unwrap();
+        let found = holding_9434765919(&f.store);
+        assert_eq!(found.len(), 1, "{written:?}: {found:?}");
+        assert_eq!(found[0]["id"], OTHER_PATIENT);
+        f.store
+            .apply_bundle(&bundle(&[patient(&canonical, "9434765919", "Smith")]), at("2026-11-23T10:00:00Z"))
+            .unwrap();
+        let old = current(&f.store, "Patient", OTHER_PATIENT);
+        assert_eq!(old["active"], false, "{written:?}: {old}");
+        // as the neighbour wrote it: the store indexes the number, it does
+        // not rewrite it
+        assert_eq!(old["identifier"][0]["value"], written);
+        let everything = f.store.everything(&canonical).unwrap().unwrap();
+        assert!(everything.iter().any(|r| r["id"] == ENCOUNTER), "{written:?}");
+    }
 }
 
 #[test]

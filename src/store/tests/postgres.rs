@@ -87,6 +87,83 @@ fn two_nodes_updating_one_patient_at_once_make_every_version_once() {
     );
 }
 
+/// `count` NHS numbers that pass modulus 11, from `start` (nine digits) up.
+fn valid_nhs_numbers(start: u64, count: usize) -> Vec<String> {
+    (start..)
+        .filter_map(|base| {
+            let digits: Vec<u64> = format!("{base:09}")
+                .bytes()
+                .map(|b| u64::from(b - b'0'))
+                .collect();
+            let sum: u64 = digits.iter().zip((2..=10).rev()).map(|(d, w)| d * w).sum();
+            match 11 - sum % 11 {
+                10 => None,
+                11 => Some(format!("{base:09}0")),
+                check => Some(format!("{base:09}{check}")),
+            }
+        })
+        .take(count)
+        .collect()
+}
+
+#[test]
+fn two_nodes_writing_a_neighbours_patient_and_ours_for_one_nhs_number_leave_one_live() {
+    // Node A stores a neighbour's Patient (its own id, create-only) while
+    // node B stores our PAS's (the id the number makes here), for the same
+    // NHS number at the same instant. Both lock the number, so the second
+    // sees the first: the neighbour's is refused (ours first) or retired
+    // (theirs first). Never two live records of one person.
+    let f = open();
+    let nodes = [
+        f.store.clone(),
+        RecordStore::open(&config(&f._schema)).unwrap(),
+    ];
+    let numbers = valid_nhs_numbers(943_476_580, 40);
+    assert!(numbers.contains(&"9434765919".to_string()));
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(node, store)| {
+            let (store, numbers, start) = (store.clone(), numbers.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                for (i, number) in numbers.iter().enumerate() {
+                    start.wait();
+                    if node == 0 {
+                        let mut theirs = json!({"resourceType": "Patient", "id": format!("nb-{i}"),
+                            "identifier": [{"system": NHS, "value": number}]});
+                        theirs["name"] = json!([{"family": "Neighbour"}]);
+                        let mut entry = put_entry(&theirs);
+                        entry["request"]["ifNoneMatch"] = json!("*");
+                        let doc = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
+                        if let Err(e) = store.apply_bundle(&doc, None) {
+                            assert!(e.to_string().contains("already the record of another Patient"), "{e}");
+                        }
+                    } else {
+                        let ours = crate::mapping::transform::uuid5("Patient", &format!("nhs|{number}"));
+                        store
+                            .apply_bundle(&bundle(&[patient(&ours, number, "Ours")]), at("2026-11-25T10:00:00Z"))
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for number in &numbers {
+        let live: Vec<_> = nodes[0]
+            .search_patient_by_identifier(Some(NHS), number)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p["active"] != false)
+            .map(|p| p["id"].clone())
+            .collect();
+        assert_eq!(live.len(), 1, "{number}: {live:?}");
+    }
+}
+
 #[test]
 fn documents_crossing_the_same_records_in_both_orders_do_not_deadlock() {
     // Node A writes Patient then Encounter, node B Encounter then Patient:
@@ -189,19 +266,27 @@ fn a_schema_newer_than_this_build_is_refused_and_left_alone() {
 }
 
 #[test]
-fn a_version_1_schema_gets_the_mesh_claims_on_upgrade() {
+fn a_version_1_schema_gets_the_mesh_claims_and_its_nhs_numbers_indexed_on_upgrade() {
     let schema = TestSchema::create("upgrade");
-    drop(RecordStore::open(&config(&schema)).unwrap());
-    // what the previous build left: version 1, no claims table
+    let spaced = neighbours_bundle("https://fhir.nhs.uk/Id/nhs-number", "943 476 5919");
+    RecordStore::open(&config(&schema))
+        .unwrap()
+        .apply_bundle(&spaced, None)
+        .unwrap();
+    // what the previous build left: version 1, no claims table, an NHS
+    // number indexed only as written
     schema.with_client(|client| {
         client
             .batch_execute(
                 "DROP TABLE mesh_claims; DELETE FROM junction_schema; \
-                 INSERT INTO junction_schema (version) VALUES (1)",
+                 INSERT INTO junction_schema (version) VALUES (1); \
+                 DELETE FROM patient_identifiers WHERE value = '9434765919'",
             )
             .unwrap()
     });
     let store = RecordStore::open(&config(&schema)).unwrap();
+    // version 3 indexes it by its digits
+    assert_eq!(holding_9434765919(&store).len(), 1);
     assert_eq!(
         store
             .claim_mesh_message("mesh-inbox:X", "M1", "node-a")
@@ -214,7 +299,7 @@ fn a_version_1_schema_gets_the_mesh_claims_on_upgrade() {
             .unwrap()
             .get(0)
     });
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 }
 
 #[test]

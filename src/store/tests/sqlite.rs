@@ -94,5 +94,38 @@ fn a_version_2_file_gains_the_objection_trail_and_keeps_its_register() {
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
+}
+
+#[test]
+fn a_version_3_file_gets_its_nhs_numbers_indexed_by_their_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RecordStoreConfig {
+        path: dir.path().join("records.db"),
+        sync: SyncPolicy::Normal,
+        postgres: None,
+    };
+    let spaced = neighbours_bundle("https://fhir.nhs.uk/Id/nhs-number", "943 476 5919");
+    RecordStore::open(&cfg)
+        .unwrap()
+        .apply_bundle(&spaced, None)
+        .unwrap();
+    {
+        // what the previous build left: the number indexed only as written
+        let conn = rusqlite::Connection::open(&cfg.path).unwrap();
+        conn.execute(
+            "DELETE FROM patient_identifiers WHERE value = '9434765919'",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 3).unwrap();
+    }
+    let store = RecordStore::open(&cfg).unwrap();
+    let found = holding_9434765919(&store);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let version: i64 = rusqlite::Connection::open(&cfg.path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
 }
