@@ -607,6 +607,25 @@ async fn a_frame_trickled_past_the_frame_timeout_is_kept_and_closed() {
     fx.engine.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_before_a_frame_does_not_start_its_frame_timeout() {
+    // frame timeout 3 s, idle 1 s: a CR LF keep-alive, then a frame sent in
+    // five parts 0.7 s apart (never idle), its last part 3.5 s after the
+    // keep-alive but 2.8 s after its own first byte: answered
+    let fx = start_with("frame_timeout_secs = 3\n").await;
+    let mut conn = connect(fx.addr).await;
+    conn.write_all(b"\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let bytes = frame(&a01_with_control_id("KEEPALV1"));
+    for part in bytes.chunks(bytes.len().div_ceil(5)) {
+        conn.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let ack = read_frame(&mut conn).await.expect("answered");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    fx.engine.stop().await;
+}
+
 /// MSH-12 that is no HL7 v2 version (a garbled header: fields shifted) gets
 /// AR with HL7's error 203; one with trailing blanks or a `V` is read as the
 /// version and echoed; a `~` in MSH-10 is part of the control id.

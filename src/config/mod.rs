@@ -656,11 +656,16 @@ fn check_listener_limits(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics
                 ),
             ));
         }
-        if l.idle_timeout_secs == 0 {
-            diags.push(doc.error(
-                at("idle_timeout_secs"),
-                format!("listener `{id}`: idle_timeout_secs is 0, expected at least 1"),
-            ));
+        for (key, secs) in [
+            ("idle_timeout_secs", l.idle_timeout_secs),
+            ("frame_timeout_secs", l.frame_timeout_secs),
+        ] {
+            if secs == 0 {
+                diags.push(doc.error(
+                    at(key),
+                    format!("listener `{id}`: {key} is 0, expected at least 1"),
+                ));
+            }
         }
         if !l.bind.ip().is_loopback() && l.tls.is_none() {
             diags.push(
@@ -1910,12 +1915,13 @@ mod tests {
     #[test]
     fn zero_and_absurd_limits() {
         check(
-            "[listeners.a]\nbind = \"127.0.0.1:1\"\nmax_connections = 0\nmax_message_bytes = 0\nidle_timeout_secs = 0\n[listeners.b]\nbind = \"127.0.0.1:2\"\nmax_message_bytes = 2000000000000\n",
+            "[listeners.a]\nbind = \"127.0.0.1:1\"\nmax_connections = 0\nmax_message_bytes = 0\nidle_timeout_secs = 0\nframe_timeout_secs = 0\n[listeners.b]\nbind = \"127.0.0.1:2\"\nmax_message_bytes = 2000000000000\n",
             &[
                 "junction.toml:3:19: error: listener `a`: max_connections is 0, expected at least 1",
                 "junction.toml:4:21: error: listener `a`: max_message_bytes is 0, expected at least 1",
                 "junction.toml:5:21: error: listener `a`: idle_timeout_secs is 0, expected at least 1",
-                "junction.toml:8:21: error: listener `b`: max_message_bytes is 2000000000000, expected at most 1073741824 (1 GiB)",
+                "junction.toml:6:22: error: listener `a`: frame_timeout_secs is 0, expected at least 1",
+                "junction.toml:9:21: error: listener `b`: max_message_bytes is 2000000000000, expected at most 1073741824 (1 GiB)",
             ],
         );
     }

@@ -21,7 +21,7 @@
 //!   byte received inside an unfinished frame or after stray bytes) journals
 //!   the bytes kept as `garbage`, logs one warning and closes that connection
 //!   only. So does a frame not finished `frame_timeout_secs` (600 by default)
-//!   after its first byte: a sender that trickles a frame a byte at a time,
+//!   after its first byte (keep-alive CR and LF before it do not count): a sender that trickles a frame a byte at a time,
 //!   each within the idle timeout, would otherwise hold a connection (and its
 //!   buffer) for as long as it likes. A frame the sender abandoned by starting a new one (`0x0B` before
 //!   the end block) is kept the same way, and the connection goes on with the
@@ -751,8 +751,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 struct Watched<S> {
     inner: S,
     last_read: Instant,
-    /// When the first byte after the last frame answered was read (the
-    /// frame timeout counts from it); `None` while nothing is read since.
+    /// When the first byte after the last frame answered was read that is
+    /// not a keep-alive (CR, LF, FS: the frame timeout counts from it);
+    /// `None` while nothing else is read since.
     frame_started: Option<Instant>,
 }
 
@@ -774,10 +775,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
             let now = Instant::now();
             self.last_read = now;
-            self.frame_started.get_or_insert(now);
+            // a keep-alive (CR, LF, a stray end block) begins no frame
+            if read.iter().any(|b| !matches!(b, b'\r' | b'\n' | 0x1C)) {
+                self.frame_started.get_or_insert(now);
+            }
         }
         polled
     }
