@@ -100,6 +100,7 @@ pub(super) fn apply_plan<R: Rows>(
     // report taken back from corrected to final, a resend with no issue time
     // to tell, must not take its results back either)
     let mut stale_results: Vec<String> = Vec::new();
+    refuse_unknown_patients(rows, plan)?;
     for (index, entry) in plan.entries.iter().enumerate() {
         let (resource_type, id) = (entry.resource_type.as_str(), entry.id.as_str());
         let current = rows.current(resource_type, id)?;
@@ -241,6 +242,38 @@ enum Decision {
 
 /// `ifNoneMatch: "*"` leaves an existing record alone; an older event never
 /// overwrites a newer one; the newest event time is kept.
+/// Refuses the document, before anything of it is written, when a record in
+/// it is filed under a Patient (`subject`, `patient`, `target`) that is
+/// neither one of its entries nor stored (in any version): a neighbour's
+/// Encounter naming `Patient/<an NHS number>` would move the visit off its
+/// patient to no one, found by no search. The shipped mappings send the
+/// Patient with every document, so theirs never ask the database.
+fn refuse_unknown_patients<R: Rows>(rows: &mut R, plan: &Plan) -> Result<(), R::Error> {
+    let in_document = |id: &str| {
+        plan.entries
+            .iter()
+            .any(|e| e.resource_type == "Patient" && e.id == id)
+    };
+    for (index, entry) in plan.entries.iter().enumerate() {
+        let Op::Put { patients, .. } = &entry.op else {
+            continue;
+        };
+        if entry.resource_type == "Patient" {
+            continue;
+        }
+        for patient in patients {
+            if !in_document(patient) && rows.current("Patient", patient)?.is_none() {
+                return Err(StoreError::InvalidEntry {
+                    index,
+                    problem: EntryProblem::UnknownPatient,
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn decide(current: Option<&Current>, create_only: bool, incoming: Option<i64>) -> Decision {
     match (current, incoming) {
         (Some(cur), _) if create_only && cur.content.is_some() => {

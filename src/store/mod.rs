@@ -252,6 +252,8 @@ pub enum EntryProblem {
     NhsNumberChanged,
     #[error("the Patient is new here under its own id, but its NHS number is already the record of another Patient: a second record of someone the store knows would split their record (write to the id this store has, or leave the Patient out)")]
     NhsNumberHeldElsewhere,
+    #[error("it is filed under a Patient (its subject, patient or target) that is neither in the document nor stored here: a record filed under no one would be found from no one (send the Patient with it, or name one this store has)")]
+    UnknownPatient,
 }
 
 /// What applying one entry did.

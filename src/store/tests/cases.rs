@@ -727,6 +727,41 @@ fn a_neighbours_patient_with_its_nhs_number_written_otherwise_is_retired_all_the
 }
 
 #[test]
+fn a_record_filed_under_a_patient_no_one_has_is_refused() {
+    // a neighbour's Encounter whose subject names a Patient neither in its
+    // document nor stored here (`Patient/<an NHS number>`): refused whole,
+    // before anything is written; the same Encounter under a stored Patient,
+    // or with its Patient in the document, is taken
+    let f = open();
+    let mut stray = encounter(ENCOUNTER, PATIENT, "finished");
+    stray["subject"] = json!({"reference": "Patient/9434765919"});
+    let mut result = observation("o-1", PATIENT, ENCOUNTER);
+    result["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+    result["encounter"] = json!({"reference": format!("Encounter/{ENCOUNTER}")});
+    let err = f
+        .store
+        .apply_bundle(&bundle(&[stray.clone(), result.clone()]), None)
+        .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+    assert!(
+        err.to_string().starts_with("entry 0: it is filed under a Patient"),
+        "{err}"
+    );
+    assert!(f.store.read("Encounter", ENCOUNTER).unwrap().is_none());
+    // with the Patient in the document
+    f.store
+        .apply_bundle(&bundle(&[encounter(ENCOUNTER, PATIENT, "finished"), patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
+    // under the stored Patient
+    f.store.apply_bundle(&bundle(&[result]), None).unwrap();
+    // an Encounter moved to a Patient no one has: refused, the visit stays put
+    let err = f.store.apply_bundle(&bundle(&[stray]), None).unwrap_err();
+    assert!(err.to_string().contains("neither in the document nor stored"), "{err}");
+    let visit = current(&f.store, "Encounter", ENCOUNTER);
+    assert_eq!(visit["subject"]["reference"], format!("Patient/{PATIENT}"));
+}
+
+#[test]
 fn a_value_its_element_does_not_allow_refuses_the_document_without_quoting_it() {
     // a neighbour's Encounter whose period.start is free text (a name and an
     // NHS number pasted into it): the whole document is refused, permanently,
@@ -1718,6 +1753,10 @@ fn an_a40_naming_the_merged_record_by_mrn_alone_retires_the_record_that_holds_it
 #[test]
 fn a_preliminary_version_after_the_final_one_is_stale() {
     let f = open();
+    // the patient the results are filed under, stored before
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
     let result = |status: &str, value: i64| {
         let mut o = observation("o-k", PATIENT, ENCOUNTER);
         o["status"] = json!(status);
@@ -2373,6 +2412,10 @@ fn a_stale_report_takes_its_results_with_it() {
 #[test]
 fn a_final_version_after_its_correction_is_stale_unless_issued_later() {
     let f = open();
+    // the patient the results are filed under, stored before
+    f.store
+        .apply_bundle(&bundle(&[patient(PATIENT, "9434765919", "Smith")]), None)
+        .unwrap();
     let result = |status: &str, value: i64, issued: &str| {
         let mut o = observation("o-c", PATIENT, ENCOUNTER);
         o["status"] = json!(status);
