@@ -429,9 +429,10 @@ async fn fhir_reads_need_a_clinical_token_and_every_request_is_audited() {
     assert_eq!(rows[2]["purpose"], "unspecified");
     // a read that found nothing is on the trail of the patient it asked for
     assert_eq!(rows[0]["patients"], serde_json::json!(["no-such-patient"]));
-    // (the refused ones searched by identifier: they name no patient id)
+    // the refused searches by identifier name the patient whose NHS number
+    // they asked for, so that patient's trail shows the attempts too
     for row in &rows[4..] {
-        assert_eq!(row["patients"], serde_json::json!([]), "{row}");
+        assert_eq!(row["patients"], serde_json::json!([patient]), "{row}");
     }
 
     // Filtered by patient and by token.
@@ -443,7 +444,8 @@ async fn fhir_reads_need_a_clinical_token_and_every_request_is_audited() {
         None,
     )
     .await;
-    assert_eq!(by_patient.body["audit"].as_array().unwrap().len(), 3);
+    // the three reads and the three refused searches
+    assert_eq!(by_patient.body["audit"].as_array().unwrap().len(), 6);
     let by_token = get(
         &server,
         "/api/audit?token=night-ops",
@@ -695,6 +697,11 @@ async fn objections_register_by_cli_and_http() {
         .await
         .unwrap();
     assert_eq!(too_large.status(), 413);
+    assert_eq!(
+        too_large.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the connection is not reused after a body left unread"
+    );
     let removed = client
         .delete(format!("{}/api/objections/9990000018", server.base))
         .send()

@@ -87,7 +87,16 @@ impl IntoResponse for HttpError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // the rest of the body is never read, so the connection cannot
+            // carry another request: said, so a client does not reuse it
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

@@ -172,11 +172,26 @@ async fn fhir(access: &Access, request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     // what was read; for a request refused or failed, the patients it asked
     // for, so the trail of a patient shows the attempts too
-    let patients = response
+    let mut patients = response
         .extensions()
         .get::<PatientsRead>()
         .map(|read| read.0.clone())
         .unwrap_or_else(|| patients_asked_for(&path, query.as_deref()));
+    // a refused `Patient?identifier=` search (the usual way to name a
+    // patient: by NHS number) names the Patients the identifier is theirs
+    if patients.is_empty() && status >= 400 {
+        let asked = identifiers_asked_for(&path, query.as_deref());
+        if !asked.is_empty() {
+            let store = access.store().clone();
+            match blocking(move || resolve_identifiers(&store, &asked)).await {
+                Ok(ids) => patients = ids,
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "cannot resolve a refused identifier search's patients; audited without them"
+                ),
+            }
+        }
+    }
     let entry = NewAuditEntry {
         at,
         token_name: token_name.clone(),
@@ -246,6 +261,58 @@ fn patients_asked_for(path: &str, query: Option<&str>) -> Vec<String> {
         }
     }
     out
+}
+
+/// The most identifier alternatives a refused search is resolved for.
+const MAX_RESOLVED_IDENTIFIERS: usize = 10;
+
+/// The `identifier` values (`system|value` or `value`, commas between
+/// alternatives) of a `/fhir/Patient` search, at most
+/// [`MAX_RESOLVED_IDENTIFIERS`].
+fn identifiers_asked_for(path: &str, query: Option<&str>) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    if path.trim_end_matches('/') != "/fhir/Patient" {
+        return out;
+    }
+    let Some(query) = query else {
+        return out;
+    };
+    let Ok(url) = reqwest::Url::parse(&format!("http://fhir{path}?{query}")) else {
+        return out;
+    };
+    for (key, value) in url.query_pairs() {
+        if key != "identifier" {
+            continue;
+        }
+        for one in value.split(',') {
+            let (system, value) = match one.split_once('|') {
+                Some((system, value)) => (Some(system.to_string()), value.to_string()),
+                None => (None, one.to_string()),
+            };
+            if !value.is_empty() && out.len() < MAX_RESOLVED_IDENTIFIERS {
+                out.push((system.filter(|s| !s.is_empty()), value));
+            }
+        }
+    }
+    out
+}
+
+/// The ids of the Patients holding any of `identifiers`, each once.
+fn resolve_identifiers(
+    store: &crate::store::RecordStore,
+    identifiers: &[(Option<String>, String)],
+) -> Result<Vec<String>, crate::store::StoreError> {
+    let mut ids: Vec<String> = Vec::new();
+    for (system, value) in identifiers {
+        for patient in store.search_patient_by_identifier(system.as_deref(), value)? {
+            if let Some(id) = patient["id"].as_str() {
+                if !ids.iter().any(|i| i == id) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// A JSON `{"error": ...}` answer, as the rest of `/api` answers.
