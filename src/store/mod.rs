@@ -612,9 +612,10 @@ impl RecordStore {
         event_time: Option<jiff::Timestamp>,
     ) -> Result<ApplyOutcome, StoreError> {
         let plan = plan::plan(bundle, event_time)?;
-        let outcome = self.write(&[&plan])?.pop();
         // `write` answers one outcome per plan.
-        Ok(outcome.unwrap_or_default())
+        self.write(&[&plan])?
+            .pop()
+            .unwrap_or_else(|| Ok(ApplyOutcome::default()))
     }
 
     /// Applies several documents in order in one SQLite transaction, so they
@@ -637,14 +638,22 @@ impl RecordStore {
             .into_iter()
             .map(|planned| match planned {
                 // `write` answers one outcome per plan, in order.
-                Ok(_) => Ok(outcomes.next().unwrap_or_default()),
+                Ok(_) => outcomes
+                    .next()
+                    .unwrap_or_else(|| Ok(ApplyOutcome::default())),
                 Err(err) => Err(err),
             })
             .collect())
     }
 
-    /// Applies checked plans in one transaction on the write connection.
-    fn write(&self, plans: &[&plan::Plan]) -> Result<Vec<ApplyOutcome>, StoreError> {
+    /// Applies checked plans in one transaction on the write connection: an
+    /// outcome per plan, or the error that refused it (a plan the store
+    /// refuses while applying it is rolled back alone); a database error
+    /// fails them all.
+    fn write(
+        &self,
+        plans: &[&plan::Plan],
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         if plans.is_empty() {
             return Ok(Vec::new());
         }
@@ -653,7 +662,7 @@ impl RecordStore {
             Some(pg) => pg.apply(plans, now)?,
             None => self.with_writer(|conn| sqlite::apply(conn, plans, now))?,
         };
-        for outcome in &outcomes {
+        for outcome in outcomes.iter().flatten() {
             tracing::debug!(
                 entries = outcome.entries.len(),
                 written = outcome.written(),

@@ -532,7 +532,7 @@ impl PgStore {
         &self,
         plans: &[&Plan],
         now: jiff::Timestamp,
-    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
         let last_updated = super::sqlite::instant(now);
         self.with_conn("cannot apply the document", |conn| {
             if conn.prepared.is_none() {
@@ -562,10 +562,27 @@ impl PgStore {
             keys.sort_unstable();
             keys.dedup();
             tx.execute(&st.lock, &[&keys])?;
+            if let [plan] = plans {
+                // one document: its transaction is its all-or-nothing
+                let mut rows = Rows { tx: &mut tx, st };
+                let outcome = apply::apply_plan(&mut rows, plan, &last_updated)?;
+                tx.commit()?;
+                return Ok(vec![Ok(outcome)]);
+            }
             let mut outcomes = Vec::with_capacity(plans.len());
             for plan in plans {
-                let mut rows = Rows { tx: &mut tx, st };
-                outcomes.push(apply::apply_plan(&mut rows, plan, &last_updated)?);
+                // each document under a savepoint of its own: one the store
+                // refuses while applying it is rolled back alone
+                let mut sp = tx.transaction()?;
+                let mut rows = Rows { tx: &mut sp, st };
+                match apply::apply_plan(&mut rows, plan, &last_updated) {
+                    Ok(outcome) => {
+                        sp.commit()?;
+                        outcomes.push(Ok(outcome));
+                    }
+                    Err(Failure::Store(err)) if err.is_permanent() => outcomes.push(Err(err)),
+                    Err(err) => return Err(err),
+                }
             }
             tx.commit()?;
             Ok(outcomes)

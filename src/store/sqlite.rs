@@ -203,12 +203,28 @@ pub(super) fn apply(
     conn: &mut Connection,
     plans: &[&Plan],
     now: jiff::Timestamp,
-) -> Result<Vec<ApplyOutcome>, StoreError> {
+) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
     let last_updated = instant(now);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let [plan] = plans {
+        // one document: its transaction is its all-or-nothing
+        let outcome = apply::apply_plan(&mut Rows(&tx), plan, &last_updated)?;
+        tx.commit()?;
+        return Ok(vec![Ok(outcome)]);
+    }
     let mut outcomes = Vec::with_capacity(plans.len());
     for plan in plans {
-        outcomes.push(apply::apply_plan(&mut Rows(&tx), plan, &last_updated)?);
+        // each document under a savepoint of its own: one the store refuses
+        // while applying it is rolled back alone
+        let sp = tx.savepoint()?;
+        match apply::apply_plan(&mut Rows(&sp), plan, &last_updated) {
+            Ok(outcome) => {
+                sp.commit()?;
+                outcomes.push(Ok(outcome));
+            }
+            Err(err) if err.is_permanent() => outcomes.push(Err(err)),
+            Err(err) => return Err(err),
+        }
     }
     tx.commit()?;
     Ok(outcomes)

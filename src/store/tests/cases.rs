@@ -1182,6 +1182,12 @@ fn apply_bundles_shares_a_transaction_but_not_a_fate() {
     let wrong = bundle(&[encounter("e-wrong", OTHER_PATIENT, "finished")]);
     let update = bundle(&[patient(PATIENT, "9434765919", "Jones")]);
     let older = bundle(&[patient(PATIENT, "9434765919", "Older")]);
+    // refused while it is applied (after its first entry is written: the
+    // Encounter, then a Patient with another NHS number under our id): its
+    // writes are rolled back, alone
+    let mut moved = encounter(ENCOUNTER, PATIENT, "finished");
+    moved["subject"] = json!({"reference": format!("Patient/{PATIENT}")});
+    let renumbered = bundle(&[moved, patient(PATIENT, "9990000018", "Jones")]);
     let results = f
         .store
         .apply_bundles(&[
@@ -1189,9 +1195,13 @@ fn apply_bundles_shares_a_transaction_but_not_a_fate() {
             (&wrong, at("2026-03-01T10:01:00Z")),
             (&update, at("2026-03-01T11:00:00Z")),
             (&older, at("2026-03-01T10:30:00Z")),
+            (&renumbered, at("2026-03-01T12:00:00Z")),
         ])
         .unwrap();
-    assert_eq!(results.len(), 4);
+    assert_eq!(results.len(), 5);
+    let err = results[4].as_ref().unwrap_err();
+    assert!(err.to_string().contains("another NHS number"), "{err}");
+    assert_eq!(current(&f.store, "Encounter", ENCOUNTER)["status"], "in-progress");
     assert_eq!(results[0].as_ref().unwrap().written(), 2);
     let err = results[1].as_ref().unwrap_err();
     assert!(err.is_permanent(), "{err}");
