@@ -443,28 +443,38 @@ fn number_len(s: &str, signed: bool) -> Option<usize> {
 /// them for "not known", and taken as NHS numbers they would make every
 /// unknown patient one person).
 pub(crate) fn nhs_number(s: &str) -> Option<String> {
-    let digits: Vec<u32> = s
-        .chars()
-        .filter(|c| *c != ' ' && *c != '-')
-        .map(|c| c.to_digit(10))
-        .collect::<Option<Vec<u32>>>()?;
-    if digits.len() != 10 || is_placeholder(s) {
+    // (on the stack: asked for several times in every message)
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    for b in s.bytes() {
+        match b {
+            b' ' | b'-' => {}
+            b'0'..=b'9' if n < 10 => {
+                digits[n] = b;
+                n += 1;
+            }
+            _ => return None,
+        }
+    }
+    if n != 10 || digits.iter().all(|d| *d == digits[0]) {
+        // not ten digits, or a placeholder (`is_placeholder`)
         return None;
     }
     let sum: u32 = digits[..9]
         .iter()
-        .enumerate()
-        .map(|(i, d)| d * (10 - i as u32))
+        .zip((2..=10u32).rev())
+        .map(|(d, weight)| u32::from(d - b'0') * weight)
         .sum();
     let check = match 11 - (sum % 11) {
         11 => 0,
         10 => return None,
         c => c,
     };
-    if check != digits[9] {
+    if check != u32::from(digits[9] - b'0') {
         return None;
     }
-    Some(digits.iter().map(|d| char::from(b'0' + *d as u8)).collect())
+    // ten ASCII digits
+    Some(digits.iter().map(|d| char::from(*d)).collect())
 }
 
 /// Ten digits all the same (spaces and hyphens ignored: `999 999 9999`): what
