@@ -493,6 +493,7 @@ async fn handshake(
         Ok(Err(err)) => {
             // rustls' reason (no client certificate, unknown CA, not TLS at
             // all): about the connection, never about a message
+            let err = crate::mllp::tls::handshake_error(&err);
             warn!(error = %err, "TLS handshake failed, connection closed");
             ctx.counters.tls_failed.inc();
             refused(ctx, peer, format!("TLS handshake failed: {err}"));

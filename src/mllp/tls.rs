@@ -137,7 +137,8 @@ impl ServerTlsConfig {
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsFileError> {
         let chain = certificates("cert_file", &self.cert_file)?;
         if let Some(leaf) = chain.first() {
-            if let Some(problem) = out_of_date(leaf, std::time::SystemTime::now()) {
+            let now = std::time::SystemTime::now();
+            if let Some(problem) = not_version_3(leaf).or_else(|| out_of_date(leaf, now)) {
                 return Err(file_error("cert_file", &self.cert_file, problem));
             }
         }
@@ -169,6 +170,35 @@ impl ServerTlsConfig {
         })?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
+}
+
+/// A failed handshake's reason as ops read it: rustls' text, with what its
+/// terser reasons mean added (`UnsupportedCertVersion`: the peer's
+/// certificate is X.509 version 1 or 2).
+pub(crate) fn handshake_error(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    if text.contains("UnsupportedCertVersion") {
+        format!("{text} (the peer's certificate is X.509 version 1 or 2; TLS needs version 3)")
+    } else {
+        text
+    }
+}
+
+/// Why a certificate of an older X.509 version cannot be served (`None`:
+/// version 3, or it does not read, which rustls will say): TLS needs
+/// version 3, and rustls would otherwise report the key as not matching.
+fn not_version_3(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let version = match parsed.tbs_certificate.version {
+        x509_cert::Version::V3 => return None,
+        x509_cert::Version::V1 => 1,
+        x509_cert::Version::V2 => 2,
+    };
+    Some(format!(
+        "holds an X.509 version {version} certificate; TLS needs version 3 (issue it with \
+         extensions, e.g. `openssl x509 -req ... -extfile` naming its subjectAltName)"
+    ))
 }
 
 /// Why a certificate cannot be used at `now`: it expired, or is not valid
@@ -374,6 +404,38 @@ g0L91H5P0DeGE9J+2zfepeaFfc0XeAIgWHpUxeRofos11/8Xx1ybeXBuVLtkCg5M
 RgEg+TJR0hY=
 -----END CERTIFICATE-----
 ";
+
+    /// A self-signed X.509 version 1 certificate (`openssl x509 -req` with no
+    /// `-extfile`), valid to 2126.
+    const VERSION_1: &str = "-----BEGIN CERTIFICATE-----
+MIIBKTCBzwIUXQa2qjGAToCNUhUuYI2iySHqCqUwCgYIKoZIzj0EAwIwFjEUMBIG
+A1UEAwwLanVuY3Rpb24tdjEwIBcNMjYxMTI1MDcwNTMyWhgPMjEyNjExMDEwNzA1
+MzJaMBYxFDASBgNVBAMMC2p1bmN0aW9uLXYxMFkwEwYHKoZIzj0CAQYIKoZIzj0D
+AQcDQgAEXRW78y+yV1qcpVdkcvPd5px6BFsoZ33RcZwcU77VaYKWubehKY7Y1lzr
+89tqs1v7OuW8B0DAYaUIUFUyu1H0SzAKBggqhkjOPQQDAgNJADBGAiEAjYeULWpm
+TFZeVcgYCtSdQ3EROmvA5Aywb7LfsQ5gOjACIQDiiJTdjAAvIsZbRixxQ3a2SBKl
+Qb073+BKpsrKqkBKHw==
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn a_version_1_certificate_is_said_so() {
+        let parse = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let problem = not_version_3(&parse(VERSION_1)).unwrap();
+        assert!(problem.contains("X.509 version 1"), "{problem}");
+        assert_eq!(not_version_3(&parse(TWO_DAYS)), None);
+        // a sender's version 1 certificate, as rustls refuses it
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: Other(OtherError(UnsupportedCertVersion))",
+        );
+        assert!(handshake_error(&refused).ends_with("X.509 version 1 or 2; TLS needs version 3)"));
+    }
 
     #[test]
     fn a_certificate_out_of_its_dates_is_said_so() {
