@@ -130,6 +130,12 @@ pub enum MeshInboxError {
         #[source]
         error: Box<crate::store::StoreError>,
     },
+    /// The lease was lost during the poll (its session ended: the server
+    /// restarted, or an administrator ended it): the poll stops before the
+    /// next message, as another node may be polling now; the messages left
+    /// wait in MESH.
+    #[error("mesh inbox `{source_id}`: the inbox's lease was lost during the poll (its database session ended); the poll stops, the {left} message(s) not taken stay in the inbox")]
+    LeaseLost { source_id: String, left: usize },
     /// The shared record store could not be asked or told about a message's
     /// claim (PostgreSQL down): the message stays in the inbox, and the poll
     /// ends.
@@ -178,6 +184,7 @@ impl MeshInboxError {
             MeshInboxError::Client { .. }
             | MeshInboxError::List { .. }
             | MeshInboxError::Lease { .. }
+            | MeshInboxError::LeaseLost { .. }
             | MeshInboxError::Claim { .. }
             | MeshInboxError::Journal { .. } => true,
             MeshInboxError::ClaimedElsewhere { .. } => false,
@@ -206,6 +213,7 @@ impl MeshInboxError {
         match self {
             MeshInboxError::Client { .. }
             | MeshInboxError::Lease { .. }
+            | MeshInboxError::LeaseLost { .. }
             | MeshInboxError::Claim { .. }
             | MeshInboxError::ClaimedElsewhere { .. }
             | MeshInboxError::Journal { .. } => false,
@@ -587,11 +595,9 @@ impl MeshInbox {
                     .await
                     .unwrap_or(false);
                 if !held {
-                    return Err(MeshInboxError::Lease {
+                    return Err(MeshInboxError::LeaseLost {
                         source_id: self.id.clone(),
-                        error: Box::new(crate::store::StoreError::Internal(
-                            "the lease's connection ended during the poll",
-                        )),
+                        left: ids.len() - summary_done(&summary),
                     });
                 }
             }
