@@ -609,13 +609,20 @@ async fn a_frame_trickled_past_the_frame_timeout_is_kept_and_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_before_a_frame_does_not_start_its_frame_timeout() {
-    // frame timeout 3 s, idle 1 s: a CR LF keep-alive, then a frame sent in
-    // five parts 0.7 s apart (never idle), its last part 3.5 s after the
-    // keep-alive but 2.8 s after its own first byte: answered
+    // frame timeout 3 s, idle 1 s: a frame ending `FS CR LF` (the LF read
+    // with it, left over after its answer), a CR LF keep-alive, then a frame
+    // sent in five parts 0.7 s apart (never idle), its last part 3.5 s after
+    // the first frame's answer but 2.8 s after its own first byte: answered
     let fx = start_with("frame_timeout_secs = 3\n").await;
     let mut conn = connect(fx.addr).await;
+    let mut first = frame(&a01_with_control_id("KEEPALV0"));
+    first.push(b'\n');
+    conn.write_all(&first).await.unwrap();
+    let ack = read_frame(&mut conn).await.expect("answered");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    tokio::time::sleep(Duration::from_millis(350)).await;
     conn.write_all(b"\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
     let bytes = frame(&a01_with_control_id("KEEPALV1"));
     for part in bytes.chunks(bytes.len().div_ceil(5)) {
         conn.write_all(part).await.unwrap();

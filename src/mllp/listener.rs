@@ -722,7 +722,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 // idle counts from the answer too: a commit that waited (a
                 // full disk) must not make the sender look idle; the next
                 // frame, when part of it is read already, begins now
-                let begun = !framed.read_buffer().is_empty();
+                let begun = framed.read_buffer().iter().any(|b| !is_keep_alive(*b));
                 let (watched, now) = (framed.get_mut(), Instant::now());
                 watched.last_read = now;
                 watched.frame_started = begun.then_some(now);
@@ -744,6 +744,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         peer: peer_text,
         at: events::now(),
     });
+}
+
+/// A byte a sender writes between frames to keep the connection open, or
+/// after its end block (CR, LF, FS): it begins no frame.
+fn is_keep_alive(b: u8) -> bool {
+    matches!(b, b'\r' | b'\n' | 0x1C)
 }
 
 /// A connection's stream that remembers when it last read a byte (what the
@@ -781,7 +787,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             let now = Instant::now();
             self.last_read = now;
             // a keep-alive (CR, LF, a stray end block) begins no frame
-            if read.iter().any(|b| !matches!(b, b'\r' | b'\n' | 0x1C)) {
+            if read.iter().any(|b| !is_keep_alive(*b)) {
                 self.frame_started.get_or_insert(now);
             }
         }
