@@ -59,11 +59,16 @@ pub(super) trait Rows {
         identifiers: &[(String, String)],
     ) -> Result<(), Self::Error>;
 
-    /// The live Patients with the identifier `(system, value)`, by id.
+    /// The live Patients with the identifier `(system, value)`, by id; with
+    /// `untraced`, only those without an NHS number (by the index, which
+    /// holds every NHS number as its ten digits: a local identifier a
+    /// thousand traced patients share, a PAS's placeholder MRN, is not
+    /// read a thousand times).
     fn patients_with_identifier(
         &mut self,
         system: &str,
         value: &str,
+        untraced: bool,
     ) -> Result<Vec<String>, Self::Error>;
 
     /// Links every record linked to Patient `from` (but Patients) to Patient
@@ -505,7 +510,7 @@ fn put<R: Rows>(
             if at.id == crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}")) {
                 continue;
             }
-            let holders = rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits)?;
+            let holders = rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits, false)?;
             if holders.iter().any(|other| other != at.id) {
                 return Err(StoreError::InvalidEntry {
                     index: at.index,
@@ -1284,7 +1289,7 @@ fn traced_twin<R: Rows>(
         if system.is_empty() || value.is_empty() {
             continue;
         }
-        for other in rows.patients_with_identifier(system, value)? {
+        for other in rows.patients_with_identifier(system, value, false)? {
             if other == id || found.as_deref() == Some(other.as_str()) {
                 continue;
             }
@@ -1469,7 +1474,7 @@ fn retire_sharing<R: Rows>(
         {
             continue;
         }
-        for other in rows.patients_with_identifier(system, value)? {
+        for other in rows.patients_with_identifier(system, value, only_untraced)? {
             if other == at.id || other == survivor || seen.contains(&other) {
                 continue;
             }
@@ -1496,7 +1501,7 @@ fn retire_holding_nhs_number<R: Rows>(
         if at.id != crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}")) {
             continue;
         }
-        for other in rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits)? {
+        for other in rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits, false)? {
             if other != at.id {
                 retire_other(rows, at, &other, at.id, false)?;
             }

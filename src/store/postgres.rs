@@ -1398,13 +1398,18 @@ impl apply::Rows for Rows<'_, '_> {
         &mut self,
         system: &str,
         value: &str,
+        untraced: bool,
     ) -> Result<Vec<String>, Failure> {
+        // (an NHS number is indexed as ten digits: `plan::identifiers_of`)
         let rows = self.tx.query(
             "SELECT i.patient_id FROM patient_identifiers i
              JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
              WHERE i.value = $1 AND i.system = $2 AND NOT r.deleted
+               AND NOT ($3 AND EXISTS (SELECT 1 FROM patient_identifiers n
+                   WHERE n.patient_id = i.patient_id AND n.system = $4
+                     AND n.value ~ '^[0-9]{10}$'))
              ORDER BY i.patient_id",
-            &[&value, &system],
+            &[&value, &system, &untraced, &crate::route::NHS_NUMBER_SYSTEM],
         )?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::apply::{self, Current, Version};
 use super::plan::Plan;
 use super::{ApplyOutcome, Record, StoreError, SyncPolicy};
+use crate::route::NHS_NUMBER_SYSTEM;
 
 /// The schema this build writes: 1 the records and their indexes; 2 adds
 /// the access tables (API tokens, the audit trail of FHIR reads, the
@@ -345,16 +346,31 @@ impl apply::Rows for Rows<'_> {
         &mut self,
         system: &str,
         value: &str,
+        untraced: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let mut statement = self.0.prepare_cached(
-            "SELECT i.patient_id FROM patient_identifiers i
+        const ALL: &str = "SELECT i.patient_id FROM patient_identifiers i
              JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
              WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
-             ORDER BY i.patient_id",
-        )?;
-        let ids = statement
-            .query_map(params![value, system], |row| row.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+             ORDER BY i.patient_id";
+        // (an NHS number is indexed as ten digits: `plan::identifiers_of`)
+        const UNTRACED: &str = "SELECT i.patient_id FROM patient_identifiers i
+             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+             WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
+               AND NOT EXISTS (SELECT 1 FROM patient_identifiers n
+                   WHERE n.patient_id = i.patient_id AND n.system = ?3
+                     AND length(n.value) = 10 AND n.value NOT GLOB '*[^0-9]*')
+             ORDER BY i.patient_id";
+        let ids = if untraced {
+            self.0
+                .prepare_cached(UNTRACED)?
+                .query_map(params![value, system, NHS_NUMBER_SYSTEM], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?
+        } else {
+            self.0
+                .prepare_cached(ALL)?
+                .query_map(params![value, system], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?
+        };
         Ok(ids)
     }
 
