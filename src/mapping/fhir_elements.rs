@@ -220,11 +220,11 @@ fn primitive_ok(primitive: &str, value: &Value) -> bool {
                 && !t.contains(|c: char| c.is_whitespace() && c != ' ')
         }),
         "Id" => text.is_some_and(crate::store::is_id),
-        // `\S*`
+        // `\S*`, and never empty (no FHIR value is)
         "Uri" | "Url" | "Canonical" | "Oid" | "UuidVersion" => {
-            text.is_some_and(|t| !t.contains(char::is_whitespace))
+            text.is_some_and(|t| !t.is_empty() && !t.contains(char::is_whitespace))
         }
-        "String" | "Markdown" | "EncodedBytes" => text.is_some(),
+        "String" | "Markdown" | "EncodedBytes" => text.is_some_and(|t| !t.is_empty()),
         _ => value.is_string() || value.is_number() || value.is_boolean(),
     }
 }
@@ -397,7 +397,14 @@ mod tests {
             invalid(observation).as_deref(),
             Some("Observation.valueQuantity.value decimal")
         );
-        // a uri holds no white space (`\S*`)
+        // a string is never empty
+        let observation = json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"text": ""}});
+        assert_eq!(
+            invalid(observation).as_deref(),
+            Some("Observation.code.text string")
+        );
+        // a uri holds no white space (`\S*`), and is never empty either
         let observation = json!({"resourceType": "Observation", "id": "o", "status": "final",
             "code": {"coding": [{"system": "http://lo inc.org", "code": "718-7"}]}});
         assert_eq!(

@@ -1236,7 +1236,11 @@ fn describe(config: &postgres::Config) -> String {
 fn migrate(client: &mut Client) -> Result<(), Failure> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS junction_schema (version BIGINT NOT NULL)")?;
+    // (no server NOTICE "already exists, skipping" in the log at every start)
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS junction_schema (version BIGINT NOT NULL)",
+    )?;
     let found: Option<i64> = tx
         .query_one("SELECT max(version) FROM junction_schema", &[])?
         .get(0);
@@ -1265,6 +1269,14 @@ fn migrate(client: &mut Client) -> Result<(), Failure> {
         &[&SCHEMA_VERSION],
     )?;
     tx.commit()?;
+    // a new database is no upgrade; an older one is said once
+    if found > 0 {
+        tracing::info!(
+            from = found,
+            to = SCHEMA_VERSION,
+            "record store (PostgreSQL) schema upgraded"
+        );
+    }
     Ok(())
 }
 
