@@ -254,11 +254,13 @@ enum Decision {
 /// patient to no one, found by no search. The shipped mappings send the
 /// Patient with every document, so theirs never ask the database.
 fn refuse_unknown_patients<R: Rows>(rows: &mut R, plan: &Plan) -> Result<(), R::Error> {
-    let in_document = |id: &str| {
-        plan.entries
-            .iter()
-            .any(|e| e.resource_type == "Patient" && e.id == id)
-    };
+    // (collected once: a document has a Patient or two, and forty entries)
+    let in_document: Vec<&str> = plan
+        .entries
+        .iter()
+        .filter(|e| e.resource_type == "Patient")
+        .map(|e| e.id.as_str())
+        .collect();
     for (index, entry) in plan.entries.iter().enumerate() {
         let Op::Put { patients, .. } = &entry.op else {
             continue;
@@ -267,7 +269,9 @@ fn refuse_unknown_patients<R: Rows>(rows: &mut R, plan: &Plan) -> Result<(), R::
             continue;
         }
         for patient in patients {
-            if !in_document(patient) && rows.current("Patient", patient)?.is_none() {
+            if !in_document.contains(&patient.as_str())
+                && rows.current("Patient", patient)?.is_none()
+            {
                 return Err(StoreError::InvalidEntry {
                     index,
                     problem: EntryProblem::UnknownPatient,
