@@ -177,8 +177,8 @@ async fn fhir(access: &Access, request: Request, next: Next) -> Response {
         .get::<PatientsRead>()
         .map(|read| read.0.clone())
         .unwrap_or_else(|| patients_asked_for(&path, query.as_deref()));
-    // a refused `Patient?identifier=` search (the usual way to name a
-    // patient: by NHS number) names the Patients the identifier is theirs
+    // a refused `Patient?identifier=` search by NHS number (the usual way
+    // to name a patient) names the Patients holding that number
     if patients.is_empty() && status >= 400 {
         let asked = identifiers_asked_for(&path, query.as_deref());
         if !asked.is_empty() {
@@ -263,14 +263,20 @@ fn patients_asked_for(path: &str, query: Option<&str>) -> Vec<String> {
     out
 }
 
-/// The most identifier alternatives a refused search is resolved for.
+/// The most NHS numbers of a refused search that are resolved.
 const MAX_RESOLVED_IDENTIFIERS: usize = 10;
 
-/// The `identifier` values (`system|value` or `value`, commas between
-/// alternatives) of a `/fhir/Patient` search, at most
-/// [`MAX_RESOLVED_IDENTIFIERS`].
-fn identifiers_asked_for(path: &str, query: Option<&str>) -> Vec<(Option<String>, String)> {
-    let mut out = Vec::new();
+/// The most Patient ids one refused search is audited under (an NHS number
+/// is held by one live Patient and those it retired).
+const MAX_RESOLVED_PATIENTS: usize = 10;
+
+/// The NHS numbers (`identifier=https://fhir.nhs.uk/Id/nhs-number|N`, commas
+/// between alternatives) of a `/fhir/Patient` search, as ten digits, at most
+/// [`MAX_RESOLVED_IDENTIFIERS`]. Only NHS numbers: they name one person, where
+/// a local identifier may be shared by thousands (a placeholder MRN), and a
+/// request with no token must not make the node read and audit them all.
+fn identifiers_asked_for(path: &str, query: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
     if path.trim_end_matches('/') != "/fhir/Patient" {
         return out;
     }
@@ -285,28 +291,32 @@ fn identifiers_asked_for(path: &str, query: Option<&str>) -> Vec<(Option<String>
             continue;
         }
         for one in value.split(',') {
-            let (system, value) = match one.split_once('|') {
-                Some((system, value)) => (Some(system.to_string()), value.to_string()),
-                None => (None, one.to_string()),
+            let Some((system, value)) = one.split_once('|') else {
+                continue;
             };
-            if !value.is_empty() && out.len() < MAX_RESOLVED_IDENTIFIERS {
-                out.push((system.filter(|s| !s.is_empty()), value));
+            if let Some(digits) = crate::store::nhs_number_of(system, value) {
+                if out.len() < MAX_RESOLVED_IDENTIFIERS && !out.contains(&digits) {
+                    out.push(digits);
+                }
             }
         }
     }
     out
 }
 
-/// The ids of the Patients holding any of `identifiers`, each once.
+/// The ids of the Patients holding any of the NHS numbers `numbers`, each
+/// once, at most [`MAX_RESOLVED_PATIENTS`].
 fn resolve_identifiers(
     store: &crate::store::RecordStore,
-    identifiers: &[(Option<String>, String)],
+    numbers: &[String],
 ) -> Result<Vec<String>, crate::store::StoreError> {
     let mut ids: Vec<String> = Vec::new();
-    for (system, value) in identifiers {
-        for patient in store.search_patient_by_identifier(system.as_deref(), value)? {
+    for number in numbers {
+        let holders =
+            store.search_patient_by_identifier(Some(crate::route::NHS_NUMBER_SYSTEM), number)?;
+        for patient in holders {
             if let Some(id) = patient["id"].as_str() {
-                if !ids.iter().any(|i| i == id) {
+                if !ids.iter().any(|i| i == id) && ids.len() < MAX_RESOLVED_PATIENTS {
                     ids.push(id.to_string());
                 }
             }
@@ -410,6 +420,26 @@ fn is_loopback_authority(authority: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_search_is_resolved_by_its_nhs_numbers_only() {
+        let nhs = "https://fhir.nhs.uk/Id/nhs-number";
+        let q = |query: &str| identifiers_asked_for("/fhir/Patient", Some(query));
+        assert_eq!(q(&format!("identifier={nhs}%7C9434765919")), ["9434765919"]);
+        // spaced, and alternatives, each once
+        assert_eq!(
+            q(&format!(
+                "identifier={nhs}|943 476 5919,{nhs}|9434765919,{nhs}|4010232137"
+            )),
+            ["9434765919", "4010232137"]
+        );
+        // a local identifier (a placeholder MRN thousands share), or no system
+        assert!(q("identifier=urn:local|RAL1234567").is_empty());
+        assert!(q("identifier=RAL1234567").is_empty());
+        assert!(identifiers_asked_for("/fhir/Observation", Some("identifier=x")).is_empty());
+        let many: Vec<String> = (0..20).map(|_| format!("{nhs}|9434765919")).collect();
+        assert_eq!(q(&format!("identifier={}", many.join(","))).len(), 1);
+    }
 
     #[test]
     fn the_open_api_answers_loopback_addressed_requests_only() {

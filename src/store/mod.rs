@@ -57,7 +57,7 @@ pub use access::{
     now_instant, AuditEntry, AuditQuery, NewAuditEntry, Objection, ObjectionChange, StoredToken,
     TokenInfo,
 };
-pub use plan::{is_id, is_resource_type};
+pub use plan::{is_id, is_resource_type, nhs_number_of};
 
 /// The record store's own settings (`config/` assembles them from `[store]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

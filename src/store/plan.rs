@@ -581,7 +581,7 @@ pub(super) fn nhs_numbers(identifiers: &[(String, String)]) -> Vec<String> {
 /// a value that is ten digits once spaces and dashes are taken out
 /// (`943 476 5919`, `943-476-5919`). `None` for every other identifier. The
 /// check digit is not looked at: a number is the same number either way.
-pub(super) fn nhs_number_of(system: &str, value: &str) -> Option<String> {
+pub fn nhs_number_of(system: &str, value: &str) -> Option<String> {
     let system = system.trim();
     let system = system.strip_suffix('/').unwrap_or(system);
     if !system.eq_ignore_ascii_case(NHS_NUMBER_SYSTEM) {
