@@ -254,6 +254,8 @@ pub enum EntryProblem {
     NhsNumberHeldElsewhere,
     #[error("it is filed under a Patient (its subject, patient or target) that is neither in the document nor stored here: a record filed under no one would be found from no one (send the Patient with it, or name one this store has)")]
     UnknownPatient,
+    #[error("its subject, patient or target names a Patient by a reference this store cannot resolve (a conditional `Patient?…`, an identifier alone, `patient/` in another case): send `Patient/<id>`, or the Patient with it")]
+    UnresolvablePatient,
 }
 
 /// What applying one entry did.

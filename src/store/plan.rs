@@ -157,7 +157,14 @@ pub(super) fn plan(
                 rewrite_references(&mut resource, &full_urls)
                     .map_err(|problem| StoreError::InvalidEntry { index, problem })?;
                 strip_store_meta(&mut resource);
-                let patients = patients_of(&shape.resource_type, &shape.id, &resource);
+                let (patients, unresolvable) =
+                    patient_references(&shape.resource_type, &shape.id, &resource);
+                if unresolvable {
+                    return Err(StoreError::InvalidEntry {
+                        index,
+                        problem: EntryProblem::UnresolvablePatient,
+                    });
+                }
                 let identifiers = if shape.resource_type == "Patient" {
                     identifiers_of(&resource)
                 } else {
@@ -510,10 +517,17 @@ const PATIENT_ELEMENTS: &[&str] = &["subject", "patient", "target"];
 
 /// Ids of the Patients `resource` belongs to, without duplicates.
 pub(super) fn patients_of(resource_type: &str, id: &str, resource: &Value) -> Vec<String> {
+    patient_references(resource_type, id, resource).0
+}
+
+/// The Patients `resource` belongs to ([`patients_of`]), and whether it
+/// names one the store cannot resolve ([`PatientRef::Unresolvable`]).
+fn patient_references(resource_type: &str, id: &str, resource: &Value) -> (Vec<String>, bool) {
     if resource_type == "Patient" {
-        return vec![id.to_string()];
+        return (vec![id.to_string()], false);
     }
     let mut patients: Vec<String> = Vec::new();
+    let mut unresolvable = false;
     for element in PATIENT_ELEMENTS {
         let references: Vec<&Value> = match resource.get(*element) {
             Some(Value::Array(items)) => items.iter().collect(),
@@ -521,17 +535,64 @@ pub(super) fn patients_of(resource_type: &str, id: &str, resource: &Value) -> Ve
             _ => Vec::new(),
         };
         for reference in references {
-            let Some(text) = reference.get("reference").and_then(Value::as_str) else {
-                continue;
-            };
-            if let Some(patient) = text.strip_prefix("Patient/").filter(|id| is_id(id)) {
-                if !patients.iter().any(|p| p == patient) {
-                    patients.push(patient.to_string());
+            let found = match reference.get("reference").and_then(Value::as_str) {
+                Some(text) => patient_reference(text),
+                // a Patient named by its identifier alone (a logical
+                // reference): nothing here to file it under
+                None if *element == "patient" || reference["type"] == "Patient" => {
+                    PatientRef::Unresolvable
                 }
+                None => PatientRef::Other,
+            };
+            match found {
+                PatientRef::Id(patient) => {
+                    if !patients.iter().any(|p| p == patient) {
+                        patients.push(patient.to_string());
+                    }
+                }
+                PatientRef::Unresolvable => unresolvable = true,
+                PatientRef::Other => {}
             }
         }
     }
-    patients
+    (patients, unresolvable)
+}
+
+/// What a reference's text says of a Patient.
+#[derive(Debug, PartialEq)]
+enum PatientRef<'a> {
+    /// `Patient/<id>`, also versioned (`/_history/<v>`) or absolute
+    /// (`https://…/fhir/Patient/<id>`): the Patient with that id here.
+    Id(&'a str),
+    /// A Patient this store cannot resolve: a conditional reference
+    /// (`Patient?identifier=…`), another spelling of the type (`patient/…`),
+    /// an id that is no FHIR id.
+    Unresolvable,
+    /// Not a Patient (a Group, a Location, a contained `#id`).
+    Other,
+}
+
+fn patient_reference(text: &str) -> PatientRef<'_> {
+    if let Some((path, _)) = text.split_once('?') {
+        let ty = path.rsplit('/').next().unwrap_or("");
+        return if ty.eq_ignore_ascii_case("Patient") {
+            PatientRef::Unresolvable
+        } else {
+            PatientRef::Other
+        };
+    }
+    let segments: Vec<&str> = text.split('/').collect();
+    let (ty, id) = match segments.as_slice() {
+        [.., ty, id, "_history", _] | [.., ty, id] => (*ty, *id),
+        _ => return PatientRef::Other,
+    };
+    if ty == "Patient" && is_id(id) {
+        PatientRef::Id(id)
+    } else if ty.eq_ignore_ascii_case("Patient") {
+        PatientRef::Unresolvable
+    } else {
+        PatientRef::Other
+    }
 }
 
 /// (system, value) of every Patient identifier with a value.
@@ -601,6 +662,27 @@ pub fn nhs_number_of(system: &str, value: &str) -> Option<String> {
 #[cfg(test)]
 mod record_type_tests {
     use super::*;
+
+    #[test]
+    fn patient_references_are_read_in_every_shape() {
+        use PatientRef::*;
+        for (text, expected) in [
+            ("Patient/p1", Id("p1")),
+            ("Patient/p1/_history/3", Id("p1")),
+            ("https://x.nhs.uk/fhir/Patient/p1", Id("p1")),
+            ("https://x.nhs.uk/fhir/Patient/p1/_history/3", Id("p1")),
+            ("Patient?identifier=a|b", Unresolvable),
+            ("https://x.nhs.uk/fhir/Patient?identifier=a|b", Unresolvable),
+            ("patient/p1", Unresolvable),
+            ("Patient/not an id", Unresolvable),
+            ("Group/g1", Other),
+            ("Location/l1/_history/1", Other),
+            ("#contained", Other),
+            ("Patient", Other),
+        ] {
+            assert_eq!(patient_reference(text), expected, "{text}");
+        }
+    }
 
     #[test]
     fn the_record_types_are_sorted_fhir_r4_types() {

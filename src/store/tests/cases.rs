@@ -759,6 +759,33 @@ fn a_record_filed_under_a_patient_no_one_has_is_refused() {
     assert!(err.to_string().contains("neither in the document nor stored"), "{err}");
     let visit = current(&f.store, "Encounter", ENCOUNTER);
     assert_eq!(visit["subject"]["reference"], format!("Patient/{PATIENT}"));
+    // other shapes of a reference to a Patient no one has, or none can resolve
+    for subject in [
+        json!({"reference": "https://other.nhs.example/fhir/Patient/9434765919"}),
+        json!({"reference": "Patient/9434765919/_history/1"}),
+        json!({"reference": "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919"}),
+        json!({"reference": format!("patient/{PATIENT}")}),
+        json!({"type": "Patient", "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}}),
+    ] {
+        let mut other = encounter("e-other", PATIENT, "finished");
+        other["subject"] = subject.clone();
+        let err = f.store.apply_bundle(&bundle(&[other]), None).unwrap_err();
+        assert!(err.is_permanent(), "{subject}: {err}");
+        assert!(err.to_string().contains("Patient"), "{subject}: {err}");
+        assert!(!err.to_string().contains("9434765919"), "{err}");
+    }
+    assert!(f.store.read("Encounter", "e-other").unwrap().is_none());
+    // a versioned or absolute reference to the stored Patient: filed under it
+    for (id, subject) in [
+        ("e-versioned", format!("Patient/{PATIENT}/_history/1")),
+        ("e-absolute", format!("https://records.example/fhir/Patient/{PATIENT}")),
+    ] {
+        let mut filed = encounter(id, PATIENT, "finished");
+        filed["subject"] = json!({"reference": subject});
+        f.store.apply_bundle(&bundle(&[filed]), None).unwrap();
+        let everything = f.store.everything(PATIENT).unwrap().unwrap();
+        assert!(everything.iter().any(|r| r["id"] == id), "{id}");
+    }
 }
 
 #[test]
