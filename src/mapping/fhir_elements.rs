@@ -224,7 +224,8 @@ fn primitive_ok(primitive: &str, value: &Value) -> bool {
         "Uri" | "Url" | "Canonical" | "Oid" | "UuidVersion" => {
             text.is_some_and(|t| !t.is_empty() && !t.contains(char::is_whitespace))
         }
-        "String" | "Markdown" | "EncodedBytes" => text.is_some_and(|t| !t.is_empty()),
+        // (the table names xhtml, Narrative.div, with no type of its own)
+        "String" | "Markdown" | "EncodedBytes" | "" => text.is_some_and(|t| !t.is_empty()),
         _ => value.is_string() || value.is_number() || value.is_boolean(),
     }
 }
@@ -252,6 +253,7 @@ fn fhir_name(primitive: &'static str) -> &'static str {
         "Oid" => "oid",
         "UuidVersion" => "uuid",
         "EncodedBytes" => "base64Binary",
+        "" => "xhtml",
         _ => "a primitive value",
     }
 }
@@ -397,6 +399,10 @@ mod tests {
             invalid(observation).as_deref(),
             Some("Observation.valueQuantity.value decimal")
         );
+        // nor a narrative's xhtml
+        let patient = json!({"resourceType": "Patient", "id": "p",
+            "text": {"status": "generated", "div": ""}});
+        assert_eq!(invalid(patient).as_deref(), Some("Patient.text.div xhtml"));
         // a string is never empty
         let observation = json!({"resourceType": "Observation", "id": "o", "status": "final",
             "code": {"text": ""}});

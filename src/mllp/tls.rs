@@ -289,7 +289,14 @@ impl ClientTls {
         let config = match (cert_file, key_file) {
             (Some(cert), Some(key)) => builder
                 .with_client_auth_cert(
-                    certificates("tls-cert", cert)?,
+                    {
+                        let chain = certificates("tls-cert", cert)?;
+                        // (rustls would call a version 1 one a key mismatch)
+                        if let Some(problem) = chain.first().and_then(not_version_3) {
+                            return Err(file_error("tls-cert", cert, problem));
+                        }
+                        chain
+                    },
                     private_key("tls-key", key)?,
                 )
                 .map_err(|e| {
@@ -435,6 +442,20 @@ Qb073+BKpsrKqkBKHw==
             "invalid peer certificate: Other(OtherError(UnsupportedCertVersion))",
         );
         assert!(handshake_error(&refused).ends_with("X.509 version 1 or 2; TLS needs version 3)"));
+        // a client's own version 1 certificate (`junction send --tls-cert`,
+        // an MLLP destination's `tls_cert_file`): named as such, not as a
+        // key that does not match
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("client.pem"),
+            dir.path().join("client.key"),
+        );
+        std::fs::write(&ca, TWO_DAYS).unwrap();
+        std::fs::write(&cert, VERSION_1).unwrap();
+        std::fs::write(&key, "not read").unwrap();
+        let err = ClientTls::load(&ca, Some(&cert), Some(&key), None).unwrap_err();
+        assert!(err.to_string().contains("X.509 version 1"), "{err}");
     }
 
     #[test]
