@@ -224,8 +224,16 @@ fn primitive_ok(primitive: &str, value: &Value) -> bool {
         "Uri" | "Url" | "Canonical" | "Oid" | "UuidVersion" => {
             text.is_some_and(|t| !t.is_empty() && !t.contains(char::is_whitespace))
         }
-        // (the table names xhtml, Narrative.div, with no type of its own)
-        "String" | "Markdown" | "EncodedBytes" | "" => text.is_some_and(|t| !t.is_empty()),
+        // (the table names xhtml, Narrative.div, with no type of its own):
+        // its shape, not a whole XHTML check: one `div` element, and no
+        // script (FHIR's narrative rules, txt-1 and txt-2)
+        "" => text.is_some_and(|t| {
+            let t = t.trim();
+            t.starts_with("<div")
+                && t.ends_with("</div>")
+                && !t.to_ascii_lowercase().contains("<script")
+        }),
+        "String" | "Markdown" | "EncodedBytes" => text.is_some_and(|t| !t.is_empty()),
         _ => value.is_string() || value.is_number() || value.is_boolean(),
     }
 }
@@ -403,6 +411,24 @@ mod tests {
         let patient = json!({"resourceType": "Patient", "id": "p",
             "text": {"status": "generated", "div": ""}});
         assert_eq!(invalid(patient).as_deref(), Some("Patient.text.div xhtml"));
+        for div in [
+            "   ",
+            "x",
+            "<p>x</p>",
+            "<div>",
+            "<div xmlns=\"http://www.w3.org/1999/xhtml\"><SCRIPT>x</SCRIPT></div>",
+        ] {
+            let patient = json!({"resourceType": "Patient", "id": "p",
+                "text": {"status": "generated", "div": div}});
+            assert_eq!(
+                invalid(patient).as_deref(),
+                Some("Patient.text.div xhtml"),
+                "{div}"
+            );
+        }
+        let patient = json!({"resourceType": "Patient", "id": "p", "text": {"status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Jane</p></div>"}});
+        assert_eq!(invalid(patient), None);
         // a string is never empty
         let observation = json!({"resourceType": "Observation", "id": "o", "status": "final",
             "code": {"text": ""}});

@@ -573,25 +573,40 @@ enum PatientRef<'a> {
 }
 
 fn patient_reference(text: &str) -> PatientRef<'_> {
-    if let Some((path, _)) = text.split_once('?') {
-        let ty = path.rsplit('/').next().unwrap_or("");
-        return if ty.eq_ignore_ascii_case("Patient") {
-            PatientRef::Unresolvable
-        } else {
-            PatientRef::Other
-        };
+    if text.starts_with('#') {
+        return PatientRef::Other;
     }
+    // `[base/]Patient/<id>[/_history/<version>]`, nothing else around it
     let segments: Vec<&str> = text.split('/').collect();
-    let (ty, id) = match segments.as_slice() {
-        [.., ty, id, "_history", _] | [.., ty, id] => (*ty, *id),
-        _ => return PatientRef::Other,
+    let (id, tail) = match segments.as_slice() {
+        [.., "Patient", id] => (Some(*id), 2),
+        [.., "Patient", id, "_history", version]
+            if !version.is_empty()
+                && version
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            (Some(*id), 4)
+        }
+        _ => (None, 0),
     };
-    if ty == "Patient" && is_id(id) {
-        PatientRef::Id(id)
-    } else if ty.eq_ignore_ascii_case("Patient") {
-        PatientRef::Unresolvable
-    } else {
-        PatientRef::Other
+    // relative (nothing before `Patient`), or absolute with no empty segment
+    let base_ok = segments.len() == tail
+        || text
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.split('/').all(|s| !s.is_empty()));
+    match id {
+        Some(id) if is_id(id) && base_ok => PatientRef::Id(id),
+        // anything else with a Patient segment (a conditional `Patient?…`,
+        // `patient/`, a trailing `/`, `Patient//X`, ` Patient/X`, an
+        // operation): a Patient, but none this store can tell
+        _ if text
+            .split(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .any(|segment| segment.eq_ignore_ascii_case("Patient")) =>
+        {
+            PatientRef::Unresolvable
+        }
+        _ => PatientRef::Other,
     }
 }
 
@@ -678,7 +693,18 @@ mod record_type_tests {
             ("Group/g1", Other),
             ("Location/l1/_history/1", Other),
             ("#contained", Other),
-            ("Patient", Other),
+            ("Patient", Unresolvable),
+            ("Patient/p1/", Unresolvable),
+            ("Patient//p1", Unresolvable),
+            (" Patient/p1", Unresolvable),
+            ("Patient/p1/_history", Unresolvable),
+            ("Patient/p1/_history/1/x", Unresolvable),
+            ("Patient/p1/$everything", Unresolvable),
+            ("Patient/p1?x=1", Unresolvable),
+            ("https://x.nhs.uk/fhir/Patient/p1/", Unresolvable),
+            ("https://x.nhs.uk//Patient/p1", Unresolvable),
+            ("/Patient/p1", Unresolvable),
+            ("Location/patient-lounge", Other),
         ] {
             assert_eq!(patient_reference(text), expected, "{text}");
         }
