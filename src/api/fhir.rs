@@ -624,11 +624,8 @@ async fn search(
                 Ok(found)
             })
             .await?;
-            let ids = found
-                .iter()
-                .filter_map(|p| p.get("id").and_then(Value::as_str).map(str::to_string))
-                .collect();
-            (found, ids)
+            // (the Patients read are those of the page shown, below)
+            (found, Vec::new())
         }
         Criteria::Patient(patient, filters, sort) => {
             let id = patient.clone();
@@ -647,6 +644,23 @@ async fn search(
     tracing::debug!(resource_type, total, "FHIR search");
     let links = page.links(&headers, &uri, total);
     let shown = resources.get(page.range(total)).unwrap_or_default();
+    // a Patient search reads the Patients of the page it shows (a shared
+    // identifier matches thousands; `_count=1` shows one), or, when it shows
+    // none (`_summary=count`, a page past the end), learns that the first
+    // ten of them exist
+    let patients = if resource_type == "Patient" {
+        let audited = if shown.is_empty() {
+            &resources[..resources.len().min(10)]
+        } else {
+            shown
+        };
+        audited
+            .iter()
+            .filter_map(|p| p.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    } else {
+        patients
+    };
     let bundle = searchset(&base_url(&headers), links, total, shown);
     Ok(answer(&bundle, patients))
 }
