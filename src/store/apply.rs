@@ -71,6 +71,16 @@ pub(super) trait Rows {
         untraced: bool,
     ) -> Result<Vec<String>, Self::Error>;
 
+    /// Whether more than `n` Patients (live or not) hold the identifier
+    /// `(system, value)`: asked before reading them, so a placeholder a
+    /// thousand patients share is found without walking them all.
+    fn held_by_more_than(
+        &mut self,
+        system: &str,
+        value: &str,
+        n: usize,
+    ) -> Result<bool, Self::Error>;
+
     /// Links every record linked to Patient `from` (but Patients) to Patient
     /// `to` as well, keeping the links it has.
     fn share_patient_links(&mut self, from: &str, to: &str) -> Result<(), Self::Error>;
@@ -1438,6 +1448,11 @@ fn is_survivor(resource: &Value) -> bool {
             .is_some_and(|links| links.iter().any(|l| l["type"] == "replaces"))
 }
 
+/// The most Patients one person's local identifier is expected to be held
+/// by (the record made before a trace, the traced one, those earlier merges
+/// retired): beyond, [`retire_sharing`] takes it for a placeholder.
+const SHARED_IDENTIFIER_HOLDERS: usize = 10;
+
 /// The Patient id a Patient's `link` of type `replaced-by` names, if any.
 fn replaced_by(resource: &Value) -> Option<String> {
     resource["link"].as_array()?.iter().find_map(|link| {
@@ -1462,6 +1477,10 @@ fn replaced_by(resource: &Value) -> Option<String> {
 /// survivor too, so its `$everything` and searches find it. With
 /// `only_untraced`, a record with another NHS number is never touched (a
 /// shared MRN is then a data problem for people, not for the store).
+///
+/// An identifier more than [`SHARED_IDENTIFIER_HOLDERS`] Patients hold is a
+/// placeholder (a PAS's `UNKNOWN`, a default MRN), not one person's: it
+/// retires no one, as it would merge strangers into one record.
 fn retire_sharing<R: Rows>(
     rows: &mut R,
     at: &At<'_>,
@@ -1476,6 +1495,14 @@ fn retire_sharing<R: Rows>(
             || value.is_empty()
             || plan::nhs_number_of(system, value).is_some()
         {
+            continue;
+        }
+        if rows.held_by_more_than(system, value, SHARED_IDENTIFIER_HOLDERS)? {
+            tracing::warn!(
+                system = %system,
+                holders_over = SHARED_IDENTIFIER_HOLDERS,
+                "a local identifier held by more patients than one person's records would be: a placeholder, not used to retire a record"
+            );
             continue;
         }
         for other in rows.patients_with_identifier(system, value, only_untraced)? {

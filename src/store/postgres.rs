@@ -1426,6 +1426,16 @@ impl apply::Rows for Rows<'_, '_> {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
+    fn held_by_more_than(&mut self, system: &str, value: &str, n: usize) -> Result<bool, Failure> {
+        let offset = i64::try_from(n).unwrap_or(i64::MAX);
+        let row = self.tx.query_opt(
+            "SELECT 1 FROM patient_identifiers WHERE value = $1 AND system = $2
+             LIMIT 1 OFFSET $3",
+            &[&value, &system, &offset],
+        )?;
+        Ok(row.is_some())
+    }
+
     fn linked_ids(&mut self, patient: &str, resource_type: &str) -> Result<Vec<String>, Failure> {
         let rows = self.tx.query(
             "SELECT l.id FROM patient_links l

@@ -374,6 +374,22 @@ impl apply::Rows for Rows<'_> {
         Ok(ids)
     }
 
+    fn held_by_more_than(
+        &mut self,
+        system: &str,
+        value: &str,
+        n: usize,
+    ) -> Result<bool, StoreError> {
+        let offset = i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT 1 FROM patient_identifiers WHERE value = ?1 AND system = ?2
+                 LIMIT 1 OFFSET ?3",
+            )?
+            .exists(params![value, system, offset])?)
+    }
+
     fn linked_ids(
         &mut self,
         patient: &str,

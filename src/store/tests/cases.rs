@@ -789,6 +789,33 @@ fn a_record_filed_under_a_patient_no_one_has_is_refused() {
 }
 
 #[test]
+fn a_placeholder_mrn_many_patients_share_retires_no_one() {
+    // twelve unknown patients a PAS registered under one default MRN, then a
+    // traced patient with that MRN: strangers, not one person's records, so
+    // none is retired into it; one untraced record under a real MRN still is
+    let f = open();
+    for i in 0..12 {
+        let mut unknown = patient(&format!("unknown-{i}"), "9434765919", "Unknown");
+        unknown["identifier"] = json!([{"system": MRN, "value": "UNKNOWN"}]);
+        f.store.apply_bundle(&bundle(&[unknown]), None).unwrap();
+    }
+    let mut traced = patient(PATIENT, "9434765919", "Smith");
+    traced["identifier"][1]["value"] = json!("UNKNOWN");
+    f.store.apply_bundle(&bundle(&[traced]), None).unwrap();
+    for i in 0..12 {
+        let record = current(&f.store, "Patient", &format!("unknown-{i}"));
+        assert_eq!(record.get("active"), None, "unknown-{i}: {record}");
+    }
+    let mut untraced = patient(OTHER_PATIENT, "9990000018", "Jones");
+    untraced["identifier"] = json!([{"system": MRN, "value": "MRN-9990000018"}]);
+    f.store.apply_bundle(&bundle(&[untraced]), None).unwrap();
+    f.store
+        .apply_bundle(&bundle(&[patient("traced-jones", "9990000018", "Jones")]), None)
+        .unwrap();
+    assert_eq!(current(&f.store, "Patient", OTHER_PATIENT)["active"], false);
+}
+
+#[test]
 fn a_value_its_element_does_not_allow_refuses_the_document_without_quoting_it() {
     // a neighbour's Encounter whose period.start is free text (a name and an
     // NHS number pasted into it): the whole document is refused, permanently,
