@@ -1303,6 +1303,10 @@ fn traced_twin<R: Rows>(
         if system.is_empty() || value.is_empty() {
             continue;
         }
+        // a placeholder (see `retire_sharing`) is no one's twin
+        if rows.held_by_more_than(system, value, SHARED_IDENTIFIER_HOLDERS)? {
+            continue;
+        }
         for other in rows.patients_with_identifier(system, value, false)? {
             if other == id || found.as_deref() == Some(other.as_str()) {
                 continue;

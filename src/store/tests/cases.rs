@@ -806,6 +806,13 @@ fn a_placeholder_mrn_many_patients_share_retires_no_one() {
         let record = current(&f.store, "Patient", &format!("unknown-{i}"));
         assert_eq!(record.get("active"), None, "unknown-{i}: {record}");
     }
+    // nor is the next unknown patient under it written retired into the one
+    // traced patient who holds it
+    let mut next = patient("unknown-12", "9434765919", "Unknown");
+    next["identifier"] = json!([{"system": MRN, "value": "UNKNOWN"}]);
+    f.store.apply_bundle(&bundle(&[next]), None).unwrap();
+    let record = current(&f.store, "Patient", "unknown-12");
+    assert_eq!(record.get("active"), None, "{record}");
     let mut untraced = patient(OTHER_PATIENT, "9990000018", "Jones");
     untraced["identifier"] = json!([{"system": MRN, "value": "MRN-9990000018"}]);
     f.store.apply_bundle(&bundle(&[untraced]), None).unwrap();
