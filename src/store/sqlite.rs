@@ -348,29 +348,23 @@ impl apply::Rows for Rows<'_> {
         value: &str,
         untraced: bool,
     ) -> Result<Vec<String>, StoreError> {
-        const ALL: &str = "SELECT i.patient_id FROM patient_identifiers i
-             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
-             WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
-             ORDER BY i.patient_id";
-        // (an NHS number is indexed as ten digits: `plan::identifiers_of`)
-        const UNTRACED: &str = "SELECT i.patient_id FROM patient_identifiers i
-             JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
-             WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
-               AND NOT EXISTS (SELECT 1 FROM patient_identifiers n
-                   WHERE n.patient_id = i.patient_id AND n.system = ?3
-                     AND length(n.value) = 10 AND n.value NOT GLOB '*[^0-9]*')
-             ORDER BY i.patient_id";
-        let ids = if untraced {
-            self.0
-                .prepare_cached(UNTRACED)?
-                .query_map(params![value, system, NHS_NUMBER_SYSTEM], |row| row.get(0))?
-                .collect::<Result<Vec<String>, _>>()?
-        } else {
-            self.0
-                .prepare_cached(ALL)?
-                .query_map(params![value, system], |row| row.get(0))?
-                .collect::<Result<Vec<String>, _>>()?
-        };
+        // (an NHS number is indexed as ten digits: `plan::identifiers_of`;
+        // the same statement as PostgreSQL's, `?3` switching the filter)
+        let ids = self
+            .0
+            .prepare_cached(
+                "SELECT i.patient_id FROM patient_identifiers i
+                 JOIN resources r ON r.type = 'Patient' AND r.id = i.patient_id
+                 WHERE i.value = ?1 AND i.system = ?2 AND r.deleted = 0
+                   AND NOT (?3 AND EXISTS (SELECT 1 FROM patient_identifiers n
+                       WHERE n.patient_id = i.patient_id AND n.system = ?4
+                         AND length(n.value) = 10 AND n.value NOT GLOB '*[^0-9]*'))
+                 ORDER BY i.patient_id",
+            )?
+            .query_map(params![value, system, untraced, NHS_NUMBER_SYSTEM], |row| {
+                row.get(0)
+            })?
+            .collect::<Result<Vec<String>, _>>()?;
         Ok(ids)
     }
 
