@@ -521,7 +521,7 @@ fn put<R: Rows>(
         // (by its ten digits, as every Patient's NHS number is indexed:
         // `999 000 1103`, `999-000-1103`, a system with a trailing `/`)
         for digits in plan::nhs_numbers(identifiers) {
-            if at.id == crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}")) {
+            if at.id == nhs_number_patient_id(&digits) {
                 continue;
             }
             let holders = rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits, false)?;
@@ -1533,7 +1533,7 @@ fn retire_holding_nhs_number<R: Rows>(
     identifiers: &[(String, String)],
 ) -> Result<(), R::Error> {
     for digits in plan::nhs_numbers(identifiers) {
-        if at.id != crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}")) {
+        if at.id != nhs_number_patient_id(&digits) {
             continue;
         }
         for other in rows.patients_with_identifier(NHS_NUMBER_SYSTEM, &digits, false)? {
@@ -1543,6 +1543,12 @@ fn retire_holding_nhs_number<R: Rows>(
         }
     }
     Ok(())
+}
+
+/// The id the shipped mappings give the Patient of NHS number `digits`
+/// (`uuid5("Patient", "nhs|<digits>")`): the record that number makes here.
+fn nhs_number_patient_id(digits: &str) -> String {
+    crate::mapping::transform::uuid5("Patient", &format!("nhs|{digits}"))
 }
 
 /// Retires live Patient `other` in favour of `survivor` (see
