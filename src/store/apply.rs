@@ -22,6 +22,12 @@ pub(super) struct Current {
     pub event_time: Option<i64>,
     /// `None` for a tombstone.
     pub content: Option<String>,
+    /// An Encounter's: the latest event time at which an admission event
+    /// ([`plan::is_admission`]) wrote or confirmed it, so a cancellation (A11)
+    /// arriving after a re-admission sent later than it is told from one
+    /// arriving after an update (`None`: none known, as in rows an older
+    /// build wrote).
+    pub admitted_at: Option<i64>,
 }
 
 /// The row operations a backend offers, inside its open transaction.
@@ -33,12 +39,15 @@ pub(super) trait Rows {
     /// Writes a new current version and its history row (`content` `None`: a tombstone).
     fn write_version(&mut self, version: &Version<'_>) -> Result<(), Self::Error>;
 
-    /// Remembers a newer event time without making a new version.
+    /// Remembers a newer event time without making a new version, and an
+    /// admission's time ([`Current::admitted_at`], kept when later than the
+    /// one stored; `None` leaves it as it is).
     fn set_event_time(
         &mut self,
         resource_type: &str,
         id: &str,
         event_time: Option<i64>,
+        admitted_at: Option<i64>,
     ) -> Result<(), Self::Error>;
 
     /// Replaces the record's patient links with `patients` (none: unlinked).
@@ -101,6 +110,9 @@ pub(super) struct Version<'v> {
     pub last_updated: &'v str,
     pub event_time: Option<i64>,
     pub content: Option<&'v str>,
+    /// [`Current::admitted_at`] when this version is an admission's; `None`
+    /// keeps the stored one (the later of the two is kept).
+    pub admitted_at: Option<i64>,
 }
 
 /// Applies one document's plan through `rows` (inside the caller's transaction).
@@ -151,8 +163,16 @@ pub(super) fn apply_plan<R: Rows>(
             Decision::Skip(EntryResult::Stale { version }) if resource_type == "Encounter" => {
                 // a visit's cancellation (A11) that arrives after a later
                 // message still carrying the visit (an A08) cancels it all the
-                // same, as when they arrive in order: the record converges
+                // same, as when they arrive in order: the record converges.
+                // Not after an admission sent later than it (an A01 sent
+                // again after a mistaken A11): in order, that admitted the
+                // patient after all
                 match (current.as_ref(), &entry.op) {
+                    (Some(cur), Op::Put { resource, .. })
+                        if is_cancelled_visit(resource) && admitted_since(cur, event_time) =>
+                    {
+                        EntryResult::Stale { version }
+                    }
                     (Some(cur), Op::Put { resource, .. }) if is_cancelled_visit(resource) => {
                         let stored: Option<Value> = match cur.content.as_deref() {
                             Some(text) => Some(serde_json::from_str(text)?),
@@ -337,10 +357,21 @@ impl At<'_> {
     /// Remembers the event time when it changed (no write otherwise, so a
     /// redelivered document costs no page writes).
     fn touch<R: Rows>(&self, rows: &mut R, current: &Current) -> Result<(), R::Error> {
-        if self.event_time == current.event_time {
+        let admitted_at = self.admitted_at();
+        let later_admission = admitted_at.is_some_and(|t| current.admitted_at < Some(t));
+        if self.event_time == current.event_time && !later_admission {
             return Ok(());
         }
-        rows.set_event_time(self.resource_type, self.id, self.event_time)
+        rows.set_event_time(self.resource_type, self.id, self.event_time, admitted_at)
+    }
+
+    /// The event time to remember as [`Current::admitted_at`]: an
+    /// Encounter's, written by an admission event.
+    fn admitted_at(&self) -> Option<i64> {
+        match self.resource_type == "Encounter" && plan::is_admission(self.event) {
+            true => self.event_time,
+            false => None,
+        }
     }
 
     fn version<'v>(&'v self, version: i64, content: Option<&'v str>) -> Version<'v> {
@@ -351,6 +382,7 @@ impl At<'_> {
             last_updated: self.last_updated,
             event_time: self.event_time,
             content,
+            admitted_at: self.admitted_at(),
         }
     }
 }
@@ -1211,6 +1243,13 @@ fn cancels_visit(cancelled: &Value, other: &Value) -> bool {
     is_cancelled_visit(cancelled) && !is_cancelled_visit(other) && same_start
 }
 
+/// Whether the stored visit `cur` was admitted by an event sent after
+/// `event_time` (an A01 sent again after the A11 being applied late): not
+/// when either time is unknown.
+fn admitted_since(cur: &Current, event_time: Option<i64>) -> bool {
+    matches!((cur.admitted_at, event_time), (Some(admitted), Some(t)) if admitted > t)
+}
+
 /// A visit cancelled: `entered-in-error` (an A11's admission) or `cancelled`
 /// (an A38's pre-admission).
 fn is_cancelled_visit(encounter: &Value) -> bool {
@@ -1832,6 +1871,7 @@ fn rewrite<R: Rows>(
         last_updated,
         event_time,
         content: Some(&content),
+        admitted_at: None,
     })
 }
 

@@ -59,8 +59,10 @@ use super::{ApplyOutcome, PostgresTarget, Record, StoreError, SyncPolicy};
 /// The schema version this build writes (kept in `junction_schema`): 1, the
 /// records and the registers; 2, the MESH messages nodes have claimed
 /// ([`SCHEMA_V2`]); 3, every Patient's NHS number indexed as its ten digits
-/// too, however it was written (no new table: [`index_nhs_numbers`]).
-const SCHEMA_VERSION: i64 = 3;
+/// too, however it was written (no new table: [`index_nhs_numbers`]); 4, when
+/// an Encounter was last admitted (`resources.admitted_at`, see
+/// [`apply::Current::admitted_at`]).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Idle connections kept for reuse.
 const IDLE_CONNECTIONS: usize = 8;
@@ -203,23 +205,29 @@ impl Prepared {
                 "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::TEXT[]) AS k",
             )?,
             current: client.prepare(
-                "SELECT version, event_time, content FROM resources WHERE type = $1 AND id = $2",
+                "SELECT version, event_time, content, admitted_at FROM resources
+                 WHERE type = $1 AND id = $2",
             )?,
             // the current row and its history row in one statement
             write_version: client.prepare(
                 "WITH current AS (
-                     INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     INSERT INTO resources
+                         (type, id, version, last_updated, event_time, deleted, content, admitted_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (type, id) DO UPDATE SET
                          version = excluded.version, last_updated = excluded.last_updated,
                          event_time = excluded.event_time, deleted = excluded.deleted,
-                         content = excluded.content
+                         content = excluded.content,
+                         admitted_at = greatest(excluded.admitted_at, resources.admitted_at)
                      RETURNING type, id, version, last_updated, event_time, deleted, content)
                  INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
                  SELECT * FROM current",
             )?,
             set_event_time: client
-                .prepare("UPDATE resources SET event_time = $3 WHERE type = $1 AND id = $2")?,
+                .prepare(
+                    "UPDATE resources SET event_time = $3, admitted_at = greatest($4, admitted_at)
+                     WHERE type = $1 AND id = $2",
+                )?,
             unlink: client.prepare("DELETE FROM patient_links WHERE type = $1 AND id = $2")?,
             // the patients given and, for a record other than a Patient, the
             // Patient that replaced any of them that was retired
@@ -1023,7 +1031,7 @@ impl Copied {
 const COPIED: &[(&str, &str, bool)] = &[
     (
         "resources",
-        "type, id, version, last_updated, event_time, deleted, content",
+        "type, id, version, last_updated, event_time, deleted, content, admitted_at",
         false,
     ),
     (
@@ -1085,7 +1093,7 @@ impl postgres::types::ToSql for Cell {
 }
 
 impl PgStore {
-    /// Copies every row of a SQLite record store (schema v3) into this
+    /// Copies every row of a SQLite record store (schema v5) into this
     /// database, in one transaction, keeping ids; refuses unless this
     /// database holds no record, token, audit row or objection yet.
     pub(super) fn copy_from(&self, from: &rusqlite::Connection) -> Result<Copied, StoreError> {
@@ -1264,6 +1272,10 @@ fn migrate(client: &mut Client) -> Result<(), Failure> {
     if found < 3 {
         index_nhs_numbers(&mut tx)?;
     }
+    if found < 4 {
+        // (rows written before are `NULL`: no admission known)
+        tx.batch_execute("ALTER TABLE resources ADD COLUMN IF NOT EXISTS admitted_at BIGINT")?;
+    }
     tx.execute(
         "INSERT INTO junction_schema (version) VALUES ($1)",
         &[&SCHEMA_VERSION],
@@ -1343,6 +1355,7 @@ impl apply::Rows for Rows<'_, '_> {
                 version: row.get(0),
                 event_time: row.get(1),
                 content: row.get(2),
+                admitted_at: row.get(3),
             }))
     }
 
@@ -1357,6 +1370,7 @@ impl apply::Rows for Rows<'_, '_> {
                 &v.event_time,
                 &v.content.is_none(),
                 &v.content,
+                &v.admitted_at,
             ],
         )?;
         Ok(())
@@ -1367,9 +1381,12 @@ impl apply::Rows for Rows<'_, '_> {
         resource_type: &str,
         id: &str,
         event_time: Option<i64>,
+        admitted_at: Option<i64>,
     ) -> Result<(), Failure> {
-        self.tx
-            .execute(&self.st.set_event_time, &[&resource_type, &id, &event_time])?;
+        self.tx.execute(
+            &self.st.set_event_time,
+            &[&resource_type, &id, &event_time, &admitted_at],
+        )?;
         Ok(())
     }
 

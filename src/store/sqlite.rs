@@ -21,8 +21,9 @@ use crate::route::NHS_NUMBER_SYSTEM;
 /// objections register), see [`SCHEMA_V2`]; 3 the trail of changes to the
 /// objections register, see [`SCHEMA_V3`]; 4 every Patient's NHS number
 /// indexed as its ten digits too, however it was written (no new table:
-/// [`index_nhs_numbers`]).
-pub(super) const SCHEMA_VERSION: i64 = 4;
+/// [`index_nhs_numbers`]); 5 when an Encounter was last admitted
+/// (`resources.admitted_at`, see [`apply::Current::admitted_at`]).
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE resources (
@@ -141,6 +142,19 @@ fn upgrade(conn: &mut Connection) -> Result<(), rusqlite::Error> {
         index_nhs_numbers(&tx)?;
         tx.pragma_update(None, "user_version", 4)?;
     }
+    if found < 5 {
+        // (rows written before are `NULL`: no admission known; a file whose
+        // version was set back by hand may have the column already)
+        let has: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('resources') WHERE name = 'admitted_at'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has {
+            tx.execute_batch("ALTER TABLE resources ADD COLUMN admitted_at INTEGER")?;
+        }
+        tx.pragma_update(None, "user_version", 5)?;
+    }
     tx.commit()
 }
 
@@ -241,13 +255,15 @@ impl apply::Rows for Rows<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT version, event_time, content FROM resources WHERE type = ?1 AND id = ?2",
+                "SELECT version, event_time, content, admitted_at FROM resources
+                 WHERE type = ?1 AND id = ?2",
                 params![resource_type, id],
                 |row| {
                     Ok(Current {
                         version: row.get(0)?,
                         event_time: row.get(1)?,
                         content: row.get(2)?,
+                        admitted_at: row.get(3)?,
                     })
                 },
             )
@@ -265,14 +281,27 @@ impl apply::Rows for Rows<'_> {
             deleted,
             v.content
         ];
+        // (the later admission of the stored one and this one's, when known)
         self.0.execute(
-            "INSERT INTO resources (type, id, version, last_updated, event_time, deleted, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO resources
+                 (type, id, version, last_updated, event_time, deleted, content, admitted_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (type, id) DO UPDATE SET
                  version = excluded.version, last_updated = excluded.last_updated,
                  event_time = excluded.event_time, deleted = excluded.deleted,
-                 content = excluded.content",
-            params,
+                 content = excluded.content,
+                 admitted_at = coalesce(max(excluded.admitted_at, admitted_at),
+                                        excluded.admitted_at, admitted_at)",
+            params![
+                v.resource_type,
+                v.id,
+                v.version,
+                v.last_updated,
+                v.event_time,
+                deleted,
+                v.content,
+                v.admitted_at
+            ],
         )?;
         self.0.execute(
             "INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
@@ -287,10 +316,13 @@ impl apply::Rows for Rows<'_> {
         resource_type: &str,
         id: &str,
         event_time: Option<i64>,
+        admitted_at: Option<i64>,
     ) -> Result<(), StoreError> {
         self.0.execute(
-            "UPDATE resources SET event_time = ?3 WHERE type = ?1 AND id = ?2",
-            params![resource_type, id, event_time],
+            "UPDATE resources SET event_time = ?3,
+                 admitted_at = coalesce(max(?4, admitted_at), ?4, admitted_at)
+             WHERE type = ?1 AND id = ?2",
+            params![resource_type, id, event_time, admitted_at],
         )?;
         Ok(())
     }

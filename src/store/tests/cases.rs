@@ -1969,6 +1969,62 @@ fn a_cancelled_visit_stays_cancelled_against_later_updates_of_it() {
     ]);
 }
 
+/// A cancellation (A11) arriving after an admission sent later than it (the
+/// A01 sent again after a mistaken A11) does not cancel the visit: in order,
+/// that admission admitted the patient after all. After an update (A08) it
+/// still does. Whether the admission sent again changed the visit or not, and
+/// whatever updates it had since.
+#[test]
+fn a_late_cancellation_does_not_cancel_an_admission_sent_after_it() {
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let admitted = "2026-03-01T08:00:00+00:00";
+    let visit = |status: &str, ward: &str| {
+        let mut e = encounter("e-late", PATIENT, status);
+        e["period"] = json!({"start": admitted});
+        e["location"] = json!([{"location": {"display": ward}}]);
+        e
+    };
+    // each message as it arrives: the visit's status and ward, its event, its
+    // event time, and the status the record then has
+    let story = |steps: &[(&str, &str, &str, &str, &str)]| {
+        let f = open();
+        for (status_sent, ward, code, time, expected) in steps {
+            f.store
+                .apply_bundle(&bundle(&[p.clone(), visit(status_sent, ward), event(code)]), at(time))
+                .unwrap();
+            let stored = current(&f.store, "Encounter", "e-late");
+            assert_eq!(stored["status"], *expected, "{code} at {time}: {steps:?}");
+        }
+    };
+    // sent A01 08:00, A11 09:00, A01 11:00 (unchanged, or to another ward)
+    for ward in ["Ward 1", "Ward 2"] {
+        story(&[
+            ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
+            ("in-progress", ward, "A01", "2026-03-01T11:00:00Z", "in-progress"),
+            ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "in-progress"),
+        ]);
+        // and an update after the admission sent again, before the A11 arrives
+        story(&[
+            ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
+            ("in-progress", ward, "A01", "2026-03-01T11:00:00Z", "in-progress"),
+            ("in-progress", "Ward 3", "A08", "2026-03-01T12:00:00Z", "in-progress"),
+            ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "in-progress"),
+        ]);
+    }
+    // an update (not an admission) after the A11's time: cancelled as before
+    story(&[
+        ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
+        ("in-progress", "Ward 2", "A08", "2026-03-01T11:00:00Z", "in-progress"),
+        ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "entered-in-error"),
+    ]);
+    // the first admission sent after the A11 (their clocks, or a resend):
+    // in order, the A11 had nothing to cancel and the A01 admitted
+    story(&[
+        ("in-progress", "Ward 1", "A01", "2026-03-01T10:00:00Z", "in-progress"),
+        ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "in-progress"),
+    ]);
+}
+
 /// A second hospital's PAS writes the patient with its own MRN: the first
 /// hospital's MRN stays on the record (and still finds it), while a sender's
 /// own identifier (same system) is the sender's to change.

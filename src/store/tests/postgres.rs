@@ -274,11 +274,12 @@ fn a_version_1_schema_gets_the_mesh_claims_and_its_nhs_numbers_indexed_on_upgrad
         .apply_bundle(&spaced, None)
         .unwrap();
     // what the previous build left: version 1, no claims table, an NHS
-    // number indexed only as written
+    // number indexed only as written, no admission times
     schema.with_client(|client| {
         client
             .batch_execute(
                 "DROP TABLE mesh_claims; DELETE FROM junction_schema; \
+                 ALTER TABLE resources DROP COLUMN admitted_at; \
                  INSERT INTO junction_schema (version) VALUES (1); \
                  DELETE FROM patient_identifiers WHERE value = '9434765919'",
             )
@@ -299,7 +300,7 @@ fn a_version_1_schema_gets_the_mesh_claims_and_its_nhs_numbers_indexed_on_upgrad
             .unwrap()
             .get(0)
     });
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
 }
 
 #[test]

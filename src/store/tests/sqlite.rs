@@ -94,7 +94,7 @@ fn a_version_2_file_gains_the_objection_trail_and_keeps_its_register() {
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
 
 #[test]
@@ -127,5 +127,5 @@ fn a_version_3_file_gets_its_nhs_numbers_indexed_by_their_digits() {
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
