@@ -558,6 +558,11 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         origins: Arc::new(origins),
         // Operations endpoints are open only on a loopback address.
         access: Access::new(records.clone(), api_addr.ip().is_loopback()),
+        public_url: config
+            .api
+            .public_url
+            .as_deref()
+            .map(|u| Arc::from(u.trim_end_matches('/'))),
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();

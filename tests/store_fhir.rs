@@ -366,7 +366,7 @@ async fn fhir_reads_over_http_return_what_was_stored_and_validate() {
         let app = axum::Router::new()
             .route("/health", axum::routing::get(|| async { "ok" }))
             .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "no such route") })
-            .merge(junction::api::fhir::router(store.clone()))
+            .merge(junction::api::fhir::router(store.clone(), None))
             .layer(axum::middleware::from_fn(
                 move |request: axum::extract::Request, next: axum::middleware::Next| {
                     let audited = Arc::clone(&audited);
@@ -1271,7 +1271,11 @@ async fn mapped_samples_converge_whatever_the_arrival_order() {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
-        let app = junction::api::fhir::router(forward.clone());
+        // (as behind a TLS-terminating proxy: `[api] public_url`)
+        let app = junction::api::fhir::router(
+            forward.clone(),
+            Some("https://shcr.example.nhs.uk".into()),
+        );
         async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -1295,6 +1299,19 @@ async fn mapped_samples_converge_whatever_the_arrival_order() {
         .as_str()
         .unwrap()
         .to_string();
+    // the addresses in the answer are the public ones, not the Host's
+    assert_eq!(
+        found.body["entry"][0]["fullUrl"],
+        format!("https://shcr.example.nhs.uk/fhir/Patient/{patient_id}")
+    );
+    assert!(
+        found.body["link"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://shcr.example.nhs.uk/fhir/Patient?"),
+        "{}",
+        found.body["link"]
+    );
     let everything = get(
         &client,
         &base,

@@ -39,6 +39,8 @@
 //!   get a 404 OperationOutcome from explicit routes instead (`/fhir` and
 //!   anything deeper than an operation).
 
+use std::sync::Arc;
+
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
@@ -60,7 +62,7 @@ pub struct PatientsRead(pub Vec<String>);
 
 /// The `/fhir` routes over `store` (see the module docs). Merge into the
 /// main server's router; wrap with the authentication and audit layer.
-pub fn router(store: RecordStore) -> Router {
+pub fn router(store: RecordStore, public_url: Option<Arc<str>>) -> Router {
     Router::new()
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/{resource_type}", get(search))
@@ -74,7 +76,30 @@ pub fn router(store: RecordStore) -> Router {
             get(unknown_route),
         )
         .layer(axum::middleware::from_fn(json_acceptable))
+        .layer(axum::Extension(PublicUrl(public_url)))
         .with_state(store)
+}
+
+/// `[api] public_url` (without a trailing `/`), as a request extension.
+#[derive(Debug, Clone)]
+struct PublicUrl(Option<Arc<str>>);
+
+/// The server's FHIR base URL for this request (`…/fhir`): from `[api]
+/// public_url` when set, else [`base_url`] of its `Host` header.
+struct Base(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Base {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Base(match parts.extensions.get::<PublicUrl>() {
+            Some(PublicUrl(Some(public))) => format!("{public}/fhir"),
+            _ => base_url(&parts.headers),
+        }))
+    }
 }
 
 /// A client whose `Accept` admits no JSON (only `application/fhir+xml`, say)
@@ -327,8 +352,7 @@ fn now_instant() -> String {
 }
 
 /// The request's own URL, for the `self` link.
-fn self_url(headers: &HeaderMap, uri: &Uri) -> String {
-    let base = base_url(headers);
+fn self_url(base: &str, uri: &Uri) -> String {
     let origin = base.trim_end_matches("/fhir");
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     format!("{origin}{path}")
@@ -406,14 +430,13 @@ impl Page {
 
     /// The Bundle's links: `self`, and `previous`/`next` when there are pages
     /// before or after, as the request's own URL with `_offset` changed.
-    fn links(&self, headers: &HeaderMap, uri: &Uri, total: usize) -> Vec<Value> {
-        let mut links = vec![json!({"relation": "self", "url": self_url(headers, uri)})];
+    fn links(&self, base: &str, uri: &Uri, total: usize) -> Vec<Value> {
+        let mut links = vec![json!({"relation": "self", "url": self_url(base, uri)})];
         let count = self.page_size();
         if count == 0 || self.total_only {
             return links;
         }
         let at = |offset: usize| {
-            let base = base_url(headers);
             let origin = base.trim_end_matches("/fhir");
             let kept = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
                 .filter(|(name, _)| name != "_offset")
@@ -591,7 +614,7 @@ async fn search(
     State(store): State<RecordStore>,
     resource_type: Result<Path<String>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    headers: HeaderMap,
+    Base(base): Base,
     uri: Uri,
 ) -> Result<Response, FhirError> {
     let Path(resource_type) = resource_type.map_err(path_error)?;
@@ -642,7 +665,7 @@ async fn search(
     };
     let total = resources.len();
     tracing::debug!(resource_type, total, "FHIR search");
-    let links = page.links(&headers, &uri, total);
+    let links = page.links(&base, &uri, total);
     let shown = resources.get(page.range(total)).unwrap_or_default();
     // a Patient search reads the Patients of the page it shows (a shared
     // identifier matches thousands; `_count=1` shows one), or, when it shows
@@ -661,7 +684,7 @@ async fn search(
     } else {
         patients
     };
-    let bundle = searchset(&base_url(&headers), links, total, shown);
+    let bundle = searchset(&base, links, total, shown);
     Ok(answer(&bundle, patients))
 }
 
@@ -809,7 +832,7 @@ async fn vread(
 async fn operation(
     State(store): State<RecordStore>,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    headers: HeaderMap,
+    Base(base): Base,
     uri: Uri,
 ) -> Result<Response, FhirError> {
     let Path((resource_type, id, operation)) = path.map_err(path_error)?;
@@ -817,9 +840,9 @@ async fn operation(
     check_id(&id)?;
     match operation.as_str() {
         "$everything" if resource_type == "Patient" => {
-            everything(store, id, &headers, &uri).await
+            everything(store, id, &base, &uri).await
         }
-        "_history" => history(store, resource_type, id, &headers, &uri).await,
+        "_history" => history(store, resource_type, id, &base, &uri).await,
         _ => Err(FhirError::NotFound(format!(
             "unknown operation `{operation}` on {resource_type}, expected $everything (Patient) or _history"
         ))),
@@ -829,7 +852,7 @@ async fn operation(
 async fn everything(
     store: RecordStore,
     id: String,
-    headers: &HeaderMap,
+    base: &str,
     uri: &Uri,
 ) -> Result<Response, FhirError> {
     let pid = id.clone();
@@ -869,9 +892,9 @@ async fn everything(
     }
     let total = resources.len();
     tracing::debug!(total, "FHIR Patient $everything");
-    let links = page.links(headers, uri, total);
+    let links = page.links(base, uri, total);
     let shown = resources.get(page.range(total)).unwrap_or_default();
-    let bundle = searchset(&base_url(headers), links, total, shown);
+    let bundle = searchset(base, links, total, shown);
     Ok(answer(&bundle, vec![id]))
 }
 
@@ -879,7 +902,7 @@ async fn history(
     store: RecordStore,
     resource_type: String,
     id: String,
-    headers: &HeaderMap,
+    base: &str,
     uri: &Uri,
 ) -> Result<Response, FhirError> {
     let mut params: Vec<(String, String)> =
@@ -895,7 +918,6 @@ async fn history(
             "no {resource_type}/{id} in the record store"
         )));
     }
-    let base = base_url(headers);
     let mut patients: Vec<String> = Vec::new();
     let total = versions.len();
     let shown = versions.get(page.range(total)).unwrap_or_default();
@@ -950,7 +972,7 @@ async fn history(
         "meta": {"lastUpdated": now_instant()},
         "type": "history",
         "total": total,
-        "link": page.links(headers, uri, total),
+        "link": page.links(base, uri, total),
     });
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);
@@ -973,7 +995,7 @@ const PATIENT_TYPES: &[&str] = &[
     "Specimen",
 ];
 
-async fn metadata(headers: HeaderMap) -> Response {
+async fn metadata(Base(base): Base) -> Response {
     let read = json!({"code": "read"});
     let search = json!({"code": "search-type"});
     let history = json!({"code": "history-instance"});
@@ -1046,7 +1068,7 @@ async fn metadata(headers: HeaderMap) -> Response {
         "software": {"name": "Junction", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {
             "description": "Junction care-record store (read only)",
-            "url": base_url(&headers)
+            "url": base
         },
         "fhirVersion": "4.0.1",
         "format": [FHIR_JSON],
@@ -1317,12 +1339,11 @@ mod tests {
         assert_eq!(page(Some(2), 9).range(5), 5..5);
         assert_eq!(page(Some(0), 0).range(5), 0..0);
 
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        let base = "http://127.0.0.1:8080/fhir";
         let uri: Uri = "/fhir/Observation?patient=p%201&_offset=2&_count=2"
             .parse()
             .unwrap();
-        let links = page(Some(2), 2).links(&headers, &uri, 5);
+        let links = page(Some(2), 2).links(base, &uri, 5);
         let url = |relation: &str| {
             links
                 .iter()
@@ -1343,10 +1364,10 @@ mod tests {
         );
         // the last page has no next; `_count=0` (the total only) no paging links
         assert!(page(Some(2), 4)
-            .links(&headers, &uri, 5)
+            .links(base, &uri, 5)
             .iter()
             .all(|l| l["relation"] != "next"));
-        assert_eq!(page(Some(0), 0).links(&headers, &uri, 5).len(), 1);
+        assert_eq!(page(Some(0), 0).links(base, &uri, 5).len(), 1);
     }
 
     #[test]

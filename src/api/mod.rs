@@ -69,6 +69,13 @@ pub struct ApiConfig {
     /// operations endpoints (except `/api/audit`) need no token.
     #[serde(default = "default_bind")]
     pub bind: SocketAddr,
+    /// The address clients reach the server by (`https://shcr.example.nhs.uk`,
+    /// behind a TLS-terminating proxy): `/fhir` builds its `fullUrl`s, links
+    /// and CapabilityStatement url from it. Unset: from the request's `Host`
+    /// header, over `http`. `check` holds it to an http(s) URL with no
+    /// query, fragment or user info.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 fn default_bind() -> SocketAddr {
@@ -79,6 +86,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             bind: default_bind(),
+            public_url: None,
         }
     }
 }
@@ -100,6 +108,8 @@ pub struct ApiState {
     /// The listener and source ids (what an events filter may name; empty:
     /// not checked).
     pub origins: Arc<Vec<String>>,
+    /// `[api] public_url`, without a trailing `/` (`None`: from `Host`).
+    pub public_url: Option<Arc<str>>,
 }
 
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).
@@ -156,6 +166,7 @@ pub async fn serve_on(
 /// Every route behind the access layer, for [`serve_on`] and for tests.
 pub fn router(state: ApiState) -> Router {
     let access = state.access.clone();
+    let public_url = state.public_url.clone();
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -176,7 +187,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(state)
-        .merge(fhir::router(access.store().clone()))
+        .merge(fhir::router(access.store().clone(), public_url))
         .merge(crate::access::http::router(access.clone()))
         .layer(axum::middleware::from_fn(no_empty_parameters))
         .layer(axum::middleware::from_fn_with_state(

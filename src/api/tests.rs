@@ -41,9 +41,11 @@ async fn start() -> Server {
         ),
         delivery: None,
         origins: Arc::new(vec!["pas".to_string()]),
+        public_url: None,
     };
     let listener = bind(&ApiConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
+        public_url: None,
     })
     .await
     .unwrap();

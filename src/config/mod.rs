@@ -624,6 +624,7 @@ fn cross_check(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diag
         ));
     }
     check_store_url(config, doc, diags);
+    check_public_url(config, doc, diags);
     if config.listeners.is_empty() && !failed.listeners {
         diags.push(Diagnostic::whole_file(
             Severity::Warning,
@@ -1128,6 +1129,36 @@ fn url_has_password(url: &str) -> bool {
     reqwest::Url::parse(url).is_ok_and(|u| u.password().is_some())
 }
 
+/// `[api] public_url`: an http(s) URL the FHIR base is built from, so
+/// nothing a client could not follow (a query, a fragment, a user).
+fn check_public_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
+    let Some(url) = &config.api.public_url else {
+        return;
+    };
+    let at = doc.span(&["api", "public_url"]);
+    let problem = match reqwest::Url::parse(url) {
+        Err(e) => Some(format!("is not a URL ({e})")),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            Some(format!("has scheme `{}`", u.scheme()))
+        }
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            Some("holds a user name or password".to_string())
+        }
+        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
+            Some("has a query or a fragment".to_string())
+        }
+        Ok(_) => None,
+    };
+    if let Some(problem) = problem {
+        diags.push(doc.error(
+            at,
+            format!(
+                "public_url {problem}, expected the address clients reach this server by, e.g. `https://shcr.example.nhs.uk` (`/fhir` is added)"
+            ),
+        ));
+    }
+}
+
 /// `[store] url`: a PostgreSQL URL without a password (secrets come from
 /// `password_env` or `password_file`, never from the config file).
 fn check_store_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
@@ -1465,6 +1496,44 @@ mod tests {
         );
         assert!(diags.is_empty(), "{diags}");
         assert_eq!(config.unwrap().store.retain_days, Some(90));
+    }
+
+    #[test]
+    fn the_public_url_is_an_http_address_a_client_can_follow() {
+        let base = "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n[api]\n";
+        for good in [
+            "https://shcr.example.nhs.uk",
+            "http://10.0.0.1:8080/records/",
+        ] {
+            check(&format!("{base}public_url = \"{good}\"\n"), &[]);
+        }
+        let expected = "expected the address clients reach this server by, e.g. `https://shcr.example.nhs.uk` (`/fhir` is added)";
+        for (bad, problem) in [
+            (
+                "shcr.example.nhs.uk",
+                "is not a URL (relative URL without a base)",
+            ),
+            ("ftp://shcr.example.nhs.uk", "has scheme `ftp`"),
+            (
+                "https://ops@shcr.example.nhs.uk",
+                "holds a user name or password",
+            ),
+            (
+                "https://shcr.example.nhs.uk/?a=1",
+                "has a query or a fragment",
+            ),
+            (
+                "https://shcr.example.nhs.uk/#x",
+                "has a query or a fragment",
+            ),
+        ] {
+            check(
+                &format!("{base}public_url = \"{bad}\"\n"),
+                &[&format!(
+                    "junction.toml:4:14: error: public_url {problem}, {expected}"
+                )],
+            );
+        }
     }
 
     #[test]
