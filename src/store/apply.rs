@@ -166,7 +166,13 @@ pub(super) fn apply_plan<R: Rows>(
                 // same, as when they arrive in order: the record converges.
                 // Not after an admission sent later than it (an A01 sent
                 // again after a mistaken A11): in order, that admitted the
-                // patient after all
+                // patient after all. Such an admission, itself arriving after
+                // a newer update of the visit, is remembered all the same
+                if let (Some(cur), Some(t)) = (current.as_ref(), event_time) {
+                    if plan::is_admission(plan.event.as_deref()) && cur.admitted_at < Some(t) {
+                        rows.set_event_time("Encounter", id, cur.event_time, Some(t))?;
+                    }
+                }
                 match (current.as_ref(), &entry.op) {
                     (Some(cur), Op::Put { resource, .. })
                         if is_cancelled_visit(resource) && admitted_since(cur, event_time) =>
@@ -178,13 +184,15 @@ pub(super) fn apply_plan<R: Rows>(
                             Some(text) => Some(serde_json::from_str(text)?),
                             None => None,
                         };
-                        if stored.is_some_and(|stored| cancels_visit(resource, &stored)) {
+                        if let Some(stored) = stored.filter(|s| cancels_visit(resource, s)) {
+                            // (sent without the admit time: the stored start kept)
+                            let kept = with_admission_kept(&stored, resource);
                             rewrite(
                                 rows,
                                 "Encounter",
                                 id,
                                 cur,
-                                resource,
+                                kept.as_ref().unwrap_or(resource),
                                 last_updated,
                                 cur.event_time,
                             )?;
@@ -210,6 +218,11 @@ pub(super) fn apply_plan<R: Rows>(
                             }
                             let located = with_earlier_locations(&s, resource);
                             let base = located.as_ref().unwrap_or(&s);
+                            if let Some(tagged) =
+                                with_late_cancelled_discharge(base, resource, event_time)
+                            {
+                                return Some(tagged);
+                            }
                             with_late_discharge(base, resource, event_time).or(located)
                         });
                         if let Some(filled) = filled {
@@ -1091,6 +1104,35 @@ fn with_late_reopening(stored: &Value, stale: &Value, at: Option<i64>) -> Option
     );
     stamp_tag(&mut reopened, crate::fhir_types::DISCHARGE_CANCELLED, at);
     Some(reopened)
+}
+
+/// `stored`, not finished, told of a cancelled discharge (`stale`: an A13,
+/// recorded at `at`) that arrives after a newer update (an A08 sent after
+/// it): the [`crate::fhir_types::DISCHARGE_CANCELLED`] tag, stamped with the
+/// A13's time, as when they arrive in order, so the discharge it cancelled,
+/// arriving later still, does not end the stay (`with_late_discharge`).
+/// `None` when the stored visit has the tag already, is finished (a newer
+/// discharge ended it: [`with_late_reopening`]'s case) or cancelled.
+fn with_late_cancelled_discharge(stored: &Value, stale: &Value, at: Option<i64>) -> Option<Value> {
+    let cancelled = crate::fhir_types::DISCHARGE_CANCELLED;
+    if !crate::fhir_types::discharge_cancelled(stale)
+        || crate::fhir_types::has_tag(stored, cancelled)
+        || matches!(
+            stored["status"].as_str(),
+            Some("finished" | "cancelled" | "entered-in-error")
+        )
+    {
+        return None;
+    }
+    at?;
+    let mut tagged = stored.clone();
+    add_tag(
+        &mut tagged,
+        cancelled,
+        crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY,
+    );
+    stamp_tag(&mut tagged, cancelled, at);
+    Some(tagged)
 }
 
 /// The `meta.tag` `(system, code)` of `resource`.

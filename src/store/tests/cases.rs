@@ -2011,12 +2011,41 @@ fn a_late_cancellation_does_not_cancel_an_admission_sent_after_it() {
             ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "in-progress"),
         ]);
     }
+    // the re-admission itself arriving after a newer update (and so stale):
+    // still remembered, so the late A11 does not cancel (s24 tester, H1)
+    for (first, second) in [("A01", "A08"), ("A08", "A01")] {
+        let (t1, t2) = ("2026-03-01T11:00:00Z", "2026-03-01T12:00:00Z");
+        let (a, b) = if first == "A01" { (t1, t2) } else { (t2, t1) };
+        story(&[
+            ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
+            ("in-progress", "Ward 2", first, a, "in-progress"),
+            ("in-progress", "Ward 2", second, b, "in-progress"),
+            ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "in-progress"),
+        ]);
+    }
     // an update (not an admission) after the A11's time: cancelled as before
     story(&[
         ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
         ("in-progress", "Ward 2", "A08", "2026-03-01T11:00:00Z", "in-progress"),
         ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "entered-in-error"),
     ]);
+    // a late A11 sent without the admit time (PV1-44) keeps the stored
+    // start, as in order (s24 tester, M2)
+    let f = open();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", "Ward 1"), event("A01")]), at("2026-03-01T08:00:00Z"))
+        .unwrap();
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), visit("in-progress", "Ward 1"), event("A08")]), at("2026-03-01T12:00:00Z"))
+        .unwrap();
+    let mut no_start = visit("entered-in-error", "Ward 1");
+    no_start.as_object_mut().unwrap().remove("period");
+    f.store
+        .apply_bundle(&bundle(&[p.clone(), no_start, event("A11")]), at("2026-03-01T09:00:00Z"))
+        .unwrap();
+    let stored = current(&f.store, "Encounter", "e-late");
+    assert_eq!(stored["status"], "entered-in-error", "{stored}");
+    assert_eq!(stored["period"]["start"], admitted, "{stored}");
     // the first admission sent after the A11 (their clocks, or a resend):
     // in order, the A11 had nothing to cancel and the A01 admitted
     story(&[
@@ -2195,6 +2224,30 @@ fn a_discharge_arriving_late_ends_the_stay_unless_it_was_cancelled() {
         .apply_bundle(&bundle(&[p.clone(), discharged2, event("A03")]), at("2026-03-04T14:00:00Z"))
         .unwrap();
     let stay = current(&f.store, "Encounter", "e-late2");
+    assert_eq!(stay["status"], "in-progress", "{stay}");
+    assert!(stay["period"].get("end").is_none(), "{stay}");
+    // sent A01, A03, A13, A08; arriving A01, A08, the A13 (late), the A03
+    // (later still): in order the stay is open, and so it stays (s24
+    // tester, M1: the late A13 was dropped, so the A03 ended the stay)
+    let mut a13_late = update.clone();
+    a13_late["id"] = json!("e-late5");
+    a13_late["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
+    let renamed = |e: &Value| {
+        let mut e = e.clone();
+        e["id"] = json!("e-late5");
+        e
+    };
+    for (visit, code, time) in [
+        (renamed(&admitted), "A01", "2026-03-01T08:00:00Z"),
+        (renamed(&update), "A08", "2026-03-05T11:00:00Z"),
+        (a13_late, "A13", "2026-03-05T10:00:00Z"),
+        (renamed(&discharged), "A03", "2026-03-04T14:00:00Z"),
+    ] {
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), visit, event(code)]), at(time))
+            .unwrap();
+    }
+    let stay = current(&f.store, "Encounter", "e-late5");
     assert_eq!(stay["status"], "in-progress", "{stay}");
     assert!(stay["period"].get("end").is_none(), "{stay}");
     // a third stay: admitted, discharged, then an update recorded after the
