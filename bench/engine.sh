@@ -14,7 +14,7 @@ engine_pid=""
 schema=""
 
 # start_engine DIR BACKEND SCHEMA: the shipped routes, mappings and destinations,
-# journal and record store `sync = "full"`, the record store in SQLite or (BACKEND
+# journal and record store `sync = "full"` (or $SYNC), the record store in SQLite or (BACKEND
 # postgres) in a new schema SCHEMA of the test database; waits until it is ready.
 # Sets engine_pid, mllp, api and schema.
 start_engine() {
@@ -32,7 +32,7 @@ password_file = \"$pg/password\""
     fi
     {
         printf '[listeners.pas]\nbind = "127.0.0.1:%s"\nmax_connections = 256\n\n' "$mllp"
-        printf '[store]\npath = "data/junction.db"\nrecords = "data/records.db"\nsync = "full"\n%s\n\n' "$store_extra"
+        printf '[store]\npath = "data/junction.db"\nrecords = "data/records.db"\nsync = "%s"\n%s\n\n' "${SYNC:-full}" "$store_extra"
         printf '[api]\nbind = "127.0.0.1:%s"\n\n[log]\nformat = "text"\n\n' "$api"
         sed -n '/^\[destinations/,$p' "$root/junction.toml"
     } >"$dir/junction.toml"

@@ -16,7 +16,10 @@
 # Tunables (environment): REPS (3), MESSAGES (5000), CONNECTIONS (32),
 # PATIENTS (1: the load template's one patient; more spreads the messages over
 # that many patients with `junction load --patients`, so the store destination
-# applies up to its `concurrency` (4) documents at once).
+# applies up to its `concurrency` (4) documents at once), SYNC (full: the journal's
+# and the SQLite record store's sync policy; normal leaves the fsyncs to the WAL
+# checkpoint, so the drain is the engine's own work), BACKENDS ("sqlite postgres"),
+# JUNCTION_BIN (a binary to run instead of building target/release/junction).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,8 +30,12 @@ PATIENTS="${PATIENTS:-1}"
 pg="$root/target/postgres-test"
 [ -f "$pg/url" ] || { echo "run tests/postgres/setup.sh first" >&2; exit 1; }
 
-(cd "$root" && cargo build --release --locked --quiet)
-junction="${CARGO_TARGET_DIR:-$root/target}/release/junction"
+if [ -n "${JUNCTION_BIN:-}" ]; then
+    junction="$JUNCTION_BIN"
+else
+    (cd "$root" && cargo build --release --locked --quiet)
+    junction="${CARGO_TARGET_DIR:-$root/target}/release/junction"
+fi
 
 # shellcheck source=bench/engine.sh
 source "$root/bench/engine.sh"
@@ -42,7 +49,7 @@ trap cleanup EXIT
 
 : >"$work/results.txt"
 for rep in $(seq 1 "$REPS"); do
-    for backend in sqlite postgres; do
+    for backend in ${BACKENDS:-sqlite postgres}; do
         dir="$work/$backend-$rep"
         start_engine "$dir" "$backend" "bench_$$_$rep"
         patients=()

@@ -120,6 +120,9 @@ pub(super) fn open_writer(path: &Path, sync: SyncPolicy) -> Result<Connection, S
         path: path.to_path_buf(),
         source,
     })?;
+    // the write path's statements are compiled once and kept (`prepare_cached`):
+    // room for all of them, so none is compiled again for every document
+    conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
 
@@ -254,19 +257,18 @@ impl apply::Rows for Rows<'_> {
     fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<Current>, StoreError> {
         Ok(self
             .0
-            .query_row(
+            .prepare_cached(
                 "SELECT version, event_time, content, admitted_at FROM resources
                  WHERE type = ?1 AND id = ?2",
-                params![resource_type, id],
-                |row| {
-                    Ok(Current {
-                        version: row.get(0)?,
-                        event_time: row.get(1)?,
-                        content: row.get(2)?,
-                        admitted_at: row.get(3)?,
-                    })
-                },
-            )
+            )?
+            .query_row(params![resource_type, id], |row| {
+                Ok(Current {
+                    version: row.get(0)?,
+                    event_time: row.get(1)?,
+                    content: row.get(2)?,
+                    admitted_at: row.get(3)?,
+                })
+            })
             .optional()?)
     }
 
@@ -279,11 +281,13 @@ impl apply::Rows for Rows<'_> {
             v.last_updated,
             v.event_time,
             deleted,
-            v.content
+            v.content,
+            v.admitted_at
         ];
         // (the later admission of the stored one and this one's, when known)
-        self.0.execute(
-            "INSERT INTO resources
+        self.0
+            .prepare_cached(
+                "INSERT INTO resources
                  (type, id, version, last_updated, event_time, deleted, content, admitted_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (type, id) DO UPDATE SET
@@ -292,22 +296,14 @@ impl apply::Rows for Rows<'_> {
                  content = excluded.content,
                  admitted_at = coalesce(max(excluded.admitted_at, admitted_at),
                                         excluded.admitted_at, admitted_at)",
-            params![
-                v.resource_type,
-                v.id,
-                v.version,
-                v.last_updated,
-                v.event_time,
-                deleted,
-                v.content,
-                v.admitted_at
-            ],
-        )?;
-        self.0.execute(
-            "INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params,
-        )?;
+            )?
+            .execute(params)?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(&params[..7])?;
         Ok(())
     }
 
@@ -318,12 +314,13 @@ impl apply::Rows for Rows<'_> {
         event_time: Option<i64>,
         admitted_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.0.execute(
-            "UPDATE resources SET event_time = ?3,
-                 admitted_at = coalesce(max(?4, admitted_at), ?4, admitted_at)
-             WHERE type = ?1 AND id = ?2",
-            params![resource_type, id, event_time, admitted_at],
-        )?;
+        self.0
+            .prepare_cached(
+                "UPDATE resources SET event_time = ?3,
+                     admitted_at = coalesce(max(?4, admitted_at), ?4, admitted_at)
+                 WHERE type = ?1 AND id = ?2",
+            )?
+            .execute(params![resource_type, id, event_time, admitted_at])?;
         Ok(())
     }
 
@@ -333,23 +330,25 @@ impl apply::Rows for Rows<'_> {
         id: &str,
         patients: &[String],
     ) -> Result<(), StoreError> {
-        self.0.execute(
-            "DELETE FROM patient_links WHERE type = ?1 AND id = ?2",
-            params![resource_type, id],
-        )?;
+        self.0
+            .prepare_cached("DELETE FROM patient_links WHERE type = ?1 AND id = ?2")?
+            .execute(params![resource_type, id])?;
         for patient in patients {
-            self.0.execute(
-                "INSERT OR IGNORE INTO patient_links (patient_id, type, id) VALUES (?1, ?2, ?3)",
-                params![patient, resource_type, id],
-            )?;
+            self.0
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO patient_links (patient_id, type, id)
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![patient, resource_type, id])?;
             if resource_type != "Patient" {
                 // and to the Patient that replaced a retired one
-                self.0.execute(
-                    "INSERT OR IGNORE INTO patient_links (patient_id, type, id)
-                     SELECT patient_id, ?2, ?3 FROM patient_links
-                     WHERE type = 'Patient' AND id = ?1 AND patient_id <> ?1",
-                    params![patient, resource_type, id],
-                )?;
+                self.0
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO patient_links (patient_id, type, id)
+                         SELECT patient_id, ?2, ?3 FROM patient_links
+                         WHERE type = 'Patient' AND id = ?1 AND patient_id <> ?1",
+                    )?
+                    .execute(params![patient, resource_type, id])?;
             }
         }
         Ok(())
@@ -360,16 +359,16 @@ impl apply::Rows for Rows<'_> {
         patient_id: &str,
         identifiers: &[(String, String)],
     ) -> Result<(), StoreError> {
-        self.0.execute(
-            "DELETE FROM patient_identifiers WHERE patient_id = ?1",
-            params![patient_id],
-        )?;
+        self.0
+            .prepare_cached("DELETE FROM patient_identifiers WHERE patient_id = ?1")?
+            .execute(params![patient_id])?;
         for (system, value) in identifiers {
-            self.0.execute(
-                "INSERT OR IGNORE INTO patient_identifiers (value, system, patient_id)
-                 VALUES (?1, ?2, ?3)",
-                params![value, system, patient_id],
-            )?;
+            self.0
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO patient_identifiers (value, system, patient_id)
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![value, system, patient_id])?;
         }
         Ok(())
     }
