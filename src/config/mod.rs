@@ -805,7 +805,7 @@ fn check_binds(config: &Config, failed: &Failed, doc: &Doc<'_>, diags: &mut Diag
 
 fn check_log(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
     if let Some(level) = &config.log.level {
-        if let Err(err) = crate::telemetry::parse_filter(level) {
+        if let Err(err) = crate::telemetry::parse_level(level) {
             diags.push(doc.error(
                 doc.span(&["log", "level"]),
                 format!("invalid log level `{level}`: {err} (expected e.g. `info` or `junction=debug,warn`)"),
@@ -2029,6 +2029,12 @@ mod tests {
         assert!(
             d[1].starts_with("junction.toml:4:9: error: invalid log level `junction=loud`"),
             "{d:#?}"
+        );
+        // a word that is no level: tracing would take it for a target and
+        // log nothing else at all (s24 tester, H1)
+        check(
+            "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n[log]\nlevel = \"warning\"\n",
+            &["junction.toml:4:9: error: invalid log level `warning`: `warning` is not a level (trace, debug, info, warn, error, off); a target takes one after `=`, as in `junction=debug` (expected e.g. `info` or `junction=debug,warn`)"],
         );
     }
 

@@ -52,6 +52,26 @@ pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
         .map_err(|err| err.to_string())
 }
 
+/// Parses `[log] level`: a tracing filter as [`parse_filter`] takes it, but
+/// every directive without `=` must be a level (`trace`, `debug`, `info`,
+/// `warn`, `error`, `off`). A bare word is a target to tracing (`warning`
+/// would show that target's lines alone, so the engine logged nothing at
+/// all); a target is written with its level (`junction=debug`).
+pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=')
+            && !directive.contains('[')
+            && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
+        {
+            return Err(format!(
+                "`{directive}` is not a level (trace, debug, info, warn, error, off); a target takes one after `=`, as in `junction=debug`"
+            ));
+        }
+    }
+    parse_filter(level)
+}
+
 /// The filter to use: `RUST_LOG` (when set and not empty), else `level`, else `info`.
 fn choose_filter(
     rust_log: Option<String>,
@@ -62,7 +82,11 @@ fn choose_filter(
         (_, Some(level)) => (level.to_string(), "[log] level"),
         _ => ("info".to_string(), "the default"),
     };
-    parse_filter(&filter).map_err(|reason| TelemetryError::BadFilter {
+    let parsed = match origin {
+        "[log] level" => parse_level(&filter),
+        _ => parse_filter(&filter),
+    };
+    parsed.map_err(|reason| TelemetryError::BadFilter {
         filter,
         origin,
         reason,
@@ -192,6 +216,11 @@ mod tests {
         check(Some("warn"), Some("debug"), Ok("warn"));
         check(Some("  "), Some("junction=debug"), Ok("junction=debug"));
         check(None, Some("junction=loud"), Err("from [log] level"));
+        // a bare word that is no level would switch every other target off
+        for typo in ["warning", "loud", "inf0", "info,warnings"] {
+            check(None, Some(typo), Err("is not a level"));
+        }
+        check(None, Some("WARN,junction=debug"), Ok("junction=debug,warn"));
         check(Some("x=[[["), None, Err("from RUST_LOG"));
     }
 }
