@@ -366,16 +366,17 @@ async fn retention(journal: Journal, days: u32, metrics: Arc<Metrics>, cancel: C
 /// optional: without routes every message is unrouted, and kept).
 fn load_routing(config: &Config, config_dir: &Path) -> Result<Router, EngineError> {
     let routes_dir = config_dir.join("routes");
+    let route_problems = |errors: Vec<crate::route::RouteError>| EngineError::Routes {
+        dir: routes_dir.clone(),
+        count: errors.len(),
+        problems: errors
+            .iter()
+            .map(|e| format!("{}:{}:{}: {}", e.file.display(), e.line, e.col, e.message))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
     let routes = if routes_dir.is_dir() {
-        RouteSet::load_dir(&routes_dir).map_err(|errors| EngineError::Routes {
-            dir: routes_dir.clone(),
-            count: errors.len(),
-            problems: errors
-                .iter()
-                .map(|e| format!("{}:{}:{}: {}", e.file.display(), e.line, e.col, e.message))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        })?
+        RouteSet::load_dir(&routes_dir).map_err(route_problems)?
     } else {
         warn!(dir = %routes_dir.display(), "no routes folder: every message will be unrouted");
         RouteSet::default()
@@ -394,6 +395,13 @@ fn load_routing(config: &Config, config_dir: &Path) -> Result<Router, EngineErro
     } else {
         MappingSet::default()
     };
+    // a route naming a mapping that is not there (no `mappings/` folder at
+    // all), or one that does not declare the route's messages, would take
+    // every such message and fail it at the map stage: refused, as `check` does
+    let unmappable = routes.check_against_mappings(&mappings);
+    if !unmappable.is_empty() {
+        return Err(route_problems(unmappable));
+    }
     info!(
         routes = routes.routes().len(),
         mappings = mappings.plans().count(),

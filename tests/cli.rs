@@ -76,9 +76,57 @@ fn good_config_in_a_temp_dir() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "junction.toml: ok, 2 listener(s), store db/j.db (sync=normal)"
+        "junction.toml: ok, 2 listener(s), store db/j.db (sync=normal), 1 warning(s)"
     );
-    assert!(stderr.is_empty(), "{stderr}");
+    // (as `serve` says at start: with no routes every message is kept, unrouted)
+    assert!(
+        stderr.contains("warning: no routes folder (")
+            && stderr.contains("every message will be unrouted"),
+        "{stderr}"
+    );
+}
+
+/// Routes that name mappings, and no `mappings/` folder: `check` names each
+/// route's mapping as unknown (as with an empty folder), and `serve` refuses
+/// to start rather than take messages it cannot map (s24b tester, M2).
+#[test]
+fn routes_naming_mappings_with_no_mappings_folder_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("junction.toml");
+    std::fs::write(
+        &config,
+        "[listeners.pas]\nbind = \"127.0.0.1:0\"\n[store]\npath = \"db/j.db\"\n[api]\nbind = \"127.0.0.1:0\"\n[destinations.store]\nkind = \"store\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("routes")).unwrap();
+    std::fs::write(
+        dir.path().join("routes/adt.toml"),
+        "[routes.adt]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"store\"]\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_junction"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("routes/adt.toml:3:11: error: route `adt` uses unknown mapping `adt`, and there is none in mappings/"),
+        "{stderr}"
+    );
+    let out = run(&["serve"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("route `adt` uses unknown mapping `adt`"),
+        "{stderr}"
+    );
 }
 
 #[test]

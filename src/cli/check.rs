@@ -162,11 +162,14 @@ fn check_routes(
             config_dir.join(name)
         }
     };
+    // (no folder: no mapping, so a route naming one is told so; a folder
+    // whose mappings do not compile: their own errors say it, and routes
+    // are not checked against them)
     let mappings_dir = in_dir("mappings");
-    let mappings = mappings_dir
-        .is_dir()
-        .then(|| MappingSet::load_dir(&mappings_dir).ok())
-        .flatten();
+    let mappings = match mappings_dir.exists() {
+        true => MappingSet::load_dir(&mappings_dir).ok(),
+        false => Some(MappingSet::default()),
+    };
     // With a config that has errors of its own, the ids it declares still say
     // which names a route may use (every problem in one run).
     let declared = match config {
@@ -199,7 +202,18 @@ fn check_routes(
         sources: sources.as_deref(),
         destinations: destinations.as_deref(),
     };
-    for err in crate::route::check_dir(&in_dir("routes"), &known) {
+    let routes_dir = in_dir("routes");
+    if !routes_dir.exists() {
+        diags.push(Diagnostic::whole_file(
+            Severity::Warning,
+            &display_path(config_file),
+            &format!(
+                "no routes folder ({}): every message will be unrouted (kept in the journal, sent nowhere)",
+                display_path(&routes_dir).display()
+            ),
+        ));
+    }
+    for err in crate::route::check_dir(&routes_dir, &known) {
         let file = display_path(&err.file);
         diags.push(match err.source() {
             Some(source) => Diagnostic::error(&file, source, err.span(), &err.message),
