@@ -207,7 +207,7 @@ fn check_routes(
         diags.push(Diagnostic::whole_file(
             Severity::Warning,
             &display_path(config_file),
-            &format!(
+            format!(
                 "no routes folder ({}): every message will be unrouted (kept in the journal, sent nowhere)",
                 display_path(&routes_dir).display()
             ),
