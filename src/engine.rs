@@ -566,11 +566,13 @@ pub async fn start(config: Config, config_dir: &Path) -> Result<RunningEngine, E
         origins: Arc::new(origins),
         // Operations endpoints are open only on a loopback address.
         access: Access::new(records.clone(), api_addr.ip().is_loopback()),
+        // (`check`, which every start runs, refuses one that is not usable)
         public_url: config
             .api
             .public_url
             .as_deref()
-            .map(|u| Arc::from(u.trim_end_matches('/'))),
+            .and_then(|u| api::public_base(u).ok())
+            .map(Arc::from),
     };
     let api_task = tokio::spawn({
         let api_cancel = api_cancel.clone();

@@ -78,6 +78,35 @@ pub struct ApiConfig {
     pub public_url: Option<String>,
 }
 
+/// `[api] public_url` as `/fhir` builds on it: written as the URL standard
+/// writes it (scheme and host in lower case), without a trailing `/`; or
+/// what is wrong with it (for `check`): not an absolute http(s) URL with a
+/// host, white space, a user name, a query or a fragment.
+pub fn public_base(raw: &str) -> Result<String, String> {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("holds white space or a control character".into());
+    }
+    let lower = raw.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    else {
+        return Err("does not start with `https://` or `http://`".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err("names no host".into());
+    }
+    if authority.contains('@') {
+        return Err("holds a user name or password".into());
+    }
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("is not a URL ({e})"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("has a query or a fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
 fn default_bind() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }

@@ -1135,23 +1135,9 @@ fn check_public_url(config: &Config, doc: &Doc<'_>, diags: &mut Diagnostics) {
     let Some(url) = &config.api.public_url else {
         return;
     };
-    let at = doc.span(&["api", "public_url"]);
-    let problem = match reqwest::Url::parse(url) {
-        Err(e) => Some(format!("is not a URL ({e})")),
-        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-            Some(format!("has scheme `{}`", u.scheme()))
-        }
-        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
-            Some("holds a user name or password".to_string())
-        }
-        Ok(u) if u.query().is_some() || u.fragment().is_some() => {
-            Some("has a query or a fragment".to_string())
-        }
-        Ok(_) => None,
-    };
-    if let Some(problem) = problem {
+    if let Err(problem) = crate::api::public_base(url) {
         diags.push(doc.error(
-            at,
+            doc.span(&["api", "public_url"]),
             format!(
                 "public_url {problem}, expected the address clients reach this server by, e.g. `https://shcr.example.nhs.uk` (`/fhir` is added)"
             ),
@@ -1500,6 +1486,11 @@ mod tests {
 
     #[test]
     fn the_public_url_is_an_http_address_a_client_can_follow() {
+        // written as the URL standard writes it, without a trailing `/`
+        assert_eq!(
+            crate::api::public_base("HtTpS://SHCR.Example.nhs.uk:443/records/").unwrap(),
+            "https://shcr.example.nhs.uk/records"
+        );
         let base = "[listeners.pas]\nbind = \"127.0.0.1:2575\"\n[api]\n";
         for good in [
             "https://shcr.example.nhs.uk",
@@ -1508,15 +1499,32 @@ mod tests {
             check(&format!("{base}public_url = \"{good}\"\n"), &[]);
         }
         let expected = "expected the address clients reach this server by, e.g. `https://shcr.example.nhs.uk` (`/fhir` is added)";
+        let no_scheme = "does not start with `https://` or `http://`";
         for (bad, problem) in [
-            (
-                "shcr.example.nhs.uk",
-                "is not a URL (relative URL without a base)",
-            ),
-            ("ftp://shcr.example.nhs.uk", "has scheme `ftp`"),
+            ("shcr.example.nhs.uk", no_scheme),
+            ("ftp://shcr.example.nhs.uk", no_scheme),
+            ("https:/shcr.example.nhs.uk", no_scheme),
+            ("https:shcr.example.nhs.uk", no_scheme),
+            ("https:///path", "names no host"),
             (
                 "https://ops@shcr.example.nhs.uk",
                 "holds a user name or password",
+            ),
+            (
+                "https://@shcr.example.nhs.uk",
+                "holds a user name or password",
+            ),
+            (
+                " https://shcr.example.nhs.uk",
+                "holds white space or a control character",
+            ),
+            (
+                "https://shcr.example.nhs.uk/a b",
+                "holds white space or a control character",
+            ),
+            (
+                "https://shcr.example.nhs.uk:99999",
+                "is not a URL (invalid port number)",
             ),
             (
                 "https://shcr.example.nhs.uk/?a=1",
