@@ -32,10 +32,15 @@ async fn start() -> Fixture {
 async fn start_with(listener: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("junction.toml");
+    // (1 s unless the test gives its own)
+    let idle = match listener.contains("idle_timeout_secs") {
+        true => "",
+        false => "idle_timeout_secs = 1\n",
+    };
     std::fs::write(
         &config_path,
         format!(
-            "[listeners.pas]\nbind = \"127.0.0.1:0\"\nidle_timeout_secs = 1\n{listener}\
+            "[listeners.pas]\nbind = \"127.0.0.1:0\"\n{idle}{listener}\
              max_message_bytes = {MAX_MESSAGE_BYTES}\nmax_connections = 64\n\n\
              [store]\npath = \"data/journal.db\"\nsync = \"full\"\n\n\
              [api]\nbind = \"127.0.0.1:0\"\n\n[engine]\nshutdown_timeout_secs = 5\n"
@@ -399,6 +404,34 @@ async fn garbage_closes_that_connection_only_and_is_kept() {
         !kept.is_empty() && bytes.starts_with(&kept),
         "kept bytes are what was sent"
     );
+    fx.engine.stop().await;
+}
+
+/// Text that is not MLLP (no start block after it) is not held until the
+/// idle timeout (60 s here): closed a few seconds after its last byte, with
+/// its bytes kept and a reason that says so (s24b tester, L2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_with_no_start_block_after_them_are_closed_before_the_idle_timeout() {
+    let fx = start_with("idle_timeout_secs = 60\n").await;
+    let mut bad = connect(fx.addr).await;
+    let junk = b"hello world\r\n".repeat(10);
+    bad.write_all(&junk).await.unwrap();
+    assert_closed(&mut bad).await;
+    let rows = search(&fx.engine, |q| q.status = Some("garbage".into())).await;
+    assert_eq!(rows.len(), 1);
+    let detail = fx.engine.journal().get(rows[0].id).await.unwrap().unwrap();
+    assert!(
+        detail.error.as_deref().unwrap_or("").contains("not MLLP"),
+        "{detail:?}"
+    );
+    let kept = fx.engine.journal().raw(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(&kept[..], junk.as_slice());
+    // keep-alive alone is no junk: that connection stays, and is answered
+    let mut quiet = connect(fx.addr).await;
+    quiet.write_all(b"\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ack = send(&mut quiet, &a01_with_control_id("QUIET001")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     fx.engine.stop().await;
 }
 

@@ -27,7 +27,9 @@
 //!   the end block) is kept the same way, and the connection goes on with the
 //!   new frame; so are a few stray bytes that arrive before a start block and
 //!   message header, in the same read or an earlier one (a sender's stack that
-//!   writes something before each frame; see `codec.rs`). The
+//!   writes something before each frame; see `codec.rs`). Stray bytes (not
+//!   keep-alive CR/LF) with no start block within `STRAY_GRACE` (5 s) after
+//!   the last of them are not MLLP: kept, logged, the connection closed. The
 //!   idle timeout counts from the last byte received, not from the start
 //!   of a frame: a large message arriving slowly is not cut off for that
 //!   (only by the far longer frame timeout);
@@ -559,6 +561,12 @@ fn drain_until(nothing_begun: bool) -> Instant {
 
 /// See [`drain_until`].
 const DRAIN_FRAME: Duration = Duration::from_secs(5);
+/// How long bytes outside a frame (not keep-alive CR/LF) may wait for the
+/// start block (0x0B) of the frame they come before: a sender's stack that
+/// writes something before each frame sends the frame at once; a peer that
+/// is not speaking MLLP gets its connection closed, with a log line, rather
+/// than held until the idle timeout.
+const STRAY_GRACE: Duration = Duration::from_secs(5);
 /// See [`drain_until`].
 const DRAIN_PEEK: Duration = Duration::from_millis(200);
 
@@ -593,6 +601,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         wait = wait.min(match watched.frame_started {
             Some(started) => ctx.frame_timeout.saturating_sub(started.elapsed()),
             None => ctx.frame_timeout,
+        });
+        // (bytes outside a frame may arrive during this wait too: looked at
+        // again at least every `STRAY_GRACE`)
+        wait = wait.min(match stray_pending(framed.read_buffer()) {
+            true => STRAY_GRACE.saturating_sub(watched.last_read.elapsed()),
+            false => STRAY_GRACE,
         });
         let next = match draining {
             Some(deadline) => {
@@ -665,6 +679,20 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     "a frame not finished {}s after its first byte ({} byte(s) so far): closed (frame_timeout_secs)",
                     ctx.frame_timeout.as_secs(),
                     pending.len()
+                );
+                keep_garbage(ctx, &peer_text, kept, pending.len(), &reason, true).await;
+                Next::Close
+            }
+            Err(_elapsed)
+                if stray_pending(framed.read_buffer())
+                    && framed.get_ref().last_read.elapsed() >= STRAY_GRACE =>
+            {
+                let pending = framed.read_buffer();
+                let kept = Bytes::copy_from_slice(&pending[..pending.len().min(KEPT_BYTES)]);
+                let reason = format!(
+                    "{} byte(s) outside a frame and no start block (0x0B) within {}s after them: not MLLP",
+                    pending.len(),
+                    STRAY_GRACE.as_secs()
                 );
                 keep_garbage(ctx, &peer_text, kept, pending.len(), &reason, true).await;
                 Next::Close
@@ -750,6 +778,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 /// after its end block (CR, LF, FS): it begins no frame.
 fn is_keep_alive(b: u8) -> bool {
     matches!(b, b'\r' | b'\n' | 0x1C)
+}
+
+/// Whether `pending` (read, not yet framed) is bytes outside a frame that
+/// are not keep-alive, with no start block among them yet ([`STRAY_GRACE`]).
+fn stray_pending(pending: &[u8]) -> bool {
+    !pending.is_empty() && !pending.contains(&VT) && !pending.iter().all(|&b| is_keep_alive(b))
 }
 
 /// A connection's stream that remembers when it last read a byte (what the
