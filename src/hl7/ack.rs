@@ -592,10 +592,23 @@ pub fn check_patient_named(header: Header, raw: &[u8]) -> Result<Header, Rejecti
                     None => Ok(header),
                 };
             }
-            Hl7Error::EmptyField {
-                segment: "PID",
-                field: 3,
-                name: "patient identifier list",
+            // (PID-3 that holds something, all of it placeholders: said so,
+            // not "empty", which the sender's team would find untrue)
+            let placeholders = reps(3).any(|rep| {
+                let id = parts(rep, component).first().copied().unwrap_or_default();
+                !id.is_empty() && id != "\"\""
+            });
+            match placeholders {
+                true => Hl7Error::PlaceholderOnly {
+                    segment: "PID",
+                    field: 3,
+                    name: "patient identifier list",
+                },
+                false => Hl7Error::EmptyField {
+                    segment: "PID",
+                    field: 3,
+                    name: "patient identifier list",
+                },
             }
         }
     };
@@ -1059,6 +1072,22 @@ mod tests {
         assert_eq!(
             check("PID|1||0000000000^^^NHS^NH").err(),
             Some((AckCode::AE, "101"))
+        );
+        // and the sender is told which: empty, or placeholders alone
+        let text = |rest: &str| {
+            let raw = format!("{msh}\r{rest}");
+            check_patient_named(header(msh), raw.as_bytes())
+                .unwrap_err()
+                .error
+                .text
+        };
+        assert_eq!(
+            text("PID|1||0000000000^^^T^MR~999 999 9999^^^NHS^NH"),
+            "PID-3 (patient identifier list) holds only a placeholder (one digit ten times, such as `0000000000`), not an identifier of a patient"
+        );
+        assert_eq!(
+            text("PID|1||^^^RAL^MR"),
+            "PID-3 (patient identifier list) is empty"
         );
         assert!(check(&format!("PID|1{}9434765919", "|".repeat(18))).is_ok());
         let a20 = "MSH|^~\\&|PAS|RAL|EPR|HUB|20240501120000||ADT^A20|C1|P|2.4";

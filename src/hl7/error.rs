@@ -74,6 +74,16 @@ pub enum Hl7Error {
         name: &'static str,
     },
 
+    /// A field the caller requires holds only placeholders (one digit ten
+    /// times, `0000000000`): not empty, but naming no one (the value is not
+    /// quoted).
+    #[error("{segment}-{field} ({name}) holds only a placeholder (one digit ten times, such as `0000000000`), not an identifier of a patient")]
+    PlaceholderOnly {
+        segment: &'static str,
+        field: u32,
+        name: &'static str,
+    },
+
     /// A field path such as `PID-3[2].1` is malformed.
     #[error("path '{path}' at character {position}: expected {expected}")]
     BadPath {
@@ -167,7 +177,10 @@ impl Hl7Error {
             Hl7Error::NoMergedRecord { .. } => ("101", Some("MRG"), Some(1)),
             Hl7Error::MorePatients { .. } => ("100", Some("PID"), None),
             Hl7Error::UnsupportedCharset { .. } => ("103", Some("MSH"), Some(18)),
-            Hl7Error::EmptyField { segment, field, .. } => ("101", Some(*segment), Some(*field)),
+            Hl7Error::EmptyField { segment, field, .. }
+            | Hl7Error::PlaceholderOnly { segment, field, .. } => {
+                ("101", Some(*segment), Some(*field))
+            }
             Hl7Error::BadPath { .. } => ("207", None, None),
         };
         AckError {
