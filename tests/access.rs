@@ -525,6 +525,25 @@ async fn fhir_reads_need_a_clinical_token_and_every_request_is_audited() {
     .await;
     assert_eq!(served.status, 200, "{}", served.body);
 
+    // A path no FHIR route takes (an empty segment: a trailing `/`) is
+    // answered as FHIR answers, an OperationOutcome (s24b tester, L4)
+    for path in [
+        format!("/fhir/Patient/{patient}/"),
+        "/fhir/Observation/".to_string(),
+        format!("/fhir/Patient/{patient}/$everything/"),
+        format!("/fhir/Patient/{patient}/_history/"),
+    ] {
+        let answer = get(&server, &path, Some(&clinical), None, None).await;
+        assert_outcome(&answer, 404, "not-found");
+        assert!(
+            answer.body["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("no FHIR route for this path")),
+            "{path}: {}",
+            answer.body
+        );
+    }
+
     // Revoked while the engine runs: refused within seconds.
     let out = server.cli(&["token", "revoke", "gp-viewer"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

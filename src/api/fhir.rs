@@ -1082,12 +1082,13 @@ async fn metadata(Base(base): Base) -> Response {
     fhir_json(StatusCode::OK, &statement)
 }
 
-async fn unknown_route(uri: Uri) -> FhirError {
-    let segments = uri.path().trim_start_matches('/').split('/').count();
-    FhirError::NotFound(format!(
-        "no FHIR route for a path of {segments} segments, expected /fhir/{{Type}}, \
-         /fhir/{{Type}}/{{id}} or /fhir/Patient/{{id}}/$everything"
-    ))
+pub(super) async fn unknown_route() -> FhirError {
+    // (the path is not repeated: it may hold an identifier someone typed)
+    FhirError::NotFound(
+        "no FHIR route for this path, expected /fhir/{Type}, /fhir/{Type}/{id}, \
+         /fhir/{Type}/{id}/_history[/{n}] or /fhir/Patient/{id}/$everything"
+            .to_string(),
+    )
 }
 
 #[cfg(test)]

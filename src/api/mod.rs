@@ -637,8 +637,13 @@ async fn get_message(
     Ok(Json(body))
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route".to_string())
+async fn not_found(uri: axum::http::Uri) -> Response {
+    // (a `/fhir` path no FHIR route takes, such as one with an empty segment,
+    // `/fhir/Patient/x/`: answered as FHIR answers, an OperationOutcome)
+    if uri.path().starts_with("/fhir/") {
+        return fhir::unknown_route().await.into_response();
+    }
+    ApiError::NotFound("no such route".to_string()).into_response()
 }
 
 #[cfg(test)]
