@@ -286,8 +286,12 @@ async fn send(mllp: SocketAddr, messages: &[String]) {
 
 /// Routes, the shipped mappings, and the destinations: `files` (a folder),
 /// `lab_fhir` (a FHIR endpoint on a port nothing listens on, retried) and
-/// `archive` (the same, given up after one attempt: dead letters).
-fn setup(dir: &Path, out: &Path) -> String {
+/// `archive` (the same, given up after one attempt: dead letters). The
+/// sockets returned hold those two ports, refusing, for as long as they are
+/// kept (another process on the machine once answered 404 on one).
+fn setup(dir: &Path, out: &Path) -> (String, [tokio::net::TcpSocket; 2]) {
+    let (lab, lab_port) = harness::refusing_port();
+    let (archive, archive_port) = harness::refusing_port();
     std::fs::create_dir_all(dir.join("routes")).unwrap();
     std::fs::write(
         dir.join("routes/test.toml"),
@@ -302,7 +306,7 @@ destinations = ["files", "lab_fhir", "archive"]
     .unwrap();
     std::os::unix::fs::symlink(harness::repo_root().join("mappings"), dir.join("mappings"))
         .unwrap();
-    format!(
+    let config = format!(
         r#"
 [destinations.files]
 kind = "file"
@@ -323,9 +327,10 @@ timeout_secs = 5
 max_attempts = 1
 "#,
         out.display(),
-        free_port(),
-        free_port()
-    )
+        lab_port,
+        archive_port
+    );
+    (config, [lab, archive])
 }
 
 /// `GET /api/queues` (on loopback, no token) as destination → (pending, delivered).
@@ -388,7 +393,7 @@ async fn the_dashboard_shows_queues_routes_problems_and_live_events_without_pati
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("engine");
     let out = tmp.path().join("out");
-    let extra = setup(&dir, &out);
+    let (extra, _refusing) = setup(&dir, &out);
     let engine = Engine::start_with(&dir, "normal", &extra);
 
     // The page itself: HTML, never cached, scripts only from itself.
@@ -586,7 +591,7 @@ async fn off_loopback_the_page_loads_then_asks_for_an_ops_token_kept_in_session_
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("engine");
     let out = tmp.path().join("out");
-    let extra = setup(&dir, &out);
+    let (extra, _refusing) = setup(&dir, &out);
     let engine = Engine::start_custom(&dir, &[], |mllp, api| {
         format!(
             "[listeners.pas]\nbind = \"{mllp}\"\n\n\

@@ -69,6 +69,19 @@ pub fn venv_python_with(imports: &str) -> PathBuf {
     python
 }
 
+/// A loopback port that refuses connections for as long as the socket
+/// returned is kept: bound, never listening, so no other process on a shared
+/// machine can take the port and answer in the meantime (as a port that was
+/// merely free a moment ago can). Call inside a tokio runtime.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind 127.0.0.1:0");
+    let port = socket.local_addr().expect("local addr").port();
+    (socket, port)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
