@@ -28,6 +28,11 @@ pub(super) struct Current {
     /// arriving after an update (`None`: none known, as in rows an older
     /// build wrote).
     pub admitted_at: Option<i64>,
+    /// An Encounter's: the event time of the latest cancellation (A11, A38)
+    /// that wrote it, also one applied late, so an admission sent after it
+    /// that arrives later still is told from one sent before it (`None`:
+    /// none known).
+    pub cancelled_at: Option<i64>,
 }
 
 /// The row operations a backend offers, inside its open transaction.
@@ -40,15 +45,26 @@ pub(super) trait Rows {
     fn write_version(&mut self, version: &Version<'_>) -> Result<(), Self::Error>;
 
     /// Remembers a newer event time without making a new version, and an
-    /// admission's time ([`Current::admitted_at`], kept when later than the
-    /// one stored; `None` leaves it as it is).
+    /// admission's or a cancellation's time ([`Current::admitted_at`],
+    /// [`Current::cancelled_at`], each kept when later than the one stored;
+    /// `None` leaves it as it is).
     fn set_event_time(
         &mut self,
         resource_type: &str,
         id: &str,
         event_time: Option<i64>,
         admitted_at: Option<i64>,
+        cancelled_at: Option<i64>,
     ) -> Result<(), Self::Error>;
+
+    /// The contents of the record's versions, newest first, at most `limit`
+    /// (`None`: a tombstone).
+    fn versions(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<Option<String>>, Self::Error>;
 
     /// Replaces the record's patient links with `patients` (none: unlinked).
     /// A record other than a Patient is linked to the survivor of each of them
@@ -113,6 +129,9 @@ pub(super) struct Version<'v> {
     /// [`Current::admitted_at`] when this version is an admission's; `None`
     /// keeps the stored one (the later of the two is kept).
     pub admitted_at: Option<i64>,
+    /// [`Current::cancelled_at`] when this version is a cancellation's;
+    /// `None` keeps the stored one (the later of the two is kept).
+    pub cancelled_at: Option<i64>,
 }
 
 /// Applies one document's plan through `rows` (inside the caller's transaction).
@@ -167,13 +186,35 @@ pub(super) fn apply_plan<R: Rows>(
                 // Not after an admission sent later than it (an A01 sent
                 // again after a mistaken A11): in order, that admitted the
                 // patient after all. Such an admission, itself arriving after
-                // a newer update of the visit, is remembered all the same
-                if let (Some(cur), Some(t)) = (current.as_ref(), event_time) {
-                    if plan::is_admission(plan.event.as_deref()) && cur.admitted_at < Some(t) {
-                        rows.set_event_time("Encounter", id, cur.event_time, Some(t))?;
+                // a newer update of the visit, is remembered all the same; and
+                // when a cancellation sent before it was applied already (late
+                // too), the visit is what it was before that cancellation
+                let admission = plan::is_admission(plan.event.as_deref());
+                if let (Some(cur), Some(t), true) = (current.as_ref(), event_time, admission) {
+                    if cur.admitted_at < Some(t) {
+                        rows.set_event_time("Encounter", id, cur.event_time, Some(t), None)?;
                     }
                 }
+                let restored = match (current.as_ref(), admission) {
+                    (Some(cur), true) => uncancelled(rows, id, cur, event_time)?,
+                    _ => None,
+                };
                 match (current.as_ref(), &entry.op) {
+                    (Some(cur), _) if restored.is_some() => {
+                        let restored = restored.unwrap_or_default();
+                        rewrite(
+                            rows,
+                            "Encounter",
+                            id,
+                            cur,
+                            &restored,
+                            last_updated,
+                            cur.event_time,
+                        )?;
+                        EntryResult::Updated {
+                            version: cur.version + 1,
+                        }
+                    }
                     (Some(cur), Op::Put { resource, .. })
                         if is_cancelled_visit(resource) && admitted_since(cur, event_time) =>
                     {
@@ -196,6 +237,9 @@ pub(super) fn apply_plan<R: Rows>(
                                 last_updated,
                                 cur.event_time,
                             )?;
+                            // (when it was sent, for an admission sent after it
+                            // that arrives later still: `uncancelled`)
+                            rows.set_event_time("Encounter", id, cur.event_time, None, event_time)?;
                             EntryResult::Updated {
                                 version: cur.version + 1,
                             }
@@ -375,7 +419,13 @@ impl At<'_> {
         if self.event_time == current.event_time && !later_admission {
             return Ok(());
         }
-        rows.set_event_time(self.resource_type, self.id, self.event_time, admitted_at)
+        rows.set_event_time(
+            self.resource_type,
+            self.id,
+            self.event_time,
+            admitted_at,
+            None,
+        )
     }
 
     /// The event time to remember as [`Current::admitted_at`]: an
@@ -396,6 +446,7 @@ impl At<'_> {
             event_time: self.event_time,
             content,
             admitted_at: self.admitted_at(),
+            cancelled_at: None,
         }
     }
 }
@@ -605,7 +656,11 @@ fn put<R: Rows>(
     }
     let version = at.current.map_or(1, |cur| cur.version + 1);
     let content = stamped(resource, version, at.last_updated)?;
-    rows.write_version(&at.version(version, Some(&content)))?;
+    let mut written = at.version(version, Some(&content));
+    if at.resource_type == "Encounter" && is_cancelled_visit(resource) {
+        written.cancelled_at = at.event_time;
+    }
+    rows.write_version(&written)?;
     rows.link_patients(at.resource_type, at.id, &linked)?;
     if at.resource_type == "Patient" {
         rows.index_identifiers(at.id, identifiers)?;
@@ -1292,6 +1347,35 @@ fn admitted_since(cur: &Current, event_time: Option<i64>) -> bool {
     matches!((cur.admitted_at, event_time), (Some(admitted), Some(t)) if admitted > t)
 }
 
+/// The visit `cur` as it was before its cancellation, when an admission
+/// event sent after that cancellation (at `admitted`) arrives after it was
+/// applied, itself late (after a newer update of the visit): in order, the
+/// admission undid it, and the newer update applied to the admitted visit.
+/// The newest stored version that is no cancelled visit, among the last
+/// few; `None` when the visit is not cancelled, the cancellation was sent
+/// after the admission (or when is not known), or no such version is kept.
+fn uncancelled<R: Rows>(
+    rows: &mut R,
+    id: &str,
+    cur: &Current,
+    admitted: Option<i64>,
+) -> Result<Option<Value>, R::Error> {
+    let sent_after = matches!((cur.cancelled_at, admitted), (Some(c), Some(a)) if a > c);
+    let Some(stored) = cur.content.as_deref().filter(|_| sent_after) else {
+        return Ok(None);
+    };
+    if !is_cancelled_visit(&serde_json::from_str(stored)?) {
+        return Ok(None);
+    }
+    for content in rows.versions("Encounter", id, 8)?.into_iter().flatten() {
+        let version: Value = serde_json::from_str(&content)?;
+        if !is_cancelled_visit(&version) {
+            return Ok(Some(version));
+        }
+    }
+    Ok(None)
+}
+
 /// A visit cancelled: `entered-in-error` (an A11's admission) or `cancelled`
 /// (an A38's pre-admission).
 fn is_cancelled_visit(encounter: &Value) -> bool {
@@ -1914,6 +1998,7 @@ fn rewrite<R: Rows>(
         event_time,
         content: Some(&content),
         admitted_at: None,
+        cancelled_at: None,
     })
 }
 

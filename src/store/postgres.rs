@@ -60,8 +60,8 @@ use super::{ApplyOutcome, PostgresTarget, Record, StoreError, SyncPolicy};
 /// records and the registers; 2, the MESH messages nodes have claimed
 /// ([`SCHEMA_V2`]); 3, every Patient's NHS number indexed as its ten digits
 /// too, however it was written (no new table: [`index_nhs_numbers`]); 4, when
-/// an Encounter was last admitted (`resources.admitted_at`, see
-/// [`apply::Current::admitted_at`]).
+/// an Encounter was last admitted and cancelled (`resources.admitted_at`,
+/// `resources.cancelled_at`, see [`apply::Current`]).
 const SCHEMA_VERSION: i64 = 4;
 
 /// Idle connections kept for reuse.
@@ -205,29 +205,31 @@ impl Prepared {
                 "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::TEXT[]) AS k",
             )?,
             current: client.prepare(
-                "SELECT version, event_time, content, admitted_at FROM resources
+                "SELECT version, event_time, content, admitted_at, cancelled_at FROM resources
                  WHERE type = $1 AND id = $2",
             )?,
             // the current row and its history row in one statement
             write_version: client.prepare(
                 "WITH current AS (
                      INSERT INTO resources
-                         (type, id, version, last_updated, event_time, deleted, content, admitted_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         (type, id, version, last_updated, event_time, deleted, content,
+                          admitted_at, cancelled_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (type, id) DO UPDATE SET
                          version = excluded.version, last_updated = excluded.last_updated,
                          event_time = excluded.event_time, deleted = excluded.deleted,
                          content = excluded.content,
-                         admitted_at = greatest(excluded.admitted_at, resources.admitted_at)
+                         admitted_at = greatest(excluded.admitted_at, resources.admitted_at),
+                         cancelled_at = greatest(excluded.cancelled_at, resources.cancelled_at)
                      RETURNING type, id, version, last_updated, event_time, deleted, content)
                  INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
                  SELECT * FROM current",
             )?,
-            set_event_time: client
-                .prepare(
-                    "UPDATE resources SET event_time = $3, admitted_at = greatest($4, admitted_at)
+            set_event_time: client.prepare(
+                "UPDATE resources SET event_time = $3, admitted_at = greatest($4, admitted_at),
+                         cancelled_at = greatest($5, cancelled_at)
                      WHERE type = $1 AND id = $2",
-                )?,
+            )?,
             unlink: client.prepare("DELETE FROM patient_links WHERE type = $1 AND id = $2")?,
             // the patients given and, for a record other than a Patient, the
             // Patient that replaced any of them that was retired
@@ -1031,7 +1033,7 @@ impl Copied {
 const COPIED: &[(&str, &str, bool)] = &[
     (
         "resources",
-        "type, id, version, last_updated, event_time, deleted, content, admitted_at",
+        "type, id, version, last_updated, event_time, deleted, content, admitted_at, cancelled_at",
         false,
     ),
     (
@@ -1274,7 +1276,10 @@ fn migrate(client: &mut Client) -> Result<(), Failure> {
     }
     if found < 4 {
         // (rows written before are `NULL`: no admission known)
-        tx.batch_execute("ALTER TABLE resources ADD COLUMN IF NOT EXISTS admitted_at BIGINT")?;
+        tx.batch_execute(
+            "ALTER TABLE resources ADD COLUMN IF NOT EXISTS admitted_at BIGINT;
+             ALTER TABLE resources ADD COLUMN IF NOT EXISTS cancelled_at BIGINT",
+        )?;
     }
     tx.execute(
         "INSERT INTO junction_schema (version) VALUES ($1)",
@@ -1356,6 +1361,7 @@ impl apply::Rows for Rows<'_, '_> {
                 event_time: row.get(1),
                 content: row.get(2),
                 admitted_at: row.get(3),
+                cancelled_at: row.get(4),
             }))
     }
 
@@ -1371,6 +1377,7 @@ impl apply::Rows for Rows<'_, '_> {
                 &v.content.is_none(),
                 &v.content,
                 &v.admitted_at,
+                &v.cancelled_at,
             ],
         )?;
         Ok(())
@@ -1382,12 +1389,34 @@ impl apply::Rows for Rows<'_, '_> {
         id: &str,
         event_time: Option<i64>,
         admitted_at: Option<i64>,
+        cancelled_at: Option<i64>,
     ) -> Result<(), Failure> {
         self.tx.execute(
             &self.st.set_event_time,
-            &[&resource_type, &id, &event_time, &admitted_at],
+            &[
+                &resource_type,
+                &id,
+                &event_time,
+                &admitted_at,
+                &cancelled_at,
+            ],
         )?;
         Ok(())
+    }
+
+    fn versions(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<Option<String>>, Failure> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.tx.query(
+            "SELECT content FROM history WHERE type = $1 AND id = $2
+             ORDER BY version DESC LIMIT $3",
+            &[&resource_type, &id, &limit],
+        )?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     fn link_patients(

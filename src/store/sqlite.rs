@@ -21,8 +21,9 @@ use crate::route::NHS_NUMBER_SYSTEM;
 /// objections register), see [`SCHEMA_V2`]; 3 the trail of changes to the
 /// objections register, see [`SCHEMA_V3`]; 4 every Patient's NHS number
 /// indexed as its ten digits too, however it was written (no new table:
-/// [`index_nhs_numbers`]); 5 when an Encounter was last admitted
-/// (`resources.admitted_at`, see [`apply::Current::admitted_at`]).
+/// [`index_nhs_numbers`]); 5 when an Encounter was last admitted and
+/// cancelled (`resources.admitted_at`, `resources.cancelled_at`, see
+/// [`apply::Current`]).
 pub(super) const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const SCHEMA_V1: &str = "
@@ -148,13 +149,17 @@ fn upgrade(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     if found < 5 {
         // (rows written before are `NULL`: no admission known; a file whose
         // version was set back by hand may have the column already)
-        let has: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('resources') WHERE name = 'admitted_at'",
-            [],
-            |row| row.get(0),
-        )?;
-        if !has {
-            tx.execute_batch("ALTER TABLE resources ADD COLUMN admitted_at INTEGER")?;
+        for column in ["admitted_at", "cancelled_at"] {
+            let has: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('resources') WHERE name = ?1",
+                [column],
+                |row| row.get(0),
+            )?;
+            if !has {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE resources ADD COLUMN {column} INTEGER"
+                ))?;
+            }
         }
         tx.pragma_update(None, "user_version", 5)?;
     }
@@ -258,7 +263,7 @@ impl apply::Rows for Rows<'_> {
         Ok(self
             .0
             .prepare_cached(
-                "SELECT version, event_time, content, admitted_at FROM resources
+                "SELECT version, event_time, content, admitted_at, cancelled_at FROM resources
                  WHERE type = ?1 AND id = ?2",
             )?
             .query_row(params![resource_type, id], |row| {
@@ -267,6 +272,7 @@ impl apply::Rows for Rows<'_> {
                     event_time: row.get(1)?,
                     content: row.get(2)?,
                     admitted_at: row.get(3)?,
+                    cancelled_at: row.get(4)?,
                 })
             })
             .optional()?)
@@ -282,20 +288,24 @@ impl apply::Rows for Rows<'_> {
             v.event_time,
             deleted,
             v.content,
-            v.admitted_at
+            v.admitted_at,
+            v.cancelled_at
         ];
         // (the later admission of the stored one and this one's, when known)
         self.0
             .prepare_cached(
                 "INSERT INTO resources
-                 (type, id, version, last_updated, event_time, deleted, content, admitted_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 (type, id, version, last_updated, event_time, deleted, content,
+                  admitted_at, cancelled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (type, id) DO UPDATE SET
                  version = excluded.version, last_updated = excluded.last_updated,
                  event_time = excluded.event_time, deleted = excluded.deleted,
                  content = excluded.content,
                  admitted_at = coalesce(max(excluded.admitted_at, admitted_at),
-                                        excluded.admitted_at, admitted_at)",
+                                        excluded.admitted_at, admitted_at),
+                 cancelled_at = coalesce(max(excluded.cancelled_at, cancelled_at),
+                                         excluded.cancelled_at, cancelled_at)",
             )?
             .execute(params)?;
         self.0
@@ -313,15 +323,40 @@ impl apply::Rows for Rows<'_> {
         id: &str,
         event_time: Option<i64>,
         admitted_at: Option<i64>,
+        cancelled_at: Option<i64>,
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
                 "UPDATE resources SET event_time = ?3,
-                     admitted_at = coalesce(max(?4, admitted_at), ?4, admitted_at)
+                     admitted_at = coalesce(max(?4, admitted_at), ?4, admitted_at),
+                     cancelled_at = coalesce(max(?5, cancelled_at), ?5, cancelled_at)
                  WHERE type = ?1 AND id = ?2",
             )?
-            .execute(params![resource_type, id, event_time, admitted_at])?;
+            .execute(params![
+                resource_type,
+                id,
+                event_time,
+                admitted_at,
+                cancelled_at
+            ])?;
         Ok(())
+    }
+
+    fn versions(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut statement = self.0.prepare_cached(
+            "SELECT content FROM history WHERE type = ?1 AND id = ?2
+             ORDER BY version DESC LIMIT ?3",
+        )?;
+        let contents = statement
+            .query_map(params![resource_type, id, limit], |row| row.get(0))?
+            .collect::<Result<Vec<Option<String>>, _>>()?;
+        Ok(contents)
     }
 
     fn link_patients(

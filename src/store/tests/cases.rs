@@ -2023,6 +2023,25 @@ fn a_late_cancellation_does_not_cancel_an_admission_sent_after_it() {
             ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "in-progress"),
         ]);
     }
+    // the newer update first, then the late A11 (applied: nothing said
+    // otherwise yet), then the admission sent between them: the visit as
+    // before the cancellation, the update's (s24c tester, H1's remainder)
+    for update in ["A08", "A03"] {
+        let status = if update == "A03" { "finished" } else { "in-progress" };
+        story(&[
+            ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
+            (status, "Ward 2", update, "2026-03-01T12:00:00Z", status),
+            ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "entered-in-error"),
+            ("in-progress", "Ward 1", "A01", "2026-03-01T11:00:00Z", status),
+        ]);
+    }
+    // (an admission sent before the cancellation, arriving after it, does not)
+    story(&[
+        ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
+        ("in-progress", "Ward 2", "A08", "2026-03-01T12:00:00Z", "in-progress"),
+        ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "entered-in-error"),
+        ("in-progress", "Ward 1", "A01", "2026-03-01T08:30:00Z", "entered-in-error"),
+    ]);
     // an update (not an admission) after the A11's time: cancelled as before
     story(&[
         ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),

@@ -280,6 +280,7 @@ fn a_version_1_schema_gets_the_mesh_claims_and_its_nhs_numbers_indexed_on_upgrad
             .batch_execute(
                 "DROP TABLE mesh_claims; DELETE FROM junction_schema; \
                  ALTER TABLE resources DROP COLUMN admitted_at; \
+                 ALTER TABLE resources DROP COLUMN cancelled_at; \
                  INSERT INTO junction_schema (version) VALUES (1); \
                  DELETE FROM patient_identifiers WHERE value = '9434765919'",
             )
