@@ -170,6 +170,17 @@ pub fn is_r4_resource_type(name: &str) -> bool {
 /// routing forgets the registration it remembers.
 pub const GP_REGISTRATION_DELETED: (&str, &str) = ("urn:junction:tag", "gp-registration-deleted");
 
+/// The `meta.tag` (system, code) a Patient carries when its sender deleted
+/// the address (PID-11 sent as `""`), as the shipped ADT mapping writes it:
+/// a Patient with no `address` otherwise says nothing of it (PID-11 left
+/// out: the store keeps the stored one).
+pub const ADDRESS_DELETED: (&str, &str) = ("urn:junction:tag", "address-deleted");
+
+/// The `meta.tag` (system, code) a Patient carries when its sender deleted
+/// the telephone numbers (PID-13 or PID-14 sent as `""`), as
+/// [`ADDRESS_DELETED`] for `telecom`.
+pub const TELECOM_DELETED: (&str, &str) = ("urn:junction:tag", "telecom-deleted");
+
 /// The display of the [`GP_REGISTRATION_DELETED`] tag.
 pub const GP_REGISTRATION_DELETED_DISPLAY: &str =
     "GP registration deleted by the sender (PD1-3 \"\")";

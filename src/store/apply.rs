@@ -545,23 +545,28 @@ fn put<R: Rows>(
         )?,
         _ => None,
     };
-    let owned = match (at.resource_type, &stored) {
-        ("Patient", Some(stored)) => {
-            let owned = with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned);
-            // (not a placeholder's: a lab's create-only Patient adds nothing to
-            // the PAS's record, whichever arrives first)
-            let owned = match at.current.is_some_and(|c| c.event_time.is_some()) {
-                true => {
-                    with_other_assigners_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
-                }
-                false => owned,
-            };
-            with_merges_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
-        }
-        ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
-        ("Encounter", Some(stored)) => with_visit_kept(stored, resource, at.event),
-        _ => owned,
-    };
+    let owned =
+        match (at.resource_type, &stored) {
+            ("Patient", Some(stored)) => {
+                let owned = with_gp_from(owned.as_ref().unwrap_or(resource), stored).or(owned);
+                // (not a placeholder's: a lab's create-only Patient adds nothing to
+                // the PAS's record, whichever arrives first)
+                let owned = match at.current.is_some_and(|c| c.event_time.is_some()) {
+                    true => with_other_assigners_kept(owned.as_ref().unwrap_or(resource), stored)
+                        .or(owned),
+                    false => owned,
+                };
+                let owned = match at.current.is_some_and(|c| c.event_time.is_some()) {
+                    true => with_contact_details_kept(owned.as_ref().unwrap_or(resource), stored)
+                        .or(owned),
+                    false => owned,
+                };
+                with_merges_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
+            }
+            ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
+            ("Encounter", Some(stored)) => with_visit_kept(stored, resource, at.event),
+            _ => owned,
+        };
     // a cancelled discharge is recorded with its event time, so a discharge
     // recorded after it, arriving late, is told from the one it cancelled
     let cancelled = crate::fhir_types::DISCHARGE_CANCELLED;
@@ -1441,6 +1446,28 @@ fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
         None => return None,
     }
     Some(kept)
+}
+
+/// `patient` with the stored `address` and `telecom` it leaves out, unless
+/// its sender deleted them ([`crate::fhir_types::ADDRESS_DELETED`],
+/// [`crate::fhir_types::TELECOM_DELETED`]: PID-11, PID-13/14 sent as `""`):
+/// in HL7 v2 a field left out is unchanged (an A02's short PID, an A08 sent
+/// with the fields that changed), as PD1 is for the GP ([`with_gp_from`]).
+/// `None` when nothing is added.
+fn with_contact_details_kept(patient: &Value, stored: &Value) -> Option<Value> {
+    let mut kept: Option<Value> = None;
+    for (key, deleted) in [
+        ("address", crate::fhir_types::ADDRESS_DELETED),
+        ("telecom", crate::fhir_types::TELECOM_DELETED),
+    ] {
+        if patient.get(key).is_some() || crate::fhir_types::has_tag(patient, deleted) {
+            continue;
+        }
+        if let Some(value) = stored.get(key) {
+            kept.get_or_insert_with(|| patient.clone())[key] = value.clone();
+        }
+    }
+    kept
 }
 
 /// Whether a Patient has an NHS number ([`plan::nhs_number_of`]).

@@ -2073,6 +2073,40 @@ fn a_late_cancellation_does_not_cancel_an_admission_sent_after_it() {
     ]);
 }
 
+/// An update whose PID leaves out the address and telephone numbers (an
+/// A02's short PID) keeps them; one whose sender deleted them (`""`, a tag
+/// from the mapping) drops them, and a later update that leaves them out
+/// does not bring them back (s24d tester, HIGH).
+#[test]
+fn an_update_that_leaves_out_the_address_and_phones_keeps_them() {
+    let f = open();
+    let mut full = patient(PATIENT, "9434765919", "Smith");
+    full["address"] = json!([{"line": ["4 Flat"], "postalCode": "NW3 2QG"}]);
+    full["telecom"] = json!([{"system": "phone", "value": "020 7946 0123"}]);
+    f.store.apply_bundle(&bundle(&[full.clone()]), at("2026-03-01T08:00:00Z")).unwrap();
+    let short = patient(PATIENT, "9434765919", "Smith");
+    f.store.apply_bundle(&bundle(std::slice::from_ref(&short)), at("2026-03-01T09:00:00Z")).unwrap();
+    let stored = current(&f.store, "Patient", PATIENT);
+    assert_eq!(stored["address"], full["address"], "{stored}");
+    assert_eq!(stored["telecom"], full["telecom"], "{stored}");
+    // the address deleted, the phones left out: the phones stay
+    let mut deleted = short.clone();
+    deleted["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "address-deleted"}]});
+    f.store.apply_bundle(&bundle(&[deleted]), at("2026-03-01T10:00:00Z")).unwrap();
+    let stored = current(&f.store, "Patient", PATIENT);
+    assert!(stored.get("address").is_none(), "{stored}");
+    assert_eq!(stored["telecom"], full["telecom"], "{stored}");
+    f.store.apply_bundle(&bundle(&[short]), at("2026-03-01T11:00:00Z")).unwrap();
+    let stored = current(&f.store, "Patient", PATIENT);
+    assert!(stored.get("address").is_none(), "{stored}");
+    // a new address replaces the old one
+    let mut moved = patient(PATIENT, "9434765919", "Smith");
+    moved["address"] = json!([{"line": ["9 Road"], "postalCode": "E1 6AN"}]);
+    f.store.apply_bundle(&bundle(&[moved.clone()]), at("2026-03-01T12:00:00Z")).unwrap();
+    let stored = current(&f.store, "Patient", PATIENT);
+    assert_eq!(stored["address"], moved["address"], "{stored}");
+}
+
 /// A second hospital's PAS writes the patient with its own MRN: the first
 /// hospital's MRN stays on the record (and still finds it), while a sender's
 /// own identifier (same system) is the sender's to change.
