@@ -59,7 +59,30 @@ pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
 /// all); a target is written with its level (`junction=debug`).
 pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
     const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
-    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err("it is empty (leave the key out for `info`)".into());
+    }
+    // with no level for every target, one must be given for the engine's own
+    // lines (`juncton=debug` alone would switch them all off)
+    let bare = directives
+        .iter()
+        .any(|d| !d.contains('=') && !d.contains('['));
+    let own = directives.iter().any(|d| {
+        let target = d.split(['=', '[']).next().unwrap_or_default();
+        target == "junction" || target.starts_with("junction::")
+    });
+    if !bare && !own {
+        return Err(
+            "it gives no level for `junction`'s own lines, so the engine would log nothing; add one, as in `info,hyper=debug`"
+                .into(),
+        );
+    }
+    for directive in directives {
         if !directive.contains('=')
             && !directive.contains('[')
             && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
@@ -220,6 +243,14 @@ mod tests {
         for typo in ["warning", "loud", "inf0", "info,warnings"] {
             check(None, Some(typo), Err("is not a level"));
         }
+        check(None, Some(""), Err("it is empty"));
+        check(None, Some("juncton=debug"), Err("no level for `junction`"));
+        check(None, Some("hyper=debug,info"), Ok("hyper=debug,info"));
+        check(
+            None,
+            Some("junction::mllp=debug"),
+            Ok("junction::mllp=debug"),
+        );
         check(None, Some("WARN,junction=debug"), Ok("junction=debug,warn"));
         check(Some("x=[[["), None, Err("from RUST_LOG"));
     }
