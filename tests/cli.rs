@@ -127,6 +127,15 @@ fn routes_naming_mappings_with_no_mappings_folder_are_refused() {
         stderr.contains("route `adt` uses unknown mapping `adt`"),
         "{stderr}"
     );
+    // a file named `mappings`: said so (s24d tester)
+    std::fs::write(dir.path().join("mappings"), "not a folder").unwrap();
+    let out = run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mappings: error: is not a folder, expected the folder of mapping files"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -86,6 +86,10 @@ pub fn public_base(raw: &str) -> Result<String, String> {
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("holds white space or a control character".into());
     }
+    // (the URL standard reads `\` as `/` in an http(s) URL: said, not changed)
+    if raw.contains('\\') {
+        return Err("holds a backslash".into());
+    }
     let lower = raw.to_ascii_lowercase();
     let Some(rest) = lower
         .strip_prefix("https://")
@@ -103,6 +107,9 @@ pub fn public_base(raw: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(raw).map_err(|e| format!("is not a URL ({e})"))?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err("has a query or a fragment".into());
+    }
+    if url.port() == Some(0) {
+        return Err("has port 0".into());
     }
     Ok(url.as_str().trim_end_matches('/').to_string())
 }

@@ -77,6 +77,14 @@ fn check_mappings(config_dir: &Path, diags: &mut Diagnostics) -> Option<usize> {
         config_dir.join("mappings")
     };
     if !dir.is_dir() {
+        // (a file of that name: `serve` would refuse to read it as a folder)
+        if dir.exists() {
+            diags.push(Diagnostic::whole_file(
+                Severity::Error,
+                &display_path(&dir),
+                "is not a folder, expected the folder of mapping files (`mappings/*.toml`)",
+            ));
+        }
         return None;
     }
     match MappingSet::load_dir(&dir) {

@@ -1534,6 +1534,9 @@ mod tests {
                 "https://shcr.example.nhs.uk/#x",
                 "has a query or a fragment",
             ),
+            ("https://shcr.example.nhs.uk:0", "has port 0"),
+            // (`\\` in the TOML file: one backslash)
+            ("https://shcr.example.nhs.uk\\\\fhir", "holds a backslash"),
         ] {
             check(
                 &format!("{base}public_url = \"{bad}\"\n"),
