@@ -1463,11 +1463,41 @@ fn with_contact_details_kept(patient: &Value, stored: &Value) -> Option<Value> {
         if patient.get(key).is_some() || crate::fhir_types::has_tag(patient, deleted) {
             continue;
         }
-        if let Some(value) = stored.get(key) {
-            kept.get_or_insert_with(|| patient.clone())[key] = value.clone();
+        match (
+            stored.get(key),
+            crate::fhir_types::find_tag(stored, deleted),
+        ) {
+            (Some(value), _) => {
+                kept.get_or_insert_with(|| patient.clone())[key] = value.clone();
+            }
+            // the deletion stays said over an update that says nothing of
+            // it, so an older version arriving late does not bring it back
+            (None, Some(tag)) => push_tag(kept.get_or_insert_with(|| patient.clone()), tag.clone()),
+            (None, None) => {}
         }
     }
     kept
+}
+
+/// `stored` with the `address` and `telecom` of `stale` (an older version
+/// arriving late) where it has none and its sender deleted none
+/// ([`crate::fhir_types::ADDRESS_DELETED`], kept over later updates by
+/// [`with_contact_details_kept`]): as had they arrived in order. `None` when
+/// nothing is added.
+fn with_contact_details_from(stored: &Value, stale: &Value) -> Option<Value> {
+    let mut filled: Option<Value> = None;
+    for (key, deleted) in [
+        ("address", crate::fhir_types::ADDRESS_DELETED),
+        ("telecom", crate::fhir_types::TELECOM_DELETED),
+    ] {
+        if stored.get(key).is_some() || crate::fhir_types::has_tag(stored, deleted) {
+            continue;
+        }
+        if let Some(value) = stale.get(key) {
+            filled.get_or_insert_with(|| stored.clone())[key] = value.clone();
+        }
+    }
+    filled
 }
 
 /// Whether a Patient has an NHS number ([`plan::nhs_number_of`]).
@@ -1989,6 +2019,7 @@ fn fill_in_gp<R: Rows>(
     let stored: Value = serde_json::from_str(content)?;
     let filled = with_gp_from(&stored, stale);
     let filled = with_other_assigners_kept(filled.as_ref().unwrap_or(&stored), stale).or(filled);
+    let filled = with_contact_details_from(filled.as_ref().unwrap_or(&stored), stale).or(filled);
     let Some(filled) = filled else {
         return Ok(());
     };
