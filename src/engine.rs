@@ -392,6 +392,16 @@ fn load_routing(config: &Config, config_dir: &Path) -> Result<Router, EngineErro
                 .collect::<Vec<_>>()
                 .join("\n"),
         })?
+    } else if mappings_dir.exists() {
+        // (a file of that name: said, rather than every route's mapping unknown)
+        return Err(EngineError::Mappings {
+            dir: mappings_dir.clone(),
+            count: 1,
+            problems: format!(
+                "{} is not a folder, expected the folder of mapping files (`mappings/*.toml`)",
+                mappings_dir.display()
+            ),
+        });
     } else {
         MappingSet::default()
     };

@@ -136,6 +136,13 @@ fn routes_naming_mappings_with_no_mappings_folder_are_refused() {
         stderr.contains("mappings: error: is not a folder, expected the folder of mapping files"),
         "{stderr}"
     );
+    let out = run(&["serve"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("is not a folder, expected the folder of mapping files"),
+        "{stderr}"
+    );
 }
 
 #[test]
