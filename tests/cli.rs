@@ -104,45 +104,29 @@ fn routes_naming_mappings_with_no_mappings_folder_are_refused() {
         "[routes.adt]\nmessages = [\"ADT^A01\"]\nmapping = \"adt\"\ndestinations = [\"store\"]\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_junction"))
-            .args(args)
+    // `junction <command>` fails, saying `said` on stderr
+    let refused = |command: &str, said: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_junction"))
+            .arg(command)
             .arg("--config")
             .arg(&config)
             .current_dir(dir.path())
             .output()
-            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{command}: {stderr}");
+        assert!(stderr.contains(said), "{command}: {stderr}");
     };
-    let out = run(&["check"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("routes/adt.toml:3:11: error: route `adt` uses unknown mapping `adt`, and there is none in mappings/"),
-        "{stderr}"
+    refused(
+        "check",
+        "routes/adt.toml:3:11: error: route `adt` uses unknown mapping `adt`, and there is none in mappings/",
     );
-    let out = run(&["serve"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("route `adt` uses unknown mapping `adt`"),
-        "{stderr}"
-    );
-    // a file named `mappings`: said so (s24d tester)
+    refused("serve", "route `adt` uses unknown mapping `adt`");
+    // a file named `mappings`: said so (s24d and s24e testers)
     std::fs::write(dir.path().join("mappings"), "not a folder").unwrap();
-    let out = run(&["check"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("mappings: error: is not a folder, expected the folder of mapping files"),
-        "{stderr}"
-    );
-    let out = run(&["serve"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("is not a folder, expected the folder of mapping files"),
-        "{stderr}"
-    );
+    let not_a_folder = "is not a folder, expected the folder of mapping files";
+    refused("check", &format!("mappings: error: {not_a_folder}"));
+    refused("serve", not_a_folder);
 }
 
 #[test]
