@@ -1448,13 +1448,15 @@ fn with_gp_from(patient: &Value, other: &Value) -> Option<Value> {
     Some(kept)
 }
 
-/// `patient` with the stored `address` and `telecom` it leaves out, unless
-/// its sender deleted them ([`crate::fhir_types::ADDRESS_DELETED`],
+/// `patient` with the `address` and `telecom` of `other` it leaves out,
+/// unless its sender deleted them ([`crate::fhir_types::ADDRESS_DELETED`],
 /// [`crate::fhir_types::TELECOM_DELETED`]: PID-11, PID-13/14 sent as `""`):
 /// in HL7 v2 a field left out is unchanged (an A02's short PID, an A08 sent
 /// with the fields that changed), as PD1 is for the GP ([`with_gp_from`]).
-/// `None` when nothing is added.
-fn with_contact_details_kept(patient: &Value, stored: &Value) -> Option<Value> {
+/// Where `other` has none but deleted it, its deletion's tag. Used both ways:
+/// a new version over the stored one, and the stored one over an older
+/// version arriving late (`fill_in_gp`). `None` when nothing is added.
+fn with_contact_details_kept(patient: &Value, other: &Value) -> Option<Value> {
     let mut kept: Option<Value> = None;
     for (key, deleted) in [
         ("address", crate::fhir_types::ADDRESS_DELETED),
@@ -1463,10 +1465,7 @@ fn with_contact_details_kept(patient: &Value, stored: &Value) -> Option<Value> {
         if patient.get(key).is_some() || crate::fhir_types::has_tag(patient, deleted) {
             continue;
         }
-        match (
-            stored.get(key),
-            crate::fhir_types::find_tag(stored, deleted),
-        ) {
+        match (other.get(key), crate::fhir_types::find_tag(other, deleted)) {
             (Some(value), _) => {
                 kept.get_or_insert_with(|| patient.clone())[key] = value.clone();
             }
@@ -1477,27 +1476,6 @@ fn with_contact_details_kept(patient: &Value, stored: &Value) -> Option<Value> {
         }
     }
     kept
-}
-
-/// `stored` with the `address` and `telecom` of `stale` (an older version
-/// arriving late) where it has none and its sender deleted none
-/// ([`crate::fhir_types::ADDRESS_DELETED`], kept over later updates by
-/// [`with_contact_details_kept`]): as had they arrived in order. `None` when
-/// nothing is added.
-fn with_contact_details_from(stored: &Value, stale: &Value) -> Option<Value> {
-    let mut filled: Option<Value> = None;
-    for (key, deleted) in [
-        ("address", crate::fhir_types::ADDRESS_DELETED),
-        ("telecom", crate::fhir_types::TELECOM_DELETED),
-    ] {
-        if stored.get(key).is_some() || crate::fhir_types::has_tag(stored, deleted) {
-            continue;
-        }
-        if let Some(value) = stale.get(key) {
-            filled.get_or_insert_with(|| stored.clone())[key] = value.clone();
-        }
-    }
-    filled
 }
 
 /// Whether a Patient has an NHS number ([`plan::nhs_number_of`]).
@@ -2019,7 +1997,9 @@ fn fill_in_gp<R: Rows>(
     let stored: Value = serde_json::from_str(content)?;
     let filled = with_gp_from(&stored, stale);
     let filled = with_other_assigners_kept(filled.as_ref().unwrap_or(&stored), stale).or(filled);
-    let filled = with_contact_details_from(filled.as_ref().unwrap_or(&stored), stale).or(filled);
+    // (its address and phones where the record has none and deleted none, or
+    // its deletion of them where the record has none: as in order)
+    let filled = with_contact_details_kept(filled.as_ref().unwrap_or(&stored), stale).or(filled);
     let Some(filled) = filled else {
         return Ok(());
     };

@@ -2112,6 +2112,17 @@ fn an_update_that_leaves_out_the_address_and_phones_keeps_them() {
     let stored = current(&g.store, "Patient", PATIENT);
     assert_eq!(stored["address"], full["address"], "{stored}");
     assert_eq!(stored["telecom"], full["telecom"], "{stored}");
+    // sent full, deleted, short; arriving short, the deletion, the full one:
+    // in order the address is deleted, and so it stays
+    let h = open();
+    h.store.apply_bundle(&bundle(std::slice::from_ref(&short)), at("2026-03-01T11:00:00Z")).unwrap();
+    let mut deletion = short.clone();
+    deletion["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "address-deleted"}]});
+    h.store.apply_bundle(&bundle(&[deletion]), at("2026-03-01T10:00:00Z")).unwrap();
+    h.store.apply_bundle(&bundle(&[full.clone()]), at("2026-03-01T08:00:00Z")).unwrap();
+    let stored = current(&h.store, "Patient", PATIENT);
+    assert!(stored.get("address").is_none(), "{stored}");
+    assert_eq!(stored["telecom"], full["telecom"], "{stored}");
     // a new address replaces the old one
     let mut moved = patient(PATIENT, "9434765919", "Smith");
     moved["address"] = json!([{"line": ["9 Road"], "postalCode": "E1 6AN"}]);
