@@ -35,6 +35,10 @@ pub(super) struct Current {
     pub cancelled_at: Option<i64>,
 }
 
+/// A version of a record, as [`Rows::versions`] reads it: its content
+/// (`None`: a tombstone) and event time (microseconds).
+pub(super) type StoredVersion = (Option<String>, Option<i64>);
+
 /// The row operations a backend offers, inside its open transaction.
 pub(super) trait Rows {
     type Error: From<serde_json::Error> + From<StoreError>;
@@ -57,14 +61,15 @@ pub(super) trait Rows {
         cancelled_at: Option<i64>,
     ) -> Result<(), Self::Error>;
 
-    /// The contents of the record's versions, newest first, at most `limit`
-    /// (`None`: a tombstone).
+    /// The record's versions, newest first, at most `limit`: each one's
+    /// content and event time (the newest event time of what it was made
+    /// from).
     fn versions(
         &mut self,
         resource_type: &str,
         id: &str,
         limit: usize,
-    ) -> Result<Vec<Option<String>>, Self::Error>;
+    ) -> Result<Vec<StoredVersion>, Self::Error>;
 
     /// Replaces the record's patient links with `patients` (none: unlinked).
     /// A record other than a Patient is linked to the survivor of each of them
@@ -256,19 +261,23 @@ pub(super) fn apply_plan<R: Rows>(
                             Some(text) => Some(serde_json::from_str(text)?),
                             None => None,
                         };
-                        let filled = stored.filter(|s| !is_cancelled_visit(s)).and_then(|s| {
-                            if let Some(reopened) = with_late_reopening(&s, resource, event_time) {
-                                return Some(reopened);
+                        let stored = stored.filter(|s| !is_cancelled_visit(s));
+                        let reopened = stored
+                            .as_ref()
+                            .and_then(|s| with_late_reopening(s, resource, event_time));
+                        let filled = match (stored, reopened) {
+                            (_, Some(reopened)) => {
+                                Some(with_ward_since(rows, id, reopened, resource, event_time)?)
                             }
-                            let located = with_earlier_locations(&s, resource);
-                            let base = located.as_ref().unwrap_or(&s);
-                            if let Some(tagged) =
+                            (None, None) => None,
+                            (Some(s), None) => {
+                                let located = with_earlier_locations(&s, resource);
+                                let base = located.as_ref().unwrap_or(&s);
                                 with_late_cancelled_discharge(base, resource, event_time)
-                            {
-                                return Some(tagged);
+                                    .or_else(|| with_late_discharge(base, resource, event_time))
+                                    .or(located)
                             }
-                            with_late_discharge(base, resource, event_time).or(located)
-                        });
+                        };
                         if let Some(filled) = filled {
                             rewrite(
                                 rows,
@@ -1166,6 +1175,91 @@ fn with_late_reopening(stored: &Value, stale: &Value, at: Option<i64>) -> Option
     Some(reopened)
 }
 
+/// A visit reopened by a late cancelled discharge (`reopened`, from
+/// [`with_late_reopening`], the A13's ward active again: `a13`, recorded at
+/// `at`) whose patient has moved since: a ward of the stored visit that the
+/// A13 does not name was first named by a version made from a message
+/// recorded after the A13 (an A02 sent after the A13 that arrived before
+/// it). The newest such ward is where the patient is, active, and the
+/// others completed, as when they arrive in order (s24c tester, N1).
+/// `reopened` as it is otherwise; a ward is not taken when the versions
+/// kept do not reach back to where it was first named.
+fn with_ward_since<R: Rows>(
+    rows: &mut R,
+    id: &str,
+    reopened: Value,
+    a13: &Value,
+    at: Option<i64>,
+) -> Result<Value, R::Error> {
+    let Some(at) = at else {
+        return Ok(reopened);
+    };
+    let back: Vec<String> = a13["location"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| is_active_location(l))
+        .filter_map(location_key)
+        .collect();
+    let candidates: Vec<String> = reopened["location"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(location_key)
+        .filter(|k| !back.iter().any(|b| same_place(b, k)))
+        .collect();
+    if back.is_empty() || candidates.is_empty() {
+        return Ok(reopened);
+    }
+    // the versions' wards, newest first
+    const KEPT: usize = 16;
+    let mut versions: Vec<(Vec<String>, Option<i64>)> = Vec::new();
+    for (content, event_time) in rows.versions("Encounter", id, KEPT)? {
+        let wards = match content {
+            Some(text) => {
+                let version: Value = serde_json::from_str(&text)?;
+                version["location"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(location_key)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        versions.push((wards, event_time));
+    }
+    // when a ward was first named: the event time of the oldest of the
+    // newest versions that all name it (`None`: not known, the versions
+    // read do not reach back that far)
+    let whole = versions.len() < KEPT;
+    let first_named = |ward: &str| {
+        let mut first = None;
+        for (wards, event_time) in &versions {
+            if !wards.iter().any(|w| same_place(w, ward)) {
+                return first;
+            }
+            first = *event_time;
+        }
+        first.filter(|_| whole)
+    };
+    let Some((now, _)) = candidates
+        .iter()
+        .filter_map(|ward| Some((ward, first_named(ward)?)))
+        .filter(|(_, first)| *first > at)
+        .max_by_key(|(_, first)| *first)
+    else {
+        return Ok(reopened);
+    };
+    let now = now.clone();
+    let mut moved = reopened;
+    for location in moved["location"].as_array_mut().into_iter().flatten() {
+        let here = location_key(location).is_some_and(|k| same_place(&k, &now));
+        location["status"] = Value::String(if here { "active" } else { "completed" }.into());
+    }
+    Ok(moved)
+}
+
 /// `stored`, not finished, told of a cancelled discharge (`stale`: an A13,
 /// recorded at `at`) that arrives after a newer update (an A08 sent after
 /// it): the [`crate::fhir_types::DISCHARGE_CANCELLED`] tag, stamped with the
@@ -1372,7 +1466,11 @@ fn uncancelled<R: Rows>(
     if !is_cancelled_visit(&serde_json::from_str(stored)?) {
         return Ok(None);
     }
-    for content in rows.versions("Encounter", id, 8)?.into_iter().flatten() {
+    for content in rows
+        .versions("Encounter", id, 8)?
+        .into_iter()
+        .filter_map(|(content, _)| content)
+    {
         let version: Value = serde_json::from_str(&content)?;
         if !is_cancelled_visit(&version) {
             return Ok(Some(version));

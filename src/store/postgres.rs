@@ -1409,14 +1409,14 @@ impl apply::Rows for Rows<'_, '_> {
         resource_type: &str,
         id: &str,
         limit: usize,
-    ) -> Result<Vec<Option<String>>, Failure> {
+    ) -> Result<Vec<super::apply::StoredVersion>, Failure> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.tx.query(
-            "SELECT content FROM history WHERE type = $1 AND id = $2
+            "SELECT content, event_time FROM history WHERE type = $1 AND id = $2
              ORDER BY version DESC LIMIT $3",
             &[&resource_type, &id, &limit],
         )?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     fn link_patients(

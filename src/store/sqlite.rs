@@ -347,15 +347,17 @@ impl apply::Rows for Rows<'_> {
         resource_type: &str,
         id: &str,
         limit: usize,
-    ) -> Result<Vec<Option<String>>, StoreError> {
+    ) -> Result<Vec<super::apply::StoredVersion>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut statement = self.0.prepare_cached(
-            "SELECT content FROM history WHERE type = ?1 AND id = ?2
+            "SELECT content, event_time FROM history WHERE type = ?1 AND id = ?2
              ORDER BY version DESC LIMIT ?3",
         )?;
         let contents = statement
-            .query_map(params![resource_type, id, limit], |row| row.get(0))?
-            .collect::<Result<Vec<Option<String>>, _>>()?;
+            .query_map(params![resource_type, id, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(contents)
     }
 

@@ -2221,6 +2221,82 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
     assert_eq!(stay["location"][0]["status"], "active", "{stay}");
 }
 
+/// A cancelled discharge (A13) that arrives after a transfer sent after it
+/// (A02) reopens the stay in the ward the patient moved to, not the A13's:
+/// sent A01, A03, A13, A02; arriving with the A13 last (s24c tester, N1: the
+/// patient was put back on the ward they had left). Each order ends as the
+/// order they were sent in does.
+#[test]
+fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
+    let f = open();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let ward = |name: &str, status: &str| {
+        json!({"status": status, "location": {"identifier": {"value": format!("RAL01/{name}")}, "display": name}})
+    };
+    let visit = |status: &str, locations: Vec<Value>| {
+        let mut e = encounter("e", PATIENT, status);
+        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+        e["location"] = Value::Array(locations);
+        e
+    };
+    let admitted = visit("in-progress", vec![ward("WARDA", "active")]);
+    let mut discharged = visit("finished", vec![ward("WARDA", "completed")]);
+    discharged["period"]["end"] = json!("2026-03-01T10:00:00+00:00");
+    discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
+    let mut reopened = visit("in-progress", vec![ward("WARDA", "active")]);
+    reopened["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
+    let transferred = visit(
+        "in-progress",
+        vec![ward("WARDB", "active"), ward("WARDA", "completed")],
+    );
+    let sent = [
+        (admitted, "A01", "2026-03-01T08:00:00Z"),
+        (discharged, "A03", "2026-03-01T10:00:00Z"),
+        (reopened, "A13", "2026-03-01T11:00:00Z"),
+        (transferred, "A02", "2026-03-01T12:00:00Z"),
+    ];
+    // (status, each ward's status) of visit `id` after `order`
+    let outcome = |id: &str, order: &[usize]| {
+        for &k in order {
+            let (resource, code, time) = &sent[k];
+            let mut resource = resource.clone();
+            resource["id"] = json!(id);
+            f.store
+                .apply_bundle(&bundle(&[p.clone(), resource, event(code)]), at(time))
+                .unwrap();
+        }
+        let stay = current(&f.store, "Encounter", id);
+        let mut wards: Vec<(String, String)> = stay["location"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["location"]["display"].as_str().unwrap().to_string(),
+                    l["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        wards.sort();
+        (stay["status"].as_str().unwrap().to_string(), wards, stay)
+    };
+    let (status, wards, stay) = outcome("e-sent", &[0, 1, 2, 3]);
+    assert_eq!(status, "in-progress", "{stay}");
+    let moved = vec![
+        ("WARDA".to_string(), "completed".to_string()),
+        ("WARDB".to_string(), "active".to_string()),
+    ];
+    assert_eq!(wards, moved, "{stay}");
+    for (n, order) in [[0, 1, 3, 2], [0, 3, 1, 2], [3, 0, 1, 2], [1, 3, 0, 2]]
+        .iter()
+        .enumerate()
+    {
+        let (status, wards, stay) = outcome(&format!("e-late{n}"), order);
+        assert_eq!(status, "in-progress", "{order:?}: {stay}");
+        assert_eq!(wards, moved, "{order:?}: {stay}");
+    }
+}
+
 /// A discharge (A03) arriving after a newer update that did not say the stay
 /// ended (an A08 sent after it, without PV1-45) ends the stay as in order: its
 /// end, disposition, and wards completed; the wards of a late admission are
