@@ -58,6 +58,28 @@ pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
 /// would show that target's lines alone, so the engine logged nothing at
 /// all); a target is written with its level (`junction=debug`).
 pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
+    /// The crate's top-level modules: the targets of its log lines begin
+    /// `junction::` and one of these (kept in step with `src/lib.rs` by the
+    /// test `every_module_is_a_log_target`).
+    const MODULES: &[&str] = &[
+        "access",
+        "api",
+        "cli",
+        "config",
+        "db",
+        "delivery",
+        "engine",
+        "fhir_types",
+        "hl7",
+        "journal",
+        "mapping",
+        "mesh",
+        "mllp",
+        "route",
+        "source",
+        "store",
+        "telemetry",
+    ];
     const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
     let directives: Vec<&str> = level
         .split(',')
@@ -82,7 +104,20 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
                 .into(),
         );
     }
-    for directive in directives {
+    for directive in &directives {
+        // a target inside the engine names one of its modules (`junction::mlp`
+        // would match no line, and say nothing of it)
+        let target = directive.split(['=', '[']).next().unwrap_or_default();
+        if let Some(module) = target.strip_prefix("junction::") {
+            let top = module.split("::").next().unwrap_or_default();
+            if !MODULES.contains(&top) {
+                return Err(format!(
+                    "`{target}` names no part of the engine, so it would match no line; its parts: {}",
+                    MODULES.join(", ")
+                ));
+            }
+        }
+        let directive = *directive;
         if !directive.contains('=')
             && !directive.contains('[')
             && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
@@ -232,6 +267,21 @@ mod tests {
         }
     }
 
+    /// Every module `src/lib.rs` declares is a target `[log] level` takes.
+    #[test]
+    fn every_module_is_a_log_target() {
+        let lib = include_str!("../lib.rs");
+        for line in lib.lines() {
+            let line = line.trim();
+            let Some(rest) = line.strip_prefix("pub mod ").or(line.strip_prefix("mod ")) else {
+                continue;
+            };
+            let module = rest.trim_end_matches(';');
+            let level = format!("info,junction::{module}=debug");
+            assert!(parse_level(&level).is_ok(), "{level}");
+        }
+    }
+
     #[test]
     fn filter_precedence() {
         check(None, None, Ok("info"));
@@ -252,6 +302,17 @@ mod tests {
             Ok("junction::mllp=debug"),
         );
         check(None, Some("WARN,junction=debug"), Ok("junction=debug,warn"));
+        // a misspelt module of the engine matches no line (s24e tester, LOW)
+        check(
+            None,
+            Some("info,junction::mlp=debug"),
+            Err("names no part of the engine"),
+        );
+        check(
+            None,
+            Some("info,junction::store::sqlite=trace"),
+            Ok("junction::store::sqlite=trace,info"),
+        );
         check(Some("x=[[["), None, Err("from RUST_LOG"));
     }
 }
