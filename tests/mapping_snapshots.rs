@@ -810,7 +810,9 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
          OBX|1|DR|DOSE^Dosing period^L||20261101^20261115||||||F\r\
          OBX|2|DR|OLD^Period as v2.3 TS^L||20261101&D^20261115&D||||||F\r\
          OBX|3|NA|INR3^Last three INRs^L||2.1^2.4^2.9||||||F\r\
-         OBX|4|DR|BAD^Bad range^L||sometime^later||||||F\r",
+         OBX|4|DR|BAD^Bad range^L||sometime^later||||||F\r\
+         OBX|5|NA|K2^Two potassiums^L||4.1^4.3|mmol/L|||||F\r\
+         OBX|6|NM|PLT^Platelets^L||1.5E3|10*9/L|||||F\r",
         Path::new("inline.hl7"),
     );
     let document = output.value();
@@ -831,6 +833,9 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
     // its parts, between spaces: not the sender's separators
     assert_eq!(get("BAD")["valueString"], "sometime later");
     assert_eq!(get("BAD").get("valuePeriod"), None);
+    // with their units (s24d tester, LOW: they were dropped)
+    assert_eq!(get("K2")["valueString"], "4.1, 4.3 mmol/L");
+    assert_eq!(get("PLT")["valueString"], "1.5E3 10*9/L");
 }
 
 fn json_of(resource: &Value, key: &str) -> Value {
