@@ -404,6 +404,12 @@ async fn garbage_closes_that_connection_only_and_is_kept() {
         !kept.is_empty() && bytes.starts_with(&kept),
         "kept bytes are what was sent"
     );
+    // counted for ops on their own, not only among the rejected messages
+    let metrics = fx.engine.metrics().encode();
+    assert!(
+        metrics.contains("junction_framing_errors_total{listener=\"pas\"} 1"),
+        "{metrics}"
+    );
     fx.engine.stop().await;
 }
 

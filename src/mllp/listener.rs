@@ -408,6 +408,7 @@ struct ListenerCounters {
     open_connections: Gauge,
     refused: Counter,
     tls_failed: Counter,
+    framing: Counter,
 }
 
 impl ListenerCounters {
@@ -420,6 +421,7 @@ impl ListenerCounters {
             open_connections: metrics.open_connections.get_or_create(&label).clone(),
             refused: metrics.connections_refused.get_or_create(&label).clone(),
             tls_failed: metrics.tls_handshake_failures.get_or_create(&label).clone(),
+            framing: metrics.framing_errors.get_or_create(&label).clone(),
         }
     }
 }
@@ -870,6 +872,7 @@ async fn keep_garbage(
     };
     ctx.counters.received.inc();
     ctx.counters.rejected.inc();
+    ctx.counters.framing.inc();
     let kept_len = kept.len();
     ctx.events.publish(Event::FramingError {
         listener: ctx.listener.clone(),

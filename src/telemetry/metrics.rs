@@ -77,6 +77,10 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabel, Counter>,
     /// Connections closed because their TLS handshake failed or timed out.
     pub tls_handshake_failures: Family<ListenerLabel, Counter>,
+    /// Framing errors (also in `messages_rejected`): what a peer sent that
+    /// is not MLLP, or a frame over the size limit; its bytes are journaled
+    /// as garbage.
+    pub framing_errors: Family<ListenerLabel, Counter>,
     /// Seconds per journal group commit.
     pub commit_seconds: Histogram,
     /// Messages per journal group commit.
@@ -117,6 +121,7 @@ impl Metrics {
         let open_connections = Family::<ListenerLabel, Gauge>::default();
         let connections_refused = Family::<ListenerLabel, Counter>::default();
         let tls_handshake_failures = Family::<ListenerLabel, Counter>::default();
+        let framing_errors = Family::<ListenerLabel, Counter>::default();
         let commit_seconds = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ]);
@@ -152,6 +157,11 @@ impl Metrics {
             "tls_handshake_failures",
             "MLLP connections closed because the TLS handshake failed or timed out",
             tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "framing_errors",
+            "Bytes on an MLLP connection that are not MLLP, or frames over the size limit (also counted in messages_rejected; the bytes are kept in the journal as garbage)",
+            framing_errors.clone(),
         );
         registry.register(
             "journal_commit_seconds",
@@ -235,6 +245,7 @@ impl Metrics {
             open_connections,
             connections_refused,
             tls_handshake_failures,
+            framing_errors,
             commit_seconds,
             commit_batch_size,
         }
