@@ -26,6 +26,34 @@
 //! - [`cli`]: one file per subcommand.
 //! - [`fhir_types`]: the FHIR R4 resource types (what a mapping may make, the store takes).
 
+/// `Deserialize` for a config enum of words (`sync = "full"`): one of its
+/// words, else serde's `unknown variant` error; a value of another type is
+/// said as such (`invalid type: integer `1`, expected `text` or `json``)
+/// where the derive's said only "wanted string or table" (s24b tester, L5).
+macro_rules! word_enum {
+    ($ty:ty { $($word:literal => $variant:expr),+ $(,)? }) => {
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                const WORDS: &[&str] = &[$($word),+];
+                struct Words;
+                impl serde::de::Visitor<'_> for Words {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        $crate::config::expected_words(f, WORDS)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        match v {
+                            $($word => Ok($variant),)+
+                            other => Err(E::unknown_variant(other, WORDS)),
+                        }
+                    }
+                }
+                d.deserialize_any(Words)
+            }
+        }
+    };
+}
+
 pub mod access;
 pub mod api;
 pub mod cli;

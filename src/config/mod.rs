@@ -573,6 +573,26 @@ fn remove_key_at(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<String> 
 /// first letter lowercased, as every diagnostic (config, routes) words it.
 /// [`toml_message`] of a parse error at `span` of `source`, a duplicate key
 /// named (the parser says only "duplicate key").
+/// What a config enum of words expects, as serde says it for an unknown
+/// variant: `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` `` (for
+/// [`word_enum`]).
+pub(crate) fn expected_words(f: &mut std::fmt::Formatter<'_>, words: &[&str]) -> std::fmt::Result {
+    match words {
+        [one] => write!(f, "`{one}`"),
+        [a, b] => write!(f, "`{a}` or `{b}`"),
+        _ => {
+            f.write_str("one of ")?;
+            for (i, w) in words.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "`{w}`")?;
+            }
+            Ok(())
+        }
+    }
+}
+
 pub(crate) fn toml_error(message: &str, source: &str, span: &std::ops::Range<usize>) -> String {
     if message.trim() == "duplicate key" {
         if let Some(key) = source
@@ -1951,6 +1971,28 @@ mod tests {
         assert!(d[0].starts_with("junction.toml:3:1: error: unknown field `bogus`"));
         assert!(d[1].starts_with("junction.toml:6:8: error: unknown variant `sometimes`"));
         assert!(d[2].starts_with("junction.toml:9:10: error: unknown variant `xml`"));
+    }
+
+    /// A word setting given another type says what it wants (s24b tester,
+    /// L5: it said "wanted string or table").
+    #[test]
+    fn a_word_setting_of_another_type_says_what_it_wants() {
+        let d = diagnostics(
+            "[store]\nsync = 1\n\n[log]\nformat = [\"json\"]\n\n[destinations.x]\nkind = true\n",
+        );
+        assert!(d.len() >= 3, "{d:#?}");
+        assert!(
+            d[0].contains("invalid type: integer `1`, expected `full` or `normal`"),
+            "{d:#?}"
+        );
+        assert!(
+            d[1].contains("invalid type: sequence, expected `text` or `json`"),
+            "{d:#?}"
+        );
+        assert!(
+            d[2].contains("expected one of `store`, `mesh`, `fhir`, `mllp`, `file`"),
+            "{d:#?}"
+        );
     }
 
     #[test]

@@ -42,8 +42,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 /// What kind of destination a `[destinations.<id>]` is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DestinationKind {
     /// The local record store (`[store] records`).
     Store,
@@ -56,6 +55,8 @@ pub enum DestinationKind {
     /// Documents written atomically into a folder.
     File,
 }
+
+word_enum!(DestinationKind { "store" => DestinationKind::Store, "mesh" => DestinationKind::Mesh, "fhir" => DestinationKind::Fhir, "mllp" => DestinationKind::Mllp, "file" => DestinationKind::File });
 
 impl DestinationKind {
     pub fn as_str(self) -> &'static str {
@@ -159,8 +160,7 @@ pub struct DestinationConfig {
 }
 
 /// What a mesh or file destination sends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Payload {
     /// The document the route's mapping made (a FHIR Bundle), `.json`.
     #[default]
@@ -168,6 +168,8 @@ pub enum Payload {
     /// The message as it was journaled (HL7 v2, byte for byte), `.hl7`.
     Original,
 }
+
+word_enum!(Payload { "document" => Payload::Document, "original" => Payload::Original });
 
 impl Payload {
     /// The bytes of `item` to send.
@@ -250,12 +252,13 @@ impl DestinationConfig {
 }
 
 /// What kind of source a `[sources.<id>]` is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     /// Polls a MESH mailbox's inbox; received documents go through routes.
     MeshInbox,
 }
+
+word_enum!(SourceKind { "mesh_inbox" => SourceKind::MeshInbox });
 
 /// `[sources.<id>]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -133,13 +133,15 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncPolicy {
     #[default]
     Full,
     Normal,
 }
+
+word_enum!(SyncPolicy { "full" => SyncPolicy::Full, "normal" => SyncPolicy::Normal });
 
 impl SyncPolicy {
     pub fn as_str(self) -> &'static str {

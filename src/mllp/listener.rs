@@ -154,13 +154,14 @@ fn default_max_message_bytes() -> usize {
     4 * 1024 * 1024
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AckMode {
     #[default]
     Auto,
     Original,
 }
+
+word_enum!(AckMode { "auto" => AckMode::Auto, "original" => AckMode::Original });
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {

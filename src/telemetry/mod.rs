@@ -25,13 +25,14 @@ pub struct LogConfig {
     pub level: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
 }
+
+word_enum!(LogFormat { "text" => LogFormat::Text, "json" => LogFormat::Json });
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
