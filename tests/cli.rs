@@ -178,6 +178,7 @@ fn several_problems_are_all_reported() {
     let expected = [
         ("unknown field `colour`", "junction.toml:1:1"),
         ("unknown field `retries`", "junction.toml:6:1"),
+        ("max_message_bytes is 0", "junction.toml:5:21"),
         ("unknown variant `always`", "junction.toml:9:8"),
         ("which listener `pas` already uses", "junction.toml:12:8"),
         ("max_connections is 0", "junction.toml:16:19"),
@@ -191,9 +192,9 @@ fn several_problems_are_all_reported() {
             "{message:?} should be at {location}:\n{stderr}"
         );
     }
-    // `max_message_bytes = 0` is in a listener that failed to deserialize
-    // (because of `retries`), so it cannot be checked: 5 errors in total.
-    assert!(stderr.contains("5 error(s)"), "{stderr}");
+    // `max_message_bytes = 0` is checked beside the unknown `retries` (which
+    // misspells no key of a listener): 6 errors in total.
+    assert!(stderr.contains("6 error(s)"), "{stderr}");
 }
 
 #[test]

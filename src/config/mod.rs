@@ -472,15 +472,19 @@ fn valid_id(id: &str) -> bool {
 
 /// Deserializes `value` as `T`, reporting every error serde finds: after each
 /// error the offending key is removed and deserialization is tried again
-/// (bounded), so one typo does not hide the next.
+/// (bounded), so one typo does not hide the next. `T` also when the only
+/// errors were unknown keys (reported): what the table says without them is
+/// what it means, so the cross-checks still read it (an unknown key beside a
+/// bad `public_url` hid the second error; s24b tester, L1).
 fn deserialize_all<T: DeserializeOwned>(
     doc: &Doc<'_>,
     value: &Spanned<DeValue<'_>>,
     diags: &mut Diagnostics,
 ) -> Option<T> {
-    deserialize_recovering(value, &mut |span, message| {
+    let (value, clean) = recover(value, &mut |span, message| {
         diags.push(doc.error(span, message))
-    })
+    });
+    value.filter(|_| clean.unwrap_or(true))
 }
 
 /// Deserializes `value` as `T` and hands every error serde finds to `report`
@@ -492,15 +496,34 @@ pub(crate) fn deserialize_recovering<T: DeserializeOwned>(
     value: &Spanned<DeValue<'_>>,
     report: &mut dyn FnMut(Range<usize>, String),
 ) -> Option<T> {
+    match recover(value, report) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
+}
+
+/// [`deserialize_recovering`]'s work: `T` as deserialized once the keys in
+/// error were removed (`None`: it never did), and whether there were errors:
+/// `None` none, `Some(true)` unknown keys only (none of them a misspelling of
+/// a known one), `Some(false)` others.
+fn recover<T: DeserializeOwned>(
+    value: &Spanned<DeValue<'_>>,
+    report: &mut dyn FnMut(Range<usize>, String),
+) -> (Option<T>, Option<bool>) {
     const MAX_ERRORS_PER_TABLE: usize = 32;
     let mut value = value.clone();
     let mut removed: Vec<String> = Vec::new();
-    let mut failed = false;
+    let mut errors: Option<bool> = None;
     for _ in 0..MAX_ERRORS_PER_TABLE {
         match T::deserialize(ValueDeserializer::from(value.clone())) {
-            Ok(v) => return (!failed).then_some(v),
+            Ok(v) => return (Some(v), errors),
             Err(err) => {
                 let mut message = toml_message(err.message());
+                let guess = misspelt(&message);
+                // (a misspelt key is not unknown only: the value it was meant
+                // for is missing, which the table without it would say again)
+                let unknown = message.starts_with("unknown field `") && guess.is_none();
+                errors = Some(errors.unwrap_or(true) && unknown);
                 // Removing a key whose value was wrong makes it "missing": that
                 // one was already reported. So was a missing key that a reported
                 // unknown key misspells.
@@ -512,13 +535,12 @@ pub(crate) fn deserialize_recovering<T: DeserializeOwned>(
                             missing == k || crate::route::edit_distance(missing, k) <= 2
                         })
                 });
-                if let Some(guess) = misspelt(&message) {
+                if let Some(guess) = guess {
                     message.push_str(&format!(" (did you mean `{guess}`?)"));
                 }
                 if !echo {
                     report(err.span().unwrap_or_else(|| value.span()), message);
                 }
-                failed = true;
                 let Some(span) = err.span() else { break };
                 if span == value.span() {
                     break;
@@ -530,7 +552,7 @@ pub(crate) fn deserialize_recovering<T: DeserializeOwned>(
             }
         }
     }
-    None
+    (None, errors)
 }
 
 /// For "unknown field `x`, expected one of `a`, `b`": the expected field closest
@@ -569,10 +591,6 @@ fn remove_key_at(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<String> 
     Some(key.get_ref().to_string())
 }
 
-/// toml's messages end with a newline and sometimes start with a capital: trimmed,
-/// first letter lowercased, as every diagnostic (config, routes) words it.
-/// [`toml_message`] of a parse error at `span` of `source`, a duplicate key
-/// named (the parser says only "duplicate key").
 /// What a config enum of words expects, as serde says it for an unknown
 /// variant: `` `a` ``, `` `a` or `b` ``, `` one of `a`, `b`, `c` `` (for
 /// [`word_enum`]).
@@ -593,6 +611,8 @@ pub(crate) fn expected_words(f: &mut std::fmt::Formatter<'_>, words: &[&str]) ->
     }
 }
 
+/// [`toml_message`] of a parse error at `span` of `source`, a duplicate key
+/// named (the parser says only "duplicate key").
 pub(crate) fn toml_error(message: &str, source: &str, span: &std::ops::Range<usize>) -> String {
     if message.trim() == "duplicate key" {
         if let Some(key) = source
@@ -606,6 +626,8 @@ pub(crate) fn toml_error(message: &str, source: &str, span: &std::ops::Range<usi
     toml_message(message)
 }
 
+/// toml's messages end with a newline and sometimes start with a capital: trimmed,
+/// first letter lowercased, as every diagnostic (config, routes) words it.
 pub(crate) fn toml_message(message: &str) -> String {
     let message = message.trim();
     let mut chars = message.chars();
@@ -1971,6 +1993,23 @@ mod tests {
         assert!(d[0].starts_with("junction.toml:3:1: error: unknown field `bogus`"));
         assert!(d[1].starts_with("junction.toml:6:8: error: unknown variant `sometimes`"));
         assert!(d[2].starts_with("junction.toml:9:10: error: unknown variant `xml`"));
+    }
+
+    /// An unknown key does not hide what is wrong with the table's other
+    /// values (s24b tester, L1): both are reported.
+    #[test]
+    fn an_unknown_key_does_not_hide_a_bad_value_beside_it() {
+        let d = diagnostics("[api]\npublic_url = \"ftp://x\"\nfoo = 1\n");
+        let errors: Vec<&String> = d.iter().filter(|m| m.contains("error:")).collect();
+        assert_eq!(errors.len(), 2, "{d:#?}");
+        assert!(
+            errors[0].starts_with("junction.toml:2:14: error: public_url"),
+            "{d:#?}"
+        );
+        assert!(
+            errors[1].starts_with("junction.toml:3:1: error: unknown field `foo`"),
+            "{d:#?}"
+        );
     }
 
     /// A word setting given another type says what it wants (s24b tester,
