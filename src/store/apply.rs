@@ -421,11 +421,22 @@ struct At<'a> {
 
 impl At<'_> {
     /// Remembers the event time when it changed (no write otherwise, so a
-    /// redelivered document costs no page writes).
-    fn touch<R: Rows>(&self, rows: &mut R, current: &Current) -> Result<(), R::Error> {
+    /// redelivered document costs no page writes), and an admission's or a
+    /// cancellation's (`resource`, `None` for a delete) that says what is
+    /// stored already: a second A11 that finds the visit cancelled is still
+    /// the newest cancellation, which a re-admission sent before it and
+    /// arriving after it must not undo (s25 tester, R1).
+    fn touch<R: Rows>(
+        &self,
+        rows: &mut R,
+        current: &Current,
+        resource: Option<&Value>,
+    ) -> Result<(), R::Error> {
         let admitted_at = self.admitted_at();
         let later_admission = admitted_at.is_some_and(|t| current.admitted_at < Some(t));
-        if self.event_time == current.event_time && !later_admission {
+        let cancelled_at = self.cancelled_at(resource);
+        let later_cancellation = cancelled_at.is_some_and(|t| current.cancelled_at < Some(t));
+        if self.event_time == current.event_time && !later_admission && !later_cancellation {
             return Ok(());
         }
         rows.set_event_time(
@@ -433,8 +444,17 @@ impl At<'_> {
             self.id,
             self.event_time,
             admitted_at,
-            None,
+            cancelled_at,
         )
+    }
+
+    /// The event time to remember as [`Current::cancelled_at`]: an
+    /// Encounter's, when `resource` is the visit cancelled.
+    fn cancelled_at(&self, resource: Option<&Value>) -> Option<i64> {
+        match self.resource_type == "Encounter" && resource.is_some_and(is_cancelled_visit) {
+            true => self.event_time,
+            false => None,
+        }
     }
 
     /// The event time to remember as [`Current::admitted_at`]: an
@@ -662,7 +682,7 @@ fn put<R: Rows>(
     }
     if let (Some(cur), Some(stored)) = (at.current, &stored) {
         if plan::without_meta(stored) == plan::without_meta(resource) {
-            at.touch(rows, cur)?;
+            at.touch(rows, cur, Some(resource))?;
             return Ok(EntryResult::Unchanged {
                 version: cur.version,
             });
@@ -671,9 +691,7 @@ fn put<R: Rows>(
     let version = at.current.map_or(1, |cur| cur.version + 1);
     let content = stamped(resource, version, at.last_updated)?;
     let mut written = at.version(version, Some(&content));
-    if at.resource_type == "Encounter" && is_cancelled_visit(resource) {
-        written.cancelled_at = at.event_time;
-    }
+    written.cancelled_at = at.cancelled_at(Some(resource));
     rows.write_version(&written)?;
     rows.link_patients(at.resource_type, at.id, &linked)?;
     if at.resource_type == "Patient" {
@@ -2228,7 +2246,7 @@ fn withdraw_no_known_allergy<R: Rows>(
 fn delete<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<EntryResult, R::Error> {
     let Some(cur) = at.current.filter(|cur| cur.content.is_some()) else {
         if let Some(cur) = at.current {
-            at.touch(rows, cur)?;
+            at.touch(rows, cur, None)?;
         }
         return Ok(EntryResult::AlreadyAbsent);
     };

@@ -2035,6 +2035,16 @@ fn a_late_cancellation_does_not_cancel_an_admission_sent_after_it() {
             ("in-progress", "Ward 1", "A01", "2026-03-01T11:00:00Z", status),
         ]);
     }
+    // sent A01, A11, A01 again, A11 again; the second A11 arriving before
+    // the re-admission finds the visit cancelled already, and is still the
+    // newest cancellation: the late re-admission does not undo it (s25
+    // tester, R1)
+    story(&[
+        ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
+        ("entered-in-error", "Ward 1", "A11", "2026-03-01T09:00:00Z", "entered-in-error"),
+        ("entered-in-error", "Ward 1", "A11", "2026-03-01T12:00:00Z", "entered-in-error"),
+        ("in-progress", "Ward 1", "A01", "2026-03-01T11:00:00Z", "entered-in-error"),
+    ]);
     // (an admission sent before the cancellation, arriving after it, does not)
     story(&[
         ("in-progress", "Ward 1", "A01", "2026-03-01T08:00:00Z", "in-progress"),
