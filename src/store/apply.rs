@@ -1193,13 +1193,104 @@ fn with_late_reopening(stored: &Value, stale: &Value, at: Option<i64>) -> Option
     Some(reopened)
 }
 
+/// What the kept versions of a visit say of its wards, newest first; and
+/// whether they are all of its versions.
+struct WardHistory {
+    versions: Vec<WardVersion>,
+    whole: bool,
+}
+
+/// A version of a visit, for [`WardHistory`].
+struct WardVersion {
+    /// Its wards' keys, with whether each is active.
+    wards: Vec<(String, bool)>,
+    event_time: Option<i64>,
+    /// Whether it carries [`crate::fhir_types::TRANSFER_CANCELLED`].
+    transfer_cancelled: bool,
+}
+
+impl WardHistory {
+    /// Versions read back at most (a visit has a handful).
+    const KEPT: usize = 16;
+
+    fn read<R: Rows>(rows: &mut R, id: &str) -> Result<WardHistory, R::Error> {
+        let mut versions = Vec::new();
+        for (content, event_time) in rows.versions("Encounter", id, Self::KEPT)? {
+            let (wards, transfer_cancelled) = match content {
+                Some(text) => {
+                    let version: Value = serde_json::from_str(&text)?;
+                    let wards = version["location"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|l| Some((location_key(l)?, is_active_location(l))))
+                        .collect();
+                    (wards, crate::fhir_types::transfer_cancelled(&version))
+                }
+                None => (Vec::new(), false),
+            };
+            versions.push(WardVersion {
+                wards,
+                event_time,
+                transfer_cancelled,
+            });
+        }
+        let whole = versions.len() < Self::KEPT;
+        Ok(WardHistory { versions, whole })
+    }
+
+    /// When `ward` was first named: the event time of the oldest of the
+    /// newest versions that all name it, and whether it was active in that
+    /// one (`None`: not known, the versions read do not reach back that far).
+    fn first_named(&self, ward: &str) -> Option<(i64, bool)> {
+        let mut first = None;
+        for version in &self.versions {
+            let Some((_, active)) = version.wards.iter().find(|(w, _)| same_place(w, ward)) else {
+                return first;
+            };
+            first = version.event_time.map(|t| (t, *active));
+        }
+        first.filter(|_| self.whole)
+    }
+
+    /// Whether a version recorded after `t` says a transfer was cancelled
+    /// (an A12 after the transfer to a ward first named at `t`).
+    fn transfer_cancelled_after(&self, t: i64) -> bool {
+        self.versions
+            .iter()
+            .any(|v| v.transfer_cancelled && v.event_time.is_some_and(|e| e > t))
+    }
+}
+
+/// The active ward keys of `encounter`.
+fn active_wards(encounter: &Value) -> Vec<String> {
+    encounter["location"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| is_active_location(l))
+        .filter_map(location_key)
+        .collect()
+}
+
+/// `encounter` with `ward` its one active location, every other completed.
+fn with_active_ward(mut encounter: Value, ward: &str) -> Value {
+    for location in encounter["location"].as_array_mut().into_iter().flatten() {
+        let here = location_key(location).is_some_and(|k| same_place(&k, ward));
+        location["status"] = Value::String(if here { "active" } else { "completed" }.into());
+    }
+    encounter
+}
+
 /// A visit reopened by a late cancelled discharge (`reopened`, from
 /// [`with_late_reopening`], the A13's ward active again: `a13`, recorded at
 /// `at`) whose patient has moved since: a ward of the stored visit that the
 /// A13 does not name was first named by a version made from a message
 /// recorded after the A13 (an A02 sent after the A13 that arrived before
-/// it). The newest such ward is where the patient is, active, and the
-/// others completed, as when they arrive in order (s24c tester, N1).
+/// it), and no transfer was cancelled (A12) after it. The newest such ward
+/// is where the patient is, active, and the others completed, as when they
+/// arrive in order (s24c tester, N1; s25 tester, Y2). An A13 that names no
+/// ward puts the patient back in the ward last named (s25 tester, Y1).
 /// `reopened` as it is otherwise; a ward is not taken when the versions
 /// kept do not reach back to where it was first named.
 fn with_ward_since<R: Rows>(
@@ -1212,13 +1303,7 @@ fn with_ward_since<R: Rows>(
     let Some(at) = at else {
         return Ok(reopened);
     };
-    let back: Vec<String> = a13["location"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| is_active_location(l))
-        .filter_map(location_key)
-        .collect();
+    let back = active_wards(a13);
     let candidates: Vec<String> = reopened["location"]
         .as_array()
         .into_iter()
@@ -1226,56 +1311,22 @@ fn with_ward_since<R: Rows>(
         .filter_map(location_key)
         .filter(|k| !back.iter().any(|b| same_place(b, k)))
         .collect();
-    if back.is_empty() || candidates.is_empty() {
+    if candidates.is_empty() {
         return Ok(reopened);
     }
-    // the versions' wards, newest first
-    const KEPT: usize = 16;
-    let mut versions: Vec<(Vec<String>, Option<i64>)> = Vec::new();
-    for (content, event_time) in rows.versions("Encounter", id, KEPT)? {
-        let wards = match content {
-            Some(text) => {
-                let version: Value = serde_json::from_str(&text)?;
-                version["location"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(location_key)
-                    .collect()
-            }
-            None => Vec::new(),
-        };
-        versions.push((wards, event_time));
-    }
-    // when a ward was first named: the event time of the oldest of the
-    // newest versions that all name it (`None`: not known, the versions
-    // read do not reach back that far)
-    let whole = versions.len() < KEPT;
-    let first_named = |ward: &str| {
-        let mut first = None;
-        for (wards, event_time) in &versions {
-            if !wards.iter().any(|w| same_place(w, ward)) {
-                return first;
-            }
-            first = *event_time;
-        }
-        first.filter(|_| whole)
-    };
-    let Some((now, _)) = candidates
+    let history = WardHistory::read(rows, id)?;
+    // (of two wards first named together, a transfer's, the one it made
+    // active)
+    let now = candidates
         .iter()
-        .filter_map(|ward| Some((ward, first_named(ward)?)))
-        .filter(|(_, first)| *first > at)
-        .max_by_key(|(_, first)| *first)
-    else {
-        return Ok(reopened);
-    };
-    let now = now.clone();
-    let mut moved = reopened;
-    for location in moved["location"].as_array_mut().into_iter().flatten() {
-        let here = location_key(location).is_some_and(|k| same_place(&k, &now));
-        location["status"] = Value::String(if here { "active" } else { "completed" }.into());
-    }
-    Ok(moved)
+        .filter_map(|ward| Some((ward, history.first_named(ward)?)))
+        .filter(|(_, (first, _))| back.is_empty() || *first > at)
+        .filter(|(_, (first, _))| !history.transfer_cancelled_after(*first))
+        .max_by_key(|(_, first)| *first);
+    Ok(match now {
+        Some((ward, _)) => with_active_ward(reopened, ward),
+        None => reopened,
+    })
 }
 
 /// `stored`, not finished, told of a cancelled discharge (`stale`: an A13,

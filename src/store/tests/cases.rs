@@ -2259,14 +2259,14 @@ fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
         "in-progress",
         vec![ward("WARDB", "active"), ward("WARDA", "completed")],
     );
-    let sent = [
-        (admitted, "A01", "2026-03-01T08:00:00Z"),
-        (discharged, "A03", "2026-03-01T10:00:00Z"),
-        (reopened, "A13", "2026-03-01T11:00:00Z"),
-        (transferred, "A02", "2026-03-01T12:00:00Z"),
-    ];
-    // (status, each ward's status) of visit `id` after `order`
-    let outcome = |id: &str, order: &[usize]| {
+    let mut no_ward = reopened.clone();
+    no_ward.as_object_mut().unwrap().remove("location");
+    let mut cancelled_transfer = visit("in-progress", vec![ward("WARDA", "active")]);
+    cancelled_transfer["meta"] =
+        json!({"tag": [{"system": "urn:junction:tag", "code": "transfer-cancelled"}]});
+    // (status, each ward's status) of visit `id` after the messages `sent`
+    // (resource, event, event time) arrive in `order`
+    let outcome = |id: &str, sent: &[(Value, &str, &str)], order: &[usize]| {
         for &k in order {
             let (resource, code, time) = &sent[k];
             let mut resource = resource.clone();
@@ -2290,20 +2290,56 @@ fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
         wards.sort();
         (stay["status"].as_str().unwrap().to_string(), wards, stay)
     };
-    let (status, wards, stay) = outcome("e-sent", &[0, 1, 2, 3]);
-    assert_eq!(status, "in-progress", "{stay}");
     let moved = vec![
         ("WARDA".to_string(), "completed".to_string()),
         ("WARDB".to_string(), "active".to_string()),
     ];
-    assert_eq!(wards, moved, "{stay}");
-    for (n, order) in [[0, 1, 3, 2], [0, 3, 1, 2], [3, 0, 1, 2], [1, 3, 0, 2]]
-        .iter()
-        .enumerate()
-    {
-        let (status, wards, stay) = outcome(&format!("e-late{n}"), order);
+    // sent A01, A03, A13, A02; then the same with an A13 that names no ward
+    // (s25 tester, Y1: no ward was left active); then with the transfer
+    // cancelled after (A12), which a late A13 does not bring back (s25
+    // tester, Y2)
+    let stories = [
+        (reopened, &moved, &[[0, 1, 3, 2], [0, 3, 1, 2], [3, 0, 1, 2], [1, 3, 0, 2]][..]),
+        (no_ward, &moved, &[[0, 1, 3, 2], [0, 3, 1, 2], [3, 0, 1, 2], [1, 3, 0, 2]][..]),
+    ];
+    for (n, (a13, expected, orders)) in stories.iter().enumerate() {
+        let sent = [
+            (admitted.clone(), "A01", "2026-03-01T08:00:00Z"),
+            (discharged.clone(), "A03", "2026-03-01T10:00:00Z"),
+            (a13.clone(), "A13", "2026-03-01T11:00:00Z"),
+            (transferred.clone(), "A02", "2026-03-01T12:00:00Z"),
+        ];
+        let (status, wards, stay) = outcome(&format!("e-{n}-sent"), &sent, &[0, 1, 2, 3]);
+        assert_eq!(status, "in-progress", "{stay}");
+        assert_eq!(&wards, *expected, "in order: {stay}");
+        for (k, order) in orders.iter().enumerate() {
+            let (status, wards, stay) = outcome(&format!("e-{n}-late{k}"), &sent, order);
+            assert_eq!(status, "in-progress", "{order:?}: {stay}");
+            assert_eq!(&wards, *expected, "{order:?}: {stay}");
+        }
+    }
+    let sent = [
+        (admitted, "A01", "2026-03-01T08:00:00Z"),
+        (discharged, "A03", "2026-03-01T10:00:00Z"),
+        (stories[0].0.clone(), "A13", "2026-03-01T11:00:00Z"),
+        (transferred, "A02", "2026-03-01T12:00:00Z"),
+        (cancelled_transfer, "A12", "2026-03-01T13:00:00Z"),
+    ];
+    // (the ward the patient is in; the cancelled one is in the history of
+    // some orders only: the location history's order is not covered)
+    let active = |wards: &[(String, String)]| -> Vec<String> {
+        wards
+            .iter()
+            .filter(|(_, status)| status == "active")
+            .map(|(w, _)| w.clone())
+            .collect()
+    };
+    let (_, wards, stay) = outcome("e-a12-sent", &sent, &[0, 1, 2, 3, 4]);
+    assert_eq!(active(&wards), ["WARDA"], "in order: {stay}");
+    for (k, order) in [[0, 1, 3, 4, 2], [0, 3, 4, 1, 2], [3, 0, 1, 4, 2]].iter().enumerate() {
+        let (status, wards, stay) = outcome(&format!("e-a12-late{k}"), &sent, order);
         assert_eq!(status, "in-progress", "{order:?}: {stay}");
-        assert_eq!(wards, moved, "{order:?}: {stay}");
+        assert_eq!(active(&wards), ["WARDA"], "{order:?}: {stay}");
     }
 }
 
