@@ -271,7 +271,7 @@ fn a_sender_asking_in_msh_16_gets_its_application_acks_on_its_own_listener() {
         )),
         "{ae}"
     );
-    let segments: Vec<&str> = ae.split('\r').map(|s| &s[..3]).collect();
+    let segments: Vec<&str> = ae.split_terminator('\r').map(|s| &s[..3]).collect();
     assert_eq!(segments, ["MSH", "MSA", "ERR"], "{ae}");
     assert!(!ae.contains(&patient_id), "{ae}");
 

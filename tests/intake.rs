@@ -381,6 +381,8 @@ async fn garbage_closes_that_connection_only_and_is_kept() {
     let mut good = connect(fx.addr).await;
     let ack = send(&mut good, &a01_with_control_id("GOOD0001")).await;
     assert_eq!(field(&ack, "MSA", 1), "AA");
+    // every segment of the ACK ends with CR, the last one too
+    assert!(ack.ends_with("\rMSA|AA|GOOD0001\r"), "{ack:?}");
 
     let garbage = bad_input("random_bytes.bin");
     let mut bad = connect(fx.addr).await;

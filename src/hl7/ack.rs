@@ -190,8 +190,9 @@ impl AckError {
     }
 }
 
-/// Builds an ACK (see the module doc). Segments are joined by `'\r'`, with no
-/// trailing `'\r'`. `timestamp` is MSH-7 (YYYYMMDDHHMMSS), `control_id` the
+/// Builds an ACK (see the module doc). Every segment ends with `'\r'`, the
+/// last one too, as HL7 has it (and as a batch's ACKs always did; s24d
+/// tester, I1). `timestamp` is MSH-7 (YYYYMMDDHHMMSS), `control_id` the
 /// ACK's own MSH-10. With `original = None` the ACK is addressed to nobody,
 /// uses default separators and version 2.5, and MSA-2 is empty.
 pub fn build_ack(
@@ -280,6 +281,7 @@ pub fn build_ack(
     out.push(f);
     out.push_str(&echo(&h.as_sent.control_id, &h.control_id, &e));
     let Some(error) = error else {
+        out.push('\r');
         return out;
     };
     let c = seps.component;
@@ -335,6 +337,7 @@ pub fn build_ack(
         eld.push_str("HL70357");
         out.push_str(&eld);
     }
+    out.push('\r');
     out
 }
 
@@ -999,7 +1002,7 @@ mod tests {
     fn check(original: Option<&str>, code: AckCode, error: Option<AckError>, expected: &[&str]) {
         let h = original.map(header);
         let ack = build_ack(h.as_ref(), code, error.as_ref(), "ACK0001", TS);
-        assert_eq!(ack, expected.join("\r"));
+        assert_eq!(ack, expected.join("\r") + "\r");
     }
 
     const V251: &str =
@@ -1021,7 +1024,7 @@ mod tests {
             let ack = build_ack(Some(&header(&msh)), AckCode::AA, None, "ACK0001", TS);
             let fields: Vec<&str> = ack.split('\r').next().unwrap().split('|').collect();
             assert_eq!(fields[4], sender, "{ack}");
-            assert!(ack.ends_with(&format!("\rMSA|AA|{control_id}")), "{ack}");
+            assert!(ack.ends_with(&format!("\rMSA|AA|{control_id}\r")), "{ack}");
         }
         // in other delimiters than the ACK's (unusable ones): escaped again
         let h = Header {
@@ -1033,7 +1036,7 @@ mod tests {
             ..Default::default()
         };
         let ack = build_ack(Some(&h), AckCode::AA, None, "ACK0001", TS);
-        assert!(ack.ends_with("MSA|AA|A\\S\\1"), "{ack}");
+        assert!(ack.ends_with("MSA|AA|A\\S\\1\r"), "{ack}");
     }
 
     /// An ADT that names no patient (no PID, or no identifier in it) gets AE
@@ -1284,7 +1287,7 @@ mod tests {
         let ack = build_application_ack(&h, AckCode::AA, None, "JA1", TS);
         assert_eq!(
             ack,
-            "MSH|^~\\&|EPR|HUB|PAS|RAL^1.2.3^ISO|20240501120001||ACK^A01^ACK|JA1|P|2.5.1|||AL|NE\rMSA|AA|MSG0001"
+            "MSH|^~\\&|EPR|HUB|PAS|RAL^1.2.3^ISO|20240501120001||ACK^A01^ACK|JA1|P|2.5.1|||AL|NE\rMSA|AA|MSG0001\r"
         );
         let error = AckError::new("207", "not processed");
         let ack = build_application_ack(&header(V23), AckCode::AE, Some(&error), "JA2", TS);
@@ -1510,7 +1513,7 @@ mod tests {
         let ack = build_ack(r.header.as_ref(), r.code, Some(&r.error), "A1", TS);
         assert_eq!(
             ack,
-            "MSH|^~\\&|||PAS|RAL|20240501120001||ACK|A1|P|2.4\rMSA|AR|X1|MSH-9 (message type) is empty\rERR|MSH^1^9^101&MSH-9 (message type) is empty&HL70357"
+            "MSH|^~\\&|||PAS|RAL|20240501120001||ACK|A1|P|2.4\rMSA|AR|X1|MSH-9 (message type) is empty\rERR|MSH^1^9^101&MSH-9 (message type) is empty&HL70357\r"
         );
     }
 }

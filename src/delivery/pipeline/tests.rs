@@ -424,8 +424,9 @@ fn an_application_ack_is_queued_when_msh_16_asks_for_it() {
     assert_eq!(ack.patient_key, "application-ack:7");
     assert_eq!(ack.last_error, None);
     let text = std::str::from_utf8(&ack.document).unwrap();
-    let segments: Vec<&str> = text.split('\r').collect();
+    let segments: Vec<&str> = text.split_terminator('\r').collect();
     assert_eq!(segments.len(), 2, "{text}");
+    assert!(text.ends_with('\r'), "every segment ends with CR: {text}");
     // addressed back to the sender, asking for an accept ack only
     let msh: Vec<&str> = segments[0].split('|').collect();
     assert_eq!(&msh[2..6], ["JUNCTION", "LCR", "PAS", "RAL01"]);
@@ -484,7 +485,7 @@ fn application_acks_follow_msh_16_the_outcome_and_the_listener() {
             );
             assert!(
                 text.ends_with(
-                    "\rERR|^^^207&not processed: the map stage failed (Junction message 3)&HL70357"
+                    "\rERR|^^^207&not processed: the map stage failed (Junction message 3)&HL70357\r"
                 ),
                 "{text}"
             );
