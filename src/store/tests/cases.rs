@@ -2240,28 +2240,25 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
 fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
     let f = open();
     let p = patient(PATIENT, "9434765919", "Smith");
-    let ward = |name: &str, status: &str| {
-        json!({"status": status, "location": {"identifier": {"value": format!("RAL01/{name}")}, "display": name}})
-    };
     let visit = |status: &str, locations: Vec<Value>| {
         let mut e = encounter("e", PATIENT, status);
         e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
         e["location"] = Value::Array(locations);
         e
     };
-    let admitted = visit("in-progress", vec![ward("WARDA", "active")]);
-    let mut discharged = visit("finished", vec![ward("WARDA", "completed")]);
+    let admitted = visit("in-progress", vec![place("WARDA", "active")]);
+    let mut discharged = visit("finished", vec![place("WARDA", "completed")]);
     discharged["period"]["end"] = json!("2026-03-01T10:00:00+00:00");
     discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
-    let mut reopened = visit("in-progress", vec![ward("WARDA", "active")]);
+    let mut reopened = visit("in-progress", vec![place("WARDA", "active")]);
     reopened["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
     let transferred = visit(
         "in-progress",
-        vec![ward("WARDB", "active"), ward("WARDA", "completed")],
+        vec![place("WARDB", "active"), place("WARDA", "completed")],
     );
     let mut no_ward = reopened.clone();
     no_ward.as_object_mut().unwrap().remove("location");
-    let mut cancelled_transfer = visit("in-progress", vec![ward("WARDA", "active")]);
+    let mut cancelled_transfer = visit("in-progress", vec![place("WARDA", "active")]);
     cancelled_transfer["meta"] =
         json!({"tag": [{"system": "urn:junction:tag", "code": "transfer-cancelled"}]});
     // (status, each ward's status) of visit `id` after the messages `sent`
@@ -2276,17 +2273,7 @@ fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
                 .unwrap();
         }
         let stay = current(&f.store, "Encounter", id);
-        let mut wards: Vec<(String, String)> = stay["location"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                (
-                    l["location"]["display"].as_str().unwrap().to_string(),
-                    l["status"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let mut wards = wards_of(&f, id);
         wards.sort();
         (stay["status"].as_str().unwrap().to_string(), wards, stay)
     };
