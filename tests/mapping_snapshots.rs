@@ -275,6 +275,30 @@ fn gender_is_mapped_from_hl7_and_nhs_codes() {
     }
 }
 
+/// An NK1 for an organisation (NK1-13) names its contact person in NK1-30 to
+/// NK1-32: that person is the RelatedPerson (s24e tester, LOW: it was dropped).
+#[test]
+fn a_next_of_kin_organisation_s_contact_person_is_the_related_person() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A28|NK1|P|2.5\r\
+         EVN|A28|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
+         NK1|1||||||C^Emergency contact^HL70131||||||ACME CARE LTD|||||||||||||||||JONES^MARY|020 7946 0000|1 HIGH ST^^LONDON^^N1 1AA\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let related = resources(&document, "RelatedPerson");
+    assert_eq!(related.len(), 1, "{}", pretty(&document));
+    let person = related[0];
+    assert_eq!(person["name"][0]["family"], "JONES", "{person}");
+    assert_eq!(person["telecom"][0]["value"], "020 7946 0000", "{person}");
+    assert_eq!(person["telecom"][0]["use"], "work", "{person}");
+    assert_eq!(person["address"][0]["city"], "LONDON", "{person}");
+    assert_eq!(person["relationship"][0]["coding"][0]["code"], "C", "{person}");
+}
+
 #[test]
 fn gender_as_a_word_is_read_and_an_unknown_code_is_a_warning() {
     let set = mappings();
