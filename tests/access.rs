@@ -144,6 +144,38 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// On loopback, the open operations API refuses a request naming another
+/// host (DNS rebinding) unless it brings a token, which is then checked as
+/// off loopback: an ops token through a proxy at `public_url` is answered
+/// (s24b tester, I1).
+async fn operations_through_a_proxy_answer_to_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "127.0.0.1").await;
+    let ops = add_token(&server, "proxy-ops", "ops");
+    let clinical = add_token(&server, "proxy-ward", "clinical");
+    let through_proxy = |token: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .get(format!("{}/api/messages", server.base))
+            .header("Host", "shcr.example.nhs.uk");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(through_proxy(None).await.unwrap().status(), 403);
+    assert_eq!(through_proxy(Some(&clinical)).await.unwrap().status(), 403);
+    assert_eq!(
+        through_proxy(Some("jct_not_a_token"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let answered = through_proxy(Some(&ops)).await.unwrap();
+    assert_eq!(answered.status(), 200);
+    drop(server);
+}
+
 /// `junction token add NAME --role ROLE`: the token printed on stdout.
 fn add_token(server: &Server, name: &str, role: &str) -> String {
     let out = server.cli(&["token", "add", name, "--role", role]);
@@ -573,6 +605,7 @@ async fn fhir_reads_need_a_clinical_token_and_every_request_is_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_need_an_ops_token_off_loopback() {
+    operations_through_a_proxy_answer_to_a_token().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "0.0.0.0").await;
     let ops = add_token(&server, "ops-desk", "ops");

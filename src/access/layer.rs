@@ -331,17 +331,19 @@ fn json_error(status: StatusCode, message: &str) -> Response {
 }
 
 async fn operations(access: &Access, always_token: bool, request: Request, next: Next) -> Response {
-    if !always_token && access.open_operations() {
+    // (a request with a token is the token's to answer for, whatever host it
+    // names: one through a proxy at `public_url`; s24b tester, I1. A web page
+    // of another origin cannot send one without a preflight, which is not
+    // answered)
+    if !always_token && access.open_operations() && authorization(request.headers()).is_none() {
         if let Some(refusal) = not_addressed_to_loopback(request.headers()) {
             tracing::info!(status = 403, "open operations request refused: {refusal}");
             return json_error(StatusCode::FORBIDDEN, refusal);
         }
-        // no token asked; one given is checked all the same (a clinical,
-        // revoked or unknown token is refused, not ignored) and names who
-        // made a change (the objection trail)
-        if authorization(request.headers()).is_none() {
-            return next.run(request).await;
-        }
+        // no token asked; one given is checked all the same below (a
+        // clinical, revoked or unknown token is refused, not ignored) and
+        // names who made a change (the objection trail)
+        return next.run(request).await;
     }
     match access.authenticate(authorization(request.headers())).await {
         Ok(caller) if caller.role == Role::Ops => {
