@@ -296,7 +296,10 @@ fn a_next_of_kin_organisation_s_contact_person_is_the_related_person() {
     assert_eq!(person["telecom"][0]["value"], "020 7946 0000", "{person}");
     assert_eq!(person["telecom"][0]["use"], "work", "{person}");
     assert_eq!(person["address"][0]["city"], "LONDON", "{person}");
-    assert_eq!(person["relationship"][0]["coding"][0]["code"], "C", "{person}");
+    assert_eq!(
+        person["relationship"][0]["coding"][0]["code"], "C",
+        "{person}"
+    );
 }
 
 #[test]
