@@ -1253,12 +1253,9 @@ impl WardHistory {
         first.filter(|_| self.whole)
     }
 
-    /// Whether a version recorded after `t` says a transfer was cancelled
-    /// (an A12 after the transfer to a ward first named at `t`).
-    fn transfer_cancelled_after(&self, t: i64) -> bool {
-        self.versions
-            .iter()
-            .any(|v| v.transfer_cancelled && v.event_time.is_some_and(|e| e > t))
+    /// The versions that say a transfer was cancelled (an A12).
+    fn transfers_cancelled(&self) -> impl Iterator<Item = &WardVersion> + '_ {
+        self.versions.iter().filter(|v| v.transfer_cancelled)
     }
 }
 
@@ -1287,7 +1284,8 @@ fn with_active_ward(mut encounter: Value, ward: &str) -> Value {
 /// `at`) whose patient has moved since: a ward of the stored visit that the
 /// A13 does not name was first named by a version made from a message
 /// recorded after the A13 (an A02 sent after the A13 that arrived before
-/// it), and no transfer was cancelled (A12) after it. The newest such ward
+/// it), and it is not the ward an A12 since took the patient back from (the
+/// ward first named last before the A12). The newest such ward
 /// is where the patient is, active, and the others completed, as when they
 /// arrive in order (s24c tester, N1; s25 tester, Y2). An A13 that names no
 /// ward puts the patient back in the ward last named (s25 tester, Y1).
@@ -1315,14 +1313,44 @@ fn with_ward_since<R: Rows>(
         return Ok(reopened);
     }
     let history = WardHistory::read(rows, id)?;
-    // (of two wards first named together, a transfer's, the one it made
-    // active)
-    let now = candidates
+    let named: Vec<(&String, (i64, bool))> = candidates
         .iter()
         .filter_map(|ward| Some((ward, history.first_named(ward)?)))
+        .collect();
+    // a cancelled transfer's ward: of those the A12's version does not have
+    // active (the ward it took the patient back to), the one first named
+    // last before it (the ward it took the patient back from)
+    let cancelled: Vec<&String> = history
+        .transfers_cancelled()
+        .filter_map(|v| {
+            let t = v.event_time?;
+            let active_then = |ward: &str| {
+                v.wards
+                    .iter()
+                    .any(|(w, active)| *active && same_place(w, ward))
+            };
+            named
+                .iter()
+                .filter(|(ward, (first, _))| *first < t && !active_then(ward))
+                .max_by_key(|(_, first)| *first)
+                .map(|(ward, _)| *ward)
+        })
+        .collect();
+    // (of two wards first named together, a transfer's, the one it made
+    // active)
+    // (an A13 naming no ward never leaves the stay with none: the ward
+    // named last, as in order)
+    let now = named
+        .iter()
         .filter(|(_, (first, _))| back.is_empty() || *first > at)
-        .filter(|(_, (first, _))| !history.transfer_cancelled_after(*first))
-        .max_by_key(|(_, first)| *first);
+        .filter(|(ward, _)| !cancelled.contains(ward))
+        .max_by_key(|(_, first)| *first)
+        .or_else(|| {
+            named
+                .iter()
+                .filter(|_| back.is_empty())
+                .max_by_key(|(_, first)| *first)
+        });
     Ok(match now {
         Some((ward, _)) => with_active_ward(reopened, ward),
         None => reopened,

@@ -2305,12 +2305,15 @@ fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
             assert_eq!(&wards, *expected, "{order:?}: {stay}");
         }
     }
+    // (with an A13 that names a ward, and with one that names none: s25b
+    // tester, N2, where no ward was left active)
+    for (n, a13) in [&stories[0].0, &stories[1].0].into_iter().enumerate() {
     let sent = [
-        (admitted, "A01", "2026-03-01T08:00:00Z"),
-        (discharged, "A03", "2026-03-01T10:00:00Z"),
-        (stories[0].0.clone(), "A13", "2026-03-01T11:00:00Z"),
-        (transferred, "A02", "2026-03-01T12:00:00Z"),
-        (cancelled_transfer, "A12", "2026-03-01T13:00:00Z"),
+        (admitted.clone(), "A01", "2026-03-01T08:00:00Z"),
+        (discharged.clone(), "A03", "2026-03-01T10:00:00Z"),
+        (a13.clone(), "A13", "2026-03-01T11:00:00Z"),
+        (transferred.clone(), "A02", "2026-03-01T12:00:00Z"),
+        (cancelled_transfer.clone(), "A12", "2026-03-01T13:00:00Z"),
     ];
     // (the ward the patient is in; the cancelled one is in the history of
     // some orders only: the location history's order is not covered)
@@ -2321,12 +2324,13 @@ fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
             .map(|(w, _)| w.clone())
             .collect()
     };
-    let (_, wards, stay) = outcome("e-a12-sent", &sent, &[0, 1, 2, 3, 4]);
+    let (_, wards, stay) = outcome(&format!("e-a12-{n}-sent"), &sent, &[0, 1, 2, 3, 4]);
     assert_eq!(active(&wards), ["WARDA"], "in order: {stay}");
-    for (k, order) in [[0, 1, 3, 4, 2], [0, 3, 4, 1, 2], [3, 0, 1, 4, 2]].iter().enumerate() {
-        let (status, wards, stay) = outcome(&format!("e-a12-late{k}"), &sent, order);
+    for (k, order) in [[0, 1, 3, 4, 2], [0, 3, 4, 1, 2], [3, 0, 1, 4, 2], [0, 3, 1, 4, 2]].iter().enumerate() {
+        let (status, wards, stay) = outcome(&format!("e-a12-{n}-late{k}"), &sent, order);
         assert_eq!(status, "in-progress", "{order:?}: {stay}");
         assert_eq!(active(&wards), ["WARDA"], "{order:?}: {stay}");
+    }
     }
 }
 
@@ -3066,4 +3070,111 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
         .unwrap();
     assert_eq!(current(&f2.store, "Observation", "o2")["status"], "preliminary");
     assert_eq!(names(&f2.store), ["Observation/o1", "Observation/o2"]);
+}
+
+/// Every arrival order of a stay discharged, its discharge cancelled (A13,
+/// naming its ward or none) and the patient transferred (A02), and of the
+/// same with the transfer cancelled after (A12), ends as the order they were
+/// sent in does: status and active ward. Known and left (README): when the
+/// A12 arrives before the transfer it cancels and a discharge came between,
+/// the late transfer still moves the patient (s25 tester, Y3).
+#[test]
+fn every_arrival_order_of_a_reopened_stay_ends_as_sent() {
+    let f = open();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let visit = |status: &str, locations: Vec<Value>| {
+        let mut e = encounter("e", PATIENT, status);
+        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+        e["location"] = Value::Array(locations);
+        e
+    };
+    let admitted = visit("in-progress", vec![place("WARDA", "active")]);
+    let mut discharged = visit("finished", vec![place("WARDA", "completed")]);
+    discharged["period"]["end"] = json!("2026-03-01T10:00:00+00:00");
+    let mut reopened = visit("in-progress", vec![place("WARDA", "active")]);
+    reopened["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
+    let mut no_ward = reopened.clone();
+    no_ward.as_object_mut().unwrap().remove("location");
+    let transferred = visit(
+        "in-progress",
+        vec![place("WARDB", "active"), place("WARDA", "completed")],
+    );
+    let mut cancelled = visit("in-progress", vec![place("WARDA", "active")]);
+    cancelled["meta"] =
+        json!({"tag": [{"system": "urn:junction:tag", "code": "transfer-cancelled"}]});
+    // each story: its name and what was sent (resource, event, event time)
+    let step = |resource: &Value, code: &'static str, time: &'static str| {
+        (resource.clone(), code, time)
+    };
+    let opening = [
+        step(&admitted, "A01", "2026-03-01T08:00:00Z"),
+        step(&discharged, "A03", "2026-03-01T10:00:00Z"),
+    ];
+    let story = |a13: &Value, a12: bool| {
+        let mut sent = opening.to_vec();
+        sent.push(step(a13, "A13", "2026-03-01T11:00:00Z"));
+        sent.push(step(&transferred, "A02", "2026-03-01T12:00:00Z"));
+        if a12 {
+            sent.push(step(&cancelled, "A12", "2026-03-01T13:00:00Z"));
+        }
+        sent
+    };
+    let stories = [
+        ("a13-a02", story(&reopened, false)),
+        ("noward-a02", story(&no_ward, false)),
+        ("a13-a02-a12", story(&reopened, true)),
+        ("noward-a02-a12", story(&no_ward, true)),
+    ];
+    fn perms(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for p in perms(n - 1) {
+            for i in 0..=p.len() {
+                let mut q = p.clone();
+                q.insert(i, n - 1);
+                out.push(q);
+            }
+        }
+        out
+    }
+    let mut counter = 0;
+    for (name, sent) in &stories {
+        let run = |order: &[usize], counter: &mut usize| {
+            *counter += 1;
+            let id = format!("x{counter}");
+            for &k in order {
+                let (resource, code, time) = &sent[k];
+                let mut resource = resource.clone();
+                resource["id"] = json!(id);
+                f.store
+                    .apply_bundle(&bundle(&[p.clone(), resource, event(code)]), at(time))
+                    .unwrap();
+            }
+            let stay = current(&f.store, "Encounter", &id);
+            let active: Vec<String> = wards_of(&f, &id)
+                .into_iter()
+                .filter(|(_, status)| status == "active")
+                .map(|(ward, _)| ward)
+                .collect();
+            (stay["status"].as_str().unwrap().to_string(), active)
+        };
+        let in_order: Vec<usize> = (0..sent.len()).collect();
+        let want = run(&in_order, &mut counter);
+            let all = perms(sent.len());
+        let mut differ = 0;
+        for order in &all {
+            let got = run(order, &mut counter);
+            if got == want {
+                continue;
+            }
+            // (the A12, sent last, arriving before the A02 it cancels: Y3)
+            let at = |k: usize| order.iter().position(|&i| i == k).unwrap();
+            let known = sent.len() == 5 && at(4) < at(3);
+            assert!(known, "{name}: {order:?} gives {got:?}, in order {want:?}");
+            differ += 1;
+        }
+        assert!(differ <= 10, "{name}: {differ} of {} orders differ", all.len());
+    }
 }
