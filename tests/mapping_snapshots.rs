@@ -300,6 +300,42 @@ fn a_next_of_kin_organisation_s_contact_person_is_the_related_person() {
         person["relationship"][0]["coding"][0]["code"], "C",
         "{person}"
     );
+    assert_eq!(person["active"], true, "{person}");
+}
+
+/// An NK1's dates, sex and birth date are read: one with an end date is a
+/// relationship that has ended (s25c tester, 3: a former spouse was shown as
+/// the current next of kin); and a diagnosis sent as text alone is a
+/// Condition (s25c tester, 2: it was left out).
+#[test]
+fn an_ended_next_of_kin_is_inactive_and_a_text_diagnosis_is_kept() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A01|NK2|P|2.5\r\
+         EVN|A01|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
+         NK1|1|EX^PARTNER|SPO^Spouse^HL70063||||NOK^Next of kin^HL70131|20100101|20240101||||||M|19560101\r\
+         PV1|1|I|AMU^BAY 1^BED 1^RAL||||||||||||||||V100\r\
+         DG1|1||^Chest infection||20261124|W\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let related = resources(&document, "RelatedPerson");
+    assert_eq!(related.len(), 1, "{}", pretty(&document));
+    let person = related[0];
+    assert_eq!(person["active"], false, "{person}");
+    assert_eq!(
+        person["period"],
+        serde_json::json!({"start": "2010-01-01", "end": "2024-01-01"}),
+        "{person}"
+    );
+    assert_eq!(person["gender"], "male", "{person}");
+    assert_eq!(person["birthDate"], "1956-01-01", "{person}");
+    let conditions = resources(&document, "Condition");
+    assert_eq!(conditions.len(), 1, "{}", pretty(&document));
+    assert_eq!(conditions[0]["code"]["text"], "Chest infection");
+    assert!(output.warnings.is_empty(), "{:?}", output.warnings);
 }
 
 #[test]
