@@ -303,6 +303,29 @@ fn a_next_of_kin_organisation_s_contact_person_is_the_related_person() {
     assert_eq!(person["active"], true, "{person}");
 }
 
+/// An order whose OBX all follow its SPM (a sender that puts the specimen
+/// straight after the OBR) is said in a warning: HL7 makes those OBX the
+/// specimen's, left out, and they must not be lost in silence (s25c tester, 1).
+#[test]
+fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01^ORU_R01|SPM1|P|2.5.1\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         ORC|RE|ICE059^ICE|26I0059^LAB||CM\r\
+         OBR|1|ICE059^ICE|26I0059^LAB|HB^Hb^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
+         SPM|1|ICE059-S1&ICE^26I0059-1&LAB||BLD^Blood^HL70487\r\
+         OBX|1|NM|HB^Hb^LAB||120|g/L|115-165|N|||F\r",
+        Path::new("inline.hl7"),
+    );
+    assert_eq!(
+        output.warnings,
+        ["an order whose OBX all come after its SPM: read as observations of the specimen, not results, and left out"]
+    );
+    assert!(resources(&output.value(), "Observation").is_empty());
+}
+
 /// An NK1's dates, sex and birth date are read: one with an end date is a
 /// relationship that has ended (s25c tester, 3: a former spouse was shown as
 /// the current next of kin); and a diagnosis sent as text alone is a
