@@ -326,6 +326,27 @@ fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
     assert!(resources(&output.value(), "Observation").is_empty());
 }
 
+/// A visit sent with an empty PV1-2 and no visit number but its admit time
+/// (PV1-44) is an Encounter, keyed by that time, of unknown class (s25c
+/// tester, 6: it made none, silently).
+#[test]
+fn a_visit_with_no_class_and_no_number_is_kept_by_its_admit_time() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A01|NV1|P|2.4\r\
+         EVN|A01|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
+         PV1|1||AMU^BAY 1^BED 1^RAL|||||||||||||||||||||||||||||||||||||||||20261124083000\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let visits = resources(&document, "Encounter");
+    assert_eq!(visits.len(), 1, "{}", pretty(&document));
+    assert_eq!(visits[0]["class"]["code"], "UNK");
+    assert_eq!(visits[0]["period"]["start"], "2026-11-24T08:30:00+00:00");
+}
+
 /// An NK1's dates, sex and birth date are read: one with an end date is a
 /// relationship that has ended (s25c tester, 3: a former spouse was shown as
 /// the current next of kin); and a diagnosis sent as text alone is a
