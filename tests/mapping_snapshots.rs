@@ -303,6 +303,34 @@ fn a_next_of_kin_organisation_s_contact_person_is_the_related_person() {
     assert_eq!(person["active"], true, "{person}");
 }
 
+/// Reference ranges with an en dash or `to` between their bounds have them,
+/// a reversed one has none (FHIR's rng-2); an OBX-14 that is no time falls
+/// back to the report's OBR-7 (s25c tester, 7 and 11).
+#[test]
+fn ranges_as_labs_write_them_and_a_bad_result_time_falls_back() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01|RG1|P|2.4|||||||UNICODE UTF-8\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         OBR|1||L1|U^U&E^L|||20261125083000\r\
+         OBX|1|NM|HB^Hb^L||120|g/L|115\u{2013}165||||F|||20261131083000\r\
+         OBX|2|NM|BE^Base excess^L||1|mmol/L|-2 to 2||||F\r\
+         OBX|3|NM|K^Potassium^L||4.1|mmol/L|5.3-3.5||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let obs = observations(&output.value());
+    let get = |code: &str| obs.iter().find(|(c, _, _)| c == code).unwrap().2.clone();
+    let range = |code: &str| get(code)["referenceRange"][0].clone();
+    assert_eq!(range("HB")["low"]["value"], 115);
+    assert_eq!(range("HB")["high"]["value"], 165);
+    assert_eq!(range("BE")["low"]["value"], -2);
+    assert_eq!(range("BE")["high"]["value"], 2);
+    assert_eq!(range("K").get("low"), None);
+    assert_eq!(range("K")["text"], "5.3-3.5");
+    assert_eq!(get("HB")["effectiveDateTime"], "2026-11-25T08:30:00+00:00");
+}
+
 /// An order whose OBX all follow its SPM (a sender that puts the specimen
 /// straight after the OBR) is said in a warning: HL7 makes those OBX the
 /// specimen's, left out, and they must not be lost in silence (s25c tester, 1).

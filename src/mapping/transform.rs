@@ -324,6 +324,10 @@ pub(crate) fn uuid5(kind: &str, value: &str) -> String {
 /// `>3.5` or `>=3.5` (low only), `<5.0` or `<=5.0` (high only); white space
 /// around the parts is allowed, bounds of a `low-high` range may be signed, and
 /// the whole may be in brackets (`(3.5-5.0)`, `[3.5-5.0]`, as some labs print it).
+/// Between the bounds, a hyphen, an en or em dash (`115–165`, pasted from a word
+/// processor into a lab's tables) or `to` (`-2 to 2`). A range whose low bound is
+/// above its high one (`5.3-3.5`) has neither: FHIR's rng-2 forbids it, and which
+/// was meant is not known (the text keeps it).
 /// `None` for anything else. The number is returned as written (`| number` reads it).
 pub(crate) fn range_bound(s: &str, bound: Bound) -> Option<&str> {
     let t = unbracket(s.trim());
@@ -337,9 +341,22 @@ pub(crate) fn range_bound(s: &str, bound: Bound) -> Option<&str> {
         return (n == rest.len()).then_some(rest);
     }
     let a = number_len(t, true)?;
-    let rest = t[a..].trim_start().strip_prefix('-')?.trim_start();
+    let between = t[a..].trim_start();
+    let rest = ["-", "\u{2013}", "\u{2014}"]
+        .iter()
+        .find_map(|dash| between.strip_prefix(dash))
+        .or_else(|| {
+            // `to` as a word, white space on both sides
+            let after = between.strip_prefix("to").or(between.strip_prefix("TO"))?;
+            (between.len() < t[a..].len() && after.starts_with([' ', '\t'])).then_some(after)
+        })?
+        .trim_start();
     let b = number_len(rest, true)?;
     if b != rest.len() {
+        return None;
+    }
+    let value = |n: &str| n.parse::<f64>().ok();
+    if matches!((value(&t[..a]), value(rest)), (Some(low), Some(high)) if low > high) {
         return None;
     }
     Some(match bound {
@@ -1018,10 +1035,10 @@ mod tests {
     fn range_by_regex(s: &str, bound: Bound) -> String {
         let re = match bound {
             Bound::Low => {
-                r"^\s*([-+]?[0-9]*\.?[0-9]+)\s*-\s*[-+]?[0-9]*\.?[0-9]+\s*$|^\s*>=?\s*([0-9]*\.?[0-9]+)\s*$|^.*$"
+                r"^\s*([-+]?[0-9]*\.?[0-9]+)\s*(?:-|\x{2013}|\x{2014}|\s(?:to|TO)\s)\s*[-+]?[0-9]*\.?[0-9]+\s*$|^\s*>=?\s*([0-9]*\.?[0-9]+)\s*$|^.*$"
             }
             Bound::High => {
-                r"^\s*[-+]?[0-9]*\.?[0-9]+\s*-\s*([-+]?[0-9]*\.?[0-9]+)\s*$|^\s*<=?\s*([0-9]*\.?[0-9]+)\s*$|^.*$"
+                r"^\s*[-+]?[0-9]*\.?[0-9]+\s*(?:-|\x{2013}|\x{2014}|\s(?:to|TO)\s)\s*([-+]?[0-9]*\.?[0-9]+)\s*$|^\s*<=?\s*([0-9]*\.?[0-9]+)\s*$|^.*$"
             }
         };
         Regex::new(re)
@@ -1031,9 +1048,18 @@ mod tests {
     }
 
     fn check_range(s: &str) {
-        for bound in [Bound::Low, Bound::High] {
+        // (a reversed range has no bounds: the regex reads them, then they
+        // are compared)
+        let low = range_by_regex(s, Bound::Low);
+        let high = range_by_regex(s, Bound::High);
+        let reversed = matches!(
+            (low.parse::<f64>(), high.parse::<f64>()),
+            (Ok(l), Ok(h)) if l > h
+        );
+        for (bound, expected) in [(Bound::Low, &low), (Bound::High, &high)] {
             let ours = range_bound(s, bound).unwrap_or("");
-            assert_eq!(ours, range_by_regex(s, bound), "{s:?} {bound:?}");
+            let expected = if reversed { "" } else { expected.as_str() };
+            assert_eq!(ours, expected, "{s:?} {bound:?}");
         }
     }
 
@@ -1065,9 +1091,20 @@ mod tests {
             "<=",
             "1..2-3",
             "4.5-",
+            "115\u{2013}165",
+            "115 \u{2014} 165",
+            "-2 to 2",
+            "3.5 TO 5.3",
+            "3.5to5.3",
+            "3.5 to",
+            "5.3-3.5",
+            "-1--2",
         ] {
             check_range(s);
         }
+        assert_eq!(range_bound("-2 to 2", Bound::Low), Some("-2"));
+        assert_eq!(range_bound("115\u{2013}165", Bound::High), Some("165"));
+        assert_eq!(range_bound("5.3-3.5", Bound::Low), None);
         assert_eq!(range_bound("3.5-5.0", Bound::Low), Some("3.5"));
         assert_eq!(range_bound("3.5-5.0", Bound::High), Some("5.0"));
         assert_eq!(range_bound(">=2", Bound::Low), Some("2"));
@@ -1192,7 +1229,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn range_bounds_agree_with_the_regex(s in "[ <>=+.0-9-]{0,12}") {
+        fn range_bounds_agree_with_the_regex(s in "[ <>=+.0-9toTO\u{2013}-]{0,14}") {
             check_range(&s);
         }
     }
