@@ -205,14 +205,28 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
         }
         if let Some(module) = target.strip_prefix("junction::") {
             if !MODULES.contains(&module) {
-                let top: Vec<&str> = MODULES
-                    .iter()
-                    .copied()
-                    .filter(|m| !m.contains("::"))
-                    .collect();
+                // the parts under the deepest module it does name (`store::nope`:
+                // those of `store`), else the top ones
+                let parent = (1..module.split("::").count())
+                    .rev()
+                    .map(|n| module.split("::").take(n).collect::<Vec<_>>().join("::"))
+                    .find(|p| MODULES.contains(&p.as_str()));
+                let parts: Vec<String> = match &parent {
+                    Some(parent) => MODULES
+                        .iter()
+                        .filter_map(|m| m.strip_prefix(parent.as_str())?.strip_prefix("::"))
+                        .filter(|m| !m.contains("::"))
+                        .map(|m| format!("{parent}::{m}"))
+                        .collect(),
+                    None => MODULES
+                        .iter()
+                        .filter(|m| !m.contains("::"))
+                        .map(|m| m.to_string())
+                        .collect(),
+                };
                 return Err(format!(
                     "`{target}` names no part of the engine, so it would match no line; its parts: {}",
-                    top.join(", ")
+                    parts.join(", ")
                 ));
             }
         }
@@ -434,7 +448,7 @@ mod tests {
         check(
             None,
             Some("info,junction::store::nope=debug"),
-            Err("names no part of the engine"),
+            Err("its parts: store::access, store::apply"),
         );
         check(None, Some("info,junction:mlp=debug"), Err("is no target"));
         check(
