@@ -331,6 +331,49 @@ fn ranges_as_labs_write_them_and_a_bad_result_time_falls_back() {
     assert_eq!(get("HB")["effectiveDateTime"], "2026-11-25T08:30:00+00:00");
 }
 
+/// Contradictory times and ranges make no FHIR that breaks an invariant: a
+/// discharge before the admission gives the stay no end, with a warning
+/// (per-1); an SN range whose low is above its high is its text, not a Range
+/// (rng-2) (s25c tester, 5).
+#[test]
+fn a_period_and_a_range_out_of_order_break_no_invariant() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A03|D1|P|2.4\r\
+         EVN|A03|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
+         PV1|1|I|AMU^BAY 1^BED 1^RAL||||||||||||||||V200|||||||||||||||||||||||||20261124083000|20261123083000\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let visit = only(&document, "Encounter");
+    assert_eq!(
+        visit["period"],
+        serde_json::json!({"start": "2026-11-24T08:30:00+00:00"}),
+        "{visit}"
+    );
+    assert_eq!(
+        output.warnings,
+        ["PV1-45: a discharge time (PV1-45) before the admit time (PV1-44): the stay is given no end"]
+    );
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01|SN1|P|2.4\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         OBR|1||L2|T^Titres^L|||20261125083000\r\
+         OBX|1|SN|UP^In order^L||^5^-^10|mg/L|||||F\r\
+         OBX|2|SN|DOWN^Reversed^L||^10^-^5|mg/L|||||F\r",
+        Path::new("inline.hl7"),
+    );
+    let obs = observations(&output.value());
+    let get = |code: &str| obs.iter().find(|(c, _, _)| c == code).unwrap().2.clone();
+    assert_eq!(get("UP")["valueRange"]["low"]["value"], 5);
+    assert_eq!(get("UP")["valueRange"]["high"]["value"], 10);
+    assert_eq!(get("DOWN").get("valueRange"), None);
+    assert_eq!(get("DOWN")["valueString"], "10-5");
+}
+
 /// An order whose OBX all follow its SPM (a sender that puts the specimen
 /// straight after the OBR) is said in a warning: HL7 makes those OBX the
 /// specimen's, left out, and they must not be lost in silence (s25c tester, 1).

@@ -1318,7 +1318,7 @@ fn macro_deps(macros: &[Expr]) -> (Vec<MacroDeps>, Vec<String>) {
             Cond::Empty(e) | Cond::Deleted(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
                 expr(e, in_pred, d, all, depth, seen)
             }
-            Cond::Compare { left, right, .. } => {
+            Cond::Compare { left, right, .. } | Cond::Order { left, right, .. } => {
                 expr(left, in_pred, d, all, depth, seen);
                 expr(right, in_pred, d, all, depth, seen);
             }
@@ -1558,7 +1558,7 @@ fn cond_macros(c: &Cond, out: &mut Vec<usize>) {
         Cond::Empty(e) | Cond::Deleted(e) | Cond::NonEmpty(e) | Cond::In { left: e, .. } => {
             expr_macros(e, out)
         }
-        Cond::Compare { left, right, .. } => {
+        Cond::Compare { left, right, .. } | Cond::Order { left, right, .. } => {
             expr_macros(left, out);
             expr_macros(right, out);
         }

@@ -2312,6 +2312,13 @@ impl<'a> Ctx<'a> {
                 any == *eq
             }
             Cond::Compare { left, eq, right } => self.compare(left, right, scope) == *eq,
+            Cond::Order {
+                left,
+                or_equal,
+                right,
+            } => self.order(left, right, scope).is_some_and(|o| {
+                o == std::cmp::Ordering::Less || (*or_equal && o == std::cmp::Ordering::Equal)
+            }),
             Cond::In { left, set } => {
                 if let Some(n) = self.single(left, scope) {
                     let t = match n {
@@ -2349,6 +2356,39 @@ impl<'a> Ctx<'a> {
                 let rt = rt.trim_fast();
                 self.any_text(l, &mut |a| a == rt)
             }
+        }
+    }
+
+    /// How the texts of `left` and `right` compare: as numbers when both are,
+    /// else as FHIR times when both are (a `dateTime` or `instant` with its
+    /// offset, compared as instants; or two dates); `None` otherwise.
+    #[inline(never)]
+    fn order(
+        &mut self,
+        left: &'a Expr,
+        right: &'a Expr,
+        scope: &Scope<'_, 'a>,
+    ) -> Option<std::cmp::Ordering> {
+        let (l, r) = (self.expr(left, scope), self.expr(right, scope));
+        let (l, r) = (self.text_of(l), self.text_of(r));
+        let (l, r) = (l.trim_fast(), r.trim_fast());
+        let number =
+            |t: &str| transform::number_text(t).and_then(|n| n.text(t).parse::<f64>().ok());
+        if let (Some(a), Some(b)) = (number(l), number(r)) {
+            return a.partial_cmp(&b);
+        }
+        let instant = |t: &str| t.parse::<jiff::Timestamp>().ok();
+        if let (Some(a), Some(b)) = (instant(l), instant(r)) {
+            return Some(a.cmp(&b));
+        }
+        let date = |t: &str| {
+            t.parse::<jiff::civil::Date>()
+                .ok()
+                .filter(|_| t.len() == 10)
+        };
+        match (date(l), date(r)) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ => None,
         }
     }
 

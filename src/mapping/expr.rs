@@ -120,6 +120,14 @@ pub(crate) enum Cond {
         eq: bool,
         right: Expr,
     },
+    /// `a < b` (`or_equal`: `a <= b`; `a > b` and `a >= b` are read with the
+    /// sides swapped): true when both are numbers, or both FHIR times (a
+    /// `dateTime` with its offset, or a date), and the left comes first.
+    Order {
+        left: Expr,
+        or_equal: bool,
+        right: Expr,
+    },
     /// `a in ('x', 'y')`.
     In {
         left: Expr,
@@ -799,6 +807,21 @@ impl Parser<'_, '_> {
             return Ok(Cond::Compare {
                 left,
                 eq: true,
+                right,
+            });
+        }
+        if let Some(op @ (b'<' | b'>')) = self.peek() {
+            self.pos += 1;
+            let or_equal = self.eat(b'=');
+            let right = self.expr()?;
+            let (left, right) = if op == b'<' {
+                (left, right)
+            } else {
+                (right, left)
+            };
+            return Ok(Cond::Order {
+                left,
+                or_equal,
                 right,
             });
         }

@@ -468,6 +468,23 @@ fn conditions() {
         ("PV1-5", false),
         ("PID-8 | lower = 'm'", true),
         ("MSH-9.2 = $trigger", true),
+        // ordering: numbers as numbers, times as instants, dates as dates;
+        // anything else (or a side empty) is never in order
+        ("'9' < '10'", true),
+        ("'10' < '9'", false),
+        ("'-2' < '1.5'", true),
+        ("'3.50' <= '3.5'", true),
+        ("'3.5' > '3.4'", true),
+        ("'3.5' >= '3.6'", false),
+        (
+            "'2026-03-01T09:00:00+01:00' < '2026-03-01T08:30:00+00:00'",
+            true,
+        ),
+        ("'2026-03-01' < '2026-03-02'", true),
+        ("'2026-03-01' < '2026-03-01T08:00:00Z'", false),
+        ("'abc' < 'abd'", false),
+        ("PV1-4 < '1'", false),
+        ("not (PV1-4 < '1')", true),
     ];
     for (cond, expected) in cases {
         let toml_cond = toml::Value::String(cond.to_string()).to_string();
