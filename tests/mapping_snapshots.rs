@@ -990,7 +990,11 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
          OBX|3|NA|INR3^Last three INRs^L||2.1^2.4^2.9||||||F\r\
          OBX|4|DR|BAD^Bad range^L||sometime^later||||||F\r\
          OBX|5|NA|K2^Two potassiums^L||4.1^4.3|mmol/L|||||F\r\
-         OBX|6|NM|PLT^Platelets^L||1.5E3|10*9/L|||||F\r",
+         OBX|6|NM|PLT^Platelets^L||1.5E3|10*9/L|||||F\r\
+         OBX|7|NM|EQ^Equal^L||=5|mmol/L|||||F\r\
+         OBX|8|NM|SP^Spaced^L||1 234|U/L|||||F\r\
+         OBX|9|NM|PC^Percent^L||45%|%|||||F\r\
+         OBX|10|NM|FL^Flagged^L||12.5 H|g/L|||||F\r",
         Path::new("inline.hl7"),
     );
     let document = output.value();
@@ -1014,6 +1018,12 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
     // with their units (s24d tester, LOW: they were dropped)
     assert_eq!(get("K2")["valueString"], "4.1, 4.3 mmol/L");
     assert_eq!(get("PLT")["valueString"], "1.5E3 10*9/L");
+    // a number's digits with no letters or `%` of their own: with the units
+    // (s25c tester, 8); one that says its own (a `%`, a flag) as sent
+    assert_eq!(get("EQ")["valueString"], "=5 mmol/L");
+    assert_eq!(get("SP")["valueString"], "1 234 U/L");
+    assert_eq!(get("PC")["valueString"], "45%");
+    assert_eq!(get("FL")["valueString"], "12.5 H");
 }
 
 fn json_of(resource: &Value, key: &str) -> Value {
