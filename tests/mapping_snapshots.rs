@@ -451,6 +451,40 @@ fn an_ended_next_of_kin_is_inactive_and_a_text_diagnosis_is_kept() {
     assert_eq!(conditions.len(), 1, "{}", pretty(&document));
     assert_eq!(conditions[0]["code"]["text"], "Chest infection");
     assert!(output.warnings.is_empty(), "{:?}", output.warnings);
+
+    // an end date after the message's day still holds (a guardian until
+    // 2030); one before the start is left out with a warning (per-1); a
+    // person's own NK1 does not take its organisation contact's phone (s25d
+    // tester, H1, H2, M1)
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A28|NK3|P|2.5\r\
+         EVN|A28|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
+         NK1|1|GUARD^IAN|GRD^Guardian^HL70063||||||20300101\r\
+         NK1|2|SLIP^PERSON|FND^Friend^HL70063|||||20200101|20100101\r\
+         NK1|3|OWN^PERSON|SIS^Sister^HL70063||||||||||||||||||||||||||JONES^MARY|020 7946 0000\r",
+        Path::new("inline.hl7"),
+    );
+    let document = output.value();
+    let related = resources(&document, "RelatedPerson");
+    let named = |family: &str| {
+        *related
+            .iter()
+            .find(|r| r["name"][0]["family"] == family)
+            .unwrap_or_else(|| panic!("{family}: {}", pretty(&document)))
+    };
+    assert_eq!(named("GUARD")["active"], true);
+    assert_eq!(named("GUARD")["period"]["end"], "2030-01-01");
+    assert_eq!(
+        named("SLIP")["period"],
+        serde_json::json!({"start": "2020-01-01"})
+    );
+    assert_eq!(named("OWN").get("telecom"), None, "{}", named("OWN"));
+    assert_eq!(
+        output.warnings,
+        ["NK1[2]-9: an end date (NK1-9) before the start date (NK1-8): the relationship is given no end"]
+    );
 }
 
 #[test]
@@ -992,6 +1026,7 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
          OBX|5|NA|K2^Two potassiums^L||4.1^4.3|mmol/L|||||F\r\
          OBX|6|NM|PLT^Platelets^L||1.5E3|10*9/L|||||F\r\
          OBX|7|NM|EQ^Equal^L||=5|mmol/L|||||F\r\
+         OBX|11|NM|NEG^Signed exponent^L||-1.5E3|mmol/L|||||F\r\
          OBX|8|NM|SP^Spaced^L||1 234|U/L|||||F\r\
          OBX|9|NM|PC^Percent^L||45%|%|||||F\r\
          OBX|10|NM|FL^Flagged^L||12.5 H|g/L|||||F\r",
@@ -1021,6 +1056,7 @@ fn a_date_range_is_a_period_and_a_numeric_array_its_values() {
     // a number's digits with no letters or `%` of their own: with the units
     // (s25c tester, 8); one that says its own (a `%`, a flag) as sent
     assert_eq!(get("EQ")["valueString"], "=5 mmol/L");
+    assert_eq!(get("NEG")["valueString"], "-1.5E3 mmol/L");
     assert_eq!(get("SP")["valueString"], "1 234 U/L");
     assert_eq!(get("PC")["valueString"], "45%");
     assert_eq!(get("FL")["valueString"], "12.5 H");
