@@ -178,21 +178,6 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
     if directives.is_empty() {
         return Err("it is empty (leave the key out for `info`)".into());
     }
-    // with no level for every target, one must be given for the engine's own
-    // lines (`juncton=debug` alone would switch them all off)
-    let bare = directives
-        .iter()
-        .any(|d| !d.contains('=') && !d.contains('['));
-    let own = directives.iter().any(|d| {
-        let target = d.split(['=', '[']).next().unwrap_or_default();
-        target == "junction" || target.starts_with("junction::")
-    });
-    if !bare && !own {
-        return Err(
-            "it gives no level for `junction`'s own lines, so the engine would log nothing; add one, as in `info,hyper=debug`"
-                .into(),
-        );
-    }
     for directive in &directives {
         // a target inside the engine names one of its modules (`junction::mlp`
         // would match no line, and say nothing of it)
@@ -240,7 +225,24 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
             ));
         }
     }
-    parse_filter(level)
+    // with no level for every target, one must be given for the engine's own
+    // lines (`juncton=debug` alone would switch them all off)
+    let bare = directives
+        .iter()
+        .any(|d| !d.contains('=') && !d.contains('['));
+    let own = directives.iter().any(|d| {
+        let target = d.split(['=', '[']).next().unwrap_or_default();
+        target == "junction" || target.starts_with("junction::")
+    });
+    if !bare && !own {
+        return Err(
+            "it gives no level for `junction`'s own lines, so the engine would log nothing; add one, as in `info,hyper=debug`"
+                .into(),
+        );
+    }
+    // (the directives as read, white space around them dropped: tracing
+    // takes none)
+    parse_filter(&directives.join(","))
 }
 
 /// The filter to use: `RUST_LOG` (when set and not empty), else `level`, else `info`.
@@ -451,6 +453,13 @@ mod tests {
             Err("its parts: store::access, store::apply"),
         );
         check(None, Some("info,junction:mlp=debug"), Err("is no target"));
+        check(None, Some("junction:mlp=debug"), Err("is no target"));
+        // (white space after a comma is no error: s25d tester, L2)
+        check(
+            None,
+            Some("info, junction::mllp=debug"),
+            Ok("junction::mllp=debug,info"),
+        );
         check(
             None,
             Some("info,junction::store::sqlite=trace"),
