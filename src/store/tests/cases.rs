@@ -2231,6 +2231,54 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
     assert_eq!(stay["location"][0]["status"], "active", "{stay}");
 }
 
+/// One stay's Encounters as the ADT mapping makes them: admitted to WARDA
+/// (A01), discharged (A03 at 10:00), the discharge cancelled (A13, naming
+/// WARDA or no ward), transferred to WARDB (A02), the transfer cancelled (A12).
+struct StayMessages {
+    admitted: Value,
+    discharged: Value,
+    reopened: Value,
+    no_ward: Value,
+    transferred: Value,
+    cancelled_transfer: Value,
+}
+
+fn stay_messages() -> StayMessages {
+    let visit = |status: &str, locations: Vec<Value>| {
+        let mut e = encounter("e", PATIENT, status);
+        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+        e["location"] = Value::Array(locations);
+        e
+    };
+    let tagged = |mut e: Value, code: &str| {
+        e["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": code}]});
+        e
+    };
+    let mut discharged = visit("finished", vec![place("WARDA", "completed")]);
+    discharged["period"]["end"] = json!("2026-03-01T10:00:00+00:00");
+    discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
+    let reopened = tagged(
+        visit("in-progress", vec![place("WARDA", "active")]),
+        "discharge-cancelled",
+    );
+    let mut no_ward = reopened.clone();
+    no_ward.as_object_mut().unwrap().remove("location");
+    StayMessages {
+        admitted: visit("in-progress", vec![place("WARDA", "active")]),
+        discharged,
+        reopened,
+        no_ward,
+        transferred: visit(
+            "in-progress",
+            vec![place("WARDB", "active"), place("WARDA", "completed")],
+        ),
+        cancelled_transfer: tagged(
+            visit("in-progress", vec![place("WARDA", "active")]),
+            "transfer-cancelled",
+        ),
+    }
+}
+
 /// A cancelled discharge (A13) that arrives after a transfer sent after it
 /// (A02) reopens the stay in the ward the patient moved to, not the A13's:
 /// sent A01, A03, A13, A02; arriving with the A13 last (s24c tester, N1: the
@@ -2240,27 +2288,14 @@ fn an_update_after_a_discharge_keeps_the_finished_stay() {
 fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
     let f = open();
     let p = patient(PATIENT, "9434765919", "Smith");
-    let visit = |status: &str, locations: Vec<Value>| {
-        let mut e = encounter("e", PATIENT, status);
-        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
-        e["location"] = Value::Array(locations);
-        e
-    };
-    let admitted = visit("in-progress", vec![place("WARDA", "active")]);
-    let mut discharged = visit("finished", vec![place("WARDA", "completed")]);
-    discharged["period"]["end"] = json!("2026-03-01T10:00:00+00:00");
-    discharged["hospitalization"] = json!({"dischargeDisposition": {"text": "home"}});
-    let mut reopened = visit("in-progress", vec![place("WARDA", "active")]);
-    reopened["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
-    let transferred = visit(
-        "in-progress",
-        vec![place("WARDB", "active"), place("WARDA", "completed")],
-    );
-    let mut no_ward = reopened.clone();
-    no_ward.as_object_mut().unwrap().remove("location");
-    let mut cancelled_transfer = visit("in-progress", vec![place("WARDA", "active")]);
-    cancelled_transfer["meta"] =
-        json!({"tag": [{"system": "urn:junction:tag", "code": "transfer-cancelled"}]});
+    let StayMessages {
+        admitted,
+        discharged,
+        reopened,
+        no_ward,
+        transferred,
+        cancelled_transfer,
+    } = stay_messages();
     // (status, each ward's status) of visit `id` after the messages `sent`
     // (resource, event, event time) arrive in `order`
     let outcome = |id: &str, sent: &[(Value, &str, &str)], order: &[usize]| {
@@ -3082,26 +3117,14 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
 fn every_arrival_order_of_a_reopened_stay_ends_as_sent() {
     let f = open();
     let p = patient(PATIENT, "9434765919", "Smith");
-    let visit = |status: &str, locations: Vec<Value>| {
-        let mut e = encounter("e", PATIENT, status);
-        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
-        e["location"] = Value::Array(locations);
-        e
-    };
-    let admitted = visit("in-progress", vec![place("WARDA", "active")]);
-    let mut discharged = visit("finished", vec![place("WARDA", "completed")]);
-    discharged["period"]["end"] = json!("2026-03-01T10:00:00+00:00");
-    let mut reopened = visit("in-progress", vec![place("WARDA", "active")]);
-    reopened["meta"] = json!({"tag": [{"system": "urn:junction:tag", "code": "discharge-cancelled"}]});
-    let mut no_ward = reopened.clone();
-    no_ward.as_object_mut().unwrap().remove("location");
-    let transferred = visit(
-        "in-progress",
-        vec![place("WARDB", "active"), place("WARDA", "completed")],
-    );
-    let mut cancelled = visit("in-progress", vec![place("WARDA", "active")]);
-    cancelled["meta"] =
-        json!({"tag": [{"system": "urn:junction:tag", "code": "transfer-cancelled"}]});
+    let StayMessages {
+        admitted,
+        discharged,
+        reopened,
+        no_ward,
+        transferred,
+        cancelled_transfer: cancelled,
+    } = stay_messages();
     // each story: its name and what was sent (resource, event, event time)
     let step = |resource: &Value, code: &'static str, time: &'static str| {
         (resource.clone(), code, time)
