@@ -2377,18 +2377,17 @@ impl<'a> Ctx<'a> {
         if let (Some(a), Some(b)) = (number(l), number(r)) {
             return a.partial_cmp(&b);
         }
-        let instant = |t: &str| t.parse::<jiff::Timestamp>().ok();
-        if let (Some(a), Some(b)) = (instant(l), instant(r)) {
-            return Some(a.cmp(&b));
-        }
-        let date = |t: &str| {
-            t.parse::<jiff::civil::Date>()
-                .ok()
-                .filter(|_| t.len() == 10)
-        };
-        match (date(l), date(r)) {
-            (Some(a), Some(b)) => Some(a.cmp(&b)),
-            _ => None,
+        let (a, b) = (time_span(l)?, time_span(r)?);
+        // (a time said to the year, month or day is the whole of it: before
+        // another when it ends by the other's start; overlapping, neither)
+        if a == b {
+            Some(std::cmp::Ordering::Equal)
+        } else if a.1 <= b.0 {
+            Some(std::cmp::Ordering::Less)
+        } else if b.1 <= a.0 {
+            Some(std::cmp::Ordering::Greater)
+        } else {
+            None
         }
     }
 
@@ -2397,6 +2396,32 @@ impl<'a> Ctx<'a> {
     fn any_in(&self, v: Val<'a>, set: &[String]) -> bool {
         self.any_text(v, &mut |a| set.iter().any(|s| s == a))
     }
+}
+
+/// The span of time a FHIR `instant`, `dateTime` or `date` covers, as
+/// `[start, end)`: an instant (with its offset) a nanosecond, a date, a month
+/// (`2025-06`) or a year (`2025`) the whole of it, taken in UTC. `None` for
+/// anything else.
+fn time_span(t: &str) -> Option<(jiff::Timestamp, jiff::Timestamp)> {
+    use jiff::{civil, tz::TimeZone, Span, ToSpan};
+    if let Ok(at) = t.parse::<jiff::Timestamp>() {
+        return Some((at, at.checked_add(Span::new().nanoseconds(1)).ok()?));
+    }
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let (start, length) = match b.len() {
+        4 if digits(0..4) => (civil::date(t.parse().ok()?, 1, 1), 1.year()),
+        7 if digits(0..4) && b[4] == b'-' && digits(5..7) => (
+            civil::Date::new(t[..4].parse().ok()?, t[5..].parse().ok()?, 1).ok()?,
+            1.month(),
+        ),
+        10 => (t.parse::<civil::Date>().ok()?, 1.day()),
+        _ => return None,
+    };
+    let from = start.to_zoned(TimeZone::UTC).ok()?;
+    let to = from.checked_add(length).ok()?;
+    Some((from.timestamp(), to.timestamp()))
 }
 
 /// A path to one repetition of a field of a segment (no `[*]`, no predicate).
