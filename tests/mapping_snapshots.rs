@@ -363,7 +363,8 @@ fn a_period_and_a_range_out_of_order_break_no_invariant() {
          PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
          OBR|1||L2|T^Titres^L|||20261125083000\r\
          OBX|1|SN|UP^In order^L||^5^-^10|mg/L|||||F\r\
-         OBX|2|SN|DOWN^Reversed^L||^10^-^5|mg/L|||||F\r",
+         OBX|2|SN|DOWN^Reversed^L||^10^-^5|mg/L|||||F\r\
+         OBX|3|SN|COMMA^Not numbers^L||^1,000^-^2,000|mg/L|||||F\r",
         Path::new("inline.hl7"),
     );
     let obs = observations(&output.value());
@@ -371,7 +372,10 @@ fn a_period_and_a_range_out_of_order_break_no_invariant() {
     assert_eq!(get("UP")["valueRange"]["low"]["value"], 5);
     assert_eq!(get("UP")["valueRange"]["high"]["value"], 10);
     assert_eq!(get("DOWN").get("valueRange"), None);
-    assert_eq!(get("DOWN")["valueString"], "10-5");
+    assert_eq!(get("DOWN")["valueString"], "10-5 mg/L");
+    // (bounds that are no numbers: the text, not an empty Range; s25e tester, M3)
+    assert_eq!(get("COMMA").get("valueRange"), None);
+    assert_eq!(get("COMMA")["valueString"], "1,000-2,000 mg/L");
 }
 
 /// An order whose OBX all follow its SPM (a sender that puts the specimen
@@ -463,6 +467,8 @@ fn an_ended_next_of_kin_is_inactive_and_a_text_diagnosis_is_kept() {
          PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
          NK1|1|GUARD^IAN|GRD^Guardian^HL70063||||||20300101\r\
          NK1|2|SLIP^PERSON|FND^Friend^HL70063|||||20200101|20100101\r\
+         NK1|4|YEAR^ONLY|SPO^Spouse^HL70063|||||2010|2025\r\
+         NK1|5|MONTH^SLIP|FND^Friend^HL70063|||||202506|202501\r\
          NK1|3|OWN^PERSON|SIS^Sister^HL70063||||||||||||||||||||||||||JONES^MARY|020 7946 0000\r",
         Path::new("inline.hl7"),
     );
@@ -481,9 +487,19 @@ fn an_ended_next_of_kin_is_inactive_and_a_text_diagnosis_is_kept() {
         serde_json::json!({"start": "2020-01-01"})
     );
     assert_eq!(named("OWN").get("telecom"), None, "{}", named("OWN"));
+    // a year or a month is the whole of it (s25e tester, H1, H2)
+    assert_eq!(named("YEAR")["active"], false);
+    assert_eq!(
+        named("MONTH")["period"],
+        serde_json::json!({"start": "2025-06"})
+    );
+    assert_eq!(named("MONTH")["active"], true);
     assert_eq!(
         output.warnings,
-        ["NK1[2]-9: an end date (NK1-9) before the start date (NK1-8): the relationship is given no end"]
+        [
+            "NK1[2]-9: an end date (NK1-9) before the start date (NK1-8): the relationship is given no end",
+            "NK1[4]-9: an end date (NK1-9) before the start date (NK1-8): the relationship is given no end"
+        ]
     );
 }
 
