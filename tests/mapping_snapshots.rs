@@ -364,7 +364,8 @@ fn a_period_and_a_range_out_of_order_break_no_invariant() {
          OBR|1||L2|T^Titres^L|||20261125083000\r\
          OBX|1|SN|UP^In order^L||^5^-^10|mg/L|||||F\r\
          OBX|2|SN|DOWN^Reversed^L||^10^-^5|mg/L|||||F\r\
-         OBX|3|SN|COMMA^Not numbers^L||^1,000^-^2,000|mg/L|||||F\r",
+         OBX|3|SN|COMMA^Not numbers^L||^1,000^-^2,000|mg/L|||||F\r\
+         OBX|4|SN|EMPTY^No numbers^L||^^-^|mg/L|||||F\r",
         Path::new("inline.hl7"),
     );
     let obs = observations(&output.value());
@@ -376,6 +377,11 @@ fn a_period_and_a_range_out_of_order_break_no_invariant() {
     // (bounds that are no numbers: the text, not an empty Range; s25e tester, M3)
     assert_eq!(get("COMMA").get("valueRange"), None);
     assert_eq!(get("COMMA")["valueString"], "1,000-2,000 mg/L");
+    // (one with no number at all is no value, not a `-` that reads as
+    // "negative": s25f tester, M1')
+    let empty = get("EMPTY");
+    assert_eq!(empty.get("valueString"), None, "{empty}");
+    assert_eq!(empty.get("valueRange"), None, "{empty}");
 }
 
 /// An order whose OBX all follow its SPM (a sender that puts the specimen
