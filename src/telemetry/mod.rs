@@ -211,6 +211,11 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
             }
         }
         let directive = directive.as_str();
+        if directive.ends_with('=') {
+            return Err(format!(
+                "`{directive}` gives no level after `=`, as in `junction::mllp=debug`"
+            ));
+        }
         if !directive.contains('=')
             && !directive.contains('[')
             && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
@@ -455,6 +460,11 @@ mod tests {
             None,
             Some("info,junction = debug"),
             Ok("junction=debug,info"),
+        );
+        check(
+            None,
+            Some("info,junction::mllp = "),
+            Err("gives no level after `=`"),
         );
         check(
             None,
