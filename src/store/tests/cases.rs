@@ -2279,6 +2279,19 @@ fn stay_messages() -> StayMessages {
     }
 }
 
+/// Applies the messages `sent` (each Encounter, its event, its event time)
+/// in `order`, each Encounter under id `id`, with Patient `p`.
+fn send_as(f: &Fixture, p: &Value, id: &str, sent: &[(Value, &str, &str)], order: &[usize]) {
+    for &k in order {
+        let (resource, code, time) = &sent[k];
+        let mut resource = resource.clone();
+        resource["id"] = json!(id);
+        f.store
+            .apply_bundle(&bundle(&[p.clone(), resource, event(code)]), at(time))
+            .unwrap();
+    }
+}
+
 /// A cancelled discharge (A13) that arrives after a transfer sent after it
 /// (A02) reopens the stay in the ward the patient moved to, not the A13's:
 /// sent A01, A03, A13, A02; arriving with the A13 last (s24c tester, N1: the
@@ -2299,14 +2312,7 @@ fn a_late_cancelled_discharge_keeps_a_transfer_sent_after_it() {
     // (status, each ward's status) of visit `id` after the messages `sent`
     // (resource, event, event time) arrive in `order`
     let outcome = |id: &str, sent: &[(Value, &str, &str)], order: &[usize]| {
-        for &k in order {
-            let (resource, code, time) = &sent[k];
-            let mut resource = resource.clone();
-            resource["id"] = json!(id);
-            f.store
-                .apply_bundle(&bundle(&[p.clone(), resource, event(code)]), at(time))
-                .unwrap();
-        }
+        send_as(&f, &p, id, sent, order);
         let stay = current(&f.store, "Encounter", id);
         let mut wards = wards_of(&f, id);
         wards.sort();
@@ -3117,36 +3123,29 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
 fn every_arrival_order_of_a_reopened_stay_ends_as_sent() {
     let f = open();
     let p = patient(PATIENT, "9434765919", "Smith");
-    let StayMessages {
-        admitted,
-        discharged,
-        reopened,
-        no_ward,
-        transferred,
-        cancelled_transfer: cancelled,
-    } = stay_messages();
+    let m = stay_messages();
     // each story: its name and what was sent (resource, event, event time)
     let step = |resource: &Value, code: &'static str, time: &'static str| {
         (resource.clone(), code, time)
     };
     let opening = [
-        step(&admitted, "A01", "2026-03-01T08:00:00Z"),
-        step(&discharged, "A03", "2026-03-01T10:00:00Z"),
+        step(&m.admitted, "A01", "2026-03-01T08:00:00Z"),
+        step(&m.discharged, "A03", "2026-03-01T10:00:00Z"),
     ];
     let story = |a13: &Value, a12: bool| {
         let mut sent = opening.to_vec();
         sent.push(step(a13, "A13", "2026-03-01T11:00:00Z"));
-        sent.push(step(&transferred, "A02", "2026-03-01T12:00:00Z"));
+        sent.push(step(&m.transferred, "A02", "2026-03-01T12:00:00Z"));
         if a12 {
-            sent.push(step(&cancelled, "A12", "2026-03-01T13:00:00Z"));
+            sent.push(step(&m.cancelled_transfer, "A12", "2026-03-01T13:00:00Z"));
         }
         sent
     };
     let stories = [
-        ("a13-a02", story(&reopened, false)),
-        ("noward-a02", story(&no_ward, false)),
-        ("a13-a02-a12", story(&reopened, true)),
-        ("noward-a02-a12", story(&no_ward, true)),
+        ("a13-a02", story(&m.reopened, false)),
+        ("noward-a02", story(&m.no_ward, false)),
+        ("a13-a02-a12", story(&m.reopened, true)),
+        ("noward-a02-a12", story(&m.no_ward, true)),
     ];
     fn perms(n: usize) -> Vec<Vec<usize>> {
         if n == 0 {
@@ -3167,14 +3166,7 @@ fn every_arrival_order_of_a_reopened_stay_ends_as_sent() {
         let run = |order: &[usize], counter: &mut usize| {
             *counter += 1;
             let id = format!("x{counter}");
-            for &k in order {
-                let (resource, code, time) = &sent[k];
-                let mut resource = resource.clone();
-                resource["id"] = json!(id);
-                f.store
-                    .apply_bundle(&bundle(&[p.clone(), resource, event(code)]), at(time))
-                    .unwrap();
-            }
+            send_as(&f, &p, &id, sent, order);
             let stay = current(&f.store, "Encounter", &id);
             let active: Vec<String> = wards_of(&f, &id)
                 .into_iter()
