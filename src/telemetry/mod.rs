@@ -152,6 +152,43 @@ const MODULES: &[&str] = &[
     "telemetry::metrics",
 ];
 
+/// The target a filter directive names (`junction::mllp` of
+/// `junction::mllp=debug`), empty for a bare level.
+fn target_of(directive: &str) -> &str {
+    directive.split(['=', '[']).next().unwrap_or_default()
+}
+
+/// Why `target` (`junction::` and `module`, which is none of [`MODULES`])
+/// matches no line: with the parts of the deepest module it does name
+/// (`store::nope`: those of `store`), else the top ones.
+fn no_such_module(target: &str, module: &str) -> String {
+    let mut parent = Some(module);
+    while let Some(p) = parent {
+        parent = p.rsplit_once("::").map(|(head, _)| head);
+        if parent.is_some_and(|head| MODULES.contains(&head)) {
+            break;
+        }
+    }
+    let parts: Vec<String> = MODULES
+        .iter()
+        .filter_map(|m| match parent {
+            Some(head) => m.strip_prefix(head)?.strip_prefix("::").map(|p| (p, *m)),
+            None => Some((*m, *m)),
+        })
+        .filter(|(part, _)| !part.contains("::"))
+        .map(|(_, m)| m.to_string())
+        .collect();
+    match parent {
+        Some(head) if parts.is_empty() => format!(
+            "`{target}` names no part of the engine, so it would match no line; `junction::{head}` has no parts of its own"
+        ),
+        _ => format!(
+            "`{target}` names no part of the engine, so it would match no line; its parts: {}",
+            parts.join(", ")
+        ),
+    }
+}
+
 /// Parses `[log] level`: a tracing filter as [`parse_filter`] takes it, but
 /// every directive without `=` must be a level (`trace`, `debug`, `info`,
 /// `warn`, `error`, `off`). A bare word is a target to tracing (`warning`
@@ -171,7 +208,7 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
     for directive in &directives {
         // a target inside the engine names one of its modules (`junction::mlp`
         // would match no line, and say nothing of it)
-        let target = directive.split(['=', '[']).next().unwrap_or_default();
+        let target = target_of(directive);
         // (a module path has its colons in pairs: `junction:mlp` is a typo)
         if target.replace("::", "").contains(':') {
             return Err(format!(
@@ -180,34 +217,7 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
         }
         if let Some(module) = target.strip_prefix("junction::") {
             if !MODULES.contains(&module) {
-                // the parts under the deepest module it does name (`store::nope`:
-                // those of `store`), else the top ones
-                let parent = (1..module.split("::").count())
-                    .rev()
-                    .map(|n| module.split("::").take(n).collect::<Vec<_>>().join("::"))
-                    .find(|p| MODULES.contains(&p.as_str()));
-                let parts: Vec<String> = match &parent {
-                    Some(parent) => MODULES
-                        .iter()
-                        .filter_map(|m| m.strip_prefix(parent.as_str())?.strip_prefix("::"))
-                        .filter(|m| !m.contains("::"))
-                        .map(|m| format!("{parent}::{m}"))
-                        .collect(),
-                    None => MODULES
-                        .iter()
-                        .filter(|m| !m.contains("::"))
-                        .map(|m| m.to_string())
-                        .collect(),
-                };
-                return Err(match (&parent, parts.is_empty()) {
-                    (Some(parent), true) => format!(
-                        "`{target}` names no part of the engine, so it would match no line; `junction::{parent}` has no parts of its own"
-                    ),
-                    _ => format!(
-                        "`{target}` names no part of the engine, so it would match no line; its parts: {}",
-                        parts.join(", ")
-                    ),
-                });
+                return Err(no_such_module(target, module));
             }
         }
         let directive = directive.as_str();
@@ -231,7 +241,7 @@ pub fn parse_level(level: &str) -> Result<EnvFilter, String> {
         .iter()
         .any(|d| !d.contains('=') && !d.contains('['));
     let own = directives.iter().any(|d| {
-        let target = d.split(['=', '[']).next().unwrap_or_default();
+        let target = target_of(d);
         target == "junction" || target.starts_with("junction::")
     });
     if !bare && !own {
