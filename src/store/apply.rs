@@ -1172,13 +1172,7 @@ fn with_late_reopening(stored: &Value, stale: &Value, at: Option<i64>) -> Option
             }
         }
     }
-    let back: Vec<String> = stale["location"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| is_active_location(l))
-        .filter_map(location_key)
-        .collect();
+    let back = active_wards(stale);
     for location in reopened["location"].as_array_mut().into_iter().flatten() {
         if location_key(location).is_some_and(|k| back.iter().any(|b| same_place(b, &k))) {
             location["status"] = Value::String("active".into());
