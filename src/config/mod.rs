@@ -484,7 +484,7 @@ fn deserialize_all<T: DeserializeOwned>(
     let (value, clean) = recover(value, &mut |span, message| {
         diags.push(doc.error(span, message))
     });
-    value.filter(|_| clean.unwrap_or(true))
+    value.filter(|_| clean != Found::Others)
 }
 
 /// Deserializes `value` as `T` and hands every error serde finds to `report`
@@ -497,23 +497,31 @@ pub(crate) fn deserialize_recovering<T: DeserializeOwned>(
     report: &mut dyn FnMut(Range<usize>, String),
 ) -> Option<T> {
     match recover(value, report) {
-        (Some(v), None) => Some(v),
+        (Some(v), Found::Nothing) => Some(v),
         _ => None,
     }
 }
 
+/// The errors [`recover`] found in a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Nothing,
+    /// Unknown keys only, none of them a misspelling of a known one: the
+    /// table without them is what it means.
+    UnknownKeys,
+    Others,
+}
+
 /// [`deserialize_recovering`]'s work: `T` as deserialized once the keys in
-/// error were removed (`None`: it never did), and whether there were errors:
-/// `None` none, `Some(true)` unknown keys only (none of them a misspelling of
-/// a known one), `Some(false)` others.
+/// error were removed (`None`: it never did), and what errors there were.
 fn recover<T: DeserializeOwned>(
     value: &Spanned<DeValue<'_>>,
     report: &mut dyn FnMut(Range<usize>, String),
-) -> (Option<T>, Option<bool>) {
+) -> (Option<T>, Found) {
     const MAX_ERRORS_PER_TABLE: usize = 32;
     let mut value = value.clone();
     let mut removed: Vec<String> = Vec::new();
-    let mut errors: Option<bool> = None;
+    let mut errors = Found::Nothing;
     for _ in 0..MAX_ERRORS_PER_TABLE {
         match T::deserialize(ValueDeserializer::from(value.clone())) {
             Ok(v) => return (Some(v), errors),
@@ -523,7 +531,10 @@ fn recover<T: DeserializeOwned>(
                 // (a misspelt key is not unknown only: the value it was meant
                 // for is missing, which the table without it would say again)
                 let unknown = message.starts_with("unknown field `") && guess.is_none();
-                errors = Some(errors.unwrap_or(true) && unknown);
+                errors = match (errors, unknown) {
+                    (Found::Nothing | Found::UnknownKeys, true) => Found::UnknownKeys,
+                    _ => Found::Others,
+                };
                 // Removing a key whose value was wrong makes it "missing": that
                 // one was already reported. So was a missing key that a reported
                 // unknown key misspells.
