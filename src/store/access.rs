@@ -509,9 +509,9 @@ mod tests {
             .unwrap()
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, 6);
         drop(store);
-        // Reopening a version 5 file changes nothing.
+        // Reopening a version 6 file changes nothing.
         let store = open(&path);
         assert_eq!(store.list_tokens().unwrap().len(), 1);
     }

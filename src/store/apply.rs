@@ -4,7 +4,11 @@
 //! `postgres.rs`) only read and write rows through [`Rows`], inside a
 //! transaction they opened. So is a Patient's continuity: a record retired in
 //! favour of another (an A40's merge, a record made before the patient was
-//! traced) and what is filed under it are found from the survivor.
+//! traced) and what is filed under it are found from the survivor. An
+//! Encounter is what its messages make of it in the order they were sent,
+//! whatever order they arrive in: each is kept as sent ([`Sent`]), and a
+//! late one is put in its place and the visit made again
+//! ([`visit_in_order`]).
 //!
 //! It does no I/O of its own and opens no transaction.
 
@@ -22,22 +26,22 @@ pub(super) struct Current {
     pub event_time: Option<i64>,
     /// `None` for a tombstone.
     pub content: Option<String>,
-    /// An Encounter's: the latest event time at which an admission event
-    /// ([`plan::is_admission`]) wrote or confirmed it, so a cancellation (A11)
-    /// arriving after a re-admission sent later than it is told from one
-    /// arriving after an update (`None`: none known, as in rows an older
-    /// build wrote).
-    pub admitted_at: Option<i64>,
-    /// An Encounter's: the event time of the latest cancellation (A11, A38)
-    /// that wrote it, also one applied late, so an admission sent after it
-    /// that arrives later still is told from one sent before it (`None`:
-    /// none known).
-    pub cancelled_at: Option<i64>,
 }
 
-/// A version of a record, as [`Rows::versions`] reads it: its content
-/// (`None`: a tombstone) and event time (microseconds).
-pub(super) type StoredVersion = (Option<String>, Option<i64>);
+/// What one message sent of a record (an Encounter, [`visit_in_order`]), as
+/// it was sent, before it was applied over what was stored.
+pub(super) struct Sent {
+    /// Microseconds since the epoch: the message's event time (for one in
+    /// order, the later of it and the stored one's, as [`decide`] keeps).
+    pub event_time: Option<i64>,
+    /// The HL7 v2 event (`A02`), when known.
+    pub event: Option<String>,
+    /// `None`: a delete (or, for `seed`, a tombstone).
+    pub content: Option<String>,
+    /// The record as it stood when its messages began to be kept (stored by
+    /// an older build, or a create-only placeholder), not a message.
+    pub seed: bool,
+}
 
 /// The row operations a backend offers, inside its open transaction.
 pub(super) trait Rows {
@@ -48,28 +52,28 @@ pub(super) trait Rows {
     /// Writes a new current version and its history row (`content` `None`: a tombstone).
     fn write_version(&mut self, version: &Version<'_>) -> Result<(), Self::Error>;
 
-    /// Remembers a newer event time without making a new version, and an
-    /// admission's or a cancellation's time ([`Current::admitted_at`],
-    /// [`Current::cancelled_at`], each kept when later than the one stored;
-    /// `None` leaves it as it is).
+    /// Remembers a newer event time without making a new version.
     fn set_event_time(
         &mut self,
         resource_type: &str,
         id: &str,
         event_time: Option<i64>,
-        admitted_at: Option<i64>,
-        cancelled_at: Option<i64>,
     ) -> Result<(), Self::Error>;
 
-    /// The record's versions, newest first, at most `limit`: each one's
-    /// content and event time (the newest event time of what it was made
-    /// from).
-    fn versions(
+    /// Keeps what a message sent of the record.
+    fn record_sent(
         &mut self,
         resource_type: &str,
         id: &str,
-        limit: usize,
-    ) -> Result<Vec<StoredVersion>, Self::Error>;
+        sent: &Sent,
+    ) -> Result<(), Self::Error>;
+
+    /// Whether anything a message sent of the record is kept.
+    fn has_sent(&mut self, resource_type: &str, id: &str) -> Result<bool, Self::Error>;
+
+    /// What the messages sent of the record, in the order they were sent:
+    /// by event time (none first), then in the order they arrived.
+    fn sent(&mut self, resource_type: &str, id: &str) -> Result<Vec<Sent>, Self::Error>;
 
     /// Replaces the record's patient links with `patients` (none: unlinked).
     /// A record other than a Patient is linked to the survivor of each of them
@@ -131,12 +135,6 @@ pub(super) struct Version<'v> {
     pub last_updated: &'v str,
     pub event_time: Option<i64>,
     pub content: Option<&'v str>,
-    /// [`Current::admitted_at`] when this version is an admission's; `None`
-    /// keeps the stored one (the later of the two is kept).
-    pub admitted_at: Option<i64>,
-    /// [`Current::cancelled_at`] when this version is a cancellation's;
-    /// `None` keeps the stored one (the later of the two is kept).
-    pub cancelled_at: Option<i64>,
 }
 
 /// Applies one document's plan through `rows` (inside the caller's transaction).
@@ -174,7 +172,23 @@ pub(super) fn apply_plan<R: Rows>(
                 ..
             }
         );
+        let visit = resource_type == "Encounter" && !create_only;
         let result = match decide(current.as_ref(), create_only, event_time) {
+            // an Encounter's messages are kept as sent, and one arriving
+            // late is put in its place among them (`visit_in_order`)
+            decision if visit => {
+                let at = At {
+                    index,
+                    resource_type,
+                    id,
+                    current: current.as_ref(),
+                    last_updated,
+                    event_time,
+                    create_only,
+                    event: plan.event.as_deref(),
+                };
+                visit_in_order(rows, &at, &entry.op, decision)?
+            }
             Decision::Skip(EntryResult::Stale { version }) if resource_type == "Patient" => {
                 // an older message that named the GP, arriving after a newer one
                 // that named none: the GP it names is still the latest known
@@ -183,116 +197,6 @@ pub(super) fn apply_plan<R: Rows>(
                     fill_in_gp(rows, cur, id, resource, last_updated)?;
                 }
                 EntryResult::Stale { version }
-            }
-            Decision::Skip(EntryResult::Stale { version }) if resource_type == "Encounter" => {
-                // a visit's cancellation (A11) that arrives after a later
-                // message still carrying the visit (an A08) cancels it all the
-                // same, as when they arrive in order: the record converges.
-                // Not after an admission sent later than it (an A01 sent
-                // again after a mistaken A11): in order, that admitted the
-                // patient after all. Such an admission, itself arriving after
-                // a newer update of the visit, is remembered all the same; and
-                // when a cancellation sent before it was applied already (late
-                // too), the visit is what it was before that cancellation
-                let admission = plan::is_admission(plan.event.as_deref());
-                if let (Some(cur), Some(t), true) = (current.as_ref(), event_time, admission) {
-                    if cur.admitted_at < Some(t) {
-                        rows.set_event_time("Encounter", id, cur.event_time, Some(t), None)?;
-                    }
-                }
-                let restored = match (current.as_ref(), admission) {
-                    (Some(cur), true) => uncancelled(rows, id, cur, event_time)?,
-                    _ => None,
-                };
-                match (current.as_ref(), &entry.op) {
-                    (Some(cur), _) if restored.is_some() => {
-                        let restored = restored.unwrap_or_default();
-                        rewrite(
-                            rows,
-                            "Encounter",
-                            id,
-                            cur,
-                            &restored,
-                            last_updated,
-                            cur.event_time,
-                        )?;
-                        EntryResult::Updated {
-                            version: cur.version + 1,
-                        }
-                    }
-                    (Some(cur), Op::Put { resource, .. })
-                        if is_cancelled_visit(resource) && admitted_since(cur, event_time) =>
-                    {
-                        EntryResult::Stale { version }
-                    }
-                    (Some(cur), Op::Put { resource, .. }) if is_cancelled_visit(resource) => {
-                        let stored: Option<Value> = match cur.content.as_deref() {
-                            Some(text) => Some(serde_json::from_str(text)?),
-                            None => None,
-                        };
-                        if let Some(stored) = stored.filter(|s| cancels_visit(resource, s)) {
-                            // (sent without the admit time: the stored start kept)
-                            let kept = with_admission_kept(&stored, resource);
-                            rewrite(
-                                rows,
-                                "Encounter",
-                                id,
-                                cur,
-                                kept.as_ref().unwrap_or(resource),
-                                last_updated,
-                                cur.event_time,
-                            )?;
-                            // (when it was sent, for an admission sent after it
-                            // that arrives later still: `uncancelled`)
-                            rows.set_event_time("Encounter", id, cur.event_time, None, event_time)?;
-                            EntryResult::Updated {
-                                version: cur.version + 1,
-                            }
-                        } else {
-                            EntryResult::Stale { version }
-                        }
-                    }
-                    // an older message naming a ward the visit has no more
-                    // (the admission's, arriving after the discharge): kept
-                    // in the location history, as when they arrive in order;
-                    // an older discharge the visit does not have: it ends
-                    (Some(cur), Op::Put { resource, .. }) => {
-                        let stored: Option<Value> = match cur.content.as_deref() {
-                            Some(text) => Some(serde_json::from_str(text)?),
-                            None => None,
-                        };
-                        let stored = stored.filter(|s| !is_cancelled_visit(s));
-                        let reopened = stored
-                            .as_ref()
-                            .and_then(|s| with_late_reopening(s, resource, event_time));
-                        let filled = match (stored, reopened) {
-                            (_, Some(reopened)) => {
-                                Some(with_ward_since(rows, id, reopened, resource, event_time)?)
-                            }
-                            (None, None) => None,
-                            (Some(s), None) => {
-                                let located = with_earlier_locations(&s, resource);
-                                let base = located.as_ref().unwrap_or(&s);
-                                with_late_cancelled_discharge(base, resource, event_time)
-                                    .or_else(|| with_late_discharge(base, resource, event_time))
-                                    .or(located)
-                            }
-                        };
-                        if let Some(filled) = filled {
-                            rewrite(
-                                rows,
-                                "Encounter",
-                                id,
-                                cur,
-                                &filled,
-                                last_updated,
-                                cur.event_time,
-                            )?;
-                        }
-                        EntryResult::Stale { version }
-                    }
-                    _ => EntryResult::Stale { version },
-                }
             }
             Decision::Skip(result) => result,
             Decision::Write { event_time } => {
@@ -405,6 +309,7 @@ fn decide(current: Option<&Current>, create_only: bool, incoming: Option<i64>) -
 }
 
 /// The record an entry writes, and when.
+#[derive(Clone, Copy)]
 struct At<'a> {
     /// The entry's place in the Bundle (for its error).
     index: usize,
@@ -421,49 +326,12 @@ struct At<'a> {
 
 impl At<'_> {
     /// Remembers the event time when it changed (no write otherwise, so a
-    /// redelivered document costs no page writes), and an admission's or a
-    /// cancellation's (`resource`, `None` for a delete) that says what is
-    /// stored already: a second A11 that finds the visit cancelled is still
-    /// the newest cancellation, which a re-admission sent before it and
-    /// arriving after it must not undo (s25 tester, R1).
-    fn touch<R: Rows>(
-        &self,
-        rows: &mut R,
-        current: &Current,
-        resource: Option<&Value>,
-    ) -> Result<(), R::Error> {
-        let admitted_at = self.admitted_at();
-        let later_admission = admitted_at.is_some_and(|t| current.admitted_at < Some(t));
-        let cancelled_at = self.cancelled_at(resource);
-        let later_cancellation = cancelled_at.is_some_and(|t| current.cancelled_at < Some(t));
-        if self.event_time == current.event_time && !later_admission && !later_cancellation {
+    /// redelivered document costs no page writes).
+    fn touch<R: Rows>(&self, rows: &mut R, current: &Current) -> Result<(), R::Error> {
+        if self.event_time == current.event_time {
             return Ok(());
         }
-        rows.set_event_time(
-            self.resource_type,
-            self.id,
-            self.event_time,
-            admitted_at,
-            cancelled_at,
-        )
-    }
-
-    /// The event time to remember as [`Current::cancelled_at`]: an
-    /// Encounter's, when `resource` is the visit cancelled.
-    fn cancelled_at(&self, resource: Option<&Value>) -> Option<i64> {
-        match self.resource_type == "Encounter" && resource.is_some_and(is_cancelled_visit) {
-            true => self.event_time,
-            false => None,
-        }
-    }
-
-    /// The event time to remember as [`Current::admitted_at`]: an
-    /// Encounter's, written by an admission event.
-    fn admitted_at(&self) -> Option<i64> {
-        match self.resource_type == "Encounter" && plan::is_admission(self.event) {
-            true => self.event_time,
-            false => None,
-        }
+        rows.set_event_time(self.resource_type, self.id, self.event_time)
     }
 
     fn version<'v>(&'v self, version: i64, content: Option<&'v str>) -> Version<'v> {
@@ -474,10 +342,179 @@ impl At<'_> {
             last_updated: self.last_updated,
             event_time: self.event_time,
             content,
-            admitted_at: self.admitted_at(),
-            cancelled_at: None,
         }
     }
+}
+
+/// An Encounter's entry (not a create-only placeholder). What each message
+/// sent of the visit is kept as it was sent, with its event time and event
+/// ([`Rows::record_sent`]). One in order (not older than the stored visit)
+/// is applied over the stored visit ([`put`], [`next_visit`]). One that
+/// arrives after a message sent later than it is put in its place among
+/// them, and the visit is made again from all of them in the order they
+/// were sent ([`replay_visit`]): whatever order a PAS's A01, A02, A03, A12,
+/// A13 arrive in, the visit ends as their order of sending makes it (two
+/// sent at the same time: in the order they arrived).
+fn visit_in_order<R: Rows>(
+    rows: &mut R,
+    at: &At<'_>,
+    op: &Op,
+    decision: Decision,
+) -> Result<EntryResult, R::Error> {
+    // a visit stored before its messages were kept (by an older build, or
+    // as a lab's placeholder): what is kept begins with it as it stands
+    if let Some(cur) = at.current {
+        if !rows.has_sent(at.resource_type, at.id)? {
+            rows.record_sent(
+                at.resource_type,
+                at.id,
+                &Sent {
+                    event_time: cur.event_time,
+                    event: None,
+                    content: cur.content.clone(),
+                    seed: true,
+                },
+            )?;
+        }
+    }
+    let content = match op {
+        Op::Put { resource, .. } => Some(serde_json::to_string(resource)?),
+        Op::Delete => None,
+    };
+    let event_time = match decision {
+        Decision::Write { event_time } => event_time,
+        Decision::Skip(_) => at.event_time,
+    };
+    let sent = Sent {
+        event_time,
+        event: at.event.map(str::to_string),
+        content,
+        seed: false,
+    };
+    rows.record_sent(at.resource_type, at.id, &sent)?;
+    match (decision, op) {
+        (Decision::Skip(_), _) => replay_visit(rows, at),
+        (
+            Decision::Write { event_time },
+            Op::Put {
+                resource,
+                patients,
+                identifiers,
+                ..
+            },
+        ) => put(
+            rows,
+            &At { event_time, ..*at },
+            resource,
+            patients,
+            identifiers,
+        ),
+        (Decision::Write { event_time }, Op::Delete) => delete(rows, &At { event_time, ..*at }),
+    }
+}
+
+/// A visit made again from every message of it kept, in the order they were
+/// sent, each applied as it would have been in that order
+/// ([`next_visit`]); written (with the stored event time) when that is not
+/// the visit stored.
+fn replay_visit<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<EntryResult, R::Error> {
+    let Some(cur) = at.current else {
+        return Ok(EntryResult::AlreadyAbsent);
+    };
+    let mut visit: Option<Value> = None;
+    for sent in rows.sent(at.resource_type, at.id)? {
+        let content: Option<Value> = match &sent.content {
+            Some(text) => Some(serde_json::from_str(text)?),
+            None => None,
+        };
+        visit = match content {
+            Some(resource) if !sent.seed => next_visit(
+                visit.as_ref(),
+                &resource,
+                sent.event.as_deref(),
+                sent.event_time,
+            )
+            .or(visit),
+            // the visit as an older build stored it, or a delete
+            content => content,
+        };
+    }
+    let stored: Option<Value> = match cur.content.as_deref() {
+        Some(text) => Some(serde_json::from_str(text)?),
+        None => None,
+    };
+    let same = match (&visit, &stored) {
+        (Some(a), Some(b)) => plan::without_meta(a) == plan::without_meta(b),
+        (a, b) => a.is_none() && b.is_none(),
+    };
+    if same {
+        return Ok(EntryResult::Stale {
+            version: cur.version,
+        });
+    }
+    let at = At {
+        event_time: cur.event_time,
+        ..*at
+    };
+    let version = cur.version + 1;
+    match &visit {
+        Some(visit) => {
+            rewrite(
+                rows,
+                at.resource_type,
+                at.id,
+                cur,
+                visit,
+                at.last_updated,
+                cur.event_time,
+            )?;
+            let patients = plan::patients_of(at.resource_type, at.id, visit);
+            rows.link_patients(at.resource_type, at.id, &patients)?;
+        }
+        None => {
+            rows.write_version(&at.version(version, None))?;
+            rows.link_patients(at.resource_type, at.id, &[])?;
+        }
+    }
+    Ok(EntryResult::Updated { version })
+}
+
+/// What an Encounter message (`sent`, of HL7 v2 event `event`, at
+/// `event_time`) makes of the stored visit when applied in order; `None`:
+/// nothing, it is stale whatever its event time:
+/// - a cancelled visit (A11: `entered-in-error`, which FHIR says should
+///   never have existed; A38: a pre-admission `cancelled`) is not brought
+///   back by a later message that still carries its PV1 (an A08 with the
+///   last visit): only an admission event (an A01 sent again after a
+///   mistaken A11: the patient was admitted after all), or an admission of
+///   another start under the same visit number, is new (and an update, an
+///   event that is not an admission, never brings a cancelled visit back,
+///   whatever start it gives: an A08 with another admit date is not a new
+///   booking);
+/// - otherwise the visit as [`with_visit_kept`] merges it, a cancelled
+///   discharge recorded with its event time.
+fn next_visit(
+    stored: Option<&Value>,
+    sent: &Value,
+    event: Option<&str>,
+    event_time: Option<i64>,
+) -> Option<Value> {
+    if let Some(stored) = stored {
+        let update_of_cancelled =
+            event.is_some() && is_cancelled_visit(stored) && !is_cancelled_visit(sent);
+        if !plan::is_admission(event) && (cancels_visit(stored, sent) || update_of_cancelled) {
+            return None;
+        }
+    }
+    let mut visit = stored
+        .and_then(|stored| with_visit_kept(stored, sent, event))
+        .unwrap_or_else(|| sent.clone());
+    stamp_tag(
+        &mut visit,
+        crate::fhir_types::DISCHARGE_CANCELLED,
+        event_time,
+    );
+    Some(visit)
 }
 
 fn put<R: Rows>(
@@ -512,26 +549,6 @@ fn put<R: Rows>(
                 resource["status"].as_str(),
                 Some("registered" | "preliminary" | "partial")
             )
-        {
-            return Ok(EntryResult::Stale {
-                version: cur.version,
-            });
-        }
-        // a cancelled visit (A11: `entered-in-error`, which FHIR says
-        // should never have existed; A38: a pre-admission `cancelled`) is not
-        // brought back by a later message
-        // that still carries its PV1 (an A08 with the last visit): only an
-        // admission event (an A01 sent again after a mistaken A11: the patient
-        // was admitted after all), or an admission of another start under the
-        // same visit number, is new
-        // (and an update, an event that is not an admission, never brings a
-        // cancelled visit back, whatever start it gives: an A08 with another
-        // admit date is not a new booking)
-        let update_of_cancelled =
-            at.event.is_some() && is_cancelled_visit(stored) && !is_cancelled_visit(resource);
-        if at.resource_type == "Encounter"
-            && !plan::is_admission(at.event)
-            && (cancels_visit(stored, resource) || update_of_cancelled)
         {
             return Ok(EntryResult::Stale {
                 version: cur.version,
@@ -593,20 +610,18 @@ fn put<R: Rows>(
                 with_merges_kept(owned.as_ref().unwrap_or(resource), stored).or(owned)
             }
             ("DiagnosticReport", Some(stored)) => with_kept_results(rows, stored, resource)?,
-            ("Encounter", Some(stored)) => with_visit_kept(stored, resource, at.event),
+            ("Encounter", stored) => {
+                match next_visit(stored.as_ref(), resource, at.event, at.event_time) {
+                    Some(visit) => Some(visit),
+                    None => {
+                        return Ok(EntryResult::Stale {
+                            version: at.current.map_or(0, |cur| cur.version),
+                        })
+                    }
+                }
+            }
             _ => owned,
         };
-    // a cancelled discharge is recorded with its event time, so a discharge
-    // recorded after it, arriving late, is told from the one it cancelled
-    let cancelled = crate::fhir_types::DISCHARGE_CANCELLED;
-    let owned = match at.resource_type {
-        "Encounter" if unstamped(owned.as_ref().unwrap_or(resource), cancelled) => {
-            let mut stamped = owned.unwrap_or_else(|| resource.clone());
-            stamp_tag(&mut stamped, cancelled, at.event_time);
-            Some(stamped)
-        }
-        _ => owned,
-    };
     let resource = owned.as_ref().unwrap_or(resource);
     let merged_identifiers;
     let identifiers = match &owned {
@@ -682,7 +697,7 @@ fn put<R: Rows>(
     }
     if let (Some(cur), Some(stored)) = (at.current, &stored) {
         if plan::without_meta(stored) == plan::without_meta(resource) {
-            at.touch(rows, cur, Some(resource))?;
+            at.touch(rows, cur)?;
             return Ok(EntryResult::Unchanged {
                 version: cur.version,
             });
@@ -690,9 +705,7 @@ fn put<R: Rows>(
     }
     let version = at.current.map_or(1, |cur| cur.version + 1);
     let content = stamped(resource, version, at.last_updated)?;
-    let mut written = at.version(version, Some(&content));
-    written.cancelled_at = at.cancelled_at(Some(resource));
-    rows.write_version(&written)?;
+    rows.write_version(&at.version(version, Some(&content)))?;
     rows.link_patients(at.resource_type, at.id, &linked)?;
     if at.resource_type == "Patient" {
         rows.index_identifiers(at.id, identifiers)?;
@@ -998,388 +1011,6 @@ fn is_active_location(l: &Value) -> bool {
     l["status"] != "completed"
 }
 
-/// A transfer arriving late (`stale`: an A02 to `to` from `from`) after a
-/// newer update that named no ward of its own and so kept `from` active: the
-/// transfer happened after what made `from` active, as the stored visit has
-/// never heard of `to` (had the patient come back to `from` after `to`, its
-/// history would hold `to`). `stored` with `from` completed and `to` active
-/// after it (`None`: not such a case, or the visit carries
-/// [`crate::fhir_types::TRANSFER_CANCELLED`]: a transfer cancelled since,
-/// which the late one is, or one before it).
-fn with_late_transfer(stored: &Value, stale: &Value) -> Option<Value> {
-    if crate::fhir_types::transfer_cancelled(stored) {
-        return None;
-    }
-    let theirs = stored["location"].as_array()?;
-    let sent = stale["location"].as_array()?;
-    let named = |k: &str| {
-        theirs
-            .iter()
-            .filter_map(location_key)
-            .any(|t| same_place(&t, k))
-    };
-    let to: Vec<&Value> = sent.iter().filter(|l| is_active_location(l)).collect();
-    let from: Vec<String> = sent
-        .iter()
-        .filter(|l| !is_active_location(l))
-        .filter_map(location_key)
-        .collect();
-    if to.is_empty()
-        || from.is_empty()
-        || to.iter().any(|l| location_key(l).is_none_or(|k| named(&k)))
-    {
-        return None;
-    }
-    let mut left = false;
-    let mut history: Vec<Value> = theirs
-        .iter()
-        .map(|l| {
-            let mut l = l.clone();
-            let leaving = is_active_location(&l)
-                && location_key(&l).is_some_and(|k| from.iter().any(|f| same_place(f, &k)));
-            if leaving {
-                l["status"] = Value::String("completed".into());
-                left = true;
-            }
-            l
-        })
-        .collect();
-    if !left {
-        return None;
-    }
-    history.extend(to.into_iter().cloned());
-    let mut moved = stored.clone();
-    moved["location"] = Value::Array(history);
-    Some(moved)
-}
-
-/// `stored` with the locations an older version of the visit (`stale`)
-/// names and it does not, `completed`, ahead of its own (`None`: none to
-/// add): what [`with_location_history`] keeps when they arrive in order; a
-/// late transfer from the ward the visit still has active moves it
-/// ([`with_late_transfer`]).
-fn with_earlier_locations(stored: &Value, stale: &Value) -> Option<Value> {
-    if stored["status"] != "finished" {
-        if let Some(moved) = with_late_transfer(stored, stale) {
-            return Some(moved);
-        }
-    }
-    if stored["location"]
-        .as_array()
-        .is_none_or(|locations| locations.is_empty())
-    {
-        // the visit names no ward (its messages so far said none): where the
-        // older message says the patient was is all there is
-        let theirs = stale["location"].as_array().filter(|l| !l.is_empty())?;
-        let mut filled = stored.clone();
-        filled["location"] = Value::Array(theirs.clone());
-        if stored["status"] == "finished" {
-            complete_wards(&mut filled);
-        }
-        return Some(filled);
-    }
-    // a transfer cancelled since: the late one's destination is the ward
-    // cancelled (or one before it), no ward the patient is known to have left
-    let cancelled_destination;
-    let stale = if crate::fhir_types::transfer_cancelled(stored) {
-        let mut left_only = stale.clone();
-        if let Some(locations) = left_only["location"].as_array_mut() {
-            locations.retain(|l| !is_active_location(l));
-        }
-        cancelled_destination = left_only;
-        &cancelled_destination
-    } else {
-        stale
-    };
-    let history = with_location_history(stale, stored, None)?;
-    let mut filled = stored.clone();
-    filled["location"] = history;
-    Some(filled)
-}
-
-/// `stored` ended by an older discharge (`stale`: an A03, recorded at `at`,
-/// in microseconds, arriving after a newer update that did not say the
-/// visit ended), as when they arrive in order: its status, end, discharge
-/// disposition and destination, and its wards completed (`None`: nothing to
-/// add). A stored visit already finished (a newer update that said the stay
-/// ended, with less) gets what it leaves out: the end, disposition and
-/// destination. Not when the stored visit is cancelled, is another
-/// admission (another start), or was reopened by a cancelled discharge
-/// ([`crate::fhir_types::DISCHARGE_CANCELLED`]) recorded after this one (or
-/// at a time not known): the discharge cancelled, or an earlier one.
-fn with_late_discharge(stored: &Value, stale: &Value, at: Option<i64>) -> Option<Value> {
-    let cancelled = crate::fhir_types::DISCHARGE_CANCELLED;
-    let cancelled_before = |at: Option<i64>| {
-        matches!(
-            (crate::fhir_types::tag_event_time(stored, cancelled), at),
-            (Some(c), Some(at)) if at > c.as_microsecond()
-        )
-    };
-    if stale["period"]["end"].is_null()
-        || stale["status"] != "finished"
-        || matches!(
-            stored["status"].as_str(),
-            Some("cancelled" | "entered-in-error")
-        )
-        || (crate::fhir_types::has_tag(stored, cancelled) && !cancelled_before(at))
-    {
-        return None;
-    }
-    let start = |e: &Value| {
-        e["period"]["start"]
-            .as_str()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-    };
-    if matches!((start(stale), start(stored)), (Some(a), Some(b)) if a != b) {
-        return None;
-    }
-    let mut ended = stored.clone();
-    end_visit(&mut ended, stale);
-    // the stay has ended: no cancellation is kept past its end
-    for tag in [cancelled, crate::fhir_types::TRANSFER_CANCELLED] {
-        remove_tag(&mut ended, tag);
-    }
-    (ended != *stored).then_some(ended)
-}
-
-/// `stored`, finished, reopened by a cancelled discharge (`stale`: an A13,
-/// [`crate::fhir_types::DISCHARGE_CANCELLED`], recorded at `at`, in
-/// microseconds) that arrives after a newer update: when the A13 was
-/// recorded after the stored discharge's end, it cancels that discharge, as
-/// when they arrive in order (in progress, without its end or discharge
-/// details, the A13's ward active again). Not when the stored end is later
-/// than the A13 (a new discharge since).
-fn with_late_reopening(stored: &Value, stale: &Value, at: Option<i64>) -> Option<Value> {
-    if !crate::fhir_types::discharge_cancelled(stale) || stored["status"] != "finished" {
-        return None;
-    }
-    let end = stored["period"]["end"]
-        .as_str()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())?;
-    if at? <= end.as_microsecond() {
-        return None;
-    }
-    let mut reopened = stored.clone();
-    reopened["status"] = stale["status"].clone();
-    if let Some(period) = reopened["period"].as_object_mut() {
-        period.remove("end");
-    }
-    match stale.get("hospitalization") {
-        Some(h) => reopened["hospitalization"] = h.clone(),
-        None => {
-            if let Some(visit) = reopened.as_object_mut() {
-                visit.remove("hospitalization");
-            }
-        }
-    }
-    let back = active_wards(stale);
-    for location in reopened["location"].as_array_mut().into_iter().flatten() {
-        if location_key(location).is_some_and(|k| back.iter().any(|b| same_place(b, &k))) {
-            location["status"] = Value::String("active".into());
-        }
-    }
-    add_tag(
-        &mut reopened,
-        crate::fhir_types::DISCHARGE_CANCELLED,
-        crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY,
-    );
-    stamp_tag(&mut reopened, crate::fhir_types::DISCHARGE_CANCELLED, at);
-    Some(reopened)
-}
-
-/// What the kept versions of a visit say of its wards, newest first; and
-/// whether they are all of its versions.
-struct WardHistory {
-    versions: Vec<WardVersion>,
-    whole: bool,
-}
-
-/// A version of a visit, for [`WardHistory`].
-struct WardVersion {
-    /// Its wards' keys, with whether each is active.
-    wards: Vec<(String, bool)>,
-    event_time: Option<i64>,
-    /// Whether it carries [`crate::fhir_types::TRANSFER_CANCELLED`].
-    transfer_cancelled: bool,
-}
-
-impl WardHistory {
-    /// Versions read back at most (a visit has a handful).
-    const KEPT: usize = 16;
-
-    fn read<R: Rows>(rows: &mut R, id: &str) -> Result<WardHistory, R::Error> {
-        let mut versions = Vec::new();
-        for (content, event_time) in rows.versions("Encounter", id, Self::KEPT)? {
-            let (wards, transfer_cancelled) = match content {
-                Some(text) => {
-                    let version: Value = serde_json::from_str(&text)?;
-                    let wards = version["location"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|l| Some((location_key(l)?, is_active_location(l))))
-                        .collect();
-                    (wards, crate::fhir_types::transfer_cancelled(&version))
-                }
-                None => (Vec::new(), false),
-            };
-            versions.push(WardVersion {
-                wards,
-                event_time,
-                transfer_cancelled,
-            });
-        }
-        let whole = versions.len() < Self::KEPT;
-        Ok(WardHistory { versions, whole })
-    }
-
-    /// When `ward` was first named: the event time of the oldest of the
-    /// newest versions that all name it, and whether it was active in that
-    /// one (`None`: not known, the versions read do not reach back that far).
-    fn first_named(&self, ward: &str) -> Option<(i64, bool)> {
-        let mut first = None;
-        for version in &self.versions {
-            let Some((_, active)) = version.wards.iter().find(|(w, _)| same_place(w, ward)) else {
-                return first;
-            };
-            first = version.event_time.map(|t| (t, *active));
-        }
-        first.filter(|_| self.whole)
-    }
-
-    /// The versions that say a transfer was cancelled (an A12).
-    fn transfers_cancelled(&self) -> impl Iterator<Item = &WardVersion> + '_ {
-        self.versions.iter().filter(|v| v.transfer_cancelled)
-    }
-}
-
-/// The active ward keys of `encounter`.
-fn active_wards(encounter: &Value) -> Vec<String> {
-    encounter["location"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| is_active_location(l))
-        .filter_map(location_key)
-        .collect()
-}
-
-/// `encounter` with `ward` its one active location, every other completed.
-fn with_active_ward(mut encounter: Value, ward: &str) -> Value {
-    for location in encounter["location"].as_array_mut().into_iter().flatten() {
-        let here = location_key(location).is_some_and(|k| same_place(&k, ward));
-        location["status"] = Value::String(if here { "active" } else { "completed" }.into());
-    }
-    encounter
-}
-
-/// A visit reopened by a late cancelled discharge (`reopened`, from
-/// [`with_late_reopening`], the A13's ward active again: `a13`, recorded at
-/// `at`) whose patient has moved since: a ward of the stored visit that the
-/// A13 does not name was first named by a version made from a message
-/// recorded after the A13 (an A02 sent after the A13 that arrived before
-/// it), and it is not the ward an A12 since took the patient back from (the
-/// ward first named last before the A12). The newest such ward
-/// is where the patient is, active, and the others completed, as when they
-/// arrive in order (s24c tester, N1; s25 tester, Y2). An A13 that names no
-/// ward puts the patient back in the ward last named (s25 tester, Y1).
-/// `reopened` as it is otherwise; a ward is not taken when the versions
-/// kept do not reach back to where it was first named.
-fn with_ward_since<R: Rows>(
-    rows: &mut R,
-    id: &str,
-    reopened: Value,
-    a13: &Value,
-    at: Option<i64>,
-) -> Result<Value, R::Error> {
-    let Some(at) = at else {
-        return Ok(reopened);
-    };
-    let back = active_wards(a13);
-    let candidates: Vec<String> = reopened["location"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(location_key)
-        .filter(|k| !back.iter().any(|b| same_place(b, k)))
-        .collect();
-    if candidates.is_empty() {
-        return Ok(reopened);
-    }
-    let history = WardHistory::read(rows, id)?;
-    let named: Vec<(&String, (i64, bool))> = candidates
-        .iter()
-        .filter_map(|ward| Some((ward, history.first_named(ward)?)))
-        .collect();
-    // a cancelled transfer's ward: of those the A12's version does not have
-    // active (the ward it took the patient back to), the one first named
-    // last before it (the ward it took the patient back from)
-    let cancelled: Vec<&String> = history
-        .transfers_cancelled()
-        .filter_map(|v| {
-            let t = v.event_time?;
-            let active_then = |ward: &str| {
-                v.wards
-                    .iter()
-                    .any(|(w, active)| *active && same_place(w, ward))
-            };
-            named
-                .iter()
-                .filter(|(ward, (first, _))| *first < t && !active_then(ward))
-                .max_by_key(|(_, first)| *first)
-                .map(|(ward, _)| *ward)
-        })
-        .collect();
-    // (of two wards first named together, a transfer's, the one it made
-    // active)
-    // (an A13 naming no ward never leaves the stay with none: the ward
-    // named last, as in order)
-    let now = named
-        .iter()
-        .filter(|(_, (first, _))| back.is_empty() || *first > at)
-        .filter(|(ward, _)| !cancelled.contains(ward))
-        .max_by_key(|(_, first)| *first)
-        .or_else(|| {
-            named
-                .iter()
-                .filter(|_| back.is_empty())
-                .max_by_key(|(_, first)| *first)
-        });
-    Ok(match now {
-        Some((ward, _)) => with_active_ward(reopened, ward),
-        None => reopened,
-    })
-}
-
-/// `stored`, not finished, told of a cancelled discharge (`stale`: an A13,
-/// recorded at `at`) that arrives after a newer update (an A08 sent after
-/// it): the [`crate::fhir_types::DISCHARGE_CANCELLED`] tag, stamped with the
-/// A13's time, as when they arrive in order, so the discharge it cancelled,
-/// arriving later still, does not end the stay (`with_late_discharge`).
-/// `None` when the stored visit has the tag already, is finished (a newer
-/// discharge ended it: [`with_late_reopening`]'s case) or cancelled.
-fn with_late_cancelled_discharge(stored: &Value, stale: &Value, at: Option<i64>) -> Option<Value> {
-    let cancelled = crate::fhir_types::DISCHARGE_CANCELLED;
-    if !crate::fhir_types::discharge_cancelled(stale)
-        || crate::fhir_types::has_tag(stored, cancelled)
-        || matches!(
-            stored["status"].as_str(),
-            Some("finished" | "cancelled" | "entered-in-error")
-        )
-    {
-        return None;
-    }
-    at?;
-    let mut tagged = stored.clone();
-    add_tag(
-        &mut tagged,
-        cancelled,
-        crate::fhir_types::DISCHARGE_CANCELLED_DISPLAY,
-    );
-    stamp_tag(&mut tagged, cancelled, at);
-    Some(tagged)
-}
-
 /// The `meta.tag` `(system, code)` of `resource`.
 fn tag_of<'r>(resource: &'r mut Value, (system, code): (&str, &str)) -> Option<&'r mut Value> {
     resource["meta"]["tag"]
@@ -1433,25 +1064,6 @@ fn push_tag(resource: &mut Value, tag: Value) {
     match resource["meta"]["tag"].as_array_mut() {
         Some(tags) => tags.push(tag),
         None => resource["meta"]["tag"] = Value::Array(vec![tag]),
-    }
-}
-
-/// Takes the `meta.tag` `(system, code)` off `resource` (and `meta.tag`,
-/// `meta` when nothing is left in them).
-fn remove_tag(resource: &mut Value, (system, code): (&str, &str)) {
-    let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) else {
-        return;
-    };
-    if let Some(tags) = meta.get_mut("tag").and_then(Value::as_array_mut) {
-        tags.retain(|t| !(t["system"] == system && t["code"] == code));
-        if tags.is_empty() {
-            meta.remove("tag");
-        }
-    }
-    if meta.is_empty() {
-        if let Some(resource) = resource.as_object_mut() {
-            resource.remove("meta");
-        }
     }
 }
 
@@ -1528,46 +1140,6 @@ fn cancels_visit(cancelled: &Value, other: &Value) -> bool {
         }
     };
     is_cancelled_visit(cancelled) && !is_cancelled_visit(other) && same_start
-}
-
-/// Whether the stored visit `cur` was admitted by an event sent after
-/// `event_time` (an A01 sent again after the A11 being applied late): not
-/// when either time is unknown.
-fn admitted_since(cur: &Current, event_time: Option<i64>) -> bool {
-    matches!((cur.admitted_at, event_time), (Some(admitted), Some(t)) if admitted > t)
-}
-
-/// The visit `cur` as it was before its cancellation, when an admission
-/// event sent after that cancellation (at `admitted`) arrives after it was
-/// applied, itself late (after a newer update of the visit): in order, the
-/// admission undid it, and the newer update applied to the admitted visit.
-/// The newest stored version that is no cancelled visit, among the last
-/// few; `None` when the visit is not cancelled, the cancellation was sent
-/// after the admission (or when is not known), or no such version is kept.
-fn uncancelled<R: Rows>(
-    rows: &mut R,
-    id: &str,
-    cur: &Current,
-    admitted: Option<i64>,
-) -> Result<Option<Value>, R::Error> {
-    let sent_after = matches!((cur.cancelled_at, admitted), (Some(c), Some(a)) if a > c);
-    let Some(stored) = cur.content.as_deref().filter(|_| sent_after) else {
-        return Ok(None);
-    };
-    if !is_cancelled_visit(&serde_json::from_str(stored)?) {
-        return Ok(None);
-    }
-    for content in rows
-        .versions("Encounter", id, 8)?
-        .into_iter()
-        .filter_map(|(content, _)| content)
-    {
-        let version: Value = serde_json::from_str(&content)?;
-        if !is_cancelled_visit(&version) {
-            return Ok(Some(version));
-        }
-    }
-    Ok(None)
 }
 
 /// A visit cancelled: `entered-in-error` (an A11's admission) or `cancelled`
@@ -2224,8 +1796,6 @@ fn rewrite<R: Rows>(
         last_updated,
         event_time,
         content: Some(&content),
-        admitted_at: None,
-        cancelled_at: None,
     })
 }
 
@@ -2319,7 +1889,7 @@ fn withdraw_no_known_allergy<R: Rows>(
 fn delete<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<EntryResult, R::Error> {
     let Some(cur) = at.current.filter(|cur| cur.content.is_some()) else {
         if let Some(cur) = at.current {
-            at.touch(rows, cur, None)?;
+            at.touch(rows, cur)?;
         }
         return Ok(EntryResult::AlreadyAbsent);
     };

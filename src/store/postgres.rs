@@ -61,8 +61,25 @@ use super::{ApplyOutcome, PostgresTarget, Record, StoreError, SyncPolicy};
 /// ([`SCHEMA_V2`]); 3, every Patient's NHS number indexed as its ten digits
 /// too, however it was written (no new table: [`index_nhs_numbers`]); 4, when
 /// an Encounter was last admitted and cancelled (`resources.admitted_at`,
-/// `resources.cancelled_at`, see [`apply::Current`]).
-const SCHEMA_VERSION: i64 = 4;
+/// `resources.cancelled_at`: no longer written or read since 5); 5, what
+/// each message sent of an Encounter ([`SCHEMA_V5`], see [`apply::Sent`]).
+const SCHEMA_VERSION: i64 = 5;
+
+/// Version 5: what each message sent of a record, as it was sent (an
+/// Encounter's, so one arriving late is put in its place among them), in
+/// arrival order (`seq`).
+const SCHEMA_V5: &str = "
+CREATE TABLE IF NOT EXISTS sent (
+    seq        BIGSERIAL PRIMARY KEY,
+    type       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    event_time BIGINT,
+    event      TEXT,
+    seed       BOOLEAN NOT NULL,
+    content    TEXT
+);
+CREATE INDEX IF NOT EXISTS sent_record ON sent (type, id, event_time, seq);
+";
 
 /// Idle connections kept for reuse.
 const IDLE_CONNECTIONS: usize = 8;
@@ -191,6 +208,9 @@ struct Prepared {
     current: Statement,
     write_version: Statement,
     set_event_time: Statement,
+    record_sent: Statement,
+    has_sent: Statement,
+    sent: Statement,
     unlink: Statement,
     link: Statement,
     unindex: Statement,
@@ -205,30 +225,33 @@ impl Prepared {
                 "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::TEXT[]) AS k",
             )?,
             current: client.prepare(
-                "SELECT version, event_time, content, admitted_at, cancelled_at FROM resources
+                "SELECT version, event_time, content FROM resources
                  WHERE type = $1 AND id = $2",
             )?,
             // the current row and its history row in one statement
             write_version: client.prepare(
                 "WITH current AS (
                      INSERT INTO resources
-                         (type, id, version, last_updated, event_time, deleted, content,
-                          admitted_at, cancelled_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         (type, id, version, last_updated, event_time, deleted, content)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (type, id) DO UPDATE SET
                          version = excluded.version, last_updated = excluded.last_updated,
                          event_time = excluded.event_time, deleted = excluded.deleted,
-                         content = excluded.content,
-                         admitted_at = greatest(excluded.admitted_at, resources.admitted_at),
-                         cancelled_at = greatest(excluded.cancelled_at, resources.cancelled_at)
+                         content = excluded.content
                      RETURNING type, id, version, last_updated, event_time, deleted, content)
                  INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
                  SELECT * FROM current",
             )?,
-            set_event_time: client.prepare(
-                "UPDATE resources SET event_time = $3, admitted_at = greatest($4, admitted_at),
-                         cancelled_at = greatest($5, cancelled_at)
-                     WHERE type = $1 AND id = $2",
+            set_event_time: client
+                .prepare("UPDATE resources SET event_time = $3 WHERE type = $1 AND id = $2")?,
+            record_sent: client.prepare(
+                "INSERT INTO sent (type, id, event_time, event, seed, content)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )?,
+            has_sent: client.prepare("SELECT 1 FROM sent WHERE type = $1 AND id = $2 LIMIT 1")?,
+            sent: client.prepare(
+                "SELECT event_time, event, seed, content FROM sent WHERE type = $1 AND id = $2
+                 ORDER BY event_time ASC NULLS FIRST, seq",
             )?,
             unlink: client.prepare("DELETE FROM patient_links WHERE type = $1 AND id = $2")?,
             // the patients given and, for a record other than a Patient, the
@@ -1028,37 +1051,42 @@ impl Copied {
 }
 
 /// The tables [`PgStore::copy_from`] copies, in order, with their columns
-/// (the same names in both schemas) and, for the ones with an id sequence,
-/// that sequence's table.
-const COPIED: &[(&str, &str, bool)] = &[
+/// (the same names in both schemas) and, for the ones with a serial
+/// column (an id sequence), that column.
+const COPIED: &[(&str, &str, Option<&str>)] = &[
     (
         "resources",
         "type, id, version, last_updated, event_time, deleted, content, admitted_at, cancelled_at",
-        false,
+        None,
     ),
     (
         "history",
         "type, id, version, last_updated, event_time, deleted, content",
-        false,
+        None,
     ),
-    ("patient_links", "patient_id, type, id", false),
-    ("patient_identifiers", "value, system, patient_id", false),
+    ("patient_links", "patient_id, type, id", None),
+    ("patient_identifiers", "value, system, patient_id", None),
     (
         "api_tokens",
         "name, role, hash, created_at, last_used_at",
-        false,
+        None,
     ),
     (
         "audit",
         "id, at, token_name, role, method, path, query, patients, status, purpose",
-        true,
+        Some("id"),
     ),
-    ("audit_patients", "patient_id, audit_id", false),
-    ("objections", "nhs_number, note, added_at", false),
+    ("audit_patients", "patient_id, audit_id", None),
+    ("objections", "nhs_number, note, added_at", None),
     (
         "objection_changes",
         "id, at, nhs_number, action, note, changed_by",
-        true,
+        Some("id"),
+    ),
+    (
+        "sent",
+        "seq, type, id, event_time, event, seed, content",
+        Some("seq"),
     ),
 ];
 
@@ -1116,11 +1144,11 @@ impl PgStore {
             let mut copied = Copied::default();
             for (table, columns, sequence) in COPIED {
                 let n = copy_table(&mut tx, from, table, columns)?;
-                if *sequence {
+                if let Some(serial) = sequence {
                     tx.execute(
                         &format!(
-                            "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
-                                           GREATEST((SELECT max(id) FROM {table}), 1))"
+                            "SELECT setval(pg_get_serial_sequence('{table}', '{serial}'),
+                                           GREATEST((SELECT max({serial}) FROM {table}), 1))"
                         ),
                         &[],
                     )?;
@@ -1281,6 +1309,9 @@ fn migrate(client: &mut Client) -> Result<(), Failure> {
              ALTER TABLE resources ADD COLUMN IF NOT EXISTS cancelled_at BIGINT",
         )?;
     }
+    if found < 5 {
+        tx.batch_execute(SCHEMA_V5)?;
+    }
     tx.execute(
         "INSERT INTO junction_schema (version) VALUES ($1)",
         &[&SCHEMA_VERSION],
@@ -1360,8 +1391,6 @@ impl apply::Rows for Rows<'_, '_> {
                 version: row.get(0),
                 event_time: row.get(1),
                 content: row.get(2),
-                admitted_at: row.get(3),
-                cancelled_at: row.get(4),
             }))
     }
 
@@ -1376,8 +1405,6 @@ impl apply::Rows for Rows<'_, '_> {
                 &v.event_time,
                 &v.content.is_none(),
                 &v.content,
-                &v.admitted_at,
-                &v.cancelled_at,
             ],
         )?;
         Ok(())
@@ -1388,35 +1415,50 @@ impl apply::Rows for Rows<'_, '_> {
         resource_type: &str,
         id: &str,
         event_time: Option<i64>,
-        admitted_at: Option<i64>,
-        cancelled_at: Option<i64>,
+    ) -> Result<(), Failure> {
+        self.tx
+            .execute(&self.st.set_event_time, &[&resource_type, &id, &event_time])?;
+        Ok(())
+    }
+
+    fn record_sent(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        sent: &apply::Sent,
     ) -> Result<(), Failure> {
         self.tx.execute(
-            &self.st.set_event_time,
+            &self.st.record_sent,
             &[
                 &resource_type,
                 &id,
-                &event_time,
-                &admitted_at,
-                &cancelled_at,
+                &sent.event_time,
+                &sent.event,
+                &sent.seed,
+                &sent.content,
             ],
         )?;
         Ok(())
     }
 
-    fn versions(
-        &mut self,
-        resource_type: &str,
-        id: &str,
-        limit: usize,
-    ) -> Result<Vec<super::apply::StoredVersion>, Failure> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.tx.query(
-            "SELECT content, event_time FROM history WHERE type = $1 AND id = $2
-             ORDER BY version DESC LIMIT $3",
-            &[&resource_type, &id, &limit],
-        )?;
-        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    fn has_sent(&mut self, resource_type: &str, id: &str) -> Result<bool, Failure> {
+        Ok(self
+            .tx
+            .query_opt(&self.st.has_sent, &[&resource_type, &id])?
+            .is_some())
+    }
+
+    fn sent(&mut self, resource_type: &str, id: &str) -> Result<Vec<apply::Sent>, Failure> {
+        let rows = self.tx.query(&self.st.sent, &[&resource_type, &id])?;
+        Ok(rows
+            .iter()
+            .map(|row| apply::Sent {
+                event_time: row.get(0),
+                event: row.get(1),
+                seed: row.get(2),
+                content: row.get(3),
+            })
+            .collect())
     }
 
     fn link_patients(

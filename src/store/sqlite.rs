@@ -22,9 +22,26 @@ use crate::route::NHS_NUMBER_SYSTEM;
 /// objections register, see [`SCHEMA_V3`]; 4 every Patient's NHS number
 /// indexed as its ten digits too, however it was written (no new table:
 /// [`index_nhs_numbers`]); 5 when an Encounter was last admitted and
-/// cancelled (`resources.admitted_at`, `resources.cancelled_at`, see
-/// [`apply::Current`]).
-pub(super) const SCHEMA_VERSION: i64 = 5;
+/// cancelled (`resources.admitted_at`, `resources.cancelled_at`: no longer
+/// written or read since 6); 6 what each message sent of an Encounter
+/// ([`SCHEMA_V6`], see [`apply::Sent`]).
+pub(super) const SCHEMA_VERSION: i64 = 6;
+
+/// Version 6: what each message sent of a record, as it was sent (an
+/// Encounter's, so one arriving late is put in its place among them), in
+/// arrival order (`seq`).
+const SCHEMA_V6: &str = "
+CREATE TABLE IF NOT EXISTS sent (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    type       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    event_time INTEGER,
+    event      TEXT,
+    seed       INTEGER NOT NULL CHECK (seed IN (0, 1)),
+    content    TEXT
+);
+CREATE INDEX IF NOT EXISTS sent_record ON sent (type, id, event_time, seq);
+";
 
 pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE resources (
@@ -163,6 +180,10 @@ fn upgrade(conn: &mut Connection) -> Result<(), rusqlite::Error> {
         }
         tx.pragma_update(None, "user_version", 5)?;
     }
+    if found < 6 {
+        tx.execute_batch(SCHEMA_V6)?;
+        tx.pragma_update(None, "user_version", 6)?;
+    }
     tx.commit()
 }
 
@@ -263,7 +284,7 @@ impl apply::Rows for Rows<'_> {
         Ok(self
             .0
             .prepare_cached(
-                "SELECT version, event_time, content, admitted_at, cancelled_at FROM resources
+                "SELECT version, event_time, content FROM resources
                  WHERE type = ?1 AND id = ?2",
             )?
             .query_row(params![resource_type, id], |row| {
@@ -271,8 +292,6 @@ impl apply::Rows for Rows<'_> {
                     version: row.get(0)?,
                     event_time: row.get(1)?,
                     content: row.get(2)?,
-                    admitted_at: row.get(3)?,
-                    cancelled_at: row.get(4)?,
                 })
             })
             .optional()?)
@@ -287,25 +306,17 @@ impl apply::Rows for Rows<'_> {
             v.last_updated,
             v.event_time,
             deleted,
-            v.content,
-            v.admitted_at,
-            v.cancelled_at
+            v.content
         ];
-        // (the later admission of the stored one and this one's, when known)
         self.0
             .prepare_cached(
                 "INSERT INTO resources
-                 (type, id, version, last_updated, event_time, deleted, content,
-                  admitted_at, cancelled_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 (type, id, version, last_updated, event_time, deleted, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (type, id) DO UPDATE SET
                  version = excluded.version, last_updated = excluded.last_updated,
                  event_time = excluded.event_time, deleted = excluded.deleted,
-                 content = excluded.content,
-                 admitted_at = coalesce(max(excluded.admitted_at, admitted_at),
-                                        excluded.admitted_at, admitted_at),
-                 cancelled_at = coalesce(max(excluded.cancelled_at, cancelled_at),
-                                         excluded.cancelled_at, cancelled_at)",
+                 content = excluded.content",
             )?
             .execute(params)?;
         self.0
@@ -313,7 +324,7 @@ impl apply::Rows for Rows<'_> {
                 "INSERT INTO history (type, id, version, last_updated, event_time, deleted, content)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(&params[..7])?;
+            .execute(params)?;
         Ok(())
     }
 
@@ -322,43 +333,60 @@ impl apply::Rows for Rows<'_> {
         resource_type: &str,
         id: &str,
         event_time: Option<i64>,
-        admitted_at: Option<i64>,
-        cancelled_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached("UPDATE resources SET event_time = ?3 WHERE type = ?1 AND id = ?2")?
+            .execute(params![resource_type, id, event_time])?;
+        Ok(())
+    }
+
+    fn record_sent(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        sent: &apply::Sent,
     ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
-                "UPDATE resources SET event_time = ?3,
-                     admitted_at = coalesce(max(?4, admitted_at), ?4, admitted_at),
-                     cancelled_at = coalesce(max(?5, cancelled_at), ?5, cancelled_at)
-                 WHERE type = ?1 AND id = ?2",
+                "INSERT INTO sent (type, id, event_time, event, seed, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 resource_type,
                 id,
-                event_time,
-                admitted_at,
-                cancelled_at
+                sent.event_time,
+                sent.event,
+                i64::from(sent.seed),
+                sent.content
             ])?;
         Ok(())
     }
 
-    fn versions(
-        &mut self,
-        resource_type: &str,
-        id: &str,
-        limit: usize,
-    ) -> Result<Vec<super::apply::StoredVersion>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    fn has_sent(&mut self, resource_type: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT 1 FROM sent WHERE type = ?1 AND id = ?2 LIMIT 1")?
+            .query_row(params![resource_type, id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn sent(&mut self, resource_type: &str, id: &str) -> Result<Vec<apply::Sent>, StoreError> {
         let mut statement = self.0.prepare_cached(
-            "SELECT content, event_time FROM history WHERE type = ?1 AND id = ?2
-             ORDER BY version DESC LIMIT ?3",
+            "SELECT event_time, event, seed, content FROM sent WHERE type = ?1 AND id = ?2
+             ORDER BY event_time ASC NULLS FIRST, seq",
         )?;
-        let contents = statement
-            .query_map(params![resource_type, id, limit], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+        let sent = statement
+            .query_map(params![resource_type, id], |row| {
+                Ok(apply::Sent {
+                    event_time: row.get(0)?,
+                    event: row.get(1)?,
+                    seed: row.get::<_, i64>(2)? != 0,
+                    content: row.get(3)?,
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(contents)
+        Ok(sent)
     }
 
     fn link_patients(

@@ -94,7 +94,7 @@ fn a_version_2_file_gains_the_objection_trail_and_keeps_its_register() {
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, sqlite::SCHEMA_VERSION);
 }
 
 #[test]
@@ -127,5 +127,101 @@ fn a_version_3_file_gets_its_nhs_numbers_indexed_by_their_digits() {
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, sqlite::SCHEMA_VERSION);
+}
+
+/// A visit an older build stored (a version 5 file: no messages kept) is
+/// where what is kept of it begins, as it stands: a message sent after it
+/// that arrives late is put in its place from there on; one sent before it
+/// is stale, as that build had it.
+#[test]
+fn a_version_5_files_visit_is_where_its_kept_messages_begin() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RecordStoreConfig {
+        path: dir.path().join("records.db"),
+        sync: SyncPolicy::Normal,
+        postgres: None,
+    };
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let stay = |locations: Option<Value>, status: &str| {
+        let mut e = encounter("e-old", PATIENT, status);
+        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+        if let Some(locations) = locations {
+            e["location"] = locations;
+        }
+        e
+    };
+    let send = |store: &RecordStore, e: Value, trigger: &str, when: &str| {
+        store
+            .apply_bundle(&bundle(&[p.clone(), e, event(trigger)]), at(when))
+            .unwrap()
+    };
+    {
+        let store = RecordStore::open(&cfg).unwrap();
+        send(
+            &store,
+            stay(Some(json!([place("WARDA", "active")])), "in-progress"),
+            "A01",
+            "2026-03-01T08:00:00Z",
+        );
+        let moved = json!([place("WARDB", "active"), place("WARDA", "completed")]);
+        send(
+            &store,
+            stay(Some(moved), "in-progress"),
+            "A02",
+            "2026-03-01T12:00:00Z",
+        );
+    }
+    {
+        // what the previous build left: no messages kept
+        let conn = rusqlite::Connection::open(&cfg.path).unwrap();
+        conn.execute_batch("DROP TABLE sent").unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
+    }
+    let f = Fixture {
+        store: RecordStore::open(&cfg).unwrap(),
+        _dir: dir,
+    };
+    let wards = |f: &Fixture| {
+        let mut w = wards_of(f, "e-old");
+        w.sort();
+        w
+    };
+    // an update in order, then a transfer sent between the two arriving
+    // late: it moves the patient, as in order
+    send(
+        &f.store,
+        stay(None, "in-progress"),
+        "A08",
+        "2026-03-01T14:00:00Z",
+    );
+    let to_c = json!([place("WARDC", "active"), place("WARDB", "completed")]);
+    send(
+        &f.store,
+        stay(Some(to_c), "in-progress"),
+        "A02",
+        "2026-03-01T13:00:00Z",
+    );
+    assert_eq!(
+        wards(&f),
+        pairs(&[
+            ("WARDA", "completed"),
+            ("WARDB", "completed"),
+            ("WARDC", "active")
+        ])
+    );
+    // a discharge sent before the upgrade's visit, arriving now: stale
+    let mut discharged = stay(Some(json!([place("WARDA", "completed")])), "finished");
+    discharged["period"]["end"] = json!("2026-03-01T10:00:00+00:00");
+    let outcome = send(&f.store, discharged, "A03", "2026-03-01T10:00:00Z");
+    assert!(
+        outcome.entries.iter().any(
+            |e| e.resource_type == "Encounter" && matches!(e.result, EntryResult::Stale { .. })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        current(&f.store, "Encounter", "e-old")["status"],
+        "in-progress"
+    );
 }
