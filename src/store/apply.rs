@@ -173,22 +173,21 @@ pub(super) fn apply_plan<R: Rows>(
             }
         );
         let visit = resource_type == "Encounter" && !create_only;
+        // (the entry's own event time: a write takes the one `decide` keeps)
+        let at = At {
+            index,
+            resource_type,
+            id,
+            current: current.as_ref(),
+            last_updated,
+            event_time,
+            create_only,
+            event: plan.event.as_deref(),
+        };
         let result = match decide(current.as_ref(), create_only, event_time) {
             // an Encounter's messages are kept as sent, and one arriving
             // late is put in its place among them (`visit_in_order`)
-            decision if visit => {
-                let at = At {
-                    index,
-                    resource_type,
-                    id,
-                    current: current.as_ref(),
-                    last_updated,
-                    event_time,
-                    create_only,
-                    event: plan.event.as_deref(),
-                };
-                visit_in_order(rows, &at, &entry.op, decision)?
-            }
+            decision if visit => visit_in_order(rows, &at, &entry.op, decision)?,
             Decision::Skip(EntryResult::Stale { version }) if resource_type == "Patient" => {
                 // an older message that named the GP, arriving after a newer one
                 // that named none: the GP it names is still the latest known
@@ -200,16 +199,7 @@ pub(super) fn apply_plan<R: Rows>(
             }
             Decision::Skip(result) => result,
             Decision::Write { event_time } => {
-                let at = At {
-                    index,
-                    resource_type,
-                    id,
-                    current: current.as_ref(),
-                    last_updated,
-                    event_time,
-                    create_only,
-                    event: plan.event.as_deref(),
-                };
+                let at = At { event_time, ..at };
                 match &entry.op {
                     Op::Put {
                         resource,
