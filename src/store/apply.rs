@@ -31,6 +31,8 @@ pub(super) struct Current {
 /// What one message sent of a record (an Encounter, [`visit_in_order`]), as
 /// it was sent, before it was applied over what was stored.
 pub(super) struct Sent {
+    /// Its place in arrival order (as read back; not written).
+    pub seq: i64,
     /// Microseconds since the epoch: the message's event time (for one in
     /// order, the later of it and the stored one's, as [`decide`] keeps).
     pub event_time: Option<i64>,
@@ -60,7 +62,8 @@ pub(super) trait Rows {
         event_time: Option<i64>,
     ) -> Result<(), Self::Error>;
 
-    /// Keeps what a message sent of the record.
+    /// Keeps what a message sent of the record, unless the same (event
+    /// time, event, content) is kept already: a message sent again.
     fn record_sent(
         &mut self,
         resource_type: &str,
@@ -68,8 +71,16 @@ pub(super) trait Rows {
         sent: &Sent,
     ) -> Result<(), Self::Error>;
 
-    /// Whether anything a message sent of the record is kept.
-    fn has_sent(&mut self, resource_type: &str, id: &str) -> Result<bool, Self::Error>;
+    /// How many messages sent of the record are kept.
+    fn sent_count(&mut self, resource_type: &str, id: &str) -> Result<i64, Self::Error>;
+
+    /// Forgets the kept messages of the record with these `seq`s.
+    fn forget_sent(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        seqs: &[i64],
+    ) -> Result<(), Self::Error>;
 
     /// What the messages sent of the record, in the order they were sent:
     /// by event time (none first), then in the order they arrived.
@@ -353,12 +364,14 @@ fn visit_in_order<R: Rows>(
 ) -> Result<EntryResult, R::Error> {
     // a visit stored before its messages were kept (by an older build, or
     // as a lab's placeholder): what is kept begins with it as it stands
+    let kept = rows.sent_count(at.resource_type, at.id)?;
     if let Some(cur) = at.current {
-        if !rows.has_sent(at.resource_type, at.id)? {
+        if kept == 0 {
             rows.record_sent(
                 at.resource_type,
                 at.id,
                 &Sent {
+                    seq: 0,
                     event_time: cur.event_time,
                     event: None,
                     content: cur.content.clone(),
@@ -376,12 +389,16 @@ fn visit_in_order<R: Rows>(
         Decision::Skip(_) => at.event_time,
     };
     let sent = Sent {
+        seq: 0,
         event_time,
         event: at.event.map(str::to_string),
         content,
         seed: false,
     };
     rows.record_sent(at.resource_type, at.id, &sent)?;
+    if kept >= MAX_SENT {
+        forget_oldest_sent(rows, at)?;
+    }
     match (decision, op) {
         (Decision::Skip(_), _) => replay_visit(rows, at),
         (
@@ -411,24 +428,7 @@ fn replay_visit<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<EntryResult, R::Er
     let Some(cur) = at.current else {
         return Ok(EntryResult::AlreadyAbsent);
     };
-    let mut visit: Option<Value> = None;
-    for sent in rows.sent(at.resource_type, at.id)? {
-        let content: Option<Value> = match &sent.content {
-            Some(text) => Some(serde_json::from_str(text)?),
-            None => None,
-        };
-        visit = match content {
-            Some(resource) if !sent.seed => next_visit(
-                visit.as_ref(),
-                &resource,
-                sent.event.as_deref(),
-                sent.event_time,
-            )
-            .or(visit),
-            // the visit as an older build stored it, or a delete
-            content => content,
-        };
-    }
+    let visit = made_from(&rows.sent(at.resource_type, at.id)?)?;
     let stored: Option<Value> = match cur.content.as_deref() {
         Some(text) => Some(serde_json::from_str(text)?),
         None => None,
@@ -467,6 +467,64 @@ fn replay_visit<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<EntryResult, R::Er
         }
     }
     Ok(EntryResult::Updated { version })
+}
+
+/// At most this many messages of one visit are kept (a long stay sends a
+/// few dozen): beyond it, the older half are forgotten, and the visit they
+/// made is kept in their stead ([`forget_oldest_sent`]). So a sender that
+/// files every visit under one number costs bounded work per message.
+pub(super) const MAX_SENT: i64 = 256;
+
+/// Forgets the older half of a visit's kept messages (by the order they
+/// were sent, never parting two sent at the same time), keeping the visit
+/// they made as a `seed` with the latest event time among them: a message
+/// sent before that which arrives later still is stale.
+fn forget_oldest_sent<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<(), R::Error> {
+    let sent = rows.sent(at.resource_type, at.id)?;
+    let mut half = sent.len() / 2;
+    while half < sent.len() && half > 0 && sent[half].event_time == sent[half - 1].event_time {
+        half += 1;
+    }
+    if half == 0 || half >= sent.len() {
+        return Ok(());
+    }
+    let (older, _) = sent.split_at(half);
+    let visit = made_from(older)?;
+    let seqs: Vec<i64> = older.iter().map(|s| s.seq).collect();
+    rows.forget_sent(at.resource_type, at.id, &seqs)?;
+    let seed = Sent {
+        seq: 0,
+        event_time: older.last().and_then(|s| s.event_time),
+        event: None,
+        content: visit.as_ref().map(serde_json::to_string).transpose()?,
+        seed: true,
+    };
+    rows.record_sent(at.resource_type, at.id, &seed)
+}
+
+/// The visit `sent` (in the order they were sent) make, each applied as
+/// [`next_visit`] does; `None`: none, or deleted.
+fn made_from(sent: &[Sent]) -> Result<Option<Value>, serde_json::Error> {
+    let mut visit: Option<Value> = None;
+    for sent in sent {
+        let content: Option<Value> = match &sent.content {
+            Some(text) => Some(serde_json::from_str(text)?),
+            None => None,
+        };
+        visit = match content {
+            Some(resource) if !sent.seed => next_visit(
+                visit.as_ref(),
+                &resource,
+                sent.event.as_deref(),
+                sent.event_time,
+            )
+            .or(visit),
+            // the visit as it stood when its messages began to be kept, or
+            // a delete
+            content => content,
+        };
+    }
+    Ok(visit)
 }
 
 /// What an Encounter message (`sent`, of HL7 v2 event `event`, at

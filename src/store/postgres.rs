@@ -209,7 +209,8 @@ struct Prepared {
     write_version: Statement,
     set_event_time: Statement,
     record_sent: Statement,
-    has_sent: Statement,
+    sent_count: Statement,
+    forget_sent: Statement,
     sent: Statement,
     unlink: Statement,
     link: Statement,
@@ -246,11 +247,18 @@ impl Prepared {
                 .prepare("UPDATE resources SET event_time = $3 WHERE type = $1 AND id = $2")?,
             record_sent: client.prepare(
                 "INSERT INTO sent (type, id, event_time, event, seed, content)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM sent WHERE type = $1 AND id = $2
+                         AND event_time IS NOT DISTINCT FROM $3
+                         AND event IS NOT DISTINCT FROM $4 AND seed = $5
+                         AND content IS NOT DISTINCT FROM $6)",
             )?,
-            has_sent: client.prepare("SELECT 1 FROM sent WHERE type = $1 AND id = $2 LIMIT 1")?,
+            sent_count: client.prepare("SELECT count(*) FROM sent WHERE type = $1 AND id = $2")?,
+            forget_sent: client
+                .prepare("DELETE FROM sent WHERE type = $1 AND id = $2 AND seq = ANY($3)")?,
             sent: client.prepare(
-                "SELECT event_time, event, seed, content FROM sent WHERE type = $1 AND id = $2
+                "SELECT seq, event_time, event, seed, content FROM sent WHERE type = $1 AND id = $2
                  ORDER BY event_time ASC NULLS FIRST, seq",
             )?,
             unlink: client.prepare("DELETE FROM patient_links WHERE type = $1 AND id = $2")?,
@@ -1441,11 +1449,17 @@ impl apply::Rows for Rows<'_, '_> {
         Ok(())
     }
 
-    fn has_sent(&mut self, resource_type: &str, id: &str) -> Result<bool, Failure> {
+    fn sent_count(&mut self, resource_type: &str, id: &str) -> Result<i64, Failure> {
         Ok(self
             .tx
-            .query_opt(&self.st.has_sent, &[&resource_type, &id])?
-            .is_some())
+            .query_one(&self.st.sent_count, &[&resource_type, &id])?
+            .get(0))
+    }
+
+    fn forget_sent(&mut self, resource_type: &str, id: &str, seqs: &[i64]) -> Result<(), Failure> {
+        self.tx
+            .execute(&self.st.forget_sent, &[&resource_type, &id, &seqs])?;
+        Ok(())
     }
 
     fn sent(&mut self, resource_type: &str, id: &str) -> Result<Vec<apply::Sent>, Failure> {
@@ -1453,10 +1467,11 @@ impl apply::Rows for Rows<'_, '_> {
         Ok(rows
             .iter()
             .map(|row| apply::Sent {
-                event_time: row.get(0),
-                event: row.get(1),
-                seed: row.get(2),
-                content: row.get(3),
+                seq: row.get(0),
+                event_time: row.get(1),
+                event: row.get(2),
+                seed: row.get(3),
+                content: row.get(4),
             })
             .collect())
     }

@@ -349,7 +349,10 @@ impl apply::Rows for Rows<'_> {
         self.0
             .prepare_cached(
                 "INSERT INTO sent (type, id, event_time, event, seed, content)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM sent WHERE type = ?1 AND id = ?2 AND event_time IS ?3
+                         AND event IS ?4 AND seed = ?5 AND content IS ?6)",
             )?
             .execute(params![
                 resource_type,
@@ -362,27 +365,41 @@ impl apply::Rows for Rows<'_> {
         Ok(())
     }
 
-    fn has_sent(&mut self, resource_type: &str, id: &str) -> Result<bool, StoreError> {
+    fn sent_count(&mut self, resource_type: &str, id: &str) -> Result<i64, StoreError> {
         Ok(self
             .0
-            .prepare_cached("SELECT 1 FROM sent WHERE type = ?1 AND id = ?2 LIMIT 1")?
-            .query_row(params![resource_type, id], |_| Ok(()))
-            .optional()?
-            .is_some())
+            .prepare_cached("SELECT count(*) FROM sent WHERE type = ?1 AND id = ?2")?
+            .query_row(params![resource_type, id], |row| row.get(0))?)
+    }
+
+    fn forget_sent(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        seqs: &[i64],
+    ) -> Result<(), StoreError> {
+        let mut statement = self
+            .0
+            .prepare_cached("DELETE FROM sent WHERE type = ?1 AND id = ?2 AND seq = ?3")?;
+        for seq in seqs {
+            statement.execute(params![resource_type, id, seq])?;
+        }
+        Ok(())
     }
 
     fn sent(&mut self, resource_type: &str, id: &str) -> Result<Vec<apply::Sent>, StoreError> {
         let mut statement = self.0.prepare_cached(
-            "SELECT event_time, event, seed, content FROM sent WHERE type = ?1 AND id = ?2
+            "SELECT seq, event_time, event, seed, content FROM sent WHERE type = ?1 AND id = ?2
              ORDER BY event_time ASC NULLS FIRST, seq",
         )?;
         let sent = statement
             .query_map(params![resource_type, id], |row| {
                 Ok(apply::Sent {
-                    event_time: row.get(0)?,
-                    event: row.get(1)?,
-                    seed: row.get::<_, i64>(2)? != 0,
-                    content: row.get(3)?,
+                    seq: row.get(0)?,
+                    event_time: row.get(1)?,
+                    event: row.get(2)?,
+                    seed: row.get::<_, i64>(3)? != 0,
+                    content: row.get(4)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

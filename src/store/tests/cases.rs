@@ -3199,3 +3199,52 @@ fn every_arrival_order_of_a_stay_ends_as_sent() {
         }
     }
 }
+
+/// A visit with more messages than are kept (`MAX_SENT`) forgets the older
+/// half, keeping the visit they made: a late message among the newer ones
+/// is put in its place as ever, and the visit ends as in order; one sent
+/// before what was forgotten ended, arriving now, is stale.
+#[test]
+fn a_visit_with_more_messages_than_are_kept_still_ends_as_sent() {
+    let f = open();
+    let p = patient(PATIENT, "9434765919", "Smith");
+    let n = crate::store::apply::MAX_SENT as usize + 20;
+    let time = |i: usize| {
+        let t = jiff::Timestamp::from_second(1_772_352_000 + 3600 * i as i64).unwrap();
+        t.to_string()
+    };
+    let times: Vec<String> = (0..n).map(time).collect();
+    let transfer = |i: usize| {
+        let mut e = encounter("e", PATIENT, "in-progress");
+        e["period"] = json!({"start": "2026-03-01T08:00:00+00:00"});
+        let ward = format!("W{i}");
+        e["location"] = match i {
+            0 => json!([place(&ward, "active")]),
+            _ => json!([place(&ward, "active"), place(&format!("W{}", i - 1), "completed")]),
+        };
+        e
+    };
+    let sent: Vec<(Value, &str, &str)> = (0..n)
+        .map(|i| (transfer(i), if i == 0 { "A01" } else { "A02" }, times[i].as_str()))
+        .collect();
+    let in_order: Vec<usize> = (0..n).collect();
+    // the last two swapped: the newest arrives before the one sent before it
+    let mut late = in_order.clone();
+    late.swap(n - 1, n - 2);
+    send_as(&f, &p, "kept-in-order", &sent, &in_order);
+    send_as(&f, &p, "kept-late", &sent, &late);
+    let visit = |id: &str| {
+        let mut v = current(&f.store, "Encounter", id);
+        v["id"] = json!("x");
+        crate::store::plan::without_meta(&v)
+    };
+    assert_eq!(visit("kept-late"), visit("kept-in-order"));
+    assert_eq!(
+        wards_of(&f, "kept-late").iter().filter(|(_, s)| s == "active").count(),
+        1
+    );
+    // a transfer sent in the forgotten half, arriving now: stale
+    let before = visit("kept-late");
+    send_as(&f, &p, "kept-late", &[(transfer(900), "A02", times[3].as_str())], &[0]);
+    assert_eq!(visit("kept-late"), before);
+}
