@@ -405,6 +405,23 @@ fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
         ["an order whose OBX all come after its SPM: read as observations of the specimen, not results, and left out"]
     );
     assert!(resources(&output.value(), "Observation").is_empty());
+    // an SPM between results (s25d tester, M3): the result after it said too
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01^ORU_R01|SPM2|P|2.5.1\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         ORC|RE|ICE060^ICE|26I0060^LAB||CM\r\
+         OBR|1|ICE060^ICE|26I0060^LAB|UE^U+E^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
+         OBX|1|NM|NA^Sodium^LAB||140|mmol/L|133-146|N|||F\r\
+         SPM|1|ICE060-S1&ICE^26I0060-1&LAB||BLD^Blood^HL70487\r\
+         OBX|2|NM|K^Potassium^LAB||4.1|mmol/L|3.5-5.3|N|||F\r",
+        Path::new("inline.hl7"),
+    );
+    assert_eq!(
+        output.warnings,
+        ["an order with OBX after its SPM as well as before it: those after are read as observations of the specimen, not results, and left out"]
+    );
+    assert_eq!(resources(&output.value(), "Observation").len(), 1);
 }
 
 /// A visit sent with an empty PV1-2 and no visit number but its admit time
