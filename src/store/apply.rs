@@ -661,10 +661,17 @@ fn put<R: Rows>(
             ("Encounter", stored) => {
                 match next_visit(stored.as_ref(), resource, at.event, at.event_time) {
                     Some(visit) => Some(visit),
+                    // (its event time is the visit's newest all the same: an
+                    // admission sent before it that arrives after it, an A01
+                    // after a mistaken A11, is put in its place before it,
+                    // s26 tester H2r)
                     None => {
+                        if let Some(cur) = at.current {
+                            at.touch(rows, cur)?;
+                        }
                         return Ok(EntryResult::Stale {
                             version: at.current.map_or(0, |cur| cur.version),
-                        })
+                        });
                     }
                 }
             }

@@ -3122,7 +3122,8 @@ fn a_final_report_cancels_the_preliminary_results_it_no_longer_names() {
 /// the transfer it cancels, after a discharge); a transfer cancelled and an
 /// update after it (Y3 too); and a transfer cancelled and made again after a
 /// reopened discharge (s25b tester, N1: the A13 arriving last put the
-/// patient back on WARDA).
+/// patient back on WARDA); and an admission cancelled by mistake and made
+/// again before a discharge (s26 tester, H2r).
 #[test]
 fn every_arrival_order_of_a_stay_ends_as_sent() {
     let f = open();
@@ -3147,6 +3148,8 @@ fn every_arrival_order_of_a_stay_ends_as_sent() {
     };
     let mut update = m.admitted.clone();
     update.as_object_mut().unwrap().remove("location");
+    let mut cancelled = m.admitted.clone();
+    cancelled["status"] = json!("entered-in-error");
     let stories = [
         ("a13-a02", story(&m.reopened, false)),
         ("noward-a02", story(&m.no_ward, false)),
@@ -3166,6 +3169,18 @@ fn every_arrival_order_of_a_stay_ends_as_sent() {
             sent.push(step(&m.transferred, "A02", "2026-03-01T14:00:00Z"));
             sent
         }),
+        // an admission cancelled by mistake (A11) and made again (A01), the
+        // patient discharged after (s26 tester, H2r: the A01 arriving last
+        // left the discharge out)
+        (
+            "a01-a11-a01-a03",
+            vec![
+                step(&m.admitted, "A01", "2026-03-01T08:00:00Z"),
+                step(&cancelled, "A11", "2026-03-01T09:00:00Z"),
+                step(&m.admitted, "A01", "2026-03-01T09:30:00Z"),
+                step(&m.discharged, "A03", "2026-03-01T10:00:00Z"),
+            ],
+        ),
     ];
     fn perms(n: usize) -> Vec<Vec<usize>> {
         if n == 0 {
