@@ -25,6 +25,15 @@ fn open() -> Fixture {
 
 include!("cases.rs");
 
+/// A store in `records.db` under `dir`, synced as the tests' are.
+fn file_config(dir: &std::path::Path) -> RecordStoreConfig {
+    RecordStoreConfig {
+        path: dir.join("records.db"),
+        sync: SyncPolicy::Normal,
+        postgres: None,
+    }
+}
+
 #[test]
 fn records_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,11 +109,7 @@ fn a_version_2_file_gains_the_objection_trail_and_keeps_its_register() {
 #[test]
 fn a_version_3_file_gets_its_nhs_numbers_indexed_by_their_digits() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = RecordStoreConfig {
-        path: dir.path().join("records.db"),
-        sync: SyncPolicy::Normal,
-        postgres: None,
-    };
+    let cfg = file_config(dir.path());
     let spaced = neighbours_bundle("https://fhir.nhs.uk/Id/nhs-number", "943 476 5919");
     RecordStore::open(&cfg)
         .unwrap()
@@ -137,11 +142,7 @@ fn a_version_3_file_gets_its_nhs_numbers_indexed_by_their_digits() {
 #[test]
 fn a_version_5_files_visit_is_where_its_kept_messages_begin() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = RecordStoreConfig {
-        path: dir.path().join("records.db"),
-        sync: SyncPolicy::Normal,
-        postgres: None,
-    };
+    let cfg = file_config(dir.path());
     let p = patient(PATIENT, "9434765919", "Smith");
     let stay = |locations: Option<Value>, status: &str| {
         let mut e = encounter("e-old", PATIENT, status);
