@@ -386,7 +386,8 @@ fn a_period_and_a_range_out_of_order_break_no_invariant() {
 
 /// An order whose OBX all follow its SPM (a sender that puts the specimen
 /// straight after the OBR) is said in a warning: HL7 makes those OBX the
-/// specimen's, left out, and they must not be lost in silence (s25c tester, 1).
+/// specimen's, left out, and they must not be lost in silence (s25c tester, 1);
+/// so are OBX after an SPM put between results, and a second SPM.
 #[test]
 fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
     let set = mappings();
@@ -422,6 +423,23 @@ fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
         ["an order with OBX after its SPM as well as before it: those after are read as observations of the specimen, not results, and left out"]
     );
     assert_eq!(resources(&output.value(), "Observation").len(), 1);
+    // a second SPM (a blood culture's two bottles; s25d tester, M4): said too
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01^ORU_R01|SPM3|P|2.5.1\r\
+         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+         ORC|RE|ICE061^ICE|26I0061^LAB||CM\r\
+         OBR|1|ICE061^ICE|26I0061^LAB|BC^Blood culture^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
+         OBX|1|ST|BC^Blood culture^LAB||No growth||||||F\r\
+         SPM|1|ICE061-S1&ICE^26I0061-1&LAB||BLDA^Aerobic bottle^L\r\
+         SPM|2|ICE061-S2&ICE^26I0061-2&LAB||BLDN^Anaerobic bottle^L\r",
+        Path::new("inline.hl7"),
+    );
+    assert_eq!(
+        output.warnings,
+        ["an order with more than one SPM: its Specimen is the first, the others are left out"]
+    );
+    assert_eq!(resources(&output.value(), "Specimen").len(), 1);
 }
 
 /// A visit sent with an empty PV1-2 and no visit number but its admit time
