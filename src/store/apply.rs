@@ -83,7 +83,8 @@ pub(super) trait Rows {
     ) -> Result<(), Self::Error>;
 
     /// What the messages sent of the record, in the order they were sent:
-    /// by event time (none first), then in the order they arrived.
+    /// by event time (none first), a cancellation ([`CANCELLATIONS`]) after
+    /// the others sent at the same time, then in the order they arrived.
     fn sent(&mut self, resource_type: &str, id: &str) -> Result<Vec<Sent>, Self::Error>;
 
     /// Replaces the record's patient links with `patients` (none: unlinked).
@@ -399,8 +400,20 @@ fn visit_in_order<R: Rows>(
     if kept >= MAX_SENT {
         forget_oldest_sent(rows, at)?;
     }
+    // (sent at the same time as a cancellation kept already: before it)
+    let before_a_cancellation = match (&decision, at.current) {
+        (Decision::Write { event_time }, Some(cur))
+            if *event_time == cur.event_time && !is_cancellation(at.event) =>
+        {
+            rows.sent(at.resource_type, at.id)?
+                .iter()
+                .any(|s| s.event_time == *event_time && is_cancellation(s.event.as_deref()))
+        }
+        _ => false,
+    };
     match (decision, op) {
         (Decision::Skip(_), _) => replay_visit(rows, at),
+        _ if before_a_cancellation => replay_visit(rows, at),
         (
             Decision::Write { event_time },
             Op::Put {
@@ -467,6 +480,15 @@ fn replay_visit<R: Rows>(rows: &mut R, at: &At<'_>) -> Result<EntryResult, R::Er
         }
     }
     Ok(EntryResult::Updated { version })
+}
+
+/// The events that cancel another (A11 an admission, A12 a transfer, A13 a
+/// discharge, A38 a pre-admission): sent at the same time as the event they
+/// cancel, they are taken to follow it, whatever order the two arrive in.
+const CANCELLATIONS: [&str; 4] = ["A11", "A12", "A13", "A38"];
+
+fn is_cancellation(event: Option<&str>) -> bool {
+    event.is_some_and(|e| CANCELLATIONS.contains(&e))
 }
 
 /// At most this many messages of one visit are kept (a long stay sends a

@@ -257,9 +257,11 @@ impl Prepared {
             sent_count: client.prepare("SELECT count(*) FROM sent WHERE type = $1 AND id = $2")?,
             forget_sent: client
                 .prepare("DELETE FROM sent WHERE type = $1 AND id = $2 AND seq = ANY($3)")?,
+            // (the events that cancel another: `apply::CANCELLATIONS`)
             sent: client.prepare(
                 "SELECT seq, event_time, event, seed, content FROM sent WHERE type = $1 AND id = $2
-                 ORDER BY event_time ASC NULLS FIRST, seq",
+                 ORDER BY event_time ASC NULLS FIRST,
+                     coalesce(event IN ('A11', 'A12', 'A13', 'A38'), false), seq",
             )?,
             unlink: client.prepare("DELETE FROM patient_links WHERE type = $1 AND id = $2")?,
             // the patients given and, for a record other than a Patient, the

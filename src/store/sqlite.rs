@@ -388,9 +388,11 @@ impl apply::Rows for Rows<'_> {
     }
 
     fn sent(&mut self, resource_type: &str, id: &str) -> Result<Vec<apply::Sent>, StoreError> {
+        // (the events that cancel another: `apply::CANCELLATIONS`)
         let mut statement = self.0.prepare_cached(
             "SELECT seq, event_time, event, seed, content FROM sent WHERE type = ?1 AND id = ?2
-             ORDER BY event_time ASC NULLS FIRST, seq",
+             ORDER BY event_time ASC NULLS FIRST,
+                 coalesce(event IN ('A11', 'A12', 'A13', 'A38'), 0), seq",
         )?;
         let sent = statement
             .query_map(params![resource_type, id], |row| {

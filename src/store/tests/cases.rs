@@ -3169,6 +3169,31 @@ fn every_arrival_order_of_a_stay_ends_as_sent() {
             sent.push(step(&m.transferred, "A02", "2026-03-01T14:00:00Z"));
             sent
         }),
+        // a cancellation sent at the same time as what it cancels follows
+        // it, whichever arrives first (s26 tester, T1)
+        (
+            "tie-a03-a13",
+            vec![
+                step(&m.admitted, "A01", "2026-03-01T08:00:00Z"),
+                step(&m.discharged, "A03", "2026-03-01T10:00:00Z"),
+                step(&m.reopened, "A13", "2026-03-01T10:00:00Z"),
+            ],
+        ),
+        (
+            "tie-a02-a12",
+            vec![
+                step(&m.admitted, "A01", "2026-03-01T08:00:00Z"),
+                step(&m.transferred, "A02", "2026-03-01T10:00:00Z"),
+                step(&m.cancelled_transfer, "A12", "2026-03-01T10:00:00Z"),
+            ],
+        ),
+        (
+            "tie-a01-a11",
+            vec![
+                step(&m.admitted, "A01", "2026-03-01T08:00:00Z"),
+                step(&cancelled, "A11", "2026-03-01T08:00:00Z"),
+            ],
+        ),
         // an admission cancelled by mistake (A11) and made again (A01), the
         // patient discharged after (s26 tester, H2r: the A01 arriving last
         // left the discharge out)
