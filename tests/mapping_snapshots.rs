@@ -442,6 +442,36 @@ fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
     assert_eq!(resources(&output.value(), "Specimen").len(), 1);
 }
 
+/// An NK1 that names a person and an organisation's contact person as well
+/// (a resident's son, and the care home's manager with the home's phone) gives
+/// the contact a RelatedPerson of their own, the phone theirs (s25e tester, M2:
+/// the contact was left out).
+#[test]
+fn an_organisations_contact_beside_a_person_is_a_related_person_of_their_own() {
+    let set = mappings();
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A01|NK9|P|2.5\r\
+         EVN|A01|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
+         NK1|1|KING^AL|SON^Son^HL70063||||||||||Sunny Care Home|||||||||||||||||JONES^MARY|^WPN^PH^^^^^^^^^01632960001\r",
+        Path::new("inline.hl7"),
+    );
+    assert!(output.unread.is_empty(), "{:?}", output.unread);
+    let document = output.value();
+    let people = resources(&document, "RelatedPerson");
+    assert_eq!(people.len(), 2, "{}", pretty(&document));
+    assert_eq!(people[0]["name"][0]["family"], "KING");
+    assert_eq!(people[0].get("telecom"), None);
+    assert_eq!(people[1]["name"][0]["family"], "JONES");
+    assert_eq!(people[1]["telecom"][0]["value"], "01632960001");
+    assert_eq!(people[1]["relationship"][0]["coding"][0]["code"], "CP");
+    assert_eq!(
+        people[1]["relationship"][0]["text"],
+        "Contact person of Sunny Care Home"
+    );
+}
+
 /// A visit sent with an empty PV1-2 and no visit number but its admit time
 /// (PV1-44) is an Encounter, keyed by that time, of unknown class (s25c
 /// tester, 6: it made none, silently).
