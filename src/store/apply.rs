@@ -389,6 +389,20 @@ fn visit_in_order<R: Rows>(
         Decision::Write { event_time } => event_time,
         Decision::Skip(_) => at.event_time,
     };
+    // (a late message sent before a seed: the seed stands for it, so it is
+    // stale, and not kept, where it would only fill the visit's room and move
+    // the seed past messages later than it, s26b tester F1)
+    if let (Decision::Skip(_), Some(cur), Some(t)) = (&decision, at.current, event_time) {
+        let kept = rows.sent(at.resource_type, at.id)?;
+        if kept
+            .iter()
+            .any(|s| s.seed && s.event_time.is_some_and(|seed| seed > t))
+        {
+            return Ok(EntryResult::Stale {
+                version: cur.version,
+            });
+        }
+    }
     let sent = Sent {
         seq: 0,
         event_time,

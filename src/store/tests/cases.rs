@@ -3287,4 +3287,19 @@ fn a_visit_with_more_messages_than_are_kept_still_ends_as_sent() {
     let before = visit("kept-late");
     send_as(&f, &p, "kept-late", &[(transfer(900), "A02", times[3].as_str())], &[0]);
     assert_eq!(visit("kept-late"), before);
+    // and many (the whole visit sent again): none is kept, so none moves
+    // what is forgotten past a transfer sent after it that arrives late
+    // (s26b tester, F1)
+    let resent: Vec<(Value, &str, &str)> = (0..120)
+        .map(|i| (transfer(1000 + i), "A02", times[i].as_str()))
+        .collect();
+    send_as(&f, &p, "kept-late", &resent, &(0..120).collect::<Vec<_>>());
+    assert_eq!(visit("kept-late"), before);
+    let half_past = time(130).replace(":00:00Z", ":30:00Z");
+    send_as(&f, &p, "kept-late", &[(transfer(999), "A02", half_past.as_str())], &[0]);
+    assert!(
+        wards_of(&f, "kept-late").iter().any(|(w, _)| w == "W999"),
+        "{:?}",
+        wards_of(&f, "kept-late")
+    );
 }
