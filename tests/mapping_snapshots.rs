@@ -391,55 +391,44 @@ fn a_period_and_a_range_out_of_order_break_no_invariant() {
 #[test]
 fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
     let set = mappings();
-    let output = map_text(
-        &set,
-        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01^ORU_R01|SPM1|P|2.5.1\r\
-         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
-         ORC|RE|ICE059^ICE|26I0059^LAB||CM\r\
-         OBR|1|ICE059^ICE|26I0059^LAB|HB^Hb^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
-         SPM|1|ICE059-S1&ICE^26I0059-1&LAB||BLD^Blood^HL70487\r\
-         OBX|1|NM|HB^Hb^LAB||120|g/L|115-165|N|||F\r",
-        Path::new("inline.hl7"),
-    );
-    assert_eq!(
-        output.warnings,
-        ["an order whose OBX all come after its SPM: read as observations of the specimen, not results, and left out"]
-    );
-    assert!(resources(&output.value(), "Observation").is_empty());
-    // an SPM between results (s25d tester, M3): the result after it said too
-    let output = map_text(
-        &set,
-        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01^ORU_R01|SPM2|P|2.5.1\r\
-         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
-         ORC|RE|ICE060^ICE|26I0060^LAB||CM\r\
-         OBR|1|ICE060^ICE|26I0060^LAB|UE^U+E^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
-         OBX|1|NM|NA^Sodium^LAB||140|mmol/L|133-146|N|||F\r\
-         SPM|1|ICE060-S1&ICE^26I0060-1&LAB||BLD^Blood^HL70487\r\
-         OBX|2|NM|K^Potassium^LAB||4.1|mmol/L|3.5-5.3|N|||F\r",
-        Path::new("inline.hl7"),
-    );
-    assert_eq!(
-        output.warnings,
-        ["an order with OBX after its SPM as well as before it: those after are read as observations of the specimen, not results, and left out"]
-    );
-    assert_eq!(resources(&output.value(), "Observation").len(), 1);
-    // a second SPM (a blood culture's two bottles; s25d tester, M4): said too
-    let output = map_text(
-        &set,
-        "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01^ORU_R01|SPM3|P|2.5.1\r\
-         PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
-         ORC|RE|ICE061^ICE|26I0061^LAB||CM\r\
-         OBR|1|ICE061^ICE|26I0061^LAB|BC^Blood culture^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
-         OBX|1|ST|BC^Blood culture^LAB||No growth||||||F\r\
-         SPM|1|ICE061-S1&ICE^26I0061-1&LAB||BLDA^Aerobic bottle^L\r\
-         SPM|2|ICE061-S2&ICE^26I0061-2&LAB||BLDN^Anaerobic bottle^L\r",
-        Path::new("inline.hl7"),
-    );
-    assert_eq!(
-        output.warnings,
-        ["an order with more than one SPM: its Specimen is the first, the others are left out"]
-    );
-    assert_eq!(resources(&output.value(), "Specimen").len(), 1);
+    // (the segments after the PID and ORC, the warning, the resources made of a type)
+    let cases = [
+        (
+            "OBR|1|ICE059^ICE|26I0059^LAB|HB^Hb^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
+             SPM|1|ICE059-S1&ICE^26I0059-1&LAB||BLD^Blood^HL70487\r\
+             OBX|1|NM|HB^Hb^LAB||120|g/L|115-165|N|||F\r",
+            "an order whose OBX all come after its SPM: read as observations of the specimen, not results, and left out",
+            ("Observation", 0),
+        ),
+        // an SPM between results (s25d tester, M3): the result after it said too
+        (
+            "OBR|1|ICE059^ICE|26I0059^LAB|UE^U+E^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
+             OBX|1|NM|NA^Sodium^LAB||140|mmol/L|133-146|N|||F\r\
+             SPM|1|ICE059-S1&ICE^26I0059-1&LAB||BLD^Blood^HL70487\r\
+             OBX|2|NM|K^Potassium^LAB||4.1|mmol/L|3.5-5.3|N|||F\r",
+            "an order with OBX after its SPM as well as before it: those after are read as observations of the specimen, not results, and left out",
+            ("Observation", 1),
+        ),
+        // a second SPM (a blood culture's two bottles; s25d tester, M4): said too
+        (
+            "OBR|1|ICE059^ICE|26I0059^LAB|BC^Blood culture^LAB|||20261125083000|||||||||||||||20261125101000|||F\r\
+             OBX|1|ST|BC^Blood culture^LAB||No growth||||||F\r\
+             SPM|1|ICE059-S1&ICE^26I0059-1&LAB||BLDA^Aerobic bottle^L\r\
+             SPM|2|ICE059-S2&ICE^26I0059-2&LAB||BLDN^Anaerobic bottle^L\r",
+            "an order with more than one SPM: its Specimen is the first, the others are left out",
+            ("Specimen", 1),
+        ),
+    ];
+    for (order, warning, (kind, made)) in cases {
+        let message = format!(
+            "MSH|^~\\&|LAB|RAL|JUNCTION|LCR|20261125101000||ORU^R01^ORU_R01|SPM1|P|2.5.1\r\
+             PID|1||9990000018^^^NHS^NH||SMITH^MARGARET\r\
+             ORC|RE|ICE059^ICE|26I0059^LAB||CM\r{order}"
+        );
+        let output = map_text(&set, &message, Path::new("inline.hl7"));
+        assert_eq!(output.warnings, [warning], "{order}");
+        assert_eq!(resources(&output.value(), kind).len(), made, "{order}");
+    }
 }
 
 /// An NK1 that names a person and an organisation's contact person as well
