@@ -953,11 +953,9 @@ fn with_visit_kept(stored: &Value, encounter: &Value, event: Option<&str>) -> Op
             Some("finished") | Some("cancelled") | Some("entered-in-error")
         )
     };
-    // a cancelled discharge stays said until the visit ends again, so an
-    // older discharge arriving late does not end it (`with_late_discharge`);
-    // a cancelled transfer until a new transfer or the end of the visit, so
-    // an older transfer arriving late does not move the patient
-    // (`with_late_transfer`)
+    // a cancelled discharge stays said until the visit ends again; a
+    // cancelled transfer until a new transfer or the end of the visit (so a
+    // reader can tell; a late message needs no tag, `visit_in_order`)
     // (the stored tag itself, with the time it was recorded)
     let kept_tags = [
         (crate::fhir_types::DISCHARGE_CANCELLED, !ends(&kept)),
