@@ -276,7 +276,8 @@ fn gender_is_mapped_from_hl7_and_nhs_codes() {
 }
 
 /// An NK1 for an organisation (NK1-13) names its contact person in NK1-30 to
-/// NK1-32: that person is the RelatedPerson (s24e tester, LOW: it was dropped).
+/// NK1-32: that person is the RelatedPerson (s24e tester, LOW: it was dropped);
+/// beside a person the NK1 names, a RelatedPerson of their own.
 #[test]
 fn a_next_of_kin_organisation_s_contact_person_is_the_related_person() {
     let set = mappings();
@@ -301,6 +302,30 @@ fn a_next_of_kin_organisation_s_contact_person_is_the_related_person() {
         "{person}"
     );
     assert_eq!(person["active"], true, "{person}");
+    // beside a person of the NK1's own (a resident's son, and the care home's
+    // manager with the home's phone), the contact is a RelatedPerson of their
+    // own, the phone theirs (s25e tester, M2: the contact was left out)
+    let output = map_text(
+        &set,
+        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A01|NK9|P|2.5\r\
+         EVN|A01|20261124090000\r\
+         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
+         NK1|1|KING^AL|SON^Son^HL70063||||||||||Sunny Care Home|||||||||||||||||JONES^MARY|^WPN^PH^^^^^^^^^01632960001\r",
+        Path::new("inline.hl7"),
+    );
+    assert!(output.unread.is_empty(), "{:?}", output.unread);
+    let document = output.value();
+    let people = resources(&document, "RelatedPerson");
+    assert_eq!(people.len(), 2, "{}", pretty(&document));
+    assert_eq!(people[0]["name"][0]["family"], "KING");
+    assert_eq!(people[0].get("telecom"), None);
+    assert_eq!(people[1]["name"][0]["family"], "JONES");
+    assert_eq!(people[1]["telecom"][0]["value"], "01632960001");
+    assert_eq!(people[1]["relationship"][0]["coding"][0]["code"], "CP");
+    assert_eq!(
+        people[1]["relationship"][0]["text"],
+        "Contact person of Sunny Care Home"
+    );
 }
 
 /// Reference ranges with an en dash or `to` between their bounds have them,
@@ -429,36 +454,6 @@ fn results_sent_after_the_specimen_are_a_warning_not_lost_in_silence() {
         assert_eq!(output.warnings, [warning], "{order}");
         assert_eq!(resources(&output.value(), kind).len(), made, "{order}");
     }
-}
-
-/// An NK1 that names a person and an organisation's contact person as well
-/// (a resident's son, and the care home's manager with the home's phone) gives
-/// the contact a RelatedPerson of their own, the phone theirs (s25e tester, M2:
-/// the contact was left out).
-#[test]
-fn an_organisations_contact_beside_a_person_is_a_related_person_of_their_own() {
-    let set = mappings();
-    let output = map_text(
-        &set,
-        "MSH|^~\\&|PAS|RAL|JUNCTION|LCR|20261124090000||ADT^A01|NK9|P|2.5\r\
-         EVN|A01|20261124090000\r\
-         PID|1||9990000069^^^NHS^NH||EVANS^MAIR||19580630|F\r\
-         NK1|1|KING^AL|SON^Son^HL70063||||||||||Sunny Care Home|||||||||||||||||JONES^MARY|^WPN^PH^^^^^^^^^01632960001\r",
-        Path::new("inline.hl7"),
-    );
-    assert!(output.unread.is_empty(), "{:?}", output.unread);
-    let document = output.value();
-    let people = resources(&document, "RelatedPerson");
-    assert_eq!(people.len(), 2, "{}", pretty(&document));
-    assert_eq!(people[0]["name"][0]["family"], "KING");
-    assert_eq!(people[0].get("telecom"), None);
-    assert_eq!(people[1]["name"][0]["family"], "JONES");
-    assert_eq!(people[1]["telecom"][0]["value"], "01632960001");
-    assert_eq!(people[1]["relationship"][0]["coding"][0]["code"], "CP");
-    assert_eq!(
-        people[1]["relationship"][0]["text"],
-        "Contact person of Sunny Care Home"
-    );
 }
 
 /// A visit sent with an empty PV1-2 and no visit number but its admit time
